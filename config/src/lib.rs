@@ -1,0 +1,21 @@
+//! edgeroute's shared schema.
+//!
+//! Everything the proxy and the control plane must agree on lives here: the
+//! proxy's configuration file and the routing table they exchange. Both are
+//! parsed into plain `serde` types first, then validated into separate types
+//! that the rest of the code can trust. Validation never stops at the first
+//! problem: it reports every bad field with its path and value, so an operator
+//! fixes a file in one pass.
+
+mod errors;
+mod proxy;
+mod table;
+mod values;
+
+pub use errors::{FieldError, FieldErrors};
+pub use proxy::{
+    AdminConfig, Backend, ConfigError, FromTomlError, HealthConfig, Limits, Listener, LogConfig,
+    LogFormat, MethodClasses, ProxyConfig, Region, Retries, RouteRule, RouteTarget,
+    RuntimeConfig, ShutdownConfig, TableSource, Timeouts, TlsFiles,
+};
+pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable, TableError};

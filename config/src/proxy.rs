@@ -1,0 +1,806 @@
+//! The proxy's configuration file (TOML): raw form, validated form, defaults.
+//!
+//! Defaults are chosen for a proxy that runs beside its service in one region:
+//! the admin listener is bound to loopback, health checks follow Route 53's
+//! own (`/health`, 3 misses), and timeouts suit an API behind an ALB.
+
+use crate::errors::FieldErrors;
+use crate::values;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+// ---------------------------------------------------------------- raw form --
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    local_region: String,
+    #[serde(default)]
+    listeners: Vec<RawListener>,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    regions: Vec<RawRegion>,
+    #[serde(default)]
+    health: RawHealth,
+    #[serde(default)]
+    methods: RawMethods,
+    #[serde(default)]
+    routes: Vec<RawRoute>,
+    #[serde(default)]
+    timeouts: RawTimeouts,
+    #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
+    retries: RawRetries,
+    #[serde(default)]
+    shutdown: RawShutdown,
+    table: RawTable,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    runtime: RawRuntime,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: String,
+    #[serde(default)]
+    h2c: bool,
+    tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: String,
+    key: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    address: String,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9901".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRegion {
+    name: String,
+    #[serde(default)]
+    backends: Vec<String>,
+    #[serde(default)]
+    tls: bool,
+    sni: Option<String>,
+    host: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHealth {
+    path: String,
+    interval: String,
+    timeout: String,
+    jitter: String,
+    fall: u32,
+    rise: u32,
+    expected_status: String,
+    eject_after: u32,
+    eject_for: String,
+}
+
+impl Default for RawHealth {
+    fn default() -> Self {
+        Self {
+            path: "/health".into(),
+            interval: "5s".into(),
+            timeout: "2s".into(),
+            jitter: "500ms".into(),
+            fall: 3,
+            rise: 2,
+            expected_status: "200-399".into(),
+            eject_after: 3,
+            eject_for: "10s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMethods {
+    reads: Vec<String>,
+}
+
+impl Default for RawMethods {
+    fn default() -> Self {
+        Self {
+            reads: vec!["GET".into(), "HEAD".into(), "OPTIONS".into()],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    prefix: String,
+    #[serde(default)]
+    methods: Vec<String>,
+    route: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTimeouts {
+    connect: String,
+    read: String,
+    write: String,
+    pool_idle: String,
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: "1s".into(),
+            read: "30s".into(),
+            write: "30s".into(),
+            pool_idle: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_request_body: String,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_request_body: "10MiB".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRetries {
+    max_attempts: u32,
+}
+
+impl Default for RawRetries {
+    fn default() -> Self {
+        Self { max_attempts: 3 }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawShutdown {
+    grace_period: String,
+}
+
+impl Default for RawShutdown {
+    fn default() -> Self {
+        Self {
+            grace_period: "30s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "source", rename_all = "snake_case")]
+enum RawTable {
+    File {
+        path: String,
+        #[serde(default = "default_watch_interval")]
+        watch_interval: String,
+    },
+}
+
+fn default_watch_interval() -> String {
+    "1s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    access: bool,
+    level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            access: true,
+            level: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRuntime {
+    threads: Option<usize>,
+    work_stealing: bool,
+}
+
+// ---------------------------------------------------------- validated form --
+
+/// A validated proxy configuration. Every field is known to be usable.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// Where client traffic is accepted.
+    pub listeners: Vec<Listener>,
+    pub admin: AdminConfig,
+    /// Index into `regions` of the region this proxy runs in.
+    pub local_region: usize,
+    /// Regions in the order the file lists them; names are unique.
+    pub regions: Vec<Region>,
+    pub health: HealthConfig,
+    pub methods: MethodClasses,
+    /// Checked in order; the first match decides.
+    pub routes: Vec<RouteRule>,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+    pub retries: Retries,
+    pub shutdown: ShutdownConfig,
+    pub table: TableSource,
+    pub log: LogConfig,
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// Accept HTTP/2 with prior knowledge on a plain-text listener.
+    pub h2c: bool,
+    /// Terminate TLS (rustls); HTTP/2 is then offered by ALPN.
+    pub tls: Option<TlsFiles>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// Default `127.0.0.1:9901`: loopback, so it is not reachable from outside
+    /// the pod or host unless an operator chooses so.
+    pub address: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Region {
+    pub name: String,
+    pub backends: Vec<Backend>,
+    /// Speak TLS to this region's backends.
+    pub tls: bool,
+    /// SNI and certificate name for upstream TLS; defaults to the backend host.
+    pub sni: Option<String>,
+    /// `Host` header to send upstream; defaults to the client's.
+    pub host: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Backend {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct HealthConfig {
+    /// Path probed on every backend (default `/health`).
+    pub path: String,
+    /// Time between probes (default 5 s).
+    pub interval: Duration,
+    /// Probe timeout (default 2 s); must be below `interval`.
+    pub timeout: Duration,
+    /// Random delay added to each interval to spread probes (default 500 ms).
+    pub jitter: Duration,
+    /// Failed probes before a backend leaves rotation (default 3, as Route 53).
+    pub fall: u32,
+    /// Passed probes before it returns (default 2).
+    pub rise: u32,
+    /// Inclusive range of probe statuses that count as healthy (default 200-399).
+    pub expected_status: (u16, u16),
+    /// Consecutive connect failures from live traffic that eject a backend (default 3).
+    pub eject_after: u32,
+    /// How long an ejected backend stays out before it is tried again (default 10 s).
+    pub eject_for: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MethodClasses {
+    /// Methods routed as reads; every other method is a write.
+    pub reads: Vec<String>,
+}
+
+impl MethodClasses {
+    pub fn is_read(&self, method: &str) -> bool {
+        self.reads.iter().any(|m| m == method)
+    }
+}
+
+/// Where a route rule sends matching requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteTarget {
+    /// The local region only; 503 when it cannot serve.
+    Local,
+    /// The primary region, with the same fencing as writes.
+    Primary,
+    /// The local region, else the nearest region that can serve.
+    Nearest,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteRule {
+    pub prefix: String,
+    /// Upper-case methods this rule applies to; empty means every method.
+    pub methods: Vec<String>,
+    pub target: RouteTarget,
+}
+
+impl RouteRule {
+    pub fn matches(&self, method: &str, path: &str) -> bool {
+        path.starts_with(&self.prefix)
+            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Timeouts {
+    /// TCP (and TLS) connect to a backend (default 1 s).
+    pub connect: Duration,
+    /// Waiting on a backend's response bytes (default 30 s).
+    pub read: Duration,
+    /// Writing to a backend (default 30 s).
+    pub write: Duration,
+    /// Idle upstream connections are closed after this (default 60 s).
+    pub pool_idle: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest request body accepted, in bytes (default 10 MiB); larger gets 413.
+    pub max_request_body: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Retries {
+    /// Attempts per request including the first (default 3, at least 1).
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests may run after SIGTERM (default 30 s).
+    pub grace_period: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum TableSource {
+    /// A JSON file, reloaded on SIGHUP and when it changes.
+    File {
+        path: PathBuf,
+        /// How often the file is checked for changes (default 1 s).
+        watch_interval: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// One access line per request (default on).
+    pub access: bool,
+    /// A tracing filter such as `info` or `edgeroute=debug` (default `info`).
+    pub level: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Worker threads for the proxy listeners (default: the number of CPUs).
+    pub threads: usize,
+    /// Tokio work stealing between worker threads (default off: a
+    /// thread-per-core runtime measured faster for proxying).
+    pub work_stealing: bool,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for edgeroute: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path} has {} invalid field(s):\n{errors}", errors.len())]
+    Invalid { path: PathBuf, errors: FieldErrors },
+}
+
+impl ProxyConfig {
+    /// Read, parse and validate a config file. Relative paths inside it
+    /// (certificates, the table file) are taken relative to the file's folder.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_toml(&text, base).map_err(|e| match e {
+            FromTomlError::Parse(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            FromTomlError::Invalid(errors) => ConfigError::Invalid {
+                path: path.to_owned(),
+                errors,
+            },
+        })
+    }
+
+    /// Parse and validate TOML text; `base` anchors relative paths.
+    pub fn from_toml(text: &str, base: &Path) -> Result<Self, FromTomlError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| FromTomlError::Parse(e.to_string()))?;
+        raw.validate(base).map_err(FromTomlError::Invalid)
+    }
+
+    pub fn local_region_name(&self) -> &str {
+        &self.regions[self.local_region].name
+    }
+
+    pub fn region_index(&self, name: &str) -> Option<usize> {
+        self.regions.iter().position(|r| r.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FromTomlError {
+    #[error("{0}")]
+    Parse(String),
+    #[error("{0}")]
+    Invalid(FieldErrors),
+}
+
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawConfig {
+    fn validate(self, base: &Path) -> Result<ProxyConfig, FieldErrors> {
+        let mut e = FieldErrors::default();
+
+        if self.listeners.is_empty() {
+            e.push("listeners", "at least one listener is required, got none");
+        }
+        let mut seen_addrs = HashSet::new();
+        let listeners: Vec<Listener> = self
+            .listeners
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let path = format!("listeners[{i}]");
+                let address = values::listen_addr(&mut e, &format!("{path}.address"), &l.address);
+                if let Some(a) = address
+                    && !seen_addrs.insert(a)
+                {
+                    e.push(format!("{path}.address"), format!("{a} is used by another listener"));
+                }
+                let tls = l.tls.as_ref().map(|t| {
+                    for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
+                        if !resolve(base, value).is_file() {
+                            e.push(
+                                format!("{path}.tls.{field}"),
+                                format!("must be a readable PEM file, got {value:?} (not found)"),
+                            );
+                        }
+                    }
+                    TlsFiles {
+                        cert: resolve(base, &t.cert),
+                        key: resolve(base, &t.key),
+                    }
+                });
+                if l.h2c && tls.is_some() {
+                    e.push(
+                        format!("{path}.h2c"),
+                        "h2c is for plain-text listeners; a TLS listener offers HTTP/2 by ALPN",
+                    );
+                }
+                Some(Listener {
+                    address: address?,
+                    h2c: l.h2c,
+                    tls,
+                })
+            })
+            .collect();
+
+        let admin_addr = values::listen_addr(&mut e, "admin.address", &self.admin.address);
+        if let Some(a) = admin_addr
+            && seen_addrs.contains(&a)
+        {
+            e.push("admin.address", format!("{a} is also a traffic listener"));
+        }
+
+        if self.regions.is_empty() {
+            e.push("regions", "at least one region is required, got none");
+        }
+        let mut names = HashSet::new();
+        let regions: Vec<Region> = self
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let path = format!("regions[{i}]");
+                if !valid_region_name(&r.name) {
+                    e.push(
+                        format!("{path}.name"),
+                        format!(
+                            "must be a region name of lower-case letters, digits and '-', such as \"eu-west-1\", got {:?}",
+                            r.name
+                        ),
+                    );
+                } else if !names.insert(r.name.clone()) {
+                    e.push(format!("{path}.name"), format!("{:?} is listed twice", r.name));
+                }
+                if r.backends.is_empty() {
+                    e.push(format!("{path}.backends"), "at least one backend (host:port) is required, got none");
+                }
+                let mut seen = HashSet::new();
+                let backends = r
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, b)| {
+                        let bpath = format!("{path}.backends[{j}]");
+                        let (host, port) = values::host_port(&mut e, &bpath, b)?;
+                        let backend = Backend { host, port };
+                        if !seen.insert(backend.clone()) {
+                            e.push(bpath, format!("{b:?} is listed twice"));
+                        }
+                        Some(backend)
+                    })
+                    .collect();
+                if r.sni.is_some() && !r.tls {
+                    e.push(format!("{path}.sni"), "only applies with tls = true");
+                }
+                Region {
+                    name: r.name.clone(),
+                    backends,
+                    tls: r.tls,
+                    sni: r.sni.clone(),
+                    host: r.host.clone(),
+                }
+            })
+            .collect();
+
+        let local_region = regions.iter().position(|r| r.name == self.local_region);
+        if local_region.is_none() {
+            let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
+            e.push(
+                "local_region",
+                format!("must name one of the configured regions {known:?}, got {:?}", self.local_region),
+            );
+        }
+
+        let health = self.health.validate(&mut e);
+
+        let mut reads = Vec::new();
+        for (i, m) in self.methods.reads.iter().enumerate() {
+            if let Some(m) = values::method(&mut e, &format!("methods.reads[{i}]"), m) {
+                reads.push(m);
+            }
+        }
+
+        let routes = self
+            .routes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let path = format!("routes[{i}]");
+                if !r.prefix.starts_with('/') {
+                    e.push(format!("{path}.prefix"), format!("must start with '/', got {:?}", r.prefix));
+                }
+                let methods = r
+                    .methods
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(j, m)| values::method(&mut e, &format!("{path}.methods[{j}]"), m))
+                    .collect();
+                let target = match r.route.as_str() {
+                    "local" => RouteTarget::Local,
+                    "primary" => RouteTarget::Primary,
+                    "nearest" => RouteTarget::Nearest,
+                    other => {
+                        e.push(
+                            format!("{path}.route"),
+                            format!("must be one of \"local\", \"primary\", \"nearest\", got {other:?}"),
+                        );
+                        return None;
+                    }
+                };
+                Some(RouteRule {
+                    prefix: r.prefix.clone(),
+                    methods,
+                    target,
+                })
+            })
+            .collect();
+
+        let timeouts = Timeouts {
+            connect: values::positive_duration(&mut e, "timeouts.connect", &self.timeouts.connect),
+            read: values::positive_duration(&mut e, "timeouts.read", &self.timeouts.read),
+            write: values::positive_duration(&mut e, "timeouts.write", &self.timeouts.write),
+            pool_idle: values::positive_duration(&mut e, "timeouts.pool_idle", &self.timeouts.pool_idle),
+        };
+        let limits = Limits {
+            max_request_body: values::size(&mut e, "limits.max_request_body", &self.limits.max_request_body),
+        };
+        if !(1..=10).contains(&self.retries.max_attempts) {
+            e.push(
+                "retries.max_attempts",
+                format!("must be 1-10 (1 disables retries), got {}", self.retries.max_attempts),
+            );
+        }
+        let shutdown = ShutdownConfig {
+            grace_period: values::duration(&mut e, "shutdown.grace_period", &self.shutdown.grace_period),
+        };
+        let table = match &self.table {
+            RawTable::File { path, watch_interval } => {
+                if path.is_empty() {
+                    e.push("table.path", "must name the routing table file, got \"\"");
+                }
+                TableSource::File {
+                    path: resolve(base, path),
+                    watch_interval: values::positive_duration(&mut e, "table.watch_interval", watch_interval),
+                }
+            }
+        };
+        let format = match self.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                e.push("log.format", format!("must be \"text\" or \"json\", got {other:?}"));
+                LogFormat::Text
+            }
+        };
+        let threads = match self.runtime.threads {
+            Some(0) => {
+                e.push("runtime.threads", "must be at least 1, got 0");
+                1
+            }
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+
+        e.finish(|| ProxyConfig {
+            listeners,
+            admin: AdminConfig {
+                address: admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
+            },
+            local_region: local_region.unwrap_or(0),
+            regions,
+            health,
+            methods: MethodClasses { reads },
+            routes,
+            timeouts,
+            limits,
+            retries: Retries {
+                max_attempts: self.retries.max_attempts,
+            },
+            shutdown,
+            table,
+            log: LogConfig {
+                format,
+                access: self.log.access,
+                level: self.log.level.clone(),
+            },
+            runtime: RuntimeConfig {
+                threads,
+                work_stealing: self.runtime.work_stealing,
+            },
+        })
+    }
+}
+
+impl RawHealth {
+    fn validate(&self, e: &mut FieldErrors) -> HealthConfig {
+        if !self.path.starts_with('/') {
+            e.push("health.path", format!("must start with '/', got {:?}", self.path));
+        }
+        let interval = values::positive_duration(e, "health.interval", &self.interval);
+        let timeout = values::positive_duration(e, "health.timeout", &self.timeout);
+        if !interval.is_zero() && timeout >= interval {
+            e.push(
+                "health.timeout",
+                format!("must be shorter than health.interval ({}), got {:?}", self.interval, self.timeout),
+            );
+        }
+        let jitter = values::duration(e, "health.jitter", &self.jitter);
+        for (field, v) in [("fall", self.fall), ("rise", self.rise), ("eject_after", self.eject_after)] {
+            if v == 0 {
+                e.push(format!("health.{field}"), "must be at least 1, got 0");
+            }
+        }
+        let expected_status = parse_status_range(&self.expected_status).unwrap_or_else(|| {
+            e.push(
+                "health.expected_status",
+                format!("must be a status or range such as \"200\" or \"200-399\", got {:?}", self.expected_status),
+            );
+            (200, 399)
+        });
+        HealthConfig {
+            path: self.path.clone(),
+            interval,
+            timeout,
+            jitter,
+            fall: self.fall,
+            rise: self.rise,
+            expected_status,
+            eject_after: self.eject_after,
+            eject_for: values::positive_duration(e, "health.eject_for", &self.eject_for),
+        }
+    }
+}
+
+fn parse_status_range(raw: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = raw.split_once('-').unwrap_or((raw, raw));
+    let lo: u16 = lo.trim().parse().ok()?;
+    let hi: u16 = hi.trim().parse().ok()?;
+    ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+/// AWS region names: `us-east-1`, `eu-west-1`, `ap-southeast-1`, ...; any
+/// lower-case dashed name is accepted so simulated regions can be named too.
+pub(crate) fn valid_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+local_region = "us-east-1"
+
+[[listeners]]
+address = "127.0.0.1:8080"
+
+[[regions]]
+name = "us-east-1"
+backends = ["127.0.0.1:9001"]
+
+[[regions]]
+name = "eu-west-1"
+backends = ["origin.eu.example.com:443"]
+tls = true
+
+[table]
+source = "file"
+path = "table.json"
+"#;
+
+fn parse(text: &str) -> Result<ProxyConfig, FromTomlError> {
+    ProxyConfig::from_toml(text, Path::new("/etc/edgeroute"))
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let c = parse(MINIMAL).expect("valid");
+    assert_eq!(c.local_region_name(), "us-east-1");
+    assert_eq!(c.admin.address.to_string(), "127.0.0.1:9901");
+    assert_eq!(c.health.path, "/health");
+    assert_eq!(c.health.fall, 3);
+    assert_eq!(c.methods.reads, ["GET", "HEAD", "OPTIONS"]);
+    assert_eq!(c.timeouts.connect, Duration::from_secs(1));
+    assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
+    assert_eq!(c.retries.max_attempts, 3);
+    assert!(!c.runtime.work_stealing);
+    let TableSource::File { path, watch_interval } = &c.table;
+    assert_eq!(path, Path::new("/etc/edgeroute/table.json"));
+    assert_eq!(*watch_interval, Duration::from_secs(1));
+    assert_eq!(c.regions[1].backends[0].to_string(), "origin.eu.example.com:443");
+}
+
+#[test]
+fn every_bad_field_is_named_with_its_value() {
+    let text = r#"
+local_region = "us-west-9"
+
+[[listeners]]
+address = "nowhere"
+
+[admin]
+address = "127.0.0.1"
+
+[[regions]]
+name = "US East"
+backends = ["10.0.0.1", "10.0.0.2:80"]
+
+[[regions]]
+name = "eu-west-1"
+backends = []
+
+[health]
+interval = "0s"
+timeout = "soon"
+fall = 0
+expected_status = "2xx"
+
+[methods]
+reads = ["GET", "G E T"]
+
+[[routes]]
+prefix = "api"
+route = "anywhere"
+
+[timeouts]
+connect = "-1s"
+
+[limits]
+max_request_body = "huge"
+
+[retries]
+max_attempts = 0
+
+[table]
+source = "file"
+path = "t.json"
+watch_interval = "0ms"
+
+[log]
+format = "xml"
+"#;
+    let Err(FromTomlError::Invalid(errs)) = parse(text) else {
+        panic!("expected field errors")
+    };
+    let text = errs.to_string();
+    let expected = [
+        ("listeners[0].address", "\"nowhere\""),
+        ("admin.address", "\"127.0.0.1\""),
+        ("regions[0].name", "\"US East\""),
+        ("regions[0].backends[0]", "\"10.0.0.1\""),
+        ("regions[1].backends", "got none"),
+        ("local_region", "\"us-west-9\""),
+        ("health.interval", "\"0s\""),
+        ("health.timeout", "\"soon\""),
+        ("health.fall", "got 0"),
+        ("health.expected_status", "\"2xx\""),
+        ("methods.reads[1]", "\"G E T\""),
+        ("routes[0].prefix", "\"api\""),
+        ("routes[0].route", "\"anywhere\""),
+        ("timeouts.connect", "\"-1s\""),
+        ("limits.max_request_body", "\"huge\""),
+        ("retries.max_attempts", "got 0"),
+        ("table.watch_interval", "\"0ms\""),
+        ("log.format", "\"xml\""),
+    ];
+    for (path, value) in expected {
+        assert!(
+            errs.iter().any(|e| e.path == path && e.message.contains(value)),
+            "no error for {path} mentioning {value} in:\n{text}"
+        );
+    }
+    assert_eq!(errs.len(), expected.len(), "unexpected extra errors:\n{text}");
+}
+
+#[test]
+fn unknown_fields_and_syntax_errors_are_parse_errors_with_location() {
+    let Err(FromTomlError::Parse(msg)) = parse(&format!("{MINIMAL}\n[health]\nintervall = \"5s\"\n")) else {
+        panic!("expected a parse error")
+    };
+    assert!(msg.contains("intervall"), "{msg}");
+    let Err(FromTomlError::Parse(msg)) = parse("local_region = ") else {
+        panic!("expected a parse error")
+    };
+    assert!(msg.contains("line 1"), "{msg}");
+}
+
+#[test]
+fn tls_listener_files_must_exist_and_h2c_is_plain_text_only() {
+    let text = format!(
+        "{MINIMAL}\n[[listeners]]\naddress = \"127.0.0.1:8443\"\nh2c = true\ntls = {{ cert = \"missing.crt\", key = \"missing.key\" }}\n"
+    );
+    let Err(FromTomlError::Invalid(errs)) = parse(&text) else {
+        panic!("expected field errors")
+    };
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["listeners[1].tls.cert", "listeners[1].tls.key", "listeners[1].h2c"]);
+}
+
+#[test]
+fn route_rules_match_prefix_and_methods() {
+    let rule = RouteRule {
+        prefix: "/search".into(),
+        methods: vec!["POST".into()],
+        target: RouteTarget::Nearest,
+    };
+    assert!(rule.matches("POST", "/search/items"));
+    assert!(!rule.matches("PUT", "/search"));
+    assert!(!rule.matches("POST", "/orders"));
+}

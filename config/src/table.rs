@@ -1,0 +1,314 @@
+//! The routing table: the one document that tells every proxy where writes
+//! go and which regions may serve reads.
+//!
+//! It is produced by the control plane (or written by hand for a file
+//! source) and carries an `epoch`, raised whenever the primary region
+//! changes, and a `version`, raised on every change. A proxy admits a table
+//! only if it is valid on its own, names only regions the proxy knows, and
+//! does not go back in time; otherwise the table is rejected whole.
+//!
+//! Unknown fields are ignored, so a newer control plane can add fields
+//! without older proxies rejecting its tables.
+
+use crate::errors::FieldErrors;
+use crate::proxy::valid_region_name;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::fmt;
+
+/// Whether a region takes traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegionState {
+    /// Serves reads (and writes, if it is the primary).
+    Active,
+    /// Being emptied: reads go elsewhere when any other region can serve;
+    /// writes still reach it while it holds the primary.
+    Draining,
+    /// Takes no traffic.
+    Down,
+}
+
+impl RegionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegionState::Active => "active",
+            RegionState::Draining => "draining",
+            RegionState::Down => "down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionEntry {
+    pub name: String,
+    pub state: RegionState,
+    /// Route 53 style weight, 0-255. A region with weight 0 serves reads only
+    /// as a last resort, like a draining one.
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// Aurora replication lag of this region's replica, in milliseconds,
+    /// when the source knows it. Informational.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replication_lag_ms: Option<u64>,
+}
+
+fn default_weight() -> u32 {
+    100
+}
+
+/// A routing table, as written in JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutingTable {
+    /// Raised whenever `primary_region` changes; never goes back.
+    pub epoch: u64,
+    /// Raised on every change to the table.
+    pub version: u64,
+    /// The region that holds the database writer; `null` when none is known.
+    pub primary_region: Option<String>,
+    /// While true, writes are refused with 503 and `Retry-After`.
+    #[serde(default)]
+    pub failover_in_progress: bool,
+    pub regions: Vec<RegionEntry>,
+}
+
+/// Why a table was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejection {
+    /// Not JSON, or not a routing table.
+    Malformed(String),
+    /// Fields with bad values, each with its path.
+    Invalid(FieldErrors),
+    /// Names a region the proxy has no backends for.
+    UnknownRegion(String),
+    /// Lower epoch than the table in force: would undo a failover.
+    StaleEpoch { got: u64, current: u64 },
+    /// Same epoch, lower version, or same version with different content.
+    StaleVersion { got: u64, current: u64 },
+    /// The primary moved but the epoch did not rise.
+    PrimaryChangedWithoutEpoch { from: Option<String>, to: Option<String> },
+}
+
+impl Rejection {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::Invalid(_) => "invalid",
+            Rejection::UnknownRegion(_) => "unknown_region",
+            Rejection::StaleEpoch { .. } => "stale_epoch",
+            Rejection::StaleVersion { .. } => "stale_version",
+            Rejection::PrimaryChangedWithoutEpoch { .. } => "primary_changed_without_epoch",
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::Malformed(m) => write!(f, "not a routing table: {m}"),
+            Rejection::Invalid(errs) => write!(f, "invalid routing table: {}", errs.to_string().replace('\n', "; ")),
+            Rejection::UnknownRegion(r) => write!(
+                f,
+                "the table names region {r:?}, which this proxy's config does not list; add it to the config or remove it from the table"
+            ),
+            Rejection::StaleEpoch { got, current } => write!(
+                f,
+                "epoch {got} is lower than the epoch in force ({current}); a proxy never goes back to an older epoch"
+            ),
+            Rejection::StaleVersion { got, current } => write!(
+                f,
+                "version {got} does not advance on the version in force ({current}) within the same epoch; raise version on every change"
+            ),
+            Rejection::PrimaryChangedWithoutEpoch { from, to } => write!(
+                f,
+                "primary_region changed from {from:?} to {to:?} without raising epoch; raise epoch whenever the primary moves"
+            ),
+        }
+    }
+}
+
+pub type TableError = Rejection;
+
+/// What admitting a table did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// A new table to put in force.
+    Accepted,
+    /// Identical to the table in force; nothing to do.
+    Unchanged,
+}
+
+impl RoutingTable {
+    /// Parse and check a table on its own (no knowledge of the proxy).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, Rejection> {
+        let table: RoutingTable =
+            serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        table.validate().map_err(Rejection::Invalid)?;
+        Ok(table)
+    }
+
+    /// Field-level checks: names, weights, the primary is one of the regions.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
+        let mut e = FieldErrors::default();
+        if self.regions.is_empty() {
+            e.push("regions", "at least one region is required, got none");
+        }
+        let mut names = HashSet::new();
+        for (i, r) in self.regions.iter().enumerate() {
+            if !valid_region_name(&r.name) {
+                e.push(format!("regions[{i}].name"), format!("must be a region name such as \"eu-west-1\", got {:?}", r.name));
+            } else if !names.insert(r.name.as_str()) {
+                e.push(format!("regions[{i}].name"), format!("{:?} is listed twice", r.name));
+            }
+            if r.weight > 255 {
+                e.push(format!("regions[{i}].weight"), format!("must be 0-255, got {}", r.weight));
+            }
+        }
+        if let Some(p) = &self.primary_region
+            && !self.regions.iter().any(|r| &r.name == p)
+        {
+            e.push("primary_region", format!("must be one of the table's regions, got {p:?}"));
+        }
+        e.finish(|| ())
+    }
+
+    pub fn region(&self, name: &str) -> Option<&RegionEntry> {
+        self.regions.iter().find(|r| r.name == name)
+    }
+
+    /// Decide whether `self` may replace `current` on a proxy that knows
+    /// `known_regions`. `self` must already have passed [`validate`].
+    ///
+    /// [`validate`]: RoutingTable::validate
+    pub fn admit<'a>(
+        &self,
+        current: Option<&RoutingTable>,
+        known_regions: impl IntoIterator<Item = &'a str> + Clone,
+    ) -> Result<Admission, Rejection> {
+        for r in &self.regions {
+            if !known_regions.clone().into_iter().any(|k| k == r.name) {
+                return Err(Rejection::UnknownRegion(r.name.clone()));
+            }
+        }
+        let Some(cur) = current else {
+            return Ok(Admission::Accepted);
+        };
+        if self == cur {
+            return Ok(Admission::Unchanged);
+        }
+        if self.epoch < cur.epoch {
+            return Err(Rejection::StaleEpoch { got: self.epoch, current: cur.epoch });
+        }
+        if self.epoch == cur.epoch {
+            if self.primary_region != cur.primary_region {
+                return Err(Rejection::PrimaryChangedWithoutEpoch {
+                    from: cur.primary_region.clone(),
+                    to: self.primary_region.clone(),
+                });
+            }
+            if self.version <= cur.version {
+                return Err(Rejection::StaleVersion { got: self.version, current: cur.version });
+            }
+        }
+        Ok(Admission::Accepted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const KNOWN: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
+
+    fn table(epoch: u64, version: u64, primary: Option<&str>) -> RoutingTable {
+        RoutingTable {
+            epoch,
+            version,
+            primary_region: primary.map(str::to_owned),
+            failover_in_progress: false,
+            regions: KNOWN
+                .iter()
+                .map(|n| RegionEntry { name: (*n).into(), state: RegionState::Active, weight: 100, replication_lag_ms: None })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_format_and_ignores_unknown_fields() {
+        let t = RoutingTable::from_json(
+            br#"{"epoch": 3, "version": 17, "primary_region": "us-east-1", "failover_in_progress": false,
+                 "generated_by": "a newer control plane",
+                 "regions": [{"name": "us-east-1", "state": "active", "weight": 100},
+                             {"name": "eu-west-1", "state": "draining", "weight": 0, "replication_lag_ms": 120},
+                             {"name": "ap-southeast-1", "state": "down"}]}"#,
+        )
+        .expect("valid table");
+        assert_eq!(t.epoch, 3);
+        assert_eq!(t.region("eu-west-1").map(|r| r.state), Some(RegionState::Draining));
+        assert_eq!(t.region("ap-southeast-1").map(|r| r.weight), Some(100));
+    }
+
+    #[test]
+    fn malformed_and_invalid_tables_say_why() {
+        assert!(matches!(RoutingTable::from_json(b"{not json"), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            RoutingTable::from_json(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": [{"name": "x", "state": "sideways"}]}"#),
+            Err(Rejection::Malformed(_))
+        ));
+        let err = RoutingTable::from_json(
+            br#"{"epoch": 1, "version": 1, "primary_region": "mars-1",
+                 "regions": [{"name": "us-east-1", "state": "active", "weight": 300},
+                             {"name": "us-east-1", "state": "active"}]}"#,
+        )
+        .expect_err("three problems");
+        let Rejection::Invalid(errs) = err else { panic!("{err:?}") };
+        let text = errs.to_string();
+        assert_eq!(errs.len(), 3, "{text}");
+        assert!(text.contains("regions[0].weight: must be 0-255, got 300"), "{text}");
+        assert!(text.contains("regions[1].name"), "{text}");
+        assert!(text.contains("primary_region: must be one of the table's regions, got \"mars-1\""), "{text}");
+    }
+
+    #[test]
+    fn admission_rules() {
+        let cur = table(2, 10, Some("us-east-1"));
+        let ok = |t: &RoutingTable| t.admit(Some(&cur), KNOWN);
+        assert_eq!(ok(&cur.clone()), Ok(Admission::Unchanged));
+        assert_eq!(ok(&table(2, 11, Some("us-east-1"))), Ok(Admission::Accepted));
+        assert_eq!(ok(&table(3, 1, Some("eu-west-1"))), Ok(Admission::Accepted));
+        assert_eq!(ok(&table(1, 99, Some("us-east-1"))), Err(Rejection::StaleEpoch { got: 1, current: 2 }));
+        assert_eq!(ok(&table(2, 9, Some("us-east-1"))), Err(Rejection::StaleVersion { got: 9, current: 10 }));
+        let mut same_version_changed = cur.clone();
+        same_version_changed.failover_in_progress = true;
+        assert_eq!(ok(&same_version_changed), Err(Rejection::StaleVersion { got: 10, current: 10 }));
+        assert!(matches!(ok(&table(2, 11, Some("eu-west-1"))), Err(Rejection::PrimaryChangedWithoutEpoch { .. })));
+        let mut unknown = table(5, 1, None);
+        unknown.regions.push(RegionEntry { name: "sa-east-1".into(), state: RegionState::Active, weight: 1, replication_lag_ms: None });
+        assert_eq!(unknown.admit(Some(&cur), KNOWN), Err(Rejection::UnknownRegion("sa-east-1".into())));
+    }
+
+    proptest! {
+        /// Whatever sequence of tables arrives, the epoch in force never decreases
+        /// and the primary only changes together with a higher epoch.
+        #[test]
+        fn epoch_in_force_never_goes_back(
+            steps in proptest::collection::vec((0u64..6, 0u64..6, proptest::option::of(0usize..3)), 1..40)
+        ) {
+            let mut in_force: Option<RoutingTable> = None;
+            for (epoch, version, primary) in steps {
+                let t = table(epoch, version, primary.map(|i| KNOWN[i]));
+                if let Ok(Admission::Accepted) = t.admit(in_force.as_ref(), KNOWN) {
+                    if let Some(old) = &in_force {
+                        prop_assert!(t.epoch >= old.epoch);
+                        if t.primary_region != old.primary_region {
+                            prop_assert!(t.epoch > old.epoch);
+                        }
+                    }
+                    in_force = Some(t);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Parsers for the scalar values a config file holds as strings (durations,
+//! sizes, addresses, methods), each recording a field error instead of failing.
+
+use crate::errors::FieldErrors;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// `"10s"`, `"250ms"`, `"1m 30s"`: humantime syntax.
+pub(crate) fn duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
+    match humantime::parse_duration(raw) {
+        Ok(d) => d,
+        Err(e) => {
+            errs.push(
+                path,
+                format!("must be a duration such as \"10s\" or \"250ms\", got {raw:?} ({e})"),
+            );
+            Duration::ZERO
+        }
+    }
+}
+
+/// A duration that must be strictly positive.
+pub(crate) fn positive_duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
+    let before = errs.len();
+    let d = duration(errs, path, raw);
+    if errs.len() == before && d.is_zero() {
+        errs.push(path, format!("must be > 0, got {raw:?}"));
+    }
+    d
+}
+
+/// `"10MiB"`, `"512KB"`, `"1048576"`.
+pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
+    match raw.trim().parse::<bytesize::ByteSize>() {
+        Ok(b) => b.as_u64(),
+        Err(e) => {
+            errs.push(
+                path,
+                format!("must be a size such as \"10MiB\" or \"512KB\", got {raw:?} ({e})"),
+            );
+            0
+        }
+    }
+}
+
+/// A literal `ip:port` socket address to listen on.
+pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<SocketAddr> {
+    match raw.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                path,
+                format!("must be an ip:port address such as \"0.0.0.0:8080\", got {raw:?}"),
+            );
+            None
+        }
+    }
+}
+
+/// A `host:port` pair where host is a DNS name or an IP literal (IPv6 in brackets).
+pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<(String, u16)> {
+    let bad = |errs: &mut FieldErrors, why: &str| {
+        errs.push(
+            path,
+            format!("must be host:port such as \"10.0.1.5:8080\" or \"alb.example.com:443\", got {raw:?} ({why})"),
+        );
+        None
+    };
+    if let Ok(sa) = raw.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return bad(errs, "port 0");
+        }
+        return Some((sa.ip().to_string(), sa.port()));
+    }
+    let Some((host, port)) = raw.rsplit_once(':') else {
+        return bad(errs, "no port");
+    };
+    let port = match port.parse::<u16>() {
+        Ok(0) | Err(_) => return bad(errs, "port must be 1-65535"),
+        Ok(p) => p,
+    };
+    let valid_host = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        });
+    if !valid_host {
+        return bad(errs, "host is not a valid DNS name or IP address");
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
+/// An HTTP method token, upper-cased.
+pub(crate) fn method(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
+    let ok = !raw.is_empty()
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'-' || b == b'_');
+    if ok {
+        Some(raw.to_ascii_uppercase())
+    } else {
+        errs.push(
+            path,
+            format!("must be an HTTP method such as \"GET\" or \"POST\", got {raw:?}"),
+        );
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_accepts_names_and_literals() {
+        let mut e = FieldErrors::default();
+        assert_eq!(
+            host_port(&mut e, "x", "alb-1.eu-west-1.elb.amazonaws.com:443"),
+            Some(("alb-1.eu-west-1.elb.amazonaws.com".into(), 443))
+        );
+        assert_eq!(host_port(&mut e, "x", "[::1]:80"), Some(("::1".into(), 80)));
+        assert_eq!(host_port(&mut e, "x", "127.0.0.1:8080"), Some(("127.0.0.1".into(), 8080)));
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn host_port_rejects_garbage_with_the_value() {
+        for raw in ["", "host", "host:0", "host:99999", ":80", "bad_host!:80", "-a.com:1"] {
+            let mut e = FieldErrors::default();
+            assert_eq!(host_port(&mut e, "regions[0].backends[1]", raw), None, "{raw}");
+            let msg = e.to_string();
+            assert!(msg.starts_with("regions[0].backends[1]: "), "{msg}");
+            assert!(msg.contains(&format!("{raw:?}")), "{msg}");
+        }
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        let mut e = FieldErrors::default();
+        assert_eq!(duration(&mut e, "t", "250ms"), Duration::from_millis(250));
+        assert_eq!(size(&mut e, "s", "1KiB"), 1024);
+        assert!(e.is_empty());
+        positive_duration(&mut e, "t", "0s");
+        duration(&mut e, "u", "ten seconds");
+        size(&mut e, "v", "lots");
+        assert_eq!(e.len(), 3, "{e}");
+    }
+}
