@@ -1,0 +1,187 @@
+//! The admin listener: health for Route 53 and the ALB, readiness for
+//! Kubernetes, Prometheus metrics, and the routing table in force.
+//!
+//! It is bound to loopback by default. It runs on its own runtime so it keeps
+//! answering (`/ready` = 503) while the proxy drains after SIGTERM.
+
+use crate::route::choose_region;
+use crate::state::AppState;
+use bytes::Bytes;
+use edgeroute_config::{RegionState, RouteTarget};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+use tokio::net::TcpListener;
+
+/// Serves the admin API on `listener` until the process exits.
+pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin listener: accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, std::convert::Infallible>(handle(&state, &req)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    resp.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    resp
+}
+
+fn json_reply(ok: bool, body: Value) -> Response<Full<Bytes>> {
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply(status, "application/json", body.to_string())
+}
+
+fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "admin endpoints answer GET only\n",
+        );
+    }
+    let local = &*state.topology.regions[state.topology.local].name;
+    match req.uri().path() {
+        "/health" => {
+            let ok = state.local_can_serve() && !state.lifecycle.is_shutting_down();
+            json_reply(
+                ok,
+                json!({ "status": if ok { "ok" } else { "unavailable" }, "region": local, "check": "local region can serve reads" }),
+            )
+        }
+        "/health/read" | "/health/write" => {
+            let write = req.uri().path() == "/health/write";
+            let target = if write {
+                RouteTarget::Primary
+            } else {
+                RouteTarget::Nearest
+            };
+            let outcome = match state.router.load() {
+                None => Err("no_routing_table"),
+                Some(s) => choose_region(
+                    &s,
+                    state.topology.local,
+                    target,
+                    |r| state.topology.regions[r].has_live_backend(),
+                    0,
+                )
+                .map(|r| &*state.topology.regions[r].name)
+                .map_err(|e| e.code()),
+            };
+            match outcome {
+                Ok(region) => json_reply(true, json!({ "status": "ok", "served_by": region })),
+                Err(reason) => {
+                    json_reply(false, json!({ "status": "unavailable", "reason": reason }))
+                }
+            }
+        }
+        "/ready" => {
+            let has_table = state.router.load().is_some();
+            let draining = state.lifecycle.is_shutting_down();
+            let ok = has_table && !draining;
+            state.metrics.ready.set(i64::from(ok));
+            let reason = if draining {
+                "shutting_down"
+            } else if !has_table {
+                "no_routing_table"
+            } else {
+                ""
+            };
+            json_reply(ok, json!({ "ready": ok, "reason": reason }))
+        }
+        "/metrics" => {
+            state.metrics.ready.set(i64::from(
+                !state.lifecycle.is_shutting_down() && state.router.load().is_some(),
+            ));
+            reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                state.metrics.render(&state.topology),
+            )
+        }
+        "/routing" => reply(
+            StatusCode::OK,
+            "application/json",
+            routing_view(state).to_string(),
+        ),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "unknown admin path; try /health, /health/read, /health/write, /ready, /metrics or /routing\n",
+        ),
+    }
+}
+
+/// The table in force and what this proxy makes of it, region by region.
+pub fn routing_view(state: &AppState) -> Value {
+    let snap = state.router.load();
+    let topo = &state.topology;
+    let regions: Vec<Value> = topo
+        .regions
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let table_state = snap.as_ref().map_or(RegionState::Down, |s| s.states[i]);
+            json!({
+                "name": &*r.name,
+                "state": table_state.as_str(),
+                "weight": snap.as_ref().map_or(0, |s| s.weights[i]),
+                "local": i == topo.local,
+                "primary": snap.as_ref().is_some_and(|s| s.primary == Some(i)),
+                "live_backends": r.backends.iter().filter(|b| b.is_live()).count(),
+                "backends": r.backends.iter().map(|b| json!({
+                    "address": b.label,
+                    "live": b.is_live(),
+                    "inflight": b.inflight(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "local_region": &*topo.regions[topo.local].name,
+        "table": snap.as_ref().map(|s| serde_json::to_value(&s.table).unwrap_or(Value::Null)),
+        "in_force_since": snap.as_ref().and_then(|s| s.loaded_at.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_secs()),
+        "regions": regions,
+        "shutting_down": state.lifecycle.is_shutting_down(),
+    })
+}

@@ -1,0 +1,114 @@
+//! `edgeroute-proxy demo`: three simulated regions behind a proxy for
+//! us-east-1, on loopback and built-in defaults.
+
+use crate::sim::serve_origin;
+use anyhow::Context;
+use edgeroute_config::ProxyConfig;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The simulated regions and their added delay, as seen from us-east-1:
+/// in-region, transatlantic and transpacific round trips.
+const REGIONS: [(&str, Duration); 3] = [
+    ("us-east-1", Duration::from_millis(2)),
+    ("eu-west-1", Duration::from_millis(75)),
+    ("ap-southeast-1", Duration::from_millis(210)),
+];
+
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("edgeroute-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+
+    let origins = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("demo-origins")
+        .enable_all()
+        .build()?;
+    let mut backends = Vec::new();
+    for (region, delay) in REGIONS {
+        let listener = origins
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .context("cannot bind a loopback port for a simulated origin")?;
+        backends.push((region, listener.local_addr()?));
+        origins.spawn(serve_origin(listener, Arc::from(region), delay));
+    }
+
+    let table_path = dir.join("table.json");
+    std::fs::write(&table_path, initial_table())?;
+    let config_text = config_toml(&opts, &backends);
+    let config_path = dir.join("edgeroute.toml");
+    std::fs::write(&config_path, &config_text)?;
+    let config = ProxyConfig::from_toml(&config_text, &dir)
+        .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
+
+    print_guide(&opts, &backends, &config_path, &table_path);
+    let result = crate::server::run(config);
+    drop(origins);
+    result
+}
+
+fn initial_table() -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "epoch": 1,
+        "version": 1,
+        "primary_region": "us-east-1",
+        "failover_in_progress": false,
+        "regions": REGIONS.iter().map(|(name, _)| serde_json::json!({"name": name, "state": "active", "weight": 100})).collect::<Vec<_>>(),
+    }))
+    .unwrap_or_default()
+        + "\n"
+}
+
+fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
+    let mut s = format!(
+        "# edgeroute demo: a proxy for us-east-1 in front of three simulated regions.\n\
+         local_region = \"us-east-1\"\n\n\
+         [[listeners]]\naddress = \"{}\"\nh2c = true\n\n\
+         [admin]\naddress = \"{}\"\n\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"500ms\"\n\n\
+         [runtime]\nthreads = 1\n",
+        opts.listen, opts.admin
+    );
+    for (region, addr) in backends {
+        s.push_str(&format!(
+            "\n[[regions]]\nname = \"{region}\"\nbackends = [\"{addr}\"]\n"
+        ));
+    }
+    s
+}
+
+fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Path, table: &Path) {
+    let origins: Vec<String> = backends
+        .iter()
+        .zip(REGIONS)
+        .map(|((r, a), (_, d))| format!("    {r:<15} {a}  (+{} ms)", d.as_millis()))
+        .collect();
+    println!(
+        "\nedgeroute demo: a proxy for us-east-1 on http://{listen}, admin on http://{admin}\n\
+         simulated regions:\n{origins}\n\
+         config: {config}\ntable:  {table}\n\n\
+         Try:\n\
+         \x20 curl -i http://{listen}/items                  # a read, served by us-east-1 (local)\n\
+         \x20 curl -i -X POST http://{listen}/orders -d '{{}}'  # a write, sent to the primary\n\
+         \x20 curl -s http://{admin}/routing                 # the table in force and backend state\n\
+         \x20 curl -s http://{admin}/metrics | grep edgeroute_requests_total\n\n\
+         Move the primary to eu-west-1 (the file is reloaded within a second, or at once with SIGHUP):\n\
+         \x20 sed -i -e 's/\"epoch\": 1/\"epoch\": 2/' -e 's/\"version\": 1/\"version\": 2/' \\\n\
+         \x20        -e 's/\"primary_region\": \"us-east-1\"/\"primary_region\": \"eu-west-1\"/' {table}\n\
+         \x20 curl -i -X POST http://{listen}/orders -d '{{}}'  # now x-edgeroute-region: eu-west-1\n\n\
+         Take us-east-1 down (raise version, set its state to \"down\"), and reads move to eu-west-1.\n\
+         Stop with Ctrl-C.\n",
+        listen = opts.listen,
+        admin = opts.admin,
+        origins = origins.join("\n"),
+        config = config.display(),
+        table = table.display(),
+    );
+}

@@ -1,0 +1,22 @@
+//! edgeroute's data plane.
+//!
+//! A Pingora proxy that sends reads to the local region (or the nearest one
+//! that can serve) and writes to the region holding the database writer, from
+//! one routing snapshot that the table source swaps in whole.
+
+pub mod admin;
+pub mod check;
+pub mod demo;
+pub mod lifecycle;
+pub mod logging;
+pub mod metrics;
+pub mod respond;
+pub mod route;
+pub mod server;
+pub mod service;
+pub mod sim;
+pub mod snapshot;
+pub mod state;
+pub mod table_source;
+pub mod tls;
+pub mod topology;

@@ -1,0 +1,150 @@
+//! Readiness, in-flight requests and shutdown.
+//!
+//! On SIGTERM the proxy flips `/ready` to 503 at once, stops accepting
+//! (Pingora closes its listeners), lets in-flight requests finish within the
+//! grace period, then exits 0 as soon as none is left.
+
+use async_trait::async_trait;
+use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{Notify, watch};
+
+pub struct Lifecycle {
+    shutting_down: AtomicBool,
+    inflight: AtomicUsize,
+    idle: Notify,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl Default for Lifecycle {
+    fn default() -> Self {
+        Lifecycle {
+            shutting_down: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            shutdown_tx: watch::channel(false).0,
+        }
+    }
+}
+
+impl Lifecycle {
+    pub fn begin_shutdown(&self) {
+        if !self.shutting_down.swap(true, Ordering::SeqCst) {
+            self.shutdown_tx.send_replace(true);
+        }
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn shutdown_started(&self) {
+        let mut rx = self.shutdown_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends on `true`.
+        if rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::SeqCst)
+    }
+
+    pub fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.inflight.fetch_add(1, Ordering::SeqCst);
+        RequestGuard(Arc::clone(self))
+    }
+
+    /// Resolves when no request is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.inflight() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Counts one request as in flight until dropped.
+pub struct RequestGuard(Arc<Lifecycle>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// Pingora's shutdown trigger: SIGTERM is a graceful stop, SIGINT a fast one.
+/// Readiness flips before Pingora is told, so `/ready` never lags the stop.
+pub struct SignalWatch(pub Arc<Lifecycle>);
+
+#[async_trait]
+impl ShutdownSignalWatch for SignalWatch {
+    async fn recv(&self) -> ShutdownSignal {
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot install signal handlers; stopping");
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: not ready any more, finishing in-flight requests");
+                self.0.begin_shutdown();
+                ShutdownSignal::GracefulTerminate
+            }
+            _ = int.recv() => {
+                tracing::info!("SIGINT: stopping now");
+                self.0.begin_shutdown();
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn drained_waits_for_the_last_request() {
+        let l = Arc::new(Lifecycle::default());
+        let g1 = l.request_started();
+        let g2 = l.request_started();
+        let waiter = tokio::spawn({
+            let l = Arc::clone(&l);
+            async move { l.drained().await }
+        });
+        drop(g1);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert!(!waiter.is_finished());
+        drop(g2);
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("drained after the last guard")
+            .expect("task ran");
+    }
+
+    #[tokio::test]
+    async fn shutdown_flag_and_watch() {
+        let l = Lifecycle::default();
+        assert!(!l.is_shutting_down());
+        l.begin_shutdown();
+        assert!(l.is_shutting_down());
+        l.shutdown_started().await;
+    }
+}

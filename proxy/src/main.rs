@@ -1,0 +1,94 @@
+//! `edgeroute-proxy`: parse the command line, then run, check or demo.
+
+use clap::{Parser, Subcommand};
+use edgeroute_config::{ConfigError, ProxyConfig};
+use edgeroute_proxy::{demo, logging, server};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(
+    name = "edgeroute-proxy",
+    version,
+    about = "Multi-region edge routing proxy: reads stay local, writes go to the primary region"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    Run {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a config file (and the routing table it names) and exit.
+    Check {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Three simulated regions behind a proxy for us-east-1, on loopback.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    edgeroute_proxy::tls::install_crypto_provider();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => return check(&config),
+        Command::Run { config } => load(&config).and_then(|c| {
+            logging::init(c.log.format, &c.log.level)?;
+            server::run(c)
+        }),
+        Command::Demo { listen, admin } => logging::init(edgeroute_config::LogFormat::Text, "info")
+            .and_then(|()| demo::run(demo::DemoOptions { listen, admin })),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
+    Ok(ProxyConfig::load(path)?)
+}
+
+fn check(path: &Path) -> ExitCode {
+    match ProxyConfig::load(path) {
+        Ok(cfg) => match edgeroute_proxy::check::table_file(&cfg) {
+            Ok(summary) => {
+                println!("{}: ok ({summary})", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
+        Err(ConfigError::Invalid { path, errors }) => {
+            eprintln!("{}: {} invalid field(s):", path.display(), errors.len());
+            for e in errors.iter() {
+                eprintln!("  {e}");
+            }
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics, in a registry of our own served on the admin listener.
+
+use crate::topology::Topology;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests answered, by serving region (`none` when refused), route class and status.
+    pub requests: IntCounterVec,
+    /// Time from request header to the end of the response, by region and route class.
+    pub duration: HistogramVec,
+    /// Requests refused by the proxy itself, by reason.
+    pub refusals: IntCounterVec,
+    /// Extra attempts made on another backend or region.
+    pub retries: IntCounter,
+    pub table_epoch: IntGauge,
+    pub table_version: IntGauge,
+    pub table_swaps: IntCounter,
+    pub table_rejections: IntCounterVec,
+    pub table_last_change: IntGauge,
+    pub backend_ejections: IntCounterVec,
+    backend_up: IntGaugeVec,
+    backend_inflight: IntGaugeVec,
+    pub ready: IntGauge,
+    /// Time to admit, build and publish a table.
+    pub table_swap_seconds: Histogram,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let m = IntGauge::new(name, help).expect("static metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let m = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "edgeroute_request_duration_seconds",
+                "Time from request header to the end of the response",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["region", "route"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(duration.clone()))
+            .expect("metric registered once");
+        let table_swap_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "edgeroute_table_swap_seconds",
+                "Time to validate, build and publish a routing table",
+            )
+            .buckets(vec![0.00001, 0.0001, 0.001, 0.01, 0.1]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(table_swap_seconds.clone()))
+            .expect("metric registered once");
+        Metrics {
+            requests: counter_vec(
+                &r,
+                "edgeroute_requests_total",
+                "Requests answered, by serving region, route class and status",
+                &["region", "route", "status"],
+            ),
+            duration,
+            refusals: counter_vec(
+                &r,
+                "edgeroute_refusals_total",
+                "Requests refused by the proxy before reaching a backend, by reason",
+                &["reason"],
+            ),
+            retries: {
+                let c = IntCounter::new(
+                    "edgeroute_retries_total",
+                    "Attempts repeated on another backend or region",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            table_epoch: gauge(
+                &r,
+                "edgeroute_table_epoch",
+                "Epoch of the routing table in force",
+            ),
+            table_version: gauge(
+                &r,
+                "edgeroute_table_version",
+                "Version of the routing table in force",
+            ),
+            table_swaps: {
+                let c =
+                    IntCounter::new("edgeroute_table_swaps_total", "Routing tables put in force")
+                        .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            table_rejections: counter_vec(
+                &r,
+                "edgeroute_table_rejections_total",
+                "Routing tables rejected whole, by reason",
+                &["reason"],
+            ),
+            table_last_change: gauge(
+                &r,
+                "edgeroute_table_last_change_timestamp_seconds",
+                "Unix time the table in force was put in force",
+            ),
+            backend_ejections: counter_vec(
+                &r,
+                "edgeroute_backend_ejections_total",
+                "Backends taken out of rotation after connect failures",
+                &["region", "backend"],
+            ),
+            backend_up: gauge_vec(
+                &r,
+                "edgeroute_backend_up",
+                "1 when the backend is in rotation",
+                &["region", "backend"],
+            ),
+            backend_inflight: gauge_vec(
+                &r,
+                "edgeroute_backend_inflight",
+                "Requests in flight on the backend",
+                &["region", "backend"],
+            ),
+            ready: gauge(
+                &r,
+                "edgeroute_ready",
+                "1 while the proxy takes new requests",
+            ),
+            table_swap_seconds,
+            registry: r,
+        }
+    }
+
+    /// Refreshes per-backend gauges and renders the text exposition format.
+    pub fn render(&self, topology: &Topology) -> String {
+        for region in &topology.regions {
+            for b in &region.backends {
+                let labels = [&*region.name, b.label.as_str()];
+                self.backend_up
+                    .with_label_values(&labels)
+                    .set(i64::from(b.is_live()));
+                self.backend_inflight
+                    .with_label_values(&labels)
+                    .set(i64::from(b.inflight()));
+            }
+        }
+        let mut buf = Vec::with_capacity(16 * 1024);
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

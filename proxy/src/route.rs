@@ -1,0 +1,206 @@
+//! The route decision: which class a request is, and which region serves it.
+//!
+//! Everything here is a pure function of the request, the snapshot and the
+//! live state passed in, so the rules are property-tested without sockets.
+
+use crate::snapshot::Snapshot;
+use crate::topology::{Backend, RegionInfo};
+use edgeroute_config::{MethodClasses, RegionState, RouteRule, RouteTarget};
+use rand::Rng;
+use std::sync::Arc;
+
+/// Request header that asks for a read from the primary region.
+pub const CONSISTENCY_HEADER: &str = "x-edgeroute-consistency";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteClass {
+    Read,
+    Write,
+}
+
+impl RouteClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteClass::Read => "read",
+            RouteClass::Write => "write",
+        }
+    }
+}
+
+/// How a request is to be routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    pub class: RouteClass,
+    pub target: RouteTarget,
+}
+
+/// Classifies requests from the config's method classes and route rules.
+pub struct Classifier {
+    methods: MethodClasses,
+    rules: Vec<RouteRule>,
+}
+
+impl Classifier {
+    pub fn new(methods: MethodClasses, rules: Vec<RouteRule>) -> Self {
+        Classifier { methods, rules }
+    }
+
+    /// The first matching rule decides; otherwise reads go to the nearest
+    /// region and writes to the primary. A strong-consistency read goes to
+    /// the primary too. Whatever else holds, a write's target is the primary
+    /// unless a rule explicitly names it a local or nearest route.
+    pub fn classify(&self, method: &str, path: &str, strong: bool) -> Plan {
+        let mut plan = match self.rules.iter().find(|r| r.matches(method, path)) {
+            Some(rule) => Plan {
+                class: if rule.target == RouteTarget::Primary {
+                    RouteClass::Write
+                } else {
+                    RouteClass::Read
+                },
+                target: rule.target,
+            },
+            None if self.methods.is_read(method) => Plan {
+                class: RouteClass::Read,
+                target: RouteTarget::Nearest,
+            },
+            None => Plan {
+                class: RouteClass::Write,
+                target: RouteTarget::Primary,
+            },
+        };
+        if strong {
+            plan.target = RouteTarget::Primary;
+        }
+        plan
+    }
+}
+
+/// Why a request is refused before it reaches any backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoTable,
+    NoPrimary,
+    FailoverInProgress,
+    PrimaryDown,
+    PrimaryUnavailable,
+    LocalUnavailable,
+    NoRegionAvailable,
+}
+
+impl Refusal {
+    /// Stable code for the JSON body, logs and metrics.
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::NoTable => "no_routing_table",
+            Refusal::NoPrimary => "no_primary",
+            Refusal::FailoverInProgress => "failover_in_progress",
+            Refusal::PrimaryDown => "primary_down",
+            Refusal::PrimaryUnavailable => "primary_unavailable",
+            Refusal::LocalUnavailable => "local_unavailable",
+            Refusal::NoRegionAvailable => "no_region_available",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::NoTable => "the proxy has no routing table yet",
+            Refusal::NoPrimary => "no primary region is known, so writes cannot be accepted",
+            Refusal::FailoverInProgress => {
+                "a failover is in progress; writes are held until the new primary is confirmed"
+            }
+            Refusal::PrimaryDown => "the primary region is marked down",
+            Refusal::PrimaryUnavailable => "the primary region has no reachable backend",
+            Refusal::LocalUnavailable => "the local region cannot serve this route",
+            Refusal::NoRegionAvailable => "no region can serve this request",
+        }
+    }
+
+    /// Seconds a client should wait before retrying.
+    pub fn retry_after_secs(self) -> u32 {
+        match self {
+            Refusal::FailoverInProgress => 2,
+            _ => 5,
+        }
+    }
+}
+
+/// Picks the region for `target`. `live(r)` says whether region `r` has a
+/// backend in rotation; regions in the `excluded` bit set were already tried
+/// by this request. A primary target yields the table's primary or a refusal,
+/// never another region.
+pub fn choose_region(
+    snap: &Snapshot,
+    local: usize,
+    target: RouteTarget,
+    live: impl Fn(usize) -> bool,
+    excluded: u64,
+) -> Result<usize, Refusal> {
+    let usable = |r: usize| excluded & (1 << r) == 0 && live(r);
+    match target {
+        RouteTarget::Primary => {
+            let p = snap.primary.ok_or(Refusal::NoPrimary)?;
+            if snap.failover_in_progress {
+                return Err(Refusal::FailoverInProgress);
+            }
+            if snap.states[p] == RegionState::Down {
+                return Err(Refusal::PrimaryDown);
+            }
+            if !usable(p) {
+                return Err(Refusal::PrimaryUnavailable);
+            }
+            Ok(p)
+        }
+        RouteTarget::Local => {
+            if snap.states[local] != RegionState::Down && usable(local) {
+                Ok(local)
+            } else {
+                Err(Refusal::LocalUnavailable)
+            }
+        }
+        RouteTarget::Nearest => {
+            let preferred = |r: usize| {
+                snap.states[r] == RegionState::Active && snap.weights[r] > 0 && usable(r)
+            };
+            let last_resort = |r: usize| snap.states[r] != RegionState::Down && usable(r);
+            let order = std::iter::once(local).chain(snap.fallback.iter().copied());
+            order
+                .clone()
+                .find(|&r| preferred(r))
+                .or_else(|| order.clone().find(|&r| last_resort(r)))
+                .ok_or(Refusal::NoRegionAvailable)
+        }
+    }
+}
+
+/// Power of two choices by in-flight requests among the region's live
+/// backends not yet tried by this request (`tried` is a bit set of indices).
+pub fn pick_backend<'a>(
+    region: &'a RegionInfo,
+    tried: u64,
+    rng: &mut impl Rng,
+) -> Option<(usize, &'a Arc<Backend>)> {
+    let eligible = |i: &usize| tried & (1 << *i) == 0 && region.backends[*i].is_live();
+    let n = (0..region.backends.len()).filter(eligible).count();
+    let nth = |k: usize| (0..region.backends.len()).filter(eligible).nth(k);
+    let a = match n {
+        0 => return None,
+        1 => nth(0)?,
+        _ => {
+            let x = rng.random_range(0..n);
+            let mut y = rng.random_range(0..n - 1);
+            if y >= x {
+                y += 1;
+            }
+            let (a, b) = (nth(x)?, nth(y)?);
+            if region.backends[b].inflight() < region.backends[a].inflight() {
+                b
+            } else {
+                a
+            }
+        }
+    };
+    Some((a, &region.backends[a]))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,160 @@
+//! Assembles and runs the proxy: routing state, the table source, the admin
+//! listener, and Pingora's listeners.
+
+use crate::admin;
+use crate::service::EdgeProxy;
+use crate::state::AppState;
+use crate::table_source;
+use crate::topology::Topology;
+use anyhow::Context;
+use edgeroute_config::{ProxyConfig, TableSource};
+use pingora_core::apps::HttpServerOptions;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server};
+use pingora_proxy::ProxyServiceBuilder;
+use std::sync::Arc;
+
+/// Runs the proxy until it is stopped by a signal. Start-up problems (a
+/// backend that does not resolve, a busy port, a bad table) are returned.
+pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    let topology = Topology::build(&config)?;
+    let state = Arc::new(AppState::new(config, topology));
+    let cfg = &state.config;
+
+    let TableSource::File {
+        path,
+        watch_interval,
+    } = cfg.table.clone();
+    table_source::load_initial(&state, &path)?;
+
+    // Bind now so that a busy port is reported before anything starts.
+    let admin = std::net::TcpListener::bind(cfg.admin.address).with_context(|| {
+        format!(
+            "cannot listen on admin.address {}; is another proxy running?",
+            cfg.admin.address
+        )
+    })?;
+    admin.set_nonblocking(true)?;
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        drop(std::net::TcpListener::bind(l.address).with_context(|| {
+            format!(
+                "cannot listen on listeners[{i}].address {}; is the port in use?",
+                l.address
+            )
+        })?);
+    }
+
+    // The admin API, the table source and the exit on drain run on a runtime
+    // of their own, which outlives Pingora's listeners during shutdown.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("edgeroute-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    control.spawn(admin::serve(Arc::clone(&state), {
+        let _enter = control.enter();
+        tokio::net::TcpListener::from_std(admin)?
+    }));
+    control.spawn(table_source::watch_file(
+        Arc::clone(&state),
+        path.clone(),
+        watch_interval,
+    ));
+    control.spawn(exit_when_drained(Arc::clone(&state)));
+
+    // Pingora's defaults are fixed /tmp paths: two proxies on a host would collide.
+    let run_file = |ext: &str| {
+        std::env::temp_dir()
+            .join(format!("edgeroute-proxy-{}.{ext}", std::process::id()))
+            .display()
+            .to_string()
+    };
+    let conf = ServerConf {
+        threads: cfg.runtime.threads,
+        work_stealing: cfg.runtime.work_stealing,
+        // Pingora waits this long after SIGTERM; `exit_when_drained` exits
+        // sooner once nothing is in flight.
+        grace_period_seconds: Some(cfg.shutdown.grace_period.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        max_retries: cfg.retries.max_attempts as usize,
+        pid_file: run_file("pid"),
+        upgrade_sock: run_file("sock"),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
+    server.bootstrap();
+
+    // h2c is a per-service option, so plain listeners that want it get a service of their own.
+    for h2c in [false, true] {
+        let listeners: Vec<_> = cfg.listeners.iter().filter(|l| l.h2c == h2c).collect();
+        if listeners.is_empty() {
+            continue;
+        }
+        let mut options = HttpServerOptions::default();
+        options.h2c = h2c;
+        let mut service = ProxyServiceBuilder::new(
+            &server.configuration,
+            EdgeProxy {
+                state: Arc::clone(&state),
+            },
+        )
+        .name(if h2c { "edgeroute h2c" } else { "edgeroute" })
+        .server_options(options)
+        .build();
+        for l in listeners {
+            let addr = l.address.to_string();
+            match &l.tls {
+                None => service.add_tcp(&addr),
+                Some(tls) => {
+                    let (cert, key) = (
+                        tls.cert.display().to_string(),
+                        tls.key.display().to_string(),
+                    );
+                    let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
+                        anyhow::anyhow!("cannot load TLS certificate {cert} / key {key}: {e}")
+                    })?;
+                    settings.enable_h2();
+                    service.add_tls_with_settings(&addr, None, settings);
+                }
+            }
+        }
+        server.add_service(service);
+    }
+
+    let snap = state.router.load();
+    tracing::info!(
+        listeners = ?cfg.listeners.iter().map(|l| format!("{}{}", if l.tls.is_some() { "https://" } else { "http://" }, l.address)).collect::<Vec<_>>(),
+        admin = %cfg.admin.address,
+        local_region = state.topology.regions[state.topology.local].name.as_ref(),
+        epoch = snap.as_ref().map(|s| s.epoch()),
+        version = snap.as_ref().map(|s| s.version()),
+        primary = ?snap.as_ref().and_then(|s| s.table.primary_region.clone()),
+        table = %path.display(),
+        threads = cfg.runtime.threads,
+        "edgeroute-proxy started"
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(crate::lifecycle::SignalWatch(Arc::clone(&state.lifecycle))),
+    });
+    tracing::info!("edgeroute-proxy stopped");
+    drop(control);
+    Ok(())
+}
+
+/// After SIGTERM, exits 0 as soon as no request is in flight, or when the
+/// grace period runs out.
+async fn exit_when_drained(state: Arc<AppState>) {
+    state.lifecycle.shutdown_started().await;
+    let grace = state.config.shutdown.grace_period;
+    match tokio::time::timeout(grace, state.lifecycle.drained()).await {
+        Ok(()) => tracing::info!("all in-flight requests finished; exiting"),
+        Err(_) => tracing::warn!(
+            still_in_flight = state.lifecycle.inflight(),
+            grace_period = ?grace,
+            "grace period over; exiting with requests still in flight"
+        ),
+    }
+    std::process::exit(0);
+}

@@ -1,0 +1,100 @@
+//! What the proxy service, the admin listener and the table source share.
+
+use crate::lifecycle::Lifecycle;
+use crate::metrics::Metrics;
+use crate::route::Classifier;
+use crate::snapshot::{Router, Snapshot};
+use crate::topology::Topology;
+use edgeroute_config::{Admission, ProxyConfig, Rejection, RoutingTable};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+pub struct AppState {
+    pub config: ProxyConfig,
+    pub topology: Topology,
+    pub classifier: Classifier,
+    pub router: Router,
+    pub metrics: Metrics,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Serialises table admission so that "compare with the table in force,
+    /// then replace it" is one step.
+    swap: Mutex<()>,
+}
+
+impl AppState {
+    pub fn new(config: ProxyConfig, topology: Topology) -> Self {
+        AppState {
+            classifier: Classifier::new(config.methods.clone(), config.routes.clone()),
+            config,
+            topology,
+            router: Router::default(),
+            metrics: Metrics::new(),
+            lifecycle: Arc::new(Lifecycle::default()),
+            swap: Mutex::new(()),
+        }
+    }
+
+    /// Offers a table from `source`: admitted tables are put in force in one
+    /// store; rejected ones leave the table in force untouched and are logged
+    /// and counted.
+    pub fn offer_table(&self, bytes: &[u8], source: &str) -> Result<Admission, Rejection> {
+        let started = Instant::now();
+        let _one_at_a_time = self
+            .swap
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.router.load();
+        let result = RoutingTable::from_json(bytes).and_then(|table| {
+            let admission = table.admit(current.as_ref().map(|s| &s.table), self.topology.region_names())?;
+            if admission == Admission::Accepted {
+                let (epoch, version) = (table.epoch, table.version);
+                let primary = table.primary_region.clone();
+                let failover = table.failover_in_progress;
+                self.router.store(Snapshot::build(&self.topology, table));
+                self.metrics.table_epoch.set(epoch as i64);
+                self.metrics.table_version.set(version as i64);
+                self.metrics.table_swaps.inc();
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                self.metrics.table_last_change.set(now as i64);
+                self.metrics.table_swap_seconds.observe(started.elapsed().as_secs_f64());
+                tracing::info!(source, epoch, version, primary = ?primary, failover_in_progress = failover, "routing table in force");
+            }
+            Ok(admission)
+        });
+        if let Err(rejection) = &result {
+            self.metrics
+                .table_rejections
+                .with_label_values(&[rejection.reason()])
+                .inc();
+            let (epoch, version) = current
+                .as_ref()
+                .map_or((0, 0), |s| (s.epoch(), s.version()));
+            tracing::warn!(
+                source,
+                reason = rejection.reason(),
+                keeping_epoch = epoch,
+                keeping_version = version,
+                "routing table rejected: {rejection}"
+            );
+        }
+        result
+    }
+
+    /// Counts a table that could not even be read.
+    pub fn table_unreadable(&self, source: &str, error: &std::io::Error) {
+        self.metrics
+            .table_rejections
+            .with_label_values(&["unreadable"])
+            .inc();
+        tracing::warn!(source, error = %error, "cannot read the routing table; keeping the table in force");
+    }
+
+    /// The local region can serve reads: not marked down, with a live backend.
+    pub fn local_can_serve(&self) -> bool {
+        let local = self.topology.local;
+        self.router.load().is_some_and(|s| {
+            s.states[local] != edgeroute_config::RegionState::Down
+                && self.topology.regions[local].has_live_backend()
+        })
+    }
+}
