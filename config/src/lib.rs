@@ -15,7 +15,7 @@ mod values;
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{
     AdminConfig, Backend, ConfigError, FromTomlError, HealthConfig, Limits, Listener, LogConfig,
-    LogFormat, MethodClasses, ProxyConfig, Region, Retries, RouteRule, RouteTarget,
-    RuntimeConfig, ShutdownConfig, TableSource, Timeouts, TlsFiles,
+    LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig, Region, Retries,
+    RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts, TlsFiles,
 };
 pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable, TableError};

@@ -12,6 +12,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Routing keeps per-request sets of tried regions and backends as 64-bit
+/// masks: no allocation on the request path. AWS has fewer regions than this.
+pub const MAX_REGIONS: usize = 64;
+/// Per region; an ALB or a service's pods behind it rarely need more addresses.
+pub const MAX_BACKENDS_PER_REGION: usize = 64;
+
 // ---------------------------------------------------------------- raw form --
 
 #[derive(Debug, Deserialize)]
@@ -497,7 +503,6 @@ pub enum FromTomlError {
     Invalid(FieldErrors),
 }
 
-
 fn resolve(base: &Path, p: &str) -> PathBuf {
     let p = Path::new(p);
     if p.is_absolute() {
@@ -525,7 +530,10 @@ impl RawConfig {
                 if let Some(a) = address
                     && !seen_addrs.insert(a)
                 {
-                    e.push(format!("{path}.address"), format!("{a} is used by another listener"));
+                    e.push(
+                        format!("{path}.address"),
+                        format!("{a} is used by another listener"),
+                    );
                 }
                 let tls = l.tls.as_ref().map(|t| {
                     for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
@@ -565,6 +573,15 @@ impl RawConfig {
         if self.regions.is_empty() {
             e.push("regions", "at least one region is required, got none");
         }
+        if self.regions.len() > MAX_REGIONS {
+            e.push(
+                "regions",
+                format!(
+                    "at most {MAX_REGIONS} regions are supported, got {}",
+                    self.regions.len()
+                ),
+            );
+        }
         let mut names = HashSet::new();
         let regions: Vec<Region> = self
             .regions
@@ -582,6 +599,12 @@ impl RawConfig {
                     );
                 } else if !names.insert(r.name.clone()) {
                     e.push(format!("{path}.name"), format!("{:?} is listed twice", r.name));
+                }
+                if r.backends.len() > MAX_BACKENDS_PER_REGION {
+                    e.push(
+                        format!("{path}.backends"),
+                        format!("at most {MAX_BACKENDS_PER_REGION} backends per region are supported, got {}", r.backends.len()),
+                    );
                 }
                 if r.backends.is_empty() {
                     e.push(format!("{path}.backends"), "at least one backend (host:port) is required, got none");
@@ -619,7 +642,10 @@ impl RawConfig {
             let known: Vec<&str> = regions.iter().map(|r| r.name.as_str()).collect();
             e.push(
                 "local_region",
-                format!("must name one of the configured regions {known:?}, got {:?}", self.local_region),
+                format!(
+                    "must name one of the configured regions {known:?}, got {:?}",
+                    self.local_region
+                ),
             );
         }
 
@@ -639,7 +665,10 @@ impl RawConfig {
             .filter_map(|(i, r)| {
                 let path = format!("routes[{i}]");
                 if !r.prefix.starts_with('/') {
-                    e.push(format!("{path}.prefix"), format!("must start with '/', got {:?}", r.prefix));
+                    e.push(
+                        format!("{path}.prefix"),
+                        format!("must start with '/', got {:?}", r.prefix),
+                    );
                 }
                 let methods = r
                     .methods
@@ -654,7 +683,9 @@ impl RawConfig {
                     other => {
                         e.push(
                             format!("{path}.route"),
-                            format!("must be one of \"local\", \"primary\", \"nearest\", got {other:?}"),
+                            format!(
+                                "must be one of \"local\", \"primary\", \"nearest\", got {other:?}"
+                            ),
                         );
                         return None;
                     }
@@ -671,28 +702,50 @@ impl RawConfig {
             connect: values::positive_duration(&mut e, "timeouts.connect", &self.timeouts.connect),
             read: values::positive_duration(&mut e, "timeouts.read", &self.timeouts.read),
             write: values::positive_duration(&mut e, "timeouts.write", &self.timeouts.write),
-            pool_idle: values::positive_duration(&mut e, "timeouts.pool_idle", &self.timeouts.pool_idle),
+            pool_idle: values::positive_duration(
+                &mut e,
+                "timeouts.pool_idle",
+                &self.timeouts.pool_idle,
+            ),
         };
         let limits = Limits {
-            max_request_body: values::size(&mut e, "limits.max_request_body", &self.limits.max_request_body),
+            max_request_body: values::size(
+                &mut e,
+                "limits.max_request_body",
+                &self.limits.max_request_body,
+            ),
         };
         if !(1..=10).contains(&self.retries.max_attempts) {
             e.push(
                 "retries.max_attempts",
-                format!("must be 1-10 (1 disables retries), got {}", self.retries.max_attempts),
+                format!(
+                    "must be 1-10 (1 disables retries), got {}",
+                    self.retries.max_attempts
+                ),
             );
         }
         let shutdown = ShutdownConfig {
-            grace_period: values::duration(&mut e, "shutdown.grace_period", &self.shutdown.grace_period),
+            grace_period: values::duration(
+                &mut e,
+                "shutdown.grace_period",
+                &self.shutdown.grace_period,
+            ),
         };
         let table = match &self.table {
-            RawTable::File { path, watch_interval } => {
+            RawTable::File {
+                path,
+                watch_interval,
+            } => {
                 if path.is_empty() {
                     e.push("table.path", "must name the routing table file, got \"\"");
                 }
                 TableSource::File {
                     path: resolve(base, path),
-                    watch_interval: values::positive_duration(&mut e, "table.watch_interval", watch_interval),
+                    watch_interval: values::positive_duration(
+                        &mut e,
+                        "table.watch_interval",
+                        watch_interval,
+                    ),
                 }
             }
         };
@@ -700,7 +753,10 @@ impl RawConfig {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
             other => {
-                e.push("log.format", format!("must be \"text\" or \"json\", got {other:?}"));
+                e.push(
+                    "log.format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                );
                 LogFormat::Text
             }
         };
@@ -746,18 +802,28 @@ impl RawConfig {
 impl RawHealth {
     fn validate(&self, e: &mut FieldErrors) -> HealthConfig {
         if !self.path.starts_with('/') {
-            e.push("health.path", format!("must start with '/', got {:?}", self.path));
+            e.push(
+                "health.path",
+                format!("must start with '/', got {:?}", self.path),
+            );
         }
         let interval = values::positive_duration(e, "health.interval", &self.interval);
         let timeout = values::positive_duration(e, "health.timeout", &self.timeout);
         if !interval.is_zero() && timeout >= interval {
             e.push(
                 "health.timeout",
-                format!("must be shorter than health.interval ({}), got {:?}", self.interval, self.timeout),
+                format!(
+                    "must be shorter than health.interval ({}), got {:?}",
+                    self.interval, self.timeout
+                ),
             );
         }
         let jitter = values::duration(e, "health.jitter", &self.jitter);
-        for (field, v) in [("fall", self.fall), ("rise", self.rise), ("eject_after", self.eject_after)] {
+        for (field, v) in [
+            ("fall", self.fall),
+            ("rise", self.rise),
+            ("eject_after", self.eject_after),
+        ] {
             if v == 0 {
                 e.push(format!("health.{field}"), "must be at least 1, got 0");
             }
@@ -765,7 +831,10 @@ impl RawHealth {
         let expected_status = parse_status_range(&self.expected_status).unwrap_or_else(|| {
             e.push(
                 "health.expected_status",
-                format!("must be a status or range such as \"200\" or \"200-399\", got {:?}", self.expected_status),
+                format!(
+                    "must be a status or range such as \"200\" or \"200-399\", got {:?}",
+                    self.expected_status
+                ),
             );
             (200, 399)
         });

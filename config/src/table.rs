@@ -86,7 +86,10 @@ pub enum Rejection {
     /// Same epoch, lower version, or same version with different content.
     StaleVersion { got: u64, current: u64 },
     /// The primary moved but the epoch did not rise.
-    PrimaryChangedWithoutEpoch { from: Option<String>, to: Option<String> },
+    PrimaryChangedWithoutEpoch {
+        from: Option<String>,
+        to: Option<String>,
+    },
 }
 
 impl Rejection {
@@ -107,7 +110,11 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::Malformed(m) => write!(f, "not a routing table: {m}"),
-            Rejection::Invalid(errs) => write!(f, "invalid routing table: {}", errs.to_string().replace('\n', "; ")),
+            Rejection::Invalid(errs) => write!(
+                f,
+                "invalid routing table: {}",
+                errs.to_string().replace('\n', "; ")
+            ),
             Rejection::UnknownRegion(r) => write!(
                 f,
                 "the table names region {r:?}, which this proxy's config does not list; add it to the config or remove it from the table"
@@ -157,18 +164,33 @@ impl RoutingTable {
         let mut names = HashSet::new();
         for (i, r) in self.regions.iter().enumerate() {
             if !valid_region_name(&r.name) {
-                e.push(format!("regions[{i}].name"), format!("must be a region name such as \"eu-west-1\", got {:?}", r.name));
+                e.push(
+                    format!("regions[{i}].name"),
+                    format!(
+                        "must be a region name such as \"eu-west-1\", got {:?}",
+                        r.name
+                    ),
+                );
             } else if !names.insert(r.name.as_str()) {
-                e.push(format!("regions[{i}].name"), format!("{:?} is listed twice", r.name));
+                e.push(
+                    format!("regions[{i}].name"),
+                    format!("{:?} is listed twice", r.name),
+                );
             }
             if r.weight > 255 {
-                e.push(format!("regions[{i}].weight"), format!("must be 0-255, got {}", r.weight));
+                e.push(
+                    format!("regions[{i}].weight"),
+                    format!("must be 0-255, got {}", r.weight),
+                );
             }
         }
         if let Some(p) = &self.primary_region
             && !self.regions.iter().any(|r| &r.name == p)
         {
-            e.push("primary_region", format!("must be one of the table's regions, got {p:?}"));
+            e.push(
+                "primary_region",
+                format!("must be one of the table's regions, got {p:?}"),
+            );
         }
         e.finish(|| ())
     }
@@ -198,7 +220,10 @@ impl RoutingTable {
             return Ok(Admission::Unchanged);
         }
         if self.epoch < cur.epoch {
-            return Err(Rejection::StaleEpoch { got: self.epoch, current: cur.epoch });
+            return Err(Rejection::StaleEpoch {
+                got: self.epoch,
+                current: cur.epoch,
+            });
         }
         if self.epoch == cur.epoch {
             if self.primary_region != cur.primary_region {
@@ -208,7 +233,10 @@ impl RoutingTable {
                 });
             }
             if self.version <= cur.version {
-                return Err(Rejection::StaleVersion { got: self.version, current: cur.version });
+                return Err(Rejection::StaleVersion {
+                    got: self.version,
+                    current: cur.version,
+                });
             }
         }
         Ok(Admission::Accepted)
@@ -230,7 +258,12 @@ mod tests {
             failover_in_progress: false,
             regions: KNOWN
                 .iter()
-                .map(|n| RegionEntry { name: (*n).into(), state: RegionState::Active, weight: 100, replication_lag_ms: None })
+                .map(|n| RegionEntry {
+                    name: (*n).into(),
+                    state: RegionState::Active,
+                    weight: 100,
+                    replication_lag_ms: None,
+                })
                 .collect(),
         }
     }
@@ -246,13 +279,19 @@ mod tests {
         )
         .expect("valid table");
         assert_eq!(t.epoch, 3);
-        assert_eq!(t.region("eu-west-1").map(|r| r.state), Some(RegionState::Draining));
+        assert_eq!(
+            t.region("eu-west-1").map(|r| r.state),
+            Some(RegionState::Draining)
+        );
         assert_eq!(t.region("ap-southeast-1").map(|r| r.weight), Some(100));
     }
 
     #[test]
     fn malformed_and_invalid_tables_say_why() {
-        assert!(matches!(RoutingTable::from_json(b"{not json"), Err(Rejection::Malformed(_))));
+        assert!(matches!(
+            RoutingTable::from_json(b"{not json"),
+            Err(Rejection::Malformed(_))
+        ));
         assert!(matches!(
             RoutingTable::from_json(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": [{"name": "x", "state": "sideways"}]}"#),
             Err(Rejection::Malformed(_))
@@ -263,12 +302,20 @@ mod tests {
                              {"name": "us-east-1", "state": "active"}]}"#,
         )
         .expect_err("three problems");
-        let Rejection::Invalid(errs) = err else { panic!("{err:?}") };
+        let Rejection::Invalid(errs) = err else {
+            panic!("{err:?}")
+        };
         let text = errs.to_string();
         assert_eq!(errs.len(), 3, "{text}");
-        assert!(text.contains("regions[0].weight: must be 0-255, got 300"), "{text}");
+        assert!(
+            text.contains("regions[0].weight: must be 0-255, got 300"),
+            "{text}"
+        );
         assert!(text.contains("regions[1].name"), "{text}");
-        assert!(text.contains("primary_region: must be one of the table's regions, got \"mars-1\""), "{text}");
+        assert!(
+            text.contains("primary_region: must be one of the table's regions, got \"mars-1\""),
+            "{text}"
+        );
     }
 
     #[test]
@@ -276,17 +323,46 @@ mod tests {
         let cur = table(2, 10, Some("us-east-1"));
         let ok = |t: &RoutingTable| t.admit(Some(&cur), KNOWN);
         assert_eq!(ok(&cur.clone()), Ok(Admission::Unchanged));
-        assert_eq!(ok(&table(2, 11, Some("us-east-1"))), Ok(Admission::Accepted));
+        assert_eq!(
+            ok(&table(2, 11, Some("us-east-1"))),
+            Ok(Admission::Accepted)
+        );
         assert_eq!(ok(&table(3, 1, Some("eu-west-1"))), Ok(Admission::Accepted));
-        assert_eq!(ok(&table(1, 99, Some("us-east-1"))), Err(Rejection::StaleEpoch { got: 1, current: 2 }));
-        assert_eq!(ok(&table(2, 9, Some("us-east-1"))), Err(Rejection::StaleVersion { got: 9, current: 10 }));
+        assert_eq!(
+            ok(&table(1, 99, Some("us-east-1"))),
+            Err(Rejection::StaleEpoch { got: 1, current: 2 })
+        );
+        assert_eq!(
+            ok(&table(2, 9, Some("us-east-1"))),
+            Err(Rejection::StaleVersion {
+                got: 9,
+                current: 10
+            })
+        );
         let mut same_version_changed = cur.clone();
         same_version_changed.failover_in_progress = true;
-        assert_eq!(ok(&same_version_changed), Err(Rejection::StaleVersion { got: 10, current: 10 }));
-        assert!(matches!(ok(&table(2, 11, Some("eu-west-1"))), Err(Rejection::PrimaryChangedWithoutEpoch { .. })));
+        assert_eq!(
+            ok(&same_version_changed),
+            Err(Rejection::StaleVersion {
+                got: 10,
+                current: 10
+            })
+        );
+        assert!(matches!(
+            ok(&table(2, 11, Some("eu-west-1"))),
+            Err(Rejection::PrimaryChangedWithoutEpoch { .. })
+        ));
         let mut unknown = table(5, 1, None);
-        unknown.regions.push(RegionEntry { name: "sa-east-1".into(), state: RegionState::Active, weight: 1, replication_lag_ms: None });
-        assert_eq!(unknown.admit(Some(&cur), KNOWN), Err(Rejection::UnknownRegion("sa-east-1".into())));
+        unknown.regions.push(RegionEntry {
+            name: "sa-east-1".into(),
+            state: RegionState::Active,
+            weight: 1,
+            replication_lag_ms: None,
+        });
+        assert_eq!(
+            unknown.admit(Some(&cur), KNOWN),
+            Err(Rejection::UnknownRegion("sa-east-1".into()))
+        );
     }
 
     proptest! {

@@ -123,15 +123,30 @@ mod tests {
             Some(("alb-1.eu-west-1.elb.amazonaws.com".into(), 443))
         );
         assert_eq!(host_port(&mut e, "x", "[::1]:80"), Some(("::1".into(), 80)));
-        assert_eq!(host_port(&mut e, "x", "127.0.0.1:8080"), Some(("127.0.0.1".into(), 8080)));
+        assert_eq!(
+            host_port(&mut e, "x", "127.0.0.1:8080"),
+            Some(("127.0.0.1".into(), 8080))
+        );
         assert!(e.is_empty());
     }
 
     #[test]
     fn host_port_rejects_garbage_with_the_value() {
-        for raw in ["", "host", "host:0", "host:99999", ":80", "bad_host!:80", "-a.com:1"] {
+        for raw in [
+            "",
+            "host",
+            "host:0",
+            "host:99999",
+            ":80",
+            "bad_host!:80",
+            "-a.com:1",
+        ] {
             let mut e = FieldErrors::default();
-            assert_eq!(host_port(&mut e, "regions[0].backends[1]", raw), None, "{raw}");
+            assert_eq!(
+                host_port(&mut e, "regions[0].backends[1]", raw),
+                None,
+                "{raw}"
+            );
             let msg = e.to_string();
             assert!(msg.starts_with("regions[0].backends[1]: "), "{msg}");
             assert!(msg.contains(&format!("{raw:?}")), "{msg}");

@@ -116,23 +116,18 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         "/ready" => {
-            let has_table = state.router.load().is_some();
-            let draining = state.lifecycle.is_shutting_down();
-            let ok = has_table && !draining;
-            state.metrics.ready.set(i64::from(ok));
-            let reason = if draining {
-                "shutting_down"
-            } else if !has_table {
-                "no_routing_table"
-            } else {
-                ""
-            };
-            json_reply(ok, json!({ "ready": ok, "reason": reason }))
+            let reason = not_ready_reason(state);
+            state.metrics.ready.set(i64::from(reason.is_none()));
+            json_reply(
+                reason.is_none(),
+                json!({ "ready": reason.is_none(), "reason": reason.unwrap_or("") }),
+            )
         }
         "/metrics" => {
-            state.metrics.ready.set(i64::from(
-                !state.lifecycle.is_shutting_down() && state.router.load().is_some(),
-            ));
+            state
+                .metrics
+                .ready
+                .set(i64::from(not_ready_reason(state).is_none()));
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -149,6 +144,19 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "text/plain",
             "unknown admin path; try /health, /health/read, /health/write, /ready, /metrics or /routing\n",
         ),
+    }
+}
+
+/// Why the proxy should not get new traffic, if it should not.
+fn not_ready_reason(state: &AppState) -> Option<&'static str> {
+    if state.lifecycle.is_shutting_down() {
+        Some("shutting_down")
+    } else if state.router.load().is_none() {
+        Some("no_routing_table")
+    } else if !state.lifecycle.is_listening() {
+        Some("starting")
+    } else {
+        None
     }
 }
 

@@ -6,12 +6,15 @@
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 pub struct Lifecycle {
+    /// Every traffic listener accepts connections.
+    listening: AtomicBool,
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
@@ -21,6 +24,7 @@ pub struct Lifecycle {
 impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
+            listening: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -30,6 +34,28 @@ impl Default for Lifecycle {
 }
 
 impl Lifecycle {
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// Waits until a TCP connect to every address succeeds, then marks the
+    /// proxy as listening. Pingora binds its listeners inside its own
+    /// runtimes, so this is how readiness learns that traffic can arrive.
+    pub async fn wait_listening(&self, addrs: Vec<SocketAddr>) {
+        for addr in addrs {
+            let target = loopback_for(addr);
+            let mut tries = 0u32;
+            while tokio::net::TcpStream::connect(target).await.is_err() {
+                tries += 1;
+                if tries % 500 == 0 {
+                    tracing::warn!(%addr, "listener still not accepting connections");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+        self.listening.store(true, Ordering::Relaxed);
+    }
+
     pub fn begin_shutdown(&self) {
         if !self.shutting_down.swap(true, Ordering::SeqCst) {
             self.shutdown_tx.send_replace(true);
@@ -69,6 +95,19 @@ impl Lifecycle {
             }
             notified.await;
         }
+    }
+}
+
+/// A wildcard listen address is probed on loopback.
+fn loopback_for(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
     }
 }
 

@@ -63,6 +63,11 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         watch_interval,
     ));
     control.spawn(exit_when_drained(Arc::clone(&state)));
+    control.spawn({
+        let lifecycle = Arc::clone(&state.lifecycle);
+        let addrs = cfg.listeners.iter().map(|l| l.address).collect();
+        async move { lifecycle.wait_listening(addrs).await }
+    });
 
     // Pingora's defaults are fixed /tmp paths: two proxies on a host would collide.
     let run_file = |ext: &str| {

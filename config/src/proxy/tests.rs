@@ -36,10 +36,16 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.retries.max_attempts, 3);
     assert!(!c.runtime.work_stealing);
-    let TableSource::File { path, watch_interval } = &c.table;
+    let TableSource::File {
+        path,
+        watch_interval,
+    } = &c.table;
     assert_eq!(path, Path::new("/etc/edgeroute/table.json"));
     assert_eq!(*watch_interval, Duration::from_secs(1));
-    assert_eq!(c.regions[1].backends[0].to_string(), "origin.eu.example.com:443");
+    assert_eq!(
+        c.regions[1].backends[0].to_string(),
+        "origin.eu.example.com:443"
+    );
 }
 
 #[test]
@@ -117,16 +123,23 @@ format = "xml"
     ];
     for (path, value) in expected {
         assert!(
-            errs.iter().any(|e| e.path == path && e.message.contains(value)),
+            errs.iter()
+                .any(|e| e.path == path && e.message.contains(value)),
             "no error for {path} mentioning {value} in:\n{text}"
         );
     }
-    assert_eq!(errs.len(), expected.len(), "unexpected extra errors:\n{text}");
+    assert_eq!(
+        errs.len(),
+        expected.len(),
+        "unexpected extra errors:\n{text}"
+    );
 }
 
 #[test]
 fn unknown_fields_and_syntax_errors_are_parse_errors_with_location() {
-    let Err(FromTomlError::Parse(msg)) = parse(&format!("{MINIMAL}\n[health]\nintervall = \"5s\"\n")) else {
+    let Err(FromTomlError::Parse(msg)) =
+        parse(&format!("{MINIMAL}\n[health]\nintervall = \"5s\"\n"))
+    else {
         panic!("expected a parse error")
     };
     assert!(msg.contains("intervall"), "{msg}");
@@ -145,7 +158,14 @@ fn tls_listener_files_must_exist_and_h2c_is_plain_text_only() {
         panic!("expected field errors")
     };
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["listeners[1].tls.cert", "listeners[1].tls.key", "listeners[1].h2c"]);
+    assert_eq!(
+        paths,
+        [
+            "listeners[1].tls.cert",
+            "listeners[1].tls.key",
+            "listeners[1].h2c"
+        ]
+    );
 }
 
 #[test]

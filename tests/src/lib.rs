@@ -1,0 +1,56 @@
+//! Test harness for edgeroute's integration tests: origins that say which
+//! region they are and record what reached them, a proxy process started
+//! from a config, and an `eventually` helper that waits for a condition.
+
+pub mod origin;
+pub mod proxy;
+
+pub use origin::{Behaviour, Origin, Seen};
+pub use proxy::{Proxy, ProxyBuilder};
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+/// Polls `check` until it returns true, or panics after `limit` naming `what`.
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client that neither retries nor follows redirects, with a bounded wait.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// The routing table JSON most tests start from: every region active.
+pub fn table(
+    epoch: u64,
+    version: u64,
+    primary: Option<&str>,
+    regions: &[(&str, &str)],
+) -> serde_json::Value {
+    serde_json::json!({
+        "epoch": epoch,
+        "version": version,
+        "primary_region": primary,
+        "failover_in_progress": false,
+        "regions": regions.iter().map(|(name, state)| serde_json::json!({"name": name, "state": state, "weight": 100})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,163 @@
+//! An origin server for tests: answers with its region's name and records
+//! every request that reached it.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+/// What reached an origin.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// Answer 200 with the region name.
+    Normal,
+    /// Read a POST in full, record it, then drop the connection without answering.
+    DieOnPost,
+    /// Record the request, then wait for [`Origin::release`] before answering.
+    Hold,
+}
+
+struct Shared {
+    region: String,
+    seen: Mutex<Vec<Seen>>,
+    behaviour: Mutex<Behaviour>,
+    gate: Semaphore,
+}
+
+pub struct Origin {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start(region: &str) -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        let addr = listener.local_addr().expect("origin address");
+        let shared = Arc::new(Shared {
+            region: region.to_owned(),
+            seen: Mutex::new(Vec::new()),
+            behaviour: Mutex::new(Behaviour::Normal),
+            gate: Semaphore::new(0),
+        });
+        let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
+        Origin { addr, shared, task }
+    }
+
+    pub fn set(&self, behaviour: Behaviour) {
+        *self.shared.behaviour.lock().expect("origin lock") = behaviour;
+    }
+
+    /// Lets `n` held requests answer.
+    pub fn release(&self, n: usize) {
+        self.shared.gate.add_permits(n);
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().expect("origin lock").clone()
+    }
+
+    pub fn count(&self, method: &str) -> usize {
+        self.seen().iter().filter(|s| s.method == method).count()
+    }
+
+    /// Requests carrying `x-request-id: id`.
+    pub fn count_id(&self, id: &str) -> usize {
+        self.seen()
+            .iter()
+            .filter(|s| s.header("x-request-id") == Some(id))
+            .count()
+    }
+
+    pub fn region(&self) -> &str {
+        &self.shared.region
+    }
+
+    /// Stops accepting and closes the listener; the port refuses connections after.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(Arc::clone(&shared), req));
+            // A connection dropped on purpose ends with an error; that is the point.
+            let _ended = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("origin dropped the connection on purpose")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn answer(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers.clone(),
+        body_len: body.len(),
+    };
+    shared.seen.lock().expect("origin lock").push(seen);
+    let behaviour = *shared.behaviour.lock().expect("origin lock");
+    match behaviour {
+        Behaviour::DieOnPost if parts.method == http::Method::POST => {
+            return Err(Box::new(Dropped));
+        }
+        Behaviour::Hold => {
+            let permit = shared.gate.acquire().await?;
+            permit.forget();
+        }
+        _ => {}
+    }
+    let text = serde_json::json!({ "region": shared.region, "path": parts.uri.path() }).to_string();
+    let mut resp = Response::new(Full::new(Bytes::from(text)));
+    *resp.status_mut() = StatusCode::OK;
+    Ok(resp)
+}

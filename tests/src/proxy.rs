@@ -1,0 +1,295 @@
+//! Starts the real `edgeroute-proxy` binary from a config written for the test.
+
+use crate::eventually;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The proxy binary next to the test executable (`target/<profile>/`), or
+/// `EDGEROUTE_PROXY_BIN`. `tests/run.sh` builds it before the tests run.
+pub fn proxy_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("EDGEROUTE_PROXY_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/<test>");
+    let bin = profile_dir.join("edgeroute-proxy");
+    assert!(
+        bin.is_file(),
+        "{} not found: build it first with `cargo build -p edgeroute-proxy` (tests/run.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback address of its own for each proxy a test starts, with a port
+/// that was free a moment ago. A fresh 127.x.y.z per proxy keeps one test's
+/// connections (and their TIME-WAIT remains) from ever sharing a 4-tuple with
+/// another test's.
+pub fn free_addr() -> SocketAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let salt = std::process::id() % 200;
+    let ip = Ipv4Addr::new(
+        127,
+        10 + salt as u8,
+        (n / 250 % 250) as u8,
+        (n % 250 + 1) as u8,
+    );
+    let l = TcpListener::bind((ip, 0)).expect("bind an ephemeral port");
+    l.local_addr().expect("local address")
+}
+
+pub struct ProxyBuilder {
+    local: String,
+    regions: Vec<(String, Vec<SocketAddr>)>,
+    table: Option<Value>,
+    extra: String,
+    listener: String,
+}
+
+impl ProxyBuilder {
+    pub fn new(local_region: &str) -> Self {
+        ProxyBuilder {
+            local: local_region.to_owned(),
+            regions: Vec::new(),
+            table: None,
+            extra: String::new(),
+            listener: String::new(),
+        }
+    }
+
+    pub fn region(mut self, name: &str, backends: &[SocketAddr]) -> Self {
+        self.regions.push((name.to_owned(), backends.to_vec()));
+        self
+    }
+
+    pub fn table(mut self, table: Value) -> Self {
+        self.table = Some(table);
+        self
+    }
+
+    /// TOML appended to the generated config (extra sections).
+    pub fn extra(mut self, toml: &str) -> Self {
+        self.extra.push_str(toml);
+        self.extra.push('\n');
+        self
+    }
+
+    /// Extra keys for the traffic listener, such as `h2c = true`.
+    pub fn listener_options(mut self, toml: &str) -> Self {
+        self.listener.push_str(toml);
+        self.listener.push('\n');
+        self
+    }
+
+    pub async fn start(self) -> Proxy {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = free_addr();
+        let admin = free_addr();
+        let table_path = dir.path().join("table.json");
+        let table = self.table.unwrap_or_else(|| {
+            let names: Vec<(&str, &str)> = self
+                .regions
+                .iter()
+                .map(|(n, _)| (n.as_str(), "active"))
+                .collect();
+            crate::table(1, 1, Some(&self.local), &names)
+        });
+        write_atomically(&table_path, &table.to_string());
+        let mut config = format!(
+            "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n\n\
+             [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"100ms\"\n\n\
+             [runtime]\nthreads = 2\n\n[shutdown]\ngrace_period = \"20s\"\n",
+            self.local, self.listener
+        );
+        for (name, backends) in &self.regions {
+            let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+            config.push_str(&format!(
+                "\n[[regions]]\nname = \"{name}\"\nbackends = [{}]\n",
+                list.join(", ")
+            ));
+        }
+        config.push_str(&self.extra);
+        let config_path = dir.path().join("edgeroute.toml");
+        std::fs::write(&config_path, &config).expect("write config");
+        let log_path = dir.path().join("proxy.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(proxy_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=error")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start edgeroute-proxy");
+        let mut proxy = Proxy {
+            child,
+            addr,
+            admin,
+            table_path,
+            log_path,
+            _dir: dir,
+        };
+        proxy.wait_ready().await;
+        proxy
+    }
+}
+
+pub fn write_atomically(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write temp file");
+    std::fs::rename(&tmp, path).expect("rename into place");
+}
+
+pub struct Proxy {
+    child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub table_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let client = crate::client();
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll proxy") {
+                panic!(
+                    "edgeroute-proxy exited during start-up with {status}:\n{}",
+                    self.log()
+                );
+            }
+            if let Ok(r) = client.get(self.admin_url("/ready")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "proxy not ready after 30s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the proxy");
+    }
+
+    /// Writes a new table file (atomically) without waiting for it to load.
+    pub fn write_table(&self, table: &Value) {
+        write_atomically(&self.table_path, &table.to_string());
+    }
+
+    pub fn write_table_text(&self, text: &str) {
+        write_atomically(&self.table_path, text);
+    }
+
+    /// The routing view from the admin listener.
+    pub async fn routing(&self) -> Value {
+        crate::client()
+            .get(self.admin_url("/routing"))
+            .send()
+            .await
+            .expect("GET /routing")
+            .json()
+            .await
+            .expect("/routing is JSON")
+    }
+
+    pub async fn table_version(&self) -> Option<u64> {
+        self.routing().await["table"]["version"].as_u64()
+    }
+
+    /// Writes `table`, sends SIGHUP, and waits until the proxy reports its version.
+    pub async fn swap_table(&self, table: &Value) {
+        self.write_table(table);
+        self.signal(Signal::SIGHUP);
+        let version = table["version"].as_u64().expect("table has a version");
+        eventually(
+            &format!("table version {version} in force"),
+            Duration::from_secs(10),
+            || async { self.table_version().await == Some(version) },
+        )
+        .await;
+    }
+
+    /// The value of a Prometheus sample such as `edgeroute_table_rejections_total{reason="stale_epoch"}`.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = crate::client()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().expect("numeric sample"))
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll proxy") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "proxy still running after {limit:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // Only the process this harness started, by its PID.
+            if let Err(e) = self.child.kill() {
+                eprintln!("cannot stop proxy {}: {e}", self.child.id());
+            }
+            let _status = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- proxy log ---\n{}", self.log());
+        }
+    }
+}
