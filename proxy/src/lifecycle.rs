@@ -47,7 +47,7 @@ impl Lifecycle {
             let mut tries = 0u32;
             while tokio::net::TcpStream::connect(target).await.is_err() {
                 tries += 1;
-                if tries % 500 == 0 {
+                if tries.is_multiple_of(500) {
                     tracing::warn!(%addr, "listener still not accepting connections");
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
