@@ -71,12 +71,14 @@ struct RawTls {
 #[serde(deny_unknown_fields, default)]
 struct RawAdmin {
     address: String,
+    token_file: Option<String>,
 }
 
 impl Default for RawAdmin {
     fn default() -> Self {
         Self {
             address: "127.0.0.1:9901".into(),
+            token_file: None,
         }
     }
 }
@@ -290,6 +292,10 @@ pub struct AdminConfig {
     /// Default `127.0.0.1:9901`: loopback, so it is not reachable from outside
     /// the pod or host unless an operator chooses so.
     pub address: SocketAddr,
+    /// File holding a bearer token that `/metrics` and `/routing` require.
+    /// Mandatory when `address` is not loopback. Health and readiness stay
+    /// open: load balancers and the kubelet probe them without credentials.
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -569,6 +575,27 @@ impl RawConfig {
         {
             e.push("admin.address", format!("{a} is also a traffic listener"));
         }
+        let token_file = self.admin.token_file.as_deref().map(|t| resolve(base, t));
+        if let Some(t) = &token_file
+            && !t.is_file()
+        {
+            e.push(
+                "admin.token_file",
+                format!(
+                    "must be a readable file holding the admin token, got {:?} (not found)",
+                    t.display().to_string()
+                ),
+            );
+        }
+        if let Some(a) = admin_addr
+            && !a.ip().is_loopback()
+            && token_file.is_none()
+        {
+            e.push(
+                "admin.address",
+                format!("{a} is reachable from outside this host: set admin.token_file so /metrics and /routing require a bearer token, or bind to 127.0.0.1"),
+            );
+        }
 
         if self.regions.is_empty() {
             e.push("regions", "at least one region is required, got none");
@@ -773,6 +800,7 @@ impl RawConfig {
             listeners,
             admin: AdminConfig {
                 address: admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
+                token_file,
             },
             local_region: local_region.unwrap_or(0),
             regions,

@@ -81,7 +81,20 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         );
     }
     let local = &*state.topology.regions[state.topology.local].name;
-    match req.uri().path() {
+    let path = req.uri().path();
+    if matches!(path, "/metrics" | "/routing") && !authorized(state, req) {
+        let mut resp = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "this admin endpoint needs `Authorization: Bearer <token>` (the token in admin.token_file)\n",
+        );
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        );
+        return resp;
+    }
+    match path {
         "/health" => {
             let ok = state.local_can_serve() && !state.lifecycle.is_shutting_down();
             json_reply(
@@ -145,6 +158,20 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "unknown admin path; try /health, /health/read, /health/write, /ready, /metrics or /routing\n",
         ),
     }
+}
+
+/// True when no token is configured, or the request carries it. The
+/// comparison takes the same time wherever the first difference is.
+fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
+    let Some(token) = &state.admin_token else {
+        return true;
+    };
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    bool::from(subtle::ConstantTimeEq::ct_eq(presented, token.as_slice()))
 }
 
 /// Why the proxy should not get new traffic, if it should not.

@@ -19,7 +19,21 @@ use std::sync::Arc;
 /// backend that does not resolve, a busy port, a bad table) are returned.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let topology = Topology::build(&config)?;
-    let state = Arc::new(AppState::new(config, topology));
+    let admin_token = match &config.admin.token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read admin.token_file {}", path.display()))?;
+            let token = token.trim();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "admin.token_file {} is empty; put the admin bearer token in it",
+                path.display()
+            );
+            Some(token.as_bytes().to_vec())
+        }
+    };
+    let state = Arc::new(AppState::new(config, topology, admin_token));
     let cfg = &state.config;
 
     let TableSource::File {

@@ -16,14 +16,17 @@ pub struct AppState {
     pub router: Router,
     pub metrics: Metrics,
     pub lifecycle: Arc<Lifecycle>,
+    /// Bearer token for `/metrics` and `/routing`, when configured.
+    pub admin_token: Option<Vec<u8>>,
     /// Serialises table admission so that "compare with the table in force,
     /// then replace it" is one step.
     swap: Mutex<()>,
 }
 
 impl AppState {
-    pub fn new(config: ProxyConfig, topology: Topology) -> Self {
+    pub fn new(config: ProxyConfig, topology: Topology, admin_token: Option<Vec<u8>>) -> Self {
         AppState {
+            admin_token,
             classifier: Classifier::new(config.methods.clone(), config.routes.clone()),
             config,
             topology,

@@ -54,6 +54,7 @@ pub struct ProxyBuilder {
     table: Option<Value>,
     extra: String,
     listener: String,
+    admin: String,
 }
 
 impl ProxyBuilder {
@@ -64,6 +65,7 @@ impl ProxyBuilder {
             table: None,
             extra: String::new(),
             listener: String::new(),
+            admin: String::new(),
         }
     }
 
@@ -91,6 +93,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// Extra keys for the admin listener, such as `token_file = "..."`.
+    pub fn admin_options(mut self, toml: &str) -> Self {
+        self.admin.push_str(toml);
+        self.admin.push('\n');
+        self
+    }
+
     pub async fn start(self) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_addr();
@@ -106,10 +115,10 @@ impl ProxyBuilder {
         });
         write_atomically(&table_path, &table.to_string());
         let mut config = format!(
-            "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n\n\
+            "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n{}\n\
              [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"100ms\"\n\n\
              [runtime]\nthreads = 2\n\n[shutdown]\ngrace_period = \"20s\"\n",
-            self.local, self.listener
+            self.local, self.listener, self.admin
         );
         for (name, backends) in &self.regions {
             let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();

@@ -169,6 +169,16 @@ fn tls_listener_files_must_exist_and_h2c_is_plain_text_only() {
 }
 
 #[test]
+fn a_public_admin_listener_needs_a_token() {
+    let text = MINIMAL.replace("[table]", "[admin]\naddress = \"0.0.0.0:9901\"\n\n[table]");
+    let Err(FromTomlError::Invalid(errs)) = parse(&text) else {
+        panic!("expected field errors")
+    };
+    assert_eq!(errs.len(), 1, "{errs}");
+    assert!(errs.0[0].message.contains("set admin.token_file"), "{errs}");
+}
+
+#[test]
 fn route_rules_match_prefix_and_methods() {
     let rule = RouteRule {
         prefix: "/search".into(),

@@ -1,0 +1,47 @@
+//! The admin listener's token: /metrics and /routing need it, health does not.
+
+use edgeroute_tests::{Origin, ProxyBuilder, client};
+
+#[tokio::test]
+async fn metrics_and_routing_require_the_token_when_one_is_set() {
+    let us = Origin::start("us-east-1").await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_path = dir.path().join("admin-token");
+    std::fs::write(&token_path, "s3cret-token\n").unwrap();
+    let proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .admin_options(&format!("token_file = {:?}", token_path))
+        .start()
+        .await;
+    let c = client();
+    for path in ["/metrics", "/routing"] {
+        let resp = c.get(proxy.admin_url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), 401, "{path} without a token");
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        let resp = c
+            .get(proxy.admin_url(path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "{path} with a wrong token");
+        let resp = c
+            .get(proxy.admin_url(path))
+            .bearer_auth("s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} with the token");
+    }
+    for path in ["/health", "/health/read", "/health/write", "/ready"] {
+        assert_eq!(
+            c.get(proxy.admin_url(path)).send().await.unwrap().status(),
+            200,
+            "{path} stays open"
+        );
+    }
+    assert!(
+        !proxy.log().contains("s3cret-token"),
+        "the token never reaches the logs"
+    );
+}

@@ -1,0 +1,124 @@
+//! `edgeroute-proxy check` names every bad field of a broken config.
+
+use edgeroute_tests::proxy::proxy_bin;
+use std::process::Command;
+
+#[test]
+fn check_names_every_bad_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        r#"
+local_region = "us-west-9"
+
+[[listeners]]
+address = "0.0.0.0:80:80"
+
+[[regions]]
+name = "us-east-1"
+backends = ["10.0.0.1"]
+
+[health]
+fall = 0
+timeout = "forever"
+
+[[routes]]
+prefix = "/x"
+route = "sideways"
+
+[table]
+source = "file"
+path = "table.json"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(proxy_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "listeners[0].address: must be an ip:port address such as \"0.0.0.0:8080\", got \"0.0.0.0:80:80\"",
+        "regions[0].backends[0]: must be host:port",
+        "\"10.0.0.1\"",
+        "local_region: must name one of the configured regions [\"us-east-1\"], got \"us-west-9\"",
+        "health.fall: must be at least 1, got 0",
+        "health.timeout: must be a duration",
+        "\"forever\"",
+        "routes[0].route: must be one of \"local\", \"primary\", \"nearest\", got \"sideways\"",
+        "6 invalid field(s)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_a_good_config_and_validates_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("good.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\n",
+    )
+    .unwrap();
+    let table = dir.path().join("table.json");
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    let out = Command::new(proxy_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
+
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"eu-west-1","regions":[{"name":"eu-west-1","state":"active"}]}"#).unwrap();
+    let out = Command::new(proxy_bin())
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("eu-west-1"));
+}
+
+#[test]
+fn a_missing_config_file_is_a_clear_error() {
+    let out = Command::new(proxy_bin())
+        .args(["run", "--config", "/nonexistent/edgeroute.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/edgeroute.toml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn the_documented_example_config_is_valid() {
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/edgeroute.toml");
+    let out = Command::new(proxy_bin())
+        .args(["check", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

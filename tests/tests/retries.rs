@@ -1,0 +1,126 @@
+//! Retries: what failed to connect moves on; what may have reached a backend
+//! is retried only when it is safe to repeat. A POST is never delivered twice.
+
+use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, table};
+
+const US: &str = "us-east-1";
+
+#[tokio::test]
+async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    a.set(Behaviour::DieOnPost);
+    b.set(Behaviour::DieOnPost);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .start()
+        .await;
+    let c = client();
+    for i in 0..10 {
+        let id = format!("post-{i}");
+        let resp = c
+            .post(proxy.url("/pay"))
+            .header("x-request-id", &id)
+            .body("charge")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502, "the client learns the write failed");
+        assert_eq!(
+            a.count_id(&id) + b.count_id(&id),
+            1,
+            "{id} was delivered to exactly one origin"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_idempotent_request_or_one_with_an_idempotency_key_may_be_retried() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    a.set(Behaviour::DieOnPost);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .start()
+        .await;
+    let c = client();
+    // With an Idempotency-Key, a POST that died on `a` may be sent to `b`.
+    // Whether a retry happens depends on which backend is picked first and on
+    // connection reuse, so the rule checked is: never more than max_attempts
+    // deliveries, and a success only if `b` took it.
+    for i in 0..10 {
+        let id = format!("keyed-{i}");
+        let resp = c
+            .post(proxy.url("/pay"))
+            .header("x-request-id", &id)
+            .header("idempotency-key", &id)
+            .body("charge")
+            .send()
+            .await
+            .unwrap();
+        let deliveries = a.count_id(&id) + b.count_id(&id);
+        assert!(
+            (1..=3).contains(&deliveries),
+            "{id}: {deliveries} deliveries"
+        );
+        if resp.status() == 200 {
+            assert_eq!(b.count_id(&id), 1);
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connect_failure_moves_any_request_to_another_backend_once() {
+    let dead = Origin::start(US).await;
+    let live = Origin::start(US).await;
+    dead.stop();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[dead.addr, live.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\neject_after = 100\n")
+        .start()
+        .await;
+    let c = client();
+    for i in 0..10 {
+        let id = format!("post-{i}");
+        let resp = c
+            .post(proxy.url("/orders"))
+            .header("x-request-id", &id)
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(live.count_id(&id), 1, "{id} delivered once");
+    }
+}
+
+#[tokio::test]
+async fn repeated_connect_failures_eject_a_backend() {
+    let dead = Origin::start(US).await;
+    let live = Origin::start(US).await;
+    dead.stop();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[dead.addr, live.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\neject_after = 1\neject_for = \"1h\"\n")
+        .start()
+        .await;
+    let c = client();
+    for _ in 0..20 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    let label = format!(
+        "edgeroute_backend_ejections_total{{backend=\"{}\",region=\"{US}\"}}",
+        dead.addr
+    );
+    assert_eq!(
+        proxy.metric(&label).await,
+        1.0,
+        "ejected once, then never picked again"
+    );
+    let routing = proxy.routing().await;
+    assert_eq!(routing["regions"][0]["live_backends"], 1);
+}

@@ -1,0 +1,115 @@
+//! A bad routing table is rejected whole; the table in force keeps serving.
+
+use edgeroute_tests::{Origin, ProxyBuilder, client, eventually, table};
+use std::time::Duration;
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+
+async fn rejections(proxy: &edgeroute_tests::Proxy, reason: &str) -> f64 {
+    proxy
+        .metric(&format!(
+            "edgeroute_table_rejections_total{{reason=\"{reason}\"}}"
+        ))
+        .await
+}
+
+#[tokio::test]
+async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
+    let us = Origin::start(US).await;
+    let eu = Origin::start(EU).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .table(table(5, 10, Some(EU), &[(US, "active"), (EU, "active")]))
+        .start()
+        .await;
+    let c = client();
+
+    let bad: [(&str, String); 5] = [
+        ("malformed", "{\"epoch\": 6, \"version\": ".to_owned()),
+        (
+            "unknown_region",
+            table(
+                6,
+                11,
+                Some(EU),
+                &[(US, "active"), (EU, "active"), ("sa-east-1", "active")],
+            )
+            .to_string(),
+        ),
+        (
+            "stale_epoch",
+            table(4, 99, Some(US), &[(US, "active"), (EU, "active")]).to_string(),
+        ),
+        (
+            "primary_changed_without_epoch",
+            table(5, 11, Some(US), &[(US, "active"), (EU, "active")]).to_string(),
+        ),
+        (
+            "invalid",
+            table(6, 11, Some("mars-1"), &[(US, "active"), (EU, "active")]).to_string(),
+        ),
+    ];
+    for (reason, text) in bad {
+        proxy.write_table_text(&text);
+        proxy.signal(nix::sys::signal::Signal::SIGHUP);
+        eventually(
+            &format!("a {reason} table is counted as rejected"),
+            Duration::from_secs(10),
+            || async { rejections(&proxy, reason).await >= 1.0 },
+        )
+        .await;
+        // The old table is still in force, and writes still go to its primary.
+        let routing = proxy.routing().await;
+        assert_eq!(routing["table"]["epoch"], 5, "after {reason}");
+        assert_eq!(routing["table"]["version"], 10, "after {reason}");
+        let resp = c
+            .post(proxy.url("/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "after {reason}");
+        assert_eq!(resp.headers()["x-edgeroute-region"], EU, "after {reason}");
+    }
+    assert_eq!(proxy.metric("edgeroute_table_epoch").await, 5.0);
+    assert_eq!(us.count("POST"), 0);
+    let log = proxy.log();
+    assert!(
+        log.contains("routing table rejected"),
+        "rejections are logged:\n{log}"
+    );
+    assert!(
+        log.contains("sa-east-1"),
+        "the log names the unknown region:\n{log}"
+    );
+
+    // A good table after all that is accepted.
+    proxy
+        .swap_table(&table(6, 11, Some(US), &[(US, "active"), (EU, "active")]))
+        .await;
+    let resp = c
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-edgeroute-region"], US);
+}
+
+#[tokio::test]
+async fn a_missing_table_file_keeps_the_table_in_force() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US).region(US, &[us.addr]).start().await;
+    std::fs::remove_file(&proxy.table_path).unwrap();
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually(
+        "the unreadable table is counted",
+        Duration::from_secs(10),
+        || async { rejections(&proxy, "unreadable").await >= 1.0 },
+    )
+    .await;
+    let resp = client().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
