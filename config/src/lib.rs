@@ -14,8 +14,9 @@ mod values;
 
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{
-    AdminConfig, Backend, ConfigError, FromTomlError, HealthConfig, Limits, Listener, LogConfig,
-    LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig, Region, Retries,
-    RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts, TlsFiles,
+    AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
+    LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig, Region,
+    Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts,
+    TlsFiles,
 };
 pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable, TableError};

@@ -49,6 +49,26 @@ struct RawConfig {
     log: RawLog,
     #[serde(default)]
     runtime: RawRuntime,
+    #[serde(default)]
+    dns: RawDns,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDns {
+    nameservers: Vec<String>,
+    min_ttl: String,
+    max_ttl: String,
+}
+
+impl Default for RawDns {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            min_ttl: "1s".into(),
+            max_ttl: "5m".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,6 +118,8 @@ struct RawRegion {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct RawHealth {
+    probes: bool,
+    start_healthy: bool,
     path: String,
     interval: String,
     timeout: String,
@@ -107,11 +129,17 @@ struct RawHealth {
     expected_status: String,
     eject_after: u32,
     eject_for: String,
+    max_eject_for: String,
+    max_ejection_percent: u32,
+    panic_threshold: u32,
+    latency_decay: String,
 }
 
 impl Default for RawHealth {
     fn default() -> Self {
         Self {
+            probes: true,
+            start_healthy: false,
             path: "/health".into(),
             interval: "5s".into(),
             timeout: "2s".into(),
@@ -119,8 +147,12 @@ impl Default for RawHealth {
             fall: 3,
             rise: 2,
             expected_status: "200-399".into(),
-            eject_after: 3,
+            eject_after: 5,
             eject_for: "10s".into(),
+            max_eject_for: "5m".into(),
+            max_ejection_percent: 50,
+            panic_threshold: 50,
+            latency_decay: "10s".into(),
         }
     }
 }
@@ -270,6 +302,18 @@ pub struct ProxyConfig {
     pub table: TableSource,
     pub log: LogConfig,
     pub runtime: RuntimeConfig,
+    pub dns: DnsConfig,
+}
+
+/// How backend names (ALB DNS names) are resolved and refreshed.
+#[derive(Debug, Clone)]
+pub struct DnsConfig {
+    /// Resolvers as `ip:port`; empty means the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// A name is re-resolved no sooner than this after an answer (default 1 s).
+    pub min_ttl: Duration,
+    /// ... and no later than this, whatever the record's TTL (default 5 min).
+    pub max_ttl: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -328,6 +372,12 @@ impl std::fmt::Display for Backend {
 
 #[derive(Debug, Clone)]
 pub struct HealthConfig {
+    /// Probe every backend actively (default on). Off: backends are in
+    /// rotation unless live traffic ejects them.
+    pub probes: bool,
+    /// Put a backend in rotation before its first probe passes (default off:
+    /// a new backend is unproven until a probe passes).
+    pub start_healthy: bool,
     /// Path probed on every backend (default `/health`).
     pub path: String,
     /// Time between probes (default 5 s).
@@ -342,10 +392,22 @@ pub struct HealthConfig {
     pub rise: u32,
     /// Inclusive range of probe statuses that count as healthy (default 200-399).
     pub expected_status: (u16, u16),
-    /// Consecutive connect failures from live traffic that eject a backend (default 3).
+    /// Consecutive failures on live traffic (5xx responses or failed
+    /// connects) that eject a backend (default 5).
     pub eject_after: u32,
-    /// How long an ejected backend stays out before it is tried again (default 10 s).
+    /// First ejection time; each repeat in a row ejects for this much longer (default 10 s).
     pub eject_for: Duration,
+    /// Longest single ejection (default 5 min).
+    pub max_eject_for: Duration,
+    /// At most this share of a region's backends is ejected at once, though
+    /// one backend always may be (default 50).
+    pub max_ejection_percent: u32,
+    /// Below this share of backends in rotation, a region spreads requests
+    /// over all of its backends instead of overloading the few left
+    /// (default 50). A region with none in rotation takes no traffic.
+    pub panic_threshold: u32,
+    /// Time constant of the peak-EWMA latency estimate (default 10 s).
+    pub latency_decay: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -796,7 +858,30 @@ impl RawConfig {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
 
+        let nameservers = self
+            .dns
+            .nameservers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| values::listen_addr(&mut e, &format!("dns.nameservers[{i}]"), n))
+            .collect();
+        let dns = DnsConfig {
+            nameservers,
+            min_ttl: values::duration(&mut e, "dns.min_ttl", &self.dns.min_ttl),
+            max_ttl: values::positive_duration(&mut e, "dns.max_ttl", &self.dns.max_ttl),
+        };
+        if dns.max_ttl < dns.min_ttl {
+            e.push(
+                "dns.max_ttl",
+                format!(
+                    "must be at least dns.min_ttl ({}), got {:?}",
+                    self.dns.min_ttl, self.dns.max_ttl
+                ),
+            );
+        }
+
         e.finish(|| ProxyConfig {
+            dns,
             listeners,
             admin: AdminConfig {
                 address: admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
@@ -856,6 +941,29 @@ impl RawHealth {
                 e.push(format!("health.{field}"), "must be at least 1, got 0");
             }
         }
+        for (field, v) in [
+            ("max_ejection_percent", self.max_ejection_percent),
+            ("panic_threshold", self.panic_threshold),
+        ] {
+            if v > 100 {
+                e.push(
+                    format!("health.{field}"),
+                    format!("must be a percentage 0-100, got {v}"),
+                );
+            }
+        }
+        let eject_for = values::positive_duration(e, "health.eject_for", &self.eject_for);
+        let max_eject_for =
+            values::positive_duration(e, "health.max_eject_for", &self.max_eject_for);
+        if !max_eject_for.is_zero() && max_eject_for < eject_for {
+            e.push(
+                "health.max_eject_for",
+                format!(
+                    "must be at least health.eject_for ({}), got {:?}",
+                    self.eject_for, self.max_eject_for
+                ),
+            );
+        }
         let expected_status = parse_status_range(&self.expected_status).unwrap_or_else(|| {
             e.push(
                 "health.expected_status",
@@ -867,6 +975,8 @@ impl RawHealth {
             (200, 399)
         });
         HealthConfig {
+            probes: self.probes,
+            start_healthy: self.start_healthy,
             path: self.path.clone(),
             interval,
             timeout,
@@ -875,7 +985,15 @@ impl RawHealth {
             rise: self.rise,
             expected_status,
             eject_after: self.eject_after,
-            eject_for: values::positive_duration(e, "health.eject_for", &self.eject_for),
+            eject_for,
+            max_eject_for,
+            max_ejection_percent: self.max_ejection_percent,
+            panic_threshold: self.panic_threshold,
+            latency_decay: values::positive_duration(
+                e,
+                "health.latency_decay",
+                &self.latency_decay,
+            ),
         }
     }
 }

@@ -4,7 +4,6 @@
 //! It is bound to loopback by default. It runs on its own runtime so it keeps
 //! answering (`/ready` = 503) while the proxy drains after SIGTERM.
 
-use crate::route::choose_region;
 use crate::state::AppState;
 use bytes::Bytes;
 use edgeroute_config::{RegionState, RouteTarget};
@@ -111,15 +110,10 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             let outcome = match state.router.load() {
                 None => Err("no_routing_table"),
-                Some(s) => choose_region(
-                    &s,
-                    state.topology.local,
-                    target,
-                    |r| state.topology.regions[r].has_live_backend(),
-                    0,
-                )
-                .map(|r| &*state.topology.regions[r].name)
-                .map_err(|e| e.code()),
+                Some(s) => state
+                    .choose_region(&s, target, 0)
+                    .map(|r| &*state.topology.regions[r].name)
+                    .map_err(|e| e.code()),
             };
             match outcome {
                 Ok(region) => json_reply(true, json!({ "status": "ok", "served_by": region })),
@@ -180,7 +174,7 @@ fn not_ready_reason(state: &AppState) -> Option<&'static str> {
         Some("shutting_down")
     } else if state.router.load().is_none() {
         Some("no_routing_table")
-    } else if !state.lifecycle.is_listening() {
+    } else if !state.lifecycle.is_listening() || !state.first_probes_done() {
         Some("starting")
     } else {
         None
@@ -191,6 +185,7 @@ fn not_ready_reason(state: &AppState) -> Option<&'static str> {
 pub fn routing_view(state: &AppState) -> Value {
     let snap = state.router.load();
     let topo = &state.topology;
+    let now = std::time::Instant::now();
     let regions: Vec<Value> = topo
         .regions
         .iter()
@@ -203,11 +198,16 @@ pub fn routing_view(state: &AppState) -> Value {
                 "weight": snap.as_ref().map_or(0, |s| s.weights[i]),
                 "local": i == topo.local,
                 "primary": snap.as_ref().is_some_and(|s| s.primary == Some(i)),
-                "live_backends": r.backends.iter().filter(|b| b.is_live()).count(),
-                "backends": r.backends.iter().map(|b| json!({
-                    "address": b.label,
-                    "live": b.is_live(),
+                "live_backends": r.in_rotation(now),
+                "latency_ms": r.latency(now).map(|s| s * 1000.0),
+                "backends": r.backends().iter().map(|b| json!({
+                    "backend": b.label,
+                    "address": b.addr.to_string(),
+                    "live": b.in_rotation(now),
+                    "probe_healthy": b.probe_healthy(),
+                    "ejected": b.is_ejected(now),
                     "inflight": b.inflight(),
+                    "latency_ms": b.measured_latency(now).map(|s| s * 1000.0),
                 })).collect::<Vec<_>>(),
             })
         })

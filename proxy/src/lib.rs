@@ -7,6 +7,8 @@
 pub mod admin;
 pub mod check;
 pub mod demo;
+pub mod dns;
+pub mod health;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;

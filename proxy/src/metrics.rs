@@ -2,9 +2,10 @@
 
 use crate::topology::Topology;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::time::Instant;
 
 pub struct Metrics {
     registry: Registry,
@@ -22,8 +23,16 @@ pub struct Metrics {
     pub table_rejections: IntCounterVec,
     pub table_last_change: IntGauge,
     pub backend_ejections: IntCounterVec,
+    /// Ejections the region's cap prevented.
+    pub ejections_suppressed: IntCounterVec,
+    /// Picks made in panic mode, by region.
+    pub panic_picks: IntCounterVec,
+    pub probes: IntCounterVec,
+    pub dns_failures: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_inflight: IntGaugeVec,
+    backend_latency: GaugeVec,
+    region_latency: GaugeVec,
     pub ready: IntGauge,
     /// Time to admit, build and publish a table.
     pub table_swap_seconds: Histogram,
@@ -139,6 +148,56 @@ impl Metrics {
                 "Backends taken out of rotation after connect failures",
                 &["region", "backend"],
             ),
+            ejections_suppressed: counter_vec(
+                &r,
+                "edgeroute_backend_ejections_suppressed_total",
+                "Ejections not made because the region's ejection cap was reached",
+                &["region"],
+            ),
+            panic_picks: counter_vec(
+                &r,
+                "edgeroute_panic_picks_total",
+                "Backends picked in panic mode (too few in rotation), by region",
+                &["region"],
+            ),
+            probes: counter_vec(
+                &r,
+                "edgeroute_probes_total",
+                "Active health probes, by result",
+                &["region", "backend", "result"],
+            ),
+            dns_failures: counter_vec(
+                &r,
+                "edgeroute_dns_failures_total",
+                "Failed re-resolutions of backend names",
+                &["region"],
+            ),
+            backend_latency: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "edgeroute_backend_latency_seconds",
+                        "Peak-EWMA latency estimate of the backend",
+                    ),
+                    &["region", "backend", "address"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
+            region_latency: {
+                let g = GaugeVec::new(
+                    Opts::new(
+                        "edgeroute_region_latency_seconds",
+                        "Latency of the region's fastest backend in rotation (ranks read fallback)",
+                    ),
+                    &["region"],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             backend_up: gauge_vec(
                 &r,
                 "edgeroute_backend_up",
@@ -163,15 +222,32 @@ impl Metrics {
 
     /// Refreshes per-backend gauges and renders the text exposition format.
     pub fn render(&self, topology: &Topology) -> String {
+        let now = Instant::now();
+        // Addresses come and go with DNS: publish only the current ones.
+        self.backend_up.reset();
+        self.backend_inflight.reset();
+        self.backend_latency.reset();
+        self.region_latency.reset();
         for region in &topology.regions {
-            for b in &region.backends {
+            for b in region.backends().iter() {
                 let labels = [&*region.name, b.label.as_str()];
                 self.backend_up
                     .with_label_values(&labels)
-                    .set(i64::from(b.is_live()));
+                    .set(i64::from(b.in_rotation(now)));
                 self.backend_inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.inflight()));
+                if let Some(l) = b.measured_latency(now) {
+                    let addr = b.addr.to_string();
+                    self.backend_latency
+                        .with_label_values(&[&*region.name, b.label.as_str(), addr.as_str()])
+                        .set(l);
+                }
+            }
+            if let Some(l) = region.latency(now) {
+                self.region_latency
+                    .with_label_values(&[&*region.name])
+                    .set(l);
             }
         }
         let mut buf = Vec::with_capacity(16 * 1024);

@@ -4,10 +4,11 @@
 //! live state passed in, so the rules are property-tested without sockets.
 
 use crate::snapshot::Snapshot;
-use crate::topology::{Backend, RegionInfo};
+use crate::topology::Backend;
 use edgeroute_config::{MethodClasses, RegionState, RouteRule, RouteTarget};
 use rand::Rng;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Request header that asks for a read from the primary region.
 pub const CONSISTENCY_HEADER: &str = "x-edgeroute-consistency";
@@ -125,14 +126,15 @@ impl Refusal {
 }
 
 /// Picks the region for `target`. `live(r)` says whether region `r` has a
-/// backend in rotation; regions in the `excluded` bit set were already tried
-/// by this request. A primary target yields the table's primary or a refusal,
-/// never another region.
+/// backend in rotation, `latency(r)` its measured latency in seconds; regions
+/// in the `excluded` bit set were already tried by this request. A primary
+/// target yields the table's primary or a refusal, never another region.
 pub fn choose_region(
     snap: &Snapshot,
     local: usize,
     target: RouteTarget,
     live: impl Fn(usize) -> bool,
+    latency: impl Fn(usize) -> Option<f64>,
     excluded: u64,
 ) -> Result<usize, Refusal> {
     let usable = |r: usize| excluded & (1 << r) == 0 && live(r);
@@ -162,27 +164,64 @@ pub fn choose_region(
                 snap.states[r] == RegionState::Active && snap.weights[r] > 0 && usable(r)
             };
             let last_resort = |r: usize| snap.states[r] != RegionState::Down && usable(r);
-            let order = std::iter::once(local).chain(snap.fallback.iter().copied());
-            order
-                .clone()
-                .find(|&r| preferred(r))
-                .or_else(|| order.clone().find(|&r| last_resort(r)))
+            // The nearest other region by measured latency; regions not yet
+            // measured come after, in config order.
+            let nearest = |ok: &dyn Fn(usize) -> bool| {
+                snap.fallback
+                    .iter()
+                    .copied()
+                    .filter(|&r| ok(r))
+                    .min_by(|&a, &b| {
+                        let (la, lb) = (
+                            latency(a).unwrap_or(f64::INFINITY),
+                            latency(b).unwrap_or(f64::INFINITY),
+                        );
+                        la.total_cmp(&lb)
+                    })
+            };
+            if preferred(local) {
+                return Ok(local);
+            }
+            nearest(&preferred)
+                .or_else(|| last_resort(local).then_some(local))
+                .or_else(|| nearest(&last_resort))
                 .ok_or(Refusal::NoRegionAvailable)
         }
     }
 }
 
-/// Power of two choices by in-flight requests among the region's live
-/// backends not yet tried by this request (`tried` is a bit set of indices).
+/// The backend chosen for one attempt.
+pub struct Pick<'a> {
+    pub index: usize,
+    pub backend: &'a Arc<Backend>,
+    /// Too few backends were in rotation, so all of them were candidates.
+    pub panic: bool,
+}
+
+/// Power of two choices by load (peak-EWMA latency times in-flight requests
+/// plus one) among backends not yet tried by this request (`tried` is a bit
+/// set of indices). Normally only backends in rotation are candidates; when
+/// fewer than `panic_threshold` percent are, every backend is (panic mode),
+/// so the few left are not overwhelmed. None are in rotation: `None`.
 pub fn pick_backend<'a>(
-    region: &'a RegionInfo,
+    backends: &'a [Arc<Backend>],
     tried: u64,
+    panic_threshold: u32,
+    now: Instant,
     rng: &mut impl Rng,
-) -> Option<(usize, &'a Arc<Backend>)> {
-    let eligible = |i: &usize| tried & (1 << *i) == 0 && region.backends[*i].is_live();
-    let n = (0..region.backends.len()).filter(eligible).count();
-    let nth = |k: usize| (0..region.backends.len()).filter(eligible).nth(k);
-    let a = match n {
+) -> Option<Pick<'a>> {
+    let healthy = backends.iter().filter(|b| b.in_rotation(now)).count();
+    if healthy == 0 {
+        return None;
+    }
+    let panic = healthy * 100 < panic_threshold as usize * backends.len();
+    let eligible = |i: &usize| {
+        let b = &backends[*i];
+        tried & (1 << *i) == 0 && !b.is_retired() && (panic || b.in_rotation(now))
+    };
+    let n = (0..backends.len()).filter(eligible).count();
+    let nth = |k: usize| (0..backends.len()).filter(eligible).nth(k);
+    let index = match n {
         0 => return None,
         1 => nth(0)?,
         _ => {
@@ -192,14 +231,18 @@ pub fn pick_backend<'a>(
                 y += 1;
             }
             let (a, b) = (nth(x)?, nth(y)?);
-            if region.backends[b].inflight() < region.backends[a].inflight() {
+            if backends[b].load(now) < backends[a].load(now) {
                 b
             } else {
                 a
             }
         }
     };
-    Some((a, &region.backends[a]))
+    Some(Pick {
+        index,
+        backend: &backends[index],
+        panic,
+    })
 }
 
 #[cfg(test)]

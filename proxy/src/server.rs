@@ -2,6 +2,8 @@
 //! listener, and Pingora's listeners.
 
 use crate::admin;
+use crate::dns::{self, Dns};
+use crate::health::prober;
 use crate::service::EdgeProxy;
 use crate::state::AppState;
 use crate::table_source;
@@ -18,7 +20,25 @@ use std::sync::Arc;
 /// Runs the proxy until it is stopped by a signal. Start-up problems (a
 /// backend that does not resolve, a busy port, a bad table) are returned.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
-    let topology = Topology::build(&config)?;
+    // The admin API, the table source, health probes, DNS refresh and the
+    // exit on drain run on a runtime of their own, which outlives Pingora's
+    // listeners during shutdown.
+    let control = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("edgeroute-control")
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let dns = Arc::new({
+        let _enter = control.enter();
+        Dns::new(&config.dns)?
+    });
+    let answers = control.block_on(dns::resolve_all(&config, &dns))?;
+    let addrs: Vec<Vec<Vec<_>>> = answers
+        .iter()
+        .map(|r| r.iter().map(|a| a.addrs.clone()).collect())
+        .collect();
+    let topology = Topology::build(&config, &addrs);
     let admin_token = match &config.admin.token_file {
         None => None,
         Some(path) => {
@@ -59,14 +79,23 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         })?);
     }
 
-    // The admin API, the table source and the exit on drain run on a runtime
-    // of their own, which outlives Pingora's listeners during shutdown.
-    let control = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("edgeroute-control")
-        .enable_all()
-        .build()
-        .context("cannot start the control runtime")?;
+    {
+        let _enter = control.enter();
+        for region in &state.topology.regions {
+            for backend in region.backends().iter() {
+                prober::spawn(Arc::clone(&state), Arc::clone(backend));
+            }
+        }
+        for (ri, region) in answers.into_iter().enumerate() {
+            let refresh_at = region.iter().map(|a| a.refresh_at).collect();
+            control.spawn(dns::refresh_region(
+                Arc::clone(&state),
+                Arc::clone(&dns),
+                ri,
+                refresh_at,
+            ));
+        }
+    }
     control.spawn(admin::serve(Arc::clone(&state), {
         let _enter = control.enter();
         tokio::net::TcpListener::from_std(admin)?

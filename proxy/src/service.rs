@@ -2,12 +2,13 @@
 //! rewrite headers in `upstream_request_filter`, decide retries in
 //! `fail_to_connect`/`error_while_proxy`, record in `logging`.
 
+use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
-use crate::route::{CONSISTENCY_HEADER, Plan, RouteClass, choose_region, pick_backend};
+use crate::route::{CONSISTENCY_HEADER, Plan, RouteClass, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
-use crate::topology::InflightGuard;
+use crate::topology::{Backend, InflightGuard, policy};
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
@@ -45,6 +46,8 @@ pub struct Ctx {
     request_id: Option<HeaderValue>,
     reply: Option<ErrorReply>,
     body_bytes: u64,
+    /// When the request header went to the backend, for its latency.
+    sent_at: Option<Instant>,
 }
 
 impl Ctx {
@@ -66,6 +69,29 @@ fn is_tls(session: &Session) -> bool {
 }
 
 impl EdgeProxy {
+    fn outlier_verdict(&self, b: &Backend, verdict: Verdict, cause: &str) {
+        let region = &*self.state.topology.regions[b.region].name;
+        match verdict {
+            Verdict::Kept => {}
+            Verdict::Ejected(for_) => {
+                self.state
+                    .metrics
+                    .backend_ejections
+                    .with_label_values(&[region, &b.label])
+                    .inc();
+                tracing::warn!(region, backend = %b.label, address = %b.addr, ejected_for = ?for_, cause, "backend ejected");
+            }
+            Verdict::CapReached => {
+                self.state
+                    .metrics
+                    .ejections_suppressed
+                    .with_label_values(&[region])
+                    .inc();
+                tracing::warn!(region, backend = %b.label, address = %b.addr, cause, "backend kept in rotation: the region's ejection cap is reached");
+            }
+        }
+    }
+
     async fn reply(&self, session: &mut Session, ctx: &mut Ctx, reply: ErrorReply) -> Result<bool> {
         if let ErrorReply::Refused(r) = &reply {
             self.state
@@ -107,6 +133,7 @@ impl ProxyHttp for EdgeProxy {
             request_id: None,
             reply: None,
             body_bytes: 0,
+            sent_at: None,
         }
     }
 
@@ -148,14 +175,7 @@ impl ProxyHttp for EdgeProxy {
                 )
                 .await;
         };
-        let topo = &self.state.topology;
-        let decision = choose_region(
-            &snapshot,
-            topo.local,
-            ctx.plan.target,
-            |r| topo.regions[r].has_live_backend(),
-            0,
-        );
+        let decision = self.state.choose_region(&snapshot, ctx.plan.target, 0);
         ctx.snapshot = Some(snapshot);
         match decision {
             Ok(region) => {
@@ -184,27 +204,34 @@ impl ProxyHttp for EdgeProxy {
             let region = ctx
                 .region
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no region chosen"))?;
-            if let Some((i, backend)) =
-                pick_backend(&topo.regions[region], ctx.tried_backends, &mut rng)
-            {
-                ctx.tried_backends |= 1 << i;
-                let peer = backend.peer();
-                ctx.backend = Some(backend.start_request());
-                return Ok(peer);
+            let backends = topo.regions[region].backends();
+            let panic_threshold = self.state.config.health.panic_threshold;
+            if let Some(pick) = pick_backend(
+                &backends,
+                ctx.tried_backends,
+                panic_threshold,
+                Instant::now(),
+                &mut rng,
+            ) {
+                if pick.panic {
+                    self.state
+                        .metrics
+                        .panic_picks
+                        .with_label_values(&[&*topo.regions[region].name])
+                        .inc();
+                }
+                ctx.tried_backends |= 1 << pick.index;
+                ctx.backend = Some(pick.backend.start_request());
+                return Ok(pick.backend.peer());
             }
             // Every backend of this region is tried or out of rotation. Only a
             // nearest-region read may move on; writes stay on the primary.
             ctx.excluded_regions |= 1 << region;
             let next = (ctx.plan.target == RouteTarget::Nearest)
                 .then(|| {
-                    choose_region(
-                        &snapshot,
-                        topo.local,
-                        RouteTarget::Nearest,
-                        |r| topo.regions[r].has_live_backend(),
-                        ctx.excluded_regions,
-                    )
-                    .ok()
+                    self.state
+                        .choose_region(&snapshot, RouteTarget::Nearest, ctx.excluded_regions)
+                        .ok()
                 })
                 .flatten();
             match next {
@@ -234,6 +261,7 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        ctx.sent_at = Some(Instant::now());
         upstream.insert_header(ROUTE_HEADER, ctx.plan.class.as_str())?;
         if let Some(s) = &ctx.snapshot {
             upstream.insert_header(EPOCH_HEADER, s.epoch_header.clone())?;
@@ -289,14 +317,38 @@ impl ProxyHttp for EdgeProxy {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(b) = &ctx.backend {
-            b.backend().record_success();
-        }
         if let Some(r) = ctx.region {
             resp.insert_header(REGION_HEADER, &*self.state.topology.regions[r].name)?;
         }
         if let Some(id) = &ctx.request_id {
             resp.insert_header(REQUEST_ID_HEADER, id.clone())?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if resp.status.is_informational() {
+            return Ok(());
+        }
+        if let (Some(guard), Some(sent_at)) = (&ctx.backend, ctx.sent_at) {
+            let b = guard.backend();
+            let now = Instant::now();
+            let h = &self.state.config.health;
+            let may_eject =
+                self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+            let verdict = b.record_response(
+                resp.status.as_u16(),
+                now - sent_at,
+                &policy(h),
+                now,
+                may_eject,
+            );
+            self.outlier_verdict(b, verdict, "5xx responses");
         }
         Ok(())
     }
@@ -310,16 +362,12 @@ impl ProxyHttp for EdgeProxy {
     ) -> Box<Error> {
         if let Some(guard) = &ctx.backend {
             let b = guard.backend();
+            let now = Instant::now();
             let h = &self.state.config.health;
-            if b.record_connect_failure(h.eject_after, h.eject_for) {
-                let region = &*self.state.topology.regions[b.region].name;
-                self.state
-                    .metrics
-                    .backend_ejections
-                    .with_label_values(&[region, &b.label])
-                    .inc();
-                tracing::warn!(region, backend = %b.label, error = %e, "backend ejected after connect failures");
-            }
+            let may_eject =
+                self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+            let verdict = b.record_connect_failure(&policy(h), now, may_eject);
+            self.outlier_verdict(b, verdict, "failed connects");
         }
         // Nothing reached the backend: any request may try another one.
         if ctx.attempts < self.state.config.retries.max_attempts {

@@ -2,9 +2,10 @@
 
 use crate::lifecycle::Lifecycle;
 use crate::metrics::Metrics;
-use crate::route::Classifier;
+use crate::route::{self, Classifier, Refusal};
 use crate::snapshot::{Router, Snapshot};
 use crate::topology::Topology;
+use edgeroute_config::RouteTarget;
 use edgeroute_config::{Admission, ProxyConfig, Rejection, RoutingTable};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -90,6 +91,37 @@ impl AppState {
             .with_label_values(&["unreadable"])
             .inc();
         tracing::warn!(source, error = %error, "cannot read the routing table; keeping the table in force");
+    }
+
+    /// [`route::choose_region`] with this proxy's live backend state: which
+    /// regions have a backend in rotation, and their measured latency.
+    pub fn choose_region(
+        &self,
+        snapshot: &Snapshot,
+        target: RouteTarget,
+        excluded: u64,
+    ) -> Result<usize, Refusal> {
+        let now = Instant::now();
+        let regions = &self.topology.regions;
+        route::choose_region(
+            snapshot,
+            self.topology.local,
+            target,
+            |r| regions[r].in_rotation(now) > 0,
+            |r| regions[r].latency(now),
+            excluded,
+        )
+    }
+
+    /// Every backend has been probed at least once (or probes are off), so
+    /// the first requests are routed on measured health, not on guesses.
+    pub fn first_probes_done(&self) -> bool {
+        !self.config.health.probes
+            || self
+                .topology
+                .regions
+                .iter()
+                .all(|r| r.backends().iter().all(|b| b.is_probed()))
     }
 
     /// The local region can serve reads: not marked down, with a live backend.

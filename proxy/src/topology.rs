@@ -1,82 +1,202 @@
-//! The backends this proxy knows, from its config, with their live state.
+//! The backends this proxy knows, with their live state.
 //!
-//! Backends are built once at start-up and shared by every routing snapshot,
-//! so their live state (in-flight requests, connect failures, ejection)
-//! survives routing-table swaps.
+//! A backend is one address of one configured `host:port` in one region. Its
+//! live state — in-flight requests, probe health, outlier ejection, peak-EWMA
+//! latency — lives here, shared by every routing snapshot, so it survives
+//! routing-table swaps. A region's backend list is itself swapped whole when
+//! DNS answers change; backends that stay keep their state.
 
-use edgeroute_config::ProxyConfig;
+use crate::health::outlier::Verdict;
+use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
+use arc_swap::ArcSwap;
+use edgeroute_config::{HealthConfig, ProxyConfig};
 use pingora_core::upstreams::peer::HttpPeer;
-use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Latency assumed for a backend with no sample yet: moderate, so a new
+/// backend is tried but not preferred over a known fast one.
+pub const DEFAULT_RTT: Duration = Duration::from_millis(50);
+
+struct Live {
+    probe: ProbeState,
+    outlier: Outlier,
+    ewma: PeakEwma,
+}
 
 /// One upstream address in one region.
 pub struct Backend {
     /// `host:port` as configured, for logs and metrics.
     pub label: String,
+    pub addr: SocketAddr,
     pub region: usize,
-    /// A ready-made peer, cloned per request.
     peer: HttpPeer,
     inflight: AtomicU32,
-    consecutive_connect_failures: AtomicU32,
-    /// Milliseconds since [`Topology::epoch`] until which the backend is out
-    /// of rotation; 0 when it is in.
+    // Lock-free mirrors of `live`, read on every pick.
+    probe_healthy: AtomicBool,
+    /// Milliseconds since `clock` until which the backend is ejected; 0: not.
     ejected_until_ms: AtomicU64,
+    /// Its address left DNS: no new requests.
+    retired: AtomicBool,
     clock: Instant,
+    live: Mutex<Live>,
 }
 
 impl Backend {
+    pub fn new(
+        label: String,
+        addr: SocketAddr,
+        region: usize,
+        peer: HttpPeer,
+        health: &HealthConfig,
+        clock: Instant,
+    ) -> Self {
+        let start_healthy = health.start_healthy || !health.probes;
+        Backend {
+            label,
+            addr,
+            region,
+            peer,
+            inflight: AtomicU32::new(0),
+            probe_healthy: AtomicBool::new(start_healthy),
+            ejected_until_ms: AtomicU64::new(0),
+            retired: AtomicBool::new(false),
+            clock,
+            live: Mutex::new(Live {
+                probe: ProbeState::new(start_healthy),
+                outlier: Outlier::default(),
+                ewma: PeakEwma::new(health.latency_decay, Instant::now()),
+            }),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, Live> {
+        // The state stays consistent even if a holder panicked: every update
+        // is a single assignment.
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn peer(&self) -> Box<HttpPeer> {
         Box::new(self.peer.clone())
     }
 
-    pub fn address(&self) -> SocketAddr {
-        match self.peer._address.as_inet() {
-            Some(a) => *a,
-            None => SocketAddr::from(([0, 0, 0, 0], 0)),
-        }
+    pub fn peer_template(&self) -> &HttpPeer {
+        &self.peer
     }
 
     pub fn inflight(&self) -> u32 {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    fn now_ms(&self) -> u64 {
+    fn ms_since_clock(&self, t: Instant) -> u64 {
         // +1 so that 0 always means "not ejected".
-        self.clock.elapsed().as_millis() as u64 + 1
+        t.saturating_duration_since(self.clock).as_millis() as u64 + 1
     }
 
-    /// In rotation: not ejected, or its ejection has run out.
-    pub fn is_live(&self) -> bool {
+    pub fn is_ejected(&self, now: Instant) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
-        until == 0 || self.now_ms() >= until
+        until != 0 && self.ms_since_clock(now) < until
     }
 
-    /// Counts a failed connect; ejects the backend for `eject_for` once
-    /// `eject_after` failures happened in a row. Returns true if it ejected.
-    pub fn record_connect_failure(&self, eject_after: u32, eject_for: Duration) -> bool {
-        let n = self
-            .consecutive_connect_failures
-            .fetch_add(1, Ordering::Relaxed)
-            + 1;
-        if n >= eject_after {
-            let until = self.now_ms() + eject_for.as_millis() as u64;
-            self.ejected_until_ms.store(until, Ordering::Relaxed);
-            return true;
-        }
-        false
+    pub fn probe_healthy(&self) -> bool {
+        self.probe_healthy.load(Ordering::Relaxed)
     }
 
-    /// A response arrived: the backend is reachable.
-    pub fn record_success(&self) {
-        if self.consecutive_connect_failures.load(Ordering::Relaxed) != 0 {
-            self.consecutive_connect_failures
-                .store(0, Ordering::Relaxed);
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
+    }
+
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// In rotation: passes its probes, is not ejected, is still in DNS.
+    pub fn in_rotation(&self, now: Instant) -> bool {
+        self.probe_healthy() && !self.is_ejected(now) && !self.is_retired()
+    }
+
+    pub fn is_probed(&self) -> bool {
+        self.live().probe.is_probed()
+    }
+
+    /// The peak-EWMA latency estimate in seconds, or [`DEFAULT_RTT`].
+    pub fn latency(&self, now: Instant) -> f64 {
+        self.measured_latency(now)
+            .unwrap_or(DEFAULT_RTT.as_secs_f64())
+    }
+
+    pub fn measured_latency(&self, now: Instant) -> Option<f64> {
+        self.live().ewma.cost(now)
+    }
+
+    /// Load for balancing: latency weighted by the requests already waiting.
+    pub fn load(&self, now: Instant) -> f64 {
+        self.latency(now) * f64::from(self.inflight() + 1)
+    }
+
+    /// A probe finished. Returns the new rotation state when it changed.
+    pub fn record_probe(
+        &self,
+        passed: bool,
+        latency: Option<Duration>,
+        health: &HealthConfig,
+        now: Instant,
+    ) -> Option<bool> {
+        let mut live = self.live();
+        if let Some(l) = latency {
+            live.ewma.observe(l, now);
         }
-        if self.ejected_until_ms.load(Ordering::Relaxed) != 0 {
-            self.ejected_until_ms.store(0, Ordering::Relaxed);
+        let change = live.probe.record(passed, health.fall, health.rise);
+        self.probe_healthy
+            .store(live.probe.is_healthy(), Ordering::Relaxed);
+        change
+    }
+
+    /// A response header arrived from this backend.
+    pub fn record_response(
+        &self,
+        status: u16,
+        latency: Duration,
+        policy: &OutlierPolicy,
+        now: Instant,
+        may_eject: bool,
+    ) -> Verdict {
+        let mut live = self.live();
+        live.ewma.observe(latency, now);
+        if status >= 500 {
+            self.failure(&mut live, policy, now, may_eject)
+        } else {
+            live.outlier.record_success();
+            Verdict::Kept
         }
+    }
+
+    /// Connecting to this backend failed.
+    pub fn record_connect_failure(
+        &self,
+        policy: &OutlierPolicy,
+        now: Instant,
+        may_eject: bool,
+    ) -> Verdict {
+        let mut live = self.live();
+        self.failure(&mut live, policy, now, may_eject)
+    }
+
+    fn failure(
+        &self,
+        live: &mut Live,
+        policy: &OutlierPolicy,
+        now: Instant,
+        may_eject: bool,
+    ) -> Verdict {
+        let verdict = live.outlier.record_failure(policy, now, may_eject);
+        if let Some(until) = live.outlier.ejected_until() {
+            self.ejected_until_ms
+                .store(self.ms_since_clock(until), Ordering::Relaxed);
+        }
+        verdict
     }
 
     /// Marks one request as in flight on this backend until the guard drops.
@@ -103,14 +223,60 @@ impl Drop for InflightGuard {
 
 pub struct RegionInfo {
     pub name: Arc<str>,
-    pub backends: Vec<Arc<Backend>>,
+    backends: ArcSwap<Vec<Arc<Backend>>>,
     /// `Host` header override for this region's backends.
     pub host: Option<String>,
 }
 
 impl RegionInfo {
+    pub fn new(name: &str, backends: Vec<Arc<Backend>>, host: Option<String>) -> Self {
+        RegionInfo {
+            name: Arc::from(name),
+            backends: ArcSwap::from_pointee(backends),
+            host,
+        }
+    }
+
+    /// The current backend list (one atomic load).
+    pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
+        self.backends.load_full()
+    }
+
+    pub fn set_backends(&self, backends: Vec<Arc<Backend>>) {
+        self.backends.store(Arc::new(backends));
+    }
+
+    pub fn in_rotation(&self, now: Instant) -> usize {
+        self.backends
+            .load()
+            .iter()
+            .filter(|b| b.in_rotation(now))
+            .count()
+    }
+
     pub fn has_live_backend(&self) -> bool {
-        self.backends.iter().any(|b| b.is_live())
+        let now = Instant::now();
+        self.backends.load().iter().any(|b| b.in_rotation(now))
+    }
+
+    /// Whether one more ejection keeps within `max_percent` of the region's
+    /// backends; one backend may always be ejected.
+    pub fn may_eject(&self, max_percent: u32, now: Instant) -> bool {
+        let backends = self.backends.load();
+        let ejected = backends.iter().filter(|b| b.is_ejected(now)).count();
+        let cap = (backends.len() * max_percent as usize / 100).max(1);
+        ejected < cap
+    }
+
+    /// The region's measured latency: its fastest backend in rotation, in
+    /// seconds; `None` before any sample.
+    pub fn latency(&self, now: Instant) -> Option<f64> {
+        self.backends
+            .load()
+            .iter()
+            .filter(|b| b.in_rotation(now))
+            .filter_map(|b| b.measured_latency(now))
+            .reduce(f64::min)
     }
 }
 
@@ -118,64 +284,66 @@ impl RegionInfo {
 pub struct Topology {
     pub regions: Vec<RegionInfo>,
     pub local: usize,
+    /// Common origin of the backends' millisecond clocks.
+    pub clock: Instant,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "cannot resolve backend {backend} of region {region}: {reason}; check the name or use an IP address"
-)]
-pub struct ResolveError {
-    pub region: String,
-    pub backend: String,
-    pub reason: String,
+/// Options every peer of a region shares.
+pub fn peer_for(cfg: &ProxyConfig, region: usize, host: &str, addr: SocketAddr) -> HttpPeer {
+    let r = &cfg.regions[region];
+    let sni = r.sni.clone().unwrap_or_else(|| host.to_owned());
+    let mut peer = HttpPeer::new(addr, r.tls, sni);
+    peer.options.connection_timeout = Some(cfg.timeouts.connect);
+    peer.options.total_connection_timeout = Some(cfg.timeouts.connect * 2);
+    peer.options.read_timeout = Some(cfg.timeouts.read);
+    peer.options.write_timeout = Some(cfg.timeouts.write);
+    peer.options.idle_timeout = Some(cfg.timeouts.pool_idle);
+    peer
+}
+
+pub fn policy(health: &HealthConfig) -> OutlierPolicy {
+    OutlierPolicy {
+        consecutive: health.eject_after,
+        base: health.eject_for,
+        max: health.max_eject_for,
+    }
 }
 
 impl Topology {
-    /// Builds the topology, resolving every backend name once.
-    pub fn build(cfg: &ProxyConfig) -> Result<Self, ResolveError> {
+    /// Builds the topology from already resolved addresses: for each region,
+    /// for each configured backend, its addresses.
+    pub fn build(cfg: &ProxyConfig, resolved: &[Vec<Vec<SocketAddr>>]) -> Self {
         let clock = Instant::now();
-        let mut regions = Vec::with_capacity(cfg.regions.len());
-        for (ri, r) in cfg.regions.iter().enumerate() {
-            let mut backends = Vec::with_capacity(r.backends.len());
-            for b in &r.backends {
-                let label = b.to_string();
-                let err = |reason: String| ResolveError {
-                    region: r.name.clone(),
-                    backend: label.clone(),
-                    reason,
-                };
-                let addr = (b.host.as_str(), b.port)
-                    .to_socket_addrs()
-                    .map_err(|e| err(e.to_string()))?
-                    .next()
-                    .ok_or_else(|| err("no address".into()))?;
-                let sni = r.sni.clone().unwrap_or_else(|| b.host.clone());
-                let mut peer = HttpPeer::new(addr, r.tls, sni);
-                peer.options.connection_timeout = Some(cfg.timeouts.connect);
-                peer.options.total_connection_timeout = Some(cfg.timeouts.connect * 2);
-                peer.options.read_timeout = Some(cfg.timeouts.read);
-                peer.options.write_timeout = Some(cfg.timeouts.write);
-                peer.options.idle_timeout = Some(cfg.timeouts.pool_idle);
-                backends.push(Arc::new(Backend {
-                    label,
-                    region: ri,
-                    peer,
-                    inflight: AtomicU32::new(0),
-                    consecutive_connect_failures: AtomicU32::new(0),
-                    ejected_until_ms: AtomicU64::new(0),
-                    clock,
-                }));
-            }
-            regions.push(RegionInfo {
-                name: Arc::from(r.name.as_str()),
-                backends,
-                host: r.host.clone(),
-            });
-        }
-        Ok(Topology {
+        let regions = cfg
+            .regions
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| {
+                let backends = r
+                    .backends
+                    .iter()
+                    .zip(&resolved[ri])
+                    .flat_map(|(b, addrs)| {
+                        addrs.iter().map(move |a| {
+                            Arc::new(Backend::new(
+                                b.to_string(),
+                                *a,
+                                ri,
+                                peer_for(cfg, ri, &b.host, *a),
+                                &cfg.health,
+                                clock,
+                            ))
+                        })
+                    })
+                    .collect();
+                RegionInfo::new(&r.name, backends, r.host.clone())
+            })
+            .collect();
+        Topology {
             regions,
             local: cfg.local_region,
-        })
+            clock,
+        }
     }
 
     pub fn region_names(&self) -> impl Iterator<Item = &str> + Clone {
@@ -187,35 +355,55 @@ impl Topology {
 pub(crate) mod testing {
     use super::*;
 
-    /// A topology of `n` regions with `per_region` backends on unroutable
-    /// loopback ports; nothing connects to them in unit tests.
+    pub fn health() -> HealthConfig {
+        HealthConfig {
+            probes: false,
+            start_healthy: true,
+            path: "/health".into(),
+            interval: Duration::from_secs(5),
+            timeout: Duration::from_secs(2),
+            jitter: Duration::ZERO,
+            fall: 3,
+            rise: 2,
+            expected_status: (200, 399),
+            eject_after: 3,
+            eject_for: Duration::from_secs(10),
+            max_eject_for: Duration::from_secs(300),
+            max_ejection_percent: 100,
+            panic_threshold: 50,
+            latency_decay: Duration::from_secs(10),
+        }
+    }
+
+    /// A topology of `n` regions with `per_region` backends on loopback ports
+    /// nothing listens on; unit tests never connect to them.
     pub fn topology(n: usize, per_region: usize) -> Topology {
         let clock = Instant::now();
+        let h = health();
         let regions = (0..n)
-            .map(|ri| RegionInfo {
-                name: Arc::from(format!("region-{ri}").as_str()),
-                host: None,
-                backends: (0..per_region)
+            .map(|ri| {
+                let backends = (0..per_region)
                     .map(|bi| {
                         let port = 10_000 + (ri * 100 + bi) as u16;
-                        Arc::new(Backend {
-                            label: format!("127.0.0.1:{port}"),
-                            region: ri,
-                            peer: HttpPeer::new(
-                                SocketAddr::from(([127, 0, 0, 1], port)),
-                                false,
-                                String::new(),
-                            ),
-                            inflight: AtomicU32::new(0),
-                            consecutive_connect_failures: AtomicU32::new(0),
-                            ejected_until_ms: AtomicU64::new(0),
+                        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                        Arc::new(Backend::new(
+                            format!("127.0.0.1:{port}"),
+                            addr,
+                            ri,
+                            HttpPeer::new(addr, false, String::new()),
+                            &h,
                             clock,
-                        })
+                        ))
                     })
-                    .collect(),
+                    .collect();
+                RegionInfo::new(&format!("region-{ri}"), backends, None)
             })
             .collect();
-        Topology { regions, local: 0 }
+        Topology {
+            regions,
+            local: 0,
+            clock,
+        }
     }
 }
 
@@ -224,31 +412,69 @@ mod tests {
     use super::*;
 
     #[test]
-    fn connect_failures_eject_after_threshold_and_success_readmits() {
+    fn failures_eject_after_the_threshold_and_ejection_runs_out() {
         let t = testing::topology(1, 1);
-        let b = &t.regions[0].backends[0];
-        assert!(!b.record_connect_failure(3, Duration::from_secs(60)));
-        assert!(!b.record_connect_failure(3, Duration::from_secs(60)));
-        assert!(b.is_live());
-        assert!(b.record_connect_failure(3, Duration::from_secs(60)));
-        assert!(!b.is_live());
-        assert!(!t.regions[0].has_live_backend());
-        b.record_success();
-        assert!(b.is_live());
+        let b = &t.regions[0].backends()[0];
+        let p = policy(&testing::health());
+        let t0 = Instant::now();
+        assert_eq!(b.record_connect_failure(&p, t0, true), Verdict::Kept);
+        assert_eq!(
+            b.record_response(502, Duration::from_millis(1), &p, t0, true),
+            Verdict::Kept
+        );
+        assert!(b.in_rotation(t0));
+        assert_eq!(
+            b.record_connect_failure(&p, t0, true),
+            Verdict::Ejected(Duration::from_secs(10))
+        );
+        assert!(!b.in_rotation(t0));
+        assert!(b.in_rotation(t0 + Duration::from_secs(11)));
     }
 
     #[test]
-    fn ejection_runs_out() {
+    fn probes_move_a_backend_in_and_out() {
         let t = testing::topology(1, 1);
-        let b = &t.regions[0].backends[0];
-        b.record_connect_failure(1, Duration::ZERO);
-        assert!(b.is_live());
+        let b = &t.regions[0].backends()[0];
+        let mut h = testing::health();
+        h.fall = 2;
+        let now = Instant::now();
+        assert_eq!(b.record_probe(false, None, &h, now), None);
+        assert_eq!(b.record_probe(false, None, &h, now), Some(false));
+        assert!(!b.in_rotation(now));
+        assert!(!t.regions[0].has_live_backend());
+        b.record_probe(true, Some(Duration::from_millis(3)), &h, now);
+        assert_eq!(
+            b.record_probe(true, Some(Duration::from_millis(3)), &h, now),
+            Some(true)
+        );
+        assert!(b.in_rotation(now));
+        assert!((b.latency(now) - 0.003).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_ejection_cap_counts_the_region() {
+        let t = testing::topology(1, 4);
+        let r = &t.regions[0];
+        let now = Instant::now();
+        let p = policy(&testing::health());
+        assert!(r.may_eject(50, now));
+        for b in r.backends().iter().take(2) {
+            for _ in 0..3 {
+                b.record_connect_failure(&p, now, true);
+            }
+        }
+        assert!(!r.may_eject(50, now), "2 of 4 ejected is the 50% cap");
+        assert!(r.may_eject(75, now));
+        assert!(
+            testing::topology(1, 1).regions[0].may_eject(0, now),
+            "one may always be ejected"
+        );
     }
 
     #[test]
     fn inflight_guard_counts() {
         let t = testing::topology(1, 1);
-        let b = &t.regions[0].backends[0];
+        let b = &t.regions[0].backends()[0];
         let g1 = b.start_request();
         let g2 = b.start_request();
         assert_eq!(b.inflight(), 2);

@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -42,6 +43,13 @@ struct Shared {
     seen: Mutex<Vec<Seen>>,
     behaviour: Mutex<Behaviour>,
     gate: Semaphore,
+    /// Status of `/health`; probes are answered apart and not recorded.
+    health_status: AtomicU16,
+    probes: AtomicUsize,
+    /// Added before every answer, probes included, in milliseconds.
+    delay_ms: AtomicU64,
+    /// Status of every other answer.
+    status: AtomicU16,
 }
 
 pub struct Origin {
@@ -59,6 +67,10 @@ impl Origin {
             seen: Mutex::new(Vec::new()),
             behaviour: Mutex::new(Behaviour::Normal),
             gate: Semaphore::new(0),
+            health_status: AtomicU16::new(200),
+            probes: AtomicUsize::new(0),
+            delay_ms: AtomicU64::new(0),
+            status: AtomicU16::new(200),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Origin { addr, shared, task }
@@ -66,6 +78,28 @@ impl Origin {
 
     pub fn set(&self, behaviour: Behaviour) {
         *self.shared.behaviour.lock().expect("origin lock") = behaviour;
+    }
+
+    /// What `/health` answers from now on.
+    pub fn set_health(&self, status: u16) {
+        self.shared.health_status.store(status, Ordering::Relaxed);
+    }
+
+    /// What every other path answers from now on.
+    pub fn set_status(&self, status: u16) {
+        self.shared.status.store(status, Ordering::Relaxed);
+    }
+
+    /// Delay added to every answer, probes included (a simulated distance).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.shared
+            .delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Health probes answered so far.
+    pub fn probes(&self) -> usize {
+        self.shared.probes.load(Ordering::Relaxed)
     }
 
     /// Lets `n` held requests answer.
@@ -138,6 +172,16 @@ async fn answer(
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
+    let delay = shared.delay_ms.load(Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
+    if parts.uri.path() == "/health" {
+        shared.probes.fetch_add(1, Ordering::Relaxed);
+        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+        *resp.status_mut() = StatusCode::from_u16(shared.health_status.load(Ordering::Relaxed))?;
+        return Ok(resp);
+    }
     let seen = Seen {
         method: parts.method.to_string(),
         path: parts.uri.path().to_owned(),
@@ -158,6 +202,6 @@ async fn answer(
     }
     let text = serde_json::json!({ "region": shared.region, "path": parts.uri.path() }).to_string();
     let mut resp = Response::new(Full::new(Bytes::from(text)));
-    *resp.status_mut() = StatusCode::OK;
+    *resp.status_mut() = StatusCode::from_u16(shared.status.load(Ordering::Relaxed))?;
     Ok(resp)
 }

@@ -79,7 +79,7 @@ async fn a_connect_failure_moves_any_request_to_another_backend_once() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[dead.addr, live.addr])
         .table(table(1, 1, Some(US), &[(US, "active")]))
-        .extra("[health]\neject_after = 100\n")
+        .extra("[health]\nprobes = false\neject_after = 100\n")
         .start()
         .await;
     let c = client();
@@ -105,7 +105,7 @@ async fn repeated_connect_failures_eject_a_backend() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[dead.addr, live.addr])
         .table(table(1, 1, Some(US), &[(US, "active")]))
-        .extra("[health]\neject_after = 1\neject_for = \"1h\"\n")
+        .extra("[health]\nprobes = false\neject_after = 1\neject_for = \"1h\"\nmax_eject_for = \"1h\"\n")
         .start()
         .await;
     let c = client();

@@ -25,10 +25,11 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
         .region(US, &[origins[0].addr])
         .region(EU, &[origins[1].addr])
         .region(AP, &[origins[2].addr])
+        // Epoch e's primary is regions[e % 3], from the first table on.
         .table(table(
             1,
             1,
-            Some(US),
+            Some(EU),
             &[(US, "active"), (EU, "active"), (AP, "active")],
         ))
         .extra("[log]\naccess = false\n")

@@ -1,9 +1,12 @@
 use super::*;
+use crate::topology::Backend;
 use crate::topology::testing::topology;
 use edgeroute_config::{RegionEntry, RoutingTable};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use std::sync::Arc;
+use std::time::Instant;
 
 fn classifier(rules: Vec<RouteRule>) -> Classifier {
     Classifier::new(
@@ -108,31 +111,46 @@ fn methods_and_rules_classify() {
 fn reads_prefer_local_then_fall_back_in_order() {
     let all = |_| true;
     let s = snapshot(&[Active, Active, Active], &[100; 3], Some(2), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Nearest, all, 0), Ok(0));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(0)
+    );
     let s = snapshot(&[Down, Active, Active], &[100; 3], Some(2), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Nearest, all, 0), Ok(1));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(1)
+    );
     let s = snapshot(&[Draining, Active, Active], &[100; 3], Some(2), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Nearest, all, 0), Ok(1));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(1)
+    );
     // Weight 0 is treated like draining.
     let s = snapshot(&[Active, Active, Active], &[0, 100, 100], Some(2), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Nearest, all, 0), Ok(1));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(1)
+    );
     // No live backend locally.
     let s = snapshot(&[Active, Active, Active], &[100; 3], Some(2), false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Nearest, |r| r != 0, 0),
+        choose_region(&s, 0, RouteTarget::Nearest, |r| r != 0, |_| None, 0),
         Ok(1)
     );
     // Already tried region 1.
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Nearest, |r| r != 0, 0b10),
+        choose_region(&s, 0, RouteTarget::Nearest, |r| r != 0, |_| None, 0b10),
         Ok(2)
     );
     // Draining regions are a last resort, down regions never.
     let s = snapshot(&[Down, Draining, Down], &[100; 3], None, false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Nearest, all, 0), Ok(1));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(1)
+    );
     let s = snapshot(&[Down, Down, Down], &[100; 3], None, false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Nearest, all, 0),
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
         Err(Refusal::NoRegionAvailable)
     );
 }
@@ -141,30 +159,33 @@ fn reads_prefer_local_then_fall_back_in_order() {
 fn writes_go_to_the_primary_or_are_refused() {
     let all = |_| true;
     let s = snapshot(&[Active, Active, Active], &[100; 3], Some(1), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Primary, all, 0), Ok(1));
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Primary, |r| r != 1, 0),
+        choose_region(&s, 0, RouteTarget::Primary, all, |_| None, 0),
+        Ok(1)
+    );
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Primary, |r| r != 1, |_| None, 0),
         Err(Refusal::PrimaryUnavailable)
     );
     let s = snapshot(&[Active, Draining, Active], &[100; 3], Some(1), false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Primary, all, 0),
+        choose_region(&s, 0, RouteTarget::Primary, all, |_| None, 0),
         Ok(1),
         "draining primary still takes writes"
     );
     let s = snapshot(&[Active, Down, Active], &[100; 3], Some(1), false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Primary, all, 0),
+        choose_region(&s, 0, RouteTarget::Primary, all, |_| None, 0),
         Err(Refusal::PrimaryDown)
     );
     let s = snapshot(&[Active, Active, Active], &[100; 3], None, false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Primary, all, 0),
+        choose_region(&s, 0, RouteTarget::Primary, all, |_| None, 0),
         Err(Refusal::NoPrimary)
     );
     let s = snapshot(&[Active, Active, Active], &[100; 3], Some(1), true, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Primary, all, 0),
+        choose_region(&s, 0, RouteTarget::Primary, all, |_| None, 0),
         Err(Refusal::FailoverInProgress)
     );
 }
@@ -173,29 +194,120 @@ fn writes_go_to_the_primary_or_are_refused() {
 fn local_target_never_leaves_the_local_region() {
     let s = snapshot(&[Down, Active], &[100; 2], Some(1), false, 0);
     assert_eq!(
-        choose_region(&s, 0, RouteTarget::Local, |_| true, 0),
+        choose_region(&s, 0, RouteTarget::Local, |_| true, |_| None, 0),
         Err(Refusal::LocalUnavailable)
     );
     let s = snapshot(&[Draining, Active], &[100; 2], Some(1), false, 0);
-    assert_eq!(choose_region(&s, 0, RouteTarget::Local, |_| true, 0), Ok(0));
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Local, |_| true, |_| None, 0),
+        Ok(0)
+    );
 }
 
 #[test]
-fn backend_pick_skips_tried_and_ejected_and_prefers_fewer_inflight() {
-    let topo = topology(1, 3);
-    let region = &topo.regions[0];
+fn reads_fall_back_to_the_nearest_region_by_measured_latency() {
+    let all = |_| true;
+    let s = snapshot(
+        &[Down, Active, Active, Active],
+        &[100; 4],
+        Some(1),
+        false,
+        0,
+    );
+    let ms = [None, Some(0.200), Some(0.080), Some(0.005)];
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |r| ms[r], 0),
+        Ok(3)
+    );
+    // The choice follows the measurements.
+    let ms = [None, Some(0.004), Some(0.080), Some(0.300)];
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |r| ms[r], 0),
+        Ok(1)
+    );
+    // Unmeasured regions come after measured ones, in config order.
+    let ms = [None, None, Some(0.5), None];
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |r| ms[r], 0),
+        Ok(2)
+    );
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Nearest, all, |_| None, 0),
+        Ok(1)
+    );
+    // Writes ignore latency entirely.
+    let ms = [None, Some(9.0), Some(0.001), Some(0.001)];
+    assert_eq!(
+        choose_region(&s, 0, RouteTarget::Primary, all, |r| ms[r], 0),
+        Ok(1)
+    );
+}
+
+fn shares(backends: &[Arc<Backend>], picks: usize, seed: u64) -> Vec<f64> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let now = Instant::now();
+    let mut counts = vec![0usize; backends.len()];
+    for _ in 0..picks {
+        let pick = pick_backend(backends, 0, 50, now, &mut rng).expect("a backend");
+        counts[pick.index] += 1;
+    }
+    counts.iter().map(|&c| c as f64 / picks as f64).collect()
+}
+
+#[test]
+fn power_of_two_choices_prefers_faster_backends() {
+    let topo = topology(1, 4);
+    let backends = topo.regions[0].backends();
+    let h = crate::topology::testing::health();
+    let now = Instant::now();
+    for (b, ms) in backends.iter().zip([5, 20, 50, 100]) {
+        b.record_probe(true, Some(std::time::Duration::from_millis(ms)), &h, now);
+    }
+    // Of a random pair the faster wins: the fastest is in half of all pairs,
+    // the second in a third, the third in a sixth, the slowest never wins.
+    let got = shares(&backends, 20_000, 42);
+    for (g, want) in got.iter().zip([0.5, 1.0 / 3.0, 1.0 / 6.0, 0.0]) {
+        assert!((g - want).abs() < 0.02, "shares {got:?}");
+    }
+    // In-flight requests weigh in: a busy fast backend loses to an idle slower one.
+    let _busy: Vec<_> = (0..20).map(|_| backends[0].start_request()).collect();
+    let got = shares(&backends, 20_000, 7);
+    assert!(got[0] < 0.01, "shares {got:?}");
+}
+
+#[test]
+fn backend_pick_skips_tried_and_ejected_and_spreads_in_panic() {
+    let topo = topology(1, 4);
+    let backends = topo.regions[0].backends();
     let mut rng = StdRng::seed_from_u64(7);
-    region.backends[1].record_connect_failure(1, std::time::Duration::from_secs(60));
-    for _ in 0..50 {
-        let (i, _) = pick_backend(region, 0b001, &mut rng).expect("backend 2 is left");
-        assert_eq!(i, 2);
+    let now = Instant::now();
+    let policy = crate::topology::policy(&crate::topology::testing::health());
+    let eject = |b: &Arc<Backend>| {
+        for _ in 0..3 {
+            b.record_connect_failure(&policy, now, true);
+        }
+    };
+    eject(&backends[1]);
+    for _ in 0..200 {
+        let p =
+            pick_backend(&backends, 0b0001, 50, now, &mut rng).expect("backends 2 and 3 are left");
+        assert!(p.index == 2 || p.index == 3);
+        assert!(!p.panic);
     }
-    assert!(pick_backend(region, 0b101, &mut rng).is_none());
-    // Of two live backends, the one with fewer requests in flight wins.
-    let _busy: Vec<_> = (0..5).map(|_| region.backends[0].start_request()).collect();
-    for _ in 0..50 {
-        assert_eq!(pick_backend(region, 0, &mut rng).map(|(i, _)| i), Some(2));
+    assert!(pick_backend(&backends, 0b1101, 50, now, &mut rng).is_none());
+    // One of four in rotation is under the 50% threshold: every backend is a candidate.
+    eject(&backends[2]);
+    eject(&backends[3]);
+    let mut seen = [false; 4];
+    for _ in 0..200 {
+        let p = pick_backend(&backends, 0, 50, now, &mut rng).expect("panic mode");
+        assert!(p.panic);
+        seen[p.index] = true;
     }
+    assert_eq!(seen, [true; 4]);
+    // None in rotation: no pick at all.
+    eject(&backends[0]);
+    assert!(pick_backend(&backends, 0, 50, now, &mut rng).is_none());
 }
 
 fn state() -> impl Strategy<Value = RegionState> {
@@ -238,6 +350,7 @@ proptest! {
         path in "/[a-z]{0,6}",
         strong in any::<bool>(),
         rules in proptest::collection::vec(("/[a-z]{0,3}", proptest::collection::vec(method(), 0..2), target()), 0..3),
+        latencies in proptest::collection::vec(proptest::option::of(0.0f64..1.0), 6),
     ) {
         let n = regions.len();
         let (local, primary) = (local % n, primary.map(|p| p % n));
@@ -246,7 +359,7 @@ proptest! {
         let s = snapshot(&states, &weights, primary, failover, local);
         let c = classifier(rules.into_iter().map(|(prefix, methods, target)| RouteRule { prefix, methods, target }).collect());
         let plan = c.classify(&method, &path, strong);
-        let decision = choose_region(&s, local, plan.target, |r| live_mask & (1 << r) != 0, excluded);
+        let decision = choose_region(&s, local, plan.target, |r| live_mask & (1 << r) != 0, |r| latencies[r], excluded);
         if plan.class == RouteClass::Write || plan.target == RouteTarget::Primary {
             prop_assert_eq!(plan.target, RouteTarget::Primary);
             if let Ok(r) = decision {
@@ -268,6 +381,43 @@ proptest! {
         let mut states: Vec<_> = others[..n].to_vec();
         states[local] = Active;
         let s = snapshot(&states, &vec![100; n], None, false, local);
-        prop_assert_eq!(choose_region(&s, local, RouteTarget::Nearest, |_| true, 0), Ok(local));
+        prop_assert_eq!(choose_region(&s, local, RouteTarget::Nearest, |_| true, |_| None, 0), Ok(local));
+    }
+
+    /// The chosen backend is in rotation unless the region is in panic mode.
+    #[test]
+    fn an_out_of_rotation_backend_is_never_chosen_outside_panic_mode(
+        n in 1usize..10,
+        ejected_mask in any::<u16>(),
+        unhealthy_mask in any::<u16>(),
+        tried in any::<u16>(),
+        threshold in 0u32..=100,
+        seed in any::<u64>(),
+    ) {
+        let topo = topology(1, n);
+        let backends = topo.regions[0].backends();
+        let now = Instant::now();
+        let mut h = crate::topology::testing::health();
+        h.fall = 1;
+        let policy = crate::topology::policy(&h);
+        for (i, b) in backends.iter().enumerate() {
+            if ejected_mask & (1 << i) != 0 {
+                for _ in 0..3 {
+                    b.record_connect_failure(&policy, now, true);
+                }
+            }
+            if unhealthy_mask & (1 << i) != 0 {
+                b.record_probe(false, None, &h, now);
+            }
+        }
+        let mut rng = StdRng::seed_from_u64(seed);
+        if let Some(p) = pick_backend(&backends, u64::from(tried), threshold, now, &mut rng) {
+            prop_assert!(tried & (1 << p.index) == 0, "picked a backend already tried");
+            if !p.panic {
+                prop_assert!(p.backend.in_rotation(now), "picked an ejected or unhealthy backend outside panic mode");
+            }
+            let healthy = backends.iter().filter(|b| b.in_rotation(now)).count();
+            prop_assert_eq!(p.panic, healthy * 100 < threshold as usize * n);
+        }
     }
 }
