@@ -132,7 +132,7 @@ pub async fn refresh_region(
         }
         let now = Instant::now();
         for (bi, b) in configured.iter().enumerate() {
-            if !refresh_at[bi].is_some_and(|t| t <= now) {
+            if refresh_at[bi].is_none_or(|t| t > now) {
                 continue;
             }
             match dns.resolve(&b.host, b.port).await {

@@ -17,7 +17,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// Latency assumed for a backend with no sample yet: moderate, so a new
-/// backend is tried but not preferred over a known fast one.
+/// backend is not preferred over a known fast one, and decaying like any
+/// estimate, so it is tried before long.
 pub const DEFAULT_RTT: Duration = Duration::from_millis(50);
 
 struct Live {
@@ -67,7 +68,8 @@ impl Backend {
             live: Mutex::new(Live {
                 probe: ProbeState::new(start_healthy),
                 outlier: Outlier::default(),
-                ewma: PeakEwma::new(health.latency_decay, Instant::now()),
+                // Backends created together start with equal estimates.
+                ewma: PeakEwma::new(DEFAULT_RTT, health.latency_decay, clock),
             }),
         }
     }
@@ -121,14 +123,15 @@ impl Backend {
         self.live().probe.is_probed()
     }
 
-    /// The peak-EWMA latency estimate in seconds, or [`DEFAULT_RTT`].
+    /// The peak-EWMA latency estimate in seconds; before any sample, a
+    /// decaying [`DEFAULT_RTT`].
     pub fn latency(&self, now: Instant) -> f64 {
-        self.measured_latency(now)
-            .unwrap_or(DEFAULT_RTT.as_secs_f64())
+        self.live().ewma.cost(now)
     }
 
+    /// The estimate, if it comes from samples.
     pub fn measured_latency(&self, now: Instant) -> Option<f64> {
-        self.live().ewma.cost(now)
+        self.live().ewma.measured(now)
     }
 
     /// Load for balancing: latency weighted by the requests already waiting.

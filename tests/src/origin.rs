@@ -60,7 +60,12 @@ pub struct Origin {
 
 impl Origin {
     pub async fn start(region: &str) -> Origin {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind origin");
+        Origin::start_on(region, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Listens on `addr` (port 0: any free port).
+    pub async fn start_on(region: &str, addr: SocketAddr) -> Origin {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().expect("origin address");
         let shared = Arc::new(Shared {
             region: region.to_owned(),

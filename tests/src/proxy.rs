@@ -50,7 +50,7 @@ pub fn free_addr() -> SocketAddr {
 
 pub struct ProxyBuilder {
     local: String,
-    regions: Vec<(String, Vec<SocketAddr>)>,
+    regions: Vec<(String, Vec<String>)>,
     table: Option<Value>,
     extra: String,
     listener: String,
@@ -70,7 +70,19 @@ impl ProxyBuilder {
     }
 
     pub fn region(mut self, name: &str, backends: &[SocketAddr]) -> Self {
-        self.regions.push((name.to_owned(), backends.to_vec()));
+        self.regions.push((
+            name.to_owned(),
+            backends.iter().map(ToString::to_string).collect(),
+        ));
+        self
+    }
+
+    /// A region whose backends are given as `host:port` names.
+    pub fn region_named(mut self, name: &str, backends: &[&str]) -> Self {
+        self.regions.push((
+            name.to_owned(),
+            backends.iter().map(|b| (*b).to_owned()).collect(),
+        ));
         self
     }
 

@@ -98,19 +98,22 @@ async fn a_connect_failure_moves_any_request_to_another_backend_once() {
 }
 
 #[tokio::test]
-async fn repeated_connect_failures_eject_a_backend() {
+async fn a_failed_connect_ejects_the_backend_and_reads_move_to_another_region() {
     let dead = Origin::start(US).await;
-    let live = Origin::start(US).await;
+    let eu = Origin::start("eu-west-1").await;
     dead.stop();
     let proxy = ProxyBuilder::new(US)
-        .region(US, &[dead.addr, live.addr])
-        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .region(US, &[dead.addr])
+        .region("eu-west-1", &[eu.addr])
+        .table(table(1, 1, Some(US), &[(US, "active"), ("eu-west-1", "active")]))
         .extra("[health]\nprobes = false\neject_after = 1\neject_for = \"1h\"\nmax_eject_for = \"1h\"\n")
         .start()
         .await;
     let c = client();
     for _ in 0..20 {
-        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+        let resp = c.get(proxy.url("/x")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-edgeroute-region"], "eu-west-1");
     }
     let label = format!(
         "edgeroute_backend_ejections_total{{backend=\"{}\",region=\"{US}\"}}",
@@ -122,5 +125,10 @@ async fn repeated_connect_failures_eject_a_backend() {
         "ejected once, then never picked again"
     );
     let routing = proxy.routing().await;
-    assert_eq!(routing["regions"][0]["live_backends"], 1);
+    assert_eq!(routing["regions"][0]["live_backends"], 0);
+    // A write has nowhere else to go: a clear 503, not a retry elsewhere.
+    let resp = c.post(proxy.url("/w")).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-edgeroute-error"], "primary_unavailable");
+    assert_eq!(eu.count("POST"), 0);
 }

@@ -48,7 +48,7 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) && started.elapsed() < LIMIT && n < 200_000 {
                 n += 1;
-                let req = if (n + i as u64) % 3 == 0 {
+                let req = if (n + i as u64).is_multiple_of(3) {
                     c.post(&url).body("w")
                 } else {
                     c.get(&url)

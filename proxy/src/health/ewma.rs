@@ -6,17 +6,26 @@ use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
 pub struct PeakEwma {
-    /// Current estimate, in seconds; `None` until the first sample.
-    cost: Option<f64>,
+    /// Current estimate, in seconds.
+    cost: f64,
+    /// Whether `cost` comes from samples or is still the starting guess.
+    observed: bool,
     stamp: Instant,
     /// Decay time constant: after `tau` the old estimate weighs 1/e.
     tau: Duration,
 }
 
+/// An estimate never decays below this share of itself, so idle backends
+/// keep their order among themselves.
+const DECAY_FLOOR: f64 = 1.0 / 256.0;
+
 impl PeakEwma {
-    pub fn new(tau: Duration, now: Instant) -> Self {
+    /// Starts from `initial`, a guess that decays like any estimate, so a
+    /// backend nobody has sent to yet is tried before long.
+    pub fn new(initial: Duration, tau: Duration, now: Instant) -> Self {
         PeakEwma {
-            cost: None,
+            cost: initial.as_secs_f64(),
+            observed: false,
             stamp: now,
             tau,
         }
@@ -25,23 +34,28 @@ impl PeakEwma {
     /// Records one latency sample taken at `now`.
     pub fn observe(&mut self, sample: Duration, now: Instant) {
         let rtt = sample.as_secs_f64();
-        self.cost = Some(match self.cost {
-            None => rtt,
-            Some(cost) if rtt > cost => rtt,
-            Some(cost) => {
-                let w = self.weight(now);
-                cost * w + rtt * (1.0 - w)
-            }
-        });
+        self.cost = if !self.observed || rtt > self.cost {
+            rtt
+        } else {
+            let w = self.weight(now);
+            self.cost * w + rtt * (1.0 - w)
+        };
+        self.observed = true;
         if now > self.stamp {
             self.stamp = now;
         }
     }
 
-    /// The estimate as of `now`: a peak decays toward the latest samples, so
-    /// a backend that stops receiving traffic is not shunned forever.
-    pub fn cost(&self, now: Instant) -> Option<f64> {
-        self.cost.map(|c| c * self.weight(now).max(0.5_f64.powi(8)))
+    /// The estimate as of `now`: it decays with the time since the last
+    /// sample, so a backend that stops receiving traffic is not shunned
+    /// forever after one slow answer.
+    pub fn cost(&self, now: Instant) -> f64 {
+        self.cost * self.weight(now).max(DECAY_FLOOR)
+    }
+
+    /// The estimate, if it comes from samples.
+    pub fn measured(&self, now: Instant) -> Option<f64> {
+        self.observed.then(|| self.cost(now))
     }
 
     fn weight(&self, now: Instant) -> f64 {
@@ -61,47 +75,59 @@ mod tests {
     }
 
     #[test]
-    fn first_sample_sets_the_estimate() {
+    fn the_first_sample_replaces_the_starting_guess() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(TAU, t0);
-        assert_eq!(e.cost(t0), None);
+        let mut e = PeakEwma::new(ms(50), TAU, t0);
+        assert_eq!(e.measured(t0), None);
+        assert!((e.cost(t0) - 0.050).abs() < 1e-9);
         e.observe(ms(20), t0);
-        assert!((e.cost(t0).unwrap() - 0.020).abs() < 1e-9);
+        assert!((e.measured(t0).unwrap() - 0.020).abs() < 1e-9);
     }
 
     #[test]
     fn a_slower_sample_is_taken_at_once() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(TAU, t0);
+        let mut e = PeakEwma::new(ms(50), TAU, t0);
         e.observe(ms(10), t0);
         e.observe(ms(200), t0 + ms(1));
-        assert!((e.cost(t0 + ms(1)).unwrap() - 0.200).abs() < 1e-9);
+        assert!((e.cost(t0 + ms(1)) - 0.200).abs() < 1e-9);
     }
 
     #[test]
     fn faster_samples_pull_the_estimate_down_by_elapsed_time() {
         let t0 = Instant::now();
-        let mut e = PeakEwma::new(TAU, t0);
+        let mut e = PeakEwma::new(ms(50), TAU, t0);
         e.observe(ms(200), t0);
         // One tau later the old value weighs 1/e.
         e.observe(ms(10), t0 + TAU);
-        let expected = 0.200 * (-1.0f64).exp() + 0.010 * (1.0 - (-1.0f64).exp());
-        assert!((e.cost(t0 + TAU).unwrap() - expected).abs() < 1e-9);
+        let w = (-1.0f64).exp();
+        let expected = 0.200 * w + 0.010 * (1.0 - w);
+        assert!((e.cost(t0 + TAU) - expected).abs() < 1e-9);
         // Samples in quick succession barely move it.
-        let mut quick = PeakEwma::new(TAU, t0);
+        let mut quick = PeakEwma::new(ms(50), TAU, t0);
         quick.observe(ms(200), t0);
         quick.observe(ms(10), t0 + ms(1));
-        assert!(quick.cost(t0 + ms(1)).unwrap() > 0.199);
+        assert!(quick.cost(t0 + ms(1)) > 0.199);
+    }
+
+    #[test]
+    fn an_unmeasured_guess_decays_so_the_backend_gets_tried() {
+        let t0 = Instant::now();
+        let guess = PeakEwma::new(ms(50), TAU, t0);
+        assert!(guess.cost(t0 + TAU * 4) < 0.001);
     }
 
     #[test]
     fn an_idle_estimate_decays_but_keeps_its_order() {
         let t0 = Instant::now();
-        let (mut slow, mut fast) = (PeakEwma::new(TAU, t0), PeakEwma::new(TAU, t0));
+        let (mut slow, mut fast) = (
+            PeakEwma::new(ms(50), TAU, t0),
+            PeakEwma::new(ms(50), TAU, t0),
+        );
         slow.observe(ms(200), t0);
         fast.observe(ms(5), t0);
         let later = t0 + Duration::from_secs(30);
-        assert!(slow.cost(later).unwrap() < 0.200);
-        assert!(slow.cost(later).unwrap() > fast.cost(later).unwrap());
+        assert!(slow.cost(later) < 0.200);
+        assert!(slow.cost(later) > fast.cost(later));
     }
 }

@@ -1,0 +1,212 @@
+//! The proxy judges its backends itself: probes, outliers, latency.
+
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually, table};
+use serde_json::Value;
+use std::time::Duration;
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Probes every 100 ms, so the tests run in well under a second each.
+const FAST_PROBES: &str =
+    "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\nfall = 3\nrise = 2\n";
+
+async fn backend(proxy: &Proxy, region: usize, index: usize) -> Value {
+    proxy.routing().await["regions"][region]["backends"][index].clone()
+}
+
+async fn served_by(proxy: &Proxy) -> String {
+    let resp = client().get(proxy.url("/read")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.headers()["x-edgeroute-region"]
+        .to_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_failing_backend_leaves_after_fall_probes_and_returns_after_rise() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    assert_eq!(backend(&proxy, 0, 0).await["live"], true);
+
+    let before = a.probes();
+    a.set_health(503);
+    eventually("backend a leaves rotation", WAIT, || async {
+        backend(&proxy, 0, 0).await["live"] == false
+    })
+    .await;
+    assert!(
+        a.probes() - before >= 3,
+        "left after {} failed probes, fall is 3",
+        a.probes() - before
+    );
+    // Out of rotation, it gets no traffic.
+    let seen_by_a = a.seen().len();
+    for _ in 0..10 {
+        client().get(proxy.url("/x")).send().await.unwrap();
+    }
+    assert_eq!(a.seen().len(), seen_by_a);
+    assert_eq!(b.seen().len(), 10);
+
+    let before = a.probes();
+    a.set_health(200);
+    eventually("backend a returns", WAIT, || async {
+        backend(&proxy, 0, 0).await["live"] == true
+    })
+    .await;
+    assert!(
+        a.probes() - before >= 2,
+        "returned after {} passed probes, rise is 2",
+        a.probes() - before
+    );
+    assert!(
+        proxy
+            .metric(&format!(
+                "edgeroute_probes_total{{backend=\"{}\",region=\"{US}\",result=\"fail\"}}",
+                a.addr
+            ))
+            .await
+            >= 3.0
+    );
+}
+
+#[tokio::test]
+async fn a_new_backend_is_unproven_until_its_first_probe_passes() {
+    let good = Origin::start(US).await;
+    let never = Origin::start(US).await;
+    never.set_health(500);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[good.addr, never.addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    let b = backend(&proxy, 0, 1).await;
+    assert_eq!(b["live"], false, "never passed a probe: {b}");
+    for _ in 0..10 {
+        assert_eq!(
+            client().get(proxy.url("/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    assert_eq!(never.seen().len(), 0, "an unproven backend gets no traffic");
+    never.set_health(200);
+    eventually("its first pass admits it", WAIT, || async {
+        backend(&proxy, 0, 1).await["live"] == true
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .extra(
+            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n\
+             eject_after = 3\neject_for = \"300ms\"\nmax_eject_for = \"2s\"\nmax_ejection_percent = 50\n",
+        )
+        .start()
+        .await;
+    let c = client();
+    // b is the slower one, so latency-aware balancing sends to a first.
+    b.set_delay(Duration::from_millis(20));
+    a.set_status(500);
+    eventually("a is ejected", WAIT, || async {
+        c.get(proxy.url("/x")).send().await.unwrap();
+        backend(&proxy, 0, 0).await["ejected"] == true
+    })
+    .await;
+    let label = format!(
+        "edgeroute_backend_ejections_total{{backend=\"{}\",region=\"{US}\"}}",
+        a.addr
+    );
+    assert_eq!(proxy.metric(&label).await, 1.0);
+    // While a is out, everything goes to b.
+    let on_b = b.seen().len();
+    for _ in 0..5 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(b.seen().len(), on_b + 5);
+
+    // b fails too, but at most 50% of two backends may be out: b stays in.
+    b.set_status(500);
+    for _ in 0..10 {
+        c.get(proxy.url("/x")).send().await.unwrap();
+    }
+    assert!(
+        proxy
+            .metric(&format!(
+                "edgeroute_backend_ejections_suppressed_total{{region=\"{US}\"}}"
+            ))
+            .await
+            >= 1.0
+    );
+    let routing = proxy.routing().await;
+    let ejected = routing["regions"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["ejected"] == true)
+        .count();
+    assert!(ejected <= 1, "{routing}");
+
+    // a recovers; after its ejection runs out it serves again.
+    a.set_status(200);
+    b.set_status(200);
+    eventually("a is re-admitted and serves", WAIT, || async {
+        let before = a.seen().len();
+        c.get(proxy.url("/x")).send().await.unwrap();
+        backend(&proxy, 0, 0).await["ejected"] == false && a.seen().len() > before
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_changes() {
+    let us = Origin::start(US).await;
+    let eu = Origin::start(EU).await;
+    let ap = Origin::start(AP).await;
+    us.set_delay(Duration::from_millis(5));
+    eu.set_delay(Duration::from_millis(80));
+    ap.set_delay(Duration::from_millis(40));
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .table(table(1, 1, Some(AP), &[(US, "down"), (EU, "active"), (AP, "active")]))
+        .extra("[health]\ninterval = \"100ms\"\ntimeout = \"90ms\"\njitter = \"0ms\"\nlatency_decay = \"300ms\"\n")
+        .start()
+        .await;
+    eventually("reads go to the nearer region", WAIT, || async {
+        served_by(&proxy).await == AP
+    })
+    .await;
+    // Latencies change: eu-west-1 becomes the nearest.
+    eu.set_delay(Duration::from_millis(2));
+    ap.set_delay(Duration::from_millis(60));
+    eventually("reads follow the new nearest region", WAIT, || async {
+        served_by(&proxy).await == EU
+    })
+    .await;
+    let routing = proxy.routing().await;
+    let eu_ms = routing["regions"][1]["latency_ms"].as_f64().unwrap();
+    let ap_ms = routing["regions"][2]["latency_ms"].as_f64().unwrap();
+    assert!(eu_ms < ap_ms, "{routing}");
+    // Writes still go to the primary only, however far it is.
+    let resp = client()
+        .post(proxy.url("/w"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-edgeroute-region"], AP);
+}
