@@ -1,0 +1,202 @@
+//! Load generators on loopback, bounded in time and in count.
+//!
+//! `closed` keeps N connections busy back to back (like wrk): it measures
+//! throughput. `open` sends at a fixed rate and measures each latency from the
+//! moment the request was due, not from when it was sent, so a stall is not
+//! hidden by the requests it delayed (coordinated omission).
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Builds the n-th request of a connection.
+pub type MakeRequest = Arc<dyn Fn(u64) -> Request<Empty<Bytes>> + Send + Sync>;
+/// Sees every response header (status, routing headers).
+pub type OnResponse = Arc<dyn Fn(&Response<Incoming>) + Send + Sync>;
+
+#[derive(Debug, Clone)]
+pub struct LoadResult {
+    pub requests: u64,
+    /// Transport failures and responses other than 2xx.
+    pub errors: u64,
+    pub elapsed: Duration,
+    /// Latency in microseconds.
+    pub latency: Histogram<u64>,
+}
+
+impl LoadResult {
+    fn empty() -> Self {
+        LoadResult {
+            requests: 0,
+            errors: 0,
+            elapsed: Duration::ZERO,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+        }
+    }
+
+    fn merge(&mut self, other: &LoadResult) {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.latency.add(&other.latency).ok();
+    }
+
+    pub fn rps(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn percentile_us(&self, q: f64) -> u64 {
+        self.latency.value_at_quantile(q)
+    }
+}
+
+pub fn get(path: &'static str) -> MakeRequest {
+    Arc::new(move |_| {
+        Request::get(path)
+            .header(http::header::HOST, "bench")
+            .body(Empty::new())
+            .expect("static request")
+    })
+}
+
+struct Conn {
+    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+}
+
+async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        // The connection ends when the sender is dropped or the peer closes.
+        conn.await.ok();
+    });
+    Ok(Conn { sender })
+}
+
+/// Sends one request on `conn`, reconnecting once if the connection died.
+async fn exchange(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    req: Request<Empty<Bytes>>,
+    on_response: &Option<OnResponse>,
+) -> bool {
+    if conn.sender.ready().await.is_err() {
+        match connect(addr).await {
+            Ok(c) => *conn = c,
+            Err(_) => return false,
+        }
+    }
+    match conn.sender.send_request(req).await {
+        Ok(resp) => {
+            if let Some(f) = on_response {
+                f(&resp);
+            }
+            let ok = resp.status().is_success();
+            ok & resp.into_body().collect().await.is_ok()
+        }
+        Err(_) => false,
+    }
+}
+
+/// `conns` connections send back to back for `duration` or until
+/// `max_requests` in all, whichever comes first.
+pub async fn closed(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    max_requests: u64,
+    make: MakeRequest,
+    on_response: Option<OnResponse>,
+) -> anyhow::Result<LoadResult> {
+    let start = Instant::now();
+    let deadline = start + duration;
+    let per_conn = max_requests.div_ceil(conns as u64);
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        let (make, on_response) = (Arc::clone(&make), on_response.clone());
+        let mut conn = connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut r = LoadResult::empty();
+            let mut n = 0;
+            while n < per_conn && Instant::now() < deadline {
+                let t = Instant::now();
+                let ok = exchange(&mut conn, addr, make(n), &on_response).await;
+                r.latency.record(t.elapsed().as_micros().max(1) as u64).ok();
+                r.requests += 1;
+                r.errors += u64::from(!ok);
+                n += 1;
+            }
+            r
+        }));
+    }
+    let mut total = LoadResult::empty();
+    for t in tasks {
+        total.merge(&t.await?);
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
+/// Sends `rate` requests per second over `conns` connections for
+/// `duration`; latency counts from each request's due time.
+pub async fn open(
+    addr: SocketAddr,
+    rate: u64,
+    conns: usize,
+    duration: Duration,
+    make: MakeRequest,
+) -> anyhow::Result<LoadResult> {
+    let start = Instant::now() + Duration::from_millis(50);
+    let total_requests = (rate as f64 * duration.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let hard_stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::with_capacity(conns);
+    for k in 0..conns {
+        let make = Arc::clone(&make);
+        let hard_stop = Arc::clone(&hard_stop);
+        let mut conn = connect(addr).await?;
+        tasks.push(tokio::spawn(async move {
+            let mut r = LoadResult::empty();
+            // Connection k owns slots k, k + conns, k + 2 conns, ...
+            let offset = Duration::from_secs_f64(k as f64 / rate as f64);
+            let mut slot = 0u64;
+            while slot * conns as u64 + (k as u64) < total_requests
+                && !hard_stop.load(Ordering::Relaxed)
+            {
+                let due = start + offset + interval.mul_f64(slot as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let ok = exchange(&mut conn, addr, make(slot), &None).await;
+                r.latency
+                    .record(due.elapsed().as_micros().max(1) as u64)
+                    .ok();
+                r.requests += 1;
+                r.errors += u64::from(!ok);
+                slot += 1;
+            }
+            r
+        }));
+    }
+    // Bound the run even if the target stalls: twice the planned time.
+    let limit = duration * 2 + Duration::from_secs(5);
+    let stopper = {
+        let hard_stop = Arc::clone(&hard_stop);
+        tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            hard_stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let mut total = LoadResult::empty();
+    for t in tasks {
+        total.merge(&t.await?);
+    }
+    stopper.abort();
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
