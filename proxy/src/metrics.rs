@@ -1,10 +1,12 @@
 //! Prometheus metrics, in a registry of our own served on the admin listener.
 
+use crate::route::RouteClass;
 use crate::topology::Topology;
 use prometheus::{
     Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
+use std::sync::OnceLock;
 use std::time::Instant;
 
 pub struct Metrics {
@@ -261,5 +263,103 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Status labels of `edgeroute_requests_total`: the common codes exactly,
+/// the rest by class. A fixed set keeps the metric's cardinality bounded.
+const STATUS_LABELS: [&str; 22] = [
+    "0", "1xx", "2xx", "3xx", "4xx", "5xx", "200", "204", "301", "302", "304", "400", "401", "403",
+    "404", "409", "413", "429", "500", "502", "503", "504",
+];
+
+fn status_index(status: u16) -> usize {
+    match status {
+        200 => 6,
+        204 => 7,
+        301 => 8,
+        302 => 9,
+        304 => 10,
+        400 => 11,
+        401 => 12,
+        403 => 13,
+        404 => 14,
+        409 => 15,
+        413 => 16,
+        429 => 17,
+        500 => 18,
+        502 => 19,
+        503 => 20,
+        504 => 21,
+        s => (s / 100).min(5) as usize,
+    }
+}
+
+/// The per-request counters and histograms, each resolved on its first use
+/// and kept, so recording a request is an index and an atomic add, with no
+/// label hashing or lock; series that never occur are never exported.
+pub struct RequestMetrics {
+    /// Region names, then `none` (answered by the proxy itself).
+    names: Vec<String>,
+    requests_vec: IntCounterVec,
+    duration_vec: HistogramVec,
+    requests: Vec<OnceLock<IntCounter>>,
+    duration: Vec<OnceLock<Histogram>>,
+}
+
+const ROUTES: [RouteClass; 2] = [RouteClass::Read, RouteClass::Write];
+
+impl RequestMetrics {
+    pub fn new(metrics: &Metrics, region_names: &[&str]) -> Self {
+        let names: Vec<String> = region_names.iter().map(|n| (*n).to_owned()).chain(["none".to_owned()]).collect();
+        let pairs = names.len() * ROUTES.len();
+        RequestMetrics {
+            requests: (0..pairs * STATUS_LABELS.len()).map(|_| OnceLock::new()).collect(),
+            duration: (0..pairs).map(|_| OnceLock::new()).collect(),
+            names,
+            requests_vec: metrics.requests.clone(),
+            duration_vec: metrics.duration.clone(),
+        }
+    }
+
+    /// `region`: the region that served the request, `None` if the proxy
+    /// answered itself.
+    pub fn record(&self, region: Option<usize>, route: RouteClass, status: u16, seconds: f64) {
+        let none = self.names.len() - 1;
+        let r = region.unwrap_or(none).min(none);
+        let c = ROUTES.iter().position(|x| *x == route).unwrap_or(0);
+        let pair = r * ROUTES.len() + c;
+        let s = status_index(status);
+        let labels = || [self.names[r].as_str(), ROUTES[c].as_str()];
+        self.requests[pair * STATUS_LABELS.len() + s]
+            .get_or_init(|| {
+                let [region, route] = labels();
+                self.requests_vec.with_label_values(&[region, route, STATUS_LABELS[s]])
+            })
+            .inc();
+        self.duration[pair]
+            .get_or_init(|| self.duration_vec.with_label_values(&labels()))
+            .observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_metrics_land_on_the_right_series() {
+        let m = Metrics::new();
+        let rm = RequestMetrics::new(&m, &["us-east-1", "eu-west-1"]);
+        rm.record(Some(1), RouteClass::Write, 201, 0.01);
+        rm.record(Some(1), RouteClass::Write, 201, 0.01);
+        rm.record(None, RouteClass::Read, 503, 0.001);
+        rm.record(Some(0), RouteClass::Read, 200, 0.002);
+        assert_eq!(m.requests.with_label_values(&["eu-west-1", "write", "2xx"]).get(), 2);
+        assert_eq!(m.requests.with_label_values(&["none", "read", "503"]).get(), 1);
+        assert_eq!(m.requests.with_label_values(&["us-east-1", "read", "200"]).get(), 1);
+        assert_eq!(m.duration.with_label_values(&["eu-west-1", "write"]).get_sample_count(), 2);
+        let text = m.render(&crate::topology::testing::topology(1, 1));
+        assert!(!text.contains("status=\"404\""), "series that never occurred are not exported");
     }
 }

@@ -50,15 +50,10 @@ pub struct Ctx {
     sent_at: Option<Instant>,
 }
 
-impl Ctx {
-    fn region_name<'a>(&self, state: &'a AppState) -> &'a str {
-        self.region
-            .map_or("none", |r| &*state.topology.regions[r].name)
-    }
-}
-
+/// A random (version 4) UUID from the thread's fast generator: no system
+/// call per request.
 fn new_request_id() -> HeaderValue {
-    let id = uuid::Uuid::new_v4();
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -444,17 +439,13 @@ impl ProxyHttp for EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |r| r.status.as_u16(),
         );
-        let region = ctx.region_name(&self.state);
-        let served_by = if ctx.reply.is_some() { "none" } else { region };
+        let served_by_index = if ctx.reply.is_some() { None } else { ctx.region };
+        let served_by = served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
         let route = ctx.plan.class.as_str();
         let elapsed = ctx.started.elapsed();
-        let m = &self.state.metrics;
-        m.requests
-            .with_label_values(&[served_by, route, status_label(status)])
-            .inc();
-        m.duration
-            .with_label_values(&[served_by, route])
-            .observe(elapsed.as_secs_f64());
+        self.state
+            .request_metrics
+            .record(served_by_index, ctx.plan.class, status, elapsed.as_secs_f64());
         if self.state.config.log.access {
             let req = session.req_header();
             tracing::info!(
@@ -473,29 +464,5 @@ impl ProxyHttp for EdgeProxy {
                 "request"
             );
         }
-    }
-}
-
-/// Status codes as static label strings: no allocation per request.
-fn status_label(status: u16) -> &'static str {
-    const LABELS: [&str; 6] = ["0", "1xx", "2xx", "3xx", "4xx", "5xx"];
-    match status {
-        200 => "200",
-        204 => "204",
-        301 => "301",
-        302 => "302",
-        304 => "304",
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        409 => "409",
-        413 => "413",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        s => LABELS[(s / 100).min(5) as usize],
     }
 }

@@ -1,7 +1,7 @@
 //! What the proxy service, the admin listener and the table source share.
 
 use crate::lifecycle::Lifecycle;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestMetrics};
 use crate::route::{self, Classifier, Refusal};
 use crate::snapshot::{Router, Snapshot};
 use crate::topology::Topology;
@@ -16,6 +16,7 @@ pub struct AppState {
     pub classifier: Classifier,
     pub router: Router,
     pub metrics: Metrics,
+    pub request_metrics: RequestMetrics,
     pub lifecycle: Arc<Lifecycle>,
     /// Bearer token for `/metrics` and `/routing`, when configured.
     pub admin_token: Option<Vec<u8>>,
@@ -26,13 +27,17 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(config: ProxyConfig, topology: Topology, admin_token: Option<Vec<u8>>) -> Self {
+        let metrics = Metrics::new();
+        let names: Vec<&str> = topology.region_names().collect();
+        let request_metrics = RequestMetrics::new(&metrics, &names);
         AppState {
             admin_token,
             classifier: Classifier::new(config.methods.clone(), config.routes.clone()),
             config,
             topology,
             router: Router::default(),
-            metrics: Metrics::new(),
+            metrics,
+            request_metrics,
             lifecycle: Arc::new(Lifecycle::default()),
             swap: Mutex::new(()),
         }
