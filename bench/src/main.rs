@@ -116,6 +116,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "total_seconds".into(),
         started.elapsed().as_secs_f64().into(),
     );
+    if let Some(dir) = cli.json.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     std::fs::write(
         &cli.json,
         serde_json::to_string_pretty(&serde_json::Value::Object(results))?,

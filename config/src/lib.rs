@@ -7,11 +7,15 @@
 //! problem: it reports every bad field with its path and value, so an operator
 //! fixes a file in one pass.
 
+mod control;
 mod errors;
 mod proxy;
 mod table;
 mod values;
 
+pub use control::{
+    ControlConfig, ControlConfigError, RegionView, ServerConfig, SourceConfig, TopologyView,
+};
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,

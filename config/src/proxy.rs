@@ -248,10 +248,26 @@ enum RawTable {
         #[serde(default = "default_watch_interval")]
         watch_interval: String,
     },
+    Control {
+        url: String,
+        token_file: String,
+        #[serde(default = "default_wait")]
+        wait: String,
+        #[serde(default = "default_max_backoff")]
+        max_backoff: String,
+    },
 }
 
 fn default_watch_interval() -> String {
     "1s".into()
+}
+
+fn default_wait() -> String {
+    "30s".into()
+}
+
+fn default_max_backoff() -> String {
+    "30s".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -485,6 +501,17 @@ pub enum TableSource {
         path: PathBuf,
         /// How often the file is checked for changes (default 1 s).
         watch_interval: Duration,
+    },
+    /// The control plane: long-polls `url` + `/v1/table`.
+    Control {
+        /// Base URL such as `http://edgeroute-control:9080`.
+        url: String,
+        /// File holding the bearer token the control plane expects.
+        token_file: PathBuf,
+        /// How long one long-poll may wait for a change (default 30 s).
+        wait: Duration,
+        /// Longest pause between attempts after errors (default 30 s).
+        max_backoff: Duration,
     },
 }
 
@@ -834,6 +861,37 @@ impl RawConfig {
                         &mut e,
                         "table.watch_interval",
                         watch_interval,
+                    ),
+                }
+            }
+            RawTable::Control {
+                url,
+                token_file,
+                wait,
+                max_backoff,
+            } => {
+                let base_url = url.trim_end_matches('/');
+                let valid_url = base_url
+                    .strip_prefix("http://")
+                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
+                if !valid_url {
+                    e.push(
+                        "table.url",
+                        format!("must be the control plane's base URL such as \"http://edgeroute-control:9080\", got {url:?}"),
+                    );
+                }
+                let token_path = resolve(base, token_file);
+                if !token_path.is_file() {
+                    e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
+                }
+                TableSource::Control {
+                    url: base_url.to_owned(),
+                    token_file: token_path,
+                    wait: values::positive_duration(&mut e, "table.wait", wait),
+                    max_backoff: values::positive_duration(
+                        &mut e,
+                        "table.max_backoff",
+                        max_backoff,
                     ),
                 }
             }

@@ -138,7 +138,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
-                state.metrics.render(&state.topology),
+                state.metrics.render(&state.topology, state.table_age()),
             )
         }
         "/routing" => reply(

@@ -4,7 +4,16 @@ use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
 /// Validates the routing table the config names against the config's regions.
 pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
-    let TableSource::File { path, .. } = &cfg.table;
+    let path = match &cfg.table {
+        TableSource::File { path, .. } => path,
+        TableSource::Control { url, .. } => {
+            return Ok(format!(
+                "{} regions, local {}, table from the control plane at {url}",
+                cfg.regions.len(),
+                cfg.local_region_name()
+            ));
+        }
+    };
     let bytes = std::fs::read(path)
         .map_err(|e| format!("table.path: cannot read {}: {e}", path.display()))?;
     let table = RoutingTable::from_json(&bytes)

@@ -3,8 +3,8 @@
 use crate::route::RouteClass;
 use crate::topology::Topology;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -36,6 +36,9 @@ pub struct Metrics {
     backend_latency: GaugeVec,
     region_latency: GaugeVec,
     pub ready: IntGauge,
+    /// Failed requests to the control plane.
+    pub control_errors: IntCounter,
+    table_age: Gauge,
     /// Time to admit, build and publish a table.
     pub table_swap_seconds: Histogram,
 }
@@ -217,14 +220,35 @@ impl Metrics {
                 "edgeroute_ready",
                 "1 while the proxy takes new requests",
             ),
+            control_errors: {
+                let c = IntCounter::new(
+                    "edgeroute_control_errors_total",
+                    "Failed requests to the control plane (the table in force stays)",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            table_age: {
+                let g = Gauge::new(
+                    "edgeroute_table_age_seconds",
+                    "Seconds since the table source last confirmed the table in force",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             table_swap_seconds,
             registry: r,
         }
     }
 
     /// Refreshes per-backend gauges and renders the text exposition format.
-    pub fn render(&self, topology: &Topology) -> String {
+    pub fn render(&self, topology: &Topology, table_age: Option<f64>) -> String {
         let now = Instant::now();
+        self.table_age.set(table_age.unwrap_or(f64::NAN));
         // Addresses come and go with DNS: publish only the current ones.
         self.backend_up.reset();
         self.backend_inflight.reset();
@@ -311,10 +335,16 @@ const ROUTES: [RouteClass; 2] = [RouteClass::Read, RouteClass::Write];
 
 impl RequestMetrics {
     pub fn new(metrics: &Metrics, region_names: &[&str]) -> Self {
-        let names: Vec<String> = region_names.iter().map(|n| (*n).to_owned()).chain(["none".to_owned()]).collect();
+        let names: Vec<String> = region_names
+            .iter()
+            .map(|n| (*n).to_owned())
+            .chain(["none".to_owned()])
+            .collect();
         let pairs = names.len() * ROUTES.len();
         RequestMetrics {
-            requests: (0..pairs * STATUS_LABELS.len()).map(|_| OnceLock::new()).collect(),
+            requests: (0..pairs * STATUS_LABELS.len())
+                .map(|_| OnceLock::new())
+                .collect(),
             duration: (0..pairs).map(|_| OnceLock::new()).collect(),
             names,
             requests_vec: metrics.requests.clone(),
@@ -334,7 +364,8 @@ impl RequestMetrics {
         self.requests[pair * STATUS_LABELS.len() + s]
             .get_or_init(|| {
                 let [region, route] = labels();
-                self.requests_vec.with_label_values(&[region, route, STATUS_LABELS[s]])
+                self.requests_vec
+                    .with_label_values(&[region, route, STATUS_LABELS[s]])
             })
             .inc();
         self.duration[pair]
@@ -355,11 +386,32 @@ mod tests {
         rm.record(Some(1), RouteClass::Write, 201, 0.01);
         rm.record(None, RouteClass::Read, 503, 0.001);
         rm.record(Some(0), RouteClass::Read, 200, 0.002);
-        assert_eq!(m.requests.with_label_values(&["eu-west-1", "write", "2xx"]).get(), 2);
-        assert_eq!(m.requests.with_label_values(&["none", "read", "503"]).get(), 1);
-        assert_eq!(m.requests.with_label_values(&["us-east-1", "read", "200"]).get(), 1);
-        assert_eq!(m.duration.with_label_values(&["eu-west-1", "write"]).get_sample_count(), 2);
-        let text = m.render(&crate::topology::testing::topology(1, 1));
-        assert!(!text.contains("status=\"404\""), "series that never occurred are not exported");
+        assert_eq!(
+            m.requests
+                .with_label_values(&["eu-west-1", "write", "2xx"])
+                .get(),
+            2
+        );
+        assert_eq!(
+            m.requests.with_label_values(&["none", "read", "503"]).get(),
+            1
+        );
+        assert_eq!(
+            m.requests
+                .with_label_values(&["us-east-1", "read", "200"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            m.duration
+                .with_label_values(&["eu-west-1", "write"])
+                .get_sample_count(),
+            2
+        );
+        let text = m.render(&crate::topology::testing::topology(1, 1), None);
+        assert!(
+            !text.contains("status=\"404\""),
+            "series that never occurred are not exported"
+        );
     }
 }

@@ -56,11 +56,15 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let state = Arc::new(AppState::new(config, topology, admin_token));
     let cfg = &state.config;
 
-    let TableSource::File {
-        path,
-        watch_interval,
-    } = cfg.table.clone();
-    table_source::load_initial(&state, &path)?;
+    // A file table must be good at start-up; a control-plane table arrives
+    // once the proxy runs, and /ready waits for it.
+    let table_description = match &cfg.table {
+        TableSource::File { path, .. } => {
+            table_source::load_initial(&state, path)?;
+            path.display().to_string()
+        }
+        TableSource::Control { url, .. } => format!("{url}/v1/table"),
+    };
 
     // Bind now so that a busy port is reported before anything starts.
     let admin = std::net::TcpListener::bind(cfg.admin.address).with_context(|| {
@@ -100,11 +104,41 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let _enter = control.enter();
         tokio::net::TcpListener::from_std(admin)?
     }));
-    control.spawn(table_source::watch_file(
-        Arc::clone(&state),
-        path.clone(),
-        watch_interval,
-    ));
+    match cfg.table.clone() {
+        TableSource::File {
+            path,
+            watch_interval,
+        } => {
+            control.spawn(table_source::watch_file(
+                Arc::clone(&state),
+                path,
+                watch_interval,
+            ));
+        }
+        TableSource::Control {
+            url,
+            token_file,
+            wait,
+            max_backoff,
+        } => {
+            let token = std::fs::read_to_string(&token_file).with_context(|| {
+                format!("cannot read table.token_file {}", token_file.display())
+            })?;
+            let token = token.trim().to_owned();
+            anyhow::ensure!(
+                !token.is_empty(),
+                "table.token_file {} is empty; put the control plane token in it",
+                token_file.display()
+            );
+            control.spawn(table_source::poll_control(
+                Arc::clone(&state),
+                url,
+                token,
+                wait,
+                max_backoff,
+            ));
+        }
+    }
     control.spawn(exit_when_drained(Arc::clone(&state)));
     control.spawn({
         let lifecycle = Arc::clone(&state.lifecycle);
@@ -179,7 +213,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         epoch = snap.as_ref().map(|s| s.epoch()),
         version = snap.as_ref().map(|s| s.version()),
         primary = ?snap.as_ref().and_then(|s| s.table.primary_region.clone()),
-        table = %path.display(),
+        table = %table_description,
         threads = cfg.runtime.threads,
         "edgeroute-proxy started"
     );

@@ -439,13 +439,20 @@ impl ProxyHttp for EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |r| r.status.as_u16(),
         );
-        let served_by_index = if ctx.reply.is_some() { None } else { ctx.region };
+        let served_by_index = if ctx.reply.is_some() {
+            None
+        } else {
+            ctx.region
+        };
         let served_by = served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
         let route = ctx.plan.class.as_str();
         let elapsed = ctx.started.elapsed();
-        self.state
-            .request_metrics
-            .record(served_by_index, ctx.plan.class, status, elapsed.as_secs_f64());
+        self.state.request_metrics.record(
+            served_by_index,
+            ctx.plan.class,
+            status,
+            elapsed.as_secs_f64(),
+        );
         if self.state.config.log.access {
             let req = session.req_header();
             tracing::info!(

@@ -7,6 +7,7 @@ use crate::snapshot::{Router, Snapshot};
 use crate::topology::Topology;
 use edgeroute_config::RouteTarget;
 use edgeroute_config::{Admission, ProxyConfig, Rejection, RoutingTable};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -20,6 +21,8 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Bearer token for `/metrics` and `/routing`, when configured.
     pub admin_token: Option<Vec<u8>>,
+    /// Unix milliseconds when the source last confirmed the table in force.
+    table_confirmed_ms: AtomicU64,
     /// Serialises table admission so that "compare with the table in force,
     /// then replace it" is one step.
     swap: Mutex<()>,
@@ -39,6 +42,7 @@ impl AppState {
             metrics,
             request_metrics,
             lifecycle: Arc::new(Lifecycle::default()),
+            table_confirmed_ms: AtomicU64::new(0),
             swap: Mutex::new(()),
         }
     }
@@ -70,6 +74,9 @@ impl AppState {
             }
             Ok(admission)
         });
+        if result.is_ok() {
+            self.table_confirmed();
+        }
         if let Err(rejection) = &result {
             self.metrics
                 .table_rejections
@@ -87,6 +94,23 @@ impl AppState {
             );
         }
         result
+    }
+
+    /// The source says the table in force is current.
+    pub fn table_confirmed(&self) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.table_confirmed_ms.store(now, Ordering::Relaxed);
+    }
+
+    /// Seconds since the source last confirmed the table in force.
+    pub fn table_age(&self) -> Option<f64> {
+        let at = self.table_confirmed_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (at != 0 && self.router.load().is_some()).then(|| now.saturating_sub(at) as f64 / 1000.0)
     }
 
     /// Counts a table that could not even be read.

@@ -11,9 +11,14 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The proxy binary next to the test executable (`target/<profile>/`), or
-/// `EDGEROUTE_PROXY_BIN`. `tests/run.sh` builds it before the tests run.
+/// `EDGEROUTE_PROXY_BIN`. `scripts/test.sh` builds it before the tests run.
 pub fn proxy_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("EDGEROUTE_PROXY_BIN") {
+    workspace_bin("edgeroute-proxy", "EDGEROUTE_PROXY_BIN")
+}
+
+/// A workspace binary next to the test executable, or the path in `env`.
+pub fn workspace_bin(name: &str, env: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
@@ -21,10 +26,10 @@ pub fn proxy_bin() -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("target/<profile>/deps/<test>");
-    let bin = profile_dir.join("edgeroute-proxy");
+    let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
-        "{} not found: build it first with `cargo build -p edgeroute-proxy` (tests/run.sh does)",
+        "{} not found: build it first with `cargo build --workspace --bins` (scripts/test.sh does)",
         bin.display()
     );
     bin
@@ -55,6 +60,7 @@ pub struct ProxyBuilder {
     extra: String,
     listener: String,
     admin: String,
+    table_file: bool,
 }
 
 impl ProxyBuilder {
@@ -66,6 +72,7 @@ impl ProxyBuilder {
             extra: String::new(),
             listener: String::new(),
             admin: String::new(),
+            table_file: true,
         }
     }
 
@@ -105,6 +112,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// The test's `extra` brings its own `[table]` section.
+    pub fn without_table_file(mut self) -> Self {
+        self.table_file = false;
+        self
+    }
+
     /// Extra keys for the admin listener, such as `token_file = "..."`.
     pub fn admin_options(mut self, toml: &str) -> Self {
         self.admin.push_str(toml);
@@ -128,10 +141,14 @@ impl ProxyBuilder {
         write_atomically(&table_path, &table.to_string());
         let mut config = format!(
             "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n{}\n\
-             [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"100ms\"\n\n\
              [runtime]\nthreads = 2\n\n[shutdown]\ngrace_period = \"20s\"\n",
             self.local, self.listener, self.admin
         );
+        if self.table_file {
+            config.push_str(
+                "\n[table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"100ms\"\n",
+            );
+        }
         for (name, backends) in &self.regions {
             let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
             config.push_str(&format!(

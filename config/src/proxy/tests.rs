@@ -39,7 +39,10 @@ fn minimal_config_gets_documented_defaults() {
     let TableSource::File {
         path,
         watch_interval,
-    } = &c.table;
+    } = &c.table
+    else {
+        panic!("a file table source")
+    };
     assert_eq!(path, Path::new("/etc/edgeroute/table.json"));
     assert_eq!(*watch_interval, Duration::from_secs(1));
     assert_eq!(
@@ -188,4 +191,17 @@ fn route_rules_match_prefix_and_methods() {
     assert!(rule.matches("POST", "/search/items"));
     assert!(!rule.matches("PUT", "/search"));
     assert!(!rule.matches("POST", "/orders"));
+}
+
+#[test]
+fn a_control_table_source_needs_a_base_url_and_a_token_file() {
+    let text = MINIMAL.replace(
+        "source = \"file\"\npath = \"table.json\"",
+        "source = \"control\"\nurl = \"https://control:9080/v1\"\ntoken_file = \"missing-token\"\nwait = \"0s\"",
+    );
+    let Err(FromTomlError::Invalid(errs)) = parse(&text) else {
+        panic!("expected field errors")
+    };
+    let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["table.url", "table.token_file", "table.wait"], "{errs}");
 }

@@ -1,0 +1,267 @@
+//! The control plane's configuration file (TOML), and the topology format
+//! its file source reads.
+
+use crate::errors::FieldErrors;
+use crate::proxy::valid_region_name;
+use crate::values;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControl {
+    #[serde(default)]
+    server: RawServer,
+    source: RawSource,
+    #[serde(default)]
+    log: RawControlLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    address: String,
+    token_file: String,
+    max_wait: String,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            address: "127.0.0.1:9080".into(),
+            token_file: String::new(),
+            max_wait: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "snake_case")]
+enum RawSource {
+    File {
+        path: String,
+        #[serde(default = "default_poll")]
+        poll_interval: String,
+    },
+}
+
+fn default_poll() -> String {
+    "1s".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawControlLog {
+    format: String,
+    level: String,
+}
+
+impl Default for RawControlLog {
+    fn default() -> Self {
+        RawControlLog {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// A validated control-plane configuration.
+#[derive(Debug, Clone)]
+pub struct ControlConfig {
+    pub server: ServerConfig,
+    pub source: SourceConfig,
+    pub log: crate::LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where proxies fetch the table (default `127.0.0.1:9080`).
+    pub address: SocketAddr,
+    /// File holding the bearer token proxies must present (required).
+    pub token_file: PathBuf,
+    /// Longest long-poll a proxy may ask for with `?wait=` (default 60 s).
+    pub max_wait: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// A topology JSON file (local use, the demo, tests), re-read every
+    /// `poll_interval`.
+    File {
+        path: PathBuf,
+        poll_interval: Duration,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlConfigError {
+    #[error("cannot read control config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("control config file {path} is not valid TOML for edgeroute-control: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("control config file {path} has {} invalid field(s):\n{errors}", errors.len())]
+    Invalid { path: PathBuf, errors: FieldErrors },
+}
+
+impl ControlConfig {
+    pub fn load(path: &Path) -> Result<Self, ControlConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ControlConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let raw: RawControl = toml::from_str(&text).map_err(|e| ControlConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        raw.validate(base)
+            .map_err(|errors| ControlConfigError::Invalid {
+                path: path.to_owned(),
+                errors,
+            })
+    }
+}
+
+fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
+
+impl RawControl {
+    fn validate(self, base: &Path) -> Result<ControlConfig, FieldErrors> {
+        let mut e = FieldErrors::default();
+        let address = values::listen_addr(&mut e, "server.address", &self.server.address);
+        if self.server.token_file.is_empty() {
+            e.push(
+                "server.token_file",
+                "is required: a file holding the bearer token proxies present",
+            );
+        } else if !resolve(base, &self.server.token_file).is_file() {
+            e.push(
+                "server.token_file",
+                format!(
+                    "must be a readable file, got {:?} (not found)",
+                    self.server.token_file
+                ),
+            );
+        }
+        let max_wait = values::positive_duration(&mut e, "server.max_wait", &self.server.max_wait);
+        let source = match &self.source {
+            RawSource::File {
+                path,
+                poll_interval,
+            } => SourceConfig::File {
+                path: resolve(base, path),
+                poll_interval: values::positive_duration(
+                    &mut e,
+                    "source.poll_interval",
+                    poll_interval,
+                ),
+            },
+        };
+        let format = match self.log.format.as_str() {
+            "text" => crate::LogFormat::Text,
+            "json" => crate::LogFormat::Json,
+            other => {
+                e.push(
+                    "log.format",
+                    format!("must be \"text\" or \"json\", got {other:?}"),
+                );
+                crate::LogFormat::Text
+            }
+        };
+        e.finish(|| ControlConfig {
+            server: ServerConfig {
+                address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080))),
+                token_file: resolve(base, &self.server.token_file),
+                max_wait,
+            },
+            source,
+            log: crate::LogConfig {
+                format,
+                access: false,
+                level: self.log.level.clone(),
+            },
+        })
+    }
+}
+
+/// What the sources see of the world: the regions, their health and weight,
+/// and where the database writer is. The table builder turns it into a
+/// routing table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopologyView {
+    /// Region holding the writer, if known.
+    pub primary_region: Option<String>,
+    /// A writer change is under way.
+    #[serde(default)]
+    pub failover_in_progress: bool,
+    pub regions: Vec<RegionView>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionView {
+    pub name: String,
+    /// Route 53 weight; 0 means the region is being drained.
+    #[serde(default)]
+    pub weight: Option<u32>,
+    /// What the health checks say; `None` when unknown (treated as healthy).
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    #[serde(default)]
+    pub replication_lag_ms: Option<u64>,
+}
+
+impl TopologyView {
+    /// Parses and checks a topology document.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, crate::Rejection> {
+        let view: TopologyView = serde_json::from_slice(bytes)
+            .map_err(|e| crate::Rejection::Malformed(e.to_string()))?;
+        let mut e = FieldErrors::default();
+        let mut names = HashSet::new();
+        for (i, r) in view.regions.iter().enumerate() {
+            if !valid_region_name(&r.name) {
+                e.push(
+                    format!("regions[{i}].name"),
+                    format!(
+                        "must be a region name such as \"eu-west-1\", got {:?}",
+                        r.name
+                    ),
+                );
+            } else if !names.insert(r.name.as_str()) {
+                e.push(
+                    format!("regions[{i}].name"),
+                    format!("{:?} is listed twice", r.name),
+                );
+            }
+            if r.weight.is_some_and(|w| w > 255) {
+                e.push(
+                    format!("regions[{i}].weight"),
+                    format!("must be 0-255, got {}", r.weight.unwrap_or(0)),
+                );
+            }
+        }
+        if let Some(p) = &view.primary_region
+            && !names.contains(p.as_str())
+        {
+            e.push(
+                "primary_region",
+                format!("must be one of the regions, got {p:?}"),
+            );
+        }
+        e.finish(|| ()).map_err(crate::Rejection::Invalid)?;
+        Ok(view)
+    }
+}

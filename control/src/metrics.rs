@@ -1,0 +1,86 @@
+//! The control plane's Prometheus metrics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct ControlMetrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub source_errors: IntCounterVec,
+    pub poll_seconds: Histogram,
+    pub source_stale: IntGauge,
+    pub table_epoch: IntGauge,
+    pub table_version: IntGauge,
+    pub table_last_change: IntGauge,
+}
+
+impl ControlMetrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)
+                .expect("static metric definition");
+            r.register(Box::new(c.clone()))
+                .expect("metric registered once");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("static metric definition");
+            r.register(Box::new(g.clone()))
+                .expect("metric registered once");
+            g
+        };
+        let poll_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "edgeroute_control_poll_seconds",
+                "Time to read every source once",
+            )
+            .buckets(vec![0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("static metric definition");
+        r.register(Box::new(poll_seconds.clone()))
+            .expect("metric registered once");
+        ControlMetrics {
+            requests: counter(
+                "edgeroute_control_requests_total",
+                "Table server requests, by status",
+                &["status"],
+            ),
+            source_errors: counter(
+                "edgeroute_control_source_errors_total",
+                "Failed source reads, by source and API",
+                &["source", "api"],
+            ),
+            poll_seconds,
+            source_stale: gauge(
+                "edgeroute_control_source_stale",
+                "1 while the last source read failed and the last good view is served",
+            ),
+            table_epoch: gauge("edgeroute_control_table_epoch", "Epoch of the table served"),
+            table_version: gauge(
+                "edgeroute_control_table_version",
+                "Version of the table served",
+            ),
+            table_last_change: gauge(
+                "edgeroute_control_table_last_change_timestamp_seconds",
+                "Unix time the served table last changed",
+            ),
+            registry: r,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for ControlMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,127 @@
+//! Starts the real `edgeroute-control` binary with a topology file the test
+//! rewrites.
+
+use crate::proxy::{free_addr, workspace_bin, write_atomically};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "control-test-token";
+
+pub struct ControlPlane {
+    child: Child,
+    pub addr: SocketAddr,
+    pub topology_path: PathBuf,
+    pub token_path: PathBuf,
+    log_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A topology document: `regions` as (name, weight, healthy).
+pub fn topology(primary: Option<&str>, failover: bool, regions: &[(&str, u32, bool)]) -> Value {
+    serde_json::json!({
+        "primary_region": primary,
+        "failover_in_progress": failover,
+        "regions": regions.iter().map(|(n, w, h)| serde_json::json!({"name": n, "weight": w, "healthy": h})).collect::<Vec<_>>(),
+    })
+}
+
+impl ControlPlane {
+    pub async fn start(initial: &Value) -> ControlPlane {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = free_addr();
+        let topology_path = dir.path().join("topology.json");
+        write_atomically(&topology_path, &initial.to_string());
+        let token_path = dir.path().join("token");
+        std::fs::write(&token_path, format!("{TOKEN}\n")).expect("write token");
+        let config = format!(
+            "[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n\n[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n"
+        );
+        let config_path = dir.path().join("control.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log_path = dir.path().join("control.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start edgeroute-control");
+        let mut cp = ControlPlane {
+            child,
+            addr,
+            topology_path,
+            token_path,
+            log_path,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = cp.child.try_wait().expect("poll control") {
+                panic!("edgeroute-control exited with {status}:\n{}", cp.log());
+            }
+            if let Ok(r) = crate::client().get(cp.url("/health")).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "control plane not up after 30s:\n{}",
+                cp.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cp
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn set_topology(&self, v: &Value) {
+        write_atomically(&self.topology_path, &v.to_string());
+    }
+
+    /// The table it serves now.
+    pub async fn table(&self) -> Value {
+        crate::client()
+            .get(self.url("/v1/table"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET /v1/table")
+            .json()
+            .await
+            .expect("table JSON")
+    }
+
+    /// Stops it (SIGKILL), as an outage would.
+    pub fn kill(&mut self) {
+        kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL).expect("kill control plane");
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- control plane log ---\n{}", self.log());
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The control plane builds the table from its source and serves it; proxies
+//! long-poll it, follow it, and keep their last table when it is gone.
+
+use edgeroute_tests::control::{ControlPlane, TOKEN, topology};
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
+use std::time::{Duration, Instant};
+
+const US: &str = "us-east-1";
+const EU: &str = "eu-west-1";
+const AP: &str = "ap-southeast-1";
+const WAIT: Duration = Duration::from_secs(15);
+
+fn all_up() -> [(&'static str, u32, bool); 3] {
+    [(US, 100, true), (EU, 100, true), (AP, 100, true)]
+}
+
+async fn proxy_on(cp: &ControlPlane, us: &Origin, eu: &Origin, ap: &Origin) -> Proxy {
+    ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\nmax_backoff = \"500ms\"\n",
+            cp.addr, cp.token_path
+        ))
+        .without_table_file()
+        .start()
+        .await
+}
+
+async fn write_region(proxy: &Proxy) -> String {
+    let resp = client()
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    resp.headers().get("x-edgeroute-region").map_or_else(
+        || format!("refused {}", resp.status()),
+        |v| v.to_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_proxy_follows_the_control_plane_table() {
+    let (us, eu, ap) = (
+        Origin::start(US).await,
+        Origin::start(EU).await,
+        Origin::start(AP).await,
+    );
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    assert_eq!(write_region(&proxy).await, US);
+    let first = cp.table().await;
+
+    // The writer moves: a new epoch, and the proxy sends writes to it.
+    let changed_at = Instant::now();
+    cp.set_topology(&topology(Some(EU), false, &all_up()));
+    eventually("writes follow the new primary", WAIT, || async {
+        write_region(&proxy).await == EU
+    })
+    .await;
+    eprintln!("primary change to proxy swap: {:?}", changed_at.elapsed());
+    let second = cp.table().await;
+    assert!(
+        second["epoch"].as_u64() > first["epoch"].as_u64(),
+        "{first} -> {second}"
+    );
+
+    // Weight 0 drains a region; a failing health check takes it down.
+    cp.set_topology(&topology(
+        Some(EU),
+        false,
+        &[(US, 0, true), (EU, 100, true), (AP, 100, false)],
+    ));
+    eventually("us-east-1 draining, ap-southeast-1 down", WAIT, || async {
+        let t = proxy.routing().await;
+        t["regions"][0]["state"] == "draining" && t["regions"][2]["state"] == "down"
+    })
+    .await;
+    let read = client().get(proxy.url("/items")).send().await.unwrap();
+    assert_eq!(
+        read.headers()["x-edgeroute-region"],
+        EU,
+        "reads leave the draining region"
+    );
+
+    // Failover in progress: writes are held.
+    cp.set_topology(&topology(Some(EU), true, &all_up()));
+    eventually("writes are held", WAIT, || async {
+        write_region(&proxy).await == "refused 503 Service Unavailable"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
+    let (us, eu, ap) = (
+        Origin::start(US).await,
+        Origin::start(EU).await,
+        Origin::start(AP).await,
+    );
+    let mut cp = ControlPlane::start(&topology(Some(AP), false, &all_up())).await;
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    assert_eq!(write_region(&proxy).await, AP);
+    cp.kill();
+    eventually(
+        "the proxy notices the control plane is gone",
+        WAIT,
+        || async { proxy.metric("edgeroute_control_errors_total").await >= 2.0 },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(write_region(&proxy).await, AP);
+        assert_eq!(
+            client()
+                .get(proxy.url("/items"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    assert_eq!(
+        client()
+            .get(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(proxy.metric("edgeroute_table_age_seconds").await >= 0.0);
+}
+
+#[tokio::test]
+async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let c = client();
+    let resp = c.get(cp.url("/v1/table")).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+    assert_eq!(
+        c.get(cp.url("/v1/table"))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        c.get(cp.url("/metrics")).send().await.unwrap().status(),
+        401
+    );
+
+    let resp = c
+        .get(cp.url("/v1/table"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let etag = resp.headers()["etag"].clone();
+    let table: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(table["primary_region"], US);
+    assert_eq!(table["regions"].as_array().unwrap().len(), 3);
+
+    let not_modified = c
+        .get(cp.url("/v1/table"))
+        .bearer_auth(TOKEN)
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status(), 304);
+
+    // A long-poll answers as soon as the table changes.
+    let poll = {
+        let (c, url, etag) = (c.clone(), cp.url("/v1/table?wait=20s"), etag.clone());
+        tokio::spawn(async move {
+            c.get(url)
+                .bearer_auth(TOKEN)
+                .header("if-none-match", etag)
+                .send()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !poll.is_finished(),
+        "the long-poll waits while nothing changes"
+    );
+    cp.set_topology(&topology(
+        Some(US),
+        false,
+        &[(US, 100, true), (EU, 0, true), (AP, 100, true)],
+    ));
+    let resp = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_ne!(resp.headers()["etag"], etag);
+    let table: serde_json::Value = resp.json().await.unwrap();
+    let eu = table["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == EU)
+        .unwrap()
+        .clone();
+    assert_eq!(eu["state"], "draining");
+    assert_eq!(c.get(cp.url("/health")).send().await.unwrap().status(), 200);
+}
