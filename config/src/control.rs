@@ -46,6 +46,32 @@ enum RawSource {
         #[serde(default = "default_poll")]
         poll_interval: String,
     },
+    Aws {
+        #[serde(default = "default_aws_poll")]
+        poll_interval: String,
+        endpoint_url: Option<String>,
+        hosted_zone_id: String,
+        record_name: String,
+        global_cluster_id: String,
+        #[serde(default = "default_home_region")]
+        global_cluster_region: String,
+        #[serde(default = "yes")]
+        health_metric: bool,
+        #[serde(default = "yes")]
+        lag_metric: bool,
+    },
+}
+
+fn default_aws_poll() -> String {
+    "5s".into()
+}
+
+fn default_home_region() -> String {
+    "us-east-1".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn default_poll() -> String {
@@ -94,6 +120,28 @@ pub enum SourceConfig {
         path: PathBuf,
         poll_interval: Duration,
     },
+    /// Route 53 and the Aurora global cluster, through the AWS SDK.
+    Aws(AwsSourceConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct AwsSourceConfig {
+    /// Time between reads of every API (default 5 s).
+    pub poll_interval: Duration,
+    /// Send every call here instead of AWS (an emulator); default none.
+    pub endpoint_url: Option<String>,
+    /// The hosted zone holding the API name's latency records.
+    pub hosted_zone_id: String,
+    /// The API name, such as `api.example.com`.
+    pub record_name: String,
+    /// The Aurora global cluster whose writer region is the primary.
+    pub global_cluster_id: String,
+    /// Region to call `DescribeGlobalClusters` in (default `us-east-1`).
+    pub global_cluster_region: String,
+    /// Also read CloudWatch `AWS/Route53 HealthCheckStatus` (default on).
+    pub health_metric: bool,
+    /// Read CloudWatch `AWS/RDS AuroraGlobalDBReplicationLag` (default on).
+    pub lag_metric: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +216,54 @@ impl RawControl {
                     poll_interval,
                 ),
             },
+            RawSource::Aws {
+                poll_interval,
+                endpoint_url,
+                hosted_zone_id,
+                record_name,
+                global_cluster_id,
+                global_cluster_region,
+                health_metric,
+                lag_metric,
+            } => {
+                for (field, v) in [
+                    ("hosted_zone_id", hosted_zone_id),
+                    ("record_name", record_name),
+                    ("global_cluster_id", global_cluster_id),
+                ] {
+                    if v.trim().is_empty() {
+                        e.push(format!("source.{field}"), "is required, got \"\"");
+                    }
+                }
+                if !valid_region_name(global_cluster_region) {
+                    e.push(
+                        "source.global_cluster_region",
+                        format!("must be an AWS region such as \"us-east-1\", got {global_cluster_region:?}"),
+                    );
+                }
+                if let Some(url) = endpoint_url
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    e.push(
+                        "source.endpoint_url",
+                        format!("must be an http(s) URL, got {url:?}"),
+                    );
+                }
+                SourceConfig::Aws(AwsSourceConfig {
+                    poll_interval: values::positive_duration(
+                        &mut e,
+                        "source.poll_interval",
+                        poll_interval,
+                    ),
+                    endpoint_url: endpoint_url.clone(),
+                    hosted_zone_id: hosted_zone_id.trim_start_matches("/hostedzone/").to_owned(),
+                    record_name: record_name.trim_end_matches('.').to_ascii_lowercase(),
+                    global_cluster_id: global_cluster_id.clone(),
+                    global_cluster_region: global_cluster_region.clone(),
+                    health_metric: *health_metric,
+                    lag_metric: *lag_metric,
+                })
+            }
         };
         let format = match self.log.format.as_str() {
             "text" => crate::LogFormat::Text,

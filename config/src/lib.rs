@@ -14,7 +14,8 @@ mod table;
 mod values;
 
 pub use control::{
-    ControlConfig, ControlConfigError, RegionView, ServerConfig, SourceConfig, TopologyView,
+    AwsSourceConfig, ControlConfig, ControlConfigError, RegionView, ServerConfig, SourceConfig,
+    TopologyView,
 };
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{

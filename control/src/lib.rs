@@ -6,6 +6,7 @@
 //! their own beyond the table they built: epochs start from the clock, so a
 //! restarted control plane never hands out an older epoch.
 
+pub mod aws;
 pub mod builder;
 pub mod metrics;
 pub mod server;

@@ -42,6 +42,14 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One TLS stack for the process: rustls with ring.
+    if rustls::crypto::CryptoProvider::get_default().is_none()
+        && rustls::crypto::ring::default_provider()
+            .install_default()
+            .is_err()
+    {
+        eprintln!("note: a TLS crypto provider was already installed");
+    }
     let cli = Cli::parse();
     let (Command::Serve { config } | Command::Show { config } | Command::Check { config }) =
         &cli.command;
@@ -83,7 +91,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
-    let view = runtime()?.block_on(source::read(&cfg.source))?;
+    let view =
+        runtime()?.block_on(async { source::Source::new(&cfg.source).await.read().await })?;
     let mut builder = Builder::new(source::now_ms() / 1000);
     let table = builder
         .apply(&view, source::now_ms())
@@ -118,12 +127,8 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
-        let poller = tokio::spawn(source::run(
-            cfg.source.clone(),
-            builder,
-            tx,
-            Arc::clone(&metrics),
-        ));
+        let src = source::Source::new(&cfg.source).await;
+        let poller = tokio::spawn(source::run(src, builder, tx, Arc::clone(&metrics)));
         let state = Arc::new(ServerState {
             token,
             max_wait: cfg.server.max_wait,

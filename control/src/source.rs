@@ -2,11 +2,12 @@
 //! source never yields half a table: the last good view stays in force,
 //! marked stale in the metrics, until a read succeeds again.
 
+use crate::aws::AwsSource;
 use crate::builder::Builder;
 use crate::metrics::ControlMetrics;
 use crate::server::Published;
 use edgeroute_config::{SourceConfig, TopologyView};
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -17,46 +18,89 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Reads the source once.
-pub async fn read(source: &SourceConfig) -> anyhow::Result<TopologyView> {
-    match source {
-        SourceConfig::File { path, .. } => read_file(path).await,
+/// A failed read: which source and API, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name} {api}: {message}")]
+pub struct ReadError {
+    pub source_name: &'static str,
+    pub api: &'static str,
+    pub message: String,
+}
+
+pub enum Source {
+    File {
+        path: PathBuf,
+        interval: Duration,
+    },
+    Aws {
+        aws: Box<AwsSource>,
+        interval: Duration,
+    },
+}
+
+impl Source {
+    pub async fn new(cfg: &SourceConfig) -> Self {
+        match cfg {
+            SourceConfig::File {
+                path,
+                poll_interval,
+            } => Source::File {
+                path: path.clone(),
+                interval: *poll_interval,
+            },
+            SourceConfig::Aws(aws) => Source::Aws {
+                aws: Box::new(AwsSource::new(aws).await),
+                interval: aws.poll_interval,
+            },
+        }
     }
-}
 
-async fn read_file(path: &Path) -> anyhow::Result<TopologyView> {
-    let bytes = tokio::fs::read(path)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot read topology file {}: {e}", path.display()))?;
-    TopologyView::from_json(&bytes)
-        .map_err(|r| anyhow::anyhow!("topology file {}: {r}", path.display()))
-}
-
-fn interval(source: &SourceConfig) -> Duration {
-    match source {
-        SourceConfig::File { poll_interval, .. } => *poll_interval,
+    fn interval(&self) -> Duration {
+        match self {
+            Source::File { interval, .. } | Source::Aws { interval, .. } => *interval,
+        }
     }
-}
 
-fn source_name(source: &SourceConfig) -> &'static str {
-    match source {
-        SourceConfig::File { .. } => "file",
+    /// Reads the source once.
+    pub async fn read(&self) -> Result<TopologyView, ReadError> {
+        match self {
+            Source::File { path, .. } => {
+                let err = |api, message: String| ReadError {
+                    source_name: "file",
+                    api,
+                    message,
+                };
+                let bytes = tokio::fs::read(path).await.map_err(|e| {
+                    err(
+                        "read",
+                        format!("cannot read topology file {}: {e}", path.display()),
+                    )
+                })?;
+                TopologyView::from_json(&bytes)
+                    .map_err(|r| err("parse", format!("topology file {}: {r}", path.display())))
+            }
+            Source::Aws { aws, .. } => aws.read().await.map_err(|e| ReadError {
+                source_name: "aws",
+                api: e.api,
+                message: e.message,
+            }),
+        }
     }
 }
 
 /// Polls until the task is dropped.
 pub async fn run(
-    source: SourceConfig,
+    source: Source,
     mut builder: Builder,
     tx: watch::Sender<Option<Arc<Published>>>,
     metrics: Arc<ControlMetrics>,
 ) {
-    let mut tick = tokio::time::interval(interval(&source));
+    let mut tick = tokio::time::interval(source.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         let started = Instant::now();
-        let outcome = read(&source).await;
+        let outcome = source.read().await;
         metrics
             .poll_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -74,10 +118,10 @@ pub async fn run(
             Err(e) => {
                 metrics
                     .source_errors
-                    .with_label_values(&[source_name(&source), "read"])
+                    .with_label_values(&[e.source_name, e.api])
                     .inc();
                 metrics.source_stale.set(1);
-                tracing::warn!(error = %format!("{e:#}"), "source read failed; serving the last good table");
+                tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed; serving the last good table");
             }
         }
     }

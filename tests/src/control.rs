@@ -31,16 +31,28 @@ pub fn topology(primary: Option<&str>, failover: bool, regions: &[(&str, u32, bo
 }
 
 impl ControlPlane {
+    /// With a file source holding `initial`.
     pub async fn start(initial: &Value) -> ControlPlane {
+        let source =
+            "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
+        ControlPlane::start_with(Some(initial), source, &[]).await
+    }
+
+    /// With the `[source]` section given, and extra environment.
+    pub async fn start_with(
+        initial: Option<&Value>,
+        source: &str,
+        env: &[(&str, String)],
+    ) -> ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_addr();
         let topology_path = dir.path().join("topology.json");
-        write_atomically(&topology_path, &initial.to_string());
+        if let Some(initial) = initial {
+            write_atomically(&topology_path, &initial.to_string());
+        }
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, format!("{TOKEN}\n")).expect("write token");
-        let config = format!(
-            "[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n\n[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n"
-        );
+        let config = format!("[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n\n{source}");
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("control.log");
@@ -49,6 +61,7 @@ impl ControlPlane {
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)
@@ -88,6 +101,24 @@ impl ControlPlane {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = crate::client()
+            .get(self.url("/metrics"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics");
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(sample)
+                    .and_then(|rest| rest.strip_prefix(' '))
+            })
+            .map_or(0.0, |v| v.trim().parse().expect("numeric sample"))
     }
 
     pub fn set_topology(&self, v: &Value) {

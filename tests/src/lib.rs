@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod dns;
+pub mod moto;
 pub mod origin;
 pub mod proxy;
 

@@ -203,5 +203,9 @@ fn a_control_table_source_needs_a_base_url_and_a_token_file() {
         panic!("expected field errors")
     };
     let paths: Vec<&str> = errs.iter().map(|e| e.path.as_str()).collect();
-    assert_eq!(paths, ["table.url", "table.token_file", "table.wait"], "{errs}");
+    assert_eq!(
+        paths,
+        ["table.url", "table.token_file", "table.wait"],
+        "{errs}"
+    );
 }

@@ -1,0 +1,163 @@
+"""Starts moto in server mode with the AWS behaviour edgeroute's tests need
+and moto lacks, patched into its Python backends before the server starts:
+
+- RDS FailoverGlobalCluster and SwitchoverGlobalCluster: the global cluster
+  shows FailoverState while the operation runs, then the target member
+  becomes the writer. How long it runs is EDGEROUTE_MOTO_FAILOVER_SECONDS
+  (default 1.0).
+- Route 53 GetHealthCheckStatus: moto always answers Success; here every
+  checker reports Failure while the latest CloudWatch AWS/Route53
+  HealthCheckStatus datapoint for the check is 0, as Route 53 itself does.
+
+Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
+"""
+
+import argparse
+import os
+import sys
+import threading
+
+PINNED = "5.2.5"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args()
+
+    import moto
+
+    if moto.__version__ != PINNED:
+        print(
+            f"moto {moto.__version__} is installed; these patches are written for moto {PINNED}: "
+            f"pip install 'moto[server]=={PINNED}' (scripts/test.sh does)",
+            file=sys.stderr,
+        )
+        return 2
+    patch_rds()
+    patch_route53()
+
+    from werkzeug.serving import run_simple
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    app = DomainDispatcherApplication(create_backend_app)
+    if not args.host.startswith("127."):
+        print(f"--host must be a loopback address, got {args.host}", file=sys.stderr)
+        return 2
+    run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
+    return 0
+
+
+def patch_rds() -> None:
+    from moto.rds import models, responses
+    from moto.rds.exceptions import DBClusterNotFoundError, InvalidParameterValue
+
+    delay = float(os.environ.get("EDGEROUTE_MOTO_FAILOVER_SECONDS", "1.0"))
+    models.GlobalCluster.failover_state = None
+
+    def find_member(global_cluster, target):
+        for member in global_cluster.members:
+            if target in (member.db_cluster_arn, member.db_cluster_identifier):
+                return member
+        raise DBClusterNotFoundError(target)
+
+    def move_writer(self, global_cluster_identifier, target, allow_data_loss, status):
+        gc = self.global_clusters.get(global_cluster_identifier)
+        if gc is None:
+            raise InvalidParameterValue(f"global cluster {global_cluster_identifier} not found")
+        if gc.failover_state is not None:
+            raise InvalidParameterValue(f"global cluster {global_cluster_identifier} is already {gc.failover_state['Status']}")
+        target_member = find_member(gc, target)
+        source = next((m for m in gc.members if m.is_writer), None)
+        if source is target_member:
+            raise InvalidParameterValue(f"{target} is already the writer")
+        gc.failover_state = {
+            "Status": status,
+            "FromDbClusterArn": source.db_cluster_arn if source else "",
+            "ToDbClusterArn": target_member.db_cluster_arn,
+            "IsDataLossAllowed": bool(allow_data_loss),
+        }
+
+        def finish():
+            if source is not None:
+                source.is_writer = False
+            target_member.is_writer = True
+            gc.failover_state = None
+
+        timer = threading.Timer(delay, finish)
+        timer.daemon = True
+        timer.start()
+        return gc
+
+    def backend_failover(self, global_cluster_identifier, target, allow_data_loss, switchover):
+        status = "switching-over" if switchover else "failing-over"
+        return move_writer(self, global_cluster_identifier, target, allow_data_loss, status)
+
+    models.RDSBackend.failover_global_cluster = backend_failover
+
+    def failover_global_cluster(self):
+        p = self.params
+        gc = self.global_backend.failover_global_cluster(
+            p["GlobalClusterIdentifier"],
+            p["TargetDbClusterIdentifier"],
+            str(p.get("AllowDataLoss", "false")).lower() == "true",
+            str(p.get("Switchover", "false")).lower() == "true",
+        )
+        return responses.ActionResult({"GlobalCluster": gc})
+
+    def switchover_global_cluster(self):
+        p = self.params
+        gc = self.global_backend.failover_global_cluster(
+            p["GlobalClusterIdentifier"], p["TargetDbClusterIdentifier"], False, True
+        )
+        return responses.ActionResult({"GlobalCluster": gc})
+
+    responses.RDSResponse.failover_global_cluster = failover_global_cluster
+    responses.RDSResponse.switchover_global_cluster = switchover_global_cluster
+
+
+def patch_route53() -> None:
+    from moto.route53 import responses
+    from moto.cloudwatch.models import cloudwatch_backends, MetricDatum
+    from moto.core.utils import utcnow
+
+    def latest_status(account_id, health_check_id):
+        backend = cloudwatch_backends[account_id]["us-east-1"]
+        latest = None
+        for datum in backend.metric_data:
+            if not isinstance(datum, MetricDatum):
+                continue
+            if datum.namespace != "AWS/Route53" or datum.name != "HealthCheckStatus":
+                continue
+            if not any(d.name == "HealthCheckId" and d.value == health_check_id for d in datum.dimensions):
+                continue
+            if latest is None or datum.timestamp >= latest.timestamp:
+                latest = datum
+        return None if latest is None else float(latest.value)
+
+    def get_health_check_status(self):
+        health_check_id = self._get_param("HealthCheckId")
+        check = self.backend.get_health_check(health_check_id)
+        healthy = latest_status(self.current_account, health_check_id) != 0.0
+        regions = getattr(check, "regions", None) or ["us-east-1", "eu-west-1", "ap-southeast-1"]
+        status = (
+            "Success: HTTP Status Code: 200. OK"
+            if healthy
+            else "Failure: HTTP Status Code: 503. Service Unavailable"
+        )
+        observations = [
+            {
+                "Region": region,
+                "IPAddress": f"127.0.13.{i + 1}",
+                "StatusReport": {"Status": status, "CheckedTime": utcnow()},
+            }
+            for i, region in enumerate(regions)
+        ]
+        return responses.ActionResult({"HealthCheckObservations": observations})
+
+    responses.Route53.get_health_check_status = get_health_check_status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,345 @@
+//! moto in server mode on a loopback port, started through our launcher
+//! (`tests/moto/launcher.py`), and the three-region fixture the control
+//! plane mirrors, created with real SDK calls over HTTP.
+
+use crate::proxy::free_addr;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_route53::types::{
+    AliasTarget, Change, ChangeAction, ChangeBatch, HealthCheckConfig, HealthCheckRegion,
+    HealthCheckType, ResourceRecordSet, ResourceRecordSetRegion, RrType,
+};
+use aws_smithy_http_client::tls;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
+pub const RECORD: &str = "api.example.com";
+pub const GLOBAL_CLUSTER: &str = "global-database";
+/// How long a switchover or failover runs in the emulator.
+pub const FAILOVER_SECONDS: &str = "1.0";
+
+/// The Python that has the pinned moto: `MOTO_PYTHON`, else the virtual
+/// environment `scripts/test.sh` makes, else `python3`.
+fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("MOTO_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/moto-venv/bin/python");
+    if venv.is_file() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr = free_addr();
+        let log = dir.path().join("moto.log");
+        let out = std::fs::File::create(&log).expect("moto log");
+        let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/launcher.py");
+        let child = Command::new(python())
+            .arg(&launcher)
+            .arg("--host")
+            .arg(addr.ip().to_string())
+            .arg("--port")
+            .arg(addr.port().to_string())
+            .env("EDGEROUTE_MOTO_FAILOVER_SECONDS", FAILOVER_SECONDS)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log handle"))
+            .stderr(out)
+            .spawn()
+            .expect("start the moto launcher (scripts/test.sh installs moto)");
+        let mut moto = Moto {
+            child,
+            endpoint: format!("http://{addr}"),
+            log,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        loop {
+            if let Some(status) = moto.child.try_wait().expect("poll moto") {
+                panic!("moto exited with {status}:\n{}", moto.log());
+            }
+            if let Ok(r) = crate::client()
+                .post(format!("{}/moto-api/reset", moto.endpoint))
+                .body("")
+                .send()
+                .await
+                && r.status() == 200
+            {
+                return moto;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "moto not up after 60 s:\n{}",
+                moto.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Environment for a process that talks to this emulator.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    pub async fn sdk(&self, region: &str) -> SdkConfig {
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(tls::Provider::Rustls(
+                tls::rustls_provider::CryptoMode::Ring,
+            ))
+            .build_https();
+        aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .region(Region::new(region.to_owned()))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(aws_sdk_route53::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .load()
+            .await
+    }
+
+    /// Stops it, as an AWS outage would.
+    pub fn kill(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// What the fixture created.
+pub struct Fixture {
+    pub zone_id: String,
+    pub health_checks: BTreeMap<&'static str, String>,
+    /// Region → (cluster ARN, cluster id).
+    pub clusters: BTreeMap<&'static str, (String, String)>,
+}
+
+/// Three regions: a hosted zone with latency alias records (health check,
+/// weight 100 each), a global cluster with its writer in us-east-1 and
+/// secondaries in eu-west-1 and ap-southeast-1, and their replication lag.
+pub async fn three_regions(moto: &Moto) -> Fixture {
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    let zone = r53
+        .create_hosted_zone()
+        .name("example.com")
+        .caller_reference("edgeroute-tests")
+        .send()
+        .await
+        .expect("create hosted zone");
+    let zone_id = zone
+        .hosted_zone()
+        .expect("zone")
+        .id()
+        .trim_start_matches("/hostedzone/")
+        .to_owned();
+    let mut health_checks = BTreeMap::new();
+    for region in REGIONS {
+        let hc = r53
+            .create_health_check()
+            .caller_reference(format!("hc-{region}"))
+            .health_check_config(
+                HealthCheckConfig::builder()
+                    .r#type(HealthCheckType::Https)
+                    .fully_qualified_domain_name(format!("alb-{region}.example.com"))
+                    .resource_path("/health")
+                    .request_interval(10)
+                    .failure_threshold(3)
+                    .set_regions(Some(
+                        REGIONS
+                            .iter()
+                            .map(|r| HealthCheckRegion::from(*r))
+                            .collect(),
+                    ))
+                    .build()
+                    .expect("health check config"),
+            )
+            .send()
+            .await
+            .expect("create health check");
+        health_checks.insert(
+            region,
+            hc.health_check().expect("health check").id().to_owned(),
+        );
+    }
+    for region in REGIONS {
+        set_weight(&r53, &zone_id, region, &health_checks[region], 100).await;
+    }
+
+    let mut clusters = BTreeMap::new();
+    let home = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
+    home.create_global_cluster()
+        .global_cluster_identifier(GLOBAL_CLUSTER)
+        .engine("aurora-postgresql")
+        .engine_version("15.4")
+        .send()
+        .await
+        .expect("create global cluster");
+    for (i, region) in REGIONS.iter().enumerate() {
+        let rds = aws_sdk_rds::Client::new(&moto.sdk(region).await);
+        let id = format!("cluster-{region}");
+        let mut req = rds
+            .create_db_cluster()
+            .db_cluster_identifier(&id)
+            .engine("aurora-postgresql")
+            .engine_version("15.4")
+            .global_cluster_identifier(GLOBAL_CLUSTER);
+        if i == 0 {
+            req = req
+                .master_username("admin")
+                .master_user_password("not-a-secret-123");
+        }
+        let out = req.send().await.expect("create db cluster");
+        clusters.insert(
+            *region,
+            (
+                out.db_cluster()
+                    .expect("cluster")
+                    .db_cluster_arn()
+                    .expect("arn")
+                    .to_owned(),
+                id,
+            ),
+        );
+    }
+    for (region, lag) in [("eu-west-1", 120.0), ("ap-southeast-1", 310.0)] {
+        put_metric(
+            moto,
+            &Series::replication_lag(region, &clusters[region].1),
+            lag,
+            Duration::ZERO,
+        )
+        .await;
+    }
+    Fixture {
+        zone_id,
+        health_checks,
+        clusters,
+    }
+}
+
+/// UPSERTs the latency record of `region` with `weight`.
+pub async fn set_weight(
+    r53: &aws_sdk_route53::Client,
+    zone_id: &str,
+    region: &str,
+    health_check: &str,
+    weight: i64,
+) {
+    let record = ResourceRecordSet::builder()
+        .name(RECORD)
+        .r#type(RrType::A)
+        .set_identifier(region)
+        .region(ResourceRecordSetRegion::from(region))
+        .weight(weight)
+        .health_check_id(health_check)
+        .alias_target(
+            AliasTarget::builder()
+                .hosted_zone_id("Z35SXDOTRQ7X7K")
+                .dns_name(format!("alb-{region}.elb.amazonaws.com"))
+                .evaluate_target_health(true)
+                .build()
+                .expect("alias target"),
+        )
+        .build()
+        .expect("record set");
+    r53.change_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .change_batch(
+            ChangeBatch::builder()
+                .changes(
+                    Change::builder()
+                        .action(ChangeAction::Upsert)
+                        .resource_record_set(record)
+                        .build()
+                        .expect("change"),
+                )
+                .build()
+                .expect("change batch"),
+        )
+        .send()
+        .await
+        .expect("upsert latency record");
+}
+
+/// One CloudWatch metric series.
+pub struct Series<'a> {
+    pub region: &'a str,
+    pub namespace: &'a str,
+    pub metric: &'a str,
+    pub dimension: &'a str,
+    pub value: &'a str,
+}
+
+impl<'a> Series<'a> {
+    /// Route 53's status of a health check: 1 healthy, 0 not.
+    pub fn health_check(id: &'a str) -> Self {
+        Series {
+            region: "us-east-1",
+            namespace: "AWS/Route53",
+            metric: "HealthCheckStatus",
+            dimension: "HealthCheckId",
+            value: id,
+        }
+    }
+
+    /// An Aurora secondary's replication lag, in milliseconds.
+    pub fn replication_lag(region: &'a str, cluster_id: &'a str) -> Self {
+        Series {
+            region,
+            namespace: "AWS/RDS",
+            metric: "AuroraGlobalDBReplicationLag",
+            dimension: "DBClusterIdentifier",
+            value: cluster_id,
+        }
+    }
+}
+
+/// Puts one datapoint, timestamped `ago` in the past.
+pub async fn put_metric(moto: &Moto, series: &Series<'_>, v: f64, ago: Duration) {
+    use aws_sdk_cloudwatch::types::{Dimension, MetricDatum};
+    aws_sdk_cloudwatch::Client::new(&moto.sdk(series.region).await)
+        .put_metric_data()
+        .namespace(series.namespace)
+        .metric_data(
+            MetricDatum::builder()
+                .metric_name(series.metric)
+                .dimensions(
+                    Dimension::builder()
+                        .name(series.dimension)
+                        .value(series.value)
+                        .build(),
+                )
+                .value(v)
+                .timestamp((std::time::SystemTime::now() - ago).into())
+                .build(),
+        )
+        .send()
+        .await
+        .expect("put metric data");
+}

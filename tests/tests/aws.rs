@@ -1,0 +1,194 @@
+//! The control plane against a real AWS API (moto in server mode, with our
+//! launcher's patches): real SDK calls over HTTP, three regions.
+
+use edgeroute_tests::control::ControlPlane;
+use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
+use edgeroute_tests::{Origin, ProxyBuilder, client, eventually};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn control_on(moto: &Moto, fixture: &moto::Fixture) -> ControlPlane {
+    let source = format!(
+        "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
+         record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n",
+        moto.endpoint, fixture.zone_id
+    );
+    ControlPlane::start_with(None, &source, &moto.env()).await
+}
+
+fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
+    table["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_table_mirrors_route53_and_the_aurora_global_cluster() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let t = cp.table().await;
+    assert_eq!(t["primary_region"], "us-east-1", "{t}");
+    assert_eq!(t["failover_in_progress"], false);
+    assert_eq!(t["regions"].as_array().unwrap().len(), 3, "{t}");
+    for r in REGIONS {
+        assert_eq!(region(&t, r)["state"], "active", "{t}");
+        assert_eq!(region(&t, r)["weight"], 100);
+    }
+    assert_eq!(region(&t, "eu-west-1")["replication_lag_ms"], 120, "{t}");
+    assert_eq!(
+        region(&t, "ap-southeast-1")["replication_lag_ms"],
+        310,
+        "{t}"
+    );
+}
+
+#[tokio::test]
+async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let (us, eu, ap) = (
+        Origin::start(REGIONS[0]).await,
+        Origin::start(REGIONS[1]).await,
+        Origin::start(REGIONS[2]).await,
+    );
+    let proxy = ProxyBuilder::new(REGIONS[0])
+        .region(REGIONS[0], &[us.addr])
+        .region(REGIONS[1], &[eu.addr])
+        .region(REGIONS[2], &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\n",
+            cp.addr, cp.token_path
+        ))
+        .without_table_file()
+        .start()
+        .await;
+    let write_region = || async {
+        let resp = client()
+            .post(proxy.url("/orders"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        resp.headers().get("x-edgeroute-region").map_or_else(
+            || resp.status().to_string(),
+            |v| v.to_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(write_region().await, "us-east-1");
+    let epoch_before = cp.table().await["epoch"].as_u64().unwrap();
+
+    let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
+    let requested = Instant::now();
+    rds.switchover_global_cluster()
+        .global_cluster_identifier(GLOBAL_CLUSTER)
+        .target_db_cluster_identifier(&fixture.clusters["eu-west-1"].0)
+        .send()
+        .await
+        .expect("switchover");
+    // While AWS reports the switchover running, writes are held.
+    eventually(
+        "the proxy holds writes during the switchover",
+        WAIT,
+        || async { write_region().await == "503 Service Unavailable" },
+    )
+    .await;
+    let held_at = requested.elapsed();
+    eventually("writes reach the new writer region", WAIT, || async {
+        write_region().await == "eu-west-1"
+    })
+    .await;
+    let moved_at = requested.elapsed();
+    eprintln!(
+        "switchover requested -> proxy holds writes: {held_at:?}; -> proxy writes to eu-west-1: {moved_at:?} (emulated switchover {}s)",
+        moto::FAILOVER_SECONDS
+    );
+    let t = cp.table().await;
+    assert_eq!(t["primary_region"], "eu-west-1");
+    assert!(t["epoch"].as_u64().unwrap() > epoch_before, "{t}");
+    assert_eq!(proxy.routing().await["table"]["epoch"], t["epoch"]);
+    // No write reached the old primary after the proxy moved.
+    let before = us.count("POST");
+    for _ in 0..5 {
+        assert_eq!(write_region().await, "eu-west-1");
+    }
+    assert_eq!(us.count("POST"), before);
+}
+
+#[tokio::test]
+async fn a_failing_health_check_marks_a_region_down_and_weight_zero_drains_it() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    // CloudWatch keeps one-minute buckets: the failure is two minutes old,
+    // the recovery below lands in the current minute.
+    moto::put_metric(
+        &moto,
+        &Series::health_check(&fixture.health_checks["ap-southeast-1"]),
+        0.0,
+        Duration::from_secs(120),
+    )
+    .await;
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    moto::set_weight(
+        &r53,
+        &fixture.zone_id,
+        "eu-west-1",
+        &fixture.health_checks["eu-west-1"],
+        0,
+    )
+    .await;
+    eventually(
+        "ap-southeast-1 down and eu-west-1 draining",
+        WAIT,
+        || async {
+            let t = cp.table().await;
+            region(&t, "ap-southeast-1")["state"] == "down"
+                && region(&t, "eu-west-1")["state"] == "draining"
+        },
+    )
+    .await;
+    assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
+    // The check recovers.
+    moto::put_metric(
+        &moto,
+        &Series::health_check(&fixture.health_checks["ap-southeast-1"]),
+        1.0,
+        Duration::ZERO,
+    )
+    .await;
+    eventually("ap-southeast-1 active again", WAIT, || async {
+        region(&cp.table().await, "ap-southeast-1")["state"] == "active"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_aws_outage_keeps_the_last_good_table_marked_stale() {
+    let mut moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let before = cp.table().await;
+    moto.kill();
+    eventually("the source is marked stale", WAIT, || async {
+        cp.metric("edgeroute_control_source_stale").await == 1.0
+    })
+    .await;
+    assert_eq!(
+        cp.table().await,
+        before,
+        "the last good table is still served"
+    );
+    let errors = cp
+        .metric(
+            "edgeroute_control_source_errors_total{api=\"ListResourceRecordSets\",source=\"aws\"}",
+        )
+        .await;
+    assert!(errors >= 1.0, "errors are counted by API");
+}
