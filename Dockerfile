@@ -5,14 +5,14 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p edgeroute-proxy \
- && cp target/release/edgeroute-proxy /usr/local/bin/
+RUN cargo build --release --locked -p edgeroute-proxy -p edgeroute-control \
+ && cp target/release/edgeroute-proxy target/release/edgeroute-control /usr/local/bin/
 
 FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
-COPY --from=build /usr/local/bin/edgeroute-proxy /usr/local/bin/edgeroute-proxy
+COPY --from=build /usr/local/bin/edgeroute-proxy /usr/local/bin/edgeroute-control /usr/local/bin/
 # Unprivileged; listen on ports above 1024.
 USER 65532:65532
 EXPOSE 8080 9901

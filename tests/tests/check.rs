@@ -122,3 +122,50 @@ fn the_documented_example_config_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn the_documented_control_plane_example_is_valid() {
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../config/examples/control-file.toml");
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let out = Command::new(&bin)
+        .args(["show", "--config"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(table["primary_region"], "us-east-1");
+    assert_eq!(table["regions"].as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_broken_control_config_names_its_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        "[server]\naddress = \"nowhere\"\n[source]\nkind = \"aws\"\nhosted_zone_id = \"\"\nrecord_name = \"api.example.com\"\nglobal_cluster_id = \"g\"\nglobal_cluster_region = \"Mars\"\n",
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let out = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "server.address",
+        "server.token_file",
+        "source.hosted_zone_id",
+        "source.global_cluster_region",
+    ] {
+        assert!(stderr.contains(field), "{field} missing in:\n{stderr}");
+    }
+}
