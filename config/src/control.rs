@@ -265,17 +265,7 @@ impl RawControl {
                 })
             }
         };
-        let format = match self.log.format.as_str() {
-            "text" => crate::LogFormat::Text,
-            "json" => crate::LogFormat::Json,
-            other => {
-                e.push(
-                    "log.format",
-                    format!("must be \"text\" or \"json\", got {other:?}"),
-                );
-                crate::LogFormat::Text
-            }
-        };
+        let format = values::log_format(&mut e, "log.format", &self.log.format);
         e.finish(|| ControlConfig {
             server: ServerConfig {
                 address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080))),
@@ -328,26 +318,7 @@ impl TopologyView {
         let mut e = FieldErrors::default();
         let mut names = HashSet::new();
         for (i, r) in view.regions.iter().enumerate() {
-            if !valid_region_name(&r.name) {
-                e.push(
-                    format!("regions[{i}].name"),
-                    format!(
-                        "must be a region name such as \"eu-west-1\", got {:?}",
-                        r.name
-                    ),
-                );
-            } else if !names.insert(r.name.as_str()) {
-                e.push(
-                    format!("regions[{i}].name"),
-                    format!("{:?} is listed twice", r.name),
-                );
-            }
-            if r.weight.is_some_and(|w| w > 255) {
-                e.push(
-                    format!("regions[{i}].weight"),
-                    format!("must be 0-255, got {}", r.weight.unwrap_or(0)),
-                );
-            }
+            values::region_entry(&mut e, i, &r.name, r.weight, &mut names);
         }
         if let Some(p) = &view.primary_region
             && !names.contains(p.as_str())

@@ -896,17 +896,7 @@ impl RawConfig {
                 }
             }
         };
-        let format = match self.log.format.as_str() {
-            "text" => LogFormat::Text,
-            "json" => LogFormat::Json,
-            other => {
-                e.push(
-                    "log.format",
-                    format!("must be \"text\" or \"json\", got {other:?}"),
-                );
-                LogFormat::Text
-            }
-        };
+        let format = values::log_format(&mut e, "log.format", &self.log.format);
         let threads = match self.runtime.threads {
             Some(0) => {
                 e.push("runtime.threads", "must be at least 1, got 0");

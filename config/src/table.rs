@@ -11,7 +11,7 @@
 //! without older proxies rejecting its tables.
 
 use crate::errors::FieldErrors;
-use crate::proxy::valid_region_name;
+use crate::values;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
@@ -163,26 +163,7 @@ impl RoutingTable {
         }
         let mut names = HashSet::new();
         for (i, r) in self.regions.iter().enumerate() {
-            if !valid_region_name(&r.name) {
-                e.push(
-                    format!("regions[{i}].name"),
-                    format!(
-                        "must be a region name such as \"eu-west-1\", got {:?}",
-                        r.name
-                    ),
-                );
-            } else if !names.insert(r.name.as_str()) {
-                e.push(
-                    format!("regions[{i}].name"),
-                    format!("{:?} is listed twice", r.name),
-                );
-            }
-            if r.weight > 255 {
-                e.push(
-                    format!("regions[{i}].weight"),
-                    format!("must be 0-255, got {}", r.weight),
-                );
-            }
+            values::region_entry(&mut e, i, &r.name, Some(r.weight), &mut names);
         }
         if let Some(p) = &self.primary_region
             && !self.regions.iter().any(|r| &r.name == p)

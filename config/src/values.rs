@@ -111,6 +111,46 @@ pub(crate) fn method(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<St
     }
 }
 
+/// `"text"` or `"json"`.
+pub(crate) fn log_format(errs: &mut FieldErrors, path: &str, raw: &str) -> crate::LogFormat {
+    match raw {
+        "text" => crate::LogFormat::Text,
+        "json" => crate::LogFormat::Json,
+        other => {
+            errs.push(path, format!("must be \"text\" or \"json\", got {other:?}"));
+            crate::LogFormat::Text
+        }
+    }
+}
+
+/// One region of a table or topology document: a valid name not seen
+/// before in `names`, and a Route 53 weight (0-255).
+pub(crate) fn region_entry<'a>(
+    errs: &mut FieldErrors,
+    i: usize,
+    name: &'a str,
+    weight: Option<u32>,
+    names: &mut std::collections::HashSet<&'a str>,
+) {
+    if !crate::proxy::valid_region_name(name) {
+        errs.push(
+            format!("regions[{i}].name"),
+            format!("must be a region name such as \"eu-west-1\", got {name:?}"),
+        );
+    } else if !names.insert(name) {
+        errs.push(
+            format!("regions[{i}].name"),
+            format!("{name:?} is listed twice"),
+        );
+    }
+    if let Some(w) = weight.filter(|w| *w > 255) {
+        errs.push(
+            format!("regions[{i}].weight"),
+            format!("must be 0-255, got {w}"),
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
