@@ -94,6 +94,10 @@ impl Default for RawControlLog {
     }
 }
 
+/// Environment variable that gives the table server's bearer token instead
+/// of `server.token_file` (for secrets injected as environment variables).
+pub const TOKEN_ENV: &str = "EDGEROUTE_CONTROL_TOKEN";
+
 /// A validated control-plane configuration.
 #[derive(Debug, Clone)]
 pub struct ControlConfig {
@@ -106,8 +110,9 @@ pub struct ControlConfig {
 pub struct ServerConfig {
     /// Where proxies fetch the table (default `127.0.0.1:9080`).
     pub address: SocketAddr,
-    /// File holding the bearer token proxies must present (required).
-    pub token_file: PathBuf,
+    /// File holding the bearer token proxies must present. Required unless
+    /// the token is given in the environment as [`TOKEN_ENV`].
+    pub token_file: Option<PathBuf>,
     /// Longest long-poll a proxy may ask for with `?wait=` (default 60 s).
     pub max_wait: Duration,
 }
@@ -189,11 +194,14 @@ impl RawControl {
     fn validate(self, base: &Path) -> Result<ControlConfig, FieldErrors> {
         let mut e = FieldErrors::default();
         let address = values::listen_addr(&mut e, "server.address", &self.server.address);
+        let token_in_env = std::env::var(TOKEN_ENV).is_ok_and(|t| !t.trim().is_empty());
         if self.server.token_file.is_empty() {
-            e.push(
-                "server.token_file",
-                "is required: a file holding the bearer token proxies present",
-            );
+            if !token_in_env {
+                e.push(
+                    "server.token_file",
+                    format!("is required (or {TOKEN_ENV} in the environment): a file holding the bearer token proxies present"),
+                );
+            }
         } else if !resolve(base, &self.server.token_file).is_file() {
             e.push(
                 "server.token_file",
@@ -269,7 +277,8 @@ impl RawControl {
         e.finish(|| ControlConfig {
             server: ServerConfig {
                 address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080))),
-                token_file: resolve(base, &self.server.token_file),
+                token_file: (!self.server.token_file.is_empty())
+                    .then(|| resolve(base, &self.server.token_file)),
                 max_wait,
             },
             source,

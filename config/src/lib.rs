@@ -15,7 +15,7 @@ mod values;
 
 pub use control::{
     AwsSourceConfig, ControlConfig, ControlConfigError, RegionView, ServerConfig, SourceConfig,
-    TopologyView,
+    TOKEN_ENV, TopologyView,
 };
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{

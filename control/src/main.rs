@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat};
+use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat, TOKEN_ENV};
 use edgeroute_control::builder::Builder;
 use edgeroute_control::metrics::ControlMetrics;
 use edgeroute_control::server::{self, ServerState};
@@ -103,7 +103,15 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
+/// The bearer token: `EDGEROUTE_CONTROL_TOKEN` when set, else the file.
+/// It is never logged.
+fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    if let Ok(token) = std::env::var(TOKEN_ENV)
+        && !token.trim().is_empty()
+    {
+        return Ok(token.trim().as_bytes().to_vec());
+    }
+    let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
     let token = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read server.token_file {}", path.display()))?;
     let token = token.trim();
@@ -117,7 +125,7 @@ fn read_token(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     init_logging(cfg.log.format, &cfg.log.level)?;
-    let token = read_token(&cfg.server.token_file)?;
+    let token = read_token(cfg.server.token_file.as_deref())?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.server.address)

@@ -169,3 +169,36 @@ fn a_broken_control_config_names_its_fields() {
         assert!(stderr.contains(field), "{field} missing in:\n{stderr}");
     }
 }
+
+#[test]
+fn the_control_token_may_come_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/topology.json");
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        format!("[source]\nkind = \"file\"\npath = {example:?}\n"),
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let without = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env_remove("EDGEROUTE_CONTROL_TOKEN")
+        .output()
+        .unwrap();
+    assert!(!without.status.success());
+    assert!(String::from_utf8_lossy(&without.stderr).contains("EDGEROUTE_CONTROL_TOKEN"));
+    let with = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .env("EDGEROUTE_CONTROL_TOKEN", "from-the-env")
+        .output()
+        .unwrap();
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+}
