@@ -16,5 +16,7 @@ if ! "$venv/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
 fi
 export MOTO_PYTHON="$PWD/$venv/bin/python"
 
-cargo build --locked --workspace --bins
+# Build the binaries with the tests, so dependencies are compiled once with
+# the features the tests unify, not once for the binaries and again for tests.
+cargo build --locked --workspace --bins --tests
 cargo test --locked --workspace --no-fail-fast
