@@ -364,7 +364,7 @@ pub async fn regions(s: &Settings) -> anyhow::Result<Value> {
             .collect();
         if i > 0 {
             targets::swap_table(
-                &w.edge,
+                &w.edge.table_handle(),
                 &targets::table(1, 1 + i as u64, REGIONS[0], &regions, false),
             )?;
             wait_version(w.edge.admin, 1 + i as u64)?;
@@ -448,21 +448,13 @@ pub async fn swap(s: &Settings) -> anyhow::Result<Value> {
     let swaps = s.swaps;
     let admin = w.edge.admin;
     let swapper = {
-        let table_path = w.edge.table.clone();
-        let pid = w.edge.process.pid();
+        let handle = w.edge.table_handle();
         std::thread::spawn(move || -> anyhow::Result<Duration> {
             let start = Instant::now();
             for v in 2..=swaps + 1 {
                 let primary = REGIONS[(v % 3) as usize];
                 let all: Vec<(&str, &str)> = REGIONS.iter().map(|r| (*r, "active")).collect();
-                let t = targets::table(v, v, primary, &all, false);
-                let tmp = table_path.with_extension("tmp");
-                std::fs::write(&tmp, t.to_string())?;
-                std::fs::rename(&tmp, &table_path)?;
-                std::process::Command::new("kill")
-                    .arg("-HUP")
-                    .arg(pid.to_string())
-                    .status()?;
+                targets::swap_table(&handle, &targets::table(v, v, primary, &all, false))?;
                 wait_version(admin, v)?;
             }
             Ok(start.elapsed())
@@ -578,18 +570,9 @@ pub async fn failover(s: &Settings) -> anyhow::Result<Value> {
         post("/orders"),
         Some(on),
     ));
-    let (edge_admin, table_path, pid) = (w.edge.admin, w.edge.table.clone(), w.edge.process.pid());
+    let (edge_admin, handle) = (w.edge.admin, w.edge.table_handle());
     let steps = tokio::task::spawn_blocking(move || -> anyhow::Result<(Duration, Duration)> {
-        let write = |t: &Value| -> anyhow::Result<()> {
-            let tmp = table_path.with_extension("tmp");
-            std::fs::write(&tmp, t.to_string())?;
-            std::fs::rename(&tmp, &table_path)?;
-            std::process::Command::new("kill")
-                .arg("-HUP")
-                .arg(pid.to_string())
-                .status()?;
-            Ok(())
-        };
+        let write = |t: &Value| targets::swap_table(&handle, t);
         std::thread::sleep(Duration::from_secs(1));
         let hold_at = t0.elapsed();
         write(&targets::table(1, 2, REGIONS[0], &all, true))?;

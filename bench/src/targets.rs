@@ -304,14 +304,31 @@ pub fn table(
     })
 }
 
+/// Where a running edgeroute's table lives and whom to signal; `Send`, so a
+/// swapping thread can own it.
+#[derive(Clone)]
+pub struct TableHandle {
+    pub path: PathBuf,
+    pub pid: u32,
+}
+
+impl Edgeroute {
+    pub fn table_handle(&self) -> TableHandle {
+        TableHandle {
+            path: self.table.clone(),
+            pid: self.process.pid(),
+        }
+    }
+}
+
 /// Rewrites the table file atomically and signals the proxy to reload it.
-pub fn swap_table(e: &Edgeroute, table: &serde_json::Value) -> anyhow::Result<()> {
-    let tmp = e.table.with_extension("tmp");
+pub fn swap_table(h: &TableHandle, table: &serde_json::Value) -> anyhow::Result<()> {
+    let tmp = h.path.with_extension("tmp");
     std::fs::write(&tmp, table.to_string())?;
-    std::fs::rename(&tmp, &e.table)?;
+    std::fs::rename(&tmp, &h.path)?;
     let status = Command::new("kill")
         .arg("-HUP")
-        .arg(e.process.pid().to_string())
+        .arg(h.pid.to_string())
         .status()?;
     anyhow::ensure!(status.success(), "cannot signal edgeroute");
     Ok(())
