@@ -54,12 +54,38 @@ impl Process {
 }
 
 impl Drop for Process {
+    /// SIGTERM first, so a master process (nginx) stops its workers; SIGKILL
+    /// for the process and any child left after two seconds.
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            if let Err(e) = self.child.kill() {
-                eprintln!("cannot stop {} ({}): {e}", self.name, self.pid());
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        let kids = children(self.pid());
+        let term = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while term.as_ref().is_ok_and(|s| s.success()) && Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                break;
             }
-            self.child.wait().ok();
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if matches!(self.child.try_wait(), Ok(None))
+            && let Err(e) = self.child.kill()
+        {
+            eprintln!("cannot stop {} ({}): {e}", self.name, self.pid());
+        }
+        self.child.wait().ok();
+        for kid in kids {
+            if std::path::Path::new(&format!("/proc/{kid}")).exists() {
+                Command::new("kill")
+                    .arg("-KILL")
+                    .arg(kid.to_string())
+                    .status()
+                    .ok();
+            }
         }
     }
 }
