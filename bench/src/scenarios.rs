@@ -37,47 +37,71 @@ fn us(v: u64) -> String {
     v.to_string()
 }
 
-/// One backend, every target in front of it, interleaved repetitions.
-pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
-    let d = dir()?;
-    let backend = if targets::installed("nginx") {
-        targets::nginx_backend(d.path())?
-    } else {
-        anyhow::bail!(
-            "the throughput scenario needs nginx as the shared backend: {}",
+/// One nginx backend and every target in front of it, all on loopback.
+struct Lineup {
+    backend: Process,
+    edge: Edgeroute,
+    nginx: Option<Process>,
+    haproxy: Option<Process>,
+    _dir: tempfile::TempDir,
+}
+
+impl Lineup {
+    fn start(s: &Settings, scenario: &str) -> anyhow::Result<Self> {
+        let d = dir()?;
+        anyhow::ensure!(
+            targets::installed("nginx"),
+            "the {scenario} scenario needs nginx as the shared backend: {}",
             targets::PEERS_HINT
         );
-    };
-    let e = targets::edgeroute(
-        &s.proxy_bin,
-        d.path(),
-        &[("bench", vec![backend.addr])],
-        &targets::table(1, 1, "bench", &[("bench", "active")], false),
-        "",
-    )?;
-    let idle_rss = e.process.rss_kib();
-    let mut procs: Vec<(&str, SocketAddr, Option<&Process>)> = vec![
-        ("direct", backend.addr, None),
-        ("edgeroute", e.process.addr, Some(&e.process)),
-    ];
-    let nginx = targets::installed("nginx")
-        .then(|| targets::nginx_proxy(d.path(), backend.addr))
-        .transpose()?;
-    let haproxy = targets::installed("haproxy")
-        .then(|| targets::haproxy(d.path(), backend.addr))
-        .transpose()?;
-    if let Some(p) = &nginx {
-        procs.push(("nginx", p.addr, Some(p)));
+        let backend = targets::nginx_backend(d.path())?;
+        let edge = targets::edgeroute(
+            &s.proxy_bin,
+            d.path(),
+            &[("bench", vec![backend.addr])],
+            &targets::table(1, 1, "bench", &[("bench", "active")], false),
+            "",
+        )?;
+        let nginx = Some(targets::nginx_proxy(d.path(), backend.addr)?);
+        let haproxy = targets::installed("haproxy")
+            .then(|| targets::haproxy(d.path(), backend.addr))
+            .transpose()?;
+        if haproxy.is_none() {
+            progress(&format!(
+                "HAProxy missing; install the peers with: {}",
+                targets::PEERS_HINT
+            ));
+        }
+        Ok(Lineup {
+            backend,
+            edge,
+            nginx,
+            haproxy,
+            _dir: d,
+        })
     }
-    if let Some(p) = &haproxy {
-        procs.push(("haproxy", p.addr, Some(p)));
+
+    /// (name, address, the process whose CPU time counts): for `direct`,
+    /// the backend's.
+    fn targets(&self) -> Vec<(&'static str, SocketAddr, &Process)> {
+        let mut list = vec![
+            ("direct", self.backend.addr, &self.backend),
+            ("edgeroute", self.edge.process.addr, &self.edge.process),
+        ];
+        for (name, p) in [("nginx", &self.nginx), ("haproxy", &self.haproxy)] {
+            if let Some(p) = p {
+                list.push((name, p.addr, p));
+            }
+        }
+        list
     }
-    if nginx.is_none() || haproxy.is_none() {
-        progress(&format!(
-            "peers missing; install them with: {}",
-            targets::PEERS_HINT
-        ));
-    }
+}
+
+/// One backend, every target in front of it, interleaved repetitions.
+pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
+    let lineup = Lineup::start(s, "throughput")?;
+    let idle_rss = lineup.edge.process.rss_kib();
+    let procs = lineup.targets();
     for (name, addr, _) in &procs {
         progress(&format!("throughput: warming up {name}"));
         load::closed(
@@ -100,9 +124,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 "throughput [{n}/{total}] {name}, repetition {}",
                 rep + 1
             ));
-            let cpu_of =
-                |p: Option<&Process>| p.map_or_else(|| backend.cpu_seconds(), Process::cpu_seconds);
-            let cpu0 = cpu_of(*proc_);
+            let cpu0 = proc_.cpu_seconds();
             let r = load::closed(
                 *addr,
                 s.connections,
@@ -112,7 +134,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 None,
             )
             .await?;
-            let cpu = cpu_of(*proc_) - cpu0;
+            let cpu = proc_.cpu_seconds() - cpu0;
             runs.entry(name).or_default().push((r, cpu));
         }
     }
@@ -180,33 +202,12 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
 
 /// Added latency at fixed request rates, measured open loop.
 pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
-    let d = dir()?;
-    anyhow::ensure!(
-        targets::installed("nginx"),
-        "the overhead scenario needs nginx as the shared backend: {}",
-        targets::PEERS_HINT
-    );
-    let backend = targets::nginx_backend(d.path())?;
-    let e = targets::edgeroute(
-        &s.proxy_bin,
-        d.path(),
-        &[("bench", vec![backend.addr])],
-        &targets::table(1, 1, "bench", &[("bench", "active")], false),
-        "",
-    )?;
-    let mut list = vec![("direct", backend.addr), ("edgeroute", e.process.addr)];
-    let nginx = targets::installed("nginx")
-        .then(|| targets::nginx_proxy(d.path(), backend.addr))
-        .transpose()?;
-    let haproxy = targets::installed("haproxy")
-        .then(|| targets::haproxy(d.path(), backend.addr))
-        .transpose()?;
-    if let Some(p) = &nginx {
-        list.push(("nginx", p.addr));
-    }
-    if let Some(p) = &haproxy {
-        list.push(("haproxy", p.addr));
-    }
+    let lineup = Lineup::start(s, "overhead")?;
+    let list: Vec<(&str, SocketAddr)> = lineup
+        .targets()
+        .into_iter()
+        .map(|(n, a, _)| (n, a))
+        .collect();
     let mut rows = Vec::new();
     let mut out = Vec::new();
     for &rate in &s.rates {

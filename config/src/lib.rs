@@ -24,4 +24,4 @@ pub use proxy::{
     Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts,
     TlsFiles,
 };
-pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable, TableError};
+pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable};

@@ -135,8 +135,6 @@ impl fmt::Display for Rejection {
     }
 }
 
-pub type TableError = Rejection;
-
 /// What admitting a table did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {

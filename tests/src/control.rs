@@ -113,12 +113,7 @@ impl ControlPlane {
             .text()
             .await
             .expect("metrics");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse().expect("numeric sample"))
+        crate::sample(&text, sample)
     }
 
     pub fn set_topology(&self, v: &Value) {

@@ -33,6 +33,17 @@ where
     }
 }
 
+/// The value of one Prometheus sample line (`name{labels} value`) in `text`;
+/// 0 when the series does not exist yet.
+pub fn sample(text: &str, sample: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(sample)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().expect("numeric sample"))
+}
+
 /// A client that neither retries nor follows redirects, with a bounded wait.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()

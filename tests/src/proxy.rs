@@ -292,12 +292,7 @@ impl Proxy {
             .text()
             .await
             .expect("metrics text");
-        text.lines()
-            .find_map(|l| {
-                l.strip_prefix(sample)
-                    .and_then(|rest| rest.strip_prefix(' '))
-            })
-            .map_or(0.0, |v| v.trim().parse().expect("numeric sample"))
+        crate::sample(&text, sample)
     }
 
     /// Waits for the process to exit, at most `limit`.
