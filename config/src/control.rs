@@ -18,6 +18,72 @@ struct RawControl {
     source: RawSource,
     #[serde(default)]
     log: RawControlLog,
+    #[serde(default)]
+    actions: RawActions,
+    #[serde(default)]
+    automation: RawAutomation,
+    #[serde(default)]
+    notify: RawNotify,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawActions {
+    history_file: String,
+    timeout: String,
+    proxy_max_age: String,
+    control_url: String,
+}
+
+impl Default for RawActions {
+    fn default() -> Self {
+        RawActions {
+            history_file: "history.json".into(),
+            timeout: "15m".into(),
+            proxy_max_age: "30s".into(),
+            control_url: String::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAutomation {
+    enabled: bool,
+    after: String,
+    max_replication_lag: String,
+    min_interval: String,
+}
+
+impl Default for RawAutomation {
+    fn default() -> Self {
+        RawAutomation {
+            enabled: false,
+            after: "60s".into(),
+            max_replication_lag: "1s".into(),
+            min_interval: "1h".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawNotify {
+    sns_topic_arn: String,
+    webhook_url: String,
+    webhook_token_file: String,
+    timeout: String,
+}
+
+impl Default for RawNotify {
+    fn default() -> Self {
+        RawNotify {
+            sns_topic_arn: String::new(),
+            webhook_url: String::new(),
+            webhook_token_file: String::new(),
+            timeout: "5s".into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,6 +170,58 @@ pub struct ControlConfig {
     pub server: ServerConfig,
     pub source: SourceConfig,
     pub log: crate::LogConfig,
+    pub actions: ActionsConfig,
+    pub automation: AutomationConfig,
+    pub notify: NotifyConfig,
+}
+
+/// The runbook commands (`failover`, `drain`, `undrain`, `status`).
+#[derive(Debug, Clone)]
+pub struct ActionsConfig {
+    /// Where the outcome of every action, the last failover and the last
+    /// drill are kept (default `history.json` beside the config file).
+    pub history_file: PathBuf,
+    /// Longest an action is followed before it is reported as not
+    /// finished (default 15 min).
+    pub timeout: Duration,
+    /// A proxy counts as running while it reported within this (default
+    /// 30 s); only those are waited for and asked about health.
+    pub proxy_max_age: Duration,
+    /// The control plane the commands ask for the table and the proxies
+    /// (default: `server.address`, on loopback when it is a wildcard).
+    pub control_url: String,
+}
+
+/// Automated failover: off unless `enabled`.
+#[derive(Debug, Clone)]
+pub struct AutomationConfig {
+    pub enabled: bool,
+    /// Both health sources must report the primary unhealthy for this long
+    /// (default 60 s).
+    pub after: Duration,
+    /// A secondary is a failover target only while its replication lag is
+    /// known and at most this (default 1 s).
+    pub max_replication_lag: Duration,
+    /// Least time between two failovers (default 1 h).
+    pub min_interval: Duration,
+}
+
+/// Where state changes are announced; both are optional.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    pub sns_topic_arn: Option<String>,
+    pub webhook_url: Option<String>,
+    /// File holding a bearer token sent to the webhook.
+    pub webhook_token_file: Option<PathBuf>,
+    /// Longest one notification may take (default 5 s).
+    pub timeout: Duration,
+}
+
+impl NotifyConfig {
+    /// The SNS topic's region, from its ARN.
+    pub fn sns_region(&self) -> Option<&str> {
+        self.sns_topic_arn.as_deref()?.split(':').nth(3)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -274,7 +392,13 @@ impl RawControl {
             }
         };
         let format = values::log_format(&mut e, "log.format", &self.log.format);
+        let actions = self.actions.validate(&mut e, base, address);
+        let automation = self.automation.validate(&mut e, &source);
+        let notify = self.notify.validate(&mut e, base);
         e.finish(|| ControlConfig {
+            actions,
+            automation,
+            notify,
             server: ServerConfig {
                 address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080))),
                 token_file: (!self.server.token_file.is_empty())
@@ -288,6 +412,122 @@ impl RawControl {
                 level: self.log.level.clone(),
             },
         })
+    }
+}
+
+impl RawActions {
+    fn validate(
+        &self,
+        e: &mut FieldErrors,
+        base: &Path,
+        server: Option<SocketAddr>,
+    ) -> ActionsConfig {
+        if self.history_file.trim().is_empty() {
+            e.push(
+                "actions.history_file",
+                "must name a writable file, got \"\"",
+            );
+        }
+        let control_url = if self.control_url.is_empty() {
+            let mut addr = server.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080)));
+            if addr.ip().is_unspecified() {
+                addr.set_ip(if addr.is_ipv4() {
+                    std::net::Ipv4Addr::LOCALHOST.into()
+                } else {
+                    std::net::Ipv6Addr::LOCALHOST.into()
+                });
+            }
+            format!("http://{addr}")
+        } else {
+            if !self.control_url.starts_with("http://") {
+                e.push(
+                    "actions.control_url",
+                    format!(
+                        "must be the control plane's base URL such as \"http://127.0.0.1:9080\", got {:?}",
+                        self.control_url
+                    ),
+                );
+            }
+            self.control_url.trim_end_matches('/').to_owned()
+        };
+        ActionsConfig {
+            history_file: resolve(base, &self.history_file),
+            timeout: values::positive_duration(e, "actions.timeout", &self.timeout),
+            proxy_max_age: values::positive_duration(
+                e,
+                "actions.proxy_max_age",
+                &self.proxy_max_age,
+            ),
+            control_url,
+        }
+    }
+}
+
+impl RawAutomation {
+    fn validate(&self, e: &mut FieldErrors, source: &SourceConfig) -> AutomationConfig {
+        if self.enabled {
+            match source {
+                SourceConfig::Aws(aws) if !aws.lag_metric => e.push(
+                    "automation.enabled",
+                    "needs source.lag_metric = true: a failover target is chosen by its replication lag",
+                ),
+                SourceConfig::Aws(_) => {}
+                SourceConfig::File { .. } => e.push(
+                    "automation.enabled",
+                    "needs source.kind = \"aws\": automated failover acts on the Aurora global cluster",
+                ),
+            }
+        }
+        AutomationConfig {
+            enabled: self.enabled,
+            after: values::positive_duration(e, "automation.after", &self.after),
+            max_replication_lag: values::duration(
+                e,
+                "automation.max_replication_lag",
+                &self.max_replication_lag,
+            ),
+            min_interval: values::duration(e, "automation.min_interval", &self.min_interval),
+        }
+    }
+}
+
+impl RawNotify {
+    fn validate(&self, e: &mut FieldErrors, base: &Path) -> NotifyConfig {
+        let arn = self.sns_topic_arn.trim();
+        if !arn.is_empty() {
+            let parts: Vec<&str> = arn.split(':').collect();
+            let ok = parts.len() == 6
+                && parts[0] == "arn"
+                && parts[2] == "sns"
+                && valid_region_name(parts[3])
+                && !parts[5].is_empty();
+            if !ok {
+                e.push(
+                    "notify.sns_topic_arn",
+                    format!("must be an SNS topic ARN such as \"arn:aws:sns:us-east-1:123456789012:edgeroute\", got {arn:?}"),
+                );
+            }
+        }
+        let url = self.webhook_url.trim();
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            e.push(
+                "notify.webhook_url",
+                format!("must be an http(s) URL, got {url:?}"),
+            );
+        }
+        let token = self.webhook_token_file.trim();
+        if !token.is_empty() && !resolve(base, token).is_file() {
+            e.push(
+                "notify.webhook_token_file",
+                format!("must be a readable file, got {token:?} (not found)"),
+            );
+        }
+        NotifyConfig {
+            sns_topic_arn: (!arn.is_empty()).then(|| arn.to_owned()),
+            webhook_url: (!url.is_empty()).then(|| url.to_owned()),
+            webhook_token_file: (!token.is_empty()).then(|| resolve(base, token)),
+            timeout: values::positive_duration(e, "notify.timeout", &self.timeout),
+        }
     }
 }
 

@@ -10,12 +10,13 @@
 mod control;
 mod errors;
 mod proxy;
+mod report;
 mod table;
 mod values;
 
 pub use control::{
-    AwsSourceConfig, ControlConfig, ControlConfigError, RegionView, ServerConfig, SourceConfig,
-    TOKEN_ENV, TopologyView,
+    ActionsConfig, AutomationConfig, AwsSourceConfig, ControlConfig, ControlConfigError,
+    NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV, TopologyView,
 };
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{
@@ -24,4 +25,5 @@ pub use proxy::{
     Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts,
     TlsFiles,
 };
+pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable};

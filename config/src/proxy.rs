@@ -255,7 +255,19 @@ enum RawTable {
         wait: String,
         #[serde(default = "default_max_backoff")]
         max_backoff: String,
+        #[serde(default = "default_report")]
+        report: bool,
+        #[serde(default = "default_report_interval")]
+        report_interval: String,
     },
+}
+
+fn default_report() -> bool {
+    true
+}
+
+fn default_report_interval() -> String {
+    "10s".into()
 }
 
 fn default_watch_interval() -> String {
@@ -512,6 +524,10 @@ pub enum TableSource {
         wait: Duration,
         /// Longest pause between attempts after errors (default 30 s).
         max_backoff: Duration,
+        /// Report this proxy's table epoch and measured region health to
+        /// the control plane (default on): at once when either changes, and
+        /// every `report_interval` (default 10 s) as a heartbeat.
+        report: Option<Duration>,
     },
 }
 
@@ -869,6 +885,8 @@ impl RawConfig {
                 token_file,
                 wait,
                 max_backoff,
+                report,
+                report_interval,
             } => {
                 let base_url = url.trim_end_matches('/');
                 let valid_url = base_url
@@ -893,6 +911,9 @@ impl RawConfig {
                         "table.max_backoff",
                         max_backoff,
                     ),
+                    report: report.then(|| {
+                        values::positive_duration(&mut e, "table.report_interval", report_interval)
+                    }),
                 }
             }
         };

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub ready: IntGauge,
     /// Failed requests to the control plane.
     pub control_errors: IntCounter,
+    pub report_errors: IntCounter,
     table_age: Gauge,
     /// Time to admit, build and publish a table.
     pub table_swap_seconds: Histogram,
@@ -224,6 +225,16 @@ impl Metrics {
                 let c = IntCounter::new(
                     "edgeroute_control_errors_total",
                     "Failed requests to the control plane (the table in force stays)",
+                )
+                .expect("static metric definition");
+                r.register(Box::new(c.clone()))
+                    .expect("metric registered once");
+                c
+            },
+            report_errors: {
+                let c = IntCounter::new(
+                    "edgeroute_report_errors_total",
+                    "Reports to the control plane that did not arrive (retried)",
                 )
                 .expect("static metric definition");
                 r.register(Box::new(c.clone()))

@@ -120,6 +120,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             token_file,
             wait,
             max_backoff,
+            report,
         } => {
             let token = std::fs::read_to_string(&token_file).with_context(|| {
                 format!("cannot read table.token_file {}", token_file.display())
@@ -130,6 +131,14 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 "table.token_file {} is empty; put the control plane token in it",
                 token_file.display()
             );
+            if let Some(interval) = report {
+                control.spawn(table_source::report_to_control(
+                    Arc::clone(&state),
+                    url.clone(),
+                    token.clone(),
+                    interval,
+                ));
+            }
             control.spawn(table_source::poll_control(
                 Arc::clone(&state),
                 url,

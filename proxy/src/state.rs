@@ -26,6 +26,8 @@ pub struct AppState {
     /// Serialises table admission so that "compare with the table in force,
     /// then replace it" is one step.
     swap: Mutex<()>,
+    /// Signalled when a new table is put in force.
+    pub table_changed: tokio::sync::Notify,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             lifecycle: Arc::new(Lifecycle::default()),
             table_confirmed_ms: AtomicU64::new(0),
             swap: Mutex::new(()),
+            table_changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -70,6 +73,7 @@ impl AppState {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 self.metrics.table_last_change.set(now as i64);
                 self.metrics.table_swap_seconds.observe(started.elapsed().as_secs_f64());
+                self.table_changed.notify_one();
                 tracing::info!(source, epoch, version, primary = ?primary, failover_in_progress = failover, "routing table in force");
             }
             Ok(admission)

@@ -5,9 +5,10 @@
 //! table in force and backs off.
 
 use crate::state::AppState;
+use edgeroute_config::{ProxyReport, RegionHealth};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{SignalKind, signal};
 
 /// Loads the file once; used at start-up, where a missing or bad table is fatal.
@@ -153,6 +154,120 @@ pub async fn poll_control(
                 }
                 backoff = (backoff * 2).min(max_backoff);
             }
+        }
+    }
+}
+
+/// This proxy's report: the table it routes on and what its probes measure.
+pub fn report(state: &AppState, id: &str) -> ProxyReport {
+    let now = Instant::now();
+    let (epoch, version) = state
+        .router
+        .load()
+        .as_ref()
+        .map_or((0, 0), |s| (s.epoch(), s.version()));
+    let regions = &state.topology.regions;
+    ProxyReport {
+        id: id.to_owned(),
+        region: regions[state.topology.local].name.to_string(),
+        epoch,
+        version,
+        regions: regions
+            .iter()
+            .map(|r| RegionHealth {
+                name: r.name.to_string(),
+                backends: r.backends().len() as u32,
+                in_rotation: r.in_rotation(now) as u32,
+            })
+            .collect(),
+    }
+}
+
+/// Stable for the life of the process: `HOSTNAME` (the pod name on
+/// Kubernetes) or the kernel's host name, and the process id.
+fn proxy_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "proxy".into());
+    let mut id = format!("{host}/{}", std::process::id());
+    id.truncate(edgeroute_config::MAX_PROXY_ID);
+    id
+}
+
+/// Posts this proxy's report to `url/v1/report` at once when the table in
+/// force or a region's health changes, and every `interval` otherwise, so
+/// the control plane can confirm that every proxy moved to a new epoch and
+/// count the proxies' vote on each region's health. Failures are counted
+/// and retried on the next change or heartbeat; they never touch routing.
+pub async fn report_to_control(
+    state: Arc<AppState>,
+    url: String,
+    token: String,
+    interval: Duration,
+) {
+    use http_body_util::Full;
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let target = format!("{url}/v1/report");
+    let id = proxy_id();
+    let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
+        return;
+    };
+    let mut last: Option<(ProxyReport, Instant)> = None;
+    // Health changes are noticed within this.
+    let check = Duration::from_millis(250).min(interval);
+    // After a failure, the next attempt waits; the pause doubles up to `interval`.
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = check;
+    loop {
+        let current = report(&state, &id);
+        let due = last
+            .as_ref()
+            .is_none_or(|(r, at)| *r != current || at.elapsed() >= interval)
+            && retry_at.is_none_or(|t| Instant::now() >= t);
+        if due {
+            let body = serde_json::to_vec(&current).unwrap_or_default();
+            let req = http::Request::post(&target)
+                .header(http::header::AUTHORIZATION, auth.clone())
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Full::new(bytes::Bytes::from(body)));
+            let sent = match req {
+                Ok(req) => {
+                    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
+                        Ok(Ok(resp)) if resp.status().is_success() => true,
+                        Ok(Ok(resp)) => {
+                            tracing::warn!(url = %target, status = %resp.status(), "the control plane refused this proxy's report");
+                            false
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(url = %target, error = %e, "cannot send this proxy's report");
+                            false
+                        }
+                        Err(_) => false,
+                    }
+                }
+                Err(_) => false,
+            };
+            if sent {
+                last = Some((current, Instant::now()));
+                retry_at = None;
+                backoff = check;
+            } else {
+                state.metrics.report_errors.inc();
+                retry_at = Some(Instant::now() + backoff);
+                backoff = (backoff * 2).min(interval);
+            }
+        }
+        tokio::select! {
+            _ = state.lifecycle.shutdown_started() => return,
+            _ = state.table_changed.notified() => {}
+            _ = tokio::time::sleep(check) => {}
         }
     }
 }

@@ -1,0 +1,100 @@
+//! What a proxy reports to the control plane (`POST /v1/report`): the table
+//! it routes on and what its own probes measure of every region. The
+//! control plane uses the first to confirm that every proxy moved to a new
+//! epoch, and the second as the proxies' vote on a region's health.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest proxy id accepted.
+pub const MAX_PROXY_ID: usize = 200;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxyReport {
+    /// Stable for the life of the process: host name and process id.
+    pub id: String,
+    /// The proxy's local region.
+    pub region: String,
+    /// Epoch and version of the table in force; 0 before the first table.
+    pub epoch: u64,
+    pub version: u64,
+    /// Every configured region as this proxy measures it.
+    pub regions: Vec<RegionHealth>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionHealth {
+    pub name: String,
+    /// Backends the proxy knows in the region.
+    pub backends: u32,
+    /// Backends passing probes and not ejected.
+    pub in_rotation: u32,
+}
+
+impl RegionHealth {
+    /// The proxy can serve nothing from this region.
+    pub fn unhealthy(&self) -> bool {
+        self.backends > 0 && self.in_rotation == 0
+    }
+}
+
+impl ProxyReport {
+    /// Parses and checks a report; the message says what is wrong.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
+        let report: ProxyReport =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a proxy report: {e}"))?;
+        if report.id.is_empty() || report.id.len() > MAX_PROXY_ID {
+            return Err(format!(
+                "id must be 1 to {MAX_PROXY_ID} characters, got {}",
+                report.id.len()
+            ));
+        }
+        if report.regions.len() > crate::MAX_REGIONS {
+            return Err(format!(
+                "at most {} regions, got {}",
+                crate::MAX_REGIONS,
+                report.regions.len()
+            ));
+        }
+        let names = std::iter::once(&report.region).chain(report.regions.iter().map(|r| &r.name));
+        for name in names {
+            if !crate::proxy::valid_region_name(name) {
+                return Err(format!(
+                    "region names are AWS regions such as \"us-east-1\", got {name:?}"
+                ));
+            }
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_bad_ones_say_why() {
+        let r = ProxyReport {
+            id: "host/1".into(),
+            region: "us-east-1".into(),
+            epoch: 3,
+            version: 9,
+            regions: vec![RegionHealth {
+                name: "us-east-1".into(),
+                backends: 2,
+                in_rotation: 0,
+            }],
+        };
+        let json = serde_json::to_vec(&r).unwrap();
+        assert_eq!(ProxyReport::from_json(&json).unwrap(), r);
+        assert!(r.regions[0].unhealthy());
+        let mut bad = r.clone();
+        bad.id.clear();
+        let err = ProxyReport::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
+        assert!(err.contains("id must be"), "{err}");
+        bad = r;
+        bad.region = "Mars".into();
+        let err = ProxyReport::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
+        assert!(err.contains("\"Mars\""), "{err}");
+        assert!(ProxyReport::from_json(b"{").is_err());
+    }
+}
