@@ -9,6 +9,7 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet};
 use aws_smithy_http_client::tls;
 use edgeroute_config::{AwsSourceConfig, RegionView, TopologyView};
 use std::collections::BTreeMap;
@@ -38,6 +39,23 @@ where
     }
 }
 
+/// The SDK's shared config: rustls with ring, credentials from the default
+/// chain, and `endpoint_url` instead of AWS when given.
+pub async fn sdk_config(endpoint_url: Option<&str>, region: &str) -> SdkConfig {
+    let http = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http)
+        .region(Region::new(region.to_owned()));
+    if let Some(url) = endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    loader.load().await
+}
+
 pub struct AwsSource {
     cfg: AwsSourceConfig,
     sdk: SdkConfig,
@@ -47,18 +65,7 @@ pub struct AwsSource {
 
 impl AwsSource {
     pub async fn new(cfg: &AwsSourceConfig) -> Self {
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::Ring,
-            ))
-            .build_https();
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .region(Region::new(cfg.global_cluster_region.clone()));
-        if let Some(url) = &cfg.endpoint_url {
-            loader = loader.endpoint_url(url);
-        }
-        let sdk = loader.load().await;
+        let sdk = sdk_config(cfg.endpoint_url.as_deref(), &cfg.global_cluster_region).await;
         // Route 53 and its CloudWatch metrics live in us-east-1.
         let route53 = aws_sdk_route53::Client::from_conf(
             aws_sdk_route53::config::Builder::from(&sdk)
@@ -84,21 +91,37 @@ impl AwsSource {
 
     /// Reads every API once and assembles the view.
     pub async fn read(&self) -> Result<TopologyView, AwsError> {
+        Ok(self.state().await?.view)
+    }
+
+    /// Reads every API once: the view, and what the actions act on.
+    pub async fn state(&self) -> Result<AwsState, AwsError> {
         let records = self.latency_records().await?;
         let mut regions = Vec::with_capacity(records.len());
-        for r in &records {
-            let healthy = match &r.health_check_id {
+        for (region, r) in &records {
+            let healthy = match r.health_check_id() {
                 None => None,
                 Some(id) => Some(self.check_healthy(id).await?),
             };
             regions.push(RegionView {
-                name: r.region.clone(),
-                weight: r.weight,
+                name: region.clone(),
+                weight: r.weight().map(|w| w.clamp(0, 255) as u32),
                 healthy,
                 replication_lag_ms: None,
             });
         }
-        let (writer_region, failover_in_progress, secondaries) = self.global_cluster().await?;
+        let (members, failover) = self.global_cluster().await?;
+        let writer_region = members
+            .iter()
+            .find(|m| m.writer)
+            .map(|m| m.region.clone())
+            .ok_or_else(|| AwsError {
+                api: "DescribeGlobalClusters",
+                message: format!(
+                    "global cluster {} has no writer member",
+                    self.cfg.global_cluster_id
+                ),
+            })?;
         if !regions.iter().any(|r| r.name == writer_region) {
             return Err(AwsError {
                 api: "DescribeGlobalClusters",
@@ -109,32 +132,100 @@ impl AwsSource {
             });
         }
         if self.cfg.lag_metric {
-            for (region, cluster_id) in secondaries {
+            for m in members.iter().filter(|m| !m.writer) {
                 let lag = self
                     .latest(
-                        &region,
+                        &m.region,
                         "AWS/RDS",
                         "AuroraGlobalDBReplicationLag",
                         "DBClusterIdentifier",
-                        &cluster_id,
+                        &m.cluster_id,
                         Statistic::Average,
                     )
                     .await?;
-                if let Some(r) = regions.iter_mut().find(|r| r.name == region) {
+                if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
                     r.replication_lag_ms = lag.map(|v| v.max(0.0).round() as u64);
                 }
             }
         }
-        Ok(TopologyView {
-            primary_region: Some(writer_region),
-            failover_in_progress,
-            regions,
+        Ok(AwsState {
+            view: TopologyView {
+                primary_region: Some(writer_region),
+                failover_in_progress: failover.is_some(),
+                regions,
+            },
+            records,
+            members,
+            failover,
         })
     }
 
-    async fn latency_records(&self) -> Result<Vec<Record>, AwsError> {
+    pub fn config(&self) -> &AwsSourceConfig {
+        &self.cfg
+    }
+
+    /// Moves the writer to the member `target_arn`: a planned switchover
+    /// (no data loss) or an unplanned failover that accepts losing the
+    /// writes not yet replicated.
+    pub async fn move_writer(&self, target_arn: &str, planned: bool) -> Result<(), AwsError> {
+        if planned {
+            self.rds
+                .switchover_global_cluster()
+                .global_cluster_identifier(&self.cfg.global_cluster_id)
+                .target_db_cluster_identifier(target_arn)
+                .send()
+                .await
+                .map_err(fail("SwitchoverGlobalCluster"))?;
+        } else {
+            self.rds
+                .failover_global_cluster()
+                .global_cluster_identifier(&self.cfg.global_cluster_id)
+                .target_db_cluster_identifier(target_arn)
+                .allow_data_loss(true)
+                .send()
+                .await
+                .map_err(fail("FailoverGlobalCluster"))?;
+        }
+        Ok(())
+    }
+
+    /// UPSERTs `record` with a new weight, everything else unchanged.
+    pub async fn set_weight(
+        &self,
+        record: &ResourceRecordSet,
+        weight: i64,
+    ) -> Result<(), AwsError> {
+        let mut changed = record.clone();
+        changed.weight = Some(weight);
+        let change = Change::builder()
+            .action(ChangeAction::Upsert)
+            .resource_record_set(changed)
+            .build()
+            .map_err(|e| AwsError {
+                api: "ChangeResourceRecordSets",
+                message: e.to_string(),
+            })?;
+        let batch = ChangeBatch::builder()
+            .comment(format!("edgeroute: weight {weight}"))
+            .changes(change)
+            .build()
+            .map_err(|e| AwsError {
+                api: "ChangeResourceRecordSets",
+                message: e.to_string(),
+            })?;
+        self.route53
+            .change_resource_record_sets()
+            .hosted_zone_id(&self.cfg.hosted_zone_id)
+            .change_batch(batch)
+            .send()
+            .await
+            .map_err(fail("ChangeResourceRecordSets"))?;
+        Ok(())
+    }
+
+    async fn latency_records(&self) -> Result<BTreeMap<String, ResourceRecordSet>, AwsError> {
         let wanted = format!("{}.", self.cfg.record_name);
-        let mut found: BTreeMap<String, Record> = BTreeMap::new();
+        let mut found: BTreeMap<String, ResourceRecordSet> = BTreeMap::new();
         let mut start: Option<(String, Option<String>)> = Some((wanted.clone(), None));
         // Bounded: a zone is paged at most this many times per read.
         for _ in 0..100 {
@@ -161,14 +252,7 @@ impl AwsSource {
                     .map(|r| r.as_str().to_owned())
                     .or_else(|| rrset.set_identifier().map(str::to_owned));
                 let Some(region) = region else { continue };
-                found.insert(
-                    region.clone(),
-                    Record {
-                        region,
-                        weight: rrset.weight().map(|w| w.clamp(0, 255) as u32),
-                        health_check_id: rrset.health_check_id().map(str::to_owned),
-                    },
-                );
+                found.insert(region, rrset.clone());
             }
             if past || !out.is_truncated() {
                 break;
@@ -194,7 +278,7 @@ impl AwsSource {
                 ),
             });
         }
-        Ok(found.into_values().collect())
+        Ok(found)
     }
 
     async fn check_healthy(&self, id: &str) -> Result<bool, AwsError> {
@@ -233,9 +317,8 @@ impl AwsSource {
         Ok(by_checkers && by_metric)
     }
 
-    /// The writer's region, whether a failover runs, and each secondary's
-    /// (region, cluster id).
-    async fn global_cluster(&self) -> Result<(String, bool, Vec<(String, String)>), AwsError> {
+    /// The members, and the writer change under way if any.
+    pub async fn global_cluster(&self) -> Result<(Vec<Member>, Option<FailoverInfo>), AwsError> {
         let out = self
             .rds
             .describe_global_clusters()
@@ -258,27 +341,29 @@ impl AwsSource {
                     self.cfg.global_cluster_id, self.cfg.global_cluster_region
                 ),
             })?;
-        let mut writer = None;
-        let mut secondaries = Vec::new();
-        for m in gc.global_cluster_members() {
-            let Some((region, cluster)) = m.db_cluster_arn().and_then(parse_arn) else {
-                continue;
-            };
-            if m.is_writer() == Some(true) {
-                writer = Some(region);
-            } else {
-                secondaries.push((region, cluster));
-            }
-        }
-        let failover = gc.failover_state().is_some_and(|f| f.status().is_some());
-        let writer = writer.ok_or_else(|| AwsError {
-            api: "DescribeGlobalClusters",
-            message: format!(
-                "global cluster {} has no writer member",
-                self.cfg.global_cluster_id
-            ),
-        })?;
-        Ok((writer, failover, secondaries))
+        let members = gc
+            .global_cluster_members()
+            .iter()
+            .filter_map(|m| {
+                let arn = m.db_cluster_arn()?;
+                let (region, cluster_id) = parse_arn(arn)?;
+                Some(Member {
+                    region,
+                    arn: arn.to_owned(),
+                    cluster_id,
+                    writer: m.is_writer() == Some(true),
+                })
+            })
+            .collect();
+        let failover = gc.failover_state().and_then(|f| {
+            Some(FailoverInfo {
+                status: f.status()?.as_str().to_owned(),
+                from_region: f.from_db_cluster_arn().and_then(parse_arn).map(|a| a.0),
+                to_region: f.to_db_cluster_arn().and_then(parse_arn).map(|a| a.0),
+                data_loss_allowed: f.is_data_loss_allowed().unwrap_or(false),
+            })
+        });
+        Ok((members, failover))
     }
 
     /// The most recent datapoint of a metric in the last ten minutes.
@@ -321,10 +406,58 @@ impl AwsSource {
     }
 }
 
-struct Record {
-    region: String,
-    weight: Option<u32>,
-    health_check_id: Option<String>,
+/// Everything one read saw: the view the table is built from, and what the
+/// runbook actions act on.
+#[derive(Debug, Clone)]
+pub struct AwsState {
+    pub view: TopologyView,
+    /// The API name's latency records, by region.
+    pub records: BTreeMap<String, ResourceRecordSet>,
+    pub members: Vec<Member>,
+    /// The writer change AWS reports under way.
+    pub failover: Option<FailoverInfo>,
+}
+
+impl AwsState {
+    pub fn writer(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.writer)
+    }
+
+    pub fn member(&self, region: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.region == region)
+    }
+}
+
+/// A member cluster of the global cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub region: String,
+    pub arn: String,
+    pub cluster_id: String,
+    pub writer: bool,
+}
+
+/// The global cluster's `FailoverState`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailoverInfo {
+    /// `switching-over`, `failing-over` or `cancelling`.
+    pub status: String,
+    pub from_region: Option<String>,
+    pub to_region: Option<String>,
+    pub data_loss_allowed: bool,
+}
+
+impl std::fmt::Display for FailoverInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = |r: &Option<String>| r.clone().unwrap_or_else(|| "?".into());
+        write!(
+            f,
+            "{} from {} to {}",
+            self.status,
+            r(&self.from_region),
+            r(&self.to_region)
+        )
+    }
 }
 
 /// `arn:aws:rds:REGION:ACCOUNT:cluster:NAME` → (region, name).

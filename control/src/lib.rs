@@ -1,13 +1,20 @@
 //! edgeroute's control plane.
 //!
-//! It mirrors the topology (from a file today; Route 53 and the Aurora global
-//! cluster through the same interface) into one versioned routing table and
-//! serves it to every proxy, which long-poll it. Replicas hold no state of
+//! It mirrors the topology (Route 53 and the Aurora global cluster, or a
+//! file) into one versioned routing table and serves it to every proxy,
+//! which long-poll it and report back the table they route on and the health
+//! they measure. The failover runbook runs as actions (switchover, failover,
+//! drill, drain, undrain), optionally automated. Replicas hold no state of
 //! their own beyond the table they built: epochs start from the clock, so a
 //! restarted control plane never hands out an older epoch.
 
+pub mod actions;
+pub mod automation;
 pub mod aws;
 pub mod builder;
+pub mod history;
 pub mod metrics;
+pub mod notify;
+pub mod registry;
 pub mod server;
 pub mod source;

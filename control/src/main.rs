@@ -2,14 +2,21 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat, TOKEN_ENV};
+use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat, SourceConfig, TOKEN_ENV};
+use edgeroute_control::actions::{self, ControlView, Output, Runner};
+use edgeroute_control::automation::{self, Automation};
+use edgeroute_control::aws::AwsSource;
 use edgeroute_control::builder::Builder;
+use edgeroute_control::history::History;
 use edgeroute_control::metrics::ControlMetrics;
+use edgeroute_control::notify::Notifier;
+use edgeroute_control::registry::Registry;
 use edgeroute_control::server::{self, ServerState};
 use edgeroute_control::source;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +31,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the routing table.
+    /// Serve the routing table (and run automated failover when enabled).
     Serve {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
@@ -39,6 +46,76 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The writer, every region, the table served, the proxies, and the
+    /// last failover and drill.
+    Status {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Move the Aurora writer to REGION: a planned switchover (no data
+    /// loss) unless --unplanned. Follows it until every proxy routes on the
+    /// new epoch and prints the timeline.
+    Failover {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        /// The region to move the writer to.
+        #[arg(long, value_name = "REGION")]
+        to: String,
+        /// FailoverGlobalCluster: for when the primary region is lost.
+        /// Writes not yet replicated to REGION are lost.
+        #[arg(long, requires = "allow_data_loss", conflicts_with = "drill")]
+        unplanned: bool,
+        /// Required with --unplanned, to say so.
+        #[arg(long, requires = "unplanned")]
+        allow_data_loss: bool,
+        /// Switch over to REGION and back, and keep the result as the last
+        /// failover test.
+        #[arg(long)]
+        drill: bool,
+        /// Print the current state and every step; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Give up following after this long (default: actions.timeout).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Route 53 weight 0 for REGION: reads move to the other regions.
+    Drain {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        region: String,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+    /// Give REGION its Route 53 weight back: the weight it had before the
+    /// drain, unless --weight.
+    Undrain {
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+        region: String,
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..=255))]
+        weight: Option<i64>,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<Duration>,
+    },
+}
+
+impl Command {
+    fn config(&self) -> &Path {
+        match self {
+            Command::Serve { config }
+            | Command::Show { config }
+            | Command::Check { config }
+            | Command::Status { config }
+            | Command::Failover { config, .. }
+            | Command::Drain { config, .. }
+            | Command::Undrain { config, .. } => config,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -51,9 +128,7 @@ fn main() -> ExitCode {
         eprintln!("note: a TLS crypto provider was already installed");
     }
     let cli = Cli::parse();
-    let (Command::Serve { config } | Command::Show { config } | Command::Check { config }) =
-        &cli.command;
-    let cfg = match ControlConfig::load(config) {
+    let cfg = match ControlConfig::load(cli.command.config()) {
         Ok(c) => c,
         Err(ControlConfigError::Invalid { path, errors }) => {
             eprintln!("{}: {} invalid field(s):", path.display(), errors.len());
@@ -73,6 +148,8 @@ fn main() -> ExitCode {
         Command::Check { ref config } => {
             show(&cfg, false).map(|()| println!("{}: ok", config.display()))
         }
+        Command::Status { .. } => status(&cfg),
+        ref action => act(&cfg, action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +200,128 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     Ok(token.as_bytes().to_vec())
 }
 
+/// Pause between reads while an action is followed.
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+/// The endpoint AWS calls go to (an emulator), if configured.
+fn endpoint(cfg: &ControlConfig) -> Option<&str> {
+    match &cfg.source {
+        SourceConfig::Aws(a) => a.endpoint_url.as_deref(),
+        SourceConfig::File { .. } => None,
+    }
+}
+
+async fn runner(
+    cfg: &ControlConfig,
+    control: ControlView,
+    by: &'static str,
+    out: Output,
+    metrics: Option<Arc<ControlMetrics>>,
+) -> anyhow::Result<Runner> {
+    let SourceConfig::Aws(aws) = &cfg.source else {
+        anyhow::bail!(
+            "failover, drain and undrain act on AWS: set source.kind = \"aws\" in the control config"
+        );
+    };
+    Ok(Runner {
+        aws: Arc::new(AwsSource::new(aws).await),
+        control,
+        notifier: Arc::new(Notifier::new(&cfg.notify, endpoint(cfg), metrics).await?),
+        history_file: cfg.actions.history_file.clone(),
+        timeout: cfg.actions.timeout,
+        // One DescribeGlobalClusters call or one control-plane request per
+        // read while following: fine-grained timelines, far below API limits.
+        poll: FOLLOW_POLL,
+        by,
+        out,
+    })
+}
+
+fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
+    let token = read_token(cfg.server.token_file.as_deref())?;
+    ControlView::http(&cfg.actions.control_url, &String::from_utf8_lossy(&token))
+}
+
+/// `failover`, `drain`, `undrain`.
+fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let mut runner = runner(cfg, control_view(cfg)?, "cli", Output::Print, None).await?;
+        let outcome = match command {
+            Command::Failover {
+                to,
+                unplanned,
+                drill,
+                dry_run,
+                timeout,
+                ..
+            } => {
+                runner.timeout = timeout.unwrap_or(runner.timeout);
+                if *drill {
+                    runner.drill(to, *dry_run).await
+                } else {
+                    runner.move_writer(to, !unplanned, *dry_run).await
+                }
+            }
+            Command::Drain {
+                region,
+                dry_run,
+                timeout,
+                ..
+            } => {
+                runner.timeout = timeout.unwrap_or(runner.timeout);
+                runner.drain(region, *dry_run).await
+            }
+            Command::Undrain {
+                region,
+                weight,
+                dry_run,
+                timeout,
+                ..
+            } => {
+                runner.timeout = timeout.unwrap_or(runner.timeout);
+                runner.undrain(region, *weight, *dry_run).await
+            }
+            _ => unreachable!("act handles the runbook commands only"),
+        };
+        match outcome {
+            Ok(op) if op.ok => Ok(()),
+            Ok(op) => Err(anyhow::anyhow!(
+                "{}",
+                op.error
+                    .unwrap_or_else(|| "the action did not finish".into())
+            )),
+            Err(refused) => Err(anyhow::anyhow!("refused: {refused}")),
+        }
+    })
+}
+
+fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        let (view, failover) = match &cfg.source {
+            SourceConfig::Aws(aws) => {
+                let state = AwsSource::new(aws).await.state().await?;
+                (state.view, state.failover)
+            }
+            file => (source::Source::new(file).await.read().await?, None),
+        };
+        let control = control_view(cfg)?;
+        let table = control.table().await;
+        let proxies = control.proxies().await;
+        let history = History::load(&cfg.actions.history_file);
+        print!(
+            "{}",
+            actions::describe(
+                &view,
+                failover.as_ref(),
+                table.as_ref().map(Option::as_ref).map_err(String::as_str),
+                proxies.as_deref().map_err(String::as_str),
+                history.as_ref().map_err(String::as_str),
+            )
+        );
+        anyhow::Ok(())
+    })
+}
+
 fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     init_logging(cfg.log.format, &cfg.log.level)?;
     let token = read_token(cfg.server.token_file.as_deref())?;
@@ -132,16 +331,62 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on server.address {}", cfg.server.address))?;
         let metrics = Arc::new(ControlMetrics::new());
+        let registry = Arc::new(Registry::default());
+        let notifier =
+            Arc::new(Notifier::new(&cfg.notify, endpoint(&cfg), Some(Arc::clone(&metrics))).await?);
         let (tx, rx) = tokio::sync::watch::channel(None);
+        let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
         let src = source::Source::new(&cfg.source).await;
-        let poller = tokio::spawn(source::run(src, builder, tx, Arc::clone(&metrics)));
+        let poller = tokio::spawn(source::run(
+            src,
+            builder,
+            tx,
+            views_tx,
+            Arc::clone(&notifier),
+            Arc::clone(&metrics),
+        ));
+        let automation = if cfg.automation.enabled {
+            let local = ControlView::Local {
+                table: rx.clone(),
+                registry: Arc::clone(&registry),
+                max_age: cfg.actions.proxy_max_age,
+            };
+            let runner = runner(
+                &cfg,
+                local,
+                "automation",
+                Output::Log,
+                Some(Arc::clone(&metrics)),
+            )
+            .await?;
+            tracing::info!(
+                after = ?cfg.automation.after,
+                max_replication_lag = ?cfg.automation.max_replication_lag,
+                min_interval = ?cfg.automation.min_interval,
+                "automated failover enabled"
+            );
+            Some(tokio::spawn(automation::run(
+                Automation::new(cfg.automation.clone()),
+                views_rx,
+                Arc::clone(&registry),
+                cfg.actions.proxy_max_age,
+                Arc::new(runner),
+                Arc::clone(&metrics),
+            )))
+        } else {
+            None
+        };
         let state = Arc::new(ServerState {
             token,
             max_wait: cfg.server.max_wait,
             table: rx,
             metrics,
+            registry,
+            proxy_max_age: cfg.actions.proxy_max_age,
+            history_file: cfg.actions.history_file.clone(),
+            automation: cfg.automation.enabled,
         });
         tracing::info!(address = %cfg.server.address, "edgeroute-control serving");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -151,6 +396,9 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
         poller.abort();
+        if let Some(a) = automation {
+            a.abort();
+        }
         anyhow::Ok(())
     })
 }

@@ -13,6 +13,14 @@ pub struct ControlMetrics {
     pub table_epoch: IntGauge,
     pub table_version: IntGauge,
     pub table_last_change: IntGauge,
+    pub notifications: IntCounterVec,
+    pub reports: IntCounterVec,
+    pub proxies_reporting: IntGauge,
+    pub proxies_behind: IntGauge,
+    pub automation_held: IntCounterVec,
+    pub automation_failovers: IntCounterVec,
+    pub last_drill: IntGauge,
+    pub last_drill_ok: IntGauge,
 }
 
 impl ControlMetrics {
@@ -65,6 +73,42 @@ impl ControlMetrics {
             table_last_change: gauge(
                 "edgeroute_control_table_last_change_timestamp_seconds",
                 "Unix time the served table last changed",
+            ),
+            notifications: counter(
+                "edgeroute_control_notifications_total",
+                "Notifications, by channel (sns, webhook) and result (sent, failed)",
+                &["channel", "result"],
+            ),
+            reports: counter(
+                "edgeroute_control_proxy_reports_total",
+                "Proxy reports received, by result (accepted, invalid, full)",
+                &["result"],
+            ),
+            proxies_reporting: gauge(
+                "edgeroute_control_proxies_reporting",
+                "Proxies that reported within actions.proxy_max_age",
+            ),
+            proxies_behind: gauge(
+                "edgeroute_control_proxies_behind",
+                "Of those, proxies routing on an older table than the one served",
+            ),
+            automation_held: counter(
+                "edgeroute_control_automation_held_total",
+                "Evaluations where the primary was unhealthy but automated failover held, by reason",
+                &["reason"],
+            ),
+            automation_failovers: counter(
+                "edgeroute_control_automation_failovers_total",
+                "Automated failovers started, by result (ok, failed)",
+                &["result"],
+            ),
+            last_drill: gauge(
+                "edgeroute_control_last_drill_timestamp_seconds",
+                "Unix time of the last failover drill (0: none recorded)",
+            ),
+            last_drill_ok: gauge(
+                "edgeroute_control_last_drill_success",
+                "1 when the last failover drill succeeded",
             ),
             registry: r,
         }

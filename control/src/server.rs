@@ -1,16 +1,21 @@
 //! The table server: `GET /v1/table` with an ETag, `If-None-Match` and
-//! long-poll (`?wait=30s`), behind a bearer token; `/health` and `/metrics`.
+//! long-poll (`?wait=30s`), behind a bearer token; proxies' reports
+//! (`POST /v1/report`) and their listing (`/v1/proxies`); `/v1/status`,
+//! `/health` and `/metrics`.
 
+use crate::history::History;
 use crate::metrics::ControlMetrics;
+use crate::registry::Registry;
 use bytes::Bytes;
-use edgeroute_config::RoutingTable;
+use edgeroute_config::{ProxyReport, RoutingTable};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -35,7 +40,15 @@ pub struct ServerState {
     pub max_wait: Duration,
     pub table: watch::Receiver<Option<Arc<Published>>>,
     pub metrics: Arc<ControlMetrics>,
+    pub registry: Arc<Registry>,
+    /// Proxies that reported within this are listed.
+    pub proxy_max_age: Duration,
+    pub history_file: PathBuf,
+    pub automation: bool,
 }
+
+/// Largest proxy report accepted.
+const MAX_REPORT: usize = 64 * 1024;
 
 pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
     loop {
@@ -108,7 +121,11 @@ fn wait_param(req: &Request<Incoming>) -> Option<Duration> {
 }
 
 async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let resp = route(state, &req).await;
+    let resp = if req.uri().path() == "/v1/report" {
+        report(state, req).await
+    } else {
+        route(state, &req).await
+    };
     state
         .metrics
         .requests
@@ -134,18 +151,126 @@ async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             ),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no_table", "no routing table built yet"),
         },
-        "/metrics" if authorized(state, req) => reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render()),
-        "/v1/table" if authorized(state, req) => table(state, req).await,
-        "/metrics" | "/v1/table" => {
-            let mut resp = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "send `Authorization: Bearer <token>` with the token in the control plane's server.token_file",
-            );
-            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            resp
+        "/metrics" if authorized(state, req) => {
+            refresh_gauges(state);
+            reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
         }
-        _ => error(StatusCode::NOT_FOUND, "not_found", "try /v1/table, /health or /metrics"),
+        "/v1/table" if authorized(state, req) => table(state, req).await,
+        "/v1/proxies" if authorized(state, req) => {
+            let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
+            json(serde_json::json!({ "max_age_seconds": state.proxy_max_age.as_secs_f64(), "proxies": proxies }))
+        }
+        "/v1/status" if authorized(state, req) => status(state),
+        "/metrics" | "/v1/table" | "/v1/proxies" | "/v1/status" => unauthorized(),
+        _ => error(StatusCode::NOT_FOUND, "not_found", "try /v1/table, /v1/proxies, /v1/status, /health or /metrics"),
+    }
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "send `Authorization: Bearer <token>` with the token in the control plane's server.token_file",
+    );
+    resp.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    resp
+}
+
+fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
+    reply(StatusCode::OK, "application/json", v.to_string())
+}
+
+/// The proxies' gauges, against the table served now.
+fn refresh_gauges(state: &ServerState) {
+    let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
+    let current = state
+        .table
+        .borrow()
+        .as_ref()
+        .map(|p| (p.table.epoch, p.table.version));
+    let behind = proxies
+        .iter()
+        .filter(|p| current.is_some_and(|c| (p.report.epoch, p.report.version) < c))
+        .count();
+    state.metrics.proxies_reporting.set(proxies.len() as i64);
+    state.metrics.proxies_behind.set(behind as i64);
+    if let Ok(h) = History::load(&state.history_file) {
+        let drill = h.last_drill();
+        state
+            .metrics
+            .last_drill
+            .set(drill.map_or(0, |o| (o.started_ms / 1000) as i64));
+        state
+            .metrics
+            .last_drill_ok
+            .set(i64::from(drill.is_some_and(|o| o.ok)));
+    }
+}
+
+/// The table, the proxies, the last failover and the last drill.
+fn status(state: &ServerState) -> Response<Full<Bytes>> {
+    let table = state.table.borrow().as_ref().map(|p| p.table.clone());
+    let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
+    let history = History::load(&state.history_file);
+    let (last_failover, last_drill, history_error) = match &history {
+        Ok(h) => (h.last_writer_move().cloned(), h.last_drill().cloned(), None),
+        Err(e) => (None, None, Some(e.clone())),
+    };
+    json(serde_json::json!({
+        "table": table,
+        "proxies": proxies,
+        "automation": { "enabled": state.automation },
+        "last_failover": last_failover,
+        "last_drill": last_drill,
+        "history_error": history_error,
+    }))
+}
+
+/// `POST /v1/report`: a proxy's table and health, authenticated.
+async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "POST a proxy report to /v1/report",
+        );
+    }
+    if !authorized(state, &req) {
+        return unauthorized();
+    }
+    let body = match Limited::new(req.into_body(), MAX_REPORT).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            state.metrics.reports.with_label_values(&["invalid"]).inc();
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "bad_report",
+                &format!("a report is at most {MAX_REPORT} bytes ({e})"),
+            );
+        }
+    };
+    match ProxyReport::from_json(&body) {
+        Ok(r) => {
+            if state.registry.record(r, Instant::now()) {
+                state.metrics.reports.with_label_values(&["accepted"]).inc();
+                reply(StatusCode::NO_CONTENT, "application/json", Bytes::new())
+            } else {
+                state.metrics.reports.with_label_values(&["full"]).inc();
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "registry_full",
+                    &format!(
+                        "{} proxies are reporting already",
+                        crate::registry::MAX_PROXIES
+                    ),
+                )
+            }
+        }
+        Err(why) => {
+            state.metrics.reports.with_label_values(&["invalid"]).inc();
+            error(StatusCode::BAD_REQUEST, "bad_report", &why)
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 use crate::aws::AwsSource;
 use crate::builder::Builder;
 use crate::metrics::ControlMetrics;
+use crate::notify::{Event, Notifier};
 use crate::server::Published;
-use edgeroute_config::{SourceConfig, TopologyView};
+use edgeroute_config::{RoutingTable, SourceConfig, TopologyView};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -88,11 +89,15 @@ impl Source {
     }
 }
 
-/// Polls until the task is dropped.
+/// Polls until the task is dropped. Every view read goes to `views` (for
+/// automated failover); every table change that matters to people — the
+/// primary, writes held or open, a region's state or weight — is announced.
 pub async fn run(
     source: Source,
     mut builder: Builder,
     tx: watch::Sender<Option<Arc<Published>>>,
+    views: watch::Sender<Option<Arc<TopologyView>>>,
+    notifier: Arc<Notifier>,
     metrics: Arc<ControlMetrics>,
 ) {
     let mut tick = tokio::time::interval(source.interval());
@@ -107,13 +112,20 @@ pub async fn run(
         match outcome {
             Ok(view) => {
                 metrics.source_stale.set(0);
+                let before = builder.current().cloned();
                 if let Some(table) = builder.apply(&view, now_ms()) {
+                    if let Some(change) = describe_change(before.as_ref(), table) {
+                        let event = Event::new("table.changed", change);
+                        let notifier = Arc::clone(&notifier);
+                        tokio::spawn(async move { notifier.send(&event).await });
+                    }
                     metrics.table_epoch.set(table.epoch as i64);
                     metrics.table_version.set(table.version as i64);
                     metrics.table_last_change.set((now_ms() / 1000) as i64);
                     tracing::info!(epoch = table.epoch, version = table.version, primary = ?table.primary_region, failover_in_progress = table.failover_in_progress, "serving a new routing table");
                     tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
                 }
+                views.send_replace(Some(Arc::new(view)));
             }
             Err(e) => {
                 metrics
@@ -125,4 +137,38 @@ pub async fn run(
             }
         }
     }
+}
+
+/// What changed between two tables, for people; `None` when only versions
+/// or replication lags moved.
+pub fn describe_change(before: Option<&RoutingTable>, after: &RoutingTable) -> Option<String> {
+    let before = before?;
+    let mut parts = Vec::new();
+    if before.primary_region != after.primary_region {
+        parts.push(format!(
+            "primary {} → {} (epoch {})",
+            before.primary_region.as_deref().unwrap_or("none"),
+            after.primary_region.as_deref().unwrap_or("none"),
+            after.epoch
+        ));
+    }
+    if before.failover_in_progress != after.failover_in_progress {
+        parts.push(if after.failover_in_progress {
+            "a writer change is running: writes held".to_owned()
+        } else {
+            "writes open".to_owned()
+        });
+    }
+    for r in &after.regions {
+        let old = before.region(&r.name);
+        if old.is_none_or(|o| o.state != r.state || o.weight != r.weight) {
+            parts.push(format!(
+                "{} {} (weight {})",
+                r.name,
+                r.state.as_str(),
+                r.weight
+            ));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }

@@ -1,0 +1,400 @@
+//! Automated failover (off unless `automation.enabled`): when both health
+//! sources — Route 53's health check and the proxies' own probes — have
+//! reported the primary region unhealthy for `automation.after`, run an
+//! unplanned failover to the healthy secondary with the least replication
+//! lag, if that lag is within `automation.max_replication_lag`.
+//!
+//! Guardrails: never while a writer change runs (ours or anyone's, as AWS
+//! reports it); never within `automation.min_interval` of the last writer
+//! move (from this process or the history file); never when the two
+//! sources disagree.
+
+use crate::actions::Runner;
+use crate::history::History;
+use crate::metrics::ControlMetrics;
+use crate::notify::Event;
+use crate::registry::{Registry, Vote, vote};
+use edgeroute_config::{AutomationConfig, TopologyView};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::sync::watch;
+
+/// What one evaluation concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Neither source reports the primary unhealthy (or there is none).
+    Healthy,
+    /// Both report it unhealthy, not yet for `after`.
+    Waiting,
+    /// The primary should fail over but a guardrail holds it.
+    Held(Hold),
+    /// Fail over to this region now.
+    FailOver { to: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// One source reports the primary unhealthy and the other does not.
+    SourcesDisagree,
+    /// A writer change is already running.
+    FailoverRunning,
+    /// The last writer move was less than `min_interval` ago.
+    MinInterval,
+    /// No secondary is healthy by both sources with a known lag within bound.
+    NoTarget,
+}
+
+impl Hold {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Hold::SourcesDisagree => "sources_disagree",
+            Hold::FailoverRunning => "failover_running",
+            Hold::MinInterval => "min_interval",
+            Hold::NoTarget => "no_target",
+        }
+    }
+}
+
+/// What an evaluation looks at.
+pub struct Inputs<'a> {
+    pub view: &'a TopologyView,
+    /// The proxies' vote on a region.
+    pub vote: &'a dyn Fn(&str) -> Vote,
+    /// A failover this process started has not finished.
+    pub running: bool,
+    /// When the writer last moved, as far as this process knows.
+    pub last_move: Option<SystemTime>,
+    pub now: Instant,
+    pub wall: SystemTime,
+}
+
+pub struct Automation {
+    cfg: AutomationConfig,
+    /// Since when both sources have reported the primary unhealthy.
+    since: Option<Instant>,
+}
+
+impl Automation {
+    pub fn new(cfg: AutomationConfig) -> Automation {
+        Automation { cfg, since: None }
+    }
+
+    pub fn evaluate(&mut self, i: &Inputs<'_>) -> Decision {
+        let Some(primary) = i.view.primary_region.as_deref() else {
+            self.since = None;
+            return Decision::Healthy;
+        };
+        let route53_down = i
+            .view
+            .regions
+            .iter()
+            .any(|r| r.name == primary && r.healthy == Some(false));
+        let proxies_down = (i.vote)(primary).unhealthy();
+        if !route53_down && !proxies_down {
+            self.since = None;
+            return Decision::Healthy;
+        }
+        if route53_down != proxies_down {
+            self.since = None;
+            return Decision::Held(Hold::SourcesDisagree);
+        }
+        let since = *self.since.get_or_insert(i.now);
+        if i.now.saturating_duration_since(since) < self.cfg.after {
+            return Decision::Waiting;
+        }
+        if i.running || i.view.failover_in_progress {
+            return Decision::Held(Hold::FailoverRunning);
+        }
+        if let Some(last) = i.last_move
+            && i.wall < last + self.cfg.min_interval
+        {
+            return Decision::Held(Hold::MinInterval);
+        }
+        let max_lag = self.cfg.max_replication_lag.as_millis() as u64;
+        i.view
+            .regions
+            .iter()
+            .filter(|r| r.name != primary)
+            .filter(|r| r.healthy != Some(false) && r.weight != Some(0))
+            .filter(|r| (i.vote)(&r.name).healthy())
+            .filter_map(|r| Some((r.replication_lag_ms.filter(|l| *l <= max_lag)?, &r.name)))
+            .min()
+            .map_or(Decision::Held(Hold::NoTarget), |(_, name)| {
+                Decision::FailOver { to: name.clone() }
+            })
+    }
+}
+
+/// Evaluates every view the source reads until the task is dropped.
+pub async fn run(
+    mut automation: Automation,
+    mut views: watch::Receiver<Option<Arc<TopologyView>>>,
+    registry: Arc<Registry>,
+    max_age: Duration,
+    runner: Arc<Runner>,
+    metrics: Arc<ControlMetrics>,
+) {
+    let running = Arc::new(AtomicBool::new(false));
+    let mut last_move: Option<SystemTime> = None;
+    let mut last_decision = Decision::Healthy;
+    while views.changed().await.is_ok() {
+        let Some(view) = views.borrow_and_update().clone() else {
+            continue;
+        };
+        let recorded = History::load(&runner.history_file)
+            .ok()
+            .and_then(|h| h.last_writer_move().map(|o| o.started_at()));
+        let last = last_move.max(recorded);
+        let proxies = registry.fresh(max_age, Instant::now());
+        let decision = automation.evaluate(&Inputs {
+            view: &view,
+            vote: &|region| vote(&proxies, region),
+            running: running.load(Ordering::SeqCst),
+            last_move: last,
+            now: Instant::now(),
+            wall: SystemTime::now(),
+        });
+        if let Decision::Held(hold) = &decision {
+            metrics
+                .automation_held
+                .with_label_values(&[hold.as_str()])
+                .inc();
+        }
+        let changed = decision != last_decision;
+        last_decision = decision.clone();
+        let primary = view.primary_region.clone().unwrap_or_default();
+        match decision {
+            Decision::Held(hold) if changed => {
+                tracing::warn!(primary = %primary, reason = hold.as_str(), "automated failover held");
+                runner
+                    .notifier
+                    .send(&Event::new(
+                        "automation.held",
+                        format!(
+                            "primary region {primary} is unhealthy; automated failover held: {}",
+                            hold.as_str()
+                        ),
+                    ))
+                    .await;
+            }
+            Decision::Waiting if changed => {
+                tracing::warn!(primary = %primary, "both health sources report the primary unhealthy; failing over if it lasts");
+            }
+            Decision::FailOver { to } => {
+                running.store(true, Ordering::SeqCst);
+                last_move = Some(SystemTime::now());
+                let summary = format!(
+                    "primary region {primary} unhealthy by Route 53 and the proxies; unplanned failover to {to}"
+                );
+                tracing::warn!("{summary}");
+                runner
+                    .notifier
+                    .send(&Event::new("automation.triggered", summary))
+                    .await;
+                let (runner, running, metrics) = (
+                    Arc::clone(&runner),
+                    Arc::clone(&running),
+                    Arc::clone(&metrics),
+                );
+                tokio::spawn(async move {
+                    let result = match runner.move_writer(&to, false, false).await {
+                        Ok(op) if op.ok => "ok",
+                        Ok(_) => "failed",
+                        Err(refused) => {
+                            tracing::warn!("automated failover refused: {refused}");
+                            "failed"
+                        }
+                    };
+                    metrics
+                        .automation_failovers
+                        .with_label_values(&[result])
+                        .inc();
+                    running.store(false, Ordering::SeqCst);
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgeroute_config::RegionView;
+    use proptest::prelude::*;
+
+    const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
+
+    fn cfg() -> AutomationConfig {
+        AutomationConfig {
+            enabled: true,
+            after: Duration::from_secs(60),
+            max_replication_lag: Duration::from_secs(1),
+            min_interval: Duration::from_secs(3600),
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct World {
+        /// Per region: Route 53 healthy, proxies see it healthy, weight, lag.
+        regions: Vec<(Option<bool>, bool, u32, Option<u64>)>,
+        failover_in_progress: bool,
+        running: bool,
+        /// Seconds since the last writer move, if any.
+        last_move_ago: Option<u64>,
+        /// Seconds both sources have agreed.
+        elapsed: u64,
+    }
+
+    fn view(w: &World) -> TopologyView {
+        TopologyView {
+            primary_region: Some(REGIONS[0].into()),
+            failover_in_progress: w.failover_in_progress,
+            regions: REGIONS
+                .iter()
+                .zip(&w.regions)
+                .map(|(n, (h, _, weight, lag))| RegionView {
+                    name: (*n).into(),
+                    weight: Some(*weight),
+                    healthy: *h,
+                    replication_lag_ms: *lag,
+                })
+                .collect(),
+        }
+    }
+
+    fn decide(w: &World) -> Decision {
+        let v = view(w);
+        let vote = |name: &str| {
+            let i = REGIONS.iter().position(|r| *r == name).unwrap();
+            Vote {
+                reporting: 3,
+                unhealthy: if w.regions[i].1 { 0 } else { 3 },
+            }
+        };
+        let mut a = Automation::new(cfg());
+        let t0 = Instant::now();
+        let wall = SystemTime::now();
+        let inputs = |now: Instant| Inputs {
+            view: &v,
+            vote: &vote,
+            running: w.running,
+            last_move: w.last_move_ago.map(|s| wall - Duration::from_secs(s)),
+            now,
+            wall,
+        };
+        let first = a.evaluate(&inputs(t0));
+        if w.elapsed == 0 {
+            return first;
+        }
+        a.evaluate(&inputs(t0 + Duration::from_secs(w.elapsed)))
+    }
+
+    fn healthy_world() -> World {
+        World {
+            regions: vec![
+                (Some(true), true, 100, None),
+                (Some(true), true, 100, Some(120)),
+                (Some(true), true, 100, Some(310)),
+            ],
+            failover_in_progress: false,
+            running: false,
+            last_move_ago: None,
+            elapsed: 120,
+        }
+    }
+
+    #[test]
+    fn fails_over_to_the_least_lagging_healthy_secondary_once_both_sources_agree_long_enough() {
+        let mut w = healthy_world();
+        assert_eq!(decide(&w), Decision::Healthy);
+        w.regions[0] = (Some(false), false, 100, None);
+        assert_eq!(
+            decide(&w),
+            Decision::FailOver {
+                to: "eu-west-1".into()
+            }
+        );
+        w.elapsed = 30;
+        assert_eq!(decide(&w), Decision::Waiting, "not for long enough yet");
+        w.elapsed = 120;
+        w.regions[1].1 = false;
+        assert_eq!(
+            decide(&w),
+            Decision::FailOver {
+                to: "ap-southeast-1".into()
+            },
+            "eu-west-1 is down by the proxies"
+        );
+        w.regions[2].3 = Some(5000);
+        assert_eq!(decide(&w), Decision::Held(Hold::NoTarget), "lag over bound");
+    }
+
+    #[test]
+    fn guardrails_hold() {
+        let mut w = healthy_world();
+        w.regions[0] = (Some(false), true, 100, None);
+        assert_eq!(decide(&w), Decision::Held(Hold::SourcesDisagree));
+        w.regions[0] = (Some(true), false, 100, None);
+        assert_eq!(decide(&w), Decision::Held(Hold::SourcesDisagree));
+        w.regions[0] = (Some(false), false, 100, None);
+        w.failover_in_progress = true;
+        assert_eq!(decide(&w), Decision::Held(Hold::FailoverRunning));
+        w.failover_in_progress = false;
+        w.running = true;
+        assert_eq!(decide(&w), Decision::Held(Hold::FailoverRunning));
+        w.running = false;
+        w.last_move_ago = Some(600);
+        assert_eq!(decide(&w), Decision::Held(Hold::MinInterval));
+        w.last_move_ago = Some(7200);
+        assert_eq!(
+            decide(&w),
+            Decision::FailOver {
+                to: "eu-west-1".into()
+            }
+        );
+    }
+
+    fn region() -> impl Strategy<Value = (Option<bool>, bool, u32, Option<u64>)> {
+        (
+            prop_oneof![Just(None), Just(Some(true)), Just(Some(false))],
+            any::<bool>(),
+            prop_oneof![Just(0u32), Just(100u32)],
+            prop_oneof![Just(None), (0u64..3000).prop_map(Some)],
+        )
+    }
+
+    proptest! {
+        /// Whatever the world looks like, a failover is only ever decided
+        /// when every guardrail allows it, and only to a region both
+        /// sources call healthy with its lag within bound.
+        #[test]
+        fn a_failover_is_decided_only_when_every_guardrail_allows_it(
+            regions in prop::collection::vec(region(), 3),
+            failover_in_progress in any::<bool>(),
+            running in any::<bool>(),
+            last_move_ago in prop::option::of(0u64..10_000),
+            elapsed in 0u64..200,
+        ) {
+            let w = World { regions, failover_in_progress, running, last_move_ago, elapsed };
+            if let Decision::FailOver { to } = decide(&w) {
+                let p = &w.regions[0];
+                prop_assert!(p.0 == Some(false) && !p.1, "both sources say the primary is down");
+                prop_assert!(elapsed >= 60, "for at least `after`");
+                prop_assert!(!failover_in_progress && !running);
+                prop_assert!(last_move_ago.is_none_or(|s| s >= 3600));
+                let i = REGIONS.iter().position(|r| *r == to).unwrap();
+                let t = &w.regions[i];
+                prop_assert!(i != 0 && t.0 != Some(false) && t.1 && t.2 > 0);
+                prop_assert!(t.3.is_some_and(|l| l <= 1000));
+                // And it is the least lagging such region.
+                for (j, r) in w.regions.iter().enumerate().skip(1) {
+                    if r.0 != Some(false) && r.1 && r.2 > 0 && r.3.is_some_and(|l| l <= 1000) {
+                        prop_assert!(t.3 <= r.3, "{} lags more than {}", to, REGIONS[j]);
+                    }
+                }
+            }
+        }
+    }
+}

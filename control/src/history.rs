@@ -1,0 +1,186 @@
+//! The record of runbook actions (`actions.history_file`): every switchover,
+//! failover, drill, drain and undrain with its timeline, and the weight each
+//! drained region had before. Written whole to a temporary file and renamed,
+//! so a crash never leaves half a file; a file that cannot be parsed is never
+//! overwritten.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Operations kept in the file (oldest dropped first).
+pub const KEEP: usize = 100;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct History {
+    /// Oldest first.
+    #[serde(default)]
+    pub operations: Vec<Operation>,
+    /// Region → Route 53 weight it had when it was drained.
+    #[serde(default)]
+    pub weights_before_drain: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Planned: `SwitchoverGlobalCluster`, no data loss.
+    Switchover,
+    /// Unplanned: `FailoverGlobalCluster` with data loss allowed.
+    Failover,
+    /// A switchover and back.
+    Drill,
+    Drain,
+    Undrain,
+}
+
+impl Kind {
+    /// The writer moves.
+    pub fn moves_writer(self) -> bool {
+        matches!(self, Kind::Switchover | Kind::Failover | Kind::Drill)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Switchover => "switchover",
+            Kind::Failover => "failover",
+            Kind::Drill => "drill",
+            Kind::Drain => "drain",
+            Kind::Undrain => "undrain",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Operation {
+    pub kind: Kind,
+    /// `cli` or `automation`.
+    pub by: String,
+    /// One line: what was asked.
+    pub summary: String,
+    /// Unix milliseconds when it was requested.
+    pub started_ms: u64,
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub duration_seconds: f64,
+    pub timeline: Vec<Step>,
+}
+
+/// One step of a timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Step {
+    pub name: String,
+    /// Seconds after the request.
+    pub at_seconds: f64,
+    pub detail: String,
+}
+
+impl Operation {
+    pub fn started_at(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(self.started_ms)
+    }
+
+    /// "2026-11-26T12:00:00Z (3h 2m ago)".
+    pub fn when(&self, now: SystemTime) -> String {
+        let at = self.started_at();
+        let ago = now.duration_since(at).unwrap_or_default();
+        let ago = humantime::format_duration(Duration::from_secs(ago.as_secs()));
+        format!("{} ({ago} ago)", humantime::format_rfc3339_seconds(at))
+    }
+}
+
+impl History {
+    pub fn last_writer_move(&self) -> Option<&Operation> {
+        self.operations.iter().rev().find(|o| o.kind.moves_writer())
+    }
+
+    pub fn last_drill(&self) -> Option<&Operation> {
+        self.operations.iter().rev().find(|o| o.kind == Kind::Drill)
+    }
+
+    /// Reads the file; a missing file is an empty history.
+    pub fn load(path: &Path) -> Result<History, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                format!(
+                    "history file {} is not valid ({e}); move it aside to start a new one",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(History::default()),
+            Err(e) => Err(format!("cannot read history file {}: {e}", path.display())),
+        }
+    }
+
+    /// Loads the file, applies `change`, and writes it back atomically.
+    pub fn update(path: &Path, change: impl FnOnce(&mut History)) -> Result<History, String> {
+        let mut h = History::load(path)?;
+        change(&mut h);
+        let excess = h.operations.len().saturating_sub(KEEP);
+        h.operations.drain(..excess);
+        let json = serde_json::to_vec_pretty(&h).map_err(|e| e.to_string())?;
+        let tmp = temp_path(path);
+        std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&tmp);
+                format!(
+                    "cannot write history file {} ({e}); set actions.history_file to a writable path",
+                    path.display()
+                )
+            })?;
+        Ok(h)
+    }
+}
+
+fn temp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    path.with_file_name(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(kind: Kind, started_ms: u64) -> Operation {
+        Operation {
+            kind,
+            by: "cli".into(),
+            summary: kind.as_str().into(),
+            started_ms,
+            ok: true,
+            error: None,
+            duration_seconds: 1.0,
+            timeline: vec![],
+        }
+    }
+
+    #[test]
+    fn updates_keep_the_last_operations_and_find_the_last_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        assert!(History::load(&path).unwrap().operations.is_empty());
+        for i in 0..(KEEP as u64 + 5) {
+            let kind = if i == 3 { Kind::Drill } else { Kind::Drain };
+            History::update(&path, |h| h.operations.push(op(kind, i))).unwrap();
+        }
+        History::update(&path, |h| h.operations.push(op(Kind::Drill, 1000))).unwrap();
+        let h = History::load(&path).unwrap();
+        assert_eq!(h.operations.len(), KEEP);
+        assert_eq!(h.last_drill().unwrap().started_ms, 1000);
+        assert_eq!(h.last_writer_move().unwrap().started_ms, 1000);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_reported_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        std::fs::write(&path, "{ not json").unwrap();
+        let err = History::update(&path, |h| h.operations.push(op(Kind::Drain, 1))).unwrap_err();
+        assert!(err.contains("move it aside"), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{ not json");
+    }
+}

@@ -1,0 +1,192 @@
+//! Announces state changes to an SNS topic and/or a webhook, as one JSON
+//! document each: what happened, when, and the operation's timeline so far.
+//! A failed notification is retried, then logged and counted; it never stops
+//! the action it reports on.
+
+use crate::history::Operation;
+use crate::metrics::ControlMetrics;
+use edgeroute_config::NotifyConfig;
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Attempts per notification and channel.
+const ATTEMPTS: u32 = 3;
+
+/// One state change.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    /// Such as `switchover.requested`, `failover.completed`,
+    /// `drain.completed`, `table.changed`, `automation.triggered`.
+    pub event: String,
+    /// RFC 3339, UTC.
+    pub at: String,
+    /// One line for people.
+    pub summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<Operation>,
+}
+
+impl Event {
+    pub fn new(event: impl Into<String>, summary: impl Into<String>) -> Event {
+        Event {
+            event: event.into(),
+            at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            summary: summary.into(),
+            operation: None,
+        }
+    }
+
+    pub fn with(mut self, operation: &Operation) -> Event {
+        self.operation = Some(operation.clone());
+        self
+    }
+}
+
+pub struct Notifier {
+    sns: Option<(aws_sdk_sns::Client, String)>,
+    webhook: Option<(reqwest::Client, String, Option<String>)>,
+    timeout: Duration,
+    metrics: Option<Arc<ControlMetrics>>,
+}
+
+impl Notifier {
+    /// `endpoint_url` sends SNS calls to an emulator instead of AWS.
+    pub async fn new(
+        cfg: &NotifyConfig,
+        endpoint_url: Option<&str>,
+        metrics: Option<Arc<ControlMetrics>>,
+    ) -> anyhow::Result<Notifier> {
+        let sns = match (&cfg.sns_topic_arn, cfg.sns_region()) {
+            (Some(arn), Some(region)) => {
+                let sdk = crate::aws::sdk_config(endpoint_url, region).await;
+                Some((aws_sdk_sns::Client::new(&sdk), arn.clone()))
+            }
+            _ => None,
+        };
+        let webhook = match &cfg.webhook_url {
+            Some(url) => {
+                let token = match &cfg.webhook_token_file {
+                    Some(path) => Some(
+                        std::fs::read_to_string(path)
+                            .map_err(|e| {
+                                anyhow::anyhow!(
+                                    "cannot read notify.webhook_token_file {}: {e}",
+                                    path.display()
+                                )
+                            })?
+                            .trim()
+                            .to_owned(),
+                    ),
+                    None => None,
+                };
+                let client = reqwest::Client::builder()
+                    .timeout(cfg.timeout)
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()?;
+                Some((client, url.clone(), token))
+            }
+            None => None,
+        };
+        Ok(Notifier {
+            sns,
+            webhook,
+            timeout: cfg.timeout,
+            metrics,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sns.is_some() || self.webhook.is_some()
+    }
+
+    /// Sends `event` to every configured channel; returns what failed.
+    pub async fn send(&self, event: &Event) -> Vec<String> {
+        let mut failures = Vec::new();
+        if !self.enabled() {
+            return failures;
+        }
+        let body = match serde_json::to_string(event) {
+            Ok(b) => b,
+            Err(e) => return vec![format!("cannot encode the notification: {e}")],
+        };
+        if let Some((client, arn)) = &self.sns {
+            let outcome = self
+                .retry(|| async {
+                    let subject: String = format!("edgeroute: {}", event.event)
+                        .chars()
+                        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                        .take(100)
+                        .collect();
+                    client
+                        .publish()
+                        .topic_arn(arn)
+                        .subject(subject)
+                        .message(&body)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| aws_sdk_sns::error::DisplayErrorContext(&e).to_string())
+                })
+                .await;
+            self.count("sns", &outcome);
+            if let Err(e) = outcome {
+                failures.push(format!("SNS topic {arn}: {e}"));
+            }
+        }
+        if let Some((client, url, token)) = &self.webhook {
+            let outcome = self
+                .retry(|| async {
+                    let mut req = client
+                        .post(url)
+                        .header(http::header::CONTENT_TYPE, "application/json")
+                        .body(body.clone());
+                    if let Some(t) = token {
+                        req = req.bearer_auth(t);
+                    }
+                    match req.send().await {
+                        Ok(r) if r.status().is_success() => Ok(()),
+                        Ok(r) => Err(format!("answered {}", r.status())),
+                        Err(e) => Err(e.to_string()),
+                    }
+                })
+                .await;
+            self.count("webhook", &outcome);
+            if let Err(e) = outcome {
+                failures.push(format!("webhook {url}: {e}"));
+            }
+        }
+        for f in &failures {
+            tracing::warn!(event = %event.event, "notification not delivered: {f}");
+        }
+        failures
+    }
+
+    async fn retry<F, Fut>(&self, mut attempt: F) -> Result<(), String>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let mut pause = Duration::from_millis(200);
+        let mut last = String::new();
+        for i in 0..ATTEMPTS {
+            match tokio::time::timeout(self.timeout, attempt()).await {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = format!("no answer within {:?}", self.timeout),
+            }
+            if i + 1 < ATTEMPTS {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+        Err(last)
+    }
+
+    fn count(&self, channel: &str, outcome: &Result<(), String>) {
+        if let Some(m) = &self.metrics {
+            let result = if outcome.is_ok() { "sent" } else { "failed" };
+            m.notifications.with_label_values(&[channel, result]).inc();
+        }
+    }
+}
