@@ -5,6 +5,9 @@ and moto lacks, patched into its Python backends before the server starts:
   shows FailoverState while the operation runs, then the target member
   becomes the writer. How long it runs is EDGEROUTE_MOTO_FAILOVER_SECONDS
   (default 1.0).
+  A test can hold writer changes running: `POST /edgeroute/failover/hold`;
+  `POST /edgeroute/failover/release` finishes every held one and stops
+  holding.
 - Route 53 GetHealthCheckStatus: moto always answers Success; here every
   checker reports Failure while the latest CloudWatch AWS/Route53
   HealthCheckStatus datapoint for the check is 0, as Route 53 itself does.
@@ -41,12 +44,39 @@ def main() -> int:
     from werkzeug.serving import run_simple
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = with_failover_control(DomainDispatcherApplication(create_backend_app))
     if not args.host.startswith("127."):
         print(f"--host must be a loopback address, got {args.host}", file=sys.stderr)
         return 2
     run_simple(args.host, args.port, app, threaded=True, use_reloader=False)
     return 0
+
+
+# Writer changes held by a test, and whether new ones are held.
+HELD = {"hold": False, "pending": []}
+HELD_LOCK = threading.Lock()
+
+
+def with_failover_control(app):
+    """Serves /edgeroute/failover/{hold,release} in front of moto."""
+
+    def wrapped(environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") == "POST" and path in ("/edgeroute/failover/hold", "/edgeroute/failover/release"):
+            with HELD_LOCK:
+                if path.endswith("/hold"):
+                    HELD["hold"] = True
+                    pending = []
+                else:
+                    HELD["hold"] = False
+                    pending, HELD["pending"] = HELD["pending"], []
+            for finish in pending:
+                finish()
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [f"released {len(pending)}\n".encode()]
+        return app(environ, start_response)
+
+    return wrapped
 
 
 def patch_rds() -> None:
@@ -85,6 +115,10 @@ def patch_rds() -> None:
             target_member.is_writer = True
             gc.failover_state = None
 
+        with HELD_LOCK:
+            if HELD["hold"]:
+                HELD["pending"].append(finish)
+                return gc
         timer = threading.Timer(delay, finish)
         timer.daemon = True
         timer.start()

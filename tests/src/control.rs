@@ -17,8 +17,19 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     pub topology_path: PathBuf,
     pub token_path: PathBuf,
+    pub config_path: PathBuf,
+    pub dir: PathBuf,
+    env: Vec<(String, String)>,
     log_path: PathBuf,
     _dir: tempfile::TempDir,
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug)]
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
 }
 
 /// A topology document: `regions` as (name, weight, healthy).
@@ -72,6 +83,12 @@ impl ControlPlane {
             addr,
             topology_path,
             token_path,
+            dir: dir.path().to_owned(),
+            config_path,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                .collect(),
             log_path,
             _dir: dir,
         };
@@ -93,6 +110,64 @@ impl ControlPlane {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         cp
+    }
+
+    /// Runs `edgeroute-control ARGS --config <its config>` with its
+    /// environment, without blocking the test's runtime.
+    pub async fn command(&self, args: &[&str]) -> Ran {
+        let out = tokio::process::Command::new(workspace_bin(
+            "edgeroute-control",
+            "EDGEROUTE_CONTROL_BIN",
+        ))
+        .args(args)
+        .arg("--config")
+        .arg(&self.config_path)
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run edgeroute-control");
+        let ran = Ran {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        eprintln!(
+            "$ edgeroute-control {}\n{}{}",
+            args.join(" "),
+            ran.stdout,
+            ran.stderr
+        );
+        ran
+    }
+
+    /// A proxy that takes its table from this control plane and reports to
+    /// it every `report_interval`.
+    pub fn proxy(
+        &self,
+        builder: crate::ProxyBuilder,
+        report_interval: &str,
+    ) -> crate::ProxyBuilder {
+        builder
+            .extra(&format!(
+                "\n[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\nreport_interval = \"{report_interval}\"\n",
+                self.addr, self.token_path
+            ))
+            .without_table_file()
+    }
+
+    /// An authenticated GET of a JSON document.
+    pub async fn get(&self, path: &str) -> Value {
+        crate::client()
+            .get(self.url(path))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("GET from the control plane")
+            .json()
+            .await
+            .expect("JSON")
     }
 
     pub fn url(&self, path: &str) -> String {

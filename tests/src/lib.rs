@@ -7,6 +7,7 @@ pub mod dns;
 pub mod moto;
 pub mod origin;
 pub mod proxy;
+pub mod webhook;
 
 pub use origin::{Behaviour, Origin, Seen};
 pub use proxy::{Proxy, ProxyBuilder};

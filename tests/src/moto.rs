@@ -119,6 +119,26 @@ impl Moto {
             .await
     }
 
+    /// Writer changes started from now on keep running until released.
+    pub async fn hold_failovers(&self) {
+        self.post("/edgeroute/failover/hold").await;
+    }
+
+    /// Finishes every held writer change; new ones run on their own again.
+    pub async fn release_failovers(&self) {
+        self.post("/edgeroute/failover/release").await;
+    }
+
+    async fn post(&self, path: &str) {
+        let r = crate::client()
+            .post(format!("{}{path}", self.endpoint))
+            .body("")
+            .send()
+            .await
+            .expect("reach the emulator");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
     /// Stops it, as an AWS outage would.
     pub fn kill(&mut self) {
         self.child.kill().ok();
@@ -342,4 +362,125 @@ pub async fn put_metric(moto: &Moto, series: &Series<'_>, v: f64, ago: Duration)
         .send()
         .await
         .expect("put metric data");
+}
+
+/// An SNS topic with an SQS queue subscribed to it, in us-east-1:
+/// (topic ARN, queue URL).
+pub async fn topic_with_queue(moto: &Moto) -> (String, String) {
+    let sdk = moto.sdk("us-east-1").await;
+    let sns = aws_sdk_sns::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let topic = sns
+        .create_topic()
+        .name("edgeroute-events")
+        .send()
+        .await
+        .expect("create topic")
+        .topic_arn()
+        .expect("topic ARN")
+        .to_owned();
+    let queue = sqs
+        .create_queue()
+        .queue_name("edgeroute-events")
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes");
+    let queue_arn = attrs
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::QueueArn))
+        .expect("queue ARN")
+        .clone();
+    sns.subscribe()
+        .topic_arn(&topic)
+        .protocol("sqs")
+        .endpoint(queue_arn)
+        .send()
+        .await
+        .expect("subscribe the queue");
+    (topic, queue)
+}
+
+/// Takes every message waiting in the queue (their bodies).
+pub async fn drain_queue(moto: &Moto, queue_url: &str) -> Vec<String> {
+    let sqs = aws_sdk_sqs::Client::new(&moto.sdk("us-east-1").await);
+    let mut bodies = Vec::new();
+    for _ in 0..100 {
+        let out = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .send()
+            .await
+            .expect("receive messages");
+        if out.messages().is_empty() {
+            break;
+        }
+        for m in out.messages() {
+            bodies.push(m.body().unwrap_or_default().to_owned());
+            if let Some(h) = m.receipt_handle() {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(h)
+                    .send()
+                    .await
+                    .expect("delete message");
+            }
+        }
+    }
+    bodies
+}
+
+/// What the emulator holds of Route 53 and the global cluster, to compare.
+pub async fn snapshot(moto: &Moto, zone_id: &str) -> String {
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    let records = r53
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .expect("list records");
+    let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
+    let clusters = rds
+        .describe_global_clusters()
+        .global_cluster_identifier(GLOBAL_CLUSTER)
+        .send()
+        .await
+        .expect("describe global clusters");
+    format!(
+        "{:#?}\n{:#?}",
+        records.resource_record_sets(),
+        clusters.global_clusters()
+    )
+}
+
+/// The region holding the global cluster's writer, and whether a writer
+/// change runs.
+pub async fn writer(moto: &Moto) -> (String, bool) {
+    let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
+    let out = rds
+        .describe_global_clusters()
+        .global_cluster_identifier(GLOBAL_CLUSTER)
+        .send()
+        .await
+        .expect("describe global clusters");
+    let gc = &out.global_clusters()[0];
+    let writer = gc
+        .global_cluster_members()
+        .iter()
+        .find(|m| m.is_writer() == Some(true))
+        .and_then(|m| m.db_cluster_arn())
+        .and_then(|arn| arn.split(':').nth(3))
+        .expect("a writer")
+        .to_owned();
+    (writer, gc.failover_state().is_some())
 }

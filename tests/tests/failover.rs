@@ -1,0 +1,622 @@
+//! The failover runbook as commands, against the AWS API emulator, with
+//! real proxies under write load: planned switchover with fencing,
+//! automated unplanned failover and its guardrails, drain and undrain, dry
+//! runs, drills, and the notifications each sends.
+
+use edgeroute_tests::control::ControlPlane;
+use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
+use edgeroute_tests::webhook::Webhook;
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(60);
+const HEALTH: &str =
+    "\n[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\nfall = 2\nrise = 1\n";
+
+struct Env {
+    moto: Moto,
+    fixture: moto::Fixture,
+    cp: ControlPlane,
+    webhook: Webhook,
+    queue: String,
+    origins: BTreeMap<&'static str, Origin>,
+}
+
+impl Env {
+    /// The emulator with three regions, an SNS topic with a queue, a
+    /// webhook, an origin per region, and a control plane on all of it;
+    /// `automation` is an extra `[automation]` section.
+    async fn start(automation: Option<&str>) -> Env {
+        let moto = Moto::start().await;
+        let fixture = moto::three_regions(&moto).await;
+        let (topic, queue) = moto::topic_with_queue(&moto).await;
+        let webhook = Webhook::start().await;
+        let mut config = format!(
+            "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
+             record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n\n\
+             [actions]\ntimeout = \"60s\"\nproxy_max_age = \"5s\"\n\n\
+             [notify]\nsns_topic_arn = \"{topic}\"\nwebhook_url = \"{}\"\n",
+            moto.endpoint,
+            fixture.zone_id,
+            webhook.url()
+        );
+        if let Some(a) = automation {
+            config.push_str(&format!("\n[automation]\n{a}\n"));
+        }
+        let cp = ControlPlane::start_with(None, &config, &moto.env()).await;
+        let mut origins = BTreeMap::new();
+        for r in REGIONS {
+            origins.insert(r, Origin::start(r).await);
+        }
+        Env {
+            moto,
+            fixture,
+            cp,
+            webhook,
+            queue,
+            origins,
+        }
+    }
+
+    async fn proxy(&self, local: &str) -> Proxy {
+        let mut b = ProxyBuilder::new(local);
+        for r in REGIONS {
+            b = b.region(r, &[self.origins[r].addr]);
+        }
+        self.cp.proxy(b.extra(HEALTH), "1s").start().await
+    }
+
+    async fn wait_for_proxies(&self, n: usize) {
+        eventually(&format!("{n} proxies report"), WAIT, || async {
+            self.cp.get("/v1/proxies").await["proxies"]
+                .as_array()
+                .map_or(0, Vec::len)
+                == n
+        })
+        .await;
+    }
+
+    async fn metric(&self, sample: &str) -> f64 {
+        self.cp.metric(sample).await
+    }
+}
+
+/// What one write got back.
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    region: Option<String>,
+    retry_after: bool,
+}
+
+/// Sends writes through `proxy` until `stop`, at most `max` or 120 s.
+async fn write_load(url: String, stop: Arc<AtomicBool>, refused: Arc<AtomicUsize>) -> Vec<Answer> {
+    let client = client();
+    let started = Instant::now();
+    let mut answers = Vec::new();
+    while !stop.load(Ordering::SeqCst)
+        && answers.len() < 50_000
+        && started.elapsed() < Duration::from_secs(120)
+    {
+        let resp = client
+            .post(&url)
+            .body("{\"item\":1}")
+            .send()
+            .await
+            .expect("the proxy answers");
+        let status = resp.status().as_u16();
+        if status == 503 {
+            refused.fetch_add(1, Ordering::SeqCst);
+            // Held writes are retried later, as a client would.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        answers.push(Answer {
+            status,
+            region: resp
+                .headers()
+                .get("x-edgeroute-region")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            retry_after: resp.headers().contains_key("retry-after"),
+        });
+    }
+    answers
+}
+
+fn epochs(origin: &Origin) -> Vec<u64> {
+    origin
+        .seen()
+        .iter()
+        .filter(|s| s.method == "POST")
+        .map(|s| {
+            s.header("x-edgeroute-epoch")
+                .expect("every write carries its epoch")
+                .parse()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_timeline() {
+    let env = Env::start(None).await;
+    let cp = &env.cp;
+    let _us = env.proxy("us-east-1").await;
+    let _eu = env.proxy("eu-west-1").await;
+    env.wait_for_proxies(2).await;
+    let before = cp.table().await["epoch"].as_u64().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let writers: Vec<_> = [&_us, &_eu, &_us, &_eu]
+        .iter()
+        .map(|p| {
+            tokio::spawn(write_load(
+                p.url("/orders"),
+                Arc::clone(&stop),
+                Arc::clone(&refused),
+            ))
+        })
+        .collect();
+    eventually("writes reach the primary", WAIT, || async {
+        env.origins["us-east-1"].count("POST") >= 20
+    })
+    .await;
+
+    // The emulator keeps the switchover running until released, so the
+    // window in which writes are held is certain to be seen.
+    env.moto.hold_failovers().await;
+    let (ran, ()) = tokio::join!(cp.command(&["failover", "--to", "eu-west-1"]), async {
+        eventually("the table holds writes", WAIT, || async {
+            cp.table().await["failover_in_progress"] == true
+        })
+        .await;
+        let seen = refused.load(Ordering::SeqCst);
+        eventually("writes are refused while held", WAIT, || async {
+            refused.load(Ordering::SeqCst) > seen
+        })
+        .await;
+        env.moto.release_failovers().await;
+    });
+    assert!(ran.ok, "{ran:?}");
+    let us_writes_at_confirmation = env.origins["us-east-1"].count("POST");
+    // AWS may finish before its running state is read, so that step is optional.
+    for step in [
+        "requested",
+        "writer moved",
+        "table epoch raised",
+        "proxies confirmed",
+    ] {
+        assert!(
+            ran.stdout.contains(step),
+            "timeline step {step:?} missing:\n{}",
+            ran.stdout
+        );
+    }
+    assert!(
+        ran.stdout.contains("2 of 2 proxies route on epoch"),
+        "{}",
+        ran.stdout
+    );
+    let after = cp.table().await["epoch"].as_u64().unwrap();
+    assert!(after > before);
+
+    let eu_then = env.origins["eu-west-1"].count("POST");
+    eventually("writes reach the new primary", WAIT, || async {
+        env.origins["eu-west-1"].count("POST") >= eu_then + 20
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    for w in writers {
+        answers.extend(w.await.unwrap());
+    }
+
+    // Every write was served by the primary of its epoch, or refused.
+    for a in &answers {
+        match a.status {
+            200 => assert!(
+                matches!(a.region.as_deref(), Some("us-east-1" | "eu-west-1")),
+                "{a:?}"
+            ),
+            503 => assert!(a.retry_after, "a held write says when to retry: {a:?}"),
+            _ => panic!("a write failed: {a:?}"),
+        }
+    }
+    assert!(answers.iter().any(|a| a.status == 503));
+    assert!(
+        epochs(&env.origins["us-east-1"])
+            .iter()
+            .all(|e| *e == before),
+        "the old primary saw only the old epoch"
+    );
+    assert!(
+        epochs(&env.origins["eu-west-1"])
+            .iter()
+            .all(|e| *e == after),
+        "the new primary saw only the new epoch"
+    );
+    assert_eq!(env.origins["ap-southeast-1"].count("POST"), 0);
+    assert_eq!(
+        env.origins["us-east-1"].count("POST"),
+        us_writes_at_confirmation,
+        "no write reached the old primary once every proxy moved"
+    );
+    eprintln!(
+        "{} writes: {} served, {} held (503)",
+        answers.len(),
+        answers.iter().filter(|a| a.status == 200).count(),
+        answers.iter().filter(|a| a.status == 503).count()
+    );
+
+    // Kept and announced.
+    let status = cp.get("/v1/status").await;
+    assert_eq!(status["last_failover"]["ok"], true, "{status}");
+    assert_eq!(status["last_failover"]["kind"], "switchover");
+    assert!(
+        status["last_failover"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("us-east-1 → eu-west-1")
+    );
+    let names = env.webhook.names();
+    for event in [
+        "switchover.requested",
+        "writer.moved",
+        "switchover.completed",
+        "table.changed",
+    ] {
+        assert!(
+            names.iter().any(|n| n == event),
+            "webhook missing {event}: {names:?}"
+        );
+    }
+    let completed = env
+        .webhook
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "switchover.completed")
+        .unwrap();
+    let steps: Vec<&str> = completed["operation"]["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps.first(), Some(&"requested"), "{completed}");
+    assert_eq!(steps.last(), Some(&"proxies confirmed"), "{completed}");
+    let queued = std::sync::Mutex::new(Vec::new());
+    eventually("the SNS topic delivered to its queue", WAIT, || async {
+        let got = moto::drain_queue(&env.moto, &env.queue).await;
+        let mut all = queued.lock().unwrap();
+        all.extend(got);
+        all.iter().any(|m| m.contains("switchover.completed"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold() {
+    let env = Env::start(Some(
+        "enabled = true\nafter = \"1s\"\nmax_replication_lag = \"1s\"\nmin_interval = \"1h\"",
+    ))
+    .await;
+    let cp = &env.cp;
+    let _eu = env.proxy("eu-west-1").await;
+    let _ap = env.proxy("ap-southeast-1").await;
+    env.wait_for_proxies(2).await;
+    let held =
+        |reason: &str| format!("edgeroute_control_automation_held_total{{reason=\"{reason}\"}}");
+
+    // Route 53 alone calls the primary down: the proxies disagree, so no failover.
+    moto::put_metric(
+        &env.moto,
+        &Series::health_check(&env.fixture.health_checks["us-east-1"]),
+        0.0,
+        Duration::ZERO,
+    )
+    .await;
+    eventually("automation holds: the sources disagree", WAIT, || async {
+        env.metric(&held("sources_disagree")).await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("us-east-1".to_owned(), false)
+    );
+
+    // The proxies' probes fail too: both agree, and after `after` the
+    // automation fails over to the least lagging healthy secondary.
+    env.moto.hold_failovers().await;
+    env.origins["us-east-1"].set_health(503);
+    eventually("the automated failover runs", WAIT, || async {
+        cp.table().await["failover_in_progress"] == true
+    })
+    .await;
+
+    // A second trigger while it runs is refused, by hand or by the automation.
+    let second = cp
+        .command(&[
+            "failover",
+            "--to",
+            "ap-southeast-1",
+            "--unplanned",
+            "--allow-data-loss",
+        ])
+        .await;
+    assert!(!second.ok, "{second:?}");
+    assert!(second.stderr.contains("already running"), "{second:?}");
+    eventually("automation holds: a failover runs", WAIT, || async {
+        env.metric(&held("failover_running")).await >= 1.0
+    })
+    .await;
+
+    env.moto.release_failovers().await;
+    eventually("the writer is in eu-west-1", WAIT, || async {
+        let t = cp.table().await;
+        t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
+    })
+    .await;
+    eventually(
+        "the automated failover is followed to its end",
+        WAIT,
+        || async {
+            env.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
+    let status = cp.get("/v1/status").await;
+    assert_eq!(status["last_failover"]["by"], "automation", "{status}");
+    assert_eq!(status["last_failover"]["kind"], "failover");
+
+    // The new primary fails too, within the minimum interval: held.
+    moto::put_metric(
+        &env.moto,
+        &Series::health_check(&env.fixture.health_checks["eu-west-1"]),
+        0.0,
+        Duration::ZERO,
+    )
+    .await;
+    env.origins["eu-west-1"].set_health(503);
+    eventually(
+        "automation holds: too soon after the last failover",
+        WAIT,
+        || async { env.metric(&held("min_interval")).await >= 1.0 },
+    )
+    .await;
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+    assert_eq!(
+        env.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
+            .await
+            + env
+                .metric("edgeroute_control_automation_failovers_total{result=\"failed\"}")
+                .await,
+        1.0
+    );
+    let names = env.webhook.names();
+    for event in [
+        "automation.held",
+        "automation.triggered",
+        "failover.requested",
+        "failover.completed",
+    ] {
+        assert!(
+            names.iter().any(|n| n == event),
+            "webhook missing {event}: {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn drain_moves_reads_away_and_undrain_brings_them_back() {
+    let env = Env::start(None).await;
+    let proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    let read_region = || async {
+        let resp = client().get(proxy.url("/items")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.headers()["x-edgeroute-region"]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(read_region().await, "us-east-1");
+
+    let ran = env.cp.command(&["drain", "us-east-1"]).await;
+    assert!(ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("weight 100 → 0"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("us-east-1 draining"), "{}", ran.stdout);
+    assert!(ran.stdout.contains("1 of 1 proxies"), "{}", ran.stdout);
+    // The proxy confirmed the table: its reads have moved already.
+    for _ in 0..10 {
+        assert_ne!(read_region().await, "us-east-1");
+    }
+    let again = env.cp.command(&["drain", "us-east-1"]).await;
+    assert!(
+        again.ok && again.stdout.contains("nothing to do"),
+        "{again:?}"
+    );
+
+    let ran = env.cp.command(&["undrain", "us-east-1"]).await;
+    assert!(ran.ok, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("weight 0 → 100 (its weight before the drain)"),
+        "{}",
+        ran.stdout
+    );
+    for _ in 0..10 {
+        assert_eq!(read_region().await, "us-east-1");
+    }
+    let names = env.webhook.names();
+    for event in ["drain.completed", "undrain.completed"] {
+        assert!(
+            names.iter().any(|n| n == event),
+            "webhook missing {event}: {names:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dry_run_changes_nothing() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    let aws_before = moto::snapshot(&env.moto, &env.fixture.zone_id).await;
+    let table_before = env.cp.table().await;
+    let runs: [&[&str]; 4] = [
+        &["failover", "--to", "eu-west-1", "--dry-run"],
+        &[
+            "failover",
+            "--to",
+            "ap-southeast-1",
+            "--unplanned",
+            "--allow-data-loss",
+            "--dry-run",
+        ],
+        &["failover", "--to", "eu-west-1", "--drill", "--dry-run"],
+        &["drain", "eu-west-1", "--dry-run"],
+    ];
+    for args in runs {
+        let ran = env.cp.command(args).await;
+        assert!(ran.ok, "{ran:?}");
+        assert!(ran.stdout.contains("dry run:"), "{}", ran.stdout);
+        assert!(
+            ran.stdout.contains("writer region: us-east-1"),
+            "{}",
+            ran.stdout
+        );
+        assert!(ran.stdout.contains("steps (none taken):"), "{}", ran.stdout);
+    }
+    let ran = env
+        .cp
+        .command(&[
+            "failover",
+            "--to",
+            "ap-southeast-1",
+            "--unplanned",
+            "--allow-data-loss",
+            "--dry-run",
+        ])
+        .await;
+    assert!(
+        ran.stdout.contains("rds:FailoverGlobalCluster"),
+        "{}",
+        ran.stdout
+    );
+    assert!(ran.stdout.contains("its lag: 310 ms"), "{}", ran.stdout);
+    let ran = env.cp.command(&["drain", "eu-west-1", "--dry-run"]).await;
+    assert!(
+        ran.stdout
+            .contains("route53:ChangeResourceRecordSets UPSERT"),
+        "{}",
+        ran.stdout
+    );
+
+    assert_eq!(
+        moto::snapshot(&env.moto, &env.fixture.zone_id).await,
+        aws_before,
+        "AWS unchanged"
+    );
+    assert_eq!(env.cp.table().await, table_before, "table unchanged");
+    assert!(
+        !env.cp.dir.join("history.json").exists(),
+        "nothing recorded"
+    );
+    assert!(
+        env.webhook.names().is_empty(),
+        "nothing announced: {:?}",
+        env.webhook.names()
+    );
+
+    // Bad requests are refused with what to do, and change nothing either.
+    let ran = env.cp.command(&["failover", "--to", "eu-central-1"]).await;
+    assert!(
+        !ran.ok && ran.stderr.contains("not a region of global cluster"),
+        "{ran:?}"
+    );
+    let ran = env
+        .cp
+        .command(&["failover", "--to", "eu-west-1", "--unplanned"])
+        .await;
+    assert!(
+        !ran.ok && ran.stderr.contains("--allow-data-loss"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        moto::snapshot(&env.moto, &env.fixture.zone_id).await,
+        aws_before
+    );
+}
+
+#[tokio::test]
+async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("eu-west-1").await;
+    env.wait_for_proxies(1).await;
+    let ran = env
+        .cp
+        .command(&["failover", "--to", "eu-west-1", "--drill"])
+        .await;
+    assert!(ran.ok, "{ran:?}");
+    for step in [
+        "there: writer moved",
+        "there: proxies confirmed",
+        "back: writer moved",
+        "back: proxies confirmed",
+    ] {
+        assert!(
+            ran.stdout.contains(step),
+            "timeline step {step:?} missing:\n{}",
+            ran.stdout
+        );
+    }
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("us-east-1".to_owned(), false)
+    );
+    assert_eq!(env.cp.table().await["primary_region"], "us-east-1");
+
+    let status = env.cp.command(&["status"]).await;
+    assert!(status.ok, "{status:?}");
+    assert!(
+        status.stdout.contains("last failover test (drill): 20"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status.stdout.contains("us-east-1 → eu-west-1 → us-east-1"),
+        "{}",
+        status.stdout
+    );
+    assert!(
+        status
+            .stdout
+            .contains("proxies reporting: 1 (1 on the table served"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(
+        env.metric("edgeroute_control_last_drill_success").await,
+        1.0
+    );
+    assert!(
+        env.metric("edgeroute_control_last_drill_timestamp_seconds")
+            .await
+            > 0.0
+    );
+    let drill = env
+        .webhook
+        .events()
+        .into_iter()
+        .find(|e| e["event"] == "drill.completed")
+        .expect("drill announced");
+    assert_eq!(drill["operation"]["ok"], true);
+}
