@@ -149,7 +149,10 @@ fn a_broken_control_config_names_its_fields() {
     let config = dir.path().join("control.toml");
     std::fs::write(
         &config,
-        "[server]\naddress = \"nowhere\"\n[source]\nkind = \"aws\"\nhosted_zone_id = \"\"\nrecord_name = \"api.example.com\"\nglobal_cluster_id = \"g\"\nglobal_cluster_region = \"Mars\"\n",
+        "[server]\naddress = \"nowhere\"\n[source]\nkind = \"aws\"\nhosted_zone_id = \"\"\nrecord_name = \"api.example.com\"\nglobal_cluster_id = \"g\"\nglobal_cluster_region = \"Mars\"\nlag_metric = false\n\
+         [actions]\ntimeout = \"soon\"\ncontrol_url = \"ftp://x\"\n\
+         [automation]\nenabled = true\nafter = \"0s\"\n\
+         [notify]\nsns_topic_arn = \"arn:aws:sqs:us-east-1:1:q\"\nwebhook_url = \"hooks.example.com\"\nwebhook_token_file = \"missing\"\n",
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
@@ -165,6 +168,13 @@ fn a_broken_control_config_names_its_fields() {
         "server.token_file",
         "source.hosted_zone_id",
         "source.global_cluster_region",
+        "actions.timeout",
+        "actions.control_url",
+        "automation.enabled: needs source.lag_metric",
+        "automation.after",
+        "notify.sns_topic_arn",
+        "notify.webhook_url",
+        "notify.webhook_token_file",
     ] {
         assert!(stderr.contains(field), "{field} missing in:\n{stderr}");
     }
