@@ -439,7 +439,9 @@ impl RawActions {
             }
             format!("http://{addr}")
         } else {
-            if !self.control_url.starts_with("http://") {
+            if !(self.control_url.starts_with("http://")
+                || self.control_url.starts_with("https://"))
+            {
                 e.push(
                     "actions.control_url",
                     format!(

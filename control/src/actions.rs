@@ -6,11 +6,13 @@
 //! recording a timeline. Every outcome goes to the history file and to the
 //! configured notifications.
 
+use crate::aws::SavedRecord;
 use crate::aws::{AwsSource, AwsState, FailoverInfo, Member};
 use crate::history::{History, Kind, Operation, Step};
 use crate::notify::{Event, Notifier};
-use crate::registry::{ProxyStatus, Registry};
+use crate::registry::{ProxyStatus, Registry, behind};
 use crate::server::Published;
+use aws_sdk_route53::types::ChangeAction;
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -53,24 +55,30 @@ impl ControlView {
         }
     }
 
-    async fn get(&self, path: &str) -> Result<reqwest::Response, String> {
+    /// An authenticated GET; the error carries the status when there was one.
+    async fn get(&self, path: &str) -> Result<reqwest::Response, (Option<u16>, String)> {
         let ControlView::Http { client, url, token } = self else {
-            return Err("not an HTTP view".into());
+            return Err((None, "not an HTTP view".into()));
         };
         let resp = client
             .get(format!("{url}{path}"))
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| format!("cannot reach {}: {e}", self.describe()))?;
-        match resp.status() {
-            s if s.is_success() => Ok(resp),
-            reqwest::StatusCode::UNAUTHORIZED => Err(format!(
+            .map_err(|e| (None, format!("cannot reach {}: {e}", self.describe())))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let message = if status == reqwest::StatusCode::UNAUTHORIZED {
+            format!(
                 "{} refused the token (server.token_file or EDGEROUTE_CONTROL_TOKEN)",
                 self.describe()
-            )),
-            s => Err(format!("{} answered {s} for {path}", self.describe())),
-        }
+            )
+        } else {
+            format!("{} answered {status} for {path}", self.describe())
+        };
+        Err((Some(status.as_u16()), message))
     }
 
     /// The table served now; `None` before the first.
@@ -85,8 +93,9 @@ impl ControlView {
                     .await
                     .map(Some)
                     .map_err(|e| format!("{} sent no table: {e}", self.describe())),
-                Err(e) if e.contains("503") => Ok(None),
-                Err(e) => Err(e),
+                // 503 before the control plane built its first table.
+                Err((Some(503), _)) => Ok(None),
+                Err((_, e)) => Err(e),
             },
         }
     }
@@ -100,28 +109,16 @@ impl ControlView {
             ControlView::Http { .. } => {
                 #[derive(serde::Deserialize)]
                 struct Listing {
-                    proxies: Vec<Listed>,
-                }
-                #[derive(serde::Deserialize)]
-                struct Listed {
-                    #[serde(flatten)]
-                    report: edgeroute_config::ProxyReport,
-                    age_seconds: f64,
+                    proxies: Vec<ProxyStatus>,
                 }
                 let listing: Listing = self
                     .get("/v1/proxies")
-                    .await?
+                    .await
+                    .map_err(|(_, e)| e)?
                     .json()
                     .await
                     .map_err(|e| format!("{} sent no proxy list: {e}", self.describe()))?;
-                Ok(listing
-                    .proxies
-                    .into_iter()
-                    .map(|l| ProxyStatus {
-                        report: l.report,
-                        age_seconds: l.age_seconds,
-                    })
-                    .collect())
+                Ok(listing.proxies)
             }
         }
     }
@@ -299,10 +296,7 @@ pub fn describe(
                 let _ = writeln!(s, "  not active: {}", drained.join(", "));
             }
             if let Ok(p) = proxies {
-                let behind = p
-                    .iter()
-                    .filter(|p| (p.report.epoch, p.report.version) < (t.epoch, t.version))
-                    .count();
+                let behind = behind(p, t).count();
                 let _ = writeln!(
                     s,
                     "proxies reporting: {} ({} on the table served, {behind} behind)",
@@ -350,6 +344,28 @@ pub fn describe(
     s
 }
 
+/// [`describe`] with the table, proxies and history read now.
+pub async fn describe_now(
+    control: &ControlView,
+    history_file: &std::path::Path,
+    view: &TopologyView,
+    failover: Option<&FailoverInfo>,
+) -> String {
+    let table = control.table().await;
+    let proxies = control.proxies().await;
+    let history = History::load(history_file);
+    describe(
+        view,
+        failover,
+        table.as_ref().map(Option::as_ref).map_err(String::as_str),
+        proxies.as_deref().map_err(String::as_str),
+        history.as_ref().map_err(String::as_str),
+    )
+}
+
+/// Longest an action is followed, whatever `--timeout` says.
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
 /// Runs actions against AWS and follows them through the control plane.
 pub struct Runner {
     pub aws: Arc<AwsSource>,
@@ -359,14 +375,32 @@ pub struct Runner {
     pub timeout: Duration,
     /// Pause between reads while following a change.
     pub poll: Duration,
+    /// A proxy that reported within this counts as running.
+    pub proxy_max_age: Duration,
     /// `cli` or `automation`.
     pub by: &'static str,
     pub out: Output,
+    /// Notifications under way: sent beside the action, awaited at its end.
+    pub sending: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
+}
+
+/// One change to a region's DNS record.
+enum RecordChange {
+    /// A weighted record: its weight.
+    Weight { from: i64, to: i64, why: String },
+    /// A latency record: removed while drained, kept to put back.
+    Remove,
+    /// The kept latency record, put back.
+    Restore(Box<SavedRecord>),
 }
 
 impl Runner {
     fn global_cluster(&self) -> &str {
         &self.aws.config().global_cluster_id
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout.min(MAX_TIMEOUT)
     }
 
     /// Reads AWS, refusing with a clear message when it cannot.
@@ -384,23 +418,60 @@ impl Runner {
         }
     }
 
-    async fn notify(&self, event: Event) {
-        let failures = self.notifier.send(&event).await;
-        if self.out == Output::Print {
-            for f in failures {
-                eprintln!("warning: notification {} not delivered: {f}", event.event);
-            }
+    fn warn(&self, line: &str) {
+        match self.out {
+            Output::Print => eprintln!("warning: {line}"),
+            Output::Log => tracing::warn!("{line}"),
         }
     }
 
-    /// Keeps `op` in the history file and announces it.
-    async fn conclude(&self, op: Operation) -> Operation {
-        if let Err(e) = History::update(&self.history_file, |h| h.operations.push(op.clone())) {
-            match self.out {
-                Output::Print => eprintln!("warning: {e}"),
-                Output::Log => tracing::warn!("{e}"),
-            }
+    /// Sends `event` beside the action: a slow channel never delays it.
+    async fn notify(&self, event: Event) {
+        if !self.notifier.enabled() {
+            return;
         }
+        let notifier = Arc::clone(&self.notifier);
+        let print = self.out == Output::Print;
+        self.sending.lock().await.spawn(async move {
+            for f in notifier.send(&event).await {
+                if print {
+                    eprintln!("warning: notification {} not delivered: {f}", event.event);
+                }
+            }
+        });
+    }
+
+    /// Keeps `op` in the history file.
+    fn record(&self, op: &Operation) {
+        if let Err(e) = History::update(&self.history_file, |h| h.put(op.clone())) {
+            self.warn(&e);
+        }
+    }
+
+    /// Records the start of an operation that changes AWS: if this process
+    /// stops before the end, the history still says it ran.
+    fn begin(&self, tl: &Timeline, kind: Kind, summary: &str) {
+        let mut op = Timeline {
+            started: tl.started,
+            started_ms: tl.started_ms,
+            steps: Vec::new(),
+            out: tl.out,
+            prefix: "",
+        }
+        .finish(
+            kind,
+            self.by,
+            summary.to_owned(),
+            Some("did not finish: the process following it stopped; check `edgeroute-control status`".into()),
+        );
+        op.duration_seconds = 0.0;
+        self.record(&op);
+    }
+
+    /// Keeps `op` in the history file, announces it, and waits for every
+    /// notification of the operation to be delivered or given up.
+    async fn conclude(&self, op: Operation) -> Operation {
+        self.record(&op);
         let verb = if op.ok { "completed" } else { "failed" };
         let summary = match &op.error {
             None => format!("{} {verb} in {:.1} s", op.summary, op.duration_seconds),
@@ -409,7 +480,47 @@ impl Runner {
         self.say(&summary);
         self.notify(Event::new(format!("{}.{verb}", op.kind.as_str()), summary).with(&op))
             .await;
+        let mut sending = self.sending.lock().await;
+        while sending.join_next().await.is_some() {}
         op
+    }
+
+    /// The state a writer move starts from. An unplanned failover is for
+    /// when a region is lost, so when the full read fails it goes on with
+    /// the global cluster alone (read from any member region).
+    async fn state_for_move(&self, planned: bool) -> Result<AwsState, String> {
+        match self.state().await {
+            Ok(s) => Ok(s),
+            Err(e) if planned => Err(e),
+            Err(e) => {
+                let (members, failover) = self.aws.global_cluster().await.map_err(|c| {
+                    format!(
+                        "{e}; the global cluster cannot be read from any member region either: {c}"
+                    )
+                })?;
+                self.warn(&format!(
+                    "{e}; going on with the global cluster alone (health, weights and lag unknown)"
+                ));
+                Ok(AwsState {
+                    view: TopologyView {
+                        primary_region: members.iter().find(|m| m.writer).map(|m| m.region.clone()),
+                        failover_in_progress: failover.is_some(),
+                        regions: members
+                            .iter()
+                            .map(|m| edgeroute_config::RegionView {
+                                name: m.region.clone(),
+                                weight: None,
+                                healthy: None,
+                                replication_lag_ms: None,
+                            })
+                            .collect(),
+                    },
+                    records: Default::default(),
+                    members,
+                    failover,
+                })
+            }
+        }
     }
 
     /// A planned switchover or an unplanned failover to `to`. With
@@ -421,7 +532,7 @@ impl Runner {
         planned: bool,
         dry_run: bool,
     ) -> Result<Operation, String> {
-        let state = self.state().await?;
+        let state = self.state_for_move(planned).await?;
         let kind = if planned {
             Kind::Switchover
         } else {
@@ -447,9 +558,11 @@ impl Runner {
                 .await;
             return Ok(self.dry_run_record(kind, summary));
         }
+        let before = self.before_change().await?;
         let mut tl = Timeline::new(self.out);
         self.say(&summary);
-        let error = self.run_move(&mut tl, &plan, &summary).await.err();
+        self.begin(&tl, kind, &summary);
+        let error = self.run_move(&mut tl, &plan, &summary, &before).await.err();
         Ok(self
             .conclude(tl.finish(kind, self.by, summary, error))
             .await)
@@ -478,13 +591,19 @@ impl Runner {
             self.dry_run(&state, &summary, &steps).await;
             return Ok(self.dry_run_record(Kind::Drill, summary));
         }
+        let before = self.before_change().await?;
         self.say(&summary);
         let mut tl = Timeline::new(self.out);
+        self.begin(&tl, Kind::Drill, &summary);
         tl.prefix = "there: ";
-        let mut error = self.run_move(&mut tl, &there, &summary).await.err();
+        let mut error = self
+            .run_move(&mut tl, &there, &summary, &before)
+            .await
+            .err();
         if error.is_none() {
             tl.prefix = "back: ";
-            error = self.run_move(&mut tl, &back, &summary).await.err();
+            let before = self.before_change().await?;
+            error = self.run_move(&mut tl, &back, &summary, &before).await.err();
         }
         tl.prefix = "";
         Ok(self
@@ -495,13 +614,14 @@ impl Runner {
     fn move_steps(&self, plan: &MovePlan) -> Vec<String> {
         let call = if plan.planned {
             format!(
-                "rds:SwitchoverGlobalCluster GlobalClusterIdentifier={} TargetDbClusterIdentifier={}",
+                "rds:SwitchoverGlobalCluster GlobalClusterIdentifier={} TargetDbClusterIdentifier={} (in {})",
                 self.global_cluster(),
-                plan.to.arn
+                plan.to.arn,
+                plan.to.region
             )
         } else {
             format!(
-                "rds:FailoverGlobalCluster GlobalClusterIdentifier={} TargetDbClusterIdentifier={} AllowDataLoss=true (writes not yet replicated to {} are lost; its lag: {})",
+                "rds:FailoverGlobalCluster GlobalClusterIdentifier={} TargetDbClusterIdentifier={} AllowDataLoss=true (in {}; writes not yet replicated to it are lost; its lag: {})",
                 self.global_cluster(),
                 plan.to.arn,
                 plan.to.region,
@@ -522,24 +642,20 @@ impl Runner {
     }
 
     async fn dry_run(&self, state: &AwsState, summary: &str, steps: &[String]) {
-        let table = self.control.table().await;
-        let proxies = self.control.proxies().await;
-        let history = History::load(&self.history_file);
         self.say(&format!("dry run: {summary}\n\ncurrent state:"));
         self.say(
-            describe(
-                &state.view,
-                state.failover.as_ref(),
-                table.as_ref().map(Option::as_ref).map_err(String::as_str),
-                proxies.as_deref().map_err(String::as_str),
-                history.as_ref().map_err(String::as_str),
-            )
-            .trim_end(),
+            self.describe_state(&state.view, state.failover.as_ref())
+                .await
+                .trim_end(),
         );
         self.say("\nsteps (none taken):");
         for (i, s) in steps.iter().enumerate() {
             self.say(&format!("  {}. {s}", i + 1));
         }
+    }
+
+    async fn describe_state(&self, view: &TopologyView, failover: Option<&FailoverInfo>) -> String {
+        describe_now(&self.control, &self.history_file, view, failover).await
     }
 
     /// Already as asked: said, not recorded, and a success.
@@ -552,18 +668,30 @@ impl Runner {
         Timeline::new(self.out).finish(kind, self.by, format!("dry run: {summary}"), None)
     }
 
+    /// The table and proxies a change starts from. Refuses when the
+    /// control plane cannot be read: the change could not be followed.
+    async fn before_change(&self) -> Result<Before, String> {
+        let table = self.control.table().await.map_err(|e| {
+            format!("{e}; a change could not be followed to the proxies, so none was made (start the control plane, or set actions.control_url)")
+        })?;
+        let proxies = self.control.proxies().await?;
+        Ok(Before {
+            epoch: table.map_or(0, |t| t.epoch),
+            proxies: proxies.into_iter().map(|p| p.report.id).collect(),
+        })
+    }
+
     /// One writer move, followed to every proxy.
     async fn run_move(
         &self,
         tl: &mut Timeline,
         plan: &MovePlan,
         summary: &str,
+        before: &Before,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + self.timeout;
-        let before = self.control.table().await.ok().flatten();
-        let epoch_before = before.as_ref().map_or(0, |t| t.epoch);
+        let deadline = self.deadline();
         self.aws
-            .move_writer(&plan.to.arn, plan.planned)
+            .move_writer(&plan.to, plan.planned)
             .await
             .map_err(|e| format!("AWS refused the writer change: {e}"))?;
         tl.step(
@@ -588,7 +716,7 @@ impl Runner {
         .await;
         // AWS: running, then the new writer.
         let mut seen_running = false;
-        let mut last_error = String::new();
+        let mut last_error = String::from("none");
         loop {
             // Only the global cluster while following: one call per read.
             match self.aws.global_cluster().await {
@@ -598,17 +726,15 @@ impl Runner {
                         tl.step("aws reports running", format!("FailoverState {}", f.status));
                     }
                     let writer = members.iter().find(|m| m.writer).map(|m| m.region.clone());
-                    if failover.is_none() && writer.as_deref() == Some(plan.to.region.as_str()) {
+                    let at_target = writer.as_deref() == Some(plan.to.region.as_str());
+                    if failover.is_none() && at_target {
                         tl.step(
                             "writer moved",
                             format!("AWS reports the writer in {}", plan.to.region),
                         );
                         break;
                     }
-                    if failover.is_none()
-                        && seen_running
-                        && writer.as_deref() != Some(plan.to.region.as_str())
-                    {
+                    if failover.is_none() && seen_running {
                         return Err(format!(
                             "the writer change ended with the writer in {}, not {}",
                             writer.as_deref().unwrap_or("no region"),
@@ -619,16 +745,7 @@ impl Runner {
                 Err(e) => last_error = e.to_string(),
             }
             self.wait(deadline, || {
-                format!(
-                    "AWS did not report the writer in {} within {:?} (last read error: {})",
-                    plan.to.region,
-                    self.timeout,
-                    if last_error.is_empty() {
-                        "none"
-                    } else {
-                        &last_error
-                    }
-                )
+                format!("AWS did not report the writer in {} within {:?} (last read error: {last_error})", plan.to.region, self.timeout)
             })
             .await?;
         }
@@ -642,17 +759,17 @@ impl Runner {
             .until(deadline, "a table with the new primary", |t| {
                 t.primary_region.as_deref() == Some(plan.to.region.as_str())
                     && !t.failover_in_progress
-                    && t.epoch > epoch_before
+                    && t.epoch > before.epoch
             })
             .await?;
         tl.step(
             "table epoch raised",
             format!(
-                "epoch {epoch_before} → {}, primary {}",
-                table.epoch, plan.to.region
+                "epoch {} → {}, primary {}",
+                before.epoch, table.epoch, plan.to.region
             ),
         );
-        self.confirm_proxies(tl, deadline, &table).await
+        self.confirm_proxies(tl, deadline, &table, before).await
     }
 
     /// Waits for a table `ok` accepts.
@@ -681,22 +798,23 @@ impl Runner {
         }
     }
 
-    /// Waits until every proxy reporting routes on `table` or later.
+    /// Waits until every proxy reporting routes on `table` or later. A
+    /// proxy that was reporting when the change began and stopped since is
+    /// waited for one more `proxy_max_age`, then named: it may still route
+    /// on the old table.
     async fn confirm_proxies(
         &self,
         tl: &mut Timeline,
         deadline: Instant,
         table: &RoutingTable,
+        before: &Before,
     ) -> Result<(), String> {
         let mut last: String;
+        let mut others_done_at: Option<Instant> = None;
         loop {
             match self.control.proxies().await {
                 Ok(p) => {
-                    let behind: Vec<String> = p
-                        .iter()
-                        .filter(|p| {
-                            (p.report.epoch, p.report.version) < (table.epoch, table.version)
-                        })
+                    let lagging: Vec<String> = behind(&p, table)
                         .map(|p| {
                             format!(
                                 "{} ({}, epoch {})",
@@ -704,7 +822,13 @@ impl Runner {
                             )
                         })
                         .collect();
-                    if behind.is_empty() {
+                    let gone: Vec<&str> = before
+                        .proxies
+                        .iter()
+                        .filter(|id| !p.iter().any(|q| &q.report.id == *id))
+                        .map(String::as_str)
+                        .collect();
+                    if lagging.is_empty() && gone.is_empty() {
                         let detail = if p.is_empty() {
                             format!("no proxy reports to {}", self.control.describe())
                         } else {
@@ -719,7 +843,22 @@ impl Runner {
                         tl.step("proxies confirmed", detail);
                         return Ok(());
                     }
-                    last = format!("behind: {}", behind.join(", "));
+                    if lagging.is_empty() {
+                        let since = *others_done_at.get_or_insert_with(Instant::now);
+                        if since.elapsed() > self.proxy_max_age {
+                            return Err(format!(
+                                "{} proxies route on epoch {}, but {} stopped reporting during the change and may still route on the old table: {}",
+                                p.len(),
+                                table.epoch,
+                                gone.len(),
+                                gone.join(", ")
+                            ));
+                        }
+                        last = format!("stopped reporting: {}", gone.join(", "));
+                    } else {
+                        others_done_at = None;
+                        last = format!("behind: {}", lagging.join(", "));
+                    }
                 }
                 Err(e) => last = e,
             }
@@ -742,13 +881,58 @@ impl Runner {
         Ok(())
     }
 
-    /// Route 53 weight 0 for `region`'s latency record.
+    /// Takes `region` out of DNS: a weighted record gets weight 0; a
+    /// latency record is removed and kept, to be put back by `undrain`.
     pub async fn drain(&self, region: &str, dry_run: bool) -> Result<Operation, String> {
-        self.set_weight(region, None, dry_run).await
+        let state = self.state().await?;
+        let change = match state.records.get(region) {
+            None if state.view.regions.iter().any(|r| r.name == region) => {
+                return Ok(self.nothing_to_do(
+                    Kind::Drain,
+                    format!(
+                        "{region} has no record of {} (drained)",
+                        self.aws.config().record_name
+                    ),
+                ));
+            }
+            None => return Err(self.no_region(&state, region)),
+            Some(r) => match (r.weight(), r.region()) {
+                (Some(0), _) => {
+                    return Ok(self.nothing_to_do(
+                        Kind::Drain,
+                        format!("{region} already has Route 53 weight 0"),
+                    ));
+                }
+                (Some(w), _) => RecordChange::Weight {
+                    from: w,
+                    to: 0,
+                    why: "drain".into(),
+                },
+                (None, Some(_)) => RecordChange::Remove,
+                (None, None) => {
+                    return Err(format!(
+                        "the record of {region} is neither weighted nor latency-routed; edgeroute drains only those"
+                    ));
+                }
+            },
+        };
+        let others_serving = state
+            .view
+            .regions
+            .iter()
+            .any(|r| r.name != region && r.weight != Some(0) && r.healthy != Some(false));
+        if !others_serving {
+            return Err(format!(
+                "draining {region} would leave no healthy region in DNS to take its traffic"
+            ));
+        }
+        self.change_record(&state, region, Kind::Drain, change, dry_run)
+            .await
     }
 
-    /// Restores `region`'s weight: `weight`, else the one it had when it
-    /// was drained, else the weight most other regions have, else 100.
+    /// Puts `region` back in DNS: the weight it had before the drain (or
+    /// `weight`; without either, the weight most other regions have), or
+    /// its kept latency record.
     pub async fn undrain(
         &self,
         region: &str,
@@ -756,131 +940,184 @@ impl Runner {
         dry_run: bool,
     ) -> Result<Operation, String> {
         let state = self.state().await?;
-        if weight.is_none()
-            && let Some(w) = state
-                .records
-                .get(region)
-                .and_then(|r| r.weight())
-                .filter(|w| *w > 0)
-        {
-            return Ok(self.nothing_to_do(
-                Kind::Undrain,
-                format!("{region} is not drained (Route 53 weight {w})"),
-            ));
-        }
-        let chosen = match weight {
-            Some(w) => (w, "as asked".to_owned()),
-            None => {
-                let kept = History::load(&self.history_file)
-                    .ok()
-                    .and_then(|h| h.weights_before_drain.get(region).copied());
-                match kept {
-                    Some(w) => (w, "its weight before the drain".into()),
-                    None => (
-                        common_weight(&state, region),
-                        "no record of its weight before the drain: the weight most other regions have".into(),
-                    ),
+        let history = History::load(&self.history_file)?;
+        let change = match state.records.get(region) {
+            Some(r) => match r.weight() {
+                Some(w) if weight.is_none_or(|asked| asked == w) && (w > 0 || weight.is_some()) => {
+                    return Ok(self.nothing_to_do(
+                        Kind::Undrain,
+                        format!("{region} has Route 53 weight {w}"),
+                    ));
                 }
-            }
+                Some(w) => {
+                    let (to, why) = match (weight, history.weights_before_drain.get(region)) {
+                        (Some(asked), _) => (asked, "as asked".to_owned()),
+                        (None, Some(kept)) => (*kept, "its weight before the drain".to_owned()),
+                        (None, None) => (
+                            common_weight(&state, region),
+                            "no record of its weight before the drain: the weight most other regions have".to_owned(),
+                        ),
+                    };
+                    RecordChange::Weight { from: w, to, why }
+                }
+                None => {
+                    return Ok(self.nothing_to_do(
+                        Kind::Undrain,
+                        format!("{region}'s latency record is in place (not drained)"),
+                    ));
+                }
+            },
+            None => match history.drained_records.get(region) {
+                Some(saved) => RecordChange::Restore(Box::new(saved.clone())),
+                None if state.view.regions.iter().any(|r| r.name == region) => {
+                    return Err(format!(
+                        "{region} has no record of {} and none was kept by a drain; create it again (for example with your infrastructure code)",
+                        self.aws.config().record_name
+                    ));
+                }
+                None => return Err(self.no_region(&state, region)),
+            },
         };
-        self.set_weight(region, Some(chosen), dry_run).await
+        self.change_record(&state, region, Kind::Undrain, change, dry_run)
+            .await
     }
 
-    async fn set_weight(
+    fn no_region(&self, state: &AwsState, region: &str) -> String {
+        let names: Vec<&str> = state.view.regions.iter().map(|r| r.name.as_str()).collect();
+        format!(
+            "{region} is not a region of {} or of global cluster {}; regions: {}",
+            self.aws.config().record_name,
+            self.global_cluster(),
+            names.join(", ")
+        )
+    }
+
+    async fn change_record(
         &self,
+        state: &AwsState,
         region: &str,
-        undrain: Option<(i64, String)>,
+        kind: Kind,
+        change: RecordChange,
         dry_run: bool,
     ) -> Result<Operation, String> {
-        let state = self.state().await?;
-        let record = state.records.get(region).ok_or_else(|| {
-            let names: Vec<&str> = state.records.keys().map(String::as_str).collect();
-            format!(
-                "{region} has no latency record named {} in zone {}; regions: {}",
-                self.aws.config().record_name,
-                self.aws.config().hosted_zone_id,
-                names.join(", ")
-            )
-        })?;
-        let current = record.weight().unwrap_or(0);
-        let (kind, weight, why) = match &undrain {
-            None => (Kind::Drain, 0, "drain".to_owned()),
-            Some((w, why)) => (Kind::Undrain, *w, why.clone()),
-        };
-        if !(0..=255).contains(&weight) {
-            return Err(format!("a Route 53 weight is 0 to 255, got {weight}"));
-        }
-        if current == weight {
-            return Ok(self.nothing_to_do(
-                kind,
-                format!("{region} already has Route 53 weight {weight}"),
-            ));
-        }
-        if kind == Kind::Drain {
-            let others_serving = state
-                .view
-                .regions
-                .iter()
-                .any(|r| r.name != region && r.weight != Some(0) && r.healthy != Some(false));
-            if !others_serving {
-                return Err(format!(
-                    "draining {region} would leave no healthy region with weight above 0 to take its traffic"
-                ));
+        let name = &self.aws.config().record_name;
+        let existing = state.records.get(region);
+        let (summary, call, action, record, table_weight) = match &change {
+            RecordChange::Weight { from, to, why } => {
+                if !(0..=255).contains(to) {
+                    return Err(format!("a Route 53 weight is 0 to 255, got {to}"));
+                }
+                let mut r = existing
+                    .cloned()
+                    .ok_or_else(|| self.no_region(state, region))?;
+                r.weight = Some(*to);
+                (
+                    format!(
+                        "{} {region}: Route 53 weight {from} → {to} ({why})",
+                        kind.as_str()
+                    ),
+                    format!(
+                        "route53:ChangeResourceRecordSets UPSERT {name} {} SetIdentifier={} Weight={to}",
+                        r.r#type().as_str(),
+                        r.set_identifier().unwrap_or(region)
+                    ),
+                    ChangeAction::Upsert,
+                    r,
+                    *to,
+                )
             }
-        }
-        let summary = format!(
-            "{} {region}: Route 53 weight {current} → {weight} ({why})",
-            kind.as_str()
-        );
+            RecordChange::Remove => {
+                let r = existing
+                    .cloned()
+                    .ok_or_else(|| self.no_region(state, region))?;
+                (
+                    format!(
+                        "drain {region}: remove its latency record of {name} (kept to put back)"
+                    ),
+                    format!(
+                        "route53:ChangeResourceRecordSets DELETE {name} {} SetIdentifier={} Region={region}",
+                        r.r#type().as_str(),
+                        r.set_identifier().unwrap_or(region)
+                    ),
+                    ChangeAction::Delete,
+                    r,
+                    0,
+                )
+            }
+            RecordChange::Restore(saved) => {
+                let r = saved.record().map_err(|e| format!("the kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
+                (
+                    format!("undrain {region}: put back its latency record of {name}"),
+                    format!(
+                        "route53:ChangeResourceRecordSets UPSERT {name} {} SetIdentifier={} Region={region}",
+                        r.r#type().as_str(),
+                        r.set_identifier().unwrap_or(region)
+                    ),
+                    ChangeAction::Upsert,
+                    r,
+                    100,
+                )
+            }
+        };
         let steps = vec![
+            call,
             format!(
-                "route53:ChangeResourceRecordSets UPSERT {} {} SetIdentifier={} Weight={weight}",
-                self.aws.config().record_name,
-                record.r#type().as_str(),
-                record.set_identifier().unwrap_or(region)
-            ),
-            format!(
-                "wait until {} serves a table with {region} at weight {weight}",
+                "wait until {} serves a table with {region} at weight {table_weight}",
                 self.control.describe()
             ),
             "wait until every proxy reporting to it routes on that table".into(),
         ];
         if dry_run {
-            self.dry_run(&state, &summary, &steps).await;
+            self.dry_run(state, &summary, &steps).await;
             return Ok(self.dry_run_record(kind, summary));
         }
+        let before = self.before_change().await?;
         self.say(&summary);
-        let deadline = Instant::now() + self.timeout;
+        let deadline = self.deadline();
         let mut tl = Timeline::new(self.out);
-        let error = async {
-            if kind == Kind::Drain {
-                History::update(&self.history_file, |h| {
-                    h.weights_before_drain.insert(region.to_owned(), current);
-                })?;
+        // What undrain needs is kept before anything changes.
+        History::update(&self.history_file, |h| match &change {
+            RecordChange::Weight { from, .. } if kind == Kind::Drain => {
+                h.weights_before_drain.insert(region.to_owned(), *from);
             }
+            RecordChange::Remove => {
+                h.drained_records
+                    .insert(region.to_owned(), SavedRecord::of(&record));
+            }
+            _ => {}
+        })
+        .map_err(|e| format!("{e}; nothing changed"))?;
+        self.begin(&tl, kind, &summary);
+        let error = async {
             self.aws
-                .set_weight(record, weight)
+                .change_record(action, record, &format!("edgeroute {}", kind.as_str()))
                 .await
                 .map_err(|e| format!("Route 53 refused the change: {e}"))?;
             tl.step("requested", "ChangeResourceRecordSets accepted".into());
             let table = self
-                .until(deadline, &format!("{region} at weight {weight}"), |t| {
-                    t.region(region)
-                        .is_some_and(|r| i64::from(r.weight) == weight)
-                })
+                .until(
+                    deadline,
+                    &format!("{region} at weight {table_weight}"),
+                    |t| {
+                        t.region(region)
+                            .is_some_and(|r| i64::from(r.weight) == table_weight)
+                    },
+                )
                 .await?;
             let state = table.region(region).map_or("?", |r| r.state.as_str());
             tl.step(
                 "table updated",
                 format!(
-                    "{region} {state}, weight {weight}, version {}",
+                    "{region} {state}, weight {table_weight}, version {}",
                     table.version
                 ),
             );
-            self.confirm_proxies(&mut tl, deadline, &table).await?;
+            self.confirm_proxies(&mut tl, deadline, &table, &before)
+                .await?;
             if kind == Kind::Undrain {
                 History::update(&self.history_file, |h| {
                     h.weights_before_drain.remove(region);
+                    h.drained_records.remove(region);
                 })?;
             }
             Ok::<(), String>(())
@@ -891,6 +1128,13 @@ impl Runner {
             .conclude(tl.finish(kind, self.by, summary, error))
             .await)
     }
+}
+
+/// What a change starts from.
+struct Before {
+    epoch: u64,
+    /// Proxies reporting when it began.
+    proxies: Vec<String>,
 }
 
 /// The most common non-zero weight among the other regions; 100 if none.

@@ -15,8 +15,8 @@ use crate::metrics::ControlMetrics;
 use crate::notify::Event;
 use crate::registry::{Registry, Vote, vote};
 use edgeroute_config::{AutomationConfig, TopologyView};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -107,7 +107,9 @@ impl Automation {
             return Decision::Held(Hold::FailoverRunning);
         }
         if let Some(last) = i.last_move
-            && i.wall < last + self.cfg.min_interval
+            && last
+                .checked_add(self.cfg.min_interval)
+                .is_none_or(|until| i.wall < until)
         {
             return Decision::Held(Hold::MinInterval);
         }
@@ -136,7 +138,8 @@ pub async fn run(
     metrics: Arc<ControlMetrics>,
 ) {
     let running = Arc::new(AtomicBool::new(false));
-    let mut last_move: Option<SystemTime> = None;
+    // When AWS last accepted a writer move from this process.
+    let last_move: Arc<Mutex<Option<SystemTime>>> = Arc::default();
     let mut last_decision = Decision::Healthy;
     while views.changed().await.is_ok() {
         let Some(view) = views.borrow_and_update().clone() else {
@@ -145,7 +148,7 @@ pub async fn run(
         let recorded = History::load(&runner.history_file)
             .ok()
             .and_then(|h| h.last_writer_move().map(|o| o.started_at()));
-        let last = last_move.max(recorded);
+        let last = (*last_move.lock().unwrap_or_else(|p| p.into_inner())).max(recorded);
         let proxies = registry.fresh(max_age, Instant::now());
         let decision = automation.evaluate(&Inputs {
             view: &view,
@@ -167,38 +170,44 @@ pub async fn run(
         match decision {
             Decision::Held(hold) if changed => {
                 tracing::warn!(primary = %primary, reason = hold.as_str(), "automated failover held");
-                runner
-                    .notifier
-                    .send(&Event::new(
+                announce(
+                    &runner,
+                    Event::new(
                         "automation.held",
                         format!(
                             "primary region {primary} is unhealthy; automated failover held: {}",
                             hold.as_str()
                         ),
-                    ))
-                    .await;
+                    ),
+                );
             }
             Decision::Waiting if changed => {
                 tracing::warn!(primary = %primary, "both health sources report the primary unhealthy; failing over if it lasts");
             }
             Decision::FailOver { to } => {
                 running.store(true, Ordering::SeqCst);
-                last_move = Some(SystemTime::now());
                 let summary = format!(
                     "primary region {primary} unhealthy by Route 53 and the proxies; unplanned failover to {to}"
                 );
                 tracing::warn!("{summary}");
-                runner
-                    .notifier
-                    .send(&Event::new("automation.triggered", summary))
-                    .await;
-                let (runner, running, metrics) = (
+                announce(&runner, Event::new("automation.triggered", summary));
+                let (runner, running, metrics, last_move) = (
                     Arc::clone(&runner),
                     Arc::clone(&running),
                     Arc::clone(&metrics),
+                    Arc::clone(&last_move),
                 );
                 tokio::spawn(async move {
-                    let result = match runner.move_writer(&to, false, false).await {
+                    let outcome = runner.move_writer(&to, false, false).await;
+                    // Only a move AWS accepted starts the minimum interval;
+                    // a refusal (nothing changed) leaves the guard open.
+                    if let Ok(op) = &outcome
+                        && op.timeline.iter().any(|s| s.name == "requested")
+                    {
+                        *last_move.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some(op.started_at());
+                    }
+                    let result = match outcome {
                         Ok(op) if op.ok => "ok",
                         Ok(_) => "failed",
                         Err(refused) => {
@@ -216,6 +225,14 @@ pub async fn run(
             _ => {}
         }
     }
+}
+
+/// Sends `event` without holding up the evaluation loop.
+fn announce(runner: &Arc<Runner>, event: Event) {
+    let notifier = Arc::clone(&runner.notifier);
+    tokio::spawn(async move {
+        notifier.send(&event).await;
+    });
 }
 
 #[cfg(test)]

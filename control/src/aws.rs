@@ -15,6 +15,10 @@ use edgeroute_config::{AwsSourceConfig, RegionView, TopologyView};
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
+/// A replication lag older than this is unknown: when a primary fails its
+/// lag metric stops, and the last value would look better than the truth.
+const LAG_MAX_AGE: Duration = Duration::from_secs(180);
+
 /// Route 53 counts a check healthy while more than 18% of its checkers
 /// report success.
 const HEALTHY_SHARE: f64 = 0.18;
@@ -27,15 +31,22 @@ pub struct AwsError {
     pub message: String,
 }
 
-fn fail<E: std::error::Error>(
-    api: &'static str,
-) -> impl FnOnce(aws_sdk_rds::error::SdkError<E>) -> AwsError
+/// AWS's own code and message when it answered with an error; the whole
+/// chain (connection refused, timeout, ...) when it did not.
+fn fail<E>(api: &'static str) -> impl FnOnce(aws_sdk_rds::error::SdkError<E>) -> AwsError
 where
+    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata,
     aws_sdk_rds::error::SdkError<E>: std::error::Error,
 {
-    move |e| AwsError {
-        api,
-        message: aws_sdk_rds::error::DisplayErrorContext(&e).to_string(),
+    use aws_sdk_rds::error::ProvideErrorMetadata;
+    move |e| {
+        let message = match (&e, e.code(), e.message()) {
+            (aws_sdk_rds::error::SdkError::ServiceError(_), Some(code), Some(message)) => {
+                format!("{code}: {message}")
+            }
+            _ => aws_sdk_rds::error::DisplayErrorContext(&e).to_string(),
+        };
+        AwsError { api, message }
     }
 }
 
@@ -60,7 +71,9 @@ pub struct AwsSource {
     cfg: AwsSourceConfig,
     sdk: SdkConfig,
     route53: aws_sdk_route53::Client,
-    rds: aws_sdk_rds::Client,
+    /// Regions of the global cluster's members at the last read: where
+    /// `DescribeGlobalClusters` is asked when the home region does not answer.
+    member_regions: std::sync::Mutex<Vec<String>>,
 }
 
 impl AwsSource {
@@ -72,13 +85,20 @@ impl AwsSource {
                 .region(Region::new("us-east-1"))
                 .build(),
         );
-        let rds = aws_sdk_rds::Client::new(&sdk);
         AwsSource {
             cfg: cfg.clone(),
             sdk,
             route53,
-            rds,
+            member_regions: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    fn rds(&self, region: &str) -> aws_sdk_rds::Client {
+        aws_sdk_rds::Client::from_conf(
+            aws_sdk_rds::config::Builder::from(&self.sdk)
+                .region(Region::new(region.to_owned()))
+                .build(),
+        )
     }
 
     fn cloudwatch(&self, region: &str) -> aws_sdk_cloudwatch::Client {
@@ -111,6 +131,17 @@ impl AwsSource {
             });
         }
         let (members, failover) = self.global_cluster().await?;
+        // A member region with no record gets no DNS traffic: it is drained.
+        for m in &members {
+            if !records.contains_key(&m.region) {
+                regions.push(RegionView {
+                    name: m.region.clone(),
+                    weight: Some(0),
+                    healthy: None,
+                    replication_lag_ms: None,
+                });
+            }
+        }
         let writer_region = members
             .iter()
             .find(|m| m.writer)
@@ -141,6 +172,7 @@ impl AwsSource {
                         "DBClusterIdentifier",
                         &m.cluster_id,
                         Statistic::Average,
+                        LAG_MAX_AGE,
                     )
                     .await?;
                 if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
@@ -164,23 +196,23 @@ impl AwsSource {
         &self.cfg
     }
 
-    /// Moves the writer to the member `target_arn`: a planned switchover
-    /// (no data loss) or an unplanned failover that accepts losing the
-    /// writes not yet replicated.
-    pub async fn move_writer(&self, target_arn: &str, planned: bool) -> Result<(), AwsError> {
+    /// Moves the writer to `target` (a member): a planned switchover (no
+    /// data loss) or an unplanned failover that accepts losing the writes
+    /// not yet replicated. Sent to the target's region, which answers when
+    /// the writer's region does not.
+    pub async fn move_writer(&self, target: &Member, planned: bool) -> Result<(), AwsError> {
+        let rds = self.rds(&target.region);
         if planned {
-            self.rds
-                .switchover_global_cluster()
+            rds.switchover_global_cluster()
                 .global_cluster_identifier(&self.cfg.global_cluster_id)
-                .target_db_cluster_identifier(target_arn)
+                .target_db_cluster_identifier(&target.arn)
                 .send()
                 .await
                 .map_err(fail("SwitchoverGlobalCluster"))?;
         } else {
-            self.rds
-                .failover_global_cluster()
+            rds.failover_global_cluster()
                 .global_cluster_identifier(&self.cfg.global_cluster_id)
-                .target_db_cluster_identifier(target_arn)
+                .target_db_cluster_identifier(&target.arn)
                 .allow_data_loss(true)
                 .send()
                 .await
@@ -189,30 +221,27 @@ impl AwsSource {
         Ok(())
     }
 
-    /// UPSERTs `record` with a new weight, everything else unchanged.
-    pub async fn set_weight(
+    /// One change to one record of the API name.
+    pub async fn change_record(
         &self,
-        record: &ResourceRecordSet,
-        weight: i64,
+        action: ChangeAction,
+        record: ResourceRecordSet,
+        comment: &str,
     ) -> Result<(), AwsError> {
-        let mut changed = record.clone();
-        changed.weight = Some(weight);
+        let invalid = |e: aws_sdk_route53::error::BuildError| AwsError {
+            api: "ChangeResourceRecordSets",
+            message: e.to_string(),
+        };
         let change = Change::builder()
-            .action(ChangeAction::Upsert)
-            .resource_record_set(changed)
+            .action(action)
+            .resource_record_set(record)
             .build()
-            .map_err(|e| AwsError {
-                api: "ChangeResourceRecordSets",
-                message: e.to_string(),
-            })?;
+            .map_err(invalid)?;
         let batch = ChangeBatch::builder()
-            .comment(format!("edgeroute: weight {weight}"))
+            .comment(comment)
             .changes(change)
             .build()
-            .map_err(|e| AwsError {
-                api: "ChangeResourceRecordSets",
-                message: e.to_string(),
-            })?;
+            .map_err(invalid)?;
         self.route53
             .change_resource_record_sets()
             .hosted_zone_id(&self.cfg.hosted_zone_id)
@@ -308,6 +337,7 @@ impl AwsSource {
                 "HealthCheckId",
                 id,
                 Statistic::Minimum,
+                Duration::from_secs(600),
             )
             .await?
             .is_none_or(|v| v >= 1.0)
@@ -319,8 +349,51 @@ impl AwsSource {
 
     /// The members, and the writer change under way if any.
     pub async fn global_cluster(&self) -> Result<(Vec<Member>, Option<FailoverInfo>), AwsError> {
+        // The home region first, then every member region seen before: the
+        // global cluster answers in each, and its home may be the region
+        // that is down.
+        let mut regions = vec![self.cfg.global_cluster_region.clone()];
+        for r in self
+            .member_regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if !regions.contains(r) {
+                regions.push(r.clone());
+            }
+        }
+        let mut first_error = None;
+        for region in &regions {
+            match self.global_cluster_in(region).await {
+                Ok(found) => {
+                    *self
+                        .member_regions
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner()) =
+                        found.0.iter().map(|m| m.region.clone()).collect();
+                    return Ok(found);
+                }
+                Err(e) => {
+                    if region != &self.cfg.global_cluster_region {
+                        tracing::debug!(region = %region, error = %e, "DescribeGlobalClusters failed here too");
+                    }
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| AwsError {
+            api: "DescribeGlobalClusters",
+            message: "no region to ask".into(),
+        }))
+    }
+
+    async fn global_cluster_in(
+        &self,
+        region: &str,
+    ) -> Result<(Vec<Member>, Option<FailoverInfo>), AwsError> {
         let out = self
-            .rds
+            .rds(region)
             .describe_global_clusters()
             .global_cluster_identifier(&self.cfg.global_cluster_id)
             .send()
@@ -366,7 +439,8 @@ impl AwsSource {
         Ok((members, failover))
     }
 
-    /// The most recent datapoint of a metric in the last ten minutes.
+    /// The most recent datapoint of a metric within `max_age`.
+    #[allow(clippy::too_many_arguments)]
     async fn latest(
         &self,
         region: &str,
@@ -375,6 +449,7 @@ impl AwsSource {
         dimension: &str,
         value: &str,
         stat: Statistic,
+        max_age: Duration,
     ) -> Result<Option<f64>, AwsError> {
         let now = SystemTime::now();
         let out = self
@@ -383,7 +458,7 @@ impl AwsSource {
             .namespace(namespace)
             .metric_name(metric)
             .dimensions(Dimension::builder().name(dimension).value(value).build())
-            .start_time((now - Duration::from_secs(600)).into())
+            .start_time((now - max_age).into())
             .end_time((now + Duration::from_secs(60)).into())
             .period(60)
             .statistics(stat.clone())
@@ -428,6 +503,85 @@ impl AwsState {
     }
 }
 
+/// A record as kept while its region is drained, to put it back exactly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedRecord {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub rr_type: String,
+    pub set_identifier: Option<String>,
+    pub region: Option<String>,
+    pub health_check_id: Option<String>,
+    pub ttl: Option<i64>,
+    #[serde(default)]
+    pub values: Vec<String>,
+    pub alias: Option<SavedAlias>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SavedAlias {
+    pub hosted_zone_id: String,
+    pub dns_name: String,
+    pub evaluate_target_health: bool,
+}
+
+impl SavedRecord {
+    pub fn of(r: &ResourceRecordSet) -> SavedRecord {
+        SavedRecord {
+            name: r.name().to_owned(),
+            rr_type: r.r#type().as_str().to_owned(),
+            set_identifier: r.set_identifier().map(str::to_owned),
+            region: r.region().map(|g| g.as_str().to_owned()),
+            health_check_id: r.health_check_id().map(str::to_owned),
+            ttl: r.ttl(),
+            values: r
+                .resource_records()
+                .iter()
+                .map(|v| v.value().to_owned())
+                .collect(),
+            alias: r.alias_target().map(|a| SavedAlias {
+                hosted_zone_id: a.hosted_zone_id().to_owned(),
+                dns_name: a.dns_name().to_owned(),
+                evaluate_target_health: a.evaluate_target_health(),
+            }),
+        }
+    }
+
+    pub fn record(&self) -> Result<ResourceRecordSet, String> {
+        use aws_sdk_route53::types::{
+            AliasTarget, ResourceRecord, ResourceRecordSetRegion, RrType,
+        };
+        let values = self
+            .values
+            .iter()
+            .map(|v| ResourceRecord::builder().value(v).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let alias = match &self.alias {
+            Some(a) => Some(
+                AliasTarget::builder()
+                    .hosted_zone_id(&a.hosted_zone_id)
+                    .dns_name(&a.dns_name)
+                    .evaluate_target_health(a.evaluate_target_health)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ),
+            None => None,
+        };
+        ResourceRecordSet::builder()
+            .name(&self.name)
+            .r#type(RrType::from(self.rr_type.as_str()))
+            .set_set_identifier(self.set_identifier.clone())
+            .set_region(self.region.as_deref().map(ResourceRecordSetRegion::from))
+            .set_health_check_id(self.health_check_id.clone())
+            .set_ttl(self.ttl)
+            .set_resource_records((!values.is_empty()).then_some(values))
+            .set_alias_target(alias)
+            .build()
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// A member cluster of the global cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -468,6 +622,33 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_kept_record_rebuilds_the_same_record() {
+        use aws_sdk_route53::types::{
+            AliasTarget, ResourceRecordSet, ResourceRecordSetRegion, RrType,
+        };
+        let record = ResourceRecordSet::builder()
+            .name("api.example.com.")
+            .r#type(RrType::A)
+            .set_identifier("eu-west-1")
+            .region(ResourceRecordSetRegion::EuWest1)
+            .health_check_id("hc-1")
+            .alias_target(
+                AliasTarget::builder()
+                    .hosted_zone_id("Z35SXDOTRQ7X7K")
+                    .dns_name("alb.example.com")
+                    .evaluate_target_health(true)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let kept = super::SavedRecord::of(&record);
+        let json = serde_json::to_string(&kept).unwrap();
+        let back: super::SavedRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.record().unwrap(), record);
+    }
+
     #[test]
     fn cluster_arns_name_their_region() {
         assert_eq!(

@@ -17,9 +17,12 @@ pub struct History {
     /// Oldest first.
     #[serde(default)]
     pub operations: Vec<Operation>,
-    /// Region → Route 53 weight it had when it was drained.
+    /// Region → Route 53 weight it had when it was drained (weighted records).
     #[serde(default)]
     pub weights_before_drain: BTreeMap<String, i64>,
+    /// Region → its latency record, removed while the region is drained.
+    #[serde(default)]
+    pub drained_records: BTreeMap<String, crate::aws::SavedRecord>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,6 +103,21 @@ impl History {
         self.operations.iter().rev().find(|o| o.kind == Kind::Drill)
     }
 
+    /// Keeps `op` in place of the entry with its start time and kind, or
+    /// adds it: an operation is written when it starts (so a crash leaves
+    /// a record saying it did not finish) and again when it ends.
+    pub fn put(&mut self, op: Operation) {
+        match self
+            .operations
+            .iter_mut()
+            .rev()
+            .find(|o| o.started_ms == op.started_ms && o.kind == op.kind && o.by == op.by)
+        {
+            Some(slot) => *slot = op,
+            None => self.operations.push(op),
+        }
+    }
+
     /// Reads the file; a missing file is an empty history.
     pub fn load(path: &Path) -> Result<History, String> {
         match std::fs::read(path) {
@@ -116,6 +134,22 @@ impl History {
 
     /// Loads the file, applies `change`, and writes it back atomically.
     pub fn update(path: &Path, change: impl FnOnce(&mut History)) -> Result<History, String> {
+        // One writer at a time across processes (the commands and the
+        // control plane's automation): an exclusive lock on a file beside it.
+        let lock_path = path.with_extension("lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| {
+                format!(
+                    "cannot open {} ({e}); set actions.history_file to a writable path",
+                    lock_path.display()
+                )
+            })?;
+        let _lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
         let mut h = History::load(path)?;
         change(&mut h);
         let excess = h.operations.len().saturating_sub(KEEP);
@@ -172,6 +206,21 @@ mod tests {
         assert_eq!(h.operations.len(), KEEP);
         assert_eq!(h.last_drill().unwrap().started_ms, 1000);
         assert_eq!(h.last_writer_move().unwrap().started_ms, 1000);
+    }
+
+    #[test]
+    fn an_operation_recorded_at_its_start_is_replaced_at_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        let mut started = op(Kind::Failover, 7);
+        started.ok = false;
+        started.error = Some("did not finish".into());
+        History::update(&path, |h| h.put(started)).unwrap();
+        assert!(!History::load(&path).unwrap().last_writer_move().unwrap().ok);
+        History::update(&path, |h| h.put(op(Kind::Failover, 7))).unwrap();
+        let h = History::load(&path).unwrap();
+        assert_eq!(h.operations.len(), 1);
+        assert!(h.operations[0].ok);
     }
 
     #[test]

@@ -7,7 +7,6 @@ use edgeroute_control::actions::{self, ControlView, Output, Runner};
 use edgeroute_control::automation::{self, Automation};
 use edgeroute_control::aws::AwsSource;
 use edgeroute_control::builder::Builder;
-use edgeroute_control::history::History;
 use edgeroute_control::metrics::ControlMetrics;
 use edgeroute_control::notify::Notifier;
 use edgeroute_control::registry::Registry;
@@ -232,8 +231,10 @@ async fn runner(
         // One DescribeGlobalClusters call or one control-plane request per
         // read while following: fine-grained timelines, far below API limits.
         poll: FOLLOW_POLL,
+        proxy_max_age: cfg.actions.proxy_max_age,
         by,
         out,
+        sending: Default::default(),
     })
 }
 
@@ -305,18 +306,15 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
             file => (source::Source::new(file).await.read().await?, None),
         };
         let control = control_view(cfg)?;
-        let table = control.table().await;
-        let proxies = control.proxies().await;
-        let history = History::load(&cfg.actions.history_file);
         print!(
             "{}",
-            actions::describe(
+            actions::describe_now(
+                &control,
+                &cfg.actions.history_file,
                 &view,
-                failover.as_ref(),
-                table.as_ref().map(Option::as_ref).map_err(String::as_str),
-                proxies.as_deref().map_err(String::as_str),
-                history.as_ref().map_err(String::as_str),
+                failover.as_ref()
             )
+            .await
         );
         anyhow::Ok(())
     })

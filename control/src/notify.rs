@@ -147,13 +147,21 @@ impl Notifier {
                     match req.send().await {
                         Ok(r) if r.status().is_success() => Ok(()),
                         Ok(r) => Err(format!("answered {}", r.status())),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(e.without_url().to_string()),
                     }
                 })
                 .await;
             self.count("webhook", &outcome);
             if let Err(e) = outcome {
-                failures.push(format!("webhook {url}: {e}"));
+                // Webhook paths often hold a secret: only the host is named.
+                let host = reqwest::Url::parse(url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(str::to_owned))
+                    .unwrap_or_default();
+                failures.push(format!(
+                    "webhook at {host}: {}",
+                    e.replace(url.as_str(), "<webhook_url>")
+                ));
             }
         }
         for f in &failures {

@@ -3,7 +3,8 @@
 //! bounded, so a misbehaving client cannot grow it without limit.
 
 use edgeroute_config::ProxyReport;
-use serde::Serialize;
+use edgeroute_config::RoutingTable;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ pub struct Registry {
 }
 
 /// One proxy as seen now.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProxyStatus {
     #[serde(flatten)]
     pub report: ProxyReport,
@@ -79,6 +80,17 @@ impl Registry {
         out.sort_by(|a, b| a.report.id.cmp(&b.report.id));
         out
     }
+}
+
+/// The proxies routing on an older table than `table`.
+pub fn behind<'a>(
+    proxies: &'a [ProxyStatus],
+    table: &RoutingTable,
+) -> impl Iterator<Item = &'a ProxyStatus> {
+    let current = (table.epoch, table.version);
+    proxies
+        .iter()
+        .filter(move |p| (p.report.epoch, p.report.version) < current)
 }
 
 /// The proxies' vote on `region`.

@@ -184,15 +184,11 @@ fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
 /// The proxies' gauges, against the table served now.
 fn refresh_gauges(state: &ServerState) {
     let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
-    let current = state
+    let behind = state
         .table
         .borrow()
         .as_ref()
-        .map(|p| (p.table.epoch, p.table.version));
-    let behind = proxies
-        .iter()
-        .filter(|p| current.is_some_and(|c| (p.report.epoch, p.report.version) < c))
-        .count();
+        .map_or(0, |p| crate::registry::behind(&proxies, &p.table).count());
     state.metrics.proxies_reporting.set(proxies.len() as i64);
     state.metrics.proxies_behind.set(behind as i64);
     if let Ok(h) = History::load(&state.history_file) {

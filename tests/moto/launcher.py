@@ -96,18 +96,20 @@ def patch_rds() -> None:
         gc = self.global_clusters.get(global_cluster_identifier)
         if gc is None:
             raise InvalidParameterValue(f"global cluster {global_cluster_identifier} not found")
-        if gc.failover_state is not None:
-            raise InvalidParameterValue(f"global cluster {global_cluster_identifier} is already {gc.failover_state['Status']}")
         target_member = find_member(gc, target)
-        source = next((m for m in gc.members if m.is_writer), None)
-        if source is target_member:
-            raise InvalidParameterValue(f"{target} is already the writer")
-        gc.failover_state = {
-            "Status": status,
-            "FromDbClusterArn": source.db_cluster_arn if source else "",
-            "ToDbClusterArn": target_member.db_cluster_arn,
-            "IsDataLossAllowed": bool(allow_data_loss),
-        }
+        # Checked and set as one step: of concurrent requests, one wins.
+        with HELD_LOCK:
+            if gc.failover_state is not None:
+                raise InvalidParameterValue(f"global cluster {global_cluster_identifier} is already {gc.failover_state['Status']}")
+            source = next((m for m in gc.members if m.is_writer), None)
+            if source is target_member:
+                raise InvalidParameterValue(f"{target} is already the writer")
+            gc.failover_state = {
+                "Status": status,
+                "FromDbClusterArn": source.db_cluster_arn if source else "",
+                "ToDbClusterArn": target_member.db_cluster_arn,
+                "IsDataLossAllowed": bool(allow_data_loss),
+            }
 
         def finish():
             if source is not None:

@@ -160,8 +160,8 @@ pub struct Fixture {
     pub clusters: BTreeMap<&'static str, (String, String)>,
 }
 
-/// Three regions: a hosted zone with latency alias records (health check,
-/// weight 100 each), a global cluster with its writer in us-east-1 and
+/// Three regions: a hosted zone with latency alias records (a health check
+/// each), a global cluster with its writer in us-east-1 and
 /// secondaries in eu-west-1 and ap-southeast-1, and their replication lag.
 pub async fn three_regions(moto: &Moto) -> Fixture {
     let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
@@ -208,7 +208,13 @@ pub async fn three_regions(moto: &Moto) -> Fixture {
         );
     }
     for region in REGIONS {
-        set_weight(&r53, &zone_id, region, &health_checks[region], 100).await;
+        change_record(
+            &r53,
+            &zone_id,
+            ChangeAction::Upsert,
+            latency_record(region, &health_checks[region]),
+        )
+        .await;
     }
 
     let mut clusters = BTreeMap::new();
@@ -263,20 +269,14 @@ pub async fn three_regions(moto: &Moto) -> Fixture {
     }
 }
 
-/// UPSERTs the latency record of `region` with `weight`.
-pub async fn set_weight(
-    r53: &aws_sdk_route53::Client,
-    zone_id: &str,
-    region: &str,
-    health_check: &str,
-    weight: i64,
-) {
-    let record = ResourceRecordSet::builder()
+/// The latency record of `region`: an alias to its load balancer, with
+/// its health check (one routing policy per record, as Route 53 requires).
+pub fn latency_record(region: &str, health_check: &str) -> ResourceRecordSet {
+    ResourceRecordSet::builder()
         .name(RECORD)
         .r#type(RrType::A)
         .set_identifier(region)
         .region(ResourceRecordSetRegion::from(region))
-        .weight(weight)
         .health_check_id(health_check)
         .alias_target(
             AliasTarget::builder()
@@ -287,14 +287,23 @@ pub async fn set_weight(
                 .expect("alias target"),
         )
         .build()
-        .expect("record set");
+        .expect("record set")
+}
+
+/// One change to one record.
+pub async fn change_record(
+    r53: &aws_sdk_route53::Client,
+    zone_id: &str,
+    action: ChangeAction,
+    record: ResourceRecordSet,
+) {
     r53.change_resource_record_sets()
         .hosted_zone_id(zone_id)
         .change_batch(
             ChangeBatch::builder()
                 .changes(
                     Change::builder()
-                        .action(ChangeAction::Upsert)
+                        .action(action)
                         .resource_record_set(record)
                         .build()
                         .expect("change"),
@@ -304,7 +313,7 @@ pub async fn set_weight(
         )
         .send()
         .await
-        .expect("upsert latency record");
+        .expect("change a record");
 }
 
 /// One CloudWatch metric series.

@@ -122,7 +122,7 @@ async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
 }
 
 #[tokio::test]
-async fn a_failing_health_check_marks_a_region_down_and_weight_zero_drains_it() {
+async fn a_failing_health_check_marks_a_region_down_and_a_region_out_of_dns_is_draining() {
     let moto = Moto::start().await;
     let fixture = moto::three_regions(&moto).await;
     let cp = control_on(&moto, &fixture).await;
@@ -136,12 +136,12 @@ async fn a_failing_health_check_marks_a_region_down_and_weight_zero_drains_it() 
     )
     .await;
     let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
-    moto::set_weight(
+    // A member region whose latency record is gone gets no DNS traffic.
+    moto::change_record(
         &r53,
         &fixture.zone_id,
-        "eu-west-1",
-        &fixture.health_checks["eu-west-1"],
-        0,
+        aws_sdk_route53::types::ChangeAction::Delete,
+        moto::latency_record("eu-west-1", &fixture.health_checks["eu-west-1"]),
     )
     .await;
     eventually(

@@ -168,18 +168,31 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
     // The emulator keeps the switchover running until released, so the
     // window in which writes are held is certain to be seen.
     env.moto.hold_failovers().await;
-    let (ran, ()) = tokio::join!(cp.command(&["failover", "--to", "eu-west-1"]), async {
-        eventually("the table holds writes", WAIT, || async {
-            cp.table().await["failover_in_progress"] == true
-        })
-        .await;
-        let seen = refused.load(Ordering::SeqCst);
-        eventually("writes are refused while held", WAIT, || async {
-            refused.load(Ordering::SeqCst) > seen
-        })
-        .await;
-        env.moto.release_failovers().await;
-    });
+    let (ran, us_writes_when_held) =
+        tokio::join!(cp.command(&["failover", "--to", "eu-west-1"]), async {
+            eventually("the table holds writes", WAIT, || async {
+                cp.table().await["failover_in_progress"] == true
+            })
+            .await;
+            let held = cp.table().await["version"].clone();
+            eventually("every proxy holds writes", WAIT, || async {
+                let p = cp.get("/v1/proxies").await;
+                p["proxies"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .all(|p| p["version"] == held)
+            })
+            .await;
+            let seen = refused.load(Ordering::SeqCst);
+            eventually("writes are refused while held", WAIT, || async {
+                refused.load(Ordering::SeqCst) > seen
+            })
+            .await;
+            let at_hold = env.origins["us-east-1"].count("POST");
+            env.moto.release_failovers().await;
+            at_hold
+        });
     assert!(ran.ok, "{ran:?}");
     let us_writes_at_confirmation = env.origins["us-east-1"].count("POST");
     // AWS may finish before its running state is read, so that step is optional.
@@ -241,9 +254,10 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
     assert_eq!(env.origins["ap-southeast-1"].count("POST"), 0);
     assert_eq!(
         env.origins["us-east-1"].count("POST"),
-        us_writes_at_confirmation,
-        "no write reached the old primary once every proxy moved"
+        us_writes_when_held,
+        "no write reached the old primary once every proxy held writes"
     );
+    assert_eq!(us_writes_at_confirmation, us_writes_when_held);
     eprintln!(
         "{} writes: {} served, {} held (503)",
         answers.len(),
@@ -318,8 +332,9 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
         Duration::ZERO,
     )
     .await;
+    // Held on every read (200 ms apart), for longer than `after` (1 s).
     eventually("automation holds: the sources disagree", WAIT, || async {
-        env.metric(&held("sources_disagree")).await >= 1.0
+        env.metric(&held("sources_disagree")).await >= 10.0
     })
     .await;
     assert_eq!(
@@ -431,8 +446,16 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
 
     let ran = env.cp.command(&["drain", "us-east-1"]).await;
     assert!(ran.ok, "{ran:?}");
-    assert!(ran.stdout.contains("weight 100 → 0"), "{}", ran.stdout);
-    assert!(ran.stdout.contains("us-east-1 draining"), "{}", ran.stdout);
+    assert!(
+        ran.stdout.contains("remove its latency record"),
+        "{}",
+        ran.stdout
+    );
+    assert!(
+        ran.stdout.contains("us-east-1 draining, weight 0"),
+        "{}",
+        ran.stdout
+    );
     assert!(ran.stdout.contains("1 of 1 proxies"), "{}", ran.stdout);
     // The proxy confirmed the table: its reads have moved already.
     for _ in 0..10 {
@@ -447,8 +470,12 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     let ran = env.cp.command(&["undrain", "us-east-1"]).await;
     assert!(ran.ok, "{ran:?}");
     assert!(
+        ran.stdout.contains("put back its latency record"),
+        "{}",
         ran.stdout
-            .contains("weight 0 → 100 (its weight before the drain)"),
+    );
+    assert!(
+        ran.stdout.contains("us-east-1 active, weight 100"),
         "{}",
         ran.stdout
     );
@@ -515,7 +542,7 @@ async fn a_dry_run_changes_nothing() {
     let ran = env.cp.command(&["drain", "eu-west-1", "--dry-run"]).await;
     assert!(
         ran.stdout
-            .contains("route53:ChangeResourceRecordSets UPSERT"),
+            .contains("route53:ChangeResourceRecordSets DELETE"),
         "{}",
         ran.stdout
     );
@@ -619,4 +646,26 @@ async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() 
         .find(|e| e["event"] == "drill.completed")
         .expect("drill announced");
     assert_eq!(drill["operation"]["ok"], true);
+}
+
+#[tokio::test]
+async fn a_proxy_that_stops_reporting_during_a_switchover_fails_the_command_by_name() {
+    let env = Env::start(None).await;
+    let _us = env.proxy("us-east-1").await;
+    let eu = env.proxy("eu-west-1").await;
+    env.wait_for_proxies(2).await;
+    // Gone without a word, while its last report is still fresh: it may
+    // still route writes on the old table, so the change is not confirmed.
+    eu.signal(nix::sys::signal::Signal::SIGKILL);
+    let ran = env.cp.command(&["failover", "--to", "eu-west-1"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("writer moved"), "{}", ran.stdout);
+    assert!(ran.stderr.contains("stopped reporting"), "{}", ran.stderr);
+    assert!(
+        ran.stderr.contains(&format!("/{}", eu.pid())),
+        "names the proxy: {}",
+        ran.stderr
+    );
+    let status = env.cp.get("/v1/status").await;
+    assert_eq!(status["last_failover"]["ok"], false, "{status}");
 }
