@@ -217,6 +217,9 @@ pub async fn report_to_control(
     let target = format!("{url}/v1/report");
     let id = proxy_id();
     let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
+        tracing::error!(
+            "table.token_file holds characters that cannot go in a header; reports to the control plane are off"
+        );
         return;
     };
     let mut last: Option<(ProxyReport, Instant)> = None;
