@@ -259,6 +259,8 @@ enum RawTable {
         report: bool,
         #[serde(default = "default_report_interval")]
         report_interval: String,
+        #[serde(default)]
+        hold_writes_after: Option<String>,
     },
 }
 
@@ -528,6 +530,11 @@ pub enum TableSource {
         /// the control plane (default on): at once when either changes, and
         /// every `report_interval` (default 10 s) as a heartbeat.
         report: Option<Duration>,
+        /// Fail closed for writes: once the control plane has not confirmed
+        /// the table for this long, writes get 503 (reads go on), because
+        /// the primary may have moved unseen. Off unless set; must exceed
+        /// `wait`.
+        hold_writes_after: Option<Duration>,
     },
 }
 
@@ -887,6 +894,7 @@ impl RawConfig {
                 max_backoff,
                 report,
                 report_interval,
+                hold_writes_after,
             } => {
                 let base_url = url.trim_end_matches('/');
                 let valid_url = base_url
@@ -902,10 +910,22 @@ impl RawConfig {
                 if !token_path.is_file() {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
                 }
+                let wait = values::positive_duration(&mut e, "table.wait", wait);
+                let hold_writes_after = hold_writes_after.as_deref().map(|raw| {
+                    let d = values::positive_duration(&mut e, "table.hold_writes_after", raw);
+                    if !d.is_zero() && d <= wait {
+                        e.push(
+                            "table.hold_writes_after",
+                            format!("must be longer than table.wait ({wait:?}): a table is confirmed once per long-poll, got {raw:?}"),
+                        );
+                    }
+                    d
+                });
                 TableSource::Control {
                     url: base_url.to_owned(),
                     token_file: token_path,
-                    wait: values::positive_duration(&mut e, "table.wait", wait),
+                    wait,
+                    hold_writes_after,
                     max_backoff: values::positive_duration(
                         &mut e,
                         "table.max_backoff",

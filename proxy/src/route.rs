@@ -86,6 +86,7 @@ pub enum Refusal {
     PrimaryUnavailable,
     LocalUnavailable,
     NoRegionAvailable,
+    TableStale,
 }
 
 impl Refusal {
@@ -99,6 +100,7 @@ impl Refusal {
             Refusal::PrimaryUnavailable => "primary_unavailable",
             Refusal::LocalUnavailable => "local_unavailable",
             Refusal::NoRegionAvailable => "no_region_available",
+            Refusal::TableStale => "table_stale",
         }
     }
 
@@ -113,6 +115,9 @@ impl Refusal {
             Refusal::PrimaryUnavailable => "the primary region has no reachable backend",
             Refusal::LocalUnavailable => "the local region cannot serve this route",
             Refusal::NoRegionAvailable => "no region can serve this request",
+            Refusal::TableStale => {
+                "the control plane has not confirmed the routing table for longer than table.hold_writes_after; writes are held in case the primary moved"
+            }
         }
     }
 

@@ -121,6 +121,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             wait,
             max_backoff,
             report,
+            ..
         } => {
             let token = std::fs::read_to_string(&token_file).with_context(|| {
                 format!("cannot read table.token_file {}", token_file.display())

@@ -161,6 +161,15 @@ impl ProxyHttp for EdgeProxy {
             .classifier
             .classify(req.method.as_str(), req.uri.path(), strong);
 
+        if ctx.plan.class == RouteClass::Write && self.state.table_too_old_for_writes() {
+            return self
+                .reply(
+                    session,
+                    ctx,
+                    ErrorReply::Refused(crate::route::Refusal::TableStale),
+                )
+                .await;
+        }
         let Some(snapshot) = self.state.router.load() else {
             return self
                 .reply(

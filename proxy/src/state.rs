@@ -28,6 +28,8 @@ pub struct AppState {
     swap: Mutex<()>,
     /// Signalled when a new table is put in force.
     pub table_changed: tokio::sync::Notify,
+    /// `table.hold_writes_after`, in milliseconds.
+    hold_writes_after_ms: Option<u64>,
 }
 
 impl AppState {
@@ -35,7 +37,14 @@ impl AppState {
         let metrics = Metrics::new();
         let names: Vec<&str> = topology.region_names().collect();
         let request_metrics = RequestMetrics::new(&metrics, &names);
+        let hold_writes_after_ms = match &config.table {
+            edgeroute_config::TableSource::Control {
+                hold_writes_after, ..
+            } => hold_writes_after.map(|d| d.as_millis() as u64),
+            edgeroute_config::TableSource::File { .. } => None,
+        };
         AppState {
+            hold_writes_after_ms,
             admin_token,
             classifier: Classifier::new(config.methods.clone(), config.routes.clone()),
             config,
@@ -115,6 +124,19 @@ impl AppState {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         (at != 0 && self.router.load().is_some()).then(|| now.saturating_sub(at) as f64 / 1000.0)
+    }
+
+    /// Writes are held: `table.hold_writes_after` is set and the control
+    /// plane has not confirmed the table for longer.
+    pub fn table_too_old_for_writes(&self) -> bool {
+        let Some(limit) = self.hold_writes_after_ms else {
+            return false;
+        };
+        let at = self.table_confirmed_ms.load(Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        at != 0 && now.saturating_sub(at) > limit
     }
 
     /// Counts a table that could not even be read.

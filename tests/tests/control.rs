@@ -215,3 +215,47 @@ async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
     assert_eq!(eu["state"], "draining");
     assert_eq!(c.get(cp.url("/health")).send().await.unwrap().status(), 200);
 }
+
+#[tokio::test]
+async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_writes_only() {
+    let (us, eu, ap) = (
+        Origin::start(US).await,
+        Origin::start(EU).await,
+        Origin::start(AP).await,
+    );
+    let mut cp = ControlPlane::start(&topology(Some(AP), false, &all_up())).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"1s\"\nhold_writes_after = \"3s\"\n",
+            cp.addr, cp.token_path
+        ))
+        .without_table_file()
+        .start()
+        .await;
+    // Confirmed every long-poll (1 s): writes flow.
+    for _ in 0..5 {
+        assert_eq!(write_region(&proxy).await, AP);
+    }
+    cp.kill();
+    eventually(
+        "writes are held once the table is 3 s unconfirmed",
+        WAIT,
+        || async { write_region(&proxy).await == "refused 503 Service Unavailable" },
+    )
+    .await;
+    let resp = client()
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers().contains_key("retry-after"));
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("table_stale"), "{body}");
+    let read = client().get(proxy.url("/items")).send().await.unwrap();
+    assert_eq!(read.status(), 200, "reads go on");
+    assert_eq!(read.headers()["x-edgeroute-region"], US);
+}

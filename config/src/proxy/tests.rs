@@ -209,3 +209,22 @@ fn a_control_table_source_needs_a_base_url_and_a_token_file() {
         "{errs}"
     );
 }
+
+#[test]
+fn hold_writes_after_must_outlast_one_long_poll() {
+    let text = MINIMAL.replace(
+        "source = \"file\"\npath = \"table.json\"",
+        "source = \"control\"\nurl = \"http://control:9080\"\ntoken_file = \"missing-token\"\nwait = \"30s\"\nhold_writes_after = \"10s\"",
+    );
+    let Err(FromTomlError::Invalid(errs)) = parse(&text) else {
+        panic!("expected field errors")
+    };
+    let hold = errs
+        .iter()
+        .find(|e| e.path == "table.hold_writes_after")
+        .expect("hold_writes_after named");
+    assert!(
+        hold.to_string().contains("longer than table.wait"),
+        "{errs}"
+    );
+}
