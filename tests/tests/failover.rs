@@ -149,14 +149,16 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
     let before = cp.table().await["epoch"].as_u64().unwrap();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let refused = Arc::new(AtomicUsize::new(0));
+    // One refusal counter per writer: each sends one write at a time.
+    let refused: Vec<Arc<AtomicUsize>> = (0..4).map(|_| Arc::default()).collect();
     let writers: Vec<_> = [&_us, &_eu, &_us, &_eu]
         .iter()
-        .map(|p| {
+        .zip(&refused)
+        .map(|(p, r)| {
             tokio::spawn(write_load(
                 p.url("/orders"),
                 Arc::clone(&stop),
-                Arc::clone(&refused),
+                Arc::clone(r),
             ))
         })
         .collect();
@@ -174,19 +176,24 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
                 cp.table().await["failover_in_progress"] == true
             })
             .await;
-            let held = cp.table().await["version"].clone();
+            let held = cp.table().await["version"].as_u64().unwrap();
             eventually("every proxy holds writes", WAIT, || async {
                 let p = cp.get("/v1/proxies").await;
                 p["proxies"]
                     .as_array()
                     .unwrap()
                     .iter()
-                    .all(|p| p["version"] == held)
+                    .all(|p| p["version"].as_u64().unwrap() >= held)
             })
             .await;
-            let seen = refused.load(Ordering::SeqCst);
-            eventually("writes are refused while held", WAIT, || async {
-                refused.load(Ordering::SeqCst) > seen
+            // Once every writer has had a write refused from here on, none
+            // has an earlier write still on its way to the old primary.
+            let seen: Vec<usize> = refused.iter().map(|r| r.load(Ordering::SeqCst)).collect();
+            eventually("every writer has a write refused", WAIT, || async {
+                refused
+                    .iter()
+                    .zip(&seen)
+                    .all(|(r, s)| r.load(Ordering::SeqCst) > *s)
             })
             .await;
             let at_hold = env.origins["us-east-1"].count("POST");
