@@ -32,6 +32,20 @@ pub struct Ran {
     pub stderr: String,
 }
 
+impl Ran {
+    /// Fails unless the command succeeded and printed every one of `parts`.
+    pub fn assert_ok_saying(&self, parts: &[&str]) {
+        assert!(self.ok, "{self:?}");
+        for part in parts {
+            assert!(
+                self.stdout.contains(part),
+                "{part:?} missing from:\n{}",
+                self.stdout
+            );
+        }
+    }
+}
+
 /// A topology document: `regions` as (name, weight, healthy).
 pub fn topology(primary: Option<&str>, failover: bool, regions: &[(&str, u32, bool)]) -> Value {
     serde_json::json!({

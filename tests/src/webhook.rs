@@ -66,6 +66,17 @@ impl Webhook {
         self.received.lock().expect("webhook store").clone()
     }
 
+    /// Fails naming what is missing unless every event in `events` arrived.
+    pub fn assert_received(&self, events: &[&str]) {
+        let names = self.names();
+        for event in events {
+            assert!(
+                names.iter().any(|n| n == event),
+                "webhook missing {event}: {names:?}"
+            );
+        }
+    }
+
     /// The names of the events received so far, in order.
     pub fn names(&self) -> Vec<String> {
         self.events()

@@ -15,12 +15,23 @@ fn all_up() -> [(&'static str, u32, bool); 3] {
 }
 
 async fn proxy_on(cp: &ControlPlane, us: &Origin, eu: &Origin, ap: &Origin) -> Proxy {
+    proxy_with(cp, us, eu, ap, "wait = \"5s\"\nmax_backoff = \"500ms\"\n").await
+}
+
+/// A proxy on `cp` with these extra `[table]` options.
+async fn proxy_with(
+    cp: &ControlPlane,
+    us: &Origin,
+    eu: &Origin,
+    ap: &Origin,
+    table_options: &str,
+) -> Proxy {
     ProxyBuilder::new(US)
         .region(US, &[us.addr])
         .region(EU, &[eu.addr])
         .region(AP, &[ap.addr])
         .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\nmax_backoff = \"500ms\"\n",
+            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\n{table_options}",
             cp.addr, cp.token_path
         ))
         .without_table_file()
@@ -224,17 +235,14 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
         Origin::start(AP).await,
     );
     let mut cp = ControlPlane::start(&topology(Some(AP), false, &all_up())).await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .region(EU, &[eu.addr])
-        .region(AP, &[ap.addr])
-        .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"1s\"\nhold_writes_after = \"3s\"\n",
-            cp.addr, cp.token_path
-        ))
-        .without_table_file()
-        .start()
-        .await;
+    let proxy = proxy_with(
+        &cp,
+        &us,
+        &eu,
+        &ap,
+        "wait = \"1s\"\nhold_writes_after = \"3s\"\n",
+    )
+    .await;
     // Confirmed every long-poll (1 s): writes flow.
     for _ in 0..5 {
         assert_eq!(write_region(&proxy).await, AP);

@@ -79,6 +79,17 @@ impl Env {
         .await;
     }
 
+    /// Route 53's health check of `region` fails (its CloudWatch status 0).
+    async fn route53_fails(&self, region: &str) {
+        moto::put_metric(
+            &self.moto,
+            &Series::health_check(&self.fixture.health_checks[region]),
+            0.0,
+            Duration::ZERO,
+        )
+        .await;
+    }
+
     async fn metric(&self, sample: &str) -> f64 {
         self.cp.metric(sample).await
     }
@@ -282,18 +293,12 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
             .unwrap()
             .contains("us-east-1 → eu-west-1")
     );
-    let names = env.webhook.names();
-    for event in [
+    env.webhook.assert_received(&[
         "switchover.requested",
         "writer.moved",
         "switchover.completed",
         "table.changed",
-    ] {
-        assert!(
-            names.iter().any(|n| n == event),
-            "webhook missing {event}: {names:?}"
-        );
-    }
+    ]);
     let completed = env
         .webhook
         .events()
@@ -332,13 +337,7 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
         |reason: &str| format!("edgeroute_control_automation_held_total{{reason=\"{reason}\"}}");
 
     // Route 53 alone calls the primary down: the proxies disagree, so no failover.
-    moto::put_metric(
-        &env.moto,
-        &Series::health_check(&env.fixture.health_checks["us-east-1"]),
-        0.0,
-        Duration::ZERO,
-    )
-    .await;
+    env.route53_fails("us-east-1").await;
     // Held on every read (200 ms apart), for longer than `after` (1 s).
     eventually("automation holds: the sources disagree", WAIT, || async {
         env.metric(&held("sources_disagree")).await >= 10.0
@@ -396,13 +395,7 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
     assert_eq!(status["last_failover"]["kind"], "failover");
 
     // The new primary fails too, within the minimum interval: held.
-    moto::put_metric(
-        &env.moto,
-        &Series::health_check(&env.fixture.health_checks["eu-west-1"]),
-        0.0,
-        Duration::ZERO,
-    )
-    .await;
+    env.route53_fails("eu-west-1").await;
     env.origins["eu-west-1"].set_health(503);
     eventually(
         "automation holds: too soon after the last failover",
@@ -422,18 +415,12 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
                 .await,
         1.0
     );
-    let names = env.webhook.names();
-    for event in [
+    env.webhook.assert_received(&[
         "automation.held",
         "automation.triggered",
         "failover.requested",
         "failover.completed",
-    ] {
-        assert!(
-            names.iter().any(|n| n == event),
-            "webhook missing {event}: {names:?}"
-        );
-    }
+    ]);
 }
 
 #[tokio::test]
@@ -452,18 +439,11 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     assert_eq!(read_region().await, "us-east-1");
 
     let ran = env.cp.command(&["drain", "us-east-1"]).await;
-    assert!(ran.ok, "{ran:?}");
-    assert!(
-        ran.stdout.contains("remove its latency record"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("us-east-1 draining, weight 0"),
-        "{}",
-        ran.stdout
-    );
-    assert!(ran.stdout.contains("1 of 1 proxies"), "{}", ran.stdout);
+    ran.assert_ok_saying(&[
+        "remove its latency record",
+        "us-east-1 draining, weight 0",
+        "1 of 1 proxies",
+    ]);
     // The proxy confirmed the table: its reads have moved already.
     for _ in 0..10 {
         assert_ne!(read_region().await, "us-east-1");
@@ -475,27 +455,15 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     );
 
     let ran = env.cp.command(&["undrain", "us-east-1"]).await;
-    assert!(ran.ok, "{ran:?}");
-    assert!(
-        ran.stdout.contains("put back its latency record"),
-        "{}",
-        ran.stdout
-    );
-    assert!(
-        ran.stdout.contains("us-east-1 active, weight 100"),
-        "{}",
-        ran.stdout
-    );
+    ran.assert_ok_saying(&[
+        "put back its latency record",
+        "us-east-1 active, weight 100",
+    ]);
     for _ in 0..10 {
         assert_eq!(read_region().await, "us-east-1");
     }
-    let names = env.webhook.names();
-    for event in ["drain.completed", "undrain.completed"] {
-        assert!(
-            names.iter().any(|n| n == event),
-            "webhook missing {event}: {names:?}"
-        );
-    }
+    env.webhook
+        .assert_received(&["drain.completed", "undrain.completed"]);
 }
 
 #[tokio::test]
@@ -520,14 +488,11 @@ async fn a_dry_run_changes_nothing() {
     ];
     for args in runs {
         let ran = env.cp.command(args).await;
-        assert!(ran.ok, "{ran:?}");
-        assert!(ran.stdout.contains("dry run:"), "{}", ran.stdout);
-        assert!(
-            ran.stdout.contains("writer region: us-east-1"),
-            "{}",
-            ran.stdout
-        );
-        assert!(ran.stdout.contains("steps (none taken):"), "{}", ran.stdout);
+        ran.assert_ok_saying(&[
+            "dry run:",
+            "writer region: us-east-1",
+            "steps (none taken):",
+        ]);
     }
     let ran = env
         .cp
@@ -619,17 +584,10 @@ async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() 
     assert_eq!(env.cp.table().await["primary_region"], "us-east-1");
 
     let status = env.cp.command(&["status"]).await;
-    assert!(status.ok, "{status:?}");
-    assert!(
-        status.stdout.contains("last failover test (drill): 20"),
-        "{}",
-        status.stdout
-    );
-    assert!(
-        status.stdout.contains("us-east-1 → eu-west-1 → us-east-1"),
-        "{}",
-        status.stdout
-    );
+    status.assert_ok_saying(&[
+        "last failover test (drill): 20",
+        "us-east-1 → eu-west-1 → us-east-1",
+    ]);
     assert!(
         status
             .stdout
