@@ -602,8 +602,12 @@ impl Runner {
             .err();
         if error.is_none() {
             tl.prefix = "back: ";
-            let before = self.before_change().await?;
-            error = self.run_move(&mut tl, &back, &summary, &before).await.err();
+            // The first leg changed AWS: from here on every failure is
+            // concluded, recorded and announced, never returned early.
+            error = match self.before_change().await {
+                Ok(before) => self.run_move(&mut tl, &back, &summary, &before).await.err(),
+                Err(e) => Some(format!("the switchover back was not started: {e}")),
+            };
         }
         tl.prefix = "";
         Ok(self
