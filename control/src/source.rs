@@ -172,3 +172,46 @@ pub fn describe_change(before: Option<&RoutingTable>, after: &RoutingTable) -> O
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::describe_change;
+    use edgeroute_config::{RegionEntry, RegionState, RoutingTable};
+
+    fn table(epoch: u64, primary: &str, failover: bool, eu: RegionState, lag: u64) -> RoutingTable {
+        RoutingTable {
+            epoch,
+            version: epoch * 10 + lag,
+            primary_region: Some(primary.into()),
+            failover_in_progress: failover,
+            regions: vec![RegionEntry {
+                name: "eu-west-1".into(),
+                state: eu,
+                weight: 100,
+                replication_lag_ms: Some(lag),
+            }],
+        }
+    }
+
+    #[test]
+    fn only_changes_that_matter_to_people_are_described() {
+        let a = table(1, "us-east-1", false, RegionState::Active, 10);
+        assert_eq!(
+            describe_change(None, &a),
+            None,
+            "the first table is no change"
+        );
+        let lag_only = table(1, "us-east-1", false, RegionState::Active, 99);
+        assert_eq!(describe_change(Some(&a), &lag_only), None);
+        let held = table(1, "us-east-1", true, RegionState::Active, 10);
+        assert_eq!(
+            describe_change(Some(&a), &held).unwrap(),
+            "a writer change is running: writes held"
+        );
+        let moved = table(2, "eu-west-1", false, RegionState::Draining, 10);
+        assert_eq!(
+            describe_change(Some(&held), &moved).unwrap(),
+            "primary us-east-1 → eu-west-1 (epoch 2); writes open; eu-west-1 draining (weight 100)"
+        );
+    }
+}
