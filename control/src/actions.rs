@@ -257,7 +257,11 @@ pub fn describe(
             Some(false) => "UNHEALTHY",
             None => "no health check",
         };
-        let weight = r.weight.map_or("-".into(), |w| w.to_string());
+        let weight = match r.weight {
+            None => "in DNS".to_owned(),
+            Some(0) => "out of DNS".to_owned(),
+            Some(w) => format!("weight {w}"),
+        };
         let lag = r
             .replication_lag_ms
             .map_or("-".into(), |l| format!("{l} ms"));
@@ -268,7 +272,7 @@ pub fn describe(
         };
         let _ = writeln!(
             s,
-            "  {:<16} {role:<9} {health:<15} weight {weight:<4} replication lag {lag}",
+            "  {:<16} {role:<9} {health:<15} {weight:<11} replication lag {lag}",
             r.name
         );
     }

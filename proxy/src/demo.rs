@@ -20,6 +20,8 @@ const REGIONS: [(&str, Duration); 3] = [
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
+    /// A control plane's URL and token file: the table comes from it.
+    pub control: Option<(String, std::path::PathBuf)>,
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
@@ -48,7 +50,10 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let config = ProxyConfig::from_toml(&config_text, &dir)
         .map_err(|e| anyhow::anyhow!("demo config: {e}"))?;
 
-    print_guide(&opts, &backends, &config_path, &table_path);
+    match &opts.control {
+        None => print_guide(&opts, &backends, &config_path, &table_path),
+        Some((url, _)) => print_control_guide(&opts, &backends, url),
+    }
     let result = crate::server::run(config);
     drop(origins);
     result
@@ -72,9 +77,19 @@ fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
          local_region = \"us-east-1\"\n\n\
          [[listeners]]\naddress = \"{}\"\nh2c = true\n\n\
          [admin]\naddress = \"{}\"\n\n\
-         [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"500ms\"\n\n\
+         {table}\n\
          [runtime]\nthreads = 1\n",
-        opts.listen, opts.admin
+        opts.listen,
+        opts.admin,
+        table = match &opts.control {
+            None =>
+                "[table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"500ms\"\n"
+                    .to_owned(),
+            Some((url, token)) => format!(
+                "[table]\nsource = \"control\"\nurl = \"{url}\"\ntoken_file = {:?}\nwait = \"10s\"\nreport_interval = \"2s\"\n",
+                token.display()
+            ),
+        }
     );
     for (region, addr) in backends {
         s.push_str(&format!(
@@ -84,12 +99,36 @@ fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
     s
 }
 
-fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Path, table: &Path) {
-    let origins: Vec<String> = backends
+fn origins_list(backends: &[(&str, SocketAddr)]) -> String {
+    backends
         .iter()
         .zip(REGIONS)
         .map(|((r, a), (_, d))| format!("    {r:<15} {a}  (+{} ms)", d.as_millis()))
-        .collect();
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn print_control_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], url: &str) {
+    println!(
+        "\nedgeroute demo: a proxy for us-east-1 on http://{listen}, admin on http://{admin},\n\
+         taking its table from the control plane at {url}\n\
+         simulated regions:\n{origins}\n\n\
+         Try, with C = the control-plane config the emulator wrote:\n\
+         \x20 curl -i -X POST http://{listen}/orders -d '{{}}'         # a write, sent to the primary\n\
+         \x20 edgeroute-control status   -c $C\n\
+         \x20 edgeroute-control failover -c $C --to eu-west-1 --dry-run\n\
+         \x20 edgeroute-control failover -c $C --to eu-west-1        # writes held, then sent to eu-west-1\n\
+         \x20 edgeroute-control drain    -c $C us-east-1             # reads move away from us-east-1\n\
+         \x20 edgeroute-control undrain  -c $C us-east-1\n\
+         \x20 edgeroute-control failover -c $C --to us-east-1 --drill\n\
+         Stop with Ctrl-C.\n",
+        listen = opts.listen,
+        admin = opts.admin,
+        origins = origins_list(backends),
+    );
+}
+
+fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Path, table: &Path) {
     println!(
         "\nedgeroute demo: a proxy for us-east-1 on http://{listen}, admin on http://{admin}\n\
          simulated regions:\n{origins}\n\
@@ -107,7 +146,7 @@ fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Pat
          Stop with Ctrl-C.\n",
         listen = opts.listen,
         admin = opts.admin,
-        origins = origins.join("\n"),
+        origins = origins_list(backends),
         config = config.display(),
         table = table.display(),
     );

@@ -39,6 +39,13 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "127.0.0.1:9901")]
         admin: SocketAddr,
+        /// Take the table from this control plane (and report to it)
+        /// instead of a table file.
+        #[arg(long, value_name = "URL", requires = "token_file")]
+        control: Option<String>,
+        /// The control plane's token, with --control.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
 }
 
@@ -51,8 +58,18 @@ fn main() -> ExitCode {
             logging::init(c.log.format, &c.log.level)?;
             server::run(c)
         }),
-        Command::Demo { listen, admin } => logging::init(edgeroute_config::LogFormat::Text, "info")
-            .and_then(|()| demo::run(demo::DemoOptions { listen, admin })),
+        Command::Demo {
+            listen,
+            admin,
+            control,
+            token_file,
+        } => logging::init(edgeroute_config::LogFormat::Text, "info").and_then(|()| {
+            demo::run(demo::DemoOptions {
+                listen,
+                admin,
+                control: control.zip(token_file),
+            })
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -43,8 +43,12 @@ pub struct Moto {
 
 impl Moto {
     pub async fn start() -> Moto {
+        Moto::start_at(free_addr(), FAILOVER_SECONDS).await
+    }
+
+    /// On `addr` (loopback), with writer changes running `failover_seconds`.
+    pub async fn start_at(addr: std::net::SocketAddr, failover_seconds: &str) -> Moto {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr = free_addr();
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log).expect("moto log");
         let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/launcher.py");
@@ -54,7 +58,7 @@ impl Moto {
             .arg(addr.ip().to_string())
             .arg("--port")
             .arg(addr.port().to_string())
-            .env("EDGEROUTE_MOTO_FAILOVER_SECONDS", FAILOVER_SECONDS)
+            .env("EDGEROUTE_MOTO_FAILOVER_SECONDS", failover_seconds)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)

@@ -1,0 +1,119 @@
+//! `edgeroute-emulator`: the AWS API emulator with the three-region fixture
+//! the tests use, and a control-plane config pointing at it, for trying the
+//! failover runbook on one machine. Runs until interrupted.
+//!
+//! Usage: edgeroute-emulator --dir DIR [--address 127.0.0.1:5000]
+//!        [--control 127.0.0.1:9080] [--failover-seconds 5]
+
+use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+struct Args {
+    dir: PathBuf,
+    address: SocketAddr,
+    control: SocketAddr,
+    failover_seconds: String,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        dir: PathBuf::new(),
+        address: SocketAddr::from(([127, 0, 0, 1], 5000)),
+        control: SocketAddr::from(([127, 0, 0, 1], 9080)),
+        failover_seconds: "5".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        let addr = |v: &str| {
+            v.parse::<SocketAddr>()
+                .ok()
+                .filter(|a| a.ip().is_loopback())
+                .ok_or(format!("{flag} must be a loopback ip:port, got {v:?}"))
+        };
+        match flag.as_str() {
+            "--dir" => args.dir = PathBuf::from(value),
+            "--address" => args.address = addr(&value)?,
+            "--control" => args.control = addr(&value)?,
+            "--failover-seconds" => {
+                value
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|s| *s >= 0.0)
+                    .ok_or(format!(
+                        "--failover-seconds must be a number of seconds, got {value:?}"
+                    ))?;
+                args.failover_seconds = value;
+            }
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    if args.dir.as_os_str().is_empty() {
+        return Err("--dir is required: where the control-plane config is written".into());
+    }
+    Ok(args)
+}
+
+/// 16 random bytes from the kernel, as hex.
+fn token() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "error: {e}\nusage: edgeroute-emulator --dir DIR [--address 127.0.0.1:5000] [--control 127.0.0.1:9080] [--failover-seconds 5]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let moto = Moto::start_at(args.address, &args.failover_seconds).await;
+    let fixture = moto::three_regions(&moto).await;
+    let config = format!(
+        "# edgeroute-control against the local AWS API emulator.\n\
+         [server]\naddress = \"{control}\"\ntoken_file = \"token\"\n\n\
+         [source]\nkind = \"aws\"\npoll_interval = \"1s\"\nendpoint_url = \"{endpoint}\"\n\
+         hosted_zone_id = \"{zone}\"\nrecord_name = \"{RECORD}\"\n\
+         global_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n\n\
+         [actions]\nhistory_file = \"history.json\"\ntimeout = \"2m\"\nproxy_max_age = \"5s\"\n",
+        control = args.control,
+        endpoint = moto.endpoint,
+        zone = fixture.zone_id,
+    );
+    let written = std::fs::create_dir_all(&args.dir)
+        .and_then(|()| token())
+        .and_then(|t| std::fs::write(args.dir.join("token"), t + "\n"))
+        .and_then(|()| std::fs::write(args.dir.join("control.toml"), config));
+    if let Err(e) = written {
+        eprintln!("error: cannot write into {}: {e}", args.dir.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "AWS API emulator on {} with three regions (writer in us-east-1, writer changes take {} s)\n\
+         control-plane config: {}",
+        moto.endpoint,
+        args.failover_seconds,
+        args.dir.join("control.toml").display()
+    );
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot watch SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    drop(moto);
+    ExitCode::SUCCESS
+}
