@@ -634,3 +634,54 @@ async fn a_proxy_that_stops_reporting_during_a_switchover_fails_the_command_by_n
     let status = env.cp.get("/v1/status").await;
     assert_eq!(status["last_failover"]["ok"], false, "{status}");
 }
+
+#[tokio::test]
+async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    env.cp
+        .command(&["failover", "--to", "us-east-1"])
+        .await
+        .assert_ok_saying(&["the writer is already in us-east-1; nothing to do"]);
+    env.cp
+        .command(&["undrain", "eu-west-1"])
+        .await
+        .assert_ok_saying(&["not drained"]);
+    env.cp
+        .command(&["drain", "us-east-1"])
+        .await
+        .assert_ok_saying(&["completed"]);
+    env.cp
+        .command(&["drain", "eu-west-1"])
+        .await
+        .assert_ok_saying(&["completed"]);
+    let last = env.cp.command(&["drain", "ap-southeast-1"]).await;
+    assert!(!last.ok, "{last:?}");
+    assert!(
+        last.stderr.contains("would leave no healthy region in DNS"),
+        "{last:?}"
+    );
+    env.cp
+        .command(&["undrain", "us-east-1"])
+        .await
+        .assert_ok_saying(&["completed"]);
+    // A record removed by someone else is not put back from thin air.
+    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
+    moto::change_record(
+        &r53,
+        &env.fixture.zone_id,
+        aws_sdk_route53::types::ChangeAction::Delete,
+        moto::latency_record(
+            "ap-southeast-1",
+            &env.fixture.health_checks["ap-southeast-1"],
+        ),
+    )
+    .await;
+    let undrain = env.cp.command(&["undrain", "ap-southeast-1"]).await;
+    assert!(!undrain.ok, "{undrain:?}");
+    assert!(
+        undrain.stderr.contains("none was kept by a drain"),
+        "{undrain:?}"
+    );
+}
