@@ -911,12 +911,18 @@ impl RawConfig {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
                 }
                 let wait = values::positive_duration(&mut e, "table.wait", wait);
+                let max_backoff =
+                    values::positive_duration(&mut e, "table.max_backoff", max_backoff);
                 let hold_writes_after = hold_writes_after.as_deref().map(|raw| {
                     let d = values::positive_duration(&mut e, "table.hold_writes_after", raw);
-                    if !d.is_zero() && d <= wait {
+                    // A table is confirmed once per long-poll, and one failed
+                    // poll may pause up to max_backoff: shorter would hold
+                    // writes on every blip.
+                    let least = wait + max_backoff;
+                    if !d.is_zero() && d <= least {
                         e.push(
                             "table.hold_writes_after",
-                            format!("must be longer than table.wait ({wait:?}): a table is confirmed once per long-poll, got {raw:?}"),
+                            format!("must be longer than table.wait + table.max_backoff ({least:?}), got {raw:?}"),
                         );
                     }
                     d
@@ -926,11 +932,7 @@ impl RawConfig {
                     token_file: token_path,
                     wait,
                     hold_writes_after,
-                    max_backoff: values::positive_duration(
-                        &mut e,
-                        "table.max_backoff",
-                        max_backoff,
-                    ),
+                    max_backoff,
                     report: report.then(|| {
                         values::positive_duration(&mut e, "table.report_interval", report_interval)
                     }),

@@ -177,6 +177,7 @@ impl Timeline {
             error,
             duration_seconds: self.started.elapsed().as_secs_f64(),
             timeline: self.steps,
+            finished: true,
         }
     }
 }
@@ -452,23 +453,23 @@ impl Runner {
         }
     }
 
-    /// Records the start of an operation that changes AWS: if this process
-    /// stops before the end, the history still says it ran.
+    /// Records an operation AWS accepted, before following it: if this
+    /// process stops before the end, the history still says it ran.
     fn begin(&self, tl: &Timeline, kind: Kind, summary: &str) {
-        let mut op = Timeline {
-            started: tl.started,
-            started_ms: tl.started_ms,
-            steps: Vec::new(),
-            out: tl.out,
-            prefix: "",
-        }
-        .finish(
+        let op = Operation {
             kind,
-            self.by,
-            summary.to_owned(),
-            Some("did not finish: the process following it stopped; check `edgeroute-control status`".into()),
-        );
-        op.duration_seconds = 0.0;
+            by: self.by.to_owned(),
+            summary: summary.to_owned(),
+            started_ms: tl.started_ms,
+            ok: false,
+            error: Some(
+                "did not finish: the process following it stopped; check `edgeroute-control status`"
+                    .into(),
+            ),
+            duration_seconds: tl.started.elapsed().as_secs_f64(),
+            timeline: tl.steps.clone(),
+            finished: false,
+        };
         self.record(&op);
     }
 
@@ -492,7 +493,10 @@ impl Runner {
     /// The state a writer move starts from. An unplanned failover is for
     /// when a region is lost, so when the full read fails it goes on with
     /// the global cluster alone (read from any member region).
-    async fn state_for_move(&self, planned: bool) -> Result<AwsState, String> {
+    async fn state_for_move(&self, to: &str, planned: bool) -> Result<AwsState, String> {
+        // The target answers for the global cluster when the home region
+        // does not.
+        self.aws.hint_region(to);
         match self.state().await {
             Ok(s) => Ok(s),
             Err(e) if planned => Err(e),
@@ -536,7 +540,7 @@ impl Runner {
         planned: bool,
         dry_run: bool,
     ) -> Result<Operation, String> {
-        let state = self.state_for_move(planned).await?;
+        let state = self.state_for_move(to, planned).await?;
         let kind = if planned {
             Kind::Switchover
         } else {
@@ -565,8 +569,10 @@ impl Runner {
         let before = self.before_change().await?;
         let mut tl = Timeline::new(self.out);
         self.say(&summary);
-        self.begin(&tl, kind, &summary);
-        let error = self.run_move(&mut tl, &plan, &summary, &before).await.err();
+        let error = self
+            .run_move(&mut tl, kind, &plan, &summary, &before)
+            .await
+            .err();
         Ok(self
             .conclude(tl.finish(kind, self.by, summary, error))
             .await)
@@ -598,10 +604,9 @@ impl Runner {
         let before = self.before_change().await?;
         self.say(&summary);
         let mut tl = Timeline::new(self.out);
-        self.begin(&tl, Kind::Drill, &summary);
         tl.prefix = "there: ";
         let mut error = self
-            .run_move(&mut tl, &there, &summary, &before)
+            .run_move(&mut tl, Kind::Drill, &there, &summary, &before)
             .await
             .err();
         if error.is_none() {
@@ -609,7 +614,10 @@ impl Runner {
             // The first leg changed AWS: from here on every failure is
             // concluded, recorded and announced, never returned early.
             error = match self.before_change().await {
-                Ok(before) => self.run_move(&mut tl, &back, &summary, &before).await.err(),
+                Ok(before) => self
+                    .run_move(&mut tl, Kind::Drill, &back, &summary, &before)
+                    .await
+                    .err(),
                 Err(e) => Some(format!("the switchover back was not started: {e}")),
             };
         }
@@ -693,6 +701,7 @@ impl Runner {
     async fn run_move(
         &self,
         tl: &mut Timeline,
+        kind: Kind,
         plan: &MovePlan,
         summary: &str,
         before: &Before,
@@ -713,6 +722,7 @@ impl Runner {
                 }
             ),
         );
+        self.begin(tl, kind, summary);
         self.notify(Event::new(
             if plan.planned {
                 "switchover.requested"
@@ -894,7 +904,7 @@ impl Runner {
     pub async fn drain(&self, region: &str, dry_run: bool) -> Result<Operation, String> {
         let state = self.state().await?;
         let change = match state.records.get(region) {
-            None if state.view.regions.iter().any(|r| r.name == region) => {
+            None if known_region(&state, region) => {
                 return Ok(self.nothing_to_do(
                     Kind::Drain,
                     format!(
@@ -976,8 +986,13 @@ impl Runner {
                 }
             },
             None => match history.drained_records.get(region) {
+                Some(_) if weight.is_some() => {
+                    return Err(format!(
+                        "--weight applies to weighted records; {region}'s kept record is latency-routed and is put back as it was (leave out --weight)"
+                    ));
+                }
                 Some(saved) => RecordChange::Restore(Box::new(saved.clone())),
-                None if state.view.regions.iter().any(|r| r.name == region) => {
+                None if known_region(&state, region) => {
                     return Err(format!(
                         "{region} has no record of {} and none was kept by a drain; create it again (for example with your infrastructure code)",
                         self.aws.config().record_name
@@ -991,7 +1006,12 @@ impl Runner {
     }
 
     fn no_region(&self, state: &AwsState, region: &str) -> String {
-        let names: Vec<&str> = state.view.regions.iter().map(|r| r.name.as_str()).collect();
+        let mut names: Vec<&str> = state.view.regions.iter().map(|r| r.name.as_str()).collect();
+        for m in &state.members {
+            if !names.contains(&m.region.as_str()) {
+                names.push(&m.region);
+            }
+        }
         format!(
             "{region} is not a region of {} or of global cluster {}; regions: {}",
             self.aws.config().record_name,
@@ -1095,13 +1115,13 @@ impl Runner {
             _ => {}
         })
         .map_err(|e| format!("{e}; nothing changed"))?;
-        self.begin(&tl, kind, &summary);
         let error = async {
             self.aws
                 .change_record(action, record, &format!("edgeroute {}", kind.as_str()))
                 .await
                 .map_err(|e| format!("Route 53 refused the change: {e}"))?;
             tl.step("requested", "ChangeResourceRecordSets accepted".into());
+            self.begin(&tl, kind, &summary);
             let table = self
                 .until(
                     deadline,
@@ -1143,6 +1163,12 @@ struct Before {
     epoch: u64,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
+}
+
+/// A region of the API name's records (or drained from them) or of the
+/// global cluster.
+fn known_region(state: &AwsState, region: &str) -> bool {
+    state.view.regions.iter().any(|r| r.name == region) || state.member(region).is_some()
 }
 
 /// The most common non-zero weight among the other regions; 100 if none.

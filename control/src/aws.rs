@@ -64,6 +64,15 @@ pub async fn sdk_config(endpoint_url: Option<&str>, region: &str) -> SdkConfig {
     if let Some(url) = endpoint_url {
         loader = loader.endpoint_url(url);
     }
+    // A region that hangs must not stall a read, nor an action past its
+    // deadline: every call is bounded (the SDK retries within the bound).
+    loader = loader.timeout_config(
+        aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(10))
+            .operation_timeout(Duration::from_secs(30))
+            .build(),
+    );
     loader.load().await
 }
 
@@ -71,13 +80,17 @@ pub struct AwsSource {
     cfg: AwsSourceConfig,
     sdk: SdkConfig,
     route53: aws_sdk_route53::Client,
-    /// Regions of the global cluster's members at the last read: where
-    /// `DescribeGlobalClusters` is asked when the home region does not answer.
-    member_regions: std::sync::Mutex<Vec<String>>,
+    /// Where `DescribeGlobalClusters` may be asked besides the home region:
+    /// the member regions of the last read, and regions an action names.
+    /// The region that answered last comes first.
+    cluster_regions: std::sync::Mutex<Vec<String>>,
+    /// The history file, whose regions drained by removing their record
+    /// stay in the table as draining.
+    history_file: Option<std::path::PathBuf>,
 }
 
 impl AwsSource {
-    pub async fn new(cfg: &AwsSourceConfig) -> Self {
+    pub async fn new(cfg: &AwsSourceConfig, history_file: Option<&std::path::Path>) -> Self {
         let sdk = sdk_config(cfg.endpoint_url.as_deref(), &cfg.global_cluster_region).await;
         // Route 53 and its CloudWatch metrics live in us-east-1.
         let route53 = aws_sdk_route53::Client::from_conf(
@@ -89,7 +102,20 @@ impl AwsSource {
             cfg: cfg.clone(),
             sdk,
             route53,
-            member_regions: std::sync::Mutex::new(Vec::new()),
+            cluster_regions: std::sync::Mutex::new(Vec::new()),
+            history_file: history_file.map(std::path::Path::to_path_buf),
+        }
+    }
+
+    /// Also asks `region` for the global cluster (say, the target of an
+    /// unplanned failover while the home region is down).
+    pub fn hint_region(&self, region: &str) {
+        let mut regions = self
+            .cluster_regions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if !regions.iter().any(|r| r == region) {
+            regions.push(region.to_owned());
         }
     }
 
@@ -130,18 +156,23 @@ impl AwsSource {
                 replication_lag_ms: None,
             });
         }
-        let (members, failover) = self.global_cluster().await?;
-        // A member region with no record gets no DNS traffic: it is drained.
-        for m in &members {
-            if !records.contains_key(&m.region) {
-                regions.push(RegionView {
-                    name: m.region.clone(),
-                    weight: Some(0),
-                    healthy: None,
-                    replication_lag_ms: None,
-                });
+        // A region drained by removing its record gets no DNS traffic; it
+        // stays in the table as draining (other missing regions stay out).
+        if let Some(path) = &self.history_file
+            && let Ok(history) = crate::history::History::load(path)
+        {
+            for region in history.drained_records.keys() {
+                if !records.contains_key(region) {
+                    regions.push(RegionView {
+                        name: region.clone(),
+                        weight: Some(0),
+                        healthy: None,
+                        replication_lag_ms: None,
+                    });
+                }
             }
         }
+        let (members, failover) = self.global_cluster().await?;
         let writer_region = members
             .iter()
             .find(|m| m.writer)
@@ -349,29 +380,32 @@ impl AwsSource {
 
     /// The members, and the writer change under way if any.
     pub async fn global_cluster(&self) -> Result<(Vec<Member>, Option<FailoverInfo>), AwsError> {
-        // The home region first, then every member region seen before: the
-        // global cluster answers in each, and its home may be the region
-        // that is down.
-        let mut regions = vec![self.cfg.global_cluster_region.clone()];
-        for r in self
-            .member_regions
+        // The global cluster answers in every member region, and its home
+        // may be the region that is down: the region that answered last
+        // first, then the home region, then the others.
+        let mut regions = self
+            .cluster_regions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            if !regions.contains(r) {
-                regions.push(r.clone());
-            }
+            .clone();
+        let home = self.cfg.global_cluster_region.clone();
+        if !regions.contains(&home) {
+            regions.insert(usize::from(!regions.is_empty()), home);
         }
         let mut first_error = None;
         for region in &regions {
             match self.global_cluster_in(region).await {
                 Ok(found) => {
+                    let mut known: Vec<String> = vec![region.clone()];
+                    for r in found.0.iter().map(|m| &m.region).chain(&regions) {
+                        if !known.contains(r) {
+                            known.push(r.clone());
+                        }
+                    }
                     *self
-                        .member_regions
+                        .cluster_regions
                         .lock()
-                        .unwrap_or_else(|p| p.into_inner()) =
-                        found.0.iter().map(|m| m.region.clone()).collect();
+                        .unwrap_or_else(|p| p.into_inner()) = known;
                     return Ok(found);
                 }
                 Err(e) => {
@@ -410,8 +444,8 @@ impl AwsSource {
             .ok_or_else(|| AwsError {
                 api: "DescribeGlobalClusters",
                 message: format!(
-                    "no global cluster {} in {}",
-                    self.cfg.global_cluster_id, self.cfg.global_cluster_region
+                    "no global cluster {} in {region}",
+                    self.cfg.global_cluster_id
                 ),
             })?;
         let members = gc

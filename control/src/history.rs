@@ -69,6 +69,13 @@ pub struct Operation {
     pub error: Option<String>,
     pub duration_seconds: f64,
     pub timeline: Vec<Step>,
+    /// False while it runs (or when the process following it stopped).
+    #[serde(default = "finished_default")]
+    pub finished: bool,
+}
+
+fn finished_default() -> bool {
+    true
 }
 
 /// One step of a timeline.
@@ -81,6 +88,11 @@ pub struct Step {
 }
 
 impl Operation {
+    /// AWS accepted its change request.
+    pub fn requested(&self) -> bool {
+        self.timeline.iter().any(|s| s.name.ends_with("requested"))
+    }
+
     pub fn started_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.started_ms)
     }
@@ -95,12 +107,21 @@ impl Operation {
 }
 
 impl History {
+    /// The last operation that asked AWS to move the writer (finished or
+    /// not; a refused request moved nothing and does not count).
     pub fn last_writer_move(&self) -> Option<&Operation> {
-        self.operations.iter().rev().find(|o| o.kind.moves_writer())
+        self.operations
+            .iter()
+            .rev()
+            .find(|o| o.kind.moves_writer() && o.requested())
     }
 
+    /// The last drill that finished.
     pub fn last_drill(&self) -> Option<&Operation> {
-        self.operations.iter().rev().find(|o| o.kind == Kind::Drill)
+        self.operations
+            .iter()
+            .rev()
+            .find(|o| o.kind == Kind::Drill && o.finished)
     }
 
     /// Keeps `op` in place of the entry with its start time and kind, or
@@ -188,7 +209,12 @@ mod tests {
             ok: true,
             error: None,
             duration_seconds: 1.0,
-            timeline: vec![],
+            timeline: vec![Step {
+                name: "requested".into(),
+                at_seconds: 0.0,
+                detail: String::new(),
+            }],
+            finished: true,
         }
     }
 
@@ -214,6 +240,7 @@ mod tests {
         let path = dir.path().join("history.json");
         let mut started = op(Kind::Failover, 7);
         started.ok = false;
+        started.finished = false;
         started.error = Some("did not finish".into());
         History::update(&path, |h| h.put(started)).unwrap();
         assert!(!History::load(&path).unwrap().last_writer_move().unwrap().ok);

@@ -167,8 +167,12 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
-    let view =
-        runtime()?.block_on(async { source::Source::new(&cfg.source).await.read().await })?;
+    let view = runtime()?.block_on(async {
+        source::Source::new(&cfg.source, Some(&cfg.actions.history_file))
+            .await
+            .read()
+            .await
+    })?;
     let mut builder = Builder::new(source::now_ms() / 1000);
     let table = builder
         .apply(&view, source::now_ms())
@@ -223,7 +227,7 @@ async fn runner(
         );
     };
     Ok(Runner {
-        aws: Arc::new(AwsSource::new(aws).await),
+        aws: Arc::new(AwsSource::new(aws, Some(&cfg.actions.history_file)).await),
         control,
         notifier: Arc::new(Notifier::new(&cfg.notify, endpoint(cfg), metrics).await?),
         history_file: cfg.actions.history_file.clone(),
@@ -300,10 +304,13 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let (view, failover) = match &cfg.source {
             SourceConfig::Aws(aws) => {
-                let state = AwsSource::new(aws).await.state().await?;
+                let state = AwsSource::new(aws, Some(&cfg.actions.history_file))
+                    .await
+                    .state()
+                    .await?;
                 (state.view, state.failover)
             }
-            file => (source::Source::new(file).await.read().await?, None),
+            file => (source::Source::new(file, None).await.read().await?, None),
         };
         let control = control_view(cfg)?;
         print!(
@@ -336,7 +343,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
-        let src = source::Source::new(&cfg.source).await;
+        let src = source::Source::new(&cfg.source, Some(&cfg.actions.history_file)).await;
         let poller = tokio::spawn(source::run(
             src,
             builder,

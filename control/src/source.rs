@@ -40,7 +40,8 @@ pub enum Source {
 }
 
 impl Source {
-    pub async fn new(cfg: &SourceConfig) -> Self {
+    /// `history_file` names the regions drained by removing their record.
+    pub async fn new(cfg: &SourceConfig, history_file: Option<&std::path::Path>) -> Self {
         match cfg {
             SourceConfig::File {
                 path,
@@ -50,7 +51,7 @@ impl Source {
                 interval: *poll_interval,
             },
             SourceConfig::Aws(aws) => Source::Aws {
-                aws: Box::new(AwsSource::new(aws).await),
+                aws: Box::new(AwsSource::new(aws, history_file).await),
                 interval: aws.poll_interval,
             },
         }

@@ -81,6 +81,9 @@ pub async fn poll_control(
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let source = format!("{url}/v1/table");
     let mut etag: Option<http::HeaderValue> = None;
+    // Whether the table behind `etag` was admitted: a 304 for a rejected
+    // table confirms nothing about the table in force.
+    let mut etag_admitted = false;
     let mut backoff = Duration::from_millis(100);
     let auth = match http::HeaderValue::from_str(&format!("Bearer {token}")) {
         Ok(v) => v,
@@ -119,13 +122,15 @@ pub async fn poll_control(
                 let tag = resp.headers().get(http::header::ETAG).cloned();
                 match status {
                     http::StatusCode::NOT_MODIFIED => {
-                        state.table_confirmed();
+                        if etag_admitted {
+                            state.table_confirmed();
+                        }
                         None
                     }
                     http::StatusCode::OK => match resp.into_body().collect().await {
                         Ok(body) => {
                             // Rejections are logged and counted inside offer_table.
-                            let _outcome = state.offer_table(&body.to_bytes(), &source);
+                            etag_admitted = state.offer_table(&body.to_bytes(), &source).is_ok();
                             // Wait for the next change either way, rather
                             // than fetching a rejected table again at once.
                             etag = tag;

@@ -257,19 +257,26 @@ pub async fn three_regions(moto: &Moto) -> Fixture {
             ),
         );
     }
+    let fixture = Fixture {
+        zone_id,
+        health_checks,
+        clusters,
+    };
+    put_lags(moto, &fixture).await;
+    fixture
+}
+
+/// The secondaries' replication lag now: eu-west-1 120 ms, ap-southeast-1
+/// 310 ms. A lag datapoint counts for three minutes.
+pub async fn put_lags(moto: &Moto, fixture: &Fixture) {
     for (region, lag) in [("eu-west-1", 120.0), ("ap-southeast-1", 310.0)] {
         put_metric(
             moto,
-            &Series::replication_lag(region, &clusters[region].1),
+            &Series::replication_lag(region, &fixture.clusters[region].1),
             lag,
             Duration::ZERO,
         )
         .await;
-    }
-    Fixture {
-        zone_id,
-        health_checks,
-        clusters,
     }
 }
 

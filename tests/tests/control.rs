@@ -240,7 +240,7 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
         &us,
         &eu,
         &ap,
-        "wait = \"1s\"\nhold_writes_after = \"3s\"\n",
+        "wait = \"1s\"\nmax_backoff = \"1s\"\nhold_writes_after = \"3s\"\n",
     )
     .await;
     // Confirmed every long-poll (1 s): writes flow.

@@ -110,9 +110,14 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    // The lag metric stays current, as CloudWatch's would.
+    let mut minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = minute.tick() => moto::put_lags(&moto, &fixture).await,
+        }
     }
     drop(moto);
     ExitCode::SUCCESS
