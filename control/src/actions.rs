@@ -851,11 +851,12 @@ impl Runner {
                             format!("no proxy reports to {}", self.control.describe())
                         } else {
                             format!(
-                                "{} of {} proxies route on epoch {} version {}",
+                                "{} of {} proxies route on epoch {} version {} (every proxy reporting to {})",
                                 p.len(),
                                 p.len(),
                                 table.epoch,
-                                table.version
+                                table.version,
+                                self.control.describe()
                             )
                         };
                         tl.step("proxies confirmed", detail);
