@@ -299,15 +299,6 @@ impl ControlConfig {
     }
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
 impl RawControl {
     fn validate(self, base: &Path) -> Result<ControlConfig, FieldErrors> {
         let mut e = FieldErrors::default();
@@ -320,7 +311,7 @@ impl RawControl {
                     format!("is required (or {TOKEN_ENV} in the environment): a file holding the bearer token proxies present"),
                 );
             }
-        } else if !resolve(base, &self.server.token_file).is_file() {
+        } else if !values::resolve(base, &self.server.token_file).is_file() {
             e.push(
                 "server.token_file",
                 format!(
@@ -335,7 +326,7 @@ impl RawControl {
                 path,
                 poll_interval,
             } => SourceConfig::File {
-                path: resolve(base, path),
+                path: values::resolve(base, path),
                 poll_interval: values::positive_duration(
                     &mut e,
                     "source.poll_interval",
@@ -402,7 +393,7 @@ impl RawControl {
             server: ServerConfig {
                 address: address.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080))),
                 token_file: (!self.server.token_file.is_empty())
-                    .then(|| resolve(base, &self.server.token_file)),
+                    .then(|| values::resolve(base, &self.server.token_file)),
                 max_wait,
             },
             source,
@@ -453,7 +444,7 @@ impl RawActions {
             self.control_url.trim_end_matches('/').to_owned()
         };
         ActionsConfig {
-            history_file: resolve(base, &self.history_file),
+            history_file: values::resolve(base, &self.history_file),
             timeout: values::positive_duration(e, "actions.timeout", &self.timeout),
             proxy_max_age: values::positive_duration(
                 e,
@@ -518,7 +509,7 @@ impl RawNotify {
             );
         }
         let token = self.webhook_token_file.trim();
-        if !token.is_empty() && !resolve(base, token).is_file() {
+        if !token.is_empty() && !values::resolve(base, token).is_file() {
             e.push(
                 "notify.webhook_token_file",
                 format!("must be a readable file, got {token:?} (not found)"),
@@ -527,7 +518,7 @@ impl RawNotify {
         NotifyConfig {
             sns_topic_arn: (!arn.is_empty()).then(|| arn.to_owned()),
             webhook_url: (!url.is_empty()).then(|| url.to_owned()),
-            webhook_token_file: (!token.is_empty()).then(|| resolve(base, token)),
+            webhook_token_file: (!token.is_empty()).then(|| values::resolve(base, token)),
             timeout: values::positive_duration(e, "notify.timeout", &self.timeout),
         }
     }

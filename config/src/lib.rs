@@ -11,6 +11,7 @@ mod control;
 mod errors;
 mod proxy;
 mod report;
+mod secret;
 mod table;
 mod values;
 
@@ -26,4 +27,5 @@ pub use proxy::{
     TlsFiles,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
+pub use secret::read_secret;
 pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable};

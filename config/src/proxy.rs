@@ -621,15 +621,6 @@ pub enum FromTomlError {
     Invalid(FieldErrors),
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let p = Path::new(p);
-    if p.is_absolute() {
-        p.to_owned()
-    } else {
-        base.join(p)
-    }
-}
-
 impl RawConfig {
     fn validate(self, base: &Path) -> Result<ProxyConfig, FieldErrors> {
         let mut e = FieldErrors::default();
@@ -655,7 +646,7 @@ impl RawConfig {
                 }
                 let tls = l.tls.as_ref().map(|t| {
                     for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
-                        if !resolve(base, value).is_file() {
+                        if !values::resolve(base, value).is_file() {
                             e.push(
                                 format!("{path}.tls.{field}"),
                                 format!("must be a readable PEM file, got {value:?} (not found)"),
@@ -663,8 +654,8 @@ impl RawConfig {
                         }
                     }
                     TlsFiles {
-                        cert: resolve(base, &t.cert),
-                        key: resolve(base, &t.key),
+                        cert: values::resolve(base, &t.cert),
+                        key: values::resolve(base, &t.key),
                     }
                 });
                 if l.h2c && tls.is_some() {
@@ -687,7 +678,11 @@ impl RawConfig {
         {
             e.push("admin.address", format!("{a} is also a traffic listener"));
         }
-        let token_file = self.admin.token_file.as_deref().map(|t| resolve(base, t));
+        let token_file = self
+            .admin
+            .token_file
+            .as_deref()
+            .map(|t| values::resolve(base, t));
         if let Some(t) = &token_file
             && !t.is_file()
         {
@@ -879,7 +874,7 @@ impl RawConfig {
                     e.push("table.path", "must name the routing table file, got \"\"");
                 }
                 TableSource::File {
-                    path: resolve(base, path),
+                    path: values::resolve(base, path),
                     watch_interval: values::positive_duration(
                         &mut e,
                         "table.watch_interval",
@@ -906,7 +901,7 @@ impl RawConfig {
                         format!("must be the control plane's base URL such as \"http://edgeroute-control:9080\", got {url:?}"),
                     );
                 }
-                let token_path = resolve(base, token_file);
+                let token_path = values::resolve(base, token_file);
                 if !token_path.is_file() {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
                 }

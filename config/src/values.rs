@@ -3,7 +3,19 @@
 
 use crate::errors::FieldErrors;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+/// A path from a config file: relative paths are taken from `base`, the
+/// file's folder.
+pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
+    let p = Path::new(p);
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        base.join(p)
+    }
+}
 
 /// `"10s"`, `"250ms"`, `"1m 30s"`: humantime syntax.
 pub(crate) fn duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {

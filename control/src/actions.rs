@@ -511,7 +511,7 @@ impl Runner {
                 ));
                 Ok(AwsState {
                     view: TopologyView {
-                        primary_region: members.iter().find(|m| m.writer).map(|m| m.region.clone()),
+                        primary_region: crate::aws::writer_region(&members),
                         failover_in_progress: failover.is_some(),
                         regions: members
                             .iter()
@@ -743,7 +743,7 @@ impl Runner {
                         seen_running = true;
                         tl.step("aws reports running", format!("FailoverState {}", f.status));
                     }
-                    let writer = members.iter().find(|m| m.writer).map(|m| m.region.clone());
+                    let writer = crate::aws::writer_region(&members);
                     let at_target = writer.as_deref() == Some(plan.to.region.as_str());
                     if failover.is_none() && at_target {
                         tl.step(

@@ -173,17 +173,13 @@ impl AwsSource {
             }
         }
         let (members, failover) = self.global_cluster().await?;
-        let writer_region = members
-            .iter()
-            .find(|m| m.writer)
-            .map(|m| m.region.clone())
-            .ok_or_else(|| AwsError {
-                api: "DescribeGlobalClusters",
-                message: format!(
-                    "global cluster {} has no writer member",
-                    self.cfg.global_cluster_id
-                ),
-            })?;
+        let writer_region = writer_region(&members).ok_or_else(|| AwsError {
+            api: "DescribeGlobalClusters",
+            message: format!(
+                "global cluster {} has no writer member",
+                self.cfg.global_cluster_id
+            ),
+        })?;
         if !regions.iter().any(|r| r.name == writer_region) {
             return Err(AwsError {
                 api: "DescribeGlobalClusters",
@@ -614,6 +610,11 @@ impl SavedRecord {
             .build()
             .map_err(|e| e.to_string())
     }
+}
+
+/// The region of the writer member, if there is one.
+pub fn writer_region(members: &[Member]) -> Option<String> {
+    members.iter().find(|m| m.writer).map(|m| m.region.clone())
 }
 
 /// A member cluster of the global cluster.

@@ -192,15 +192,9 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
         return Ok(token.trim().as_bytes().to_vec());
     }
     let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
-    let token = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read server.token_file {}", path.display()))?;
-    let token = token.trim();
-    anyhow::ensure!(
-        !token.is_empty(),
-        "server.token_file {} is empty; put the bearer token in it",
-        path.display()
-    );
-    Ok(token.as_bytes().to_vec())
+    Ok(edgeroute_config::read_secret("server.token_file", path)
+        .map_err(anyhow::Error::msg)?
+        .into_bytes())
 }
 
 /// Pause between reads while an action is followed.

@@ -68,15 +68,8 @@ impl Notifier {
             Some(url) => {
                 let token = match &cfg.webhook_token_file {
                     Some(path) => Some(
-                        std::fs::read_to_string(path)
-                            .map_err(|e| {
-                                anyhow::anyhow!(
-                                    "cannot read notify.webhook_token_file {}: {e}",
-                                    path.display()
-                                )
-                            })?
-                            .trim()
-                            .to_owned(),
+                        edgeroute_config::read_secret("notify.webhook_token_file", path)
+                            .map_err(anyhow::Error::msg)?,
                     ),
                     None => None,
                 };

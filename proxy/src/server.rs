@@ -41,17 +41,11 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let topology = Topology::build(&config, &addrs);
     let admin_token = match &config.admin.token_file {
         None => None,
-        Some(path) => {
-            let token = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read admin.token_file {}", path.display()))?;
-            let token = token.trim();
-            anyhow::ensure!(
-                !token.is_empty(),
-                "admin.token_file {} is empty; put the admin bearer token in it",
-                path.display()
-            );
-            Some(token.as_bytes().to_vec())
-        }
+        Some(path) => Some(
+            edgeroute_config::read_secret("admin.token_file", path)
+                .map_err(anyhow::Error::msg)?
+                .into_bytes(),
+        ),
     };
     let state = Arc::new(AppState::new(config, topology, admin_token));
     let cfg = &state.config;
@@ -123,27 +117,27 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             report,
             ..
         } => {
-            let token = std::fs::read_to_string(&token_file).with_context(|| {
-                format!("cannot read table.token_file {}", token_file.display())
+            let token = edgeroute_config::read_secret("table.token_file", &token_file)
+                .map_err(anyhow::Error::msg)?;
+            // One Authorization header for the table and the reports.
+            let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                anyhow::anyhow!(
+                    "table.token_file {} holds characters that cannot go in an HTTP header",
+                    token_file.display()
+                )
             })?;
-            let token = token.trim().to_owned();
-            anyhow::ensure!(
-                !token.is_empty(),
-                "table.token_file {} is empty; put the control plane token in it",
-                token_file.display()
-            );
             if let Some(interval) = report {
                 control.spawn(table_source::report_to_control(
                     Arc::clone(&state),
                     url.clone(),
-                    token.clone(),
+                    auth.clone(),
                     interval,
                 ));
             }
             control.spawn(table_source::poll_control(
                 Arc::clone(&state),
                 url,
-                token,
+                auth,
                 wait,
                 max_backoff,
             ));

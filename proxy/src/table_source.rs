@@ -70,7 +70,7 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
 pub async fn poll_control(
     state: Arc<AppState>,
     url: String,
-    token: String,
+    auth: http::HeaderValue,
     wait: Duration,
     max_backoff: Duration,
 ) {
@@ -85,15 +85,6 @@ pub async fn poll_control(
     // table confirms nothing about the table in force.
     let mut etag_admitted = false;
     let mut backoff = Duration::from_millis(100);
-    let auth = match http::HeaderValue::from_str(&format!("Bearer {token}")) {
-        Ok(v) => v,
-        Err(_) => {
-            tracing::error!(
-                "table.token_file holds characters that cannot go in a header; the control source is off"
-            );
-            return;
-        }
-    };
     loop {
         let uri = format!("{source}?wait={}s", wait.as_secs().max(1));
         let mut req = http::Request::get(&uri).header(http::header::AUTHORIZATION, auth.clone());
@@ -211,7 +202,7 @@ fn proxy_id() -> String {
 pub async fn report_to_control(
     state: Arc<AppState>,
     url: String,
-    token: String,
+    auth: http::HeaderValue,
     interval: Duration,
 ) {
     use http_body_util::Full;
@@ -221,12 +212,6 @@ pub async fn report_to_control(
     let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let target = format!("{url}/v1/report");
     let id = proxy_id();
-    let Ok(auth) = http::HeaderValue::from_str(&format!("Bearer {token}")) else {
-        tracing::error!(
-            "table.token_file holds characters that cannot go in a header; reports to the control plane are off"
-        );
-        return;
-    };
     let mut last: Option<(ProxyReport, Instant)> = None;
     // Health changes are noticed within this.
     let check = Duration::from_millis(250).min(interval);

@@ -1,0 +1,39 @@
+//! Bearer tokens kept in files (Kubernetes secrets mount them so): read,
+//! trimmed, and refused when empty. The token itself is never put in an
+//! error or a log.
+
+use std::path::Path;
+
+/// Reads the token in `path`, named `field` in errors (such as
+/// `admin.token_file`).
+pub fn read_secret(field: &str, path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {field} {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!(
+            "{field} {} is empty; put the bearer token in it",
+            path.display()
+        ));
+    }
+    Ok(token.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_token_is_trimmed_and_an_empty_or_missing_file_says_which_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "  s3cret\n").unwrap();
+        assert_eq!(super::read_secret("x.token_file", &path).unwrap(), "s3cret");
+        std::fs::write(&path, "\n").unwrap();
+        let err = super::read_secret("x.token_file", &path).unwrap_err();
+        assert!(
+            err.starts_with("x.token_file") && err.contains("is empty"),
+            "{err}"
+        );
+        let err = super::read_secret("x.token_file", &dir.path().join("none")).unwrap_err();
+        assert!(err.starts_with("cannot read x.token_file"), "{err}");
+    }
+}
