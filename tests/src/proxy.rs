@@ -208,6 +208,21 @@ impl Proxy {
         format!("http://{}{path}", self.admin)
     }
 
+    /// POSTs a write and says where it went: the `x-edgeroute-region` that
+    /// served it, or `refused <status>` when the proxy answered itself.
+    pub async fn write_region(&self) -> String {
+        let resp = crate::client()
+            .post(self.url("/orders"))
+            .body("{}")
+            .send()
+            .await
+            .expect("the proxy answers");
+        resp.headers()
+            .get("x-edgeroute-region")
+            .and_then(|v| v.to_str().ok())
+            .map_or_else(|| format!("refused {}", resp.status()), str::to_owned)
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
     }

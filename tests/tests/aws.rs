@@ -3,7 +3,7 @@
 
 use edgeroute_tests::control::ControlPlane;
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
-use edgeroute_tests::{Origin, ProxyBuilder, client, eventually};
+use edgeroute_tests::{Origin, ProxyBuilder, eventually};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -69,19 +69,7 @@ async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
         .without_table_file()
         .start()
         .await;
-    let write_region = || async {
-        let resp = client()
-            .post(proxy.url("/orders"))
-            .body("{}")
-            .send()
-            .await
-            .unwrap();
-        resp.headers().get("x-edgeroute-region").map_or_else(
-            || resp.status().to_string(),
-            |v| v.to_str().unwrap().to_owned(),
-        )
-    };
-    assert_eq!(write_region().await, "us-east-1");
+    assert_eq!(proxy.write_region().await, "us-east-1");
     let epoch_before = cp.table().await["epoch"].as_u64().unwrap();
 
     let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
@@ -96,12 +84,12 @@ async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
     eventually(
         "the proxy holds writes during the switchover",
         WAIT,
-        || async { write_region().await == "503 Service Unavailable" },
+        || async { proxy.write_region().await == "refused 503 Service Unavailable" },
     )
     .await;
     let held_at = requested.elapsed();
     eventually("writes reach the new writer region", WAIT, || async {
-        write_region().await == "eu-west-1"
+        proxy.write_region().await == "eu-west-1"
     })
     .await;
     let moved_at = requested.elapsed();
@@ -116,7 +104,7 @@ async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
     // No write reached the old primary after the proxy moved.
     let before = us.count("POST");
     for _ in 0..5 {
-        assert_eq!(write_region().await, "eu-west-1");
+        assert_eq!(proxy.write_region().await, "eu-west-1");
     }
     assert_eq!(us.count("POST"), before);
 }

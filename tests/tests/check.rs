@@ -1,7 +1,15 @@
 //! `edgeroute-proxy check` names every bad field of a broken config.
 
 use edgeroute_tests::proxy::proxy_bin;
+use std::path::Path;
 use std::process::Command;
+
+/// `BIN check --config CONFIG`, to run with `.output()`.
+fn check(bin: &Path, config: &Path) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.args(["check", "--config"]).arg(config);
+    cmd
+}
 
 #[test]
 fn check_names_every_bad_field() {
@@ -33,11 +41,7 @@ path = "table.json"
 "#,
     )
     .unwrap();
-    let out = Command::new(proxy_bin())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for expected in [
@@ -71,11 +75,7 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     .unwrap();
     let table = dir.path().join("table.json");
     std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
-    let out = Command::new(proxy_bin())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -84,11 +84,7 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
     std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"eu-west-1","regions":[{"name":"eu-west-1","state":"active"}]}"#).unwrap();
-    let out = Command::new(proxy_bin())
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("eu-west-1"));
 }
@@ -111,11 +107,7 @@ fn a_missing_config_file_is_a_clear_error() {
 fn the_documented_example_config_is_valid() {
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/edgeroute.toml");
-    let out = Command::new(proxy_bin())
-        .args(["check", "--config"])
-        .arg(&example)
-        .output()
-        .unwrap();
+    let out = check(&proxy_bin(), &example).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -156,11 +148,7 @@ fn a_broken_control_config_names_its_fields() {
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
-    let out = Command::new(&bin)
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let out = check(&bin, &config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     for field in [
@@ -192,17 +180,13 @@ fn the_control_token_may_come_from_the_environment() {
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
-    let without = Command::new(&bin)
-        .args(["check", "--config"])
-        .arg(&config)
+    let without = check(&bin, &config)
         .env_remove("EDGEROUTE_CONTROL_TOKEN")
         .output()
         .unwrap();
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("EDGEROUTE_CONTROL_TOKEN"));
-    let with = Command::new(&bin)
-        .args(["check", "--config"])
-        .arg(&config)
+    let with = check(&bin, &config)
         .env("EDGEROUTE_CONTROL_TOKEN", "from-the-env")
         .output()
         .unwrap();

@@ -39,36 +39,28 @@ async fn proxy_with(
         .await
 }
 
-async fn write_region(proxy: &Proxy) -> String {
-    let resp = client()
-        .post(proxy.url("/orders"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    resp.headers().get("x-edgeroute-region").map_or_else(
-        || format!("refused {}", resp.status()),
-        |v| v.to_str().unwrap().to_owned(),
+/// An origin per region.
+async fn origins() -> (Origin, Origin, Origin) {
+    (
+        Origin::start(US).await,
+        Origin::start(EU).await,
+        Origin::start(AP).await,
     )
 }
 
 #[tokio::test]
 async fn the_proxy_follows_the_control_plane_table() {
-    let (us, eu, ap) = (
-        Origin::start(US).await,
-        Origin::start(EU).await,
-        Origin::start(AP).await,
-    );
+    let (us, eu, ap) = origins().await;
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
     let proxy = proxy_on(&cp, &us, &eu, &ap).await;
-    assert_eq!(write_region(&proxy).await, US);
+    assert_eq!(proxy.write_region().await, US);
     let first = cp.table().await;
 
     // The writer moves: a new epoch, and the proxy sends writes to it.
     let changed_at = Instant::now();
     cp.set_topology(&topology(Some(EU), false, &all_up()));
     eventually("writes follow the new primary", WAIT, || async {
-        write_region(&proxy).await == EU
+        proxy.write_region().await == EU
     })
     .await;
     eprintln!("primary change to proxy swap: {:?}", changed_at.elapsed());
@@ -99,21 +91,17 @@ async fn the_proxy_follows_the_control_plane_table() {
     // Failover in progress: writes are held.
     cp.set_topology(&topology(Some(EU), true, &all_up()));
     eventually("writes are held", WAIT, || async {
-        write_region(&proxy).await == "refused 503 Service Unavailable"
+        proxy.write_region().await == "refused 503 Service Unavailable"
     })
     .await;
 }
 
 #[tokio::test]
 async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
-    let (us, eu, ap) = (
-        Origin::start(US).await,
-        Origin::start(EU).await,
-        Origin::start(AP).await,
-    );
+    let (us, eu, ap) = origins().await;
     let mut cp = ControlPlane::start(&topology(Some(AP), false, &all_up())).await;
     let proxy = proxy_on(&cp, &us, &eu, &ap).await;
-    assert_eq!(write_region(&proxy).await, AP);
+    assert_eq!(proxy.write_region().await, AP);
     cp.kill();
     eventually(
         "the proxy notices the control plane is gone",
@@ -122,7 +110,7 @@ async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
     )
     .await;
     for _ in 0..5 {
-        assert_eq!(write_region(&proxy).await, AP);
+        assert_eq!(proxy.write_region().await, AP);
         assert_eq!(
             client()
                 .get(proxy.url("/items"))
@@ -229,11 +217,7 @@ async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
 
 #[tokio::test]
 async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_writes_only() {
-    let (us, eu, ap) = (
-        Origin::start(US).await,
-        Origin::start(EU).await,
-        Origin::start(AP).await,
-    );
+    let (us, eu, ap) = origins().await;
     let mut cp = ControlPlane::start(&topology(Some(AP), false, &all_up())).await;
     let proxy = proxy_with(
         &cp,
@@ -245,13 +229,13 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
     .await;
     // Confirmed every long-poll (1 s): writes flow.
     for _ in 0..5 {
-        assert_eq!(write_region(&proxy).await, AP);
+        assert_eq!(proxy.write_region().await, AP);
     }
     cp.kill();
     eventually(
         "writes are held once the table is 3 s unconfirmed",
         WAIT,
-        || async { write_region(&proxy).await == "refused 503 Service Unavailable" },
+        || async { proxy.write_region().await == "refused 503 Service Unavailable" },
     )
     .await;
     let resp = client()
