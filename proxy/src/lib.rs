@@ -1,6 +1,6 @@
 //! edgeroute's data plane.
 //!
-//! A Pingora proxy that sends reads to the local region (or the nearest one
+//! A proxy on Pingora's core that sends reads to the local region (or the nearest one
 //! that can serve) and writes to the region holding the database writer, from
 //! one routing snapshot that the table source swaps in whole.
 
@@ -22,3 +22,4 @@ pub mod state;
 pub mod table_source;
 pub mod tls;
 pub mod topology;
+pub mod upstream;

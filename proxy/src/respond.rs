@@ -6,9 +6,9 @@ use crate::route::Refusal;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora_core::protocols::http::ServerSession;
 use pingora_error::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use pingora_proxy::Session;
 
 pub const ERROR_HEADER: &str = "x-edgeroute-error";
 
@@ -22,6 +22,8 @@ pub enum ErrorReply {
     Upstream { status: u16, code: &'static str },
     /// The client sent something the proxy cannot parse (400).
     BadRequest,
+    /// `CONNECT`: the proxy forwards requests, it does not open tunnels (405).
+    MethodNotAllowed,
     /// The client went away; nothing can be sent.
     ClientGone,
     /// A bug in the proxy (500).
@@ -68,6 +70,7 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => 413,
             ErrorReply::Upstream { status, .. } => *status,
             ErrorReply::BadRequest => 400,
+            ErrorReply::MethodNotAllowed => 405,
             ErrorReply::ClientGone => 0,
             ErrorReply::Internal => 500,
         }
@@ -83,6 +86,7 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => "body_too_large",
             ErrorReply::Upstream { code, .. } => code,
             ErrorReply::BadRequest => "bad_request",
+            ErrorReply::MethodNotAllowed => "method_not_allowed",
             ErrorReply::ClientGone => "client_gone",
             ErrorReply::Internal => "internal_error",
         }
@@ -104,6 +108,10 @@ impl ErrorReply {
                 "the backend could not be reached or failed before answering".to_owned()
             }
             ErrorReply::BadRequest => "the request could not be parsed".to_owned(),
+            ErrorReply::MethodNotAllowed => {
+                "CONNECT is not supported: this proxy forwards HTTP requests and opens no tunnels"
+                    .to_owned()
+            }
             ErrorReply::ClientGone => String::new(),
             ErrorReply::Internal => "internal proxy error".to_owned(),
         }
@@ -112,7 +120,7 @@ impl ErrorReply {
 
 /// Writes `reply` as a complete JSON response.
 pub async fn write(
-    session: &mut Session,
+    session: &mut ServerSession,
     reply: &ErrorReply,
     snapshot: Option<&Snapshot>,
     request_id: Option<&HeaderValue>,
@@ -143,6 +151,6 @@ pub async fn write(
         resp.insert_header(crate::service::REQUEST_ID_HEADER, id.clone())?;
     }
     session.set_keepalive(None);
-    session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(body), true).await
+    session.write_response_header(Box::new(resp)).await?;
+    session.write_response_body(body, true).await
 }

@@ -11,10 +11,11 @@ use crate::topology::Topology;
 use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
 use pingora_core::apps::HttpServerOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
-use pingora_proxy::ProxyServiceBuilder;
+use pingora_core::services::listening::Service;
 use std::sync::Arc;
 
 /// Runs the proxy until it is stopped by a signal. Start-up problems (a
@@ -164,7 +165,6 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         // sooner once nothing is in flight.
         grace_period_seconds: Some(cfg.shutdown.grace_period.as_secs().max(1)),
         graceful_shutdown_timeout_seconds: Some(1),
-        max_retries: cfg.retries.max_attempts as usize,
         pid_file: run_file("pid"),
         upgrade_sock: run_file("sock"),
         ..ServerConf::default()
@@ -180,15 +180,14 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         }
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        let mut service = ProxyServiceBuilder::new(
+        // Upstream TLS trusts what Pingora's connector trusts by default.
+        let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(
             &server.configuration,
-            EdgeProxy {
-                state: Arc::clone(&state),
-            },
-        )
-        .name(if h2c { "edgeroute h2c" } else { "edgeroute" })
-        .server_options(options)
-        .build();
+        )));
+        let mut service = Service::new(
+            if h2c { "edgeroute h2c" } else { "edgeroute" }.to_owned(),
+            EdgeProxy::new(Arc::clone(&state), options, connector),
+        );
         for l in listeners {
             let addr = l.address.to_string();
             match &l.tls {

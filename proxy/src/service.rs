@@ -1,22 +1,34 @@
-//! The Pingora request phases: route in `request_filter`/`upstream_peer`,
-//! rewrite headers in `upstream_request_filter`, decide retries in
-//! `fail_to_connect`/`error_while_proxy`, record in `logging`.
+//! The forwarding path, on pingora-core's `HttpServerApp`: read the request,
+//! route it, send it to a backend over a pooled HTTP/1.1 connection, stream
+//! the answer back. One request is one sequence of awaits on one task — no
+//! per-request channels or helper tasks.
+//!
+//! Retries follow one rule: a request that reached no backend (the connect
+//! failed) may go to another; one that may have reached a backend goes again
+//! only if it is safe to repeat (idempotent method or `Idempotency-Key`) and
+//! its body is still held in full.
 
 use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
-use crate::route::{CONSISTENCY_HEADER, Plan, RouteClass, pick_backend};
+use crate::route::{CONSISTENCY_HEADER, Plan, Refusal, RouteClass, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::topology::{Backend, InflightGuard, policy};
+use crate::upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
 use http::HeaderValue;
-use pingora_core::upstreams::peer::HttpPeer;
-use pingora_error::{Error, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_core::apps::{
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+};
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
+use pingora_core::server::ShutdownWatch;
+use pingora_error::{Error, ErrorType};
+use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,12 +38,30 @@ pub const REGION_HEADER: &str = "x-edgeroute-region";
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
+type BError = Box<Error>;
+
 pub struct EdgeProxy {
-    pub state: Arc<AppState>,
+    state: Arc<AppState>,
+    options: HttpServerOptions,
+    connector: TransportConnector,
+}
+
+impl EdgeProxy {
+    pub fn new(
+        state: Arc<AppState>,
+        options: HttpServerOptions,
+        connector: TransportConnector,
+    ) -> Self {
+        EdgeProxy {
+            state,
+            options,
+            connector,
+        }
+    }
 }
 
 /// Per-request state; small, and dropped when the request ends.
-pub struct Ctx {
+struct Ctx {
     started: Instant,
     _inflight: RequestGuard,
     snapshot: Option<Arc<Snapshot>>,
@@ -43,11 +73,27 @@ pub struct Ctx {
     tried_backends: u64,
     attempts: u32,
     backend: Option<InflightGuard>,
-    request_id: Option<HeaderValue>,
+    request_id: HeaderValue,
     reply: Option<ErrorReply>,
     body_bytes: u64,
-    /// When the request header went to the backend, for its latency.
-    sent_at: Option<Instant>,
+    /// The request may be sent again after bytes of it reached a backend.
+    repeatable: bool,
+}
+
+/// How an attempt at one backend failed.
+struct Failure {
+    error: BError,
+    /// Another backend may be tried.
+    retry: bool,
+}
+
+impl Failure {
+    fn last(error: BError) -> Self {
+        Failure {
+            error,
+            retry: false,
+        }
+    }
 }
 
 /// A random (version 4) UUID from the thread's fast generator: no system
@@ -59,59 +105,85 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn is_tls(session: &Session) -> bool {
+fn is_tls(session: &ServerSession) -> bool {
     session.digest().is_some_and(|d| d.ssl_digest.is_some())
 }
 
-impl EdgeProxy {
-    fn outlier_verdict(&self, b: &Backend, verdict: Verdict, cause: &str) {
-        let region = &*self.state.topology.regions[b.region].name;
-        match verdict {
-            Verdict::Kept => {}
-            Verdict::Ejected(for_) => {
-                self.state
-                    .metrics
-                    .backend_ejections
-                    .with_label_values(&[region, &b.label])
-                    .inc();
-                tracing::warn!(region, backend = %b.label, address = %b.addr, ejected_for = ?for_, cause, "backend ejected");
-            }
-            Verdict::CapReached => {
-                self.state
-                    .metrics
-                    .ejections_suppressed
-                    .with_label_values(&[region])
-                    .inc();
-                tracing::warn!(region, backend = %b.label, address = %b.addr, cause, "backend kept in rotation: the region's ejection cap is reached");
-            }
-        }
-    }
-
-    async fn reply(&self, session: &mut Session, ctx: &mut Ctx, reply: ErrorReply) -> Result<bool> {
-        if let ErrorReply::Refused(r) = &reply {
-            self.state
-                .metrics
-                .refusals
-                .with_label_values(&[r.code()])
-                .inc();
-        }
-        respond::write(
-            session,
-            &reply,
-            ctx.snapshot.as_deref(),
-            ctx.request_id.as_ref(),
-        )
-        .await?;
-        ctx.reply = Some(reply);
-        Ok(true)
+/// Resolves once the server begins to shut down.
+async fn shutting_down(shutdown: &ShutdownWatch) {
+    let mut watch = shutdown.clone();
+    if watch.wait_for(|down| *down).await.is_err() {
+        // The server is gone without a shutdown: nothing will ever signal.
+        std::future::pending::<()>().await;
     }
 }
 
 #[async_trait]
-impl ProxyHttp for EdgeProxy {
-    type CTX = Ctx;
+impl HttpServerApp for EdgeProxy {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        // A keep-alive connection waiting for its next request is closed
+        // when the server shuts down; a request already buffered goes first.
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            () = shutting_down(shutdown) => return None,
+        };
+        match read {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
+                    tracing::debug!(error = %e, "unparseable request");
+                    self.state
+                        .request_metrics
+                        .record(None, RouteClass::Read, 400, 0.0);
+                    if let Err(e) =
+                        respond::write(&mut session, &ErrorReply::BadRequest, None, None).await
+                    {
+                        tracing::debug!(error = %e, "cannot answer an unparseable request");
+                    }
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() {
+            session.set_keepalive(None);
+        }
+        let mut ctx = self.new_ctx(&session);
+        let error = match self.serve(&mut session, &mut ctx).await {
+            Ok(()) => None,
+            Err(e) => {
+                self.fail(&mut session, &mut ctx, &e).await;
+                Some(e)
+            }
+        };
+        self.log(&session, &ctx, error.as_deref());
+        if error.is_some() {
+            return None;
+        }
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot finish the response; closing the connection");
+                None
+            }
+        }
+    }
 
-    fn new_ctx(&self) -> Ctx {
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        Some(&self.options)
+    }
+}
+
+impl EdgeProxy {
+    fn new_ctx(&self, session: &ServerSession) -> Ctx {
+        let req = session.req_header();
         Ctx {
             started: Instant::now(),
             _inflight: self.state.lifecycle.request_started(),
@@ -125,22 +197,58 @@ impl ProxyHttp for EdgeProxy {
             tried_backends: 0,
             attempts: 0,
             backend: None,
-            request_id: None,
-            reply: None,
-            body_bytes: 0,
-            sent_at: None,
-        }
-    }
-
-    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        let req = session.req_header();
-        ctx.request_id = Some(
-            req.headers
+            request_id: req
+                .headers
                 .get(REQUEST_ID_HEADER)
                 .filter(|v| !v.is_empty() && v.len() <= 200)
                 .cloned()
                 .unwrap_or_else(new_request_id),
-        );
+            reply: None,
+            body_bytes: 0,
+            repeatable: req.method.is_idempotent()
+                || req.headers.contains_key(IDEMPOTENCY_KEY_HEADER),
+        }
+    }
+
+    /// Answers the request: proxied, or refused with a reply of our own.
+    /// An error means nothing complete was sent; [`Self::fail`] answers it.
+    async fn serve(&self, session: &mut ServerSession, ctx: &mut Ctx) -> Result<(), BError> {
+        if let Some(reply) = self.admit(session, ctx) {
+            return self.reply(session, ctx, reply).await;
+        }
+        if session.req_header().method == http::Method::CONNECT {
+            return self.reply(session, ctx, ErrorReply::MethodNotAllowed).await;
+        }
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue && !session.is_body_done() {
+            // The proxy takes the body itself (it may need it for a retry),
+            // so it invites the client to send it.
+            session
+                .write_continue_response()
+                .await
+                .map_err(Error::into_down)?;
+        }
+        session.enable_retry_buffering();
+        loop {
+            let backend = self.pick(ctx)?;
+            match self.attempt(session, ctx, &backend).await {
+                Ok(()) => return Ok(()),
+                Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
+                    self.state.metrics.retries.inc();
+                    tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+    }
+
+    /// The routing decision for a request just read: a region, or a reply.
+    fn admit(&self, session: &ServerSession, ctx: &mut Ctx) -> Option<ErrorReply> {
+        let req = session.req_header();
         let limit = self.state.config.limits.max_request_body;
         let declared = req
             .headers
@@ -148,9 +256,7 @@ impl ProxyHttp for EdgeProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return self
-                .reply(session, ctx, ErrorReply::BodyTooLarge { limit })
-                .await;
+            return Some(ErrorReply::BodyTooLarge { limit });
         }
         let strong = req
             .headers
@@ -160,41 +266,51 @@ impl ProxyHttp for EdgeProxy {
             .state
             .classifier
             .classify(req.method.as_str(), req.uri.path(), strong);
-
         if ctx.plan.class == RouteClass::Write && self.state.table_too_old_for_writes() {
-            return self
-                .reply(
-                    session,
-                    ctx,
-                    ErrorReply::Refused(crate::route::Refusal::TableStale),
-                )
-                .await;
+            return Some(ErrorReply::Refused(Refusal::TableStale));
         }
         let Some(snapshot) = self.state.router.load() else {
-            return self
-                .reply(
-                    session,
-                    ctx,
-                    ErrorReply::Refused(crate::route::Refusal::NoTable),
-                )
-                .await;
+            return Some(ErrorReply::Refused(Refusal::NoTable));
         };
         let decision = self.state.choose_region(&snapshot, ctx.plan.target, 0);
         ctx.snapshot = Some(snapshot);
         match decision {
             Ok(region) => {
                 ctx.region = Some(region);
-                Ok(false)
+                None
             }
-            Err(refusal) => self.reply(session, ctx, ErrorReply::Refused(refusal)).await,
+            Err(refusal) => Some(ErrorReply::Refused(refusal)),
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        ctx.attempts += 1;
-        if ctx.attempts > 1 {
-            self.state.metrics.retries.inc();
+    async fn reply(
+        &self,
+        session: &mut ServerSession,
+        ctx: &mut Ctx,
+        reply: ErrorReply,
+    ) -> Result<(), BError> {
+        if let ErrorReply::Refused(r) = &reply {
+            self.state
+                .metrics
+                .refusals
+                .with_label_values(&[r.code()])
+                .inc();
         }
+        let written = respond::write(
+            session,
+            &reply,
+            ctx.snapshot.as_deref(),
+            Some(&ctx.request_id),
+        )
+        .await;
+        ctx.reply = Some(reply);
+        written.map_err(Error::into_down)
+    }
+
+    /// The next backend for this request: in the chosen region, or — for a
+    /// nearest-region read whose region has none left — in the next nearest.
+    fn pick(&self, ctx: &mut Ctx) -> Result<Arc<Backend>, BError> {
+        ctx.attempts += 1;
         ctx.backend = None;
         let topo = &self.state.topology;
         let snapshot = ctx.snapshot.clone().ok_or_else(|| {
@@ -226,7 +342,7 @@ impl ProxyHttp for EdgeProxy {
                 }
                 ctx.tried_backends |= 1 << pick.index;
                 ctx.backend = Some(pick.backend.start_request());
-                return Ok(pick.backend.peer());
+                return Ok(Arc::clone(pick.backend));
             }
             // Every backend of this region is tried or out of rotation. Only a
             // nearest-region read may move on; writes stay on the primary.
@@ -245,9 +361,9 @@ impl ProxyHttp for EdgeProxy {
                 }
                 None => {
                     let refusal = match ctx.plan.target {
-                        RouteTarget::Primary => crate::route::Refusal::PrimaryUnavailable,
-                        RouteTarget::Local => crate::route::Refusal::LocalUnavailable,
-                        RouteTarget::Nearest => crate::route::Refusal::NoRegionAvailable,
+                        RouteTarget::Primary => Refusal::PrimaryUnavailable,
+                        RouteTarget::Local => Refusal::LocalUnavailable,
+                        RouteTarget::Nearest => Refusal::NoRegionAvailable,
                     };
                     ctx.reply = Some(ErrorReply::Refused(refusal));
                     return Err(Error::explain(
@@ -259,29 +375,137 @@ impl ProxyHttp for EdgeProxy {
         }
     }
 
-    async fn upstream_request_filter(
+    /// One try at one backend, from the connection to the last body byte.
+    async fn attempt(
         &self,
-        session: &mut Session,
-        upstream: &mut RequestHeader,
+        session: &mut ServerSession,
         ctx: &mut Ctx,
-    ) -> Result<()> {
-        ctx.sent_at = Some(Instant::now());
-        upstream.insert_header(ROUTE_HEADER, ctx.plan.class.as_str())?;
+        backend: &Arc<Backend>,
+    ) -> Result<(), Failure> {
+        let peer = backend.peer_template();
+        let stream = match backend.idle.take(Instant::now()) {
+            Some(stream) => stream,
+            None => match self.connector.new_stream(peer).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.connect_failed(backend);
+                    // Nothing reached the backend: any request may go elsewhere.
+                    return Err(Failure {
+                        error: e.into_up(),
+                        retry: true,
+                    });
+                }
+            },
+        };
+        let mut up = UpstreamSession::new_with_options(stream, peer);
+        up.read_timeout = peer.options.read_timeout;
+        up.write_timeout = peer.options.write_timeout;
+
+        let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
+        let sent_at = Instant::now();
+        let sent: Result<(), BError> = async {
+            up.write_request_header(req).await?;
+            self.send_body(session, ctx, &mut up).await?;
+            loop {
+                up.read_response().await?;
+                match up.get_status() {
+                    Some(s)
+                        if s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS => {}
+                    _ => return Ok(()),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = sent {
+            // Bytes may have reached the backend. Downstream trouble (the
+            // client left, its body was too large) ends the request.
+            let retry = e.esource() != &pingora_error::ErrorSource::Downstream
+                && ctx.reply.is_none()
+                && ctx.repeatable
+                && !session.retry_buffer_truncated()
+                && !matches!(
+                    e.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                );
+            let error = if e.esource() == &pingora_error::ErrorSource::Unset {
+                e.into_up()
+            } else {
+                e
+            };
+            return Err(Failure { error, retry });
+        }
+
+        let resp = up.resp_header().ok_or_else(|| {
+            Failure::last(Error::explain(
+                ErrorType::InternalError,
+                "upstream response header missing after it was read",
+            ))
+        })?;
+        self.record_response(backend, resp.status.as_u16(), sent_at);
+        let mut resp = Box::new(resp.clone());
+        let region = ctx.region.map(|r| &*self.state.topology.regions[r].name);
+        let headers = (|| {
+            if let Some(region) = region {
+                resp.insert_header(REGION_HEADER, region)?;
+            }
+            resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
+        })();
+        headers.map_err(Failure::last)?;
+        let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        session
+            .write_response_header(resp)
+            .await
+            .map_err(|e| Failure::last(e.into_down()))?;
+
+        if upgrade && session.was_upgraded() {
+            return tunnel(session, &mut up).await.map_err(Failure::last);
+        }
+        while let Some(chunk) = up
+            .read_body_bytes()
+            .await
+            .map_err(|e| Failure::last(e.into_up()))?
+        {
+            session
+                .write_response_body(chunk, false)
+                .await
+                .map_err(|e| Failure::last(e.into_down()))?;
+        }
+        session
+            .write_response_body(Bytes::new(), true)
+            .await
+            .map_err(|e| Failure::last(e.into_down()))?;
+        up.respect_keepalive();
+        if let Some(stream) = up.reuse().await {
+            backend.idle.put(stream, Instant::now());
+        }
+        Ok(())
+    }
+
+    /// The request a backend gets: the client's, without hop-by-hop fields,
+    /// with the route, epoch, request id and forwarding fields.
+    fn upstream_request(
+        &self,
+        session: &mut ServerSession,
+        ctx: &Ctx,
+    ) -> Result<Box<RequestHeader>, BError> {
+        let has_body = !session.is_body_empty();
+        let mut req = Box::new(session.req_header().clone());
+        upstream::prepare_request(&mut req, has_body)
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())?;
+        req.insert_header(ROUTE_HEADER, ctx.plan.class.as_str())?;
         if let Some(s) = &ctx.snapshot {
-            upstream.insert_header(EPOCH_HEADER, s.epoch_header.clone())?;
+            req.insert_header(EPOCH_HEADER, s.epoch_header.clone())?;
         }
-        if let Some(id) = &ctx.request_id {
-            upstream.insert_header(REQUEST_ID_HEADER, id.clone())?;
-        }
+        req.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
         if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = client.ip().to_string();
-            let xff = match upstream.headers.get("x-forwarded-for").map(|v| v.to_str()) {
+            let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
                 Some(Ok(prior)) if !prior.is_empty() => format!("{prior}, {ip}"),
                 _ => ip,
             };
-            upstream.insert_header("x-forwarded-for", xff)?;
+            req.insert_header("x-forwarded-for", xff)?;
         }
-        upstream.insert_header(
+        req.insert_header(
             "x-forwarded-proto",
             if is_tls(session) { "https" } else { "http" },
         )?;
@@ -289,123 +513,90 @@ impl ProxyHttp for EdgeProxy {
             .region
             .and_then(|r| self.state.topology.regions[r].host.as_deref())
         {
-            upstream.insert_header(http::header::HOST, host)?;
+            req.insert_header(http::header::HOST, host)?;
         }
-        Ok(())
+        Ok(req)
     }
 
-    async fn request_body_filter(
+    /// Sends the request body: what earlier attempts read (kept for
+    /// retries), then the rest as it arrives from the client.
+    async fn send_body(
         &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        session: &mut ServerSession,
         ctx: &mut Ctx,
-    ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_bytes += b.len() as u64;
-            let limit = self.state.config.limits.max_request_body;
+        up: &mut UpstreamSession,
+    ) -> Result<(), BError> {
+        if let Some(held) = session.get_retry_buffer().filter(|b| !b.is_empty()) {
+            up.write_body(&held).await?;
+        }
+        let limit = self.state.config.limits.max_request_body;
+        while !session.is_body_done() {
+            let Some(chunk) = session
+                .read_request_body()
+                .await
+                .map_err(Error::into_down)?
+            else {
+                break;
+            };
+            ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
                 ctx.reply = Some(ErrorReply::BodyTooLarge { limit });
                 return Err(Error::explain(
                     ErrorType::HTTPStatus(413),
                     "request body over limits.max_request_body",
-                ));
+                )
+                .into_down());
+            }
+            up.write_body(&chunk).await?;
+        }
+        up.finish_body().await?;
+        Ok(())
+    }
+
+    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) {
+        let now = Instant::now();
+        let h = &self.state.config.health;
+        let may_eject =
+            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+        let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
+        self.outlier_verdict(b, verdict, "5xx responses");
+    }
+
+    fn connect_failed(&self, b: &Backend) {
+        let now = Instant::now();
+        let h = &self.state.config.health;
+        let may_eject =
+            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+        let verdict = b.record_connect_failure(&policy(h), now, may_eject);
+        self.outlier_verdict(b, verdict, "failed connects");
+    }
+
+    fn outlier_verdict(&self, b: &Backend, verdict: Verdict, cause: &str) {
+        let region = &*self.state.topology.regions[b.region].name;
+        match verdict {
+            Verdict::Kept => {}
+            Verdict::Ejected(for_) => {
+                self.state
+                    .metrics
+                    .backend_ejections
+                    .with_label_values(&[region, &b.label])
+                    .inc();
+                tracing::warn!(region, backend = %b.label, address = %b.addr, ejected_for = ?for_, cause, "backend ejected");
+            }
+            Verdict::CapReached => {
+                self.state
+                    .metrics
+                    .ejections_suppressed
+                    .with_label_values(&[region])
+                    .inc();
+                tracing::warn!(region, backend = %b.label, address = %b.addr, cause, "backend kept in rotation: the region's ejection cap is reached");
             }
         }
-        Ok(())
     }
 
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if let Some(r) = ctx.region {
-            resp.insert_header(REGION_HEADER, &*self.state.topology.regions[r].name)?;
-        }
-        if let Some(id) = &ctx.request_id {
-            resp.insert_header(REQUEST_ID_HEADER, id.clone())?;
-        }
-        Ok(())
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Ctx,
-    ) -> Result<()> {
-        if resp.status.is_informational() {
-            return Ok(());
-        }
-        if let (Some(guard), Some(sent_at)) = (&ctx.backend, ctx.sent_at) {
-            let b = guard.backend();
-            let now = Instant::now();
-            let h = &self.state.config.health;
-            let may_eject =
-                self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
-            let verdict = b.record_response(
-                resp.status.as_u16(),
-                now - sent_at,
-                &policy(h),
-                now,
-                may_eject,
-            );
-            self.outlier_verdict(b, verdict, "5xx responses");
-        }
-        Ok(())
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        ctx: &mut Ctx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        if let Some(guard) = &ctx.backend {
-            let b = guard.backend();
-            let now = Instant::now();
-            let h = &self.state.config.health;
-            let may_eject =
-                self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
-            let verdict = b.record_connect_failure(&policy(h), now, may_eject);
-            self.outlier_verdict(b, verdict, "failed connects");
-        }
-        // Nothing reached the backend: any request may try another one.
-        if ctx.attempts < self.state.config.retries.max_attempts {
-            e.set_retry(true);
-        }
-        e
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut Ctx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
-        // Bytes may have reached the backend: retry only what is safe to
-        // repeat, and never a body we no longer hold in full.
-        let req = session.req_header();
-        let repeatable =
-            req.method.is_idempotent() || req.headers.contains_key(IDEMPOTENCY_KEY_HEADER);
-        if repeatable
-            && ctx.attempts < self.state.config.retries.max_attempts
-            && !session.as_ref().retry_buffer_truncated()
-        {
-            e.retry.decide_reuse(client_reused);
-        } else {
-            e.set_retry(false);
-        }
-        e
-    }
-
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    /// Answers a request that could not be served, unless its response had
+    /// already begun (then the connection is closed) or the client is gone.
+    async fn fail(&self, session: &mut ServerSession, ctx: &mut Ctx, e: &Error) {
         let reply = ctx
             .reply
             .take()
@@ -417,33 +608,35 @@ impl ProxyHttp for EdgeProxy {
                 .with_label_values(&[r.code()])
                 .inc();
         }
-        let code = reply.status();
-        let written = if reply.client_gone() {
-            0
-        } else {
-            match respond::write(
+        if session.response_written().is_none() && !reply.client_gone() {
+            tracing::warn!(
+                error = %e,
+                method = %session.req_header().method,
+                path = session.req_header().uri.path(),
+                request_id = ctx.request_id.to_str().unwrap_or(""),
+                attempts = ctx.attempts,
+                status = reply.status(),
+                "request failed"
+            );
+            if let Err(err) = respond::write(
                 session,
                 &reply,
                 ctx.snapshot.as_deref(),
-                ctx.request_id.as_ref(),
+                Some(&ctx.request_id),
             )
             .await
             {
-                Ok(()) => code,
-                Err(err) => {
-                    tracing::debug!(error = %err, "cannot send the error response; the client is gone");
-                    0
-                }
+                tracing::debug!(error = %err, "cannot send the error response; the client is gone");
+                ctx.reply = Some(ErrorReply::ClientGone);
+                return;
             }
-        };
-        ctx.reply = Some(reply);
-        FailToProxy {
-            error_code: written,
-            can_reuse_downstream: false,
+        } else if session.response_written().is_some() {
+            tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "response cut short");
         }
+        ctx.reply = Some(reply);
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+    fn log(&self, session: &ServerSession, ctx: &Ctx, e: Option<&Error>) {
         let status = session.response_written().map_or_else(
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |r| r.status.as_u16(),
@@ -453,8 +646,6 @@ impl ProxyHttp for EdgeProxy {
         } else {
             ctx.region
         };
-        let served_by = served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
-        let route = ctx.plan.class.as_str();
         let elapsed = ctx.started.elapsed();
         self.state.request_metrics.record(
             served_by_index,
@@ -464,21 +655,56 @@ impl ProxyHttp for EdgeProxy {
         );
         if self.state.config.log.access {
             let req = session.req_header();
+            let served_by =
+                served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
             tracing::info!(
                 target: "edgeroute::access",
                 method = %req.method,
                 path = req.uri.path(),
                 status,
                 region = served_by,
-                route,
+                route = ctx.plan.class.as_str(),
                 epoch = ctx.snapshot.as_ref().map_or(0, |s| s.epoch()),
                 attempts = ctx.attempts,
                 backend = ctx.backend.as_ref().map_or("", |b| b.backend().label.as_str()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = ctx.request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or(""),
+                request_id = ctx.request_id.to_str().unwrap_or(""),
                 error = e.map(|e| e.to_string()),
                 "request"
             );
         }
     }
+}
+
+/// After a `101 Switching Protocols`, both directions carry raw bytes until
+/// each side closes.
+async fn tunnel(session: &mut ServerSession, up: &mut UpstreamSession) -> Result<(), BError> {
+    up.maybe_upgrade_body_writer();
+    let mut client_done = false;
+    let mut backend_done = false;
+    while !(client_done && backend_done) {
+        tokio::select! {
+            chunk = session.read_request_body(), if !client_done => {
+                match chunk.map_err(Error::into_down)? {
+                    Some(bytes) => {
+                        up.write_body(&bytes).await.map_err(Error::into_up)?;
+                    }
+                    None => {
+                        up.finish_body().await.map_err(Error::into_up)?;
+                        client_done = true;
+                    }
+                }
+            }
+            chunk = up.read_body_bytes(), if !backend_done => {
+                match chunk.map_err(Error::into_up)? {
+                    Some(bytes) => session.write_response_body(bytes, false).await.map_err(Error::into_down)?,
+                    None => {
+                        session.write_response_body(Bytes::new(), true).await.map_err(Error::into_down)?;
+                        backend_done = true;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }

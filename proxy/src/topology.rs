@@ -8,6 +8,7 @@
 
 use crate::health::outlier::Verdict;
 use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
+use crate::upstream::IdlePool;
 use arc_swap::ArcSwap;
 use edgeroute_config::{HealthConfig, ProxyConfig};
 use pingora_core::upstreams::peer::HttpPeer;
@@ -43,6 +44,8 @@ pub struct Backend {
     retired: AtomicBool,
     clock: Instant,
     live: Mutex<Live>,
+    /// Keep-alive connections to it, idle until the next request.
+    pub idle: IdlePool,
 }
 
 impl Backend {
@@ -55,11 +58,13 @@ impl Backend {
         clock: Instant,
     ) -> Self {
         let start_healthy = health.start_healthy || !health.probes;
+        let idle_timeout = peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
         Backend {
             label,
             addr,
             region,
             peer,
+            idle: IdlePool::new(idle_timeout),
             inflight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),

@@ -155,6 +155,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             // A connection dropped on purpose ends with an error; that is the point.
             let _ended = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades()
                 .await;
         });
     }
@@ -173,8 +174,11 @@ impl std::error::Error for Dropped {}
 
 async fn answer(
     shared: Arc<Shared>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Box<dyn std::error::Error + Send + Sync>> {
+    if req.headers().contains_key(http::header::UPGRADE) {
+        return Ok(upgrade_to_echo(&shared, &mut req));
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes();
     let delay = shared.delay_ms.load(Ordering::Relaxed);
@@ -209,4 +213,32 @@ async fn answer(
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = StatusCode::from_u16(shared.status.load(Ordering::Relaxed))?;
     Ok(resp)
+}
+
+/// Accepts any protocol upgrade, then echoes every byte back until the
+/// client closes: enough to see a tunnel carry both directions.
+fn upgrade_to_echo(shared: &Shared, req: &mut Request<Incoming>) -> Response<Full<Bytes>> {
+    shared.seen.lock().expect("origin lock").push(Seen {
+        method: req.method().to_string(),
+        path: req.uri().path().to_owned(),
+        headers: req.headers().clone(),
+        body_len: 0,
+    });
+    let protocol = req.headers()[http::header::UPGRADE].clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let (mut rx, mut tx) = tokio::io::split(TokioIo::new(upgraded));
+        let _ended = tokio::io::copy(&mut rx, &mut tx).await;
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(http::header::UPGRADE, protocol);
+    resp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("upgrade"),
+    );
+    resp
 }

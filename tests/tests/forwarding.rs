@@ -1,0 +1,200 @@
+//! The forwarding path at the byte level: upgrades, `Expect: 100-continue`,
+//! `CONNECT`, hop-by-hop fields, and pooled backend connections that the
+//! backend closed while they were idle.
+
+use edgeroute_tests::{Origin, ProxyBuilder, eventually, table};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const US: &str = "us-east-1";
+const LIMIT: Duration = Duration::from_secs(10);
+
+async fn proxy_for(origin: SocketAddr) -> edgeroute_tests::Proxy {
+    ProxyBuilder::new(US)
+        .region(US, &[origin])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await
+}
+
+/// Reads from `stream` until `done` holds for what arrived (or the stream
+/// ends), within [`LIMIT`].
+async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !done(&String::from_utf8_lossy(&got)) {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(LIMIT, read)
+        .await
+        .expect("the proxy answered in time");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+fn complete_response(text: &str) -> bool {
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().expect("length"))
+        })
+        .unwrap_or(0);
+    body.len() >= len
+}
+
+#[tokio::test]
+async fn a_websocket_upgrade_becomes_a_tunnel_both_ways() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-edgeroute-region: us-east-1"),
+        "{head}"
+    );
+    for message in ["hello", "over the tunnel"] {
+        s.write_all(message.as_bytes()).await.unwrap();
+        let echoed = read_until(&mut s, |t| t.contains(message)).await;
+        assert_eq!(echoed, message);
+    }
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.header("upgrade"), Some("websocket"));
+    assert_eq!(seen.header("sec-websocket-version"), Some("13"));
+}
+
+#[tokio::test]
+async fn expect_continue_is_answered_and_the_body_arrives() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // The client waits for the invitation before it sends the body.
+    let interim = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(interim.starts_with("HTTP/1.1 100"), "{interim}");
+    s.write_all(b"hello").await.unwrap();
+    let resp = read_until(&mut s, complete_response).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.body_len, 5);
+    assert_eq!(
+        seen.header("expect"),
+        None,
+        "the proxy answered Expect itself"
+    );
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_a_reason_and_hop_by_hop_fields_stay_behind() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
+        .await
+        .unwrap();
+    let resp = read_until(&mut s, complete_response).await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert!(
+        resp.contains("x-edgeroute-error: method_not_allowed"),
+        "{resp}"
+    );
+    assert!(resp.contains("CONNECT is not supported"), "{resp}");
+    assert!(origin.seen().is_empty());
+
+    let resp = edgeroute_tests::client()
+        .get(proxy.url("/items"))
+        .header("connection", "x-private")
+        .header("x-private", "client-side only")
+        .header("proxy-authorization", "Basic c2VjcmV0")
+        .header("x-end-to-end", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.header("x-private"), None);
+    assert_eq!(seen.header("proxy-authorization"), None);
+    assert_eq!(seen.header("x-end-to-end"), Some("kept"));
+}
+
+/// A backend that answers one request per connection with a keep-alive
+/// response and then closes the connection, as a backend whose idle
+/// timeout is shorter than the proxy's does.
+async fn closing_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (served, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (served2, closed2) = (Arc::clone(&served), Arc::clone(&closed));
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let (served, closed) = (Arc::clone(&served2), Arc::clone(&closed2));
+            tokio::spawn(async move {
+                let req = read_until(&mut s, complete_response).await;
+                if req.is_empty() {
+                    return;
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await
+                    .unwrap();
+                served.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, served, closed)
+}
+
+#[tokio::test]
+async fn a_pooled_connection_the_backend_closed_is_not_used_for_a_post() {
+    let (backend, served, closed) = closing_backend().await;
+    let proxy = proxy_for(backend).await;
+    let c = edgeroute_tests::client();
+    for i in 1..=5 {
+        // The connection of the previous request is idle in the proxy's
+        // pool, and closed by the backend: a POST cannot be retried, so it
+        // must go on a fresh connection.
+        let resp = c
+            .post(proxy.url("/orders"))
+            .body(format!("order {i}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "request {i}");
+        assert_eq!(served.load(Ordering::SeqCst), i);
+        eventually("the backend closed its connection", LIMIT, || {
+            let closed = Arc::clone(&closed);
+            async move { closed.load(Ordering::SeqCst) == i }
+        })
+        .await;
+    }
+}
