@@ -52,13 +52,17 @@ pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), Ba
             nominated.push(name);
         }
     }
+    // One pass over the fields present, rather than a lookup per field
+    // that might be: most requests carry none of them.
+    nominated.extend(
+        req.headers
+            .keys()
+            .filter(|name| **name == header::EXPECT || HOP_BY_HOP.iter().any(|h| *name == *h))
+            .cloned(),
+    );
     for name in &nominated {
         req.remove_header(name);
     }
-    for name in HOP_BY_HOP {
-        req.remove_header(name);
-    }
-    req.remove_header(&header::EXPECT);
     if downstream_h2 {
         host_from_authority(req)?;
     }
