@@ -382,6 +382,7 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         backend: &Arc<Backend>,
     ) -> Result<(), Failure> {
+        let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let peer = backend.peer_template();
         let stream = match backend.idle.take(Instant::now()) {
             Some(stream) => stream,
@@ -401,7 +402,6 @@ impl EdgeProxy {
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
 
-        let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let sent_at = Instant::now();
         let sent: Result<(), BError> = async {
             up.write_request_header(req).await?;

@@ -165,7 +165,7 @@ impl ProxyBuilder {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info,pingora_core=warn,pingora_proxy=error")
+            .env("RUST_LOG", "info,pingora_core=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log handle"))
             .stderr(log)

@@ -42,6 +42,13 @@ async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> Stri
     String::from_utf8_lossy(&got).into_owned()
 }
 
+/// Sends one raw request on a new connection and reads the whole answer.
+async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    read_until(&mut s, complete_response).await
+}
+
 fn complete_response(text: &str) -> bool {
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
         return false;
@@ -114,17 +121,26 @@ async fn expect_continue_is_answered_and_the_body_arrives() {
 async fn connect_is_refused_with_a_reason_and_hop_by_hop_fields_stay_behind() {
     let origin = Origin::start(US).await;
     let proxy = proxy_for(origin.addr).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n")
-        .await
-        .unwrap();
-    let resp = read_until(&mut s, complete_response).await;
+    let resp = exchange(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
     assert!(
         resp.contains("x-edgeroute-error: method_not_allowed"),
         "{resp}"
     );
     assert!(resp.contains("CONNECT is not supported"), "{resp}");
+    assert!(origin.seen().is_empty());
+
+    let resp = exchange(
+        proxy.addr,
+        b"GET /items HTTP/1.1\r\nHost: app\r\nConnection: close, not a field\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(resp.contains("x-edgeroute-error: bad_request"), "{resp}");
     assert!(origin.seen().is_empty());
 
     let resp = edgeroute_tests::client()
