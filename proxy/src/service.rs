@@ -78,6 +78,8 @@ struct Ctx {
     body_bytes: u64,
     /// The request may be sent again after bytes of it reached a backend.
     repeatable: bool,
+    /// Index of the backend picked last, in `region`.
+    picked: usize,
 }
 
 /// How an attempt at one backend failed.
@@ -85,6 +87,9 @@ struct Failure {
     error: BError,
     /// Another backend may be tried.
     retry: bool,
+    /// It happened on a pooled connection, before any answer: the backend
+    /// may have closed it just then, which says nothing of the backend.
+    on_pooled: bool,
 }
 
 impl Failure {
@@ -92,6 +97,7 @@ impl Failure {
         Failure {
             error,
             retry: false,
+            on_pooled: false,
         }
     }
 }
@@ -207,6 +213,7 @@ impl EdgeProxy {
             body_bytes: 0,
             repeatable: req.method.is_idempotent()
                 || req.headers.contains_key(IDEMPOTENCY_KEY_HEADER),
+            picked: 0,
         }
     }
 
@@ -224,7 +231,10 @@ impl EdgeProxy {
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue && !session.is_body_done() {
+        if expects_continue
+            && session.req_header().version == http::Version::HTTP_11
+            && !session.is_body_done()
+        {
             // The proxy takes the body itself (it may need it for a retry),
             // so it invites the client to send it.
             session
@@ -238,6 +248,10 @@ impl EdgeProxy {
             match self.attempt(session, ctx, &backend).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
+                    if f.on_pooled {
+                        // A stale keep-alive connection: the backend may take it again.
+                        ctx.tried_backends &= !(1 << ctx.picked);
+                    }
                     self.state.metrics.retries.inc();
                     tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
                 }
@@ -303,7 +317,12 @@ impl EdgeProxy {
             Some(&ctx.request_id),
         )
         .await;
-        ctx.reply = Some(reply);
+        // A reply that could not be written leaves nothing more to say.
+        ctx.reply = Some(if written.is_ok() {
+            reply
+        } else {
+            ErrorReply::ClientGone
+        });
         written.map_err(Error::into_down)
     }
 
@@ -341,6 +360,7 @@ impl EdgeProxy {
                         .inc();
                 }
                 ctx.tried_backends |= 1 << pick.index;
+                ctx.picked = pick.index;
                 ctx.backend = Some(pick.backend.start_request());
                 return Ok(Arc::clone(pick.backend));
             }
@@ -384,7 +404,9 @@ impl EdgeProxy {
     ) -> Result<(), Failure> {
         let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let peer = backend.peer_template();
-        let stream = match backend.idle.take(Instant::now()) {
+        let pooled = backend.idle.take(Instant::now());
+        let on_pooled = pooled.is_some();
+        let stream = match pooled {
             Some(stream) => stream,
             None => match self.connector.new_stream(peer).await {
                 Ok(stream) => stream,
@@ -394,6 +416,7 @@ impl EdgeProxy {
                     return Err(Failure {
                         error: e.into_up(),
                         retry: true,
+                        on_pooled: false,
                     });
                 }
             },
@@ -403,17 +426,32 @@ impl EdgeProxy {
         up.write_timeout = peer.options.write_timeout;
 
         let sent_at = Instant::now();
+        let mut answered_early = false;
         let sent: Result<(), BError> = async {
             up.write_request_header(req).await?;
-            self.send_body(session, ctx, &mut up).await?;
-            loop {
-                up.read_response().await?;
-                match up.get_status() {
-                    Some(s)
-                        if s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS => {}
-                    _ => return Ok(()),
+            if let Err(e) = self.send_body(session, ctx, &mut up).await {
+                // A backend may answer before it has read the whole body
+                // (401, 413, ...) and stop reading: its answer is the one
+                // the client should get.
+                if e.esource() == &pingora_error::ErrorSource::Downstream
+                    || ctx.reply.is_some()
+                    || up.read_response().await.is_err()
+                {
+                    return Err(e);
                 }
+                answered_early = true;
             }
+            if !answered_early {
+                up.read_response().await?;
+            }
+            // Interim answers (other than the switch to an upgrade) are not passed on.
+            while up
+                .get_status()
+                .is_some_and(|s| s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS)
+            {
+                up.read_response().await?;
+            }
+            Ok(())
         }
         .await;
         if let Err(e) = sent {
@@ -432,7 +470,11 @@ impl EdgeProxy {
             } else {
                 e
             };
-            return Err(Failure { error, retry });
+            return Err(Failure {
+                error,
+                retry,
+                on_pooled: on_pooled && up.resp_header().is_none(),
+            });
         }
 
         let resp = up.resp_header().ok_or_else(|| {
@@ -452,6 +494,11 @@ impl EdgeProxy {
         })();
         headers.map_err(Failure::last)?;
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+        if answered_early || self.state.lifecycle.is_shutting_down() {
+            // The client's body was not read in full, or the proxy is
+            // stopping: this connection ends with this response.
+            session.set_keepalive(None);
+        }
         session
             .write_response_header(resp)
             .await
@@ -475,6 +522,9 @@ impl EdgeProxy {
             .await
             .map_err(|e| Failure::last(e.into_down()))?;
         up.respect_keepalive();
+        if answered_early {
+            return Ok(());
+        }
         if let Some(stream) = up.reuse().await {
             backend.idle.put(stream, Instant::now());
         }

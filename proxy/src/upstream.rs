@@ -26,6 +26,18 @@ const HOP_BY_HOP: [&str; 10] = [
     "http2-settings",
 ];
 
+/// Fields the proxy forwards or relies on: a client may not have them
+/// dropped by naming them in `Connection`.
+const PROTECTED: [&str; 7] = [
+    "host",
+    "content-length",
+    "idempotency-key",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-edgeroute-consistency",
+];
+
 /// Why a request cannot be sent on as it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadConnectionHeader(pub String);
@@ -37,7 +49,6 @@ pub struct BadConnectionHeader(pub String);
 /// without a length is sent chunked.
 pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), BadConnectionHeader> {
     let websocket = is_websocket_upgrade(req);
-    let downstream_h2 = req.version == http::Version::HTTP_2;
     let mut nominated: Vec<HeaderName> = Vec::new();
     for value in req.headers.get_all(header::CONNECTION) {
         let text = value
@@ -49,6 +60,11 @@ pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), Ba
                     "Connection names {token:?}, which is no field name"
                 ))
             })?;
+            if PROTECTED.iter().any(|p| name == *p) {
+                return Err(BadConnectionHeader(format!(
+                    "Connection names {token:?}, a field that must reach the backend"
+                )));
+            }
             nominated.push(name);
         }
     }
@@ -63,9 +79,7 @@ pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), Ba
     for name in &nominated {
         req.remove_header(name);
     }
-    if downstream_h2 {
-        host_from_authority(req)?;
-    }
+    origin_form(req)?;
     req.set_version(http::Version::HTTP_11);
     if websocket {
         insert(req, header::CONNECTION, "Upgrade")?;
@@ -86,9 +100,10 @@ fn insert(
         .map_err(|e| BadConnectionHeader(e.to_string()))
 }
 
-/// An HTTP/2 request names its host in `:authority`; an HTTP/1.1 backend
-/// expects `Host`.
-fn host_from_authority(req: &mut RequestHeader) -> Result<(), BadConnectionHeader> {
+/// A target with an authority — HTTP/2's `:authority`, or an HTTP/1.1
+/// absolute-form target — becomes `Host` plus an origin-form target, so
+/// that the backend reads one host, the one the proxy may then set.
+fn origin_form(req: &mut RequestHeader) -> Result<(), BadConnectionHeader> {
     let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) else {
         return Ok(());
     };
@@ -97,6 +112,11 @@ fn host_from_authority(req: &mut RequestHeader) -> Result<(), BadConnectionHeade
             "the request's authority carries user information".into(),
         ));
     }
+    let target = req.uri.path_and_query().map_or_else(
+        || http::Uri::from_static("/"),
+        |pq| http::Uri::from(pq.clone()),
+    );
+    req.set_uri(target);
     req.insert_header(header::HOST, authority)
         .map_err(|e| BadConnectionHeader(e.to_string()))
 }
@@ -302,6 +322,30 @@ mod tests {
         prepare_request(&mut req, false).expect("valid");
         assert_eq!(req.headers["host"], "api.example.com");
         assert_eq!(req.version, http::Version::HTTP_11);
+        assert_eq!(req.uri.to_string(), "/x");
+    }
+
+    #[test]
+    fn an_absolute_form_target_becomes_host_and_path() {
+        let mut req = request(http::Version::HTTP_11, &[("host", "other.example")]);
+        req.set_uri(http::Uri::from_static("http://api.example.com/x?q=1"));
+        prepare_request(&mut req, false).expect("valid");
+        assert_eq!(req.headers["host"], "api.example.com");
+        assert_eq!(req.uri.to_string(), "/x?q=1");
+    }
+
+    #[test]
+    fn connection_may_not_drop_a_field_the_backend_needs() {
+        for field in [
+            "host",
+            "Idempotency-Key",
+            "content-length",
+            "x-forwarded-for",
+        ] {
+            let mut req = request(http::Version::HTTP_11, &[("connection", field)]);
+            let err = prepare_request(&mut req, false).expect_err("refused");
+            assert!(err.0.contains("must reach the backend"), "{field}: {err:?}");
+        }
     }
 
     proptest! {
