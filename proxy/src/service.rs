@@ -651,14 +651,12 @@ impl EdgeProxy {
             .reply
             .take()
             .unwrap_or_else(|| ErrorReply::from_error(e));
-        if let ErrorReply::Refused(r) = &reply {
-            self.state
-                .metrics
-                .refusals
-                .with_label_values(&[r.code()])
-                .inc();
-        }
-        if session.response_written().is_none() && !reply.client_gone() {
+        if session.response_written().is_some() {
+            tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "response cut short");
+            ctx.reply = Some(reply);
+        } else if reply.client_gone() {
+            ctx.reply = Some(reply);
+        } else {
             tracing::warn!(
                 error = %e,
                 method = %session.req_header().method,
@@ -668,22 +666,10 @@ impl EdgeProxy {
                 status = reply.status(),
                 "request failed"
             );
-            if let Err(err) = respond::write(
-                session,
-                &reply,
-                ctx.snapshot.as_deref(),
-                Some(&ctx.request_id),
-            )
-            .await
-            {
+            if let Err(err) = self.reply(session, ctx, reply).await {
                 tracing::debug!(error = %err, "cannot send the error response; the client is gone");
-                ctx.reply = Some(ErrorReply::ClientGone);
-                return;
             }
-        } else if session.response_written().is_some() {
-            tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "response cut short");
         }
-        ctx.reply = Some(reply);
     }
 
     fn log(&self, session: &ServerSession, ctx: &Ctx, e: Option<&Error>) {
