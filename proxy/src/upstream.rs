@@ -122,7 +122,7 @@ fn origin_form(req: &mut RequestHeader) -> Result<(), BadConnectionHeader> {
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client.
-pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
         && req
@@ -161,12 +161,13 @@ impl IdlePool {
     pub fn take(&self, now: Instant) -> Option<Stream> {
         let mut idle = self.lock();
         while let Some((stream, since)) = idle.pop_back() {
-            if now.saturating_duration_since(since) < self.idle_timeout && still_idle(&stream) {
-                return Some(stream);
-            }
-            // Too old or closed by the backend: every older one is at least as old.
             if now.saturating_duration_since(since) >= self.idle_timeout {
+                // Every older one is too old as well.
                 idle.clear();
+                return None;
+            }
+            if still_idle(&stream) {
+                return Some(stream);
             }
         }
         None
@@ -185,14 +186,6 @@ impl IdlePool {
             idle.pop_front();
         }
         idle.push_back((stream, now));
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
