@@ -766,7 +766,10 @@ impl RawConfig {
                     backends,
                     tls: r.tls,
                     sni: r.sni.clone(),
-                    host: r.host.clone(),
+                    host: r
+                        .host
+                        .as_deref()
+                        .and_then(|h| values::host_header(&mut e, &format!("{path}.host"), h)),
                 }
             })
             .collect();

@@ -91,7 +91,14 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
         Ok(0) | Err(_) => return bad(errs, "port must be 1-65535"),
         Ok(p) => p,
     };
-    let valid_host = !host.is_empty()
+    if !valid_dns_name(host) {
+        return bad(errs, "host is not a valid DNS name or IP address");
+    }
+    Some((host.to_ascii_lowercase(), port))
+}
+
+fn valid_dns_name(host: &str) -> bool {
+    !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
@@ -99,11 +106,34 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-        });
-    if !valid_host {
-        return bad(errs, "host is not a valid DNS name or IP address");
+        })
+}
+
+/// A `Host` field value: a DNS name, an IPv4 address or a bracketed IPv6
+/// address, each with an optional port.
+pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
+    let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
+    let valid = match raw.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+                && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port))
+        }),
+        None => match raw.rsplit_once(':') {
+            Some((host, p)) => valid_dns_name(host) && port(p),
+            None => valid_dns_name(raw),
+        },
+    };
+    if valid {
+        Some(raw.to_ascii_lowercase())
+    } else {
+        errs.push(
+            path,
+            format!(
+                "must be a Host value such as \"api.example.com\", \"api.example.com:8443\" or \"[2001:db8::1]\", got {raw:?}"
+            ),
+        );
+        None
     }
-    Some((host.to_ascii_lowercase(), port))
 }
 
 /// An HTTP method token, upper-cased.
@@ -166,6 +196,40 @@ pub(crate) fn region_entry<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_header_takes_names_addresses_and_ports() {
+        let mut e = FieldErrors::default();
+        for ok in [
+            "api.example.com",
+            "API.example.com:8443",
+            "10.0.0.1",
+            "[2001:db8::1]",
+            "[::1]:80",
+        ] {
+            assert!(host_header(&mut e, "x", ok).is_some(), "{ok}");
+        }
+        assert!(e.is_empty());
+        for bad in [
+            "",
+            "a b",
+            "x\r\ny: 1",
+            "user@host",
+            "host:0",
+            "host:",
+            "::1",
+            "[::1",
+            "[x]:80",
+            "h/p",
+        ] {
+            let mut e = FieldErrors::default();
+            assert!(
+                host_header(&mut e, "regions[0].host", bad).is_none(),
+                "{bad:?}"
+            );
+            assert!(e.to_string().contains("regions[0].host"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn host_port_accepts_names_and_literals() {

@@ -484,15 +484,10 @@ impl EdgeProxy {
             ))
         })?;
         self.record_response(backend, resp.status.as_u16(), sent_at);
-        let mut resp = Box::new(resp.clone());
-        let region = ctx.region.map(|r| &*self.state.topology.regions[r].name);
-        let headers = (|| {
-            if let Some(region) = region {
-                resp.insert_header(REGION_HEADER, region)?;
-            }
-            resp.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())
-        })();
-        headers.map_err(Failure::last)?;
+        let region = ctx
+            .region
+            .map(|r| &self.state.topology.regions[r].name_header);
+        let resp = upstream::client_response(resp, region, &ctx.request_id);
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if answered_early || self.state.lifecycle.is_shutting_down() {
             // The client's body was not read in full, or the proxy is
@@ -539,33 +534,20 @@ impl EdgeProxy {
         ctx: &Ctx,
     ) -> Result<Box<RequestHeader>, BError> {
         let has_body = !session.is_body_empty();
-        let mut req = Box::new(session.req_header().clone());
-        upstream::prepare_request(&mut req, has_body)
-            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())?;
-        req.insert_header(ROUTE_HEADER, ctx.plan.class.as_str())?;
-        if let Some(s) = &ctx.snapshot {
-            req.insert_header(EPOCH_HEADER, s.epoch_header.clone())?;
-        }
-        req.insert_header(REQUEST_ID_HEADER, ctx.request_id.clone())?;
-        if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-            let ip = client.ip().to_string();
-            let xff = match req.headers.get("x-forwarded-for").map(|v| v.to_str()) {
-                Some(Ok(prior)) if !prior.is_empty() => format!("{prior}, {ip}"),
-                _ => ip,
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-        }
-        req.insert_header(
-            "x-forwarded-proto",
-            if is_tls(session) { "https" } else { "http" },
-        )?;
-        if let Some(host) = ctx
-            .region
-            .and_then(|r| self.state.topology.regions[r].host.as_deref())
-        {
-            req.insert_header(http::header::HOST, host)?;
-        }
-        Ok(req)
+        let region = ctx.region.map(|r| &self.state.topology.regions[r]);
+        let fwd = upstream::Forwarding {
+            route: HeaderValue::from_static(ctx.plan.class.as_str()),
+            epoch: ctx.snapshot.as_ref().map(|s| &s.epoch_header),
+            request_id: &ctx.request_id,
+            client_ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: is_tls(session),
+            host: region.and_then(|r| r.host.as_ref()),
+        };
+        upstream::backend_request(session.req_header(), has_body, &fwd)
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
     }
 
     /// Sends the request body: what earlier attempts read (kept for

@@ -11,6 +11,7 @@ use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
 use crate::upstream::IdlePool;
 use arc_swap::ArcSwap;
 use edgeroute_config::{HealthConfig, ProxyConfig};
+use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -231,17 +232,23 @@ impl Drop for InflightGuard {
 
 pub struct RegionInfo {
     pub name: Arc<str>,
+    /// The name as the `x-edgeroute-region` field value.
+    pub name_header: HeaderValue,
     backends: ArcSwap<Vec<Arc<Backend>>>,
     /// `Host` header override for this region's backends.
-    pub host: Option<String>,
+    pub host: Option<HeaderValue>,
 }
 
 impl RegionInfo {
-    pub fn new(name: &str, backends: Vec<Arc<Backend>>, host: Option<String>) -> Self {
+    /// `name` and `host` come from a validated configuration: a region name
+    /// and a `Host` value are always valid field values.
+    pub fn new(name: &str, backends: Vec<Arc<Backend>>, host: Option<&str>) -> Self {
         RegionInfo {
             name: Arc::from(name),
+            name_header: HeaderValue::from_str(name)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             backends: ArcSwap::from_pointee(backends),
-            host,
+            host: host.and_then(|h| HeaderValue::from_str(h).ok()),
         }
     }
 
@@ -344,7 +351,7 @@ impl Topology {
                         })
                     })
                     .collect();
-                RegionInfo::new(&r.name, backends, r.host.clone())
+                RegionInfo::new(&r.name, backends, r.host.as_deref())
             })
             .collect();
         Topology {

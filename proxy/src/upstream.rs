@@ -1,10 +1,12 @@
 //! The upstream side of forwarding: what a request to a backend carries, and
 //! the backend's idle keep-alive connections.
 
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::collections::VecDeque;
+use std::fmt::Write;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -42,15 +44,135 @@ const PROTECTED: [&str; 7] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BadConnectionHeader(pub String);
 
-/// Rewrites a request, as received, into the HTTP/1.1 request a backend gets:
-/// fields the client nominated in `Connection` and hop-by-hop fields are
-/// removed; a WebSocket upgrade from an HTTP/1.1 client is kept (and only
-/// that one); `Expect` is dropped because the proxy answers it itself; a body
-/// without a length is sent chunked.
-pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), BadConnectionHeader> {
-    let websocket = is_websocket_upgrade(req);
-    let mut nominated: Vec<HeaderName> = Vec::new();
-    for value in req.headers.get_all(header::CONNECTION) {
+/// Fields the proxy sets on every request it sends to a backend.
+pub const ROUTE: HeaderName = HeaderName::from_static("x-edgeroute-route");
+pub const EPOCH: HeaderName = HeaderName::from_static("x-edgeroute-epoch");
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const REGION: HeaderName = HeaderName::from_static("x-edgeroute-region");
+const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// What the proxy adds to a request on its way to a backend.
+pub struct Forwarding<'a> {
+    /// `x-edgeroute-route`: read or write.
+    pub route: HeaderValue,
+    /// `x-edgeroute-epoch`: the routing table's epoch.
+    pub epoch: Option<&'a HeaderValue>,
+    pub request_id: &'a HeaderValue,
+    /// Appended to `x-forwarded-for`.
+    pub client_ip: Option<IpAddr>,
+    /// `x-forwarded-proto`.
+    pub tls: bool,
+    /// The region's `Host` override.
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// The HTTP/1.1 request a backend gets for a request as received: fields
+/// the client nominated in `Connection` and hop-by-hop fields are removed; a
+/// WebSocket upgrade from an HTTP/1.1 client is kept (and only that one);
+/// `Expect` is dropped because the proxy answers it itself; a body without a
+/// length is sent chunked; a target with an authority becomes `Host` plus an
+/// origin-form target; the forwarding fields are set.
+///
+/// The client's fields are copied in one map, without Pingora's second map
+/// of header-name case: names go on in lower case (standard ones in title
+/// case), which HTTP treats alike.
+pub fn backend_request(
+    client: &RequestHeader,
+    has_body: bool,
+    fwd: &Forwarding<'_>,
+) -> Result<Box<RequestHeader>, BadConnectionHeader> {
+    let websocket = is_websocket_upgrade(client);
+    let mut headers = client.headers.clone();
+    strip_hop_by_hop(&mut headers, Side::Request)?;
+    let (uri, authority) = origin_form(&client.uri)?;
+    if let Some(authority) = authority {
+        headers.insert(header::HOST, authority);
+    }
+    if websocket {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    }
+    if has_body && !headers.contains_key(header::CONTENT_LENGTH) {
+        headers.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+    }
+    headers.insert(ROUTE, fwd.route.clone());
+    if let Some(epoch) = fwd.epoch {
+        headers.insert(EPOCH, epoch.clone());
+    }
+    headers.insert(REQUEST_ID, fwd.request_id.clone());
+    if let Some(ip) = fwd.client_ip {
+        headers.insert(FORWARDED_FOR, forwarded_for(client, ip));
+    }
+    headers.insert(
+        FORWARDED_PROTO,
+        HeaderValue::from_static(if fwd.tls { "https" } else { "http" }),
+    );
+    if let Some(host) = fwd.host {
+        headers.insert(header::HOST, host.clone());
+    }
+
+    let (mut parts, ()) = http::Request::new(()).into_parts();
+    parts.method = client.method.clone();
+    parts.version = http::Version::HTTP_11;
+    parts.headers = headers;
+    let keep_raw_target = uri.is_none() && !client.raw_path_is_utf8();
+    parts.uri = uri.unwrap_or_else(|| client.uri.clone());
+    let mut req = Box::new(RequestHeader::from(parts));
+    if keep_raw_target {
+        // A target that is not UTF-8 goes on byte for byte, as it came.
+        req.set_raw_path(client.raw_path()).map_err(|e| {
+            BadConnectionHeader(format!("the request target cannot be sent on: {e}"))
+        })?;
+    }
+    Ok(req)
+}
+
+/// The response a client gets for a backend's: its hop-by-hop fields
+/// removed (the proxy speaks for its own connection), the region that
+/// served it and the request id added.
+pub fn client_response(
+    backend: &ResponseHeader,
+    region: Option<&HeaderValue>,
+    request_id: &HeaderValue,
+) -> Box<ResponseHeader> {
+    let mut headers = backend.headers.clone();
+    // A backend's malformed Connection field names nothing the proxy removes.
+    if strip_hop_by_hop(&mut headers, Side::Response(backend.status)).is_err() {
+        headers.remove(header::CONNECTION);
+    }
+    if let Some(region) = region {
+        headers.insert(REGION, region.clone());
+    }
+    headers.insert(REQUEST_ID, request_id.clone());
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = backend.status;
+    parts.version = http::Version::HTTP_11;
+    parts.headers = headers;
+    let mut resp = Box::new(ResponseHeader::from(parts));
+    // A reason phrase is only text; one that cannot be kept is left to the default.
+    let _ = resp.set_reason_phrase(backend.get_reason_phrase());
+    resp
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Request,
+    Response(http::StatusCode),
+}
+
+/// Removes the fields that describe one connection rather than the message:
+/// the hop-by-hop ones and those nominated in `Connection`. A request may
+/// not nominate a field the proxy relies on; a response keeps its framing
+/// fields (the proxy frames the body it passes on from them) and, for a
+/// `101`, the fields of the upgrade.
+fn strip_hop_by_hop(headers: &mut HeaderMap, side: Side) -> Result<(), BadConnectionHeader> {
+    let switching = side == Side::Response(http::StatusCode::SWITCHING_PROTOCOLS);
+    let mut gone: Vec<HeaderName> = Vec::new();
+    for value in headers.get_all(header::CONNECTION) {
         let text = value
             .to_str()
             .map_err(|_| BadConnectionHeader("Connection holds bytes that are not text".into()))?;
@@ -60,65 +182,88 @@ pub fn prepare_request(req: &mut RequestHeader, has_body: bool) -> Result<(), Ba
                     "Connection names {token:?}, which is no field name"
                 ))
             })?;
-            if PROTECTED.iter().any(|p| name == *p) {
-                return Err(BadConnectionHeader(format!(
-                    "Connection names {token:?}, a field that must reach the backend"
-                )));
+            match side {
+                Side::Request if PROTECTED.iter().any(|p| name == *p) => {
+                    return Err(BadConnectionHeader(format!(
+                        "Connection names {token:?}, a field that must reach the backend"
+                    )));
+                }
+                Side::Response(_)
+                    if name == header::CONTENT_LENGTH
+                        || name == header::TRANSFER_ENCODING
+                        || (switching && name == header::UPGRADE) =>
+                {
+                    continue;
+                }
+                _ => gone.push(name),
             }
-            nominated.push(name);
         }
     }
     // One pass over the fields present, rather than a lookup per field
-    // that might be: most requests carry none of them.
-    nominated.extend(
-        req.headers
+    // that might be: most messages carry none of them.
+    gone.extend(
+        headers
             .keys()
-            .filter(|name| **name == header::EXPECT || HOP_BY_HOP.iter().any(|h| *name == *h))
+            .filter(|name| match side {
+                Side::Request => **name == header::EXPECT || HOP_BY_HOP.iter().any(|h| *name == *h),
+                Side::Response(_) => {
+                    RESPONSE_HOP_BY_HOP.iter().any(|h| *name == *h)
+                        || (!switching
+                            && (**name == header::CONNECTION || **name == header::UPGRADE))
+                }
+            })
             .cloned(),
     );
-    for name in &nominated {
-        req.remove_header(name);
-    }
-    origin_form(req)?;
-    req.set_version(http::Version::HTTP_11);
-    if websocket {
-        insert(req, header::CONNECTION, "Upgrade")?;
-        insert(req, header::UPGRADE, "websocket")?;
-    }
-    if has_body && !req.headers.contains_key(header::CONTENT_LENGTH) {
-        insert(req, header::TRANSFER_ENCODING, "chunked")?;
+    for name in &gone {
+        headers.remove(name);
     }
     Ok(())
 }
 
-fn insert(
-    req: &mut RequestHeader,
-    name: HeaderName,
-    value: &'static str,
-) -> Result<(), BadConnectionHeader> {
-    req.insert_header(name, value)
-        .map_err(|e| BadConnectionHeader(e.to_string()))
+/// Hop-by-hop fields of a response that the proxy drops; `Connection` and
+/// `Upgrade` too unless it is a `101`. `Transfer-Encoding` stays: it frames
+/// the body, which the proxy frames again for its client.
+const RESPONSE_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "trailer"];
+
+/// `x-forwarded-for`: the client's prior list, if any, then its address.
+fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
+    let mut list = String::new();
+    for prior in client.headers.get_all(FORWARDED_FOR) {
+        if let Ok(prior) = prior.to_str() {
+            let prior = prior.trim();
+            if !prior.is_empty() {
+                list.push_str(prior);
+                list.push_str(", ");
+            }
+        }
+    }
+    // An address is always a valid field value.
+    write!(list, "{ip}").ok();
+    HeaderValue::try_from(list).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// A target with an authority — HTTP/2's `:authority`, or an HTTP/1.1
-/// absolute-form target — becomes `Host` plus an origin-form target, so
-/// that the backend reads one host, the one the proxy may then set.
-fn origin_form(req: &mut RequestHeader) -> Result<(), BadConnectionHeader> {
-    let Some(authority) = req.uri.authority().map(|a| a.as_str().to_owned()) else {
-        return Ok(());
+/// absolute-form target — becomes an origin-form target plus the authority
+/// for `Host`, so that the backend reads one host, the one the proxy may
+/// then set. `None` when the target is already in origin form.
+fn origin_form(
+    uri: &http::Uri,
+) -> Result<(Option<http::Uri>, Option<HeaderValue>), BadConnectionHeader> {
+    let Some(authority) = uri.authority() else {
+        return Ok((None, None));
     };
-    if authority.contains('@') {
+    if authority.as_str().contains('@') {
         return Err(BadConnectionHeader(
             "the request's authority carries user information".into(),
         ));
     }
-    let target = req.uri.path_and_query().map_or_else(
+    let host = HeaderValue::from_str(authority.as_str())
+        .map_err(|_| BadConnectionHeader("the request's authority is no valid Host".into()))?;
+    let target = uri.path_and_query().map_or_else(
         || http::Uri::from_static("/"),
         |pq| http::Uri::from(pq.clone()),
     );
-    req.set_uri(target);
-    req.insert_header(header::HOST, authority)
-        .map_err(|e| BadConnectionHeader(e.to_string()))
+    Ok((Some(target), Some(host)))
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client.
@@ -211,6 +356,19 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn forward(req: &RequestHeader, body: bool) -> Result<Box<RequestHeader>, BadConnectionHeader> {
+        let id = HeaderValue::from_static("id-1");
+        let fwd = Forwarding {
+            route: HeaderValue::from_static("read"),
+            epoch: None,
+            request_id: &id,
+            client_ip: None,
+            tls: false,
+            host: None,
+        };
+        backend_request(req, body, &fwd)
+    }
+
     fn request(version: http::Version, headers: &[(&str, &str)]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
         req.set_version(version);
@@ -222,7 +380,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_and_nominated_fields_are_removed() {
-        let mut req = request(
+        let req = request(
             http::Version::HTTP_11,
             &[
                 ("connection", "keep-alive, x-secret"),
@@ -235,7 +393,7 @@ mod tests {
                 ("x-kept", "yes"),
             ],
         );
-        prepare_request(&mut req, true).expect("valid");
+        let req = forward(&req, true).expect("valid");
         for gone in [
             "connection",
             "keep-alive",
@@ -253,29 +411,29 @@ mod tests {
 
     #[test]
     fn a_length_is_kept_and_no_body_gets_no_framing() {
-        let mut with_len = request(http::Version::HTTP_11, &[("content-length", "4")]);
-        prepare_request(&mut with_len, true).expect("valid");
+        let with_len = request(http::Version::HTTP_11, &[("content-length", "4")]);
+        let with_len = forward(&with_len, true).expect("valid");
         assert_eq!(with_len.headers["content-length"], "4");
         assert!(!with_len.headers.contains_key("transfer-encoding"));
-        let mut bodyless = request(http::Version::HTTP_11, &[]);
-        prepare_request(&mut bodyless, false).expect("valid");
+        let bodyless = request(http::Version::HTTP_11, &[]);
+        let bodyless = forward(&bodyless, false).expect("valid");
         assert!(!bodyless.headers.contains_key("transfer-encoding"));
     }
 
     #[test]
     fn only_a_websocket_upgrade_from_http11_goes_on() {
-        let mut ws = request(
+        let ws = request(
             http::Version::HTTP_11,
             &[
                 ("connection", "keep-alive, Upgrade"),
                 ("upgrade", "websocket"),
             ],
         );
-        prepare_request(&mut ws, false).expect("valid");
+        let ws = forward(&ws, false).expect("valid");
         assert_eq!(ws.headers["connection"], "Upgrade");
         assert_eq!(ws.headers["upgrade"], "websocket");
 
-        let mut h2c = request(
+        let h2c = request(
             http::Version::HTTP_11,
             &[
                 ("connection", "Upgrade, HTTP2-Settings"),
@@ -283,27 +441,27 @@ mod tests {
                 ("http2-settings", "x"),
             ],
         );
-        prepare_request(&mut h2c, false).expect("valid");
+        let h2c = forward(&h2c, false).expect("valid");
         assert!(!h2c.headers.contains_key("upgrade"));
         assert!(!h2c.headers.contains_key("connection"));
         assert!(!h2c.headers.contains_key("http2-settings"));
 
-        let mut old = request(
+        let old = request(
             http::Version::HTTP_10,
             &[("connection", "upgrade"), ("upgrade", "websocket")],
         );
-        prepare_request(&mut old, false).expect("valid");
+        let old = forward(&old, false).expect("valid");
         assert!(!old.headers.contains_key("upgrade"));
         assert_eq!(old.version, http::Version::HTTP_11);
     }
 
     #[test]
     fn a_connection_header_naming_no_field_is_refused() {
-        let mut req = request(
+        let req = request(
             http::Version::HTTP_11,
             &[("connection", "close, bad field")],
         );
-        let err = prepare_request(&mut req, false).expect_err("refused");
+        let err = forward(&req, false).expect_err("refused");
         assert!(err.0.contains("bad field"), "{err:?}");
     }
 
@@ -312,7 +470,7 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
         req.set_uri(http::Uri::from_static("https://api.example.com/x"));
         req.set_version(http::Version::HTTP_2);
-        prepare_request(&mut req, false).expect("valid");
+        let req = forward(&req, false).expect("valid");
         assert_eq!(req.headers["host"], "api.example.com");
         assert_eq!(req.version, http::Version::HTTP_11);
         assert_eq!(req.uri.to_string(), "/x");
@@ -322,7 +480,7 @@ mod tests {
     fn an_absolute_form_target_becomes_host_and_path() {
         let mut req = request(http::Version::HTTP_11, &[("host", "other.example")]);
         req.set_uri(http::Uri::from_static("http://api.example.com/x?q=1"));
-        prepare_request(&mut req, false).expect("valid");
+        let req = forward(&req, false).expect("valid");
         assert_eq!(req.headers["host"], "api.example.com");
         assert_eq!(req.uri.to_string(), "/x?q=1");
     }
@@ -335,10 +493,108 @@ mod tests {
             "content-length",
             "x-forwarded-for",
         ] {
-            let mut req = request(http::Version::HTTP_11, &[("connection", field)]);
-            let err = prepare_request(&mut req, false).expect_err("refused");
+            let req = request(http::Version::HTTP_11, &[("connection", field)]);
+            let err = forward(&req, false).expect_err("refused");
             assert!(err.0.contains("must reach the backend"), "{field}: {err:?}");
         }
+    }
+
+    #[test]
+    fn forwarding_fields_replace_what_the_client_sent() {
+        let req = request(
+            http::Version::HTTP_11,
+            &[
+                ("host", "api.example.com"),
+                ("x-edgeroute-route", "write"),
+                ("x-request-id", "client-chosen"),
+                ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-for", "198.51.100.2, 203.0.113.3"),
+                ("x-forwarded-proto", "https"),
+            ],
+        );
+        let id = HeaderValue::from_static("id-7");
+        let epoch = HeaderValue::from_static("42");
+        let host = HeaderValue::from_static("backend.internal");
+        let fwd = Forwarding {
+            route: HeaderValue::from_static("read"),
+            epoch: Some(&epoch),
+            request_id: &id,
+            client_ip: Some("10.1.2.3".parse().expect("ip")),
+            tls: false,
+            host: Some(&host),
+        };
+        let out = backend_request(&req, false, &fwd).expect("valid");
+        let one = |name: &str| {
+            let all: Vec<_> = out.headers.get_all(name).iter().collect();
+            assert_eq!(all.len(), 1, "{name}: {all:?}");
+            all[0].to_str().expect("text").to_owned()
+        };
+        assert_eq!(one("x-edgeroute-route"), "read");
+        assert_eq!(one("x-edgeroute-epoch"), "42");
+        assert_eq!(one("x-request-id"), "id-7");
+        assert_eq!(
+            one("x-forwarded-for"),
+            "192.0.2.1, 198.51.100.2, 203.0.113.3, 10.1.2.3"
+        );
+        assert_eq!(one("x-forwarded-proto"), "http");
+        assert_eq!(one("host"), "backend.internal");
+        assert_eq!(out.method, http::Method::GET);
+        assert_eq!(out.raw_path(), b"/x");
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(status, None).expect("response");
+        for (k, v) in headers {
+            resp.append_header(k.to_string(), *v).expect("header");
+        }
+        resp
+    }
+
+    #[test]
+    fn a_response_loses_its_hop_by_hop_fields_but_keeps_its_framing() {
+        let backend = response(
+            200,
+            &[
+                ("connection", "keep-alive, x-backend-hop, transfer-encoding"),
+                ("keep-alive", "timeout=5"),
+                ("x-backend-hop", "1"),
+                ("upgrade", "h2c"),
+                ("transfer-encoding", "chunked"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+            ],
+        );
+        let id = HeaderValue::from_static("id-9");
+        let region = HeaderValue::from_static("eu-west-1");
+        let out = client_response(&backend, Some(&region), &id);
+        for gone in ["connection", "keep-alive", "x-backend-hop", "upgrade"] {
+            assert!(!out.headers.contains_key(gone), "{gone} was kept");
+        }
+        assert_eq!(out.headers["transfer-encoding"], "chunked");
+        assert_eq!(out.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(out.headers["x-edgeroute-region"], "eu-west-1");
+        assert_eq!(out.headers["x-request-id"], "id-9");
+        assert_eq!(out.status, 200);
+    }
+
+    #[test]
+    fn a_switching_protocols_response_keeps_its_upgrade() {
+        let backend = response(101, &[("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let id = HeaderValue::from_static("id");
+        let out = client_response(&backend, None, &id);
+        assert_eq!(out.headers["upgrade"], "websocket");
+        assert_eq!(out.headers["connection"], "Upgrade");
+        assert!(!out.headers.contains_key("x-edgeroute-region"));
+    }
+
+    #[test]
+    fn a_custom_reason_phrase_goes_on() {
+        let mut backend = response(503, &[]);
+        backend
+            .set_reason_phrase(Some("Back Soon"))
+            .expect("reason");
+        let out = client_response(&backend, None, &HeaderValue::from_static("id"));
+        assert_eq!(out.get_reason_phrase(), Some("Back Soon"));
     }
 
     proptest! {
@@ -361,8 +617,8 @@ mod tests {
                 }
             }
             let refs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let mut req = request(http::Version::HTTP_11, &refs);
-            prepare_request(&mut req, body).expect("valid");
+            let req = request(http::Version::HTTP_11, &refs);
+            let req = forward(&req, body).expect("valid");
             for n in &nominated {
                 prop_assert!(!req.headers.contains_key(n.as_str()));
             }

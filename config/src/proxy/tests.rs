@@ -69,6 +69,7 @@ backends = ["10.0.0.1", "10.0.0.2:80"]
 [[regions]]
 name = "eu-west-1"
 backends = []
+host = "api.example.com\r\nx-injected: 1"
 
 [health]
 interval = "0s"
@@ -110,6 +111,7 @@ format = "xml"
         ("regions[0].name", "\"US East\""),
         ("regions[0].backends[0]", "\"10.0.0.1\""),
         ("regions[1].backends", "got none"),
+        ("regions[1].host", "x-injected"),
         ("local_region", "\"us-west-9\""),
         ("health.interval", "\"0s\""),
         ("health.timeout", "\"soon\""),

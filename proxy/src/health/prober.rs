@@ -29,8 +29,10 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
     let region = Arc::clone(&state.topology.regions[backend.region].name);
     let host = state.topology.regions[backend.region]
         .host
-        .clone()
-        .unwrap_or_else(|| host_of(&backend.label).to_owned());
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or_else(|| host_of(&backend.label))
+        .to_owned();
     loop {
         if backend.is_retired() {
             return;
