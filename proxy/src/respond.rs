@@ -148,7 +148,7 @@ pub async fn write(
         resp.insert_header(http::header::RETRY_AFTER, r.retry_after_secs())?;
     }
     if let Some(id) = request_id {
-        resp.insert_header(crate::service::REQUEST_ID_HEADER, id.clone())?;
+        resp.insert_header(&crate::upstream::REQUEST_ID, id.clone())?;
     }
     session.set_keepalive(None);
     session.write_response_header(Box::new(resp)).await?;

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 /// Request header that asks for a read from the primary region.
-pub const CONSISTENCY_HEADER: &str = "x-edgeroute-consistency";
+pub const CONSISTENCY_HEADER: http::HeaderName =
+    http::HeaderName::from_static("x-edgeroute-consistency");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RouteClass {

@@ -19,7 +19,7 @@ use crate::upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
 };
@@ -32,11 +32,8 @@ use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub const ROUTE_HEADER: &str = "x-edgeroute-route";
-pub const EPOCH_HEADER: &str = "x-edgeroute-epoch";
-pub const REGION_HEADER: &str = "x-edgeroute-region";
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
-pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// A client's promise that a request is safe to send twice.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 type BError = Box<Error>;
 
@@ -205,14 +202,13 @@ impl EdgeProxy {
             backend: None,
             request_id: req
                 .headers
-                .get(REQUEST_ID_HEADER)
+                .get(&upstream::REQUEST_ID)
                 .filter(|v| !v.is_empty() && v.len() <= 200)
                 .cloned()
                 .unwrap_or_else(new_request_id),
             reply: None,
             body_bytes: 0,
-            repeatable: req.method.is_idempotent()
-                || req.headers.contains_key(IDEMPOTENCY_KEY_HEADER),
+            repeatable: req.method.is_idempotent() || req.headers.contains_key(&IDEMPOTENCY_KEY),
             picked: 0,
         }
     }
@@ -244,7 +240,13 @@ impl EdgeProxy {
         }
         session.enable_retry_buffering();
         loop {
-            let backend = self.pick(ctx)?;
+            // The first pick follows the routing decision within microseconds.
+            let now = if ctx.attempts == 0 {
+                ctx.started
+            } else {
+                Instant::now()
+            };
+            let backend = self.pick(ctx, now)?;
             match self.attempt(session, ctx, &backend).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
@@ -274,7 +276,7 @@ impl EdgeProxy {
         }
         let strong = req
             .headers
-            .get(CONSISTENCY_HEADER)
+            .get(&CONSISTENCY_HEADER)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"strong"));
         ctx.plan = self
             .state
@@ -328,7 +330,7 @@ impl EdgeProxy {
 
     /// The next backend for this request: in the chosen region, or — for a
     /// nearest-region read whose region has none left — in the next nearest.
-    fn pick(&self, ctx: &mut Ctx) -> Result<Arc<Backend>, BError> {
+    fn pick(&self, ctx: &mut Ctx, now: Instant) -> Result<Arc<Backend>, BError> {
         ctx.attempts += 1;
         ctx.backend = None;
         let topo = &self.state.topology;
@@ -349,7 +351,7 @@ impl EdgeProxy {
                 &backends,
                 ctx.tried_backends,
                 panic_threshold,
-                Instant::now(),
+                now,
                 &mut rng,
             ) {
                 if pick.panic {
@@ -404,12 +406,17 @@ impl EdgeProxy {
     ) -> Result<(), Failure> {
         let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let peer = backend.peer_template();
-        let pooled = backend.idle.take(Instant::now());
+        let mut sent_at = Instant::now();
+        let pooled = backend.idle.take(sent_at);
         let on_pooled = pooled.is_some();
         let stream = match pooled {
             Some(stream) => stream,
             None => match self.connector.new_stream(peer).await {
-                Ok(stream) => stream,
+                Ok(stream) => {
+                    // Latency is the backend's answer time, not the handshake.
+                    sent_at = Instant::now();
+                    stream
+                }
                 Err(e) => {
                     self.connect_failed(backend);
                     // Nothing reached the backend: any request may go elsewhere.
@@ -425,7 +432,6 @@ impl EdgeProxy {
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
 
-        let sent_at = Instant::now();
         let mut answered_early = false;
         let sent: Result<(), BError> = async {
             up.write_request_header(req).await?;
@@ -483,7 +489,7 @@ impl EdgeProxy {
                 "upstream response header missing after it was read",
             ))
         })?;
-        self.record_response(backend, resp.status.as_u16(), sent_at);
+        let answered_at = self.record_response(backend, resp.status.as_u16(), sent_at);
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
@@ -521,7 +527,8 @@ impl EdgeProxy {
             return Ok(());
         }
         if let Some(stream) = up.reuse().await {
-            backend.idle.put(stream, Instant::now());
+            // Idle since the answer began: a little early, so it expires no later.
+            backend.idle.put(stream, answered_at);
         }
         Ok(())
     }
@@ -585,13 +592,15 @@ impl EdgeProxy {
         Ok(())
     }
 
-    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) {
+    /// Records the answer's status and latency; returns when it came.
+    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) -> Instant {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
             self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
         let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "5xx responses");
+        now
     }
 
     fn connect_failed(&self, b: &Backend) {

@@ -13,21 +13,6 @@ use std::time::{Duration, Instant};
 /// Idle connections kept per backend, as many as Pingora keeps by default.
 pub const IDLE_PER_BACKEND: usize = 128;
 
-/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies meet):
-/// they describe the client's connection, not the request, and never go on.
-const HOP_BY_HOP: [&str; 10] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "http2-settings",
-];
-
 /// Fields the proxy forwards or relies on: a client may not have them
 /// dropped by naming them in `Connection`.
 const PROTECTED: [&str; 7] = [
@@ -83,8 +68,8 @@ pub fn backend_request(
     fwd: &Forwarding<'_>,
 ) -> Result<Box<RequestHeader>, BadConnectionHeader> {
     let websocket = is_websocket_upgrade(client);
-    let mut headers = client.headers.clone();
-    strip_hop_by_hop(&mut headers, Side::Request)?;
+    // Room for what the proxy adds.
+    let mut headers = end_to_end(&client.headers, Side::Request, 8)?;
     let (uri, authority) = origin_form(&client.uri)?;
     if let Some(authority) = authority {
         headers.insert(header::HOST, authority);
@@ -139,11 +124,13 @@ pub fn client_response(
     region: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Box<ResponseHeader> {
-    let mut headers = backend.headers.clone();
+    let side = Side::Response(backend.status);
     // A backend's malformed Connection field names nothing the proxy removes.
-    if strip_hop_by_hop(&mut headers, Side::Response(backend.status)).is_err() {
-        headers.remove(header::CONNECTION);
-    }
+    let mut headers = end_to_end(&backend.headers, side, 2).unwrap_or_else(|_| {
+        let mut fields = backend.headers.clone();
+        fields.remove(header::CONNECTION);
+        fields
+    });
     if let Some(region) = region {
         headers.insert(REGION, region.clone());
     }
@@ -164,15 +151,16 @@ enum Side {
     Response(http::StatusCode),
 }
 
-/// Removes the fields that describe one connection rather than the message:
-/// the hop-by-hop ones and those nominated in `Connection`. A request may
-/// not nominate a field the proxy relies on; a response keeps its framing
-/// fields (the proxy frames the body it passes on from them) and, for a
-/// `101`, the fields of the upgrade.
-fn strip_hop_by_hop(headers: &mut HeaderMap, side: Side) -> Result<(), BadConnectionHeader> {
+/// The end-to-end fields of a message, in a new map with room for `extra`
+/// more: those that describe one connection — the hop-by-hop ones and those
+/// nominated in `Connection` — stay behind. A request may not nominate a
+/// field the proxy relies on; a response keeps its framing fields (the proxy
+/// frames the body it passes on from them) and, for a `101`, the fields of
+/// the upgrade. One pass over the fields present.
+fn end_to_end(src: &HeaderMap, side: Side, extra: usize) -> Result<HeaderMap, BadConnectionHeader> {
     let switching = side == Side::Response(http::StatusCode::SWITCHING_PROTOCOLS);
-    let mut gone: Vec<HeaderName> = Vec::new();
-    for value in headers.get_all(header::CONNECTION) {
+    let mut nominated: Vec<HeaderName> = Vec::new();
+    for value in src.get_all(header::CONNECTION) {
         let text = value
             .to_str()
             .map_err(|_| BadConnectionHeader("Connection holds bytes that are not text".into()))?;
@@ -191,39 +179,45 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, side: Side) -> Result<(), BadConnec
                 Side::Response(_)
                     if name == header::CONTENT_LENGTH
                         || name == header::TRANSFER_ENCODING
-                        || (switching && name == header::UPGRADE) =>
-                {
-                    continue;
-                }
-                _ => gone.push(name),
+                        || (switching && name == header::UPGRADE) => {}
+                _ => nominated.push(name),
             }
         }
     }
-    // One pass over the fields present, rather than a lookup per field
-    // that might be: most messages carry none of them.
-    gone.extend(
-        headers
-            .keys()
-            .filter(|name| match side {
-                Side::Request => **name == header::EXPECT || HOP_BY_HOP.iter().any(|h| *name == *h),
-                Side::Response(_) => {
-                    RESPONSE_HOP_BY_HOP.iter().any(|h| *name == *h)
-                        || (!switching
-                            && (**name == header::CONNECTION || **name == header::UPGRADE))
-                }
-            })
-            .cloned(),
-    );
-    for name in &gone {
-        headers.remove(name);
+    let mut out = HeaderMap::with_capacity(src.len() + extra);
+    for (name, value) in src {
+        let hop = match side {
+            Side::Request => is_hop_by_hop(name) || name == header::EXPECT,
+            Side::Response(_) => match name.as_str() {
+                "keep-alive" | "proxy-connection" | "trailer" => true,
+                "connection" | "upgrade" => !switching,
+                _ => false,
+            },
+        };
+        if !hop && !nominated.contains(name) {
+            out.append(name.clone(), value.clone());
+        }
     }
-    Ok(())
+    Ok(out)
 }
 
-/// Hop-by-hop fields of a response that the proxy drops; `Connection` and
-/// `Upgrade` too unless it is a `101`. `Transfer-Encoding` stays: it frames
-/// the body, which the proxy frames again for its client.
-const RESPONSE_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "trailer"];
+/// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies meet):
+/// they describe the client's connection, not the request, and never go on.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "http2-settings"
+    )
+}
 
 /// `x-forwarded-for`: the client's prior list, if any, then its address.
 fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
@@ -355,6 +349,20 @@ fn still_idle(stream: &Stream) -> bool {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Every field [`is_hop_by_hop`] names.
+    const HOP_BY_HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "http2-settings",
+    ];
 
     fn forward(req: &RequestHeader, body: bool) -> Result<Box<RequestHeader>, BadConnectionHeader> {
         let id = HeaderValue::from_static("id-1");
@@ -497,6 +505,15 @@ mod tests {
             let err = forward(&req, false).expect_err("refused");
             assert!(err.0.contains("must reach the backend"), "{field}: {err:?}");
         }
+    }
+
+    #[test]
+    fn the_hop_by_hop_test_matches_the_list() {
+        for h in HOP_BY_HOP {
+            assert!(is_hop_by_hop(&HeaderName::from_static(h)), "{h}");
+        }
+        assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
+        assert!(!is_hop_by_hop(&HeaderName::from_static("x-connection")));
     }
 
     #[test]
