@@ -187,6 +187,7 @@ struct RawTimeouts {
     read: String,
     write: String,
     pool_idle: String,
+    client_idle: String,
 }
 
 impl Default for RawTimeouts {
@@ -196,6 +197,7 @@ impl Default for RawTimeouts {
             read: "30s".into(),
             write: "30s".into(),
             pool_idle: "60s".into(),
+            client_idle: "75s".into(),
         }
     }
 }
@@ -488,6 +490,11 @@ pub struct Timeouts {
     pub write: Duration,
     /// Idle upstream connections are closed after this (default 60 s).
     pub pool_idle: Duration,
+    /// An HTTP/1 client connection waiting for its next request is closed
+    /// after this (default 75 s, longer than an ALB's default 60 s idle
+    /// timeout so that the load balancer, not the proxy, closes first).
+    /// Whole seconds, rounded up.
+    pub client_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -843,6 +850,11 @@ impl RawConfig {
                 &mut e,
                 "timeouts.pool_idle",
                 &self.timeouts.pool_idle,
+            ),
+            client_idle: values::positive_duration(
+                &mut e,
+                "timeouts.client_idle",
+                &self.timeouts.client_idle,
             ),
         };
         let limits = Limits {

@@ -41,6 +41,8 @@ pub struct EdgeProxy {
     state: Arc<AppState>,
     options: HttpServerOptions,
     connector: TransportConnector,
+    /// `timeouts.client_idle` in whole seconds (Pingora's unit), at least 1.
+    client_idle_secs: u64,
 }
 
 impl EdgeProxy {
@@ -49,10 +51,13 @@ impl EdgeProxy {
         options: HttpServerOptions,
         connector: TransportConnector,
     ) -> Self {
+        let idle = state.config.timeouts.client_idle;
+        let client_idle_secs = (idle.as_secs() + u64::from(idle.subsec_nanos() > 0)).max(1);
         EdgeProxy {
             state,
             options,
             connector,
+            client_idle_secs,
         }
     }
 }
@@ -156,6 +161,10 @@ impl HttpServerApp for EdgeProxy {
         }
         if *shutdown.borrow() {
             session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
+            // Reading the request turned keep-alive on with no limit; the
+            // wait for the next request gets the configured one.
+            session.set_keepalive(Some(self.client_idle_secs));
         }
         let mut ctx = self.new_ctx(&session);
         let error = match self.serve(&mut session, &mut ctx).await {

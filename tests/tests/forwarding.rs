@@ -1,6 +1,6 @@
 //! The forwarding path at the byte level: upgrades, `Expect: 100-continue`,
-//! `CONNECT`, hop-by-hop fields, and pooled backend connections that the
-//! backend closed while they were idle.
+//! `CONNECT`, hop-by-hop fields, pooled backend connections that the
+//! backend closed while they were idle, and idle client connections.
 
 use edgeroute_tests::{Origin, ProxyBuilder, eventually, table};
 use std::net::SocketAddr;
@@ -213,4 +213,34 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_for_a_post() {
         })
         .await;
     }
+}
+
+#[tokio::test]
+async fn an_idle_client_connection_is_closed_after_client_idle() {
+    let origin = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[origin.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n[timeouts]\nclient_idle = \"1s\"\n")
+        .start()
+        .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    // Keep-alive holds while requests keep coming.
+    for path in ["/one", "/two"] {
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let answer = read_until(&mut s, complete_response).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    // Then, with nothing sent, the proxy closes the connection.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, s.read(&mut buf))
+        .await
+        .expect("the proxy closed the idle connection within the limit");
+    assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
 }
