@@ -145,6 +145,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         }
     }
     control.spawn(exit_when_drained(Arc::clone(&state)));
+    control.spawn(prune_idle_connections(Arc::clone(&state)));
     control.spawn({
         let lifecycle = Arc::clone(&state.lifecycle);
         let addrs = cfg.listeners.iter().map(|l| l.address).collect();
@@ -242,4 +243,25 @@ async fn exit_when_drained(state: Arc<AppState>) {
         ),
     }
     std::process::exit(0);
+}
+
+/// Closes pooled backend connections that outlived `timeouts.pool_idle` or
+/// that their backend closed, also for backends no request goes to: a
+/// request only looks at the pool of the backend it was sent to.
+async fn prune_idle_connections(state: Arc<AppState>) {
+    let every = (state.config.timeouts.pool_idle / 2).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(30),
+    );
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = std::time::Instant::now();
+        for region in &state.topology.regions {
+            for backend in region.backends().iter() {
+                backend.idle.prune(now);
+            }
+        }
+    }
 }

@@ -326,6 +326,17 @@ impl IdlePool {
         }
         idle.push_back((stream, now));
     }
+
+    /// Closes idle connections that are too old, or that the backend has
+    /// closed or written to since: a pool its backend no longer gets
+    /// requests for does not keep them open. Returns how many are left.
+    pub fn prune(&self, now: Instant) -> usize {
+        let mut idle = self.lock();
+        idle.retain(|(stream, since)| {
+            now.saturating_duration_since(*since) < self.idle_timeout && still_idle(stream)
+        });
+        idle.len()
+    }
 }
 
 /// An idle HTTP/1 connection has nothing to read: end-of-stream means the
@@ -612,6 +623,51 @@ mod tests {
             .expect("reason");
         let out = client_response(&backend, None, &HeaderValue::from_static("id"));
         assert_eq!(out.get_reason_phrase(), Some("Back Soon"));
+    }
+
+    /// A connected pair: the pool's end as a Pingora stream, and the backend's.
+    async fn pair() -> (Stream, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let ours = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (theirs, _) = listener.accept().await.expect("accept");
+        let ours = pingora_core::protocols::l4::stream::Stream::from(ours);
+        (Box::new(ours), theirs)
+    }
+
+    #[tokio::test]
+    async fn prune_closes_old_closed_and_out_of_step_connections() {
+        use tokio::io::AsyncWriteExt;
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let start = Instant::now();
+        let (kept, _kept_peer) = pair().await;
+        let (closed, closed_peer) = pair().await;
+        let (chatty, mut chatty_peer) = pair().await;
+        let (old, _old_peer) = pair().await;
+        pool.put(old, start);
+        pool.put(kept, start + Duration::from_secs(30));
+        pool.put(closed, start + Duration::from_secs(30));
+        pool.put(chatty, start + Duration::from_secs(30));
+        drop(closed_peer);
+        chatty_peer
+            .write_all(b"HTTP/1.1 200 OK\r\n")
+            .await
+            .expect("write");
+        let now = start + Duration::from_secs(61);
+        // The close and the bytes travel over loopback; wait for them to land.
+        let mut left = pool.prune(now);
+        for _ in 0..1000 {
+            if left == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            left = pool.prune(now);
+        }
+        assert_eq!(left, 1, "only the clean, young connection stays");
+        assert!(pool.take(now).is_some());
     }
 
     proptest! {
