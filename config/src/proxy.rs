@@ -188,6 +188,7 @@ struct RawTimeouts {
     write: String,
     pool_idle: String,
     client_idle: String,
+    tunnel_idle: String,
 }
 
 impl Default for RawTimeouts {
@@ -198,6 +199,7 @@ impl Default for RawTimeouts {
             write: "30s".into(),
             pool_idle: "60s".into(),
             client_idle: "75s".into(),
+            tunnel_idle: "1h".into(),
         }
     }
 }
@@ -495,6 +497,9 @@ pub struct Timeouts {
     /// timeout so that the load balancer, not the proxy, closes first).
     /// Whole seconds, rounded up.
     pub client_idle: Duration,
+    /// A WebSocket tunnel with no bytes either way for this long is closed
+    /// (default 1 h); `read` does not apply to a tunnel.
+    pub tunnel_idle: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -855,6 +860,11 @@ impl RawConfig {
                 &mut e,
                 "timeouts.client_idle",
                 &self.timeouts.client_idle,
+            ),
+            tunnel_idle: values::positive_duration(
+                &mut e,
+                "timeouts.tunnel_idle",
+                &self.timeouts.tunnel_idle,
             ),
         };
         let limits = Limits {

@@ -515,6 +515,11 @@ impl EdgeProxy {
             .map_err(|e| Failure::last(e.into_down()))?;
 
         if upgrade && session.was_upgraded() {
+            // A tunnel may stay quiet for long: the idle limit replaces
+            // the read timeout, and bytes either way restart it.
+            let idle = Some(self.state.config.timeouts.tunnel_idle);
+            up.read_timeout = idle;
+            session.set_read_timeout(idle);
             return tunnel(session, &mut up).await.map_err(Failure::last);
         }
         while let Some(chunk) = up
@@ -713,8 +718,19 @@ impl EdgeProxy {
 }
 
 /// After a `101 Switching Protocols`, both directions carry raw bytes until
-/// each side closes.
+/// each side closes, or until neither has sent anything for the read
+/// timeouts (set to `timeouts.tunnel_idle`): an idle tunnel ends normally.
 async fn tunnel(session: &mut ServerSession, up: &mut UpstreamSession) -> Result<(), BError> {
+    match carry(session, up).await {
+        Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
+            tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
+            Ok(())
+        }
+        done => done,
+    }
+}
+
+async fn carry(session: &mut ServerSession, up: &mut UpstreamSession) -> Result<(), BError> {
     up.maybe_upgrade_body_writer();
     let mut client_done = false;
     let mut backend_done = false;

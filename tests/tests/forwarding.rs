@@ -244,3 +244,36 @@ async fn an_idle_client_connection_is_closed_after_client_idle() {
         .expect("the proxy closed the idle connection within the limit");
     assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
 }
+
+#[tokio::test]
+async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle() {
+    let origin = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[origin.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n[timeouts]\nread = \"1s\"\ntunnel_idle = \"3s\"\n")
+        .start()
+        .await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    // Silent for longer than timeouts.read: the tunnel still carries bytes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"still here").await.unwrap();
+    assert_eq!(
+        read_until(&mut s, |t| t.contains("still here")).await,
+        "still here"
+    );
+    // Silent for tunnel_idle: the proxy closes it.
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, s.read(&mut buf))
+        .await
+        .expect("the proxy closed the idle tunnel within the limit");
+    assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
+}

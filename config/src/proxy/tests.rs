@@ -34,6 +34,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.methods.reads, ["GET", "HEAD", "OPTIONS"]);
     assert_eq!(c.timeouts.connect, Duration::from_secs(1));
     assert_eq!(c.timeouts.client_idle, Duration::from_secs(75));
+    assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.retries.max_attempts, 3);
     assert!(!c.runtime.work_stealing);
