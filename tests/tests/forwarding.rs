@@ -1,6 +1,7 @@
 //! The forwarding path at the byte level: upgrades, `Expect: 100-continue`,
 //! `CONNECT`, hop-by-hop fields, pooled backend connections that the
-//! backend closed while they were idle, and idle client connections.
+//! backend closed while they were idle, idle client connections and
+//! tunnels, and a backend that answers before it has read the whole body.
 
 use edgeroute_tests::{Origin, ProxyBuilder, eventually, table};
 use std::net::SocketAddr;
@@ -276,4 +277,81 @@ async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle()
         .await
         .expect("the proxy closed the idle tunnel within the limit");
     assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
+}
+
+/// A backend that answers `413` as soon as it has a request's head, then
+/// reads nothing more and keeps the connection open until the test ends:
+/// the proxy's body writes stall.
+async fn early_answering_backend() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (done, mut until) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let Ok((mut s, _)) = listener.accept().await else {
+            return;
+        };
+        read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+        s.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 17\r\nConnection: close\r\n\r\nbackend: too big\n",
+        )
+        .await
+        .unwrap();
+        // Hold the connection, unread, until the test is over.
+        let _ = (&mut until).await;
+        drop(s);
+    });
+    (addr, done)
+}
+
+#[tokio::test]
+async fn a_backend_answer_before_the_whole_body_reaches_the_client() {
+    let (backend, _hold) = early_answering_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra(
+            "[health]\nprobes = false\n[timeouts]\nwrite = \"1s\"\n[limits]\nmax_request_body = \"64MiB\"\n",
+        )
+        .start()
+        .await;
+    // More body than the loopback socket buffers between proxy and backend
+    // hold, so the proxy's writes stall until timeouts.write.
+    const BODY: usize = 48 << 20;
+    let s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut reader, mut writer) = s.into_split();
+    let sender = tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {BODY}\r\n\r\n");
+        writer.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 64 << 10];
+        let mut sent = 0;
+        // The proxy stops reading once it answers; the write then fails or stalls.
+        while sent < BODY {
+            if writer.write_all(&chunk).await.is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    });
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !complete_response(&String::from_utf8_lossy(&got)) {
+            let n = reader.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(LIMIT, read)
+        .await
+        .expect("the proxy answered in time");
+    let answer = String::from_utf8_lossy(&got);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.ends_with("backend: too big\n"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the client's unread body ends the connection: {answer}"
+    );
+    sender.abort();
 }
