@@ -109,8 +109,9 @@ fn valid_dns_name(host: &str) -> bool {
         })
 }
 
-/// A `Host` field value: a DNS name, an IPv4 address or a bracketed IPv6
-/// address, each with an optional port.
+/// A `Host` field value (RFC 9110 §7.2): a host name as RFC 3986 allows one
+/// (letters, digits and `-._~!$&'()*+,;=%`), an IPv4 address or a bracketed
+/// IPv6 address, each with an optional port.
 pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
     let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
     let valid = match raw.strip_prefix('[') {
@@ -119,8 +120,8 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
                 && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port))
         }),
         None => match raw.rsplit_once(':') {
-            Some((host, p)) => valid_dns_name(host) && port(p),
-            None => valid_dns_name(raw),
+            Some((host, p)) => reg_name(host) && port(p),
+            None => reg_name(raw),
         },
     };
     if valid {
@@ -134,6 +135,14 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
         );
         None
     }
+}
+
+/// RFC 3986's reg-name, which covers IPv4 addresses too; not empty.
+fn reg_name(host: &str) -> bool {
+    !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(&b))
 }
 
 /// An HTTP method token, upper-cased.
@@ -202,6 +211,8 @@ mod tests {
         let mut e = FieldErrors::default();
         for ok in [
             "api.example.com",
+            "api.example.com.",
+            "my_service.internal:8080",
             "API.example.com:8443",
             "10.0.0.1",
             "[2001:db8::1]",
