@@ -133,6 +133,10 @@ impl HttpServerApp for EdgeProxy {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
+        if session.get_keepalive().is_some() {
+            // The wait for this request, the first on the connection too.
+            session.set_keepalive(Some(self.client_idle_secs));
+        }
         // A keep-alive connection waiting for its next request is closed
         // when the server shuts down; a request already buffered goes first.
         let read = tokio::select! {
@@ -249,7 +253,8 @@ impl EdgeProxy {
         }
         session.enable_retry_buffering();
         loop {
-            // The first pick follows the routing decision within microseconds.
+            // The first pick uses the request's start: ejection windows are
+            // seconds long.
             let now = if ctx.attempts == 0 {
                 ctx.started
             } else {
@@ -498,7 +503,7 @@ impl EdgeProxy {
                 "upstream response header missing after it was read",
             ))
         })?;
-        let answered_at = self.record_response(backend, resp.status.as_u16(), sent_at);
+        self.record_response(backend, resp.status.as_u16(), sent_at);
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
@@ -541,8 +546,7 @@ impl EdgeProxy {
             return Ok(());
         }
         if let Some(stream) = up.reuse().await {
-            // Idle since the answer began: a little early, so it expires no later.
-            backend.idle.put(stream, answered_at);
+            backend.idle.put(stream, Instant::now());
         }
         Ok(())
     }
@@ -606,15 +610,13 @@ impl EdgeProxy {
         Ok(())
     }
 
-    /// Records the answer's status and latency; returns when it came.
-    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) -> Instant {
+    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
             self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
         let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "5xx responses");
-        now
     }
 
     fn connect_failed(&self, b: &Backend) {

@@ -3,6 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
+use pingora_http::authority::RawTargetAuthority;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::collections::VecDeque;
 use std::fmt::Write;
@@ -25,9 +26,9 @@ const PROTECTED: [&str; 7] = [
     "x-edgeroute-consistency",
 ];
 
-/// Why a request cannot be sent on as it is.
+/// Why a request cannot be sent on as it is (the client gets a 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BadConnectionHeader(pub String);
+pub struct CannotForward(pub String);
 
 /// Fields the proxy sets on every request it sends to a backend.
 pub const ROUTE: HeaderName = HeaderName::from_static("x-edgeroute-route");
@@ -66,11 +67,11 @@ pub fn backend_request(
     client: &RequestHeader,
     has_body: bool,
     fwd: &Forwarding<'_>,
-) -> Result<Box<RequestHeader>, BadConnectionHeader> {
+) -> Result<Box<RequestHeader>, CannotForward> {
     let websocket = is_websocket_upgrade(client);
     // Room for what the proxy adds.
-    let mut headers = end_to_end(&client.headers, Side::Request, 8)?;
-    let (uri, authority) = origin_form(&client.uri)?;
+    let mut headers = request_fields(&client.headers, 8)?;
+    let (target, authority) = split_target(client)?;
     if let Some(authority) = authority {
         headers.insert(header::HOST, authority);
     }
@@ -104,16 +105,31 @@ pub fn backend_request(
     parts.method = client.method.clone();
     parts.version = http::Version::HTTP_11;
     parts.headers = headers;
-    let keep_raw_target = uri.is_none() && !client.raw_path_is_utf8();
-    parts.uri = uri.unwrap_or_else(|| client.uri.clone());
+    if let Target::Uri(uri) = &target {
+        parts.uri = uri.clone();
+    }
     let mut req = Box::new(RequestHeader::from(parts));
-    if keep_raw_target {
-        // A target that is not UTF-8 goes on byte for byte, as it came.
-        req.set_raw_path(client.raw_path()).map_err(|e| {
-            BadConnectionHeader(format!("the request target cannot be sent on: {e}"))
-        })?;
+    let raw = match &target {
+        Target::Uri(_) => None,
+        Target::Raw(raw) => Some(*raw),
+        Target::Owned(raw) => Some(raw.as_slice()),
+    };
+    if let Some(raw) = raw {
+        // Bytes that are not UTF-8 go on as they came.
+        req.set_raw_path(raw)
+            .map_err(|e| CannotForward(format!("the request target cannot be sent on: {e}")))?;
     }
     Ok(req)
+}
+
+/// The origin-form target a backend gets.
+enum Target<'a> {
+    /// As the client's URI holds it (UTF-8, origin form or `*`).
+    Uri(http::Uri),
+    /// Bytes of the client's target.
+    Raw(&'a [u8]),
+    /// A path made from them.
+    Owned(Vec<u8>),
 }
 
 /// The response a client gets for a backend's: its hop-by-hop fields
@@ -124,13 +140,7 @@ pub fn client_response(
     region: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Box<ResponseHeader> {
-    let side = Side::Response(backend.status);
-    // A backend's malformed Connection field names nothing the proxy removes.
-    let mut headers = end_to_end(&backend.headers, side, 2).unwrap_or_else(|_| {
-        let mut fields = backend.headers.clone();
-        fields.remove(header::CONNECTION);
-        fields
-    });
+    let mut headers = response_fields(&backend.headers, backend.status, 2);
     if let Some(region) = region {
         headers.insert(REGION, region.clone());
     }
@@ -140,83 +150,106 @@ pub fn client_response(
     parts.version = http::Version::HTTP_11;
     parts.headers = headers;
     let mut resp = Box::new(ResponseHeader::from(parts));
-    // A reason phrase is only text; one that cannot be kept is left to the default.
-    let _ = resp.set_reason_phrase(backend.get_reason_phrase());
+    // Pingora keeps any phrase it is given (it checks nothing), so the
+    // result is always Ok.
+    resp.set_reason_phrase(backend.get_reason_phrase()).ok();
     resp
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Request,
-    Response(http::StatusCode),
-}
-
-/// The end-to-end fields of a message, in a new map with room for `extra`
-/// more: those that describe one connection — the hop-by-hop ones and those
-/// nominated in `Connection` — stay behind. A request may not nominate a
-/// field the proxy relies on; a response keeps its framing fields (the proxy
-/// frames the body it passes on from them) and, for a `101`, the fields of
-/// the upgrade. One pass over the fields present.
-fn end_to_end(src: &HeaderMap, side: Side, extra: usize) -> Result<HeaderMap, BadConnectionHeader> {
-    let switching = side == Side::Response(http::StatusCode::SWITCHING_PROTOCOLS);
-    let mut nominated: Vec<HeaderName> = Vec::new();
+/// A request's end-to-end fields, in a new map with room for `extra` more:
+/// the hop-by-hop ones, `Expect` (the proxy answers it) and those nominated
+/// in `Connection` stay behind. A `Connection` field that names no field,
+/// or names one the proxy relies on, refuses the request.
+fn request_fields(src: &HeaderMap, extra: usize) -> Result<HeaderMap, CannotForward> {
+    let mut nominated = Vec::new();
     for value in src.get_all(header::CONNECTION) {
         let text = value
             .to_str()
-            .map_err(|_| BadConnectionHeader("Connection holds bytes that are not text".into()))?;
-        for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            .map_err(|_| CannotForward("Connection holds bytes that are not text".into()))?;
+        for token in tokens(text) {
             let name = HeaderName::from_bytes(token.as_bytes()).map_err(|_| {
-                BadConnectionHeader(format!(
+                CannotForward(format!(
                     "Connection names {token:?}, which is no field name"
                 ))
             })?;
-            match side {
-                Side::Request if PROTECTED.iter().any(|p| name == *p) => {
-                    return Err(BadConnectionHeader(format!(
-                        "Connection names {token:?}, a field that must reach the backend"
-                    )));
-                }
-                Side::Response(_)
-                    if name == header::CONTENT_LENGTH
-                        || name == header::TRANSFER_ENCODING
-                        || (switching && name == header::UPGRADE) => {}
-                _ => nominated.push(name),
+            if PROTECTED.iter().any(|p| name == *p) {
+                return Err(CannotForward(format!(
+                    "Connection names {token:?}, a field that must reach the backend"
+                )));
             }
+            nominated.push(name);
         }
     }
+    Ok(copy_except(src, extra, &nominated, |name| {
+        is_hop_by_hop(name) || name == header::EXPECT
+    }))
+}
+
+/// A response's end-to-end fields, in a new map with room for `extra` more.
+/// `Keep-Alive`, `Proxy-Connection`, `Trailer` and the fields nominated in
+/// `Connection` stay behind, and `Connection` and `Upgrade` too unless it is
+/// a `101`. The framing fields always stay: the proxy frames the body it
+/// passes on from them. What a malformed `Connection` names is unknown, so
+/// nothing is removed for it.
+fn response_fields(src: &HeaderMap, status: http::StatusCode, extra: usize) -> HeaderMap {
+    let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    let nominated: Vec<HeaderName> = src
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(tokens)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .filter(|name| {
+            *name != header::CONTENT_LENGTH
+                && *name != header::TRANSFER_ENCODING
+                && !(switching && *name == header::UPGRADE)
+        })
+        .collect();
+    copy_except(src, extra, &nominated, |name| match name.as_str() {
+        "keep-alive" | "proxy-connection" | "trailer" => true,
+        "connection" | "upgrade" => !switching,
+        _ => false,
+    })
+}
+
+/// The comma-separated tokens of a `Connection` value.
+fn tokens(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty())
+}
+
+/// The fields of `src` that are neither `nominated` nor `hop`, in one pass.
+fn copy_except(
+    src: &HeaderMap,
+    extra: usize,
+    nominated: &[HeaderName],
+    hop: impl Fn(&HeaderName) -> bool,
+) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(src.len() + extra);
     for (name, value) in src {
-        let hop = match side {
-            Side::Request => is_hop_by_hop(name) || name == header::EXPECT,
-            Side::Response(_) => match name.as_str() {
-                "keep-alive" | "proxy-connection" | "trailer" => true,
-                "connection" | "upgrade" => !switching,
-                _ => false,
-            },
-        };
-        if !hop && !nominated.contains(name) {
+        if !hop(name) && !nominated.contains(name) {
             out.append(name.clone(), value.clone());
         }
     }
-    Ok(out)
+    out
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies meet):
 /// they describe the client's connection, not the request, and never go on.
+const HOP_BY_HOP: [&str; 10] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "http2-settings",
+];
+
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-            | "http2-settings"
-    )
+    HOP_BY_HOP.contains(&name.as_str())
 }
 
 /// `x-forwarded-for`: the client's prior list, if any, then its address.
@@ -236,28 +269,67 @@ fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
     HeaderValue::try_from(list).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
-/// A target with an authority — HTTP/2's `:authority`, or an HTTP/1.1
-/// absolute-form target — becomes an origin-form target plus the authority
-/// for `Host`, so that the backend reads one host, the one the proxy may
-/// then set. `None` when the target is already in origin form.
-fn origin_form(
-    uri: &http::Uri,
-) -> Result<(Option<http::Uri>, Option<HeaderValue>), BadConnectionHeader> {
-    let Some(authority) = uri.authority() else {
-        return Ok((None, None));
-    };
-    if authority.as_str().contains('@') {
-        return Err(BadConnectionHeader(
+/// The target a backend gets, and the authority the client's target
+/// carried, if any. HTTP/2's `:authority` and an HTTP/1.1 absolute-form
+/// target (`GET http://api.example.com/x`) become `Host` plus an origin-form
+/// target, so that the backend reads one host, the one the proxy may then
+/// set; a target that is neither a path, `*` nor an http(s) or ws(s) URL is
+/// refused.
+fn split_target(
+    client: &RequestHeader,
+) -> Result<(Target<'_>, Option<HeaderValue>), CannotForward> {
+    if let Some(authority) = client.uri.authority() {
+        let path = client.uri.path_and_query().map_or_else(
+            || http::Uri::from_static("/"),
+            |pq| http::Uri::from(pq.clone()),
+        );
+        return Ok((
+            Target::Uri(path),
+            Some(host_value(authority.as_str().as_bytes())?),
+        ));
+    }
+    let raw = client.raw_path();
+    if raw.is_empty() || matches!(raw[0], b'/' | b'?') || raw == b"*" {
+        let target = if client.raw_path_is_utf8() {
+            Target::Uri(client.uri.clone())
+        } else {
+            Target::Raw(raw)
+        };
+        return Ok((target, None));
+    }
+    match pingora_http::authority::raw_target_authority(raw) {
+        RawTargetAuthority::Absolute {
+            scheme,
+            authority,
+            path_and_query,
+        } if pingora_http::authority::is_http_family_scheme(scheme) => {
+            let host = host_value(authority)?;
+            let target = match path_and_query.first() {
+                None => Target::Raw(b"/"),
+                Some(b'/') => Target::Raw(path_and_query),
+                // `http://host?q=1`: the path is the root.
+                Some(_) => Target::Owned([b"/", path_and_query].concat()),
+            };
+            Ok((target, Some(host)))
+        }
+        _ => Err(CannotForward(format!(
+            "the request target {:?} is neither a path nor an http(s) URL",
+            String::from_utf8_lossy(raw)
+        ))),
+    }
+}
+
+/// The authority of a request's target as a `Host` value.
+fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
+    if authority.contains(&b'@') {
+        return Err(CannotForward(
             "the request's authority carries user information".into(),
         ));
     }
-    let host = HeaderValue::from_str(authority.as_str())
-        .map_err(|_| BadConnectionHeader("the request's authority is no valid Host".into()))?;
-    let target = uri.path_and_query().map_or_else(
-        || http::Uri::from_static("/"),
-        |pq| http::Uri::from(pq.clone()),
-    );
-    Ok((Some(target), Some(host)))
+    HeaderValue::from_bytes(authority)
+        .ok()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| CannotForward("the request's authority is no valid Host".into()))
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client.
@@ -361,21 +433,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Every field [`is_hop_by_hop`] names.
-    const HOP_BY_HOP: [&str; 10] = [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "http2-settings",
-    ];
-
-    fn forward(req: &RequestHeader, body: bool) -> Result<Box<RequestHeader>, BadConnectionHeader> {
+    fn forward(req: &RequestHeader, body: bool) -> Result<Box<RequestHeader>, CannotForward> {
         let id = HeaderValue::from_static("id-1");
         let fwd = Forwarding {
             route: HeaderValue::from_static("read"),
@@ -497,11 +555,49 @@ mod tests {
 
     #[test]
     fn an_absolute_form_target_becomes_host_and_path() {
-        let mut req = request(http::Version::HTTP_11, &[("host", "other.example")]);
-        req.set_uri(http::Uri::from_static("http://api.example.com/x?q=1"));
-        let req = forward(&req, false).expect("valid");
-        assert_eq!(req.headers["host"], "api.example.com");
-        assert_eq!(req.uri.to_string(), "/x?q=1");
+        // As Pingora parses an HTTP/1.1 request line.
+        for (target, host, path) in [
+            (&b"http://api.example.com/x?q=1"[..], None, &b"/x?q=1"[..]),
+            (
+                b"http://api.example.com:8080/x",
+                Some("api.example.com:8080"),
+                b"/x",
+            ),
+            (b"https://api.example.com", None, b"/"),
+            (b"http://api.example.com?q=1", None, b"/?q=1"),
+            (b"http://api.example.com/caf\xe9", None, b"/caf\xe9"),
+        ] {
+            let mut req = RequestHeader::build("GET", target, None).expect("request");
+            if let Some(host) = host {
+                req.insert_header("host", host).expect("host");
+            }
+            let out = forward(&req, false).expect("valid");
+            let want = host.unwrap_or("api.example.com");
+            assert_eq!(out.headers["host"], want, "{target:?}");
+            assert_eq!(out.raw_path(), path, "{target:?}");
+        }
+    }
+
+    #[test]
+    fn a_target_that_is_no_path_nor_http_url_is_refused() {
+        for target in [
+            &b"foo:bar"[..],
+            b"ftp://files.example.com/x",
+            b"http://user@api.example.com/",
+        ] {
+            let req = RequestHeader::build("GET", target, None).expect("request");
+            forward(&req, false).expect_err(&String::from_utf8_lossy(target));
+        }
+    }
+
+    #[test]
+    fn an_origin_form_target_goes_on_byte_for_byte() {
+        for target in [&b"/a/b?c=d&e"[..], b"/caf\xe9?x", b"*"] {
+            let req = RequestHeader::build("OPTIONS", target, None).expect("request");
+            let out = forward(&req, false).expect("valid");
+            assert_eq!(out.raw_path(), target);
+            assert!(!out.headers.contains_key("host"));
+        }
     }
 
     #[test]
@@ -516,15 +612,6 @@ mod tests {
             let err = forward(&req, false).expect_err("refused");
             assert!(err.0.contains("must reach the backend"), "{field}: {err:?}");
         }
-    }
-
-    #[test]
-    fn the_hop_by_hop_test_matches_the_list() {
-        for h in HOP_BY_HOP {
-            assert!(is_hop_by_hop(&HeaderName::from_static(h)), "{h}");
-        }
-        assert!(!is_hop_by_hop(&header::CONTENT_LENGTH));
-        assert!(!is_hop_by_hop(&HeaderName::from_static("x-connection")));
     }
 
     #[test]

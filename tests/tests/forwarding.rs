@@ -160,6 +160,33 @@ async fn connect_is_refused_with_a_reason_and_hop_by_hop_fields_stay_behind() {
     assert_eq!(seen.header("x-end-to-end"), Some("kept"));
 }
 
+#[tokio::test]
+async fn an_absolute_url_target_reaches_the_backend_as_host_and_path() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let answer = exchange(
+        proxy.addr,
+        b"GET http://app.example.com:8080/orders?id=7 HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = &origin.seen()[0];
+    assert_eq!(seen.path, "/orders");
+    assert_eq!(seen.header("host"), Some("app.example.com:8080"));
+
+    let refused = exchange(
+        proxy.addr,
+        b"GET ftp://files.example.com/x HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert_eq!(
+        origin.seen().len(),
+        1,
+        "the refused request reached no backend"
+    );
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
@@ -238,12 +265,19 @@ async fn an_idle_client_connection_is_closed_after_client_idle() {
             "{answer}"
         );
     }
-    // Then, with nothing sent, the proxy closes the connection.
+    // Then, with nothing sent, the proxy closes the connection, and not
+    // before client_idle (the proxy's wait began before this one did).
+    let idle_from = std::time::Instant::now();
     let mut buf = [0u8; 64];
     let read = tokio::time::timeout(LIMIT, s.read(&mut buf))
         .await
         .expect("the proxy closed the idle connection within the limit");
     assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
+    let waited = idle_from.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -281,9 +315,13 @@ async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle()
 
 /// A backend that answers `413` as soon as it has a request's head, then
 /// reads nothing more and keeps the connection open until the test ends:
-/// the proxy's body writes stall.
+/// the proxy's body writes stall. Its receive buffer is small, so they
+/// stall whatever the host's TCP buffer limits.
 async fn early_answering_backend() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
     let addr = listener.local_addr().unwrap();
     let (done, mut until) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -314,8 +352,9 @@ async fn a_backend_answer_before_the_whole_body_reaches_the_client() {
         )
         .start()
         .await;
-    // More body than the loopback socket buffers between proxy and backend
-    // hold, so the proxy's writes stall until timeouts.write.
+    // More body than the socket buffers between proxy and backend hold
+    // (the proxy's send buffer grows to a few MiB at most), so the proxy's
+    // writes stall until timeouts.write.
     const BODY: usize = 48 << 20;
     let s = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut reader, mut writer) = s.into_split();
