@@ -191,8 +191,25 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     );
     let edge = rps("edgeroute");
     for peer in ["nginx", "haproxy"] {
-        if runs.contains_key(peer) {
-            println!("edgeroute / {peer}: {:.2}", edge / rps(peer));
+        if let Some(peer_runs) = runs.get(peer) {
+            // Repetitions are interleaved, so each one's pair of runs saw
+            // the same moment of the machine: their spread is the noise.
+            let per_rep: Vec<f64> = runs["edgeroute"]
+                .iter()
+                .zip(peer_runs)
+                .map(|((e, _), (p, _))| e.rps() / p.rps().max(f64::MIN_POSITIVE))
+                .collect();
+            let (lo, hi) = per_rep
+                .iter()
+                .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            println!(
+                "edgeroute / {peer}: {:.2} (per repetition {lo:.2}-{hi:.2})",
+                edge / rps(peer)
+            );
+            out.insert(
+                format!("edgeroute_vs_{peer}"),
+                json!({"median_ratio": edge / rps(peer), "per_repetition": per_rep}),
+            );
         }
     }
     println!("edgeroute idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
