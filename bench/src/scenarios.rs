@@ -199,9 +199,9 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 .zip(peer_runs)
                 .map(|((e, _), (p, _))| e.rps() / p.rps().max(f64::MIN_POSITIVE))
                 .collect();
-            let (lo, hi) = per_rep
-                .iter()
-                .fold((f64::INFINITY, 0.0f64), |(lo, hi), r| (lo.min(*r), hi.max(*r)));
+            let (lo, hi) = per_rep.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+                (lo.min(*r), hi.max(*r))
+            });
             println!(
                 "edgeroute / {peer}: {:.2} (per repetition {lo:.2}-{hi:.2})",
                 edge / rps(peer)
