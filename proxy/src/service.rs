@@ -133,10 +133,8 @@ impl HttpServerApp for EdgeProxy {
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        if session.get_keepalive().is_some() {
-            // The wait for this request, the first on the connection too.
-            session.set_keepalive(Some(self.client_idle_secs));
-        }
+        // The wait for this request, the first on the connection too.
+        self.limit_keepalive(&mut session);
         // A keep-alive connection waiting for its next request is closed
         // when the server shuts down; a request already buffered goes first.
         let read = tokio::select! {
@@ -165,10 +163,10 @@ impl HttpServerApp for EdgeProxy {
         }
         if *shutdown.borrow() {
             session.set_keepalive(None);
-        } else if session.get_keepalive().is_some() {
+        } else {
             // Reading the request turned keep-alive on with no limit; the
             // wait for the next request gets the configured one.
-            session.set_keepalive(Some(self.client_idle_secs));
+            self.limit_keepalive(&mut session);
         }
         let mut ctx = self.new_ctx(&session);
         let error = match self.serve(&mut session, &mut ctx).await {
@@ -198,6 +196,13 @@ impl HttpServerApp for EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// A connection kept alive waits at most `timeouts.client_idle` for a request.
+    fn limit_keepalive(&self, session: &mut ServerSession) {
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.client_idle_secs));
+        }
+    }
+
     fn new_ctx(&self, session: &ServerSession) -> Ctx {
         let req = session.req_header();
         Ctx {

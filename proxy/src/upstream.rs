@@ -5,6 +5,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
 use pingora_http::{RequestHeader, ResponseHeader};
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::net::IpAddr;
@@ -109,12 +110,7 @@ pub fn backend_request(
         parts.uri = uri.clone();
     }
     let mut req = Box::new(RequestHeader::from(parts));
-    let raw = match &target {
-        Target::Uri(_) => None,
-        Target::Raw(raw) => Some(*raw),
-        Target::Owned(raw) => Some(raw.as_slice()),
-    };
-    if let Some(raw) = raw {
+    if let Target::Raw(raw) = &target {
         // Bytes that are not UTF-8 go on as they came.
         req.set_raw_path(raw)
             .map_err(|e| CannotForward(format!("the request target cannot be sent on: {e}")))?;
@@ -126,10 +122,8 @@ pub fn backend_request(
 enum Target<'a> {
     /// As the client's URI holds it (UTF-8, origin form or `*`).
     Uri(http::Uri),
-    /// Bytes of the client's target.
-    Raw(&'a [u8]),
-    /// A path made from them.
-    Owned(Vec<u8>),
+    /// Bytes of the client's target, or a path made from them.
+    Raw(Cow<'a, [u8]>),
 }
 
 /// The response a client gets for a backend's: its hop-by-hop fields
@@ -293,7 +287,7 @@ fn split_target(
         let target = if client.raw_path_is_utf8() {
             Target::Uri(client.uri.clone())
         } else {
-            Target::Raw(raw)
+            Target::Raw(Cow::Borrowed(raw))
         };
         return Ok((target, None));
     }
@@ -304,13 +298,13 @@ fn split_target(
             path_and_query,
         } if pingora_http::authority::is_http_family_scheme(scheme) => {
             let host = host_value(authority)?;
-            let target = match path_and_query.first() {
-                None => Target::Raw(b"/"),
-                Some(b'/') => Target::Raw(path_and_query),
+            let path = match path_and_query.first() {
+                None => Cow::Borrowed(&b"/"[..]),
+                Some(b'/') => Cow::Borrowed(path_and_query),
                 // `http://host?q=1`: the path is the root.
-                Some(_) => Target::Owned([b"/", path_and_query].concat()),
+                Some(_) => Cow::Owned([b"/", path_and_query].concat()),
             };
-            Ok((target, Some(host)))
+            Ok((Target::Raw(path), Some(host)))
         }
         _ => Err(CannotForward(format!(
             "the request target {:?} is neither a path nor an http(s) URL",
@@ -340,11 +334,13 @@ fn is_websocket_upgrade(req: &RequestHeader) -> bool {
             .headers
             .get(header::UPGRADE)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && req.headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-        })
+        && req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(tokens)
+            .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// A backend's idle keep-alive connections, newest last. A connection is

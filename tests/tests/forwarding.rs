@@ -25,7 +25,10 @@ async fn proxy_for(origin: SocketAddr) -> edgeroute_tests::Proxy {
 
 /// Reads from `stream` until `done` holds for what arrived (or the stream
 /// ends), within [`LIMIT`].
-async fn read_until(stream: &mut TcpStream, done: impl Fn(&str) -> bool) -> String {
+async fn read_until(
+    stream: &mut (impl tokio::io::AsyncRead + Unpin),
+    done: impl Fn(&str) -> bool,
+) -> String {
     let mut got = Vec::new();
     let read = async {
         let mut buf = [0u8; 4096];
@@ -371,21 +374,7 @@ async fn a_backend_answer_before_the_whole_body_reaches_the_client() {
             sent += chunk.len();
         }
     });
-    let mut got = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        while !complete_response(&String::from_utf8_lossy(&got)) {
-            let n = reader.read(&mut buf).await.expect("read");
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-        }
-    };
-    tokio::time::timeout(LIMIT, read)
-        .await
-        .expect("the proxy answered in time");
-    let answer = String::from_utf8_lossy(&got);
+    let answer = read_until(&mut reader, complete_response).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.ends_with("backend: too big\n"), "{answer}");
     assert!(
