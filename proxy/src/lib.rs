@@ -8,6 +8,7 @@ pub mod admin;
 pub mod check;
 pub mod demo;
 pub mod dns;
+pub mod h1;
 pub mod health;
 pub mod lifecycle;
 pub mod logging;

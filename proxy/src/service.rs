@@ -8,6 +8,7 @@
 //! only if it is safe to repeat (idempotent method or `Idempotency-Key`) and
 //! its body is still held in full.
 
+use crate::h1;
 use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
@@ -25,10 +26,8 @@ use pingora_core::apps::{
 };
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::http::v1::client::HttpSession as UpstreamSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
-use pingora_http::RequestHeader;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -423,7 +422,8 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         backend: &Arc<Backend>,
     ) -> Result<(), Failure> {
-        let req = self.upstream_request(session, ctx).map_err(Failure::last)?;
+        let (head, chunked) = self.upstream_request(session, ctx).map_err(Failure::last)?;
+        let head_request = session.req_header().method == http::Method::HEAD;
         let peer = backend.peer_template();
         let mut sent_at = Instant::now();
         let pooled = backend.idle.take(sent_at);
@@ -447,67 +447,54 @@ impl EdgeProxy {
                 }
             },
         };
-        let mut up = UpstreamSession::new_with_options(stream, peer);
-        up.read_timeout = peer.options.read_timeout;
-        up.write_timeout = peer.options.write_timeout;
+        let mut up = h1::Connection::new(
+            stream,
+            peer.options.read_timeout,
+            peer.options.write_timeout,
+        );
 
         let mut answered_early = false;
-        let sent: Result<(), BError> = async {
-            up.write_request_header(req).await?;
+        let sent: Result<h1::ResponseHead, BError> = async {
+            up.write_head(&head, chunked).await?;
             if let Err(e) = self.send_body(session, ctx, &mut up).await {
                 // A backend may answer before it has read the whole body
                 // (401, 413, ...) and stop reading: its answer is the one
                 // the client should get.
-                if e.esource() == &pingora_error::ErrorSource::Downstream
-                    || ctx.reply.is_some()
-                    || up.read_response().await.is_err()
-                {
+                if e.esource() == &pingora_error::ErrorSource::Downstream || ctx.reply.is_some() {
                     return Err(e);
                 }
+                let resp = up.read_head(head_request).await.map_err(|_| e)?;
                 answered_early = true;
+                return Ok(resp);
             }
-            if !answered_early {
-                up.read_response().await?;
-            }
-            // Interim answers (other than the switch to an upgrade) are not passed on.
-            while up
-                .get_status()
-                .is_some_and(|s| s.is_informational() && s != http::StatusCode::SWITCHING_PROTOCOLS)
-            {
-                up.read_response().await?;
-            }
-            Ok(())
+            up.read_head(head_request).await
         }
         .await;
-        if let Err(e) = sent {
-            // Bytes may have reached the backend. Downstream trouble (the
-            // client left, its body was too large) ends the request.
-            let retry = e.esource() != &pingora_error::ErrorSource::Downstream
-                && ctx.reply.is_none()
-                && ctx.repeatable
-                && !session.retry_buffer_truncated()
-                && !matches!(
-                    e.etype(),
-                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                );
-            let error = if e.esource() == &pingora_error::ErrorSource::Unset {
-                e.into_up()
-            } else {
-                e
-            };
-            return Err(Failure {
-                error,
-                retry,
-                on_pooled: on_pooled && up.resp_header().is_none(),
-            });
-        }
-
-        let resp = up.resp_header().ok_or_else(|| {
-            Failure::last(Error::explain(
-                ErrorType::InternalError,
-                "upstream response header missing after it was read",
-            ))
-        })?;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                // Bytes may have reached the backend. Downstream trouble (the
+                // client left, its body was too large) ends the request.
+                let retry = e.esource() != &pingora_error::ErrorSource::Downstream
+                    && ctx.reply.is_none()
+                    && ctx.repeatable
+                    && !session.retry_buffer_truncated()
+                    && !matches!(
+                        e.etype(),
+                        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                    );
+                let error = if e.esource() == &pingora_error::ErrorSource::Unset {
+                    e.into_up()
+                } else {
+                    e
+                };
+                return Err(Failure {
+                    error,
+                    retry,
+                    on_pooled: on_pooled && !up.answered(),
+                });
+            }
+        };
         self.record_response(backend, resp.status.as_u16(), sent_at);
         let region = ctx
             .region
@@ -532,11 +519,7 @@ impl EdgeProxy {
             session.set_read_timeout(idle);
             return tunnel(session, &mut up).await.map_err(Failure::last);
         }
-        while let Some(chunk) = up
-            .read_body_bytes()
-            .await
-            .map_err(|e| Failure::last(e.into_up()))?
-        {
+        while let Some(chunk) = up.read_body().await.map_err(Failure::last)? {
             session
                 .write_response_body(chunk, false)
                 .await
@@ -546,23 +529,23 @@ impl EdgeProxy {
             .write_response_body(Bytes::new(), true)
             .await
             .map_err(|e| Failure::last(e.into_down()))?;
-        up.respect_keepalive();
         if answered_early {
             return Ok(());
         }
-        if let Some(stream) = up.reuse().await {
+        if let Some(stream) = up.into_reusable() {
             backend.idle.put(stream, Instant::now());
         }
         Ok(())
     }
 
-    /// The request a backend gets: the client's, without hop-by-hop fields,
-    /// with the route, epoch, request id and forwarding fields.
+    /// The request head a backend gets, encoded, and whether its body goes
+    /// chunked: the client's, without hop-by-hop fields, with the route,
+    /// epoch, request id and forwarding fields.
     fn upstream_request(
         &self,
         session: &mut ServerSession,
         ctx: &Ctx,
-    ) -> Result<Box<RequestHeader>, BError> {
+    ) -> Result<(Vec<u8>, bool), BError> {
         let has_body = !session.is_body_empty();
         let region = ctx.region.map(|r| &self.state.topology.regions[r]);
         let fwd = upstream::Forwarding {
@@ -576,8 +559,11 @@ impl EdgeProxy {
             tls: is_tls(session),
             host: region.and_then(|r| r.host.as_ref()),
         };
-        upstream::backend_request(session.req_header(), has_body, &fwd)
-            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
+        let req = upstream::backend_request(session.req_header(), has_body, &fwd)
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())?;
+        let mut head = Vec::new();
+        req.encode(&mut head);
+        Ok((head, req.chunked))
     }
 
     /// Sends the request body: what earlier attempts read (kept for
@@ -586,7 +572,7 @@ impl EdgeProxy {
         &self,
         session: &mut ServerSession,
         ctx: &mut Ctx,
-        up: &mut UpstreamSession,
+        up: &mut h1::Connection,
     ) -> Result<(), BError> {
         if let Some(held) = session.get_retry_buffer().filter(|b| !b.is_empty()) {
             up.write_body(&held).await?;
@@ -611,8 +597,7 @@ impl EdgeProxy {
             }
             up.write_body(&chunk).await?;
         }
-        up.finish_body().await?;
-        Ok(())
+        up.finish_request().await
     }
 
     fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) {
@@ -727,7 +712,7 @@ impl EdgeProxy {
 /// After a `101 Switching Protocols`, both directions carry raw bytes until
 /// each side closes, or until neither has sent anything for the read
 /// timeouts (set to `timeouts.tunnel_idle`): an idle tunnel ends normally.
-async fn tunnel(session: &mut ServerSession, up: &mut UpstreamSession) -> Result<(), BError> {
+async fn tunnel(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(), BError> {
     match carry(session, up).await {
         Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
             tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
@@ -737,33 +722,27 @@ async fn tunnel(session: &mut ServerSession, up: &mut UpstreamSession) -> Result
     }
 }
 
-async fn carry(session: &mut ServerSession, up: &mut UpstreamSession) -> Result<(), BError> {
-    up.maybe_upgrade_body_writer();
-    let mut client_done = false;
-    let mut backend_done = false;
-    while !(client_done && backend_done) {
+/// Client bytes go to the backend, backend bytes to the client, until
+/// either side ends its stream.
+async fn carry(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(), BError> {
+    loop {
         tokio::select! {
-            chunk = session.read_request_body(), if !client_done => {
+            chunk = session.read_request_body() => {
                 match chunk.map_err(Error::into_down)? {
-                    Some(bytes) => {
-                        up.write_body(&bytes).await.map_err(Error::into_up)?;
-                    }
-                    None => {
-                        up.finish_body().await.map_err(Error::into_up)?;
-                        client_done = true;
-                    }
+                    Some(bytes) => up.write_raw(&bytes).await?,
+                    None => break,
                 }
             }
-            chunk = up.read_body_bytes(), if !backend_done => {
-                match chunk.map_err(Error::into_up)? {
+            chunk = up.read_body() => {
+                match chunk? {
                     Some(bytes) => session.write_response_body(bytes, false).await.map_err(Error::into_down)?,
-                    None => {
-                        session.write_response_body(Bytes::new(), true).await.map_err(Error::into_down)?;
-                        backend_done = true;
-                    }
+                    None => break,
                 }
             }
         }
     }
-    Ok(())
+    session
+        .write_response_body(Bytes::new(), true)
+        .await
+        .map_err(Error::into_down)
 }

@@ -1,6 +1,7 @@
 //! The upstream side of forwarding: what a request to a backend carries, and
 //! the backend's idle keep-alive connections.
 
+use crate::h1;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
@@ -62,13 +63,12 @@ pub struct Forwarding<'a> {
 /// origin-form target; the forwarding fields are set.
 ///
 /// The client's fields are copied in one map, without Pingora's second map
-/// of header-name case: names go on in lower case (standard ones in title
-/// case), which HTTP treats alike.
-pub fn backend_request(
-    client: &RequestHeader,
+/// of header-name case: names go on in lower case, which HTTP treats alike.
+pub fn backend_request<'a>(
+    client: &'a RequestHeader,
     has_body: bool,
     fwd: &Forwarding<'_>,
-) -> Result<Box<RequestHeader>, CannotForward> {
+) -> Result<h1::Request<'a>, CannotForward> {
     let websocket = is_websocket_upgrade(client);
     // Room for what the proxy adds.
     let mut headers = request_fields(&client.headers, 8)?;
@@ -80,7 +80,8 @@ pub fn backend_request(
         headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     }
-    if has_body && !headers.contains_key(header::CONTENT_LENGTH) {
+    let chunked = has_body && !headers.contains_key(header::CONTENT_LENGTH);
+    if chunked {
         headers.insert(
             header::TRANSFER_ENCODING,
             HeaderValue::from_static("chunked"),
@@ -102,39 +103,24 @@ pub fn backend_request(
         headers.insert(header::HOST, host.clone());
     }
 
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = client.method.clone();
-    parts.version = http::Version::HTTP_11;
-    parts.headers = headers;
-    if let Target::Uri(uri) = &target {
-        parts.uri = uri.clone();
-    }
-    let mut req = Box::new(RequestHeader::from(parts));
-    if let Target::Raw(raw) = &target {
-        // Bytes that are not UTF-8 go on as they came.
-        req.set_raw_path(raw)
-            .map_err(|e| CannotForward(format!("the request target cannot be sent on: {e}")))?;
-    }
-    Ok(req)
-}
-
-/// The origin-form target a backend gets.
-enum Target<'a> {
-    /// As the client's URI holds it (UTF-8, origin form or `*`).
-    Uri(http::Uri),
-    /// Bytes of the client's target, or a path made from them.
-    Raw(Cow<'a, [u8]>),
+    Ok(h1::Request {
+        method: &client.method,
+        target,
+        headers,
+        chunked,
+    })
 }
 
 /// The response a client gets for a backend's: its hop-by-hop fields
 /// removed (the proxy speaks for its own connection), the region that
 /// served it and the request id added.
 pub fn client_response(
-    backend: &ResponseHeader,
+    backend: h1::ResponseHead,
     region: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> Box<ResponseHeader> {
-    let mut headers = response_fields(&backend.headers, backend.status, 2);
+    let mut headers = backend.headers;
+    strip_response_fields(&mut headers, backend.status);
     if let Some(region) = region {
         headers.insert(REGION, region.clone());
     }
@@ -144,9 +130,11 @@ pub fn client_response(
     parts.version = http::Version::HTTP_11;
     parts.headers = headers;
     let mut resp = Box::new(ResponseHeader::from(parts));
-    // Pingora keeps any phrase it is given (it checks nothing), so the
-    // result is always Ok.
-    resp.set_reason_phrase(backend.get_reason_phrase()).ok();
+    if backend.reason.is_some() {
+        // Pingora keeps any phrase it is given (it checks nothing), so the
+        // result is always Ok.
+        resp.set_reason_phrase(backend.reason.as_deref()).ok();
+    }
     resp
 }
 
@@ -179,31 +167,44 @@ fn request_fields(src: &HeaderMap, extra: usize) -> Result<HeaderMap, CannotForw
     }))
 }
 
-/// A response's end-to-end fields, in a new map with room for `extra` more.
-/// `Keep-Alive`, `Proxy-Connection`, `Trailer` and the fields nominated in
-/// `Connection` stay behind, and `Connection` and `Upgrade` too unless it is
-/// a `101`. The framing fields always stay: the proxy frames the body it
-/// passes on from them. What a malformed `Connection` names is unknown, so
-/// nothing is removed for it.
-fn response_fields(src: &HeaderMap, status: http::StatusCode, extra: usize) -> HeaderMap {
+/// Removes a response's hop-by-hop fields: `Keep-Alive`,
+/// `Proxy-Connection`, `Trailer` and the fields nominated in `Connection`,
+/// and `Connection` and `Upgrade` too unless it is a `101`. The framing
+/// fields stay (the proxy frames the body it passes on from them), except a
+/// `Content-Length` beside a `Transfer-Encoding`, which does not frame it.
+/// What a malformed `Connection` names is unknown, so nothing is removed
+/// for it.
+fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
-    let nominated: Vec<HeaderName> = src
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(tokens)
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|name| {
-            *name != header::CONTENT_LENGTH
-                && *name != header::TRANSFER_ENCODING
-                && !(switching && *name == header::UPGRADE)
-        })
-        .collect();
-    copy_except(src, extra, &nominated, |name| match name.as_str() {
-        "keep-alive" | "proxy-connection" | "trailer" => true,
-        "connection" | "upgrade" => !switching,
-        _ => false,
-    })
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(tokens)
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|name| {
+                *name != header::CONTENT_LENGTH
+                    && *name != header::TRANSFER_ENCODING
+                    && !(switching && *name == header::UPGRADE)
+            })
+            .collect();
+        for name in nominated {
+            headers.remove(name);
+        }
+        if !switching {
+            headers.remove(header::CONNECTION);
+        }
+    }
+    for name in ["keep-alive", "proxy-connection", "trailer"] {
+        headers.remove(name);
+    }
+    if !switching {
+        headers.remove(header::UPGRADE);
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
 }
 
 /// The comma-separated tokens of a `Connection` value.
@@ -271,25 +272,30 @@ fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
 /// refused.
 fn split_target(
     client: &RequestHeader,
-) -> Result<(Target<'_>, Option<HeaderValue>), CannotForward> {
+) -> Result<(Cow<'_, [u8]>, Option<HeaderValue>), CannotForward> {
     if let Some(authority) = client.uri.authority() {
-        let path = client.uri.path_and_query().map_or_else(
-            || http::Uri::from_static("/"),
-            |pq| http::Uri::from(pq.clone()),
-        );
+        let path = client
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .as_bytes();
+        let path = if path.is_empty() { b"/" } else { path };
         return Ok((
-            Target::Uri(path),
+            Cow::Borrowed(path),
             Some(host_value(authority.as_str().as_bytes())?),
         ));
     }
+    // An origin-form target goes on byte for byte.
     let raw = client.raw_path();
-    if raw.is_empty() || matches!(raw[0], b'/' | b'?') || raw == b"*" {
-        let target = if client.raw_path_is_utf8() {
-            Target::Uri(client.uri.clone())
-        } else {
-            Target::Raw(Cow::Borrowed(raw))
-        };
-        return Ok((target, None));
+    if raw.is_empty() {
+        return Ok((Cow::Borrowed(b"/"), None));
+    }
+    if raw[0] == b'/' || raw == b"*" {
+        return Ok((Cow::Borrowed(raw), None));
+    }
+    if raw[0] == b'?' {
+        // A query alone is one of the root.
+        return Ok((Cow::Owned([b"/", raw].concat()), None));
     }
     match pingora_http::authority::raw_target_authority(raw) {
         RawTargetAuthority::Absolute {
@@ -304,7 +310,7 @@ fn split_target(
                 // `http://host?q=1`: the path is the root.
                 Some(_) => Cow::Owned([b"/", path_and_query].concat()),
             };
-            Ok((Target::Raw(path), Some(host)))
+            Ok((path, Some(host)))
         }
         _ => Err(CannotForward(format!(
             "the request target {:?} is neither a path nor an http(s) URL",
@@ -367,13 +373,13 @@ impl IdlePool {
     /// The newest idle connection that can carry a request, if any.
     pub fn take(&self, now: Instant) -> Option<Stream> {
         let mut idle = self.lock();
-        while let Some((stream, since)) = idle.pop_back() {
+        while let Some((mut stream, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
                 // Every older one is too old as well.
                 idle.clear();
                 return None;
             }
-            if still_idle(&stream) {
+            if still_idle(&mut stream) {
                 return Some(stream);
             }
         }
@@ -400,7 +406,7 @@ impl IdlePool {
     /// requests for does not keep them open. Returns how many are left.
     pub fn prune(&self, now: Instant) -> usize {
         let mut idle = self.lock();
-        idle.retain(|(stream, since)| {
+        idle.retain_mut(|(stream, since)| {
             now.saturating_duration_since(*since) < self.idle_timeout && still_idle(stream)
         });
         idle.len()
@@ -408,20 +414,18 @@ impl IdlePool {
 }
 
 /// An idle HTTP/1 connection has nothing to read: end-of-stream means the
-/// backend closed it, and bytes mean it is out of step. One non-blocking
-/// peek at the socket tells.
-fn still_idle(stream: &Stream) -> bool {
-    use nix::errno::Errno;
-    use nix::sys::socket::{MsgFlags, recv};
+/// backend closed it, and bytes mean it is out of step. One read attempt
+/// that must not wait tells; the runtime knows from its readiness events
+/// whether the socket has anything, so an idle socket costs no system call.
+fn still_idle(stream: &mut Stream) -> bool {
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+    use tokio::io::AsyncRead;
+    let mut cx = Context::from_waker(Waker::noop());
     let mut byte = [0u8; 1];
-    matches!(
-        recv(
-            stream.id(),
-            &mut byte,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
-        Err(Errno::EAGAIN)
-    )
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    // Pending: nothing to read, and the backend has not closed it.
+    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
 }
 
 #[cfg(test)]
@@ -429,7 +433,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn forward(req: &RequestHeader, body: bool) -> Result<Box<RequestHeader>, CannotForward> {
+    fn forward(req: &RequestHeader, body: bool) -> Result<h1::Request<'_>, CannotForward> {
         let id = HeaderValue::from_static("id-1");
         let fwd = Forwarding {
             route: HeaderValue::from_static("read"),
@@ -525,7 +529,7 @@ mod tests {
         );
         let old = forward(&old, false).expect("valid");
         assert!(!old.headers.contains_key("upgrade"));
-        assert_eq!(old.version, http::Version::HTTP_11);
+        assert!(request_line(&old).ends_with(" HTTP/1.1"));
     }
 
     #[test]
@@ -545,8 +549,7 @@ mod tests {
         req.set_version(http::Version::HTTP_2);
         let req = forward(&req, false).expect("valid");
         assert_eq!(req.headers["host"], "api.example.com");
-        assert_eq!(req.version, http::Version::HTTP_11);
-        assert_eq!(req.uri.to_string(), "/x");
+        assert_eq!(request_line(&req), "GET /x HTTP/1.1");
     }
 
     #[test]
@@ -570,7 +573,7 @@ mod tests {
             let out = forward(&req, false).expect("valid");
             let want = host.unwrap_or("api.example.com");
             assert_eq!(out.headers["host"], want, "{target:?}");
-            assert_eq!(out.raw_path(), path, "{target:?}");
+            assert_eq!(&*out.target, path, "{target:?}");
         }
     }
 
@@ -591,7 +594,7 @@ mod tests {
         for target in [&b"/a/b?c=d&e"[..], b"/caf\xe9?x", b"*"] {
             let req = RequestHeader::build("OPTIONS", target, None).expect("request");
             let out = forward(&req, false).expect("valid");
-            assert_eq!(out.raw_path(), target);
+            assert_eq!(&*out.target, target);
             assert!(!out.headers.contains_key("host"));
         }
     }
@@ -649,16 +652,59 @@ mod tests {
         );
         assert_eq!(one("x-forwarded-proto"), "http");
         assert_eq!(one("host"), "backend.internal");
-        assert_eq!(out.method, http::Method::GET);
-        assert_eq!(out.raw_path(), b"/x");
+        assert_eq!(request_line(&out), "GET /x HTTP/1.1");
     }
 
-    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
-        let mut resp = ResponseHeader::build(status, None).expect("response");
-        for (k, v) in headers {
-            resp.append_header(k.to_string(), *v).expect("header");
+    #[test]
+    fn a_query_alone_becomes_one_of_the_root() {
+        let req = RequestHeader::build("GET", b"?a=1", None).expect("request");
+        assert_eq!(&*forward(&req, false).expect("valid").target, b"/?a=1");
+    }
+
+    #[test]
+    fn the_encoded_head_carries_every_field() {
+        let req = request(
+            http::Version::HTTP_11,
+            &[("host", "api.example.com"), ("x-two", "a"), ("x-two", "b")],
+        );
+        let out = forward(&req, true).expect("valid");
+        let mut wire = Vec::new();
+        out.encode(&mut wire);
+        let text = String::from_utf8(wire).expect("text");
+        assert!(text.starts_with("GET /x HTTP/1.1\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+        for field in [
+            "host: api.example.com\r\n",
+            "x-two: a\r\n",
+            "x-two: b\r\n",
+            "transfer-encoding: chunked\r\n",
+            "x-request-id: id-1\r\n",
+        ] {
+            assert!(text.contains(field), "{field:?} missing from {text}");
         }
-        resp
+    }
+
+    /// The request line as written to the backend.
+    fn request_line(req: &h1::Request<'_>) -> String {
+        let mut wire = Vec::new();
+        req.encode(&mut wire);
+        let text = String::from_utf8_lossy(&wire).into_owned();
+        text.split("\r\n").next().unwrap_or_default().to_owned()
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> h1::ResponseHead {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h1::ResponseHead {
+            status: http::StatusCode::from_u16(status).expect("status"),
+            reason: None,
+            headers: map,
+        }
     }
 
     #[test]
@@ -677,7 +723,7 @@ mod tests {
         );
         let id = HeaderValue::from_static("id-9");
         let region = HeaderValue::from_static("eu-west-1");
-        let out = client_response(&backend, Some(&region), &id);
+        let out = client_response(backend, Some(&region), &id);
         for gone in ["connection", "keep-alive", "x-backend-hop", "upgrade"] {
             assert!(!out.headers.contains_key(gone), "{gone} was kept");
         }
@@ -689,10 +735,21 @@ mod tests {
     }
 
     #[test]
+    fn a_length_beside_a_transfer_coding_is_dropped() {
+        let backend = response(
+            200,
+            &[("transfer-encoding", "chunked"), ("content-length", "5")],
+        );
+        let out = client_response(backend, None, &HeaderValue::from_static("id"));
+        assert!(!out.headers.contains_key("content-length"));
+        assert_eq!(out.headers["transfer-encoding"], "chunked");
+    }
+
+    #[test]
     fn a_switching_protocols_response_keeps_its_upgrade() {
         let backend = response(101, &[("connection", "Upgrade"), ("upgrade", "websocket")]);
         let id = HeaderValue::from_static("id");
-        let out = client_response(&backend, None, &id);
+        let out = client_response(backend, None, &id);
         assert_eq!(out.headers["upgrade"], "websocket");
         assert_eq!(out.headers["connection"], "Upgrade");
         assert!(!out.headers.contains_key("x-edgeroute-region"));
@@ -701,24 +758,9 @@ mod tests {
     #[test]
     fn a_custom_reason_phrase_goes_on() {
         let mut backend = response(503, &[]);
-        backend
-            .set_reason_phrase(Some("Back Soon"))
-            .expect("reason");
-        let out = client_response(&backend, None, &HeaderValue::from_static("id"));
+        backend.reason = Some("Back Soon".into());
+        let out = client_response(backend, None, &HeaderValue::from_static("id"));
         assert_eq!(out.get_reason_phrase(), Some("Back Soon"));
-    }
-
-    /// A connected pair: the pool's end as a Pingora stream, and the backend's.
-    async fn pair() -> (Stream, tokio::net::TcpStream) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let ours = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (theirs, _) = listener.accept().await.expect("accept");
-        let ours = pingora_core::protocols::l4::stream::Stream::from(ours);
-        (Box::new(ours), theirs)
     }
 
     #[tokio::test]
@@ -726,10 +768,10 @@ mod tests {
         use tokio::io::AsyncWriteExt;
         let pool = IdlePool::new(Duration::from_secs(60));
         let start = Instant::now();
-        let (kept, _kept_peer) = pair().await;
-        let (closed, closed_peer) = pair().await;
-        let (chatty, mut chatty_peer) = pair().await;
-        let (old, _old_peer) = pair().await;
+        let (kept, _kept_peer) = h1::stream_pair().await;
+        let (closed, closed_peer) = h1::stream_pair().await;
+        let (chatty, mut chatty_peer) = h1::stream_pair().await;
+        let (old, _old_peer) = h1::stream_pair().await;
         pool.put(old, start);
         pool.put(kept, start + Duration::from_secs(30));
         pool.put(closed, start + Duration::from_secs(30));

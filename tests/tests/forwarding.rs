@@ -1,7 +1,8 @@
 //! The forwarding path at the byte level: upgrades, `Expect: 100-continue`,
 //! `CONNECT`, hop-by-hop fields, pooled backend connections that the
 //! backend closed while they were idle, idle client connections and
-//! tunnels, and a backend that answers before it has read the whole body.
+//! tunnels, a backend that answers before it has read the whole body, and
+//! the ways a backend may frame its answer.
 
 use edgeroute_tests::{Origin, ProxyBuilder, eventually, table};
 use std::net::SocketAddr;
@@ -382,4 +383,90 @@ async fn a_backend_answer_before_the_whole_body_reaches_the_client() {
         "the client's unread body ends the connection: {answer}"
     );
     sender.abort();
+}
+
+/// A backend that answers the requests it gets, in order, with `answers`,
+/// on as many keep-alive connections as the proxy opens; an answer framed
+/// by the connection's end closes it. Counts the connections it accepted.
+async fn scripted_backend(answers: &'static [&'static [u8]]) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let next = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let next = Arc::clone(&next);
+            tokio::spawn(async move {
+                loop {
+                    let req = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+                    if req.is_empty() {
+                        return;
+                    }
+                    let answer = answers[next.fetch_add(1, Ordering::SeqCst) % answers.len()];
+                    s.write_all(answer).await.unwrap();
+                    let head = String::from_utf8_lossy(answer).to_ascii_lowercase();
+                    if !head.contains("content-length") && !head.contains("transfer-encoding") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn chunked_sized_and_close_framed_answers_reach_the_client_whole() {
+    const CHUNKED: &[u8] =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n\
+        6;note=first\r\nhello \r\n5\r\nworld\r\n0\r\nX-Sum: 42\r\n\r\n";
+    const SIZED: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nsized";
+    const UNTIL_CLOSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nuntil the close";
+    let (backend, accepted) = scripted_backend(&[CHUNKED, SIZED, CHUNKED, UNTIL_CLOSE]).await;
+    let proxy = proxy_for(backend).await;
+    let c = edgeroute_tests::client();
+    for (want_status, want_body) in [
+        (200, "hello world"),
+        (201, "sized"),
+        (200, "hello world"),
+        (200, "until the close"),
+    ] {
+        let resp = c.get(proxy.url("/data")).send().await.unwrap();
+        assert_eq!(resp.status(), want_status);
+        assert!(
+            resp.headers().get("trailer").is_none(),
+            "Trailer is hop-by-hop"
+        );
+        assert_eq!(resp.text().await.unwrap(), want_body);
+    }
+    // The first three answers left the backend connection open: one
+    // connection carried them all.
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    // The last one ended with its connection: the next request needs a new one.
+    let resp = c.get(proxy.url("/data")).send().await.unwrap();
+    assert_eq!(resp.text().await.unwrap(), "hello world");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_head_answer_has_no_body_whatever_its_length_says() {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n";
+    let (backend, accepted) = scripted_backend(&[HEAD]).await;
+    let proxy = proxy_for(backend).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    for _ in 0..2 {
+        s.write_all(b"HEAD /big HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 1000"),
+            "{head}"
+        );
+        assert!(head.ends_with("\r\n\r\n"), "no body follows: {head}");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }

@@ -1,0 +1,974 @@
+//! HTTP/1.1 with a backend (RFC 9112) on one connection: the request head
+//! and body out, the response head and body in.
+//!
+//! The response head is parsed straight into the header map the client's
+//! response is built from (its values share the bytes read), and the body
+//! is framed from the head: a length, chunks, or the end of the connection.
+//! A connection goes back to the pool only after a whole response that
+//! leaves it open and nothing read beyond it.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use pingora_core::protocols::Stream;
+use pingora_error::{Error, ErrorType};
+use std::borrow::Cow;
+use std::mem::MaybeUninit;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type BError = Box<Error>;
+
+/// Largest response head a backend may send.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most fields in a response head.
+pub const MAX_FIELDS: usize = 256;
+/// Longest chunk-size line, extensions included.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// Most bytes of trailer fields after the last chunk (they are dropped).
+const MAX_TRAILERS: usize = 64 * 1024;
+/// Free room each read from the backend gets at least.
+const READ_ROOM: usize = 16 * 1024;
+
+/// The request a backend gets, before it is written.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// The origin-form target (or `*`), as bytes.
+    pub target: Cow<'a, [u8]>,
+    pub headers: HeaderMap,
+    /// The body goes with `Transfer-Encoding: chunked`.
+    pub chunked: bool,
+}
+
+impl Request<'_> {
+    /// The request line and fields, as they go on the wire.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.reserve(self.target.len() + 32 + self.headers.len() * 32);
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(&self.target);
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
+/// A backend's final response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    /// The reason phrase, when it is not the status's usual one.
+    pub reason: Option<String>,
+    pub headers: HeaderMap,
+}
+
+/// Where the response body stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Body {
+    /// No head read yet.
+    Head,
+    /// This many bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Everything until the backend closes.
+    UntilClose,
+    /// After a `101`: raw bytes either way.
+    Upgraded,
+    /// The whole body was read.
+    Done,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    /// A chunk-size line is next.
+    Size,
+    /// This many bytes of the chunk's data still to come.
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines after the last chunk; this many bytes of them so far.
+    Trailers(usize),
+}
+
+/// One HTTP/1.1 exchange after another on a backend connection.
+pub struct Connection {
+    stream: Stream,
+    /// Bytes read and not yet consumed.
+    buf: BytesMut,
+    pub read_timeout: Option<Duration>,
+    pub write_timeout: Option<Duration>,
+    body: Body,
+    /// The response leaves the connection open.
+    keepalive: bool,
+    chunked_request: bool,
+    request_done: bool,
+}
+
+fn bad_response(why: impl Into<String>) -> BError {
+    Error::explain(ErrorType::InvalidHTTPHeader, why.into()).into_up()
+}
+
+impl Connection {
+    pub fn new(
+        stream: Stream,
+        read_timeout: Option<Duration>,
+        write_timeout: Option<Duration>,
+    ) -> Self {
+        Connection {
+            stream,
+            buf: BytesMut::new(),
+            read_timeout,
+            write_timeout,
+            body: Body::Head,
+            keepalive: false,
+            chunked_request: false,
+            request_done: false,
+        }
+    }
+
+    /// Writes an encoded request head ([`Request::encode`]); it goes out
+    /// with the first body bytes, or with [`Self::finish_request`].
+    /// `chunked`: the body goes in chunks.
+    pub async fn write_head(&mut self, head: &[u8], chunked: bool) -> Result<(), BError> {
+        self.chunked_request = chunked;
+        self.write(head, false).await
+    }
+
+    /// Sends one piece of the request body.
+    pub async fn write_body(&mut self, data: &[u8]) -> Result<(), BError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if self.chunked_request {
+            let size = format!("{:x}\r\n", data.len());
+            let mut framed = Buf::chain(size.as_bytes(), data).chain(&b"\r\n"[..]);
+            self.timed_write(|s| s.write_all_buf(&mut framed)).await?;
+            self.flush().await
+        } else {
+            self.write(data, true).await
+        }
+    }
+
+    /// Ends the request: the last chunk if the body is chunked, and
+    /// everything written goes out.
+    pub async fn finish_request(&mut self) -> Result<(), BError> {
+        if self.chunked_request {
+            self.write(b"0\r\n\r\n", true).await?;
+        } else {
+            self.flush().await?;
+        }
+        self.request_done = true;
+        Ok(())
+    }
+
+    async fn write(&mut self, data: &[u8], flush: bool) -> Result<(), BError> {
+        self.timed_write(|s| s.write_all(data)).await?;
+        if flush {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), BError> {
+        self.timed_write(|s| s.flush()).await
+    }
+
+    async fn timed_write<'s, F, Fut>(&'s mut self, op: F) -> Result<(), BError>
+    where
+        F: FnOnce(&'s mut Stream) -> Fut,
+        Fut: Future<Output = std::io::Result<()>>,
+    {
+        let limit = self.write_timeout;
+        let done = match limit {
+            Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, op(&mut self.stream))
+                .await
+                .map_err(|_| {
+                    Error::explain(
+                        ErrorType::WriteTimedout,
+                        "the backend took nothing for timeouts.write",
+                    )
+                    .into_up()
+                })?,
+            None => op(&mut self.stream).await,
+        };
+        done.map_err(|e| {
+            Error::because(ErrorType::WriteError, "writing to the backend", e).into_up()
+        })
+    }
+
+    /// Reads more bytes from the backend into the buffer; 0 at the end of
+    /// the stream.
+    async fn fill(&mut self) -> Result<usize, BError> {
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+            self.buf.reserve(READ_ROOM);
+        }
+        let read = self.stream.read_buf(&mut self.buf);
+        let done = match self.read_timeout {
+            Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, read)
+                .await
+                .map_err(|_| {
+                    Error::explain(
+                        ErrorType::ReadTimedout,
+                        "the backend sent nothing for timeouts.read",
+                    )
+                    .into_up()
+                })?,
+            None => read.await,
+        };
+        done.map_err(|e| {
+            Error::because(ErrorType::ReadError, "reading from the backend", e).into_up()
+        })
+    }
+
+    /// Whether a response head has been read.
+    pub fn answered(&self) -> bool {
+        self.body != Body::Head
+    }
+
+    /// Reads the response head. Interim (1xx) answers other than `101` are
+    /// read and dropped. `head` says the request was a `HEAD`: its answer
+    /// has no body whatever its fields say.
+    pub async fn read_head(&mut self, head: bool) -> Result<ResponseHead, BError> {
+        loop {
+            let parsed = self.read_one_head().await?;
+            let (resp, version) = parsed;
+            if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            self.frame(&resp, version, head)?;
+            return Ok(resp);
+        }
+    }
+
+    async fn read_one_head(&mut self) -> Result<(ResponseHead, Version), BError> {
+        loop {
+            if !self.buf.is_empty() {
+                let data = self.buf.split().freeze();
+                match parse_head(&data)? {
+                    Some((head, version, len)) => {
+                        // What came after the head is the body's start.
+                        self.buf.extend_from_slice(&data[len..]);
+                        return Ok((head, version));
+                    }
+                    None if data.len() >= MAX_HEAD => {
+                        return Err(bad_response(format!(
+                            "the backend's response head is over {MAX_HEAD} bytes"
+                        )));
+                    }
+                    None => {
+                        let mut back = BytesMut::with_capacity(data.len() + READ_ROOM);
+                        back.extend_from_slice(&data);
+                        self.buf = back;
+                    }
+                }
+            }
+            if self.fill().await? == 0 {
+                let why = if self.buf.is_empty() {
+                    "the backend closed the connection without an answer"
+                } else {
+                    "the backend closed the connection in the middle of its response head"
+                };
+                return Err(Error::explain(ErrorType::ConnectionClosed, why).into_up());
+            }
+        }
+    }
+
+    /// Sets the body's framing and the connection's fate from a final
+    /// response head (RFC 9112 §6.3).
+    fn frame(&mut self, resp: &ResponseHead, version: Version, head: bool) -> Result<(), BError> {
+        let mut close = false;
+        let mut keep_alive = false;
+        for value in resp.headers.get_all(header::CONNECTION) {
+            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+                close |= token.eq_ignore_ascii_case("close");
+                keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+        self.keepalive = if version == Version::HTTP_11 {
+            !close
+        } else {
+            keep_alive && !close
+        };
+        let status = resp.status;
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.body = Body::Upgraded;
+            self.keepalive = false;
+            return Ok(());
+        }
+        if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+            self.body = Body::Done;
+            return Ok(());
+        }
+        self.body = match body_framing(&resp.headers)? {
+            Framing::Chunked => Body::Chunked(Chunk::Size),
+            Framing::Length(0) => Body::Done,
+            Framing::Length(n) => Body::Length(n),
+            Framing::UntilClose => {
+                self.keepalive = false;
+                Body::UntilClose
+            }
+        };
+        Ok(())
+    }
+
+    /// The next piece of the response body; `None` after its end.
+    pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
+        loop {
+            match self.body {
+                Body::Head => {
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        "the response body was read before its head",
+                    ));
+                }
+                Body::Done => return Ok(None),
+                Body::Length(left) => {
+                    if self.buf.is_empty() && self.fill().await? == 0 {
+                        return Err(cut_short(left));
+                    }
+                    let take = self
+                        .buf
+                        .len()
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let left = left - take as u64;
+                    self.body = if left == 0 {
+                        Body::Done
+                    } else {
+                        Body::Length(left)
+                    };
+                    return Ok(Some(self.buf.split_to(take).freeze()));
+                }
+                Body::UntilClose | Body::Upgraded => {
+                    if self.buf.is_empty() && self.fill().await? == 0 {
+                        self.body = Body::Done;
+                        return Ok(None);
+                    }
+                    return Ok(Some(self.buf.split().freeze()));
+                }
+                Body::Chunked(state) => match decode_chunked(state, &mut self.buf)? {
+                    (Decoded::Data(data), next) => {
+                        self.body = Body::Chunked(next);
+                        return Ok(Some(data));
+                    }
+                    (Decoded::End, _) => self.body = Body::Done,
+                    (Decoded::More, next) => {
+                        self.body = Body::Chunked(next);
+                        if self.fill().await? == 0 {
+                            return Err(Error::explain(
+                                ErrorType::ConnectionClosed,
+                                "the backend closed the connection in the middle of a chunked body",
+                            )
+                            .into_up());
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Sends bytes of an upgraded connection (after a `101`) on at once.
+    pub async fn write_raw(&mut self, data: &[u8]) -> Result<(), BError> {
+        self.write(data, true).await
+    }
+
+    /// The connection, if it may carry another request: the request and
+    /// the whole response went through, the backend keeps it open, and it
+    /// sent nothing beyond the response.
+    pub fn into_reusable(self) -> Option<Stream> {
+        (self.request_done && self.keepalive && self.body == Body::Done && self.buf.is_empty())
+            .then_some(self.stream)
+    }
+}
+
+fn cut_short(left: u64) -> BError {
+    Error::explain(
+        ErrorType::ConnectionClosed,
+        format!("the backend closed the connection {left} bytes before the end of its body"),
+    )
+    .into_up()
+}
+
+fn bad_chunk(why: &str) -> BError {
+    bad_response(format!("the backend's chunked body is malformed: {why}"))
+}
+
+/// What the chunked decoder made of the bytes it had.
+#[derive(Debug, PartialEq, Eq)]
+enum Decoded {
+    /// Body data.
+    Data(Bytes),
+    /// It needs more bytes.
+    More,
+    /// The last chunk and the trailer section are through.
+    End,
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) from the bytes in `buf`,
+/// consuming what it used: data as soon as there is some, with the state to
+/// go on from. Chunk extensions and trailer fields are dropped.
+fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chunk), BError> {
+    loop {
+        match state {
+            Chunk::Size => {
+                if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
+                    return Err(bad_chunk("a chunk size is not a hex number"));
+                }
+                match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        buf.advance(used);
+                        state = if size == 0 {
+                            Chunk::Trailers(0)
+                        } else {
+                            Chunk::Data(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => {
+                        return Ok((Decoded::More, state));
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return Err(bad_chunk("a chunk-size line is too long"));
+                    }
+                    Err(_) => return Err(bad_chunk("a chunk-size line is malformed")),
+                }
+            }
+            Chunk::Data(left) => {
+                if buf.is_empty() {
+                    return Ok((Decoded::More, state));
+                }
+                let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                let left = left - take as u64;
+                let next = if left == 0 {
+                    Chunk::DataEnd
+                } else {
+                    Chunk::Data(left)
+                };
+                return Ok((Decoded::Data(buf.split_to(take).freeze()), next));
+            }
+            Chunk::DataEnd => {
+                let want = &b"\r\n"[..buf.len().min(2)];
+                if buf[..want.len()] != *want {
+                    return Err(bad_chunk("a chunk's data is longer than its size"));
+                }
+                if buf.len() < 2 {
+                    return Ok((Decoded::More, state));
+                }
+                buf.advance(2);
+                state = Chunk::Size;
+            }
+            Chunk::Trailers(seen) => {
+                let Some(end) = buf.iter().position(|b| *b == b'\n') else {
+                    if seen + buf.len() > MAX_TRAILERS {
+                        return Err(bad_chunk("the trailer fields are too large"));
+                    }
+                    return Ok((Decoded::More, state));
+                };
+                if end == 0 || buf[end - 1] != b'\r' {
+                    return Err(bad_chunk("a trailer line does not end in CRLF"));
+                }
+                let last = end == 1;
+                buf.advance(end + 1);
+                if last {
+                    return Ok((Decoded::End, state));
+                }
+                if seen + end + 1 > MAX_TRAILERS {
+                    return Err(bad_chunk("the trailer fields are too large"));
+                }
+                state = Chunk::Trailers(seen + end + 1);
+            }
+        }
+    }
+}
+
+/// How a response body is delimited, from its fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    Chunked,
+    Length(u64),
+    UntilClose,
+}
+
+/// RFC 9112 §6.3: `Transfer-Encoding` ending in `chunked` means chunks,
+/// other codings mean the body runs to the end of the connection; else a
+/// `Content-Length` (repeated only with the same value) gives the length;
+/// else the body runs to the end of the connection. A length that is not a
+/// number, or two different ones, make the response unusable.
+pub fn body_framing(headers: &HeaderMap) -> Result<Framing, BError> {
+    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        let last = codings
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .last();
+        return Ok(match last {
+            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
+            _ => Framing::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let part = part.trim_ascii();
+            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| bad_response("the backend's Content-Length is not a number"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad_response(
+                    "the backend sent two different Content-Length values",
+                ));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Parses a response head at the start of `data`: the head, its HTTP
+/// version and its length, or `None` if more bytes are needed.
+fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BError> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .allow_spaces_after_header_name_in_responses(true)
+        .parse_response_with_uninit_headers(&mut resp, data, &mut fields);
+    let len = match parsed {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => {
+            return Err(bad_response(format!(
+                "the backend's response has more than {MAX_FIELDS} fields"
+            )));
+        }
+        Err(e) => {
+            return Err(bad_response(format!(
+                "the backend's response head is malformed: {e}"
+            )));
+        }
+    };
+    let version = match resp.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    let status = resp
+        .code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .ok_or_else(|| bad_response("the backend's response has no valid status code"))?;
+    let reason = resp
+        .reason
+        .filter(|r| Some(*r) != status.canonical_reason())
+        .map(str::to_owned);
+    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    for field in resp.headers.iter() {
+        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
+            bad_response(format!(
+                "the backend's field name {:?} is invalid",
+                field.name
+            ))
+        })?;
+        let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value)).map_err(|_| {
+            bad_response(format!(
+                "the backend's {name} field holds bytes no field may"
+            ))
+        })?;
+        headers.append(name, value);
+    }
+    Ok(Some((
+        ResponseHead {
+            status,
+            reason,
+            headers,
+        },
+        version,
+        len,
+    )))
+}
+
+/// A connected pair for tests: the proxy's end as a Pingora stream, and the
+/// peer's.
+#[cfg(test)]
+pub(crate) async fn stream_pair() -> (Stream, tokio::net::TcpStream) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let ours = tokio::net::TcpStream::connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (theirs, _) = listener.accept().await.expect("accept");
+    let ours = pingora_core::protocols::l4::stream::Stream::from(ours);
+    (Box::new(ours), theirs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A connection whose backend sends `wire`, then closes if `close`.
+    /// The backend stays open (unless it closes) until the test's runtime ends.
+    async fn answered(wire: &[u8], close: bool) -> Connection {
+        let (ours, mut theirs) = stream_pair().await;
+        let wire = wire.to_vec();
+        tokio::spawn(async move {
+            theirs.write_all(&wire).await.expect("write");
+            if close {
+                theirs.shutdown().await.expect("shutdown");
+            }
+            std::future::pending::<()>().await;
+            drop(theirs);
+        });
+        let mut conn = Connection::new(ours, None, None);
+        conn.write_head(b"GET / HTTP/1.1\r\n\r\n", false)
+            .await
+            .expect("head");
+        conn.finish_request().await.expect("finish");
+        conn
+    }
+
+    async fn whole_body(conn: &mut Connection) -> Result<Vec<u8>, BError> {
+        let mut body = Vec::new();
+        while let Some(piece) = conn.read_body().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok(body)
+    }
+
+    #[tokio::test]
+    async fn a_sized_response_is_read_whole_and_leaves_the_connection_reusable() {
+        let mut conn = answered(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n\r\nhello",
+            false,
+        )
+        .await;
+        let head = conn.read_head(false).await.expect("head");
+        assert_eq!(head.status, 200);
+        assert_eq!(head.reason, None);
+        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(whole_body(&mut conn).await.expect("body"), b"hello");
+        assert!(conn.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn bytes_beyond_the_response_make_the_connection_unusable() {
+        let mut conn = answered(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n",
+            false,
+        )
+        .await;
+        conn.read_head(false).await.expect("head");
+        assert_eq!(whole_body(&mut conn).await.expect("body"), b"ok");
+        assert!(conn.into_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_chunked_response_is_decoded_and_its_trailers_dropped() {
+        let mut conn = answered(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+              5;ext=1\r\nhello\r\n1\r\n \r\nA\r\n0123456789\r\n0\r\nX-Sum: 1\r\n\r\n",
+            false,
+        )
+        .await;
+        conn.read_head(false).await.expect("head");
+        assert_eq!(
+            whole_body(&mut conn).await.expect("body"),
+            b"hello 0123456789"
+        );
+        assert!(conn.into_reusable().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_runs_to_the_close() {
+        let mut conn = answered(b"HTTP/1.1 200 OK\r\n\r\nall of it", true).await;
+        conn.read_head(false).await.expect("head");
+        assert_eq!(whole_body(&mut conn).await.expect("body"), b"all of it");
+        assert!(conn.into_reusable().is_none());
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_answers_have_no_body() {
+        for (wire, head_request) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"[..], true),
+            (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            (
+                b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
+                false,
+            ),
+        ] {
+            let mut conn = answered(wire, false).await;
+            conn.read_head(head_request).await.expect("head");
+            assert_eq!(conn.read_body().await.expect("body"), None);
+            assert!(conn.into_reusable().is_some(), "{wire:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_skipped_but_a_switch_is_not() {
+        let mut conn = answered(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n\
+              HTTP/1.1 201 Created\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        assert_eq!(conn.read_head(false).await.expect("head").status, 201);
+
+        let mut conn = answered(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nraw",
+            false,
+        )
+        .await;
+        assert_eq!(conn.read_head(false).await.expect("head").status, 101);
+        assert_eq!(
+            conn.read_body().await.expect("raw"),
+            Some(Bytes::from("raw"))
+        );
+    }
+
+    #[tokio::test]
+    async fn keep_alive_follows_the_version_and_connection() {
+        for (wire, reusable) in [
+            (&b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"[..], true),
+            (
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+                false,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+                true,
+            ),
+        ] {
+            let mut conn = answered(wire, false).await;
+            conn.read_head(false).await.expect("head");
+            assert_eq!(conn.read_body().await.expect("body"), None);
+            assert_eq!(conn.into_reusable().is_some(), reusable, "{wire:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_reason_phrase_is_kept() {
+        let mut conn = answered(
+            b"HTTP/1.1 503 Back Soon\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .await;
+        let head = conn.read_head(false).await.expect("head");
+        assert_eq!(head.reason.as_deref(), Some("Back Soon"));
+    }
+
+    #[tokio::test]
+    async fn a_close_before_the_end_is_an_error() {
+        for (wire, head_ok) in [
+            (&b""[..], false),
+            (b"HTTP/1.1 200 OK\r\nContent-Le", false),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort", true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+                true,
+            ),
+        ] {
+            let mut conn = answered(wire, true).await;
+            let err = match conn.read_head(false).await {
+                Ok(_) => {
+                    assert!(head_ok, "{wire:?}");
+                    whole_body(&mut conn).await.expect_err("cut short")
+                }
+                Err(e) => {
+                    assert!(!head_ok, "{wire:?}: {e}");
+                    assert!(!conn.answered());
+                    e
+                }
+            };
+            assert_eq!(err.etype(), &ErrorType::ConnectionClosed, "{wire:?}");
+            assert_eq!(err.esource(), &pingora_error::ErrorSource::Upstream);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_malformed_response_is_refused() {
+        let mut huge = b"HTTP/1.1 200 OK\r\n".to_vec();
+        while huge.len() <= MAX_HEAD {
+            huge.extend_from_slice(b"X-Filler: 0123456789012345678901234567890123456789\r\n");
+        }
+        let mut many = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for i in 0..=MAX_FIELDS {
+            many.extend_from_slice(format!("X-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        for wire in [
+            &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"SMTP ready\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            &huge,
+            &many,
+        ] {
+            let mut conn = answered(wire, false).await;
+            let err = conn.read_head(false).await.expect_err("refused");
+            assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader, "{err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_request_body_is_framed() {
+        let (ours, mut theirs) = stream_pair().await;
+        let mut conn = Connection::new(ours, None, None);
+        conn.write_head(
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            true,
+        )
+        .await
+        .expect("head");
+        conn.write_body(b"hello").await.expect("body");
+        conn.write_body(b"").await.expect("nothing");
+        conn.write_body(&[b'x'; 20]).await.expect("body");
+        conn.finish_request().await.expect("finish");
+        drop(conn);
+        let mut wire = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut theirs, &mut wire)
+            .await
+            .expect("read");
+        let mut want =
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n14\r\n".to_vec();
+        want.extend_from_slice(&[b'x'; 20]);
+        want.extend_from_slice(b"\r\n0\r\n\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&wire),
+            String::from_utf8_lossy(&want)
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        let framing = |fields: &[(&str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (k, v) in fields {
+                map.append(
+                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            body_framing(&map).map_err(|e| e.to_string())
+        };
+        use Framing::*;
+        assert_eq!(framing(&[]), Ok(UntilClose));
+        assert_eq!(framing(&[("content-length", "5")]), Ok(Length(5)));
+        assert_eq!(framing(&[("content-length", "5, 5")]), Ok(Length(5)));
+        assert_eq!(
+            framing(&[("content-length", "5"), ("content-length", "5")]),
+            Ok(Length(5))
+        );
+        assert_eq!(framing(&[("transfer-encoding", "chunked")]), Ok(Chunked));
+        assert_eq!(
+            framing(&[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "Chunked")
+            ]),
+            Ok(Chunked)
+        );
+        assert_eq!(
+            framing(&[("transfer-encoding", "chunked, gzip")]),
+            Ok(UntilClose)
+        );
+        assert_eq!(
+            framing(&[("transfer-encoding", "chunked"), ("content-length", "5")]),
+            Ok(Chunked)
+        );
+        for bad in ["5, 6", "+5", "0x5", "", "99999999999999999999999"] {
+            assert!(framing(&[("content-length", bad)]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn malformed_chunks_are_refused() {
+        for wire in [
+            &b"x\r\n"[..],
+            b"\r\n",
+            b"10000000000000000\r\n",
+            b"5\r\nhelloXY",
+            b"5\nhello\r\n",
+            b"0\r\nX-Trailer: 1\n\r\n",
+        ] {
+            let mut buf = BytesMut::from(wire);
+            let mut state = Chunk::Size;
+            let failed = loop {
+                match decode_chunked(state, &mut buf) {
+                    Err(_) => break true,
+                    Ok((Decoded::Data(_), next)) => state = next,
+                    Ok(_) => break false,
+                }
+            };
+            assert!(failed, "{:?}", String::from_utf8_lossy(wire));
+        }
+    }
+
+    proptest! {
+        /// However a chunked body is cut into chunks and however its bytes
+        /// arrive, the decoder gives back the body exactly and stops at its
+        /// end.
+        #[test]
+        fn chunked_bodies_decode_whatever_the_cuts(
+            body in proptest::collection::vec(any::<u8>(), 0..2000),
+            chunk_sizes in proptest::collection::vec(1usize..300, 1..20),
+            arrivals in proptest::collection::vec(1usize..64, 1..50),
+            ext in any::<bool>(),
+            trailers in any::<bool>(),
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &body[..];
+            let mut sizes = chunk_sizes.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*sizes.next().expect("cycle")).min(rest.len());
+                wire.extend_from_slice(format!("{n:X}").as_bytes());
+                if ext {
+                    wire.extend_from_slice(b";name=\"v\"");
+                }
+                wire.extend_from_slice(b"\r\n");
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            wire.extend_from_slice(b"0\r\n");
+            if trailers {
+                wire.extend_from_slice(b"X-Checksum: abc\r\nX-More: 1\r\n");
+            }
+            wire.extend_from_slice(b"\r\n");
+            let after = b"NEXT";
+            wire.extend_from_slice(after);
+
+            let mut buf = BytesMut::new();
+            let mut fed = 0;
+            let mut cuts = arrivals.iter().cycle();
+            let mut state = Chunk::Size;
+            let mut out = Vec::new();
+            loop {
+                match decode_chunked(state, &mut buf).expect("valid") {
+                    (Decoded::Data(d), next) => {
+                        out.extend_from_slice(&d);
+                        state = next;
+                    }
+                    (Decoded::End, _) => break,
+                    (Decoded::More, next) => {
+                        state = next;
+                        prop_assert!(fed < wire.len(), "wants more after all bytes");
+                        let n = (*cuts.next().expect("cycle")).min(wire.len() - fed);
+                        buf.extend_from_slice(&wire[fed..fed + n]);
+                        fed += n;
+                    }
+                }
+            }
+            prop_assert_eq!(out, body);
+            // What follows the body is left for the next response.
+            buf.extend_from_slice(&wire[fed..]);
+            prop_assert_eq!(&buf[..], &after[..]);
+        }
+    }
+}
