@@ -91,6 +91,8 @@ struct Failure {
     /// It happened on a pooled connection, before any answer: the backend
     /// may have closed it just then, which says nothing of the backend.
     on_pooled: bool,
+    /// The request may have reached the backend (it was no failed connect).
+    reached: bool,
 }
 
 impl Failure {
@@ -99,6 +101,7 @@ impl Failure {
             error,
             retry: false,
             on_pooled: false,
+            reached: true,
         }
     }
 }
@@ -256,6 +259,7 @@ impl EdgeProxy {
                 .map_err(Error::into_down)?;
         }
         session.enable_retry_buffering();
+        let mut reached_failure = None;
         loop {
             // The first pick uses the request's start: ejection windows are
             // seconds long.
@@ -264,7 +268,19 @@ impl EdgeProxy {
             } else {
                 Instant::now()
             };
-            let backend = self.pick(ctx, now)?;
+            let backend = match self.pick(ctx, now) {
+                Ok(backend) => backend,
+                // No backend left after one the request may have reached:
+                // the client learns what happened there, not a refusal
+                // that would say nothing was done.
+                Err(refused) => match reached_failure.take() {
+                    Some(e) => {
+                        ctx.reply = None;
+                        return Err(e);
+                    }
+                    None => return Err(refused),
+                },
+            };
             match self.attempt(session, ctx, &backend).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
@@ -274,6 +290,7 @@ impl EdgeProxy {
                     }
                     self.state.metrics.retries.inc();
                     tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
+                    reached_failure = f.reached.then_some(f.error);
                 }
                 Err(f) => return Err(f.error),
             }
@@ -443,6 +460,7 @@ impl EdgeProxy {
                         error: e.into_up(),
                         retry: true,
                         on_pooled: false,
+                        reached: false,
                     });
                 }
             },
@@ -492,6 +510,7 @@ impl EdgeProxy {
                     error,
                     retry,
                     on_pooled: on_pooled && !up.answered(),
+                    reached: true,
                 });
             }
         };

@@ -470,3 +470,17 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn a_backend_answer_with_conflicting_lengths_is_a_502() {
+    const BAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
+    let (backend, _) = scripted_backend(&[BAD]).await;
+    let proxy = proxy_for(backend).await;
+    let resp = edgeroute_tests::client()
+        .get(proxy.url("/bad"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
+}
