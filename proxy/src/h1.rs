@@ -9,10 +9,9 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, StatusCode, Version};
+use http::{StatusCode, Version};
 use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType};
-use std::borrow::Cow;
 use std::mem::MaybeUninit;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,35 +28,6 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 const MAX_TRAILERS: usize = 64 * 1024;
 /// Free room each read from the backend gets at least.
 const READ_ROOM: usize = 16 * 1024;
-
-/// The request a backend gets, before it is written.
-#[derive(Debug)]
-pub struct Request<'a> {
-    pub method: &'a Method,
-    /// The origin-form target (or `*`), as bytes.
-    pub target: Cow<'a, [u8]>,
-    pub headers: HeaderMap,
-    /// The body goes with `Transfer-Encoding: chunked`.
-    pub chunked: bool,
-}
-
-impl Request<'_> {
-    /// The request line and fields, as they go on the wire.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        out.reserve(self.target.len() + 32 + self.headers.len() * 32);
-        out.extend_from_slice(self.method.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(&self.target);
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_str().as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"\r\n");
-    }
-}
 
 /// A backend's final response head.
 #[derive(Debug)]
@@ -132,7 +102,7 @@ impl Connection {
         }
     }
 
-    /// Writes an encoded request head ([`Request::encode`]); it goes out
+    /// Writes an encoded request head; it goes out
     /// with the first body bytes, or with [`Self::finish_request`].
     /// `chunked`: the body goes in chunks.
     pub async fn write_head(&mut self, head: &[u8], chunked: bool) -> Result<(), BError> {

@@ -578,11 +578,9 @@ impl EdgeProxy {
             tls: is_tls(session),
             host: region.and_then(|r| r.host.as_ref()),
         };
-        let req = upstream::backend_request(session.req_header(), has_body, &fwd)
+        let head = upstream::backend_request(session.req_header(), has_body, &fwd)
             .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())?;
-        let mut head = Vec::new();
-        req.encode(&mut head);
-        Ok((head, req.chunked))
+        Ok((head.bytes, head.chunked))
     }
 
     /// Sends the request body: what earlier attempts read (kept for
