@@ -78,6 +78,11 @@ pub struct Connection {
     keepalive: bool,
     chunked_request: bool,
     request_done: bool,
+    /// The request head, until it goes out with the first body bytes or
+    /// the request's end: one write instead of two.
+    pending_head: Vec<u8>,
+    /// How far `buf` was searched for the end of a response head.
+    head_scan: usize,
 }
 
 fn bad_response(why: impl Into<String>) -> BError {
@@ -99,42 +104,60 @@ impl Connection {
             keepalive: false,
             chunked_request: false,
             request_done: false,
+            pending_head: Vec::new(),
+            head_scan: 0,
         }
     }
 
-    /// Writes an encoded request head; it goes out
-    /// with the first body bytes, or with [`Self::finish_request`].
-    /// `chunked`: the body goes in chunks.
-    pub async fn write_head(&mut self, head: &[u8], chunked: bool) -> Result<(), BError> {
+    /// Takes an encoded request head; it goes out with the first body
+    /// bytes, or with [`Self::finish_request`]. `chunked`: the body goes in
+    /// chunks.
+    pub fn write_head(&mut self, head: Vec<u8>, chunked: bool) {
         self.chunked_request = chunked;
-        self.write(head, false).await
+        self.pending_head = head;
     }
 
-    /// Sends one piece of the request body.
+    /// Sends one piece of the request body (with the head, if it has not
+    /// gone yet), at once.
     pub async fn write_body(&mut self, data: &[u8]) -> Result<(), BError> {
         if data.is_empty() {
             return Ok(());
         }
-        if self.chunked_request {
-            let size = format!("{:x}\r\n", data.len());
-            let mut framed = Buf::chain(size.as_bytes(), data).chain(&b"\r\n"[..]);
-            self.timed_write(|s| s.write_all_buf(&mut framed)).await?;
-            self.flush().await
+        let head = std::mem::take(&mut self.pending_head);
+        let (size, end) = if self.chunked_request {
+            (format!("{:x}\r\n", data.len()), &b"\r\n"[..])
         } else {
-            self.write(data, true).await
-        }
+            (String::new(), &b""[..])
+        };
+        let mut out = Buf::chain(&head[..], size.as_bytes())
+            .chain(data)
+            .chain(end);
+        self.timed_write(|s| s.write_all_buf(&mut out)).await?;
+        self.flush().await
     }
 
-    /// Ends the request: the last chunk if the body is chunked, and
-    /// everything written goes out.
+    /// Ends the request: the head if it has not gone yet, the last chunk if
+    /// the body is chunked, and everything written goes out.
     pub async fn finish_request(&mut self) -> Result<(), BError> {
-        if self.chunked_request {
-            self.write(b"0\r\n\r\n", true).await?;
+        let head = std::mem::take(&mut self.pending_head);
+        let last: &[u8] = if self.chunked_request {
+            b"0\r\n\r\n"
         } else {
-            self.flush().await?;
+            b""
+        };
+        let mut out = Buf::chain(&head[..], last);
+        if out.has_remaining() {
+            self.timed_write(|s| s.write_all_buf(&mut out)).await?;
         }
+        self.flush().await?;
         self.request_done = true;
         Ok(())
+    }
+
+    /// Ends the stream toward the backend (after a `101`, when the client
+    /// has ended its own); reading goes on.
+    pub async fn shutdown_write(&mut self) -> Result<(), BError> {
+        self.timed_write(|s| s.shutdown()).await
     }
 
     async fn write(&mut self, data: &[u8], flush: bool) -> Result<(), BError> {
@@ -202,41 +225,24 @@ impl Connection {
     }
 
     /// Reads the response head. Interim (1xx) answers other than `101` are
-    /// read and dropped. `head` says the request was a `HEAD`: its answer
-    /// has no body whatever its fields say.
-    pub async fn read_head(&mut self, head: bool) -> Result<ResponseHead, BError> {
+    /// read and dropped. `head`: the request was a `HEAD`, whose answer has
+    /// no body whatever its fields say. `upgrade`: the request asked for a
+    /// protocol upgrade; a `101` to one that did not is refused.
+    pub async fn read_head(&mut self, head: bool, upgrade: bool) -> Result<ResponseHead, BError> {
         loop {
-            let parsed = self.read_one_head().await?;
-            let (resp, version) = parsed;
+            let (mut resp, version) = self.read_one_head().await?;
             if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
-            self.frame(&resp, version, head)?;
+            self.frame(&mut resp, version, head, upgrade)?;
             return Ok(resp);
         }
     }
 
     async fn read_one_head(&mut self) -> Result<(ResponseHead, Version), BError> {
         loop {
-            if !self.buf.is_empty() {
-                let data = self.buf.split().freeze();
-                match parse_head(&data)? {
-                    Some((head, version, len)) => {
-                        // What came after the head is the body's start.
-                        self.buf.extend_from_slice(&data[len..]);
-                        return Ok((head, version));
-                    }
-                    None if data.len() >= MAX_HEAD => {
-                        return Err(bad_response(format!(
-                            "the backend's response head is over {MAX_HEAD} bytes"
-                        )));
-                    }
-                    None => {
-                        let mut back = BytesMut::with_capacity(data.len() + READ_ROOM);
-                        back.extend_from_slice(&data);
-                        self.buf = back;
-                    }
-                }
+            if let Some(parsed) = self.take_head()? {
+                return Ok(parsed);
             }
             if self.fill().await? == 0 {
                 let why = if self.buf.is_empty() {
@@ -249,9 +255,43 @@ impl Connection {
         }
     }
 
+    /// A response head from the bytes read, if they hold a whole one. The
+    /// bytes are searched for the head's end only once each, and parsed
+    /// only when it is there.
+    fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
+        let from = self.head_scan.saturating_sub(2);
+        self.head_scan = self.buf.len();
+        if !has_head_end(&self.buf[from..]) {
+            if self.buf.len() >= MAX_HEAD {
+                return Err(bad_response(format!(
+                    "the backend's response head is over {MAX_HEAD} bytes"
+                )));
+            }
+            return Ok(None);
+        }
+        let data = self.buf.split().freeze();
+        match parse_head(&data)? {
+            Some((head, version, len)) => {
+                // What came after the head is the body's start (or the next head).
+                self.buf.extend_from_slice(&data[len..]);
+                self.head_scan = 0;
+                Ok(Some((head, version)))
+            }
+            None => Err(bad_response(
+                "the backend's response head does not end where its empty line is",
+            )),
+        }
+    }
+
     /// Sets the body's framing and the connection's fate from a final
     /// response head (RFC 9112 §6.3).
-    fn frame(&mut self, resp: &ResponseHead, version: Version, head: bool) -> Result<(), BError> {
+    fn frame(
+        &mut self,
+        resp: &mut ResponseHead,
+        version: Version,
+        head: bool,
+        upgrade: bool,
+    ) -> Result<(), BError> {
         let mut close = false;
         let mut keep_alive = false;
         for value in resp.headers.get_all(header::CONNECTION) {
@@ -265,8 +305,17 @@ impl Connection {
         } else {
             keep_alive && !close
         };
+        if version == Version::HTTP_10 && resp.headers.contains_key(header::TRANSFER_ENCODING) {
+            // Faulty framing for HTTP/1.0 (RFC 9112 §6.1): the connection ends with it.
+            self.keepalive = false;
+        }
         let status = resp.status;
         if status == StatusCode::SWITCHING_PROTOCOLS {
+            if !upgrade {
+                return Err(bad_response(
+                    "the backend switched protocols though the request asked for no upgrade",
+                ));
+            }
             self.body = Body::Upgraded;
             self.keepalive = false;
             return Ok(());
@@ -275,7 +324,7 @@ impl Connection {
             self.body = Body::Done;
             return Ok(());
         }
-        self.body = match body_framing(&resp.headers)? {
+        self.body = match body_framing(&mut resp.headers)? {
             Framing::Chunked => Body::Chunked(Chunk::Size),
             Framing::Length(0) => Body::Done,
             Framing::Length(n) => Body::Length(n),
@@ -467,19 +516,37 @@ pub enum Framing {
 /// other codings mean the body runs to the end of the connection; else a
 /// `Content-Length` (repeated only with the same value) gives the length;
 /// else the body runs to the end of the connection. A length that is not a
-/// number, or two different ones, make the response unusable.
-pub fn body_framing(headers: &HeaderMap) -> Result<Framing, BError> {
-    let mut codings = headers.get_all(header::TRANSFER_ENCODING).iter().peekable();
-    if codings.peek().is_some() {
-        let last = codings
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|c| !c.is_empty())
-            .last();
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => Framing::Chunked,
-            _ => Framing::UntilClose,
+/// number, two different ones, or a `Transfer-Encoding` that is not a list
+/// of codings make the response unusable.
+///
+/// The fields are left saying what was decided, for the client's framing
+/// to follow: the codings on one line, and no `Content-Length` beside them.
+pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let mut codings = String::new();
+        let mut chunked = false;
+        for value in headers.get_all(header::TRANSFER_ENCODING) {
+            let text = value
+                .to_str()
+                .map_err(|_| bad_response("the backend's Transfer-Encoding is not text"))?;
+            for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+                if !codings.is_empty() {
+                    codings.push_str(", ");
+                }
+                codings.push_str(coding);
+                chunked = coding.eq_ignore_ascii_case("chunked");
+            }
+        }
+        let line = HeaderValue::from_str(&codings)
+            .ok()
+            .filter(|_| !codings.is_empty())
+            .ok_or_else(|| bad_response("the backend's Transfer-Encoding names no coding"))?;
+        headers.insert(header::TRANSFER_ENCODING, line);
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
         });
     }
     let mut length = None;
@@ -499,6 +566,19 @@ pub fn body_framing(headers: &HeaderMap) -> Result<Framing, BError> {
         }
     }
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// Whether `bytes` hold the empty line that ends a head (CRLF CRLF, or
+/// the bare-LF forms a parser accepts).
+fn has_head_end(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, b)| {
+        *b == b'\n'
+            && match bytes.get(i + 1) {
+                Some(b'\n') => true,
+                Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+                _ => false,
+            }
+    })
 }
 
 /// Parses a response head at the start of `data`: the head, its HTTP
@@ -596,9 +676,7 @@ mod tests {
             drop(theirs);
         });
         let mut conn = Connection::new(ours, None, None);
-        conn.write_head(b"GET / HTTP/1.1\r\n\r\n", false)
-            .await
-            .expect("head");
+        conn.write_head(b"GET / HTTP/1.1\r\n\r\n".to_vec(), false);
         conn.finish_request().await.expect("finish");
         conn
     }
@@ -618,7 +696,7 @@ mod tests {
             false,
         )
         .await;
-        let head = conn.read_head(false).await.expect("head");
+        let head = conn.read_head(false, false).await.expect("head");
         assert_eq!(head.status, 200);
         assert_eq!(head.reason, None);
         assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
@@ -633,7 +711,7 @@ mod tests {
             false,
         )
         .await;
-        conn.read_head(false).await.expect("head");
+        conn.read_head(false, false).await.expect("head");
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"ok");
         assert!(conn.into_reusable().is_none());
     }
@@ -646,7 +724,7 @@ mod tests {
             false,
         )
         .await;
-        conn.read_head(false).await.expect("head");
+        conn.read_head(false, false).await.expect("head");
         assert_eq!(
             whole_body(&mut conn).await.expect("body"),
             b"hello 0123456789"
@@ -657,7 +735,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_without_length_runs_to_the_close() {
         let mut conn = answered(b"HTTP/1.1 200 OK\r\n\r\nall of it", true).await;
-        conn.read_head(false).await.expect("head");
+        conn.read_head(false, false).await.expect("head");
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"all of it");
         assert!(conn.into_reusable().is_none());
     }
@@ -666,6 +744,10 @@ mod tests {
     async fn head_204_and_304_answers_have_no_body() {
         for (wire, head_request) in [
             (&b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n"[..], true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true,
+            ),
             (b"HTTP/1.1 204 No Content\r\n\r\n", false),
             (
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
@@ -673,7 +755,7 @@ mod tests {
             ),
         ] {
             let mut conn = answered(wire, false).await;
-            conn.read_head(head_request).await.expect("head");
+            conn.read_head(head_request, false).await.expect("head");
             assert_eq!(conn.read_body().await.expect("body"), None);
             assert!(conn.into_reusable().is_some(), "{wire:?}");
         }
@@ -687,18 +769,22 @@ mod tests {
             false,
         )
         .await;
-        assert_eq!(conn.read_head(false).await.expect("head").status, 201);
+        assert_eq!(
+            conn.read_head(false, false).await.expect("head").status,
+            201
+        );
 
-        let mut conn = answered(
-            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nraw",
-            false,
-        )
-        .await;
-        assert_eq!(conn.read_head(false).await.expect("head").status, 101);
+        const SWITCH: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nraw";
+        let mut conn = answered(SWITCH, false).await;
+        assert_eq!(conn.read_head(false, true).await.expect("head").status, 101);
         assert_eq!(
             conn.read_body().await.expect("raw"),
             Some(Bytes::from("raw"))
         );
+        // A switch nobody asked for is no answer the client could read.
+        let mut conn = answered(SWITCH, false).await;
+        let err = conn.read_head(false, false).await.expect_err("refused");
+        assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader);
     }
 
     #[tokio::test]
@@ -714,9 +800,14 @@ mod tests {
                 b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
                 true,
             ),
+            // Faulty framing for HTTP/1.0: the connection ends with it.
+            (
+                b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                false,
+            ),
         ] {
             let mut conn = answered(wire, false).await;
-            conn.read_head(false).await.expect("head");
+            conn.read_head(false, false).await.expect("head");
             assert_eq!(conn.read_body().await.expect("body"), None);
             assert_eq!(conn.into_reusable().is_some(), reusable, "{wire:?}");
         }
@@ -729,7 +820,7 @@ mod tests {
             false,
         )
         .await;
-        let head = conn.read_head(false).await.expect("head");
+        let head = conn.read_head(false, false).await.expect("head");
         assert_eq!(head.reason.as_deref(), Some("Back Soon"));
     }
 
@@ -745,7 +836,7 @@ mod tests {
             ),
         ] {
             let mut conn = answered(wire, true).await;
-            let err = match conn.read_head(false).await {
+            let err = match conn.read_head(false, false).await {
                 Ok(_) => {
                     assert!(head_ok, "{wire:?}");
                     whole_body(&mut conn).await.expect_err("cut short")
@@ -782,7 +873,7 @@ mod tests {
             &many,
         ] {
             let mut conn = answered(wire, false).await;
-            let err = conn.read_head(false).await.expect_err("refused");
+            let err = conn.read_head(false, false).await.expect_err("refused");
             assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader, "{err}");
         }
     }
@@ -792,11 +883,9 @@ mod tests {
         let (ours, mut theirs) = stream_pair().await;
         let mut conn = Connection::new(ours, None, None);
         conn.write_head(
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
             true,
-        )
-        .await
-        .expect("head");
+        );
         conn.write_body(b"hello").await.expect("body");
         conn.write_body(b"").await.expect("nothing");
         conn.write_body(&[b'x'; 20]).await.expect("body");
@@ -816,17 +905,22 @@ mod tests {
         );
     }
 
+    fn fields(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_bytes(v).expect("value"),
+            );
+        }
+        map
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
-        let framing = |fields: &[(&str, &str)]| {
-            let mut map = HeaderMap::new();
-            for (k, v) in fields {
-                map.append(
-                    HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                    HeaderValue::from_str(v).expect("value"),
-                );
-            }
-            body_framing(&map).map_err(|e| e.to_string())
+        let framing = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (*k, v.as_bytes())).collect();
+            body_framing(&mut fields(&pairs)).map_err(|e| e.to_string())
         };
         use Framing::*;
         assert_eq!(framing(&[]), Ok(UntilClose));
@@ -837,6 +931,7 @@ mod tests {
             Ok(Length(5))
         );
         assert_eq!(framing(&[("transfer-encoding", "chunked")]), Ok(Chunked));
+        assert_eq!(framing(&[("transfer-encoding", "chunked,")]), Ok(Chunked));
         assert_eq!(
             framing(&[
                 ("transfer-encoding", "gzip"),
@@ -854,6 +949,60 @@ mod tests {
         );
         for bad in ["5, 6", "+5", "0x5", "", "99999999999999999999999"] {
             assert!(framing(&[("content-length", bad)]).is_err(), "{bad:?}");
+        }
+        for bad in ["", " , ,"] {
+            assert!(framing(&[("transfer-encoding", bad)]).is_err(), "{bad:?}");
+        }
+        let mut not_text = fields(&[("transfer-encoding", b"\xff, chunked")]);
+        assert!(body_framing(&mut not_text).is_err());
+    }
+
+    #[test]
+    fn the_fields_are_left_saying_how_the_body_was_framed() {
+        // Whatever list the backend wrote, the client's framing follows the
+        // one decided here: the codings on one line, no length beside them.
+        for (lines, want) in [
+            (&["chunked,"][..], "chunked"),
+            (&["gzip", "", "chunked"], "gzip, chunked"),
+            (&["chunked", " "], "chunked"),
+        ] {
+            let mut pairs: Vec<(&str, &[u8])> = lines
+                .iter()
+                .map(|l| ("transfer-encoding", l.as_bytes()))
+                .collect();
+            pairs.push(("content-length", b"3"));
+            let mut map = fields(&pairs);
+            assert_eq!(body_framing(&mut map).expect("framed"), Framing::Chunked);
+            let te: Vec<_> = map.get_all("transfer-encoding").iter().collect();
+            assert_eq!(te, [want], "{lines:?}");
+            assert!(!map.contains_key("content-length"));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_that_arrives_in_pieces_is_read_once_whole() {
+        let (ours, _peer) = stream_pair().await;
+        let mut conn = Connection::new(ours, None, None);
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok";
+        let head_len = wire.len() - 2;
+        for cut in 1..wire.len() {
+            conn.buf.clear();
+            conn.head_scan = 0;
+            conn.buf.extend_from_slice(&wire[..cut]);
+            let first = conn.take_head().expect("valid");
+            let (head, _) = if cut >= head_len {
+                first.unwrap_or_else(|| panic!("a whole head unread, cut at {cut}"))
+            } else {
+                assert!(first.is_none(), "a head before its end, cut at {cut}");
+                conn.buf.extend_from_slice(&wire[cut..]);
+                conn.take_head()
+                    .expect("valid")
+                    .unwrap_or_else(|| panic!("no head, cut at {cut}"))
+            };
+            assert_eq!(head.headers["x-a"], "1", "cut at {cut}");
+            // What followed the head stays, as the body's start.
+            let read = if cut >= head_len { cut } else { wire.len() };
+            assert_eq!(&conn.buf[..], &wire[head_len..read], "cut at {cut}");
         }
     }
 

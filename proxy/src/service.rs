@@ -290,7 +290,9 @@ impl EdgeProxy {
                     }
                     self.state.metrics.retries.inc();
                     tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
-                    reached_failure = f.reached.then_some(f.error);
+                    if f.reached {
+                        reached_failure = Some(f.error);
+                    }
                 }
                 Err(f) => return Err(f.error),
             }
@@ -441,6 +443,7 @@ impl EdgeProxy {
     ) -> Result<(), Failure> {
         let (head, chunked) = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let head_request = session.req_header().method == http::Method::HEAD;
+        let upgrade = upstream::is_websocket_upgrade(session.req_header());
         let peer = backend.peer_template();
         let mut sent_at = Instant::now();
         let pooled = backend.idle.take(sent_at);
@@ -473,7 +476,7 @@ impl EdgeProxy {
 
         let mut answered_early = false;
         let sent: Result<h1::ResponseHead, BError> = async {
-            up.write_head(&head, chunked).await?;
+            up.write_head(head, chunked);
             if let Err(e) = self.send_body(session, ctx, &mut up).await {
                 // A backend may answer before it has read the whole body
                 // (401, 413, ...) and stop reading: its answer is the one
@@ -481,11 +484,11 @@ impl EdgeProxy {
                 if e.esource() == &pingora_error::ErrorSource::Downstream || ctx.reply.is_some() {
                     return Err(e);
                 }
-                let resp = up.read_head(head_request).await.map_err(|_| e)?;
+                let resp = up.read_head(head_request, upgrade).await.map_err(|_| e)?;
                 answered_early = true;
                 return Ok(resp);
             }
-            up.read_head(head_request).await
+            up.read_head(head_request, upgrade).await
         }
         .await;
         let resp = match sent {
@@ -740,26 +743,33 @@ async fn tunnel(session: &mut ServerSession, up: &mut h1::Connection) -> Result<
 }
 
 /// Client bytes go to the backend, backend bytes to the client, until
-/// either side ends its stream.
+/// both sides have ended their streams. Each end is passed on: the backend
+/// may still answer after the client has ended its side, and the other way
+/// round.
 async fn carry(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(), BError> {
-    loop {
+    let mut client_done = false;
+    let mut backend_done = false;
+    while !(client_done && backend_done) {
         tokio::select! {
-            chunk = session.read_request_body() => {
+            chunk = session.read_request_body(), if !client_done => {
                 match chunk.map_err(Error::into_down)? {
                     Some(bytes) => up.write_raw(&bytes).await?,
-                    None => break,
+                    None => {
+                        up.shutdown_write().await?;
+                        client_done = true;
+                    }
                 }
             }
-            chunk = up.read_body() => {
+            chunk = up.read_body(), if !backend_done => {
                 match chunk? {
                     Some(bytes) => session.write_response_body(bytes, false).await.map_err(Error::into_down)?,
-                    None => break,
+                    None => {
+                        session.write_response_body(Bytes::new(), true).await.map_err(Error::into_down)?;
+                        backend_done = true;
+                    }
                 }
             }
         }
     }
-    session
-        .write_response_body(Bytes::new(), true)
-        .await
-        .map_err(Error::into_down)
+    Ok(())
 }

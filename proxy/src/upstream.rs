@@ -349,8 +349,9 @@ fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
         .ok_or_else(|| CannotForward("the request's authority is no valid Host".into()))
 }
 
-/// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client.
-fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+/// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client:
+/// the one upgrade the proxy passes on.
+pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
         && req
@@ -441,8 +442,12 @@ fn still_idle(stream: &mut Stream) -> bool {
     let mut cx = Context::from_waker(Waker::noop());
     let mut byte = [0u8; 1];
     let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    // Outside the task's cooperative budget: a spent budget would answer
+    // Pending without looking at the socket.
+    let read = std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf));
+    let mut read = std::pin::pin!(tokio::task::unconstrained(read));
     // Pending: nothing to read, and the backend has not closed it.
-    matches!(Pin::new(stream).poll_read(&mut cx, &mut buf), Poll::Pending)
+    matches!(read.as_mut().poll(&mut cx), Poll::Pending)
 }
 
 #[cfg(test)]

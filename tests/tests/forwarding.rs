@@ -15,6 +15,10 @@ use tokio::net::{TcpListener, TcpStream};
 const US: &str = "us-east-1";
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// An HTTP/1.1 WebSocket opening handshake.
+const WEBSOCKET_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\n\
+    Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+
 async fn proxy_for(origin: SocketAddr) -> edgeroute_tests::Proxy {
     ProxyBuilder::new(US)
         .region(US, &[origin])
@@ -294,12 +298,7 @@ async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle()
         .start()
         .await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
-    )
-    .await
-    .unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
     let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     // Silent for longer than timeouts.read: the tunnel still carries bytes.
@@ -317,6 +316,15 @@ async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle()
     assert_eq!(read.expect("a clean close"), 0, "no bytes, only the close");
 }
 
+/// Accepts one connection, reads a request head from it and writes
+/// `answer`; the connection is the caller's to go on with.
+async fn answer_one_head(listener: TcpListener, answer: &[u8]) -> Option<TcpStream> {
+    let (mut s, _) = listener.accept().await.ok()?;
+    read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    s.write_all(answer).await.unwrap();
+    Some(s)
+}
+
 /// A backend that answers `413` as soon as it has a request's head, then
 /// reads nothing more and keeps the connection open until the test ends:
 /// the proxy's body writes stall. Its receive buffer is small, so they
@@ -329,15 +337,14 @@ async fn early_answering_backend() -> (SocketAddr, tokio::sync::oneshot::Sender<
     let addr = listener.local_addr().unwrap();
     let (done, mut until) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
-        let Ok((mut s, _)) = listener.accept().await else {
-            return;
-        };
-        read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
-        s.write_all(
+        let Some(s) = answer_one_head(
+            listener,
             b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 17\r\nConnection: close\r\n\r\nbackend: too big\n",
         )
         .await
-        .unwrap();
+        else {
+            return;
+        };
         // Hold the connection, unread, until the test is over.
         let _ = (&mut until).await;
         drop(s);
@@ -483,4 +490,43 @@ async fn a_backend_answer_with_conflicting_lengths_is_a_502() {
         .unwrap();
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
+}
+
+/// A backend that accepts a WebSocket upgrade, reads the tunnel until the
+/// proxy ends it, and only then answers with what it read.
+async fn answer_after_close_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Some(mut s) = answer_one_head(
+            listener,
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .await
+        else {
+            return;
+        };
+        // Until the end of the client's side, passed on by the proxy.
+        let got = read_until(&mut s, |_| false).await;
+        s.write_all(format!("read: {got}").as_bytes())
+            .await
+            .unwrap();
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_tunnel_passes_each_end_on_and_the_answer_after_it() {
+    let backend = answer_after_close_backend().await;
+    let proxy = proxy_for(backend).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s.write_all(b"last words").await.unwrap();
+    s.shutdown().await.unwrap();
+    // The backend saw the client's end, and its answer still arrives, then
+    // the end of the backend's side.
+    let rest = read_until(&mut s, |_| false).await;
+    assert_eq!(rest, "read: last words");
 }
