@@ -208,6 +208,22 @@ fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
 /// What a malformed `Connection` names is unknown, so nothing is removed
 /// for it.
 fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
+    // Most answers carry none of these: one look over the names present
+    // spares a lookup per name.
+    let any = headers.keys().any(|name| {
+        matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-connection"
+                | "trailer"
+                | "upgrade"
+                | "transfer-encoding"
+        )
+    });
+    if !any {
+        return;
+    }
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     if headers.contains_key(header::CONNECTION) {
         let nominated: Vec<HeaderName> = headers
