@@ -843,6 +843,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn take_hands_out_no_connection_its_backend_closed() {
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let (open, _open_peer) = h1::stream_pair().await;
+        let open_id = open.id();
+        pool.put(open, now);
+        let (closed, closed_peer) = h1::stream_pair().await;
+        pool.put(closed, now);
+        drop(closed_peer);
+        // The close travels over loopback; the runtime learns of it through
+        // its readiness events. Until then the closed one, newest, comes first.
+        for _ in 0..1000 {
+            let taken = pool.take(now).expect("the open connection is left");
+            if taken.id() == open_id {
+                assert!(pool.take(now).is_none(), "the closed one was dropped");
+                return;
+            }
+            pool.put(taken, now);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the closed connection was still handed out after 5 s");
+    }
+
+    #[tokio::test]
     async fn prune_closes_old_closed_and_out_of_step_connections() {
         use tokio::io::AsyncWriteExt;
         let pool = IdlePool::new(Duration::from_secs(60));
