@@ -163,39 +163,18 @@ impl Connection {
         self.timed_write(|s| s.shutdown()).await
     }
 
-    async fn write(&mut self, data: &[u8], flush: bool) -> Result<(), BError> {
-        self.timed_write(|s| s.write_all(data)).await?;
-        if flush {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
     async fn flush(&mut self) -> Result<(), BError> {
         self.timed_write(|s| s.flush()).await
     }
 
+    /// A write to the backend, bounded by `timeouts.write`.
     async fn timed_write<'s, F, Fut>(&'s mut self, op: F) -> Result<(), BError>
     where
         F: FnOnce(&'s mut Stream) -> Fut,
         Fut: Future<Output = std::io::Result<()>>,
     {
         let limit = self.write_timeout;
-        let done = match limit {
-            Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, op(&mut self.stream))
-                .await
-                .map_err(|_| {
-                    Error::explain(
-                        ErrorType::WriteTimedout,
-                        "the backend took nothing for timeouts.write",
-                    )
-                    .into_up()
-                })?,
-            None => op(&mut self.stream).await,
-        };
-        done.map_err(|e| {
-            Error::because(ErrorType::WriteError, "writing to the backend", e).into_up()
-        })
+        timed(limit, op(&mut self.stream), Direction::Write).await
     }
 
     /// Reads more bytes from the backend into the buffer; 0 at the end of
@@ -205,21 +184,7 @@ impl Connection {
             self.buf.reserve(READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
-        let done = match self.read_timeout {
-            Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, read)
-                .await
-                .map_err(|_| {
-                    Error::explain(
-                        ErrorType::ReadTimedout,
-                        "the backend sent nothing for timeouts.read",
-                    )
-                    .into_up()
-                })?,
-            None => read.await,
-        };
-        let n = done.map_err(|e| {
-            Error::because(ErrorType::ReadError, "reading from the backend", e).into_up()
-        })?;
+        let n = timed(self.read_timeout, read, Direction::Read).await?;
         self.heard |= n > 0;
         Ok(n)
     }
@@ -302,7 +267,7 @@ impl Connection {
         let mut close = false;
         let mut keep_alive = false;
         for value in resp.headers.get_all(header::CONNECTION) {
-            for token in value.to_str().unwrap_or("").split(',').map(str::trim) {
+            for token in list_items(value.to_str().unwrap_or("")) {
                 close |= token.eq_ignore_ascii_case("close");
                 keep_alive |= token.eq_ignore_ascii_case("keep-alive");
             }
@@ -358,17 +323,13 @@ impl Connection {
                     if self.buf.is_empty() && self.fill().await? == 0 {
                         return Err(cut_short(left));
                     }
-                    let take = self
-                        .buf
-                        .len()
-                        .min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let left = left - take as u64;
+                    let (data, left) = take_up_to(&mut self.buf, left);
                     self.body = if left == 0 {
                         Body::Done
                     } else {
                         Body::Length(left)
                     };
-                    return Ok(Some(self.buf.split_to(take).freeze()));
+                    return Ok(Some(data));
                 }
                 Body::UntilClose | Body::Upgraded => {
                     if self.buf.is_empty() && self.fill().await? == 0 {
@@ -400,7 +361,8 @@ impl Connection {
 
     /// Sends bytes of an upgraded connection (after a `101`) on at once.
     pub async fn write_raw(&mut self, data: &[u8]) -> Result<(), BError> {
-        self.write(data, true).await
+        self.timed_write(|s| s.write_all(data)).await?;
+        self.flush().await
     }
 
     /// The connection, if it may carry another request: the request and
@@ -410,6 +372,60 @@ impl Connection {
         (self.request_done && self.keepalive && self.body == Body::Done && self.buf.is_empty())
             .then_some(self.stream)
     }
+}
+
+/// Which way an I/O operation with the backend goes.
+#[derive(Clone, Copy)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// `op` bounded by `limit` (none: unbounded), its failure and its timeout
+/// as the backend's errors.
+async fn timed<T>(
+    limit: Option<Duration>,
+    op: impl Future<Output = std::io::Result<T>>,
+    dir: Direction,
+) -> Result<T, BError> {
+    let done = match limit {
+        Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, op)
+            .await
+            .map_err(|_| {
+                let (kind, why) = match dir {
+                    Direction::Read => (
+                        ErrorType::ReadTimedout,
+                        "the backend sent nothing for timeouts.read",
+                    ),
+                    Direction::Write => (
+                        ErrorType::WriteTimedout,
+                        "the backend took nothing for timeouts.write",
+                    ),
+                };
+                Error::explain(kind, why).into_up()
+            })?,
+        None => op.await,
+    };
+    done.map_err(|e| {
+        let (kind, what) = match dir {
+            Direction::Read => (ErrorType::ReadError, "reading from the backend"),
+            Direction::Write => (ErrorType::WriteError, "writing to the backend"),
+        };
+        Error::because(kind, what, e).into_up()
+    })
+}
+
+/// Up to `left` bytes from the front of `buf`, and how many are left after
+/// them.
+fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+    let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    (buf.split_to(take).freeze(), left - take as u64)
+}
+
+/// The items of a comma-separated field value (`Connection`,
+/// `Transfer-Encoding`), trimmed, empty ones skipped.
+pub fn list_items(text: &str) -> impl Iterator<Item = &str> {
+    text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 fn cut_short(left: u64) -> BError {
@@ -467,14 +483,13 @@ fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chun
                 if buf.is_empty() {
                     return Ok((Decoded::More, state));
                 }
-                let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                let left = left - take as u64;
+                let (data, left) = take_up_to(buf, left);
                 let next = if left == 0 {
                     Chunk::DataEnd
                 } else {
                     Chunk::Data(left)
                 };
-                return Ok((Decoded::Data(buf.split_to(take).freeze()), next));
+                return Ok((Decoded::Data(data), next));
             }
             Chunk::DataEnd => {
                 let want = &b"\r\n"[..buf.len().min(2)];
@@ -536,7 +551,7 @@ pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
             let text = value
                 .to_str()
                 .map_err(|_| bad_response("the backend's Transfer-Encoding is not text"))?;
-            for coding in text.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            for coding in list_items(text) {
                 if !codings.is_empty() {
                     codings.push_str(", ");
                 }

@@ -441,7 +441,7 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         backend: &Arc<Backend>,
     ) -> Result<(), Failure> {
-        let (head, chunked) = self.upstream_request(session, ctx).map_err(Failure::last)?;
+        let head = self.upstream_request(session, ctx).map_err(Failure::last)?;
         let head_request = session.req_header().method == http::Method::HEAD;
         let upgrade = upstream::is_websocket_upgrade(session.req_header());
         let peer = backend.peer_template();
@@ -476,7 +476,7 @@ impl EdgeProxy {
 
         let mut answered_early = false;
         let sent: Result<h1::ResponseHead, BError> = async {
-            up.write_head(head, chunked);
+            up.write_head(head.bytes, head.chunked);
             if let Err(e) = self.send_body(session, ctx, &mut up).await {
                 // A backend may answer before it has read the whole body
                 // (401, 413, ...) and stop reading: its answer is the one
@@ -560,14 +560,13 @@ impl EdgeProxy {
         Ok(())
     }
 
-    /// The request head a backend gets, encoded, and whether its body goes
-    /// chunked: the client's, without hop-by-hop fields, with the route,
-    /// epoch, request id and forwarding fields.
+    /// The request head a backend gets: the client's, without hop-by-hop
+    /// fields, with the route, epoch, request id and forwarding fields.
     fn upstream_request(
         &self,
         session: &mut ServerSession,
         ctx: &Ctx,
-    ) -> Result<(Vec<u8>, bool), BError> {
+    ) -> Result<upstream::BackendHead, BError> {
         let has_body = !session.is_body_empty();
         let region = ctx.region.map(|r| &self.state.topology.regions[r]);
         let fwd = upstream::Forwarding {
@@ -581,9 +580,8 @@ impl EdgeProxy {
             tls: is_tls(session),
             host: region.and_then(|r| r.host.as_ref()),
         };
-        let head = upstream::backend_request(session.req_header(), has_body, &fwd)
-            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())?;
-        Ok((head.bytes, head.chunked))
+        upstream::backend_request(session.req_header(), has_body, &fwd)
+            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
     }
 
     /// Sends the request body: what earlier attempts read (kept for

@@ -183,7 +183,7 @@ fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
         let text = value
             .to_str()
             .map_err(|_| CannotForward("Connection holds bytes that are not text".into()))?;
-        for token in tokens(text) {
+        for token in h1::list_items(text) {
             let name = HeaderName::from_bytes(token.as_bytes()).map_err(|_| {
                 CannotForward(format!(
                     "Connection names {token:?}, which is no field name"
@@ -230,7 +230,7 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(tokens)
+            .flat_map(h1::list_items)
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|name| {
                 *name != header::CONTENT_LENGTH
@@ -254,11 +254,6 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
     if headers.contains_key(header::TRANSFER_ENCODING) {
         headers.remove(header::CONTENT_LENGTH);
     }
-}
-
-/// The comma-separated tokens of a `Connection` value.
-fn tokens(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies meet):
@@ -379,7 +374,7 @@ pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(tokens)
+            .flat_map(h1::list_items)
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
