@@ -494,8 +494,10 @@ pub struct Timeouts {
     pub pool_idle: Duration,
     /// An HTTP/1 client connection waiting for its next request is closed
     /// after this (default 75 s, longer than an ALB's default 60 s idle
-    /// timeout so that the load balancer, not the proxy, closes first).
-    /// Whole seconds, rounded up.
+    /// timeout so that the load balancer, not the proxy, closes first). It
+    /// also bounds a client that stops mid-request: no bytes of its head or
+    /// body, or no room taken for the response, for this long ends the
+    /// connection.
     pub client_idle: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed
     /// (default 1 h); `read` does not apply to a tunnel.

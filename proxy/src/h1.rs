@@ -27,7 +27,7 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Most bytes of trailer fields after the last chunk (they are dropped).
 const MAX_TRAILERS: usize = 64 * 1024;
 /// Free room each read from the backend gets at least.
-const READ_ROOM: usize = 16 * 1024;
+pub(crate) const READ_ROOM: usize = 16 * 1024;
 
 /// A backend's final response head.
 #[derive(Debug)]
@@ -38,24 +38,74 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
-/// Where the response body stands.
+/// Where a message body stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Body {
+pub(crate) enum Body {
     /// No head read yet.
     Head,
     /// This many bytes still to come.
     Length(u64),
     Chunked(Chunk),
-    /// Everything until the backend closes.
+    /// Everything until the peer ends its stream (also after a `101`).
     UntilClose,
-    /// After a `101`: raw bytes either way.
-    Upgraded,
     /// The whole body was read.
     Done,
 }
 
+impl Body {
+    /// What the bytes read (`buf`, consumed as used) give without waiting:
+    /// a piece of the body, its end (`Some(None)`), or `None` when the next
+    /// step needs bytes still to come. An error says what is malformed.
+    pub(crate) fn step(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Bytes>>, &'static str> {
+        loop {
+            match *self {
+                Body::Head => return Err("the body was read before its head"),
+                Body::Done => return Ok(Some(None)),
+                Body::Length(_) | Body::UntilClose if buf.is_empty() => return Ok(None),
+                Body::Length(left) => {
+                    let (data, left) = take_up_to(buf, left);
+                    *self = if left == 0 {
+                        Body::Done
+                    } else {
+                        Body::Length(left)
+                    };
+                    return Ok(Some(Some(data)));
+                }
+                Body::UntilClose => return Ok(Some(Some(buf.split().freeze()))),
+                Body::Chunked(state) => match decode_chunked(state, buf)? {
+                    (Decoded::Data(data), next) => {
+                        *self = Body::Chunked(next);
+                        return Ok(Some(Some(data)));
+                    }
+                    (Decoded::End, _) => *self = Body::Done,
+                    (Decoded::More, next) => {
+                        *self = Body::Chunked(next);
+                        return Ok(None);
+                    }
+                },
+            }
+        }
+    }
+
+    /// The peer ended its stream here: the end of a body that runs to it,
+    /// else the body was cut short (the error says how).
+    pub(crate) fn at_close(&mut self) -> Result<(), String> {
+        match *self {
+            Body::Length(left) => Err(format!("{left} bytes before the end of its body")),
+            Body::Chunked(_) => Err("in the middle of a chunked body".to_owned()),
+            _ => {
+                *self = Body::Done;
+                Ok(())
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
+pub(crate) enum Chunk {
     /// A chunk-size line is next.
     Size,
     /// This many bytes of the chunk's data still to come.
@@ -174,7 +224,7 @@ impl Connection {
         Fut: Future<Output = std::io::Result<()>>,
     {
         let limit = self.write_timeout;
-        timed(limit, op(&mut self.stream), Direction::Write).await
+        timed(limit, op(&mut self.stream), Direction::Write, Peer::Backend).await
     }
 
     /// Reads more bytes from the backend into the buffer; 0 at the end of
@@ -184,7 +234,7 @@ impl Connection {
             self.buf.reserve(READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
-        let n = timed(self.read_timeout, read, Direction::Read).await?;
+        let n = timed(self.read_timeout, read, Direction::Read, Peer::Backend).await?;
         self.heard |= n > 0;
         Ok(n)
     }
@@ -288,7 +338,7 @@ impl Connection {
                     "the backend switched protocols though the request asked for no upgrade",
                 ));
             }
-            self.body = Body::Upgraded;
+            self.body = Body::UntilClose;
             self.keepalive = false;
             return Ok(());
         }
@@ -311,52 +361,32 @@ impl Connection {
     /// The next piece of the response body; `None` after its end.
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         loop {
-            match self.body {
-                Body::Head => {
-                    return Err(Error::explain(
-                        ErrorType::InternalError,
-                        "the response body was read before its head",
-                    ));
-                }
-                Body::Done => return Ok(None),
-                Body::Length(left) => {
-                    if self.buf.is_empty() && self.fill().await? == 0 {
-                        return Err(cut_short(left));
-                    }
-                    let (data, left) = take_up_to(&mut self.buf, left);
-                    self.body = if left == 0 {
-                        Body::Done
-                    } else {
-                        Body::Length(left)
-                    };
-                    return Ok(Some(data));
-                }
-                Body::UntilClose | Body::Upgraded => {
-                    if self.buf.is_empty() && self.fill().await? == 0 {
-                        self.body = Body::Done;
-                        return Ok(None);
-                    }
-                    return Ok(Some(self.buf.split().freeze()));
-                }
-                Body::Chunked(state) => match decode_chunked(state, &mut self.buf)? {
-                    (Decoded::Data(data), next) => {
-                        self.body = Body::Chunked(next);
-                        return Ok(Some(data));
-                    }
-                    (Decoded::End, _) => self.body = Body::Done,
-                    (Decoded::More, next) => {
-                        self.body = Body::Chunked(next);
-                        if self.fill().await? == 0 {
-                            return Err(Error::explain(
-                                ErrorType::ConnectionClosed,
-                                "the backend closed the connection in the middle of a chunked body",
-                            )
-                            .into_up());
-                        }
-                    }
-                },
+            if let Some(next) = self.body_now()? {
+                return Ok(next);
+            }
+            if self.fill().await? == 0 {
+                self.body.at_close().map_err(|cut| {
+                    Error::explain(
+                        ErrorType::ConnectionClosed,
+                        format!("the backend closed the connection {cut}"),
+                    )
+                    .into_up()
+                })?;
             }
         }
+    }
+
+    /// What of the response body the bytes already read give, without
+    /// waiting: a piece, the end (`Some(None)`), or `None` when the next
+    /// step needs bytes still to come.
+    pub fn body_now(&mut self) -> Result<Option<Option<Bytes>>, BError> {
+        if self.body == Body::Head {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "the response body was read before its head",
+            ));
+        }
+        self.body.step(&mut self.buf).map_err(bad_chunk)
     }
 
     /// Sends bytes of an upgraded connection (after a `101`) on at once.
@@ -374,50 +404,73 @@ impl Connection {
     }
 }
 
-/// Which way an I/O operation with the backend goes.
+/// Which way an I/O operation goes.
 #[derive(Clone, Copy)]
-enum Direction {
+pub(crate) enum Direction {
     Read,
     Write,
 }
 
+/// Who is at the other end of a connection: errors name it and count
+/// against it (`into_up` for a backend, `into_down` for a client).
+#[derive(Clone, Copy)]
+pub(crate) enum Peer {
+    Backend,
+    Client,
+}
+
 /// `op` bounded by `limit` (none: unbounded), its failure and its timeout
-/// as the backend's errors.
-async fn timed<T>(
+/// as the peer's errors.
+pub(crate) async fn timed<T>(
     limit: Option<Duration>,
     op: impl Future<Output = std::io::Result<T>>,
     dir: Direction,
+    peer: Peer,
 ) -> Result<T, BError> {
+    let side = |e: BError| match peer {
+        Peer::Backend => e.into_up(),
+        Peer::Client => e.into_down(),
+    };
     let done = match limit {
         Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, op)
             .await
             .map_err(|_| {
-                let (kind, why) = match dir {
-                    Direction::Read => (
+                let (kind, why) = match (dir, peer) {
+                    (Direction::Read, Peer::Backend) => (
                         ErrorType::ReadTimedout,
                         "the backend sent nothing for timeouts.read",
                     ),
-                    Direction::Write => (
+                    (Direction::Write, Peer::Backend) => (
                         ErrorType::WriteTimedout,
                         "the backend took nothing for timeouts.write",
                     ),
+                    (Direction::Read, Peer::Client) => (
+                        ErrorType::ReadTimedout,
+                        "the client sent nothing within its idle limit",
+                    ),
+                    (Direction::Write, Peer::Client) => (
+                        ErrorType::WriteTimedout,
+                        "the client took nothing within its idle limit",
+                    ),
                 };
-                Error::explain(kind, why).into_up()
+                side(Error::explain(kind, why))
             })?,
         None => op.await,
     };
     done.map_err(|e| {
-        let (kind, what) = match dir {
-            Direction::Read => (ErrorType::ReadError, "reading from the backend"),
-            Direction::Write => (ErrorType::WriteError, "writing to the backend"),
+        let (kind, what) = match (dir, peer) {
+            (Direction::Read, Peer::Backend) => (ErrorType::ReadError, "reading from the backend"),
+            (Direction::Write, Peer::Backend) => (ErrorType::WriteError, "writing to the backend"),
+            (Direction::Read, Peer::Client) => (ErrorType::ReadError, "reading from the client"),
+            (Direction::Write, Peer::Client) => (ErrorType::WriteError, "writing to the client"),
         };
-        Error::because(kind, what, e).into_up()
+        side(Error::because(kind, what, e))
     })
 }
 
 /// Up to `left` bytes from the front of `buf`, and how many are left after
 /// them.
-fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
+pub(crate) fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
     let take = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
     (buf.split_to(take).freeze(), left - take as u64)
 }
@@ -428,21 +481,13 @@ pub fn list_items(text: &str) -> impl Iterator<Item = &str> {
     text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
-fn cut_short(left: u64) -> BError {
-    Error::explain(
-        ErrorType::ConnectionClosed,
-        format!("the backend closed the connection {left} bytes before the end of its body"),
-    )
-    .into_up()
-}
-
 fn bad_chunk(why: &str) -> BError {
     bad_response(format!("the backend's chunked body is malformed: {why}"))
 }
 
 /// What the chunked decoder made of the bytes it had.
 #[derive(Debug, PartialEq, Eq)]
-enum Decoded {
+pub(crate) enum Decoded {
     /// Body data.
     Data(Bytes),
     /// It needs more bytes.
@@ -453,13 +498,17 @@ enum Decoded {
 
 /// Decodes a chunked body (RFC 9112 §7.1) from the bytes in `buf`,
 /// consuming what it used: data as soon as there is some, with the state to
-/// go on from. Chunk extensions and trailer fields are dropped.
-fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chunk), BError> {
+/// go on from. Chunk extensions and trailer fields are dropped. An error
+/// says what is malformed.
+pub(crate) fn decode_chunked(
+    mut state: Chunk,
+    buf: &mut BytesMut,
+) -> Result<(Decoded, Chunk), &'static str> {
     loop {
         match state {
             Chunk::Size => {
                 if buf.first().is_some_and(|b| !b.is_ascii_hexdigit()) {
-                    return Err(bad_chunk("a chunk size is not a hex number"));
+                    return Err("a chunk size is not a hex number");
                 }
                 match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
@@ -474,9 +523,9 @@ fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chun
                         return Ok((Decoded::More, state));
                     }
                     Ok(httparse::Status::Partial) => {
-                        return Err(bad_chunk("a chunk-size line is too long"));
+                        return Err("a chunk-size line is too long");
                     }
-                    Err(_) => return Err(bad_chunk("a chunk-size line is malformed")),
+                    Err(_) => return Err("a chunk-size line is malformed"),
                 }
             }
             Chunk::Data(left) => {
@@ -494,7 +543,7 @@ fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chun
             Chunk::DataEnd => {
                 let want = &b"\r\n"[..buf.len().min(2)];
                 if buf[..want.len()] != *want {
-                    return Err(bad_chunk("a chunk's data is longer than its size"));
+                    return Err("a chunk's data is longer than its size");
                 }
                 if buf.len() < 2 {
                     return Ok((Decoded::More, state));
@@ -505,12 +554,12 @@ fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chun
             Chunk::Trailers(seen) => {
                 let Some(end) = buf.iter().position(|b| *b == b'\n') else {
                     if seen + buf.len() > MAX_TRAILERS {
-                        return Err(bad_chunk("the trailer fields are too large"));
+                        return Err("the trailer fields are too large");
                     }
                     return Ok((Decoded::More, state));
                 };
                 if end == 0 || buf[end - 1] != b'\r' {
-                    return Err(bad_chunk("a trailer line does not end in CRLF"));
+                    return Err("a trailer line does not end in CRLF");
                 }
                 let last = end == 1;
                 buf.advance(end + 1);
@@ -518,7 +567,7 @@ fn decode_chunked(mut state: Chunk, buf: &mut BytesMut) -> Result<(Decoded, Chun
                     return Ok((Decoded::End, state));
                 }
                 if seen + end + 1 > MAX_TRAILERS {
-                    return Err(bad_chunk("the trailer fields are too large"));
+                    return Err("the trailer fields are too large");
                 }
                 state = Chunk::Trailers(seen + end + 1);
             }
@@ -571,28 +620,51 @@ pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
             Framing::UntilClose
         });
     }
+    match declared_length(headers) {
+        Ok(length) => Ok(length.map_or(Framing::UntilClose, |(n, _)| Framing::Length(n))),
+        Err(BadLength::NotANumber) => {
+            Err(bad_response("the backend's Content-Length is not a number"))
+        }
+        Err(BadLength::Differ) => Err(bad_response(
+            "the backend sent two different Content-Length values",
+        )),
+    }
+}
+
+/// Why `Content-Length` fields give no length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BadLength {
+    NotANumber,
+    /// Two values (fields or list items) differ.
+    Differ,
+}
+
+/// The length a message's `Content-Length` fields give, if any: every
+/// value, and every item of a value that is a list, must be the same
+/// number. With it, whether it came clean: one field holding only digits.
+pub(crate) fn declared_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, BadLength> {
     let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
+    let mut clean = true;
+    for (i, value) in headers.get_all(header::CONTENT_LENGTH).iter().enumerate() {
+        clean &= i == 0 && value.as_bytes().iter().all(u8::is_ascii_digit);
         for part in value.as_bytes().split(|b| *b == b',') {
             let part = part.trim_ascii();
             let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
                 .flatten()
-                .ok_or_else(|| bad_response("the backend's Content-Length is not a number"))?;
+                .ok_or(BadLength::NotANumber)?;
             if length.is_some_and(|l| l != n) {
-                return Err(bad_response(
-                    "the backend sent two different Content-Length values",
-                ));
+                return Err(BadLength::Differ);
             }
             length = Some(n);
         }
     }
-    Ok(length.map_or(Framing::UntilClose, Framing::Length))
+    Ok(length.map(|n| (n, clean)))
 }
 
 /// Whether `bytes` hold the empty line that ends a head (CRLF CRLF, or
 /// the bare-LF forms a parser accepts).
-fn has_head_end(bytes: &[u8]) -> bool {
+pub(crate) fn has_head_end(bytes: &[u8]) -> bool {
     bytes.iter().enumerate().any(|(i, b)| {
         *b == b'\n'
             && match bytes.get(i + 1) {

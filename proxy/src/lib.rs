@@ -8,6 +8,7 @@ pub mod admin;
 pub mod check;
 pub mod demo;
 pub mod dns;
+pub mod downstream;
 pub mod h1;
 pub mod health;
 pub mod lifecycle;

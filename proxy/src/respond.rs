@@ -2,15 +2,16 @@
 //! status, a JSON body says what happened and what to do, and
 //! `x-edgeroute-error` carries a stable code for dashboards and clients.
 
+use crate::downstream::Client;
+use crate::h1::ResponseHead;
 use crate::route::Refusal;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::HeaderValue;
-use pingora_core::protocols::http::ServerSession;
-use pingora_error::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::ResponseHeader;
+use http::header::{self, HeaderMap, HeaderName};
+use pingora_error::{Error, ErrorSource, ErrorType};
 
-pub const ERROR_HEADER: &str = "x-edgeroute-error";
+pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-edgeroute-error");
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ErrorReply {
@@ -22,6 +23,10 @@ pub enum ErrorReply {
     Upstream { status: u16, code: &'static str },
     /// The client sent something the proxy cannot parse (400).
     BadRequest,
+    /// The request head is over the size or field-count limit (431).
+    HeadTooLarge,
+    /// The request body has a transfer coding other than `chunked` (501).
+    UnsupportedCoding,
     /// `CONNECT`: the proxy forwards requests, it does not open tunnels (405).
     MethodNotAllowed,
     /// The client went away; nothing can be sent.
@@ -36,6 +41,8 @@ impl ErrorReply {
         match e.etype() {
             ErrorType::HTTPStatus(413) => ErrorReply::BodyTooLarge { limit: 0 },
             ErrorType::HTTPStatus(400) => ErrorReply::BadRequest,
+            ErrorType::HTTPStatus(431) => ErrorReply::HeadTooLarge,
+            ErrorType::HTTPStatus(501) => ErrorReply::UnsupportedCoding,
             ErrorType::HTTPStatus(s) if (500..600).contains(s) => ErrorReply::Upstream {
                 status: *s,
                 code: "upstream_error",
@@ -44,19 +51,25 @@ impl ErrorReply {
                 status: 504,
                 code: "upstream_connect_timeout",
             },
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout => ErrorReply::Upstream {
-                status: 504,
-                code: "upstream_timeout",
-            },
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if e.esource() != &ErrorSource::Downstream =>
+            {
+                ErrorReply::Upstream {
+                    status: 504,
+                    code: "upstream_timeout",
+                }
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => ErrorReply::Upstream {
                     status: 502,
                     code: "upstream_unavailable",
                 },
                 ErrorSource::Downstream => match e.etype() {
-                    ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed => {
-                        ErrorReply::ClientGone
-                    }
+                    ErrorType::ReadError
+                    | ErrorType::WriteError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::ReadTimedout
+                    | ErrorType::WriteTimedout => ErrorReply::ClientGone,
                     _ => ErrorReply::BadRequest,
                 },
                 ErrorSource::Internal | ErrorSource::Unset => ErrorReply::Internal,
@@ -70,6 +83,8 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => 413,
             ErrorReply::Upstream { status, .. } => *status,
             ErrorReply::BadRequest => 400,
+            ErrorReply::HeadTooLarge => 431,
+            ErrorReply::UnsupportedCoding => 501,
             ErrorReply::MethodNotAllowed => 405,
             ErrorReply::ClientGone => 0,
             ErrorReply::Internal => 500,
@@ -86,6 +101,8 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => "body_too_large",
             ErrorReply::Upstream { code, .. } => code,
             ErrorReply::BadRequest => "bad_request",
+            ErrorReply::HeadTooLarge => "request_head_too_large",
+            ErrorReply::UnsupportedCoding => "unsupported_transfer_coding",
             ErrorReply::MethodNotAllowed => "method_not_allowed",
             ErrorReply::ClientGone => "client_gone",
             ErrorReply::Internal => "internal_error",
@@ -108,6 +125,15 @@ impl ErrorReply {
                 "the backend could not be reached or failed before answering".to_owned()
             }
             ErrorReply::BadRequest => "the request could not be parsed".to_owned(),
+            ErrorReply::HeadTooLarge => format!(
+                "the request head is larger than this proxy accepts ({} KiB, {} fields)",
+                crate::downstream::MAX_HEAD / 1024,
+                crate::downstream::MAX_FIELDS
+            ),
+            ErrorReply::UnsupportedCoding => {
+                "the request body's transfer coding is not supported: send it chunked or with a Content-Length"
+                    .to_owned()
+            }
             ErrorReply::MethodNotAllowed => {
                 "CONNECT is not supported: this proxy forwards HTTP requests and opens no tunnels"
                     .to_owned()
@@ -120,11 +146,11 @@ impl ErrorReply {
 
 /// Writes `reply` as a complete JSON response.
 pub async fn write(
-    session: &mut ServerSession,
+    client: &mut Client<'_>,
     reply: &ErrorReply,
     snapshot: Option<&Snapshot>,
     request_id: Option<&HeaderValue>,
-) -> Result<()> {
+) -> Result<(), Box<Error>> {
     let mut body = serde_json::json!({
         "error": reply.code(),
         "message": reply.message(),
@@ -139,18 +165,29 @@ pub async fn write(
         body["request_id"] = id.into();
     }
     let body = Bytes::from(body.to_string());
-    let mut resp = ResponseHeader::build(reply.status(), Some(6))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-    resp.insert_header(ERROR_HEADER, reply.code())?;
+    let mut headers = HeaderMap::with_capacity(6);
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(ERROR_HEADER, HeaderValue::from_static(reply.code()));
     if let ErrorReply::Refused(r) = reply {
-        resp.insert_header(http::header::RETRY_AFTER, r.retry_after_secs())?;
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
     }
     if let Some(id) = request_id {
-        resp.insert_header(&crate::upstream::REQUEST_ID, id.clone())?;
+        headers.insert(crate::upstream::REQUEST_ID, id.clone());
     }
-    session.set_keepalive(None);
-    session.write_response_header(Box::new(resp)).await?;
-    session.write_response_body(body, true).await
+    let status = http::StatusCode::from_u16(reply.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    client.close_after();
+    client
+        .write_head(ResponseHead {
+            status,
+            reason: None,
+            headers,
+        })
+        .await?;
+    client.write_body(body, true).await
 }

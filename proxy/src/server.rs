@@ -4,7 +4,7 @@
 use crate::admin;
 use crate::dns::{self, Dns};
 use crate::health::prober;
-use crate::service::EdgeProxy;
+use crate::service::{EdgeProxy, EdgeServer};
 use crate::state::AppState;
 use crate::table_source;
 use crate::topology::Topology;
@@ -187,7 +187,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         )));
         let mut service = Service::new(
             if h2c { "edgeroute h2c" } else { "edgeroute" }.to_owned(),
-            EdgeProxy::new(Arc::clone(&state), options, connector),
+            EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options, connector)),
         );
         for l in listeners {
             let addr = l.address.to_string();

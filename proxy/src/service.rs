@@ -8,6 +8,7 @@
 //! only if it is safe to repeat (idempotent method or `Idempotency-Key`) and
 //! its body is still held in full.
 
+use crate::downstream::{self, Client};
 use crate::h1;
 use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
@@ -22,10 +23,11 @@ use bytes::Bytes;
 use edgeroute_config::RouteTarget;
 use http::{HeaderName, HeaderValue};
 use pingora_core::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream,
+    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use std::sync::Arc;
@@ -40,8 +42,6 @@ pub struct EdgeProxy {
     state: Arc<AppState>,
     options: HttpServerOptions,
     connector: TransportConnector,
-    /// `timeouts.client_idle` in whole seconds (Pingora's unit), at least 1.
-    client_idle_secs: u64,
 }
 
 impl EdgeProxy {
@@ -50,13 +50,10 @@ impl EdgeProxy {
         options: HttpServerOptions,
         connector: TransportConnector,
     ) -> Self {
-        let idle = state.config.timeouts.client_idle;
-        let client_idle_secs = (idle.as_secs() + u64::from(idle.subsec_nanos() > 0)).max(1);
         EdgeProxy {
             state,
             options,
             connector,
-            client_idle_secs,
         }
     }
 }
@@ -115,10 +112,6 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
-fn is_tls(session: &ServerSession) -> bool {
-    session.digest().is_some_and(|d| d.ssl_digest.is_some())
-}
-
 /// Resolves once the server begins to shut down.
 async fn shutting_down(shutdown: &ShutdownWatch) {
     let mut watch = shutdown.clone();
@@ -128,17 +121,64 @@ async fn shutting_down(shutdown: &ShutdownWatch) {
     }
 }
 
+/// The listening side: HTTP/1.x on the proxy's own session
+/// ([`downstream::Session`]); HTTP/2 — ALPN `h2` over TLS, or the h2c
+/// preface where a listener allows it — on Pingora's.
+pub struct EdgeServer {
+    proxy: Arc<EdgeProxy>,
+    h2c: bool,
+}
+
+impl EdgeServer {
+    pub fn new(proxy: EdgeProxy) -> Self {
+        let h2c = proxy.options.h2c;
+        EdgeServer {
+            proxy: Arc::new(proxy),
+            h2c,
+        }
+    }
+}
+
+/// What an HTTP/2 connection without TLS starts with (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[async_trait]
+impl ServerApp for EdgeServer {
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let h2 = if stream.get_ssl_digest().is_some() {
+            matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
+        } else if self.h2c {
+            let mut start = [0u8; H2_PREFACE.len()];
+            match stream.try_peek(&mut start).await {
+                Ok(peeked) => peeked && start == *H2_PREFACE,
+                Err(e) => {
+                    tracing::debug!(error = %e, "the client left before its first request");
+                    return None;
+                }
+            }
+        } else {
+            false
+        };
+        if h2 {
+            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
+        }
+        self.proxy.serve_h1(stream, shutdown).await;
+        None
+    }
+}
+
 #[async_trait]
 impl HttpServerApp for EdgeProxy {
+    /// HTTP/2 streams, one request each (HTTP/1.x goes to [`EdgeProxy::serve_h1`]).
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        // The wait for this request, the first on the connection too.
-        self.limit_keepalive(&mut session);
-        // A keep-alive connection waiting for its next request is closed
-        // when the server shuts down; a request already buffered goes first.
         let read = tokio::select! {
             biased;
             read = session.read_request() => read,
@@ -149,15 +189,9 @@ impl HttpServerApp for EdgeProxy {
             Ok(false) => return None,
             Err(e) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    tracing::debug!(error = %e, "unparseable request");
-                    self.state
-                        .request_metrics
-                        .record(None, RouteClass::Read, 400, 0.0);
-                    if let Err(e) =
-                        respond::write(&mut session, &ErrorReply::BadRequest, None, None).await
-                    {
-                        tracing::debug!(error = %e, "cannot answer an unparseable request");
-                    }
+                    let e = Error::explain(ErrorType::HTTPStatus(400), e.to_string()).into_down();
+                    self.refuse_unreadable(&mut Client::H2(&mut session), &e)
+                        .await;
                 }
                 session.shutdown().await;
                 return None;
@@ -165,21 +199,8 @@ impl HttpServerApp for EdgeProxy {
         }
         if *shutdown.borrow() {
             session.set_keepalive(None);
-        } else {
-            // Reading the request turned keep-alive on with no limit; the
-            // wait for the next request gets the configured one.
-            self.limit_keepalive(&mut session);
         }
-        let mut ctx = self.new_ctx(&session);
-        let error = match self.serve(&mut session, &mut ctx).await {
-            Ok(()) => None,
-            Err(e) => {
-                self.fail(&mut session, &mut ctx, &e).await;
-                Some(e)
-            }
-        };
-        self.log(&session, &ctx, error.as_deref());
-        if error.is_some() {
+        if self.handle(&mut Client::H2(&mut session)).await {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
@@ -198,15 +219,69 @@ impl HttpServerApp for EdgeProxy {
 }
 
 impl EdgeProxy {
-    /// A connection kept alive waits at most `timeouts.client_idle` for a request.
-    fn limit_keepalive(&self, session: &mut ServerSession) {
-        if session.get_keepalive().is_some() {
-            session.set_keepalive(Some(self.client_idle_secs));
+    /// One HTTP/1.x connection: a request, its answer, and the next while
+    /// the connection is kept alive. A connection waiting for its next
+    /// request is closed when the server shuts down; a request already
+    /// buffered goes first.
+    pub async fn serve_h1(&self, stream: Stream, shutdown: &ShutdownWatch) {
+        let mut session = downstream::Session::new(stream, self.state.config.timeouts.client_idle);
+        loop {
+            let read = tokio::select! {
+                biased;
+                read = session.read_request() => read,
+                () = shutting_down(shutdown) => break,
+            };
+            match read {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => {
+                    if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+                        self.refuse_unreadable(&mut Client::H1(&mut session), &e)
+                            .await;
+                    } else {
+                        tracing::debug!(error = %e, "no request read");
+                    }
+                    break;
+                }
+            }
+            if *shutdown.borrow() {
+                session.close_after();
+            }
+            if self.handle(&mut Client::H1(&mut session)).await || !session.reusable() {
+                break;
+            }
+        }
+        session.close().await;
+    }
+
+    /// Answers a request whose head could not be read as one (400, 431, 501).
+    async fn refuse_unreadable(&self, client: &mut Client<'_>, e: &Error) {
+        tracing::debug!(error = %e, "unreadable request");
+        let reply = ErrorReply::from_error(e);
+        self.state
+            .request_metrics
+            .record(None, RouteClass::Read, reply.status(), 0.0);
+        if let Err(e) = respond::write(client, &reply, None, None).await {
+            tracing::debug!(error = %e, "cannot answer an unreadable request");
         }
     }
 
-    fn new_ctx(&self, session: &ServerSession) -> Ctx {
-        let req = session.req_header();
+    /// Serves one request read; whether it failed (the connection ends).
+    async fn handle(&self, client: &mut Client<'_>) -> bool {
+        let mut ctx = self.new_ctx(client);
+        let error = match self.serve(client, &mut ctx).await {
+            Ok(()) => None,
+            Err(e) => {
+                self.fail(client, &mut ctx, &e).await;
+                Some(e)
+            }
+        };
+        self.log(client, &ctx, error.as_deref());
+        error.is_some()
+    }
+
+    fn new_ctx(&self, client: &Client<'_>) -> Ctx {
+        let req = client.request();
         Ctx {
             started: Instant::now(),
             _inflight: self.state.lifecycle.request_started(),
@@ -235,30 +310,27 @@ impl EdgeProxy {
 
     /// Answers the request: proxied, or refused with a reply of our own.
     /// An error means nothing complete was sent; [`Self::fail`] answers it.
-    async fn serve(&self, session: &mut ServerSession, ctx: &mut Ctx) -> Result<(), BError> {
-        if let Some(reply) = self.admit(session, ctx) {
-            return self.reply(session, ctx, reply).await;
+    async fn serve(&self, client: &mut Client<'_>, ctx: &mut Ctx) -> Result<(), BError> {
+        if let Some(reply) = self.admit(client, ctx) {
+            return self.reply(client, ctx, reply).await;
         }
-        if session.req_header().method == http::Method::CONNECT {
-            return self.reply(session, ctx, ErrorReply::MethodNotAllowed).await;
+        if client.request().method == http::Method::CONNECT {
+            return self.reply(client, ctx, ErrorReply::MethodNotAllowed).await;
         }
-        let expects_continue = session
-            .req_header()
+        let expects_continue = client
+            .request()
             .headers
             .get(http::header::EXPECT)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         if expects_continue
-            && session.req_header().version == http::Version::HTTP_11
-            && !session.is_body_done()
+            && client.request().version == http::Version::HTTP_11
+            && !client.is_body_done()
         {
             // The proxy takes the body itself (it may need it for a retry),
             // so it invites the client to send it.
-            session
-                .write_continue_response()
-                .await
-                .map_err(Error::into_down)?;
+            client.write_continue().await?;
         }
-        session.enable_retry_buffering();
+        client.enable_retry_buffering();
         let mut reached_failure = None;
         loop {
             // The first pick uses the request's start: ejection windows are
@@ -281,7 +353,7 @@ impl EdgeProxy {
                     None => return Err(refused),
                 },
             };
-            match self.attempt(session, ctx, &backend).await {
+            match self.attempt(client, ctx, &backend).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
                     if f.on_pooled {
@@ -300,8 +372,8 @@ impl EdgeProxy {
     }
 
     /// The routing decision for a request just read: a region, or a reply.
-    fn admit(&self, session: &ServerSession, ctx: &mut Ctx) -> Option<ErrorReply> {
-        let req = session.req_header();
+    fn admit(&self, client: &Client<'_>, ctx: &mut Ctx) -> Option<ErrorReply> {
+        let req = client.request();
         let limit = self.state.config.limits.max_request_body;
         let declared = req
             .headers
@@ -338,7 +410,7 @@ impl EdgeProxy {
 
     async fn reply(
         &self,
-        session: &mut ServerSession,
+        client: &mut Client<'_>,
         ctx: &mut Ctx,
         reply: ErrorReply,
     ) -> Result<(), BError> {
@@ -350,7 +422,7 @@ impl EdgeProxy {
                 .inc();
         }
         let written = respond::write(
-            session,
+            client,
             &reply,
             ctx.snapshot.as_deref(),
             Some(&ctx.request_id),
@@ -437,13 +509,13 @@ impl EdgeProxy {
     /// One try at one backend, from the connection to the last body byte.
     async fn attempt(
         &self,
-        session: &mut ServerSession,
+        client: &mut Client<'_>,
         ctx: &mut Ctx,
         backend: &Arc<Backend>,
     ) -> Result<(), Failure> {
-        let head = self.upstream_request(session, ctx).map_err(Failure::last)?;
-        let head_request = session.req_header().method == http::Method::HEAD;
-        let upgrade = upstream::is_websocket_upgrade(session.req_header());
+        let head = self.upstream_request(client, ctx).map_err(Failure::last)?;
+        let head_request = client.request().method == http::Method::HEAD;
+        let upgrade = upstream::is_websocket_upgrade(client.request());
         let peer = backend.peer_template();
         let mut sent_at = Instant::now();
         let pooled = backend.idle.take(sent_at);
@@ -477,7 +549,7 @@ impl EdgeProxy {
         let mut answered_early = false;
         let sent: Result<h1::ResponseHead, BError> = async {
             up.write_head(head.bytes, head.chunked);
-            if let Err(e) = self.send_body(session, ctx, &mut up).await {
+            if let Err(e) = self.send_body(client, ctx, &mut up).await {
                 // A backend may answer before it has read the whole body
                 // (401, 413, ...) and stop reading: its answer is the one
                 // the client should get.
@@ -499,7 +571,7 @@ impl EdgeProxy {
                 let retry = e.esource() != &pingora_error::ErrorSource::Downstream
                     && ctx.reply.is_none()
                     && ctx.repeatable
-                    && !session.retry_buffer_truncated()
+                    && !client.retry_buffer_truncated()
                     && !matches!(
                         e.etype(),
                         ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -526,31 +598,19 @@ impl EdgeProxy {
         if answered_early || self.state.lifecycle.is_shutting_down() {
             // The client's body was not read in full, or the proxy is
             // stopping: this connection ends with this response.
-            session.set_keepalive(None);
+            client.close_after();
         }
-        session
-            .write_response_header(resp)
-            .await
-            .map_err(|e| Failure::last(e.into_down()))?;
+        client.write_head(resp).await.map_err(Failure::last)?;
 
-        if upgrade && session.was_upgraded() {
+        if upgrade && client.was_upgraded() {
             // A tunnel may stay quiet for long: the idle limit replaces
             // the read timeout, and bytes either way restart it.
-            let idle = Some(self.state.config.timeouts.tunnel_idle);
-            up.read_timeout = idle;
-            session.set_read_timeout(idle);
-            return tunnel(session, &mut up).await.map_err(Failure::last);
+            let idle = self.state.config.timeouts.tunnel_idle;
+            up.read_timeout = Some(idle);
+            client.set_read_timeout(idle);
+            return tunnel(client, &mut up).await.map_err(Failure::last);
         }
-        while let Some(chunk) = up.read_body().await.map_err(Failure::last)? {
-            session
-                .write_response_body(chunk, false)
-                .await
-                .map_err(|e| Failure::last(e.into_down()))?;
-        }
-        session
-            .write_response_body(Bytes::new(), true)
-            .await
-            .map_err(|e| Failure::last(e.into_down()))?;
+        pass_body(client, &mut up).await.map_err(Failure::last)?;
         if answered_early {
             return Ok(());
         }
@@ -564,23 +624,20 @@ impl EdgeProxy {
     /// fields, with the route, epoch, request id and forwarding fields.
     fn upstream_request(
         &self,
-        session: &mut ServerSession,
+        client: &mut Client<'_>,
         ctx: &Ctx,
     ) -> Result<upstream::BackendHead, BError> {
-        let has_body = !session.is_body_empty();
+        let has_body = !client.is_body_empty();
         let region = ctx.region.map(|r| &self.state.topology.regions[r]);
         let fwd = upstream::Forwarding {
             route: HeaderValue::from_static(ctx.plan.class.as_str()),
             epoch: ctx.snapshot.as_ref().map(|s| &s.epoch_header),
             request_id: &ctx.request_id,
-            client_ip: session
-                .client_addr()
-                .and_then(|a| a.as_inet())
-                .map(|a| a.ip()),
-            tls: is_tls(session),
+            client_ip: client.client_ip(),
+            tls: client.is_tls(),
             host: region.and_then(|r| r.host.as_ref()),
         };
-        upstream::backend_request(session.req_header(), has_body, &fwd)
+        upstream::backend_request(client.request(), client.raw_target(), has_body, &fwd)
             .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
     }
 
@@ -588,20 +645,16 @@ impl EdgeProxy {
     /// retries), then the rest as it arrives from the client.
     async fn send_body(
         &self,
-        session: &mut ServerSession,
+        client: &mut Client<'_>,
         ctx: &mut Ctx,
         up: &mut h1::Connection,
     ) -> Result<(), BError> {
-        if let Some(held) = session.get_retry_buffer().filter(|b| !b.is_empty()) {
+        if let Some(held) = client.retry_buffer().filter(|b| !b.is_empty()) {
             up.write_body(&held).await?;
         }
         let limit = self.state.config.limits.max_request_body;
-        while !session.is_body_done() {
-            let Some(chunk) = session
-                .read_request_body()
-                .await
-                .map_err(Error::into_down)?
-            else {
+        while !client.is_body_done() {
+            let Some(chunk) = client.read_body().await? else {
                 break;
             };
             ctx.body_bytes += chunk.len() as u64;
@@ -661,12 +714,12 @@ impl EdgeProxy {
 
     /// Answers a request that could not be served, unless its response had
     /// already begun (then the connection is closed) or the client is gone.
-    async fn fail(&self, session: &mut ServerSession, ctx: &mut Ctx, e: &Error) {
+    async fn fail(&self, client: &mut Client<'_>, ctx: &mut Ctx, e: &Error) {
         let reply = ctx
             .reply
             .take()
             .unwrap_or_else(|| ErrorReply::from_error(e));
-        if session.response_written().is_some() {
+        if client.response_status().is_some() {
             tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "response cut short");
             ctx.reply = Some(reply);
         } else if reply.client_gone() {
@@ -674,23 +727,23 @@ impl EdgeProxy {
         } else {
             tracing::warn!(
                 error = %e,
-                method = %session.req_header().method,
-                path = session.req_header().uri.path(),
+                method = %client.request().method,
+                path = client.request().uri.path(),
                 request_id = ctx.request_id.to_str().unwrap_or(""),
                 attempts = ctx.attempts,
                 status = reply.status(),
                 "request failed"
             );
-            if let Err(err) = self.reply(session, ctx, reply).await {
+            if let Err(err) = self.reply(client, ctx, reply).await {
                 tracing::debug!(error = %err, "cannot send the error response; the client is gone");
             }
         }
     }
 
-    fn log(&self, session: &ServerSession, ctx: &Ctx, e: Option<&Error>) {
-        let status = session.response_written().map_or_else(
+    fn log(&self, client: &Client<'_>, ctx: &Ctx, e: Option<&Error>) {
+        let status = client.response_status().map_or_else(
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
-            |r| r.status.as_u16(),
+            |s| s.as_u16(),
         );
         let served_by_index = if ctx.reply.is_some() {
             None
@@ -705,7 +758,7 @@ impl EdgeProxy {
             elapsed.as_secs_f64(),
         );
         if self.state.config.log.access {
-            let req = session.req_header();
+            let req = client.request();
             let served_by =
                 served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
             tracing::info!(
@@ -727,11 +780,36 @@ impl EdgeProxy {
     }
 }
 
+/// Passes the response body on as it comes. What the backend already sent
+/// goes to the client with the head in one write; the head goes out alone
+/// only before a wait for more.
+async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
+    let mut ready = up.body_now()?;
+    loop {
+        let chunk = match ready.take() {
+            Some(chunk) => chunk,
+            None => {
+                client.flush().await?;
+                up.read_body().await?
+            }
+        };
+        let Some(data) = chunk else {
+            return client.write_body(Bytes::new(), true).await;
+        };
+        ready = up.body_now()?;
+        let end = matches!(ready, Some(None));
+        client.write_body(data, end).await?;
+        if end {
+            return Ok(());
+        }
+    }
+}
+
 /// After a `101 Switching Protocols`, both directions carry raw bytes until
 /// each side closes, or until neither has sent anything for the read
 /// timeouts (set to `timeouts.tunnel_idle`): an idle tunnel ends normally.
-async fn tunnel(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(), BError> {
-    match carry(session, up).await {
+async fn tunnel(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
+    match carry(client, up).await {
         Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
             tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
             Ok(())
@@ -744,13 +822,13 @@ async fn tunnel(session: &mut ServerSession, up: &mut h1::Connection) -> Result<
 /// both sides have ended their streams. Each end is passed on: the backend
 /// may still answer after the client has ended its side, and the other way
 /// round.
-async fn carry(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(), BError> {
+async fn carry(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
     let mut client_done = false;
     let mut backend_done = false;
     while !(client_done && backend_done) {
         tokio::select! {
-            chunk = session.read_request_body(), if !client_done => {
-                match chunk.map_err(Error::into_down)? {
+            chunk = client.read_body(), if !client_done => {
+                match chunk? {
                     Some(bytes) => up.write_raw(&bytes).await?,
                     None => {
                         up.shutdown_write().await?;
@@ -760,9 +838,9 @@ async fn carry(session: &mut ServerSession, up: &mut h1::Connection) -> Result<(
             }
             chunk = up.read_body(), if !backend_done => {
                 match chunk? {
-                    Some(bytes) => session.write_response_body(bytes, false).await.map_err(Error::into_down)?,
+                    Some(bytes) => client.write_body(bytes, false).await?,
                     None => {
-                        session.write_response_body(Bytes::new(), true).await.map_err(Error::into_down)?;
+                        client.write_body(Bytes::new(), true).await?;
                         backend_done = true;
                     }
                 }

@@ -3,9 +3,9 @@
 
 use crate::h1;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
-use pingora_http::{RequestHeader, ResponseHeader};
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::fmt::Write;
@@ -75,13 +75,14 @@ pub struct BackendHead {
 /// without an intermediate map: names go on in lower case, which HTTP
 /// treats alike.
 pub fn backend_request(
-    client: &RequestHeader,
+    client: &Parts,
+    raw_target: &[u8],
     has_body: bool,
     fwd: &Forwarding<'_>,
 ) -> Result<BackendHead, CannotForward> {
     let websocket = is_websocket_upgrade(client);
     let nominated = nominated_fields(&client.headers)?;
-    let (target, authority) = split_target(client)?;
+    let (target, authority) = split_target(client, raw_target)?;
     // The region's override wins over the authority of the target.
     let host = fwd.host.cloned().or(authority);
     let chunked = has_body && !client.headers.contains_key(header::CONTENT_LENGTH);
@@ -151,27 +152,17 @@ fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 /// removed (the proxy speaks for its own connection), the region that
 /// served it and the request id added.
 pub fn client_response(
-    backend: h1::ResponseHead,
+    mut backend: h1::ResponseHead,
     region: Option<&HeaderValue>,
     request_id: &HeaderValue,
-) -> Box<ResponseHeader> {
-    let mut headers = backend.headers;
-    strip_response_fields(&mut headers, backend.status);
+) -> h1::ResponseHead {
+    let headers = &mut backend.headers;
+    strip_response_fields(headers, backend.status);
     if let Some(region) = region {
         headers.insert(REGION, region.clone());
     }
     headers.insert(REQUEST_ID, request_id.clone());
-    let (mut parts, ()) = http::Response::new(()).into_parts();
-    parts.status = backend.status;
-    parts.version = http::Version::HTTP_11;
-    parts.headers = headers;
-    let mut resp = Box::new(ResponseHeader::from(parts));
-    if backend.reason.is_some() {
-        // Pingora keeps any phrase it is given (it checks nothing), so the
-        // result is always Ok.
-        resp.set_reason_phrase(backend.reason.as_deref()).ok();
-    }
-    resp
+    backend
 }
 
 /// The fields a request's `Connection` nominates: they stay behind with
@@ -276,7 +267,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// `x-forwarded-for`: the client's prior list, if any, then its address.
-fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
+fn forwarded_for(client: &Parts, ip: IpAddr) -> HeaderValue {
     let mut list = String::new();
     for prior in client.headers.get_all(FORWARDED_FOR) {
         if let Ok(prior) = prior.to_str() {
@@ -298,10 +289,16 @@ fn forwarded_for(client: &RequestHeader, ip: IpAddr) -> HeaderValue {
 /// target, so that the backend reads one host, the one the proxy may then
 /// set; a target that is neither a path, `*` nor an http(s) or ws(s) URL is
 /// refused.
-fn split_target(
-    client: &RequestHeader,
-) -> Result<(Cow<'_, [u8]>, Option<HeaderValue>), CannotForward> {
-    if let Some(authority) = client.uri.authority() {
+fn split_target<'a>(
+    client: &'a Parts,
+    raw: &'a [u8],
+) -> Result<(Cow<'a, [u8]>, Option<HeaderValue>), CannotForward> {
+    // HTTP/2 carries the authority beside the path; HTTP/1.1 in the target.
+    if let Some(authority) = client
+        .uri
+        .authority()
+        .filter(|_| client.version == http::Version::HTTP_2)
+    {
         let path = client
             .uri
             .path_and_query()
@@ -314,7 +311,6 @@ fn split_target(
         ));
     }
     // An origin-form target goes on byte for byte.
-    let raw = client.raw_path();
     if raw.is_empty() {
         return Ok((Cow::Borrowed(b"/"), None));
     }
@@ -362,7 +358,7 @@ fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client:
 /// the one upgrade the proxy passes on.
-pub fn is_websocket_upgrade(req: &RequestHeader) -> bool {
+pub fn is_websocket_upgrade(req: &Parts) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
         && req
@@ -464,6 +460,7 @@ fn still_idle(stream: &mut Stream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pingora_http::RequestHeader;
     use proptest::prelude::*;
 
     /// A request head as the backend reads it off the wire.
@@ -517,7 +514,7 @@ mod tests {
             tls: false,
             host: None,
         };
-        let head = backend_request(req, body, &fwd)?;
+        let head = backend_request(req, req.raw_path(), body, &fwd)?;
         assert_eq!(
             head.chunked,
             sent(&head).headers.contains_key("transfer-encoding")
@@ -716,7 +713,7 @@ mod tests {
             tls: false,
             host: Some(&host),
         };
-        let out = sent(&backend_request(&req, false, &fwd).expect("valid"));
+        let out = sent(&backend_request(&req, req.raw_path(), false, &fwd).expect("valid"));
         let one = |name: &str| {
             let all: Vec<_> = out.headers.get_all(name).iter().collect();
             assert_eq!(all.len(), 1, "{name}: {all:?}");
@@ -834,7 +831,7 @@ mod tests {
         let mut backend = response(503, &[]);
         backend.reason = Some("Back Soon".into());
         let out = client_response(backend, None, &HeaderValue::from_static("id"));
-        assert_eq!(out.get_reason_phrase(), Some("Back Soon"));
+        assert_eq!(out.reason.as_deref(), Some("Back Soon"));
     }
 
     #[tokio::test]

@@ -1,0 +1,1336 @@
+//! HTTP/1.1 with a client (RFC 9112): one request after another on one
+//! connection, the proxy's own parser and writer.
+//!
+//! The request head is parsed straight into a header map whose values share
+//! the bytes read; the map and the read buffer stay with the connection from
+//! one request to the next. The body's framing is decided strictly, because
+//! the head goes on to a backend that must read the same request boundaries
+//! the proxy did: `Transfer-Encoding` other than a lone `chunked`, beside a
+//! `Content-Length`, or from an HTTP/1.0 client, is refused, and so are
+//! differing lengths and repeated `Host` fields. The response head goes out
+//! with the first body bytes, in one write.
+
+use crate::h1::{self, Body, Chunk, Direction, Peer};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
+use http::{Method, StatusCode, Uri, Version};
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::http::ServerSession;
+use pingora_error::{Error, ErrorType};
+use pingora_http::ResponseHeader;
+use std::mem::MaybeUninit;
+use std::net::IpAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+type BError = Box<Error>;
+
+/// Largest request head accepted; larger gets a 431.
+pub const MAX_HEAD: usize = h1::MAX_HEAD;
+/// Most fields in a request head; more gets a 431.
+pub const MAX_FIELDS: usize = h1::MAX_FIELDS;
+/// Request body bytes kept for a retry; a longer body cannot be sent again.
+pub const RETRY_BUFFER: usize = 64 * 1024;
+
+/// A request the proxy refuses to read: the status says why (400, 431, 501).
+fn refused(status: u16, why: impl Into<String>) -> BError {
+    Error::explain(ErrorType::HTTPStatus(status), why.into()).into_down()
+}
+
+fn bad_request(why: impl Into<String>) -> BError {
+    refused(400, why)
+}
+
+/// How the response body goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Out {
+    /// No response head yet.
+    Head,
+    /// The response has no body (a `HEAD` request, `204`, `304`).
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Delimited by the end of the connection.
+    UntilClose,
+    /// After a `101`: raw bytes.
+    Raw,
+    /// The response is complete.
+    Done,
+}
+
+/// One client connection, one request at a time.
+pub struct Session {
+    stream: Stream,
+    /// Bytes read and not yet consumed (a pipelined request may wait here).
+    buf: BytesMut,
+    /// How far `buf` was searched for the end of a request head.
+    head_scan: usize,
+    /// How long the client may keep the proxy waiting: for a request, for
+    /// body bytes, to take response bytes.
+    idle: Duration,
+    read_timeout: Duration,
+    client_ip: Option<IpAddr>,
+    tls: bool,
+    req: Parts,
+    /// The request target as received (forwarded byte for byte).
+    raw_target: Bytes,
+    body: Body,
+    body_empty: bool,
+    keepalive: bool,
+    retry: Option<BytesMut>,
+    retry_truncated: bool,
+    status: Option<StatusCode>,
+    out: Out,
+    /// The response head, until it goes out with the first body bytes.
+    pending: Vec<u8>,
+    upgraded: bool,
+}
+
+impl Session {
+    pub fn new(stream: Stream, idle: Duration) -> Self {
+        let tls = stream.get_ssl_digest().is_some();
+        let client_ip = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        Session {
+            stream,
+            buf: BytesMut::new(),
+            head_scan: 0,
+            idle,
+            read_timeout: idle,
+            client_ip,
+            tls,
+            req: http::Request::new(()).into_parts().0,
+            raw_target: Bytes::new(),
+            body: Body::Done,
+            body_empty: true,
+            keepalive: false,
+            retry: None,
+            retry_truncated: false,
+            status: None,
+            out: Out::Head,
+            pending: Vec::new(),
+            upgraded: false,
+        }
+    }
+
+    pub fn request(&self) -> &Parts {
+        &self.req
+    }
+
+    pub fn raw_target(&self) -> &[u8] {
+        &self.raw_target
+    }
+
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Reads the next request head. `Ok(false)`: the client closed the
+    /// connection between requests. An error with an `HTTPStatus` type is a
+    /// request to answer with that status before closing; any other error
+    /// ends the connection silently.
+    pub async fn read_request(&mut self) -> Result<bool, BError> {
+        self.start_request();
+        loop {
+            if self.take_request()? {
+                return Ok(true);
+            }
+            if self.fill().await? == 0 {
+                if self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                    return Ok(false);
+                }
+                return Err(Error::explain(
+                    ErrorType::ConnectionClosed,
+                    "the client closed the connection in the middle of a request head",
+                )
+                .into_down());
+            }
+        }
+    }
+
+    /// Forgets the previous request; its fields' bytes are released, so the
+    /// read buffer's memory can serve the next one.
+    fn start_request(&mut self) {
+        self.req.headers.clear();
+        self.req.uri = Uri::default();
+        self.req.extensions.clear();
+        self.raw_target = Bytes::new();
+        self.body = Body::Done;
+        self.body_empty = true;
+        self.keepalive = false;
+        self.retry = None;
+        self.retry_truncated = false;
+        self.status = None;
+        self.out = Out::Head;
+        self.pending.clear();
+        self.read_timeout = self.idle;
+    }
+
+    async fn fill(&mut self) -> Result<usize, BError> {
+        if self.buf.capacity() - self.buf.len() < h1::READ_ROOM / 4 {
+            self.buf.reserve(h1::READ_ROOM);
+        }
+        let read = self.stream.read_buf(&mut self.buf);
+        h1::timed(Some(self.read_timeout), read, Direction::Read, Peer::Client).await
+    }
+
+    /// Parses a request head from the bytes read, if they hold a whole one.
+    fn take_request(&mut self) -> Result<bool, BError> {
+        let from = self.head_scan.saturating_sub(2);
+        self.head_scan = self.buf.len();
+        if !h1::has_head_end(&self.buf[from..]) {
+            if self.buf.len() >= MAX_HEAD {
+                return Err(refused(
+                    431,
+                    format!("the request head is over {MAX_HEAD} bytes"),
+                ));
+            }
+            return Ok(false);
+        }
+        let data = self.buf.split().freeze();
+        let len = match self.parse(&data) {
+            Ok(Some(len)) => len,
+            Ok(None) => {
+                // Only empty lines so far (allowed before a request line).
+                self.buf = BytesMut::from(&data[..]);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        self.buf.extend_from_slice(&data[len..]);
+        self.head_scan = 0;
+        let (body, keepalive) = request_framing(self.req.version, &mut self.req.headers)?;
+        self.body = body;
+        self.body_empty = body == Body::Done;
+        self.keepalive = keepalive;
+        Ok(true)
+    }
+
+    /// Fills the request from a head at the start of `data`; its length,
+    /// or `None` if more bytes are needed.
+    fn parse(&mut self, data: &Bytes) -> Result<Option<usize>, BError> {
+        let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut req,
+            data,
+            &mut fields,
+        ) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(refused(
+                    431,
+                    format!("the request has more than {MAX_FIELDS} fields"),
+                ));
+            }
+            Err(e) => return Err(bad_request(format!("the request head is malformed: {e}"))),
+        };
+        let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
+        else {
+            return Ok(None);
+        };
+        self.req.method = Method::from_bytes(method.as_bytes())
+            .map_err(|_| bad_request(format!("{method:?} is no method")))?;
+        self.req.version = if version == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        self.raw_target = data.slice_ref(target.as_bytes());
+        self.req.uri = parse_target(&self.raw_target)?;
+        let headers = &mut self.req.headers;
+        headers.reserve(req.headers.len());
+        for field in req.headers.iter() {
+            let name = HeaderName::from_bytes(field.name.as_bytes())
+                .map_err(|_| bad_request(format!("{:?} is no field name", field.name)))?;
+            let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
+                .map_err(|_| bad_request(format!("the {name} field holds bytes no field may")))?;
+            headers.append(name, value);
+        }
+        Ok(Some(len))
+    }
+
+    pub fn is_body_done(&self) -> bool {
+        self.body == Body::Done
+    }
+
+    pub fn is_body_empty(&self) -> bool {
+        self.body_empty
+    }
+
+    /// Keeps the body read from here on (up to [`RETRY_BUFFER`] bytes), so
+    /// that the request can be sent again.
+    pub fn enable_retry_buffering(&mut self) {
+        if self.retry.is_none() {
+            self.retry = Some(BytesMut::new());
+        }
+    }
+
+    /// The body read so far, if all of it was kept.
+    pub fn retry_buffer(&self) -> Option<Bytes> {
+        self.retry
+            .as_ref()
+            .filter(|_| !self.retry_truncated)
+            .map(|b| Bytes::copy_from_slice(b))
+    }
+
+    pub fn retry_buffer_truncated(&self) -> bool {
+        self.retry_truncated
+    }
+
+    /// The next piece of the request body; `None` after its end. After a
+    /// `101`, the client's bytes until it ends its stream.
+    pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
+        let data = loop {
+            let step = self
+                .body
+                .step(&mut self.buf)
+                .map_err(|why| bad_request(format!("the chunked body is malformed: {why}")))?;
+            if let Some(next) = step {
+                break next;
+            }
+            if self.fill().await? == 0 {
+                self.body.at_close().map_err(|cut| {
+                    Error::explain(
+                        ErrorType::ConnectionClosed,
+                        format!("the client closed the connection {cut}"),
+                    )
+                    .into_down()
+                })?;
+            }
+        };
+        if let (Some(kept), Some(data)) = (self.retry.as_mut(), data.as_ref()) {
+            if kept.len() + data.len() > RETRY_BUFFER {
+                self.retry_truncated = true;
+            } else if !self.retry_truncated {
+                kept.extend_from_slice(data);
+            }
+        }
+        Ok(data)
+    }
+
+    /// Invites the body of a request that expects `100-continue`.
+    pub async fn write_continue(&mut self) -> Result<(), BError> {
+        self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await
+    }
+
+    /// The connection ends after this response.
+    pub fn close_after(&mut self) {
+        self.keepalive = false;
+    }
+
+    /// The status of the response head written, if any.
+    pub fn response_status(&self) -> Option<StatusCode> {
+        self.status
+    }
+
+    /// Whether a `101` was written: the connection now carries raw bytes.
+    pub fn was_upgraded(&self) -> bool {
+        self.upgraded
+    }
+
+    /// How long a read from the client may wait (a tunnel's idle limit).
+    pub fn set_read_timeout(&mut self, limit: Duration) {
+        self.read_timeout = limit;
+    }
+
+    /// Takes the response head. It goes out with the first body bytes, with
+    /// [`Self::flush`], or at once for a `101`. The body is framed as the
+    /// fields say; a body with neither length nor chunks goes chunked to an
+    /// HTTP/1.1 client and to the connection's end to an HTTP/1.0 one.
+    pub async fn write_head(&mut self, mut head: h1::ResponseHead) -> Result<(), BError> {
+        if self.out != Out::Head {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "a second response head for one request",
+            ));
+        }
+        let status = head.status;
+        let headers = &mut head.headers;
+        let http10 = self.req.version == Version::HTTP_10;
+        self.out = if status == StatusCode::SWITCHING_PROTOCOLS {
+            self.keepalive = false;
+            self.upgraded = true;
+            // What the client sends from here on is the new protocol's.
+            self.body = Body::UntilClose;
+            Out::Raw
+        } else if self.req.method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+            || status.is_informational()
+        {
+            Out::Empty
+        } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
+            let chunked = te
+                .to_str()
+                .ok()
+                .and_then(|t| h1::list_items(t).last())
+                .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
+            if chunked && !http10 {
+                Out::Chunked
+            } else {
+                if chunked {
+                    // HTTP/1.0 knows no chunks: the body runs to the close.
+                    headers.remove(header::TRANSFER_ENCODING);
+                }
+                self.keepalive = false;
+                Out::UntilClose
+            }
+        } else if let Some(n) = content_length(headers).map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "the response's Content-Length is not a number",
+            )
+        })? {
+            if n == 0 { Out::Done } else { Out::Length(n) }
+        } else if http10 {
+            self.keepalive = false;
+            Out::UntilClose
+        } else {
+            headers.insert(
+                header::TRANSFER_ENCODING,
+                HeaderValue::from_static("chunked"),
+            );
+            Out::Chunked
+        };
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            headers.remove(header::CONNECTION);
+            if !self.keepalive {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            } else if http10 {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+            }
+        }
+        self.status = Some(status);
+        encode_head(&mut self.pending, &head);
+        if self.out == Out::Raw {
+            return self.flush().await;
+        }
+        Ok(())
+    }
+
+    /// Sends the response head if it has not gone yet.
+    pub async fn flush(&mut self) -> Result<(), BError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let head = std::mem::take(&mut self.pending);
+        let sent = self.write(&head).await;
+        self.pending = head;
+        self.pending.clear();
+        sent
+    }
+
+    /// Sends a piece of the response body, framed (with the head, if it has
+    /// not gone yet); `end`: it is the last. After a `101`, the end is the
+    /// end of the stream toward the client.
+    pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
+        let mut size = [0u8; 18];
+        let (prefix, suffix): (&[u8], &[u8]) = match self.out {
+            Out::Head => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "a response body before its head",
+                ));
+            }
+            Out::Done if !data.is_empty() => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "response body bytes beyond its end",
+                ));
+            }
+            Out::Length(left) if data.len() as u64 > left => {
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "response body bytes beyond its Content-Length",
+                ));
+            }
+            Out::Chunked if !data.is_empty() => {
+                let line = chunk_size_line(&mut size, data.len());
+                (line, if end { b"\r\n0\r\n\r\n" } else { b"\r\n" })
+            }
+            Out::Chunked if end => (b"0\r\n\r\n", b""),
+            _ => (b"", b""),
+        };
+        let data = if self.out == Out::Empty {
+            Bytes::new()
+        } else {
+            data
+        };
+        let head = std::mem::take(&mut self.pending);
+        let mut out = Buf::chain(&head[..], prefix).chain(&data[..]).chain(suffix);
+        let sent = if out.has_remaining() {
+            let limit = Some(self.idle);
+            h1::timed(
+                limit,
+                write_all_buf(&mut self.stream, &mut out),
+                Direction::Write,
+                Peer::Client,
+            )
+            .await
+        } else {
+            Ok(())
+        };
+        self.pending = head;
+        self.pending.clear();
+        sent?;
+        if let Out::Length(left) = self.out {
+            let left = left - data.len() as u64;
+            self.out = if left == 0 {
+                Out::Done
+            } else {
+                Out::Length(left)
+            };
+        }
+        if end {
+            match self.out {
+                Out::Length(left) => {
+                    self.keepalive = false;
+                    return Err(Error::explain(
+                        ErrorType::InternalError,
+                        format!("the response ended {left} bytes before its Content-Length"),
+                    ));
+                }
+                Out::Raw | Out::UntilClose => {
+                    h1::timed(
+                        Some(self.idle),
+                        self.stream.shutdown(),
+                        Direction::Write,
+                        Peer::Client,
+                    )
+                    .await?;
+                }
+                _ => {}
+            }
+            self.out = Out::Done;
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` at once.
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), BError> {
+        let mut out = bytes;
+        h1::timed(
+            Some(self.idle),
+            write_all_buf(&mut self.stream, &mut out),
+            Direction::Write,
+            Peer::Client,
+        )
+        .await
+    }
+
+    /// Whether the connection may carry another request: the response is
+    /// complete, the request's body was read to its end, and neither side
+    /// asked to close.
+    pub fn reusable(&self) -> bool {
+        self.keepalive && self.out == Out::Done && self.body == Body::Done && !self.upgraded
+    }
+
+    /// Ends the connection; errors do not matter any more. If the
+    /// client's body was not read to its end, what it still sends is read
+    /// and dropped for a while after the proxy's end is sent: closing with
+    /// unread bytes would reset the connection and could destroy the
+    /// answer before the client reads it.
+    pub async fn close(mut self) {
+        let limit = Some(LINGER_READ);
+        let ended = h1::timed(
+            limit,
+            self.stream.shutdown(),
+            Direction::Write,
+            Peer::Client,
+        )
+        .await;
+        if ended.is_err() || matches!(self.body, Body::Done | Body::UntilClose) {
+            return;
+        }
+        let until = tokio::time::Instant::now() + LINGER;
+        let mut sink = [0u8; 16 * 1024];
+        while tokio::time::Instant::now() < until {
+            match h1::timed(
+                limit,
+                self.stream.read(&mut sink),
+                Direction::Read,
+                Peer::Client,
+            )
+            .await
+            {
+                Ok(n) if n > 0 => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+/// How long a closing connection keeps reading what the client still sends.
+const LINGER: Duration = Duration::from_secs(5);
+/// The longest wait for the client's next bytes while lingering.
+const LINGER_READ: Duration = Duration::from_secs(1);
+
+/// Writes all of `out` and flushes it.
+async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Result<()> {
+    stream.write_all_buf(out).await?;
+    stream.flush().await
+}
+
+/// A request body's framing (RFC 9112 §6.3), and whether the connection
+/// may carry another request after it. Only what every HTTP/1.1 parser
+/// reads alike is accepted: a lone `chunked` coding from an HTTP/1.1
+/// client and no length beside it, or one length (repeated values are left
+/// as one), and a single `Host`.
+fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, bool), BError> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if hosts.next().is_some() && hosts.next().is_some() {
+        return Err(bad_request("the request has more than one Host field"));
+    }
+    let http10 = version == Version::HTTP_10;
+    let (mut close, mut keep_alive) = (false, false);
+    for value in headers.get_all(header::CONNECTION) {
+        for token in h1::list_items(value.to_str().unwrap_or("")) {
+            close |= token.eq_ignore_ascii_case("close");
+            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+    let keepalive = !close && (!http10 || keep_alive);
+    if !headers.contains_key(header::TRANSFER_ENCODING) {
+        let body = match content_length(headers)? {
+            Some(0) | None => Body::Done,
+            Some(n) => Body::Length(n),
+        };
+        return Ok((body, keepalive));
+    }
+    if http10 {
+        return Err(bad_request(
+            "an HTTP/1.0 request may not carry Transfer-Encoding",
+        ));
+    }
+    if headers.contains_key(header::CONTENT_LENGTH) {
+        return Err(bad_request(
+            "the request carries both Transfer-Encoding and Content-Length",
+        ));
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| h1::list_items(v.to_str().unwrap_or("\0")));
+    match (codings.next(), codings.next()) {
+        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
+            Ok((Body::Chunked(Chunk::Size), keepalive))
+        }
+        _ => Err(refused(
+            501,
+            "the request's Transfer-Encoding is not a lone chunked",
+        )),
+    }
+}
+
+/// The length a request's `Content-Length` fields give (see
+/// [`h1::declared_length`]); repeated values are left as one field with one
+/// number, so what goes on is unambiguous.
+fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, BError> {
+    match h1::declared_length(headers) {
+        Ok(Some((n, clean))) => {
+            if !clean {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Some(n))
+        }
+        Ok(None) => Ok(None),
+        Err(h1::BadLength::NotANumber) => {
+            Err(bad_request("the request's Content-Length is not a number"))
+        }
+        Err(h1::BadLength::Differ) => Err(bad_request(
+            "the request carries two different Content-Length values",
+        )),
+    }
+}
+
+/// The request target as a URI: as received when it is one, else with the
+/// bytes a URI may not hold percent-encoded (the target still goes to the
+/// backend as received).
+fn parse_target(raw: &Bytes) -> Result<Uri, BError> {
+    if let Ok(uri) = Uri::from_maybe_shared(raw.clone()) {
+        return Ok(uri);
+    }
+    let mut escaped = String::with_capacity(raw.len() * 3);
+    for &b in raw.iter() {
+        if b.is_ascii_alphanumeric() || b"-._~:/?#[]@!$&'()*+,;=%".contains(&b) {
+            escaped.push(char::from(b));
+        } else {
+            escaped.push_str(&format!("%{b:02X}"));
+        }
+    }
+    escaped.parse().map_err(|_| {
+        bad_request(format!(
+            "the request target {:?} is no URI",
+            String::from_utf8_lossy(raw)
+        ))
+    })
+}
+
+/// `size` in hex, then CRLF.
+fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in buf[..digits].iter_mut().enumerate() {
+        let nibble = (size >> ((digits - 1 - i) * 4)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    &buf[..digits + 2]
+}
+
+/// The status line and fields of a response, as HTTP/1.1 puts them.
+fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead) {
+    out.clear();
+    out.reserve(64 + head.headers.len() * 48);
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(head.status.as_str().as_bytes());
+    out.push(b' ');
+    let reason = head
+        .reason
+        .as_deref()
+        .or_else(|| head.status.canonical_reason())
+        .unwrap_or("");
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The client's side of one request: the proxy's own HTTP/1.x session, or
+/// Pingora's HTTP/2 stream.
+pub enum Client<'a> {
+    H1(&'a mut Session),
+    H2(&'a mut ServerSession),
+}
+
+impl Client<'_> {
+    pub fn request(&self) -> &Parts {
+        match self {
+            Client::H1(s) => s.request(),
+            Client::H2(s) => s.req_header(),
+        }
+    }
+
+    /// The request target as received.
+    pub fn raw_target(&self) -> &[u8] {
+        match self {
+            Client::H1(s) => s.raw_target(),
+            Client::H2(s) => s.req_header().raw_path(),
+        }
+    }
+
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        match self {
+            Client::H1(s) => s.client_ip(),
+            Client::H2(s) => s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        match self {
+            Client::H1(s) => s.is_tls(),
+            Client::H2(s) => s.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        }
+    }
+
+    pub fn is_body_done(&mut self) -> bool {
+        match self {
+            Client::H1(s) => s.is_body_done(),
+            Client::H2(s) => s.is_body_done(),
+        }
+    }
+
+    pub fn is_body_empty(&mut self) -> bool {
+        match self {
+            Client::H1(s) => s.is_body_empty(),
+            Client::H2(s) => s.is_body_empty(),
+        }
+    }
+
+    pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
+        match self {
+            Client::H1(s) => s.read_body().await,
+            Client::H2(s) => s.read_request_body().await.map_err(Error::into_down),
+        }
+    }
+
+    pub async fn write_continue(&mut self) -> Result<(), BError> {
+        match self {
+            Client::H1(s) => s.write_continue().await,
+            Client::H2(s) => s.write_continue_response().await.map_err(Error::into_down),
+        }
+    }
+
+    pub fn enable_retry_buffering(&mut self) {
+        match self {
+            Client::H1(s) => s.enable_retry_buffering(),
+            Client::H2(s) => s.enable_retry_buffering(),
+        }
+    }
+
+    pub fn retry_buffer(&mut self) -> Option<Bytes> {
+        match self {
+            Client::H1(s) => s.retry_buffer(),
+            Client::H2(s) => s.get_retry_buffer(),
+        }
+    }
+
+    pub fn retry_buffer_truncated(&self) -> bool {
+        match self {
+            Client::H1(s) => s.retry_buffer_truncated(),
+            Client::H2(s) => s.retry_buffer_truncated(),
+        }
+    }
+
+    /// The connection ends after this response.
+    pub fn close_after(&mut self) {
+        match self {
+            Client::H1(s) => s.close_after(),
+            Client::H2(s) => s.set_keepalive(None),
+        }
+    }
+
+    pub fn response_status(&self) -> Option<StatusCode> {
+        match self {
+            Client::H1(s) => s.response_status(),
+            Client::H2(s) => s.response_written().map(|r| r.status),
+        }
+    }
+
+    pub fn was_upgraded(&self) -> bool {
+        match self {
+            Client::H1(s) => s.was_upgraded(),
+            Client::H2(s) => s.was_upgraded(),
+        }
+    }
+
+    pub fn set_read_timeout(&mut self, limit: Duration) {
+        match self {
+            Client::H1(s) => s.set_read_timeout(limit),
+            Client::H2(s) => s.set_read_timeout(Some(limit)),
+        }
+    }
+
+    pub async fn write_head(&mut self, head: h1::ResponseHead) -> Result<(), BError> {
+        match self {
+            Client::H1(s) => s.write_head(head).await,
+            Client::H2(s) => s
+                .write_response_header(pingora_response(head))
+                .await
+                .map_err(Error::into_down),
+        }
+    }
+
+    /// Sends what is held back (the response head), before a wait.
+    pub async fn flush(&mut self) -> Result<(), BError> {
+        match self {
+            Client::H1(s) => s.flush().await,
+            Client::H2(_) => Ok(()),
+        }
+    }
+
+    pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
+        match self {
+            Client::H1(s) => s.write_body(data, end).await,
+            Client::H2(s) => s
+                .write_response_body(data, end)
+                .await
+                .map_err(Error::into_down),
+        }
+    }
+}
+
+/// A response head as Pingora's HTTP/2 session takes it.
+fn pingora_response(head: h1::ResponseHead) -> Box<ResponseHeader> {
+    let (mut parts, ()) = http::Response::new(()).into_parts();
+    parts.status = head.status;
+    parts.version = Version::HTTP_11;
+    parts.headers = head.headers;
+    let mut resp = Box::new(ResponseHeader::from(parts));
+    if head.reason.is_some() {
+        // Pingora keeps any phrase it is given (it checks nothing), so the
+        // result is always Ok.
+        resp.set_reason_phrase(head.reason.as_deref()).ok();
+    }
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::respond::ErrorReply;
+    use proptest::prelude::*;
+    use tokio::net::TcpStream;
+
+    const IDLE: Duration = Duration::from_secs(10);
+
+    /// A session whose client has sent `wire` and then, if `close`, ended
+    /// its stream.
+    async fn sent(wire: &[u8], close: bool) -> (Session, TcpStream) {
+        let (stream, mut peer) = h1::stream_pair().await;
+        peer.write_all(wire).await.expect("write");
+        if close {
+            peer.shutdown().await.expect("shutdown");
+        }
+        (Session::new(stream, IDLE), peer)
+    }
+
+    async fn whole_body(s: &mut Session) -> Result<Vec<u8>, BError> {
+        let mut body = Vec::new();
+        while let Some(piece) = s.read_body().await? {
+            body.extend_from_slice(&piece);
+        }
+        Ok(body)
+    }
+
+    /// What the client received until the proxy's end of the stream.
+    async fn received(s: Session, mut peer: TcpStream) -> String {
+        s.close().await;
+        let mut out = Vec::new();
+        peer.read_to_end(&mut out).await.expect("read");
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn head(status: u16, fields: &[(&str, &str)]) -> h1::ResponseHead {
+        let mut headers = HeaderMap::new();
+        for (k, v) in fields {
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
+        }
+        h1::ResponseHead {
+            status: StatusCode::from_u16(status).expect("status"),
+            reason: None,
+            headers,
+        }
+    }
+
+    async fn refusal(wire: &[u8]) -> u16 {
+        let (mut s, _peer) = sent(wire, true).await;
+        match s.read_request().await {
+            Err(e) => match e.etype() {
+                ErrorType::HTTPStatus(status) => *status,
+                other => panic!("{other:?} for {:?}", String::from_utf8_lossy(wire)),
+            },
+            Ok(read) => panic!("read ({read}): {:?}", String::from_utf8_lossy(wire)),
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_read_one_after_another_with_their_bodies() {
+        let (mut s, _peer) = sent(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+              POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+              GET /c?q=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+            true,
+        )
+        .await;
+        for (path, body) in [("/a", &b"hello"[..]), ("/b", b"abc"), ("/c", b"")] {
+            assert!(s.read_request().await.expect("head"));
+            assert_eq!(s.request().uri.path(), path);
+            assert_eq!(s.is_body_empty(), body.is_empty(), "{path}");
+            assert_eq!(whole_body(&mut s).await.expect("body"), body, "{path}");
+            assert!(s.is_body_done());
+        }
+        assert_eq!(s.raw_target(), b"/c?q=1");
+        assert!(!s.read_request().await.expect("clean end"));
+    }
+
+    /// Reads the one request in `wire` and answers it with `resp` and the
+    /// body `pieces` (the last ends it): whether the connection may carry
+    /// another request, and what the client received.
+    async fn answered(
+        wire: &[u8],
+        resp: h1::ResponseHead,
+        pieces: &[&'static [u8]],
+    ) -> (bool, String) {
+        let (mut s, peer) = sent(wire, false).await;
+        assert!(s.read_request().await.expect("head"));
+        let status = resp.status;
+        s.write_head(resp).await.expect("head");
+        assert_eq!(s.response_status(), Some(status));
+        for (i, piece) in pieces.iter().enumerate() {
+            let end = i + 1 == pieces.len();
+            s.write_body(Bytes::from_static(piece), end)
+                .await
+                .expect("body");
+        }
+        (s.reusable(), received(s, peer).await)
+    }
+
+    #[tokio::test]
+    async fn a_response_goes_out_framed_with_its_head_and_keeps_the_connection() {
+        let resp = head(200, &[("content-length", "2"), ("x-a", "1")]);
+        let (reusable, out) = answered(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", resp, &[b"ok"]).await;
+        assert!(reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-a: 1\r\n\r\nok"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_body_without_length_is_chunked_for_http11_and_runs_to_the_close_for_http10() {
+        let wire = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (reusable, out) = answered(wire, head(200, &[]), &[b"hello, world", b"!"]).await;
+        assert!(reusable);
+        assert_eq!(
+            out,
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nc\r\nhello, world\r\n1\r\n!\r\n0\r\n\r\n"
+        );
+
+        let wire = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+        let chunked = head(200, &[("transfer-encoding", "chunked")]);
+        let (reusable, out) = answered(wire, chunked, &[b"old"]).await;
+        assert!(!reusable, "the close ends the body");
+        assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nold");
+    }
+
+    #[tokio::test]
+    async fn keep_alive_follows_the_version_and_connection() {
+        for (wire, reusable, field) in [
+            (&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], true, None),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close\r\n\r\n",
+                false,
+                Some("close"),
+            ),
+            (b"GET / HTTP/1.0\r\n\r\n", false, Some("close")),
+            (
+                b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                true,
+                Some("keep-alive"),
+            ),
+        ] {
+            let text = String::from_utf8_lossy(wire).into_owned();
+            let (kept, out) = answered(wire, head(204, &[]), &[b""]).await;
+            assert_eq!(kept, reusable, "{text}");
+            let want = field.map(|f| format!("connection: {f}\r\n"));
+            assert_eq!(
+                out.contains("connection:"),
+                want.is_some(),
+                "{text} -> {out}"
+            );
+            if let Some(want) = want {
+                assert!(out.contains(&want), "{text} -> {out}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_head_request_gets_no_body_and_the_fields_it_was_given() {
+        let wire = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let resp = head(200, &[("content-length", "1000")]);
+        let (reusable, out) = answered(wire, resp, &[b""]).await;
+        assert!(reusable);
+        assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_response_cut_before_its_length_closes_the_connection() {
+        let (mut s, _peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
+        assert!(s.read_request().await.expect("head"));
+        s.write_head(head(200, &[("content-length", "5")]))
+            .await
+            .expect("head");
+        s.write_body(Bytes::from_static(b"hel"), false)
+            .await
+            .expect("part");
+        s.write_body(Bytes::new(), true)
+            .await
+            .expect_err("two bytes short");
+        assert!(!s.reusable());
+        s.write_body(Bytes::from_static(b"too long"), false)
+            .await
+            .expect_err("over the length");
+    }
+
+    #[tokio::test]
+    async fn ambiguous_framing_and_oversized_heads_are_refused() {
+        for (wire, status) in [
+            (
+                &b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"[..],
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0x10\r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                501,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+                501,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunk\r\n\r\n", 501),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
+            (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\n\r\n", 400),
+            (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
+        ] {
+            assert_eq!(refusal(wire).await, status, "{:?}", String::from_utf8_lossy(wire));
+        }
+        let mut many = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_FIELDS {
+            many.extend_from_slice(format!("x-{i}: 1\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(refusal(&many).await, 431);
+        let mut long = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
+        long.resize(MAX_HEAD + 10, b'a');
+        assert_eq!(refusal(&long).await, 431);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_chunked_body_is_a_bad_request() {
+        let (mut s, _peer) = sent(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcdef\r\n",
+            true,
+        )
+        .await;
+        assert!(s.read_request().await.expect("head"));
+        let e = whole_body(&mut s).await.expect_err("malformed");
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(400));
+    }
+
+    #[tokio::test]
+    async fn a_close_in_the_middle_is_an_error_and_between_requests_is_not() {
+        let (mut s, _peer) = sent(b"\r\n", true).await;
+        assert!(!s.read_request().await.expect("no request is no error"));
+
+        let (mut s, _peer) = sent(b"GET / HTTP/1.1\r\nHo", true).await;
+        let e = s.read_request().await.expect_err("cut head");
+        assert_eq!(e.etype(), &ErrorType::ConnectionClosed);
+
+        let (mut s, _peer) = sent(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc",
+            true,
+        )
+        .await;
+        assert!(s.read_request().await.expect("head"));
+        let e = whole_body(&mut s).await.expect_err("cut body");
+        assert_eq!(e.etype(), &ErrorType::ConnectionClosed);
+        assert_eq!(ErrorReply::from_error(&e), ErrorReply::ClientGone);
+    }
+
+    #[tokio::test]
+    async fn a_head_that_arrives_in_pieces_is_read_whole() {
+        let wire = b"\r\nGET /p?x=1 HTTP/1.1\r\nHost: h\r\nX-Long: a b c\r\n\r\n";
+        for cut in 1..wire.len() {
+            let (stream, mut peer) = h1::stream_pair().await;
+            let mut s = Session::new(stream, IDLE);
+            peer.write_all(&wire[..cut]).await.expect("write");
+            let read = tokio::spawn(async move {
+                let got = s.read_request().await;
+                (s, got)
+            });
+            tokio::task::yield_now().await;
+            peer.write_all(&wire[cut..]).await.expect("write");
+            let (s, got) = read.await.expect("task");
+            assert!(got.expect("head"), "cut at {cut}");
+            assert_eq!(s.request().uri, "/p?x=1", "cut at {cut}");
+            assert_eq!(s.request().headers["x-long"], "a b c", "cut at {cut}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_target_no_uri_may_hold_is_kept_as_received() {
+        let (mut s, _peer) = sent(
+            b"GET /caf\xc3\xa9?q=\"x\" HTTP/1.1\r\nHost: x\r\n\r\n",
+            true,
+        )
+        .await;
+        assert!(s.read_request().await.expect("head"));
+        assert_eq!(s.raw_target(), b"/caf\xc3\xa9?q=\"x\"");
+        assert_eq!(s.request().uri.path(), "/caf%C3%A9");
+    }
+
+    #[tokio::test]
+    async fn the_retry_buffer_keeps_a_short_body_and_gives_up_on_a_long_one() {
+        let short = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+        let (mut s, _peer) = sent(short, true).await;
+        assert!(s.read_request().await.expect("head"));
+        s.enable_retry_buffering();
+        whole_body(&mut s).await.expect("body");
+        assert_eq!(s.retry_buffer().as_deref(), Some(&b"body"[..]));
+        assert!(!s.retry_buffer_truncated());
+
+        let len = RETRY_BUFFER + 1;
+        let mut long =
+            format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        long.resize(long.len() + len, b'z');
+        let (stream, mut peer) = h1::stream_pair().await;
+        let writer = tokio::spawn(async move {
+            peer.write_all(&long).await.expect("write");
+            peer
+        });
+        let mut s = Session::new(stream, IDLE);
+        assert!(s.read_request().await.expect("head"));
+        s.enable_retry_buffering();
+        assert_eq!(whole_body(&mut s).await.expect("body").len(), len);
+        assert!(s.retry_buffer_truncated());
+        assert_eq!(s.retry_buffer(), None);
+        drop(writer.await);
+    }
+
+    #[tokio::test]
+    async fn continue_and_a_switch_go_out_at_once() {
+        let (mut s, mut peer) = sent(
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nraw bytes",
+            false,
+        )
+        .await;
+        assert!(s.read_request().await.expect("head"));
+        s.write_continue().await.expect("continue");
+        s.write_head(head(
+            101,
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+        ))
+        .await
+        .expect("switch");
+        let want = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";
+        let mut got = vec![0u8; want.len()];
+        peer.read_exact(&mut got).await.expect("read");
+        assert_eq!(String::from_utf8_lossy(&got), want);
+        assert!(s.was_upgraded());
+        assert_eq!(
+            s.read_body().await.expect("raw").as_deref(),
+            Some(&b"raw bytes"[..])
+        );
+        peer.shutdown().await.expect("shutdown");
+        assert_eq!(s.read_body().await.expect("end"), None);
+        assert!(!s.reusable());
+    }
+
+    #[test]
+    fn chunk_sizes_are_written_in_hex() {
+        let mut buf = [0u8; 18];
+        for (size, want) in [
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (4096, "1000"),
+            (usize::MAX, "ffffffffffffffff"),
+        ] {
+            assert_eq!(
+                chunk_size_line(&mut buf, size),
+                format!("{want}\r\n").as_bytes()
+            );
+        }
+    }
+
+    /// A request's framing fields, drawn from what smuggling attempts use.
+    fn framing_field() -> impl Strategy<Value = (&'static str, &'static str)> {
+        prop_oneof![
+            Just(("content-length", "5")),
+            Just(("content-length", "5, 5")),
+            Just(("content-length", "6")),
+            Just(("content-length", "")),
+            Just(("content-length", "+5")),
+            Just(("transfer-encoding", "chunked")),
+            Just(("transfer-encoding", "Chunked")),
+            Just(("transfer-encoding", "chunked, identity")),
+            Just(("transfer-encoding", "gzip")),
+            Just(("transfer-encoding", " chunked ")),
+            Just(("transfer-encoding", ",")),
+            Just(("host", "a")),
+            Just(("connection", "close")),
+        ]
+    }
+
+    /// What the framing rules accept, said independently of the code.
+    fn acceptable(fields: &[(&str, &str)], http10: bool) -> bool {
+        let values = |name: &str| -> Vec<String> {
+            fields
+                .iter()
+                .filter(|(k, _)| *k == name)
+                .flat_map(|(_, v)| v.split(','))
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect()
+        };
+        if fields.iter().filter(|(k, _)| *k == "host").count() > 1 {
+            return false;
+        }
+        let lengths = values("content-length");
+        if fields.iter().any(|(k, _)| *k == "transfer-encoding") {
+            let codings: Vec<_> = values("transfer-encoding")
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .collect();
+            return !http10 && lengths.is_empty() && codings == ["chunked"];
+        }
+        lengths
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            && lengths.windows(2).all(|w| w[0] == w[1])
+    }
+
+    proptest! {
+        /// Whatever framing fields a request carries, it is refused exactly
+        /// when the rules say so, and otherwise read with one framing that
+        /// the head going on states without ambiguity: chunks with no
+        /// length beside them, or a single length field with one number.
+        #[test]
+        fn a_request_is_framed_one_way_or_refused(
+            fields in proptest::collection::vec(framing_field(), 0..5),
+            http10 in any::<bool>(),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (k, v) in &fields {
+                headers.append(*k, HeaderValue::from_static(v));
+            }
+            let version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+            let framed = request_framing(version, &mut headers);
+            prop_assert_eq!(framed.is_ok(), acceptable(&fields, http10), "{:?}", framed.as_ref().err());
+            match framed {
+                Ok((Body::Chunked(_), _)) => {
+                    prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                }
+                Ok((body, _)) => {
+                    prop_assert!(!headers.contains_key(header::TRANSFER_ENCODING));
+                    let values: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+                    prop_assert!(values.len() <= 1);
+                    let n = values
+                        .first()
+                        .map(|v| v.to_str().expect("text").parse::<u64>().expect("one number"));
+                    let want = match n {
+                        None | Some(0) => Body::Done,
+                        Some(n) => Body::Length(n),
+                    };
+                    prop_assert_eq!(body, want);
+                }
+                Err(e) => {
+                    prop_assert!(
+                        matches!(e.etype(), ErrorType::HTTPStatus(400 | 501)),
+                        "{:?}", e
+                    );
+                }
+            }
+        }
+    }
+}
