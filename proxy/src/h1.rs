@@ -420,7 +420,7 @@ pub(crate) enum Peer {
 }
 
 /// `op` bounded by `limit` (none: unbounded), its failure and its timeout
-/// as the peer's errors.
+/// as the peer's errors. (The timer is set only if `op` has to wait.)
 pub(crate) async fn timed<T>(
     limit: Option<Duration>,
     op: impl Future<Output = std::io::Result<T>>,

@@ -13,6 +13,7 @@ use edgeroute_config::{ProxyConfig, TableSource};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service;
@@ -190,9 +191,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options, connector)),
         );
         for l in listeners {
-            let addr = l.address.to_string();
+            // The HTTP/1 session buffers reads and gathers writes itself: no
+            // 64 KiB read buffer per connection, no copy through one.
+            let endpoint = ListenerConfig::tcp(l.address.to_string())
+                .l4_buffer(L4BufferSettings::unbuffered());
             match &l.tls {
-                None => service.add_tcp(&addr),
+                None => service.add_listener(endpoint),
                 Some(tls) => {
                     let (cert, key) = (
                         tls.cert.display().to_string(),
@@ -202,7 +206,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                         anyhow::anyhow!("cannot load TLS certificate {cert} / key {key}: {e}")
                     })?;
                     settings.enable_h2();
-                    service.add_tls_with_settings(&addr, None, settings);
+                    service.add_listener(endpoint.tls(settings));
                 }
             }
         }

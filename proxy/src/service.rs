@@ -225,11 +225,14 @@ impl EdgeProxy {
     /// buffered goes first.
     pub async fn serve_h1(&self, stream: Stream, shutdown: &ShutdownWatch) {
         let mut session = downstream::Session::new(stream, self.state.config.timeouts.client_idle);
+        // One wait for the shutdown per connection, not one per request.
+        let down = shutting_down(shutdown);
+        tokio::pin!(down);
         loop {
             let read = tokio::select! {
                 biased;
                 read = session.read_request() => read,
-                () = shutting_down(shutdown) => break,
+                () = &mut down => break,
             };
             match read {
                 Ok(true) => {}
@@ -517,7 +520,12 @@ impl EdgeProxy {
         let head_request = client.request().method == http::Method::HEAD;
         let upgrade = upstream::is_websocket_upgrade(client.request());
         let peer = backend.peer_template();
-        let mut sent_at = Instant::now();
+        // The first attempt's clock is the request's: microseconds apart.
+        let mut sent_at = if ctx.attempts == 1 {
+            ctx.started
+        } else {
+            Instant::now()
+        };
         let pooled = backend.idle.take(sent_at);
         let on_pooled = pooled.is_some();
         let stream = match pooled {
@@ -589,7 +597,7 @@ impl EdgeProxy {
                 });
             }
         };
-        self.record_response(backend, resp.status.as_u16(), sent_at);
+        let answered_at = self.record_response(backend, resp.status.as_u16(), sent_at);
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
@@ -615,7 +623,9 @@ impl EdgeProxy {
             return Ok(());
         }
         if let Some(stream) = up.into_reusable() {
-            backend.idle.put(stream, Instant::now());
+            // Idle since the answer began: a pooled connection may only
+            // look older than it is.
+            backend.idle.put(stream, answered_at);
         }
         Ok(())
     }
@@ -671,13 +681,15 @@ impl EdgeProxy {
         up.finish_request().await
     }
 
-    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) {
+    /// Records the backend's answer for its health and latency; when it came.
+    fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) -> Instant {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
             self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
         let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "5xx responses");
+        now
     }
 
     fn connect_failed(&self, b: &Backend) {
