@@ -432,29 +432,27 @@ pub(crate) async fn timed<T>(
         Peer::Client => e.into_down(),
     };
     let done = match limit {
-        Some(t) => pingora_timeout::fast_timeout::fast_timeout(t, op)
-            .await
-            .map_err(|_| {
-                let (kind, why) = match (dir, peer) {
-                    (Direction::Read, Peer::Backend) => (
-                        ErrorType::ReadTimedout,
-                        "the backend sent nothing for timeouts.read",
-                    ),
-                    (Direction::Write, Peer::Backend) => (
-                        ErrorType::WriteTimedout,
-                        "the backend took nothing for timeouts.write",
-                    ),
-                    (Direction::Read, Peer::Client) => (
-                        ErrorType::ReadTimedout,
-                        "the client sent nothing within its idle limit",
-                    ),
-                    (Direction::Write, Peer::Client) => (
-                        ErrorType::WriteTimedout,
-                        "the client took nothing within its idle limit",
-                    ),
-                };
-                side(Error::explain(kind, why))
-            })?,
+        Some(t) => tokio::time::timeout(t, op).await.map_err(|_| {
+            let (kind, why) = match (dir, peer) {
+                (Direction::Read, Peer::Backend) => (
+                    ErrorType::ReadTimedout,
+                    "the backend sent nothing for timeouts.read",
+                ),
+                (Direction::Write, Peer::Backend) => (
+                    ErrorType::WriteTimedout,
+                    "the backend took nothing for timeouts.write",
+                ),
+                (Direction::Read, Peer::Client) => (
+                    ErrorType::ReadTimedout,
+                    "the client sent nothing within its idle limit",
+                ),
+                (Direction::Write, Peer::Client) => (
+                    ErrorType::WriteTimedout,
+                    "the client took nothing within its idle limit",
+                ),
+            };
+            side(Error::explain(kind, why))
+        })?,
         None => op.await,
     };
     done.map_err(|e| {
@@ -665,13 +663,10 @@ pub(crate) fn declared_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>
 /// Whether `bytes` hold the empty line that ends a head (CRLF CRLF, or
 /// the bare-LF forms a parser accepts).
 pub(crate) fn has_head_end(bytes: &[u8]) -> bool {
-    bytes.iter().enumerate().any(|(i, b)| {
-        *b == b'\n'
-            && match bytes.get(i + 1) {
-                Some(b'\n') => true,
-                Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
-                _ => false,
-            }
+    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
+        Some(b'\n') => true,
+        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
+        _ => false,
     })
 }
 
