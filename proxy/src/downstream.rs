@@ -1139,6 +1139,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_stops_sending_is_let_go_after_its_idle_limit() {
+        let (stream, mut peer) = h1::stream_pair().await;
+        peer.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\npart")
+            .await
+            .expect("write");
+        let mut s = Session::new(stream, Duration::from_millis(50));
+        assert!(s.read_request().await.expect("head"));
+        let e = whole_body(&mut s).await.expect_err("the rest never comes");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(e.esource(), &pingora_error::ErrorSource::Downstream);
+        assert_eq!(ErrorReply::from_error(&e), ErrorReply::ClientGone);
+    }
+
+    #[tokio::test]
     async fn a_head_that_arrives_in_pieces_is_read_whole() {
         let wire = b"\r\nGET /p?x=1 HTTP/1.1\r\nHost: h\r\nX-Long: a b c\r\n\r\n";
         for cut in 1..wire.len() {

@@ -770,6 +770,22 @@ mod tests {
         conn
     }
 
+    #[tokio::test]
+    async fn a_silent_backend_is_a_read_timeout_on_its_side() {
+        let mut conn = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab", false).await;
+        conn.read_timeout = Some(Duration::from_millis(50));
+        let resp = conn.read_head(false, false).await.expect("head");
+        assert_eq!(resp.status, StatusCode::OK);
+        assert_eq!(
+            conn.read_body().await.expect("first bytes").as_deref(),
+            Some(&b"ab"[..])
+        );
+        let e = conn.read_body().await.expect_err("nothing more comes");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(e.esource(), &pingora_error::ErrorSource::Upstream);
+        assert!(e.to_string().contains("timeouts.read"), "{e}");
+    }
+
     async fn whole_body(conn: &mut Connection) -> Result<Vec<u8>, BError> {
         let mut body = Vec::new();
         while let Some(piece) = conn.read_body().await? {

@@ -530,3 +530,42 @@ async fn a_tunnel_passes_each_end_on_and_the_answer_after_it() {
     let rest = read_until(&mut s, |_| false).await;
     assert_eq!(rest, "read: last words");
 }
+
+#[tokio::test]
+async fn a_backend_silent_past_the_read_timeout_is_a_504_and_not_asked_again() {
+    // Reads each request and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&requests);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+                if !head.is_empty() {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n[timeouts]\nread = \"300ms\"\n")
+        .start()
+        .await;
+    let resp = edgeroute_tests::client()
+        .get(proxy.url("/slow"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_timeout");
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "a slow backend is not sent the same request again"
+    );
+}
