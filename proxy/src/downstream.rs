@@ -70,7 +70,8 @@ pub struct Session {
     /// body bytes, to take response bytes.
     idle: Duration,
     read_timeout: Duration,
-    client_ip: Option<IpAddr>,
+    /// The client's address as text (for `x-forwarded-for`), formatted once.
+    client_ip: Option<HeaderValue>,
     tls: bool,
     req: Parts,
     /// The request target as received (forwarded byte for byte).
@@ -90,9 +91,11 @@ pub struct Session {
 impl Session {
     pub fn new(stream: Stream, idle: Duration) -> Self {
         let tls = stream.get_ssl_digest().is_some();
-        let client_ip = stream
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let client_ip = stream.get_socket_digest().and_then(|d| {
+            d.peer_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| ip_text(a.ip()))
+        });
         Session {
             stream,
             buf: BytesMut::new(),
@@ -123,8 +126,8 @@ impl Session {
         &self.raw_target
     }
 
-    pub fn client_ip(&self) -> Option<IpAddr> {
-        self.client_ip
+    pub fn client_ip(&self) -> Option<&HeaderValue> {
+        self.client_ip.as_ref()
     }
 
     pub fn is_tls(&self) -> bool {
@@ -573,6 +576,12 @@ const LINGER: Duration = Duration::from_secs(5);
 /// The longest wait for the client's next bytes while lingering.
 const LINGER_READ: Duration = Duration::from_secs(1);
 
+/// An address as a field value.
+fn ip_text(ip: IpAddr) -> HeaderValue {
+    // An address is always a valid field value.
+    HeaderValue::try_from(ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+}
+
 /// Writes all of `out` and flushes it.
 async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Result<()> {
     stream.write_all_buf(out).await?;
@@ -732,10 +741,14 @@ impl Client<'_> {
         }
     }
 
-    pub fn client_ip(&self) -> Option<IpAddr> {
+    /// The client's address as text.
+    pub fn client_ip(&self) -> Option<HeaderValue> {
         match self {
-            Client::H1(s) => s.client_ip(),
-            Client::H2(s) => s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            Client::H1(s) => s.client_ip().cloned(),
+            Client::H2(s) => s
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| ip_text(a.ip())),
         }
     }
 

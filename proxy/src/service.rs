@@ -13,7 +13,7 @@ use crate::h1;
 use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
-use crate::route::{CONSISTENCY_HEADER, Plan, Refusal, RouteClass, pick_backend};
+use crate::route::{Plan, Refusal, RouteClass, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::topology::{Backend, InflightGuard, policy};
@@ -21,7 +21,7 @@ use crate::upstream;
 use async_trait::async_trait;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
@@ -32,9 +32,6 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use std::sync::Arc;
 use std::time::Instant;
-
-/// A client's promise that a request is safe to send twice.
-const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 
 type BError = Box<Error>;
 
@@ -78,6 +75,7 @@ struct Ctx {
     repeatable: bool,
     /// Index of the backend picked last, in `region`.
     picked: usize,
+    facts: upstream::RequestFacts,
 }
 
 /// How an attempt at one backend failed.
@@ -285,6 +283,7 @@ impl EdgeProxy {
 
     fn new_ctx(&self, client: &Client<'_>) -> Ctx {
         let req = client.request();
+        let facts = upstream::RequestFacts::of(&req.headers);
         Ctx {
             started: Instant::now(),
             _inflight: self.state.lifecycle.request_started(),
@@ -298,16 +297,16 @@ impl EdgeProxy {
             tried_backends: 0,
             attempts: 0,
             backend: None,
-            request_id: req
-                .headers
-                .get(&upstream::REQUEST_ID)
+            request_id: facts
+                .request_id
+                .clone()
                 .filter(|v| !v.is_empty() && v.len() <= 200)
-                .cloned()
                 .unwrap_or_else(new_request_id),
             reply: None,
             body_bytes: 0,
-            repeatable: req.method.is_idempotent() || req.headers.contains_key(&IDEMPOTENCY_KEY),
+            repeatable: req.method.is_idempotent() || facts.idempotency_key,
             picked: 0,
+            facts,
         }
     }
 
@@ -320,12 +319,7 @@ impl EdgeProxy {
         if client.request().method == http::Method::CONNECT {
             return self.reply(client, ctx, ErrorReply::MethodNotAllowed).await;
         }
-        let expects_continue = client
-            .request()
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue
+        if ctx.facts.expects_continue
             && client.request().version == http::Version::HTTP_11
             && !client.is_body_done()
         {
@@ -378,18 +372,10 @@ impl EdgeProxy {
     fn admit(&self, client: &Client<'_>, ctx: &mut Ctx) -> Option<ErrorReply> {
         let req = client.request();
         let limit = self.state.config.limits.max_request_body;
-        let declared = req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|len| len > limit) {
+        if ctx.facts.content_length.is_some_and(|len| len > limit) {
             return Some(ErrorReply::BodyTooLarge { limit });
         }
-        let strong = req
-            .headers
-            .get(&CONSISTENCY_HEADER)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"strong"));
+        let strong = ctx.facts.strong;
         ctx.plan = self
             .state
             .classifier
@@ -518,7 +504,8 @@ impl EdgeProxy {
     ) -> Result<(), Failure> {
         let head = self.upstream_request(client, ctx).map_err(Failure::last)?;
         let head_request = client.request().method == http::Method::HEAD;
-        let upgrade = upstream::is_websocket_upgrade(client.request());
+        let upgrade =
+            ctx.facts.upgrade_websocket && upstream::is_websocket_upgrade(client.request());
         let peer = backend.peer_template();
         // The first attempt's clock is the request's: microseconds apart.
         let mut sent_at = if ctx.attempts == 1 {
@@ -647,8 +634,14 @@ impl EdgeProxy {
             tls: client.is_tls(),
             host: region.and_then(|r| r.host.as_ref()),
         };
-        upstream::backend_request(client.request(), client.raw_target(), has_body, &fwd)
-            .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
+        upstream::backend_request(
+            client.request(),
+            client.raw_target(),
+            &ctx.facts,
+            has_body,
+            &fwd,
+        )
+        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
     }
 
     /// Sends the request body: what earlier attempts read (kept for

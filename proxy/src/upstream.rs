@@ -2,14 +2,14 @@
 //! the backend's idle keep-alive connections.
 
 use crate::h1;
+use crate::route::CONSISTENCY_HEADER;
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::fmt::Write;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -37,6 +37,8 @@ pub const ROUTE: HeaderName = HeaderName::from_static("x-edgeroute-route");
 pub const EPOCH: HeaderName = HeaderName::from_static("x-edgeroute-epoch");
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const REGION: HeaderName = HeaderName::from_static("x-edgeroute-region");
+/// A client's promise that a request is safe to send twice.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 const FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
@@ -48,11 +50,80 @@ pub struct Forwarding<'a> {
     pub epoch: Option<&'a HeaderValue>,
     pub request_id: &'a HeaderValue,
     /// Appended to `x-forwarded-for`.
-    pub client_ip: Option<IpAddr>,
+    pub client_ip: Option<HeaderValue>,
     /// `x-forwarded-proto`.
     pub tls: bool,
     /// The region's `Host` override.
     pub host: Option<&'a HeaderValue>,
+}
+
+/// The fields of a request the proxy acts on, found in one pass over its
+/// header map rather than one lookup each. Where a field may repeat, the
+/// first one counts, as a lookup would give it.
+#[derive(Debug, Default, Clone)]
+pub struct RequestFacts {
+    /// `x-request-id`.
+    pub request_id: Option<HeaderValue>,
+    /// `Idempotency-Key` is present.
+    pub idempotency_key: bool,
+    /// A `Content-Length` is present, and its number if it is one.
+    pub has_content_length: bool,
+    pub content_length: Option<u64>,
+    /// `x-edgeroute-consistency: strong`.
+    pub strong: bool,
+    /// `Expect: 100-continue`.
+    pub expects_continue: bool,
+    /// A `Connection` field is present.
+    pub has_connection: bool,
+    /// `Upgrade: websocket`.
+    pub upgrade_websocket: bool,
+    /// An `x-forwarded-for` is present.
+    pub has_forwarded_for: bool,
+}
+
+impl RequestFacts {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut facts = RequestFacts::default();
+        let mut seen_length = false;
+        let mut seen_consistency = false;
+        let mut seen_expect = false;
+        let mut seen_upgrade = false;
+        for (name, value) in headers {
+            if *name == header::CONTENT_LENGTH {
+                if !seen_length {
+                    seen_length = true;
+                    facts.has_content_length = true;
+                    facts.content_length = value.to_str().ok().and_then(|v| v.parse().ok());
+                }
+            } else if *name == header::CONNECTION {
+                facts.has_connection = true;
+            } else if *name == header::UPGRADE {
+                if !seen_upgrade {
+                    seen_upgrade = true;
+                    facts.upgrade_websocket = value.as_bytes().eq_ignore_ascii_case(b"websocket");
+                }
+            } else if *name == header::EXPECT {
+                if !seen_expect {
+                    seen_expect = true;
+                    facts.expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                }
+            } else if *name == REQUEST_ID {
+                if facts.request_id.is_none() {
+                    facts.request_id = Some(value.clone());
+                }
+            } else if *name == IDEMPOTENCY_KEY {
+                facts.idempotency_key = true;
+            } else if *name == CONSISTENCY_HEADER {
+                if !seen_consistency {
+                    seen_consistency = true;
+                    facts.strong = value.as_bytes().eq_ignore_ascii_case(b"strong");
+                }
+            } else if *name == FORWARDED_FOR {
+                facts.has_forwarded_for = true;
+            }
+        }
+        facts
+    }
 }
 
 /// A request head as it goes on the wire to a backend.
@@ -77,15 +148,20 @@ pub struct BackendHead {
 pub fn backend_request(
     client: &Parts,
     raw_target: &[u8],
+    facts: &RequestFacts,
     has_body: bool,
     fwd: &Forwarding<'_>,
 ) -> Result<BackendHead, CannotForward> {
-    let websocket = is_websocket_upgrade(client);
-    let nominated = nominated_fields(&client.headers)?;
+    let websocket = facts.upgrade_websocket && is_websocket_upgrade(client);
+    let nominated = if facts.has_connection {
+        nominated_fields(&client.headers)?
+    } else {
+        Vec::new()
+    };
     let (target, authority) = split_target(client, raw_target)?;
     // The region's override wins over the authority of the target.
     let host = fwd.host.cloned().or(authority);
-    let chunked = has_body && !client.headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = has_body && !facts.has_content_length;
 
     let mut out = Vec::with_capacity(256 + client.headers.len() * 48);
     out.extend_from_slice(client.method.as_str().as_bytes());
@@ -121,11 +197,11 @@ pub fn backend_request(
         field(&mut out, EPOCH.as_str(), epoch.as_bytes());
     }
     field(&mut out, REQUEST_ID.as_str(), fwd.request_id.as_bytes());
-    if let Some(ip) = fwd.client_ip {
+    if let Some(ip) = &fwd.client_ip {
         field(
             &mut out,
             FORWARDED_FOR.as_str(),
-            forwarded_for(client, ip).as_bytes(),
+            forwarded_for(client, facts, ip).as_bytes(),
         );
     }
     field(
@@ -267,7 +343,10 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// `x-forwarded-for`: the client's prior list, if any, then its address.
-fn forwarded_for(client: &Parts, ip: IpAddr) -> HeaderValue {
+fn forwarded_for(client: &Parts, facts: &RequestFacts, ip: &HeaderValue) -> HeaderValue {
+    if !facts.has_forwarded_for {
+        return ip.clone();
+    }
     let mut list = String::new();
     for prior in client.headers.get_all(FORWARDED_FOR) {
         if let Ok(prior) = prior.to_str() {
@@ -278,9 +357,11 @@ fn forwarded_for(client: &Parts, ip: IpAddr) -> HeaderValue {
             }
         }
     }
-    // An address is always a valid field value.
-    write!(list, "{ip}").ok();
-    HeaderValue::try_from(list).unwrap_or_else(|_| HeaderValue::from_static("unknown"))
+    let mut list = list.into_bytes();
+    list.extend_from_slice(ip.as_bytes());
+    // Both parts are valid field values, and so is the list.
+    HeaderValue::from_maybe_shared(Bytes::from(list))
+        .unwrap_or_else(|_| HeaderValue::from_static("unknown"))
 }
 
 /// The target a backend gets, and the authority the client's target
@@ -514,7 +595,13 @@ mod tests {
             tls: false,
             host: None,
         };
-        let head = backend_request(req, req.raw_path(), body, &fwd)?;
+        let head = backend_request(
+            req,
+            req.raw_path(),
+            &RequestFacts::of(&req.headers),
+            body,
+            &fwd,
+        )?;
         assert_eq!(
             head.chunked,
             sent(&head).headers.contains_key("transfer-encoding")
@@ -709,11 +796,12 @@ mod tests {
             route: HeaderValue::from_static("read"),
             epoch: Some(&epoch),
             request_id: &id,
-            client_ip: Some("10.1.2.3".parse().expect("ip")),
+            client_ip: Some(HeaderValue::from_static("10.1.2.3")),
             tls: false,
             host: Some(&host),
         };
-        let out = sent(&backend_request(&req, req.raw_path(), false, &fwd).expect("valid"));
+        let facts = RequestFacts::of(&req.headers);
+        let out = sent(&backend_request(&req, req.raw_path(), &facts, false, &fwd).expect("valid"));
         let one = |name: &str| {
             let all: Vec<_> = out.headers.get_all(name).iter().collect();
             assert_eq!(all.len(), 1, "{name}: {all:?}");
@@ -832,6 +920,63 @@ mod tests {
         backend.reason = Some("Back Soon".into());
         let out = client_response(backend, None, &HeaderValue::from_static("id"));
         assert_eq!(out.reason.as_deref(), Some("Back Soon"));
+    }
+
+    /// Fields and values that [`RequestFacts`] looks at, and others.
+    fn fact_field() -> impl Strategy<Value = (&'static str, &'static str)> {
+        let names = prop_oneof![
+            Just("content-length"),
+            Just("connection"),
+            Just("upgrade"),
+            Just("expect"),
+            Just("x-request-id"),
+            Just("idempotency-key"),
+            Just("x-edgeroute-consistency"),
+            Just("x-forwarded-for"),
+            Just("accept"),
+        ];
+        let values = prop_oneof![
+            Just("12"),
+            Just("x"),
+            Just("WebSocket"),
+            Just("100-Continue"),
+            Just("Strong"),
+            Just("eventual"),
+            Just(""),
+        ];
+        (names, values)
+    }
+
+    proptest! {
+        /// The one pass over the fields finds what a lookup per field would.
+        #[test]
+        fn request_facts_agree_with_lookups(
+            fields in proptest::collection::vec(fact_field(), 0..8),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (k, v) in &fields {
+                headers.append(*k, HeaderValue::from_static(v));
+            }
+            let facts = RequestFacts::of(&headers);
+            let first_is = |name: HeaderName, want: &str| {
+                headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
+            };
+            prop_assert_eq!(facts.request_id.as_ref(), headers.get(REQUEST_ID));
+            prop_assert_eq!(facts.idempotency_key, headers.contains_key(IDEMPOTENCY_KEY));
+            prop_assert_eq!(facts.has_content_length, headers.contains_key(header::CONTENT_LENGTH));
+            prop_assert_eq!(
+                facts.content_length,
+                headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+            );
+            prop_assert_eq!(facts.strong, first_is(CONSISTENCY_HEADER, "strong"));
+            prop_assert_eq!(facts.expects_continue, first_is(header::EXPECT, "100-continue"));
+            prop_assert_eq!(facts.upgrade_websocket, first_is(header::UPGRADE, "websocket"));
+            prop_assert_eq!(facts.has_connection, headers.contains_key(header::CONNECTION));
+            prop_assert_eq!(facts.has_forwarded_for, headers.contains_key(FORWARDED_FOR));
+        }
     }
 
     #[tokio::test]
