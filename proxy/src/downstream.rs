@@ -346,8 +346,10 @@ impl Session {
 
     /// Takes the response head. It goes out with the first body bytes, with
     /// [`Self::flush`], or at once for a `101`. The body is framed as the
-    /// fields say; a body with neither length nor chunks goes chunked to an
-    /// HTTP/1.1 client and to the connection's end to an HTTP/1.0 one.
+    /// head's framing or its fields say; a body with neither length nor
+    /// chunks goes chunked to an HTTP/1.1 client and to the connection's end
+    /// to an HTTP/1.0 one. The head carries no `Connection` field (unless a
+    /// `101`): the session says whether this connection stays open.
     pub async fn write_head(&mut self, mut head: h1::ResponseHead) -> Result<(), BError> {
         if self.out != Out::Head {
             return Err(Error::explain(
@@ -370,6 +372,16 @@ impl Session {
             || status.is_informational()
         {
             Out::Empty
+        } else if let Some(framing) = head
+            .framing
+            .filter(|f| *f != h1::Framing::Chunked || !http10)
+        {
+            // Decided from the backend's fields already.
+            match framing {
+                h1::Framing::Length(0) => Out::Done,
+                h1::Framing::Length(n) => Out::Length(n),
+                _ => Out::Chunked,
+            }
         } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
             let chunked = te
                 .to_str()
@@ -404,7 +416,10 @@ impl Session {
             Out::Chunked
         };
         if status != StatusCode::SWITCHING_PROTOCOLS {
-            headers.remove(header::CONNECTION);
+            debug_assert!(
+                !headers.contains_key(header::CONNECTION),
+                "a response head comes without the fields of another connection"
+            );
             if !self.keepalive {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             } else if http10 {
@@ -929,6 +944,7 @@ mod tests {
             status: StatusCode::from_u16(status).expect("status"),
             reason: None,
             headers,
+            framing: None,
         }
     }
 

@@ -36,6 +36,9 @@ pub struct ResponseHead {
     /// The reason phrase, when it is not the status's usual one.
     pub reason: Option<String>,
     pub headers: HeaderMap,
+    /// How the body is delimited, when the backend's fields gave a length
+    /// or chunks (else the fields say, or there is no body).
+    pub framing: Option<Framing>,
 }
 
 /// Where a message body stands.
@@ -314,12 +317,20 @@ impl Connection {
         head: bool,
         upgrade: bool,
     ) -> Result<(), BError> {
-        let mut close = false;
-        let mut keep_alive = false;
-        for value in resp.headers.get_all(header::CONNECTION) {
-            for token in list_items(value.to_str().unwrap_or("")) {
-                close |= token.eq_ignore_ascii_case("close");
-                keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        // One pass over the fields for what framing and keep-alive need.
+        let (mut close, mut keep_alive, mut coded) = (false, false, false);
+        let (mut lengths, mut length) = (0, None);
+        for (name, value) in &resp.headers {
+            if *name == header::CONNECTION {
+                for token in list_items(value.to_str().unwrap_or("")) {
+                    close |= token.eq_ignore_ascii_case("close");
+                    keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+                }
+            } else if *name == header::TRANSFER_ENCODING {
+                coded = true;
+            } else if *name == header::CONTENT_LENGTH {
+                lengths += 1;
+                length = Some(value);
             }
         }
         self.keepalive = if version == Version::HTTP_11 {
@@ -327,7 +338,7 @@ impl Connection {
         } else {
             keep_alive && !close
         };
-        if version == Version::HTTP_10 && resp.headers.contains_key(header::TRANSFER_ENCODING) {
+        if version == Version::HTTP_10 && coded {
             // Faulty framing for HTTP/1.0 (RFC 9112 §6.1): the connection ends with it.
             self.keepalive = false;
         }
@@ -346,7 +357,16 @@ impl Connection {
             self.body = Body::Done;
             return Ok(());
         }
-        self.body = match body_framing(&mut resp.headers)? {
+        let framing = match (coded, lengths, length) {
+            // The usual case: one length, nothing else to weigh.
+            (false, 1, Some(value)) => match length_of(std::iter::once(value)) {
+                Ok(Some((n, _))) => Framing::Length(n),
+                _ => body_framing(&mut resp.headers)?,
+            },
+            _ => body_framing(&mut resp.headers)?,
+        };
+        resp.framing = (framing != Framing::UntilClose).then_some(framing);
+        self.body = match framing {
             Framing::Chunked => Body::Chunked(Chunk::Size),
             Framing::Length(0) => Body::Done,
             Framing::Length(n) => Body::Length(n),
@@ -641,9 +661,16 @@ pub(crate) enum BadLength {
 /// value, and every item of a value that is a list, must be the same
 /// number. With it, whether it came clean: one field holding only digits.
 pub(crate) fn declared_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, BadLength> {
+    length_of(headers.get_all(header::CONTENT_LENGTH).iter())
+}
+
+/// [`declared_length`] of the `Content-Length` values given.
+fn length_of<'a>(
+    values: impl Iterator<Item = &'a HeaderValue>,
+) -> Result<Option<(u64, bool)>, BadLength> {
     let mut length = None;
     let mut clean = true;
-    for (i, value) in headers.get_all(header::CONTENT_LENGTH).iter().enumerate() {
+    for (i, value) in values.enumerate() {
         clean &= i == 0 && value.as_bytes().iter().all(u8::is_ascii_digit);
         for part in value.as_bytes().split(|b| *b == b',') {
             let part = part.trim_ascii();
@@ -724,6 +751,7 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
             status,
             reason,
             headers,
+            framing: None,
         },
         version,
         len,
@@ -804,6 +832,7 @@ mod tests {
         let head = conn.read_head(false, false).await.expect("head");
         assert_eq!(head.status, 200);
         assert_eq!(head.reason, None);
+        assert_eq!(head.framing, Some(Framing::Length(5)));
         assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"hello");
         assert!(conn.into_reusable().is_some());
@@ -829,7 +858,8 @@ mod tests {
             false,
         )
         .await;
-        conn.read_head(false, false).await.expect("head");
+        let head = conn.read_head(false, false).await.expect("head");
+        assert_eq!(head.framing, Some(Framing::Chunked));
         assert_eq!(
             whole_body(&mut conn).await.expect("body"),
             b"hello 0123456789"
@@ -840,7 +870,8 @@ mod tests {
     #[tokio::test]
     async fn a_body_without_length_runs_to_the_close() {
         let mut conn = answered(b"HTTP/1.1 200 OK\r\n\r\nall of it", true).await;
-        conn.read_head(false, false).await.expect("head");
+        let head = conn.read_head(false, false).await.expect("head");
+        assert_eq!(head.framing, None, "the fields say nothing of a length");
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"all of it");
         assert!(conn.into_reusable().is_none());
     }

@@ -3,7 +3,7 @@
 //! `x-edgeroute-error` carries a stable code for dashboards and clients.
 
 use crate::downstream::Client;
-use crate::h1::ResponseHead;
+use crate::h1::{Framing, ResponseHead};
 use crate::route::Refusal;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
@@ -187,6 +187,7 @@ pub async fn write(
             status,
             reason: None,
             headers,
+            framing: Some(Framing::Length(body.len() as u64)),
         })
         .await?;
     client.write_body(body, true).await

@@ -275,29 +275,26 @@ fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
 /// What a malformed `Connection` names is unknown, so nothing is removed
 /// for it.
 fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
-    // Most answers carry none of these: one look over the names present
-    // spares a lookup per name.
-    let any = headers.keys().any(|name| {
-        matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-connection"
-                | "trailer"
-                | "upgrade"
-                | "transfer-encoding"
-        )
-    });
-    if !any {
-        return;
+    // One look over the names present spares a lookup for each one absent.
+    let (mut connection, mut legacy, mut upgrade, mut coded) = (false, false, false, false);
+    for name in headers.keys() {
+        match name.as_str() {
+            "connection" => connection = true,
+            "keep-alive" | "proxy-connection" | "trailer" => legacy = true,
+            "upgrade" => upgrade = true,
+            "transfer-encoding" => coded = true,
+            _ => {}
+        }
     }
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if headers.contains_key(header::CONNECTION) {
+    if connection {
         let nominated: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(h1::list_items)
+            // `close` names no field; `Keep-Alive` goes below in any case.
+            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|name| {
                 *name != header::CONTENT_LENGTH
@@ -312,13 +309,15 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
             headers.remove(header::CONNECTION);
         }
     }
-    for name in ["keep-alive", "proxy-connection", "trailer"] {
-        headers.remove(name);
+    if legacy {
+        for name in ["keep-alive", "proxy-connection", "trailer"] {
+            headers.remove(name);
+        }
     }
-    if !switching {
+    if upgrade && !switching {
         headers.remove(header::UPGRADE);
     }
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+    if coded {
         headers.remove(header::CONTENT_LENGTH);
     }
 }
@@ -863,6 +862,7 @@ mod tests {
             status: http::StatusCode::from_u16(status).expect("status"),
             reason: None,
             headers: map,
+            framing: None,
         }
     }
 
