@@ -185,9 +185,20 @@ impl Session {
 
     /// Parses a request head from the bytes read, if they hold a whole one.
     fn take_request(&mut self) -> Result<bool, BError> {
+        // Empty lines before a request line are allowed, and dropped
+        // (RFC 9112 §2.2).
+        loop {
+            let blank = match &self.buf[..] {
+                [b'\r', b'\n', ..] => 2,
+                [b'\n', ..] => 1,
+                _ => break,
+            };
+            self.buf.advance(blank);
+            self.head_scan = 0;
+        }
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
-        if !h1::has_head_end(&self.buf[from..]) {
+        let Some(end) = h1::head_end(&self.buf, from) else {
             if self.buf.len() >= MAX_HEAD {
                 return Err(refused(
                     431,
@@ -195,19 +206,19 @@ impl Session {
                 ));
             }
             return Ok(false);
-        }
-        let data = self.buf.split().freeze();
-        let len = match self.parse(&data) {
-            Ok(Some(len)) => len,
-            Ok(None) => {
-                // Only empty lines so far (allowed before a request line).
-                self.buf = BytesMut::from(&data[..]);
-                return Ok(false);
-            }
-            Err(e) => return Err(e),
         };
-        self.buf.extend_from_slice(&data[len..]);
+        // What follows the head (the body's start, or the next request)
+        // stays where it is.
+        let data = self.buf.split_to(end).freeze();
         self.head_scan = 0;
+        match self.parse(&data)? {
+            Some(len) if len == end => {}
+            _ => {
+                return Err(bad_request(
+                    "the request head does not end where its empty line is",
+                ));
+            }
+        }
         let (body, keepalive) = request_framing(self.req.version, &mut self.req.headers)?;
         self.body = body;
         self.body_empty = body == Body::Done;
@@ -215,8 +226,8 @@ impl Session {
         Ok(true)
     }
 
-    /// Fills the request from a head at the start of `data`; its length,
-    /// or `None` if more bytes are needed.
+    /// Fills the request from the head in `data`; its length, or `None`
+    /// if the head is not whole.
     fn parse(&mut self, data: &Bytes) -> Result<Option<usize>, BError> {
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);

@@ -286,23 +286,21 @@ impl Connection {
     fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
-        if !has_head_end(&self.buf[from..]) {
+        let Some(end) = head_end(&self.buf, from) else {
             if self.buf.len() >= MAX_HEAD {
                 return Err(bad_response(format!(
                     "the backend's response head is over {MAX_HEAD} bytes"
                 )));
             }
             return Ok(None);
-        }
-        let data = self.buf.split().freeze();
+        };
+        // What follows the head (the body's start, or the next head) stays
+        // where it is.
+        let data = self.buf.split_to(end).freeze();
+        self.head_scan = 0;
         match parse_head(&data)? {
-            Some((head, version, len)) => {
-                // What came after the head is the body's start (or the next head).
-                self.buf.extend_from_slice(&data[len..]);
-                self.head_scan = 0;
-                Ok(Some((head, version)))
-            }
-            None => Err(bad_response(
+            Some((head, version, len)) if len == end => Ok(Some((head, version))),
+            _ => Err(bad_response(
                 "the backend's response head does not end where its empty line is",
             )),
         }
@@ -687,13 +685,18 @@ fn length_of<'a>(
     Ok(length.map(|n| (n, clean)))
 }
 
-/// Whether `bytes` hold the empty line that ends a head (CRLF CRLF, or
-/// the bare-LF forms a parser accepts).
-pub(crate) fn has_head_end(bytes: &[u8]) -> bool {
-    memchr::memchr_iter(b'\n', bytes).any(|i| match bytes.get(i + 1) {
-        Some(b'\n') => true,
-        Some(b'\r') => bytes.get(i + 2) == Some(&b'\n'),
-        _ => false,
+/// Where the head at the start of `bytes` ends: just past the empty line
+/// that closes it (CRLF CRLF, or the bare-LF forms a parser accepts). The
+/// search starts at `from`, where an earlier one left off.
+pub(crate) fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(bytes.len());
+    memchr::memchr_iter(b'\n', &bytes[from..]).find_map(|i| {
+        let i = from + i;
+        match bytes.get(i + 1) {
+            Some(b'\n') => Some(i + 2),
+            Some(b'\r') if bytes.get(i + 2) == Some(&b'\n') => Some(i + 3),
+            _ => None,
+        }
     })
 }
 
