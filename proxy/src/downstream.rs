@@ -160,6 +160,9 @@ impl Session {
     /// Forgets the previous request; its fields' bytes are released, so the
     /// read buffer's memory can serve the next one.
     fn start_request(&mut self) {
+        // A head that cannot be read is answered as to a plain HTTP/1.1 GET.
+        self.req.method = Method::GET;
+        self.req.version = Version::HTTP_11;
         self.req.headers.clear();
         self.req.uri = Uri::default();
         self.req.extensions.clear();
@@ -207,6 +210,12 @@ impl Session {
             }
             return Ok(false);
         };
+        if end > MAX_HEAD {
+            return Err(refused(
+                431,
+                format!("the request head is over {MAX_HEAD} bytes"),
+            ));
+        }
         // What follows the head (the body's start, or the next request)
         // stays where it is.
         let data = self.buf.split_to(end).freeze();
@@ -340,9 +349,11 @@ impl Session {
         self.keepalive = false;
     }
 
-    /// The status of the response head written, if any.
+    /// The status of the response head sent, if any. A head still held
+    /// back (waiting for the first body bytes) has not begun the response:
+    /// another may replace it.
     pub fn response_status(&self) -> Option<StatusCode> {
-        self.status
+        self.status.filter(|_| self.pending.is_empty())
     }
 
     /// Whether a `101` was written: the connection now carries raw bytes.
@@ -362,7 +373,7 @@ impl Session {
     /// to an HTTP/1.0 one. The head carries no `Connection` field (unless a
     /// `101`): the session says whether this connection stays open.
     pub async fn write_head(&mut self, mut head: h1::ResponseHead) -> Result<(), BError> {
-        if self.out != Out::Head {
+        if self.out != Out::Head && self.pending.is_empty() {
             return Err(Error::explain(
                 ErrorType::InternalError,
                 "a second response head for one request",
@@ -374,8 +385,10 @@ impl Session {
         self.out = if status == StatusCode::SWITCHING_PROTOCOLS {
             self.keepalive = false;
             self.upgraded = true;
-            // What the client sends from here on is the new protocol's.
+            // What the client sends from here on is the new protocol's, and
+            // is not kept for a retry.
             self.body = Body::UntilClose;
+            self.retry = None;
             Out::Raw
         } else if self.req.method == Method::HEAD
             || status == StatusCode::NO_CONTENT
@@ -567,7 +580,9 @@ impl Session {
     /// and dropped for a while after the proxy's end is sent: closing with
     /// unread bytes would reset the connection and could destroy the
     /// answer before the client reads it.
-    pub async fn close(mut self) {
+    /// `unread`: the client may still be sending (its head was refused).
+    /// Returns how many bytes the client sent that were read and dropped.
+    pub async fn close(mut self, unread: bool) -> u64 {
         let limit = Some(LINGER_READ);
         let ended = h1::timed(
             limit,
@@ -576,11 +591,12 @@ impl Session {
             Peer::Client,
         )
         .await;
-        if ended.is_err() || matches!(self.body, Body::Done | Body::UntilClose) {
-            return;
+        if ended.is_err() || (!unread && matches!(self.body, Body::Done | Body::UntilClose)) {
+            return 0;
         }
         let until = tokio::time::Instant::now() + LINGER;
         let mut sink = [0u8; 16 * 1024];
+        let mut dropped = self.buf.len() as u64;
         while tokio::time::Instant::now() < until {
             match h1::timed(
                 limit,
@@ -590,10 +606,17 @@ impl Session {
             )
             .await
             {
-                Ok(n) if n > 0 => {}
-                _ => return,
+                Ok(n) if n > 0 => dropped += n as u64,
+                _ => break,
             }
         }
+        if dropped > 0 {
+            tracing::debug!(
+                bytes = dropped,
+                "dropped what the client sent after its answer"
+            );
+        }
+        dropped
     }
 }
 
@@ -937,7 +960,7 @@ mod tests {
 
     /// What the client received until the proxy's end of the stream.
     async fn received(s: Session, mut peer: TcpStream) -> String {
-        s.close().await;
+        s.close(false).await;
         let mut out = Vec::new();
         peer.read_to_end(&mut out).await.expect("read");
         String::from_utf8_lossy(&out).into_owned()
@@ -1002,13 +1025,14 @@ mod tests {
         assert!(s.read_request().await.expect("head"));
         let status = resp.status;
         s.write_head(resp).await.expect("head");
-        assert_eq!(s.response_status(), Some(status));
+        assert_eq!(s.response_status(), None, "the head waits for the body");
         for (i, piece) in pieces.iter().enumerate() {
             let end = i + 1 == pieces.len();
             s.write_body(Bytes::from_static(piece), end)
                 .await
                 .expect("body");
         }
+        assert_eq!(s.response_status(), Some(status));
         (s.reusable(), received(s, peer).await)
     }
 
@@ -1081,6 +1105,82 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_head_held_back_may_give_way_to_an_error_reply() {
+        let error = head(502, &[("content-length", "3")]);
+        let (mut s, peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
+        assert!(s.read_request().await.expect("head"));
+        s.write_head(head(200, &[("content-length", "9")]))
+            .await
+            .expect("head");
+        s.write_head(error)
+            .await
+            .expect("replaces the held-back head");
+        s.write_body(Bytes::from_static(b"bad"), true)
+            .await
+            .expect("body");
+        assert_eq!(s.response_status(), Some(StatusCode::BAD_GATEWAY));
+        let out = received(s, peer).await;
+        assert_eq!(
+            out,
+            "HTTP/1.1 502 Bad Gateway\r\ncontent-length: 3\r\n\r\nbad"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_head_is_answered_as_to_a_plain_get() {
+        let (mut s, peer) = sent(
+            b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(s.read_request().await.expect("first"));
+        s.write_head(head(204, &[])).await.expect("head");
+        s.write_body(Bytes::new(), true).await.expect("end");
+        s.read_request().await.expect_err("malformed");
+        assert_eq!(s.request().method, Method::GET);
+        s.write_head(head(400, &[("content-length", "3")]))
+            .await
+            .expect("head");
+        s.write_body(Bytes::from_static(b"bad"), true)
+            .await
+            .expect("body");
+        let out = received(s, peer).await;
+        assert!(out.ends_with("\r\n\r\nbad"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_still_sending_is_read_to_its_end_before_the_close() {
+        let (stream, mut peer) = h1::stream_pair().await;
+        let mut s = Session::new(stream, IDLE);
+        let mut wire = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+        let body = 512 * 1024;
+        wire.resize(wire.len() + body, b'z');
+        let client = tokio::spawn(async move {
+            // The whole body goes out whatever the proxy said, then the
+            // client reads the answer.
+            peer.write_all(&wire).await.expect("write");
+            peer.shutdown().await.expect("shutdown");
+            let mut out = Vec::new();
+            peer.read_to_end(&mut out).await.map(|_| out)
+        });
+        let e = s.read_request().await.expect_err("refused");
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(501));
+        s.write_head(head(501, &[("content-length", "2")]))
+            .await
+            .expect("head");
+        s.write_body(Bytes::from_static(b"no"), true)
+            .await
+            .expect("body");
+        let dropped = s.close(true).await;
+        assert_eq!(
+            dropped, body as u64,
+            "all the client sent is read before the close"
+        );
+        let out = client.await.expect("task").expect("the answer");
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 501"));
+    }
+
+    #[tokio::test]
     async fn a_response_cut_before_its_length_closes_the_connection() {
         let (mut s, _peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
         assert!(s.read_request().await.expect("head"));
@@ -1144,6 +1244,8 @@ mod tests {
         let mut long = b"GET / HTTP/1.1\r\nx-long: ".to_vec();
         long.resize(MAX_HEAD + 10, b'a');
         assert_eq!(refusal(&long).await, 431);
+        long.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(refusal(&long).await, 431, "a whole head over the limit");
     }
 
     #[tokio::test]
@@ -1260,6 +1362,7 @@ mod tests {
         )
         .await;
         assert!(s.read_request().await.expect("head"));
+        s.enable_retry_buffering();
         s.write_continue().await.expect("continue");
         s.write_head(head(
             101,
@@ -1279,6 +1382,7 @@ mod tests {
         peer.shutdown().await.expect("shutdown");
         assert_eq!(s.read_body().await.expect("end"), None);
         assert!(!s.reusable());
+        assert_eq!(s.retry_buffer(), None, "tunnel bytes are not kept");
     }
 
     #[test]

@@ -286,7 +286,7 @@ impl Connection {
     fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
-        let Some(end) = head_end(&self.buf, from) else {
+        let Some(end) = head_end(&self.buf, from).filter(|end| *end <= MAX_HEAD) else {
             if self.buf.len() >= MAX_HEAD {
                 return Err(bad_response(format!(
                     "the backend's response head is over {MAX_HEAD} bytes"
@@ -347,6 +347,16 @@ impl Connection {
                     "the backend switched protocols though the request asked for no upgrade",
                 ));
             }
+            let websocket = resp
+                .headers
+                .get(header::UPGRADE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| list_items(v).any(|p| p.eq_ignore_ascii_case("websocket")));
+            if !websocket {
+                return Err(bad_response(
+                    "the backend switched to a protocol other than the WebSocket asked for",
+                ));
+            }
             self.body = Body::UntilClose;
             self.keepalive = false;
             return Ok(());
@@ -358,7 +368,7 @@ impl Connection {
         let framing = match (coded, lengths, length) {
             // The usual case: one length, nothing else to weigh.
             (false, 1, Some(value)) => match length_of(std::iter::once(value)) {
-                Ok(Some((n, _))) => Framing::Length(n),
+                Ok(Some((n, true))) => Framing::Length(n),
                 _ => body_framing(&mut resp.headers)?,
             },
             _ => body_framing(&mut resp.headers)?,
@@ -637,7 +647,14 @@ pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
         });
     }
     match declared_length(headers) {
-        Ok(length) => Ok(length.map_or(Framing::UntilClose, |(n, _)| Framing::Length(n))),
+        Ok(Some((n, clean))) => {
+            if !clean {
+                // One value goes on, however many came.
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Framing::Length(n))
+        }
+        Ok(None) => Ok(Framing::UntilClose),
         Err(BadLength::NotANumber) => {
             Err(bad_response("the backend's Content-Length is not a number"))
         }
@@ -924,6 +941,15 @@ mod tests {
         let mut conn = answered(SWITCH, false).await;
         let err = conn.read_head(false, false).await.expect_err("refused");
         assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader);
+        // Nor is a switch to anything but the WebSocket asked for.
+        for other in [
+            &b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n"[..],
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+        ] {
+            let mut conn = answered(other, false).await;
+            let err = conn.read_head(false, true).await.expect_err("refused");
+            assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader);
+        }
     }
 
     #[tokio::test]
@@ -1118,6 +1144,29 @@ mod tests {
             assert_eq!(te, [want], "{lines:?}");
             assert!(!map.contains_key("content-length"));
         }
+    }
+
+    #[test]
+    fn repeated_lengths_are_left_as_one() {
+        for pairs in [
+            &[("content-length", &b"5, 5"[..])][..],
+            &[("content-length", b"5"), ("content-length", b"5")],
+        ] {
+            let mut map = fields(pairs);
+            assert_eq!(body_framing(&mut map).expect("framed"), Framing::Length(5));
+            let values: Vec<_> = map.get_all("content-length").iter().collect();
+            assert_eq!(values, ["5"], "{pairs:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_head_over_the_limit_is_refused() {
+        let mut wire = b"HTTP/1.1 200 OK\r\nX-Long: ".to_vec();
+        wire.resize(MAX_HEAD + 10, b'a');
+        wire.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let mut conn = answered(&wire, false).await;
+        let err = conn.read_head(false, false).await.expect_err("too large");
+        assert!(err.to_string().contains("over"), "{err}");
     }
 
     #[tokio::test]

@@ -150,11 +150,18 @@ impl ServerApp for EdgeServer {
         let h2 = if stream.get_ssl_digest().is_some() {
             matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
         } else if self.h2c {
+            // The first 24 bytes say which protocol (a shorter HTTP/1 request
+            // waits for more bytes, or its end): within the client's idle limit.
             let mut start = [0u8; H2_PREFACE.len()];
-            match stream.try_peek(&mut start).await {
-                Ok(peeked) => peeked && start == *H2_PREFACE,
-                Err(e) => {
+            let idle = self.proxy.state.config.timeouts.client_idle;
+            match tokio::time::timeout(idle, stream.try_peek(&mut start)).await {
+                Ok(Ok(peeked)) => peeked && start == *H2_PREFACE,
+                Ok(Err(e)) => {
                     tracing::debug!(error = %e, "the client left before its first request");
+                    return None;
+                }
+                Err(_) => {
+                    tracing::debug!("no request within timeouts.client_idle; closing");
                     return None;
                 }
             }
@@ -226,6 +233,7 @@ impl EdgeProxy {
         // One wait for the shutdown per connection, not one per request.
         let down = shutting_down(shutdown);
         tokio::pin!(down);
+        let mut refused = false;
         loop {
             let read = tokio::select! {
                 biased;
@@ -239,6 +247,7 @@ impl EdgeProxy {
                     if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
                         self.refuse_unreadable(&mut Client::H1(&mut session), &e)
                             .await;
+                        refused = true;
                     } else {
                         tracing::debug!(error = %e, "no request read");
                     }
@@ -252,7 +261,7 @@ impl EdgeProxy {
                 break;
             }
         }
-        session.close().await;
+        session.close(refused).await;
     }
 
     /// Answers a request whose head could not be read as one (400, 431, 501).

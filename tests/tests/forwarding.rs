@@ -569,3 +569,18 @@ async fn a_backend_silent_past_the_read_timeout_is_a_504_and_not_asked_again() {
         "a slow backend is not sent the same request again"
     );
 }
+
+#[tokio::test]
+async fn an_answer_broken_before_any_of_it_reached_the_client_is_a_502() {
+    // The head is fine; the chunk after it, in the same segment, is not.
+    const BROKEN: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
+    let (backend, _) = scripted_backend(&[BROKEN]).await;
+    let proxy = proxy_for(backend).await;
+    let resp = edgeroute_tests::client()
+        .get(proxy.url("/broken"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
+}
