@@ -495,7 +495,7 @@ impl Session {
                 ));
             }
             Out::Chunked if !data.is_empty() => {
-                let line = chunk_size_line(&mut size, data.len());
+                let line = h1::chunk_size_line(&mut size, data.len());
                 (line, if end { b"\r\n0\r\n\r\n" } else { b"\r\n" })
             }
             Out::Chunked if end => (b"0\r\n\r\n", b""),
@@ -648,14 +648,11 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
         return Err(bad_request("the request has more than one Host field"));
     }
     let http10 = version == Version::HTTP_10;
-    let (mut close, mut keep_alive) = (false, false);
+    let mut options = h1::ConnectionOptions::default();
     for value in headers.get_all(header::CONNECTION) {
-        for token in h1::list_items(value.to_str().unwrap_or("")) {
-            close |= token.eq_ignore_ascii_case("close");
-            keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-        }
+        options.read(value);
     }
-    let keepalive = !close && (!http10 || keep_alive);
+    let keepalive = options.persist(version);
     if !headers.contains_key(header::TRANSFER_ENCODING) {
         let body = match content_length(headers)? {
             Some(0) | None => Body::Done,
@@ -689,17 +686,10 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
 }
 
 /// The length a request's `Content-Length` fields give (see
-/// [`h1::declared_length`]); repeated values are left as one field with one
-/// number, so what goes on is unambiguous.
+/// [`h1::declared_length`]).
 fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, BError> {
     match h1::declared_length(headers) {
-        Ok(Some((n, clean))) => {
-            if !clean {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok(Some(n))
-        }
-        Ok(None) => Ok(None),
+        Ok(length) => Ok(length),
         Err(h1::BadLength::NotANumber) => {
             Err(bad_request("the request's Content-Length is not a number"))
         }
@@ -732,18 +722,6 @@ fn parse_target(raw: &Bytes) -> Result<Uri, BError> {
     })
 }
 
-/// `size` in hex, then CRLF.
-fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
-    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
-    for (i, digit) in buf[..digits].iter_mut().enumerate() {
-        let nibble = (size >> ((digits - 1 - i) * 4)) & 0xf;
-        *digit = b"0123456789abcdef"[nibble];
-    }
-    buf[digits] = b'\r';
-    buf[digits + 1] = b'\n';
-    &buf[..digits + 2]
-}
-
 /// The status line and fields of a response, as HTTP/1.1 puts them.
 fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead) {
     out.clear();
@@ -759,10 +737,7 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead) {
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
     for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        h1::put_field(out, name.as_str(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1383,23 +1358,6 @@ mod tests {
         assert_eq!(s.read_body().await.expect("end"), None);
         assert!(!s.reusable());
         assert_eq!(s.retry_buffer(), None, "tunnel bytes are not kept");
-    }
-
-    #[test]
-    fn chunk_sizes_are_written_in_hex() {
-        let mut buf = [0u8; 18];
-        for (size, want) in [
-            (1, "1"),
-            (15, "f"),
-            (16, "10"),
-            (4096, "1000"),
-            (usize::MAX, "ffffffffffffffff"),
-        ] {
-            assert_eq!(
-                chunk_size_line(&mut buf, size),
-                format!("{want}\r\n").as_bytes()
-            );
-        }
     }
 
     /// A request's framing fields, drawn from what smuggling attempts use.

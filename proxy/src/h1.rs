@@ -180,14 +180,13 @@ impl Connection {
             return Ok(());
         }
         let head = std::mem::take(&mut self.pending_head);
-        let (size, end) = if self.chunked_request {
-            (format!("{:x}\r\n", data.len()), &b"\r\n"[..])
+        let mut digits = [0u8; 18];
+        let (size, end): (&[u8], &[u8]) = if self.chunked_request {
+            (chunk_size_line(&mut digits, data.len()), b"\r\n")
         } else {
-            (String::new(), &b""[..])
+            (b"", b"")
         };
-        let mut out = Buf::chain(&head[..], size.as_bytes())
-            .chain(data)
-            .chain(end);
+        let mut out = Buf::chain(&head[..], size).chain(data).chain(end);
         self.timed_write(|s| s.write_all_buf(&mut out)).await?;
         self.flush().await
     }
@@ -316,14 +315,11 @@ impl Connection {
         upgrade: bool,
     ) -> Result<(), BError> {
         // One pass over the fields for what framing and keep-alive need.
-        let (mut close, mut keep_alive, mut coded) = (false, false, false);
-        let (mut lengths, mut length) = (0, None);
+        let mut options = ConnectionOptions::default();
+        let (mut coded, mut lengths, mut length) = (false, 0, None);
         for (name, value) in &resp.headers {
             if *name == header::CONNECTION {
-                for token in list_items(value.to_str().unwrap_or("")) {
-                    close |= token.eq_ignore_ascii_case("close");
-                    keep_alive |= token.eq_ignore_ascii_case("keep-alive");
-                }
+                options.read(value);
             } else if *name == header::TRANSFER_ENCODING {
                 coded = true;
             } else if *name == header::CONTENT_LENGTH {
@@ -331,11 +327,7 @@ impl Connection {
                 length = Some(value);
             }
         }
-        self.keepalive = if version == Version::HTTP_11 {
-            !close
-        } else {
-            keep_alive && !close
-        };
+        self.keepalive = options.persist(version);
         if version == Version::HTTP_10 && coded {
             // Faulty framing for HTTP/1.0 (RFC 9112 §6.1): the connection ends with it.
             self.keepalive = false;
@@ -430,6 +422,50 @@ impl Connection {
         (self.request_done && self.keepalive && self.body == Body::Done && self.buf.is_empty())
             .then_some(self.stream)
     }
+}
+
+/// What a message's `Connection` fields ask of its connection.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ConnectionOptions {
+    close: bool,
+    keep_alive: bool,
+}
+
+impl ConnectionOptions {
+    /// Takes in the options of one `Connection` value.
+    pub(crate) fn read(&mut self, value: &HeaderValue) {
+        for token in list_items(value.to_str().unwrap_or("")) {
+            self.close |= token.eq_ignore_ascii_case("close");
+            self.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+        }
+    }
+
+    /// Whether the connection stays open after a message of `version`
+    /// (RFC 9112 §9.3): with HTTP/1.1 unless it says `close`, with
+    /// HTTP/1.0 only if it says `keep-alive`.
+    pub(crate) fn persist(self, version: Version) -> bool {
+        !self.close && (version != Version::HTTP_10 || self.keep_alive)
+    }
+}
+
+/// One `name: value` line of a head.
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk's size line: `size` in hex, then CRLF.
+pub(crate) fn chunk_size_line(buf: &mut [u8; 18], size: usize) -> &[u8] {
+    let digits = (usize::BITS - size.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in buf[..digits].iter_mut().enumerate() {
+        let nibble = (size >> ((digits - 1 - i) * 4)) & 0xf;
+        *digit = b"0123456789abcdef"[nibble];
+    }
+    buf[digits] = b'\r';
+    buf[digits + 1] = b'\n';
+    &buf[..digits + 2]
 }
 
 /// Which way an I/O operation goes.
@@ -647,13 +683,7 @@ pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
         });
     }
     match declared_length(headers) {
-        Ok(Some((n, clean))) => {
-            if !clean {
-                // One value goes on, however many came.
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok(Framing::Length(n))
-        }
+        Ok(Some(n)) => Ok(Framing::Length(n)),
         Ok(None) => Ok(Framing::UntilClose),
         Err(BadLength::NotANumber) => {
             Err(bad_response("the backend's Content-Length is not a number"))
@@ -674,12 +704,18 @@ pub(crate) enum BadLength {
 
 /// The length a message's `Content-Length` fields give, if any: every
 /// value, and every item of a value that is a list, must be the same
-/// number. With it, whether it came clean: one field holding only digits.
-pub(crate) fn declared_length(headers: &HeaderMap) -> Result<Option<(u64, bool)>, BadLength> {
-    length_of(headers.get_all(header::CONTENT_LENGTH).iter())
+/// number. Repeated values are left as one field holding the number, so
+/// what goes on is unambiguous.
+pub(crate) fn declared_length(headers: &mut HeaderMap) -> Result<Option<u64>, BadLength> {
+    let length = length_of(headers.get_all(header::CONTENT_LENGTH).iter())?;
+    if let Some((n, false)) = length {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(length.map(|(n, _)| n))
 }
 
-/// [`declared_length`] of the `Content-Length` values given.
+/// The length the `Content-Length` values given say, and whether it came
+/// clean: one field holding only digits.
 fn length_of<'a>(
     values: impl Iterator<Item = &'a HeaderValue>,
 ) -> Result<Option<(u64, bool)>, BadLength> {
@@ -1143,6 +1179,23 @@ mod tests {
             let te: Vec<_> = map.get_all("transfer-encoding").iter().collect();
             assert_eq!(te, [want], "{lines:?}");
             assert!(!map.contains_key("content-length"));
+        }
+    }
+
+    #[test]
+    fn chunk_sizes_are_written_in_hex() {
+        let mut buf = [0u8; 18];
+        for (size, want) in [
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (4096, "1000"),
+            (usize::MAX, "ffffffffffffffff"),
+        ] {
+            assert_eq!(
+                chunk_size_line(&mut buf, size),
+                format!("{want}\r\n").as_bytes()
+            );
         }
     }
 

@@ -180,31 +180,31 @@ pub fn backend_request(
         if replaced || is_hop_by_hop(name) || name == header::EXPECT || nominated.contains(name) {
             continue;
         }
-        field(&mut out, name.as_str(), value.as_bytes());
+        h1::put_field(&mut out, name.as_str(), value.as_bytes());
     }
     if let Some(host) = &host {
-        field(&mut out, "host", host.as_bytes());
+        h1::put_field(&mut out, "host", host.as_bytes());
     }
     if websocket {
-        field(&mut out, "connection", b"Upgrade");
-        field(&mut out, "upgrade", b"websocket");
+        h1::put_field(&mut out, "connection", b"Upgrade");
+        h1::put_field(&mut out, "upgrade", b"websocket");
     }
     if chunked {
-        field(&mut out, "transfer-encoding", b"chunked");
+        h1::put_field(&mut out, "transfer-encoding", b"chunked");
     }
-    field(&mut out, ROUTE.as_str(), fwd.route.as_bytes());
+    h1::put_field(&mut out, ROUTE.as_str(), fwd.route.as_bytes());
     if let Some(epoch) = fwd.epoch {
-        field(&mut out, EPOCH.as_str(), epoch.as_bytes());
+        h1::put_field(&mut out, EPOCH.as_str(), epoch.as_bytes());
     }
-    field(&mut out, REQUEST_ID.as_str(), fwd.request_id.as_bytes());
+    h1::put_field(&mut out, REQUEST_ID.as_str(), fwd.request_id.as_bytes());
     if let Some(ip) = &fwd.client_ip {
-        field(
+        h1::put_field(
             &mut out,
             FORWARDED_FOR.as_str(),
             forwarded_for(client, facts, ip).as_bytes(),
         );
     }
-    field(
+    h1::put_field(
         &mut out,
         FORWARDED_PROTO.as_str(),
         if fwd.tls { b"https" } else { b"http" },
@@ -214,14 +214,6 @@ pub fn backend_request(
         bytes: out,
         chunked,
     })
-}
-
-/// One `name: value` line of a head.
-fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// The response a client gets for a backend's: its hop-by-hop fields
