@@ -85,7 +85,6 @@ pub struct Session {
     out: Out,
     /// The response head, until it goes out with the first body bytes.
     pending: Vec<u8>,
-    upgraded: bool,
 }
 
 impl Session {
@@ -114,7 +113,6 @@ impl Session {
             status: None,
             out: Out::Head,
             pending: Vec::new(),
-            upgraded: false,
         }
     }
 
@@ -201,7 +199,7 @@ impl Session {
         }
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
-        let Some(end) = h1::head_end(&self.buf, from) else {
+        let Some(end) = h1::head_end(&self.buf, from).filter(|end| *end <= MAX_HEAD) else {
             if self.buf.len() >= MAX_HEAD {
                 return Err(refused(
                     431,
@@ -210,12 +208,6 @@ impl Session {
             }
             return Ok(false);
         };
-        if end > MAX_HEAD {
-            return Err(refused(
-                431,
-                format!("the request head is over {MAX_HEAD} bytes"),
-            ));
-        }
         // What follows the head (the body's start, or the next request)
         // stays where it is.
         let data = self.buf.split_to(end).freeze();
@@ -341,7 +333,7 @@ impl Session {
 
     /// Invites the body of a request that expects `100-continue`.
     pub async fn write_continue(&mut self) -> Result<(), BError> {
-        self.write(b"HTTP/1.1 100 Continue\r\n\r\n").await
+        self.write(&mut &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
     }
 
     /// The connection ends after this response.
@@ -358,7 +350,7 @@ impl Session {
 
     /// Whether a `101` was written: the connection now carries raw bytes.
     pub fn was_upgraded(&self) -> bool {
-        self.upgraded
+        self.status == Some(StatusCode::SWITCHING_PROTOCOLS)
     }
 
     /// How long a read from the client may wait (a tunnel's idle limit).
@@ -384,7 +376,6 @@ impl Session {
         let http10 = self.req.version == Version::HTTP_10;
         self.out = if status == StatusCode::SWITCHING_PROTOCOLS {
             self.keepalive = false;
-            self.upgraded = true;
             // What the client sends from here on is the new protocol's, and
             // is not kept for a retry.
             self.body = Body::UntilClose;
@@ -463,11 +454,7 @@ impl Session {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let head = std::mem::take(&mut self.pending);
-        let sent = self.write(&head).await;
-        self.pending = head;
-        self.pending.clear();
-        sent
+        self.write_body(Bytes::new(), false).await
     }
 
     /// Sends a piece of the response body, framed (with the head, if it has
@@ -509,14 +496,7 @@ impl Session {
         let head = std::mem::take(&mut self.pending);
         let mut out = Buf::chain(&head[..], prefix).chain(&data[..]).chain(suffix);
         let sent = if out.has_remaining() {
-            let limit = Some(self.idle);
-            h1::timed(
-                limit,
-                write_all_buf(&mut self.stream, &mut out),
-                Direction::Write,
-                Peer::Client,
-            )
-            .await
+            self.write(&mut out).await
         } else {
             Ok(())
         };
@@ -556,12 +536,11 @@ impl Session {
         Ok(())
     }
 
-    /// Writes `bytes` at once.
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), BError> {
-        let mut out = bytes;
+    /// Writes all of `out` at once, within the client's idle limit.
+    async fn write(&mut self, out: &mut impl Buf) -> Result<(), BError> {
         h1::timed(
             Some(self.idle),
-            write_all_buf(&mut self.stream, &mut out),
+            write_all_buf(&mut self.stream, out),
             Direction::Write,
             Peer::Client,
         )
@@ -572,7 +551,8 @@ impl Session {
     /// complete, the request's body was read to its end, and neither side
     /// asked to close.
     pub fn reusable(&self) -> bool {
-        self.keepalive && self.out == Out::Done && self.body == Body::Done && !self.upgraded
+        // (A `101` ends keep-alive.)
+        self.keepalive && self.out == Out::Done && self.body == Body::Done
     }
 
     /// Ends the connection; errors do not matter any more. If the
