@@ -292,7 +292,7 @@ impl EdgeProxy {
 
     fn new_ctx(&self, client: &Client<'_>) -> Ctx {
         let req = client.request();
-        let facts = upstream::RequestFacts::of(&req.headers);
+        let facts = upstream::RequestFacts::of(req);
         Ctx {
             started: Instant::now(),
             _inflight: self.state.lifecycle.request_started(),
@@ -513,8 +513,7 @@ impl EdgeProxy {
     ) -> Result<(), Failure> {
         let head = self.upstream_request(client, ctx).map_err(Failure::last)?;
         let head_request = client.request().method == http::Method::HEAD;
-        let upgrade =
-            ctx.facts.upgrade_websocket && upstream::is_websocket_upgrade(client.request());
+        let upgrade = ctx.facts.websocket;
         let peer = backend.peer_template();
         // The first attempt's clock is the request's: microseconds apart.
         let mut sent_at = if ctx.attempts == 1 {

@@ -77,12 +77,16 @@ pub struct RequestFacts {
     pub has_connection: bool,
     /// `Upgrade: websocket`.
     pub upgrade_websocket: bool,
+    /// The request is a WebSocket opening handshake the proxy passes on
+    /// ([`is_websocket_upgrade`]).
+    pub websocket: bool,
     /// An `x-forwarded-for` is present.
     pub has_forwarded_for: bool,
 }
 
 impl RequestFacts {
-    pub fn of(headers: &HeaderMap) -> Self {
+    pub fn of(req: &Parts) -> Self {
+        let headers = &req.headers;
         let mut facts = RequestFacts::default();
         let mut seen_length = false;
         let mut seen_consistency = false;
@@ -122,6 +126,7 @@ impl RequestFacts {
                 facts.has_forwarded_for = true;
             }
         }
+        facts.websocket = facts.upgrade_websocket && is_websocket_upgrade(req);
         facts
     }
 }
@@ -152,7 +157,7 @@ pub fn backend_request(
     has_body: bool,
     fwd: &Forwarding<'_>,
 ) -> Result<BackendHead, CannotForward> {
-    let websocket = facts.upgrade_websocket && is_websocket_upgrade(client);
+    let websocket = facts.websocket;
     let nominated = if facts.has_connection {
         nominated_fields(&client.headers)?
     } else {
@@ -586,13 +591,7 @@ mod tests {
             tls: false,
             host: None,
         };
-        let head = backend_request(
-            req,
-            req.raw_path(),
-            &RequestFacts::of(&req.headers),
-            body,
-            &fwd,
-        )?;
+        let head = backend_request(req, req.raw_path(), &RequestFacts::of(req), body, &fwd)?;
         assert_eq!(
             head.chunked,
             sent(&head).headers.contains_key("transfer-encoding")
@@ -791,7 +790,7 @@ mod tests {
             tls: false,
             host: Some(&host),
         };
-        let facts = RequestFacts::of(&req.headers);
+        let facts = RequestFacts::of(&req);
         let out = sent(&backend_request(&req, req.raw_path(), &facts, false, &fwd).expect("valid"));
         let one = |name: &str| {
             let all: Vec<_> = out.headers.get_all(name).iter().collect();
@@ -945,11 +944,12 @@ mod tests {
         fn request_facts_agree_with_lookups(
             fields in proptest::collection::vec(fact_field(), 0..8),
         ) {
-            let mut headers = HeaderMap::new();
+            let (mut req, ()) = http::Request::new(()).into_parts();
             for (k, v) in &fields {
-                headers.append(*k, HeaderValue::from_static(v));
+                req.headers.append(*k, HeaderValue::from_static(v));
             }
-            let facts = RequestFacts::of(&headers);
+            let facts = RequestFacts::of(&req);
+            let headers = &req.headers;
             let first_is = |name: HeaderName, want: &str| {
                 headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
             };
