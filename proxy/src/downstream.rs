@@ -70,6 +70,8 @@ pub struct Session {
     /// body bytes, to take response bytes.
     idle: Duration,
     read_timeout: Duration,
+    /// The timer bounding each read and write by those limits.
+    deadline: h1::Deadline,
     /// The client's address as text (for `x-forwarded-for`), formatted once.
     client_ip: Option<HeaderValue>,
     tls: bool,
@@ -101,6 +103,7 @@ impl Session {
             head_scan: 0,
             idle,
             read_timeout: idle,
+            deadline: h1::Deadline::default(),
             client_ip,
             tls,
             req: http::Request::new(()).into_parts().0,
@@ -181,7 +184,9 @@ impl Session {
             self.buf.reserve(h1::READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
-        h1::timed(Some(self.read_timeout), read, Direction::Read, Peer::Client).await
+        self.deadline
+            .bound(Some(self.read_timeout), read, Direction::Read, Peer::Client)
+            .await
     }
 
     /// Parses a request head from the bytes read, if they hold a whole one.
@@ -521,13 +526,14 @@ impl Session {
                     ));
                 }
                 Out::Raw | Out::UntilClose => {
-                    h1::timed(
-                        Some(self.idle),
-                        self.stream.shutdown(),
-                        Direction::Write,
-                        Peer::Client,
-                    )
-                    .await?;
+                    self.deadline
+                        .bound(
+                            Some(self.idle),
+                            self.stream.shutdown(),
+                            Direction::Write,
+                            Peer::Client,
+                        )
+                        .await?;
                 }
                 _ => {}
             }
@@ -538,13 +544,14 @@ impl Session {
 
     /// Writes all of `out` at once, within the client's idle limit.
     async fn write(&mut self, out: &mut impl Buf) -> Result<(), BError> {
-        h1::timed(
-            Some(self.idle),
-            write_all_buf(&mut self.stream, out),
-            Direction::Write,
-            Peer::Client,
-        )
-        .await
+        self.deadline
+            .bound(
+                Some(self.idle),
+                write_all_buf(&mut self.stream, out),
+                Direction::Write,
+                Peer::Client,
+            )
+            .await
     }
 
     /// Whether the connection may carry another request: the response is
@@ -564,13 +571,15 @@ impl Session {
     /// Returns how many bytes the client sent that were read and dropped.
     pub async fn close(mut self, unread: bool) -> u64 {
         let limit = Some(LINGER_READ);
-        let ended = h1::timed(
-            limit,
-            self.stream.shutdown(),
-            Direction::Write,
-            Peer::Client,
-        )
-        .await;
+        let ended = self
+            .deadline
+            .bound(
+                limit,
+                self.stream.shutdown(),
+                Direction::Write,
+                Peer::Client,
+            )
+            .await;
         if ended.is_err() || (!unread && matches!(self.body, Body::Done | Body::UntilClose)) {
             return 0;
         }
@@ -578,13 +587,15 @@ impl Session {
         let mut sink = [0u8; 16 * 1024];
         let mut dropped = self.buf.len() as u64;
         while tokio::time::Instant::now() < until {
-            match h1::timed(
-                limit,
-                self.stream.read(&mut sink),
-                Direction::Read,
-                Peer::Client,
-            )
-            .await
+            match self
+                .deadline
+                .bound(
+                    limit,
+                    self.stream.read(&mut sink),
+                    Direction::Read,
+                    Peer::Client,
+                )
+                .await
             {
                 Ok(n) if n > 0 => dropped += n as u64,
                 _ => break,

@@ -13,8 +13,11 @@ use http::{StatusCode, Version};
 use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType};
 use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::time::{Instant, Sleep};
 
 type BError = Box<Error>;
 
@@ -120,12 +123,15 @@ pub(crate) enum Chunk {
 }
 
 /// One HTTP/1.1 exchange after another on a backend connection.
-pub struct Connection {
+pub struct Connection<'t> {
     stream: Stream,
     /// Bytes read and not yet consumed.
     buf: BytesMut,
     pub read_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
+    /// The timer bounding each read and write by those limits (the
+    /// client connection's, lent for each exchange).
+    deadline: &'t mut Deadline,
     body: Body,
     /// The response leaves the connection open.
     keepalive: bool,
@@ -144,17 +150,19 @@ fn bad_response(why: impl Into<String>) -> BError {
     Error::explain(ErrorType::InvalidHTTPHeader, why.into()).into_up()
 }
 
-impl Connection {
+impl<'t> Connection<'t> {
     pub fn new(
         stream: Stream,
         read_timeout: Option<Duration>,
         write_timeout: Option<Duration>,
+        deadline: &'t mut Deadline,
     ) -> Self {
         Connection {
             stream,
             buf: BytesMut::new(),
             read_timeout,
             write_timeout,
+            deadline,
             body: Body::Head,
             keepalive: false,
             chunked_request: false,
@@ -226,7 +234,9 @@ impl Connection {
         Fut: Future<Output = std::io::Result<()>>,
     {
         let limit = self.write_timeout;
-        timed(limit, op(&mut self.stream), Direction::Write, Peer::Backend).await
+        self.deadline
+            .bound(limit, op(&mut self.stream), Direction::Write, Peer::Backend)
+            .await
     }
 
     /// Reads more bytes from the backend into the buffer; 0 at the end of
@@ -236,7 +246,10 @@ impl Connection {
             self.buf.reserve(READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
-        let n = timed(self.read_timeout, read, Direction::Read, Peer::Backend).await?;
+        let n = self
+            .deadline
+            .bound(self.read_timeout, read, Direction::Read, Peer::Backend)
+            .await?;
         self.heard |= n > 0;
         Ok(n)
     }
@@ -483,20 +496,40 @@ pub(crate) enum Peer {
     Client,
 }
 
-/// `op` bounded by `limit` (none: unbounded), its failure and its timeout
-/// as the peer's errors. (The timer is set only if `op` has to wait.)
-pub(crate) async fn timed<T>(
-    limit: Option<Duration>,
-    op: impl Future<Output = std::io::Result<T>>,
-    dir: Direction,
-    peer: Peer,
-) -> Result<T, BError> {
-    let side = |e: BError| match peer {
-        Peer::Backend => e.into_up(),
-        Peer::Client => e.into_down(),
-    };
-    let done = match limit {
-        Some(t) => tokio::time::timeout(t, op).await.map_err(|_| {
+/// One connection's timer for its reads and writes, moved lazily.
+///
+/// A timer per operation costs a clock read for each and, for each that
+/// waits, an entry put into and taken out of the runtime's timer wheel. A
+/// connection waits on one operation at a time, so one timer serves them
+/// all: an operation that completes at once reads no clock; one that waits
+/// sets its deadline, and the timer, still armed for an earlier wait, is
+/// moved only when it fires before that deadline (or would fire after it).
+/// On a busy keep-alive connection the timer then fires about once per
+/// limit instead of being set and cancelled for every request.
+#[derive(Default)]
+pub struct Deadline {
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl Deadline {
+    /// `op` bounded by `limit` (none: unbounded), its failure and its
+    /// timeout as the peer's errors.
+    pub(crate) async fn bound<T>(
+        &mut self,
+        limit: Option<Duration>,
+        op: impl Future<Output = std::io::Result<T>>,
+        dir: Direction,
+        peer: Peer,
+    ) -> Result<T, BError> {
+        let done = match limit {
+            Some(limit) => self.within(limit, op).await,
+            None => Some(op.await),
+        };
+        let side = |e: BError| match peer {
+            Peer::Backend => e.into_up(),
+            Peer::Client => e.into_down(),
+        };
+        let Some(done) = done else {
             let (kind, why) = match (dir, peer) {
                 (Direction::Read, Peer::Backend) => (
                     ErrorType::ReadTimedout,
@@ -515,19 +548,55 @@ pub(crate) async fn timed<T>(
                     "the client took nothing within its idle limit",
                 ),
             };
-            side(Error::explain(kind, why))
-        })?,
-        None => op.await,
-    };
-    done.map_err(|e| {
-        let (kind, what) = match (dir, peer) {
-            (Direction::Read, Peer::Backend) => (ErrorType::ReadError, "reading from the backend"),
-            (Direction::Write, Peer::Backend) => (ErrorType::WriteError, "writing to the backend"),
-            (Direction::Read, Peer::Client) => (ErrorType::ReadError, "reading from the client"),
-            (Direction::Write, Peer::Client) => (ErrorType::WriteError, "writing to the client"),
+            return Err(side(Error::explain(kind, why)));
         };
-        side(Error::because(kind, what, e))
-    })
+        done.map_err(|e| {
+            let (kind, what) = match (dir, peer) {
+                (Direction::Read, Peer::Backend) => {
+                    (ErrorType::ReadError, "reading from the backend")
+                }
+                (Direction::Write, Peer::Backend) => {
+                    (ErrorType::WriteError, "writing to the backend")
+                }
+                (Direction::Read, Peer::Client) => {
+                    (ErrorType::ReadError, "reading from the client")
+                }
+                (Direction::Write, Peer::Client) => {
+                    (ErrorType::WriteError, "writing to the client")
+                }
+            };
+            side(Error::because(kind, what, e))
+        })
+    }
+
+    /// `op`'s output, or `None` if it has not completed `limit` after it
+    /// first had to wait. The operation is polled before the timer, so an
+    /// operation ready at its deadline still completes.
+    async fn within<T>(&mut self, limit: Duration, op: impl Future<Output = T>) -> Option<T> {
+        let mut op = std::pin::pin!(op);
+        let mut due = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(out) = op.as_mut().poll(cx) {
+                return Poll::Ready(Some(out));
+            }
+            let due = *due.get_or_insert_with(|| Instant::now() + limit);
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if timer.deadline() > due {
+                timer.as_mut().reset(due);
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if timer.deadline() >= due {
+                    return Poll::Ready(None);
+                }
+                // It fired for an earlier wait: on to this one's deadline.
+                timer.as_mut().reset(due);
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 /// Up to `left` bytes from the front of `buf`, and how many are left after
@@ -835,9 +904,98 @@ mod tests {
     use proptest::prelude::*;
     use tokio::io::AsyncWriteExt;
 
+    /// A timer for a test's connection, kept for the test's whole run.
+    fn test_timer() -> &'static mut Deadline {
+        Box::leak(Box::default())
+    }
+
+    /// An I/O operation that completes after `after`, or never.
+    async fn done_after(after: Option<Duration>) -> std::io::Result<u8> {
+        match after {
+            Some(after) => tokio::time::sleep(after).await,
+            None => std::future::pending().await,
+        }
+        Ok(7)
+    }
+
+    async fn bounded(
+        deadline: &mut Deadline,
+        limit: u64,
+        after: Option<u64>,
+    ) -> Result<u8, BError> {
+        let op = done_after(after.map(Duration::from_secs));
+        let limit = Some(Duration::from_secs(limit));
+        deadline
+            .bound(limit, op, Direction::Read, Peer::Backend)
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_operation_done_at_once_arms_no_timer() {
+        let mut deadline = Deadline::default();
+        let out = deadline
+            .bound(
+                Some(Duration::from_secs(1)),
+                async { Ok(3) },
+                Direction::Write,
+                Peer::Client,
+            )
+            .await;
+        assert_eq!(out.expect("done"), 3);
+        assert!(deadline.timer.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_ends_at_its_limit() {
+        let mut deadline = Deadline::default();
+        let start = Instant::now();
+        let e = bounded(&mut deadline, 10, None)
+            .await
+            .expect_err("timed out");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(e.esource(), &pingora_error::ErrorSource::Upstream);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timer_left_from_an_earlier_wait_cuts_no_later_one_short() {
+        let mut deadline = Deadline::default();
+        let start = Instant::now();
+        // Armed for second 10; done at second 3.
+        assert_eq!(bounded(&mut deadline, 10, Some(3)).await.expect("first"), 7);
+        // Due at second 13: the timer fires at 10 and moves on.
+        assert_eq!(
+            bounded(&mut deadline, 10, Some(9)).await.expect("second"),
+            7
+        );
+        assert_eq!(start.elapsed(), Duration::from_secs(12));
+        // A wait that never ends still ends at its own limit.
+        bounded(&mut deadline, 10, None)
+            .await
+            .expect_err("timed out");
+        assert_eq!(start.elapsed(), Duration::from_secs(22));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shorter_limit_pulls_the_timer_in() {
+        let mut deadline = Deadline::default();
+        let start = Instant::now();
+        // Armed for second 60; done at second 1.
+        bounded(&mut deadline, 60, Some(1)).await.expect("first");
+        bounded(&mut deadline, 5, None)
+            .await
+            .expect_err("timed out");
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        // And a ready operation still wins at the deadline itself.
+        assert_eq!(
+            bounded(&mut deadline, 5, Some(5)).await.expect("on time"),
+            7
+        );
+    }
+
     /// A connection whose backend sends `wire`, then closes if `close`.
     /// The backend stays open (unless it closes) until the test's runtime ends.
-    async fn answered(wire: &[u8], close: bool) -> Connection {
+    async fn answered(wire: &[u8], close: bool) -> Connection<'static> {
         let (ours, mut theirs) = stream_pair().await;
         let wire = wire.to_vec();
         tokio::spawn(async move {
@@ -848,7 +1006,7 @@ mod tests {
             std::future::pending::<()>().await;
             drop(theirs);
         });
-        let mut conn = Connection::new(ours, None, None);
+        let mut conn = Connection::new(ours, None, None, test_timer());
         conn.write_head(b"GET / HTTP/1.1\r\n\r\n".to_vec(), false);
         conn.finish_request().await.expect("finish");
         conn
@@ -870,7 +1028,7 @@ mod tests {
         assert!(e.to_string().contains("timeouts.read"), "{e}");
     }
 
-    async fn whole_body(conn: &mut Connection) -> Result<Vec<u8>, BError> {
+    async fn whole_body(conn: &mut Connection<'_>) -> Result<Vec<u8>, BError> {
         let mut body = Vec::new();
         while let Some(piece) = conn.read_body().await? {
             body.extend_from_slice(&piece);
@@ -1084,7 +1242,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunked_request_body_is_framed() {
         let (ours, mut theirs) = stream_pair().await;
-        let mut conn = Connection::new(ours, None, None);
+        let mut conn = Connection::new(ours, None, None, test_timer());
         conn.write_head(
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
             true,
@@ -1225,7 +1383,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_that_arrives_in_pieces_is_read_once_whole() {
         let (ours, _peer) = stream_pair().await;
-        let mut conn = Connection::new(ours, None, None);
+        let mut conn = Connection::new(ours, None, None, test_timer());
         let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok";
         let head_len = wire.len() - 2;
         for cut in 1..wire.len() {

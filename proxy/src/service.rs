@@ -205,7 +205,8 @@ impl HttpServerApp for EdgeProxy {
         if *shutdown.borrow() {
             session.set_keepalive(None);
         }
-        if self.handle(&mut Client::H2(&mut session)).await {
+        let mut timer = h1::Deadline::default();
+        if self.handle(&mut Client::H2(&mut session), &mut timer).await {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
@@ -233,6 +234,8 @@ impl EdgeProxy {
         // One wait for the shutdown per connection, not one per request.
         let down = shutting_down(shutdown);
         tokio::pin!(down);
+        // The timer for this connection's backend exchanges, one at a time.
+        let mut backend_timer = h1::Deadline::default();
         let mut refused = false;
         loop {
             let read = tokio::select! {
@@ -257,7 +260,11 @@ impl EdgeProxy {
             if *shutdown.borrow() {
                 session.close_after();
             }
-            if self.handle(&mut Client::H1(&mut session)).await || !session.reusable() {
+            if self
+                .handle(&mut Client::H1(&mut session), &mut backend_timer)
+                .await
+                || !session.reusable()
+            {
                 break;
             }
         }
@@ -277,9 +284,10 @@ impl EdgeProxy {
     }
 
     /// Serves one request read; whether it failed (the connection ends).
-    async fn handle(&self, client: &mut Client<'_>) -> bool {
+    /// `timer`: bounds the backend's reads and writes.
+    async fn handle(&self, client: &mut Client<'_>, timer: &mut h1::Deadline) -> bool {
         let mut ctx = self.new_ctx(client);
-        let error = match self.serve(client, &mut ctx).await {
+        let error = match self.serve(client, &mut ctx, timer).await {
             Ok(()) => None,
             Err(e) => {
                 self.fail(client, &mut ctx, &e).await;
@@ -321,7 +329,12 @@ impl EdgeProxy {
 
     /// Answers the request: proxied, or refused with a reply of our own.
     /// An error means nothing complete was sent; [`Self::fail`] answers it.
-    async fn serve(&self, client: &mut Client<'_>, ctx: &mut Ctx) -> Result<(), BError> {
+    async fn serve(
+        &self,
+        client: &mut Client<'_>,
+        ctx: &mut Ctx,
+        timer: &mut h1::Deadline,
+    ) -> Result<(), BError> {
         if let Some(reply) = self.admit(client, ctx) {
             return self.reply(client, ctx, reply).await;
         }
@@ -359,7 +372,7 @@ impl EdgeProxy {
                     None => return Err(refused),
                 },
             };
-            match self.attempt(client, ctx, &backend).await {
+            match self.attempt(client, ctx, &backend, timer).await {
                 Ok(()) => return Ok(()),
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
                     if f.on_pooled {
@@ -510,6 +523,7 @@ impl EdgeProxy {
         client: &mut Client<'_>,
         ctx: &mut Ctx,
         backend: &Arc<Backend>,
+        timer: &mut h1::Deadline,
     ) -> Result<(), Failure> {
         let head = self.upstream_request(client, ctx).map_err(Failure::last)?;
         let head_request = client.request().method == http::Method::HEAD;
@@ -547,6 +561,7 @@ impl EdgeProxy {
             stream,
             peer.options.read_timeout,
             peer.options.write_timeout,
+            timer,
         );
 
         let mut answered_early = false;
@@ -658,7 +673,7 @@ impl EdgeProxy {
         &self,
         client: &mut Client<'_>,
         ctx: &mut Ctx,
-        up: &mut h1::Connection,
+        up: &mut h1::Connection<'_>,
     ) -> Result<(), BError> {
         if let Some(held) = client.retry_buffer().filter(|b| !b.is_empty()) {
             up.write_body(&held).await?;
@@ -796,7 +811,7 @@ impl EdgeProxy {
 /// Passes the response body on as it comes. What the backend already sent
 /// goes to the client with the head in one write; the head goes out alone
 /// only before a wait for more.
-async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
+async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(), BError> {
     let mut ready = up.body_now()?;
     loop {
         let chunk = match ready.take() {
@@ -821,7 +836,7 @@ async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(
 /// After a `101 Switching Protocols`, both directions carry raw bytes until
 /// each side closes, or until neither has sent anything for the read
 /// timeouts (set to `timeouts.tunnel_idle`): an idle tunnel ends normally.
-async fn tunnel(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
+async fn tunnel(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(), BError> {
     match carry(client, up).await {
         Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
             tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
@@ -835,7 +850,7 @@ async fn tunnel(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), 
 /// both sides have ended their streams. Each end is passed on: the backend
 /// may still answer after the client has ended its side, and the other way
 /// round.
-async fn carry(client: &mut Client<'_>, up: &mut h1::Connection) -> Result<(), BError> {
+async fn carry(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(), BError> {
     let mut client_done = false;
     let mut backend_done = false;
     while !(client_done && backend_done) {
