@@ -447,10 +447,27 @@ pub(crate) struct ConnectionOptions {
 impl ConnectionOptions {
     /// Takes in the options of one `Connection` value.
     pub(crate) fn read(&mut self, value: &HeaderValue) {
+        // Nearly every value is one bare option.
+        let bytes = value.as_bytes();
+        if bytes.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+            return;
+        }
+        if bytes.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+            return;
+        }
         for token in list_items(value.to_str().unwrap_or("")) {
             self.close |= token.eq_ignore_ascii_case("close");
             self.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
         }
+    }
+
+    /// Whether a `Connection` value is just `close` or `keep-alive`: it
+    /// names no field.
+    pub(crate) fn is_bare_option(value: &HeaderValue) -> bool {
+        let bytes = value.as_bytes();
+        bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close")
     }
 
     /// Whether the connection stays open after a message of `version`

@@ -285,22 +285,31 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
     }
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
     if connection {
-        let nominated: Vec<HeaderName> = headers
+        // Nearly always one bare `keep-alive` or `close`, naming no field.
+        let names_fields = !headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(h1::list_items)
-            // `close` names no field; `Keep-Alive` goes below in any case.
-            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|name| {
-                *name != header::CONTENT_LENGTH
-                    && *name != header::TRANSFER_ENCODING
-                    && !(switching && *name == header::UPGRADE)
-            })
-            .collect();
-        for name in nominated {
-            headers.remove(name);
+            .all(h1::ConnectionOptions::is_bare_option);
+        if names_fields {
+            let nominated: Vec<HeaderName> = headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(h1::list_items)
+                // `close` names no field; `Keep-Alive` goes below in any case.
+                .filter(|t| {
+                    !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive")
+                })
+                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+                .filter(|name| {
+                    *name != header::CONTENT_LENGTH
+                        && *name != header::TRANSFER_ENCODING
+                        && !(switching && *name == header::UPGRADE)
+                })
+                .collect();
+            for name in nominated {
+                headers.remove(name);
+            }
         }
         if !switching {
             headers.remove(header::CONNECTION);
