@@ -369,7 +369,11 @@ impl Session {
     /// chunks goes chunked to an HTTP/1.1 client and to the connection's end
     /// to an HTTP/1.0 one. The head carries no `Connection` field (unless a
     /// `101`): the session says whether this connection stays open.
-    pub async fn write_head(&mut self, mut head: h1::ResponseHead) -> Result<(), BError> {
+    pub async fn write_head(
+        &mut self,
+        mut head: h1::ResponseHead,
+        added: &[(HeaderName, HeaderValue)],
+    ) -> Result<(), BError> {
         if self.out != Out::Head && self.pending.is_empty() {
             return Err(Error::explain(
                 ErrorType::InternalError,
@@ -447,7 +451,7 @@ impl Session {
             }
         }
         self.status = Some(status);
-        encode_head(&mut self.pending, &head);
+        encode_head(&mut self.pending, &head, added);
         if self.out == Out::Raw {
             return self.flush().await;
         }
@@ -714,7 +718,8 @@ fn parse_target(raw: &Bytes) -> Result<Uri, BError> {
 }
 
 /// The status line and fields of a response, as HTTP/1.1 puts them.
-fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead) {
+/// `added`: the proxy's own fields, after the backend's.
+fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName, HeaderValue)]) {
     out.clear();
     out.reserve(64 + head.headers.len() * 48);
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -727,7 +732,7 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead) {
         .unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in &head.headers {
+    for (name, value) in head.headers.iter().chain(added.iter().map(|(n, v)| (n, v))) {
         h1::put_field(out, name.as_str(), value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
@@ -852,11 +857,17 @@ impl Client<'_> {
         }
     }
 
-    pub async fn write_head(&mut self, head: h1::ResponseHead) -> Result<(), BError> {
+    /// `added`: the proxy's own fields, which go after the head's (its
+    /// fields hold none of these names).
+    pub async fn write_head(
+        &mut self,
+        head: h1::ResponseHead,
+        added: &[(HeaderName, HeaderValue)],
+    ) -> Result<(), BError> {
         match self {
-            Client::H1(s) => s.write_head(head).await,
+            Client::H1(s) => s.write_head(head, added).await,
             Client::H2(s) => s
-                .write_response_header(pingora_response(head))
+                .write_response_header(pingora_response(head, added))
                 .await
                 .map_err(Error::into_down),
         }
@@ -882,11 +893,17 @@ impl Client<'_> {
 }
 
 /// A response head as Pingora's HTTP/2 session takes it.
-fn pingora_response(head: h1::ResponseHead) -> Box<ResponseHeader> {
+fn pingora_response(
+    head: h1::ResponseHead,
+    added: &[(HeaderName, HeaderValue)],
+) -> Box<ResponseHeader> {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = head.status;
     parts.version = Version::HTTP_11;
     parts.headers = head.headers;
+    for (name, value) in added {
+        parts.headers.append(name.clone(), value.clone());
+    }
     let mut resp = Box::new(ResponseHeader::from(parts));
     if head.reason.is_some() {
         // Pingora keeps any phrase it is given (it checks nothing), so the
@@ -990,7 +1007,7 @@ mod tests {
         let (mut s, peer) = sent(wire, false).await;
         assert!(s.read_request().await.expect("head"));
         let status = resp.status;
-        s.write_head(resp).await.expect("head");
+        s.write_head(resp, &[]).await.expect("head");
         assert_eq!(s.response_status(), None, "the head waits for the body");
         for (i, piece) in pieces.iter().enumerate() {
             let end = i + 1 == pieces.len();
@@ -1000,6 +1017,30 @@ mod tests {
         }
         assert_eq!(s.response_status(), Some(status));
         (s.reusable(), received(s, peer).await)
+    }
+
+    #[tokio::test]
+    async fn the_proxy_s_own_fields_go_after_the_backend_s() {
+        let (mut s, peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
+        assert!(s.read_request().await.expect("head"));
+        let added = [
+            (crate::upstream::REQUEST_ID, HeaderValue::from_static("r-1")),
+            (
+                crate::upstream::REGION,
+                HeaderValue::from_static("eu-west-1"),
+            ),
+        ];
+        s.write_head(head(200, &[("content-length", "2")]), &added)
+            .await
+            .expect("head");
+        s.write_body(Bytes::from_static(b"ok"), true)
+            .await
+            .expect("body");
+        assert_eq!(
+            received(s, peer).await,
+            "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: r-1\r\n\
+             x-edgeroute-region: eu-west-1\r\n\r\nok"
+        );
     }
 
     #[tokio::test]
@@ -1075,10 +1116,10 @@ mod tests {
         let error = head(502, &[("content-length", "3")]);
         let (mut s, peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
         assert!(s.read_request().await.expect("head"));
-        s.write_head(head(200, &[("content-length", "9")]))
+        s.write_head(head(200, &[("content-length", "9")]), &[])
             .await
             .expect("head");
-        s.write_head(error)
+        s.write_head(error, &[])
             .await
             .expect("replaces the held-back head");
         s.write_body(Bytes::from_static(b"bad"), true)
@@ -1100,11 +1141,11 @@ mod tests {
         )
         .await;
         assert!(s.read_request().await.expect("first"));
-        s.write_head(head(204, &[])).await.expect("head");
+        s.write_head(head(204, &[]), &[]).await.expect("head");
         s.write_body(Bytes::new(), true).await.expect("end");
         s.read_request().await.expect_err("malformed");
         assert_eq!(s.request().method, Method::GET);
-        s.write_head(head(400, &[("content-length", "3")]))
+        s.write_head(head(400, &[("content-length", "3")]), &[])
             .await
             .expect("head");
         s.write_body(Bytes::from_static(b"bad"), true)
@@ -1131,7 +1172,7 @@ mod tests {
         });
         let e = s.read_request().await.expect_err("refused");
         assert_eq!(e.etype(), &ErrorType::HTTPStatus(501));
-        s.write_head(head(501, &[("content-length", "2")]))
+        s.write_head(head(501, &[("content-length", "2")]), &[])
             .await
             .expect("head");
         s.write_body(Bytes::from_static(b"no"), true)
@@ -1150,7 +1191,7 @@ mod tests {
     async fn a_response_cut_before_its_length_closes_the_connection() {
         let (mut s, _peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
         assert!(s.read_request().await.expect("head"));
-        s.write_head(head(200, &[("content-length", "5")]))
+        s.write_head(head(200, &[("content-length", "5")]), &[])
             .await
             .expect("head");
         s.write_body(Bytes::from_static(b"hel"), false)
@@ -1330,10 +1371,10 @@ mod tests {
         assert!(s.read_request().await.expect("head"));
         s.enable_retry_buffering();
         s.write_continue().await.expect("continue");
-        s.write_head(head(
-            101,
-            &[("connection", "Upgrade"), ("upgrade", "websocket")],
-        ))
+        s.write_head(
+            head(101, &[("connection", "Upgrade"), ("upgrade", "websocket")]),
+            &[],
+        )
         .await
         .expect("switch");
         let want = "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n";

@@ -183,12 +183,15 @@ pub async fn write(
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     client.close_after();
     client
-        .write_head(ResponseHead {
-            status,
-            reason: None,
-            headers,
-            framing: Some(Framing::Length(body.len() as u64)),
-        })
+        .write_head(
+            ResponseHead {
+                status,
+                reason: None,
+                headers,
+                framing: Some(Framing::Length(body.len() as u64)),
+            },
+            &[],
+        )
         .await?;
     client.write_body(body, true).await
 }

@@ -611,14 +611,14 @@ impl EdgeProxy {
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
-        let resp = upstream::client_response(resp, region, &ctx.request_id);
+        let (resp, own) = upstream::client_response(resp, region, &ctx.request_id);
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if answered_early || self.state.lifecycle.is_shutting_down() {
             // The client's body was not read in full, or the proxy is
             // stopping: this connection ends with this response.
             client.close_after();
         }
-        client.write_head(resp).await.map_err(Failure::last)?;
+        client.write_head(resp, &own).await.map_err(Failure::last)?;
 
         if upgrade && client.was_upgraded() {
             // A tunnel may stay quiet for long: the idle limit replaces
