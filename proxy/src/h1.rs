@@ -513,6 +513,9 @@ pub(crate) enum Peer {
     Client,
 }
 
+/// The deadline of a wait whose limit is past the clock's range.
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
+
 /// One connection's timer for its reads and writes, moved lazily.
 ///
 /// A timer per operation costs a clock read for each and, for each that
@@ -596,7 +599,12 @@ impl Deadline {
             if let Poll::Ready(out) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            let due = *due.get_or_insert_with(|| Instant::now() + limit);
+            let due = *due.get_or_insert_with(|| {
+                // A limit past the clock's range is as good as none (as
+                // with tokio's own timeout).
+                let now = Instant::now();
+                now.checked_add(limit).unwrap_or(now + FAR_FUTURE)
+            });
             let timer = self
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
@@ -991,6 +999,16 @@ mod tests {
             .await
             .expect_err("timed out");
         assert_eq!(start.elapsed(), Duration::from_secs(22));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_limit_past_the_clock_s_range_waits_without_end() {
+        let mut deadline = Deadline::default();
+        let op = done_after(Some(Duration::from_secs(3600)));
+        let out = deadline
+            .bound(Some(Duration::MAX), op, Direction::Read, Peer::Client)
+            .await;
+        assert_eq!(out.expect("done"), 7);
     }
 
     #[tokio::test(start_paused = true)]
