@@ -656,29 +656,42 @@ async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Resu
 /// client and no length beside it, or one length (repeated values are left
 /// as one), and a single `Host`.
 fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, bool), BError> {
-    let mut hosts = headers.get_all(header::HOST).iter();
-    if hosts.next().is_some() && hosts.next().is_some() {
+    // One pass over the fields instead of a lookup for each name.
+    let (mut hosts, mut coded, mut length) = (0, false, false);
+    let mut options = h1::ConnectionOptions::default();
+    for (name, value) in headers.iter() {
+        if *name == header::HOST {
+            hosts += 1;
+        } else if *name == header::CONNECTION {
+            options.read(value);
+        } else if *name == header::TRANSFER_ENCODING {
+            coded = true;
+        } else if *name == header::CONTENT_LENGTH {
+            length = true;
+        }
+    }
+    if hosts > 1 {
         return Err(bad_request("the request has more than one Host field"));
     }
-    let http10 = version == Version::HTTP_10;
-    let mut options = h1::ConnectionOptions::default();
-    for value in headers.get_all(header::CONNECTION) {
-        options.read(value);
-    }
     let keepalive = options.persist(version);
-    if !headers.contains_key(header::TRANSFER_ENCODING) {
-        let body = match content_length(headers)? {
+    if !coded {
+        let declared = if length {
+            content_length(headers)?
+        } else {
+            None
+        };
+        let body = match declared {
             Some(0) | None => Body::Done,
             Some(n) => Body::Length(n),
         };
         return Ok((body, keepalive));
     }
-    if http10 {
+    if version == Version::HTTP_10 {
         return Err(bad_request(
             "an HTTP/1.0 request may not carry Transfer-Encoding",
         ));
     }
-    if headers.contains_key(header::CONTENT_LENGTH) {
+    if length {
         return Err(bad_request(
             "the request carries both Transfer-Encoding and Content-Length",
         ));
