@@ -447,27 +447,32 @@ pub(crate) struct ConnectionOptions {
 impl ConnectionOptions {
     /// Takes in the options of one `Connection` value.
     pub(crate) fn read(&mut self, value: &HeaderValue) {
-        // Nearly every value is one bare option.
-        let bytes = value.as_bytes();
-        if bytes.eq_ignore_ascii_case(b"keep-alive") {
-            self.keep_alive = true;
-            return;
-        }
-        if bytes.eq_ignore_ascii_case(b"close") {
-            self.close = true;
+        // Nearly every value is one bare option: no list to split.
+        if self.take(value.as_bytes()) {
             return;
         }
         for token in list_items(value.to_str().unwrap_or("")) {
-            self.close |= token.eq_ignore_ascii_case("close");
-            self.keep_alive |= token.eq_ignore_ascii_case("keep-alive");
+            self.take(token.as_bytes());
         }
     }
 
-    /// Whether a `Connection` value is just `close` or `keep-alive`: it
-    /// names no field.
-    pub(crate) fn is_bare_option(value: &HeaderValue) -> bool {
-        let bytes = value.as_bytes();
-        bytes.eq_ignore_ascii_case(b"keep-alive") || bytes.eq_ignore_ascii_case(b"close")
+    /// Notes `item` of a `Connection` value if it is `close` or
+    /// `keep-alive`; whether it was.
+    fn take(&mut self, item: &[u8]) -> bool {
+        if item.eq_ignore_ascii_case(b"close") {
+            self.close = true;
+        } else if item.eq_ignore_ascii_case(b"keep-alive") {
+            self.keep_alive = true;
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// Whether an item of a `Connection` value (or a whole value) is one
+    /// of the options, `close` or `keep-alive`, rather than a field's name.
+    pub(crate) fn is_option(item: &[u8]) -> bool {
+        ConnectionOptions::default().take(item)
     }
 
     /// Whether the connection stays open after a message of `version`

@@ -313,7 +313,7 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
         let names_fields = !headers
             .get_all(header::CONNECTION)
             .iter()
-            .all(h1::ConnectionOptions::is_bare_option);
+            .all(|v| h1::ConnectionOptions::is_option(v.as_bytes()));
         if names_fields {
             let nominated: Vec<HeaderName> = headers
                 .get_all(header::CONNECTION)
@@ -321,9 +321,7 @@ fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
                 .filter_map(|v| v.to_str().ok())
                 .flat_map(h1::list_items)
                 // `close` names no field; `Keep-Alive` goes below in any case.
-                .filter(|t| {
-                    !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive")
-                })
+                .filter(|t| !h1::ConnectionOptions::is_option(t.as_bytes()))
                 .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
                 .filter(|name| {
                     *name != header::CONTENT_LENGTH
