@@ -1027,18 +1027,20 @@ mod tests {
         assert!(!s.read_request().await.expect("clean end"));
     }
 
-    /// Reads the one request in `wire` and answers it with `resp` and the
-    /// body `pieces` (the last ends it): whether the connection may carry
-    /// another request, and what the client received.
+    /// Reads the one request in `wire` and answers it with `resp` (plus the
+    /// proxy's `added` fields) and the body `pieces` (the last ends it):
+    /// whether the connection may carry another request, and what the
+    /// client received.
     async fn answered(
         wire: &[u8],
         resp: h1::ResponseHead,
+        added: &[(HeaderName, HeaderValue)],
         pieces: &[&'static [u8]],
     ) -> (bool, String) {
         let (mut s, peer) = sent(wire, false).await;
         assert!(s.read_request().await.expect("head"));
         let status = resp.status;
-        s.write_head(resp, &[]).await.expect("head");
+        s.write_head(resp, added).await.expect("head");
         assert_eq!(s.response_status(), None, "the head waits for the body");
         for (i, piece) in pieces.iter().enumerate() {
             let end = i + 1 == pieces.len();
@@ -1068,8 +1070,6 @@ mod tests {
 
     #[tokio::test]
     async fn the_proxy_s_own_fields_go_after_the_backend_s() {
-        let (mut s, peer) = sent(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", false).await;
-        assert!(s.read_request().await.expect("head"));
         let added = [
             (crate::upstream::REQUEST_ID, HeaderValue::from_static("r-1")),
             (
@@ -1077,14 +1077,11 @@ mod tests {
                 HeaderValue::from_static("eu-west-1"),
             ),
         ];
-        s.write_head(head(200, &[("content-length", "2")]), &added)
-            .await
-            .expect("head");
-        s.write_body(Bytes::from_static(b"ok"), true)
-            .await
-            .expect("body");
+        let resp = head(200, &[("content-length", "2")]);
+        let wire = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+        let (_, out) = answered(wire, resp, &added, &[b"ok"]).await;
         assert_eq!(
-            received(s, peer).await,
+            out,
             "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nx-request-id: r-1\r\n\
              x-edgeroute-region: eu-west-1\r\n\r\nok"
         );
@@ -1093,7 +1090,8 @@ mod tests {
     #[tokio::test]
     async fn a_response_goes_out_framed_with_its_head_and_keeps_the_connection() {
         let resp = head(200, &[("content-length", "2"), ("x-a", "1")]);
-        let (reusable, out) = answered(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", resp, &[b"ok"]).await;
+        let (reusable, out) =
+            answered(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", resp, &[], &[b"ok"]).await;
         assert!(reusable);
         assert_eq!(
             out,
@@ -1104,7 +1102,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_without_length_is_chunked_for_http11_and_runs_to_the_close_for_http10() {
         let wire = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n";
-        let (reusable, out) = answered(wire, head(200, &[]), &[b"hello, world", b"!"]).await;
+        let (reusable, out) = answered(wire, head(200, &[]), &[], &[b"hello, world", b"!"]).await;
         assert!(reusable);
         assert_eq!(
             out,
@@ -1113,7 +1111,7 @@ mod tests {
 
         let wire = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
         let chunked = head(200, &[("transfer-encoding", "chunked")]);
-        let (reusable, out) = answered(wire, chunked, &[b"old"]).await;
+        let (reusable, out) = answered(wire, chunked, &[], &[b"old"]).await;
         assert!(!reusable, "the close ends the body");
         assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nold");
     }
@@ -1135,7 +1133,7 @@ mod tests {
             ),
         ] {
             let text = String::from_utf8_lossy(wire).into_owned();
-            let (kept, out) = answered(wire, head(204, &[]), &[b""]).await;
+            let (kept, out) = answered(wire, head(204, &[]), &[], &[b""]).await;
             assert_eq!(kept, reusable, "{text}");
             let want = field.map(|f| format!("connection: {f}\r\n"));
             assert_eq!(
@@ -1153,7 +1151,7 @@ mod tests {
     async fn a_head_request_gets_no_body_and_the_fields_it_was_given() {
         let wire = b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n";
         let resp = head(200, &[("content-length", "1000")]);
-        let (reusable, out) = answered(wire, resp, &[b""]).await;
+        let (reusable, out) = answered(wire, resp, &[], &[b""]).await;
         assert!(reusable);
         assert_eq!(out, "HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n");
     }
