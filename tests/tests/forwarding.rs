@@ -478,16 +478,22 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+/// What a client gets through the proxy for one GET, the backend
+/// answering with `answers` (see [`scripted_backend`]).
+async fn through_proxy(answers: &'static [&'static [u8]]) -> reqwest::Response {
+    let (backend, _) = scripted_backend(answers).await;
+    let proxy = proxy_for(backend).await;
+    edgeroute_tests::client()
+        .get(proxy.url("/scripted"))
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_backend_answer_with_conflicting_lengths_is_a_502() {
     const BAD: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!";
-    let (backend, _) = scripted_backend(&[BAD]).await;
-    let proxy = proxy_for(backend).await;
-    let resp = edgeroute_tests::client()
-        .get(proxy.url("/bad"))
-        .send()
-        .await
-        .unwrap();
+    let resp = through_proxy(&[BAD]).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
 }
@@ -574,13 +580,7 @@ async fn a_backend_silent_past_the_read_timeout_is_a_504_and_not_asked_again() {
 async fn an_answer_broken_before_any_of_it_reached_the_client_is_a_502() {
     // The head is fine; the chunk after it, in the same segment, is not.
     const BROKEN: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n";
-    let (backend, _) = scripted_backend(&[BROKEN]).await;
-    let proxy = proxy_for(backend).await;
-    let resp = edgeroute_tests::client()
-        .get(proxy.url("/broken"))
-        .send()
-        .await
-        .unwrap();
+    let resp = through_proxy(&[BROKEN]).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
 }
