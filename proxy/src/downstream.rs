@@ -10,6 +10,7 @@
 //! differing lengths and repeated `Host` fields. The response head goes out
 //! with the first body bytes, in one write.
 
+use crate::fields::InvalidField;
 use crate::h1::{self, Body, Chunk, Direction, Peer};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -381,7 +382,7 @@ impl Session {
             ));
         }
         let status = head.status;
-        let headers = &mut head.headers;
+        let fields = &mut head.fields;
         let http10 = self.req.version == Version::HTTP_10;
         self.out = if status == StatusCode::SWITCHING_PROTOCOLS {
             self.keepalive = false;
@@ -406,9 +407,8 @@ impl Session {
                 h1::Framing::Length(n) => Out::Length(n),
                 _ => Out::Chunked,
             }
-        } else if let Some(te) = headers.get(header::TRANSFER_ENCODING) {
-            let chunked = te
-                .to_str()
+        } else if let Some(te) = fields.get("transfer-encoding") {
+            let chunked = std::str::from_utf8(te)
                 .ok()
                 .and_then(|t| h1::list_items(t).last())
                 .is_some_and(|c| c.eq_ignore_ascii_case("chunked"));
@@ -417,23 +417,28 @@ impl Session {
             } else {
                 if chunked {
                     // HTTP/1.0 knows no chunks: the body runs to the close.
-                    headers.remove(header::TRANSFER_ENCODING);
+                    fields.remove("transfer-encoding");
                 }
                 self.keepalive = false;
                 Out::UntilClose
             }
-        } else if let Some(n) = content_length(headers).map_err(|_| {
-            Error::explain(
-                ErrorType::InternalError,
-                "the response's Content-Length is not a number",
-            )
-        })? {
+        } else if let Some((n, clean)) = h1::declared_length(fields.get_all("content-length"))
+            .map_err(|_| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    "the response's Content-Length is not one number",
+                )
+            })?
+        {
+            if !clean {
+                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
             if n == 0 { Out::Done } else { Out::Length(n) }
         } else if http10 {
             self.keepalive = false;
             Out::UntilClose
         } else {
-            headers.insert(
+            fields.insert(
                 header::TRANSFER_ENCODING,
                 HeaderValue::from_static("chunked"),
             );
@@ -441,13 +446,13 @@ impl Session {
         };
         if status != StatusCode::SWITCHING_PROTOCOLS {
             debug_assert!(
-                !headers.contains_key(header::CONNECTION),
+                !fields.contains("connection"),
                 "a response head comes without the fields of another connection"
             );
             if !self.keepalive {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+                fields.push(header::CONNECTION, HeaderValue::from_static("close"));
             } else if http10 {
-                headers.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+                fields.push(header::CONNECTION, HeaderValue::from_static("keep-alive"));
             }
         }
         self.status = Some(status);
@@ -663,7 +668,7 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
         if *name == header::HOST {
             hosts += 1;
         } else if *name == header::CONNECTION {
-            options.read(value);
+            options.read(value.as_bytes());
         } else if *name == header::TRANSFER_ENCODING {
             coded = true;
         } else if *name == header::CONTENT_LENGTH {
@@ -714,8 +719,15 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
 /// The length a request's `Content-Length` fields give (see
 /// [`h1::declared_length`]).
 fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, BError> {
-    match h1::declared_length(headers) {
-        Ok(length) => Ok(length),
+    let values = headers.get_all(header::CONTENT_LENGTH).iter();
+    match h1::declared_length(values.map(HeaderValue::as_bytes)) {
+        Ok(Some((n, clean))) => {
+            if !clean {
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Some(n))
+        }
+        Ok(None) => Ok(None),
         Err(h1::BadLength::NotANumber) => {
             Err(bad_request("the request's Content-Length is not a number"))
         }
@@ -752,7 +764,7 @@ fn parse_target(raw: &Bytes) -> Result<Uri, BError> {
 /// `added`: the proxy's own fields, after the backend's.
 fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName, HeaderValue)]) {
     out.clear();
-    out.reserve(64 + head.headers.len() * 48);
+    out.reserve(64 + head.fields.len() * 48);
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(head.status.as_str().as_bytes());
     out.push(b' ');
@@ -763,8 +775,11 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName,
         .unwrap_or("");
     out.extend_from_slice(reason.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in head.headers.iter().chain(added.iter().map(|(n, v)| (n, v))) {
-        h1::put_field(out, name.as_str(), value.as_bytes());
+    let added = added
+        .iter()
+        .map(|(n, v)| (n.as_str().as_bytes(), v.as_bytes()));
+    for (name, value) in head.fields.iter().chain(added) {
+        h1::put_field(out, name, value);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -898,7 +913,7 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.write_head(head, added).await,
             Client::H2(s) => s
-                .write_response_header(pingora_response(head, added))
+                .write_response_header(pingora_response(head, added)?)
                 .await
                 .map_err(Error::into_down),
         }
@@ -927,11 +942,17 @@ impl Client<'_> {
 fn pingora_response(
     head: h1::ResponseHead,
     added: &[(HeaderName, HeaderValue)],
-) -> Box<ResponseHeader> {
+) -> Result<Box<ResponseHeader>, BError> {
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = head.status;
     parts.version = Version::HTTP_11;
-    parts.headers = head.headers;
+    parts.headers = head.fields.into_map().map_err(|InvalidField(why)| {
+        Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            format!("the response cannot go to an HTTP/2 client: {why}"),
+        )
+        .into_up()
+    })?;
     for (name, value) in added {
         parts.headers.append(name.clone(), value.clone());
     }
@@ -941,7 +962,7 @@ fn pingora_response(
         // result is always Ok.
         resp.set_reason_phrase(head.reason.as_deref()).ok();
     }
-    resp
+    Ok(resp)
 }
 
 #[cfg(test)]
@@ -981,17 +1002,10 @@ mod tests {
     }
 
     fn head(status: u16, fields: &[(&str, &str)]) -> h1::ResponseHead {
-        let mut headers = HeaderMap::new();
-        for (k, v) in fields {
-            headers.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
         h1::ResponseHead {
             status: StatusCode::from_u16(status).expect("status"),
             reason: None,
-            headers,
+            fields: crate::fields::Fields::parse(fields),
             framing: None,
         }
     }

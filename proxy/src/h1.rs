@@ -1,14 +1,16 @@
 //! HTTP/1.1 with a backend (RFC 9112) on one connection: the request head
 //! and body out, the response head and body in.
 //!
-//! The response head is parsed straight into the header map the client's
-//! response is built from (its values share the bytes read), and the body
-//! is framed from the head: a length, chunks, or the end of the connection.
+//! The response head is parsed straight into the field list the client's
+//! response is built from (its names and values are places in the bytes
+//! read), and the body is framed from the head: a length, chunks, or the end
+//! of the connection.
 //! A connection goes back to the pool only after a whole response that
 //! leaves it open and nothing read beyond it.
 
+use crate::fields::Fields;
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{StatusCode, Version};
 use pingora_core::protocols::Stream;
 use pingora_error::{Error, ErrorType};
@@ -38,7 +40,7 @@ pub struct ResponseHead {
     pub status: StatusCode,
     /// The reason phrase, when it is not the status's usual one.
     pub reason: Option<String>,
-    pub headers: HeaderMap,
+    pub fields: Fields,
     /// How the body is delimited, when the backend's fields gave a length
     /// or chunks (else the fields say, or there is no body).
     pub framing: Option<Framing>,
@@ -330,12 +332,12 @@ impl<'t> Connection<'t> {
         // One pass over the fields for what framing and keep-alive need.
         let mut options = ConnectionOptions::default();
         let (mut coded, mut lengths, mut length) = (false, 0, None);
-        for (name, value) in &resp.headers {
-            if *name == header::CONNECTION {
+        for (name, value) in resp.fields.iter() {
+            if name.eq_ignore_ascii_case(b"connection") {
                 options.read(value);
-            } else if *name == header::TRANSFER_ENCODING {
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 coded = true;
-            } else if *name == header::CONTENT_LENGTH {
+            } else if name.eq_ignore_ascii_case(b"content-length") {
                 lengths += 1;
                 length = Some(value);
             }
@@ -353,9 +355,9 @@ impl<'t> Connection<'t> {
                 ));
             }
             let websocket = resp
-                .headers
-                .get(header::UPGRADE)
-                .and_then(|v| v.to_str().ok())
+                .fields
+                .get("upgrade")
+                .and_then(|v| std::str::from_utf8(v).ok())
                 .is_some_and(|v| list_items(v).any(|p| p.eq_ignore_ascii_case("websocket")));
             if !websocket {
                 return Err(bad_response(
@@ -372,11 +374,11 @@ impl<'t> Connection<'t> {
         }
         let framing = match (coded, lengths, length) {
             // The usual case: one length, nothing else to weigh.
-            (false, 1, Some(value)) => match length_of(std::iter::once(value)) {
+            (false, 1, Some(value)) => match declared_length(std::iter::once(value)) {
                 Ok(Some((n, true))) => Framing::Length(n),
-                _ => body_framing(&mut resp.headers)?,
+                _ => body_framing(&mut resp.fields)?,
             },
-            _ => body_framing(&mut resp.headers)?,
+            _ => body_framing(&mut resp.fields)?,
         };
         resp.framing = (framing != Framing::UntilClose).then_some(framing);
         self.body = match framing {
@@ -446,12 +448,12 @@ pub(crate) struct ConnectionOptions {
 
 impl ConnectionOptions {
     /// Takes in the options of one `Connection` value.
-    pub(crate) fn read(&mut self, value: &HeaderValue) {
+    pub(crate) fn read(&mut self, value: &[u8]) {
         // Nearly every value is one bare option: no list to split.
-        if self.take(value.as_bytes()) {
+        if self.take(value) {
             return;
         }
-        for token in list_items(value.to_str().unwrap_or("")) {
+        for token in list_items(std::str::from_utf8(value).unwrap_or("")) {
             self.take(token.as_bytes());
         }
     }
@@ -484,8 +486,8 @@ impl ConnectionOptions {
 }
 
 /// One `name: value` line of a head.
-pub(crate) fn put_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
+pub(crate) fn put_field(out: &mut Vec<u8>, name: impl AsRef<[u8]>, value: &[u8]) {
+    out.extend_from_slice(name.as_ref());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
@@ -753,13 +755,12 @@ pub enum Framing {
 ///
 /// The fields are left saying what was decided, for the client's framing
 /// to follow: the codings on one line, and no `Content-Length` beside them.
-pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
-    if headers.contains_key(header::TRANSFER_ENCODING) {
+pub fn body_framing(fields: &mut Fields) -> Result<Framing, BError> {
+    if fields.contains("transfer-encoding") {
         let mut codings = String::new();
         let mut chunked = false;
-        for value in headers.get_all(header::TRANSFER_ENCODING) {
-            let text = value
-                .to_str()
+        for value in fields.get_all("transfer-encoding") {
+            let text = std::str::from_utf8(value)
                 .map_err(|_| bad_response("the backend's Transfer-Encoding is not text"))?;
             for coding in list_items(text) {
                 if !codings.is_empty() {
@@ -773,16 +774,21 @@ pub fn body_framing(headers: &mut HeaderMap) -> Result<Framing, BError> {
             .ok()
             .filter(|_| !codings.is_empty())
             .ok_or_else(|| bad_response("the backend's Transfer-Encoding names no coding"))?;
-        headers.insert(header::TRANSFER_ENCODING, line);
-        headers.remove(header::CONTENT_LENGTH);
+        fields.insert(header::TRANSFER_ENCODING, line);
+        fields.remove("content-length");
         return Ok(if chunked {
             Framing::Chunked
         } else {
             Framing::UntilClose
         });
     }
-    match declared_length(headers) {
-        Ok(Some(n)) => Ok(Framing::Length(n)),
+    match declared_length(fields.get_all("content-length")) {
+        Ok(Some((n, clean))) => {
+            if !clean {
+                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+            }
+            Ok(Framing::Length(n))
+        }
         Ok(None) => Ok(Framing::UntilClose),
         Err(BadLength::NotANumber) => {
             Err(bad_response("the backend's Content-Length is not a number"))
@@ -801,28 +807,19 @@ pub(crate) enum BadLength {
     Differ,
 }
 
-/// The length a message's `Content-Length` fields give, if any: every
-/// value, and every item of a value that is a list, must be the same
-/// number. Repeated values are left as one field holding the number, so
-/// what goes on is unambiguous.
-pub(crate) fn declared_length(headers: &mut HeaderMap) -> Result<Option<u64>, BadLength> {
-    let length = length_of(headers.get_all(header::CONTENT_LENGTH).iter())?;
-    if let Some((n, false)) = length {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-    }
-    Ok(length.map(|(n, _)| n))
-}
-
-/// The length the `Content-Length` values given say, and whether it came
-/// clean: one field holding only digits.
-fn length_of<'a>(
-    values: impl Iterator<Item = &'a HeaderValue>,
+/// The length a message's `Content-Length` values give, if any, and
+/// whether it came clean: one field holding only digits. Every value, and
+/// every item of a value that is a list, must be the same number; a length
+/// that did not come clean is to go on as one field holding the number, so
+/// that what goes on is unambiguous.
+pub(crate) fn declared_length<'a>(
+    values: impl Iterator<Item = &'a [u8]>,
 ) -> Result<Option<(u64, bool)>, BadLength> {
     let mut length = None;
     let mut clean = true;
     for (i, value) in values.enumerate() {
-        clean &= i == 0 && value.as_bytes().iter().all(u8::is_ascii_digit);
-        for part in value.as_bytes().split(|b| *b == b',') {
+        clean &= i == 0 && value.iter().all(u8::is_ascii_digit);
+        for part in value.split(|b| *b == b',') {
             let part = part.trim_ascii();
             let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
                 .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
@@ -855,11 +852,11 @@ pub(crate) fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// Parses a response head at the start of `data`: the head, its HTTP
 /// version and its length, or `None` if more bytes are needed.
 fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BError> {
-    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
     let mut resp = httparse::Response::new(&mut []);
     let parsed = httparse::ParserConfig::default()
         .allow_spaces_after_header_name_in_responses(true)
-        .parse_response_with_uninit_headers(&mut resp, data, &mut fields);
+        .parse_response_with_uninit_headers(&mut resp, data, &mut slots);
     let len = match parsed {
         Ok(httparse::Status::Complete(len)) => len,
         Ok(httparse::Status::Partial) => return Ok(None),
@@ -886,26 +883,19 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
         .reason
         .filter(|r| Some(*r) != status.canonical_reason())
         .map(str::to_owned);
-    let mut headers = HeaderMap::with_capacity(resp.headers.len() + 2);
+    let mut fields = Fields::read_from(data.clone(), resp.headers.len() + 2);
     for field in resp.headers.iter() {
-        let name = HeaderName::from_bytes(field.name.as_bytes()).map_err(|_| {
-            bad_response(format!(
-                "the backend's field name {:?} is invalid",
-                field.name
-            ))
-        })?;
-        let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value)).map_err(|_| {
-            bad_response(format!(
-                "the backend's {name} field holds bytes no field may"
-            ))
-        })?;
-        headers.append(name, value);
+        // The parser checked both: a name is a token, a value holds no
+        // control bytes but tab.
+        fields
+            .push_read(field.name.as_bytes(), field.value)
+            .map_err(|_| bad_response("the backend's response head could not be read"))?;
     }
     Ok(Some((
         ResponseHead {
             status,
             reason,
-            headers,
+            fields,
             framing: None,
         },
         version,
@@ -1087,7 +1077,7 @@ mod tests {
         assert_eq!(head.status, 200);
         assert_eq!(head.reason, None);
         assert_eq!(head.framing, Some(Framing::Length(5)));
-        assert_eq!(head.headers.get_all("x-a").iter().count(), 2);
+        assert_eq!(head.fields.get_all("x-a").count(), 2);
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"hello");
         assert!(conn.into_reusable().is_some());
     }
@@ -1306,15 +1296,8 @@ mod tests {
         );
     }
 
-    fn fields(pairs: &[(&str, &[u8])]) -> HeaderMap {
-        let mut map = HeaderMap::new();
-        for (k, v) in pairs {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_bytes(v).expect("value"),
-            );
-        }
-        map
+    fn fields(pairs: &[(&str, &[u8])]) -> Fields {
+        Fields::parse(pairs)
     }
 
     #[test]
@@ -1374,9 +1357,9 @@ mod tests {
             pairs.push(("content-length", b"3"));
             let mut map = fields(&pairs);
             assert_eq!(body_framing(&mut map).expect("framed"), Framing::Chunked);
-            let te: Vec<_> = map.get_all("transfer-encoding").iter().collect();
-            assert_eq!(te, [want], "{lines:?}");
-            assert!(!map.contains_key("content-length"));
+            let te: Vec<_> = map.get_all("transfer-encoding").collect();
+            assert_eq!(te, [want.as_bytes()], "{lines:?}");
+            assert!(!map.contains("content-length"));
         }
     }
 
@@ -1405,8 +1388,8 @@ mod tests {
         ] {
             let mut map = fields(pairs);
             assert_eq!(body_framing(&mut map).expect("framed"), Framing::Length(5));
-            let values: Vec<_> = map.get_all("content-length").iter().collect();
-            assert_eq!(values, ["5"], "{pairs:?}");
+            let values: Vec<_> = map.get_all("content-length").collect();
+            assert_eq!(values, [b"5"], "{pairs:?}");
         }
     }
 
@@ -1440,7 +1423,7 @@ mod tests {
                     .expect("valid")
                     .unwrap_or_else(|| panic!("no head, cut at {cut}"))
             };
-            assert_eq!(head.headers["x-a"], "1", "cut at {cut}");
+            assert_eq!(head.fields.get("x-a"), Some(&b"1"[..]), "cut at {cut}");
             // What followed the head stays, as the body's start.
             let read = if cut >= head_len { cut } else { wire.len() };
             assert_eq!(&conn.buf[..], &wire[head_len..read], "cut at {cut}");

@@ -9,6 +9,7 @@ pub mod check;
 pub mod demo;
 pub mod dns;
 pub mod downstream;
+pub mod fields;
 pub mod h1;
 pub mod health;
 pub mod lifecycle;

@@ -3,12 +3,13 @@
 //! `x-edgeroute-error` carries a stable code for dashboards and clients.
 
 use crate::downstream::Client;
+use crate::fields::Fields;
 use crate::h1::{Framing, ResponseHead};
 use crate::route::Refusal;
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::HeaderValue;
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderName};
 use pingora_error::{Error, ErrorSource, ErrorType};
 
 pub const ERROR_HEADER: HeaderName = HeaderName::from_static("x-edgeroute-error");
@@ -165,19 +166,19 @@ pub async fn write(
         body["request_id"] = id.into();
     }
     let body = Bytes::from(body.to_string());
-    let mut headers = HeaderMap::with_capacity(6);
-    headers.insert(
+    let mut fields = Fields::with_capacity(6);
+    fields.push(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(ERROR_HEADER, HeaderValue::from_static(reply.code()));
+    fields.push(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    fields.push(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    fields.push(ERROR_HEADER, HeaderValue::from_static(reply.code()));
     if let ErrorReply::Refused(r) = reply {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
+        fields.push(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
     }
     if let Some(id) = request_id {
-        headers.insert(crate::upstream::REQUEST_ID, id.clone());
+        fields.push(crate::upstream::REQUEST_ID, id.clone());
     }
     let status = http::StatusCode::from_u16(reply.status())
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
@@ -187,7 +188,7 @@ pub async fn write(
             ResponseHead {
                 status,
                 reason: None,
-                headers,
+                fields,
                 framing: Some(Framing::Length(body.len() as u64)),
             },
             &[],

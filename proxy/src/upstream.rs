@@ -1,6 +1,7 @@
 //! The upstream side of forwarding: what a request to a backend carries, and
 //! the backend's idle keep-alive connections.
 
+use crate::fields::Fields;
 use crate::h1;
 use crate::route::CONSISTENCY_HEADER;
 use bytes::Bytes;
@@ -225,13 +226,13 @@ pub fn backend_request(
 /// removed (the proxy speaks for its own connection), and the fields the
 /// proxy adds: the request id and the region that served it (in place of
 /// any the backend sent). They are kept apart from the head's own fields
-/// and written after them, which spares two inserts into its map.
+/// and written after them.
 pub fn client_response(
     mut backend: h1::ResponseHead,
     region: Option<&HeaderValue>,
     request_id: &HeaderValue,
 ) -> (h1::ResponseHead, OwnFields) {
-    strip_response_fields(&mut backend.headers, backend.status);
+    strip_response_fields(&mut backend.fields, backend.status);
     let own = OwnFields {
         fields: [
             (REQUEST_ID, request_id.clone()),
@@ -293,65 +294,47 @@ fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
 /// `Content-Length` beside a `Transfer-Encoding`, which does not frame it.
 /// What a malformed `Connection` names is unknown, so nothing is removed
 /// for it.
-fn strip_response_fields(headers: &mut HeaderMap, status: http::StatusCode) {
-    // One look over the names present spares a lookup for each one absent.
-    let (mut connection, mut legacy, mut upgrade, mut coded) = (false, false, false, false);
-    let mut ours = false;
-    for name in headers.keys() {
-        match name.as_str() {
-            "connection" => connection = true,
-            "keep-alive" | "proxy-connection" | "trailer" => legacy = true,
-            "x-edgeroute-region" | "x-request-id" => ours = true,
-            "upgrade" => upgrade = true,
-            "transfer-encoding" => coded = true,
-            _ => {}
-        }
-    }
+fn strip_response_fields(fields: &mut Fields, status: http::StatusCode) {
+    const ALWAYS: [&str; 5] = [
+        "keep-alive",
+        "proxy-connection",
+        "trailer",
+        "x-edgeroute-region",
+        "x-request-id",
+    ];
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if connection {
-        // Nearly always one bare `keep-alive` or `close`, naming no field.
-        let names_fields = !headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .all(|v| h1::ConnectionOptions::is_option(v.as_bytes()));
-        if names_fields {
-            let nominated: Vec<HeaderName> = headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(h1::list_items)
-                // `close` names no field; `Keep-Alive` goes below in any case.
-                .filter(|t| !h1::ConnectionOptions::is_option(t.as_bytes()))
-                .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-                .filter(|name| {
-                    *name != header::CONTENT_LENGTH
-                        && *name != header::TRANSFER_ENCODING
-                        && !(switching && *name == header::UPGRADE)
-                })
-                .collect();
-            for name in nominated {
-                headers.remove(name);
-            }
-        }
-        if !switching {
-            headers.remove(header::CONNECTION);
-        }
-    }
-    if legacy {
-        for name in ["keep-alive", "proxy-connection", "trailer"] {
-            headers.remove(name);
-        }
-    }
-    if ours {
-        headers.remove(REGION);
-        headers.remove(REQUEST_ID);
-    }
-    if upgrade && !switching {
-        headers.remove(header::UPGRADE);
-    }
-    if coded {
-        headers.remove(header::CONTENT_LENGTH);
-    }
+    let coded = fields.contains("transfer-encoding");
+    // Nearly always one bare `keep-alive` or `close`, naming no field.
+    let nominated: Vec<String> = if fields
+        .get_all("connection")
+        .all(h1::ConnectionOptions::is_option)
+    {
+        Vec::new()
+    } else {
+        fields
+            .get_all("connection")
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(h1::list_items)
+            // `close` names no field; `Keep-Alive` goes in any case.
+            .filter(|t| !h1::ConnectionOptions::is_option(t.as_bytes()))
+            // The framing fields stay, and so does a `101`'s `Upgrade`.
+            .filter(|t| {
+                let kept = t.eq_ignore_ascii_case("content-length")
+                    || t.eq_ignore_ascii_case("transfer-encoding")
+                    || (switching && t.eq_ignore_ascii_case("upgrade"));
+                !kept
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
+    fields.retain(|name| {
+        let gone = ALWAYS.iter().any(|n| is(name, n))
+            || (!switching && (is(name, "connection") || is(name, "upgrade")))
+            || (coded && is(name, "content-length"))
+            || nominated.iter().any(|n| is(name, n));
+        !gone
+    });
 }
 
 /// Hop-by-hop fields (RFC 9110 §7.6.1, plus the legacy ones proxies meet):
@@ -876,18 +859,11 @@ mod tests {
         assert_eq!(out.headers["x-forwarded-proto"], "http");
     }
 
-    fn response(status: u16, headers: &[(&str, &str)]) -> h1::ResponseHead {
-        let mut map = HeaderMap::new();
-        for (k, v) in headers {
-            map.append(
-                HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
+    fn response(status: u16, fields: &[(&str, &str)]) -> h1::ResponseHead {
         h1::ResponseHead {
             status: http::StatusCode::from_u16(status).expect("status"),
             reason: None,
-            headers: map,
+            fields: Fields::parse(fields),
             framing: None,
         }
     }
@@ -923,11 +899,10 @@ mod tests {
     /// proxy's own.
     fn carried<'a>((resp, own): &'a (h1::ResponseHead, OwnFields), name: &str) -> Vec<&'a str> {
         let added = own.iter().filter(|(n, _)| n == name);
-        resp.headers
+        resp.fields
             .get_all(name)
-            .iter()
-            .chain(added.map(|(_, v)| v))
-            .map(|v| v.to_str().expect("text"))
+            .chain(added.map(|(_, v)| v.as_bytes()))
+            .map(|v| std::str::from_utf8(v).expect("text"))
             .collect()
     }
 
@@ -1129,6 +1104,72 @@ mod tests {
                 }
             }
             prop_assert_eq!(&req.headers["x-end-to-end"], "1");
+        }
+
+        /// A response keeps exactly its end-to-end fields, in order and
+        /// unchanged, whatever the case of their names: a field goes only
+        /// when it is hop-by-hop, one of the proxy's own, named by a
+        /// `Connection` value, or a length beside a transfer coding.
+        #[test]
+        fn a_response_keeps_exactly_its_end_to_end_fields(
+            picks in proptest::collection::vec((0usize..14, 0usize..7), 0..12),
+            switching in any::<bool>(),
+        ) {
+            const NAMES: [&str; 14] = [
+                "Connection", "connection", "Keep-Alive", "x-hop", "X-Hop", "upgrade",
+                "Transfer-Encoding", "content-length", "x-request-id",
+                "X-Edgeroute-Region", "trailer", "Proxy-Connection", "set-cookie", "x-other",
+            ];
+            const CONNECTION: [&str; 7] = [
+                "keep-alive", "close", "X-HOP, close", "content-length",
+                "transfer-encoding", "Upgrade", "x-other, keep-alive",
+            ];
+            let fields: Vec<(&str, String)> = picks
+                .iter()
+                .enumerate()
+                .map(|(i, (n, v))| {
+                    let name = NAMES[*n];
+                    let value = if name.eq_ignore_ascii_case("connection") {
+                        CONNECTION[*v].to_owned()
+                    } else {
+                        format!("v{i}")
+                    };
+                    (name, value)
+                })
+                .collect();
+            let status = if switching { 101 } else { 200 };
+            let pairs: Vec<(&str, &str)> = fields.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let (out, _) = client_response(response(status, &pairs), None, &HeaderValue::from_static("id"));
+
+            let named: Vec<String> = fields
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+                .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
+                .collect();
+            let coded = fields.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding"));
+            let hop = |name: &str| {
+                let name = name.to_ascii_lowercase();
+                match name.as_str() {
+                    "keep-alive" | "trailer" | "proxy-connection" | "x-request-id"
+                    | "x-edgeroute-region" => true,
+                    "connection" => !switching,
+                    "upgrade" => !switching,
+                    "content-length" => coded,
+                    "transfer-encoding" => false,
+                    _ => named.contains(&name),
+                }
+            };
+            let want: Vec<(String, String)> = fields
+                .iter()
+                .filter(|(n, _)| !hop(n))
+                .map(|(n, v)| ((*n).to_owned(), v.clone()))
+                .collect();
+            let got: Vec<(String, String)> = out
+                .fields
+                .iter()
+                .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            prop_assert_eq!(got, want);
         }
     }
 }

@@ -18,6 +18,13 @@ async fn h2c_with_prior_knowledge() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-edgeroute-region"], "us-east-1");
+    // The backend's own fields reach an HTTP/2 client too.
+    let length = resp.headers().get("content-length").cloned();
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        length.as_ref().map(|v| v.to_str().unwrap()),
+        Some(body.len().to_string().as_str())
+    );
     // HTTP/1.1 still works on the same listener.
     let resp = edgeroute_tests::client()
         .get(proxy.url("/items"))
