@@ -8,6 +8,7 @@
 //! only if it is safe to repeat (idempotent method or `Idempotency-Key`) and
 //! its body is still held in full.
 
+use crate::connect;
 use crate::downstream::{self, Client};
 use crate::h1;
 use crate::health::outlier::Verdict;
@@ -540,7 +541,7 @@ impl EdgeProxy {
         let on_pooled = pooled.is_some();
         let stream = match pooled {
             Some(stream) => stream,
-            None => match self.connector.new_stream(peer).await {
+            None => match connect::connect(&self.connector, peer).await {
                 Ok(stream) => {
                     // Latency is the backend's answer time, not the handshake.
                     sent_at = Instant::now();
