@@ -1,33 +1,20 @@
-//! Connections to backends. Plain-TCP backends get a tokio socket as it
-//! is; TLS backends go through Pingora's connector (rustls).
+//! Connections to backends. Plain-TCP backends get the socket itself
+//! ([`TcpConnection`]); TLS backends go through Pingora's connector
+//! (rustls).
 //!
-//! Pingora's TCP stream times every read and write that has to wait (two
-//! clock reads each) for its own connection digest, which the proxy does
-//! not use: it bounds each exchange with its own timer and measures a
-//! backend's latency per request. A plain-TCP backend connection is the
-//! socket and nothing else, set up as Pingora's connector sets it up:
-//! `TCP_NODELAY`, the connect timeout, and connect failures classified
+//! A plain-TCP backend connection is set up as Pingora's connector sets it
+//! up: `TCP_NODELAY`, the connect timeout, and connect failures classified
 //! alike (refused, timed out, no route), so retries and outlier detection
 //! treat them the same.
 
-use async_trait::async_trait;
+use crate::tcp::TcpConnection;
 use pingora_core::connectors::TransportConnector;
-use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::l4::socket::SocketAddr;
-use pingora_core::protocols::raw_connect::ProxyDigest;
-use pingora_core::protocols::{
-    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, Ssl, Stream, TimingDigest,
-    UniqueID, UniqueIDType,
-};
 use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_error::{Error, ErrorType};
 use std::io::ErrorKind;
-use std::os::fd::AsRawFd;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 type BError = Box<Error>;
@@ -59,14 +46,13 @@ pub async fn tcp(addr: std::net::SocketAddr, limit: Duration) -> Result<Stream, 
             ));
         }
     };
-    if let Err(e) = stream.set_nodelay(true) {
-        return Err(Error::because(
+    TcpConnection::to_backend(stream).map_err(|e| {
+        Error::because(
             ErrorType::ConnectError,
             format!("cannot set TCP_NODELAY on the connection to {addr}"),
             e,
-        ));
-    }
-    Ok(Box::new(TcpConnection { stream }))
+        )
+    })
 }
 
 /// What kind of connect failure an operating-system error is, as Pingora's
@@ -82,94 +68,10 @@ fn connect_error(e: &std::io::Error) -> ErrorType {
     }
 }
 
-/// A plain TCP connection to a backend.
-#[derive(Debug)]
-pub struct TcpConnection {
-    stream: TcpStream,
-}
-
-impl AsyncRead for TcpConnection {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for TcpConnection {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-}
-
-#[async_trait]
-impl Shutdown for TcpConnection {
-    async fn shutdown(&mut self) {
-        if let Err(e) = AsyncWriteExt::shutdown(&mut self.stream).await {
-            tracing::debug!(error = %e, "cannot shut down a backend connection");
-        }
-    }
-}
-
-impl UniqueID for TcpConnection {
-    fn id(&self) -> UniqueIDType {
-        self.stream.as_raw_fd()
-    }
-}
-
-impl Ssl for TcpConnection {}
-
-impl GetTimingDigest for TcpConnection {
-    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
-        Vec::new()
-    }
-}
-
-impl GetProxyDigest for TcpConnection {
-    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
-        None
-    }
-}
-
-impl GetSocketDigest for TcpConnection {
-    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
-        None
-    }
-}
-
-#[async_trait]
-impl Peek for TcpConnection {}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn a_connection_carries_bytes_both_ways_without_nagle() {
@@ -183,7 +85,7 @@ mod tests {
             .as_any()
             .downcast_ref::<TcpConnection>()
             .expect("plain");
-        assert!(tcp_conn.stream.nodelay().expect("option"));
+        assert!(tcp_conn.nodelay().expect("option"));
         conn.write_all(b"ping").await.expect("write");
         let mut got = [0u8; 4];
         peer.read_exact(&mut got).await.expect("read");

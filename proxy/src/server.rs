@@ -1,9 +1,11 @@
 //! Assembles and runs the proxy: routing state, the table source, the admin
-//! listener, and Pingora's listeners.
+//! listener, and the HTTP listeners (plain ones on the proxy's own accept
+//! loop, TLS and h2c ones on Pingora's).
 
 use crate::admin;
 use crate::dns::{self, Dns};
 use crate::health::prober;
+use crate::listen::{self, PlainListeners};
 use crate::service::{EdgeProxy, EdgeServer};
 use crate::state::AppState;
 use crate::table_source;
@@ -70,13 +72,19 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         )
     })?;
     admin.set_nonblocking(true)?;
+    // Plain HTTP/1 listeners keep their socket for the proxy's own accept
+    // loop; Pingora binds the others again when it starts.
+    let mut plain = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        drop(std::net::TcpListener::bind(l.address).with_context(|| {
+        let bound = listen::bind(l.address).with_context(|| {
             format!(
                 "cannot listen on listeners[{i}].address {}; is the port in use?",
                 l.address
             )
-        })?);
+        })?;
+        if l.tls.is_none() && !l.h2c {
+            plain.push(bound);
+        }
     }
 
     {
@@ -174,22 +182,31 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    // h2c is a per-service option, so plain listeners that want it get a service of their own.
-    for h2c in [false, true] {
-        let listeners: Vec<_> = cfg.listeners.iter().filter(|l| l.h2c == h2c).collect();
-        if listeners.is_empty() {
-            continue;
-        }
+    let server_conf = Arc::clone(&server.configuration);
+    let edge_server = |h2c: bool| {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
         // Upstream TLS trusts what Pingora's connector trusts by default.
-        let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(
-            &server.configuration,
-        )));
-        let mut service = Service::new(
-            if h2c { "edgeroute h2c" } else { "edgeroute" }.to_owned(),
-            EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options, connector)),
-        );
+        let connector =
+            TransportConnector::new(Some(ConnectorOptions::from_server_conf(&server_conf)));
+        EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options, connector))
+    };
+    if !plain.is_empty() {
+        let service = PlainListeners::new("edgeroute plain", edge_server(false), plain);
+        server.add_service(service);
+    }
+    // h2c is a per-service option, so plain listeners that want it get a service of their own.
+    for h2c in [false, true] {
+        let listeners: Vec<_> = cfg
+            .listeners
+            .iter()
+            .filter(|l| l.h2c == h2c && (l.tls.is_some() || h2c))
+            .collect();
+        if listeners.is_empty() {
+            continue;
+        }
+        let name = if h2c { "edgeroute h2c" } else { "edgeroute" };
+        let mut service = Service::new(name.to_owned(), edge_server(h2c));
         for l in listeners {
             // The HTTP/1 session buffers reads and gathers writes itself: no
             // 64 KiB read buffer per connection, no copy through one.

@@ -1,0 +1,145 @@
+//! Plain HTTP/1 listeners (no TLS, no h2c), served by the proxy's own
+//! accept loop as a Pingora service.
+//!
+//! Pingora's listening service puts every accepted socket in its own TCP
+//! stream (which times each read and write that waits) and bounds a TLS
+//! handshake that a plain socket never has with a timer. Here an accepted
+//! socket becomes a [`TcpConnection`] with `TCP_NODELAY` set and the
+//! client's address from the accept, and goes to the same [`EdgeServer`]
+//! as on Pingora's listeners. TLS and h2c listeners stay on Pingora's
+//! service. The sockets are bound before the server starts (a busy port is
+//! a start-up error), as Pingora binds its own: `SO_REUSEADDR` and a
+//! backlog of 65,535 (the kernel caps it at `net.core.somaxconn`).
+
+use crate::service::EdgeServer;
+use crate::tcp::TcpConnection;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::server::ListenFds;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::Service;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// Connections waiting to be accepted, per listener.
+const BACKLOG: i32 = 65_535;
+
+/// A listening socket for `addr`, ready for [`PlainListeners`].
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+/// The plain listeners of one [`EdgeServer`].
+pub struct PlainListeners {
+    name: String,
+    app: Arc<EdgeServer>,
+    listeners: Vec<std::net::TcpListener>,
+    addresses: Vec<String>,
+}
+
+impl PlainListeners {
+    /// `listeners`: bound with [`bind`].
+    pub fn new(name: &str, app: EdgeServer, listeners: Vec<std::net::TcpListener>) -> Self {
+        let addresses = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .map(|a| a.to_string())
+            .collect();
+        PlainListeners {
+            name: name.to_owned(),
+            app: Arc::new(app),
+            listeners,
+            addresses,
+        }
+    }
+}
+
+#[async_trait]
+impl Service for PlainListeners {
+    async fn start_service(
+        &mut self,
+        _fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let mut loops = Vec::new();
+        for listener in self.listeners.drain(..) {
+            let addr = listener.local_addr().ok();
+            match TcpListener::from_std(listener) {
+                Ok(listener) => loops.push(tokio::spawn(accept_loop(
+                    listener,
+                    Arc::clone(&self.app),
+                    shutdown.clone(),
+                ))),
+                Err(e) => tracing::error!(error = %e, ?addr, "cannot serve a listener"),
+            }
+        }
+        for done in loops {
+            if let Err(e) = done.await {
+                tracing::error!(error = %e, "an accept loop ended abnormally");
+            }
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(self.addresses.clone())
+    }
+}
+
+/// Accepts connections until the server shuts down, each served on one of
+/// the server's threads; the listening socket closes when it ends.
+async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: ShutdownWatch) {
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        let accepted = tokio::select! {
+            biased;
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                continue;
+            }
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot accept a connection");
+                // Out of file descriptors (or another resource): accept
+                // would fail again at once, so wait for some to be freed.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let stream = match TcpConnection::from_client(socket, peer) {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::debug!(error = %e, %peer, "cannot set up a client connection");
+                continue;
+            }
+        };
+        let app = Arc::clone(&app);
+        let shutdown = shutdown.clone();
+        pingora_runtime::current_handle().spawn(async move {
+            // Nothing comes back for reuse from an HTTP/1 connection.
+            drop(app.process_new(stream, &shutdown).await);
+        });
+    }
+}
