@@ -651,7 +651,7 @@ fn ip_text(ip: IpAddr) -> HeaderValue {
 
 /// Writes all of `out` and flushes it.
 async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Result<()> {
-    stream.write_all_buf(out).await?;
+    h1::write_all(stream, out).await?;
     stream.flush().await
 }
 
