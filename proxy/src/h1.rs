@@ -152,16 +152,35 @@ fn bad_response(why: impl Into<String>) -> BError {
     Error::explain(ErrorType::InvalidHTTPHeader, why.into()).into_up()
 }
 
+/// A backend connection between exchanges: the socket, and the read
+/// buffer its responses are read into. The buffer holds nothing; its memory
+/// serves the next response (once the last one's pieces are gone) instead
+/// of a new allocation for every exchange.
+pub struct Idle {
+    pub stream: Stream,
+    buf: BytesMut,
+}
+
+impl Idle {
+    /// A new connection, with no buffer yet.
+    pub fn new(stream: Stream) -> Self {
+        Idle {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+}
+
 impl<'t> Connection<'t> {
     pub fn new(
-        stream: Stream,
+        idle: Idle,
         read_timeout: Option<Duration>,
         write_timeout: Option<Duration>,
         deadline: &'t mut Deadline,
     ) -> Self {
         Connection {
-            stream,
-            buf: BytesMut::new(),
+            stream: idle.stream,
+            buf: idle.buf,
             read_timeout,
             write_timeout,
             deadline,
@@ -433,9 +452,12 @@ impl<'t> Connection<'t> {
     /// The connection, if it may carry another request: the request and
     /// the whole response went through, the backend keeps it open, and it
     /// sent nothing beyond the response.
-    pub fn into_reusable(self) -> Option<Stream> {
+    pub fn into_reusable(self) -> Option<Idle> {
         (self.request_done && self.keepalive && self.body == Body::Done && self.buf.is_empty())
-            .then_some(self.stream)
+            .then_some(Idle {
+                stream: self.stream,
+                buf: self.buf,
+            })
     }
 }
 
@@ -1059,10 +1081,36 @@ mod tests {
             std::future::pending::<()>().await;
             drop(theirs);
         });
-        let mut conn = Connection::new(ours, None, None, test_timer());
+        let mut conn = Connection::new(Idle::new(ours), None, None, test_timer());
         conn.write_head(b"GET / HTTP/1.1\r\n\r\n".to_vec(), false);
         conn.finish_request().await.expect("finish");
         conn
+    }
+
+    #[tokio::test]
+    async fn the_next_exchange_reads_into_the_memory_of_the_last() {
+        const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        let (ours, mut theirs) = stream_pair().await;
+        let mut idle = Idle::new(ours);
+        let mut bodies = Vec::new();
+        for _ in 0..2 {
+            let mut conn = Connection::new(idle, None, None, test_timer());
+            conn.write_head(b"GET / HTTP/1.1\r\n\r\n".to_vec(), false);
+            conn.finish_request().await.expect("finish");
+            theirs.write_all(ANSWER).await.expect("answer");
+            conn.read_head(false, false).await.expect("head");
+            let body = conn.read_body().await.expect("body").expect("bytes");
+            assert_eq!(&body[..], b"hello");
+            assert_eq!(conn.read_body().await.expect("end"), None);
+            // Kept alive: the first allocation cannot be handed out again.
+            bodies.push(body);
+            idle = conn.into_reusable().expect("reusable");
+        }
+        let (first, second) = (bodies[0].as_ptr() as usize, bodies[1].as_ptr() as usize);
+        assert!(
+            second > first && second - first < READ_ROOM,
+            "the second answer was read into a new buffer ({first:#x}, {second:#x})"
+        );
     }
 
     #[tokio::test]
@@ -1295,7 +1343,7 @@ mod tests {
     #[tokio::test]
     async fn a_chunked_request_body_is_framed() {
         let (ours, mut theirs) = stream_pair().await;
-        let mut conn = Connection::new(ours, None, None, test_timer());
+        let mut conn = Connection::new(Idle::new(ours), None, None, test_timer());
         conn.write_head(
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
             true,
@@ -1506,7 +1554,7 @@ mod tests {
     #[tokio::test]
     async fn a_head_that_arrives_in_pieces_is_read_once_whole() {
         let (ours, _peer) = stream_pair().await;
-        let mut conn = Connection::new(ours, None, None, test_timer());
+        let mut conn = Connection::new(Idle::new(ours), None, None, test_timer());
         let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok";
         let head_len = wire.len() - 2;
         for cut in 1..wire.len() {

@@ -539,13 +539,13 @@ impl EdgeProxy {
         };
         let pooled = backend.idle.take(sent_at);
         let on_pooled = pooled.is_some();
-        let stream = match pooled {
-            Some(stream) => stream,
+        let conn = match pooled {
+            Some(conn) => conn,
             None => match connect::connect(&self.connector, peer).await {
                 Ok(stream) => {
                     // Latency is the backend's answer time, not the handshake.
                     sent_at = Instant::now();
-                    stream
+                    h1::Idle::new(stream)
                 }
                 Err(e) => {
                     self.connect_failed(backend);
@@ -560,7 +560,7 @@ impl EdgeProxy {
             },
         };
         let mut up = h1::Connection::new(
-            stream,
+            conn,
             peer.options.read_timeout,
             peer.options.write_timeout,
             timer,
@@ -634,10 +634,10 @@ impl EdgeProxy {
         if answered_early {
             return Ok(());
         }
-        if let Some(stream) = up.into_reusable() {
+        if let Some(conn) = up.into_reusable() {
             // Idle since the answer began: a pooled connection may only
             // look older than it is.
-            backend.idle.put(stream, answered_at);
+            backend.idle.put(conn, answered_at);
         }
         Ok(())
     }

@@ -473,7 +473,7 @@ pub fn is_websocket_upgrade(req: &Parts) -> bool {
 /// handed out again only if it is younger than the idle timeout and the
 /// backend has neither closed it nor sent anything on it since.
 pub struct IdlePool {
-    idle: Mutex<VecDeque<(Stream, Instant)>>,
+    idle: Mutex<VecDeque<(h1::Idle, Instant)>>,
     idle_timeout: Duration,
 }
 
@@ -485,29 +485,29 @@ impl IdlePool {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(Stream, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(h1::Idle, Instant)>> {
         // A deque of owned connections stays consistent if a holder panicked.
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The newest idle connection that can carry a request, if any.
-    pub fn take(&self, now: Instant) -> Option<Stream> {
+    pub fn take(&self, now: Instant) -> Option<h1::Idle> {
         let mut idle = self.lock();
-        while let Some((mut stream, since)) = idle.pop_back() {
+        while let Some((mut conn, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
                 // Every older one is too old as well.
                 idle.clear();
                 return None;
             }
-            if still_idle(&mut stream) {
-                return Some(stream);
+            if still_idle(&mut conn.stream) {
+                return Some(conn);
             }
         }
         None
     }
 
     /// Keeps a connection whose last exchange finished cleanly.
-    pub fn put(&self, stream: Stream, now: Instant) {
+    pub fn put(&self, conn: h1::Idle, now: Instant) {
         let mut idle = self.lock();
         while idle
             .front()
@@ -518,7 +518,7 @@ impl IdlePool {
         if idle.len() >= IDLE_PER_BACKEND {
             idle.pop_front();
         }
-        idle.push_back((stream, now));
+        idle.push_back((conn, now));
     }
 
     /// Closes idle connections that are too old, or that the backend has
@@ -526,8 +526,9 @@ impl IdlePool {
     /// requests for does not keep them open. Returns how many are left.
     pub fn prune(&self, now: Instant) -> usize {
         let mut idle = self.lock();
-        idle.retain_mut(|(stream, since)| {
-            now.saturating_duration_since(*since) < self.idle_timeout && still_idle(stream)
+        idle.retain_mut(|(conn, since)| {
+            now.saturating_duration_since(*since) < self.idle_timeout
+                && still_idle(&mut conn.stream)
         });
         idle.len()
     }
@@ -1021,15 +1022,15 @@ mod tests {
         let now = Instant::now();
         let (open, _open_peer) = h1::stream_pair().await;
         let open_id = open.id();
-        pool.put(open, now);
+        pool.put(h1::Idle::new(open), now);
         let (closed, closed_peer) = h1::stream_pair().await;
-        pool.put(closed, now);
+        pool.put(h1::Idle::new(closed), now);
         drop(closed_peer);
         // The close travels over loopback; the runtime learns of it through
         // its readiness events. Until then the closed one, newest, comes first.
         for _ in 0..1000 {
             let taken = pool.take(now).expect("the open connection is left");
-            if taken.id() == open_id {
+            if taken.stream.id() == open_id {
                 assert!(pool.take(now).is_none(), "the closed one was dropped");
                 return;
             }
@@ -1048,10 +1049,10 @@ mod tests {
         let (closed, closed_peer) = h1::stream_pair().await;
         let (chatty, mut chatty_peer) = h1::stream_pair().await;
         let (old, _old_peer) = h1::stream_pair().await;
-        pool.put(old, start);
-        pool.put(kept, start + Duration::from_secs(30));
-        pool.put(closed, start + Duration::from_secs(30));
-        pool.put(chatty, start + Duration::from_secs(30));
+        pool.put(h1::Idle::new(old), start);
+        pool.put(h1::Idle::new(kept), start + Duration::from_secs(30));
+        pool.put(h1::Idle::new(closed), start + Duration::from_secs(30));
+        pool.put(h1::Idle::new(chatty), start + Duration::from_secs(30));
         drop(closed_peer);
         chatty_peer
             .write_all(b"HTTP/1.1 200 OK\r\n")
