@@ -120,26 +120,56 @@ async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: 
         };
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot accept a connection");
-                // Out of file descriptors (or another resource): accept
-                // would fail again at once, so wait for some to be freed.
+            Err(e) if out_of_resources(&e) => {
+                tracing::warn!(error = %e, "cannot accept connections; waiting for resources");
+                // accept would fail again at once: wait for some to be freed.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-        };
-        let stream = match TcpConnection::from_client(socket, peer) {
-            Ok(stream) => stream,
             Err(e) => {
-                tracing::debug!(error = %e, %peer, "cannot set up a client connection");
+                // One connection's trouble (reset before it was accepted).
+                tracing::debug!(error = %e, "cannot accept a connection");
                 continue;
             }
         };
+        let stream = TcpConnection::from_client(socket, peer);
         let app = Arc::clone(&app);
         let shutdown = shutdown.clone();
         pingora_runtime::current_handle().spawn(async move {
             // Nothing comes back for reuse from an HTTP/1 connection.
             drop(app.process_new(stream, &shutdown).await);
         });
+    }
+}
+
+/// Whether an accept failed for want of file descriptors or memory, which
+/// another accept at once would also meet.
+fn out_of_resources(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_resource_exhaustion_pauses_the_accept_loop() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(out_of_resources(&std::io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EPROTO] {
+            assert!(!out_of_resources(&std::io::Error::from_raw_os_error(errno)));
+        }
+    }
+
+    #[test]
+    fn a_bound_socket_is_reported_busy_to_a_second_bind() {
+        let first = bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = first.local_addr().expect("addr");
+        let e = bind(addr).expect_err("in use");
+        assert_eq!(e.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
