@@ -10,10 +10,10 @@
 //! differing lengths and repeated `Host` fields. The response head goes out
 //! with the first body bytes, in one write.
 
-use crate::fields::InvalidField;
+use crate::fields::{Fields, InvalidField};
 use crate::h1::{self, Body, Chunk, Direction, Peer};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, StatusCode, Uri, Version};
 use pingora_core::protocols::Stream;
@@ -76,7 +76,10 @@ pub struct Session {
     /// The client's address as text (for `x-forwarded-for`), formatted once.
     client_ip: Option<HeaderValue>,
     tls: bool,
+    /// The request line's method, target and version (its fields are in
+    /// `fields`).
     req: Parts,
+    fields: Fields,
     /// The request target as received (forwarded byte for byte).
     raw_target: Bytes,
     body: Body,
@@ -108,6 +111,7 @@ impl Session {
             client_ip,
             tls,
             req: http::Request::new(()).into_parts().0,
+            fields: Fields::default(),
             raw_target: Bytes::new(),
             body: Body::Done,
             body_empty: true,
@@ -122,6 +126,11 @@ impl Session {
 
     pub fn request(&self) -> &Parts {
         &self.req
+    }
+
+    /// The request's fields, in the order received.
+    pub fn fields(&self) -> &Fields {
+        &self.fields
     }
 
     pub fn raw_target(&self) -> &[u8] {
@@ -165,7 +174,7 @@ impl Session {
         // A head that cannot be read is answered as to a plain HTTP/1.1 GET.
         self.req.method = Method::GET;
         self.req.version = Version::HTTP_11;
-        self.req.headers.clear();
+        self.fields = Fields::default();
         self.req.uri = Uri::default();
         self.req.extensions.clear();
         self.raw_target = Bytes::new();
@@ -226,7 +235,7 @@ impl Session {
                 ));
             }
         }
-        let (body, keepalive) = request_framing(self.req.version, &mut self.req.headers)?;
+        let (body, keepalive) = request_framing(self.req.version, &mut self.fields)?;
         self.body = body;
         self.body_empty = body == Body::Done;
         self.keepalive = keepalive;
@@ -266,15 +275,15 @@ impl Session {
         };
         self.raw_target = data.slice_ref(target.as_bytes());
         self.req.uri = parse_target(&self.raw_target)?;
-        let headers = &mut self.req.headers;
-        headers.reserve(req.headers.len());
+        let mut fields = Fields::read_from(data.clone(), req.headers.len() + 1);
         for field in req.headers.iter() {
-            let name = HeaderName::from_bytes(field.name.as_bytes())
-                .map_err(|_| bad_request(format!("{:?} is no field name", field.name)))?;
-            let value = HeaderValue::from_maybe_shared(data.slice_ref(field.value))
-                .map_err(|_| bad_request(format!("the {name} field holds bytes no field may")))?;
-            headers.append(name, value);
+            // The parser checked both: a name is a token, a value holds no
+            // control bytes but tab.
+            fields
+                .push_read(field.name.as_bytes(), field.value)
+                .map_err(|_| bad_request("the request head could not be read"))?;
         }
+        self.fields = fields;
         Ok(Some(len))
     }
 
@@ -660,18 +669,18 @@ async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Resu
 /// reads alike is accepted: a lone `chunked` coding from an HTTP/1.1
 /// client and no length beside it, or one length (repeated values are left
 /// as one), and a single `Host`.
-fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, bool), BError> {
+fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool), BError> {
     // One pass over the fields instead of a lookup for each name.
     let (mut hosts, mut coded, mut length) = (0, false, false);
     let mut options = h1::ConnectionOptions::default();
-    for (name, value) in headers.iter() {
-        if *name == header::HOST {
+    for (name, value) in fields.iter() {
+        if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-        } else if *name == header::CONNECTION {
-            options.read(value.as_bytes());
-        } else if *name == header::TRANSFER_ENCODING {
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            options.read(value);
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             coded = true;
-        } else if *name == header::CONTENT_LENGTH {
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             length = true;
         }
     }
@@ -681,7 +690,7 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
     let keepalive = options.persist(version);
     if !coded {
         let declared = if length {
-            content_length(headers)?
+            content_length(fields)?
         } else {
             None
         };
@@ -701,10 +710,9 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
             "the request carries both Transfer-Encoding and Content-Length",
         ));
     }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| h1::list_items(v.to_str().unwrap_or("\0")));
+    let mut codings = fields
+        .get_all("transfer-encoding")
+        .flat_map(|v| h1::list_items(std::str::from_utf8(v).unwrap_or("\0")));
     match (codings.next(), codings.next()) {
         (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
             Ok((Body::Chunked(Chunk::Size), keepalive))
@@ -717,13 +725,12 @@ fn request_framing(version: Version, headers: &mut HeaderMap) -> Result<(Body, b
 }
 
 /// The length a request's `Content-Length` fields give (see
-/// [`h1::declared_length`]).
-fn content_length(headers: &mut HeaderMap) -> Result<Option<u64>, BError> {
-    let values = headers.get_all(header::CONTENT_LENGTH).iter();
-    match h1::declared_length(values.map(HeaderValue::as_bytes)) {
+/// [`h1::declared_length`]); repeated values are left as one.
+fn content_length(fields: &mut Fields) -> Result<Option<u64>, BError> {
+    match h1::declared_length(fields.get_all("content-length")) {
         Ok(Some((n, clean))) => {
             if !clean {
-                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
             }
             Ok(Some(n))
         }
@@ -788,14 +795,31 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName,
 /// Pingora's HTTP/2 stream.
 pub enum Client<'a> {
     H1(&'a mut Session),
-    H2(&'a mut ServerSession),
+    /// The stream, and its request's fields as a list.
+    H2(&'a mut ServerSession, Fields),
+}
+
+impl<'a> Client<'a> {
+    /// An HTTP/2 stream whose request head has been read.
+    pub fn h2(session: &'a mut ServerSession) -> Self {
+        let fields = Fields::from_map(&session.req_header().headers);
+        Client::H2(session, fields)
+    }
 }
 
 impl Client<'_> {
     pub fn request(&self) -> &Parts {
         match self {
             Client::H1(s) => s.request(),
-            Client::H2(s) => s.req_header(),
+            Client::H2(s, _) => s.req_header(),
+        }
+    }
+
+    /// The request's fields, in the order received.
+    pub fn fields(&self) -> &Fields {
+        match self {
+            Client::H1(s) => s.fields(),
+            Client::H2(_, fields) => fields,
         }
     }
 
@@ -803,7 +827,7 @@ impl Client<'_> {
     pub fn raw_target(&self) -> &[u8] {
         match self {
             Client::H1(s) => s.raw_target(),
-            Client::H2(s) => s.req_header().raw_path(),
+            Client::H2(s, _) => s.req_header().raw_path(),
         }
     }
 
@@ -811,7 +835,7 @@ impl Client<'_> {
     pub fn client_ip(&self) -> Option<HeaderValue> {
         match self {
             Client::H1(s) => s.client_ip().cloned(),
-            Client::H2(s) => s
+            Client::H2(s, _) => s
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| ip_text(a.ip())),
@@ -821,56 +845,56 @@ impl Client<'_> {
     pub fn is_tls(&self) -> bool {
         match self {
             Client::H1(s) => s.is_tls(),
-            Client::H2(s) => s.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            Client::H2(s, _) => s.digest().is_some_and(|d| d.ssl_digest.is_some()),
         }
     }
 
     pub fn is_body_done(&mut self) -> bool {
         match self {
             Client::H1(s) => s.is_body_done(),
-            Client::H2(s) => s.is_body_done(),
+            Client::H2(s, _) => s.is_body_done(),
         }
     }
 
     pub fn is_body_empty(&mut self) -> bool {
         match self {
             Client::H1(s) => s.is_body_empty(),
-            Client::H2(s) => s.is_body_empty(),
+            Client::H2(s, _) => s.is_body_empty(),
         }
     }
 
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         match self {
             Client::H1(s) => s.read_body().await,
-            Client::H2(s) => s.read_request_body().await.map_err(Error::into_down),
+            Client::H2(s, _) => s.read_request_body().await.map_err(Error::into_down),
         }
     }
 
     pub async fn write_continue(&mut self) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_continue().await,
-            Client::H2(s) => s.write_continue_response().await.map_err(Error::into_down),
+            Client::H2(s, _) => s.write_continue_response().await.map_err(Error::into_down),
         }
     }
 
     pub fn enable_retry_buffering(&mut self) {
         match self {
             Client::H1(s) => s.enable_retry_buffering(),
-            Client::H2(s) => s.enable_retry_buffering(),
+            Client::H2(s, _) => s.enable_retry_buffering(),
         }
     }
 
     pub fn retry_buffer(&mut self) -> Option<Bytes> {
         match self {
             Client::H1(s) => s.retry_buffer(),
-            Client::H2(s) => s.get_retry_buffer(),
+            Client::H2(s, _) => s.get_retry_buffer(),
         }
     }
 
     pub fn retry_buffer_truncated(&self) -> bool {
         match self {
             Client::H1(s) => s.retry_buffer_truncated(),
-            Client::H2(s) => s.retry_buffer_truncated(),
+            Client::H2(s, _) => s.retry_buffer_truncated(),
         }
     }
 
@@ -878,28 +902,28 @@ impl Client<'_> {
     pub fn close_after(&mut self) {
         match self {
             Client::H1(s) => s.close_after(),
-            Client::H2(s) => s.set_keepalive(None),
+            Client::H2(s, _) => s.set_keepalive(None),
         }
     }
 
     pub fn response_status(&self) -> Option<StatusCode> {
         match self {
             Client::H1(s) => s.response_status(),
-            Client::H2(s) => s.response_written().map(|r| r.status),
+            Client::H2(s, _) => s.response_written().map(|r| r.status),
         }
     }
 
     pub fn was_upgraded(&self) -> bool {
         match self {
             Client::H1(s) => s.was_upgraded(),
-            Client::H2(s) => s.was_upgraded(),
+            Client::H2(s, _) => s.was_upgraded(),
         }
     }
 
     pub fn set_read_timeout(&mut self, limit: Duration) {
         match self {
             Client::H1(s) => s.set_read_timeout(limit),
-            Client::H2(s) => s.set_read_timeout(Some(limit)),
+            Client::H2(s, _) => s.set_read_timeout(Some(limit)),
         }
     }
 
@@ -912,7 +936,7 @@ impl Client<'_> {
     ) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_head(head, added).await,
-            Client::H2(s) => s
+            Client::H2(s, _) => s
                 .write_response_header(pingora_response(head, added)?)
                 .await
                 .map_err(Error::into_down),
@@ -923,14 +947,14 @@ impl Client<'_> {
     pub async fn flush(&mut self) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.flush().await,
-            Client::H2(_) => Ok(()),
+            Client::H2(..) => Ok(()),
         }
     }
 
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_body(data, end).await,
-            Client::H2(s) => s
+            Client::H2(s, _) => s
                 .write_response_body(data, end)
                 .await
                 .map_err(Error::into_down),
@@ -1376,7 +1400,11 @@ mod tests {
             let (s, got) = read.await.expect("task");
             assert!(got.expect("head"), "cut at {cut}");
             assert_eq!(s.request().uri, "/p?x=1", "cut at {cut}");
-            assert_eq!(s.request().headers["x-long"], "a b c", "cut at {cut}");
+            assert_eq!(
+                s.fields().get("x-long"),
+                Some(&b"a b c"[..]),
+                "cut at {cut}"
+            );
         }
     }
 
@@ -1507,24 +1535,21 @@ mod tests {
             fields in proptest::collection::vec(framing_field(), 0..5),
             http10 in any::<bool>(),
         ) {
-            let mut headers = HeaderMap::new();
-            for (k, v) in &fields {
-                headers.append(*k, HeaderValue::from_static(v));
-            }
+            let mut headers = Fields::parse(&fields);
             let version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
             let framed = request_framing(version, &mut headers);
             prop_assert_eq!(framed.is_ok(), acceptable(&fields, http10), "{:?}", framed.as_ref().err());
             match framed {
                 Ok((Body::Chunked(_), _)) => {
-                    prop_assert!(!headers.contains_key(header::CONTENT_LENGTH));
+                    prop_assert!(!headers.contains("content-length"));
                 }
                 Ok((body, _)) => {
-                    prop_assert!(!headers.contains_key(header::TRANSFER_ENCODING));
-                    let values: Vec<_> = headers.get_all(header::CONTENT_LENGTH).iter().collect();
+                    prop_assert!(!headers.contains("transfer-encoding"));
+                    let values: Vec<_> = headers.get_all("content-length").collect();
                     prop_assert!(values.len() <= 1);
-                    let n = values
-                        .first()
-                        .map(|v| v.to_str().expect("text").parse::<u64>().expect("one number"));
+                    let n = values.first().map(|v| {
+                        std::str::from_utf8(v).expect("text").parse::<u64>().expect("one number")
+                    });
                     let want = match n {
                         None | Some(0) => Body::Done,
                         Some(n) => Body::Length(n),

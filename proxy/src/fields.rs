@@ -198,6 +198,32 @@ impl Fields {
         }
     }
 
+    /// The fields of a map (an HTTP/2 request's), in its order.
+    pub fn from_map(map: &HeaderMap) -> Self {
+        let mut fields = Fields::with_capacity(map.len());
+        for (name, value) in map {
+            fields.push(name.clone(), value.clone());
+        }
+        fields
+    }
+
+    /// The first value of a field called `name`, as a value of its own
+    /// (sharing the head's bytes).
+    pub fn get_value(&self, name: &str) -> Option<HeaderValue> {
+        let field = self
+            .list
+            .iter()
+            .find(|f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))?;
+        match &field.value {
+            Value::Own(value) => Some(value.clone()),
+            Value::In(span) => {
+                let start = span.start as usize;
+                HeaderValue::from_maybe_shared(self.text.slice(start..start + span.len as usize))
+                    .ok()
+            }
+        }
+    }
+
     /// The fields as a map (for an HTTP/2 client, whose names are lower
     /// case); the values share the head's bytes.
     pub fn into_map(self) -> Result<HeaderMap, InvalidField> {

@@ -197,7 +197,7 @@ impl HttpServerApp for EdgeProxy {
             Err(e) => {
                 if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
                     let e = Error::explain(ErrorType::HTTPStatus(400), e.to_string()).into_down();
-                    self.refuse_unreadable(&mut Client::H2(&mut session), &e)
+                    self.refuse_unreadable(&mut Client::h2(&mut session), &e)
                         .await;
                 }
                 session.shutdown().await;
@@ -208,7 +208,7 @@ impl HttpServerApp for EdgeProxy {
             session.set_keepalive(None);
         }
         let mut timer = h1::Deadline::default();
-        if self.handle(&mut Client::H2(&mut session), &mut timer).await {
+        if self.handle(&mut Client::h2(&mut session), &mut timer).await {
             return None;
         }
         let settings = HttpPersistentSettings::for_session(&session);
@@ -302,7 +302,7 @@ impl EdgeProxy {
 
     fn new_ctx(&self, client: &Client<'_>) -> Ctx {
         let req = client.request();
-        let facts = upstream::RequestFacts::of(req);
+        let facts = upstream::RequestFacts::of(req, client.fields());
         Ctx {
             started: Instant::now(),
             _inflight: self.state.lifecycle.request_started(),
@@ -661,6 +661,7 @@ impl EdgeProxy {
         };
         upstream::backend_request(
             client.request(),
+            client.fields(),
             client.raw_target(),
             &ctx.facts,
             has_body,

@@ -5,7 +5,7 @@ use crate::fields::Fields;
 use crate::h1;
 use crate::route::CONSISTENCY_HEADER;
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderName, HeaderValue};
 use http::request::Parts;
 use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
@@ -86,48 +86,49 @@ pub struct RequestFacts {
 }
 
 impl RequestFacts {
-    pub fn of(req: &Parts) -> Self {
-        let headers = &req.headers;
+    pub fn of(req: &Parts, fields: &Fields) -> Self {
         let mut facts = RequestFacts::default();
         let mut seen_length = false;
         let mut seen_consistency = false;
         let mut seen_expect = false;
         let mut seen_upgrade = false;
-        for (name, value) in headers {
-            if *name == header::CONTENT_LENGTH {
+        let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
+        for (name, value) in fields.iter() {
+            if is(name, "content-length") {
                 if !seen_length {
                     seen_length = true;
                     facts.has_content_length = true;
-                    facts.content_length = value.to_str().ok().and_then(|v| v.parse().ok());
+                    facts.content_length =
+                        std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
                 }
-            } else if *name == header::CONNECTION {
+            } else if is(name, "connection") {
                 facts.has_connection = true;
-            } else if *name == header::UPGRADE {
+            } else if is(name, "upgrade") {
                 if !seen_upgrade {
                     seen_upgrade = true;
-                    facts.upgrade_websocket = value.as_bytes().eq_ignore_ascii_case(b"websocket");
+                    facts.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
                 }
-            } else if *name == header::EXPECT {
+            } else if is(name, "expect") {
                 if !seen_expect {
                     seen_expect = true;
-                    facts.expects_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+                    facts.expects_continue = value.eq_ignore_ascii_case(b"100-continue");
                 }
-            } else if *name == REQUEST_ID {
+            } else if is(name, REQUEST_ID.as_str()) {
                 if facts.request_id.is_none() {
-                    facts.request_id = Some(value.clone());
+                    facts.request_id = fields.get_value(REQUEST_ID.as_str());
                 }
-            } else if *name == IDEMPOTENCY_KEY {
+            } else if is(name, IDEMPOTENCY_KEY.as_str()) {
                 facts.idempotency_key = true;
-            } else if *name == CONSISTENCY_HEADER {
+            } else if is(name, CONSISTENCY_HEADER.as_str()) {
                 if !seen_consistency {
                     seen_consistency = true;
-                    facts.strong = value.as_bytes().eq_ignore_ascii_case(b"strong");
+                    facts.strong = value.eq_ignore_ascii_case(b"strong");
                 }
-            } else if *name == FORWARDED_FOR {
+            } else if is(name, FORWARDED_FOR.as_str()) {
                 facts.has_forwarded_for = true;
             }
         }
-        facts.websocket = facts.upgrade_websocket && is_websocket_upgrade(req);
+        facts.websocket = facts.upgrade_websocket && is_websocket_upgrade(req, fields);
         facts
     }
 }
@@ -153,6 +154,7 @@ pub struct BackendHead {
 /// treats alike.
 pub fn backend_request(
     client: &Parts,
+    fields: &Fields,
     raw_target: &[u8],
     facts: &RequestFacts,
     has_body: bool,
@@ -160,7 +162,7 @@ pub fn backend_request(
 ) -> Result<BackendHead, CannotForward> {
     let websocket = facts.websocket;
     let nominated = if facts.has_connection {
-        nominated_fields(&client.headers)?
+        nominated_fields(fields)?
     } else {
         Vec::new()
     };
@@ -169,24 +171,24 @@ pub fn backend_request(
     let host = fwd.host.cloned().or(authority);
     let chunked = has_body && !facts.has_content_length;
 
-    let mut out = Vec::with_capacity(256 + client.headers.len() * 48);
+    let mut out = Vec::with_capacity(256 + fields.len() * 48);
     out.extend_from_slice(client.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(&target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &client.headers {
-        let replaced = match name.as_str() {
-            "host" => host.is_some(),
-            "x-forwarded-for" => fwd.client_ip.is_some(),
-            "x-edgeroute-route" | "x-edgeroute-epoch" | "x-request-id" | "x-forwarded-proto" => {
-                true
-            }
-            _ => false,
-        };
-        if replaced || is_hop_by_hop(name) || name == header::EXPECT || nominated.contains(name) {
+    let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
+    for (name, value) in fields.iter() {
+        let replaced = (host.is_some() && is(name, "host"))
+            || (fwd.client_ip.is_some() && is(name, "x-forwarded-for"))
+            || SET_UPSTREAM.iter().any(|n| is(name, n));
+        if replaced
+            || is_hop_by_hop(name)
+            || is(name, "expect")
+            || nominated.iter().any(|n| is(name, n))
+        {
             continue;
         }
-        h1::put_field(&mut out, name.as_str(), value.as_bytes());
+        h1::put_field(&mut out, name, value);
     }
     if let Some(host) = &host {
         h1::put_field(&mut out, "host", host.as_bytes());
@@ -207,7 +209,7 @@ pub fn backend_request(
         h1::put_field(
             &mut out,
             FORWARDED_FOR.as_str(),
-            forwarded_for(client, facts, ip).as_bytes(),
+            forwarded_for(fields, facts, ip).as_bytes(),
         );
     }
     h1::put_field(
@@ -260,14 +262,13 @@ impl std::ops::Deref for OwnFields {
     }
 }
 
-/// The fields a request's `Connection` nominates: they stay behind with
-/// the client's connection. A `Connection` field that names no field, or
-/// names one the proxy relies on, refuses the request.
-fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
+/// The fields a request's `Connection` nominates (in lower case): they
+/// stay behind with the client's connection. A `Connection` field that
+/// names no field, or names one the proxy relies on, refuses the request.
+fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
     let mut nominated = Vec::new();
-    for value in src.get_all(header::CONNECTION) {
-        let text = value
-            .to_str()
+    for value in fields.get_all("connection") {
+        let text = std::str::from_utf8(value)
             .map_err(|_| CannotForward("Connection holds bytes that are not text".into()))?;
         for token in h1::list_items(text) {
             let name = HeaderName::from_bytes(token.as_bytes()).map_err(|_| {
@@ -280,7 +281,7 @@ fn nominated_fields(src: &HeaderMap) -> Result<Vec<HeaderName>, CannotForward> {
                     "Connection names {token:?}, a field that must reach the backend"
                 )));
             }
-            nominated.push(name);
+            nominated.push(name.as_str().to_owned());
         }
     }
     Ok(nominated)
@@ -352,18 +353,29 @@ const HOP_BY_HOP: [&str; 10] = [
     "http2-settings",
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(&name.as_str())
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
+/// Fields the proxy sets on every request it forwards, in place of any the
+/// client sent.
+const SET_UPSTREAM: [&str; 4] = [
+    "x-edgeroute-route",
+    "x-edgeroute-epoch",
+    "x-request-id",
+    "x-forwarded-proto",
+];
+
 /// `x-forwarded-for`: the client's prior list, if any, then its address.
-fn forwarded_for(client: &Parts, facts: &RequestFacts, ip: &HeaderValue) -> HeaderValue {
+fn forwarded_for(fields: &Fields, facts: &RequestFacts, ip: &HeaderValue) -> HeaderValue {
     if !facts.has_forwarded_for {
         return ip.clone();
     }
     let mut list = String::new();
-    for prior in client.headers.get_all(FORWARDED_FOR) {
-        if let Ok(prior) = prior.to_str() {
+    for prior in fields.get_all(FORWARDED_FOR.as_str()) {
+        if let Ok(prior) = std::str::from_utf8(prior) {
             let prior = prior.trim();
             if !prior.is_empty() {
                 list.push_str(prior);
@@ -453,18 +465,15 @@ fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client:
 /// the one upgrade the proxy passes on.
-pub fn is_websocket_upgrade(req: &Parts) -> bool {
+pub fn is_websocket_upgrade(req: &Parts, fields: &Fields) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
-        && req
-            .headers
-            .get(header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
-        && req
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
+        && fields
+            .get("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+        && fields
+            .get_all("connection")
+            .filter_map(|v| std::str::from_utf8(v).ok())
             .flat_map(h1::list_items)
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
@@ -556,6 +565,8 @@ fn still_idle(stream: &mut Stream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+    use http::header;
     use pingora_http::RequestHeader;
     use proptest::prelude::*;
 
@@ -601,16 +612,26 @@ mod tests {
     }
 
     fn forward(req: &RequestHeader, body: bool) -> Result<Sent, CannotForward> {
+        forward_fields(req, &Fields::from_map(&req.headers), body)
+    }
+
+    /// `req`'s line with `fields` as they came, sent on.
+    fn forward_fields(
+        req: &RequestHeader,
+        fields: &Fields,
+        body: bool,
+    ) -> Result<Sent, CannotForward> {
         let id = HeaderValue::from_static("id-1");
         let fwd = Forwarding {
             route: HeaderValue::from_static("read"),
             epoch: None,
             request_id: &id,
-            client_ip: None,
+            client_ip: Some(HeaderValue::from_static("10.0.0.1")),
             tls: false,
             host: None,
         };
-        let head = backend_request(req, req.raw_path(), &RequestFacts::of(req), body, &fwd)?;
+        let facts = RequestFacts::of(req, fields);
+        let head = backend_request(req, fields, req.raw_path(), &facts, body, &fwd)?;
         assert_eq!(
             head.chunked,
             sent(&head).headers.contains_key("transfer-encoding")
@@ -809,8 +830,11 @@ mod tests {
             tls: false,
             host: Some(&host),
         };
-        let facts = RequestFacts::of(&req);
-        let out = sent(&backend_request(&req, req.raw_path(), &facts, false, &fwd).expect("valid"));
+        let fields = Fields::from_map(&req.headers);
+        let facts = RequestFacts::of(&req, &fields);
+        let out = sent(
+            &backend_request(&req, &fields, req.raw_path(), &facts, false, &fwd).expect("valid"),
+        );
         let one = |name: &str| {
             let all: Vec<_> = out.headers.get_all(name).iter().collect();
             assert_eq!(all.len(), 1, "{name}: {all:?}");
@@ -993,7 +1017,7 @@ mod tests {
             for (k, v) in &fields {
                 req.headers.append(*k, HeaderValue::from_static(v));
             }
-            let facts = RequestFacts::of(&req);
+            let facts = RequestFacts::of(&req, &Fields::from_map(&req.headers));
             let headers = &req.headers;
             let first_is = |name: HeaderName, want: &str| {
                 headers.get(name).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(want.as_bytes()))
@@ -1171,6 +1195,49 @@ mod tests {
                 .map(|(n, v)| (String::from_utf8_lossy(n).into_owned(), String::from_utf8_lossy(v).into_owned()))
                 .collect();
             prop_assert_eq!(got, want);
+        }
+
+        /// The case of the client's field names changes nothing about what
+        /// goes on: every rule (hop-by-hop, nominated, replaced, framing)
+        /// matches a name whatever its case.
+        #[test]
+        fn the_case_of_a_request_s_names_changes_nothing(
+            picks in proptest::collection::vec((0usize..14, any::<u8>()), 0..10),
+            body in any::<bool>(),
+        ) {
+            const FIELDS: [(&str, &str); 14] = [
+                ("connection", "x-hop"), ("x-hop", "1"), ("keep-alive", "5"), ("te", "trailers"),
+                ("transfer-encoding", "chunked"), ("content-length", "4"), ("host", "a.example"),
+                ("x-request-id", "theirs"), ("x-forwarded-for", "192.0.2.1"),
+                ("x-forwarded-proto", "https"), ("x-edgeroute-route", "write"), ("expect", "100-continue"),
+                ("accept", "*/*"), ("upgrade", "h2c"),
+            ];
+            // Each name in a mix of cases (bit i of the mask: letter i upper).
+            let mixed: Vec<(String, &str)> = picks
+                .iter()
+                .map(|(i, mask)| {
+                    let (name, value) = FIELDS[*i];
+                    let name = name
+                        .chars()
+                        .enumerate()
+                        .map(|(j, c)| if mask >> (j % 8) & 1 == 1 { c.to_ascii_uppercase() } else { c })
+                        .collect();
+                    (name, value)
+                })
+                .collect();
+            let lower: Vec<(&str, &str)> = picks.iter().map(|(i, _)| FIELDS[*i]).collect();
+            let pairs: Vec<(&str, &str)> = mixed.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+            let req = request(http::Version::HTTP_11, &lower);
+            let as_sent = forward_fields(&req, &Fields::parse(&pairs), body);
+            let as_lower = forward_fields(&req, &Fields::parse(&lower), body);
+            match (as_sent, as_lower) {
+                (Ok(a), Ok(b)) => {
+                    prop_assert_eq!(a.line, b.line);
+                    prop_assert_eq!(a.headers, b.headers);
+                }
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} against {:?}", a.err(), b.err()),
+            }
         }
     }
 }
