@@ -1,9 +1,9 @@
 //! HTTP/1.1 with a client (RFC 9112): one request after another on one
 //! connection, the proxy's own parser and writer.
 //!
-//! The request head is parsed straight into a header map whose values share
-//! the bytes read; the map and the read buffer stay with the connection from
-//! one request to the next. The body's framing is decided strictly, because
+//! The request head is parsed straight into a list of fields whose names
+//! and values are places in the bytes read; the read buffer stays with the
+//! connection from one request to the next. The body's framing is decided strictly, because
 //! the head goes on to a backend that must read the same request boundaries
 //! the proxy did: `Transfer-Encoding` other than a lone `chunked`, beside a
 //! `Content-Length`, or from an HTTP/1.0 client, is refused, and so are

@@ -59,8 +59,8 @@ pub struct Forwarding<'a> {
 }
 
 /// The fields of a request the proxy acts on, found in one pass over its
-/// header map rather than one lookup each. Where a field may repeat, the
-/// first one counts, as a lookup would give it.
+/// fields rather than one search each. Where a field may repeat, the first
+/// one counts, as a lookup would give it. Names match whatever their case.
 #[derive(Debug, Default, Clone)]
 pub struct RequestFacts {
     /// `x-request-id`.
@@ -150,8 +150,8 @@ pub struct BackendHead {
 /// any the client sent.
 ///
 /// The head is written straight from the fields received, in one pass and
-/// without an intermediate map: names go on in lower case, which HTTP
-/// treats alike.
+/// without an intermediate map: names go on spelled as the client sent
+/// them, and every rule above matches them whatever their case.
 pub fn backend_request(
     client: &Parts,
     fields: &Fields,
