@@ -3,12 +3,12 @@
 //!
 //! The request head is parsed straight into a list of fields whose names
 //! and values are places in the bytes read; the read buffer stays with the
-//! connection from one request to the next. The body's framing is decided strictly, because
-//! the head goes on to a backend that must read the same request boundaries
-//! the proxy did: `Transfer-Encoding` other than a lone `chunked`, beside a
-//! `Content-Length`, or from an HTTP/1.0 client, is refused, and so are
-//! differing lengths and repeated `Host` fields. The response head goes out
-//! with the first body bytes, in one write.
+//! connection from one request to the next. The body's framing is decided
+//! strictly, because the head goes on to a backend that must read the same
+//! request boundaries the proxy did: `Transfer-Encoding` other than a lone
+//! `chunked`, beside a `Content-Length`, or from an HTTP/1.0 client, is
+//! refused, and so are differing lengths and repeated `Host` fields. The
+//! response head goes out with the first body bytes, in one write.
 
 use crate::fields::{Fields, InvalidField};
 use crate::h1::{self, Body, Chunk, Direction, Peer};
@@ -431,17 +431,12 @@ impl Session {
                 self.keepalive = false;
                 Out::UntilClose
             }
-        } else if let Some((n, clean)) = h1::declared_length(fields.get_all("content-length"))
-            .map_err(|_| {
-                Error::explain(
-                    ErrorType::InternalError,
-                    "the response's Content-Length is not one number",
-                )
-            })?
-        {
-            if !clean {
-                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
+        } else if let Some(n) = h1::declared_length(fields).map_err(|_| {
+            Error::explain(
+                ErrorType::InternalError,
+                "the response's Content-Length is not one number",
+            )
+        })? {
             if n == 0 { Out::Done } else { Out::Length(n) }
         } else if http10 {
             self.keepalive = false;
@@ -725,16 +720,10 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool)
 }
 
 /// The length a request's `Content-Length` fields give (see
-/// [`h1::declared_length`]); repeated values are left as one.
+/// [`h1::declared_length`]).
 fn content_length(fields: &mut Fields) -> Result<Option<u64>, BError> {
-    match h1::declared_length(fields.get_all("content-length")) {
-        Ok(Some((n, clean))) => {
-            if !clean {
-                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok(Some(n))
-        }
-        Ok(None) => Ok(None),
+    match h1::declared_length(fields) {
+        Ok(length) => Ok(length),
         Err(h1::BadLength::NotANumber) => {
             Err(bad_request("the request's Content-Length is not a number"))
         }

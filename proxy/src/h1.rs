@@ -395,7 +395,7 @@ impl<'t> Connection<'t> {
         }
         let framing = match (coded, lengths, length) {
             // The usual case: one length, nothing else to weigh.
-            (false, 1, Some(value)) => match declared_length(std::iter::once(value)) {
+            (false, 1, Some(value)) => match length_of(std::iter::once(value)) {
                 Ok(Some((n, true))) => Framing::Length(n),
                 _ => body_framing(&mut resp.fields)?,
             },
@@ -829,13 +829,8 @@ pub fn body_framing(fields: &mut Fields) -> Result<Framing, BError> {
             Framing::UntilClose
         });
     }
-    match declared_length(fields.get_all("content-length")) {
-        Ok(Some((n, clean))) => {
-            if !clean {
-                fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
-            }
-            Ok(Framing::Length(n))
-        }
+    match declared_length(fields) {
+        Ok(Some(n)) => Ok(Framing::Length(n)),
         Ok(None) => Ok(Framing::UntilClose),
         Err(BadLength::NotANumber) => {
             Err(bad_response("the backend's Content-Length is not a number"))
@@ -854,14 +849,21 @@ pub(crate) enum BadLength {
     Differ,
 }
 
-/// The length a message's `Content-Length` values give, if any, and
-/// whether it came clean: one field holding only digits. Every value, and
-/// every item of a value that is a list, must be the same number; a length
-/// that did not come clean is to go on as one field holding the number, so
-/// that what goes on is unambiguous.
-pub(crate) fn declared_length<'a>(
-    values: impl Iterator<Item = &'a [u8]>,
-) -> Result<Option<(u64, bool)>, BadLength> {
+/// The length a message's `Content-Length` fields give, if any: every
+/// value, and every item of a value that is a list, must be the same
+/// number. Repeated values are left as one field holding the number, so
+/// what goes on is unambiguous.
+pub(crate) fn declared_length(fields: &mut Fields) -> Result<Option<u64>, BadLength> {
+    let length = length_of(fields.get_all("content-length"))?;
+    if let Some((n, false)) = length {
+        fields.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    Ok(length.map(|(n, _)| n))
+}
+
+/// The length the `Content-Length` values given say, and whether it came
+/// clean: one field holding only digits.
+fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<(u64, bool)>, BadLength> {
     let mut length = None;
     let mut clean = true;
     for (i, value) in values.enumerate() {
