@@ -1,11 +1,11 @@
-//! A response head's fields as a list, in the order the backend sent them
-//! (RFC 9110 §5.3).
+//! A message head's fields as a list, in the order they were sent (RFC 9110
+//! §5.3): a request's from the client, a response's from the backend.
 //!
 //! Names and values read from a head are kept as places in its bytes: reading
-//! a head hashes nothing and copies nothing, and the head goes on to an
-//! HTTP/1 client with each name as the backend spelled it. The few names the
-//! proxy asks about are found by a walk over the short list, without regard
-//! to case. Fields the proxy writes itself are kept as their own values.
+//! a head hashes nothing and copies nothing, and the fields go on with each
+//! name spelled as it came. The few names the proxy asks about are found by
+//! a walk over the short list, without regard to case. Fields the proxy
+//! writes itself are kept as their own values.
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
@@ -44,9 +44,34 @@ struct Span {
 }
 
 impl Span {
-    fn of<'t>(&self, text: &'t [u8]) -> &'t [u8] {
+    fn range(&self) -> std::ops::Range<usize> {
         let start = self.start as usize;
-        &text[start..start + self.len as usize]
+        start..start + self.len as usize
+    }
+}
+
+impl Field {
+    fn name<'a>(&'a self, text: &'a [u8]) -> &'a [u8] {
+        match &self.name {
+            Name::In(span) => &text[span.range()],
+            Name::Own(name) => name.as_str().as_bytes(),
+        }
+    }
+
+    fn value<'a>(&'a self, text: &'a [u8]) -> &'a [u8] {
+        match &self.value {
+            Value::In(span) => &text[span.range()],
+            Value::Own(value) => value.as_bytes(),
+        }
+    }
+
+    /// The value as one of its own, sharing the head's bytes. A value read
+    /// from a head holds no byte a value may not (the parser checked it).
+    fn shared_value(&self, text: &Bytes) -> Option<HeaderValue> {
+        match &self.value {
+            Value::In(span) => HeaderValue::from_maybe_shared(text.slice(span.range())).ok(),
+            Value::Own(value) => Some(value.clone()),
+        }
     }
 }
 
@@ -115,25 +140,11 @@ impl Fields {
         self.list.is_empty()
     }
 
-    fn name_of<'a>(&'a self, field: &'a Field) -> &'a [u8] {
-        match &field.name {
-            Name::In(span) => span.of(&self.text),
-            Name::Own(name) => name.as_str().as_bytes(),
-        }
-    }
-
-    fn value_of<'a>(&'a self, field: &'a Field) -> &'a [u8] {
-        match &field.value {
-            Value::In(span) => span.of(&self.text),
-            Value::Own(value) => value.as_bytes(),
-        }
-    }
-
-    /// Every field, in order: its name (as the backend spelled it) and value.
+    /// Every field, in order: its name (as it was spelled) and value.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.list
             .iter()
-            .map(|f| (self.name_of(f), self.value_of(f)))
+            .map(|f| (f.name(&self.text), f.value(&self.text)))
     }
 
     /// The values of every field called `name` (any case), in order.
@@ -159,12 +170,7 @@ impl Fields {
     /// Keeps only the fields `keep` says yes to, given each one's name.
     pub fn retain(&mut self, mut keep: impl FnMut(&[u8]) -> bool) {
         let text = &self.text;
-        self.list.retain(|f| {
-            keep(match &f.name {
-                Name::In(span) => span.of(text),
-                Name::Own(name) => name.as_str().as_bytes(),
-            })
-        });
+        self.list.retain(|f| keep(f.name(text)));
     }
 
     /// Removes every field called `name`.
@@ -179,11 +185,7 @@ impl Fields {
         let mut found = false;
         let text = &self.text;
         self.list.retain_mut(|f| {
-            let same = match &f.name {
-                Name::In(span) => span.of(text).eq_ignore_ascii_case(key),
-                Name::Own(own) => *own == name,
-            };
-            if !same {
+            if !f.name(text).eq_ignore_ascii_case(key) {
                 return true;
             }
             if found {
@@ -210,18 +212,10 @@ impl Fields {
     /// The first value of a field called `name`, as a value of its own
     /// (sharing the head's bytes).
     pub fn get_value(&self, name: &str) -> Option<HeaderValue> {
-        let field = self
-            .list
+        self.list
             .iter()
-            .find(|f| self.name_of(f).eq_ignore_ascii_case(name.as_bytes()))?;
-        match &field.value {
-            Value::Own(value) => Some(value.clone()),
-            Value::In(span) => {
-                let start = span.start as usize;
-                HeaderValue::from_maybe_shared(self.text.slice(start..start + span.len as usize))
-                    .ok()
-            }
-        }
+            .find(|f| f.name(&self.text).eq_ignore_ascii_case(name.as_bytes()))?
+            .shared_value(&self.text)
     }
 
     /// The fields as a map (for an HTTP/2 client, whose names are lower
@@ -231,23 +225,19 @@ impl Fields {
         for field in &self.list {
             let name = match &field.name {
                 Name::Own(name) => name.clone(),
-                Name::In(span) => HeaderName::from_bytes(span.of(&self.text)).map_err(|_| {
-                    InvalidField(format!(
-                        "the field name {:?} is invalid",
-                        String::from_utf8_lossy(span.of(&self.text))
-                    ))
-                })?,
-            };
-            let value = match &field.value {
-                Value::Own(value) => value.clone(),
-                Value::In(span) => {
-                    let start = span.start as usize;
-                    let bytes = self.text.slice(start..start + span.len as usize);
-                    HeaderValue::from_maybe_shared(bytes).map_err(|_| {
-                        InvalidField(format!("the {name} field holds bytes no field may"))
+                Name::In(_) => {
+                    let name = field.name(&self.text);
+                    HeaderName::from_bytes(name).map_err(|_| {
+                        InvalidField(format!(
+                            "the field name {:?} is invalid",
+                            String::from_utf8_lossy(name)
+                        ))
                     })?
                 }
             };
+            let value = field.shared_value(&self.text).ok_or_else(|| {
+                InvalidField(format!("the {name} field holds bytes no field may"))
+            })?;
             map.append(name, value);
         }
         Ok(map)
