@@ -182,14 +182,19 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    let server_conf = Arc::clone(&server.configuration);
+    // Upstream TLS trusts what Pingora's connector trusts by default. One
+    // connector for every service: building one loads the platform's CAs.
+    let connector = Arc::new(TransportConnector::new(Some(
+        ConnectorOptions::from_server_conf(&server.configuration),
+    )));
     let edge_server = |h2c: bool| {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        // Upstream TLS trusts what Pingora's connector trusts by default.
-        let connector =
-            TransportConnector::new(Some(ConnectorOptions::from_server_conf(&server_conf)));
-        EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options, connector))
+        EdgeServer::new(EdgeProxy::new(
+            Arc::clone(&state),
+            options,
+            Arc::clone(&connector),
+        ))
     };
     if !plain.is_empty() {
         let service = PlainListeners::new("edgeroute plain", edge_server(false), plain);

@@ -39,14 +39,15 @@ type BError = Box<Error>;
 pub struct EdgeProxy {
     state: Arc<AppState>,
     options: HttpServerOptions,
-    connector: TransportConnector,
+    /// For TLS backends; one for every listener's service.
+    connector: Arc<TransportConnector>,
 }
 
 impl EdgeProxy {
     pub fn new(
         state: Arc<AppState>,
         options: HttpServerOptions,
-        connector: TransportConnector,
+        connector: Arc<TransportConnector>,
     ) -> Self {
         EdgeProxy {
             state,
