@@ -1,6 +1,7 @@
 //! `edgeroute-bench`: throughput and latency against a direct connection and
 //! peer proxies, plus routing, swap and failover figures, on loopback.
 
+mod compare;
 mod load;
 mod origin;
 mod report;
@@ -38,8 +39,9 @@ struct Cli {
     /// Concurrent connections of the closed-loop load.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Interleaved repetitions per target (throughput).
-    #[arg(long, default_value_t = 3)]
+    /// Interleaved repetitions per target (throughput); each starts with a
+    /// different target.
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Upper bound on requests in one run.
     #[arg(long, default_value_t = 2_000_000)]

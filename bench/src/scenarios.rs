@@ -1,5 +1,6 @@
 //! The scenarios. Each returns its JSON and prints its table.
 
+use crate::compare::{self, Comparison, Figures};
 use crate::load::{self, LoadResult, MakeRequest, OnResponse};
 use crate::origin::{self, WriteLog};
 use crate::report::{self, median, progress};
@@ -118,7 +119,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let total = s.reps * procs.len();
     let mut n = 0;
     for rep in 0..s.reps {
-        for (name, addr, proc_) in &procs {
+        for (name, addr, proc_) in compare::order(procs.len(), rep).map(|i| &procs[i]) {
             n += 1;
             progress(&format!(
                 "throughput [{n}/{total}] {name}, repetition {}",
@@ -174,7 +175,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     }
     report::table(
         &format!(
-            "throughput — {} connections, {:?} x {} interleaved runs, medians (CPU is the target's, for direct the backend's)",
+            "throughput — {} connections, {:?} x {} interleaved runs, each starting one target later, medians (CPU is the target's, for direct the backend's)",
             s.connections, s.duration, s.reps
         ),
         &[
@@ -189,27 +190,20 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
         ],
         &rows,
     );
-    let edge = rps("edgeroute");
+    let figures = |name: &str| -> Vec<Figures> {
+        runs[name]
+            .iter()
+            .map(|(r, _)| Figures {
+                rps: r.rps(),
+                p99_us: r.percentile_us(0.99) as f64,
+            })
+            .collect()
+    };
     for peer in ["nginx", "haproxy"] {
-        if let Some(peer_runs) = runs.get(peer) {
-            // Repetitions are interleaved, so each one's pair of runs saw
-            // the same moment of the machine: their spread is the noise.
-            let per_rep: Vec<f64> = runs["edgeroute"]
-                .iter()
-                .zip(peer_runs)
-                .map(|((e, _), (p, _))| e.rps() / p.rps().max(f64::MIN_POSITIVE))
-                .collect();
-            let (lo, hi) = per_rep.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
-                (lo.min(*r), hi.max(*r))
-            });
-            println!(
-                "edgeroute / {peer}: {:.2} (per repetition {lo:.2}-{hi:.2})",
-                edge / rps(peer)
-            );
-            out.insert(
-                format!("edgeroute_vs_{peer}"),
-                json!({"median_ratio": edge / rps(peer), "per_repetition": per_rep}),
-            );
+        if runs.contains_key(peer) {
+            let c = Comparison::of(&figures("edgeroute"), &figures(peer));
+            println!("{}", c.line(peer));
+            out.insert(format!("edgeroute_vs_{peer}"), c.json());
         }
     }
     println!("edgeroute idle RSS: {:.1} MiB", idle_rss as f64 / 1024.0);
