@@ -5,6 +5,7 @@
 //! moment the request was due, not from when it was sent, so a stall is not
 //! hidden by the requests it delayed (coordinated omission).
 
+use crate::lean;
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http::{Request, Response};
@@ -105,6 +106,66 @@ async fn exchange(
     }
 }
 
+/// One connection of a closed-loop load.
+trait Exchange: Send + 'static {
+    /// Sends the `n`-th request and reads its answer: whether it was a
+    /// success.
+    fn exchange(&mut self, n: u64) -> impl Future<Output = bool> + Send;
+}
+
+struct HyperClient {
+    conn: Conn,
+    addr: SocketAddr,
+    make: MakeRequest,
+    on_response: Option<OnResponse>,
+}
+
+impl Exchange for HyperClient {
+    async fn exchange(&mut self, n: u64) -> bool {
+        exchange(&mut self.conn, self.addr, (self.make)(n), &self.on_response).await
+    }
+}
+
+/// The lean client of [`lean`]: a connection that failed or was closed by
+/// the server is opened again for the next request.
+struct LeanClient {
+    conn: Option<lean::Conn<tokio::net::TcpStream>>,
+    addr: SocketAddr,
+    request: Arc<[u8]>,
+}
+
+impl LeanClient {
+    async fn connect(addr: SocketAddr) -> std::io::Result<lean::Conn<tokio::net::TcpStream>> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(lean::Conn::new(stream))
+    }
+}
+
+impl Exchange for LeanClient {
+    async fn exchange(&mut self, _n: u64) -> bool {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            None => match Self::connect(self.addr).await {
+                Ok(conn) => self.conn.insert(conn),
+                Err(_) => return false,
+            },
+        };
+        match conn.exchange(&self.request).await {
+            Ok(answer) => {
+                if !answer.reusable {
+                    self.conn = None;
+                }
+                (200..300).contains(&answer.status)
+            }
+            Err(_) => {
+                self.conn = None;
+                false
+            }
+        }
+    }
+}
+
 /// `conns` connections send back to back for `duration` or until
 /// `max_requests` in all, whichever comes first.
 pub async fn closed(
@@ -115,19 +176,53 @@ pub async fn closed(
     make: MakeRequest,
     on_response: Option<OnResponse>,
 ) -> anyhow::Result<LoadResult> {
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        clients.push(HyperClient {
+            conn: connect(addr).await?,
+            addr,
+            make: Arc::clone(&make),
+            on_response: on_response.clone(),
+        });
+    }
+    closed_loop(clients, duration, max_requests).await
+}
+
+/// As [`closed`], with the lean client: `request` (as bytes) over and over.
+pub async fn closed_lean(
+    addr: SocketAddr,
+    conns: usize,
+    duration: Duration,
+    max_requests: u64,
+    request: Arc<[u8]>,
+) -> anyhow::Result<LoadResult> {
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        clients.push(LeanClient {
+            conn: Some(LeanClient::connect(addr).await?),
+            addr,
+            request: Arc::clone(&request),
+        });
+    }
+    closed_loop(clients, duration, max_requests).await
+}
+
+async fn closed_loop<E: Exchange>(
+    clients: Vec<E>,
+    duration: Duration,
+    max_requests: u64,
+) -> anyhow::Result<LoadResult> {
     let start = Instant::now();
     let deadline = start + duration;
-    let per_conn = max_requests.div_ceil(conns as u64);
-    let mut tasks = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        let (make, on_response) = (Arc::clone(&make), on_response.clone());
-        let mut conn = connect(addr).await?;
+    let per_conn = max_requests.div_ceil(clients.len().max(1) as u64);
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut client in clients {
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::empty();
             let mut n = 0;
             while n < per_conn && Instant::now() < deadline {
                 let t = Instant::now();
-                let ok = exchange(&mut conn, addr, make(n), &on_response).await;
+                let ok = client.exchange(n).await;
                 r.latency.record(t.elapsed().as_micros().max(1) as u64).ok();
                 r.requests += 1;
                 r.errors += u64::from(!ok);

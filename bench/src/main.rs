@@ -2,6 +2,7 @@
 //! peer proxies, plus routing, swap and failover figures, on loopback.
 
 mod compare;
+mod lean;
 mod load;
 mod origin;
 mod report;
@@ -43,6 +44,11 @@ struct Cli {
     /// different target.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// The client of the throughput runs: `lean` parses response heads in
+    /// place like wrk; `hyper` builds a header map for each response, which
+    /// charges a target for the fields its responses carry.
+    #[arg(long, value_enum, default_value = "lean")]
+    client: scenarios::Client,
     /// Upper bound on requests in one run.
     #[arg(long, default_value_t = 2_000_000)]
     max_requests: u64,
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = scenarios::Settings {
+        client: cli.client,
         duration: cli.duration,
         warmup: cli.warmup,
         connections: cli.connections,
@@ -92,7 +99,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     results.insert("machine".into(), report::machine());
     results.insert("settings".into(), serde_json::json!({
         "duration_s": cli.duration.as_secs_f64(), "connections": cli.connections, "reps": cli.reps,
-        "swaps": cli.swaps, "rates": cli.rates, "load_generator": "edgeroute-bench, 1 thread, HTTP/1.1 keep-alive",
+        "swaps": cli.swaps, "rates": cli.rates,
+        "load_generator": "edgeroute-bench, 1 thread, HTTP/1.1 keep-alive",
+        "throughput_client": format!("{:?}", cli.client).to_lowercase(),
     }));
     let all = cli.scenario == Scenario::All;
     let want = |s: Scenario| all || cli.scenario == s;

@@ -1,6 +1,7 @@
 //! The scenarios. Each returns its JSON and prints its table.
 
 use crate::compare::{self, Comparison, Figures};
+use crate::lean;
 use crate::load::{self, LoadResult, MakeRequest, OnResponse};
 use crate::origin::{self, WriteLog};
 use crate::report::{self, median, progress};
@@ -16,7 +17,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The HTTP client of the throughput runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Client {
+    /// Response heads parsed in place, like wrk ([`lean`]).
+    Lean,
+    /// hyper's client, which puts each response's fields in a header map.
+    Hyper,
+}
+
 pub struct Settings {
+    pub client: Client,
     pub duration: Duration,
     pub warmup: Duration,
     pub connections: usize,
@@ -98,6 +109,32 @@ impl Lineup {
     }
 }
 
+/// `GET /` back to back on `s.connections` connections, with the client
+/// the settings name.
+async fn closed_get(
+    s: &Settings,
+    addr: SocketAddr,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    match s.client {
+        Client::Lean => {
+            let request = lean::get("/", "bench").into();
+            load::closed_lean(addr, s.connections, duration, s.max_requests, request).await
+        }
+        Client::Hyper => {
+            load::closed(
+                addr,
+                s.connections,
+                duration,
+                s.max_requests,
+                load::get("/"),
+                None,
+            )
+            .await
+        }
+    }
+}
+
 /// One backend, every target in front of it, interleaved repetitions.
 pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let lineup = Lineup::start(s, "throughput")?;
@@ -105,17 +142,9 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let procs = lineup.targets();
     for (name, addr, _) in &procs {
         progress(&format!("throughput: warming up {name}"));
-        load::closed(
-            *addr,
-            s.connections,
-            s.warmup,
-            s.max_requests,
-            load::get("/"),
-            None,
-        )
-        .await?;
+        closed_get(s, *addr, s.warmup).await?;
     }
-    let mut runs: BTreeMap<&str, Vec<(LoadResult, f64)>> = BTreeMap::new();
+    let mut runs: BTreeMap<&str, Vec<(LoadResult, f64, f64)>> = BTreeMap::new();
     let total = s.reps * procs.len();
     let mut n = 0;
     for rep in 0..s.reps {
@@ -125,33 +154,36 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 "throughput [{n}/{total}] {name}, repetition {}",
                 rep + 1
             ));
-            let cpu0 = proc_.cpu_seconds();
-            let r = load::closed(
-                *addr,
-                s.connections,
-                s.duration,
-                s.max_requests,
-                load::get("/"),
-                None,
-            )
-            .await?;
+            let (cpu0, own0) = (proc_.cpu_seconds(), targets::own_cpu_seconds());
+            let r = closed_get(s, *addr, s.duration).await?;
             let cpu = proc_.cpu_seconds() - cpu0;
-            runs.entry(name).or_default().push((r, cpu));
+            let own = targets::own_cpu_seconds() - own0;
+            runs.entry(name).or_default().push((r, cpu, own));
         }
     }
-    let rps = |name: &str| median(runs[name].iter().map(|(r, _)| r.rps()).collect());
+    let rps = |name: &str| median(runs[name].iter().map(|(r, _, _)| r.rps()).collect());
     let direct = rps("direct");
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
     for (name, _, _) in &procs {
         let rs = &runs[name];
-        let q = |p: f64| median(rs.iter().map(|(r, _)| r.percentile_us(p) as f64).collect()) as u64;
-        let cpu_us = median(
-            rs.iter()
-                .map(|(r, c)| c / r.requests.max(1) as f64 * 1e6)
-                .collect(),
-        );
-        let errors: u64 = rs.iter().map(|(r, _)| r.errors).sum();
+        let q = |p: f64| {
+            median(
+                rs.iter()
+                    .map(|(r, _, _)| r.percentile_us(p) as f64)
+                    .collect(),
+            ) as u64
+        };
+        let per_request = |cpu: &dyn Fn(&(LoadResult, f64, f64)) -> f64| {
+            median(
+                rs.iter()
+                    .map(|run| cpu(run) / run.0.requests.max(1) as f64 * 1e6)
+                    .collect(),
+            )
+        };
+        let cpu_us = per_request(&|(_, target, _)| *target);
+        let client_us = per_request(&|(_, _, own)| *own);
+        let errors: u64 = rs.iter().map(|(r, _, _)| r.errors).sum();
         let ratio = rps(name) / direct;
         rows.push(vec![
             (*name).to_owned(),
@@ -161,6 +193,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             us(q(0.99)),
             us(q(0.999)),
             format!("{cpu_us:.1}"),
+            format!("{client_us:.1}"),
             errors.to_string(),
         ]);
         out.insert(
@@ -168,8 +201,9 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             json!({
                 "rps_median": rps(name), "ratio_to_direct": ratio,
                 "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
-                "cpu_us_per_request": cpu_us, "errors": errors,
-                "rps_runs": rs.iter().map(|(r, _)| r.rps()).collect::<Vec<_>>(),
+                "cpu_us_per_request": cpu_us, "load_generator_cpu_us_per_request": client_us,
+                "errors": errors,
+                "rps_runs": rs.iter().map(|(r, _, _)| r.rps()).collect::<Vec<_>>(),
             }),
         );
     }
@@ -186,6 +220,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             "p99 µs",
             "p99.9 µs",
             "CPU µs/req",
+            "load gen. CPU µs/req",
             "errors",
         ],
         &rows,
@@ -193,7 +228,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let figures = |name: &str| -> Vec<Figures> {
         runs[name]
             .iter()
-            .map(|(r, _)| Figures {
+            .map(|(r, _, _)| Figures {
                 rps: r.rps(),
                 p99_us: r.percentile_us(0.99) as f64,
             })

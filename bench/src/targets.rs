@@ -90,6 +90,11 @@ impl Drop for Process {
     }
 }
 
+/// CPU time of this process (the load generator), its children not counted.
+pub fn own_cpu_seconds() -> f64 {
+    proc_ticks(std::process::id()) as f64 / clock_ticks_per_second()
+}
+
 fn children(pid: u32) -> Vec<u32> {
     std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
         .unwrap_or_default()
