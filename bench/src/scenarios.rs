@@ -135,6 +135,16 @@ async fn closed_get(
     }
 }
 
+/// One measured run of one target: its load, and the CPU seconds the
+/// target, the backend and this load generator spent meanwhile (for
+/// `direct` the target is the backend).
+struct Run {
+    load: LoadResult,
+    target: f64,
+    backend: f64,
+    client: f64,
+}
+
 /// One backend, every target in front of it, interleaved repetitions.
 pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let lineup = Lineup::start(s, "throughput")?;
@@ -144,7 +154,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
         progress(&format!("throughput: warming up {name}"));
         closed_get(s, *addr, s.warmup).await?;
     }
-    let mut runs: BTreeMap<&str, Vec<(LoadResult, f64, f64)>> = BTreeMap::new();
+    let mut runs: BTreeMap<&str, Vec<Run>> = BTreeMap::new();
     let total = s.reps * procs.len();
     let mut n = 0;
     for rep in 0..s.reps {
@@ -154,36 +164,43 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 "throughput [{n}/{total}] {name}, repetition {}",
                 rep + 1
             ));
-            let (cpu0, own0) = (proc_.cpu_seconds(), targets::own_cpu_seconds());
-            let r = closed_get(s, *addr, s.duration).await?;
-            let cpu = proc_.cpu_seconds() - cpu0;
-            let own = targets::own_cpu_seconds() - own0;
-            runs.entry(name).or_default().push((r, cpu, own));
+            let cpu = || {
+                [
+                    proc_.cpu_seconds(),
+                    lineup.backend.cpu_seconds(),
+                    targets::own_cpu_seconds(),
+                ]
+            };
+            let before = cpu();
+            let load = closed_get(s, *addr, s.duration).await?;
+            let after = cpu();
+            let [target, backend, client] = std::array::from_fn(|i| after[i] - before[i]);
+            runs.entry(name).or_default().push(Run {
+                load,
+                target,
+                backend,
+                client,
+            });
         }
     }
-    let rps = |name: &str| median(runs[name].iter().map(|(r, _, _)| r.rps()).collect());
+    let rps = |name: &str| median(runs[name].iter().map(|r| r.load.rps()).collect());
     let direct = rps("direct");
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
     for (name, _, _) in &procs {
         let rs = &runs[name];
-        let q = |p: f64| {
+        let q = |p: f64| median(rs.iter().map(|r| r.load.percentile_us(p) as f64).collect()) as u64;
+        let per_request = |cpu: fn(&Run) -> f64| {
             median(
                 rs.iter()
-                    .map(|(r, _, _)| r.percentile_us(p) as f64)
-                    .collect(),
-            ) as u64
-        };
-        let per_request = |cpu: &dyn Fn(&(LoadResult, f64, f64)) -> f64| {
-            median(
-                rs.iter()
-                    .map(|run| cpu(run) / run.0.requests.max(1) as f64 * 1e6)
+                    .map(|run| cpu(run) / run.load.requests.max(1) as f64 * 1e6)
                     .collect(),
             )
         };
-        let cpu_us = per_request(&|(_, target, _)| *target);
-        let client_us = per_request(&|(_, _, own)| *own);
-        let errors: u64 = rs.iter().map(|(r, _, _)| r.errors).sum();
+        let cpu_us = per_request(|r| r.target);
+        let backend_us = per_request(|r| r.backend);
+        let client_us = per_request(|r| r.client);
+        let errors: u64 = rs.iter().map(|r| r.load.errors).sum();
         let ratio = rps(name) / direct;
         rows.push(vec![
             (*name).to_owned(),
@@ -193,6 +210,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             us(q(0.99)),
             us(q(0.999)),
             format!("{cpu_us:.1}"),
+            format!("{backend_us:.1}"),
             format!("{client_us:.1}"),
             errors.to_string(),
         ]);
@@ -201,9 +219,10 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             json!({
                 "rps_median": rps(name), "ratio_to_direct": ratio,
                 "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
-                "cpu_us_per_request": cpu_us, "load_generator_cpu_us_per_request": client_us,
+                "cpu_us_per_request": cpu_us, "backend_cpu_us_per_request": backend_us,
+                "load_generator_cpu_us_per_request": client_us,
                 "errors": errors,
-                "rps_runs": rs.iter().map(|(r, _, _)| r.rps()).collect::<Vec<_>>(),
+                "rps_runs": rs.iter().map(|r| r.load.rps()).collect::<Vec<_>>(),
             }),
         );
     }
@@ -220,6 +239,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             "p99 µs",
             "p99.9 µs",
             "CPU µs/req",
+            "backend CPU µs/req",
             "load gen. CPU µs/req",
             "errors",
         ],
@@ -228,9 +248,9 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let figures = |name: &str| -> Vec<Figures> {
         runs[name]
             .iter()
-            .map(|(r, _, _)| Figures {
-                rps: r.rps(),
-                p99_us: r.percentile_us(0.99) as f64,
+            .map(|r| Figures {
+                rps: r.load.rps(),
+                p99_us: r.load.percentile_us(0.99) as f64,
             })
             .collect()
     };
