@@ -218,3 +218,50 @@ async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_
         .unwrap();
     assert_eq!(resp.headers()["x-edgeroute-region"], AP);
 }
+
+/// Threads of the proxy process, by name.
+fn thread_names(proxy: &Proxy) -> Vec<String> {
+    let tasks = format!("/proc/{}/task", proxy.pid());
+    std::fs::read_dir(&tasks)
+        .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+        .map(|t| {
+            let comm = t.unwrap().path().join("comm");
+            std::fs::read_to_string(comm)
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+/// Probes and plain-TCP forwarding keep to tokio's timers: Pingora's own
+/// timer starts a clock thread on first use that wakes 100 times a second
+/// for the life of the process.
+#[tokio::test]
+async fn probes_and_forwarding_start_no_clock_thread() {
+    let a = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    eventually("probes pass on a pooled connection", WAIT, || async {
+        a.probes() >= 4
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(
+            client().get(proxy.url("/x")).send().await.unwrap().status(),
+            200
+        );
+    }
+    let names = thread_names(&proxy);
+    assert!(
+        names.iter().any(|n| n.starts_with("edgeroute")),
+        "the proxy's own threads are listed: {names:?}"
+    );
+    assert!(
+        !names.iter().any(|n| n == "Timer thread"),
+        "a clock thread runs: {names:?}"
+    );
+}

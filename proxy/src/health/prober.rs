@@ -6,7 +6,7 @@
 use crate::state::AppState;
 use crate::topology::Backend;
 use pingora_core::connectors::http::Connector;
-use pingora_core::upstreams::peer::Peer;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
 use pingora_http::RequestHeader;
 use rand::Rng;
 use std::sync::Arc;
@@ -91,7 +91,7 @@ async fn probe(
     path: &str,
     host: &str,
 ) -> pingora_error::Result<u16> {
-    let peer = backend.peer_template();
+    let peer = &unbounded(backend.peer_template());
     let (mut session, _reused) = connector.get_http_session(peer).await?;
     let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
     req.insert_header(http::header::HOST, host)?;
@@ -113,6 +113,22 @@ async fn probe(
         .release_http_session(session, peer, peer.idle_timeout())
         .await;
     Ok(status)
+}
+
+/// `peer` without limits of its own on connecting, reading, writing and
+/// idling: the probe as a whole is bounded by `health.timeout` (tokio's
+/// timer). Pingora's connector and pool bound each step with their own
+/// timer, and its first use starts a clock thread that then wakes 100 times
+/// a second for the life of the process, into the request path's CPUs.
+fn unbounded(peer: &HttpPeer) -> HttpPeer {
+    let mut peer = peer.clone();
+    let options = &mut peer.options;
+    options.connection_timeout = None;
+    options.total_connection_timeout = None;
+    options.read_timeout = None;
+    options.write_timeout = None;
+    options.idle_timeout = None;
+    peer
 }
 
 /// `host` of a configured `host:port` (brackets removed from IPv6).
