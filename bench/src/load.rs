@@ -30,6 +30,9 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
+    /// Open loop only: how late the pacer released each request after its
+    /// due time, in microseconds (the load generator's own lateness).
+    pub late: Histogram<u64>,
 }
 
 impl LoadResult {
@@ -39,6 +42,7 @@ impl LoadResult {
             errors: 0,
             elapsed: Duration::ZERO,
             latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            late: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
         }
     }
 
@@ -166,6 +170,40 @@ impl Exchange for LeanClient {
     }
 }
 
+async fn hyper_clients(
+    addr: SocketAddr,
+    conns: usize,
+    make: MakeRequest,
+    on_response: Option<OnResponse>,
+) -> anyhow::Result<Vec<HyperClient>> {
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        clients.push(HyperClient {
+            conn: connect(addr).await?,
+            addr,
+            make: Arc::clone(&make),
+            on_response: on_response.clone(),
+        });
+    }
+    Ok(clients)
+}
+
+async fn lean_clients(
+    addr: SocketAddr,
+    conns: usize,
+    request: Arc<[u8]>,
+) -> anyhow::Result<Vec<LeanClient>> {
+    let mut clients = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        clients.push(LeanClient {
+            conn: Some(LeanClient::connect(addr).await?),
+            addr,
+            request: Arc::clone(&request),
+        });
+    }
+    Ok(clients)
+}
+
 /// `conns` connections send back to back for `duration` or until
 /// `max_requests` in all, whichever comes first.
 pub async fn closed(
@@ -176,15 +214,7 @@ pub async fn closed(
     make: MakeRequest,
     on_response: Option<OnResponse>,
 ) -> anyhow::Result<LoadResult> {
-    let mut clients = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        clients.push(HyperClient {
-            conn: connect(addr).await?,
-            addr,
-            make: Arc::clone(&make),
-            on_response: on_response.clone(),
-        });
-    }
+    let clients = hyper_clients(addr, conns, make, on_response).await?;
     closed_loop(clients, duration, max_requests).await
 }
 
@@ -196,14 +226,7 @@ pub async fn closed_lean(
     max_requests: u64,
     request: Arc<[u8]>,
 ) -> anyhow::Result<LoadResult> {
-    let mut clients = Vec::with_capacity(conns);
-    for _ in 0..conns {
-        clients.push(LeanClient {
-            conn: Some(LeanClient::connect(addr).await?),
-            addr,
-            request: Arc::clone(&request),
-        });
-    }
+    let clients = lean_clients(addr, conns, request).await?;
     closed_loop(clients, duration, max_requests).await
 }
 
@@ -239,7 +262,7 @@ async fn closed_loop<E: Exchange>(
     Ok(total)
 }
 
-/// Sends `rate` requests per second over `conns` connections for
+/// Sends `rate` requests per second over `conns` hyper connections for
 /// `duration`; latency counts from each request's due time.
 pub async fn open(
     addr: SocketAddr,
@@ -248,36 +271,88 @@ pub async fn open(
     duration: Duration,
     make: MakeRequest,
 ) -> anyhow::Result<LoadResult> {
+    let clients = hyper_clients(addr, conns, make, None).await?;
+    open_loop(clients, rate, duration).await
+}
+
+/// As [`open`], with the lean client.
+pub async fn open_lean(
+    addr: SocketAddr,
+    rate: u64,
+    conns: usize,
+    duration: Duration,
+    request: Arc<[u8]>,
+) -> anyhow::Result<LoadResult> {
+    let clients = lean_clients(addr, conns, request).await?;
+    open_loop(clients, rate, duration).await
+}
+
+/// Request `i` is due at `start + i / rate` and goes on connection
+/// `i % clients`; if that connection is still busy, it waits, and the wait
+/// counts (coordinated omission). The due times come from a thread of
+/// their own sleeping with the system's timer: the runtime's timer ticks
+/// in milliseconds, which would add up to a millisecond of the load
+/// generator's own lateness to every latency. How late the pacer itself
+/// released each request is kept in [`LoadResult::late`].
+async fn open_loop<E: Exchange>(
+    clients: Vec<E>,
+    rate: u64,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let conns = clients.len().max(1);
     let start = Instant::now() + Duration::from_millis(50);
     let total_requests = (rate as f64 * duration.as_secs_f64()) as u64;
-    let interval = Duration::from_secs_f64(conns as f64 / rate as f64);
     let hard_stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::with_capacity(conns);
     let mut tasks = Vec::with_capacity(conns);
-    for k in 0..conns {
-        let make = Arc::clone(&make);
+    for mut client in clients {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+        senders.push(tx);
         let hard_stop = Arc::clone(&hard_stop);
-        let mut conn = connect(addr).await?;
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::empty();
-            // Connection k owns slots k, k + conns, k + 2 conns, ...
-            let offset = Duration::from_secs_f64(k as f64 / rate as f64);
-            let mut slot = 0u64;
-            while slot * conns as u64 + (k as u64) < total_requests
-                && !hard_stop.load(Ordering::Relaxed)
-            {
-                let due = start + offset + interval.mul_f64(slot as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let ok = exchange(&mut conn, addr, make(slot), &None).await;
+            let mut n = 0;
+            while let Some(due) = rx.recv().await {
+                if hard_stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let ok = client.exchange(n).await;
                 r.latency
                     .record(due.elapsed().as_micros().max(1) as u64)
                     .ok();
                 r.requests += 1;
                 r.errors += u64::from(!ok);
-                slot += 1;
+                n += 1;
             }
             r
         }));
     }
+    let pacer = {
+        let hard_stop = Arc::clone(&hard_stop);
+        std::thread::Builder::new()
+            .name("bench-pacer".into())
+            .spawn(move || {
+                // Sleeps end up to 50 µs late by default (the timer slack);
+                // ask for none, best effort.
+                nix::sys::prctl::set_timerslack(1).ok();
+                let mut late = LoadResult::empty().latency;
+                for i in 0..total_requests {
+                    if hard_stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    late.record(due.elapsed().as_micros() as u64).ok();
+                    if senders[(i % conns as u64) as usize].send(due).is_err() {
+                        break;
+                    }
+                }
+                // The senders go here: each connection ends with its queue.
+                late
+            })?
+    };
     // Bound the run even if the target stalls: twice the planned time.
     let limit = duration * 2 + Duration::from_secs(5);
     let stopper = {
@@ -293,5 +368,73 @@ pub async fn open(
     }
     stopper.abort();
     total.elapsed = start.elapsed();
+    total.late = pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("the load generator's pacer thread panicked"))?;
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering `200 ok` to every request head, or `503` when
+    /// told to.
+    async fn server(status: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let answer = format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\n\r\nok");
+                    while let Ok(n) = conn.read(&mut buf).await {
+                        if n == 0 {
+                            return;
+                        }
+                        let heads = buf[..n].windows(4).filter(|w| w == b"\r\n\r\n").count();
+                        for _ in 0..heads {
+                            conn.write_all(answer.as_bytes()).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn the_open_loop_sends_every_planned_request_and_times_its_pacer() {
+        let addr = server("200 OK").await;
+        let request: Arc<[u8]> = lean::get("/", "bench").into();
+        let r = open_lean(addr, 2000, 4, Duration::from_millis(150), request)
+            .await
+            .unwrap();
+        assert_eq!(r.requests, 300, "2000 per second for 150 ms");
+        assert_eq!(r.errors, 0);
+        assert_eq!(r.latency.len(), 300);
+        assert_eq!(r.late.len(), 300, "the pacer's lateness of each one");
+    }
+
+    #[tokio::test]
+    async fn answers_other_than_2xx_count_as_errors_in_both_loops() {
+        let addr = server("503 Busy").await;
+        let request: Arc<[u8]> = lean::get("/", "bench").into();
+        let open = open_lean(
+            addr,
+            1000,
+            2,
+            Duration::from_millis(20),
+            Arc::clone(&request),
+        )
+        .await
+        .unwrap();
+        assert_eq!((open.requests, open.errors), (20, 20));
+        let closed = closed_lean(addr, 2, Duration::from_secs(5), 10, request)
+            .await
+            .unwrap();
+        assert_eq!((closed.requests, closed.errors), (10, 10));
+    }
 }

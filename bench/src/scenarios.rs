@@ -145,6 +145,19 @@ struct Run {
     client: f64,
 }
 
+/// `GET /` at `rate` per second, open loop, with the client the settings
+/// name.
+async fn open_get(s: &Settings, addr: SocketAddr, rate: u64) -> anyhow::Result<LoadResult> {
+    let conns = s.connections.min(16);
+    match s.client {
+        Client::Lean => {
+            let request = lean::get("/", "bench").into();
+            load::open_lean(addr, rate, conns, s.duration, request).await
+        }
+        Client::Hyper => load::open(addr, rate, conns, s.duration, load::get("/")).await,
+    }
+}
+
 /// One backend, every target in front of it, interleaved repetitions.
 pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     let lineup = Lineup::start(s, "throughput")?;
@@ -280,14 +293,8 @@ pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
         let mut direct = None;
         for (name, addr) in &list {
             progress(&format!("overhead: {name} at {rate} rps"));
-            let r = load::open(
-                *addr,
-                rate,
-                s.connections.min(16),
-                s.duration,
-                load::get("/"),
-            )
-            .await?;
+            let r = open_get(s, *addr, rate).await?;
+            let late_p99 = r.late.value_at_quantile(0.99);
             let (p50, p99, p999) = (
                 r.percentile_us(0.5),
                 r.percentile_us(0.99),
@@ -304,15 +311,17 @@ pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
                 added(p50, base.0).to_string(),
                 added(p99, base.1).to_string(),
                 format!("{:.0}", r.rps()),
+                us(late_p99),
                 r.errors.to_string(),
             ]);
             out.push(json!({"rate": rate, "target": name, "p50_us": p50, "p99_us": p99, "p999_us": p999,
-                "added_p50_us": added(p50, base.0), "added_p99_us": added(p99, base.1), "achieved_rps": r.rps(), "errors": r.errors}));
+                "added_p50_us": added(p50, base.0), "added_p99_us": added(p99, base.1), "achieved_rps": r.rps(),
+                "load_generator_late_p99_us": late_p99, "errors": r.errors}));
         }
     }
     report::table(
         &format!(
-            "overhead — open loop, latency from each request's due time, {:?} per rate",
+            "overhead — open loop, latency from each request's due time, {:?} per rate (load gen. late: how late the pacer released requests)",
             s.duration
         ),
         &[
@@ -324,6 +333,7 @@ pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
             "added p50 µs",
             "added p99 µs",
             "achieved rps",
+            "load gen. late p99 µs",
             "errors",
         ],
         &rows,
