@@ -2,6 +2,8 @@
 
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually, table};
 use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 const US: &str = "us-east-1";
@@ -264,4 +266,76 @@ async fn probes_and_forwarding_start_no_clock_thread() {
         !names.iter().any(|n| n == "Timer thread"),
         "a clock thread runs: {names:?}"
     );
+}
+
+/// A backend that answers `200 ok` to every request head and counts its
+/// connections and requests; with `close`, it closes each connection
+/// shortly after its answer without saying so.
+async fn counting_backend(
+    close: bool,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, r) = (Arc::clone(&conns), Arc::clone(&requests));
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = Arc::clone(&r);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        r.fetch_add(1, Ordering::SeqCst);
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if conn.write_all(answer).await.is_err() {
+                            return;
+                        }
+                        if close {
+                            // Between probes (100 ms apart), after the
+                            // proxy has kept the connection.
+                            tokio::time::sleep(Duration::from_millis(30)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, conns, requests)
+}
+
+#[tokio::test]
+async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
+    let (kept_addr, kept_conns, kept_probes) = counting_backend(false).await;
+    let (closing_addr, closing_conns, closing_probes) = counting_backend(true).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[kept_addr, closing_addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    eventually("both backends probed five times", WAIT, || async {
+        kept_probes.load(Ordering::SeqCst) >= 5 && closing_probes.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    assert_eq!(
+        kept_conns.load(Ordering::SeqCst),
+        1,
+        "every probe on the first connection"
+    );
+    assert!(closing_conns.load(Ordering::SeqCst) >= 5);
+    for addr in [kept_addr, closing_addr] {
+        let failed =
+            format!("edgeroute_probes_total{{backend=\"{addr}\",region=\"{US}\",result=\"fail\"}}");
+        let passed = failed.replace("fail", "pass");
+        assert_eq!(proxy.metric(&failed).await, 0.0, "a probe failed on {addr}");
+        assert!(proxy.metric(&passed).await >= 5.0, "{addr} probed");
+    }
 }

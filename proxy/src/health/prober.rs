@@ -2,11 +2,20 @@
 //! `health.interval` (plus jitter) and feeds the result and its latency into
 //! the backend's state. A probe that times out, cannot connect, or answers
 //! outside `health.expected_status` fails.
+//!
+//! A probe is bounded as a whole by `health.timeout` and its connect by
+//! `timeouts.connect`, both with tokio's timer, on the connector the
+//! request path uses: Pingora's connection pool and client timeouts run on
+//! a timer of their own whose first use starts a clock thread that wakes
+//! 100 times a second for the life of the process. (A TLS backend's
+//! handshake still goes through Pingora's connector, and starts it.)
 
+use crate::connect;
 use crate::state::AppState;
 use crate::topology::Backend;
-use pingora_core::connectors::http::Connector;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::Stream;
+use pingora_core::protocols::http::v1::client::HttpSession;
 use pingora_http::RequestHeader;
 use rand::Rng;
 use std::sync::Arc;
@@ -25,7 +34,11 @@ pub fn spawn(state: Arc<AppState>, backend: Arc<Backend>) {
 
 async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
     let health = &state.config.health;
-    let connector = Connector::new(None);
+    let connector = TransportConnector::new(None);
+    // The connection of the last probe, kept for the next one (so a probe
+    // measures one round trip, as live requests on pooled connections do),
+    // and since when. It closes when the backend is retired.
+    let mut kept: Option<(Stream, Instant)> = None;
     let region = Arc::clone(&state.topology.regions[backend.region].name);
     let host = state.topology.regions[backend.region]
         .host
@@ -38,11 +51,21 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
             return;
         }
         let started = Instant::now();
+        let reusable = kept
+            .take()
+            .filter(|(_, since)| since.elapsed() < state.config.timeouts.pool_idle)
+            .map(|(stream, _)| stream);
         let outcome = tokio::time::timeout(
             health.timeout,
-            probe(&connector, &backend, &health.path, &host),
+            probe(&connector, &backend, &health.path, &host, reusable),
         )
-        .await;
+        .await
+        .map(|done| {
+            done.map(|(status, stream)| {
+                kept = stream.map(|s| (s, Instant::now()));
+                status
+            })
+        });
         let now = Instant::now();
         let (passed, detail) = match outcome {
             Ok(Ok(status))
@@ -85,50 +108,48 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
     }
 }
 
+/// One probe: on the kept connection if there is one, else (or if that
+/// one fails: the backend may have closed it meanwhile) on a new one. The
+/// status, and the connection if it can be kept.
 async fn probe(
-    connector: &Connector,
+    connector: &TransportConnector,
     backend: &Backend,
     path: &str,
     host: &str,
-) -> pingora_error::Result<u16> {
-    let peer = &unbounded(backend.peer_template());
-    let (mut session, _reused) = connector.get_http_session(peer).await?;
+    kept: Option<Stream>,
+) -> pingora_error::Result<(u16, Option<Stream>)> {
+    if let Some(stream) = kept
+        && let Ok(done) = exchange(HttpSession::new(stream), path, host).await
+    {
+        return Ok(done);
+    }
+    let stream = connect::connect(connector, backend.peer_template()).await?;
+    exchange(HttpSession::new(stream), path, host).await
+}
+
+/// `GET path` on `session`: the status, and the connection if the answer
+/// leaves it open.
+async fn exchange(
+    mut session: HttpSession,
+    path: &str,
+    host: &str,
+) -> pingora_error::Result<(u16, Option<Stream>)> {
     let mut req = RequestHeader::build("GET", path.as_bytes(), None)?;
     req.insert_header(http::header::HOST, host)?;
     req.insert_header(http::header::USER_AGENT, "edgeroute-probe")?;
     session.write_request_header(Box::new(req)).await?;
-    session.finish_request_body().await?;
-    session.read_response_header().await?;
-    let status = session.response_header().map_or(0, |r| r.status.as_u16());
+    session.finish_body().await?;
+    session.read_response().await?;
+    let status = session.resp_header().map_or(0, |r| r.status.as_u16());
     let mut read = 0;
-    while let Some(chunk) = session.read_response_body().await? {
+    while let Some(chunk) = session.read_body_bytes().await? {
         read += chunk.len();
         if read > MAX_PROBE_BODY {
-            return Ok(status);
+            return Ok((status, None));
         }
     }
-    // Keep the connection for the next probe, so a probe measures one round
-    // trip as live requests on pooled connections do.
-    connector
-        .release_http_session(session, peer, peer.idle_timeout())
-        .await;
-    Ok(status)
-}
-
-/// `peer` without limits of its own on connecting, reading, writing and
-/// idling: the probe as a whole is bounded by `health.timeout` (tokio's
-/// timer). Pingora's connector and pool bound each step with their own
-/// timer, and its first use starts a clock thread that then wakes 100 times
-/// a second for the life of the process, into the request path's CPUs.
-fn unbounded(peer: &HttpPeer) -> HttpPeer {
-    let mut peer = peer.clone();
-    let options = &mut peer.options;
-    options.connection_timeout = None;
-    options.total_connection_timeout = None;
-    options.read_timeout = None;
-    options.write_timeout = None;
-    options.idle_timeout = None;
-    peer
+    session.respect_keepalive();
+    Ok((status, session.reuse().await))
 }
 
 /// `host` of a configured `host:port` (brackets removed from IPv6).
