@@ -44,9 +44,10 @@ struct Cli {
     /// different target.
     #[arg(long, default_value_t = 5)]
     reps: usize,
-    /// The client of the throughput runs: `lean` parses response heads in
-    /// place like wrk; `hyper` builds a header map for each response, which
-    /// charges a target for the fields its responses carry.
+    /// The client of the throughput and overhead runs: `lean` parses
+    /// response heads in place like wrk; `hyper` builds a header map for
+    /// each response, which charges a target for the fields its responses
+    /// carry.
     #[arg(long, value_enum, default_value = "lean")]
     client: scenarios::Client,
     /// Upper bound on requests in one run.
@@ -101,7 +102,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         "duration_s": cli.duration.as_secs_f64(), "connections": cli.connections, "reps": cli.reps,
         "swaps": cli.swaps, "rates": cli.rates,
         "load_generator": "edgeroute-bench, 1 thread, HTTP/1.1 keep-alive",
-        "throughput_client": format!("{:?}", cli.client).to_lowercase(),
+        "client": format!("{:?}", cli.client).to_lowercase(),
     }));
     let all = cli.scenario == Scenario::All;
     let want = |s: Scenario| all || cli.scenario == s;

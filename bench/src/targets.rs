@@ -127,13 +127,18 @@ fn proc_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Asked once: CPU times are read around every measured run, and asking
+/// starts a process.
 fn clock_ticks_per_second() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn spawn(name: &str, addr: SocketAddr, mut cmd: Command, log: &Path) -> anyhow::Result<Process> {
