@@ -8,8 +8,11 @@ use serde_json::{Value, json};
 /// One repetition's figures for one target.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Figures {
+    /// Successful requests per second.
     pub rps: f64,
     pub p99_us: f64,
+    /// Failed requests (transport failures, answers other than 2xx).
+    pub errors: u64,
 }
 
 /// edgeroute over the peer, repetition by repetition.
@@ -19,6 +22,8 @@ pub struct Comparison {
     pub rps: Vec<f64>,
     /// edgeroute's p99 over the peer's, per repetition.
     pub p99: Vec<f64>,
+    /// edgeroute's failed requests over the repetitions.
+    pub errors: u64,
 }
 
 impl Comparison {
@@ -30,6 +35,7 @@ impl Comparison {
         Self {
             rps: pairs().map(|(e, p)| ratio(e.rps, p.rps)).collect(),
             p99: pairs().map(|(e, p)| ratio(e.p99_us, p.p99_us)).collect(),
+            errors: pairs().map(|(e, _)| e.errors).sum(),
         }
     }
 
@@ -42,9 +48,13 @@ impl Comparison {
     }
 
     /// The target held in this run: over the repetitions, edgeroute's
-    /// throughput was at least the peer's and its p99 no higher.
+    /// throughput was at least the peer's and its p99 no higher, and none
+    /// of its requests failed.
     pub fn target_met(&self) -> bool {
-        !self.rps.is_empty() && self.rps_median() >= 1.0 && self.p99_median() <= 1.0
+        !self.rps.is_empty()
+            && self.errors == 0
+            && self.rps_median() >= 1.0
+            && self.p99_median() <= 1.0
     }
 
     /// One line for people: medians, then each repetition's spread.
@@ -65,6 +75,7 @@ impl Comparison {
             "per_repetition": self.rps,
             "p99_median_ratio": self.p99_median(),
             "p99_per_repetition": self.p99,
+            "errors": self.errors,
             "target_met": self.target_met(),
         })
     }
@@ -83,11 +94,27 @@ fn spread(v: &[f64]) -> String {
     }
 }
 
-/// The order in which repetition `rep` runs `n` targets: each repetition
-/// starts one place later, so no target always runs first or right after
-/// the same neighbour.
+/// The order in which repetition `rep` runs `n` targets: rows of a
+/// balanced Latin square (Williams). Over `n` repetitions (`2n` for an odd
+/// `n`) every target runs once in every place and right after every other
+/// target once, so neither a place nor a neighbour favours one of them.
 pub fn order(n: usize, rep: usize) -> impl Iterator<Item = usize> {
-    (0..n).map(move |i| (i + rep) % n)
+    // First row 0, 1, n-1, 2, n-2, ...; each row adds one.
+    let first = move |i: usize| {
+        if i == 0 {
+            0
+        } else if i % 2 == 1 {
+            i.div_ceil(2)
+        } else {
+            n - i / 2
+        }
+    };
+    let shift = rep % n.max(1);
+    let mirrored = n % 2 == 1 && (rep / n.max(1)) % 2 == 1;
+    (0..n).map(move |i| {
+        let i = if mirrored { n - 1 - i } else { i };
+        (first(i) + shift) % n
+    })
 }
 
 #[cfg(test)]
@@ -95,7 +122,11 @@ mod tests {
     use super::*;
 
     fn f(rps: f64, p99_us: f64) -> Figures {
-        Figures { rps, p99_us }
+        Figures {
+            rps,
+            p99_us,
+            errors: 0,
+        }
     }
 
     #[test]
@@ -123,6 +154,12 @@ mod tests {
         let slower = Comparison::of(&[f(99.0, 900.0), f(98.0, 900.0), f(130.0, 900.0)], &peer);
         assert!(!slower.target_met());
         assert!(!Comparison::of(&[], &[]).target_met());
+        // Faster and quicker, but some of its requests failed.
+        let failing = Figures {
+            errors: 1,
+            ..f(120.0, 900.0)
+        };
+        assert!(!Comparison::of(&[failing; 3], &peer).target_met());
     }
 
     #[test]
@@ -135,23 +172,44 @@ mod tests {
     }
 
     #[test]
-    fn every_target_takes_every_place_once_over_as_many_repetitions() {
-        let n = 4;
-        for place in 0..n {
-            let mut at_place: Vec<usize> = (0..n)
-                .map(|rep| order(n, rep).nth(place).unwrap())
-                .collect();
-            at_place.sort_unstable();
-            assert_eq!(at_place, (0..n).collect::<Vec<_>>());
-        }
-        for rep in 0..2 * n {
-            let mut all: Vec<usize> = order(n, rep).collect();
-            all.sort_unstable();
-            assert_eq!(
-                all,
-                (0..n).collect::<Vec<_>>(),
-                "repetition {rep} runs each once"
-            );
+    fn every_place_and_every_neighbour_comes_once_per_square() {
+        for n in 1..=6 {
+            let rows = if n % 2 == 1 { 2 * n } else { n };
+            let orders: Vec<Vec<usize>> = (0..rows).map(|rep| order(n, rep).collect()).collect();
+            for row in &orders {
+                let mut sorted = row.clone();
+                sorted.sort_unstable();
+                assert_eq!(
+                    sorted,
+                    (0..n).collect::<Vec<_>>(),
+                    "each target once: {row:?}"
+                );
+            }
+            let copies = rows / n;
+            for place in 0..n {
+                let mut count = vec![0; n];
+                for row in &orders {
+                    count[row[place]] += 1;
+                }
+                assert!(
+                    count.iter().all(|&c| c == copies),
+                    "n={n} place {place}: {count:?}"
+                );
+            }
+            if n > 1 {
+                let mut after = vec![vec![0; n]; n];
+                for row in &orders {
+                    for pair in row.windows(2) {
+                        after[pair[0]][pair[1]] += 1;
+                    }
+                }
+                for (a, row) in after.iter().enumerate() {
+                    for (b, &c) in row.iter().enumerate() {
+                        let want = if a == b { 0 } else { copies };
+                        assert_eq!(c, want, "n={n}: {b} right after {a}");
+                    }
+                }
+            }
         }
     }
 }

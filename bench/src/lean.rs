@@ -61,7 +61,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         self.stream.write_all(request).await?;
         loop {
             let (status, framing, keep) = self.head().await?;
-            if (100..200).contains(&status) && status != 101 {
+            if status == 101 {
+                // The connection now speaks another protocol: no body to
+                // read, and no next request on it.
+                return Ok(Answer {
+                    status,
+                    reusable: false,
+                });
+            }
+            if (100..200).contains(&status) {
                 continue;
             }
             let framing = if status == 204 || status == 304 {
@@ -80,7 +88,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             }
             return Ok(Answer {
                 status,
-                reusable: keep && framing != Framing::Close && status != 101,
+                reusable: keep && framing != Framing::Close,
             });
         }
     }
@@ -206,17 +214,20 @@ fn invalid(what: &str) -> io::Error {
 /// §9.3), from a response's fields.
 fn framing(fields: &[httparse::Header<'_>], http10: bool) -> io::Result<(Framing, bool)> {
     let mut framing = Framing::Close;
+    let mut coded = false;
     let mut keep = !http10;
     for f in fields {
         let value = std::str::from_utf8(f.value).unwrap_or("");
         if f.name.eq_ignore_ascii_case("transfer-encoding") {
+            // It frames the body whatever Content-Length says (RFC 9112 §6.3).
+            coded = true;
             let last = value.rsplit(',').next().unwrap_or("").trim();
             framing = if last.eq_ignore_ascii_case("chunked") {
                 Framing::Chunked
             } else {
                 Framing::Close
             };
-        } else if f.name.eq_ignore_ascii_case("content-length") && framing != Framing::Chunked {
+        } else if f.name.eq_ignore_ascii_case("content-length") && !coded {
             let n = value
                 .trim()
                 .parse()
@@ -302,6 +313,43 @@ mod tests {
             answer(reply, reply.len()).await.unwrap(),
             Answer {
                 status: 503,
+                reusable: false
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn transfer_encoding_frames_the_body_whatever_content_length_says() {
+        let reply: &[u8] = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 99\r\n\r\n2\r\nok\r\n0\r\n\r\n";
+        assert_eq!(
+            answer(reply, 3).await.unwrap(),
+            Answer {
+                status: 200,
+                reusable: true
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_switch_of_protocols_ends_the_exchange_and_the_connection() {
+        // No body framing and the server keeps the connection: the answer
+        // must not wait for its end.
+        let (client, mut server) = duplex(256);
+        tokio::spawn(async move {
+            let mut req = [0u8; 64];
+            let _ = server.read(&mut req).await.unwrap();
+            server
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+            drop(server);
+        });
+        let mut conn = Conn::new(client);
+        assert_eq!(
+            conn.exchange(&get("/", "h")).await.unwrap(),
+            Answer {
+                status: 101,
                 reusable: false
             }
         );

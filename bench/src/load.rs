@@ -14,7 +14,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Builds the n-th request of a connection.
@@ -30,8 +29,9 @@ pub struct LoadResult {
     pub elapsed: Duration,
     /// Latency in microseconds.
     pub latency: Histogram<u64>,
-    /// Open loop only: how late the pacer released each request after its
-    /// due time, in microseconds (the load generator's own lateness).
+    /// Open loop only: how late requests went out after their due time on
+    /// connections that were idle then, in microseconds (the load
+    /// generator's own lateness).
     pub late: Histogram<u64>,
 }
 
@@ -50,10 +50,25 @@ impl LoadResult {
         self.requests += other.requests;
         self.errors += other.errors;
         self.latency.add(&other.latency).ok();
+        self.late.add(&other.late).ok();
+    }
+
+    /// One request's outcome, its latency counted from `since`.
+    fn record(&mut self, since: Instant, ok: bool) {
+        self.latency
+            .record(since.elapsed().as_micros().max(1) as u64)
+            .ok();
+        self.requests += 1;
+        self.errors += u64::from(!ok);
     }
 
     pub fn rps(&self) -> f64 {
         self.requests as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// Successful requests per second.
+    pub fn ok_rps(&self) -> f64 {
+        (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
     pub fn percentile_us(&self, q: f64) -> u64 {
@@ -237,6 +252,7 @@ async fn closed_loop<E: Exchange>(
 ) -> anyhow::Result<LoadResult> {
     let start = Instant::now();
     let deadline = start + duration;
+    let hard = deadline + grace(duration);
     let per_conn = max_requests.div_ceil(clients.len().max(1) as u64);
     let mut tasks = Vec::with_capacity(clients.len());
     for mut client in clients {
@@ -245,10 +261,11 @@ async fn closed_loop<E: Exchange>(
             let mut n = 0;
             while n < per_conn && Instant::now() < deadline {
                 let t = Instant::now();
-                let ok = client.exchange(n).await;
-                r.latency.record(t.elapsed().as_micros().max(1) as u64).ok();
-                r.requests += 1;
-                r.errors += u64::from(!ok);
+                let ok = bounded(hard, client.exchange(n)).await;
+                r.record(t, ok.unwrap_or(false));
+                if ok.is_none() {
+                    break;
+                }
                 n += 1;
             }
             r
@@ -260,6 +277,17 @@ async fn closed_loop<E: Exchange>(
     }
     total.elapsed = start.elapsed();
     Ok(total)
+}
+
+/// How long past its planned end a run may go before whatever is still in
+/// flight counts as failed: a stalled target does not stall the suite.
+fn grace(duration: Duration) -> Duration {
+    duration + Duration::from_secs(5)
+}
+
+/// `exchange`, or `None` if it has not finished by `hard`.
+async fn bounded(hard: Instant, exchange: impl Future<Output = bool>) -> Option<bool> {
+    tokio::time::timeout_at(hard.into(), exchange).await.ok()
 }
 
 /// Sends `rate` requests per second over `conns` hyper connections for
@@ -292,8 +320,11 @@ pub async fn open_lean(
 /// counts (coordinated omission). The due times come from a thread of
 /// their own sleeping with the system's timer: the runtime's timer ticks
 /// in milliseconds, which would add up to a millisecond of the load
-/// generator's own lateness to every latency. How late the pacer itself
-/// released each request is kept in [`LoadResult::late`].
+/// generator's own lateness to every latency. How late a request went out
+/// on a connection that was idle at its due time (the pacer's, the
+/// hand-over's and this thread's lateness, none of it the target's) is
+/// kept in [`LoadResult::late`]. Past the run's grace, requests in flight
+/// and those not sent count as failed, with their wait so far.
 async fn open_loop<E: Exchange>(
     clients: Vec<E>,
     rate: u64,
@@ -301,74 +332,63 @@ async fn open_loop<E: Exchange>(
 ) -> anyhow::Result<LoadResult> {
     let conns = clients.len().max(1);
     let start = Instant::now() + Duration::from_millis(50);
+    let hard = start + duration + grace(duration);
     let total_requests = (rate as f64 * duration.as_secs_f64()) as u64;
-    let hard_stop = Arc::new(AtomicBool::new(false));
     let mut senders = Vec::with_capacity(conns);
     let mut tasks = Vec::with_capacity(conns);
     for mut client in clients {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
         senders.push(tx);
-        let hard_stop = Arc::clone(&hard_stop);
         tasks.push(tokio::spawn(async move {
             let mut r = LoadResult::empty();
             let mut n = 0;
+            let mut idle_since = Instant::now();
+            let mut stalled = false;
             while let Some(due) = rx.recv().await {
-                if hard_stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let ok = client.exchange(n).await;
-                r.latency
-                    .record(due.elapsed().as_micros().max(1) as u64)
-                    .ok();
-                r.requests += 1;
-                r.errors += u64::from(!ok);
+                let ok = if stalled {
+                    Some(false)
+                } else {
+                    let now = Instant::now();
+                    if idle_since <= due {
+                        r.late
+                            .record(now.duration_since(due).as_micros() as u64)
+                            .ok();
+                    }
+                    bounded(hard, client.exchange(n)).await
+                };
+                stalled |= ok.is_none();
+                r.record(due, ok.unwrap_or(false));
+                idle_since = Instant::now();
                 n += 1;
             }
             r
         }));
     }
-    let pacer = {
-        let hard_stop = Arc::clone(&hard_stop);
-        std::thread::Builder::new()
-            .name("bench-pacer".into())
-            .spawn(move || {
-                // Sleeps end up to 50 µs late by default (the timer slack);
-                // ask for none, best effort.
-                nix::sys::prctl::set_timerslack(1).ok();
-                let mut late = LoadResult::empty().latency;
-                for i in 0..total_requests {
-                    if hard_stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    late.record(due.elapsed().as_micros() as u64).ok();
-                    if senders[(i % conns as u64) as usize].send(due).is_err() {
-                        break;
-                    }
+    let pacer = std::thread::Builder::new()
+        .name("bench-pacer".into())
+        .spawn(move || {
+            // Sleeps end up to 50 µs late by default (the timer slack);
+            // ask for none, best effort.
+            nix::sys::prctl::set_timerslack(1).ok();
+            for i in 0..total_requests {
+                let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+                if due < hard
+                    && let Some(wait) = due.checked_duration_since(Instant::now())
+                {
+                    std::thread::sleep(wait);
                 }
-                // The senders go here: each connection ends with its queue.
-                late
-            })?
-    };
-    // Bound the run even if the target stalls: twice the planned time.
-    let limit = duration * 2 + Duration::from_secs(5);
-    let stopper = {
-        let hard_stop = Arc::clone(&hard_stop);
-        tokio::spawn(async move {
-            tokio::time::sleep(limit).await;
-            hard_stop.store(true, Ordering::Relaxed);
-        })
-    };
+                if senders[(i % conns as u64) as usize].send(due).is_err() {
+                    break;
+                }
+            }
+            // The senders go here: each connection ends with its queue.
+        })?;
     let mut total = LoadResult::empty();
     for t in tasks {
         total.merge(&t.await?);
     }
-    stopper.abort();
     total.elapsed = start.elapsed();
-    total.late = pacer
+    pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the load generator's pacer thread panicked"))?;
     Ok(total)
@@ -415,7 +435,48 @@ mod tests {
         assert_eq!(r.requests, 300, "2000 per second for 150 ms");
         assert_eq!(r.errors, 0);
         assert_eq!(r.latency.len(), 300);
-        assert_eq!(r.late.len(), 300, "the pacer's lateness of each one");
+        let late = r.late.len();
+        assert!(late > 0 && late <= 300, "lateness of {late} requests");
+    }
+
+    /// A server that takes connections and never answers.
+    async fn silent_server() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((conn, _)) = listener.accept().await {
+                held.push(conn);
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_target_that_stalls_ends_both_loops_with_every_request_failed() {
+        let addr = silent_server().await;
+        let request: Arc<[u8]> = lean::get("/", "bench").into();
+        let (open, closed) = tokio::join!(
+            open_lean(
+                addr,
+                100,
+                2,
+                Duration::from_millis(100),
+                Arc::clone(&request)
+            ),
+            closed_lean(addr, 2, Duration::from_millis(100), 1000, request),
+        );
+        let (open, closed) = (open.unwrap(), closed.unwrap());
+        assert_eq!(
+            (open.requests, open.errors),
+            (10, 10),
+            "all planned, all failed"
+        );
+        assert_eq!(
+            (closed.requests, closed.errors),
+            (2, 2),
+            "one stuck per connection"
+        );
     }
 
     #[tokio::test]

@@ -38,11 +38,12 @@ struct Cli {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: Duration,
     /// Concurrent connections of the closed-loop load.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one)]
     connections: usize,
-    /// Interleaved repetitions per target (throughput); each starts with a
-    /// different target.
-    #[arg(long, default_value_t = 5)]
+    /// Interleaved repetitions per target (throughput), in the orders of a
+    /// balanced Latin square: a multiple of the number of targets (twice it
+    /// if odd) gives each the same places and neighbours.
+    #[arg(long, default_value_t = 8, value_parser = at_least_one)]
     reps: usize,
     /// The client of the throughput and overhead runs: `lean` parses
     /// response heads in place like wrk; `hyper` builds a header map for
@@ -65,6 +66,15 @@ struct Cli {
     /// Where to write the JSON results.
     #[arg(long, default_value = "bench-results.json")]
     json: PathBuf,
+}
+
+/// A count that must not be zero.
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn main() -> ExitCode {

@@ -241,7 +241,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     }
     report::table(
         &format!(
-            "throughput — {} connections, {:?} x {} interleaved runs, each starting one target later, medians (CPU is the target's, for direct the backend's)",
+            "throughput — {} connections, {:?} x {} interleaved runs in balanced orders, medians (CPU is the target's, for direct the backend's)",
             s.connections, s.duration, s.reps
         ),
         &[
@@ -262,8 +262,9 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
         runs[name]
             .iter()
             .map(|r| Figures {
-                rps: r.load.rps(),
+                rps: r.load.ok_rps(),
                 p99_us: r.load.percentile_us(0.99) as f64,
+                errors: r.load.errors,
             })
             .collect()
     };
