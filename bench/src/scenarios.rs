@@ -322,7 +322,7 @@ pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
     }
     report::table(
         &format!(
-            "overhead — open loop, latency from each request's due time, {:?} per rate (load gen. late: how late the pacer released requests)",
+            "overhead — open loop, latency from each request's due time, {:?} per rate (load gen. late: how late requests went out on connections idle at their due time)",
             s.duration
         ),
         &[
