@@ -51,7 +51,27 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 .into_bytes(),
         ),
     };
-    let state = Arc::new(AppState::new(config, topology, admin_token));
+    // Pingora's defaults are fixed /tmp paths: two proxies on a host would collide.
+    let run_file = |ext: &str| {
+        std::env::temp_dir()
+            .join(format!("edgeroute-proxy-{}.{ext}", std::process::id()))
+            .display()
+            .to_string()
+    };
+    let conf = ServerConf {
+        threads: config.runtime.threads,
+        work_stealing: config.runtime.work_stealing,
+        // Pingora waits this long after SIGTERM; `exit_when_drained` exits
+        // sooner once nothing is in flight.
+        grace_period_seconds: Some(config.shutdown.grace_period.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
+        pid_file: run_file("pid"),
+        upgrade_sock: run_file("sock"),
+        ..ServerConf::default()
+    };
+    // Upstream TLS trusts what Pingora's connector trusts by default.
+    let connector = TransportConnector::new(Some(ConnectorOptions::from_server_conf(&conf)));
+    let state = Arc::new(AppState::new(config, topology, admin_token, connector));
     let cfg = &state.config;
 
     // A file table must be good at start-up; a control-plane table arrives
@@ -161,40 +181,13 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         async move { lifecycle.wait_listening(addrs).await }
     });
 
-    // Pingora's defaults are fixed /tmp paths: two proxies on a host would collide.
-    let run_file = |ext: &str| {
-        std::env::temp_dir()
-            .join(format!("edgeroute-proxy-{}.{ext}", std::process::id()))
-            .display()
-            .to_string()
-    };
-    let conf = ServerConf {
-        threads: cfg.runtime.threads,
-        work_stealing: cfg.runtime.work_stealing,
-        // Pingora waits this long after SIGTERM; `exit_when_drained` exits
-        // sooner once nothing is in flight.
-        grace_period_seconds: Some(cfg.shutdown.grace_period.as_secs().max(1)),
-        graceful_shutdown_timeout_seconds: Some(1),
-        pid_file: run_file("pid"),
-        upgrade_sock: run_file("sock"),
-        ..ServerConf::default()
-    };
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    // Upstream TLS trusts what Pingora's connector trusts by default. One
-    // connector for every service: building one loads the platform's CAs.
-    let connector = Arc::new(TransportConnector::new(Some(
-        ConnectorOptions::from_server_conf(&server.configuration),
-    )));
     let edge_server = |h2c: bool| {
         let mut options = HttpServerOptions::default();
         options.h2c = h2c;
-        EdgeServer::new(EdgeProxy::new(
-            Arc::clone(&state),
-            options,
-            Arc::clone(&connector),
-        ))
+        EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options))
     };
     if !plain.is_empty() {
         let service = PlainListeners::new("edgeroute plain", edge_server(false), plain);

@@ -26,7 +26,6 @@ use http::HeaderValue;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
-use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
@@ -39,21 +38,11 @@ type BError = Box<Error>;
 pub struct EdgeProxy {
     state: Arc<AppState>,
     options: HttpServerOptions,
-    /// For TLS backends; one for every listener's service.
-    connector: Arc<TransportConnector>,
 }
 
 impl EdgeProxy {
-    pub fn new(
-        state: Arc<AppState>,
-        options: HttpServerOptions,
-        connector: Arc<TransportConnector>,
-    ) -> Self {
-        EdgeProxy {
-            state,
-            options,
-            connector,
-        }
+    pub fn new(state: Arc<AppState>, options: HttpServerOptions) -> Self {
+        EdgeProxy { state, options }
     }
 }
 
@@ -542,7 +531,7 @@ impl EdgeProxy {
         let on_pooled = pooled.is_some();
         let conn = match pooled {
             Some(conn) => conn,
-            None => match connect::connect(&self.connector, peer).await {
+            None => match connect::connect(&self.state.connector, peer).await {
                 Ok(stream) => {
                     // Latency is the backend's answer time, not the handshake.
                     sent_at = Instant::now();

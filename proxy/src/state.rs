@@ -7,6 +7,7 @@ use crate::snapshot::{Router, Snapshot};
 use crate::topology::Topology;
 use edgeroute_config::RouteTarget;
 use edgeroute_config::{Admission, ProxyConfig, Rejection, RoutingTable};
+use pingora_core::connectors::TransportConnector;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -30,10 +31,18 @@ pub struct AppState {
     pub table_changed: tokio::sync::Notify,
     /// `table.hold_writes_after`, in milliseconds.
     hold_writes_after_ms: Option<u64>,
+    /// Connects to backends, for requests and probes alike. One for the
+    /// process: building one loads the platform's CAs.
+    pub connector: TransportConnector,
 }
 
 impl AppState {
-    pub fn new(config: ProxyConfig, topology: Topology, admin_token: Option<Vec<u8>>) -> Self {
+    pub fn new(
+        config: ProxyConfig,
+        topology: Topology,
+        admin_token: Option<Vec<u8>>,
+        connector: TransportConnector,
+    ) -> Self {
         let metrics = Metrics::new();
         let names: Vec<&str> = topology.region_names().collect();
         let request_metrics = RequestMetrics::new(&metrics, &names);
@@ -56,6 +65,7 @@ impl AppState {
             table_confirmed_ms: AtomicU64::new(0),
             swap: Mutex::new(()),
             table_changed: tokio::sync::Notify::new(),
+            connector,
         }
     }
 

@@ -35,7 +35,6 @@ pub fn spawn(state: Arc<AppState>, backend: Arc<Backend>) {
 
 async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
     let health = &state.config.health;
-    let connector = TransportConnector::new(None);
     // The connection of the last probe, kept for the next one (so a probe
     // measures one round trip, as live requests on pooled connections do),
     // and since when. It closes when the backend is retired.
@@ -58,7 +57,7 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
             .map(|(stream, _)| stream);
         let outcome = tokio::time::timeout(
             health.timeout,
-            probe(&connector, &backend, &health.path, &host, reusable),
+            probe(&state.connector, &backend, &health.path, &host, reusable),
         )
         .await
         .map(|done| {
