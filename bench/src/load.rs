@@ -11,6 +11,7 @@ use hdrhistogram::Histogram;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,14 +36,19 @@ pub struct LoadResult {
     pub late: Histogram<u64>,
 }
 
+/// A histogram of microseconds, up to a minute.
+fn micros() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds")
+}
+
 impl LoadResult {
     fn empty() -> Self {
         LoadResult {
             requests: 0,
             errors: 0,
             elapsed: Duration::ZERO,
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
-            late: Histogram::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+            latency: micros(),
+            late: micros(),
         }
     }
 
@@ -85,63 +91,53 @@ pub fn get(path: &'static str) -> MakeRequest {
     })
 }
 
-struct Conn {
-    sender: hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
-}
-
-async fn connect(addr: SocketAddr) -> anyhow::Result<Conn> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        // The connection ends when the sender is dropped or the peer closes.
-        conn.await.ok();
-    });
-    Ok(Conn { sender })
-}
-
-/// Sends one request on `conn`, reconnecting once if the connection died.
-async fn exchange(
-    conn: &mut Conn,
-    addr: SocketAddr,
-    req: Request<Empty<Bytes>>,
-    on_response: &Option<OnResponse>,
-) -> bool {
-    if conn.sender.ready().await.is_err() {
-        match connect(addr).await {
-            Ok(c) => *conn = c,
-            Err(_) => return false,
-        }
-    }
-    match conn.sender.send_request(req).await {
-        Ok(resp) => {
-            if let Some(f) = on_response {
-                f(&resp);
-            }
-            let ok = resp.status().is_success();
-            ok & resp.into_body().collect().await.is_ok()
-        }
-        Err(_) => false,
-    }
-}
-
-/// One connection of a closed-loop load.
+/// One connection of a load.
 trait Exchange: Send + 'static {
     /// Sends the `n`-th request and reads its answer: whether it was a
     /// success.
     fn exchange(&mut self, n: u64) -> impl Future<Output = bool> + Send;
 }
 
+/// hyper's client: a connection that died is opened again for the next
+/// request.
 struct HyperClient {
-    conn: Conn,
+    sender: SendRequest<Empty<Bytes>>,
     addr: SocketAddr,
     make: MakeRequest,
     on_response: Option<OnResponse>,
 }
 
+impl HyperClient {
+    async fn connect(addr: SocketAddr) -> anyhow::Result<SendRequest<Empty<Bytes>>> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(async move {
+            // The connection ends when the sender is dropped or the peer closes.
+            conn.await.ok();
+        });
+        Ok(sender)
+    }
+}
+
 impl Exchange for HyperClient {
     async fn exchange(&mut self, n: u64) -> bool {
-        exchange(&mut self.conn, self.addr, (self.make)(n), &self.on_response).await
+        if self.sender.ready().await.is_err() {
+            match Self::connect(self.addr).await {
+                Ok(sender) => self.sender = sender,
+                Err(_) => return false,
+            }
+        }
+        match self.sender.send_request((self.make)(n)).await {
+            Ok(resp) => {
+                if let Some(f) = &self.on_response {
+                    f(&resp);
+                }
+                let ok = resp.status().is_success();
+                ok & resp.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -194,7 +190,7 @@ async fn hyper_clients(
     let mut clients = Vec::with_capacity(conns);
     for _ in 0..conns {
         clients.push(HyperClient {
-            conn: connect(addr).await?,
+            sender: HyperClient::connect(addr).await?,
             addr,
             make: Arc::clone(&make),
             on_response: on_response.clone(),
@@ -271,6 +267,14 @@ async fn closed_loop<E: Exchange>(
             r
         }));
     }
+    gather(tasks, start).await
+}
+
+/// The connections' results as one, over the time since `start`.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<LoadResult>>,
+    start: Instant,
+) -> anyhow::Result<LoadResult> {
     let mut total = LoadResult::empty();
     for t in tasks {
         total.merge(&t.await?);
@@ -383,11 +387,7 @@ async fn open_loop<E: Exchange>(
             }
             // The senders go here: each connection ends with its queue.
         })?;
-    let mut total = LoadResult::empty();
-    for t in tasks {
-        total.merge(&t.await?);
-    }
-    total.elapsed = start.elapsed();
+    let total = gather(tasks, start).await?;
     pacer
         .join()
         .map_err(|_| anyhow::anyhow!("the load generator's pacer thread panicked"))?;

@@ -111,7 +111,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     results.insert("settings".into(), serde_json::json!({
         "duration_s": cli.duration.as_secs_f64(), "connections": cli.connections, "reps": cli.reps,
         "swaps": cli.swaps, "rates": cli.rates,
-        "load_generator": "edgeroute-bench, 1 thread, HTTP/1.1 keep-alive",
+        "load_generator": "edgeroute-bench, 1 thread (and a pacer thread for the open loop), HTTP/1.1 keep-alive",
         "client": format!("{:?}", cli.client).to_lowercase(),
     }));
     let all = cli.scenario == Scenario::All;
