@@ -9,6 +9,8 @@
 //! know (an allocation and a hash each), which would charge a target for
 //! the fields its responses carry rather than for its own work.
 
+use edgeroute_proxy::h1::{ConnectionOptions, list_items};
+use http::Version;
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -211,17 +213,17 @@ fn invalid(what: &str) -> io::Error {
 }
 
 /// The body's framing and whether the connection stays open (RFC 9112 §6.3,
-/// §9.3), from a response's fields.
+/// §9.3, the proxy's own rule for the latter), from a response's fields.
 fn framing(fields: &[httparse::Header<'_>], http10: bool) -> io::Result<(Framing, bool)> {
     let mut framing = Framing::Close;
     let mut coded = false;
-    let mut keep = !http10;
+    let mut options = ConnectionOptions::default();
     for f in fields {
         let value = std::str::from_utf8(f.value).unwrap_or("");
         if f.name.eq_ignore_ascii_case("transfer-encoding") {
             // It frames the body whatever Content-Length says (RFC 9112 §6.3).
             coded = true;
-            let last = value.rsplit(',').next().unwrap_or("").trim();
+            let last = list_items(value).last().unwrap_or("");
             framing = if last.eq_ignore_ascii_case("chunked") {
                 Framing::Chunked
             } else {
@@ -234,16 +236,15 @@ fn framing(fields: &[httparse::Header<'_>], http10: bool) -> io::Result<(Framing
                 .map_err(|_| invalid(&format!("a Content-Length of {value:?}")))?;
             framing = Framing::Length(n);
         } else if f.name.eq_ignore_ascii_case("connection") {
-            for token in value.split(',').map(str::trim) {
-                if token.eq_ignore_ascii_case("close") {
-                    keep = false;
-                } else if token.eq_ignore_ascii_case("keep-alive") {
-                    keep = true;
-                }
-            }
+            options.read(f.value);
         }
     }
-    Ok((framing, keep))
+    let version = if http10 {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    Ok((framing, options.persist(version)))
 }
 
 #[cfg(test)]
@@ -353,6 +354,35 @@ mod tests {
                 reusable: false
             }
         );
+    }
+
+    #[tokio::test]
+    async fn the_connection_is_kept_as_its_options_and_version_say() {
+        for (reply, reusable) in [
+            (
+                &b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok"[..],
+                true,
+            ),
+            (b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close, keep-alive\r\n\r\nok",
+                false,
+            ),
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: Upgrade\r\n\r\nok",
+                true,
+            ),
+        ] {
+            assert_eq!(
+                answer(reply, reply.len()).await.unwrap(),
+                Answer {
+                    status: 200,
+                    reusable
+                },
+                "{:?}",
+                String::from_utf8_lossy(reply)
+            );
+        }
     }
 
     #[tokio::test]

@@ -465,14 +465,14 @@ impl<'t> Connection<'t> {
 
 /// What a message's `Connection` fields ask of its connection.
 #[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct ConnectionOptions {
+pub struct ConnectionOptions {
     close: bool,
     keep_alive: bool,
 }
 
 impl ConnectionOptions {
     /// Takes in the options of one `Connection` value.
-    pub(crate) fn read(&mut self, value: &[u8]) {
+    pub fn read(&mut self, value: &[u8]) {
         // Nearly every value is one bare option: no list to split.
         if self.take(value) {
             return;
@@ -504,7 +504,7 @@ impl ConnectionOptions {
     /// Whether the connection stays open after a message of `version`
     /// (RFC 9112 §9.3): with HTTP/1.1 unless it says `close`, with
     /// HTTP/1.0 only if it says `keep-alive`.
-    pub(crate) fn persist(self, version: Version) -> bool {
+    pub fn persist(self, version: Version) -> bool {
         !self.close && (version != Version::HTTP_10 || self.keep_alive)
     }
 }
