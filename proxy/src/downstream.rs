@@ -212,6 +212,13 @@ impl Session {
             self.buf.advance(blank);
             self.head_scan = 0;
         }
+        if let Some(whole) = h1::quick_head(&mut self.buf, self.head_scan) {
+            let len = self.parse(&whole)?;
+            h1::after_quick(&mut self.buf, whole, len);
+            if len.is_some() {
+                return self.frame_request().map(|()| true);
+            }
+        }
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
         let Some(end) = h1::head_end(&self.buf, from).filter(|end| *end <= MAX_HEAD) else {
@@ -235,11 +242,17 @@ impl Session {
                 ));
             }
         }
+        self.frame_request()?;
+        Ok(true)
+    }
+
+    /// The body's framing and the connection's fate, from the head just read.
+    fn frame_request(&mut self) -> Result<(), BError> {
         let (body, keepalive) = request_framing(self.req.version, &mut self.fields)?;
         self.body = body;
         self.body_empty = body == Body::Done;
         self.keepalive = keepalive;
-        Ok(true)
+        Ok(())
     }
 
     /// Fills the request from the head in `data`; its length, or `None`

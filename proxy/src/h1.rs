@@ -319,6 +319,13 @@ impl<'t> Connection<'t> {
     /// bytes are searched for the head's end only once each, and parsed
     /// only when it is there.
     fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
+        if let Some(whole) = quick_head(&mut self.buf, self.head_scan) {
+            let parsed = parse_head(&whole)?;
+            after_quick(&mut self.buf, whole, parsed.as_ref().map(|p| p.2));
+            if let Some((head, version, _)) = parsed {
+                return Ok(Some((head, version)));
+            }
+        }
         let from = self.head_scan.saturating_sub(2);
         self.head_scan = self.buf.len();
         let Some(end) = head_end(&self.buf, from).filter(|end| *end <= MAX_HEAD) else {
@@ -881,6 +888,33 @@ fn length_of<'a>(values: impl Iterator<Item = &'a [u8]>) -> Result<Option<(u64, 
         }
     }
     Ok(length.map(|n| (n, clean)))
+}
+
+/// A read at most this long that starts a head is parsed at once: the
+/// parser finds the empty line that ends a whole head, so nothing searches
+/// for it first. A longer read, or a head that comes in pieces, is searched
+/// as it arrives ([`head_end`]) and parsed once, when whole.
+pub(crate) const QUICK_HEAD: usize = 4 * 1024;
+
+/// All of `buf`, frozen, if it is a short first read of a head
+/// ([`QUICK_HEAD`]) to parse at once; hand it back with [`after_quick`].
+pub(crate) fn quick_head(buf: &mut BytesMut, scanned: usize) -> Option<Bytes> {
+    (scanned == 0 && !buf.is_empty() && buf.len() <= QUICK_HEAD).then(|| buf.split().freeze())
+}
+
+/// Hands back the bytes [`quick_head`] took: those after a head of `len`
+/// bytes (the body's start, or the next head), or all of them if they held
+/// no whole head (`None`).
+pub(crate) fn after_quick(buf: &mut BytesMut, whole: Bytes, len: Option<usize>) {
+    match len {
+        Some(len) => buf.extend_from_slice(&whole[len..]),
+        None => {
+            // Without the empty remainder of `buf`, `whole` is the buffer's
+            // only handle and becomes it again, with no copy.
+            drop(std::mem::take(buf));
+            *buf = BytesMut::from(whole);
+        }
+    }
 }
 
 /// Where the head at the start of `bytes` ends: just past the empty line
@@ -1495,6 +1529,37 @@ mod tests {
             from in 0usize..45,
         ) {
             prop_assert_eq!(head_end(&bytes, from), head_end_by_lines(&bytes, from));
+        }
+
+        /// A head parsed at once ([`QUICK_HEAD`]) ends where the search for
+        /// its empty line finds the end: the parser takes no more and no
+        /// less than a head, for requests as for responses.
+        #[test]
+        fn a_head_parsed_at_once_ends_at_its_first_empty_line(
+            response in any::<bool>(),
+            rest in proptest::collection::vec(prop_oneof![
+                Just("\r"), Just("\n"), Just("\r\n"), Just("a"), Just(":"),
+                Just(" "), Just("\t"), Just("X-A: 1"), Just("\r\n\r\n"),
+            ], 0..24),
+        ) {
+            let start: &[u8] = if response { b"HTTP/1.1 200 OK\r\n" } else { b"GET / HTTP/1.1\r\n" };
+            let bytes = Bytes::from([start, rest.concat().as_bytes()].concat());
+            let parsed = if response {
+                parse_head(&bytes).ok().flatten().map(|(_, _, len)| len)
+            } else {
+                // The request side's parser, as `downstream::Session` sets it.
+                let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
+                let mut req = httparse::Request::new(&mut []);
+                match httparse::ParserConfig::default()
+                    .parse_request_with_uninit_headers(&mut req, &bytes, &mut slots)
+                {
+                    Ok(httparse::Status::Complete(len)) => Some(len),
+                    _ => None,
+                }
+            };
+            if let Some(len) = parsed {
+                prop_assert_eq!(head_end(&bytes, 0), Some(len));
+            }
         }
     }
 
