@@ -18,6 +18,7 @@ pub mod listen;
 pub mod logging;
 pub mod metrics;
 pub mod respond;
+pub mod rng;
 pub mod route;
 pub mod server;
 pub mod service;

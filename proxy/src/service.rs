@@ -14,6 +14,7 @@ use crate::h1;
 use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
+use crate::rng;
 use crate::route::{Plan, Refusal, RouteClass, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
@@ -30,6 +31,7 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
+use rand::Rng;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -92,10 +94,10 @@ impl Failure {
     }
 }
 
-/// A random (version 4) UUID from the thread's fast generator: no system
-/// call per request.
+/// A random (version 4) UUID from the thread's fast generator ([`rng`]).
 fn new_request_id() -> HeaderValue {
-    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let bits: u128 = rng::with(|r| r.random());
+    let id = uuid::Builder::from_random_bytes(bits.to_le_bytes()).into_uuid();
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     HeaderValue::from_bytes(id.hyphenated().encode_lower(&mut buf).as_bytes())
         .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
@@ -452,20 +454,15 @@ impl EdgeProxy {
                 "no routing snapshot for this request",
             )
         })?;
-        let mut rng = rand::rng();
         loop {
             let region = ctx
                 .region
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no region chosen"))?;
             let backends = topo.regions[region].backends();
             let panic_threshold = self.state.config.health.panic_threshold;
-            if let Some(pick) = pick_backend(
-                &backends,
-                ctx.tried_backends,
-                panic_threshold,
-                now,
-                &mut rng,
-            ) {
+            let pick =
+                rng::with(|r| pick_backend(&backends, ctx.tried_backends, panic_threshold, now, r));
+            if let Some(pick) = pick {
                 if pick.panic {
                     self.state
                         .metrics
@@ -869,4 +866,24 @@ async fn carry(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn new_request_ids_are_distinct_version_4_uuids() {
+        let ids: HashSet<String> = (0..1000)
+            .map(|_| new_request_id().to_str().expect("text").to_owned())
+            .collect();
+        assert_eq!(ids.len(), 1000, "an id came twice");
+        for id in &ids {
+            let uuid = uuid::Uuid::parse_str(id).expect("a UUID");
+            assert_eq!(uuid.get_version_num(), 4, "{id}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122, "{id}");
+            assert_eq!(id, &uuid.hyphenated().to_string(), "lower-case, hyphenated");
+        }
+    }
 }
