@@ -111,7 +111,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             let outcome = match state.router.load() {
                 None => Err("no_routing_table"),
                 Some(s) => state
-                    .choose_region(&s, target, 0)
+                    .choose_region(&s, target, 0, std::time::Instant::now())
                     .map(|r| &*state.topology.regions[r].name)
                     .map_err(|e| e.code()),
             };

@@ -402,7 +402,10 @@ impl EdgeProxy {
         let Some(snapshot) = self.state.router.load() else {
             return Some(ErrorReply::Refused(Refusal::NoTable));
         };
-        let decision = self.state.choose_region(&snapshot, ctx.plan.target, 0);
+        // The request's clock: ejection windows are seconds long.
+        let decision = self
+            .state
+            .choose_region(&snapshot, ctx.plan.target, 0, ctx.started);
         ctx.snapshot = Some(snapshot);
         match decision {
             Ok(region) => {
@@ -481,7 +484,7 @@ impl EdgeProxy {
             let next = (ctx.plan.target == RouteTarget::Nearest)
                 .then(|| {
                     self.state
-                        .choose_region(&snapshot, RouteTarget::Nearest, ctx.excluded_regions)
+                        .choose_region(&snapshot, RouteTarget::Nearest, ctx.excluded_regions, now)
                         .ok()
                 })
                 .flatten();

@@ -158,15 +158,16 @@ impl AppState {
         tracing::warn!(source, error = %error, "cannot read the routing table; keeping the table in force");
     }
 
-    /// [`route::choose_region`] with this proxy's live backend state: which
-    /// regions have a backend in rotation, and their measured latency.
+    /// [`route::choose_region`] with this proxy's live backend state at
+    /// `now`: which regions have a backend in rotation, and their measured
+    /// latency.
     pub fn choose_region(
         &self,
         snapshot: &Snapshot,
         target: RouteTarget,
         excluded: u64,
+        now: Instant,
     ) -> Result<usize, Refusal> {
-        let now = Instant::now();
         let regions = &self.topology.regions;
         route::choose_region(
             snapshot,
