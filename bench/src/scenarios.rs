@@ -5,7 +5,7 @@ use crate::lean;
 use crate::load::{self, LoadResult, MakeRequest, OnResponse};
 use crate::origin::{self, WriteLog};
 use crate::report::{self, median, progress};
-use crate::targets::{self, Edgeroute, Process};
+use crate::targets::{self, CpuTime, Edgeroute, Process};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
@@ -140,9 +140,9 @@ async fn closed_get(
 /// `direct` the target is the backend).
 struct Run {
     load: LoadResult,
-    target: f64,
-    backend: f64,
-    client: f64,
+    target: CpuTime,
+    backend: CpuTime,
+    client: CpuTime,
 }
 
 /// `GET /` at `rate` per second, open loop, with the client the settings
@@ -177,13 +177,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                 "throughput [{n}/{total}] {name}, repetition {}",
                 rep + 1
             ));
-            let cpu = || {
-                [
-                    proc_.cpu_seconds(),
-                    lineup.backend.cpu_seconds(),
-                    targets::own_cpu_seconds(),
-                ]
-            };
+            let cpu = || [proc_.cpu(), lineup.backend.cpu(), targets::own_cpu()];
             let before = cpu();
             let load = closed_get(s, *addr, s.duration).await?;
             let after = cpu();
@@ -210,9 +204,10 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
                     .collect(),
             )
         };
-        let cpu_us = per_request(|r| r.target);
-        let backend_us = per_request(|r| r.backend);
-        let client_us = per_request(|r| r.client);
+        let cpu_us = per_request(|r| r.target.total());
+        let kernel_us = per_request(|r| r.target.kernel);
+        let backend_us = per_request(|r| r.backend.total());
+        let client_us = per_request(|r| r.client.total());
         let errors: u64 = rs.iter().map(|r| r.load.errors).sum();
         let ratio = rps(name) / direct;
         rows.push(vec![
@@ -223,6 +218,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             us(q(0.99)),
             us(q(0.999)),
             format!("{cpu_us:.1}"),
+            format!("{kernel_us:.1}"),
             format!("{backend_us:.1}"),
             format!("{client_us:.1}"),
             errors.to_string(),
@@ -232,7 +228,8 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             json!({
                 "rps_median": rps(name), "ratio_to_direct": ratio,
                 "p50_us": q(0.5), "p99_us": q(0.99), "p999_us": q(0.999),
-                "cpu_us_per_request": cpu_us, "backend_cpu_us_per_request": backend_us,
+                "cpu_us_per_request": cpu_us, "kernel_cpu_us_per_request": kernel_us,
+                "backend_cpu_us_per_request": backend_us,
                 "load_generator_cpu_us_per_request": client_us,
                 "errors": errors,
                 "rps_runs": rs.iter().map(|r| r.load.rps()).collect::<Vec<_>>(),
@@ -252,6 +249,7 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
             "p99 µs",
             "p99.9 µs",
             "CPU µs/req",
+            "of it kernel",
             "backend CPU µs/req",
             "load gen. CPU µs/req",
             "errors",

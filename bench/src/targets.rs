@@ -35,13 +35,12 @@ impl Process {
         self.child.id()
     }
 
-    /// CPU time (user + system) of the process and its children, in seconds.
-    pub fn cpu_seconds(&self) -> f64 {
-        let ticks: u64 = std::iter::once(self.pid())
+    /// CPU time of the process and its children.
+    pub fn cpu(&self) -> CpuTime {
+        std::iter::once(self.pid())
             .chain(children(self.pid()))
-            .map(proc_ticks)
-            .sum();
-        ticks as f64 / clock_ticks_per_second()
+            .map(proc_cpu)
+            .fold(CpuTime::default(), |a, b| a + b)
     }
 
     /// Resident memory of the process and its children, in KiB.
@@ -91,8 +90,42 @@ impl Drop for Process {
 }
 
 /// CPU time of this process (the load generator), its children not counted.
-pub fn own_cpu_seconds() -> f64 {
-    proc_ticks(std::process::id()) as f64 / clock_ticks_per_second()
+pub fn own_cpu() -> CpuTime {
+    proc_cpu(std::process::id())
+}
+
+/// CPU time in seconds: in the process's own code, and in the kernel on its
+/// behalf (system calls, and the network stack's work they do).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct CpuTime {
+    pub user: f64,
+    pub kernel: f64,
+}
+
+impl CpuTime {
+    pub fn total(self) -> f64 {
+        self.user + self.kernel
+    }
+}
+
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+    fn add(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user + o.user,
+            kernel: self.kernel + o.kernel,
+        }
+    }
+}
+
+impl std::ops::Sub for CpuTime {
+    type Output = CpuTime;
+    fn sub(self, o: CpuTime) -> CpuTime {
+        CpuTime {
+            user: self.user - o.user,
+            kernel: self.kernel - o.kernel,
+        }
+    }
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -103,19 +136,28 @@ fn children(pid: u32) -> Vec<u32> {
         .collect()
 }
 
-fn proc_ticks(pid: u32) -> u64 {
+fn proc_cpu(pid: u32) -> CpuTime {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    cpu_of_stat(&stat, clock_ticks_per_second())
+}
+
+/// The CPU times in a `/proc/PID/stat` line (0 for a line that holds none).
+fn cpu_of_stat(stat: &str, ticks_per_second: f64) -> CpuTime {
     // Fields after the command name (which may contain spaces) start at ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
-    let field = |i: usize| {
+    let seconds = |i: usize| {
         fields
             .get(i)
             .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
+            .unwrap_or(0) as f64
+            / ticks_per_second
     };
-    field(11) + field(12)
+    CpuTime {
+        user: seconds(11),
+        kernel: seconds(12),
+    }
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -381,4 +423,37 @@ pub fn table_version(admin: SocketAddr) -> Option<u64> {
     let body = text.split_once("\r\n\r\n")?.1;
     let v: serde_json::Value = serde_json::from_str(body).ok()?;
     v["table"]["version"].as_u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_and_kernel_times_come_from_their_stat_fields() {
+        // A command name with spaces and a parenthesis, as a process may have.
+        let stat = "4242 (nginx: worker (x)) S 1 4242 4242 0 -1 4194624 \
+                    610 0 0 0 250 75 3 1 20 0 1 0 123 4567 89";
+        let cpu = cpu_of_stat(stat, 100.0);
+        assert_eq!(
+            cpu,
+            CpuTime {
+                user: 2.5,
+                kernel: 0.75
+            }
+        );
+        assert_eq!(cpu_of_stat("", 100.0), CpuTime::default());
+        let later = CpuTime {
+            user: 3.0,
+            kernel: 1.0,
+        };
+        assert_eq!(
+            later - cpu,
+            CpuTime {
+                user: 0.5,
+                kernel: 0.25
+            }
+        );
+        assert_eq!((cpu + later).total(), 7.25);
+    }
 }
