@@ -315,7 +315,8 @@ impl<'t> Connection<'t> {
         }
     }
 
-    /// A response head from the bytes read, if they hold a whole one. The
+    /// A response head from the bytes read, if they hold a whole one. A
+    /// short first read is parsed at once ([`QUICK_HEAD`]); otherwise the
     /// bytes are searched for the head's end only once each, and parsed
     /// only when it is there.
     fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
