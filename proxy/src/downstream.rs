@@ -174,7 +174,7 @@ impl Session {
         // A head that cannot be read is answered as to a plain HTTP/1.1 GET.
         self.req.method = Method::GET;
         self.req.version = Version::HTTP_11;
-        self.fields = Fields::default();
+        self.fields.clear();
         self.req.uri = Uri::default();
         self.req.extensions.clear();
         self.raw_target = Bytes::new();
@@ -288,15 +288,15 @@ impl Session {
         };
         self.raw_target = data.slice_ref(target.as_bytes());
         self.req.uri = parse_target(&self.raw_target)?;
-        let mut fields = Fields::read_from(data.clone(), req.headers.len() + 1);
+        // The last request's list serves this one: no allocation per request.
+        self.fields.reread_from(data.clone(), req.headers.len() + 1);
         for field in req.headers.iter() {
             // The parser checked both: a name is a token, a value holds no
             // control bytes but tab.
-            fields
+            self.fields
                 .push_read(field.name.as_bytes(), field.value)
                 .map_err(|_| bad_request("the request head could not be read"))?;
         }
-        self.fields = fields;
         Ok(Some(len))
     }
 

@@ -98,6 +98,30 @@ impl Fields {
         }
     }
 
+    /// No fields, and no bytes held; the list's memory stays for the next
+    /// head unless it grew past [`Self::KEPT`] fields.
+    pub fn clear(&mut self) {
+        self.text = Bytes::new();
+        if self.list.capacity() > Self::KEPT {
+            self.list = Vec::new();
+        } else {
+            self.list.clear();
+        }
+    }
+
+    /// Most fields whose room [`Self::clear`] keeps: a browser's request
+    /// has about 15, and an idle connection should hold little.
+    pub const KEPT: usize = 32;
+
+    /// Starts over with the fields of the head in `text` (added with
+    /// [`Self::push_read`]), in the list's memory if it has room for
+    /// `capacity`.
+    pub fn reread_from(&mut self, text: Bytes, capacity: usize) {
+        self.clear();
+        self.text = text;
+        self.list.reserve(capacity);
+    }
+
     /// Adds a field whose name and value are slices of the head's bytes (as
     /// a parser hands them out). The parser has checked them: a name is a
     /// token, a value holds no control bytes but tab.
@@ -270,6 +294,27 @@ impl Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cleared_list_keeps_its_memory_but_not_the_head_s_bytes() {
+        let head = Bytes::from(b"a: 1\r\nb: 2\r\n".to_vec());
+        let mut f = Fields::default();
+        f.reread_from(head.clone(), 2);
+        f.push_read(&head[..1], &head[3..4]).expect("in the head");
+        let room = f.list.capacity();
+        assert!(room >= 2);
+        f.clear();
+        assert!(f.is_empty());
+        assert_eq!(f.list.capacity(), room, "the list's memory stays");
+        assert!(head.is_unique(), "the head's bytes are let go");
+        f.reread_from(head.clone(), 2);
+        f.push_read(&head[6..7], &head[9..10]).expect("in the head");
+        assert_eq!(f.iter().collect::<Vec<_>>(), [(&b"b"[..], &b"2"[..])]);
+        // A list grown past what an idle connection should hold goes.
+        f.reread_from(head.clone(), Fields::KEPT + 1);
+        f.clear();
+        assert_eq!(f.list.capacity(), 0);
+    }
     use http::header;
     use proptest::prelude::*;
 
