@@ -73,6 +73,9 @@ pub struct Session {
     read_timeout: Duration,
     /// The timer bounding each read and write by those limits.
     deadline: h1::Deadline,
+    /// When the connection fell idle after its last response, if known
+    /// ([`Self::count_idle_from`]).
+    idle_since: Option<tokio::time::Instant>,
     /// The client's address as text (for `x-forwarded-for`), formatted once.
     client_ip: Option<HeaderValue>,
     tls: bool,
@@ -108,6 +111,7 @@ impl Session {
             idle,
             read_timeout: idle,
             deadline: h1::Deadline::default(),
+            idle_since: None,
             client_ip,
             tls,
             req: http::Request::new(()).into_parts().0,
@@ -150,12 +154,14 @@ impl Session {
     /// request to answer with that status before closing; any other error
     /// ends the connection silently.
     pub async fn read_request(&mut self) -> Result<bool, BError> {
+        // Only the first wait for the head counts from the time given.
+        let mut since = self.idle_since.take();
         self.start_request();
         loop {
             if self.take_request()? {
                 return Ok(true);
             }
-            if self.fill().await? == 0 {
+            if self.fill_since(since.take()).await? == 0 {
                 if self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
                     return Ok(false);
                 }
@@ -189,14 +195,32 @@ impl Session {
         self.read_timeout = self.idle;
     }
 
-    async fn fill(&mut self) -> Result<usize, BError> {
+    fn fill(&mut self) -> impl Future<Output = Result<usize, BError>> {
+        self.fill_since(None)
+    }
+
+    /// [`Self::fill`], its limit counted from `since` if given.
+    async fn fill_since(&mut self, since: Option<tokio::time::Instant>) -> Result<usize, BError> {
         if self.buf.capacity() - self.buf.len() < h1::READ_ROOM / 4 {
             self.buf.reserve(h1::READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
         self.deadline
-            .bound(Some(self.read_timeout), read, Direction::Read, Peer::Client)
+            .bound_since(
+                Some(self.read_timeout),
+                since,
+                read,
+                Direction::Read,
+                Peer::Client,
+            )
             .await
+    }
+
+    /// The next request is due within the idle limit of `at` (the end of
+    /// the last response, already read from the clock) rather than of when
+    /// it is first waited for.
+    pub fn count_idle_from(&mut self, at: std::time::Instant) {
+        self.idle_since = Some(tokio::time::Instant::from_std(at));
     }
 
     /// Parses a request head from the bytes read, if they hold a whole one.
@@ -1009,6 +1033,20 @@ mod tests {
             peer.shutdown().await.expect("shutdown");
         }
         (Session::new(stream, IDLE), peer)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_limit_counts_from_the_last_response_once() {
+        let (mut s, _peer) = sent(b"", false).await;
+        let start = tokio::time::Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        s.count_idle_from(start.into_std());
+        let e = s.read_request().await.expect_err("no request");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(start.elapsed(), IDLE);
+        // Without a new time given, the next wait has the whole limit.
+        s.read_request().await.expect_err("no request");
+        assert_eq!(start.elapsed(), IDLE * 2);
     }
 
     async fn whole_body(s: &mut Session) -> Result<Vec<u8>, BError> {

@@ -148,6 +148,9 @@ pub struct Connection<'t> {
     head_scan: usize,
     /// The backend has sent something on this exchange.
     heard: bool,
+    /// Where the wait for the response head starts counting its read
+    /// timeout ([`Self::count_answer_from`]).
+    answer_since: Option<Instant>,
 }
 
 fn bad_response(why: impl Into<String>) -> BError {
@@ -193,7 +196,16 @@ impl<'t> Connection<'t> {
             pending_head: Vec::new(),
             head_scan: 0,
             heard: false,
+            answer_since: None,
         }
+    }
+
+    /// The response is due within the read timeout of `at` rather than of
+    /// when its head is first waited for: for a request that goes out
+    /// whole with no wait, when `at` (its send time, already read from
+    /// the clock) is as good as the time the head is waited for.
+    pub fn count_answer_from(&mut self, at: std::time::Instant) {
+        self.answer_since = Some(Instant::from_std(at));
     }
 
     /// Takes an encoded request head; it goes out with the first body
@@ -264,14 +276,25 @@ impl<'t> Connection<'t> {
 
     /// Reads more bytes from the backend into the buffer; 0 at the end of
     /// the stream.
-    async fn fill(&mut self) -> Result<usize, BError> {
+    fn fill(&mut self) -> impl Future<Output = Result<usize, BError>> {
+        self.fill_since(None)
+    }
+
+    /// [`Self::fill`], its read timeout counted from `since` if given.
+    async fn fill_since(&mut self, since: Option<Instant>) -> Result<usize, BError> {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
             self.buf.reserve(READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
         let n = self
             .deadline
-            .bound(self.read_timeout, read, Direction::Read, Peer::Backend)
+            .bound_since(
+                self.read_timeout,
+                since,
+                read,
+                Direction::Read,
+                Peer::Backend,
+            )
             .await?;
         self.heard |= n > 0;
         Ok(n)
@@ -289,8 +312,10 @@ impl<'t> Connection<'t> {
     /// no body whatever its fields say. `upgrade`: the request asked for a
     /// protocol upgrade; a `101` to one that did not is refused.
     pub async fn read_head(&mut self, head: bool, upgrade: bool) -> Result<ResponseHead, BError> {
+        // Only the first wait counts from the time given.
+        let mut since = self.answer_since.take();
         loop {
-            let (mut resp, version) = self.read_one_head().await?;
+            let (mut resp, version) = self.read_one_head(&mut since).await?;
             if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
                 continue;
             }
@@ -299,12 +324,15 @@ impl<'t> Connection<'t> {
         }
     }
 
-    async fn read_one_head(&mut self) -> Result<(ResponseHead, Version), BError> {
+    async fn read_one_head(
+        &mut self,
+        since: &mut Option<Instant>,
+    ) -> Result<(ResponseHead, Version), BError> {
         loop {
             if let Some(parsed) = self.take_head()? {
                 return Ok(parsed);
             }
-            if self.fill().await? == 0 {
+            if self.fill_since(since.take()).await? == 0 {
                 let why = if self.buf.is_empty() {
                     "the backend closed the connection without an answer"
                 } else {
@@ -596,15 +624,31 @@ pub struct Deadline {
 impl Deadline {
     /// `op` bounded by `limit` (none: unbounded), its failure and its
     /// timeout as the peer's errors.
-    pub(crate) async fn bound<T>(
+    // (Not `async`: the future is `bound_since`'s own, with no layer of
+    // its own to poll on every wake-up.)
+    pub(crate) fn bound<T>(
         &mut self,
         limit: Option<Duration>,
         op: impl Future<Output = std::io::Result<T>>,
         dir: Direction,
         peer: Peer,
+    ) -> impl Future<Output = Result<T, BError>> {
+        self.bound_since(limit, None, op, dir, peer)
+    }
+
+    /// [`Self::bound`], with `limit` counted from `since` (when given)
+    /// rather than from when `op` first has to wait: the caller has just
+    /// read the clock at the moment the wait is about.
+    pub(crate) async fn bound_since<T>(
+        &mut self,
+        limit: Option<Duration>,
+        since: Option<Instant>,
+        op: impl Future<Output = std::io::Result<T>>,
+        dir: Direction,
+        peer: Peer,
     ) -> Result<T, BError> {
         let done = match limit {
-            Some(limit) => self.within(limit, op).await,
+            Some(limit) => self.within(limit, since, op).await,
             None => Some(op.await),
         };
         let side = |e: BError| match peer {
@@ -651,10 +695,16 @@ impl Deadline {
         })
     }
 
-    /// `op`'s output, or `None` if it has not completed `limit` after it
-    /// first had to wait. The operation is polled before the timer, so an
-    /// operation ready at its deadline still completes.
-    async fn within<T>(&mut self, limit: Duration, op: impl Future<Output = T>) -> Option<T> {
+    /// `op`'s output, or `None` if it has not completed `limit` after
+    /// `since` or, without it, after it first had to wait. The operation is
+    /// polled before the timer, so an operation ready at its deadline still
+    /// completes.
+    async fn within<T>(
+        &mut self,
+        limit: Duration,
+        since: Option<Instant>,
+        op: impl Future<Output = T>,
+    ) -> Option<T> {
         let mut op = std::pin::pin!(op);
         let mut due = None;
         std::future::poll_fn(|cx| {
@@ -664,7 +714,7 @@ impl Deadline {
             let due = *due.get_or_insert_with(|| {
                 // A limit past the clock's range is as good as none (as
                 // with tokio's own timeout).
-                let now = Instant::now();
+                let now = since.unwrap_or_else(Instant::now);
                 now.checked_add(limit).unwrap_or(now + FAR_FUTURE)
             });
             let timer = self
@@ -1065,6 +1115,37 @@ mod tests {
         assert_eq!(e.etype(), &ErrorType::ReadTimedout);
         assert_eq!(e.esource(), &pingora_error::ErrorSource::Upstream);
         assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_counted_from_an_earlier_time_ends_its_limit_after_it() {
+        let mut deadline = Deadline::default();
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        let op = done_after(None);
+        let limit = Some(Duration::from_secs(10));
+        let e = deadline
+            .bound_since(limit, Some(start), op, Direction::Read, Peer::Backend)
+            .await
+            .expect_err("timed out");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_first_wait_for_an_answer_counts_from_its_send_time() {
+        let (ours, _peer) = stream_pair().await;
+        let limit = Some(Duration::from_secs(10));
+        let mut conn = Connection::new(Idle::new(ours), limit, None, test_timer());
+        let start = Instant::now();
+        tokio::time::advance(Duration::from_secs(3)).await;
+        conn.count_answer_from(start.into_std());
+        let e = conn.read_head(false, false).await.expect_err("no answer");
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        // The next wait has its whole limit.
+        conn.read_head(false, false).await.expect_err("no answer");
+        assert_eq!(start.elapsed(), Duration::from_secs(20));
     }
 
     #[tokio::test(start_paused = true)]

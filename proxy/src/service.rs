@@ -288,7 +288,10 @@ impl EdgeProxy {
                 Some(e)
             }
         };
-        self.log(client, &ctx, error.as_deref());
+        let done = self.log(client, &ctx, error.as_deref());
+        if let Client::H1(session) = client {
+            session.count_idle_from(done);
+        }
         error.is_some()
     }
 
@@ -557,6 +560,11 @@ impl EdgeProxy {
         );
 
         let mut answered_early = false;
+        if client.is_body_empty() {
+            // The head goes out whole in one write: the answer is due from
+            // when it was sent.
+            up.count_answer_from(sent_at);
+        }
         let sent: Result<h1::ResponseHead, BError> = async {
             up.write_head(head.bytes, head.chunked);
             if let Err(e) = self.send_body(client, ctx, &mut up).await {
@@ -761,7 +769,8 @@ impl EdgeProxy {
         }
     }
 
-    fn log(&self, client: &Client<'_>, ctx: &Ctx, e: Option<&Error>) {
+    /// Counts and (if asked) logs the request; when it ended.
+    fn log(&self, client: &Client<'_>, ctx: &Ctx, e: Option<&Error>) -> Instant {
         let status = client.response_status().map_or_else(
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |s| s.as_u16(),
@@ -771,7 +780,8 @@ impl EdgeProxy {
         } else {
             ctx.region
         };
-        let elapsed = ctx.started.elapsed();
+        let done = Instant::now();
+        let elapsed = done - ctx.started;
         self.state.request_metrics.record(
             served_by_index,
             ctx.plan.class,
@@ -798,6 +808,7 @@ impl EdgeProxy {
                 "request"
             );
         }
+        done
     }
 }
 
