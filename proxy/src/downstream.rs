@@ -237,9 +237,11 @@ impl Session {
             self.head_scan = 0;
         }
         if let Some(whole) = h1::quick_head(&mut self.buf, self.head_scan) {
-            let len = self.parse(&whole)?;
+            let parsed = self.parse(&whole);
+            let len = parsed.as_ref().ok().copied().flatten();
+            // The bytes go back even when the head is refused.
             h1::after_quick(&mut self.buf, whole, len);
-            if len.is_some() {
+            if parsed?.is_some() {
                 return self.frame_request().map(|()| true);
             }
         }
@@ -1047,6 +1049,29 @@ mod tests {
         // Without a new time given, the next wait has the whole limit.
         s.read_request().await.expect_err("no request");
         assert_eq!(start.elapsed(), IDLE * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_wait_for_the_same_head_has_the_whole_idle_limit() {
+        let (mut s, mut peer) = sent(b"", false).await;
+        let start = tokio::time::Instant::now();
+        s.count_idle_from(start.into_std());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            peer.write_all(b"GET / HT").await.expect("write");
+            std::future::pending::<()>().await;
+        });
+        s.read_request().await.expect_err("no whole head");
+        assert_eq!(start.elapsed(), Duration::from_secs(19));
+    }
+
+    #[tokio::test]
+    async fn a_head_refused_at_once_leaves_the_bytes_read() {
+        let wire = b"GET / HTTP/1.1\r\nHost : x\r\nContent-Length: 4\r\n\r\nbody";
+        let (mut s, _peer) = sent(wire, false).await;
+        let e = s.read_request().await.expect_err("malformed");
+        assert!(matches!(e.etype(), ErrorType::HTTPStatus(400)), "{e}");
+        assert_eq!(&s.buf[..], &wire[..], "nothing dropped");
     }
 
     async fn whole_body(s: &mut Session) -> Result<Vec<u8>, BError> {

@@ -200,12 +200,14 @@ impl<'t> Connection<'t> {
         }
     }
 
-    /// The response is due within the read timeout of `at` rather than of
-    /// when its head is first waited for: for a request that goes out
-    /// whole with no wait, when `at` (its send time, already read from
-    /// the clock) is as good as the time the head is waited for.
+    /// The response is due within the read timeout of `at` (the request's
+    /// send time, already read from the clock) rather than of when its head
+    /// is first waited for, if the request goes out with no wait: a
+    /// request whose writes had to wait counts from the wait for its
+    /// answer, as usual.
     pub fn count_answer_from(&mut self, at: std::time::Instant) {
         self.answer_since = Some(Instant::from_std(at));
+        self.deadline.take_waited();
     }
 
     /// Takes an encoded request head; it goes out with the first body
@@ -312,8 +314,12 @@ impl<'t> Connection<'t> {
     /// no body whatever its fields say. `upgrade`: the request asked for a
     /// protocol upgrade; a `101` to one that did not is refused.
     pub async fn read_head(&mut self, head: bool, upgrade: bool) -> Result<ResponseHead, BError> {
-        // Only the first wait counts from the time given.
-        let mut since = self.answer_since.take();
+        // Only the first wait counts from the time given, and only if no
+        // write has waited since it.
+        let mut since = self
+            .answer_since
+            .take()
+            .filter(|_| !self.deadline.take_waited());
         loop {
             let (mut resp, version) = self.read_one_head(&mut since).await?;
             if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
@@ -349,9 +355,10 @@ impl<'t> Connection<'t> {
     /// only when it is there.
     fn take_head(&mut self) -> Result<Option<(ResponseHead, Version)>, BError> {
         if let Some(whole) = quick_head(&mut self.buf, self.head_scan) {
-            let parsed = parse_head(&whole)?;
-            after_quick(&mut self.buf, whole, parsed.as_ref().map(|p| p.2));
-            if let Some((head, version, _)) = parsed {
+            let parsed = parse_head(&whole);
+            let len = parsed.as_ref().ok().and_then(|p| p.as_ref().map(|p| p.2));
+            after_quick(&mut self.buf, whole, len);
+            if let Some((head, version, _)) = parsed? {
                 return Ok(Some((head, version)));
             }
         }
@@ -619,9 +626,17 @@ const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 #[derive(Default)]
 pub struct Deadline {
     timer: Option<Pin<Box<Sleep>>>,
+    /// An operation had to wait since [`Self::take_waited`] last said.
+    waited: bool,
 }
 
 impl Deadline {
+    /// Whether an operation has had to wait since the last time this was
+    /// asked.
+    pub(crate) fn take_waited(&mut self) -> bool {
+        std::mem::take(&mut self.waited)
+    }
+
     /// `op` bounded by `limit` (none: unbounded), its failure and its
     /// timeout as the peer's errors.
     // (Not `async`: the future is `bound_since`'s own, with no layer of
@@ -637,8 +652,9 @@ impl Deadline {
     }
 
     /// [`Self::bound`], with `limit` counted from `since` (when given)
-    /// rather than from when `op` first has to wait: the caller has just
-    /// read the clock at the moment the wait is about.
+    /// rather than from when `op` first has to wait: a time the caller has
+    /// already read from the clock, from which the wait is to be counted
+    /// (the end of the last response, a request's send time).
     pub(crate) async fn bound_since<T>(
         &mut self,
         limit: Option<Duration>,
@@ -649,7 +665,17 @@ impl Deadline {
     ) -> Result<T, BError> {
         let done = match limit {
             Some(limit) => self.within(limit, since, op).await,
-            None => Some(op.await),
+            None => {
+                let mut op = std::pin::pin!(op);
+                Some(
+                    std::future::poll_fn(|cx| {
+                        let polled = op.as_mut().poll(cx);
+                        self.waited |= polled.is_pending();
+                        polled
+                    })
+                    .await,
+                )
+            }
         };
         let side = |e: BError| match peer {
             Peer::Backend => e.into_up(),
@@ -711,6 +737,7 @@ impl Deadline {
             if let Poll::Ready(out) = op.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
+            self.waited = true;
             let due = *due.get_or_insert_with(|| {
                 // A limit past the clock's range is as good as none (as
                 // with tokio's own timeout).
@@ -949,8 +976,11 @@ pub(crate) const QUICK_HEAD: usize = 4 * 1024;
 
 /// All of `buf`, frozen, if it is a short first read of a head
 /// ([`QUICK_HEAD`]) to parse at once; hand it back with [`after_quick`].
+/// Bytes that begin with an empty line are left to the search: it ends a
+/// head there, where the parser would skip the line.
 pub(crate) fn quick_head(buf: &mut BytesMut, scanned: usize) -> Option<Bytes> {
-    (scanned == 0 && !buf.is_empty() && buf.len() <= QUICK_HEAD).then(|| buf.split().freeze())
+    let starts_a_line = buf.first().is_some_and(|b| !matches!(b, b'\r' | b'\n'));
+    (scanned == 0 && starts_a_line && buf.len() <= QUICK_HEAD).then(|| buf.split().freeze())
 }
 
 /// Hands back the bytes [`quick_head`] took: those after a head of `len`
@@ -961,7 +991,8 @@ pub(crate) fn after_quick(buf: &mut BytesMut, whole: Bytes, len: Option<usize>) 
         Some(len) => buf.extend_from_slice(&whole[len..]),
         None => {
             // Without the empty remainder of `buf`, `whole` is the buffer's
-            // only handle and becomes it again, with no copy.
+            // only handle and becomes it again, with no copy (unless a
+            // handle to it is still held elsewhere).
             drop(std::mem::take(buf));
             *buf = BytesMut::from(whole);
         }
@@ -1146,6 +1177,58 @@ mod tests {
         // The next wait has its whole limit.
         conn.read_head(false, false).await.expect_err("no answer");
         assert_eq!(start.elapsed(), Duration::from_secs(20));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_later_wait_for_the_same_answer_has_its_whole_limit() {
+        let (ours, mut peer) = stream_pair().await;
+        let limit = Some(Duration::from_secs(10));
+        let mut conn = Connection::new(Idle::new(ours), limit, None, test_timer());
+        let start = Instant::now();
+        conn.count_answer_from(start.into_std());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            peer.write_all(b"HTTP/1.1 2").await.expect("write");
+            std::future::pending::<()>().await;
+        });
+        conn.read_head(false, false)
+            .await
+            .expect_err("no whole head");
+        assert_eq!(start.elapsed(), Duration::from_secs(19));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_after_a_write_that_waited_counts_from_its_own_wait() {
+        let (ours, _peer) = stream_pair().await;
+        let limit = Some(Duration::from_secs(10));
+        let mut conn = Connection::new(Idle::new(ours), limit, None, test_timer());
+        let start = Instant::now();
+        conn.count_answer_from(start.into_std());
+        // A write that waits four seconds.
+        let write = done_after(Some(Duration::from_secs(4)));
+        conn.deadline
+            .bound(limit, write, Direction::Write, Peer::Backend)
+            .await
+            .expect("written");
+        conn.read_head(false, false).await.expect_err("no answer");
+        assert_eq!(start.elapsed(), Duration::from_secs(14));
+    }
+
+    #[tokio::test]
+    async fn a_response_after_empty_lines_is_refused_however_it_arrives() {
+        let (ours, _peer) = stream_pair().await;
+        let mut conn = Connection::new(Idle::new(ours), None, None, test_timer());
+        let wire = b"\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+        for cut in [wire.len(), 4, 6] {
+            conn.buf.clear();
+            conn.head_scan = 0;
+            conn.buf.extend_from_slice(&wire[..cut]);
+            let err = conn.take_head().expect_err("an empty head");
+            assert!(
+                err.to_string().contains("empty line"),
+                "{err}, cut at {cut}"
+            );
+        }
     }
 
     #[tokio::test(start_paused = true)]
@@ -1613,9 +1696,10 @@ mod tests {
             prop_assert_eq!(head_end(&bytes, from), head_end_by_lines(&bytes, from));
         }
 
-        /// A head parsed at once ([`QUICK_HEAD`]) ends where the search for
-        /// its empty line finds the end: the parser takes no more and no
-        /// less than a head, for requests as for responses.
+        /// A head parsed at once ([`QUICK_HEAD`]: one that begins with its
+        /// first line) ends where the search for its empty line finds the
+        /// end: the parser takes no more and no less than a head, for
+        /// requests as for responses.
         #[test]
         fn a_head_parsed_at_once_ends_at_its_first_empty_line(
             response in any::<bool>(),

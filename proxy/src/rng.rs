@@ -1,7 +1,9 @@
 //! Randomness on the request path: the backend pick and new request ids.
 //! Neither is a secret (a client may send its own request id), so each
 //! thread keeps a small, fast generator, seeded once from the thread's
-//! cryptographic one, instead of drawing from that for every request.
+//! cryptographic one, instead of drawing from that for every request. Its
+//! output can be predicted from enough of it: a request id tells requests
+//! apart and must never serve as a token.
 
 use rand::SeedableRng;
 use rand::rngs::SmallRng;

@@ -561,8 +561,8 @@ impl EdgeProxy {
 
         let mut answered_early = false;
         if client.is_body_empty() {
-            // The head goes out whole in one write: the answer is due from
-            // when it was sent.
+            // The head goes out whole in one write: unless that write has
+            // to wait, the answer is due from when it was sent.
             up.count_answer_from(sent_at);
         }
         let sent: Result<h1::ResponseHead, BError> = async {
