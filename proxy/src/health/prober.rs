@@ -53,20 +53,20 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
         let started = Instant::now();
         let reusable = kept
             .take()
-            .filter(|(_, since)| since.elapsed() < state.config.timeouts.pool_idle)
+            .filter(|(_, since)| started - *since < state.config.timeouts.pool_idle)
             .map(|(stream, _)| stream);
         let outcome = tokio::time::timeout(
             health.timeout,
             probe(&state.connector, &backend, &health.path, &host, reusable),
         )
-        .await
-        .map(|done| {
+        .await;
+        let now = Instant::now();
+        let outcome = outcome.map(|done| {
             done.map(|(status, stream)| {
-                kept = stream.map(|s| (s, Instant::now()));
+                kept = stream.map(|s| (s, now));
                 status
             })
         });
-        let now = Instant::now();
         let (passed, detail) = match outcome {
             Ok(Ok(status))
                 if (health.expected_status.0..=health.expected_status.1).contains(&status) =>
