@@ -39,33 +39,30 @@ Vary: Accept-Encoding\r\n\
 ETag: \"5f1c-2a9e7b\"\r\n\
 Strict-Transport-Security: max-age=31536000\r\n\r\n";
 
-/// The fields of `head` as the proxy keeps them, and its first line's
-/// parts: places in the head's bytes.
+/// The fields of `head` (a request's or a response's) as the proxy keeps
+/// them: places in the head's bytes.
 fn fields_of(head: &'static [u8]) -> Fields {
     let text = Bytes::from_static(head);
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; 64];
-    let mut fields = Fields::read_from(text.clone(), 16);
-    let headers: Vec<(&[u8], &[u8])> = if head.starts_with(b"HTTP/") {
+    let config = httparse::ParserConfig::default();
+    let headers: &[httparse::Header<'_>] = if head.starts_with(b"HTTP/") {
         let mut resp = httparse::Response::new(&mut []);
-        httparse::ParserConfig::default()
+        config
             .parse_response_with_uninit_headers(&mut resp, &text, &mut slots)
             .expect("a valid head");
         resp.headers
-            .iter()
-            .map(|h| (h.name.as_bytes(), h.value))
-            .collect()
     } else {
         let mut req = httparse::Request::new(&mut []);
-        httparse::ParserConfig::default()
+        config
             .parse_request_with_uninit_headers(&mut req, &text, &mut slots)
             .expect("a valid head");
         req.headers
-            .iter()
-            .map(|h| (h.name.as_bytes(), h.value))
-            .collect()
     };
-    for (name, value) in headers {
-        fields.push_read(name, value).expect("in the head");
+    let mut fields = Fields::read_from(text.clone(), headers.len());
+    for h in headers {
+        fields
+            .push_read(h.name.as_bytes(), h.value)
+            .expect("in the head");
     }
     fields
 }
