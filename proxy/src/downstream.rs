@@ -550,12 +550,16 @@ impl Session {
         } else {
             data
         };
-        let head = std::mem::take(&mut self.pending);
-        let mut out = Buf::chain(&head[..], prefix).chain(&data[..]).chain(suffix);
-        let sent = if out.has_remaining() {
-            self.write(&mut out).await
+        let mut head = std::mem::take(&mut self.pending);
+        let sent = if h1::append_small(&mut head, [prefix, &data, suffix]) {
+            if head.is_empty() {
+                Ok(())
+            } else {
+                self.write(&mut &head[..]).await
+            }
         } else {
-            Ok(())
+            let mut out = Buf::chain(&head[..], prefix).chain(&data[..]).chain(suffix);
+            self.write(&mut out).await
         };
         self.pending = head;
         self.pending.clear();
