@@ -551,15 +551,15 @@ impl Session {
             data
         };
         let mut head = std::mem::take(&mut self.pending);
-        let sent = if h1::append_small(&mut head, [prefix, &data, suffix]) {
-            if head.is_empty() {
-                Ok(())
-            } else {
-                self.write(&mut &head[..]).await
-            }
-        } else {
-            let mut out = Buf::chain(&head[..], prefix).chain(&data[..]).chain(suffix);
+        let mut pieces = [prefix, &data[..], suffix];
+        h1::append_small(&mut head, &mut pieces);
+        let mut out = Buf::chain(&head[..], pieces[0])
+            .chain(pieces[1])
+            .chain(pieces[2]);
+        let sent = if out.has_remaining() {
             self.write(&mut out).await
+        } else {
+            Ok(())
         };
         self.pending = head;
         self.pending.clear();

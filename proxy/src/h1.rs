@@ -231,13 +231,12 @@ impl<'t> Connection<'t> {
         } else {
             (b"", b"")
         };
-        if append_small(&mut head, [size, data, end]) {
-            let mut out = &head[..];
-            self.timed_write(|s| write_all(s, &mut out)).await?;
-        } else {
-            let mut out = Buf::chain(&head[..], size).chain(data).chain(end);
-            self.timed_write(|s| write_all(s, &mut out)).await?;
-        }
+        let mut pieces = [size, data, end];
+        append_small(&mut head, &mut pieces);
+        let mut out = Buf::chain(&head[..], pieces[0])
+            .chain(pieces[1])
+            .chain(pieces[2]);
+        self.timed_write(|s| write_all(s, &mut out)).await?;
         self.flush().await
     }
 
@@ -245,11 +244,15 @@ impl<'t> Connection<'t> {
     /// the body is chunked, and everything written goes out.
     pub async fn finish_request(&mut self) -> Result<(), BError> {
         let mut head = std::mem::take(&mut self.pending_head);
-        if self.chunked_request {
-            head.extend_from_slice(b"0\r\n\r\n");
-        }
-        if !head.is_empty() {
-            let mut out = &head[..];
+        let last: &[u8] = if self.chunked_request {
+            b"0\r\n\r\n"
+        } else {
+            b""
+        };
+        let mut pieces = [last, b"", b""];
+        append_small(&mut head, &mut pieces);
+        let mut out = Buf::chain(&head[..], pieces[0]);
+        if out.has_remaining() {
             self.timed_write(|s| write_all(s, &mut out)).await?;
         }
         self.flush().await?;
@@ -590,18 +593,21 @@ where
 /// vectored write of several pieces.
 const APPEND_LIMIT: usize = 1024;
 
-/// Appends `pieces` to `head` if they come to at most [`APPEND_LIMIT`]
-/// bytes; whether it did (if not, `head` is as it was).
-pub(crate) fn append_small(head: &mut Vec<u8>, pieces: [&[u8]; 3]) -> bool {
+/// Moves `pieces` onto the end of `head`, leaving them empty, if they
+/// come to at most [`APPEND_LIMIT`] bytes and there is more than one piece
+/// to send (a head or a piece alone goes out in a plain write uncopied).
+/// Either way `head` and then `pieces` are the bytes to send, in order.
+pub(crate) fn append_small(head: &mut Vec<u8>, pieces: &mut [&[u8]; 3]) {
     let len: usize = pieces.iter().map(|p| p.len()).sum();
-    if len > APPEND_LIMIT {
-        return false;
+    let parts = usize::from(!head.is_empty()) + pieces.iter().filter(|p| !p.is_empty()).count();
+    if parts < 2 || len > APPEND_LIMIT {
+        return;
     }
     head.reserve(len);
-    for piece in pieces {
+    for piece in pieces.iter_mut() {
         head.extend_from_slice(piece);
+        *piece = &[];
     }
-    true
 }
 
 /// One `name: value` line of a head.
@@ -1713,27 +1719,38 @@ mod tests {
     fn the_append_limit_is_inclusive() {
         let piece = vec![b'x'; APPEND_LIMIT / 2];
         let mut head = b"head".to_vec();
-        assert!(append_small(&mut head, [&piece, &piece, b""]));
-        assert_eq!(head.len(), 4 + APPEND_LIMIT);
+        let mut pieces = [&piece[..], &piece[..], b""];
+        append_small(&mut head, &mut pieces);
+        assert_eq!((head.len(), pieces.concat().len()), (4 + APPEND_LIMIT, 0));
         let mut head = b"head".to_vec();
-        assert!(!append_small(&mut head, [&piece, &piece, b"!"]));
-        assert_eq!(head, b"head");
+        let mut pieces = [&piece[..], &piece[..], b"!"];
+        append_small(&mut head, &mut pieces);
+        assert_eq!((head.len(), pieces.concat().len()), (4, APPEND_LIMIT + 1));
     }
 
     proptest! {
-        /// Pieces of at most the limit in all are appended whole and in
-        /// order; larger ones leave the head as it was.
+        /// The bytes to send stay the same, in order; they are all moved
+        /// onto the head when the pieces come to at most the limit and
+        /// there is more than one piece to send, else none is.
         #[test]
         fn small_pieces_are_appended_to_the_head(
-            head in proptest::collection::vec(any::<u8>(), 0..64),
-            lens in (0..700usize, 0..700usize, 0..700usize),
+            head in prop_oneof![Just(vec![]), proptest::collection::vec(any::<u8>(), 1..64)],
+            lens in (
+                prop_oneof![Just(0usize), 1..700usize],
+                prop_oneof![Just(0usize), 1..700usize],
+                prop_oneof![Just(0usize), 1..700usize],
+            ),
         ) {
             let (a, b, c) = (vec![1u8; lens.0], vec![2u8; lens.1], vec![3u8; lens.2]);
+            let before = [&head[..], &a, &b, &c];
+            let parts = before.iter().filter(|p| !p.is_empty()).count();
+            let moved = parts >= 2 && lens.0 + lens.1 + lens.2 <= APPEND_LIMIT;
             let mut out = head.clone();
-            let appended = append_small(&mut out, [&a, &b, &c]);
-            prop_assert_eq!(appended, lens.0 + lens.1 + lens.2 <= APPEND_LIMIT);
-            let want = if appended { [&head[..], &a, &b, &c].concat() } else { head };
-            prop_assert_eq!(out, want);
+            let mut pieces = [&a[..], &b[..], &c[..]];
+            append_small(&mut out, &mut pieces);
+            prop_assert_eq!([&out[..], &pieces.concat()].concat(), before.concat());
+            prop_assert_eq!(out.len() - head.len(), if moved { lens.0 + lens.1 + lens.2 } else { 0 });
+            prop_assert_eq!(pieces.concat().is_empty(), moved || lens == (0, 0, 0));
         }
     }
 
