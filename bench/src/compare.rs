@@ -47,6 +47,16 @@ impl Comparison {
         median(self.p99.clone())
     }
 
+    /// The range the true median ratio of throughput lies in, with its
+    /// confidence (see [`median_interval`]).
+    pub fn rps_interval(&self) -> Option<Interval> {
+        median_interval(&self.rps, LEVEL)
+    }
+
+    pub fn p99_interval(&self) -> Option<Interval> {
+        median_interval(&self.p99, LEVEL)
+    }
+
     /// The target held in this run: over the repetitions, edgeroute's
     /// throughput was at least the peer's and its p99 no higher, and none
     /// of its requests failed.
@@ -57,13 +67,25 @@ impl Comparison {
             && self.p99_median() <= 1.0
     }
 
-    /// One line for people: medians, then each repetition's spread.
+    /// One line for people: medians, the range each median lies in, then
+    /// each repetition's spread.
     pub fn line(&self, peer: &str) -> String {
+        let range = |i: Option<Interval>| match i {
+            Some(i) => format!(
+                "{:.0}% interval {:.2}-{:.2}; ",
+                i.confidence * 100.0,
+                i.low,
+                i.high
+            ),
+            None => String::new(),
+        };
         format!(
-            "edgeroute / {peer}: rps {:.2} (per repetition {}), p99 {:.2} ({}): target {}",
+            "edgeroute / {peer}: rps {:.2} ({}per repetition {}), p99 {:.2} ({}{}): target {}",
             self.rps_median(),
+            range(self.rps_interval()),
             spread(&self.rps),
             self.p99_median(),
+            range(self.p99_interval()),
             spread(&self.p99),
             if self.target_met() { "met" } else { "not met" },
         )
@@ -72,13 +94,64 @@ impl Comparison {
     pub fn json(&self) -> Value {
         json!({
             "median_ratio": self.rps_median(),
+            "median_ratio_interval": self.rps_interval().map(Interval::json),
             "per_repetition": self.rps,
             "p99_median_ratio": self.p99_median(),
+            "p99_median_ratio_interval": self.p99_interval().map(Interval::json),
             "p99_per_repetition": self.p99,
             "errors": self.errors,
             "target_met": self.target_met(),
         })
     }
+}
+
+/// The least confidence asked of a median's interval.
+const LEVEL: f64 = 0.9;
+
+/// A range that holds the true median of what was sampled with the given
+/// confidence.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+    pub confidence: f64,
+}
+
+impl Interval {
+    fn json(self) -> Value {
+        json!({"low": self.low, "high": self.high, "confidence": self.confidence})
+    }
+}
+
+/// The narrowest range between two order statistics of `v` that holds the
+/// median of the distribution `v` was drawn from with a confidence of at
+/// least `level` (the sign test's interval: the median lies below the
+/// `k`-th smallest of `n` values unless at least `k` of them fall below
+/// it, each with even odds). It assumes the values are independent draws,
+/// as the pairs of a run are to the extent the machine's noise is. None if
+/// `v` is too short for `level` (fewer than 5 values for 90%).
+pub fn median_interval(v: &[f64], level: f64) -> Option<Interval> {
+    let n = v.len();
+    let mut sorted = v.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    // P(X < k) for X ~ Binomial(n, 1/2), as k grows from 0.
+    let mut below = 0.0;
+    let mut term = 0.5f64.powi(i32::try_from(n).ok()?);
+    let mut best = None;
+    for k in 1..=n / 2 {
+        below += term;
+        term *= (n - (k - 1)) as f64 / k as f64;
+        let confidence = 1.0 - 2.0 * below;
+        if confidence < level {
+            break;
+        }
+        best = Some(Interval {
+            low: sorted[k - 1],
+            high: sorted[n - k],
+            confidence,
+        });
+    }
+    best
 }
 
 fn spread(v: &[f64]) -> String {
@@ -169,6 +242,57 @@ mod tests {
             c.line("nginx"),
             "edgeroute / nginx: rps 1.00 (per repetition 0.95-1.05), p99 1.00 (0.90-1.10): target met"
         );
+        let edge: Vec<Figures> = (0..8)
+            .map(|i| f(90.0 + 5.0 * f64::from(i), 1000.0 - 10.0 * f64::from(i)))
+            .collect();
+        let c = Comparison::of(&edge, &[f(100.0, 1000.0); 8]);
+        assert_eq!(
+            c.line("nginx"),
+            "edgeroute / nginx: rps 1.08 (93% interval 0.95-1.20; per repetition 0.90-1.25), \
+             p99 0.96 (93% interval 0.94-0.99; 0.93-1.00): target met"
+        );
+    }
+
+    /// Binomial(n, 1/2) tail sums, added up the long way.
+    fn coverage(n: usize, k: usize) -> f64 {
+        let choose =
+            |n: usize, r: usize| (0..r).fold(1.0, |c, i| c * (n - i) as f64 / (i + 1) as f64);
+        let below: f64 = (0..k).map(|i| choose(n, i)).sum::<f64>() / 2f64.powi(n as i32);
+        1.0 - 2.0 * below
+    }
+
+    #[test]
+    fn the_median_s_interval_is_the_narrowest_with_enough_confidence() {
+        // 8 values: the 2nd to the 7th smallest hold the median with
+        // 1 - 2 * 9/256 = 93.0%; the 3rd to the 6th only with 71.1%.
+        let v = [1.3, 0.8, 1.1, 0.9, 1.0, 1.2, 0.7, 1.05];
+        let i = median_interval(&v, 0.9).expect("8 values are enough for 90%");
+        assert_eq!((i.low, i.high), (0.8, 1.2));
+        assert!((i.confidence - (1.0 - 18.0 / 256.0)).abs() < 1e-12, "{i:?}");
+        // Asking for 95% widens it to the extremes (99.2%).
+        let i = median_interval(&v, 0.95).expect("enough for 95%");
+        assert_eq!((i.low, i.high), (0.7, 1.3));
+        // 4 values never reach 90%: the widest range holds it with 87.5%.
+        assert_eq!(median_interval(&v[..4], 0.9), None);
+        assert_eq!(median_interval(&[], 0.9), None);
+    }
+
+    #[test]
+    fn the_interval_s_confidence_is_the_binomial_one_at_every_size() {
+        for n in 1..40 {
+            let v: Vec<f64> = (0..n).map(|i| f64::from(i as u32)).collect();
+            let want = (1..=n / 2).filter(|&k| coverage(n, k) >= 0.9).max();
+            let got = median_interval(&v, 0.9);
+            match (want, got) {
+                (None, None) => {}
+                (Some(k), Some(i)) => {
+                    assert_eq!((i.low, i.high), ((k - 1) as f64, (n - k) as f64), "n={n}");
+                    assert!((i.confidence - coverage(n, k)).abs() < 1e-9, "n={n}: {i:?}");
+                    assert!(i.low <= median(v.clone()) && median(v.clone()) <= i.high);
+                }
+                (want, got) => panic!("n={n}: want k={want:?}, got {got:?}"),
+            }
+        }
     }
 
     #[test]
