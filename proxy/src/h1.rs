@@ -236,7 +236,11 @@ impl<'t> Connection<'t> {
         let mut out = Buf::chain(&head[..], pieces[0])
             .chain(pieces[1])
             .chain(pieces[2]);
-        self.timed_write(|s| write_all(s, &mut out)).await?;
+        let written = self.timed_write(|s| write_all(s, &mut out)).await;
+        // The buffer stays for the next piece to be copied onto.
+        head.clear();
+        self.pending_head = head;
+        written?;
         self.flush().await
     }
 
@@ -1593,8 +1597,13 @@ mod tests {
             true,
         );
         conn.write_body(b"hello").await.expect("body");
+        // Each small piece is copied onto one buffer that stays, not onto
+        // a new one per piece.
+        let kept = conn.pending_head.as_ptr();
+        assert!(conn.pending_head.is_empty() && conn.pending_head.capacity() > 0);
         conn.write_body(b"").await.expect("nothing");
         conn.write_body(&[b'x'; 20]).await.expect("body");
+        assert_eq!(conn.pending_head.as_ptr(), kept);
         conn.finish_request().await.expect("finish");
         drop(conn);
         let mut wire = Vec::new();
