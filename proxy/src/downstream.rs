@@ -551,11 +551,7 @@ impl Session {
             data
         };
         let mut head = std::mem::take(&mut self.pending);
-        let mut pieces = [prefix, &data[..], suffix];
-        h1::append_small(&mut head, &mut pieces);
-        let mut out = Buf::chain(&head[..], pieces[0])
-            .chain(pieces[1])
-            .chain(pieces[2]);
+        let mut out = h1::append_small(&mut head, [prefix, &data, suffix]);
         let sent = if out.has_remaining() {
             self.write(&mut out).await
         } else {
