@@ -530,7 +530,14 @@ impl EdgeProxy {
         } else {
             Instant::now()
         };
-        let pooled = backend.idle.take(sent_at);
+        // A request that cannot be sent again asks the socket whether the
+        // backend closed the connection (see `upstream::Check`).
+        let check = if ctx.repeatable {
+            upstream::Check::Readiness
+        } else {
+            upstream::Check::Socket
+        };
+        let pooled = backend.idle.take(sent_at, check);
         let on_pooled = pooled.is_some();
         let conn = match pooled {
             Some(conn) => conn,

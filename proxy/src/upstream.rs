@@ -499,8 +499,9 @@ impl IdlePool {
         self.idle.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The newest idle connection that can carry a request, if any.
-    pub fn take(&self, now: Instant) -> Option<h1::Idle> {
+    /// The newest idle connection that can carry a request, if any, made
+    /// sure of as `check` says.
+    pub fn take(&self, now: Instant, check: Check) -> Option<h1::Idle> {
         let mut idle = self.lock();
         while let Some((mut conn, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
@@ -508,7 +509,9 @@ impl IdlePool {
                 idle.clear();
                 return None;
             }
-            if still_idle(&mut conn.stream) {
+            if still_idle(&mut conn.stream)
+                && (check == Check::Readiness || socket_idle(&conn.stream))
+            {
                 return Some(conn);
             }
         }
@@ -541,6 +544,37 @@ impl IdlePool {
         });
         idle.len()
     }
+}
+
+/// How [`IdlePool::take`] makes sure an idle connection is still open.
+///
+/// The worker threads share a backend's pool, but a connection learns of
+/// events (the backend's close among them) through the runtime of the
+/// thread that opened it, and only when that thread next turns its event
+/// loop. Taken by another thread meanwhile, a connection the backend has
+/// already closed can still look idle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// The runtime's readiness alone: free. For a request that can be
+    /// sent again (idempotent, or carrying an idempotency key), which a
+    /// close seen late costs a retry on a fresh connection.
+    Readiness,
+    /// The readiness, then the socket itself (one `recv` that peeks and
+    /// does not wait): for a request that could not be sent again.
+    Socket,
+}
+
+/// What the socket itself holds: idle when there is nothing to read and no
+/// end-of-stream. A stream's `id` is its socket's descriptor, plain and
+/// TLS alike; anything else (an error, bytes, the close) is not idle.
+fn socket_idle(stream: &Stream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    matches!(
+        recv(stream.id(), &mut byte, flags),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// An idle HTTP/1 connection has nothing to read: end-of-stream means the
@@ -1053,15 +1087,81 @@ mod tests {
         // The close travels over loopback; the runtime learns of it through
         // its readiness events. Until then the closed one, newest, comes first.
         for _ in 0..1000 {
-            let taken = pool.take(now).expect("the open connection is left");
+            let taken = pool
+                .take(now, Check::Readiness)
+                .expect("the open connection is left");
             if taken.stream.id() == open_id {
-                assert!(pool.take(now).is_none(), "the closed one was dropped");
+                assert!(
+                    pool.take(now, Check::Readiness).is_none(),
+                    "the closed one was dropped"
+                );
                 return;
             }
             pool.put(taken, now);
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         panic!("the closed connection was still handed out after 5 s");
+    }
+
+    /// Waits, without turning the runtime, until `peer`'s close or bytes
+    /// have reached `conn`'s socket.
+    fn landed(conn: &Stream) {
+        use nix::sys::socket::{MsgFlags, recv};
+        let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+        for _ in 0..5000 {
+            if recv(conn.id(), &mut [0u8; 1], flags).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("nothing reached the socket within 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_close_the_runtime_has_not_seen_keeps_a_post_off_the_connection() {
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let (conn, peer) = h1::stream_pair().await;
+        pool.put(h1::Idle::new(conn), now);
+        drop(peer);
+        // No await from here on: the runtime's event loop does not turn,
+        // as on a worker thread busy with other requests.
+        let conn = pool.take(now, Check::Readiness).expect("still looks idle");
+        landed(&conn.stream);
+        pool.put(conn, now);
+        let conn = pool
+            .take(now, Check::Readiness)
+            .expect("the readiness has not seen the close");
+        pool.put(conn, now);
+        assert!(
+            pool.take(now, Check::Socket).is_none(),
+            "the socket knows it is closed"
+        );
+        assert!(pool.take(now, Check::Readiness).is_none(), "and it is gone");
+    }
+
+    #[tokio::test]
+    async fn the_socket_check_keeps_an_idle_connection_and_drops_one_out_of_step() {
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let (open, _open_peer) = h1::stream_pair().await;
+        let open_id = open.id();
+        let (chatty, chatty_peer) = h1::stream_pair().await;
+        pool.put(h1::Idle::new(open), now);
+        pool.put(h1::Idle::new(chatty), now);
+        // A write that does not wait: the runtime does not turn meanwhile.
+        let bytes = b"HTTP/1.1 200 OK\r\n";
+        assert_eq!(chatty_peer.try_write(bytes).expect("write"), bytes.len());
+        let chatty = pool.take(now, Check::Readiness).expect("looks idle");
+        landed(&chatty.stream);
+        pool.put(chatty, now);
+        let taken = pool.take(now, Check::Socket).expect("the open one is left");
+        assert_eq!(
+            taken.stream.id(),
+            open_id,
+            "the out-of-step one was dropped"
+        );
+        assert!(pool.take(now, Check::Socket).is_none());
     }
 
     #[tokio::test]
@@ -1093,7 +1193,7 @@ mod tests {
             left = pool.prune(now);
         }
         assert_eq!(left, 1, "only the clean, young connection stays");
-        assert!(pool.take(now).is_some());
+        assert!(pool.take(now, Check::Readiness).is_some());
     }
 
     proptest! {
