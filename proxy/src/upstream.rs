@@ -11,10 +11,12 @@ use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
 use std::borrow::Cow;
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+use thread_local::ThreadLocal;
 
-/// Idle connections kept per backend, as many as Pingora keeps by default.
+/// Idle connections kept per backend by each worker thread (counted per
+/// worker, as nginx's `keepalive` counts them).
 pub const IDLE_PER_BACKEND: usize = 128;
 
 /// Fields the proxy forwards or relies on: a client may not have them
@@ -478,25 +480,31 @@ pub fn is_websocket_upgrade(req: &Parts, fields: &Fields) -> bool {
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// A backend's idle keep-alive connections, newest last. A connection is
-/// handed out again only if it is younger than the idle timeout and the
-/// backend has neither closed it nor sent anything on it since.
+/// A backend's idle keep-alive connections, one list per worker thread,
+/// newest last. A connection is handed out again only if it is younger
+/// than the idle timeout and the backend has neither closed it nor sent
+/// anything on it since.
+///
+/// A thread takes back only the connections it put. A connection hears of
+/// its socket's events through the runtime of the thread that opened it:
+/// used from another thread, each of its backend's answers would wake that
+/// thread first, to pass the news on, and its readiness would lag there.
 pub struct IdlePool {
-    idle: Mutex<VecDeque<(h1::Idle, Instant)>>,
+    idle: ThreadLocal<Mutex<VecDeque<(h1::Idle, Instant)>>>,
     idle_timeout: Duration,
 }
 
 impl IdlePool {
     pub fn new(idle_timeout: Duration) -> Self {
         IdlePool {
-            idle: Mutex::new(VecDeque::new()),
+            idle: ThreadLocal::new(),
             idle_timeout,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<(h1::Idle, Instant)>> {
-        // A deque of owned connections stays consistent if a holder panicked.
-        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    /// The calling thread's list. (Locked only against [`IdlePool::prune`].)
+    fn lock(&self) -> MutexGuard<'_, VecDeque<(h1::Idle, Instant)>> {
+        lock(self.idle.get_or_default())
     }
 
     /// The newest idle connection that can carry a request, if any, made
@@ -536,23 +544,32 @@ impl IdlePool {
     /// Closes idle connections that are too old, or that the backend has
     /// closed or written to since: a pool its backend no longer gets
     /// requests for does not keep them open. Returns how many are left.
+    /// Every thread's list is swept.
     pub fn prune(&self, now: Instant) -> usize {
-        let mut idle = self.lock();
-        idle.retain_mut(|(conn, since)| {
-            now.saturating_duration_since(*since) < self.idle_timeout
-                && still_idle(&mut conn.stream)
-        });
-        idle.len()
+        self.idle
+            .iter()
+            .map(|list| {
+                let mut idle = lock(list);
+                idle.retain_mut(|(conn, since)| {
+                    now.saturating_duration_since(*since) < self.idle_timeout
+                        && still_idle(&mut conn.stream)
+                });
+                idle.len()
+            })
+            .sum()
     }
+}
+
+fn lock<T>(list: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A list of owned connections stays consistent if a holder panicked.
+    list.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// How [`IdlePool::take`] makes sure an idle connection is still open.
 ///
-/// The worker threads share a backend's pool, but a connection learns of
-/// events (the backend's close among them) through the runtime of the
-/// thread that opened it, and only when that thread next turns its event
-/// loop. Taken by another thread meanwhile, a connection the backend has
-/// already closed can still look idle.
+/// A connection learns of its socket's events (the backend's close among
+/// them) when its thread's runtime next turns its event loop: a close that
+/// landed while the thread was busy can still look idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
     /// The runtime's readiness alone: free. For a request that can be
@@ -1162,6 +1179,36 @@ mod tests {
             "the out-of-step one was dropped"
         );
         assert!(pool.take(now, Check::Socket).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_thread_takes_back_only_the_connections_it_put() {
+        let pool = IdlePool::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let (ours, _our_peer) = h1::stream_pair().await;
+        let ours_id = ours.id();
+        let (theirs, _their_peer) = h1::stream_pair().await;
+        let theirs_id = theirs.id();
+        pool.put(h1::Idle::new(ours), now);
+        std::thread::scope(|s| {
+            let pool = &pool;
+            let (put, was_put) = std::sync::mpsc::channel();
+            let (go_on, told) = std::sync::mpsc::channel::<()>();
+            let other = s.spawn(move || {
+                assert!(pool.take(now, Check::Readiness).is_none(), "not its own");
+                pool.put(h1::Idle::new(theirs), now);
+                put.send(()).expect("send");
+                told.recv().expect("told");
+                pool.take(now, Check::Readiness).map(|c| c.stream.id())
+            });
+            was_put.recv().expect("put");
+            assert_eq!(pool.prune(now), 2, "the sweep sees every thread's");
+            let taken = pool.take(now, Check::Readiness).expect("its own");
+            assert_eq!(taken.stream.id(), ours_id);
+            assert!(pool.take(now, Check::Readiness).is_none());
+            go_on.send(()).expect("send");
+            assert_eq!(other.join().expect("no panic"), Some(theirs_id));
+        });
     }
 
     #[tokio::test]
