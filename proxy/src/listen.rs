@@ -21,7 +21,7 @@ use pingora_core::services::Service;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 65_535;
@@ -102,7 +102,8 @@ impl Service for PlainListeners {
 }
 
 /// Accepts connections until the server shuts down, each served on one of
-/// the server's threads; the listening socket closes when it ends.
+/// the server's threads (see [`hand_over`]); the listening socket closes
+/// when it ends.
 async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: ShutdownWatch) {
     loop {
         if *shutdown.borrow() {
@@ -132,14 +133,45 @@ async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: 
                 continue;
             }
         };
-        let stream = TcpConnection::from_client(socket, peer);
         let app = Arc::clone(&app);
         let shutdown = shutdown.clone();
-        pingora_runtime::current_handle().spawn(async move {
-            // Nothing comes back for reuse from an HTTP/1 connection.
-            drop(app.process_new(stream, &shutdown).await);
-        });
+        hand_over(
+            socket,
+            &pingora_runtime::current_handle(),
+            move |socket| async move {
+                let stream = TcpConnection::from_client(socket, peer);
+                // Nothing comes back for reuse from an HTTP/1 connection.
+                drop(app.process_new(stream, &shutdown).await);
+            },
+        );
     }
+}
+
+/// Serves an accepted socket on the runtime `on`, registered with that
+/// runtime: its events then wake the thread that serves it, not the
+/// accept loop's, which would have to pass each one on.
+fn hand_over<F, Fut>(socket: TcpStream, on: &tokio::runtime::Handle, serve: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    if on.id() == tokio::runtime::Handle::current().id() {
+        on.spawn(serve(socket));
+        return;
+    }
+    let socket = match socket.into_std() {
+        Ok(socket) => socket,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot hand an accepted connection over");
+            return;
+        }
+    };
+    on.spawn(async move {
+        match TcpStream::from_std(socket) {
+            Ok(socket) => serve(socket).await,
+            Err(e) => tracing::debug!(error = %e, "cannot serve an accepted connection"),
+        }
+    });
 }
 
 /// Whether an accept failed for want of file descriptors or memory, which
@@ -163,6 +195,79 @@ mod tests {
         for errno in [libc::ECONNABORTED, libc::EPERM, libc::EPROTO] {
             assert!(!out_of_resources(&std::io::Error::from_raw_os_error(errno)));
         }
+    }
+
+    /// A current-thread runtime on a thread of its own, dropped by `stop`.
+    struct RuntimeThread {
+        handle: tokio::runtime::Handle,
+        stop: std::sync::mpsc::Sender<()>,
+        thread: std::thread::JoinHandle<()>,
+    }
+
+    impl RuntimeThread {
+        fn start() -> Self {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let handle = rt.handle().clone();
+            let (stop, stopped) = std::sync::mpsc::channel::<()>();
+            let thread = std::thread::spawn(move || {
+                rt.block_on(async {
+                    while stopped.try_recv().is_err() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                });
+            });
+            RuntimeThread {
+                handle,
+                stop,
+                thread,
+            }
+        }
+
+        fn stop(self) {
+            self.stop.send(()).expect("stop");
+            self.thread.join().expect("runtime thread");
+        }
+    }
+
+    #[test]
+    fn a_handed_over_socket_lives_on_the_serving_runtime_alone() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let accepting = RuntimeThread::start();
+        let serving = RuntimeThread::start();
+        let (served_on, was_served_on) = std::sync::mpsc::channel();
+        let (echoed, was_echoed) = std::sync::mpsc::channel();
+        let on = serving.handle.clone();
+        let addr = accepting.handle.block_on(async {
+            let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(async move {
+                let (socket, _) = listener.accept().await.expect("accept");
+                hand_over(socket, &on, move |mut socket| async move {
+                    served_on.send(tokio::runtime::Handle::current().id()).ok();
+                    let mut got = [0u8; 4];
+                    socket.read_exact(&mut got).await.expect("read");
+                    socket.write_all(&got).await.expect("write");
+                    echoed.send(()).ok();
+                });
+            });
+            addr
+        });
+        let mut client = std::net::TcpStream::connect(addr).expect("connect");
+        let limit = Duration::from_secs(10);
+        let id = was_served_on.recv_timeout(limit).expect("served");
+        assert_eq!(id, serving.handle.id());
+        // With the accepting runtime gone, only a socket registered with the
+        // serving one still gets its events.
+        accepting.stop();
+        std::io::Write::write_all(&mut client, b"ping").expect("write");
+        was_echoed.recv_timeout(limit).expect("echoed");
+        let mut got = [0u8; 4];
+        std::io::Read::read_exact(&mut client, &mut got).expect("read");
+        assert_eq!(&got, b"ping");
+        serving.stop();
     }
 
     #[test]
