@@ -60,6 +60,10 @@ struct Cli {
     /// Request rates of the overhead scenario.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
     rates: Vec<u64>,
+    /// Worker threads (edgeroute, HAProxy) or processes (nginx) of each
+    /// proxy in the throughput and overhead runs; the backend keeps one.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    workers: usize,
     /// The edgeroute-proxy binary (default: beside this one).
     #[arg(long)]
     proxy_bin: Option<PathBuf>,
@@ -99,6 +103,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         proxy_bin: targets::proxy_bin(cli.proxy_bin.as_deref())?,
         swaps: cli.swaps,
         rates: cli.rates.clone(),
+        workers: cli.workers,
     };
     // One load-generator thread, like `wrk -t1`: on a 2-core machine the
     // other core belongs to the target.
@@ -110,7 +115,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     results.insert("machine".into(), report::machine());
     results.insert("settings".into(), serde_json::json!({
         "duration_s": cli.duration.as_secs_f64(), "connections": cli.connections, "reps": cli.reps,
-        "swaps": cli.swaps, "rates": cli.rates,
+        "swaps": cli.swaps, "rates": cli.rates, "workers": cli.workers,
         "load_generator": "edgeroute-bench, 1 thread (and a pacer thread for the open loop), HTTP/1.1 keep-alive",
         "client": format!("{:?}", cli.client).to_lowercase(),
     }));

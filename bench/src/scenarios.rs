@@ -37,6 +37,9 @@ pub struct Settings {
     pub proxy_bin: PathBuf,
     pub swaps: u64,
     pub rates: Vec<u64>,
+    /// Worker threads (edgeroute, HAProxy) or processes (nginx) of each
+    /// proxy in the throughput and overhead runs.
+    pub workers: usize,
 }
 
 fn dir() -> anyhow::Result<tempfile::TempDir> {
@@ -72,11 +75,12 @@ impl Lineup {
             d.path(),
             &[("bench", vec![backend.addr])],
             &targets::table(1, 1, "bench", &[("bench", "active")], false),
+            s.workers,
             "",
         )?;
-        let nginx = Some(targets::nginx_proxy(d.path(), backend.addr)?);
+        let nginx = Some(targets::nginx_proxy(d.path(), backend.addr, s.workers)?);
         let haproxy = targets::installed("haproxy")
-            .then(|| targets::haproxy(d.path(), backend.addr))
+            .then(|| targets::haproxy(d.path(), backend.addr, s.workers))
             .transpose()?;
         if haproxy.is_none() {
             progress(&format!(
@@ -238,8 +242,8 @@ pub async fn throughput(s: &Settings) -> anyhow::Result<Value> {
     }
     report::table(
         &format!(
-            "throughput — {} connections, {:?} x {} interleaved runs in balanced orders, medians (CPU is the target's, for direct the backend's)",
-            s.connections, s.duration, s.reps
+            "throughput — {} connections, {:?} x {} interleaved runs in balanced orders, {} worker(s) per proxy, medians (CPU is the target's, for direct the backend's)",
+            s.connections, s.duration, s.reps, s.workers
         ),
         &[
             "target",
@@ -320,8 +324,8 @@ pub async fn overhead(s: &Settings) -> anyhow::Result<Value> {
     }
     report::table(
         &format!(
-            "overhead — open loop, latency from each request's due time, {:?} per rate (load gen. late: how late requests went out on connections idle at their due time)",
-            s.duration
+            "overhead — open loop, latency from each request's due time, {:?} per rate, {} worker(s) per proxy (load gen. late: how late requests went out on connections idle at their due time)",
+            s.duration, s.workers
         ),
         &[
             "rate",
@@ -385,6 +389,7 @@ fn world(s: &Settings, delays_ms: [u64; 3]) -> anyhow::Result<World> {
         d.path(),
         &regions,
         &targets::table(1, 1, REGIONS[0], &all_active, false),
+        1,
         "[health]\ninterval = \"500ms\"\ntimeout = \"400ms\"\n",
     )?;
     Ok(World {

@@ -243,10 +243,11 @@ pub fn nginx_backend(dir: &Path) -> anyhow::Result<Process> {
     spawn("backend (nginx)", addr, cmd, &dir.join("nginx-backend.log"))
 }
 
-pub fn nginx_proxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Process> {
+/// nginx in front of `backend` with `workers` worker processes.
+pub fn nginx_proxy(dir: &Path, backend: SocketAddr, workers: usize) -> anyhow::Result<Process> {
     let addr = free_addr();
     let conf = format!(
-        "worker_processes 1;\ndaemon off;\npid {dir}/nginx-proxy.pid;\nerror_log {dir}/nginx-proxy.err warn;\n\
+        "worker_processes {workers};\ndaemon off;\npid {dir}/nginx-proxy.pid;\nerror_log {dir}/nginx-proxy.err warn;\n\
          events {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {dir}/np_body;\n  proxy_temp_path {dir}/np_proxy;\n\
          fastcgi_temp_path {dir}/np_fcgi;\n  uwsgi_temp_path {dir}/np_uwsgi;\n  scgi_temp_path {dir}/np_scgi;\n\
@@ -263,10 +264,11 @@ pub fn nginx_proxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Process> {
     spawn("nginx", addr, cmd, &dir.join("nginx-proxy.log"))
 }
 
-pub fn haproxy(dir: &Path, backend: SocketAddr) -> anyhow::Result<Process> {
+/// HAProxy in front of `backend` with `threads` threads.
+pub fn haproxy(dir: &Path, backend: SocketAddr, threads: usize) -> anyhow::Result<Process> {
     let addr = free_addr();
     let conf = format!(
-        "global\n  nbthread 1\n  maxconn 4096\n  pidfile {dir}/haproxy.pid\n\
+        "global\n  nbthread {threads}\n  maxconn 4096\n  pidfile {dir}/haproxy.pid\n\
          defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
          option http-keep-alive\n  http-reuse always\n\
          frontend fe\n  bind {addr}\n  default_backend be\n\
@@ -298,8 +300,9 @@ pub fn proxy_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// An edgeroute proxy with `regions` (name, backends), local first, and a
-/// table file the caller may rewrite; probes, outlier detection and metrics
-/// are on, the access log off (as for the peers).
+/// table file the caller may rewrite, serving on `threads` worker threads;
+/// probes, outlier detection and metrics are on, the access log off (as for
+/// the peers).
 pub struct Edgeroute {
     pub process: Process,
     pub admin: SocketAddr,
@@ -311,6 +314,7 @@ pub fn edgeroute(
     dir: &Path,
     regions: &[(&str, Vec<SocketAddr>)],
     table: &serde_json::Value,
+    threads: usize,
     extra: &str,
 ) -> anyhow::Result<Edgeroute> {
     let addr = free_addr();
@@ -320,7 +324,7 @@ pub fn edgeroute(
     let mut conf = format!(
         "local_region = \"{}\"\n[[listeners]]\naddress = \"{addr}\"\n[admin]\naddress = \"{admin}\"\n\
          [table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"1s\"\n\
-         [log]\naccess = false\nlevel = \"warn\"\n[runtime]\nthreads = 1\n{extra}\n",
+         [log]\naccess = false\nlevel = \"warn\"\n[runtime]\nthreads = {threads}\n{extra}\n",
         regions[0].0
     );
     for (name, backends) in regions {
