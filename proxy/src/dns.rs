@@ -6,6 +6,7 @@
 use crate::health::prober;
 use crate::state::AppState;
 use crate::topology::{Backend, peer_for};
+use crate::upstream::Lists;
 use anyhow::Context;
 use edgeroute_config::{DnsConfig, ProxyConfig};
 use hickory_resolver::TokioResolver;
@@ -179,6 +180,7 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
                 region,
                 peer_for(&state.config, region, host, *addr),
                 &state.config.health,
+                Lists::for_runtime(state.config.runtime.work_stealing),
                 state.topology.clock,
             ));
             tracing::info!(region = &*info.name, backend = label, address = %addr, "new address in DNS; probing it before use");

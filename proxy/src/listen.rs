@@ -149,7 +149,9 @@ async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: 
 
 /// Serves an accepted socket on the runtime `on`, registered with that
 /// runtime: its events then wake the thread that serves it, not the
-/// accept loop's, which would have to pass each one on.
+/// accept loop's, which would have to pass each one on. (A socket moved
+/// this way is not assumed ready, as a freshly accepted one is: its first
+/// read waits for the serving loop's next turn.)
 fn hand_over<F, Fut>(socket: TcpStream, on: &tokio::runtime::Handle, serve: F)
 where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,

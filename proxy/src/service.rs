@@ -530,13 +530,15 @@ impl EdgeProxy {
         } else {
             Instant::now()
         };
-        // A request that cannot be sent again asks the socket whether the
-        // backend closed the connection (see `upstream::Check`).
-        let check = if ctx.repeatable {
-            upstream::Check::Readiness
-        } else {
-            upstream::Check::Socket
-        };
+        let check = pool_check(
+            ctx.repeatable,
+            ctx.attempts < self.state.config.retries.max_attempts,
+            !client.retry_buffer_truncated()
+                && ctx
+                    .facts
+                    .content_length
+                    .is_none_or(|len| len <= downstream::RETRY_BUFFER as u64),
+        );
         let pooled = backend.idle.take(sent_at, check);
         let on_pooled = pooled.is_some();
         let conn = match pooled {
@@ -889,10 +891,39 @@ async fn carry(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(
     Ok(())
 }
 
+/// How sure a request must be that a pooled connection is still open: a
+/// request that could not go again if the backend had closed it (not
+/// repeatable, its last attempt, or a body larger than the retry buffer
+/// holds) asks the socket (see [`upstream::Check`]).
+fn pool_check(repeatable: bool, attempts_left: bool, body_held: bool) -> upstream::Check {
+    if repeatable && attempts_left && body_held {
+        upstream::Check::Readiness
+    } else {
+        upstream::Check::Socket
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn only_a_request_that_can_go_again_skips_the_socket_check() {
+        let mut free = Vec::new();
+        for repeatable in [false, true] {
+            for attempts_left in [false, true] {
+                for body_held in [false, true] {
+                    if pool_check(repeatable, attempts_left, body_held)
+                        == upstream::Check::Readiness
+                    {
+                        free.push((repeatable, attempts_left, body_held));
+                    }
+                }
+            }
+        }
+        assert_eq!(free, [(true, true, true)]);
+    }
 
     #[test]
     fn new_request_ids_are_distinct_version_4_uuids() {

@@ -8,7 +8,7 @@
 
 use crate::health::outlier::Verdict;
 use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
-use crate::upstream::IdlePool;
+use crate::upstream::{IdlePool, Lists};
 use arc_swap::ArcSwap;
 use edgeroute_config::{HealthConfig, ProxyConfig};
 use http::HeaderValue;
@@ -56,6 +56,7 @@ impl Backend {
         region: usize,
         peer: HttpPeer,
         health: &HealthConfig,
+        lists: Lists,
         clock: Instant,
     ) -> Self {
         let start_healthy = health.start_healthy || !health.probes;
@@ -65,7 +66,7 @@ impl Backend {
             addr,
             region,
             peer,
-            idle: IdlePool::new(idle_timeout),
+            idle: IdlePool::new(idle_timeout, lists),
             inflight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
@@ -346,6 +347,7 @@ impl Topology {
                                 ri,
                                 peer_for(cfg, ri, &b.host, *a),
                                 &cfg.health,
+                                Lists::for_runtime(cfg.runtime.work_stealing),
                                 clock,
                             ))
                         })
@@ -407,6 +409,7 @@ pub(crate) mod testing {
                             ri,
                             HttpPeer::new(addr, false, String::new()),
                             &h,
+                            Lists::PerThread,
                             clock,
                         ))
                     })

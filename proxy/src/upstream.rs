@@ -480,31 +480,61 @@ pub fn is_websocket_upgrade(req: &Parts, fields: &Fields) -> bool {
             .any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
-/// A backend's idle keep-alive connections, one list per worker thread,
-/// newest last. A connection is handed out again only if it is younger
-/// than the idle timeout and the backend has neither closed it nor sent
-/// anything on it since.
-///
-/// A thread takes back only the connections it put. A connection hears of
-/// its socket's events through the runtime of the thread that opened it:
-/// used from another thread, each of its backend's answers would wake that
-/// thread first, to pass the news on, and its readiness would lag there.
+/// A backend's idle keep-alive connections, newest last, in one list per
+/// worker thread or one for all (see [`Lists`]). A connection is handed out
+/// again only if it is younger than the idle timeout and the backend has
+/// neither closed it nor sent anything on it since.
 pub struct IdlePool {
-    idle: ThreadLocal<Mutex<VecDeque<(h1::Idle, Instant)>>>,
+    per_thread: ThreadLocal<Mutex<List>>,
+    shared: Option<Mutex<List>>,
     idle_timeout: Duration,
 }
 
+type List = VecDeque<(h1::Idle, Instant)>;
+
+/// How a backend's idle connections are kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lists {
+    /// A list per thread, from which a thread takes back only what it put:
+    /// for worker threads with an event loop each. A connection hears of
+    /// its socket's events through the loop of the thread that opened it;
+    /// used from another thread, each of its backend's answers would wake
+    /// that thread first, to pass the news on, and its readiness would lag
+    /// there.
+    PerThread,
+    /// One list: for worker threads that share one event loop (work
+    /// stealing), where any thread may take any connection.
+    Shared,
+}
+
+impl Lists {
+    /// The lists for worker threads with (`work_stealing`) or without a
+    /// shared event loop.
+    pub fn for_runtime(work_stealing: bool) -> Self {
+        if work_stealing {
+            Lists::Shared
+        } else {
+            Lists::PerThread
+        }
+    }
+}
+
 impl IdlePool {
-    pub fn new(idle_timeout: Duration) -> Self {
+    pub fn new(idle_timeout: Duration, lists: Lists) -> Self {
         IdlePool {
-            idle: ThreadLocal::new(),
+            per_thread: ThreadLocal::new(),
+            shared: (lists == Lists::Shared).then(|| Mutex::new(VecDeque::new())),
             idle_timeout,
         }
     }
 
-    /// The calling thread's list. (Locked only against [`IdlePool::prune`].)
-    fn lock(&self) -> MutexGuard<'_, VecDeque<(h1::Idle, Instant)>> {
-        lock(self.idle.get_or_default())
+    /// The calling thread's list. (Locked only against [`IdlePool::prune`]
+    /// when lists are per thread.)
+    fn lock(&self) -> MutexGuard<'_, List> {
+        lock(match &self.shared {
+            Some(list) => list,
+            None => self.per_thread.get_or_default(),
+        })
     }
 
     /// The newest idle connection that can carry a request, if any, made
@@ -546,8 +576,9 @@ impl IdlePool {
     /// requests for does not keep them open. Returns how many are left.
     /// Every thread's list is swept.
     pub fn prune(&self, now: Instant) -> usize {
-        self.idle
+        self.shared
             .iter()
+            .chain(self.per_thread.iter())
             .map(|list| {
                 let mut idle = lock(list);
                 idle.retain_mut(|(conn, since)| {
@@ -1093,7 +1124,7 @@ mod tests {
 
     #[tokio::test]
     async fn take_hands_out_no_connection_its_backend_closed() {
-        let pool = IdlePool::new(Duration::from_secs(60));
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
         let now = Instant::now();
         let (open, _open_peer) = h1::stream_pair().await;
         let open_id = open.id();
@@ -1136,7 +1167,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_the_runtime_has_not_seen_keeps_a_post_off_the_connection() {
-        let pool = IdlePool::new(Duration::from_secs(60));
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
         let now = Instant::now();
         let (conn, peer) = h1::stream_pair().await;
         pool.put(h1::Idle::new(conn), now);
@@ -1159,7 +1190,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_socket_check_keeps_an_idle_connection_and_drops_one_out_of_step() {
-        let pool = IdlePool::new(Duration::from_secs(60));
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
         let now = Instant::now();
         let (open, _open_peer) = h1::stream_pair().await;
         let open_id = open.id();
@@ -1183,7 +1214,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_takes_back_only_the_connections_it_put() {
-        let pool = IdlePool::new(Duration::from_secs(60));
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
         let now = Instant::now();
         let (ours, _our_peer) = h1::stream_pair().await;
         let ours_id = ours.id();
@@ -1212,9 +1243,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn with_work_stealing_any_thread_takes_any_connection() {
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::for_runtime(true));
+        let now = Instant::now();
+        let (conn, _peer) = h1::stream_pair().await;
+        let id = conn.id();
+        pool.put(h1::Idle::new(conn), now);
+        let taken = std::thread::scope(|s| {
+            s.spawn(|| pool.take(now, Check::Readiness).map(|c| c.stream.id()))
+                .join()
+                .expect("no panic")
+        });
+        assert_eq!(taken, Some(id));
+        assert_eq!(Lists::for_runtime(false), Lists::PerThread);
+    }
+
+    #[tokio::test]
     async fn prune_closes_old_closed_and_out_of_step_connections() {
         use tokio::io::AsyncWriteExt;
-        let pool = IdlePool::new(Duration::from_secs(60));
+        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
         let start = Instant::now();
         let (kept, _kept_peer) = h1::stream_pair().await;
         let (closed, closed_peer) = h1::stream_pair().await;
