@@ -300,15 +300,16 @@ pub fn proxy_bin(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// An edgeroute proxy with `regions` (name, backends), local first, and a
-/// table file the caller may rewrite, serving on `threads` worker threads;
-/// probes, outlier detection and metrics are on, the access log off (as for
-/// the peers).
+/// table file the caller may rewrite; probes, outlier detection and metrics
+/// are on, the access log off (as for the peers).
 pub struct Edgeroute {
     pub process: Process,
     pub admin: SocketAddr,
     pub table: PathBuf,
 }
 
+/// Starts an [`Edgeroute`] on `threads` worker threads, with `extra` added
+/// to its configuration.
 pub fn edgeroute(
     bin: &Path,
     dir: &Path,

@@ -603,12 +603,12 @@ fn lock<T>(list: &Mutex<T>) -> MutexGuard<'_, T> {
 /// landed while the thread was busy can still look idle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
-    /// The runtime's readiness alone: free. For a request that can be
-    /// sent again (idempotent, or carrying an idempotency key), which a
-    /// close seen late costs a retry on a fresh connection.
+    /// The runtime's readiness alone: free. For a request that can go
+    /// again on a fresh connection (repeatable, with attempts left and its
+    /// body held for a retry), which a close seen late costs a retry.
     Readiness,
     /// The readiness, then the socket itself (one `recv` that peeks and
-    /// does not wait): for a request that could not be sent again.
+    /// does not wait): for a request that could not go again.
     Socket,
 }
 
