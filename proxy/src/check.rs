@@ -2,6 +2,16 @@
 
 use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
+/// Loads every TLS listener's certificate and key, as `run` would.
+pub fn listeners(cfg: &ProxyConfig) -> Result<(), String> {
+    for (i, l) in cfg.listeners.iter().enumerate() {
+        if let Some(files) = &l.tls {
+            crate::tls::listener_config(i, files)?;
+        }
+    }
+    Ok(())
+}
+
 /// Validates the routing table the config names against the config's regions.
 pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
     let path = match &cfg.table {

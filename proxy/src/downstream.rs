@@ -668,24 +668,6 @@ const LINGER: Duration = Duration::from_secs(5);
 /// The longest wait for the client's next bytes while lingering.
 const LINGER_READ: Duration = Duration::from_secs(1);
 
-/// A plain TCP client connection with `TCP_NODELAY` set: a response
-/// streamed in pieces goes out as it is written, where Nagle's algorithm
-/// would hold a small piece back until the client acknowledged the one
-/// before it (and a client may delay that acknowledgement by up to 40 ms).
-/// Other streams (TLS) are handed back as they are. `None` only if the
-/// stream, known to be TCP, could not be taken back out of its box.
-pub fn without_nagle(stream: Stream) -> Option<Stream> {
-    use pingora_core::protocols::l4::stream::Stream as Tcp;
-    if !stream.as_any().is::<Tcp>() {
-        return Some(stream);
-    }
-    let mut tcp = stream.into_any().downcast::<Tcp>().ok()?;
-    if let Err(e) = tcp.set_nodelay() {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
-    }
-    Some(tcp)
-}
-
 /// An address as a field value.
 fn ip_text(ip: IpAddr) -> HeaderValue {
     // An address is always a valid field value.
@@ -1153,22 +1135,6 @@ mod tests {
         }
         assert_eq!(s.response_status(), Some(status));
         (s.reusable(), received(s, peer).await)
-    }
-
-    #[tokio::test]
-    async fn a_client_connection_goes_without_nagle() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let _peer =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-        let (ours, _) = listener.accept().expect("accept");
-        // A second handle on the same socket shows its options.
-        let probe = ours.try_clone().expect("clone");
-        ours.set_nonblocking(true).expect("nonblocking");
-        let ours = TcpStream::from_std(ours).expect("tokio stream");
-        let stream: Stream = Box::new(pingora_core::protocols::l4::stream::Stream::from(ours));
-        assert!(!probe.nodelay().expect("nodelay"));
-        let _stream = without_nagle(stream).expect("the stream back");
-        assert!(probe.nodelay().expect("nodelay"));
     }
 
     #[tokio::test]

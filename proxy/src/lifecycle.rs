@@ -1,19 +1,18 @@
 //! Readiness, in-flight requests and shutdown.
 //!
 //! On SIGTERM the proxy flips `/ready` to 503 at once, stops accepting
-//! (Pingora closes its listeners), lets in-flight requests finish within the
+//! (the accept loops end and close their sockets), lets in-flight requests finish within the
 //! grace period, then exits 0 as soon as none is left.
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 pub struct Lifecycle {
-    /// Every traffic listener accepts connections.
+    /// Every traffic listener's accept loop runs.
     listening: AtomicBool,
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
@@ -38,21 +37,9 @@ impl Lifecycle {
         self.listening.load(Ordering::Relaxed)
     }
 
-    /// Waits until a TCP connect to every address succeeds, then marks the
-    /// proxy as listening. Pingora binds its listeners inside its own
-    /// runtimes, so this is how readiness learns that traffic can arrive.
-    pub async fn wait_listening(&self, addrs: Vec<SocketAddr>) {
-        for addr in addrs {
-            let target = loopback_for(addr);
-            let mut tries = 0u32;
-            while tokio::net::TcpStream::connect(target).await.is_err() {
-                tries += 1;
-                if tries.is_multiple_of(500) {
-                    tracing::warn!(%addr, "listener still not accepting connections");
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
+    /// Every traffic listener's accept loop runs (see
+    /// [`crate::listen::Listeners`]).
+    pub fn mark_listening(&self) {
         self.listening.store(true, Ordering::Relaxed);
     }
 
@@ -95,19 +82,6 @@ impl Lifecycle {
             }
             notified.await;
         }
-    }
-}
-
-/// A wildcard listen address is probed on loopback.
-fn loopback_for(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
-        }
-        _ => addr,
     }
 }
 

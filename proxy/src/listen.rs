@@ -1,20 +1,28 @@
-//! Plain HTTP/1 listeners (no TLS, no h2c), served by the proxy's own
-//! accept loop as a Pingora service.
+//! The proxy's listeners, served by its own accept loop as a Pingora
+//! service.
 //!
-//! Pingora's listening service puts every accepted socket in its own TCP
-//! stream (which times each read and write that waits) and bounds a TLS
-//! handshake that a plain socket never has with a timer. Here an accepted
-//! socket becomes a [`TcpConnection`] with `TCP_NODELAY` set and the
-//! client's address from the accept, and goes to the same [`EdgeServer`]
-//! as on Pingora's listeners. TLS and h2c listeners stay on Pingora's
-//! service. The sockets are bound before the server starts (a busy port is
-//! a start-up error), as Pingora binds its own: `SO_REUSEADDR` and a
-//! backlog of 65,535 (the kernel caps it at `net.core.somaxconn`).
+//! Each accepted socket is registered with the worker thread that serves
+//! it (see [`hand_over`]) and becomes a [`TcpConnection`], with
+//! `TCP_NODELAY` set and the client's address from the accept. What comes
+//! next depends on the listener:
+//!
+//! - plain: HTTP/1.x, served at once;
+//! - `h2c`: the client's first bytes tell HTTP/2 with prior knowledge (its
+//!   24-byte preface) from HTTP/1.x, read only as far as the first byte
+//!   that differs, within `timeouts.client_idle`;
+//! - `tls`: a rustls handshake, within `timeouts.client_idle`; ALPN then
+//!   says HTTP/2 or HTTP/1.1.
+//!
+//! HTTP/1.x goes to the proxy's own session, HTTP/2 to pingora-core's. The
+//! sockets are bound before the server starts (a busy port is a start-up
+//! error), as Pingora binds its own: `SO_REUSEADDR` and a backlog of 65,535
+//! (the kernel caps it at `net.core.somaxconn`).
 
-use crate::service::EdgeServer;
+use crate::service::EdgeProxy;
 use crate::tcp::TcpConnection;
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::listeners::tls::Acceptor;
+use pingora_core::protocols::{ALPN, Ssl, Stream};
 use pingora_core::server::ListenFds;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
@@ -26,7 +34,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 65_535;
 
-/// A listening socket for `addr`, ready for [`PlainListeners`].
+/// What an HTTP/2 connection without TLS starts with (RFC 9113 §3.4).
+pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A listening socket for `addr`, ready for [`Listeners`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -40,25 +51,42 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// The plain listeners of one [`EdgeServer`].
-pub struct PlainListeners {
+/// What a listener's clients speak.
+#[derive(Clone)]
+pub enum Transport {
+    /// HTTP/1.x in plain text.
+    Plain,
+    /// HTTP/1.x or HTTP/2 with prior knowledge, in plain text.
+    H2c,
+    /// TLS, then HTTP/2 or HTTP/1.1 by ALPN.
+    Tls(Arc<Acceptor>),
+}
+
+/// A bound socket (see [`bind`]) and what its clients speak.
+pub struct Listener {
+    pub socket: std::net::TcpListener,
+    pub transport: Transport,
+}
+
+/// All the proxy's listeners, as one Pingora service: one set of worker
+/// threads serves them all.
+pub struct Listeners {
     name: String,
-    app: Arc<EdgeServer>,
-    listeners: Vec<std::net::TcpListener>,
+    proxy: Arc<EdgeProxy>,
+    listeners: Vec<Listener>,
     addresses: Vec<String>,
 }
 
-impl PlainListeners {
-    /// `listeners`: bound with [`bind`].
-    pub fn new(name: &str, app: EdgeServer, listeners: Vec<std::net::TcpListener>) -> Self {
+impl Listeners {
+    pub fn new(name: &str, proxy: Arc<EdgeProxy>, listeners: Vec<Listener>) -> Self {
         let addresses = listeners
             .iter()
-            .filter_map(|l| l.local_addr().ok())
+            .filter_map(|l| l.socket.local_addr().ok())
             .map(|a| a.to_string())
             .collect();
-        PlainListeners {
+        Listeners {
             name: name.to_owned(),
-            app: Arc::new(app),
+            proxy,
             listeners,
             addresses,
         }
@@ -66,7 +94,7 @@ impl PlainListeners {
 }
 
 #[async_trait]
-impl Service for PlainListeners {
+impl Service for Listeners {
     async fn start_service(
         &mut self,
         _fds: Option<ListenFds>,
@@ -74,16 +102,27 @@ impl Service for PlainListeners {
         _listeners_per_fd: usize,
     ) {
         let mut loops = Vec::new();
-        for listener in self.listeners.drain(..) {
-            let addr = listener.local_addr().ok();
-            match TcpListener::from_std(listener) {
-                Ok(listener) => loops.push(tokio::spawn(accept_loop(
-                    listener,
-                    Arc::clone(&self.app),
+        let mut all = true;
+        for Listener { socket, transport } in self.listeners.drain(..) {
+            let addr = socket.local_addr().ok();
+            match TcpListener::from_std(socket) {
+                Ok(socket) => loops.push(tokio::spawn(accept_loop(
+                    socket,
+                    transport,
+                    Arc::clone(&self.proxy),
                     shutdown.clone(),
                 ))),
-                Err(e) => tracing::error!(error = %e, ?addr, "cannot serve a listener"),
+                Err(e) => {
+                    tracing::error!(error = %e, ?addr, "cannot serve a listener");
+                    all = false;
+                }
             }
+        }
+        // Connections that arrived since the bind wait in the backlog, and
+        // each loop takes them from its first turn. With a listener not
+        // served, readiness stays false.
+        if all {
+            self.proxy.state().lifecycle.mark_listening();
         }
         for done in loops {
             if let Err(e) = done.await {
@@ -104,7 +143,12 @@ impl Service for PlainListeners {
 /// Accepts connections until the server shuts down, each served on one of
 /// the server's threads (see [`hand_over`]); the listening socket closes
 /// when it ends.
-async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: ShutdownWatch) {
+async fn accept_loop(
+    listener: TcpListener,
+    transport: Transport,
+    proxy: Arc<EdgeProxy>,
+    mut shutdown: ShutdownWatch,
+) {
     loop {
         if *shutdown.borrow() {
             break;
@@ -133,17 +177,69 @@ async fn accept_loop(listener: TcpListener, app: Arc<EdgeServer>, mut shutdown: 
                 continue;
             }
         };
-        let app = Arc::clone(&app);
-        let shutdown = shutdown.clone();
+        let (transport, proxy, shutdown) =
+            (transport.clone(), Arc::clone(&proxy), shutdown.clone());
         hand_over(
             socket,
             &pingora_runtime::current_handle(),
             move |socket| async move {
-                let stream = TcpConnection::from_client(socket, peer);
-                // Nothing comes back for reuse from an HTTP/1 connection.
-                drop(app.process_new(stream, &shutdown).await);
+                let conn = TcpConnection::from_client(socket, peer);
+                if let Some((stream, http2)) = open(conn, &transport, &proxy).await {
+                    proxy.serve_connection(stream, http2, &shutdown).await;
+                }
             },
         );
+    }
+}
+
+/// The connection ready for its first request, and whether it speaks
+/// HTTP/2; `None` when the client left, failed its TLS handshake, or let
+/// `timeouts.client_idle` pass before the handshake or the first bytes.
+async fn open(
+    mut conn: TcpConnection,
+    transport: &Transport,
+    proxy: &EdgeProxy,
+) -> Option<(Stream, bool)> {
+    let state = proxy.state();
+    let idle = state.config.timeouts.client_idle;
+    match transport {
+        Transport::Plain => Some((Box::new(conn), false)),
+        Transport::H2c => match tokio::time::timeout(idle, conn.starts_with(H2_PREFACE)).await {
+            Ok(Ok(http2)) => Some((Box::new(conn), http2)),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "the client left before its first request");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("no request within timeouts.client_idle; closing");
+                None
+            }
+        },
+        Transport::Tls(acceptor) => {
+            let failed = |reason: &str| {
+                state
+                    .metrics
+                    .tls_handshake_failures
+                    .with_label_values(&[reason])
+                    .inc();
+            };
+            match tokio::time::timeout(idle, acceptor.tls_handshake(conn)).await {
+                Ok(Ok(tls)) => {
+                    let http2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+                    Some((Box::new(tls), http2))
+                }
+                Ok(Err(e)) => {
+                    failed("error");
+                    tracing::debug!(error = %e, "a client's TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    failed("timeout");
+                    tracing::debug!("no TLS handshake within timeouts.client_idle; closing");
+                    None
+                }
+            }
+        }
     }
 }
 

@@ -86,7 +86,9 @@ fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
 
 fn check(path: &Path) -> ExitCode {
     match ProxyConfig::load(path) {
-        Ok(cfg) => match edgeroute_proxy::check::table_file(&cfg) {
+        Ok(cfg) => match edgeroute_proxy::check::listeners(&cfg)
+            .and_then(|()| edgeroute_proxy::check::table_file(&cfg))
+        {
             Ok(summary) => {
                 println!("{}: ok ({summary})", path.display());
                 ExitCode::SUCCESS

@@ -31,6 +31,9 @@ pub struct Metrics {
     pub panic_picks: IntCounterVec,
     pub probes: IntCounterVec,
     pub dns_failures: IntCounterVec,
+    /// Client connections closed before their first request: a TLS
+    /// handshake that failed or did not finish in time, by reason.
+    pub tls_handshake_failures: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_inflight: IntGaugeVec,
     backend_latency: GaugeVec,
@@ -178,6 +181,19 @@ impl Metrics {
                 "Failed re-resolutions of backend names",
                 &["region"],
             ),
+            tls_handshake_failures: {
+                let c = counter_vec(
+                    &r,
+                    "edgeroute_tls_handshake_failures_total",
+                    "Client TLS handshakes that failed (error) or did not finish within timeouts.client_idle (timeout)",
+                    &["reason"],
+                );
+                // Both series exist from the start, at 0.
+                for reason in ["error", "timeout"] {
+                    c.with_label_values(&[reason]);
+                }
+                c
+            },
             backend_latency: {
                 let g = GaugeVec::new(
                     Opts::new(

@@ -1,12 +1,12 @@
 //! Assembles and runs the proxy: routing state, the table source, the admin
-//! listener, and the HTTP listeners (plain ones on the proxy's own accept
-//! loop, TLS and h2c ones on Pingora's).
+//! listener, and the HTTP listeners (on the proxy's own accept loop, as one
+//! Pingora service).
 
 use crate::admin;
 use crate::dns::{self, Dns};
 use crate::health::prober;
-use crate::listen::{self, PlainListeners};
-use crate::service::{EdgeProxy, EdgeServer};
+use crate::listen::{self, Listener, Listeners, Transport};
+use crate::service::EdgeProxy;
 use crate::state::AppState;
 use crate::table_source;
 use crate::topology::Topology;
@@ -14,11 +14,9 @@ use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
 use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
+use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
-use pingora_core::services::listening::Service;
 use std::sync::Arc;
 
 /// Runs the proxy until it is stopped by a signal. Start-up problems (a
@@ -92,19 +90,24 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         )
     })?;
     admin.set_nonblocking(true)?;
-    // Plain HTTP/1 listeners keep their socket for the proxy's own accept
-    // loop; Pingora binds the others again when it starts.
-    let mut plain = Vec::new();
+    // Every listener is bound, and every certificate loaded, before
+    // anything starts.
+    let mut listeners = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
-        let bound = listen::bind(l.address).with_context(|| {
+        let transport = match &l.tls {
+            Some(files) => Transport::Tls(Arc::new(Acceptor::from_server_config(
+                crate::tls::listener_config(i, files).map_err(anyhow::Error::msg)?,
+            ))),
+            None if l.h2c => Transport::H2c,
+            None => Transport::Plain,
+        };
+        let socket = listen::bind(l.address).with_context(|| {
             format!(
                 "cannot listen on listeners[{i}].address {}; is the port in use?",
                 l.address
             )
         })?;
-        if l.tls.is_none() && !l.h2c {
-            plain.push(bound);
-        }
+        listeners.push(Listener { socket, transport });
     }
 
     {
@@ -175,58 +178,16 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     }
     control.spawn(exit_when_drained(Arc::clone(&state)));
     control.spawn(prune_idle_connections(Arc::clone(&state)));
-    control.spawn({
-        let lifecycle = Arc::clone(&state.lifecycle);
-        let addrs = cfg.listeners.iter().map(|l| l.address).collect();
-        async move { lifecycle.wait_listening(addrs).await }
-    });
 
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    let edge_server = |h2c: bool| {
-        let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
-        EdgeServer::new(EdgeProxy::new(Arc::clone(&state), options))
-    };
-    if !plain.is_empty() {
-        let service = PlainListeners::new("edgeroute plain", edge_server(false), plain);
-        server.add_service(service);
-    }
-    // h2c is a per-service option, so plain listeners that want it get a service of their own.
-    for h2c in [false, true] {
-        let listeners: Vec<_> = cfg
-            .listeners
-            .iter()
-            .filter(|l| l.h2c == h2c && (l.tls.is_some() || h2c))
-            .collect();
-        if listeners.is_empty() {
-            continue;
-        }
-        let name = if h2c { "edgeroute h2c" } else { "edgeroute" };
-        let mut service = Service::new(name.to_owned(), edge_server(h2c));
-        for l in listeners {
-            // The HTTP/1 session buffers reads and gathers writes itself: no
-            // 64 KiB read buffer per connection, no copy through one.
-            let endpoint = ListenerConfig::tcp(l.address.to_string())
-                .l4_buffer(L4BufferSettings::unbuffered());
-            match &l.tls {
-                None => service.add_listener(endpoint),
-                Some(tls) => {
-                    let (cert, key) = (
-                        tls.cert.display().to_string(),
-                        tls.key.display().to_string(),
-                    );
-                    let mut settings = TlsSettings::intermediate(&cert, &key).map_err(|e| {
-                        anyhow::anyhow!("cannot load TLS certificate {cert} / key {key}: {e}")
-                    })?;
-                    settings.enable_h2();
-                    service.add_listener(endpoint.tls(settings));
-                }
-            }
-        }
-        server.add_service(service);
-    }
+    // HTTP/2 reaches the proxy only from a listener that found it (see
+    // `EdgeProxy::new`).
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let proxy = Arc::new(EdgeProxy::new(Arc::clone(&state), options));
+    server.add_service(Listeners::new("edgeroute", proxy, listeners));
 
     let snap = state.router.load();
     tracing::info!(

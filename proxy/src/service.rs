@@ -27,8 +27,8 @@ use http::HeaderValue;
 use pingora_core::apps::{
     HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
 };
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::{ALPN, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use rand::Rng;
@@ -43,8 +43,32 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
+    /// `options.h2c` must be on: a listener calls [`EdgeProxy::serve`] with
+    /// HTTP/2 only once it knows, and Pingora's HTTP/2 path then takes a
+    /// plain-text connection (which does not peek) as HTTP/2.
     pub fn new(state: Arc<AppState>, options: HttpServerOptions) -> Self {
         EdgeProxy { state, options }
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves a client connection: HTTP/1.x on the proxy's own session
+    /// ([`EdgeProxy::serve_h1`]), HTTP/2 on pingora-core's, one request
+    /// per stream ([`HttpServerApp::process_new_http`]).
+    pub async fn serve_connection(
+        self: &Arc<Self>,
+        stream: Stream,
+        http2: bool,
+        shutdown: &ShutdownWatch,
+    ) {
+        if http2 {
+            // Nothing comes back for reuse from a client connection.
+            drop(ServerApp::process_new(self, stream, shutdown).await);
+        } else {
+            self.serve_h1(stream, shutdown).await;
+        }
     }
 }
 
@@ -109,64 +133,6 @@ async fn shutting_down(shutdown: &ShutdownWatch) {
     if watch.wait_for(|down| *down).await.is_err() {
         // The server is gone without a shutdown: nothing will ever signal.
         std::future::pending::<()>().await;
-    }
-}
-
-/// The listening side: HTTP/1.x on the proxy's own session
-/// ([`downstream::Session`]); HTTP/2 — ALPN `h2` over TLS, or the h2c
-/// preface where a listener allows it — on Pingora's.
-pub struct EdgeServer {
-    proxy: Arc<EdgeProxy>,
-    h2c: bool,
-}
-
-impl EdgeServer {
-    pub fn new(proxy: EdgeProxy) -> Self {
-        let h2c = proxy.options.h2c;
-        EdgeServer {
-            proxy: Arc::new(proxy),
-            h2c,
-        }
-    }
-}
-
-/// What an HTTP/2 connection without TLS starts with (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-#[async_trait]
-impl ServerApp for EdgeServer {
-    async fn process_new(
-        self: &Arc<Self>,
-        stream: Stream,
-        shutdown: &ShutdownWatch,
-    ) -> Option<Stream> {
-        let mut stream = downstream::without_nagle(stream)?;
-        let h2 = if stream.get_ssl_digest().is_some() {
-            matches!(stream.selected_alpn_proto(), Some(ALPN::H2))
-        } else if self.h2c {
-            // The first 24 bytes say which protocol (a shorter HTTP/1 request
-            // waits for more bytes, or its end): within the client's idle limit.
-            let mut start = [0u8; H2_PREFACE.len()];
-            let idle = self.proxy.state.config.timeouts.client_idle;
-            match tokio::time::timeout(idle, stream.try_peek(&mut start)).await {
-                Ok(Ok(peeked)) => peeked && start == *H2_PREFACE,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "the client left before its first request");
-                    return None;
-                }
-                Err(_) => {
-                    tracing::debug!("no request within timeouts.client_idle; closing");
-                    return None;
-                }
-            }
-        } else {
-            false
-        };
-        if h2 {
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
-        self.proxy.serve_h1(stream, shutdown).await;
-        None
     }
 }
 

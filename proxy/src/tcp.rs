@@ -19,7 +19,7 @@ use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// A plain TCP connection, with `TCP_NODELAY` set (nothing the proxy
@@ -29,6 +29,8 @@ pub struct TcpConnection {
     stream: TcpStream,
     /// A client's address, known from the accept.
     digest: Option<Arc<SocketDigest>>,
+    /// Bytes read by [`TcpConnection::starts_with`], read again first.
+    early: Vec<u8>,
 }
 
 impl TcpConnection {
@@ -38,22 +40,45 @@ impl TcpConnection {
         Ok(Box::new(TcpConnection {
             stream,
             digest: None,
+            early: Vec::new(),
         }))
     }
 
     /// A connection accepted from the client at `peer`. (Should the socket
     /// refuse `TCP_NODELAY`, the connection is served all the same.)
-    pub fn from_client(stream: TcpStream, peer: std::net::SocketAddr) -> Stream {
+    pub fn from_client(stream: TcpStream, peer: std::net::SocketAddr) -> Self {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, %peer, "cannot set TCP_NODELAY on a client connection");
         }
         let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
         // A new cell is empty: the address goes in.
         digest.peer_addr.set(Some(SocketAddr::Inet(peer))).ok();
-        Box::new(TcpConnection {
+        TcpConnection {
             stream,
             digest: Some(Arc::new(digest)),
-        })
+            early: Vec::new(),
+        }
+    }
+
+    /// Whether the peer's first bytes are `prefix`. Reads only as far as
+    /// it takes to tell: until all of `prefix` is in, or a byte differs
+    /// from it, or the peer stops sending (EOF). The bytes read are read
+    /// again, first, by whoever reads the connection next. A wait for the
+    /// bytes is cancelled by dropping the future, and loses nothing.
+    pub async fn starts_with(&mut self, prefix: &[u8]) -> std::io::Result<bool> {
+        let mut buf = [0u8; 32];
+        while self.early.len() < prefix.len() {
+            if !prefix.starts_with(&self.early) {
+                return Ok(false);
+            }
+            let want = (prefix.len() - self.early.len()).min(buf.len());
+            let n = self.stream.read(&mut buf[..want]).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            self.early.extend_from_slice(&buf[..n]);
+        }
+        Ok(self.early.starts_with(prefix))
     }
 
     pub fn nodelay(&self) -> std::io::Result<bool> {
@@ -67,6 +92,12 @@ impl AsyncRead for TcpConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if !self.early.is_empty() {
+            let n = self.early.len().min(buf.remaining());
+            buf.put_slice(&self.early[..n]);
+            self.early.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -136,8 +167,10 @@ impl GetSocketDigest for TcpConnection {
     }
 }
 
-/// Nothing is peeked: a plain listener serves HTTP/1 only (h2c listeners,
-/// which look at a connection's first bytes, stay on Pingora's stream).
+/// Nothing is peeked: an h2c listener tells HTTP/2 from HTTP/1 with
+/// [`TcpConnection::starts_with`] before the connection is served, and
+/// Pingora's HTTP/2 path, which would peek again, takes a connection that
+/// cannot peek as HTTP/2.
 #[async_trait]
 impl Peek for TcpConnection {}
 
@@ -154,7 +187,7 @@ mod tests {
             .await
             .expect("connect");
         let (socket, peer) = listener.accept().await.expect("accept");
-        let conn = TcpConnection::from_client(socket, peer);
+        let conn: Stream = Box::new(TcpConnection::from_client(socket, peer));
         let digest = conn.get_socket_digest().expect("digest");
         let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();
         assert_eq!(seen, Some(client.local_addr().expect("addr")));
@@ -164,5 +197,78 @@ mod tests {
             .expect("plain");
         assert!(tcp.nodelay().expect("option"));
         assert!(conn.get_ssl_digest().is_none());
+    }
+    /// A connected pair: the accepted side as a client connection, and
+    /// the peer that writes to it.
+    async fn accepted() -> (TcpConnection, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr"))
+            .await
+            .expect("connect");
+        let (socket, addr) = listener.accept().await.expect("accept");
+        (TcpConnection::from_client(socket, addr), peer)
+    }
+
+    /// Everything the connection yields until the peer's EOF.
+    async fn rest(conn: &mut TcpConnection) -> Vec<u8> {
+        let mut out = Vec::new();
+        conn.read_to_end(&mut out).await.expect("read");
+        out
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[tokio::test]
+    async fn a_prefix_that_arrives_in_pieces_is_found_and_read_again() {
+        let (mut conn, mut peer) = accepted().await;
+        let sent = [PREFACE, b"\0\0\x12\x04".as_slice()].concat();
+        let writer = tokio::spawn(async move {
+            for piece in [&sent[..3], &sent[3..10], &sent[10..]] {
+                peer.write_all(piece).await.expect("write");
+                peer.flush().await.expect("flush");
+                tokio::task::yield_now().await;
+            }
+            sent
+        });
+        assert!(conn.starts_with(PREFACE).await.expect("read"));
+        let sent = writer.await.expect("writer");
+        assert_eq!(rest(&mut conn).await, sent, "nothing lost, nothing doubled");
+    }
+
+    #[tokio::test]
+    async fn a_shorter_request_is_told_apart_without_waiting_for_more() {
+        let (mut conn, mut peer) = accepted().await;
+        let request = b"GET / HTTP/1.0\r\n\r\n";
+        assert!(request.len() < PREFACE.len());
+        peer.write_all(request).await.expect("write");
+        // The peer stays open and sends nothing more: an answer comes from
+        // the first byte that differs, not from more bytes or an EOF.
+        assert!(!conn.starts_with(PREFACE).await.expect("read"));
+        assert!(conn.early.len() <= request.len());
+        peer.shutdown().await.expect("shutdown");
+        assert_eq!(rest(&mut conn).await, request);
+    }
+
+    #[tokio::test]
+    async fn an_eof_inside_the_prefix_is_no_match_and_keeps_the_bytes() {
+        let (mut conn, mut peer) = accepted().await;
+        peer.write_all(&PREFACE[..9]).await.expect("write");
+        peer.shutdown().await.expect("shutdown");
+        assert!(!conn.starts_with(PREFACE).await.expect("read"));
+        assert_eq!(rest(&mut conn).await, &PREFACE[..9]);
+    }
+
+    #[tokio::test]
+    async fn early_bytes_fill_a_small_read_in_turns() {
+        let (mut conn, mut peer) = accepted().await;
+        peer.write_all(b"PRI?rest").await.expect("write");
+        peer.shutdown().await.expect("shutdown");
+        assert!(!conn.starts_with(PREFACE).await.expect("read"));
+        let mut two = [0u8; 2];
+        conn.read_exact(&mut two).await.expect("read");
+        assert_eq!(&two, b"PR");
+        assert_eq!(rest(&mut conn).await, b"I?rest");
     }
 }

@@ -231,6 +231,21 @@ impl Proxy {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
+    /// The names of the process's threads.
+    pub fn thread_names(&self) -> Vec<String> {
+        let tasks = format!("/proc/{}/task", self.child.id());
+        std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("{tasks}: {e}"))
+            .map(|t| {
+                let comm = t.expect("task entry").path().join("comm");
+                std::fs::read_to_string(comm)
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned()
+            })
+            .collect()
+    }
+
     async fn wait_ready(&mut self) {
         let client = crate::client();
         let start = Instant::now();

@@ -196,3 +196,78 @@ fn the_control_token_may_come_from_the_environment() {
         String::from_utf8_lossy(&with.stderr)
     );
 }
+
+/// A TLS listener whose key is not its certificate's is refused by `check`
+/// and by `run` before anything is served, naming the field and the files.
+#[test]
+fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["a", "b"] {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.path().join(format!("{name}.crt")), made.cert.pem()).unwrap();
+        std::fs::write(
+            dir.path().join(format!("{name}.key")),
+            made.signing_key.serialize_pem(),
+        )
+        .unwrap();
+    }
+    let config = dir.path().join("tls.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "local_region = \"us-east-1\"\n\
+             [[listeners]]\naddress = \"{}\"\n\
+             [[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"a.crt\", key = \"b.key\" }}\n\
+             [admin]\naddress = \"{}\"\n\
+             [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+             [table]\nsource = \"file\"\npath = \"table.json\"\n",
+            edgeroute_tests::proxy::free_addr(),
+            edgeroute_tests::proxy::free_addr(),
+            edgeroute_tests::proxy::free_addr(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("table.json"),
+        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
+    )
+    .unwrap();
+    let checked = check(&proxy_bin(), &config).output().unwrap();
+    let ran = run_to_exit(&config);
+    for (what, out) in [("check", checked), ("run", ran)] {
+        assert!(!out.status.success(), "{what} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("listeners[1].tls.key (")
+                && stderr.contains("b.key): is not the key of the certificate in")
+                && stderr.contains("a.crt"),
+            "{what}:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{what}:\n{stderr}");
+    }
+}
+
+/// `run --config CONFIG` for a config that must not start: its output
+/// once it exits; killed and failed if it is still running after 30 s.
+fn run_to_exit(config: &Path) -> std::process::Output {
+    let mut child = Command::new(proxy_bin())
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(30) {
+            child.kill().ok();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "run is still serving after 30 s:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}

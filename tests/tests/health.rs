@@ -221,21 +221,6 @@ async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_
     assert_eq!(resp.headers()["x-edgeroute-region"], AP);
 }
 
-/// Threads of the proxy process, by name.
-fn thread_names(proxy: &Proxy) -> Vec<String> {
-    let tasks = format!("/proc/{}/task", proxy.pid());
-    std::fs::read_dir(&tasks)
-        .unwrap_or_else(|e| panic!("{tasks}: {e}"))
-        .map(|t| {
-            let comm = t.unwrap().path().join("comm");
-            std::fs::read_to_string(comm)
-                .unwrap_or_default()
-                .trim()
-                .to_owned()
-        })
-        .collect()
-}
-
 /// Probes and plain-TCP forwarding keep to tokio's timers: Pingora's own
 /// timer starts a clock thread on first use that wakes 100 times a second
 /// for the life of the process.
@@ -257,7 +242,7 @@ async fn probes_and_forwarding_start_no_clock_thread() {
             200
         );
     }
-    let names = thread_names(&proxy);
+    let names = proxy.thread_names();
     assert!(
         names.iter().any(|n| n.starts_with("edgeroute")),
         "the proxy's own threads are listed: {names:?}"

@@ -1,12 +1,99 @@
-//! HTTP/2 over cleartext (h2c) and over TLS (ALPN), through rustls.
+//! What each kind of listener speaks: HTTP/1.x, HTTP/2 over cleartext (h2c)
+//! and over TLS (ALPN, through rustls), and how a client that does not get
+//! as far as a request is let go.
 
-use edgeroute_tests::{Origin, ProxyBuilder};
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, eventually};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const US: &str = "us-east-1";
+
+/// Longer than any wait in these tests: a connection still open when it
+/// ends was left open by the proxy.
+const GUARD: Duration = Duration::from_secs(30);
+
+/// A self-signed certificate for `localhost`, written as PEM files in
+/// `dir`; the certificate, and the `tls = { ... }` listener option.
+fn certificate(dir: &Path) -> (rcgen::Certificate, String) {
+    // Another test in this binary may have installed it already; either way one is in place.
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert, made.cert.pem()).unwrap();
+    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+    let option = format!("tls = {{ cert = {cert:?}, key = {key:?} }}");
+    (made.cert, option)
+}
+
+/// An origin, and a proxy whose listener speaks TLS with a certificate
+/// of its own.
+struct Tls {
+    _dir: tempfile::TempDir,
+    cert: rcgen::Certificate,
+    us: Origin,
+    proxy: Proxy,
+}
+
+impl Tls {
+    /// `extra`: more TOML for the proxy's config.
+    async fn start(extra: &str) -> Tls {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, option) = certificate(dir.path());
+        let us = Origin::start(US).await;
+        let proxy = ProxyBuilder::new(US)
+            .region(US, &[us.addr])
+            .listener_options(&option)
+            .extra(extra)
+            .start()
+            .await;
+        Tls {
+            _dir: dir,
+            cert,
+            us,
+            proxy,
+        }
+    }
+
+    /// `GET path` over TLS, by whichever protocol ALPN picks.
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let url = format!("https://localhost:{}{path}", self.proxy.addr.port());
+        let client = tls_client(&self.cert, &self.proxy).build().unwrap();
+        client.get(url).send().await.unwrap()
+    }
+}
+
+/// A client that trusts `cert` and finds `localhost` at the proxy.
+fn tls_client(cert: &rcgen::Certificate, proxy: &Proxy) -> reqwest::ClientBuilder {
+    let ca = reqwest::Certificate::from_pem(cert.pem().as_bytes()).unwrap();
+    reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .resolve("localhost", proxy.addr)
+        .timeout(GUARD)
+}
+
+/// Everything the proxy sends on `conn` until it closes the connection
+/// (a reset counts as closed).
+async fn until_closed(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(GUARD, conn.read(&mut buf)).await {
+            Err(_) => panic!("the proxy kept the connection open for {GUARD:?}"),
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
 
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
-    let us = Origin::start("us-east-1").await;
-    let proxy = ProxyBuilder::new("us-east-1")
-        .region("us-east-1", &[us.addr])
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
         .listener_options("h2c = true")
         .start()
         .await;
@@ -17,7 +104,7 @@ async fn h2c_with_prior_knowledge() {
     let resp = c.get(proxy.url("/items")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-edgeroute-region"], "us-east-1");
+    assert_eq!(resp.headers()["x-edgeroute-region"], US);
     // The backend's own fields reach an HTTP/2 client too.
     let length = resp.headers().get("content-length").cloned();
     let body = resp.text().await.unwrap();
@@ -35,40 +122,165 @@ async fn h2c_with_prior_knowledge() {
     assert_eq!(resp.status(), 200);
 }
 
+/// An h2c listener tells HTTP/1 from HTTP/2 by the first byte that differs
+/// from HTTP/2's 24-byte preface: a shorter request is answered without
+/// more bytes or an EOF from the client, long before `client_idle`.
 #[tokio::test]
-async fn tls_with_alpn_h2_and_forwarded_proto() {
-    // Another test in this binary may have installed it already; either way one is in place.
-    rustls::crypto::ring::default_provider()
-        .install_default()
-        .ok();
-    let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert_path, key_path) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-
-    let us = Origin::start("us-east-1").await;
-    let proxy = ProxyBuilder::new("us-east-1")
-        .region("us-east-1", &[us.addr])
-        .listener_options(&format!(
-            "tls = {{ cert = {:?}, key = {:?} }}",
-            cert_path, key_path
-        ))
+async fn a_request_shorter_than_the_h2_preface_is_answered_on_an_h2c_listener() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .listener_options("h2c = true")
+        .extra("[timeouts]\nclient_idle = \"10m\"\n")
         .start()
         .await;
-    let ca = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
-    let c = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .resolve("localhost", proxy.addr)
-        .build()
-        .unwrap();
-    let url = format!("https://localhost:{}/secure", proxy.addr.port());
-    let resp = c.get(&url).send().await.unwrap();
+    let request = b"GET /short HTTP/1.0\r\n\r\n";
+    assert!(request.len() < 24);
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    // The client's side stays open: it waits for the answer.
+    conn.write_all(request).await.unwrap();
+    let answer = String::from_utf8(until_closed(&mut conn).await).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("\r\nx-edgeroute-region: us-east-1\r\n"),
+        "{answer}"
+    );
+    let seen = us.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/short");
+}
+
+#[tokio::test]
+async fn tls_with_alpn_h2_or_http1_and_forwarded_proto() {
+    let tls = Tls::start("").await;
+    let resp = tls.get("/secure").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.version(),
         reqwest::Version::HTTP_2,
         "HTTP/2 negotiated by ALPN"
     );
-    assert_eq!(us.seen()[0].header("x-forwarded-proto"), Some("https"));
+    let url = format!("https://localhost:{}/secure", tls.proxy.addr.port());
+    let resp = tls_client(&tls.cert, &tls.proxy)
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(&url)
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_11);
+    assert_eq!(resp.headers()["x-edgeroute-region"], US);
+    let seen = tls.us.seen();
+    assert_eq!(seen.len(), 2);
+    for s in &seen {
+        assert_eq!(s.header("x-forwarded-proto"), Some("https"));
+    }
+    assert_eq!(seen[1].method, "POST");
+}
+
+/// A client that fails its TLS handshake is let go at once, and one that
+/// does not finish it within `timeouts.client_idle` when that runs out;
+/// `edgeroute_tls_handshake_failures_total` counts each by reason.
+#[tokio::test]
+async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
+    let tls = Tls::start("[timeouts]\nclient_idle = \"1s\"\n").await;
+    let proxy = &tls.proxy;
+    let failures =
+        |reason: &str| format!("edgeroute_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+    assert_eq!(proxy.metric(&failures("error")).await, 0.0);
+    assert_eq!(proxy.metric(&failures("timeout")).await, 0.0);
+
+    // Plain HTTP on the TLS port is no handshake.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut plain).await;
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
+    eventually("the failed handshake is counted", GUARD, || async {
+        proxy.metric(&failures("error")).await == 1.0
+    })
+    .await;
+    assert_eq!(proxy.metric(&failures("timeout")).await, 0.0);
+
+    // A client that connects and says nothing.
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let opened = std::time::Instant::now();
+    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(opened.elapsed() >= Duration::from_secs(1));
+    eventually("the stalled handshake is counted", GUARD, || async {
+        proxy.metric(&failures("timeout")).await == 1.0
+    })
+    .await;
+    assert_eq!(proxy.metric(&failures("error")).await, 1.0);
+
+    // The listener goes on serving.
+    assert_eq!(tls.get("/after").await.status(), 200);
+}
+
+/// Plain, h2c and TLS listeners are served by one set of worker threads
+/// (`runtime.threads`, 2 here), and none of them starts a clock thread
+/// (Pingora's timer starts one that wakes 100 times a second).
+#[tokio::test]
+async fn every_kind_of_listener_shares_the_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, option) = certificate(dir.path());
+    let (h2c, tls) = (
+        edgeroute_tests::proxy::free_addr(),
+        edgeroute_tests::proxy::free_addr(),
+    );
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra(&format!(
+            "[[listeners]]\naddress = \"{h2c}\"\nh2c = true\n\n\
+             [[listeners]]\naddress = \"{tls}\"\n{option}\n"
+        ))
+        .start()
+        .await;
+    let plain = edgeroute_tests::client()
+        .get(proxy.url("/plain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 200);
+    let over_h2c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(GUARD)
+        .build()
+        .unwrap()
+        .get(format!("http://{h2c}/h2c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_h2c.status(), 200);
+    assert_eq!(over_h2c.version(), reqwest::Version::HTTP_2);
+    let over_tls = tls_client(&cert, &proxy)
+        .resolve("localhost", tls)
+        .build()
+        .unwrap()
+        .get(format!("https://localhost:{}/tls", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(over_tls.status(), 200);
+    assert_eq!(us.seen().len(), 3);
+
+    let names = proxy.thread_names();
+    // Pingora names a service's worker threads after the service.
+    let workers = names
+        .iter()
+        .filter(|n| *n == "edgeroute" || n.starts_with("edgeroute "))
+        .count();
+    assert_eq!(workers, 2, "{names:?}");
+    assert!(
+        !names.iter().any(|n| n == "Timer thread"),
+        "a clock thread runs: {names:?}"
+    );
 }
