@@ -1,8 +1,9 @@
 //! The proxy's listeners, served by its own accept loop as a Pingora
 //! service.
 //!
-//! Each accepted socket is registered with the worker thread that serves
-//! it (see [`hand_over`]) and becomes a [`TcpConnection`], with
+//! Each accepted socket goes to the worker thread serving the fewest
+//! client connections (see [`Workers`]), is registered with that thread's
+//! event loop (see [`hand_over`]), and becomes a [`TcpConnection`], with
 //! `TCP_NODELAY` set and the client's address from the accept. What comes
 //! next depends on the listener:
 //!
@@ -26,10 +27,13 @@ use pingora_core::protocols::{ALPN, Ssl, Stream};
 use pingora_core::server::ListenFds;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
+use prometheus::IntGauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 65_535;
@@ -93,6 +97,85 @@ impl Listeners {
     }
 }
 
+/// The worker threads' event loops, and the client connections each
+/// serves. A new connection goes to the thread with the fewest; among
+/// equals, to the next after the last one picked. (Pingora's own choice is
+/// a random thread: a few long-lived connections, such as a load
+/// balancer's, could then all land on one thread while another idles.)
+pub struct Workers {
+    threads: Vec<(Handle, IntGauge)>,
+    next: AtomicUsize,
+}
+
+/// One client connection, counted against its worker thread until dropped.
+pub struct Open(IntGauge);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Workers {
+    /// Run on one of Pingora's worker threads: the event loop of each of
+    /// the `threads` threads that serve connections (1 for a work-stealing
+    /// runtime), each with its gauge in `edgeroute_worker_connections`.
+    /// Should some not be found, connections go to random threads, as on
+    /// Pingora's own listeners.
+    pub fn find(threads: usize, gauges: &prometheus::IntGaugeVec) -> Workers {
+        // `current_handle` answers with a random worker thread's event loop.
+        // 100 asks per thread miss one with a chance below threads·e⁻¹⁰⁰.
+        let mut found: Vec<Handle> = Vec::with_capacity(threads);
+        for _ in 0..threads.saturating_mul(100) {
+            if found.len() == threads {
+                break;
+            }
+            let handle = pingora_runtime::current_handle();
+            if !found.iter().any(|h| h.id() == handle.id()) {
+                found.push(handle);
+            }
+        }
+        if found.len() != threads {
+            tracing::warn!(
+                threads,
+                found = found.len(),
+                "cannot find every worker thread; new connections go to random ones"
+            );
+            found.clear();
+        }
+        Workers::new(found, gauges)
+    }
+
+    fn new(handles: Vec<Handle>, gauges: &prometheus::IntGaugeVec) -> Workers {
+        let threads = handles
+            .into_iter()
+            .enumerate()
+            .map(|(i, h)| (h, gauges.with_label_values(&[i.to_string().as_str()])))
+            .collect();
+        Workers {
+            threads,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// The event loop for a new connection, and the connection counted
+    /// against it.
+    pub fn place(&self) -> (Handle, Option<Open>) {
+        let n = self.threads.len();
+        if n == 0 {
+            return (pingora_runtime::current_handle(), None);
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed) % n;
+        let pick = (0..n)
+            .map(|k| (start + k) % n)
+            .min_by_key(|&i| self.threads[i].1.get())
+            .unwrap_or(start);
+        let (handle, gauge) = &self.threads[pick];
+        gauge.inc();
+        (handle.clone(), Some(Open(gauge.clone())))
+    }
+}
+
 #[async_trait]
 impl Service for Listeners {
     async fn start_service(
@@ -101,6 +184,16 @@ impl Service for Listeners {
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
+        let runtime = &self.proxy.state().config.runtime;
+        let threads = if runtime.work_stealing {
+            1
+        } else {
+            runtime.threads
+        };
+        let workers = Arc::new(Workers::find(
+            threads,
+            &self.proxy.state().metrics.worker_connections,
+        ));
         let mut loops = Vec::new();
         let mut all = true;
         for Listener { socket, transport } in self.listeners.drain(..) {
@@ -110,6 +203,7 @@ impl Service for Listeners {
                     socket,
                     transport,
                     Arc::clone(&self.proxy),
+                    Arc::clone(&workers),
                     shutdown.clone(),
                 ))),
                 Err(e) => {
@@ -147,6 +241,7 @@ async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
     proxy: Arc<EdgeProxy>,
+    workers: Arc<Workers>,
     mut shutdown: ShutdownWatch,
 ) {
     loop {
@@ -179,16 +274,14 @@ async fn accept_loop(
         };
         let (transport, proxy, shutdown) =
             (transport.clone(), Arc::clone(&proxy), shutdown.clone());
-        hand_over(
-            socket,
-            &pingora_runtime::current_handle(),
-            move |socket| async move {
-                let conn = TcpConnection::from_client(socket, peer);
-                if let Some((stream, http2)) = open(conn, &transport, &proxy).await {
-                    proxy.serve_connection(stream, http2, &shutdown).await;
-                }
-            },
-        );
+        let (on, counted) = workers.place();
+        hand_over(socket, &on, move |socket| async move {
+            let _counted = counted;
+            let conn = TcpConnection::from_client(socket, peer);
+            if let Some((stream, http2)) = open(conn, &transport, &proxy).await {
+                proxy.serve_connection(stream, http2, &shutdown).await;
+            }
+        });
     }
 }
 
@@ -284,6 +377,136 @@ fn out_of_resources(e: &std::io::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// `n` event loops that are never run: placement only compares them.
+    fn runtimes(n: usize) -> Vec<tokio::runtime::Runtime> {
+        (0..n)
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime")
+            })
+            .collect()
+    }
+
+    fn gauges() -> prometheus::IntGaugeVec {
+        prometheus::IntGaugeVec::new(prometheus::Opts::new("open", "open"), &["worker"])
+            .expect("gauge")
+    }
+
+    /// Which of `rts` `handle` belongs to.
+    fn index(rts: &[tokio::runtime::Runtime], handle: &Handle) -> usize {
+        rts.iter()
+            .position(|rt| rt.handle().id() == handle.id())
+            .expect("one of the runtimes")
+    }
+
+    fn counts(workers: &Workers) -> Vec<i64> {
+        workers.threads.iter().map(|(_, g)| g.get()).collect()
+    }
+
+    #[test]
+    fn a_new_connection_goes_to_the_thread_serving_the_fewest() {
+        let rts = runtimes(3);
+        let workers = Workers::new(
+            rts.iter().map(|rt| rt.handle().clone()).collect(),
+            &gauges(),
+        );
+        let mut open: Vec<(usize, Open)> = (0..6)
+            .map(|_| {
+                let (on, counted) = workers.place();
+                (index(&rts, &on), counted.expect("counted"))
+            })
+            .collect();
+        assert_eq!(counts(&workers), [2, 2, 2]);
+        // Thread 1's connections end: the next two go there.
+        open.retain(|(i, _)| *i != 1);
+        assert_eq!(counts(&workers), [2, 0, 2]);
+        for _ in 0..2 {
+            let (on, counted) = workers.place();
+            assert_eq!(index(&rts, &on), 1);
+            open.push((1, counted.expect("counted")));
+        }
+        assert_eq!(counts(&workers), [2, 2, 2]);
+        drop(open);
+        assert_eq!(counts(&workers), [0, 0, 0]);
+    }
+
+    #[test]
+    fn short_connections_one_at_a_time_take_the_threads_in_turn() {
+        let rts = runtimes(3);
+        let workers = Workers::new(
+            rts.iter().map(|rt| rt.handle().clone()).collect(),
+            &gauges(),
+        );
+        let picked: Vec<usize> = (0..7)
+            .map(|_| {
+                let (on, _counted) = workers.place();
+                index(&rts, &on)
+            })
+            .collect();
+        assert_eq!(picked, [0, 1, 2, 0, 1, 2, 0]);
+    }
+
+    #[test]
+    fn every_thread_of_a_pingora_runtime_is_found() {
+        let rt = pingora_runtime::Runtime::new_no_steal(4, "find");
+        let (tx, rx) = std::sync::mpsc::channel();
+        rt.get_handle().spawn(async move {
+            let gauges = gauges();
+            let workers = Workers::find(4, &gauges);
+            let ids: std::collections::HashSet<_> =
+                workers.threads.iter().map(|(h, _)| h.id()).collect();
+            tx.send(ids.len()).expect("send");
+        });
+        let found = rx.recv_timeout(Duration::from_secs(10)).expect("answer");
+        rt.shutdown_timeout(Duration::from_secs(1));
+        assert_eq!(found, 4);
+    }
+
+    #[tokio::test]
+    async fn threads_not_found_leave_placement_to_pingora() {
+        // Outside a Pingora runtime there is one event loop to find, not 2.
+        let workers = Workers::find(2, &gauges());
+        let (on, counted) = workers.place();
+        assert!(counted.is_none());
+        assert_eq!(on.id(), Handle::current().id());
+        let one = Workers::find(1, &gauges());
+        assert!(one.place().1.is_some());
+    }
+
+    proptest! {
+        /// Whatever connections come and go, each new one goes to a thread
+        /// that serves no more than any other.
+        #[test]
+        fn placement_always_picks_a_least_loaded_thread(
+            threads in 1usize..6,
+            steps in proptest::collection::vec(any::<Option<prop::sample::Index>>(), 1..80),
+        ) {
+            let rts = runtimes(threads);
+            let workers =
+                Workers::new(rts.iter().map(|rt| rt.handle().clone()).collect(), &gauges());
+            let mut open = Vec::new();
+            for step in steps {
+                match step {
+                    // A connection ends.
+                    Some(which) if !open.is_empty() => {
+                        open.swap_remove(which.index(open.len()));
+                    }
+                    _ => {
+                        let before = counts(&workers);
+                        let (on, counted) = workers.place();
+                        let i = index(&rts, &on);
+                        prop_assert_eq!(before[i], *before.iter().min().expect("threads"));
+                        open.push(counted.expect("counted"));
+                    }
+                }
+                let total: i64 = counts(&workers).iter().sum();
+                prop_assert_eq!(total, open.len() as i64);
+            }
+        }
+    }
 
     #[test]
     fn only_resource_exhaustion_pauses_the_accept_loop() {

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_inflight: IntGaugeVec,
+    /// Client connections open, by worker thread.
+    pub worker_connections: IntGaugeVec,
     backend_latency: GaugeVec,
     region_latency: GaugeVec,
     pub ready: IntGauge,
@@ -231,6 +233,12 @@ impl Metrics {
                 "edgeroute_backend_inflight",
                 "Requests in flight on the backend",
                 &["region", "backend"],
+            ),
+            worker_connections: gauge_vec(
+                &r,
+                "edgeroute_worker_connections",
+                "Client connections open, by the worker thread that serves them",
+                &["worker"],
             ),
             ready: gauge(
                 &r,

@@ -1,6 +1,6 @@
 //! What each kind of listener speaks: HTTP/1.x, HTTP/2 over cleartext (h2c)
-//! and over TLS (ALPN, through rustls), and how a client that does not get
-//! as far as a request is let go.
+//! and over TLS (ALPN, through rustls); how a client that does not get as
+//! far as a request is let go; and which worker thread serves a client.
 
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, eventually};
 use std::path::{Path, PathBuf};
@@ -283,4 +283,41 @@ async fn every_kind_of_listener_shares_the_worker_threads() {
         !names.iter().any(|n| n == "Timer thread"),
         "a clock thread runs: {names:?}"
     );
+}
+
+/// Each new client connection goes to the worker thread serving the
+/// fewest, so a few long-lived connections (a load balancer's) do not
+/// share one thread while another idles; `edgeroute_worker_connections`
+/// shows the spread, and the count goes down as connections close.
+#[tokio::test]
+async fn client_connections_are_spread_evenly_over_the_worker_threads() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US).region(US, &[us.addr]).start().await;
+    let open = |worker: usize| format!("edgeroute_worker_connections{{worker=\"{worker}\"}}");
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    eventually("8 connections counted", GUARD, || async {
+        proxy.metric(&open(0)).await + proxy.metric(&open(1)).await == 8.0
+    })
+    .await;
+    // The proxy runs 2 worker threads (`runtime.threads`).
+    assert_eq!(proxy.metric(&open(0)).await, 4.0);
+    assert_eq!(proxy.metric(&open(1)).await, 4.0);
+    // A request on each is served.
+    for conn in &mut conns {
+        conn.write_all(b"GET /spread HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = String::from_utf8(until_closed(conn).await).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    }
+    assert_eq!(us.seen().len(), 8);
+    eventually(
+        "closed connections are no longer counted",
+        GUARD,
+        || async { proxy.metric(&open(0)).await + proxy.metric(&open(1)).await == 0.0 },
+    )
+    .await;
 }
