@@ -2,14 +2,20 @@
 
 use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
-/// Loads every TLS listener's certificate and key, as `run` would.
+/// Loads every TLS listener's certificate and key, as `run` would; the
+/// error names each one that is wrong, a line each.
 pub fn listeners(cfg: &ProxyConfig) -> Result<(), String> {
-    for (i, l) in cfg.listeners.iter().enumerate() {
-        if let Some(files) = &l.tls {
-            crate::tls::listener_config(i, files)?;
-        }
+    let errors: Vec<String> = cfg
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| crate::tls::listener_config(i, l.tls.as_ref()?).err())
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
     }
-    Ok(())
 }
 
 /// Validates the routing table the config names against the config's regions.

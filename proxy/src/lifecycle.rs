@@ -43,6 +43,11 @@ impl Lifecycle {
         self.listening.store(true, Ordering::Relaxed);
     }
 
+    /// A traffic listener stopped accepting connections.
+    pub fn mark_not_listening(&self) {
+        self.listening.store(false, Ordering::Relaxed);
+    }
+
     pub fn begin_shutdown(&self) {
         if !self.shutting_down.swap(true, Ordering::SeqCst) {
             self.shutdown_tx.send_replace(true);

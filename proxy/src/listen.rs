@@ -194,18 +194,20 @@ impl Service for Listeners {
             threads,
             &self.proxy.state().metrics.worker_connections,
         ));
-        let mut loops = Vec::new();
+        let mut loops = tokio::task::JoinSet::new();
         let mut all = true;
         for Listener { socket, transport } in self.listeners.drain(..) {
             let addr = socket.local_addr().ok();
             match TcpListener::from_std(socket) {
-                Ok(socket) => loops.push(tokio::spawn(accept_loop(
-                    socket,
-                    transport,
-                    Arc::clone(&self.proxy),
-                    Arc::clone(&workers),
-                    shutdown.clone(),
-                ))),
+                Ok(socket) => {
+                    loops.spawn(accept_loop(
+                        socket,
+                        transport,
+                        Arc::clone(&self.proxy),
+                        Arc::clone(&workers),
+                        shutdown.clone(),
+                    ));
+                }
                 Err(e) => {
                     tracing::error!(error = %e, ?addr, "cannot serve a listener");
                     all = false;
@@ -218,9 +220,11 @@ impl Service for Listeners {
         if all {
             self.proxy.state().lifecycle.mark_listening();
         }
-        for done in loops {
-            if let Err(e) = done.await {
-                tracing::error!(error = %e, "an accept loop ended abnormally");
+        while let Some(done) = loops.join_next().await {
+            if let Err(e) = done {
+                // A listener no longer accepts: not ready, until a restart.
+                self.proxy.state().lifecycle.mark_not_listening();
+                tracing::error!(error = %e, "an accept loop ended abnormally; /ready now fails");
             }
         }
     }
@@ -278,7 +282,7 @@ async fn accept_loop(
         hand_over(socket, &on, move |socket| async move {
             let _counted = counted;
             let conn = TcpConnection::from_client(socket, peer);
-            if let Some((stream, http2)) = open(conn, &transport, &proxy).await {
+            if let Some((stream, http2)) = open(conn, peer, &transport, &proxy).await {
                 proxy.serve_connection(stream, http2, &shutdown).await;
             }
         });
@@ -290,6 +294,7 @@ async fn accept_loop(
 /// `timeouts.client_idle` pass before the handshake or the first bytes.
 async fn open(
     mut conn: TcpConnection,
+    peer: SocketAddr,
     transport: &Transport,
     proxy: &EdgeProxy,
 ) -> Option<(Stream, bool)> {
@@ -300,11 +305,11 @@ async fn open(
         Transport::H2c => match tokio::time::timeout(idle, conn.starts_with(H2_PREFACE)).await {
             Ok(Ok(http2)) => Some((Box::new(conn), http2)),
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "the client left before its first request");
+                tracing::debug!(error = %e, %peer, "the client left before its first request");
                 None
             }
             Err(_) => {
-                tracing::debug!("no request within timeouts.client_idle; closing");
+                tracing::debug!(%peer, "no request within timeouts.client_idle; closing");
                 None
             }
         },
@@ -316,19 +321,37 @@ async fn open(
                     .with_label_values(&[reason])
                     .inc();
             };
-            match tokio::time::timeout(idle, acceptor.tls_handshake(conn)).await {
+            // The handshake and the wait for it share one limit.
+            let deadline = tokio::time::Instant::now() + idle;
+            // A TLS client speaks first. One that closes before its first
+            // byte, as a load balancer's TCP health check does, failed no
+            // handshake.
+            match tokio::time::timeout_at(deadline, conn.first_byte()).await {
+                Ok(Ok(Some(_))) => {}
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "the client left before its TLS handshake");
+                    return None;
+                }
+                Err(_) => {
+                    failed("timeout");
+                    tracing::debug!(%peer, "no TLS handshake within timeouts.client_idle; closing");
+                    return None;
+                }
+            }
+            match tokio::time::timeout_at(deadline, acceptor.tls_handshake(conn)).await {
                 Ok(Ok(tls)) => {
                     let http2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
                     Some((Box::new(tls), http2))
                 }
                 Ok(Err(e)) => {
                     failed("error");
-                    tracing::debug!(error = %e, "a client's TLS handshake failed");
+                    tracing::debug!(error = %e, %peer, "a client's TLS handshake failed");
                     None
                 }
                 Err(_) => {
                     failed("timeout");
-                    tracing::debug!("no TLS handshake within timeouts.client_idle; closing");
+                    tracing::debug!(%peer, "no TLS handshake within timeouts.client_idle; closing");
                     None
                 }
             }

@@ -182,11 +182,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    // HTTP/2 reaches the proxy only from a listener that found it (see
-    // `EdgeProxy::new`).
-    let mut options = HttpServerOptions::default();
-    options.h2c = true;
-    let proxy = Arc::new(EdgeProxy::new(Arc::clone(&state), options));
+    let proxy = Arc::new(EdgeProxy::new(
+        Arc::clone(&state),
+        HttpServerOptions::default(),
+    ));
     server.add_service(Listeners::new("edgeroute", proxy, listeners));
 
     let snap = state.router.load();

@@ -22,6 +22,9 @@ pub fn install_crypto_provider() {
     }
 }
 
+/// How an encrypted PKCS#8 key's PEM section starts.
+const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+
 /// The rustls side of a TLS listener (`listeners[index].tls`): the
 /// certificate chain and key from their PEM files, TLS 1.2 and 1.3, and
 /// HTTP/2 preferred to HTTP/1.1 by ALPN. Every way the files can be wrong
@@ -47,6 +50,16 @@ pub fn listener_config(
         ));
     }
     let key_pem = read("key", &files.key)?;
+    if key_pem
+        .windows(ENCRYPTED.len())
+        .any(|w| w == ENCRYPTED.as_bytes())
+    {
+        return Err(format!(
+            "{}: the key is encrypted, which a proxy that starts unattended cannot use; \
+             decrypt it (openssl pkey -in KEY -out PLAIN_KEY) and keep it readable to the proxy alone",
+            field("key", &files.key)
+        ));
+    }
     let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
         pem::Error::NoItemsFound => format!(
             "{}: holds no private key (a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" section)",
@@ -62,7 +75,8 @@ pub fn listener_config(
     .with_single_cert(certs, key)
     .map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => format!(
-            "{}: is not the key of the certificate in {} (give the private key made with that certificate)",
+            "{}: is not the key of the first certificate in {} (give the private key made with \
+             that certificate, and put the server's own certificate first in its file, then its chain)",
             field("key", &files.key),
             files.cert.display()
         ),
@@ -116,7 +130,7 @@ mod tests {
         let e = error(2, &mixed);
         assert!(e.starts_with("listeners[2].tls.key ("), "{e}");
         assert!(
-            e.contains("b.key") && e.contains("is not the key of the certificate in"),
+            e.contains("b.key") && e.contains("is not the key of the first certificate in"),
             "{e}"
         );
         assert!(e.contains("a.crt"), "{e}");
@@ -178,6 +192,30 @@ mod tests {
         );
         assert!(
             e.contains("listeners[0].tls.cert") && e.contains("not valid PEM"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_encrypted_key_is_named_with_how_to_decrypt_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "a");
+        let locked = dir.path().join("locked.key");
+        std::fs::write(
+            &locked,
+            format!("{ENCRYPTED}\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n"),
+        )
+        .unwrap();
+        let e = error(
+            0,
+            &TlsFiles {
+                cert: good.cert.clone(),
+                key: locked,
+            },
+        );
+        assert!(e.starts_with("listeners[0].tls.key ("), "{e}");
+        assert!(
+            e.contains("is encrypted") && e.contains("openssl pkey"),
             "{e}"
         );
     }

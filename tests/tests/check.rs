@@ -198,7 +198,8 @@ fn the_control_token_may_come_from_the_environment() {
 }
 
 /// A TLS listener whose key is not its certificate's is refused by `check`
-/// and by `run` before anything is served, naming the field and the files.
+/// and by `run` before anything is served, naming the field and the files;
+/// `check` names every such listener.
 #[test]
 fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,9 +219,11 @@ fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
             "local_region = \"us-east-1\"\n\
              [[listeners]]\naddress = \"{}\"\n\
              [[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"a.crt\", key = \"b.key\" }}\n\
+             [[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"b.crt\", key = \"b.crt\" }}\n\
              [admin]\naddress = \"{}\"\n\
              [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
              [table]\nsource = \"file\"\npath = \"table.json\"\n",
+            edgeroute_tests::proxy::free_addr(),
             edgeroute_tests::proxy::free_addr(),
             edgeroute_tests::proxy::free_addr(),
             edgeroute_tests::proxy::free_addr(),
@@ -233,18 +236,25 @@ fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
     )
     .unwrap();
     let checked = check(&proxy_bin(), &config).output().unwrap();
+    let checked_stderr = checked.stderr.clone();
     let ran = run_to_exit(&config);
     for (what, out) in [("check", checked), ("run", ran)] {
         assert!(!out.status.success(), "{what} succeeded");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             stderr.contains("listeners[1].tls.key (")
-                && stderr.contains("b.key): is not the key of the certificate in")
+                && stderr.contains("b.key): is not the key of the first certificate in")
                 && stderr.contains("a.crt"),
             "{what}:\n{stderr}"
         );
         assert!(!stderr.contains("panicked"), "{what}:\n{stderr}");
     }
+    // check names every listener that is wrong, not just the first.
+    let stderr = String::from_utf8_lossy(&checked_stderr);
+    assert!(
+        stderr.contains("listeners[2].tls.key (") && stderr.contains("holds no private key"),
+        "{stderr}"
+    );
 }
 
 /// `run --config CONFIG` for a config that must not start: its output

@@ -8,8 +8,7 @@
 //! request path uses: Pingora's connection pool and client timeouts run on
 //! a timer of their own whose first use starts a clock thread that wakes
 //! 100 times a second for the life of the process. (A TLS backend's
-//! handshake still goes through Pingora's connector, and TLS and h2c
-//! listeners are Pingora's: those start it.)
+//! handshake still goes through Pingora's connector, which starts it.)
 
 use crate::connect;
 use crate::state::AppState;
