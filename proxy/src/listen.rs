@@ -99,9 +99,11 @@ impl Listeners {
 
 /// The worker threads' event loops, and the client connections each
 /// serves. A new connection goes to the thread with the fewest; among
-/// equals, to the next after the last one picked. (Pingora's own choice is
-/// a random thread: a few long-lived connections, such as a load
-/// balancer's, could then all land on one thread while another idles.)
+/// equals, the search starts one thread further on each time, so equals
+/// take turns. (Pingora's own choice is a random thread: a few long-lived
+/// connections, such as a load balancer's, could then all land on one
+/// thread while another idles.) An HTTP/2 connection's streams are then
+/// spawned by pingora-core's HTTP/2 path, on a random thread each.
 pub struct Workers {
     threads: Vec<(Handle, IntGauge)>,
     next: AtomicUsize,
@@ -194,20 +196,12 @@ impl Service for Listeners {
             threads,
             &self.proxy.state().metrics.worker_connections,
         ));
-        let mut loops = tokio::task::JoinSet::new();
+        let mut sockets = Vec::new();
         let mut all = true;
         for Listener { socket, transport } in self.listeners.drain(..) {
             let addr = socket.local_addr().ok();
             match TcpListener::from_std(socket) {
-                Ok(socket) => {
-                    loops.spawn(accept_loop(
-                        socket,
-                        transport,
-                        Arc::clone(&self.proxy),
-                        Arc::clone(&workers),
-                        shutdown.clone(),
-                    ));
-                }
+                Ok(socket) => sockets.push((socket, transport)),
                 Err(e) => {
                     tracing::error!(error = %e, ?addr, "cannot serve a listener");
                     all = false;
@@ -216,9 +210,21 @@ impl Service for Listeners {
         }
         // Connections that arrived since the bind wait in the backlog, and
         // each loop takes them from its first turn. With a listener not
-        // served, readiness stays false.
+        // served, readiness stays false. (Marked before the loops start, so
+        // that a loop that dies at once, on another thread of a
+        // work-stealing runtime, is not followed by the mark.)
         if all {
             self.proxy.state().lifecycle.mark_listening();
+        }
+        let mut loops = tokio::task::JoinSet::new();
+        for (socket, transport) in sockets {
+            loops.spawn(accept_loop(
+                socket,
+                transport,
+                Arc::clone(&self.proxy),
+                Arc::clone(&workers),
+                shutdown.clone(),
+            ));
         }
         while let Some(done) = loops.join_next().await {
             if let Err(e) = done {

@@ -24,6 +24,8 @@ pub fn install_crypto_provider() {
 
 /// How an encrypted PKCS#8 key's PEM section starts.
 const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
+/// The header of an older encrypted PEM key (PKCS#1 or SEC1).
+const ENCRYPTED_LEGACY: &str = "Proc-Type: 4,ENCRYPTED";
 
 /// The rustls side of a TLS listener (`listeners[index].tls`): the
 /// certificate chain and key from their PEM files, TLS 1.2 and 1.3, and
@@ -50,10 +52,12 @@ pub fn listener_config(
         ));
     }
     let key_pem = read("key", &files.key)?;
-    if key_pem
-        .windows(ENCRYPTED.len())
-        .any(|w| w == ENCRYPTED.as_bytes())
-    {
+    let holds = |marker: &str| {
+        key_pem
+            .windows(marker.len())
+            .any(|w| w == marker.as_bytes())
+    };
+    if holds(ENCRYPTED) || holds(ENCRYPTED_LEGACY) {
         return Err(format!(
             "{}: the key is encrypted, which a proxy that starts unattended cannot use; \
              decrypt it (openssl pkey -in KEY -out PLAIN_KEY) and keep it readable to the proxy alone",
@@ -206,18 +210,26 @@ mod tests {
             format!("{ENCRYPTED}\nMIIBvTBXBgkqhkiG9w0BBQ0wSjApBgkqhkiG9w0BBQwwHAQI\n-----END ENCRYPTED PRIVATE KEY-----\n"),
         )
         .unwrap();
-        let e = error(
-            0,
-            &TlsFiles {
-                cert: good.cert.clone(),
-                key: locked,
-            },
-        );
-        assert!(e.starts_with("listeners[0].tls.key ("), "{e}");
-        assert!(
-            e.contains("is encrypted") && e.contains("openssl pkey"),
-            "{e}"
-        );
+        let legacy = dir.path().join("legacy.key");
+        std::fs::write(
+            &legacy,
+            "-----BEGIN RSA PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\nDEK-Info: AES-128-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n-----END RSA PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        for key in [locked, legacy] {
+            let e = error(
+                0,
+                &TlsFiles {
+                    cert: good.cert.clone(),
+                    key,
+                },
+            );
+            assert!(e.starts_with("listeners[0].tls.key ("), "{e}");
+            assert!(
+                e.contains("is encrypted") && e.contains("openssl pkey"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
