@@ -9,7 +9,7 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<(), String> {
         .listeners
         .iter()
         .enumerate()
-        .filter_map(|(i, l)| crate::tls::listener_config(i, l.tls.as_ref()?).err())
+        .filter_map(|(i, l)| crate::tls::ListenerCert::load(i, l.tls.as_ref()?).err())
         .collect();
     if errors.is_empty() {
         Ok(())

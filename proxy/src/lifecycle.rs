@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Notify, watch};
 
 pub struct Lifecycle {
@@ -86,6 +86,47 @@ impl Lifecycle {
                 return;
             }
             notified.await;
+        }
+    }
+}
+
+/// When a file is read again: every `interval`, and at once on SIGHUP.
+pub struct Rereads {
+    hup: Option<Signal>,
+    tick: tokio::time::Interval,
+}
+
+impl Rereads {
+    /// `what`: what is read, for the log line should SIGHUP not be
+    /// available. The first tick is at once.
+    pub fn new(interval: std::time::Duration, what: &str) -> Self {
+        let hup = match signal(SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGHUP; {what} still read every {interval:?}");
+                None
+            }
+        };
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Rereads { hup, tick }
+    }
+
+    /// Waits for the next read: `Some(true)` for SIGHUP, `Some(false)` for
+    /// the interval, `None` once shutdown has begun.
+    pub async fn next(&mut self, lifecycle: &Lifecycle) -> Option<bool> {
+        let hup = async {
+            match self.hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = lifecycle.shutdown_started() => None,
+            () = hup => Some(true),
+            _ = self.tick.tick() => Some(false),
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Metrics {
     /// Client connections closed before their first request: a TLS
     /// handshake that failed or did not finish in time, by reason.
     pub tls_handshake_failures: IntCounterVec,
+    /// Certificate files read again and put in force, or not, by result.
+    pub tls_certificate_reloads: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_inflight: IntGaugeVec,
     /// Client connections open, by worker thread.
@@ -62,6 +64,21 @@ fn gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
     registry
         .register(Box::new(m.clone()))
         .expect("metric registered once");
+    m
+}
+
+/// A counter with one label whose every value is a series from the start,
+/// at 0.
+fn counter_vec_with(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    (label, values): (&str, &[&str]),
+) -> IntCounterVec {
+    let m = counter_vec(registry, name, help, &[label]);
+    for value in values {
+        m.with_label_values(&[value]);
+    }
     m
 }
 
@@ -183,19 +200,18 @@ impl Metrics {
                 "Failed re-resolutions of backend names",
                 &["region"],
             ),
-            tls_handshake_failures: {
-                let c = counter_vec(
-                    &r,
-                    "edgeroute_tls_handshake_failures_total",
-                    "Client TLS handshakes that failed (error) or did not finish within timeouts.client_idle (timeout)",
-                    &["reason"],
-                );
-                // Both series exist from the start, at 0.
-                for reason in ["error", "timeout"] {
-                    c.with_label_values(&[reason]);
-                }
-                c
-            },
+            tls_handshake_failures: counter_vec_with(
+                &r,
+                "edgeroute_tls_handshake_failures_total",
+                "Client TLS handshakes that failed (error) or did not finish within timeouts.client_idle (timeout)",
+                ("reason", &["error", "timeout"]),
+            ),
+            tls_certificate_reloads: counter_vec_with(
+                &r,
+                "edgeroute_tls_certificate_reloads_total",
+                "TLS listener certificates read again after their files changed: put in force (ok) or not (failed)",
+                ("result", &["ok", "failed"]),
+            ),
             backend_latency: {
                 let g = GaugeVec::new(
                     Opts::new(

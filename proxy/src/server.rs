@@ -9,6 +9,7 @@ use crate::listen::{self, Listener, Listeners, Transport};
 use crate::service::EdgeProxy;
 use crate::state::AppState;
 use crate::table_source;
+use crate::tls::{self, ListenerCert};
 use crate::topology::Topology;
 use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
@@ -93,11 +94,15 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     // Every listener is bound, and every certificate loaded, before
     // anything starts.
     let mut listeners = Vec::new();
+    let mut certs = Vec::new();
     for (i, l) in cfg.listeners.iter().enumerate() {
         let transport = match &l.tls {
-            Some(files) => Transport::Tls(Arc::new(Acceptor::from_server_config(
-                crate::tls::listener_config(i, files).map_err(anyhow::Error::msg)?,
-            ))),
+            Some(files) => {
+                let cert = ListenerCert::load(i, files).map_err(anyhow::Error::msg)?;
+                let acceptor = Acceptor::from_server_config(cert.server_config());
+                certs.push(cert);
+                Transport::Tls(Arc::new(acceptor))
+            }
             None if l.h2c => Transport::H2c,
             None => Transport::Plain,
         };
@@ -175,6 +180,9 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 max_backoff,
             ));
         }
+    }
+    if !certs.is_empty() {
+        control.spawn(tls::watch(certs, Arc::clone(&state)));
     }
     control.spawn(exit_when_drained(Arc::clone(&state)));
     control.spawn(prune_idle_connections(Arc::clone(&state)));

@@ -4,12 +4,12 @@
 //! The control source long-polls the control plane; on errors it keeps the
 //! table in force and backs off.
 
+use crate::lifecycle::Rereads;
 use crate::state::AppState;
 use edgeroute_config::{ProxyReport, RegionHealth};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::signal::unix::{SignalKind, signal};
 
 /// Loads the file once; used at start-up, where a missing or bad table is fatal.
 pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
@@ -25,21 +25,8 @@ pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
 pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration) {
     let source = path.display().to_string();
     let mut last = std::fs::read(&path).ok();
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; the table file is still watched");
-            None
-        }
-    };
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let forced = tokio::select! {
-            _ = state.lifecycle.shutdown_started() => return,
-            _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending().await } } => true,
-            _ = tick.tick() => false,
-        };
+    let mut rereads = Rereads::new(interval, "the table file");
+    while let Some(forced) = rereads.next(&state.lifecycle).await {
         match tokio::fs::read(&path).await {
             Ok(bytes) => {
                 if forced || last.as_deref() != Some(bytes.as_slice()) {

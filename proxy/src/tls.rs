@@ -1,10 +1,14 @@
 //! One TLS stack for the whole process: rustls with ring.
 
+use arc_swap::ArcSwap;
 use edgeroute_config::TlsFiles;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 /// Installs ring as rustls' process-wide crypto provider. rustls panics at
 /// first use if it finds more than one provider and none was chosen, so this
@@ -27,31 +31,188 @@ const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
 /// The header of an older encrypted PEM key (PKCS#1 or SEC1).
 const ENCRYPTED_LEGACY: &str = "Proc-Type: 4,ENCRYPTED";
 
-/// The rustls side of a TLS listener (`listeners[index].tls`): the
-/// certificate chain and key from their PEM files, TLS 1.2 and 1.3, and
-/// HTTP/2 preferred to HTTP/1.1 by ALPN. Every way the files can be wrong
-/// (unreadable, no PEM section of the kind, a key that is not the
-/// certificate's) is an error that names the field and the file.
-pub fn listener_config(
+/// A TLS listener's certificate chain and key (`listeners[index].tls`),
+/// as rustls serves them: replaced while the proxy runs when their files
+/// change (see [`ListenerCert::reload`] and [`watch`]). Each handshake
+/// takes the pair in force when it starts.
+#[derive(Debug)]
+pub struct ListenerCert {
+    index: usize,
+    files: TlsFiles,
+    current: ArcSwap<CertifiedKey>,
+    /// The files as last read: a change is loaded once, and a bad one
+    /// reported once (and again on SIGHUP).
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug)]
+enum Seen {
+    Unreadable,
+    Read {
+        cert: Vec<u8>,
+        key: Vec<u8>,
+        /// Whether these bytes are the pair in force.
+        loaded: bool,
+    },
+}
+
+/// What a [`ListenerCert::reload`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// The files are as last read.
+    Unchanged,
+    /// A new certificate is in force.
+    Loaded,
+    /// The files cannot be used; the certificate in force stays.
+    Failed(String),
+}
+
+impl ListenerCert {
+    /// Loads `listeners[index].tls`. Every way the files can be wrong
+    /// (unreadable, no PEM section of the kind, an encrypted key, a key
+    /// that is not the certificate's) is an error that names the field and
+    /// the file, and says what to do.
+    pub fn load(index: usize, files: &TlsFiles) -> Result<Arc<ListenerCert>, String> {
+        let (cert_pem, key_pem) = read_files(index, files)?;
+        let key = certified_key(index, files, &cert_pem, &key_pem)?;
+        Ok(Arc::new(ListenerCert {
+            index,
+            files: files.clone(),
+            current: ArcSwap::from_pointee(key),
+            seen: Mutex::new(Seen::Read {
+                cert: cert_pem,
+                key: key_pem,
+                loaded: true,
+            }),
+        }))
+    }
+
+    /// Reads the files again and puts a changed pair in force. `forced`
+    /// (SIGHUP) reports files that cannot be used again, even when they
+    /// are as last read; files as last loaded are left as they are.
+    pub fn reload(&self, forced: bool) -> Reload {
+        let read = read_files(self.index, &self.files);
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let (cert_pem, key_pem) = match read {
+            Ok(read) => read,
+            Err(_) if matches!(*seen, Seen::Unreadable) && !forced => return Reload::Unchanged,
+            Err(e) => {
+                *seen = Seen::Unreadable;
+                return Reload::Failed(e);
+            }
+        };
+        if let Seen::Read { cert, key, loaded } = &*seen
+            && *cert == cert_pem
+            && *key == key_pem
+            && (*loaded || !forced)
+        {
+            return Reload::Unchanged;
+        }
+        let loaded = certified_key(self.index, &self.files, &cert_pem, &key_pem);
+        *seen = Seen::Read {
+            cert: cert_pem,
+            key: key_pem,
+            loaded: loaded.is_ok(),
+        };
+        match loaded {
+            Ok(key) => {
+                self.current.store(Arc::new(key));
+                Reload::Loaded
+            }
+            Err(e) => Reload::Failed(e),
+        }
+    }
+
+    /// The rustls configuration that serves this certificate: TLS 1.2 and
+    /// 1.3, HTTP/2 preferred to HTTP/1.1 by ALPN.
+    pub fn server_config(self: &Arc<Self>) -> Arc<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
+            &rustls::version::TLS13,
+            &rustls::version::TLS12,
+        ])
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
+    /// The certificate chain in force, the server's first.
+    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
+        self.current.load().cert.clone()
+    }
+}
+
+impl ResolvesServerCert for ListenerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// How often [`watch`] looks at the certificate files.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Until shutdown, every [`WATCH_INTERVAL`] and at once on SIGHUP: each
+/// listener's certificate files read again, and a changed pair put in
+/// force for new connections; files that cannot be used leave the
+/// certificate in force, with an error log line and a count in
+/// `edgeroute_tls_certificate_reloads_total{result="failed"}`.
+pub async fn watch(certs: Vec<Arc<ListenerCert>>, state: Arc<crate::state::AppState>) {
+    let reloads = &state.metrics.tls_certificate_reloads;
+    let mut rereads = crate::lifecycle::Rereads::new(WATCH_INTERVAL, "the certificate files");
+    while let Some(forced) = rereads.next(&state.lifecycle).await {
+        for cert in &certs {
+            let listener = format!("listeners[{}]", cert.index);
+            // Reading two small files: off the runtime's threads.
+            let reloaded = {
+                let cert = Arc::clone(cert);
+                tokio::task::spawn_blocking(move || cert.reload(forced)).await
+            };
+            match reloaded {
+                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Loaded) => {
+                    reloads.with_label_values(&["ok"]).inc();
+                    tracing::info!(%listener, cert = %cert.files.cert.display(), "TLS certificate reloaded; new connections get it");
+                }
+                Ok(Reload::Failed(e)) => {
+                    reloads.with_label_values(&["failed"]).inc();
+                    tracing::error!(%listener, error = %e, "TLS certificate not reloaded; the one in force stays");
+                }
+                Err(e) => tracing::error!(%listener, error = %e, "the certificate reload stopped"),
+            }
+        }
+    }
+}
+
+/// The certificate and key files' bytes.
+fn read_files(index: usize, files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let read = |name: &str, path: &Path| {
+        std::fs::read(path)
+            .map_err(|e| format!("{}: cannot read it: {e}", field(index, name, path)))
+    };
+    Ok((read("cert", &files.cert)?, read("key", &files.key)?))
+}
+
+/// `listeners[index].tls.NAME (PATH)`, for errors.
+fn field(index: usize, name: &str, path: &Path) -> String {
+    format!("listeners[{index}].tls.{name} ({})", path.display())
+}
+
+/// The pair from the files' bytes, with an error that names what is wrong.
+fn certified_key(
     index: usize,
     files: &TlsFiles,
-) -> Result<Arc<rustls::ServerConfig>, String> {
-    let field =
-        |name: &str, path: &Path| format!("listeners[{index}].tls.{name} ({})", path.display());
-    let read = |name: &str, path: &Path| {
-        std::fs::read(path).map_err(|e| format!("{}: cannot read it: {e}", field(name, path)))
-    };
-    let cert_pem = read("cert", &files.cert)?;
-    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<CertifiedKey, String> {
+    let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not valid PEM: {e}", field("cert", &files.cert)))?;
+        .map_err(|e| format!("{}: not valid PEM: {e}", field(index, "cert", &files.cert)))?;
     if certs.is_empty() {
         return Err(format!(
             "{}: holds no certificate (a PEM \"BEGIN CERTIFICATE\" section, the server's first, then its chain)",
-            field("cert", &files.cert)
+            field(index, "cert", &files.cert)
         ));
     }
-    let key_pem = read("key", &files.key)?;
     let holds = |marker: &str| {
         key_pem
             .windows(marker.len())
@@ -61,27 +222,24 @@ pub fn listener_config(
         return Err(format!(
             "{}: the key is encrypted, which a proxy that starts unattended cannot use; \
              decrypt it (openssl pkey -in KEY -out PLAIN_KEY) and keep it readable to the proxy alone",
-            field("key", &files.key)
+            field(index, "key", &files.key)
         ));
     }
-    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| match e {
         pem::Error::NoItemsFound => format!(
             "{}: holds no private key (a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" section)",
-            field("key", &files.key)
+            field(index, "key", &files.key)
         ),
-        e => format!("{}: not valid PEM: {e}", field("key", &files.key)),
+        e => format!("{}: not valid PEM: {e}", field(index, "key", &files.key)),
     })?;
-    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
-        &rustls::version::TLS13,
-        &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_single_cert(certs, key)
-    .map_err(|e| match e {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
+    CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => format!(
             "{}: is not the key of the first certificate in {} (give the private key made with \
              that certificate, and put the server's own certificate first in its file, then its chain)",
-            field("key", &files.key),
+            field(index, "key", &files.key),
             files.cert.display()
         ),
         e => format!(
@@ -89,9 +247,7 @@ pub fn listener_config(
             files.cert.display(),
             files.key.display()
         ),
-    })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    })
 }
 
 #[cfg(test)]
@@ -112,14 +268,16 @@ mod tests {
 
     fn error(index: usize, files: &TlsFiles) -> String {
         install_crypto_provider();
-        listener_config(index, files).expect_err("the files are refused")
+        ListenerCert::load(index, files).expect_err("the files are refused")
     }
 
     #[test]
     fn a_certificate_and_its_key_offer_h2_then_http1() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let config = listener_config(0, &pair(dir.path(), "a")).unwrap();
+        let config = ListenerCert::load(0, &pair(dir.path(), "a"))
+            .unwrap()
+            .server_config();
         assert_eq!(config.alpn_protocols, [&b"h2"[..], &b"http/1.1"[..]]);
     }
 
@@ -249,5 +407,69 @@ mod tests {
             e.contains("gone.key") && e.contains("cannot read it"),
             "{e}"
         );
+    }
+
+    /// The server's certificate in force.
+    fn serving(cert: &ListenerCert) -> CertificateDer<'static> {
+        cert.chain().first().expect("a chain").clone()
+    }
+
+    fn pem_cert(files: &TlsFiles) -> CertificateDer<'static> {
+        CertificateDer::from_pem_file(&files.cert).unwrap()
+    }
+
+    #[test]
+    fn changed_files_are_put_in_force_and_bad_ones_leave_the_old() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (pair(dir.path(), "a"), pair(dir.path(), "b"));
+        let live = TlsFiles {
+            cert: dir.path().join("live.crt"),
+            key: dir.path().join("live.key"),
+        };
+        let put = |from: &TlsFiles| {
+            std::fs::copy(&from.cert, &live.cert).unwrap();
+            std::fs::copy(&from.key, &live.key).unwrap();
+        };
+        put(&a);
+        let cert = ListenerCert::load(1, &live).unwrap();
+        assert_eq!(serving(&cert), pem_cert(&a));
+        assert_eq!(cert.reload(false), Reload::Unchanged);
+        assert_eq!(cert.reload(true), Reload::Unchanged, "SIGHUP, nothing new");
+
+        put(&b);
+        assert_eq!(cert.reload(false), Reload::Loaded);
+        assert_eq!(serving(&cert), pem_cert(&b));
+
+        // Half a rotation: A's certificate beside B's key.
+        std::fs::copy(&a.cert, &live.cert).unwrap();
+        match cert.reload(false) {
+            Reload::Failed(e) => assert!(
+                e.starts_with("listeners[1].tls.key (") && e.contains("is not the key"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(serving(&cert), pem_cert(&b), "the pair in force stays");
+        // Reported once; SIGHUP reports it again.
+        assert_eq!(cert.reload(false), Reload::Unchanged);
+        assert!(matches!(cert.reload(true), Reload::Failed(_)));
+        // The rotation ends.
+        std::fs::copy(&a.key, &live.key).unwrap();
+        assert_eq!(cert.reload(false), Reload::Loaded);
+        assert_eq!(serving(&cert), pem_cert(&a));
+
+        std::fs::remove_file(&live.key).unwrap();
+        match cert.reload(false) {
+            Reload::Failed(e) => assert!(e.contains("cannot read it"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(serving(&cert), pem_cert(&a));
+        assert_eq!(cert.reload(false), Reload::Unchanged, "reported once");
+        assert!(matches!(cert.reload(true), Reload::Failed(_)));
+        // Back as they were: nothing new to load, but they are read again.
+        std::fs::copy(&a.key, &live.key).unwrap();
+        assert_eq!(cert.reload(false), Reload::Loaded);
+        assert_eq!(cert.reload(false), Reload::Unchanged);
     }
 }

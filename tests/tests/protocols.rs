@@ -17,22 +17,29 @@ const GUARD: Duration = Duration::from_secs(30);
 /// A self-signed certificate for `localhost`, written as PEM files in
 /// `dir`; the certificate, and the `tls = { ... }` listener option.
 fn certificate(dir: &Path) -> (rcgen::Certificate, String) {
+    let (cert, key): (PathBuf, PathBuf) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let made = new_certificate(&cert, &key);
+    let option = format!("tls = {{ cert = {cert:?}, key = {key:?} }}");
+    (made, option)
+}
+
+/// A new self-signed certificate for `localhost` and its key, each put in
+/// place at once (written beside it, then renamed over it).
+fn new_certificate(cert: &Path, key: &Path) -> rcgen::Certificate {
     // Another test in this binary may have installed it already; either way one is in place.
     rustls::crypto::ring::default_provider()
         .install_default()
         .ok();
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let (cert, key): (PathBuf, PathBuf) = (dir.join("tls.crt"), dir.join("tls.key"));
-    std::fs::write(&cert, made.cert.pem()).unwrap();
-    std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
-    let option = format!("tls = {{ cert = {cert:?}, key = {key:?} }}");
-    (made.cert, option)
+    edgeroute_tests::proxy::write_atomically(cert, &made.cert.pem());
+    edgeroute_tests::proxy::write_atomically(key, &made.signing_key.serialize_pem());
+    made.cert
 }
 
 /// An origin, and a proxy whose listener speaks TLS with a certificate
 /// of its own.
 struct Tls {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     cert: rcgen::Certificate,
     us: Origin,
     proxy: Proxy,
@@ -51,7 +58,7 @@ impl Tls {
             .start()
             .await;
         Tls {
-            _dir: dir,
+            dir,
             cert,
             us,
             proxy,
@@ -60,9 +67,19 @@ impl Tls {
 
     /// `GET path` over TLS, by whichever protocol ALPN picks.
     async fn get(&self, path: &str) -> reqwest::Response {
+        self.get_trusting(&self.cert, path).await.unwrap()
+    }
+
+    /// `GET path` on a new connection, from a client that trusts `cert`
+    /// alone.
+    async fn get_trusting(
+        &self,
+        cert: &rcgen::Certificate,
+        path: &str,
+    ) -> reqwest::Result<reqwest::Response> {
         let url = format!("https://localhost:{}{path}", self.proxy.addr.port());
-        let client = tls_client(&self.cert, &self.proxy).build().unwrap();
-        client.get(url).send().await.unwrap()
+        let client = tls_client(cert, &self.proxy).build().unwrap();
+        client.get(url).send().await
     }
 }
 
@@ -327,4 +344,54 @@ async fn client_connections_are_spread_evenly_over_the_worker_threads() {
         || async { proxy.metric(&open(0)).await + proxy.metric(&open(1)).await == 0.0 },
     )
     .await;
+}
+
+/// A certificate rotated on disk is served to new connections after
+/// SIGHUP (and within the watch interval without one); files that cannot
+/// be used leave the certificate in force, and each outcome is counted
+/// (a change is loaded once).
+#[tokio::test]
+async fn a_rotated_certificate_is_put_in_force_and_a_broken_one_is_not() {
+    let tls = Tls::start("").await;
+    let reloads =
+        |result: &str| format!("edgeroute_tls_certificate_reloads_total{{result=\"{result}\"}}");
+    let (cert, key) = (
+        tls.dir.path().join("tls.crt"),
+        tls.dir.path().join("tls.key"),
+    );
+    assert_eq!(tls.get("/before").await.status(), 200);
+
+    let rotated = new_certificate(&cert, &key);
+    tls.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    // (The watch may find the change before the signal: either way once.)
+    eventually("the new certificate is loaded", GUARD, || async {
+        tls.proxy.metric(&reloads("ok")).await >= 1.0
+    })
+    .await;
+    let resp = tls.get_trusting(&rotated, "/rotated").await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(
+        tls.get_trusting(&tls.cert, "/old").await.is_err(),
+        "a new connection no longer gets the old certificate"
+    );
+
+    // Half a rotation: a key that is not the certificate's.
+    let stray = tls.dir.path().join("stray.crt");
+    new_certificate(&stray, &key);
+    tls.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    // Found by the watch, the signal, or both.
+    eventually("the broken pair is refused", GUARD, || async {
+        tls.proxy.metric(&reloads("failed")).await >= 1.0
+    })
+    .await;
+    let resp = tls.get_trusting(&rotated, "/kept").await.unwrap();
+    assert_eq!(resp.status(), 200, "the certificate in force stays");
+    assert_eq!(tls.proxy.metric(&reloads("ok")).await, 1.0);
+    assert!(
+        tls.proxy
+            .log()
+            .contains("TLS certificate not reloaded; the one in force stays"),
+        "{}",
+        tls.proxy.log()
+    );
 }
