@@ -181,9 +181,13 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             ));
         }
     }
-    if !certs.is_empty() {
-        control.spawn(tls::watch(certs, Arc::clone(&state)));
-    }
+    // Also without TLS listeners: it catches SIGHUP, whose default action
+    // would stop the proxy when nothing else does (a control-plane table).
+    let rereads = {
+        let _enter = control.enter();
+        crate::lifecycle::Rereads::new(tls::WATCH_INTERVAL, "the certificate files")
+    };
+    control.spawn(tls::watch(certs, Arc::clone(&state), rereads));
     control.spawn(exit_when_drained(Arc::clone(&state)));
     control.spawn(prune_idle_connections(Arc::clone(&state)));
 

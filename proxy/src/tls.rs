@@ -115,6 +115,8 @@ impl ListenerCert {
             loaded: loaded.is_ok(),
         };
         match loaded {
+            // The same certificate as in force (files back as they were).
+            Ok(key) if key.cert == self.current.load().cert => Reload::Unchanged,
             Ok(key) => {
                 self.current.store(Arc::new(key));
                 Reload::Loaded
@@ -155,11 +157,32 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 /// listener's certificate files read again, and a changed pair put in
 /// force for new connections; files that cannot be used leave the
 /// certificate in force, with an error log line and a count in
-/// `edgeroute_tls_certificate_reloads_total{result="failed"}`.
-pub async fn watch(certs: Vec<Arc<ListenerCert>>, state: Arc<crate::state::AppState>) {
+/// `edgeroute_tls_certificate_reloads_total{result="failed"}`. Run also
+/// without certificates: SIGHUP, caught here, then never stops the proxy
+/// (its default action) when the table does not come from a file.
+/// `rereads`: made with [`WATCH_INTERVAL`] before the server starts, so
+/// that SIGHUP is caught from then on.
+pub async fn watch(
+    certs: Vec<Arc<ListenerCert>>,
+    state: Arc<crate::state::AppState>,
+    mut rereads: crate::lifecycle::Rereads,
+) {
     let reloads = &state.metrics.tls_certificate_reloads;
-    let mut rereads = crate::lifecycle::Rereads::new(WATCH_INTERVAL, "the certificate files");
     while let Some(forced) = rereads.next(&state.lifecycle).await {
+        if forced {
+            if certs.is_empty() {
+                if matches!(
+                    state.config.table,
+                    edgeroute_config::TableSource::Control { .. }
+                ) {
+                    tracing::info!(
+                        "SIGHUP: nothing to reload (the table comes from the control plane, and no listener has TLS)"
+                    );
+                }
+            } else {
+                tracing::info!("SIGHUP: reading the TLS certificate files again");
+            }
+        }
         for cert in &certs {
             let listener = format!("listeners[{}]", cert.index);
             // Reading two small files: off the runtime's threads.
@@ -177,19 +200,31 @@ pub async fn watch(certs: Vec<Arc<ListenerCert>>, state: Arc<crate::state::AppSt
                     reloads.with_label_values(&["failed"]).inc();
                     tracing::error!(%listener, error = %e, "TLS certificate not reloaded; the one in force stays");
                 }
-                Err(e) => tracing::error!(%listener, error = %e, "the certificate reload stopped"),
+                Err(e) => tracing::error!(%listener, error = %e, "one certificate reload failed"),
             }
         }
     }
 }
 
-/// The certificate and key files' bytes.
+/// The certificate and key files' bytes. Should the certificate change
+/// while the key is read (a rotation that swaps both files, such as a
+/// Kubernetes secret volume's), they are read again, up to 3 times, so a
+/// certificate is not paired with the next one's key.
 fn read_files(index: usize, files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read = |name: &str, path: &Path| {
         std::fs::read(path)
             .map_err(|e| format!("{}: cannot read it: {e}", field(index, name, path)))
     };
-    Ok((read("cert", &files.cert)?, read("key", &files.key)?))
+    let mut cert = read("cert", &files.cert)?;
+    for _ in 0..3 {
+        let key = read("key", &files.key)?;
+        let again = read("cert", &files.cert)?;
+        if again == cert {
+            return Ok((cert, key));
+        }
+        cert = again;
+    }
+    Ok((cert, read("key", &files.key)?))
 }
 
 /// `listeners[index].tls.NAME (PATH)`, for errors.
@@ -467,9 +502,9 @@ mod tests {
         assert_eq!(serving(&cert), pem_cert(&a));
         assert_eq!(cert.reload(false), Reload::Unchanged, "reported once");
         assert!(matches!(cert.reload(true), Reload::Failed(_)));
-        // Back as they were: nothing new to load, but they are read again.
+        // Back as they were: read again, and nothing new to put in force.
         std::fs::copy(&a.key, &live.key).unwrap();
-        assert_eq!(cert.reload(false), Reload::Loaded);
         assert_eq!(cert.reload(false), Reload::Unchanged);
+        assert_eq!(serving(&cert), pem_cert(&a));
     }
 }

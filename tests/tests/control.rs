@@ -251,3 +251,19 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
     assert_eq!(read.status(), 200, "reads go on");
     assert_eq!(read.headers()["x-edgeroute-region"], US);
 }
+
+/// SIGHUP reloads a table file; on a proxy whose table comes from the
+/// control plane it reloads nothing, and must not stop the proxy (the
+/// signal's default action).
+#[tokio::test]
+async fn sighup_leaves_a_proxy_on_the_control_plane_running() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the SIGHUP is logged", WAIT, || async {
+        proxy.log().contains("SIGHUP: nothing to reload")
+    })
+    .await;
+    assert_eq!(proxy.write_region().await, US, "still serving");
+}
