@@ -16,8 +16,8 @@
 //!
 //! HTTP/1.x goes to the proxy's own session, HTTP/2 to pingora-core's. The
 //! sockets are bound before the server starts (a busy port is a start-up
-//! error), as Pingora binds its own: `SO_REUSEADDR` and a backlog of 65,535
-//! (the kernel caps it at `net.core.somaxconn`).
+//! error), with the options of Pingora's own listeners: `SO_REUSEADDR` and
+//! a backlog of 65,535 (the kernel caps it at `net.core.somaxconn`).
 
 use crate::service::EdgeProxy;
 use crate::tcp::TcpConnection;
@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 const BACKLOG: i32 = 65_535;
 
 /// What an HTTP/2 connection without TLS starts with (RFC 9113 §3.4).
-pub const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A listening socket for `addr`, ready for [`Listeners`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

@@ -4,9 +4,10 @@
 //! that has to wait, to account the time in a connection digest, and goes
 //! through a write buffer layer even when it holds nothing. The proxy reads
 //! neither: it bounds each exchange with its own timer and measures a
-//! backend's latency per request. Its plain-TCP connections, to clients
-//! (see [`crate::listen`]) and to backends (see [`crate::connect`]), are
-//! the tokio socket itself behind Pingora's `IO` traits.
+//! backend's latency per request. Its TCP connections, to clients (see
+//! [`crate::listen`]; a TLS client's under pingora-core's rustls stream)
+//! and to plain-TCP backends (see [`crate::connect`]), are the tokio socket
+//! itself behind Pingora's `IO` traits.
 
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr;
@@ -29,7 +30,8 @@ pub struct TcpConnection {
     stream: TcpStream,
     /// A client's address, known from the accept.
     digest: Option<Arc<SocketDigest>>,
-    /// Bytes read by [`TcpConnection::starts_with`], read again first.
+    /// Bytes read by [`TcpConnection::starts_with`] or
+    /// [`TcpConnection::first_byte`], read again first.
     early: Vec<u8>,
 }
 

@@ -1,4 +1,6 @@
-//! One TLS stack for the whole process: rustls with ring.
+//! One TLS stack for the whole process: rustls with ring. Here: the
+//! process-wide provider, and the TLS listeners' certificates, loaded with
+//! errors that say what is wrong and reloaded while the proxy runs.
 
 use arc_swap::ArcSwap;
 use edgeroute_config::TlsFiles;
