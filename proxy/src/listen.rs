@@ -227,11 +227,14 @@ impl Service for Listeners {
             ));
         }
         while let Some(done) = loops.join_next().await {
-            if let Err(e) = done {
-                // A listener no longer accepts: not ready, until a restart.
-                self.proxy.state().lifecycle.mark_not_listening();
-                tracing::error!(error = %e, "an accept loop ended abnormally; /ready now fails");
-            }
+            let error = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+            };
+            // A listener no longer accepts: not ready, until a restart.
+            self.proxy.state().lifecycle.mark_not_listening();
+            tracing::error!(%error, "an accept loop ended abnormally; /ready now fails");
         }
     }
 
@@ -246,14 +249,14 @@ impl Service for Listeners {
 
 /// Accepts connections until the server shuts down, each served on one of
 /// the server's threads (see [`hand_over`]); the listening socket closes
-/// when it ends.
+/// when it ends. An error says the listening socket itself is broken.
 async fn accept_loop(
     listener: TcpListener,
     transport: Transport,
     proxy: Arc<EdgeProxy>,
     workers: Arc<Workers>,
     mut shutdown: ShutdownWatch,
-) {
+) -> std::io::Result<()> {
     loop {
         if *shutdown.borrow() {
             break;
@@ -276,6 +279,8 @@ async fn accept_loop(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+            // Every accept would fail so: no spinning on it.
+            Err(e) if listener_broken(&e) => return Err(e),
             Err(e) => {
                 // One connection's trouble (reset before it was accepted).
                 tracing::debug!(error = %e, "cannot accept a connection");
@@ -293,6 +298,7 @@ async fn accept_loop(
             }
         });
     }
+    Ok(())
 }
 
 /// The connection ready for its first request, and whether it speaks
@@ -392,6 +398,17 @@ where
             Err(e) => tracing::debug!(error = %e, "cannot serve an accepted connection"),
         }
     });
+}
+
+/// Whether an accept failed because the listening socket is not one any
+/// more (closed, not listening, not a socket). Errors of one connection
+/// (Linux passes a new connection's network errors, such as `EPROTO` or
+/// `EHOSTUNREACH`, through accept) are not.
+fn listener_broken(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT)
+    )
 }
 
 /// Whether an accept failed for want of file descriptors or memory, which
@@ -535,6 +552,40 @@ mod tests {
                 prop_assert_eq!(total, open.len() as i64);
             }
         }
+    }
+
+    #[test]
+    fn only_a_broken_listening_socket_ends_the_accept_loop() {
+        for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
+            assert!(listener_broken(&std::io::Error::from_raw_os_error(errno)));
+        }
+        for errno in [
+            libc::ECONNABORTED,
+            libc::EPROTO,
+            libc::EOPNOTSUPP,
+            libc::EHOSTUNREACH,
+            libc::ENETDOWN,
+            libc::EPERM,
+            libc::EMFILE,
+        ] {
+            assert!(!listener_broken(&std::io::Error::from_raw_os_error(errno)));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listening_socket_shut_down_is_seen_as_broken() {
+        use std::os::fd::AsRawFd;
+        let listener =
+            TcpListener::from_std(bind("127.0.0.1:0".parse().expect("addr")).expect("bind"))
+                .expect("listener");
+        // On Linux this makes every accept on the socket fail.
+        nix::sys::socket::shutdown(listener.as_raw_fd(), nix::sys::socket::Shutdown::Read)
+            .expect("shutdown");
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+            .await
+            .expect("accept answers");
+        let e = accepted.expect_err("no connection from a shut-down socket");
+        assert!(listener_broken(&e), "{e:?}");
     }
 
     #[test]
