@@ -326,47 +326,42 @@ async fn open(
             }
         },
         Transport::Tls(acceptor) => {
-            let failed = |reason: &str| {
-                state
-                    .metrics
-                    .tls_handshake_failures
-                    .with_label_values(&[reason])
-                    .inc();
-            };
-            // The handshake and the wait for it share one limit.
-            let deadline = tokio::time::Instant::now() + idle;
             // A TLS client speaks first. One that closes before its first
             // byte, as a load balancer's TCP health check does, failed no
             // handshake.
-            match tokio::time::timeout_at(deadline, conn.first_byte()).await {
-                Ok(Ok(Some(_))) => {}
-                Ok(Ok(None)) => return None,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, %peer, "the client left before its TLS handshake");
-                    return None;
+            let handshake = async {
+                let mut conn = conn;
+                match conn.first_byte().await {
+                    Ok(Some(_)) => Some(acceptor.tls_handshake(conn).await),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "the client left before its TLS handshake");
+                        None
+                    }
                 }
-                Err(_) => {
-                    failed("timeout");
-                    tracing::debug!(%peer, "no TLS handshake within timeouts.client_idle; closing");
-                    return None;
-                }
-            }
-            match tokio::time::timeout_at(deadline, acceptor.tls_handshake(conn)).await {
-                Ok(Ok(tls)) => {
+            };
+            // The wait for the first byte and the handshake share one limit.
+            let reason = match tokio::time::timeout(idle, handshake).await {
+                Ok(None) => return None,
+                Ok(Some(Ok(tls))) => {
                     let http2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-                    Some((Box::new(tls), http2))
+                    return Some((Box::new(tls), http2));
                 }
-                Ok(Err(e)) => {
-                    failed("error");
+                Ok(Some(Err(e))) => {
                     tracing::debug!(error = %e, %peer, "a client's TLS handshake failed");
-                    None
+                    "error"
                 }
                 Err(_) => {
-                    failed("timeout");
                     tracing::debug!(%peer, "no TLS handshake within timeouts.client_idle; closing");
-                    None
+                    "timeout"
                 }
-            }
+            };
+            state
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc();
+            None
         }
     }
 }
