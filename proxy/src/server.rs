@@ -13,7 +13,6 @@ use crate::tls::{self, ListenerCert};
 use crate::topology::Topology;
 use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
-use pingora_core::apps::HttpServerOptions;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -194,10 +193,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None::<Opt>, conf);
     server.bootstrap();
 
-    let proxy = Arc::new(EdgeProxy::new(
-        Arc::clone(&state),
-        HttpServerOptions::default(),
-    ));
+    let proxy = Arc::new(EdgeProxy::new(Arc::clone(&state)));
     server.add_service(Listeners::new("edgeroute", proxy, listeners));
 
     let snap = state.router.load();

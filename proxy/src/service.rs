@@ -43,11 +43,12 @@ pub struct EdgeProxy {
 }
 
 impl EdgeProxy {
-    /// `options.h2c` is turned on: a listener calls
+    /// Pingora's server options, with h2c on: a listener calls
     /// [`EdgeProxy::serve_connection`] with HTTP/2 only once it knows, and
     /// Pingora's HTTP/2 path takes a plain-text connection (which does not
     /// peek) as HTTP/2 only with h2c on.
-    pub fn new(state: Arc<AppState>, mut options: HttpServerOptions) -> Self {
+    pub fn new(state: Arc<AppState>) -> Self {
+        let mut options = HttpServerOptions::default();
         options.h2c = true;
         EdgeProxy { state, options }
     }
