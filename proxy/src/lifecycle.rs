@@ -1,8 +1,8 @@
 //! Readiness, in-flight requests and shutdown.
 //!
 //! On SIGTERM the proxy flips `/ready` to 503 at once, stops accepting
-//! (the accept loops end and close their sockets), lets in-flight requests finish within the
-//! grace period, then exits 0 as soon as none is left.
+//! (the accept loops end and close their sockets), lets in-flight requests
+//! finish within the grace period, then exits 0 as soon as none is left.
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};

@@ -39,7 +39,7 @@ use tokio::runtime::Handle;
 const BACKLOG: i32 = 65_535;
 
 /// What an HTTP/2 connection without TLS starts with (RFC 9113 §3.4).
-const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// A listening socket for `addr`, ready for [`Listeners`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {

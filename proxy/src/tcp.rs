@@ -212,6 +212,7 @@ mod tests {
         assert!(tcp.nodelay().expect("option"));
         assert!(conn.get_ssl_digest().is_none());
     }
+
     /// A connected pair: the accepted side as a client connection, and
     /// the peer that writes to it.
     async fn accepted() -> (TcpConnection, TcpStream) {
@@ -232,7 +233,7 @@ mod tests {
         out
     }
 
-    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    const PREFACE: &[u8] = crate::listen::H2_PREFACE;
 
     /// Polls `fut` once.
     fn poll_once<F: std::future::Future>(fut: Pin<&mut F>) -> Poll<F::Output> {
