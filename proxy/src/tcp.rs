@@ -194,14 +194,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_connection_knows_its_peer_and_goes_without_nagle() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let client = TcpStream::connect(listener.local_addr().expect("addr"))
-            .await
-            .expect("connect");
-        let (socket, peer) = listener.accept().await.expect("accept");
-        let conn: Stream = Box::new(TcpConnection::from_client(socket, peer));
+        let (conn, client) = accepted().await;
+        let conn: Stream = Box::new(conn);
         let digest = conn.get_socket_digest().expect("digest");
         let seen = digest.peer_addr().and_then(|a| a.as_inet()).copied();
         assert_eq!(seen, Some(client.local_addr().expect("addr")));
