@@ -12,6 +12,7 @@ pub mod dns;
 pub mod downstream;
 pub mod fields;
 pub mod h1;
+pub mod h2;
 pub mod health;
 pub mod lifecycle;
 pub mod listen;

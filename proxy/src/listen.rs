@@ -102,8 +102,8 @@ impl Listeners {
 /// equals, the search starts one thread further on each time, so equals
 /// take turns. (Pingora's own choice is a random thread: a few long-lived
 /// connections, such as a load balancer's, could then all land on one
-/// thread while another idles.) An HTTP/2 connection's streams are then
-/// spawned by pingora-core's HTTP/2 path, on a random thread each.
+/// thread while another idles.) An HTTP/2 connection's streams are
+/// served on its thread too (see [`crate::h2`]).
 pub struct Workers {
     threads: Vec<(Handle, IntGauge)>,
     next: AtomicUsize,

@@ -1,7 +1,8 @@
-//! The forwarding path, on pingora-core's `HttpServerApp`: read the request,
-//! route it, send it to a backend over a pooled HTTP/1.1 connection, stream
-//! the answer back. One request is one sequence of awaits on one task — no
-//! per-request channels or helper tasks.
+//! The forwarding path: read the request (HTTP/1.x on the proxy's own
+//! session, HTTP/2 on pingora-core's, see [`crate::h2`]), route it, send it
+//! to a backend over a pooled HTTP/1.1 connection, stream the answer back.
+//! One request is one sequence of awaits on one task — no per-request
+//! channels or helper tasks.
 //!
 //! Retries follow one rule: a request that reached no backend (the connect
 //! failed) may go to another; one that may have reached a backend goes again
@@ -20,13 +21,9 @@ use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::topology::{Backend, InflightGuard, policy};
 use crate::upstream;
-use async_trait::async_trait;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
 use http::HeaderValue;
-use pingora_core::apps::{
-    HttpPersistentSettings, HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp,
-};
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
@@ -39,18 +36,11 @@ type BError = Box<Error>;
 
 pub struct EdgeProxy {
     state: Arc<AppState>,
-    options: HttpServerOptions,
 }
 
 impl EdgeProxy {
-    /// Pingora's server options, with h2c on: a listener calls
-    /// [`EdgeProxy::serve_connection`] with HTTP/2 only once it knows, and
-    /// Pingora's HTTP/2 path takes a plain-text connection (which does not
-    /// peek) as HTTP/2 only with h2c on.
     pub fn new(state: Arc<AppState>) -> Self {
-        let mut options = HttpServerOptions::default();
-        options.h2c = true;
-        EdgeProxy { state, options }
+        EdgeProxy { state }
     }
 
     pub fn state(&self) -> &AppState {
@@ -59,7 +49,7 @@ impl EdgeProxy {
 
     /// Serves a client connection: HTTP/1.x on the proxy's own session
     /// ([`EdgeProxy::serve_h1`]), HTTP/2 on pingora-core's, one request
-    /// per stream ([`HttpServerApp::process_new_http`]).
+    /// per stream (see [`crate::h2`]).
     pub async fn serve_connection(
         self: &Arc<Self>,
         stream: Stream,
@@ -67,8 +57,7 @@ impl EdgeProxy {
         shutdown: &ShutdownWatch,
     ) {
         if http2 {
-            // Nothing comes back for reuse from a client connection.
-            drop(ServerApp::process_new(self, stream, shutdown).await);
+            self.serve_h2(stream, shutdown).await;
         } else {
             self.serve_h1(stream, shutdown).await;
         }
@@ -139,51 +128,22 @@ async fn shutting_down(shutdown: &ShutdownWatch) {
     }
 }
 
-#[async_trait]
-impl HttpServerApp for EdgeProxy {
-    /// HTTP/2 streams, one request each (HTTP/1.x goes to [`EdgeProxy::serve_h1`]).
-    async fn process_new_http(
-        self: &Arc<Self>,
-        mut session: ServerSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
-        let read = tokio::select! {
-            biased;
-            read = session.read_request() => read,
-            () = shutting_down(shutdown) => return None,
-        };
-        match read {
-            Ok(true) => {}
-            Ok(false) => return None,
-            Err(e) => {
-                if matches!(e.etype(), ErrorType::InvalidHTTPHeader) {
-                    let e = Error::explain(ErrorType::HTTPStatus(400), e.to_string()).into_down();
-                    self.refuse_unreadable(&mut Client::h2(&mut session), &e)
-                        .await;
-                }
-                session.shutdown().await;
-                return None;
-            }
-        }
-        if *shutdown.borrow() {
-            session.set_keepalive(None);
+impl EdgeProxy {
+    /// One HTTP/2 stream: its request, read by pingora-core's HTTP/2
+    /// session when the stream was accepted, and its answer. A stream that
+    /// failed is dropped unfinished, which resets it.
+    pub(crate) async fn serve_h2_stream(&self, mut session: ServerSession) {
+        if let Err(e) = session.read_request().await {
+            tracing::debug!(error = %e, "no request read from an HTTP/2 stream");
+            return;
         }
         let mut timer = h1::Deadline::default();
         if self.handle(&mut Client::h2(&mut session), &mut timer).await {
-            return None;
+            return;
         }
-        let settings = HttpPersistentSettings::for_session(&session);
-        match session.finish().await {
-            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot finish the response; closing the connection");
-                None
-            }
+        if let Err(e) = session.finish().await {
+            tracing::debug!(error = %e, "cannot finish the response");
         }
-    }
-
-    fn server_options(&self) -> Option<&HttpServerOptions> {
-        Some(&self.options)
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod control;
 pub mod dns;
+pub mod h2;
 pub mod moto;
 pub mod origin;
 pub mod proxy;
@@ -31,6 +32,22 @@ where
             "timed out after {limit:?} waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Everything the peer sends on `conn` until it closes the connection (a
+/// reset counts as closed); panics if it is still open after `limit`.
+pub async fn until_closed(conn: &mut tokio::net::TcpStream, limit: Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let end = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(end, conn.read(&mut buf)).await {
+            Err(_) => panic!("the connection was kept open for {limit:?}"),
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
     }
 }
 

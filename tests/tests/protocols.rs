@@ -2,7 +2,8 @@
 //! and over TLS (ALPN, through rustls); how a client that does not get as
 //! far as a request is let go; and which worker thread serves a client.
 
-use edgeroute_tests::{Origin, Proxy, ProxyBuilder, eventually};
+use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, get_request, opening};
+use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, eventually, until_closed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,20 +93,6 @@ fn tls_client(cert: &rcgen::Certificate, proxy: &Proxy) -> reqwest::ClientBuilde
         .timeout(GUARD)
 }
 
-/// Everything the proxy sends on `conn` until it closes the connection
-/// (a reset counts as closed).
-async fn until_closed(conn: &mut TcpStream) -> Vec<u8> {
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(GUARD, conn.read(&mut buf)).await {
-            Err(_) => panic!("the proxy kept the connection open for {GUARD:?}"),
-            Ok(Ok(0) | Err(_)) => return got,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
     let us = Origin::start(US).await;
@@ -114,10 +101,7 @@ async fn h2c_with_prior_knowledge() {
         .listener_options("h2c = true")
         .start()
         .await;
-    let c = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .build()
-        .unwrap();
+    let c = h2::client();
     let resp = c.get(proxy.url("/items")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
     assert_eq!(resp.status(), 200);
@@ -156,7 +140,7 @@ async fn a_request_shorter_than_the_h2_preface_is_answered_on_an_h2c_listener() 
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
     // The client's side stays open: it waits for the answer.
     conn.write_all(request).await.unwrap();
-    let answer = String::from_utf8(until_closed(&mut conn).await).unwrap();
+    let answer = String::from_utf8(until_closed(&mut conn, GUARD).await).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(
         answer
@@ -224,7 +208,7 @@ async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
         .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
-    let answer = until_closed(&mut plain).await;
+    let answer = until_closed(&mut plain, GUARD).await;
     assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
     eventually("the failed handshake is counted", GUARD, || async {
         proxy.metric(&failures("error")).await == 1.0
@@ -236,7 +220,7 @@ async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
     // after `opened`.)
     let opened = std::time::Instant::now();
     let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
-    assert!(until_closed(&mut silent).await.is_empty());
+    assert!(until_closed(&mut silent, GUARD).await.is_empty());
     assert!(opened.elapsed() >= Duration::from_secs(1));
     eventually("the stalled handshake is counted", GUARD, || async {
         proxy.metric(&failures("timeout")).await == 1.0
@@ -334,7 +318,7 @@ async fn client_connections_are_spread_evenly_over_the_worker_threads() {
         conn.write_all(b"GET /spread HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .await
             .unwrap();
-        let answer = String::from_utf8(until_closed(conn).await).unwrap();
+        let answer = String::from_utf8(until_closed(conn, GUARD).await).unwrap();
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     }
     assert_eq!(us.seen().len(), 8);
@@ -395,4 +379,129 @@ async fn a_rotated_certificate_is_put_in_force_and_a_broken_one_is_not() {
             && log.contains("is not the key of the first certificate"),
         "{log}"
     );
+}
+
+/// A proxy with an h2c listener and `client_idle` as given, and a raw
+/// connection to it that has sent HTTP/2's preface and its settings.
+async fn h2c_raw(origin: &Origin, client_idle: &str) -> (Proxy, TcpStream) {
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[origin.addr])
+        .listener_options("h2c = true")
+        .extra(&format!("[timeouts]\nclient_idle = \"{client_idle}\"\n"))
+        .start()
+        .await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(&opening()).await.unwrap();
+    (proxy, conn)
+}
+
+/// An HTTP/2 connection with no stream open for `client_idle` gets a
+/// GOAWAY and is closed, also when its client answers nothing more (as a
+/// peer that went away without a word).
+#[tokio::test]
+async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
+    let us = Origin::start(US).await;
+    let (_proxy, mut conn) = h2c_raw(&us, "1s").await;
+    let frames = Frame::decode(&until_closed(&mut conn, GUARD).await);
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .expect("a GOAWAY before the close");
+    assert_eq!(goaway.error_code(), 0, "NO_ERROR");
+}
+
+/// `client_idle` counts from when an HTTP/2 connection's last stream
+/// ended: a request held by its backend for longer is answered, the
+/// connection is closed once it idles, and the client's next request goes
+/// on a new one.
+#[tokio::test]
+async fn an_http2_connection_idles_only_with_no_stream_open() {
+    let us = Origin::start(US).await;
+    us.set(Behaviour::Hold);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .listener_options("h2c = true")
+        .extra("[timeouts]\nclient_idle = \"1s\"\n")
+        .start()
+        .await;
+    let open = || async {
+        proxy
+            .metric("edgeroute_worker_connections{worker=\"0\"}")
+            .await
+            + proxy
+                .metric("edgeroute_worker_connections{worker=\"1\"}")
+                .await
+    };
+    let c = h2::client();
+    let held = tokio::spawn(c.get(proxy.url("/held")).send());
+    eventually("the request reaches the origin", GUARD, || async {
+        us.seen().len() == 1
+    })
+    .await;
+    // Three times `client_idle` with the stream open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(open().await, 1.0, "the connection with a stream open stays");
+    us.release(1);
+    let resp = held.await.unwrap().expect("the held request is answered");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    eventually("the idle connection is closed", GUARD, || async {
+        open().await == 0.0
+    })
+    .await;
+    us.release(1);
+    let resp = c.get(proxy.url("/after")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
+/// Streams refused as malformed (here: requests with neither
+/// `:authority` nor `host`) are answered 400 one by one, and a client that
+/// keeps sending them is disconnected; until then the connection serves
+/// well-formed streams.
+#[tokio::test]
+async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
+    let us = Origin::start(US).await;
+    // Idle connections are not closed while this test runs.
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    let malformed = |stream| get_request(stream, false);
+    // :status 400 and 200 (static table 12 and 8).
+    let (bad_request, ok) = (0x8c, 0x88);
+    // A few malformed streams, then a good one on stream 7.
+    for stream in [1, 3, 5] {
+        conn.write_all(&malformed(stream)).await.unwrap();
+    }
+    conn.write_all(&get_request(7, true)).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answer = |frames: &[Frame], stream| {
+        frames
+            .iter()
+            .find(|f| f.kind == HEADERS && f.stream == stream)
+            .map(|f| f.payload[0])
+    };
+    while answer(&Frame::decode(&got), 7).is_none() {
+        let n = tokio::time::timeout(GUARD, conn.read(&mut buf))
+            .await
+            .expect("an answer on stream 7")
+            .unwrap();
+        assert!(n > 0, "closed before stream 7 was answered");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let frames = Frame::decode(&got);
+    for stream in [1, 3, 5] {
+        assert_eq!(
+            answer(&frames, stream),
+            Some(bad_request),
+            "stream {stream}"
+        );
+    }
+    assert_eq!(answer(&frames, 7), Some(ok));
+
+    // 29 more make 32: the connection is closed, with streams still to come.
+    for stream in (9..).step_by(2).take(29) {
+        conn.write_all(&malformed(stream)).await.unwrap();
+    }
+    let frames = Frame::decode(&until_closed(&mut conn, GUARD).await);
+    assert_eq!(answer(&frames, 9), Some(bad_request));
+    assert_eq!(us.seen().len(), 1, "only the well-formed request went on");
 }

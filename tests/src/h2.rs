@@ -1,0 +1,84 @@
+//! HTTP/2 frames written and read by hand, for tests of what the proxy
+//! does with a client's connection rather than with its requests.
+
+/// What an HTTP/2 client sends before its first frame (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Frame types (RFC 9113 §6).
+pub const HEADERS: u8 = 0x1;
+pub const SETTINGS: u8 = 0x4;
+pub const GOAWAY: u8 = 0x7;
+
+/// One HTTP/2 frame.
+pub struct Frame {
+    pub kind: u8,
+    pub stream: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn encode(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut out = vec![len[1], len[2], len[3], kind, flags];
+        out.extend_from_slice(&stream.to_be_bytes());
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// The whole frames in `bytes`, in order.
+    pub fn decode(mut bytes: &[u8]) -> Vec<Frame> {
+        let mut frames = Vec::new();
+        while bytes.len() >= 9 {
+            let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+            if bytes.len() < 9 + len {
+                break;
+            }
+            frames.push(Frame {
+                kind: bytes[3],
+                stream: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff,
+                payload: bytes[9..9 + len].to_vec(),
+            });
+            bytes = &bytes[9 + len..];
+        }
+        frames
+    }
+
+    /// A GOAWAY's error code.
+    pub fn error_code(&self) -> u32 {
+        assert_eq!(self.kind, GOAWAY);
+        u32::from_be_bytes(self.payload[4..8].try_into().unwrap())
+    }
+}
+
+/// A GET's header block for `stream` (HPACK without Huffman coding or
+/// the dynamic table); without an authority it is malformed.
+pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
+    // :method GET, :scheme http, :path / (static table 2, 6, 4).
+    let mut block = vec![0x82, 0x86, 0x84];
+    if authority {
+        // :authority (static table 1), a literal value not indexed.
+        block.push(0x01);
+        block.push(9);
+        block.extend_from_slice(b"localhost");
+    }
+    // END_STREAM | END_HEADERS
+    Frame::encode(HEADERS, 0x5, stream, &block)
+}
+
+/// A client that speaks HTTP/2 without TLS from its first byte (h2c with
+/// prior knowledge), otherwise as [`crate::client`].
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .timeout(std::time::Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("http client")
+}
+
+/// The client's opening: the preface and empty settings.
+pub fn opening() -> Vec<u8> {
+    let mut out = PREFACE.to_vec();
+    out.extend(Frame::encode(SETTINGS, 0, 0, &[]));
+    out
+}
