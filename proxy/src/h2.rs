@@ -7,7 +7,8 @@
 //! - A connection with no stream open for `timeouts.client_idle` is told to
 //!   go away (GOAWAY, no error) and closed, as an idle HTTP/1 connection is.
 //!   So is every connection when the server shuts down, once its streams
-//!   are done.
+//!   are done; until it ends, the connection counts as in flight, so the
+//!   proxy does not exit before its answers and its GOAWAY went out.
 //! - After GOAWAY a connection with no stream open is closed when the
 //!   client closes it, or after [`DRAIN`] if the client does not (a peer
 //!   that went away without a word answers nothing).
@@ -54,6 +55,8 @@ impl EdgeProxy {
                 return;
             }
         };
+        // Dropped after `conn`, whose end sends what its streams left.
+        let in_flight = self.state().lifecycle.http2_connection_opened();
         let mut streams = JoinSet::new();
         let mut malformed = 0;
         let mut closing = false;
@@ -114,5 +117,7 @@ impl EdgeProxy {
             }
         }
         streams.detach_all();
+        drop(conn);
+        drop(in_flight);
     }
 }

@@ -3,6 +3,8 @@
 //! On SIGTERM the proxy flips `/ready` to 503 at once, stops accepting
 //! (the accept loops end and close their sockets), lets in-flight requests
 //! finish within the grace period, then exits 0 as soon as none is left.
+//! An HTTP/2 connection counts as in flight until it ends, so the answers
+//! it carries and its GOAWAY go out before the exit.
 
 use async_trait::async_trait;
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
@@ -76,6 +78,13 @@ impl Lifecycle {
         RequestGuard(Arc::clone(self))
     }
 
+    /// An HTTP/2 connection, counted as in flight until it ends: its
+    /// streams' answers go out through it after the streams are done, and
+    /// on shutdown it is told to go away first.
+    pub fn http2_connection_opened(self: &Arc<Self>) -> RequestGuard {
+        self.request_started()
+    }
+
     /// Resolves when no request is in flight.
     pub async fn drained(&self) {
         loop {
@@ -131,7 +140,7 @@ impl Rereads {
     }
 }
 
-/// Counts one request as in flight until dropped.
+/// Counts one request (or HTTP/2 connection) as in flight until dropped.
 pub struct RequestGuard(Arc<Lifecycle>);
 
 impl Drop for RequestGuard {

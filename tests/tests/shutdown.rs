@@ -1,8 +1,10 @@
-//! SIGTERM: /ready answers 503 at once, in-flight requests finish, exit 0.
+//! SIGTERM: /ready answers 503 at once, in-flight requests (HTTP/1 and HTTP/2) finish, exit 0.
 
-use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually};
+use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, h2, until_closed};
 use nix::sys::signal::Signal;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
@@ -64,4 +66,63 @@ async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
         3,
         "nothing new reached the origin after SIGTERM"
     );
+}
+
+/// HTTP/2 streams in flight on SIGTERM finish on their connection, which
+/// is then told to go away; so is an idle connection, and the proxy exits
+/// once every connection got its answers and its GOAWAY.
+#[tokio::test]
+async fn sigterm_lets_http2_streams_in_flight_finish() {
+    let us = Origin::start("us-east-1").await;
+    us.set(Behaviour::Hold);
+    let mut proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .listener_options("h2c = true")
+        .start()
+        .await;
+    let c = h2::client();
+    // Two streams on one connection.
+    let in_flight: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(c.get(proxy.url(&format!("/slow/{i}"))).send()))
+        .collect();
+    eventually(
+        "two requests reach the origin",
+        Duration::from_secs(10),
+        || async { us.seen().len() == 2 },
+    )
+    .await;
+    // A connection with no stream, whose client answers nothing; it is
+    // open once the proxy's settings came.
+    let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
+    idle.write_all(&h2::opening()).await.unwrap();
+    let mut head = [0u8; 9];
+    idle.read_exact(&mut head).await.unwrap();
+    assert_eq!(head[3], h2::SETTINGS);
+    let mut settings = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
+    idle.read_exact(&mut settings).await.unwrap();
+
+    proxy.signal(Signal::SIGTERM);
+    eventually("/ready answers 503", Duration::from_secs(5), || async {
+        client()
+            .get(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    us.release(2);
+    for r in in_flight {
+        let resp = r.await.unwrap().expect("the stream in flight completes");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    let frames = h2::Frame::decode(&until_closed(&mut idle, Duration::from_secs(15)).await);
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == h2::GOAWAY)
+        .expect("the idle connection is told to go away before the exit");
+    assert_eq!(goaway.error_code(), 0, "NO_ERROR");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    assert_eq!(us.seen().len(), 2);
 }
