@@ -805,15 +805,31 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName,
 /// Pingora's HTTP/2 stream.
 pub enum Client<'a> {
     H1(&'a mut Session),
-    /// The stream, and its request's fields as a list.
-    H2(&'a mut ServerSession, Fields),
+    /// The stream, its request's fields as a list, and how long the client
+    /// may keep a read of its body or a write of the answer waiting.
+    H2(&'a mut ServerSession, Fields, Duration),
 }
 
 impl<'a> Client<'a> {
-    /// An HTTP/2 stream whose request head has been read.
-    pub fn h2(session: &'a mut ServerSession) -> Self {
+    /// An HTTP/2 stream whose request head has been read; `idle` as
+    /// `timeouts.client_idle`.
+    pub fn h2(session: &'a mut ServerSession, idle: Duration) -> Self {
         let fields = Fields::from_map(&session.req_header().headers);
-        Client::H2(session, fields)
+        Client::H2(session, fields, idle)
+    }
+}
+
+/// `op`, or the client's timeout error if it has not completed within
+/// `idle` (an HTTP/2 stream's waits; an HTTP/1 session keeps its own
+/// timer).
+async fn within_idle<T>(
+    idle: Duration,
+    dir: Direction,
+    op: impl Future<Output = Result<T, BError>>,
+) -> Result<T, BError> {
+    match tokio::time::timeout(idle, op).await {
+        Ok(done) => done.map_err(Error::into_down),
+        Err(_) => Err(h1::timed_out(dir, Peer::Client)),
     }
 }
 
@@ -821,7 +837,7 @@ impl Client<'_> {
     pub fn request(&self) -> &Parts {
         match self {
             Client::H1(s) => s.request(),
-            Client::H2(s, _) => s.req_header(),
+            Client::H2(s, ..) => s.req_header(),
         }
     }
 
@@ -829,7 +845,7 @@ impl Client<'_> {
     pub fn fields(&self) -> &Fields {
         match self {
             Client::H1(s) => s.fields(),
-            Client::H2(_, fields) => fields,
+            Client::H2(_, fields, _) => fields,
         }
     }
 
@@ -837,7 +853,7 @@ impl Client<'_> {
     pub fn raw_target(&self) -> &[u8] {
         match self {
             Client::H1(s) => s.raw_target(),
-            Client::H2(s, _) => s.req_header().raw_path(),
+            Client::H2(s, ..) => s.req_header().raw_path(),
         }
     }
 
@@ -845,7 +861,7 @@ impl Client<'_> {
     pub fn client_ip(&self) -> Option<HeaderValue> {
         match self {
             Client::H1(s) => s.client_ip().cloned(),
-            Client::H2(s, _) => s
+            Client::H2(s, ..) => s
                 .client_addr()
                 .and_then(|a| a.as_inet())
                 .map(|a| ip_text(a.ip())),
@@ -855,56 +871,58 @@ impl Client<'_> {
     pub fn is_tls(&self) -> bool {
         match self {
             Client::H1(s) => s.is_tls(),
-            Client::H2(s, _) => s.digest().is_some_and(|d| d.ssl_digest.is_some()),
+            Client::H2(s, ..) => s.digest().is_some_and(|d| d.ssl_digest.is_some()),
         }
     }
 
     pub fn is_body_done(&mut self) -> bool {
         match self {
             Client::H1(s) => s.is_body_done(),
-            Client::H2(s, _) => s.is_body_done(),
+            Client::H2(s, ..) => s.is_body_done(),
         }
     }
 
     pub fn is_body_empty(&mut self) -> bool {
         match self {
             Client::H1(s) => s.is_body_empty(),
-            Client::H2(s, _) => s.is_body_empty(),
+            Client::H2(s, ..) => s.is_body_empty(),
         }
     }
 
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         match self {
             Client::H1(s) => s.read_body().await,
-            Client::H2(s, _) => s.read_request_body().await.map_err(Error::into_down),
+            Client::H2(s, _, idle) => {
+                within_idle(*idle, Direction::Read, s.read_request_body()).await
+            }
         }
     }
 
     pub async fn write_continue(&mut self) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_continue().await,
-            Client::H2(s, _) => s.write_continue_response().await.map_err(Error::into_down),
+            Client::H2(s, ..) => s.write_continue_response().await.map_err(Error::into_down),
         }
     }
 
     pub fn enable_retry_buffering(&mut self) {
         match self {
             Client::H1(s) => s.enable_retry_buffering(),
-            Client::H2(s, _) => s.enable_retry_buffering(),
+            Client::H2(s, ..) => s.enable_retry_buffering(),
         }
     }
 
     pub fn retry_buffer(&mut self) -> Option<Bytes> {
         match self {
             Client::H1(s) => s.retry_buffer(),
-            Client::H2(s, _) => s.get_retry_buffer(),
+            Client::H2(s, ..) => s.get_retry_buffer(),
         }
     }
 
     pub fn retry_buffer_truncated(&self) -> bool {
         match self {
             Client::H1(s) => s.retry_buffer_truncated(),
-            Client::H2(s, _) => s.retry_buffer_truncated(),
+            Client::H2(s, ..) => s.retry_buffer_truncated(),
         }
     }
 
@@ -912,28 +930,28 @@ impl Client<'_> {
     pub fn close_after(&mut self) {
         match self {
             Client::H1(s) => s.close_after(),
-            Client::H2(s, _) => s.set_keepalive(None),
+            Client::H2(s, ..) => s.set_keepalive(None),
         }
     }
 
     pub fn response_status(&self) -> Option<StatusCode> {
         match self {
             Client::H1(s) => s.response_status(),
-            Client::H2(s, _) => s.response_written().map(|r| r.status),
+            Client::H2(s, ..) => s.response_written().map(|r| r.status),
         }
     }
 
     pub fn was_upgraded(&self) -> bool {
         match self {
             Client::H1(s) => s.was_upgraded(),
-            Client::H2(s, _) => s.was_upgraded(),
+            Client::H2(s, ..) => s.was_upgraded(),
         }
     }
 
     pub fn set_read_timeout(&mut self, limit: Duration) {
         match self {
             Client::H1(s) => s.set_read_timeout(limit),
-            Client::H2(s, _) => s.set_read_timeout(Some(limit)),
+            Client::H2(_, _, idle) => *idle = limit,
         }
     }
 
@@ -946,7 +964,7 @@ impl Client<'_> {
     ) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_head(head, added).await,
-            Client::H2(s, _) => s
+            Client::H2(s, ..) => s
                 .write_response_header(pingora_response(head, added)?)
                 .await
                 .map_err(Error::into_down),
@@ -964,10 +982,9 @@ impl Client<'_> {
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_body(data, end).await,
-            Client::H2(s, _) => s
-                .write_response_body(data, end)
-                .await
-                .map_err(Error::into_down),
+            Client::H2(s, _, idle) => {
+                within_idle(*idle, Direction::Write, s.write_response_body(data, end)).await
+            }
         }
     }
 }

@@ -722,25 +722,7 @@ impl Deadline {
             Peer::Client => e.into_down(),
         };
         let Some(done) = done else {
-            let (kind, why) = match (dir, peer) {
-                (Direction::Read, Peer::Backend) => (
-                    ErrorType::ReadTimedout,
-                    "the backend sent nothing for timeouts.read",
-                ),
-                (Direction::Write, Peer::Backend) => (
-                    ErrorType::WriteTimedout,
-                    "the backend took nothing for timeouts.write",
-                ),
-                (Direction::Read, Peer::Client) => (
-                    ErrorType::ReadTimedout,
-                    "the client sent nothing within its idle limit",
-                ),
-                (Direction::Write, Peer::Client) => (
-                    ErrorType::WriteTimedout,
-                    "the client took nothing within its idle limit",
-                ),
-            };
-            return Err(side(Error::explain(kind, why)));
+            return Err(timed_out(dir, peer));
         };
         done.map_err(|e| {
             let (kind, what) = match (dir, peer) {
@@ -1116,6 +1098,33 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
 
 /// A connected pair for tests: the proxy's end as a Pingora stream, and the
 /// peer's.
+/// The error for a wait on `peer` in direction `dir` that ran out of time.
+pub(crate) fn timed_out(dir: Direction, peer: Peer) -> BError {
+    let (kind, why) = match (dir, peer) {
+        (Direction::Read, Peer::Backend) => (
+            ErrorType::ReadTimedout,
+            "the backend sent nothing for timeouts.read",
+        ),
+        (Direction::Write, Peer::Backend) => (
+            ErrorType::WriteTimedout,
+            "the backend took nothing for timeouts.write",
+        ),
+        (Direction::Read, Peer::Client) => (
+            ErrorType::ReadTimedout,
+            "the client sent nothing within its idle limit",
+        ),
+        (Direction::Write, Peer::Client) => (
+            ErrorType::WriteTimedout,
+            "the client took nothing within its idle limit",
+        ),
+    };
+    let e = Error::explain(kind, why);
+    match peer {
+        Peer::Backend => e.into_up(),
+        Peer::Client => e.into_down(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) async fn stream_pair() -> (Stream, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -138,7 +138,11 @@ impl EdgeProxy {
             return;
         }
         let mut timer = h1::Deadline::default();
-        if self.handle(&mut Client::h2(&mut session), &mut timer).await {
+        let idle = self.state.config.timeouts.client_idle;
+        if self
+            .handle(&mut Client::h2(&mut session, idle), &mut timer)
+            .await
+        {
             return;
         }
         if let Err(e) = session.finish().await {

@@ -6,6 +6,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Frame types (RFC 9113 §6).
 pub const HEADERS: u8 = 0x1;
+pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
 
@@ -50,6 +51,32 @@ impl Frame {
     }
 }
 
+/// Reads frames from `conn` until one of them satisfies `wanted`; every
+/// frame read so far. Panics if the connection closes first or `limit`
+/// passes.
+pub async fn read_until(
+    conn: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+    wanted: impl Fn(&Frame) -> bool,
+) -> Vec<Frame> {
+    use tokio::io::AsyncReadExt;
+    let end = tokio::time::Instant::now() + limit;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let frames = Frame::decode(&got);
+        if frames.iter().any(&wanted) {
+            return frames;
+        }
+        let n = tokio::time::timeout_at(end, conn.read(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("the frame waited for did not come within {limit:?}"))
+            .expect("read from the proxy");
+        assert!(n > 0, "the connection closed before the frame waited for");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A GET's header block for `stream` (HPACK without Huffman coding or
 /// the dynamic table); without an authority it is malformed.
 pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
@@ -76,9 +103,29 @@ pub fn client() -> reqwest::Client {
         .expect("http client")
 }
 
+/// A POST's header block for `stream`, its body still to come.
+pub fn post_head(stream: u32) -> Vec<u8> {
+    // :method POST, :scheme http, :path / (static table 3, 6, 4), and
+    // :authority as in `get_request`.
+    let mut block = vec![0x83, 0x86, 0x84, 0x01, 9];
+    block.extend_from_slice(b"localhost");
+    // END_HEADERS only
+    Frame::encode(HEADERS, 0x4, stream, &block)
+}
+
 /// The client's opening: the preface and empty settings.
 pub fn opening() -> Vec<u8> {
+    opening_with(&[])
+}
+
+/// The client's opening with its settings, each an identifier and a value.
+pub fn opening_with(settings: &[(u16, u32)]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (id, value) in settings {
+        payload.extend_from_slice(&id.to_be_bytes());
+        payload.extend_from_slice(&value.to_be_bytes());
+    }
     let mut out = PREFACE.to_vec();
-    out.extend(Frame::encode(SETTINGS, 0, 0, &[]));
+    out.extend(Frame::encode(SETTINGS, 0, 0, &payload));
     out
 }

@@ -2,11 +2,11 @@
 //! and over TLS (ALPN, through rustls); how a client that does not get as
 //! far as a request is let go; and which worker thread serves a client.
 
-use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, get_request, opening};
+use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, RST_STREAM, get_request, opening};
 use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, eventually, until_closed};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 const US: &str = "us-east-1";
@@ -471,23 +471,13 @@ async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
         conn.write_all(&malformed(stream)).await.unwrap();
     }
     conn.write_all(&get_request(7, true)).await.unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
     let answer = |frames: &[Frame], stream| {
         frames
             .iter()
             .find(|f| f.kind == HEADERS && f.stream == stream)
             .map(|f| f.payload[0])
     };
-    while answer(&Frame::decode(&got), 7).is_none() {
-        let n = tokio::time::timeout(GUARD, conn.read(&mut buf))
-            .await
-            .expect("an answer on stream 7")
-            .unwrap();
-        assert!(n > 0, "closed before stream 7 was answered");
-        got.extend_from_slice(&buf[..n]);
-    }
-    let frames = Frame::decode(&got);
+    let frames = h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 7).await;
     for stream in [1, 3, 5] {
         assert_eq!(
             answer(&frames, stream),
@@ -504,4 +494,33 @@ async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
     let frames = Frame::decode(&until_closed(&mut conn, GUARD).await);
     assert_eq!(answer(&frames, 9), Some(bad_request));
     assert_eq!(us.seen().len(), 1, "only the well-formed request went on");
+}
+
+/// An HTTP/2 client that stops sending its request's body, or stops
+/// taking the answer (its flow-control window stays shut), has the stream
+/// reset after `timeouts.client_idle`, as an HTTP/1 client has its
+/// connection closed.
+#[tokio::test]
+async fn an_http2_stream_whose_client_stalls_is_reset_after_client_idle() {
+    let us = Origin::start(US).await;
+    let (proxy, mut conn) = h2c_raw(&us, "1s").await;
+    conn.write_all(&h2::post_head(1)).await.unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| f.kind == RST_STREAM && f.stream == 1).await;
+    assert!(
+        !frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "no answer to a request whose body never came"
+    );
+
+    // SETTINGS_INITIAL_WINDOW_SIZE 0: the client takes no body bytes.
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(&h2::opening_with(&[(0x4, 0)]))
+        .await
+        .unwrap();
+    conn.write_all(&get_request(1, true)).await.unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| f.kind == RST_STREAM && f.stream == 1).await;
+    assert!(
+        frames.iter().any(|f| f.kind == HEADERS && f.stream == 1),
+        "the answer's head went out before its body stalled"
+    );
+    assert_eq!(us.count("GET"), 1);
 }
