@@ -9,23 +9,36 @@
 //!   So is every connection when the server shuts down, once its streams
 //!   are done; until it ends, the connection counts as in flight, so the
 //!   proxy does not exit before its answers and its GOAWAY went out.
-//! - After GOAWAY a connection with no stream open is closed when the
-//!   client closes it, or after [`DRAIN`] if the client does not (a peer
-//!   that went away without a word answers nothing).
+//! - After GOAWAY a connection with no stream open ends when the client
+//!   closes it, or once the client has taken no byte for [`DRAIN`] (a
+//!   peer that went away without a word takes nothing), and at the latest
+//!   `timeouts.client_idle` after the GOAWAY. What its streams' answers
+//!   left in the connection's buffers still goes out to a client that
+//!   reads slowly.
 //! - A client whose streams are refused as malformed [`MALFORMED_STREAMS`]
 //!   times is disconnected.
 
 use crate::service::EdgeProxy;
+use async_trait::async_trait;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::http::v2::server::{self, H2Accept, HttpSession};
-use pingora_core::protocols::{Digest, Stream};
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::{SslDigest, TlsRef};
+use pingora_core::protocols::{
+    ALPN, Digest, GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest,
+    Ssl, Stream, TimingDigest, UniqueID, UniqueIDType,
+};
 use pingora_core::server::ShutdownWatch;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::task::JoinSet;
 
 /// How long a connection told to go away is kept, with no stream open,
-/// for the client to close it.
+/// while its client takes no byte.
 pub const DRAIN: Duration = Duration::from_secs(1);
 
 /// Malformed streams (refused at once with a reset or an error answer) a
@@ -44,32 +57,36 @@ impl EdgeProxy {
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let mut conn = match tokio::time::timeout(idle, server::handshake(stream, None)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "HTTP/2 handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!("no HTTP/2 preface within timeouts.client_idle; closing");
-                return;
-            }
-        };
-        // Dropped after `conn`, whose end sends what its streams left.
+        let stream = Counted::new(stream);
+        let written = Arc::clone(&stream.written);
+        let mut conn =
+            match tokio::time::timeout(idle, server::handshake(Box::new(stream), None)).await {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "HTTP/2 handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!("no HTTP/2 preface within timeouts.client_idle; closing");
+                    return;
+                }
+            };
+        // Held until `conn` is dropped, at the loop's end.
         let in_flight = self.state().lifecycle.http2_connection_opened();
         let mut streams = JoinSet::new();
         let mut malformed = 0;
-        let mut closing = false;
+        // Set once the connection is told to go away.
+        let mut closing: Option<Drain> = None;
         let mut down = shutdown.clone();
         loop {
             // No stream open for this long ends the connection's wait.
-            let quiet = if closing { DRAIN } else { idle };
+            let quiet = if closing.is_some() { DRAIN } else { idle };
             tokio::select! {
                 biased;
                 // A closed channel means the server is gone: close too.
-                _ = down.wait_for(|down| *down), if !closing => {
+                _ = down.wait_for(|down| *down), if closing.is_none() => {
                     conn.graceful_shutdown();
-                    closing = true;
+                    closing = Some(Drain::start(idle, &written));
                 }
                 Some(done) = streams.join_next() => {
                     if let Err(e) = done
@@ -106,18 +123,213 @@ impl EdgeProxy {
                     }
                 }
                 () = tokio::time::sleep(quiet), if streams.is_empty() => {
-                    if closing {
-                        tracing::debug!("the client did not close an HTTP/2 connection told to go away");
+                    let Some(drain) = &mut closing else {
+                        tracing::debug!("no HTTP/2 stream within timeouts.client_idle; closing");
+                        conn.graceful_shutdown();
+                        closing = Some(Drain::start(idle, &written));
+                        continue;
+                    };
+                    if !drain.goes_on(tokio::time::Instant::now(), &written) {
+                        tracing::debug!("the client of an HTTP/2 connection told to go away does not close it; closing");
                         break;
                     }
-                    tracing::debug!("no HTTP/2 stream within timeouts.client_idle; closing");
-                    conn.graceful_shutdown();
-                    closing = true;
                 }
             }
         }
         streams.detach_all();
         drop(conn);
         drop(in_flight);
+    }
+}
+
+/// A connection told to go away, with no stream open: kept while its
+/// client takes bytes, for `client_idle` at most.
+struct Drain {
+    until: tokio::time::Instant,
+    /// Bytes written when it was last looked at.
+    seen: u64,
+}
+
+impl Drain {
+    fn start(idle: Duration, written: &AtomicU64) -> Self {
+        Drain {
+            until: tokio::time::Instant::now() + idle,
+            seen: written.load(Ordering::Relaxed),
+        }
+    }
+
+    /// After [`DRAIN`] with no stream open: whether to wait on, as the
+    /// client took bytes since the last look and the time is not up.
+    fn goes_on(&mut self, now: tokio::time::Instant, written: &AtomicU64) -> bool {
+        let written = written.load(Ordering::Relaxed);
+        let took = written != self.seen;
+        self.seen = written;
+        took && now < self.until
+    }
+}
+
+/// The connection under HTTP/2, counting the bytes written to it: a
+/// connection told to go away is kept while its client still takes them.
+#[derive(Debug)]
+struct Counted {
+    io: Stream,
+    written: Arc<AtomicU64>,
+}
+
+impl Counted {
+    fn new(io: Stream) -> Self {
+        Counted {
+            io,
+            written: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn count(&self, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = polled {
+            self.written.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.count(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.count(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for Counted {
+    async fn shutdown(&mut self) {
+        self.io.shutdown().await;
+    }
+}
+
+impl UniqueID for Counted {
+    fn id(&self) -> UniqueIDType {
+        self.io.id()
+    }
+}
+
+impl Ssl for Counted {
+    fn get_ssl(&self) -> Option<&TlsRef> {
+        self.io.get_ssl()
+    }
+
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.io.get_ssl_digest()
+    }
+
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.io.selected_alpn_proto()
+    }
+}
+
+impl GetTimingDigest for Counted {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.io.get_timing_digest()
+    }
+}
+
+impl GetProxyDigest for Counted {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.io.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for Counted {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.io.get_socket_digest()
+    }
+}
+
+/// Nothing is peeked: the connection is known to be HTTP/2.
+#[async_trait]
+impl Peek for Counted {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpConnection;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_goes_on_while_the_client_takes_bytes_and_not_past_its_limit() {
+        let written = AtomicU64::new(100);
+        let start = tokio::time::Instant::now();
+        let mut drain = Drain::start(Duration::from_secs(10), &written);
+        written.store(150, Ordering::Relaxed);
+        assert!(drain.goes_on(start + DRAIN, &written), "took 50 bytes");
+        assert!(!drain.goes_on(start + 2 * DRAIN, &written), "took none");
+
+        let mut drain = Drain::start(Duration::from_secs(10), &written);
+        written.store(200, Ordering::Relaxed);
+        assert!(drain.goes_on(start + Duration::from_secs(9), &written));
+        written.store(250, Ordering::Relaxed);
+        assert!(
+            !drain.goes_on(start + Duration::from_secs(10), &written),
+            "time is up, bytes or not"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_bytes_written_to_a_connection_are_counted() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, addr) = listener.accept().await.unwrap();
+        let mut conn = Counted::new(Box::new(TcpConnection::from_client(socket, addr)));
+        let written = Arc::clone(&conn.written);
+        conn.write_all(b"hello").await.unwrap();
+        let bufs = [
+            std::io::IoSlice::new(b"one "),
+            std::io::IoSlice::new(b"two"),
+        ];
+        let n = conn.write_vectored(&bufs).await.unwrap();
+        assert_eq!(written.load(Ordering::Relaxed), 5 + n as u64);
+        assert!(n > 0);
+        // What the connection is, is what it was.
+        assert_eq!(
+            conn.get_socket_digest()
+                .and_then(|d| d.peer_addr().cloned()),
+            Some(pingora_core::protocols::l4::socket::SocketAddr::Inet(addr))
+        );
     }
 }
