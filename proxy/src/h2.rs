@@ -16,7 +16,7 @@
 //!   left in the connection's buffers still goes out to a client that
 //!   reads slowly.
 //! - A client whose streams are refused as malformed [`MALFORMED_STREAMS`]
-//!   times is disconnected.
+//!   times is told to go away with `ENHANCE_YOUR_CALM`, and disconnected.
 
 use crate::service::EdgeProxy;
 use async_trait::async_trait;
@@ -106,12 +106,15 @@ impl EdgeProxy {
                         }
                         Ok(Some(H2Accept::Rejected)) => {
                             malformed += 1;
-                            if malformed >= MALFORMED_STREAMS {
+                            if malformed == MALFORMED_STREAMS {
                                 tracing::info!(
                                     malformed,
                                     "closing an HTTP/2 connection whose client keeps sending malformed requests"
                                 );
-                                break;
+                                // GOAWAY with ENHANCE_YOUR_CALM; its streams are
+                                // reset, and the connection ends once it is sent.
+                                conn.abrupt_shutdown(::h2::Reason::ENHANCE_YOUR_CALM);
+                                closing.get_or_insert_with(|| Drain::start(idle, &written));
                             }
                         }
                         Ok(None) => break,

@@ -96,11 +96,7 @@ fn tls_client(cert: &rcgen::Certificate, proxy: &Proxy) -> reqwest::ClientBuilde
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
     let us = Origin::start(US).await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .listener_options("h2c = true")
-        .start()
-        .await;
+    let proxy = h2c_proxy(&us, "75s").await;
     let c = h2::client();
     let resp = c.get(proxy.url("/items")).send().await.unwrap();
     assert_eq!(resp.version(), reqwest::Version::HTTP_2);
@@ -123,18 +119,56 @@ async fn h2c_with_prior_knowledge() {
     assert_eq!(resp.status(), 200);
 }
 
+/// Many streams at once on one HTTP/2 connection, reads and writes, with
+/// bodies larger than HTTP/2's initial flow-control window: each reaches
+/// the backend whole and is answered on its own stream.
+#[tokio::test]
+async fn concurrent_http2_streams_carry_their_bodies_whole() {
+    let us = Origin::start(US).await;
+    let proxy = h2c_proxy(&us, "75s").await;
+    let c = h2::client();
+    // One connection first, so that every stream below shares it.
+    assert_eq!(
+        c.get(proxy.url("/warm")).send().await.unwrap().status(),
+        200
+    );
+    let sizes = [0usize, 1, 16_384, 65_535, 65_536, 200_000];
+    let requests: Vec<_> = (0..48)
+        .map(|i| {
+            let size = sizes[(i / 2) % sizes.len()];
+            let req = if i % 2 == 0 {
+                c.get(proxy.url(&format!("/read/{i}")))
+            } else {
+                c.post(proxy.url(&format!("/write/{i}/{size}")))
+                    .body(vec![b'a'; size])
+            };
+            tokio::spawn(req.send())
+        })
+        .collect();
+    for resp in requests {
+        let resp = resp.await.unwrap().unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+        let path = resp.url().path().to_owned();
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["path"], path.as_str(), "each answer on its own stream");
+    }
+    let seen = us.seen();
+    assert_eq!(seen.len(), 49);
+    for s in seen.iter().filter(|s| s.method == "POST") {
+        let size: usize = s.path.rsplit('/').next().unwrap().parse().unwrap();
+        assert_eq!(s.body_len, size, "{}", s.path);
+    }
+    assert_eq!(seen.iter().filter(|s| s.method == "POST").count(), 24);
+}
+
 /// An h2c listener tells HTTP/1 from HTTP/2 by the first byte that differs
 /// from HTTP/2's 24-byte preface: a shorter request is answered without
 /// more bytes or an EOF from the client, long before `client_idle`.
 #[tokio::test]
 async fn a_request_shorter_than_the_h2_preface_is_answered_on_an_h2c_listener() {
     let us = Origin::start(US).await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .listener_options("h2c = true")
-        .extra("[timeouts]\nclient_idle = \"10m\"\n")
-        .start()
-        .await;
+    let proxy = h2c_proxy(&us, "10m").await;
     let request = b"GET /short HTTP/1.0\r\n\r\n";
     assert!(request.len() < 24);
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
@@ -381,15 +415,20 @@ async fn a_rotated_certificate_is_put_in_force_and_a_broken_one_is_not() {
     );
 }
 
-/// A proxy with an h2c listener and `client_idle` as given, and a raw
-/// connection to it that has sent HTTP/2's preface and its settings.
-async fn h2c_raw(origin: &Origin, client_idle: &str) -> (Proxy, TcpStream) {
-    let proxy = ProxyBuilder::new(US)
+/// A proxy for `origin` with an h2c listener and `client_idle` as given.
+async fn h2c_proxy(origin: &Origin, client_idle: &str) -> Proxy {
+    ProxyBuilder::new(US)
         .region(US, &[origin.addr])
         .listener_options("h2c = true")
         .extra(&format!("[timeouts]\nclient_idle = \"{client_idle}\"\n"))
         .start()
-        .await;
+        .await
+}
+
+/// [`h2c_proxy`], and a raw connection to it that has sent HTTP/2's
+/// preface and its settings.
+async fn h2c_raw(origin: &Origin, client_idle: &str) -> (Proxy, TcpStream) {
+    let proxy = h2c_proxy(origin, client_idle).await;
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
     conn.write_all(&opening()).await.unwrap();
     (proxy, conn)
@@ -433,12 +472,7 @@ async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
 async fn an_http2_connection_idles_only_with_no_stream_open() {
     let us = Origin::start(US).await;
     us.set(Behaviour::Hold);
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .listener_options("h2c = true")
-        .extra("[timeouts]\nclient_idle = \"1s\"\n")
-        .start()
-        .await;
+    let proxy = h2c_proxy(&us, "1s").await;
     let open = || async {
         proxy
             .metric("edgeroute_worker_connections{worker=\"0\"}")
@@ -471,8 +505,8 @@ async fn an_http2_connection_idles_only_with_no_stream_open() {
 
 /// Streams refused as malformed (here: requests with neither
 /// `:authority` nor `host`) are answered 400 one by one, and a client that
-/// keeps sending them is disconnected; until then the connection serves
-/// well-formed streams.
+/// keeps sending them is told to calm down (GOAWAY `ENHANCE_YOUR_CALM`)
+/// and disconnected; until then the connection serves well-formed streams.
 #[tokio::test]
 async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
     let us = Origin::start(US).await;
@@ -515,6 +549,11 @@ async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
             "stream {stream}"
         );
     }
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == GOAWAY)
+        .expect("told to go away before the close");
+    assert_eq!(goaway.error_code(), 0xb, "ENHANCE_YOUR_CALM");
     assert_eq!(us.seen().len(), 1, "only the well-formed request went on");
 }
 
