@@ -650,6 +650,16 @@ pub(crate) enum Peer {
     Client,
 }
 
+impl Peer {
+    /// `e`, counted against this peer.
+    fn blame(self, e: BError) -> BError {
+        match self {
+            Peer::Backend => e.into_up(),
+            Peer::Client => e.into_down(),
+        }
+    }
+}
+
 /// The deadline of a wait whose limit is past the clock's range.
 const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 86_400);
 
@@ -717,10 +727,6 @@ impl Deadline {
                 )
             }
         };
-        let side = |e: BError| match peer {
-            Peer::Backend => e.into_up(),
-            Peer::Client => e.into_down(),
-        };
         let Some(done) = done else {
             return Err(timed_out(dir, peer));
         };
@@ -739,7 +745,7 @@ impl Deadline {
                     (ErrorType::WriteError, "writing to the client")
                 }
             };
-            side(Error::because(kind, what, e))
+            peer.blame(Error::because(kind, what, e))
         })
     }
 
@@ -1096,8 +1102,6 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
     )))
 }
 
-/// A connected pair for tests: the proxy's end as a Pingora stream, and the
-/// peer's.
 /// The error for a wait on `peer` in direction `dir` that ran out of time.
 pub(crate) fn timed_out(dir: Direction, peer: Peer) -> BError {
     let (kind, why) = match (dir, peer) {
@@ -1118,13 +1122,11 @@ pub(crate) fn timed_out(dir: Direction, peer: Peer) -> BError {
             "the client took nothing within its idle limit",
         ),
     };
-    let e = Error::explain(kind, why);
-    match peer {
-        Peer::Backend => e.into_up(),
-        Peer::Client => e.into_down(),
-    }
+    peer.blame(Error::explain(kind, why))
 }
 
+/// A connected pair for tests: the proxy's end as a Pingora stream, and the
+/// peer's.
 #[cfg(test)]
 pub(crate) async fn stream_pair() -> (Stream, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

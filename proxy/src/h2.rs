@@ -2,7 +2,8 @@
 //! TLS), on pingora-core's HTTP/2 session.
 //!
 //! - Each stream is one request, served by a task on the connection's own
-//!   worker thread, so the thread the connection was placed on serves all
+//!   worker thread (unless `runtime.work_stealing` lets threads take each
+//!   other's tasks), so the thread the connection was placed on serves all
 //!   of its work and a stream's socket events do not cross threads.
 //! - A connection with no stream open for `timeouts.client_idle` is told to
 //!   go away (GOAWAY, no error) and closed, as an idle HTTP/1 connection is.
@@ -41,8 +42,8 @@ use tokio::task::JoinSet;
 /// while its client takes no byte.
 pub const DRAIN: Duration = Duration::from_secs(1);
 
-/// Malformed streams (refused at once with a reset or an error answer) a
-/// connection may open before it is closed.
+/// Malformed streams (refused at once with a reset or an error answer)
+/// that end a connection: the last one is its GOAWAY.
 pub const MALFORMED_STREAMS: usize = 32;
 
 impl EdgeProxy {
@@ -267,6 +268,14 @@ impl Ssl for Counted {
 impl GetTimingDigest for Counted {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
         self.io.get_timing_digest()
+    }
+
+    fn get_read_pending_time(&self) -> Duration {
+        self.io.get_read_pending_time()
+    }
+
+    fn get_write_pending_time(&self) -> Duration {
+        self.io.get_write_pending_time()
     }
 }
 

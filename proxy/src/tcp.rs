@@ -182,9 +182,7 @@ impl GetSocketDigest for TcpConnection {
 }
 
 /// Nothing is peeked: an h2c listener tells HTTP/2 from HTTP/1 with
-/// [`TcpConnection::starts_with`] before the connection is served, and
-/// Pingora's HTTP/2 path, which would peek again, takes a connection that
-/// cannot peek as HTTP/2.
+/// [`TcpConnection::starts_with`] before the connection is served.
 #[async_trait]
 impl Peek for TcpConnection {}
 

@@ -77,19 +77,31 @@ pub async fn read_until(
     }
 }
 
-/// A GET's header block for `stream` (HPACK without Huffman coding or
-/// the dynamic table); without an authority it is malformed.
-pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
-    // :method GET, :scheme http, :path / (static table 2, 6, 4).
-    let mut block = vec![0x82, 0x86, 0x84];
+/// A header block of `:method` (its static-table index), `:scheme http`,
+/// `:path /` and, if `authority`, `:authority localhost` (HPACK without
+/// Huffman coding or the dynamic table).
+fn request_block(method: u8, authority: bool) -> Vec<u8> {
+    // :scheme http and :path / are static-table 6 and 4.
+    let mut block = vec![0x80 | method, 0x86, 0x84];
     if authority {
         // :authority (static table 1), a literal value not indexed.
         block.push(0x01);
         block.push(9);
         block.extend_from_slice(b"localhost");
     }
-    // END_STREAM | END_HEADERS
-    Frame::encode(HEADERS, 0x5, stream, &block)
+    block
+}
+
+/// A GET on `stream`; without an authority it is malformed.
+pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
+    // GET is static-table 2; END_STREAM | END_HEADERS.
+    Frame::encode(HEADERS, 0x5, stream, &request_block(2, authority))
+}
+
+/// A POST's head on `stream`, its body still to come.
+pub fn post_head(stream: u32) -> Vec<u8> {
+    // POST is static-table 3; END_HEADERS only.
+    Frame::encode(HEADERS, 0x4, stream, &request_block(3, true))
 }
 
 /// A client that speaks HTTP/2 without TLS from its first byte (h2c with
@@ -101,16 +113,6 @@ pub fn client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client")
-}
-
-/// A POST's header block for `stream`, its body still to come.
-pub fn post_head(stream: u32) -> Vec<u8> {
-    // :method POST, :scheme http, :path / (static table 3, 6, 4), and
-    // :authority as in `get_request`.
-    let mut block = vec![0x83, 0x86, 0x84, 0x01, 9];
-    block.extend_from_slice(b"localhost");
-    // END_HEADERS only
-    Frame::encode(HEADERS, 0x4, stream, &block)
 }
 
 /// The client's opening: the preface and empty settings.

@@ -3,7 +3,7 @@
 use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, h2, until_closed};
 use nix::sys::signal::Signal;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -95,11 +95,10 @@ async fn sigterm_lets_http2_streams_in_flight_finish() {
     // open once the proxy's settings came.
     let mut idle = TcpStream::connect(proxy.addr).await.unwrap();
     idle.write_all(&h2::opening()).await.unwrap();
-    let mut head = [0u8; 9];
-    idle.read_exact(&mut head).await.unwrap();
-    assert_eq!(head[3], h2::SETTINGS);
-    let mut settings = vec![0u8; u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize];
-    idle.read_exact(&mut settings).await.unwrap();
+    h2::read_until(&mut idle, Duration::from_secs(10), |f| {
+        f.kind == h2::SETTINGS
+    })
+    .await;
 
     proxy.signal(Signal::SIGTERM);
     eventually("/ready answers 503", Duration::from_secs(5), || async {
