@@ -86,6 +86,7 @@ impl EdgeProxy {
                 biased;
                 // A closed channel means the server is gone: close too.
                 _ = down.wait_for(|down| *down), if closing.is_none() => {
+                    self.count_goaway("shutdown");
                     conn.graceful_shutdown();
                     closing = Some(Drain::start(idle, &written));
                 }
@@ -115,6 +116,7 @@ impl EdgeProxy {
                                 // GOAWAY with ENHANCE_YOUR_CALM; its streams are
                                 // reset, and the connection ends once it is sent.
                                 conn.abrupt_shutdown(::h2::Reason::ENHANCE_YOUR_CALM);
+                                self.count_goaway("malformed");
                                 closing.get_or_insert_with(|| Drain::start(idle, &written));
                             }
                         }
@@ -129,6 +131,7 @@ impl EdgeProxy {
                 () = tokio::time::sleep(quiet), if streams.is_empty() => {
                     let Some(drain) = &mut closing else {
                         tracing::debug!("no HTTP/2 stream within timeouts.client_idle; closing");
+                        self.count_goaway("idle");
                         conn.graceful_shutdown();
                         closing = Some(Drain::start(idle, &written));
                         continue;
@@ -143,6 +146,15 @@ impl EdgeProxy {
         streams.detach_all();
         drop(conn);
         drop(in_flight);
+    }
+
+    /// Counts a GOAWAY in `edgeroute_http2_goaways_total`.
+    fn count_goaway(&self, reason: &str) {
+        self.state()
+            .metrics
+            .http2_goaways
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Certificate files read again and put in force, or not, by result.
     pub tls_certificate_reloads: IntCounterVec,
+    /// HTTP/2 connections the proxy told to go away, by why.
+    pub http2_goaways: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_inflight: IntGaugeVec,
     /// Client connections open, by worker thread.
@@ -205,6 +207,12 @@ impl Metrics {
                 "edgeroute_tls_handshake_failures_total",
                 "Client TLS handshakes that failed (error) or did not finish within timeouts.client_idle (timeout)",
                 ("reason", &["error", "timeout"]),
+            ),
+            http2_goaways: counter_vec_with(
+                &r,
+                "edgeroute_http2_goaways_total",
+                "HTTP/2 client connections told to go away: no stream open for timeouts.client_idle (idle), the proxy shutting down (shutdown), too many malformed streams (malformed)",
+                ("reason", &["idle", "shutdown", "malformed"]),
             ),
             tls_certificate_reloads: counter_vec_with(
                 &r,

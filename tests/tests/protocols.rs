@@ -442,7 +442,7 @@ async fn h2c_raw(origin: &Origin, client_idle: &str) -> (Proxy, TcpStream) {
 async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
     let us = Origin::start(US).await;
     us.set(Behaviour::Hold);
-    let (_proxy, mut conn) = h2c_raw(&us, "1s").await;
+    let (proxy, mut conn) = h2c_raw(&us, "1s").await;
     conn.write_all(&get_request(1, true)).await.unwrap();
     eventually("the request reaches the origin", GUARD, || async {
         us.seen().len() == 1
@@ -462,6 +462,9 @@ async fn an_idle_http2_connection_is_told_to_go_away_and_closed() {
         .find(|f| f.kind == GOAWAY)
         .expect("a GOAWAY before the close");
     assert_eq!(goaway.error_code(), 0, "NO_ERROR");
+    let goaways = |reason: &str| format!("edgeroute_http2_goaways_total{{reason=\"{reason}\"}}");
+    assert_eq!(proxy.metric(&goaways("idle")).await, 1.0);
+    assert_eq!(proxy.metric(&goaways("malformed")).await, 0.0);
 }
 
 /// `client_idle` counts from when an HTTP/2 connection's last stream
@@ -511,7 +514,7 @@ async fn an_http2_connection_idles_only_with_no_stream_open() {
 async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
     let us = Origin::start(US).await;
     // Idle connections are not closed while this test runs.
-    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    let (proxy, mut conn) = h2c_raw(&us, "10m").await;
     let malformed = |stream| get_request(stream, false);
     // :status 400 and 200 (static table 12 and 8).
     let (bad_request, ok) = (0x8c, 0x88);
@@ -555,6 +558,12 @@ async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
         .find(|f| f.kind == GOAWAY)
         .expect("told to go away before the close");
     assert_eq!(goaway.error_code(), 0xb, "ENHANCE_YOUR_CALM");
+    assert_eq!(
+        proxy
+            .metric("edgeroute_http2_goaways_total{reason=\"malformed\"}")
+            .await,
+        1.0
+    );
     assert_eq!(us.seen().len(), 1, "only the well-formed request went on");
 }
 
