@@ -59,20 +59,30 @@ pub async fn read_until(
     limit: std::time::Duration,
     wanted: impl Fn(&Frame) -> bool,
 ) -> Vec<Frame> {
+    read_until_all(conn, limit, |frames| frames.iter().any(&wanted)).await
+}
+
+/// Reads frames from `conn` until all read so far satisfy `wanted`; those
+/// frames. Panics if the connection closes first or `limit` passes.
+pub async fn read_until_all(
+    conn: &mut tokio::net::TcpStream,
+    limit: std::time::Duration,
+    wanted: impl Fn(&[Frame]) -> bool,
+) -> Vec<Frame> {
     use tokio::io::AsyncReadExt;
     let end = tokio::time::Instant::now() + limit;
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
         let frames = Frame::decode(&got);
-        if frames.iter().any(&wanted) {
+        if wanted(&frames) {
             return frames;
         }
         let n = tokio::time::timeout_at(end, conn.read(&mut buf))
             .await
-            .unwrap_or_else(|_| panic!("the frame waited for did not come within {limit:?}"))
+            .unwrap_or_else(|_| panic!("the frames waited for did not come within {limit:?}"))
             .expect("read from the proxy");
-        assert!(n > 0, "the connection closed before the frame waited for");
+        assert!(n > 0, "the connection closed before the frames waited for");
         got.extend_from_slice(&buf[..n]);
     }
 }

@@ -595,3 +595,38 @@ async fn an_http2_stream_whose_client_stalls_is_reset_after_client_idle() {
     );
     assert_eq!(us.count("GET"), 1);
 }
+
+/// An HTTP/2 connection serves up to 100 streams at once; the 101st is
+/// refused with `REFUSED_STREAM`, which tells the client it may retry it,
+/// and the others are answered.
+#[tokio::test]
+async fn an_http2_stream_over_the_concurrency_limit_is_refused_for_retry() {
+    let us = Origin::start(US).await;
+    us.set(Behaviour::Hold);
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    for stream in (1..).step_by(2).take(100) {
+        conn.write_all(&get_request(stream, true)).await.unwrap();
+    }
+    eventually("100 requests reach the origin", GUARD, || async {
+        us.seen().len() == 100
+    })
+    .await;
+    conn.write_all(&get_request(201, true)).await.unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| {
+        f.kind == RST_STREAM && f.stream == 201
+    })
+    .await;
+    let reset = frames.iter().find(|f| f.stream == 201).unwrap();
+    assert_eq!(reset.payload, 0x7_u32.to_be_bytes(), "REFUSED_STREAM");
+    us.release(100);
+    // Each of the 100 gets its answer's head.
+    h2::read_until_all(&mut conn, GUARD, |frames| {
+        frames.iter().filter(|f| f.kind == HEADERS).count() == 100
+    })
+    .await;
+    assert_eq!(
+        us.seen().len(),
+        100,
+        "the refused stream reached no backend"
+    );
+}
