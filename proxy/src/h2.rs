@@ -42,6 +42,19 @@ use tokio::task::JoinSet;
 /// while its client takes no byte.
 pub const DRAIN: Duration = Duration::from_secs(1);
 
+/// How much of a stream's answer the connection holds for a client that
+/// has not taken it yet (the `h2` crate's default is 400 KiB): a client
+/// that opens its 100 streams and reads nothing holds 100 times this.
+pub const SEND_BUFFER: usize = 64 * 1024;
+
+/// pingora-core's bounded defaults (100 streams, 64 KiB of request head),
+/// with [`SEND_BUFFER`].
+fn options() -> server::H2Options {
+    let mut options = server::default_h2_options();
+    options.max_send_buffer_size(SEND_BUFFER);
+    options
+}
+
 /// Malformed streams (refused at once with a reset or an error answer)
 /// that end a connection: the last one is its GOAWAY.
 pub const MALFORMED_STREAMS: usize = 32;
@@ -61,7 +74,9 @@ impl EdgeProxy {
         let stream = Counted::new(stream);
         let written = Arc::clone(&stream.written);
         let mut conn =
-            match tokio::time::timeout(idle, server::handshake(Box::new(stream), None)).await {
+            match tokio::time::timeout(idle, server::handshake(Box::new(stream), Some(options())))
+                .await
+            {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
                     tracing::debug!(error = %e, "HTTP/2 handshake failed");
