@@ -139,11 +139,6 @@ impl ListenerCert {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Arc::new(config)
     }
-
-    /// The certificate chain in force, the server's first.
-    pub fn chain(&self) -> Vec<CertificateDer<'static>> {
-        self.current.load().cert.clone()
-    }
 }
 
 impl ResolvesServerCert for ListenerCert {
@@ -448,7 +443,7 @@ mod tests {
 
     /// The server's certificate in force.
     fn serving(cert: &ListenerCert) -> CertificateDer<'static> {
-        cert.chain().first().expect("a chain").clone()
+        cert.current.load().cert.first().expect("a chain").clone()
     }
 
     fn pem_cert(files: &TlsFiles) -> CertificateDer<'static> {
