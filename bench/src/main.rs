@@ -93,6 +93,7 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    targets::stop_on_signals()?;
     let settings = scenarios::Settings {
         client: cli.client,
         duration: cli.duration,

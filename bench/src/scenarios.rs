@@ -5,7 +5,7 @@ use crate::lean;
 use crate::load::{self, LoadResult, MakeRequest, OnResponse};
 use crate::origin::{self, WriteLog};
 use crate::report::{self, median, progress};
-use crate::targets::{self, CpuTime, Edgeroute, Process};
+use crate::targets::{self, CpuTime, Edgeroute, Process, Scratch};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Empty;
@@ -42,12 +42,6 @@ pub struct Settings {
     pub workers: usize,
 }
 
-fn dir() -> anyhow::Result<tempfile::TempDir> {
-    Ok(tempfile::Builder::new()
-        .prefix("edgeroute-bench")
-        .tempdir()?)
-}
-
 fn us(v: u64) -> String {
     v.to_string()
 }
@@ -58,12 +52,12 @@ struct Lineup {
     edge: Edgeroute,
     nginx: Option<Process>,
     haproxy: Option<Process>,
-    _dir: tempfile::TempDir,
+    _dir: Scratch,
 }
 
 impl Lineup {
     fn start(s: &Settings, scenario: &str) -> anyhow::Result<Self> {
-        let d = dir()?;
+        let d = Scratch::new()?;
         anyhow::ensure!(
             targets::installed("nginx"),
             "the {scenario} scenario needs nginx as the shared backend: {}",
@@ -349,12 +343,12 @@ const REGIONS: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
 struct World {
     edge: Edgeroute,
     writes: WriteLog,
-    _dir: tempfile::TempDir,
+    _dir: Scratch,
 }
 
 /// Three regions behind an edgeroute for us-east-1; `delays` simulate distance.
 fn world(s: &Settings, delays_ms: [u64; 3]) -> anyhow::Result<World> {
-    let d = dir()?;
+    let d = Scratch::new()?;
     let writes: WriteLog = Arc::new(Mutex::new(BTreeMap::new()));
     let mut regions = Vec::new();
     for (name, delay) in REGIONS.iter().zip(delays_ms) {

@@ -3,9 +3,13 @@
 //! its PID when dropped.
 
 use anyhow::{Context, bail};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How to install the peers this suite compares against.
@@ -53,40 +57,133 @@ impl Process {
 }
 
 impl Drop for Process {
-    /// SIGTERM first, so a master process (nginx) stops its workers; SIGKILL
-    /// for the process and any child left after two seconds.
     fn drop(&mut self) {
-        if !matches!(self.child.try_wait(), Ok(None)) {
-            return;
-        }
-        let kids = children(self.pid());
-        let term = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.pid().to_string())
-            .status();
+        let mut live = live();
+        live.pids.retain(|(p, _)| *p != self.pid());
+        // Stopped with the registry held, so a stop signal's handler never
+        // signals this PID once it is reaped (and free for another process).
+        stop(self.pid(), &self.name);
+    }
+}
+
+/// What a stop signal must not leave behind: the processes this run started
+/// and the folders they work in, registered while they live.
+struct Live {
+    pids: Vec<(u32, String)>,
+    dirs: Vec<PathBuf>,
+}
+
+static LIVE: Mutex<Live> = Mutex::new(Live {
+    pids: Vec::new(),
+    dirs: Vec::new(),
+});
+
+fn live() -> std::sync::MutexGuard<'static, Live> {
+    LIVE.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Stops one of this run's processes: SIGTERM first, so a master process
+/// (nginx) stops its workers; SIGKILL for the process and any child left
+/// after two seconds.
+fn stop(pid: u32, name: &str) {
+    let Ok(raw) = i32::try_from(pid) else { return };
+    let target = Pid::from_raw(raw);
+    // Reaps it once it has exited; an error means it was reaped already.
+    let exited = || {
+        !matches!(
+            waitpid(target, Some(WaitPidFlag::WNOHANG)),
+            Ok(WaitStatus::StillAlive)
+        )
+    };
+    if exited() {
+        return;
+    }
+    let kids = children(pid);
+    if kill(target, Signal::SIGTERM).is_ok() {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while term.as_ref().is_ok_and(|s| s.success()) && Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                break;
-            }
+        while Instant::now() < deadline && !exited() {
             std::thread::sleep(Duration::from_millis(20));
         }
-        if matches!(self.child.try_wait(), Ok(None))
-            && let Err(e) = self.child.kill()
-        {
-            eprintln!("cannot stop {} ({}): {e}", self.name, self.pid());
+    }
+    if !exited() {
+        if let Err(e) = kill(target, Signal::SIGKILL) {
+            eprintln!("cannot stop {name} ({pid}): {e}");
         }
-        self.child.wait().ok();
-        for kid in kids {
-            if std::path::Path::new(&format!("/proc/{kid}")).exists() {
-                Command::new("kill")
-                    .arg("-KILL")
-                    .arg(kid.to_string())
-                    .status()
-                    .ok();
-            }
+        waitpid(target, None).ok();
+    }
+    for kid in kids {
+        if let Ok(raw) = i32::try_from(kid)
+            && Path::new(&format!("/proc/{kid}")).exists()
+        {
+            kill(Pid::from_raw(raw), Signal::SIGKILL).ok();
         }
     }
+}
+
+/// A scenario's folder for configs and logs: removed when dropped, or by the
+/// stop-signal handler if the run is stopped.
+pub struct Scratch(tempfile::TempDir);
+
+impl Scratch {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("edgeroute-bench")
+            .tempdir()
+            .context("cannot create a scratch folder under the system's temporary folder")?;
+        live().dirs.push(dir.path().to_owned());
+        Ok(Self(dir))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        live().dirs.retain(|d| d != self.0.path());
+    }
+}
+
+/// On SIGINT, SIGTERM or SIGHUP, stops every process the run started and
+/// removes its scratch folders, then exits as a process killed by that
+/// signal is reported (128 + its number). Without this, `kill` on the suite
+/// would leave its proxies and backend running.
+pub fn stop_on_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    let (mut int, mut term, mut hup) = {
+        let _in_runtime = rt.enter();
+        (
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
+    std::thread::Builder::new()
+        .name("stop-signals".into())
+        .spawn(move || {
+            let number = rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => Signal::SIGINT,
+                    _ = term.recv() => Signal::SIGTERM,
+                    _ = hup.recv() => Signal::SIGHUP,
+                }
+            });
+            eprintln!("\n{number}: stopping the processes this run started");
+            let mut live = live();
+            for (pid, name) in std::mem::take(&mut live.pids) {
+                stop(pid, &name);
+            }
+            for dir in std::mem::take(&mut live.dirs) {
+                std::fs::remove_dir_all(dir).ok();
+            }
+            std::process::exit(128 + number as i32);
+        })?;
+    Ok(())
 }
 
 /// CPU time of this process (the load generator), its children not counted.
@@ -191,6 +288,7 @@ fn spawn(name: &str, addr: SocketAddr, mut cmd: Command, log: &Path) -> anyhow::
         .stderr(out)
         .spawn()
         .with_context(|| format!("cannot start {name}"))?;
+    live().pids.push((child.id(), name.to_owned()));
     let mut p = Process {
         name: name.to_owned(),
         addr,
@@ -409,12 +507,10 @@ pub fn swap_table(h: &TableHandle, table: &serde_json::Value) -> anyhow::Result<
     let tmp = h.path.with_extension("tmp");
     std::fs::write(&tmp, table.to_string())?;
     std::fs::rename(&tmp, &h.path)?;
-    let status = Command::new("kill")
-        .arg("-HUP")
-        .arg(h.pid.to_string())
-        .status()?;
-    anyhow::ensure!(status.success(), "cannot signal edgeroute");
-    Ok(())
+    // A system call, not a `kill` process: a thousand swaps would otherwise
+    // start a thousand processes on the cores the measured run shares.
+    let pid = Pid::from_raw(i32::try_from(h.pid)?);
+    kill(pid, Signal::SIGHUP).context("cannot signal edgeroute to reload its table")
 }
 
 /// The table version the proxy reports, from its admin listener.
