@@ -327,11 +327,7 @@ impl RawControl {
                 poll_interval,
             } => SourceConfig::File {
                 path: values::resolve(base, path),
-                poll_interval: values::positive_duration(
-                    &mut e,
-                    "source.poll_interval",
-                    poll_interval,
-                ),
+                poll_interval: values::period(&mut e, "source.poll_interval", poll_interval),
             },
             RawSource::Aws {
                 poll_interval,
@@ -367,11 +363,7 @@ impl RawControl {
                     );
                 }
                 SourceConfig::Aws(AwsSourceConfig {
-                    poll_interval: values::positive_duration(
-                        &mut e,
-                        "source.poll_interval",
-                        poll_interval,
-                    ),
+                    poll_interval: values::period(&mut e, "source.poll_interval", poll_interval),
                     endpoint_url: endpoint_url.clone(),
                     hosted_zone_id: hosted_zone_id.trim_start_matches("/hostedzone/").to_owned(),
                     record_name: record_name.trim_end_matches('.').to_ascii_lowercase(),
@@ -557,12 +549,23 @@ impl TopologyView {
     pub fn from_json(bytes: &[u8]) -> Result<Self, crate::Rejection> {
         let view: TopologyView = serde_json::from_slice(bytes)
             .map_err(|e| crate::Rejection::Malformed(e.to_string()))?;
+        view.validate().map_err(crate::Rejection::Invalid)?;
+        Ok(view)
+    }
+
+    /// What a routing table needs of the view, whatever its source: one
+    /// region at least (at most `MAX_REGIONS`), valid names and weights,
+    /// and a primary among the regions.
+    pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut e = FieldErrors::default();
+        if !values::region_count(&mut e, self.regions.len()) {
+            return Err(e);
+        }
         let mut names = HashSet::new();
-        for (i, r) in view.regions.iter().enumerate() {
+        for (i, r) in self.regions.iter().enumerate() {
             values::region_entry(&mut e, i, &r.name, r.weight, &mut names);
         }
-        if let Some(p) = &view.primary_region
+        if let Some(p) = &self.primary_region
             && !names.contains(p.as_str())
         {
             e.push(
@@ -570,7 +573,26 @@ impl TopologyView {
                 format!("must be one of the regions, got {p:?}"),
             );
         }
-        e.finish(|| ()).map_err(crate::Rejection::Invalid)?;
-        Ok(view)
+        e.finish(|| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::TopologyView;
+
+    #[test]
+    fn a_topology_without_regions_gives_no_table() {
+        let err = TopologyView::from_json(br#"{"primary_region": null, "regions": []}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("regions: at least one region is required"),
+            "{err}"
+        );
+        let ok = TopologyView::from_json(
+            br#"{"primary_region": "eu-west-1", "regions": [{"name": "eu-west-1"}]}"#,
+        );
+        assert!(ok.is_ok(), "{ok:?}");
     }
 }

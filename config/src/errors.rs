@@ -51,16 +51,40 @@ impl FieldErrors {
     }
 }
 
+/// The most errors one message lists; a document wrong everywhere gets a
+/// message of bounded size (a log line, not megabytes).
+const SHOWN: usize = 20;
+
 impl fmt::Display for FieldErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
+        for (i, e) in self.0.iter().take(SHOWN).enumerate() {
             if i > 0 {
                 writeln!(f)?;
             }
             write!(f, "{e}")?;
+        }
+        if self.0.len() > SHOWN {
+            write!(f, "\n(and {} more)", self.0.len() - SHOWN)?;
         }
         Ok(())
     }
 }
 
 impl std::error::Error for FieldErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::FieldErrors;
+
+    #[test]
+    fn a_message_lists_twenty_errors_and_counts_the_rest() {
+        let mut e = FieldErrors::default();
+        for i in 0..25 {
+            e.push(format!("regions[{i}]"), "bad");
+        }
+        let text = e.to_string();
+        assert_eq!(text.lines().count(), 21, "{text}");
+        assert!(text.contains("regions[19]: bad") && !text.contains("regions[20]"));
+        assert!(text.ends_with("(and 5 more)"), "{text}");
+    }
+}

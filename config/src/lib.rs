@@ -28,4 +28,4 @@ pub use proxy::{
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::read_secret;
-pub use table::{Admission, RegionEntry, RegionState, Rejection, RoutingTable};
+pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};

@@ -15,6 +15,8 @@ use std::time::Duration;
 /// Routing keeps per-request sets of tried regions and backends as 64-bit
 /// masks: no allocation on the request path. AWS has fewer regions than this.
 pub const MAX_REGIONS: usize = 64;
+/// The most worker threads `runtime.threads` may ask for.
+pub const MAX_THREADS: usize = 1024;
 /// Per region; an ALB or a service's pods behind it rarely need more addresses.
 pub const MAX_BACKENDS_PER_REGION: usize = 64;
 
@@ -642,7 +644,7 @@ impl RawConfig {
         if self.listeners.is_empty() {
             e.push("listeners", "at least one listener is required, got none");
         }
-        let mut seen_addrs = HashSet::new();
+        let mut seen_addrs: Vec<SocketAddr> = Vec::new();
         let listeners: Vec<Listener> = self
             .listeners
             .iter()
@@ -650,13 +652,14 @@ impl RawConfig {
             .filter_map(|(i, l)| {
                 let path = format!("listeners[{i}]");
                 let address = values::listen_addr(&mut e, &format!("{path}.address"), &l.address);
-                if let Some(a) = address
-                    && !seen_addrs.insert(a)
-                {
-                    e.push(
-                        format!("{path}.address"),
-                        format!("{a} is used by another listener"),
-                    );
+                if let Some(a) = address {
+                    if let Some(other) = seen_addrs.iter().find(|o| values::overlap(a, **o)) {
+                        e.push(
+                            format!("{path}.address"),
+                            format!("{a} takes the same port as another listener ({other})"),
+                        );
+                    }
+                    seen_addrs.push(a);
                 }
                 let tls = l.tls.as_ref().map(|t| {
                     for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
@@ -688,9 +691,12 @@ impl RawConfig {
 
         let admin_addr = values::listen_addr(&mut e, "admin.address", &self.admin.address);
         if let Some(a) = admin_addr
-            && seen_addrs.contains(&a)
+            && let Some(other) = seen_addrs.iter().find(|o| values::overlap(a, **o))
         {
-            e.push("admin.address", format!("{a} is also a traffic listener"));
+            e.push(
+                "admin.address",
+                format!("{a} takes the same port as a traffic listener ({other})"),
+            );
         }
         let token_file = self
             .admin
@@ -718,18 +724,7 @@ impl RawConfig {
             );
         }
 
-        if self.regions.is_empty() {
-            e.push("regions", "at least one region is required, got none");
-        }
-        if self.regions.len() > MAX_REGIONS {
-            e.push(
-                "regions",
-                format!(
-                    "at most {MAX_REGIONS} regions are supported, got {}",
-                    self.regions.len()
-                ),
-            );
-        }
+        values::region_count(&mut e, self.regions.len());
         let mut names = HashSet::new();
         let regions: Vec<Region> = self
             .regions
@@ -902,11 +897,7 @@ impl RawConfig {
                 }
                 TableSource::File {
                     path: values::resolve(base, path),
-                    watch_interval: values::positive_duration(
-                        &mut e,
-                        "table.watch_interval",
-                        watch_interval,
-                    ),
+                    watch_interval: values::period(&mut e, "table.watch_interval", watch_interval),
                 }
             }
             RawTable::Control {
@@ -919,14 +910,17 @@ impl RawConfig {
                 hold_writes_after,
             } => {
                 let base_url = url.trim_end_matches('/');
-                let valid_url = base_url
-                    .strip_prefix("http://")
-                    .is_some_and(|rest| !rest.is_empty() && !rest.contains('/'));
-                if !valid_url {
-                    e.push(
+                match base_url.strip_prefix("http://") {
+                    // Not echoed: the URL holds a password.
+                    Some(rest) if rest.contains('@') => e.push(
                         "table.url",
-                        format!("must be the control plane's base URL such as \"http://edgeroute-control:9080\", got {url:?}"),
-                    );
+                        "must not hold credentials (user@ or user:password@); the control plane's token goes in table.token_file",
+                    ),
+                    Some(rest) if values::authority(rest) => {}
+                    _ => e.push(
+                        "table.url",
+                        format!("must be the control plane's base URL, http:// and a host with an optional port, such as \"http://edgeroute-control:9080\", got {url:?}"),
+                    ),
                 }
                 let token_path = values::resolve(base, token_file);
                 if !token_path.is_file() {
@@ -955,9 +949,8 @@ impl RawConfig {
                     wait,
                     hold_writes_after,
                     max_backoff,
-                    report: report.then(|| {
-                        values::positive_duration(&mut e, "table.report_interval", report_interval)
-                    }),
+                    report: report
+                        .then(|| values::period(&mut e, "table.report_interval", report_interval)),
                 }
             }
         };
@@ -965,6 +958,13 @@ impl RawConfig {
         let threads = match self.runtime.threads {
             Some(0) => {
                 e.push("runtime.threads", "must be at least 1, got 0");
+                1
+            }
+            Some(n) if n > MAX_THREADS => {
+                e.push(
+                    "runtime.threads",
+                    format!("must be at most {MAX_THREADS}, got {n}"),
+                );
                 1
             }
             Some(n) => n,
@@ -1027,13 +1027,20 @@ impl RawConfig {
 
 impl RawHealth {
     fn validate(&self, e: &mut FieldErrors) -> HealthConfig {
-        if !self.path.starts_with('/') {
+        // It goes on the probe's request line as it is: a path and an
+        // optional query, in visible ASCII (spaces and others percent-encoded).
+        let fits = self.path.starts_with('/')
+            && self.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
+        if !fits {
             e.push(
                 "health.path",
-                format!("must start with '/', got {:?}", self.path),
+                format!(
+                    "must be a path such as \"/health\" or \"/health?deep=1\": starting with '/', no spaces, '#' or non-ASCII (percent-encode them), got {:?}",
+                    self.path
+                ),
             );
         }
-        let interval = values::positive_duration(e, "health.interval", &self.interval);
+        let interval = values::period(e, "health.interval", &self.interval);
         let timeout = values::positive_duration(e, "health.timeout", &self.timeout);
         if !interval.is_zero() && timeout >= interval {
             e.push(

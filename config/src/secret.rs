@@ -16,6 +16,13 @@ pub fn read_secret(field: &str, path: &Path) -> Result<String, String> {
             path.display()
         ));
     }
+    // It goes in an `Authorization` field: visible ASCII only.
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{field} {} holds characters a bearer token cannot (spaces, control characters or non-ASCII); put the token alone in it",
+            path.display()
+        ));
+    }
     Ok(token.to_owned())
 }
 
@@ -35,5 +42,13 @@ mod tests {
         );
         let err = super::read_secret("x.token_file", &dir.path().join("none")).unwrap_err();
         assert!(err.starts_with("cannot read x.token_file"), "{err}");
+        for bad in ["two words", "tab\there", "bell\u{7}", "caf\u{e9}"] {
+            std::fs::write(&path, bad).unwrap();
+            let err = super::read_secret("x.token_file", &path).unwrap_err();
+            assert!(
+                err.contains("cannot") && !err.contains(bad),
+                "{bad:?}: {err}"
+            );
+        }
     }
 }

@@ -10,11 +10,16 @@
 //! Unknown fields are ignored, so a newer control plane can add fields
 //! without older proxies rejecting its tables.
 
+use crate::MAX_REGIONS;
 use crate::errors::FieldErrors;
 use crate::values;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
+use std::path::Path;
+
+/// The largest table file or control-plane answer taken.
+pub const MAX_TABLE_BYTES: u64 = 1024 * 1024;
 
 /// Whether a region takes traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -153,11 +158,47 @@ impl RoutingTable {
         Ok(table)
     }
 
-    /// Field-level checks: names, weights, the primary is one of the regions.
+    /// Reads a table file: a regular file of at most [`MAX_TABLE_BYTES`]
+    /// (so a path to a pipe or a device cannot hang or exhaust the reader).
+    pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
+        use std::io::{Error, ErrorKind, Read};
+        // Asked before opening: opening a pipe waits for its writer.
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(
+                ErrorKind::InvalidInput,
+                "not a regular file; table.path must name the routing table's JSON file",
+            ));
+        }
+        let file = std::fs::File::open(path)?;
+        let mut bytes = Vec::with_capacity(meta.len().min(MAX_TABLE_BYTES) as usize);
+        file.take(MAX_TABLE_BYTES + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > MAX_TABLE_BYTES {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!(
+                    "larger than {MAX_TABLE_BYTES} bytes; a routing table of {MAX_REGIONS} regions takes a few KiB"
+                ),
+            ));
+        }
+        Ok(bytes)
+    }
+
+    /// Field-level checks: names, weights, the primary is one of the regions,
+    /// epoch and version within a signed 64-bit integer (what fencing columns
+    /// and the metrics hold).
     pub fn validate(&self) -> Result<(), FieldErrors> {
         let mut e = FieldErrors::default();
-        if self.regions.is_empty() {
-            e.push("regions", "at least one region is required, got none");
+        for (field, value) in [("epoch", self.epoch), ("version", self.version)] {
+            if value > i64::MAX as u64 {
+                e.push(
+                    field,
+                    format!("must be at most {} (2^63 - 1), got {value}", i64::MAX),
+                );
+            }
+        }
+        if !values::region_count(&mut e, self.regions.len()) {
+            return Err(e);
         }
         let mut names = HashSet::new();
         for (i, r) in self.regions.iter().enumerate() {
@@ -245,6 +286,52 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn epochs_and_versions_fit_a_signed_64_bit_integer() {
+        let mut t = table(i64::MAX as u64, i64::MAX as u64, Some("us-east-1"));
+        assert_eq!(t.validate(), Ok(()));
+        t.epoch += 1;
+        t.version = u64::MAX;
+        let e = t.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("epoch: must be at most 9223372036854775807")
+                && e.contains("version: must be at most"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_regions_are_one_error_not_one_per_region() {
+        let mut t = table(1, 1, None);
+        t.regions = (0..10_000)
+            .map(|i| RegionEntry {
+                name: format!("bad name {i}"),
+                state: RegionState::Active,
+                weight: 100,
+                replication_lag_ms: None,
+            })
+            .collect();
+        let e = t.validate().unwrap_err();
+        assert_eq!(e.len(), 1, "{e}");
+        assert!(e.to_string().contains("at most 64 regions"), "{e}");
+    }
+
+    #[test]
+    fn a_table_file_is_a_regular_file_of_at_most_a_mebibyte() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RoutingTable::read_file(dir.path()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let path = dir.path().join("table.json");
+        std::fs::write(&path, vec![b' '; MAX_TABLE_BYTES as usize]).unwrap();
+        assert_eq!(
+            RoutingTable::read_file(&path).unwrap().len() as u64,
+            MAX_TABLE_BYTES
+        );
+        std::fs::write(&path, vec![b' '; MAX_TABLE_BYTES as usize + 1]).unwrap();
+        let err = RoutingTable::read_file(&path).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
     }
 
     #[test]

@@ -17,9 +17,25 @@ pub(crate) fn resolve(base: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// `"10s"`, `"250ms"`, `"1m 30s"`: humantime syntax.
+/// The longest duration a field takes: longer is taken for a typo, and
+/// every deadline built from a field stays within the clock's range.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// The shortest period of a loop the config sets (probes, file watches,
+/// polls, reports): shorter would keep a core busy for nothing.
+pub(crate) const MIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// `"10s"`, `"250ms"`, `"1m 30s"`: humantime syntax, at most
+/// [`MAX_DURATION`].
 pub(crate) fn duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
     match humantime::parse_duration(raw) {
+        Ok(d) if d > MAX_DURATION => {
+            errs.push(
+                path,
+                format!("must be at most 10 years (\"87600h\"), got {raw:?}"),
+            );
+            Duration::ZERO
+        }
         Ok(d) => d,
         Err(e) => {
             errs.push(
@@ -41,6 +57,17 @@ pub(crate) fn positive_duration(errs: &mut FieldErrors, path: &str, raw: &str) -
     d
 }
 
+/// How often a loop runs: at least [`MIN_PERIOD`].
+pub(crate) fn period(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
+    let before = errs.len();
+    let d = positive_duration(errs, path, raw);
+    if errs.len() == before && d < MIN_PERIOD {
+        errs.push(path, format!("must be at least 10ms, got {raw:?}"));
+        return Duration::ZERO;
+    }
+    d
+}
+
 /// `"10MiB"`, `"512KB"`, `"1048576"`.
 pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     match raw.trim().parse::<bytesize::ByteSize>() {
@@ -55,9 +82,17 @@ pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     }
 }
 
-/// A literal `ip:port` socket address to listen on.
+/// A literal `ip:port` socket address to listen on (or to reach), with a
+/// port: port 0 would bind one the system picks and no one else knows.
 pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<SocketAddr> {
     match raw.parse::<SocketAddr>() {
+        Ok(a) if a.port() == 0 => {
+            errs.push(
+                path,
+                format!("must name a port (1-65535), got {raw:?} (port 0)"),
+            );
+            None
+        }
         Ok(a) => Some(a),
         Err(_) => {
             errs.push(
@@ -67,6 +102,18 @@ pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
             None
         }
     }
+}
+
+/// Whether two listening addresses take the same port on some address: the
+/// same address, or a wildcard of the same family, or the IPv6 wildcard,
+/// which takes IPv4 too on a dual-stack host.
+pub(crate) fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && (a.ip() == b.ip()
+            || (a.is_ipv4() == b.is_ipv4() && (a.ip().is_unspecified() || b.ip().is_unspecified()))
+            || [a, b]
+                .iter()
+                .any(|x| x.is_ipv6() && x.ip().is_unspecified()))
 }
 
 /// A `host:port` pair where host is a DNS name or an IP literal (IPv6 in brackets).
@@ -113,18 +160,7 @@ fn valid_dns_name(host: &str) -> bool {
 /// (letters, digits and `-._~!$&'()*+,;=%`), an IPv4 address or a bracketed
 /// IPv6 address, each with an optional port.
 pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
-    let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
-    let valid = match raw.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {
-            v6.parse::<std::net::Ipv6Addr>().is_ok()
-                && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port))
-        }),
-        None => match raw.rsplit_once(':') {
-            Some((host, p)) => reg_name(host) && port(p),
-            None => reg_name(raw),
-        },
-    };
-    if valid {
+    if authority(raw) {
         Some(raw.to_ascii_lowercase())
     } else {
         errs.push(
@@ -134,6 +170,22 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
             ),
         );
         None
+    }
+}
+
+/// RFC 3986's authority without user information: a host name, an IPv4
+/// address or a bracketed IPv6 address, with an optional port (1-65535).
+pub(crate) fn authority(raw: &str) -> bool {
+    let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
+    match raw.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {
+            v6.parse::<std::net::Ipv6Addr>().is_ok()
+                && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port))
+        }),
+        None => match raw.rsplit_once(':') {
+            Some((host, p)) => reg_name(host) && port(p),
+            None => reg_name(raw),
+        },
     }
 }
 
@@ -172,6 +224,25 @@ pub(crate) fn log_format(errs: &mut FieldErrors, path: &str, raw: &str) -> crate
             crate::LogFormat::Text
         }
     }
+}
+
+/// The length of a document's region list: at least one, at most
+/// `MAX_REGIONS`. False when there are too many to check one by one.
+pub(crate) fn region_count(errs: &mut FieldErrors, n: usize) -> bool {
+    if n == 0 {
+        errs.push("regions", "at least one region is required, got none");
+    }
+    if n > crate::MAX_REGIONS {
+        errs.push(
+            "regions",
+            format!(
+                "at most {} regions are supported, got {n}",
+                crate::MAX_REGIONS
+            ),
+        );
+        return false;
+    }
+    true
 }
 
 /// One region of a table or topology document: a valid name not seen
@@ -290,5 +361,59 @@ mod tests {
         duration(&mut e, "u", "ten seconds");
         size(&mut e, "v", "lots");
         assert_eq!(e.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn durations_stay_within_ten_years_and_periods_above_ten_milliseconds() {
+        let mut e = FieldErrors::default();
+        assert_eq!(duration(&mut e, "t", "87600h"), MAX_DURATION);
+        assert_eq!(period(&mut e, "p", "10ms"), MIN_PERIOD);
+        assert!(e.is_empty(), "{e}");
+        for huge in ["87601h", "4000000000000000h", "18446744073709551615s"] {
+            let mut e = FieldErrors::default();
+            assert_eq!(duration(&mut e, "timeouts.connect", huge), Duration::ZERO);
+            assert!(
+                e.to_string()
+                    .contains("timeouts.connect: must be at most 10 years"),
+                "{huge}: {e}"
+            );
+        }
+        for tiny in ["1ns", "9ms"] {
+            let mut e = FieldErrors::default();
+            period(&mut e, "health.interval", tiny);
+            assert!(
+                e.to_string()
+                    .contains("health.interval: must be at least 10ms"),
+                "{tiny}: {e}"
+            );
+        }
+        let mut e = FieldErrors::default();
+        period(&mut e, "p", "0s");
+        assert_eq!(e.len(), 1, "one error for zero, not two: {e}");
+    }
+
+    #[test]
+    fn listening_addresses_need_a_port_and_overlap_through_wildcards() {
+        let mut e = FieldErrors::default();
+        assert!(listen_addr(&mut e, "admin.address", "127.0.0.1:0").is_none());
+        assert!(e.to_string().contains("(port 0)"), "{e}");
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:80"),
+            ("0.0.0.0:80", "127.0.0.1:80"),
+            ("10.0.0.1:80", "0.0.0.0:80"),
+            ("[::]:80", "127.0.0.1:80"),
+            ("[::]:80", "[::1]:80"),
+        ] {
+            assert!(overlap(a(x), a(y)) && overlap(a(y), a(x)), "{x} {y}");
+        }
+        for (x, y) in [
+            ("127.0.0.1:80", "127.0.0.1:81"),
+            ("127.0.0.1:80", "127.0.0.2:80"),
+            ("0.0.0.0:80", "[::1]:80"),
+            ("0.0.0.0:80", "0.0.0.0:81"),
+        ] {
+            assert!(!overlap(a(x), a(y)) && !overlap(a(y), a(x)), "{x} {y}");
+        }
     }
 }

@@ -144,9 +144,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { .. } => serve(cfg),
         Command::Show { .. } => show(&cfg, true),
-        Command::Check { ref config } => {
-            show(&cfg, false).map(|()| println!("{}: ok", config.display()))
-        }
+        Command::Check { ref config } => read_token(cfg.server.token_file.as_deref())
+            .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
+            .and_then(|_| show(&cfg, false))
+            .map(|()| println!("{}: ok", config.display())),
         Command::Status { .. } => status(&cfg),
         ref action => act(&cfg, action),
     };

@@ -50,6 +50,16 @@ pub struct Notifier {
     metrics: Option<Arc<ControlMetrics>>,
 }
 
+/// The webhook's bearer token, when a token file is set; the error names
+/// the field and never the token.
+pub fn webhook_token(cfg: &NotifyConfig) -> anyhow::Result<Option<String>> {
+    cfg.webhook_token_file
+        .as_deref()
+        .map(|path| edgeroute_config::read_secret("notify.webhook_token_file", path))
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
 impl Notifier {
     /// `endpoint_url` sends SNS calls to an emulator instead of AWS.
     pub async fn new(
@@ -66,13 +76,7 @@ impl Notifier {
         };
         let webhook = match &cfg.webhook_url {
             Some(url) => {
-                let token = match &cfg.webhook_token_file {
-                    Some(path) => Some(
-                        edgeroute_config::read_secret("notify.webhook_token_file", path)
-                            .map_err(anyhow::Error::msg)?,
-                    ),
-                    None => None,
-                };
+                let token = webhook_token(cfg)?;
                 let client = reqwest::Client::builder()
                     .timeout(cfg.timeout)
                     .redirect(reqwest::redirect::Policy::none())

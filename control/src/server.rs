@@ -110,14 +110,24 @@ fn authorized(state: &ServerState, req: &Request<Incoming>) -> bool {
     ))
 }
 
-/// `?wait=30s` (or `?wait=30`, in seconds).
-fn wait_param(req: &Request<Incoming>) -> Option<Duration> {
-    let query = req.uri().query()?;
-    let raw = query.split('&').find_map(|kv| kv.strip_prefix("wait="))?;
+/// `?wait=30s` (or `?wait=30`, in seconds): `Ok(None)` without one, an
+/// error naming the value when it is not a duration.
+fn wait_param(req: &Request<Incoming>) -> Result<Option<Duration>, String> {
+    let Some(raw) = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("wait=")))
+    else {
+        return Ok(None);
+    };
     raw.parse::<u64>()
         .map(Duration::from_secs)
         .ok()
         .or_else(|| humantime::parse_duration(raw).ok())
+        .map(Some)
+        .ok_or_else(|| {
+            format!("wait must be a duration such as \"30s\" or a number of seconds, got {raw:?}")
+        })
 }
 
 async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
@@ -271,6 +281,10 @@ async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
 }
 
 async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let wait = match wait_param(req) {
+        Ok(w) => w,
+        Err(why) => return error(StatusCode::BAD_REQUEST, "bad_wait", &why),
+    };
     let mut rx = state.table.clone();
     let known = req.headers().get(header::IF_NONE_MATCH).cloned();
     let current = rx.borrow_and_update().clone();
@@ -285,7 +299,7 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
         return resp;
     };
     if known.as_ref() == Some(&current.etag)
-        && let Some(wait) = wait_param(req)
+        && let Some(wait) = wait
     {
         // Long-poll: answer as soon as the table changes, or 304 at the deadline.
         let deadline = tokio::time::sleep(wait.min(state.max_wait));

@@ -81,11 +81,19 @@ impl Source {
                 TopologyView::from_json(&bytes)
                     .map_err(|r| err("parse", format!("topology file {}: {r}", path.display())))
             }
-            Source::Aws { aws, .. } => aws.read().await.map_err(|e| ReadError {
-                source_name: "aws",
-                api: e.api,
-                message: e.message,
-            }),
+            Source::Aws { aws, .. } => {
+                let view = aws.read().await.map_err(|e| ReadError {
+                    source_name: "aws",
+                    api: e.api,
+                    message: e.message,
+                })?;
+                view.validate().map_err(|e| ReadError {
+                    source_name: "aws",
+                    api: "view",
+                    message: format!("Route 53 and Aurora give no valid topology: {e}"),
+                })?;
+                Ok(view)
+            }
         }
     }
 }

@@ -18,6 +18,29 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<(), String> {
     }
 }
 
+/// What `run` reads besides the config and the table before it serves: the
+/// token files (present, not empty, fit for an `Authorization` field) and the
+/// log filter (`log.level`, or `RUST_LOG` when set).
+pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
+    let mut errors = Vec::new();
+    if let Some(path) = &cfg.admin.token_file {
+        errors.extend(edgeroute_config::read_secret("admin.token_file", path).err());
+    }
+    if let TableSource::Control { token_file, .. } = &cfg.table {
+        errors.extend(edgeroute_config::read_secret("table.token_file", token_file).err());
+    }
+    errors.extend(
+        crate::logging::filter(&cfg.log.level)
+            .err()
+            .map(|e| e.to_string()),
+    );
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("\n"))
+    }
+}
+
 /// Validates the routing table the config names against the config's regions.
 pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
     let path = match &cfg.table {
@@ -30,7 +53,7 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
             ));
         }
     };
-    let bytes = std::fs::read(path)
+    let bytes = RoutingTable::read_file(path)
         .map_err(|e| format!("table.path: cannot read {}: {e}", path.display()))?;
     let table = RoutingTable::from_json(&bytes)
         .map_err(|r| format!("table.path: {}: {r}", path.display()))?;

@@ -4,14 +4,19 @@
 use edgeroute_config::LogFormat;
 use tracing_subscriber::EnvFilter;
 
-/// `RUST_LOG`, when set, overrides the configured level.
-pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
+/// The filter the logs go through: `RUST_LOG` when set, else `level`.
+pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
+    Ok(match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(&v)
             .map_err(|e| anyhow::anyhow!("RUST_LOG={v:?} is not a valid log filter: {e}"))?,
         _ => EnvFilter::try_new(level)
             .map_err(|e| anyhow::anyhow!("log.level {level:?} is not a valid log filter: {e}"))?,
-    };
+    })
+}
+
+/// `RUST_LOG`, when set, overrides the configured level.
+pub fn init(format: LogFormat, level: &str) -> anyhow::Result<()> {
+    let filter = filter(level)?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

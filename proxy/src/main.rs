@@ -87,6 +87,7 @@ fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
 fn check(path: &Path) -> ExitCode {
     match ProxyConfig::load(path) {
         Ok(cfg) => match edgeroute_proxy::check::listeners(&cfg)
+            .and_then(|()| edgeroute_proxy::check::secrets_and_logs(&cfg))
             .and_then(|()| edgeroute_proxy::check::table_file(&cfg))
         {
             Ok(summary) => {

@@ -6,14 +6,14 @@
 
 use crate::lifecycle::Rereads;
 use crate::state::AppState;
-use edgeroute_config::{ProxyReport, RegionHealth};
+use edgeroute_config::{ProxyReport, RegionHealth, RoutingTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Loads the file once; used at start-up, where a missing or bad table is fatal.
 pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
-    let bytes = std::fs::read(path)
+    let bytes = RoutingTable::read_file(path)
         .map_err(|e| anyhow::anyhow!("cannot read routing table {}: {e}", path.display()))?;
     state
         .offer_table(&bytes, &path.display().to_string())
@@ -24,10 +24,14 @@ pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
 /// Watches the file until shutdown.
 pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration) {
     let source = path.display().to_string();
-    let mut last = std::fs::read(&path).ok();
+    let mut last = RoutingTable::read_file(&path).ok();
     let mut rereads = Rereads::new(interval, "the table file");
     while let Some(forced) = rereads.next(&state.lifecycle).await {
-        match tokio::fs::read(&path).await {
+        let reading = path.clone();
+        let read = tokio::task::spawn_blocking(move || RoutingTable::read_file(&reading))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match read {
             Ok(bytes) => {
                 if forced || last.as_deref() != Some(bytes.as_slice()) {
                     if forced {
@@ -105,7 +109,13 @@ pub async fn poll_control(
                         }
                         None
                     }
-                    http::StatusCode::OK => match resp.into_body().collect().await {
+                    http::StatusCode::OK => match http_body_util::Limited::new(
+                        resp.into_body(),
+                        edgeroute_config::MAX_TABLE_BYTES as usize,
+                    )
+                    .collect()
+                    .await
+                    {
                         Ok(body) => {
                             // Rejections are logged and counted inside offer_table.
                             etag_admitted = state.offer_table(&body.to_bytes(), &source).is_ok();

@@ -4,6 +4,20 @@ use edgeroute_tests::proxy::proxy_bin;
 use std::path::Path;
 use std::process::Command;
 
+/// A valid config in `dir` with one region and the table file `table.json`
+/// (left to the caller to write).
+fn good_config(dir: &Path) -> std::path::PathBuf {
+    let config = dir.join("good.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\n",
+    )
+    .unwrap();
+    config
+}
+
 /// `BIN check --config CONFIG`, to run with `.output()`.
 fn check(bin: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -65,14 +79,7 @@ path = "table.json"
 #[test]
 fn check_accepts_a_good_config_and_validates_its_table() {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("good.toml");
-    std::fs::write(
-        &config,
-        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
-         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
-         [table]\nsource = \"file\"\npath = \"table.json\"\n",
-    )
-    .unwrap();
+    let config = good_config(dir.path());
     let table = dir.path().join("table.json");
     std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
     let out = check(&proxy_bin(), &config).output().unwrap();
@@ -280,4 +287,128 @@ fn run_to_exit(config: &Path) -> std::process::Output {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
+}
+
+#[test]
+fn check_refuses_values_that_would_break_the_running_proxy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        r#"
+local_region = "us-east-1"
+
+[[listeners]]
+address = "0.0.0.0:8080"
+[[listeners]]
+address = "127.0.0.1:8080"
+[[listeners]]
+address = "127.0.0.1:0"
+
+[[regions]]
+name = "us-east-1"
+backends = ["127.0.0.1:9000"]
+
+[health]
+path = "/he alth"
+interval = "1ns"
+eject_for = "4000000000000000h"
+
+[timeouts]
+connect = "18446744073709551615s"
+
+[runtime]
+threads = 100000
+
+[table]
+source = "control"
+url = "http://edgeroute:hunter2@control.internal:9080"
+token_file = "token"
+"#,
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken").unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "listeners[1].address: 127.0.0.1:8080 takes the same port as another listener (0.0.0.0:8080)",
+        "listeners[2].address: must name a port (1-65535), got \"127.0.0.1:0\" (port 0)",
+        "health.path: must be a path such as \"/health\"",
+        "health.interval: must be at least 10ms, got \"1ns\"",
+        "health.eject_for: must be at most 10 years",
+        "timeouts.connect: must be at most 10 years",
+        "runtime.threads: must be at most 1024, got 100000",
+        "table.url: must not hold credentials",
+        "8 invalid field(s)",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(
+        !stderr.contains("hunter2"),
+        "the password is echoed:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokens.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [admin]\naddress = \"127.0.0.1:9901\"\ntoken_file = \"admin-token\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"control\"\nurl = \"http://127.0.0.1:9080\"\ntoken_file = \"table-token\"\n\
+         [log]\nlevel = \"info,=[\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("admin-token"), " \n").unwrap();
+    std::fs::write(dir.path().join("table-token"), "s3cret with space\n").unwrap();
+    let out = check(&proxy_bin(), &config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "admin.token_file",
+        "is empty; put the bearer token in it",
+        "table.token_file",
+        "holds characters a bearer token cannot",
+        "log.level \"info,=[\" is not a valid log filter",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+    assert!(!stderr.contains("s3cret"), "a token is echoed:\n{stderr}");
+}
+
+#[test]
+fn check_refuses_a_table_that_is_not_a_regular_file_or_past_the_epoch_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = good_config(dir.path());
+    let table = dir.path().join("table.json");
+    std::fs::write(&table, r#"{"epoch":18446744073709551615,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("epoch: must be at most 9223372036854775807"),
+        "{stderr}"
+    );
+
+    // A pipe would block the reader until someone writes to it.
+    std::fs::remove_file(&table).unwrap();
+    let made = Command::new("mkfifo").arg(&table).status().unwrap();
+    assert!(made.success());
+    let out = run_to_exit(&config);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not a regular file"), "{stderr}");
 }

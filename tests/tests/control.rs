@@ -175,6 +175,22 @@ async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
         .unwrap();
     assert_eq!(not_modified.status(), 304);
 
+    // A wait that is not a duration is named, not taken for no wait.
+    for bad in ["-1", "abc", "99999999999999999999", ""] {
+        let resp = c
+            .get(cp.url(&format!("/v1/table?wait={bad}")))
+            .bearer_auth(TOKEN)
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400, "wait={bad}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"], "bad_wait", "wait={bad}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains(&format!("got \"{bad}\"")), "{message}");
+    }
+
     // A long-poll answers as soon as the table changes.
     let poll = {
         let (c, url, etag) = (c.clone(), cp.url("/v1/table?wait=20s"), etag.clone());
