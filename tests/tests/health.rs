@@ -99,11 +99,33 @@ async fn a_new_backend_is_unproven_until_its_first_probe_passes() {
         );
     }
     assert_eq!(never.seen().len(), 0, "an unproven backend gets no traffic");
+    // Its failures are logged once, with the reason, not once per probe.
+    let failed = format!(
+        "edgeroute_probes_total{{backend=\"{}\",region=\"{US}\",result=\"fail\"}}",
+        never.addr
+    );
+    eventually("four failed probes", WAIT, || async {
+        proxy.metric(&failed).await >= 4.0
+    })
+    .await;
+    let told = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("backend not in rotation: probe failed"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let lines = told(&proxy.log());
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains(&never.addr.to_string()) && lines[0].contains("status 500"),
+        "{lines:?}"
+    );
     never.set_health(200);
     eventually("its first pass admits it", WAIT, || async {
         backend(&proxy, 0, 1).await["live"] == true
     })
     .await;
+    assert!(proxy.log().contains("backend in rotation: probe passed"));
 }
 
 #[tokio::test]

@@ -45,6 +45,10 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
         .and_then(|h| h.to_str().ok())
         .unwrap_or_else(|| host_of(&backend.label))
         .to_owned();
+    // Whether the current run of failed probes has been logged: a backend
+    // that has never passed (or has been out of rotation since) gets one
+    // line with the reason, not one per probe and not none.
+    let mut failures_told = false;
     loop {
         if backend.is_retired() {
             return;
@@ -91,9 +95,17 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
                 tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend in rotation: probe passed")
             }
             Some(false) => {
-                tracing::warn!(region = &*region, backend = %backend.label, address = %backend.addr, reason = %detail, "backend out of rotation: probes failed")
+                tracing::warn!(region = &*region, backend = %backend.label, address = %backend.addr, reason = %detail, "backend out of rotation: probes failed");
+                failures_told = true;
+            }
+            None if !passed && !failures_told && !backend.probe_healthy() => {
+                tracing::warn!(region = &*region, backend = %backend.label, address = %backend.addr, reason = %detail, "backend not in rotation: probe failed");
+                failures_told = true;
             }
             None => {}
+        }
+        if passed {
+            failures_told = false;
         }
         let jitter = if health.jitter.is_zero() {
             Duration::ZERO
