@@ -478,10 +478,49 @@ pub struct RouteRule {
 }
 
 impl RouteRule {
+    /// Whether the rule applies: one of its methods, and its prefix on whole
+    /// segments (`/search` takes `/search` and `/search/q`, not
+    /// `/searchable`; a prefix ending in `/` takes what follows it) of a
+    /// path in [plain form](plain_path). Any other path matches no rule, so
+    /// it is routed by its method alone and a write still goes to the
+    /// primary.
     pub fn matches(&self, method: &str, path: &str) -> bool {
-        path.starts_with(&self.prefix)
-            && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+        (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+            && path.strip_prefix(&self.prefix).is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
+            })
+            && plain_path(path)
     }
+}
+
+/// Whether every server reads `path` as written: no dot segments (`.`,
+/// `..`, also before a `;` parameter, as Java servers read `..;`), no empty
+/// segment but a trailing one, no `\`, and no percent-encoded `/`, `\` or
+/// `.`. A path that a backend could resolve to another one (such as
+/// `/search/..%2forders` to `/orders`) must not take a rule meant for the
+/// one it names.
+fn plain_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let encoded = |b: &[u8]| {
+        b[0] == b'%'
+            && matches!(
+                [b[1].to_ascii_lowercase(), b[2].to_ascii_lowercase()],
+                [b'2', b'f'] | [b'5', b'c'] | [b'2', b'e']
+            )
+    };
+    if path.contains('\\') || path.as_bytes().windows(3).any(encoded) {
+        return false;
+    }
+    let mut segments = rest.split('/').peekable();
+    while let Some(seg) = segments.next() {
+        let name = seg.split(';').next().unwrap_or_default();
+        if name == "." || name == ".." || (seg.is_empty() && segments.peek().is_some()) {
+            return false;
+        }
+    }
+    true
 }
 
 #[derive(Debug, Clone)]

@@ -378,6 +378,24 @@ async fn route_rules_override_method_classes() {
     );
     assert_eq!(w.us.seen()[0].header("x-edgeroute-route"), Some("read"));
     assert_eq!(w.eu.seen()[0].header("x-edgeroute-route"), Some("write"));
+    // A rule takes whole segments of a plain path: these writes name
+    // `/search` but are not under it, so they go to the primary.
+    for path in [
+        "/searchable",
+        "/search/..%2forders",
+        "/search/%2e%2e/orders",
+    ] {
+        assert_eq!(
+            served_by(c.post(proxy.url(path)).body("q").send().await.unwrap()).await,
+            (200, EU.into()),
+            "{path}"
+        );
+    }
+    assert_eq!(
+        w.us.count("POST"),
+        1,
+        "only the plain /search write stays local"
+    );
 }
 
 #[tokio::test]

@@ -105,6 +105,67 @@ fn methods_and_rules_classify() {
         }
     );
     assert_eq!(plan("GET", "/local", false).target, RouteTarget::Local);
+
+    // A prefix takes whole segments of a path every server reads alike.
+    for taken in [
+        "/search",
+        "/search/",
+        "/search/q",
+        "/search/q;v=1",
+        "/search/a.b/..c",
+    ] {
+        assert_eq!(
+            plan("POST", taken, false).target,
+            RouteTarget::Nearest,
+            "{taken}"
+        );
+    }
+    for write in [
+        "/searchable",
+        "/search/../orders",
+        "/search/./q",
+        "/search/..;/orders",
+        "/search%2f..%2forders",
+        "/search/..%2Forders",
+        "/search/%2e%2e/orders",
+        "/search//q",
+        "/search\\..\\orders",
+        "/search/..%5corders",
+    ] {
+        assert_eq!(
+            plan("POST", write, false),
+            Plan {
+                class: RouteClass::Write,
+                target: RouteTarget::Primary
+            },
+            "{write}"
+        );
+    }
+}
+
+/// How a lenient server could read a path: `%2f`, `%5c` and `\` as `/`,
+/// `%2e` as `.`, `;` parameters dropped, empty segments merged and dot
+/// segments removed (RFC 3986, 5.2.4).
+fn resolved(path: &str) -> String {
+    let decoded = path
+        .replace("%2f", "/")
+        .replace("%2F", "/")
+        .replace("%5c", "/")
+        .replace("%5C", "/")
+        .replace('\\', "/")
+        .replace("%2e", ".")
+        .replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/') {
+        match seg.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                out.pop();
+            }
+            name => out.push(name),
+        }
+    }
+    format!("/{}", out.join("/"))
 }
 
 #[test]
@@ -371,6 +432,28 @@ proptest! {
             prop_assert!(s.states[r] != RegionState::Down || plan.target == RouteTarget::Primary);
             prop_assert!(live_mask & (1 << r) != 0, "chose a region with no live backend");
             prop_assert!(excluded & (1 << r) == 0, "chose a region already tried");
+        }
+    }
+
+    /// A rule for `/search` takes no path that a server could resolve to
+    /// something outside `/search`, however its segments are written.
+    #[test]
+    fn a_rule_takes_only_paths_that_resolve_under_its_prefix(
+        pieces in proptest::collection::vec(
+            proptest::sample::select(vec!["/", "/..", "/.", "search", "orders", ".", "..", "%2f", "%2F", "%2e", "%5c", "\\", ";x", "a"]),
+            0..8,
+        ),
+        start in proptest::sample::select(vec!["/", "/search"]),
+    ) {
+        let path = format!("{start}{}", pieces.concat());
+        let c = classifier(vec![RouteRule {
+            prefix: "/search".into(),
+            methods: vec!["POST".into()],
+            target: RouteTarget::Nearest,
+        }]);
+        if c.classify("POST", &path, false).target == RouteTarget::Nearest {
+            let r = resolved(&path);
+            prop_assert!(r == "/search" || r.starts_with("/search/"), "{} resolves to {}", path, r);
         }
     }
 
