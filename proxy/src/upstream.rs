@@ -294,7 +294,8 @@ fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
 /// and `Connection` and `Upgrade` too unless it is a `101`; and the fields
 /// the proxy sets itself (region, request id). The framing
 /// fields stay (the proxy frames the body it passes on from them), except a
-/// `Content-Length` beside a `Transfer-Encoding`, which does not frame it.
+/// `Content-Length` beside a `Transfer-Encoding`, which does not frame it,
+/// and both on a `1xx` or `204`, which have no body.
 /// What a malformed `Connection` names is unknown, so nothing is removed
 /// for it.
 fn strip_response_fields(fields: &mut Fields, status: http::StatusCode) {
@@ -306,6 +307,9 @@ fn strip_response_fields(fields: &mut Fields, status: http::StatusCode) {
         "x-request-id",
     ];
     let switching = status == http::StatusCode::SWITCHING_PROTOCOLS;
+    // A 1xx or 204 has no body, and RFC 9110 forbids it either framing field
+    // (HTTP/2 clients such as nghttp2 refuse a 204 that has one).
+    let bodiless = status.is_informational() || status == http::StatusCode::NO_CONTENT;
     let coded = fields.contains("transfer-encoding");
     // Nearly always one bare `keep-alive` or `close`, naming no field.
     let nominated: Vec<String> = if fields
@@ -334,7 +338,8 @@ fn strip_response_fields(fields: &mut Fields, status: http::StatusCode) {
     fields.retain(|name| {
         let gone = ALWAYS.iter().any(|n| is(name, n))
             || (!switching && (is(name, "connection") || is(name, "upgrade")))
-            || (coded && is(name, "content-length"))
+            || ((coded || bodiless) && is(name, "content-length"))
+            || (bodiless && is(name, "transfer-encoding"))
             || nominated.iter().any(|n| is(name, n));
         !gone
     });
@@ -1002,6 +1007,27 @@ mod tests {
         assert_eq!(out.0.status, 200);
     }
 
+    #[test]
+    fn a_204_loses_its_framing_fields_and_a_304_keeps_its_length() {
+        let id = HeaderValue::from_static("id");
+        let out = client_response(
+            response(204, &[("content-length", "5"), ("x-kept", "1")]),
+            None,
+            &id,
+        );
+        assert!(carried(&out, "content-length").is_empty());
+        assert_eq!(carried(&out, "x-kept"), ["1"]);
+        let out = client_response(
+            response(204, &[("transfer-encoding", "chunked")]),
+            None,
+            &id,
+        );
+        assert!(carried(&out, "transfer-encoding").is_empty());
+        // A 304's length is the representation's, which RFC 9110 allows.
+        let out = client_response(response(304, &[("content-length", "5")]), None, &id);
+        assert_eq!(carried(&out, "content-length"), ["5"]);
+    }
+
     /// The values of `name` a response carries, in its fields and the
     /// proxy's own.
     fn carried<'a>((resp, own): &'a (h1::ResponseHead, OwnFields), name: &str) -> Vec<&'a str> {
@@ -1373,8 +1399,9 @@ mod tests {
                     | "x-edgeroute-region" => true,
                     "connection" => !switching,
                     "upgrade" => !switching,
-                    "content-length" => coded,
-                    "transfer-encoding" => false,
+                    // A 101 has no body, so neither framing field.
+                    "content-length" => coded || switching,
+                    "transfer-encoding" => switching,
                     _ => named.contains(&name),
                 }
             };

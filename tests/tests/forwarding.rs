@@ -478,6 +478,32 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
+#[tokio::test]
+async fn a_204_reaches_the_client_without_framing_fields() {
+    // RFC 9110 forbids them on a 204; HTTP/2 clients refuse the answer.
+    const NO_CONTENT: &[u8] = b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\n";
+    let (backend, _) = scripted_backend(&[NO_CONTENT, NO_CONTENT]).await;
+    let proxy = proxy_for(backend).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /empty HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 204"), "{head}");
+    let lower = head.to_ascii_lowercase();
+    assert!(lower.contains("x-kept: 1"), "{head}");
+    assert!(
+        !lower.contains("content-length") && !lower.contains("transfer-encoding"),
+        "{head}"
+    );
+    // The connection goes on: the next answer is read whole.
+    s.write_all(b"GET /empty HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let next = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(next.starts_with("HTTP/1.1 204"), "{next}");
+}
+
 /// What a client gets through the proxy for one GET, the backend
 /// answering with `answers` (see [`scripted_backend`]).
 async fn through_proxy(answers: &'static [&'static [u8]]) -> reqwest::Response {
