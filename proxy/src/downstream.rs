@@ -274,7 +274,11 @@ impl Session {
 
     /// The body's framing and the connection's fate, from the head just read.
     fn frame_request(&mut self) -> Result<(), BError> {
-        let (body, keepalive) = request_framing(self.req.version, &mut self.fields)?;
+        let (body, keepalive, host) = request_framing(self.req.version, &mut self.fields)?;
+        // RFC 9112 §3.2; a target in absolute form names its host itself.
+        if !host && self.req.version == Version::HTTP_11 && self.req.uri.authority().is_none() {
+            return Err(bad_request("an HTTP/1.1 request must carry a Host field"));
+        }
         self.body = body;
         self.body_empty = body == Body::Done;
         self.keepalive = keepalive;
@@ -312,6 +316,11 @@ impl Session {
         } else {
             Version::HTTP_11
         };
+        if target.contains('#') {
+            return Err(bad_request(
+                "the request target holds a fragment (#...), which is not sent in a request",
+            ));
+        }
         self.raw_target = data.slice_ref(target.as_bytes());
         self.req.uri = parse_target(&self.raw_target)?;
         // The last request's list serves this one: no allocation per request.
@@ -680,18 +689,27 @@ async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Resu
     stream.flush().await
 }
 
-/// A request body's framing (RFC 9112 §6.3), and whether the connection
-/// may carry another request after it. Only what every HTTP/1.1 parser
-/// reads alike is accepted: a lone `chunked` coding from an HTTP/1.1
-/// client and no length beside it, or one length (repeated values are left
-/// as one), and a single `Host`.
-fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool), BError> {
+/// A request body's framing (RFC 9112 §6.3), whether the connection may
+/// carry another request after it, and whether the request names its
+/// `Host`. Only what every HTTP/1.1 parser reads alike is accepted: a lone
+/// `chunked` coding from an HTTP/1.1 client and no length beside it, or one
+/// length (repeated values are left as one), and at most one `Host`, whose
+/// value is a host and port as a URI has them (or empty).
+fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool, bool), BError> {
     // One pass over the fields instead of a lookup for each name.
     let (mut hosts, mut coded, mut length) = (0, false, false);
     let mut options = h1::ConnectionOptions::default();
     for (name, value) in fields.iter() {
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
+            if !value
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
+            {
+                return Err(bad_request(
+                    "the request's Host field is not a host name or address with an optional port",
+                ));
+            }
         } else if name.eq_ignore_ascii_case(b"connection") {
             options.read(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -704,6 +722,7 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool)
         return Err(bad_request("the request has more than one Host field"));
     }
     let keepalive = options.persist(version);
+    let host = hosts == 1;
     if !coded {
         let declared = if length {
             content_length(fields)?
@@ -714,7 +733,7 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool)
             Some(0) | None => Body::Done,
             Some(n) => Body::Length(n),
         };
-        return Ok((body, keepalive));
+        return Ok((body, keepalive, host));
     }
     if version == Version::HTTP_10 {
         return Err(bad_request(
@@ -731,7 +750,7 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool)
         .flat_map(|v| h1::list_items(std::str::from_utf8(v).unwrap_or("\0")));
     match (codings.next(), codings.next()) {
         (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
-            Ok((Body::Chunked(Chunk::Size), keepalive))
+            Ok((Body::Chunked(Chunk::Size), keepalive, host))
         }
         _ => Err(refused(
             501,
@@ -1542,6 +1561,9 @@ mod tests {
             Just(("transfer-encoding", " chunked ")),
             Just(("transfer-encoding", ",")),
             Just(("host", "a")),
+            Just(("host", "a:8080")),
+            Just(("host", "a b")),
+            Just(("host", "a/b")),
             Just(("connection", "close")),
         ]
     }
@@ -1556,7 +1578,12 @@ mod tests {
                 .map(|t| t.trim().to_ascii_lowercase())
                 .collect()
         };
-        if fields.iter().filter(|(k, _)| *k == "host").count() > 1 {
+        let hosts: Vec<&str> = fields
+            .iter()
+            .filter(|(k, _)| *k == "host")
+            .map(|(_, v)| *v)
+            .collect();
+        if hosts.len() > 1 || hosts.iter().any(|h| h.contains(' ') || h.contains('/')) {
             return false;
         }
         let lengths = values("content-length");
@@ -1588,10 +1615,12 @@ mod tests {
             let framed = request_framing(version, &mut headers);
             prop_assert_eq!(framed.is_ok(), acceptable(&fields, http10), "{:?}", framed.as_ref().err());
             match framed {
-                Ok((Body::Chunked(_), _)) => {
+                Ok((Body::Chunked(_), _, host)) => {
                     prop_assert!(!headers.contains("content-length"));
+                    prop_assert_eq!(host, fields.iter().any(|(k, _)| *k == "host"));
                 }
-                Ok((body, _)) => {
+                Ok((body, _, host)) => {
+                    prop_assert_eq!(host, fields.iter().any(|(k, _)| *k == "host"));
                     prop_assert!(!headers.contains("transfer-encoding"));
                     let values: Vec<_> = headers.get_all("content-length").collect();
                     prop_assert!(values.len() <= 1);

@@ -22,8 +22,9 @@ pub enum ErrorReply {
     BodyTooLarge { limit: u64 },
     /// The backend could not be reached or failed mid-way (502), or was too slow (504).
     Upstream { status: u16, code: &'static str },
-    /// The client sent something the proxy cannot parse (400).
-    BadRequest,
+    /// The client sent something the proxy cannot parse (400), and what,
+    /// when the parser said.
+    BadRequest(Option<String>),
     /// The request head is over the size or field-count limit (431).
     HeadTooLarge,
     /// The request body has a transfer coding other than `chunked` (501).
@@ -41,7 +42,9 @@ impl ErrorReply {
     pub fn from_error(e: &Error) -> Self {
         match e.etype() {
             ErrorType::HTTPStatus(413) => ErrorReply::BodyTooLarge { limit: 0 },
-            ErrorType::HTTPStatus(400) => ErrorReply::BadRequest,
+            ErrorType::HTTPStatus(400) => {
+                ErrorReply::BadRequest(e.context.as_ref().map(|why| why.to_string()))
+            }
             ErrorType::HTTPStatus(431) => ErrorReply::HeadTooLarge,
             ErrorType::HTTPStatus(501) => ErrorReply::UnsupportedCoding,
             ErrorType::HTTPStatus(s) if (500..600).contains(s) => ErrorReply::Upstream {
@@ -71,7 +74,7 @@ impl ErrorReply {
                     | ErrorType::ConnectionClosed
                     | ErrorType::ReadTimedout
                     | ErrorType::WriteTimedout => ErrorReply::ClientGone,
-                    _ => ErrorReply::BadRequest,
+                    _ => ErrorReply::BadRequest(None),
                 },
                 ErrorSource::Internal | ErrorSource::Unset => ErrorReply::Internal,
             },
@@ -83,7 +86,7 @@ impl ErrorReply {
             ErrorReply::Refused(_) => 503,
             ErrorReply::BodyTooLarge { .. } => 413,
             ErrorReply::Upstream { status, .. } => *status,
-            ErrorReply::BadRequest => 400,
+            ErrorReply::BadRequest(_) => 400,
             ErrorReply::HeadTooLarge => 431,
             ErrorReply::UnsupportedCoding => 501,
             ErrorReply::MethodNotAllowed => 405,
@@ -101,7 +104,7 @@ impl ErrorReply {
             ErrorReply::Refused(r) => r.code(),
             ErrorReply::BodyTooLarge { .. } => "body_too_large",
             ErrorReply::Upstream { code, .. } => code,
-            ErrorReply::BadRequest => "bad_request",
+            ErrorReply::BadRequest(_) => "bad_request",
             ErrorReply::HeadTooLarge => "request_head_too_large",
             ErrorReply::UnsupportedCoding => "unsupported_transfer_coding",
             ErrorReply::MethodNotAllowed => "method_not_allowed",
@@ -125,7 +128,15 @@ impl ErrorReply {
             ErrorReply::Upstream { .. } => {
                 "the backend could not be reached or failed before answering".to_owned()
             }
-            ErrorReply::BadRequest => "the request could not be parsed".to_owned(),
+            ErrorReply::BadRequest(None) => "the request could not be parsed".to_owned(),
+            ErrorReply::BadRequest(Some(why)) => {
+                // It may quote the request: a line, not the whole head.
+                let mut end = why.len().min(300);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                format!("the request could not be parsed: {}", &why[..end])
+            }
             ErrorReply::HeadTooLarge => format!(
                 "the request head is larger than this proxy accepts ({} KiB, {} fields)",
                 crate::downstream::MAX_HEAD / 1024,

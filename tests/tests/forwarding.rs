@@ -195,6 +195,37 @@ async fn an_absolute_url_target_reaches_the_backend_as_host_and_path() {
     );
 }
 
+#[tokio::test]
+async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    for (request, why) in [
+        (&b"GET /x HTTP/1.1\r\n\r\n"[..], "must carry a Host field"),
+        (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", "Host field is not"),
+        (b"GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host field is not"),
+        (b"GET /x#top HTTP/1.1\r\nHost: app\r\n\r\n", "fragment"),
+    ] {
+        let answer = exchange(proxy.addr, request).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400") && answer.contains(why),
+            "{}: {answer}",
+            String::from_utf8_lossy(request)
+        );
+    }
+    assert!(
+        origin.seen().is_empty(),
+        "a refused request reached a backend"
+    );
+    // HTTP/1.0 has no Host rule, and an empty Host is a valid one.
+    for request in [
+        &b"GET /x HTTP/1.0\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+    ] {
+        let answer = exchange(proxy.addr, request).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
