@@ -538,7 +538,8 @@ pub struct Timeouts {
     /// timeout so that the load balancer, not the proxy, closes first). It
     /// also bounds a client that stops mid-request: no bytes of its head or
     /// body, or no room taken for the response, for this long ends the
-    /// connection.
+    /// connection, and so does a head not whole this long after its first
+    /// byte.
     pub client_idle: Duration,
     /// A WebSocket tunnel with no bytes either way for this long is closed
     /// (default 1 h); `read` does not apply to a tunnel.

@@ -156,12 +156,19 @@ impl Session {
     pub async fn read_request(&mut self) -> Result<bool, BError> {
         // Only the first wait for the head counts from the time given.
         let mut since = self.idle_since.take();
+        // Once a head has begun, the whole of it is due within the idle
+        // limit of its start, not within that of each byte: a client that
+        // trickles its head cannot hold the connection for long.
+        let mut began = None;
         self.start_request();
         loop {
             if self.take_request()? {
                 return Ok(true);
             }
-            if self.fill_since(since.take()).await? == 0 {
+            if began.is_none() && self.buf.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+                began = Some(tokio::time::Instant::now());
+            }
+            if self.fill_since(since.take().or(began)).await? == 0 {
                 if self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
                     return Ok(false);
                 }

@@ -4,7 +4,7 @@
 //! tunnels, a backend that answers before it has read the whole body, and
 //! the ways a backend may frame its answer.
 
-use edgeroute_tests::{Origin, ProxyBuilder, eventually, table};
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, eventually, table};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -282,8 +282,8 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_for_a_post() {
     }
 }
 
-#[tokio::test]
-async fn an_idle_client_connection_is_closed_after_client_idle() {
+/// An origin, and a proxy for it whose `client_idle` is 1 s.
+async fn proxy_with_client_idle_1s() -> (Origin, Proxy) {
     let origin = Origin::start(US).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[origin.addr])
@@ -291,6 +291,12 @@ async fn an_idle_client_connection_is_closed_after_client_idle() {
         .extra("[health]\nprobes = false\n[timeouts]\nclient_idle = \"1s\"\n")
         .start()
         .await;
+    (origin, proxy)
+}
+
+#[tokio::test]
+async fn an_idle_client_connection_is_closed_after_client_idle() {
+    let (_origin, proxy) = proxy_with_client_idle_1s().await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     // Keep-alive holds while requests keep coming.
     for path in ["/one", "/two"] {
@@ -317,6 +323,33 @@ async fn an_idle_client_connection_is_closed_after_client_idle() {
         waited >= Duration::from_millis(900),
         "closed after {waited:?}"
     );
+}
+
+#[tokio::test]
+async fn a_head_trickled_in_is_cut_off_after_client_idle_from_its_start() {
+    let (origin, proxy) = proxy_with_client_idle_1s().await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n")
+        .await
+        .unwrap();
+    // A field byte every 200 ms, each well within client_idle of the one
+    // before, for up to 15 s: the connection must end long before.
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for _ in 0..75 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut buf = [0u8; 64];
+        let ended = match s.try_read(&mut buf) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        };
+        if ended || s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "still open after {:?}", started.elapsed());
+    assert!(origin.seen().is_empty());
 }
 
 #[tokio::test]
