@@ -835,6 +835,14 @@ pub(crate) fn decode_chunked(
                 }
                 match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((used, size))) => {
+                        // The parser skips a chunk extension's bytes
+                        // unread: no control byte may hide in one, since a
+                        // parser in front could split the line elsewhere.
+                        if !buf[..used].ends_with(b"\r\n")
+                            || !buf[..used - 2].iter().all(|&b| visible_or_blank(b))
+                        {
+                            return Err("a chunk-size line holds a control byte");
+                        }
                         buf.advance(used);
                         state = if size == 0 {
                             Chunk::Trailers(0)
@@ -885,6 +893,9 @@ pub(crate) fn decode_chunked(
                     return Err("a trailer line does not end in CRLF");
                 }
                 let last = end == 1;
+                if !last && !field_line(&buf[..end - 1]) {
+                    return Err("a trailer line is not a field line");
+                }
                 buf.advance(end + 1);
                 if last {
                     return Ok((Decoded::End, state));
@@ -896,6 +907,25 @@ pub(crate) fn decode_chunked(
             }
         }
     }
+}
+
+/// A byte a field value or chunk extension may hold: visible ASCII,
+/// space, tab, or any byte past ASCII (obs-text).
+fn visible_or_blank(b: u8) -> bool {
+    b == b'\t' || (b >= b' ' && b != 0x7f)
+}
+
+/// `name: value` as RFC 9110 §5 has a field line: a token, a colon, and a
+/// value without control bytes.
+fn field_line(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    colon > 0
+        && line[..colon]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && line[colon + 1..].iter().all(|&b| visible_or_blank(b))
 }
 
 /// How a response body is delimited, from its fields.
@@ -1995,6 +2025,14 @@ mod tests {
             b"5\r\nhelloXY",
             b"5\nhello\r\n",
             b"0\r\nX-Trailer: 1\n\r\n",
+            // Control bytes hidden in a chunk extension, and trailer lines
+            // that are no field lines.
+            b"3;foo\nbar\r\nabc\r\n0\r\n\r\n",
+            b"3;a=\0\r\nabc\r\n0\r\n\r\n",
+            b"0\r\nno colon\r\n\r\n",
+            b"0\r\n: empty name\r\n\r\n",
+            b"0\r\nX-T: a\rb\r\n\r\n",
+            b"0\r\nX-T: a\0b\r\n\r\n",
         ] {
             let mut buf = BytesMut::from(wire);
             let mut state = Chunk::Size;
@@ -2007,6 +2045,26 @@ mod tests {
             };
             assert!(failed, "{:?}", String::from_utf8_lossy(wire));
         }
+    }
+
+    #[test]
+    fn extensions_and_trailers_that_are_well_formed_are_taken() {
+        let mut buf = BytesMut::from(
+            &b"3;name=\"q v\";flag\r\nabc\r\n0\r\nX-T: 1\r\nEtag: \"x\"\r\n\r\n"[..],
+        );
+        let mut state = Chunk::Size;
+        let mut body = Vec::new();
+        loop {
+            match decode_chunked(state, &mut buf).expect("well formed") {
+                (Decoded::Data(d), next) => {
+                    body.extend_from_slice(&d);
+                    state = next;
+                }
+                (Decoded::End, _) => break,
+                (Decoded::More, _) => panic!("the body is all there"),
+            }
+        }
+        assert_eq!(body, b"abc");
     }
 
     proptest! {
