@@ -480,25 +480,29 @@ pub struct RouteRule {
 impl RouteRule {
     /// Whether the rule applies: one of its methods, and its prefix on whole
     /// segments (`/search` takes `/search` and `/search/q`, not
-    /// `/searchable`; a prefix ending in `/` takes what follows it) of a
-    /// path in [plain form](plain_path). Any other path matches no rule, so
-    /// it is routed by its method alone and a write still goes to the
-    /// primary.
+    /// `/searchable` or `/search;x`; a prefix ending in `/` takes what
+    /// follows it). A rule that sends requests away from the primary
+    /// (`local`, `nearest`) takes only paths in [plain form](plain_path):
+    /// any other path is routed by its method alone, so a write still goes
+    /// to the primary. A `primary` rule takes any path under its prefix,
+    /// since sending a request to the primary is always safe.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
             && path.strip_prefix(&self.prefix).is_some_and(|rest| {
                 rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
             })
-            && plain_path(path)
+            && (self.target == RouteTarget::Primary || plain_path(path))
     }
 }
 
 /// Whether every server reads `path` as written: no dot segments (`.`,
 /// `..`, also before a `;` parameter, as Java servers read `..;`), no empty
-/// segment but a trailing one, no `\`, and no percent-encoded `/`, `\` or
-/// `.`. A path that a backend could resolve to another one (such as
-/// `/search/..%2forders` to `/orders`) must not take a rule meant for the
-/// one it names.
+/// segment but a trailing one, no `\`, and none of the percent-encodings
+/// servers decode into these or that hide them: `/`, `\`, `.`, `%` (a
+/// second round of decoding), NUL, `%u` (IIS) and overlong UTF-8
+/// (`%c0`, `%c1`). A path that a backend could resolve to another one
+/// (such as `/search/..%2forders` to `/orders`) must not take a rule meant
+/// for the one it names.
 fn plain_path(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
@@ -507,7 +511,14 @@ fn plain_path(path: &str) -> bool {
         b[0] == b'%'
             && matches!(
                 [b[1].to_ascii_lowercase(), b[2].to_ascii_lowercase()],
-                [b'2', b'f'] | [b'5', b'c'] | [b'2', b'e']
+                [b'2', b'f']
+                    | [b'5', b'c']
+                    | [b'2', b'e']
+                    | [b'2', b'5']
+                    | [b'0', b'0']
+                    | [b'c', b'0']
+                    | [b'c', b'1']
+                    | [b'u', _]
             )
     };
     if path.contains('\\') || path.as_bytes().windows(3).any(encoded) {

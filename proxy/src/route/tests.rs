@@ -105,6 +105,18 @@ fn methods_and_rules_classify() {
         }
     );
     assert_eq!(plan("GET", "/local", false).target, RouteTarget::Local);
+    // A primary rule takes odd paths too: the primary is always safe.
+    for odd in ["/session//1", "/session/./1", "/session/a%2Fb"] {
+        assert_eq!(
+            plan("GET", odd, false).target,
+            RouteTarget::Primary,
+            "{odd}"
+        );
+    }
+    assert_eq!(
+        plan("GET", "/local/../x", false).target,
+        RouteTarget::Nearest
+    );
 
     // A prefix takes whole segments of a path every server reads alike.
     for taken in [
@@ -131,6 +143,11 @@ fn methods_and_rules_classify() {
         "/search//q",
         "/search\\..\\orders",
         "/search/..%5corders",
+        "/search/%252e%252e/orders",
+        "/search/%u002e%u002e/orders",
+        "/search/..%00/orders",
+        "/search/%c0%ae%c0%ae/orders",
+        "/search;x",
     ] {
         assert_eq!(
             plan("POST", write, false),
