@@ -9,18 +9,20 @@ use std::path::Path;
 pub fn read_secret(field: &str, path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read {field} {}: {e}", path.display()))?;
-    let token = text.trim();
+    token(&format!("{field} {}", path.display()), &text)
+}
+
+/// A bearer token as given (in a file, or in an environment variable named
+/// by `source`): trimmed, not empty, and fit for an `Authorization` field,
+/// so visible ASCII only.
+pub fn token(source: &str, raw: &str) -> Result<String, String> {
+    let token = raw.trim();
     if token.is_empty() {
-        return Err(format!(
-            "{field} {} is empty; put the bearer token in it",
-            path.display()
-        ));
+        return Err(format!("{source} is empty; put the bearer token in it"));
     }
-    // It goes in an `Authorization` field: visible ASCII only.
     if !token.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(format!(
-            "{field} {} holds characters a bearer token cannot (spaces, control characters or non-ASCII); put the token alone in it",
-            path.display()
+            "{source} holds characters a bearer token cannot (spaces, control characters or non-ASCII); put the token alone in it"
         ));
     }
     Ok(token.to_owned())

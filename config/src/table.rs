@@ -162,15 +162,20 @@ impl RoutingTable {
     /// (so a path to a pipe or a device cannot hang or exhaust the reader).
     pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
         use std::io::{Error, ErrorKind, Read};
-        // Asked before opening: opening a pipe waits for its writer.
-        let meta = std::fs::metadata(path)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        // Opened without blocking (a pipe would wait for its writer), then
+        // asked what it is.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)?;
+        let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(Error::new(
                 ErrorKind::InvalidInput,
                 "not a regular file; table.path must name the routing table's JSON file",
             ));
         }
-        let file = std::fs::File::open(path)?;
         let mut bytes = Vec::with_capacity(meta.len().min(MAX_TABLE_BYTES) as usize);
         file.take(MAX_TABLE_BYTES + 1).read_to_end(&mut bytes)?;
         if bytes.len() as u64 > MAX_TABLE_BYTES {

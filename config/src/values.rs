@@ -175,7 +175,7 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
 
 /// RFC 3986's authority without user information: a host name, an IPv4
 /// address or a bracketed IPv6 address, with an optional port (1-65535).
-pub(crate) fn authority(raw: &str) -> bool {
+pub fn authority(raw: &str) -> bool {
     let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
     match raw.strip_prefix('[') {
         Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {

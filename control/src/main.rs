@@ -190,7 +190,9 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
     if let Ok(token) = std::env::var(TOKEN_ENV)
         && !token.trim().is_empty()
     {
-        return Ok(token.trim().as_bytes().to_vec());
+        return Ok(edgeroute_config::token(TOKEN_ENV, &token)
+            .map_err(anyhow::Error::msg)?
+            .into_bytes());
     }
     let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
     Ok(edgeroute_config::read_secret("server.token_file", path)

@@ -159,16 +159,20 @@ impl Session {
         // Once a head has begun, the whole of it is due within the idle
         // limit of its start, not within that of each byte: a client that
         // trickles its head cannot hold the connection for long.
+        // Empty lines before it count: they are dropped as they come.
         let mut began = None;
+        let mut heard = !self.buf.is_empty();
         self.start_request();
         loop {
             if self.take_request()? {
                 return Ok(true);
             }
-            if began.is_none() && self.buf.iter().any(|b| !matches!(b, b'\r' | b'\n')) {
+            if heard && began.is_none() {
                 began = Some(tokio::time::Instant::now());
             }
-            if self.fill_since(since.take().or(began)).await? == 0 {
+            let read = self.fill_since(since.take().or(began)).await?;
+            heard = true;
+            if read == 0 {
                 if self.buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
                     return Ok(false);
                 }
@@ -709,10 +713,9 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool,
     for (name, value) in fields.iter() {
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-            if !value
-                .iter()
-                .all(|&b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%:[]".contains(&b))
-            {
+            let valid = value.is_empty()
+                || std::str::from_utf8(value).is_ok_and(edgeroute_config::is_authority);
+            if !valid {
                 return Err(bad_request(
                     "the request's Host field is not a host name or address with an optional port",
                 ));

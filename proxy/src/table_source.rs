@@ -54,6 +54,9 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
     }
 }
 
+/// The longest wait for a table's body once its head has come.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Long-polls `url/v1/table` until shutdown. Every answer is offered to the
 /// router, which admits only valid tables that do not go back in epoch; on
 /// errors the table in force stays and the poller backs off, doubling the
@@ -109,14 +112,20 @@ pub async fn poll_control(
                         }
                         None
                     }
-                    http::StatusCode::OK => match http_body_util::Limited::new(
-                        resp.into_body(),
-                        edgeroute_config::MAX_TABLE_BYTES as usize,
+                    // The body is bounded in size, and in time as the
+                    // head was: a control plane stalling mid-body is retried.
+                    http::StatusCode::OK => match tokio::time::timeout(
+                        BODY_TIMEOUT,
+                        http_body_util::Limited::new(
+                            resp.into_body(),
+                            edgeroute_config::MAX_TABLE_BYTES as usize,
+                        )
+                        .collect(),
                     )
-                    .collect()
                     .await
                     {
-                        Ok(body) => {
+                        Err(_) => Some(format!("the table's body took over {BODY_TIMEOUT:?}")),
+                        Ok(Ok(body)) => {
                             // Rejections are logged and counted inside offer_table.
                             etag_admitted = state.offer_table(&body.to_bytes(), &source).is_ok();
                             // Wait for the next change either way, rather
@@ -124,7 +133,7 @@ pub async fn poll_control(
                             etag = tag;
                             None
                         }
-                        Err(e) => Some(format!("reading the table failed: {e}")),
+                        Ok(Err(e)) => Some(format!("reading the table failed: {e}")),
                     },
                     http::StatusCode::UNAUTHORIZED => {
                         Some("the control plane refused the token in table.token_file".to_owned())

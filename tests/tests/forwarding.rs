@@ -203,6 +203,14 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
         (&b"GET /x HTTP/1.1\r\n\r\n"[..], "must carry a Host field"),
         (b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", "Host field is not"),
         (b"GET /x HTTP/1.1\r\nHost: a/b\r\n\r\n", "Host field is not"),
+        (
+            b"GET /x HTTP/1.1\r\nHost: a:b:c\r\n\r\n",
+            "Host field is not",
+        ),
+        (
+            b"GET /x HTTP/1.1\r\nHost: h:99999\r\n\r\n",
+            "Host field is not",
+        ),
         (b"GET /x#top HTTP/1.1\r\nHost: app\r\n\r\n", "fragment"),
     ] {
         let answer = exchange(proxy.addr, request).await;
@@ -219,6 +227,7 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
     // HTTP/1.0 has no Host rule, and an empty Host is a valid one.
     for request in [
         &b"GET /x HTTP/1.0\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
         b"GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
     ] {
         let answer = exchange(proxy.addr, request).await;
@@ -328,27 +337,36 @@ async fn an_idle_client_connection_is_closed_after_client_idle() {
 #[tokio::test]
 async fn a_head_trickled_in_is_cut_off_after_client_idle_from_its_start() {
     let (origin, proxy) = proxy_with_client_idle_1s().await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(b"GET /slow HTTP/1.1\r\nHost: app\r\n")
-        .await
-        .unwrap();
-    // A field byte every 200 ms, each well within client_idle of the one
-    // before, for up to 15 s: the connection must end long before.
-    let started = std::time::Instant::now();
-    let mut closed = false;
-    for _ in 0..75 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let mut buf = [0u8; 64];
-        let ended = match s.try_read(&mut buf) {
-            Ok(n) => n == 0,
-            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-        };
-        if ended || s.write_all(b"x").await.is_err() {
-            closed = true;
-            break;
+    // A head's bytes, or the empty lines a head may follow, a few at a
+    // time, each well within client_idle of the one before, for up to 15
+    // s: the connection must end long before.
+    for (first, then) in [
+        (&b"GET /slow HTTP/1.1\r\nHost: app\r\n"[..], &b"x"[..]),
+        (b"\r\n", b"\r\n"),
+    ] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut closed = false;
+        for _ in 0..75 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut buf = [0u8; 64];
+            let ended = match s.try_read(&mut buf) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            if ended || s.write_all(then).await.is_err() {
+                closed = true;
+                break;
+            }
         }
+        assert!(
+            closed,
+            "{:?} still open after {:?}",
+            String::from_utf8_lossy(then),
+            started.elapsed()
+        );
     }
-    assert!(closed, "still open after {:?}", started.elapsed());
     assert!(origin.seen().is_empty());
 }
 

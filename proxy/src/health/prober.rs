@@ -45,9 +45,10 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
         .and_then(|h| h.to_str().ok())
         .unwrap_or_else(|| host_of(&backend.label))
         .to_owned();
-    // Whether the current run of failed probes has been logged: a backend
-    // that has never passed (or has been out of rotation since) gets one
-    // line with the reason, not one per probe and not none.
+    // Whether the backend's failing has been logged since it was last in
+    // rotation: a backend that has never been in rotation (or is out of it)
+    // gets one line with the reason, not one per probe (nor one per probe
+    // of a backend flapping short of `rise`) and not none.
     let mut failures_told = false;
     loop {
         if backend.is_retired() {
@@ -92,7 +93,8 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
             .inc();
         match backend.record_probe(passed, latency, health, now) {
             Some(true) => {
-                tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend in rotation: probe passed")
+                tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend in rotation: probe passed");
+                failures_told = false;
             }
             Some(false) => {
                 tracing::warn!(region = &*region, backend = %backend.label, address = %backend.addr, reason = %detail, "backend out of rotation: probes failed");
@@ -103,9 +105,6 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
                 failures_told = true;
             }
             None => {}
-        }
-        if passed {
-            failures_told = false;
         }
         let jitter = if health.jitter.is_zero() {
             Duration::ZERO
