@@ -307,6 +307,35 @@ impl<'t> Connection<'t> {
         Ok(n)
     }
 
+    /// Resolves when the backend ends its stream while the request's body
+    /// is still being sent: it takes no more of it, and what it answered
+    /// has been read. Bytes it sends before that are kept for the response
+    /// head, up to a head's size; past that the backend waits, as it would
+    /// if nothing were read. No deadline: the wait for the client's body,
+    /// which this runs beside, has one.
+    pub async fn closed_early(&mut self) -> Result<(), BError> {
+        loop {
+            if self.buf.len() >= MAX_HEAD {
+                std::future::pending::<()>().await;
+            }
+            if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+                self.buf.reserve(READ_ROOM);
+            }
+            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| {
+                Error::because(
+                    ErrorType::ReadError,
+                    "reading from the backend while sending the request body",
+                    e,
+                )
+                .into_up()
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.heard = true;
+        }
+    }
+
     /// Whether the backend has sent anything on this exchange: a failure
     /// before that may be a pooled connection it had just closed, one after
     /// it is the backend's answer going wrong.

@@ -623,7 +623,21 @@ impl EdgeProxy {
         }
         let limit = self.state.config.limits.max_request_body;
         while !client.is_body_done() {
-            let Some(chunk) = client.read_body().await? else {
+            // A backend that answers and closes before the body is all
+            // there takes no more of it: its answer goes to the client now,
+            // not once the client has sent the rest.
+            let read = tokio::select! {
+                read = client.read_body() => read?,
+                closed = up.closed_early() => {
+                    closed?;
+                    return Err(Error::explain(
+                        ErrorType::ConnectionClosed,
+                        "the backend closed the connection before the whole request body was sent",
+                    )
+                    .into_up());
+                }
+            };
+            let Some(chunk) = read else {
                 break;
             };
             ctx.body_bytes += chunk.len() as u64;

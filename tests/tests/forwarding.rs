@@ -586,6 +586,40 @@ async fn a_204_reaches_the_client_without_framing_fields() {
     assert!(next.starts_with("HTTP/1.1 204"), "{next}");
 }
 
+#[tokio::test]
+async fn an_answer_from_a_backend_that_closes_early_reaches_a_client_still_owing_its_body() {
+    // The backend reads the head, answers, ends its side, then drains
+    // what still comes (so its close is no reset).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+        s.write_all(
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\nConnection: close\r\n\r\nearly",
+        )
+        .await
+        .unwrap();
+        s.shutdown().await.unwrap();
+        let mut sink = [0u8; 1024];
+        while matches!(s.read(&mut sink).await, Ok(n) if n > 0) {}
+    });
+    let proxy = proxy_for(backend).await;
+    // 10 of 100 bytes, then nothing: the answer must not wait for the
+    // rest (client_idle is 75 s here; LIMIT is 10 s).
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let answer = read_until(&mut s, complete_response).await;
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.ends_with("early"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the client's body was not read whole, so its connection ends: {answer}"
+    );
+}
+
 /// What a client gets through the proxy for one GET, the backend
 /// answering with `answers` (see [`scripted_backend`]).
 async fn through_proxy(answers: &'static [&'static [u8]]) -> reqwest::Response {
