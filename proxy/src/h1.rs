@@ -288,20 +288,27 @@ impl<'t> Connection<'t> {
     }
 
     /// [`Self::fill`], its read timeout counted from `since` if given.
-    async fn fill_since(&mut self, since: Option<Instant>) -> Result<usize, BError> {
+    fn fill_since(
+        &mut self,
+        since: Option<Instant>,
+    ) -> impl Future<Output = Result<usize, BError>> {
+        self.fill_within(self.read_timeout, since)
+    }
+
+    /// [`Self::fill`] bounded by `limit` (none: unbounded), counted from
+    /// `since` if given.
+    async fn fill_within(
+        &mut self,
+        limit: Option<Duration>,
+        since: Option<Instant>,
+    ) -> Result<usize, BError> {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
             self.buf.reserve(READ_ROOM);
         }
         let read = self.stream.read_buf(&mut self.buf);
         let n = self
             .deadline
-            .bound_since(
-                self.read_timeout,
-                since,
-                read,
-                Direction::Read,
-                Peer::Backend,
-            )
+            .bound_since(limit, since, read, Direction::Read, Peer::Backend)
             .await?;
         self.heard |= n > 0;
         Ok(n)
@@ -318,21 +325,9 @@ impl<'t> Connection<'t> {
             if self.buf.len() >= MAX_HEAD {
                 std::future::pending::<()>().await;
             }
-            if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
-                self.buf.reserve(READ_ROOM);
-            }
-            let n = self.stream.read_buf(&mut self.buf).await.map_err(|e| {
-                Error::because(
-                    ErrorType::ReadError,
-                    "reading from the backend while sending the request body",
-                    e,
-                )
-                .into_up()
-            })?;
-            if n == 0 {
+            if self.fill_within(None, None).await? == 0 {
                 return Ok(());
             }
-            self.heard = true;
         }
     }
 
