@@ -54,8 +54,10 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
     }
 }
 
-/// The longest wait for a table's body once its head has come.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the control plane may take to answer: past a long-poll's
+/// `wait` for a table's head, again for its body once the head has come,
+/// and for a report.
+const ANSWER_TIME: Duration = Duration::from_secs(10);
 
 /// Long-polls `url/v1/table` until shutdown. Every answer is offered to the
 /// router, which admits only valid tables that do not go back in epoch; on
@@ -92,15 +94,13 @@ pub async fn poll_control(
                 return;
             }
         };
+        let head_within = wait + ANSWER_TIME;
         let outcome = tokio::select! {
             _ = state.lifecycle.shutdown_started() => return,
-            r = tokio::time::timeout(wait + Duration::from_secs(10), client.request(req)) => r,
+            r = tokio::time::timeout(head_within, client.request(req)) => r,
         };
         let failure = match outcome {
-            Err(_) => Some(format!(
-                "no answer within {:?}",
-                wait + Duration::from_secs(10)
-            )),
+            Err(_) => Some(format!("no answer within {head_within:?}")),
             Ok(Err(e)) => Some(format!("cannot reach the control plane: {e}")),
             Ok(Ok(resp)) => {
                 let status = resp.status();
@@ -115,7 +115,7 @@ pub async fn poll_control(
                     // The body is bounded in size, and in time as the
                     // head was: a control plane stalling mid-body is retried.
                     http::StatusCode::OK => match tokio::time::timeout(
-                        BODY_TIMEOUT,
+                        ANSWER_TIME,
                         http_body_util::Limited::new(
                             resp.into_body(),
                             edgeroute_config::MAX_TABLE_BYTES as usize,
@@ -124,7 +124,7 @@ pub async fn poll_control(
                     )
                     .await
                     {
-                        Err(_) => Some(format!("the table's body took over {BODY_TIMEOUT:?}")),
+                        Err(_) => Some(format!("the table's body took over {ANSWER_TIME:?}")),
                         Ok(Ok(body)) => {
                             // Rejections are logged and counted inside offer_table.
                             etag_admitted = state.offer_table(&body.to_bytes(), &source).is_ok();
@@ -237,20 +237,18 @@ pub async fn report_to_control(
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(bytes::Bytes::from(body)));
             let sent = match req {
-                Ok(req) => {
-                    match tokio::time::timeout(Duration::from_secs(10), client.request(req)).await {
-                        Ok(Ok(resp)) if resp.status().is_success() => true,
-                        Ok(Ok(resp)) => {
-                            tracing::warn!(url = %target, status = %resp.status(), "the control plane refused this proxy's report");
-                            false
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(url = %target, error = %e, "cannot send this proxy's report");
-                            false
-                        }
-                        Err(_) => false,
+                Ok(req) => match tokio::time::timeout(ANSWER_TIME, client.request(req)).await {
+                    Ok(Ok(resp)) if resp.status().is_success() => true,
+                    Ok(Ok(resp)) => {
+                        tracing::warn!(url = %target, status = %resp.status(), "the control plane refused this proxy's report");
+                        false
                     }
-                }
+                    Ok(Err(e)) => {
+                        tracing::debug!(url = %target, error = %e, "cannot send this proxy's report");
+                        false
+                    }
+                    Err(_) => false,
+                },
                 Err(_) => false,
             };
             if sent {
