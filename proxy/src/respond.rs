@@ -131,10 +131,7 @@ impl ErrorReply {
             ErrorReply::BadRequest(None) => "the request could not be parsed".to_owned(),
             ErrorReply::BadRequest(Some(why)) => {
                 // It may quote the request: a line, not the whole head.
-                let mut end = why.len().min(300);
-                while !why.is_char_boundary(end) {
-                    end -= 1;
-                }
+                let end = why.floor_char_boundary(300);
                 format!("the request could not be parsed: {}", &why[..end])
             }
             ErrorReply::HeadTooLarge => format!(
@@ -206,4 +203,27 @@ pub async fn write(
         )
         .await?;
     client.write_body(body, true).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ErrorReply;
+
+    #[test]
+    fn a_400_quotes_at_most_300_bytes_of_its_reason_on_a_char_boundary() {
+        let short = ErrorReply::BadRequest(Some("no Host".into())).message();
+        assert_eq!(short, "the request could not be parsed: no Host");
+        // 'é' is two bytes: 300 falls between characters only when even.
+        for reason in ["é".repeat(400), format!("x{}", "é".repeat(400))] {
+            let quoted = ErrorReply::BadRequest(Some(reason.clone())).message();
+            let tail = quoted
+                .strip_prefix("the request could not be parsed: ")
+                .expect("prefix");
+            assert!(
+                reason.starts_with(tail) && (299..=300).contains(&tail.len()),
+                "{}",
+                tail.len()
+            );
+        }
+    }
 }
