@@ -465,13 +465,19 @@ async fn a_backend_answer_before_the_whole_body_reaches_the_client() {
         }
     });
     let answer = read_until(&mut reader, complete_response).await;
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
-    assert!(answer.ends_with("backend: too big\n"), "{answer}");
+    assert_answered_early(&answer, "HTTP/1.1 413", "backend: too big\n");
+    sender.abort();
+}
+
+/// `answer` is the backend's, with `status` and ending in `body`, sent
+/// before the client's body was read whole: so its connection ends.
+fn assert_answered_early(answer: &str, status: &str, body: &str) {
+    assert!(answer.starts_with(status), "{answer}");
+    assert!(answer.ends_with(body), "{answer}");
     assert!(
         answer.to_ascii_lowercase().contains("connection: close"),
         "the client's unread body ends the connection: {answer}"
     );
-    sender.abort();
 }
 
 /// A backend that answers the requests it gets, in order, with `answers`,
@@ -612,12 +618,7 @@ async fn an_answer_from_a_backend_that_closes_early_reaches_a_client_still_owing
         .await
         .unwrap();
     let answer = read_until(&mut s, complete_response).await;
-    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
-    assert!(answer.ends_with("early"), "{answer}");
-    assert!(
-        answer.to_ascii_lowercase().contains("connection: close"),
-        "the client's body was not read whole, so its connection ends: {answer}"
-    );
+    assert_answered_early(&answer, "HTTP/1.1 403", "early");
 }
 
 /// What a client gets through the proxy for one GET, the backend
