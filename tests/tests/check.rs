@@ -18,6 +18,16 @@ fn good_config(dir: &Path) -> std::path::PathBuf {
     config
 }
 
+/// Fails naming the first of `expected` that `stderr` does not hold.
+fn assert_mentions(stderr: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
 /// `BIN check --config CONFIG`, to run with `.output()`.
 fn check(bin: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -58,22 +68,20 @@ path = "table.json"
     let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "listeners[0].address: must be an ip:port address such as \"0.0.0.0:8080\", got \"0.0.0.0:80:80\"",
-        "regions[0].backends[0]: must be host:port",
-        "\"10.0.0.1\"",
-        "local_region: must name one of the configured regions [\"us-east-1\"], got \"us-west-9\"",
-        "health.fall: must be at least 1, got 0",
-        "health.timeout: must be a duration",
-        "\"forever\"",
-        "routes[0].route: must be one of \"local\", \"primary\", \"nearest\", got \"sideways\"",
-        "6 invalid field(s)",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            "listeners[0].address: must be an ip:port address such as \"0.0.0.0:8080\", got \"0.0.0.0:80:80\"",
+            "regions[0].backends[0]: must be host:port",
+            "\"10.0.0.1\"",
+            "local_region: must name one of the configured regions [\"us-east-1\"], got \"us-west-9\"",
+            "health.fall: must be at least 1, got 0",
+            "health.timeout: must be a duration",
+            "\"forever\"",
+            "routes[0].route: must be one of \"local\", \"primary\", \"nearest\", got \"sideways\"",
+            "6 invalid field(s)",
+        ],
+    );
 }
 
 #[test]
@@ -331,22 +339,20 @@ token_file = "token"
     let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "listeners[1].address: 127.0.0.1:8080 takes the same port as another listener (0.0.0.0:8080)",
-        "listeners[2].address: must name a port (1-65535), got \"127.0.0.1:0\" (port 0)",
-        "health.path: must be a path such as \"/health\"",
-        "health.interval: must be at least 10ms, got \"1ns\"",
-        "health.eject_for: must be at most 10 years",
-        "timeouts.connect: must be at most 10 years",
-        "runtime.threads: must be at most 1024, got 100000",
-        "table.url: must not hold credentials",
-        "8 invalid field(s)",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            "listeners[1].address: 127.0.0.1:8080 takes the same port as another listener (0.0.0.0:8080)",
+            "listeners[2].address: must name a port (1-65535), got \"127.0.0.1:0\" (port 0)",
+            "health.path: must be a path such as \"/health\"",
+            "health.interval: must be at least 10ms, got \"1ns\"",
+            "health.eject_for: must be at most 10 years",
+            "timeouts.connect: must be at most 10 years",
+            "runtime.threads: must be at most 1024, got 100000",
+            "table.url: must not hold credentials",
+            "8 invalid field(s)",
+        ],
+    );
     assert!(
         !stderr.contains("hunter2"),
         "the password is echoed:\n{stderr}"
@@ -374,18 +380,16 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    for expected in [
-        "admin.token_file",
-        "is empty; put the bearer token in it",
-        "table.token_file",
-        "holds characters a bearer token cannot",
-        "log.level \"info,=[\" is not a valid log filter",
-    ] {
-        assert!(
-            stderr.contains(expected),
-            "missing {expected:?} in:\n{stderr}"
-        );
-    }
+    assert_mentions(
+        &stderr,
+        &[
+            "admin.token_file",
+            "is empty; put the bearer token in it",
+            "table.token_file",
+            "holds characters a bearer token cannot",
+            "log.level \"info,=[\" is not a valid log filter",
+        ],
+    );
     assert!(!stderr.contains("s3cret"), "a token is echoed:\n{stderr}");
 }
 
