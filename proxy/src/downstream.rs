@@ -39,7 +39,8 @@ fn refused(status: u16, why: impl Into<String>) -> BError {
     Error::explain(ErrorType::HTTPStatus(status), why.into()).into_down()
 }
 
-fn bad_request(why: impl Into<String>) -> BError {
+/// A 400 whose message says `why`.
+pub(crate) fn bad_request(why: impl Into<String>) -> BError {
     refused(400, why)
 }
 
@@ -700,6 +701,27 @@ async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Resu
     stream.flush().await
 }
 
+/// A `Host` field's value: a host and port as a URI has them, or empty.
+fn check_host(value: &[u8]) -> Result<(), BError> {
+    if value.is_empty() || std::str::from_utf8(value).is_ok_and(edgeroute_config::is_authority) {
+        return Ok(());
+    }
+    Err(bad_request(
+        "the request's Host field is not a host name or address with an optional port",
+    ))
+}
+
+/// Checks what pingora-core's HTTP/2 session leaves to the application in
+/// a request it accepted (it refuses a second `Host`, user information,
+/// and a `Host` that differs from `:authority`): the `Host` field's value,
+/// as an HTTP/1 request's.
+pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
+    fields
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case(b"host"))
+        .try_for_each(|(_, value)| check_host(value))
+}
+
 /// A request body's framing (RFC 9112 §6.3), whether the connection may
 /// carry another request after it, and whether the request names its
 /// `Host`. Only what every HTTP/1.1 parser reads alike is accepted: a lone
@@ -713,13 +735,7 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool,
     for (name, value) in fields.iter() {
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
-            let valid = value.is_empty()
-                || std::str::from_utf8(value).is_ok_and(edgeroute_config::is_authority);
-            if !valid {
-                return Err(bad_request(
-                    "the request's Host field is not a host name or address with an optional port",
-                ));
-            }
+            check_host(value)?;
         } else if name.eq_ignore_ascii_case(b"connection") {
             options.read(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {

@@ -139,10 +139,10 @@ impl EdgeProxy {
         }
         let mut timer = h1::Deadline::default();
         let idle = self.state.config.timeouts.client_idle;
-        if self
-            .handle(&mut Client::h2(&mut session, idle), &mut timer)
-            .await
-        {
+        let mut client = Client::h2(&mut session, idle);
+        if let Err(e) = downstream::check_h2_request(client.fields()) {
+            self.refuse_unreadable(&mut client, &e).await;
+        } else if self.handle(&mut client, &mut timer).await {
             return;
         }
         if let Err(e) = session.finish().await {

@@ -108,6 +108,19 @@ pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
     Frame::encode(HEADERS, 0x5, stream, &request_block(2, authority))
 }
 
+/// A GET on `stream` that names its host in a `host` field, with no
+/// `:authority`.
+pub fn get_with_host(stream: u32, host: &str) -> Vec<u8> {
+    let mut block = request_block(2, false);
+    // A literal field not indexed, with a literal name (RFC 7541 §6.2.2).
+    block.push(0x00);
+    for part in [&b"host"[..], host.as_bytes()] {
+        block.push(u8::try_from(part.len()).expect("a short field"));
+        block.extend_from_slice(part);
+    }
+    Frame::encode(HEADERS, 0x5, stream, &block)
+}
+
 /// A POST's head on `stream`, its body still to come.
 pub fn post_head(stream: u32) -> Vec<u8> {
     // POST is static-table 3; END_HEADERS only.

@@ -567,6 +567,44 @@ async fn a_client_that_keeps_sending_malformed_http2_streams_is_disconnected() {
     assert_eq!(us.seen().len(), 1, "only the well-formed request went on");
 }
 
+/// An HTTP/2 request that names its host in a `host` field instead of
+/// `:authority` has it checked as an HTTP/1 request's: a value that is not
+/// a host and port is answered 400 and goes no further; a valid one
+/// reaches the backend as its `Host`.
+#[tokio::test]
+async fn an_http2_host_field_that_names_no_host_is_refused() {
+    let us = Origin::start(US).await;
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    for (stream, host) in [
+        (1, "a/b"),
+        (3, "a b"),
+        (5, "h:99999"),
+        (7, "app.example:8080"),
+    ] {
+        conn.write_all(&h2::get_with_host(stream, host))
+            .await
+            .unwrap();
+    }
+    let frames = h2::read_until_all(&mut conn, GUARD, |frames| {
+        frames.iter().filter(|f| f.kind == HEADERS).count() == 4
+    })
+    .await;
+    let status = |stream| {
+        frames
+            .iter()
+            .find(|f| f.kind == HEADERS && f.stream == stream)
+            .map(|f| f.payload[0])
+    };
+    // :status 400 and 200 (static table 12 and 8).
+    for stream in [1, 3, 5] {
+        assert_eq!(status(stream), Some(0x8c), "stream {stream}");
+    }
+    assert_eq!(status(7), Some(0x88));
+    let seen = us.seen();
+    assert_eq!(seen.len(), 1, "only the valid request went on");
+    assert_eq!(seen[0].header("host"), Some("app.example:8080"));
+}
+
 /// An HTTP/2 client that stops sending its request's body, or stops
 /// taking the answer (its flow-control window stays shut), has the stream
 /// reset after `timeouts.client_idle`, as an HTTP/1 client has its
