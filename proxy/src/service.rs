@@ -607,7 +607,7 @@ impl EdgeProxy {
             has_body,
             &fwd,
         )
-        .map_err(|e| Error::explain(ErrorType::InvalidHTTPHeader, e.0).into_down())
+        .map_err(|e| downstream::bad_request(e.0))
     }
 
     /// Sends the request body: what earlier attempts read (kept for

@@ -85,6 +85,8 @@ pub struct RequestFacts {
     pub websocket: bool,
     /// An `x-forwarded-for` is present.
     pub has_forwarded_for: bool,
+    /// A `Host` is present.
+    pub has_host: bool,
 }
 
 impl RequestFacts {
@@ -96,7 +98,10 @@ impl RequestFacts {
         let mut seen_upgrade = false;
         let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
         for (name, value) in fields.iter() {
-            if is(name, "content-length") {
+            // Every HTTP/1.1 request has one, so it is looked for first.
+            if is(name, "host") {
+                facts.has_host = true;
+            } else if is(name, "content-length") {
                 if !seen_length {
                     seen_length = true;
                     facts.has_content_length = true;
@@ -192,8 +197,12 @@ pub fn backend_request(
         }
         h1::put_field(&mut out, name, value);
     }
-    if let Some(host) = &host {
-        h1::put_field(&mut out, "host", host.as_bytes());
+    match &host {
+        Some(host) => h1::put_field(&mut out, "host", host.as_bytes()),
+        // An HTTP/1.1 request always names its host, if only as empty
+        // (RFC 9112 §3.2): an HTTP/1.0 request may come without one.
+        None if !facts.has_host => h1::put_field(&mut out, "host", b""),
+        None => {}
     }
     if websocket {
         h1::put_field(&mut out, "connection", b"Upgrade");
@@ -457,17 +466,24 @@ fn split_target<'a>(
     }
 }
 
-/// The authority of a request's target as a `Host` value.
+/// The authority of a request's target as a `Host` value: a host name or
+/// address with an optional port, as a `Host` field must be.
 fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
     if authority.contains(&b'@') {
         return Err(CannotForward(
             "the request's authority carries user information".into(),
         ));
     }
-    HeaderValue::from_bytes(authority)
+    std::str::from_utf8(authority)
         .ok()
-        .filter(|h| !h.is_empty())
-        .ok_or_else(|| CannotForward("the request's authority is no valid Host".into()))
+        .filter(|a| edgeroute_config::is_authority(a))
+        .and_then(|a| HeaderValue::from_str(a).ok())
+        .ok_or_else(|| {
+            CannotForward(
+                "the request's authority is not a host name or address with an optional port"
+                    .into(),
+            )
+        })
 }
 
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client:
@@ -863,6 +879,8 @@ mod tests {
             &b"foo:bar"[..],
             b"ftp://files.example.com/x",
             b"http://user@api.example.com/",
+            b"http://h:99999/",
+            b"http://a:b:c/",
         ] {
             let req = RequestHeader::build("GET", target, None).expect("request");
             forward(&req, false).expect_err(&String::from_utf8_lossy(target));
@@ -875,7 +893,8 @@ mod tests {
             let req = RequestHeader::build("OPTIONS", target, None).expect("request");
             let out = forward(&req, false).expect("valid");
             assert_eq!(&*out.target, target);
-            assert!(!out.headers.contains_key("host"));
+            // No host named: an HTTP/1.1 request names it as empty.
+            assert_eq!(out.headers["host"], "");
         }
     }
 

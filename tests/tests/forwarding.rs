@@ -212,6 +212,11 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
             "Host field is not",
         ),
         (b"GET /x#top HTTP/1.1\r\nHost: app\r\n\r\n", "fragment"),
+        (b"GET http://h:99999/x HTTP/1.1\r\n\r\n", "authority is not"),
+        (
+            b"GET http://user:pw@app/x HTTP/1.1\r\n\r\n",
+            "user information",
+        ),
     ] {
         let answer = exchange(proxy.addr, request).await;
         assert!(
@@ -233,6 +238,11 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
         let answer = exchange(proxy.addr, request).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
+    // The backend is spoken to in HTTP/1.1, which names a host always: the
+    // HTTP/1.0 request's is empty.
+    let seen = origin.seen();
+    assert_eq!(seen[0].header("host"), Some(""));
+    assert_eq!(seen[1].header("host"), Some("[::1]:8080"));
 }
 
 /// A backend that answers one request per connection with a keep-alive
