@@ -1514,6 +1514,12 @@ mod tests {
                 true,
             ),
             (b"HTTP/1.1 204 No Content\r\n\r\n", false),
+            // A 204's length frames nothing (RFC 9110 §8.6): the
+            // connection still serves the next request.
+            (
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\n",
+                false,
+            ),
             (
                 b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n",
                 false,
