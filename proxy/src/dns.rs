@@ -5,10 +5,10 @@
 
 use crate::health::prober;
 use crate::state::AppState;
-use crate::topology::{Backend, peer_for};
+use crate::topology::{Backend, peer_for, warn_left_out};
 use crate::upstream::Lists;
 use anyhow::Context;
-use edgeroute_config::{DnsConfig, ProxyConfig};
+use edgeroute_config::{DnsConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
@@ -157,7 +157,8 @@ pub async fn refresh_region(
 }
 
 /// Makes the region's backends for `label` exactly `addrs`: existing ones
-/// keep their state, new ones start unproven, missing ones are retired.
+/// keep their state, new ones start unproven (while the region has room:
+/// [`MAX_BACKENDS_PER_REGION`]), missing ones are retired.
 fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &[SocketAddr]) {
     let info = &state.topology.regions[region];
     let current = info.backends();
@@ -172,8 +173,13 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
             tracing::info!(region = &*info.name, backend = label, address = %b.addr, "address left DNS; draining it");
         }
     }
+    let mut left_out = 0;
     for addr in addrs {
         if !current.iter().any(|b| b.label == label && b.addr == *addr) {
+            if next.len() >= MAX_BACKENDS_PER_REGION {
+                left_out += 1;
+                continue;
+            }
             let backend = Arc::new(Backend::new(
                 label.to_owned(),
                 *addr,
@@ -188,6 +194,9 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
             next.push(backend);
             changed = true;
         }
+    }
+    if left_out > 0 {
+        warn_left_out(&info.name, left_out);
     }
     if changed {
         info.set_backends(next);

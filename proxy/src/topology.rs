@@ -10,7 +10,7 @@ use crate::health::outlier::Verdict;
 use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
 use crate::upstream::{IdlePool, Lists};
 use arc_swap::ArcSwap;
-use edgeroute_config::{HealthConfig, ProxyConfig};
+use edgeroute_config::{HealthConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
@@ -325,9 +325,24 @@ pub fn policy(health: &HealthConfig) -> OutlierPolicy {
     }
 }
 
+/// Says that a region's names resolved to more addresses than a region may
+/// hold ([`MAX_BACKENDS_PER_REGION`], as the per-request sets of tried
+/// backends are 64-bit masks), and how many were left out.
+pub fn warn_left_out(region: &str, left_out: usize) {
+    tracing::warn!(
+        region,
+        left_out,
+        limit = MAX_BACKENDS_PER_REGION,
+        "the region's backend names resolve to more addresses than a region may hold; \
+         the addresses past the limit get no traffic (list fewer names, or names with fewer addresses)"
+    );
+}
+
 impl Topology {
     /// Builds the topology from already resolved addresses: for each region,
-    /// for each configured backend, its addresses.
+    /// for each configured backend, its addresses, at most
+    /// [`MAX_BACKENDS_PER_REGION`] in all (the first, in the configured
+    /// order).
     pub fn build(cfg: &ProxyConfig, resolved: &[Vec<Vec<SocketAddr>>]) -> Self {
         let clock = Instant::now();
         let regions = cfg
@@ -335,22 +350,28 @@ impl Topology {
             .iter()
             .enumerate()
             .map(|(ri, r)| {
-                let backends = r
+                let addrs: Vec<(&edgeroute_config::Backend, SocketAddr)> = r
                     .backends
                     .iter()
                     .zip(&resolved[ri])
-                    .flat_map(|(b, addrs)| {
-                        addrs.iter().map(move |a| {
-                            Arc::new(Backend::new(
-                                b.to_string(),
-                                *a,
-                                ri,
-                                peer_for(cfg, ri, &b.host, *a),
-                                &cfg.health,
-                                Lists::for_runtime(cfg.runtime.work_stealing),
-                                clock,
-                            ))
-                        })
+                    .flat_map(|(b, addrs)| addrs.iter().map(move |a| (b, *a)))
+                    .collect();
+                if addrs.len() > MAX_BACKENDS_PER_REGION {
+                    warn_left_out(&r.name, addrs.len() - MAX_BACKENDS_PER_REGION);
+                }
+                let backends = addrs
+                    .into_iter()
+                    .take(MAX_BACKENDS_PER_REGION)
+                    .map(|(b, a)| {
+                        Arc::new(Backend::new(
+                            b.to_string(),
+                            a,
+                            ri,
+                            peer_for(cfg, ri, &b.host, a),
+                            &cfg.health,
+                            Lists::for_runtime(cfg.runtime.work_stealing),
+                            clock,
+                        ))
                     })
                     .collect();
                 RegionInfo::new(&r.name, backends, r.host.as_deref())

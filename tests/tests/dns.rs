@@ -2,11 +2,25 @@
 //! drains the departed address and probes the new one before use.
 
 use edgeroute_tests::dns::DnsServer;
-use edgeroute_tests::{Origin, ProxyBuilder, client, eventually};
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 const NAME: &str = "api.us-east-1.edgeroute.test";
+
+/// A proxy whose one region is `NAME` on `port`, resolved by `dns`, with
+/// quick re-resolution and probes.
+async fn proxy_resolving(dns: &DnsServer, port: u16) -> Proxy {
+    ProxyBuilder::new("us-east-1")
+        .region_named("us-east-1", &[&format!("{NAME}:{port}")])
+        .extra(&format!(
+            "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n\
+             [health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n",
+            dns.addr
+        ))
+        .start()
+        .await
+}
 
 #[tokio::test]
 async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
@@ -18,14 +32,7 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
     let dns = DnsServer::start().await;
     dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
 
-    let proxy = ProxyBuilder::new("us-east-1")
-        .region_named("us-east-1", &[&format!("{NAME}:{port}")])
-        .extra(&format!(
-            "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n",
-            dns.addr
-        ))
-        .start()
-        .await;
+    let proxy = proxy_resolving(&dns, port).await;
     let c = client();
     for _ in 0..3 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
@@ -48,17 +55,10 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
     )
     .await;
     assert!(new.probes() >= 1, "the new address was probed before use");
-    let routing = proxy.routing().await;
-    let addrs: Vec<&str> = routing["regions"][0]["backends"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["address"].as_str().unwrap())
-        .collect();
     assert_eq!(
-        addrs,
+        addrs_of(&proxy.routing().await),
         [new.addr.to_string()],
-        "the old address is gone: {routing}"
+        "the old address is gone"
     );
     let before = old.seen().len();
     for _ in 0..5 {
@@ -68,5 +68,74 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
         old.seen().len(),
         before,
         "no new request reaches the departed address"
+    );
+}
+
+/// The addresses of the first region's backends, in `/routing`.
+fn addrs_of(routing: &serde_json::Value) -> Vec<String> {
+    routing["regions"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["address"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// A region holds at most 64 backends, counting every address its names
+/// resolve to (the per-request sets of tried backends are 64-bit masks):
+/// the addresses past that get no traffic, at start-up and when a changed
+/// answer brings new ones, and every request is still served.
+#[tokio::test]
+async fn a_region_takes_at_most_64_of_the_addresses_its_names_resolve_to() {
+    let ip = |i: u8| Ipv4Addr::new(127, 0, 1, i);
+    let first = Origin::start_on("us-east-1", SocketAddr::from((ip(1), 0))).await;
+    let port = first.addr.port();
+    let mut origins = vec![first];
+    for i in 2..=74 {
+        origins.push(Origin::start_on("us-east-1", SocketAddr::from((ip(i), port))).await);
+    }
+    let dns = DnsServer::start().await;
+    let answer = |from: u8| (from..from + 70).map(ip).collect::<Vec<_>>();
+    dns.set(NAME, &answer(1));
+
+    let proxy = proxy_resolving(&dns, port).await;
+    let listed = |from: u8, to: u8| {
+        (from..=to)
+            .map(|i| format!("{}:{port}", ip(i)))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(addrs_of(&proxy.routing().await), listed(1, 64));
+    let c = client();
+    for _ in 0..200 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    let served = |range: std::ops::RangeInclusive<usize>| {
+        origins[range].iter().map(|o| o.seen().len()).sum::<usize>()
+    };
+    assert_eq!(served(0..=63), 200);
+    assert_eq!(
+        served(64..=73),
+        0,
+        "no request reaches an address past the limit"
+    );
+
+    // 1–4 leave the answer and 71–74 come in: 4 of the 10 new addresses
+    // fill the room the departed ones leave.
+    dns.set(NAME, &answer(5));
+    let mut expected = listed(5, 64);
+    expected.extend(listed(65, 68));
+    eventually(
+        "the changed answer is followed up to the limit",
+        Duration::from_secs(15),
+        || async { addrs_of(&proxy.routing().await) == expected },
+    )
+    .await;
+    for _ in 0..200 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        served(68..=73),
+        0,
+        "no request reaches an address past the limit"
     );
 }
