@@ -4,6 +4,7 @@
 //! It is bound to loopback by default. It runs on its own runtime so it keeps
 //! answering (`/ready` = 503) while the proxy drains after SIGTERM.
 
+use crate::route::Refusal;
 use crate::state::AppState;
 use bytes::Bytes;
 use edgeroute_config::{RegionState, RouteTarget};
@@ -110,6 +111,9 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             };
             let outcome = match state.router.load() {
                 None => Err("no_routing_table"),
+                Some(_) if write && state.table_too_old_for_writes() => {
+                    Err(Refusal::TableStale.code())
+                }
                 Some(s) => state
                     .choose_region(&s, target, 0, std::time::Instant::now())
                     .map(|r| &*state.topology.regions[r].name)

@@ -263,6 +263,15 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
     assert!(resp.headers().contains_key("retry-after"));
     let body = resp.text().await.unwrap();
     assert!(body.contains("table_stale"), "{body}");
+    // What the proxy says of writes agrees with what it does with them.
+    let health = client()
+        .get(proxy.admin_url("/health/write"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503);
+    let body = health.text().await.unwrap();
+    assert!(body.contains("table_stale"), "{body}");
     let read = client().get(proxy.url("/items")).send().await.unwrap();
     assert_eq!(read.status(), 200, "reads go on");
     assert_eq!(read.headers()["x-edgeroute-region"], US);
