@@ -22,7 +22,10 @@ pub struct AppState {
     pub lifecycle: Arc<Lifecycle>,
     /// Bearer token for `/metrics` and `/routing`, when configured.
     pub admin_token: Option<Vec<u8>>,
-    /// Unix milliseconds when the source last confirmed the table in force.
+    /// When the source last confirmed the table in force: milliseconds
+    /// since the topology's clock started, plus one (0: never). A
+    /// monotonic clock, so a step of the wall clock neither holds writes
+    /// nor lets them through.
     table_confirmed_ms: AtomicU64,
     /// Serialises table admission so that "compare with the table in force,
     /// then replace it" is one step.
@@ -119,21 +122,23 @@ impl AppState {
         result
     }
 
+    /// Milliseconds on the topology's clock, plus one (see
+    /// `table_confirmed_ms`).
+    fn clock_ms(&self) -> u64 {
+        u64::try_from(self.topology.clock.elapsed().as_millis()).map_or(u64::MAX, |ms| ms + 1)
+    }
+
     /// The source says the table in force is current.
     pub fn table_confirmed(&self) {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        self.table_confirmed_ms.store(now, Ordering::Relaxed);
+        self.table_confirmed_ms
+            .store(self.clock_ms(), Ordering::Relaxed);
     }
 
     /// Seconds since the source last confirmed the table in force.
     pub fn table_age(&self) -> Option<f64> {
         let at = self.table_confirmed_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        (at != 0 && self.router.load().is_some()).then(|| now.saturating_sub(at) as f64 / 1000.0)
+        (at != 0 && self.router.load().is_some())
+            .then(|| self.clock_ms().saturating_sub(at) as f64 / 1000.0)
     }
 
     /// Writes are held: `table.hold_writes_after` is set and the control
@@ -143,10 +148,7 @@ impl AppState {
             return false;
         };
         let at = self.table_confirmed_ms.load(Ordering::Relaxed);
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        at != 0 && now.saturating_sub(at) > limit
+        at != 0 && self.clock_ms().saturating_sub(at) > limit
     }
 
     /// Counts a table that could not even be read.
