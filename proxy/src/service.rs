@@ -527,10 +527,12 @@ impl EdgeProxy {
             Ok(resp) => resp,
             Err(e) => {
                 // Bytes may have reached the backend. Downstream trouble (the
-                // client left, its body was too large) ends the request.
+                // client left, its body was too large) ends the request, and
+                // so does an answer gone wrong: the backend took the request.
                 let retry = e.esource() != &pingora_error::ErrorSource::Downstream
                     && ctx.reply.is_none()
                     && ctx.repeatable
+                    && !up.answered()
                     && !client.retry_buffer_truncated()
                     && !matches!(
                         e.etype(),

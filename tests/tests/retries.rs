@@ -2,6 +2,10 @@
 //! is retried only when it is safe to repeat. A POST is never delivered twice.
 
 use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, table};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const US: &str = "us-east-1";
 
@@ -131,4 +135,60 @@ async fn a_failed_connect_ejects_the_backend_and_reads_move_to_another_region() 
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["x-edgeroute-error"], "primary_unavailable");
     assert_eq!(eu.count("POST"), 0);
+}
+
+/// A backend that reads each request head, counts it, and starts an answer
+/// it never finishes: half a status line's fields, then a close.
+async fn half_answering_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let taken = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&taken);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                s.write_all(b"HTTP/1.1 200 OK\r\nConte").await.ok();
+            });
+        }
+    });
+    (addr, taken)
+}
+
+/// A backend that has begun its answer has taken the request: an answer
+/// that then goes wrong is the client's 502, and even an idempotent
+/// request is not sent to another backend.
+#[tokio::test]
+async fn a_request_whose_answer_began_is_not_sent_again() {
+    let (a, a_taken) = half_answering_backend().await;
+    let (b, b_taken) = half_answering_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a, b])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .start()
+        .await;
+    let c = client();
+    for (i, method) in ["GET", "PUT", "DELETE", "GET", "PUT", "DELETE"]
+        .into_iter()
+        .enumerate()
+    {
+        let resp = c
+            .request(method.parse().unwrap(), proxy.url("/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 502, "{method}");
+        let taken = a_taken.load(Ordering::SeqCst) + b_taken.load(Ordering::SeqCst);
+        assert_eq!(taken, i + 1, "{method} was taken by one backend only");
+    }
 }
