@@ -75,8 +75,12 @@ struct Ctx {
     excluded_regions: u64,
     /// Backends of `region` this request already tried (bit per backend index).
     tried_backends: u64,
+    /// Backends picked for this request so far.
     attempts: u32,
     backend: Option<InflightGuard>,
+    /// The region of the backend picked last: the one whose answer, or
+    /// failure, the client gets. `None` while no backend was picked.
+    sent_to: Option<usize>,
     request_id: HeaderValue,
     reply: Option<ErrorReply>,
     body_bytes: u64,
@@ -244,6 +248,7 @@ impl EdgeProxy {
             tried_backends: 0,
             attempts: 0,
             backend: None,
+            sent_to: None,
             request_id: facts
                 .request_id
                 .clone()
@@ -309,7 +314,6 @@ impl EdgeProxy {
                         // A stale keep-alive connection: the backend may take it again.
                         ctx.tried_backends &= !(1 << ctx.picked);
                     }
-                    self.state.metrics.retries.inc();
                     tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
                     if f.reached {
                         reached_failure = Some(f.error);
@@ -384,7 +388,6 @@ impl EdgeProxy {
     /// The next backend for this request: in the chosen region, or — for a
     /// nearest-region read whose region has none left — in the next nearest.
     fn pick(&self, ctx: &mut Ctx, now: Instant) -> Result<Arc<Backend>, BError> {
-        ctx.attempts += 1;
         ctx.backend = None;
         let topo = &self.state.topology;
         let snapshot = ctx.snapshot.clone().ok_or_else(|| {
@@ -412,6 +415,11 @@ impl EdgeProxy {
                 ctx.tried_backends |= 1 << pick.index;
                 ctx.picked = pick.index;
                 ctx.backend = Some(pick.backend.start_request());
+                ctx.sent_to = Some(region);
+                ctx.attempts += 1;
+                if ctx.attempts > 1 {
+                    self.state.metrics.retries.inc();
+                }
                 return Ok(Arc::clone(pick.backend));
             }
             // Every backend of this region is tried or out of rotation. Only a
@@ -733,11 +741,7 @@ impl EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |s| s.as_u16(),
         );
-        let served_by_index = if ctx.reply.is_some() {
-            None
-        } else {
-            ctx.region
-        };
+        let served_by_index = ctx.sent_to;
         let done = Instant::now();
         let elapsed = done - ctx.started;
         self.state.request_metrics.record(

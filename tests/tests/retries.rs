@@ -1,13 +1,16 @@
 //! Retries: what failed to connect moves on; what may have reached a backend
 //! is retried only when it is safe to repeat. A POST is never delivered twice.
 
-use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, table};
+use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, table};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const US: &str = "us-east-1";
+/// How long a condition may take to hold.
+const GUARD: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
@@ -191,4 +194,43 @@ async fn a_request_whose_answer_began_is_not_sent_again() {
         let taken = a_taken.load(Ordering::SeqCst) + b_taken.load(Ordering::SeqCst);
         assert_eq!(taken, i + 1, "{method} was taken by one backend only");
     }
+    assert_eq!(proxy.metric("edgeroute_retries_total").await, 0.0);
+    // The failures count against the region whose backends failed.
+    for (route, count) in [("read", 2.0), ("write", 4.0)] {
+        let label = format!(
+            "edgeroute_requests_total{{region=\"{US}\",route=\"{route}\",status=\"502\"}}"
+        );
+        assert_eq!(proxy.metric(&label).await, count, "{label}");
+    }
+}
+
+/// A retry is counted when the request goes to another backend, not when
+/// none is left to take it.
+#[tokio::test]
+async fn retries_count_the_backends_a_request_was_sent_to_again() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    a.set(Behaviour::DieOnPost);
+    b.set(Behaviour::DieOnPost);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .start()
+        .await;
+    let resp = client()
+        .post(proxy.url("/pay"))
+        .header("x-request-id", "keyed")
+        .header("idempotency-key", "keyed")
+        .body("charge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(a.count_id("keyed") + b.count_id("keyed"), 2);
+    assert_eq!(proxy.metric("edgeroute_retries_total").await, 1.0);
+    eventually("the access line is written", GUARD, || async {
+        proxy.log().contains("attempts=2")
+    })
+    .await;
 }
