@@ -1,7 +1,7 @@
 //! Retries: what failed to connect moves on; what may have reached a backend
 //! is retried only when it is safe to repeat. A POST is never delivered twice.
 
-use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, table};
+use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, client, eventually, table};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -12,8 +12,9 @@ const US: &str = "us-east-1";
 /// How long a condition may take to hold.
 const GUARD: Duration = Duration::from_secs(30);
 
-#[tokio::test]
-async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
+/// Two origins that take a POST and die without answering, behind a proxy
+/// that neither probes nor ejects them.
+async fn dying_origins() -> (Origin, Origin, Proxy) {
     let a = Origin::start(US).await;
     let b = Origin::start(US).await;
     a.set(Behaviour::DieOnPost);
@@ -21,8 +22,15 @@ async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr, b.addr])
         .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n")
         .start()
         .await;
+    (a, b, proxy)
+}
+
+#[tokio::test]
+async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
+    let (a, b, proxy) = dying_origins().await;
     let c = client();
     for i in 0..10 {
         let id = format!("post-{i}");
@@ -197,9 +205,8 @@ async fn a_request_whose_answer_began_is_not_sent_again() {
     assert_eq!(proxy.metric("edgeroute_retries_total").await, 0.0);
     // The failures count against the region whose backends failed.
     for (route, count) in [("read", 2.0), ("write", 4.0)] {
-        let label = format!(
-            "edgeroute_requests_total{{region=\"{US}\",route=\"{route}\",status=\"502\"}}"
-        );
+        let label =
+            format!("edgeroute_requests_total{{region=\"{US}\",route=\"{route}\",status=\"502\"}}");
         assert_eq!(proxy.metric(&label).await, count, "{label}");
     }
 }
@@ -208,16 +215,7 @@ async fn a_request_whose_answer_began_is_not_sent_again() {
 /// none is left to take it.
 #[tokio::test]
 async fn retries_count_the_backends_a_request_was_sent_to_again() {
-    let a = Origin::start(US).await;
-    let b = Origin::start(US).await;
-    a.set(Behaviour::DieOnPost);
-    b.set(Behaviour::DieOnPost);
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[a.addr, b.addr])
-        .table(table(1, 1, Some(US), &[(US, "active")]))
-        .extra("[health]\nprobes = false\neject_after = 100\n")
-        .start()
-        .await;
+    let (a, b, proxy) = dying_origins().await;
     let resp = client()
         .post(proxy.url("/pay"))
         .header("x-request-id", "keyed")
