@@ -145,9 +145,18 @@ impl AwsSource {
         let records = self.latency_records().await?;
         let mut regions = Vec::with_capacity(records.len());
         for (region, r) in &records {
+            // One check that cannot be read (deleted while its record still
+            // names it, its API down in us-east-1) leaves that region's
+            // health unknown; it must not hide the writer's moves.
             let healthy = match r.health_check_id() {
                 None => None,
-                Some(id) => Some(self.check_healthy(id).await?),
+                Some(id) => match self.check_healthy(id).await {
+                    Ok(healthy) => Some(healthy),
+                    Err(e) => {
+                        tracing::warn!(region = %region, health_check = id, error = %e, "cannot read the region's health check; its health is unknown until it can be read");
+                        None
+                    }
+                },
             };
             regions.push(RegionView {
                 name: region.clone(),
@@ -201,7 +210,12 @@ impl AwsSource {
                         Statistic::Average,
                         LAG_MAX_AGE,
                     )
-                    .await?;
+                    .await
+                    .unwrap_or_else(|e| {
+                        // Informational: unknown, as a missing datapoint is.
+                        tracing::warn!(region = %m.region, error = %e, "cannot read the replication lag; it is unknown until it can be read");
+                        None
+                    });
                 if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
                     r.replication_lag_ms = lag.map(|v| v.max(0.0).round() as u64);
                 }

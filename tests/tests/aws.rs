@@ -18,6 +18,17 @@ async fn control_on(moto: &Moto, fixture: &moto::Fixture) -> ControlPlane {
     ControlPlane::start_with(None, &source, &moto.env()).await
 }
 
+/// Asks AWS to move the global cluster's writer to `region`.
+async fn switchover_to(moto: &Moto, fixture: &moto::Fixture, region: &str) {
+    let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
+    rds.switchover_global_cluster()
+        .global_cluster_identifier(GLOBAL_CLUSTER)
+        .target_db_cluster_identifier(&fixture.clusters[region].0)
+        .send()
+        .await
+        .expect("switchover");
+}
+
 fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
     table["regions"]
         .as_array()
@@ -72,14 +83,8 @@ async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
     assert_eq!(proxy.write_region().await, "us-east-1");
     let epoch_before = cp.table().await["epoch"].as_u64().unwrap();
 
-    let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
     let requested = Instant::now();
-    rds.switchover_global_cluster()
-        .global_cluster_identifier(GLOBAL_CLUSTER)
-        .target_db_cluster_identifier(&fixture.clusters["eu-west-1"].0)
-        .send()
-        .await
-        .expect("switchover");
+    switchover_to(&moto, &fixture, "eu-west-1").await;
     // While AWS reports the switchover running, writes are held.
     eventually(
         "the proxy holds writes during the switchover",
@@ -185,4 +190,37 @@ async fn an_aws_outage_keeps_the_last_good_table_marked_stale() {
         )
         .await;
     assert!(errors >= 1.0, "errors are counted by API");
+}
+
+/// A health check that cannot be read (deleted while its record still
+/// names it) leaves that region's health unknown, shown as active; the rest
+/// of the table keeps following AWS, the writer's moves included.
+#[tokio::test]
+async fn an_unreadable_health_check_leaves_its_region_unknown_and_the_table_live() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    r53.delete_health_check()
+        .health_check_id(&fixture.health_checks["ap-southeast-1"])
+        .send()
+        .await
+        .expect("delete the health check");
+    switchover_to(&moto, &fixture, "eu-west-1").await;
+    eventually(
+        "the table follows the writer to eu-west-1",
+        WAIT,
+        || async {
+            let t = cp.table().await;
+            t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
+        },
+    )
+    .await;
+    let t = cp.table().await;
+    assert_eq!(region(&t, "ap-southeast-1")["state"], "active", "{t}");
+    assert_eq!(cp.metric("edgeroute_control_source_stale").await, 0.0);
+    assert!(
+        cp.log().contains("cannot read the region's health check"),
+        "the unknown health is logged"
+    );
 }
