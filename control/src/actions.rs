@@ -12,7 +12,7 @@ use crate::history::{History, Kind, Operation, Step};
 use crate::notify::{Event, Notifier};
 use crate::registry::{ProxyStatus, Registry, behind};
 use crate::server::Published;
-use aws_sdk_route53::types::ChangeAction;
+use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -389,14 +389,14 @@ pub struct Runner {
     pub sending: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
-/// One change to a region's DNS record.
+/// One change to a region's DNS records, made to all of them at once.
 enum RecordChange {
-    /// A weighted record: its weight.
+    /// Weighted records: their weight (`from`: the highest they had).
     Weight { from: i64, to: i64, why: String },
-    /// A latency record: removed while drained, kept to put back.
+    /// Latency records: removed while drained, kept to put back.
     Remove,
-    /// The kept latency record, put back.
-    Restore(Box<SavedRecord>),
+    /// The kept latency records, put back.
+    Restore(Vec<SavedRecord>),
 }
 
 impl Runner {
@@ -915,22 +915,22 @@ impl Runner {
                 ));
             }
             None => return Err(self.no_region(&state, region)),
-            Some(r) => match (r.weight(), r.region()) {
-                (Some(0), _) => {
+            Some(rs) => match routing_of(rs) {
+                Routing::Weighted(0) => {
                     return Ok(self.nothing_to_do(
                         Kind::Drain,
                         format!("{region} already has Route 53 weight 0"),
                     ));
                 }
-                (Some(w), _) => RecordChange::Weight {
+                Routing::Weighted(w) => RecordChange::Weight {
                     from: w,
                     to: 0,
                     why: "drain".into(),
                 },
-                (None, Some(_)) => RecordChange::Remove,
-                (None, None) => {
+                Routing::Latency => RecordChange::Remove,
+                Routing::Other => {
                     return Err(format!(
-                        "the record of {region} is neither weighted nor latency-routed; edgeroute drains only those"
+                        "the records of {region} are not all weighted or all latency-routed; edgeroute drains only those"
                     ));
                 }
             },
@@ -961,14 +961,18 @@ impl Runner {
         let state = self.state().await?;
         let history = History::load(&self.history_file)?;
         let change = match state.records.get(region) {
-            Some(r) => match r.weight() {
-                Some(w) if weight.is_none_or(|asked| asked == w) && (w > 0 || weight.is_some()) => {
+            Some(rs) => match routing_of(rs) {
+                Routing::Weighted(w)
+                    if weight.is_none_or(|asked| asked == w)
+                        && (w > 0 || weight.is_some())
+                        && rs.iter().all(|r| r.weight() == Some(w)) =>
+                {
                     return Ok(self.nothing_to_do(
                         Kind::Undrain,
                         format!("{region} has Route 53 weight {w}"),
                     ));
                 }
-                Some(w) => {
+                Routing::Weighted(w) => {
                     let (to, why) = match (weight, history.weights_before_drain.get(region)) {
                         (Some(asked), _) => (asked, "as asked".to_owned()),
                         (None, Some(kept)) => (*kept, "its weight before the drain".to_owned()),
@@ -979,10 +983,15 @@ impl Runner {
                     };
                     RecordChange::Weight { from: w, to, why }
                 }
-                None => {
+                Routing::Latency => {
                     return Ok(self.nothing_to_do(
                         Kind::Undrain,
-                        format!("{region}'s latency record is in place (not drained)"),
+                        format!("{region}'s latency records are in place (not drained)"),
+                    ));
+                }
+                Routing::Other => {
+                    return Err(format!(
+                        "the records of {region} are not all weighted or all latency-routed; edgeroute undrains only those"
                     ));
                 }
             },
@@ -992,7 +1001,7 @@ impl Runner {
                         "--weight applies to weighted records; {region}'s kept record is latency-routed and is put back as it was (leave out --weight)"
                     ));
                 }
-                Some(saved) => RecordChange::Restore(Box::new(saved.clone())),
+                Some(saved) => RecordChange::Restore(saved.clone()),
                 None if known_region(&state, region) => {
                     return Err(format!(
                         "{region} has no record of {} and none was kept by a drain; create it again (for example with your infrastructure code)",
@@ -1030,64 +1039,71 @@ impl Runner {
         dry_run: bool,
     ) -> Result<Operation, String> {
         let name = &self.aws.config().record_name;
-        let existing = state.records.get(region);
-        let (summary, call, action, record, table_weight) = match &change {
+        let existing = || {
+            state
+                .records
+                .get(region)
+                .cloned()
+                .ok_or_else(|| self.no_region(state, region))
+        };
+        let (summary, action, records, table_weight) = match &change {
             RecordChange::Weight { from, to, why } => {
                 if !(0..=255).contains(to) {
                     return Err(format!("a Route 53 weight is 0 to 255, got {to}"));
                 }
-                let mut r = existing
-                    .cloned()
-                    .ok_or_else(|| self.no_region(state, region))?;
-                r.weight = Some(*to);
+                let mut rs = existing()?;
+                for r in &mut rs {
+                    r.weight = Some(*to);
+                }
                 (
                     format!(
                         "{} {region}: Route 53 weight {from} → {to} ({why})",
                         kind.as_str()
                     ),
-                    format!(
-                        "route53:ChangeResourceRecordSets UPSERT {name} {} SetIdentifier={} Weight={to}",
-                        r.r#type().as_str(),
-                        r.set_identifier().unwrap_or(region)
-                    ),
                     ChangeAction::Upsert,
-                    r,
+                    rs,
                     *to,
                 )
             }
-            RecordChange::Remove => {
-                let r = existing
-                    .cloned()
-                    .ok_or_else(|| self.no_region(state, region))?;
-                (
-                    format!(
-                        "drain {region}: remove its latency record of {name} (kept to put back)"
-                    ),
-                    format!(
-                        "route53:ChangeResourceRecordSets DELETE {name} {} SetIdentifier={} Region={region}",
-                        r.r#type().as_str(),
-                        r.set_identifier().unwrap_or(region)
-                    ),
-                    ChangeAction::Delete,
-                    r,
-                    0,
-                )
-            }
+            RecordChange::Remove => (
+                format!("drain {region}: remove its latency records of {name} (kept to put back)"),
+                ChangeAction::Delete,
+                existing()?,
+                0,
+            ),
             RecordChange::Restore(saved) => {
-                let r = saved.record().map_err(|e| format!("the kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
+                let rs = saved
+                    .iter()
+                    .map(SavedRecord::record)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("a kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
                 (
-                    format!("undrain {region}: put back its latency record of {name}"),
-                    format!(
-                        "route53:ChangeResourceRecordSets UPSERT {name} {} SetIdentifier={} Region={region}",
-                        r.r#type().as_str(),
-                        r.set_identifier().unwrap_or(region)
-                    ),
+                    format!("undrain {region}: put back its latency records of {name}"),
                     ChangeAction::Upsert,
-                    r,
+                    rs,
                     100,
                 )
             }
         };
+        let call = format!(
+            "route53:ChangeResourceRecordSets, one batch: {}",
+            records
+                .iter()
+                .map(|r| {
+                    let routing = r.weight().map_or_else(
+                        || format!("Region={}", r.region().map_or(region, |g| g.as_str())),
+                        |w| format!("Weight={w}"),
+                    );
+                    format!(
+                        "{} {name} {} SetIdentifier={} {routing}",
+                        action.as_str(),
+                        r.r#type().as_str(),
+                        r.set_identifier().unwrap_or(region)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
         let steps = vec![
             call,
             format!(
@@ -1110,15 +1126,20 @@ impl Runner {
                 h.weights_before_drain.insert(region.to_owned(), *from);
             }
             RecordChange::Remove => {
-                h.drained_records
-                    .insert(region.to_owned(), SavedRecord::of(&record));
+                h.drained_records.insert(
+                    region.to_owned(),
+                    records.iter().map(SavedRecord::of).collect(),
+                );
             }
             _ => {}
         })
         .map_err(|e| format!("{e}; nothing changed"))?;
         let error = async {
             self.aws
-                .change_record(action, record, &format!("edgeroute {}", kind.as_str()))
+                .change_records(
+                    records.into_iter().map(|r| (action.clone(), r)).collect(),
+                    &format!("edgeroute {}", kind.as_str()),
+                )
                 .await
                 .map_err(|e| format!("Route 53 refused the change: {e}"))?;
             tl.step("requested", "ChangeResourceRecordSets accepted".into());
@@ -1175,8 +1196,11 @@ fn known_region(state: &AwsState, region: &str) -> bool {
 /// The most common non-zero weight among the other regions; 100 if none.
 fn common_weight(state: &AwsState, region: &str) -> i64 {
     let mut counts = std::collections::BTreeMap::new();
-    for (name, r) in &state.records {
-        if let Some(w) = r.weight().filter(|w| *w > 0 && name != region) {
+    for (name, rs) in &state.records {
+        if let Routing::Weighted(w) = routing_of(rs)
+            && w > 0
+            && name != region
+        {
             *counts.entry(w).or_insert(0usize) += 1;
         }
     }
@@ -1184,4 +1208,74 @@ fn common_weight(state: &AwsState, region: &str) -> i64 {
         .into_iter()
         .max_by_key(|(w, n)| (*n, *w))
         .map_or(100, |(w, _)| w)
+}
+
+/// How a region's records route.
+#[derive(Debug, PartialEq, Eq)]
+enum Routing {
+    /// All weighted; the highest weight among them.
+    Weighted(i64),
+    /// All latency-routed.
+    Latency,
+    /// Mixed, or neither.
+    Other,
+}
+
+fn routing_of(records: &[ResourceRecordSet]) -> Routing {
+    if let Some(weights) = records
+        .iter()
+        .map(ResourceRecordSet::weight)
+        .collect::<Option<Vec<i64>>>()
+    {
+        return weights
+            .into_iter()
+            .max()
+            .map_or(Routing::Other, Routing::Weighted);
+    }
+    if records
+        .iter()
+        .all(|r| r.weight().is_none() && r.region().is_some())
+    {
+        return Routing::Latency;
+    }
+    Routing::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Routing, routing_of};
+    use aws_sdk_route53::types::{ResourceRecordSet, ResourceRecordSetRegion, RrType};
+
+    fn record(kind: RrType, weight: Option<i64>, latency: bool) -> ResourceRecordSet {
+        ResourceRecordSet::builder()
+            .name("api.example.com.")
+            .r#type(kind)
+            .set_identifier("eu-west-1")
+            .set_weight(weight)
+            .set_region(latency.then_some(ResourceRecordSetRegion::EuWest1))
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_regions_records_route_one_way_or_are_refused() {
+        let (a, aaaa) = (RrType::A, RrType::Aaaa);
+        let weighted = [
+            record(a.clone(), Some(0), false),
+            record(aaaa.clone(), Some(40), false),
+        ];
+        assert_eq!(routing_of(&weighted), Routing::Weighted(40));
+        let latency = [
+            record(a.clone(), None, true),
+            record(aaaa.clone(), None, true),
+        ];
+        assert_eq!(routing_of(&latency), Routing::Latency);
+        let mixed = [
+            record(a.clone(), Some(100), false),
+            record(aaaa, None, true),
+        ];
+        assert_eq!(routing_of(&mixed), Routing::Other);
+        assert_eq!(routing_of(&[record(a, None, false)]), Routing::Other);
+        assert_eq!(routing_of(&[]), Routing::Other);
+    }
 }

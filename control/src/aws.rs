@@ -144,24 +144,16 @@ impl AwsSource {
     pub async fn state(&self) -> Result<AwsState, AwsError> {
         let records = self.latency_records().await?;
         let mut regions = Vec::with_capacity(records.len());
-        for (region, r) in &records {
-            // One check that cannot be read (deleted while its record still
-            // names it, its API down in us-east-1) leaves that region's
-            // health unknown; it must not hide the writer's moves.
-            let healthy = match r.health_check_id() {
-                None => None,
-                Some(id) => match self.check_healthy(id).await {
-                    Ok(healthy) => Some(healthy),
-                    Err(e) => {
-                        tracing::warn!(region = %region, health_check = id, error = %e, "cannot read the region's health check; its health is unknown until it can be read");
-                        None
-                    }
-                },
-            };
+        for (region, rs) in &records {
             regions.push(RegionView {
                 name: region.clone(),
-                weight: r.weight().map(|w| w.clamp(0, 255) as u32),
-                healthy,
+                // Out of DNS only when every record of the region is.
+                weight: rs
+                    .iter()
+                    .filter_map(ResourceRecordSet::weight)
+                    .max()
+                    .map(|w| w.clamp(0, 255) as u32),
+                healthy: self.region_healthy(region, rs).await,
                 replication_lag_ms: None,
             });
         }
@@ -233,6 +225,30 @@ impl AwsSource {
         })
     }
 
+    /// What the health checks of a region's records say: unhealthy if one
+    /// says so, healthy if the others do, unknown if none can be read. One
+    /// check that cannot be read (deleted while its record still names it,
+    /// its API down in us-east-1) must not hide the writer's moves.
+    async fn region_healthy(&self, region: &str, records: &[ResourceRecordSet]) -> Option<bool> {
+        let mut ids: Vec<&str> = records
+            .iter()
+            .filter_map(ResourceRecordSet::health_check_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut healthy = None;
+        for id in ids {
+            match self.check_healthy(id).await {
+                Ok(false) => return Some(false),
+                Ok(true) => healthy = Some(true),
+                Err(e) => {
+                    tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read");
+                }
+            }
+        }
+        healthy
+    }
+
     pub fn config(&self) -> &AwsSourceConfig {
         &self.cfg
     }
@@ -262,25 +278,30 @@ impl AwsSource {
         Ok(())
     }
 
-    /// One change to one record of the API name.
-    pub async fn change_record(
+    /// Changes to records of the API name, in one batch: Route 53 makes
+    /// all of them or none.
+    pub async fn change_records(
         &self,
-        action: ChangeAction,
-        record: ResourceRecordSet,
+        changes: Vec<(ChangeAction, ResourceRecordSet)>,
         comment: &str,
     ) -> Result<(), AwsError> {
         let invalid = |e: aws_sdk_route53::error::BuildError| AwsError {
             api: "ChangeResourceRecordSets",
             message: e.to_string(),
         };
-        let change = Change::builder()
-            .action(action)
-            .resource_record_set(record)
-            .build()
+        let changes = changes
+            .into_iter()
+            .map(|(action, record)| {
+                Change::builder()
+                    .action(action)
+                    .resource_record_set(record)
+                    .build()
+            })
+            .collect::<Result<Vec<_>, _>>()
             .map_err(invalid)?;
         let batch = ChangeBatch::builder()
             .comment(comment)
-            .changes(change)
+            .set_changes(Some(changes))
             .build()
             .map_err(invalid)?;
         self.route53
@@ -293,9 +314,11 @@ impl AwsSource {
         Ok(())
     }
 
-    async fn latency_records(&self) -> Result<BTreeMap<String, ResourceRecordSet>, AwsError> {
+    /// The API name's records by region: a region may have several (an A
+    /// and an AAAA record, say).
+    async fn latency_records(&self) -> Result<BTreeMap<String, Vec<ResourceRecordSet>>, AwsError> {
         let wanted = format!("{}.", self.cfg.record_name);
-        let mut found: BTreeMap<String, ResourceRecordSet> = BTreeMap::new();
+        let mut found: BTreeMap<String, Vec<ResourceRecordSet>> = BTreeMap::new();
         let mut start: Option<(String, Option<String>)> = Some((wanted.clone(), None));
         // Bounded: a zone is paged at most this many times per read.
         for _ in 0..100 {
@@ -322,7 +345,7 @@ impl AwsSource {
                     .map(|r| r.as_str().to_owned())
                     .or_else(|| rrset.set_identifier().map(str::to_owned));
                 let Some(region) = region else { continue };
-                found.insert(region, rrset.clone());
+                found.entry(region).or_default().push(rrset.clone());
             }
             if past || !out.is_truncated() {
                 break;
@@ -530,8 +553,8 @@ impl AwsSource {
 #[derive(Debug, Clone)]
 pub struct AwsState {
     pub view: TopologyView,
-    /// The API name's latency records, by region.
-    pub records: BTreeMap<String, ResourceRecordSet>,
+    /// The API name's records, by region.
+    pub records: BTreeMap<String, Vec<ResourceRecordSet>>,
     pub members: Vec<Member>,
     /// The writer change AWS reports under way.
     pub failover: Option<FailoverInfo>,

@@ -20,9 +20,33 @@ pub struct History {
     /// Region → Route 53 weight it had when it was drained (weighted records).
     #[serde(default)]
     pub weights_before_drain: BTreeMap<String, i64>,
-    /// Region → its latency record, removed while the region is drained.
-    #[serde(default)]
-    pub drained_records: BTreeMap<String, crate::aws::SavedRecord>,
+    /// Region → its latency records, removed while the region is drained.
+    /// (Files written when one record was kept per region hold it alone.)
+    #[serde(default, deserialize_with = "records_by_region")]
+    pub drained_records: BTreeMap<String, Vec<crate::aws::SavedRecord>>,
+}
+
+/// A region's kept records: a list, or one record alone.
+fn records_by_region<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Vec<crate::aws::SavedRecord>>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Kept {
+        Many(Vec<crate::aws::SavedRecord>),
+        One(crate::aws::SavedRecord),
+    }
+    let kept = BTreeMap::<String, Kept>::deserialize(d)?;
+    Ok(kept
+        .into_iter()
+        .map(|(region, k)| {
+            let records = match k {
+                Kept::Many(records) => records,
+                Kept::One(record) => vec![record],
+            };
+            (region, records)
+        })
+        .collect())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +272,21 @@ mod tests {
         let h = History::load(&path).unwrap();
         assert_eq!(h.operations.len(), 1);
         assert!(h.operations[0].ok);
+    }
+
+    #[test]
+    fn a_region_kept_with_one_record_reads_as_a_list_of_one() {
+        let record = r#"{"name":"api.example.com.","type":"A","set_identifier":"eu-west-1","region":"eu-west-1","health_check_id":null,"ttl":60,"values":["192.0.2.1"],"alias":null}"#;
+        let old = format!(r#"{{"drained_records":{{"eu-west-1":{record}}}}}"#);
+        let new = format!(r#"{{"drained_records":{{"eu-west-1":[{record},{record}]}}}}"#);
+        let old: History = serde_json::from_str(&old).unwrap();
+        let new: History = serde_json::from_str(&new).unwrap();
+        assert_eq!(old.drained_records["eu-west-1"].len(), 1);
+        assert_eq!(new.drained_records["eu-west-1"].len(), 2);
+        assert_eq!(
+            old.drained_records["eu-west-1"][0],
+            new.drained_records["eu-west-1"][1]
+        );
     }
 
     #[test]

@@ -283,9 +283,15 @@ pub async fn put_lags(moto: &Moto, fixture: &Fixture) {
 /// The latency record of `region`: an alias to its load balancer, with
 /// its health check (one routing policy per record, as Route 53 requires).
 pub fn latency_record(region: &str, health_check: &str) -> ResourceRecordSet {
+    latency_record_of(RrType::A, region, health_check)
+}
+
+/// [`latency_record`] of another type (`AAAA` beside the `A` of a
+/// dual-stack load balancer).
+pub fn latency_record_of(kind: RrType, region: &str, health_check: &str) -> ResourceRecordSet {
     ResourceRecordSet::builder()
         .name(RECORD)
-        .r#type(RrType::A)
+        .r#type(kind)
         .set_identifier(region)
         .region(ResourceRecordSetRegion::from(region))
         .health_check_id(health_check)
@@ -462,13 +468,7 @@ pub async fn drain_queue(moto: &Moto, queue_url: &str) -> Vec<String> {
 
 /// What the emulator holds of Route 53 and the global cluster, to compare.
 pub async fn snapshot(moto: &Moto, zone_id: &str) -> String {
-    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
-    let records = r53
-        .list_resource_record_sets()
-        .hosted_zone_id(zone_id)
-        .send()
-        .await
-        .expect("list records");
+    let records = list_records(moto, zone_id).await;
     let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
     let clusters = rds
         .describe_global_clusters()
@@ -481,6 +481,32 @@ pub async fn snapshot(moto: &Moto, zone_id: &str) -> String {
         records.resource_record_sets(),
         clusters.global_clusters()
     )
+}
+
+/// The zone's records (the first page: the fixture's all fit on it).
+async fn list_records(
+    moto: &Moto,
+    zone_id: &str,
+) -> aws_sdk_route53::operation::list_resource_record_sets::ListResourceRecordSetsOutput {
+    aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await)
+        .list_resource_record_sets()
+        .hosted_zone_id(zone_id)
+        .send()
+        .await
+        .expect("list records")
+}
+
+/// The types of the API name's records for `region`, sorted.
+pub async fn record_types(moto: &Moto, zone_id: &str, region: &str) -> Vec<String> {
+    let mut types: Vec<String> = list_records(moto, zone_id)
+        .await
+        .resource_record_sets()
+        .iter()
+        .filter(|r| r.name().trim_end_matches('.') == RECORD && r.set_identifier() == Some(region))
+        .map(|r| r.r#type().as_str().to_owned())
+        .collect();
+    types.sort();
+    types
 }
 
 /// The region holding the global cluster's writer, and whether a writer

@@ -3,6 +3,7 @@
 //! automated unplanned failover and its guardrails, drain and undrain, dry
 //! runs, drills, and the notifications each sends.
 
+use aws_sdk_route53::types::{ChangeAction, RrType};
 use edgeroute_tests::control::ControlPlane;
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
 use edgeroute_tests::webhook::Webhook;
@@ -437,13 +438,32 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
             .to_owned()
     };
     assert_eq!(read_region().await, "us-east-1");
+    // A dual-stack load balancer: an AAAA record beside the A record.
+    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
+    moto::change_record(
+        &r53,
+        &env.fixture.zone_id,
+        ChangeAction::Create,
+        moto::latency_record_of(
+            RrType::Aaaa,
+            "us-east-1",
+            &env.fixture.health_checks["us-east-1"],
+        ),
+    )
+    .await;
+    let types = || moto::record_types(&env.moto, &env.fixture.zone_id, "us-east-1");
+    assert_eq!(types().await, ["A", "AAAA"]);
 
     let ran = env.cp.command(&["drain", "us-east-1"]).await;
     ran.assert_ok_saying(&[
-        "remove its latency record",
+        "remove its latency records",
         "us-east-1 draining, weight 0",
         "1 of 1 proxies",
     ]);
+    assert!(
+        types().await.is_empty(),
+        "every record of the region is out of DNS"
+    );
     // The proxy confirmed the table: its reads have moved already.
     for _ in 0..10 {
         assert_ne!(read_region().await, "us-east-1");
@@ -456,9 +476,10 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
 
     let ran = env.cp.command(&["undrain", "us-east-1"]).await;
     ran.assert_ok_saying(&[
-        "put back its latency record",
+        "put back its latency records",
         "us-east-1 active, weight 100",
     ]);
+    assert_eq!(types().await, ["A", "AAAA"], "both records are back");
     for _ in 0..10 {
         assert_eq!(read_region().await, "us-east-1");
     }
@@ -514,7 +535,7 @@ async fn a_dry_run_changes_nothing() {
     let ran = env.cp.command(&["drain", "eu-west-1", "--dry-run"]).await;
     assert!(
         ran.stdout
-            .contains("route53:ChangeResourceRecordSets DELETE"),
+            .contains("route53:ChangeResourceRecordSets, one batch: DELETE api.example.com A SetIdentifier=eu-west-1 Region=eu-west-1"),
         "{}",
         ran.stdout
     );
