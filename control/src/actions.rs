@@ -198,6 +198,7 @@ pub fn plan_move(
     global_cluster: &str,
     to: &str,
     planned: bool,
+    to_unhealthy: bool,
 ) -> Result<MovePlan, String> {
     if let Some(f) = &state.failover {
         return Err(format!(
@@ -218,12 +219,14 @@ pub fn plan_move(
     if target.writer {
         return Err(format!("the writer is already in {to}"));
     }
-    let lag_ms = state
-        .view
-        .regions
-        .iter()
-        .find(|r| r.name == to)
-        .and_then(|r| r.replication_lag_ms);
+    let region = state.view.regions.iter().find(|r| r.name == to);
+    if !to_unhealthy && region.is_some_and(|r| r.healthy == Some(false)) {
+        return Err(format!(
+            "Route 53 reports {to} unhealthy: its proxies would answer every write 503 primary_down; \
+             move the writer to a healthy region, or add --to-unhealthy if you know the health check is wrong"
+        ));
+    }
+    let lag_ms = region.and_then(|r| r.replication_lag_ms);
     Ok(MovePlan {
         from,
         to: target.clone(),
@@ -385,6 +388,8 @@ pub struct Runner {
     /// `cli` or `automation`.
     pub by: &'static str,
     pub out: Output,
+    /// Move the writer even to a region Route 53 reports unhealthy.
+    pub to_unhealthy: bool,
     /// Notifications under way: sent beside the action, awaited at its end.
     pub sending: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
@@ -549,7 +554,13 @@ impl Runner {
         if state.failover.is_none() && state.writer().is_some_and(|w| w.region == to) {
             return Ok(self.nothing_to_do(kind, format!("the writer is already in {to}")));
         }
-        let plan = plan_move(&state, self.global_cluster(), to, planned)?;
+        let plan = plan_move(
+            &state,
+            self.global_cluster(),
+            to,
+            planned,
+            self.to_unhealthy,
+        )?;
         let summary = format!(
             "{} {} → {} of global cluster {}",
             if planned {
@@ -581,7 +592,7 @@ impl Runner {
     /// A switchover to `to` and back to the writer region of now.
     pub async fn drill(&self, to: &str, dry_run: bool) -> Result<Operation, String> {
         let state = self.state().await?;
-        let there = plan_move(&state, self.global_cluster(), to, true)?;
+        let there = plan_move(&state, self.global_cluster(), to, true, self.to_unhealthy)?;
         let back = MovePlan {
             from: there.to.clone(),
             to: there.from.clone(),

@@ -71,11 +71,15 @@ enum Command {
         /// failover test.
         #[arg(long)]
         drill: bool,
+        /// Move the writer even to a region Route 53 reports unhealthy
+        /// (for a health check known to be wrong).
+        #[arg(long)]
+        to_unhealthy: bool,
         /// Print the current state and every step; change nothing.
         #[arg(long)]
         dry_run: bool,
         /// Give up following after this long (default: actions.timeout).
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },
     /// Route 53 weight 0 for REGION: reads move to the other regions.
@@ -85,7 +89,7 @@ enum Command {
         region: String,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },
     /// Give REGION its Route 53 weight back: the weight it had before the
@@ -98,7 +102,7 @@ enum Command {
         weight: Option<i64>,
         #[arg(long)]
         dry_run: bool,
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },
 }
@@ -202,6 +206,8 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
 
 /// Pause between reads while an action is followed.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
+/// The shortest `--timeout` a runbook command takes.
+const MIN_FOLLOW: Duration = Duration::from_secs(5);
 
 /// The endpoint AWS calls go to (an emulator), if configured.
 fn endpoint(cfg: &ControlConfig) -> Option<&str> {
@@ -235,8 +241,23 @@ async fn runner(
         proxy_max_age: cfg.actions.proxy_max_age,
         by,
         out,
+        to_unhealthy: false,
         sending: Default::default(),
     })
+}
+
+/// A `--timeout`: long enough to see a change through, since Route 53 and
+/// Aurora take seconds at the least. A shorter one would make the change
+/// and then report it failed.
+fn follow_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if timeout < MIN_FOLLOW {
+        return Err(format!(
+            "must be at least {}: the change would be made and then reported failed",
+            humantime::format_duration(MIN_FOLLOW)
+        ));
+    }
+    Ok(timeout)
 }
 
 fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
@@ -255,9 +276,11 @@ fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
                 drill,
                 dry_run,
                 timeout,
+                to_unhealthy,
                 ..
             } => {
                 runner.timeout = timeout.unwrap_or(runner.timeout);
+                runner.to_unhealthy = *to_unhealthy;
                 if *drill {
                     runner.drill(to, *dry_run).await
                 } else {

@@ -669,6 +669,16 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
         .command(&["undrain", "eu-west-1"])
         .await
         .assert_ok_saying(&["not drained"]);
+    // A timeout too short to see a change through is refused before it
+    // is made.
+    let short = env
+        .cp
+        .command(&["drain", "eu-west-1", "--timeout", "1s"])
+        .await;
+    assert!(
+        !short.ok && short.stderr.contains("must be at least 5s"),
+        "{short:?}"
+    );
     env.cp
         .command(&["drain", "us-east-1"])
         .await
@@ -687,6 +697,39 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
         .command(&["undrain", "us-east-1"])
         .await
         .assert_ok_saying(&["completed"]);
+    // A writer is not moved where Route 53 says its proxies would refuse
+    // every write, unless asked in so many words.
+    env.route53_fails("ap-southeast-1").await;
+    eventually("ap-southeast-1 is down in the table", WAIT, || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "ap-southeast-1" && r["state"] == "down")
+    })
+    .await;
+    let unhealthy = env
+        .cp
+        .command(&["failover", "--to", "ap-southeast-1"])
+        .await;
+    assert!(
+        !unhealthy.ok
+            && unhealthy
+                .stderr
+                .contains("reports ap-southeast-1 unhealthy"),
+        "{unhealthy:?}"
+    );
+    env.cp
+        .command(&[
+            "failover",
+            "--to",
+            "ap-southeast-1",
+            "--to-unhealthy",
+            "--dry-run",
+        ])
+        .await
+        .assert_ok_saying(&["dry run: planned switchover us-east-1 → ap-southeast-1"]);
+    assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
     // A record removed by someone else is not put back from thin air.
     let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
     moto::change_record(
