@@ -27,6 +27,6 @@ pub use proxy::{
     TlsFiles,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
-pub use secret::{read_secret, token};
+pub use secret::{presents_bearer, read_secret, token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use values::authority as is_authority;

@@ -28,6 +28,17 @@ pub fn token(source: &str, raw: &str) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
+/// Whether an `Authorization` field's value presents `token` as a bearer
+/// token (RFC 6750 §2.1; the scheme's name in any case, RFC 9110 §11.1).
+/// The comparison takes the same time wherever the first difference is.
+pub fn presents_bearer(authorization: Option<&[u8]>, token: &[u8]) -> bool {
+    let presented = authorization
+        .and_then(|v| v.split_at_checked(7))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
+        .map_or(&b""[..], |(_, rest)| rest.trim_ascii());
+    bool::from(subtle::ConstantTimeEq::ct_eq(presented, token))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -52,5 +63,24 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_bearer_token_is_read_whatever_the_schemes_case() {
+        let token = b"s3cret";
+        for ok in [&b"Bearer s3cret"[..], b"bearer s3cret", b"BEARER  s3cret "] {
+            assert!(super::presents_bearer(Some(ok), token), "{ok:?}");
+        }
+        for wrong in [
+            &b"Bearer s3cre"[..],
+            b"Bearers3cret",
+            b"Basic s3cret",
+            b"s3cret",
+            b"Bearer ",
+            b"",
+        ] {
+            assert!(!super::presents_bearer(Some(wrong), token), "{wrong:?}");
+        }
+        assert!(!super::presents_bearer(None, token));
     }
 }

@@ -8,6 +8,7 @@ use crate::metrics::ControlMetrics;
 use crate::registry::Registry;
 use bytes::Bytes;
 use edgeroute_config::{ProxyReport, RoutingTable};
+use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -49,6 +50,8 @@ pub struct ServerState {
 
 /// Largest proxy report accepted.
 const MAX_REPORT: usize = 64 * 1024;
+/// How long a client may take to send a request head.
+const HEAD_TIME: Duration = Duration::from_secs(10);
 
 pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
     loop {
@@ -67,6 +70,10 @@ pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                // A client that never finishes its request head is closed
+                // rather than held open.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIME)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -99,15 +106,8 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 }
 
 fn authorized(state: &ServerState, req: &Request<Incoming>) -> bool {
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    bool::from(subtle::ConstantTimeEq::ct_eq(
-        presented,
-        state.token.as_slice(),
-    ))
+    let presented = req.headers().get(header::AUTHORIZATION);
+    edgeroute_config::presents_bearer(presented.map(|v| v.as_bytes()), &state.token)
 }
 
 /// `?wait=30s` (or `?wait=30`, in seconds): `Ok(None)` without one, an
@@ -280,13 +280,23 @@ async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     }
 }
 
+/// Whether an `If-None-Match` names the table whose tag is `etag`: `*`, or
+/// a list holding it, weak or strong (RFC 9110 §13.1.2).
+fn names(if_none_match: Option<&IfNoneMatch>, etag: &HeaderValue) -> bool {
+    let etag = etag.to_str().ok().and_then(|t| t.parse::<ETag>().ok());
+    match (if_none_match, etag) {
+        (Some(condition), Some(etag)) => !condition.precondition_passes(&etag),
+        _ => false,
+    }
+}
+
 async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let wait = match wait_param(req) {
         Ok(w) => w,
         Err(why) => return error(StatusCode::BAD_REQUEST, "bad_wait", &why),
     };
     let mut rx = state.table.clone();
-    let known = req.headers().get(header::IF_NONE_MATCH).cloned();
+    let known: Option<IfNoneMatch> = req.headers().typed_get();
     let current = rx.borrow_and_update().clone();
     let Some(mut current) = current else {
         let mut resp = error(
@@ -298,7 +308,7 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
-    if known.as_ref() == Some(&current.etag)
+    if names(known.as_ref(), &current.etag)
         && let Some(wait) = wait
     {
         // Long-poll: answer as soon as the table changes, or 304 at the deadline.
@@ -314,14 +324,14 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
                     if let Some(p) = rx.borrow_and_update().clone() {
                         current = p;
                     }
-                    if known.as_ref() != Some(&current.etag) {
+                    if !names(known.as_ref(), &current.etag) {
                         break;
                     }
                 }
             }
         }
     }
-    if known.as_ref() == Some(&current.etag) {
+    if names(known.as_ref(), &current.etag) {
         let mut resp = reply(StatusCode::NOT_MODIFIED, "application/json", Bytes::new());
         resp.headers_mut()
             .insert(header::ETAG, current.etag.clone());

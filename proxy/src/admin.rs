@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use tokio::net::TcpListener;
 
+/// How long a client may take to send a request head.
+const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the admin API on `listener` until the process exits.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
     loop {
@@ -36,6 +39,10 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, &req)) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                // A client that never finishes its request head is closed
+                // rather than held open.
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEAD_TIME)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
@@ -164,12 +171,8 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
     let Some(token) = &state.admin_token else {
         return true;
     };
-    let presented = req
-        .headers()
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-        .unwrap_or_default();
-    bool::from(subtle::ConstantTimeEq::ct_eq(presented, token.as_slice()))
+    let presented = req.headers().get(http::header::AUTHORIZATION);
+    edgeroute_config::presents_bearer(presented.map(|v| v.as_bytes()), token)
 }
 
 /// Why the proxy should not get new traffic, if it should not.

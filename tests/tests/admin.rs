@@ -1,6 +1,6 @@
 //! The admin listener's token: /metrics and /routing need it, health does not.
 
-use edgeroute_tests::{Origin, ProxyBuilder, client};
+use edgeroute_tests::{Origin, ProxyBuilder, client, half_head_is_closed};
 
 #[tokio::test]
 async fn metrics_and_routing_require_the_token_when_one_is_set() {
@@ -32,6 +32,14 @@ async fn metrics_and_routing_require_the_token_when_one_is_set() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 200, "{path} with the token");
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        let resp = c
+            .get(proxy.admin_url(path))
+            .header("authorization", "bearer s3cret-token")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "{path} with `bearer`");
     }
     for path in ["/health", "/health/read", "/health/write", "/ready"] {
         assert_eq!(
@@ -44,4 +52,16 @@ async fn metrics_and_routing_require_the_token_when_one_is_set() {
         !proxy.log().contains("s3cret-token"),
         "the token never reaches the logs"
     );
+}
+
+/// A client that never finishes its request head does not hold an admin
+/// connection open.
+#[tokio::test]
+async fn a_request_head_never_finished_is_closed() {
+    let us = Origin::start("us-east-1").await;
+    let proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .start()
+        .await;
+    half_head_is_closed(proxy.admin).await;
 }

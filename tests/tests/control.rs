@@ -2,7 +2,7 @@
 //! long-poll it, follow it, and keep their last table when it is gone.
 
 use edgeroute_tests::control::{ControlPlane, TOKEN, topology};
-use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
+use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually, half_head_is_closed};
 use std::time::{Duration, Instant};
 
 const US: &str = "us-east-1";
@@ -166,14 +166,24 @@ async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
     assert_eq!(table["primary_region"], US);
     assert_eq!(table["regions"].as_array().unwrap().len(), 3);
 
-    let not_modified = c
-        .get(cp.url("/v1/table"))
-        .bearer_auth(TOKEN)
-        .header("if-none-match", &etag)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(not_modified.status(), 304);
+    // The tag alone, weak, in a list, or `*` (RFC 9110 §13.1.2).
+    let tag = etag.to_str().unwrap();
+    for (condition, status) in [
+        (tag.to_owned(), 304),
+        (format!("W/{tag}"), 304),
+        (format!("\"other\", {tag}"), 304),
+        ("*".to_owned(), 304),
+        ("\"other\"".to_owned(), 200),
+    ] {
+        let resp = c
+            .get(cp.url("/v1/table"))
+            .bearer_auth(TOKEN)
+            .header("if-none-match", &condition)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "if-none-match: {condition}");
+    }
 
     // A wait that is not a duration is named, not taken for no wait.
     for bad in ["-1", "abc", "99999999999999999999", ""] {
@@ -291,4 +301,20 @@ async fn sighup_leaves_a_proxy_on_the_control_plane_running() {
     })
     .await;
     assert_eq!(proxy.write_region().await, US, "still serving");
+}
+
+/// A client that never finishes its request head does not hold a
+/// connection to the table server open; the token's scheme is read in any
+/// case.
+#[tokio::test]
+async fn the_table_server_closes_a_head_never_finished_and_reads_bearer_in_any_case() {
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    half_head_is_closed(cp.addr).await;
+    let resp = client()
+        .get(cp.url("/v1/table"))
+        .header("authorization", format!("bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
 }
