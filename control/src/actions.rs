@@ -703,7 +703,8 @@ impl Runner {
         })?;
         let proxies = self.control.proxies().await?;
         Ok(Before {
-            epoch: table.map_or(0, |t| t.epoch),
+            epoch: table.as_ref().map_or(0, |t| t.epoch),
+            version: table.map_or(0, |t| t.version),
             proxies: proxies.into_iter().map(|p| p.report.id).collect(),
         })
     }
@@ -1145,6 +1146,7 @@ impl Runner {
             _ => {}
         })
         .map_err(|e| format!("{e}; nothing changed"))?;
+        let removed = matches!(change, RecordChange::Remove);
         let error = async {
             self.aws
                 .change_records(
@@ -1159,13 +1161,21 @@ impl Runner {
                 .until(
                     deadline,
                     &format!("{region} at weight {table_weight}"),
+                    // A table built after the change: one that already
+                    // showed it (a control plane behind AWS) proves nothing.
+                    // A region out of DNS leaves the table on a control
+                    // plane that did not make the change (its history file
+                    // does not show the drain): proxies then route around it.
                     |t| {
-                        t.region(region)
-                            .is_some_and(|r| i64::from(r.weight) == table_weight)
+                        (t.epoch, t.version) > (before.epoch, before.version)
+                            && t.region(region)
+                                .map_or(removed, |r| i64::from(r.weight) == table_weight)
                     },
                 )
                 .await?;
-            let state = table.region(region).map_or("?", |r| r.state.as_str());
+            let state = table
+                .region(region)
+                .map_or("out of the table", |r| r.state.as_str());
             tl.step(
                 "table updated",
                 format!(
@@ -1194,6 +1204,7 @@ impl Runner {
 /// What a change starts from.
 struct Before {
     epoch: u64,
+    version: u64,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
 }

@@ -157,22 +157,6 @@ impl AwsSource {
                 replication_lag_ms: None,
             });
         }
-        // A region drained by removing its record gets no DNS traffic; it
-        // stays in the table as draining (other missing regions stay out).
-        if let Some(path) = &self.history_file
-            && let Ok(history) = crate::history::History::load(path)
-        {
-            for region in history.drained_records.keys() {
-                if !records.contains_key(region) {
-                    regions.push(RegionView {
-                        name: region.clone(),
-                        weight: Some(0),
-                        healthy: None,
-                        replication_lag_ms: None,
-                    });
-                }
-            }
-        }
         let (members, failover) = self.global_cluster().await?;
         let writer_region = writer_region(&members).ok_or_else(|| AwsError {
             api: "DescribeGlobalClusters",
@@ -181,14 +165,26 @@ impl AwsSource {
                 self.cfg.global_cluster_id
             ),
         })?;
-        if !regions.iter().any(|r| r.name == writer_region) {
-            return Err(AwsError {
-                api: "DescribeGlobalClusters",
-                message: format!(
-                    "the writer is in {writer_region}, which has no latency record named {} in zone {}",
-                    self.cfg.record_name, self.cfg.hosted_zone_id
-                ),
-            });
+        // A region with no record gets no DNS traffic. The writer's region
+        // (whose writes go on) and a region this control plane's drain
+        // removed stay in the table as draining; other regions without a
+        // record leave it. (Not every member: a secondary kept for recovery
+        // alone is no region of the proxies, which would refuse the table.)
+        let drained = self
+            .history_file
+            .as_ref()
+            .and_then(|path| crate::history::History::load(path).ok())
+            .map(|h| h.drained_records.into_keys().collect::<Vec<_>>())
+            .unwrap_or_default();
+        for region in std::iter::once(writer_region.clone()).chain(drained) {
+            if !regions.iter().any(|r| r.name == region) {
+                regions.push(RegionView {
+                    name: region,
+                    weight: Some(0),
+                    healthy: None,
+                    replication_lag_ms: None,
+                });
+            }
         }
         if self.cfg.lag_metric {
             for m in members.iter().filter(|m| !m.writer) {

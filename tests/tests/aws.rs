@@ -225,3 +225,29 @@ async fn an_unreadable_health_check_leaves_its_region_unknown_and_the_table_live
         "the unknown health is logged"
     );
 }
+
+/// The writer's region with no record of the API name (drained by a
+/// control plane that does not share this one's history file, or by hand)
+/// stays in the table as draining: its writes go on, and the table keeps
+/// following AWS.
+#[tokio::test]
+async fn the_writers_region_without_a_record_is_draining_not_a_source_error() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    moto::change_record(
+        &r53,
+        &fixture.zone_id,
+        aws_sdk_route53::types::ChangeAction::Delete,
+        moto::latency_record("us-east-1", &fixture.health_checks["us-east-1"]),
+    )
+    .await;
+    eventually("us-east-1 is draining", WAIT, || async {
+        region(&cp.table().await, "us-east-1")["state"] == "draining"
+    })
+    .await;
+    let t = cp.table().await;
+    assert_eq!(t["primary_region"], "us-east-1", "{t}");
+    assert_eq!(cp.metric("edgeroute_control_source_stale").await, 0.0);
+}
