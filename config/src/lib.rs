@@ -22,11 +22,12 @@ pub use control::{
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
-    LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig, Region,
-    Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig, TableSource, Timeouts,
-    TlsFiles,
+    LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,
+    ReadYourWrites, Region, Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig,
+    TableSource, Timeouts, TlsFiles,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{presents_bearer, read_secret, token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use values::authority as is_authority;
+pub use values::token as is_token;

@@ -45,6 +45,8 @@ struct RawConfig {
     #[serde(default)]
     retries: RawRetries,
     #[serde(default)]
+    read_your_writes: RawReadYourWrites,
+    #[serde(default)]
     shutdown: RawShutdown,
     table: RawTable,
     #[serde(default)]
@@ -234,6 +236,22 @@ impl Default for RawRetries {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
+struct RawReadYourWrites {
+    window: String,
+    cookie: String,
+}
+
+impl Default for RawReadYourWrites {
+    fn default() -> Self {
+        Self {
+            window: "5s".into(),
+            cookie: "edgeroute-ryw".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 struct RawShutdown {
     grace_period: String,
 }
@@ -334,6 +352,7 @@ pub struct ProxyConfig {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub retries: Retries,
+    pub read_your_writes: ReadYourWrites,
     pub shutdown: ShutdownConfig,
     pub table: TableSource,
     pub log: LogConfig,
@@ -567,6 +586,16 @@ pub struct Limits {
 pub struct Retries {
     /// Attempts per request including the first (default 3, at least 1).
     pub max_attempts: u32,
+}
+
+/// Read-your-writes: after a write, its client's reads go to the primary
+/// for a while, so that it reads what it wrote before the replicas have it.
+#[derive(Debug, Clone)]
+pub struct ReadYourWrites {
+    /// How long after a write (default 5 s; zero turns it off).
+    pub window: Duration,
+    /// The cookie that carries the time until which it holds.
+    pub cookie: String,
 }
 
 #[derive(Debug, Clone)]
@@ -931,6 +960,24 @@ impl RawConfig {
                 ),
             );
         }
+        let read_your_writes = ReadYourWrites {
+            window: values::duration(
+                &mut e,
+                "read_your_writes.window",
+                &self.read_your_writes.window,
+            ),
+            cookie: self.read_your_writes.cookie.clone(),
+        };
+        let cookie = &read_your_writes.cookie;
+        // RFC 6265 §4.1.1: a cookie's name is an HTTP token.
+        if !values::token(cookie.as_bytes()) {
+            e.push(
+                "read_your_writes.cookie",
+                format!(
+                    "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {cookie:?}"
+                ),
+            );
+        }
         let shutdown = ShutdownConfig {
             grace_period: values::duration(
                 &mut e,
@@ -1061,6 +1108,7 @@ impl RawConfig {
             retries: Retries {
                 max_attempts: self.retries.max_attempts,
             },
+            read_your_writes,
             shutdown,
             table,
             log: LogConfig {

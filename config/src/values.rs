@@ -173,6 +173,15 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
     }
 }
 
+/// An HTTP token (RFC 9110 §5.6.2), as field names and cookie names are;
+/// not empty.
+pub fn token(raw: &[u8]) -> bool {
+    !raw.is_empty()
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
 /// RFC 3986's authority without user information: a host name, an IPv4
 /// address or a bracketed IPv6 address, with an optional port (1-65535).
 pub fn authority(raw: &str) -> bool {

@@ -945,10 +945,7 @@ fn field_line(line: &[u8]) -> bool {
     let Some(colon) = line.iter().position(|&b| b == b':') else {
         return false;
     };
-    colon > 0
-        && line[..colon]
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    edgeroute_config::is_token(&line[..colon])
         && line[colon + 1..].iter().all(|&b| visible_or_blank(b))
 }
 

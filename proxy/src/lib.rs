@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod respond;
 pub mod rng;
 pub mod route;
+pub mod ryw;
 pub mod server;
 pub mod service;
 pub mod sim;

@@ -19,6 +19,8 @@ pub struct Metrics {
     pub refusals: IntCounterVec,
     /// Extra attempts made on another backend or region.
     pub retries: IntCounter,
+    /// Reads sent to the primary for a client's fresh write.
+    pub reads_after_write: IntCounter,
     pub table_epoch: IntGauge,
     pub table_version: IntGauge,
     pub table_swaps: IntCounter,
@@ -55,6 +57,14 @@ pub struct Metrics {
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let m = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
+    m
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let m = IntCounter::new(name, help).expect("static metric definition");
     registry
         .register(Box::new(m.clone()))
         .expect("metric registered once");
@@ -133,16 +143,16 @@ impl Metrics {
                 "Requests refused by the proxy before reaching a backend, by reason",
                 &["reason"],
             ),
-            retries: {
-                let c = IntCounter::new(
-                    "edgeroute_retries_total",
-                    "Attempts repeated on another backend or region",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            retries: counter(
+                &r,
+                "edgeroute_retries_total",
+                "Attempts repeated on another backend or region",
+            ),
+            reads_after_write: counter(
+                &r,
+                "edgeroute_reads_after_write_total",
+                "Reads sent to the primary region because their client wrote within read_your_writes.window",
+            ),
             table_epoch: gauge(
                 &r,
                 "edgeroute_table_epoch",
@@ -153,14 +163,11 @@ impl Metrics {
                 "edgeroute_table_version",
                 "Version of the routing table in force",
             ),
-            table_swaps: {
-                let c =
-                    IntCounter::new("edgeroute_table_swaps_total", "Routing tables put in force")
-                        .expect("static metric definition");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            table_swaps: counter(
+                &r,
+                "edgeroute_table_swaps_total",
+                "Routing tables put in force",
+            ),
             table_rejections: counter_vec(
                 &r,
                 "edgeroute_table_rejections_total",
@@ -269,26 +276,16 @@ impl Metrics {
                 "edgeroute_ready",
                 "1 while the proxy takes new requests",
             ),
-            control_errors: {
-                let c = IntCounter::new(
-                    "edgeroute_control_errors_total",
-                    "Failed requests to the control plane (the table in force stays)",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
-            report_errors: {
-                let c = IntCounter::new(
-                    "edgeroute_report_errors_total",
-                    "Reports to the control plane that did not arrive (retried)",
-                )
-                .expect("static metric definition");
-                r.register(Box::new(c.clone()))
-                    .expect("metric registered once");
-                c
-            },
+            control_errors: counter(
+                &r,
+                "edgeroute_control_errors_total",
+                "Failed requests to the control plane (the table in force stays)",
+            ),
+            report_errors: counter(
+                &r,
+                "edgeroute_report_errors_total",
+                "Reports to the control plane that did not arrive (retried)",
+            ),
             table_age: {
                 let g = Gauge::new(
                     "edgeroute_table_age_seconds",

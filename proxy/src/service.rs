@@ -30,7 +30,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use rand::Rng;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 type BError = Box<Error>;
 
@@ -336,6 +336,15 @@ impl EdgeProxy {
             .state
             .classifier
             .classify(req.method.as_str(), req.uri.path(), strong);
+        // A read from a client that wrote within the window goes to the
+        // primary, which has the write before the replicas do.
+        let after_write = ctx.plan.target == RouteTarget::Nearest
+            && ctx.facts.has_cookie
+            && self
+                .state
+                .ryw
+                .as_ref()
+                .is_some_and(|ryw| ryw.fresh(client.fields(), SystemTime::now()));
         if ctx.plan.class == RouteClass::Write && self.state.table_too_old_for_writes() {
             return Some(ErrorReply::Refused(Refusal::TableStale));
         }
@@ -343,9 +352,26 @@ impl EdgeProxy {
             return Some(ErrorReply::Refused(Refusal::NoTable));
         };
         // The request's clock: ejection windows are seconds long.
-        let decision = self
-            .state
-            .choose_region(&snapshot, ctx.plan.target, 0, ctx.started);
+        // A primary that cannot take such a read (a failover under way,
+        // say) leaves it to the nearest region: a read that may miss the
+        // write beats none.
+        let primary = after_write
+            .then(|| {
+                self.state
+                    .choose_region(&snapshot, RouteTarget::Primary, 0, ctx.started)
+                    .ok()
+            })
+            .flatten();
+        let decision = match primary {
+            Some(region) => {
+                ctx.plan.target = RouteTarget::Primary;
+                self.state.metrics.reads_after_write.inc();
+                Ok(region)
+            }
+            None => self
+                .state
+                .choose_region(&snapshot, ctx.plan.target, 0, ctx.started),
+        };
         ctx.snapshot = Some(snapshot);
         match decision {
             Ok(region) => {
@@ -563,7 +589,12 @@ impl EdgeProxy {
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
-        let (resp, own) = upstream::client_response(resp, region, &ctx.request_id);
+        let (resp, mut own) = upstream::client_response(resp, region, &ctx.request_id);
+        if ctx.plan.class == RouteClass::Write
+            && let Some(ryw) = &self.state.ryw
+        {
+            own.push(http::header::SET_COOKIE, ryw.set_cookie(SystemTime::now()));
+        }
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if answered_early || self.state.lifecycle.is_shutting_down() {
             // The client's body was not read in full, or the proxy is

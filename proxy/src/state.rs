@@ -16,6 +16,8 @@ pub struct AppState {
     pub config: ProxyConfig,
     pub topology: Topology,
     pub classifier: Classifier,
+    /// Read-your-writes, unless its window is zero.
+    pub ryw: Option<crate::ryw::ReadYourWrites>,
     pub router: Router,
     pub metrics: Metrics,
     pub request_metrics: RequestMetrics,
@@ -59,6 +61,7 @@ impl AppState {
             hold_writes_after_ms,
             admin_token,
             classifier: Classifier::new(config.methods.clone(), config.routes.clone()),
+            ryw: crate::ryw::ReadYourWrites::new(&config.read_your_writes),
             config,
             topology,
             router: Router::default(),

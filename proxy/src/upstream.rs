@@ -87,6 +87,8 @@ pub struct RequestFacts {
     pub has_forwarded_for: bool,
     /// A `Host` is present.
     pub has_host: bool,
+    /// A `Cookie` is present.
+    pub has_cookie: bool,
 }
 
 impl RequestFacts {
@@ -133,6 +135,8 @@ impl RequestFacts {
                 }
             } else if is(name, FORWARDED_FOR.as_str()) {
                 facts.has_forwarded_for = true;
+            } else if is(name, "cookie") {
+                facts.has_cookie = true;
             }
         }
         facts.websocket = facts.upgrade_websocket && is_websocket_upgrade(req, fields);
@@ -246,23 +250,35 @@ pub fn client_response(
     request_id: &HeaderValue,
 ) -> (h1::ResponseHead, OwnFields) {
     strip_response_fields(&mut backend.fields, backend.status);
-    let own = OwnFields {
+    let mut own = OwnFields {
         fields: [
             (REQUEST_ID, request_id.clone()),
-            (
-                REGION,
-                region.cloned().unwrap_or(HeaderValue::from_static("")),
-            ),
+            (REGION, HeaderValue::from_static("")),
+            (REGION, HeaderValue::from_static("")),
         ],
-        len: if region.is_some() { 2 } else { 1 },
+        len: 1,
     };
+    if let Some(region) = region {
+        own.push(REGION, region.clone());
+    }
     (backend, own)
 }
 
 /// The fields the proxy adds to a response it passes on.
 pub struct OwnFields {
-    fields: [(HeaderName, HeaderValue); 2],
+    fields: [(HeaderName, HeaderValue); 3],
     len: usize,
+}
+
+impl OwnFields {
+    /// Adds one: the request id, the region, and a `Set-Cookie` of the
+    /// proxy's own fill the room there is.
+    pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        if let Some(place) = self.fields.get_mut(self.len) {
+            *place = (name, value);
+            self.len += 1;
+        }
+    }
 }
 
 impl std::ops::Deref for OwnFields {

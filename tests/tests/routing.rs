@@ -1,7 +1,8 @@
 //! Reads stay local, writes go to the primary: against the real binary.
 
-use edgeroute_tests::{Origin, ProxyBuilder, client, table};
+use edgeroute_tests::{Origin, ProxyBuilder, client, eventually, table};
 use serde_json::Value;
+use std::time::Duration;
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
@@ -468,4 +469,89 @@ async fn admin_endpoints_report_state() {
             .status(),
         404
     );
+}
+
+/// Read-your-writes: a write's answer carries a cookie, and the reads that
+/// bring it back within `read_your_writes.window` go to the primary; after
+/// the window, or without it, reads are local again. With a failover under
+/// way such a read goes to the nearest region rather than failing.
+#[tokio::test]
+async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
+    let w = world().await;
+    let proxy = builder(&w)
+        .table(table(
+            1,
+            1,
+            Some(EU),
+            &[(US, "active"), (EU, "active"), (AP, "active")],
+        ))
+        .extra("[read_your_writes]\nwindow = \"2s\"\n")
+        .start()
+        .await;
+    let c = client();
+    let write = c
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = write.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.starts_with("edgeroute-ryw=") && set_cookie.contains("Max-Age=2"),
+        "{set_cookie}"
+    );
+    assert_eq!(served_by(write).await, (200, EU.into()));
+    let token = set_cookie.split(';').next().unwrap().to_owned();
+    let read = || {
+        c.get(proxy.url("/orders/1"))
+            .header("cookie", format!("session=abc; {token}"))
+            .send()
+    };
+    assert_eq!(served_by(read().await.unwrap()).await, (200, EU.into()));
+    assert_eq!(proxy.metric("edgeroute_reads_after_write_total").await, 1.0);
+    // Without the cookie, local; a read has no cookie to give.
+    let plain = c.get(proxy.url("/orders/1")).send().await.unwrap();
+    assert!(plain.headers().get("set-cookie").is_none());
+    assert_eq!(served_by(plain).await, (200, US.into()));
+    // A failover under way: the read is not refused.
+    let mut failing_over = table(
+        2,
+        2,
+        Some(EU),
+        &[(US, "active"), (EU, "active"), (AP, "active")],
+    );
+    failing_over["failover_in_progress"] = true.into();
+    proxy.swap_table(&failing_over).await;
+    assert_eq!(served_by(read().await.unwrap()).await, (200, US.into()));
+    proxy
+        .swap_table(&table(
+            3,
+            3,
+            Some(EU),
+            &[(US, "active"), (EU, "active"), (AP, "active")],
+        ))
+        .await;
+    // The window passes: local again.
+    eventually("the token expires", Duration::from_secs(30), || async {
+        served_by(read().await.unwrap()).await == (200, US.into())
+    })
+    .await;
+}
+
+/// `read_your_writes.window = "0s"` turns it off: no cookie on writes.
+#[tokio::test]
+async fn a_zero_window_sets_no_cookie() {
+    let w = world().await;
+    let proxy = builder(&w)
+        .extra("[read_your_writes]\nwindow = \"0s\"\n")
+        .start()
+        .await;
+    let write = client()
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 200);
+    assert!(write.headers().get("set-cookie").is_none());
 }

@@ -37,6 +37,8 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.retries.max_attempts, 3);
+    assert_eq!(c.read_your_writes.window, Duration::from_secs(5));
+    assert_eq!(c.read_your_writes.cookie, "edgeroute-ryw");
     assert!(!c.runtime.work_stealing);
     let TableSource::File {
         path,
@@ -95,6 +97,10 @@ max_request_body = "huge"
 [retries]
 max_attempts = 0
 
+[read_your_writes]
+window = "later"
+cookie = "a b"
+
 [table]
 source = "file"
 path = "t.json"
@@ -125,6 +131,8 @@ format = "xml"
         ("timeouts.connect", "\"-1s\""),
         ("limits.max_request_body", "\"huge\""),
         ("retries.max_attempts", "got 0"),
+        ("read_your_writes.window", "\"later\""),
+        ("read_your_writes.cookie", "\"a b\""),
         ("table.watch_interval", "\"0ms\""),
         ("log.format", "\"xml\""),
     ];
