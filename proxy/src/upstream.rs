@@ -188,8 +188,12 @@ pub fn backend_request(
     out.extend_from_slice(&target);
     out.extend_from_slice(b" HTTP/1.1\r\n");
     let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
+    // HTTP/2 may split `Cookie` into crumbs; an HTTP/1.1 request carries
+    // one field, the crumbs joined by "; " (RFC 9113 §8.2.3).
+    let crumbs = client.version == http::Version::HTTP_2 && facts.has_cookie;
     for (name, value) in fields.iter() {
-        let replaced = (host.is_some() && is(name, "host"))
+        let replaced = (crumbs && is(name, "cookie"))
+            || (host.is_some() && is(name, "host"))
             || (fwd.client_ip.is_some() && is(name, "x-forwarded-for"))
             || SET_UPSTREAM.iter().any(|n| is(name, n));
         if replaced
@@ -200,6 +204,10 @@ pub fn backend_request(
             continue;
         }
         h1::put_field(&mut out, name, value);
+    }
+    if crumbs {
+        let joined: Vec<&[u8]> = fields.get_all("cookie").collect();
+        h1::put_field(&mut out, "cookie", &joined.join(&b"; "[..]));
     }
     match &host {
         Some(host) => h1::put_field(&mut out, "host", host.as_bytes()),
@@ -862,6 +870,23 @@ mod tests {
         let req = forward(&req, false).expect("valid");
         assert_eq!(req.headers["host"], "api.example.com");
         assert_eq!(req.line, "GET /x HTTP/1.1");
+    }
+
+    #[test]
+    fn an_http2_requests_cookie_crumbs_reach_the_backend_as_one_field() {
+        let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
+        req.set_uri(http::Uri::from_static("https://api.example.com/x"));
+        for crumb in ["a=1", "b=2", "edgeroute-ryw=9"] {
+            req.append_header("cookie", crumb).unwrap();
+        }
+        req.set_version(http::Version::HTTP_2);
+        let sent = forward(&req, false).expect("valid");
+        let cookies: Vec<_> = sent.headers.get_all("cookie").iter().collect();
+        assert_eq!(cookies, ["a=1; b=2; edgeroute-ryw=9"]);
+        // HTTP/1.1 clients send one field already; theirs go on as sent.
+        req.set_version(http::Version::HTTP_11);
+        let sent = forward(&req, false).expect("valid");
+        assert_eq!(sent.headers.get_all("cookie").iter().count(), 3);
     }
 
     #[test]
