@@ -50,8 +50,10 @@ pub struct ServerState {
 
 /// Largest proxy report accepted.
 const MAX_REPORT: usize = 64 * 1024;
-/// How long a client may take to send a request head.
-const HEAD_TIME: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request head, and how long a
+/// connection may idle between requests (hyper counts both alike). Longer
+/// than a proxy's report interval, 10 s by default.
+const HEAD_TIME: Duration = Duration::from_secs(30);
 
 pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
     loop {

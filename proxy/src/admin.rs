@@ -18,8 +18,10 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 use tokio::net::TcpListener;
 
-/// How long a client may take to send a request head.
-const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request head, and how long a
+/// connection may idle between requests (hyper counts both alike). Longer
+/// than a scrape interval's usual 15 s.
+const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Serves the admin API on `listener` until the process exits.
 pub async fn serve(state: Arc<AppState>, listener: TcpListener) {

@@ -52,14 +52,14 @@ pub async fn until_closed(conn: &mut tokio::net::TcpStream, limit: Duration) -> 
 }
 
 /// Sends half a request head to `addr` and waits for the server to close
-/// the connection; panics if it is still open after 30 s.
+/// the connection; panics if it is still open after 60 s.
 pub async fn half_head_is_closed(addr: std::net::SocketAddr) {
     use tokio::io::AsyncWriteExt;
     let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
     conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    until_closed(&mut conn, Duration::from_secs(30)).await;
+    until_closed(&mut conn, Duration::from_secs(60)).await;
 }
 
 /// The value of one Prometheus sample line (`name{labels} value`) in `text`;
