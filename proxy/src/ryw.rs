@@ -10,13 +10,16 @@
 use crate::fields::Fields;
 use cookie::{Cookie, SameSite};
 use http::HeaderValue;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The configured window and cookie, when the window is not zero.
 #[derive(Debug, Clone)]
 pub struct ReadYourWrites {
-    window: Duration,
-    cookie: String,
+    window_ms: u64,
+    /// `name=`, as a `Cookie` field carries it.
+    name_eq: Vec<u8>,
+    /// What follows the value in `Set-Cookie`: its attributes.
+    attributes: String,
 }
 
 /// Milliseconds since the Unix epoch at `t` (0 before it).
@@ -27,43 +30,67 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 impl ReadYourWrites {
     pub fn new(cfg: &edgeroute_config::ReadYourWrites) -> Option<Self> {
-        (!cfg.window.is_zero()).then(|| ReadYourWrites {
-            window: cfg.window,
-            cookie: cfg.cookie.clone(),
+        if cfg.window.is_zero() {
+            return None;
+        }
+        // Whole seconds, rounded up: the browser keeps it no shorter than
+        // the window.
+        let max_age = cfg.window.as_secs() + u64::from(cfg.window.subsec_nanos() > 0);
+        let template = Cookie::build((cfg.cookie.as_str(), "0"))
+            .path("/")
+            .max_age(cookie::time::Duration::seconds(
+                i64::try_from(max_age).unwrap_or(i64::MAX),
+            ))
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .build()
+            .to_string();
+        let attributes = template
+            .split_once(';')
+            .map_or(String::new(), |(_, rest)| format!(";{rest}"));
+        Some(ReadYourWrites {
+            window_ms: u64::try_from(cfg.window.as_millis()).unwrap_or(u64::MAX),
+            name_eq: format!("{}=", cfg.cookie).into_bytes(),
+            attributes,
         })
     }
 
     /// The `Set-Cookie` value for a write answered at `now`.
     pub fn set_cookie(&self, now: SystemTime) -> HeaderValue {
-        let until =
-            unix_ms(now).saturating_add(u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX));
-        let cookie = Cookie::build((self.cookie.as_str(), until.to_string()))
-            .path("/")
-            // Whole seconds, rounded up: the browser keeps it no shorter
-            // than the window.
-            .max_age(cookie::time::Duration::seconds(
-                i64::try_from(self.window.as_secs() + u64::from(self.window.subsec_nanos() > 0))
-                    .unwrap_or(i64::MAX),
-            ))
-            .http_only(true)
-            .same_site(SameSite::Lax)
-            .build();
-        // A token name and digits: always a valid field value.
-        HeaderValue::try_from(cookie.to_string()).unwrap_or(HeaderValue::from_static(""))
+        let until = unix_ms(now).saturating_add(self.window_ms);
+        let name = &self.name_eq[..self.name_eq.len() - 1];
+        let text = format!(
+            "{}={until}{}",
+            String::from_utf8_lossy(name),
+            self.attributes
+        );
+        // A token name, digits and fixed attributes: always a valid value.
+        HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""))
     }
 
     /// Whether the request's `Cookie` fields hold a token still fresh at
-    /// `now`. Malformed cookies are skipped, as a browser's neighbours'
-    /// may be.
-    pub fn fresh(&self, fields: &Fields, now: SystemTime) -> bool {
-        let now = unix_ms(now);
-        fields.get_all("cookie").any(|value| {
-            let Ok(text) = std::str::from_utf8(value) else {
-                return false;
-            };
-            Cookie::split_parse(text).flatten().any(|c| {
-                c.name() == self.cookie && c.value().parse::<u64>().is_ok_and(|until| now < until)
-            })
+    /// `now` (read only when a token is found). This runs on reads that
+    /// carry cookies, which through a CDN are most, and browsers' cookies
+    /// run to kilobytes: the token is found by a byte search for its
+    /// name, not by parsing every cookie.
+    pub fn fresh(&self, fields: &Fields, now: impl FnOnce() -> SystemTime) -> bool {
+        let Some(until) = fields.get_all("cookie").find_map(|v| self.token(v)) else {
+            return false;
+        };
+        unix_ms(now()) < until
+    }
+
+    /// The token's time in one `Cookie` field, if it holds a well-formed
+    /// one: `name=digits` as a whole cookie of the list.
+    fn token(&self, field: &[u8]) -> Option<u64> {
+        memchr::memmem::find_iter(field, &self.name_eq).find_map(|at| {
+            let starts_cookie = at == 0 || matches!(field[at - 1], b';' | b' ' | b'\t');
+            let value = &field[at + self.name_eq.len()..];
+            let value = &value[..memchr::memchr(b';', value).unwrap_or(value.len())];
+            let value = value.trim_ascii();
+            (starts_cookie && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(value).ok()?.parse().ok())
+                .flatten()
         })
     }
 }
@@ -119,8 +146,8 @@ mod tests {
         let r = ryw(5000);
         let now = SystemTime::now();
         let mine = sent_back(&r.set_cookie(now));
-        assert!(r.fresh(&with_cookie(&format!("a=1; {mine}; b=2")), now));
-        assert!(r.fresh(&with_cookie(&format!("bad; ;=x; {mine}")), now));
+        assert!(r.fresh(&with_cookie(&format!("a=1; {mine}; b=2")), || now));
+        assert!(r.fresh(&with_cookie(&format!("bad; ;=x; {mine}")), || now));
         for other in [
             "",
             "a=1",
@@ -129,12 +156,47 @@ mod tests {
             "edgeroute-ryw2=99999999999999",
             "=x",
         ] {
-            assert!(!r.fresh(&with_cookie(other), now), "{other:?}");
+            assert!(!r.fresh(&with_cookie(other), || now), "{other:?}");
         }
-        assert!(!r.fresh(&Fields::default(), now));
+        assert!(!r.fresh(&Fields::default(), || now));
     }
 
     proptest! {
+        /// The byte search finds what a cookie parser finds: the first
+        /// cookie of the name whose value is a number.
+        #[test]
+        fn the_token_search_agrees_with_a_cookie_parser(
+            cookies in proptest::collection::vec(
+                (
+                    prop_oneof![
+                        Just("edgeroute-ryw"),
+                        Just("xedgeroute-ryw"),
+                        Just("edgeroute-ryw2"),
+                        Just("a"),
+                    ],
+                    "[0-9a-z=]{0,22}",
+                ),
+                0..5,
+            ),
+        ) {
+            let r = ryw(5000);
+            let field = cookies
+                .iter()
+                .map(|(name, value)| format!("{name}={value}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            let parsed = cookie::Cookie::split_parse(field.as_str())
+                .flatten()
+                .filter(|c| c.name() == "edgeroute-ryw")
+                .find_map(|c| {
+                    let v = c.value();
+                    (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| v.parse::<u64>().ok())
+                        .flatten()
+                });
+            prop_assert_eq!(r.token(field.as_bytes()), parsed, "{}", field);
+        }
+
         /// A token minted at `t` sends reads to the primary exactly while
         /// less than the window has passed.
         #[test]
@@ -147,7 +209,7 @@ mod tests {
             let minted = UNIX_EPOCH + Duration::from_millis(t);
             let fields = with_cookie(&sent_back(&r.set_cookie(minted)));
             let read = minted + Duration::from_millis(later);
-            prop_assert_eq!(r.fresh(&fields, read), later < window);
+            prop_assert_eq!(r.fresh(&fields, || read), later < window);
         }
     }
 }

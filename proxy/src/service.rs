@@ -81,6 +81,9 @@ struct Ctx {
     /// The region of the backend picked last: the one whose answer, or
     /// failure, the client gets. `None` while no backend was picked.
     sent_to: Option<usize>,
+    /// A read sent to the primary for its client's fresh write: it may go
+    /// to the nearest region when the primary's backends fail.
+    after_write: bool,
     request_id: HeaderValue,
     reply: Option<ErrorReply>,
     body_bytes: u64,
@@ -249,6 +252,7 @@ impl EdgeProxy {
             attempts: 0,
             backend: None,
             sent_to: None,
+            after_write: false,
             request_id: facts
                 .request_id
                 .clone()
@@ -344,7 +348,7 @@ impl EdgeProxy {
                 .state
                 .ryw
                 .as_ref()
-                .is_some_and(|ryw| ryw.fresh(client.fields(), SystemTime::now()));
+                .is_some_and(|ryw| ryw.fresh(client.fields(), SystemTime::now));
         if ctx.plan.class == RouteClass::Write && self.state.table_too_old_for_writes() {
             return Some(ErrorReply::Refused(Refusal::TableStale));
         }
@@ -365,6 +369,7 @@ impl EdgeProxy {
         let decision = match primary {
             Some(region) => {
                 ctx.plan.target = RouteTarget::Primary;
+                ctx.after_write = true;
                 self.state.metrics.reads_after_write.inc();
                 Ok(region)
             }
@@ -449,8 +454,13 @@ impl EdgeProxy {
                 return Ok(Arc::clone(pick.backend));
             }
             // Every backend of this region is tried or out of rotation. Only a
-            // nearest-region read may move on; writes stay on the primary.
+            // nearest-region read may move on (one sent to the primary for
+            // its client's write too); writes stay on the primary.
             ctx.excluded_regions |= 1 << region;
+            if ctx.after_write {
+                ctx.plan.target = RouteTarget::Nearest;
+                ctx.after_write = false;
+            }
             let next = (ctx.plan.target == RouteTarget::Nearest)
                 .then(|| {
                     self.state
@@ -590,8 +600,15 @@ impl EdgeProxy {
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
         let (resp, mut own) = upstream::client_response(resp, region, &ctx.request_id);
+        // A write by its method: a read that a `primary` rule sends to the
+        // primary has nothing for later reads to follow.
         if ctx.plan.class == RouteClass::Write
             && let Some(ryw) = &self.state.ryw
+            && !self
+                .state
+                .config
+                .methods
+                .is_read(client.request().method.as_str())
         {
             own.push(http::header::SET_COOKIE, ryw.set_cookie(SystemTime::now()));
         }

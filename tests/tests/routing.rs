@@ -1,8 +1,7 @@
 //! Reads stay local, writes go to the primary: against the real binary.
 
-use edgeroute_tests::{Origin, ProxyBuilder, client, eventually, table};
+use edgeroute_tests::{Origin, ProxyBuilder, client, table};
 use serde_json::Value;
-use std::time::Duration;
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
@@ -472,9 +471,10 @@ async fn admin_endpoints_report_state() {
 }
 
 /// Read-your-writes: a write's answer carries a cookie, and the reads that
-/// bring it back within `read_your_writes.window` go to the primary; after
-/// the window, or without it, reads are local again. With a failover under
-/// way such a read goes to the nearest region rather than failing.
+/// bring it back within `read_your_writes.window` go to the primary; a
+/// token past its time, or none, leaves reads local. A read the primary
+/// cannot take (a failover under way, its backends failing) goes to the
+/// nearest region rather than failing, and a `local` rule keeps its reads.
 #[tokio::test]
 async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
     let w = world().await;
@@ -485,7 +485,11 @@ async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
             Some(EU),
             &[(US, "active"), (EU, "active"), (AP, "active")],
         ))
-        .extra("[read_your_writes]\nwindow = \"2s\"\n")
+        .extra(
+            "[health]\nprobes = false\neject_after = 100\n\n[read_your_writes]\nwindow = \"1h\"\n\n\
+             [[routes]]\nprefix = \"/session\"\nroute = \"local\"\n\n\
+             [[routes]]\nprefix = \"/account\"\nroute = \"primary\"\n",
+        )
         .start()
         .await;
     let c = client();
@@ -497,22 +501,41 @@ async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
         .unwrap();
     let set_cookie = write.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
-        set_cookie.starts_with("edgeroute-ryw=") && set_cookie.contains("Max-Age=2"),
+        set_cookie.starts_with("edgeroute-ryw=") && set_cookie.contains("Max-Age=3600"),
         "{set_cookie}"
     );
     assert_eq!(served_by(write).await, (200, EU.into()));
     let token = set_cookie.split(';').next().unwrap().to_owned();
-    let read = || {
-        c.get(proxy.url("/orders/1"))
-            .header("cookie", format!("session=abc; {token}"))
+    let read_with = |path: &'static str, cookie: String| {
+        c.get(proxy.url(path))
+            .header("cookie", format!("session=abc; {cookie}"))
             .send()
     };
-    assert_eq!(served_by(read().await.unwrap()).await, (200, EU.into()));
-    assert_eq!(proxy.metric("edgeroute_reads_after_write_total").await, 1.0);
-    // Without the cookie, local; a read has no cookie to give.
+    let after_write = || proxy.metric("edgeroute_reads_after_write_total");
+    assert_eq!(
+        served_by(read_with("/orders/1", token.clone()).await.unwrap()).await,
+        (200, EU.into())
+    );
+    assert_eq!(after_write().await, 1.0);
+    // A `local` rule keeps its reads local.
+    assert_eq!(
+        served_by(read_with("/session", token.clone()).await.unwrap()).await,
+        (200, US.into())
+    );
+    // A token past its time, or none: local. A read sets no cookie, and
+    // neither does a read a `primary` rule sends to the primary.
+    let expired = read_with("/orders/1", "edgeroute-ryw=1000".into())
+        .await
+        .unwrap();
+    assert_eq!(served_by(expired).await, (200, US.into()));
     let plain = c.get(proxy.url("/orders/1")).send().await.unwrap();
     assert!(plain.headers().get("set-cookie").is_none());
     assert_eq!(served_by(plain).await, (200, US.into()));
+    let account = c.get(proxy.url("/account")).send().await.unwrap();
+    assert!(account.headers().get("set-cookie").is_none());
+    assert_eq!(served_by(account).await, (200, EU.into()));
+    assert_eq!(after_write().await, 1.0);
+
     // A failover under way: the read is not refused.
     let mut failing_over = table(
         2,
@@ -522,20 +545,37 @@ async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
     );
     failing_over["failover_in_progress"] = true.into();
     proxy.swap_table(&failing_over).await;
-    assert_eq!(served_by(read().await.unwrap()).await, (200, US.into()));
-    proxy
-        .swap_table(&table(
-            3,
-            3,
-            Some(EU),
-            &[(US, "active"), (EU, "active"), (AP, "active")],
-        ))
+    assert_eq!(
+        served_by(read_with("/orders/1", token.clone()).await.unwrap()).await,
+        (200, US.into())
+    );
+    assert_eq!(after_write().await, 1.0);
+}
+
+/// A read sent to the primary for its client's write goes to the nearest
+/// region when the primary's backends fail, where a write would get 503.
+#[tokio::test]
+async fn a_read_after_a_write_whose_primary_fails_goes_to_the_nearest_region() {
+    let us = Origin::start(US).await;
+    let dead = Origin::start(EU).await;
+    dead.stop();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[dead.addr])
+        .table(table(1, 1, Some(EU), &[(US, "active"), (EU, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .start()
         .await;
-    // The window passes: local again.
-    eventually("the token expires", Duration::from_secs(30), || async {
-        served_by(read().await.unwrap()).await == (200, US.into())
-    })
-    .await;
+    let read = client()
+        .get(proxy.url("/orders/1"))
+        .header("cookie", "edgeroute-ryw=99999999999999")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(served_by(read).await, (200, US.into()));
+    assert_eq!(proxy.metric("edgeroute_reads_after_write_total").await, 1.0);
+    let write = client().post(proxy.url("/orders")).send().await.unwrap();
+    assert_eq!(write.status(), 503);
 }
 
 /// `read_your_writes.window = "0s"` turns it off: no cookie on writes.
