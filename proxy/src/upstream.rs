@@ -206,8 +206,16 @@ pub fn backend_request(
         h1::put_field(&mut out, name, value);
     }
     if crumbs {
-        let joined: Vec<&[u8]> = fields.get_all("cookie").collect();
-        h1::put_field(&mut out, "cookie", &joined.join(&b"; "[..]));
+        let mut crumb = fields.get_all("cookie");
+        if let Some(first) = crumb.next() {
+            out.extend_from_slice(b"cookie: ");
+            out.extend_from_slice(first);
+            for next in crumb {
+                out.extend_from_slice(b"; ");
+                out.extend_from_slice(next);
+            }
+            out.extend_from_slice(b"\r\n");
+        }
     }
     match &host {
         Some(host) => h1::put_field(&mut out, "host", host.as_bytes()),
