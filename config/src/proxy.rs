@@ -977,6 +977,18 @@ impl RawConfig {
                     "must be a cookie name (letters, digits and !#$%&'*+-.^_`|~), got {cookie:?}"
                 ),
             );
+        } else if ["__secure-", "__host-"]
+            .iter()
+            .any(|p| cookie.to_ascii_lowercase().starts_with(p))
+        {
+            // Browsers drop such a cookie unless it is Secure, which would
+            // turn read-your-writes off without a word.
+            e.push(
+                "read_your_writes.cookie",
+                format!(
+                    "must not start with __Secure- or __Host- (browsers keep those only over HTTPS with attributes this cookie does not set), got {cookie:?}"
+                ),
+            );
         }
         let shutdown = ShutdownConfig {
             grace_period: values::duration(

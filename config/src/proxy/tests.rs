@@ -151,6 +151,21 @@ format = "xml"
 }
 
 #[test]
+fn a_read_your_writes_cookie_needing_https_is_refused() {
+    for name in ["__Secure-ryw", "__host-ryw"] {
+        let text = format!("{MINIMAL}\n[read_your_writes]\ncookie = \"{name}\"\n");
+        let Err(FromTomlError::Invalid(errs)) = parse(&text) else {
+            panic!("{name} accepted")
+        };
+        assert!(
+            errs.iter()
+                .any(|e| e.path == "read_your_writes.cookie" && e.message.contains(name)),
+            "{errs}"
+        );
+    }
+}
+
+#[test]
 fn unknown_fields_and_syntax_errors_are_parse_errors_with_location() {
     let Err(FromTomlError::Parse(msg)) =
         parse(&format!("{MINIMAL}\n[health]\nintervall = \"5s\"\n"))
