@@ -160,6 +160,11 @@ impl Default for RawControlLog {
     }
 }
 
+/// The shortest time a runbook command follows a change for: Route 53 and
+/// Aurora take seconds at the least, so a shorter one would make the change
+/// and then report it failed.
+pub const MIN_ACTION_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Environment variable that gives the table server's bearer token instead
 /// of `server.token_file` (for secrets injected as environment variables).
 pub const TOKEN_ENV: &str = "EDGEROUTE_CONTROL_TOKEN";
@@ -437,7 +442,20 @@ impl RawActions {
         };
         ActionsConfig {
             history_file: values::resolve(base, &self.history_file),
-            timeout: values::positive_duration(e, "actions.timeout", &self.timeout),
+            timeout: {
+                let timeout = values::positive_duration(e, "actions.timeout", &self.timeout);
+                if !timeout.is_zero() && timeout < MIN_ACTION_TIMEOUT {
+                    e.push(
+                        "actions.timeout",
+                        format!(
+                            "must be at least {}: a change would be made and then reported failed, got {:?}",
+                            humantime::format_duration(MIN_ACTION_TIMEOUT),
+                            self.timeout
+                        ),
+                    );
+                }
+                timeout
+            },
             proxy_max_age: values::positive_duration(
                 e,
                 "actions.proxy_max_age",
@@ -579,7 +597,27 @@ impl TopologyView {
 
 #[cfg(test)]
 mod tests {
-    use super::TopologyView;
+    use super::{ControlConfig, ControlConfigError, TopologyView};
+
+    #[test]
+    fn an_action_timeout_too_short_to_follow_a_change_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(
+            &path,
+            "[source]\nkind = \"file\"\npath = \"topology.json\"\n\n[actions]\ntimeout = \"1ms\"\n",
+        )
+        .unwrap();
+        let Err(ControlConfigError::Invalid { errors, .. }) = ControlConfig::load(&path) else {
+            panic!("a 1 ms timeout was accepted")
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "actions.timeout" && e.message.contains("at least 5s")),
+            "{errors}"
+        );
+    }
 
     #[test]
     fn a_topology_without_regions_gives_no_table() {

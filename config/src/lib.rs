@@ -17,7 +17,8 @@ mod values;
 
 pub use control::{
     ActionsConfig, AutomationConfig, AwsSourceConfig, ControlConfig, ControlConfigError,
-    NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV, TopologyView,
+    MIN_ACTION_TIMEOUT, NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV,
+    TopologyView,
 };
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{

@@ -206,8 +206,6 @@ fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
 
 /// Pause between reads while an action is followed.
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
-/// The shortest `--timeout` a runbook command takes.
-const MIN_FOLLOW: Duration = Duration::from_secs(5);
 
 /// The endpoint AWS calls go to (an emulator), if configured.
 fn endpoint(cfg: &ControlConfig) -> Option<&str> {
@@ -251,10 +249,10 @@ async fn runner(
 /// and then report it failed.
 fn follow_timeout(raw: &str) -> Result<Duration, String> {
     let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if timeout < MIN_FOLLOW {
+    if timeout < edgeroute_config::MIN_ACTION_TIMEOUT {
         return Err(format!(
             "must be at least {}: the change would be made and then reported failed",
-            humantime::format_duration(MIN_FOLLOW)
+            humantime::format_duration(edgeroute_config::MIN_ACTION_TIMEOUT)
         ));
     }
     Ok(timeout)
