@@ -170,12 +170,19 @@ impl AwsSource {
         // removed stay in the table as draining; other regions without a
         // record leave it. (Not every member: a secondary kept for recovery
         // alone is no region of the proxies, which would refuse the table.)
-        let drained = self
+        let drained = match self
             .history_file
             .as_ref()
-            .and_then(|path| crate::history::History::load(path).ok())
-            .map(|h| h.drained_records.into_keys().collect::<Vec<_>>())
-            .unwrap_or_default();
+            .map(|p| crate::history::History::load(p))
+        {
+            Some(Ok(h)) => h.drained_records.into_keys().collect(),
+            Some(Err(e)) => {
+                // Drained regions would leave the table: say why.
+                tracing::warn!(error = %e, "cannot read the history file; regions drained by removing their records are out of the table until it can be read");
+                Vec::new()
+            }
+            None => Vec::new(),
+        };
         for region in std::iter::once(writer_region.clone()).chain(drained) {
             if !regions.iter().any(|r| r.name == region) {
                 regions.push(RegionView {
