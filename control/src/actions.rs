@@ -704,7 +704,8 @@ impl Runner {
         let proxies = self.control.proxies().await?;
         Ok(Before {
             epoch: table.as_ref().map_or(0, |t| t.epoch),
-            version: table.map_or(0, |t| t.version),
+            version: table.as_ref().map_or(0, |t| t.version),
+            table,
             proxies: proxies.into_iter().map(|p| p.report.id).collect(),
         })
     }
@@ -1147,6 +1148,15 @@ impl Runner {
         })
         .map_err(|e| format!("{e}; nothing changed"))?;
         let removed = matches!(change, RecordChange::Remove);
+        let shows = |t: &RoutingTable| {
+            t.region(region)
+                .map_or(removed, |r| i64::from(r.weight) == table_weight)
+        };
+        // Records of one region that disagreed (an A at 40, an AAAA at 0)
+        // are given one weight the table showed already: no newer table
+        // will come, and none is needed.
+        let unchanged = matches!(change, RecordChange::Weight { from, to, .. } if from == to)
+            && before.table.as_ref().is_some_and(shows);
         let error = async {
             self.aws
                 .change_records(
@@ -1167,9 +1177,8 @@ impl Runner {
                     // plane that did not make the change (its history file
                     // does not show the drain): proxies then route around it.
                     |t| {
-                        (t.epoch, t.version) > (before.epoch, before.version)
-                            && t.region(region)
-                                .map_or(removed, |r| i64::from(r.weight) == table_weight)
+                        (unchanged || (t.epoch, t.version) > (before.epoch, before.version))
+                            && shows(t)
                     },
                 )
                 .await?;
@@ -1205,6 +1214,7 @@ impl Runner {
 struct Before {
     epoch: u64,
     version: u64,
+    table: Option<RoutingTable>,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
 }
