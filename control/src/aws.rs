@@ -12,8 +12,8 @@ use aws_sdk_cloudwatch::types::{Dimension, Statistic};
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet};
 use aws_smithy_http_client::tls;
 use edgeroute_config::{AwsSourceConfig, RegionView, TopologyView};
-use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime};
 
 /// A replication lag older than this is unknown: when a primary fails its
 /// lag metric stops, and the last value would look better than the truth.
@@ -87,7 +87,18 @@ pub struct AwsSource {
     /// The history file, whose regions drained by removing their record
     /// stay in the table as draining.
     history_file: Option<std::path::PathBuf>,
+    /// Each health check's last reading and when it was read: it stands in
+    /// for a reading that fails, for [`HEALTH_MEMORY`].
+    health: std::sync::Mutex<Readings>,
 }
+
+/// Health check → its last reading, and when it was read.
+type Readings = HashMap<String, (bool, Instant)>;
+
+/// How long a health check's last reading stands in for failed reads
+/// (throttling, a brief outage of the API): a region known down is not
+/// shown active for that.
+const HEALTH_MEMORY: Duration = Duration::from_secs(300);
 
 impl AwsSource {
     pub async fn new(cfg: &AwsSourceConfig, history_file: Option<&std::path::Path>) -> Self {
@@ -104,6 +115,7 @@ impl AwsSource {
             route53,
             cluster_regions: std::sync::Mutex::new(Vec::new()),
             history_file: history_file.map(std::path::Path::to_path_buf),
+            health: std::sync::Mutex::default(),
         }
     }
 
@@ -241,15 +253,42 @@ impl AwsSource {
         ids.dedup();
         let mut healthy = None;
         for id in ids {
-            match self.check_healthy(id).await {
-                Ok(false) => return Some(false),
-                Ok(true) => healthy = Some(true),
-                Err(e) => {
-                    tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read");
+            let reading = match self.check_healthy(id).await {
+                Ok(h) => {
+                    self.remembered()
+                        .insert(id.to_owned(), (h, std::time::Instant::now()));
+                    Some(h)
                 }
+                Err(e) => {
+                    let last = self
+                        .remembered()
+                        .get(id)
+                        .filter(|(_, at)| at.elapsed() < HEALTH_MEMORY)
+                        .map(|(h, at)| (*h, at.elapsed()));
+                    match last {
+                        Some((h, age)) => {
+                            tracing::warn!(region, health_check = id, error = %e, last_reading = h, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
+                        }
+                        None => {
+                            tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read")
+                        }
+                    }
+                    last.map(|(h, _)| h)
+                }
+            };
+            match reading {
+                Some(false) => return Some(false),
+                Some(true) => healthy = Some(true),
+                None => {}
             }
         }
         healthy
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, Readings> {
+        self.health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub fn config(&self) -> &AwsSourceConfig {

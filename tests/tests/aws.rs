@@ -193,13 +193,25 @@ async fn an_aws_outage_keeps_the_last_good_table_marked_stale() {
 }
 
 /// A health check that cannot be read (deleted while its record still
-/// names it) leaves that region's health unknown, shown as active; the rest
-/// of the table keeps following AWS, the writer's moves included.
+/// names it) keeps its last reading for a while, so a region known down
+/// stays down, and a check never read is unknown, shown as active; the
+/// rest of the table keeps following AWS, the writer's moves included.
 #[tokio::test]
-async fn an_unreadable_health_check_leaves_its_region_unknown_and_the_table_live() {
+async fn an_unreadable_health_check_keeps_its_last_reading_and_the_table_live() {
     let moto = Moto::start().await;
     let fixture = moto::three_regions(&moto).await;
     let cp = control_on(&moto, &fixture).await;
+    moto::put_metric(
+        &moto,
+        &Series::health_check(&fixture.health_checks["ap-southeast-1"]),
+        0.0,
+        Duration::ZERO,
+    )
+    .await;
+    eventually("ap-southeast-1 is down", WAIT, || async {
+        region(&cp.table().await, "ap-southeast-1")["state"] == "down"
+    })
+    .await;
     let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
     r53.delete_health_check()
         .health_check_id(&fixture.health_checks["ap-southeast-1"])
@@ -217,13 +229,17 @@ async fn an_unreadable_health_check_leaves_its_region_unknown_and_the_table_live
     )
     .await;
     let t = cp.table().await;
-    assert_eq!(region(&t, "ap-southeast-1")["state"], "active", "{t}");
+    assert_eq!(region(&t, "ap-southeast-1")["state"], "down", "{t}");
     assert_eq!(cp.metric("edgeroute_control_source_stale").await, 0.0);
     assert!(
-        cp.log()
-            .contains("cannot read a health check of the region"),
-        "the unknown health is logged"
+        cp.log().contains("its last reading stands"),
+        "the failed read is logged"
     );
+    // A control plane that never read the check: unknown, shown active.
+    let fresh = control_on(&moto, &fixture).await;
+    let t = fresh.table().await;
+    assert_eq!(region(&t, "ap-southeast-1")["state"], "active", "{t}");
+    assert!(fresh.log().contains("it counts as unknown"));
 }
 
 /// The writer's region with no record of the API name (drained by a
