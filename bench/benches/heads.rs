@@ -7,10 +7,12 @@ use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use edgeroute_proxy::fields::Fields;
 use edgeroute_proxy::h1::ResponseHead;
+use edgeroute_proxy::ryw::ReadYourWrites;
 use edgeroute_proxy::upstream::{Forwarding, RequestFacts, backend_request, client_response};
 use http::{HeaderValue, Request, StatusCode};
 use std::hint::black_box;
 use std::mem::MaybeUninit;
+use std::time::SystemTime;
 
 const REQUEST: &[u8] = b"GET /orders/42?view=full HTTP/1.1\r\n\
 Host: shop.example.com\r\n\
@@ -115,5 +117,48 @@ fn bench(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench);
+/// A `Cookie` field of about 2 KiB as a browser sends one behind a CDN:
+/// 40 cookies, the read-your-writes token last if `token`.
+fn cookie_field(token: bool) -> Fields {
+    let mut value: String = (0..40)
+        .map(|i| {
+            format!(
+                "_ga_cookie_{i:02}=GA1.1.{:016x}.1732700000; ",
+                i * 7_919_u64
+            )
+        })
+        .collect();
+    if token {
+        value.push_str("edgeroute-ryw=99999999999999");
+    } else {
+        value.push_str("consent=yes");
+    }
+    let mut fields = Fields::default();
+    fields.push(
+        http::header::COOKIE,
+        HeaderValue::try_from(value).expect("a valid value"),
+    );
+    fields
+}
+
+/// What read-your-writes adds to a read that carries cookies: the search
+/// for its token, and the clock read only when one is found.
+fn read_your_writes(c: &mut Criterion) {
+    let ryw = ReadYourWrites::new(&edgeroute_config::ReadYourWrites {
+        window: std::time::Duration::from_secs(5),
+        cookie: "edgeroute-ryw".into(),
+    })
+    .expect("a window");
+    for (token, name) in [
+        (false, "read-your-writes: no token in a 2 KiB Cookie"),
+        (true, "read-your-writes: the token last in a 2 KiB Cookie"),
+    ] {
+        let fields = cookie_field(token);
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(ryw.fresh(black_box(&fields), SystemTime::now)))
+        });
+    }
+}
+
+criterion_group!(benches, bench, read_your_writes);
 criterion_main!(benches);
