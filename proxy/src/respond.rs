@@ -159,6 +159,7 @@ pub async fn write(
     reply: &ErrorReply,
     snapshot: Option<&Snapshot>,
     request_id: Option<&HeaderValue>,
+    added: &[(http::HeaderName, HeaderValue)],
 ) -> Result<(), Box<Error>> {
     let mut body = serde_json::json!({
         "error": reply.code(),
@@ -199,7 +200,7 @@ pub async fn write(
                 fields,
                 framing: Some(Framing::Length(body.len() as u64)),
             },
-            &[],
+            added,
         )
         .await?;
     client.write_body(body, true).await

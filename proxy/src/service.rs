@@ -212,7 +212,7 @@ impl EdgeProxy {
         self.state
             .request_metrics
             .record(None, RouteClass::Read, reply.status(), 0.0);
-        if let Err(e) = respond::write(client, &reply, None, None).await {
+        if let Err(e) = respond::write(client, &reply, None, None, &[]).await {
             tracing::debug!(error = %e, "cannot answer an unreadable request");
         }
     }
@@ -400,11 +400,17 @@ impl EdgeProxy {
                 .with_label_values(&[r.code()])
                 .inc();
         }
+        // A write that may have reached a backend may have been made.
+        let token = ctx
+            .sent_to
+            .and_then(|_| self.write_token(client, ctx))
+            .map(|t| [(http::header::SET_COOKIE, t)]);
         let written = respond::write(
             client,
             &reply,
             ctx.snapshot.as_deref(),
             Some(&ctx.request_id),
+            token.as_ref().map_or(&[][..], |t| &t[..]),
         )
         .await;
         // A reply that could not be written leaves nothing more to say.
@@ -414,6 +420,20 @@ impl EdgeProxy {
             ErrorReply::ClientGone
         });
         written.map_err(Error::into_down)
+    }
+
+    /// The read-your-writes cookie for the answer to a write. A write by
+    /// its method: a read that a `primary` rule sends to the primary has
+    /// nothing for later reads to follow.
+    fn write_token(&self, client: &Client<'_>, ctx: &Ctx) -> Option<HeaderValue> {
+        let ryw = self.state.ryw.as_ref()?;
+        let write = ctx.plan.class == RouteClass::Write
+            && !self
+                .state
+                .config
+                .methods
+                .is_read(client.request().method.as_str());
+        write.then(|| ryw.set_cookie(SystemTime::now()))
     }
 
     /// The next backend for this request: in the chosen region, or — for a
@@ -600,17 +620,8 @@ impl EdgeProxy {
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
         let (resp, mut own) = upstream::client_response(resp, region, &ctx.request_id);
-        // A write by its method: a read that a `primary` rule sends to the
-        // primary has nothing for later reads to follow.
-        if ctx.plan.class == RouteClass::Write
-            && let Some(ryw) = &self.state.ryw
-            && !self
-                .state
-                .config
-                .methods
-                .is_read(client.request().method.as_str())
-        {
-            own.push(http::header::SET_COOKIE, ryw.set_cookie(SystemTime::now()));
+        if let Some(token) = self.write_token(client, ctx) {
+            own.push(http::header::SET_COOKIE, token);
         }
         let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
         if answered_early || self.state.lifecycle.is_shutting_down() {

@@ -545,6 +545,15 @@ async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
     );
     failing_over["failover_in_progress"] = true.into();
     proxy.swap_table(&failing_over).await;
+    // A write the proxy refuses reached no backend: no cookie.
+    let refused = c
+        .post(proxy.url("/orders"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert!(refused.headers().get("set-cookie").is_none());
     assert_eq!(
         served_by(read_with("/orders/1", token.clone()).await.unwrap()).await,
         (200, US.into())
