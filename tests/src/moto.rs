@@ -307,6 +307,16 @@ pub fn latency_record_of(kind: RrType, region: &str, health_check: &str) -> Reso
         .expect("record set")
 }
 
+/// A weighted record of `region` (its set identifier), of type `kind`:
+/// an alias to its load balancer, no health check.
+pub fn weighted_record(kind: RrType, region: &str, weight: i64) -> ResourceRecordSet {
+    let mut record = latency_record_of(kind, region, "");
+    record.region = None;
+    record.health_check_id = None;
+    record.weight = Some(weight);
+    record
+}
+
 /// One change to one record.
 pub async fn change_record(
     r53: &aws_sdk_route53::Client,

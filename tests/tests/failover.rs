@@ -749,3 +749,45 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
         "{undrain:?}"
     );
 }
+
+/// Records of one region that disagree (an A at 40, an AAAA at 0, as a
+/// hand edit leaves them) are given one weight in one batch; when the
+/// table already showed that weight, no newer table comes, and the
+/// command is done at once rather than waiting out its timeout.
+#[tokio::test]
+async fn an_undrain_to_the_weight_the_table_shows_completes() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
+    let ap = "ap-southeast-1";
+    moto::change_record(
+        &r53,
+        &env.fixture.zone_id,
+        ChangeAction::Delete,
+        moto::latency_record(ap, &env.fixture.health_checks[ap]),
+    )
+    .await;
+    for (kind, weight) in [(RrType::A, 40), (RrType::Aaaa, 0)] {
+        moto::change_record(
+            &r53,
+            &env.fixture.zone_id,
+            ChangeAction::Create,
+            moto::weighted_record(kind, ap, weight),
+        )
+        .await;
+    }
+    eventually("ap-southeast-1 at weight 40", WAIT, || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == ap && r["weight"] == 40)
+    })
+    .await;
+    let ran = env
+        .cp
+        .command(&["undrain", ap, "--weight", "40", "--timeout", "20s"])
+        .await;
+    ran.assert_ok_saying(&["Route 53 weight 40 → 40", "completed"]);
+}
