@@ -148,6 +148,30 @@ impl History {
             .find(|o| o.kind == Kind::Drill && o.finished)
     }
 
+    /// Drops the oldest operations past [`KEEP`], but never the last drill
+    /// or the last writer move: what `status`, the dashboard and the
+    /// automation's `min_interval` read survives a run of failed actions.
+    fn trim(&mut self) {
+        let mut excess = self.operations.len().saturating_sub(KEEP);
+        if excess == 0 {
+            return;
+        }
+        let last = |f: &dyn Fn(&Operation) -> bool| self.operations.iter().rposition(f);
+        let pinned = [
+            last(&|o| o.kind == Kind::Drill && o.finished),
+            last(&|o| o.kind.moves_writer() && o.requested()),
+        ];
+        let mut index = 0;
+        self.operations.retain(|_| {
+            let keep = excess == 0 || pinned.contains(&Some(index));
+            index += 1;
+            if !keep {
+                excess -= 1;
+            }
+            keep
+        });
+    }
+
     /// Keeps `op` in place of the entry with its start time and kind, or
     /// adds it: an operation is written when it starts (so a crash leaves
     /// a record saying it did not finish) and again when it ends.
@@ -197,8 +221,7 @@ impl History {
             .map_err(|(_, e)| format!("cannot lock {}: {e}", lock_path.display()))?;
         let mut h = History::load(path)?;
         change(&mut h);
-        let excess = h.operations.len().saturating_sub(KEEP);
-        h.operations.drain(..excess);
+        h.trim();
         let json = serde_json::to_vec_pretty(&h).map_err(|e| e.to_string())?;
         let tmp = temp_path(path);
         std::fs::write(&tmp, json)
@@ -256,6 +279,27 @@ mod tests {
         assert_eq!(h.operations.len(), KEEP);
         assert_eq!(h.last_drill().unwrap().started_ms, 1000);
         assert_eq!(h.last_writer_move().unwrap().started_ms, 1000);
+    }
+
+    #[test]
+    fn a_run_of_failed_actions_never_pushes_out_the_last_drill() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("history.json");
+        History::update(&path, |h| h.put(op(Kind::Drill, 1))).unwrap();
+        for i in 0..(KEEP as u64 * 2) {
+            let mut failed = op(Kind::Failover, 10 + i);
+            failed.ok = false;
+            failed.timeline.clear();
+            History::update(&path, |h| h.put(failed)).unwrap();
+        }
+        let h = History::load(&path).unwrap();
+        assert_eq!(h.operations.len(), KEEP);
+        assert_eq!(h.last_drill().unwrap().started_ms, 1);
+        assert_eq!(
+            h.last_writer_move().unwrap().started_ms,
+            1,
+            "the drill moved the writer"
+        );
     }
 
     #[test]
