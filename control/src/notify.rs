@@ -16,6 +16,9 @@ const ATTEMPTS: u32 = 3;
 /// One state change.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
+    /// Unique per event, the same in every try: a receiver that got an
+    /// event twice (a retry after a timeout it had answered late) keeps one.
+    pub id: String,
     /// Such as `switchover.requested`, `failover.completed`,
     /// `drain.completed`, `table.changed`, `automation.triggered`.
     pub event: String,
@@ -30,6 +33,7 @@ pub struct Event {
 impl Event {
     pub fn new(event: impl Into<String>, summary: impl Into<String>) -> Event {
         Event {
+            id: uuid::Uuid::new_v4().to_string(),
             event: event.into(),
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             summary: summary.into(),

@@ -485,6 +485,15 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     }
     env.webhook
         .assert_received(&["drain.completed", "undrain.completed"]);
+    // Each event carries an id of its own, for a receiver to drop a repeat.
+    let ids: std::collections::BTreeSet<String> = env
+        .webhook
+        .events()
+        .iter()
+        .map(|e| e["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(ids.len(), env.webhook.events().len(), "{ids:?}");
+    assert!(!ids.contains(""));
 }
 
 #[tokio::test]
