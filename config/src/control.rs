@@ -560,6 +560,11 @@ pub struct RegionView {
     pub healthy: Option<bool>,
     #[serde(default)]
     pub replication_lag_ms: Option<u64>,
+    /// A health check of the region could not be read this time: `healthy`
+    /// is its last reading, or unknown. Automated failover does not act
+    /// on such a region.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub health_unread: bool,
 }
 
 impl TopologyView {

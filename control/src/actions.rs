@@ -525,6 +525,7 @@ impl Runner {
                                 weight: None,
                                 healthy: None,
                                 replication_lag_ms: None,
+                                health_unread: true,
                             })
                             .collect(),
                     },

@@ -43,6 +43,15 @@ pub enum Hold {
     MinInterval,
     /// No secondary is healthy by both sources with a known lag within bound.
     NoTarget,
+    /// The primary's Route 53 health could not be read this time: the
+    /// automation acts on fresh readings only.
+    HealthUnread,
+    /// The history file cannot be read, so the last writer move is not
+    /// known: `min_interval` cannot be kept.
+    HistoryUnreadable,
+    /// An automated failover failed a short while ago; the next waits
+    /// (one minute, doubling up to `min_interval`).
+    RetryBackoff,
 }
 
 impl Hold {
@@ -52,6 +61,9 @@ impl Hold {
             Hold::FailoverRunning => "failover_running",
             Hold::MinInterval => "min_interval",
             Hold::NoTarget => "no_target",
+            Hold::HealthUnread => "health_unread",
+            Hold::HistoryUnreadable => "history_unreadable",
+            Hold::RetryBackoff => "retry_backoff",
         }
     }
 }
@@ -65,6 +77,10 @@ pub struct Inputs<'a> {
     pub running: bool,
     /// When the writer last moved, as far as this process knows.
     pub last_move: Option<SystemTime>,
+    /// The history file could not be read.
+    pub history_unreadable: bool,
+    /// After a failed automated failover: not before this.
+    pub retry_after: Option<SystemTime>,
     pub now: Instant,
     pub wall: SystemTime,
 }
@@ -106,6 +122,16 @@ impl Automation {
         if i.running || i.view.failover_in_progress {
             return Decision::Held(Hold::FailoverRunning);
         }
+        if i.view
+            .regions
+            .iter()
+            .any(|r| r.name == primary && r.health_unread)
+        {
+            return Decision::Held(Hold::HealthUnread);
+        }
+        if i.history_unreadable {
+            return Decision::Held(Hold::HistoryUnreadable);
+        }
         if let Some(last) = i.last_move
             && last
                 .checked_add(self.cfg.min_interval)
@@ -113,12 +139,15 @@ impl Automation {
         {
             return Decision::Held(Hold::MinInterval);
         }
+        if i.retry_after.is_some_and(|at| i.wall < at) {
+            return Decision::Held(Hold::RetryBackoff);
+        }
         let max_lag = self.cfg.max_replication_lag.as_millis() as u64;
         i.view
             .regions
             .iter()
             .filter(|r| r.name != primary)
-            .filter(|r| r.healthy != Some(false) && r.weight != Some(0))
+            .filter(|r| r.healthy == Some(true) && !r.health_unread && r.weight != Some(0))
             .filter(|r| (i.vote)(&r.name).healthy())
             .filter_map(|r| Some((r.replication_lag_ms.filter(|l| *l <= max_lag)?, &r.name)))
             .min()
@@ -127,6 +156,10 @@ impl Automation {
             })
     }
 }
+
+/// The wait after a failed automated failover before the next, doubled
+/// with each failure in a row up to `min_interval`.
+const RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Evaluates every view the source reads until the task is dropped.
 pub async fn run(
@@ -140,24 +173,56 @@ pub async fn run(
     let running = Arc::new(AtomicBool::new(false));
     // When AWS last accepted a writer move from this process.
     let last_move: Arc<Mutex<Option<SystemTime>>> = Arc::default();
+    // Automated failovers that failed in a row, and when the last did.
+    let failures: Arc<Mutex<(u32, Option<SystemTime>)>> = Arc::default();
     let mut last_decision = Decision::Healthy;
+    // The hold last announced: each is announced once, until the primary
+    // is healthy again or another hold takes its place.
+    let mut announced: Option<Hold> = None;
+    // The proxies report every few seconds: until they have had the time to,
+    // their silence is no vote.
+    let started = Instant::now();
     while views.changed().await.is_ok() {
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
         };
-        let recorded = History::load(&runner.history_file)
-            .ok()
-            .and_then(|h| h.last_writer_move().map(|o| o.started_at()));
+        if started.elapsed() < max_age {
+            continue;
+        }
+        let (recorded, history_unreadable) = match History::load(&runner.history_file) {
+            Ok(h) => (h.last_writer_move().map(|o| o.started_at()), false),
+            Err(e) => {
+                tracing::warn!(error = %e, "automated failover cannot read the history file, so it holds");
+                (None, true)
+            }
+        };
         let last = (*last_move.lock().unwrap_or_else(|p| p.into_inner())).max(recorded);
+        let retry_after = match *failures.lock().unwrap_or_else(|p| p.into_inner()) {
+            (0, _) | (_, None) => None,
+            (n, Some(at)) => {
+                let backoff =
+                    (RETRY_BACKOFF * 2u32.saturating_pow(n - 1)).min(automation.cfg.min_interval);
+                at.checked_add(backoff)
+            }
+        };
         let proxies = registry.fresh(max_age, Instant::now());
+        let ours = running.load(Ordering::SeqCst);
         let decision = automation.evaluate(&Inputs {
             view: &view,
             vote: &|region| vote(&proxies, region),
-            running: running.load(Ordering::SeqCst),
+            running: ours,
             last_move: last,
+            history_unreadable,
+            retry_after,
             now: Instant::now(),
             wall: SystemTime::now(),
         });
+        if decision == Decision::Healthy {
+            announced = None;
+            *failures.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+        }
+        // Our own failover running holds the next, but is no news.
+        let own_run = ours && decision == Decision::Held(Hold::FailoverRunning);
         if let Decision::Held(hold) = &decision {
             metrics
                 .automation_held
@@ -168,7 +233,8 @@ pub async fn run(
         last_decision = decision.clone();
         let primary = view.primary_region.clone().unwrap_or_default();
         match decision {
-            Decision::Held(hold) if changed => {
+            Decision::Held(hold) if !own_run && announced.as_ref() != Some(&hold) => {
+                announced = Some(hold.clone());
                 tracing::warn!(primary = %primary, reason = hold.as_str(), "automated failover held");
                 announce(
                     &runner,
@@ -191,11 +257,12 @@ pub async fn run(
                 );
                 tracing::warn!("{summary}");
                 announce(&runner, Event::new("automation.triggered", summary));
-                let (runner, running, metrics, last_move) = (
+                let (runner, running, metrics, last_move, failures) = (
                     Arc::clone(&runner),
                     Arc::clone(&running),
                     Arc::clone(&metrics),
                     Arc::clone(&last_move),
+                    Arc::clone(&failures),
                 );
                 tokio::spawn(async move {
                     let outcome = runner.move_writer(&to, false, false).await;
@@ -215,6 +282,13 @@ pub async fn run(
                             "failed"
                         }
                     };
+                    let mut failed = failures.lock().unwrap_or_else(|p| p.into_inner());
+                    *failed = if result == "ok" {
+                        (0, None)
+                    } else {
+                        (failed.0.saturating_add(1), Some(SystemTime::now()))
+                    };
+                    drop(failed);
                     metrics
                         .automation_failovers
                         .with_label_values(&[result])
@@ -262,6 +336,11 @@ mod tests {
         last_move_ago: Option<u64>,
         /// Seconds both sources have agreed.
         elapsed: u64,
+        /// Per region: its health check could not be read this time.
+        unread: Vec<bool>,
+        history_unreadable: bool,
+        /// Seconds until a failed automated failover allows the next.
+        retry_in: Option<u64>,
     }
 
     fn view(w: &World) -> TopologyView {
@@ -270,12 +349,13 @@ mod tests {
             failover_in_progress: w.failover_in_progress,
             regions: REGIONS
                 .iter()
-                .zip(&w.regions)
-                .map(|(n, (h, _, weight, lag))| RegionView {
+                .zip(w.regions.iter().zip(&w.unread))
+                .map(|(n, ((h, _, weight, lag), unread))| RegionView {
                     name: (*n).into(),
                     weight: Some(*weight),
                     healthy: *h,
                     replication_lag_ms: *lag,
+                    health_unread: *unread,
                 })
                 .collect(),
         }
@@ -298,6 +378,8 @@ mod tests {
             vote: &vote,
             running: w.running,
             last_move: w.last_move_ago.map(|s| wall - Duration::from_secs(s)),
+            history_unreadable: w.history_unreadable,
+            retry_after: w.retry_in.map(|s| wall + Duration::from_secs(s)),
             now,
             wall,
         };
@@ -319,6 +401,9 @@ mod tests {
             running: false,
             last_move_ago: None,
             elapsed: 120,
+            unread: vec![false; 3],
+            history_unreadable: false,
+            retry_in: None,
         }
     }
 
@@ -365,6 +450,32 @@ mod tests {
         w.last_move_ago = Some(600);
         assert_eq!(decide(&w), Decision::Held(Hold::MinInterval));
         w.last_move_ago = Some(7200);
+        w.unread[0] = true;
+        assert_eq!(decide(&w), Decision::Held(Hold::HealthUnread));
+        w.unread[0] = false;
+        w.history_unreadable = true;
+        assert_eq!(decide(&w), Decision::Held(Hold::HistoryUnreadable));
+        w.history_unreadable = false;
+        w.retry_in = Some(30);
+        assert_eq!(decide(&w), Decision::Held(Hold::RetryBackoff));
+        w.retry_in = None;
+        // A target needs Route 53 to call it healthy now, not to be silent.
+        w.unread[1] = true;
+        assert_eq!(
+            decide(&w),
+            Decision::FailOver {
+                to: "ap-southeast-1".into()
+            }
+        );
+        w.unread[1] = false;
+        w.regions[1].0 = None;
+        assert_eq!(
+            decide(&w),
+            Decision::FailOver {
+                to: "ap-southeast-1".into()
+            }
+        );
+        w.regions[1].0 = Some(true);
         assert_eq!(
             decide(&w),
             Decision::FailOver {
@@ -393,21 +504,29 @@ mod tests {
             running in any::<bool>(),
             last_move_ago in prop::option::of(0u64..10_000),
             elapsed in 0u64..200,
+            unread in prop::collection::vec(any::<bool>(), 3),
+            history_unreadable in any::<bool>(),
+            retry_in in prop::option::of(0u64..120),
         ) {
-            let w = World { regions, failover_in_progress, running, last_move_ago, elapsed };
+            let w = World {
+                regions, failover_in_progress, running, last_move_ago, elapsed,
+                unread: unread.clone(), history_unreadable, retry_in,
+            };
             if let Decision::FailOver { to } = decide(&w) {
                 let p = &w.regions[0];
                 prop_assert!(p.0 == Some(false) && !p.1, "both sources say the primary is down");
                 prop_assert!(elapsed >= 60, "for at least `after`");
                 prop_assert!(!failover_in_progress && !running);
                 prop_assert!(last_move_ago.is_none_or(|s| s >= 3600));
+                prop_assert!(!unread[0] && !history_unreadable);
+                prop_assert!(retry_in.is_none_or(|s| s == 0));
                 let i = REGIONS.iter().position(|r| *r == to).unwrap();
                 let t = &w.regions[i];
-                prop_assert!(i != 0 && t.0 != Some(false) && t.1 && t.2 > 0);
+                prop_assert!(i != 0 && t.0 == Some(true) && !unread[i] && t.1 && t.2 > 0);
                 prop_assert!(t.3.is_some_and(|l| l <= 1000));
                 // And it is the least lagging such region.
                 for (j, r) in w.regions.iter().enumerate().skip(1) {
-                    if r.0 != Some(false) && r.1 && r.2 > 0 && r.3.is_some_and(|l| l <= 1000) {
+                    if r.0 == Some(true) && !unread[j] && r.1 && r.2 > 0 && r.3.is_some_and(|l| l <= 1000) {
                         prop_assert!(t.3 <= r.3, "{} lags more than {}", to, REGIONS[j]);
                     }
                 }

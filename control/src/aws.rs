@@ -157,6 +157,7 @@ impl AwsSource {
         let records = self.latency_records().await?;
         let mut regions = Vec::with_capacity(records.len());
         for (region, rs) in &records {
+            let (healthy, health_unread) = self.region_healthy(region, rs).await;
             regions.push(RegionView {
                 name: region.clone(),
                 // Out of DNS only when every record of the region is.
@@ -165,8 +166,9 @@ impl AwsSource {
                     .filter_map(ResourceRecordSet::weight)
                     .max()
                     .map(|w| w.clamp(0, 255) as u32),
-                healthy: self.region_healthy(region, rs).await,
+                healthy,
                 replication_lag_ms: None,
+                health_unread,
             });
         }
         let (members, failover) = self.global_cluster().await?;
@@ -202,6 +204,7 @@ impl AwsSource {
                     weight: Some(0),
                     healthy: None,
                     replication_lag_ms: None,
+                    health_unread: false,
                 });
             }
         }
@@ -241,17 +244,23 @@ impl AwsSource {
     }
 
     /// What the health checks of a region's records say: unhealthy if one
-    /// says so, healthy if the others do, unknown if none can be read. One
-    /// check that cannot be read (deleted while its record still names it,
-    /// its API down in us-east-1) must not hide the writer's moves.
-    async fn region_healthy(&self, region: &str, records: &[ResourceRecordSet]) -> Option<bool> {
+    /// says so, healthy if the others do, unknown if none can be read; and
+    /// whether one could not be read this time (its last reading stands for
+    /// [`HEALTH_MEMORY`]). One check that cannot be read (deleted while its
+    /// record still names it, its API down in us-east-1) must not hide the
+    /// writer's moves.
+    async fn region_healthy(
+        &self,
+        region: &str,
+        records: &[ResourceRecordSet],
+    ) -> (Option<bool>, bool) {
         let mut ids: Vec<&str> = records
             .iter()
             .filter_map(ResourceRecordSet::health_check_id)
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut healthy = None;
+        let (mut healthy, mut unread) = (None, false);
         for id in ids {
             let reading = match self.check_healthy(id).await {
                 Ok(h) => {
@@ -260,6 +269,7 @@ impl AwsSource {
                     Some(h)
                 }
                 Err(e) => {
+                    unread = true;
                     let last = self
                         .remembered()
                         .get(id)
@@ -277,12 +287,12 @@ impl AwsSource {
                 }
             };
             match reading {
-                Some(false) => return Some(false),
-                Some(true) => healthy = Some(true),
+                Some(false) => healthy = Some(false),
+                Some(true) => healthy = healthy.or(Some(true)),
                 None => {}
             }
         }
-        healthy
+        (healthy, unread)
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, Readings> {

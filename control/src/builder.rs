@@ -87,6 +87,7 @@ mod tests {
                     weight: *w,
                     healthy: *h,
                     replication_lag_ms: None,
+                    health_unread: false,
                 })
                 .collect(),
         }

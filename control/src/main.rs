@@ -221,14 +221,19 @@ async fn runner(
     by: &'static str,
     out: Output,
     metrics: Option<Arc<ControlMetrics>>,
+    shared: Option<Arc<AwsSource>>,
 ) -> anyhow::Result<Runner> {
     let SourceConfig::Aws(aws) = &cfg.source else {
         anyhow::bail!(
             "failover, drain and undrain act on AWS: set source.kind = \"aws\" in the control config"
         );
     };
+    let aws = match shared {
+        Some(shared) => shared,
+        None => Arc::new(AwsSource::new(aws, Some(&cfg.actions.history_file)).await),
+    };
     Ok(Runner {
-        aws: Arc::new(AwsSource::new(aws, Some(&cfg.actions.history_file)).await),
+        aws,
         control,
         notifier: Arc::new(Notifier::new(&cfg.notify, endpoint(cfg), metrics).await?),
         history_file: cfg.actions.history_file.clone(),
@@ -266,7 +271,7 @@ fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
 /// `failover`, `drain`, `undrain`.
 fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut runner = runner(cfg, control_view(cfg)?, "cli", Output::Print, None).await?;
+        let mut runner = runner(cfg, control_view(cfg)?, "cli", Output::Print, None, None).await?;
         let outcome = match command {
             Command::Failover {
                 to,
@@ -362,6 +367,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
         let src = source::Source::new(&cfg.source, Some(&cfg.actions.history_file)).await;
+        let shared_aws = src.aws();
         let poller = tokio::spawn(source::run(
             src,
             builder,
@@ -382,6 +388,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
                 "automation",
                 Output::Log,
                 Some(Arc::clone(&metrics)),
+                shared_aws,
             )
             .await?;
             tracing::info!(

@@ -34,13 +34,22 @@ pub enum Source {
         interval: Duration,
     },
     Aws {
-        aws: Box<AwsSource>,
+        aws: std::sync::Arc<AwsSource>,
         interval: Duration,
     },
 }
 
 impl Source {
     /// `history_file` names the regions drained by removing their record.
+    /// The AWS source, to be shared with what acts on AWS in this process
+    /// (one memory of health readings for both).
+    pub fn aws(&self) -> Option<std::sync::Arc<AwsSource>> {
+        match self {
+            Source::Aws { aws, .. } => Some(std::sync::Arc::clone(aws)),
+            Source::File { .. } => None,
+        }
+    }
+
     pub async fn new(cfg: &SourceConfig, history_file: Option<&std::path::Path>) -> Self {
         match cfg {
             SourceConfig::File {
@@ -51,7 +60,7 @@ impl Source {
                 interval: *poll_interval,
             },
             SourceConfig::Aws(aws) => Source::Aws {
-                aws: Box::new(AwsSource::new(aws, history_file).await),
+                aws: std::sync::Arc::new(AwsSource::new(aws, history_file).await),
                 interval: aws.poll_interval,
             },
         }
