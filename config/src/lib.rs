@@ -31,4 +31,5 @@ pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{presents_bearer, read_secret, token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use values::authority as is_authority;
+pub use values::read_regular;
 pub use values::token as is_token;

@@ -161,32 +161,18 @@ impl RoutingTable {
     /// Reads a table file: a regular file of at most [`MAX_TABLE_BYTES`]
     /// (so a path to a pipe or a device cannot hang or exhaust the reader).
     pub fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
-        use std::io::{Error, ErrorKind, Read};
-        use std::os::unix::fs::OpenOptionsExt;
-        // Opened without blocking (a pipe would wait for its writer), then
-        // asked what it is.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NONBLOCK)
-            .open(path)?;
-        let meta = file.metadata()?;
-        if !meta.is_file() {
-            return Err(Error::new(
-                ErrorKind::InvalidInput,
-                "not a regular file; table.path must name the routing table's JSON file",
-            ));
-        }
-        let mut bytes = Vec::with_capacity(meta.len().min(MAX_TABLE_BYTES) as usize);
-        file.take(MAX_TABLE_BYTES + 1).read_to_end(&mut bytes)?;
-        if bytes.len() as u64 > MAX_TABLE_BYTES {
-            return Err(Error::new(
-                ErrorKind::InvalidData,
-                format!(
-                    "larger than {MAX_TABLE_BYTES} bytes; a routing table of {MAX_REGIONS} regions takes a few KiB"
-                ),
-            ));
-        }
-        Ok(bytes)
+        crate::values::read_regular(
+            path,
+            MAX_TABLE_BYTES,
+            &format!("a routing table of {MAX_REGIONS} regions takes a few KiB"),
+        )
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => std::io::Error::new(
+                e.kind(),
+                format!("{e}; table.path must name the routing table's JSON file"),
+            ),
+            _ => e,
+        })
     }
 
     /// Field-level checks: names, weights, the primary is one of the regions,

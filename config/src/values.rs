@@ -173,6 +173,33 @@ pub(crate) fn host_header(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
     }
 }
 
+/// Reads a file that must be a regular file of at most `limit` bytes, so
+/// that a path to a pipe or a device (even one swapped in for a moment)
+/// cannot hang or exhaust the reader: it is opened without blocking, then
+/// asked what it is. `hint` ends the "too large" error (what such a file
+/// usually weighs).
+pub fn read_regular(path: &std::path::Path, limit: u64, hint: &str) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(meta.len().min(limit) as usize);
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {limit} bytes; {hint}"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// An HTTP token (RFC 9110 §5.6.2), as field names and cookie names are;
 /// not empty.
 pub fn token(raw: &[u8]) -> bool {

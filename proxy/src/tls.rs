@@ -203,13 +203,16 @@ pub async fn watch(
     }
 }
 
+/// The most a certificate or key file may hold.
+const MAX_PEM: u64 = 1024 * 1024;
+
 /// The certificate and key files' bytes. Should the certificate change
 /// while the key is read (a rotation that swaps both files, such as a
 /// Kubernetes secret volume's), they are read again, up to 3 times, so a
 /// certificate is not paired with the next one's key.
 fn read_files(index: usize, files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read = |name: &str, path: &Path| {
-        std::fs::read(path)
+        edgeroute_config::read_regular(path, MAX_PEM, "a certificate chain or key takes a few KiB")
             .map_err(|e| format!("{}: cannot read it: {e}", field(index, name, path)))
     };
     let mut cert = read("cert", &files.cert)?;

@@ -413,6 +413,31 @@ async fn a_rotated_certificate_is_put_in_force_and_a_broken_one_is_not() {
             && log.contains("is not the key of the first certificate"),
         "{log}"
     );
+
+    // A pipe at the certificate's path, even for a moment, is refused,
+    // and the reloads go on after it.
+    std::fs::remove_file(&cert).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&cert)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    tls.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the pipe is refused", GUARD, || async {
+        tls.proxy.log().contains("not a regular file")
+    })
+    .await;
+    std::fs::remove_file(&cert).unwrap();
+    let last = new_certificate(&cert, &key);
+    tls.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the next certificate is loaded", GUARD, || async {
+        tls.proxy.metric(&reloads("ok")).await >= 2.0
+    })
+    .await;
+    assert_eq!(
+        tls.get_trusting(&last, "/last").await.unwrap().status(),
+        200
+    );
 }
 
 /// A proxy for `origin` with an h2c listener and `client_idle` as given.
