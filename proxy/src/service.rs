@@ -400,10 +400,11 @@ impl EdgeProxy {
                 .with_label_values(&[r.code()])
                 .inc();
         }
-        // A write that may have reached a backend may have been made.
-        let token = ctx
-            .sent_to
-            .and_then(|_| self.write_token(client, ctx))
+        // A write that may have reached a backend may have been made; a
+        // refusal (503) says nothing was, even after failed connects.
+        let token = (ctx.sent_to.is_some() && !matches!(reply, ErrorReply::Refused(_)))
+            .then(|| self.write_token(client, ctx))
+            .flatten()
             .map(|t| [(http::header::SET_COOKIE, t)]);
         let written = respond::write(
             client,
@@ -800,7 +801,11 @@ impl EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |s| s.as_u16(),
         );
-        let served_by_index = ctx.sent_to;
+        // The proxy's own refusals are no region's, even after failed
+        // connects there.
+        let served_by_index = ctx
+            .sent_to
+            .filter(|_| !matches!(ctx.reply, Some(ErrorReply::Refused(_))));
         let done = Instant::now();
         let elapsed = done - ctx.started;
         self.state.request_metrics.record(

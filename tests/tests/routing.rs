@@ -585,6 +585,15 @@ async fn a_read_after_a_write_whose_primary_fails_goes_to_the_nearest_region() {
     assert_eq!(proxy.metric("edgeroute_reads_after_write_total").await, 1.0);
     let write = client().post(proxy.url("/orders")).send().await.unwrap();
     assert_eq!(write.status(), 503);
+    // A refusal after failed connects says nothing was done: no cookie,
+    // and no region's error.
+    assert!(write.headers().get("set-cookie").is_none());
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"none\",route=\"write\",status=\"503\"}")
+            .await,
+        1.0
+    );
 }
 
 /// `read_your_writes.window = "0s"` turns it off: no cookie on writes.
