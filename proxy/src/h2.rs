@@ -47,11 +47,20 @@ pub const DRAIN: Duration = Duration::from_secs(1);
 /// that opens its 100 streams and reads nothing holds 100 times this.
 pub const SEND_BUFFER: usize = 64 * 1024;
 
+/// How much request body a connection's client may send ahead of what its
+/// streams' backends have taken, all streams together. Each stream may
+/// send 64 KiB ahead (HTTP/2's default); with the connection held to the
+/// same 64 KiB (the default too), one upload whose backend stops reading
+/// took all of it, and every other stream's body waited until its
+/// `client_idle` reset it. Sixteen streams' worth lets the others go on.
+pub const CONNECTION_WINDOW: u32 = 16 * 65_535;
+
 /// pingora-core's bounded defaults (100 streams, 64 KiB of request head),
-/// with [`SEND_BUFFER`].
+/// with [`SEND_BUFFER`] and [`CONNECTION_WINDOW`].
 fn options() -> server::H2Options {
     let mut options = server::default_h2_options();
     options.max_send_buffer_size(SEND_BUFFER);
+    options.initial_connection_window_size(CONNECTION_WINDOW);
     options
 }
 

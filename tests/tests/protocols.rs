@@ -4,9 +4,12 @@
 
 use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, RST_STREAM, get_request, opening};
 use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, eventually, until_closed};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const US: &str = "us-east-1";
@@ -160,6 +163,100 @@ async fn concurrent_http2_streams_carry_their_bodies_whole() {
         assert_eq!(s.body_len, size, "{}", s.path);
     }
     assert_eq!(seen.iter().filter(|s| s.method == "POST").count(), 24);
+}
+
+/// A backend that answers 200 to each request after reading its body
+/// whole, except on `/stall`, whose body it never reads; the heads of
+/// `/stall` requests it has seen.
+async fn stalling_backend() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stalled = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&stalled);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 65_536];
+                let end = loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+                if head.starts_with("post /stall") {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    // Holds the connection, reading nothing more.
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    return;
+                }
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                while got.len() < end + length {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .ok();
+            });
+        }
+    });
+    (addr, stalled)
+}
+
+/// One upload whose backend stops reading does not hold back the bodies
+/// of the connection's other streams: they are answered while it waits.
+#[tokio::test]
+async fn an_upload_a_backend_stops_reading_does_not_stall_the_connections_other_streams() {
+    let (backend, stalled) = stalling_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .listener_options("h2c = true")
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let c = h2::client();
+    // One connection first, so that both streams below share it.
+    assert_eq!(
+        c.post(proxy.url("/warm"))
+            .body("x")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let upload = tokio::spawn(
+        c.post(proxy.url("/stall"))
+            .body(vec![b'a'; 4 * 1024 * 1024])
+            .send(),
+    );
+    eventually("the stalled upload reaches its backend", GUARD, || async {
+        stalled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for i in 0..3 {
+        let resp = c
+            .post(proxy.url(&format!("/orders/{i}")))
+            .body(vec![b'b'; 1024])
+            .send()
+            .await
+            .expect("answered while the upload waits");
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(resp.status(), 200);
+    }
+    upload.abort();
 }
 
 /// An h2c listener tells HTTP/1 from HTTP/2 by the first byte that differs
