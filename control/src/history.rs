@@ -134,18 +134,26 @@ impl History {
     /// The last operation that asked AWS to move the writer (finished or
     /// not; a refused request moved nothing and does not count).
     pub fn last_writer_move(&self) -> Option<&Operation> {
-        self.operations
-            .iter()
-            .rev()
-            .find(|o| o.kind.moves_writer() && o.requested())
+        self.last_writer_move_at().map(|i| &self.operations[i])
     }
 
     /// The last drill that finished.
     pub fn last_drill(&self) -> Option<&Operation> {
+        self.last_drill_at().map(|i| &self.operations[i])
+    }
+
+    /// Where [`Self::last_writer_move`] is in the list.
+    fn last_writer_move_at(&self) -> Option<usize> {
         self.operations
             .iter()
-            .rev()
-            .find(|o| o.kind == Kind::Drill && o.finished)
+            .rposition(|o| o.kind.moves_writer() && o.requested())
+    }
+
+    /// Where [`Self::last_drill`] is in the list.
+    fn last_drill_at(&self) -> Option<usize> {
+        self.operations
+            .iter()
+            .rposition(|o| o.kind == Kind::Drill && o.finished)
     }
 
     /// Drops the oldest operations past [`KEEP`], but never the last drill
@@ -156,11 +164,7 @@ impl History {
         if excess == 0 {
             return;
         }
-        let last = |f: &dyn Fn(&Operation) -> bool| self.operations.iter().rposition(f);
-        let pinned = [
-            last(&|o| o.kind == Kind::Drill && o.finished),
-            last(&|o| o.kind.moves_writer() && o.requested()),
-        ];
+        let pinned = [self.last_drill_at(), self.last_writer_move_at()];
         let mut index = 0;
         self.operations.retain(|_| {
             let keep = excess == 0 || pinned.contains(&Some(index));
