@@ -704,8 +704,6 @@ impl Runner {
         })?;
         let proxies = self.control.proxies().await?;
         Ok(Before {
-            epoch: table.as_ref().map_or(0, |t| t.epoch),
-            version: table.as_ref().map_or(0, |t| t.version),
             table,
             proxies: proxies.into_iter().map(|p| p.report.id).collect(),
         })
@@ -791,14 +789,16 @@ impl Runner {
             .until(deadline, "a table with the new primary", |t| {
                 t.primary_region.as_deref() == Some(plan.to.region.as_str())
                     && !t.failover_in_progress
-                    && t.epoch > before.epoch
+                    && t.epoch > before.epoch()
             })
             .await?;
         tl.step(
             "table epoch raised",
             format!(
                 "epoch {} → {}, primary {}",
-                before.epoch, table.epoch, plan.to.region
+                before.epoch(),
+                table.epoch,
+                plan.to.region
             ),
         );
         self.confirm_proxies(tl, deadline, &table, before).await
@@ -1177,10 +1177,7 @@ impl Runner {
                     // A region out of DNS leaves the table on a control
                     // plane that did not make the change (its history file
                     // does not show the drain): proxies then route around it.
-                    |t| {
-                        (unchanged || (t.epoch, t.version) > (before.epoch, before.version))
-                            && shows(t)
-                    },
+                    |t| (unchanged || (t.epoch, t.version) > before.stamp()) && shows(t),
                 )
                 .await?;
             let state = table
@@ -1213,11 +1210,22 @@ impl Runner {
 
 /// What a change starts from.
 struct Before {
-    epoch: u64,
-    version: u64,
+    /// The table served when it began, if any.
     table: Option<RoutingTable>,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
+}
+
+impl Before {
+    /// The epoch and version of the table served when it began (0 and 0
+    /// with none): a later table's are higher.
+    fn stamp(&self) -> (u64, u64) {
+        self.table.as_ref().map_or((0, 0), |t| (t.epoch, t.version))
+    }
+
+    fn epoch(&self) -> u64 {
+        self.stamp().0
+    }
 }
 
 /// A region of the API name's records (or drained from them) or of the
