@@ -165,6 +165,17 @@ impl Default for RawControlLog {
 /// and then report it failed.
 pub const MIN_ACTION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why `timeout` is too short for a runbook command to follow a change,
+/// if it is: for `actions.timeout` and the commands' `--timeout` alike.
+pub fn short_action_timeout(timeout: Duration) -> Option<String> {
+    (timeout < MIN_ACTION_TIMEOUT).then(|| {
+        format!(
+            "must be at least {}: the change would be made and then reported failed",
+            humantime::format_duration(MIN_ACTION_TIMEOUT)
+        )
+    })
+}
+
 /// Environment variable that gives the table server's bearer token instead
 /// of `server.token_file` (for secrets injected as environment variables).
 pub const TOKEN_ENV: &str = "EDGEROUTE_CONTROL_TOKEN";
@@ -444,15 +455,8 @@ impl RawActions {
             history_file: values::resolve(base, &self.history_file),
             timeout: {
                 let timeout = values::positive_duration(e, "actions.timeout", &self.timeout);
-                if !timeout.is_zero() && timeout < MIN_ACTION_TIMEOUT {
-                    e.push(
-                        "actions.timeout",
-                        format!(
-                            "must be at least {}: a change would be made and then reported failed, got {:?}",
-                            humantime::format_duration(MIN_ACTION_TIMEOUT),
-                            self.timeout
-                        ),
-                    );
+                if let Some(why) = short_action_timeout(timeout).filter(|_| !timeout.is_zero()) {
+                    e.push("actions.timeout", format!("{why}, got {:?}", self.timeout));
                 }
                 timeout
             },

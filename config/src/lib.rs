@@ -17,8 +17,8 @@ mod values;
 
 pub use control::{
     ActionsConfig, AutomationConfig, AwsSourceConfig, ControlConfig, ControlConfigError,
-    MIN_ACTION_TIMEOUT, NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV,
-    TopologyView,
+    NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV, TopologyView,
+    short_action_timeout,
 };
 pub use errors::{FieldError, FieldErrors};
 pub use proxy::{

@@ -254,11 +254,8 @@ async fn runner(
 /// and then report it failed.
 fn follow_timeout(raw: &str) -> Result<Duration, String> {
     let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if timeout < edgeroute_config::MIN_ACTION_TIMEOUT {
-        return Err(format!(
-            "must be at least {}: the change would be made and then reported failed",
-            humantime::format_duration(edgeroute_config::MIN_ACTION_TIMEOUT)
-        ));
+    if let Some(why) = edgeroute_config::short_action_timeout(timeout) {
+        return Err(why);
     }
     Ok(timeout)
 }
