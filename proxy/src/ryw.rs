@@ -16,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone)]
 pub struct ReadYourWrites {
     window_ms: u64,
-    /// `name=`, as a `Cookie` field carries it.
-    name_eq: Vec<u8>,
+    /// `name=`, as a `Cookie` field carries it and `Set-Cookie` begins.
+    name_eq: String,
     /// What follows the value in `Set-Cookie`: its attributes.
     attributes: String,
 }
@@ -50,7 +50,7 @@ impl ReadYourWrites {
             .map_or(String::new(), |(_, rest)| format!(";{rest}"));
         Some(ReadYourWrites {
             window_ms: u64::try_from(cfg.window.as_millis()).unwrap_or(u64::MAX),
-            name_eq: format!("{}=", cfg.cookie).into_bytes(),
+            name_eq: format!("{}=", cfg.cookie),
             attributes,
         })
     }
@@ -58,12 +58,7 @@ impl ReadYourWrites {
     /// The `Set-Cookie` value for a write answered at `now`.
     pub fn set_cookie(&self, now: SystemTime) -> HeaderValue {
         let until = unix_ms(now).saturating_add(self.window_ms);
-        let name = &self.name_eq[..self.name_eq.len() - 1];
-        let text = format!(
-            "{}={until}{}",
-            String::from_utf8_lossy(name),
-            self.attributes
-        );
+        let text = format!("{}{until}{}", self.name_eq, self.attributes);
         // A token name, digits and fixed attributes: always a valid value.
         HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static(""))
     }
@@ -83,7 +78,7 @@ impl ReadYourWrites {
     /// The token's time in one `Cookie` field, if it holds a well-formed
     /// one: `name=digits` as a whole cookie of the list.
     fn token(&self, field: &[u8]) -> Option<u64> {
-        memchr::memmem::find_iter(field, &self.name_eq).find_map(|at| {
+        memchr::memmem::find_iter(field, self.name_eq.as_bytes()).find_map(|at| {
             let starts_cookie = at == 0 || matches!(field[at - 1], b';' | b' ' | b'\t');
             let value = &field[at + self.name_eq.len()..];
             let value = &value[..memchr::memchr(b';', value).unwrap_or(value.len())];
