@@ -94,6 +94,16 @@ struct Ctx {
     facts: upstream::RequestFacts,
 }
 
+impl Ctx {
+    /// The region whose backend the request may have reached, given the
+    /// reply the proxy makes (if it makes one): none for a refusal (503),
+    /// which says nothing was done, even after failed connects there.
+    fn reached(&self, reply: Option<&ErrorReply>) -> Option<usize> {
+        self.sent_to
+            .filter(|_| !matches!(reply, Some(ErrorReply::Refused(_))))
+    }
+}
+
 /// How an attempt at one backend failed.
 struct Failure {
     error: BError,
@@ -400,11 +410,10 @@ impl EdgeProxy {
                 .with_label_values(&[r.code()])
                 .inc();
         }
-        // A write that may have reached a backend may have been made; a
-        // refusal (503) says nothing was, even after failed connects.
-        let token = (ctx.sent_to.is_some() && !matches!(reply, ErrorReply::Refused(_)))
-            .then(|| self.write_token(client, ctx))
-            .flatten()
+        // A write that may have reached a backend may have been made.
+        let token = ctx
+            .reached(Some(&reply))
+            .and_then(|_| self.write_token(client, ctx))
             .map(|t| [(http::header::SET_COOKIE, t)]);
         let written = respond::write(
             client,
@@ -801,11 +810,7 @@ impl EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |s| s.as_u16(),
         );
-        // The proxy's own refusals are no region's, even after failed
-        // connects there.
-        let served_by_index = ctx
-            .sent_to
-            .filter(|_| !matches!(ctx.reply, Some(ErrorReply::Refused(_))));
+        let served_by_index = ctx.reached(ctx.reply.as_ref());
         let done = Instant::now();
         let elapsed = done - ctx.started;
         self.state.request_metrics.record(
