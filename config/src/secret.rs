@@ -4,11 +4,23 @@
 
 use std::path::Path;
 
+/// The most a token file may hold.
+const MAX_TOKEN_FILE: u64 = 64 * 1024;
+
 /// Reads the token in `path`, named `field` in errors (such as
-/// `admin.token_file`).
+/// `admin.token_file`). The path must name a regular file, so that a pipe
+/// or a device there is refused rather than waited on.
 pub fn read_secret(field: &str, path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read {field} {}: {e}", path.display()))?;
+    let cannot = |e: &dyn std::fmt::Display| format!("cannot read {field} {}: {e}", path.display());
+    let bytes =
+        crate::values::read_regular(path, MAX_TOKEN_FILE, "a bearer token takes under 1 KiB")
+            .map_err(|e| cannot(&e))?;
+    let text = String::from_utf8(bytes).map_err(|_| {
+        format!(
+            "{field} {} is not UTF-8 text; put the bearer token alone in it",
+            path.display()
+        )
+    })?;
     token(&format!("{field} {}", path.display()), &text)
 }
 
@@ -55,6 +67,9 @@ mod tests {
         );
         let err = super::read_secret("x.token_file", &dir.path().join("none")).unwrap_err();
         assert!(err.starts_with("cannot read x.token_file"), "{err}");
+        std::fs::write(&path, b"\xff\xfe").unwrap();
+        let err = super::read_secret("x.token_file", &path).unwrap_err();
+        assert!(err.contains("not UTF-8"), "{err}");
         for bad in ["two words", "tab\there", "bell\u{7}", "caf\u{e9}"] {
             std::fs::write(&path, bad).unwrap();
             let err = super::read_secret("x.token_file", &path).unwrap_err();
@@ -63,6 +78,29 @@ mod tests {
                 "{bad:?}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn a_token_path_that_is_no_regular_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = super::read_secret("x.token_file", dir.path()).unwrap_err();
+        assert!(err.contains("not a regular file"), "{err}");
+        // A pipe with no writer: opening it to read would wait forever.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = super::read_secret("x.token_file", &fifo).unwrap_err();
+        assert!(
+            err.starts_with("cannot read x.token_file") && err.contains("not a regular file"),
+            "{err}"
+        );
+        let path = dir.path().join("big");
+        std::fs::write(&path, vec![b'a'; 64 * 1024 + 1]).unwrap();
+        let err = super::read_secret("x.token_file", &path).unwrap_err();
+        assert!(err.contains("larger than"), "{err}");
     }
 
     #[test]
