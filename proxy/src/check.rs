@@ -3,16 +3,31 @@
 use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
 /// Loads every TLS listener's certificate and key, as `run` would; the
-/// error names each one that is wrong, a line each.
-pub fn listeners(cfg: &ProxyConfig) -> Result<(), String> {
-    let errors: Vec<String> = cfg
+/// error names each one that is wrong, a line each. What loads but will
+/// not serve every client (a chain outside its dates, which `run` serves
+/// with an error logged) is given back as warnings.
+pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
+    let now = crate::tls::unix_now();
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    for (i, files) in cfg
         .listeners
         .iter()
         .enumerate()
-        .filter_map(|(i, l)| crate::tls::ListenerCert::load(i, l.tls.as_ref()?).err())
-        .collect();
+        .filter_map(|(i, l)| Some((i, l.tls.as_ref()?)))
+    {
+        match crate::tls::ListenerCert::load(i, files) {
+            Ok(cert) => warnings.extend(cert.validity().fault_at(now).map(|fault| {
+                format!(
+                    "listeners[{i}].tls.cert ({}): the certificate chain {fault}; clients that check certificates will refuse it",
+                    files.cert.display()
+                )
+            })),
+            Err(e) => errors.push(e),
+        }
+    }
     if errors.is_empty() {
-        Ok(())
+        Ok(warnings)
     } else {
         Err(errors.join("\n"))
     }

@@ -86,11 +86,14 @@ fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
 
 fn check(path: &Path) -> ExitCode {
     match ProxyConfig::load(path) {
-        Ok(cfg) => match edgeroute_proxy::check::listeners(&cfg)
-            .and_then(|()| edgeroute_proxy::check::secrets_and_logs(&cfg))
-            .and_then(|()| edgeroute_proxy::check::table_file(&cfg))
-        {
-            Ok(summary) => {
+        Ok(cfg) => match edgeroute_proxy::check::listeners(&cfg).and_then(|warnings| {
+            edgeroute_proxy::check::secrets_and_logs(&cfg)?;
+            Ok((warnings, edgeroute_proxy::check::table_file(&cfg)?))
+        }) {
+            Ok((warnings, summary)) => {
+                for warning in warnings {
+                    eprintln!("{}: warning: {warning}", path.display());
+                }
                 println!("{}: ok ({summary})", path.display());
                 ExitCode::SUCCESS
             }

@@ -38,6 +38,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Certificate files read again and put in force, or not, by result.
     pub tls_certificate_reloads: IntCounterVec,
+    /// When each TLS listener's certificate chain in force expires.
+    pub tls_certificate_expiry: IntGaugeVec,
     /// HTTP/2 connections the proxy told to go away, by why.
     pub http2_goaways: IntCounterVec,
     backend_up: IntGaugeVec,
@@ -264,6 +266,12 @@ impl Metrics {
                 "edgeroute_backend_inflight",
                 "Requests in flight on the backend",
                 &["region", "backend"],
+            ),
+            tls_certificate_expiry: gauge_vec(
+                &r,
+                "edgeroute_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS listener's certificate chain in force expires (the earliest notAfter of its certificates), in Unix seconds",
+                &["listener"],
             ),
             worker_connections: gauge_vec(
                 &r,

@@ -10,7 +10,7 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Installs ring as rustls' process-wide crypto provider. rustls panics at
 /// first use if it finds more than one provider and none was chosen, so this
@@ -41,10 +41,17 @@ const ENCRYPTED_LEGACY: &str = "Proc-Type: 4,ENCRYPTED";
 pub struct ListenerCert {
     index: usize,
     files: TlsFiles,
-    current: ArcSwap<CertifiedKey>,
+    current: ArcSwap<InForce>,
     /// The files as last read: a change is loaded once, and a bad one
     /// reported once (and again on SIGHUP).
     seen: Mutex<Seen>,
+}
+
+/// A certificate chain and key as served, with the chain's dates.
+#[derive(Debug)]
+struct InForce {
+    key: Arc<CertifiedKey>,
+    validity: Validity,
 }
 
 #[derive(Debug)]
@@ -55,7 +62,49 @@ enum Seen {
         key: Vec<u8>,
         /// Whether these bytes are the pair in force.
         loaded: bool,
+        /// Whether they were refused for their dates alone (see
+        /// [`ListenerCert::reload_at`]): looked at again at each reload,
+        /// since time may make them usable.
+        dated: bool,
     },
+}
+
+/// When a certificate chain can be used: from the latest of its
+/// certificates' start (notBefore) to the earliest of their ends
+/// (notAfter), in Unix seconds. A client that checks certificates refuses
+/// the chain outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+impl Validity {
+    /// Why the chain cannot be used at `now` (Unix seconds), if it cannot.
+    pub fn fault_at(&self, now: i64) -> Option<String> {
+        if now > self.not_after {
+            Some(format!("expired at {}", date(self.not_after)))
+        } else if now < self.not_before {
+            Some(format!("is not valid before {}", date(self.not_before)))
+        } else {
+            None
+        }
+    }
+}
+
+/// A Unix time as RFC 3339 (UTC), within the years X.509 can write.
+pub fn date(unix: i64) -> String {
+    /// 9999-12-31T23:59:59Z, the last second X.509's times can name.
+    const LAST: i64 = 253_402_300_799;
+    let secs = u64::try_from(unix.clamp(0, LAST)).unwrap_or(0);
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+}
+
+/// The time now in Unix seconds.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// What a [`ListenerCert::reload`] did.
@@ -71,28 +120,50 @@ pub enum Reload {
 
 impl ListenerCert {
     /// Loads `listeners[index].tls`. Every way the files can be wrong
-    /// (unreadable, no PEM section of the kind, an encrypted key, a key
-    /// that is not the certificate's) is an error that names the field and
-    /// the file, and says what to do.
+    /// (unreadable, no PEM section of the kind, a certificate that is not
+    /// X.509, an encrypted key, a key that is not the certificate's) is an
+    /// error that names the field and the file, and says what to do. A
+    /// chain outside its dates loads (see [`ListenerCert::validity`]):
+    /// some clients, such as a load balancer forwarding to the proxy, do
+    /// not check it.
     pub fn load(index: usize, files: &TlsFiles) -> Result<Arc<ListenerCert>, String> {
         let (cert_pem, key_pem) = read_files(index, files)?;
-        let key = certified_key(index, files, &cert_pem, &key_pem)?;
+        let in_force = certified_key(index, files, &cert_pem, &key_pem)?;
         Ok(Arc::new(ListenerCert {
             index,
             files: files.clone(),
-            current: ArcSwap::from_pointee(key),
+            current: ArcSwap::from_pointee(in_force),
             seen: Mutex::new(Seen::Read {
                 cert: cert_pem,
                 key: key_pem,
                 loaded: true,
+                dated: false,
             }),
         }))
     }
 
+    /// The dates of the chain in force.
+    pub fn validity(&self) -> Validity {
+        self.current.load().validity
+    }
+
+    /// `listeners[index]`, for logs.
+    pub fn listener(&self) -> String {
+        format!("listeners[{}]", self.index)
+    }
+
+    /// [`ListenerCert::reload_at`] now.
+    pub fn reload(&self, forced: bool) -> Reload {
+        self.reload_at(forced, unix_now())
+    }
+
     /// Reads the files again and puts a changed pair in force. `forced`
     /// (SIGHUP) reports files that cannot be used again, even when they
-    /// are as last read; files as last loaded are left as they are.
-    pub fn reload(&self, forced: bool) -> Reload {
+    /// are as last read; files as last loaded are left as they are. A
+    /// chain that cannot be used at `now` (Unix seconds; expired, or not
+    /// yet valid) never replaces one that can: it is refused, and looked
+    /// at again at each reload until its time comes or the files change.
+    pub fn reload_at(&self, forced: bool, now: i64) -> Reload {
         let read = read_files(self.index, &self.files);
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         let (cert_pem, key_pem) = match read {
@@ -103,28 +174,55 @@ impl ListenerCert {
                 return Reload::Failed(e);
             }
         };
-        if let Seen::Read { cert, key, loaded } = &*seen
-            && *cert == cert_pem
-            && *key == key_pem
-            && (*loaded || !forced)
-        {
-            return Reload::Unchanged;
-        }
-        let loaded = certified_key(self.index, &self.files, &cert_pem, &key_pem);
+        let (same, was_dated) = match &*seen {
+            Seen::Read {
+                cert,
+                key,
+                loaded,
+                dated,
+            } if *cert == cert_pem && *key == key_pem => {
+                if !dated && (*loaded || !forced) {
+                    return Reload::Unchanged;
+                }
+                (true, *dated)
+            }
+            _ => (false, false),
+        };
+        let in_force = self.current.load_full();
+        let (outcome, loaded, dated) =
+            match certified_key(self.index, &self.files, &cert_pem, &key_pem) {
+                Err(e) => (Reload::Failed(e), false, false),
+                // The same certificate as in force (files back as they were).
+                Ok(next) if next.key.cert == in_force.key.cert => (Reload::Unchanged, true, false),
+                Ok(next) => match next.validity.fault_at(now) {
+                    Some(fault) if in_force.validity.fault_at(now).is_none() => (
+                        Reload::Failed(format!(
+                            "{}: the certificate chain {fault}; the one in force, valid until {}, \
+                             stays; put a certificate valid now in the files",
+                            field(self.index, "cert", &self.files.cert),
+                            date(in_force.validity.not_after)
+                        )),
+                        false,
+                        true,
+                    ),
+                    _ => {
+                        self.current.store(Arc::new(next));
+                        (Reload::Loaded, true, false)
+                    }
+                },
+            };
         *seen = Seen::Read {
             cert: cert_pem,
             key: key_pem,
-            loaded: loaded.is_ok(),
+            loaded,
+            dated,
         };
-        match loaded {
-            // The same certificate as in force (files back as they were).
-            Ok(key) if key.cert == self.current.load().cert => Reload::Unchanged,
-            Ok(key) => {
-                self.current.store(Arc::new(key));
-                Reload::Loaded
-            }
-            Err(e) => Reload::Failed(e),
+        // Files refused for their dates are reported once, like other
+        // faults, and again on SIGHUP.
+        if same && was_dated && dated && !forced {
+            return Reload::Unchanged;
         }
+        outcome
     }
 
     /// The rustls configuration that serves this certificate: TLS 1.2 and
@@ -143,7 +241,7 @@ impl ListenerCert {
 
 impl ResolvesServerCert for ListenerCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
+        Some(Arc::clone(&self.current.load().key))
     }
 }
 
@@ -154,7 +252,11 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 /// listener's certificate files read again, and a changed pair put in
 /// force for new connections; files that cannot be used leave the
 /// certificate in force, with an error log line and a count in
-/// `edgeroute_tls_certificate_reloads_total{result="failed"}`. Run also
+/// `edgeroute_tls_certificate_reloads_total{result="failed"}`. The chain
+/// in force's expiry is kept in
+/// `edgeroute_tls_certificate_expiry_timestamp_seconds`, and a chain in
+/// force outside its dates is logged as an error once (at start, when it
+/// expires, when such a chain is put in force). Run also
 /// without certificates: SIGHUP, caught here, then never stops the proxy
 /// (its default action) when the table does not come from a file.
 /// `rereads`: made with [`WATCH_INTERVAL`] before the server starts, so
@@ -165,6 +267,35 @@ pub async fn watch(
     mut rereads: crate::lifecycle::Rereads,
 ) {
     let reloads = &state.metrics.tls_certificate_reloads;
+    let expiry = |cert: &ListenerCert| {
+        let address = state.config.listeners[cert.index].address.to_string();
+        state
+            .metrics
+            .tls_certificate_expiry
+            .with_label_values(&[address.as_str()])
+            .set(cert.validity().not_after);
+    };
+    // Whether each certificate in force was last seen outside its dates, so
+    // that its expiry is logged once.
+    let mut faulty = vec![false; certs.len()];
+    let dates = |faulty: &mut [bool]| {
+        let now = unix_now();
+        for (cert, faulty) in certs.iter().zip(faulty) {
+            let fault = cert.validity().fault_at(now);
+            if let Some(fault) = &fault
+                && !*faulty
+            {
+                tracing::error!(
+                    listener = %cert.listener(),
+                    cert = %cert.files.cert.display(),
+                    "the TLS certificate chain in force {fault}; clients that check certificates refuse it: put a certificate valid now in the files"
+                );
+            }
+            *faulty = fault.is_some();
+        }
+    };
+    certs.iter().for_each(|c| expiry(c));
+    dates(&mut faulty);
     while let Some(forced) = rereads.next(&state.lifecycle).await {
         if forced {
             if certs.is_empty() {
@@ -180,8 +311,8 @@ pub async fn watch(
                 tracing::info!("SIGHUP: reading the TLS certificate files again");
             }
         }
-        for cert in &certs {
-            let listener = format!("listeners[{}]", cert.index);
+        for (cert, faulty) in certs.iter().zip(faulty.iter_mut()) {
+            let listener = cert.listener();
             // Reading two small files: off the runtime's threads.
             let reloaded = {
                 let cert = Arc::clone(cert);
@@ -191,6 +322,9 @@ pub async fn watch(
                 Ok(Reload::Unchanged) => {}
                 Ok(Reload::Loaded) => {
                     reloads.with_label_values(&["ok"]).inc();
+                    expiry(cert);
+                    // A chain put in force outside its dates is logged.
+                    *faulty = false;
                     tracing::info!(%listener, cert = %cert.files.cert.display(), "TLS certificate reloaded; new connections get it");
                 }
                 Ok(Reload::Failed(e)) => {
@@ -200,6 +334,7 @@ pub async fn watch(
                 Err(e) => tracing::error!(%listener, error = %e, "one certificate reload failed"),
             }
         }
+        dates(&mut faulty);
     }
 }
 
@@ -238,7 +373,7 @@ fn certified_key(
     files: &TlsFiles,
     cert_pem: &[u8],
     key_pem: &[u8],
-) -> Result<CertifiedKey, String> {
+) -> Result<InForce, String> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: not valid PEM: {e}", field(index, "cert", &files.cert)))?;
@@ -267,10 +402,16 @@ fn certified_key(
         ),
         e => format!("{}: not valid PEM: {e}", field(index, "key", &files.key)),
     })?;
+    let validity = validity(&certs).map_err(|(nth, e)| {
+        format!(
+            "{}: certificate {nth} of the file is not X.509 ({e}); give the server's certificate, then its chain, as PEM",
+            field(index, "cert", &files.cert)
+        )
+    })?;
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
-    CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
+    let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => format!(
             "{}: is not the key of the first certificate in {} (give the private key made with \
              that certificate, and put the server's own certificate first in its file, then its chain)",
@@ -282,7 +423,28 @@ fn certified_key(
             files.cert.display(),
             files.key.display()
         ),
+    })?;
+    Ok(InForce {
+        key: Arc::new(key),
+        validity,
     })
+}
+
+/// The dates of a chain; an error names the certificate (from 1) that
+/// cannot be read.
+fn validity(certs: &[CertificateDer<'_>]) -> Result<Validity, (usize, String)> {
+    let mut validity = Validity {
+        not_before: i64::MIN,
+        not_after: i64::MAX,
+    };
+    for (i, der) in certs.iter().enumerate() {
+        let (_, cert) =
+            x509_parser::parse_x509_certificate(der).map_err(|e| (i + 1, e.to_string()))?;
+        let dates = cert.validity();
+        validity.not_before = validity.not_before.max(dates.not_before.timestamp());
+        validity.not_after = validity.not_after.min(dates.not_after.timestamp());
+    }
+    Ok(validity)
 }
 
 #[cfg(test)]
@@ -444,9 +606,180 @@ mod tests {
         );
     }
 
+    /// A certificate for `dates` (years, from 1 January to 1 January) and
+    /// its key, written as PEM files in `dir`.
+    fn dated_pair(dir: &Path, name: &str, dates: (i32, i32)) -> TlsFiles {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_before = rcgen::date_time_ymd(dates.0, 1, 1);
+        params.not_after = rcgen::date_time_ymd(dates.1, 1, 1);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let files = TlsFiles {
+            cert: dir.join(format!("{name}.crt")),
+            key: dir.join(format!("{name}.key")),
+        };
+        std::fs::write(&files.cert, cert.pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        files
+    }
+
+    /// 1 January of `year`, in Unix seconds.
+    fn jan_1(year: i32) -> i64 {
+        rcgen::date_time_ymd(year, 1, 1).unix_timestamp()
+    }
+
+    #[test]
+    fn a_chain_is_valid_from_its_latest_start_to_its_earliest_end() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let leaf = dated_pair(dir.path(), "leaf", (2020, 2040));
+        let middle = dated_pair(dir.path(), "middle", (2022, 2030));
+        let chain = dir.path().join("chain.crt");
+        let mut pem = std::fs::read(&leaf.cert).unwrap();
+        pem.extend(std::fs::read(&middle.cert).unwrap());
+        std::fs::write(&chain, pem).unwrap();
+        let cert = ListenerCert::load(
+            0,
+            &TlsFiles {
+                cert: chain,
+                key: leaf.key,
+            },
+        )
+        .unwrap();
+        let validity = cert.validity();
+        assert_eq!(
+            validity,
+            Validity {
+                not_before: jan_1(2022),
+                not_after: jan_1(2030),
+            }
+        );
+        assert_eq!(validity.fault_at(jan_1(2025)), None);
+        assert_eq!(validity.fault_at(jan_1(2030)), None, "its last second");
+        assert_eq!(
+            validity.fault_at(jan_1(2030) + 1).unwrap(),
+            "expired at 2030-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            validity.fault_at(jan_1(2021)).unwrap(),
+            "is not valid before 2022-01-01T00:00:00Z"
+        );
+        assert_eq!(date(i64::MIN), "1970-01-01T00:00:00Z");
+        assert_eq!(date(i64::MAX), "9999-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn a_certificate_that_is_not_x509_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = pair(dir.path(), "a");
+        let chain = dir.path().join("chain.crt");
+        let mut pem = std::fs::read(&good.cert).unwrap();
+        pem.extend(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n");
+        std::fs::write(&chain, pem).unwrap();
+        let e = error(
+            3,
+            &TlsFiles {
+                cert: chain,
+                key: good.key,
+            },
+        );
+        assert!(
+            e.starts_with("listeners[3].tls.cert (")
+                && e.contains("certificate 2 of the file is not X.509"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_chain_outside_its_dates_never_replaces_one_within_them() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let now = jan_1(2026);
+        let valid = dated_pair(dir.path(), "valid", (2025, 2027));
+        let expired = dated_pair(dir.path(), "expired", (2023, 2025));
+        let early = dated_pair(dir.path(), "early", (2028, 2030));
+        let live = live(dir.path());
+        let put = |from: &TlsFiles| put(from, &live);
+        put(&valid);
+        let cert = ListenerCert::load(0, &live).unwrap();
+
+        put(&expired);
+        match cert.reload_at(false, now) {
+            Reload::Failed(e) => assert!(
+                e.starts_with("listeners[0].tls.cert (")
+                    && e.contains("the certificate chain expired at 2025-01-01T00:00:00Z")
+                    && e.contains("valid until 2027-01-01T00:00:00Z, stays"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(serving(&cert), pem_cert(&valid));
+        assert_eq!(
+            cert.reload_at(false, now),
+            Reload::Unchanged,
+            "reported once"
+        );
+        assert!(matches!(cert.reload_at(true, now), Reload::Failed(_)));
+
+        // Not valid yet: refused until its time comes, with no change to
+        // the files.
+        put(&early);
+        match cert.reload_at(false, now) {
+            Reload::Failed(e) => assert!(
+                e.contains("is not valid before 2028-01-01T00:00:00Z"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cert.reload_at(false, now), Reload::Unchanged);
+        assert_eq!(serving(&cert), pem_cert(&valid));
+        assert_eq!(cert.reload_at(false, jan_1(2028)), Reload::Loaded);
+        assert_eq!(serving(&cert), pem_cert(&early));
+        assert_eq!(cert.reload_at(false, jan_1(2028)), Reload::Unchanged);
+
+        // Once the chain in force is outside its dates too, the files win.
+        put(&expired);
+        assert_eq!(cert.reload_at(false, jan_1(2031)), Reload::Loaded);
+        assert_eq!(serving(&cert), pem_cert(&expired));
+    }
+
+    #[test]
+    fn a_chain_outside_its_dates_loads_at_start() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let expired = dated_pair(dir.path(), "expired", (2000, 2001));
+        let cert = ListenerCert::load(0, &expired).unwrap();
+        assert!(
+            cert.validity()
+                .fault_at(unix_now())
+                .unwrap()
+                .starts_with("expired at 2001-01-01")
+        );
+    }
+
+    /// The files a listener is given, which the tests put pairs in.
+    fn live(dir: &Path) -> TlsFiles {
+        TlsFiles {
+            cert: dir.join("live.crt"),
+            key: dir.join("live.key"),
+        }
+    }
+
+    /// Copies the pair `from` over `to`.
+    fn put(from: &TlsFiles, to: &TlsFiles) {
+        std::fs::copy(&from.cert, &to.cert).unwrap();
+        std::fs::copy(&from.key, &to.key).unwrap();
+    }
+
     /// The server's certificate in force.
     fn serving(cert: &ListenerCert) -> CertificateDer<'static> {
-        cert.current.load().cert.first().expect("a chain").clone()
+        cert.current
+            .load()
+            .key
+            .cert
+            .first()
+            .expect("a chain")
+            .clone()
     }
 
     fn pem_cert(files: &TlsFiles) -> CertificateDer<'static> {
@@ -458,14 +791,8 @@ mod tests {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (pair(dir.path(), "a"), pair(dir.path(), "b"));
-        let live = TlsFiles {
-            cert: dir.path().join("live.crt"),
-            key: dir.path().join("live.key"),
-        };
-        let put = |from: &TlsFiles| {
-            std::fs::copy(&from.cert, &live.cert).unwrap();
-            std::fs::copy(&from.key, &live.key).unwrap();
-        };
+        let live = live(dir.path());
+        let put = |from: &TlsFiles| put(from, &live);
         put(&a);
         let cert = ListenerCert::load(1, &live).unwrap();
         assert_eq!(serving(&cert), pem_cert(&a));

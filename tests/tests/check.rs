@@ -1,7 +1,7 @@
 //! `edgeroute-proxy check` names every bad field of a broken config.
 
 use edgeroute_tests::proxy::proxy_bin;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// A valid config in `dir` with one region and the table file `table.json`
@@ -212,6 +212,60 @@ fn the_control_token_may_come_from_the_environment() {
     );
 }
 
+/// A config in `dir` (`tls.toml`, with its `table.json`) for one region,
+/// with a listener on a free port for each of `listeners`, given the
+/// options written there.
+fn listeners_config(dir: &Path, listeners: &[&str]) -> PathBuf {
+    let mut toml = String::from("local_region = \"us-east-1\"\n");
+    for options in listeners {
+        toml += &format!(
+            "[[listeners]]\naddress = \"{}\"\n{options}\n",
+            edgeroute_tests::proxy::free_addr()
+        );
+    }
+    toml += &format!(
+        "[admin]\naddress = \"{}\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\n",
+        edgeroute_tests::proxy::free_addr()
+    );
+    let config = dir.join("tls.toml");
+    std::fs::write(&config, toml).unwrap();
+    std::fs::write(
+        dir.join("table.json"),
+        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
+    )
+    .unwrap();
+    config
+}
+
+/// A TLS listener whose certificate has expired passes `check` with a
+/// warning that says so, as `run` serves it (see the protocols tests):
+/// some clients (a load balancer forwarding to the proxy) do not check it.
+#[test]
+fn an_expired_tls_certificate_is_a_warning_of_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("old.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("old.key"), key.serialize_pem()).unwrap();
+    let config = listeners_config(
+        dir.path(),
+        &["tls = { cert = \"old.crt\", key = \"old.key\" }"],
+    );
+    let checked = check(&proxy_bin(), &config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(checked.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: listeners[0].tls.cert (")
+            && stderr.contains("old.crt): the certificate chain expired at 2001-01-01T00:00:00Z"),
+        "{stderr}"
+    );
+}
+
 /// A TLS listener whose key is not its certificate's is refused by `check`
 /// and by `run` before anything is served, naming the field and the files;
 /// `check` names every such listener.
@@ -227,29 +281,14 @@ fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
         )
         .unwrap();
     }
-    let config = dir.path().join("tls.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "local_region = \"us-east-1\"\n\
-             [[listeners]]\naddress = \"{}\"\n\
-             [[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"a.crt\", key = \"b.key\" }}\n\
-             [[listeners]]\naddress = \"{}\"\ntls = {{ cert = \"b.crt\", key = \"b.crt\" }}\n\
-             [admin]\naddress = \"{}\"\n\
-             [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
-             [table]\nsource = \"file\"\npath = \"table.json\"\n",
-            edgeroute_tests::proxy::free_addr(),
-            edgeroute_tests::proxy::free_addr(),
-            edgeroute_tests::proxy::free_addr(),
-            edgeroute_tests::proxy::free_addr(),
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.path().join("table.json"),
-        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
-    )
-    .unwrap();
+    let config = listeners_config(
+        dir.path(),
+        &[
+            "",
+            "tls = { cert = \"a.crt\", key = \"b.key\" }",
+            "tls = { cert = \"b.crt\", key = \"b.crt\" }",
+        ],
+    );
     let checked = check(&proxy_bin(), &config).output().unwrap();
     let checked_stderr = checked.stderr.clone();
     let ran = run_to_exit(&config);

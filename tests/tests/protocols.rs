@@ -537,6 +537,92 @@ async fn a_rotated_certificate_is_put_in_force_and_a_broken_one_is_not() {
     );
 }
 
+/// A self-signed certificate for `localhost` valid from 2000 to 2001, and
+/// its key.
+fn expired_certificate() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    (params.self_signed(&key).unwrap(), key)
+}
+
+/// The expiry gauge of `proxy`'s listener.
+fn expiry_gauge(proxy: &Proxy) -> String {
+    format!(
+        "edgeroute_tls_certificate_expiry_timestamp_seconds{{listener=\"{}\"}}",
+        proxy.addr
+    )
+}
+
+/// A proxy started with an expired certificate serves it (a load balancer
+/// forwarding to the proxy does not check it), logs an error that says so
+/// and what to do, and gives its expiry in the gauge.
+#[tokio::test]
+async fn an_expired_certificate_at_start_is_served_with_an_error_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = expired_certificate();
+    let (cert_path, key_path) = (dir.path().join("old.crt"), dir.path().join("old.key"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .listener_options(&format!(
+            "tls = {{ cert = {cert_path:?}, key = {key_path:?} }}"
+        ))
+        .start()
+        .await;
+    eventually("the expiry is logged", GUARD, || async {
+        let log = proxy.log();
+        log.contains("the TLS certificate chain in force expired at 2001-01-01T00:00:00Z")
+            && log.contains("put a certificate valid now in the files")
+    })
+    .await;
+    assert_eq!(
+        proxy.metric(&expiry_gauge(&proxy)).await,
+        rcgen::date_time_ymd(2001, 1, 1).unix_timestamp() as f64
+    );
+}
+
+/// A certificate whose dates have passed never replaces one within them:
+/// the one in force keeps serving, the refusal is logged and counted, and
+/// the expiry gauge keeps the date of the chain in force.
+#[tokio::test]
+async fn an_expired_certificate_never_replaces_a_valid_one() {
+    let tls = Tls::start("").await;
+    let expiry = expiry_gauge(&tls.proxy);
+    // rcgen's certificates run to 4096-01-01.
+    let until_4096 = rcgen::date_time_ymd(4096, 1, 1).unix_timestamp() as f64;
+    assert_eq!(tls.proxy.metric(&expiry).await, until_4096);
+
+    let (expired, key) = expired_certificate();
+    let dir = tls.dir.path();
+    edgeroute_tests::proxy::write_atomically(&dir.join("tls.crt"), &expired.pem());
+    edgeroute_tests::proxy::write_atomically(&dir.join("tls.key"), &key.serialize_pem());
+    tls.proxy.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the expired certificate is refused", GUARD, || async {
+        tls.proxy
+            .log()
+            .contains("the certificate chain expired at 2001-01-01T00:00:00Z")
+    })
+    .await;
+    assert_eq!(tls.get("/kept").await.status(), 200, "the old one serves");
+    assert!(
+        tls.proxy
+            .metric("edgeroute_tls_certificate_reloads_total{result=\"failed\"}")
+            .await
+            >= 1.0
+    );
+    assert_eq!(
+        tls.proxy
+            .metric("edgeroute_tls_certificate_reloads_total{result=\"ok\"}")
+            .await,
+        0.0
+    );
+    assert_eq!(tls.proxy.metric(&expiry).await, until_4096);
+}
+
 /// A proxy for `origin` with an h2c listener and `client_idle` as given.
 async fn h2c_proxy(origin: &Origin, client_idle: &str) -> Proxy {
     ProxyBuilder::new(US)
