@@ -398,10 +398,12 @@ pub struct Runner {
 enum RecordChange {
     /// Weighted records: their weight (`from`: the highest they had).
     Weight { from: i64, to: i64, why: String },
-    /// Latency records: removed while drained, kept to put back.
+    /// Latency records: removed while drained, kept in Route 53 to put
+    /// back (see [`crate::kept`]).
     Remove,
-    /// The kept latency records, put back.
-    Restore(Vec<SavedRecord>),
+    /// The kept latency records, put back, and the TXT record that kept
+    /// them (if they were kept in Route 53) deleted.
+    Restore(Vec<SavedRecord>, Option<Box<ResourceRecordSet>>),
 }
 
 impl Runner {
@@ -530,6 +532,7 @@ impl Runner {
                             .collect(),
                     },
                     records: Default::default(),
+                    kept: Default::default(),
                     members,
                     failover,
                 })
@@ -1009,13 +1012,15 @@ impl Runner {
                     ));
                 }
             },
-            None => match history.drained_records.get(region) {
+            None => match kept_records(&state, &history, region)? {
                 Some(_) if weight.is_some() => {
                     return Err(format!(
                         "--weight applies to weighted records; {region}'s kept record is latency-routed and is put back as it was (leave out --weight)"
                     ));
                 }
-                Some(saved) => RecordChange::Restore(saved.clone()),
+                Some(saved) => {
+                    RecordChange::Restore(saved, state.kept.get(region).cloned().map(Box::new))
+                }
                 None if known_region(&state, region) => {
                     return Err(format!(
                         "{region} has no record of {} and none was kept by a drain; create it again (for example with your infrastructure code)",
@@ -1060,7 +1065,8 @@ impl Runner {
                 .cloned()
                 .ok_or_else(|| self.no_region(state, region))
         };
-        let (summary, action, records, table_weight) = match &change {
+        // The records to change, each with its action.
+        let (summary, changes, table_weight) = match &change {
             RecordChange::Weight { from, to, why } => {
                 if !(0..=255).contains(to) {
                     return Err(format!("a Route 53 weight is 0 to 255, got {to}"));
@@ -1074,43 +1080,55 @@ impl Runner {
                         "{} {region}: Route 53 weight {from} → {to} ({why})",
                         kind.as_str()
                     ),
-                    ChangeAction::Upsert,
-                    rs,
+                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect(),
                     *to,
                 )
             }
-            RecordChange::Remove => (
-                format!("drain {region}: remove its latency records of {name} (kept to put back)"),
-                ChangeAction::Delete,
-                existing()?,
-                0,
-            ),
-            RecordChange::Restore(saved) => {
+            RecordChange::Remove => {
+                let rs = existing()?;
+                let saved: Vec<SavedRecord> = rs.iter().map(SavedRecord::of).collect();
+                let keep = crate::kept::record(name, region, &saved)
+                    .map_err(|e| format!("cannot drain {region}: {e}; nothing changed"))?;
+                let mut changes: Vec<_> =
+                    rs.into_iter().map(|r| (ChangeAction::Delete, r)).collect();
+                changes.push((ChangeAction::Upsert, keep));
+                (
+                    format!(
+                        "drain {region}: remove its latency records of {name} (kept in Route 53 to put back)"
+                    ),
+                    changes,
+                    0,
+                )
+            }
+            RecordChange::Restore(saved, kept) => {
                 let rs = saved
                     .iter()
                     .map(SavedRecord::record)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("a kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
+                let mut changes: Vec<_> =
+                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect();
+                changes.extend(kept.iter().map(|k| (ChangeAction::Delete, (**k).clone())));
                 (
                     format!("undrain {region}: put back its latency records of {name}"),
-                    ChangeAction::Upsert,
-                    rs,
+                    changes,
                     100,
                 )
             }
         };
         let call = format!(
             "route53:ChangeResourceRecordSets, one batch: {}",
-            records
+            changes
                 .iter()
-                .map(|r| {
+                .map(|(action, r)| {
                     let routing = r.weight().map_or_else(
                         || format!("Region={}", r.region().map_or(region, |g| g.as_str())),
                         |w| format!("Weight={w}"),
                     );
                     format!(
-                        "{} {name} {} SetIdentifier={} {routing}",
+                        "{} {} {} SetIdentifier={} {routing}",
                         action.as_str(),
+                        r.name().trim_end_matches('.'),
                         r.r#type().as_str(),
                         r.set_identifier().unwrap_or(region)
                     )
@@ -1139,12 +1157,6 @@ impl Runner {
             RecordChange::Weight { from, .. } if kind == Kind::Drain => {
                 h.weights_before_drain.insert(region.to_owned(), *from);
             }
-            RecordChange::Remove => {
-                h.drained_records.insert(
-                    region.to_owned(),
-                    records.iter().map(SavedRecord::of).collect(),
-                );
-            }
             _ => {}
         })
         .map_err(|e| format!("{e}; nothing changed"))?;
@@ -1160,10 +1172,7 @@ impl Runner {
             && before.table.as_ref().is_some_and(shows);
         let error = async {
             self.aws
-                .change_records(
-                    records.into_iter().map(|r| (action.clone(), r)).collect(),
-                    &format!("edgeroute {}", kind.as_str()),
-                )
+                .change_records(changes, &format!("edgeroute {}", kind.as_str()))
                 .await
                 .map_err(|e| format!("Route 53 refused the change: {e}"))?;
             tl.step("requested", "ChangeResourceRecordSets accepted".into());
@@ -1228,6 +1237,29 @@ impl Before {
     }
 }
 
+/// The records a drain of `region` kept: in Route 53, else (a drain by an
+/// older version) in the history file.
+fn kept_records(
+    state: &AwsState,
+    history: &History,
+    region: &str,
+) -> Result<Option<Vec<SavedRecord>>, String> {
+    match state.kept.get(region) {
+        Some(txt) => match crate::kept::records(txt) {
+            Ok(saved) => Ok(Some(saved)),
+            Err(_) if history.drained_records.contains_key(region) => {
+                Ok(history.drained_records.get(region).cloned())
+            }
+            Err(e) => Err(format!(
+                "the records of {region} kept in Route 53 ({} TXT, set identifier {region}) cannot be read: {e}; \
+                 create them again (for example with your infrastructure code), then delete that record",
+                txt.name()
+            )),
+        },
+        None => Ok(history.drained_records.get(region).cloned()),
+    }
+}
+
 /// A region of the API name's records (or drained from them) or of the
 /// global cluster.
 fn known_region(state: &AwsState, region: &str) -> bool {
@@ -1284,8 +1316,83 @@ fn routing_of(records: &[ResourceRecordSet]) -> Routing {
 
 #[cfg(test)]
 mod tests {
-    use super::{Routing, routing_of};
-    use aws_sdk_route53::types::{ResourceRecordSet, ResourceRecordSetRegion, RrType};
+    use super::{Routing, kept_records, routing_of};
+    use crate::aws::{AwsState, SavedRecord};
+    use crate::history::History;
+    use aws_sdk_route53::types::{
+        ResourceRecord, ResourceRecordSet, ResourceRecordSetRegion, RrType,
+    };
+
+    /// The records of a drain of eu-west-1, from Route 53 (`kept`) or an
+    /// older version's history file (`history`), or from neither.
+    #[test]
+    fn an_undrain_takes_the_records_kept_in_route53_else_those_of_an_older_history_file() {
+        let saved = |ip: &str| SavedRecord {
+            name: "api.example.com.".into(),
+            rr_type: "A".into(),
+            set_identifier: Some("eu-west-1".into()),
+            region: Some("eu-west-1".into()),
+            health_check_id: None,
+            ttl: Some(60),
+            values: vec![ip.into()],
+            alias: None,
+        };
+        let in_route53 = saved("192.0.2.1");
+        let in_history = saved("192.0.2.2");
+        let state = |kept: Option<ResourceRecordSet>| AwsState {
+            view: Default::default(),
+            records: Default::default(),
+            kept: kept
+                .into_iter()
+                .map(|k| ("eu-west-1".to_owned(), k))
+                .collect(),
+            members: vec![],
+            failover: None,
+        };
+        let txt = crate::kept::record(
+            "api.example.com",
+            "eu-west-1",
+            std::slice::from_ref(&in_route53),
+        )
+        .unwrap();
+        let unreadable = ResourceRecordSet::builder()
+            .name(txt.name())
+            .r#type(RrType::Txt)
+            .set_identifier("eu-west-1")
+            .weight(0)
+            .resource_records(
+                ResourceRecord::builder()
+                    .value("\"edgeroute-v1\" \"!!\"")
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let mut history = History::default();
+        let none = History::default();
+        history
+            .drained_records
+            .insert("eu-west-1".into(), vec![in_history.clone()]);
+
+        let got = |kept: Option<&ResourceRecordSet>, history: &History| {
+            kept_records(&state(kept.cloned()), history, "eu-west-1")
+        };
+        assert_eq!(
+            got(Some(&txt), &history),
+            Ok(Some(vec![in_route53.clone()]))
+        );
+        assert_eq!(got(Some(&txt), &none), Ok(Some(vec![in_route53])));
+        assert_eq!(got(None, &history), Ok(Some(vec![in_history.clone()])));
+        assert_eq!(got(Some(&unreadable), &history), Ok(Some(vec![in_history])));
+        assert_eq!(got(None, &none), Ok(None));
+        let err = got(Some(&unreadable), &none).unwrap_err();
+        assert!(
+            err.contains("_edgeroute-drained.api.example.com. TXT")
+                && err.contains("not base64")
+                && err.contains("create them again"),
+            "{err}"
+        );
+    }
 
     fn record(kind: RrType, weight: Option<i64>, latency: bool) -> ResourceRecordSet {
         ResourceRecordSet::builder()

@@ -9,7 +9,7 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet};
+use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet, RrType};
 use aws_smithy_http_client::tls;
 use edgeroute_config::{AwsSourceConfig, RegionView, TopologyView};
 use std::collections::{BTreeMap, HashMap};
@@ -155,6 +155,7 @@ impl AwsSource {
     /// Reads every API once: the view, and what the actions act on.
     pub async fn state(&self) -> Result<AwsState, AwsError> {
         let records = self.latency_records().await?;
+        let kept = self.kept_records().await?;
         let mut regions = Vec::with_capacity(records.len());
         for (region, rs) in &records {
             let (healthy, health_unread) = self.region_healthy(region, rs).await;
@@ -180,23 +181,24 @@ impl AwsSource {
             ),
         })?;
         // A region with no record gets no DNS traffic. The writer's region
-        // (whose writes go on) and a region this control plane's drain
-        // removed stay in the table as draining; other regions without a
-        // record leave it. (Not every member: a secondary kept for recovery
-        // alone is no region of the proxies, which would refuse the table.)
-        let drained = match self
+        // (whose writes go on) and a region a drain removed (its records
+        // kept in Route 53, or in the history file by an older version)
+        // stay in the table as draining; other regions without a record
+        // leave it. (Not every member: a secondary kept for recovery alone
+        // is no region of the proxies, which would refuse the table.)
+        let mut drained: Vec<String> = kept.keys().cloned().collect();
+        match self
             .history_file
             .as_ref()
             .map(|p| crate::history::History::load(p))
         {
-            Some(Ok(h)) => h.drained_records.into_keys().collect(),
+            Some(Ok(h)) => drained.extend(h.drained_records.into_keys()),
             Some(Err(e)) => {
                 // Drained regions would leave the table: say why.
-                tracing::warn!(error = %e, "cannot read the history file; regions drained by removing their records are out of the table until it can be read");
-                Vec::new()
+                tracing::warn!(error = %e, "cannot read the history file; regions it names as drained (by an older version) are out of the table until it can be read");
             }
-            None => Vec::new(),
-        };
+            None => {}
+        }
         for region in std::iter::once(writer_region.clone()).chain(drained) {
             if !regions.iter().any(|r| r.name == region) {
                 regions.push(RegionView {
@@ -238,6 +240,7 @@ impl AwsSource {
                 regions,
             },
             records,
+            kept,
             members,
             failover,
         })
@@ -369,9 +372,52 @@ impl AwsSource {
     /// The API name's records by region: a region may have several (an A
     /// and an AAAA record, say).
     async fn latency_records(&self) -> Result<BTreeMap<String, Vec<ResourceRecordSet>>, AwsError> {
-        let wanted = format!("{}.", self.cfg.record_name);
+        let wanted = format!("{}.", self.cfg.record_name.trim_end_matches('.'));
+        let found = self
+            .records_named(&wanted, |r| {
+                r.region()
+                    .map(|r| r.as_str().to_owned())
+                    .or_else(|| r.set_identifier().map(str::to_owned))
+            })
+            .await?;
+        if found.is_empty() {
+            return Err(AwsError {
+                api: "ListResourceRecordSets",
+                message: format!(
+                    "no latency records named {} in hosted zone {}",
+                    self.cfg.record_name, self.cfg.hosted_zone_id
+                ),
+            });
+        }
+        Ok(found)
+    }
+
+    /// The records kept by drains (see [`crate::kept`]), by region.
+    async fn kept_records(&self) -> Result<BTreeMap<String, ResourceRecordSet>, AwsError> {
+        let found = self
+            .records_named(&crate::kept::name(&self.cfg.record_name), |r| {
+                (*r.r#type() == RrType::Txt)
+                    .then(|| r.set_identifier().map(str::to_owned))
+                    .flatten()
+            })
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|(region, mut rs)| Some((region, rs.pop()?)))
+            .collect())
+    }
+
+    /// The records of the zone named `wanted` (with its final dot), by the
+    /// key `key` gives them (records without one are left out). Route 53
+    /// lists a zone in name order from the name asked for, so the first
+    /// other name ends the list.
+    async fn records_named(
+        &self,
+        wanted: &str,
+        key: impl Fn(&ResourceRecordSet) -> Option<String>,
+    ) -> Result<BTreeMap<String, Vec<ResourceRecordSet>>, AwsError> {
         let mut found: BTreeMap<String, Vec<ResourceRecordSet>> = BTreeMap::new();
-        let mut start: Option<(String, Option<String>)> = Some((wanted.clone(), None));
+        let mut start: Option<(String, Option<String>)> = Some((wanted.to_owned(), None));
         // Bounded: a zone is paged at most this many times per read.
         for _ in 0..100 {
             let Some((name, identifier)) = start.take() else {
@@ -388,16 +434,13 @@ impl AwsSource {
                 .map_err(fail("ListResourceRecordSets"))?;
             let mut past = false;
             for rrset in out.resource_record_sets() {
-                if !rrset.name().eq_ignore_ascii_case(&wanted) {
-                    past |= !found.is_empty();
-                    continue;
+                if !rrset.name().eq_ignore_ascii_case(wanted) {
+                    past = true;
+                    break;
                 }
-                let region = rrset
-                    .region()
-                    .map(|r| r.as_str().to_owned())
-                    .or_else(|| rrset.set_identifier().map(str::to_owned));
-                let Some(region) = region else { continue };
-                found.entry(region).or_default().push(rrset.clone());
+                if let Some(key) = key(rrset) {
+                    found.entry(key).or_default().push(rrset.clone());
+                }
             }
             if past || !out.is_truncated() {
                 break;
@@ -413,15 +456,6 @@ impl AwsSource {
                 break;
             }
             start = next;
-        }
-        if found.is_empty() {
-            return Err(AwsError {
-                api: "ListResourceRecordSets",
-                message: format!(
-                    "no latency records named {} in hosted zone {}",
-                    self.cfg.record_name, self.cfg.hosted_zone_id
-                ),
-            });
         }
         Ok(found)
     }
@@ -607,6 +641,9 @@ pub struct AwsState {
     pub view: TopologyView,
     /// The API name's records, by region.
     pub records: BTreeMap<String, Vec<ResourceRecordSet>>,
+    /// The TXT records that keep drained regions' records, by region (see
+    /// [`crate::kept`]).
+    pub kept: BTreeMap<String, ResourceRecordSet>,
     pub members: Vec<Member>,
     /// The writer change AWS reports under way.
     pub failover: Option<FailoverInfo>,

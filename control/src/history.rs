@@ -20,9 +20,16 @@ pub struct History {
     /// Region → Route 53 weight it had when it was drained (weighted records).
     #[serde(default)]
     pub weights_before_drain: BTreeMap<String, i64>,
-    /// Region → its latency records, removed while the region is drained.
-    /// (Files written when one record was kept per region hold it alone.)
-    #[serde(default, deserialize_with = "records_by_region")]
+    /// Region → its latency records, removed while the region is drained,
+    /// as files written before drains kept them in Route 53 (see
+    /// [`crate::kept`]) hold them: read so that such a region can still be
+    /// undrained, and no longer written. (Older files still keep one
+    /// record per region alone.)
+    #[serde(
+        default,
+        deserialize_with = "records_by_region",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
     pub drained_records: BTreeMap<String, Vec<crate::aws::SavedRecord>>,
 }
 

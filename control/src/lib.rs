@@ -13,6 +13,7 @@ pub mod automation;
 pub mod aws;
 pub mod builder;
 pub mod history;
+pub mod kept;
 pub mod metrics;
 pub mod notify;
 pub mod registry;

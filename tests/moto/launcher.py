@@ -11,6 +11,9 @@ and moto lacks, patched into its Python backends before the server starts:
 - Route 53 GetHealthCheckStatus: moto always answers Success; here every
   checker reports Failure while the latest CloudWatch AWS/Route53
   HealthCheckStatus datapoint for the check is 0, as Route 53 itself does.
+- Route 53 ChangeResourceRecordSets: a DELETE of a record with a set
+  identifier deletes that record alone (its name, type and identifier), as
+  Route 53 does; moto deletes every record of the zone with the identifier.
 
 Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
 """
@@ -193,6 +196,48 @@ def patch_route53() -> None:
         return responses.ActionResult({"HealthCheckObservations": observations})
 
     responses.Route53.get_health_check_status = get_health_check_status
+    patch_route53_delete()
+
+
+def patch_route53_delete() -> None:
+    from moto.route53.models import Route53Backend
+
+    original = Route53Backend.change_resource_record_sets
+    lock = threading.Lock()
+
+    def change_resource_record_sets(self, zoneid, change_list):
+        zone = self.get_hosted_zone(zoneid)
+        # moto calls zone.delete_rrset_by_id(identifier) for each such
+        # DELETE, in order: each call is matched with its change.
+        named = iter(
+            [
+                c["ResourceRecordSet"]
+                for c in change_list
+                if c["Action"] == "DELETE" and "SetIdentifier" in c["ResourceRecordSet"]
+            ]
+        )
+
+        def delete_rrset_by_id(set_identifier):
+            record = next(named)
+            name = record["Name"].rstrip(".").lower()
+            zone.rrsets = [
+                r
+                for r in zone.rrsets
+                if not (
+                    r.name.rstrip(".").lower() == name
+                    and r.type == record["Type"]
+                    and r.set_identifier == set_identifier
+                )
+            ]
+
+        with lock:
+            zone.delete_rrset_by_id = delete_rrset_by_id
+            try:
+                return original(self, zoneid, change_list)
+            finally:
+                del zone.delete_rrset_by_id
+
+    Route53Backend.change_resource_record_sets = change_resource_record_sets
 
 
 if __name__ == "__main__":

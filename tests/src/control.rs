@@ -6,7 +6,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -129,13 +129,29 @@ impl ControlPlane {
     /// Runs `edgeroute-control ARGS --config <its config>` with its
     /// environment, without blocking the test's runtime.
     pub async fn command(&self, args: &[&str]) -> Ran {
+        self.command_with(&self.config_path, args).await
+    }
+
+    /// [`ControlPlane::command`] as run on another machine: its config and
+    /// token copied to a folder of their own, so with a history file of
+    /// its own.
+    pub async fn command_elsewhere(&self, args: &[&str]) -> Ran {
+        let elsewhere = self.dir.join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).expect("another folder");
+        let config = elsewhere.join("control.toml");
+        std::fs::copy(&self.config_path, &config).expect("copy the config");
+        std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
+        self.command_with(&config, args).await
+    }
+
+    async fn command_with(&self, config: &Path, args: &[&str]) -> Ran {
         let out = tokio::process::Command::new(workspace_bin(
             "edgeroute-control",
             "EDGEROUTE_CONTROL_BIN",
         ))
         .args(args)
         .arg("--config")
-        .arg(&self.config_path)
+        .arg(config)
         .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .stdin(Stdio::null())
         .kill_on_drop(true)

@@ -519,6 +519,21 @@ pub async fn record_types(moto: &Moto, zone_id: &str, region: &str) -> Vec<Strin
     types
 }
 
+/// The TXT records that keep drained regions' latency records, by the
+/// region they keep.
+pub async fn kept_regions(moto: &Moto, zone_id: &str) -> Vec<String> {
+    let kept = format!("_edgeroute-drained.{RECORD}");
+    let mut regions: Vec<String> = list_records(moto, zone_id)
+        .await
+        .resource_record_sets()
+        .iter()
+        .filter(|r| r.name().trim_end_matches('.') == kept && r.r#type().as_str() == "TXT")
+        .filter_map(|r| r.set_identifier().map(str::to_owned))
+        .collect();
+    regions.sort();
+    regions
+}
+
 /// The region holding the global cluster's writer, and whether a writer
 /// change runs.
 pub async fn writer(moto: &Moto) -> (String, bool) {

@@ -454,9 +454,13 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     let types = || moto::record_types(&env.moto, &env.fixture.zone_id, "us-east-1");
     assert_eq!(types().await, ["A", "AAAA"]);
 
-    let ran = env.cp.command(&["drain", "us-east-1"]).await;
+    // Drained from another machine, with a history file of its own: the
+    // records are kept in Route 53, where the control plane sees the
+    // region drained (not gone) and any command line finds them.
+    let ran = env.cp.command_elsewhere(&["drain", "us-east-1"]).await;
     ran.assert_ok_saying(&[
         "remove its latency records",
+        "(kept in Route 53 to put back)",
         "us-east-1 draining, weight 0",
         "1 of 1 proxies",
     ]);
@@ -464,6 +468,8 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
         types().await.is_empty(),
         "every record of the region is out of DNS"
     );
+    let kept = || moto::kept_regions(&env.moto, &env.fixture.zone_id);
+    assert_eq!(kept().await, ["us-east-1"]);
     // The proxy confirmed the table: its reads have moved already.
     for _ in 0..10 {
         assert_ne!(read_region().await, "us-east-1");
@@ -480,6 +486,7 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
         "us-east-1 active, weight 100",
     ]);
     assert_eq!(types().await, ["A", "AAAA"], "both records are back");
+    assert!(kept().await.is_empty(), "the kept copy is gone with them");
     for _ in 0..10 {
         assert_eq!(read_region().await, "us-east-1");
     }
