@@ -125,6 +125,7 @@ struct RawHealth {
     probes: bool,
     start_healthy: bool,
     path: String,
+    listener_path: String,
     interval: String,
     timeout: String,
     jitter: String,
@@ -145,6 +146,7 @@ impl Default for RawHealth {
             probes: true,
             start_healthy: false,
             path: "/health".into(),
+            listener_path: "/health".into(),
             interval: "5s".into(),
             timeout: "2s".into(),
             jitter: "500ms".into(),
@@ -435,6 +437,12 @@ pub struct HealthConfig {
     pub start_healthy: bool,
     /// Path probed on every backend (default `/health`).
     pub path: String,
+    /// The path a `GET` or `HEAD` on a traffic listener gets the proxy's
+    /// own health for, as the admin `/health` answers it (default
+    /// `/health`): what Route 53's health checks and the load balancer's
+    /// target group probe through the load balancer. `None`: forwarded
+    /// like any request.
+    pub listener_path: Option<String>,
     /// Time between probes (default 5 s).
     pub interval: Duration,
     /// Probe timeout (default 2 s); must be below `interval`.
@@ -1151,6 +1159,21 @@ impl RawHealth {
                 ),
             );
         }
+        // Compared with a request's path, which has no query.
+        let plain = self.listener_path.starts_with('/')
+            && self
+                .listener_path
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"#?".contains(&b));
+        if !self.listener_path.is_empty() && !plain {
+            e.push(
+                "health.listener_path",
+                format!(
+                    "must be a path such as \"/health\" (starting with '/', no query, spaces, '#' or non-ASCII), or \"\" to forward every path to the backends, got {:?}",
+                    self.listener_path
+                ),
+            );
+        }
         let interval = values::period(e, "health.interval", &self.interval);
         let timeout = values::positive_duration(e, "health.timeout", &self.timeout);
         if !interval.is_zero() && timeout >= interval {
@@ -1209,6 +1232,7 @@ impl RawHealth {
             probes: self.probes,
             start_healthy: self.start_healthy,
             path: self.path.clone(),
+            listener_path: (!self.listener_path.is_empty()).then(|| self.listener_path.clone()),
             interval,
             timeout,
             jitter,

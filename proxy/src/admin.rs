@@ -105,7 +105,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match path {
         "/health" => {
-            let ok = state.local_can_serve() && !state.lifecycle.is_shutting_down();
+            let ok = state.healthy();
             json_reply(
                 ok,
                 json!({ "status": if ok { "ok" } else { "unavailable" }, "region": local, "check": "local region can serve reads" }),
@@ -135,6 +135,16 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
                 }
             }
         }
+        // What a liveness probe asks: whether a restart would help. Not
+        // while a table is awaited or backends fail (a restart fixes
+        // neither), nor while shutting down.
+        "/live" => {
+            let broken = state.lifecycle.is_broken() && !state.lifecycle.is_shutting_down();
+            json_reply(
+                !broken,
+                json!({ "live": !broken, "reason": if broken { "listener_stopped" } else { "" } }),
+            )
+        }
         "/ready" => {
             let reason = not_ready_reason(state);
             state.metrics.ready.set(i64::from(reason.is_none()));
@@ -162,7 +172,7 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "unknown admin path; try /health, /health/read, /health/write, /ready, /metrics or /routing\n",
+            "unknown admin path; try /health, /health/read, /health/write, /live, /ready, /metrics or /routing\n",
         ),
     }
 }

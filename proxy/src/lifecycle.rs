@@ -16,6 +16,9 @@ use tokio::sync::{Notify, watch};
 pub struct Lifecycle {
     /// Every traffic listener's accept loop runs.
     listening: AtomicBool,
+    /// A traffic listener could not be served, or stopped accepting: only
+    /// a restart helps.
+    broken: AtomicBool,
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
@@ -26,6 +29,7 @@ impl Default for Lifecycle {
     fn default() -> Self {
         Lifecycle {
             listening: AtomicBool::new(false),
+            broken: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -45,9 +49,16 @@ impl Lifecycle {
         self.listening.store(true, Ordering::Relaxed);
     }
 
-    /// A traffic listener stopped accepting connections.
-    pub fn mark_not_listening(&self) {
+    /// A traffic listener could not be served or stopped accepting
+    /// connections, for good.
+    pub fn mark_broken(&self) {
         self.listening.store(false, Ordering::Relaxed);
+        self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Lifecycle::mark_broken`] was called.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
     }
 
     pub fn begin_shutdown(&self) {

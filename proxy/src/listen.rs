@@ -203,7 +203,7 @@ impl Service for Listeners {
             match TcpListener::from_std(socket) {
                 Ok(socket) => sockets.push((socket, transport)),
                 Err(e) => {
-                    tracing::error!(error = %e, ?addr, "cannot serve a listener");
+                    tracing::error!(error = %e, ?addr, "cannot serve a listener; /ready and /live now fail");
                     all = false;
                 }
             }
@@ -215,6 +215,8 @@ impl Service for Listeners {
         // work-stealing runtime, is not followed by the mark.)
         if all {
             self.proxy.state().lifecycle.mark_listening();
+        } else {
+            self.proxy.state().lifecycle.mark_broken();
         }
         let mut loops = tokio::task::JoinSet::new();
         for (socket, transport) in sockets {
@@ -232,9 +234,10 @@ impl Service for Listeners {
                 Ok(Err(e)) => e.to_string(),
                 Err(e) => e.to_string(),
             };
-            // A listener no longer accepts: not ready, until a restart.
-            self.proxy.state().lifecycle.mark_not_listening();
-            tracing::error!(%error, "an accept loop ended abnormally; /ready now fails");
+            // A listener no longer accepts: not ready or live, until a
+            // restart.
+            self.proxy.state().lifecycle.mark_broken();
+            tracing::error!(%error, "an accept loop ended abnormally; /ready and /live now fail");
         }
     }
 

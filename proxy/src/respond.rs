@@ -174,24 +174,71 @@ pub async fn write(
     if let Some(id) = request_id.and_then(|v| v.to_str().ok()) {
         body["request_id"] = id.into();
     }
-    let body = Bytes::from(body.to_string());
     let mut fields = Fields::with_capacity(6);
+    fields.push(ERROR_HEADER, HeaderValue::from_static(reply.code()));
+    if let ErrorReply::Refused(r) = reply {
+        fields.push(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
+    }
+    let status = http::StatusCode::from_u16(reply.status())
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    client.close_after();
+    write_json(client, status, &body, fields, request_id, added).await
+}
+
+/// Writes the proxy's own health (see [`crate::state::AppState::healthy`])
+/// as the admin listener's `/health` does: 200 or 503, and a JSON body.
+/// The connection stays open.
+pub async fn write_health(
+    client: &mut Client<'_>,
+    healthy: bool,
+    region: &str,
+    request_id: &HeaderValue,
+) -> Result<(), Box<Error>> {
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unavailable" },
+        "region": region,
+        "check": "local region can serve reads",
+    });
+    let status = if healthy {
+        http::StatusCode::OK
+    } else {
+        http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    if !client.is_body_done() {
+        // A body the proxy does not read: the connection cannot go on.
+        client.close_after();
+    }
+    write_json(
+        client,
+        status,
+        &body,
+        Fields::with_capacity(4),
+        Some(request_id),
+        &[],
+    )
+    .await
+}
+
+/// Writes a complete response of the proxy's own: `body` as JSON, never
+/// cached, with `fields` and the request's id.
+async fn write_json(
+    client: &mut Client<'_>,
+    status: http::StatusCode,
+    body: &serde_json::Value,
+    mut fields: Fields,
+    request_id: Option<&HeaderValue>,
+    added: &[(http::HeaderName, HeaderValue)],
+) -> Result<(), Box<Error>> {
+    let body = Bytes::from(body.to_string());
     fields.push(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     fields.push(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     fields.push(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    fields.push(ERROR_HEADER, HeaderValue::from_static(reply.code()));
-    if let ErrorReply::Refused(r) = reply {
-        fields.push(header::RETRY_AFTER, HeaderValue::from(r.retry_after_secs()));
-    }
     if let Some(id) = request_id {
         fields.push(crate::upstream::REQUEST_ID, id.clone());
     }
-    let status = http::StatusCode::from_u16(reply.status())
-        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-    client.close_after();
     client
         .write_head(
             ResponseHead {

@@ -284,6 +284,12 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         timer: &mut h1::Deadline,
     ) -> Result<(), BError> {
+        if self.asks_health(client) {
+            let local = &*self.state.topology.regions[self.state.topology.local].name;
+            return respond::write_health(client, self.state.healthy(), local, &ctx.request_id)
+                .await
+                .map_err(Error::into_down);
+        }
         if let Some(reply) = self.admit(client, ctx) {
             return self.reply(client, ctx, reply).await;
         }
@@ -336,6 +342,21 @@ impl EdgeProxy {
                 Err(f) => return Err(f.error),
             }
         }
+    }
+
+    /// Whether the request is a `GET` or `HEAD` of `health.listener_path`,
+    /// which the proxy answers itself.
+    fn asks_health(&self, client: &Client<'_>) -> bool {
+        let req = client.request();
+        self.state
+            .config
+            .health
+            .listener_path
+            .as_deref()
+            .is_some_and(|path| {
+                req.uri.path() == path
+                    && matches!(req.method, http::Method::GET | http::Method::HEAD)
+            })
     }
 
     /// The routing decision for a request just read: a region, or a reply.

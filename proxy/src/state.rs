@@ -196,6 +196,13 @@ impl AppState {
     }
 
     /// The local region can serve reads: not marked down, with a live backend.
+    /// What `/health` answers, on the admin listener and on the traffic
+    /// listeners (`health.listener_path`): the local region can serve
+    /// reads, and the proxy is not shutting down.
+    pub fn healthy(&self) -> bool {
+        self.local_can_serve() && !self.lifecycle.is_shutting_down()
+    }
+
     pub fn local_can_serve(&self) -> bool {
         let local = self.topology.local;
         self.router.load().is_some_and(|s| {

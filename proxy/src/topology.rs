@@ -398,6 +398,7 @@ pub(crate) mod testing {
             probes: false,
             start_healthy: true,
             path: "/health".into(),
+            listener_path: Some("/health".into()),
             interval: Duration::from_secs(5),
             timeout: Duration::from_secs(2),
             jitter: Duration::ZERO,

@@ -125,7 +125,18 @@ impl ProxyBuilder {
         self
     }
 
+    /// Starts the proxy and waits until it is ready (`/ready`).
     pub async fn start(self) -> Proxy {
+        self.start_until("/ready").await
+    }
+
+    /// Starts the proxy and waits until its admin listener says it is live
+    /// (`/live`), ready or not (say, with no table yet).
+    pub async fn start_live(self) -> Proxy {
+        self.start_until("/live").await
+    }
+
+    async fn start_until(self, admin_path: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_addr();
         let admin = free_addr();
@@ -179,7 +190,7 @@ impl ProxyBuilder {
             log_path,
             _dir: dir,
         };
-        proxy.wait_ready().await;
+        proxy.wait_for(admin_path).await;
         proxy
     }
 }
@@ -246,7 +257,8 @@ impl Proxy {
             .collect()
     }
 
-    async fn wait_ready(&mut self) {
+    /// Waits until the admin listener answers 200 at `path`.
+    async fn wait_for(&mut self, path: &str) {
         let client = crate::client();
         let start = Instant::now();
         loop {
@@ -256,17 +268,32 @@ impl Proxy {
                     self.log()
                 );
             }
-            if let Ok(r) = client.get(self.admin_url("/ready")).send().await
+            if let Ok(r) = client.get(self.admin_url(path)).send().await
                 && r.status() == 200
             {
                 return;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(30),
-                "proxy not ready after 30s:\n{}",
+                "proxy's {path} not 200 after 30s:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Asserts that every admin path open without a token (the health,
+    /// liveness and readiness paths) answers 200.
+    pub async fn assert_open_admin_paths_ok(&self) {
+        for path in [
+            "/health",
+            "/health/read",
+            "/health/write",
+            "/live",
+            "/ready",
+        ] {
+            let resp = crate::client().get(self.admin_url(path)).send().await;
+            assert_eq!(resp.unwrap().status(), 200, "{path}");
         }
     }
 

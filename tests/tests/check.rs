@@ -358,6 +358,7 @@ backends = ["127.0.0.1:9000"]
 
 [health]
 path = "/he alth"
+listener_path = "/health?deep=1"
 interval = "1ns"
 eject_for = "4000000000000000h"
 
@@ -384,12 +385,13 @@ token_file = "token"
             "listeners[1].address: 127.0.0.1:8080 takes the same port as another listener (0.0.0.0:8080)",
             "listeners[2].address: must name a port (1-65535), got \"127.0.0.1:0\" (port 0)",
             "health.path: must be a path such as \"/health\"",
+            "health.listener_path: must be a path such as \"/health\" (starting with '/', no query",
             "health.interval: must be at least 10ms, got \"1ns\"",
             "health.eject_for: must be at most 10 years",
             "timeouts.connect: must be at most 10 years",
             "runtime.threads: must be at most 1024, got 100000",
             "table.url: must not hold credentials",
-            "8 invalid field(s)",
+            "9 invalid field(s)",
         ],
     );
     assert!(

@@ -133,6 +133,43 @@ async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
     assert!(proxy.metric("edgeroute_table_age_seconds").await >= 0.0);
 }
 
+/// A proxy whose control plane cannot be reached has no table: it is not
+/// ready and says why, but it is live (a restart would not help), and
+/// its traffic listener's `/health` says the region cannot serve.
+#[tokio::test]
+async fn a_proxy_with_no_table_yet_is_live_but_not_ready() {
+    let us = Origin::start(US).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    // Nothing listens there.
+    let nowhere = edgeroute_tests::proxy::free_addr();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"http://{nowhere}\"\ntoken_file = {token:?}\nmax_backoff = \"200ms\"\n"
+        ))
+        .without_table_file()
+        .start_live()
+        .await;
+    let admin = |path: &'static str| {
+        let url = proxy.admin_url(path);
+        async move {
+            let resp = client().get(url).send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (status, body) = admin("/ready").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["reason"], "no_routing_table");
+    assert_eq!(admin("/health/read").await.0, 503);
+    let (status, body) = admin("/live").await;
+    assert_eq!((status, &body["live"]), (200, &serde_json::json!(true)));
+    let health = client().get(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+}
+
 #[tokio::test]
 async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;

@@ -346,3 +346,87 @@ async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
         assert!(proxy.metric(&passed).await >= 5.0, "{addr} probed");
     }
 }
+
+/// What Route 53's health check and the load balancer probe through the
+/// load balancer, on the traffic listener: the proxy answers `GET` and
+/// `HEAD /health` itself, 503 once the local region has no backend in
+/// rotation (though reads still find another region), as the admin
+/// `/health` does; other methods and paths go to the backends.
+#[tokio::test]
+async fn the_traffic_listener_answers_health_for_the_local_region() {
+    let us = Origin::start(US).await;
+    let eu = Origin::start(EU).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    // The proxy's own answer, which names no region that served it.
+    let health = |method: reqwest::Method| {
+        let url = proxy.url("/health");
+        async move {
+            let resp = client().request(method, url).send().await.unwrap();
+            assert!(resp.headers().get("x-edgeroute-region").is_none());
+            let status = resp.status().as_u16();
+            (status, resp.text().await.unwrap())
+        }
+    };
+    let admin = || async {
+        client()
+            .get(proxy.admin_url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    let (status, body) = health(reqwest::Method::GET).await;
+    assert_eq!(status, 200, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["status"], "ok");
+    assert_eq!(body["region"], US);
+    assert_eq!(health(reqwest::Method::HEAD).await, (200, String::new()));
+    let post = client().post(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(post.status(), 200);
+    assert_eq!(
+        post.headers()["x-edgeroute-region"],
+        US,
+        "a POST goes to the backends"
+    );
+
+    // The local region's one backend fails its probes: reads move to
+    // eu-west-1, and the region says it is unhealthy.
+    us.set_health(503);
+    eventually("the local backend leaves rotation", WAIT, || async {
+        backend(&proxy, 0, 0).await["live"] == false
+    })
+    .await;
+    assert_eq!(served_by(&proxy).await, EU);
+    let (status, body) = health(reqwest::Method::GET).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(admin().await, 503);
+    assert_eq!(health(reqwest::Method::HEAD).await.0, 503);
+
+    us.set_health(200);
+    eventually("the local backend returns", WAIT, || async {
+        health(reqwest::Method::GET).await.0 == 200
+    })
+    .await;
+    assert_eq!(admin().await, 200);
+}
+
+/// With `health.listener_path = ""` every path goes to the backends.
+#[tokio::test]
+async fn health_on_the_traffic_listener_can_be_left_to_the_backends() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra("[health]\nprobes = false\nlistener_path = \"\"\n")
+        .start()
+        .await;
+    let resp = client().get(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["x-edgeroute-region"], US);
+    assert_eq!(us.probes(), 1, "the backend answered it");
+}

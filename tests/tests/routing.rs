@@ -432,13 +432,7 @@ async fn admin_endpoints_report_state() {
     let w = world().await;
     let proxy = builder(&w).start().await;
     let c = client();
-    for path in ["/health", "/health/read", "/health/write", "/ready"] {
-        assert_eq!(
-            c.get(proxy.admin_url(path)).send().await.unwrap().status(),
-            200,
-            "{path}"
-        );
-    }
+    proxy.assert_open_admin_paths_ok().await;
     let routing = proxy.routing().await;
     assert_eq!(routing["local_region"], US);
     assert_eq!(routing["table"]["primary_region"], US);
