@@ -1098,7 +1098,15 @@ impl RawConfig {
             .collect();
         let dns = DnsConfig {
             nameservers,
-            min_ttl: values::duration(&mut e, "dns.min_ttl", &self.dns.min_ttl),
+            // A name whose TTL is 0 would otherwise be asked again and
+            // again, without pause, for every backend it names.
+            min_ttl: values::at_least(
+                &mut e,
+                "dns.min_ttl",
+                &self.dns.min_ttl,
+                Duration::from_millis(100),
+                " (answers are kept at least this long)",
+            ),
             max_ttl: values::positive_duration(&mut e, "dns.max_ttl", &self.dns.max_ttl),
         };
         if dns.max_ttl < dns.min_ttl {

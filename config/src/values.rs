@@ -59,10 +59,27 @@ pub(crate) fn positive_duration(errs: &mut FieldErrors, path: &str, raw: &str) -
 
 /// How often a loop runs: at least [`MIN_PERIOD`].
 pub(crate) fn period(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
+    at_least(errs, path, raw, MIN_PERIOD, "")
+}
+
+/// A duration of at least `min`; `why` ends the error.
+pub(crate) fn at_least(
+    errs: &mut FieldErrors,
+    path: &str,
+    raw: &str,
+    min: Duration,
+    why: &str,
+) -> Duration {
     let before = errs.len();
     let d = positive_duration(errs, path, raw);
-    if errs.len() == before && d < MIN_PERIOD {
-        errs.push(path, format!("must be at least 10ms, got {raw:?}"));
+    if errs.len() == before && d < min {
+        errs.push(
+            path,
+            format!(
+                "must be at least {}{why}, got {raw:?}",
+                humantime::format_duration(min)
+            ),
+        );
         return Duration::ZERO;
     }
     d
@@ -426,6 +443,17 @@ mod tests {
         let mut e = FieldErrors::default();
         period(&mut e, "p", "0s");
         assert_eq!(e.len(), 1, "one error for zero, not two: {e}");
+        let mut e = FieldErrors::default();
+        let min = Duration::from_millis(100);
+        assert_eq!(at_least(&mut e, "dns.min_ttl", "100ms", min, ""), min);
+        assert_eq!(
+            at_least(&mut e, "dns.min_ttl", "50ms", min, " (why)"),
+            Duration::ZERO
+        );
+        assert_eq!(
+            e.to_string().trim(),
+            "dns.min_ttl: must be at least 100ms (why), got \"50ms\""
+        );
     }
 
     #[test]

@@ -362,6 +362,9 @@ listener_path = "/health?deep=1"
 interval = "1ns"
 eject_for = "4000000000000000h"
 
+[dns]
+min_ttl = "0s"
+
 [timeouts]
 connect = "18446744073709551615s"
 
@@ -388,10 +391,11 @@ token_file = "token"
             "health.listener_path: must be a path such as \"/health\" (starting with '/', no query",
             "health.interval: must be at least 10ms, got \"1ns\"",
             "health.eject_for: must be at most 10 years",
+            "dns.min_ttl: must be > 0, got \"0s\"",
             "timeouts.connect: must be at most 10 years",
             "runtime.threads: must be at most 1024, got 100000",
             "table.url: must not hold credentials",
-            "9 invalid field(s)",
+            "10 invalid field(s)",
         ],
     );
     assert!(
