@@ -9,6 +9,7 @@
 
 mod control;
 mod errors;
+mod logs;
 mod proxy;
 mod report;
 mod secret;
@@ -21,6 +22,7 @@ pub use control::{
     short_action_timeout,
 };
 pub use errors::{FieldError, FieldErrors};
+pub use logs::log_filter;
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
     LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,

@@ -148,7 +148,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { .. } => serve(cfg),
         Command::Show { .. } => show(&cfg, true),
-        Command::Check { ref config } => read_token(cfg.server.token_file.as_deref())
+        Command::Check { ref config } => edgeroute_config::log_filter(&cfg.log.level)
+            .map_err(anyhow::Error::msg)
+            .and_then(|_| read_token(cfg.server.token_file.as_deref()))
             .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
             .and_then(|_| show(&cfg, false))
             .map(|()| println!("{}: ok", config.display())),
@@ -431,10 +433,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(&v)?,
-        _ => tracing_subscriber::EnvFilter::try_new(level)?,
-    };
+    let filter = edgeroute_config::log_filter(level).map_err(anyhow::Error::msg)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));

@@ -6,12 +6,7 @@ use tracing_subscriber::EnvFilter;
 
 /// The filter the logs go through: `RUST_LOG` when set, else `level`.
 pub fn filter(level: &str) -> anyhow::Result<EnvFilter> {
-    Ok(match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v)
-            .map_err(|e| anyhow::anyhow!("RUST_LOG={v:?} is not a valid log filter: {e}"))?,
-        _ => EnvFilter::try_new(level)
-            .map_err(|e| anyhow::anyhow!("log.level {level:?} is not a valid log filter: {e}"))?,
-    })
+    edgeroute_config::log_filter(level).map_err(anyhow::Error::msg)
 }
 
 /// `RUST_LOG`, when set, overrides the configured level.

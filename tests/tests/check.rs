@@ -184,7 +184,7 @@ fn a_broken_control_config_names_its_fields() {
 }
 
 #[test]
-fn the_control_token_may_come_from_the_environment() {
+fn the_control_token_may_come_from_the_environment_and_the_log_filter_is_checked() {
     let dir = tempfile::tempdir().unwrap();
     let example =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/topology.json");
@@ -203,12 +203,30 @@ fn the_control_token_may_come_from_the_environment() {
     assert!(String::from_utf8_lossy(&without.stderr).contains("EDGEROUTE_CONTROL_TOKEN"));
     let with = check(&bin, &config)
         .env("EDGEROUTE_CONTROL_TOKEN", "from-the-env")
+        .env_remove("RUST_LOG")
         .output()
         .unwrap();
     assert!(
         with.status.success(),
         "{}",
         String::from_utf8_lossy(&with.stderr)
+    );
+    // The log filter is checked as `serve` reads it, naming its field.
+    std::fs::write(
+        &config,
+        format!("[source]\nkind = \"file\"\npath = {example:?}\n[log]\nlevel = \"info,=[\"\n"),
+    )
+    .unwrap();
+    let bad_level = check(&bin, &config)
+        .env("EDGEROUTE_CONTROL_TOKEN", "from-the-env")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!bad_level.status.success());
+    let stderr = String::from_utf8_lossy(&bad_level.stderr);
+    assert!(
+        stderr.contains("log.level \"info,=[\" is not a valid log filter"),
+        "{stderr}"
     );
 }
 
