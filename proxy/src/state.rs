@@ -155,7 +155,7 @@ impl AppState {
     }
 
     /// Counts a table that could not even be read.
-    pub fn table_unreadable(&self, source: &str, error: &std::io::Error) {
+    pub fn table_unreadable(&self, source: &str, error: &dyn std::fmt::Display) {
         self.metrics
             .table_rejections
             .with_label_values(&["unreadable"])

@@ -133,6 +133,18 @@ pub async fn poll_control(
                             etag = tag;
                             None
                         }
+                        // Too large to be a table: rejected like one that
+                        // is not, until the control plane's next change.
+                        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                            let why = format!(
+                                "the control plane's table is larger than {} bytes",
+                                edgeroute_config::MAX_TABLE_BYTES
+                            );
+                            state.table_unreadable(&source, &why);
+                            etag_admitted = false;
+                            etag = tag;
+                            None
+                        }
                         Ok(Err(e)) => Some(format!("reading the table failed: {e}")),
                     },
                     http::StatusCode::UNAUTHORIZED => {

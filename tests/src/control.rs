@@ -256,3 +256,81 @@ impl Drop for ControlPlane {
         }
     }
 }
+
+/// A stand-in for the control plane that answers table requests with the
+/// tables it is given, in turn (each with its own ETag), then holds every
+/// further one as a long poll with no change would; reports are taken and
+/// dropped. For what the real one never sends: malformed or oversized
+/// tables.
+pub struct ScriptedControl {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ScriptedControl {
+    pub async fn start(tables: Vec<bytes::Bytes>) -> ScriptedControl {
+        use http_body_util::Full;
+        use hyper::service::service_fn;
+        use std::sync::{Arc, Mutex};
+        let listener = tokio::net::TcpListener::bind(free_addr())
+            .await
+            .expect("bind the scripted control plane");
+        let addr = listener.local_addr().expect("its address");
+        let left = Arc::new(Mutex::new(std::collections::VecDeque::from(tables)));
+        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (left, served) = (Arc::clone(&left), Arc::clone(&served));
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (left, served) = (Arc::clone(&left), Arc::clone(&served));
+                        async move {
+                            let mut resp = http::Response::new(Full::new(bytes::Bytes::new()));
+                            if req.method() == http::Method::POST {
+                                *resp.status_mut() = http::StatusCode::NO_CONTENT;
+                                return Ok::<_, std::convert::Infallible>(resp);
+                            }
+                            let next = left.lock().expect("tables").pop_front();
+                            match next {
+                                Some(body) => {
+                                    let n =
+                                        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    resp.headers_mut().insert(
+                                        http::header::ETAG,
+                                        http::HeaderValue::from_str(&format!("\"{n}\""))
+                                            .expect("an ETag"),
+                                    );
+                                    *resp.body_mut() = Full::new(body);
+                                }
+                                None => {
+                                    // No change: a long poll that never ends.
+                                    std::future::pending::<()>().await;
+                                }
+                            }
+                            Ok(resp)
+                        }
+                    });
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(io, svc)
+                        .await;
+                });
+            }
+        });
+        ScriptedControl { addr, task }
+    }
+
+    /// The `[table]` section of a proxy that takes its tables from here.
+    pub fn table_section(&self, token_file: &Path) -> String {
+        format!(
+            "\n[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {token_file:?}\nmax_backoff = \"200ms\"\n",
+            self.addr
+        )
+    }
+}
+
+impl Drop for ScriptedControl {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,5 +1,6 @@
 //! A bad routing table is rejected whole; the table in force keeps serving.
 
+use edgeroute_tests::control::ScriptedControl;
 use edgeroute_tests::{Origin, ProxyBuilder, client, eventually, table};
 use std::time::Duration;
 
@@ -112,4 +113,48 @@ async fn a_missing_table_file_keeps_the_table_in_force() {
     .await;
     let resp = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// Tables from the control plane are held to the same rules as files: a
+/// malformed one and one over 1 MiB are rejected, counted by reason and
+/// logged, and the table in force keeps serving.
+#[tokio::test]
+async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_serving() {
+    let us = Origin::start(US).await;
+    let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
+    // 1 MiB, the most a table may weigh, and one byte more.
+    let oversized = vec![b' '; 1024 * 1024 + 1];
+    let control = ScriptedControl::start(vec![
+        good.into(),
+        "{\"epoch\": 2, \"version\": ".into(),
+        oversized.into(),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra(&control.table_section(&token))
+        .without_table_file()
+        .start()
+        .await;
+    eventually(
+        "both bad tables are rejected",
+        Duration::from_secs(10),
+        || async {
+            rejections(&proxy, "malformed").await == 1.0
+                && rejections(&proxy, "unreadable").await == 1.0
+        },
+    )
+    .await;
+    assert_eq!(proxy.table_version().await, Some(1));
+    let resp = client().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(proxy.metric("edgeroute_control_errors_total").await, 0.0);
+    let log = proxy.log();
+    assert!(
+        log.contains("the control plane's table is larger than 1048576 bytes"),
+        "{log}"
+    );
 }
