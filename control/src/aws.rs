@@ -90,6 +90,8 @@ pub struct AwsSource {
     /// Each health check's last reading and when it was read: it stands in
     /// for a reading that fails, for [`HEALTH_MEMORY`].
     health: std::sync::Mutex<Readings>,
+    /// Records of the API name that name no region, each warned of once.
+    foreign: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Health check → its last reading, and when it was read.
@@ -116,6 +118,7 @@ impl AwsSource {
             cluster_regions: std::sync::Mutex::new(Vec::new()),
             history_file: history_file.map(std::path::Path::to_path_buf),
             health: std::sync::Mutex::default(),
+            foreign: std::sync::Mutex::default(),
         }
     }
 
@@ -375,9 +378,11 @@ impl AwsSource {
         let wanted = format!("{}.", self.cfg.record_name.trim_end_matches('.'));
         let found = self
             .records_named(&wanted, |r| {
-                r.region()
-                    .map(|r| r.as_str().to_owned())
-                    .or_else(|| r.set_identifier().map(str::to_owned))
+                let region = region_of(r);
+                if region.is_none() && r.set_identifier().is_some() {
+                    self.warn_foreign(r);
+                }
+                region
             })
             .await?;
         if found.is_empty() {
@@ -390,6 +395,24 @@ impl AwsSource {
             });
         }
         Ok(found)
+    }
+
+    /// Warns, once per record, of a record of the API name with a set
+    /// identifier that is no region's.
+    fn warn_foreign(&self, r: &ResourceRecordSet) {
+        let id = format!(
+            "{} {}",
+            r.r#type().as_str(),
+            r.set_identifier().unwrap_or("")
+        );
+        let mut foreign = self.foreign.lock().unwrap_or_else(|p| p.into_inner());
+        if foreign.insert(id.clone()) {
+            tracing::warn!(
+                record = %id,
+                name = %self.cfg.record_name,
+                "a record of the API name names no region (not an A, AAAA or CNAME record, or its set identifier is no region name such as eu-west-1); it is left out of the table"
+            );
+        }
     }
 
     /// The records kept by drains (see [`crate::kept`]), by region.
@@ -659,6 +682,19 @@ impl AwsState {
     }
 }
 
+/// The region a record of the API name routes traffic to: an A, AAAA or
+/// CNAME record's latency region, else its set identifier (weighted
+/// records name their region there), when that is a region's name.
+fn region_of(r: &ResourceRecordSet) -> Option<String> {
+    if !matches!(r.r#type(), RrType::A | RrType::Aaaa | RrType::Cname) {
+        return None;
+    }
+    r.region()
+        .map(|g| g.as_str().to_owned())
+        .or_else(|| r.set_identifier().map(str::to_owned))
+        .filter(|name| edgeroute_config::valid_region_name(name))
+}
+
 /// A record as kept while its region is drained, to put it back exactly.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SavedRecord {
@@ -783,6 +819,38 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_records_that_route_to_a_named_region_are_regions() {
+        use aws_sdk_route53::types::{ResourceRecordSet, ResourceRecordSetRegion, RrType};
+        let record = |kind: RrType, id: &str, latency: Option<&str>| {
+            ResourceRecordSet::builder()
+                .name("api.example.com.")
+                .r#type(kind)
+                .set_identifier(id)
+                .set_region(latency.map(ResourceRecordSetRegion::from))
+                .set_weight(latency.is_none().then_some(10))
+                .build()
+                .unwrap()
+        };
+        let region = |r: ResourceRecordSet| super::region_of(&r);
+        assert_eq!(
+            region(record(RrType::A, "any", Some("eu-west-1"))).as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region(record(RrType::Aaaa, "eu-west-1", None)).as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(
+            region(record(RrType::Cname, "ap-southeast-1", None)).as_deref(),
+            Some("ap-southeast-1")
+        );
+        assert_eq!(region(record(RrType::A, "Blue", None)), None);
+        assert_eq!(region(record(RrType::A, "blue green", None)), None);
+        assert_eq!(region(record(RrType::Txt, "eu-west-1", None)), None);
+        assert_eq!(region(record(RrType::Mx, "eu-west-1", None)), None);
+    }
+
     #[test]
     fn a_kept_record_rebuilds_the_same_record() {
         use aws_sdk_route53::types::{

@@ -139,6 +139,29 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
         moto::latency_record("eu-west-1", &fixture.health_checks["eu-west-1"]),
     )
     .await;
+    // Records of the API name that route no region's traffic (a weighted
+    // TXT record for something else) are left out, not taken for regions.
+    let foreign = aws_sdk_route53::types::ResourceRecordSet::builder()
+        .name(moto::RECORD)
+        .r#type(aws_sdk_route53::types::RrType::Txt)
+        .set_identifier("Blue")
+        .weight(10)
+        .ttl(60)
+        .resource_records(
+            aws_sdk_route53::types::ResourceRecord::builder()
+                .value("\"v=blue\"")
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    moto::change_record(
+        &r53,
+        &fixture.zone_id,
+        aws_sdk_route53::types::ChangeAction::Create,
+        foreign,
+    )
+    .await;
     eventually(
         "ap-southeast-1 down and eu-west-1 out of the table",
         WAIT,
@@ -154,6 +177,13 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
     )
     .await;
     assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
+    assert_eq!(
+        cp.log()
+            .matches("a record of the API name names no region")
+            .count(),
+        1,
+        "warned of once"
+    );
     // The check recovers.
     moto::put_metric(
         &moto,
