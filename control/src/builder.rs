@@ -11,9 +11,11 @@ pub struct Builder {
 }
 
 impl Builder {
-    /// `start_epoch` and the versions handed out are floored by the
-    /// caller's clock (see [`Builder::apply`]), so a restarted control plane
-    /// never hands out a lower epoch or version than before.
+    /// `start_epoch` (the caller's clock in milliseconds), and the epochs
+    /// and versions handed out after it, are floored by the clock in
+    /// milliseconds (see [`Builder::apply`]): the writer cannot move once
+    /// a millisecond, so a restarted control plane never hands out a lower
+    /// epoch or version than before, however often the writer moved.
     pub fn new(start_epoch: u64) -> Self {
         Builder {
             current: None,
@@ -53,7 +55,7 @@ impl Builder {
                     return None;
                 }
                 let epoch = if cur.primary_region != view.primary_region {
-                    cur.epoch + 1
+                    now_ms.max(cur.epoch + 1)
                 } else {
                     cur.epoch
                 };
@@ -148,7 +150,7 @@ mod tests {
             "version rises even if the clock went back"
         );
         let t = b.apply(&view("eu-west-1", &regions), 30).unwrap();
-        assert_eq!((t.epoch, t.version), (2, 30));
+        assert_eq!((t.epoch, t.version), (30, 30), "the epoch takes the clock");
         // Every table the builder hands out is admissible after the one before.
         let mut b = Builder::new(1);
         let mut last: Option<RoutingTable> = None;
@@ -174,6 +176,42 @@ mod tests {
                 );
                 last = Some(t);
             }
+        }
+    }
+
+    proptest::proptest! {
+        /// Polled at least a millisecond apart, whatever the writer does,
+        /// the epoch never runs ahead of the clock: a control plane
+        /// restarted later (its first epoch the clock then) hands out a
+        /// higher epoch than any before, and proxies take its tables.
+        #[test]
+        fn a_restarted_builder_starts_above_every_epoch_before(
+            moves in proptest::collection::vec((proptest::bool::ANY, 1u64..50), 1..300),
+            restart_after in 1u64..1000,
+        ) {
+            let regions = [("us-east-1", Some(100), None), ("eu-west-1", Some(100), None)];
+            let mut now = 1_000_000;
+            let mut b = Builder::new(now);
+            let mut last = None;
+            for (east, gap) in moves {
+                now += gap;
+                let primary = if east { "us-east-1" } else { "eu-west-1" };
+                if let Some(t) = b.apply(&view(primary, &regions), now) {
+                    proptest::prop_assert!(t.epoch <= now, "epoch {} at {now}", t.epoch);
+                    last = Some(t.clone());
+                }
+            }
+            let last = last.expect("a first table");
+            let mut restarted = Builder::new(now + restart_after);
+            let first = restarted
+                .apply(&view("us-east-1", &regions), now + restart_after)
+                .expect("a first table")
+                .clone();
+            proptest::prop_assert!(first.epoch > last.epoch);
+            proptest::prop_assert_eq!(
+                first.admit(Some(&last), ["us-east-1", "eu-west-1"]),
+                Ok(edgeroute_config::Admission::Accepted)
+            );
         }
     }
 }

@@ -180,7 +180,7 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
             .read()
             .await
     })?;
-    let mut builder = Builder::new(source::now_ms() / 1000);
+    let mut builder = Builder::new(source::now_ms());
     let table = builder
         .apply(&view, source::now_ms())
         .context("the source gave no table")?;
@@ -364,7 +364,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
-        let builder = Builder::new(source::now_ms() / 1000);
+        let builder = Builder::new(source::now_ms());
         let src = source::Source::new(&cfg.source, Some(&cfg.actions.history_file)).await;
         let shared_aws = src.aws();
         let poller = tokio::spawn(source::run(
