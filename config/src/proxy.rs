@@ -1045,8 +1045,14 @@ impl RawConfig {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
                 }
                 let wait = values::positive_duration(&mut e, "table.wait", wait);
-                let max_backoff =
-                    values::positive_duration(&mut e, "table.max_backoff", max_backoff);
+                // A control plane that is down is asked again no sooner.
+                let max_backoff = values::at_least(
+                    &mut e,
+                    "table.max_backoff",
+                    max_backoff,
+                    Duration::from_millis(100),
+                    "",
+                );
                 let hold_writes_after = hold_writes_after.as_deref().map(|raw| {
                     let d = values::positive_duration(&mut e, "table.hold_writes_after", raw);
                     // A table is confirmed once per long-poll, and one failed

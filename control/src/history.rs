@@ -118,6 +118,9 @@ pub struct Step {
     pub detail: String,
 }
 
+/// The most a history file may hold.
+pub const MAX_HISTORY_BYTES: u64 = 16 * 1024 * 1024;
+
 impl Operation {
     /// AWS accepted its change request.
     pub fn requested(&self) -> bool {
@@ -128,8 +131,14 @@ impl Operation {
         UNIX_EPOCH + Duration::from_millis(self.started_ms)
     }
 
-    /// "2026-11-26T12:00:00Z (3h 2m ago)".
+    /// "2026-11-26T12:00:00Z (3h 2m ago)"; a time past what RFC 3339
+    /// writes (year 9999, from a damaged file) is given in milliseconds.
     pub fn when(&self, now: SystemTime) -> String {
+        /// 10000-01-01T00:00:00Z, in milliseconds.
+        const PAST_RFC3339_MS: u64 = 253_402_300_800_000;
+        if self.started_ms >= PAST_RFC3339_MS {
+            return format!("{} ms after 1970 (not a date)", self.started_ms);
+        }
         let at = self.started_at();
         let ago = now.duration_since(at).unwrap_or_default();
         let ago = humantime::format_duration(Duration::from_secs(ago.as_secs()));
@@ -198,9 +207,15 @@ impl History {
         }
     }
 
-    /// Reads the file; a missing file is an empty history.
+    /// Reads the file; a missing file is an empty history. It must be a
+    /// regular file (a pipe would stall the server that reads it) of at
+    /// most [`MAX_HISTORY_BYTES`].
     pub fn load(path: &Path) -> Result<History, String> {
-        match std::fs::read(path) {
+        match edgeroute_config::read_regular(
+            path,
+            MAX_HISTORY_BYTES,
+            "the history keeps 100 actions, a few hundred KiB; move it aside to start a new one",
+        ) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 format!(
                     "history file {} is not valid ({e}); move it aside to start a new one",
@@ -274,6 +289,33 @@ mod tests {
             }],
             finished: true,
         }
+    }
+
+    #[test]
+    fn a_history_path_that_is_no_regular_file_is_refused_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("history.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = History::load(&fifo).unwrap_err();
+        assert!(
+            err.starts_with("cannot read history file") && err.contains("not a regular file"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_start_past_year_9999_is_written_without_a_date() {
+        let now = SystemTime::now();
+        for ms in [253_402_300_800_000, u64::MAX] {
+            let when = op(Kind::Drill, ms).when(now);
+            assert_eq!(when, format!("{ms} ms after 1970 (not a date)"));
+        }
+        let when = op(Kind::Drill, 0).when(now);
+        assert!(when.starts_with("1970-01-01T00:00:00Z ("), "{when}");
     }
 
     #[test]

@@ -81,7 +81,15 @@ impl Source {
                     api,
                     message,
                 };
-                let bytes = tokio::fs::read(path).await.map_err(|e| {
+                // A regular file of at most a table's size: a pipe or a
+                // device at the path is refused, not waited on or read
+                // without end.
+                let bytes = edgeroute_config::read_regular(
+                    path,
+                    edgeroute_config::MAX_TABLE_BYTES,
+                    "a topology of 64 regions takes a few KiB",
+                )
+                .map_err(|e| {
                     err(
                         "read",
                         format!("cannot read topology file {}: {e}", path.display()),
@@ -209,6 +217,30 @@ mod tests {
                 replication_lag_ms: Some(lag),
             }],
         }
+    }
+
+    /// A pipe at the topology's path, with no writer: refused at once,
+    /// not waited on.
+    #[tokio::test]
+    async fn a_topology_path_that_is_no_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("topology.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let source = super::Source::File {
+            path: fifo,
+            interval: std::time::Duration::from_secs(1),
+        };
+        let err = source.read().await.unwrap_err();
+        assert_eq!((err.source_name, err.api), ("file", "read"));
+        assert!(
+            err.message.contains("not a regular file"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -198,7 +198,9 @@ pub fn report(state: &AppState, id: &str) -> ProxyReport {
 }
 
 /// Stable for the life of the process: `HOSTNAME` (the pod name on
-/// Kubernetes) or the kernel's host name, and the process id.
+/// Kubernetes) or the kernel's host name, the process id, and a random
+/// part, since two containers may share a host name and both run the
+/// proxy as process 1.
 fn proxy_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -207,9 +209,15 @@ fn proxy_id() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "proxy".into());
-    let mut id = format!("{host}/{}", std::process::id());
-    id.truncate(edgeroute_config::MAX_PROXY_ID);
-    id
+    id_of(&host, std::process::id(), rand::random())
+}
+
+/// `host/pid/random`, the host name cut (on a character) to fit
+/// [`edgeroute_config::MAX_PROXY_ID`].
+fn id_of(host: &str, pid: u32, random: u32) -> String {
+    let tail = format!("/{pid}/{random:08x}");
+    let room = edgeroute_config::MAX_PROXY_ID - tail.len();
+    format!("{}{tail}", &host[..host.floor_char_boundary(room)])
 }
 
 /// Posts this proxy's report to `url/v1/report` at once when the table in
@@ -278,5 +286,22 @@ pub async fn report_to_control(
             _ = state.table_changed.notified() => {}
             _ = tokio::time::sleep(check) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_proxy_id_is_host_pid_and_a_random_part_within_the_limit() {
+        assert_eq!(
+            super::id_of("api-7f9c", 1, 0x3fa8_5f64),
+            "api-7f9c/1/3fa85f64"
+        );
+        // A long host name of two-byte characters is cut on a character.
+        let long = "é".repeat(150);
+        let id = super::id_of(&long, u32::MAX, 7);
+        assert!(id.len() <= edgeroute_config::MAX_PROXY_ID, "{}", id.len());
+        assert!(id.ends_with("/4294967295/00000007"), "{id}");
+        assert!(id.starts_with("éé"));
     }
 }

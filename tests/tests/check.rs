@@ -393,6 +393,7 @@ threads = 100000
 source = "control"
 url = "http://edgeroute:hunter2@control.internal:9080"
 token_file = "token"
+max_backoff = "1ns"
 "#,
     )
     .unwrap();
@@ -413,7 +414,8 @@ token_file = "token"
             "timeouts.connect: must be at most 10 years",
             "runtime.threads: must be at most 1024, got 100000",
             "table.url: must not hold credentials",
-            "10 invalid field(s)",
+            "table.max_backoff: must be at least 100ms, got \"1ns\"",
+            "11 invalid field(s)",
         ],
     );
     assert!(
