@@ -59,6 +59,12 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
 /// and for a report.
 const ANSWER_TIME: Duration = Duration::from_secs(10);
 
+/// The least time between two asks of the control plane whose answers
+/// brought no new table: a long poll waits for a change, but a server that
+/// answers at once (no `ETag`, no long poll) would otherwise be asked
+/// again without pause.
+const MIN_ASK_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Long-polls `url/v1/table` until shutdown. Every answer is offered to the
 /// router, which admits only valid tables that do not go back in epoch; on
 /// errors the table in force stays and the poller backs off, doubling the
@@ -82,6 +88,9 @@ pub async fn poll_control(
     let mut etag_admitted = false;
     let mut backoff = Duration::from_millis(100);
     loop {
+        let asked = tokio::time::Instant::now();
+        // Whether this answer put a new table in force.
+        let mut changed = false;
         let uri = format!("{source}?wait={}s", wait.as_secs().max(1));
         let mut req = http::Request::get(&uri).header(http::header::AUTHORIZATION, auth.clone());
         if let Some(tag) = &etag {
@@ -127,7 +136,9 @@ pub async fn poll_control(
                         Err(_) => Some(format!("the table's body took over {ANSWER_TIME:?}")),
                         Ok(Ok(body)) => {
                             // Rejections are logged and counted inside offer_table.
-                            etag_admitted = state.offer_table(&body.to_bytes(), &source).is_ok();
+                            let offered = state.offer_table(&body.to_bytes(), &source);
+                            changed = matches!(offered, Ok(edgeroute_config::Admission::Accepted));
+                            etag_admitted = offered.is_ok();
                             // Wait for the next change either way, rather
                             // than fetching a rejected table again at once.
                             etag = tag;
@@ -155,7 +166,15 @@ pub async fn poll_control(
             }
         };
         match failure {
-            None => backoff = Duration::from_millis(100),
+            None => {
+                backoff = Duration::from_millis(100);
+                if !changed {
+                    tokio::select! {
+                        _ = state.lifecycle.shutdown_started() => return,
+                        _ = tokio::time::sleep_until(asked + MIN_ASK_INTERVAL) => {}
+                    }
+                }
+            }
             Some(why) => {
                 state.metrics.control_errors.inc();
                 tracing::warn!(url = %source, retry_in = ?backoff, "{why}; keeping the table in force");

@@ -261,14 +261,30 @@ impl Drop for ControlPlane {
 /// tables it is given, in turn (each with its own ETag), then holds every
 /// further one as a long poll with no change would; reports are taken and
 /// dropped. For what the real one never sends: malformed or oversized
-/// tables.
+/// tables, answers without an ETag.
 pub struct ScriptedControl {
     pub addr: SocketAddr,
+    asks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ScriptedControl {
     pub async fn start(tables: Vec<bytes::Bytes>) -> ScriptedControl {
+        Self::serve(tables, false).await
+    }
+
+    /// Answers every table request at once with `table` and no ETag, as a
+    /// static file server would.
+    pub async fn start_without_etags(table: bytes::Bytes) -> ScriptedControl {
+        Self::serve(vec![table], true).await
+    }
+
+    /// Table requests answered so far.
+    pub fn asks(&self) -> usize {
+        self.asks.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn serve(tables: Vec<bytes::Bytes>, static_file: bool) -> ScriptedControl {
         use http_body_util::Full;
         use hyper::service::service_fn;
         use std::sync::{Arc, Mutex};
@@ -278,6 +294,7 @@ impl ScriptedControl {
         let addr = listener.local_addr().expect("its address");
         let left = Arc::new(Mutex::new(std::collections::VecDeque::from(tables)));
         let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let asks = Arc::clone(&served);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (left, served) = (Arc::clone(&left), Arc::clone(&served));
@@ -290,8 +307,19 @@ impl ScriptedControl {
                                 *resp.status_mut() = http::StatusCode::NO_CONTENT;
                                 return Ok::<_, std::convert::Infallible>(resp);
                             }
-                            let next = left.lock().expect("tables").pop_front();
+                            let next = {
+                                let mut left = left.lock().expect("tables");
+                                if static_file {
+                                    left.front().cloned()
+                                } else {
+                                    left.pop_front()
+                                }
+                            };
                             match next {
+                                Some(body) if static_file => {
+                                    served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    *resp.body_mut() = Full::new(body);
+                                }
                                 Some(body) => {
                                     let n =
                                         served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -317,7 +345,7 @@ impl ScriptedControl {
                 });
             }
         });
-        ScriptedControl { addr, task }
+        ScriptedControl { addr, asks, task }
     }
 
     /// The `[table]` section of a proxy that takes its tables from here.

@@ -158,3 +158,36 @@ async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_se
         "{log}"
     );
 }
+
+/// A server that answers table requests at once and without an ETag (a
+/// static file server, say) is asked about once a second, not in a loop.
+#[tokio::test]
+async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
+    let us = Origin::start(US).await;
+    let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
+    let control = ScriptedControl::start_without_etags(good.into()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "t0ken\n").unwrap();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra(&control.table_section(&token))
+        .without_table_file()
+        .start()
+        .await;
+    let (first, from) = (control.asks(), std::time::Instant::now());
+    eventually(
+        "the table is asked for again",
+        Duration::from_secs(10),
+        || async { control.asks() >= first + 2 },
+    )
+    .await;
+    // Two more asks: at least a second apart each.
+    assert!(
+        from.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        from.elapsed()
+    );
+    assert_eq!(proxy.table_version().await, Some(1));
+    assert_eq!(proxy.metric("edgeroute_control_errors_total").await, 0.0);
+}
