@@ -266,6 +266,8 @@ pub struct ScriptedControl {
     pub addr: SocketAddr,
     asks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
+    /// Holds the token file proxies are given (any token is taken).
+    dir: tempfile::TempDir,
 }
 
 impl ScriptedControl {
@@ -345,15 +347,25 @@ impl ScriptedControl {
                 });
             }
         });
-        ScriptedControl { addr, asks, task }
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), "t0ken\n").expect("write token");
+        ScriptedControl {
+            addr,
+            asks,
+            task,
+            dir,
+        }
     }
 
-    /// The `[table]` section of a proxy that takes its tables from here.
-    pub fn table_section(&self, token_file: &Path) -> String {
-        format!(
-            "\n[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {token_file:?}\nmax_backoff = \"200ms\"\n",
-            self.addr
-        )
+    /// A proxy that takes its tables from here.
+    pub fn proxy(&self, builder: crate::ProxyBuilder) -> crate::ProxyBuilder {
+        builder
+            .extra(&format!(
+                "\n[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nmax_backoff = \"200ms\"\n",
+                self.addr,
+                self.dir.path().join("token")
+            ))
+            .without_table_file()
     }
 }
 

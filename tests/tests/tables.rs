@@ -130,13 +130,8 @@ async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_se
         oversized.into(),
     ])
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken\n").unwrap();
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .extra(&control.table_section(&token))
-        .without_table_file()
+    let proxy = control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
         .start()
         .await;
     eventually(
@@ -166,13 +161,8 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
     let us = Origin::start(US).await;
     let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
     let control = ScriptedControl::start_without_etags(good.into()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken\n").unwrap();
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .extra(&control.table_section(&token))
-        .without_table_file()
+    let proxy = control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
         .start()
         .await;
     let (first, from) = (control.asks(), std::time::Instant::now());
