@@ -1,5 +1,6 @@
 //! Retries: what failed to connect moves on; what may have reached a backend
-//! is retried only when it is safe to repeat. A POST is never delivered twice.
+//! is retried only when it is safe to repeat. A POST without an
+//! `Idempotency-Key` is never delivered twice.
 
 use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, client, eventually, table};
 use std::net::SocketAddr;
