@@ -25,7 +25,10 @@ pub struct DemoOptions {
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    let dir = std::env::temp_dir().join(format!("edgeroute-demo-{}", std::process::id()));
+    // One folder per listening port, written afresh by each run: the
+    // process ends by exiting, so a folder per run would be left behind
+    // every time.
+    let dir = std::env::temp_dir().join(format!("edgeroute-demo-{}", opts.listen.port()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
 
     let origins = tokio::runtime::Builder::new_multi_thread()
@@ -86,8 +89,9 @@ fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
                 "[table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"500ms\"\n"
                     .to_owned(),
             Some((url, token)) => format!(
-                "[table]\nsource = \"control\"\nurl = \"{url}\"\ntoken_file = {:?}\nwait = \"10s\"\nreport_interval = \"2s\"\n",
-                token.display()
+                "[table]\nsource = \"control\"\nurl = {}\ntoken_file = {}\nwait = \"10s\"\nreport_interval = \"2s\"\n",
+                toml_string(url),
+                toml_string(&token.to_string_lossy())
             ),
         }
     );
@@ -97,6 +101,11 @@ fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
         ));
     }
     s
+}
+
+/// `text` as a TOML basic string: JSON's escapes are TOML's.
+fn toml_string(text: &str) -> String {
+    serde_json::Value::from(text).to_string()
 }
 
 fn origins_list(backends: &[(&str, SocketAddr)]) -> String {

@@ -64,6 +64,9 @@ fn main() -> ExitCode {
             control,
             token_file,
         } => logging::init(edgeroute_config::LogFormat::Text, "info").and_then(|()| {
+            // The demo's config lives in a folder of its own: a relative
+            // token path is taken from here.
+            let token_file = token_file.map(std::path::absolute).transpose()?;
             demo::run(demo::DemoOptions {
                 listen,
                 admin,
