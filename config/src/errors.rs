@@ -88,3 +88,59 @@ mod tests {
         assert!(text.ends_with("(and 5 more)"), "{text}");
     }
 }
+
+/// An error and every cause below it, joined with ": " (an HTTP client's
+/// "client error (Connect)" alone does not say that the connection was
+/// refused, or the name not found). A cause already quoted by the error
+/// above it is not repeated.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod chain_tests {
+    #[derive(Debug)]
+    struct Layer(&'static str, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|l| l as _)
+        }
+    }
+
+    #[test]
+    fn every_cause_is_named_once() {
+        let e = Layer(
+            "client error (Connect)",
+            Some(Box::new(Layer(
+                "tcp connect error",
+                Some(Box::new(Layer("Connection refused (os error 111)", None))),
+            ))),
+        );
+        assert_eq!(
+            super::error_chain(&e),
+            "client error (Connect): tcp connect error: Connection refused (os error 111)"
+        );
+        let quoted = Layer(
+            "read failed: timed out",
+            Some(Box::new(Layer("timed out", None))),
+        );
+        assert_eq!(super::error_chain(&quoted), "read failed: timed out");
+    }
+}

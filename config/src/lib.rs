@@ -21,7 +21,7 @@ pub use control::{
     NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV, TopologyView,
     short_action_timeout,
 };
-pub use errors::{FieldError, FieldErrors};
+pub use errors::{FieldError, FieldErrors, error_chain};
 pub use logs::log_filter;
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,

@@ -65,7 +65,16 @@ impl ControlView {
             .bearer_auth(token)
             .send()
             .await
-            .map_err(|e| (None, format!("cannot reach {}: {e}", self.describe())))?;
+            .map_err(|e| {
+                (
+                    None,
+                    format!(
+                        "cannot reach {}: {}",
+                        self.describe(),
+                        edgeroute_config::error_chain(&e.without_url())
+                    ),
+                )
+            })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);

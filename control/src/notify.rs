@@ -148,7 +148,7 @@ impl Notifier {
                     match req.send().await {
                         Ok(r) if r.status().is_success() => Ok(()),
                         Ok(r) => Err(format!("answered {}", r.status())),
-                        Err(e) => Err(e.without_url().to_string()),
+                        Err(e) => Err(edgeroute_config::error_chain(&e.without_url())),
                     }
                 })
                 .await;

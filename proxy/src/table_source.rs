@@ -110,7 +110,10 @@ pub async fn poll_control(
         };
         let failure = match outcome {
             Err(_) => Some(format!("no answer within {head_within:?}")),
-            Ok(Err(e)) => Some(format!("cannot reach the control plane: {e}")),
+            Ok(Err(e)) => Some(format!(
+                "cannot reach the control plane: {}",
+                edgeroute_config::error_chain(&e)
+            )),
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 let tag = resp.headers().get(http::header::ETAG).cloned();
@@ -283,7 +286,7 @@ pub async fn report_to_control(
                         false
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(url = %target, error = %e, "cannot send this proxy's report");
+                        tracing::debug!(url = %target, error = %edgeroute_config::error_chain(&e), "cannot send this proxy's report");
                         false
                     }
                     Err(_) => false,
