@@ -371,11 +371,11 @@ impl RawControl {
                     );
                 }
                 if let Some(url) = endpoint_url
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                    && !values::http_url(url)
                 {
                     e.push(
                         "source.endpoint_url",
-                        format!("must be an http(s) URL, got {url:?}"),
+                        format!("must be an http(s) URL with a host, such as \"http://127.0.0.1:5000\", got {url:?}"),
                     );
                 }
                 SourceConfig::Aws(AwsSourceConfig {
@@ -516,10 +516,12 @@ impl RawNotify {
             }
         }
         let url = self.webhook_url.trim();
-        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+        if !(url.is_empty() || values::http_url(url)) {
+            // Only the start: a webhook's path often holds a secret.
+            let start = &url[..url.floor_char_boundary(12)];
             e.push(
                 "notify.webhook_url",
-                format!("must be an http(s) URL, got {url:?}"),
+                format!("must be an http(s) URL with a host, such as \"https://hooks.example.com/edgeroute\" (percent-encode spaces), got one starting {start:?}"),
             );
         }
         let token = self.webhook_token_file.trim();

@@ -862,7 +862,10 @@ impl RawConfig {
                     name: r.name.clone(),
                     backends,
                     tls: r.tls,
-                    sni: r.sni.clone(),
+                    sni: r
+                        .sni
+                        .as_deref()
+                        .and_then(|s| values::server_name(&mut e, &format!("{path}.sni"), s)),
                     host: r
                         .host
                         .as_deref()
@@ -1034,7 +1037,7 @@ impl RawConfig {
                         "table.url",
                         "must not hold credentials (user@ or user:password@); the control plane's token goes in table.token_file",
                     ),
-                    Some(rest) if values::authority(rest) => {}
+                    Some(rest) if values::host_and_port(rest) => {}
                     _ => e.push(
                         "table.url",
                         format!("must be the control plane's base URL, http:// and a host with an optional port, such as \"http://edgeroute-control:9080\", got {url:?}"),

@@ -161,6 +161,9 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
     Some((host.to_ascii_lowercase(), port))
 }
 
+/// A DNS name (letters, digits and '-' in labels of 1 to 63 bytes, at most
+/// 253 in all). A name whose last label is all digits is no name: it is
+/// an IPv4 address gone wrong (`999.1.1.1`, `127.0.0.01`).
 fn valid_dns_name(host: &str) -> bool {
     !host.is_empty()
         && host.len() <= 253
@@ -171,6 +174,62 @@ fn valid_dns_name(host: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+        && !host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A host to connect to: a DNS name (see [`valid_dns_name`]) or an IP
+/// address, IPv6 in brackets when `bracketed`.
+fn valid_host(host: &str, bracketed: bool) -> bool {
+    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => bracketed && v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || valid_dns_name(host),
+    }
+}
+
+/// The name a TLS client sends (SNI) and checks the certificate for: a
+/// DNS name or an IP address.
+pub(crate) fn server_name(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
+    if valid_host(raw, false) || raw.parse::<std::net::Ipv6Addr>().is_ok() {
+        Some(raw.to_ascii_lowercase())
+    } else {
+        errs.push(
+            path,
+            format!(
+                "must be a DNS name such as \"api.example.com\" (or an IP address), got {raw:?}"
+            ),
+        );
+        None
+    }
+}
+
+/// An `http://` or `https://` URL whose host is a DNS name or an IP
+/// address (IPv6 in brackets), with an optional port, and whose path and
+/// query are visible ASCII (percent-encode the rest).
+pub(crate) fn http_url(raw: &str) -> bool {
+    let Some(rest) = raw
+        .strip_prefix("http://")
+        .or_else(|| raw.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    host_and_port(authority) && tail.bytes().all(|b| b.is_ascii_graphic())
+}
+
+/// `host` or `host:port` (1-65535), the host as [`valid_host`] takes it.
+pub(crate) fn host_and_port(raw: &str) -> bool {
+    let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
+    if raw.ends_with(']') {
+        return valid_host(raw, true);
+    }
+    match raw.rsplit_once(':') {
+        Some((host, port)) => valid_host(host, true) && port_ok(port),
+        None => valid_host(raw, true),
+    }
 }
 
 /// A `Host` field value (RFC 9110 §7.2): a host name as RFC 3986 allows one
@@ -454,6 +513,72 @@ mod tests {
             e.to_string().trim(),
             "dns.min_ttl: must be at least 100ms (why), got \"50ms\""
         );
+    }
+
+    #[test]
+    fn hosts_urls_and_server_names_are_what_a_client_can_connect_to() {
+        for ok in [
+            "api.example.com",
+            "api.example.com:8443",
+            "10.0.0.1:80",
+            "[2001:db8::1]:443",
+            "[::1]",
+            "edgeroute-control",
+            "a1.b2",
+        ] {
+            assert!(host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "a%zz",
+            "a'b",
+            "a=b",
+            "a;b",
+            "999.1.1.1",
+            "127.0.0.01",
+            "host:0",
+            "host:",
+            "[::1",
+            "::1",
+            "-a.com",
+            "a..b",
+            "host:99999",
+        ] {
+            assert!(!host_and_port(bad), "{bad}");
+        }
+        for ok in [
+            "http://127.0.0.1:5000",
+            "https://hooks.example.com/edgeroute?key=a%20b",
+            "http://[::1]:9080/",
+        ] {
+            assert!(http_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://",
+            "https://exa mple.com/",
+            "https://hooks.example.com/a b",
+            "ftp://x",
+            "hooks.example.com",
+            "http://a%zz:19080",
+        ] {
+            assert!(!http_url(bad), "{bad}");
+        }
+        let mut e = FieldErrors::default();
+        assert_eq!(
+            server_name(&mut e, "regions[0].sni", "API.example.com").as_deref(),
+            Some("api.example.com")
+        );
+        assert!(server_name(&mut e, "s", "10.0.0.1").is_some());
+        assert!(server_name(&mut e, "s", "2001:db8::1").is_some());
+        assert!(e.is_empty(), "{e}");
+        for bad in ["", "not a name/../", "999.1.1.1"] {
+            let mut e = FieldErrors::default();
+            assert!(server_name(&mut e, "regions[0].sni", bad).is_none());
+            assert!(
+                e.to_string().contains("regions[0].sni: must be a DNS name"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
