@@ -285,10 +285,11 @@ pub struct AwsSourceConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlConfigError {
-    #[error("cannot read control config file {path}: {source}")]
+    /// (`error` is no `source`: it is in the message already.)
+    #[error("cannot read control config file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("control config file {path} is not valid TOML for edgeroute-control: {message}")]
     Parse { path: PathBuf, message: String },
@@ -298,9 +299,9 @@ pub enum ControlConfigError {
 
 impl ControlConfig {
     pub fn load(path: &Path) -> Result<Self, ControlConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ControlConfigError::Read {
+        let text = values::read_config_text(path).map_err(|error| ControlConfigError::Read {
             path: path.to_owned(),
-            source,
+            error,
         })?;
         let raw: RawControl = toml::from_str(&text).map_err(|e| ControlConfigError::Parse {
             path: path.to_owned(),

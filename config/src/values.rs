@@ -276,6 +276,36 @@ pub fn read_regular(path: &std::path::Path, limit: u64, hint: &str) -> std::io::
     Ok(bytes)
 }
 
+/// The most a config file may hold: a config takes a few KiB.
+const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A config file's text: at most [`MAX_CONFIG_BYTES`], and UTF-8, with
+/// the offset of the first byte that is not. A pipe is read to its end
+/// (`--config <(...)` works); a device such as `/dev/zero` stops at the
+/// limit.
+pub(crate) fn read_config_text(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_CONFIG_BYTES} bytes; a config file takes a few KiB"),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text: byte {} is not (save the file as UTF-8)",
+                e.utf8_error().valid_up_to()
+            ),
+        )
+    })
+}
+
 /// An HTTP token (RFC 9110 §5.6.2), as field names and cookie names are;
 /// not empty.
 pub fn token(raw: &[u8]) -> bool {
@@ -513,6 +543,22 @@ mod tests {
             e.to_string().trim(),
             "dns.min_ttl: must be at least 100ms (why), got \"50ms\""
         );
+    }
+
+    #[test]
+    fn a_config_file_is_utf8_of_at_most_4_mib() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "a = 1\n").unwrap();
+        assert_eq!(read_config_text(&path).unwrap(), "a = 1\n");
+        std::fs::write(&path, b"a = \"\xff\"\n").unwrap();
+        let e = read_config_text(&path).unwrap_err().to_string();
+        assert!(e.contains("not UTF-8 text: byte 5"), "{e}");
+        std::fs::write(&path, vec![b'#'; 4 * 1024 * 1024 + 1]).unwrap();
+        let e = read_config_text(&path).unwrap_err().to_string();
+        assert!(e.contains("larger than 4194304 bytes"), "{e}");
+        let e = read_config_text(&dir.path().join("none")).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]
