@@ -577,7 +577,7 @@ pub struct RegionView {
 impl TopologyView {
     /// Parses and checks a topology document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, crate::Rejection> {
-        let view: TopologyView = serde_json::from_slice(bytes)
+        let view: TopologyView = serde_json::from_slice(crate::table::without_bom(bytes))
             .map_err(|e| crate::Rejection::Malformed(e.to_string()))?;
         view.validate().map_err(crate::Rejection::Invalid)?;
         Ok(view)

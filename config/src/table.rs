@@ -69,12 +69,21 @@ pub struct RoutingTable {
     pub epoch: u64,
     /// Raised on every change to the table.
     pub version: u64,
-    /// The region that holds the database writer; `null` when none is known.
+    /// The region that holds the database writer; `null` when none is
+    /// known. Required, `null` included: a table that misspells the key
+    /// (unknown keys are ignored, for newer control planes) would
+    /// otherwise refuse every write without a word.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub primary_region: Option<String>,
     /// While true, writes are refused with 503 and `Retry-After`.
     #[serde(default)]
     pub failover_in_progress: bool,
     pub regions: Vec<RegionEntry>,
+}
+
+/// JSON text without the byte-order mark an editor may have put first.
+pub(crate) fn without_bom(bytes: &[u8]) -> &[u8] {
+    bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 /// Why a table was not admitted.
@@ -152,8 +161,8 @@ pub enum Admission {
 impl RoutingTable {
     /// Parse and check a table on its own (no knowledge of the proxy).
     pub fn from_json(bytes: &[u8]) -> Result<Self, Rejection> {
-        let table: RoutingTable =
-            serde_json::from_slice(bytes).map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let table: RoutingTable = serde_json::from_slice(without_bom(bytes))
+            .map_err(|e| Rejection::Malformed(e.to_string()))?;
         table.validate().map_err(Rejection::Invalid)?;
         Ok(table)
     }
@@ -277,6 +286,34 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn primary_region_is_required_null_included_and_a_bom_is_skipped() {
+        let regions = r#""regions":[{"name":"us-east-1","state":"active"}]"#;
+        let missing = format!(r#"{{"epoch":1,"version":1,"primary":"us-east-1",{regions}}}"#);
+        match RoutingTable::from_json(missing.as_bytes()) {
+            Err(Rejection::Malformed(e)) => {
+                assert!(e.contains("missing field `primary_region`"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let null = format!(r#"{{"epoch":1,"version":1,"primary_region":null,{regions}}}"#);
+        assert_eq!(
+            RoutingTable::from_json(null.as_bytes())
+                .unwrap()
+                .primary_region,
+            None
+        );
+        let named = format!(r#"{{"epoch":1,"version":1,"primary_region":"us-east-1",{regions}}}"#);
+        let with_bom = [&b"\xEF\xBB\xBF"[..], named.as_bytes()].concat();
+        assert_eq!(
+            RoutingTable::from_json(&with_bom)
+                .unwrap()
+                .primary_region
+                .as_deref(),
+            Some("us-east-1")
+        );
     }
 
     #[test]
