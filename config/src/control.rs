@@ -328,11 +328,13 @@ impl RawControl {
                     format!("is required (or {TOKEN_ENV} in the environment): a file holding the bearer token proxies present"),
                 );
             }
-        } else if !values::resolve(base, &self.server.token_file).is_file() {
+        } else if let Some(why) =
+            values::not_a_file(&values::resolve(base, &self.server.token_file))
+        {
             e.push(
                 "server.token_file",
                 format!(
-                    "must be a readable file, got {:?} (not found)",
+                    "must be a readable file, got {:?} ({why})",
                     self.server.token_file
                 ),
             );
@@ -526,10 +528,13 @@ impl RawNotify {
             );
         }
         let token = self.webhook_token_file.trim();
-        if !token.is_empty() && !values::resolve(base, token).is_file() {
+        if let Some(why) = (!token.is_empty())
+            .then(|| values::not_a_file(&values::resolve(base, token)))
+            .flatten()
+        {
             e.push(
                 "notify.webhook_token_file",
-                format!("must be a readable file, got {token:?} (not found)"),
+                format!("must be a readable file, got {token:?} ({why})"),
             );
         }
         NotifyConfig {

@@ -35,3 +35,16 @@ pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection,
 pub use values::authority as is_authority;
 pub use values::read_regular;
 pub use values::token as is_token;
+
+/// A named pipe with no writer at `dir/name`, for tests of paths that must
+/// be regular files (opening one to read would wait forever).
+#[cfg(test)]
+pub(crate) fn fifo(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+    path
+}

@@ -752,10 +752,10 @@ impl RawConfig {
                 }
                 let tls = l.tls.as_ref().map(|t| {
                     for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
-                        if !values::resolve(base, value).is_file() {
+                        if let Some(why) = values::not_a_file(&values::resolve(base, value)) {
                             e.push(
                                 format!("{path}.tls.{field}"),
-                                format!("must be a readable PEM file, got {value:?} (not found)"),
+                                format!("must be a readable PEM file, got {value:?} ({why})"),
                             );
                         }
                     }
@@ -793,12 +793,12 @@ impl RawConfig {
             .as_deref()
             .map(|t| values::resolve(base, t));
         if let Some(t) = &token_file
-            && !t.is_file()
+            && let Some(why) = values::not_a_file(t)
         {
             e.push(
                 "admin.token_file",
                 format!(
-                    "must be a readable file holding the admin token, got {:?} (not found)",
+                    "must be a readable file holding the admin token, got {:?} ({why})",
                     t.display().to_string()
                 ),
             );
@@ -1045,8 +1045,8 @@ impl RawConfig {
                     ),
                 }
                 let token_path = values::resolve(base, token_file);
-                if !token_path.is_file() {
-                    e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} (not found)"));
+                if let Some(why) = values::not_a_file(&token_path) {
+                    e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} ({why})"));
                 }
                 let wait = values::positive_duration(&mut e, "table.wait", wait);
                 // A control plane that is down is asked again no sooner.

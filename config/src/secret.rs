@@ -86,12 +86,7 @@ mod tests {
         let err = super::read_secret("x.token_file", dir.path()).unwrap_err();
         assert!(err.contains("not a regular file"), "{err}");
         // A pipe with no writer: opening it to read would wait forever.
-        let fifo = dir.path().join("fifo");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = crate::fifo(dir.path(), "fifo");
         let err = super::read_secret("x.token_file", &fifo).unwrap_err();
         assert!(
             err.starts_with("cannot read x.token_file") && err.contains("not a regular file"),

@@ -276,6 +276,18 @@ pub fn read_regular(path: &std::path::Path, limit: u64, hint: &str) -> std::io::
     Ok(bytes)
 }
 
+/// Why `path` is no regular file, if it is not: "not found", "a
+/// directory", or "not a regular file" (a pipe, a device, a socket).
+pub(crate) fn not_a_file(path: &std::path::Path) -> Option<&'static str> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => None,
+        Ok(m) if m.is_dir() => Some("a directory"),
+        Ok(_) => Some("not a regular file"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("not found"),
+        Err(_) => Some("cannot be read"),
+    }
+}
+
 /// The most a config file may hold: a config takes a few KiB.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -543,6 +555,18 @@ mod tests {
             e.to_string().trim(),
             "dns.min_ttl: must be at least 100ms (why), got \"50ms\""
         );
+    }
+
+    #[test]
+    fn a_path_that_is_no_file_says_what_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t").unwrap();
+        assert_eq!(not_a_file(&file), None);
+        assert_eq!(not_a_file(dir.path()), Some("a directory"));
+        assert_eq!(not_a_file(&dir.path().join("none")), Some("not found"));
+        let fifo = crate::fifo(dir.path(), "fifo");
+        assert_eq!(not_a_file(&fifo), Some("not a regular file"));
     }
 
     #[test]

@@ -294,12 +294,7 @@ mod tests {
     #[test]
     fn a_history_path_that_is_no_regular_file_is_refused_without_waiting() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("history.json");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = crate::fifo(dir.path(), "history.json");
         let err = History::load(&fifo).unwrap_err();
         assert!(
             err.starts_with("cannot read history file") && err.contains("not a regular file"),

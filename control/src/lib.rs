@@ -19,3 +19,16 @@ pub mod notify;
 pub mod registry;
 pub mod server;
 pub mod source;
+
+/// A named pipe with no writer at `dir/name`, for tests of paths that must
+/// be regular files (opening one to read would wait forever).
+#[cfg(test)]
+pub(crate) fn fifo(dir: &std::path::Path, name: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&path)
+        .status()
+        .expect("run mkfifo");
+    assert!(made.success(), "mkfifo {}", path.display());
+    path
+}

@@ -224,12 +224,7 @@ mod tests {
     #[tokio::test]
     async fn a_topology_path_that_is_no_regular_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("topology.json");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = crate::fifo(dir.path(), "topology.json");
         let source = super::Source::File {
             path: fifo,
             interval: std::time::Duration::from_secs(1),
