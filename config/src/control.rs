@@ -320,7 +320,13 @@ impl RawControl {
     fn validate(self, base: &Path) -> Result<ControlConfig, FieldErrors> {
         let mut e = FieldErrors::default();
         let address = values::listen_addr(&mut e, "server.address", &self.server.address);
-        let token_in_env = std::env::var(TOKEN_ENV).is_ok_and(|t| !t.trim().is_empty());
+        // Set but not UTF-8 counts as given: reading it then says what is
+        // wrong with it.
+        let token_in_env = match std::env::var(TOKEN_ENV) {
+            Ok(t) => !t.trim().is_empty(),
+            Err(std::env::VarError::NotUnicode(_)) => true,
+            Err(std::env::VarError::NotPresent) => false,
+        };
         if self.server.token_file.is_empty() {
             if !token_in_env {
                 e.push(

@@ -193,12 +193,16 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
 /// The bearer token: `EDGEROUTE_CONTROL_TOKEN` when set, else the file.
 /// It is never logged.
 fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    if let Ok(token) = std::env::var(TOKEN_ENV)
-        && !token.trim().is_empty()
-    {
-        return Ok(edgeroute_config::token(TOKEN_ENV, &token)
-            .map_err(anyhow::Error::msg)?
-            .into_bytes());
+    match std::env::var(TOKEN_ENV) {
+        Ok(token) if !token.trim().is_empty() => {
+            return Ok(edgeroute_config::token(TOKEN_ENV, &token)
+                .map_err(anyhow::Error::msg)?
+                .into_bytes());
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            anyhow::bail!("{TOKEN_ENV} is not UTF-8 text; a bearer token is visible ASCII")
+        }
+        _ => {}
     }
     let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
     Ok(edgeroute_config::read_secret("server.token_file", path)

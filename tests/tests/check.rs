@@ -201,6 +201,19 @@ fn the_control_token_may_come_from_the_environment_and_the_log_filter_is_checked
         .unwrap();
     assert!(!without.status.success());
     assert!(String::from_utf8_lossy(&without.stderr).contains("EDGEROUTE_CONTROL_TOKEN"));
+    let not_text = check(&bin, &config)
+        .env(
+            "EDGEROUTE_CONTROL_TOKEN",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"),
+        )
+        .output()
+        .unwrap();
+    assert!(!not_text.status.success());
+    let stderr = String::from_utf8_lossy(&not_text.stderr);
+    assert!(
+        stderr.contains("EDGEROUTE_CONTROL_TOKEN is not UTF-8"),
+        "{stderr}"
+    );
     let with = check(&bin, &config)
         .env("EDGEROUTE_CONTROL_TOKEN", "from-the-env")
         .env_remove("RUST_LOG")
