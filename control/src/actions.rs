@@ -109,6 +109,31 @@ impl ControlView {
         }
     }
 
+    /// Whether the control plane's last read of its source failed, so the
+    /// table it serves no longer follows AWS. This process's own view (the
+    /// automation's, which makes only unplanned failovers) is not asked.
+    pub async fn source_stale(&self) -> Result<bool, String> {
+        match self {
+            ControlView::Local { .. } => Ok(false),
+            ControlView::Http { .. } => {
+                #[derive(serde::Deserialize)]
+                struct Status {
+                    // Absent from an older control plane's answer.
+                    #[serde(default)]
+                    source_stale: bool,
+                }
+                let status: Status = self
+                    .get("/v1/status")
+                    .await
+                    .map_err(|(_, e)| e)?
+                    .json()
+                    .await
+                    .map_err(|e| format!("{} sent no status: {e}", self.describe()))?;
+                Ok(status.source_stale)
+            }
+        }
+    }
+
     /// The proxies that reported recently.
     pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, String> {
         match self {
@@ -590,7 +615,7 @@ impl Runner {
                 .await;
             return Ok(self.dry_run_record(kind, summary));
         }
-        let before = self.before_change().await?;
+        let before = self.before_change(plan.planned).await?;
         let mut tl = Timeline::new(self.out);
         self.say(&summary);
         let error = self
@@ -625,7 +650,7 @@ impl Runner {
             self.dry_run(&state, &summary, &steps).await;
             return Ok(self.dry_run_record(Kind::Drill, summary));
         }
-        let before = self.before_change().await?;
+        let before = self.before_change(true).await?;
         self.say(&summary);
         let mut tl = Timeline::new(self.out);
         tl.prefix = "there: ";
@@ -637,7 +662,7 @@ impl Runner {
             tl.prefix = "back: ";
             // The first leg changed AWS: from here on every failure is
             // concluded, recorded and announced, never returned early.
-            error = match self.before_change().await {
+            error = match self.before_change(true).await {
                 Ok(before) => self
                     .run_move(&mut tl, Kind::Drill, &back, &summary, &before)
                     .await
@@ -710,10 +735,20 @@ impl Runner {
 
     /// The table and proxies a change starts from. Refuses when the
     /// control plane cannot be read: the change could not be followed.
-    async fn before_change(&self) -> Result<Before, String> {
+    /// What a change starts from. A change that can wait (all but an
+    /// unplanned failover) is refused while the control plane cannot read
+    /// its source: its table would not follow the change, and proxies
+    /// would go on routing as before it.
+    async fn before_change(&self, can_wait: bool) -> Result<Before, String> {
         let table = self.control.table().await.map_err(|e| {
             format!("{e}; a change could not be followed to the proxies, so none was made (start the control plane, or set actions.control_url)")
         })?;
+        if can_wait && self.control.source_stale().await? {
+            return Err(format!(
+                "{} cannot read its source (its log and edgeroute_control_source_errors_total say why): its table would not follow a change, so none was made; mend the source first (an unplanned failover, --unplanned, goes ahead regardless)",
+                self.control.describe()
+            ));
+        }
         let proxies = self.control.proxies().await?;
         Ok(Before {
             table,
@@ -1157,7 +1192,7 @@ impl Runner {
             self.dry_run(state, &summary, &steps).await;
             return Ok(self.dry_run_record(kind, summary));
         }
-        let before = self.before_change().await?;
+        let before = self.before_change(true).await?;
         self.say(&summary);
         let deadline = self.deadline();
         let mut tl = Timeline::new(self.out);

@@ -229,6 +229,8 @@ fn status(state: &ServerState) -> Response<Full<Bytes>> {
         "table": table,
         "proxies": proxies,
         "automation": { "enabled": state.automation },
+        // The last read of the source failed: the table is the last good one.
+        "source_stale": state.metrics.source_stale.get() == 1,
         "last_failover": last_failover,
         "last_drill": last_drill,
         "history_error": history_error,

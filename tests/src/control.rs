@@ -132,16 +132,35 @@ impl ControlPlane {
         self.command_with(&self.config_path, args).await
     }
 
+    /// [`ControlPlane::command`] with `actions.control_url` set to `url`, as
+    /// run on another machine (see [`ControlPlane::command_elsewhere`]).
+    pub async fn command_via(&self, url: &str, args: &[&str]) -> Ran {
+        let config = std::fs::read_to_string(&self.config_path).expect("read the config");
+        assert!(config.contains("[actions]\n"), "{config}");
+        let config = config.replace(
+            "[actions]\n",
+            &format!("[actions]\ncontrol_url = {url:?}\n"),
+        );
+        self.command_elsewhere_with(&config, args).await
+    }
+
     /// [`ControlPlane::command`] as run on another machine: its config and
     /// token copied to a folder of their own, so with a history file of
     /// its own.
     pub async fn command_elsewhere(&self, args: &[&str]) -> Ran {
+        let config = std::fs::read_to_string(&self.config_path).expect("read the config");
+        self.command_elsewhere_with(&config, args).await
+    }
+
+    /// Runs a command with `config` in another folder, beside a copy of
+    /// the token.
+    async fn command_elsewhere_with(&self, config: &str, args: &[&str]) -> Ran {
         let elsewhere = self.dir.join("elsewhere");
         std::fs::create_dir_all(&elsewhere).expect("another folder");
-        let config = elsewhere.join("control.toml");
-        std::fs::copy(&self.config_path, &config).expect("copy the config");
+        let path = elsewhere.join("control.toml");
+        std::fs::write(&path, config).expect("write the config");
         std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
-        self.command_with(&config, args).await
+        self.command_with(&path, args).await
     }
 
     async fn command_with(&self, config: &Path, args: &[&str]) -> Ran {
@@ -272,13 +291,19 @@ pub struct ScriptedControl {
 
 impl ScriptedControl {
     pub async fn start(tables: Vec<bytes::Bytes>) -> ScriptedControl {
-        Self::serve(tables, false).await
+        Self::serve(tables, false, false).await
     }
 
     /// Answers every table request at once with `table` and no ETag, as a
     /// static file server would.
     pub async fn start_without_etags(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true).await
+        Self::serve(vec![table], true, false).await
+    }
+
+    /// Serves `table`, no proxies, and a status that says its source
+    /// cannot be read (`/v1/status`'s `source_stale`).
+    pub async fn start_stale(table: bytes::Bytes) -> ScriptedControl {
+        Self::serve(vec![table], true, true).await
     }
 
     /// Table requests answered so far.
@@ -286,7 +311,7 @@ impl ScriptedControl {
         self.asks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn serve(tables: Vec<bytes::Bytes>, static_file: bool) -> ScriptedControl {
+    async fn serve(tables: Vec<bytes::Bytes>, static_file: bool, stale: bool) -> ScriptedControl {
         use http_body_util::Full;
         use hyper::service::service_fn;
         use std::sync::{Arc, Mutex};
@@ -308,6 +333,15 @@ impl ScriptedControl {
                             if req.method() == http::Method::POST {
                                 *resp.status_mut() = http::StatusCode::NO_CONTENT;
                                 return Ok::<_, std::convert::Infallible>(resp);
+                            }
+                            let listing = match req.uri().path() {
+                                "/v1/status" => Some(serde_json::json!({ "source_stale": stale })),
+                                "/v1/proxies" => Some(serde_json::json!({ "proxies": [] })),
+                                _ => None,
+                            };
+                            if let Some(listing) = listing {
+                                *resp.body_mut() = Full::new(listing.to_string().into());
+                                return Ok(resp);
                             }
                             let next = {
                                 let mut left = left.lock().expect("tables");

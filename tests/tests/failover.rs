@@ -4,7 +4,7 @@
 //! runs, drills, and the notifications each sends.
 
 use aws_sdk_route53::types::{ChangeAction, RrType};
-use edgeroute_tests::control::ControlPlane;
+use edgeroute_tests::control::{ControlPlane, ScriptedControl};
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
 use edgeroute_tests::webhook::Webhook;
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
@@ -501,6 +501,40 @@ async fn drain_moves_reads_away_and_undrain_brings_them_back() {
         .collect();
     assert_eq!(ids.len(), env.webhook.events().len(), "{ids:?}");
     assert!(!ids.contains(""));
+}
+
+/// A control plane that cannot read its source would not follow a change:
+/// a planned switchover, a drill and a drain are refused before AWS is
+/// asked for anything.
+#[tokio::test]
+async fn changes_that_can_wait_are_refused_while_the_control_plane_source_is_stale() {
+    let env = Env::start(None).await;
+    let table = env.cp.table().await;
+    let stale = ScriptedControl::start_stale(table.to_string().into()).await;
+    let url = format!("http://{}", stale.addr);
+    for args in [
+        &["failover", "--to", "eu-west-1"][..],
+        &["failover", "--to", "eu-west-1", "--drill"],
+        &["drain", "ap-southeast-1"],
+    ] {
+        let ran = env.cp.command_via(&url, args).await;
+        assert!(
+            !ran.ok
+                && ran.stderr.contains("cannot read its source")
+                && ran.stderr.contains("so none was made"),
+            "{args:?}: {ran:?}"
+        );
+    }
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("us-east-1".to_owned(), false),
+        "the writer did not move"
+    );
+    assert_eq!(
+        moto::record_types(&env.moto, &env.fixture.zone_id, "ap-southeast-1").await,
+        ["A"],
+        "the record is in place"
+    );
 }
 
 #[tokio::test]
