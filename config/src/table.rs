@@ -460,8 +460,9 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever sequence of tables arrives, the epoch in force never decreases
-        /// and the primary only changes together with a higher epoch.
+        /// Whatever sequence of tables arrives, the epoch in force never
+        /// decreases, the primary only changes together with a higher
+        /// epoch, and within one epoch a new table has a higher version.
         #[test]
         fn epoch_in_force_never_goes_back(
             steps in proptest::collection::vec((0u64..6, 0u64..6, proptest::option::of(0usize..3)), 1..40)
@@ -474,6 +475,9 @@ mod tests {
                         prop_assert!(t.epoch >= old.epoch);
                         if t.primary_region != old.primary_region {
                             prop_assert!(t.epoch > old.epoch);
+                        }
+                        if t.epoch == old.epoch {
+                            prop_assert!(t.version > old.version);
                         }
                     }
                     in_force = Some(t);
