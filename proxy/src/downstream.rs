@@ -315,6 +315,13 @@ impl Session {
                     format!("the request has more than {MAX_FIELDS} fields"),
                 ));
             }
+            // HTTP/2's connection preface on a listener without h2c.
+            Err(httparse::Error::Version) if data.starts_with(b"PRI * HTTP/2.0") => {
+                return Err(bad_request(
+                    "HTTP/2 without TLS (prior knowledge) is not served on this listener: \
+                     set h2c = true on it, or speak HTTP/2 over TLS",
+                ));
+            }
             Err(e) => return Err(bad_request(format!("the request head is malformed: {e}"))),
         };
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version)
@@ -1152,6 +1159,20 @@ mod tests {
             },
             Ok(read) => panic!("read ({read}): {:?}", String::from_utf8_lossy(wire)),
         }
+    }
+
+    /// HTTP/2's preface on a listener without h2c is told what to do.
+    #[tokio::test]
+    async fn http2_prior_knowledge_without_h2c_is_named() {
+        let (mut s, _peer) = sent(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", true).await;
+        let e = s.read_request().await.unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::HTTPStatus(400));
+        let why = e
+            .context
+            .as_ref()
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        assert!(why.contains("set h2c = true"), "{why}");
     }
 
     #[tokio::test]
