@@ -180,7 +180,7 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
             .read()
             .await
     })?;
-    let mut builder = Builder::new(source::now_ms());
+    let mut builder = Builder::new(source::now_ms() / 1000);
     let table = builder
         .apply(&view, source::now_ms())
         .context("the source gave no table")?;
@@ -193,16 +193,8 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
 /// The bearer token: `EDGEROUTE_CONTROL_TOKEN` when set, else the file.
 /// It is never logged.
 fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
-    match std::env::var(TOKEN_ENV) {
-        Ok(token) if !token.trim().is_empty() => {
-            return Ok(edgeroute_config::token(TOKEN_ENV, &token)
-                .map_err(anyhow::Error::msg)?
-                .into_bytes());
-        }
-        Err(std::env::VarError::NotUnicode(_)) => {
-            anyhow::bail!("{TOKEN_ENV} is not UTF-8 text; a bearer token is visible ASCII")
-        }
-        _ => {}
+    if let Some(token) = edgeroute_config::token_from_env().map_err(anyhow::Error::msg)? {
+        return Ok(token.into_bytes());
     }
     let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
     Ok(edgeroute_config::read_secret("server.token_file", path)
@@ -368,7 +360,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
-        let builder = Builder::new(source::now_ms());
+        let builder = Builder::new(source::now_ms() / 1000);
         let src = source::Source::new(&cfg.source, Some(&cfg.actions.history_file)).await;
         let shared_aws = src.aws();
         let poller = tokio::spawn(source::run(
