@@ -219,10 +219,9 @@ pub fn report(state: &AppState, id: &str) -> ProxyReport {
     }
 }
 
-/// Stable for the life of the process: `HOSTNAME` (the pod name on
-/// Kubernetes) or the kernel's host name, the process id, and a random
-/// part, since two containers may share a host name and both run the
-/// proxy as process 1.
+/// `HOSTNAME` (the pod name on Kubernetes) or the kernel's host name, and
+/// the process id: the same for a container restarted in its pod, so the
+/// control plane does not wait on the id it had before.
 fn proxy_id() -> String {
     let host = std::env::var("HOSTNAME")
         .ok()
@@ -231,13 +230,13 @@ fn proxy_id() -> String {
         .map(|h| h.trim().to_owned())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "proxy".into());
-    id_of(&host, std::process::id(), rand::random())
+    id_of(&host, std::process::id())
 }
 
-/// `host/pid/random`, the host name cut (on a character) to fit
+/// `host/pid`, the host name cut (on a character) to fit
 /// [`edgeroute_config::MAX_PROXY_ID`].
-fn id_of(host: &str, pid: u32, random: u32) -> String {
-    let tail = format!("/{pid}/{random:08x}");
+fn id_of(host: &str, pid: u32) -> String {
+    let tail = format!("/{pid}");
     let room = edgeroute_config::MAX_PROXY_ID - tail.len();
     format!("{}{tail}", &host[..host.floor_char_boundary(room)])
 }
@@ -314,16 +313,13 @@ pub async fn report_to_control(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_proxy_id_is_host_pid_and_a_random_part_within_the_limit() {
-        assert_eq!(
-            super::id_of("api-7f9c", 1, 0x3fa8_5f64),
-            "api-7f9c/1/3fa85f64"
-        );
-        // A long host name of two-byte characters is cut on a character.
+    fn a_proxy_id_is_host_and_pid_within_the_limit() {
+        assert_eq!(super::id_of("api-7f9c", 1), "api-7f9c/1");
+        // A long host name of two-byte characters is cut on a character
+        // (cutting it by bytes panicked).
         let long = "é".repeat(150);
-        let id = super::id_of(&long, u32::MAX, 7);
+        let id = super::id_of(&long, u32::MAX);
         assert!(id.len() <= edgeroute_config::MAX_PROXY_ID, "{}", id.len());
-        assert!(id.ends_with("/4294967295/00000007"), "{id}");
-        assert!(id.starts_with("éé"));
+        assert!(id.ends_with("é/4294967295"), "{id}");
     }
 }
