@@ -4,7 +4,7 @@ use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
 /// Loads every TLS listener's certificate and key, as `run` would; the
 /// error names each one that is wrong, a line each. What loads but will
-/// not serve every client (a chain outside its dates, which `run` serves
+/// not serve every client (a certificate outside its dates, which `run` serves
 /// with an error logged) is given back as warnings.
 pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
     let now = crate::tls::unix_now();
@@ -19,7 +19,7 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
         match crate::tls::ListenerCert::load(i, files) {
             Ok(cert) => warnings.extend(cert.validity().fault_at(now).map(|fault| {
                 format!(
-                    "listeners[{i}].tls.cert ({}): the certificate chain {fault}; clients that check certificates will refuse it",
+                    "listeners[{i}].tls.cert ({}): the server's certificate {fault}; clients that check certificates will refuse it",
                     files.cert.display()
                 )
             })),

@@ -38,7 +38,7 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Certificate files read again and put in force, or not, by result.
     pub tls_certificate_reloads: IntCounterVec,
-    /// When each TLS listener's certificate chain in force expires.
+    /// When each TLS listener's certificate in force expires.
     pub tls_certificate_expiry: IntGaugeVec,
     /// HTTP/2 connections the proxy told to go away, by why.
     pub http2_goaways: IntCounterVec,
@@ -270,7 +270,7 @@ impl Metrics {
             tls_certificate_expiry: gauge_vec(
                 &r,
                 "edgeroute_tls_certificate_expiry_timestamp_seconds",
-                "When the TLS listener's certificate chain in force expires (the earliest notAfter of its certificates), in Unix seconds",
+                "When the TLS listener's certificate in force expires (the notAfter of the server's certificate, the first in its file), in Unix seconds",
                 &["listener"],
             ),
             worker_connections: gauge_vec(

@@ -47,7 +47,8 @@ pub struct ListenerCert {
     seen: Mutex<Seen>,
 }
 
-/// A certificate chain and key as served, with the chain's dates.
+/// A certificate chain and key as served, with the server's certificate's
+/// dates.
 #[derive(Debug)]
 struct InForce {
     key: Arc<CertifiedKey>,
@@ -69,10 +70,11 @@ enum Seen {
     },
 }
 
-/// When a certificate chain can be used: from the latest of its
-/// certificates' start (notBefore) to the earliest of their ends
-/// (notAfter), in Unix seconds. A client that checks certificates refuses
-/// the chain outside it.
+/// When the server's certificate can be used: from its start (notBefore)
+/// to its end (notAfter), in Unix seconds. A client that checks
+/// certificates refuses it outside them. The chain's other certificates
+/// are not judged: a client builds its own path, and a chain may carry an
+/// expired cross-signature that clients pass over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Validity {
     pub not_before: i64,
@@ -80,7 +82,8 @@ pub struct Validity {
 }
 
 impl Validity {
-    /// Why the chain cannot be used at `now` (Unix seconds), if it cannot.
+    /// Why the certificate cannot be used at `now` (Unix seconds), if it
+    /// cannot.
     pub fn fault_at(&self, now: i64) -> Option<String> {
         if now > self.not_after {
             Some(format!("expired at {}", date(self.not_after)))
@@ -123,7 +126,7 @@ impl ListenerCert {
     /// (unreadable, no PEM section of the kind, a certificate that is not
     /// X.509, an encrypted key, a key that is not the certificate's) is an
     /// error that names the field and the file, and says what to do. A
-    /// chain outside its dates loads (see [`ListenerCert::validity`]):
+    /// certificate outside its dates loads (see [`ListenerCert::validity`]):
     /// some clients, such as a load balancer forwarding to the proxy, do
     /// not check it.
     pub fn load(index: usize, files: &TlsFiles) -> Result<Arc<ListenerCert>, String> {
@@ -142,7 +145,7 @@ impl ListenerCert {
         }))
     }
 
-    /// The dates of the chain in force.
+    /// The dates of the server's certificate in force.
     pub fn validity(&self) -> Validity {
         self.current.load().validity
     }
@@ -160,8 +163,8 @@ impl ListenerCert {
     /// Reads the files again and puts a changed pair in force. `forced`
     /// (SIGHUP) reports files that cannot be used again, even when they
     /// are as last read; files as last loaded are left as they are. A
-    /// chain that cannot be used at `now` (Unix seconds; expired, or not
-    /// yet valid) never replaces one that can: it is refused, and looked
+    /// certificate that cannot be used at `now` (Unix seconds; expired, or
+    /// not yet valid) never replaces one that can: it is refused, and looked
     /// at again at each reload until its time comes or the files change.
     pub fn reload_at(&self, forced: bool, now: i64) -> Reload {
         let read = read_files(self.index, &self.files);
@@ -189,28 +192,32 @@ impl ListenerCert {
             _ => (false, false),
         };
         let in_force = self.current.load_full();
-        let (outcome, loaded, dated) =
-            match certified_key(self.index, &self.files, &cert_pem, &key_pem) {
-                Err(e) => (Reload::Failed(e), false, false),
-                // The same certificate as in force (files back as they were).
-                Ok(next) if next.key.cert == in_force.key.cert => (Reload::Unchanged, true, false),
-                Ok(next) => match next.validity.fault_at(now) {
-                    Some(fault) if in_force.validity.fault_at(now).is_none() => (
-                        Reload::Failed(format!(
-                            "{}: the certificate chain {fault}; the one in force, valid until {}, \
+        let (outcome, loaded, dated) = match certified_key(
+            self.index,
+            &self.files,
+            &cert_pem,
+            &key_pem,
+        ) {
+            Err(e) => (Reload::Failed(e), false, false),
+            // The same certificate as in force (files back as they were).
+            Ok(next) if next.key.cert == in_force.key.cert => (Reload::Unchanged, true, false),
+            Ok(next) => match next.validity.fault_at(now) {
+                Some(fault) if in_force.validity.fault_at(now).is_none() => (
+                    Reload::Failed(format!(
+                        "{}: the server's certificate {fault}; the one in force, valid until {}, \
                              stays; put a certificate valid now in the files",
-                            field(self.index, "cert", &self.files.cert),
-                            date(in_force.validity.not_after)
-                        )),
-                        false,
-                        true,
-                    ),
-                    _ => {
-                        self.current.store(Arc::new(next));
-                        (Reload::Loaded, true, false)
-                    }
-                },
-            };
+                        field(self.index, "cert", &self.files.cert),
+                        date(in_force.validity.not_after)
+                    )),
+                    false,
+                    true,
+                ),
+                _ => {
+                    self.current.store(Arc::new(next));
+                    (Reload::Loaded, true, false)
+                }
+            },
+        };
         *seen = Seen::Read {
             cert: cert_pem,
             key: key_pem,
@@ -252,11 +259,11 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 /// listener's certificate files read again, and a changed pair put in
 /// force for new connections; files that cannot be used leave the
 /// certificate in force, with an error log line and a count in
-/// `edgeroute_tls_certificate_reloads_total{result="failed"}`. The chain
-/// in force's expiry is kept in
-/// `edgeroute_tls_certificate_expiry_timestamp_seconds`, and a chain in
-/// force outside its dates is logged as an error once (at start, when it
-/// expires, when such a chain is put in force). Run also
+/// `edgeroute_tls_certificate_reloads_total{result="failed"}`. The expiry
+/// of the certificate in force is kept in
+/// `edgeroute_tls_certificate_expiry_timestamp_seconds`, and a certificate
+/// in force outside its dates is logged as an error once (at start, when
+/// it expires, when such a certificate is put in force). Run also
 /// without certificates: SIGHUP, caught here, then never stops the proxy
 /// (its default action) when the table does not come from a file.
 /// `rereads`: made with [`WATCH_INTERVAL`] before the server starts, so
@@ -288,7 +295,7 @@ pub async fn watch(
                 tracing::error!(
                     listener = %cert.listener(),
                     cert = %cert.files.cert.display(),
-                    "the TLS certificate chain in force {fault}; clients that check certificates refuse it: put a certificate valid now in the files"
+                    "the TLS certificate in force {fault}; clients that check certificates refuse it: put a certificate valid now in the files"
                 );
             }
             *faulty = fault.is_some();
@@ -323,7 +330,7 @@ pub async fn watch(
                 Ok(Reload::Loaded) => {
                     reloads.with_label_values(&["ok"]).inc();
                     expiry(cert);
-                    // A chain put in force outside its dates is logged.
+                    // A certificate put in force outside its dates is logged.
                     *faulty = false;
                     tracing::info!(%listener, cert = %cert.files.cert.display(), "TLS certificate reloaded; new connections get it");
                 }
@@ -430,21 +437,24 @@ fn certified_key(
     })
 }
 
-/// The dates of a chain; an error names the certificate (from 1) that
-/// cannot be read.
+/// The dates of the server's certificate (the first); every certificate of
+/// the chain must be X.509, and an error names the one (from 1) that is
+/// not.
 fn validity(certs: &[CertificateDer<'_>]) -> Result<Validity, (usize, String)> {
-    let mut validity = Validity {
-        not_before: i64::MIN,
-        not_after: i64::MAX,
-    };
+    let mut validity = None;
     for (i, der) in certs.iter().enumerate() {
         let (_, cert) =
             x509_parser::parse_x509_certificate(der).map_err(|e| (i + 1, e.to_string()))?;
         let dates = cert.validity();
-        validity.not_before = validity.not_before.max(dates.not_before.timestamp());
-        validity.not_after = validity.not_after.min(dates.not_after.timestamp());
+        validity.get_or_insert(Validity {
+            not_before: dates.not_before.timestamp(),
+            not_after: dates.not_after.timestamp(),
+        });
     }
-    Ok(validity)
+    Ok(validity.unwrap_or(Validity {
+        not_before: i64::MIN,
+        not_after: i64::MAX,
+    }))
 }
 
 #[cfg(test)]
@@ -628,15 +638,17 @@ mod tests {
         rcgen::date_time_ymd(year, 1, 1).unix_timestamp()
     }
 
+    /// The server's certificate decides: an expired certificate after
+    /// it (a cross-signature clients pass over) does not.
     #[test]
-    fn a_chain_is_valid_from_its_latest_start_to_its_earliest_end() {
+    fn a_chain_is_judged_by_the_servers_certificate() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let leaf = dated_pair(dir.path(), "leaf", (2020, 2040));
-        let middle = dated_pair(dir.path(), "middle", (2022, 2030));
+        let leaf = dated_pair(dir.path(), "leaf", (2022, 2030));
+        let old = dated_pair(dir.path(), "old", (2000, 2001));
         let chain = dir.path().join("chain.crt");
         let mut pem = std::fs::read(&leaf.cert).unwrap();
-        pem.extend(std::fs::read(&middle.cert).unwrap());
+        pem.extend(std::fs::read(&old.cert).unwrap());
         std::fs::write(&chain, pem).unwrap();
         let cert = ListenerCert::load(
             0,
@@ -707,7 +719,7 @@ mod tests {
         match cert.reload_at(false, now) {
             Reload::Failed(e) => assert!(
                 e.starts_with("listeners[0].tls.cert (")
-                    && e.contains("the certificate chain expired at 2025-01-01T00:00:00Z")
+                    && e.contains("the server's certificate expired at 2025-01-01T00:00:00Z")
                     && e.contains("valid until 2027-01-01T00:00:00Z, stays"),
                 "{e}"
             ),
@@ -737,7 +749,8 @@ mod tests {
         assert_eq!(serving(&cert), pem_cert(&early));
         assert_eq!(cert.reload_at(false, jan_1(2028)), Reload::Unchanged);
 
-        // Once the chain in force is outside its dates too, the files win.
+        // Once the certificate in force is outside its dates too, the files
+        // win.
         put(&expired);
         assert_eq!(cert.reload_at(false, jan_1(2031)), Reload::Loaded);
         assert_eq!(serving(&cert), pem_cert(&expired));
