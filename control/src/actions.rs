@@ -1282,7 +1282,9 @@ impl Before {
 }
 
 /// The records a drain of `region` kept: in Route 53, else (a drain by an
-/// older version) in the history file.
+/// older version) in the history file. Records kept in Route 53 that
+/// cannot be read (a newer version's format, say) are an error, never
+/// passed over for an older copy: the undrain would delete the newer one.
 fn kept_records(
     state: &AwsState,
     history: &History,
@@ -1291,9 +1293,6 @@ fn kept_records(
     match state.kept.get(region) {
         Some(txt) => match crate::kept::records(txt) {
             Ok(saved) => Ok(Some(saved)),
-            Err(_) if history.drained_records.contains_key(region) => {
-                Ok(history.drained_records.get(region).cloned())
-            }
             Err(e) => Err(format!(
                 "the records of {region} kept in Route 53 ({} TXT, set identifier {region}) cannot be read: {e}; \
                  create them again (for example with your infrastructure code), then delete that record",
@@ -1426,16 +1425,17 @@ mod tests {
             Ok(Some(vec![in_route53.clone()]))
         );
         assert_eq!(got(Some(&txt), &none), Ok(Some(vec![in_route53])));
-        assert_eq!(got(None, &history), Ok(Some(vec![in_history.clone()])));
-        assert_eq!(got(Some(&unreadable), &history), Ok(Some(vec![in_history])));
+        assert_eq!(got(None, &history), Ok(Some(vec![in_history])));
         assert_eq!(got(None, &none), Ok(None));
-        let err = got(Some(&unreadable), &none).unwrap_err();
-        assert!(
-            err.contains("_edgeroute-drained.api.example.com. TXT")
-                && err.contains("not base64")
-                && err.contains("create them again"),
-            "{err}"
-        );
+        for history in [&history, &none] {
+            let err = got(Some(&unreadable), history).unwrap_err();
+            assert!(
+                err.contains("_edgeroute-drained.api.example.com. TXT")
+                    && err.contains("not base64")
+                    && err.contains("create them again"),
+                "{err}"
+            );
+        }
     }
 
     fn record(kind: RrType, weight: Option<i64>, latency: bool) -> ResourceRecordSet {

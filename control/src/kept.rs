@@ -7,7 +7,9 @@
 //! the records, as a TXT record named `_edgeroute-drained.<API name>`,
 //! weighted (weight 0) with the region as its set identifier, one value
 //! per kept record. Undrain puts the records back and deletes it in one
-//! batch. Nothing resolves the name: it is storage, not routing.
+//! batch. It routes no traffic; in a public zone anyone can look it up,
+//! and it holds what the records did (alias targets, health check ids),
+//! no credentials.
 //!
 //! A value is `"edgeroute-v1" "<base64>" "<base64>" ...`: the record as
 //! JSON, base64-encoded and cut into the 255-character strings TXT allows.
