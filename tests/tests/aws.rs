@@ -130,15 +130,6 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
     )
     .await;
     let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
-    // A region whose latency record someone else removed leaves the table
-    // (a proxy treats a region the table leaves out as down).
-    moto::change_record(
-        &r53,
-        &fixture.zone_id,
-        aws_sdk_route53::types::ChangeAction::Delete,
-        moto::latency_record("eu-west-1", &fixture.health_checks["eu-west-1"]),
-    )
-    .await;
     // Records of the API name that route no region's traffic (a weighted
     // TXT record for something else) are left out, not taken for regions.
     let foreign = aws_sdk_route53::types::ResourceRecordSet::builder()
@@ -160,6 +151,15 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
         &fixture.zone_id,
         aws_sdk_route53::types::ChangeAction::Create,
         foreign,
+    )
+    .await;
+    // A region whose latency record someone else removed leaves the table
+    // (a proxy treats a region the table leaves out as down).
+    moto::change_record(
+        &r53,
+        &fixture.zone_id,
+        aws_sdk_route53::types::ChangeAction::Delete,
+        moto::latency_record("eu-west-1", &fixture.health_checks["eu-west-1"]),
     )
     .await;
     eventually(
