@@ -161,16 +161,20 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
     Some((host.to_ascii_lowercase(), port))
 }
 
-/// A DNS name (letters, digits and '-' in labels of 1 to 63 bytes, at most
-/// 253 in all). A name whose last label is all digits is no name: it is
-/// an IPv4 address gone wrong (`999.1.1.1`, `127.0.0.01`).
+/// A DNS name as TLS clients take one (letters, digits, '_' and '-' in
+/// labels of 1 to 63 bytes, at most 253 in all, one trailing dot allowed).
+/// A name whose last label is all digits is no name: it is an IPv4
+/// address gone wrong (`999.1.1.1`, `127.0.0.01`).
 fn valid_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
         && host.len() <= 253
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
@@ -190,10 +194,10 @@ fn valid_host(host: &str, bracketed: bool) -> bool {
 }
 
 /// The name a TLS client sends (SNI) and checks the certificate for: a
-/// DNS name or an IP address.
+/// DNS name (without the trailing dot SNI leaves out) or an IP address.
 pub(crate) fn server_name(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
     if valid_host(raw, false) || raw.parse::<std::net::Ipv6Addr>().is_ok() {
-        Some(raw.to_ascii_lowercase())
+        Some(raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase())
     } else {
         errs.push(
             path,
@@ -206,8 +210,9 @@ pub(crate) fn server_name(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
 }
 
 /// An `http://` or `https://` URL whose host is a DNS name or an IP
-/// address (IPv6 in brackets), with an optional port, and whose path and
-/// query are visible ASCII (percent-encode the rest).
+/// address (IPv6 in brackets), with an optional port and user
+/// information, and whose path and query are visible ASCII
+/// (percent-encode the rest).
 pub(crate) fn http_url(raw: &str) -> bool {
     let Some(rest) = raw
         .strip_prefix("http://")
@@ -217,7 +222,16 @@ pub(crate) fn http_url(raw: &str) -> bool {
     };
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let (authority, tail) = rest.split_at(end);
-    host_and_port(authority) && tail.bytes().all(|b| b.is_ascii_graphic())
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(user, host)| {
+            if user.bytes().all(|b| b.is_ascii_graphic()) {
+                host
+            } else {
+                ""
+            }
+        });
+    host_and_port(host) && tail.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// `host` or `host:port` (1-65535), the host as [`valid_host`] takes it.
@@ -594,6 +608,8 @@ mod tests {
             "[2001:db8::1]:443",
             "[::1]",
             "edgeroute-control",
+            "edgeroute_control:9080",
+            "api.example.com.:443",
             "a1.b2",
         ] {
             assert!(host_and_port(ok), "{ok}");
@@ -620,6 +636,7 @@ mod tests {
             "http://127.0.0.1:5000",
             "https://hooks.example.com/edgeroute?key=a%20b",
             "http://[::1]:9080/",
+            "https://user:p%40ss@hooks.example.com/x",
         ] {
             assert!(http_url(ok), "{ok}");
         }
@@ -630,6 +647,7 @@ mod tests {
             "ftp://x",
             "hooks.example.com",
             "http://a%zz:19080",
+            "http://user@",
         ] {
             assert!(!http_url(bad), "{bad}");
         }
@@ -639,6 +657,12 @@ mod tests {
             Some("api.example.com")
         );
         assert!(server_name(&mut e, "s", "10.0.0.1").is_some());
+        assert_eq!(
+            server_name(&mut e, "s", "api.example.com.").as_deref(),
+            Some("api.example.com"),
+            "SNI leaves the trailing dot out"
+        );
+        assert!(server_name(&mut e, "s", "_svc.example.com").is_some());
         assert!(server_name(&mut e, "s", "2001:db8::1").is_some());
         assert!(e.is_empty(), "{e}");
         for bad in ["", "not a name/../", "999.1.1.1"] {
