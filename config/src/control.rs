@@ -297,6 +297,20 @@ pub enum ControlConfigError {
     Invalid { path: PathBuf, errors: FieldErrors },
 }
 
+/// The control plane's token from [`TOKEN_ENV`]: `None` when it is unset
+/// or blank, an error (naming the variable, never quoting it) when it is
+/// not one token of visible ASCII.
+pub fn token_from_env() -> Result<Option<String>, String> {
+    match std::env::var(TOKEN_ENV) {
+        Ok(t) if t.trim().is_empty() => Ok(None),
+        Ok(t) => crate::token(TOKEN_ENV, &t).map(Some),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+            "{TOKEN_ENV} is not UTF-8 text; a bearer token is visible ASCII"
+        )),
+    }
+}
+
 impl ControlConfig {
     pub fn load(path: &Path) -> Result<Self, ControlConfigError> {
         let text = values::read_config_text(path).map_err(|error| ControlConfigError::Read {
@@ -320,13 +334,9 @@ impl RawControl {
     fn validate(self, base: &Path) -> Result<ControlConfig, FieldErrors> {
         let mut e = FieldErrors::default();
         let address = values::listen_addr(&mut e, "server.address", &self.server.address);
-        // Set but not UTF-8 counts as given: reading it then says what is
+        // Given but not a token counts as given: reading it says what is
         // wrong with it.
-        let token_in_env = match std::env::var(TOKEN_ENV) {
-            Ok(t) => !t.trim().is_empty(),
-            Err(std::env::VarError::NotUnicode(_)) => true,
-            Err(std::env::VarError::NotPresent) => false,
-        };
+        let token_in_env = !matches!(token_from_env(), Ok(None));
         if self.server.token_file.is_empty() {
             if !token_in_env {
                 e.push(

@@ -19,7 +19,7 @@ mod values;
 pub use control::{
     ActionsConfig, AutomationConfig, AwsSourceConfig, ControlConfig, ControlConfigError,
     NotifyConfig, RegionView, ServerConfig, SourceConfig, TOKEN_ENV, TopologyView,
-    short_action_timeout,
+    short_action_timeout, token_from_env,
 };
 pub use errors::{FieldError, FieldErrors, error_chain};
 pub use logs::log_filter;
