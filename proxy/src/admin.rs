@@ -89,7 +89,6 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
             "admin endpoints answer GET only\n",
         );
     }
-    let local = &*state.topology.regions[state.topology.local].name;
     let path = req.uri().path();
     if matches!(path, "/metrics" | "/routing") && !authorized(state, req) {
         let mut resp = reply(
@@ -105,11 +104,8 @@ fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     }
     match path {
         "/health" => {
-            let ok = state.healthy();
-            json_reply(
-                ok,
-                json!({ "status": if ok { "ok" } else { "unavailable" }, "region": local, "check": "local region can serve reads" }),
-            )
+            let (ok, body) = state.health();
+            json_reply(ok, body)
         }
         "/health/read" | "/health/write" => {
             let write = req.uri().path() == "/health/write";

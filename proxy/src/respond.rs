@@ -185,20 +185,14 @@ pub async fn write(
     write_json(client, status, &body, fields, request_id, added).await
 }
 
-/// Writes the proxy's own health (see [`crate::state::AppState::healthy`])
-/// as the admin listener's `/health` does: 200 or 503, and a JSON body.
+/// Writes the proxy's own health (see [`crate::state::AppState::health`])
+/// as the admin listener's `/health` does: 200 or 503, and its JSON body.
 /// The connection stays open.
 pub async fn write_health(
     client: &mut Client<'_>,
-    healthy: bool,
-    region: &str,
+    (healthy, body): (bool, serde_json::Value),
     request_id: &HeaderValue,
 ) -> Result<(), Box<Error>> {
-    let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "region": region,
-        "check": "local region can serve reads",
-    });
     let status = if healthy {
         http::StatusCode::OK
     } else {

@@ -285,8 +285,7 @@ impl EdgeProxy {
         timer: &mut h1::Deadline,
     ) -> Result<(), BError> {
         if self.asks_health(client) {
-            let local = &*self.state.topology.regions[self.state.topology.local].name;
-            return respond::write_health(client, self.state.healthy(), local, &ctx.request_id)
+            return respond::write_health(client, self.state.health(), &ctx.request_id)
                 .await
                 .map_err(Error::into_down);
         }

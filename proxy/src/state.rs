@@ -197,10 +197,17 @@ impl AppState {
 
     /// The local region can serve reads: not marked down, with a live backend.
     /// What `/health` answers, on the admin listener and on the traffic
-    /// listeners (`health.listener_path`): the local region can serve
-    /// reads, and the proxy is not shutting down.
-    pub fn healthy(&self) -> bool {
-        self.local_can_serve() && !self.lifecycle.is_shutting_down()
+    /// listeners (`health.listener_path`): whether the local region can
+    /// serve reads and the proxy is not shutting down, and the body that
+    /// says so.
+    pub fn health(&self) -> (bool, serde_json::Value) {
+        let ok = self.local_can_serve() && !self.lifecycle.is_shutting_down();
+        let body = serde_json::json!({
+            "status": if ok { "ok" } else { "unavailable" },
+            "region": &*self.topology.regions[self.topology.local].name,
+            "check": "local region can serve reads",
+        });
+        (ok, body)
     }
 
     pub fn local_can_serve(&self) -> bool {
