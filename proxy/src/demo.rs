@@ -25,11 +25,12 @@ pub struct DemoOptions {
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
-    // One folder per listening port, written afresh by each run: the
-    // process ends by exiting, so a folder per run would be left behind
+    // One folder per user and listening port, written afresh by each run:
+    // the process ends by exiting, so a folder per run would be left behind
     // every time.
-    let dir = std::env::temp_dir().join(format!("edgeroute-demo-{}", opts.listen.port()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let uid = nix::unistd::getuid();
+    let dir = std::env::temp_dir().join(format!("edgeroute-demo-{uid}-{}", opts.listen.port()));
+    own_folder(&dir, uid.as_raw())?;
 
     let origins = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -60,6 +61,26 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
     let result = crate::server::run(config);
     drop(origins);
     result
+}
+
+/// Makes `dir` a folder only `uid` can enter, or checks that it is one: a
+/// folder of that name in a shared temporary folder could be someone
+/// else's, or a link to somewhere the demo would then write.
+fn own_folder(dir: &Path, uid: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    let meta =
+        std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    anyhow::ensure!(
+        meta.is_dir() && meta.uid() == uid && meta.permissions().mode() & 0o077 == 0,
+        "{} is not a folder of this user's that only it can enter; remove it and run the demo again",
+        dir.display()
+    );
+    Ok(())
 }
 
 fn initial_table() -> String {
