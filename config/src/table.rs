@@ -460,6 +460,37 @@ mod tests {
     }
 
     proptest! {
+        /// Whatever bytes arrive as a table, parsing gives a table that
+        /// passes its own checks or a rejection, and never panics.
+        #[test]
+        fn any_bytes_are_a_valid_table_or_a_rejection(
+            bytes in proptest::collection::vec(any::<u8>(), 0..256),
+        ) {
+            if let Ok(t) = RoutingTable::from_json(&bytes) {
+                prop_assert_eq!(t.validate(), Ok(()));
+            }
+        }
+
+        /// Text near a table's shape (its keys and values shuffled and
+        /// cut) likewise.
+        #[test]
+        fn text_near_a_table_is_a_valid_table_or_a_rejection(
+            parts in proptest::collection::vec(
+                proptest::sample::select(vec![
+                    "{", "}", "[", "]", ",", ":", "\"epoch\"", "\"version\"",
+                    "\"primary_region\"", "\"regions\"", "\"name\"", "\"state\"",
+                    "\"weight\"", "\"us-east-1\"", "\"active\"", "\"down\"", "null",
+                    "1", "0", "-1", "18446744073709551616", "256", "true",
+                ]),
+                0..40,
+            ),
+        ) {
+            let text = parts.concat();
+            if let Ok(t) = RoutingTable::from_json(text.as_bytes()) {
+                prop_assert_eq!(t.validate(), Ok(()));
+            }
+        }
+
         /// Whatever sequence of tables arrives, the epoch in force never
         /// decreases, the primary only changes together with a higher
         /// epoch, and within one epoch a new table has a higher version.

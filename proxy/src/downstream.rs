@@ -1648,6 +1648,53 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Whatever bytes a client sends, after a head or not, reading
+        /// requests and their bodies ends (a request, a refusal with a
+        /// status, or the connection's end) and never panics.
+        #[test]
+        fn any_bytes_from_a_client_are_read_or_refused(
+            start in proptest::sample::select(vec![
+                &b""[..],
+                b"GET / HTTP/1.1\r\nHost: x\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n",
+            ]),
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let wire = [start, &rest[..]].concat();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let outcome: Result<(), String> = runtime.block_on(async {
+                let (mut s, _peer) = sent(&wire, true).await;
+                // Bounded: each turn takes at least a request head.
+                for _ in 0..16 {
+                    match s.read_request().await {
+                        Ok(true) => {
+                            if whole_body(&mut s).await.is_err() {
+                                return Ok(());
+                            }
+                        }
+                        Ok(false) => return Ok(()),
+                        Err(e) => {
+                            return match e.etype() {
+                                ErrorType::HTTPStatus(400 | 413 | 431 | 501)
+                                | ErrorType::ConnectionClosed
+                                | ErrorType::ReadError
+                                | ErrorType::ReadTimedout => Ok(()),
+                                other => Err(format!("{other:?}: {e}")),
+                            };
+                        }
+                    }
+                }
+                Ok(())
+            });
+            prop_assert!(outcome.is_ok(), "{:?}", outcome);
+        }
+
         /// Whatever framing fields a request carries, it is refused exactly
         /// when the rules say so, and otherwise read with one framing that
         /// the head going on states without ambiguity: chunks with no
