@@ -1034,9 +1034,21 @@ impl Runner {
                     ));
                 }
                 Routing::Weighted(w) => {
-                    let (to, why) = match (weight, history.weights_before_drain.get(region)) {
+                    // Kept in Route 53 by the drain, else (a drain by an
+                    // older version, or by hand) in this history file.
+                    let kept = match state.kept.get(region).and_then(crate::kept::weight) {
+                        Some(Err(e)) => {
+                            return Err(format!(
+                                "the weight of {region} kept in Route 53 ({} TXT, set identifier {region}) cannot be read: {e}; give --weight",
+                                crate::kept::name(&self.aws.config().record_name)
+                            ));
+                        }
+                        Some(Ok(kept)) => Some(kept),
+                        None => history.weights_before_drain.get(region).copied(),
+                    };
+                    let (to, why) = match (weight, kept) {
                         (Some(asked), _) => (asked, "as asked".to_owned()),
-                        (None, Some(kept)) => (*kept, "its weight before the drain".to_owned()),
+                        (None, Some(kept)) => (kept, "its weight before the drain".to_owned()),
                         (None, None) => (
                             common_weight(&state, region),
                             "no record of its weight before the drain: the weight most other regions have".to_owned(),
@@ -1119,12 +1131,23 @@ impl Runner {
                 for r in &mut rs {
                     r.weight = Some(*to);
                 }
+                let mut changes: Vec<_> =
+                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect();
+                // The weight is kept where every command line finds it,
+                // and forgotten with the undrain.
+                if kind == Kind::Drain {
+                    let keep = crate::kept::weight_record(name, region, *from)
+                        .map_err(|e| format!("cannot drain {region}: {e}; nothing changed"))?;
+                    changes.push((ChangeAction::Upsert, keep));
+                } else if let Some(kept) = state.kept.get(region) {
+                    changes.push((ChangeAction::Delete, kept.clone()));
+                }
                 (
                     format!(
                         "{} {region}: Route 53 weight {from} → {to} ({why})",
                         kind.as_str()
                     ),
-                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect(),
+                    changes,
                     *to,
                 )
             }

@@ -13,6 +13,10 @@
 //!
 //! A value is `"edgeroute-v1" "<base64>" "<base64>" ...`: the record as
 //! JSON, base64-encoded and cut into the 255-character strings TXT allows.
+//!
+//! A drain of weighted records keeps their weight the same way, as the one
+//! value `"edgeroute-weight-v1" "<weight>"`: the records stay (at weight
+//! 0), and the weight they had is what undrain puts back.
 
 use crate::aws::SavedRecord;
 use aws_sdk_route53::types::{ResourceRecord, ResourceRecordSet, RrType};
@@ -24,6 +28,9 @@ pub const LABEL: &str = "_edgeroute-drained";
 
 /// The first string of each value: the format's version.
 const VERSION: &str = "edgeroute-v1";
+
+/// The first string of a kept weight's value.
+const WEIGHT_VERSION: &str = "edgeroute-weight-v1";
 
 /// The most characters of one TXT string (RFC 1035 §3.3).
 const STRING_MAX: usize = 255;
@@ -64,6 +71,15 @@ pub fn record(
                 .map_err(|e| e.to_string())
         })
         .collect::<Result<Vec<_>, _>>()?;
+    kept_record(record_name, region, values)
+}
+
+/// A TXT record of `values` under [`name`], for `region`.
+fn kept_record(
+    record_name: &str,
+    region: &str,
+    values: Vec<ResourceRecord>,
+) -> Result<ResourceRecordSet, String> {
     ResourceRecordSet::builder()
         .name(name(record_name))
         .r#type(RrType::Txt)
@@ -73,6 +89,39 @@ pub fn record(
         .set_resource_records(Some(values))
         .build()
         .map_err(|e| e.to_string())
+}
+
+/// The TXT record that keeps the weight `weight` of `region`'s weighted
+/// records of `record_name`, drained to 0.
+pub fn weight_record(
+    record_name: &str,
+    region: &str,
+    weight: i64,
+) -> Result<ResourceRecordSet, String> {
+    kept_record(
+        record_name,
+        region,
+        vec![
+            ResourceRecord::builder()
+                .value(format!("\"{WEIGHT_VERSION}\" \"{weight}\""))
+                .build()
+                .map_err(|e| e.to_string())?,
+        ],
+    )
+}
+
+/// The weight a TXT record of [`weight_record`] keeps; `None` when it
+/// keeps records instead.
+pub fn weight(kept: &ResourceRecordSet) -> Option<Result<i64, String>> {
+    let value = kept.resource_records().first()?.value();
+    let rest = value.strip_prefix(&format!("\"{WEIGHT_VERSION}\" "))?;
+    Some(
+        rest.trim_matches('"')
+            .parse::<i64>()
+            .ok()
+            .filter(|w| (0..=255).contains(w))
+            .ok_or_else(|| format!("{value:?} keeps no weight of 0 to 255")),
+    )
 }
 
 /// The records a TXT record of [`record`] keeps.
@@ -157,6 +206,33 @@ mod tests {
         assert_eq!(kept.set_identifier(), Some("eu-west-1"));
         assert_eq!(kept.weight(), Some(0));
         assert_eq!(records(&kept).unwrap(), [alias_a()]);
+    }
+
+    #[test]
+    fn a_drained_weight_is_kept_in_the_same_place() {
+        let kept = weight_record("api.example.com", "eu-west-1", 40).unwrap();
+        assert_eq!(kept.name(), "_edgeroute-drained.api.example.com.");
+        assert_eq!(kept.set_identifier(), Some("eu-west-1"));
+        assert_eq!(weight(&kept), Some(Ok(40)));
+        let records_kept = record("api.example.com", "eu-west-1", &[alias_a()]).unwrap();
+        assert_eq!(weight(&records_kept), None);
+        let bad = kept_record(
+            "api.example.com",
+            "eu-west-1",
+            vec![
+                ResourceRecord::builder()
+                    .value("\"edgeroute-weight-v1\" \"900\"")
+                    .build()
+                    .unwrap(),
+            ],
+        )
+        .unwrap();
+        assert!(
+            weight(&bad)
+                .unwrap()
+                .unwrap_err()
+                .contains("no weight of 0 to 255")
+        );
     }
 
     #[test]

@@ -62,6 +62,28 @@ impl Env {
         }
     }
 
+    /// Makes `region`'s records weighted: its latency record gives way to
+    /// one record of each type with its weight.
+    async fn weighted(&self, region: &str, records: &[(RrType, i64)]) {
+        let r53 = aws_sdk_route53::Client::new(&self.moto.sdk("us-east-1").await);
+        moto::change_record(
+            &r53,
+            &self.fixture.zone_id,
+            ChangeAction::Delete,
+            moto::latency_record(region, &self.fixture.health_checks[region]),
+        )
+        .await;
+        for (kind, weight) in records {
+            moto::change_record(
+                &r53,
+                &self.fixture.zone_id,
+                ChangeAction::Create,
+                moto::weighted_record(kind.clone(), region, *weight),
+            )
+            .await;
+        }
+    }
+
     async fn proxy(&self, local: &str) -> Proxy {
         let mut b = ProxyBuilder::new(local);
         for r in REGIONS {
@@ -800,6 +822,46 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
     );
 }
 
+/// A weighted region's drain keeps its weight in Route 53 too: drained
+/// from one machine, it is undrained from another (with a history file
+/// that knows nothing of it) to the weight it had, not to the weight most
+/// regions have.
+#[tokio::test]
+async fn a_weighted_drain_keeps_its_weight_where_any_command_line_finds_it() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    let ap = "ap-southeast-1";
+    env.weighted(ap, &[(RrType::A, 40)]).await;
+    let weight_of_ap = || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == ap)
+            .map(|r| r["weight"].clone())
+    };
+    eventually("ap-southeast-1 at weight 40", WAIT, || async {
+        weight_of_ap().await == Some(40.into())
+    })
+    .await;
+    let kept = || moto::kept_regions(&env.moto, &env.fixture.zone_id);
+    env.cp
+        .command_elsewhere(&["drain", ap])
+        .await
+        .assert_ok_saying(&["Route 53 weight 40 → 0", "draining, weight 0"]);
+    assert_eq!(kept().await, [ap]);
+    env.cp.command(&["undrain", ap]).await.assert_ok_saying(&[
+        "Route 53 weight 0 → 40 (its weight before the drain)",
+        "active, weight 40",
+    ]);
+    assert!(
+        kept().await.is_empty(),
+        "the kept weight is gone with the drain"
+    );
+    assert_eq!(weight_of_ap().await, Some(40.into()));
+}
+
 /// Records of one region that disagree (an A at 40, an AAAA at 0, as a
 /// hand edit leaves them) are given one weight in one batch; when the
 /// table already showed that weight, no newer table comes, and the
@@ -809,24 +871,9 @@ async fn an_undrain_to_the_weight_the_table_shows_completes() {
     let env = Env::start(None).await;
     let _proxy = env.proxy("us-east-1").await;
     env.wait_for_proxies(1).await;
-    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
     let ap = "ap-southeast-1";
-    moto::change_record(
-        &r53,
-        &env.fixture.zone_id,
-        ChangeAction::Delete,
-        moto::latency_record(ap, &env.fixture.health_checks[ap]),
-    )
-    .await;
-    for (kind, weight) in [(RrType::A, 40), (RrType::Aaaa, 0)] {
-        moto::change_record(
-            &r53,
-            &env.fixture.zone_id,
-            ChangeAction::Create,
-            moto::weighted_record(kind, ap, weight),
-        )
+    env.weighted(ap, &[(RrType::A, 40), (RrType::Aaaa, 0)])
         .await;
-    }
     eventually("ap-southeast-1 at weight 40", WAIT, || async {
         env.cp.table().await["regions"]
             .as_array()
