@@ -1278,10 +1278,9 @@ fn parse_status_range(raw: &str) -> Option<(u16, u16)> {
     ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
 }
 
-/// AWS region names: `us-east-1`, `eu-west-1`, `ap-southeast-1`, ...; any
-/// lower-case dashed name is accepted so simulated regions can be named too.
-/// An AWS region's name as edgeroute takes one: lower-case letters,
-/// digits and '-', neither first nor last, at most 64 bytes.
+/// A region's name as edgeroute takes one (`us-east-1`, `eu-west-1`, or a
+/// simulated region's): lower-case letters, digits and '-', neither first
+/// nor last, at most 64 bytes.
 pub fn valid_region_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64

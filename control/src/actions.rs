@@ -733,12 +733,11 @@ impl Runner {
         Timeline::new(self.out).finish(kind, self.by, format!("dry run: {summary}"), None)
     }
 
-    /// The table and proxies a change starts from. Refuses when the
-    /// control plane cannot be read: the change could not be followed.
-    /// What a change starts from. A change that can wait (all but an
-    /// unplanned failover) is refused while the control plane cannot read
-    /// its source: its table would not follow the change, and proxies
-    /// would go on routing as before it.
+    /// What a change starts from: the table and the proxies. Refuses when
+    /// the control plane cannot be read (the change could not be
+    /// followed), and, for a change that can wait (all but an unplanned
+    /// failover), while it cannot read its source: its table would not
+    /// follow the change, and proxies would go on routing as before it.
     async fn before_change(&self, can_wait: bool) -> Result<Before, String> {
         let table = self.control.table().await.map_err(|e| {
             format!("{e}; a change could not be followed to the proxies, so none was made (start the control plane, or set actions.control_url)")
@@ -1037,9 +1036,11 @@ impl Runner {
                     // Kept in Route 53 by the drain, else (a drain by an
                     // older version, or by hand) in this history file.
                     let kept = match state.kept.get(region).and_then(crate::kept::weight) {
+                        // A weight asked for needs none kept.
+                        Some(Err(_)) if weight.is_some() => None,
                         Some(Err(e)) => {
                             return Err(format!(
-                                "the weight of {region} kept in Route 53 ({} TXT, set identifier {region}) cannot be read: {e}; give --weight",
+                                "the weight of {region} kept in Route 53 ({} TXT, set identifier {region}) cannot be read: {e}; undrain with --weight",
                                 crate::kept::name(&self.aws.config().record_name)
                             ));
                         }

@@ -195,7 +195,6 @@ impl AppState {
                 .all(|r| r.backends().iter().all(|b| b.is_probed()))
     }
 
-    /// The local region can serve reads: not marked down, with a live backend.
     /// What `/health` answers, on the admin listener and on the traffic
     /// listeners (`health.listener_path`): whether the local region can
     /// serve reads and the proxy is not shutting down, and the body that
@@ -210,6 +209,7 @@ impl AppState {
         (ok, body)
     }
 
+    /// The local region can serve reads: not marked down, with a live backend.
     pub fn local_can_serve(&self) -> bool {
         let local = self.topology.local;
         self.router.load().is_some_and(|s| {

@@ -21,7 +21,7 @@ pub const GLOBAL_CLUSTER: &str = "global-database";
 pub const FAILOVER_SECONDS: &str = "1.0";
 
 /// The Python that has the pinned moto: `MOTO_PYTHON`, else the virtual
-/// environment `scripts/test.sh` makes, else `python3`.
+/// environment `scripts/emulator.sh` makes, else `python3`.
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("MOTO_PYTHON") {
         return PathBuf::from(p);
