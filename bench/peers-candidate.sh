@@ -10,6 +10,8 @@ backend=$2
 here="$(cd "$(dirname "$0")/.." && pwd)"
 bin="${EDGEROUTE_PROXY_BIN:-$here/target/release/edgeroute-proxy}"
 dir="$(mktemp -d /tmp/edgeroute-peers.XXXXXX)"
+# The admin listener needs a port of its own (0 is refused): a free one.
+admin_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cat >"$dir/table.json" <<JSON
 {"epoch": 1, "version": 1, "primary_region": "bench", "regions": [{"name": "bench", "state": "active"}]}
 JSON
@@ -18,7 +20,7 @@ local_region = "bench"
 [[listeners]]
 address = "127.0.0.1:$port"
 [admin]
-address = "127.0.0.1:0"
+address = "127.0.0.1:$admin_port"
 [[regions]]
 name = "bench"
 backends = ["$backend"]
@@ -31,4 +33,11 @@ level = "warn"
 [runtime]
 threads = 1
 TOML
-exec "$bin" run --config "$dir/edgeroute.toml"
+# Run as a child, so that the scratch folder goes when the harness stops
+# this script.
+"$bin" run --config "$dir/edgeroute.toml" &
+pid=$!
+trap 'kill -TERM "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
+trap 'exit 143' TERM
+trap 'exit 130' INT
+wait "$pid"
