@@ -1032,9 +1032,17 @@ impl Client<'_> {
     }
 
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
+        // The answer to a HEAD has no body (RFC 9110 §9.3.2), whatever is
+        // written for it: HTTP/1's session drops it, and HTTP/2 must not
+        // send it (its client resets the stream).
+        let head = self.request().method == Method::HEAD;
         match self {
             Client::H1(s) => s.write_body(data, end).await,
             Client::H2(s, _, idle) => {
+                let data = if head { Bytes::new() } else { data };
+                if data.is_empty() && !end {
+                    return Ok(());
+                }
                 within_idle(*idle, Direction::Write, s.write_response_body(data, end)).await
             }
         }

@@ -112,6 +112,12 @@ async fn h2c_with_prior_knowledge() {
         length.as_ref().map(|v| v.to_str().unwrap()),
         Some(body.len().to_string().as_str())
     );
+    // The proxy's own answers to a HEAD carry no body over HTTP/2 either
+    // (a body there makes the client reset the stream).
+    let resp = c.head(proxy.url("/health")).send().await.unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.bytes().await.unwrap().len(), 0);
     // HTTP/1.1 still works on the same listener.
     let resp = edgeroute_tests::client()
         .get(proxy.url("/items"))
