@@ -435,9 +435,8 @@ enum RecordChange {
     /// Latency records: removed while drained, kept in Route 53 to put
     /// back (see [`crate::kept`]).
     Remove,
-    /// The kept latency records, put back, and the TXT record that kept
-    /// them (if they were kept in Route 53) deleted.
-    Restore(Vec<SavedRecord>, Option<Box<ResourceRecordSet>>),
+    /// The kept latency records, put back.
+    Restore(Vec<SavedRecord>),
 }
 
 impl Runner {
@@ -1075,9 +1074,7 @@ impl Runner {
                         "--weight applies to weighted records; {region}'s kept record is latency-routed and is put back as it was (leave out --weight)"
                     ));
                 }
-                Some(saved) => {
-                    RecordChange::Restore(saved, state.kept.get(region).cloned().map(Box::new))
-                }
+                Some(saved) => RecordChange::Restore(saved),
                 None if known_region(&state, region) => {
                     return Err(format!(
                         "{region} has no record of {} and none was kept by a drain; create it again (for example with your infrastructure code)",
@@ -1123,7 +1120,7 @@ impl Runner {
                 .ok_or_else(|| self.no_region(state, region))
         };
         // The records to change, each with its action.
-        let (summary, changes, table_weight) = match &change {
+        let (summary, mut changes, table_weight) = match &change {
             RecordChange::Weight { from, to, why } => {
                 if !(0..=255).contains(to) {
                     return Err(format!("a Route 53 weight is 0 to 255, got {to}"));
@@ -1134,14 +1131,11 @@ impl Runner {
                 }
                 let mut changes: Vec<_> =
                     rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect();
-                // The weight is kept where every command line finds it,
-                // and forgotten with the undrain.
+                // The weight is kept where every command line finds it.
                 if kind == Kind::Drain {
                     let keep = crate::kept::weight_record(name, region, *from)
                         .map_err(|e| format!("cannot drain {region}: {e}; nothing changed"))?;
                     changes.push((ChangeAction::Upsert, keep));
-                } else if let Some(kept) = state.kept.get(region) {
-                    changes.push((ChangeAction::Delete, kept.clone()));
                 }
                 (
                     format!(
@@ -1168,22 +1162,26 @@ impl Runner {
                     0,
                 )
             }
-            RecordChange::Restore(saved, kept) => {
+            RecordChange::Restore(saved) => {
                 let rs = saved
                     .iter()
                     .map(SavedRecord::record)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| format!("a kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
-                let mut changes: Vec<_> =
-                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect();
-                changes.extend(kept.iter().map(|k| (ChangeAction::Delete, (**k).clone())));
                 (
                     format!("undrain {region}: put back its latency records of {name}"),
-                    changes,
+                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect(),
                     100,
                 )
             }
         };
+        // What a drain kept, of either kind, goes with the undrain, in the
+        // same batch.
+        if kind == Kind::Undrain
+            && let Some(kept) = state.kept.get(region)
+        {
+            changes.push((ChangeAction::Delete, kept.clone()));
+        }
         let call = format!(
             "route53:ChangeResourceRecordSets, one batch: {}",
             changes
