@@ -177,7 +177,8 @@ impl ListenerCert {
                 return Reload::Failed(e);
             }
         };
-        let (same, was_dated) = match &*seen {
+        // Files as last read, refused then for their dates alone.
+        let was_dated = match &*seen {
             Seen::Read {
                 cert,
                 key,
@@ -187,9 +188,9 @@ impl ListenerCert {
                 if !dated && (*loaded || !forced) {
                     return Reload::Unchanged;
                 }
-                (true, *dated)
+                *dated
             }
-            _ => (false, false),
+            _ => false,
         };
         let in_force = self.current.load_full();
         let (outcome, loaded, dated) = match certified_key(
@@ -226,7 +227,7 @@ impl ListenerCert {
         };
         // Files refused for their dates are reported once, like other
         // faults, and again on SIGHUP.
-        if same && was_dated && dated && !forced {
+        if was_dated && dated && !forced {
             return Reload::Unchanged;
         }
         outcome
