@@ -90,6 +90,20 @@ impl ControlView {
         Err((Some(status.as_u16()), message))
     }
 
+    /// An authenticated GET of a JSON document, `what` naming it in errors.
+    async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> Result<T, String> {
+        self.get(path)
+            .await
+            .map_err(|(_, e)| e)?
+            .json()
+            .await
+            .map_err(|e| format!("{} sent no {what}: {e}", self.describe()))
+    }
+
     /// The table served now; `None` before the first.
     pub async fn table(&self) -> Result<Option<RoutingTable>, String> {
         match self {
@@ -122,13 +136,7 @@ impl ControlView {
                     #[serde(default)]
                     source_stale: bool,
                 }
-                let status: Status = self
-                    .get("/v1/status")
-                    .await
-                    .map_err(|(_, e)| e)?
-                    .json()
-                    .await
-                    .map_err(|e| format!("{} sent no status: {e}", self.describe()))?;
+                let status: Status = self.get_json("/v1/status", "status").await?;
                 Ok(status.source_stale)
             }
         }
@@ -145,13 +153,7 @@ impl ControlView {
                 struct Listing {
                     proxies: Vec<ProxyStatus>,
                 }
-                let listing: Listing = self
-                    .get("/v1/proxies")
-                    .await
-                    .map_err(|(_, e)| e)?
-                    .json()
-                    .await
-                    .map_err(|e| format!("{} sent no proxy list: {e}", self.describe()))?;
+                let listing: Listing = self.get_json("/v1/proxies", "proxy list").await?;
                 Ok(listing.proxies)
             }
         }
