@@ -184,19 +184,16 @@ fn valid_dns_name(host: &str) -> bool {
             .is_some_and(|last| last.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// A host to connect to: a DNS name (see [`valid_dns_name`]) or an IP
-/// address, IPv6 in brackets when `bracketed`.
-fn valid_host(host: &str, bracketed: bool) -> bool {
-    match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => bracketed && v6.parse::<std::net::Ipv6Addr>().is_ok(),
-        None => host.parse::<std::net::Ipv4Addr>().is_ok() || valid_dns_name(host),
-    }
+/// A host to connect to outside brackets: a DNS name (see
+/// [`valid_dns_name`]) or an IPv4 address.
+fn name_or_ipv4(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>().is_ok() || valid_dns_name(host)
 }
 
 /// The name a TLS client sends (SNI) and checks the certificate for: a
 /// DNS name (without the trailing dot SNI leaves out) or an IP address.
 pub(crate) fn server_name(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<String> {
-    if valid_host(raw, false) || raw.parse::<std::net::Ipv6Addr>().is_ok() {
+    if name_or_ipv4(raw) || raw.parse::<std::net::Ipv6Addr>().is_ok() {
         Some(raw.strip_suffix('.').unwrap_or(raw).to_ascii_lowercase())
     } else {
         errs.push(
@@ -234,16 +231,10 @@ pub(crate) fn http_url(raw: &str) -> bool {
     host_and_port(host) && tail.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// `host` or `host:port` (1-65535), the host as [`valid_host`] takes it.
+/// `host` or `host:port` (1-65535), the host a DNS name, an IPv4 address
+/// or a bracketed IPv6 address: an [`authority`] a client can connect to.
 pub(crate) fn host_and_port(raw: &str) -> bool {
-    let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
-    if raw.ends_with(']') {
-        return valid_host(raw, true);
-    }
-    match raw.rsplit_once(':') {
-        Some((host, port)) => valid_host(host, true) && port_ok(port),
-        None => valid_host(raw, true),
-    }
+    authority_with(raw, name_or_ipv4)
 }
 
 /// A `Host` field value (RFC 9110 §7.2): a host name as RFC 3986 allows one
@@ -344,6 +335,12 @@ pub fn token(raw: &[u8]) -> bool {
 /// RFC 3986's authority without user information: a host name, an IPv4
 /// address or a bracketed IPv6 address, with an optional port (1-65535).
 pub fn authority(raw: &str) -> bool {
+    authority_with(raw, reg_name)
+}
+
+/// An authority whose host, when not a bracketed IPv6 address, `host_ok`
+/// takes, with an optional port (1-65535).
+fn authority_with(raw: &str, host_ok: fn(&str) -> bool) -> bool {
     let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
     match raw.strip_prefix('[') {
         Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {
@@ -351,8 +348,8 @@ pub fn authority(raw: &str) -> bool {
                 && (tail.is_empty() || tail.strip_prefix(':').is_some_and(port))
         }),
         None => match raw.rsplit_once(':') {
-            Some((host, p)) => reg_name(host) && port(p),
-            None => reg_name(raw),
+            Some((host, p)) => host_ok(host) && port(p),
+            None => host_ok(raw),
         },
     }
 }
