@@ -29,6 +29,18 @@ async fn dying_origins() -> (Origin, Origin, Proxy) {
     (a, b, proxy)
 }
 
+/// `POST /pay` with the request id and `Idempotency-Key` `keyed`.
+async fn keyed_post(proxy: &Proxy) -> reqwest::Response {
+    client()
+        .post(proxy.url("/pay"))
+        .header("x-request-id", "keyed")
+        .header("idempotency-key", "keyed")
+        .body("charge")
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
     let (a, b, proxy) = dying_origins().await;
@@ -74,14 +86,7 @@ async fn an_idempotent_request_or_one_with_an_idempotency_key_may_be_retried() {
     })
     .await;
     // With an Idempotency-Key, the POST that died on `a` is sent to `b`.
-    let resp = client()
-        .post(proxy.url("/pay"))
-        .header("x-request-id", "keyed")
-        .header("idempotency-key", "keyed")
-        .body("charge")
-        .send()
-        .await
-        .unwrap();
+    let resp = keyed_post(&proxy).await;
     assert_eq!(resp.status(), 200);
     assert_eq!((a.count_id("keyed"), b.count_id("keyed")), (1, 1));
     assert_eq!(proxy.metric("edgeroute_retries_total").await, 1.0);
@@ -221,14 +226,7 @@ async fn a_request_whose_answer_began_is_not_sent_again() {
 #[tokio::test]
 async fn retries_count_the_backends_a_request_was_sent_to_again() {
     let (a, b, proxy) = dying_origins().await;
-    let resp = client()
-        .post(proxy.url("/pay"))
-        .header("x-request-id", "keyed")
-        .header("idempotency-key", "keyed")
-        .body("charge")
-        .send()
-        .await
-        .unwrap();
+    let resp = keyed_post(&proxy).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(a.count_id("keyed") + b.count_id("keyed"), 2);
     assert_eq!(proxy.metric("edgeroute_retries_total").await, 1.0);
