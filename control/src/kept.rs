@@ -114,14 +114,15 @@ pub fn weight_record(
 /// keeps records instead.
 pub fn weight(kept: &ResourceRecordSet) -> Option<Result<i64, String>> {
     let value = kept.resource_records().first()?.value();
-    let rest = value.strip_prefix(&format!("\"{WEIGHT_VERSION}\" "))?;
-    Some(
-        rest.trim_matches('"')
-            .parse::<i64>()
-            .ok()
-            .filter(|w| (0..=255).contains(w))
-            .ok_or_else(|| format!("{value:?} keeps no weight of 0 to 255")),
-    )
+    let strings = strings(value).ok()?;
+    let (&first, rest) = strings.split_first()?;
+    (first == WEIGHT_VERSION).then(|| {
+        match rest {
+            [weight] => weight.parse::<i64>().ok().filter(|w| (0..=255).contains(w)),
+            _ => None,
+        }
+        .ok_or_else(|| format!("{value:?} keeps no weight of 0 to 255"))
+    })
 }
 
 /// The records a TXT record of [`record`] keeps.
@@ -146,24 +147,30 @@ fn encode(record: &SavedRecord) -> String {
     value
 }
 
+/// A TXT value's strings, as written here: quoted, with no space or quote
+/// inside, one space apart.
+fn strings(value: &str) -> Result<Vec<&str>, String> {
+    value
+        .split_ascii_whitespace()
+        .map(|s| {
+            s.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .ok_or_else(|| format!("{s:?} is not a quoted TXT string"))
+        })
+        .collect()
+}
+
 /// A TXT value of [`encode`] as the record it keeps.
 fn decode(value: &str) -> Result<SavedRecord, String> {
-    let mut strings = value.split_ascii_whitespace().map(|s| {
-        s.strip_prefix('"')
-            .and_then(|s| s.strip_suffix('"'))
-            .ok_or_else(|| format!("{s:?} is not a quoted TXT string"))
-    });
-    match strings.next() {
-        Some(Ok(VERSION)) => {}
-        Some(Ok(other)) => {
+    let text = match strings(value)?.split_first() {
+        Some((&VERSION, rest)) => rest.concat(),
+        Some((other, _)) => {
             return Err(format!(
                 "kept in format {other:?}, which this version does not read (it reads {VERSION:?})"
             ));
         }
-        Some(Err(e)) => return Err(e),
         None => return Err("an empty value".into()),
-    }
-    let text = strings.collect::<Result<String, String>>()?;
+    };
     let json = STANDARD
         .decode(text)
         .map_err(|e| format!("not base64: {e}"))?;
