@@ -1166,9 +1166,7 @@ impl RawHealth {
     fn validate(&self, e: &mut FieldErrors) -> HealthConfig {
         // It goes on the probe's request line as it is: a path and an
         // optional query, in visible ASCII (spaces and others percent-encoded).
-        let fits = self.path.starts_with('/')
-            && self.path.bytes().all(|b| b.is_ascii_graphic() && b != b'#');
-        if !fits {
+        if !values::request_path(&self.path, true) {
             e.push(
                 "health.path",
                 format!(
@@ -1178,12 +1176,7 @@ impl RawHealth {
             );
         }
         // Compared with a request's path, which has no query.
-        let plain = self.listener_path.starts_with('/')
-            && self
-                .listener_path
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"#?".contains(&b));
-        if !self.listener_path.is_empty() && !plain {
+        if !self.listener_path.is_empty() && !values::request_path(&self.listener_path, false) {
             e.push(
                 "health.listener_path",
                 format!(

@@ -296,6 +296,16 @@ pub(crate) fn not_a_file(path: &std::path::Path) -> Option<&'static str> {
 /// The most a config file may hold: a config takes a few KiB.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
+/// A request target's path as written on a request line: starting with
+/// '/', visible ASCII (spaces and the rest percent-encoded), no fragment,
+/// and a query only when `query`.
+pub(crate) fn request_path(raw: &str, query: bool) -> bool {
+    raw.starts_with('/')
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'#' && (query || b != b'?'))
+}
+
 /// A config file's text: at most [`MAX_CONFIG_BYTES`], and UTF-8, with
 /// the offset of the first byte that is not. A pipe is read to its end
 /// (`--config <(...)` works); a device such as `/dev/zero` stops at the
