@@ -14,8 +14,12 @@
 //!   closes it, or once the client has taken no byte for [`DRAIN`] (a
 //!   peer that went away without a word takes nothing), and at the latest
 //!   `timeouts.client_idle` after the GOAWAY. What its streams' answers
-//!   left in the connection's buffers still goes out to a client that
-//!   reads slowly.
+//!   left in the connection's buffers, the proxy's and the kernel's, still
+//!   goes out to a client that reads slowly: the socket is closed only
+//!   once the client's TCP has acknowledged every byte (or has taken none
+//!   for [`DRAIN`]), since a frame the client sends after the close (a
+//!   window update as it reads) is answered with a reset that throws away
+//!   what the kernel still held for it.
 //! - A client whose streams are refused as malformed [`MALFORMED_STREAMS`]
 //!   times is told to go away with `ENHANCE_YOUR_CALM`, and disconnected.
 
@@ -81,7 +85,10 @@ impl EdgeProxy {
             socket_digest: stream.get_socket_digest(),
         });
         let stream = Counted::new(stream);
-        let written = Arc::clone(&stream.written);
+        let taken = Taken {
+            written: Arc::clone(&stream.written),
+            socket: digest.socket_digest.clone(),
+        };
         let mut conn =
             match tokio::time::timeout(idle, server::handshake(Box::new(stream), Some(options())))
                 .await
@@ -112,7 +119,7 @@ impl EdgeProxy {
                 _ = down.wait_for(|down| *down), if closing.is_none() => {
                     self.count_goaway("shutdown");
                     conn.graceful_shutdown();
-                    closing = Some(Drain::start(idle, &written));
+                    closing = Some(Drain::start(idle, &taken));
                 }
                 Some(done) = streams.join_next() => {
                     if let Err(e) = done
@@ -141,7 +148,7 @@ impl EdgeProxy {
                                 // reset, and the connection ends once it is sent.
                                 conn.abrupt_shutdown(::h2::Reason::ENHANCE_YOUR_CALM);
                                 self.count_goaway("malformed");
-                                closing.get_or_insert_with(|| Drain::start(idle, &written));
+                                closing.get_or_insert_with(|| Drain::start(idle, &taken));
                             }
                         }
                         Ok(None) => break,
@@ -157,17 +164,24 @@ impl EdgeProxy {
                         tracing::debug!("no HTTP/2 stream within timeouts.client_idle; closing");
                         self.count_goaway("idle");
                         conn.graceful_shutdown();
-                        closing = Some(Drain::start(idle, &written));
+                        closing = Some(Drain::start(idle, &taken));
                         continue;
                     };
-                    if !drain.goes_on(tokio::time::Instant::now(), &written) {
+                    if !drain.goes_on(tokio::time::Instant::now(), &taken) {
                         tracing::debug!("the client of an HTTP/2 connection told to go away does not close it; closing");
+                        // It took nothing for a while: nothing to wait for.
+                        closing = None;
                         break;
                     }
                 }
             }
         }
         streams.detach_all();
+        if let Some(drain) = closing {
+            drain.delivered(&taken).await;
+        } else if !taken.all_acknowledged() {
+            Drain::start(idle, &taken).delivered(&taken).await;
+        }
         drop(conn);
         drop(in_flight);
     }
@@ -182,29 +196,81 @@ impl EdgeProxy {
     }
 }
 
+/// How often a connection that is ending looks whether its client's TCP
+/// has acknowledged everything.
+const DELIVERY_CHECK: Duration = Duration::from_millis(50);
+
 /// A connection told to go away, with no stream open: kept while its
 /// client takes bytes, for `client_idle` at most.
 struct Drain {
     until: tokio::time::Instant,
-    /// Bytes written when it was last looked at.
-    seen: u64,
+    /// What the client had taken when it was last looked at.
+    seen: (u64, u64),
 }
 
 impl Drain {
-    fn start(idle: Duration, written: &AtomicU64) -> Self {
+    fn start(idle: Duration, taken: &Taken) -> Self {
         Drain {
             until: tokio::time::Instant::now() + idle,
-            seen: written.load(Ordering::Relaxed),
+            seen: taken.now(),
         }
     }
 
     /// After [`DRAIN`] with no stream open: whether to wait on, as the
     /// client took bytes since the last look and the time is not up.
-    fn goes_on(&mut self, now: tokio::time::Instant, written: &AtomicU64) -> bool {
-        let written = written.load(Ordering::Relaxed);
-        let took = written != self.seen;
-        self.seen = written;
+    fn goes_on(&mut self, now: tokio::time::Instant, taken: &Taken) -> bool {
+        let now_taken = taken.now();
+        let took = now_taken != self.seen;
+        self.seen = now_taken;
         took && now < self.until
+    }
+
+    /// Waits until the client's TCP has acknowledged every byte written to
+    /// the connection, while it takes them.
+    async fn delivered(mut self, taken: &Taken) {
+        let mut next_look = tokio::time::Instant::now() + DRAIN;
+        while !taken.all_acknowledged() {
+            tokio::time::sleep(DELIVERY_CHECK).await;
+            let now = tokio::time::Instant::now();
+            if now >= next_look {
+                if !self.goes_on(now, taken) {
+                    tracing::debug!(
+                        "the client of an ending HTTP/2 connection takes nothing more; closing"
+                    );
+                    return;
+                }
+                next_look = now + DRAIN;
+            }
+        }
+    }
+}
+
+/// What a connection's client has taken: the bytes the proxy wrote to the
+/// connection, and those the client's TCP acknowledged (from the kernel,
+/// when the connection is TCP).
+struct Taken {
+    written: Arc<AtomicU64>,
+    socket: Option<Arc<SocketDigest>>,
+}
+
+impl Taken {
+    /// The bytes written, and the bytes acknowledged.
+    fn now(&self) -> (u64, u64) {
+        let acknowledged = self
+            .socket
+            .as_ref()
+            .and_then(|s| s.tcp_info())
+            .map_or(0, |info| info.tcpi_bytes_acked);
+        (self.written.load(Ordering::Relaxed), acknowledged)
+    }
+
+    /// Whether the kernel holds nothing more for the client: every byte
+    /// written was sent and acknowledged (or the connection is not TCP).
+    fn all_acknowledged(&self) -> bool {
+        self.socket
+            .as_ref()
+            .and_then(|s| s.tcp_info())
+            .is_none_or(|info| info.tcpi_notsent_bytes == 0 && info.tcpi_unacked == 0)
     }
 }
 
@@ -339,21 +405,83 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_drain_goes_on_while_the_client_takes_bytes_and_not_past_its_limit() {
-        let written = AtomicU64::new(100);
+        let taken = Taken {
+            written: Arc::new(AtomicU64::new(100)),
+            socket: None,
+        };
+        let written = &taken.written;
         let start = tokio::time::Instant::now();
-        let mut drain = Drain::start(Duration::from_secs(10), &written);
+        let mut drain = Drain::start(Duration::from_secs(10), &taken);
         written.store(150, Ordering::Relaxed);
-        assert!(drain.goes_on(start + DRAIN, &written), "took 50 bytes");
-        assert!(!drain.goes_on(start + 2 * DRAIN, &written), "took none");
+        assert!(drain.goes_on(start + DRAIN, &taken), "took 50 bytes");
+        assert!(!drain.goes_on(start + 2 * DRAIN, &taken), "took none");
 
-        let mut drain = Drain::start(Duration::from_secs(10), &written);
+        let mut drain = Drain::start(Duration::from_secs(10), &taken);
         written.store(200, Ordering::Relaxed);
-        assert!(drain.goes_on(start + Duration::from_secs(9), &written));
+        assert!(drain.goes_on(start + Duration::from_secs(9), &taken));
         written.store(250, Ordering::Relaxed);
         assert!(
-            !drain.goes_on(start + Duration::from_secs(10), &written),
+            !drain.goes_on(start + Duration::from_secs(10), &taken),
             "time is up, bytes or not"
         );
+    }
+
+    /// The kernel's part: a client that reads what the kernel holds for it
+    /// is taking bytes though the proxy writes none, and the wait for
+    /// delivery ends once it has read them all.
+    #[tokio::test]
+    async fn a_drain_sees_the_client_take_what_the_kernel_held() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpSocket::new_v4().unwrap();
+        client.set_recv_buffer_size(4096).unwrap();
+        let mut client = client
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (socket, addr) = listener.accept().await.unwrap();
+        let mut conn = Counted::new(Box::new(TcpConnection::from_client(socket, addr)));
+        let taken = Taken {
+            written: Arc::clone(&conn.written),
+            socket: conn.get_socket_digest(),
+        };
+        // As much as the kernel takes, more than the client's buffer
+        // holds: the proxy's kernel keeps the rest.
+        let whole =
+            tokio::time::timeout(Duration::from_millis(200), conn.write_all(&[7u8; 4 << 20])).await;
+        assert!(
+            whole.is_err(),
+            "the kernel took 4 MiB the client did not read"
+        );
+        let sent = usize::try_from(taken.written.load(Ordering::Relaxed)).unwrap();
+        assert!(sent > 8192, "{sent} bytes written");
+        let mut drain = Drain::start(Duration::from_secs(60), &taken);
+        assert!(!taken.all_acknowledged(), "the client has not read it yet");
+        let mut buf = [0u8; 4096];
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        // Its TCP acknowledges more once it has room again.
+        let mut progress = false;
+        for _ in 0..100 {
+            if drain.goes_on(tokio::time::Instant::now(), &taken) {
+                progress = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(progress, "reading is taking bytes, with none written");
+        let reader = tokio::spawn(async move {
+            let mut total = n;
+            while total < sent {
+                total += client.read(&mut buf).await.unwrap();
+            }
+            client
+        });
+        tokio::time::timeout(Duration::from_secs(10), drain.delivered(&taken))
+            .await
+            .expect("delivered once the client read everything");
+        assert!(taken.all_acknowledged());
+        drop(reader.await.unwrap());
     }
 
     #[tokio::test]

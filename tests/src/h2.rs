@@ -5,14 +5,23 @@
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Frame types (RFC 9113 §6).
+pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
 pub const GOAWAY: u8 = 0x7;
+pub const WINDOW_UPDATE: u8 = 0x8;
+
+/// The flag that ends a stream (on DATA and HEADERS).
+pub const END_STREAM: u8 = 0x1;
+
+/// The largest flow-control window (RFC 9113 §6.9.1).
+pub const MAX_WINDOW: u32 = 0x7fff_ffff;
 
 /// One HTTP/2 frame.
 pub struct Frame {
     pub kind: u8,
+    pub flags: u8,
     pub stream: u32,
     pub payload: Vec<u8>,
 }
@@ -36,6 +45,7 @@ impl Frame {
             }
             frames.push(Frame {
                 kind: bytes[3],
+                flags: bytes[4],
                 stream: u32::from_be_bytes([bytes[5], bytes[6], bytes[7], bytes[8]]) & 0x7fff_ffff,
                 payload: bytes[9..9 + len].to_vec(),
             });
@@ -136,6 +146,22 @@ pub fn client() -> reqwest::Client {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("http client")
+}
+
+/// The client's opening with each stream's window as large as HTTP/2
+/// allows and the connection's opened by 1 GiB (room left for the client
+/// to give back what it reads): the proxy may send all it has at once.
+pub fn opening_with_open_windows() -> Vec<u8> {
+    // SETTINGS_INITIAL_WINDOW_SIZE.
+    let mut out = opening_with(&[(0x4, MAX_WINDOW)]);
+    // The connection's window starts at 65,535 whatever the settings say.
+    out.extend(Frame::encode(
+        WINDOW_UPDATE,
+        0,
+        0,
+        &(1u32 << 30).to_be_bytes(),
+    ));
+    out
 }
 
 /// The client's opening: the preface and empty settings.

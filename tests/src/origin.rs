@@ -50,6 +50,8 @@ struct Shared {
     delay_ms: AtomicU64,
     /// Status of every other answer.
     status: AtomicU16,
+    /// Bytes of padding after every other answer's JSON body.
+    padding: AtomicUsize,
 }
 
 pub struct Origin {
@@ -76,6 +78,7 @@ impl Origin {
             probes: AtomicUsize::new(0),
             delay_ms: AtomicU64::new(0),
             status: AtomicU16::new(200),
+            padding: AtomicUsize::new(0),
         });
         let task = tokio::spawn(accept_loop(listener, Arc::clone(&shared)));
         Origin { addr, shared, task }
@@ -93,6 +96,12 @@ impl Origin {
     /// What every other path answers from now on.
     pub fn set_status(&self, status: u16) {
         self.shared.status.store(status, Ordering::Relaxed);
+    }
+
+    /// Adds `bytes` spaces after the JSON body of every answer but the
+    /// probes' (a large answer).
+    pub fn set_padding(&self, bytes: usize) {
+        self.shared.padding.store(bytes, Ordering::Relaxed);
     }
 
     /// Delay added to every answer, probes included (a simulated distance).
@@ -209,7 +218,10 @@ async fn answer(
         }
         _ => {}
     }
-    let text = serde_json::json!({ "region": shared.region, "path": parts.uri.path() }).to_string();
+    let mut text =
+        serde_json::json!({ "region": shared.region, "path": parts.uri.path() }).to_string();
+    let padding = shared.padding.load(Ordering::Relaxed);
+    text.extend(std::iter::repeat_n(' ', padding));
     let mut resp = Response::new(Full::new(Bytes::from(text)));
     *resp.status_mut() = StatusCode::from_u16(shared.status.load(Ordering::Relaxed))?;
     Ok(resp)

@@ -3,7 +3,7 @@
 use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, h2, until_closed};
 use nix::sys::signal::Signal;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test]
@@ -124,4 +124,114 @@ async fn sigterm_lets_http2_streams_in_flight_finish() {
     let status = proxy.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}");
     assert_eq!(us.seen().len(), 2);
+}
+
+/// An HTTP/2 connection told to go away on SIGTERM is kept while its
+/// client still takes bytes: a client that reads slowly when its stream
+/// has ended, with the proxy still holding part of the answer, gets all
+/// of it, the stream's end and the GOAWAY, though taking them lasts well
+/// past the second after which a client that takes nothing is left.
+#[tokio::test]
+async fn sigterm_keeps_an_http2_connection_while_its_client_still_reads() {
+    // Far more than the kernel buffers between the proxy and the client
+    // hold (the proxy's send buffer grows to at most 4 MiB): the answer's
+    // last bytes wait in the proxy's own buffer while the client reads
+    // nothing, so the stream ends with them still there.
+    const PADDING: usize = 16 << 20;
+    // When the stream can have ended at the soonest (the kernel buffers
+    // and the proxy's 64 KiB per stream hold less than this).
+    const BEFORE_THE_END: usize = PADDING - (6 << 20);
+    const SMALL: usize = 4096;
+    const READ_REQUEST: &str =
+        "edgeroute_requests_total{region=\"us-east-1\",route=\"read\",status=\"200\"}";
+    let us = Origin::start("us-east-1").await;
+    us.set_padding(PADDING);
+    let mut proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .listener_options("h2c = true")
+        .start()
+        .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(SMALL as u32).unwrap();
+    let mut conn = socket.connect(proxy.addr).await.unwrap();
+    conn.write_all(&h2::opening_with_open_windows())
+        .await
+        .unwrap();
+    conn.write_all(&h2::get_request(1, true)).await.unwrap();
+
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    // Reads at most `size` bytes and, as clients do, gives the connection's
+    // window back what was read.
+    let mut read = async |conn: &mut TcpStream, got: &mut Vec<u8>, size: usize| {
+        let n = conn.read(&mut buf[..size]).await.unwrap_or(0);
+        got.extend_from_slice(&buf[..n]);
+        if n > 0 {
+            let taken = u32::try_from(n).unwrap().to_be_bytes();
+            // The proxy may have closed the connection: what the client
+            // sends then is lost, as it would be.
+            let _sent = conn
+                .write_all(&h2::Frame::encode(h2::WINDOW_UPDATE, 0, 0, &taken))
+                .await;
+        }
+        n
+    };
+    let limit = Duration::from_secs(20);
+    tokio::time::timeout(limit, async {
+        // Told to go away once the answer has begun.
+        while !h2::Frame::decode(&got)
+            .iter()
+            .any(|f| f.kind == h2::HEADERS)
+        {
+            assert!(read(&mut conn, &mut got, SMALL).await > 0, "closed early");
+        }
+        proxy.signal(Signal::SIGTERM);
+        // At full speed while the stream cannot have ended.
+        while got.len() < BEFORE_THE_END {
+            assert!(
+                read(&mut conn, &mut got, 64 * 1024).await > 0,
+                "closed early"
+            );
+        }
+        // In small steps until the proxy counts the request, which it does
+        // as its stream ends.
+        while proxy.metric(READ_REQUEST).await == 0.0 {
+            assert!(read(&mut conn, &mut got, SMALL).await > 0, "closed early");
+        }
+        // 32 KiB a second for three seconds: the proxy's own 64 KiB cannot
+        // all have gone out within the first second.
+        for _ in 0..24 {
+            assert!(
+                read(&mut conn, &mut got, SMALL).await > 0,
+                "closed while the client read"
+            );
+            tokio::time::sleep(Duration::from_millis(125)).await;
+        }
+        // And the rest, to the connection's end.
+        while read(&mut conn, &mut got, 64 * 1024).await > 0 {}
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the answer was read within {limit:?}"));
+
+    let frames = h2::Frame::decode(&got);
+    let data: Vec<&h2::Frame> = frames
+        .iter()
+        .filter(|f| f.kind == h2::DATA && f.stream == 1)
+        .collect();
+    let body: usize = data.iter().map(|f| f.payload.len()).sum();
+    assert!(
+        body > PADDING,
+        "the whole answer came: {body} bytes of body"
+    );
+    assert!(
+        data.last().is_some_and(|f| f.flags & h2::END_STREAM != 0),
+        "the stream's end came"
+    );
+    let goaway = frames
+        .iter()
+        .find(|f| f.kind == h2::GOAWAY)
+        .expect("the connection was told to go away");
+    assert_eq!(goaway.error_code(), 0, "NO_ERROR");
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
 }
