@@ -886,6 +886,32 @@ async fn within_idle<T>(
 }
 
 impl Client<'_> {
+    /// `op`, unless the client gives up on the request first: an HTTP/2
+    /// stream its client reset (or whose connection failed) ends the wait
+    /// with the error of a client that left, and whatever `op` was doing
+    /// for it (a connect, a wait for the backend's answer) is dropped. An
+    /// HTTP/1 client that leaves is seen at the next read or write.
+    pub async fn unless_gone<T>(
+        &mut self,
+        op: impl Future<Output = Result<T, BError>>,
+    ) -> Result<T, BError> {
+        let Client::H2(ServerSession::H2(stream), ..) = self else {
+            return op.await;
+        };
+        tokio::select! {
+            biased;
+            done = op => done,
+            reason = stream.idle() => Err(Error::explain(
+                ErrorType::ConnectionClosed,
+                match reason {
+                    Ok(reason) => format!("the client reset its HTTP/2 stream ({reason})"),
+                    Err(e) => format!("the client's HTTP/2 connection failed: {e}"),
+                },
+            )
+            .into_down()),
+        }
+    }
+
     pub fn request(&self) -> &Parts {
         match self {
             Client::H1(s) => s.request(),

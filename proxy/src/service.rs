@@ -570,11 +570,22 @@ impl EdgeProxy {
         let on_pooled = pooled.is_some();
         let conn = match pooled {
             Some(conn) => conn,
-            None => match connect::connect(&self.state.connector, peer).await {
+            None => match client
+                .unless_gone(connect::connect(&self.state.connector, peer))
+                .await
+            {
                 Ok(stream) => {
                     // Latency is the backend's answer time, not the handshake.
                     sent_at = Instant::now();
                     h1::Idle::new(stream)
+                }
+                Err(e) if e.esource() == &pingora_error::ErrorSource::Downstream => {
+                    return Err(Failure {
+                        error: e,
+                        retry: false,
+                        on_pooled: false,
+                        reached: false,
+                    });
                 }
                 Err(e) => {
                     self.connect_failed(backend);
@@ -610,11 +621,16 @@ impl EdgeProxy {
                 if e.esource() == &pingora_error::ErrorSource::Downstream || ctx.reply.is_some() {
                     return Err(e);
                 }
-                let resp = up.read_head(head_request, upgrade).await.map_err(|_| e)?;
+                let resp = client
+                    .unless_gone(up.read_head(head_request, upgrade))
+                    .await
+                    .map_err(|_| e)?;
                 answered_early = true;
                 return Ok(resp);
             }
-            up.read_head(head_request, upgrade).await
+            client
+                .unless_gone(up.read_head(head_request, upgrade))
+                .await
         }
         .await;
         let resp = match sent {
@@ -873,7 +889,7 @@ async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Resu
             Some(chunk) => chunk,
             None => {
                 client.flush().await?;
-                up.read_body().await?
+                client.unless_gone(up.read_body()).await?
             }
         };
         let Some(data) = chunk else {

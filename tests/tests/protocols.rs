@@ -882,3 +882,108 @@ async fn an_http2_stream_over_the_concurrency_limit_is_refused_for_retry() {
         "the refused stream reached no backend"
     );
 }
+
+/// A backend for [`an_http2_stream_the_client_resets_ends_its_backend_exchange`]:
+/// its first connection's request gets no answer, its second's the head
+/// of an answer and 10 of its 100 bytes; each then waits for the proxy to
+/// close the connection. Counts the request heads read, and the
+/// connections the proxy closed.
+async fn answer_stalling_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (asked, closed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (asked_count, closed_count) = (Arc::clone(&asked), Arc::clone(&closed));
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut s, _)) = listener.accept().await {
+            accepted += 1;
+            let answer: &[u8] = if accepted == 1 {
+                b""
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+            };
+            let (asked, closed) = (Arc::clone(&asked_count), Arc::clone(&closed_count));
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                asked.fetch_add(1, Ordering::SeqCst);
+                s.write_all(answer).await.unwrap();
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                closed.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, asked, closed)
+}
+
+/// A client that resets its HTTP/2 stream ends the proxy's exchange for
+/// it at once, whether the backend has not answered yet or is partway
+/// through its answer: the backend connection is closed and the request
+/// counted, where it used to be held until the backend's read timeout
+/// (30 s). So a client that opens streams and resets them cannot keep
+/// more exchanges running than it has streams open.
+#[tokio::test]
+async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
+    const CANCEL: u32 = 0x8;
+    let (backend, asked, closed) = answer_stalling_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .listener_options("h2c = true")
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(&opening()).await.unwrap();
+    let limit = Duration::from_secs(10);
+    let counted = |status: &'static str| {
+        let proxy = &proxy;
+        async move {
+            proxy
+                .metric(&format!(
+                    "edgeroute_requests_total{{region=\"{US}\",route=\"read\",status=\"{status}\"}}"
+                ))
+                .await
+        }
+    };
+
+    // Before the answer.
+    conn.write_all(&get_request(1, true)).await.unwrap();
+    eventually("the backend has the request", limit, || async {
+        asked.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    conn.write_all(&Frame::encode(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
+        .await
+        .unwrap();
+    eventually("the backend connection is closed", limit, || async {
+        closed.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    eventually("the request is counted, unanswered", limit, || async {
+        counted("0").await == 1.0
+    })
+    .await;
+
+    // Partway through the answer.
+    conn.write_all(&get_request(3, true)).await.unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 3).await;
+    conn.write_all(&Frame::encode(RST_STREAM, 0, 3, &CANCEL.to_be_bytes()))
+        .await
+        .unwrap();
+    eventually("the second backend connection is closed", limit, || async {
+        closed.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    eventually(
+        "the request is counted with its answer's status",
+        limit,
+        || async { counted("200").await == 1.0 },
+    )
+    .await;
+}
