@@ -361,15 +361,16 @@ impl EdgeProxy {
     /// The routing decision for a request just read: a region, or a reply.
     fn admit(&self, client: &Client<'_>, ctx: &mut Ctx) -> Option<ErrorReply> {
         let req = client.request();
-        let limit = self.state.config.limits.max_request_body;
-        if ctx.facts.content_length.is_some_and(|len| len > limit) {
-            return Some(ErrorReply::BodyTooLarge { limit });
-        }
         let strong = ctx.facts.strong;
         ctx.plan = self
             .state
             .classifier
             .classify(req.method.as_str(), req.uri.path(), strong);
+        // Refused, it is still counted as the read or write it is.
+        let limit = self.state.config.limits.max_request_body;
+        if ctx.facts.content_length.is_some_and(|len| len > limit) {
+            return Some(ErrorReply::BodyTooLarge { limit });
+        }
         // A read from a client that wrote within the window goes to the
         // primary, which has the write before the replicas do.
         let after_write = ctx.plan.target == RouteTarget::Nearest

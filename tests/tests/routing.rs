@@ -418,6 +418,18 @@ async fn oversized_bodies_are_refused_with_413() {
         "body_too_large"
     );
     assert_eq!(w.us.count("POST"), 0);
+    // Counted as the write it is, though no region was chosen for it.
+    edgeroute_tests::eventually(
+        "the refused write is counted",
+        std::time::Duration::from_secs(5),
+        || async {
+            proxy
+                .metric("edgeroute_requests_total{region=\"none\",route=\"write\",status=\"413\"}")
+                .await
+                == 1.0
+        },
+    )
+    .await;
     let ok = c
         .post(proxy.url("/upload"))
         .body(vec![b'x'; 512])
