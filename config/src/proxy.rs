@@ -214,12 +214,14 @@ impl Default for RawTimeouts {
 #[serde(deny_unknown_fields, default)]
 struct RawLimits {
     max_request_body: String,
+    max_client_connections: Option<u64>,
 }
 
 impl Default for RawLimits {
     fn default() -> Self {
         Self {
             max_request_body: "10MiB".into(),
+            max_client_connections: None,
         }
     }
 }
@@ -588,6 +590,27 @@ pub struct Timeouts {
 pub struct Limits {
     /// Largest request body accepted, in bytes (default 10 MiB); larger gets 413.
     pub max_request_body: u64,
+    /// Client connections served at once, over all listeners; more wait
+    /// in the listening sockets' backlog. `None`: from the open-file limit
+    /// (see [`Limits::client_connections`]).
+    pub max_client_connections: Option<usize>,
+}
+
+impl Limits {
+    /// Descriptors kept for everything but client connections' own when
+    /// `max_client_connections` comes from the open-file limit.
+    pub const RESERVED_FILES: u64 = 256;
+
+    /// The client connections served at once, given the process's limit
+    /// on open files: `max_client_connections`, or else half of what the
+    /// limit leaves after [`Limits::RESERVED_FILES`] (each client
+    /// connection may hold a backend connection), at least 1.
+    pub fn client_connections(&self, open_files: u64) -> usize {
+        self.max_client_connections.unwrap_or_else(|| {
+            let half = open_files.saturating_sub(Self::RESERVED_FILES) / 2;
+            usize::try_from(half).unwrap_or(usize::MAX).max(1)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -962,6 +985,17 @@ impl RawConfig {
                 "limits.max_request_body",
                 &self.limits.max_request_body,
             ),
+            max_client_connections: match self.limits.max_client_connections {
+                Some(0) => {
+                    e.push(
+                        "limits.max_client_connections",
+                        "must be at least 1 (leave it out to take it from the open-file limit)",
+                    );
+                    None
+                }
+                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                None => None,
+            },
         };
         if !(1..=10).contains(&self.retries.max_attempts) {
             e.push(

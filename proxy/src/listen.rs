@@ -18,6 +18,11 @@
 //! sockets are bound before the server starts (a busy port is a start-up
 //! error), with the options of Pingora's own listeners: `SO_REUSEADDR` and
 //! a backlog of 65,535 (the kernel caps it at `net.core.somaxconn`).
+//!
+//! At most `limits.max_client_connections` client connections are served
+//! at once, over all listeners (see [`Room`]); while that many are open,
+//! the listeners accept none and new clients wait in the backlog, as they
+//! do while the process has no file descriptor left.
 
 use crate::service::EdgeProxy;
 use crate::tcp::TcpConnection;
@@ -27,13 +32,14 @@ use pingora_core::protocols::{ALPN, Ssl, Stream};
 use pingora_core::server::ListenFds;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
-use prometheus::IntGauge;
+use prometheus::{IntCounterVec, IntGauge};
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 65_535;
@@ -79,10 +85,21 @@ pub struct Listeners {
     proxy: Arc<EdgeProxy>,
     listeners: Vec<Listener>,
     addresses: Vec<String>,
+    room: Arc<Room>,
 }
 
 impl Listeners {
-    pub fn new(name: &str, proxy: Arc<EdgeProxy>, listeners: Vec<Listener>) -> Self {
+    /// The listeners, serving at most `max_connections` clients at once.
+    pub fn new(
+        name: &str,
+        proxy: Arc<EdgeProxy>,
+        listeners: Vec<Listener>,
+        max_connections: usize,
+    ) -> Self {
+        let room = Arc::new(Room::new(
+            max_connections,
+            proxy.state().metrics.accept_waits.clone(),
+        ));
         let addresses = listeners
             .iter()
             .filter_map(|l| l.socket.local_addr().ok())
@@ -93,6 +110,82 @@ impl Listeners {
             proxy,
             listeners,
             addresses,
+            room,
+        }
+    }
+}
+
+/// Why the listeners stopped accepting for a while.
+#[derive(Clone, Copy)]
+enum Wait {
+    /// `limits.max_client_connections` are open.
+    ConnectionLimit,
+    /// An accept failed for want of a file descriptor or memory.
+    OutOfResources,
+}
+
+/// How often a wait of each kind is logged, at most (each is counted).
+const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Room for client connections: one permit per connection served, at most
+/// `limits.max_client_connections` in all.
+pub struct Room {
+    permits: Arc<Semaphore>,
+    max: usize,
+    waits: IntCounterVec,
+    /// When each kind of wait was last logged.
+    logged: Mutex<[Option<Instant>; 2]>,
+}
+
+impl Room {
+    pub fn new(max: usize, waits: IntCounterVec) -> Room {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        Room {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            waits,
+            logged: Mutex::new([None; 2]),
+        }
+    }
+
+    /// A permit for one more connection, waiting while `max` are open;
+    /// `None` if the server shuts down first.
+    async fn admit(&self, shutdown: &mut ShutdownWatch) -> Option<OwnedSemaphorePermit> {
+        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+            return Some(permit);
+        }
+        self.waiting(Wait::ConnectionLimit);
+        tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|down| *down) => None,
+            permit = Arc::clone(&self.permits).acquire_owned() => permit.ok(),
+        }
+    }
+
+    /// Counts a wait, and logs it unless one of its kind was logged within
+    /// [`WAIT_LOG_INTERVAL`].
+    fn waiting(&self, wait: Wait) {
+        let (label, index) = match wait {
+            Wait::ConnectionLimit => ("connection_limit", 0),
+            Wait::OutOfResources => ("out_of_resources", 1),
+        };
+        self.waits.with_label_values(&[label]).inc();
+        let now = Instant::now();
+        {
+            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
+            if logged[index].is_some_and(|at| now - at < WAIT_LOG_INTERVAL) {
+                return;
+            }
+            logged[index] = Some(now);
+        }
+        match wait {
+            Wait::ConnectionLimit => tracing::warn!(
+                max_client_connections = self.max,
+                "client connections at limits.max_client_connections: new ones wait in the listen backlog until one closes (counted in edgeroute_accept_waits_total; logged at most once a minute)"
+            ),
+            Wait::OutOfResources => tracing::warn!(
+                "cannot accept connections: no file descriptor or memory left; waiting for some to be freed (raise the open-file limit or lower limits.max_client_connections; counted in edgeroute_accept_waits_total, logged at most once a minute)"
+            ),
         }
     }
 }
@@ -225,6 +318,7 @@ impl Service for Listeners {
                 transport,
                 Arc::clone(&self.proxy),
                 Arc::clone(&workers),
+                Arc::clone(&self.room),
                 shutdown.clone(),
             ));
         }
@@ -258,12 +352,16 @@ async fn accept_loop(
     transport: Transport,
     proxy: Arc<EdgeProxy>,
     workers: Arc<Workers>,
+    room: Arc<Room>,
     mut shutdown: ShutdownWatch,
 ) -> std::io::Result<()> {
     loop {
         if *shutdown.borrow() {
             break;
         }
+        let Some(permit) = room.admit(&mut shutdown).await else {
+            break;
+        };
         let accepted = tokio::select! {
             biased;
             changed = shutdown.changed() => {
@@ -277,7 +375,7 @@ async fn accept_loop(
         let (socket, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if out_of_resources(&e) => {
-                tracing::warn!(error = %e, "cannot accept connections; waiting for resources");
+                room.waiting(Wait::OutOfResources);
                 // accept would fail again at once: wait for some to be freed.
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
@@ -294,7 +392,7 @@ async fn accept_loop(
             (transport.clone(), Arc::clone(&proxy), shutdown.clone());
         let (on, counted) = workers.place();
         hand_over(socket, &on, move |socket| async move {
-            let _counted = counted;
+            let _counted = (counted, permit);
             let conn = TcpConnection::from_client(socket, peer);
             if let Some((stream, http2)) = open(conn, peer, &transport, &proxy).await {
                 proxy.serve_connection(stream, http2, &shutdown).await;

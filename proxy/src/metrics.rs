@@ -46,6 +46,8 @@ pub struct Metrics {
     backend_inflight: IntGaugeVec,
     /// Client connections open, by worker thread.
     pub worker_connections: IntGaugeVec,
+    /// Times the listeners stopped accepting for a while, by why.
+    pub accept_waits: IntCounterVec,
     backend_latency: GaugeVec,
     region_latency: GaugeVec,
     pub ready: IntGauge,
@@ -278,6 +280,12 @@ impl Metrics {
                 "edgeroute_worker_connections",
                 "Client connections open, by the worker thread that serves them",
                 &["worker"],
+            ),
+            accept_waits: counter_vec_with(
+                &r,
+                "edgeroute_accept_waits_total",
+                "Times a listener stopped accepting until a client connection closed (connection_limit: limits.max_client_connections reached) or resources were freed (out_of_resources: no file descriptor or memory left)",
+                ("reason", &["connection_limit", "out_of_resources"]),
             ),
             ready: gauge(
                 &r,

@@ -22,6 +22,7 @@ use std::sync::Arc;
 /// Runs the proxy until it is stopped by a signal. Start-up problems (a
 /// backend that does not resolve, a busy port, a bad table) are returned.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
+    let open_files = raise_open_file_limit();
     // The admin API, the table source, health probes, DNS refresh and the
     // exit on drain run on a runtime of their own, which outlives Pingora's
     // listeners during shutdown.
@@ -194,7 +195,13 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     server.bootstrap();
 
     let proxy = Arc::new(EdgeProxy::new(Arc::clone(&state)));
-    server.add_service(Listeners::new("edgeroute", proxy, listeners));
+    let max_connections = cfg.limits.client_connections(open_files);
+    server.add_service(Listeners::new(
+        "edgeroute",
+        proxy,
+        listeners,
+        max_connections,
+    ));
 
     let snap = state.router.load();
     tracing::info!(
@@ -206,6 +213,8 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         primary = ?snap.as_ref().and_then(|s| s.table.primary_region.clone()),
         table = %table_description,
         threads = cfg.runtime.threads,
+        open_files,
+        max_client_connections = max_connections,
         "edgeroute-proxy started"
     );
     server.run(RunArgs {
@@ -249,6 +258,30 @@ async fn prune_idle_connections(state: Arc<AppState>) {
             for backend in region.backends().iter() {
                 backend.idle.prune(now);
             }
+        }
+    }
+}
+
+/// Raises the process's soft limit on open files to its hard limit (each
+/// client and backend connection takes a descriptor), and answers the
+/// limit in force.
+fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; taking it as 1024");
+            return 1024;
+        }
+    };
+    if soft >= hard {
+        return soft;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit to its hard limit; keeping the soft one");
+            soft
         }
     }
 }

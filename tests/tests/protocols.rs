@@ -987,3 +987,97 @@ async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
     )
     .await;
 }
+
+/// How many connections wait in the backlog of the IPv4 listening socket
+/// on `addr` (the `rx_queue` of its line in `/proc/net/tcp`).
+fn accept_queue(addr: SocketAddr) -> usize {
+    let local = format!(":{:04X} ", addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut fields| {
+            let (local_address, state, queues) = (fields.nth(1)?, fields.nth(1)?, fields.next()?);
+            // 0A: LISTEN.
+            ((local_address.to_owned() + " ").ends_with(&local) && state == "0A")
+                .then(|| queues.split_once(':'))
+                .flatten()
+                .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
+        })
+        .next()
+        .expect("the listening socket is in /proc/net/tcp")
+}
+
+/// Sends a GET on `conn` and reads its whole answer (the origin's body is
+/// short and sized); the status line.
+async fn get_on(conn: &mut TcpStream) -> String {
+    conn.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        });
+        length.is_some_and(|n| body.len() >= n)
+    };
+    tokio::time::timeout(GUARD, async {
+        while !answered(&got) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the proxy closed the connection");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("answered");
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// With `limits.max_client_connections` open, the listeners accept no
+/// more: a new client waits in the backlog, and is served as soon as one
+/// of the open connections closes.
+#[tokio::test]
+async fn a_client_over_the_connection_limit_waits_until_one_closes() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .extra("[limits]\nmax_client_connections = 2\n")
+        .start()
+        .await;
+    let mut first = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut second = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(get_on(&mut first).await, "HTTP/1.1 200 OK");
+    assert_eq!(get_on(&mut second).await, "HTTP/1.1 200 OK");
+
+    // The listeners wait for room before they accept the next client.
+    eventually("the listeners wait for room", GUARD, || async {
+        proxy
+            .metric("edgeroute_accept_waits_total{reason=\"connection_limit\"}")
+            .await
+            >= 1.0
+    })
+    .await;
+    let mut third = TcpStream::connect(proxy.addr).await.unwrap();
+    eventually(
+        "the third connection waits in the backlog",
+        GUARD,
+        || async { accept_queue(proxy.addr) == 1 },
+    )
+    .await;
+    drop(first);
+    assert_eq!(get_on(&mut third).await, "HTTP/1.1 200 OK");
+    assert_eq!(accept_queue(proxy.addr), 0);
+    assert_eq!(us.count("GET"), 3);
+    drop(second);
+}

@@ -36,6 +36,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.timeouts.client_idle, Duration::from_secs(75));
     assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
+    assert_eq!(c.limits.max_client_connections, None);
     assert_eq!(c.retries.max_attempts, 3);
     assert_eq!(c.read_your_writes.window, Duration::from_secs(5));
     assert_eq!(c.read_your_writes.cookie, "edgeroute-ryw");
@@ -93,6 +94,7 @@ connect = "-1s"
 
 [limits]
 max_request_body = "huge"
+max_client_connections = 0
 
 [retries]
 max_attempts = 0
@@ -130,6 +132,7 @@ format = "xml"
         ("routes[0].route", "\"anywhere\""),
         ("timeouts.connect", "\"-1s\""),
         ("limits.max_request_body", "\"huge\""),
+        ("limits.max_client_connections", "at least 1"),
         ("retries.max_attempts", "got 0"),
         ("read_your_writes.window", "\"later\""),
         ("read_your_writes.cookie", "\"a b\""),
@@ -254,4 +257,23 @@ fn hold_writes_after_must_outlast_one_long_poll() {
         hold.to_string().contains("longer than table.wait"),
         "{errs}"
     );
+}
+
+#[test]
+fn client_connections_come_from_the_open_file_limit_unless_set() {
+    let mut limits = Limits {
+        max_request_body: 0,
+        max_client_connections: None,
+    };
+    // Half of what is left after the reserve.
+    assert_eq!(limits.client_connections(20_000), 9_872);
+    assert_eq!(limits.client_connections(1_024), 384);
+    // A limit at or under the reserve still serves one at a time.
+    assert_eq!(limits.client_connections(100), 1);
+    assert_eq!(
+        limits.client_connections(u64::MAX),
+        usize::try_from((u64::MAX - 256) / 2).unwrap_or(usize::MAX)
+    );
+    limits.max_client_connections = Some(50);
+    assert_eq!(limits.client_connections(20_000), 50);
 }
