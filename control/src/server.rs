@@ -54,6 +54,10 @@ const MAX_REPORT: usize = 64 * 1024;
 /// connection may idle between requests (hyper counts both alike). Longer
 /// than a proxy's report interval, 10 s by default.
 const HEAD_TIME: Duration = Duration::from_secs(30);
+/// How long a client may take to send a report's body (at most
+/// [`MAX_REPORT`] bytes), once its head has come: a client that stops
+/// halfway does not hold its connection for good.
+const BODY_TIME: Duration = Duration::from_secs(10);
 
 pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
     loop {
@@ -249,9 +253,25 @@ async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     if !authorized(state, &req) {
         return unauthorized();
     }
-    let body = match Limited::new(req.into_body(), MAX_REPORT).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
+    let body = match tokio::time::timeout(
+        BODY_TIME,
+        Limited::new(req.into_body(), MAX_REPORT).collect(),
+    )
+    .await
+    {
+        Ok(Ok(b)) => b.to_bytes(),
+        Err(_) => {
+            state.metrics.reports.with_label_values(&["invalid"]).inc();
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "bad_report",
+                &format!(
+                    "the report's body did not arrive within {} s",
+                    BODY_TIME.as_secs()
+                ),
+            );
+        }
+        Ok(Err(e)) => {
             state.metrics.reports.with_label_values(&["invalid"]).inc();
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,

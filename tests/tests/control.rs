@@ -340,13 +340,37 @@ async fn sighup_leaves_a_proxy_on_the_control_plane_running() {
     assert_eq!(proxy.write_region().await, US, "still serving");
 }
 
-/// A client that never finishes its request head does not hold a
-/// connection to the table server open; the token's scheme is read in any
-/// case.
+/// A client that never finishes its request head, or the body of its
+/// report, does not hold a connection to the table server open; the
+/// token's scheme is read in any case.
 #[tokio::test]
 async fn the_table_server_closes_a_head_never_finished_and_reads_bearer_in_any_case() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
-    half_head_is_closed(cp.addr).await;
+    // Both at once: each waits out its limit.
+    let half_report = async {
+        let mut half_body = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+        half_body
+            .write_all(
+                format!(
+                    "POST /v1/report HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+                     Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"proxy\""
+                )
+                .as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            half_body.read_to_string(&mut answer),
+        )
+        .await
+        .expect("the server answered and closed within 60 s")
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    };
+    tokio::join!(half_head_is_closed(cp.addr), half_report);
     let resp = client()
         .get(cp.url("/v1/table"))
         .header("authorization", format!("bearer {TOKEN}"))
