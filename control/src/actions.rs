@@ -584,6 +584,19 @@ impl Runner {
         planned: bool,
         dry_run: bool,
     ) -> Result<Operation, String> {
+        self.move_writer_from(None, to, planned, dry_run).await
+    }
+
+    /// [`Runner::move_writer`]; with `from`, only if the writer is in that
+    /// region (the automation's failover away from a primary it judged
+    /// down, which must not become a failover of another writer).
+    pub async fn move_writer_from(
+        &self,
+        from: Option<&str>,
+        to: &str,
+        planned: bool,
+        dry_run: bool,
+    ) -> Result<Operation, String> {
         let state = self.state_for_move(to, planned).await?;
         let kind = if planned {
             Kind::Switchover
@@ -600,6 +613,14 @@ impl Runner {
             planned,
             self.to_unhealthy,
         )?;
+        if let Some(from) = from
+            && plan.from.region != from
+        {
+            return Err(format!(
+                "the writer is in {} now, not in {from}; nothing requested",
+                plan.from.region
+            ));
+        }
         let summary = format!(
             "{} {} → {} of global cluster {}",
             if planned {
@@ -766,6 +787,27 @@ impl Runner {
         before: &Before,
     ) -> Result<(), String> {
         let deadline = self.deadline();
+        // AWS moves the writer from wherever it is, and the plan's read may
+        // be seconds old (the lag reads follow it): the writer is read
+        // again just before the request.
+        let (members, failover) = self.aws.global_cluster().await.map_err(|e| {
+            format!(
+                "cannot read the global cluster again before the request: {e}; nothing requested"
+            )
+        })?;
+        if let Some(f) = failover {
+            return Err(format!(
+                "a writer change started since the state was read (FailoverState {}); nothing requested: see `status`",
+                f.status
+            ));
+        }
+        let writer = crate::aws::writer_region(&members);
+        if writer.as_deref() != Some(plan.from.region.as_str()) {
+            return Err(format!(
+                "the writer moved to {} since the state was read; nothing requested: see `status` and decide again",
+                writer.as_deref().unwrap_or("no region")
+            ));
+        }
         self.aws
             .move_writer(&plan.to, plan.planned)
             .await
@@ -996,18 +1038,27 @@ impl Runner {
                 }
             },
         };
-        let others_serving = state
+        let others_serving: Vec<&str> = state
             .view
             .regions
             .iter()
-            .any(|r| r.name != region && r.weight != Some(0) && r.healthy != Some(false));
-        if !others_serving {
+            .filter(|r| r.name != region && r.weight != Some(0) && r.healthy != Some(false))
+            .map(|r| r.name.as_str())
+            .collect();
+        if others_serving.is_empty() {
             return Err(format!(
                 "draining {region} would leave no healthy region in DNS to take its traffic"
             ));
         }
-        self.change_record(&state, region, Kind::Drain, change, dry_run)
-            .await
+        self.change_record(
+            &state,
+            region,
+            Kind::Drain,
+            change,
+            &others_serving,
+            dry_run,
+        )
+        .await
     }
 
     /// Puts `region` back in DNS: the weight it had before the drain (or
@@ -1086,7 +1137,7 @@ impl Runner {
                 None => return Err(self.no_region(&state, region)),
             },
         };
-        self.change_record(&state, region, Kind::Undrain, change, dry_run)
+        self.change_record(&state, region, Kind::Undrain, change, &[], dry_run)
             .await
     }
 
@@ -1105,12 +1156,19 @@ impl Runner {
         )
     }
 
+    /// Changes the records of `region` in one Route 53 batch. The batch
+    /// also deletes and creates again, unchanged, the records of `left_serving`
+    /// as read: Route 53 refuses a whole batch when a record it deletes is
+    /// not there as given, so the change is made only if those regions are
+    /// still in DNS as they were when the command judged it safe (two
+    /// drains at once cannot both go through and leave no region).
     async fn change_record(
         &self,
         state: &AwsState,
         region: &str,
         kind: Kind,
         change: RecordChange,
+        left_serving: &[&str],
         dry_run: bool,
     ) -> Result<Operation, String> {
         let name = &self.aws.config().record_name;
@@ -1184,7 +1242,7 @@ impl Runner {
         {
             changes.push((ChangeAction::Delete, kept.clone()));
         }
-        let call = format!(
+        let mut call = format!(
             "route53:ChangeResourceRecordSets, one batch: {}",
             changes
                 .iter()
@@ -1204,6 +1262,22 @@ impl Runner {
                 .collect::<Vec<_>>()
                 .join("; ")
         );
+        let guarded = left_serving
+            .iter()
+            .flat_map(|r| state.records.get(*r).into_iter().flatten());
+        let mut guards = 0;
+        for r in guarded {
+            changes.push((ChangeAction::Delete, r.clone()));
+            changes.push((ChangeAction::Create, r.clone()));
+            guards += 1;
+        }
+        if guards > 0 {
+            let _ = write!(
+                call,
+                "; and DELETE then CREATE, unchanged, the {guards} records of {} as read, so that the batch fails if they changed since",
+                left_serving.join(", ")
+            );
+        }
         let steps = vec![
             call,
             format!(
@@ -1242,7 +1316,16 @@ impl Runner {
             self.aws
                 .change_records(changes, &format!("edgeroute {}", kind.as_str()))
                 .await
-                .map_err(|e| format!("Route 53 refused the change: {e}"))?;
+                .map_err(|e| {
+                    if guards > 0 {
+                        format!(
+                            "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
+                            left_serving.join(", ")
+                        )
+                    } else {
+                        format!("Route 53 refused the change: {e}")
+                    }
+                })?;
             tl.step("requested", "ChangeResourceRecordSets accepted".into());
             self.begin(&tl, kind, &summary);
             let table = self

@@ -265,7 +265,9 @@ pub async fn run(
                     Arc::clone(&failures),
                 );
                 tokio::spawn(async move {
-                    let outcome = runner.move_writer(&to, false, false).await;
+                    let outcome = runner
+                        .move_writer_from(Some(&primary), &to, false, false)
+                        .await;
                     // Only a move AWS accepted starts the minimum interval;
                     // a refusal (nothing changed) leaves the guard open.
                     if let Ok(op) = &outcome

@@ -14,6 +14,18 @@ and moto lacks, patched into its Python backends before the server starts:
 - Route 53 ChangeResourceRecordSets: a DELETE of a record with a set
   identifier deletes that record alone (its name, type and identifier), as
   Route 53 does; moto deletes every record of the zone with the identifier.
+  And a batch is checked whole against the zone before any of it applies,
+  as Route 53 does: a DELETE of a record that is not there, or whose values
+  differ from the ones given, and a CREATE of one that is there, refuse the
+  batch (InvalidChangeBatch) and change nothing; moto applies a batch
+  change by change and lets a DELETE of a missing record pass.
+- A test can hold requests of one action (ChangeResourceRecordSets, or
+  GetMetricStatistics/<namespace> such as GetMetricStatistics/AWS/RDS)
+  before moto serves them, to change AWS between a command's reads and
+  its change: `POST /edgeroute/hold/<action>`;
+  `GET /edgeroute/held/<action>` says how many wait;
+  `POST /edgeroute/release/<action>` lets them go (changes apply one at a
+  time).
 
 Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
 """
@@ -43,6 +55,7 @@ def main() -> int:
         return 2
     patch_rds()
     patch_route53()
+    patch_cloudwatch()
 
     from werkzeug.serving import run_simple
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -58,6 +71,10 @@ def main() -> int:
 # Writer changes held by a test, and whether new ones are held.
 HELD = {"hold": False, "pending": []}
 HELD_LOCK = threading.Lock()
+
+# Actions held by a test, and how many requests of each wait.
+GATES = {"held": set(), "waiting": {}}
+GATE = threading.Condition()
 
 
 def with_failover_control(app):
@@ -77,9 +94,50 @@ def with_failover_control(app):
                 finish()
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [f"released {len(pending)}\n".encode()]
+        if path.startswith(("/edgeroute/hold/", "/edgeroute/held/", "/edgeroute/release/")):
+            return gate(environ.get("REQUEST_METHOD"), path, start_response)
         return app(environ, start_response)
 
     return wrapped
+
+
+def gate(method, path, start_response):
+    """Serves /edgeroute/{hold,held,release}/<action>."""
+    _, _, verb, action = path.split("/", 3)
+    with GATE:
+        if method == "POST" and verb == "hold":
+            GATES["held"].add(action)
+        elif method == "POST" and verb == "release":
+            GATES["held"].discard(action)
+            GATE.notify_all()
+        elif method != "GET" or verb != "held":
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"no such path\n"]
+        waiting = GATES["waiting"].get(action, 0)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [f"{waiting}\n".encode()]
+
+
+def wait_while_held(action):
+    """Waits while a test holds `action` (60 s at most)."""
+    with GATE:
+        if action not in GATES["held"]:
+            return
+        GATES["waiting"][action] = GATES["waiting"].get(action, 0) + 1
+        GATE.wait_for(lambda: action not in GATES["held"], timeout=60)
+        GATES["waiting"][action] -= 1
+
+
+def patch_cloudwatch() -> None:
+    from moto.cloudwatch.models import CloudWatchBackend
+
+    original = CloudWatchBackend.get_metric_statistics
+
+    def get_metric_statistics(self, namespace, *args, **kwargs):
+        wait_while_held(f"GetMetricStatistics/{namespace}")
+        return original(self, namespace, *args, **kwargs)
+
+    CloudWatchBackend.get_metric_statistics = get_metric_statistics
 
 
 def patch_rds() -> None:
@@ -206,13 +264,19 @@ def patch_route53_delete() -> None:
     lock = threading.Lock()
 
     def change_resource_record_sets(self, zoneid, change_list):
+        wait_while_held("ChangeResourceRecordSets")
         zone = self.get_hosted_zone(zoneid)
+        # Checked here: moto's own check of a CREATE refuses one equal to an
+        # earlier change, even after a DELETE of it in the same batch.
+        applied = [
+            dict(c, Action="UPSERT") if c["Action"] == "CREATE" else c for c in change_list
+        ]
         # moto calls zone.delete_rrset_by_id(identifier) for each such
         # DELETE, in order: each call is matched with its change.
         named = iter(
             [
                 c["ResourceRecordSet"]
-                for c in change_list
+                for c in applied
                 if c["Action"] == "DELETE" and "SetIdentifier" in c["ResourceRecordSet"]
             ]
         )
@@ -231,13 +295,75 @@ def patch_route53_delete() -> None:
             ]
 
         with lock:
+            check_batch(zone, change_list)
             zone.delete_rrset_by_id = delete_rrset_by_id
             try:
-                return original(self, zoneid, change_list)
+                return original(self, zoneid, applied)
             finally:
                 del zone.delete_rrset_by_id
 
     Route53Backend.change_resource_record_sets = change_resource_record_sets
+
+
+def record_key(name, record_type, set_identifier):
+    return (name.rstrip(".").lower(), record_type, set_identifier)
+
+
+def values_of(ttl, records, alias, weight, region, health_check):
+    """What a DELETE must match: every value of the record."""
+    alias_name = None
+    if alias:
+        alias_name = alias.get("DNSName", "").rstrip(".").lower()
+    return (
+        None if ttl is None else str(ttl),
+        sorted(records or []),
+        alias_name,
+        None if weight is None else str(weight),
+        region,
+        health_check,
+    )
+
+
+def check_batch(zone, change_list):
+    """Refuses the batch, as Route 53 does, unless every change in it
+    holds against the zone as the changes before it leave it."""
+    from moto.route53.exceptions import Route53ClientError
+
+    current = {}
+    for r in zone.rrsets:
+        current[record_key(r.name, r.type, r.set_identifier)] = values_of(
+            r.ttl, r.records, r.alias_target, r.weight, r.region, r.health_check_id
+        )
+    for change in change_list:
+        rs = change["ResourceRecordSet"]
+        key = record_key(rs["Name"], rs["Type"], rs.get("SetIdentifier"))
+        records = [v["Value"] if isinstance(v, dict) else v for v in rs.get("ResourceRecords") or []]
+        values = values_of(
+            rs.get("TTL"), records, rs.get("AliasTarget"), rs.get("Weight"),
+            rs.get("Region"), rs.get("HealthCheckId"),
+        )
+        described = f"[name='{key[0]}.', type='{key[1]}', set-identifier='{key[2]}']"
+        if change["Action"] == "DELETE":
+            if key not in current:
+                raise Route53ClientError(
+                    "InvalidChangeBatch",
+                    f"[Tried to delete resource record set {described} but it was not found]",
+                )
+            if current[key] != values:
+                raise Route53ClientError(
+                    "InvalidChangeBatch",
+                    f"[Tried to delete resource record set {described} but the values provided do not match the current values]",
+                )
+            del current[key]
+        elif change["Action"] == "CREATE":
+            if key in current:
+                raise Route53ClientError(
+                    "InvalidChangeBatch",
+                    f"[Tried to create resource record set {described} but it already exists]",
+                )
+            current[key] = values
+        else:
+            current[key] = values
 
 
 if __name__ == "__main__":

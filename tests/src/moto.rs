@@ -133,6 +133,35 @@ impl Moto {
         self.post("/edgeroute/failover/release").await;
     }
 
+    /// Requests of `action` (`ChangeResourceRecordSets`,
+    /// `GetMetricStatistics`) sent from now on wait, unserved, until
+    /// released.
+    pub async fn hold(&self, action: &str) {
+        self.post(&format!("/edgeroute/hold/{action}")).await;
+    }
+
+    /// How many requests of `action` wait.
+    pub async fn held(&self, action: &str) -> usize {
+        let r = crate::client()
+            .get(format!("{}/edgeroute/held/{action}", self.endpoint))
+            .send()
+            .await
+            .expect("reach the emulator");
+        assert_eq!(r.status(), 200);
+        r.text()
+            .await
+            .expect("a count")
+            .trim()
+            .parse()
+            .expect("a count")
+    }
+
+    /// Lets the held requests of `action` go (changes one at a time); new
+    /// ones no longer wait.
+    pub async fn release(&self, action: &str) {
+        self.post(&format!("/edgeroute/release/{action}")).await;
+    }
+
     async fn post(&self, path: &str) {
         let r = crate::client()
             .post(format!("{}{path}", self.endpoint))

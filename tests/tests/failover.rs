@@ -862,6 +862,94 @@ async fn a_weighted_drain_keeps_its_weight_where_any_command_line_finds_it() {
     assert_eq!(weight_of_ap().await, Some(40.into()));
 }
 
+/// Two drains at once, of the two regions left in DNS, each judged safe
+/// on a read made before the other's change: Route 53 takes one and
+/// refuses the other whole, since each batch asks for the other region's
+/// records to be as read. A region stays in DNS.
+#[tokio::test]
+async fn two_drains_at_once_cannot_take_the_last_regions_out_of_dns() {
+    let env = Env::start(None).await;
+    env.cp
+        .command(&["drain", "us-east-1"])
+        .await
+        .assert_ok_saying(&["completed"]);
+    env.moto.hold("ChangeResourceRecordSets").await;
+    let (eu, ap, ()) = tokio::join!(
+        env.cp.command(&["drain", "eu-west-1"]),
+        env.cp.command_elsewhere(&["drain", "ap-southeast-1"]),
+        async {
+            // Both read the zone, found the other region serving, and sent
+            // their change; then Route 53 takes them one after the other.
+            eventually("both drains sent their change", WAIT, || async {
+                env.moto.held("ChangeResourceRecordSets").await == 2
+            })
+            .await;
+            env.moto.release("ChangeResourceRecordSets").await;
+        }
+    );
+    assert!(eu.ok != ap.ok, "one drain went through: {eu:?} {ap:?}");
+    let refused = if eu.ok { &ap } else { &eu };
+    let said = format!("{}{}", refused.stdout, refused.stderr);
+    assert!(
+        said.contains("InvalidChangeBatch") && said.contains("nothing changed"),
+        "{said}"
+    );
+    assert_eq!(
+        moto::kept_regions(&env.moto, &env.fixture.zone_id)
+            .await
+            .len(),
+        2,
+        "us-east-1 and one other region are drained, not all three"
+    );
+}
+
+/// A writer move is planned from a read of AWS that the replication-lag
+/// reads follow, seconds later at times; should the writer move in
+/// between (another operator's switchover), the command reads it again
+/// just before its request and asks for nothing, where AWS would have
+/// moved the new writer on.
+#[tokio::test]
+async fn a_move_planned_before_the_writer_moved_asks_aws_for_nothing() {
+    const LAG_READS: &str = "GetMetricStatistics/AWS/RDS";
+    let env = Env::start(None).await;
+    env.moto.hold(LAG_READS).await;
+    let (ran, ()) = tokio::join!(
+        env.cp
+            .command_elsewhere(&["failover", "--to", "ap-southeast-1"]),
+        async {
+            // The control plane's poll and the command each wait on a lag
+            // read, one at a time: two held means the command has read
+            // the writer.
+            eventually("the command reads the lags", WAIT, || async {
+                env.moto.held(LAG_READS).await == 2
+            })
+            .await;
+            let rds = aws_sdk_rds::Client::new(&env.moto.sdk("us-east-1").await);
+            rds.switchover_global_cluster()
+                .global_cluster_identifier(GLOBAL_CLUSTER)
+                .target_db_cluster_identifier(&env.fixture.clusters["eu-west-1"].0)
+                .send()
+                .await
+                .expect("another operator's switchover");
+            eventually("the writer is in eu-west-1", WAIT, || async {
+                moto::writer(&env.moto).await == ("eu-west-1".to_owned(), false)
+            })
+            .await;
+            env.moto.release(LAG_READS).await;
+        }
+    );
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("the writer moved to eu-west-1 since the state was read; nothing requested"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+}
+
 /// Records of one region that disagree (an A at 40, an AAAA at 0, as a
 /// hand edit leaves them) are given one weight in one batch; when the
 /// table already showed that weight, no newer table comes, and the
