@@ -808,21 +808,41 @@ impl Runner {
                 writer.as_deref().unwrap_or("no region")
             ));
         }
-        self.aws
-            .move_writer(&plan.to, plan.planned)
-            .await
-            .map_err(|e| format!("AWS refused the writer change: {e}"))?;
-        tl.step(
-            "requested",
-            format!(
-                "{} accepted",
-                if plan.planned {
-                    "SwitchoverGlobalCluster"
-                } else {
-                    "FailoverGlobalCluster"
+        let call = if plan.planned {
+            "SwitchoverGlobalCluster"
+        } else {
+            "FailoverGlobalCluster"
+        };
+        match self.aws.move_writer(&plan.to, plan.planned).await {
+            Ok(()) => tl.step("requested", format!("{call} accepted")),
+            Err(e) => {
+                // The SDK sends a request again when its answer was lost,
+                // and AWS refuses the second of one it took ("already
+                // switching-over"): whether the writer is on its way is
+                // read, not guessed from the error.
+                let under_way = self
+                    .aws
+                    .global_cluster()
+                    .await
+                    .is_ok_and(|(members, f)| match f {
+                        Some(f) => f.to_region.as_deref() == Some(plan.to.region.as_str()),
+                        None => {
+                            crate::aws::writer_region(&members).as_deref()
+                                == Some(plan.to.region.as_str())
+                        }
+                    });
+                if !under_way {
+                    return Err(format!("AWS refused the writer change: {e}"));
                 }
-            ),
-        );
+                tl.step(
+                    "requested",
+                    format!(
+                        "{call} answered with an error ({e}), but AWS reports the writer on its way to {}",
+                        plan.to.region
+                    ),
+                );
+            }
+        }
         self.begin(tl, kind, summary);
         self.notify(Event::new(
             if plan.planned {

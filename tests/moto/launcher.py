@@ -26,11 +26,17 @@ and moto lacks, patched into its Python backends before the server starts:
   `GET /edgeroute/held/<action>` says how many wait;
   `POST /edgeroute/release/<action>` lets them go (changes apply one at a
   time).
+- A test can have the answer to the next request of a query-protocol
+  action (SwitchoverGlobalCluster, say) lost: `POST
+  /edgeroute/lose-answer/<action>`; moto serves the request, and the
+  client gets 503 ServiceUnavailable instead of its answer, as when a
+  connection drops after AWS took a request.
 
 Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
 """
 
 import argparse
+import io
 import os
 import sys
 import threading
@@ -72,6 +78,26 @@ def main() -> int:
 HELD = {"hold": False, "pending": []}
 HELD_LOCK = threading.Lock()
 
+# Actions whose next answers a test has lost, and how many.
+LOSE = {}
+
+
+def lose_answer(environ):
+    """Whether this request's answer is to be lost (reads the form body of
+    a query-protocol request, and puts it back for moto)."""
+    from urllib.parse import parse_qs
+
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+    with GATE:
+        if LOSE.get(action, 0) > 0:
+            LOSE[action] -= 1
+            return True
+    return False
+
+
 # Actions held by a test, and how many requests of each wait.
 GATES = {"held": set(), "waiting": {}}
 GATE = threading.Condition()
@@ -96,6 +122,21 @@ def with_failover_control(app):
             return [f"released {len(pending)}\n".encode()]
         if path.startswith(("/edgeroute/hold/", "/edgeroute/held/", "/edgeroute/release/")):
             return gate(environ.get("REQUEST_METHOD"), path, start_response)
+        if environ.get("REQUEST_METHOD") == "POST" and path.startswith("/edgeroute/lose-answer/"):
+            with GATE:
+                action = path.rsplit("/", 1)[1]
+                LOSE[action] = LOSE.get(action, 0) + 1
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if LOSE and lose_answer(environ):
+            # Served, then the answer is lost on its way.
+            for _ in app(environ, lambda *args: (lambda data: None)):
+                pass
+            start_response("503 Service Unavailable", [("Content-Type", "text/xml")])
+            return [
+                b"<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>"
+                b"<Message>the answer was lost</Message></Error><RequestId>lost</RequestId></ErrorResponse>"
+            ]
         return app(environ, start_response)
 
     return wrapped

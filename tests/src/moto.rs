@@ -162,6 +162,13 @@ impl Moto {
         self.post(&format!("/edgeroute/release/{action}")).await;
     }
 
+    /// The answer to the next request of `action` (a query-protocol one,
+    /// such as `SwitchoverGlobalCluster`) is lost: AWS takes the request,
+    /// and its client gets 503 instead.
+    pub async fn lose_answer(&self, action: &str) {
+        self.post(&format!("/edgeroute/lose-answer/{action}")).await;
+    }
+
     async fn post(&self, path: &str) {
         let r = crate::client()
             .post(format!("{}{path}", self.endpoint))

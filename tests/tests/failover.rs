@@ -950,6 +950,27 @@ async fn a_move_planned_before_the_writer_moved_asks_aws_for_nothing() {
     );
 }
 
+/// A writer change AWS took, whose answer was lost: the SDK sends it
+/// again, and AWS refuses the second ("already switching-over"). The
+/// command reads that the writer is on its way and follows it, rather
+/// than report a refusal (nothing changed) of a change that is being made.
+#[tokio::test]
+async fn a_writer_change_whose_answer_was_lost_is_followed() {
+    let env = Env::start(None).await;
+    env.moto.lose_answer("SwitchoverGlobalCluster").await;
+    env.cp
+        .command(&["failover", "--to", "eu-west-1"])
+        .await
+        .assert_ok_saying(&[
+            "answered with an error",
+            "AWS reports the writer in eu-west-1",
+        ]);
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+}
+
 /// Records of one region that disagree (an A at 40, an AAAA at 0, as a
 /// hand edit leaves them) are given one weight in one batch; when the
 /// table already showed that weight, no newer table comes, and the
