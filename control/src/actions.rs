@@ -1161,6 +1161,23 @@ impl Runner {
             .await
     }
 
+    /// Whether Route 53 shows `change` of `region` made, read again.
+    async fn made(&self, region: &str, kind: Kind, change: &RecordChange) -> bool {
+        let Ok(now) = self.aws.state().await else {
+            return false;
+        };
+        let records = now.records.get(region);
+        let kept = now.kept.contains_key(region);
+        match change {
+            RecordChange::Remove => records.is_none() && kept,
+            RecordChange::Restore(_) => records.is_some() && !kept,
+            RecordChange::Weight { to, .. } => {
+                records.is_some_and(|rs| rs.iter().all(|r| r.weight() == Some(*to)))
+                    && kept == (kind == Kind::Drain)
+            }
+        }
+    }
+
     fn no_region(&self, state: &AwsState, region: &str) -> String {
         let mut names: Vec<&str> = state.view.regions.iter().map(|r| r.name.as_str()).collect();
         for m in &state.members {
@@ -1333,10 +1350,25 @@ impl Runner {
         let unchanged = matches!(change, RecordChange::Weight { from, to, .. } if from == to)
             && before.table.as_ref().is_some_and(shows);
         let error = async {
-            self.aws
+            let sent = self
+                .aws
                 .change_records(changes, &format!("edgeroute {}", kind.as_str()))
-                .await
-                .map_err(|e| {
+                .await;
+            let sent = match sent {
+                // The SDK sends a batch again when its answer was lost, and
+                // Route 53 refuses the second of one it took (a record to
+                // delete is gone): whether the change is made is read.
+                Err(e) if self.made(region, kind, &change).await => {
+                    tl.step(
+                        "requested",
+                        format!("ChangeResourceRecordSets answered with an error ({e}), but Route 53 shows the change made"),
+                    );
+                    Ok(false)
+                }
+                Err(e) => Err(e),
+                Ok(()) => Ok(true),
+            };
+            let answered = sent.map_err(|e| {
                     if guards > 0 {
                         format!(
                             "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
@@ -1346,7 +1378,9 @@ impl Runner {
                         format!("Route 53 refused the change: {e}")
                     }
                 })?;
-            tl.step("requested", "ChangeResourceRecordSets accepted".into());
+            if answered {
+                tl.step("requested", "ChangeResourceRecordSets accepted".into());
+            }
             self.begin(&tl, kind, &summary);
             let table = self
                 .until(

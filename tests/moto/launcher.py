@@ -26,8 +26,8 @@ and moto lacks, patched into its Python backends before the server starts:
   `GET /edgeroute/held/<action>` says how many wait;
   `POST /edgeroute/release/<action>` lets them go (changes apply one at a
   time).
-- A test can have the answer to the next request of a query-protocol
-  action (SwitchoverGlobalCluster, say) lost: `POST
+- A test can have the answer to the next request of an action
+  (SwitchoverGlobalCluster, ChangeResourceRecordSets) lost: `POST
   /edgeroute/lose-answer/<action>`; moto serves the request, and the
   client gets 503 ServiceUnavailable instead of its answer, as when a
   connection drops after AWS took a request.
@@ -84,13 +84,17 @@ LOSE = {}
 
 def lose_answer(environ):
     """Whether this request's answer is to be lost (reads the form body of
-    a query-protocol request, and puts it back for moto)."""
+    a query-protocol request, and puts it back for moto; Route 53's
+    ChangeResourceRecordSets is told by its path)."""
     from urllib.parse import parse_qs
 
-    length = int(environ.get("CONTENT_LENGTH") or 0)
-    body = environ["wsgi.input"].read(length) if length else b""
-    environ["wsgi.input"] = io.BytesIO(body)
-    action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+    if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO", "").endswith("/rrset"):
+        action = "ChangeResourceRecordSets"
+    else:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
     with GATE:
         if LOSE.get(action, 0) > 0:
             LOSE[action] -= 1

@@ -162,8 +162,8 @@ impl Moto {
         self.post(&format!("/edgeroute/release/{action}")).await;
     }
 
-    /// The answer to the next request of `action` (a query-protocol one,
-    /// such as `SwitchoverGlobalCluster`) is lost: AWS takes the request,
+    /// The answer to the next request of `action`
+    /// (`SwitchoverGlobalCluster`, `ChangeResourceRecordSets`) is lost: AWS takes the request,
     /// and its client gets 503 instead.
     pub async fn lose_answer(&self, action: &str) {
         self.post(&format!("/edgeroute/lose-answer/{action}")).await;

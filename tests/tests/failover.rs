@@ -971,6 +971,23 @@ async fn a_writer_change_whose_answer_was_lost_is_followed() {
     );
 }
 
+/// A drain Route 53 took, whose answer was lost: the SDK sends the batch
+/// again, and Route 53 refuses it (the records to delete are gone). The
+/// command reads that the region is out of DNS and goes on as accepted.
+#[tokio::test]
+async fn a_drain_whose_answer_was_lost_is_followed() {
+    let env = Env::start(None).await;
+    env.moto.lose_answer("ChangeResourceRecordSets").await;
+    env.cp
+        .command(&["drain", "eu-west-1"])
+        .await
+        .assert_ok_saying(&["but Route 53 shows the change made", "completed"]);
+    assert_eq!(
+        moto::kept_regions(&env.moto, &env.fixture.zone_id).await,
+        ["eu-west-1"]
+    );
+}
+
 /// Records of one region that disagree (an A at 40, an AAAA at 0, as a
 /// hand edit leaves them) are given one weight in one batch; when the
 /// table already showed that weight, no newer table comes, and the
