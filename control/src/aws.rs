@@ -204,12 +204,23 @@ impl AwsSource {
         }
         for region in std::iter::once(writer_region.clone()).chain(drained) {
             if !regions.iter().any(|r| r.name == region) {
+                // A drained region's health checks are those of its kept
+                // records: out of DNS, its health still counts (a writer
+                // move to it, the automation's view of a drained primary).
+                let kept_records: Vec<ResourceRecordSet> = kept
+                    .get(&region)
+                    .and_then(|txt| crate::kept::records(txt).ok())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|saved| saved.record().ok())
+                    .collect();
+                let (healthy, health_unread) = self.region_healthy(&region, &kept_records).await;
                 regions.push(RegionView {
                     name: region,
                     weight: Some(0),
-                    healthy: None,
+                    healthy,
                     replication_lag_ms: None,
-                    health_unread: false,
+                    health_unread,
                 });
             }
         }

@@ -988,6 +988,36 @@ async fn a_drain_whose_answer_was_lost_is_followed() {
     );
 }
 
+/// A drained region's health is read from the health checks of its kept
+/// records: out of DNS, a region Route 53 reports unhealthy is still
+/// refused as the writer's new home.
+#[tokio::test]
+async fn a_drained_region_route53_reports_unhealthy_is_refused_as_the_writers_home() {
+    let ap = "ap-southeast-1";
+    let env = Env::start(None).await;
+    env.cp
+        .command(&["drain", ap])
+        .await
+        .assert_ok_saying(&["completed"]);
+    env.route53_fails(ap).await;
+    eventually("the table shows ap-southeast-1 down", WAIT, || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == ap && r["state"] == "down")
+    })
+    .await;
+    let ran = env.cp.command(&["failover", "--to", ap]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stderr
+            .contains("Route 53 reports ap-southeast-1 unhealthy"),
+        "{ran:?}"
+    );
+    assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
+}
+
 /// Records of one region that disagree (an A at 40, an AAAA at 0, as a
 /// hand edit leaves them) are given one weight in one batch; when the
 /// table already showed that weight, no newer table comes, and the
