@@ -1222,12 +1222,17 @@ impl Runner {
                 if !(0..=255).contains(to) {
                     return Err(format!("a Route 53 weight is 0 to 255, got {to}"));
                 }
-                let mut rs = existing()?;
-                for r in &mut rs {
-                    r.weight = Some(*to);
+                // Each record deleted as read and created with the new
+                // weight: Route 53 refuses the batch if it changed since
+                // (a new load balancer, say), rather than have the change
+                // undone.
+                let mut changes = Vec::new();
+                for read in existing()? {
+                    let mut weighted = read.clone();
+                    weighted.weight = Some(*to);
+                    changes.push((ChangeAction::Delete, read));
+                    changes.push((ChangeAction::Create, weighted));
                 }
-                let mut changes: Vec<_> =
-                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect();
                 // The weight is kept where every command line finds it.
                 if kind == Kind::Drain {
                     let keep = crate::kept::weight_record(name, region, *from)
@@ -1267,7 +1272,10 @@ impl Runner {
                     .map_err(|e| format!("a kept record of {region} cannot be rebuilt ({e}); create it again yourself"))?;
                 (
                     format!("undrain {region}: put back its latency records of {name}"),
-                    rs.into_iter().map(|r| (ChangeAction::Upsert, r)).collect(),
+                    // Created: Route 53 refuses the batch if a record of
+                    // the region came back meanwhile, rather than have it
+                    // overwritten with the kept copy.
+                    rs.into_iter().map(|r| (ChangeAction::Create, r)).collect(),
                     100,
                 )
             }
