@@ -174,7 +174,7 @@ async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
         "/v1/table" if authorized(state, req) => table(state, req).await,
         "/v1/proxies" if authorized(state, req) => {
             let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
-            json(serde_json::json!({ "max_age_seconds": state.proxy_max_age.as_secs_f64(), "proxies": proxies }))
+            json(&ProxiesReply { max_age_seconds: state.proxy_max_age.as_secs_f64(), proxies: &proxies })
         }
         "/v1/status" if authorized(state, req) => status(state),
         "/metrics" | "/v1/table" | "/v1/proxies" | "/v1/status" => unauthorized(),
@@ -193,8 +193,43 @@ fn unauthorized() -> Response<Full<Bytes>> {
     resp
 }
 
-fn json(v: serde_json::Value) -> Response<Full<Bytes>> {
-    reply(StatusCode::OK, "application/json", v.to_string())
+/// A reply written straight from `v`: the proxies' reports are not
+/// copied into a JSON tree first (10,000 large ones took hundreds of MB
+/// that way).
+fn json(v: &impl serde::Serialize) -> Response<Full<Bytes>> {
+    match serde_json::to_vec(v) {
+        Ok(body) => reply(StatusCode::OK, "application/json", body),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            &format!("cannot write the answer: {e}"),
+        ),
+    }
+}
+
+/// `GET /v1/proxies` (fields in name order, as before).
+#[derive(serde::Serialize)]
+struct ProxiesReply<'a> {
+    max_age_seconds: f64,
+    proxies: &'a [crate::registry::ProxyStatus],
+}
+
+/// `GET /v1/status` (fields in name order, as before).
+#[derive(serde::Serialize)]
+struct StatusReply<'a> {
+    automation: Automation,
+    history_error: Option<&'a str>,
+    last_drill: Option<&'a crate::history::Operation>,
+    last_failover: Option<&'a crate::history::Operation>,
+    proxies: &'a [crate::registry::ProxyStatus],
+    /// The last read of the source failed: the table is the last good one.
+    source_stale: bool,
+    table: Option<&'a edgeroute_config::RoutingTable>,
+}
+
+#[derive(serde::Serialize)]
+struct Automation {
+    enabled: bool,
 }
 
 /// The proxies' gauges, against the table served now.
@@ -226,19 +261,20 @@ fn status(state: &ServerState) -> Response<Full<Bytes>> {
     let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
     let history = History::load(&state.history_file);
     let (last_failover, last_drill, history_error) = match &history {
-        Ok(h) => (h.last_writer_move().cloned(), h.last_drill().cloned(), None),
-        Err(e) => (None, None, Some(e.clone())),
+        Ok(h) => (h.last_writer_move(), h.last_drill(), None),
+        Err(e) => (None, None, Some(e.as_str())),
     };
-    json(serde_json::json!({
-        "table": table,
-        "proxies": proxies,
-        "automation": { "enabled": state.automation },
-        // The last read of the source failed: the table is the last good one.
-        "source_stale": state.metrics.source_stale.get() == 1,
-        "last_failover": last_failover,
-        "last_drill": last_drill,
-        "history_error": history_error,
-    }))
+    json(&StatusReply {
+        automation: Automation {
+            enabled: state.automation,
+        },
+        history_error,
+        last_drill,
+        last_failover,
+        proxies: &proxies,
+        source_stale: state.metrics.source_stale.get() == 1,
+        table: table.as_ref(),
+    })
 }
 
 /// `POST /v1/report`: a proxy's table and health, authenticated.
