@@ -109,6 +109,9 @@ impl EdgeProxy {
         let mut malformed = 0;
         // Set once the connection is told to go away.
         let mut closing: Option<Drain> = None;
+        // Set when its client took nothing for [`DRAIN`]: what is left in
+        // the kernel for it is not waited for.
+        let mut stalled = false;
         let mut down = shutdown.clone();
         loop {
             // No stream open for this long ends the connection's wait.
@@ -169,18 +172,18 @@ impl EdgeProxy {
                     };
                     if !drain.goes_on(tokio::time::Instant::now(), &taken) {
                         tracing::debug!("the client of an HTTP/2 connection told to go away does not close it; closing");
-                        // It took nothing for a while: nothing to wait for.
-                        closing = None;
+                        stalled = true;
                         break;
                     }
                 }
             }
         }
         streams.detach_all();
-        if let Some(drain) = closing {
-            drain.delivered(&taken).await;
-        } else if !taken.all_acknowledged() {
-            Drain::start(idle, &taken).delivered(&taken).await;
+        if !stalled && !taken.all_acknowledged() {
+            closing
+                .unwrap_or_else(|| Drain::start(idle, &taken))
+                .delivered(&taken)
+                .await;
         }
         drop(conn);
         drop(in_flight);
