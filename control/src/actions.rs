@@ -1358,36 +1358,24 @@ impl Runner {
         let unchanged = matches!(change, RecordChange::Weight { from, to, .. } if from == to)
             && before.table.as_ref().is_some_and(shows);
         let error = async {
-            let sent = self
+            match self
                 .aws
                 .change_records(changes, &format!("edgeroute {}", kind.as_str()))
-                .await;
-            let sent = match sent {
+                .await
+            {
+                Ok(()) => tl.step("requested", "ChangeResourceRecordSets accepted".into()),
                 // The SDK sends a batch again when its answer was lost, and
                 // Route 53 refuses the second of one it took (a record to
                 // delete is gone): whether the change is made is read.
-                Err(e) if self.made(region, kind, &change).await => {
-                    tl.step(
-                        "requested",
-                        format!("ChangeResourceRecordSets answered with an error ({e}), but Route 53 shows the change made"),
-                    );
-                    Ok(false)
-                }
-                Err(e) => Err(e),
-                Ok(()) => Ok(true),
-            };
-            let answered = sent.map_err(|e| {
-                    if guards > 0 {
-                        format!(
-                            "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
-                            left_serving.join(", ")
-                        )
-                    } else {
-                        format!("Route 53 refused the change: {e}")
-                    }
-                })?;
-            if answered {
-                tl.step("requested", "ChangeResourceRecordSets accepted".into());
+                Err(e) if self.made(region, kind, &change).await => tl.step(
+                    "requested",
+                    format!("ChangeResourceRecordSets answered with an error ({e}), but Route 53 shows the change made"),
+                ),
+                Err(e) if guards > 0 => return Err(format!(
+                    "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
+                    left_serving.join(", ")
+                )),
+                Err(e) => return Err(format!("Route 53 refused the change: {e}")),
             }
             self.begin(&tl, kind, &summary);
             let table = self
