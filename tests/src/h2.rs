@@ -131,6 +131,12 @@ pub fn get_with_host(stream: u32, host: &str) -> Vec<u8> {
     Frame::encode(HEADERS, 0x5, stream, &block)
 }
 
+/// The client giving up on `stream`: RST_STREAM with CANCEL.
+pub fn cancel(stream: u32) -> Vec<u8> {
+    const CANCEL: u32 = 0x8;
+    Frame::encode(RST_STREAM, 0, stream, &CANCEL.to_be_bytes())
+}
+
 /// A POST's head on `stream`, its body still to come.
 pub fn post_head(stream: u32) -> Vec<u8> {
     // POST is static-table 3; END_HEADERS only.

@@ -930,7 +930,6 @@ async fn answer_stalling_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicU
 /// more exchanges running than it has streams open.
 #[tokio::test]
 async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
-    const CANCEL: u32 = 0x8;
     let (backend, asked, closed) = answer_stalling_backend().await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[backend])
@@ -958,9 +957,7 @@ async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
         asked.load(Ordering::SeqCst) == 1
     })
     .await;
-    conn.write_all(&Frame::encode(RST_STREAM, 0, 1, &CANCEL.to_be_bytes()))
-        .await
-        .unwrap();
+    conn.write_all(&h2::cancel(1)).await.unwrap();
     eventually("the backend connection is closed", limit, || async {
         closed.load(Ordering::SeqCst) == 1
     })
@@ -973,9 +970,7 @@ async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
     // Partway through the answer.
     conn.write_all(&get_request(3, true)).await.unwrap();
     h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 3).await;
-    conn.write_all(&Frame::encode(RST_STREAM, 0, 3, &CANCEL.to_be_bytes()))
-        .await
-        .unwrap();
+    conn.write_all(&h2::cancel(3)).await.unwrap();
     eventually("the second backend connection is closed", limit, || async {
         closed.load(Ordering::SeqCst) == 2
     })
