@@ -66,7 +66,7 @@ def main() -> int:
     from werkzeug.serving import run_simple
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
-    app = with_failover_control(DomainDispatcherApplication(create_backend_app))
+    app = with_test_controls(DomainDispatcherApplication(create_backend_app))
     if not args.host.startswith("127."):
         print(f"--host must be a loopback address, got {args.host}", file=sys.stderr)
         return 2
@@ -107,8 +107,9 @@ GATES = {"held": set(), "waiting": {}}
 GATE = threading.Condition()
 
 
-def with_failover_control(app):
-    """Serves /edgeroute/failover/{hold,release} in front of moto."""
+def with_test_controls(app):
+    """Serves the tests' controls (/edgeroute/...: writer changes held,
+    requests held, answers lost) in front of moto."""
 
     def wrapped(environ, start_response):
         path = environ.get("PATH_INFO", "")
