@@ -195,6 +195,8 @@ struct RawTimeouts {
     pool_idle: String,
     client_idle: String,
     tunnel_idle: String,
+    tls_handshake: String,
+    request_body: String,
 }
 
 impl Default for RawTimeouts {
@@ -206,6 +208,8 @@ impl Default for RawTimeouts {
             pool_idle: "60s".into(),
             client_idle: "75s".into(),
             tunnel_idle: "1h".into(),
+            tls_handshake: "10s".into(),
+            request_body: "20s".into(),
         }
     }
 }
@@ -215,6 +219,7 @@ impl Default for RawTimeouts {
 struct RawLimits {
     max_request_body: String,
     max_client_connections: Option<u64>,
+    min_request_body_rate: String,
 }
 
 impl Default for RawLimits {
@@ -222,6 +227,7 @@ impl Default for RawLimits {
         Self {
             max_request_body: "10MiB".into(),
             max_client_connections: None,
+            min_request_body_rate: "1KiB/s".into(),
         }
     }
 }
@@ -584,6 +590,40 @@ pub struct Timeouts {
     /// A WebSocket tunnel with no bytes either way for this long is closed
     /// (default 1 h); `read` does not apply to a tunnel.
     pub tunnel_idle: Duration,
+    /// A client's TLS handshake, counted from its first byte, must end
+    /// within this (default 10 s); the wait for that first byte is an idle
+    /// connection's, `client_idle`.
+    pub tls_handshake: Duration,
+    /// A request body gets this long from when the proxy starts reading it,
+    /// plus a second for every `limits.min_request_body_rate` bytes that
+    /// arrive; one that is not whole by then is answered 408 (default 20 s).
+    /// `None` (`"0s"`): no pace is asked of a body, only `client_idle`
+    /// between its bytes.
+    pub request_body: Option<Duration>,
+}
+
+impl Timeouts {
+    /// When a request body whose reading began at `since`, and of which
+    /// `received` bytes have arrived, is due; `None` without a pace.
+    pub fn body_due<T>(&self, since: T, received: u64, min_rate: u64) -> Option<T>
+    where
+        T: std::ops::Add<Duration, Output = T>,
+    {
+        let grace = self.request_body?;
+        let earned = if min_rate == 0 {
+            Duration::ZERO
+        } else {
+            // Exact in nanoseconds for any body under 18 EB; saturates past.
+            let nanos = u128::from(received) * 1_000_000_000 / u128::from(min_rate);
+            Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+        };
+        Some(
+            since
+                + grace
+                    .saturating_add(earned)
+                    .min(crate::values::MAX_DURATION),
+        )
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -594,6 +634,10 @@ pub struct Limits {
     /// in the listening sockets' backlog. `None`: from the open-file limit
     /// (see [`Limits::client_connections`]).
     pub max_client_connections: Option<usize>,
+    /// Bytes per second a request body must keep up on average, after
+    /// `timeouts.request_body` (default 1 KiB/s); 0: the whole body is due
+    /// within `timeouts.request_body`.
+    pub min_request_body_rate: u64,
 }
 
 impl Limits {
@@ -978,6 +1022,17 @@ impl RawConfig {
                 "timeouts.tunnel_idle",
                 &self.timeouts.tunnel_idle,
             ),
+            tls_handshake: values::positive_duration(
+                &mut e,
+                "timeouts.tls_handshake",
+                &self.timeouts.tls_handshake,
+            ),
+            request_body: Some(values::duration(
+                &mut e,
+                "timeouts.request_body",
+                &self.timeouts.request_body,
+            ))
+            .filter(|d| !d.is_zero()),
         };
         let limits = Limits {
             max_request_body: values::size(
@@ -996,6 +1051,11 @@ impl RawConfig {
                 Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
                 None => None,
             },
+            min_request_body_rate: values::rate(
+                &mut e,
+                "limits.min_request_body_rate",
+                &self.limits.min_request_body_rate,
+            ),
         };
         if !(1..=10).contains(&self.retries.max_attempts) {
             e.push(

@@ -99,6 +99,27 @@ pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     }
 }
 
+/// `"1KiB/s"`, `"500B/s"`: a size per second, in bytes.
+pub(crate) fn rate(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
+    let parsed = raw
+        .trim()
+        .strip_suffix("/s")
+        .ok_or_else(|| "no \"/s\" at its end".to_string())
+        .and_then(|size| size.trim().parse::<bytesize::ByteSize>());
+    match parsed {
+        Ok(b) => b.as_u64(),
+        Err(e) => {
+            errs.push(
+                path,
+                format!(
+                    "must be a size per second such as \"1KiB/s\" or \"500B/s\", got {raw:?} ({e})"
+                ),
+            );
+            0
+        }
+    }
+}
+
 /// A literal `ip:port` socket address to listen on (or to reach), with a
 /// port: port 0 would bind one the system picks and no one else knows.
 pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Option<SocketAddr> {

@@ -11,7 +11,8 @@
 //! - `h2c`: the client's first bytes tell HTTP/2 with prior knowledge (its
 //!   24-byte preface) from HTTP/1.x, read only as far as the first byte
 //!   that differs, within `timeouts.client_idle`;
-//! - `tls`: a rustls handshake, within `timeouts.client_idle`; ALPN then
+//! - `tls`: a rustls handshake, begun within `timeouts.client_idle` and
+//!   done within `timeouts.tls_handshake` of its first byte; ALPN then
 //!   says HTTP/2 or HTTP/1.1.
 //!
 //! HTTP/1.x goes to the proxy's own session, HTTP/2 to pingora-core's. The
@@ -403,8 +404,9 @@ async fn accept_loop(
 }
 
 /// The connection ready for its first request, and whether it speaks
-/// HTTP/2; `None` when the client left, failed its TLS handshake, or let
-/// `timeouts.client_idle` pass before the handshake or the first bytes.
+/// HTTP/2; `None` when the client left, failed its TLS handshake, let
+/// `timeouts.client_idle` pass before its first bytes, or did not finish
+/// its handshake within `timeouts.tls_handshake`.
 async fn open(
     mut conn: TcpConnection,
     peer: SocketAddr,
@@ -429,28 +431,30 @@ async fn open(
         Transport::Tls(acceptor) => {
             // A TLS client speaks first. One that closes before its first
             // byte, as a load balancer's TCP health check does, failed no
-            // handshake.
-            let handshake = async {
-                let mut conn = conn;
-                match conn.first_byte().await {
-                    Ok(Some(_)) => Some(acceptor.tls_handshake(conn).await),
-                    Ok(None) => None,
-                    Err(e) => {
-                        tracing::debug!(error = %e, %peer, "the client left before its TLS handshake");
-                        None
+            // handshake. Until that byte the connection is idle; from it,
+            // the handshake has `timeouts.tls_handshake`.
+            let reason = match tokio::time::timeout(idle, conn.first_byte()).await {
+                Ok(Ok(Some(_))) => {
+                    let limit = state.config.timeouts.tls_handshake;
+                    match tokio::time::timeout(limit, acceptor.tls_handshake(conn)).await {
+                        Ok(Ok(tls)) => {
+                            let http2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
+                            return Some((Box::new(tls), http2));
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, %peer, "a client's TLS handshake failed");
+                            "error"
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake not done within timeouts.tls_handshake; closing");
+                            "timeout"
+                        }
                     }
                 }
-            };
-            // The wait for the first byte and the handshake share one limit.
-            let reason = match tokio::time::timeout(idle, handshake).await {
-                Ok(None) => return None,
-                Ok(Some(Ok(tls))) => {
-                    let http2 = matches!(tls.selected_alpn_proto(), Some(ALPN::H2));
-                    return Some((Box::new(tls), http2));
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::debug!(error = %e, %peer, "a client's TLS handshake failed");
-                    "error"
+                Ok(Ok(None)) => return None,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "the client left before its TLS handshake");
+                    return None;
                 }
                 Err(_) => {
                     tracing::debug!(%peer, "no TLS handshake within timeouts.client_idle; closing");

@@ -216,7 +216,7 @@ impl Metrics {
             tls_handshake_failures: counter_vec_with(
                 &r,
                 "edgeroute_tls_handshake_failures_total",
-                "Client TLS handshakes that failed (error) or did not finish within timeouts.client_idle (timeout)",
+                "Client TLS handshakes that failed (error), or did not begin within timeouts.client_idle or finish within timeouts.tls_handshake (timeout)",
                 ("reason", &["error", "timeout"]),
             ),
             http2_goaways: counter_vec_with(
@@ -364,9 +364,9 @@ impl Default for Metrics {
 
 /// Status labels of `edgeroute_requests_total`: the common codes exactly,
 /// the rest by class. A fixed set keeps the metric's cardinality bounded.
-const STATUS_LABELS: [&str; 22] = [
+const STATUS_LABELS: [&str; 23] = [
     "0", "1xx", "2xx", "3xx", "4xx", "5xx", "200", "204", "301", "302", "304", "400", "401", "403",
-    "404", "409", "413", "429", "500", "502", "503", "504",
+    "404", "409", "413", "429", "500", "502", "503", "504", "408",
 ];
 
 fn status_index(status: u16) -> usize {
@@ -387,6 +387,7 @@ fn status_index(status: u16) -> usize {
         502 => 19,
         503 => 20,
         504 => 21,
+        408 => 22,
         s => (s / 100).min(5) as usize,
     }
 }

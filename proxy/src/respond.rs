@@ -20,6 +20,8 @@ pub enum ErrorReply {
     Refused(Refusal),
     /// Body over `limits.max_request_body` (413).
     BodyTooLarge { limit: u64 },
+    /// Body slower than `limits.min_request_body_rate` allows (408).
+    BodyTooSlow,
     /// The backend could not be reached or failed mid-way (502), or was too slow (504).
     Upstream { status: u16, code: &'static str },
     /// The client sent something the proxy cannot parse (400), and what,
@@ -42,6 +44,7 @@ impl ErrorReply {
     pub fn from_error(e: &Error) -> Self {
         match e.etype() {
             ErrorType::HTTPStatus(413) => ErrorReply::BodyTooLarge { limit: 0 },
+            ErrorType::HTTPStatus(408) => ErrorReply::BodyTooSlow,
             ErrorType::HTTPStatus(400) => {
                 ErrorReply::BadRequest(e.context.as_ref().map(|why| why.to_string()))
             }
@@ -85,6 +88,7 @@ impl ErrorReply {
         match self {
             ErrorReply::Refused(_) => 503,
             ErrorReply::BodyTooLarge { .. } => 413,
+            ErrorReply::BodyTooSlow => 408,
             ErrorReply::Upstream { status, .. } => *status,
             ErrorReply::BadRequest(_) => 400,
             ErrorReply::HeadTooLarge => 431,
@@ -103,6 +107,7 @@ impl ErrorReply {
         match self {
             ErrorReply::Refused(r) => r.code(),
             ErrorReply::BodyTooLarge { .. } => "body_too_large",
+            ErrorReply::BodyTooSlow => "body_too_slow",
             ErrorReply::Upstream { code, .. } => code,
             ErrorReply::BadRequest(_) => "bad_request",
             ErrorReply::HeadTooLarge => "request_head_too_large",
@@ -121,6 +126,9 @@ impl ErrorReply {
             }
             ErrorReply::BodyTooLarge { limit } => {
                 format!("the request body is larger than this proxy accepts ({limit} bytes)")
+            }
+            ErrorReply::BodyTooSlow => {
+                "the request body arrived more slowly than this proxy accepts".to_owned()
             }
             ErrorReply::Upstream { status: 504, .. } => {
                 "the backend did not answer in time".to_owned()

@@ -737,13 +737,33 @@ impl EdgeProxy {
         if let Some(held) = client.retry_buffer().filter(|b| !b.is_empty()) {
             up.write_body(&held).await?;
         }
-        let limit = self.state.config.limits.max_request_body;
+        let config = &self.state.config;
+        let limit = config.limits.max_request_body;
+        // The body keeps a pace, counted from the request's start (the
+        // proxy invites a body that waits for `100-continue` at once): a
+        // client that sends a byte now and then cannot hold a backend
+        // connection for long. The due time moves as bytes arrive.
+        let rate = config.limits.min_request_body_rate;
+        let since = tokio::time::Instant::from_std(ctx.started);
+        let due = config.timeouts.body_due(since, ctx.body_bytes, rate);
+        let mut pace = std::pin::pin!(tokio::time::sleep_until(due.unwrap_or(since)));
         while !client.is_body_done() {
             // A backend that answers and closes before the body is all
             // there takes no more of it: its answer goes to the client now,
             // not once the client has sent the rest.
             let read = tokio::select! {
                 read = client.read_body() => read?,
+                () = &mut pace, if due.is_some() => {
+                    ctx.reply = Some(ErrorReply::BodyTooSlow);
+                    return Err(Error::explain(
+                        ErrorType::HTTPStatus(408),
+                        format!(
+                            "request body slower than limits.min_request_body_rate after timeouts.request_body ({} bytes received)",
+                            ctx.body_bytes
+                        ),
+                    )
+                    .into_down());
+                }
                 closed = up.closed_early() => {
                     closed?;
                     return Err(Error::explain(
@@ -757,6 +777,9 @@ impl EdgeProxy {
                 break;
             };
             ctx.body_bytes += chunk.len() as u64;
+            if let Some(due) = config.timeouts.body_due(since, ctx.body_bytes, rate) {
+                pace.as_mut().reset(due);
+            }
             if ctx.body_bytes > limit {
                 ctx.reply = Some(ErrorReply::BodyTooLarge { limit });
                 return Err(Error::explain(

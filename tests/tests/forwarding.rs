@@ -737,3 +737,159 @@ async fn an_answer_broken_before_any_of_it_reached_the_client_is_a_502() {
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
 }
+
+/// What [`body_counting_backend`] saw of one request: its body whole, or
+/// the connection closed after this many of its bytes.
+#[derive(Debug, PartialEq)]
+enum BodySeen {
+    Whole(usize),
+    Cut(usize),
+}
+
+/// A backend that reads each request's `Content-Length` body and answers
+/// `200` once it is whole; what it saw of each goes on the channel.
+async fn body_counting_backend() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<BodySeen>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got).into_owned();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        if n == 0 {
+                            return;
+                        }
+                        continue;
+                    };
+                    let len: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    let body = got.len() - end - 4;
+                    if body >= len {
+                        let _ = tx.send(BodySeen::Whole(body));
+                        got.clear();
+                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if s.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    } else if n == 0 {
+                        let _ = tx.send(BodySeen::Cut(body));
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Sends a POST of `len` body bytes, `piece` bytes every `every`, and
+/// returns the proxy's answer and whether all of the body went out (a
+/// client cut off partway cannot send the rest).
+async fn post_paced(proxy: &Proxy, len: usize, piece: usize, every: Duration) -> (String, bool) {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    while sent < len {
+        tokio::time::sleep(every).await;
+        let mut buf = [0u8; 4096];
+        match s.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                answer.extend_from_slice(&buf[..n]);
+                break;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+        let n = piece.min(len - sent);
+        if s.write_all(&vec![b'x'; n]).await.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    answer.extend(until_closed_or_answered(&mut s).await);
+    (String::from_utf8_lossy(&answer).into_owned(), sent == len)
+}
+
+/// What the connection carries until a whole answer has come or it is
+/// closed.
+async fn until_closed_or_answered(s: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if complete_response(&String::from_utf8_lossy(&got)) {
+            return got;
+        }
+        match tokio::time::timeout(LIMIT, s.read(&mut buf)).await {
+            Err(_) => panic!("no answer and no close within {LIMIT:?}"),
+            Ok(Ok(0) | Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// A request body that falls behind `limits.min_request_body_rate` once
+/// `timeouts.request_body` has passed is answered 408 and its backend
+/// connection closed, though each of its bytes came well within
+/// `client_idle`; a body that keeps the pace goes through.
+#[tokio::test]
+async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
+    let (backend, mut seen) = body_counting_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra(
+            "[health]\nprobes = false\n[timeouts]\nrequest_body = \"1s\"\n\
+             [limits]\nmin_request_body_rate = \"100B/s\"\n",
+        )
+        .start()
+        .await;
+
+    // Ten times the rate asked for: due 21 s after the start, whole in 2.
+    let (answer, whole) = post_paced(&proxy, 2_000, 100, Duration::from_millis(100)).await;
+    assert!(whole, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(seen.recv().await, Some(BodySeen::Whole(2_000)));
+
+    // A byte every 200 ms: 5 bytes a second, 1 s after the start plus
+    // 10 ms a byte, so it falls behind after about a second.
+    let (answer, whole) = post_paced(&proxy, 100_000, 1, Duration::from_millis(200)).await;
+    assert!(!whole, "the whole body was taken: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(
+        answer.contains("x-edgeroute-error: body_too_slow"),
+        "{answer}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let cut = tokio::time::timeout(LIMIT, seen.recv())
+        .await
+        .expect("the backend connection was closed");
+    assert!(
+        matches!(cut, Some(BodySeen::Cut(n)) if n < 100_000),
+        "{cut:?}"
+    );
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"us-east-1\",route=\"write\",status=\"408\"}")
+            .await,
+        1.0
+    );
+}

@@ -322,7 +322,7 @@ async fn tls_with_alpn_h2_or_http1_and_forwarded_proto() {
 }
 
 /// A client that fails its TLS handshake is let go at once, and one that
-/// does not finish it within `timeouts.client_idle` when that runs out;
+/// does not begin it within `timeouts.client_idle` when that runs out;
 /// `edgeroute_tls_handshake_failures_total` counts each by reason, and
 /// not a client that closes before it says anything.
 #[tokio::test]
@@ -366,6 +366,37 @@ async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
     assert_eq!(proxy.metric(&failures("error")).await, 1.0);
 
     // The listener goes on serving.
+    assert_eq!(tls.get("/after").await.status(), 200);
+}
+
+/// A TLS handshake begun and then stalled is cut off after
+/// `timeouts.tls_handshake`, however long `client_idle` is; a connection
+/// that has said nothing yet is idle, and waits for `client_idle` (so the
+/// silent one opened first outlives the stalled one).
+#[tokio::test]
+async fn a_stalled_tls_handshake_is_cut_off_after_tls_handshake() {
+    let tls = Tls::start("[timeouts]\nclient_idle = \"1h\"\ntls_handshake = \"1s\"\n").await;
+    let proxy = &tls.proxy;
+    let silent = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut stalled = TcpStream::connect(proxy.addr).await.unwrap();
+    // A handshake record's header announcing 512 bytes, and 2 of them.
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+    assert!(until_closed(&mut stalled, GUARD).await.is_empty());
+    eventually("the stalled handshake is counted", GUARD, || async {
+        proxy
+            .metric("edgeroute_tls_handshake_failures_total{reason=\"timeout\"}")
+            .await
+            == 1.0
+    })
+    .await;
+    let mut buf = [0u8; 16];
+    assert!(
+        matches!(silent.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the silent connection is still open"
+    );
     assert_eq!(tls.get("/after").await.status(), 200);
 }
 
@@ -1075,4 +1106,53 @@ async fn a_client_over_the_connection_limit_waits_until_one_closes() {
     assert_eq!(accept_queue(proxy.addr), 0);
     assert_eq!(us.count("GET"), 3);
     drop(second);
+}
+
+/// An HTTP/2 request body that falls behind
+/// `limits.min_request_body_rate` once `timeouts.request_body` has passed
+/// is answered 408 on its stream, as an HTTP/1 one is; the connection
+/// goes on serving.
+#[tokio::test]
+async fn an_http2_request_body_slower_than_the_minimum_rate_is_answered_408() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .listener_options("h2c = true")
+        .extra("[timeouts]\nrequest_body = \"1s\"\n[limits]\nmin_request_body_rate = \"100B/s\"\n")
+        .start()
+        .await;
+    let tcp = TcpStream::connect(proxy.addr).await.unwrap();
+    let (client, conn) = ::h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let mut client = client.ready().await.unwrap();
+    let post = http::Request::post("http://localhost/upload")
+        .body(())
+        .unwrap();
+    let (answer, mut body) = client.send_request(post, false).unwrap();
+    // A byte every 200 ms: 5 bytes a second against the 100 asked for.
+    let mut answer = std::pin::pin!(answer);
+    let answer = tokio::time::timeout(GUARD, async {
+        loop {
+            tokio::select! {
+                answer = &mut answer => break answer,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {
+                    // Refused once the proxy has reset the stream's body.
+                    let _sent = body.send_data(bytes::Bytes::from_static(b"x"), false);
+                }
+            }
+        }
+    })
+    .await
+    .expect("an answer while the body was still coming")
+    .unwrap();
+    assert_eq!(answer.status(), 408);
+    assert_eq!(answer.headers()["x-edgeroute-error"], "body_too_slow");
+
+    let mut client = client.ready().await.unwrap();
+    let get = http::Request::get("http://localhost/after")
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(get, true).unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+    assert_eq!(us.count("POST"), 0, "no body reached the backend whole");
 }

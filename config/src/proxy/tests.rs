@@ -35,8 +35,11 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.timeouts.connect, Duration::from_secs(1));
     assert_eq!(c.timeouts.client_idle, Duration::from_secs(75));
     assert_eq!(c.timeouts.tunnel_idle, Duration::from_secs(3600));
+    assert_eq!(c.timeouts.tls_handshake, Duration::from_secs(10));
+    assert_eq!(c.timeouts.request_body, Some(Duration::from_secs(20)));
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.limits.max_client_connections, None);
+    assert_eq!(c.limits.min_request_body_rate, 1024);
     assert_eq!(c.retries.max_attempts, 3);
     assert_eq!(c.read_your_writes.window, Duration::from_secs(5));
     assert_eq!(c.read_your_writes.cookie, "edgeroute-ryw");
@@ -91,10 +94,13 @@ route = "anywhere"
 
 [timeouts]
 connect = "-1s"
+tls_handshake = "0s"
+request_body = "soon"
 
 [limits]
 max_request_body = "huge"
 max_client_connections = 0
+min_request_body_rate = "1KiB"
 
 [retries]
 max_attempts = 0
@@ -131,8 +137,11 @@ format = "xml"
         ("routes[0].prefix", "\"api\""),
         ("routes[0].route", "\"anywhere\""),
         ("timeouts.connect", "\"-1s\""),
+        ("timeouts.tls_handshake", "\"0s\""),
+        ("timeouts.request_body", "\"soon\""),
         ("limits.max_request_body", "\"huge\""),
         ("limits.max_client_connections", "at least 1"),
+        ("limits.min_request_body_rate", "\"1KiB\""),
         ("retries.max_attempts", "got 0"),
         ("read_your_writes.window", "\"later\""),
         ("read_your_writes.cookie", "\"a b\""),
@@ -264,6 +273,7 @@ fn client_connections_come_from_the_open_file_limit_unless_set() {
     let mut limits = Limits {
         max_request_body: 0,
         max_client_connections: None,
+        min_request_body_rate: 0,
     };
     // Half of what is left after the reserve.
     assert_eq!(limits.client_connections(20_000), 9_872);
@@ -276,4 +286,65 @@ fn client_connections_come_from_the_open_file_limit_unless_set() {
     );
     limits.max_client_connections = Some(50);
     assert_eq!(limits.client_connections(20_000), 50);
+}
+
+fn with_body_limits(request_body: &str, rate: &str) -> ProxyConfig {
+    parse(&format!(
+        "{MINIMAL}\n[timeouts]\nrequest_body = {request_body:?}\n[limits]\nmin_request_body_rate = {rate:?}\n"
+    ))
+    .expect("valid")
+}
+
+#[test]
+fn a_request_body_is_due_after_its_grace_and_a_second_per_rate_bytes() {
+    let c = with_body_limits("20s", "500B/s");
+    let t = &c.timeouts;
+    let rate = c.limits.min_request_body_rate;
+    assert_eq!(rate, 500);
+    let zero = Duration::ZERO;
+    assert_eq!(t.body_due(zero, 0, rate), Some(Duration::from_secs(20)));
+    assert_eq!(t.body_due(zero, 1_000, rate), Some(Duration::from_secs(22)));
+    assert_eq!(
+        t.body_due(zero, 250, rate),
+        Some(Duration::from_millis(20_500))
+    );
+    // A rate of 0: the whole body within the grace.
+    let whole = with_body_limits("5s", "0B/s");
+    assert_eq!(
+        whole.timeouts.body_due(zero, 1 << 30, 0),
+        Some(Duration::from_secs(5))
+    );
+    // "0s": no pace at all.
+    let off = with_body_limits("0s", "1KiB/s");
+    assert_eq!(off.timeouts.request_body, None);
+    assert_eq!(off.timeouts.body_due(zero, 0, 1024), None);
+    // Sizes in any unit bytesize reads; "/s" may follow a space.
+    assert_eq!(
+        with_body_limits("20s", "2 MiB /s")
+            .limits
+            .min_request_body_rate,
+        2 << 20
+    );
+}
+
+proptest::proptest! {
+    /// More bytes never bring a body's due time closer, it is never
+    /// before the grace has passed, and no count of bytes overflows it.
+    #[test]
+    fn a_body_due_time_grows_with_what_arrived(
+        grace_ms in 1u64..100_000,
+        rate in 0u64..u64::MAX,
+        a in 0u64..u64::MAX,
+        b in 0u64..u64::MAX,
+    ) {
+        let mut c = parse(MINIMAL).expect("valid");
+        c.timeouts.request_body = Some(Duration::from_millis(grace_ms));
+        let (less, more) = (a.min(b), a.max(b));
+        let t = &c.timeouts;
+        let due_less = t.body_due(Duration::ZERO, less, rate).expect("a pace");
+        let due_more = t.body_due(Duration::ZERO, more, rate).expect("a pace");
+        proptest::prop_assert!(due_less <= due_more);
+        proptest::prop_assert!(due_less >= Duration::from_millis(grace_ms));
+        proptest::prop_assert!(due_more <= crate::values::MAX_DURATION);
+    }
 }
