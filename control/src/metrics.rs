@@ -1,7 +1,8 @@
 //! The control plane's Prometheus metrics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct ControlMetrics {
@@ -16,6 +17,7 @@ pub struct ControlMetrics {
     pub notifications: IntCounterVec,
     pub reports: IntCounterVec,
     pub proxies_reporting: IntGauge,
+    pub proxies_forgotten: IntCounter,
     pub proxies_behind: IntGauge,
     pub automation_held: IntCounterVec,
     pub automation_failovers: IntCounterVec,
@@ -49,6 +51,13 @@ impl ControlMetrics {
         .expect("static metric definition");
         r.register(Box::new(poll_seconds.clone()))
             .expect("metric registered once");
+        let proxies_forgotten = IntCounter::new(
+            "edgeroute_control_proxies_forgotten_total",
+            "Proxies still reporting that were forgotten to make room for a new one (the registry holds 10,000)",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(proxies_forgotten.clone()))
+            .expect("metric registered once");
         ControlMetrics {
             requests: counter(
                 "edgeroute_control_requests_total",
@@ -81,13 +90,14 @@ impl ControlMetrics {
             ),
             reports: counter(
                 "edgeroute_control_proxy_reports_total",
-                "Proxy reports received, by result (accepted, invalid, full)",
+                "Proxy reports received, by result (accepted, invalid)",
                 &["result"],
             ),
             proxies_reporting: gauge(
                 "edgeroute_control_proxies_reporting",
                 "Proxies that reported within actions.proxy_max_age",
             ),
+            proxies_forgotten,
             proxies_behind: gauge(
                 "edgeroute_control_proxies_behind",
                 "Of those, proxies routing on an older table than the one served",

@@ -1,6 +1,7 @@
 //! The proxies that report to this control plane: the table each routes on
 //! and what each measures of every region. Entries age out; the registry is
-//! bounded, so a misbehaving client cannot grow it without limit.
+//! bounded, so a misbehaving client cannot grow it without limit, and a new
+//! proxy is never turned away: the one heard from longest ago makes room.
 
 use edgeroute_config::ProxyReport;
 use edgeroute_config::RoutingTable;
@@ -15,9 +16,32 @@ pub const MAX_PROXIES: usize = 10_000;
 /// Entries older than this are forgotten.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
+/// How often, at most, forgetting live proxies to make room is logged.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
 #[derive(Default)]
 pub struct Registry {
-    inner: Mutex<HashMap<String, (ProxyReport, Instant)>>,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    proxies: HashMap<String, (ProxyReport, Instant)>,
+    /// Live proxies forgotten to make room since the last warning.
+    forgotten: u64,
+    warned_at: Option<Instant>,
+}
+
+/// What recording a report did besides keeping it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// A proxy still counted as live was forgotten to make room: the
+    /// registry held [`MAX_PROXIES`] that reported within
+    /// `FORGET_AFTER`. It is back with its next report.
+    pub forgot_live: bool,
+    /// Live proxies forgotten since the last time this was set, when it
+    /// is time to say so (at most once a minute).
+    pub warn: Option<u64>,
 }
 
 /// One proxy as seen now.
@@ -51,23 +75,51 @@ impl Vote {
 }
 
 impl Registry {
-    /// Records a report; false when the registry is full of live proxies.
-    pub fn record(&self, report: ProxyReport, now: Instant) -> bool {
-        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+    /// Records a report. A new proxy always gets in: when the registry
+    /// is full, the proxies not heard from for `FORGET_AFTER` go first,
+    /// then the one heard from longest ago (a proxy that went away, or
+    /// one that reports so seldom that it is not counted anyway).
+    pub fn record(&self, report: ProxyReport, now: Instant) -> Recorded {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let mut done = Recorded::default();
+        let map = &mut inner.proxies;
         if !map.contains_key(&report.id) && map.len() >= MAX_PROXIES {
             map.retain(|_, (_, at)| now.saturating_duration_since(*at) < FORGET_AFTER);
             if map.len() >= MAX_PROXIES {
-                return false;
+                let oldest = map
+                    .iter()
+                    .min_by_key(|(_, (_, at))| *at)
+                    .map(|(id, _)| id.clone());
+                if let Some(id) = oldest {
+                    map.remove(&id);
+                }
+                done.forgot_live = true;
             }
         }
         map.insert(report.id.clone(), (report, now));
-        true
+        if done.forgot_live {
+            inner.forgotten += 1;
+            if inner
+                .warned_at
+                .is_none_or(|at| now.saturating_duration_since(at) >= WARN_EVERY)
+            {
+                inner.warned_at = Some(now);
+                done.warn = Some(std::mem::take(&mut inner.forgotten));
+            }
+        }
+        done
     }
 
-    /// Proxies that reported within `max_age`, by id.
+    /// Proxies that reported within `max_age`, by id. Those not heard from
+    /// for `FORGET_AFTER` (or `max_age`, if longer) are forgotten.
     pub fn fresh(&self, max_age: Duration, now: Instant) -> Vec<ProxyStatus> {
-        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out: Vec<ProxyStatus> = map
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let keep = FORGET_AFTER.max(max_age);
+        inner
+            .proxies
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
+        let mut out: Vec<ProxyStatus> = inner
+            .proxies
             .values()
             .filter_map(|(r, at)| {
                 let age = now.saturating_duration_since(*at);
@@ -79,6 +131,13 @@ impl Registry {
             .collect();
         out.sort_by(|a, b| a.report.id.cmp(&b.report.id));
         out
+    }
+
+    /// Proxies remembered, live or not yet forgotten.
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.proxies.len()
     }
 }
 
@@ -155,5 +214,74 @@ mod tests {
         let all = reg.fresh(Duration::from_secs(1), t0);
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].report.epoch, 2);
+    }
+
+    #[test]
+    fn a_full_registry_forgets_the_proxy_heard_from_longest_ago() {
+        let reg = Registry::default();
+        let t0 = Instant::now();
+        for i in 0..MAX_PROXIES {
+            let at = t0 + Duration::from_millis(i as u64);
+            assert_eq!(
+                reg.record(report(&format!("p{i}"), 1, 2), at),
+                Recorded::default()
+            );
+        }
+        // p0 reports again: it is now the newest, and p1 the oldest.
+        let later = t0 + Duration::from_secs(20);
+        assert!(!reg.record(report("p0", 1, 2), later).forgot_live);
+        let first = reg.record(report("new", 1, 0), later);
+        assert_eq!(
+            first,
+            Recorded {
+                forgot_live: true,
+                warn: Some(1)
+            }
+        );
+        assert_eq!(reg.remembered(), MAX_PROXIES);
+        let ids: Vec<String> = reg
+            .fresh(Duration::from_secs(60), later)
+            .into_iter()
+            .map(|p| p.report.id)
+            .collect();
+        assert!(ids.contains(&"new".to_owned()) && ids.contains(&"p0".to_owned()));
+        assert!(!ids.contains(&"p1".to_owned()), "p1 was the oldest");
+        // The next within the minute is counted, not warned of; the one
+        // after it warns of both.
+        assert_eq!(
+            reg.record(report("new2", 1, 0), later),
+            Recorded {
+                forgot_live: true,
+                warn: None
+            }
+        );
+        let minute = later + WARN_EVERY;
+        assert_eq!(
+            reg.record(report("new3", 1, 0), minute),
+            Recorded {
+                forgot_live: true,
+                warn: Some(2)
+            }
+        );
+    }
+
+    #[test]
+    fn proxies_not_heard_from_are_forgotten_without_waiting_for_a_full_registry() {
+        let reg = Registry::default();
+        let t0 = Instant::now();
+        reg.record(report("gone", 1, 2), t0);
+        reg.record(report("here", 1, 2), t0 + FORGET_AFTER);
+        let later = t0 + FORGET_AFTER + Duration::from_secs(1);
+        assert_eq!(reg.fresh(Duration::from_secs(60), later).len(), 1);
+        assert_eq!(reg.remembered(), 1, "the entry past FORGET_AFTER is gone");
+        // A full registry of proxies past FORGET_AFTER makes room by age
+        // alone: no live proxy is forgotten.
+        let reg = Registry::default();
+        for i in 0..MAX_PROXIES {
+            reg.record(report(&format!("p{i}"), 1, 2), t0);
+        }
+        reg.record(report("live", 1, 2), later);
+        assert_eq!(reg.record(report("new", 1, 2), later), Recorded::default());
+        assert_eq!(reg.remembered(), 2);
     }
 }

@@ -318,20 +318,19 @@ async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     };
     match ProxyReport::from_json(&body) {
         Ok(r) => {
-            if state.registry.record(r, Instant::now()) {
-                state.metrics.reports.with_label_values(&["accepted"]).inc();
-                reply(StatusCode::NO_CONTENT, "application/json", Bytes::new())
-            } else {
-                state.metrics.reports.with_label_values(&["full"]).inc();
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "registry_full",
-                    &format!(
-                        "{} proxies are reporting already",
-                        crate::registry::MAX_PROXIES
-                    ),
-                )
+            let recorded = state.registry.record(r, Instant::now());
+            state.metrics.reports.with_label_values(&["accepted"]).inc();
+            if recorded.forgot_live {
+                state.metrics.proxies_forgotten.inc();
             }
+            if let Some(n) = recorded.warn {
+                tracing::warn!(
+                    forgotten = n,
+                    max = crate::registry::MAX_PROXIES,
+                    "the registry of reporting proxies is full: the proxies heard from longest ago were forgotten to make room (they count again with their next report); more proxy ids report than it holds, as when proxies restart often under new ids"
+                );
+            }
+            reply(StatusCode::NO_CONTENT, "application/json", Bytes::new())
         }
         Err(why) => {
             state.metrics.reports.with_label_values(&["invalid"]).inc();
