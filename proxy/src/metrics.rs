@@ -261,13 +261,13 @@ impl Metrics {
                 &r,
                 "edgeroute_backend_up",
                 "1 when the backend is in rotation",
-                &["region", "backend"],
+                &["region", "backend", "address"],
             ),
             backend_inflight: gauge_vec(
                 &r,
                 "edgeroute_backend_inflight",
                 "Requests in flight on the backend",
-                &["region", "backend"],
+                &["region", "backend", "address"],
             ),
             tls_certificate_expiry: gauge_vec(
                 &r,
@@ -327,8 +327,11 @@ impl Metrics {
         self.backend_latency.reset();
         self.region_latency.reset();
         for region in &topology.regions {
+            // A name may stand for several addresses, each a backend of
+            // its own: one series per address.
             for b in region.backends().iter() {
-                let labels = [&*region.name, b.label.as_str()];
+                let addr = b.addr.to_string();
+                let labels = [&*region.name, b.label.as_str(), addr.as_str()];
                 self.backend_up
                     .with_label_values(&labels)
                     .set(i64::from(b.in_rotation(now)));
@@ -336,10 +339,7 @@ impl Metrics {
                     .with_label_values(&labels)
                     .set(i64::from(b.inflight()));
                 if let Some(l) = b.measured_latency(now) {
-                    let addr = b.addr.to_string();
-                    self.backend_latency
-                        .with_label_values(&[&*region.name, b.label.as_str(), addr.as_str()])
-                        .set(l);
+                    self.backend_latency.with_label_values(&labels).set(l);
                 }
             }
             if let Some(l) = region.latency(now) {

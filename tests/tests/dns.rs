@@ -139,3 +139,52 @@ async fn a_region_takes_at_most_64_of_the_addresses_its_names_resolve_to() {
         "no request reaches an address past the limit"
     );
 }
+
+/// Each address a backend name resolves to has its own
+/// `edgeroute_backend_up` series: one address down and one up shows as
+/// such, not as whichever was written last.
+#[tokio::test]
+async fn each_address_of_a_backend_name_has_its_own_gauges() {
+    let up = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let port = up.addr.port();
+    // Nothing listens on 127.0.0.3 at that port: its probes fail.
+    let dns = DnsServer::start().await;
+    dns.set(
+        NAME,
+        &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
+    );
+    let proxy = proxy_resolving(&dns, port).await;
+    let series = |ip: &str, name: &str| {
+        format!("{name}{{address=\"{ip}:{port}\",backend=\"{NAME}:{port}\",region=\"us-east-1\"}}")
+    };
+    eventually(
+        "one address in rotation, the other out",
+        Duration::from_secs(15),
+        || async {
+            proxy
+                .metric(&series("127.0.0.2", "edgeroute_backend_up"))
+                .await
+                == 1.0
+                && proxy
+                    .metric(&series("127.0.0.3", "edgeroute_backend_up"))
+                    .await
+                    == 0.0
+        },
+    )
+    .await;
+    let text = client()
+        .get(proxy.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["edgeroute_backend_up", "edgeroute_backend_inflight"] {
+        let rows = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("{name}{{")))
+            .count();
+        assert_eq!(rows, 2, "{name}:\n{text}");
+    }
+}
