@@ -160,6 +160,27 @@ impl ControlView {
     }
 }
 
+/// Who runs this process, for the history and the notifications:
+/// `EDGEROUTE_OPERATOR` when set (a name of the operator's choosing, as on
+/// a shared bastion account), else the login name (the one `sudo` was run
+/// by, under `sudo`) and the host, as `user@host`. Control characters are
+/// dropped and it is cut at 128 characters.
+pub fn operator() -> String {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let who = var("EDGEROUTE_OPERATOR").unwrap_or_else(|| {
+        let user = var("SUDO_USER")
+            .or_else(|| var("USER"))
+            .or_else(|| var("LOGNAME"))
+            .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "unknown-host".into());
+        format!("{user}@{host}")
+    });
+    who.chars().filter(|c| !c.is_control()).take(128).collect()
+}
+
 /// How steps are shown as they happen.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Output {
@@ -171,6 +192,9 @@ pub enum Output {
 
 /// The steps of one operation, timed from the request.
 pub struct Timeline {
+    id: String,
+    by: &'static str,
+    operator: String,
     started: Instant,
     started_ms: u64,
     steps: Vec<Step>,
@@ -179,13 +203,33 @@ pub struct Timeline {
 }
 
 impl Timeline {
-    fn new(out: Output) -> Timeline {
+    fn new(runner: &Runner) -> Timeline {
         Timeline {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            by: runner.by,
+            operator: runner.operator.clone(),
             started: Instant::now(),
             started_ms: crate::source::now_ms(),
             steps: Vec::new(),
-            out,
+            out: runner.out,
             prefix: "",
+        }
+    }
+
+    /// The operation as it stands: `error`, or done if none.
+    fn operation(&self, kind: Kind, summary: String, error: Option<String>) -> Operation {
+        Operation {
+            id: self.id.clone(),
+            kind,
+            by: self.by.to_owned(),
+            operator: self.operator.clone(),
+            summary,
+            started_ms: self.started_ms,
+            ok: error.is_none(),
+            error,
+            duration_seconds: self.started.elapsed().as_secs_f64(),
+            timeline: self.steps.clone(),
+            finished: true,
         }
     }
 
@@ -203,18 +247,8 @@ impl Timeline {
         });
     }
 
-    fn finish(self, kind: Kind, by: &str, summary: String, error: Option<String>) -> Operation {
-        Operation {
-            kind,
-            by: by.to_owned(),
-            summary,
-            started_ms: self.started_ms,
-            ok: error.is_none(),
-            error,
-            duration_seconds: self.started.elapsed().as_secs_f64(),
-            timeline: self.steps,
-            finished: true,
-        }
+    fn finish(self, kind: Kind, summary: String, error: Option<String>) -> Operation {
+        self.operation(kind, summary, error)
     }
 }
 
@@ -369,12 +403,16 @@ pub fn describe(
                     } else {
                         format!("FAILED: {}", o.error.as_deref().unwrap_or("?"))
                     };
+                    let who = if o.operator.is_empty() {
+                        o.by.clone()
+                    } else {
+                        format!("{} ({})", o.by, o.operator)
+                    };
                     format!(
-                        "{} — {}, {result}, {:.1} s, by {}",
+                        "{} — {}, {result}, {:.1} s, by {who}",
                         o.when(now),
                         o.summary,
                         o.duration_seconds,
-                        o.by
                     )
                 })
             };
@@ -423,6 +461,8 @@ pub struct Runner {
     pub proxy_max_age: Duration,
     /// `cli` or `automation`.
     pub by: &'static str,
+    /// Who runs it (see [`operator`]).
+    pub operator: String,
     pub out: Output,
     /// Move the writer even to a region Route 53 reports unhealthy.
     pub to_unhealthy: bool,
@@ -498,20 +538,15 @@ impl Runner {
     /// Records an operation AWS accepted, before following it: if this
     /// process stops before the end, the history still says it ran.
     fn begin(&self, tl: &Timeline, kind: Kind, summary: &str) {
-        let op = Operation {
+        let mut op = tl.operation(
             kind,
-            by: self.by.to_owned(),
-            summary: summary.to_owned(),
-            started_ms: tl.started_ms,
-            ok: false,
-            error: Some(
+            summary.to_owned(),
+            Some(
                 "did not finish: the process following it stopped; check `edgeroute-control status`"
                     .into(),
             ),
-            duration_seconds: tl.started.elapsed().as_secs_f64(),
-            timeline: tl.steps.clone(),
-            finished: false,
-        };
+        );
+        op.finished = false;
         self.record(&op);
     }
 
@@ -638,15 +673,13 @@ impl Runner {
             return Ok(self.dry_run_record(kind, summary));
         }
         let before = self.before_change(plan.planned).await?;
-        let mut tl = Timeline::new(self.out);
+        let mut tl = Timeline::new(self);
         self.say(&summary);
         let error = self
             .run_move(&mut tl, kind, &plan, &summary, &before)
             .await
             .err();
-        Ok(self
-            .conclude(tl.finish(kind, self.by, summary, error))
-            .await)
+        Ok(self.conclude(tl.finish(kind, summary, error)).await)
     }
 
     /// A switchover to `to` and back to the writer region of now.
@@ -674,7 +707,7 @@ impl Runner {
         }
         let before = self.before_change(true).await?;
         self.say(&summary);
-        let mut tl = Timeline::new(self.out);
+        let mut tl = Timeline::new(self);
         tl.prefix = "there: ";
         let mut error = self
             .run_move(&mut tl, Kind::Drill, &there, &summary, &before)
@@ -693,9 +726,7 @@ impl Runner {
             };
         }
         tl.prefix = "";
-        Ok(self
-            .conclude(tl.finish(Kind::Drill, self.by, summary, error))
-            .await)
+        Ok(self.conclude(tl.finish(Kind::Drill, summary, error)).await)
     }
 
     fn move_steps(&self, plan: &MovePlan) -> Vec<String> {
@@ -748,11 +779,11 @@ impl Runner {
     /// Already as asked: said, not recorded, and a success.
     fn nothing_to_do(&self, kind: Kind, why: String) -> Operation {
         self.say(&format!("{why}; nothing to do"));
-        Timeline::new(self.out).finish(kind, self.by, why, None)
+        Timeline::new(self).finish(kind, why, None)
     }
 
     fn dry_run_record(&self, kind: Kind, summary: String) -> Operation {
-        Timeline::new(self.out).finish(kind, self.by, format!("dry run: {summary}"), None)
+        Timeline::new(self).finish(kind, format!("dry run: {summary}"), None)
     }
 
     /// What a change starts from: the table and the proxies. Refuses when
@@ -1193,6 +1224,28 @@ impl Runner {
         )
     }
 
+    /// Puts back the weight a drain Route 53 refused found kept for
+    /// `region` (`kept_before`: what was there; none when the drain kept
+    /// nothing): the history holds no weight of a drain that never was.
+    fn forget_kept_weight(&self, region: &str, kept_before: Option<Option<i64>>) {
+        let Some(before) = kept_before else {
+            return;
+        };
+        let put_back = History::update(&self.history_file, |h| match before {
+            Some(w) => {
+                h.weights_before_drain.insert(region.to_owned(), w);
+            }
+            None => {
+                h.weights_before_drain.remove(region);
+            }
+        });
+        if let Err(e) = put_back {
+            self.warn(&format!(
+                "{e}: the weight this drain kept for {region} stays in the history file, though nothing changed"
+            ));
+        }
+    }
+
     /// Changes the records of `region` in one Route 53 batch. The batch
     /// also deletes and creates again, unchanged, the records of `left_serving`
     /// as read: Route 53 refuses a whole batch when a record it deletes is
@@ -1338,11 +1391,13 @@ impl Runner {
         let before = self.before_change(true).await?;
         self.say(&summary);
         let deadline = self.deadline();
-        let mut tl = Timeline::new(self.out);
-        // What undrain needs is kept before anything changes.
+        let mut tl = Timeline::new(self);
+        // What undrain needs is kept before anything changes, and what was
+        // there before goes back should Route 53 refuse the change.
+        let mut kept_before = None;
         History::update(&self.history_file, |h| match &change {
             RecordChange::Weight { from, .. } if kind == Kind::Drain => {
-                h.weights_before_drain.insert(region.to_owned(), *from);
+                kept_before = Some(h.weights_before_drain.insert(region.to_owned(), *from));
             }
             _ => {}
         })
@@ -1371,11 +1426,10 @@ impl Runner {
                     "requested",
                     format!("ChangeResourceRecordSets answered with an error ({e}), but Route 53 shows the change made"),
                 ),
-                Err(e) if guards > 0 => return Err(format!(
-                    "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
-                    left_serving.join(", ")
-                )),
-                Err(e) => return Err(format!("Route 53 refused the change: {e}")),
+                Err(e) => {
+                    self.forget_kept_weight(region, kept_before);
+                    return Err(refused(&e, guards, left_serving));
+                }
             }
             self.begin(&tl, kind, &summary);
             let table = self
@@ -1412,9 +1466,19 @@ impl Runner {
         }
         .await
         .err();
-        Ok(self
-            .conclude(tl.finish(kind, self.by, summary, error))
-            .await)
+        Ok(self.conclude(tl.finish(kind, summary, error)).await)
+    }
+}
+
+/// What a record change Route 53 refused says.
+fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> String {
+    if guards > 0 {
+        format!(
+            "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
+            left_serving.join(", ")
+        )
+    } else {
+        format!("Route 53 refused the change: {e}")
     }
 }
 

@@ -88,9 +88,16 @@ impl Kind {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Operation {
+    /// Names this operation among all others, also in other machines'
+    /// history files (empty in entries written before ids were kept).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub kind: Kind,
     /// `cli` or `automation`.
     pub by: String,
+    /// Who ran it, as `user@host` (see [`crate::actions::operator`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub operator: String,
     /// One line: what was asked.
     pub summary: String,
     /// Unix milliseconds when it was requested.
@@ -192,16 +199,18 @@ impl History {
         });
     }
 
-    /// Keeps `op` in place of the entry with its start time and kind, or
-    /// adds it: an operation is written when it starts (so a crash leaves
-    /// a record saying it did not finish) and again when it ends.
+    /// Keeps `op` in place of the entry with its id, or adds it: an
+    /// operation is written when it starts (so a crash leaves a record
+    /// saying it did not finish) and again when it ends.
     pub fn put(&mut self, op: Operation) {
-        match self
-            .operations
-            .iter_mut()
-            .rev()
-            .find(|o| o.started_ms == op.started_ms && o.kind == op.kind && o.by == op.by)
-        {
+        let same = |o: &Operation| {
+            if op.id.is_empty() {
+                o.started_ms == op.started_ms && o.kind == op.kind && o.by == op.by
+            } else {
+                o.id == op.id
+            }
+        };
+        match self.operations.iter_mut().rev().find(|o| same(o)) {
             Some(slot) => *slot = op,
             None => self.operations.push(op),
         }
@@ -275,8 +284,10 @@ mod tests {
 
     fn op(kind: Kind, started_ms: u64) -> Operation {
         Operation {
+            id: format!("{}-{started_ms}", kind.as_str()),
             kind,
             by: "cli".into(),
+            operator: "alice@bastion".into(),
             summary: kind.as_str().into(),
             started_ms,
             ok: true,
@@ -364,6 +375,31 @@ mod tests {
         let h = History::load(&path).unwrap();
         assert_eq!(h.operations.len(), 1);
         assert!(h.operations[0].ok);
+
+        // Two of one kind started in the same millisecond (two operators
+        // sharing a file) are two entries: each is found by its id.
+        let mut other = op(Kind::Failover, 7);
+        other.id = "another".into();
+        other.ok = false;
+        History::update(&path, |h| h.put(other.clone())).unwrap();
+        other.ok = true;
+        History::update(&path, |h| h.put(other)).unwrap();
+        let h = History::load(&path).unwrap();
+        assert_eq!(h.operations.len(), 2);
+        assert!(h.operations.iter().all(|o| o.ok));
+        // An entry written before ids were kept is still found by its
+        // start, kind and author.
+        let mut old = op(Kind::Drain, 9);
+        old.id.clear();
+        old.ok = false;
+        History::update(&path, |h| h.put(old.clone())).unwrap();
+        old.ok = true;
+        History::update(&path, |h| h.put(old)).unwrap();
+        let h = History::load(&path).unwrap();
+        assert_eq!(h.operations.len(), 3);
+        assert!(h.operations[2].ok);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"operator\": \"alice@bastion\""), "{text}");
     }
 
     #[test]

@@ -241,6 +241,7 @@ async fn runner(
         poll: FOLLOW_POLL,
         proxy_max_age: cfg.actions.proxy_max_age,
         by,
+        operator: edgeroute_control::actions::operator(),
         out,
         to_unhealthy: false,
         sending: Default::default(),

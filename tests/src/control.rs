@@ -191,6 +191,22 @@ impl ControlPlane {
         ran
     }
 
+    /// The history file the commands keep (`elsewhere`: that of
+    /// [`ControlPlane::command_elsewhere`]), as JSON; `null` when none was
+    /// written.
+    pub fn history(&self, elsewhere: bool) -> Value {
+        let dir = if elsewhere {
+            self.dir.join("elsewhere")
+        } else {
+            self.dir.clone()
+        };
+        match std::fs::read_to_string(dir.join("history.json")) {
+            Ok(text) => serde_json::from_str(&text).expect("a history file of JSON"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
+            Err(e) => panic!("cannot read the history file: {e}"),
+        }
+    }
+
     /// A proxy that takes its table from this control plane and reports to
     /// it every `report_interval`.
     pub fn proxy(

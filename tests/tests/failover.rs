@@ -4,7 +4,7 @@
 //! runs, drills, and the notifications each sends.
 
 use aws_sdk_route53::types::{ChangeAction, RrType};
-use edgeroute_tests::control::{ControlPlane, ScriptedControl};
+use edgeroute_tests::control::{ControlPlane, Ran, ScriptedControl};
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
 use edgeroute_tests::webhook::Webhook;
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
@@ -84,6 +84,43 @@ impl Env {
         }
     }
 
+    /// With automated failover on (after 1 s, lag within 1 s, at most
+    /// one writer move an hour) and a proxy in each of `local` reporting.
+    async fn automated(local: [&str; 2]) -> (Env, Vec<Proxy>) {
+        let env = Env::start(Some(
+            "enabled = true\nafter = \"1s\"\nmax_replication_lag = \"1s\"\nmin_interval = \"1h\"",
+        ))
+        .await;
+        let mut proxies = Vec::new();
+        for region in local {
+            proxies.push(env.proxy(region).await);
+        }
+        env.wait_for_proxies(2).await;
+        (env, proxies)
+    }
+
+    /// eu-west-1, the writer's region, fails by both health sources
+    /// within `min_interval` of the last writer move: the automation holds
+    /// and the writer stays.
+    async fn eu_fails_and_the_automation_holds(&self) {
+        self.route53_fails("eu-west-1").await;
+        self.origins["eu-west-1"].set_health(503);
+        eventually(
+            "automation holds: too soon after the last writer move",
+            WAIT,
+            || async {
+                self.metric("edgeroute_control_automation_held_total{reason=\"min_interval\"}")
+                    .await
+                    >= 1.0
+            },
+        )
+        .await;
+        assert_eq!(
+            moto::writer(&self.moto).await,
+            ("eu-west-1".to_owned(), false)
+        );
+    }
+
     async fn proxy(&self, local: &str) -> Proxy {
         let mut b = ProxyBuilder::new(local);
         for r in REGIONS {
@@ -115,6 +152,33 @@ impl Env {
 
     async fn metric(&self, sample: &str) -> f64 {
         self.cp.metric(sample).await
+    }
+
+    /// Drains us-east-1, then eu-west-1 here and ap-southeast-1 from
+    /// another machine at once, each judged safe on a read made before
+    /// the other's change; one goes through. Their outcomes, eu first.
+    async fn drain_us_then_the_others_at_once(&self) -> (Ran, Ran) {
+        self.cp
+            .command(&["drain", "us-east-1"])
+            .await
+            .assert_ok_saying(&["completed"]);
+        self.moto.hold("ChangeResourceRecordSets").await;
+        let (eu, ap, ()) = tokio::join!(
+            self.cp.command(&["drain", "eu-west-1"]),
+            self.cp.command_elsewhere(&["drain", "ap-southeast-1"]),
+            async {
+                // Both read the zone, found the other region serving, and
+                // sent their change; then Route 53 takes them one after
+                // the other.
+                eventually("both drains sent their change", WAIT, || async {
+                    self.moto.held("ChangeResourceRecordSets").await == 2
+                })
+                .await;
+                self.moto.release("ChangeResourceRecordSets").await;
+            }
+        );
+        assert!(eu.ok != ap.ok, "one drain went through: {eu:?} {ap:?}");
+        (eu, ap)
     }
 }
 
@@ -348,14 +412,8 @@ async fn a_planned_switchover_under_writes_fences_every_write_and_prints_the_tim
 
 #[tokio::test]
 async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold() {
-    let env = Env::start(Some(
-        "enabled = true\nafter = \"1s\"\nmax_replication_lag = \"1s\"\nmin_interval = \"1h\"",
-    ))
-    .await;
+    let (env, _proxies) = Env::automated(["eu-west-1", "ap-southeast-1"]).await;
     let cp = &env.cp;
-    let _eu = env.proxy("eu-west-1").await;
-    let _ap = env.proxy("ap-southeast-1").await;
-    env.wait_for_proxies(2).await;
     let held =
         |reason: &str| format!("edgeroute_control_automation_held_total{{reason=\"{reason}\"}}");
 
@@ -418,18 +476,7 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
     assert_eq!(status["last_failover"]["kind"], "failover");
 
     // The new primary fails too, within the minimum interval: held.
-    env.route53_fails("eu-west-1").await;
-    env.origins["eu-west-1"].set_health(503);
-    eventually(
-        "automation holds: too soon after the last failover",
-        WAIT,
-        || async { env.metric(&held("min_interval")).await >= 1.0 },
-    )
-    .await;
-    assert_eq!(
-        moto::writer(&env.moto).await,
-        ("eu-west-1".to_owned(), false)
-    );
+    env.eu_fails_and_the_automation_holds().await;
     assert_eq!(
         env.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
             .await
@@ -680,6 +727,8 @@ async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() 
     status.assert_ok_saying(&[
         "last failover test (drill): 20",
         "us-east-1 → eu-west-1 → us-east-1",
+        // Who ran it: `user@host`.
+        "by cli (",
     ]);
     assert!(
         status
@@ -869,25 +918,7 @@ async fn a_weighted_drain_keeps_its_weight_where_any_command_line_finds_it() {
 #[tokio::test]
 async fn two_drains_at_once_cannot_take_the_last_regions_out_of_dns() {
     let env = Env::start(None).await;
-    env.cp
-        .command(&["drain", "us-east-1"])
-        .await
-        .assert_ok_saying(&["completed"]);
-    env.moto.hold("ChangeResourceRecordSets").await;
-    let (eu, ap, ()) = tokio::join!(
-        env.cp.command(&["drain", "eu-west-1"]),
-        env.cp.command_elsewhere(&["drain", "ap-southeast-1"]),
-        async {
-            // Both read the zone, found the other region serving, and sent
-            // their change; then Route 53 takes them one after the other.
-            eventually("both drains sent their change", WAIT, || async {
-                env.moto.held("ChangeResourceRecordSets").await == 2
-            })
-            .await;
-            env.moto.release("ChangeResourceRecordSets").await;
-        }
-    );
-    assert!(eu.ok != ap.ok, "one drain went through: {eu:?} {ap:?}");
+    let (eu, ap) = env.drain_us_then_the_others_at_once().await;
     let refused = if eu.ok { &ap } else { &eu };
     let said = format!("{}{}", refused.stdout, refused.stderr);
     assert!(
@@ -901,6 +932,46 @@ async fn two_drains_at_once_cannot_take_the_last_regions_out_of_dns() {
         2,
         "us-east-1 and one other region are drained, not all three"
     );
+}
+
+/// Two weighted drains at once: the one Route 53 refuses leaves no weight
+/// kept in its history file (nothing was drained), and each history entry
+/// says who ran it and has an id of its own.
+#[tokio::test]
+async fn a_refused_weighted_drain_keeps_no_weight_and_each_entry_names_its_operator() {
+    let env = Env::start(None).await;
+    for r in REGIONS {
+        env.weighted(r, &[(RrType::A, 40)]).await;
+    }
+    eventually("every region weighted", WAIT, || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .is_some_and(|rs| rs.len() == 3 && rs.iter().all(|r| r["weight"] == 40))
+    })
+    .await;
+    let (eu, _) = env.drain_us_then_the_others_at_once().await;
+    let (refused, elsewhere) = if eu.ok {
+        ("ap-southeast-1", true)
+    } else {
+        ("eu-west-1", false)
+    };
+    let history = env.cp.history(elsewhere);
+    let kept = &history["weights_before_drain"];
+    assert!(kept.get(refused).is_none(), "{history:#}");
+    let main = env.cp.history(false);
+    assert_eq!(main["weights_before_drain"]["us-east-1"], 40, "{main:#}");
+
+    let mut ids = std::collections::HashSet::new();
+    for h in [main, env.cp.history(true)] {
+        for op in h["operations"].as_array().unwrap() {
+            assert!(
+                op["operator"].as_str().is_some_and(|o| o.contains('@')),
+                "{op:#}"
+            );
+            assert!(ids.insert(op["id"].as_str().unwrap().to_owned()), "{op:#}");
+        }
+    }
+    assert_eq!(ids.len(), 3, "three drains recorded");
 }
 
 /// A writer move is planned from a read of AWS that the replication-lag
