@@ -6,8 +6,9 @@
 //!
 //! Guardrails: never while a writer change runs (ours or anyone's, as AWS
 //! reports it); never within `automation.min_interval` of the last writer
-//! move (from this process or the history file); never when the two
-//! sources disagree.
+//! move (in the history file, made by this process, or seen in AWS: a
+//! move made from another machine counts from when it was seen); never
+//! when the two sources disagree.
 
 use crate::actions::Runner;
 use crate::history::History;
@@ -182,10 +183,23 @@ pub async fn run(
     // The proxies report every few seconds: until they have had the time to,
     // their silence is no vote.
     let started = Instant::now();
+    // The region the writer was last seen in. A move seen here starts the
+    // minimum interval whoever made it: an operator's command run on
+    // another machine keeps a history file of its own.
+    let mut seen_primary: Option<String> = None;
     while views.changed().await.is_ok() {
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
         };
+        if let Some(primary) = &view.primary_region {
+            if let Some(before) = seen_primary.as_ref().filter(|b| *b != primary) {
+                let now = SystemTime::now();
+                let mut last = last_move.lock().unwrap_or_else(|p| p.into_inner());
+                *last = (*last).max(Some(now));
+                tracing::info!(from = %before, to = %primary, "the writer moved: automated failover waits automation.min_interval from now");
+            }
+            seen_primary = Some(primary.clone());
+        }
         if started.elapsed() < max_age {
             continue;
         }

@@ -493,6 +493,29 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
     ]);
 }
 
+/// A writer move made from another machine, whose history file the
+/// control plane cannot read, still starts `min_interval`: the automation
+/// sees the writer move in AWS, and holds when the new primary fails soon
+/// after, rather than move the writer again.
+#[tokio::test]
+async fn an_operators_move_from_another_machine_holds_the_automation_for_min_interval() {
+    let (env, _proxies) = Env::automated(["us-east-1", "ap-southeast-1"]).await;
+    let cp = &env.cp;
+    cp.command_elsewhere(&["failover", "--to", "eu-west-1"])
+        .await
+        .assert_ok_saying(&["completed"]);
+    assert!(
+        cp.history(false).is_null(),
+        "the control plane's history file knows nothing of the move"
+    );
+    env.eu_fails_and_the_automation_holds().await;
+    assert_eq!(
+        env.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
+            .await,
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn drain_moves_reads_away_and_undrain_brings_them_back() {
     let env = Env::start(None).await;
