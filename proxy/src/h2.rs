@@ -156,8 +156,16 @@ impl EdgeProxy {
                         }
                         Ok(None) => break,
                         Err(e) => {
-                            // A client may leave without closing HTTP/2 first.
-                            tracing::debug!(error = %e, "HTTP/2 connection ended");
+                            // The h2 library tells a client that breaks the
+                            // protocol or its limits (resets, header lists)
+                            // to go away itself. A client may also leave
+                            // without closing HTTP/2 first.
+                            if sent_goaway(&e) {
+                                self.count_goaway("protocol_error");
+                                tracing::info!(error = %e, "HTTP/2 client told to go away for a protocol error");
+                            } else {
+                                tracing::debug!(error = %e, "HTTP/2 connection ended");
+                            }
                             break;
                         }
                     }
@@ -197,6 +205,14 @@ impl EdgeProxy {
             .with_label_values(&[reason])
             .inc();
     }
+}
+
+/// Whether an HTTP/2 connection's error is a GOAWAY this side sent.
+fn sent_goaway(e: &pingora_error::Error) -> bool {
+    e.cause
+        .as_deref()
+        .and_then(|c| c.downcast_ref::<::h2::Error>())
+        .is_some_and(|h2| h2.is_go_away() && !h2.is_remote())
 }
 
 /// How often a connection that is ending looks whether its client's TCP

@@ -222,8 +222,11 @@ impl Metrics {
             http2_goaways: counter_vec_with(
                 &r,
                 "edgeroute_http2_goaways_total",
-                "HTTP/2 client connections told to go away: no stream open for timeouts.client_idle (idle), the proxy shutting down (shutdown), too many malformed streams (malformed)",
-                ("reason", &["idle", "shutdown", "malformed"]),
+                "HTTP/2 client connections told to go away: no stream open for timeouts.client_idle (idle), the proxy shutting down (shutdown), too many malformed streams (malformed), a breach of the protocol or of its limits by the client (protocol_error)",
+                (
+                    "reason",
+                    &["idle", "shutdown", "malformed", "protocol_error"],
+                ),
             ),
             tls_certificate_reloads: counter_vec_with(
                 &r,

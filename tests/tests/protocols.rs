@@ -1156,3 +1156,23 @@ async fn an_http2_request_body_slower_than_the_minimum_rate_is_answered_408() {
     assert_eq!(answer.await.unwrap().status(), 200);
     assert_eq!(us.count("POST"), 0, "no body reached the backend whole");
 }
+
+/// A client that breaks HTTP/2 (here, DATA on stream 0) is told to go
+/// away by the protocol library itself; that GOAWAY is counted too.
+#[tokio::test]
+async fn a_goaway_for_a_protocol_error_is_counted() {
+    let us = Origin::start(US).await;
+    let (proxy, mut conn) = h2c_raw(&us, "10m").await;
+    let reason = "edgeroute_http2_goaways_total{reason=\"protocol_error\"}";
+    assert_eq!(proxy.metric(reason).await, 0.0);
+    conn.write_all(&Frame::encode(h2::DATA, 0, 0, b"x"))
+        .await
+        .unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| f.kind == GOAWAY).await;
+    const PROTOCOL_ERROR: u32 = 0x1;
+    assert_eq!(frames.last().unwrap().error_code(), PROTOCOL_ERROR);
+    eventually("the GOAWAY is counted", GUARD, || async {
+        proxy.metric(reason).await == 1.0
+    })
+    .await;
+}
