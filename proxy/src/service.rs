@@ -737,12 +737,16 @@ impl EdgeProxy {
         if let Some(held) = client.retry_buffer().filter(|b| !b.is_empty()) {
             up.write_body(&held).await?;
         }
+        if client.is_body_done() {
+            return up.finish_request().await;
+        }
         let config = &self.state.config;
         let limit = config.limits.max_request_body;
         // The body keeps a pace, counted from the request's start (the
         // proxy invites a body that waits for `100-continue` at once): a
         // client that sends a byte now and then cannot hold a backend
-        // connection for long. The due time moves as bytes arrive.
+        // connection for long. The due time moves as bytes arrive. (A
+        // request without a body sets up no timer.)
         let rate = config.limits.min_request_body_rate;
         let since = tokio::time::Instant::from_std(ctx.started);
         let due = config.timeouts.body_due(since, ctx.body_bytes, rate);
