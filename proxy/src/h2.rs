@@ -21,8 +21,11 @@
 //!   window update as it reads) is answered with a reset that throws away
 //!   what the kernel still held for it.
 //! - A client whose streams are refused as malformed [`MALFORMED_STREAMS`]
-//!   times is told to go away with `ENHANCE_YOUR_CALM`, and disconnected.
+//!   times is told to go away with `ENHANCE_YOUR_CALM`, and disconnected;
+//!   so is one that sends more control frames than its budget allows (see
+//!   [`crate::h2_budget`]).
 
+use crate::h2_budget::Budget;
 use crate::service::EdgeProxy;
 use async_trait::async_trait;
 use pingora_core::protocols::http::ServerSession;
@@ -40,6 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 /// How long a connection told to go away is kept, with no stream open,
@@ -84,7 +88,8 @@ impl EdgeProxy {
             proxy_digest: stream.get_proxy_digest(),
             socket_digest: stream.get_socket_digest(),
         });
-        let stream = Counted::new(stream);
+        let overspent = Arc::new(Notify::new());
+        let stream = Counted::new(stream, Arc::clone(&overspent));
         let taken = Taken {
             written: Arc::clone(&stream.written),
             socket: digest.socket_digest.clone(),
@@ -123,6 +128,16 @@ impl EdgeProxy {
                     self.count_goaway("shutdown");
                     conn.graceful_shutdown();
                     closing = Some(Drain::start(idle, &taken));
+                }
+                () = overspent.notified() => {
+                    tracing::info!(
+                        "closing an HTTP/2 connection whose client sends more control frames (PING, SETTINGS, WINDOW_UPDATE, ...) than its requests account for"
+                    );
+                    // Its bytes are no longer read; the GOAWAY goes out, its
+                    // streams are reset, and the connection ends.
+                    conn.abrupt_shutdown(::h2::Reason::ENHANCE_YOUR_CALM);
+                    self.count_goaway("flood");
+                    closing.get_or_insert_with(|| Drain::start(idle, &taken));
                 }
                 Some(done) = streams.join_next() => {
                     if let Err(e) = done
@@ -293,25 +308,47 @@ impl Taken {
     }
 }
 
-/// The connection under HTTP/2, counting the bytes written to it: a
-/// connection told to go away is kept while its client still takes them.
+/// The connection under HTTP/2, counting the bytes written to it (a
+/// connection told to go away is kept while its client still takes them)
+/// and keeping its client to its budget of control frames (see
+/// [`crate::h2_budget`]): once that is overspent, `overspent` is notified
+/// and no more of the client's bytes are read.
 #[derive(Debug)]
 struct Counted {
     io: Stream,
     written: Arc<AtomicU64>,
+    budget: Budget,
+    overspent: Arc<Notify>,
 }
 
 impl Counted {
-    fn new(io: Stream) -> Self {
+    fn new(io: Stream, overspent: Arc<Notify>) -> Self {
         Counted {
             io,
             written: Arc::new(AtomicU64::new(0)),
+            // The client's bytes begin with HTTP/2's preface.
+            budget: Budget::new(true, std::time::Instant::now()),
+            overspent,
         }
     }
 
-    fn count(&self, polled: Poll<std::io::Result<usize>>) -> Poll<std::io::Result<usize>> {
+    /// Counts the first `n` bytes of `bufs`, written.
+    fn count<'b>(
+        &mut self,
+        polled: Poll<std::io::Result<usize>>,
+        bufs: impl IntoIterator<Item = &'b [u8]>,
+    ) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = polled {
             self.written.fetch_add(n as u64, Ordering::Relaxed);
+            let mut left = n;
+            for buf in bufs {
+                let part = &buf[..left.min(buf.len())];
+                self.budget.written(part);
+                left -= part.len();
+                if left == 0 {
+                    break;
+                }
+            }
         }
         polled
     }
@@ -323,7 +360,18 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if self.budget.spent() {
+            // The connection is being closed: its client is heard no more.
+            return Poll::Pending;
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled
+            && self.budget.read(&buf.filled()[before..])
+        {
+            self.overspent.notify_one();
+        }
+        polled
     }
 }
 
@@ -334,7 +382,7 @@ impl AsyncWrite for Counted {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.count(polled)
+        self.count(polled, [buf])
     }
 
     fn poll_write_vectored(
@@ -343,7 +391,7 @@ impl AsyncWrite for Counted {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.count(polled)
+        self.count(polled, bufs.iter().map(|b| &**b))
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -459,7 +507,10 @@ mod tests {
             .await
             .unwrap();
         let (socket, addr) = listener.accept().await.unwrap();
-        let mut conn = Counted::new(Box::new(TcpConnection::from_client(socket, addr)));
+        let mut conn = Counted::new(
+            Box::new(TcpConnection::from_client(socket, addr)),
+            Arc::default(),
+        );
         let taken = Taken {
             written: Arc::clone(&conn.written),
             socket: conn.get_socket_digest(),
@@ -510,7 +561,10 @@ mod tests {
             .await
             .unwrap();
         let (socket, addr) = listener.accept().await.unwrap();
-        let mut conn = Counted::new(Box::new(TcpConnection::from_client(socket, addr)));
+        let mut conn = Counted::new(
+            Box::new(TcpConnection::from_client(socket, addr)),
+            Arc::default(),
+        );
         let written = Arc::clone(&conn.written);
         conn.write_all(b"hello").await.unwrap();
         let bufs = [

@@ -13,6 +13,7 @@ pub mod downstream;
 pub mod fields;
 pub mod h1;
 pub mod h2;
+pub mod h2_budget;
 pub mod health;
 pub mod lifecycle;
 pub mod listen;

@@ -9,6 +9,7 @@ pub const DATA: u8 = 0x0;
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const WINDOW_UPDATE: u8 = 0x8;
 
@@ -129,6 +130,11 @@ pub fn get_with_host(stream: u32, host: &str) -> Vec<u8> {
         block.extend_from_slice(part);
     }
     Frame::encode(HEADERS, 0x5, stream, &block)
+}
+
+/// A PING that is no answer to one.
+pub fn ping() -> Vec<u8> {
+    Frame::encode(PING, 0, 0, &[0; 8])
 }
 
 /// The client giving up on `stream`: RST_STREAM with CANCEL.

@@ -1176,3 +1176,55 @@ async fn a_goaway_for_a_protocol_error_is_counted() {
     })
     .await;
 }
+
+/// A client that sends control frames (here, PINGs) far past what its
+/// requests account for is told to go away with `ENHANCE_YOUR_CALM` and
+/// disconnected; one whose requests account for them is served. (The
+/// budget: 100 at once, 10 more a second and for each frame of a request
+/// or an answer.)
+#[tokio::test]
+async fn an_http2_client_flooding_control_frames_is_disconnected() {
+    let us = Origin::start(US).await;
+    let (proxy, mut conn) = h2c_raw(&us, "10m").await;
+    // 50 requests with 5 PINGs after each: 250 PINGs, more than the 100
+    // the connection starts with, but earned by the requests.
+    let mut bytes = Vec::new();
+    let streams: Vec<u32> = (1..).step_by(2).take(50).collect();
+    for stream in &streams {
+        bytes.extend(get_request(*stream, true));
+        for _ in 0..5 {
+            bytes.extend(h2::ping());
+        }
+    }
+    conn.write_all(&bytes).await.unwrap();
+    let frames = h2::read_until_all(&mut conn, GUARD, |frames| {
+        streams
+            .iter()
+            .all(|s| frames.iter().any(|f| f.kind == HEADERS && f.stream == *s))
+    })
+    .await;
+    assert!(
+        !frames.iter().any(|f| f.kind == GOAWAY),
+        "a GOAWAY to a client whose requests account for its PINGs"
+    );
+
+    // 2,000 PINGs at once, with no request: told to go away.
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    let mut bytes = opening();
+    for _ in 0..2_000 {
+        bytes.extend(h2::ping());
+    }
+    conn.write_all(&bytes).await.unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| f.kind == GOAWAY).await;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    assert_eq!(frames.last().unwrap().error_code(), ENHANCE_YOUR_CALM);
+    let pongs = frames.iter().filter(|f| f.kind == h2::PING).count();
+    assert!(pongs < 2_000, "{pongs} PINGs answered");
+    until_closed(&mut conn, GUARD).await;
+    assert_eq!(
+        proxy
+            .metric("edgeroute_http2_goaways_total{reason=\"flood\"}")
+            .await,
+        1.0
+    );
+}

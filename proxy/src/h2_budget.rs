@@ -1,0 +1,335 @@
+//! A budget for the frames an HTTP/2 client sends that carry no request:
+//! PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, CONTINUATION,
+//! frames of unknown types, and empty DATA frames that do not end their
+//! stream. Each is cheap, but a client can send millions a second, and the
+//! protocol library answers every PING and SETTINGS and works through every
+//! WINDOW_UPDATE: one such connection took most of a worker thread and
+//! tripled the latency of every other connection on it.
+//!
+//! A connection starts with [`BURST`] of them. It earns [`PER_SECOND`]
+//! more each second and [`PER_REQUEST_FRAME`] more for each frame that
+//! carries a request or an answer, either way (a HEADERS frame, a DATA
+//! frame with bytes), up to [`MOST`] in hand: a client that sends a window
+//! update for every frame of an answer it reads, or a keep-alive PING every
+//! few seconds, never runs short. One that spends more than it has is told
+//! to go away with `ENHANCE_YOUR_CALM`, and no more of its bytes are read.
+
+use std::time::Instant;
+
+/// Frames a connection may send at once before it has earned any.
+pub const BURST: u32 = 100;
+/// Frames earned each second.
+pub const PER_SECOND: u32 = 10;
+/// Frames earned with each frame that carries a request or an answer.
+pub const PER_REQUEST_FRAME: u32 = 10;
+/// The most a connection may have in hand.
+pub const MOST: u32 = 1_000;
+
+/// The 24 bytes an HTTP/2 client sends before its first frame.
+const PREFACE_LEN: u32 = 24;
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+
+/// What a frame does to the budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Carries a request or an answer: earns.
+    Request,
+    /// Carries none: spends.
+    Control,
+    /// Neither (GOAWAY; an empty DATA frame that ends its stream).
+    Neutral,
+}
+
+fn kind(frame_type: u8, flags: u8, len: u32) -> Kind {
+    match frame_type {
+        HEADERS => Kind::Request,
+        DATA if len > 0 => Kind::Request,
+        DATA if flags & END_STREAM != 0 => Kind::Neutral,
+        GOAWAY => Kind::Neutral,
+        _ => Kind::Control,
+    }
+}
+
+/// Splits one direction's bytes into frames, whatever the pieces they
+/// come in.
+#[derive(Debug)]
+struct Frames {
+    /// Bytes of the preface still to pass over.
+    preface: u32,
+    /// The header being read, and how much of it has come.
+    head: [u8; 9],
+    have: usize,
+    /// Payload bytes of the last frame still to pass over.
+    skip: u32,
+}
+
+impl Frames {
+    fn new(preface: u32) -> Self {
+        Frames {
+            preface,
+            head: [0; 9],
+            have: 0,
+            skip: 0,
+        }
+    }
+
+    /// Calls `on` with the type, flags and length of each frame whose
+    /// header ends in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(u8, u8, u32)) {
+        while !bytes.is_empty() {
+            let passed = if self.preface > 0 {
+                let n = self
+                    .preface
+                    .min(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+                self.preface -= n;
+                n as usize
+            } else if self.skip > 0 {
+                let n = self
+                    .skip
+                    .min(u32::try_from(bytes.len()).unwrap_or(u32::MAX));
+                self.skip -= n;
+                n as usize
+            } else {
+                let n = (9 - self.have).min(bytes.len());
+                self.head[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                if self.have == 9 {
+                    self.have = 0;
+                    let len = u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]);
+                    self.skip = len;
+                    on(self.head[3], self.head[4], len);
+                }
+                n
+            };
+            bytes = &bytes[passed..];
+        }
+    }
+}
+
+/// One connection's budget, fed with the bytes read from its client and
+/// those written to it.
+#[derive(Debug)]
+pub struct Budget {
+    read: Frames,
+    written: Frames,
+    /// In thousandths of a frame, so that a second's share is earned to
+    /// the millisecond.
+    milli: u64,
+    at: Instant,
+    spent: bool,
+}
+
+impl Budget {
+    /// For a connection whose client's bytes start with the preface
+    /// (`preface`), as they do when read from the start.
+    pub fn new(preface: bool, now: Instant) -> Self {
+        Budget {
+            read: Frames::new(if preface { PREFACE_LEN } else { 0 }),
+            written: Frames::new(0),
+            milli: u64::from(BURST) * 1000,
+            at: now,
+            spent: false,
+        }
+    }
+
+    /// Whether the client has spent more than it had.
+    pub fn spent(&self) -> bool {
+        self.spent
+    }
+
+    /// Bytes read from the client; true when they overspend the budget
+    /// (then, and on every later call).
+    pub fn read(&mut self, bytes: &[u8]) -> bool {
+        self.read_at(bytes, Instant::now)
+    }
+
+    /// [`Self::read`] on the clock `now`.
+    fn read_at(&mut self, bytes: &[u8], mut now: impl FnMut() -> Instant) -> bool {
+        let Budget {
+            read,
+            milli,
+            at,
+            spent,
+            ..
+        } = self;
+        read.feed(bytes, |frame_type, flags, len| {
+            match kind(frame_type, flags, len) {
+                Kind::Request => earn(milli, PER_REQUEST_FRAME),
+                Kind::Neutral => {}
+                Kind::Control => {
+                    // The clock is read for these frames only, and they are few
+                    // unless the budget is about to run out.
+                    let now = now();
+                    let elapsed = now.saturating_duration_since(*at).as_millis();
+                    *at = now;
+                    let earned = u64::try_from(elapsed)
+                        .unwrap_or(u64::MAX)
+                        .saturating_mul(u64::from(PER_SECOND));
+                    *milli = milli.saturating_add(earned).min(u64::from(MOST) * 1000);
+                    match milli.checked_sub(1000) {
+                        Some(left) => *milli = left,
+                        None => *spent = true,
+                    }
+                }
+            }
+        });
+        self.spent
+    }
+
+    /// Bytes written to the client.
+    pub fn written(&mut self, bytes: &[u8]) {
+        let Budget { written, milli, .. } = self;
+        written.feed(bytes, |frame_type, flags, len| {
+            if kind(frame_type, flags, len) == Kind::Request {
+                earn(milli, PER_REQUEST_FRAME);
+            }
+        });
+    }
+}
+
+fn earn(milli: &mut u64, frames: u32) {
+    *milli = milli
+        .saturating_add(u64::from(frames) * 1000)
+        .min(u64::from(MOST) * 1000);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn frame(frame_type: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
+        let mut f = vec![len[1], len[2], len[3], frame_type, flags, 0, 0, 0, 1];
+        f.extend_from_slice(payload);
+        f
+    }
+
+    const PING: u8 = 0x6;
+    const WINDOW_UPDATE: u8 = 0x8;
+
+    /// A budget whose clock stands still at its start.
+    struct Frozen(Budget, Instant);
+
+    impl Frozen {
+        fn new(preface: bool) -> Self {
+            let at = Instant::now();
+            Frozen(Budget::new(preface, at), at)
+        }
+
+        fn read(&mut self, bytes: &[u8]) -> bool {
+            let at = self.1;
+            self.0.read_at(bytes, || at)
+        }
+    }
+
+    #[test]
+    fn a_burst_of_control_frames_past_the_budget_overspends_it() {
+        let mut b = Frozen::new(false);
+        let ping = frame(PING, 0, &[0; 8]);
+        for _ in 0..BURST {
+            assert!(!b.read(&ping));
+        }
+        assert!(b.read(&ping), "one more than the burst");
+        assert!(b.0.spent());
+        assert!(b.read(&frame(HEADERS, 0x5, &[0x82])), "spent for good");
+    }
+
+    #[test]
+    fn frames_that_carry_requests_and_answers_earn_more() {
+        let mut b = Frozen::new(false);
+        let update = frame(WINDOW_UPDATE, 0, &[0, 0, 0x40, 0]);
+        let data = frame(DATA, 0, &[7; 100]);
+        // An answer of 500 DATA frames, each followed by two window
+        // updates (the stream's and the connection's), as some clients do.
+        for _ in 0..500 {
+            b.0.written(&data);
+            assert!(!b.read(&update));
+            assert!(!b.read(&update));
+        }
+        // The request that opens a stream earns too: with the burst spent,
+        // each request pays for as many control frames as it earns.
+        let mut b = Frozen::new(false);
+        for _ in 0..BURST {
+            assert!(!b.read(&update));
+        }
+        for _ in 0..50 {
+            assert!(!b.read(&frame(HEADERS, 0x5, &[0x82])));
+            for _ in 0..PER_REQUEST_FRAME {
+                assert!(!b.read(&update));
+            }
+        }
+        assert!(b.read(&update), "one more than was earned");
+        // An empty DATA frame that ends its stream spends nothing; one
+        // that does not is a control frame.
+        let mut b = Frozen::new(false);
+        for _ in 0..10 * BURST {
+            assert!(!b.read(&frame(DATA, END_STREAM, &[])));
+        }
+        for _ in 0..BURST {
+            assert!(!b.read(&frame(DATA, 0, &[])));
+        }
+        assert!(b.read(&frame(DATA, 0, &[])));
+    }
+
+    #[test]
+    fn time_earns_frames_up_to_the_most_in_hand() {
+        let start = Instant::now();
+        let mut b = Budget::new(false, start);
+        let ping = frame(PING, 0, &[0; 8]);
+        // Half a second earns five frames.
+        let later = start + std::time::Duration::from_millis(500);
+        for _ in 0..BURST + PER_SECOND / 2 {
+            assert!(!b.read_at(&ping, || later));
+        }
+        assert!(b.read_at(&ping, || later));
+        // An hour's earnings are capped at MOST.
+        let mut b = Budget::new(false, start);
+        let hour = start + std::time::Duration::from_secs(3600);
+        for _ in 0..MOST {
+            assert!(!b.read_at(&ping, || hour));
+        }
+        assert!(b.read_at(&ping, || hour));
+    }
+
+    #[test]
+    fn the_preface_is_passed_over() {
+        let mut b = Frozen::new(true);
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        for _ in 0..BURST {
+            bytes.extend(frame(PING, 0, &[0; 8]));
+        }
+        assert!(!b.read(&bytes));
+        assert!(b.read(&frame(PING, 0, &[0; 8])));
+    }
+
+    proptest! {
+        /// However a run of frames is cut into reads, the frames found are
+        /// the frames sent.
+        #[test]
+        fn frames_are_found_whatever_the_pieces(
+            frames in proptest::collection::vec((0u8..12, any::<u8>(), 0usize..40), 0..40),
+            cuts in proptest::collection::vec(1usize..30, 1..20),
+        ) {
+            let mut bytes = Vec::new();
+            for (t, f, len) in &frames {
+                bytes.extend(frame(*t, *f, &vec![0xAB; *len]));
+            }
+            let mut seen = Vec::new();
+            let mut split = Frames::new(0);
+            let mut rest = &bytes[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = cuts[i % cuts.len()].min(rest.len());
+                split.feed(&rest[..n], |t, f, len| seen.push((t, f, len as usize)));
+                rest = &rest[n..];
+                i += 1;
+            }
+            prop_assert_eq!(seen, frames);
+        }
+    }
+}
