@@ -863,7 +863,7 @@ impl Runner {
                         }
                     });
                 if !under_way {
-                    return Err(format!("AWS refused the writer change: {e}"));
+                    return Err(format!("AWS refused the writer change: {e}{}", e.advice()));
                 }
                 tl.step(
                     "requested",
@@ -1472,13 +1472,13 @@ impl Runner {
 
 /// What a record change Route 53 refused says.
 fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> String {
-    if guards > 0 {
+    if guards > 0 && !e.throttled() {
         format!(
             "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
             left_serving.join(", ")
         )
     } else {
-        format!("Route 53 refused the change: {e}")
+        format!("Route 53 refused the change: {e}{}", e.advice())
     }
 }
 

@@ -31,6 +31,36 @@ pub struct AwsError {
     pub message: String,
 }
 
+impl AwsError {
+    /// AWS turned the call away for the account's request rate, after
+    /// the SDK's own retries: nothing was done, and the same call a few
+    /// seconds later may go through.
+    pub fn throttled(&self) -> bool {
+        const CODES: [&str; 5] = [
+            "Throttling",
+            "ThrottlingException",
+            "RequestLimitExceeded",
+            "TooManyRequestsException",
+            "PriorRequestNotComplete",
+        ];
+        CODES.iter().any(|code| {
+            self.message
+                .strip_prefix(code)
+                .is_some_and(|rest| rest.starts_with(':'))
+        })
+    }
+
+    /// What to add to a refusal: for a throttled call, that nothing changed
+    /// and when to try again.
+    pub fn advice(&self) -> &'static str {
+        if self.throttled() {
+            " (AWS is throttling this account's calls and the SDK's retries ran out: nothing changed; run the command again in a few seconds)"
+        } else {
+            ""
+        }
+    }
+}
+
 /// AWS's own code and message when it answered with an error; the whole
 /// chain (connection refused, timeout, ...) when it did not.
 fn fail<E>(api: &'static str) -> impl FnOnce(aws_sdk_rds::error::SdkError<E>) -> AwsError
@@ -830,6 +860,24 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_throttled_call_is_told_from_other_refusals() {
+        let e = |message: &str| super::AwsError {
+            api: "ChangeResourceRecordSets",
+            message: message.into(),
+        };
+        assert!(e("Throttling: Rate exceeded").throttled());
+        assert!(e("PriorRequestNotComplete: The request was rejected").throttled());
+        assert!(
+            e("Throttling: x")
+                .advice()
+                .contains("run the command again")
+        );
+        assert!(!e("InvalidChangeBatch: Throttling is not the code").throttled());
+        assert!(!e("ThrottlingSomething: x").throttled());
+        assert_eq!(e("InvalidChangeBatch: x").advice(), "");
+    }
+
     #[test]
     fn only_records_that_route_to_a_named_region_are_regions() {
         use aws_sdk_route53::types::{ResourceRecordSet, ResourceRecordSetRegion, RrType};
