@@ -1130,6 +1130,7 @@ impl Runner {
                         && (w > 0 || weight.is_some())
                         && rs.iter().all(|r| r.weight() == Some(w)) =>
                 {
+                    self.forget_stale_kept(&state, region, dry_run).await?;
                     return Ok(self.nothing_to_do(
                         Kind::Undrain,
                         format!("{region} has Route 53 weight {w}"),
@@ -1161,6 +1162,7 @@ impl Runner {
                     RecordChange::Weight { from: w, to, why }
                 }
                 Routing::Latency => {
+                    self.forget_stale_kept(&state, region, dry_run).await?;
                     return Ok(self.nothing_to_do(
                         Kind::Undrain,
                         format!("{region}'s latency records are in place (not drained)"),
@@ -1190,6 +1192,42 @@ impl Runner {
         };
         self.change_record(&state, region, Kind::Undrain, change, &[], dry_run)
             .await
+    }
+
+    /// Removes what a drain kept of `region` when the region is in DNS
+    /// already (someone put its records back by other means): a later
+    /// undrain would otherwise put back the old copy. The history file's
+    /// notes of the drain go too. A dry run says what it would remove.
+    async fn forget_stale_kept(
+        &self,
+        state: &AwsState,
+        region: &str,
+        dry_run: bool,
+    ) -> Result<(), String> {
+        let Some(kept) = state.kept.get(region) else {
+            return Ok(());
+        };
+        let what = format!(
+            "{region} is in DNS, but a copy of its records kept by an earlier drain is still in Route 53 ({} TXT, set identifier {region}); it no longer applies",
+            crate::kept::name(&self.aws.config().record_name)
+        );
+        if dry_run {
+            self.say(&format!("{what}: an undrain would remove it"));
+            return Ok(());
+        }
+        self.aws
+            .change_records(
+                vec![(ChangeAction::Delete, kept.clone())],
+                "edgeroute undrain: a kept copy that no longer applies",
+            )
+            .await
+            .map_err(|e| format!("{what}, and removing it failed: {e}{}", e.advice()))?;
+        History::update(&self.history_file, |h| {
+            h.weights_before_drain.remove(region);
+            h.drained_records.remove(region);
+        })?;
+        self.say(&format!("{what}: removed"));
+        Ok(())
     }
 
     /// Whether Route 53 shows `change` of `region` made, read again.

@@ -894,6 +894,40 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
     );
 }
 
+/// A drained region whose records someone put back by other means is in
+/// DNS: its undrain has nothing to do, and removes the copy the drain
+/// kept, which a later undrain would otherwise put back over the new
+/// records.
+#[tokio::test]
+async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
+    let env = Env::start(None).await;
+    let eu = "eu-west-1";
+    env.cp
+        .command(&["drain", eu])
+        .await
+        .assert_ok_saying(&["completed"]);
+    let kept = || moto::kept_regions(&env.moto, &env.fixture.zone_id);
+    assert_eq!(kept().await, [eu]);
+    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
+    moto::change_record(
+        &r53,
+        &env.fixture.zone_id,
+        ChangeAction::Create,
+        moto::latency_record(eu, &env.fixture.health_checks[eu]),
+    )
+    .await;
+    env.cp
+        .command(&["undrain", eu, "--dry-run"])
+        .await
+        .assert_ok_saying(&["an undrain would remove it", "nothing to do"]);
+    assert_eq!(kept().await, [eu], "a dry run changes nothing");
+    env.cp.command(&["undrain", eu]).await.assert_ok_saying(&[
+        "no longer applies: removed",
+        "latency records are in place (not drained); nothing to do",
+    ]);
+    assert!(kept().await.is_empty());
+}
+
 /// A weighted region's drain keeps its weight in Route 53 too: drained
 /// from one machine, it is undrained from another (with a history file
 /// that knows nothing of it) to the weight it had, not to the weight most
