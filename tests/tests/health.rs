@@ -275,11 +275,15 @@ async fn probes_and_forwarding_start_no_clock_thread() {
     );
 }
 
-/// A backend that answers `200 ok` to every request head and counts its
+/// `200 ok`.
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// A backend that answers `answer` to every request head and counts its
 /// connections and requests; with `close`, it closes each connection
 /// shortly after its answer without saying so.
 async fn counting_backend(
     close: bool,
+    answer: &'static [u8],
 ) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -301,7 +305,6 @@ async fn counting_backend(
                     while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
                         head.drain(..end + 4);
                         r.fetch_add(1, Ordering::SeqCst);
-                        let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                         if conn.write_all(answer).await.is_err() {
                             return;
                         }
@@ -321,8 +324,8 @@ async fn counting_backend(
 
 #[tokio::test]
 async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
-    let (kept_addr, kept_conns, kept_probes) = counting_backend(false).await;
-    let (closing_addr, closing_conns, closing_probes) = counting_backend(true).await;
+    let (kept_addr, kept_conns, kept_probes) = counting_backend(false, OK).await;
+    let (closing_addr, closing_conns, closing_probes) = counting_backend(true, OK).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[kept_addr, closing_addr])
         .extra(FAST_PROBES)
@@ -345,6 +348,41 @@ async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
         assert_eq!(proxy.metric(&failed).await, 0.0, "a probe failed on {addr}");
         assert!(proxy.metric(&passed).await >= 5.0, "{addr} probed");
     }
+}
+
+/// A probe answered first with interim heads (`100`, `103 Early Hints`)
+/// takes the final one; a `101` nobody asked for fails the probe. Either
+/// way probing goes on, and the proxy becomes ready.
+#[tokio::test]
+async fn a_probe_reads_past_interim_answers_and_fails_on_an_unasked_upgrade() {
+    const EARLY_HINTS: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\
+        Link: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    const UPGRADE: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    let (hints_addr, _, hints_probes) = counting_backend(false, EARLY_HINTS).await;
+    let (upgrade_addr, _, upgrade_probes) = counting_backend(true, UPGRADE).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[hints_addr, upgrade_addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    eventually("both backends probed three times", WAIT, || async {
+        hints_probes.load(Ordering::SeqCst) >= 3 && upgrade_probes.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    let probes = |addr: std::net::SocketAddr, result: &str| {
+        format!("edgeroute_probes_total{{backend=\"{addr}\",region=\"{US}\",result=\"{result}\"}}")
+    };
+    assert!(proxy.metric(&probes(hints_addr, "pass")).await >= 2.0);
+    assert_eq!(proxy.metric(&probes(hints_addr, "fail")).await, 0.0);
+    assert!(proxy.metric(&probes(upgrade_addr, "fail")).await >= 2.0);
+    assert_eq!(proxy.metric(&probes(upgrade_addr, "pass")).await, 0.0);
+    let ready = client()
+        .get(proxy.admin_url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
 }
 
 /// What Route 53's health check and the load balancer probe through the

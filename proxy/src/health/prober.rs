@@ -16,6 +16,7 @@ use crate::topology::Backend;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::Stream;
 use pingora_core::protocols::http::v1::client::HttpSession;
+use pingora_error::{Error, ErrorType};
 use pingora_http::RequestHeader;
 use rand::Rng;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ use std::time::{Duration, Instant};
 
 /// Upper bound on a probe response body that is read and discarded.
 const MAX_PROBE_BODY: usize = 64 * 1024;
+
+/// Interim (1xx) answers a probe takes before the final one.
+const MAX_INTERIM: usize = 16;
 
 /// Starts probing `backend` on the current runtime until it is retired or
 /// the proxy shuts down.
@@ -59,27 +63,37 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
             .take()
             .filter(|(_, since)| started - *since < state.config.timeouts.pool_idle)
             .map(|(stream, _)| stream);
-        let outcome = tokio::time::timeout(
-            health.timeout,
-            probe(&state.connector, &backend, &health.path, &host, reusable),
-        )
-        .await;
-        let now = Instant::now();
-        let outcome = outcome.map(|done| {
-            done.map(|(status, stream)| {
-                kept = stream.map(|s| (s, now));
-                status
-            })
+        // A task of its own: should the exchange panic on an answer no one
+        // foresaw, the probe fails and probing goes on.
+        let probing = tokio::spawn({
+            let (state, backend, host) = (Arc::clone(&state), Arc::clone(&backend), host.clone());
+            async move {
+                let health = &state.config.health;
+                tokio::time::timeout(
+                    health.timeout,
+                    probe(&state.connector, &backend, &health.path, &host, reusable),
+                )
+                .await
+            }
         });
+        let outcome = match probing.await {
+            Ok(Ok(done)) => done.map_err(|e| e.to_string()),
+            Ok(Err(_)) => Err(format!("no answer within {:?}", health.timeout)),
+            Err(e) => Err(format!("the probe failed: {e}")),
+        };
+        let now = Instant::now();
         let (passed, detail) = match outcome {
-            Ok(Ok(status))
+            Ok((status, stream))
                 if (health.expected_status.0..=health.expected_status.1).contains(&status) =>
             {
+                kept = stream.map(|s| (s, now));
                 (true, status.to_string())
             }
-            Ok(Ok(status)) => (false, format!("status {status}")),
-            Ok(Err(e)) => (false, e.to_string()),
-            Err(_) => (false, format!("no answer within {:?}", health.timeout)),
+            Ok((status, stream)) => {
+                kept = stream.map(|s| (s, now));
+                (false, format!("status {status}"))
+            }
+            Err(detail) => (false, detail),
         };
         let latency = passed.then(|| now - started);
         state
@@ -149,8 +163,27 @@ async fn exchange(
     req.insert_header(http::header::USER_AGENT, "edgeroute-probe")?;
     session.write_request_header(Box::new(req)).await?;
     session.finish_body().await?;
-    session.read_response().await?;
-    let status = session.resp_header().map_or(0, |r| r.status.as_u16());
+    // Interim answers (100, 103) come before the final one.
+    let mut interim = 0;
+    let status = loop {
+        session.read_response().await?;
+        match session.resp_header().map_or(0, |r| r.status.as_u16()) {
+            101 => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "101 Switching Protocols, to a probe that asked for no upgrade",
+                ));
+            }
+            100..=199 if interim < MAX_INTERIM => interim += 1,
+            100..=199 => {
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    format!("more than {MAX_INTERIM} interim (1xx) answers"),
+                ));
+            }
+            status => break status,
+        }
+    };
     let mut read = 0;
     while let Some(chunk) = session.read_body_bytes().await? {
         read += chunk.len();
