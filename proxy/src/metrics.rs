@@ -150,7 +150,7 @@ impl Metrics {
             retries: counter(
                 &r,
                 "edgeroute_retries_total",
-                "Attempts repeated on another backend or region",
+                "Attempts repeated: on another backend or region, or on a new connection after a pooled one the backend had closed",
             ),
             reads_after_write: counter(
                 &r,
@@ -186,13 +186,13 @@ impl Metrics {
             backend_ejections: counter_vec(
                 &r,
                 "edgeroute_backend_ejections_total",
-                "Backends taken out of rotation after connect failures",
+                "Backends ejected from rotation by failures in a row on live traffic (5xx answers, failed connects, exchanges broken off)",
                 &["region", "backend"],
             ),
             ejections_suppressed: counter_vec(
                 &r,
                 "edgeroute_backend_ejections_suppressed_total",
-                "Ejections not made because the region's ejection cap was reached",
+                "Ejections not made because the region's ejection cap was reached (once per streak of failures)",
                 &["region"],
             ),
             panic_picks: counter_vec(

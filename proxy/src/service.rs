@@ -654,15 +654,25 @@ impl EdgeProxy {
                 } else {
                     e
                 };
+                // A pooled connection that failed before any answer may
+                // just have been closed by the backend while it idled: the
+                // request goes again on a new one, and counts against no one.
+                let stale = on_pooled && !up.answered();
+                if !stale {
+                    self.exchange_failed(backend, &error, sent_at);
+                }
                 return Err(Failure {
                     error,
                     retry,
-                    on_pooled: on_pooled && !up.answered(),
+                    on_pooled: stale,
                     reached: true,
                 });
             }
         };
         let answered_at = self.record_response(backend, resp.status.as_u16(), sent_at);
+        // A 5xx counted as a failure already; any other answer is a success
+        // once all of it has come.
+        let served = resp.status.as_u16() < 500;
         let region = ctx
             .region
             .map(|r| &self.state.topology.regions[r].name_header);
@@ -684,9 +694,16 @@ impl EdgeProxy {
             let idle = self.state.config.timeouts.tunnel_idle;
             up.read_timeout = Some(idle);
             client.set_read_timeout(idle);
+            backend.record_success();
             return tunnel(client, &mut up).await.map_err(Failure::last);
         }
-        pass_body(client, &mut up).await.map_err(Failure::last)?;
+        if let Err(e) = pass_body(client, &mut up).await {
+            self.exchange_failed(backend, &e, sent_at);
+            return Err(Failure::last(e));
+        }
+        if served {
+            backend.record_success();
+        }
         if answered_early {
             return Ok(());
         }
@@ -806,6 +823,26 @@ impl EdgeProxy {
         let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "5xx responses");
         now
+    }
+
+    /// Records an exchange that failed after the request went out, if the
+    /// backend's side failed it (`e` from upstream); a client that left
+    /// says nothing of the backend.
+    fn exchange_failed(&self, b: &Backend, e: &Error, sent_at: Instant) {
+        if e.esource() != &pingora_error::ErrorSource::Upstream {
+            return;
+        }
+        let now = Instant::now();
+        let h = &self.state.config.health;
+        let may_eject =
+            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+        let slow = matches!(
+            e.etype(),
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout
+        )
+        .then(|| now - sent_at);
+        let verdict = b.record_exchange_failure(slow, &policy(h), now, may_eject);
+        self.outlier_verdict(b, verdict, "failed exchanges");
     }
 
     fn connect_failed(&self, b: &Backend) {

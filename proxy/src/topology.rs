@@ -43,6 +43,8 @@ pub struct Backend {
     ejected_until_ms: AtomicU64,
     /// Its address left DNS: no new requests.
     retired: AtomicBool,
+    /// Its last exchange failed: the next success has a streak to end.
+    failing: AtomicBool,
     clock: Instant,
     live: Mutex<Live>,
     /// Keep-alive connections to it, idle until the next request.
@@ -71,6 +73,7 @@ impl Backend {
             probe_healthy: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            failing: AtomicBool::new(false),
             clock,
             live: Mutex::new(Live {
                 probe: ProbeState::new(start_healthy),
@@ -164,7 +167,9 @@ impl Backend {
         change
     }
 
-    /// A response header arrived from this backend.
+    /// A response header arrived from this backend. A 5xx is a failure;
+    /// any other answer is a success once it has all come (see
+    /// [`Self::record_success`]).
     pub fn record_response(
         &self,
         status: u16,
@@ -178,9 +183,37 @@ impl Backend {
         if status >= 500 {
             self.failure(&mut live, policy, now, may_eject)
         } else {
-            live.outlier.record_success();
             Verdict::Kept
         }
+    }
+
+    /// An answer came whole: it ends a streak of failures. (No lock is
+    /// taken unless there is one.)
+    pub fn record_success(&self) {
+        if self.failing.load(Ordering::Relaxed) {
+            let mut live = self.live();
+            live.outlier.record_success();
+            self.failing.store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// An exchange with this backend failed on its side after the request
+    /// went out: it reset or closed the connection, let a timeout pass, or
+    /// sent an answer that cannot be read. It counts as a failure; one
+    /// that timed out also counts as an answer that took as long as the
+    /// wait (`slow`), which it did at the least.
+    pub fn record_exchange_failure(
+        &self,
+        slow: Option<Duration>,
+        policy: &OutlierPolicy,
+        now: Instant,
+        may_eject: bool,
+    ) -> Verdict {
+        let mut live = self.live();
+        if let Some(took) = slow {
+            live.ewma.observe(took, now);
+        }
+        self.failure(&mut live, policy, now, may_eject)
     }
 
     /// Connecting to this backend failed.
@@ -202,6 +235,8 @@ impl Backend {
         may_eject: bool,
     ) -> Verdict {
         let verdict = live.outlier.record_failure(policy, now, may_eject);
+        self.failing
+            .store(live.outlier.failing(), Ordering::Relaxed);
         if let Some(until) = live.outlier.ejected_until() {
             self.ejected_until_ms
                 .store(self.ms_since_clock(until), Ordering::Relaxed);

@@ -194,6 +194,56 @@ async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() 
     .await;
 }
 
+/// A backend that passes its probes but breaks off every request (it
+/// closes the connection without an answer) is ejected like one that
+/// answers 5xx, and is not taken for a fast one meanwhile: every GET is
+/// served, by the other backend or on a retry.
+#[tokio::test]
+async fn a_backend_that_breaks_off_its_exchanges_is_ejected() {
+    let good = Origin::start(US).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let broken = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = conn.read(&mut buf).await {
+                    if n == 0 || !buf[..n].starts_with(b"GET /health ") {
+                        return;
+                    }
+                    if conn.write_all(OK).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[broken, good.addr])
+        .extra(
+            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n\
+             eject_after = 3\neject_for = \"1h\"\nmax_eject_for = \"1h\"\nmax_ejection_percent = 50\n",
+        )
+        .start()
+        .await;
+    let c = client();
+    eventually("the broken backend is ejected", WAIT, || async {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+        backend(&proxy, 0, 0).await["ejected"] == true
+    })
+    .await;
+    let ejections =
+        format!("edgeroute_backend_ejections_total{{backend=\"{broken}\",region=\"{US}\"}}");
+    assert_eq!(proxy.metric(&ejections).await, 1.0);
+    assert_eq!(backend(&proxy, 0, 1).await["ejected"], false);
+    let before = good.seen().len();
+    for _ in 0..5 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(good.seen().len(), before + 5);
+}
+
 #[tokio::test]
 async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_changes() {
     let us = Origin::start(US).await;

@@ -1,6 +1,7 @@
 //! Passive outlier detection: consecutive failures seen on live traffic (5xx
-//! responses, failed connects) eject a backend for a while; each repeat
-//! ejects it for longer, up to a maximum.
+//! responses, failed connects, exchanges the backend broke off or let time
+//! out, answers that cannot be read) eject a backend for a while; each
+//! repeat ejects it for longer, up to a maximum.
 
 use std::time::{Duration, Instant};
 
@@ -60,12 +61,18 @@ impl Outlier {
         {
             self.ejections = 0;
         }
-        self.consecutive += 1;
+        self.consecutive = self.consecutive.saturating_add(1);
         if self.consecutive < policy.consecutive {
             return Verdict::Kept;
         }
         if !may_eject {
-            return Verdict::CapReached;
+            // Said once per streak: the failures after it change nothing
+            // until the cap leaves room, when the next one ejects.
+            return if self.consecutive == policy.consecutive {
+                Verdict::CapReached
+            } else {
+                Verdict::Kept
+            };
         }
         self.ejections += 1;
         self.consecutive = 0;
@@ -76,6 +83,11 @@ impl Outlier {
 
     pub fn record_success(&mut self) {
         self.consecutive = 0;
+    }
+
+    /// Failures in a row since the last success or ejection.
+    pub fn failing(&self) -> bool {
+        self.consecutive > 0
     }
 }
 
@@ -164,5 +176,29 @@ mod tests {
             o.record_failure(&POLICY, t0, true),
             Verdict::Ejected(secs(10))
         );
+    }
+
+    #[test]
+    fn a_capped_streak_is_said_once_and_ejects_when_the_cap_leaves_room() {
+        let t0 = Instant::now();
+        let mut o = Outlier::default();
+        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::CapReached);
+        for _ in 0..10 {
+            assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
+        }
+        assert!(o.failing() && !o.is_ejected(t0));
+        assert_eq!(
+            o.record_failure(&POLICY, t0, true),
+            Verdict::Ejected(secs(10))
+        );
+        assert!(!o.failing());
+        // A new streak after it is said again.
+        let later = t0 + secs(11);
+        for _ in 0..2 {
+            o.record_failure(&POLICY, later, false);
+        }
+        assert_eq!(o.record_failure(&POLICY, later, false), Verdict::CapReached);
     }
 }
