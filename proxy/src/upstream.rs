@@ -331,7 +331,7 @@ fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
 }
 
 /// Removes a response's hop-by-hop fields: `Keep-Alive`,
-/// `Proxy-Connection`, `Trailer` and the fields nominated in `Connection`,
+/// `Proxy-Connection`, `TE`, `Trailer` and the fields nominated in `Connection`,
 /// and `Connection` and `Upgrade` too unless it is a `101`; and the fields
 /// the proxy sets itself (region, request id). The framing
 /// fields stay (the proxy frames the body it passes on from them), except a
@@ -340,9 +340,12 @@ fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
 /// What a malformed `Connection` names is unknown, so nothing is removed
 /// for it.
 fn strip_response_fields(fields: &mut Fields, status: http::StatusCode) {
-    const ALWAYS: [&str; 5] = [
+    // `TE` says what a client accepts; in an answer it means nothing, and
+    // HTTP/2 refuses a head that carries one.
+    const ALWAYS: [&str; 6] = [
         "keep-alive",
         "proxy-connection",
+        "te",
         "trailer",
         "x-edgeroute-region",
         "x-request-id",
@@ -1425,13 +1428,14 @@ mod tests {
         /// `Connection` value, or a length beside a transfer coding.
         #[test]
         fn a_response_keeps_exactly_its_end_to_end_fields(
-            picks in proptest::collection::vec((0usize..14, 0usize..7), 0..12),
+            picks in proptest::collection::vec((0usize..15, 0usize..7), 0..12),
             switching in any::<bool>(),
         ) {
-            const NAMES: [&str; 14] = [
+            const NAMES: [&str; 15] = [
                 "Connection", "connection", "Keep-Alive", "x-hop", "X-Hop", "upgrade",
                 "Transfer-Encoding", "content-length", "x-request-id",
                 "X-Edgeroute-Region", "trailer", "Proxy-Connection", "set-cookie", "x-other",
+                "TE",
             ];
             const CONNECTION: [&str; 7] = [
                 "keep-alive", "close", "X-HOP, close", "content-length",
@@ -1463,7 +1467,7 @@ mod tests {
             let hop = |name: &str| {
                 let name = name.to_ascii_lowercase();
                 match name.as_str() {
-                    "keep-alive" | "trailer" | "proxy-connection" | "x-request-id"
+                    "keep-alive" | "te" | "trailer" | "proxy-connection" | "x-request-id"
                     | "x-edgeroute-region" => true,
                     "connection" => !switching,
                     "upgrade" => !switching,
