@@ -436,8 +436,11 @@ impl<'t> Connection<'t> {
             }
         }
         self.keepalive = options.persist(version);
-        if version == Version::HTTP_10 && coded {
-            // Faulty framing for HTTP/1.0 (RFC 9112 §6.1): the connection ends with it.
+        if (version == Version::HTTP_10 && coded) || (coded && lengths > 0) {
+            // Faulty framing for HTTP/1.0, or a length beside a transfer
+            // coding (RFC 9112 §6.1, §6.3): the body is framed by the
+            // coding, and the connection, whose framing is in doubt, ends
+            // with it.
             self.keepalive = false;
         }
         let status = resp.status;
@@ -858,6 +861,9 @@ pub(crate) fn decode_chunked(
                     return Err("a chunk size is not a hex number");
                 }
                 match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                        return Err("a chunk-size line is too long");
+                    }
                     Ok(httparse::Status::Complete((used, size))) => {
                         // The parser skips a chunk extension's bytes
                         // unread: no control byte may hide in one, since a
@@ -1125,8 +1131,11 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
+    // RFC 9110 §15: a status is 100 to 599 (the parser takes any three
+    // digits).
     let status = resp
         .code
+        .filter(|c| (100..600).contains(c))
         .and_then(|c| StatusCode::from_u16(c).ok())
         .ok_or_else(|| bad_response("the backend's response has no valid status code"))?;
     let reason = resp
@@ -1582,6 +1591,11 @@ mod tests {
                 b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
                 false,
             ),
+            // A length beside a coding: framed by the coding, not kept.
+            (
+                b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                false,
+            ),
         ] {
             let mut conn = answered(wire, false).await;
             conn.read_head(false, false).await.expect("head");
@@ -1644,6 +1658,8 @@ mod tests {
         many.extend_from_slice(b"\r\n");
         for wire in [
             &b"HTTP/1.1 2000 OK\r\n\r\n"[..],
+            b"HTTP/1.1 999 Weird\r\n\r\n",
+            b"HTTP/1.1 099 Low\r\n\r\n",
             b"SMTP ready\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nBad Name: 1\r\n\r\n",
             b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello",
@@ -2045,6 +2061,11 @@ mod tests {
 
     #[test]
     fn malformed_chunks_are_refused() {
+        // A chunk-size line over the limit, whole in one read.
+        let mut long = b"3;x=".to_vec();
+        long.resize(MAX_CHUNK_LINE + 1, b'a');
+        long.extend_from_slice(b"\r\nabc\r\n0\r\n\r\n");
+        assert_eq!(decode_whole(&long), Err("a chunk-size line is too long"));
         for wire in [
             &b"x\r\n"[..],
             b"\r\n",
