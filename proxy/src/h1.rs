@@ -436,7 +436,7 @@ impl<'t> Connection<'t> {
             }
         }
         self.keepalive = options.persist(version);
-        if (version == Version::HTTP_10 && coded) || (coded && lengths > 0) {
+        if coded && (version == Version::HTTP_10 || lengths > 0) {
             // Faulty framing for HTTP/1.0, or a length beside a transfer
             // coding (RFC 9112 §6.1, §6.3): the body is framed by the
             // coding, and the connection, whose framing is in doubt, ends
