@@ -34,6 +34,8 @@ pub const MAX_FIELDS: usize = 256;
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// Most bytes of trailer fields after the last chunk (they are dropped).
 const MAX_TRAILERS: usize = 64 * 1024;
+/// Most interim (1xx) answers before the final one.
+pub const MAX_INTERIM: usize = 16;
 /// Free room each read from the backend gets at least.
 pub(crate) const READ_ROOM: usize = 16 * 1024;
 
@@ -349,9 +351,16 @@ impl<'t> Connection<'t> {
             .answer_since
             .take()
             .filter(|_| !self.deadline.take_waited());
+        let mut interim = 0;
         loop {
             let (mut resp, version) = self.read_one_head(&mut since).await?;
             if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(bad_response(format!(
+                        "the backend sent more than {MAX_INTERIM} interim (1xx) answers"
+                    )));
+                }
                 continue;
             }
             self.frame(&mut resp, version, head, upgrade)?;
@@ -359,15 +368,22 @@ impl<'t> Connection<'t> {
         }
     }
 
+    /// One head. Once its first bytes have come, the whole of it is due
+    /// within the read timeout of then, not within that of each read: a
+    /// backend that trickles its head cannot hold the request for long.
     async fn read_one_head(
         &mut self,
         since: &mut Option<Instant>,
     ) -> Result<(ResponseHead, Version), BError> {
+        let mut began = None;
         loop {
             if let Some(parsed) = self.take_head()? {
                 return Ok(parsed);
             }
-            if self.fill_since(since.take()).await? == 0 {
+            if !self.buf.is_empty() && began.is_none() {
+                began = Some(Instant::now());
+            }
+            if self.fill_since(since.take().or(began)).await? == 0 {
                 let why = if self.buf.is_empty() {
                     "the backend closed the connection without an answer"
                 } else {
@@ -1536,6 +1552,50 @@ mod tests {
             assert_eq!(conn.read_body().await.expect("body"), None);
             assert!(conn.into_reusable().is_some(), "{wire:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn interim_answers_are_bounded_in_number() {
+        let mut wire = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INTERIM);
+        wire.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let mut conn = answered(&wire, false).await;
+        assert_eq!(
+            conn.read_head(false, false).await.expect("head").status,
+            200
+        );
+        let mut wire = b"HTTP/1.1 103 Early Hints\r\n\r\n".repeat(MAX_INTERIM + 1);
+        wire.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+        let mut conn = answered(&wire, false).await;
+        let err = conn.read_head(false, false).await.expect_err("refused");
+        assert_eq!(err.etype(), &ErrorType::InvalidHTTPHeader, "{err}");
+    }
+
+    /// Each byte of the head comes well within the read timeout of the
+    /// last, but the whole head is due within it of its first byte.
+    #[tokio::test]
+    async fn a_trickled_head_is_due_within_the_read_timeout_of_its_start() {
+        let (ours, mut theirs) = stream_pair().await;
+        tokio::spawn(async move {
+            let head = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Pad: 0123456789\r\n\r\n";
+            for byte in head {
+                if theirs.write_all(&[*byte]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            std::future::pending::<()>().await;
+        });
+        let mut conn = Connection::new(
+            Idle::new(ours),
+            Some(Duration::from_millis(200)),
+            None,
+            test_timer(),
+        );
+        conn.write_head(b"GET / HTTP/1.1\r\n\r\n".to_vec(), false);
+        conn.finish_request().await.expect("finish");
+        let err = conn.read_head(false, false).await.expect_err("cut off");
+        assert_eq!(err.etype(), &ErrorType::ReadTimedout, "{err}");
+        assert_eq!(err.esource(), &pingora_error::ErrorSource::Upstream);
     }
 
     #[tokio::test]
