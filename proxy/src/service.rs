@@ -818,8 +818,11 @@ impl EdgeProxy {
     fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) -> Instant {
         let now = Instant::now();
         let h = &self.state.config.health;
-        let may_eject =
-            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+        let may_eject = self.state.topology.regions[b.region].may_eject(
+            h.max_ejection_percent,
+            status >= 500,
+            now,
+        );
         let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "5xx responses");
         now
@@ -835,7 +838,7 @@ impl EdgeProxy {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
-            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
         let slow = matches!(
             e.etype(),
             ErrorType::ReadTimedout | ErrorType::WriteTimedout
@@ -849,7 +852,7 @@ impl EdgeProxy {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
-            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, now);
+            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
         let verdict = b.record_connect_failure(&policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "failed connects");
     }

@@ -311,12 +311,18 @@ impl RegionInfo {
     }
 
     /// Whether one more ejection keeps within `max_percent` of the region's
-    /// backends; one backend may always be ejected.
-    pub fn may_eject(&self, max_percent: u32, now: Instant) -> bool {
+    /// backends (one backend may always be). For 5xx answers (`answered`),
+    /// also whether it leaves a backend in rotation: the region's own
+    /// answers, even 5xx, serve its clients better than a refusal, so they
+    /// never empty it; a backend that gives no answer at all (it cannot be
+    /// reached, breaks off, or lets a timeout pass) may be its last.
+    /// (Probes, which ask each backend whether it can serve, may empty a
+    /// region too.)
+    pub fn may_eject(&self, max_percent: u32, answered: bool, now: Instant) -> bool {
         let backends = self.backends.load();
         let ejected = backends.iter().filter(|b| b.is_ejected(now)).count();
         let cap = (backends.len() * max_percent as usize / 100).max(1);
-        ejected < cap
+        ejected < cap && (!answered || backends.iter().filter(|b| b.in_rotation(now)).count() > 1)
     }
 
     /// The region's measured latency: its fastest backend in rotation, in
@@ -532,18 +538,35 @@ mod tests {
         let r = &t.regions[0];
         let now = Instant::now();
         let p = policy(&testing::health());
-        assert!(r.may_eject(50, now));
+        assert!(r.may_eject(50, true, now));
         for b in r.backends().iter().take(2) {
-            for _ in 0..3 {
-                b.record_connect_failure(&p, now, true);
-            }
+            eject(b, &p, now);
         }
-        assert!(!r.may_eject(50, now), "2 of 4 ejected is the 50% cap");
-        assert!(r.may_eject(75, now));
         assert!(
-            testing::topology(1, 1).regions[0].may_eject(0, now),
-            "one may always be ejected"
+            !r.may_eject(50, false, now),
+            "2 of 4 ejected is the 50% cap"
         );
+        assert!(r.may_eject(75, true, now));
+        let one = testing::topology(1, 1);
+        assert!(
+            one.regions[0].may_eject(0, false, now),
+            "one may always be ejected for giving no answer"
+        );
+        assert!(
+            !one.regions[0].may_eject(100, true, now),
+            "but not the last in rotation for its 5xx answers"
+        );
+        // Three of four ejected: the last in rotation stays for 5xx.
+        eject(&r.backends()[2], &p, now);
+        assert!(!r.may_eject(100, true, now));
+        assert!(r.may_eject(100, false, now));
+    }
+
+    fn eject(b: &Backend, p: &OutlierPolicy, now: Instant) {
+        for _ in 0..3 {
+            b.record_connect_failure(p, now, true);
+        }
+        assert!(b.is_ejected(now));
     }
 
     #[test]

@@ -244,6 +244,31 @@ async fn a_backend_that_breaks_off_its_exchanges_is_ejected() {
     assert_eq!(good.seen().len(), before + 5);
 }
 
+/// A region's own 5xx answers never take its last backend in rotation
+/// out: they go on to the clients rather than a refusal for every request
+/// (writes to the primary above all), and the ejection that was not made
+/// is counted once.
+#[tokio::test]
+async fn answers_never_eject_a_regions_last_backend() {
+    let only = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[only.addr])
+        .extra(
+            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\neject_after = 3\n",
+        )
+        .start()
+        .await;
+    only.set_status(500);
+    let c = client();
+    for _ in 0..10 {
+        let answer = c.post(proxy.url("/write")).send().await.unwrap();
+        assert_eq!(answer.status(), 500, "the backend's own answer");
+    }
+    assert_eq!(backend(&proxy, 0, 0).await["ejected"], false);
+    let suppressed = format!("edgeroute_backend_ejections_suppressed_total{{region=\"{US}\"}}");
+    assert_eq!(proxy.metric(&suppressed).await, 1.0);
+}
+
 #[tokio::test]
 async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_changes() {
     let us = Origin::start(US).await;
