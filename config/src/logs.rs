@@ -9,7 +9,47 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
     match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::try_new(&v)
             .map_err(|e| format!("RUST_LOG={v:?} is not a valid log filter: {e}")),
-        _ => EnvFilter::try_new(level)
-            .map_err(|e| format!("log.level {level:?} is not a valid log filter: {e}")),
+        _ => {
+            if let Some(word) = bare_target(level) {
+                return Err(format!(
+                    "log.level {level:?}: {word:?} is no level; use one of trace, debug, info, warn, error or off, or a filter that gives each target its level, such as \"info,edgeroute=debug\""
+                ));
+            }
+            EnvFilter::try_new(level)
+                .map_err(|e| format!("log.level {level:?} is not a valid log filter: {e}"))
+        }
+    }
+}
+
+/// A part of a filter that names a target without a level, if any. The
+/// filter syntax takes one as "every level of that target, nothing of the
+/// others": a misspelt level (`warning`, `verbose`) would silence the logs.
+fn bare_target(filter: &str) -> Option<&str> {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .find(|part| {
+            !part.contains(['=', '[']) && !LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l))
+        })
+}
+
+#[cfg(test)]
+mod level_tests {
+    #[test]
+    fn a_word_that_is_no_level_is_refused_and_filters_are_taken() {
+        for ok in [
+            "info",
+            "WARN",
+            "off",
+            "info,edgeroute=debug",
+            "edgeroute::access=off,warn",
+        ] {
+            assert_eq!(super::bare_target(ok), None, "{ok}");
+        }
+        assert_eq!(super::bare_target("warning"), Some("warning"));
+        assert_eq!(super::bare_target("info, verbose"), Some("verbose"));
+        assert_eq!(super::bare_target("edgeroute"), Some("edgeroute"));
     }
 }

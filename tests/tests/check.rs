@@ -495,3 +495,31 @@ fn check_refuses_a_table_that_is_not_a_regular_file_or_past_the_epoch_range() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("not a regular file"), "{stderr}");
 }
+
+/// A misspelt level would be taken by the filter syntax as a target name,
+/// and every log line would be silenced: `check` refuses it.
+#[test]
+fn a_log_level_that_is_no_level_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("level.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\n\
+         [log]\nlevel = \"warning\"\n",
+    )
+    .unwrap();
+    let out = check(&proxy_bin(), &config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "log.level \"warning\": \"warning\" is no level",
+            "trace, debug, info, warn, error or off",
+        ],
+    );
+}
