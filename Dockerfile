@@ -13,7 +13,11 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/edgeroute-proxy /usr/local/bin/edgeroute-control /usr/local/bin/
-# Unprivileged; listen on ports above 1024.
+# The control plane's history file (config/examples/control-aws.toml);
+# mount a volume here to keep it across restarts.
+RUN mkdir -p /var/lib/edgeroute && chown 65532:65532 /var/lib/edgeroute
+# Unprivileged; listen on ports above 1024. The admin port answers from
+# outside the container only with admin.address on 0.0.0.0 (and a token).
 USER 65532:65532
 EXPOSE 8080 9901
 ENTRYPOINT ["/usr/local/bin/edgeroute-proxy"]
