@@ -144,7 +144,7 @@ impl Metrics {
             refusals: counter_vec(
                 &r,
                 "edgeroute_refusals_total",
-                "Requests refused by the proxy before reaching a backend, by reason",
+                "Requests the proxy answered itself before picking a backend, by error code (the routing refusals, body_too_large, method_not_allowed, bad_request, ...)",
                 &["reason"],
             ),
             retries: counter(

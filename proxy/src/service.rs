@@ -292,9 +292,6 @@ impl EdgeProxy {
         if let Some(reply) = self.admit(client, ctx) {
             return self.reply(client, ctx, reply).await;
         }
-        if client.request().method == http::Method::CONNECT {
-            return self.reply(client, ctx, ErrorReply::MethodNotAllowed).await;
-        }
         if ctx.facts.expects_continue
             && client.request().version == http::Version::HTTP_11
             && !client.is_body_done()
@@ -367,6 +364,10 @@ impl EdgeProxy {
             .classifier
             .classify(req.method.as_str(), req.uri.path(), strong);
         // Refused, it is still counted as the read or write it is.
+        // Whatever the table says, a tunnel is refused as such.
+        if req.method == http::Method::CONNECT {
+            return Some(ErrorReply::MethodNotAllowed);
+        }
         let limit = self.state.config.limits.max_request_body;
         if ctx.facts.content_length.is_some_and(|len| len > limit) {
             return Some(ErrorReply::BodyTooLarge { limit });
@@ -424,11 +425,12 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         reply: ErrorReply,
     ) -> Result<(), BError> {
-        if let ErrorReply::Refused(r) = &reply {
+        // Every answer of its own the proxy makes before a backend is picked.
+        if ctx.sent_to.is_none() {
             self.state
                 .metrics
                 .refusals
-                .with_label_values(&[r.code()])
+                .with_label_values(&[reply.code()])
                 .inc();
         }
         // A write that may have reached a backend may have been made.

@@ -142,6 +142,26 @@ async fn connect_is_refused_with_a_reason_and_hop_by_hop_fields_stay_behind() {
     );
     assert!(resp.contains("CONNECT is not supported"), "{resp}");
     assert!(origin.seen().is_empty());
+    // Whatever the table says: a failover under way refuses writes with
+    // 503, but a tunnel is refused as such.
+    let mut failing_over = table(2, 2, Some(US), &[(US, "active")]);
+    failing_over["failover_in_progress"] = true.into();
+    proxy.swap_table(&failing_over).await;
+    let resp = exchange(
+        proxy.addr,
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 405"), "{resp}");
+    assert_eq!(
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"method_not_allowed\"}")
+            .await,
+        2.0
+    );
+    proxy
+        .swap_table(&table(2, 3, Some(US), &[(US, "active")]))
+        .await;
 
     let resp = exchange(
         proxy.addr,
