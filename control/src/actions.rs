@@ -163,14 +163,22 @@ impl ControlView {
 /// Who runs this process, for the history and the notifications:
 /// `EDGEROUTE_OPERATOR` when set (a name of the operator's choosing, as on
 /// a shared bastion account), else the login name (the one `sudo` was run
-/// by, under `sudo`) and the host, as `user@host`. Control characters are
+/// by, under `sudo`; the account's name when no variable says it) and the
+/// host, as `user@host`. Control characters are
 /// dropped and it is cut at 128 characters.
 pub fn operator() -> String {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     let who = var("EDGEROUTE_OPERATOR").unwrap_or_else(|| {
+        // Containers often set none of these: the account's name, then.
         let user = var("SUDO_USER")
             .or_else(|| var("USER"))
             .or_else(|| var("LOGNAME"))
+            .or_else(|| {
+                nix::unistd::User::from_uid(nix::unistd::getuid())
+                    .ok()
+                    .flatten()
+                    .map(|u| u.name)
+            })
             .unwrap_or_else(|| format!("uid {}", nix::unistd::getuid()));
         let host = nix::unistd::gethostname()
             .ok()

@@ -32,22 +32,26 @@ struct Cli {
 enum Command {
     /// Serve the routing table (and run automated failover when enabled).
     Serve {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Read the source once and print the table that would be served.
     Show {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a config file and read its source once.
     Check {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// The writer, every region, the table served, the proxies, and the
     /// last failover and drill.
     Status {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
@@ -55,6 +59,7 @@ enum Command {
     /// loss) unless --unplanned. Follows it until every proxy routes on the
     /// new epoch and prints the timeline.
     Failover {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// The region to move the writer to.
@@ -82,26 +87,39 @@ enum Command {
         #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },
-    /// Route 53 weight 0 for REGION: reads move to the other regions.
+    /// Take REGION out of DNS: its latency records are removed (a copy is
+    /// kept in the zone for undrain), or its weighted records set to
+    /// weight 0. Reads move to the other regions; follows it until every
+    /// proxy routes on the new table.
     Drain {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// The region to take out of DNS.
         region: String,
+        /// Print the current state and every step; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Give up following after this long (default: actions.timeout).
         #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },
-    /// Give REGION its Route 53 weight back: the weight it had before the
-    /// drain, unless --weight.
+    /// Put REGION back in DNS: its kept latency records, or its weighted
+    /// records at the weight they had before the drain (unless --weight).
     Undrain {
+        /// The control plane's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
+        /// The region to put back.
         region: String,
+        /// The Route 53 weight to give weighted records (1-255), instead
+        /// of the one kept by the drain.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..=255))]
         weight: Option<i64>,
+        /// Print the current state and every step; change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Give up following after this long (default: actions.timeout).
         #[arg(long, value_parser = follow_timeout)]
         timeout: Option<Duration>,
     },

@@ -25,11 +25,13 @@ struct Cli {
 enum Command {
     /// Run the proxy.
     Run {
+        /// The proxy's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
     /// Validate a config file (and the routing table it names) and exit.
     Check {
+        /// The proxy's config file (TOML).
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
