@@ -30,7 +30,7 @@ use pingora_core::server::ShutdownWatch;
 use pingora_error::{Error, ErrorType};
 use rand::Rng;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 type BError = Box<Error>;
 
@@ -63,6 +63,10 @@ impl EdgeProxy {
         }
     }
 }
+
+/// How long a backend that stopped taking the request body for
+/// `timeouts.write` is given to answer it.
+const EARLY_ANSWER_GRACE: Duration = Duration::from_secs(1);
 
 /// Per-request state; small, and dropped when the request ends.
 struct Ctx {
@@ -624,10 +628,19 @@ impl EdgeProxy {
                 if e.esource() == &pingora_error::ErrorSource::Downstream || ctx.reply.is_some() {
                     return Err(e);
                 }
-                let resp = client
-                    .unless_gone(up.read_head(head_request, upgrade))
-                    .await
-                    .map_err(|_| e)?;
+                // One that took nothing for timeouts.write had the time to
+                // answer already: what it sent is taken, but its silence is
+                // not waited on for timeouts.read again.
+                let early = client.unless_gone(up.read_head(head_request, upgrade));
+                let answer = if e.etype() == &ErrorType::WriteTimedout {
+                    tokio::time::timeout(EARLY_ANSWER_GRACE, early)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                } else {
+                    early.await.ok()
+                };
+                let resp = answer.ok_or(e)?;
                 answered_early = true;
                 return Ok(resp);
             }

@@ -913,3 +913,65 @@ async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
         1.0
     );
 }
+
+/// A backend that takes a request's head and then neither reads its body
+/// nor answers: the proxy's write runs out of `timeouts.write`, and the
+/// client gets a 504 soon after, not another `timeouts.read` later (which
+/// is a minute here, twice this test's limit).
+#[tokio::test]
+async fn a_backend_that_stops_taking_a_body_is_not_waited_on_again_for_an_answer() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            held.push(conn);
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra(
+            "[health]\nprobes = false\n[timeouts]\nwrite = \"1s\"\nread = \"60s\"\n\
+             [limits]\nmax_request_body = \"256MiB\"\n",
+        )
+        .start()
+        .await;
+    let s = TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut rx, mut tx) = s.into_split();
+    const BODY: usize = 128 << 20;
+    tokio::spawn(async move {
+        let head = format!("POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {BODY}\r\n\r\n");
+        if tx.write_all(head.as_bytes()).await.is_err() {
+            return;
+        }
+        let piece = vec![b'x'; 1 << 20];
+        for _ in 0..BODY >> 20 {
+            if tx.write_all(&piece).await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !complete_response(&String::from_utf8_lossy(&got)) {
+            match rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    })
+    .await
+    .expect("an answer before timeouts.read could have run out");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+}
