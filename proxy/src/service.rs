@@ -306,6 +306,9 @@ impl EdgeProxy {
         }
         client.enable_retry_buffering();
         let mut reached_failure = None;
+        // What the last attempt that reached nothing met (a refused
+        // connect, say): the log of a refusal that follows says it.
+        let mut unreached_failure = None;
         loop {
             // The first pick uses the request's start: ejection windows are
             // seconds long.
@@ -319,12 +322,19 @@ impl EdgeProxy {
                 // No backend left after one the request may have reached:
                 // the client learns what happened there, not a refusal
                 // that would say nothing was done.
-                Err(refused) => match reached_failure.take() {
-                    Some(e) => {
+                Err(refused) => match (reached_failure.take(), unreached_failure.take()) {
+                    (Some(e), _) => {
                         ctx.reply = None;
                         return Err(e);
                     }
-                    None => return Err(refused),
+                    (None, Some(e)) => {
+                        let why = refused.context.as_ref().map(ToString::to_string);
+                        return Err(Error::explain(
+                            refused.etype().clone(),
+                            format!("{}; the last attempt: {e}", why.unwrap_or_default()),
+                        ));
+                    }
+                    (None, None) => return Err(refused),
                 },
             };
             match self.attempt(client, ctx, &backend, timer).await {
@@ -337,6 +347,8 @@ impl EdgeProxy {
                     tracing::debug!(error = %f.error, backend = %backend.label, attempt = ctx.attempts, "trying another backend");
                     if f.reached {
                         reached_failure = Some(f.error);
+                    } else {
+                        unreached_failure = Some(f.error);
                     }
                 }
                 Err(f) => return Err(f.error),
@@ -476,7 +488,9 @@ impl EdgeProxy {
     /// The next backend for this request: in the chosen region, or — for a
     /// nearest-region read whose region has none left — in the next nearest.
     fn pick(&self, ctx: &mut Ctx, now: Instant) -> Result<Arc<Backend>, BError> {
-        ctx.backend = None;
+        // The backend tried last stays named (for the log) unless another
+        // is picked.
+        let previous = ctx.backend.take();
         let topo = &self.state.topology;
         let snapshot = ctx.snapshot.clone().ok_or_else(|| {
             Error::explain(
@@ -537,6 +551,7 @@ impl EdgeProxy {
                         RouteTarget::Nearest => Refusal::NoRegionAvailable,
                     };
                     ctx.reply = Some(ErrorReply::Refused(refusal));
+                    ctx.backend = previous;
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(503),
                         refusal.message(),

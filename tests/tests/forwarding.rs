@@ -975,3 +975,32 @@ async fn a_backend_that_stops_taking_a_body_is_not_waited_on_again_for_an_answer
     .expect("an answer before timeouts.read could have run out");
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 }
+
+/// A request no backend could take is refused, and its log line names the
+/// backend tried last and what it met (here, a refused connect), not only
+/// the refusal.
+#[tokio::test]
+async fn a_refusal_after_failed_attempts_logs_the_backend_and_its_failure() {
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = closed.local_addr().unwrap();
+    drop(closed);
+    let proxy = proxy_for(addr).await;
+    let resp = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    let access = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("edgeroute::access") && l.contains("status=503"))
+            .map(str::to_owned)
+    };
+    eventually("the access line is written", LIMIT, || async {
+        access(&proxy.log()).is_some()
+    })
+    .await;
+    let line = access(&proxy.log()).expect("an access line");
+    assert!(line.contains(&format!("backend=\"{addr}\"")), "{line}");
+    assert!(line.contains("the last attempt"), "{line}");
+}
