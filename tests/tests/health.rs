@@ -192,6 +192,14 @@ async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() 
         backend(&proxy, 0, 0).await["ejected"] == false && a.seen().len() > before
     })
     .await;
+    // The end of the ejection is logged, as its start was.
+    eventually("the end of a's ejection is logged", WAIT, || async {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("ejection is over") && l.contains(&a.addr.to_string()))
+    })
+    .await;
 }
 
 /// A backend that passes its probes but breaks off every request (it

@@ -54,11 +54,19 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
     // gets one line with the reason, not one per probe (nor one per probe
     // of a backend flapping short of `rise`) and not none.
     let mut failures_told = false;
+    // Whether the backend was ejected at the last probe: the end of an
+    // ejection (which runs out by time) is logged here.
+    let mut was_ejected = false;
     loop {
         if backend.is_retired() {
             return;
         }
         let started = Instant::now();
+        let ejected = backend.is_ejected(started);
+        if was_ejected && !ejected {
+            tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend's ejection is over: in rotation again while its probes pass");
+        }
+        was_ejected = ejected;
         let reusable = kept
             .take()
             .filter(|(_, since)| started - *since < state.config.timeouts.pool_idle)
