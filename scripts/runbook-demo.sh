@@ -1,20 +1,28 @@
 #!/usr/bin/env bash
 # The failover runbook on one machine: the AWS API emulator with three
-# regions (127.0.0.1:5000), edgeroute-control mirroring it (127.0.0.1:9080),
-# and the demo proxy for us-east-1 (http://127.0.0.1:8080) taking its table
-# from the control plane. Run the runbook commands from another terminal;
-# Ctrl-C stops all three.
+# regions, edgeroute-control mirroring it, and the demo proxy for us-east-1
+# taking its table from the control plane. Run the runbook commands from
+# another terminal; Ctrl-C stops all three.
+#
+#   scripts/runbook-demo.sh [DEMO OPTIONS]    e.g. --listen 127.0.0.1:18080 --admin 127.0.0.1:19901
+#
+# The emulator listens on $EMULATOR_ADDRESS (127.0.0.1:5000) and the control
+# plane on $CONTROL_ADDRESS (127.0.0.1:9080); the options go to
+# `edgeroute-proxy demo` (its defaults: http://127.0.0.1:8080, admin
+# 127.0.0.1:9901). The configs, token and logs go to a new folder under
+# $TMPDIR (/tmp), kept after the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+emulator_address="${EMULATOR_ADDRESS:-127.0.0.1:5000}"
+control_address="${CONTROL_ADDRESS:-127.0.0.1:9080}"
 bash scripts/prereqs.sh
 MOTO_PYTHON="$(bash scripts/emulator.sh)"
 export MOTO_PYTHON
 cargo build --locked --workspace --bins
-bin=target/debug
-dir=target/runbook-demo
+bin="$PWD/target/debug"
+dir="$(mktemp -d "${TMPDIR:-/tmp}/edgeroute-runbook-demo.XXXXXX")"
 # The emulator takes any signed request: dummy static credentials.
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true
-rm -rf "$dir" && mkdir -p "$dir"
 
 pids=()
 stop() {
@@ -23,7 +31,8 @@ stop() {
 }
 trap stop EXIT INT TERM
 
-"$bin/edgeroute-emulator" --dir "$dir" >"$dir/emulator.log" 2>&1 &
+"$bin/edgeroute-emulator" --dir "$dir" --address "$emulator_address" --control "$control_address" \
+  >"$dir/emulator.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 600); do
   [ -s "$dir/control.toml" ] && break
@@ -36,5 +45,5 @@ done
 pids+=($!)
 echo "control plane log: $dir/control.log; emulator log: $dir/emulator.log"
 echo "In another terminal, for the commands below:"
-echo "  export C=$PWD/$dir/control.toml PATH=$PWD/$bin:\$PATH AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true"
-"$bin/edgeroute-proxy" demo --control http://127.0.0.1:9080 --token-file "$PWD/$dir/token"
+echo "  export C=$dir/control.toml PATH=$bin:\$PATH AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_EC2_METADATA_DISABLED=true"
+"$bin/edgeroute-proxy" demo --control "http://$control_address" --token-file "$dir/token" "$@"

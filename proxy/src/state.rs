@@ -160,7 +160,12 @@ impl AppState {
             .table_rejections
             .with_label_values(&["unreadable"])
             .inc();
-        tracing::warn!(source, error = %error, "cannot read the routing table; keeping the table in force");
+        let keeping = if self.router.load().is_some() {
+            "keeping the table in force"
+        } else {
+            "no table yet: /ready answers 503 and requests are refused until one comes"
+        };
+        tracing::warn!(source, error = %error, "cannot read the routing table; {keeping}");
     }
 
     /// [`route::choose_region`] with this proxy's live backend state at
