@@ -435,22 +435,26 @@ pub fn describe(
 }
 
 /// [`describe`] with the table, proxies and history read now.
+/// Also whether all of it could be read (the control plane's table and
+/// proxies, the history file).
 pub async fn describe_now(
     control: &ControlView,
     history_file: &std::path::Path,
     view: &TopologyView,
     failover: Option<&FailoverInfo>,
-) -> String {
+) -> (String, bool) {
     let table = control.table().await;
     let proxies = control.proxies().await;
     let history = History::load(history_file);
-    describe(
+    let whole = table.is_ok() && proxies.is_ok() && history.is_ok();
+    let text = describe(
         view,
         failover,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
         proxies.as_deref().map_err(String::as_str),
         history.as_ref().map_err(String::as_str),
-    )
+    );
+    (text, whole)
 }
 
 /// Longest an action is followed, whatever `--timeout` says.
@@ -781,7 +785,9 @@ impl Runner {
     }
 
     async fn describe_state(&self, view: &TopologyView, failover: Option<&FailoverInfo>) -> String {
-        describe_now(&self.control, &self.history_file, view, failover).await
+        describe_now(&self.control, &self.history_file, view, failover)
+            .await
+            .0
     }
 
     /// Already as asked: said, not recorded, and a success.

@@ -350,16 +350,16 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
             file => (source::Source::new(file, None).await.read().await?, None),
         };
         let control = control_view(cfg)?;
-        print!(
-            "{}",
-            actions::describe_now(
-                &control,
-                &cfg.actions.history_file,
-                &view,
-                failover.as_ref()
-            )
-            .await
-        );
+        let (text, whole) = actions::describe_now(
+            &control,
+            &cfg.actions.history_file,
+            &view,
+            failover.as_ref(),
+        )
+        .await;
+        print!("{text}");
+        // A script that reads the status learns that part of it is unknown.
+        anyhow::ensure!(whole, "part of the status could not be read (see above)");
         anyhow::Ok(())
     })
 }

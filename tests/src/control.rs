@@ -136,11 +136,14 @@ impl ControlPlane {
     /// run on another machine (see [`ControlPlane::command_elsewhere`]).
     pub async fn command_via(&self, url: &str, args: &[&str]) -> Ran {
         let config = std::fs::read_to_string(&self.config_path).expect("read the config");
-        assert!(config.contains("[actions]\n"), "{config}");
-        let config = config.replace(
-            "[actions]\n",
-            &format!("[actions]\ncontrol_url = {url:?}\n"),
-        );
+        let config = if config.contains("[actions]\n") {
+            config.replace(
+                "[actions]\n",
+                &format!("[actions]\ncontrol_url = {url:?}\n"),
+            )
+        } else {
+            format!("{config}\n[actions]\ncontrol_url = {url:?}\n")
+        };
         self.command_elsewhere_with(&config, args).await
     }
 
@@ -153,13 +156,18 @@ impl ControlPlane {
     }
 
     /// Runs a command with `config` in another folder, beside a copy of
-    /// the token.
+    /// the token (and of a file source's topology).
     async fn command_elsewhere_with(&self, config: &str, args: &[&str]) -> Ran {
         let elsewhere = self.dir.join("elsewhere");
         std::fs::create_dir_all(&elsewhere).expect("another folder");
         let path = elsewhere.join("control.toml");
         std::fs::write(&path, config).expect("write the config");
         std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
+        // A file source's topology, where the config names it beside itself.
+        if self.topology_path.exists() {
+            std::fs::copy(&self.topology_path, elsewhere.join("topology.json"))
+                .expect("copy the topology");
+        }
         self.command_with(&path, args).await
     }
 

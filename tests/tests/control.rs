@@ -379,3 +379,20 @@ async fn the_table_server_closes_a_head_never_finished_and_reads_bearer_in_any_c
         .unwrap();
     assert_eq!(resp.status(), 200);
 }
+
+/// `status` prints what it can, and exits non-zero when part of it could
+/// not be read (here, the control plane it asks is not there), so that a
+/// script tells it from a full answer.
+#[tokio::test]
+async fn status_fails_when_part_of_it_cannot_be_read() {
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let ran = cp.command(&["status"]).await;
+    assert!(ran.ok, "{ran:?}");
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", gone.local_addr().unwrap());
+    drop(gone);
+    let ran = cp.command_via(&url, &["status"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("table served: unknown"), "{ran:?}");
+    assert!(ran.stderr.contains("could not be read"), "{ran:?}");
+}
