@@ -291,7 +291,7 @@ pub enum ControlConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("control config file {path} is not valid TOML for edgeroute-control: {message}")]
+    #[error("control config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("control config file {path} has {} invalid field(s):\n{errors}", errors.len())]
     Invalid { path: PathBuf, errors: FieldErrors },
@@ -317,10 +317,11 @@ impl ControlConfig {
             path: path.to_owned(),
             error,
         })?;
-        let raw: RawControl = toml::from_str(&text).map_err(|e| ControlConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })?;
+        let raw: RawControl =
+            crate::schema::parse(&text).map_err(|message| ControlConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            })?;
         let base = path.parent().unwrap_or(Path::new("."));
         raw.validate(base)
             .map_err(|errors| ControlConfigError::Invalid {

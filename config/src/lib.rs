@@ -12,6 +12,7 @@ mod errors;
 mod logs;
 mod proxy;
 mod report;
+mod schema;
 mod secret;
 mod table;
 mod values;

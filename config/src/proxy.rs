@@ -742,7 +742,7 @@ pub enum ConfigError {
         path: PathBuf,
         error: std::io::Error,
     },
-    #[error("config file {path} is not valid TOML for edgeroute: {message}")]
+    #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config file {path} has {} invalid field(s):\n{errors}", errors.len())]
     Invalid { path: PathBuf, errors: FieldErrors },
@@ -771,8 +771,7 @@ impl ProxyConfig {
 
     /// Parse and validate TOML text; `base` anchors relative paths.
     pub fn from_toml(text: &str, base: &Path) -> Result<Self, FromTomlError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|e| FromTomlError::Parse(e.to_string()))?;
+        let raw: RawConfig = crate::schema::parse(text).map_err(FromTomlError::Parse)?;
         raw.validate(base).map_err(FromTomlError::Invalid)
     }
 
