@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 /// The HTTP client of the throughput and overhead runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Client {
-    /// Response heads parsed in place, like wrk ([`lean`]).
+    /// Response heads parsed in place, like wrk.
     Lean,
     /// hyper's client, which puts each response's fields in a header map.
     Hyper,

@@ -108,6 +108,16 @@ pub enum Rejection {
 
 impl Rejection {
     /// A short, stable label for metrics.
+    /// Every [`Self::reason`], for metrics that show each from the start.
+    pub const REASONS: [&'static str; 6] = [
+        "malformed",
+        "invalid",
+        "unknown_region",
+        "stale_epoch",
+        "stale_version",
+        "primary_changed_without_epoch",
+    ];
+
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Malformed(_) => "malformed",
@@ -265,6 +275,24 @@ impl RoutingTable {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn every_rejection_reason_is_listed() {
+        let all = [
+            Rejection::Malformed(String::new()),
+            Rejection::Invalid(crate::FieldErrors::default()),
+            Rejection::UnknownRegion(String::new()),
+            Rejection::StaleEpoch { got: 1, current: 2 },
+            Rejection::StaleVersion { got: 1, current: 2 },
+            Rejection::PrimaryChangedWithoutEpoch {
+                from: None,
+                to: None,
+            },
+        ];
+        let reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();
+        assert_eq!(reasons, Rejection::REASONS);
+    }
+
     use super::*;
     use proptest::prelude::*;
 
