@@ -92,11 +92,26 @@ impl Source {
                 .map_err(|e| {
                     err(
                         "read",
-                        format!("cannot read topology file {}: {e}", path.display()),
+                        format!(
+                            "cannot read topology file {} (source.path): {e}",
+                            path.display()
+                        ),
                     )
                 })?;
-                TopologyView::from_json(&bytes)
-                    .map_err(|r| err("parse", format!("topology file {}: {r}", path.display())))
+                TopologyView::from_json(&bytes).map_err(|r| {
+                    // The rejection speaks of a routing table; this is the
+                    // topology it is built from.
+                    let why = match r {
+                        edgeroute_config::Rejection::Malformed(m) => {
+                            format!("not a topology (JSON with primary_region and regions): {m}")
+                        }
+                        other => other.to_string().replace("routing table", "topology"),
+                    };
+                    err(
+                        "parse",
+                        format!("topology file {} (source.path): {why}", path.display()),
+                    )
+                })
             }
             Source::Aws { aws, .. } => {
                 let view = aws.read().await.map_err(|e| ReadError {
