@@ -133,10 +133,21 @@ pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
         }
         Ok(a) => Some(a),
         Err(_) => {
-            errs.push(
-                path,
-                format!("must be an ip:port address such as \"0.0.0.0:8080\", got {raw:?}"),
-            );
+            // An address whose port alone is wrong says so.
+            let port_out_of_range = raw.rsplit_once(':').is_some_and(|(ip, port)| {
+                ip.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+                    && !port.is_empty()
+                    && port.bytes().all(|b| b.is_ascii_digit())
+            });
+            let why = if port_out_of_range {
+                format!("must name a port from 1 to 65535, got {raw:?}")
+            } else {
+                format!("must be an ip:port address such as \"0.0.0.0:8080\", got {raw:?}")
+            };
+            errs.push(path, why);
             None
         }
     }
@@ -471,6 +482,22 @@ pub(crate) fn region_entry<'a>(
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_listen_address_whose_port_is_out_of_range_says_so() {
+        let mut e = FieldErrors::default();
+        assert_eq!(
+            listen_addr(&mut e, "admin.address", "127.0.0.1:70000"),
+            None
+        );
+        assert_eq!(listen_addr(&mut e, "admin.address", "[::1]:99999"), None);
+        assert_eq!(listen_addr(&mut e, "admin.address", "localhost:80"), None);
+        let said: Vec<String> = e.iter().map(|e| e.message.clone()).collect();
+        assert!(said[0].contains("a port from 1 to 65535"), "{said:?}");
+        assert!(said[1].contains("a port from 1 to 65535"), "{said:?}");
+        assert!(said[2].contains("must be an ip:port address"), "{said:?}");
+    }
+
     use super::*;
 
     #[test]
