@@ -1080,6 +1080,20 @@ fn pingora_response(
     head: h1::ResponseHead,
     added: &[(HeaderName, HeaderValue)],
 ) -> Result<Box<ResponseHeader>, BError> {
+    // HTTP/2 carries no transfer coding: a body coded other than by
+    // chunks (which the proxy has undone) would reach the client altered.
+    let coded = head.fields.get_all("transfer-encoding").any(|v| {
+        std::str::from_utf8(v).map_or(true, |v| {
+            h1::list_items(v).any(|c| !c.eq_ignore_ascii_case("chunked"))
+        })
+    });
+    if coded {
+        return Err(Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "the backend's answer has a transfer coding other than chunked, which HTTP/2 cannot carry",
+        )
+        .into_up());
+    }
     let (mut parts, ()) = http::Response::new(()).into_parts();
     parts.status = head.status;
     parts.version = Version::HTTP_11;

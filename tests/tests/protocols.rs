@@ -1228,3 +1228,35 @@ async fn an_http2_client_flooding_control_frames_is_disconnected() {
         1.0
     );
 }
+
+/// HTTP/2 carries no transfer coding: an answer coded other than by
+/// chunks (here gzip, ended by the close) would reach an HTTP/2 client
+/// altered, with nothing to say so; it gets 502 instead.
+#[tokio::test]
+async fn an_answer_with_a_transfer_coding_http2_cannot_carry_is_a_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _read = conn.read(&mut buf).await;
+                let _written = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nConnection: close\r\n\r\n\x1f\x8b coded")
+                    .await;
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .listener_options("h2c = true")
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let answer = h2::client().get(proxy.url("/coded")).send().await.unwrap();
+    assert_eq!(answer.status(), 502);
+    assert_eq!(
+        answer.headers()["x-edgeroute-error"],
+        "upstream_unavailable"
+    );
+}
