@@ -226,12 +226,7 @@ async fn stalling_backend() -> (SocketAddr, Arc<AtomicUsize>) {
 #[tokio::test]
 async fn an_upload_a_backend_stops_reading_does_not_stall_the_connections_other_streams() {
     let (backend, stalled) = stalling_backend().await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[backend])
-        .listener_options("h2c = true")
-        .extra("[health]\nprobes = false\n")
-        .start()
-        .await;
+    let proxy = h2c_proxy_unprobed(backend).await;
     let c = h2::client();
     // One connection first, so that both streams below share it.
     assert_eq!(
@@ -660,6 +655,16 @@ async fn an_expired_certificate_never_replaces_a_valid_one() {
     assert_eq!(tls.proxy.metric(&expiry).await, until_4096);
 }
 
+/// A proxy with an h2c listener for `backend`, which it does not probe.
+async fn h2c_proxy_unprobed(backend: SocketAddr) -> Proxy {
+    ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .listener_options("h2c = true")
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await
+}
+
 /// A proxy for `origin` with an h2c listener and `client_idle` as given.
 async fn h2c_proxy(origin: &Origin, client_idle: &str) -> Proxy {
     ProxyBuilder::new(US)
@@ -962,12 +967,7 @@ async fn answer_stalling_backend() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicU
 #[tokio::test]
 async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
     let (backend, asked, closed) = answer_stalling_backend().await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[backend])
-        .listener_options("h2c = true")
-        .extra("[health]\nprobes = false\n")
-        .start()
-        .await;
+    let proxy = h2c_proxy_unprobed(backend).await;
     let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
     conn.write_all(&opening()).await.unwrap();
     let limit = Duration::from_secs(10);
@@ -1247,12 +1247,7 @@ async fn an_answer_with_a_transfer_coding_http2_cannot_carry_is_a_502() {
             });
         }
     });
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[backend])
-        .listener_options("h2c = true")
-        .extra("[health]\nprobes = false\n")
-        .start()
-        .await;
+    let proxy = h2c_proxy_unprobed(backend).await;
     let answer = h2::client().get(proxy.url("/coded")).send().await.unwrap();
     assert_eq!(answer.status(), 502);
     assert_eq!(
