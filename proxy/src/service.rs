@@ -441,8 +441,9 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         reply: ErrorReply,
     ) -> Result<(), BError> {
-        // Every answer of its own the proxy makes before a backend is picked.
-        if ctx.sent_to.is_none() {
+        // Every refusal, and every other answer of its own the proxy makes
+        // before a backend is picked.
+        if ctx.sent_to.is_none() || matches!(reply, ErrorReply::Refused(_)) {
             self.state
                 .metrics
                 .refusals

@@ -1003,4 +1003,11 @@ async fn a_refusal_after_failed_attempts_logs_the_backend_and_its_failure() {
     let line = access(&proxy.log()).expect("an access line");
     assert!(line.contains(&format!("backend=\"{addr}\"")), "{line}");
     assert!(line.contains("the last attempt"), "{line}");
+    // A refusal still, though a backend was tried.
+    assert_eq!(
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"no_region_available\"}")
+            .await,
+        1.0
+    );
 }
