@@ -6,13 +6,15 @@
 //! WINDOW_UPDATE: one such connection took most of a worker thread and
 //! tripled the latency of every other connection on it.
 //!
-//! A connection starts with [`BURST`] of them. It earns [`PER_SECOND`]
-//! more each second and [`PER_REQUEST_FRAME`] more for each frame that
-//! carries a request or an answer, either way (a HEADERS frame, a DATA
-//! frame with bytes), up to [`MOST`] in hand: a client that sends a window
-//! update for every frame of an answer it reads, or a keep-alive PING every
-//! few seconds, never runs short. One that spends more than it has is told
-//! to go away with `ENHANCE_YOUR_CALM`, and no more of its bytes are read.
+//! A connection starts with [`BURST`] of them. It earns
+//! [`PER_REQUEST_FRAME`] more for each frame that carries a request or an
+//! answer, either way (a HEADERS frame, a DATA frame with bytes), and
+//! [`PER_SECOND`] more each second while it has fewer than [`MOST`] in
+//! hand: a client that sends a window update for every few KiB of an
+//! answer it reads (long after the proxy wrote it, from the kernel's
+//! buffers), or a keep-alive PING every few seconds, never runs short. One
+//! that spends more than it has is told to go away with
+//! `ENHANCE_YOUR_CALM`, and no more of its bytes are read.
 
 use std::time::Instant;
 
@@ -22,7 +24,7 @@ pub const BURST: u32 = 100;
 pub const PER_SECOND: u32 = 10;
 /// Frames earned with each frame that carries a request or an answer.
 pub const PER_REQUEST_FRAME: u32 = 10;
-/// The most a connection may have in hand.
+/// The most a connection may have in hand from time alone.
 pub const MOST: u32 = 1_000;
 
 /// The 24 bytes an HTTP/2 client sends before its first frame.
@@ -161,15 +163,17 @@ impl Budget {
                 Kind::Request => earn(milli, PER_REQUEST_FRAME),
                 Kind::Neutral => {}
                 Kind::Control => {
-                    // The clock is read for these frames only, and they are few
-                    // unless the budget is about to run out.
-                    let now = now();
-                    let elapsed = now.saturating_duration_since(*at).as_millis();
-                    *at = now;
-                    let earned = u64::try_from(elapsed)
-                        .unwrap_or(u64::MAX)
-                        .saturating_mul(u64::from(PER_SECOND));
-                    *milli = milli.saturating_add(earned).min(u64::from(MOST) * 1000);
+                    // The clock is read only when the budget runs short:
+                    // what time earned since the last reading comes then.
+                    if *milli < 1000 {
+                        let now = now();
+                        let micros = now.saturating_duration_since(*at).as_micros();
+                        *at = now;
+                        let earned = u64::try_from(micros * u128::from(PER_SECOND) / 1000)
+                            .unwrap_or(u64::MAX);
+                        let room = (u64::from(MOST) * 1000).saturating_sub(*milli);
+                        *milli += earned.min(room);
+                    }
                     match milli.checked_sub(1000) {
                         Some(left) => *milli = left,
                         None => *spent = true,
@@ -192,9 +196,7 @@ impl Budget {
 }
 
 fn earn(milli: &mut u64, frames: u32) {
-    *milli = milli
-        .saturating_add(u64::from(frames) * 1000)
-        .min(u64::from(MOST) * 1000);
+    *milli = milli.saturating_add(u64::from(frames) * 1000);
 }
 
 #[cfg(test)]
@@ -277,6 +279,21 @@ mod tests {
     }
 
     #[test]
+    fn an_answer_read_long_after_it_was_written_pays_for_its_window_updates() {
+        // 16 MiB written at once (1,024 frames of 16 KiB), then read from
+        // the kernel's buffers 4 KiB at a time, a window update for each.
+        let mut b = Frozen::new(false);
+        let data = frame(DATA, 0, &[7; 16 * 1024]);
+        for _ in 0..1024 {
+            b.0.written(&data);
+        }
+        let update = frame(WINDOW_UPDATE, 0, &[0, 0, 0x10, 0]);
+        for _ in 0..4 * 1024 {
+            assert!(!b.read(&update));
+        }
+    }
+
+    #[test]
     fn time_earns_frames_up_to_the_most_in_hand() {
         let start = Instant::now();
         let mut b = Budget::new(false, start);
@@ -287,10 +304,10 @@ mod tests {
             assert!(!b.read_at(&ping, || later));
         }
         assert!(b.read_at(&ping, || later));
-        // An hour's earnings are capped at MOST.
+        // An hour's earnings are capped at MOST, beside the burst.
         let mut b = Budget::new(false, start);
         let hour = start + std::time::Duration::from_secs(3600);
-        for _ in 0..MOST {
+        for _ in 0..BURST + MOST {
             assert!(!b.read_at(&ping, || hour));
         }
         assert!(b.read_at(&ping, || hour));
