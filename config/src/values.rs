@@ -141,6 +141,9 @@ pub(crate) fn listen_addr(errs: &mut FieldErrors, path: &str, raw: &str) -> Opti
                     .is_ok()
                     && !port.is_empty()
                     && port.bytes().all(|b| b.is_ascii_digit())
+                    // An IPv6 address without brackets reads as one with a
+                    // port; only a number past 65535 is a port out of range.
+                    && port.parse::<u64>().map_or(true, |p| p > 65_535)
             });
             let why = if port_out_of_range {
                 format!("must name a port from 1 to 65535, got {raw:?}")
@@ -492,10 +495,15 @@ mod tests {
         );
         assert_eq!(listen_addr(&mut e, "admin.address", "[::1]:99999"), None);
         assert_eq!(listen_addr(&mut e, "admin.address", "localhost:80"), None);
+        assert_eq!(
+            listen_addr(&mut e, "admin.address", "2001:db8::1:8080"),
+            None
+        );
         let said: Vec<String> = e.iter().map(|e| e.message.clone()).collect();
         assert!(said[0].contains("a port from 1 to 65535"), "{said:?}");
         assert!(said[1].contains("a port from 1 to 65535"), "{said:?}");
         assert!(said[2].contains("must be an ip:port address"), "{said:?}");
+        assert!(said[3].contains("must be an ip:port address"), "{said:?}");
     }
 
     use super::*;

@@ -144,7 +144,7 @@ impl Metrics {
             refusals: counter_vec(
                 &r,
                 "edgeroute_refusals_total",
-                "Requests the proxy answered itself before picking a backend, by error code (the routing refusals, body_too_large, method_not_allowed, bad_request, ...)",
+                "Requests refused, by error code: every 503 refusal, and body_too_large (a declared length over the limit) and method_not_allowed",
                 &["reason"],
             ),
             retries: counter(
@@ -203,7 +203,7 @@ impl Metrics {
             ejections_suppressed: counter_vec(
                 &r,
                 "edgeroute_backend_ejections_suppressed_total",
-                "Ejections not made because the region's ejection cap was reached (once per streak of failures)",
+                "Ejections not made because the region's ejection cap was reached, or (for 5xx answers) the backend was the region's last in rotation; once per streak of failures",
                 &["region"],
             ),
             panic_picks: counter_vec(
@@ -233,10 +233,10 @@ impl Metrics {
             http2_goaways: counter_vec_with(
                 &r,
                 "edgeroute_http2_goaways_total",
-                "HTTP/2 client connections told to go away: no stream open for timeouts.client_idle (idle), the proxy shutting down (shutdown), too many malformed streams (malformed), a breach of the protocol or of its limits by the client (protocol_error)",
+                "HTTP/2 client connections told to go away: no stream open for timeouts.client_idle (idle), the proxy shutting down (shutdown), too many malformed streams (malformed), a breach of the protocol or of its limits by the client (protocol_error), more control frames than its requests account for (flood)",
                 (
                     "reason",
-                    &["idle", "shutdown", "malformed", "protocol_error"],
+                    &["idle", "shutdown", "malformed", "protocol_error", "flood"],
                 ),
             ),
             tls_certificate_reloads: counter_vec_with(

@@ -630,7 +630,8 @@ impl EdgeProxy {
         );
 
         let mut answered_early = false;
-        if client.is_body_empty() {
+        let bodiless = client.is_body_empty();
+        if bodiless {
             // The head goes out whole in one write: unless that write has
             // to wait, the answer is due from when it was sent.
             up.count_answer_from(sent_at);
@@ -687,10 +688,19 @@ impl EdgeProxy {
                 };
                 // A pooled connection that failed before any answer may
                 // just have been closed by the backend while it idled: the
-                // request goes again on a new one, and counts against no one.
-                let stale = on_pooled && !up.answered();
+                // request goes again on a new one, and counts against no
+                // one. A backend that let a timeout pass did not close it.
+                let timed_out = matches!(
+                    error.etype(),
+                    ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                );
+                let stale = on_pooled && !up.answered() && !timed_out;
                 if !stale {
-                    self.exchange_failed(backend, &error, sent_at);
+                    // Only a wait for the head of an answer to a request
+                    // sent whole at once tells how slow the answer is (an
+                    // upload's time is the client's).
+                    let waited_head = bodiless && error.etype() == &ErrorType::ReadTimedout;
+                    self.exchange_failed(backend, &error, waited_head.then_some(sent_at));
                 }
                 return Err(Failure {
                     error,
@@ -729,7 +739,10 @@ impl EdgeProxy {
             return tunnel(client, &mut up).await.map_err(Failure::last);
         }
         if let Err(e) = pass_body(client, &mut up).await {
-            self.exchange_failed(backend, &e, sent_at);
+            // A 5xx counted already.
+            if served {
+                self.exchange_failed(backend, &e, None);
+            }
             return Err(Failure::last(e));
         }
         if served {
@@ -862,7 +875,9 @@ impl EdgeProxy {
     /// Records an exchange that failed after the request went out, if the
     /// backend's side failed it (`e` from upstream); a client that left
     /// says nothing of the backend.
-    fn exchange_failed(&self, b: &Backend, e: &Error, sent_at: Instant) {
+    /// `sent_at`: when the request went out, given while its answer's head
+    /// was awaited; a read timeout then is an answer at least that slow.
+    fn exchange_failed(&self, b: &Backend, e: &Error, sent_at: Option<Instant>) {
         if e.esource() != &pingora_error::ErrorSource::Upstream {
             return;
         }
@@ -870,11 +885,9 @@ impl EdgeProxy {
         let h = &self.state.config.health;
         let may_eject =
             self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
-        let slow = matches!(
-            e.etype(),
-            ErrorType::ReadTimedout | ErrorType::WriteTimedout
-        )
-        .then(|| now - sent_at);
+        let slow = sent_at
+            .filter(|_| e.etype() == &ErrorType::ReadTimedout)
+            .map(|at| now - at);
         let verdict = b.record_exchange_failure(slow, &policy(h), now, may_eject);
         self.outlier_verdict(b, verdict, "failed exchanges");
     }
@@ -906,7 +919,7 @@ impl EdgeProxy {
                     .ejections_suppressed
                     .with_label_values(&[region])
                     .inc();
-                tracing::warn!(region, backend = %b.label, address = %b.addr, cause, "backend kept in rotation: the region's ejection cap is reached");
+                tracing::warn!(region, backend = %b.label, address = %b.addr, cause, "backend kept in rotation: the region's ejection cap is reached, or it is the region's last backend in rotation and its answers are 5xx");
             }
         }
     }

@@ -200,8 +200,8 @@ impl Backend {
     /// An exchange with this backend failed on its side after the request
     /// went out: it reset or closed the connection, let a timeout pass, or
     /// sent an answer that cannot be read. It counts as a failure; one
-    /// that timed out also counts as an answer that took as long as the
-    /// wait (`slow`), which it did at the least.
+    /// whose answer's head did not come in time also counts as an answer
+    /// that took as long as the wait (`slow`), which it did at the least.
     pub fn record_exchange_failure(
         &self,
         slow: Option<Duration>,
