@@ -611,7 +611,7 @@ impl EdgeProxy {
                     });
                 }
                 Err(e) => {
-                    self.connect_failed(backend);
+                    self.failed(backend, None, "failed connects");
                     // Nothing reached the backend: any request may go elsewhere.
                     return Err(Failure {
                         error: e.into_up(),
@@ -881,24 +881,20 @@ impl EdgeProxy {
         if e.esource() != &pingora_error::ErrorSource::Upstream {
             return;
         }
-        let now = Instant::now();
-        let h = &self.state.config.health;
-        let may_eject =
-            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
-        let slow = sent_at
-            .filter(|_| e.etype() == &ErrorType::ReadTimedout)
-            .map(|at| now - at);
-        let verdict = b.record_exchange_failure(slow, &policy(h), now, may_eject);
-        self.outlier_verdict(b, verdict, "failed exchanges");
+        let slow_since = sent_at.filter(|_| e.etype() == &ErrorType::ReadTimedout);
+        self.failed(b, slow_since, "failed exchanges");
     }
 
-    fn connect_failed(&self, b: &Backend) {
+    /// Records a failure other than a 5xx answer (`cause`, for the log);
+    /// one slow since `slow_since` counts as a latency sample too.
+    fn failed(&self, b: &Backend, slow_since: Option<Instant>, cause: &str) {
         let now = Instant::now();
         let h = &self.state.config.health;
         let may_eject =
             self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
-        let verdict = b.record_connect_failure(&policy(h), now, may_eject);
-        self.outlier_verdict(b, verdict, "failed connects");
+        let slow = slow_since.map(|at| now - at);
+        let verdict = b.record_failure(slow, &policy(h), now, may_eject);
+        self.outlier_verdict(b, verdict, cause);
     }
 
     fn outlier_verdict(&self, b: &Backend, verdict: Verdict, cause: &str) {

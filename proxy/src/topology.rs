@@ -197,12 +197,13 @@ impl Backend {
         }
     }
 
-    /// An exchange with this backend failed on its side after the request
-    /// went out: it reset or closed the connection, let a timeout pass, or
-    /// sent an answer that cannot be read. It counts as a failure; one
-    /// whose answer's head did not come in time also counts as an answer
-    /// that took as long as the wait (`slow`), which it did at the least.
-    pub fn record_exchange_failure(
+    /// A failure on live traffic other than a 5xx answer: connecting to
+    /// this backend failed, or an exchange failed on its side after the
+    /// request went out (it reset or closed the connection, let a timeout
+    /// pass, or sent an answer that cannot be read). One whose answer's
+    /// head did not come in time also counts as an answer that took as long
+    /// as the wait (`slow`), which it did at the least.
+    pub fn record_failure(
         &self,
         slow: Option<Duration>,
         policy: &OutlierPolicy,
@@ -213,17 +214,6 @@ impl Backend {
         if let Some(took) = slow {
             live.ewma.observe(took, now);
         }
-        self.failure(&mut live, policy, now, may_eject)
-    }
-
-    /// Connecting to this backend failed.
-    pub fn record_connect_failure(
-        &self,
-        policy: &OutlierPolicy,
-        now: Instant,
-        may_eject: bool,
-    ) -> Verdict {
-        let mut live = self.live();
         self.failure(&mut live, policy, now, may_eject)
     }
 
@@ -498,14 +488,14 @@ mod tests {
         let b = &t.regions[0].backends()[0];
         let p = policy(&testing::health());
         let t0 = Instant::now();
-        assert_eq!(b.record_connect_failure(&p, t0, true), Verdict::Kept);
+        assert_eq!(b.record_failure(None, &p, t0, true), Verdict::Kept);
         assert_eq!(
             b.record_response(502, Duration::from_millis(1), &p, t0, true),
             Verdict::Kept
         );
         assert!(b.in_rotation(t0));
         assert_eq!(
-            b.record_connect_failure(&p, t0, true),
+            b.record_failure(None, &p, t0, true),
             Verdict::Ejected(Duration::from_secs(10))
         );
         assert!(!b.in_rotation(t0));
@@ -564,7 +554,7 @@ mod tests {
 
     fn eject(b: &Backend, p: &OutlierPolicy, now: Instant) {
         for _ in 0..3 {
-            b.record_connect_failure(p, now, true);
+            b.record_failure(None, p, now, true);
         }
         assert!(b.is_ejected(now));
     }
