@@ -11,6 +11,7 @@
 //! handshake still goes through Pingora's connector, which starts it.)
 
 use crate::connect;
+use crate::h1::MAX_INTERIM;
 use crate::state::AppState;
 use crate::topology::Backend;
 use pingora_core::connectors::TransportConnector;
@@ -24,9 +25,6 @@ use std::time::{Duration, Instant};
 
 /// Upper bound on a probe response body that is read and discarded.
 const MAX_PROBE_BODY: usize = 64 * 1024;
-
-/// Interim (1xx) answers a probe takes before the final one.
-const MAX_INTERIM: usize = 16;
 
 /// Starts probing `backend` on the current runtime until it is retired or
 /// the proxy shuts down.
@@ -171,7 +169,8 @@ async fn exchange(
     req.insert_header(http::header::USER_AGENT, "edgeroute-probe")?;
     session.write_request_header(Box::new(req)).await?;
     session.finish_body().await?;
-    // Interim answers (100, 103) come before the final one.
+    // Interim answers (100, 103) come before the final one, as many as a
+    // request's answer may have.
     let mut interim = 0;
     let status = loop {
         session.read_response().await?;
