@@ -160,12 +160,16 @@ impl AppState {
             .table_rejections
             .with_label_values(&["unreadable"])
             .inc();
-        let keeping = if self.router.load().is_some() {
+        tracing::warn!(source, error = %error, "cannot read the routing table; {}", self.what_stays());
+    }
+
+    /// What a table that could not be had leaves in force, for its log line.
+    pub fn what_stays(&self) -> &'static str {
+        if self.router.load().is_some() {
             "keeping the table in force"
         } else {
             "no table yet: /ready answers 503 and requests are refused until one comes"
-        };
-        tracing::warn!(source, error = %error, "cannot read the routing table; {keeping}");
+        }
     }
 
     /// [`route::choose_region`] with this proxy's live backend state at

@@ -180,12 +180,7 @@ pub async fn poll_control(
             }
             Some(why) => {
                 state.metrics.control_errors.inc();
-                let keeping = if state.router.load().is_some() {
-                    "keeping the table in force"
-                } else {
-                    "no table yet: /ready answers 503 and requests are refused until one comes"
-                };
-                tracing::warn!(url = %source, retry_in = ?backoff, "{why}; {keeping}");
+                tracing::warn!(url = %source, retry_in = ?backoff, "{why}; {}", state.what_stays());
                 let jitter = Duration::from_millis(
                     rand::random::<u64>() % (backoff.as_millis() as u64 / 4 + 1),
                 );
