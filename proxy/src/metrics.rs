@@ -172,23 +172,18 @@ impl Metrics {
                 "edgeroute_table_swaps_total",
                 "Routing tables put in force",
             ),
-            table_rejections: {
-                // Every reason from the start: an alert on a rise needs no
-                // `or vector(0)`.
-                let m = counter_vec(
-                    &r,
-                    "edgeroute_table_rejections_total",
-                    "Routing tables rejected whole, by reason",
-                    &["reason"],
-                );
-                for reason in edgeroute_config::Rejection::REASONS
-                    .iter()
-                    .chain(&["unreadable"])
-                {
-                    m.with_label_values(&[reason]);
-                }
-                m
-            },
+            // Every reason from the start: an alert on a rise needs no
+            // `or vector(0)`.
+            table_rejections: counter_vec_with(
+                &r,
+                "edgeroute_table_rejections_total",
+                "Routing tables rejected whole, by reason",
+                (
+                    "reason",
+                    // The table's own reasons, and a file that could not be read.
+                    &[&edgeroute_config::Rejection::REASONS[..], &["unreadable"]].concat(),
+                ),
+            ),
             table_last_change: gauge(
                 &r,
                 "edgeroute_table_last_change_timestamp_seconds",
