@@ -1236,10 +1236,7 @@ impl Runner {
             )
             .await
             .map_err(|e| format!("{what}, and removing it failed: {e}{}", e.advice()))?;
-        History::update(&self.history_file, |h| {
-            h.weights_before_drain.remove(region);
-            h.drained_records.remove(region);
-        })?;
+        History::update(&self.history_file, |h| h.forget_drain(region))?;
         self.say(&format!("{what}: removed"));
         Ok(())
     }
@@ -1509,10 +1506,7 @@ impl Runner {
             self.confirm_proxies(&mut tl, deadline, &table, &before)
                 .await?;
             if kind == Kind::Undrain {
-                History::update(&self.history_file, |h| {
-                    h.weights_before_drain.remove(region);
-                    h.drained_records.remove(region);
-                })?;
+                History::update(&self.history_file, |h| h.forget_drain(region))?;
             }
             Ok::<(), String>(())
         }

@@ -199,6 +199,12 @@ impl History {
         });
     }
 
+    /// Forgets what a drain of `region` kept here: it is back in DNS.
+    pub fn forget_drain(&mut self, region: &str) {
+        self.weights_before_drain.remove(region);
+        self.drained_records.remove(region);
+    }
+
     /// Keeps `op` in place of the entry with its id, or adds it: an
     /// operation is written when it starts (so a crash leaves a record
     /// saying it did not finish) and again when it ends.
