@@ -597,11 +597,14 @@ pub struct RegionView {
 }
 
 impl TopologyView {
-    /// Parses and checks a topology document.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, crate::Rejection> {
+    /// Parses and checks a topology document; the error says what is
+    /// wrong with it, as a topology.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let view: TopologyView = serde_json::from_slice(crate::table::without_bom(bytes))
-            .map_err(|e| crate::Rejection::Malformed(e.to_string()))?;
-        view.validate().map_err(crate::Rejection::Invalid)?;
+            .map_err(|e| format!("not a topology (JSON with primary_region and regions): {e}"))?;
+        view.validate().map_err(|errs| {
+            format!("invalid topology: {}", errs.to_string().replace('\n', "; "))
+        })?;
         Ok(view)
     }
 
@@ -655,9 +658,8 @@ mod tests {
 
     #[test]
     fn a_topology_without_regions_gives_no_table() {
-        let err = TopologyView::from_json(br#"{"primary_region": null, "regions": []}"#)
-            .unwrap_err()
-            .to_string();
+        let err =
+            TopologyView::from_json(br#"{"primary_region": null, "regions": []}"#).unwrap_err();
         assert!(
             err.contains("regions: at least one region is required"),
             "{err}"

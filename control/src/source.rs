@@ -98,15 +98,7 @@ impl Source {
                         ),
                     )
                 })?;
-                TopologyView::from_json(&bytes).map_err(|r| {
-                    // The rejection speaks of a routing table; this is the
-                    // topology it is built from.
-                    let why = match r {
-                        edgeroute_config::Rejection::Malformed(m) => {
-                            format!("not a topology (JSON with primary_region and regions): {m}")
-                        }
-                        other => other.to_string().replace("routing table", "topology"),
-                    };
+                TopologyView::from_json(&bytes).map_err(|why| {
                     err(
                         "parse",
                         format!("topology file {} (source.path): {why}", path.display()),
