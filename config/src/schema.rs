@@ -63,10 +63,8 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
     } else {
         ""
     };
-    let at = e
-        .span()
-        .map(|span| text[..span.start].matches('\n').count());
-    let key = at.and_then(|line| {
+    let key = e.span().and_then(|span| {
+        let line = line_of(text, span.start);
         let (key, _) = text.lines().nth(line)?.split_once('=')?;
         Some((line, key_path(text, line, key.trim())))
     });
@@ -74,6 +72,11 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
         Some((line, path)) => format!("line {}: `{path}`: {}{hint}", line + 1, e.message()),
         None => format!("{e}{hint}"),
     }
+}
+
+/// The line (from 0) that byte `at` of `text` is on.
+fn line_of(text: &str, at: usize) -> usize {
+    text[..at].matches('\n').count()
 }
 
 /// `key` with the table it is under at `line`, as `table.key`.
@@ -97,8 +100,7 @@ fn unknown_key(text: &str, e: &toml::de::Error) -> Option<(usize, String)> {
     let rest = e.message().strip_prefix("unknown field `")?;
     let (key, rest) = rest.split_once('`')?;
     let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    let at = e.span()?.start;
-    let line = text[..at].matches('\n').count();
+    let line = line_of(text, e.span()?.start);
     // The key's own line must hold nothing else, to be set aside whole.
     let own = text.lines().nth(line)?.trim_start();
     if !own.starts_with(key) {

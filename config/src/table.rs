@@ -107,7 +107,6 @@ pub enum Rejection {
 }
 
 impl Rejection {
-    /// A short, stable label for metrics.
     /// Every [`Self::reason`], for metrics that show each from the start.
     pub const REASONS: [&'static str; 6] = [
         "malformed",
@@ -118,6 +117,7 @@ impl Rejection {
         "primary_changed_without_epoch",
     ];
 
+    /// A short, stable label for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::Malformed(_) => "malformed",
@@ -275,6 +275,8 @@ impl RoutingTable {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn every_rejection_reason_is_listed() {
@@ -292,9 +294,6 @@ mod tests {
         let reasons: Vec<&str> = all.iter().map(Rejection::reason).collect();
         assert_eq!(reasons, Rejection::REASONS);
     }
-
-    use super::*;
-    use proptest::prelude::*;
 
     const KNOWN: [&str; 3] = ["us-east-1", "eu-west-1", "ap-southeast-1"];
 

@@ -485,6 +485,7 @@ pub(crate) fn region_entry<'a>(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_listen_address_whose_port_is_out_of_range_says_so() {
@@ -505,8 +506,6 @@ mod tests {
         assert!(said[2].contains("must be an ip:port address"), "{said:?}");
         assert!(said[3].contains("must be an ip:port address"), "{said:?}");
     }
-
-    use super::*;
 
     #[test]
     fn host_header_takes_names_addresses_and_ports() {

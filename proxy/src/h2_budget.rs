@@ -118,8 +118,8 @@ impl Frames {
 pub struct Budget {
     read: Frames,
     written: Frames,
-    /// In thousandths of a frame, so that a second's share is earned to
-    /// the millisecond.
+    /// In thousandths of a frame, so that time's share is not lost to
+    /// rounding (it is counted to the microsecond).
     milli: u64,
     at: Instant,
     spent: bool,
