@@ -425,12 +425,21 @@ async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
     );
     assert!(closing_conns.load(Ordering::SeqCst) >= 5);
     for addr in [kept_addr, closing_addr] {
-        let failed =
-            format!("edgeroute_probes_total{{backend=\"{addr}\",region=\"{US}\",result=\"fail\"}}");
-        let passed = failed.replace("fail", "pass");
-        assert_eq!(proxy.metric(&failed).await, 0.0, "a probe failed on {addr}");
-        assert!(proxy.metric(&passed).await >= 5.0, "{addr} probed");
+        assert_eq!(
+            proxy.metric(&probes(addr, "fail")).await,
+            0.0,
+            "a probe failed on {addr}"
+        );
+        assert!(
+            proxy.metric(&probes(addr, "pass")).await >= 5.0,
+            "{addr} probed"
+        );
     }
+}
+
+/// The series of `edgeroute_probes_total` of `addr` in us-east-1.
+fn probes(addr: std::net::SocketAddr, result: &str) -> String {
+    format!("edgeroute_probes_total{{backend=\"{addr}\",region=\"{US}\",result=\"{result}\"}}")
 }
 
 /// A probe answered first with interim heads (`100`, `103 Early Hints`)
@@ -453,9 +462,6 @@ async fn a_probe_reads_past_interim_answers_and_fails_on_an_unasked_upgrade() {
         hints_probes.load(Ordering::SeqCst) >= 3 && upgrade_probes.load(Ordering::SeqCst) >= 3
     })
     .await;
-    let probes = |addr: std::net::SocketAddr, result: &str| {
-        format!("edgeroute_probes_total{{backend=\"{addr}\",region=\"{US}\",result=\"{result}\"}}")
-    };
     assert!(proxy.metric(&probes(hints_addr, "pass")).await >= 2.0);
     assert_eq!(proxy.metric(&probes(hints_addr, "fail")).await, 0.0);
     assert!(proxy.metric(&probes(upgrade_addr, "fail")).await >= 2.0);
