@@ -3,6 +3,7 @@
 
 use crate::errors::FieldErrors;
 use crate::proxy::valid_region_name;
+use crate::tls::TlsFiles;
 use crate::values;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -33,6 +34,7 @@ struct RawActions {
     timeout: String,
     proxy_max_age: String,
     control_url: String,
+    ca_file: String,
 }
 
 impl Default for RawActions {
@@ -42,6 +44,7 @@ impl Default for RawActions {
             timeout: "15m".into(),
             proxy_max_age: "30s".into(),
             control_url: String::new(),
+            ca_file: String::new(),
         }
     }
 }
@@ -92,6 +95,7 @@ struct RawServer {
     address: String,
     token_file: String,
     max_wait: String,
+    tls: Option<crate::tls::RawTls>,
 }
 
 impl Default for RawServer {
@@ -100,6 +104,7 @@ impl Default for RawServer {
             address: "127.0.0.1:9080".into(),
             token_file: String::new(),
             max_wait: "60s".into(),
+            tls: None,
         }
     }
 }
@@ -204,8 +209,13 @@ pub struct ActionsConfig {
     /// 30 s); only those are waited for and asked about health.
     pub proxy_max_age: Duration,
     /// The control plane the commands ask for the table and the proxies
-    /// (default: `server.address`, on loopback when it is a wildcard).
+    /// (default: `server.address`, on loopback when it is a wildcard; by
+    /// `https://localhost` when the server has TLS and listens on a
+    /// wildcard, 127.0.0.1 or ::1).
     pub control_url: String,
+    /// The CA certificates (PEM) that sign an `https://` control plane's
+    /// certificate; the system's CAs when `None`.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Automated failover: off unless `enabled`.
@@ -249,6 +259,9 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// Longest long-poll a proxy may ask for with `?wait=` (default 60 s).
     pub max_wait: Duration,
+    /// Serve HTTPS with this certificate and key (reloaded when the files
+    /// change); plain HTTP when `None`.
+    pub tls: Option<TlsFiles>,
 }
 
 #[derive(Debug, Clone)]
@@ -411,7 +424,12 @@ impl RawControl {
             }
         };
         let format = values::log_format(&mut e, "log.format", &self.log.format);
-        let actions = self.actions.validate(&mut e, base, address);
+        let tls = self
+            .server
+            .tls
+            .as_ref()
+            .map(|t| t.validate(&mut e, base, "server.tls"));
+        let actions = self.actions.validate(&mut e, base, address, tls.is_some());
         let automation = self.automation.validate(&mut e, &source);
         let notify = self.notify.validate(&mut e, base);
         e.finish(|| ControlConfig {
@@ -423,6 +441,7 @@ impl RawControl {
                 token_file: (!self.server.token_file.is_empty())
                     .then(|| values::resolve(base, &self.server.token_file)),
                 max_wait,
+                tls,
             },
             source,
             log: crate::LogConfig {
@@ -440,6 +459,7 @@ impl RawActions {
         e: &mut FieldErrors,
         base: &Path,
         server: Option<SocketAddr>,
+        server_tls: bool,
     ) -> ActionsConfig {
         if self.history_file.trim().is_empty() {
             e.push(
@@ -449,6 +469,9 @@ impl RawActions {
         }
         let control_url = if self.control_url.is_empty() {
             let mut addr = server.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080)));
+            let localhost = addr.ip().is_unspecified()
+                || addr.ip() == std::net::Ipv4Addr::LOCALHOST
+                || addr.ip() == std::net::Ipv6Addr::LOCALHOST;
             if addr.ip().is_unspecified() {
                 addr.set_ip(if addr.is_ipv4() {
                     std::net::Ipv4Addr::LOCALHOST.into()
@@ -456,7 +479,13 @@ impl RawActions {
                     std::net::Ipv6Addr::LOCALHOST.into()
                 });
             }
-            format!("http://{addr}")
+            match server_tls {
+                // A certificate names hosts more often than loopback's
+                // addresses.
+                true if localhost => format!("https://localhost:{}", addr.port()),
+                true => format!("https://{addr}"),
+                false => format!("http://{addr}"),
+            }
         } else {
             if !(self.control_url.starts_with("http://")
                 || self.control_url.starts_with("https://"))
@@ -471,6 +500,21 @@ impl RawActions {
             }
             self.control_url.trim_end_matches('/').to_owned()
         };
+        let ca_file = (!self.ca_file.is_empty()).then(|| {
+            let path = values::resolve(base, &self.ca_file);
+            if !control_url.starts_with("https://") {
+                e.push(
+                    "actions.ca_file",
+                    format!("is for a control plane reached by https://, and actions.control_url is {control_url:?}: give server.tls or an https:// control_url, or leave ca_file out"),
+                );
+            } else if let Some(why) = values::not_a_file(&path) {
+                e.push(
+                    "actions.ca_file",
+                    format!("must be a readable PEM file of CA certificates, got {:?} ({why})", self.ca_file),
+                );
+            }
+            path
+        });
         ActionsConfig {
             history_file: values::resolve(base, &self.history_file),
             timeout: {
@@ -486,6 +530,7 @@ impl RawActions {
                 &self.proxy_max_age,
             ),
             control_url,
+            ca_file,
         }
     }
 }
@@ -652,6 +697,66 @@ mod tests {
             errors
                 .iter()
                 .any(|e| e.path == "actions.timeout" && e.message.contains("at least 5s")),
+            "{errors}"
+        );
+    }
+
+    /// A control config of `extra` lines after a file source, loaded
+    /// from `dir`, which holds `token`, `cert.pem`, `key.pem` and
+    /// `ca.pem`.
+    fn with(dir: &std::path::Path, extra: &str) -> Result<ControlConfig, ControlConfigError> {
+        for file in ["token", "cert.pem", "key.pem", "ca.pem"] {
+            std::fs::write(dir.join(file), "x\n").unwrap();
+        }
+        let path = dir.join("control.toml");
+        std::fs::write(
+            &path,
+            format!("[source]\nkind = \"file\"\npath = \"topology.json\"\n{extra}"),
+        )
+        .unwrap();
+        ControlConfig::load(&path)
+    }
+
+    #[test]
+    fn a_server_with_tls_is_asked_by_https_on_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = "[server]\ntoken_file = \"token\"\naddress = \"0.0.0.0:9443\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n";
+        let c = with(dir.path(), server).unwrap();
+        let tls = c.server.tls.expect("TLS files");
+        assert_eq!(tls.cert, dir.path().join("cert.pem"));
+        assert_eq!(tls.key, dir.path().join("key.pem"));
+        assert_eq!(c.actions.control_url, "https://localhost:9443");
+        assert_eq!(c.actions.ca_file, None);
+        // A server on one address is asked there.
+        let c = with(
+            dir.path(),
+            &format!(
+                "{}[actions]\nca_file = \"ca.pem\"\n",
+                server.replace("0.0.0.0", "10.0.0.7")
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.actions.control_url, "https://10.0.0.7:9443");
+        assert_eq!(c.actions.ca_file, Some(dir.path().join("ca.pem")));
+        // Without TLS, plain HTTP.
+        let c = with(dir.path(), "[server]\ntoken_file = \"token\"\n").unwrap();
+        assert!(c.server.tls.is_none());
+        assert_eq!(c.actions.control_url, "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn tls_files_that_cannot_be_read_and_a_ca_file_for_http_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\ntls = { cert = \"missing.pem\", key = \"key.pem\" }\n[actions]\ncontrol_url = \"http://127.0.0.1:9080\"\nca_file = \"ca.pem\"\n",
+        ) else {
+            panic!("accepted")
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["server.tls.cert", "actions.ca_file"], "{errors}");
+        assert!(
+            errors.to_string().contains("reached by https://"),
             "{errors}"
         );
     }

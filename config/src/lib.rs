@@ -15,6 +15,7 @@ mod report;
 mod schema;
 mod secret;
 mod table;
+pub mod tls;
 mod values;
 
 pub use control::{
@@ -28,11 +29,12 @@ pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
     LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,
     ReadYourWrites, Region, Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig,
-    TableSource, Timeouts, TlsFiles, valid_region_name,
+    TableSource, Timeouts, valid_region_name,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{presents_bearer, read_secret, token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
+pub use tls::TlsFiles;
 pub use values::authority as is_authority;
 pub use values::read_regular;
 pub use values::token as is_token;

@@ -5,6 +5,7 @@
 //! own (`/health`, 3 misses), and timeouts suit an API behind an ALB.
 
 use crate::errors::FieldErrors;
+use crate::tls::TlsFiles;
 use crate::values;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -81,14 +82,7 @@ struct RawListener {
     address: String,
     #[serde(default)]
     h2c: bool,
-    tls: Option<RawTls>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTls {
-    cert: String,
-    key: String,
+    tls: Option<crate::tls::RawTls>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -285,6 +279,8 @@ enum RawTable {
     Control {
         url: String,
         token_file: String,
+        #[serde(default)]
+        ca_file: Option<String>,
         #[serde(default = "default_wait")]
         wait: String,
         #[serde(default = "default_max_backoff")]
@@ -388,12 +384,6 @@ pub struct Listener {
     pub h2c: bool,
     /// Terminate TLS (rustls); HTTP/2 is then offered by ALPN.
     pub tls: Option<TlsFiles>,
-}
-
-#[derive(Debug, Clone)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -689,10 +679,13 @@ pub enum TableSource {
     },
     /// The control plane: long-polls `url` + `/v1/table`.
     Control {
-        /// Base URL such as `http://edgeroute-control:9080`.
+        /// Base URL such as `http://edgeroute-control:9080`, or `https://`.
         url: String,
         /// File holding the bearer token the control plane expects.
         token_file: PathBuf,
+        /// The CA certificates (PEM) that sign an `https://` control
+        /// plane's certificate; the system's CAs when `None`.
+        ca_file: Option<PathBuf>,
         /// How long one long-poll may wait for a change (default 30 s).
         wait: Duration,
         /// Longest pause between attempts after errors (default 30 s).
@@ -816,20 +809,10 @@ impl RawConfig {
                     }
                     seen_addrs.push(a);
                 }
-                let tls = l.tls.as_ref().map(|t| {
-                    for (field, value) in [("cert", &t.cert), ("key", &t.key)] {
-                        if let Some(why) = values::not_a_file(&values::resolve(base, value)) {
-                            e.push(
-                                format!("{path}.tls.{field}"),
-                                format!("must be a readable PEM file, got {value:?} ({why})"),
-                            );
-                        }
-                    }
-                    TlsFiles {
-                        cert: values::resolve(base, &t.cert),
-                        key: values::resolve(base, &t.key),
-                    }
-                });
+                let tls = l
+                    .tls
+                    .as_ref()
+                    .map(|t| t.validate(&mut e, base, &format!("{path}.tls")));
                 if l.h2c && tls.is_some() {
                     e.push(
                         format!("{path}.h2c"),
@@ -1118,6 +1101,7 @@ impl RawConfig {
             RawTable::Control {
                 url,
                 token_file,
+                ca_file,
                 wait,
                 max_backoff,
                 report,
@@ -1125,7 +1109,11 @@ impl RawConfig {
                 hold_writes_after,
             } => {
                 let base_url = url.trim_end_matches('/');
-                match base_url.strip_prefix("http://") {
+                let https = base_url.starts_with("https://");
+                match base_url
+                    .strip_prefix("http://")
+                    .or_else(|| base_url.strip_prefix("https://"))
+                {
                     // Not echoed: the URL holds a password.
                     Some(rest) if rest.contains('@') => e.push(
                         "table.url",
@@ -1134,9 +1122,24 @@ impl RawConfig {
                     Some(rest) if values::host_and_port(rest) => {}
                     _ => e.push(
                         "table.url",
-                        format!("must be the control plane's base URL, http:// and a host with an optional port, such as \"http://edgeroute-control:9080\", got {url:?}"),
+                        format!("must be the control plane's base URL, http:// or https:// and a host with an optional port, such as \"https://edgeroute-control:9080\", got {url:?}"),
                     ),
                 }
+                let ca_file = ca_file.as_deref().map(|raw| {
+                    let path = values::resolve(base, raw);
+                    if !https {
+                        e.push(
+                            "table.ca_file",
+                            format!("is for a control plane reached by https://, and table.url is {url:?}: make it https:// or leave ca_file out"),
+                        );
+                    } else if let Some(why) = values::not_a_file(&path) {
+                        e.push(
+                            "table.ca_file",
+                            format!("must be a readable PEM file of CA certificates, got {raw:?} ({why})"),
+                        );
+                    }
+                    path
+                });
                 let token_path = values::resolve(base, token_file);
                 if let Some(why) = values::not_a_file(&token_path) {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} ({why})"));
@@ -1167,6 +1170,7 @@ impl RawConfig {
                 TableSource::Control {
                     url: base_url.to_owned(),
                     token_file: token_path,
+                    ca_file,
                     wait,
                     hold_writes_after,
                     max_backoff,

@@ -37,12 +37,21 @@ pub enum ControlView {
 }
 
 impl ControlView {
-    pub fn http(url: &str, token: &str) -> anyhow::Result<ControlView> {
+    /// The control plane at `url`; `tls`, the client's TLS settings for an
+    /// `https://` one (see [`edgeroute_config::tls::client_config`]).
+    pub fn http(
+        url: &str,
+        token: &str,
+        tls: Option<rustls::ClientConfig>,
+    ) -> anyhow::Result<ControlView> {
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(tls) = tls {
+            client = client.use_preconfigured_tls(tls);
+        }
         Ok(ControlView::Http {
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .redirect(reqwest::redirect::Policy::none())
-                .build()?,
+            client: client.build()?,
             url: url.to_owned(),
             token: token.to_owned(),
         })
@@ -66,12 +75,20 @@ impl ControlView {
             .send()
             .await
             .map_err(|e| {
+                let refused = edgeroute_config::tls::certificate_refused(&e);
                 (
                     None,
                     format!(
-                        "cannot reach {}: {}",
+                        "cannot reach {}: {}{}",
                         self.describe(),
-                        edgeroute_config::error_chain(&e.without_url())
+                        edgeroute_config::error_chain(&e.without_url()),
+                        if refused {
+                            "; its certificate is not trusted: set actions.ca_file to the CA \
+                             certificates that sign it, and actions.control_url's host to a name \
+                             the certificate holds"
+                        } else {
+                            ""
+                        }
                     ),
                 )
             })?;

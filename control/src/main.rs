@@ -140,14 +140,7 @@ impl Command {
 }
 
 fn main() -> ExitCode {
-    // One TLS stack for the process: rustls with ring.
-    if rustls::crypto::CryptoProvider::get_default().is_none()
-        && rustls::crypto::ring::default_provider()
-            .install_default()
-            .is_err()
-    {
-        eprintln!("note: a TLS crypto provider was already installed");
-    }
+    edgeroute_config::tls::install_crypto_provider();
     let cli = Cli::parse();
     let cfg = match ControlConfig::load(cli.command.config()) {
         Ok(c) => c,
@@ -169,6 +162,7 @@ fn main() -> ExitCode {
         Command::Check { ref config } => edgeroute_config::log_filter(&cfg.log.level)
             .map_err(anyhow::Error::msg)
             .and_then(|_| read_token(cfg.server.token_file.as_deref()))
+            .and_then(|_| server_certificate(&cfg))
             .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
             .and_then(|_| show(&cfg, false))
             .map(|()| println!("{}: ok", config.display())),
@@ -279,7 +273,19 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
 
 fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     let token = read_token(cfg.server.token_file.as_deref())?;
-    ControlView::http(&cfg.actions.control_url, &String::from_utf8_lossy(&token))
+    let tls = if cfg.actions.control_url.starts_with("https://") {
+        Some(
+            edgeroute_config::tls::client_config(cfg.actions.ca_file.as_deref(), "actions.ca_file")
+                .map_err(anyhow::Error::msg)?,
+        )
+    } else {
+        None
+    };
+    ControlView::http(
+        &cfg.actions.control_url,
+        &String::from_utf8_lossy(&token),
+        tls,
+    )
 }
 
 /// `failover`, `drain`, `undrain`.
@@ -367,11 +373,15 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
 fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     init_logging(cfg.log.format, &cfg.log.level)?;
     let token = read_token(cfg.server.token_file.as_deref())?;
+    let cert = server_certificate(&cfg)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.server.address)
             .await
             .with_context(|| format!("cannot listen on server.address {}", cfg.server.address))?;
+        // Caught from the start: with TLS it rereads the certificate, and
+        // its default action would stop the process.
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let metrics = Arc::new(ControlMetrics::new());
         let registry = Arc::new(Registry::default());
         let notifier =
@@ -432,19 +442,45 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
         });
-        tracing::info!(address = %cfg.server.address, "edgeroute-control serving");
+        let acceptor = cert
+            .as_ref()
+            .map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config(&[b"http/1.1"])));
+        let watcher = cert.map(|cert| {
+            tokio::spawn(server::watch_certificate(
+                cert,
+                Arc::clone(&state.metrics),
+                hangups,
+            ))
+        });
+        tracing::info!(
+            address = %cfg.server.address,
+            scheme = if acceptor.is_some() { "https" } else { "http" },
+            "edgeroute-control serving"
+        );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = server::serve(state, listener) => {}
+            _ = server::serve(state, listener, acceptor) => {}
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }
         poller.abort();
-        if let Some(a) = automation {
-            a.abort();
+        for task in [automation, watcher].into_iter().flatten() {
+            task.abort();
         }
         anyhow::Ok(())
     })
+}
+
+/// `server.tls`'s certificate and key, loaded, when given.
+fn server_certificate(
+    cfg: &ControlConfig,
+) -> anyhow::Result<Option<Arc<edgeroute_config::tls::ServerCert>>> {
+    cfg.server
+        .tls
+        .as_ref()
+        .map(|files| edgeroute_config::tls::ServerCert::load("server.tls", files))
+        .transpose()
+        .map_err(anyhow::Error::msg)
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {

@@ -23,6 +23,8 @@ pub struct ControlMetrics {
     pub automation_failovers: IntCounterVec,
     pub last_drill: IntGauge,
     pub last_drill_ok: IntGauge,
+    pub tls_certificate_reloads: IntCounterVec,
+    pub tls_certificate_expiry: IntGauge,
 }
 
 impl ControlMetrics {
@@ -119,6 +121,15 @@ impl ControlMetrics {
             last_drill_ok: gauge(
                 "edgeroute_control_last_drill_success",
                 "1 when the last failover drill succeeded",
+            ),
+            tls_certificate_reloads: counter(
+                "edgeroute_control_tls_certificate_reloads_total",
+                "Reloads of server.tls's changed files, by result (ok; failed: the certificate in force stays)",
+                &["result"],
+            ),
+            tls_certificate_expiry: gauge(
+                "edgeroute_control_tls_certificate_expiry_timestamp_seconds",
+                "Unix time the certificate in force expires (server.tls; 0 without it)",
             ),
             registry: r,
         }

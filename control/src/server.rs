@@ -59,9 +59,18 @@ const HEAD_TIME: Duration = Duration::from_secs(30);
 /// halfway does not hold its connection for good.
 const BODY_TIME: Duration = Duration::from_secs(10);
 
-pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
+
+/// Serves `listener` until the task is dropped: HTTPS with `tls`, else
+/// plain HTTP.
+pub async fn serve(
+    state: Arc<ServerState>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -70,22 +79,93 @@ pub async fn serve(state: Arc<ServerState>, listener: TcpListener) {
             }
         };
         let state = Arc::clone(&state);
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                // A client that never finishes its request head is closed
-                // rather than held open.
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEAD_TIME)
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let Some(acceptor) = tls else {
+                return serve_connection(state, stream).await;
+            };
+            match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => serve_connection(state, stream).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake not done within {HANDSHAKE_TIME:?}");
+                }
             }
         });
+    }
+}
+
+async fn serve_connection<S>(state: Arc<ServerState>, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+    });
+    if let Err(e) = hyper::server::conn::http1::Builder::new()
+        // A client that never finishes its request head is closed
+        // rather than held open.
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEAD_TIME)
+        .serve_connection(TokioIo::new(stream), svc)
+        .await
+    {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+}
+
+/// Until the task is dropped, every [`edgeroute_config::tls::WATCH_INTERVAL`]
+/// and at once on SIGHUP: `server.tls`'s files read again and a changed
+/// pair put in force for new connections. Files that cannot be used leave
+/// the certificate in force, logged and counted in
+/// `edgeroute_control_tls_certificate_reloads_total{result="failed"}`; the
+/// expiry of the one in force is kept in
+/// `edgeroute_control_tls_certificate_expiry_timestamp_seconds`, and one in
+/// force outside its dates is logged once.
+pub async fn watch_certificate(
+    cert: Arc<edgeroute_config::tls::ServerCert>,
+    metrics: Arc<ControlMetrics>,
+    mut hangups: tokio::signal::unix::Signal,
+) {
+    use edgeroute_config::tls::{Reload, WATCH_INTERVAL, unix_now};
+    let mut faulty = false;
+    metrics
+        .tls_certificate_expiry
+        .set(cert.validity().not_after);
+    cert.log_dates(unix_now(), &mut faulty);
+    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        let forced = tokio::select! {
+            _ = ticks.tick() => false,
+            _ = hangups.recv() => {
+                tracing::info!("SIGHUP: reading server.tls's files again");
+                true
+            }
+        };
+        let reloading = Arc::clone(&cert);
+        match tokio::task::spawn_blocking(move || reloading.reload_logged(forced)).await {
+            Ok(Reload::Unchanged) => {}
+            Ok(Reload::Loaded) => {
+                metrics
+                    .tls_certificate_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                metrics
+                    .tls_certificate_expiry
+                    .set(cert.validity().not_after);
+                // A certificate put in force outside its dates is logged.
+                faulty = false;
+            }
+            Ok(Reload::Failed(_)) => metrics
+                .tls_certificate_reloads
+                .with_label_values(&["failed"])
+                .inc(),
+            Err(e) => tracing::error!(error = %e, "one certificate reload failed"),
+        }
+        cert.log_dates(unix_now(), &mut faulty);
     }
 }
 

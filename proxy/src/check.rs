@@ -16,7 +16,7 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
         .enumerate()
         .filter_map(|(i, l)| Some((i, l.tls.as_ref()?)))
     {
-        match crate::tls::ListenerCert::load(i, files) {
+        match crate::tls::ServerCert::load(format!("listeners[{i}].tls"), files) {
             Ok(cert) => warnings.extend(cert.validity().fault_at(now).map(|fault| {
                 format!(
                     "listeners[{i}].tls.cert ({}): the server's certificate {fault}; clients that check certificates will refuse it",
@@ -34,15 +34,23 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
 }
 
 /// What `run` reads besides the config and the table before it serves: the
-/// token files (present, not empty, fit for an `Authorization` field) and the
-/// log filter (`log.level`, or `RUST_LOG` when set).
+/// token files (present, not empty, fit for an `Authorization` field), the
+/// CA certificates of an `https://` control plane, and the log filter
+/// (`log.level`, or `RUST_LOG` when set).
 pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
     let mut errors = Vec::new();
     if let Some(path) = &cfg.admin.token_file {
         errors.extend(edgeroute_config::read_secret("admin.token_file", path).err());
     }
-    if let TableSource::Control { token_file, .. } = &cfg.table {
+    if let TableSource::Control {
+        token_file,
+        url,
+        ca_file,
+        ..
+    } = &cfg.table
+    {
         errors.extend(edgeroute_config::read_secret("table.token_file", token_file).err());
+        errors.extend(crate::table_source::connector(url, ca_file.as_deref()).err());
     }
     errors.extend(
         crate::logging::filter(&cfg.log.level)

@@ -9,7 +9,7 @@ use crate::listen::{self, Listener, Listeners, Transport};
 use crate::service::EdgeProxy;
 use crate::state::AppState;
 use crate::table_source;
-use crate::tls::{self, ListenerCert};
+use crate::tls::{self, ServerCert};
 use crate::topology::Topology;
 use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
@@ -98,9 +98,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let transport = match &l.tls {
             Some(files) => {
-                let cert = ListenerCert::load(i, files).map_err(anyhow::Error::msg)?;
-                let acceptor = Acceptor::from_server_config(cert.server_config());
-                certs.push(cert);
+                let cert = ServerCert::load(format!("listeners[{i}].tls"), files)
+                    .map_err(anyhow::Error::msg)?;
+                let acceptor = Acceptor::from_server_config(cert.server_config(tls::ALPN));
+                certs.push((i, cert));
                 Transport::Tls(Arc::new(acceptor))
             }
             None if l.h2c => Transport::H2c,
@@ -150,6 +151,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         TableSource::Control {
             url,
             token_file,
+            ca_file,
             wait,
             max_backoff,
             report,
@@ -157,6 +159,8 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         } => {
             let token = edgeroute_config::read_secret("table.token_file", &token_file)
                 .map_err(anyhow::Error::msg)?;
+            let connector =
+                table_source::connector(&url, ca_file.as_deref()).map_err(anyhow::Error::msg)?;
             // One Authorization header for the table and the reports.
             let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
                 anyhow::anyhow!(
@@ -168,6 +172,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 control.spawn(table_source::report_to_control(
                     Arc::clone(&state),
                     url.clone(),
+                    connector.clone(),
                     auth.clone(),
                     interval,
                 ));
@@ -175,6 +180,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             control.spawn(table_source::poll_control(
                 Arc::clone(&state),
                 url,
+                connector,
                 auth,
                 wait,
                 max_backoff,

@@ -54,6 +54,30 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
     }
 }
 
+/// How the proxy reaches the control plane: plain HTTP, or HTTPS checked
+/// against `table.ca_file` (else the system's CAs). One for the table and
+/// the reports.
+pub type Connector =
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
+/// The [`Connector`] for the control plane at `url`. For an `https://`
+/// URL, an error says why its CA certificates cannot be used.
+pub fn connector(url: &str, ca_file: Option<&Path>) -> Result<Connector, String> {
+    let tls = if url.starts_with("https://") {
+        edgeroute_config::tls::client_config(ca_file, "table.ca_file")?
+    } else {
+        // Never used: an http:// URL makes no TLS connection.
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    };
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build())
+}
+
 /// How long the control plane may take to answer: past a long-poll's
 /// `wait` for a table's head, again for its body once the head has come,
 /// and for a report.
@@ -72,6 +96,7 @@ const MIN_ASK_INTERVAL: Duration = Duration::from_secs(1);
 pub async fn poll_control(
     state: Arc<AppState>,
     url: String,
+    connector: Connector,
     auth: http::HeaderValue,
     wait: Duration,
     max_backoff: Duration,
@@ -80,7 +105,8 @@ pub async fn poll_control(
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Empty<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let source = format!("{url}/v1/table");
     let mut etag: Option<http::HeaderValue> = None;
     // Whether the table behind `etag` was admitted: a 304 for a rejected
@@ -111,8 +137,14 @@ pub async fn poll_control(
         let failure = match outcome {
             Err(_) => Some(format!("no answer within {head_within:?}")),
             Ok(Err(e)) => Some(format!(
-                "cannot reach the control plane: {}",
-                edgeroute_config::error_chain(&e)
+                "cannot reach the control plane: {}{}",
+                edgeroute_config::error_chain(&e),
+                if edgeroute_config::tls::certificate_refused(&e) {
+                    "; its certificate is not trusted: set table.ca_file to the CA certificates \
+                     that sign it, and table.url's host to a name the certificate holds"
+                } else {
+                    ""
+                }
             )),
             Ok(Ok(resp)) => {
                 let status = resp.status();
@@ -249,6 +281,7 @@ fn id_of(host: &str, pid: u32) -> String {
 pub async fn report_to_control(
     state: Arc<AppState>,
     url: String,
+    connector: Connector,
     auth: http::HeaderValue,
     interval: Duration,
 ) {
@@ -256,7 +289,8 @@ pub async fn report_to_control(
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let target = format!("{url}/v1/report");
     let id = proxy_id();
     let mut last: Option<(ProxyReport, Instant)> = None;

@@ -15,6 +15,10 @@ pub const TOKEN: &str = "control-test-token";
 pub struct ControlPlane {
     child: Child,
     pub addr: SocketAddr,
+    /// The CA that signed its certificate, when it serves HTTPS.
+    pub ca: Option<TestCa>,
+    /// A client that trusts [`ControlPlane::ca`].
+    client: reqwest::Client,
     pub topology_path: PathBuf,
     pub token_path: PathBuf,
     pub config_path: PathBuf,
@@ -46,6 +50,53 @@ impl Ran {
     }
 }
 
+/// A certificate authority of the tests' own, and the server certificates
+/// it signs.
+pub struct TestCa {
+    issuer: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    /// Its certificate, as PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // A name of its own: another test CA is another issuer.
+        static MADE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let nth = MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            format!("edgeroute test CA {}-{nth}", std::process::id()),
+        );
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let issuer = rcgen::CertifiedIssuer::self_signed(params, key).expect("CA certificate");
+        let pem = issuer.pem();
+        TestCa { issuer, pem }
+    }
+
+    /// Writes a certificate for `localhost` and `ip` that expires on
+    /// 1 January of `until`, and its key.
+    pub fn issue(&self, cert: &Path, key: &Path, until: i32, ip: std::net::IpAddr) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned(), ip.to_string()])
+                .expect("server params");
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        let pair = rcgen::KeyPair::generate().expect("server key");
+        let made = params
+            .signed_by(&pair, &self.issuer)
+            .expect("server certificate");
+        std::fs::write(cert, made.pem()).expect("write the certificate");
+        std::fs::write(key, pair.serialize_pem()).expect("write the key");
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A topology document: `regions` as (name, weight, healthy).
 pub fn topology(primary: Option<&str>, failover: bool, regions: &[(&str, u32, bool)]) -> Value {
     serde_json::json!({
@@ -69,6 +120,24 @@ impl ControlPlane {
         source: &str,
         env: &[(&str, String)],
     ) -> ControlPlane {
+        ControlPlane::launch(initial, source, env, None).await
+    }
+
+    /// [`ControlPlane::start`] serving HTTPS (`server.tls`) with a
+    /// certificate for its address signed by a CA of its own, which its
+    /// commands trust (`actions.ca_file`, `ca.pem` beside the config).
+    pub async fn start_tls(initial: &Value) -> ControlPlane {
+        let source =
+            "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
+        ControlPlane::launch(Some(initial), source, &[], Some(TestCa::new())).await
+    }
+
+    async fn launch(
+        initial: Option<&Value>,
+        source: &str,
+        env: &[(&str, String)],
+        ca: Option<TestCa>,
+    ) -> ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_addr();
         let topology_path = dir.path().join("topology.json");
@@ -77,7 +146,27 @@ impl ControlPlane {
         }
         let token_path = dir.path().join("token");
         std::fs::write(&token_path, format!("{TOKEN}\n")).expect("write token");
-        let config = format!("[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n\n{source}");
+        let mut client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none());
+        let tls = match &ca {
+            Some(ca) => {
+                ca.issue(
+                    &dir.path().join("cert.pem"),
+                    &dir.path().join("key.pem"),
+                    2100,
+                    addr.ip(),
+                );
+                std::fs::write(dir.path().join("ca.pem"), &ca.pem).expect("write the CA");
+                client = client.add_root_certificate(
+                    reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("the CA as PEM"),
+                );
+                "tls = { cert = \"cert.pem\", key = \"key.pem\" }\n\n[actions]\nca_file = \"ca.pem\"\n"
+            }
+            None => "",
+        };
+        let config =
+            format!("[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n{tls}\n{source}");
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("control.log");
@@ -95,6 +184,8 @@ impl ControlPlane {
         let mut cp = ControlPlane {
             child,
             addr,
+            ca,
+            client: client.build().expect("http client"),
             topology_path,
             token_path,
             dir: dir.path().to_owned(),
@@ -111,7 +202,7 @@ impl ControlPlane {
             if let Some(status) = cp.child.try_wait().expect("poll control") {
                 panic!("edgeroute-control exited with {status}:\n{}", cp.log());
             }
-            if let Ok(r) = crate::client().get(cp.url("/health")).send().await
+            if let Ok(r) = cp.client.get(cp.url("/health")).send().await
                 && r.status() == 200
             {
                 break;
@@ -163,6 +254,9 @@ impl ControlPlane {
         let path = elsewhere.join("control.toml");
         std::fs::write(&path, config).expect("write the config");
         std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
+        if self.ca.is_some() {
+            std::fs::copy(self.dir.join("ca.pem"), elsewhere.join("ca.pem")).expect("copy the CA");
+        }
         // A file source's topology, where the config names it beside itself.
         if self.topology_path.exists() {
             std::fs::copy(&self.topology_path, elsewhere.join("topology.json"))
@@ -224,15 +318,29 @@ impl ControlPlane {
     ) -> crate::ProxyBuilder {
         builder
             .extra(&format!(
-                "\n[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\nreport_interval = \"{report_interval}\"\n",
-                self.addr, self.token_path
+                "\n[table]\n{}wait = \"5s\"\nreport_interval = \"{report_interval}\"\n",
+                self.table_source()
             ))
             .without_table_file()
     }
 
+    /// A proxy's `[table]` keys that take its table from here: `source`,
+    /// `url`, `token_file` and, with TLS, `ca_file`.
+    pub fn table_source(&self) -> String {
+        let ca = match &self.ca {
+            Some(_) => format!("ca_file = {:?}\n", self.dir.join("ca.pem")),
+            None => String::new(),
+        };
+        format!(
+            "source = \"control\"\nurl = \"{}\"\ntoken_file = {:?}\n{ca}",
+            self.url(""),
+            self.token_path
+        )
+    }
+
     /// An authenticated GET of a JSON document.
     pub async fn get(&self, path: &str) -> Value {
-        crate::client()
+        self.client
             .get(self.url(path))
             .bearer_auth(TOKEN)
             .send()
@@ -243,8 +351,16 @@ impl ControlPlane {
             .expect("JSON")
     }
 
+    /// `path` on this control plane: `https://ADDRESS` with TLS, else
+    /// `http://ADDRESS`.
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        let scheme = if self.ca.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// A client of this control plane, which trusts its certificate.
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
     }
 
     pub fn log(&self) -> String {
@@ -252,7 +368,8 @@ impl ControlPlane {
     }
 
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = crate::client()
+        let text = self
+            .client
             .get(self.url("/metrics"))
             .bearer_auth(TOKEN)
             .send()
@@ -270,7 +387,7 @@ impl ControlPlane {
 
     /// The table it serves now.
     pub async fn table(&self) -> Value {
-        crate::client()
+        self.client
             .get(self.url("/v1/table"))
             .bearer_auth(TOKEN)
             .send()
@@ -279,6 +396,11 @@ impl ControlPlane {
             .json()
             .await
             .expect("table JSON")
+    }
+
+    /// Sends it `signal`.
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal the control plane");
     }
 
     /// Stops it (SIGKILL), as an outage would.

@@ -298,21 +298,27 @@ fn an_expired_tls_certificate_is_a_warning_of_check() {
     );
 }
 
+/// Two self-signed certificates for `localhost` with their keys in `dir`:
+/// `a.crt` and `a.key`, `b.crt` and `b.key`.
+fn two_pairs(dir: &Path) {
+    for name in ["a", "b"] {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        std::fs::write(dir.join(format!("{name}.crt")), made.cert.pem()).unwrap();
+        std::fs::write(
+            dir.join(format!("{name}.key")),
+            made.signing_key.serialize_pem(),
+        )
+        .unwrap();
+    }
+}
+
 /// A TLS listener whose key is not its certificate's is refused by `check`
 /// and by `run` before anything is served, naming the field and the files;
 /// `check` names every such listener.
 #[test]
 fn a_tls_key_that_is_not_the_certificates_is_named_by_check_and_run() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["a", "b"] {
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-        std::fs::write(dir.path().join(format!("{name}.crt")), made.cert.pem()).unwrap();
-        std::fs::write(
-            dir.path().join(format!("{name}.key")),
-            made.signing_key.serialize_pem(),
-        )
-        .unwrap();
-    }
+    two_pairs(dir.path());
     let config = listeners_config(
         dir.path(),
         &[
@@ -550,5 +556,67 @@ fn every_unknown_key_is_named_at_once_and_a_number_for_a_size_is_explained() {
             "and line 14: `limits.max_request_body`: invalid type: integer `10485760`, expected a string",
             "written as strings",
         ],
+    );
+}
+
+/// An `https://` control plane's CA file that holds no certificate is
+/// named by the proxy's `check` and `run`; a control plane's `server.tls`
+/// key that is not its certificate's is named by its `check`.
+#[test]
+fn tls_files_of_the_control_plane_and_its_clients_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    std::fs::write(dir.path().join("ca.pem"), "not a certificate\n").unwrap();
+    let config = dir.path().join("proxy.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:1\"\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"control\"\nurl = \"https://control.internal:9443\"\n\
+         token_file = \"token\"\nca_file = \"ca.pem\"\n",
+    )
+    .unwrap();
+    let checked = check(&proxy_bin(), &config).output().unwrap();
+    for (what, out) in [("check", checked), ("run", run_to_exit(&config))] {
+        assert!(!out.status.success(), "{what} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_mentions(
+            &stderr,
+            &["table.ca_file (", "ca.pem): holds no certificate"],
+        );
+        assert!(!stderr.contains("panicked"), "{what}:\n{stderr}");
+    }
+
+    two_pairs(dir.path());
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/topology.json");
+    let config = dir.path().join("control.toml");
+    let write = |key: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ntoken_file = \"token\"\ntls = {{ cert = \"a.crt\", key = {key:?} }}\n\
+                 [source]\nkind = \"file\"\npath = {example:?}\n"
+            ),
+        )
+        .unwrap();
+    };
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    write("b.key");
+    let out = check(&bin, &config).output().unwrap();
+    assert!(!out.status.success());
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "server.tls.key (",
+            "b.key): is not the key of the first certificate in",
+        ],
+    );
+    write("a.key");
+    let out = check(&bin, &config).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -30,10 +30,7 @@ async fn proxy_with(
         .region(US, &[us.addr])
         .region(EU, &[eu.addr])
         .region(AP, &[ap.addr])
-        .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\n{table_options}",
-            cp.addr, cp.token_path
-        ))
+        .extra(&format!("[table]\n{}{table_options}", cp.table_source()))
         .without_table_file()
         .start()
         .await
@@ -395,4 +392,134 @@ async fn status_fails_when_part_of_it_cannot_be_read() {
     assert!(!ran.ok, "{ran:?}");
     assert!(ran.stdout.contains("table served: unknown"), "{ran:?}");
     assert!(ran.stderr.contains("could not be read"), "{ran:?}");
+}
+
+/// With `server.tls`, the table, the proxies' reports and the commands all
+/// go over HTTPS; plain HTTP gets no answer on that port.
+#[tokio::test]
+async fn proxies_and_commands_reach_a_control_plane_serving_https() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
+    let plain = client()
+        .get(format!("http://{}/health", cp.addr))
+        .send()
+        .await;
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
+
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    assert_eq!(proxy.write_region().await, US);
+    eventually("the proxy's report arrives", WAIT, || async {
+        cp.get("/v1/proxies").await["proxies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    // The commands ask server.address by https://, trusting actions.ca_file.
+    let ran = cp.command(&["status"]).await;
+    assert!(ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("proxies reporting: 1 ("), "{ran:?}");
+
+    cp.set_topology(&topology(Some(EU), false, &all_up()));
+    eventually("the proxy follows the writer", WAIT, || async {
+        proxy.write_region().await == EU
+    })
+    .await;
+}
+
+/// A proxy, or a command, that does not trust the control plane's
+/// certificate gets no table from it and says which setting to check.
+#[tokio::test]
+async fn a_control_plane_certificate_not_trusted_is_named_with_what_to_set() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let other_ca = dir.path().join("other-ca.pem");
+    std::fs::write(&other_ca, edgeroute_tests::control::TestCa::new().pem).unwrap();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"{}\"\ntoken_file = {:?}\nca_file = {other_ca:?}\nmax_backoff = \"200ms\"\n",
+            cp.url(""),
+            cp.token_path
+        ))
+        .without_table_file()
+        .start_live()
+        .await;
+    eventually("the refused certificate is logged", WAIT, || async {
+        proxy
+            .log()
+            .contains("its certificate is not trusted: set table.ca_file")
+    })
+    .await;
+    let ready = client()
+        .get(proxy.admin_url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "ready without a table");
+
+    std::fs::copy(&other_ca, cp.dir.join("ca.pem")).unwrap();
+    let ran = cp.command(&["status"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("table served: unknown (cannot reach the control plane at https://")
+            && ran
+                .stdout
+                .contains("its certificate is not trusted: set actions.ca_file"),
+        "{ran:?}"
+    );
+}
+
+/// The control plane's certificate, renewed in its files, is put in force
+/// (at once on SIGHUP); files that cannot be used leave the one in force,
+/// counted, and the server goes on.
+#[tokio::test]
+async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is_not() {
+    use edgeroute_tests::proxy::write_atomically;
+    const EXPIRY: &str = "edgeroute_control_tls_certificate_expiry_timestamp_seconds";
+    const FAILED: &str = "edgeroute_control_tls_certificate_reloads_total{result=\"failed\"}";
+    let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
+    let ca = cp.ca.as_ref().expect("a TLS control plane");
+    // 2100-01-01, as issued at start.
+    assert_eq!(cp.metric(EXPIRY).await, 4_102_444_800.0);
+
+    let side = tempfile::tempdir().unwrap();
+    let (cert, key) = (side.path().join("cert.pem"), side.path().join("key.pem"));
+    ca.issue(&cert, &key, 2099, cp.addr.ip());
+    // The key of another certificate beside the one in the files.
+    write_atomically(
+        &cp.dir.join("key.pem"),
+        &std::fs::read_to_string(&key).unwrap(),
+    );
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the broken pair is refused", WAIT, || async {
+        cp.metric(FAILED).await >= 1.0
+    })
+    .await;
+    assert_eq!(
+        cp.metric(EXPIRY).await,
+        4_102_444_800.0,
+        "the old one stays"
+    );
+    assert!(
+        cp.log().contains("TLS certificate not reloaded"),
+        "{}",
+        cp.log()
+    );
+
+    // The renewed certificate beside its key.
+    write_atomically(
+        &cp.dir.join("cert.pem"),
+        &std::fs::read_to_string(&cert).unwrap(),
+    );
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the renewed certificate is in force", WAIT, || async {
+        // 2099-01-01.
+        cp.metric(EXPIRY).await == 4_070_908_800.0
+    })
+    .await;
+    assert_eq!(cp.table().await["primary_region"], US, "still serving");
 }

@@ -249,6 +249,81 @@ fn a_control_table_source_needs_a_base_url_and_a_token_file() {
     );
 }
 
+/// MINIMAL with a control table source of `url` and `extra` lines, its
+/// token and CA files in `dir`.
+fn control_source(dir: &Path, url: &str, extra: &str) -> Result<ProxyConfig, FromTomlError> {
+    std::fs::write(dir.join("token"), "secret\n").unwrap();
+    std::fs::write(dir.join("ca.pem"), "").unwrap();
+    let text = MINIMAL.replace(
+        "source = \"file\"\npath = \"table.json\"",
+        &format!("source = \"control\"\nurl = {url:?}\ntoken_file = \"token\"\n{extra}"),
+    );
+    ProxyConfig::from_toml(&text, dir)
+}
+
+#[test]
+fn a_control_plane_is_reached_by_http_or_https_with_its_ca_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = control_source(
+        dir.path(),
+        "https://control.internal:9080/",
+        "ca_file = \"ca.pem\"",
+    )
+    .expect("valid");
+    let TableSource::Control { url, ca_file, .. } = c.table else {
+        panic!("a control source")
+    };
+    assert_eq!(url, "https://control.internal:9080");
+    assert_eq!(ca_file, Some(dir.path().join("ca.pem")));
+    // Without a CA file, the system's CAs.
+    let c = control_source(dir.path(), "https://control.internal", "").expect("valid");
+    assert!(matches!(
+        c.table,
+        TableSource::Control { ca_file: None, .. }
+    ));
+    let c = control_source(dir.path(), "http://control:9080", "").expect("valid");
+    assert!(matches!(
+        c.table,
+        TableSource::Control { ca_file: None, .. }
+    ));
+}
+
+#[test]
+fn a_ca_file_is_refused_for_plain_http_and_when_it_cannot_be_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let Err(FromTomlError::Invalid(errs)) =
+        control_source(dir.path(), "http://control:9080", "ca_file = \"ca.pem\"")
+    else {
+        panic!("a CA file for http:// was accepted")
+    };
+    let only: Vec<_> = errs.iter().collect();
+    assert_eq!(only.len(), 1, "{errs}");
+    assert_eq!(only[0].path, "table.ca_file");
+    assert!(only[0].message.contains("https://"), "{errs}");
+    let Err(FromTomlError::Invalid(errs)) = control_source(
+        dir.path(),
+        "https://control:9080",
+        "ca_file = \"missing.pem\"",
+    ) else {
+        panic!("a missing CA file was accepted")
+    };
+    let first = errs.iter().next().expect("an error");
+    assert_eq!(first.path, "table.ca_file");
+    assert!(first.message.contains("readable PEM file"), "{errs}");
+    // Credentials stay out of an https:// URL as out of an http:// one.
+    let Err(FromTomlError::Invalid(errs)) =
+        control_source(dir.path(), "https://user:pw@control:9080", "")
+    else {
+        panic!("credentials in the URL were accepted")
+    };
+    assert!(!errs.to_string().contains("pw"), "{errs}");
+    assert!(
+        errs.iter()
+            .any(|e| e.path == "table.url" && e.message.contains("must not hold credentials")),
+        "{errs}"
+    );
+}
+
 #[test]
 fn hold_writes_after_must_outlast_one_long_poll() {
     let text = MINIMAL.replace(
