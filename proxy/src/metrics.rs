@@ -327,6 +327,28 @@ impl Metrics {
     }
 
     /// Refreshes per-backend gauges and renders the text exposition format.
+    /// Every configured region's and backend's event counters, at 0 until
+    /// their first event: `increase()` and `rate()` only see a rise in a
+    /// series that existed before it, so an alert on the first ejection
+    /// or failed probe would otherwise miss it.
+    pub fn precreate(&self, config: &edgeroute_config::ProxyConfig) {
+        for region in &config.regions {
+            let name = region.name.as_str();
+            self.ejections_suppressed.with_label_values(&[name]);
+            self.panic_picks.with_label_values(&[name]);
+            self.dns_failures.with_label_values(&[name]);
+            for backend in &region.backends {
+                let label = backend.to_string();
+                self.backend_ejections.with_label_values(&[name, &label]);
+                if config.health.probes {
+                    for result in ["pass", "fail"] {
+                        self.probes.with_label_values(&[name, &label, result]);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn render(&self, topology: &Topology, table_age: Option<f64>) -> String {
         let now = Instant::now();
         self.table_age.set(table_age.unwrap_or(f64::NAN));
@@ -495,5 +517,56 @@ mod tests {
             !text.contains("status=\"404\""),
             "series that never occurred are not exported"
         );
+    }
+
+    #[test]
+    fn event_counters_of_every_configured_backend_start_at_zero() {
+        let config = edgeroute_config::ProxyConfig::from_toml(
+            "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+             [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9001\", \"api.internal:80\"]\n\
+             [[regions]]\nname = \"eu-west-1\"\nbackends = [\"[::1]:9002\"]\n\
+             [table]\nsource = \"file\"\npath = \"table.json\"\n",
+            std::path::Path::new("/etc/edgeroute"),
+        )
+        .expect("a valid config");
+        let m = Metrics::new();
+        m.precreate(&config);
+        let text = m.render(&crate::topology::testing::topology(1, 1), None);
+        let zero = |name: &str, labels: &[&str]| {
+            text.lines().any(|line| {
+                line.starts_with(&format!("{name}{{"))
+                    && line.ends_with(" 0")
+                    && labels.iter().all(|l| line.contains(l))
+            })
+        };
+        for (region, backend) in [
+            ("us-east-1", "127.0.0.1:9001"),
+            ("us-east-1", "api.internal:80"),
+            ("eu-west-1", "[::1]:9002"),
+        ] {
+            let (region, backend) = (
+                format!("region=\"{region}\""),
+                format!("backend=\"{backend}\""),
+            );
+            assert!(
+                zero("edgeroute_backend_ejections_total", &[&region, &backend]),
+                "{text}"
+            );
+            for result in ["result=\"pass\"", "result=\"fail\""] {
+                assert!(
+                    zero("edgeroute_probes_total", &[&region, &backend, result]),
+                    "{text}"
+                );
+            }
+        }
+        for name in [
+            "edgeroute_backend_ejections_suppressed_total",
+            "edgeroute_panic_picks_total",
+            "edgeroute_dns_failures_total",
+        ] {
+            for region in ["region=\"us-east-1\"", "region=\"eu-west-1\""] {
+                assert!(zero(name, &[region]), "{name} {region}:\n{text}");
+            }
+        }
     }
 }

@@ -49,6 +49,7 @@ impl AppState {
         connector: TransportConnector,
     ) -> Self {
         let metrics = Metrics::new();
+        metrics.precreate(&config);
         let names: Vec<&str> = topology.region_names().collect();
         let request_metrics = RequestMetrics::new(&metrics, &names);
         let hold_writes_after_ms = match &config.table {
