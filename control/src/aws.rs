@@ -61,11 +61,12 @@ impl AwsError {
     }
 }
 
-/// AWS's own code and message when it answered with an error; the whole
-/// chain (connection refused, timeout, ...) when it did not.
+/// AWS's own code and message when it answered with an error; the chain
+/// of causes (connection refused, timeout, ...) when it did not, and where
+/// credentials were missing, where they are looked for.
 fn fail<E>(api: &'static str) -> impl FnOnce(aws_sdk_rds::error::SdkError<E>) -> AwsError
 where
-    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata,
+    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + 'static,
     aws_sdk_rds::error::SdkError<E>: std::error::Error,
 {
     use aws_sdk_rds::error::ProvideErrorMetadata;
@@ -74,10 +75,32 @@ where
             (aws_sdk_rds::error::SdkError::ServiceError(_), Some(code), Some(message)) => {
                 format!("{code}: {message}")
             }
-            _ => aws_sdk_rds::error::DisplayErrorContext(&e).to_string(),
+            _ if no_credentials(&e) => {
+                format!("{}; {NO_CREDENTIALS}", edgeroute_config::error_chain(&e))
+            }
+            _ => edgeroute_config::error_chain(&e),
         };
         AwsError { api, message }
     }
+}
+
+/// What to do when the SDK found no credentials.
+const NO_CREDENTIALS: &str = "no AWS credentials were found for this process: \
+    they come from the default chain, so set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
+    or AWS_PROFILE, or on EKS IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), \
+    or run where an instance or task role is given";
+
+/// Whether `error`, or an error it was caused by, is the SDK failing to
+/// load credentials.
+fn no_credentials(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.is::<aws_credential_types::provider::error::CredentialsError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The SDK's shared config: rustls with ring, credentials from the default
@@ -860,6 +883,47 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
 
 #[cfg(test)]
 mod tests {
+    use aws_sdk_rds::error::{ConnectorError, SdkError};
+    use aws_sdk_rds::operation::describe_global_clusters::DescribeGlobalClustersError;
+
+    /// A call that failed before it reached AWS, for `cause`.
+    fn unsent(cause: ConnectorError) -> super::AwsError {
+        let e: SdkError<DescribeGlobalClustersError> = SdkError::dispatch_failure(cause);
+        super::fail("DescribeGlobalClusters")(e)
+    }
+
+    #[test]
+    fn missing_credentials_say_where_they_are_looked_for_and_no_dump_of_the_sdk() {
+        let e = unsent(ConnectorError::other(
+            Box::new(
+                aws_credential_types::provider::error::CredentialsError::not_loaded(
+                    "no providers in chain provided credentials",
+                ),
+            ),
+            None,
+        ));
+        assert!(
+            e.message
+                .contains("no providers in chain provided credentials"),
+            "{}",
+            e.message
+        );
+        assert!(
+            e.message.contains("no AWS credentials were found")
+                && e.message.contains("AWS_PROFILE"),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
+
+        let e = unsent(ConnectorError::io(Box::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        ))));
+        assert!(e.message.contains("refused"), "{}", e.message);
+        assert!(!e.message.contains("credentials"), "{}", e.message);
+        assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
+    }
+
     #[test]
     fn a_throttled_call_is_told_from_other_refusals() {
         let e = |message: &str| super::AwsError {

@@ -620,3 +620,58 @@ fn tls_files_of_the_control_plane_and_its_clients_are_checked() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A control plane on AWS with no credentials anywhere in the default
+/// chain says where they are looked for, not the SDK's internals.
+#[test]
+fn missing_aws_credentials_are_named_with_where_they_come_from() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntoken_file = \"token\"\n[source]\nkind = \"aws\"\nhosted_zone_id = \"Z1\"\n\
+             record_name = \"api.example.com\"\nglobal_cluster_id = \"g1\"\nendpoint_url = {endpoint:?}\n"
+        ),
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let mut cmd = check(&bin, &config);
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_ROLE_ARN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        cmd.env_remove(var);
+    }
+    let out = cmd
+        .env("HOME", dir.path())
+        .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.path().join("no-credentials"),
+        )
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_mentions(
+        &stderr,
+        &[
+            "ListResourceRecordSets",
+            "no AWS credentials were found for this process",
+            "AWS_PROFILE",
+        ],
+    );
+    assert!(!stderr.contains("DispatchFailure"), "{stderr}");
+}
