@@ -172,7 +172,10 @@ fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Pat
          \x20 sed -i -e 's/\"epoch\": 1/\"epoch\": 2/' -e 's/\"version\": 1/\"version\": 2/' \\\n\
          \x20        -e 's/\"primary_region\": \"us-east-1\"/\"primary_region\": \"eu-west-1\"/' {table}\n\
          \x20 curl -i -X POST http://{listen}/orders -d '{{}}'  # now x-edgeroute-region: eu-west-1\n\n\
-         Take us-east-1 down (raise version, set its state to \"down\"), and reads move to eu-west-1.\n\
+         Take us-east-1 down (a digit appended to the version raises it), and reads move to eu-west-1:\n\
+         \x20 sed -i -e 's/\"version\": \\([0-9]*\\)/\"version\": \\19/' \\\n\
+         \x20        -e '/\"name\": \"us-east-1\"/,/\"state\"/ s/\"active\"/\"down\"/' {table}\n\
+         \x20 curl -i http://{listen}/items                  # now x-edgeroute-region: eu-west-1, the nearest\n\n\
          Stop with Ctrl-C.\n",
         listen = opts.listen,
         admin = opts.admin,
