@@ -24,6 +24,8 @@ pub enum ErrorReply {
     BodyTooSlow,
     /// The backend could not be reached or failed mid-way (502), or was too slow (504).
     Upstream { status: u16, code: &'static str },
+    /// The backend's answer could not be framed or was not HTTP (502).
+    InvalidAnswer,
     /// The client sent something the proxy cannot parse (400), and what,
     /// when the parser said.
     BadRequest(Option<String>),
@@ -66,6 +68,9 @@ impl ErrorReply {
                     code: "upstream_timeout",
                 }
             }
+            ErrorType::InvalidHTTPHeader if e.esource() == &ErrorSource::Upstream => {
+                ErrorReply::InvalidAnswer
+            }
             _ => match e.esource() {
                 ErrorSource::Upstream => ErrorReply::Upstream {
                     status: 502,
@@ -90,6 +95,7 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => 413,
             ErrorReply::BodyTooSlow => 408,
             ErrorReply::Upstream { status, .. } => *status,
+            ErrorReply::InvalidAnswer => 502,
             ErrorReply::BadRequest(_) => 400,
             ErrorReply::HeadTooLarge => 431,
             ErrorReply::UnsupportedCoding => 501,
@@ -109,6 +115,8 @@ impl ErrorReply {
             ErrorReply::BodyTooLarge { .. } => "body_too_large",
             ErrorReply::BodyTooSlow => "body_too_slow",
             ErrorReply::Upstream { code, .. } => code,
+            // One code for every 502 a backend caused, as documented.
+            ErrorReply::InvalidAnswer => "upstream_unavailable",
             ErrorReply::BadRequest(_) => "bad_request",
             ErrorReply::HeadTooLarge => "request_head_too_large",
             ErrorReply::UnsupportedCoding => "unsupported_transfer_coding",
@@ -135,6 +143,10 @@ impl ErrorReply {
             }
             ErrorReply::Upstream { .. } => {
                 "the backend could not be reached or failed before answering".to_owned()
+            }
+            ErrorReply::InvalidAnswer => {
+                "the backend's answer was not valid HTTP; the proxy's log says what was wrong"
+                    .to_owned()
             }
             ErrorReply::BadRequest(None) => "the request could not be parsed".to_owned(),
             ErrorReply::BadRequest(Some(why)) => {
@@ -258,6 +270,33 @@ async fn write_json(
 #[cfg(test)]
 mod tests {
     use super::ErrorReply;
+    use pingora_error::{Error, ErrorType};
+
+    #[test]
+    fn an_answer_that_is_not_http_is_a_502_that_says_so() {
+        let unframeable = Error::explain(ErrorType::InvalidHTTPHeader, "two lengths").into_up();
+        let reply = ErrorReply::from_error(&unframeable);
+        assert_eq!(reply, ErrorReply::InvalidAnswer);
+        assert_eq!(
+            (reply.status(), reply.code()),
+            (502, "upstream_unavailable")
+        );
+        assert!(
+            reply.message().contains("not valid HTTP"),
+            "{}",
+            reply.message()
+        );
+        // A reset is still one that could not be reached.
+        let reset = Error::explain(ErrorType::ConnectionClosed, "reset").into_up();
+        assert!(
+            ErrorReply::from_error(&reset)
+                .message()
+                .contains("could not be reached")
+        );
+        // From the client, the same kind is a bad request.
+        let bad = Error::explain(ErrorType::InvalidHTTPHeader, "no Host").into_down();
+        assert_eq!(ErrorReply::from_error(&bad).status(), 400);
+    }
 
     #[test]
     fn a_400_quotes_at_most_300_bytes_of_its_reason_on_a_char_boundary() {
