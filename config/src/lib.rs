@@ -10,6 +10,7 @@
 mod control;
 mod errors;
 mod logs;
+mod process;
 mod proxy;
 mod report;
 mod schema;
@@ -25,6 +26,7 @@ pub use control::{
 };
 pub use errors::{FieldError, FieldErrors, error_chain};
 pub use logs::log_filter;
+pub use process::raise_open_file_limit;
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
     LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,

@@ -75,20 +75,29 @@ where
             (aws_sdk_rds::error::SdkError::ServiceError(_), Some(code), Some(message)) => {
                 format!("{code}: {message}")
             }
-            _ if no_credentials(&e) => {
-                format!("{}; {NO_CREDENTIALS}", edgeroute_config::error_chain(&e))
+            _ => {
+                let mut message = edgeroute_config::error_chain(&e);
+                // An answer that is not AWS's own (a proxy's 403 page, say).
+                if let Some(raw) = e.raw_response() {
+                    message = format!("HTTP {}: {message}", raw.status().as_u16());
+                }
+                if no_credentials(&e) {
+                    message.push_str("; ");
+                    message.push_str(NO_CREDENTIALS);
+                }
+                message
             }
-            _ => edgeroute_config::error_chain(&e),
         };
         AwsError { api, message }
     }
 }
 
-/// What to do when the SDK found no credentials.
-const NO_CREDENTIALS: &str = "no AWS credentials were found for this process: \
-    they come from the default chain, so set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-    or AWS_PROFILE, or on EKS IRSA (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE), \
-    or run where an instance or task role is given";
+/// What to do when the SDK could not load credentials (found none, or
+/// found some it could not use).
+const NO_CREDENTIALS: &str = "AWS credentials could not be loaded for this process: \
+    they come from the default chain, so check that one of AWS_ACCESS_KEY_ID with \
+    AWS_SECRET_ACCESS_KEY, AWS_PROFILE, IRSA on EKS (AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE, \
+    with the role trusting the service account) or an instance or task role is given and allowed";
 
 /// Whether `error`, or an error it was caused by, is the SDK failing to
 /// load credentials.
@@ -909,7 +918,7 @@ mod tests {
             e.message
         );
         assert!(
-            e.message.contains("no AWS credentials were found")
+            e.message.contains("AWS credentials could not be loaded")
                 && e.message.contains("AWS_PROFILE"),
             "{}",
             e.message

@@ -163,6 +163,16 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::msg)
             .and_then(|_| read_token(cfg.server.token_file.as_deref()))
             .and_then(|_| server_certificate(&cfg))
+            .map(|cert| {
+                // Served all the same, as the proxy's listeners do.
+                let now = edgeroute_config::tls::unix_now();
+                if let Some(fault) = cert.and_then(|c| c.validity().fault_at(now)) {
+                    eprintln!(
+                        "warning: server.tls.cert: the server's certificate {fault}; clients that check certificates will refuse it"
+                    );
+                }
+            })
+            .and_then(|()| commands_tls(&cfg))
             .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
             .and_then(|_| show(&cfg, false))
             .map(|()| println!("{}: ok", config.display())),
@@ -273,19 +283,22 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
 
 fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     let token = read_token(cfg.server.token_file.as_deref())?;
-    let tls = if cfg.actions.control_url.starts_with("https://") {
-        Some(
-            edgeroute_config::tls::client_config(cfg.actions.ca_file.as_deref(), "actions.ca_file")
-                .map_err(anyhow::Error::msg)?,
-        )
-    } else {
-        None
-    };
     ControlView::http(
         &cfg.actions.control_url,
         &String::from_utf8_lossy(&token),
-        tls,
+        commands_tls(cfg)?,
     )
+}
+
+/// The commands' TLS settings for an `https://` `actions.control_url`:
+/// `actions.ca_file`'s CA certificates, else the system's.
+fn commands_tls(cfg: &ControlConfig) -> anyhow::Result<Option<rustls::ClientConfig>> {
+    if !cfg.actions.control_url.starts_with("https://") {
+        return Ok(None);
+    }
+    edgeroute_config::tls::client_config(cfg.actions.ca_file.as_deref(), "actions.ca_file")
+        .map(Some)
+        .map_err(anyhow::Error::msg)
 }
 
 /// `failover`, `drain`, `undrain`.
@@ -372,6 +385,8 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
 
 fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     init_logging(cfg.log.format, &cfg.log.level)?;
+    // Every proxy holds a connection open for its long poll.
+    let open_files = edgeroute_config::raise_open_file_limit();
     let token = read_token(cfg.server.token_file.as_deref())?;
     let cert = server_certificate(&cfg)?;
     let rt = runtime()?;
@@ -455,6 +470,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         tracing::info!(
             address = %cfg.server.address,
             scheme = if acceptor.is_some() { "https" } else { "http" },
+            open_files,
             "edgeroute-control serving"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -60,6 +60,15 @@ impl ControlMetrics {
         .expect("static metric definition");
         r.register(Box::new(proxies_forgotten.clone()))
             .expect("metric registered once");
+        let tls_certificate_reloads = counter(
+            "edgeroute_control_tls_certificate_reloads_total",
+            "Reloads of server.tls's changed files, by result (ok; failed: the certificate in force stays)",
+            &["result"],
+        );
+        // Shown from the start, so that an alert sees the first failure.
+        for result in ["ok", "failed"] {
+            tls_certificate_reloads.with_label_values(&[result]);
+        }
         ControlMetrics {
             requests: counter(
                 "edgeroute_control_requests_total",
@@ -122,11 +131,7 @@ impl ControlMetrics {
                 "edgeroute_control_last_drill_success",
                 "1 when the last failover drill succeeded",
             ),
-            tls_certificate_reloads: counter(
-                "edgeroute_control_tls_certificate_reloads_total",
-                "Reloads of server.tls's changed files, by result (ok; failed: the certificate in force stays)",
-                &["result"],
-            ),
+            tls_certificate_reloads,
             tls_certificate_expiry: gauge(
                 "edgeroute_control_tls_certificate_expiry_timestamp_seconds",
                 "Unix time the certificate in force expires (server.tls; 0 without it)",

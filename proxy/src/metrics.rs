@@ -326,7 +326,6 @@ impl Metrics {
         }
     }
 
-    /// Refreshes per-backend gauges and renders the text exposition format.
     /// Every configured region's and backend's event counters, at 0 until
     /// their first event: `increase()` and `rate()` only see a rise in a
     /// series that existed before it, so an alert on the first ejection
@@ -349,6 +348,7 @@ impl Metrics {
         }
     }
 
+    /// Refreshes per-backend gauges and renders the text exposition format.
     pub fn render(&self, topology: &Topology, table_age: Option<f64>) -> String {
         let now = Instant::now();
         self.table_age.set(table_age.unwrap_or(f64::NAN));

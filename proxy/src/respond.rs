@@ -24,7 +24,8 @@ pub enum ErrorReply {
     BodyTooSlow,
     /// The backend could not be reached or failed mid-way (502), or was too slow (504).
     Upstream { status: u16, code: &'static str },
-    /// The backend's answer could not be framed or was not HTTP (502).
+    /// The backend's answer was not HTTP, or could not be framed for the
+    /// client (502).
     InvalidAnswer,
     /// The client sent something the proxy cannot parse (400), and what,
     /// when the parser said.
@@ -145,7 +146,8 @@ impl ErrorReply {
                 "the backend could not be reached or failed before answering".to_owned()
             }
             ErrorReply::InvalidAnswer => {
-                "the backend's answer was not valid HTTP; the proxy's log says what was wrong"
+                "the backend's answer was not valid HTTP or could not be framed for this client; \
+                 the proxy's log says what was wrong"
                     .to_owned()
             }
             ErrorReply::BadRequest(None) => "the request could not be parsed".to_owned(),

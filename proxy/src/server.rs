@@ -22,7 +22,7 @@ use std::sync::Arc;
 /// Runs the proxy until it is stopped by a signal. Start-up problems (a
 /// backend that does not resolve, a busy port, a bad table) are returned.
 pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
-    let open_files = raise_open_file_limit();
+    let open_files = edgeroute_config::raise_open_file_limit();
     // The admin API, the table source, health probes, DNS refresh and the
     // exit on drain run on a runtime of their own, which outlives Pingora's
     // listeners during shutdown.
@@ -49,6 +49,30 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::msg)?
                 .into_bytes(),
         ),
+    };
+    // The control plane's token and CA certificates, read before anything
+    // is bound or started; one Authorization header for the table and the
+    // reports.
+    let mut control_client = match &config.table {
+        TableSource::Control {
+            url,
+            token_file,
+            ca_file,
+            ..
+        } => {
+            let token = edgeroute_config::read_secret("table.token_file", token_file)
+                .map_err(anyhow::Error::msg)?;
+            let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+                anyhow::anyhow!(
+                    "table.token_file {} holds characters that cannot go in an HTTP header",
+                    token_file.display()
+                )
+            })?;
+            let connector =
+                table_source::connector(url, ca_file.as_deref()).map_err(anyhow::Error::msg)?;
+            Some((connector, auth))
+        }
+        TableSource::File { .. } => None,
     };
     // Pingora's defaults are fixed /tmp paths: two proxies on a host would collide.
     let run_file = |ext: &str| {
@@ -150,24 +174,14 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         }
         TableSource::Control {
             url,
-            token_file,
-            ca_file,
             wait,
             max_backoff,
             report,
             ..
         } => {
-            let token = edgeroute_config::read_secret("table.token_file", &token_file)
-                .map_err(anyhow::Error::msg)?;
-            let connector =
-                table_source::connector(&url, ca_file.as_deref()).map_err(anyhow::Error::msg)?;
-            // One Authorization header for the table and the reports.
-            let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                anyhow::anyhow!(
-                    "table.token_file {} holds characters that cannot go in an HTTP header",
-                    token_file.display()
-                )
-            })?;
+            let (connector, auth) = control_client
+                .take()
+                .context("the control plane's client was not made")?;
             if let Some(interval) = report {
                 control.spawn(table_source::report_to_control(
                     Arc::clone(&state),
@@ -264,30 +278,6 @@ async fn prune_idle_connections(state: Arc<AppState>) {
             for backend in region.backends().iter() {
                 backend.idle.prune(now);
             }
-        }
-    }
-}
-
-/// Raises the process's soft limit on open files to its hard limit (each
-/// client and backend connection takes a descriptor), and answers the
-/// limit in force.
-fn raise_open_file_limit() -> u64 {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
-        Ok(limits) => limits,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-file limit; taking it as 1024");
-            return 1024;
-        }
-    };
-    if soft >= hard {
-        return soft;
-    }
-    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-        Ok(()) => hard,
-        Err(e) => {
-            tracing::warn!(error = %e, soft, hard, "cannot raise the open-file limit to its hard limit; keeping the soft one");
-            soft
         }
     }
 }

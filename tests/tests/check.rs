@@ -619,6 +619,21 @@ fn tls_files_of_the_control_plane_and_its_clients_are_checked() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The commands' CA file is read by check too.
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{text}[actions]\ncontrol_url = \"https://localhost:9080\"\nca_file = \"ca.pem\"\n"
+        ),
+    )
+    .unwrap();
+    let out = check(&bin, &config).output().unwrap();
+    assert!(!out.status.success());
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &["actions.ca_file (", "ca.pem): holds no certificate"],
+    );
 }
 
 /// A control plane on AWS with no credentials anywhere in the default
@@ -669,7 +684,7 @@ fn missing_aws_credentials_are_named_with_where_they_come_from() {
         &stderr,
         &[
             "ListResourceRecordSets",
-            "no AWS credentials were found for this process",
+            "AWS credentials could not be loaded for this process",
             "AWS_PROFILE",
         ],
     );

@@ -325,7 +325,7 @@ async fn with_hold_writes_after_a_proxy_cut_off_from_the_control_plane_holds_wri
 /// control plane it reloads nothing, and must not stop the proxy (the
 /// signal's default action).
 #[tokio::test]
-async fn sighup_leaves_a_proxy_on_the_control_plane_running() {
+async fn sighup_leaves_a_proxy_and_its_control_plane_running() {
     let (us, eu, ap) = origins().await;
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
     let proxy = proxy_on(&cp, &us, &eu, &ap).await;
@@ -335,6 +335,13 @@ async fn sighup_leaves_a_proxy_on_the_control_plane_running() {
     })
     .await;
     assert_eq!(proxy.write_region().await, US, "still serving");
+    // The control plane, without TLS, ignores it too.
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    cp.set_topology(&topology(Some(EU), false, &all_up()));
+    eventually("the proxy follows the writer", WAIT, || async {
+        proxy.write_region().await == EU
+    })
+    .await;
 }
 
 /// A client that never finishes its request head, or the body of its
@@ -484,7 +491,10 @@ async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is
     let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
     let ca = cp.ca.as_ref().expect("a TLS control plane");
     // 2100-01-01, as issued at start.
-    assert_eq!(cp.metric(EXPIRY).await, 4_102_444_800.0);
+    eventually("the expiry is shown", WAIT, || async {
+        cp.metric(EXPIRY).await == 4_102_444_800.0
+    })
+    .await;
 
     let side = tempfile::tempdir().unwrap();
     let (cert, key) = (side.path().join("cert.pem"), side.path().join("key.pem"));
@@ -522,4 +532,63 @@ async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is
     })
     .await;
     assert_eq!(cp.table().await["primary_region"], US, "still serving");
+}
+
+/// Every proxy holds a connection open for its long poll: the control
+/// plane raises its soft open-file limit to the hard one at start.
+#[tokio::test]
+async fn the_control_plane_raises_its_open_file_limit_to_the_hard_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let addr = edgeroute_tests::proxy::free_addr();
+    std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(
+        dir.path().join("topology.json"),
+        topology(Some(US), false, &all_up()).to_string(),
+    )
+    .unwrap();
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n\
+             [source]\nkind = \"file\"\npath = \"topology.json\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    // Started with a soft limit of 256 (the shell's `exec` keeps its pid).
+    let mut control = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            "ulimit -S -n 256 && exec \"$0\" serve --config \"$1\"",
+        ])
+        .arg(&bin)
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = control.id().expect("a pid");
+    eventually("the control plane serves", WAIT, || async {
+        client()
+            .get(format!("http://{addr}/health"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("the open-file limit")
+        .split_whitespace()
+        .skip(3)
+        .take(2)
+        .collect();
+    assert_eq!(open_files[0], open_files[1], "soft = hard:\n{limits}");
+    assert_ne!(open_files[0], "256", "{limits}");
+    control.start_kill().ok();
 }

@@ -670,7 +670,10 @@ async fn a_backend_answer_with_conflicting_lengths_is_a_502() {
     assert_eq!(resp.status(), 502);
     assert_eq!(resp.headers()["x-edgeroute-error"], "upstream_unavailable");
     let body = resp.text().await.unwrap();
-    assert!(body.contains("the backend's answer was not valid HTTP"), "{body}");
+    assert!(
+        body.contains("the backend's answer was not valid HTTP"),
+        "{body}"
+    );
 }
 
 /// A backend that accepts a WebSocket upgrade, reads the tunnel until the
