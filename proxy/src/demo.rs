@@ -83,6 +83,8 @@ fn own_folder(dir: &Path, uid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The table file as the guide's commands expect it: one field per line,
+/// each region's `name` before its `state` (serde_json writes keys sorted).
 fn initial_table() -> String {
     serde_json::to_string_pretty(&serde_json::json!({
         "epoch": 1,
