@@ -501,19 +501,10 @@ impl RawActions {
             self.control_url.trim_end_matches('/').to_owned()
         };
         let ca_file = (!self.ca_file.is_empty()).then(|| {
-            let path = values::resolve(base, &self.ca_file);
-            if !control_url.starts_with("https://") {
-                e.push(
-                    "actions.ca_file",
-                    format!("is for a control plane reached by https://, and actions.control_url is {control_url:?}: give server.tls or an https:// control_url, or leave ca_file out"),
-                );
-            } else if let Some(why) = values::not_a_file(&path) {
-                e.push(
-                    "actions.ca_file",
-                    format!("must be a readable PEM file of CA certificates, got {:?} ({why})", self.ca_file),
-                );
-            }
-            path
+            let https = control_url.starts_with("https://");
+            crate::tls::ca_file(e, base, "actions.ca_file", &self.ca_file, https, || {
+                format!("is for a control plane reached by https://, and actions.control_url is {control_url:?}: give server.tls or an https:// control_url, or leave ca_file out")
+            })
         });
         ActionsConfig {
             history_file: values::resolve(base, &self.history_file),

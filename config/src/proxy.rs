@@ -1126,19 +1126,9 @@ impl RawConfig {
                     ),
                 }
                 let ca_file = ca_file.as_deref().map(|raw| {
-                    let path = values::resolve(base, raw);
-                    if !https {
-                        e.push(
-                            "table.ca_file",
-                            format!("is for a control plane reached by https://, and table.url is {url:?}: make it https:// or leave ca_file out"),
-                        );
-                    } else if let Some(why) = values::not_a_file(&path) {
-                        e.push(
-                            "table.ca_file",
-                            format!("must be a readable PEM file of CA certificates, got {raw:?} ({why})"),
-                        );
-                    }
-                    path
+                    crate::tls::ca_file(&mut e, base, "table.ca_file", raw, https, || {
+                        format!("is for a control plane reached by https://, and table.url is {url:?}: make it https:// or leave ca_file out")
+                    })
                 });
                 let token_path = values::resolve(base, token_file);
                 if let Some(why) = values::not_a_file(&token_path) {

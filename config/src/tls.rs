@@ -66,6 +66,30 @@ impl RawTls {
 /// How often a server looks at its certificate files for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
+/// A client's `ca_file` (such as `table.ca_file`) as written, `raw`,
+/// resolved against `base`: refused, with `not_https` as the reason, when
+/// the client's URL is not `https://`, and when it is not a readable file
+/// (what it holds is judged by [`client_config`]).
+pub(crate) fn ca_file(
+    e: &mut FieldErrors,
+    base: &Path,
+    field: &str,
+    raw: &str,
+    https: bool,
+    not_https: impl FnOnce() -> String,
+) -> PathBuf {
+    let path = values::resolve(base, raw);
+    if !https {
+        e.push(field, not_https());
+    } else if let Some(why) = values::not_a_file(&path) {
+        e.push(
+            field,
+            format!("must be a readable PEM file of CA certificates, got {raw:?} ({why})"),
+        );
+    }
+    path
+}
+
 /// How an encrypted PKCS#8 key's PEM section starts.
 const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
 /// The header of an older encrypted PEM key (PKCS#1 or SEC1).
@@ -184,6 +208,17 @@ impl ServerCert {
                 dated: false,
             }),
         }))
+    }
+
+    /// What `check` warns of: the server's certificate in force cannot be
+    /// used at `now` (Unix seconds), which a server serves all the same.
+    pub fn date_warning(&self, now: i64) -> Option<String> {
+        self.validity().fault_at(now).map(|fault| {
+            format!(
+                "{}: the server's certificate {fault}; clients that check certificates will refuse it",
+                field(&self.name, "cert", &self.files.cert)
+            )
+        })
     }
 
     /// The dates of the server's certificate in force.
@@ -502,6 +537,24 @@ pub fn client_config(ca_file: Option<&Path>, field: &str) -> Result<rustls::Clie
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(config)
+}
+
+/// What a client of `url_field` that got `error` should look at, when it
+/// is the server's certificate that was refused (else nothing): its
+/// `ca_field` and the URL's host.
+pub fn untrusted_advice(
+    error: &(dyn std::error::Error + 'static),
+    ca_field: &str,
+    url_field: &str,
+) -> String {
+    if certificate_refused(error) {
+        format!(
+            "; its certificate is not trusted: set {ca_field} to the CA certificates that sign \
+             it, and {url_field}'s host to a name the certificate holds"
+        )
+    } else {
+        String::new()
+    }
 }
 
 /// Whether `error`, or an error it was caused by, is rustls refusing the

@@ -75,20 +75,18 @@ impl ControlView {
             .send()
             .await
             .map_err(|e| {
-                let refused = edgeroute_config::tls::certificate_refused(&e);
+                let advice = edgeroute_config::tls::untrusted_advice(
+                    &e,
+                    "actions.ca_file",
+                    "actions.control_url",
+                );
                 (
                     None,
                     format!(
                         "cannot reach {}: {}{}",
                         self.describe(),
                         edgeroute_config::error_chain(&e.without_url()),
-                        if refused {
-                            "; its certificate is not trusted: set actions.ca_file to the CA \
-                             certificates that sign it, and actions.control_url's host to a name \
-                             the certificate holds"
-                        } else {
-                            ""
-                        }
+                        advice
                     ),
                 )
             })?;

@@ -166,10 +166,8 @@ fn main() -> ExitCode {
             .map(|cert| {
                 // Served all the same, as the proxy's listeners do.
                 let now = edgeroute_config::tls::unix_now();
-                if let Some(fault) = cert.and_then(|c| c.validity().fault_at(now)) {
-                    eprintln!(
-                        "warning: server.tls.cert: the server's certificate {fault}; clients that check certificates will refuse it"
-                    );
+                if let Some(warning) = cert.and_then(|c| c.date_warning(now)) {
+                    eprintln!("warning: {warning}");
                 }
             })
             .and_then(|()| commands_tls(&cfg))

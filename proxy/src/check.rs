@@ -17,12 +17,7 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
         .filter_map(|(i, l)| Some((i, l.tls.as_ref()?)))
     {
         match crate::tls::ServerCert::load(format!("listeners[{i}].tls"), files) {
-            Ok(cert) => warnings.extend(cert.validity().fault_at(now).map(|fault| {
-                format!(
-                    "listeners[{i}].tls.cert ({}): the server's certificate {fault}; clients that check certificates will refuse it",
-                    files.cert.display()
-                )
-            })),
+            Ok(cert) => warnings.extend(cert.date_warning(now)),
             Err(e) => errors.push(e),
         }
     }

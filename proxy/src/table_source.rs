@@ -139,12 +139,7 @@ pub async fn poll_control(
             Ok(Err(e)) => Some(format!(
                 "cannot reach the control plane: {}{}",
                 edgeroute_config::error_chain(&e),
-                if edgeroute_config::tls::certificate_refused(&e) {
-                    "; its certificate is not trusted: set table.ca_file to the CA certificates \
-                     that sign it, and table.url's host to a name the certificate holds"
-                } else {
-                    ""
-                }
+                edgeroute_config::tls::untrusted_advice(&e, "table.ca_file", "table.url")
             )),
             Ok(Ok(resp)) => {
                 let status = resp.status();

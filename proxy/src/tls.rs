@@ -2,13 +2,13 @@
 //! when their files change and on SIGHUP, with their expiry in the
 //! metrics. Loading and checking them is [`edgeroute_config::tls`]'s.
 
-pub use edgeroute_config::tls::{Reload, ServerCert, install_crypto_provider, unix_now};
+pub use edgeroute_config::tls::{
+    Reload, ServerCert, WATCH_INTERVAL, install_crypto_provider, unix_now,
+};
 use std::sync::Arc;
 
 /// What a TLS listener offers by ALPN: HTTP/2, then HTTP/1.1.
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
-
-pub use edgeroute_config::tls::WATCH_INTERVAL;
 
 /// Until shutdown, every [`WATCH_INTERVAL`] and at once on SIGHUP: each
 /// listener's certificate files read again, and a changed pair put in
