@@ -862,12 +862,8 @@ impl EdgeProxy {
     fn record_response(&self, b: &Backend, status: u16, sent_at: Instant) -> Instant {
         let now = Instant::now();
         let h = &self.state.config.health;
-        let may_eject = self.state.topology.regions[b.region].may_eject(
-            h.max_ejection_percent,
-            status >= 500,
-            now,
-        );
-        let verdict = b.record_response(status, now - sent_at, &policy(h), now, may_eject);
+        let cap = self.state.topology.regions[b.region].cap(h.max_ejection_percent);
+        let verdict = b.record_response(status, now - sent_at, &policy(h), now, cap);
         self.outlier_verdict(b, verdict, "5xx responses");
         now
     }
@@ -890,10 +886,9 @@ impl EdgeProxy {
     fn failed(&self, b: &Backend, slow_since: Option<Instant>, cause: &str) {
         let now = Instant::now();
         let h = &self.state.config.health;
-        let may_eject =
-            self.state.topology.regions[b.region].may_eject(h.max_ejection_percent, false, now);
+        let cap = self.state.topology.regions[b.region].cap(h.max_ejection_percent);
         let slow = slow_since.map(|at| now - at);
-        let verdict = b.record_failure(slow, &policy(h), now, may_eject);
+        let verdict = b.record_failure(slow, &policy(h), now, cap);
         self.outlier_verdict(b, verdict, cause);
     }
 

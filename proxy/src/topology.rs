@@ -176,12 +176,12 @@ impl Backend {
         latency: Duration,
         policy: &OutlierPolicy,
         now: Instant,
-        may_eject: bool,
+        cap: Cap<'_>,
     ) -> Verdict {
         let mut live = self.live();
         live.ewma.observe(latency, now);
         if status >= 500 {
-            self.failure(&mut live, policy, now, may_eject)
+            self.failure(&mut live, policy, now, cap, true)
         } else {
             Verdict::Kept
         }
@@ -208,29 +208,38 @@ impl Backend {
         slow: Option<Duration>,
         policy: &OutlierPolicy,
         now: Instant,
-        may_eject: bool,
+        cap: Cap<'_>,
     ) -> Verdict {
         let mut live = self.live();
         if let Some(took) = slow {
             live.ewma.observe(took, now);
         }
-        self.failure(&mut live, policy, now, may_eject)
+        self.failure(&mut live, policy, now, cap, false)
     }
 
+    /// The region's cap is asked only when this failure would eject, and
+    /// its lock is held until the ejection shows in `ejected_until_ms`:
+    /// two backends failing at once cannot both take the cap's last place.
     fn failure(
         &self,
         live: &mut Live,
         policy: &OutlierPolicy,
         now: Instant,
-        may_eject: bool,
+        cap: Cap<'_>,
+        answered: bool,
     ) -> Verdict {
-        let verdict = live.outlier.record_failure(policy, now, may_eject);
+        let mut permit = None;
+        let verdict = live.outlier.record_failure(policy, now, || {
+            permit = cap.permit(answered, now);
+            permit.is_some()
+        });
         self.failing
             .store(live.outlier.failing(), Ordering::Relaxed);
         if let Some(until) = live.outlier.ejected_until() {
             self.ejected_until_ms
                 .store(self.ms_since_clock(until), Ordering::Relaxed);
         }
+        drop(permit);
         verdict
     }
 
@@ -263,6 +272,31 @@ pub struct RegionInfo {
     backends: ArcSwap<Vec<Arc<Backend>>>,
     /// `Host` header override for this region's backends.
     pub host: Option<HeaderValue>,
+    /// Held from an ejection's check against the cap until it is in force.
+    ejecting: Mutex<()>,
+}
+
+/// A region's ejection cap (`health.max_ejection_percent`), as a failing
+/// backend asks it.
+#[derive(Clone, Copy)]
+pub struct Cap<'a> {
+    region: &'a RegionInfo,
+    max_percent: u32,
+}
+
+impl<'a> Cap<'a> {
+    /// Leave for one more ejection, held until the ejection is recorded;
+    /// `None` when the cap is reached (see [`RegionInfo::may_eject`]).
+    fn permit(self, answered: bool, now: Instant) -> Option<MutexGuard<'a, ()>> {
+        let guard = self
+            .region
+            .ejecting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        self.region
+            .may_eject(self.max_percent, answered, now)
+            .then_some(guard)
+    }
 }
 
 impl RegionInfo {
@@ -275,6 +309,15 @@ impl RegionInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             backends: ArcSwap::from_pointee(backends),
             host: host.and_then(|h| HeaderValue::from_str(h).ok()),
+            ejecting: Mutex::new(()),
+        }
+    }
+
+    /// The region's ejection cap at `max_percent` of its backends.
+    pub fn cap(&self, max_percent: u32) -> Cap<'_> {
+        Cap {
+            region: self,
+            max_percent,
         }
     }
 
@@ -488,14 +531,15 @@ mod tests {
         let b = &t.regions[0].backends()[0];
         let p = policy(&testing::health());
         let t0 = Instant::now();
-        assert_eq!(b.record_failure(None, &p, t0, true), Verdict::Kept);
+        let cap = t.regions[0].cap(100);
+        assert_eq!(b.record_failure(None, &p, t0, cap), Verdict::Kept);
         assert_eq!(
-            b.record_response(502, Duration::from_millis(1), &p, t0, true),
+            b.record_response(502, Duration::from_millis(1), &p, t0, cap),
             Verdict::Kept
         );
         assert!(b.in_rotation(t0));
         assert_eq!(
-            b.record_failure(None, &p, t0, true),
+            b.record_failure(None, &p, t0, cap),
             Verdict::Ejected(Duration::from_secs(10))
         );
         assert!(!b.in_rotation(t0));
@@ -530,7 +574,7 @@ mod tests {
         let p = policy(&testing::health());
         assert!(r.may_eject(50, true, now));
         for b in r.backends().iter().take(2) {
-            eject(b, &p, now);
+            eject(b, r, &p, now);
         }
         assert!(
             !r.may_eject(50, false, now),
@@ -547,14 +591,47 @@ mod tests {
             "but not the last in rotation for its 5xx answers"
         );
         // Three of four ejected: the last in rotation stays for 5xx.
-        eject(&r.backends()[2], &p, now);
+        eject(&r.backends()[2], r, &p, now);
         assert!(!r.may_eject(100, true, now));
         assert!(r.may_eject(100, false, now));
     }
 
-    fn eject(b: &Backend, p: &OutlierPolicy, now: Instant) {
+    #[test]
+    fn backends_failing_at_once_never_eject_past_the_cap() {
+        let p = policy(&testing::health());
+        for round in 0..200 {
+            let t = testing::topology(1, 8);
+            let r = &t.regions[0];
+            let backends = r.backends();
+            let start = std::sync::Barrier::new(backends.len());
+            let now = Instant::now();
+            let ejected = std::thread::scope(|s| {
+                let runs: Vec<_> = backends
+                    .iter()
+                    .map(|b| {
+                        let start = &start;
+                        s.spawn(move || {
+                            b.record_failure(None, &p, now, r.cap(50));
+                            b.record_failure(None, &p, now, r.cap(50));
+                            start.wait();
+                            b.record_failure(None, &p, now, r.cap(50))
+                        })
+                    })
+                    .collect();
+                runs.into_iter()
+                    .map(|run| run.join().expect("the thread ran to its end"))
+                    .filter(|verdict| matches!(verdict, Verdict::Ejected(_)))
+                    .count()
+            });
+            assert_eq!(ejected, 4, "round {round}: 50% of 8 is 4 ejections");
+            let shown = backends.iter().filter(|b| b.is_ejected(now)).count();
+            assert_eq!(shown, 4, "round {round}");
+        }
+    }
+
+    fn eject(b: &Backend, r: &RegionInfo, p: &OutlierPolicy, now: Instant) {
         for _ in 0..3 {
-            b.record_failure(None, p, now, true);
+            b.record_failure(None, p, now, r.cap(100));
         }
         assert!(b.is_ejected(now));
     }

@@ -44,12 +44,13 @@ impl Outlier {
     }
 
     /// Records a failure. `may_eject` says whether the region's cap leaves
-    /// room for one more ejection.
+    /// room for one more ejection; it is asked only when this failure
+    /// would eject.
     pub fn record_failure(
         &mut self,
         policy: &OutlierPolicy,
         now: Instant,
-        may_eject: bool,
+        may_eject: impl FnOnce() -> bool,
     ) -> Verdict {
         if self.is_ejected(now) {
             return Verdict::Kept;
@@ -65,7 +66,7 @@ impl Outlier {
         if self.consecutive < policy.consecutive {
             return Verdict::Kept;
         }
-        if !may_eject {
+        if !may_eject() {
             // Said once per streak: the failures after it change nothing
             // until the cap leaves room, when the next one ejects.
             return if self.consecutive == policy.consecutive {
@@ -106,16 +107,40 @@ mod tests {
     }
 
     #[test]
+    fn the_cap_is_asked_only_when_a_failure_would_eject() {
+        let t0 = Instant::now();
+        let mut o = Outlier::default();
+        let mut asked = 0;
+        for _ in 0..2 {
+            o.record_failure(&POLICY, t0, || {
+                asked += 1;
+                true
+            });
+        }
+        assert_eq!(asked, 0, "two failures of three eject nothing");
+        let verdict = o.record_failure(&POLICY, t0, || {
+            asked += 1;
+            true
+        });
+        assert_eq!((asked, verdict), (1, Verdict::Ejected(secs(10))));
+        o.record_failure(&POLICY, t0 + secs(1), || {
+            asked += 1;
+            true
+        });
+        assert_eq!(asked, 1, "a failure while ejected asks nothing");
+    }
+
+    #[test]
     fn consecutive_failures_eject_and_a_success_resets_the_count() {
         let t0 = Instant::now();
         let mut o = Outlier::default();
-        assert_eq!(o.record_failure(&POLICY, t0, true), Verdict::Kept);
-        assert_eq!(o.record_failure(&POLICY, t0, true), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || true), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || true), Verdict::Kept);
         o.record_success();
-        assert_eq!(o.record_failure(&POLICY, t0, true), Verdict::Kept);
-        assert_eq!(o.record_failure(&POLICY, t0, true), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || true), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || true), Verdict::Kept);
         assert_eq!(
-            o.record_failure(&POLICY, t0, true),
+            o.record_failure(&POLICY, t0, || true),
             Verdict::Ejected(secs(10))
         );
         assert!(o.is_ejected(t0 + secs(9)));
@@ -132,7 +157,7 @@ mod tests {
         let mut times = Vec::new();
         for _ in 0..8 {
             let verdict = (0..3)
-                .map(|_| o.record_failure(&POLICY, now, true))
+                .map(|_| o.record_failure(&POLICY, now, || true))
                 .last()
                 .unwrap();
             let Verdict::Ejected(d) = verdict else {
@@ -150,13 +175,13 @@ mod tests {
         let mut o = Outlier::default();
         for _ in 0..3 {
             for _ in 0..3 {
-                o.record_failure(&POLICY, now, true);
+                o.record_failure(&POLICY, now, || true);
             }
             now += secs(60);
         }
         now += secs(120);
         let verdict = (0..3)
-            .map(|_| o.record_failure(&POLICY, now, true))
+            .map(|_| o.record_failure(&POLICY, now, || true))
             .last()
             .unwrap();
         assert_eq!(verdict, Verdict::Ejected(secs(10)));
@@ -167,13 +192,13 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Outlier::default();
         for _ in 0..2 {
-            o.record_failure(&POLICY, t0, false);
+            o.record_failure(&POLICY, t0, || false);
         }
-        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::CapReached);
+        assert_eq!(o.record_failure(&POLICY, t0, || false), Verdict::CapReached);
         assert!(!o.is_ejected(t0));
         // Once room frees up, the next failure ejects.
         assert_eq!(
-            o.record_failure(&POLICY, t0, true),
+            o.record_failure(&POLICY, t0, || true),
             Verdict::Ejected(secs(10))
         );
     }
@@ -182,23 +207,26 @@ mod tests {
     fn a_capped_streak_is_said_once_and_ejects_when_the_cap_leaves_room() {
         let t0 = Instant::now();
         let mut o = Outlier::default();
-        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
-        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
-        assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::CapReached);
+        assert_eq!(o.record_failure(&POLICY, t0, || false), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || false), Verdict::Kept);
+        assert_eq!(o.record_failure(&POLICY, t0, || false), Verdict::CapReached);
         for _ in 0..10 {
-            assert_eq!(o.record_failure(&POLICY, t0, false), Verdict::Kept);
+            assert_eq!(o.record_failure(&POLICY, t0, || false), Verdict::Kept);
         }
         assert!(o.failing() && !o.is_ejected(t0));
         assert_eq!(
-            o.record_failure(&POLICY, t0, true),
+            o.record_failure(&POLICY, t0, || true),
             Verdict::Ejected(secs(10))
         );
         assert!(!o.failing());
         // A new streak after it is said again.
         let later = t0 + secs(11);
         for _ in 0..2 {
-            o.record_failure(&POLICY, later, false);
+            o.record_failure(&POLICY, later, || false);
         }
-        assert_eq!(o.record_failure(&POLICY, later, false), Verdict::CapReached);
+        assert_eq!(
+            o.record_failure(&POLICY, later, || false),
+            Verdict::CapReached
+        );
     }
 }

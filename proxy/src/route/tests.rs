@@ -362,7 +362,7 @@ fn backend_pick_skips_tried_and_ejected_and_spreads_in_panic() {
     let policy = crate::topology::policy(&crate::topology::testing::health());
     let eject = |b: &Arc<Backend>| {
         for _ in 0..3 {
-            b.record_failure(None, &policy, now, true);
+            b.record_failure(None, &policy, now, topo.regions[0].cap(100));
         }
     };
     eject(&backends[1]);
@@ -503,7 +503,7 @@ proptest! {
         for (i, b) in backends.iter().enumerate() {
             if ejected_mask & (1 << i) != 0 {
                 for _ in 0..3 {
-                    b.record_failure(None, &policy, now, true);
+                    b.record_failure(None, &policy, now, topo.regions[0].cap(100));
                 }
             }
             if unhealthy_mask & (1 << i) != 0 {
