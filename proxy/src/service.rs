@@ -969,7 +969,8 @@ impl EdgeProxy {
                 status,
                 region = served_by,
                 route = ctx.plan.class.as_str(),
-                epoch = ctx.snapshot.as_ref().map_or(0, |s| s.epoch()),
+                // None: refused before a table was read.
+                epoch = ctx.snapshot.as_ref().map(|s| s.epoch()),
                 attempts = ctx.attempts,
                 backend = ctx.backend.as_ref().map_or("", |b| b.backend().label.as_str()),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
