@@ -497,6 +497,14 @@ impl RawActions {
                         self.control_url
                     ),
                 );
+            } else if server_tls && self.control_url.starts_with("http://") {
+                e.push(
+                    "actions.control_url",
+                    format!(
+                        "is {:?}, but server.tls makes the control plane answer HTTPS only: give its https:// URL (with a host name its certificate holds), or leave control_url out",
+                        self.control_url
+                    ),
+                );
             }
             self.control_url.trim_end_matches('/').to_owned()
         };
@@ -745,9 +753,15 @@ mod tests {
             panic!("accepted")
         };
         let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
-        assert_eq!(paths, ["server.tls.cert", "actions.ca_file"], "{errors}");
+        assert_eq!(
+            paths,
+            ["server.tls.cert", "actions.control_url", "actions.ca_file"],
+            "{errors}"
+        );
+        let text = errors.to_string();
+        assert!(text.contains("reached by https://"), "{errors}");
         assert!(
-            errors.to_string().contains("reached by https://"),
+            text.contains("server.tls makes the control plane answer HTTPS only"),
             "{errors}"
         );
     }

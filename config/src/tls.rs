@@ -547,27 +547,39 @@ pub fn untrusted_advice(
     ca_field: &str,
     url_field: &str,
 ) -> String {
-    if certificate_refused(error) {
-        format!(
+    use rustls::CertificateError as Refused;
+    match refused_certificate(error) {
+        None => String::new(),
+        Some(Refused::NotValidForName | Refused::NotValidForNameContext { .. }) => format!(
+            "; its certificate does not hold the host name in {url_field}: set {url_field}'s \
+             host to a name the certificate holds"
+        ),
+        Some(
+            Refused::Expired
+            | Refused::ExpiredContext { .. }
+            | Refused::NotValidYet
+            | Refused::NotValidYetContext { .. },
+        ) => "; its certificate is out of date: renew the server's certificate, or set this \
+              machine's clock right"
+            .to_owned(),
+        Some(_) => format!(
             "; its certificate is not trusted: set {ca_field} to the CA certificates that sign \
              it, and {url_field}'s host to a name the certificate holds"
-        )
-    } else {
-        String::new()
+        ),
     }
 }
 
-/// Whether `error`, or an error it was caused by, is rustls refusing the
-/// server's certificate (an unknown issuer, a name it does not hold, its
-/// dates): a client's reason to say which CA file and URL to check.
-pub fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+/// rustls' reason for refusing the server's certificate (an unknown
+/// issuer, a name it does not hold, its dates), if that is what `error`,
+/// or an error it was caused by, is: a client's reason to say which CA
+/// file and URL to check.
+pub fn refused_certificate<'e>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e rustls::CertificateError> {
     let mut next = Some(error);
     while let Some(e) = next {
-        if matches!(
-            e.downcast_ref::<rustls::Error>(),
-            Some(rustls::Error::InvalidCertificate(_))
-        ) {
-            return true;
+        if let Some(rustls::Error::InvalidCertificate(why)) = e.downcast_ref::<rustls::Error>() {
+            return Some(why);
         }
         // An I/O error's source skips the error it wraps (which may be
         // another I/O error).
@@ -578,7 +590,7 @@ pub fn certificate_refused(error: &(dyn std::error::Error + 'static)) -> bool {
             None => e.source(),
         };
     }
-    false
+    None
 }
 
 #[cfg(test)]
@@ -1019,17 +1031,32 @@ mod tests {
         }
         // As a TLS connector reports it: an I/O error around the I/O error
         // around rustls' own.
-        let refused = Outer(std::io::Error::other(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        )));
-        assert!(certificate_refused(&refused));
+        let refused = |why| {
+            Outer(std::io::Error::other(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(why),
+            )))
+        };
+        let advice = |e: &Outer| untrusted_advice(e, "table.ca_file", "table.url");
+        let unknown = refused(rustls::CertificateError::UnknownIssuer);
+        assert_eq!(
+            refused_certificate(&unknown),
+            Some(&rustls::CertificateError::UnknownIssuer)
+        );
+        assert!(advice(&unknown).contains("not trusted: set table.ca_file"));
+        assert_eq!(
+            advice(&refused(rustls::CertificateError::NotValidForName)),
+            "; its certificate does not hold the host name in table.url: set table.url's host \
+             to a name the certificate holds"
+        );
+        assert!(advice(&refused(rustls::CertificateError::Expired)).contains("out of date: renew"));
         let other_tls = Outer(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::HandshakeNotComplete,
         ));
-        assert!(!certificate_refused(&other_tls));
+        assert_eq!(refused_certificate(&other_tls), None);
+        assert_eq!(advice(&other_tls), "");
         let refused_connection = Outer(std::io::ErrorKind::ConnectionRefused.into());
-        assert!(!certificate_refused(&refused_connection));
+        assert_eq!(refused_certificate(&refused_connection), None);
     }
 }

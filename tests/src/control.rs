@@ -91,6 +91,14 @@ impl TestCa {
     }
 }
 
+/// The first certificate in a PEM file, as DER.
+pub fn certificate_der(path: &Path) -> Vec<u8> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::from_pem_file(path)
+        .expect("a PEM certificate")
+        .to_vec()
+}
+
 impl Default for TestCa {
     fn default() -> Self {
         Self::new()
@@ -255,7 +263,10 @@ impl ControlPlane {
         std::fs::write(&path, config).expect("write the config");
         std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
         if self.ca.is_some() {
-            std::fs::copy(self.dir.join("ca.pem"), elsewhere.join("ca.pem")).expect("copy the CA");
+            // The CA, and the server's files the config names.
+            for file in ["ca.pem", "cert.pem", "key.pem"] {
+                std::fs::copy(self.dir.join(file), elsewhere.join(file)).expect("copy a TLS file");
+            }
         }
         // A file source's topology, where the config names it beside itself.
         if self.topology_path.exists() {
@@ -356,6 +367,33 @@ impl ControlPlane {
     pub fn url(&self, path: &str) -> String {
         let scheme = if self.ca.is_some() { "https" } else { "http" };
         format!("{scheme}://{}{path}", self.addr)
+    }
+
+    /// The certificate this control plane serves now, as DER, as a new
+    /// connection to it by the name `localhost` sees it.
+    pub async fn served_certificate(&self) -> Vec<u8> {
+        let ca = self.ca.as_ref().expect("a control plane serving HTTPS");
+        let client = reqwest::Client::builder()
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(ca.pem.as_bytes()).expect("the CA as PEM"),
+            )
+            .resolve("localhost", self.addr)
+            .tls_info(true)
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let resp = client
+            .get(format!("https://localhost:{}/health", self.addr.port()))
+            .send()
+            .await
+            .expect("the control plane answers by the name localhost");
+        let info = resp
+            .extensions()
+            .get::<reqwest::tls::TlsInfo>()
+            .expect("TLS details of the connection");
+        info.peer_certificate()
+            .expect("the server's certificate")
+            .to_vec()
     }
 
     /// A client of this control plane, which trusts its certificate.

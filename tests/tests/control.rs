@@ -1,7 +1,7 @@
 //! The control plane builds the table from its source and serves it; proxies
 //! long-poll it, follow it, and keep their last table when it is gone.
 
-use edgeroute_tests::control::{ControlPlane, TOKEN, topology};
+use edgeroute_tests::control::{ControlPlane, TOKEN, certificate_der, topology};
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually, half_head_is_closed};
 use std::time::{Duration, Instant};
 
@@ -490,6 +490,8 @@ async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is
     const FAILED: &str = "edgeroute_control_tls_certificate_reloads_total{result=\"failed\"}";
     let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
     let ca = cp.ca.as_ref().expect("a TLS control plane");
+    let first = certificate_der(&cp.dir.join("cert.pem"));
+    assert_eq!(cp.served_certificate().await, first);
     // 2100-01-01, as issued at start.
     eventually("the expiry is shown", WAIT, || async {
         cp.metric(EXPIRY).await == 4_102_444_800.0
@@ -519,6 +521,11 @@ async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is
         "{}",
         cp.log()
     );
+    assert_eq!(
+        cp.served_certificate().await,
+        first,
+        "the old one is served"
+    );
 
     // The renewed certificate beside its key.
     write_atomically(
@@ -526,12 +533,78 @@ async fn a_renewed_control_plane_certificate_is_put_in_force_and_a_broken_one_is
         &std::fs::read_to_string(&cert).unwrap(),
     );
     cp.signal(nix::sys::signal::Signal::SIGHUP);
-    eventually("the renewed certificate is in force", WAIT, || async {
-        // 2099-01-01.
-        cp.metric(EXPIRY).await == 4_070_908_800.0
+    let renewed = certificate_der(&cert);
+    eventually("the renewed certificate is served", WAIT, || async {
+        cp.served_certificate().await == renewed
     })
     .await;
+    // 2099-01-01.
+    assert_eq!(cp.metric(EXPIRY).await, 4_070_908_800.0);
     assert_eq!(cp.table().await["primary_region"], US, "still serving");
+}
+
+/// A control plane reached by a host name its certificate does not hold:
+/// the proxy and the commands say to change the URL's host, not the CA.
+#[tokio::test]
+async fn a_control_plane_url_whose_host_the_certificate_does_not_hold_is_named() {
+    use edgeroute_tests::proxy::write_atomically;
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
+    let ca = cp.ca.as_ref().expect("a TLS control plane");
+    // A certificate for `localhost` and 127.0.0.9 only, not the address
+    // the control plane listens on.
+    let side = tempfile::tempdir().unwrap();
+    let (cert, key) = (side.path().join("cert.pem"), side.path().join("key.pem"));
+    ca.issue(&cert, &key, 2100, [127, 0, 0, 9].into());
+    write_atomically(
+        &cp.dir.join("key.pem"),
+        &std::fs::read_to_string(&key).unwrap(),
+    );
+    write_atomically(
+        &cp.dir.join("cert.pem"),
+        &std::fs::read_to_string(&cert).unwrap(),
+    );
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    let other_name = certificate_der(&cert);
+    eventually("the new certificate is served", WAIT, || async {
+        cp.served_certificate().await == other_name
+    })
+    .await;
+
+    let by_address = format!("https://{}", cp.addr);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"{by_address}\"\ntoken_file = {:?}\nca_file = {:?}\nmax_backoff = \"200ms\"\n",
+            cp.token_path,
+            cp.dir.join("ca.pem"),
+        ))
+        .without_table_file()
+        .start_live()
+        .await;
+    eventually("the name the certificate lacks is logged", WAIT, || async {
+        proxy.log().contains(
+            "its certificate does not hold the host name in table.url: set table.url's host",
+        )
+    })
+    .await;
+    assert!(
+        !proxy.log().contains("not trusted"),
+        "the CA is the right one: {}",
+        proxy.log()
+    );
+
+    let ran = cp.command_via(&by_address, &["status"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stdout.contains(
+            "its certificate does not hold the host name in actions.control_url: set \
+             actions.control_url's host"
+        ),
+        "{ran:?}"
+    );
 }
 
 /// Every proxy holds a connection open for its long poll: the control
