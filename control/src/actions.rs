@@ -1226,7 +1226,9 @@ impl Runner {
     /// Removes what a drain kept of `region` when the region is in DNS
     /// already (someone put its records back by other means): a later
     /// undrain would otherwise put back the old copy. The history file's
-    /// notes of the drain go too. A dry run says what it would remove.
+    /// notes of the drain go too, and it keeps the removal, with the copy's
+    /// values, as an undrain of its own. A dry run says what it would
+    /// remove.
     async fn forget_stale_kept(
         &self,
         state: &AwsState,
@@ -1253,6 +1255,22 @@ impl Runner {
             .map_err(|e| format!("{what}, and removing it failed: {e}{}", e.advice()))?;
         History::update(&self.history_file, |h| h.forget_drain(region))?;
         self.say(&format!("{what}: removed"));
+        let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
+        let mut op = Timeline::new(self).finish(
+            Kind::Undrain,
+            format!("{region} is in DNS: the copy of its records an earlier drain kept is removed"),
+            None,
+        );
+        op.timeline.push(Step {
+            name: "kept copy removed".into(),
+            at_seconds: op.duration_seconds,
+            detail: format!(
+                "{} TXT, set identifier {region}, held: {}",
+                crate::kept::name(&self.aws.config().record_name),
+                values.join(" | ")
+            ),
+        });
+        self.record(&op);
         Ok(())
     }
 

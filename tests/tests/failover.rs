@@ -921,11 +921,42 @@ async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
         .await
         .assert_ok_saying(&["an undrain would remove it", "nothing to do"]);
     assert_eq!(kept().await, [eu], "a dry run changes nothing");
+    assert!(
+        env.cp.history(false)["operations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|op| op["kind"] != "undrain")
+    );
     env.cp.command(&["undrain", eu]).await.assert_ok_saying(&[
         "no longer applies: removed",
         "latency records are in place (not drained); nothing to do",
     ]);
     assert!(kept().await.is_empty());
+    // The history keeps what the removed copy held.
+    let history = env.cp.history(false);
+    let removal = history["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["kind"] == "undrain")
+        .unwrap_or_else(|| panic!("no undrain in {history:#}"));
+    assert!(
+        removal["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the copy of its records an earlier drain kept is removed"),
+        "{removal:#}"
+    );
+    let step = &removal["timeline"][0];
+    assert_eq!(step["name"], "kept copy removed", "{removal:#}");
+    assert!(
+        step["detail"]
+            .as_str()
+            .unwrap()
+            .contains("set identifier eu-west-1, held: \"edgeroute-v1\" \""),
+        "{removal:#}"
+    );
 }
 
 /// A weighted region's drain keeps its weight in Route 53 too: drained
