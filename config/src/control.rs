@@ -96,6 +96,7 @@ struct RawServer {
     token_file: String,
     max_wait: String,
     tls: Option<crate::tls::RawTls>,
+    max_connections: Option<u64>,
 }
 
 impl Default for RawServer {
@@ -105,6 +106,7 @@ impl Default for RawServer {
             token_file: String::new(),
             max_wait: "60s".into(),
             tls: None,
+            max_connections: None,
         }
     }
 }
@@ -262,6 +264,27 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate and key (reloaded when the files
     /// change); plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
+    /// Connections served at once (every proxy holds one for its long
+    /// poll); more wait in the listening socket's backlog. `None`: from
+    /// the open-file limit (see [`ServerConfig::connections`]).
+    pub max_connections: Option<usize>,
+}
+
+impl ServerConfig {
+    /// Descriptors kept for everything but connections' own when
+    /// `max_connections` comes from the open-file limit: AWS, the history
+    /// file, the topology file.
+    pub const RESERVED_FILES: u64 = 256;
+
+    /// The connections served at once, given the process's limit on open
+    /// files: `max_connections`, or else what the limit leaves after
+    /// [`ServerConfig::RESERVED_FILES`], at least 1.
+    pub fn connections(&self, open_files: u64) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let left = open_files.saturating_sub(Self::RESERVED_FILES);
+            usize::try_from(left).unwrap_or(usize::MAX).max(1)
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -370,6 +393,11 @@ impl RawControl {
             );
         }
         let max_wait = values::positive_duration(&mut e, "server.max_wait", &self.server.max_wait);
+        let max_connections = values::connection_bound(
+            &mut e,
+            "server.max_connections",
+            self.server.max_connections,
+        );
         let source = match &self.source {
             RawSource::File {
                 path,
@@ -442,6 +470,7 @@ impl RawControl {
                     .then(|| values::resolve(base, &self.server.token_file)),
                 max_wait,
                 tls,
+                max_connections,
             },
             source,
             log: crate::LogConfig {
@@ -741,6 +770,30 @@ mod tests {
         let c = with(dir.path(), "[server]\ntoken_file = \"token\"\n").unwrap();
         assert!(c.server.tls.is_none());
         assert_eq!(c.actions.control_url, "http://127.0.0.1:9080");
+    }
+
+    #[test]
+    fn the_servers_connection_bound_is_given_or_taken_from_the_open_file_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = with(dir.path(), "[server]\ntoken_file = \"token\"\n").unwrap();
+        assert_eq!(c.server.max_connections, None);
+        assert_eq!(c.server.connections(65_536), 65_280);
+        assert_eq!(c.server.connections(100), 1, "at least one");
+        let c = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\nmax_connections = 5000\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.connections(1024), 5000);
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\nmax_connections = 0\n",
+        ) else {
+            panic!("accepted")
+        };
+        assert_eq!(errors.len(), 1, "{errors}");
+        assert_eq!(errors.0[0].path, "server.max_connections");
+        assert!(errors.to_string().contains("at least 1"), "{errors}");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! problem: it reports every bad field with its path and value, so an operator
 //! fixes a file in one pass.
 
+pub mod accept;
 mod control;
 mod errors;
 mod logs;

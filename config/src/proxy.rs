@@ -1022,17 +1022,11 @@ impl RawConfig {
                 "limits.max_request_body",
                 &self.limits.max_request_body,
             ),
-            max_client_connections: match self.limits.max_client_connections {
-                Some(0) => {
-                    e.push(
-                        "limits.max_client_connections",
-                        "must be at least 1 (leave it out to take it from the open-file limit)",
-                    );
-                    None
-                }
-                Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
-                None => None,
-            },
+            max_client_connections: values::connection_bound(
+                &mut e,
+                "limits.max_client_connections",
+                self.limits.max_client_connections,
+            ),
             min_request_body_rate: values::rate(
                 &mut e,
                 "limits.min_request_body_rate",

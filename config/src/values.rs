@@ -86,6 +86,26 @@ pub(crate) fn at_least(
 }
 
 /// `"10MiB"`, `"512KB"`, `"1048576"`.
+/// An optional bound on connections: at least 1; left out, the server
+/// takes it from its open-file limit.
+pub(crate) fn connection_bound(
+    errs: &mut FieldErrors,
+    path: &str,
+    raw: Option<u64>,
+) -> Option<usize> {
+    match raw {
+        Some(0) => {
+            errs.push(
+                path,
+                "must be at least 1 (leave it out to take it from the open-file limit)",
+            );
+            None
+        }
+        Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => None,
+    }
+}
+
 pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     match raw.trim().parse::<bytesize::ByteSize>() {
         Ok(b) => b.as_u64(),

@@ -465,15 +465,21 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
                 hangups,
             ))
         });
+        let room = edgeroute_config::accept::Room::new(
+            cfg.server.connections(open_files),
+            "server.max_connections",
+            state.metrics.accept_waits.clone(),
+        );
         tracing::info!(
             address = %cfg.server.address,
             scheme = if acceptor.is_some() { "https" } else { "http" },
             open_files,
+            max_connections = room.max(),
             "edgeroute-control serving"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            _ = server::serve(state, listener, acceptor) => {}
+            _ = server::serve(state, listener, acceptor, room) => {}
             _ = term.recv() => tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
         }

@@ -25,6 +25,8 @@ pub struct ControlMetrics {
     pub last_drill_ok: IntGauge,
     pub tls_certificate_reloads: IntCounterVec,
     pub tls_certificate_expiry: IntGauge,
+    pub connections: IntGauge,
+    pub accept_waits: IntCounterVec,
 }
 
 impl ControlMetrics {
@@ -132,6 +134,15 @@ impl ControlMetrics {
                 "1 when the last failover drill succeeded",
             ),
             tls_certificate_reloads,
+            connections: gauge(
+                "edgeroute_control_connections",
+                "Connections open to the table server (each proxy holds one for its long poll)",
+            ),
+            accept_waits: counter(
+                "edgeroute_control_accept_waits_total",
+                "Times the table server stopped accepting until a connection closed (connection_limit: server.max_connections reached) or resources were freed (out_of_resources: no file descriptor or memory left)",
+                &["reason"],
+            ),
             tls_certificate_expiry: gauge(
                 "edgeroute_control_tls_certificate_expiry_timestamp_seconds",
                 "Unix time the certificate in force expires (server.tls; 0 without it)",

@@ -7,6 +7,7 @@ use crate::history::History;
 use crate::metrics::ControlMetrics;
 use crate::registry::Registry;
 use bytes::Bytes;
+use edgeroute_config::accept::{Open, Room, Wait, listener_broken, out_of_resources};
 use edgeroute_config::{ProxyReport, RoutingTable};
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -63,24 +64,37 @@ const BODY_TIME: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until the task is dropped: HTTPS with `tls`, else
-/// plain HTTP.
+/// plain HTTP; at most `room`'s bound of connections at once.
 pub async fn serve(
     state: Arc<ServerState>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    room: Room,
 ) {
     loop {
+        let permit = room.admit().await;
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
+            Err(e) if out_of_resources(&e) => {
+                room.waiting(Wait::OutOfResources);
+                // accept would fail again at once: wait for some to be freed.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) if listener_broken(&e) => {
+                tracing::error!(error = %e, "the listening socket is broken; no more connections can be accepted");
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // One connection's trouble (reset before it was accepted).
+                tracing::debug!(error = %e, "cannot accept a connection");
                 continue;
             }
         };
         let state = Arc::clone(&state);
         let tls = tls.clone();
         tokio::spawn(async move {
+            let _open = (Open::new(&state.metrics.connections), permit);
             let Some(acceptor) = tls else {
                 return serve_connection(state, stream).await;
             };

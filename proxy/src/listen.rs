@@ -28,19 +28,19 @@
 use crate::service::EdgeProxy;
 use crate::tcp::TcpConnection;
 use async_trait::async_trait;
+use edgeroute_config::accept::{Open, Room, Wait, listener_broken, out_of_resources};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::{ALPN, Ssl, Stream};
 use pingora_core::server::ListenFds;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::Service;
-use prometheus::{IntCounterVec, IntGauge};
+use prometheus::IntGauge;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 65_535;
@@ -99,6 +99,7 @@ impl Listeners {
     ) -> Self {
         let room = Arc::new(Room::new(
             max_connections,
+            "limits.max_client_connections",
             proxy.state().metrics.accept_waits.clone(),
         ));
         let addresses = listeners
@@ -117,80 +118,6 @@ impl Listeners {
 }
 
 /// Why the listeners stopped accepting for a while.
-#[derive(Clone, Copy)]
-enum Wait {
-    /// `limits.max_client_connections` are open.
-    ConnectionLimit,
-    /// An accept failed for want of a file descriptor or memory.
-    OutOfResources,
-}
-
-/// How often a wait of each kind is logged, at most (each is counted).
-const WAIT_LOG_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Room for client connections: one permit per connection served, at most
-/// `limits.max_client_connections` in all.
-pub struct Room {
-    permits: Arc<Semaphore>,
-    max: usize,
-    waits: IntCounterVec,
-    /// When each kind of wait was last logged.
-    logged: Mutex<[Option<Instant>; 2]>,
-}
-
-impl Room {
-    pub fn new(max: usize, waits: IntCounterVec) -> Room {
-        let max = max.clamp(1, Semaphore::MAX_PERMITS);
-        Room {
-            permits: Arc::new(Semaphore::new(max)),
-            max,
-            waits,
-            logged: Mutex::new([None; 2]),
-        }
-    }
-
-    /// A permit for one more connection, waiting while `max` are open;
-    /// `None` if the server shuts down first.
-    async fn admit(&self, shutdown: &mut ShutdownWatch) -> Option<OwnedSemaphorePermit> {
-        if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-            return Some(permit);
-        }
-        self.waiting(Wait::ConnectionLimit);
-        tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|down| *down) => None,
-            permit = Arc::clone(&self.permits).acquire_owned() => permit.ok(),
-        }
-    }
-
-    /// Counts a wait, and logs it unless one of its kind was logged within
-    /// [`WAIT_LOG_INTERVAL`].
-    fn waiting(&self, wait: Wait) {
-        let (label, index) = match wait {
-            Wait::ConnectionLimit => ("connection_limit", 0),
-            Wait::OutOfResources => ("out_of_resources", 1),
-        };
-        self.waits.with_label_values(&[label]).inc();
-        let now = Instant::now();
-        {
-            let mut logged = self.logged.lock().unwrap_or_else(|e| e.into_inner());
-            if logged[index].is_some_and(|at| now - at < WAIT_LOG_INTERVAL) {
-                return;
-            }
-            logged[index] = Some(now);
-        }
-        match wait {
-            Wait::ConnectionLimit => tracing::warn!(
-                max_client_connections = self.max,
-                "client connections at limits.max_client_connections: new ones wait in the listen backlog until one closes (counted in edgeroute_accept_waits_total; logged at most once a minute)"
-            ),
-            Wait::OutOfResources => tracing::warn!(
-                "cannot accept connections: no file descriptor or memory left; waiting for some to be freed (raise the open-file limit or lower limits.max_client_connections; counted in edgeroute_accept_waits_total, logged at most once a minute)"
-            ),
-        }
-    }
-}
-
 /// The worker threads' event loops, and the client connections each
 /// serves. A new connection goes to the thread with the fewest; among
 /// equals, the search starts one thread further on each time, so equals
@@ -201,15 +128,6 @@ impl Room {
 pub struct Workers {
     threads: Vec<(Handle, IntGauge)>,
     next: AtomicUsize,
-}
-
-/// One client connection, counted against its worker thread until dropped.
-pub struct Open(IntGauge);
-
-impl Drop for Open {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
 }
 
 impl Workers {
@@ -267,8 +185,7 @@ impl Workers {
             .min_by_key(|&i| self.threads[i].1.get())
             .unwrap_or(start);
         let (handle, gauge) = &self.threads[pick];
-        gauge.inc();
-        (handle.clone(), Some(Open(gauge.clone())))
+        (handle.clone(), Some(Open::new(gauge)))
     }
 }
 
@@ -360,8 +277,10 @@ async fn accept_loop(
         if *shutdown.borrow() {
             break;
         }
-        let Some(permit) = room.admit(&mut shutdown).await else {
-            break;
+        let permit = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|down| *down) => break,
+            permit = room.admit() => permit,
         };
         let accepted = tokio::select! {
             biased;
@@ -500,26 +419,6 @@ where
     });
 }
 
-/// Whether an accept failed because the listening socket is not one any
-/// more (closed, not listening, not a socket). Errors of one connection
-/// (Linux passes a new connection's network errors, such as `EPROTO` or
-/// `EHOSTUNREACH`, through accept) are not.
-fn listener_broken(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EBADF | libc::EINVAL | libc::ENOTSOCK | libc::EFAULT)
-    )
-}
-
-/// Whether an accept failed for want of file descriptors or memory, which
-/// another accept at once would also meet.
-fn out_of_resources(e: &std::io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -654,24 +553,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_a_broken_listening_socket_ends_the_accept_loop() {
-        for errno in [libc::EBADF, libc::EINVAL, libc::ENOTSOCK, libc::EFAULT] {
-            assert!(listener_broken(&std::io::Error::from_raw_os_error(errno)));
-        }
-        for errno in [
-            libc::ECONNABORTED,
-            libc::EPROTO,
-            libc::EOPNOTSUPP,
-            libc::EHOSTUNREACH,
-            libc::ENETDOWN,
-            libc::EPERM,
-            libc::EMFILE,
-        ] {
-            assert!(!listener_broken(&std::io::Error::from_raw_os_error(errno)));
-        }
-    }
-
     #[tokio::test]
     async fn a_listening_socket_shut_down_is_seen_as_broken() {
         use std::os::fd::AsRawFd;
@@ -686,16 +567,6 @@ mod tests {
             .expect("accept answers");
         let e = accepted.expect_err("no connection from a shut-down socket");
         assert!(listener_broken(&e), "{e:?}");
-    }
-
-    #[test]
-    fn only_resource_exhaustion_pauses_the_accept_loop() {
-        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
-            assert!(out_of_resources(&std::io::Error::from_raw_os_error(errno)));
-        }
-        for errno in [libc::ECONNABORTED, libc::EPERM, libc::EPROTO] {
-            assert!(!out_of_resources(&std::io::Error::from_raw_os_error(errno)));
-        }
     }
 
     /// A current-thread runtime on a thread of its own, dropped by `stop`.

@@ -128,7 +128,14 @@ impl ControlPlane {
         source: &str,
         env: &[(&str, String)],
     ) -> ControlPlane {
-        ControlPlane::launch(initial, source, env, None).await
+        ControlPlane::launch(initial, "", source, env, None).await
+    }
+
+    /// [`ControlPlane::start`] with more lines in its `[server]` section.
+    pub async fn start_serving(initial: &Value, server: &str) -> ControlPlane {
+        let source =
+            "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
+        ControlPlane::launch(Some(initial), server, source, &[], None).await
     }
 
     /// [`ControlPlane::start`] serving HTTPS (`server.tls`) with a
@@ -137,11 +144,12 @@ impl ControlPlane {
     pub async fn start_tls(initial: &Value) -> ControlPlane {
         let source =
             "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
-        ControlPlane::launch(Some(initial), source, &[], Some(TestCa::new())).await
+        ControlPlane::launch(Some(initial), "", source, &[], Some(TestCa::new())).await
     }
 
     async fn launch(
         initial: Option<&Value>,
+        server: &str,
         source: &str,
         env: &[(&str, String)],
         ca: Option<TestCa>,
@@ -173,8 +181,9 @@ impl ControlPlane {
             }
             None => "",
         };
-        let config =
-            format!("[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n{tls}\n{source}");
+        let config = format!(
+            "[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n{server}{tls}\n{source}"
+        );
         let config_path = dir.path().join("control.toml");
         std::fs::write(&config_path, config).expect("write config");
         let log_path = dir.path().join("control.log");

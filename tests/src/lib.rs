@@ -16,6 +16,26 @@ pub use proxy::{Proxy, ProxyBuilder};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// How many connections wait in the backlog of the IPv4 listening socket
+/// on `addr` (the `rx_queue` of its line in `/proc/net/tcp`).
+pub fn accept_queue(addr: std::net::SocketAddr) -> usize {
+    let local = format!(":{:04X} ", addr.port());
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .map(str::split_whitespace)
+        .filter_map(|mut fields| {
+            let (local_address, state, queues) = (fields.nth(1)?, fields.nth(1)?, fields.next()?);
+            // 0A: LISTEN.
+            ((local_address.to_owned() + " ").ends_with(&local) && state == "0A")
+                .then(|| queues.split_once(':'))
+                .flatten()
+                .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
+        })
+        .next()
+        .expect("the listening socket is in /proc/net/tcp")
+}
+
 /// Polls `check` until it returns true, or panics after `limit` naming `what`.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where

@@ -607,6 +607,56 @@ async fn a_control_plane_url_whose_host_the_certificate_does_not_hold_is_named()
     );
 }
 
+/// With `server.max_connections` open, the control plane accepts no more:
+/// a new client waits in the backlog, and is served as soon as one of the
+/// open connections closes. Open connections are shown.
+#[tokio::test]
+async fn a_client_over_the_control_planes_connection_limit_waits_until_one_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn health_on(conn: &mut tokio::net::TcpStream) -> String {
+        conn.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, conn.read(&mut got))
+            .await
+            .expect("an answer")
+            .unwrap();
+        String::from_utf8_lossy(&got[..n])
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    const LIMIT_WAITS: &str = "edgeroute_control_accept_waits_total{reason=\"connection_limit\"}";
+    let cp = ControlPlane::start_serving(
+        &topology(Some(US), false, &all_up()),
+        "max_connections = 2\n",
+    )
+    .await;
+    assert!(cp.log().contains("max_connections=2"), "{}", cp.log());
+    // The harness's own client keeps one connection (it asked for /health
+    // at start); this is the second.
+    let mut first = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+    assert_eq!(health_on(&mut first).await, "HTTP/1.1 200 OK");
+    eventually("the server waits for room", WAIT, || async {
+        cp.metric(LIMIT_WAITS).await >= 1.0
+    })
+    .await;
+    assert_eq!(cp.metric("edgeroute_control_connections").await, 2.0);
+    let mut third = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+    eventually(
+        "the third connection waits in the backlog",
+        WAIT,
+        || async { edgeroute_tests::accept_queue(cp.addr) == 1 },
+    )
+    .await;
+    drop(first);
+    assert_eq!(health_on(&mut third).await, "HTTP/1.1 200 OK");
+    assert_eq!(edgeroute_tests::accept_queue(cp.addr), 0);
+    assert_eq!(cp.metric("edgeroute_control_connections").await, 2.0);
+}
+
 /// Every proxy holds a connection open for its long poll: the control
 /// plane raises its soft open-file limit to the hard one at start.
 #[tokio::test]

@@ -3,7 +3,9 @@
 //! far as a request is let go; and which worker thread serves a client.
 
 use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, RST_STREAM, get_request, opening};
-use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, eventually, until_closed};
+use edgeroute_tests::{
+    Behaviour, Origin, Proxy, ProxyBuilder, accept_queue, eventually, until_closed,
+};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1012,26 +1014,6 @@ async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
         || async { counted("200").await == 1.0 },
     )
     .await;
-}
-
-/// How many connections wait in the backlog of the IPv4 listening socket
-/// on `addr` (the `rx_queue` of its line in `/proc/net/tcp`).
-fn accept_queue(addr: SocketAddr) -> usize {
-    let local = format!(":{:04X} ", addr.port());
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
-    table
-        .lines()
-        .map(str::split_whitespace)
-        .filter_map(|mut fields| {
-            let (local_address, state, queues) = (fields.nth(1)?, fields.nth(1)?, fields.next()?);
-            // 0A: LISTEN.
-            ((local_address.to_owned() + " ").ends_with(&local) && state == "0A")
-                .then(|| queues.split_once(':'))
-                .flatten()
-                .and_then(|(_, rx)| usize::from_str_radix(rx, 16).ok())
-        })
-        .next()
-        .expect("the listening socket is in /proc/net/tcp")
 }
 
 /// Sends a GET on `conn` and reads its whole answer (the origin's body is
