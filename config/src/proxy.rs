@@ -584,21 +584,20 @@ pub struct Timeouts {
     /// within this (default 10 s); the wait for that first byte is an idle
     /// connection's, `client_idle`.
     pub tls_handshake: Duration,
-    /// A request body gets this long from when the proxy starts reading it,
-    /// plus a second for every `limits.min_request_body_rate` bytes that
-    /// arrive; one that is not whole by then is answered 408 (default 20 s).
+    /// The proxy waits for a request body's bytes this long in all, plus a
+    /// second for every `limits.min_request_body_rate` bytes that arrive
+    /// (time spent on a backend, connecting or waiting for it to take the
+    /// bytes, does not count); one that is not whole by then is answered
+    /// 408 (default 20 s).
     /// `None` (`"0s"`): no pace is asked of a body, only `client_idle`
     /// between its bytes.
     pub request_body: Option<Duration>,
 }
 
 impl Timeouts {
-    /// When a request body whose reading began at `since`, and of which
-    /// `received` bytes have arrived, is due; `None` without a pace.
-    pub fn body_due<T>(&self, since: T, received: u64, min_rate: u64) -> Option<T>
-    where
-        T: std::ops::Add<Duration, Output = T>,
-    {
+    /// How long in all the proxy may wait for the bytes of a request body
+    /// of which `received` bytes have arrived; `None` without a pace.
+    pub fn body_allowance(&self, received: u64, min_rate: u64) -> Option<Duration> {
         let grace = self.request_body?;
         let earned = if min_rate == 0 {
             Duration::ZERO
@@ -608,10 +607,9 @@ impl Timeouts {
             Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
         };
         Some(
-            since
-                + grace
-                    .saturating_add(earned)
-                    .min(crate::values::MAX_DURATION),
+            grace
+                .saturating_add(earned)
+                .min(crate::values::MAX_DURATION),
         )
     }
 }

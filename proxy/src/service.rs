@@ -91,6 +91,8 @@ struct Ctx {
     request_id: HeaderValue,
     reply: Option<ErrorReply>,
     body_bytes: u64,
+    /// Time spent waiting for the client's body bytes, over all attempts.
+    body_waited: Duration,
     /// The request may be sent again after bytes of it reached a backend.
     repeatable: bool,
     /// Index of the backend picked last, in `region`.
@@ -274,6 +276,7 @@ impl EdgeProxy {
                 .unwrap_or_else(new_request_id),
             reply: None,
             body_bytes: 0,
+            body_waited: Duration::ZERO,
             repeatable: req.method.is_idempotent() || facts.idempotency_key,
             picked: 0,
             facts,
@@ -803,22 +806,29 @@ impl EdgeProxy {
         }
         let config = &self.state.config;
         let limit = config.limits.max_request_body;
-        // The body keeps a pace, counted from the request's start (the
-        // proxy invites a body that waits for `100-continue` at once): a
-        // client that sends a byte now and then cannot hold a backend
-        // connection for long. The due time moves as bytes arrive. (A
-        // request without a body sets up no timer.)
+        // The body keeps a pace: the proxy waits for its bytes at most
+        // `timeouts.request_body` in all, plus a second for every
+        // `limits.min_request_body_rate` bytes received, so a client that
+        // sends a byte now and then cannot hold a backend connection for
+        // long. Only waits for the client count, not the time a backend
+        // takes to connect or to take the bytes. (The proxy invites a body
+        // that waits for `100-continue` at once; a request without a body
+        // sets up no timer.)
         let rate = config.limits.min_request_body_rate;
-        let since = tokio::time::Instant::from_std(ctx.started);
-        let due = config.timeouts.body_due(since, ctx.body_bytes, rate);
-        let mut pace = std::pin::pin!(tokio::time::sleep_until(due.unwrap_or(since)));
+        let mut pace = std::pin::pin!(tokio::time::sleep(Duration::ZERO));
         while !client.is_body_done() {
+            let allowed = config.timeouts.body_allowance(ctx.body_bytes, rate);
+            let waiting = tokio::time::Instant::now();
+            if let Some(allowed) = allowed {
+                pace.as_mut()
+                    .reset(waiting + allowed.saturating_sub(ctx.body_waited));
+            }
             // A backend that answers and closes before the body is all
             // there takes no more of it: its answer goes to the client now,
             // not once the client has sent the rest.
             let read = tokio::select! {
                 read = client.read_body() => read?,
-                () = &mut pace, if due.is_some() => {
+                () = &mut pace, if allowed.is_some() => {
                     ctx.reply = Some(ErrorReply::BodyTooSlow);
                     return Err(Error::explain(
                         ErrorType::HTTPStatus(408),
@@ -838,13 +848,11 @@ impl EdgeProxy {
                     .into_up());
                 }
             };
+            ctx.body_waited += waiting.elapsed();
             let Some(chunk) = read else {
                 break;
             };
             ctx.body_bytes += chunk.len() as u64;
-            if let Some(due) = config.timeouts.body_due(since, ctx.body_bytes, rate) {
-                pace.as_mut().reset(due);
-            }
             if ctx.body_bytes > limit {
                 ctx.reply = Some(ErrorReply::BodyTooLarge { limit });
                 return Err(Error::explain(

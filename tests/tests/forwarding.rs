@@ -919,6 +919,65 @@ async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
     );
 }
 
+/// A backend slow to take a body does not put its client behind the
+/// body's pace: only the time the proxy waits for the client's bytes
+/// counts, not the time it waits for the backend to take them.
+#[tokio::test]
+async fn a_backend_slow_to_take_a_body_does_not_count_against_the_clients_pace() {
+    const BODY: usize = 32 << 20;
+    const PAUSE: Duration = Duration::from_secs(4);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let (took, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let took = took.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = vec![0u8; 64 << 10];
+                let end = loop {
+                    let n = conn.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break end + 4;
+                    }
+                };
+                // Takes none of the body for a while, then all of it.
+                tokio::time::sleep(PAUSE).await;
+                let mut body = head.len() - end;
+                while body < BODY {
+                    match conn.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => body += n,
+                    }
+                }
+                let _ = took.send(body);
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    // The client sends at once: a second plus 2 s for its 32 MiB is all
+    // it may keep the proxy waiting, and the backend's pause is longer.
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra(
+            "[health]\nprobes = false\n[timeouts]\nrequest_body = \"1s\"\n\
+             [limits]\nmin_request_body_rate = \"16MiB/s\"\nmax_request_body = \"64MiB\"\n",
+        )
+        .start()
+        .await;
+    let (answer, whole) = post_paced(&proxy, BODY, 1 << 20, Duration::ZERO).await;
+    assert!(whole, "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(taken.recv().await, Some(BODY));
+}
+
 /// A backend that takes a request's head and then neither reads its body
 /// nor answers: the proxy's write runs out of `timeouts.write`, and the
 /// client gets a 504 soon after, not another `timeouts.read` later (which

@@ -371,28 +371,27 @@ fn with_body_limits(request_body: &str, rate: &str) -> ProxyConfig {
 }
 
 #[test]
-fn a_request_body_is_due_after_its_grace_and_a_second_per_rate_bytes() {
+fn a_request_body_may_be_waited_on_for_its_grace_and_a_second_per_rate_bytes() {
     let c = with_body_limits("20s", "500B/s");
     let t = &c.timeouts;
     let rate = c.limits.min_request_body_rate;
     assert_eq!(rate, 500);
-    let zero = Duration::ZERO;
-    assert_eq!(t.body_due(zero, 0, rate), Some(Duration::from_secs(20)));
-    assert_eq!(t.body_due(zero, 1_000, rate), Some(Duration::from_secs(22)));
+    assert_eq!(t.body_allowance(0, rate), Some(Duration::from_secs(20)));
+    assert_eq!(t.body_allowance(1_000, rate), Some(Duration::from_secs(22)));
     assert_eq!(
-        t.body_due(zero, 250, rate),
+        t.body_allowance(250, rate),
         Some(Duration::from_millis(20_500))
     );
     // A rate of 0: the whole body within the grace.
     let whole = with_body_limits("5s", "0B/s");
     assert_eq!(
-        whole.timeouts.body_due(zero, 1 << 30, 0),
+        whole.timeouts.body_allowance(1 << 30, 0),
         Some(Duration::from_secs(5))
     );
     // "0s": no pace at all.
     let off = with_body_limits("0s", "1KiB/s");
     assert_eq!(off.timeouts.request_body, None);
-    assert_eq!(off.timeouts.body_due(zero, 0, 1024), None);
+    assert_eq!(off.timeouts.body_allowance(0, 1024), None);
     // Sizes in any unit bytesize reads; "/s" may follow a space.
     assert_eq!(
         with_body_limits("20s", "2 MiB /s")
@@ -403,10 +402,10 @@ fn a_request_body_is_due_after_its_grace_and_a_second_per_rate_bytes() {
 }
 
 proptest::proptest! {
-    /// More bytes never bring a body's due time closer, it is never
-    /// before the grace has passed, and no count of bytes overflows it.
+    /// More bytes never shorten a body's allowance, it is never below
+    /// the grace, and no count of bytes overflows it.
     #[test]
-    fn a_body_due_time_grows_with_what_arrived(
+    fn a_body_allowance_grows_with_what_arrived(
         grace_ms in 1u64..100_000,
         rate in 0u64..u64::MAX,
         a in 0u64..u64::MAX,
@@ -416,8 +415,8 @@ proptest::proptest! {
         c.timeouts.request_body = Some(Duration::from_millis(grace_ms));
         let (less, more) = (a.min(b), a.max(b));
         let t = &c.timeouts;
-        let due_less = t.body_due(Duration::ZERO, less, rate).expect("a pace");
-        let due_more = t.body_due(Duration::ZERO, more, rate).expect("a pace");
+        let due_less = t.body_allowance(less, rate).expect("a pace");
+        let due_more = t.body_allowance(more, rate).expect("a pace");
         proptest::prop_assert!(due_less <= due_more);
         proptest::prop_assert!(due_less >= Duration::from_millis(grace_ms));
         proptest::prop_assert!(due_more <= crate::values::MAX_DURATION);
