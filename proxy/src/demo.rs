@@ -20,8 +20,17 @@ const REGIONS: [(&str, Duration); 3] = [
 pub struct DemoOptions {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
-    /// A control plane's URL and token file: the table comes from it.
-    pub control: Option<(String, std::path::PathBuf)>,
+    /// A control plane to take the table from, instead of a table file.
+    pub control: Option<DemoControl>,
+}
+
+/// A control plane the demo's proxy takes its table from.
+pub struct DemoControl {
+    pub url: String,
+    pub token_file: std::path::PathBuf,
+    /// CA certificates for an `https://` URL (`table.ca_file`); `None`: the
+    /// system's.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
@@ -56,7 +65,7 @@ pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
 
     match &opts.control {
         None => print_guide(&opts, &backends, &config_path, &table_path),
-        Some((url, _)) => print_control_guide(&opts, &backends, url),
+        Some(control) => print_control_guide(&opts, &backends, &control.url),
     }
     let result = crate::server::run(config);
     drop(origins);
@@ -111,10 +120,17 @@ fn config_toml(opts: &DemoOptions, backends: &[(&str, SocketAddr)]) -> String {
             None =>
                 "[table]\nsource = \"file\"\npath = \"table.json\"\nwatch_interval = \"500ms\"\n"
                     .to_owned(),
-            Some((url, token)) => format!(
-                "[table]\nsource = \"control\"\nurl = {}\ntoken_file = {}\nwait = \"10s\"\nreport_interval = \"2s\"\n",
-                toml_string(url),
-                toml_string(&token.to_string_lossy())
+            Some(control) => format!(
+                "[table]\nsource = \"control\"\nurl = {}\ntoken_file = {}\n{}wait = \"10s\"\nreport_interval = \"2s\"\n",
+                toml_string(&control.url),
+                toml_string(&control.token_file.to_string_lossy()),
+                control
+                    .ca_file
+                    .as_ref()
+                    .map_or_else(String::new, |ca| format!(
+                        "ca_file = {}\n",
+                        toml_string(&ca.to_string_lossy())
+                    )),
             ),
         }
     );

@@ -48,6 +48,10 @@ enum Command {
         /// The control plane's token, with --control.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// CA certificates (PEM) that sign an https:// --control's
+        /// certificate; without it, the system's.
+        #[arg(long, value_name = "FILE", requires = "control")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -65,14 +69,22 @@ fn main() -> ExitCode {
             admin,
             control,
             token_file,
+            ca_file,
         } => logging::init(edgeroute_config::LogFormat::Text, "info").and_then(|()| {
-            // The demo's config lives in a folder of its own: a relative
-            // token path is taken from here.
+            // The demo's config lives in a folder of its own: relative
+            // paths are taken from here.
             let token_file = token_file.map(std::path::absolute).transpose()?;
+            let ca_file = ca_file.map(std::path::absolute).transpose()?;
             demo::run(demo::DemoOptions {
                 listen,
                 admin,
-                control: control.zip(token_file),
+                control: control
+                    .zip(token_file)
+                    .map(|(url, token_file)| demo::DemoControl {
+                        url,
+                        token_file,
+                        ca_file,
+                    }),
             })
         }),
     };
