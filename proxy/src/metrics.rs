@@ -2,6 +2,7 @@
 
 use crate::route::RouteClass;
 use crate::topology::Topology;
+use crate::upstream::Discard;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -43,6 +44,7 @@ pub struct Metrics {
     /// HTTP/2 connections the proxy told to go away, by why.
     pub http2_goaways: IntCounterVec,
     backend_up: IntGaugeVec,
+    backend_idle_discards: IntCounterVec,
     backend_inflight: IntGaugeVec,
     /// Client connections open, by worker thread.
     pub worker_connections: IntGaugeVec,
@@ -272,6 +274,12 @@ impl Metrics {
                 "1 when the backend is in rotation",
                 &["region", "backend", "address"],
             ),
+            backend_idle_discards: counter_vec(
+                &r,
+                "edgeroute_backend_idle_discards_total",
+                "Idle keep-alive connections to the backend closed instead of reused, by reason (closed: the backend closed them, its keep-alive timeout shorter than timeouts.pool_idle; unexpected_bytes: it sent bytes on them after a whole answer; expired: idle for timeouts.pool_idle)",
+                &["region", "backend", "address", "reason"],
+            ),
             backend_inflight: gauge_vec(
                 &r,
                 "edgeroute_backend_inflight",
@@ -369,6 +377,12 @@ impl Metrics {
                 self.backend_inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.inflight()));
+                for why in Discard::ALL {
+                    let [region, backend, address] = labels;
+                    self.backend_idle_discards
+                        .with_label_values(&[region, backend, address, why.label()])
+                        .inc_by(b.idle.take_discarded(why));
+                }
                 if let Some(l) = b.measured_latency(now) {
                     self.backend_latency.with_label_values(&labels).set(l);
                 }

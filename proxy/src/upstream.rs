@@ -11,6 +11,7 @@ use pingora_core::protocols::Stream;
 use pingora_http::authority::RawTargetAuthority;
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
@@ -544,6 +545,34 @@ pub struct IdlePool {
     per_thread: ThreadLocal<Mutex<List>>,
     shared: Option<Mutex<List>>,
     idle_timeout: Duration,
+    /// Connections closed since they were last counted, by [`Discard`].
+    discarded: [AtomicU64; 3],
+}
+
+/// Why an idle connection was closed instead of carrying a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// The backend closed it (or reset it) while it idled: its keep-alive
+    /// timeout is shorter than `timeouts.pool_idle`.
+    Closed,
+    /// Bytes came on it while it idled: the backend sent more than the
+    /// framing of its last answer said, and is out of step.
+    UnexpectedBytes,
+    /// It idled for `timeouts.pool_idle`.
+    Expired,
+}
+
+impl Discard {
+    pub const ALL: [Discard; 3] = [Discard::Closed, Discard::UnexpectedBytes, Discard::Expired];
+
+    /// The `reason` label of `edgeroute_backend_idle_discards_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Discard::Closed => "closed",
+            Discard::UnexpectedBytes => "unexpected_bytes",
+            Discard::Expired => "expired",
+        }
+    }
 }
 
 type List = VecDeque<(h1::Idle, Instant)>;
@@ -581,7 +610,17 @@ impl IdlePool {
             per_thread: ThreadLocal::new(),
             shared: (lists == Lists::Shared).then(|| Mutex::new(VecDeque::new())),
             idle_timeout,
+            discarded: Default::default(),
         }
+    }
+
+    fn discard(&self, why: Discard, count: usize) {
+        self.discarded[why as usize].fetch_add(count as u64, Ordering::Relaxed);
+    }
+
+    /// The connections closed for `why` since the last call.
+    pub fn take_discarded(&self, why: Discard) -> u64 {
+        self.discarded[why as usize].swap(0, Ordering::Relaxed)
     }
 
     /// The calling thread's list. (Locked only against [`IdlePool::prune`]
@@ -600,13 +639,17 @@ impl IdlePool {
         while let Some((mut conn, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) >= self.idle_timeout {
                 // Every older one is too old as well.
+                self.discard(Discard::Expired, idle.len() + 1);
                 idle.clear();
                 return None;
             }
-            if still_idle(&mut conn.stream)
-                && (check == Check::Readiness || socket_idle(&conn.stream))
-            {
-                return Some(conn);
+            let state = match idle_state(&mut conn.stream) {
+                None if check == Check::Socket => socket_state(&conn.stream),
+                state => state,
+            };
+            match state {
+                None => return Some(conn),
+                Some(why) => self.discard(why, 1),
             }
         }
         None
@@ -620,6 +663,7 @@ impl IdlePool {
             .is_some_and(|(_, since)| now.saturating_duration_since(*since) >= self.idle_timeout)
         {
             idle.pop_front();
+            self.discard(Discard::Expired, 1);
         }
         if idle.len() >= IDLE_PER_BACKEND {
             idle.pop_front();
@@ -638,8 +682,12 @@ impl IdlePool {
             .map(|list| {
                 let mut idle = lock(list);
                 idle.retain_mut(|(conn, since)| {
-                    now.saturating_duration_since(*since) < self.idle_timeout
-                        && still_idle(&mut conn.stream)
+                    let why = if now.saturating_duration_since(*since) >= self.idle_timeout {
+                        Some(Discard::Expired)
+                    } else {
+                        idle_state(&mut conn.stream)
+                    };
+                    why.inspect(|why| self.discard(*why, 1)).is_none()
                 });
                 idle.len()
             })
@@ -668,24 +716,28 @@ pub enum Check {
     Socket,
 }
 
-/// What the socket itself holds: idle when there is nothing to read and no
-/// end-of-stream. A stream's `id` is its socket's descriptor, plain and
-/// TLS alike; anything else (an error, bytes, the close) is not idle.
-fn socket_idle(stream: &Stream) -> bool {
+/// What the socket itself holds: `None` (idle) when there is nothing to
+/// read and no end-of-stream. A stream's `id` is its socket's descriptor,
+/// plain and TLS alike (for TLS, bytes may be a record such as a close
+/// notice: not idle either way).
+fn socket_state(stream: &Stream) -> Option<Discard> {
     use nix::sys::socket::{MsgFlags, recv};
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    matches!(
-        recv(stream.id(), &mut byte, flags),
-        Err(nix::errno::Errno::EAGAIN)
-    )
+    match recv(stream.id(), &mut byte, flags) {
+        Err(nix::errno::Errno::EAGAIN) => None,
+        Ok(n) if n > 0 => Some(Discard::UnexpectedBytes),
+        // End-of-stream, or an error (a reset).
+        _ => Some(Discard::Closed),
+    }
 }
 
-/// An idle HTTP/1 connection has nothing to read: end-of-stream means the
-/// backend closed it, and bytes mean it is out of step. One read attempt
-/// that must not wait tells; the runtime knows from its readiness events
-/// whether the socket has anything, so an idle socket costs no system call.
-fn still_idle(stream: &mut Stream) -> bool {
+/// An idle HTTP/1 connection has nothing to read (`None`): end-of-stream
+/// means the backend closed it, and bytes mean it is out of step. One
+/// read attempt that must not wait tells; the runtime knows from its
+/// readiness events whether the socket has anything, so an idle socket
+/// costs no system call.
+fn idle_state(stream: &mut Stream) -> Option<Discard> {
     use std::pin::Pin;
     use std::task::{Context, Poll, Waker};
     use tokio::io::AsyncRead;
@@ -694,10 +746,19 @@ fn still_idle(stream: &mut Stream) -> bool {
     let mut buf = tokio::io::ReadBuf::new(&mut byte);
     // Outside the task's cooperative budget: a spent budget would answer
     // Pending without looking at the socket.
-    let read = std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, &mut buf));
+    let read = std::future::poll_fn(|cx| {
+        Pin::new(&mut *stream)
+            .poll_read(cx, &mut buf)
+            .map_ok(|()| buf.filled().len())
+    });
     let mut read = std::pin::pin!(tokio::task::unconstrained(read));
-    // Pending: nothing to read, and the backend has not closed it.
-    matches!(read.as_mut().poll(&mut cx), Poll::Pending)
+    match read.as_mut().poll(&mut cx) {
+        // Nothing to read, and the backend has not closed it.
+        Poll::Pending => None,
+        Poll::Ready(Ok(n)) if n > 0 => Some(Discard::UnexpectedBytes),
+        // End-of-stream, or an error (a reset).
+        Poll::Ready(_) => Some(Discard::Closed),
+    }
 }
 
 #[cfg(test)]
@@ -1240,6 +1301,7 @@ mod tests {
                     pool.take(now, Check::Readiness).is_none(),
                     "the closed one was dropped"
                 );
+                assert_eq!(pool.take_discarded(Discard::Closed), 1);
                 return;
             }
             pool.put(taken, now);
@@ -1307,6 +1369,8 @@ mod tests {
             "the out-of-step one was dropped"
         );
         assert!(pool.take(now, Check::Socket).is_none());
+        assert_eq!(pool.take_discarded(Discard::UnexpectedBytes), 1);
+        assert_eq!(pool.take_discarded(Discard::Closed), 0);
     }
 
     #[tokio::test]
@@ -1385,6 +1449,10 @@ mod tests {
         }
         assert_eq!(left, 1, "only the clean, young connection stays");
         assert!(pool.take(now, Check::Readiness).is_some());
+        // Each closed one counted once, by its reason.
+        let discarded = Discard::ALL.map(|why| pool.take_discarded(why));
+        assert_eq!(discarded, [1, 1, 1], "closed, unexpected bytes, expired");
+        assert_eq!(Discard::ALL.map(|why| pool.take_discarded(why)), [0; 3]);
     }
 
     proptest! {

@@ -919,6 +919,84 @@ async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
     );
 }
 
+/// An idle keep-alive connection that its backend writes to, or closes,
+/// is not reused, and is counted by its reason: bytes after a whole answer
+/// say the backend is out of step, and closes say its keep-alive timeout
+/// is shorter than `timeouts.pool_idle`.
+#[tokio::test]
+async fn idle_connections_a_backend_writes_to_or_closes_are_counted_by_reason() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    // Per connection: its answer, then what the test asks of it.
+    let (orders, mut told) = tokio::sync::mpsc::unbounded_channel::<&'static [u8]>();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            // Empty: close; else those bytes, on the idle connection.
+            match told.recv().await {
+                Some(b"") | None => drop(conn),
+                Some(bytes) => {
+                    conn.write_all(bytes).await.unwrap();
+                    tokio::spawn(async move {
+                        let _held = conn;
+                        std::future::pending::<()>().await;
+                    });
+                }
+            }
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n[timeouts]\npool_idle = \"2s\"\n")
+        .start()
+        .await;
+    let discards = |reason: &str| {
+        format!(
+            "edgeroute_backend_idle_discards_total{{address=\"{backend}\",backend=\"{backend}\",reason=\"{reason}\",region=\"{US}\"}}"
+        )
+    };
+    for reason in ["closed", "unexpected_bytes", "expired"] {
+        assert_eq!(proxy.metric(&discards(reason)).await, 0.0, "{reason}");
+    }
+    let get = || async {
+        reqwest::get(proxy.url("/items"))
+            .await
+            .expect("an answer")
+            .status()
+    };
+
+    assert_eq!(get().await, 200);
+    orders.send(b"HTTP/1.1 200 OK\r\n").unwrap();
+    eventually("the out-of-step connection is counted", LIMIT, || async {
+        proxy.metric(&discards("unexpected_bytes")).await == 1.0
+    })
+    .await;
+    assert_eq!(get().await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "not reused");
+    orders.send(b"").unwrap();
+    eventually("the closed connection is counted", LIMIT, || async {
+        proxy.metric(&discards("closed")).await == 1.0
+    })
+    .await;
+    assert_eq!(get().await, 200);
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "not reused");
+    assert_eq!(proxy.metric(&discards("unexpected_bytes")).await, 1.0);
+}
+
 /// A backend slow to take a body does not put its client behind the
 /// body's pace: only the time the proxy waits for the client's bytes
 /// counts, not the time it waits for the backend to take them.
