@@ -209,6 +209,11 @@ async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() 
 #[tokio::test]
 async fn a_backend_that_breaks_off_its_exchanges_is_ejected() {
     let good = Origin::start(US).await;
+    // Slower than the broken one, probes included: of the two, the broken
+    // one is picked first for every request until it is ejected (each
+    // request then goes on to the good one), not only when the two
+    // latency estimates happen to cross.
+    good.set_delay(Duration::from_millis(30));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let broken = listener.local_addr().unwrap();
     tokio::spawn(async move {
