@@ -827,7 +827,7 @@ impl EdgeProxy {
             // there takes no more of it: its answer goes to the client now,
             // not once the client has sent the rest.
             let read = tokio::select! {
-                read = client.read_body() => read?,
+                read = client.read_body() => read,
                 () = &mut pace, if allowed.is_some() => {
                     ctx.reply = Some(ErrorReply::BodyTooSlow);
                     return Err(Error::explain(
@@ -839,17 +839,18 @@ impl EdgeProxy {
                     )
                     .into_down());
                 }
-                closed = up.closed_early() => {
-                    closed?;
-                    return Err(Error::explain(
+                closed = up.closed_early() => closed.and_then(|()| {
+                    Err(Error::explain(
                         ErrorType::ConnectionClosed,
                         "the backend closed the connection before the whole request body was sent",
                     )
-                    .into_up());
-                }
+                    .into_up())
+                }),
             };
+            // Charged however the wait ended: a backend that closes early
+            // may be retried, and the next attempt goes on from here.
             ctx.body_waited += waiting.elapsed();
-            let Some(chunk) = read else {
+            let Some(chunk) = read? else {
                 break;
             };
             ctx.body_bytes += chunk.len() as u64;
