@@ -478,16 +478,29 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             "edgeroute-control serving"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = server::serve(state, listener, acceptor, room) => {}
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
-        }
+        let broken = tokio::select! {
+            e = server::serve(state, listener, acceptor, room) => Some(e),
+            _ = term.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                None
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("SIGINT: stopping");
+                None
+            }
+        };
         poller.abort();
         for task in [automation, watcher].into_iter().flatten() {
             task.abort();
         }
-        anyhow::Ok(())
+        match broken {
+            // Exits non-zero, so that a supervisor starts it again.
+            Some(e) => Err(anyhow::anyhow!(
+                "the listening socket on server.address {} is broken ({e}); no more connections can be accepted",
+                cfg.server.address
+            )),
+            None => anyhow::Ok(()),
+        }
     })
 }
 

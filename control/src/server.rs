@@ -64,13 +64,14 @@ const BODY_TIME: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
 /// Serves `listener` until the task is dropped: HTTPS with `tls`, else
-/// plain HTTP; at most `room`'s bound of connections at once.
+/// plain HTTP; at most `room`'s bound of connections at once. Returns only
+/// when the listening socket is broken, with its error.
 pub async fn serve(
     state: Arc<ServerState>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     room: Room,
-) {
+) -> std::io::Error {
     loop {
         let permit = room.admit().await;
         let (stream, peer) = match listener.accept().await {
@@ -81,10 +82,7 @@ pub async fn serve(
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            Err(e) if listener_broken(&e) => {
-                tracing::error!(error = %e, "the listening socket is broken; no more connections can be accepted");
-                return;
-            }
+            Err(e) if listener_broken(&e) => return e,
             Err(e) => {
                 // One connection's trouble (reset before it was accepted).
                 tracing::debug!(error = %e, "cannot accept a connection");
