@@ -718,16 +718,19 @@ pub enum Check {
 
 /// What the socket itself holds: `None` (idle) when there is nothing to
 /// read and no end-of-stream. A stream's `id` is its socket's descriptor,
-/// plain and TLS alike (for TLS, bytes may be a record such as a close
-/// notice: not idle either way).
+/// plain and TLS alike: on a TLS connection the bytes are records, and an
+/// alert (such as the close notice a backend sends before it closes) is a
+/// close, where a byte that starts no HTTP/1 message on a plain one.
 fn socket_state(stream: &Stream) -> Option<Discard> {
     use nix::sys::socket::{MsgFlags, recv};
+    /// The content type of a TLS alert record (RFC 8446 §5.1).
+    const TLS_ALERT: u8 = 0x15;
     let mut byte = [0u8; 1];
     let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
     match recv(stream.id(), &mut byte, flags) {
         Err(nix::errno::Errno::EAGAIN) => None,
-        Ok(n) if n > 0 => Some(Discard::UnexpectedBytes),
-        // End-of-stream, or an error (a reset).
+        Ok(n) if n > 0 && byte[0] != TLS_ALERT => Some(Discard::UnexpectedBytes),
+        // End-of-stream, an error (a reset), or a TLS alert.
         _ => Some(Discard::Closed),
     }
 }
@@ -1322,6 +1325,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         }
         panic!("nothing reached the socket within 5 s");
+    }
+
+    #[tokio::test]
+    async fn the_socket_tells_a_tls_close_notice_from_bytes_out_of_step() {
+        let (alerted, alert_peer) = h1::stream_pair().await;
+        // A close_notify alert record, as a TLS backend sends it first.
+        let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x01, 0x00];
+        assert_eq!(alert_peer.try_write(&alert).expect("write"), alert.len());
+        landed(&alerted);
+        assert_eq!(socket_state(&alerted), Some(Discard::Closed));
+        let (chatty, chatty_peer) = h1::stream_pair().await;
+        assert_eq!(chatty_peer.try_write(b"HTTP/1.1").expect("write"), 8);
+        landed(&chatty);
+        assert_eq!(socket_state(&chatty), Some(Discard::UnexpectedBytes));
+        let (quiet, _quiet_peer) = h1::stream_pair().await;
+        assert_eq!(socket_state(&quiet), None);
     }
 
     #[tokio::test]
