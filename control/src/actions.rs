@@ -1246,31 +1246,50 @@ impl Runner {
             self.say(&format!("{what}: an undrain would remove it"));
             return Ok(());
         }
-        self.aws
+        let name = crate::kept::name(&self.aws.config().record_name);
+        let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
+        // In the history file before the copy goes, so that what it held
+        // is never lost: no history file, no removal.
+        let timeline = Timeline::new(self);
+        let mut op = timeline.operation(
+            Kind::Undrain,
+            format!("{region} is in DNS: the copy of its records an earlier drain kept is removed"),
+            Some("did not finish: the process removing it stopped".into()),
+        );
+        op.finished = false;
+        op.timeline.push(Step {
+            name: "kept copy removed".into(),
+            at_seconds: 0.0,
+            detail: format!(
+                "{name} TXT, set identifier {region}, held: {}",
+                values.join(" | ")
+            ),
+        });
+        History::update(&self.history_file, |h| h.put(op.clone())).map_err(|e| {
+            format!("{what}; it is left in place, since what it holds could not be kept in the history file first: {e}")
+        })?;
+        let removed = self
+            .aws
             .change_records(
                 vec![(ChangeAction::Delete, kept.clone())],
                 "edgeroute undrain: a kept copy that no longer applies",
             )
             .await
-            .map_err(|e| format!("{what}, and removing it failed: {e}{}", e.advice()))?;
-        History::update(&self.history_file, |h| h.forget_drain(region))?;
-        self.say(&format!("{what}: removed"));
-        let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
-        let mut op = Timeline::new(self).finish(
-            Kind::Undrain,
-            format!("{region} is in DNS: the copy of its records an earlier drain kept is removed"),
-            None,
-        );
-        op.timeline.push(Step {
-            name: "kept copy removed".into(),
-            at_seconds: op.duration_seconds,
-            detail: format!(
-                "{} TXT, set identifier {region}, held: {}",
-                crate::kept::name(&self.aws.config().record_name),
-                values.join(" | ")
-            ),
-        });
+            .map_err(|e| format!("{what}, and removing it failed: {e}{}", e.advice()));
+        op.finished = true;
+        op.duration_seconds = timeline.started.elapsed().as_secs_f64();
+        if let Err(e) = &removed {
+            op.error = Some(e.clone());
+            self.record(&op);
+        }
+        removed?;
+        op.ok = true;
+        op.error = None;
         self.record(&op);
+        History::update(&self.history_file, |h| h.forget_drain(region)).map_err(|e| {
+            format!("{what}: removed, but the history file's notes of the drain could not be dropped: {e}")
+        })?;
+        self.say(&format!("{what}: removed"));
         Ok(())
     }
 

@@ -948,6 +948,8 @@ async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
             .contains("the copy of its records an earlier drain kept is removed"),
         "{removal:#}"
     );
+    assert_eq!(removal["ok"], true, "{removal:#}");
+    assert_eq!(removal["finished"], true, "{removal:#}");
     let step = &removal["timeline"][0];
     assert_eq!(step["name"], "kept copy removed", "{removal:#}");
     assert!(
