@@ -85,7 +85,6 @@ pub(crate) fn at_least(
     d
 }
 
-/// `"10MiB"`, `"512KB"`, `"1048576"`.
 /// An optional bound on connections: at least 1; left out, the server
 /// takes it from its open-file limit.
 pub(crate) fn connection_bound(
@@ -106,6 +105,7 @@ pub(crate) fn connection_bound(
     }
 }
 
+/// `"10MiB"`, `"512KB"`, `"1048576"`.
 pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     match raw.trim().parse::<bytesize::ByteSize>() {
         Ok(b) => b.as_u64(),

@@ -75,6 +75,15 @@ fn main() -> ExitCode {
             // paths are taken from here.
             let token_file = token_file.map(std::path::absolute).transpose()?;
             let ca_file = ca_file.map(std::path::absolute).transpose()?;
+            if ca_file.is_some()
+                && !control
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("https://"))
+            {
+                anyhow::bail!(
+                    "--ca-file is for an https:// --control URL; leave it out for http://"
+                );
+            }
             demo::run(demo::DemoOptions {
                 listen,
                 admin,
