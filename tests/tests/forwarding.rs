@@ -934,14 +934,7 @@ async fn idle_connections_a_backend_writes_to_or_closes_are_counted_by_reason() 
     tokio::spawn(async move {
         while let Ok((mut conn, _)) = listener.accept().await {
             counted.fetch_add(1, Ordering::SeqCst);
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match conn.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_until(&mut conn, |t| t.contains("\r\n\r\n")).await;
             conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 .await
                 .unwrap();
@@ -1011,21 +1004,16 @@ async fn a_backend_slow_to_take_a_body_does_not_count_against_the_clients_pace()
         while let Ok((mut conn, _)) = listener.accept().await {
             let took = took.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = vec![0u8; 64 << 10];
-                let end = loop {
-                    let n = conn.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    head.extend_from_slice(&buf[..n]);
-                    if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break end + 4;
-                    }
+                let head = read_until(&mut conn, |t| t.contains("\r\n\r\n")).await;
+                let Some(end) = head.find("\r\n\r\n") else {
+                    return;
                 };
-                // Takes none of the body for a while, then all of it.
+                // Takes none of the body for a while, then all of it (the
+                // body's bytes are ASCII: what came with the head counts
+                // as read).
                 tokio::time::sleep(PAUSE).await;
-                let mut body = head.len() - end;
+                let mut body = head.len() - end - 4;
+                let mut buf = vec![0u8; 64 << 10];
                 while body < BODY {
                     match conn.read(&mut buf).await {
                         Ok(0) | Err(_) => break,
