@@ -14,6 +14,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+/// Descriptors a server keeps for everything but its connections' own
+/// when its bound comes from the open-file limit (logs, the files it reads,
+/// what it asks of other services).
+pub const RESERVED_FILES: u64 = 256;
+
+/// A server's bound on connections: `configured`, or else what the
+/// process's limit on `open_files` leaves after [`RESERVED_FILES`], shared
+/// by `files_per_connection` descriptors each, at least 1.
+pub fn bound(configured: Option<usize>, open_files: u64, files_per_connection: u64) -> usize {
+    configured.unwrap_or_else(|| {
+        let left = open_files.saturating_sub(RESERVED_FILES) / files_per_connection.max(1);
+        usize::try_from(left).unwrap_or(usize::MAX).max(1)
+    })
+}
+
 /// Why an accept loop waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {

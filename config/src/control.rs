@@ -271,19 +271,12 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Descriptors kept for everything but connections' own when
-    /// `max_connections` comes from the open-file limit: AWS, the history
-    /// file, the topology file.
-    pub const RESERVED_FILES: u64 = 256;
-
     /// The connections served at once, given the process's limit on open
     /// files: `max_connections`, or else what the limit leaves after
-    /// [`ServerConfig::RESERVED_FILES`], at least 1.
+    /// [`crate::accept::RESERVED_FILES`] (for AWS, the history file, the
+    /// topology file), at least 1.
     pub fn connections(&self, open_files: u64) -> usize {
-        self.max_connections.unwrap_or_else(|| {
-            let left = open_files.saturating_sub(Self::RESERVED_FILES);
-            usize::try_from(left).unwrap_or(usize::MAX).max(1)
-        })
+        crate::accept::bound(self.max_connections, open_files, 1)
     }
 }
 

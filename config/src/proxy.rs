@@ -629,19 +629,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Descriptors kept for everything but client connections' own when
-    /// `max_client_connections` comes from the open-file limit.
-    pub const RESERVED_FILES: u64 = 256;
-
     /// The client connections served at once, given the process's limit
     /// on open files: `max_client_connections`, or else half of what the
-    /// limit leaves after [`Limits::RESERVED_FILES`] (each client
+    /// limit leaves after [`crate::accept::RESERVED_FILES`] (each client
     /// connection may hold a backend connection), at least 1.
     pub fn client_connections(&self, open_files: u64) -> usize {
-        self.max_client_connections.unwrap_or_else(|| {
-            let half = open_files.saturating_sub(Self::RESERVED_FILES) / 2;
-            usize::try_from(half).unwrap_or(usize::MAX).max(1)
-        })
+        crate::accept::bound(self.max_client_connections, open_files, 2)
     }
 }
 
