@@ -573,7 +573,7 @@ pub fn untrusted_advice(
 /// issuer, a name it does not hold, its dates), if that is what `error`,
 /// or an error it was caused by, is: a client's reason to say which CA
 /// file and URL to check.
-pub fn refused_certificate<'e>(
+fn refused_certificate<'e>(
     error: &'e (dyn std::error::Error + 'static),
 ) -> Option<&'e rustls::CertificateError> {
     let mut next = Some(error);
