@@ -169,6 +169,7 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
             next.push(Arc::clone(b));
         } else {
             b.retire();
+            state.metrics.address_left(&info.name, b);
             changed = true;
             tracing::info!(region = &*info.name, backend = label, address = %b.addr, "address left DNS; draining it");
         }

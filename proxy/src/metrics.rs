@@ -1,13 +1,13 @@
 //! Prometheus metrics, in a registry of our own served on the admin listener.
 
 use crate::route::RouteClass;
-use crate::topology::Topology;
+use crate::topology::{Backend, Topology};
 use crate::upstream::Discard;
 use prometheus::{
     Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 pub struct Metrics {
@@ -45,6 +45,8 @@ pub struct Metrics {
     pub http2_goaways: IntCounterVec,
     backend_up: IntGaugeVec,
     backend_idle_discards: IntCounterVec,
+    /// Addresses that left DNS, whose counter series go away.
+    departed: Mutex<Departed>,
     backend_inflight: IntGaugeVec,
     /// Client connections open, by worker thread.
     pub worker_connections: IntGaugeVec,
@@ -59,6 +61,19 @@ pub struct Metrics {
     table_age: Gauge,
     /// Time to admit, build and publish a table.
     pub table_swap_seconds: Histogram,
+}
+
+/// `region`, `backend`, `address`: the labels of one address's series.
+type AddressLabels = [String; 3];
+
+/// Addresses that left DNS. Each one's counts so far are in its series,
+/// which the next scrape shows (`leaving`) and the one after no longer does
+/// (`left`): rotating addresses, such as a load balancer's, would
+/// otherwise pile up series that never change again.
+#[derive(Default)]
+struct Departed {
+    leaving: Vec<AddressLabels>,
+    left: Vec<AddressLabels>,
 }
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -280,6 +295,7 @@ impl Metrics {
                 "Idle keep-alive connections to the backend closed instead of reused, by reason (closed: the backend closed them, its keep-alive timeout shorter than timeouts.pool_idle; unexpected_bytes: it sent bytes on them after a whole answer; expired: idle for timeouts.pool_idle)",
                 &["region", "backend", "address", "reason"],
             ),
+            departed: Mutex::default(),
             backend_inflight: gauge_vec(
                 &r,
                 "edgeroute_backend_inflight",
@@ -360,6 +376,7 @@ impl Metrics {
     pub fn render(&self, topology: &Topology, table_age: Option<f64>) -> String {
         let now = Instant::now();
         self.table_age.set(table_age.unwrap_or(f64::NAN));
+        self.forget_departed(topology);
         // Addresses come and go with DNS: publish only the current ones.
         self.backend_up.reset();
         self.backend_inflight.reset();
@@ -377,12 +394,7 @@ impl Metrics {
                 self.backend_inflight
                     .with_label_values(&labels)
                     .set(i64::from(b.inflight()));
-                for why in Discard::ALL {
-                    let [region, backend, address] = labels;
-                    self.backend_idle_discards
-                        .with_label_values(&[region, backend, address, why.label()])
-                        .inc_by(b.idle.take_discarded(why));
-                }
+                self.count_discards(labels, b);
                 if let Some(l) = b.measured_latency(now) {
                     self.backend_latency.with_label_values(&labels).set(l);
                 }
@@ -398,6 +410,57 @@ impl Metrics {
             tracing::error!(error = %e, "cannot encode metrics");
         }
         String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Adds what `b`'s idle pool counted since the last call to its series.
+    fn count_discards(&self, [region, backend, address]: [&str; 3], b: &Backend) {
+        for why in Discard::ALL {
+            self.backend_idle_discards
+                .with_label_values(&[region, backend, address, why.label()])
+                .inc_by(b.idle.take_discarded(why));
+        }
+    }
+
+    /// `b`, of `region`, left DNS: what it counted is added to its series
+    /// now, for the next scrape to show, and the series go at the one after.
+    pub fn address_left(&self, region: &str, b: &Backend) {
+        let address = b.addr.to_string();
+        self.count_discards([region, &b.label, &address], b);
+        self.departed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .leaving
+            .push([region.to_owned(), b.label.clone(), address]);
+    }
+
+    /// Removes the series of addresses whose departure the last scrape
+    /// showed, unless they are back in DNS.
+    fn forget_departed(&self, topology: &Topology) {
+        let left = {
+            let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+            let leaving = std::mem::take(&mut departed.leaving);
+            std::mem::replace(&mut departed.left, leaving)
+        };
+        for [region, backend, address] in &left {
+            let back = topology.regions.iter().any(|r| {
+                *r.name == **region
+                    && r.backends()
+                        .iter()
+                        .any(|b| b.label == *backend && b.addr.to_string() == *address)
+            });
+            if back {
+                continue;
+            }
+            for why in Discard::ALL {
+                // Absent already when it left twice in one interval.
+                let _ = self.backend_idle_discards.remove_label_values(&[
+                    region,
+                    backend,
+                    address,
+                    why.label(),
+                ]);
+            }
+        }
     }
 }
 
@@ -495,6 +558,7 @@ impl RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn request_metrics_land_on_the_right_series() {
@@ -582,5 +646,44 @@ mod tests {
                 assert!(zero(name, &[region]), "{name} {region}:\n{text}");
             }
         }
+    }
+
+    #[test]
+    fn the_series_of_an_address_that_left_dns_go_after_one_more_scrape() {
+        let m = Metrics::new();
+        let topology = crate::topology::testing::topology(1, 2);
+        let region = &topology.regions[0];
+        let [gone, stays] = [0, 1].map(|i| Arc::clone(&region.backends()[i]));
+        let value = |text: &str, b: &Backend, reason: &str| {
+            let series = format!(
+                "edgeroute_backend_idle_discards_total{{address=\"{}\",backend=\"{}\",reason=\"{reason}\",region=\"region-0\"}} ",
+                b.addr, b.label
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(&series))
+                .map(|v| v.parse::<u64>().expect("a count"))
+        };
+        gone.idle.discard(Discard::Closed, 2);
+        let text = m.render(&topology, None);
+        assert_eq!(value(&text, &gone, "closed"), Some(2), "{text}");
+
+        // Counted after the last scrape, just before the address leaves.
+        gone.idle.discard(Discard::Expired, 1);
+        gone.retire();
+        m.address_left("region-0", &gone);
+        region.set_backends(vec![Arc::clone(&stays)]);
+        let text = m.render(&topology, None);
+        assert_eq!(value(&text, &gone, "closed"), Some(2), "{text}");
+        assert_eq!(value(&text, &gone, "expired"), Some(1), "{text}");
+
+        let text = m.render(&topology, None);
+        assert!(!text.contains(&gone.addr.to_string()), "{text}");
+        assert_eq!(value(&text, &stays, "closed"), Some(0), "{text}");
+
+        // An address back in DNS before its series went keeps them.
+        m.address_left("region-0", &stays);
+        m.render(&topology, None);
+        let text = m.render(&topology, None);
+        assert_eq!(value(&text, &stays, "closed"), Some(0), "{text}");
     }
 }

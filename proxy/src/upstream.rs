@@ -614,7 +614,7 @@ impl IdlePool {
         }
     }
 
-    fn discard(&self, why: Discard, count: usize) {
+    pub(crate) fn discard(&self, why: Discard, count: usize) {
         self.discarded[why as usize].fetch_add(count as u64, Ordering::Relaxed);
     }
 
