@@ -214,6 +214,7 @@ struct RawLimits {
     max_request_body: String,
     max_client_connections: Option<u64>,
     min_request_body_rate: String,
+    idle_per_backend: u64,
 }
 
 impl Default for RawLimits {
@@ -222,6 +223,7 @@ impl Default for RawLimits {
             max_request_body: "10MiB".into(),
             max_client_connections: None,
             min_request_body_rate: "1KiB/s".into(),
+            idle_per_backend: 128,
         }
     }
 }
@@ -626,7 +628,14 @@ pub struct Limits {
     /// `timeouts.request_body` (default 1 KiB/s); 0: the whole body is due
     /// within `timeouts.request_body`.
     pub min_request_body_rate: u64,
+    /// Idle keep-alive connections kept per backend by each worker thread
+    /// (by all, with `runtime.work_stealing`), 1 to [`MAX_IDLE_PER_BACKEND`]
+    /// (default 128); one more is closed when its exchange ends.
+    pub idle_per_backend: usize,
 }
+
+/// The most idle connections `limits.idle_per_backend` may keep.
+pub const MAX_IDLE_PER_BACKEND: u64 = 10_000;
 
 impl Limits {
     /// The client connections served at once, given the process's limit
@@ -1023,6 +1032,16 @@ impl RawConfig {
                 "limits.min_request_body_rate",
                 &self.limits.min_request_body_rate,
             ),
+            idle_per_backend: {
+                let n = self.limits.idle_per_backend;
+                if !(1..=MAX_IDLE_PER_BACKEND).contains(&n) {
+                    e.push(
+                        "limits.idle_per_backend",
+                        format!("must be 1-{MAX_IDLE_PER_BACKEND} (idle connections kept per backend by each worker thread), got {n}"),
+                    );
+                }
+                usize::try_from(n).unwrap_or(usize::MAX)
+            },
         };
         if !(1..=10).contains(&self.retries.max_attempts) {
             e.push(

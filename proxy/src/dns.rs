@@ -6,7 +6,7 @@
 use crate::health::prober;
 use crate::state::AppState;
 use crate::topology::{Backend, peer_for, warn_left_out};
-use crate::upstream::Lists;
+use crate::upstream::PoolShape;
 use anyhow::Context;
 use edgeroute_config::{DnsConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use hickory_resolver::TokioResolver;
@@ -187,7 +187,7 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
                 region,
                 peer_for(&state.config, region, host, *addr),
                 &state.config.health,
-                Lists::for_runtime(state.config.runtime.work_stealing),
+                PoolShape::of(&state.config),
                 state.topology.clock,
             ));
             tracing::info!(region = &*info.name, backend = label, address = %addr, "new address in DNS; probing it before use");

@@ -8,7 +8,7 @@
 
 use crate::health::outlier::Verdict;
 use crate::health::{Outlier, OutlierPolicy, PeakEwma, ProbeState};
-use crate::upstream::{IdlePool, Lists};
+use crate::upstream::{IdlePool, PoolShape};
 use arc_swap::ArcSwap;
 use edgeroute_config::{HealthConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use http::HeaderValue;
@@ -58,7 +58,7 @@ impl Backend {
         region: usize,
         peer: HttpPeer,
         health: &HealthConfig,
-        lists: Lists,
+        pool: PoolShape,
         clock: Instant,
     ) -> Self {
         let start_healthy = health.start_healthy || !health.probes;
@@ -68,7 +68,7 @@ impl Backend {
             addr,
             region,
             peer,
-            idle: IdlePool::new(idle_timeout, lists),
+            idle: IdlePool::new(idle_timeout, pool),
             inflight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
@@ -443,7 +443,7 @@ impl Topology {
                             ri,
                             peer_for(cfg, ri, &b.host, a),
                             &cfg.health,
-                            Lists::for_runtime(cfg.runtime.work_stealing),
+                            PoolShape::of(cfg),
                             clock,
                         ))
                     })
@@ -505,7 +505,10 @@ pub(crate) mod testing {
                             ri,
                             HttpPeer::new(addr, false, String::new()),
                             &h,
-                            Lists::PerThread,
+                            PoolShape {
+                                lists: crate::upstream::Lists::PerThread,
+                                max_idle: 128,
+                            },
                             clock,
                         ))
                     })

@@ -16,10 +16,6 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
-/// Idle connections kept per backend by each worker thread (counted per
-/// worker, as nginx's `keepalive` counts them).
-pub const IDLE_PER_BACKEND: usize = 128;
-
 /// Fields the proxy forwards or relies on: a client may not have them
 /// dropped by naming them in `Connection`.
 const PROTECTED: [&str; 7] = [
@@ -545,8 +541,10 @@ pub struct IdlePool {
     per_thread: ThreadLocal<Mutex<List>>,
     shared: Option<Mutex<List>>,
     idle_timeout: Duration,
+    /// Connections kept in each list, at most.
+    max_idle: usize,
     /// Connections closed since they were last counted, by [`Discard`].
-    discarded: [AtomicU64; 3],
+    discarded: [AtomicU64; 4],
 }
 
 /// Why an idle connection was closed instead of carrying a request.
@@ -560,10 +558,18 @@ pub enum Discard {
     UnexpectedBytes,
     /// It idled for `timeouts.pool_idle`.
     Expired,
+    /// Its list already held `limits.idle_per_backend` when its exchange
+    /// ended: the oldest was closed to make room.
+    Full,
 }
 
 impl Discard {
-    pub const ALL: [Discard; 3] = [Discard::Closed, Discard::UnexpectedBytes, Discard::Expired];
+    pub const ALL: [Discard; 4] = [
+        Discard::Closed,
+        Discard::UnexpectedBytes,
+        Discard::Expired,
+        Discard::Full,
+    ];
 
     /// The `reason` label of `edgeroute_backend_idle_discards_total`.
     pub fn label(self) -> &'static str {
@@ -571,6 +577,7 @@ impl Discard {
             Discard::Closed => "closed",
             Discard::UnexpectedBytes => "unexpected_bytes",
             Discard::Expired => "expired",
+            Discard::Full => "full",
         }
     }
 }
@@ -604,12 +611,31 @@ impl Lists {
     }
 }
 
+/// How a backend's idle connections are kept: in which lists, and how many
+/// in each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolShape {
+    pub lists: Lists,
+    pub max_idle: usize,
+}
+
+impl PoolShape {
+    /// The shape `config` asks for.
+    pub fn of(config: &edgeroute_config::ProxyConfig) -> Self {
+        PoolShape {
+            lists: Lists::for_runtime(config.runtime.work_stealing),
+            max_idle: config.limits.idle_per_backend,
+        }
+    }
+}
+
 impl IdlePool {
-    pub fn new(idle_timeout: Duration, lists: Lists) -> Self {
+    pub fn new(idle_timeout: Duration, shape: PoolShape) -> Self {
         IdlePool {
             per_thread: ThreadLocal::new(),
-            shared: (lists == Lists::Shared).then(|| Mutex::new(VecDeque::new())),
+            shared: (shape.lists == Lists::Shared).then(|| Mutex::new(VecDeque::new())),
             idle_timeout,
+            max_idle: shape.max_idle.max(1),
             discarded: Default::default(),
         }
     }
@@ -665,8 +691,9 @@ impl IdlePool {
             idle.pop_front();
             self.discard(Discard::Expired, 1);
         }
-        if idle.len() >= IDLE_PER_BACKEND {
+        if idle.len() >= self.max_idle {
             idle.pop_front();
+            self.discard(Discard::Full, 1);
         }
         idle.push_back((conn, now));
     }
@@ -1283,9 +1310,33 @@ mod tests {
         }
     }
 
+    fn pool_of(lists: Lists, max_idle: usize) -> IdlePool {
+        IdlePool::new(Duration::from_secs(60), PoolShape { lists, max_idle })
+    }
+
+    #[tokio::test]
+    async fn a_full_list_closes_its_oldest_connection_and_counts_it() {
+        let pool = pool_of(Lists::PerThread, 2);
+        let now = Instant::now();
+        let mut ids = Vec::new();
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            let (conn, peer) = h1::stream_pair().await;
+            ids.push(conn.id());
+            peers.push(peer);
+            pool.put(h1::Idle::new(conn), now);
+        }
+        assert_eq!(pool.take_discarded(Discard::Full), 1);
+        let taken: Vec<_> = std::iter::from_fn(|| pool.take(now, Check::Readiness))
+            .map(|c| c.stream.id())
+            .collect();
+        assert_eq!(taken, [ids[2], ids[1]], "the newest two, newest first");
+        assert_eq!(Discard::ALL.map(|why| pool.take_discarded(why)), [0; 4]);
+    }
+
     #[tokio::test]
     async fn take_hands_out_no_connection_its_backend_closed() {
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
+        let pool = pool_of(Lists::PerThread, 128);
         let now = Instant::now();
         let (open, _open_peer) = h1::stream_pair().await;
         let open_id = open.id();
@@ -1345,7 +1396,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_close_the_runtime_has_not_seen_keeps_a_post_off_the_connection() {
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
+        let pool = pool_of(Lists::PerThread, 128);
         let now = Instant::now();
         let (conn, peer) = h1::stream_pair().await;
         pool.put(h1::Idle::new(conn), now);
@@ -1368,7 +1419,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_socket_check_keeps_an_idle_connection_and_drops_one_out_of_step() {
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
+        let pool = pool_of(Lists::PerThread, 128);
         let now = Instant::now();
         let (open, _open_peer) = h1::stream_pair().await;
         let open_id = open.id();
@@ -1394,7 +1445,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_thread_takes_back_only_the_connections_it_put() {
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
+        let pool = pool_of(Lists::PerThread, 128);
         let now = Instant::now();
         let (ours, _our_peer) = h1::stream_pair().await;
         let ours_id = ours.id();
@@ -1424,7 +1475,7 @@ mod tests {
 
     #[tokio::test]
     async fn with_work_stealing_any_thread_takes_any_connection() {
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::for_runtime(true));
+        let pool = pool_of(Lists::for_runtime(true), 128);
         let now = Instant::now();
         let (conn, _peer) = h1::stream_pair().await;
         let id = conn.id();
@@ -1441,7 +1492,7 @@ mod tests {
     #[tokio::test]
     async fn prune_closes_old_closed_and_out_of_step_connections() {
         use tokio::io::AsyncWriteExt;
-        let pool = IdlePool::new(Duration::from_secs(60), Lists::PerThread);
+        let pool = pool_of(Lists::PerThread, 128);
         let start = Instant::now();
         let (kept, _kept_peer) = h1::stream_pair().await;
         let (closed, closed_peer) = h1::stream_pair().await;
@@ -1470,8 +1521,12 @@ mod tests {
         assert!(pool.take(now, Check::Readiness).is_some());
         // Each closed one counted once, by its reason.
         let discarded = Discard::ALL.map(|why| pool.take_discarded(why));
-        assert_eq!(discarded, [1, 1, 1], "closed, unexpected bytes, expired");
-        assert_eq!(Discard::ALL.map(|why| pool.take_discarded(why)), [0; 3]);
+        assert_eq!(
+            discarded,
+            [1, 1, 1, 0],
+            "closed, unexpected bytes, expired, full"
+        );
+        assert_eq!(Discard::ALL.map(|why| pool.take_discarded(why)), [0; 4]);
     }
 
     proptest! {

@@ -61,6 +61,7 @@ pub struct ProxyBuilder {
     listener: String,
     admin: String,
     table_file: bool,
+    threads: usize,
 }
 
 impl ProxyBuilder {
@@ -73,6 +74,7 @@ impl ProxyBuilder {
             listener: String::new(),
             admin: String::new(),
             table_file: true,
+            threads: 2,
         }
     }
 
@@ -125,6 +127,12 @@ impl ProxyBuilder {
         self
     }
 
+    /// Worker threads (`runtime.threads`; 2 unless set).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads;
+        self
+    }
+
     /// Starts the proxy and waits until it is ready (`/ready`).
     pub async fn start(self) -> Proxy {
         self.start_until("/ready").await
@@ -152,8 +160,8 @@ impl ProxyBuilder {
         write_atomically(&table_path, &table.to_string());
         let mut config = format!(
             "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n{}\n\
-             [runtime]\nthreads = 2\n\n[shutdown]\ngrace_period = \"20s\"\n",
-            self.local, self.listener, self.admin
+             [runtime]\nthreads = {}\n\n[shutdown]\ngrace_period = \"20s\"\n",
+            self.local, self.listener, self.admin, self.threads
         );
         if self.table_file {
             config.push_str(

@@ -990,6 +990,78 @@ async fn idle_connections_a_backend_writes_to_or_closes_are_counted_by_reason() 
     assert_eq!(proxy.metric(&discards("unexpected_bytes")).await, 1.0);
 }
 
+/// A worker keeps at most `limits.idle_per_backend` idle connections per
+/// backend: when more exchanges end at once, the oldest is closed and
+/// counted as `full`, and the one kept carries the next request.
+#[tokio::test]
+async fn connections_past_the_idle_limit_are_closed_and_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    // The first answer on each connection waits until two requests are
+    // in: both connections are busy at once, then idle at once.
+    let both_in = Arc::new(tokio::sync::Barrier::new(2));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let both_in = Arc::clone(&both_in);
+            tokio::spawn(async move {
+                let mut first = true;
+                let mut buf = [0u8; 4096];
+                let mut head = Vec::new();
+                while let Ok(n @ 1..) = conn.read(&mut buf).await {
+                    head.extend_from_slice(&buf[..n]);
+                    if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        continue;
+                    }
+                    head.clear();
+                    if std::mem::take(&mut first) {
+                        both_in.wait().await;
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if conn.write_all(answer).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    // One worker thread: both connections go back to one list.
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .threads(1)
+        .extra("[health]\nprobes = false\n[limits]\nidle_per_backend = 1\n")
+        .start()
+        .await;
+    let full = format!(
+        "edgeroute_backend_idle_discards_total{{address=\"{backend}\",backend=\"{backend}\",reason=\"full\",region=\"{US}\"}}"
+    );
+    assert_eq!(proxy.metric(&full).await, 0.0);
+    let get = || async {
+        reqwest::get(proxy.url("/items"))
+            .await
+            .expect("an answer")
+            .status()
+    };
+    let (a, b) = tokio::join!(get(), get());
+    assert_eq!([a, b].map(|s| s.as_u16()), [200, 200]);
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    eventually(
+        "the connection past the limit is counted",
+        LIMIT,
+        || async { proxy.metric(&full).await == 1.0 },
+    )
+    .await;
+    assert_eq!(get().await, 200);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the kept connection carried it"
+    );
+}
+
 /// A backend slow to take a body does not put its client behind the
 /// body's pace: only the time the proxy waits for the client's bytes
 /// counts, not the time it waits for the backend to take them.

@@ -40,6 +40,7 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.limits.max_request_body, 10 * 1024 * 1024);
     assert_eq!(c.limits.max_client_connections, None);
     assert_eq!(c.limits.min_request_body_rate, 1024);
+    assert_eq!(c.limits.idle_per_backend, 128);
     assert_eq!(c.retries.max_attempts, 3);
     assert_eq!(c.read_your_writes.window, Duration::from_secs(5));
     assert_eq!(c.read_your_writes.cookie, "edgeroute-ryw");
@@ -101,6 +102,7 @@ request_body = "soon"
 max_request_body = "huge"
 max_client_connections = 0
 min_request_body_rate = "1KiB"
+idle_per_backend = 0
 
 [retries]
 max_attempts = 0
@@ -142,6 +144,7 @@ format = "xml"
         ("limits.max_request_body", "\"huge\""),
         ("limits.max_client_connections", "at least 1"),
         ("limits.min_request_body_rate", "\"1KiB\""),
+        ("limits.idle_per_backend", "got 0"),
         ("retries.max_attempts", "got 0"),
         ("read_your_writes.window", "\"later\""),
         ("read_your_writes.cookie", "\"a b\""),
@@ -349,6 +352,7 @@ fn client_connections_come_from_the_open_file_limit_unless_set() {
         max_request_body: 0,
         max_client_connections: None,
         min_request_body_rate: 0,
+        idle_per_backend: 1,
     };
     // Half of what is left after the reserve.
     assert_eq!(limits.client_connections(20_000), 9_872);
