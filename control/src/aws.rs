@@ -757,15 +757,39 @@ impl AwsState {
 
 /// The region a record of the API name routes traffic to: an A, AAAA or
 /// CNAME record's latency region, else its set identifier (weighted
-/// records name their region there), when that is a region's name.
+/// records name their region there) when that has the form of an AWS
+/// region's name. A weighted record named otherwise (`canary`, `blue`) is
+/// some other use of the name: taken for a region, it would put a region
+/// in every table that no proxy knows, and every proxy would refuse them.
 fn region_of(r: &ResourceRecordSet) -> Option<String> {
     if !matches!(r.r#type(), RrType::A | RrType::Aaaa | RrType::Cname) {
         return None;
     }
-    r.region()
-        .map(|g| g.as_str().to_owned())
-        .or_else(|| r.set_identifier().map(str::to_owned))
-        .filter(|name| edgeroute_config::valid_region_name(name))
+    match r.region() {
+        Some(latency) => Some(latency.as_str().to_owned()),
+        None => r
+            .set_identifier()
+            .filter(|id| aws_region_name(id))
+            .map(str::to_owned),
+    }
+    .filter(|name| edgeroute_config::valid_region_name(name))
+}
+
+/// Whether `name` has the form of an AWS region's name: a two-letter
+/// area, words, and a number (`eu-west-1`, `us-gov-west-1`).
+fn aws_region_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('-').collect();
+    let [area, words @ .., number] = parts.as_slice() else {
+        return false;
+    };
+    area.len() == 2
+        && area.bytes().all(|b| b.is_ascii_lowercase())
+        && !words.is_empty()
+        && words
+            .iter()
+            .all(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase()))
+        && !number.is_empty()
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// A record as kept while its region is drained, to put it back exactly.
@@ -977,8 +1001,23 @@ mod tests {
             region(record(RrType::Cname, "ap-southeast-1", None)).as_deref(),
             Some("ap-southeast-1")
         );
-        assert_eq!(region(record(RrType::A, "Blue", None)), None);
-        assert_eq!(region(record(RrType::A, "blue green", None)), None);
+        assert_eq!(
+            region(record(RrType::A, "us-gov-west-1", None)).as_deref(),
+            Some("us-gov-west-1")
+        );
+        for other in [
+            "Blue",
+            "blue green",
+            "canary",
+            "blue-green",
+            "prod-1",
+            "legacy-eu-west-1",
+            "eu-west-",
+            "eu--1",
+            "eu-west-1a",
+        ] {
+            assert_eq!(region(record(RrType::A, other, None)), None, "{other}");
+        }
         assert_eq!(region(record(RrType::Txt, "eu-west-1", None)), None);
         assert_eq!(region(record(RrType::Mx, "eu-west-1", None)), None);
     }

@@ -131,28 +131,34 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
     .await;
     let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
     // Records of the API name that route no region's traffic (a weighted
-    // TXT record for something else) are left out, not taken for regions.
-    let foreign = aws_sdk_route53::types::ResourceRecordSet::builder()
-        .name(moto::RECORD)
-        .r#type(aws_sdk_route53::types::RrType::Txt)
-        .set_identifier("Blue")
-        .weight(10)
-        .ttl(60)
-        .resource_records(
-            aws_sdk_route53::types::ResourceRecord::builder()
-                .value("\"v=blue\"")
-                .build()
-                .unwrap(),
+    // TXT record for something else, a weighted canary record) are left
+    // out, not taken for regions.
+    for (kind, id, value) in [
+        (aws_sdk_route53::types::RrType::Txt, "Blue", "\"v=blue\""),
+        (aws_sdk_route53::types::RrType::A, "canary", "192.0.2.10"),
+    ] {
+        let foreign = aws_sdk_route53::types::ResourceRecordSet::builder()
+            .name(moto::RECORD)
+            .r#type(kind)
+            .set_identifier(id)
+            .weight(10)
+            .ttl(60)
+            .resource_records(
+                aws_sdk_route53::types::ResourceRecord::builder()
+                    .value(value)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        moto::change_record(
+            &r53,
+            &fixture.zone_id,
+            aws_sdk_route53::types::ChangeAction::Create,
+            foreign,
         )
-        .build()
-        .unwrap();
-    moto::change_record(
-        &r53,
-        &fixture.zone_id,
-        aws_sdk_route53::types::ChangeAction::Create,
-        foreign,
-    )
-    .await;
+        .await;
+    }
     // A region whose latency record someone else removed leaves the table
     // (a proxy treats a region the table leaves out as down).
     moto::change_record(
@@ -176,13 +182,21 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
         },
     )
     .await;
-    assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
+    let t = cp.table().await;
+    assert_eq!(region(&t, "us-east-1")["state"], "active");
+    let names: Vec<&str> = t["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert_eq!(names, ["ap-southeast-1", "us-east-1"], "{t}");
     assert_eq!(
         cp.log()
             .matches("a record of the API name names no region")
             .count(),
-        1,
-        "warned of once"
+        2,
+        "each warned of once"
     );
     // The check recovers.
     moto::put_metric(
