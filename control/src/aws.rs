@@ -513,10 +513,13 @@ impl AwsSource {
         key: impl Fn(&ResourceRecordSet) -> Option<String>,
     ) -> Result<BTreeMap<String, Vec<ResourceRecordSet>>, AwsError> {
         let mut found: BTreeMap<String, Vec<ResourceRecordSet>> = BTreeMap::new();
-        let mut start: Option<(String, Option<String>)> = Some((wanted.to_owned(), None));
+        // Where the next page starts: a name, and within it a type and a
+        // set identifier (Route 53 takes an identifier only with its type).
+        type Start = (String, Option<RrType>, Option<String>);
+        let mut start: Option<Start> = Some((wanted.to_owned(), None, None));
         // Bounded: a zone is paged at most this many times per read.
         for _ in 0..100 {
-            let Some((name, identifier)) = start.take() else {
+            let Some((name, rr_type, identifier)) = start.take() else {
                 break;
             };
             let out = self
@@ -524,6 +527,7 @@ impl AwsSource {
                 .list_resource_record_sets()
                 .hosted_zone_id(&self.cfg.hosted_zone_id)
                 .start_record_name(&name)
+                .set_start_record_type(rr_type.clone())
                 .set_start_record_identifier(identifier.clone())
                 .send()
                 .await
@@ -544,14 +548,31 @@ impl AwsSource {
             let next = out.next_record_name().map(|n| {
                 (
                     n.to_owned(),
+                    out.next_record_type().cloned(),
                     out.next_record_identifier().map(str::to_owned),
                 )
             });
-            // Stop if paging does not advance.
-            if next.as_ref() == Some(&(name, identifier)) {
-                break;
+            // A page that does not advance would be asked for again and
+            // again: the list cannot be read whole.
+            if next.as_ref() == Some(&(name, rr_type, identifier)) {
+                return Err(AwsError {
+                    api: "ListResourceRecordSets",
+                    message: format!(
+                        "hosted zone {} lists the records named {wanted} without getting past them (more than one page of them); the list cannot be read whole",
+                        self.cfg.hosted_zone_id
+                    ),
+                });
             }
             start = next;
+        }
+        if start.is_some() {
+            return Err(AwsError {
+                api: "ListResourceRecordSets",
+                message: format!(
+                    "hosted zone {} has more than 100 pages of records named {wanted}; they are not read in part",
+                    self.cfg.hosted_zone_id
+                ),
+            });
         }
         Ok(found)
     }

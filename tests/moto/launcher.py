@@ -31,6 +31,10 @@ and moto lacks, patched into its Python backends before the server starts:
   /edgeroute/lose-answer/<action>`; moto serves the request, and the
   client gets 503 ServiceUnavailable instead of its answer, as when a
   connection drops after AWS took a request.
+- Route 53 ListResourceRecordSets pages through records of one name and
+  type by set identifier (StartRecordIdentifier, NextRecordIdentifier), as
+  Route 53 does; moto ignores the identifier, so a name with more records
+  than a page is listed from its first page again.
 
 Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
 """
@@ -301,6 +305,39 @@ def patch_route53() -> None:
 
     responses.Route53.get_health_check_status = get_health_check_status
     patch_route53_delete()
+    patch_route53_paging()
+
+
+def patch_route53_paging() -> None:
+    from moto.route53 import responses
+    from moto.route53.exceptions import InvalidInput
+    from moto.route53.models import reverse_domain_name
+
+    def key(rrset):
+        return (reverse_domain_name(rrset.name), rrset.type, rrset.set_identifier or "")
+
+    def list_resource_record_sets(self):
+        zone = self.backend.get_hosted_zone(self._get_param("HostedZoneId"))
+        start_name = self._get_param("StartRecordName")
+        start_type = self._get_param("StartRecordType") or ""
+        start_id = self._get_param("StartRecordIdentifier") or ""
+        max_items = self._get_int_param("MaxItems", 300)
+        if (start_type and not start_name) or (start_id and not start_type):
+            raise InvalidInput("The input is not valid")
+        records = sorted(zone.rrsets, key=key)
+        if start_name:
+            start = (reverse_domain_name(start_name), start_type, start_id)
+            records = [r for r in records if key(r) >= start]
+        page, rest = records[:max_items], records[max_items:]
+        result = {"ResourceRecordSets": page, "IsTruncated": bool(rest), "MaxItems": max_items}
+        if rest:
+            result["NextRecordName"] = rest[0].name
+            result["NextRecordType"] = rest[0].type
+            if rest[0].set_identifier:
+                result["NextRecordIdentifier"] = rest[0].set_identifier
+        return responses.ActionResult(result)
+
+    responses.Route53.list_resource_record_sets = list_resource_record_sets
 
 
 def patch_route53_delete() -> None:

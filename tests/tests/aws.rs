@@ -311,3 +311,63 @@ async fn the_writers_region_without_a_record_is_draining_not_a_source_error() {
     assert_eq!(t["primary_region"], "us-east-1", "{t}");
     assert_eq!(cp.metric("edgeroute_control_source_stale").await, 0.0);
 }
+
+/// Route 53 lists at most 300 records a page: the regions' records past
+/// the first page of the API name (here behind 310 weighted records of
+/// other uses) are read too, by the name, type and set identifier the
+/// page ends at.
+#[tokio::test]
+async fn records_past_the_first_page_of_the_api_name_are_read() {
+    use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecord, RrType};
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    // Listed between ap-southeast-1's records and the others': `bulk-`
+    // sorts after `ap-` and before `eu-` and `us-`.
+    let changes = (0..310)
+        .map(|i| {
+            let record = aws_sdk_route53::types::ResourceRecordSet::builder()
+                .name(RECORD)
+                .r#type(RrType::A)
+                .set_identifier(format!("bulk-{i:03}"))
+                .weight(0)
+                .ttl(60)
+                .resource_records(
+                    ResourceRecord::builder()
+                        .value("192.0.2.1")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap();
+            Change::builder()
+                .action(ChangeAction::Create)
+                .resource_record_set(record)
+                .build()
+                .unwrap()
+        })
+        .collect();
+    r53.change_resource_record_sets()
+        .hosted_zone_id(&fixture.zone_id)
+        .change_batch(
+            ChangeBatch::builder()
+                .set_changes(Some(changes))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("310 records made");
+    let cp = control_on(&moto, &fixture).await;
+    let t = cp.table().await;
+    let mut names: Vec<&str> = t["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    names.sort_unstable();
+    let mut want = REGIONS;
+    want.sort_unstable();
+    assert_eq!(names, want, "{t}");
+}
