@@ -5,7 +5,9 @@
 //!
 //! Credentials come from the default chain (environment, profile, IRSA on
 //! EKS, instance role). Calls are retried by the SDK with backoff; a read
-//! that still fails fails whole, so the table in force stays.
+//! that still fails fails whole, so the table in force stays, but for
+//! Route 53's records, whose last listing stands in (see
+//! [`AwsSource::read`]).
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
@@ -154,6 +156,16 @@ pub struct AwsSource {
     health: std::sync::Mutex<Readings>,
     /// Records of the API name that name no region, each warned of once.
     foreign: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The records of the last read that listed them whole: they stand in
+    /// for the source's reads while Route 53 cannot be listed.
+    last_records: std::sync::Mutex<Option<Records>>,
+}
+
+/// The API name's records and the drains' kept records, by region.
+#[derive(Clone)]
+struct Records {
+    records: BTreeMap<String, Vec<ResourceRecordSet>>,
+    kept: BTreeMap<String, ResourceRecordSet>,
 }
 
 /// Health check → its last reading, and when it was read.
@@ -181,6 +193,7 @@ impl AwsSource {
             history_file: history_file.map(std::path::Path::to_path_buf),
             health: std::sync::Mutex::default(),
             foreign: std::sync::Mutex::default(),
+            last_records: std::sync::Mutex::default(),
         }
     }
 
@@ -212,15 +225,44 @@ impl AwsSource {
         )
     }
 
-    /// Reads every API once and assembles the view.
-    pub async fn read(&self) -> Result<TopologyView, AwsError> {
-        Ok(self.state().await?.view)
+    /// Reads every API once and assembles the view, for the table. When
+    /// Route 53's records cannot be listed (throttled, or its API down in
+    /// us-east-1), the last ones listed stand in, with the error beside
+    /// the view: the writer's moves, read from the global cluster, must
+    /// still reach the proxies, or writes would go on to a demoted writer.
+    /// The first read has none to stand in, and fails.
+    pub async fn read(&self) -> Result<(TopologyView, Option<AwsError>), AwsError> {
+        let (state, unlisted) = self.read_state(true).await?;
+        Ok((state.view, unlisted))
     }
 
-    /// Reads every API once: the view, and what the actions act on.
+    /// Reads every API once: the view, and what the actions act on (all
+    /// of it read now: an action never starts from remembered records).
     pub async fn state(&self) -> Result<AwsState, AwsError> {
-        let records = self.latency_records().await?;
-        let kept = self.kept_records().await?;
+        Ok(self.read_state(false).await?.0)
+    }
+
+    /// Reads every API once; with `remembered`, the last records listed
+    /// stand in for a list that fails, and its error is returned beside.
+    async fn read_state(&self, remembered: bool) -> Result<(AwsState, Option<AwsError>), AwsError> {
+        let last = || self.last_records.lock().unwrap_or_else(|p| p.into_inner());
+        let listed = match self.latency_records().await {
+            Ok(records) => self
+                .kept_records()
+                .await
+                .map(|kept| Records { records, kept }),
+            Err(e) => Err(e),
+        };
+        let (Records { records, kept }, unlisted) = match listed {
+            Ok(now) => {
+                *last() = Some(now.clone());
+                (now, None)
+            }
+            Err(e) => match last().clone() {
+                Some(before) if remembered => (before, Some(e)),
+                _ => return Err(e),
+            },
+        };
         let mut regions = Vec::with_capacity(records.len());
         for (region, rs) in &records {
             let (healthy, health_unread) = self.region_healthy(region, rs).await;
@@ -237,13 +279,23 @@ impl AwsSource {
                 health_unread,
             });
         }
-        let (members, failover) = self.global_cluster().await?;
-        let writer_region = writer_region(&members).ok_or_else(|| AwsError {
-            api: "DescribeGlobalClusters",
-            message: format!(
-                "global cluster {} has no writer member",
-                self.cfg.global_cluster_id
-            ),
+        // A read that fails whole names the list's failure first.
+        let whole = |e: AwsError| match &unlisted {
+            Some(first) => AwsError {
+                api: first.api,
+                message: format!("{}; then {}: {}", first.message, e.api, e.message),
+            },
+            None => e,
+        };
+        let (members, failover) = self.global_cluster().await.map_err(whole)?;
+        let writer_region = writer_region(&members).ok_or_else(|| {
+            whole(AwsError {
+                api: "DescribeGlobalClusters",
+                message: format!(
+                    "global cluster {} has no writer member",
+                    self.cfg.global_cluster_id
+                ),
+            })
         })?;
         // A region with no record gets no DNS traffic. The writer's region
         // (whose writes go on) and a region a drain removed (its records
@@ -309,7 +361,7 @@ impl AwsSource {
                 }
             }
         }
-        Ok(AwsState {
+        let state = AwsState {
             view: TopologyView {
                 primary_region: Some(writer_region),
                 failover_in_progress: failover.is_some(),
@@ -319,7 +371,8 @@ impl AwsSource {
             kept,
             members,
             failover,
-        })
+        };
+        Ok((state, unlisted))
     }
 
     /// What the health checks of a region's records say: unhealthy if one

@@ -194,7 +194,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
-    let view = runtime()?.block_on(async {
+    // A first read: nothing stands in for what it cannot read.
+    let (view, _) = runtime()?.block_on(async {
         source::Source::new(&cfg.source, Some(&cfg.actions.history_file))
             .await
             .read()
@@ -364,7 +365,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
                     .await?;
                 (state.view, state.failover)
             }
-            file => (source::Source::new(file, None).await.read().await?, None),
+            file => (source::Source::new(file, None).await.read().await?.0, None),
         };
         let control = control_view(cfg)?;
         let (text, whole) = actions::describe_now(

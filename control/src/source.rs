@@ -1,6 +1,8 @@
 //! Polls the configured source and publishes every new table. A failing
 //! source never yields half a table: the last good view stays in force,
-//! marked stale in the metrics, until a read succeeds again.
+//! marked stale in the metrics, until a read succeeds again (a part the
+//! AWS source cannot read may stand in from its last reading: see
+//! [`AwsSource::read`]).
 
 use crate::aws::AwsSource;
 use crate::builder::Builder;
@@ -72,8 +74,9 @@ impl Source {
         }
     }
 
-    /// Reads the source once.
-    pub async fn read(&self) -> Result<TopologyView, ReadError> {
+    /// Reads the source once: the view, and what of it could not be read
+    /// this time (its last reading stands in).
+    pub async fn read(&self) -> Result<(TopologyView, Option<ReadError>), ReadError> {
         match self {
             Source::File { path, .. } => {
                 let err = |api, message: String| ReadError {
@@ -98,25 +101,27 @@ impl Source {
                         ),
                     )
                 })?;
-                TopologyView::from_json(&bytes).map_err(|why| {
+                let view = TopologyView::from_json(&bytes).map_err(|why| {
                     err(
                         "parse",
                         format!("topology file {} (source.path): {why}", path.display()),
                     )
-                })
+                })?;
+                Ok((view, None))
             }
             Source::Aws { aws, .. } => {
-                let view = aws.read().await.map_err(|e| ReadError {
+                let of_aws = |e: crate::aws::AwsError| ReadError {
                     source_name: "aws",
                     api: e.api,
                     message: e.message,
-                })?;
+                };
+                let (view, unlisted) = aws.read().await.map_err(of_aws)?;
                 view.validate().map_err(|e| ReadError {
                     source_name: "aws",
                     api: "view",
                     message: format!("Route 53 and Aurora give no valid topology: {e}"),
                 })?;
-                Ok(view)
+                Ok((view, unlisted.map(of_aws)))
             }
         }
     }
@@ -143,8 +148,16 @@ pub async fn run(
             .poll_seconds
             .observe(started.elapsed().as_secs_f64());
         match outcome {
-            Ok(view) => {
-                metrics.source_stale.set(0);
+            Ok((view, unread)) => {
+                match unread {
+                    None => metrics.source_stale.set(0),
+                    Some(e) => {
+                        // Stale in part: changes that wait for the source
+                        // (drains, switchovers) are refused until it mends.
+                        count_failure(&metrics, &e);
+                        tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed in part: Route 53's records are the last ones listed; the writer's moves are still followed");
+                    }
+                }
                 let before = builder.current().cloned();
                 if let Some(table) = builder.apply(&view, now_ms()) {
                     if let Some(change) = describe_change(before.as_ref(), table) {
@@ -161,15 +174,20 @@ pub async fn run(
                 views.send_replace(Some(Arc::new(view)));
             }
             Err(e) => {
-                metrics
-                    .source_errors
-                    .with_label_values(&[e.source_name, e.api])
-                    .inc();
-                metrics.source_stale.set(1);
+                count_failure(&metrics, &e);
                 tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed; serving the last good table");
             }
         }
     }
+}
+
+/// Counts a failed read, in whole or in part, and marks the source stale.
+fn count_failure(metrics: &ControlMetrics, e: &ReadError) {
+    metrics
+        .source_errors
+        .with_label_values(&[e.source_name, e.api])
+        .inc();
+    metrics.source_stale.set(1);
 }
 
 /// What changed between two tables, for people; `None` when only versions
@@ -236,7 +254,9 @@ mod tests {
             path: fifo,
             interval: std::time::Duration::from_secs(1),
         };
-        let err = source.read().await.unwrap_err();
+        let Err(err) = source.read().await else {
+            panic!("a pipe is refused")
+        };
         assert_eq!((err.source_name, err.api), ("file", "read"));
         assert!(
             err.message.contains("not a regular file"),

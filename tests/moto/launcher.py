@@ -31,6 +31,9 @@ and moto lacks, patched into its Python backends before the server starts:
   /edgeroute/lose-answer/<action>`; moto serves the request, and the
   client gets 503 ServiceUnavailable instead of its answer, as when a
   connection drops after AWS took a request.
+- A test can make every request of an action fail, unserved, with 503
+  ServiceUnavailable (Route 53's API down, say): `POST
+  /edgeroute/fail/<action>`; `POST /edgeroute/mend/<action>` ends it.
 - Route 53 ListResourceRecordSets pages through records of one name and
   type by set identifier (StartRecordIdentifier, NextRecordIdentifier), as
   Route 53 does; moto ignores the identifier, so a name with more records
@@ -86,19 +89,31 @@ HELD_LOCK = threading.Lock()
 LOSE = {}
 
 
-def lose_answer(environ):
-    """Whether this request's answer is to be lost (reads the form body of
-    a query-protocol request, and puts it back for moto; Route 53's
-    ChangeResourceRecordSets is told by its path)."""
+# Actions a test has made fail: each request is answered 503, unserved.
+FAIL = set()
+
+
+def action_of(environ):
+    """The AWS action a request asks for: Route 53's record calls are told
+    by their path, JSON-protocol calls by their target header, the others
+    by the form body (read, and put back for moto)."""
     from urllib.parse import parse_qs
 
-    if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO", "").endswith("/rrset"):
-        action = "ChangeResourceRecordSets"
-    else:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-        body = environ["wsgi.input"].read(length) if length else b""
-        environ["wsgi.input"] = io.BytesIO(body)
-        action = parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+    if environ.get("PATH_INFO", "").endswith("/rrset"):
+        if environ.get("REQUEST_METHOD") == "POST":
+            return "ChangeResourceRecordSets"
+        return "ListResourceRecordSets"
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.rsplit(".", 1)[-1]
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return parse_qs(body.decode("utf-8", "replace")).get("Action", [""])[0]
+
+
+def lose_answer(action):
+    """Whether this request's answer is to be lost."""
     with GATE:
         if LOSE.get(action, 0) > 0:
             LOSE[action] -= 1
@@ -137,18 +152,35 @@ def with_test_controls(app):
                 LOSE[action] = LOSE.get(action, 0) + 1
             start_response("200 OK", [("Content-Type", "text/plain")])
             return [b"ok\n"]
-        if LOSE and lose_answer(environ):
+        if environ.get("REQUEST_METHOD") == "POST" and path.startswith(("/edgeroute/fail/", "/edgeroute/mend/")):
+            _, _, verb, action = path.split("/", 3)
+            with GATE:
+                (FAIL.add if verb == "fail" else FAIL.discard)(action)
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [b"ok\n"]
+        if not (LOSE or FAIL):
+            return app(environ, start_response)
+        action = action_of(environ)
+        with GATE:
+            failing = action in FAIL
+        if failing:
+            return unavailable(start_response, b"the service is unavailable")
+        if lose_answer(action):
             # Served, then the answer is lost on its way.
             for _ in app(environ, lambda *args: (lambda data: None)):
                 pass
-            start_response("503 Service Unavailable", [("Content-Type", "text/xml")])
-            return [
-                b"<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>"
-                b"<Message>the answer was lost</Message></Error><RequestId>lost</RequestId></ErrorResponse>"
-            ]
+            return unavailable(start_response, b"the answer was lost")
         return app(environ, start_response)
 
     return wrapped
+
+
+def unavailable(start_response, message):
+    start_response("503 Service Unavailable", [("Content-Type", "text/xml")])
+    return [
+        b"<ErrorResponse><Error><Type>Receiver</Type><Code>ServiceUnavailable</Code>"
+        b"<Message>" + message + b"</Message></Error><RequestId>edgeroute</RequestId></ErrorResponse>"
+    ]
 
 
 def gate(method, path, start_response):

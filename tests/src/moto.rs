@@ -169,6 +169,17 @@ impl Moto {
         self.post(&format!("/edgeroute/lose-answer/{action}")).await;
     }
 
+    /// Every request of `action` (`ListResourceRecordSets`, say) fails
+    /// from now on, unserved, with 503, until [`Moto::mend`].
+    pub async fn fail(&self, action: &str) {
+        self.post(&format!("/edgeroute/fail/{action}")).await;
+    }
+
+    /// Requests of `action` are served again.
+    pub async fn mend(&self, action: &str) {
+        self.post(&format!("/edgeroute/mend/{action}")).await;
+    }
+
     async fn post(&self, path: &str) {
         let r = crate::client()
             .post(format!("{}{path}", self.endpoint))

@@ -371,3 +371,47 @@ async fn records_past_the_first_page_of_the_api_name_are_read() {
     want.sort_unstable();
     assert_eq!(names, want, "{t}");
 }
+
+/// While Route 53's records cannot be listed (its API down in us-east-1,
+/// or throttled), the writer's moves still reach the table, on the last
+/// records listed: otherwise writes would go on to a demoted writer. The
+/// source is marked stale until the list works again.
+#[tokio::test]
+async fn a_writer_move_reaches_the_table_while_route_53_cannot_be_listed() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let before = cp.table().await;
+    assert_eq!(before["primary_region"], "us-east-1");
+    moto.fail("ListResourceRecordSets").await;
+    eventually("the source is marked stale", WAIT, || async {
+        cp.metric("edgeroute_control_source_stale").await == 1.0
+    })
+    .await;
+    switchover_to(&moto, &fixture, "eu-west-1").await;
+    eventually("the table follows the writer", WAIT, || async {
+        let t = cp.table().await;
+        t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
+    })
+    .await;
+    let t = cp.table().await;
+    assert_eq!(t["regions"].as_array().unwrap().len(), 3, "{t}");
+    assert_eq!(cp.metric("edgeroute_control_source_stale").await, 1.0);
+    assert!(
+        cp.metric(
+            "edgeroute_control_source_errors_total{api=\"ListResourceRecordSets\",source=\"aws\"}"
+        )
+        .await
+            >= 1.0
+    );
+    assert!(
+        cp.log().contains("the writer's moves are still followed"),
+        "{}",
+        cp.log()
+    );
+    moto.mend("ListResourceRecordSets").await;
+    eventually("the source is read whole again", WAIT, || async {
+        cp.metric("edgeroute_control_source_stale").await == 0.0
+    })
+    .await;
+}
