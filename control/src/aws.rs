@@ -630,27 +630,36 @@ impl AwsSource {
         Ok(found)
     }
 
+    /// A health check's verdict: its checkers' reports, and with
+    /// `health_metric` its `HealthCheckStatus` metric too (unhealthy if
+    /// either says so). A calculated check, or one whose reports cannot be
+    /// read, is judged by its metric alone when that has a datapoint
+    /// (Route 53 has no checkers' reports of a calculated check).
     async fn check_healthy(&self, id: &str) -> Result<bool, AwsError> {
-        let out = self
+        let reports = self
             .route53
             .get_health_check_status()
             .health_check_id(id)
             .send()
             .await
-            .map_err(fail("GetHealthCheckStatus"))?;
-        let observations = out.health_check_observations();
-        let ok = observations
-            .iter()
-            .filter(|o| {
-                o.status_report()
-                    .and_then(|r| r.status())
-                    .is_some_and(|s| s.starts_with("Success"))
-            })
-            .count();
-        let by_checkers =
-            observations.is_empty() || ok as f64 / observations.len() as f64 > HEALTHY_SHARE;
-        let by_metric = if self.cfg.health_metric {
-            self.latest(
+            .map_err(fail("GetHealthCheckStatus"));
+        let by_checkers = reports.map(|out| {
+            let observations = out.health_check_observations();
+            let ok = observations
+                .iter()
+                .filter(|o| {
+                    o.status_report()
+                        .and_then(|r| r.status())
+                        .is_some_and(|s| s.starts_with("Success"))
+                })
+                .count();
+            observations.is_empty() || ok as f64 / observations.len() as f64 > HEALTHY_SHARE
+        });
+        if !self.cfg.health_metric {
+            return by_checkers;
+        }
+        let metric = self
+            .latest(
                 "us-east-1",
                 "AWS/Route53",
                 "HealthCheckStatus",
@@ -659,12 +668,12 @@ impl AwsSource {
                 Statistic::Minimum,
                 Duration::from_secs(600),
             )
-            .await?
-            .is_none_or(|v| v >= 1.0)
-        } else {
-            true
-        };
-        Ok(by_checkers && by_metric)
+            .await;
+        match (by_checkers, metric) {
+            (Ok(by_checkers), metric) => Ok(by_checkers && metric?.is_none_or(|v| v >= 1.0)),
+            (Err(_), Ok(Some(v))) => Ok(v >= 1.0),
+            (Err(e), _) => Err(e),
+        }
     }
 
     /// The members, and the writer change under way if any.

@@ -10,7 +10,9 @@ and moto lacks, patched into its Python backends before the server starts:
   holding.
 - Route 53 GetHealthCheckStatus: moto always answers Success; here every
   checker reports Failure while the latest CloudWatch AWS/Route53
-  HealthCheckStatus datapoint for the check is 0, as Route 53 itself does.
+  HealthCheckStatus datapoint for the check is 0, as Route 53 itself does,
+  and a calculated check is refused (InvalidInput): Route 53 has no
+  checkers' reports of one.
 - Route 53 ChangeResourceRecordSets: a DELETE of a record with a set
   identifier deletes that record alone (its name, type and identifier), as
   Route 53 does; moto deletes every record of the zone with the identifier.
@@ -318,6 +320,10 @@ def patch_route53() -> None:
     def get_health_check_status(self):
         health_check_id = self._get_param("HealthCheckId")
         check = self.backend.get_health_check(health_check_id)
+        if check.type_ == "CALCULATED":
+            from moto.route53.exceptions import InvalidInput
+
+            raise InvalidInput("GetHealthCheckStatus does not report calculated health checks")
         healthy = latest_status(self.current_account, health_check_id) != 0.0
         regions = getattr(check, "regions", None) or ["us-east-1", "eu-west-1", "ap-southeast-1"]
         status = (

@@ -415,3 +415,52 @@ async fn a_writer_move_reaches_the_table_while_route_53_cannot_be_listed() {
     })
     .await;
 }
+
+/// A region whose record names a calculated health check (which Route 53
+/// reports no checkers for) is judged by the check's CloudWatch metric:
+/// down while it says 0.
+#[tokio::test]
+async fn a_calculated_health_check_is_read_from_its_metric() {
+    use aws_sdk_route53::types::{HealthCheckConfig, HealthCheckType};
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let r53 = aws_sdk_route53::Client::new(&moto.sdk("us-east-1").await);
+    let calculated = r53
+        .create_health_check()
+        .caller_reference("calculated-eu-west-1")
+        .health_check_config(
+            HealthCheckConfig::builder()
+                .r#type(HealthCheckType::Calculated)
+                .child_health_checks(&fixture.health_checks["eu-west-1"])
+                .health_threshold(1)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .expect("create a calculated health check")
+        .health_check()
+        .unwrap()
+        .id()
+        .to_owned();
+    moto::change_record(
+        &r53,
+        &fixture.zone_id,
+        aws_sdk_route53::types::ChangeAction::Upsert,
+        moto::latency_record("eu-west-1", &calculated),
+    )
+    .await;
+    moto::put_metric(
+        &moto,
+        &Series::health_check(&calculated),
+        0.0,
+        Duration::ZERO,
+    )
+    .await;
+    let cp = control_on(&moto, &fixture).await;
+    eventually("eu-west-1 down by its metric", WAIT, || async {
+        region(&cp.table().await, "eu-west-1")["state"] == "down"
+    })
+    .await;
+    assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
+}
