@@ -288,7 +288,7 @@ impl AwsSource {
             None => e,
         };
         let (members, failover) = self.global_cluster().await.map_err(whole)?;
-        let writer_region = writer_region(&members).ok_or_else(|| {
+        let writer_region = primary_of(&members, failover.as_ref()).ok_or_else(|| {
             whole(AwsError {
                 api: "DescribeGlobalClusters",
                 message: format!(
@@ -959,6 +959,17 @@ pub fn writer_region(members: &[Member]) -> Option<String> {
     members.iter().find(|m| m.writer).map(|m| m.region.clone())
 }
 
+/// The table's primary region: the writer's, or while a writer change
+/// runs with no member the writer (as a global cluster may show in the
+/// middle of one), the region it moves from (else to), with writes held
+/// by the change under way. `None`: no writer, and no change to explain it.
+fn primary_of(members: &[Member], failover: Option<&FailoverInfo>) -> Option<String> {
+    writer_region(members).or_else(|| {
+        let f = failover?;
+        f.from_region.clone().or_else(|| f.to_region.clone())
+    })
+}
+
 /// A member cluster of the global cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member {
@@ -1130,6 +1141,44 @@ mod tests {
         let json = serde_json::to_string(&kept).unwrap();
         let back: super::SavedRecord = serde_json::from_str(&json).unwrap();
         assert_eq!(back.record().unwrap(), record);
+    }
+
+    #[test]
+    fn with_no_writer_the_primary_is_where_a_running_change_moves_from() {
+        let member = |region: &str, writer| super::Member {
+            region: region.into(),
+            arn: format!("arn:aws:rds:{region}:123456789012:cluster:c-{region}"),
+            cluster_id: format!("c-{region}"),
+            writer,
+        };
+        let change = |from: Option<&str>, to: Option<&str>| super::FailoverInfo {
+            status: "failing-over".into(),
+            from_region: from.map(Into::into),
+            to_region: to.map(Into::into),
+            data_loss_allowed: true,
+        };
+        let with_writer = [member("us-east-1", true), member("eu-west-1", false)];
+        let without = [member("us-east-1", false), member("eu-west-1", false)];
+        let moving = change(Some("us-east-1"), Some("eu-west-1"));
+        let primary = |members: &[super::Member], f: Option<&super::FailoverInfo>| {
+            super::primary_of(members, f)
+        };
+        assert_eq!(primary(&with_writer, None).as_deref(), Some("us-east-1"));
+        assert_eq!(
+            primary(&with_writer, Some(&change(Some("eu-west-1"), None))).as_deref(),
+            Some("us-east-1"),
+            "the writer, when there is one"
+        );
+        assert_eq!(
+            primary(&without, Some(&moving)).as_deref(),
+            Some("us-east-1")
+        );
+        assert_eq!(
+            primary(&without, Some(&change(None, Some("eu-west-1")))).as_deref(),
+            Some("eu-west-1")
+        );
+        assert_eq!(primary(&without, Some(&change(None, None))), None);
+        assert_eq!(primary(&without, None), None);
     }
 
     #[test]
