@@ -29,6 +29,17 @@ async fn switchover_to(moto: &Moto, fixture: &moto::Fixture, region: &str) {
         .expect("switchover");
 }
 
+/// Moves the writer to `region` and waits until `cp`'s table follows the
+/// move to its end.
+async fn switch_and_follow(moto: &Moto, fixture: &moto::Fixture, cp: &ControlPlane, region: &str) {
+    switchover_to(moto, fixture, region).await;
+    eventually("the table follows the writer", WAIT, || async {
+        let t = cp.table().await;
+        t["primary_region"] == region && t["failover_in_progress"] == false
+    })
+    .await;
+}
+
 fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
     table["regions"]
         .as_array()
@@ -245,11 +256,14 @@ async fn an_unreadable_health_check_keeps_its_last_reading_and_the_table_live() 
     let moto = Moto::start().await;
     let fixture = moto::three_regions(&moto).await;
     let cp = control_on(&moto, &fixture).await;
+    // Older than the metric's window (10 minutes): only the checkers'
+    // reports say down, so once the check is deleted nothing can be read
+    // of it.
     moto::put_metric(
         &moto,
         &Series::health_check(&fixture.health_checks["ap-southeast-1"]),
         0.0,
-        Duration::ZERO,
+        Duration::from_secs(11 * 60),
     )
     .await;
     eventually("ap-southeast-1 is down", WAIT, || async {
@@ -388,12 +402,7 @@ async fn a_writer_move_reaches_the_table_while_route_53_cannot_be_listed() {
         cp.metric("edgeroute_control_source_stale").await == 1.0
     })
     .await;
-    switchover_to(&moto, &fixture, "eu-west-1").await;
-    eventually("the table follows the writer", WAIT, || async {
-        let t = cp.table().await;
-        t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
-    })
-    .await;
+    switch_and_follow(&moto, &fixture, &cp, "eu-west-1").await;
     let t = cp.table().await;
     assert_eq!(t["regions"].as_array().unwrap().len(), 3, "{t}");
     assert_eq!(cp.metric("edgeroute_control_source_stale").await, 1.0);
@@ -463,4 +472,28 @@ async fn a_calculated_health_check_is_read_from_its_metric() {
     })
     .await;
     assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
+}
+
+/// A CloudWatch that does not answer delays a read by a few seconds at
+/// most: health checks and lags are read side by side, within a bound, so
+/// the writer's moves still reach the table (the checks' last readings
+/// stand in meanwhile).
+#[tokio::test]
+async fn a_writer_move_reaches_the_table_while_cloudwatch_hangs() {
+    const HELD: &str = "GetMetricStatistics/AWS/Route53";
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    moto.hold(HELD).await;
+    eventually("health reads wait", WAIT, || async {
+        moto.held(HELD).await > 0
+    })
+    .await;
+    switch_and_follow(&moto, &fixture, &cp, "eu-west-1").await;
+    let t = cp.table().await;
+    for name in REGIONS {
+        assert_eq!(region(&t, name)["state"], "active", "{t}");
+    }
+    assert!(cp.log().contains("its last reading stands"), "{}", cp.log());
+    moto.release(HELD).await;
 }
