@@ -185,10 +185,9 @@ const HEALTH_MEMORY: Duration = Duration::from_secs(300);
 impl AwsSource {
     pub async fn new(cfg: &AwsSourceConfig, history_file: Option<&std::path::Path>) -> Self {
         let sdk = sdk_config(cfg.endpoint_url.as_deref(), &cfg.global_cluster_region).await;
-        // Route 53 and its CloudWatch metrics live in us-east-1.
         let route53 = aws_sdk_route53::Client::from_conf(
             aws_sdk_route53::config::Builder::from(&sdk)
-                .region(Region::new("us-east-1"))
+                .region(Region::new(route53_region(&cfg.global_cluster_region)))
                 .build(),
         );
         AwsSource {
@@ -687,7 +686,7 @@ impl AwsSource {
         }
         let metric = self
             .latest(
-                "us-east-1",
+                route53_region(&self.cfg.global_cluster_region),
                 "AWS/Route53",
                 "HealthCheckStatus",
                 "HealthCheckId",
@@ -837,6 +836,19 @@ impl AwsSource {
             })
             .max_by(|a, b| a.0.total_cmp(&b.0));
         Ok(latest.map(|(_, v)| v))
+    }
+}
+
+/// Where Route 53's API and its health checks' CloudWatch metrics live in
+/// the partition of `region`: us-east-1 in AWS's commercial regions, and
+/// the partition's own in China and GovCloud.
+fn route53_region(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "cn-northwest-1"
+    } else if region.starts_with("us-gov-") {
+        "us-gov-west-1"
+    } else {
+        "us-east-1"
     }
 }
 
@@ -1223,6 +1235,18 @@ mod tests {
         );
         assert_eq!(primary(&without, Some(&change(None, None))), None);
         assert_eq!(primary(&without, None), None);
+    }
+
+    #[test]
+    fn route_53_is_asked_in_its_partition() {
+        for (home, route53) in [
+            ("eu-west-1", "us-east-1"),
+            ("us-east-1", "us-east-1"),
+            ("cn-north-1", "cn-northwest-1"),
+            ("us-gov-east-1", "us-gov-west-1"),
+        ] {
+            assert_eq!(super::route53_region(home), route53, "{home}");
+        }
     }
 
     #[test]
