@@ -484,6 +484,15 @@ impl Session {
                 _ => Out::Chunked,
             }
         } else if let Some(te) = fields.get("transfer-encoding") {
+            if http10 && coded(fields) {
+                // HTTP/1.0 knows no transfer codings: the client could
+                // not be told how the body is coded.
+                return Err(Error::explain(
+                    ErrorType::InvalidHTTPHeader,
+                    "the backend's answer has a transfer coding other than chunked, which an HTTP/1.0 client cannot be sent",
+                )
+                .into_up());
+            }
             let chunked = std::str::from_utf8(te)
                 .ok()
                 .and_then(|t| h1::list_items(t).last())
@@ -1076,18 +1085,23 @@ impl Client<'_> {
 }
 
 /// A response head as Pingora's HTTP/2 session takes it.
+/// Whether the answer's body has a transfer coding besides chunked, which
+/// the proxy does not undo.
+fn coded(fields: &Fields) -> bool {
+    fields.get_all("transfer-encoding").any(|v| {
+        std::str::from_utf8(v).map_or(true, |v| {
+            h1::list_items(v).any(|c| !c.eq_ignore_ascii_case("chunked"))
+        })
+    })
+}
+
 fn pingora_response(
     head: h1::ResponseHead,
     added: &[(HeaderName, HeaderValue)],
 ) -> Result<Box<ResponseHeader>, BError> {
     // HTTP/2 carries no transfer coding: a body coded other than by
     // chunks (which the proxy has undone) would reach the client altered.
-    let coded = head.fields.get_all("transfer-encoding").any(|v| {
-        std::str::from_utf8(v).map_or(true, |v| {
-            h1::list_items(v).any(|c| !c.eq_ignore_ascii_case("chunked"))
-        })
-    });
-    if coded {
+    if coded(&head.fields) {
         return Err(Error::explain(
             ErrorType::InvalidHTTPHeader,
             "the backend's answer has a transfer coding other than chunked, which HTTP/2 cannot carry",

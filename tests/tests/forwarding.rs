@@ -1215,3 +1215,56 @@ async fn a_refusal_after_failed_attempts_logs_the_backend_and_its_failure() {
         1.0
     );
 }
+
+/// HTTP/1.0 knows no transfer codings: a body the backend coded besides
+/// chunking (`gzip, chunked`) cannot be sent to a 1.0 client as it is, and
+/// is refused with 502 rather than passed on unlabelled; a plainly chunked
+/// one runs to the close, and a 1.1 client gets the coded one as sent.
+#[tokio::test]
+async fn a_transfer_coded_answer_is_not_sent_unlabelled_to_an_http_1_0_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let head = read_until(&mut conn, |t| t.contains("\r\n\r\n")).await;
+                let coding = if head.starts_with("GET /coded") {
+                    "gzip, chunked"
+                } else {
+                    "chunked"
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nTransfer-Encoding: {coding}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+                );
+                conn.write_all(answer.as_bytes()).await.unwrap();
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let answer = exchange(proxy.addr, b"GET /coded HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    let answer = exchange(proxy.addr, b"GET /plain HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding")
+            && answer.ends_with("\r\n\r\nhello"),
+        "{answer}"
+    );
+    let answer = exchange(
+        proxy.addr,
+        b"GET /coded HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: gzip, chunked"),
+        "{answer}"
+    );
+}
