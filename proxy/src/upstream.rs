@@ -188,7 +188,21 @@ pub fn backend_request(
     // HTTP/2 may split `Cookie` into crumbs; an HTTP/1.1 request carries
     // one field, the crumbs joined by "; " (RFC 9113 §8.2.3).
     let crumbs = client.version == http::Version::HTTP_2 && facts.has_cookie;
+    // Repeated equal lengths go on as one (an HTTP/1 head's are merged as
+    // it is read; an HTTP/2 request's come as they were sent).
+    let mut length: Option<&[u8]> = None;
     for (name, value) in fields.iter() {
+        if is(name, "content-length") {
+            match length {
+                None => length = Some(value),
+                Some(first) if first == value => continue,
+                Some(_) => {
+                    return Err(CannotForward(
+                        "the request's Content-Length fields differ".into(),
+                    ));
+                }
+            }
+        }
         let replaced = (crumbs && is(name, "cookie"))
             || (host.is_some() && is(name, "host"))
             || (fwd.client_ip.is_some() && is(name, "x-forwarded-for"))
@@ -989,6 +1003,22 @@ mod tests {
         req.set_version(http::Version::HTTP_11);
         let sent = forward(&req, false).expect("valid");
         assert_eq!(sent.headers.get_all("cookie").iter().count(), 3);
+    }
+
+    #[test]
+    fn an_http2_requests_repeated_lengths_go_on_as_one_or_not_at_all() {
+        let mut req = RequestHeader::build("POST", b"/x", None).expect("request");
+        req.set_uri(http::Uri::from_static("https://api.example.com/x"));
+        req.set_version(http::Version::HTTP_2);
+        for length in ["5", "5"] {
+            req.append_header("content-length", length).unwrap();
+        }
+        let sent = forward(&req, true).expect("valid");
+        let lengths: Vec<_> = sent.headers.get_all("content-length").iter().collect();
+        assert_eq!(lengths, ["5"]);
+        req.append_header("content-length", "6").unwrap();
+        let err = forward(&req, true).expect_err("refused");
+        assert!(err.0.contains("Content-Length"), "{err:?}");
     }
 
     #[test]
