@@ -25,12 +25,6 @@ const LAG_MAX_AGE: Duration = Duration::from_secs(180);
 /// report success.
 const HEALTHY_SHARE: f64 = 0.18;
 
-/// How long a read waits for health checks and replication lags, which
-/// are read side by side: what has not answered by then is unread this
-/// time (a health check's last reading stands in, a lag is unknown), so an
-/// endpoint that hangs delays the writer's moves by this much at most.
-const HEALTH_AND_LAG_WAIT: Duration = Duration::from_secs(5);
-
 /// A failed call, named by its API for the metrics.
 #[derive(Debug, thiserror::Error)]
 #[error("{api}: {message}")]
@@ -268,15 +262,9 @@ impl AwsSource {
                 _ => return Err(e),
             },
         };
-        let by = tokio::time::Instant::now() + HEALTH_AND_LAG_WAIT;
-        let health = futures_util::future::join_all(
-            records
-                .iter()
-                .map(|(region, rs)| self.region_healthy(region, rs, by)),
-        );
-        let (health, cluster) = tokio::join!(health, self.global_cluster());
         let mut regions = Vec::with_capacity(records.len());
-        for ((region, rs), (healthy, health_unread)) in records.iter().zip(health) {
+        for (region, rs) in &records {
+            let (healthy, health_unread) = self.region_healthy(region, rs).await;
             regions.push(RegionView {
                 name: region.clone(),
                 // Out of DNS only when every record of the region is.
@@ -298,9 +286,7 @@ impl AwsSource {
             },
             None => e,
         };
-        let (members, failover) = cluster.map_err(whole)?;
-        // What is read from here on waits on what came before.
-        let by = tokio::time::Instant::now() + HEALTH_AND_LAG_WAIT;
+        let (members, failover) = self.global_cluster().await.map_err(whole)?;
         let writer_region = primary_of(&members, failover.as_ref()).ok_or_else(|| {
             whole(AwsError {
                 api: "DescribeGlobalClusters",
@@ -341,8 +327,7 @@ impl AwsSource {
                     .flatten()
                     .filter_map(|saved| saved.record().ok())
                     .collect();
-                let (healthy, health_unread) =
-                    self.region_healthy(&region, &kept_records, by).await;
+                let (healthy, health_unread) = self.region_healthy(&region, &kept_records).await;
                 regions.push(RegionView {
                     name: region,
                     weight: Some(0),
@@ -353,12 +338,9 @@ impl AwsSource {
             }
         }
         if self.cfg.lag_metric {
-            let secondaries: Vec<&Member> = members.iter().filter(|m| !m.writer).collect();
-            let lags = futures_util::future::join_all(secondaries.iter().map(|m| {
-                within(
-                    by,
-                    "GetMetricStatistics",
-                    self.latest(
+            for m in members.iter().filter(|m| !m.writer) {
+                let lag = self
+                    .latest(
                         &m.region,
                         "AWS/RDS",
                         "AuroraGlobalDBReplicationLag",
@@ -366,16 +348,13 @@ impl AwsSource {
                         &m.cluster_id,
                         Statistic::Average,
                         LAG_MAX_AGE,
-                    ),
-                )
-            }))
-            .await;
-            for (m, lag) in secondaries.into_iter().zip(lags) {
-                let lag = lag.unwrap_or_else(|e| {
-                    // Informational: unknown, as a missing datapoint is.
-                    tracing::warn!(region = %m.region, error = %e, "cannot read the replication lag; it is unknown until it can be read");
-                    None
-                });
+                    )
+                    .await
+                    .unwrap_or_else(|e| {
+                        // Informational: unknown, as a missing datapoint is.
+                        tracing::warn!(region = %m.region, error = %e, "cannot read the replication lag; it is unknown until it can be read");
+                        None
+                    });
                 if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
                     r.replication_lag_ms = lag.map(|v| v.max(0.0).round() as u64);
                 }
@@ -405,7 +384,6 @@ impl AwsSource {
         &self,
         region: &str,
         records: &[ResourceRecordSet],
-        by: tokio::time::Instant,
     ) -> (Option<bool>, bool) {
         let mut ids: Vec<&str> = records
             .iter()
@@ -413,14 +391,9 @@ impl AwsSource {
             .collect();
         ids.sort_unstable();
         ids.dedup();
-        let readings = futures_util::future::join_all(
-            ids.iter()
-                .map(|id| within(by, "GetHealthCheckStatus", self.check_healthy(id))),
-        )
-        .await;
         let (mut healthy, mut unread) = (None, false);
-        for (id, read) in ids.into_iter().zip(readings) {
-            let reading = match read {
+        for id in ids {
+            let reading = match self.check_healthy(id).await {
                 Ok(h) => {
                     self.remembered()
                         .insert(id.to_owned(), (h, std::time::Instant::now()));
@@ -850,23 +823,6 @@ fn route53_region(region: &str) -> &'static str {
     } else {
         "us-east-1"
     }
-}
-
-/// `read`, unless `by` comes first: then a failure of `api` that says so.
-async fn within<T>(
-    by: tokio::time::Instant,
-    api: &'static str,
-    read: impl std::future::Future<Output = Result<T, AwsError>>,
-) -> Result<T, AwsError> {
-    tokio::time::timeout_at(by, read).await.unwrap_or_else(|_| {
-        Err(AwsError {
-            api,
-            message: format!(
-                "no answer within {}s; unread this time",
-                HEALTH_AND_LAG_WAIT.as_secs()
-            ),
-        })
-    })
 }
 
 /// Everything one read saw: the view the table is built from, and what the
