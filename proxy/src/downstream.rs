@@ -1084,7 +1084,6 @@ impl Client<'_> {
     }
 }
 
-/// A response head as Pingora's HTTP/2 session takes it.
 /// Whether the answer's body has a transfer coding besides chunked, which
 /// the proxy does not undo.
 fn coded(fields: &Fields) -> bool {
@@ -1095,6 +1094,7 @@ fn coded(fields: &Fields) -> bool {
     })
 }
 
+/// A response head as Pingora's HTTP/2 session takes it.
 fn pingora_response(
     head: h1::ResponseHead,
     added: &[(HeaderName, HeaderValue)],
