@@ -245,13 +245,13 @@ impl AwsSource {
     /// stand in for a list that fails, and its error is returned beside.
     async fn read_state(&self, remembered: bool) -> Result<(AwsState, Option<AwsError>), AwsError> {
         let last = || self.last_records.lock().unwrap_or_else(|p| p.into_inner());
-        let listed = match self.latency_records().await {
-            Ok(records) => self
-                .kept_records()
-                .await
-                .map(|kept| Records { records, kept }),
-            Err(e) => Err(e),
-        };
+        let listed = async {
+            Ok(Records {
+                records: self.latency_records().await?,
+                kept: self.kept_records().await?,
+            })
+        }
+        .await;
         let (Records { records, kept }, unlisted) = match listed {
             Ok(now) => {
                 *last() = Some(now.clone());

@@ -40,6 +40,16 @@ async fn switch_and_follow(moto: &Moto, fixture: &moto::Fixture, cp: &ControlPla
     .await;
 }
 
+/// The names of the table's regions, in its order.
+fn region_names(table: &Value) -> Vec<&str> {
+    table["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect()
+}
+
 fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
     table["regions"]
         .as_array()
@@ -195,13 +205,7 @@ async fn a_failing_health_check_marks_a_region_down_and_a_region_without_a_recor
     .await;
     let t = cp.table().await;
     assert_eq!(region(&t, "us-east-1")["state"], "active");
-    let names: Vec<&str> = t["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["name"].as_str())
-        .collect();
-    assert_eq!(names, ["ap-southeast-1", "us-east-1"], "{t}");
+    assert_eq!(region_names(&t), ["ap-southeast-1", "us-east-1"], "{t}");
     assert_eq!(
         cp.log()
             .matches("a record of the API name names no region")
@@ -374,12 +378,7 @@ async fn records_past_the_first_page_of_the_api_name_are_read() {
         .expect("310 records made");
     let cp = control_on(&moto, &fixture).await;
     let t = cp.table().await;
-    let mut names: Vec<&str> = t["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|r| r["name"].as_str())
-        .collect();
+    let mut names = region_names(&t);
     names.sort_unstable();
     let mut want = REGIONS;
     want.sort_unstable();
