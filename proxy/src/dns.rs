@@ -11,7 +11,10 @@ use anyhow::Context;
 use edgeroute_config::{DnsConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::lookup::Lookup;
+use hickory_resolver::net::NetError;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,9 +26,116 @@ pub struct Dns {
 }
 
 /// Addresses of one name, and when to ask again (`None`: never, an IP literal).
+#[derive(Debug)]
 pub struct Answer {
     pub addrs: Vec<SocketAddr>,
     pub refresh_at: Option<Instant>,
+    /// A family whose lookup failed while the other one answered: its
+    /// addresses are unknown, not gone, and `addrs` holds none of them.
+    pub unanswered: Option<(Family, String)>,
+}
+
+/// An address family, looked up on its own (A or AAAA).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn holds(self, addr: &SocketAddr) -> bool {
+        addr.is_ipv4() == (self == Family::V4)
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "A (IPv4)",
+            Family::V6 => "AAAA (IPv6)",
+        })
+    }
+}
+
+/// What one family's lookup said: its addresses and until when they hold,
+/// or why it could not be read. "No such records" is an answer (none).
+type FamilyAnswer = Result<(Vec<IpAddr>, Option<Instant>), String>;
+
+fn family_answer(lookup: Result<Lookup, NetError>) -> FamilyAnswer {
+    match lookup {
+        Ok(lookup) => {
+            let ips = lookup
+                .answers()
+                .iter()
+                .filter_map(|r| match &r.data {
+                    RData::A(a) => Some(IpAddr::V4(a.0)),
+                    RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+                    _ => None,
+                })
+                .collect();
+            Ok((ips, Some(lookup.valid_until())))
+        }
+        Err(e) if e.is_no_records_found() => Ok((Vec::new(), None)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Combines the two families' lookups of `host`. One family failing while
+/// the other answers is an answer that leaves the failed family unknown;
+/// both failing, or no address known at all, is an error.
+fn combine(
+    host: &str,
+    port: u16,
+    v4: FamilyAnswer,
+    v6: FamilyAnswer,
+    now: Instant,
+    ttl: (Duration, Duration),
+    retry: Duration,
+) -> anyhow::Result<Answer> {
+    let (min_ttl, max_ttl) = ttl;
+    let unanswered = match (&v4, &v6) {
+        (Err(a), Err(b)) => anyhow::bail!("cannot resolve {host}: A: {a}; AAAA: {b}"),
+        (Err(e), _) => Some((Family::V4, e.clone())),
+        (_, Err(e)) => Some((Family::V6, e.clone())),
+        _ => None,
+    };
+    let answered = [v4, v6].into_iter().flatten();
+    let (mut addrs, mut valid_until) = (Vec::new(), None::<Instant>);
+    for (ips, until) in answered {
+        if ips.is_empty() {
+            continue;
+        }
+        addrs.extend(ips.into_iter().map(|ip| SocketAddr::new(ip, port)));
+        if let Some(t) = until {
+            valid_until = Some(valid_until.map_or(t, |v| v.min(t)));
+        }
+    }
+    addrs.sort();
+    addrs.dedup();
+    if addrs.is_empty() {
+        match &unanswered {
+            Some((family, e)) => {
+                anyhow::bail!(
+                    "cannot resolve {host}: {family}: {e}; the other family has no address"
+                )
+            }
+            None => anyhow::bail!("{host} has no address"),
+        }
+    }
+    let ttl = valid_until
+        .map_or(min_ttl, |t| t.saturating_duration_since(now))
+        .clamp(min_ttl, max_ttl);
+    // A failed family is asked again soon, not after the other's TTL.
+    let ttl = if unanswered.is_some() {
+        ttl.min(retry)
+    } else {
+        ttl
+    };
+    Ok(Answer {
+        addrs,
+        refresh_at: Some(now + ttl),
+        unanswered,
+    })
 }
 
 impl Dns {
@@ -72,27 +182,29 @@ impl Dns {
             return Ok(Answer {
                 addrs: vec![SocketAddr::new(ip, port)],
                 refresh_at: None,
+                unanswered: None,
             });
         }
-        let lookup = self
-            .resolver
-            .lookup_ip(host)
-            .await
-            .with_context(|| format!("cannot resolve {host}"))?;
-        let now = Instant::now();
-        let ttl = lookup
-            .valid_until()
-            .saturating_duration_since(now)
-            .clamp(self.min_ttl, self.max_ttl);
-        let mut addrs: Vec<SocketAddr> =
-            lookup.iter().map(|ip| SocketAddr::new(ip, port)).collect();
-        addrs.sort();
-        addrs.dedup();
-        anyhow::ensure!(!addrs.is_empty(), "{host} has no address");
-        Ok(Answer {
-            addrs,
-            refresh_at: Some(now + ttl),
-        })
+        // Each family on its own: a dual lookup answers with one family
+        // when the other fails, which would read as its addresses leaving.
+        let (v4, v6) = tokio::join!(
+            self.resolver.ipv4_lookup(host),
+            self.resolver.ipv6_lookup(host)
+        );
+        combine(
+            host,
+            port,
+            family_answer(v4),
+            family_answer(v6),
+            Instant::now(),
+            (self.min_ttl, self.max_ttl),
+            self.retry(),
+        )
+    }
+
+    /// How soon a failed lookup is tried again.
+    pub fn retry(&self) -> Duration {
+        self.min_ttl.max(Duration::from_secs(1))
     }
 }
 
@@ -106,6 +218,9 @@ pub async fn resolve_all(cfg: &ProxyConfig, dns: &Dns) -> anyhow::Result<Vec<Vec
                 .resolve(&b.host, b.port)
                 .await
                 .with_context(|| format!("regions[{ri}].backends[{bi}] ({b}) of region {}; check the name or dns.nameservers", r.name))?;
+            if let Some((family, error)) = &answer.unanswered {
+                tracing::warn!(region = %r.name, backend = %b, %family, %error, "DNS lookup of one address family failed; starting with the other, and asking again soon");
+            }
             answers.push(answer);
         }
         regions.push(answers);
@@ -123,6 +238,10 @@ pub async fn refresh_region(
 ) {
     let cfg = &state.config;
     let configured = &cfg.regions[region].backends;
+    let name = &*state.topology.regions[region].name;
+    // Per backend name: its lookups are failing. A streak is logged when it
+    // starts and when it ends; the counter takes every failure.
+    let mut failing = vec![false; configured.len()];
     loop {
         let Some(next) = refresh_at.iter().flatten().min().copied() else {
             return; // only IP literals
@@ -136,21 +255,46 @@ pub async fn refresh_region(
             if refresh_at[bi].is_none_or(|t| t > now) {
                 continue;
             }
-            match dns.resolve(&b.host, b.port).await {
+            let label = b.to_string();
+            let failure = match dns.resolve(&b.host, b.port).await {
                 Ok(answer) => {
                     refresh_at[bi] = answer.refresh_at;
-                    apply(&state, region, &b.to_string(), &b.host, &answer.addrs);
+                    let mut addrs = answer.addrs;
+                    let failure = answer.unanswered.map(|(family, error)| {
+                        // Its addresses are unknown, not gone: keep them.
+                        addrs.extend(
+                            state.topology.regions[region]
+                                .backends()
+                                .iter()
+                                .filter(|k| k.label == label && family.holds(&k.addr))
+                                .map(|k| k.addr),
+                        );
+                        format!("{family} lookup: {error}; keeping its known addresses")
+                    });
+                    apply(&state, region, &label, &b.host, &addrs);
+                    failure
                 }
                 Err(e) => {
                     // Keep the addresses we have; try again soon.
-                    state
-                        .metrics
-                        .dns_failures
-                        .with_label_values(&[&*state.topology.regions[region].name])
-                        .inc();
-                    tracing::warn!(region = %cfg.regions[region].name, backend = %b, error = %format!("{e:#}"), "DNS refresh failed; keeping the known addresses");
-                    refresh_at[bi] = Some(now + dns.min_ttl.max(Duration::from_secs(1)));
+                    refresh_at[bi] = Some(now + dns.retry());
+                    Some(format!("{e:#}; keeping the known addresses"))
                 }
+            };
+            match (failure, failing[bi]) {
+                (Some(error), was_failing) => {
+                    state.metrics.dns_failures.with_label_values(&[name]).inc();
+                    if was_failing {
+                        tracing::debug!(region = name, backend = %b, %error, "DNS refresh failed again");
+                    } else {
+                        tracing::warn!(region = name, backend = %b, %error, retry_in = ?dns.retry(), "DNS refresh failed; logged again when it answers (edgeroute_dns_failures_total counts each failure)");
+                    }
+                    failing[bi] = true;
+                }
+                (None, true) => {
+                    tracing::info!(region = name, backend = %b, "DNS answers again");
+                    failing[bi] = false;
+                }
+                (None, false) => {}
             }
         }
     }
@@ -201,5 +345,103 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
     }
     if changed {
         info.set_backends(next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+    const RETRY: Duration = Duration::from_secs(2);
+
+    fn ips(list: &[&str], until: Instant) -> FamilyAnswer {
+        Ok((
+            list.iter().map(|s| s.parse().unwrap()).collect(),
+            Some(until),
+        ))
+    }
+
+    fn none() -> FamilyAnswer {
+        Ok((Vec::new(), None))
+    }
+
+    fn failed() -> FamilyAnswer {
+        Err("SERVFAIL".to_owned())
+    }
+
+    fn run(v4: FamilyAnswer, v6: FamilyAnswer, now: Instant) -> anyhow::Result<Answer> {
+        combine("api.example.com", 443, v4, v6, now, TTL, RETRY)
+    }
+
+    #[test]
+    fn both_families_answer_together_with_the_shorter_ttl() {
+        let now = Instant::now();
+        let v4 = ips(&["10.0.0.2", "10.0.0.1"], now + Duration::from_secs(60));
+        let v6 = ips(&["2001:db8::1"], now + Duration::from_secs(30));
+        let a = run(v4, v6, now).unwrap();
+        let want: Vec<SocketAddr> = ["10.0.0.1:443", "10.0.0.2:443", "[2001:db8::1]:443"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        assert_eq!(a.addrs, want);
+        assert_eq!(a.refresh_at, Some(now + Duration::from_secs(30)));
+        assert!(a.unanswered.is_none());
+    }
+
+    #[test]
+    fn a_family_with_no_records_is_an_answer_of_none() {
+        let now = Instant::now();
+        let a = run(
+            ips(&["10.0.0.1"], now + Duration::from_secs(900)),
+            none(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(a.addrs, ["10.0.0.1:443".parse().unwrap()]);
+        assert!(a.unanswered.is_none());
+        assert_eq!(a.refresh_at, Some(now + TTL.1), "TTL clamped to max_ttl");
+    }
+
+    #[test]
+    fn a_failed_family_is_unknown_and_asked_again_soon() {
+        let now = Instant::now();
+        let a = run(
+            failed(),
+            ips(&["2001:db8::1"], now + Duration::from_secs(60)),
+            now,
+        )
+        .unwrap();
+        assert_eq!(a.addrs, ["[2001:db8::1]:443".parse().unwrap()]);
+        let (family, error) = a.unanswered.expect("the A lookup failed");
+        assert_eq!(family, Family::V4);
+        assert_eq!(error, "SERVFAIL");
+        assert_eq!(a.refresh_at, Some(now + RETRY));
+        let a = run(
+            ips(&["10.0.0.1"], now + Duration::from_secs(60)),
+            failed(),
+            now,
+        )
+        .unwrap();
+        assert_eq!(a.unanswered.map(|u| u.0), Some(Family::V6));
+    }
+
+    #[test]
+    fn nothing_known_is_an_error_that_keeps_what_the_proxy_has() {
+        let now = Instant::now();
+        let e = run(failed(), failed(), now).unwrap_err().to_string();
+        assert!(e.contains("A: SERVFAIL; AAAA: SERVFAIL"), "{e}");
+        let e = run(failed(), none(), now).unwrap_err().to_string();
+        assert!(e.contains("A (IPv4): SERVFAIL"), "{e}");
+        let e = run(none(), none(), now).unwrap_err().to_string();
+        assert_eq!(e, "api.example.com has no address");
+    }
+
+    #[test]
+    fn family_tells_the_addresses_it_holds() {
+        let v4: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let v6: SocketAddr = "[::1]:80".parse().unwrap();
+        assert!(Family::V4.holds(&v4) && !Family::V4.holds(&v6));
+        assert!(Family::V6.holds(&v6) && !Family::V6.holds(&v4));
     }
 }

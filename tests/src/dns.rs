@@ -2,10 +2,10 @@
 //! re-resolution of backend names can be watched end to end.
 
 use hickory_proto::op::{Message, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::rdata::{A, AAAA};
 use hickory_proto::rr::{RData, Record, RecordType};
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use tokio::net::UdpSocket;
 
@@ -14,8 +14,16 @@ pub const TTL: u32 = 1;
 
 pub struct DnsServer {
     pub addr: SocketAddr,
-    zone: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>,
+    zone: Arc<Mutex<HashMap<String, Entry>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// What one name answers.
+#[derive(Clone, Default)]
+struct Entry {
+    ips: Vec<IpAddr>,
+    /// Queries of these types get SERVFAIL.
+    failing: Vec<RecordType>,
 }
 
 impl DnsServer {
@@ -31,10 +39,27 @@ impl DnsServer {
 
     /// `name` answers `ips` from now on (A records, TTL [`TTL`]).
     pub fn set(&self, name: &str, ips: &[Ipv4Addr]) {
+        let ips: Vec<IpAddr> = ips.iter().copied().map(IpAddr::V4).collect();
+        self.set_ips(name, &ips);
+    }
+
+    /// `name` answers `ips` from now on: A records for the IPv4 ones, AAAA
+    /// for the IPv6 ones, TTL [`TTL`].
+    pub fn set_ips(&self, name: &str, ips: &[IpAddr]) {
         self.zone.lock().expect("zone lock").insert(
-            name.trim_end_matches('.').to_ascii_lowercase(),
-            ips.to_vec(),
+            key(name),
+            Entry {
+                ips: ips.to_vec(),
+                failing: Vec::new(),
+            },
         );
+    }
+
+    /// Queries of `name` for `record_type` get SERVFAIL from now on; its
+    /// other types answer as before.
+    pub fn fail(&self, name: &str, record_type: RecordType) {
+        let mut zone = self.zone.lock().expect("zone lock");
+        zone.entry(key(name)).or_default().failing.push(record_type);
     }
 }
 
@@ -44,7 +69,11 @@ impl Drop for DnsServer {
     }
 }
 
-async fn serve(socket: UdpSocket, zone: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>>>) {
+fn key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+async fn serve(socket: UdpSocket, zone: Arc<Mutex<HashMap<String, Entry>>>) {
     let mut buf = vec![0u8; 4096];
     loop {
         let Ok((len, peer)) = socket.recv_from(&mut buf).await else {
@@ -59,25 +88,24 @@ async fn serve(socket: UdpSocket, zone: Arc<Mutex<HashMap<String, Vec<Ipv4Addr>>
         reply.metadata.recursion_available = true;
         for q in &query.queries {
             reply.add_query(q.clone());
-            let name = q
-                .name()
-                .to_string()
-                .trim_end_matches('.')
-                .to_ascii_lowercase();
-            let ips = zone.lock().expect("zone lock").get(&name).cloned();
-            match ips {
-                None => reply.metadata.response_code = ResponseCode::NXDomain,
-                Some(ips) if q.query_type() == RecordType::A => {
-                    for ip in ips {
-                        reply.add_answer(Record::from_rdata(
-                            q.name().clone(),
-                            TTL,
-                            RData::A(A(ip)),
-                        ));
-                    }
-                }
-                // Known name, other type (AAAA): no records.
-                Some(_) => {}
+            let name = key(&q.name().to_string());
+            let entry = zone.lock().expect("zone lock").get(&name).cloned();
+            let Some(entry) = entry else {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                continue;
+            };
+            if entry.failing.contains(&q.query_type()) {
+                reply.metadata.response_code = ResponseCode::ServFail;
+                continue;
+            }
+            // A known name without records of the asked type: no records.
+            for ip in entry.ips {
+                let data = match (ip, q.query_type()) {
+                    (IpAddr::V4(ip), RecordType::A) => RData::A(A(ip)),
+                    (IpAddr::V6(ip), RecordType::AAAA) => RData::AAAA(AAAA(ip)),
+                    _ => continue,
+                };
+                reply.add_answer(Record::from_rdata(q.name().clone(), TTL, data));
             }
         }
         if let Ok(bytes) = reply.to_vec() {

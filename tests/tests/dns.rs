@@ -3,7 +3,8 @@
 
 use edgeroute_tests::dns::DnsServer;
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
-use std::net::{Ipv4Addr, SocketAddr};
+use hickory_proto::rr::RecordType;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
 const NAME: &str = "api.us-east-1.edgeroute.test";
@@ -69,6 +70,70 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
         before,
         "no new request reaches the departed address"
     );
+}
+
+/// A lookup that fails for one address family (SERVFAIL for A) while the
+/// other answers leaves that family's addresses unknown, not gone: the
+/// proxy keeps them, counts the failure, and follows the family again
+/// once it answers.
+#[tokio::test]
+async fn a_failed_lookup_of_one_address_family_keeps_its_addresses() {
+    let v4 = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let port = v4.addr.port();
+    let v6 = Origin::start_on("us-east-1", SocketAddr::from((Ipv6Addr::LOCALHOST, port))).await;
+    let dns = DnsServer::start().await;
+    let both = [
+        IpAddr::from([127, 0, 0, 2]),
+        IpAddr::from(Ipv6Addr::LOCALHOST),
+    ];
+    dns.set_ips(NAME, &both);
+    let proxy = proxy_resolving(&dns, port).await;
+    let all = vec![v4.addr.to_string(), v6.addr.to_string()];
+    assert_eq!(addrs_of(&proxy.routing().await), all);
+
+    dns.fail(NAME, RecordType::A);
+    let failures = "edgeroute_dns_failures_total{region=\"us-east-1\"}";
+    // Two failed refreshes: the first one's outcome is in place.
+    eventually(
+        "two DNS refreshes fail for A",
+        Duration::from_secs(15),
+        || async { proxy.metric(failures).await >= 2.0 },
+    )
+    .await;
+    assert_eq!(
+        addrs_of(&proxy.routing().await),
+        all,
+        "the IPv4 address stays while its lookup fails"
+    );
+    // The IPv6 address goes dark (an IPv4-only service behind a
+    // dual-stack name): the IPv4 address serves every request.
+    v6.stop();
+    let c = client();
+    eventually(
+        "requests reach the IPv4 address alone",
+        Duration::from_secs(15),
+        || async {
+            let before = v4.seen().len();
+            c.get(proxy.url("/x"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200)
+                && v4.seen().len() > before
+        },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+
+    // A answers again, now with no IPv4 address at all: that is followed.
+    dns.set_ips(NAME, &[IpAddr::from(Ipv6Addr::LOCALHOST)]);
+    eventually(
+        "the IPv4 address leaves once A answers without it",
+        Duration::from_secs(15),
+        || async { addrs_of(&proxy.routing().await) == [v6.addr.to_string()] },
+    )
+    .await;
 }
 
 /// The addresses of the first region's backends, in `/routing`.
