@@ -207,8 +207,11 @@ pub struct Pick<'a> {
 /// Power of two choices by load (peak-EWMA latency times in-flight requests
 /// plus one) among backends not yet tried by this request (`tried` is a bit
 /// set of indices). Normally only backends in rotation are candidates; when
-/// fewer than `panic_threshold` percent are, every backend is (panic mode),
-/// so the few left are not overwhelmed. None are in rotation: `None`.
+/// fewer than `panic_threshold` percent of the proven ones (those that have
+/// passed a probe) are, every proven backend is (panic mode), so the few
+/// left are not overwhelmed. A backend never proven, such as a new address
+/// not yet probed or one that never answered, is not one the region lost:
+/// it counts for neither. None in rotation: `None`.
 pub fn pick_backend<'a>(
     backends: &'a [Arc<Backend>],
     tried: u64,
@@ -216,14 +219,24 @@ pub fn pick_backend<'a>(
     now: Instant,
     rng: &mut impl Rng,
 ) -> Option<Pick<'a>> {
-    let healthy = backends.iter().filter(|b| b.in_rotation(now)).count();
+    let (mut healthy, mut proven) = (0usize, 0usize);
+    for b in backends {
+        if b.in_rotation(now) {
+            healthy += 1;
+            proven += 1;
+        } else if b.is_proven() && !b.is_retired() {
+            proven += 1;
+        }
+    }
     if healthy == 0 {
         return None;
     }
-    let panic = healthy * 100 < panic_threshold as usize * backends.len();
+    let panic = healthy * 100 < panic_threshold as usize * proven;
     let eligible = |i: &usize| {
         let b = &backends[*i];
-        tried & (1 << *i) == 0 && !b.is_retired() && (panic || b.in_rotation(now))
+        tried & (1 << *i) == 0
+            && !b.is_retired()
+            && (b.in_rotation(now) || (panic && b.is_proven()))
     };
     let n = (0..backends.len()).filter(eligible).count();
     let nth = |k: usize| (0..backends.len()).filter(eligible).nth(k);

@@ -39,6 +39,8 @@ pub struct Backend {
     inflight: AtomicU32,
     // Lock-free mirrors of `live`, read on every pick.
     probe_healthy: AtomicBool,
+    /// Has passed a probe (or started healthy): a candidate in panic mode.
+    proven: AtomicBool,
     /// Milliseconds since `clock` until which the backend is ejected; 0: not.
     ejected_until_ms: AtomicU64,
     /// Its address left DNS: no new requests.
@@ -71,6 +73,7 @@ impl Backend {
             idle: IdlePool::new(idle_timeout, pool),
             inflight: AtomicU32::new(0),
             probe_healthy: AtomicBool::new(start_healthy),
+            proven: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
             retired: AtomicBool::new(false),
             failing: AtomicBool::new(false),
@@ -129,6 +132,13 @@ impl Backend {
         self.probe_healthy() && !self.is_ejected(now) && !self.is_retired()
     }
 
+    /// Has passed a probe at least once (or started healthy). A backend
+    /// never proven is not one the region lost: it neither counts toward
+    /// panic mode nor gets its traffic.
+    pub fn is_proven(&self) -> bool {
+        self.proven.load(Ordering::Relaxed)
+    }
+
     pub fn is_probed(&self) -> bool {
         self.live().probe.is_probed()
     }
@@ -164,6 +174,7 @@ impl Backend {
         let change = live.probe.record(passed, health.fall, health.rise);
         self.probe_healthy
             .store(live.probe.is_healthy(), Ordering::Relaxed);
+        self.proven.store(live.probe.is_proven(), Ordering::Relaxed);
         change
     }
 
@@ -491,8 +502,13 @@ pub(crate) mod testing {
     /// A topology of `n` regions with `per_region` backends on loopback ports
     /// nothing listens on; unit tests never connect to them.
     pub fn topology(n: usize, per_region: usize) -> Topology {
+        topology_with(n, per_region, &health())
+    }
+
+    /// [`topology`] with backends made under `h` (with probes on and
+    /// `start_healthy` off, each starts unproven).
+    pub fn topology_with(n: usize, per_region: usize, h: &HealthConfig) -> Topology {
         let clock = Instant::now();
-        let h = health();
         let regions = (0..n)
             .map(|ri| {
                 let backends = (0..per_region)
@@ -504,7 +520,7 @@ pub(crate) mod testing {
                             addr,
                             ri,
                             HttpPeer::new(addr, false, String::new()),
-                            &h,
+                            h,
                             PoolShape {
                                 lists: crate::upstream::Lists::PerThread,
                                 max_idle: 128,

@@ -388,6 +388,49 @@ fn backend_pick_skips_tried_and_ejected_and_spreads_in_panic() {
     assert!(pick_backend(&backends, 0, 50, now, &mut rng).is_none());
 }
 
+/// Of 64 addresses, 61 never answered a probe and 3 serve: the 3 are the
+/// whole region, not 5% of it, so no request is spread over the dead.
+#[test]
+fn backends_never_proven_neither_count_toward_panic_mode_nor_take_its_traffic() {
+    let mut h = crate::topology::testing::health();
+    h.probes = true;
+    h.start_healthy = false;
+    h.fall = 1;
+    let topo = crate::topology::testing::topology_with(1, 64, &h);
+    let backends = topo.regions[0].backends();
+    let now = Instant::now();
+    for b in &backends[..3] {
+        b.record_probe(true, None, &h, now);
+    }
+    for b in &backends[3..] {
+        b.record_probe(false, None, &h, now);
+    }
+    let mut rng = StdRng::seed_from_u64(3);
+    for _ in 0..200 {
+        let p = pick_backend(&backends, 0, 50, now, &mut rng).expect("three backends serve");
+        assert!(p.index < 3, "picked never-proven backend {}", p.index);
+        assert!(!p.panic);
+    }
+    // Two of the three proven ones fail their probes: one of three is under
+    // the threshold, so the region is in panic mode, spread over the three
+    // proven backends and nothing else.
+    for b in &backends[1..3] {
+        b.record_probe(false, None, &h, now);
+    }
+    let mut seen = [false; 3];
+    for _ in 0..300 {
+        let p = pick_backend(&backends, 0, 50, now, &mut rng).expect("one backend serves");
+        assert!(
+            p.panic && p.index < 3,
+            "picked {} (panic {})",
+            p.index,
+            p.panic
+        );
+        seen[p.index] = true;
+    }
+    assert_eq!(seen, [true; 3]);
+}
+
 fn state() -> impl Strategy<Value = RegionState> {
     prop_oneof![Just(Active), Just(Draining), Just(Down)]
 }
@@ -484,23 +527,32 @@ proptest! {
         prop_assert_eq!(choose_region(&s, local, RouteTarget::Nearest, |_| true, |_| None, 0), Ok(local));
     }
 
-    /// The chosen backend is in rotation unless the region is in panic mode.
+    /// The chosen backend is in rotation unless the region is in panic mode,
+    /// and never one that has not passed a probe: panic mode counts and
+    /// spreads over the proven backends only.
     #[test]
     fn an_out_of_rotation_backend_is_never_chosen_outside_panic_mode(
         n in 1usize..10,
+        unproven_mask in any::<u16>(),
         ejected_mask in any::<u16>(),
         unhealthy_mask in any::<u16>(),
         tried in any::<u16>(),
         threshold in 0u32..=100,
         seed in any::<u64>(),
     ) {
-        let topo = topology(1, n);
+        let mut h = crate::topology::testing::health();
+        h.probes = true;
+        h.start_healthy = false;
+        h.fall = 1;
+        let topo = crate::topology::testing::topology_with(1, n, &h);
         let backends = topo.regions[0].backends();
         let now = Instant::now();
-        let mut h = crate::topology::testing::health();
-        h.fall = 1;
         let policy = crate::topology::policy(&h);
         for (i, b) in backends.iter().enumerate() {
+            if unproven_mask & (1 << i) != 0 {
+                continue;
+            }
+            b.record_probe(true, None, &h, now);
             if ejected_mask & (1 << i) != 0 {
                 for _ in 0..3 {
                     b.record_failure(None, &policy, now, topo.regions[0].cap(100));
@@ -511,13 +563,26 @@ proptest! {
             }
         }
         let mut rng = StdRng::seed_from_u64(seed);
-        if let Some(p) = pick_backend(&backends, u64::from(tried), threshold, now, &mut rng) {
-            prop_assert!(tried & (1 << p.index) == 0, "picked a backend already tried");
-            if !p.panic {
-                prop_assert!(p.backend.in_rotation(now), "picked an ejected or unhealthy backend outside panic mode");
+        let healthy = backends.iter().filter(|b| b.in_rotation(now)).count();
+        let proven = backends.iter().filter(|b| b.is_proven()).count();
+        prop_assert_eq!(proven, (0..n).filter(|i| unproven_mask & (1 << i) == 0).count());
+        match pick_backend(&backends, u64::from(tried), threshold, now, &mut rng) {
+            Some(p) => {
+                prop_assert!(tried & (1 << p.index) == 0, "picked a backend already tried");
+                prop_assert!(p.backend.is_proven(), "picked a backend that never passed a probe");
+                if !p.panic {
+                    prop_assert!(p.backend.in_rotation(now), "picked an ejected or unhealthy backend outside panic mode");
+                }
+                prop_assert_eq!(p.panic, healthy * 100 < threshold as usize * proven);
             }
-            let healthy = backends.iter().filter(|b| b.in_rotation(now)).count();
-            prop_assert_eq!(p.panic, healthy * 100 < threshold as usize * n);
+            None => {
+                // Only when nothing is in rotation or every candidate was tried.
+                let panic = healthy * 100 < threshold as usize * proven;
+                let untried = backends.iter().enumerate().any(|(i, b)| {
+                    tried & (1 << i) == 0 && (b.in_rotation(now) || (panic && healthy > 0 && b.is_proven()))
+                });
+                prop_assert!(!untried, "no pick although an untried candidate was left");
+            }
         }
     }
 }
