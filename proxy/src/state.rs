@@ -8,7 +8,7 @@ use crate::topology::Topology;
 use edgeroute_config::RouteTarget;
 use edgeroute_config::{Admission, ProxyConfig, Rejection, RoutingTable};
 use pingora_core::connectors::TransportConnector;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,6 +36,9 @@ pub struct AppState {
     pub table_changed: tokio::sync::Notify,
     /// `table.hold_writes_after`, in milliseconds.
     hold_writes_after_ms: Option<u64>,
+    /// Every backend known at start-up has been probed: set once, so an
+    /// address DNS brings later does not take the proxy out of ready.
+    first_probes_seen: AtomicBool,
     /// Connects to backends, for requests and probes alike. One for the
     /// process: building one loads the platform's CAs.
     pub connector: TransportConnector,
@@ -70,6 +73,7 @@ impl AppState {
             request_metrics,
             lifecycle: Arc::new(Lifecycle::default()),
             table_confirmed_ms: AtomicU64::new(0),
+            first_probes_seen: AtomicBool::new(false),
             swap: Mutex::new(()),
             table_changed: tokio::sync::Notify::new(),
             connector,
@@ -196,13 +200,22 @@ impl AppState {
 
     /// Every backend has been probed at least once (or probes are off), so
     /// the first requests are routed on measured health, not on guesses.
+    /// Once true it stays true: an address that joins later is probed
+    /// before it takes traffic, with the proxy serving meanwhile.
     pub fn first_probes_done(&self) -> bool {
-        !self.config.health.probes
+        if self.first_probes_seen.load(Ordering::Relaxed) {
+            return true;
+        }
+        let done = !self.config.health.probes
             || self
                 .topology
                 .regions
                 .iter()
-                .all(|r| r.backends().iter().all(|b| b.is_probed()))
+                .all(|r| r.backends().iter().all(|b| b.is_probed()));
+        if done {
+            self.first_probes_seen.store(true, Ordering::Relaxed);
+        }
+        done
     }
 
     /// What `/health` answers, on the admin listener and on the traffic

@@ -136,6 +136,56 @@ async fn a_failed_lookup_of_one_address_family_keeps_its_addresses() {
     .await;
 }
 
+/// `/ready` waits for the first probes at start-up only: an address DNS
+/// brings later is probed before it takes traffic, while the proxy stays
+/// ready and serves on the addresses it has.
+#[tokio::test]
+async fn an_address_that_joins_later_does_not_take_the_proxy_out_of_ready() {
+    let old = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let port = old.addr.port();
+    // The new address accepts connections and never answers: its first
+    // probe lasts the whole probe timeout.
+    let silent = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 3], port))).unwrap();
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let proxy = ProxyBuilder::new("us-east-1")
+        .region_named("us-east-1", &[&format!("{NAME}:{port}")])
+        .extra(&format!(
+            "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n\
+             [health]\ninterval = \"60s\"\ntimeout = \"30s\"\njitter = \"0ms\"\n",
+            dns.addr
+        ))
+        .start()
+        .await;
+    let c = client();
+    let ready = || async {
+        c.get(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    };
+    assert_eq!(ready().await, 200);
+
+    dns.set(
+        NAME,
+        &[Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)],
+    );
+    let both = vec![old.addr.to_string(), format!("127.0.0.3:{port}")];
+    eventually("the new address joins", Duration::from_secs(15), || async {
+        addrs_of(&proxy.routing().await) == both
+    })
+    .await;
+    // Its probe has 30 s to go.
+    assert_eq!(
+        ready().await,
+        200,
+        "a new address does not unready the proxy"
+    );
+    assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    drop(silent);
+}
+
 /// The addresses of the first region's backends, in `/routing`.
 fn addrs_of(routing: &serde_json::Value) -> Vec<String> {
     routing["regions"][0]["backends"]
