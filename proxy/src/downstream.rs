@@ -71,7 +71,6 @@ pub struct Session {
     /// How long the client may keep the proxy waiting: for a request, for
     /// body bytes, to take response bytes.
     idle: Duration,
-    read_timeout: Duration,
     /// The timer bounding each read and write by those limits.
     deadline: h1::Deadline,
     /// When the connection fell idle after its last response, if known
@@ -110,7 +109,6 @@ impl Session {
             buf: BytesMut::new(),
             head_scan: 0,
             idle,
-            read_timeout: idle,
             deadline: h1::Deadline::default(),
             idle_since: None,
             client_ip,
@@ -204,7 +202,6 @@ impl Session {
         self.status = None;
         self.out = Out::Head;
         self.pending.clear();
-        self.read_timeout = self.idle;
     }
 
     fn fill(&mut self) -> impl Future<Output = Result<usize, BError>> {
@@ -218,13 +215,7 @@ impl Session {
         }
         let read = self.stream.read_buf(&mut self.buf);
         self.deadline
-            .bound_since(
-                Some(self.read_timeout),
-                since,
-                read,
-                Direction::Read,
-                Peer::Client,
-            )
+            .bound_since(Some(self.idle), since, read, Direction::Read, Peer::Client)
             .await
     }
 
@@ -435,9 +426,10 @@ impl Session {
         self.status == Some(StatusCode::SWITCHING_PROTOCOLS)
     }
 
-    /// How long a read from the client may wait (a tunnel's idle limit).
-    pub fn set_read_timeout(&mut self, limit: Duration) {
-        self.read_timeout = limit;
+    /// After a `101`: the client's bytes already read past the request
+    /// head, and its stream, to be carried raw from here on.
+    pub fn tunnel(&mut self) -> (Bytes, &mut Stream) {
+        (self.buf.split().freeze(), &mut self.stream)
     }
 
     /// Takes the response head. It goes out with the first body bytes, with
@@ -1035,10 +1027,12 @@ impl Client<'_> {
         }
     }
 
-    pub fn set_read_timeout(&mut self, limit: Duration) {
+    /// After a `101`: the client's early bytes and its stream (see
+    /// [`Session::tunnel`]). An HTTP/2 stream is never upgraded.
+    pub fn tunnel(&mut self) -> Option<(Bytes, &mut Stream)> {
         match self {
-            Client::H1(s) => s.set_read_timeout(limit),
-            Client::H2(_, _, idle) => *idle = limit,
+            Client::H1(s) => Some(s.tunnel()),
+            Client::H2(..) => None,
         }
     }
 

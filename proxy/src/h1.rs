@@ -261,12 +261,6 @@ impl<'t> Connection<'t> {
         Ok(())
     }
 
-    /// Ends the stream toward the backend (after a `101`, when the client
-    /// has ended its own); reading goes on.
-    pub async fn shutdown_write(&mut self) -> Result<(), BError> {
-        self.timed_write(|s| s.shutdown()).await
-    }
-
     async fn flush(&mut self) -> Result<(), BError> {
         self.timed_write(|s| s.flush()).await
     }
@@ -536,10 +530,10 @@ impl<'t> Connection<'t> {
         self.body.step(&mut self.buf).map_err(bad_chunk)
     }
 
-    /// Sends bytes of an upgraded connection (after a `101`) on at once.
-    pub async fn write_raw(&mut self, data: &[u8]) -> Result<(), BError> {
-        self.timed_write(|s| s.write_all(data)).await?;
-        self.flush().await
+    /// After a `101`: the backend's bytes already read past the response
+    /// head, and its stream, to be carried raw from here on.
+    pub fn tunnel(&mut self) -> (Bytes, &mut Stream) {
+        (self.buf.split().freeze(), &mut self.stream)
     }
 
     /// The connection, if it may carry another request: the request and

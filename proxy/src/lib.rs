@@ -32,4 +32,5 @@ pub mod table_source;
 pub mod tcp;
 pub mod tls;
 pub mod topology;
+pub mod tunnel;
 pub mod upstream;

@@ -733,13 +733,9 @@ impl EdgeProxy {
         client.write_head(resp, &own).await.map_err(Failure::last)?;
 
         if upgrade && client.was_upgraded() {
-            // A tunnel may stay quiet for long: the idle limit replaces
-            // the read timeout, and bytes either way restart it.
-            let idle = self.state.config.timeouts.tunnel_idle;
-            up.read_timeout = Some(idle);
-            client.set_read_timeout(idle);
             backend.record_success();
-            return tunnel(client, &mut up).await.map_err(Failure::last);
+            let idle = self.state.config.timeouts.tunnel_idle;
+            return tunnel(client, &mut up, idle).await.map_err(Failure::last);
         }
         if let Err(e) = pass_body(client, &mut up).await {
             // A 5xx counted already.
@@ -1017,47 +1013,32 @@ async fn pass_body(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Resu
     }
 }
 
-/// After a `101 Switching Protocols`, both directions carry raw bytes until
-/// each side closes, or until neither has sent anything for the read
-/// timeouts (set to `timeouts.tunnel_idle`): an idle tunnel ends normally.
-async fn tunnel(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(), BError> {
-    match carry(client, up).await {
-        Err(e) if matches!(e.etype(), ErrorType::ReadTimedout) => {
-            tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
-            Ok(())
-        }
-        done => done,
-    }
-}
-
-/// Client bytes go to the backend, backend bytes to the client, until
-/// both sides have ended their streams. Each end is passed on: the backend
-/// may still answer after the client has ended its side, and the other way
-/// round.
-async fn carry(client: &mut Client<'_>, up: &mut h1::Connection<'_>) -> Result<(), BError> {
-    let mut client_done = false;
-    let mut backend_done = false;
-    while !(client_done && backend_done) {
-        tokio::select! {
-            chunk = client.read_body(), if !client_done => {
-                match chunk? {
-                    Some(bytes) => up.write_raw(&bytes).await?,
-                    None => {
-                        up.shutdown_write().await?;
-                        client_done = true;
-                    }
-                }
-            }
-            chunk = up.read_body(), if !backend_done => {
-                match chunk? {
-                    Some(bytes) => client.write_body(bytes, false).await?,
-                    None => {
-                        client.write_body(Bytes::new(), true).await?;
-                        backend_done = true;
-                    }
-                }
-            }
-        }
+/// After a `101 Switching Protocols`, both directions carry raw bytes, each
+/// on its own (see [`crate::tunnel`]), until each side has ended its
+/// stream, or until no byte has moved either way for `idle`
+/// (`timeouts.tunnel_idle`): an idle tunnel ends normally.
+async fn tunnel(
+    client: &mut Client<'_>,
+    up: &mut h1::Connection<'_>,
+    idle: Duration,
+) -> Result<(), BError> {
+    let Some((client_early, client_stream)) = client.tunnel() else {
+        return Err(Error::explain(
+            ErrorType::InternalError,
+            "an HTTP/2 stream cannot carry an upgraded connection",
+        ));
+    };
+    let (backend_early, backend_stream) = up.tunnel();
+    let ended = crate::tunnel::carry(
+        client_stream,
+        client_early,
+        backend_stream,
+        backend_early,
+        idle,
+    )
+    .await?;
+    if ended == crate::tunnel::Ended::Idle {
+        tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
     }
     Ok(())
 }

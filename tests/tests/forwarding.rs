@@ -19,6 +19,19 @@ const LIMIT: Duration = Duration::from_secs(10);
 const WEBSOCKET_UPGRADE: &[u8] = b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: Upgrade\r\n\
     Upgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
+/// A backend's acceptance of [`WEBSOCKET_UPGRADE`].
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
+
+/// A client connection through `proxy` upgraded to a WebSocket tunnel.
+async fn open_tunnel(proxy: &Proxy) -> TcpStream {
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
+    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
 async fn proxy_for(origin: SocketAddr) -> edgeroute_tests::Proxy {
     ProxyBuilder::new(US)
         .region(US, &[origin])
@@ -409,10 +422,7 @@ async fn a_quiet_tunnel_outlives_the_read_timeout_and_closes_after_tunnel_idle()
         .extra("[health]\nprobes = false\n[timeouts]\nread = \"1s\"\ntunnel_idle = \"3s\"\n")
         .start()
         .await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
-    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut s = open_tunnel(&proxy).await;
     // Silent for longer than timeouts.read: the tunnel still carries bytes.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     s.write_all(b"still here").await.unwrap();
@@ -682,12 +692,7 @@ async fn answer_after_close_backend() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let Some(mut s) = answer_one_head(
-            listener,
-            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
-        )
-        .await
-        else {
+        let Some(mut s) = answer_one_head(listener, SWITCHING).await else {
             return;
         };
         // Until the end of the client's side, passed on by the proxy.
@@ -703,16 +708,86 @@ async fn answer_after_close_backend() -> SocketAddr {
 async fn a_tunnel_passes_each_end_on_and_the_answer_after_it() {
     let backend = answer_after_close_backend().await;
     let proxy = proxy_for(backend).await;
-    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
-    s.write_all(WEBSOCKET_UPGRADE).await.unwrap();
-    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
-    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let mut s = open_tunnel(&proxy).await;
     s.write_all(b"last words").await.unwrap();
     s.shutdown().await.unwrap();
     // The backend saw the client's end, and its answer still arrives, then
     // the end of the backend's side.
     let rest = read_until(&mut s, |_| false).await;
     assert_eq!(rest, "read: last words");
+}
+
+/// A WebSocket backend that answers every byte with eight, writing all of
+/// them before it reads more, with small socket buffers: its writes wait
+/// on the proxy to take bytes whenever the client's bytes keep coming.
+async fn multiplying_backend() -> SocketAddr {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(16 << 10).unwrap();
+    socket.set_send_buffer_size(16 << 10).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(16).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Some(mut s) = answer_one_head(listener, SWITCHING).await else {
+            return;
+        };
+        let mut buf = vec![0u8; 8192];
+        loop {
+            let n = s.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            for _ in 0..8 {
+                if s.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        s.shutdown().await.ok();
+    });
+    addr
+}
+
+/// Each direction of a tunnel is carried on its own: a backend that
+/// writes more than it reads, to a client that writes and reads at once,
+/// gets every byte through both ways (carried one write at a time, the
+/// proxy would wait on the backend to read while the backend waits on the
+/// proxy to read, and the tunnel would be cut).
+#[tokio::test]
+async fn a_tunnel_carries_both_directions_at_once() {
+    const SENT: usize = 4 << 20;
+    let backend = multiplying_backend().await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n[timeouts]\nwrite = \"5s\"\n")
+        .start()
+        .await;
+    let s = open_tunnel(&proxy).await;
+    let (mut r, mut w) = s.into_split();
+    let writer = async move {
+        let block = vec![b'x'; 64 << 10];
+        for _ in 0..SENT / block.len() {
+            w.write_all(&block).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    };
+    let reader = async move {
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    };
+    let (_, total) = tokio::time::timeout(Duration::from_secs(60), async {
+        tokio::join!(writer, reader)
+    })
+    .await
+    .expect("the tunnel carried both ways within the limit");
+    assert_eq!(total, 8 * SENT, "every byte the backend sent arrived");
 }
 
 #[tokio::test]
