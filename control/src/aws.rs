@@ -25,6 +25,32 @@ const LAG_MAX_AGE: Duration = Duration::from_secs(180);
 /// report success.
 const HEALTHY_SHARE: f64 = 0.18;
 
+/// How long a read for the table waits for health checks and replication
+/// lags, which are read side by side: what has not answered by then is
+/// unread this time (a health check's last reading stands in, a lag is
+/// unknown), so an endpoint that hangs delays the writer's moves by this
+/// much at most. An action's read waits for every answer.
+const HEALTH_AND_LAG_WAIT: Duration = Duration::from_secs(5);
+
+/// Who a read is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadFor {
+    /// The table, kept current: the last records listed stand in for a
+    /// list that fails, and health and lags are waited for
+    /// [`HEALTH_AND_LAG_WAIT`] at most.
+    Table,
+    /// An action: everything read now, every answer waited for.
+    Action,
+}
+
+impl ReadFor {
+    /// Until when what is read from now on is waited for (`None`: for
+    /// every answer).
+    fn wait_until(self) -> Option<tokio::time::Instant> {
+        (self == ReadFor::Table).then(|| tokio::time::Instant::now() + HEALTH_AND_LAG_WAIT)
+    }
+}
+
 /// A failed call, named by its API for the metrics.
 #[derive(Debug, thiserror::Error)]
 #[error("{api}: {message}")]
@@ -231,19 +257,20 @@ impl AwsSource {
     /// still reach the proxies, or writes would go on to a demoted writer.
     /// The first read has none to stand in, and fails.
     pub async fn read(&self) -> Result<(TopologyView, Option<AwsError>), AwsError> {
-        let (state, unlisted) = self.read_state(true).await?;
+        let (state, unlisted) = self.read_state(ReadFor::Table).await?;
         Ok((state.view, unlisted))
     }
 
     /// Reads every API once: the view, and what the actions act on (all
     /// of it read now: an action never starts from remembered records).
     pub async fn state(&self) -> Result<AwsState, AwsError> {
-        Ok(self.read_state(false).await?.0)
+        Ok(self.read_state(ReadFor::Action).await?.0)
     }
 
-    /// Reads every API once; with `remembered`, the last records listed
-    /// stand in for a list that fails, and its error is returned beside.
-    async fn read_state(&self, remembered: bool) -> Result<(AwsState, Option<AwsError>), AwsError> {
+    /// Reads every API once, as [`ReadFor`] says; for the table, the error
+    /// of a list that failed (the last records listed standing in) is
+    /// returned beside.
+    async fn read_state(&self, purpose: ReadFor) -> Result<(AwsState, Option<AwsError>), AwsError> {
         let last = || self.last_records.lock().unwrap_or_else(|p| p.into_inner());
         let listed = async {
             Ok(Records {
@@ -258,13 +285,19 @@ impl AwsSource {
                 (now, None)
             }
             Err(e) => match last().clone() {
-                Some(before) if remembered => (before, Some(e)),
+                Some(before) if purpose == ReadFor::Table => (before, Some(e)),
                 _ => return Err(e),
             },
         };
+        let by = purpose.wait_until();
+        let health = futures_util::future::join_all(
+            records
+                .iter()
+                .map(|(region, rs)| self.region_healthy(region, rs, by)),
+        );
+        let (health, cluster) = tokio::join!(health, self.global_cluster());
         let mut regions = Vec::with_capacity(records.len());
-        for (region, rs) in &records {
-            let (healthy, health_unread) = self.region_healthy(region, rs).await;
+        for ((region, rs), (healthy, health_unread)) in records.iter().zip(health) {
             regions.push(RegionView {
                 name: region.clone(),
                 // Out of DNS only when every record of the region is.
@@ -286,7 +319,9 @@ impl AwsSource {
             },
             None => e,
         };
-        let (members, failover) = self.global_cluster().await.map_err(whole)?;
+        let (members, failover) = cluster.map_err(whole)?;
+        // What is read from here on waited on what came before.
+        let by = purpose.wait_until();
         let writer_region = primary_of(&members, failover.as_ref()).ok_or_else(|| {
             whole(AwsError {
                 api: "DescribeGlobalClusters",
@@ -327,7 +362,8 @@ impl AwsSource {
                     .flatten()
                     .filter_map(|saved| saved.record().ok())
                     .collect();
-                let (healthy, health_unread) = self.region_healthy(&region, &kept_records).await;
+                let (healthy, health_unread) =
+                    self.region_healthy(&region, &kept_records, by).await;
                 regions.push(RegionView {
                     name: region,
                     weight: Some(0),
@@ -338,9 +374,12 @@ impl AwsSource {
             }
         }
         if self.cfg.lag_metric {
-            for m in members.iter().filter(|m| !m.writer) {
-                let lag = self
-                    .latest(
+            let secondaries: Vec<&Member> = members.iter().filter(|m| !m.writer).collect();
+            let lags = futures_util::future::join_all(secondaries.iter().map(|m| {
+                within(
+                    by,
+                    "GetMetricStatistics",
+                    self.latest(
                         &m.region,
                         "AWS/RDS",
                         "AuroraGlobalDBReplicationLag",
@@ -348,13 +387,16 @@ impl AwsSource {
                         &m.cluster_id,
                         Statistic::Average,
                         LAG_MAX_AGE,
-                    )
-                    .await
-                    .unwrap_or_else(|e| {
-                        // Informational: unknown, as a missing datapoint is.
-                        tracing::warn!(region = %m.region, error = %e, "cannot read the replication lag; it is unknown until it can be read");
-                        None
-                    });
+                    ),
+                )
+            }))
+            .await;
+            for (m, lag) in secondaries.into_iter().zip(lags) {
+                let lag = lag.unwrap_or_else(|e| {
+                    // Informational: unknown, as a missing datapoint is.
+                    tracing::warn!(region = %m.region, error = %e, "cannot read the replication lag; it is unknown until it can be read");
+                    None
+                });
                 if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
                     r.replication_lag_ms = lag.map(|v| v.max(0.0).round() as u64);
                 }
@@ -384,6 +426,7 @@ impl AwsSource {
         &self,
         region: &str,
         records: &[ResourceRecordSet],
+        by: Option<tokio::time::Instant>,
     ) -> (Option<bool>, bool) {
         let mut ids: Vec<&str> = records
             .iter()
@@ -391,9 +434,14 @@ impl AwsSource {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        let readings = futures_util::future::join_all(
+            ids.iter()
+                .map(|id| within(by, "GetHealthCheckStatus", self.check_healthy(id))),
+        )
+        .await;
         let (mut healthy, mut unread) = (None, false);
-        for id in ids {
-            let reading = match self.check_healthy(id).await {
+        for (id, read) in ids.into_iter().zip(readings) {
+            let reading = match read {
                 Ok(h) => {
                     self.remembered()
                         .insert(id.to_owned(), (h, std::time::Instant::now()));
@@ -823,6 +871,26 @@ fn route53_region(region: &str) -> &'static str {
     } else {
         "us-east-1"
     }
+}
+
+/// `read`, unless `by` comes first: then a failure of `api` that says so.
+async fn within<T>(
+    by: Option<tokio::time::Instant>,
+    api: &'static str,
+    read: impl std::future::Future<Output = Result<T, AwsError>>,
+) -> Result<T, AwsError> {
+    let Some(by) = by else {
+        return read.await;
+    };
+    tokio::time::timeout_at(by, read).await.unwrap_or_else(|_| {
+        Err(AwsError {
+            api,
+            message: format!(
+                "no answer within {}s; unread this time",
+                HEALTH_AND_LAG_WAIT.as_secs()
+            ),
+        })
+    })
 }
 
 /// Everything one read saw: the view the table is built from, and what the

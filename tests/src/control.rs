@@ -259,13 +259,17 @@ impl ControlPlane {
     /// token copied to a folder of their own, so with a history file of
     /// its own.
     pub async fn command_elsewhere(&self, args: &[&str]) -> Ran {
-        let config = std::fs::read_to_string(&self.config_path).expect("read the config");
-        self.command_elsewhere_with(&config, args).await
+        self.command_elsewhere_with(&self.config(), args).await
+    }
+
+    /// The control plane's config file, as written.
+    pub fn config(&self) -> String {
+        std::fs::read_to_string(&self.config_path).expect("read the config")
     }
 
     /// Runs a command with `config` in another folder, beside a copy of
     /// the token (and of a file source's topology).
-    async fn command_elsewhere_with(&self, config: &str, args: &[&str]) -> Ran {
+    pub async fn command_elsewhere_with(&self, config: &str, args: &[&str]) -> Ran {
         let elsewhere = self.dir.join("elsewhere");
         std::fs::create_dir_all(&elsewhere).expect("another folder");
         let path = elsewhere.join("control.toml");

@@ -472,3 +472,27 @@ async fn a_calculated_health_check_is_read_from_its_metric() {
     .await;
     assert_eq!(region(&cp.table().await, "us-east-1")["state"], "active");
 }
+
+/// A CloudWatch that does not answer delays a read by a few seconds at
+/// most: health checks and lags are read side by side, within a bound, so
+/// the writer's moves still reach the table (the checks' last readings
+/// stand in meanwhile).
+#[tokio::test]
+async fn a_writer_move_reaches_the_table_while_cloudwatch_hangs() {
+    const HELD: &str = "GetMetricStatistics/AWS/Route53";
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    moto.hold(HELD).await;
+    eventually("health reads wait", WAIT, || async {
+        moto.held(HELD).await > 0
+    })
+    .await;
+    switch_and_follow(&moto, &fixture, &cp, "eu-west-1").await;
+    let t = cp.table().await;
+    for name in REGIONS {
+        assert_eq!(region(&t, name)["state"], "active", "{t}");
+    }
+    assert!(cp.log().contains("its last reading stands"), "{}", cp.log());
+    moto.release(HELD).await;
+}

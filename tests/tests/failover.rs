@@ -31,13 +31,19 @@ impl Env {
     /// webhook, an origin per region, and a control plane on all of it;
     /// `automation` is an extra `[automation]` section.
     async fn start(automation: Option<&str>) -> Env {
+        Env::start_with(automation, "").await
+    }
+
+    /// [`Env::start`], with `source` (lines of TOML) added to the control
+    /// plane's `[source]`.
+    async fn start_with(automation: Option<&str>, source: &str) -> Env {
         let moto = Moto::start().await;
         let fixture = moto::three_regions(&moto).await;
         let (topic, queue) = moto::topic_with_queue(&moto).await;
         let webhook = Webhook::start().await;
         let mut config = format!(
             "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
-             record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n\n\
+             record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n{source}\n\
              [actions]\ntimeout = \"60s\"\nproxy_max_age = \"5s\"\n\n\
              [notify]\nsns_topic_arn = \"{topic}\"\nwebhook_url = \"{}\"\n",
             moto.endpoint,
@@ -1072,15 +1078,20 @@ async fn a_refused_weighted_drain_keeps_no_weight_and_each_entry_names_its_opera
 #[tokio::test]
 async fn a_move_planned_before_the_writer_moved_asks_aws_for_nothing() {
     const LAG_READS: &str = "GetMetricStatistics/AWS/RDS";
-    let env = Env::start(None).await;
+    // The control plane reads no lags; the command, run elsewhere, reads
+    // them and waits for every answer.
+    let env = Env::start_with(None, "lag_metric = false").await;
+    let config = env
+        .cp
+        .config()
+        .replace("lag_metric = false", "lag_metric = true");
     env.moto.hold(LAG_READS).await;
     let (ran, ()) = tokio::join!(
         env.cp
-            .command_elsewhere(&["failover", "--to", "ap-southeast-1"]),
+            .command_elsewhere_with(&config, &["failover", "--to", "ap-southeast-1"]),
         async {
-            // The control plane's poll and the command each wait on a lag
-            // read, one at a time: two held means the command has read
-            // the writer.
+            // The command reads both secondaries' lags side by side once
+            // it has read the writer: two held means it has.
             eventually("the command reads the lags", WAIT, || async {
                 env.moto.held(LAG_READS).await == 2
             })
