@@ -418,6 +418,12 @@ impl RawControl {
                         e.push(format!("source.{field}"), "is required, got \"\"");
                     }
                 }
+                if let Err(why) = plain_record_name(record_name) {
+                    e.push(
+                        "source.record_name",
+                        format!("{why}; give the API's own name, such as \"api.example.com\", got {record_name:?}"),
+                    );
+                }
                 if !valid_region_name(global_cluster_region) {
                     e.push(
                         "source.global_cluster_region",
@@ -698,9 +704,76 @@ impl TopologyView {
     }
 }
 
+/// Whether `name` is a DNS name Route 53 lists as written: labels of
+/// letters, digits, `-` and `_`. Others it lists escaped (a wildcard `*`
+/// as `\052`), which would never match the configured name. (Empty: the
+/// "is required" error says so.)
+fn plain_record_name(name: &str) -> Result<(), &'static str> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return Ok(());
+    }
+    if name.split('.').any(|label| label == "*") {
+        return Err(
+            "a wildcard name is not supported: the control plane mirrors the records of one name",
+        );
+    }
+    if name.len() > 253 || name.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err("must be a DNS name of labels 1 to 63 characters long, at most 253 in all");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err("may hold only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{ControlConfig, ControlConfigError, TopologyView};
+    use super::{ControlConfig, ControlConfigError, TopologyView, plain_record_name};
+
+    #[test]
+    fn a_record_name_is_a_plain_dns_name() {
+        for ok in [
+            "api.example.com",
+            "api.example.com.",
+            "_api.eu-1.example.com",
+            "",
+        ] {
+            assert_eq!(plain_record_name(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("*.api.example.com", "wildcard"),
+            ("api..example.com", "labels 1 to 63"),
+            ("api example.com", "only letters"),
+            ("api.\\052.example.com", "only letters"),
+        ] {
+            let got = plain_record_name(bad).unwrap_err();
+            assert!(got.contains(why), "{bad}: {got}");
+        }
+        let long = format!("{}.example.com", "a".repeat(64));
+        assert!(plain_record_name(&long).unwrap_err().contains("63"));
+        // As a config file says it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(
+            &path,
+            "[source]\nkind = \"aws\"\nhosted_zone_id = \"Z1\"\nrecord_name = \"*.api.example.com\"\n\
+             global_cluster_id = \"g\"\nglobal_cluster_region = \"us-east-1\"\n",
+        )
+        .unwrap();
+        let Err(ControlConfigError::Invalid { errors, .. }) = ControlConfig::load(&path) else {
+            panic!("a wildcard record name was accepted")
+        };
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == "source.record_name" && e.message.contains("wildcard")),
+            "{errors}"
+        );
+    }
 
     #[test]
     fn an_action_timeout_too_short_to_follow_a_change_is_refused() {
