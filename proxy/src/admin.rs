@@ -221,6 +221,7 @@ pub fn routing_view(state: &AppState) -> Value {
                     "live": b.in_rotation(now),
                     "probe_healthy": b.probe_healthy(),
                     "ejected": b.is_ejected(now),
+                    "departing": b.is_departing(),
                     "inflight": b.inflight(),
                     "latency_ms": b.measured_latency(now).map(|s| s * 1000.0),
                 })).collect::<Vec<_>>(),

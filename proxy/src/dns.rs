@@ -5,10 +5,10 @@
 
 use crate::health::prober;
 use crate::state::AppState;
-use crate::topology::{Backend, peer_for, warn_left_out};
+use crate::topology::{Backend, RegionInfo, peer_for, warn_left_out};
 use crate::upstream::PoolShape;
 use anyhow::Context;
-use edgeroute_config::{DnsConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
+use edgeroute_config::{DnsConfig, HealthConfig, MAX_BACKENDS_PER_REGION, ProxyConfig};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::lookup::Lookup;
@@ -300,22 +300,39 @@ pub async fn refresh_region(
     }
 }
 
+/// How long an address that left DNS serves on while no other address of
+/// its name is in rotation: time for a new address's first probes (three
+/// rounds), after which it goes whatever they said.
+pub fn departure_grace(health: &HealthConfig) -> Duration {
+    (health.interval + health.jitter) * 3 + health.timeout
+}
+
 /// Makes the region's backends for `label` exactly `addrs`: existing ones
 /// keep their state, new ones start unproven (while the region has room:
-/// [`MAX_BACKENDS_PER_REGION`]), missing ones are retired.
+/// [`MAX_BACKENDS_PER_REGION`]), missing ones are retired. A missing one
+/// that is in rotation while no address of its name that stays or joins
+/// is departs instead: it serves on until one is, for
+/// [`departure_grace`] at most ([`settle`]), so a name whose addresses all
+/// change at once is not empty while the new ones are probed.
 fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &[SocketAddr]) {
     let info = &state.topology.regions[region];
+    let _membership = info.membership.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
     let current = info.backends();
     let mut next: Vec<Arc<Backend>> = Vec::with_capacity(current.len());
+    let mut leaving: Vec<&Arc<Backend>> = Vec::new();
     let mut changed = false;
     for b in current.iter() {
-        if b.label != label || addrs.contains(&b.addr) {
+        if b.label != label {
+            next.push(Arc::clone(b));
+        } else if addrs.contains(&b.addr) {
+            if b.stay() {
+                tracing::info!(region = &*info.name, backend = label, address = %b.addr, "departing address back in DNS");
+                changed = true;
+            }
             next.push(Arc::clone(b));
         } else {
-            b.retire();
-            state.metrics.address_left(&info.name, b);
-            changed = true;
-            tracing::info!(region = &*info.name, backend = label, address = %b.addr, "address left DNS; draining it");
+            leaving.push(b);
         }
     }
     let mut left_out = 0;
@@ -340,12 +357,73 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
             changed = true;
         }
     }
+    let name_serves = next.iter().any(|b| b.label == label && b.in_rotation(now));
+    let grace = departure_grace(&state.config.health);
+    for b in leaving {
+        if !name_serves && b.in_rotation(now) && !b.departure_over(now) {
+            if b.depart(now + grace) {
+                tracing::info!(region = &*info.name, backend = label, address = %b.addr, grace = ?grace, "address left DNS while no other address of its name is in rotation; it serves on until one is");
+                changed = true;
+            }
+            next.push(Arc::clone(b));
+        } else {
+            retire(state, info, b, "address left DNS; draining it");
+            changed = true;
+        }
+    }
     if left_out > 0 {
         warn_left_out(&info.name, left_out);
     }
     if changed {
         info.set_backends(next);
     }
+}
+
+/// Retires the region's departing addresses of `label` that are done
+/// serving on: another address of the name is in rotation, they are out
+/// of it themselves, or their time has run out. Asked by the probes.
+pub fn settle(state: &AppState, region: usize, label: &str) {
+    let info = &state.topology.regions[region];
+    let now = Instant::now();
+    let current = info.backends();
+    let done = |name_serves: bool, b: &Backend| {
+        b.is_departing() && (name_serves || !b.in_rotation(now) || b.departure_over(now))
+    };
+    let serves = |list: &[Arc<Backend>]| {
+        list.iter()
+            .any(|b| b.label == label && !b.is_departing() && b.in_rotation(now))
+    };
+    if !current
+        .iter()
+        .any(|b| b.label == label && done(serves(&current), b))
+    {
+        return;
+    }
+    let _membership = info.membership.lock().unwrap_or_else(|p| p.into_inner());
+    let current = info.backends();
+    let name_serves = serves(&current);
+    let mut next = Vec::with_capacity(current.len());
+    for b in current.iter() {
+        if b.label == label && done(name_serves, b) {
+            let why = if name_serves {
+                "another address of its name is in rotation; the departed address drains"
+            } else if b.departure_over(now) {
+                "departed address served on for its grace; draining it"
+            } else {
+                "departed address out of rotation; draining it"
+            };
+            retire(state, info, b, why);
+        } else {
+            next.push(Arc::clone(b));
+        }
+    }
+    info.set_backends(next);
+}
+
+fn retire(state: &AppState, info: &RegionInfo, b: &Backend, why: &'static str) {
+    b.retire();
+    state.metrics.address_left(&info.name, b);
+    tracing::info!(region = &*info.name, backend = %b.label, address = %b.addr, "{why}");
 }
 
 #[cfg(test)]

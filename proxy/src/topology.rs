@@ -45,6 +45,10 @@ pub struct Backend {
     ejected_until_ms: AtomicU64,
     /// Its address left DNS: no new requests.
     retired: AtomicBool,
+    /// Its address left DNS while no other address of its name was in
+    /// rotation: it serves on until one is, or until this time
+    /// (milliseconds since `clock`, plus one; 0: not departing).
+    departing_until_ms: AtomicU64,
     /// Its last exchange failed: the next success has a streak to end.
     failing: AtomicBool,
     clock: Instant,
@@ -76,6 +80,7 @@ impl Backend {
             proven: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
             retired: AtomicBool::new(false),
+            departing_until_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             clock,
             live: Mutex::new(Live {
@@ -125,6 +130,34 @@ impl Backend {
 
     pub fn retire(&self) {
         self.retired.store(true, Ordering::Relaxed);
+    }
+
+    /// Marks it departing until `until`, unless it is already; whether it
+    /// was not.
+    pub fn depart(&self, until: Instant) -> bool {
+        self.departing_until_ms
+            .compare_exchange(
+                0,
+                self.ms_since_clock(until),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    }
+
+    /// Its address is back in DNS: no longer departing. Whether it was.
+    pub fn stay(&self) -> bool {
+        self.departing_until_ms.swap(0, Ordering::Relaxed) != 0
+    }
+
+    pub fn is_departing(&self) -> bool {
+        self.departing_until_ms.load(Ordering::Relaxed) != 0
+    }
+
+    /// Departing, and its time to serve on has run out.
+    pub fn departure_over(&self, now: Instant) -> bool {
+        let until = self.departing_until_ms.load(Ordering::Relaxed);
+        until != 0 && self.ms_since_clock(now) >= until
     }
 
     /// In rotation: passes its probes, is not ejected, is still in DNS.
@@ -285,6 +318,9 @@ pub struct RegionInfo {
     pub host: Option<HeaderValue>,
     /// Held from an ejection's check against the cap until it is in force.
     ejecting: Mutex<()>,
+    /// Held while the backend list is read, changed and stored again (DNS
+    /// answers and departing addresses settling).
+    pub membership: Mutex<()>,
 }
 
 /// A region's ejection cap (`health.max_ejection_percent`), as a failing
@@ -321,6 +357,7 @@ impl RegionInfo {
             backends: ArcSwap::from_pointee(backends),
             host: host.and_then(|h| HeaderValue::from_str(h).ok()),
             ejecting: Mutex::new(()),
+            membership: Mutex::new(()),
         }
     }
 

@@ -12,11 +12,16 @@ const NAME: &str = "api.us-east-1.edgeroute.test";
 /// A proxy whose one region is `NAME` on `port`, resolved by `dns`, with
 /// quick re-resolution and probes.
 async fn proxy_resolving(dns: &DnsServer, port: u16) -> Proxy {
+    proxy_probing(dns, port, "100ms", "80ms").await
+}
+
+/// [`proxy_resolving`], probing every `interval` within `timeout`.
+async fn proxy_probing(dns: &DnsServer, port: u16, interval: &str, timeout: &str) -> Proxy {
     ProxyBuilder::new("us-east-1")
         .region_named("us-east-1", &[&format!("{NAME}:{port}")])
         .extra(&format!(
             "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n\
-             [health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n",
+             [health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\njitter = \"0ms\"\n",
             dns.addr
         ))
         .start()
@@ -56,11 +61,12 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
     )
     .await;
     assert!(new.probes() >= 1, "the new address was probed before use");
-    assert_eq!(
-        addrs_of(&proxy.routing().await),
-        [new.addr.to_string()],
-        "the old address is gone"
-    );
+    eventually(
+        "the old address is gone once the new one serves",
+        Duration::from_secs(15),
+        || async { addrs_of(&proxy.routing().await) == [new.addr.to_string()] },
+    )
+    .await;
     let before = old.seen().len();
     for _ in 0..5 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
@@ -148,15 +154,7 @@ async fn an_address_that_joins_later_does_not_take_the_proxy_out_of_ready() {
     let silent = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 3], port))).unwrap();
     let dns = DnsServer::start().await;
     dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
-    let proxy = ProxyBuilder::new("us-east-1")
-        .region_named("us-east-1", &[&format!("{NAME}:{port}")])
-        .extra(&format!(
-            "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n\
-             [health]\ninterval = \"60s\"\ntimeout = \"30s\"\njitter = \"0ms\"\n",
-            dns.addr
-        ))
-        .start()
-        .await;
+    let proxy = proxy_probing(&dns, port, "60s", "30s").await;
     let c = client();
     let ready = || async {
         c.get(proxy.admin_url("/ready"))
@@ -184,6 +182,105 @@ async fn an_address_that_joins_later_does_not_take_the_proxy_out_of_ready() {
     );
     assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
     drop(silent);
+}
+
+/// The first region's backends in `/routing`, in address order: address,
+/// whether in rotation, whether departing.
+fn backends_of(routing: &serde_json::Value) -> Vec<(String, bool, bool)> {
+    let mut backends: Vec<_> = routing["regions"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["address"].as_str().unwrap().to_owned(),
+                b["live"].as_bool().unwrap(),
+                b["departing"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    backends.sort();
+    backends
+}
+
+/// Two loopback origins on one port: `old` at 127.0.0.2, serving, and
+/// `new` at 127.0.0.3, whose probes fail; DNS names `old`, and a proxy
+/// probing every `interval` follows it.
+async fn old_and_failing_new(interval: &str) -> (Origin, Origin, DnsServer, Proxy) {
+    let old = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let port = old.addr.port();
+    let new = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 3], port))).await;
+    new.set_health(503);
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
+    let proxy = proxy_probing(&dns, port, interval, "100ms").await;
+    (old, new, dns, proxy)
+}
+
+/// When every address of a name changes at once, the departed one serves
+/// on while the new one is not yet in rotation, and drains once it is: the
+/// region is never empty in between.
+#[tokio::test]
+async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation() {
+    // Probes every 5 s: the departed address may serve on for 3 rounds.
+    let (old, new, dns, proxy) = old_and_failing_new("5s").await;
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let (o, n) = (old.addr.to_string(), new.addr.to_string());
+    eventually(
+        "the old address departs, the new one is not in rotation",
+        Duration::from_secs(15),
+        || async {
+            backends_of(&proxy.routing().await)
+                == [(o.clone(), true, true), (n.clone(), false, false)]
+        },
+    )
+    .await;
+    let c = client();
+    for _ in 0..5 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(old.seen().len(), 5, "the departed address served");
+    assert!(new.seen().is_empty());
+
+    // The new address passes its probes: the departed one drains.
+    new.set_health(200);
+    eventually(
+        "only the new address is left",
+        Duration::from_secs(15),
+        || async { backends_of(&proxy.routing().await) == [(n.clone(), true, false)] },
+    )
+    .await;
+    for _ in 0..5 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(new.seen().len(), 5);
+    assert_eq!(
+        old.seen().len(),
+        5,
+        "no request reached the drained address"
+    );
+}
+
+/// A departed address serves on for a bounded time: if no new address of
+/// its name passes its probes by then, it drains all the same.
+#[tokio::test]
+async fn a_departed_address_serves_on_for_a_bounded_time() {
+    let (old, _new, dns, proxy) = old_and_failing_new("200ms").await;
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let n = format!("127.0.0.3:{}", old.addr.port());
+    eventually(
+        "only the new address is left",
+        Duration::from_secs(15),
+        || async { backends_of(&proxy.routing().await) == [(n.clone(), false, false)] },
+    )
+    .await;
+    let log = proxy.log();
+    assert!(
+        log.contains("it serves on until one is") && log.contains("served on for its grace"),
+        "{log}"
+    );
+    let status = client().get(proxy.url("/x")).send().await.unwrap().status();
+    assert_eq!(status, 503, "nothing of the region is in rotation");
 }
 
 /// The addresses of the first region's backends, in `/routing`.

@@ -111,7 +111,12 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
                 if passed { "pass" } else { "fail" },
             ])
             .inc();
-        match backend.record_probe(passed, latency, health, now) {
+        let change = backend.record_probe(passed, latency, health, now);
+        if change == Some(true) || backend.is_departing() {
+            // A departed address of the same name may be done serving on.
+            crate::dns::settle(&state, backend.region, &backend.label);
+        }
+        match change {
             Some(true) => {
                 tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend in rotation: probe passed");
                 failures_told = false;
