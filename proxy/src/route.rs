@@ -264,5 +264,20 @@ pub fn pick_backend<'a>(
     })
 }
 
+/// `tried`, a set of indices into `before`, as indices into `after`: the
+/// same backends, wherever a new list puts them (one that left is no
+/// longer there to try).
+pub fn carry_tried(before: &[Arc<Backend>], tried: u64, after: &[Arc<Backend>]) -> u64 {
+    let mut carried = 0;
+    for (i, b) in before.iter().enumerate() {
+        if tried & (1 << i) != 0
+            && let Some(j) = after.iter().position(|a| Arc::ptr_eq(a, b))
+        {
+            carried |= 1 << j;
+        }
+    }
+    carried
+}
+
 #[cfg(test)]
 mod tests;

@@ -16,7 +16,7 @@ use crate::health::outlier::Verdict;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
 use crate::rng;
-use crate::route::{Plan, Refusal, RouteClass, pick_backend};
+use crate::route::{Plan, Refusal, RouteClass, carry_tried, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::topology::{Backend, InflightGuard, policy};
@@ -77,8 +77,12 @@ struct Ctx {
     region: Option<usize>,
     /// Regions this request already tried (bit per region index).
     excluded_regions: u64,
-    /// Backends of `region` this request already tried (bit per backend index).
+    /// Backends of `region` this request already tried (bit per index in
+    /// `tried_list`).
     tried_backends: u64,
+    /// The backend list `tried_backends` indexes: DNS may swap the region's
+    /// list between attempts.
+    tried_list: Option<Arc<Vec<Arc<Backend>>>>,
     /// Backends picked for this request so far.
     attempts: u32,
     backend: Option<InflightGuard>,
@@ -265,6 +269,7 @@ impl EdgeProxy {
             region: None,
             excluded_regions: 0,
             tried_backends: 0,
+            tried_list: None,
             attempts: 0,
             backend: None,
             sent_to: None,
@@ -507,6 +512,11 @@ impl EdgeProxy {
                 .region
                 .ok_or_else(|| Error::explain(ErrorType::InternalError, "no region chosen"))?;
             let backends = topo.regions[region].backends();
+            if let Some(before) = ctx.tried_list.as_ref()
+                && !Arc::ptr_eq(before, &backends)
+            {
+                ctx.tried_backends = carry_tried(before, ctx.tried_backends, &backends);
+            }
             let panic_threshold = self.state.config.health.panic_threshold;
             let pick =
                 rng::with(|r| pick_backend(&backends, ctx.tried_backends, panic_threshold, now, r));
@@ -526,7 +536,9 @@ impl EdgeProxy {
                 if ctx.attempts > 1 {
                     self.state.metrics.retries.inc();
                 }
-                return Ok(Arc::clone(pick.backend));
+                let picked = Arc::clone(pick.backend);
+                ctx.tried_list = Some(backends);
+                return Ok(picked);
             }
             // Every backend of this region is tried or out of rotation. Only a
             // nearest-region read may move on (one sent to the primary for
@@ -547,6 +559,7 @@ impl EdgeProxy {
                 Some(r) => {
                     ctx.region = Some(r);
                     ctx.tried_backends = 0;
+                    ctx.tried_list = None;
                 }
                 None => {
                     let refusal = match ctx.plan.target {

@@ -431,6 +431,25 @@ fn backends_never_proven_neither_count_toward_panic_mode_nor_take_its_traffic() 
     assert_eq!(seen, [true; 3]);
 }
 
+/// A retry's set of tried backends follows them into a list DNS swapped in
+/// between attempts: the same backends stay tried wherever they now are.
+#[test]
+fn tried_backends_carry_over_a_swapped_list() {
+    let topo = topology(1, 4);
+    let before = topo.regions[0].backends();
+    let gone = topology(1, 1).regions[0].backends()[0].clone();
+    // 0 and 2 tried; the new list drops 0, moves 2 first, adds one.
+    let after = vec![
+        before[2].clone(),
+        gone,
+        before[1].clone(),
+        before[3].clone(),
+    ];
+    assert_eq!(carry_tried(&before, 0b0101, &after), 0b0001);
+    assert_eq!(carry_tried(&before, 0b1010, &after), 0b1100);
+    assert_eq!(carry_tried(&before, 0, &after), 0);
+}
+
 fn state() -> impl Strategy<Value = RegionState> {
     prop_oneof![Just(Active), Just(Draining), Just(Down)]
 }
