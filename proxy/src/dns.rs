@@ -351,7 +351,16 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
                 PoolShape::of(&state.config),
                 state.topology.clock,
             ));
-            tracing::info!(region = &*info.name, backend = label, address = %addr, "new address in DNS; probing it before use");
+            let memory = state.config.health.max_eject_for;
+            match info.recall_left(label, *addr, now, memory) {
+                Some(record) => {
+                    backend.take_record(record);
+                    tracing::info!(region = &*info.name, backend = label, address = %addr, ejected = backend.is_ejected(now), "address back in DNS; probing it before use, its record of failures and ejections kept");
+                }
+                None => {
+                    tracing::info!(region = &*info.name, backend = label, address = %addr, "new address in DNS; probing it before use")
+                }
+            }
             prober::spawn(Arc::clone(state), Arc::clone(&backend));
             next.push(backend);
             changed = true;
@@ -422,6 +431,8 @@ pub fn settle(state: &AppState, region: usize, label: &str) {
 
 fn retire(state: &AppState, info: &RegionInfo, b: &Backend, why: &'static str) {
     b.retire();
+    // Should the address come back, it comes back with its record.
+    info.remember_left(b, Instant::now(), state.config.health.max_eject_for);
     state.metrics.address_left(&info.name, b);
     tracing::info!(region = &*info.name, backend = %b.label, address = %b.addr, "{why}");
 }

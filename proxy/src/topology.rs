@@ -287,6 +287,25 @@ impl Backend {
         verdict
     }
 
+    /// Its record of failures and ejections, when there is one: kept for a
+    /// while after its address leaves DNS, so that an address coming back
+    /// does not come back with a clean record.
+    pub fn outlier_record(&self) -> Option<Outlier> {
+        let live = self.live();
+        (!live.outlier.is_blank()).then(|| live.outlier.clone())
+    }
+
+    /// Takes on the record of an earlier backend at the same address.
+    pub fn take_record(&self, outlier: Outlier) {
+        let mut live = self.live();
+        self.failing.store(outlier.failing(), Ordering::Relaxed);
+        if let Some(until) = outlier.ejected_until() {
+            self.ejected_until_ms
+                .store(self.ms_since_clock(until), Ordering::Relaxed);
+        }
+        live.outlier = outlier;
+    }
+
     /// Marks one request as in flight on this backend until the guard drops.
     pub fn start_request(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);
@@ -321,6 +340,16 @@ pub struct RegionInfo {
     /// Held while the backend list is read, changed and stored again (DNS
     /// answers and departing addresses settling).
     pub membership: Mutex<()>,
+    /// The failure records of addresses that left DNS, and when they left.
+    left: Mutex<Vec<Left>>,
+}
+
+/// The record of an address that left DNS.
+struct Left {
+    label: String,
+    addr: SocketAddr,
+    outlier: Outlier,
+    at: Instant,
 }
 
 /// A region's ejection cap (`health.max_ejection_percent`), as a failing
@@ -358,6 +387,7 @@ impl RegionInfo {
             host: host.and_then(|h| HeaderValue::from_str(h).ok()),
             ejecting: Mutex::new(()),
             membership: Mutex::new(()),
+            left: Mutex::new(Vec::new()),
         }
     }
 
@@ -367,6 +397,45 @@ impl RegionInfo {
             region: self,
             max_percent,
         }
+    }
+
+    /// Keeps the failure record of `b`, whose address left DNS, for
+    /// `memory` (at most [`MAX_BACKENDS_PER_REGION`] records, the oldest
+    /// going first).
+    pub fn remember_left(&self, b: &Backend, now: Instant, memory: Duration) {
+        let Some(outlier) = b.outlier_record() else {
+            return;
+        };
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        left.retain(|l| {
+            now.saturating_duration_since(l.at) < memory && (l.label != b.label || l.addr != b.addr)
+        });
+        if left.len() >= MAX_BACKENDS_PER_REGION {
+            left.remove(0);
+        }
+        left.push(Left {
+            label: b.label.clone(),
+            addr: b.addr,
+            outlier,
+            at: now,
+        });
+    }
+
+    /// The failure record of `label` at `addr`, if it left DNS within
+    /// `memory`; taken, not copied.
+    pub fn recall_left(
+        &self,
+        label: &str,
+        addr: SocketAddr,
+        now: Instant,
+        memory: Duration,
+    ) -> Option<Outlier> {
+        let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
+        let i = left
+            .iter()
+            .position(|l| l.label == label && l.addr == addr)?;
+        let l = left.remove(i);
+        (now.saturating_duration_since(l.at) < memory).then_some(l.outlier)
     }
 
     /// The current backend list (one atomic load).
@@ -580,6 +649,44 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_left_address_record_is_kept_for_its_memory_and_taken_once() {
+        let t = testing::topology(1, 2);
+        let region = &t.regions[0];
+        let (b, clean) = (&region.backends()[0], &region.backends()[1]);
+        let p = policy(&testing::health());
+        let t0 = Instant::now();
+        for _ in 0..3 {
+            b.record_failure(None, &p, t0, region.cap(100));
+        }
+        assert!(b.is_ejected(t0));
+        let memory = Duration::from_secs(300);
+        region.remember_left(b, t0, memory);
+        region.remember_left(clean, t0, memory);
+        // Nothing kept of a clean record.
+        assert!(
+            region
+                .recall_left(&clean.label, clean.addr, t0, memory)
+                .is_none()
+        );
+        // Past its memory: forgotten.
+        let late = t0 + memory;
+        assert!(region.recall_left(&b.label, b.addr, late, memory).is_none());
+        region.remember_left(b, t0, memory);
+        let record = region
+            .recall_left(&b.label, b.addr, t0, memory)
+            .expect("kept");
+        assert!(
+            region.recall_left(&b.label, b.addr, t0, memory).is_none(),
+            "taken once"
+        );
+        // A new backend at the address takes it on: still ejected.
+        let again = testing::topology(1, 1).regions[0].backends()[0].clone();
+        assert!(!again.is_ejected(t0));
+        again.take_record(record);
+        assert!(again.is_ejected(t0) && !again.in_rotation(t0));
+    }
 
     #[test]
     fn failures_eject_after_the_threshold_and_ejection_runs_out() {

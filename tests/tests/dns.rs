@@ -17,11 +17,22 @@ async fn proxy_resolving(dns: &DnsServer, port: u16) -> Proxy {
 
 /// [`proxy_resolving`], probing every `interval` within `timeout`.
 async fn proxy_probing(dns: &DnsServer, port: u16, interval: &str, timeout: &str) -> Proxy {
+    proxy_with_health(
+        dns,
+        port,
+        &format!("interval = \"{interval}\"\ntimeout = \"{timeout}\"\n"),
+    )
+    .await
+}
+
+/// A proxy whose one region is `NAME` on `port`, resolved by `dns`, with
+/// quick re-resolution and `health` (lines of its `[health]` section).
+async fn proxy_with_health(dns: &DnsServer, port: u16, health: &str) -> Proxy {
     ProxyBuilder::new("us-east-1")
         .region_named("us-east-1", &[&format!("{NAME}:{port}")])
         .extra(&format!(
             "[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"100ms\"\n\n\
-             [health]\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\njitter = \"0ms\"\n",
+             [health]\njitter = \"0ms\"\n{health}",
             dns.addr
         ))
         .start()
@@ -281,6 +292,78 @@ async fn a_departed_address_serves_on_for_a_bounded_time() {
     );
     let status = client().get(proxy.url("/x")).send().await.unwrap().status();
     assert_eq!(status, 503, "nothing of the region is in rotation");
+}
+
+/// An address that leaves DNS and comes back keeps its record: one ejected
+/// for failing live requests is still ejected on its return, not let back
+/// in by its next passing probe.
+#[tokio::test]
+async fn an_address_back_in_dns_keeps_its_ejection() {
+    let good = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let port = good.addr.port();
+    let bad = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 3], port))).await;
+    // Probes pass; requests get 500.
+    bad.set_status(500);
+    let dns = DnsServer::start().await;
+    let both = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
+    dns.set(NAME, &both);
+    let proxy = proxy_with_health(
+        &dns,
+        port,
+        "interval = \"100ms\"\ntimeout = \"80ms\"\neject_after = 2\neject_for = \"60s\"\n",
+    )
+    .await;
+    let (g, b) = (good.addr.to_string(), bad.addr.to_string());
+    let ejected = |routing: &serde_json::Value| {
+        routing["regions"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["address"] == b.as_str() && x["ejected"] == true)
+    };
+    let c = client();
+    eventually(
+        "the failing address is ejected",
+        Duration::from_secs(15),
+        || async {
+            c.get(proxy.url("/x")).send().await.ok();
+            ejected(&proxy.routing().await)
+        },
+    )
+    .await;
+
+    dns.set(NAME, &both[..1]);
+    eventually(
+        "the failing address leaves",
+        Duration::from_secs(15),
+        || async { addrs_of(&proxy.routing().await) == [g.clone()] },
+    )
+    .await;
+    dns.set(NAME, &both);
+    eventually(
+        "the failing address is back",
+        Duration::from_secs(15),
+        || async { addrs_of(&proxy.routing().await).len() == 2 },
+    )
+    .await;
+    // Its probes pass all along; it is still ejected.
+    let before = bad.probes();
+    eventually(
+        "the returned address is probed",
+        Duration::from_secs(15),
+        || async { bad.probes() > before + 1 },
+    )
+    .await;
+    assert!(ejected(&proxy.routing().await), "{}", proxy.routing().await);
+    let served_bad = bad.seen().len();
+    for _ in 0..10 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(
+        bad.seen().len(),
+        served_bad,
+        "no request reached the ejected address"
+    );
 }
 
 /// The addresses of the first region's backends, in `/routing`.

@@ -90,6 +90,11 @@ impl Outlier {
     pub fn failing(&self) -> bool {
         self.consecutive > 0
     }
+
+    /// Nothing to remember: no failure, no ejection.
+    pub fn is_blank(&self) -> bool {
+        self.consecutive == 0 && self.ejections == 0 && self.ejected_until.is_none()
+    }
 }
 
 #[cfg(test)]
