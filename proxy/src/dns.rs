@@ -384,8 +384,19 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
         warn_left_out(&info.name, left_out);
     }
     if changed {
-        info.set_backends(next);
+        store(state, info, next, now);
     }
+}
+
+/// Makes `list` the region's backends, first lifting the ejections a
+/// shorter list would hold beyond the region's rules
+/// ([`RegionInfo::hold_ejections`]).
+fn store(state: &AppState, info: &RegionInfo, list: Vec<Arc<Backend>>, now: Instant) {
+    let max_percent = state.config.health.max_ejection_percent;
+    for b in info.hold_ejections(&list, max_percent, now) {
+        tracing::info!(region = &*info.name, backend = %b.label, address = %b.addr, "ejection lifted: with the region's backends changed it was past health.max_ejection_percent, or left no backend in rotation");
+    }
+    info.set_backends(list);
 }
 
 /// Retires the region's departing addresses of `label` that are done
@@ -426,7 +437,7 @@ pub fn settle(state: &AppState, region: usize, label: &str) {
             next.push(Arc::clone(b));
         }
     }
-    info.set_backends(next);
+    store(state, info, next, now);
 }
 
 fn retire(state: &AppState, info: &RegionInfo, b: &Backend, why: &'static str) {

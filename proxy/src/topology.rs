@@ -43,6 +43,9 @@ pub struct Backend {
     proven: AtomicBool,
     /// Milliseconds since `clock` until which the backend is ejected; 0: not.
     ejected_until_ms: AtomicU64,
+    /// Its last ejection was for 5xx answers (it answers, badly), not for
+    /// failing to answer.
+    ejected_for_answers: AtomicBool,
     /// Its address left DNS: no new requests.
     retired: AtomicBool,
     /// Its address left DNS while no other address of its name was in
@@ -79,6 +82,7 @@ impl Backend {
             probe_healthy: AtomicBool::new(start_healthy),
             proven: AtomicBool::new(start_healthy),
             ejected_until_ms: AtomicU64::new(0),
+            ejected_for_answers: AtomicBool::new(false),
             retired: AtomicBool::new(false),
             departing_until_ms: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -283,8 +287,19 @@ impl Backend {
             self.ejected_until_ms
                 .store(self.ms_since_clock(until), Ordering::Relaxed);
         }
+        if matches!(verdict, Verdict::Ejected(_)) {
+            self.ejected_for_answers.store(answered, Ordering::Relaxed);
+        }
         drop(permit);
         verdict
+    }
+
+    /// Ends its ejection now (the backoff goes on counting it).
+    fn lift_ejection(&self, now: Instant) {
+        let mut live = self.live();
+        live.outlier.lift(now);
+        self.ejected_until_ms
+            .store(self.ms_since_clock(now), Ordering::Relaxed);
     }
 
     /// Its record of failures and ejections, when there is one: kept for a
@@ -475,6 +490,43 @@ impl RegionInfo {
         ejected < cap && (!answered || backends.iter().filter(|b| b.in_rotation(now)).count() > 1)
     }
 
+    /// Holds `list`, about to become the region's backends, to the rules
+    /// ejections keep when they are made ([`Self::may_eject`]), which a
+    /// list that shrank may break: at most `max_percent` of it ejected (one
+    /// always may be), and not its last backend that answers for 5xx
+    /// answers alone. Ejections that break them are lifted, those ending
+    /// soonest first. Returns the backends lifted.
+    pub fn hold_ejections(
+        &self,
+        list: &[Arc<Backend>],
+        max_percent: u32,
+        now: Instant,
+    ) -> Vec<Arc<Backend>> {
+        let _ejecting = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ejected: Vec<&Arc<Backend>> = list
+            .iter()
+            .filter(|b| !b.is_retired() && b.is_ejected(now))
+            .collect();
+        ejected.sort_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed));
+        let cap = (list.len() * max_percent as usize / 100).max(1);
+        let over = ejected.len().saturating_sub(cap);
+        let mut lifted: Vec<Arc<Backend>> = ejected.drain(..over).cloned().collect();
+        for b in &lifted {
+            b.lift_ejection(now);
+        }
+        if !list.iter().any(|b| b.in_rotation(now)) {
+            // Every backend out: one that only answered badly comes back.
+            if let Some(b) = ejected
+                .into_iter()
+                .find(|b| b.probe_healthy() && b.ejected_for_answers.load(Ordering::Relaxed))
+            {
+                b.lift_ejection(now);
+                lifted.push(Arc::clone(b));
+            }
+        }
+        lifted
+    }
+
     /// The region's measured latency: its fastest backend in rotation, in
     /// seconds; `None` before any sample.
     pub fn latency(&self, now: Instant) -> Option<f64> {
@@ -650,6 +702,58 @@ pub(crate) mod testing {
 mod tests {
     use super::*;
 
+    /// Ejects `b` of `region` with three failures at `at`: 5xx answers
+    /// (`answered`) or failures to answer.
+    fn eject(region: &RegionInfo, b: &Backend, answered: bool, at: Instant) {
+        let p = policy(&testing::health());
+        for _ in 0..3 {
+            if answered {
+                b.record_response(503, Duration::from_millis(1), &p, at, region.cap(100));
+            } else {
+                b.record_failure(None, &p, at, region.cap(100));
+            }
+        }
+        assert!(b.is_ejected(at));
+    }
+
+    /// A list that shrank to its ejected backends is held to the rules
+    /// ejections keep when made: the cap, and 5xx never emptying it; a
+    /// backend that does not answer may be the last one out.
+    #[test]
+    fn a_shrunk_list_keeps_the_ejection_cap_and_a_backend_that_answers() {
+        let t = testing::topology(1, 4);
+        let region = &t.regions[0];
+        let all = region.backends();
+        let t0 = Instant::now();
+        // 1 fails to connect, 2 and 3 answer 5xx; 2's ejection ends last.
+        eject(region, &all[1], false, t0);
+        eject(region, &all[2], true, t0 + Duration::from_secs(1));
+        eject(region, &all[3], true, t0);
+        let ejected = |list: &[Arc<Backend>]| list.iter().filter(|b| b.is_ejected(t0)).count();
+        assert_eq!(ejected(&all), 3);
+        // The whole list as it stands: three of four is past 50%; one of
+        // those ending soonest (1 and 3) is lifted.
+        let lifted = region.hold_ejections(&all, 50, t0);
+        assert_eq!(lifted.len(), 1, "cap 2 of 4");
+        assert!(Arc::ptr_eq(&lifted[0], &all[1]) || Arc::ptr_eq(&lifted[0], &all[3]));
+        assert_eq!(ejected(&all), 2);
+        // DNS leaves only 2: one of one may be ejected, but for 5xx it is
+        // not the last that answers.
+        let only = vec![Arc::clone(&all[2])];
+        assert_eq!(region.hold_ejections(&only, 50, t0).len(), 1);
+        assert!(only[0].in_rotation(t0));
+        // One that gave no answer stays out, even as the last.
+        let other = testing::topology(1, 2);
+        let silent = Arc::clone(&other.regions[0].backends()[1]);
+        eject(&other.regions[0], &silent, false, t0);
+        assert!(
+            other.regions[0]
+                .hold_ejections(&[Arc::clone(&silent)], 50, t0)
+                .is_empty()
+        );
+        assert!(silent.is_ejected(t0));
+    }
+
     #[test]
     fn a_left_address_record_is_kept_for_its_memory_and_taken_once() {
         let t = testing::topology(1, 2);
@@ -734,10 +838,9 @@ mod tests {
         let t = testing::topology(1, 4);
         let r = &t.regions[0];
         let now = Instant::now();
-        let p = policy(&testing::health());
         assert!(r.may_eject(50, true, now));
         for b in r.backends().iter().take(2) {
-            eject(b, r, &p, now);
+            eject(r, b, false, now);
         }
         assert!(
             !r.may_eject(50, false, now),
@@ -754,7 +857,7 @@ mod tests {
             "but not the last in rotation for its 5xx answers"
         );
         // Three of four ejected: the last in rotation stays for 5xx.
-        eject(&r.backends()[2], r, &p, now);
+        eject(r, &r.backends()[2], false, now);
         assert!(!r.may_eject(100, true, now));
         assert!(r.may_eject(100, false, now));
     }
@@ -790,13 +893,6 @@ mod tests {
             let shown = backends.iter().filter(|b| b.is_ejected(now)).count();
             assert_eq!(shown, 4, "round {round}");
         }
-    }
-
-    fn eject(b: &Backend, r: &RegionInfo, p: &OutlierPolicy, now: Instant) {
-        for _ in 0..3 {
-            b.record_failure(None, p, now, r.cap(100));
-        }
-        assert!(b.is_ejected(now));
     }
 
     #[test]

@@ -91,6 +91,13 @@ impl Outlier {
         self.consecutive > 0
     }
 
+    /// Ends an ejection now; the backoff goes on counting it.
+    pub fn lift(&mut self, now: Instant) {
+        if self.is_ejected(now) {
+            self.ejected_until = Some(now);
+        }
+    }
+
     /// Nothing to remember: no failure, no ejection.
     pub fn is_blank(&self) -> bool {
         self.consecutive == 0 && self.ejections == 0 && self.ejected_until.is_none()
