@@ -70,6 +70,9 @@ type AddressLabels = [String; 3];
 /// which the next scrape shows (`leaving`) and the one after no longer does
 /// (`left`): rotating addresses, such as a load balancer's, would
 /// otherwise pile up series that never change again.
+/// Departed addresses whose series wait for a scrape, at most.
+const MAX_DEPARTED: usize = 1024;
+
 #[derive(Default)]
 struct Departed {
     leaving: Vec<AddressLabels>,
@@ -423,14 +426,23 @@ impl Metrics {
 
     /// `b`, of `region`, left DNS: what it counted is added to its series
     /// now, for the next scrape to show, and the series go at the one after.
+    /// Without scrapes, at most [`MAX_DEPARTED`] departed addresses keep
+    /// their series; the oldest go first.
     pub fn address_left(&self, region: &str, b: &Backend) {
         let address = b.addr.to_string();
         self.count_discards([region, &b.label, &address], b);
-        self.departed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .leaving
-            .push([region.to_owned(), b.label.clone(), address]);
+        let labels = [region.to_owned(), b.label.clone(), address];
+        let overflow: Vec<AddressLabels> = {
+            let mut departed = self.departed.lock().unwrap_or_else(|p| p.into_inner());
+            if !departed.leaving.contains(&labels) {
+                departed.leaving.push(labels);
+            }
+            let over = departed.leaving.len().saturating_sub(MAX_DEPARTED);
+            departed.leaving.drain(..over).collect()
+        };
+        for labels in &overflow {
+            self.remove_series(labels);
+        }
     }
 
     /// Removes the series of addresses whose departure the last scrape
@@ -448,18 +460,22 @@ impl Metrics {
                         .iter()
                         .any(|b| b.label == *backend && b.addr.to_string() == *address)
             });
-            if back {
-                continue;
+            if !back {
+                self.remove_series(&[region.clone(), backend.clone(), address.clone()]);
             }
-            for why in Discard::ALL {
-                // Absent already when it left twice in one interval.
-                let _ = self.backend_idle_discards.remove_label_values(&[
-                    region,
-                    backend,
-                    address,
-                    why.label(),
-                ]);
-            }
+        }
+    }
+
+    /// Removes the series of a departed address.
+    fn remove_series(&self, [region, backend, address]: &AddressLabels) {
+        for why in Discard::ALL {
+            // Absent already when it left twice in one interval.
+            let _ = self.backend_idle_discards.remove_label_values(&[
+                region,
+                backend,
+                address,
+                why.label(),
+            ]);
         }
     }
 }
@@ -685,5 +701,29 @@ mod tests {
         m.render(&topology, None);
         let text = m.render(&topology, None);
         assert_eq!(value(&text, &stays, "closed"), Some(0), "{text}");
+    }
+
+    #[test]
+    fn without_scrapes_departed_addresses_keep_bounded_series() {
+        let m = Metrics::new();
+        let topology = crate::topology::testing::topology(1, MAX_DEPARTED + 10);
+        let region = &topology.regions[0];
+        let first = region.backends()[0].addr;
+        for b in region.backends().iter() {
+            b.retire();
+            m.address_left("region-0", b);
+        }
+        region.set_backends(Vec::new());
+        let text = m.render(&topology, None);
+        let shown = text
+            .lines()
+            .filter(|l| {
+                l.starts_with("edgeroute_backend_idle_discards_total{")
+                    && l.contains("reason=\"closed\"")
+            })
+            .count();
+        assert_eq!(shown, MAX_DEPARTED);
+        // The oldest went first.
+        assert!(!text.contains(&format!("address=\"{first}\"")));
     }
 }
