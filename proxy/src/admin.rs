@@ -225,6 +225,11 @@ pub fn routing_view(state: &AppState) -> Value {
                     "inflight": b.inflight(),
                     "latency_ms": b.measured_latency(now).map(|s| s * 1000.0),
                 })).collect::<Vec<_>>(),
+                "draining": r.draining().iter().map(|b| json!({
+                    "backend": b.label,
+                    "address": b.addr.to_string(),
+                    "inflight": b.inflight(),
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();

@@ -440,8 +440,9 @@ pub fn settle(state: &AppState, region: usize, label: &str) {
     store(state, info, next, now);
 }
 
-fn retire(state: &AppState, info: &RegionInfo, b: &Backend, why: &'static str) {
+fn retire(state: &AppState, info: &RegionInfo, b: &Arc<Backend>, why: &'static str) {
     b.retire();
+    info.drain(b);
     // Should the address come back, it comes back with its record.
     info.remember_left(b, Instant::now(), state.config.health.max_eject_for);
     state.metrics.address_left(&info.name, b);

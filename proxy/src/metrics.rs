@@ -402,6 +402,13 @@ impl Metrics {
                     self.backend_latency.with_label_values(&labels).set(l);
                 }
             }
+            // Out of DNS, with requests still to finish: their count.
+            for b in region.draining() {
+                let addr = b.addr.to_string();
+                self.backend_inflight
+                    .with_label_values(&[&*region.name, b.label.as_str(), addr.as_str()])
+                    .set(i64::from(b.inflight()));
+            }
             if let Some(l) = region.latency(now) {
                 self.region_latency
                     .with_label_values(&[&*region.name])

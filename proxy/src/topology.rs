@@ -15,7 +15,7 @@ use http::HeaderValue;
 use pingora_core::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 /// Latency assumed for a backend with no sample yet: moderate, so a new
@@ -357,6 +357,8 @@ pub struct RegionInfo {
     pub membership: Mutex<()>,
     /// The failure records of addresses that left DNS, and when they left.
     left: Mutex<Vec<Left>>,
+    /// Backends retired from the list, while requests on them finish.
+    draining: Mutex<Vec<Weak<Backend>>>,
 }
 
 /// The record of an address that left DNS.
@@ -403,6 +405,7 @@ impl RegionInfo {
             ejecting: Mutex::new(()),
             membership: Mutex::new(()),
             left: Mutex::new(Vec::new()),
+            draining: Mutex::new(Vec::new()),
         }
     }
 
@@ -451,6 +454,27 @@ impl RegionInfo {
             .position(|l| l.label == label && l.addr == addr)?;
         let l = left.remove(i);
         (now.saturating_duration_since(l.at) < memory).then_some(l.outlier)
+    }
+
+    /// `b` left the list: shown as draining while requests on it finish.
+    pub fn drain(&self, b: &Arc<Backend>) {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        draining.retain(|w| w.upgrade().is_some_and(|d| d.inflight() > 0));
+        draining.push(Arc::downgrade(b));
+    }
+
+    /// Retired backends with requests still in flight on them.
+    pub fn draining(&self) -> Vec<Arc<Backend>> {
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let mut busy = Vec::new();
+        draining.retain(|w| match w.upgrade() {
+            Some(b) if b.inflight() > 0 => {
+                busy.push(b);
+                true
+            }
+            _ => false,
+        });
+        busy
     }
 
     /// The current backend list (one atomic load).

@@ -2,7 +2,7 @@
 //! drains the departed address and probes the new one before use.
 
 use edgeroute_tests::dns::DnsServer;
-use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
+use edgeroute_tests::{Behaviour, Origin, Proxy, ProxyBuilder, client, eventually};
 use hickory_proto::rr::RecordType;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -39,15 +39,23 @@ async fn proxy_with_health(dns: &DnsServer, port: u16, health: &str) -> Proxy {
         .await
 }
 
-#[tokio::test]
-async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
-    // Two origins on one port, at two loopback addresses: what DNS says
-    // decides which one a request reaches.
+/// Two origins on one port, at two loopback addresses: `old` at
+/// 127.0.0.2, which DNS names, and `new` at 127.0.0.3.
+async fn two_origins() -> (Origin, Origin, DnsServer) {
     let old = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
     let port = old.addr.port();
     let new = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 3], port))).await;
     let dns = DnsServer::start().await;
     dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
+    (old, new, dns)
+}
+
+#[tokio::test]
+async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
+    // Two origins on one port, at two loopback addresses: what DNS says
+    // decides which one a request reaches.
+    let (old, new, dns) = two_origins().await;
+    let port = old.addr.port();
 
     let proxy = proxy_resolving(&dns, port).await;
     let c = client();
@@ -218,12 +226,9 @@ fn backends_of(routing: &serde_json::Value) -> Vec<(String, bool, bool)> {
 /// `new` at 127.0.0.3, whose probes fail; DNS names `old`, and a proxy
 /// probing every `interval` follows it.
 async fn old_and_failing_new(interval: &str) -> (Origin, Origin, DnsServer, Proxy) {
-    let old = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
+    let (old, new, dns) = two_origins().await;
     let port = old.addr.port();
-    let new = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 3], port))).await;
     new.set_health(503);
-    let dns = DnsServer::start().await;
-    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 2)]);
     let proxy = proxy_probing(&dns, port, interval, "100ms").await;
     (old, new, dns, proxy)
 }
@@ -364,6 +369,61 @@ async fn an_address_back_in_dns_keeps_its_ejection() {
         served_bad,
         "no request reached the ejected address"
     );
+}
+
+/// An address that left DNS with a request still on it shows as draining,
+/// in `/routing` and in its in-flight gauge, until the request finishes.
+#[tokio::test]
+async fn a_draining_address_shows_until_its_requests_finish() {
+    let (old, new, dns) = two_origins().await;
+    let port = old.addr.port();
+    let proxy = proxy_resolving(&dns, port).await;
+    old.set(Behaviour::Hold);
+    let held = tokio::spawn({
+        let url = proxy.url("/slow");
+        async move { client().get(url).send().await.map(|r| r.status()) }
+    });
+    eventually(
+        "the request reaches the old address",
+        Duration::from_secs(15),
+        || async { old.seen().len() == 1 },
+    )
+    .await;
+    dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 3)]);
+    let o = old.addr.to_string();
+    let draining = |routing: &serde_json::Value| -> Vec<(String, u64)> {
+        routing["regions"][0]["draining"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                (
+                    d["address"].as_str().unwrap().to_owned(),
+                    d["inflight"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    eventually(
+        "the old address drains",
+        Duration::from_secs(15),
+        || async {
+            let r = proxy.routing().await;
+            addrs_of(&r) == [new.addr.to_string()] && draining(&r) == [(o.clone(), 1)]
+        },
+    )
+    .await;
+    let gauge = format!(
+        "edgeroute_backend_inflight{{address=\"{o}\",backend=\"{NAME}:{port}\",region=\"us-east-1\"}}"
+    );
+    assert_eq!(proxy.metric(&gauge).await, 1.0);
+
+    old.release(1);
+    assert_eq!(held.await.unwrap().unwrap(), 200);
+    eventually("nothing drains", Duration::from_secs(15), || async {
+        draining(&proxy.routing().await).is_empty()
+    })
+    .await;
 }
 
 /// The addresses of the first region's backends, in `/routing`.
