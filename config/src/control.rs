@@ -718,8 +718,11 @@ fn plain_record_name(name: &str) -> Result<(), &'static str> {
             "a wildcard name is not supported: the control plane mirrors the records of one name",
         );
     }
-    if name.len() > 253 || name.split('.').any(|l| l.is_empty() || l.len() > 63) {
-        return Err("must be a DNS name of labels 1 to 63 characters long, at most 253 in all");
+    // A drain's record is named `_edgeroute-drained.<name>`, 19 more.
+    if name.len() > 234 || name.split('.').any(|l| l.is_empty() || l.len() > 63) {
+        return Err(
+            "must be a DNS name of labels 1 to 63 characters long, at most 234 in all (a drain's record adds `_edgeroute-drained.` to reach DNS's 253)",
+        );
     }
     if !name
         .bytes()
@@ -755,6 +758,12 @@ mod tests {
         }
         let long = format!("{}.example.com", "a".repeat(64));
         assert!(plain_record_name(&long).unwrap_err().contains("63"));
+        let label = "a".repeat(63);
+        let at_most = format!("{label}.{label}.{label}.{}", "b".repeat(42));
+        assert_eq!(at_most.len(), 234);
+        assert_eq!(plain_record_name(&at_most), Ok(()));
+        let past = format!("{at_most}c");
+        assert!(plain_record_name(&past).unwrap_err().contains("234"));
         // As a config file says it.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("control.toml");

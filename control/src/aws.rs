@@ -29,7 +29,9 @@ const HEALTHY_SHARE: f64 = 0.18;
 /// lags, which are read side by side: what has not answered by then is
 /// unread this time (a health check's last reading stands in, a lag is
 /// unknown), so an endpoint that hangs delays the writer's moves by this
-/// much at most. An action's read waits for every answer.
+/// much for each of a read's two rounds (the regions' health beside the
+/// global cluster; then the lags and the health of drained regions, which
+/// need the cluster's members). An action's read waits for every answer.
 const HEALTH_AND_LAG_WAIT: Duration = Duration::from_secs(5);
 
 /// Who a read is for.
