@@ -259,20 +259,11 @@ pub async fn refresh_region(
             let failure = match dns.resolve(&b.host, b.port).await {
                 Ok(answer) => {
                     refresh_at[bi] = answer.refresh_at;
-                    let mut addrs = answer.addrs;
-                    let failure = answer.unanswered.map(|(family, error)| {
-                        // Its addresses are unknown, not gone: keep them.
-                        addrs.extend(
-                            state.topology.regions[region]
-                                .backends()
-                                .iter()
-                                .filter(|k| k.label == label && family.holds(&k.addr))
-                                .map(|k| k.addr),
-                        );
+                    let unknown = answer.unanswered.as_ref().map(|(family, _)| *family);
+                    apply(&state, region, &label, &b.host, &answer.addrs, unknown);
+                    answer.unanswered.map(|(family, error)| {
                         format!("{family} lookup: {error}; keeping its known addresses")
-                    });
-                    apply(&state, region, &label, &b.host, &addrs);
-                    failure
+                    })
                 }
                 Err(e) => {
                     // Keep the addresses we have; try again soon.
@@ -312,9 +303,18 @@ pub fn departure_grace(health: &HealthConfig) -> Duration {
 /// [`MAX_BACKENDS_PER_REGION`]), missing ones are retired. A missing one
 /// that is in rotation while no address of its name that stays or joins
 /// is departs instead: it serves on until one is, for
-/// [`departure_grace`] at most ([`settle`]), so a name whose addresses all
-/// change at once is not empty while the new ones are probed.
-fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &[SocketAddr]) {
+/// [`departure_grace`] (noticed at its next probe: [`settle`]) and while
+/// the region has room, so a name whose addresses all change at once is
+/// not empty while the new ones are probed. `unknown`: a family whose
+/// lookup failed, whose addresses stay as they are.
+fn apply(
+    state: &Arc<AppState>,
+    region: usize,
+    label: &str,
+    host: &str,
+    addrs: &[SocketAddr],
+    unknown: Option<Family>,
+) {
     let info = &state.topology.regions[region];
     let _membership = info.membership.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
@@ -324,6 +324,9 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
     let mut changed = false;
     for b in current.iter() {
         if b.label != label {
+            next.push(Arc::clone(b));
+        } else if unknown.is_some_and(|f| f.holds(&b.addr)) && !b.is_departing() {
+            // Its family's lookup failed: unknown, not gone.
             next.push(Arc::clone(b));
         } else if addrs.contains(&b.addr) {
             if b.stay() {
@@ -369,7 +372,9 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
     let name_serves = next.iter().any(|b| b.label == label && b.in_rotation(now));
     let grace = departure_grace(&state.config.health);
     for b in leaving {
-        if !name_serves && b.in_rotation(now) && !b.departure_over(now) {
+        // Room permitting: a region holds at most MAX_BACKENDS_PER_REGION.
+        let room = next.len() < MAX_BACKENDS_PER_REGION;
+        if room && !name_serves && b.in_rotation(now) && !b.departure_over(now) {
             if b.depart(now + grace) {
                 tracing::info!(region = &*info.name, backend = label, address = %b.addr, grace = ?grace, "address left DNS while no other address of its name is in rotation; it serves on until one is");
                 changed = true;
@@ -388,15 +393,14 @@ fn apply(state: &Arc<AppState>, region: usize, label: &str, host: &str, addrs: &
     }
 }
 
-/// Makes `list` the region's backends, first lifting the ejections a
-/// shorter list would hold beyond the region's rules
-/// ([`RegionInfo::hold_ejections`]).
+/// Makes `list` the region's backends, lifting the ejections a shorter
+/// list would hold beyond the region's rules
+/// ([`RegionInfo::store_holding_ejections`]).
 fn store(state: &AppState, info: &RegionInfo, list: Vec<Arc<Backend>>, now: Instant) {
     let max_percent = state.config.health.max_ejection_percent;
-    for b in info.hold_ejections(&list, max_percent, now) {
+    for b in info.store_holding_ejections(list, max_percent, now) {
         tracing::info!(region = &*info.name, backend = %b.label, address = %b.addr, "ejection lifted: with the region's backends changed it was past health.max_ejection_percent, or left no backend in rotation");
     }
-    info.set_backends(list);
 }
 
 /// Retires the region's departing addresses of `label` that are done
@@ -404,27 +408,29 @@ fn store(state: &AppState, info: &RegionInfo, list: Vec<Arc<Backend>>, now: Inst
 /// of it themselves, or their time has run out. Asked by the probes.
 pub fn settle(state: &AppState, region: usize, label: &str) {
     let info = &state.topology.regions[region];
-    let now = Instant::now();
-    let current = info.backends();
-    let done = |name_serves: bool, b: &Backend| {
-        b.is_departing() && (name_serves || !b.in_rotation(now) || b.departure_over(now))
-    };
-    let serves = |list: &[Arc<Backend>]| {
+    // Another address of the name serves.
+    let serves = |list: &[Arc<Backend>], now: Instant| {
         list.iter()
             .any(|b| b.label == label && !b.is_departing() && b.in_rotation(now))
     };
-    if !current
-        .iter()
-        .any(|b| b.label == label && done(serves(&current), b))
-    {
+    let done = |name_serves: bool, b: &Backend, now: Instant| {
+        b.is_departing() && (name_serves || !b.in_rotation(now) || b.departure_over(now))
+    };
+    let settles = |list: &[Arc<Backend>], now: Instant| {
+        let name_serves = serves(list, now);
+        list.iter()
+            .any(|b| b.label == label && done(name_serves, b, now))
+    };
+    if !settles(&info.backends(), Instant::now()) {
         return;
     }
     let _membership = info.membership.lock().unwrap_or_else(|p| p.into_inner());
+    let now = Instant::now();
     let current = info.backends();
-    let name_serves = serves(&current);
+    let name_serves = serves(&current, now);
     let mut next = Vec::with_capacity(current.len());
     for b in current.iter() {
-        if b.label == label && done(name_serves, b) {
+        if b.label == label && done(name_serves, b, now) {
             let why = if name_serves {
                 "another address of its name is in rotation; the departed address drains"
             } else if b.departure_over(now) {
@@ -544,5 +550,76 @@ mod tests {
         let v6: SocketAddr = "[::1]:80".parse().unwrap();
         assert!(Family::V4.holds(&v4) && !Family::V4.holds(&v6));
         assert!(Family::V6.holds(&v6) && !Family::V6.holds(&v4));
+    }
+}
+
+#[cfg(test)]
+mod apply_tests {
+    use super::*;
+    use crate::topology::Topology;
+    use pingora_core::connectors::TransportConnector;
+
+    /// A proxy's state whose one region's name resolved to `addrs`, all
+    /// of them in rotation. Probes of later addresses run once an hour
+    /// (their first, at once, fails: nothing listens on port 1).
+    fn state_with(addrs: &[SocketAddr]) -> Arc<AppState> {
+        let config = ProxyConfig::from_toml(
+            "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+             [[regions]]\nname = \"us-east-1\"\nbackends = [\"api.test:1\"]\n\
+             [table]\nsource = \"file\"\npath = \"table.json\"\n\
+             [health]\ninterval = \"1h\"\ntimeout = \"1s\"\n",
+            std::path::Path::new("/etc/edgeroute"),
+        )
+        .expect("a valid config");
+        let topology = Topology::build(&config, &[vec![addrs.to_vec()]]);
+        let now = Instant::now();
+        for b in topology.regions[0].backends().iter() {
+            b.record_probe(true, None, &config.health, now);
+        }
+        Arc::new(AppState::new(
+            config,
+            topology,
+            None,
+            TransportConnector::new(None),
+        ))
+    }
+
+    fn v4(i: u32) -> SocketAddr {
+        SocketAddr::from((std::net::Ipv4Addr::from(0x7f01_0000 + i), 1))
+    }
+
+    fn departing(state: &AppState) -> usize {
+        let list = state.topology.regions[0].backends();
+        list.iter().filter(|b| b.is_departing()).count()
+    }
+
+    /// Departing addresses count toward the region's 64: a name whose 40
+    /// addresses all change keeps 24 of the old ones serving, not 40.
+    #[tokio::test]
+    async fn departing_addresses_keep_within_the_region_limit() {
+        let old: Vec<SocketAddr> = (0..40).map(v4).collect();
+        let new: Vec<SocketAddr> = (100..140).map(v4).collect();
+        let state = state_with(&old);
+        apply(&state, 0, "api.test:1", "api.test", &new, None);
+        let list = state.topology.regions[0].backends();
+        assert_eq!(list.len(), MAX_BACKENDS_PER_REGION);
+        assert_eq!(departing(&state), MAX_BACKENDS_PER_REGION - 40);
+    }
+
+    /// A family whose lookup failed keeps its addresses as they are: one
+    /// departing goes on departing, one staying stays.
+    #[tokio::test]
+    async fn a_failed_family_brings_no_departed_address_back() {
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 1));
+        let state = state_with(&[v4(1)]);
+        apply(&state, 0, "api.test:1", "api.test", &[v4(2), v6], None);
+        assert_eq!(departing(&state), 1, "the old address departs");
+        // A fails; AAAA answers as before.
+        apply(&state, 0, "api.test:1", "api.test", &[v6], Some(Family::V4));
+        let list = state.topology.regions[0].backends();
+        let addrs: Vec<SocketAddr> = list.iter().map(|b| b.addr).collect();
+        assert!(addrs.contains(&v4(1)) && addrs.contains(&v4(2)) && addrs.contains(&v6));
+        assert_eq!(departing(&state), 1, "still departing");
+        assert!(list.iter().any(|b| b.addr == v4(1) && b.is_departing()));
     }
 }

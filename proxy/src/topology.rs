@@ -305,15 +305,24 @@ impl Backend {
     /// Its record of failures and ejections, when there is one: kept for a
     /// while after its address leaves DNS, so that an address coming back
     /// does not come back with a clean record.
-    pub fn outlier_record(&self) -> Option<Outlier> {
+    pub fn outlier_record(&self) -> Option<FailureRecord> {
         let live = self.live();
-        (!live.outlier.is_blank()).then(|| live.outlier.clone())
+        (!live.outlier.is_blank()).then(|| FailureRecord {
+            outlier: live.outlier.clone(),
+            for_answers: self.ejected_for_answers.load(Ordering::Relaxed),
+        })
     }
 
     /// Takes on the record of an earlier backend at the same address.
-    pub fn take_record(&self, outlier: Outlier) {
+    pub fn take_record(&self, record: FailureRecord) {
         let mut live = self.live();
+        let FailureRecord {
+            outlier,
+            for_answers,
+        } = record;
         self.failing.store(outlier.failing(), Ordering::Relaxed);
+        self.ejected_for_answers
+            .store(for_answers, Ordering::Relaxed);
         if let Some(until) = outlier.ejected_until() {
             self.ejected_until_ms
                 .store(self.ms_since_clock(until), Ordering::Relaxed);
@@ -365,8 +374,16 @@ pub struct RegionInfo {
 struct Left {
     label: String,
     addr: SocketAddr,
-    outlier: Outlier,
+    record: FailureRecord,
     at: Instant,
+}
+
+/// A backend's record of live-traffic failures and ejections.
+#[derive(Debug, Clone)]
+pub struct FailureRecord {
+    outlier: Outlier,
+    /// Its last ejection was for 5xx answers.
+    for_answers: bool,
 }
 
 /// A region's ejection cap (`health.max_ejection_percent`), as a failing
@@ -421,7 +438,7 @@ impl RegionInfo {
     /// `memory` (at most [`MAX_BACKENDS_PER_REGION`] records, the oldest
     /// going first).
     pub fn remember_left(&self, b: &Backend, now: Instant, memory: Duration) {
-        let Some(outlier) = b.outlier_record() else {
+        let Some(record) = b.outlier_record() else {
             return;
         };
         let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
@@ -434,7 +451,7 @@ impl RegionInfo {
         left.push(Left {
             label: b.label.clone(),
             addr: b.addr,
-            outlier,
+            record,
             at: now,
         });
     }
@@ -447,13 +464,13 @@ impl RegionInfo {
         addr: SocketAddr,
         now: Instant,
         memory: Duration,
-    ) -> Option<Outlier> {
+    ) -> Option<FailureRecord> {
         let mut left = self.left.lock().unwrap_or_else(|p| p.into_inner());
         let i = left
             .iter()
             .position(|l| l.label == label && l.addr == addr)?;
         let l = left.remove(i);
-        (now.saturating_duration_since(l.at) < memory).then_some(l.outlier)
+        (now.saturating_duration_since(l.at) < memory).then_some(l.record)
     }
 
     /// `b` left the list: shown as draining while requests on it finish.
@@ -514,39 +531,52 @@ impl RegionInfo {
         ejected < cap && (!answered || backends.iter().filter(|b| b.in_rotation(now)).count() > 1)
     }
 
-    /// Holds `list`, about to become the region's backends, to the rules
-    /// ejections keep when they are made ([`Self::may_eject`]), which a
-    /// list that shrank may break: at most `max_percent` of it ejected (one
-    /// always may be), and not its last backend that answers for 5xx
-    /// answers alone. Ejections that break them are lifted, those ending
-    /// soonest first. Returns the backends lifted.
-    pub fn hold_ejections(
+    /// Makes `list` the region's backends, held to the rules ejections
+    /// keep when they are made ([`Self::may_eject`]), which a list that
+    /// shrank may break: at most `max_percent` of it ejected (one always
+    /// may be), and not its last backend that answers for 5xx answers
+    /// alone. Ejections that break them are lifted, those ending soonest
+    /// first. Returns the backends lifted.
+    pub fn store_holding_ejections(
         &self,
-        list: &[Arc<Backend>],
+        list: Vec<Arc<Backend>>,
         max_percent: u32,
         now: Instant,
     ) -> Vec<Arc<Backend>> {
-        let _ejecting = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
-        let mut ejected: Vec<&Arc<Backend>> = list
-            .iter()
-            .filter(|b| !b.is_retired() && b.is_ejected(now))
-            .collect();
-        ejected.sort_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed));
-        let cap = (list.len() * max_percent as usize / 100).max(1);
-        let over = ejected.len().saturating_sub(cap);
-        let mut lifted: Vec<Arc<Backend>> = ejected.drain(..over).cloned().collect();
+        let lifted = {
+            // Held while the list is judged and stored, so no ejection
+            // counts against the list being replaced; released before the
+            // backends' own locks are taken (a failing backend takes its
+            // own, then this one).
+            let _ejecting = self.ejecting.lock().unwrap_or_else(|p| p.into_inner());
+            let mut ejected: Vec<&Arc<Backend>> = list
+                .iter()
+                .filter(|b| !b.is_retired() && b.is_ejected(now))
+                .collect();
+            ejected.sort_by_key(|b| b.ejected_until_ms.load(Ordering::Relaxed));
+            let cap = (list.len() * max_percent as usize / 100).max(1);
+            let over = ejected.len().saturating_sub(cap);
+            let mut lifted: Vec<Arc<Backend>> = ejected.drain(..over).cloned().collect();
+            let serves = |b: &Arc<Backend>| {
+                b.in_rotation(now)
+                    || (b.probe_healthy()
+                        && !b.is_retired()
+                        && lifted.iter().any(|l| Arc::ptr_eq(l, b)))
+            };
+            if !list.iter().any(serves) {
+                // Every backend out: one that only answered badly comes back.
+                if let Some(b) = ejected
+                    .into_iter()
+                    .find(|b| b.probe_healthy() && b.ejected_for_answers.load(Ordering::Relaxed))
+                {
+                    lifted.push(Arc::clone(b));
+                }
+            }
+            self.set_backends(list);
+            lifted
+        };
         for b in &lifted {
             b.lift_ejection(now);
-        }
-        if !list.iter().any(|b| b.in_rotation(now)) {
-            // Every backend out: one that only answered badly comes back.
-            if let Some(b) = ejected
-                .into_iter()
-                .find(|b| b.probe_healthy() && b.ejected_for_answers.load(Ordering::Relaxed))
-            {
-                b.lift_ejection(now);
-                lifted.push(Arc::clone(b));
-            }
         }
         lifted
     }
@@ -757,14 +787,17 @@ mod tests {
         assert_eq!(ejected(&all), 3);
         // The whole list as it stands: three of four is past 50%; one of
         // those ending soonest (1 and 3) is lifted.
-        let lifted = region.hold_ejections(&all, 50, t0);
+        let lifted = region.store_holding_ejections(all.to_vec(), 50, t0);
         assert_eq!(lifted.len(), 1, "cap 2 of 4");
         assert!(Arc::ptr_eq(&lifted[0], &all[1]) || Arc::ptr_eq(&lifted[0], &all[3]));
         assert_eq!(ejected(&all), 2);
         // DNS leaves only 2: one of one may be ejected, but for 5xx it is
         // not the last that answers.
         let only = vec![Arc::clone(&all[2])];
-        assert_eq!(region.hold_ejections(&only, 50, t0).len(), 1);
+        assert_eq!(
+            region.store_holding_ejections(only.clone(), 50, t0).len(),
+            1
+        );
         assert!(only[0].in_rotation(t0));
         // One that gave no answer stays out, even as the last.
         let other = testing::topology(1, 2);
@@ -772,10 +805,43 @@ mod tests {
         eject(&other.regions[0], &silent, false, t0);
         assert!(
             other.regions[0]
-                .hold_ejections(&[Arc::clone(&silent)], 50, t0)
+                .store_holding_ejections(vec![Arc::clone(&silent)], 50, t0)
                 .is_empty()
         );
         assert!(silent.is_ejected(t0));
+    }
+
+    /// Storing a list does not hold the region's ejection lock while it
+    /// waits for a backend's own: a backend failing at that moment holds
+    /// its own and asks for the region's (the other order would deadlock).
+    #[test]
+    fn storing_a_list_waits_for_no_backend_while_holding_the_ejection_lock() {
+        let t = testing::topology(1, 2);
+        let region = &t.regions[0];
+        let all = region.backends();
+        let t0 = Instant::now();
+        eject(region, &all[0], false, t0);
+        eject(region, &all[1], false, t0);
+        std::thread::scope(|scope| {
+            // A failing backend's own lock, held (and let go, should an
+            // assertion fail, before the scope waits for its thread).
+            let held = all[0].live();
+            // Two of two ejected is past 50%: storing lifts the first,
+            // which waits for its backend's lock.
+            let storing = scope.spawn(|| region.store_holding_ejections(all.to_vec(), 50, t0));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Arc::ptr_eq(&region.backends(), &all) {
+                assert!(Instant::now() < deadline, "the list was never stored");
+                std::thread::yield_now();
+            }
+            // The region's lock is free while the store waits.
+            assert!(
+                region.ejecting.try_lock().is_ok(),
+                "the ejection lock is held"
+            );
+            drop(held);
+            assert_eq!(storing.join().unwrap().len(), 1);
+        });
     }
 
     #[test]
