@@ -360,6 +360,12 @@ async fn an_address_back_in_dns_keeps_its_ejection() {
     )
     .await;
     assert!(ejected(&proxy.routing().await), "{}", proxy.routing().await);
+    // Its passing probe is not logged as its return to rotation.
+    let log = proxy.log();
+    assert!(
+        log.contains("still ejected, in rotation once its ejection ends"),
+        "{log}"
+    );
     let served_bad = bad.seen().len();
     for _ in 0..10 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);

@@ -117,6 +117,13 @@ async fn run(state: Arc<AppState>, backend: Arc<Backend>) {
             crate::dns::settle(&state, backend.region, &backend.label);
         }
         match change {
+            Some(true) if backend.is_ejected(now) => {
+                // Back with an ejection kept (its address left DNS and
+                // returned): in rotation when the ejection ends, logged then.
+                tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "probe passed; the backend is still ejected, in rotation once its ejection ends");
+                was_ejected = true;
+                failures_told = false;
+            }
             Some(true) => {
                 tracing::info!(region = &*region, backend = %backend.label, address = %backend.addr, "backend in rotation: probe passed");
                 failures_told = false;
