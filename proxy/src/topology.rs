@@ -281,12 +281,7 @@ impl Backend {
             permit = cap.permit(answered, now);
             permit.is_some()
         });
-        self.failing
-            .store(live.outlier.failing(), Ordering::Relaxed);
-        if let Some(until) = live.outlier.ejected_until() {
-            self.ejected_until_ms
-                .store(self.ms_since_clock(until), Ordering::Relaxed);
-        }
+        self.mirror(&live.outlier);
         if matches!(verdict, Verdict::Ejected(_)) {
             self.ejected_for_answers.store(answered, Ordering::Relaxed);
         }
@@ -294,12 +289,21 @@ impl Backend {
         verdict
     }
 
+    /// Copies what picks read of `outlier` (its streak, its ejection) to
+    /// the lock-free mirrors; called with `live` held.
+    fn mirror(&self, outlier: &Outlier) {
+        self.failing.store(outlier.failing(), Ordering::Relaxed);
+        if let Some(until) = outlier.ejected_until() {
+            self.ejected_until_ms
+                .store(self.ms_since_clock(until), Ordering::Relaxed);
+        }
+    }
+
     /// Ends its ejection now (the backoff goes on counting it).
     fn lift_ejection(&self, now: Instant) {
         let mut live = self.live();
         live.outlier.lift(now);
-        self.ejected_until_ms
-            .store(self.ms_since_clock(now), Ordering::Relaxed);
+        self.mirror(&live.outlier);
     }
 
     /// Its record of failures and ejections, when there is one: kept for a
@@ -316,18 +320,10 @@ impl Backend {
     /// Takes on the record of an earlier backend at the same address.
     pub fn take_record(&self, record: FailureRecord) {
         let mut live = self.live();
-        let FailureRecord {
-            outlier,
-            for_answers,
-        } = record;
-        self.failing.store(outlier.failing(), Ordering::Relaxed);
         self.ejected_for_answers
-            .store(for_answers, Ordering::Relaxed);
-        if let Some(until) = outlier.ejected_until() {
-            self.ejected_until_ms
-                .store(self.ms_since_clock(until), Ordering::Relaxed);
-        }
-        live.outlier = outlier;
+            .store(record.for_answers, Ordering::Relaxed);
+        self.mirror(&record.outlier);
+        live.outlier = record.outlier;
     }
 
     /// Marks one request as in flight on this backend until the guard drops.
