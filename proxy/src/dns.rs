@@ -294,7 +294,7 @@ pub async fn refresh_region(
 /// How long an address that left DNS serves on while no other address of
 /// its name is in rotation: time for a new address's first probes (three
 /// rounds), after which it goes whatever they said.
-pub fn departure_grace(health: &HealthConfig) -> Duration {
+fn departure_grace(health: &HealthConfig) -> Duration {
     (health.interval + health.jitter) * 3 + health.timeout
 }
 
@@ -381,7 +381,7 @@ fn apply(
             }
             next.push(Arc::clone(b));
         } else {
-            retire(state, info, b, "address left DNS; draining it");
+            retire(state, info, b, now, "address left DNS; draining it");
             changed = true;
         }
     }
@@ -438,7 +438,7 @@ pub fn settle(state: &AppState, region: usize, label: &str) {
             } else {
                 "departed address out of rotation; draining it"
             };
-            retire(state, info, b, why);
+            retire(state, info, b, now, why);
         } else {
             next.push(Arc::clone(b));
         }
@@ -446,11 +446,11 @@ pub fn settle(state: &AppState, region: usize, label: &str) {
     store(state, info, next, now);
 }
 
-fn retire(state: &AppState, info: &RegionInfo, b: &Arc<Backend>, why: &'static str) {
+fn retire(state: &AppState, info: &RegionInfo, b: &Arc<Backend>, now: Instant, why: &'static str) {
     b.retire();
     info.drain(b);
     // Should the address come back, it comes back with its record.
-    info.remember_left(b, Instant::now(), state.config.health.max_eject_for);
+    info.remember_left(b, now, state.config.health.max_eject_for);
     state.metrics.address_left(&info.name, b);
     tracing::info!(region = &*info.name, backend = %b.label, address = %b.addr, "{why}");
 }
