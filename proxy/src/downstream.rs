@@ -373,8 +373,8 @@ impl Session {
         self.retry_truncated
     }
 
-    /// The next piece of the request body; `None` after its end. After a
-    /// `101`, the client's bytes until it ends its stream.
+    /// The next piece of the request body; `None` after its end. (After a
+    /// `101`, [`Self::tunnel`] takes the connection's bytes.)
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         let data = loop {
             let step = self
@@ -544,8 +544,8 @@ impl Session {
     }
 
     /// Sends a piece of the response body, framed (with the head, if it has
-    /// not gone yet); `end`: it is the last. After a `101`, the end is the
-    /// end of the stream toward the client.
+    /// not gone yet); `end`: it is the last. (After a `101`, only the head
+    /// goes this way; [`Self::tunnel`] takes the connection.)
     pub async fn write_body(&mut self, data: Bytes, end: bool) -> Result<(), BError> {
         let mut size = [0u8; 18];
         let (prefix, suffix): (&[u8], &[u8]) = match self.out {
@@ -606,7 +606,7 @@ impl Session {
                         format!("the response ended {left} bytes before its Content-Length"),
                     ));
                 }
-                Out::Raw | Out::UntilClose => {
+                Out::UntilClose => {
                     self.deadline
                         .bound(
                             Some(self.idle),
@@ -1639,12 +1639,8 @@ mod tests {
         peer.read_exact(&mut got).await.expect("read");
         assert_eq!(String::from_utf8_lossy(&got), want);
         assert!(s.was_upgraded());
-        assert_eq!(
-            s.read_body().await.expect("raw").as_deref(),
-            Some(&b"raw bytes"[..])
-        );
-        peer.shutdown().await.expect("shutdown");
-        assert_eq!(s.read_body().await.expect("end"), None);
+        // What came after the head goes first through the tunnel.
+        assert_eq!(&s.tunnel().0[..], b"raw bytes");
         assert!(!s.reusable());
         assert_eq!(s.retry_buffer(), None, "tunnel bytes are not kept");
     }
