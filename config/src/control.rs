@@ -704,10 +704,10 @@ impl TopologyView {
     }
 }
 
-/// Whether `name` is a DNS name Route 53 lists as written: labels of
-/// letters, digits, `-` and `_`. Others it lists escaped (a wildcard `*`
-/// as `\052`), which would never match the configured name. (Empty: the
-/// "is required" error says so.)
+/// Whether `name` is a DNS name Route 53 lists as written (see
+/// [`values::valid_dns_name`]). Others it lists escaped (a wildcard `*` as
+/// `\052`), which would never match the configured name. (Empty: the "is
+/// required" error says so.)
 fn plain_record_name(name: &str) -> Result<(), &'static str> {
     let name = name.trim_end_matches('.');
     if name.is_empty() {
@@ -719,16 +719,10 @@ fn plain_record_name(name: &str) -> Result<(), &'static str> {
         );
     }
     // A drain's record is named `_edgeroute-drained.<name>`, 19 more.
-    if name.len() > 234 || name.split('.').any(|l| l.is_empty() || l.len() > 63) {
+    if name.len() > 234 || !values::valid_dns_name(name) {
         return Err(
-            "must be a DNS name of labels 1 to 63 characters long, at most 234 in all (a drain's record adds `_edgeroute-drained.` to reach DNS's 253)",
+            "must be a DNS name of labels 1 to 63 characters long, of only letters, digits, '-' and '_' (not at a label's ends), at most 234 in all (a drain's record adds `_edgeroute-drained.` to reach DNS's 253)",
         );
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err("may hold only letters, digits, '-', '_' and '.'");
     }
     Ok(())
 }

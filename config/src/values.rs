@@ -220,7 +220,7 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
 /// labels of 1 to 63 bytes, at most 253 in all, one trailing dot allowed).
 /// A name whose last label is all digits is no name: it is an IPv4
 /// address gone wrong (`999.1.1.1`, `127.0.0.01`).
-fn valid_dns_name(host: &str) -> bool {
+pub(crate) fn valid_dns_name(host: &str) -> bool {
     let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
         && host.len() <= 253
