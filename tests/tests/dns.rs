@@ -86,15 +86,14 @@ async fn the_proxy_follows_a_changed_dns_answer_within_the_ttl() {
         || async { addrs_of(&proxy.routing().await) == [new.addr.to_string()] },
     )
     .await;
-    let before = old.seen().len();
-    for _ in 0..5 {
-        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
-    }
-    assert_eq!(
-        old.seen().len(),
-        before,
-        "no new request reaches the departed address"
-    );
+    served_without(
+        &c,
+        &proxy,
+        5,
+        &old,
+        "no new request reaches the departed address",
+    )
+    .await;
 }
 
 /// A lookup that fails for one address family (SERVFAIL for A) while the
@@ -366,15 +365,14 @@ async fn an_address_back_in_dns_keeps_its_ejection() {
         log.contains("still ejected, in rotation once its ejection ends"),
         "{log}"
     );
-    let served_bad = bad.seen().len();
-    for _ in 0..10 {
-        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
-    }
-    assert_eq!(
-        bad.seen().len(),
-        served_bad,
-        "no request reached the ejected address"
-    );
+    served_without(
+        &c,
+        &proxy,
+        10,
+        &bad,
+        "no request reached the ejected address",
+    )
+    .await;
 }
 
 /// An address that left DNS with a request still on it shows as draining,
@@ -430,6 +428,16 @@ async fn a_draining_address_shows_until_its_requests_finish() {
         draining(&proxy.routing().await).is_empty()
     })
     .await;
+}
+
+/// Sends `n` requests through `proxy`, each answered 200, none of them
+/// reaching `origin` (`why` says why none may).
+async fn served_without(c: &reqwest::Client, proxy: &Proxy, n: usize, origin: &Origin, why: &str) {
+    let before = origin.seen().len();
+    for _ in 0..n {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(origin.seen().len(), before, "{why}");
 }
 
 /// The addresses of the first region's backends, in `/routing`.
