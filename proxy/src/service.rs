@@ -20,6 +20,7 @@ use crate::route::{Plan, Refusal, RouteClass, carry_tried, pick_backend};
 use crate::snapshot::Snapshot;
 use crate::state::AppState;
 use crate::topology::{Backend, InflightGuard, policy};
+use crate::tunnel::Conn;
 use crate::upstream;
 use bytes::Bytes;
 use edgeroute_config::RouteTarget;
@@ -1041,12 +1042,20 @@ async fn tunnel(
             "an HTTP/2 stream cannot carry an upgraded connection",
         ));
     };
+    let client_kernel = client_stream.get_socket_digest();
     let (backend_early, backend_stream) = up.tunnel();
+    let backend_kernel = backend_stream.get_socket_digest();
     let ended = crate::tunnel::carry(
-        client_stream,
-        client_early,
-        backend_stream,
-        backend_early,
+        Conn {
+            stream: client_stream,
+            early: client_early,
+            kernel: &client_kernel,
+        },
+        Conn {
+            stream: backend_stream,
+            early: backend_early,
+            kernel: &backend_kernel,
+        },
         idle,
     )
     .await?;

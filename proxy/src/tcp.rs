@@ -28,7 +28,8 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct TcpConnection {
     stream: TcpStream,
-    /// A client's address, known from the accept.
+    /// The socket, for its kernel account (and a client's address,
+    /// known from the accept).
     digest: Option<Arc<SocketDigest>>,
     /// Bytes read by [`TcpConnection::starts_with`] or
     /// [`TcpConnection::first_byte`], read again first.
@@ -39,9 +40,10 @@ impl TcpConnection {
     /// A connection made to a backend.
     pub fn to_backend(stream: TcpStream) -> std::io::Result<Stream> {
         stream.set_nodelay(true)?;
+        let digest = SocketDigest::from_raw_fd(stream.as_raw_fd());
         Ok(Box::new(TcpConnection {
             stream,
-            digest: None,
+            digest: Some(Arc::new(digest)),
             early: Vec::new(),
         }))
     }

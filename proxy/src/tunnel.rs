@@ -4,18 +4,41 @@
 //! direction. Each side's end of stream is passed on as the end of the
 //! other's writing, and the tunnel ends when both have ended, when either
 //! fails, or when no byte has moved either way for the idle limit.
+//!
+//! Two things only the kernel knows, it is asked (see [`Kernel`]) while a
+//! write waits for a side to take bytes (every second at most) and when
+//! the tunnel is quiet (every eighth of the idle limit):
+//! - whether a side's peer still takes bytes: the bytes its TCP has
+//!   acknowledged. A reader that drains a large socket buffer slowly makes
+//!   the socket writable again only after a while, yet moves bytes all the
+//!   time; acknowledged bytes count as moving.
+//! - whether a side's connection was reset. A side that resets while the
+//!   proxy is held writing its bytes to the other is not read again until
+//!   that write ends, which may be never; its reset ends the tunnel at once.
 
 use bytes::Bytes;
+use pingora_core::protocols::SocketDigest;
 use pingora_error::{Error, ErrorType};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub type BError = Box<Error>;
 
 /// Bytes read from one side at a time.
 const CHUNK: usize = 16 * 1024;
+
+/// The longest a waiting write goes without a look at the kernel.
+const WAITING_LOOK: Duration = Duration::from_secs(1);
+
+/// Linux's `TCP_CLOSE` state (`include/net/tcp_states.h`): the connection
+/// is over, by a reset, or by both sides' ends of stream.
+const TCP_CLOSE: u8 = 7;
 
 /// How a tunnel ended without failing.
 #[derive(Debug, PartialEq, Eq)]
@@ -26,70 +49,172 @@ pub enum Ended {
     Idle,
 }
 
-/// Carries `client` and `backend` until the tunnel ends. `client_early` and
-/// `backend_early`, bytes each side sent that were read with the upgrade's
-/// heads, go first. Errors say which side failed (`into_down`: the client,
-/// `into_up`: the backend).
+/// What the kernel tells of a side's TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tcp {
+    /// Bytes the peer has acknowledged, since the connection began.
+    pub acked: u64,
+    /// The connection is over (`TCP_CLOSE`).
+    pub closed: bool,
+}
+
+/// Where a side's [`Tcp`] state is read.
+pub trait Kernel: Sync {
+    /// `None` when the side is not a TCP connection the kernel tells of.
+    fn tcp(&self) -> Option<Tcp>;
+}
+
+impl Kernel for Option<Arc<SocketDigest>> {
+    fn tcp(&self) -> Option<Tcp> {
+        let info = self.as_ref()?.tcp_info()?;
+        Some(Tcp {
+            acked: info.tcpi_bytes_acked,
+            closed: info.tcpi_state == TCP_CLOSE,
+        })
+    }
+}
+
+/// One side of a tunnel: its stream, the bytes it sent that were read
+/// with the upgrade's heads (they go first), and its kernel's account.
+pub struct Conn<'a, S> {
+    pub stream: &'a mut S,
+    pub early: Bytes,
+    pub kernel: &'a dyn Kernel,
+}
+
+/// Carries `client` and `backend` until the tunnel ends. Errors say which
+/// side failed (`into_down`: the client, `into_up`: the backend).
 pub async fn carry<C, B>(
-    client: &mut C,
-    client_early: Bytes,
-    backend: &mut B,
-    backend_early: Bytes,
+    client: Conn<'_, C>,
+    backend: Conn<'_, B>,
     idle: Duration,
 ) -> Result<Ended, BError>
 where
     C: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
 {
-    let start = Instant::now();
-    let activity = Activity {
-        start,
-        last_ms: AtomicU64::new(0),
-    };
-    let (mut client_in, mut client_out) = tokio::io::split(client);
-    let (mut backend_in, mut backend_out) = tokio::io::split(backend);
+    carry_with(&Activity::new(idle), client, backend).await
+}
+
+async fn carry_with<C, B>(
+    activity: &Activity,
+    client: Conn<'_, C>,
+    backend: Conn<'_, B>,
+) -> Result<Ended, BError>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let kernels = [client.kernel, backend.kernel];
+    let (mut client_in, mut client_out) = tokio::io::split(client.stream);
+    let (mut backend_in, mut backend_out) = tokio::io::split(backend.stream);
     let up = pass(
         &mut client_in,
         &mut backend_out,
-        client_early,
-        &activity,
+        client.early,
+        activity,
         Side::Client,
     );
     let down = pass(
         &mut backend_in,
         &mut client_out,
-        backend_early,
-        &activity,
+        backend.early,
+        activity,
         Side::Backend,
     );
     tokio::select! {
         both = async { tokio::try_join!(up, down) } => both.map(|_| Ended::Closed),
-        () = activity.idle_for(idle) => Ok(Ended::Idle),
+        watched = activity.watch(kernels) => watched,
     }
 }
 
-/// When a byte last moved, either way.
+/// When a byte last moved, either way, and what the kernel is asked.
 struct Activity {
     start: Instant,
+    idle: Duration,
     /// Milliseconds since `start`.
     last_ms: AtomicU64,
+    /// Writes waiting for a side to take bytes.
+    waiting: AtomicUsize,
+    /// Told when a write starts to wait.
+    wait_began: Notify,
+    /// Whether the proxy has ended its writing to each side (by
+    /// [`Side::index`]): a side's connection may then close cleanly.
+    ended: [AtomicBool; 2],
+    /// Looks at the kernel so far.
+    looks: AtomicU64,
 }
 
 impl Activity {
+    fn new(idle: Duration) -> Self {
+        Activity {
+            start: Instant::now(),
+            idle,
+            last_ms: AtomicU64::new(0),
+            waiting: AtomicUsize::new(0),
+            wait_began: Notify::new(),
+            ended: [AtomicBool::new(false), AtomicBool::new(false)],
+            looks: AtomicU64::new(0),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_ms.fetch_max(ms, Ordering::Relaxed);
     }
 
-    /// Resolves once nothing has moved for `limit`.
-    async fn idle_for(&self, limit: Duration) {
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// `io`'s outcome; while it waits, it counts as a waiting write.
+    async fn waiting_for<F: Future>(&self, io: F) -> F::Output {
+        let mut io = std::pin::pin!(io);
+        if let Poll::Ready(done) =
+            std::future::poll_fn(|cx| Poll::Ready(io.as_mut().poll(cx))).await
+        {
+            return done;
+        }
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        self.wait_began.notify_one();
+        let done = io.await;
+        self.waiting.fetch_sub(1, Ordering::Relaxed);
+        done
+    }
+
+    /// Resolves once nothing has moved for the idle limit (bytes the
+    /// kernels saw acknowledged counting as moving), or with the error of
+    /// a side whose connection was reset before the proxy ended its
+    /// writing to it.
+    async fn watch(&self, kernels: [&dyn Kernel; 2]) -> Result<Ended, BError> {
+        let quiet_look = self.idle / 8;
+        let waiting_look = quiet_look.min(WAITING_LOOK);
+        let mut acked = kernels.map(|k| k.tcp().map(|t| t.acked));
+        let mut acked_moved = self.start;
         loop {
-            let last = self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + limit;
-            if Instant::now() >= deadline {
-                return;
+            let deadline = self.last().max(acked_moved) + self.idle;
+            if self.waiting.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep_until(deadline.min(Instant::now() + waiting_look)).await;
+            } else {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline.min(Instant::now() + quiet_look)) => {}
+                    () = self.wait_began.notified() => continue,
+                }
             }
-            tokio::time::sleep_until(deadline).await;
+            let now = Instant::now();
+            self.looks.fetch_add(1, Ordering::Relaxed);
+            for (side, kernel) in [Side::Client, Side::Backend].into_iter().zip(kernels) {
+                let Some(tcp) = kernel.tcp() else { continue };
+                if tcp.closed && !self.ended[side.index()].load(Ordering::Relaxed) {
+                    return Err(side.reset());
+                }
+                if acked[side.index()].replace(tcp.acked) != Some(tcp.acked) {
+                    acked_moved = now;
+                }
+            }
+            if now >= self.last().max(acked_moved) + self.idle {
+                return Ok(Ended::Idle);
+            }
         }
     }
 }
@@ -102,6 +227,21 @@ enum Side {
 }
 
 impl Side {
+    fn index(self) -> usize {
+        match self {
+            Side::Client => 0,
+            Side::Backend => 1,
+        }
+    }
+
+    /// The side written in this side's direction.
+    fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
     fn read_error(self, e: std::io::Error) -> BError {
         match self {
             Side::Client => {
@@ -122,6 +262,22 @@ impl Side {
             Side::Backend => {
                 Error::because(ErrorType::WriteError, "writing to the client", e).into_down()
             }
+        }
+    }
+
+    /// This side's connection was reset.
+    fn reset(self) -> BError {
+        match self {
+            Side::Client => Error::explain(
+                ErrorType::ConnectionClosed,
+                "the client's connection was reset",
+            )
+            .into_down(),
+            Side::Backend => Error::explain(
+                ErrorType::ConnectionClosed,
+                "the backend's connection was reset",
+            )
+            .into_up(),
         }
     }
 }
@@ -145,14 +301,19 @@ where
         let n = from.read(&mut buf).await.map_err(|e| side.read_error(e))?;
         activity.touch();
         if n == 0 {
-            return to.shutdown().await.map_err(|e| side.write_error(e));
+            // Marked first: once the end is sent, the other side may close
+            // its connection cleanly at any moment.
+            activity.ended[side.other().index()].store(true, Ordering::Relaxed);
+            return activity
+                .waiting_for(to.shutdown())
+                .await
+                .map_err(|e| side.write_error(e));
         }
         write(to, &buf[..n], activity, side).await?;
     }
 }
 
-/// Writes all of `data`, each partial write counting as activity, so a
-/// side taking bytes slowly is not taken for idle.
+/// Writes all of `data`, each partial write counting as activity.
 async fn write<W: AsyncWrite + Unpin>(
     to: &mut W,
     mut data: &[u8],
@@ -160,30 +321,156 @@ async fn write<W: AsyncWrite + Unpin>(
     side: Side,
 ) -> Result<(), BError> {
     while !data.is_empty() {
-        let n = to.write(data).await.map_err(|e| side.write_error(e))?;
+        let n = activity
+            .waiting_for(to.write(data))
+            .await
+            .map_err(|e| side.write_error(e))?;
         if n == 0 {
             return Err(side.write_error(std::io::ErrorKind::WriteZero.into()));
         }
         activity.touch();
         data = &data[n..];
     }
-    to.flush().await.map_err(|e| side.write_error(e))
+    activity
+        .waiting_for(to.flush())
+        .await
+        .map_err(|e| side.write_error(e))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
     use tokio::io::{DuplexStream, duplex};
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A side that is not a TCP connection.
+    struct NotTcp;
+
+    impl Kernel for NotTcp {
+        fn tcp(&self) -> Option<Tcp> {
+            None
+        }
+    }
+
+    /// A kernel that tells what the test sets.
+    #[derive(Default)]
+    struct Told {
+        acked: AtomicU64,
+    }
+
+    impl Kernel for Told {
+        fn tcp(&self) -> Option<Tcp> {
+            Some(Tcp {
+                acked: self.acked.load(Ordering::Relaxed),
+                closed: false,
+            })
+        }
+    }
 
     /// Carries the proxy's ends of a client pipe and a backend pipe.
     async fn run(
-        mut client: DuplexStream,
+        client: DuplexStream,
         early: (&'static [u8], &'static [u8]),
-        mut backend: DuplexStream,
+        backend: DuplexStream,
         idle: Duration,
     ) -> Result<Ended, BError> {
-        let (up, down) = (Bytes::from_static(early.0), Bytes::from_static(early.1));
-        carry(&mut client, up, &mut backend, down, idle).await
+        run_with(
+            &Activity::new(idle),
+            client,
+            early,
+            backend,
+            [&NotTcp, &NotTcp],
+        )
+        .await
+    }
+
+    /// Carries `client` and `backend`, with `activity` and `kernels`
+    /// (the client's, the backend's) for the test to see and set.
+    async fn run_with<C, B>(
+        activity: &Activity,
+        mut client: C,
+        early: (&'static [u8], &'static [u8]),
+        mut backend: B,
+        kernels: [&dyn Kernel; 2],
+    ) -> Result<Ended, BError>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        B: AsyncRead + AsyncWrite + Unpin,
+    {
+        let client = Conn {
+            stream: &mut client,
+            early: Bytes::from_static(early.0),
+            kernel: kernels[0],
+        };
+        let backend = Conn {
+            stream: &mut backend,
+            early: Bytes::from_static(early.1),
+            kernel: kernels[1],
+        };
+        carry_with(activity, client, backend).await
+    }
+
+    /// A connected pair of loopback sockets: the peer's and the proxy's,
+    /// with the kernel's account of the proxy's. A `narrow` pair holds few
+    /// bytes the peer has not read (small socket buffers on the way to it).
+    async fn tcp_pair(narrow: bool) -> (TcpStream, TcpStream, Option<Arc<SocketDigest>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = tokio::net::TcpSocket::new_v4().unwrap();
+        if narrow {
+            peer.set_recv_buffer_size(4096).unwrap();
+        }
+        let peer = peer.connect(listener.local_addr().unwrap()).await.unwrap();
+        let (proxy, _) = listener.accept().await.unwrap();
+        if narrow {
+            socket2::SockRef::from(&proxy)
+                .set_send_buffer_size(4096)
+                .unwrap();
+        }
+        let kernel = Some(Arc::new(SocketDigest::from_raw_fd(proxy.as_raw_fd())));
+        (peer, proxy, kernel)
+    }
+
+    /// A tunnel between loopback connections, with an hour's idle limit
+    /// and a narrow way to the backend: the test's ends of the
+    /// connections, and what it sees of the tunnel.
+    struct TcpTunnel {
+        client: TcpStream,
+        backend: TcpStream,
+        /// The kernel's account of the proxy's connection to the client.
+        client_kernel: Arc<SocketDigest>,
+        activity: Arc<Activity>,
+        tunnel: tokio::task::JoinHandle<Result<Ended, BError>>,
+    }
+
+    async fn tcp_tunnel() -> TcpTunnel {
+        let (client, client_proxy, client_kernel) = tcp_pair(false).await;
+        let (backend, backend_proxy, backend_kernel) = tcp_pair(true).await;
+        let watched = Arc::clone(client_kernel.as_ref().unwrap());
+        let activity = Arc::new(Activity::new(Duration::from_secs(3600)));
+        let tunnel = tokio::spawn({
+            let activity = Arc::clone(&activity);
+            async move {
+                let kernels: [&dyn Kernel; 2] = [&client_kernel, &backend_kernel];
+                run_with(&activity, client_proxy, (b"", b""), backend_proxy, kernels).await
+            }
+        });
+        TcpTunnel {
+            client,
+            backend,
+            client_kernel: watched,
+            activity,
+            tunnel,
+        }
+    }
+
+    /// Waits (a bounded while) until `done` holds.
+    async fn until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// A backend that answers every byte with eight, writing before it
@@ -194,7 +481,7 @@ mod tests {
     async fn a_backend_writing_more_than_it_reads_does_not_stall_the_client() {
         let (client_proxy, mut client) = duplex(64 * 1024);
         let (backend_proxy, mut backend) = duplex(64 * 1024);
-        const SENT: usize = 4 << 20;
+        const SENT: usize = 1 << 20;
         let backend_task = tokio::spawn(async move {
             let mut buf = vec![0u8; 4096];
             let mut got = 0usize;
@@ -322,5 +609,134 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.etype(), &ErrorType::WriteError, "{e}");
         assert!(e.to_string().contains("writing to the backend"), "{e}");
+    }
+
+    /// A client that drains a large socket buffer slowly makes the
+    /// proxy's write wait long, though bytes move all the while: what its
+    /// TCP acknowledges counts as moving.
+    #[tokio::test(start_paused = true)]
+    async fn a_client_taking_bytes_slowly_is_not_idle_while_its_tcp_acknowledges_them() {
+        let idle = Duration::from_secs(10);
+        // The client never reads the pipe: the proxy's write waits.
+        let (client_proxy, _client) = duplex(1024);
+        let (backend_proxy, mut backend) = duplex(64 * 1024);
+        let activity = Arc::new(Activity::new(idle));
+        let told = Arc::new(Told::default());
+        let tunnel = tokio::spawn({
+            let (activity, told) = (Arc::clone(&activity), Arc::clone(&told));
+            async move {
+                let kernels: [&dyn Kernel; 2] = [&*told, &NotTcp];
+                run_with(&activity, client_proxy, (b"", b""), backend_proxy, kernels).await
+            }
+        });
+        backend.write_all(&[1u8; 32 * 1024]).await.unwrap();
+        until("the write to the client waits", || {
+            activity.waiting.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        // For a minute, the client's TCP acknowledges bytes every 6 s.
+        for acked in 1..=10 {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            told.acked.store(acked * 1000, Ordering::Relaxed);
+            assert!(!tunnel.is_finished(), "a client taking bytes was idle");
+        }
+        // Then nothing: idle from the last acknowledgement on, noticed
+        // within a look at the kernel.
+        let last = Instant::now();
+        assert_eq!(tunnel.await.unwrap().unwrap(), Ended::Idle);
+        let quiet = last.elapsed();
+        assert!(quiet >= idle && quiet <= idle + WAITING_LOOK, "{quiet:?}");
+    }
+
+    /// A client sends more than the backend takes, so the proxy's write
+    /// to the backend waits and the client is not read; the client's reset
+    /// then ends the tunnel, well before its idle limit.
+    #[tokio::test]
+    async fn a_side_reset_while_its_bytes_wait_ends_the_tunnel() {
+        let TcpTunnel {
+            client,
+            backend: _backend,
+            activity,
+            tunnel,
+            ..
+        } = tcp_tunnel().await;
+        // Closed with a reset, when the writer lets go of it.
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            let block = vec![7u8; 64 * 1024];
+            for _ in 0..1024 {
+                if client.write_all(&block).await.is_err() {
+                    break;
+                }
+            }
+        });
+        until("the write to the backend waits", || {
+            activity.waiting.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        writer.abort();
+        assert!(writer.await.unwrap_err().is_cancelled());
+        let e = tokio::time::timeout(Duration::from_secs(30), tunnel)
+            .await
+            .expect("the reset went unnoticed")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("client's connection was reset"),
+            "{e}"
+        );
+    }
+
+    /// The backend ends its stream first; the client then sends its last
+    /// bytes and its end, and closes, while the backend is slow to take
+    /// them: the client's closed connection is no reset, and every byte
+    /// reaches the backend.
+    #[tokio::test]
+    async fn a_side_closing_cleanly_while_its_bytes_wait_is_no_reset() {
+        let TcpTunnel {
+            client,
+            mut backend,
+            client_kernel: watched,
+            activity,
+            tunnel,
+        } = tcp_tunnel().await;
+        backend.shutdown().await.unwrap();
+        let (mut client_in, mut client_out) = client.into_split();
+        let mut nothing = Vec::new();
+        client_in.read_to_end(&mut nothing).await.unwrap();
+        assert!(nothing.is_empty());
+        // More than the way to the backend holds unread, less than the
+        // way from the client holds.
+        const SENT: usize = 64 * 1024;
+        let writer = tokio::spawn(async move {
+            client_out.write_all(&vec![7u8; SENT]).await.unwrap();
+            client_out.shutdown().await.unwrap();
+            drop((client_in, client_out));
+        });
+        until("the write to the backend waits", || {
+            activity.waiting.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        until("the client's connection is closed", || {
+            writer.is_finished() && watched.tcp_info().unwrap().tcpi_state == TCP_CLOSE
+        })
+        .await;
+        let looks = activity.looks.load(Ordering::Relaxed);
+        until("the kernel was looked at twice more", || {
+            tunnel.is_finished() || activity.looks.load(Ordering::Relaxed) >= looks + 2
+        })
+        .await;
+        assert!(
+            !tunnel.is_finished(),
+            "the tunnel ended early: {:?}",
+            tunnel.await.unwrap()
+        );
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got.len(), SENT);
+        assert_eq!(tunnel.await.unwrap().unwrap(), Ended::Closed);
     }
 }
