@@ -11,8 +11,12 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
+use aws_sdk_route53::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_route53::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet, RrType};
 use aws_smithy_http_client::tls;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use edgeroute_config::{AwsSourceConfig, RegionView, TopologyView};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
@@ -168,9 +172,54 @@ pub async fn sdk_config(endpoint_url: Option<&str>, region: &str) -> SdkConfig {
     loader.load().await
 }
 
+/// Counts each request the SDK sends to AWS, every attempt (its retries
+/// too), in `edgeroute_control_aws_requests_total`, by service, operation
+/// and answer: Route 53 allows an account five requests a second, shared
+/// by all its callers, and this is the control plane's part. Without a
+/// counter (a one-off command), nothing is counted.
+#[derive(Debug, Clone, Default)]
+pub struct AwsRequests(Option<prometheus::IntCounterVec>);
+
+impl AwsRequests {
+    /// Counted in `metrics`, if any.
+    pub fn of(metrics: Option<&crate::metrics::ControlMetrics>) -> Self {
+        AwsRequests(metrics.map(|m| m.aws_requests.clone()))
+    }
+}
+
+impl Intercept for AwsRequests {
+    fn name(&self) -> &'static str {
+        "edgeroute_control_aws_requests"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let Some(counter) = &self.0 else {
+            return Ok(());
+        };
+        let (service, operation) = cfg
+            .load::<Metadata>()
+            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
+        // No answer: the request could not be sent, or none came in time.
+        let answer = context.response().map_or_else(
+            || "none".to_owned(),
+            |r| format!("{}xx", r.status().as_u16() / 100),
+        );
+        counter
+            .with_label_values(&[service, operation, answer.as_str()])
+            .inc();
+        Ok(())
+    }
+}
+
 pub struct AwsSource {
     cfg: AwsSourceConfig,
     sdk: SdkConfig,
+    requests: AwsRequests,
     route53: aws_sdk_route53::Client,
     /// Where `DescribeGlobalClusters` may be asked besides the home region:
     /// the member regions of the last read, and regions an action names.
@@ -205,16 +254,22 @@ type Readings = HashMap<String, (bool, Instant)>;
 const HEALTH_MEMORY: Duration = Duration::from_secs(300);
 
 impl AwsSource {
-    pub async fn new(cfg: &AwsSourceConfig, history_file: Option<&std::path::Path>) -> Self {
+    pub async fn new(
+        cfg: &AwsSourceConfig,
+        history_file: Option<&std::path::Path>,
+        requests: AwsRequests,
+    ) -> Self {
         let sdk = sdk_config(cfg.endpoint_url.as_deref(), &cfg.global_cluster_region).await;
         let route53 = aws_sdk_route53::Client::from_conf(
             aws_sdk_route53::config::Builder::from(&sdk)
                 .region(Region::new(route53_region(&cfg.global_cluster_region)))
+                .interceptor(requests.clone())
                 .build(),
         );
         AwsSource {
             cfg: cfg.clone(),
             sdk,
+            requests,
             route53,
             cluster_regions: std::sync::Mutex::new(Vec::new()),
             history_file: history_file.map(std::path::Path::to_path_buf),
@@ -240,6 +295,7 @@ impl AwsSource {
         aws_sdk_rds::Client::from_conf(
             aws_sdk_rds::config::Builder::from(&self.sdk)
                 .region(Region::new(region.to_owned()))
+                .interceptor(self.requests.clone())
                 .build(),
         )
     }
@@ -248,6 +304,7 @@ impl AwsSource {
         aws_sdk_cloudwatch::Client::from_conf(
             aws_sdk_cloudwatch::config::Builder::from(&self.sdk)
                 .region(Region::new(region.to_owned()))
+                .interceptor(self.requests.clone())
                 .build(),
         )
     }

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat, SourceConfig, TOKEN_ENV};
 use edgeroute_control::actions::{self, ControlView, Output, Runner};
 use edgeroute_control::automation::{self, Automation};
-use edgeroute_control::aws::AwsSource;
+use edgeroute_control::aws::{AwsRequests, AwsSource};
 use edgeroute_control::builder::Builder;
 use edgeroute_control::metrics::ControlMetrics;
 use edgeroute_control::notify::Notifier;
@@ -196,10 +196,14 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
     // A first read: nothing stands in for what it cannot read.
     let (view, _) = runtime()?.block_on(async {
-        source::Source::new(&cfg.source, Some(&cfg.actions.history_file))
-            .await
-            .read()
-            .await
+        source::Source::new(
+            &cfg.source,
+            Some(&cfg.actions.history_file),
+            AwsRequests::default(),
+        )
+        .await
+        .read()
+        .await
     })?;
     let mut builder = Builder::new(source::now_ms() / 1000);
     let table = builder
@@ -249,7 +253,10 @@ async fn runner(
     };
     let aws = match shared {
         Some(shared) => shared,
-        None => Arc::new(AwsSource::new(aws, Some(&cfg.actions.history_file)).await),
+        None => {
+            let requests = AwsRequests::of(metrics.as_deref());
+            Arc::new(AwsSource::new(aws, Some(&cfg.actions.history_file), requests).await)
+        }
     };
     Ok(Runner {
         aws,
@@ -359,13 +366,21 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let (view, failover) = match &cfg.source {
             SourceConfig::Aws(aws) => {
-                let state = AwsSource::new(aws, Some(&cfg.actions.history_file))
-                    .await
-                    .state()
-                    .await?;
+                let state =
+                    AwsSource::new(aws, Some(&cfg.actions.history_file), AwsRequests::default())
+                        .await
+                        .state()
+                        .await?;
                 (state.view, state.failover)
             }
-            file => (source::Source::new(file, None).await.read().await?.0, None),
+            file => (
+                source::Source::new(file, None, AwsRequests::default())
+                    .await
+                    .read()
+                    .await?
+                    .0,
+                None,
+            ),
         };
         let control = control_view(cfg)?;
         let (text, whole) = actions::describe_now(
@@ -404,7 +419,12 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
-        let src = source::Source::new(&cfg.source, Some(&cfg.actions.history_file)).await;
+        let src = source::Source::new(
+            &cfg.source,
+            Some(&cfg.actions.history_file),
+            AwsRequests::of(Some(&metrics)),
+        )
+        .await;
         let shared_aws = src.aws();
         let poller = tokio::spawn(source::run(
             src,

@@ -9,6 +9,7 @@ pub struct ControlMetrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub source_errors: IntCounterVec,
+    pub aws_requests: IntCounterVec,
     pub poll_seconds: Histogram,
     pub source_stale: IntGauge,
     pub table_epoch: IntGauge,
@@ -76,6 +77,11 @@ impl ControlMetrics {
                 "edgeroute_control_requests_total",
                 "Table server requests, by status",
                 &["status"],
+            ),
+            aws_requests: counter(
+                "edgeroute_control_aws_requests_total",
+                "Requests sent to AWS APIs, each attempt (retries too), by service, operation and answer (2xx, 4xx, 5xx, none)",
+                &["service", "operation", "answer"],
             ),
             source_errors: counter(
                 "edgeroute_control_source_errors_total",

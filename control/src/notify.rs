@@ -3,6 +3,7 @@
 //! A failed notification is retried, then logged and counted; it never stops
 //! the action it reports on.
 
+use crate::aws::AwsRequests;
 use crate::history::Operation;
 use crate::metrics::ControlMetrics;
 use edgeroute_config::NotifyConfig;
@@ -74,7 +75,13 @@ impl Notifier {
         let sns = match (&cfg.sns_topic_arn, cfg.sns_region()) {
             (Some(arn), Some(region)) => {
                 let sdk = crate::aws::sdk_config(endpoint_url, region).await;
-                Some((aws_sdk_sns::Client::new(&sdk), arn.clone()))
+                let requests = AwsRequests::of(metrics.as_deref());
+                let client = aws_sdk_sns::Client::from_conf(
+                    aws_sdk_sns::config::Builder::from(&sdk)
+                        .interceptor(requests)
+                        .build(),
+                );
+                Some((client, arn.clone()))
             }
             _ => None,
         };

@@ -4,7 +4,7 @@
 //! AWS source cannot read may stand in from its last reading: see
 //! [`AwsSource::read`]).
 
-use crate::aws::AwsSource;
+use crate::aws::{AwsRequests, AwsSource};
 use crate::builder::Builder;
 use crate::metrics::ControlMetrics;
 use crate::notify::{Event, Notifier};
@@ -42,7 +42,6 @@ pub enum Source {
 }
 
 impl Source {
-    /// `history_file` names the regions drained by removing their record.
     /// The AWS source, to be shared with what acts on AWS in this process
     /// (one memory of health readings for both).
     pub fn aws(&self) -> Option<std::sync::Arc<AwsSource>> {
@@ -52,7 +51,13 @@ impl Source {
         }
     }
 
-    pub async fn new(cfg: &SourceConfig, history_file: Option<&std::path::Path>) -> Self {
+    /// `history_file` names the regions drained by removing their record;
+    /// `requests` counts the requests sent to AWS.
+    pub async fn new(
+        cfg: &SourceConfig,
+        history_file: Option<&std::path::Path>,
+        requests: AwsRequests,
+    ) -> Self {
         match cfg {
             SourceConfig::File {
                 path,
@@ -62,7 +67,7 @@ impl Source {
                 interval: *poll_interval,
             },
             SourceConfig::Aws(aws) => Source::Aws {
-                aws: std::sync::Arc::new(AwsSource::new(aws, history_file).await),
+                aws: std::sync::Arc::new(AwsSource::new(aws, history_file, requests).await),
                 interval: aws.poll_interval,
             },
         }

@@ -419,8 +419,12 @@ impl ControlPlane {
     }
 
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = self
-            .client
+        crate::sample(&self.metrics().await, sample)
+    }
+
+    /// Its metrics, all read at once.
+    pub async fn metrics(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .bearer_auth(TOKEN)
             .send()
@@ -428,8 +432,7 @@ impl ControlPlane {
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics");
-        crate::sample(&text, sample)
+            .expect("metrics")
     }
 
     pub fn set_topology(&self, v: &Value) {

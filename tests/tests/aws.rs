@@ -80,6 +80,52 @@ async fn the_table_mirrors_route53_and_the_aurora_global_cluster() {
     );
 }
 
+/// Every request to AWS is counted, by service and operation: a poll
+/// lists the API name's records and the drains' kept records, and reads
+/// each health check once, the call volume the README gives.
+#[tokio::test]
+async fn requests_to_aws_are_counted_by_operation() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let route53 = |text: &str, operation: &str| {
+        edgeroute_tests::sample(
+            text,
+            &format!(
+                "edgeroute_control_aws_requests_total{{answer=\"2xx\",operation=\"{operation}\",service=\"Route 53\"}}"
+            ),
+        )
+    };
+    eventually("five polls' health checks are counted", WAIT, || async {
+        route53(&cp.metrics().await, "GetHealthCheckStatus") >= 15.0
+    })
+    .await;
+    let text = cp.metrics().await;
+    let (lists, checks) = (
+        route53(&text, "ListResourceRecordSets"),
+        route53(&text, "GetHealthCheckStatus"),
+    );
+    // Two lists and three checks a poll; a poll under way skews the
+    // count by one poll at most.
+    let polls = checks / 3.0;
+    assert!(
+        (lists / 2.0 - polls).abs() <= 1.0,
+        "{lists} lists, {checks} checks"
+    );
+    for (service, operation) in [
+        ("RDS", "DescribeGlobalClusters"),
+        ("CloudWatch", "GetMetricStatistics"),
+    ] {
+        let sample = format!(
+            "edgeroute_control_aws_requests_total{{answer=\"2xx\",operation=\"{operation}\",service=\"{service}\"}}"
+        );
+        assert!(
+            edgeroute_tests::sample(&text, &sample) >= polls - 1.0,
+            "{sample}\n{text}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
     let moto = Moto::start().await;
@@ -249,6 +295,12 @@ async fn an_aws_outage_keeps_the_last_good_table_marked_stale() {
         )
         .await;
     assert!(errors >= 1.0, "errors are counted by API");
+    let unanswered = cp
+        .metric(
+            "edgeroute_control_aws_requests_total{answer=\"none\",operation=\"ListResourceRecordSets\",service=\"Route 53\"}",
+        )
+        .await;
+    assert!(unanswered >= 1.0, "requests without an answer are counted");
 }
 
 /// A health check that cannot be read (deleted while its record still
