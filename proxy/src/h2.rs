@@ -26,6 +26,7 @@
 //!   [`crate::h2_budget`]).
 
 use crate::h2_budget::Budget;
+use crate::kernel::Socket;
 use crate::service::EdgeProxy;
 use async_trait::async_trait;
 use pingora_core::protocols::http::ServerSession;
@@ -92,7 +93,7 @@ impl EdgeProxy {
         let stream = Counted::new(stream, Arc::clone(&overspent));
         let taken = Taken {
             written: Arc::clone(&stream.written),
-            socket: digest.socket_digest.clone(),
+            socket: Socket::of(&stream.io),
         };
         let mut conn =
             match tokio::time::timeout(idle, server::handshake(Box::new(stream), Some(options())))
@@ -284,7 +285,7 @@ impl Drain {
 /// when the connection is TCP).
 struct Taken {
     written: Arc<AtomicU64>,
-    socket: Option<Arc<SocketDigest>>,
+    socket: Option<Socket>,
 }
 
 impl Taken {
@@ -294,7 +295,7 @@ impl Taken {
             .socket
             .as_ref()
             .and_then(|s| s.tcp_info())
-            .map_or(0, |info| info.tcpi_bytes_acked);
+            .map_or(0, |info| info.bytes_acked);
         (self.written.load(Ordering::Relaxed), acknowledged)
     }
 
@@ -304,7 +305,7 @@ impl Taken {
         self.socket
             .as_ref()
             .and_then(|s| s.tcp_info())
-            .is_none_or(|info| info.tcpi_notsent_bytes == 0 && info.tcpi_unacked == 0)
+            .is_none_or(|info| info.notsent_bytes == 0 && info.unacked == 0)
     }
 }
 
@@ -513,7 +514,7 @@ mod tests {
         );
         let taken = Taken {
             written: Arc::clone(&conn.written),
-            socket: conn.get_socket_digest(),
+            socket: Socket::of(&conn.io),
         };
         // As much as the kernel takes, more than the client's buffer
         // holds: the proxy's kernel keeps the rest.

@@ -15,6 +15,7 @@ pub mod h1;
 pub mod h2;
 pub mod h2_budget;
 pub mod health;
+pub mod kernel;
 pub mod lifecycle;
 pub mod listen;
 pub mod logging;

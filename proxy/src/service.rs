@@ -13,6 +13,7 @@ use crate::connect;
 use crate::downstream::{self, Client};
 use crate::h1;
 use crate::health::outlier::Verdict;
+use crate::kernel::Socket;
 use crate::lifecycle::RequestGuard;
 use crate::respond::{self, ErrorReply};
 use crate::rng;
@@ -1042,9 +1043,9 @@ async fn tunnel(
             "an HTTP/2 stream cannot carry an upgraded connection",
         ));
     };
-    let client_kernel = client_stream.get_socket_digest();
+    let client_kernel = Socket::of(client_stream);
     let (backend_early, backend_stream) = up.tunnel();
-    let backend_kernel = backend_stream.get_socket_digest();
+    let backend_kernel = Socket::of(backend_stream);
     let ended = crate::tunnel::carry(
         Conn {
             stream: client_stream,

@@ -16,11 +16,10 @@
 //!   proxy is held writing its bytes to the other is not read again until
 //!   that write ends, which may be never; its reset ends the tunnel at once.
 
+use crate::kernel::{Socket, TCP_CLOSE};
 use bytes::Bytes;
-use pingora_core::protocols::SocketDigest;
 use pingora_error::{Error, ErrorType};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
@@ -36,10 +35,6 @@ const CHUNK: usize = 16 * 1024;
 /// The longest a waiting write goes without a look at the kernel.
 const WAITING_LOOK: Duration = Duration::from_secs(1);
 
-/// Linux's `TCP_CLOSE` state (`include/net/tcp_states.h`): the connection
-/// is over, by a reset, or by both sides' ends of stream.
-const TCP_CLOSE: u8 = 7;
-
 /// How a tunnel ended without failing.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Ended {
@@ -54,6 +49,8 @@ pub enum Ended {
 pub struct Tcp {
     /// Bytes the peer has acknowledged, since the connection began.
     pub acked: u64,
+    /// Bytes are written and not yet acknowledged.
+    pub outstanding: bool,
     /// The connection is over (`TCP_CLOSE`).
     pub closed: bool,
 }
@@ -64,12 +61,13 @@ pub trait Kernel: Sync {
     fn tcp(&self) -> Option<Tcp>;
 }
 
-impl Kernel for Option<Arc<SocketDigest>> {
+impl Kernel for Option<Socket> {
     fn tcp(&self) -> Option<Tcp> {
         let info = self.as_ref()?.tcp_info()?;
         Some(Tcp {
-            acked: info.tcpi_bytes_acked,
-            closed: info.tcpi_state == TCP_CLOSE,
+            acked: info.bytes_acked,
+            outstanding: info.unacked > 0 || info.notsent_bytes > 0,
+            closed: info.state == TCP_CLOSE,
         })
     }
 }
@@ -189,7 +187,11 @@ impl Activity {
     async fn watch(&self, kernels: [&dyn Kernel; 2]) -> Result<Ended, BError> {
         let quiet_look = self.idle / 8;
         let waiting_look = quiet_look.min(WAITING_LOOK);
-        let mut acked = kernels.map(|k| k.tcp().map(|t| t.acked));
+        // Each side at the last look: what its peer had acknowledged, and
+        // whether bytes were still to be. An acknowledgement counts as
+        // moving only when bytes were: the one for the proxy's last write,
+        // coming after it, does not put the idle limit off.
+        let mut seen = kernels.map(|k| k.tcp());
         let mut acked_moved = self.start;
         loop {
             let deadline = self.last().max(acked_moved) + self.idle;
@@ -208,7 +210,8 @@ impl Activity {
                 if tcp.closed && !self.ended[side.index()].load(Ordering::Relaxed) {
                     return Err(side.reset());
                 }
-                if acked[side.index()].replace(tcp.acked) != Some(tcp.acked) {
+                let before = seen[side.index()].replace(tcp);
+                if before.is_some_and(|b| b.outstanding && b.acked != tcp.acked) {
                     acked_moved = now;
                 }
             }
@@ -340,9 +343,10 @@ async fn write<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
+    use pingora_core::protocols::Stream;
+    use std::sync::Arc;
     use tokio::io::{DuplexStream, duplex};
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpStream;
 
     /// A side that is not a TCP connection.
     struct NotTcp;
@@ -353,16 +357,19 @@ mod tests {
         }
     }
 
-    /// A kernel that tells what the test sets.
+    /// A kernel that tells what the test sets (bytes outstanding unless
+    /// told otherwise).
     #[derive(Default)]
     struct Told {
         acked: AtomicU64,
+        all_acked: AtomicBool,
     }
 
     impl Kernel for Told {
         fn tcp(&self) -> Option<Tcp> {
             Some(Tcp {
                 acked: self.acked.load(Ordering::Relaxed),
+                outstanding: !self.all_acked.load(Ordering::Relaxed),
                 closed: false,
             })
         }
@@ -411,24 +418,34 @@ mod tests {
         carry_with(activity, client, backend).await
     }
 
-    /// A connected pair of loopback sockets: the peer's and the proxy's,
-    /// with the kernel's account of the proxy's. A `narrow` pair holds few
-    /// bytes the peer has not read (small socket buffers on the way to it).
-    async fn tcp_pair(narrow: bool) -> (TcpStream, TcpStream, Option<Arc<SocketDigest>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A connected pair of loopback sockets: the peer's and the proxy's
+    /// (as the proxy takes a connection), with the proxy's socket. A
+    /// `narrow` pair holds few bytes the peer has not read (small socket
+    /// buffers on the way to it); the other holds at least 256 KiB the
+    /// proxy has not read.
+    async fn tcp_pair(narrow: bool) -> (TcpStream, Stream, Option<Socket>) {
+        let listening = tokio::net::TcpSocket::new_v4().unwrap();
+        if !narrow {
+            listening.set_recv_buffer_size(256 * 1024).unwrap();
+        }
+        listening.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listening.listen(8).unwrap();
         let peer = tokio::net::TcpSocket::new_v4().unwrap();
         if narrow {
             peer.set_recv_buffer_size(4096).unwrap();
+        } else {
+            peer.set_send_buffer_size(256 * 1024).unwrap();
         }
         let peer = peer.connect(listener.local_addr().unwrap()).await.unwrap();
-        let (proxy, _) = listener.accept().await.unwrap();
+        let (proxy, addr) = listener.accept().await.unwrap();
         if narrow {
             socket2::SockRef::from(&proxy)
                 .set_send_buffer_size(4096)
                 .unwrap();
         }
-        let kernel = Some(Arc::new(SocketDigest::from_raw_fd(proxy.as_raw_fd())));
-        (peer, proxy, kernel)
+        let proxy: Stream = Box::new(crate::tcp::TcpConnection::from_client(proxy, addr));
+        let socket = Socket::of(&proxy);
+        (peer, proxy, socket)
     }
 
     /// A tunnel between loopback connections, with an hour's idle limit
@@ -437,8 +454,8 @@ mod tests {
     struct TcpTunnel {
         client: TcpStream,
         backend: TcpStream,
-        /// The kernel's account of the proxy's connection to the client.
-        client_kernel: Arc<SocketDigest>,
+        /// The proxy's socket of its connection to the client.
+        client_kernel: Socket,
         activity: Arc<Activity>,
         tunnel: tokio::task::JoinHandle<Result<Ended, BError>>,
     }
@@ -446,7 +463,7 @@ mod tests {
     async fn tcp_tunnel() -> TcpTunnel {
         let (client, client_proxy, client_kernel) = tcp_pair(false).await;
         let (backend, backend_proxy, backend_kernel) = tcp_pair(true).await;
-        let watched = Arc::clone(client_kernel.as_ref().unwrap());
+        let watched = client_kernel.expect("a TCP connection");
         let activity = Arc::new(Activity::new(Duration::from_secs(3600)));
         let tunnel = tokio::spawn({
             let activity = Arc::clone(&activity);
@@ -648,6 +665,42 @@ mod tests {
         assert!(quiet >= idle && quiet <= idle + WAITING_LOOK, "{quiet:?}");
     }
 
+    /// The acknowledgement of the proxy's last write comes after the write:
+    /// with nothing outstanding before it, it does not put the idle limit
+    /// off.
+    #[tokio::test(start_paused = true)]
+    async fn the_acknowledgement_of_the_last_write_is_not_taken_for_moving() {
+        let idle = Duration::from_secs(10);
+        let (client_proxy, mut client) = duplex(1024);
+        let (backend_proxy, mut backend) = duplex(1024);
+        let told = Arc::new(Told::default());
+        told.all_acked.store(true, Ordering::Relaxed);
+        let tunnel = tokio::spawn({
+            let told = Arc::clone(&told);
+            async move {
+                let kernels: [&dyn Kernel; 2] = [&*told, &NotTcp];
+                run_with(
+                    &Activity::new(idle),
+                    client_proxy,
+                    (b"", b""),
+                    backend_proxy,
+                    kernels,
+                )
+                .await
+            }
+        });
+        backend.write_all(b"x").await.unwrap();
+        let mut byte = [0u8; 1];
+        client.read_exact(&mut byte).await.unwrap();
+        let last = Instant::now();
+        // The client's TCP acknowledges the byte a moment later.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        told.acked.store(1, Ordering::Relaxed);
+        assert_eq!(tunnel.await.unwrap().unwrap(), Ended::Idle);
+        let quiet = last.elapsed();
+        assert!(quiet >= idle && quiet < idle + idle / 8, "{quiet:?}");
+    }
+
     /// A client sends more than the backend takes, so the proxy's write
     /// to the backend waits and the client is not read; the client's reset
     /// then ends the tunnel, well before its idle limit.
@@ -721,7 +774,7 @@ mod tests {
         })
         .await;
         until("the client's connection is closed", || {
-            writer.is_finished() && watched.tcp_info().unwrap().tcpi_state == TCP_CLOSE
+            writer.is_finished() && watched.tcp_info().unwrap().state == TCP_CLOSE
         })
         .await;
         let looks = activity.looks.load(Ordering::Relaxed);

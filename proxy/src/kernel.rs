@@ -1,0 +1,140 @@
+//! What the kernel tells of a TCP connection (`TCP_INFO`), for the few
+//! fields the proxy reads: its state, and what the peer has acknowledged.
+//!
+//! Pingora's own reader asks for the whole structure of the kernel it was
+//! written against (240 bytes, Linux 6.2 on) and takes any other length as
+//! an error, so on older kernels (232 bytes on 6.1, as on Amazon Linux
+//! 2023) it never answers. Linux copies as much of the structure as the
+//! caller asks for and it has, so this reader takes the prefix that holds
+//! its fields, which every Linux since 4.6 fills.
+
+use pingora_core::protocols::Stream;
+use std::os::fd::RawFd;
+
+/// A connection's socket, by its descriptor: the connection's id, for
+/// Pingora's TCP streams and the proxy's own (and a TLS stream over
+/// either). Good while the connection lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Socket(RawFd);
+
+/// The fields of `TCP_INFO` the proxy reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpInfo {
+    /// Linux's TCP state (`include/net/tcp_states.h`).
+    pub state: u8,
+    /// Segments sent and not yet acknowledged.
+    pub unacked: u32,
+    /// Bytes the peer has acknowledged, since the connection began.
+    pub bytes_acked: u64,
+    /// Bytes written and not yet sent.
+    pub notsent_bytes: u32,
+}
+
+/// Linux's `TCP_CLOSE`: the connection is over, by a reset or by both
+/// sides' ends of stream.
+pub const TCP_CLOSE: u8 = 7;
+
+/// Where the fields lie in `struct tcp_info` (checked against Pingora's
+/// copy of the structure in the tests).
+const STATE_AT: usize = 0;
+const UNACKED_AT: usize = 24;
+const BYTES_ACKED_AT: usize = 120;
+const NOTSENT_BYTES_AT: usize = 144;
+/// As much of the structure as is asked for: the fields above, whole.
+const PREFIX: usize = NOTSENT_BYTES_AT + 4;
+
+impl Socket {
+    /// The socket of `stream`, when it is a TCP connection (one Pingora
+    /// knows a socket of).
+    pub fn of(stream: &Stream) -> Option<Socket> {
+        stream.get_socket_digest().map(|_| Socket(stream.id()))
+    }
+
+    /// What the kernel tells of the connection; `None` when it tells
+    /// nothing (not a TCP socket, or a kernel older than 4.6).
+    pub fn tcp_info(self) -> Option<TcpInfo> {
+        let mut buf = [0u8; PREFIX];
+        let mut len = PREFIX as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes at the pointer,
+        // and `buf` is `len` bytes long; it writes nothing else. The
+        // descriptor is only read by the call (a closed one fails it).
+        #[allow(unsafe_code)]
+        let done = unsafe {
+            libc::getsockopt(
+                self.0,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                buf.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        if done != 0 || (len as usize) < PREFIX {
+            return None;
+        }
+        let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default());
+        let u64_at = |at: usize| u64::from_ne_bytes(buf[at..at + 8].try_into().unwrap_or_default());
+        Some(TcpInfo {
+            state: buf[STATE_AT],
+            unacked: u32_at(UNACKED_AT),
+            bytes_acked: u64_at(BYTES_ACKED_AT),
+            notsent_bytes: u32_at(NOTSENT_BYTES_AT),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tcp::TcpConnection;
+    use pingora_core::protocols::l4::ext::TCP_INFO;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn the_fields_lie_where_the_kernel_puts_them() {
+        assert_eq!(std::mem::offset_of!(TCP_INFO, tcpi_state), STATE_AT);
+        assert_eq!(std::mem::offset_of!(TCP_INFO, tcpi_unacked), UNACKED_AT);
+        assert_eq!(
+            std::mem::offset_of!(TCP_INFO, tcpi_bytes_acked),
+            BYTES_ACKED_AT
+        );
+        assert_eq!(
+            std::mem::offset_of!(TCP_INFO, tcpi_notsent_bytes),
+            NOTSENT_BYTES_AT
+        );
+    }
+
+    /// A connection's account, read from its stream: what the peer took
+    /// is acknowledged, and a reset connection is closed.
+    #[tokio::test]
+    async fn a_connection_tells_what_its_peer_took_and_when_it_is_over() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, addr) = listener.accept().await.unwrap();
+        let mut conn: Stream = Box::new(TcpConnection::from_client(accepted, addr));
+        let socket = Socket::of(&conn).expect("a TCP connection");
+        let before = socket.tcp_info().expect("TCP_INFO");
+        assert_eq!(before.state, 1, "established");
+        conn.write_all(b"0123456789").await.unwrap();
+        let mut got = [0u8; 10];
+        peer.read_exact(&mut got).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let now = socket.tcp_info().unwrap();
+            if now.bytes_acked >= before.bytes_acked + 10 {
+                assert_eq!((now.unacked, now.notsent_bytes), (0, 0));
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "never acknowledged");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        let mut rest = Vec::new();
+        assert!(conn.read_to_end(&mut rest).await.is_err(), "reset");
+        assert_eq!(socket.tcp_info().unwrap().state, TCP_CLOSE);
+    }
+}
