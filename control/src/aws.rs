@@ -11,7 +11,9 @@
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_cloudwatch::types::{Dimension, Statistic};
-use aws_sdk_route53::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_route53::config::interceptors::{
+    BeforeDeserializationInterceptorContextRef, BeforeTransmitInterceptorContextRef,
+};
 use aws_sdk_route53::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_route53::types::{Change, ChangeAction, ChangeBatch, ResourceRecordSet, RrType};
 use aws_smithy_http_client::tls;
@@ -172,19 +174,26 @@ pub async fn sdk_config(endpoint_url: Option<&str>, region: &str) -> SdkConfig {
     loader.load().await
 }
 
-/// Counts each request the SDK sends to AWS, every attempt (its retries
-/// too), in `edgeroute_control_aws_requests_total`, by service, operation
-/// and answer: Route 53 allows an account five requests a second, shared
-/// by all its callers, and this is the control plane's part. Without a
-/// counter (a one-off command), nothing is counted.
+/// Counts the requests the SDK sends to AWS, each attempt (its retries
+/// too), as it sends them, in `edgeroute_control_aws_requests_total`, and
+/// the answers, by status class, in `edgeroute_control_aws_answers_total`
+/// (by service and operation): Route 53 allows an account five requests
+/// a second, shared by all its callers, and this is the control plane's
+/// part. Without metrics (a one-off command), nothing is counted.
 #[derive(Debug, Clone, Default)]
-pub struct AwsRequests(Option<prometheus::IntCounterVec>);
+pub struct AwsRequests(Option<(prometheus::IntCounterVec, prometheus::IntCounterVec)>);
 
 impl AwsRequests {
     /// Counted in `metrics`, if any.
     pub fn of(metrics: Option<&crate::metrics::ControlMetrics>) -> Self {
-        AwsRequests(metrics.map(|m| m.aws_requests.clone()))
+        AwsRequests(metrics.map(|m| (m.aws_requests.clone(), m.aws_answers.clone())))
     }
+}
+
+/// The service and operation a request is for.
+fn operation(cfg: &ConfigBag) -> (&str, &str) {
+    cfg.load::<Metadata>()
+        .map_or(("unknown", "unknown"), |m| (m.service(), m.name()))
 }
 
 impl Intercept for AwsRequests {
@@ -192,26 +201,32 @@ impl Intercept for AwsRequests {
         "edgeroute_control_aws_requests"
     }
 
-    fn read_after_attempt(
+    fn read_before_transmit(
         &self,
-        context: &FinalizerInterceptorContextRef<'_>,
+        _: &BeforeTransmitInterceptorContextRef<'_>,
         _: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let Some(counter) = &self.0 else {
-            return Ok(());
-        };
-        let (service, operation) = cfg
-            .load::<Metadata>()
-            .map_or(("unknown", "unknown"), |m| (m.service(), m.name()));
-        // No answer: the request could not be sent, or none came in time.
-        let answer = context.response().map_or_else(
-            || "none".to_owned(),
-            |r| format!("{}xx", r.status().as_u16() / 100),
-        );
-        counter
-            .with_label_values(&[service, operation, answer.as_str()])
-            .inc();
+        if let Some((requests, _)) = &self.0 {
+            let (service, operation) = operation(cfg);
+            requests.with_label_values(&[service, operation]).inc();
+        }
+        Ok(())
+    }
+
+    fn read_after_transmit(
+        &self,
+        context: &BeforeDeserializationInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        if let Some((_, answers)) = &self.0 {
+            let (service, operation) = operation(cfg);
+            let status = format!("{}xx", context.response().status().as_u16() / 100);
+            answers
+                .with_label_values(&[service, operation, status.as_str()])
+                .inc();
+        }
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub struct ControlMetrics {
     pub requests: IntCounterVec,
     pub source_errors: IntCounterVec,
     pub aws_requests: IntCounterVec,
+    pub aws_answers: IntCounterVec,
     pub poll_seconds: Histogram,
     pub source_stale: IntGauge,
     pub table_epoch: IntGauge,
@@ -80,8 +81,13 @@ impl ControlMetrics {
             ),
             aws_requests: counter(
                 "edgeroute_control_aws_requests_total",
-                "Requests sent to AWS APIs, each attempt (retries too), by service, operation and answer (2xx, 4xx, 5xx, none)",
-                &["service", "operation", "answer"],
+                "Requests sent to AWS APIs, each attempt (retries too), by service and operation",
+                &["service", "operation"],
+            ),
+            aws_answers: counter(
+                "edgeroute_control_aws_answers_total",
+                "Answers from AWS APIs, by service, operation and status class (2xx, 4xx, 5xx)",
+                &["service", "operation", "status"],
             ),
             source_errors: counter(
                 "edgeroute_control_source_errors_total",
