@@ -232,12 +232,10 @@ async fn old_and_failing_new(interval: &str) -> (Origin, Origin, DnsServer, Prox
     (old, new, dns, proxy)
 }
 
-/// When every address of a name changes at once, the departed one serves
-/// on while the new one is not yet in rotation, and drains once it is: the
-/// region is never empty in between.
-#[tokio::test]
-async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation() {
-    // Probes every 5 s: the departed address may serve on for 3 rounds.
+/// [`old_and_failing_new`], probing every 5 s (so the departed address
+/// may serve on for 3 rounds), once DNS has moved the name to `new`: `old`
+/// departs, `new` is not in rotation.
+async fn old_departing() -> (Origin, Origin, DnsServer, Proxy) {
     let (old, new, dns, proxy) = old_and_failing_new("5s").await;
     dns.set(NAME, &[Ipv4Addr::new(127, 0, 0, 3)]);
     let (o, n) = (old.addr.to_string(), new.addr.to_string());
@@ -250,6 +248,28 @@ async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation
         },
     )
     .await;
+    (old, new, dns, proxy)
+}
+
+/// `new` passes its probes from now on; waits until it is the only
+/// address left, in rotation.
+async fn only_new_left(new: &Origin, proxy: &Proxy) {
+    new.set_health(200);
+    let n = new.addr.to_string();
+    eventually(
+        "only the new address is left",
+        Duration::from_secs(15),
+        || async { backends_of(&proxy.routing().await) == [(n.clone(), true, false)] },
+    )
+    .await;
+}
+
+/// When every address of a name changes at once, the departed one serves
+/// on while the new one is not yet in rotation, and drains once it is: the
+/// region is never empty in between.
+#[tokio::test]
+async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation() {
+    let (old, new, _dns, proxy) = old_departing().await;
     let c = client();
     for _ in 0..5 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
@@ -258,13 +278,7 @@ async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation
     assert!(new.seen().is_empty());
 
     // The new address passes its probes: the departed one drains.
-    new.set_health(200);
-    eventually(
-        "only the new address is left",
-        Duration::from_secs(15),
-        || async { backends_of(&proxy.routing().await) == [(n.clone(), true, false)] },
-    )
-    .await;
+    only_new_left(&new, &proxy).await;
     for _ in 0..5 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
     }
@@ -274,6 +288,42 @@ async fn a_departed_address_serves_on_until_a_new_one_of_its_name_is_in_rotation
         5,
         "no request reached the drained address"
     );
+}
+
+/// A name that stops answering (SERVFAIL) while its departed address
+/// serves on keeps its last answer: the departed address still serves
+/// until the new one is in rotation, and then drains.
+#[tokio::test]
+async fn a_failing_lookup_while_an_address_departs_keeps_the_last_answer() {
+    let (old, new, dns, proxy) = old_departing().await;
+    let (o, n) = (old.addr.to_string(), new.addr.to_string());
+    dns.fail(NAME, RecordType::A);
+    eventually(
+        "the lookup failure is counted",
+        Duration::from_secs(15),
+        || async {
+            proxy
+                .metric("edgeroute_dns_failures_total{region=\"us-east-1\"}")
+                .await
+                >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(
+        backends_of(&proxy.routing().await),
+        [(o.clone(), true, true), (n.clone(), false, false)],
+        "the last answer stands"
+    );
+    let c = client();
+    for _ in 0..3 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(old.seen().len(), 3, "the departed address serves on");
+    only_new_left(&new, &proxy).await;
+    for _ in 0..3 {
+        assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
+    }
+    assert_eq!(new.seen().len(), 3);
 }
 
 /// A departed address serves on for a bounded time: if no new address of
