@@ -764,17 +764,17 @@ impl AwsSource {
             .send()
             .await
             .map_err(fail("GetHealthCheckStatus"));
-        let by_checkers = reports.map(|out| {
-            let observations = out.health_check_observations();
-            let ok = observations
+        let by_checkers = reports.and_then(|out| {
+            let statuses = out
+                .health_check_observations()
                 .iter()
-                .filter(|o| {
-                    o.status_report()
-                        .and_then(|r| r.status())
-                        .is_some_and(|s| s.starts_with("Success"))
-                })
-                .count();
-            observations.is_empty() || ok as f64 / observations.len() as f64 > HEALTHY_SHARE
+                .map(|o| o.status_report().and_then(|r| r.status()));
+            checkers_verdict(statuses).ok_or_else(|| AwsError {
+                api: "GetHealthCheckStatus",
+                message: format!(
+                    "no checker reports on health check {id} (a calculated check has none)"
+                ),
+            })
         });
         if !self.cfg.health_metric {
             return by_checkers;
@@ -1162,6 +1162,20 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
     (parts.len() >= 7 && parts[2] == "rds").then(|| (parts[3].to_owned(), parts[6].to_owned()))
 }
 
+/// The checkers' verdict on a health check, from each checker's last
+/// status: healthy while more than [`HEALTHY_SHARE`] report success;
+/// `None` without a report (a calculated check has none).
+fn checkers_verdict<'a>(statuses: impl ExactSizeIterator<Item = Option<&'a str>>) -> Option<bool> {
+    let reports = statuses.len();
+    if reports == 0 {
+        return None;
+    }
+    let ok = statuses
+        .filter(|s| s.is_some_and(|s| s.starts_with("Success")))
+        .count();
+    Some(ok as f64 / reports as f64 > HEALTHY_SHARE)
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_rds::error::{ConnectorError, SdkError};
@@ -1203,6 +1217,24 @@ mod tests {
         assert!(e.message.contains("refused"), "{}", e.message);
         assert!(!e.message.contains("credentials"), "{}", e.message);
         assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
+    }
+
+    #[test]
+    fn no_checker_report_is_no_verdict() {
+        let of =
+            |statuses: &[Option<&'static str>]| super::checkers_verdict(statuses.iter().copied());
+        assert_eq!(of(&[]), None, "a calculated check is judged otherwise");
+        let success = Some("Success: HTTP Status Code 200, OK");
+        let failure = Some("Failure: Connection timed out.");
+        // 1 of 5 (20%) is more than 18%: healthy; 1 of 6 is not.
+        assert_eq!(
+            of(&[success, failure, failure, failure, failure]),
+            Some(true)
+        );
+        assert_eq!(
+            of(&[success, failure, failure, failure, failure, None]),
+            Some(false)
+        );
     }
 
     #[test]
