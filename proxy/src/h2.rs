@@ -305,7 +305,7 @@ impl Taken {
         self.socket
             .as_ref()
             .and_then(|s| s.tcp_info())
-            .is_none_or(|info| info.notsent_bytes == 0 && info.unacked == 0)
+            .is_none_or(|info| !info.outstanding())
     }
 }
 

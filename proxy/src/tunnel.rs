@@ -16,7 +16,7 @@
 //!   proxy is held writing its bytes to the other is not read again until
 //!   that write ends, which may be never; its reset ends the tunnel at once.
 
-use crate::kernel::{Socket, TCP_CLOSE};
+use crate::kernel::{Socket, TcpInfo};
 use bytes::Bytes;
 use pingora_error::{Error, ErrorType};
 use std::future::Future;
@@ -44,31 +44,15 @@ pub enum Ended {
     Idle,
 }
 
-/// What the kernel tells of a side's TCP connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Tcp {
-    /// Bytes the peer has acknowledged, since the connection began.
-    pub acked: u64,
-    /// Bytes are written and not yet acknowledged.
-    pub outstanding: bool,
-    /// The connection is over (`TCP_CLOSE`).
-    pub closed: bool,
-}
-
-/// Where a side's [`Tcp`] state is read.
+/// Where what the kernel tells of a side's TCP connection is read.
 pub trait Kernel: Sync {
     /// `None` when the side is not a TCP connection the kernel tells of.
-    fn tcp(&self) -> Option<Tcp>;
+    fn tcp_info(&self) -> Option<TcpInfo>;
 }
 
 impl Kernel for Option<Socket> {
-    fn tcp(&self) -> Option<Tcp> {
-        let info = self.as_ref()?.tcp_info()?;
-        Some(Tcp {
-            acked: info.bytes_acked,
-            outstanding: info.unacked > 0 || info.notsent_bytes > 0,
-            closed: info.state == TCP_CLOSE,
-        })
+    fn tcp_info(&self) -> Option<TcpInfo> {
+        self.and_then(Socket::tcp_info)
     }
 }
 
@@ -191,7 +175,7 @@ impl Activity {
         // whether bytes were still to be. An acknowledgement counts as
         // moving only when bytes were: the one for the proxy's last write,
         // coming after it, does not put the idle limit off.
-        let mut seen = kernels.map(|k| k.tcp());
+        let mut seen = kernels.map(|k| k.tcp_info());
         let mut acked_moved = self.start;
         loop {
             let deadline = self.last().max(acked_moved) + self.idle;
@@ -206,12 +190,14 @@ impl Activity {
             let now = Instant::now();
             self.looks.fetch_add(1, Ordering::Relaxed);
             for (side, kernel) in [Side::Client, Side::Backend].into_iter().zip(kernels) {
-                let Some(tcp) = kernel.tcp() else { continue };
-                if tcp.closed && !self.ended[side.index()].load(Ordering::Relaxed) {
+                let Some(tcp) = kernel.tcp_info() else {
+                    continue;
+                };
+                if tcp.closed() && !self.ended[side.index()].load(Ordering::Relaxed) {
                     return Err(side.reset());
                 }
                 let before = seen[side.index()].replace(tcp);
-                if before.is_some_and(|b| b.outstanding && b.acked != tcp.acked) {
+                if before.is_some_and(|b| b.outstanding() && b.bytes_acked != tcp.bytes_acked) {
                     acked_moved = now;
                 }
             }
@@ -349,13 +335,7 @@ mod tests {
     use tokio::net::TcpStream;
 
     /// A side that is not a TCP connection.
-    struct NotTcp;
-
-    impl Kernel for NotTcp {
-        fn tcp(&self) -> Option<Tcp> {
-            None
-        }
-    }
+    const NOT_TCP: &Option<Socket> = &None;
 
     /// A kernel that tells what the test sets (bytes outstanding unless
     /// told otherwise).
@@ -366,11 +346,12 @@ mod tests {
     }
 
     impl Kernel for Told {
-        fn tcp(&self) -> Option<Tcp> {
-            Some(Tcp {
-                acked: self.acked.load(Ordering::Relaxed),
-                outstanding: !self.all_acked.load(Ordering::Relaxed),
-                closed: false,
+        fn tcp_info(&self) -> Option<TcpInfo> {
+            Some(TcpInfo {
+                state: 1, // established
+                unacked: u32::from(!self.all_acked.load(Ordering::Relaxed)),
+                bytes_acked: self.acked.load(Ordering::Relaxed),
+                notsent_bytes: 0,
             })
         }
     }
@@ -387,7 +368,7 @@ mod tests {
             client,
             early,
             backend,
-            [&NotTcp, &NotTcp],
+            [NOT_TCP, NOT_TCP],
         )
         .await
     }
@@ -642,7 +623,7 @@ mod tests {
         let tunnel = tokio::spawn({
             let (activity, told) = (Arc::clone(&activity), Arc::clone(&told));
             async move {
-                let kernels: [&dyn Kernel; 2] = [&*told, &NotTcp];
+                let kernels: [&dyn Kernel; 2] = [&*told, NOT_TCP];
                 run_with(&activity, client_proxy, (b"", b""), backend_proxy, kernels).await
             }
         });
@@ -678,7 +659,7 @@ mod tests {
         let tunnel = tokio::spawn({
             let told = Arc::clone(&told);
             async move {
-                let kernels: [&dyn Kernel; 2] = [&*told, &NotTcp];
+                let kernels: [&dyn Kernel; 2] = [&*told, NOT_TCP];
                 run_with(
                     &Activity::new(idle),
                     client_proxy,
@@ -774,7 +755,7 @@ mod tests {
         })
         .await;
         until("the client's connection is closed", || {
-            writer.is_finished() && watched.tcp_info().unwrap().state == TCP_CLOSE
+            writer.is_finished() && watched.tcp_info().unwrap().closed()
         })
         .await;
         let looks = activity.looks.load(Ordering::Relaxed);
