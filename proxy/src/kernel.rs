@@ -66,21 +66,7 @@ impl Socket {
     /// nothing (not a TCP socket, or a kernel older than 4.6).
     pub fn tcp_info(self) -> Option<TcpInfo> {
         let mut buf = [0u8; PREFIX];
-        let mut len = PREFIX as libc::socklen_t;
-        // SAFETY: getsockopt writes at most `len` bytes at the pointer,
-        // and `buf` is `len` bytes long; it writes nothing else. The
-        // descriptor is only read by the call (a closed one fails it).
-        #[allow(unsafe_code)]
-        let done = unsafe {
-            libc::getsockopt(
-                self.0,
-                libc::IPPROTO_TCP,
-                libc::TCP_INFO,
-                buf.as_mut_ptr().cast(),
-                &mut len,
-            )
-        };
-        if done != 0 || (len as usize) < PREFIX {
+        if self.get_option(libc::IPPROTO_TCP, libc::TCP_INFO, &mut buf)? < PREFIX {
             return None;
         }
         let u32_at = |at: usize| u32::from_ne_bytes(buf[at..at + 4].try_into().unwrap_or_default());
@@ -91,6 +77,34 @@ impl Socket {
             bytes_acked: u64_at(BYTES_ACKED_AT),
             notsent_bytes: u32_at(NOTSENT_BYTES_AT),
         })
+    }
+
+    /// The error the connection met and no read or write has reported
+    /// yet (`SO_ERROR`); the kernel forgets it once told, and the
+    /// connection's later reads and writes fail or end as they would
+    /// after reporting it.
+    pub fn take_error(self) -> Option<std::io::Error> {
+        let mut buf = [0u8; 4];
+        if self.get_option(libc::SOL_SOCKET, libc::SO_ERROR, &mut buf)? < buf.len() {
+            return None;
+        }
+        match i32::from_ne_bytes(buf) {
+            0 => None,
+            code => Some(std::io::Error::from_raw_os_error(code)),
+        }
+    }
+
+    /// Reads the socket option `name` of `level` into `buf`: how many
+    /// bytes the kernel wrote, or `None` when it refused.
+    fn get_option(self, level: libc::c_int, name: libc::c_int, buf: &mut [u8]) -> Option<usize> {
+        let mut len = libc::socklen_t::try_from(buf.len()).ok()?;
+        // SAFETY: getsockopt writes at most `len` bytes at the pointer,
+        // and `buf` is `len` bytes long; it writes nothing else. The
+        // descriptor is only read by the call (a closed one fails it).
+        #[allow(unsafe_code)]
+        let done =
+            unsafe { libc::getsockopt(self.0, level, name, buf.as_mut_ptr().cast(), &mut len) };
+        (done == 0).then_some(len as usize)
     }
 }
 
@@ -116,7 +130,8 @@ mod tests {
     }
 
     /// A connection's account, read from its stream: what the peer took
-    /// is acknowledged, and a reset connection is closed.
+    /// is acknowledged, and a reset connection is closed, with the reset
+    /// told once.
     #[tokio::test]
     async fn a_connection_tells_what_its_peer_took_and_when_it_is_over() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -145,8 +160,15 @@ mod tests {
             .set_linger(Some(std::time::Duration::ZERO))
             .unwrap();
         drop(peer);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !socket.tcp_info().unwrap().closed() {
+            assert!(std::time::Instant::now() < deadline, "never closed");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let error = socket.take_error().expect("the reset");
+        assert_eq!(error.kind(), std::io::ErrorKind::ConnectionReset);
+        assert!(socket.take_error().is_none(), "told once");
         let mut rest = Vec::new();
-        assert!(conn.read_to_end(&mut rest).await.is_err(), "reset");
-        assert!(socket.tcp_info().unwrap().closed());
+        assert_eq!(conn.read_to_end(&mut rest).await.unwrap(), 0);
     }
 }

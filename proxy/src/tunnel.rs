@@ -15,6 +15,13 @@
 //! - whether a side's connection was reset. A side that resets while the
 //!   proxy is held writing its bytes to the other is not read again until
 //!   that write ends, which may be never; its reset ends the tunnel at once.
+//!
+//! A side may end its stream and then close its connection while bytes
+//! are still on their way to it: its kernel then refuses them (a broken
+//! pipe, not a reset). That side is gone, but what it sent before its end
+//! is not lost: it is still carried to the other side, whose further bytes
+//! are read and dropped until that side ends its stream too, or has
+//! acknowledged everything the proxy wrote to it.
 
 use crate::kernel::{Socket, TcpInfo};
 use bytes::Bytes;
@@ -48,11 +55,19 @@ pub enum Ended {
 pub trait Kernel: Sync {
     /// `None` when the side is not a TCP connection the kernel tells of.
     fn tcp_info(&self) -> Option<TcpInfo>;
+
+    /// The error the side's connection met that no read or write has
+    /// reported yet; told once.
+    fn take_error(&self) -> Option<std::io::Error>;
 }
 
 impl Kernel for Option<Socket> {
     fn tcp_info(&self) -> Option<TcpInfo> {
         self.and_then(Socket::tcp_info)
+    }
+
+    fn take_error(&self) -> Option<std::io::Error> {
+        self.and_then(Socket::take_error)
     }
 }
 
@@ -91,14 +106,14 @@ where
     let (mut client_in, mut client_out) = tokio::io::split(client.stream);
     let (mut backend_in, mut backend_out) = tokio::io::split(backend.stream);
     let up = pass(
-        &mut client_in,
+        (&mut client_in, client.kernel),
         &mut backend_out,
         client.early,
         activity,
         Side::Client,
     );
     let down = pass(
-        &mut backend_in,
+        (&mut backend_in, backend.kernel),
         &mut client_out,
         backend.early,
         activity,
@@ -123,6 +138,8 @@ struct Activity {
     /// Whether the proxy has ended its writing to each side (by
     /// [`Side::index`]): a side's connection may then close cleanly.
     ended: [AtomicBool; 2],
+    /// Whether that end has been handed to each side's kernel.
+    delivered: [AtomicBool; 2],
     /// Looks at the kernel so far.
     looks: AtomicU64,
 }
@@ -136,6 +153,7 @@ impl Activity {
             waiting: AtomicUsize::new(0),
             wait_began: Notify::new(),
             ended: [AtomicBool::new(false), AtomicBool::new(false)],
+            delivered: [AtomicBool::new(false), AtomicBool::new(false)],
             looks: AtomicU64::new(0),
         }
     }
@@ -167,7 +185,8 @@ impl Activity {
     /// Resolves once nothing has moved for the idle limit (bytes the
     /// kernels saw acknowledged counting as moving), or with the error of
     /// a side whose connection was reset before the proxy ended its
-    /// writing to it.
+    /// writing to it (a side that had ended its own stream first is gone,
+    /// not reset: the write to it learns so).
     async fn watch(&self, kernels: [&dyn Kernel; 2]) -> Result<Ended, BError> {
         let quiet_look = self.idle / 8;
         let waiting_look = quiet_look.min(WAITING_LOOK);
@@ -194,7 +213,11 @@ impl Activity {
                     continue;
                 };
                 if tcp.closed() && !self.ended[side.index()].load(Ordering::Relaxed) {
-                    return Err(side.reset());
+                    // An error a read or write has already met is theirs
+                    // to tell.
+                    if let Some(e) = kernel.take_error().filter(|e| !gone(e)) {
+                        return Err(side.lost(e));
+                    }
                 }
                 let before = seen[side.index()].replace(tcp);
                 if before.is_some_and(|b| b.outstanding() && b.bytes_acked != tcp.bytes_acked) {
@@ -254,27 +277,48 @@ impl Side {
         }
     }
 
-    /// This side's connection was reset.
-    fn reset(self) -> BError {
+    /// This side's connection was lost to `e` (a reset, mostly).
+    fn lost(self, e: std::io::Error) -> BError {
         match self {
-            Side::Client => Error::explain(
+            Side::Client => Error::because(
                 ErrorType::ConnectionClosed,
-                "the client's connection was reset",
+                "the client's connection was lost",
+                e,
             )
             .into_down(),
-            Side::Backend => Error::explain(
+            Side::Backend => Error::because(
                 ErrorType::ConnectionClosed,
-                "the backend's connection was reset",
+                "the backend's connection was lost",
+                e,
             )
             .into_up(),
         }
     }
 }
 
+/// Whether `e`, met writing to a side, says that side is gone: it ended
+/// its own stream and then closed its connection, so its kernel refuses
+/// more bytes (a reset coming after the side's end of stream is a broken
+/// pipe, one before it a connection reset).
+fn gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
+/// The value of a write to the side `side`'s bytes go to: `None` when that
+/// side is gone.
+fn written<T>(done: std::io::Result<T>, side: Side) -> Result<Option<T>, BError> {
+    match done {
+        Ok(value) => Ok(Some(value)),
+        Err(e) if gone(&e) => Ok(None),
+        Err(e) => Err(side.write_error(e)),
+    }
+}
+
 /// One direction: `early`, then what `from` sends, to `to`; `from`'s end
-/// of stream becomes the end of writing to `to`.
+/// of stream becomes the end of writing to `to`. When `to` is gone, what
+/// `from` still sends is dropped (see [`drop_rest`]).
 async fn pass<R, W>(
-    from: &mut R,
+    (from, kernel): (&mut R, &dyn Kernel),
     to: &mut W,
     early: Bytes,
     activity: &Activity,
@@ -284,46 +328,78 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    write(to, &early, activity, side).await?;
     let mut buf = vec![0u8; CHUNK];
-    loop {
+    let mut taking = write(to, &early, activity, side).await?;
+    while taking {
         let n = from.read(&mut buf).await.map_err(|e| side.read_error(e))?;
         activity.touch();
         if n == 0 {
             // Marked first: once the end is sent, the other side may close
             // its connection cleanly at any moment.
-            activity.ended[side.other().index()].store(true, Ordering::Relaxed);
-            return activity
-                .waiting_for(to.shutdown())
-                .await
-                .map_err(|e| side.write_error(e));
+            let other = side.other().index();
+            activity.ended[other].store(true, Ordering::Relaxed);
+            if written(activity.waiting_for(to.shutdown()).await, side)?.is_some() {
+                activity.delivered[other].store(true, Ordering::Relaxed);
+            }
+            return Ok(());
         }
-        write(to, &buf[..n], activity, side).await?;
+        taking = write(to, &buf[..n], activity, side).await?;
+    }
+    drop_rest(from, &mut buf, activity, side, kernel).await;
+    Ok(())
+}
+
+/// The side bytes from `side` go to is gone, so what `side` still sends
+/// has nowhere to go: it is read and dropped, as a connection closed with
+/// bytes unread is reset, and the reset would throw away what the kernel
+/// still holds for `side` of the gone side's last bytes. Until `side` ends
+/// its stream (or its connection fails: what the proxy still writes to it
+/// meets that itself), or until the proxy has ended its writing to `side`
+/// and `side`'s TCP has acknowledged every byte (looked at every second).
+/// Dropped bytes do not count as moving.
+async fn drop_rest<R: AsyncRead + Unpin>(
+    from: &mut R,
+    buf: &mut [u8],
+    activity: &Activity,
+    side: Side,
+    kernel: &dyn Kernel,
+) {
+    let mut look = tokio::time::interval(WAITING_LOOK);
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            read = from.read(buf) => if !matches!(read, Ok(n) if n > 0) {
+                return;
+            },
+            _ = look.tick() => {}
+        }
+        if activity.delivered[side.index()].load(Ordering::Relaxed)
+            && kernel.tcp_info().is_none_or(|tcp| !tcp.outstanding())
+        {
+            return;
+        }
     }
 }
 
-/// Writes all of `data`, each partial write counting as activity.
+/// Writes all of `data`, each partial write counting as activity: `false`
+/// when the side written to is gone.
 async fn write<W: AsyncWrite + Unpin>(
     to: &mut W,
     mut data: &[u8],
     activity: &Activity,
     side: Side,
-) -> Result<(), BError> {
+) -> Result<bool, BError> {
     while !data.is_empty() {
-        let n = activity
-            .waiting_for(to.write(data))
-            .await
-            .map_err(|e| side.write_error(e))?;
+        let Some(n) = written(activity.waiting_for(to.write(data)).await, side)? else {
+            return Ok(false);
+        };
         if n == 0 {
             return Err(side.write_error(std::io::ErrorKind::WriteZero.into()));
         }
         activity.touch();
         data = &data[n..];
     }
-    activity
-        .waiting_for(to.flush())
-        .await
-        .map_err(|e| side.write_error(e))
+    Ok(written(activity.waiting_for(to.flush()).await, side)?.is_some())
 }
 
 #[cfg(test)]
@@ -353,6 +429,10 @@ mod tests {
                 bytes_acked: self.acked.load(Ordering::Relaxed),
                 notsent_bytes: 0,
             })
+        }
+
+        fn take_error(&self) -> Option<std::io::Error> {
+            None
         }
     }
 
@@ -469,6 +549,30 @@ mod tests {
             assert!(Instant::now() < deadline, "never: {what}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// Waits until the proxy's connection to the client is closed and the
+    /// kernel has been looked at twice more, and checks that the tunnel
+    /// still runs.
+    async fn outlives_the_close(
+        watched: Socket,
+        activity: &Activity,
+        tunnel: &mut tokio::task::JoinHandle<Result<Ended, BError>>,
+    ) {
+        until("the client's connection is closed", || {
+            watched.tcp_info().unwrap().closed()
+        })
+        .await;
+        let looks = activity.looks.load(Ordering::Relaxed);
+        until("the kernel was looked at twice more", || {
+            tunnel.is_finished() || activity.looks.load(Ordering::Relaxed) >= looks + 2
+        })
+        .await;
+        assert!(
+            !tunnel.is_finished(),
+            "the tunnel ended early: {:?}",
+            tunnel.await
+        );
     }
 
     /// A backend that answers every byte with eight, writing before it
@@ -589,24 +693,51 @@ mod tests {
 
     #[tokio::test]
     async fn a_failing_side_ends_the_tunnel_with_its_error() {
-        let (client_proxy, client) = duplex(1024);
-        let (backend_proxy, backend) = duplex(1024);
-        drop(backend);
-        let mut client = client;
-        client
-            .write_all(b"to a backend that is gone")
-            .await
+        let (mut client, client_proxy, client_kernel) = tcp_pair(false).await;
+        let (backend, backend_proxy, backend_kernel) = tcp_pair(false).await;
+        let tunnel = tokio::spawn(async move {
+            let kernels: [&dyn Kernel; 2] = [&client_kernel, &backend_kernel];
+            let activity = Activity::new(Duration::from_secs(3600));
+            run_with(&activity, client_proxy, (b"", b""), backend_proxy, kernels).await
+        });
+        socket2::SockRef::from(&backend)
+            .set_linger(Some(Duration::ZERO))
             .unwrap();
-        let e = run(
+        drop(backend);
+        let e = tunnel.await.unwrap().unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::ReadError, "{e}");
+        assert!(e.to_string().contains("reading from the backend"), "{e}");
+        let mut rest = Vec::new();
+        assert_eq!(
+            client.read_to_end(&mut rest).await.unwrap(),
+            0,
+            "the client's side is closed"
+        );
+    }
+
+    /// A client sends its last bytes and its end, and goes (its pipe is
+    /// dropped) before the backend, writing first, has read them: the
+    /// backend's bytes are dropped, the client's still reach it.
+    #[tokio::test(start_paused = true)]
+    async fn a_side_gone_after_its_end_still_has_its_last_bytes_carried() {
+        let (client_proxy, mut client) = duplex(64 * 1024);
+        let (backend_proxy, mut backend) = duplex(1024);
+        let tunnel = tokio::spawn(run(
             client_proxy,
             (b"", b""),
             backend_proxy,
             Duration::from_secs(60),
-        )
-        .await
-        .unwrap_err();
-        assert_eq!(e.etype(), &ErrorType::WriteError, "{e}");
-        assert!(e.to_string().contains("writing to the backend"), "{e}");
+        ));
+        let last = vec![7u8; 8 * 1024];
+        client.write_all(&last).await.unwrap();
+        client.shutdown().await.unwrap();
+        drop(client);
+        backend.write_all(b"too late").await.unwrap();
+        backend.write_all(&[1u8; 4096]).await.unwrap();
+        let mut got = Vec::new();
+        backend.read_to_end(&mut got).await.unwrap();
+        assert!(got == last, "{} of {} bytes arrived", got.len(), last.len());
+        assert_eq!(tunnel.await.unwrap().unwrap(), Ended::Closed);
     }
 
     /// A client that drains a large socket buffer slowly makes the
@@ -718,8 +849,15 @@ mod tests {
             .expect("the reset went unnoticed")
             .unwrap()
             .unwrap_err();
+        assert_eq!(e.etype(), &ErrorType::ConnectionClosed, "{e}");
         assert!(
-            e.to_string().contains("client's connection was reset"),
+            e.to_string().contains("client's connection was lost"),
+            "{e}"
+        );
+        let cause = e.root_cause().downcast_ref::<std::io::Error>();
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionReset),
             "{e}"
         );
     }
@@ -735,7 +873,7 @@ mod tests {
             mut backend,
             client_kernel: watched,
             activity,
-            tunnel,
+            mut tunnel,
         } = tcp_tunnel().await;
         backend.shutdown().await.unwrap();
         let (mut client_in, mut client_out) = client.into_split();
@@ -745,7 +883,7 @@ mod tests {
         // More than the way to the backend holds unread, less than the
         // way from the client holds.
         const SENT: usize = 64 * 1024;
-        let writer = tokio::spawn(async move {
+        tokio::spawn(async move {
             client_out.write_all(&vec![7u8; SENT]).await.unwrap();
             client_out.shutdown().await.unwrap();
             drop((client_in, client_out));
@@ -754,23 +892,63 @@ mod tests {
             activity.waiting.load(Ordering::Relaxed) > 0
         })
         .await;
-        until("the client's connection is closed", || {
-            writer.is_finished() && watched.tcp_info().unwrap().closed()
-        })
-        .await;
-        let looks = activity.looks.load(Ordering::Relaxed);
-        until("the kernel was looked at twice more", || {
-            tunnel.is_finished() || activity.looks.load(Ordering::Relaxed) >= looks + 2
-        })
-        .await;
-        assert!(
-            !tunnel.is_finished(),
-            "the tunnel ended early: {:?}",
-            tunnel.await.unwrap()
-        );
+        outlives_the_close(watched, &activity, &mut tunnel).await;
         let mut got = Vec::new();
         backend.read_to_end(&mut got).await.unwrap();
         assert_eq!(got.len(), SENT);
         assert_eq!(tunnel.await.unwrap().unwrap(), Ended::Closed);
+    }
+
+    /// The client sends its last bytes and its end, and closes its
+    /// connection, while the backend is slow to take them and still writes
+    /// to the client: the client's kernel answers those bytes with a reset.
+    /// The client is gone, not failed: every byte it sent reaches the
+    /// backend, what the backend sends after is dropped, and the tunnel
+    /// ends once the backend has acknowledged everything.
+    #[tokio::test]
+    async fn a_side_that_ends_then_closes_has_its_last_bytes_carried() {
+        let TcpTunnel {
+            client,
+            mut backend,
+            client_kernel: watched,
+            activity,
+            mut tunnel,
+        } = tcp_tunnel().await;
+        // More than the way to the backend holds unread, less than the
+        // way from the client holds.
+        const SENT: usize = 64 * 1024;
+        let mut client = client;
+        client.write_all(&vec![7u8; SENT]).await.unwrap();
+        client.shutdown().await.unwrap();
+        drop(client);
+        until("the write to the backend waits", || {
+            activity.waiting.load(Ordering::Relaxed) > 0
+        })
+        .await;
+        // The backend writes to the closed client, whose kernel resets the
+        // connection; the kernel is looked at twice after that.
+        backend.write_all(b"ping").await.unwrap();
+        outlives_the_close(watched, &activity, &mut tunnel).await;
+        // Then the backend writes again, to the gone client.
+        backend.write_all(b"pong").await.unwrap();
+        let (mut backend_in, mut backend_out) = backend.into_split();
+        let writer = tokio::spawn(async move {
+            let block = vec![1u8; 16 * 1024];
+            for _ in 0..64 {
+                if backend_out.write_all(&block).await.is_err() {
+                    break;
+                }
+            }
+            backend_out
+        });
+        let mut got = Vec::new();
+        backend_in.read_to_end(&mut got).await.unwrap();
+        assert!(got.len() == SENT, "{} of {SENT} bytes arrived", got.len());
+        let ended = tokio::time::timeout(Duration::from_secs(30), tunnel)
+            .await
+            .expect("the tunnel outlived the delivery")
+            .unwrap();
+        assert_eq!(ended.unwrap(), Ended::Closed);
+        drop(writer.await.unwrap());
     }
 }
