@@ -35,6 +35,7 @@ struct RawActions {
     proxy_max_age: String,
     control_url: String,
     ca_file: String,
+    client_tls: Option<crate::tls::RawTls>,
 }
 
 impl Default for RawActions {
@@ -45,6 +46,7 @@ impl Default for RawActions {
             proxy_max_age: "30s".into(),
             control_url: String::new(),
             ca_file: String::new(),
+            client_tls: None,
         }
     }
 }
@@ -96,6 +98,7 @@ struct RawServer {
     token_file: String,
     max_wait: String,
     tls: Option<crate::tls::RawTls>,
+    client_ca: String,
     max_connections: Option<u64>,
 }
 
@@ -106,6 +109,7 @@ impl Default for RawServer {
             token_file: String::new(),
             max_wait: "60s".into(),
             tls: None,
+            client_ca: String::new(),
             max_connections: None,
         }
     }
@@ -218,6 +222,9 @@ pub struct ActionsConfig {
     /// The CA certificates (PEM) that sign an `https://` control plane's
     /// certificate; the system's CAs when `None`.
     pub ca_file: Option<PathBuf>,
+    /// The certificate and key the commands present to a control plane
+    /// that asks for one (`server.client_ca`).
+    pub client_tls: Option<TlsFiles>,
 }
 
 /// Automated failover: off unless `enabled`.
@@ -264,6 +271,9 @@ pub struct ServerConfig {
     /// Serve HTTPS with this certificate and key (reloaded when the files
     /// change); plain HTTP when `None`.
     pub tls: Option<TlsFiles>,
+    /// With `tls`: every client (proxy or command) must present a
+    /// certificate signed by a CA certificate in this PEM file.
+    pub client_ca: Option<PathBuf>,
     /// Connections served at once (every proxy holds one for its long
     /// poll); more wait in the listening socket's backlog. `None`: from
     /// the open-file limit (see [`ServerConfig::connections`]).
@@ -456,6 +466,12 @@ impl RawControl {
             .tls
             .as_ref()
             .map(|t| t.validate(&mut e, base, "server.tls"));
+        let client_ca = (!self.server.client_ca.is_empty()).then(|| {
+            let raw = &self.server.client_ca;
+            crate::tls::ca_file(&mut e, base, "server.client_ca", raw, tls.is_some(), || {
+                "asks clients for certificates in the TLS handshake, so it needs server.tls: give server.tls, or leave client_ca out".to_owned()
+            })
+        });
         let actions = self.actions.validate(&mut e, base, address, tls.is_some());
         let automation = self.automation.validate(&mut e, &source);
         let notify = self.notify.validate(&mut e, base);
@@ -469,6 +485,7 @@ impl RawControl {
                     .then(|| values::resolve(base, &self.server.token_file)),
                 max_wait,
                 tls,
+                client_ca,
                 max_connections,
             },
             source,
@@ -542,6 +559,14 @@ impl RawActions {
                 format!("is for a control plane reached by https://, and actions.control_url is {control_url:?}: give server.tls or an https:// control_url, or leave ca_file out")
             })
         });
+        let client_tls = self.client_tls.as_ref().map(|raw| {
+            raw.validate_client(
+                e,
+                base,
+                "actions.client_tls",
+                ("actions.control_url", &control_url),
+            )
+        });
         ActionsConfig {
             history_file: values::resolve(base, &self.history_file),
             timeout: {
@@ -557,6 +582,7 @@ impl RawActions {
                 &self.proxy_max_age,
             ),
             control_url,
+            client_tls,
             ca_file,
         }
     }
@@ -884,6 +910,49 @@ mod tests {
         assert!(text.contains("reached by https://"), "{errors}");
         assert!(
             text.contains("server.tls makes the control plane answer HTTPS only"),
+            "{errors}"
+        );
+    }
+
+    #[test]
+    fn client_certificates_need_tls_on_both_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\nclient_ca = \"ca.pem\"\n[actions]\nclient_tls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+        ) else {
+            panic!("accepted")
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["server.client_ca", "actions.client_tls"],
+            "{errors}"
+        );
+        let text = errors.to_string();
+        assert!(text.contains("it needs server.tls"), "{errors}");
+        assert!(
+            text.contains("actions.control_url is \"http://127.0.0.1:9080\""),
+            "{errors}"
+        );
+        let c = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\nclient_ca = \"ca.pem\"\n[actions]\nclient_tls = { cert = \"cert.pem\", key = \"key.pem\" }\n",
+        )
+        .unwrap();
+        assert_eq!(c.server.client_ca, Some(dir.path().join("ca.pem")));
+        let client = c.actions.client_tls.expect("the commands' certificate");
+        assert_eq!(client.cert, dir.path().join("cert.pem"));
+        assert_eq!(client.key, dir.path().join("key.pem"));
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\nclient_ca = \"missing.pem\"\n",
+        ) else {
+            panic!("accepted")
+        };
+        assert_eq!(errors.iter().next().unwrap().path, "server.client_ca");
+        assert!(
+            errors.to_string().contains("must be a readable PEM file"),
             "{errors}"
         );
     }

@@ -283,6 +283,8 @@ enum RawTable {
         token_file: String,
         #[serde(default)]
         ca_file: Option<String>,
+        #[serde(default)]
+        client_tls: Option<crate::tls::RawTls>,
         #[serde(default = "default_wait")]
         wait: String,
         #[serde(default = "default_max_backoff")]
@@ -686,6 +688,10 @@ pub enum TableSource {
         /// The CA certificates (PEM) that sign an `https://` control
         /// plane's certificate; the system's CAs when `None`.
         ca_file: Option<PathBuf>,
+        /// The certificate and key presented to an `https://` control
+        /// plane that asks for one (`server.client_ca`); reloaded when the
+        /// files change.
+        client_tls: Option<TlsFiles>,
         /// How long one long-poll may wait for a change (default 30 s).
         wait: Duration,
         /// Longest pause between attempts after errors (default 30 s).
@@ -1106,6 +1112,7 @@ impl RawConfig {
                 url,
                 token_file,
                 ca_file,
+                client_tls,
                 wait,
                 max_backoff,
                 report,
@@ -1133,6 +1140,9 @@ impl RawConfig {
                     crate::tls::ca_file(&mut e, base, "table.ca_file", raw, https, || {
                         format!("is for a control plane reached by https://, and table.url is {url:?}: make it https:// or leave ca_file out")
                     })
+                });
+                let client_tls = client_tls.as_ref().map(|raw| {
+                    raw.validate_client(&mut e, base, "table.client_tls", ("table.url", url))
                 });
                 let token_path = values::resolve(base, token_file);
                 if let Some(why) = values::not_a_file(&token_path) {
@@ -1165,6 +1175,7 @@ impl RawConfig {
                     url: base_url.to_owned(),
                     token_file: token_path,
                     ca_file,
+                    client_tls,
                     wait,
                     hold_writes_after,
                     max_backoff,

@@ -1,15 +1,18 @@
 //! One TLS stack for every edgeroute process: rustls with ring. Here: the
 //! process-wide provider, the certificates a server presents (the proxy's
-//! TLS listeners, the control plane's table server), loaded with errors
-//! that say what is wrong and reloaded while the process runs, and the
-//! roots a client trusts.
+//! TLS listeners, the control plane's table server) and a client presents
+//! when the control plane asks for one, loaded with errors that say what
+//! is wrong and reloaded while the process runs, and the roots a client
+//! trusts, or a server trusts for its clients' certificates.
 
 use crate::errors::FieldErrors;
 use crate::values;
 use arc_swap::ArcSwap;
+use rustls::client::ResolvesClientCert;
 use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -27,8 +30,8 @@ pub fn install_crypto_provider() {
     }
 }
 
-/// A server's certificate chain (the server's own first) and private key,
-/// as PEM files.
+/// A certificate chain (its owner's own certificate first) and private
+/// key, as PEM files: a server's, or a client's that a server asks for.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -45,7 +48,7 @@ pub(crate) struct RawTls {
 
 impl RawTls {
     /// The files, relative to `base`; each must be a readable file (what
-    /// they hold is judged by [`ServerCert::load`]). `field` names the
+    /// they hold is judged by [`TlsCert::load`]). `field` names the
     /// table, such as `listeners[0].tls`, in errors.
     pub(crate) fn validate(&self, e: &mut FieldErrors, base: &Path, field: &str) -> TlsFiles {
         for (part, value) in [("cert", &self.cert), ("key", &self.key)] {
@@ -60,6 +63,27 @@ impl RawTls {
             cert: values::resolve(base, &self.cert),
             key: values::resolve(base, &self.key),
         }
+    }
+}
+
+impl RawTls {
+    /// A client certificate's files (such as `table.client_tls`), for a
+    /// client of a server reached by `url`: refused unless the URL is
+    /// `https://` (`url_field` names it).
+    pub(crate) fn validate_client(
+        &self,
+        e: &mut FieldErrors,
+        base: &Path,
+        field: &str,
+        (url_field, url): (&str, &str),
+    ) -> TlsFiles {
+        if !url.starts_with("https://") {
+            e.push(
+                field,
+                format!("is a client certificate for a control plane reached by https://, and {url_field} is {url:?}: make it https:// or leave {field} out"),
+            );
+        }
+        self.validate(e, base, field)
     }
 }
 
@@ -95,14 +119,16 @@ const ENCRYPTED: &str = "-----BEGIN ENCRYPTED PRIVATE KEY-----";
 /// The header of an older encrypted PEM key (PKCS#1 or SEC1).
 const ENCRYPTED_LEGACY: &str = "Proc-Type: 4,ENCRYPTED";
 
-/// A server's certificate chain and key (such as `listeners[0].tls`), as
-/// rustls serves them: replaced while the process runs when their files
-/// change (see [`ServerCert::reload`]). Each handshake takes the pair in
-/// force when it starts.
+/// A certificate chain and key, a server's (such as `listeners[0].tls`)
+/// or a client's (such as `table.client_tls`), as rustls presents them:
+/// replaced while the process runs when their files change (see
+/// [`TlsCert::reload`]). Each handshake takes the pair in force when it
+/// starts.
 #[derive(Debug)]
-pub struct ServerCert {
+pub struct TlsCert {
     /// The config field the files come from, such as `listeners[0].tls`.
     name: String,
+    role: Role,
     pub files: TlsFiles,
     current: ArcSwap<InForce>,
     /// The files as last read: a change is loaded once, and a bad one
@@ -110,8 +136,8 @@ pub struct ServerCert {
     seen: Mutex<Seen>,
 }
 
-/// A certificate chain and key as served, with the server's certificate's
-/// dates.
+/// A certificate chain and key as presented, with the dates of its
+/// owner's certificate.
 #[derive(Debug)]
 struct InForce {
     key: Arc<CertifiedKey>,
@@ -127,10 +153,29 @@ enum Seen {
         /// Whether these bytes are the pair in force.
         loaded: bool,
         /// Whether they were refused for their dates alone (see
-        /// [`ServerCert::reload_at`]): looked at again at each reload,
+        /// [`TlsCert::reload_at`]): looked at again at each reload,
         /// since time may make them usable.
         dated: bool,
     },
+}
+
+/// Whose certificate a [`TlsCert`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A server's, presented to every client.
+    Server,
+    /// A client's, presented to a server that asks for one.
+    Client,
+}
+
+impl Role {
+    /// Its certificate, in messages: `the server's` or `the client's`.
+    fn whose(self) -> &'static str {
+        match self {
+            Role::Server => "the server's",
+            Role::Client => "the client's",
+        }
+    }
 }
 
 /// When the server's certificate can be used: from its start (notBefore)
@@ -173,7 +218,7 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// What a [`ServerCert::reload`] did.
+/// What a [`TlsCert::reload`] did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Reload {
     /// The files are as last read.
@@ -184,21 +229,31 @@ pub enum Reload {
     Failed(String),
 }
 
-impl ServerCert {
+impl TlsCert {
     /// Loads the files of the config field `name` (such as
     /// `listeners[0].tls`). Every way the files can be wrong
     /// (unreadable, no PEM section of the kind, a certificate that is not
     /// X.509, an encrypted key, a key that is not the certificate's) is an
     /// error that names the field and the file, and says what to do. A
-    /// certificate outside its dates loads (see [`ServerCert::validity`]):
+    /// certificate outside its dates loads (see [`TlsCert::validity`]):
     /// some clients, such as a load balancer forwarding to the proxy, do
     /// not check it.
-    pub fn load(name: impl Into<String>, files: &TlsFiles) -> Result<Arc<ServerCert>, String> {
+    pub fn load(name: impl Into<String>, files: &TlsFiles) -> Result<Arc<TlsCert>, String> {
+        Self::load_as(Role::Server, name, files)
+    }
+
+    /// [`TlsCert::load`] for `role`'s certificate.
+    pub fn load_as(
+        role: Role,
+        name: impl Into<String>,
+        files: &TlsFiles,
+    ) -> Result<Arc<TlsCert>, String> {
         let name = name.into();
         let (cert_pem, key_pem) = read_files(&name, files)?;
-        let in_force = certified_key(&name, files, &cert_pem, &key_pem)?;
-        Ok(Arc::new(ServerCert {
+        let in_force = certified_key(&name, role, files, &cert_pem, &key_pem)?;
+        Ok(Arc::new(TlsCert {
             name,
+            role,
             files: files.clone(),
             current: ArcSwap::from_pointee(in_force),
             seen: Mutex::new(Seen::Read {
@@ -210,18 +265,23 @@ impl ServerCert {
         }))
     }
 
-    /// What `check` warns of: the server's certificate in force cannot be
-    /// used at `now` (Unix seconds), which a server serves all the same.
+    /// What `check` warns of: the certificate in force cannot be used at
+    /// `now` (Unix seconds), which is presented all the same.
     pub fn date_warning(&self, now: i64) -> Option<String> {
+        let peers = match self.role {
+            Role::Server => "clients that check certificates",
+            Role::Client => "the server",
+        };
         self.validity().fault_at(now).map(|fault| {
             format!(
-                "{}: the server's certificate {fault}; clients that check certificates will refuse it",
-                field(&self.name, "cert", &self.files.cert)
+                "{}: {} certificate {fault}; {peers} will refuse it",
+                field(&self.name, "cert", &self.files.cert),
+                self.role.whose()
             )
         })
     }
 
-    /// The dates of the server's certificate in force.
+    /// The dates of the certificate in force (its owner's own).
     pub fn validity(&self) -> Validity {
         self.current.load().validity
     }
@@ -231,7 +291,7 @@ impl ServerCert {
         &self.name
     }
 
-    /// [`ServerCert::reload_at`] now.
+    /// [`TlsCert::reload_at`] now.
     pub fn reload(&self, forced: bool) -> Reload {
         self.reload_at(forced, unix_now())
     }
@@ -269,32 +329,29 @@ impl ServerCert {
             _ => false,
         };
         let in_force = self.current.load_full();
-        let (outcome, loaded, dated) = match certified_key(
-            &self.name,
-            &self.files,
-            &cert_pem,
-            &key_pem,
-        ) {
-            Err(e) => (Reload::Failed(e), false, false),
-            // The same certificate as in force (files back as they were).
-            Ok(next) if next.key.cert == in_force.key.cert => (Reload::Unchanged, true, false),
-            Ok(next) => match next.validity.fault_at(now) {
-                Some(fault) if in_force.validity.fault_at(now).is_none() => (
-                    Reload::Failed(format!(
-                        "{}: the server's certificate {fault}; the one in force, valid until {}, \
+        let (outcome, loaded, dated) =
+            match certified_key(&self.name, self.role, &self.files, &cert_pem, &key_pem) {
+                Err(e) => (Reload::Failed(e), false, false),
+                // The same certificate as in force (files back as they were).
+                Ok(next) if next.key.cert == in_force.key.cert => (Reload::Unchanged, true, false),
+                Ok(next) => match next.validity.fault_at(now) {
+                    Some(fault) if in_force.validity.fault_at(now).is_none() => (
+                        Reload::Failed(format!(
+                            "{}: {} certificate {fault}; the one in force, valid until {}, \
                              stays; put a certificate valid now in the files",
-                        field(&self.name, "cert", &self.files.cert),
-                        date(in_force.validity.not_after)
-                    )),
-                    false,
-                    true,
-                ),
-                _ => {
-                    self.current.store(Arc::new(next));
-                    (Reload::Loaded, true, false)
-                }
-            },
-        };
+                            field(&self.name, "cert", &self.files.cert),
+                            self.role.whose(),
+                            date(in_force.validity.not_after)
+                        )),
+                        false,
+                        true,
+                    ),
+                    _ => {
+                        self.current.store(Arc::new(next));
+                        (Reload::Loaded, true, false)
+                    }
+                },
+            };
         *seen = Seen::Read {
             cert: cert_pem,
             key: key_pem,
@@ -313,19 +370,33 @@ impl ServerCert {
     /// 1.3, offering the application protocols `alpn` (most preferred
     /// first, such as `h2` then `http/1.1`).
     pub fn server_config(self: &Arc<Self>, alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
-        let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
+        self.server_config_for(alpn, None)
+    }
+
+    /// [`TlsCert::server_config`], asking every client for a certificate
+    /// that `clients` accepts (see [`client_verifier`]), when given.
+    pub fn server_config_for(
+        self: &Arc<Self>,
+        alpn: &[&[u8]],
+        clients: Option<Arc<dyn ClientCertVerifier>>,
+    ) -> Arc<rustls::ServerConfig> {
+        let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
             &rustls::version::TLS13,
             &rustls::version::TLS12,
-        ])
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        ]);
+        let builder = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder.with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 }
 
-impl ServerCert {
-    /// [`ServerCert::reload`], logged: a certificate put in force at info,
+impl TlsCert {
+    /// [`TlsCert::reload`], logged: a certificate put in force at info,
     /// files that cannot be used at error (the certificate in force
     /// stays). Reads two small files: call it off an async runtime's
     /// threads.
@@ -366,9 +437,25 @@ impl ServerCert {
     }
 }
 
-impl ResolvesServerCert for ServerCert {
+impl ResolvesServerCert for TlsCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(Arc::clone(&self.current.load().key))
+    }
+}
+
+/// A client's certificate is presented whatever CAs the server names: a
+/// server that does not trust it says so, and the client's error tells.
+impl ResolvesClientCert for TlsCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.load().key))
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -404,6 +491,7 @@ fn field(name: &str, part: &str, path: &Path) -> String {
 /// The pair from the files' bytes, with an error that names what is wrong.
 fn certified_key(
     name: &str,
+    role: Role,
     files: &TlsFiles,
     cert_pem: &[u8],
     key_pem: &[u8],
@@ -413,8 +501,9 @@ fn certified_key(
         .map_err(|e| format!("{}: not valid PEM: {e}", field(name, "cert", &files.cert)))?;
     if certs.is_empty() {
         return Err(format!(
-            "{}: holds no certificate (a PEM \"BEGIN CERTIFICATE\" section, the server's first, then its chain)",
-            field(name, "cert", &files.cert)
+            "{}: holds no certificate (a PEM \"BEGIN CERTIFICATE\" section, {} first, then its chain)",
+            field(name, "cert", &files.cert),
+            role.whose()
         ));
     }
     let holds = |marker: &str| {
@@ -438,8 +527,9 @@ fn certified_key(
     })?;
     let validity = validity(&certs).map_err(|(nth, e)| {
         format!(
-            "{}: certificate {nth} of the file is not X.509 ({e}); give the server's certificate, then its chain, as PEM",
-            field(name, "cert", &files.cert)
+            "{}: certificate {nth} of the file is not X.509 ({e}); give {} certificate, then its chain, as PEM",
+            field(name, "cert", &files.cert),
+            role.whose()
         )
     })?;
     let provider = rustls::crypto::CryptoProvider::get_default()
@@ -448,9 +538,10 @@ fn certified_key(
     let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => format!(
             "{}: is not the key of the first certificate in {} (give the private key made with \
-             that certificate, and put the server's own certificate first in its file, then its chain)",
+             that certificate, and put {} own certificate first in its file, then its chain)",
             field(name, "key", &files.key),
-            files.cert.display()
+            files.cert.display(),
+            role.whose()
         ),
         e => format!(
             "{name}: cannot use the certificate {} with the key {}: {e}",
@@ -488,34 +579,17 @@ fn validity(certs: &[CertificateDer<'_>]) -> Result<Validity, (usize, String)> {
 /// (the control plane, from a proxy or a command): TLS 1.2 and 1.3, ALPN
 /// left to the HTTP client, the server's certificate checked against the CA certificates
 /// in `ca_file` when given (a private CA), else against the system's. `field`
-/// names `ca_file` in errors, such as `table.ca_file`.
-pub fn client_config(ca_file: Option<&Path>, field: &str) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let pem =
-                values::read_regular(path, MAX_PEM, "a bundle of CA certificates takes a few KiB")
-                    .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))?;
-            let certs = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{field} ({}): not valid PEM: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!(
-                    "{field} ({}): holds no certificate; give the CA certificates that sign the server's certificate, as PEM \"BEGIN CERTIFICATE\" sections",
-                    path.display()
-                ));
-            }
-            for (nth, cert) in certs.into_iter().enumerate() {
-                roots.add(cert).map_err(|e| {
-                    format!(
-                        "{field} ({}): certificate {} of the file cannot be a CA: {e}",
-                        path.display(),
-                        nth + 1
-                    )
-                })?;
-            }
-        }
+/// names `ca_file` in errors, such as `table.ca_file`. `identity`, when
+/// given, is presented to a server that asks for a client certificate.
+pub fn client_config(
+    ca_file: Option<&Path>,
+    field: &str,
+    identity: Option<Arc<TlsCert>>,
+) -> Result<rustls::ClientConfig, String> {
+    let roots = match ca_file {
+        Some(path) => ca_certificates(path, field, "the server's certificate")?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
@@ -528,58 +602,142 @@ pub fn client_config(ca_file: Option<&Path>, field: &str) -> Result<rustls::Clie
                         .map_or_else(|| "none installed".to_owned(), ToString::to_string)
                 ));
             }
+            roots
         }
-    }
-    let config = rustls::ClientConfig::builder_with_protocol_versions(&[
+    };
+    let builder = rustls::ClientConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
     ])
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(config)
+    .with_root_certificates(roots);
+    Ok(match identity {
+        Some(identity) => builder.with_client_cert_resolver(identity),
+        None => builder.with_no_client_auth(),
+    })
 }
 
-/// What a client of `url_field` that got `error` should look at, when it
-/// is the server's certificate that was refused (else nothing): its
-/// `ca_field` and the URL's host.
+/// What a server asks of its clients with `client_ca` (such as
+/// `server.client_ca`): a certificate signed by one of the CA
+/// certificates in the file, for every connection.
+pub fn client_verifier(
+    client_ca: &Path,
+    field: &str,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let roots = ca_certificates(client_ca, field, "the clients' certificates")?;
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| {
+            format!(
+                "{field} ({}): cannot check clients' certificates with it: {e}",
+                client_ca.display()
+            )
+        })
+}
+
+/// The CA certificates in the PEM file at `path` (the config field
+/// `field`), which sign `signed`, in errors.
+fn ca_certificates(
+    path: &Path,
+    field: &str,
+    signed: &str,
+) -> Result<rustls::RootCertStore, String> {
+    let pem = values::read_regular(path, MAX_PEM, "a bundle of CA certificates takes a few KiB")
+        .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{field} ({}): not valid PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{field} ({}): holds no certificate; give the CA certificates that sign {signed}, as PEM \"BEGIN CERTIFICATE\" sections",
+            path.display()
+        ));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (nth, cert) in certs.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            format!(
+                "{field} ({}): certificate {} of the file cannot be a CA: {e}",
+                path.display(),
+                nth + 1
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The fields a client of edgeroute's HTTPS servers names in its advice:
+/// such as `table.ca_file`, `table.url` and `table.client_tls`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientFields<'a> {
+    pub ca: &'a str,
+    pub url: &'a str,
+    pub client_tls: &'a str,
+}
+
+/// What a client that got `error` should look at, when it is a refused
+/// certificate (else nothing): for the server's, its `ca` field and the
+/// URL's host; for its own (the server asks for a client certificate), its
+/// `client_tls` field.
 pub fn untrusted_advice(
     error: &(dyn std::error::Error + 'static),
-    ca_field: &str,
-    url_field: &str,
+    fields: ClientFields<'_>,
 ) -> String {
+    use rustls::AlertDescription as Alert;
     use rustls::CertificateError as Refused;
-    match refused_certificate(error) {
-        None => String::new(),
-        Some(Refused::NotValidForName | Refused::NotValidForNameContext { .. }) => format!(
-            "; its certificate does not hold the host name in {url_field}: set {url_field}'s \
-             host to a name the certificate holds"
-        ),
-        Some(
+    let ClientFields {
+        ca: ca_field,
+        url: url_field,
+        client_tls,
+    } = fields;
+    match tls_error(error) {
+        Some(rustls::Error::InvalidCertificate(why)) => match why {
+            Refused::NotValidForName | Refused::NotValidForNameContext { .. } => format!(
+                "; its certificate does not hold the host name in {url_field}: set {url_field}'s \
+                 host to a name the certificate holds"
+            ),
             Refused::Expired
             | Refused::ExpiredContext { .. }
             | Refused::NotValidYet
-            | Refused::NotValidYetContext { .. },
-        ) => "; its certificate is out of date: renew the server's certificate, or set this \
-              machine's clock right"
-            .to_owned(),
-        Some(_) => format!(
-            "; its certificate is not trusted: set {ca_field} to the CA certificates that sign \
-             it, and {url_field}'s host to a name the certificate holds"
+            | Refused::NotValidYetContext { .. } => {
+                "; its certificate is out of date: renew the server's certificate, or set this \
+                 machine's clock right"
+                    .to_owned()
+            }
+            _ => format!(
+                "; its certificate is not trusted: set {ca_field} to the CA certificates that sign \
+                 it, and {url_field}'s host to a name the certificate holds"
+            ),
+        },
+        Some(rustls::Error::AlertReceived(Alert::CertificateRequired)) => format!(
+            "; the server asks for a client certificate: set {client_tls} to a certificate and key \
+             signed by a CA in the control plane's server.client_ca"
         ),
+        Some(rustls::Error::AlertReceived(
+            alert @ (Alert::BadCertificate
+            | Alert::UnsupportedCertificate
+            | Alert::CertificateRevoked
+            | Alert::CertificateExpired
+            | Alert::CertificateUnknown
+            | Alert::UnknownCA
+            | Alert::AccessDenied
+            | Alert::DecryptError),
+        )) => format!(
+            "; the server refused the client certificate ({alert:?}): set {client_tls} to a \
+             certificate and key valid now and signed by a CA in the control plane's server.client_ca"
+        ),
+        Some(_) | None => String::new(),
     }
 }
 
-/// rustls' reason for refusing the server's certificate (an unknown
-/// issuer, a name it does not hold, its dates), if that is what `error`,
-/// or an error it was caused by, is: a client's reason to say which CA
-/// file and URL to check.
-fn refused_certificate<'e>(
-    error: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e rustls::CertificateError> {
+/// The rustls error `error` is, or was caused by, if any: a refused
+/// certificate, the server's (an unknown issuer, a name it does not hold,
+/// its dates) or the client's (the server's alert), is a client's reason
+/// to say which setting to check.
+fn tls_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e rustls::Error> {
     let mut next = Some(error);
     while let Some(e) = next {
-        if let Some(rustls::Error::InvalidCertificate(why)) = e.downcast_ref::<rustls::Error>() {
-            return Some(why);
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
         }
         // An I/O error's source skips the error it wraps (which may be
         // another I/O error).
@@ -611,15 +769,14 @@ mod tests {
 
     fn error(index: usize, files: &TlsFiles) -> String {
         install_crypto_provider();
-        ServerCert::load(format!("listeners[{index}].tls"), files)
-            .expect_err("the files are refused")
+        TlsCert::load(format!("listeners[{index}].tls"), files).expect_err("the files are refused")
     }
 
     #[test]
     fn a_certificate_and_its_key_offer_h2_then_http1() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
-        let config = ServerCert::load("listeners[0].tls", &pair(dir.path(), "a"))
+        let config = TlsCert::load("listeners[0].tls", &pair(dir.path(), "a"))
             .unwrap()
             .server_config(&[b"h2", b"http/1.1"]);
         assert_eq!(config.alpn_protocols, [&b"h2"[..], &b"http/1.1"[..]]);
@@ -787,7 +944,7 @@ mod tests {
         let mut pem = std::fs::read(&leaf.cert).unwrap();
         pem.extend(std::fs::read(&old.cert).unwrap());
         std::fs::write(&chain, pem).unwrap();
-        let cert = ServerCert::load(
+        let cert = TlsCert::load(
             "listeners[0].tls",
             &TlsFiles {
                 cert: chain,
@@ -850,7 +1007,7 @@ mod tests {
         let live = live(dir.path());
         let put = |from: &TlsFiles| put(from, &live);
         put(&valid);
-        let cert = ServerCert::load("listeners[0].tls", &live).unwrap();
+        let cert = TlsCert::load("listeners[0].tls", &live).unwrap();
 
         put(&expired);
         match cert.reload_at(false, now) {
@@ -898,7 +1055,7 @@ mod tests {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let expired = dated_pair(dir.path(), "expired", (2000, 2001));
-        let cert = ServerCert::load("listeners[0].tls", &expired).unwrap();
+        let cert = TlsCert::load("listeners[0].tls", &expired).unwrap();
         assert!(
             cert.validity()
                 .fault_at(unix_now())
@@ -922,7 +1079,7 @@ mod tests {
     }
 
     /// The server's certificate in force.
-    fn serving(cert: &ServerCert) -> CertificateDer<'static> {
+    fn serving(cert: &TlsCert) -> CertificateDer<'static> {
         cert.current
             .load()
             .key
@@ -944,7 +1101,7 @@ mod tests {
         let live = live(dir.path());
         let put = |from: &TlsFiles| put(from, &live);
         put(&a);
-        let cert = ServerCert::load("listeners[1].tls", &live).unwrap();
+        let cert = TlsCert::load("listeners[1].tls", &live).unwrap();
         assert_eq!(serving(&cert), pem_cert(&a));
         assert_eq!(cert.reload(false), Reload::Unchanged);
         assert_eq!(cert.reload(true), Reload::Unchanged, "SIGHUP, nothing new");
@@ -992,7 +1149,7 @@ mod tests {
         let path = dir.path().join("ca.pem");
         let refused = |text: &str| {
             std::fs::write(&path, text).unwrap();
-            client_config(Some(&path), "table.ca_file").expect_err("refused")
+            client_config(Some(&path), "table.ca_file", None).expect_err("refused")
         };
         let e = refused("no PEM here\n");
         assert!(
@@ -1001,8 +1158,12 @@ mod tests {
         );
         let e = refused("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n");
         assert!(e.contains("not valid PEM"), "{e}");
-        let e = client_config(Some(&dir.path().join("missing.pem")), "actions.ca_file")
-            .expect_err("refused");
+        let e = client_config(
+            Some(&dir.path().join("missing.pem")),
+            "actions.ca_file",
+            None,
+        )
+        .expect_err("refused");
         assert!(
             e.starts_with("actions.ca_file (") && e.contains("cannot read it"),
             "{e}"
@@ -1010,13 +1171,15 @@ mod tests {
 
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
         std::fs::write(&path, made.cert.pem()).unwrap();
-        let config = client_config(Some(&path), "table.ca_file").expect("a CA file");
+        let config = client_config(Some(&path), "table.ca_file", None).expect("a CA file");
         // An HTTP client that sets its own refuses one set before.
         assert!(config.alpn_protocols.is_empty());
     }
 
     #[test]
     fn a_refused_certificate_is_told_from_other_failures_through_the_chain() {
+        // Either side's certificate: the server's as the client judged it,
+        // the client's as the server's alert tells.
         #[derive(Debug)]
         struct Outer(std::io::Error);
         impl std::fmt::Display for Outer {
@@ -1031,17 +1194,25 @@ mod tests {
         }
         // As a TLS connector reports it: an I/O error around the I/O error
         // around rustls' own.
-        let refused = |why| {
+        let failed = |e: rustls::Error| {
             Outer(std::io::Error::other(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
-                rustls::Error::InvalidCertificate(why),
+                e,
             )))
         };
-        let advice = |e: &Outer| untrusted_advice(e, "table.ca_file", "table.url");
+        let refused = |why| failed(rustls::Error::InvalidCertificate(why));
+        let fields = ClientFields {
+            ca: "table.ca_file",
+            url: "table.url",
+            client_tls: "table.client_tls",
+        };
+        let advice = |e: &Outer| untrusted_advice(e, fields);
         let unknown = refused(rustls::CertificateError::UnknownIssuer);
         assert_eq!(
-            refused_certificate(&unknown),
-            Some(&rustls::CertificateError::UnknownIssuer)
+            tls_error(&unknown),
+            Some(&rustls::Error::InvalidCertificate(
+                rustls::CertificateError::UnknownIssuer
+            ))
         );
         assert!(advice(&unknown).contains("not trusted: set table.ca_file"));
         assert_eq!(
@@ -1054,9 +1225,29 @@ mod tests {
             std::io::ErrorKind::InvalidData,
             rustls::Error::HandshakeNotComplete,
         ));
-        assert_eq!(refused_certificate(&other_tls), None);
         assert_eq!(advice(&other_tls), "");
         let refused_connection = Outer(std::io::ErrorKind::ConnectionRefused.into());
-        assert_eq!(refused_certificate(&refused_connection), None);
+        assert_eq!(tls_error(&refused_connection), None);
+        // The server's word on the client's own certificate.
+        let asked = advice(&failed(rustls::Error::AlertReceived(
+            rustls::AlertDescription::CertificateRequired,
+        )));
+        assert!(
+            asked.contains("asks for a client certificate: set table.client_tls"),
+            "{asked}"
+        );
+        let unknown_ca = advice(&failed(rustls::Error::AlertReceived(
+            rustls::AlertDescription::UnknownCA,
+        )));
+        assert!(
+            unknown_ca.contains("refused the client certificate (UnknownCA): set table.client_tls"),
+            "{unknown_ca}"
+        );
+        assert_eq!(
+            advice(&failed(rustls::Error::AlertReceived(
+                rustls::AlertDescription::InternalError
+            ))),
+            ""
+        );
     }
 }

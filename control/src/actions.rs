@@ -77,8 +77,11 @@ impl ControlView {
             .map_err(|e| {
                 let advice = edgeroute_config::tls::untrusted_advice(
                     &e,
-                    "actions.ca_file",
-                    "actions.control_url",
+                    edgeroute_config::tls::ClientFields {
+                        ca: "actions.ca_file",
+                        url: "actions.control_url",
+                        client_tls: "actions.client_tls",
+                    },
                 );
                 (
                     None,

@@ -163,10 +163,15 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::msg)
             .and_then(|_| read_token(cfg.server.token_file.as_deref()))
             .and_then(|_| server_certificate(&cfg))
-            .map(|cert| {
-                // Served all the same, as the proxy's listeners do.
+            .and_then(|cert| Ok((cert, client_verifier(&cfg)?, commands_identity(&cfg)?)))
+            .map(|(cert, _, identity)| {
+                // Presented all the same, as the proxy's listeners do.
                 let now = edgeroute_config::tls::unix_now();
-                if let Some(warning) = cert.and_then(|c| c.date_warning(now)) {
+                for warning in [cert, identity]
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| c.date_warning(now))
+                {
                     eprintln!("warning: {warning}");
                 }
             })
@@ -297,13 +302,48 @@ fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
 }
 
 /// The commands' TLS settings for an `https://` `actions.control_url`:
-/// `actions.ca_file`'s CA certificates, else the system's.
+/// `actions.ca_file`'s CA certificates, else the system's, and
+/// `actions.client_tls`'s certificate when given.
 fn commands_tls(cfg: &ControlConfig) -> anyhow::Result<Option<rustls::ClientConfig>> {
     if !cfg.actions.control_url.starts_with("https://") {
         return Ok(None);
     }
-    edgeroute_config::tls::client_config(cfg.actions.ca_file.as_deref(), "actions.ca_file")
-        .map(Some)
+    edgeroute_config::tls::client_config(
+        cfg.actions.ca_file.as_deref(),
+        "actions.ca_file",
+        commands_identity(cfg)?,
+    )
+    .map(Some)
+    .map_err(anyhow::Error::msg)
+}
+
+/// `actions.client_tls`'s certificate and key, loaded, when given.
+fn commands_identity(
+    cfg: &ControlConfig,
+) -> anyhow::Result<Option<Arc<edgeroute_config::tls::TlsCert>>> {
+    cfg.actions
+        .client_tls
+        .as_ref()
+        .map(|files| {
+            edgeroute_config::tls::TlsCert::load_as(
+                edgeroute_config::tls::Role::Client,
+                "actions.client_tls",
+                files,
+            )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)
+}
+
+/// What `server.client_ca` asks of every client, when given.
+fn client_verifier(
+    cfg: &ControlConfig,
+) -> anyhow::Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+    cfg.server
+        .client_ca
+        .as_deref()
+        .map(|ca| edgeroute_config::tls::client_verifier(ca, "server.client_ca"))
+        .transpose()
         .map_err(anyhow::Error::msg)
 }
 
@@ -403,6 +443,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     let open_files = edgeroute_config::raise_open_file_limit();
     let token = read_token(cfg.server.token_file.as_deref())?;
     let cert = server_certificate(&cfg)?;
+    let clients = client_verifier(&cfg)?;
     let rt = runtime()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.server.address)
@@ -478,7 +519,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         });
         let acceptor = cert
             .as_ref()
-            .map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config(&[b"http/1.1"])));
+            .map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config_for(&[b"http/1.1"], clients)));
         let watcher = cert.map(|cert| {
             tokio::spawn(server::watch_certificate(
                 cert,
@@ -528,11 +569,11 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
 /// `server.tls`'s certificate and key, loaded, when given.
 fn server_certificate(
     cfg: &ControlConfig,
-) -> anyhow::Result<Option<Arc<edgeroute_config::tls::ServerCert>>> {
+) -> anyhow::Result<Option<Arc<edgeroute_config::tls::TlsCert>>> {
     cfg.server
         .tls
         .as_ref()
-        .map(|files| edgeroute_config::tls::ServerCert::load("server.tls", files))
+        .map(|files| edgeroute_config::tls::TlsCert::load("server.tls", files))
         .transpose()
         .map_err(anyhow::Error::msg)
 }

@@ -136,7 +136,7 @@ where
 /// `edgeroute_control_tls_certificate_expiry_timestamp_seconds`, and one in
 /// force outside its dates is logged once.
 pub async fn watch_certificate(
-    cert: Arc<edgeroute_config::tls::ServerCert>,
+    cert: Arc<edgeroute_config::tls::TlsCert>,
     metrics: Arc<ControlMetrics>,
     mut hangups: tokio::signal::unix::Signal,
 ) {

@@ -2,10 +2,11 @@
 
 use edgeroute_config::{ProxyConfig, RoutingTable, TableSource};
 
-/// Loads every TLS listener's certificate and key, as `run` would; the
-/// error names each one that is wrong, a line each. What loads but will
-/// not serve every client (a certificate outside its dates, which `run` serves
-/// with an error logged) is given back as warnings.
+/// Loads every TLS listener's certificate and key, and the client
+/// certificate for the control plane (`table.client_tls`), as `run`
+/// would; the error names each one that is wrong, a line each. What loads
+/// but will not serve every client (a certificate outside its dates, which
+/// `run` presents with an error logged) is given back as warnings.
 pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
     let now = crate::tls::unix_now();
     let mut errors = Vec::new();
@@ -16,7 +17,17 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
         .enumerate()
         .filter_map(|(i, l)| Some((i, l.tls.as_ref()?)))
     {
-        match crate::tls::ServerCert::load(format!("listeners[{i}].tls"), files) {
+        match crate::tls::TlsCert::load(format!("listeners[{i}].tls"), files) {
+            Ok(cert) => warnings.extend(cert.date_warning(now)),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let TableSource::Control {
+        client_tls: Some(files),
+        ..
+    } = &cfg.table
+    {
+        match crate::tls::TlsCert::load_as(crate::tls::Role::Client, "table.client_tls", files) {
             Ok(cert) => warnings.extend(cert.date_warning(now)),
             Err(e) => errors.push(e),
         }
@@ -45,7 +56,7 @@ pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
     } = &cfg.table
     {
         errors.extend(edgeroute_config::read_secret("table.token_file", token_file).err());
-        errors.extend(crate::table_source::connector(url, ca_file.as_deref()).err());
+        errors.extend(crate::table_source::connector(url, ca_file.as_deref(), None).err());
     }
     errors.extend(
         crate::logging::filter(&cfg.log.level)

@@ -39,7 +39,8 @@ pub struct Metrics {
     pub tls_handshake_failures: IntCounterVec,
     /// Certificate files read again and put in force, or not, by result.
     pub tls_certificate_reloads: IntCounterVec,
-    /// When each TLS listener's certificate in force expires.
+    /// When each TLS listener's certificate in force expires, and the
+    /// client certificate presented to the control plane.
     pub tls_certificate_expiry: IntGaugeVec,
     /// HTTP/2 connections the proxy told to go away, by why.
     pub http2_goaways: IntCounterVec,
@@ -257,7 +258,7 @@ impl Metrics {
             tls_certificate_reloads: counter_vec_with(
                 &r,
                 "edgeroute_tls_certificate_reloads_total",
-                "TLS listener certificates read again after their files changed: put in force (ok) or not (failed)",
+                "TLS certificates (the listeners', and table.client_tls) read again after their files changed: put in force (ok) or not (failed)",
                 ("result", &["ok", "failed"]),
             ),
             backend_latency: {
@@ -308,7 +309,7 @@ impl Metrics {
             tls_certificate_expiry: gauge_vec(
                 &r,
                 "edgeroute_tls_certificate_expiry_timestamp_seconds",
-                "When the TLS listener's certificate in force expires (the notAfter of the server's certificate, the first in its file), in Unix seconds",
+                "When the certificate in force expires (the notAfter of the first in its file), in Unix seconds: a TLS listener's (by its address), or the client certificate presented to the control plane (listener=\"table.client_tls\")",
                 &["listener"],
             ),
             worker_connections: gauge_vec(

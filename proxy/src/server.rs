@@ -9,7 +9,7 @@ use crate::listen::{self, Listener, Listeners, Transport};
 use crate::service::EdgeProxy;
 use crate::state::AppState;
 use crate::table_source;
-use crate::tls::{self, ServerCert};
+use crate::tls::{self, TlsCert};
 use crate::topology::Topology;
 use anyhow::Context;
 use edgeroute_config::{ProxyConfig, TableSource};
@@ -50,14 +50,16 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 .into_bytes(),
         ),
     };
-    // The control plane's token and CA certificates, read before anything
-    // is bound or started; one Authorization header for the table and the
-    // reports.
+    // The control plane's token, CA certificates and client certificate,
+    // read before anything is bound or started; one Authorization header
+    // for the table and the reports.
+    let mut identity = None;
     let mut control_client = match &config.table {
         TableSource::Control {
             url,
             token_file,
             ca_file,
+            client_tls,
             ..
         } => {
             let token = edgeroute_config::read_secret("table.token_file", token_file)
@@ -68,8 +70,13 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                     token_file.display()
                 )
             })?;
-            let connector =
-                table_source::connector(url, ca_file.as_deref()).map_err(anyhow::Error::msg)?;
+            identity = client_tls
+                .as_ref()
+                .map(|files| TlsCert::load_as(tls::Role::Client, "table.client_tls", files))
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let connector = table_source::connector(url, ca_file.as_deref(), identity.clone())
+                .map_err(anyhow::Error::msg)?;
             Some((connector, auth))
         }
         TableSource::File { .. } => None,
@@ -122,10 +129,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     for (i, l) in cfg.listeners.iter().enumerate() {
         let transport = match &l.tls {
             Some(files) => {
-                let cert = ServerCert::load(format!("listeners[{i}].tls"), files)
+                let cert = TlsCert::load(format!("listeners[{i}].tls"), files)
                     .map_err(anyhow::Error::msg)?;
                 let acceptor = Acceptor::from_server_config(cert.server_config(tls::ALPN));
-                certs.push((i, cert));
+                certs.push((l.address.to_string(), cert));
                 Transport::Tls(Arc::new(acceptor))
             }
             None if l.h2c => Transport::H2c,
@@ -207,6 +214,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         let _enter = control.enter();
         crate::lifecycle::Rereads::new(tls::WATCH_INTERVAL, "the certificate files")
     };
+    certs.extend(identity.map(|cert| ("table.client_tls".to_owned(), cert)));
     control.spawn(tls::watch(certs, Arc::clone(&state), rereads));
     control.spawn(exit_when_drained(Arc::clone(&state)));
     control.spawn(prune_idle_connections(Arc::clone(&state)));

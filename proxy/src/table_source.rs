@@ -6,6 +6,7 @@
 
 use crate::lifecycle::Rereads;
 use crate::state::AppState;
+use edgeroute_config::tls::TlsCert;
 use edgeroute_config::{ProxyReport, RegionHealth, RoutingTable};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,11 +61,17 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
 pub type Connector =
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
 
-/// The [`Connector`] for the control plane at `url`. For an `https://`
-/// URL, an error says why its CA certificates cannot be used.
-pub fn connector(url: &str, ca_file: Option<&Path>) -> Result<Connector, String> {
+/// The [`Connector`] for the control plane at `url`, presenting
+/// `identity` (`table.client_tls`) when the control plane asks for a
+/// client certificate. For an `https://` URL, an error says why its CA
+/// certificates cannot be used.
+pub fn connector(
+    url: &str,
+    ca_file: Option<&Path>,
+    identity: Option<Arc<TlsCert>>,
+) -> Result<Connector, String> {
     let tls = if url.starts_with("https://") {
-        edgeroute_config::tls::client_config(ca_file, "table.ca_file")?
+        edgeroute_config::tls::client_config(ca_file, "table.ca_file", identity)?
     } else {
         // Never used: an http:// URL makes no TLS connection.
         rustls::ClientConfig::builder()
@@ -139,7 +146,14 @@ pub async fn poll_control(
             Ok(Err(e)) => Some(format!(
                 "cannot reach the control plane: {}{}",
                 edgeroute_config::error_chain(&e),
-                edgeroute_config::tls::untrusted_advice(&e, "table.ca_file", "table.url")
+                edgeroute_config::tls::untrusted_advice(
+                    &e,
+                    edgeroute_config::tls::ClientFields {
+                        ca: "table.ca_file",
+                        url: "table.url",
+                        client_tls: "table.client_tls",
+                    }
+                )
             )),
             Ok(Ok(resp)) => {
                 let status = resp.status();

@@ -1,9 +1,9 @@
-//! The TLS listeners' certificates watched while the proxy runs: reloaded
-//! when their files change and on SIGHUP, with their expiry in the
-//! metrics. Loading and checking them is [`edgeroute_config::tls`]'s.
+//! The TLS listeners' certificates, and the client certificate presented
+//! to the control plane, watched while the proxy runs: reloaded when their
+//! files change and on SIGHUP, with their expiry in the metrics. Loading and checking them is [`edgeroute_config::tls`]'s.
 
 pub use edgeroute_config::tls::{
-    Reload, ServerCert, WATCH_INTERVAL, install_crypto_provider, unix_now,
+    Reload, Role, TlsCert, WATCH_INTERVAL, install_crypto_provider, unix_now,
 };
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use std::sync::Arc;
 pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 
 /// Until shutdown, every [`WATCH_INTERVAL`] and at once on SIGHUP: each
-/// listener's certificate files read again, and a changed pair put in
+/// certificate's files read again (by the label of its expiry metric: a
+/// listener's address, or `table.client_tls`), and a changed pair put in
 /// force for new connections; files that cannot be used leave the
 /// certificate in force, with an error log line and a count in
 /// `edgeroute_tls_certificate_reloads_total{result="failed"}`. The expiry
@@ -24,17 +25,16 @@ pub const ALPN: &[&[u8]] = &[b"h2", b"http/1.1"];
 /// `rereads`: made with [`WATCH_INTERVAL`] before the server starts, so
 /// that SIGHUP is caught from then on.
 pub async fn watch(
-    certs: Vec<(usize, Arc<ServerCert>)>,
+    certs: Vec<(String, Arc<TlsCert>)>,
     state: Arc<crate::state::AppState>,
     mut rereads: crate::lifecycle::Rereads,
 ) {
     let reloads = &state.metrics.tls_certificate_reloads;
-    let expiry = |(index, cert): &(usize, Arc<ServerCert>)| {
-        let address = state.config.listeners[*index].address.to_string();
+    let expiry = |(label, cert): &(String, Arc<TlsCert>)| {
         state
             .metrics
             .tls_certificate_expiry
-            .with_label_values(&[address.as_str()])
+            .with_label_values(&[label.as_str()])
             .set(cert.validity().not_after);
     };
     // Whether each certificate in force was last seen outside its dates, so
@@ -56,7 +56,7 @@ pub async fn watch(
                     edgeroute_config::TableSource::Control { .. }
                 ) {
                     tracing::info!(
-                        "SIGHUP: nothing to reload (the table comes from the control plane, and no listener has TLS)"
+                        "SIGHUP: nothing to reload (the table comes from the control plane, no listener has TLS, and no client certificate is presented to it)"
                     );
                 }
             } else {

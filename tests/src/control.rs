@@ -17,6 +17,9 @@ pub struct ControlPlane {
     pub addr: SocketAddr,
     /// The CA that signed its certificate, when it serves HTTPS.
     pub ca: Option<TestCa>,
+    /// The CA its clients' certificates must be signed by, when it asks
+    /// for them (`server.client_ca`).
+    pub clients: Option<TestCa>,
     /// A client that trusts [`ControlPlane::ca`].
     client: reqwest::Client,
     pub topology_path: PathBuf,
@@ -75,6 +78,21 @@ impl TestCa {
         TestCa { issuer, pem }
     }
 
+    /// Writes a client certificate (for TLS client authentication) and its
+    /// key.
+    pub fn issue_client(&self, cert: &Path, key: &Path) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["proxy.test".to_owned()]).expect("client params");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        let pair = rcgen::KeyPair::generate().expect("client key");
+        let made = params
+            .signed_by(&pair, &self.issuer)
+            .expect("client certificate");
+        std::fs::write(cert, made.pem()).expect("write the certificate");
+        std::fs::write(key, pair.serialize_pem()).expect("write the key");
+    }
+
     /// Writes a certificate for `localhost` and `ip` that expires on
     /// 1 January of `until`, and its key.
     pub fn issue(&self, cert: &Path, key: &Path, until: i32, ip: std::net::IpAddr) {
@@ -128,14 +146,14 @@ impl ControlPlane {
         source: &str,
         env: &[(&str, String)],
     ) -> ControlPlane {
-        ControlPlane::launch(initial, "", source, env, None).await
+        ControlPlane::launch(initial, "", source, env, None, None).await
     }
 
     /// [`ControlPlane::start`] with more lines in its `[server]` section.
     pub async fn start_serving(initial: &Value, server: &str) -> ControlPlane {
         let source =
             "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
-        ControlPlane::launch(Some(initial), server, source, &[], None).await
+        ControlPlane::launch(Some(initial), server, source, &[], None, None).await
     }
 
     /// [`ControlPlane::start`] serving HTTPS (`server.tls`) with a
@@ -144,7 +162,19 @@ impl ControlPlane {
     pub async fn start_tls(initial: &Value) -> ControlPlane {
         let source =
             "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
-        ControlPlane::launch(Some(initial), "", source, &[], Some(TestCa::new())).await
+        ControlPlane::launch(Some(initial), "", source, &[], Some(TestCa::new()), None).await
+    }
+
+    /// [`ControlPlane::start_tls`] asking every client for a certificate
+    /// signed by a second CA of its own (`server.client_ca`,
+    /// `clients-ca.pem`): its commands present one (`actions.client_tls`),
+    /// as do the test's requests and proxies on
+    /// [`ControlPlane::table_source`].
+    pub async fn start_mtls(initial: &Value) -> ControlPlane {
+        let source =
+            "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
+        let (ca, clients) = (Some(TestCa::new()), Some(TestCa::new()));
+        ControlPlane::launch(Some(initial), "", source, &[], ca, clients).await
     }
 
     async fn launch(
@@ -153,6 +183,7 @@ impl ControlPlane {
         source: &str,
         env: &[(&str, String)],
         ca: Option<TestCa>,
+        clients: Option<TestCa>,
     ) -> ControlPlane {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_addr();
@@ -181,6 +212,22 @@ impl ControlPlane {
             }
             None => "",
         };
+        let tls = match &clients {
+            Some(clients) => {
+                let at = |file: &str| dir.path().join(file);
+                std::fs::write(at("clients-ca.pem"), &clients.pem).expect("write the CA");
+                clients.issue_client(&at("client.pem"), &at("client.key"));
+                clients.issue_client(&at("proxy-client.pem"), &at("proxy-client.key"));
+                let mut pem = std::fs::read(at("client.pem")).expect("the certificate");
+                pem.extend(std::fs::read(at("client.key")).expect("the key"));
+                client = client.identity(reqwest::Identity::from_pem(&pem).expect("the identity"));
+                tls.replace(
+                    "}\n\n[actions]\n",
+                    "}\nclient_ca = \"clients-ca.pem\"\n\n[actions]\nclient_tls = { cert = \"client.pem\", key = \"client.key\" }\n",
+                )
+            }
+            None => tls.to_owned(),
+        };
         let config = format!(
             "[server]\naddress = \"{addr}\"\ntoken_file = \"token\"\n{server}{tls}\n{source}"
         );
@@ -202,6 +249,7 @@ impl ControlPlane {
             child,
             addr,
             ca,
+            clients,
             client: client.build().expect("http client"),
             topology_path,
             token_path,
@@ -351,10 +399,17 @@ impl ControlPlane {
     /// A proxy's `[table]` keys that take its table from here: `source`,
     /// `url`, `token_file` and, with TLS, `ca_file`.
     pub fn table_source(&self) -> String {
-        let ca = match &self.ca {
+        let mut ca = match &self.ca {
             Some(_) => format!("ca_file = {:?}\n", self.dir.join("ca.pem")),
             None => String::new(),
         };
+        if self.clients.is_some() {
+            ca += &format!(
+                "client_tls = {{ cert = {:?}, key = {:?} }}\n",
+                self.dir.join("proxy-client.pem"),
+                self.dir.join("proxy-client.key")
+            );
+        }
         format!(
             "source = \"control\"\nurl = \"{}\"\ntoken_file = {:?}\n{ca}",
             self.url(""),

@@ -433,6 +433,106 @@ async fn proxies_and_commands_reach_a_control_plane_serving_https() {
     .await;
 }
 
+/// With `server.client_ca`, the control plane serves only clients that
+/// present a certificate its CA signed, token or not: a proxy and the
+/// commands with one are served; without one, or with one from another
+/// CA, they get nothing and say which setting to look at.
+#[tokio::test]
+async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_trusts() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start_mtls(&topology(Some(US), false, &all_up())).await;
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    assert_eq!(proxy.write_region().await, US);
+    eventually("the proxy's report arrives", WAIT, || async {
+        cp.get("/v1/proxies").await["proxies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    // Its certificate is watched as a listener's is: issued to expire
+    // on 2100-01-01.
+    let expiry =
+        "edgeroute_tls_certificate_expiry_timestamp_seconds{listener=\"table.client_tls\"}";
+    assert_eq!(proxy.metric(expiry).await, 4_102_444_800.0);
+    let ran = cp.command(&["status"]).await;
+    assert!(ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("proxies reporting: 1 ("), "{ran:?}");
+
+    // The token alone: no table.
+    let ca = reqwest::Certificate::from_pem(cp.ca.as_ref().unwrap().pem.as_bytes()).unwrap();
+    let anonymous = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap()
+        .get(cp.url("/v1/table"))
+        .bearer_auth(edgeroute_tests::control::TOKEN)
+        .send()
+        .await;
+    assert!(
+        anonymous.is_err(),
+        "served without a certificate: {anonymous:?}"
+    );
+
+    // A proxy without a certificate, and one with a certificate of
+    // another CA.
+    let side = tempfile::tempdir().unwrap();
+    let (cert, key) = (side.path().join("other.pem"), side.path().join("other.key"));
+    edgeroute_tests::control::TestCa::new().issue_client(&cert, &key);
+    let bare = cp
+        .table_source()
+        .lines()
+        .filter(|l| !l.starts_with("client_tls"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (client_tls, says) in [
+        (
+            String::new(),
+            "the server asks for a client certificate: set table.client_tls",
+        ),
+        (
+            format!("client_tls = {{ cert = {cert:?}, key = {key:?} }}\n"),
+            "the server refused the client certificate (",
+        ),
+    ] {
+        let refused = ProxyBuilder::new(US)
+            .region(US, &[us.addr])
+            .region(EU, &[eu.addr])
+            .region(AP, &[ap.addr])
+            .extra(&format!(
+                "[table]\n{bare}\n{client_tls}max_backoff = \"200ms\"\n"
+            ))
+            .without_table_file()
+            .start_live()
+            .await;
+        eventually("the refusal is logged with what to set", WAIT, || async {
+            refused.log().contains(says)
+        })
+        .await;
+        let ready = client()
+            .get(refused.admin_url("/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503, "ready without a table");
+    }
+
+    // A command without its certificate.
+    let config = std::fs::read_to_string(&cp.config_path).unwrap();
+    let without: String = config
+        .lines()
+        .filter(|l| !l.starts_with("client_tls"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cp.config_path, without).unwrap();
+    let ran = cp.command(&["status"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("asks for a client certificate: set actions.client_tls"),
+        "{ran:?}"
+    );
+}
+
 /// A proxy, or a command, that does not trust the control plane's
 /// certificate gets no table from it and says which setting to check.
 #[tokio::test]

@@ -426,3 +426,39 @@ proptest::proptest! {
         proptest::prop_assert!(due_more <= crate::values::MAX_DURATION);
     }
 }
+
+#[test]
+fn a_client_certificate_is_for_an_https_control_plane_and_its_files_must_be_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("client.crt"), "").unwrap();
+    std::fs::write(dir.path().join("client.key"), "").unwrap();
+    let pair = "client_tls = { cert = \"client.crt\", key = \"client.key\" }";
+    let c = control_source(dir.path(), "https://control:9443", pair).expect("valid");
+    let TableSource::Control {
+        client_tls: Some(files),
+        ..
+    } = c.table
+    else {
+        panic!("a client certificate")
+    };
+    assert_eq!(files.cert, dir.path().join("client.crt"));
+    assert_eq!(files.key, dir.path().join("client.key"));
+    let Err(FromTomlError::Invalid(errs)) = control_source(dir.path(), "http://control:9080", pair)
+    else {
+        panic!("a client certificate for http:// was accepted")
+    };
+    let only: Vec<_> = errs.iter().collect();
+    assert_eq!(only.len(), 1, "{errs}");
+    assert_eq!(only[0].path, "table.client_tls");
+    assert!(only[0].message.contains("make it https://"), "{errs}");
+    let Err(FromTomlError::Invalid(errs)) = control_source(
+        dir.path(),
+        "https://control:9443",
+        "client_tls = { cert = \"client.crt\", key = \"missing.key\" }",
+    ) else {
+        panic!("a missing key was accepted")
+    };
+    let first = errs.iter().next().expect("an error");
+    assert_eq!(first.path, "table.client_tls.key");
+    assert!(first.message.contains("readable PEM file"), "{errs}");
+}
