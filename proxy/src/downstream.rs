@@ -464,6 +464,11 @@ impl Session {
             || status == StatusCode::NOT_MODIFIED
             || status.is_informational()
         {
+            // No body follows. HTTP/1.0 knows no transfer codings, and a
+            // 204 or an interim answer may name none (RFC 9112 §6.1).
+            if http10 || status == StatusCode::NO_CONTENT || status.is_informational() {
+                fields.remove("transfer-encoding");
+            }
             Out::Empty
         } else if let Some(framing) = head
             .framing
@@ -1322,6 +1327,30 @@ mod tests {
         let (reusable, out) = answered(wire, chunked, &[], &[b"old"]).await;
         assert!(!reusable, "the close ends the body");
         assert_eq!(out, "HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nold");
+    }
+
+    /// An answer without a body names no transfer coding to an HTTP/1.0
+    /// client, nor in a 204 to anyone; a 304 or a HEAD answer to an
+    /// HTTP/1.1 client keeps the codings a GET would have had.
+    #[tokio::test]
+    async fn a_bodiless_answer_names_a_transfer_coding_only_where_one_may_be_named() {
+        for (wire, status, kept) in [
+            (&b"HEAD / HTTP/1.0\r\n\r\n"[..], 200, false),
+            (b"GET / HTTP/1.0\r\n\r\n", 304, false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 204, false),
+            (b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n", 200, true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 304, true),
+        ] {
+            let text = String::from_utf8_lossy(wire).into_owned();
+            let resp = head(status, &[("transfer-encoding", "gzip, chunked")]);
+            let (_, out) = answered(wire, resp, &[], &[b""]).await;
+            assert_eq!(
+                out.contains("transfer-encoding: gzip, chunked\r\n"),
+                kept,
+                "{text} -> {out}"
+            );
+            assert!(out.ends_with("\r\n\r\n"), "no body: {text} -> {out}");
+        }
     }
 
     #[tokio::test]

@@ -841,6 +841,32 @@ pub fn list_items(text: &str) -> impl Iterator<Item = &str> {
     text.split(',').map(str::trim).filter(|t| !t.is_empty())
 }
 
+/// RFC 9110's token: one or more of `tchar`.
+fn is_token(text: &str) -> bool {
+    !text.is_empty()
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// RFC 9110 §10.1.4's `transfer-coding`: a token, then parameters
+/// (`;name=value`, the value a token or a quoted string).
+fn is_coding(text: &str) -> bool {
+    let mut parts = text.split(';');
+    parts.next().is_some_and(|name| is_token(name.trim_end()))
+        && parts.all(|param| {
+            param.split_once('=').is_some_and(|(name, value)| {
+                let value = value.trim();
+                is_token(name.trim())
+                    && (is_token(value)
+                        || (value.len() >= 2
+                            && value.starts_with('"')
+                            && value.ends_with('"')
+                            && !value[1..value.len() - 1].contains('"')))
+            })
+        })
+}
+
 fn bad_chunk(why: &str) -> BError {
     bad_response(format!("the backend's chunked body is malformed: {why}"))
 }
@@ -990,6 +1016,11 @@ pub fn body_framing(fields: &mut Fields) -> Result<Framing, BError> {
             let text = std::str::from_utf8(value)
                 .map_err(|_| bad_response("the backend's Transfer-Encoding is not text"))?;
             for coding in list_items(text) {
+                if !is_coding(coding) {
+                    return Err(bad_response(format!(
+                        "the backend's Transfer-Encoding holds {coding:?}, which is no transfer coding"
+                    )));
+                }
                 if !codings.is_empty() {
                     codings.push_str(", ");
                 }
@@ -2015,9 +2046,24 @@ mod tests {
         for bad in ["5, 6", "+5", "0x5", "", "99999999999999999999999"] {
             assert!(framing(&[("content-length", bad)]).is_err(), "{bad:?}");
         }
-        for bad in ["", " , ,"] {
+        for bad in [
+            "",
+            " , ,",
+            "a b",
+            "chunked x",
+            "\"chunked\"",
+            "chunked;",
+            "@",
+            "gzip;q",
+            "gzip;=1, chunked",
+        ] {
             assert!(framing(&[("transfer-encoding", bad)]).is_err(), "{bad:?}");
         }
+        // Parameters, a token or a quoted string each, are codings' own.
+        assert_eq!(
+            framing(&[("transfer-encoding", "x-custom ; a=b;c=\"d e\", chunked")]),
+            Ok(Chunked)
+        );
         let mut not_text = fields(&[("transfer-encoding", b"\xff, chunked")]);
         assert!(body_framing(&mut not_text).is_err());
     }
