@@ -17,16 +17,21 @@ use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
 /// Fields the proxy forwards or relies on: a client may not have them
-/// dropped by naming them in `Connection`.
-const PROTECTED: [&str; 7] = [
+/// dropped by naming them in `Connection`. Nor any field that starts with
+/// [`PROTECTED_PREFIX`].
+const PROTECTED: [&str; 6] = [
     "host",
     "content-length",
     "idempotency-key",
     "x-request-id",
-    "x-forwarded-for",
-    "x-forwarded-proto",
+    "forwarded",
     "x-edgeroute-consistency",
 ];
+
+/// The fields a load balancer in front adds to tell of the client's
+/// connection (`x-forwarded-for`, `-proto`, `-port`, `-host`, ...), which
+/// the backend may rely on as the proxy's own.
+const PROTECTED_PREFIX: &str = "x-forwarded-";
 
 /// Why a request cannot be sent on as it is (the client gets a 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,7 +98,6 @@ impl RequestFacts {
         let mut facts = RequestFacts::default();
         let mut seen_length = false;
         let mut seen_consistency = false;
-        let mut seen_expect = false;
         let mut seen_upgrade = false;
         let is = |name: &[u8], what: &str| name.eq_ignore_ascii_case(what.as_bytes());
         for (name, value) in fields.iter() {
@@ -115,10 +119,11 @@ impl RequestFacts {
                     facts.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
                 }
             } else if is(name, "expect") {
-                if !seen_expect {
-                    seen_expect = true;
-                    facts.expects_continue = value.eq_ignore_ascii_case(b"100-continue");
-                }
+                // A list (RFC 9110 §10.1.1): 100-continue among other
+                // expectations, which are not met, still asks for it.
+                facts.expects_continue |= std::str::from_utf8(value).is_ok_and(|v| {
+                    h1::list_items(v).any(|e| e.eq_ignore_ascii_case("100-continue"))
+                });
             } else if is(name, REQUEST_ID.as_str()) {
                 if facts.request_id.is_none() {
                     facts.request_id = fields.get_value(REQUEST_ID.as_str());
@@ -330,7 +335,7 @@ fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
                     "Connection names {token:?}, which is no field name"
                 ))
             })?;
-            if PROTECTED.iter().any(|p| name == *p) {
+            if PROTECTED.iter().any(|p| name == *p) || name.as_str().starts_with(PROTECTED_PREFIX) {
                 return Err(CannotForward(format!(
                     "Connection names {token:?}, a field that must reach the backend"
                 )));
@@ -498,6 +503,8 @@ fn split_target<'a>(
         } if pingora_http::authority::is_http_family_scheme(scheme) => {
             let host = host_value(authority)?;
             let path = match path_and_query.first() {
+                // The server as a whole (RFC 9112 §3.2.4).
+                None if client.method == http::Method::OPTIONS => Cow::Borrowed(&b"*"[..]),
                 None => Cow::Borrowed(&b"/"[..]),
                 Some(b'/') => Cow::Borrowed(path_and_query),
                 // `http://host?q=1`: the path is the root.
@@ -1047,6 +1054,28 @@ mod tests {
     }
 
     #[test]
+    fn an_absolute_form_options_without_a_path_asks_of_the_server() {
+        for (target, host, path) in [
+            (
+                &b"http://www.example.org:8001"[..],
+                "www.example.org:8001",
+                &b"*"[..],
+            ),
+            (
+                b"http://www.example.org:8001/",
+                "www.example.org:8001",
+                b"/",
+            ),
+            (b"http://www.example.org?q", "www.example.org", b"/?q"),
+        ] {
+            let req = RequestHeader::build("OPTIONS", target, None).expect("request");
+            let out = forward(&req, false).expect("valid");
+            assert_eq!(&*out.target, path, "{target:?}");
+            assert_eq!(out.headers["host"], host, "{target:?}");
+        }
+    }
+
+    #[test]
     fn a_target_that_is_no_path_nor_http_url_is_refused() {
         for target in [
             &b"foo:bar"[..],
@@ -1078,6 +1107,10 @@ mod tests {
             "Idempotency-Key",
             "content-length",
             "x-forwarded-for",
+            "X-Forwarded-Port",
+            "x-forwarded-host",
+            "Forwarded",
+            "x-request-id",
         ] {
             let req = request(http::Version::HTTP_11, &[("connection", field)]);
             let err = forward(&req, false).expect_err("refused");
@@ -1300,6 +1333,7 @@ mod tests {
             Just("x"),
             Just("WebSocket"),
             Just("100-Continue"),
+            Just("foo, 100-continue"),
             Just("Strong"),
             Just("eventual"),
             Just(""),
@@ -1333,7 +1367,10 @@ mod tests {
                     .and_then(|v| v.parse::<u64>().ok())
             );
             prop_assert_eq!(facts.strong, first_is(CONSISTENCY_HEADER, "strong"));
-            prop_assert_eq!(facts.expects_continue, first_is(header::EXPECT, "100-continue"));
+            let expects_continue = headers.get_all(header::EXPECT).iter().any(|v| {
+                v.to_str().is_ok_and(|v| v.split(',').any(|e| e.trim().eq_ignore_ascii_case("100-continue")))
+            });
+            prop_assert_eq!(facts.expects_continue, expects_continue);
             prop_assert_eq!(facts.upgrade_websocket, first_is(header::UPGRADE, "websocket"));
             prop_assert_eq!(facts.has_connection, headers.contains_key(header::CONNECTION));
             prop_assert_eq!(facts.has_forwarded_for, headers.contains_key(FORWARDED_FOR));
