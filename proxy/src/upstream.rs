@@ -33,6 +33,30 @@ const PROTECTED: [&str; 6] = [
 /// the backend may rely on as the proxy's own.
 const PROTECTED_PREFIX: &str = "x-forwarded-";
 
+/// Whether a field named `name` would pass, to a backend that reads `_`
+/// as `-` (CGI, WSGI, Rack and PHP make both `HTTP_X_FORWARDED_FOR`), for
+/// a field the proxy sets or relies on: a [`PROTECTED`] one, an
+/// `x-forwarded-*`, `transfer-encoding` or an `x-edgeroute-*`.
+fn aliases_protected(name: &[u8]) -> bool {
+    if !name.contains(&b'_') {
+        return false;
+    }
+    let dashed: Vec<u8> = name
+        .iter()
+        .map(|&b| {
+            if b == b'_' {
+                b'-'
+            } else {
+                b.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    PROTECTED.iter().any(|p| dashed == p.as_bytes())
+        || dashed == b"transfer-encoding"
+        || dashed.starts_with(PROTECTED_PREFIX.as_bytes())
+        || dashed.starts_with(b"x-edgeroute-")
+}
+
 /// Why a request cannot be sent on as it is (the client gets a 400).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CannotForward(pub String);
@@ -197,6 +221,13 @@ pub fn backend_request(
     // it is read; an HTTP/2 request's come as they were sent).
     let mut length: Option<&[u8]> = None;
     for (name, value) in fields.iter() {
+        if aliases_protected(name) {
+            return Err(CannotForward(format!(
+                "the field {:?} would read as {:?} to a backend that takes '_' for '-'; send fields with '-'",
+                String::from_utf8_lossy(name),
+                String::from_utf8_lossy(name).replace('_', "-")
+            )));
+        }
         if is(name, "content-length") {
             match length {
                 None => length = Some(value),
@@ -1051,6 +1082,27 @@ mod tests {
             assert_eq!(out.headers["host"], want, "{target:?}");
             assert_eq!(&*out.target, path, "{target:?}");
         }
+    }
+
+    #[test]
+    fn a_field_that_reads_as_one_the_proxy_sets_with_underscores_is_refused() {
+        for field in [
+            "X_Forwarded_For",
+            "x_forwarded-proto",
+            "X-Forwarded_Port",
+            "Content_Length",
+            "transfer_encoding",
+            "X_Request_Id",
+            "x_edgeroute_route",
+        ] {
+            let req = request(http::Version::HTTP_11, &[(field, "1")]);
+            let err = forward(&req, false).expect_err(field);
+            assert!(err.0.contains("takes '_' for '-'"), "{field}: {err:?}");
+        }
+        // Others with underscores go on as they are.
+        let req = request(http::Version::HTTP_11, &[("my_field", "1")]);
+        let out = forward(&req, false).expect("valid");
+        assert_eq!(out.headers["my_field"], "1");
     }
 
     #[test]
