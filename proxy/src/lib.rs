@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod check;
 pub mod connect;
+pub mod date;
 pub mod demo;
 pub mod dns;
 pub mod downstream;

@@ -252,6 +252,7 @@ async fn write_json(
     );
     fields.push(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     fields.push(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    fields.push(header::DATE, crate::date::now());
     if let Some(id) = request_id {
         fields.push(crate::upstream::REQUEST_ID, id.clone());
     }

@@ -318,24 +318,28 @@ pub fn client_response(
             (REQUEST_ID, request_id.clone()),
             (REGION, HeaderValue::from_static("")),
             (REGION, HeaderValue::from_static("")),
+            (REGION, HeaderValue::from_static("")),
         ],
         len: 1,
     };
     if let Some(region) = region {
         own.push(REGION, region.clone());
     }
+    if !backend.fields.contains("date") && !backend.status.is_informational() {
+        own.push(http::header::DATE, crate::date::now());
+    }
     (backend, own)
 }
 
 /// The fields the proxy adds to a response it passes on.
 pub struct OwnFields {
-    fields: [(HeaderName, HeaderValue); 3],
+    fields: [(HeaderName, HeaderValue); 4],
     len: usize,
 }
 
 impl OwnFields {
-    /// Adds one: the request id, the region, and a `Set-Cookie` of the
-    /// proxy's own fill the room there is.
+    /// Adds one: the request id, the region, a `Date` and a `Set-Cookie`
+    /// of the proxy's own fill the room there is.
     pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
         if let Some(place) = self.fields.get_mut(self.len) {
             *place = (name, value);
@@ -1357,6 +1361,22 @@ mod tests {
         assert_eq!(carried(&out, "upgrade"), ["websocket"]);
         assert_eq!(carried(&out, "connection"), ["Upgrade"]);
         assert!(carried(&out, "x-edgeroute-region").is_empty());
+    }
+
+    /// A backend's `Date` goes on; an answer without one gets the
+    /// proxy's (an interim answer none).
+    #[test]
+    fn an_answer_without_a_date_gets_one() {
+        let id = HeaderValue::from_static("id");
+        let dated = response(200, &[("date", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        let out = client_response(dated, None, &id);
+        assert_eq!(carried(&out, "date"), ["Sun, 06 Nov 1994 08:49:37 GMT"]);
+        let out = client_response(response(200, &[]), None, &id);
+        let date = carried(&out, "date");
+        assert_eq!(date.len(), 1, "{date:?}");
+        assert!(httpdate::parse_http_date(date[0]).is_ok(), "{date:?}");
+        let out = client_response(response(103, &[]), None, &id);
+        assert!(carried(&out, "date").is_empty());
     }
 
     #[test]
