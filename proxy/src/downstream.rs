@@ -976,8 +976,29 @@ impl Client<'_> {
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         match self {
             Client::H1(s) => s.read_body().await,
-            Client::H2(s, _, idle) => {
-                within_idle(*idle, Direction::Read, s.read_request_body()).await
+            Client::H2(s, fields, idle) => {
+                let idle = *idle;
+                let data = within_idle(idle, Direction::Read, s.read_request_body()).await?;
+                // The bytes that complete a declared length wait for the
+                // stream's end: one that sends more than it declared is
+                // malformed (RFC 9113 §8.1.1) and must not reach the
+                // backend as a whole request of the bytes before.
+                if data.is_some()
+                    && !s.is_body_done()
+                    && h1::declared_length(fields).ok().flatten()
+                        == Some(s.body_bytes_read() as u64)
+                {
+                    while let Some(more) =
+                        within_idle(idle, Direction::Read, s.read_request_body()).await?
+                    {
+                        if !more.is_empty() {
+                            return Err(bad_request(
+                                "the HTTP/2 stream sent more body than its Content-Length",
+                            ));
+                        }
+                    }
+                }
+                Ok(data)
             }
         }
     }

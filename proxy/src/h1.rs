@@ -842,23 +842,25 @@ pub fn list_items(text: &str) -> impl Iterator<Item = &str> {
 }
 
 /// RFC 9110's token: one or more of `tchar`.
-fn is_token(text: &str) -> bool {
+pub(crate) fn is_token(text: &[u8]) -> bool {
     !text.is_empty()
         && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b))
 }
 
 /// RFC 9110 §10.1.4's `transfer-coding`: a token, then parameters
 /// (`;name=value`, the value a token or a quoted string).
 fn is_coding(text: &str) -> bool {
     let mut parts = text.split(';');
-    parts.next().is_some_and(|name| is_token(name.trim_end()))
+    parts
+        .next()
+        .is_some_and(|name| is_token(name.trim_end().as_bytes()))
         && parts.all(|param| {
             param.split_once('=').is_some_and(|(name, value)| {
                 let value = value.trim();
-                is_token(name.trim())
-                    && (is_token(value)
+                is_token(name.trim().as_bytes())
+                    && (is_token(value.as_bytes())
                         || (value.len() >= 2
                             && value.starts_with('"')
                             && value.ends_with('"')

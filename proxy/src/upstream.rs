@@ -220,7 +220,22 @@ pub fn backend_request(
     // Repeated equal lengths go on as one (an HTTP/1 head's are merged as
     // it is read; an HTTP/2 request's come as they were sent).
     let mut length: Option<&[u8]> = None;
+    let h2 = client.version == http::Version::HTTP_2;
     for (name, value) in fields.iter() {
+        // HTTP/2's own checks let a `"` through in a name and blanks
+        // around a value, which an HTTP/1.1 request cannot carry as sent
+        // (RFC 9113 §8.2.1 calls such a request malformed).
+        let blank = |b: &u8| *b == b' ' || *b == b'\t';
+        if h2
+            && (!h1::is_token(name)
+                || value.first().is_some_and(blank)
+                || value.last().is_some_and(blank))
+        {
+            return Err(CannotForward(format!(
+                "the field {:?} has a name that is no token or a value with blanks around it",
+                String::from_utf8_lossy(name)
+            )));
+        }
         if aliases_protected(name) {
             return Err(CannotForward(format!(
                 "the field {:?} would read as {:?} to a backend that takes '_' for '-'; send fields with '-'",
@@ -1107,6 +1122,29 @@ mod tests {
         let req = request(http::Version::HTTP_11, &[("my_field", "1")]);
         let out = forward(&req, false).expect("valid");
         assert_eq!(out.headers["my_field"], "1");
+    }
+
+    /// What HTTP/2 lets through and an HTTP/1.1 request cannot carry.
+    #[test]
+    fn an_http2_field_an_http1_request_cannot_carry_is_refused() {
+        for (name, value) in [("x\"a", "1"), ("x-a", " 1"), ("x-a", "1\t"), ("x-a", " 1 ")] {
+            let mut req = RequestHeader::build("GET", b"/x", None).expect("request");
+            req.set_version(http::Version::HTTP_2);
+            // As HTTP/2 takes a name: in lower case, by its own table.
+            let mut map = http::HeaderMap::new();
+            map.append(
+                HeaderName::from_lowercase(name.as_bytes()).expect("an HTTP/2 name"),
+                HeaderValue::from_bytes(value.as_bytes()).expect("value"),
+            );
+            let err = forward_fields(&req, &Fields::from_map(&map), false).expect_err(name);
+            assert!(
+                err.0.contains("no token or a value with blanks"),
+                "{name:?}: {err:?}"
+            );
+        }
+        let mut req = request(http::Version::HTTP_2, &[("x-a", "1 2")]);
+        req.set_version(http::Version::HTTP_2);
+        assert_eq!(forward(&req, false).expect("valid").headers["x-a"], "1 2");
     }
 
     #[test]

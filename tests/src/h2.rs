@@ -149,6 +149,20 @@ pub fn post_head(stream: u32) -> Vec<u8> {
     Frame::encode(HEADERS, 0x4, stream, &request_block(3, true))
 }
 
+/// A POST's head on `stream` that declares a body of `length` bytes,
+/// its body still to come.
+pub fn post_head_with_length(stream: u32, length: usize) -> Vec<u8> {
+    let mut block = request_block(3, true);
+    // A literal field not indexed, with a literal name (RFC 7541 §6.2.2).
+    block.push(0x00);
+    let length = length.to_string();
+    for part in [&b"content-length"[..], length.as_bytes()] {
+        block.push(u8::try_from(part.len()).expect("a short field"));
+        block.extend_from_slice(part);
+    }
+    Frame::encode(HEADERS, 0x4, stream, &block)
+}
+
 /// A client that speaks HTTP/2 without TLS from its first byte (h2c with
 /// prior knowledge), otherwise as [`crate::client`].
 pub fn client() -> reqwest::Client {

@@ -1139,6 +1139,50 @@ async fn an_http2_request_body_slower_than_the_minimum_rate_is_answered_408() {
     assert_eq!(us.count("POST"), 0, "no body reached the backend whole");
 }
 
+/// An HTTP/2 request whose body runs past its `content-length` is
+/// malformed: the bytes that complete the declared length wait for the
+/// stream's end, so the backend never gets the request whole, and the
+/// stream is refused. One that ends where it declared goes through.
+#[tokio::test]
+async fn an_http2_body_longer_than_its_content_length_never_reaches_the_backend_whole() {
+    let us = Origin::start(US).await;
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    conn.write_all(&h2::post_head_with_length(1, 3))
+        .await
+        .unwrap();
+    conn.write_all(&Frame::encode(h2::DATA, 0, 1, b"abc"))
+        .await
+        .unwrap();
+    // A round trip on the connection: the proxy has read the DATA.
+    conn.write_all(&h2::ping()).await.unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == h2::PING).await;
+    conn.write_all(&Frame::encode(h2::DATA, h2::END_STREAM, 1, b"de"))
+        .await
+        .unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| {
+        f.stream == 1 && (f.kind == RST_STREAM || f.kind == HEADERS)
+    })
+    .await;
+    let last = frames.last().unwrap();
+    assert_eq!(last.kind, RST_STREAM, "stream 1 got frame type {}", last.kind);
+    // The same on a later stream, ended where it declared.
+    conn.write_all(&h2::post_head_with_length(3, 3))
+        .await
+        .unwrap();
+    conn.write_all(&Frame::encode(h2::DATA, h2::END_STREAM, 3, b"abc"))
+        .await
+        .unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.stream == 3 && f.kind == HEADERS).await;
+    eventually("the whole request reaches the origin", GUARD, || async {
+        us.count("POST") == 1
+    })
+    .await;
+    let seen = us.seen();
+    let posts: Vec<_> = seen.iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "only the well-formed one: {seen:?}");
+    assert_eq!(posts[0].body_len, 3);
+}
+
 /// A client that breaks HTTP/2 (here, DATA on stream 0) is told to go
 /// away by the protocol library itself; that GOAWAY is counted too.
 #[tokio::test]
