@@ -306,7 +306,13 @@ impl<'t> Connection<'t> {
             .deadline
             .bound_since(limit, since, read, Direction::Read, Peer::Backend)
             .await?;
-        self.heard |= n > 0;
+        if n > 0 && !self.heard {
+            // Bytes that cannot begin a response are no answer to this
+            // request: left on a pooled connection by an exchange before
+            // (a body after a `HEAD` answer, say), they make it stale.
+            let start = &self.buf[..self.buf.len().min(STATUS_START.len())];
+            self.heard = STATUS_START.starts_with(start);
+        }
         Ok(n)
     }
 
@@ -327,9 +333,10 @@ impl<'t> Connection<'t> {
         }
     }
 
-    /// Whether the backend has sent anything on this exchange: a failure
-    /// before that may be a pooled connection it had just closed, one after
-    /// it is the backend's answer going wrong.
+    /// Whether the backend has begun an answer on this exchange (bytes
+    /// that can begin a status line): a failure before that may be a
+    /// pooled connection it had just closed, or one an earlier exchange
+    /// left bytes on; one after it is the backend's answer going wrong.
     pub fn answered(&self) -> bool {
         self.heard
     }
@@ -868,6 +875,9 @@ fn is_coding(text: &str) -> bool {
             })
         })
 }
+
+/// How every HTTP/1 response begins.
+const STATUS_START: &[u8] = b"HTTP/";
 
 fn bad_chunk(why: &str) -> BError {
     bad_response(format!("the backend's chunked body is malformed: {why}"))
@@ -1514,6 +1524,23 @@ mod tests {
         assert_eq!(head.fields.get_all("x-a").count(), 2);
         assert_eq!(whole_body(&mut conn).await.expect("body"), b"hello");
         assert!(conn.into_reusable().is_some());
+    }
+
+    /// What a backend sent after a `HEAD` answer arrives as the next
+    /// exchange's first bytes: no answer to that request, so the request
+    /// may go again on a fresh connection; a real answer's first bytes,
+    /// however few, are one.
+    #[tokio::test]
+    async fn bytes_that_cannot_begin_a_response_are_no_answer() {
+        let mut conn = answered(b"hello", true).await;
+        conn.read_head(false, false).await.expect_err("no response");
+        assert!(!conn.answered());
+        let mut conn = answered(b"HT", true).await;
+        conn.read_head(false, false).await.expect_err("cut short");
+        assert!(conn.answered());
+        let mut conn = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false).await;
+        conn.read_head(false, false).await.expect("head");
+        assert!(conn.answered());
     }
 
     #[tokio::test]
