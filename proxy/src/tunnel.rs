@@ -196,9 +196,11 @@ impl Activity {
         // coming after it, does not put the idle limit off.
         let mut seen = kernels.map(|k| k.tcp_info());
         let mut acked_moved = self.start;
+        // Sides found gone after their end (their broken pipe taken here).
+        let mut gone = [false; 2];
         loop {
             let deadline = self.last().max(acked_moved) + self.idle;
-            if self.waiting.load(Ordering::Relaxed) > 0 {
+            if self.waiting.load(Ordering::Relaxed) > 0 || gone.contains(&true) {
                 tokio::time::sleep_until(deadline.min(Instant::now() + waiting_look)).await;
             } else {
                 tokio::select! {
@@ -215,13 +217,29 @@ impl Activity {
                 if tcp.closed() && !self.ended[side.index()].load(Ordering::Relaxed) {
                     // An error a read or write has already met is theirs
                     // to tell.
-                    if let Some(e) = kernel.take_error().filter(|e| !gone(e)) {
-                        return Err(side.lost(e));
+                    match kernel.take_error() {
+                        Some(e) if is_gone(&e) => gone[side.index()] = true,
+                        Some(e) => return Err(side.lost(e)),
+                        None => {}
                     }
                 }
                 let before = seen[side.index()].replace(tcp);
                 if before.is_some_and(|b| b.outstanding() && b.bytes_acked != tcp.bytes_acked) {
                     acked_moved = now;
+                }
+            }
+            // A side gone, the other holding all the proxy wrote to it:
+            // nothing is left to carry, whatever that other side still
+            // sends (or does not).
+            for side in [Side::Client, Side::Backend] {
+                let other = side.other().index();
+                if gone[side.index()]
+                    && self.delivered[other].load(Ordering::Relaxed)
+                    && kernels[other]
+                        .tcp_info()
+                        .is_none_or(|tcp| !tcp.outstanding())
+                {
+                    return Ok(Ended::Closed);
                 }
             }
             if now >= self.last().max(acked_moved) + self.idle {
@@ -300,7 +318,7 @@ impl Side {
 /// its own stream and then closed its connection, so its kernel refuses
 /// more bytes (a reset coming after the side's end of stream is a broken
 /// pipe, one before it a connection reset).
-fn gone(e: &std::io::Error) -> bool {
+fn is_gone(e: &std::io::Error) -> bool {
     e.kind() == std::io::ErrorKind::BrokenPipe
 }
 
@@ -309,7 +327,7 @@ fn gone(e: &std::io::Error) -> bool {
 fn written<T>(done: std::io::Result<T>, side: Side) -> Result<Option<T>, BError> {
     match done {
         Ok(value) => Ok(Some(value)),
-        Err(e) if gone(&e) => Ok(None),
+        Err(e) if is_gone(&e) => Ok(None),
         Err(e) => Err(side.write_error(e)),
     }
 }
@@ -345,17 +363,17 @@ where
         }
         taking = write(to, &buf[..n], activity, side).await?;
     }
-    drop_rest(from, &mut buf, activity, side, kernel).await;
-    Ok(())
+    drop_rest(from, &mut buf, activity, side, kernel).await
 }
 
 /// The side bytes from `side` go to is gone, so what `side` still sends
 /// has nowhere to go: it is read and dropped, as a connection closed with
 /// bytes unread is reset, and the reset would throw away what the kernel
 /// still holds for `side` of the gone side's last bytes. Until `side` ends
-/// its stream (or its connection fails: what the proxy still writes to it
-/// meets that itself), or until the proxy has ended its writing to `side`
-/// and `side`'s TCP has acknowledged every byte (looked at every second).
+/// its stream, or until the proxy has ended its writing to `side` and
+/// `side`'s TCP has acknowledged every byte (looked at every second); a
+/// failed read is `side`'s failure (its reset would otherwise show only
+/// as a broken pipe to the proxy's next write, taken for a side gone).
 /// Dropped bytes do not count as moving.
 async fn drop_rest<R: AsyncRead + Unpin>(
     from: &mut R,
@@ -363,20 +381,22 @@ async fn drop_rest<R: AsyncRead + Unpin>(
     activity: &Activity,
     side: Side,
     kernel: &dyn Kernel,
-) {
+) -> Result<(), BError> {
     let mut look = tokio::time::interval(WAITING_LOOK);
     look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            read = from.read(buf) => if !matches!(read, Ok(n) if n > 0) {
-                return;
+            read = from.read(buf) => match read {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(side.read_error(e)),
             },
             _ = look.tick() => {}
         }
         if activity.delivered[side.index()].load(Ordering::Relaxed)
             && kernel.tcp_info().is_none_or(|tcp| !tcp.outstanding())
         {
-            return;
+            return Ok(());
         }
     }
 }
@@ -522,10 +542,15 @@ mod tests {
     }
 
     async fn tcp_tunnel() -> TcpTunnel {
+        tcp_tunnel_idle(Duration::from_secs(3600)).await
+    }
+
+    /// [`tcp_tunnel`] with the idle limit `idle`.
+    async fn tcp_tunnel_idle(idle: Duration) -> TcpTunnel {
         let (client, client_proxy, client_kernel) = tcp_pair(false).await;
         let (backend, backend_proxy, backend_kernel) = tcp_pair(true).await;
         let watched = client_kernel.expect("a TCP connection");
-        let activity = Arc::new(Activity::new(Duration::from_secs(3600)));
+        let activity = Arc::new(Activity::new(idle));
         let tunnel = tokio::spawn({
             let activity = Arc::clone(&activity);
             async move {
@@ -950,5 +975,42 @@ mod tests {
             .unwrap();
         assert_eq!(ended.unwrap(), Ended::Closed);
         drop(writer.await.unwrap());
+    }
+
+    /// The client sends its bytes and its end and closes; the backend
+    /// takes them all, writes once (the client's kernel answers with a
+    /// reset) and then neither sends nor ends: the client is gone and the
+    /// backend holds everything, so the tunnel ends at the next look at
+    /// the kernel, not at its idle limit.
+    #[tokio::test]
+    async fn a_gone_side_whose_peer_holds_everything_ends_the_tunnel() {
+        let idle = Duration::from_secs(60);
+        let TcpTunnel {
+            client,
+            mut backend,
+            client_kernel: watched,
+            tunnel,
+            ..
+        } = tcp_tunnel_idle(idle).await;
+        let mut client = client;
+        client.write_all(b"last words").await.unwrap();
+        client.shutdown().await.unwrap();
+        drop(client);
+        let mut got = [0u8; 10];
+        backend.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"last words");
+        let mut end = [0u8; 1];
+        assert_eq!(backend.read(&mut end).await.unwrap(), 0, "the client's end");
+        backend.write_all(b"ping").await.unwrap();
+        until("the client's connection is closed", || {
+            watched.tcp_info().unwrap().closed()
+        })
+        .await;
+        let ended = tokio::time::timeout(idle / 2, tunnel)
+            .await
+            .expect("the tunnel waited for its idle limit")
+            .unwrap();
+        assert_eq!(ended.unwrap(), Ended::Closed);
+        drop(backend);
     }
 }
