@@ -863,17 +863,31 @@ fn encode_head(out: &mut Vec<u8>, head: &h1::ResponseHead, added: &[(HeaderName,
 /// Pingora's HTTP/2 stream.
 pub enum Client<'a> {
     H1(&'a mut Session),
-    /// The stream, its request's fields as a list, and how long the client
-    /// may keep a read of its body or a write of the answer waiting.
-    H2(&'a mut ServerSession, Fields, Duration),
+    /// The stream, its request's fields as a list, how long the client
+    /// may keep a read of its body or a write of the answer waiting, and
+    /// its body's account.
+    H2(&'a mut ServerSession, Fields, Duration, H2Body),
+}
+
+/// An HTTP/2 request body's declared length, and the bytes that complete
+/// it while they wait for the stream's end (see [`Client::read_body`]):
+/// kept here, so that a read given up on (by a `select!`) loses none.
+pub struct H2Body {
+    declared: Option<u64>,
+    held: Option<Bytes>,
 }
 
 impl<'a> Client<'a> {
     /// An HTTP/2 stream whose request head has been read; `idle` as
     /// `timeouts.client_idle`.
     pub fn h2(session: &'a mut ServerSession, idle: Duration) -> Self {
-        let fields = Fields::from_map(&session.req_header().headers);
-        Client::H2(session, fields, idle)
+        let mut fields = Fields::from_map(&session.req_header().headers);
+        let declared = h1::declared_length(&mut fields).ok().flatten();
+        let body = H2Body {
+            declared,
+            held: None,
+        };
+        Client::H2(session, fields, idle, body)
     }
 }
 
@@ -929,7 +943,7 @@ impl Client<'_> {
     pub fn fields(&self) -> &Fields {
         match self {
             Client::H1(s) => s.fields(),
-            Client::H2(_, fields, _) => fields,
+            Client::H2(_, fields, ..) => fields,
         }
     }
 
@@ -962,7 +976,8 @@ impl Client<'_> {
     pub fn is_body_done(&mut self) -> bool {
         match self {
             Client::H1(s) => s.is_body_done(),
-            Client::H2(s, ..) => s.is_body_done(),
+            // Bytes held for the stream's end are still to be read.
+            Client::H2(s, _, _, body) => body.held.is_none() && s.is_body_done(),
         }
     }
 
@@ -976,29 +991,35 @@ impl Client<'_> {
     pub async fn read_body(&mut self) -> Result<Option<Bytes>, BError> {
         match self {
             Client::H1(s) => s.read_body().await,
-            Client::H2(s, fields, idle) => {
+            Client::H2(s, _, idle, body) => {
                 let idle = *idle;
-                let data = within_idle(idle, Direction::Read, s.read_request_body()).await?;
-                // The bytes that complete a declared length wait for the
-                // stream's end: one that sends more than it declared is
-                // malformed (RFC 9113 §8.1.1) and must not reach the
-                // backend as a whole request of the bytes before.
-                if data.is_some()
-                    && !s.is_body_done()
-                    && h1::declared_length(fields).ok().flatten()
-                        == Some(s.body_bytes_read() as u64)
-                {
-                    while let Some(more) =
-                        within_idle(idle, Direction::Read, s.read_request_body()).await?
-                    {
-                        if !more.is_empty() {
-                            return Err(bad_request(
-                                "the HTTP/2 stream sent more body than its Content-Length",
-                            ));
+                loop {
+                    if body.held.is_some() {
+                        // The bytes that complete the declared length wait
+                        // for the stream's end: one that sends more than
+                        // it declared is malformed (RFC 9113 §8.1.1) and
+                        // must not reach the backend as a whole request of
+                        // the bytes before.
+                        match within_idle(idle, Direction::Read, s.read_request_body()).await? {
+                            None => return Ok(body.held.take()),
+                            Some(more) if more.is_empty() => continue,
+                            Some(_) => {
+                                return Err(bad_request(
+                                    "the HTTP/2 stream sent more body than its Content-Length",
+                                ));
+                            }
                         }
                     }
+                    let data = within_idle(idle, Direction::Read, s.read_request_body()).await?;
+                    if data.is_some()
+                        && !s.is_body_done()
+                        && body.declared == Some(s.body_bytes_read() as u64)
+                    {
+                        body.held = data;
+                        continue;
+                    }
+                    return Ok(data);
                 }
-                Ok(data)
             }
         }
     }
@@ -1093,7 +1114,7 @@ impl Client<'_> {
         let head = self.request().method == Method::HEAD;
         match self {
             Client::H1(s) => s.write_body(data, end).await,
-            Client::H2(s, _, idle) => {
+            Client::H2(s, _, idle, _) => {
                 let data = if head { Bytes::new() } else { data };
                 if data.is_empty() && !end {
                     return Ok(());

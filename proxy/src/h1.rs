@@ -310,8 +310,13 @@ impl<'t> Connection<'t> {
             // Bytes that cannot begin a response are no answer to this
             // request: left on a pooled connection by an exchange before
             // (a body after a `HEAD` answer, say), they make it stale.
-            let start = &self.buf[..self.buf.len().min(STATUS_START.len())];
-            self.heard = STATUS_START.starts_with(start);
+            // Empty lines before a status line are let by as the parser
+            // lets them by; the answer is undecided until a byte follows.
+            let begun = self.buf.iter().position(|b| !matches!(b, b'\r' | b'\n'));
+            self.heard = begun.is_some_and(|at| {
+                let start = &self.buf[at..];
+                STATUS_START.starts_with(&start[..start.len().min(STATUS_START.len())])
+            });
         }
         Ok(n)
     }
@@ -1537,6 +1542,9 @@ mod tests {
         assert!(!conn.answered());
         let mut conn = answered(b"HT", true).await;
         conn.read_head(false, false).await.expect_err("cut short");
+        assert!(conn.answered());
+        let mut conn = answered(b"\r\nHTTP/1.1 204 No Content\r\n\r\n", false).await;
+        conn.read_head(false, false).await.expect("head");
         assert!(conn.answered());
         let mut conn = answered(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false).await;
         conn.read_head(false, false).await.expect("head");
