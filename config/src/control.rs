@@ -472,7 +472,9 @@ impl RawControl {
                 "asks clients for certificates in the TLS handshake, so it needs server.tls: give server.tls, or leave client_ca out".to_owned()
             })
         });
-        let actions = self.actions.validate(&mut e, base, address, tls.is_some());
+        let actions =
+            self.actions
+                .validate(&mut e, base, address, (tls.is_some(), client_ca.is_some()));
         let automation = self.automation.validate(&mut e, &source);
         let notify = self.notify.validate(&mut e, base);
         e.finish(|| ControlConfig {
@@ -504,7 +506,7 @@ impl RawActions {
         e: &mut FieldErrors,
         base: &Path,
         server: Option<SocketAddr>,
-        server_tls: bool,
+        (server_tls, server_client_ca): (bool, bool),
     ) -> ActionsConfig {
         if self.history_file.trim().is_empty() {
             e.push(
@@ -567,6 +569,12 @@ impl RawActions {
                 ("actions.control_url", &control_url),
             )
         });
+        if server_client_ca && client_tls.is_none() && self.control_url.is_empty() {
+            e.push(
+                "actions.client_tls",
+                "is needed: server.client_ca makes this control plane ask every client for a certificate, the commands (which ask it) too; give one signed by a CA in server.client_ca",
+            );
+        }
         ActionsConfig {
             history_file: values::resolve(base, &self.history_file),
             timeout: {
@@ -955,6 +963,16 @@ mod tests {
             errors.to_string().contains("must be a readable PEM file"),
             "{errors}"
         );
+        // The commands ask this control plane: they need a certificate.
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            "[server]\ntoken_file = \"token\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\nclient_ca = \"ca.pem\"\n",
+        ) else {
+            panic!("accepted")
+        };
+        let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["actions.client_tls"], "{errors}");
+        assert!(errors.to_string().contains("is needed"), "{errors}");
     }
 
     #[test]

@@ -427,10 +427,14 @@ impl TlsCert {
         if let Some(fault) = &fault
             && !*faulty
         {
+            let peers = match self.role {
+                Role::Server => "clients that check certificates refuse it",
+                Role::Client => "the server refuses it",
+            };
             tracing::error!(
                 tls = %self.name,
                 cert = %self.files.cert.display(),
-                "the TLS certificate in force {fault}; clients that check certificates refuse it: put a certificate valid now in the files"
+                "the TLS certificate in force {fault}; {peers}: put a certificate valid now in the files"
             );
         }
         *faulty = fault.is_some();

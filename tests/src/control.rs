@@ -323,9 +323,16 @@ impl ControlPlane {
         let path = elsewhere.join("control.toml");
         std::fs::write(&path, config).expect("write the config");
         std::fs::copy(&self.token_path, elsewhere.join("token")).expect("copy the token");
-        if self.ca.is_some() {
-            // The CA, and the server's files the config names.
-            for file in ["ca.pem", "cert.pem", "key.pem"] {
+        // The CAs, and the server's and commands' files the config names.
+        for file in [
+            "ca.pem",
+            "cert.pem",
+            "key.pem",
+            "clients-ca.pem",
+            "client.pem",
+            "client.key",
+        ] {
+            if self.dir.join(file).exists() {
                 std::fs::copy(self.dir.join(file), elsewhere.join(file)).expect("copy a TLS file");
             }
         }

@@ -524,13 +524,24 @@ async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_tru
         .map(|l| format!("{l}\n"))
         .collect();
     std::fs::write(&cp.config_path, without).unwrap();
+    // Asking this control plane, its config is refused as it stands.
     let ran = cp.command(&["status"]).await;
     assert!(!ran.ok, "{ran:?}");
     assert!(
-        ran.stdout
-            .contains("asks for a client certificate: set actions.client_tls"),
+        ran.stderr.contains("actions.client_tls") && ran.stderr.contains("is needed"),
         "{ran:?}"
     );
+    // Asking it by its URL, as another machine would: the server refuses
+    // the connection, and the command says what to set.
+    let url = cp.url("");
+    eventually("the command names actions.client_tls", WAIT, || async {
+        let ran = cp.command_via(&url, &["status"]).await;
+        !ran.ok
+            && ran
+                .stdout
+                .contains("asks for a client certificate: set actions.client_tls")
+    })
+    .await;
 }
 
 /// A proxy, or a command, that does not trust the control plane's

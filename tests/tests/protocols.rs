@@ -1164,7 +1164,11 @@ async fn an_http2_body_longer_than_its_content_length_never_reaches_the_backend_
     })
     .await;
     let last = frames.last().unwrap();
-    assert_eq!(last.kind, RST_STREAM, "stream 1 got frame type {}", last.kind);
+    assert_eq!(
+        last.kind, RST_STREAM,
+        "stream 1 got frame type {}",
+        last.kind
+    );
     // The same on a later stream, ended where it declared.
     conn.write_all(&h2::post_head_with_length(3, 3))
         .await
