@@ -167,6 +167,14 @@ impl Activity {
         self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 
+    /// Whether `side` holds everything: the proxy has handed the end of
+    /// its writing to `side`'s kernel, and `side`'s TCP (`tcp`, when the
+    /// kernel tells of it) has acknowledged every byte.
+    fn holds_all(&self, side: Side, tcp: Option<TcpInfo>) -> bool {
+        self.delivered[side.index()].load(Ordering::Relaxed)
+            && tcp.is_none_or(|tcp| !tcp.outstanding())
+    }
+
     /// `io`'s outcome; while it waits, it counts as a waiting write.
     async fn waiting_for<F: Future>(&self, io: F) -> F::Output {
         let mut io = std::pin::pin!(io);
@@ -232,13 +240,8 @@ impl Activity {
             // nothing is left to carry, whatever that other side still
             // sends (or does not).
             for side in [Side::Client, Side::Backend] {
-                let other = side.other().index();
-                if gone[side.index()]
-                    && self.delivered[other].load(Ordering::Relaxed)
-                    && kernels[other]
-                        .tcp_info()
-                        .is_none_or(|tcp| !tcp.outstanding())
-                {
+                let other = side.other();
+                if gone[side.index()] && self.holds_all(other, seen[other.index()]) {
                     return Ok(Ended::Closed);
                 }
             }
@@ -393,9 +396,7 @@ async fn drop_rest<R: AsyncRead + Unpin>(
             },
             _ = look.tick() => {}
         }
-        if activity.delivered[side.index()].load(Ordering::Relaxed)
-            && kernel.tcp_info().is_none_or(|tcp| !tcp.outstanding())
-        {
+        if activity.holds_all(side, kernel.tcp_info()) {
             return Ok(());
         }
     }
