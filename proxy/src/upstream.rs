@@ -16,9 +16,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use thread_local::ThreadLocal;
 
-/// Fields the proxy forwards or relies on: a client may not have them
-/// dropped by naming them in `Connection`. Nor any field that starts with
-/// [`PROTECTED_PREFIX`].
+/// Fields the proxy forwards or relies on (see [`protected`]).
 const PROTECTED: [&str; 6] = [
     "host",
     "content-length",
@@ -33,10 +31,17 @@ const PROTECTED: [&str; 6] = [
 /// the backend may rely on as the proxy's own.
 const PROTECTED_PREFIX: &str = "x-forwarded-";
 
+/// Whether the field `name` (in lower case) is one the proxy forwards or
+/// relies on, which a client may not have dropped by naming it in
+/// `Connection`: a [`PROTECTED`] one or an `x-forwarded-*`.
+fn protected(name: &[u8]) -> bool {
+    PROTECTED.iter().any(|p| name == p.as_bytes()) || name.starts_with(PROTECTED_PREFIX.as_bytes())
+}
+
 /// Whether a field named `name` would pass, to a backend that reads `_`
 /// as `-` (CGI, WSGI, Rack and PHP make both `HTTP_X_FORWARDED_FOR`), for
-/// a field the proxy sets or relies on: a [`PROTECTED`] one, an
-/// `x-forwarded-*`, `transfer-encoding` or an `x-edgeroute-*`.
+/// a field the proxy sets or relies on: a [`protected`] one,
+/// `transfer-encoding` or an `x-edgeroute-*`.
 fn aliases_protected(name: &[u8]) -> bool {
     if !name.contains(&b'_') {
         return false;
@@ -51,10 +56,7 @@ fn aliases_protected(name: &[u8]) -> bool {
             }
         })
         .collect();
-    PROTECTED.iter().any(|p| dashed == p.as_bytes())
-        || dashed == b"transfer-encoding"
-        || dashed.starts_with(PROTECTED_PREFIX.as_bytes())
-        || dashed.starts_with(b"x-edgeroute-")
+    protected(&dashed) || dashed == b"transfer-encoding" || dashed.starts_with(b"x-edgeroute-")
 }
 
 /// Why a request cannot be sent on as it is (the client gets a 400).
@@ -385,7 +387,7 @@ fn nominated_fields(fields: &Fields) -> Result<Vec<String>, CannotForward> {
                     "Connection names {token:?}, which is no field name"
                 ))
             })?;
-            if PROTECTED.iter().any(|p| name == *p) || name.as_str().starts_with(PROTECTED_PREFIX) {
+            if protected(name.as_str().as_bytes()) {
                 return Err(CannotForward(format!(
                     "Connection names {token:?}, a field that must reach the backend"
                 )));
