@@ -164,18 +164,18 @@ fn main() -> ExitCode {
             .and_then(|_| read_token(cfg.server.token_file.as_deref()))
             .and_then(|_| server_certificate(&cfg))
             .and_then(|cert| Ok((cert, client_verifier(&cfg)?, commands_identity(&cfg)?)))
-            .map(|(cert, _, identity)| {
+            .and_then(|(cert, _, identity)| {
                 // Presented all the same, as the proxy's listeners do.
                 let now = edgeroute_config::tls::unix_now();
-                for warning in [cert, identity]
-                    .iter()
+                for warning in [&cert, &identity]
+                    .into_iter()
                     .flatten()
                     .filter_map(|c| c.date_warning(now))
                 {
                     eprintln!("warning: {warning}");
                 }
+                commands_tls(&cfg, identity)
             })
-            .and_then(|()| commands_tls(&cfg))
             .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
             .and_then(|_| show(&cfg, false))
             .map(|()| println!("{}: ok", config.display())),
@@ -297,21 +297,25 @@ fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     ControlView::http(
         &cfg.actions.control_url,
         &String::from_utf8_lossy(&token),
-        commands_tls(cfg)?,
+        commands_tls(cfg, commands_identity(cfg)?)?,
     )
 }
 
 /// The commands' TLS settings for an `https://` `actions.control_url`:
-/// `actions.ca_file`'s CA certificates, else the system's, and
-/// `actions.client_tls`'s certificate when given.
-fn commands_tls(cfg: &ControlConfig) -> anyhow::Result<Option<rustls::ClientConfig>> {
+/// `actions.ca_file`'s CA certificates, else the system's, and their
+/// certificate `identity` (`actions.client_tls`, see [`commands_identity`])
+/// when given.
+fn commands_tls(
+    cfg: &ControlConfig,
+    identity: Option<Arc<edgeroute_config::tls::TlsCert>>,
+) -> anyhow::Result<Option<rustls::ClientConfig>> {
     if !cfg.actions.control_url.starts_with("https://") {
         return Ok(None);
     }
     edgeroute_config::tls::client_config(
         cfg.actions.ca_file.as_deref(),
         "actions.ca_file",
-        commands_identity(cfg)?,
+        identity,
     )
     .map(Some)
     .map_err(anyhow::Error::msg)
