@@ -85,12 +85,7 @@ impl TestCa {
             rcgen::CertificateParams::new(vec!["proxy.test".to_owned()]).expect("client params");
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
         params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-        let pair = rcgen::KeyPair::generate().expect("client key");
-        let made = params
-            .signed_by(&pair, &self.issuer)
-            .expect("client certificate");
-        std::fs::write(cert, made.pem()).expect("write the certificate");
-        std::fs::write(key, pair.serialize_pem()).expect("write the key");
+        self.sign(params, cert, key);
     }
 
     /// Writes a certificate for `localhost` and `ip` that expires on
@@ -100,10 +95,16 @@ impl TestCa {
             rcgen::CertificateParams::new(vec!["localhost".to_owned(), ip.to_string()])
                 .expect("server params");
         params.not_after = rcgen::date_time_ymd(until, 1, 1);
-        let pair = rcgen::KeyPair::generate().expect("server key");
+        self.sign(params, cert, key);
+    }
+
+    /// Writes the certificate of `params` that this CA signs, with a new
+    /// key, and the key.
+    fn sign(&self, params: rcgen::CertificateParams, cert: &Path, key: &Path) {
+        let pair = rcgen::KeyPair::generate().expect("a key");
         let made = params
             .signed_by(&pair, &self.issuer)
-            .expect("server certificate");
+            .expect("a certificate");
         std::fs::write(cert, made.pem()).expect("write the certificate");
         std::fs::write(key, pair.serialize_pem()).expect("write the key");
     }

@@ -36,6 +36,49 @@ async fn proxy_with(
         .await
 }
 
+/// A proxy with this `[table]` section that the control plane does not
+/// serve: once its log says `says`, and it is not ready (no table).
+async fn refused_proxy(
+    (us, eu, ap): (&Origin, &Origin, &Origin),
+    table: &str,
+    says: &str,
+) -> Proxy {
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!("[table]\n{table}max_backoff = \"200ms\"\n"))
+        .without_table_file()
+        .start_live()
+        .await;
+    eventually(&format!("the proxy logs {says:?}"), WAIT, || async {
+        proxy.log().contains(says)
+    })
+    .await;
+    let ready = client()
+        .get(proxy.admin_url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "ready without a table");
+    proxy
+}
+
+/// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,
+/// and the `status` command counts it.
+async fn served_and_reported(cp: &ControlPlane, proxy: &Proxy) {
+    assert_eq!(proxy.write_region().await, US);
+    eventually("the proxy's report arrives", WAIT, || async {
+        cp.get("/v1/proxies").await["proxies"]
+            .as_array()
+            .is_some_and(|p| p.len() == 1)
+    })
+    .await;
+    let ran = cp.command(&["status"]).await;
+    assert!(ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("proxies reporting: 1 ("), "{ran:?}");
+}
+
 /// An origin per region.
 async fn origins() -> (Origin, Origin, Origin) {
     (
@@ -414,17 +457,8 @@ async fn proxies_and_commands_reach_a_control_plane_serving_https() {
     assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
 
     let proxy = proxy_on(&cp, &us, &eu, &ap).await;
-    assert_eq!(proxy.write_region().await, US);
-    eventually("the proxy's report arrives", WAIT, || async {
-        cp.get("/v1/proxies").await["proxies"]
-            .as_array()
-            .is_some_and(|p| p.len() == 1)
-    })
-    .await;
     // The commands ask server.address by https://, trusting actions.ca_file.
-    let ran = cp.command(&["status"]).await;
-    assert!(ran.ok, "{ran:?}");
-    assert!(ran.stdout.contains("proxies reporting: 1 ("), "{ran:?}");
+    served_and_reported(&cp, &proxy).await;
 
     cp.set_topology(&topology(Some(EU), false, &all_up()));
     eventually("the proxy follows the writer", WAIT, || async {
@@ -442,21 +476,12 @@ async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_tru
     let (us, eu, ap) = origins().await;
     let cp = ControlPlane::start_mtls(&topology(Some(US), false, &all_up())).await;
     let proxy = proxy_on(&cp, &us, &eu, &ap).await;
-    assert_eq!(proxy.write_region().await, US);
-    eventually("the proxy's report arrives", WAIT, || async {
-        cp.get("/v1/proxies").await["proxies"]
-            .as_array()
-            .is_some_and(|p| p.len() == 1)
-    })
-    .await;
+    served_and_reported(&cp, &proxy).await;
     // Its certificate is watched as a listener's is: issued to expire
     // on 2100-01-01.
     let expiry =
         "edgeroute_tls_certificate_expiry_timestamp_seconds{listener=\"table.client_tls\"}";
     assert_eq!(proxy.metric(expiry).await, 4_102_444_800.0);
-    let ran = cp.command(&["status"]).await;
-    assert!(ran.ok, "{ran:?}");
-    assert!(ran.stdout.contains("proxies reporting: 1 ("), "{ran:?}");
 
     // The token alone: no table.
     let ca = reqwest::Certificate::from_pem(cp.ca.as_ref().unwrap().pem.as_bytes()).unwrap();
@@ -494,26 +519,7 @@ async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_tru
             "the server refused the client certificate (",
         ),
     ] {
-        let refused = ProxyBuilder::new(US)
-            .region(US, &[us.addr])
-            .region(EU, &[eu.addr])
-            .region(AP, &[ap.addr])
-            .extra(&format!(
-                "[table]\n{bare}\n{client_tls}max_backoff = \"200ms\"\n"
-            ))
-            .without_table_file()
-            .start_live()
-            .await;
-        eventually("the refusal is logged with what to set", WAIT, || async {
-            refused.log().contains(says)
-        })
-        .await;
-        let ready = client()
-            .get(refused.admin_url("/ready"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(ready.status(), 503, "ready without a table");
+        refused_proxy((&us, &eu, &ap), &format!("{bare}\n{client_tls}"), says).await;
     }
 
     // A command without its certificate.
@@ -553,30 +559,16 @@ async fn a_control_plane_certificate_not_trusted_is_named_with_what_to_set() {
     let dir = tempfile::tempdir().unwrap();
     let other_ca = dir.path().join("other-ca.pem");
     std::fs::write(&other_ca, edgeroute_tests::control::TestCa::new().pem).unwrap();
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .region(EU, &[eu.addr])
-        .region(AP, &[ap.addr])
-        .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"{}\"\ntoken_file = {:?}\nca_file = {other_ca:?}\nmax_backoff = \"200ms\"\n",
+    refused_proxy(
+        (&us, &eu, &ap),
+        &format!(
+            "source = \"control\"\nurl = \"{}\"\ntoken_file = {:?}\nca_file = {other_ca:?}\n",
             cp.url(""),
             cp.token_path
-        ))
-        .without_table_file()
-        .start_live()
-        .await;
-    eventually("the refused certificate is logged", WAIT, || async {
-        proxy
-            .log()
-            .contains("its certificate is not trusted: set table.ca_file")
-    })
+        ),
+        "its certificate is not trusted: set table.ca_file",
+    )
     .await;
-    let ready = client()
-        .get(proxy.admin_url("/ready"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 503, "ready without a table");
 
     std::fs::copy(&other_ca, cp.dir.join("ca.pem")).unwrap();
     let ran = cp.command(&["status"]).await;
@@ -683,23 +675,15 @@ async fn a_control_plane_url_whose_host_the_certificate_does_not_hold_is_named()
     .await;
 
     let by_address = format!("https://{}", cp.addr);
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .region(EU, &[eu.addr])
-        .region(AP, &[ap.addr])
-        .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"{by_address}\"\ntoken_file = {:?}\nca_file = {:?}\nmax_backoff = \"200ms\"\n",
+    let proxy = refused_proxy(
+        (&us, &eu, &ap),
+        &format!(
+            "source = \"control\"\nurl = \"{by_address}\"\ntoken_file = {:?}\nca_file = {:?}\n",
             cp.token_path,
             cp.dir.join("ca.pem"),
-        ))
-        .without_table_file()
-        .start_live()
-        .await;
-    eventually("the name the certificate lacks is logged", WAIT, || async {
-        proxy.log().contains(
-            "its certificate does not hold the host name in table.url: set table.url's host",
-        )
-    })
+        ),
+        "its certificate does not hold the host name in table.url: set table.url's host",
+    )
     .await;
     assert!(
         !proxy.log().contains("not trusted"),
