@@ -176,6 +176,14 @@ impl Role {
             Role::Client => "the client's",
         }
     }
+
+    /// Who refuses its certificate out of its dates, in messages.
+    fn refused_by(self) -> &'static str {
+        match self {
+            Role::Server => "clients that check certificates refuse it",
+            Role::Client => "the server refuses it",
+        }
+    }
 }
 
 /// When the server's certificate can be used: from its start (notBefore)
@@ -268,15 +276,12 @@ impl TlsCert {
     /// What `check` warns of: the certificate in force cannot be used at
     /// `now` (Unix seconds), which is presented all the same.
     pub fn date_warning(&self, now: i64) -> Option<String> {
-        let peers = match self.role {
-            Role::Server => "clients that check certificates",
-            Role::Client => "the server",
-        };
         self.validity().fault_at(now).map(|fault| {
             format!(
-                "{}: {} certificate {fault}; {peers} will refuse it",
+                "{}: {} certificate {fault}; {}",
                 field(&self.name, "cert", &self.files.cert),
-                self.role.whose()
+                self.role.whose(),
+                self.role.refused_by()
             )
         })
     }
@@ -427,14 +432,11 @@ impl TlsCert {
         if let Some(fault) = &fault
             && !*faulty
         {
-            let peers = match self.role {
-                Role::Server => "clients that check certificates refuse it",
-                Role::Client => "the server refuses it",
-            };
             tracing::error!(
                 tls = %self.name,
                 cert = %self.files.cert.display(),
-                "the TLS certificate in force {fault}; {peers}: put a certificate valid now in the files"
+                "the TLS certificate in force {fault}; {}: put a certificate valid now in the files",
+                self.role.refused_by()
             );
         }
         *faulty = fault.is_some();
