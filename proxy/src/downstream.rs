@@ -1024,6 +1024,32 @@ impl Client<'_> {
         }
     }
 
+    /// Waits for the end of an HTTP/2 stream whose request declares
+    /// `content-length: 0`. Such a request counts as bodiless (no body is
+    /// streamed for it), yet it is whole only at its stream's end: DATA
+    /// before that is malformed (RFC 9113 §8.1.1; the protocol library
+    /// resets the stream) and must not reach the backend as an empty
+    /// request first. A stream ended with its head ends the wait at once.
+    pub async fn await_declared_empty(&mut self) -> Result<(), BError> {
+        let Client::H2(s, _, idle, body) = self else {
+            return Ok(());
+        };
+        if body.declared != Some(0) {
+            return Ok(());
+        }
+        loop {
+            match within_idle(*idle, Direction::Read, s.read_request_body()).await? {
+                None => return Ok(()),
+                Some(more) if more.is_empty() => {}
+                Some(_) => {
+                    return Err(bad_request(
+                        "the HTTP/2 stream sent a body past its Content-Length of 0",
+                    ));
+                }
+            }
+        }
+    }
+
     pub async fn write_continue(&mut self) -> Result<(), BError> {
         match self {
             Client::H1(s) => s.write_continue().await,

@@ -314,6 +314,7 @@ impl EdgeProxy {
             // so it invites the client to send it.
             client.write_continue().await?;
         }
+        client.await_declared_empty().await?;
         client.enable_retry_buffering();
         let mut reached_failure = None;
         // What the last attempt that reached nothing met (a refused

@@ -1187,6 +1187,52 @@ async fn an_http2_body_longer_than_its_content_length_never_reaches_the_backend_
     assert_eq!(posts[0].body_len, 3);
 }
 
+/// An HTTP/2 request declaring `content-length: 0` is whole only at its
+/// stream's end: one whose stream goes on with DATA is malformed and never
+/// reaches the backend as an empty request; one ended by an empty DATA
+/// frame goes through.
+#[tokio::test]
+async fn an_http2_request_declaring_no_body_waits_for_its_stream_to_end() {
+    let us = Origin::start(US).await;
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    conn.write_all(&h2::post_head_with_length(1, 0))
+        .await
+        .unwrap();
+    // A round trip on the connection: the proxy has read the head.
+    conn.write_all(&h2::ping()).await.unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == h2::PING).await;
+    conn.write_all(&Frame::encode(h2::DATA, h2::END_STREAM, 1, b"abc"))
+        .await
+        .unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| {
+        f.stream == 1 && (f.kind == RST_STREAM || f.kind == HEADERS)
+    })
+    .await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        last.kind, RST_STREAM,
+        "stream 1 got frame type {}",
+        last.kind
+    );
+    conn.write_all(&h2::post_head_with_length(3, 0))
+        .await
+        .unwrap();
+    conn.write_all(&Frame::encode(h2::DATA, h2::END_STREAM, 3, b""))
+        .await
+        .unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.stream == 3 && f.kind == HEADERS).await;
+    eventually(
+        "the well-formed request reaches the origin",
+        GUARD,
+        || async { us.count("POST") >= 1 },
+    )
+    .await;
+    let seen = us.seen();
+    let posts: Vec<_> = seen.iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(posts.len(), 1, "only the well-formed one: {seen:?}");
+    assert_eq!(posts[0].body_len, 0);
+}
+
 /// A client that breaks HTTP/2 (here, DATA on stream 0) is told to go
 /// away by the protocol library itself; that GOAWAY is counted too.
 #[tokio::test]
