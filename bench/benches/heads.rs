@@ -77,6 +77,7 @@ fn bench(c: &mut Criterion) {
         .into_parts();
     let request_id = HeaderValue::from_static("0b9e4d0c-8f5e-4a52-9d2c-3c1f5e8a7b61");
     let epoch = HeaderValue::from_static("7");
+    let via = HeaderValue::from_static("1.1 edgeroute-us-east-1");
     c.bench_function("request head: facts + backend head (15 fields)", |b| {
         b.iter(|| {
             let facts = RequestFacts::of(&parts, black_box(&request));
@@ -87,6 +88,7 @@ fn bench(c: &mut Criterion) {
                 client_ip: Some(HeaderValue::from_static("203.0.113.7")),
                 tls: true,
                 host: None,
+                via: &via,
             };
             let head = backend_request(
                 &parts,

@@ -36,3 +36,4 @@ pub mod tls;
 pub mod topology;
 pub mod tunnel;
 pub mod upstream;
+pub mod via;

@@ -165,7 +165,7 @@ impl Metrics {
             refusals: counter_vec(
                 &r,
                 "edgeroute_refusals_total",
-                "Requests refused, by error code: every 503 refusal, and body_too_large (a declared length over the limit) and method_not_allowed",
+                "Requests refused, by error code: every 503 refusal, and body_too_large (a declared length over the limit), method_not_allowed, loop_detected, and bad_request (a Max-Forwards that is no number)",
                 &["reason"],
             ),
             retries: counter(

@@ -36,6 +36,10 @@ pub enum ErrorReply {
     UnsupportedCoding,
     /// `CONNECT`: the proxy forwards requests, it does not open tunnels (405).
     MethodNotAllowed,
+    /// The request has passed this region's proxies `passes` times: a loop
+    /// between regions (508; see [`crate::via`]). `name`: the proxy's name
+    /// in `Via`.
+    LoopDetected { passes: usize, name: String },
     /// The client went away; nothing can be sent.
     ClientGone,
     /// A bug in the proxy (500).
@@ -101,6 +105,7 @@ impl ErrorReply {
             ErrorReply::HeadTooLarge => 431,
             ErrorReply::UnsupportedCoding => 501,
             ErrorReply::MethodNotAllowed => 405,
+            ErrorReply::LoopDetected { .. } => 508,
             ErrorReply::ClientGone => 0,
             ErrorReply::Internal => 500,
         }
@@ -122,6 +127,7 @@ impl ErrorReply {
             ErrorReply::HeadTooLarge => "request_head_too_large",
             ErrorReply::UnsupportedCoding => "unsupported_transfer_coding",
             ErrorReply::MethodNotAllowed => "method_not_allowed",
+            ErrorReply::LoopDetected { .. } => "loop_detected",
             ErrorReply::ClientGone => "client_gone",
             ErrorReply::Internal => "internal_error",
         }
@@ -169,6 +175,12 @@ impl ErrorReply {
                 "CONNECT is not supported: this proxy forwards HTTP requests and opens no tunnels"
                     .to_owned()
             }
+            ErrorReply::LoopDetected { passes, name } => format!(
+                "the request has passed this region's proxies {passes} times (its Via field names \
+                 {name} that often): regions are sending it to each other; check that each \
+                 region's backends serve requests rather than pass them to another region's \
+                 proxies, and that the regions' routing tables agree"
+            ),
             ErrorReply::ClientGone => String::new(),
             ErrorReply::Internal => "internal proxy error".to_owned(),
         }
@@ -235,21 +247,105 @@ pub async fn write_health(
     .await
 }
 
+/// Answers an `OPTIONS` or `TRACE` request with no hop left in its
+/// `Max-Forwards` as its last recipient (RFC 9110 §7.6.2): `200`, empty
+/// for `OPTIONS`; for `TRACE`, the request as received (RFC 9110 §9.3.8),
+/// less the fields that carry credentials. It names the proxy's `region`
+/// in `x-edgeroute-region`, so that the client sees which hop stopped it.
+pub async fn write_last_hop(
+    client: &mut Client<'_>,
+    region: &HeaderValue,
+    request_id: &HeaderValue,
+) -> Result<(), Box<Error>> {
+    if !client.is_body_done() {
+        // A body the proxy does not read: the connection cannot go on.
+        client.close_after();
+    }
+    let mut fields = Fields::with_capacity(5);
+    fields.push(crate::upstream::REGION, region.clone());
+    let (content_type, body) = if client.request().method == http::Method::TRACE {
+        (Some("message/http"), reflected(client))
+    } else {
+        (None, Bytes::new())
+    };
+    write_own(
+        client,
+        http::StatusCode::OK,
+        content_type,
+        body,
+        fields,
+        Some(request_id),
+        &[],
+    )
+    .await
+}
+
+/// A `TRACE` request's head as received, as `message/http`, without the
+/// values of fields that carry credentials.
+fn reflected(client: &Client<'_>) -> Bytes {
+    const WITHHELD: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+    let req = client.request();
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(req.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(client.raw_target());
+    out.push(b' ');
+    out.extend_from_slice(format!("{:?}", req.version).as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in client.fields().iter() {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        if WITHHELD
+            .iter()
+            .any(|w| name.eq_ignore_ascii_case(w.as_bytes()))
+        {
+            out.extend_from_slice(b"(withheld)");
+        } else {
+            out.extend_from_slice(value);
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Bytes::from(out)
+}
+
 /// Writes a complete response of the proxy's own: `body` as JSON, never
 /// cached, with `fields` and the request's id.
 async fn write_json(
     client: &mut Client<'_>,
     status: http::StatusCode,
     body: &serde_json::Value,
-    mut fields: Fields,
+    fields: Fields,
     request_id: Option<&HeaderValue>,
     added: &[(http::HeaderName, HeaderValue)],
 ) -> Result<(), Box<Error>> {
     let body = Bytes::from(body.to_string());
-    fields.push(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    write_own(
+        client,
+        status,
+        Some("application/json"),
+        body,
+        fields,
+        request_id,
+        added,
+    )
+    .await
+}
+
+/// Writes a complete response of the proxy's own, never cached, with
+/// `fields` and the request's id.
+async fn write_own(
+    client: &mut Client<'_>,
+    status: http::StatusCode,
+    content_type: Option<&'static str>,
+    body: Bytes,
+    mut fields: Fields,
+    request_id: Option<&HeaderValue>,
+    added: &[(http::HeaderName, HeaderValue)],
+) -> Result<(), Box<Error>> {
+    if let Some(content_type) = content_type {
+        fields.push(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    }
     fields.push(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     fields.push(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     fields.push(header::DATE, crate::date::now());

@@ -303,6 +303,18 @@ impl EdgeProxy {
                 .await
                 .map_err(Error::into_down);
         }
+        if ctx.facts.max_forwards == upstream::MaxForwards::Left(0)
+            && upstream::MaxForwards::applies_to(&client.request().method)
+        {
+            // No hop left: the proxy answers as the last recipient.
+            return respond::write_last_hop(
+                client,
+                &self.state.topology.regions[self.state.topology.local].name_header,
+                &ctx.request_id,
+            )
+            .await
+            .map_err(Error::into_down);
+        }
         if let Some(reply) = self.admit(client, ctx) {
             return self.reply(client, ctx, reply).await;
         }
@@ -395,6 +407,9 @@ impl EdgeProxy {
         if req.method == http::Method::CONNECT {
             return Some(ErrorReply::MethodNotAllowed);
         }
+        if let Some(reply) = self.hops_refusal(client, &ctx.facts) {
+            return Some(reply);
+        }
         let limit = self.state.config.limits.max_request_body;
         if ctx.facts.content_length.is_some_and(|len| len > limit) {
             return Some(ErrorReply::BodyTooLarge { limit });
@@ -444,6 +459,34 @@ impl EdgeProxy {
             }
             Err(refusal) => Some(ErrorReply::Refused(refusal)),
         }
+    }
+
+    /// A request that has gone round in a loop between regions (see
+    /// [`crate::via`]), or an `OPTIONS` or `TRACE` whose `Max-Forwards`
+    /// cannot be read.
+    fn hops_refusal(
+        &self,
+        client: &Client<'_>,
+        facts: &upstream::RequestFacts,
+    ) -> Option<ErrorReply> {
+        if facts.has_via {
+            let passes = self.state.via.passes(client.fields());
+            if passes >= crate::via::MAX_PASSES {
+                return Some(ErrorReply::LoopDetected {
+                    passes,
+                    name: self.state.via.name().to_owned(),
+                });
+            }
+        }
+        if facts.max_forwards == upstream::MaxForwards::Malformed
+            && upstream::MaxForwards::applies_to(&client.request().method)
+        {
+            return Some(ErrorReply::BadRequest(Some(
+                "Max-Forwards must be one field of one decimal number (the hops the request may still take)"
+                    .to_owned(),
+            )));
+        }
+        None
     }
 
     async fn reply(
@@ -790,6 +833,7 @@ impl EdgeProxy {
             client_ip: client.client_ip(),
             tls: client.is_tls(),
             host: region.and_then(|r| r.host.as_ref()),
+            via: self.state.via.entry(client.request().version),
         };
         upstream::backend_request(
             client.request(),

@@ -42,6 +42,8 @@ pub struct AppState {
     /// Connects to backends, for requests and probes alike. One for the
     /// process: building one loads the platform's CAs.
     pub connector: TransportConnector,
+    /// The proxy's `Via` entries, named after the local region.
+    pub via: crate::via::Via,
 }
 
 impl AppState {
@@ -61,7 +63,9 @@ impl AppState {
             } => hold_writes_after.map(|d| d.as_millis() as u64),
             edgeroute_config::TableSource::File { .. } => None,
         };
+        let via = crate::via::Via::new(&config.regions[config.local_region].name);
         AppState {
+            via,
             hold_writes_after_ms,
             admin_token,
             classifier: Classifier::new(config.methods.clone(), config.routes.clone()),

@@ -86,6 +86,8 @@ pub struct Forwarding<'a> {
     pub tls: bool,
     /// The region's `Host` override.
     pub host: Option<&'a HeaderValue>,
+    /// The proxy's `Via` entry (see [`crate::via`]).
+    pub via: &'a HeaderValue,
 }
 
 /// The fields of a request the proxy acts on, found in one pass over its
@@ -117,6 +119,42 @@ pub struct RequestFacts {
     pub has_host: bool,
     /// A `Cookie` is present.
     pub has_cookie: bool,
+    /// A `Via` is present.
+    pub has_via: bool,
+    /// `Max-Forwards`, which an `OPTIONS` or `TRACE` request spends one of
+    /// at each hop (RFC 9110 §7.6.2).
+    pub max_forwards: MaxForwards,
+}
+
+/// A request's `Max-Forwards`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum MaxForwards {
+    #[default]
+    Absent,
+    /// The hops the request may still take.
+    Left(u32),
+    /// Not one decimal number (or more than one field).
+    Malformed,
+}
+
+impl MaxForwards {
+    /// Whether `method` spends `Max-Forwards` (only `OPTIONS` and `TRACE`
+    /// do; others carry it on untouched).
+    pub fn applies_to(method: &http::Method) -> bool {
+        *method == http::Method::OPTIONS || *method == http::Method::TRACE
+    }
+
+    fn parse(value: &[u8]) -> Self {
+        if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+            return MaxForwards::Malformed;
+        }
+        // A number too large for a u32 has hops enough for any path.
+        let hops = std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(u32::MAX, |n| u32::try_from(n).unwrap_or(u32::MAX));
+        MaxForwards::Left(hops)
+    }
 }
 
 impl RequestFacts {
@@ -165,6 +203,13 @@ impl RequestFacts {
                 facts.has_forwarded_for = true;
             } else if is(name, "cookie") {
                 facts.has_cookie = true;
+            } else if is(name, "via") {
+                facts.has_via = true;
+            } else if is(name, "max-forwards") {
+                facts.max_forwards = match facts.max_forwards {
+                    MaxForwards::Absent => MaxForwards::parse(value),
+                    _ => MaxForwards::Malformed,
+                };
             }
         }
         facts.websocket = facts.upgrade_websocket && is_websocket_upgrade(req, fields);
@@ -223,6 +268,14 @@ pub fn backend_request(
     // it is read; an HTTP/2 request's come as they were sent).
     let mut length: Option<&[u8]> = None;
     let h2 = client.version == http::Version::HTTP_2;
+    // An OPTIONS or TRACE request spends one hop here (one with none left
+    // is answered by the proxy before it gets this far).
+    let hops_left = match facts.max_forwards {
+        MaxForwards::Left(hops) if MaxForwards::applies_to(&client.method) => {
+            Some(hops.saturating_sub(1))
+        }
+        _ => None,
+    };
     for (name, value) in fields.iter() {
         // HTTP/2's own checks let a `"` through in a name and blanks
         // around a value, which an HTTP/1.1 request cannot carry as sent
@@ -259,7 +312,8 @@ pub fn backend_request(
         let replaced = (crumbs && is(name, "cookie"))
             || (host.is_some() && is(name, "host"))
             || (fwd.client_ip.is_some() && is(name, "x-forwarded-for"))
-            || SET_UPSTREAM.iter().any(|n| is(name, n));
+            || SET_UPSTREAM.iter().any(|n| is(name, n))
+            || (hops_left.is_some() && is(name, "max-forwards"));
         if replaced
             || is_hop_by_hop(name)
             || is(name, "expect")
@@ -295,6 +349,11 @@ pub fn backend_request(
     if chunked {
         h1::put_field(&mut out, "transfer-encoding", b"chunked");
     }
+    if let Some(hops) = hops_left {
+        h1::put_field(&mut out, "max-forwards", hops.to_string().as_bytes());
+    }
+    // After any the client sent: together, the list in the order of hops.
+    h1::put_field(&mut out, "via", fwd.via.as_bytes());
     h1::put_field(&mut out, ROUTE.as_str(), fwd.route.as_bytes());
     if let Some(epoch) = fwd.epoch {
         h1::put_field(&mut out, EPOCH.as_str(), epoch.as_bytes());
@@ -924,6 +983,7 @@ mod tests {
         body: bool,
     ) -> Result<Sent, CannotForward> {
         let id = HeaderValue::from_static("id-1");
+        let via = crate::via::Via::new("us-east-1");
         let fwd = Forwarding {
             route: HeaderValue::from_static("read"),
             epoch: None,
@@ -931,6 +991,7 @@ mod tests {
             client_ip: Some(HeaderValue::from_static("10.0.0.1")),
             tls: false,
             host: None,
+            via: via.entry(req.version),
         };
         let facts = RequestFacts::of(req, fields);
         let head = backend_request(req, fields, req.raw_path(), &facts, body, &fwd)?;
@@ -1230,6 +1291,7 @@ mod tests {
         let id = HeaderValue::from_static("id-7");
         let epoch = HeaderValue::from_static("42");
         let host = HeaderValue::from_static("backend.internal");
+        let via = HeaderValue::from_static("1.1 edgeroute-us-east-1");
         let fwd = Forwarding {
             route: HeaderValue::from_static("read"),
             epoch: Some(&epoch),
@@ -1237,6 +1299,7 @@ mod tests {
             client_ip: Some(HeaderValue::from_static("10.1.2.3")),
             tls: false,
             host: Some(&host),
+            via: &via,
         };
         let fields = Fields::from_map(&req.headers);
         let facts = RequestFacts::of(&req, &fields);
@@ -1257,7 +1320,72 @@ mod tests {
         );
         assert_eq!(one("x-forwarded-proto"), "http");
         assert_eq!(one("host"), "backend.internal");
+        assert_eq!(one("via"), "1.1 edgeroute-us-east-1");
         assert_eq!(out.line, "GET /x HTTP/1.1");
+    }
+
+    #[test]
+    fn the_proxys_via_entry_follows_the_clients() {
+        let req = request(
+            http::Version::HTTP_11,
+            &[("via", "1.1 a.example"), ("via", "2 b.example (b)")],
+        );
+        let out = forward(&req, false).expect("valid");
+        let via: Vec<_> = out.headers.get_all("via").iter().collect();
+        assert_eq!(
+            via,
+            [
+                "1.1 a.example",
+                "2 b.example (b)",
+                "1.1 edgeroute-us-east-1"
+            ]
+        );
+        // The protocol the proxy received the request with.
+        let h2 = request(http::Version::HTTP_2, &[]);
+        assert_eq!(
+            forward(&h2, false).expect("valid").headers["via"],
+            "2 edgeroute-us-east-1"
+        );
+    }
+
+    #[test]
+    fn max_forwards_reads_one_decimal_number() {
+        let facts = |values: &[&str]| {
+            let fields: Vec<(&str, &str)> = values.iter().map(|v| ("max-forwards", *v)).collect();
+            let req = request(http::Version::HTTP_11, &fields);
+            RequestFacts::of(&req, &Fields::from_map(&req.headers)).max_forwards
+        };
+        assert_eq!(facts(&[]), MaxForwards::Absent);
+        assert_eq!(facts(&["0"]), MaxForwards::Left(0));
+        assert_eq!(facts(&["007"]), MaxForwards::Left(7));
+        assert_eq!(
+            facts(&["99999999999999999999999"]),
+            MaxForwards::Left(u32::MAX)
+        );
+        for bad in ["", "-1", "+1", "1.0", "0x10", "1 2", "ten"] {
+            assert_eq!(facts(&[bad]), MaxForwards::Malformed, "{bad:?}");
+        }
+        // A singleton field: two are no answer to how many hops are left.
+        assert_eq!(facts(&["3", "3"]), MaxForwards::Malformed);
+    }
+
+    proptest! {
+        /// An OPTIONS or TRACE request spends one hop of its Max-Forwards
+        /// at the proxy, and the backend gets one field with what is
+        /// left; any other method's goes on as sent.
+        #[test]
+        fn options_and_trace_spend_one_hop(
+            hops in 1u32..,
+            method in prop_oneof![Just("OPTIONS"), Just("TRACE"), Just("GET"), Just("POST")],
+        ) {
+            let mut req = RequestHeader::build(method, b"/x", None).expect("request");
+            req.insert_header("max-forwards", hops.to_string()).expect("field");
+            let out = forward(&req, false).expect("valid");
+            let sent: Vec<_> = out.headers.get_all("max-forwards").iter().collect();
+            let expected = if method == "OPTIONS" || method == "TRACE" { hops - 1 } else { hops };
+            let expected = expected.to_string();
+            prop_assert_eq!(sent, [expected.as_str()]);
+        }
     }
 
     #[test]

@@ -62,6 +62,7 @@ pub struct ProxyBuilder {
     admin: String,
     table_file: bool,
     threads: usize,
+    address: Option<SocketAddr>,
 }
 
 impl ProxyBuilder {
@@ -75,6 +76,7 @@ impl ProxyBuilder {
             admin: String::new(),
             table_file: true,
             threads: 2,
+            address: None,
         }
     }
 
@@ -133,6 +135,13 @@ impl ProxyBuilder {
         self
     }
 
+    /// The traffic listener's address (a [`free_addr`] unless set): for a
+    /// proxy that another, started before it, names as a backend.
+    pub fn address(mut self, addr: SocketAddr) -> Self {
+        self.address = Some(addr);
+        self
+    }
+
     /// Starts the proxy and waits until it is ready (`/ready`).
     pub async fn start(self) -> Proxy {
         self.start_until("/ready").await
@@ -146,7 +155,7 @@ impl ProxyBuilder {
 
     async fn start_until(self, admin_path: &str) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
-        let addr = free_addr();
+        let addr = self.address.unwrap_or_else(free_addr);
         let admin = free_addr();
         let table_path = dir.path().join("table.json");
         let table = self.table.unwrap_or_else(|| {

@@ -228,6 +228,113 @@ async fn an_absolute_url_target_reaches_the_backend_as_host_and_path() {
     );
 }
 
+/// The backend sees the proxy in `Via` after the hops before it; an
+/// `OPTIONS` or `TRACE` spends one hop of its `Max-Forwards`, and one with
+/// none left is answered by the proxy (a `TRACE` with the request as
+/// received, less its credentials) without reaching a backend.
+#[tokio::test]
+async fn via_names_the_proxy_and_options_and_trace_spend_max_forwards() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let answer = exchange(
+        proxy.addr,
+        b"GET /v HTTP/1.1\r\nHost: app\r\nVia: 1.1 cdn.example (CDN)\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let via: Vec<_> = origin.seen()[0]
+        .headers
+        .get_all("via")
+        .iter()
+        .cloned()
+        .collect();
+    assert_eq!(via, ["1.1 cdn.example (CDN)", "1.1 edgeroute-us-east-1"]);
+
+    let answer = exchange(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: app\r\nMax-Forwards: 2\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(origin.count("OPTIONS"), 1);
+    let seen = origin.seen();
+    assert_eq!(seen[1].header("max-forwards"), Some("1"));
+
+    let answer = exchange(
+        proxy.addr,
+        b"OPTIONS /o HTTP/1.1\r\nHost: app\r\nMax-Forwards: 0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains("x-edgeroute-region: us-east-1\r\n"),
+        "{answer}"
+    );
+    let trace = exchange(
+        proxy.addr,
+        b"TRACE /t?q=1 HTTP/1.1\r\nHost: app\r\nMax-Forwards: 0\r\nCookie: session=secret\r\n\
+          Authorization: Bearer secret\r\nX-Probe: 7\r\n\r\n",
+    )
+    .await;
+    let (head, body) = trace.split_once("\r\n\r\n").expect("a head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{trace}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: message/http"),
+        "{head}"
+    );
+    assert!(body.starts_with("TRACE /t?q=1 HTTP/1.1\r\n"), "{body}");
+    assert!(body.contains("X-Probe: 7\r\n"), "{body}");
+    assert!(body.contains("Cookie: (withheld)\r\n"), "{body}");
+    assert!(!body.contains("secret"), "credentials reflected: {body}");
+    assert_eq!(
+        origin.count("OPTIONS"),
+        1,
+        "the last hop's OPTIONS stayed at the proxy"
+    );
+    assert_eq!(origin.count("TRACE"), 0);
+
+    let refused = exchange(
+        proxy.addr,
+        b"TRACE /t HTTP/1.1\r\nHost: app\r\nMax-Forwards: two\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    assert!(refused.contains("Max-Forwards"), "{refused}");
+    assert_eq!(origin.count("TRACE"), 0);
+}
+
+/// Two regions' proxies that send a request to each other (each one's
+/// backends are the other proxy) stop it once it has passed one of them
+/// ten times: the client gets a 508 that says so, not a wait for
+/// timeouts or a head grown past its limit.
+#[tokio::test]
+async fn a_request_going_round_between_two_regions_is_stopped() {
+    let us_addr = edgeroute_tests::proxy::free_addr();
+    let eu = ProxyBuilder::new("eu-west-1")
+        .region("eu-west-1", &[us_addr])
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let us = ProxyBuilder::new(US)
+        .address(us_addr)
+        .region(US, &[eu.addr])
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let answer = reqwest::get(us.url("/round")).await.unwrap();
+    assert_eq!(answer.status(), 508);
+    assert_eq!(answer.headers()["x-edgeroute-error"], "loop_detected");
+    let body: serde_json::Value = answer.json().await.unwrap();
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("10 times") && message.contains("edgeroute-us-east-1"),
+        "{message}"
+    );
+}
+
 #[tokio::test]
 async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
     let origin = Origin::start(US).await;
