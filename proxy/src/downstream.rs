@@ -784,18 +784,30 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool,
             "the request carries both Transfer-Encoding and Content-Length",
         ));
     }
-    let mut codings = fields
+    let codings: Vec<&str> = fields
         .get_all("transfer-encoding")
-        .flat_map(|v| h1::list_items(std::str::from_utf8(v).unwrap_or("\0")));
-    match (codings.next(), codings.next()) {
-        (Some(c), None) if c.eq_ignore_ascii_case("chunked") => {
-            Ok((Body::Chunked(Chunk::Size), keepalive, host))
-        }
-        _ => Err(refused(
+        .flat_map(|v| h1::list_items(std::str::from_utf8(v).unwrap_or("\0")))
+        .collect();
+    let chunked = |c: &&str| c.eq_ignore_ascii_case("chunked");
+    // RFC 9112 §6.3: a request whose codings do not end with chunked has
+    // no length that can be told; chunked twice is no framing (§6.1).
+    if !codings.last().is_some_and(chunked) {
+        return Err(bad_request(
+            "the request's Transfer-Encoding does not end with chunked, so its body's length cannot be told",
+        ));
+    }
+    if codings.iter().filter(|c| chunked(c)).count() > 1 {
+        return Err(bad_request(
+            "the request's Transfer-Encoding applies chunked more than once",
+        ));
+    }
+    if codings.len() > 1 {
+        return Err(refused(
             501,
             "the request's Transfer-Encoding is not a lone chunked",
-        )),
+        ));
     }
+    Ok((Body::Chunked(Chunk::Size), keepalive, host))
 }
 
 /// The length a request's `Content-Length` fields give (see
@@ -1509,7 +1521,8 @@ mod tests {
     async fn a_refused_client_still_sending_is_read_to_its_end_before_the_close() {
         let (stream, mut peer) = h1::stream_pair().await;
         let mut s = Session::new(stream, IDLE);
-        let mut wire = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec();
+        let mut wire =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
         let body = 512 * 1024;
         wire.resize(wire.len() + body, b'z');
         let client = tokio::spawn(async move {
@@ -1580,9 +1593,18 @@ mod tests {
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
-                501,
+                400,
             ),
-            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunk\r\n\r\n", 501),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip, chunked\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunk\r\n\r\n", 400),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                400,
+            ),
+            (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),

@@ -180,7 +180,7 @@ impl RequestFacts {
             } else if is(name, "upgrade") {
                 if !seen_upgrade {
                     seen_upgrade = true;
-                    facts.upgrade_websocket = value.eq_ignore_ascii_case(b"websocket");
+                    facts.upgrade_websocket = offers_websocket(value);
                 }
             } else if is(name, "expect") {
                 // A list (RFC 9110 §10.1.1): 100-continue among other
@@ -599,8 +599,16 @@ fn split_target<'a>(
     if raw.is_empty() {
         return Ok((Cow::Borrowed(b"/"), None));
     }
-    if raw[0] == b'/' || raw == b"*" {
+    if raw[0] == b'/' || raw == b"*" && client.method == http::Method::OPTIONS {
         return Ok((Cow::Borrowed(raw), None));
+    }
+    if raw == b"*" {
+        // RFC 9112 §3.2.4: the asterisk form asks about the server as a
+        // whole, which only OPTIONS does.
+        return Err(CannotForward(format!(
+            "the request target * is for OPTIONS only, not {}",
+            client.method
+        )));
     }
     if raw[0] == b'?' {
         // A query alone is one of the root.
@@ -650,14 +658,19 @@ fn host_value(authority: &[u8]) -> Result<HeaderValue, CannotForward> {
         })
 }
 
+/// Whether an `Upgrade` value offers the WebSocket protocol, alone or in a
+/// list of protocols the client would take (RFC 9110 §7.8).
+fn offers_websocket(value: &[u8]) -> bool {
+    std::str::from_utf8(value)
+        .is_ok_and(|v| h1::list_items(v).any(|p| p.eq_ignore_ascii_case("websocket")))
+}
+
 /// A WebSocket opening handshake (RFC 6455 §4.1) from an HTTP/1.1 client:
 /// the one upgrade the proxy passes on.
 pub fn is_websocket_upgrade(req: &Parts, fields: &Fields) -> bool {
     req.version == http::Version::HTTP_11
         && req.method == http::Method::GET
-        && fields
-            .get("upgrade")
-            .is_some_and(|v| v.eq_ignore_ascii_case(b"websocket"))
+        && fields.get("upgrade").is_some_and(offers_websocket)
         && fields
             .get_all("connection")
             .filter_map(|v| std::str::from_utf8(v).ok())
@@ -1079,6 +1092,25 @@ mod tests {
         assert!(!h2c.headers.contains_key("connection"));
         assert!(!h2c.headers.contains_key("http2-settings"));
 
+        // A list of protocols the client would take: the WebSocket is
+        // the one the backend is offered.
+        let offered = request(
+            http::Version::HTTP_11,
+            &[("connection", "Upgrade"), ("upgrade", "foo/2, WebSocket")],
+        );
+        let offered = forward(&offered, false).expect("valid");
+        assert_eq!(offered.headers["upgrade"], "websocket");
+        let other = request(
+            http::Version::HTTP_11,
+            &[("connection", "Upgrade"), ("upgrade", "foo/2, websockets")],
+        );
+        assert!(
+            !forward(&other, false)
+                .expect("valid")
+                .headers
+                .contains_key("upgrade")
+        );
+
         let old = request(
             http::Version::HTTP_10,
             &[("connection", "upgrade"), ("upgrade", "websocket")],
@@ -1243,6 +1275,12 @@ mod tests {
         ] {
             let req = RequestHeader::build("GET", target, None).expect("request");
             forward(&req, false).expect_err(&String::from_utf8_lossy(target));
+        }
+        // The asterisk asks about the server as a whole: OPTIONS only.
+        for method in ["GET", "POST", "TRACE"] {
+            let req = RequestHeader::build(method, b"*", None).expect("request");
+            let err = forward(&req, false).expect_err(method);
+            assert!(err.0.contains("for OPTIONS only"), "{err:?}");
         }
     }
 
