@@ -727,12 +727,24 @@ fn check_host(value: &[u8]) -> Result<(), BError> {
 /// Checks what pingora-core's HTTP/2 session leaves to the application in
 /// a request it accepted (it refuses a second `Host`, user information,
 /// and a `Host` that differs from `:authority`): the `Host` field's value,
-/// as an HTTP/1 request's.
+/// and the number of fields, as an HTTP/1 request's. `Cookie` crumbs count
+/// as the one field they become for the backend (RFC 9113 §8.2.3).
 pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
-    fields
-        .iter()
-        .filter(|(name, _)| name.eq_ignore_ascii_case(b"host"))
-        .try_for_each(|(_, value)| check_host(value))
+    let mut crumbs = 0;
+    for (name, value) in fields.iter() {
+        if name.eq_ignore_ascii_case(b"host") {
+            check_host(value)?;
+        } else if name.eq_ignore_ascii_case(b"cookie") {
+            crumbs += 1;
+        }
+    }
+    if fields.len() - crumbs + usize::from(crumbs > 0) > MAX_FIELDS {
+        return Err(refused(
+            431,
+            format!("the request has more than {MAX_FIELDS} fields"),
+        ));
+    }
+    Ok(())
 }
 
 /// A request body's framing (RFC 9112 §6.3), whether the connection may
@@ -1515,6 +1527,27 @@ mod tests {
             .expect("body");
         let out = received(s, peer).await;
         assert!(out.ends_with("\r\n\r\nbad"), "{out}");
+    }
+
+    #[test]
+    fn an_http2_request_has_at_most_as_many_fields_as_an_http1_one() {
+        let with = |regular: usize, crumbs: usize| {
+            let mut fields = Fields::with_capacity(regular + crumbs);
+            for i in 0..regular {
+                let name = http::HeaderName::try_from(format!("x-f{i}")).expect("name");
+                fields.push(name, http::HeaderValue::from_static("v"));
+            }
+            for _ in 0..crumbs {
+                fields.push(http::header::COOKIE, http::HeaderValue::from_static("a=1"));
+            }
+            check_h2_request(&fields).map_err(|e| e.etype().clone())
+        };
+        assert_eq!(with(0, 0), Ok(()));
+        assert_eq!(with(MAX_FIELDS, 0), Ok(()));
+        assert_eq!(with(MAX_FIELDS + 1, 0), Err(ErrorType::HTTPStatus(431)));
+        // Cookie crumbs become one field for the backend.
+        assert_eq!(with(MAX_FIELDS - 1, 300), Ok(()));
+        assert_eq!(with(MAX_FIELDS, 1), Err(ErrorType::HTTPStatus(431)));
     }
 
     #[tokio::test]
