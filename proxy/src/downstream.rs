@@ -307,6 +307,12 @@ impl Session {
                 ));
             }
             // HTTP/2's connection preface on a listener without h2c.
+            Err(httparse::Error::Version) if data.starts_with(b"PRI * HTTP/2.0") && self.tls => {
+                return Err(bad_request(
+                    "HTTP/2 over TLS is chosen in the TLS handshake: the client must offer \
+                     \"h2\" by ALPN (this connection's handshake settled on HTTP/1.1)",
+                ));
+            }
             Err(httparse::Error::Version) if data.starts_with(b"PRI * HTTP/2.0") => {
                 return Err(bad_request(
                     "HTTP/2 without TLS (prior knowledge) is not served on this listener: \

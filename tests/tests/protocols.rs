@@ -318,6 +318,40 @@ async fn tls_with_alpn_h2_or_http1_and_forwarded_proto() {
     assert_eq!(seen[1].method, "POST");
 }
 
+/// A TLS client that sends HTTP/2's preface without having offered `h2`
+/// by ALPN is told that ALPN decides, not to set `h2c` (which is for
+/// listeners without TLS).
+#[tokio::test]
+async fn http2_over_tls_without_alpn_is_told_to_offer_h2() {
+    let tls = Tls::start("").await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(tls.cert.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(tls.proxy.addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = connector.connect(name, tcp).await.unwrap();
+    conn.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The proxy closes after its 400; a TLS close without close_notify
+    // is an error to the reader, after the bytes.
+    let _ = tokio::time::timeout(GUARD, conn.read_to_end(&mut answer))
+        .await
+        .expect("answered in time");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("ALPN"), "{answer}");
+    assert!(!answer.contains("h2c"), "{answer}");
+}
+
 /// A client that fails its TLS handshake is let go at once, and one that
 /// does not begin it within `timeouts.client_idle` when that runs out;
 /// `edgeroute_tls_handshake_failures_total` counts each by reason, and
