@@ -5,20 +5,22 @@ use tracing_subscriber::EnvFilter;
 
 /// The filter the logs go through: `RUST_LOG` when set and not empty, else
 /// `level` (the config's `log.level`). The error names the one at fault.
+/// Either is refused when a part of it is a bare word that is no level
+/// (see [`bare_target`]).
 pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
-    match std::env::var("RUST_LOG") {
-        Ok(v) if !v.is_empty() => EnvFilter::try_new(&v)
-            .map_err(|e| format!("RUST_LOG={v:?} is not a valid log filter: {e}")),
-        _ => {
-            if let Some(word) = bare_target(level) {
-                return Err(format!(
-                    "log.level {level:?}: {word:?} is no level; use one of trace, debug, info, warn, error or off, or a filter that gives each target its level, such as \"info,edgeroute=debug\""
-                ));
-            }
-            EnvFilter::try_new(level)
-                .map_err(|e| format!("log.level {level:?} is not a valid log filter: {e}"))
-        }
+    let (filter, whose) = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.is_empty() => (v, "RUST_LOG"),
+        _ => (level.to_owned(), "log.level"),
+    };
+    if let Some(word) = bare_target(&filter) {
+        return Err(format!(
+            "{whose} {filter:?}: {word:?} is no level; use one of trace, debug, info, warn, error or off, \
+             or a filter that gives each target its level, such as \"info,edgeroute=debug\" \
+             (every level of one target: \"{word}=trace\")"
+        ));
     }
+    EnvFilter::try_new(&filter)
+        .map_err(|e| format!("{whose} {filter:?} is not a valid log filter: {e}"))
 }
 
 /// A part of a filter that names a target without a level, if any. The

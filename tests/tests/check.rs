@@ -503,7 +503,8 @@ fn check_refuses_a_table_that_is_not_a_regular_file_or_past_the_epoch_range() {
 }
 
 /// A misspelt level would be taken by the filter syntax as a target name,
-/// and every log line would be silenced: `check` refuses it.
+/// and every log line would be silenced: `check` refuses it, in
+/// `log.level` and in `RUST_LOG` alike.
 #[test]
 fn a_log_level_that_is_no_level_is_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -526,6 +527,26 @@ fn a_log_level_that_is_no_level_is_refused() {
         &[
             "log.level \"warning\": \"warning\" is no level",
             "trace, debug, info, warn, error or off",
+        ],
+    );
+    // The same word in RUST_LOG, which overrides the config's level.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("\"warning\"", "\"info\""),
+    )
+    .unwrap();
+    let out = check(&proxy_bin(), &config)
+        .env("RUST_LOG", "warning")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "RUST_LOG \"warning\": \"warning\" is no level",
+            "\"warning=trace\"",
         ],
     );
 }
