@@ -522,6 +522,21 @@ impl RouteRule {
             })
             && (self.target == RouteTarget::Primary || plain_path(path))
     }
+
+    /// Whether this rule, put first, takes every request `later` would:
+    /// each of `later`'s methods, a prefix that covers `later`'s, and every
+    /// path (a `local` or `nearest` rule lets paths that are not plain go
+    /// on to a later `primary` one).
+    pub fn hides(&self, later: &RouteRule) -> bool {
+        let methods = self.methods.is_empty()
+            || (!later.methods.is_empty()
+                && later.methods.iter().all(|m| self.methods.contains(m)));
+        let prefix = later.prefix.strip_prefix(&self.prefix).is_some_and(|rest| {
+            rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
+        });
+        let paths = self.target == RouteTarget::Primary || later.target != RouteTarget::Primary;
+        methods && prefix && paths
+    }
 }
 
 /// Whether every server reads `path` as written: no dot segments (`.`,
@@ -962,6 +977,22 @@ impl RawConfig {
                         format!("{path}.prefix"),
                         format!("must start with '/', got {:?}", r.prefix),
                     );
+                } else if r.prefix.contains(['?', '#']) || r.prefix.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    e.push(
+                        format!("{path}.prefix"),
+                        format!(
+                            "must be a path alone: rules match the request's path without its query, and a path holds no '#' or blanks, got {:?}",
+                            r.prefix
+                        ),
+                    );
+                } else if !plain_path(&r.prefix) {
+                    e.push(
+                        format!("{path}.prefix"),
+                        format!(
+                            "must be a plain path (no '.' or '..' segment, empty segment, '\\' or encoded '/', '\\', '.' or '%'), which requests can match; got {:?}",
+                            r.prefix
+                        ),
+                    );
                 }
                 let methods = r
                     .methods
@@ -989,7 +1020,18 @@ impl RawConfig {
                     target,
                 })
             })
-            .collect();
+            .collect::<Vec<RouteRule>>();
+        for (j, later) in routes.iter().enumerate() {
+            if let Some(i) = routes[..j].iter().position(|earlier| earlier.hides(later)) {
+                e.push(
+                    format!("routes[{j}]"),
+                    format!(
+                        "can never apply: routes[{i}] (prefix {:?}) comes first and takes every request it would; put the narrower rule first or remove it",
+                        routes[i].prefix
+                    ),
+                );
+            }
+        }
 
         let timeouts = Timeouts {
             connect: values::positive_duration(&mut e, "timeouts.connect", &self.timeouts.connect),

@@ -235,6 +235,86 @@ fn route_rules_match_prefix_and_methods() {
     assert!(!rule.matches("POST", "/orders"));
 }
 
+/// MINIMAL with `rules`, each `(prefix, route, methods)`.
+fn with_routes(rules: &[(&str, &str, &str)]) -> Result<ProxyConfig, FromTomlError> {
+    let mut text = MINIMAL.to_owned();
+    for (prefix, route, methods) in rules {
+        text.push_str(&format!(
+            "\n[[routes]]\nprefix = {prefix:?}\nroute = {route:?}\nmethods = [{methods}]\n"
+        ));
+    }
+    parse(&text)
+}
+
+fn route_errors(rules: &[(&str, &str, &str)]) -> Vec<(String, String)> {
+    match with_routes(rules) {
+        Ok(_) => Vec::new(),
+        Err(FromTomlError::Invalid(errs)) => errs
+            .iter()
+            .map(|e| (e.path.clone(), e.message.clone()))
+            .collect(),
+        Err(other) => panic!("{other}"),
+    }
+}
+
+#[test]
+fn a_route_prefix_requests_cannot_match_is_refused() {
+    for prefix in ["/w?a=1", "/a#b", "/a b", "/a\tb"] {
+        let errs = route_errors(&[(prefix, "primary", "")]);
+        assert_eq!(errs.len(), 1, "{prefix:?}: {errs:?}");
+        assert_eq!(errs[0].0, "routes[0].prefix");
+        assert!(errs[0].1.contains("must be a path alone"), "{errs:?}");
+    }
+    for prefix in ["/a/../b", "/a/./b", "/a%2fb", "/a//b", "/a\\b"] {
+        let errs = route_errors(&[(prefix, "local", "")]);
+        assert_eq!(errs.len(), 1, "{prefix:?}: {errs:?}");
+        assert!(errs[0].1.contains("must be a plain path"), "{errs:?}");
+    }
+    for prefix in ["/", "/api/", "/api/v1", "/a;b", "/caf%C3%A9"] {
+        assert_eq!(route_errors(&[(prefix, "local", "")]), [], "{prefix:?}");
+    }
+}
+
+#[test]
+fn a_route_an_earlier_one_hides_is_refused() {
+    // A catch-all first.
+    let errs = route_errors(&[("/", "nearest", ""), ("/orders", "local", "\"GET\"")]);
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!(errs[0].0, "routes[1]");
+    assert!(errs[0].1.contains("routes[0]"), "{errs:?}");
+    // The same prefix twice; a wider prefix and more methods first.
+    assert_eq!(
+        route_errors(&[("/a", "local", ""), ("/a", "nearest", "")]).len(),
+        1
+    );
+    assert_eq!(
+        route_errors(&[
+            ("/a", "local", "\"GET\", \"POST\""),
+            ("/a/b", "local", "\"GET\"")
+        ])
+        .len(),
+        1
+    );
+    // Each takes requests the other does not.
+    for rules in [
+        [("/a/b", "local", ""), ("/a", "local", "")],
+        [("/a", "local", "\"GET\""), ("/a", "local", "\"POST\"")],
+        [("/a", "local", "\"GET\""), ("/a/b", "local", "")],
+        [("/api/", "local", ""), ("/api", "local", "")],
+        [("/ab", "local", ""), ("/abc", "local", "")],
+        // Paths a local rule leaves alone (not plain) go on to the
+        // primary rule after it.
+        [("/a", "local", ""), ("/a", "primary", "")],
+    ] {
+        assert_eq!(route_errors(&rules), [], "{rules:?}");
+    }
+    // A primary rule first takes every path, plain or not.
+    assert_eq!(
+        route_errors(&[("/a", "primary", ""), ("/a", "local", "")]).len(),
+        1
+    );
+}
+
 #[test]
 fn a_control_table_source_needs_a_base_url_and_a_token_file() {
     let text = MINIMAL.replace(
