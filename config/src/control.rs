@@ -500,6 +500,35 @@ impl RawControl {
     }
 }
 
+/// Whether the failover history can be kept at `path`: a regular file
+/// there, or none yet in a folder that exists. (The record of a failover
+/// AWS has accepted is written after the fact; a path that cannot take it
+/// would be found only then.)
+fn history_file_usable(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(()),
+        Ok(_) => Err(format!(
+            "{} is not a regular file; name a file (it is created when first needed)",
+            path.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let folder = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if folder.is_dir() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "its folder {} does not exist; create it, or name a file in a folder that does",
+                    folder.display()
+                ))
+            }
+        }
+        Err(e) => Err(format!("cannot look at {}: {e}", path.display())),
+    }
+}
+
 impl RawActions {
     fn validate(
         &self,
@@ -513,6 +542,8 @@ impl RawActions {
                 "actions.history_file",
                 "must name a writable file, got \"\"",
             );
+        } else if let Err(why) = history_file_usable(&values::resolve(base, &self.history_file)) {
+            e.push("actions.history_file", why);
         }
         let control_url = if self.control_url.is_empty() {
             let mut addr = server.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9080)));
@@ -810,6 +841,39 @@ mod tests {
                 .any(|e| e.path == "source.record_name" && e.message.contains("wildcard")),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn a_history_file_that_cannot_be_kept_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        let load = |history: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[source]\nkind = \"file\"\npath = \"topology.json\"\n\n[actions]\nhistory_file = {history:?}\n"
+                ),
+            )
+            .unwrap();
+            match ControlConfig::load(&path) {
+                Ok(_) => None,
+                Err(ControlConfigError::Invalid { errors, .. }) => errors
+                    .iter()
+                    .find(|e| e.path == "actions.history_file")
+                    .map(|e| e.message.clone()),
+                Err(other) => panic!("{other}"),
+            }
+        };
+        assert!(load(".").unwrap().contains("not a regular file"));
+        assert!(
+            load("no/such/folder/h.json")
+                .unwrap()
+                .contains("does not exist")
+        );
+        // A file yet to be made in a folder that exists, or one that is.
+        assert_eq!(load("history.json"), None);
+        std::fs::write(dir.path().join("kept.json"), "").unwrap();
+        assert_eq!(load("kept.json"), None);
     }
 
     #[test]
