@@ -24,10 +24,10 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
             Err(e) => e,
         };
         match unknown_key(&text, &e) {
-            Some((line, said)) if unknown.len() < MAX_UNKNOWN => {
-                unknown.push((line, said));
+            Some((lines, said)) if unknown.len() < MAX_UNKNOWN => {
+                unknown.push((lines.start, said));
                 // Set aside, to find the next one.
-                text = set_aside(&text, line);
+                text = set_aside(&text, lines);
             }
             _ if unknown.is_empty() => {
                 return Err(format!(
@@ -63,6 +63,27 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
     } else {
         ""
     };
+    if let Some((field, _)) = e
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+    {
+        // The error points at the table that lacks the field: a section's
+        // header, or nowhere (an empty span) for the file itself.
+        let section = e.span().filter(|span| !span.is_empty()).and_then(|span| {
+            let line = line_of(text, span.start);
+            header(text.lines().nth(line)?).map(|name| (line, name.to_owned()))
+        });
+        return match section {
+            Some((line, name)) => format!(
+                "line {}: `{name}.{field}` is required in [{name}]",
+                line + 1
+            ),
+            None => format!(
+                "`{field}` is required at the top level of the file (as a key or a section)"
+            ),
+        };
+    }
     let key = e.span().and_then(|span| {
         let line = line_of(text, span.start);
         let (key, _) = text.lines().nth(line)?.split_once('=')?;
@@ -79,53 +100,96 @@ fn line_of(text: &str, at: usize) -> usize {
     text[..at].matches('\n').count()
 }
 
-/// `key` with the table it is under at `line`, as `table.key`.
-fn key_path(text: &str, line: usize, key: &str) -> String {
-    let table = text
-        .lines()
-        .take(line)
-        .filter_map(|l| {
-            let l = l.trim();
-            l.strip_prefix("[[")
-                .and_then(|l| l.strip_suffix("]]"))
-                .or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        })
-        .last();
-    table.map_or_else(|| key.to_owned(), |t| format!("{}.{key}", t.trim()))
+/// The table a header line (`[name]` or `[[name]]`) opens, if it is one.
+fn header(line: &str) -> Option<&str> {
+    let l = line.trim();
+    l.strip_prefix("[[")
+        .and_then(|l| l.strip_suffix("]]"))
+        .or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        .map(str::trim)
 }
 
-/// For an unknown-key error: the line it is on, and a line saying which
-/// key (with its table) and which known key it is closest to.
-fn unknown_key(text: &str, e: &toml::de::Error) -> Option<(usize, String)> {
+/// `key` with the table it is under at `line`, as `table.key`.
+fn key_path(text: &str, line: usize, key: &str) -> String {
+    let table = text.lines().take(line).filter_map(header).last();
+    table.map_or_else(|| key.to_owned(), |t| format!("{t}.{key}"))
+}
+
+/// The lines (from 0, end excluded) of the section whose header is at
+/// `line`: up to the next header or the end.
+fn section(text: &str, line: usize) -> std::ops::Range<usize> {
+    let end = text
+        .lines()
+        .enumerate()
+        .skip(line + 1)
+        .find(|(_, l)| header(l).is_some())
+        .map_or_else(|| text.lines().count(), |(i, _)| i);
+    line..end
+}
+
+/// For an unknown-key error: the lines to set aside (the key's, or a whole
+/// section that is no known one), and a line saying which key (with its
+/// table) and which known key it is closest to.
+fn unknown_key(text: &str, e: &toml::de::Error) -> Option<(std::ops::Range<usize>, String)> {
     let rest = e.message().strip_prefix("unknown field `")?;
     let (key, rest) = rest.split_once('`')?;
     let expected: Vec<&str> = rest.split('`').skip(1).step_by(2).collect();
-    let line = line_of(text, e.span()?.start);
-    // The key's own line must hold nothing else, to be set aside whole.
-    let own = text.lines().nth(line)?.trim_start();
-    if !own.starts_with(key) {
-        return None;
+    let closest = |open: &str, close: &str| {
+        expected
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(key, k), *k))
+            .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+            .min()
+            .map(|(_, k)| format!("; did you mean {open}{k}{close}?"))
+            .unwrap_or_default()
+    };
+    let at = line_of(text, e.span()?.start);
+    let own = text.lines().nth(at)?;
+    // A section the file's shape has no room for: set aside whole.
+    if header(own) == Some(key) {
+        return Some((
+            section(text, at),
+            format!(
+                "  line {}: {} is no section here{}",
+                at + 1,
+                own.trim(),
+                closest("[", "]")
+            ),
+        ));
     }
+    // The error points at the key's line, or (for a section whose keys
+    // depend on one of them, such as `[table]`'s `source`) at the
+    // section's header: the key is then found among its lines.
+    let line = if own.trim_start().starts_with(key) {
+        at
+    } else if header(own).is_some() {
+        section(text, at).skip(1).find(|&i| {
+            text.lines().nth(i).is_some_and(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+        })?
+    } else {
+        return None;
+    };
     let path = key_path(text, line, key);
-    let closest = expected
-        .iter()
-        .map(|k| (strsim::damerau_levenshtein(key, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
-        .min()
-        .map(|(_, k)| format!("; did you mean `{k}`?"))
-        .unwrap_or_default();
     Some((
-        line,
-        format!("  line {}: `{path}` is no key here{closest}", line + 1),
+        line..line + 1,
+        format!(
+            "  line {}: `{path}` is no key here{}",
+            line + 1,
+            closest("`", "`")
+        ),
     ))
 }
 
-/// `text` with line `n` (from 0) made a comment.
-fn set_aside(text: &str, n: usize) -> String {
+/// `text` with `lines` (from 0, end excluded) made comments.
+fn set_aside(text: &str, lines: std::ops::Range<usize>) -> String {
     text.lines()
         .enumerate()
         .map(|(i, l)| {
-            if i == n {
+            if lines.contains(&i) {
                 format!("# {l}")
             } else {
                 l.to_owned()
@@ -176,6 +240,79 @@ mod tests {
         assert!(
             e.ends_with("line 5: `health.zzz` is no key here"),
             "in the file's order: {e}"
+        );
+    }
+
+    #[test]
+    fn a_section_that_is_no_known_one_is_named_and_the_search_goes_on() {
+        let e =
+            super::parse::<Shape>("[helth]\nfall = 3\nother = 1\n[health]\nfal = 3\n").unwrap_err();
+        assert!(e.contains("2 unknown key(s)"), "{e}");
+        assert!(
+            e.contains("line 1: [helth] is no section here; did you mean [health]?"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 5: `health.fal` is no key here; did you mean `fall`?"),
+            "{e}"
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Needs {
+        name: String,
+        health: NeedsFall,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct NeedsFall {
+        fall: u32,
+    }
+
+    #[test]
+    fn a_missing_key_is_named_with_its_section_not_the_line_before() {
+        let e = super::parse::<Needs>("[health]\nfall = 3\n").unwrap_err();
+        assert!(e.contains("`name` is required"), "{e}");
+        let e = super::parse::<Needs>("name = \"x\"\n[health]\n").unwrap_err();
+        assert!(
+            e.contains("line 2: `health.fall` is required in [health]"),
+            "{e}"
+        );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(tag = "source", deny_unknown_fields)]
+    #[allow(dead_code)]
+    enum Source {
+        #[serde(rename = "file")]
+        File {
+            path: String,
+            watch_interval: Option<String>,
+        },
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Tagged {
+        table: Source,
+    }
+
+    #[test]
+    fn an_unknown_key_of_a_section_chosen_by_a_tag_is_found_on_its_line() {
+        let e = super::parse::<Tagged>(
+            "[table]\nsource = \"file\"\npath = \"t.json\"\nwatch_intervall = \"1s\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains(
+                "line 4: `table.watch_intervall` is no key here; did you mean `watch_interval`?"
+            ),
+            "{e}"
         );
     }
 
