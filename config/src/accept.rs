@@ -171,6 +171,29 @@ pub fn out_of_resources(e: &std::io::Error) -> bool {
     )
 }
 
+/// Why a server cannot listen on `addr` (the config's `field`), and what
+/// to do about it, from the error the bind met.
+pub fn cannot_listen(field: &str, addr: std::net::SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    let advice = match e.kind() {
+        ErrorKind::AddrInUse => {
+            "another process listens there (another proxy or control plane?); stop it or pick another port"
+        }
+        ErrorKind::AddrNotAvailable => {
+            "this host has no such address; use one of its own, or 0.0.0.0 or [::] for all of them"
+        }
+        ErrorKind::PermissionDenied => {
+            "ports below 1024 need the CAP_NET_BIND_SERVICE capability; use a port above 1024 (the container image runs unprivileged)"
+        }
+        _ => "",
+    };
+    if advice.is_empty() {
+        format!("cannot listen on {field} {addr}: {e}")
+    } else {
+        format!("cannot listen on {field} {addr}: {e}; {advice}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,6 +204,25 @@ mod tests {
             &["reason"],
         )
         .expect("a counter")
+    }
+
+    #[test]
+    fn a_listen_error_says_what_to_do_by_its_cause() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let addr = held.local_addr().expect("its address");
+        let busy = std::net::TcpListener::bind(addr).expect_err("in use");
+        let said = cannot_listen("server.address", addr, &busy);
+        assert!(
+            said.starts_with(&format!("cannot listen on server.address {addr}: ")),
+            "{said}"
+        );
+        assert!(said.contains("another process listens there"), "{said}");
+        // TEST-NET-1: no address of this host.
+        let nowhere: std::net::SocketAddr = "192.0.2.1:8080".parse().expect("an address");
+        let absent = std::net::TcpListener::bind(nowhere).expect_err("not this host's");
+        let said = cannot_listen("listeners[0].address", nowhere, &absent);
+        assert!(said.contains("this host has no such address"), "{said}");
+        assert!(!said.contains("another process"), "{said}");
     }
 
     #[tokio::test]

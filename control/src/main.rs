@@ -452,7 +452,13 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(cfg.server.address)
             .await
-            .with_context(|| format!("cannot listen on server.address {}", cfg.server.address))?;
+            .map_err(|e| {
+                anyhow::anyhow!(edgeroute_config::accept::cannot_listen(
+                    "server.address",
+                    cfg.server.address,
+                    &e
+                ))
+            })?;
         // Caught from the start: with TLS it rereads the certificate, and
         // its default action would stop the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;

@@ -115,11 +115,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     };
 
     // Bind now so that a busy port is reported before anything starts.
-    let admin = std::net::TcpListener::bind(cfg.admin.address).with_context(|| {
-        format!(
-            "cannot listen on admin.address {}; is another proxy running?",
-            cfg.admin.address
-        )
+    let admin = std::net::TcpListener::bind(cfg.admin.address).map_err(|e| {
+        anyhow::anyhow!(edgeroute_config::accept::cannot_listen(
+            "admin.address",
+            cfg.admin.address,
+            &e
+        ))
     })?;
     admin.set_nonblocking(true)?;
     // Every listener is bound, and every certificate loaded, before
@@ -138,11 +139,12 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             None if l.h2c => Transport::H2c,
             None => Transport::Plain,
         };
-        let socket = listen::bind(l.address).with_context(|| {
-            format!(
-                "cannot listen on listeners[{i}].address {}; is the port in use?",
-                l.address
-            )
+        let socket = listen::bind(l.address).map_err(|e| {
+            anyhow::anyhow!(edgeroute_config::accept::cannot_listen(
+                &format!("listeners[{i}].address"),
+                l.address,
+                &e
+            ))
         })?;
         listeners.push(Listener { socket, transport });
     }
