@@ -494,6 +494,23 @@ fn field(name: &str, part: &str, path: &Path) -> String {
     format!("{name}.{part} ({})", path.display())
 }
 
+/// What is wrong with a PEM file, in words (the library's own text shows
+/// the markers it looked for as lists of bytes).
+fn pem_fault(e: &pem::Error) -> String {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim().to_owned();
+    match e {
+        pem::Error::MissingSectionEnd { end_marker } => format!(
+            "a section has no \"-----END {}-----\" line (is the file cut short?)",
+            text(end_marker)
+        ),
+        pem::Error::IllegalSectionStart { line } => {
+            format!("a \"-----BEGIN\" line is malformed: {:?}", text(line))
+        }
+        pem::Error::Base64Decode(why) => format!("a section's body is not base64 ({why})"),
+        other => other.to_string(),
+    }
+}
+
 /// The pair from the files' bytes, with an error that names what is wrong.
 fn certified_key(
     name: &str,
@@ -504,7 +521,13 @@ fn certified_key(
 ) -> Result<InForce, String> {
     let certs = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: not valid PEM: {e}", field(name, "cert", &files.cert)))?;
+        .map_err(|e| {
+            format!(
+                "{}: not valid PEM: {}",
+                field(name, "cert", &files.cert),
+                pem_fault(&e)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "{}: holds no certificate (a PEM \"BEGIN CERTIFICATE\" section, {} first, then its chain)",
@@ -529,7 +552,7 @@ fn certified_key(
             "{}: holds no private key (a PEM \"PRIVATE KEY\", \"RSA PRIVATE KEY\" or \"EC PRIVATE KEY\" section)",
             field(name, "key", &files.key)
         ),
-        e => format!("{}: not valid PEM: {e}", field(name, "key", &files.key)),
+        e => format!("{}: not valid PEM: {}", field(name, "key", &files.key), pem_fault(&e)),
     })?;
     let validity = validity(&certs).map_err(|(nth, e)| {
         format!(
@@ -651,7 +674,13 @@ fn ca_certificates(
         .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{field} ({}): not valid PEM: {e}", path.display()))?;
+        .map_err(|e| {
+            format!(
+                "{field} ({}): not valid PEM: {}",
+                path.display(),
+                pem_fault(&e)
+            )
+        })?;
     if certs.is_empty() {
         return Err(format!(
             "{field} ({}): holds no certificate; give the CA certificates that sign {signed}, as PEM \"BEGIN CERTIFICATE\" sections",
@@ -1163,7 +1192,16 @@ mod tests {
             "{e}"
         );
         let e = refused("-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n");
-        assert!(e.contains("not valid PEM"), "{e}");
+        assert!(
+            e.contains("not valid PEM: a section's body is not base64"),
+            "{e}"
+        );
+        // Cut short: the marker it lacks, in words.
+        let e = refused("-----BEGIN CERTIFICATE-----\nMIIB\n");
+        assert!(
+            e.contains("no \"-----END CERTIFICATE-----\" line (is the file cut short?)"),
+            "{e}"
+        );
         let e = client_config(
             Some(&dir.path().join("missing.pem")),
             "actions.ca_file",
