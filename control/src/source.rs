@@ -145,6 +145,7 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(source.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = Failing::default();
     loop {
         tick.tick().await;
         let started = Instant::now();
@@ -154,6 +155,7 @@ pub async fn run(
             .observe(started.elapsed().as_secs_f64());
         match outcome {
             Ok((view, unread)) => {
+                failing.ended();
                 match unread {
                     None => metrics.source_stale.set(0),
                     Some(e) => {
@@ -180,9 +182,44 @@ pub async fn run(
             }
             Err(e) => {
                 count_failure(&metrics, &e);
-                tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed; serving the last good table");
+                failing.log(&e, builder.current().map(|t| t.epoch));
             }
         }
+    }
+}
+
+/// A run of failed reads: its first failure (and any that fails
+/// otherwise) is logged as a warning, the rest at debug level, and its end
+/// once; `edgeroute_control_source_errors_total` counts every one.
+#[derive(Default)]
+struct Failing {
+    reads: u64,
+    said: Option<String>,
+}
+
+impl Failing {
+    fn log(&mut self, e: &ReadError, serving: Option<u64>) {
+        self.reads += 1;
+        if self.said.as_deref() == Some(e.message.as_str()) {
+            tracing::debug!(source = e.source_name, api = e.api, error = %e.message, failed_reads = self.reads, "source read failed again");
+            return;
+        }
+        self.said = Some(e.message.clone());
+        match serving {
+            Some(epoch) => {
+                tracing::warn!(source = e.source_name, api = e.api, error = %e.message, epoch, "source read failed; serving the last good table (repeats of this failure are logged at debug level)")
+            }
+            None => {
+                tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed and no table was built yet: /v1/table answers 503 until the source can be read (repeats of this failure are logged at debug level)")
+            }
+        }
+    }
+
+    fn ended(&mut self) {
+        if self.reads > 0 {
+            tracing::info!(failed_reads = self.reads, "source read again");
+        }
+        *self = Failing::default();
     }
 }
 

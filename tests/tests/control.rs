@@ -173,6 +173,41 @@ async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
     assert!(proxy.metric("edgeroute_table_age_seconds").await >= 0.0);
 }
 
+/// A source that cannot be read is logged once per run of failures (each
+/// one is counted), with what is served meanwhile, and its mending once.
+#[tokio::test]
+async fn a_source_failing_again_and_again_is_logged_once_per_run() {
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    edgeroute_tests::proxy::write_atomically(&cp.topology_path, "{ not a topology");
+    let failures = "edgeroute_control_source_errors_total{api=\"parse\",source=\"file\"}";
+    eventually("three failed reads", WAIT, || async {
+        cp.metric(failures).await >= 3.0
+    })
+    .await;
+    let log = cp.log();
+    assert_eq!(
+        log.matches("source read failed; serving the last good table")
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(log.contains("epoch=1"), "{log}");
+    cp.set_topology(&topology(Some(US), false, &all_up()));
+    eventually("the source is read again", WAIT, || async {
+        cp.log().contains("source read again")
+    })
+    .await;
+    // A new run is told again.
+    edgeroute_tests::proxy::write_atomically(&cp.topology_path, "[]");
+    eventually("the next run is logged", WAIT, || async {
+        cp.log()
+            .matches("source read failed; serving the last good table")
+            .count()
+            == 2
+    })
+    .await;
+}
+
 /// A proxy whose control plane cannot be reached has no table: it is not
 /// ready and says why, but it is live (a restart would not help), and
 /// its traffic listener's `/health` says the region cannot serve.
