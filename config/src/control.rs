@@ -706,7 +706,10 @@ impl RawNotify {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TopologyView {
-    /// Region holding the writer, if known.
+    /// Region holding the writer, if known. Required in a topology file,
+    /// `null` included, as in a routing table: a file that leaves it out
+    /// (or misspells it) would otherwise refuse every write without a word.
+    #[serde(deserialize_with = "Option::deserialize")]
     pub primary_region: Option<String>,
     /// A writer change is under way.
     #[serde(default)]
@@ -1051,5 +1054,16 @@ mod tests {
             br#"{"primary_region": "eu-west-1", "regions": [{"name": "eu-west-1"}]}"#,
         );
         assert!(ok.is_ok(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_topology_names_its_primary_or_says_null() {
+        let err = TopologyView::from_json(br#"{"regions": [{"name": "eu-west-1"}]}"#).unwrap_err();
+        assert!(err.contains("missing field `primary_region`"), "{err}");
+        let none = TopologyView::from_json(
+            br#"{"primary_region": null, "regions": [{"name": "eu-west-1"}]}"#,
+        )
+        .expect("null says no primary is known");
+        assert_eq!(none.primary_region, None);
     }
 }

@@ -2,7 +2,9 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use edgeroute_config::{ControlConfig, ControlConfigError, LogFormat, SourceConfig, TOKEN_ENV};
+use edgeroute_config::{
+    ControlConfig, ControlConfigError, LogFormat, RoutingTable, SourceConfig, TOKEN_ENV,
+};
 use edgeroute_control::actions::{self, ControlView, Output, Runner};
 use edgeroute_control::automation::{self, Automation};
 use edgeroute_control::aws::{AwsRequests, AwsSource};
@@ -158,7 +160,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { .. } => serve(cfg),
-        Command::Show { .. } => show(&cfg, true),
+        Command::Show { .. } => show(&cfg, true).map(|_| ()),
         Command::Check { ref config } => edgeroute_config::log_filter(&cfg.log.level)
             .map_err(anyhow::Error::msg)
             .and_then(|_| read_token(cfg.server.token_file.as_deref()))
@@ -178,7 +180,15 @@ fn main() -> ExitCode {
             })
             .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
             .and_then(|_| show(&cfg, false))
-            .map(|()| println!("{}: ok", config.display())),
+            .map(|table| {
+                if table.primary_region.is_none() {
+                    eprintln!(
+                        "{}: warning: the source names no primary region: every write is refused (503 no_primary) until it does",
+                        config.display()
+                    );
+                }
+                println!("{}: ok ({})", config.display(), summary(&table));
+            }),
         Command::Status { .. } => status(&cfg),
         ref action => act(&cfg, action),
     };
@@ -198,7 +208,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
+/// Builds the table the source gives now; prints it when `print`.
+fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<RoutingTable> {
     // A first read: nothing stands in for what it cannot read.
     let (view, _) = runtime()?.block_on(async {
         source::Source::new(
@@ -217,7 +228,21 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<()> {
     if print {
         println!("{}", serde_json::to_string_pretty(table)?);
     }
-    Ok(())
+    Ok(table.clone())
+}
+
+/// What `check` says of the table the source gives, in a few words.
+fn summary(table: &RoutingTable) -> String {
+    format!(
+        "{} regions, primary {}{}",
+        table.regions.len(),
+        table.primary_region.as_deref().unwrap_or("none"),
+        if table.failover_in_progress {
+            ", failover in progress: writes held"
+        } else {
+            ""
+        }
+    )
 }
 
 /// The bearer token: `EDGEROUTE_CONTROL_TOKEN` when set, else the file.

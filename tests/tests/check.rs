@@ -130,6 +130,62 @@ fn the_documented_example_config_is_valid() {
     );
 }
 
+/// The control plane's `check` says what table the source gives: its
+/// primary, and writes held; a source that names no primary is warned of
+/// (every write would be refused), and one that leaves the key out is a
+/// malformed topology.
+#[test]
+fn control_check_says_what_table_the_source_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        "[source]\nkind = \"file\"\npath = \"topology.json\"\n",
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let run = |topology: &str| {
+        std::fs::write(dir.path().join("topology.json"), topology).unwrap();
+        let out = check(&bin, &config)
+            .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, stdout, stderr) = run(
+        r#"{"primary_region": "eu-west-1", "regions": [{"name": "us-east-1"}, {"name": "eu-west-1"}]}"#,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains(": ok (2 regions, primary eu-west-1)"),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let (ok, stdout, stderr) = run(
+        r#"{"primary_region": null, "failover_in_progress": true, "regions": [{"name": "us-east-1"}]}"#,
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("primary none, failover in progress: writes held)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: the source names no primary region"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(r#"{"regions": [{"name": "us-east-1"}]}"#);
+    assert!(!ok);
+    assert!(
+        stderr.contains("missing field `primary_region`"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_documented_control_plane_example_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
