@@ -707,13 +707,16 @@ pub struct ClientFields<'a> {
     pub ca: &'a str,
     pub url: &'a str,
     pub client_tls: &'a str,
+    /// The URL is an `https://` one.
+    pub https: bool,
 }
 
 /// What a client that got `error` should look at, when it is a refused
-/// certificate (else nothing): for the server's, its `ca` field and the
-/// URL's host; for its own (the server asks for a client certificate), its
-/// `client_tls` field.
-pub fn untrusted_advice(
+/// certificate or a server that speaks the other scheme (else nothing):
+/// for the server's certificate, its `ca` field and the URL's host; for
+/// its own (the server asks for a client certificate), its `client_tls`
+/// field; for the scheme, the URL's.
+pub fn client_advice(
     error: &(dyn std::error::Error + 'static),
     fields: ClientFields<'_>,
 ) -> String {
@@ -723,8 +726,22 @@ pub fn untrusted_advice(
         ca: ca_field,
         url: url_field,
         client_tls,
+        https,
     } = fields;
+    // A plain HTTP answer to a TLS hello; a TLS alert to an HTTP request.
+    if !https && chain_says(error, "invalid HTTP version") {
+        return format!(
+            "; the server does not answer plain HTTP: if it serves HTTPS (server.tls), make \
+             {url_field} https:// and set {ca_field} to the CA that signs its certificate"
+        );
+    }
     match tls_error(error) {
+        Some(rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)) => {
+            format!(
+                "; the server does not answer TLS: if it serves plain HTTP (no server.tls), make \
+                 {url_field} http://"
+            )
+        }
         Some(rustls::Error::InvalidCertificate(why)) => match why {
             Refused::NotValidForName | Refused::NotValidForNameContext { .. } => format!(
                 "; its certificate does not hold the host name in {url_field}: set {url_field}'s \
@@ -762,6 +779,18 @@ pub fn untrusted_advice(
         ),
         Some(_) | None => String::new(),
     }
+}
+
+/// Whether `error` or one of its causes says `words`.
+fn chain_says(error: &(dyn std::error::Error + 'static), words: &str) -> bool {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if e.to_string().contains(words) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The rustls error `error` is, or was caused by, if any: a refused
@@ -1249,8 +1278,9 @@ mod tests {
             ca: "table.ca_file",
             url: "table.url",
             client_tls: "table.client_tls",
+            https: true,
         };
-        let advice = |e: &Outer| untrusted_advice(e, fields);
+        let advice = |e: &Outer| client_advice(e, fields);
         let unknown = refused(rustls::CertificateError::UnknownIssuer);
         assert_eq!(
             tls_error(&unknown),
@@ -1292,6 +1322,28 @@ mod tests {
                 rustls::AlertDescription::InternalError
             ))),
             ""
+        );
+        // A server that speaks the other scheme.
+        let plain = advice(&failed(rustls::Error::InvalidMessage(
+            rustls::InvalidMessage::InvalidContentType,
+        )));
+        assert!(
+            plain.contains("does not answer TLS") && plain.contains("make table.url http://"),
+            "{plain}"
+        );
+        let tls_answer = Outer(std::io::Error::other("invalid HTTP version parsed"));
+        assert_eq!(advice(&tls_answer), "", "said only of an http:// URL");
+        let https = client_advice(
+            &tls_answer,
+            ClientFields {
+                https: false,
+                ..fields
+            },
+        );
+        assert!(
+            https.contains("does not answer plain HTTP")
+                && https.contains("make table.url https://"),
+            "{https}"
         );
     }
 }

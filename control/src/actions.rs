@@ -75,12 +75,13 @@ impl ControlView {
             .send()
             .await
             .map_err(|e| {
-                let advice = edgeroute_config::tls::untrusted_advice(
+                let advice = edgeroute_config::tls::client_advice(
                     &e,
                     edgeroute_config::tls::ClientFields {
                         ca: "actions.ca_file",
                         url: "actions.control_url",
                         client_tls: "actions.client_tls",
+                        https: url.starts_with("https://"),
                     },
                 );
                 (

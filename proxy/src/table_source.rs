@@ -146,12 +146,13 @@ pub async fn poll_control(
             Ok(Err(e)) => Some(format!(
                 "cannot reach the control plane: {}{}",
                 edgeroute_config::error_chain(&e),
-                edgeroute_config::tls::untrusted_advice(
+                edgeroute_config::tls::client_advice(
                     &e,
                     edgeroute_config::tls::ClientFields {
                         ca: "table.ca_file",
                         url: "table.url",
                         client_tls: "table.client_tls",
+                        https: url.starts_with("https://"),
                     }
                 )
             )),

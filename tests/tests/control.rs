@@ -585,6 +585,37 @@ async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_tru
     .await;
 }
 
+/// A proxy whose `table.url` names the other scheme than its control
+/// plane serves is told which one to set.
+#[tokio::test]
+async fn a_control_plane_url_of_the_wrong_scheme_is_named() {
+    let (us, eu, ap) = origins().await;
+    let plain = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let table = plain
+        .table_source()
+        .replace("url = \"http://", "url = \"https://");
+    refused_proxy(
+        (&us, &eu, &ap),
+        &table,
+        "does not answer TLS: if it serves plain HTTP (no server.tls), make table.url http://",
+    )
+    .await;
+    let tls = ControlPlane::start_tls(&topology(Some(US), false, &all_up())).await;
+    let table: String = tls
+        .table_source()
+        .replace("url = \"https://", "url = \"http://")
+        .lines()
+        .filter(|l| !l.starts_with("ca_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    refused_proxy(
+        (&us, &eu, &ap),
+        &table,
+        "does not answer plain HTTP: if it serves HTTPS (server.tls), make table.url https://",
+    )
+    .await;
+}
+
 /// A proxy, or a command, that does not trust the control plane's
 /// certificate gets no table from it and says which setting to check.
 #[tokio::test]
