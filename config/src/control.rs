@@ -361,7 +361,8 @@ impl ControlConfig {
                 path: path.to_owned(),
                 message,
             })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = values::config_base(path);
+        let base = base.as_path();
         raw.validate(base)
             .map_err(|errors| ControlConfigError::Invalid {
                 path: path.to_owned(),

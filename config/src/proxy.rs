@@ -770,7 +770,8 @@ impl ProxyConfig {
             path: path.to_owned(),
             error,
         })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let base = values::config_base(path);
+        let base = base.as_path();
         Self::from_toml(&text, base).map_err(|e| match e {
             FromTomlError::Parse(message) => ConfigError::Parse {
                 path: path.to_owned(),

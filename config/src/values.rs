@@ -388,6 +388,18 @@ pub(crate) fn read_config_text(path: &std::path::Path) -> std::io::Result<String
     })
 }
 
+/// The folder a config file's relative paths are taken from: the file's
+/// own, or the working directory for a config read from a pipe (as in
+/// `--config <(...)`, whose path is in `/dev/fd`, where no file of the
+/// config's is).
+pub(crate) fn config_base(path: &std::path::Path) -> std::path::PathBuf {
+    let piped = std::fs::metadata(path).is_ok_and(|m| !m.is_file());
+    match path.parent() {
+        Some(folder) if !piped => folder.to_owned(),
+        _ => std::path::PathBuf::from("."),
+    }
+}
+
 /// An HTTP token (RFC 9110 §5.6.2), as field names and cookie names are;
 /// not empty.
 pub fn token(raw: &[u8]) -> bool {

@@ -104,6 +104,41 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("eu-west-1"));
 }
 
+/// A config read from a pipe (`--config <(...)`, here the standard
+/// input) takes its relative paths from the working directory: the
+/// pipe's own folder (`/dev/fd`) holds none of its files.
+#[test]
+fn a_piped_config_takes_relative_paths_from_the_working_directory() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(good_config(dir.path())).unwrap();
+    std::fs::write(
+        dir.path().join("table.json"),
+        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
+    )
+    .unwrap();
+    let mut child = check(&proxy_bin(), Path::new("/dev/stdin"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("primary us-east-1"));
+}
+
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
     let out = Command::new(proxy_bin())
