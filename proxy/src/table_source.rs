@@ -96,6 +96,13 @@ const ANSWER_TIME: Duration = Duration::from_secs(10);
 /// again without pause.
 const MIN_ASK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The least time between two asks whose first brought a new table: a
+/// control plane's tables change a few times in a failover, seconds apart,
+/// and one that answered every ask with a new table (a broken one, or a
+/// source that flaps) is asked at most ten times a second, and reported
+/// to as often, not as fast as it answers.
+const MIN_CHANGE_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Long-polls `url/v1/table` until shutdown. Every answer is offered to the
 /// router, which admits only valid tables that do not go back in epoch; on
 /// errors the table in force stays and the poller backs off, doubling the
@@ -213,11 +220,14 @@ pub async fn poll_control(
         match failure {
             None => {
                 backoff = Duration::from_millis(100);
-                if !changed {
-                    tokio::select! {
-                        _ = state.lifecycle.shutdown_started() => return,
-                        _ = tokio::time::sleep_until(asked + MIN_ASK_INTERVAL) => {}
-                    }
+                let gap = if changed {
+                    MIN_CHANGE_INTERVAL
+                } else {
+                    MIN_ASK_INTERVAL
+                };
+                tokio::select! {
+                    _ = state.lifecycle.shutdown_started() => return,
+                    _ = tokio::time::sleep_until(asked + gap) => {}
                 }
             }
             Some(why) => {

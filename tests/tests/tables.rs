@@ -220,3 +220,33 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
     assert_eq!(proxy.table_version().await, Some(1));
     assert_eq!(proxy.metric("edgeroute_control_errors_total").await, 0.0);
 }
+
+/// A control plane that answers every ask with a new table (a broken one,
+/// or a source that flaps) is asked at most ten times a second, not as
+/// fast as it answers; every table is still taken.
+#[tokio::test]
+async fn a_control_plane_with_a_new_table_every_time_is_not_asked_in_a_loop() {
+    let us = Origin::start(US).await;
+    let tables = (1..=21)
+        .map(|v| table(1, v, Some(US), &[(US, "active")]).to_string().into())
+        .collect();
+    let control = ScriptedControl::start(tables).await;
+    let from = std::time::Instant::now();
+    let proxy = control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
+        .start_live()
+        .await;
+    eventually(
+        "the last table is in force",
+        Duration::from_secs(20),
+        || async { proxy.table_version().await == Some(21) },
+    )
+    .await;
+    // 21 asks, each at least 100 ms after the one before.
+    assert!(
+        from.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        from.elapsed()
+    );
+    assert_eq!(proxy.metric("edgeroute_table_swaps_total").await, 21.0);
+}
