@@ -242,13 +242,39 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     resp
 }
 
+/// The paths read with `GET` (or `HEAD`).
+const READ_PATHS: [&str; 5] = [
+    "/health",
+    "/metrics",
+    "/v1/table",
+    "/v1/proxies",
+    "/v1/status",
+];
+
+/// A 405 that says, in `Allow`, which methods the path takes.
+fn not_allowed(allow: &'static str, message: &str) -> Response<Full<Bytes>> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        message,
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
 async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET {
+    if !READ_PATHS.contains(&req.uri().path()) {
         return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "only GET is served",
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "try /v1/table, /v1/proxies, /v1/status, /health or /metrics",
         );
+    }
+    // HEAD is answered as GET is, without the body (the server leaves it
+    // out), as a health checker may ask.
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return not_allowed("GET, HEAD", "only GET and HEAD are served here");
     }
     match req.uri().path() {
         "/health" => match state.table.borrow().as_ref() {
@@ -372,11 +398,7 @@ fn status(state: &ServerState) -> Response<Full<Bytes>> {
 /// `POST /v1/report`: a proxy's table and health, authenticated.
 async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "POST a proxy report to /v1/report",
-        );
+        return not_allowed("POST", "POST a proxy report to /v1/report");
     }
     if !authorized(state, &req) {
         return unauthorized();

@@ -245,6 +245,38 @@ async fn a_proxy_with_no_table_yet_is_live_but_not_ready() {
     assert_eq!(health.status(), 503);
 }
 
+/// Each path takes its methods: a health checker's `HEAD /health` is
+/// answered as `GET`, another method gets 405 with the methods the path
+/// takes in `Allow`, and a path that is none of the server's gets 404
+/// whatever the method.
+#[tokio::test]
+async fn the_table_server_answers_each_method_as_its_path_takes_it() {
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let c = client();
+    let head = c.head(cp.url("/health")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.bytes().await.unwrap().len(), 0);
+    let delete = c
+        .delete(cp.url("/v1/table"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 405);
+    assert_eq!(delete.headers()["allow"], "GET, HEAD");
+    let get_report = c.get(cp.url("/v1/report")).send().await.unwrap();
+    assert_eq!(get_report.status(), 405);
+    assert_eq!(get_report.headers()["allow"], "POST");
+    for method in [http::Method::GET, http::Method::POST] {
+        let nowhere = c
+            .request(method.clone(), cp.url("/nope"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(nowhere.status(), 404, "{method}");
+    }
+}
+
 #[tokio::test]
 async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
