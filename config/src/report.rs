@@ -48,6 +48,13 @@ impl ProxyReport {
                 report.id.len()
             ));
         }
+        // Printed in the runbook commands' timelines: visible text only.
+        if report.id.chars().any(char::is_control) {
+            return Err(format!(
+                "id must hold no control characters, got {:?}",
+                report.id
+            ));
+        }
         if report.regions.len() > crate::MAX_REGIONS {
             return Err(format!(
                 "at most {} regions, got {}",
@@ -60,6 +67,18 @@ impl ProxyReport {
             if !crate::proxy::valid_region_name(name) {
                 return Err(format!(
                     "region names are AWS regions such as \"us-east-1\", got {name:?}"
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for r in &report.regions {
+            if !seen.insert(r.name.as_str()) {
+                return Err(format!("region {:?} is reported twice", r.name));
+            }
+            if r.in_rotation > r.backends {
+                return Err(format!(
+                    "region {:?}: in_rotation ({}) is more than backends ({})",
+                    r.name, r.in_rotation, r.backends
                 ));
             }
         }
@@ -96,5 +115,24 @@ mod tests {
         let err = ProxyReport::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err();
         assert!(err.contains("\"Mars\""), "{err}");
         assert!(ProxyReport::from_json(b"{").is_err());
+        // A report that contradicts itself.
+        let said = |change: &dyn Fn(&mut ProxyReport)| {
+            let mut bad = ProxyReport {
+                id: "host/1".into(),
+                region: "us-east-1".into(),
+                epoch: 3,
+                version: 9,
+                regions: vec![RegionHealth {
+                    name: "us-east-1".into(),
+                    backends: 2,
+                    in_rotation: 2,
+                }],
+            };
+            change(&mut bad);
+            ProxyReport::from_json(&serde_json::to_vec(&bad).unwrap()).unwrap_err()
+        };
+        assert!(said(&|r| r.regions.push(r.regions[0].clone())).contains("reported twice"));
+        assert!(said(&|r| r.regions[0].in_rotation = 3).contains("is more than backends"));
+        assert!(said(&|r| r.id = "host\n\u{1b}[2J/1".into()).contains("no control characters"));
     }
 }

@@ -262,10 +262,15 @@ pub fn report(state: &AppState, id: &str) -> ProxyReport {
         version,
         regions: regions
             .iter()
-            .map(|r| RegionHealth {
-                name: r.name.to_string(),
-                backends: r.backends().len() as u32,
-                in_rotation: r.in_rotation(now) as u32,
+            .map(|r| {
+                // One reading of the list for both counts: DNS may change
+                // it between two.
+                let backends = r.backends();
+                RegionHealth {
+                    name: r.name.to_string(),
+                    backends: backends.len() as u32,
+                    in_rotation: backends.iter().filter(|b| b.in_rotation(now)).count() as u32,
+                }
             })
             .collect(),
     }
