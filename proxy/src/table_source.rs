@@ -167,6 +167,10 @@ pub async fn poll_control(
                 let status = resp.status();
                 let tag = resp.headers().get(http::header::ETAG).cloned();
                 match status {
+                    // Not modified since nothing: no answer at all.
+                    http::StatusCode::NOT_MODIFIED if etag.is_none() => Some(
+                        "the control plane answered 304 Not Modified to a request that named no table (no If-None-Match)".to_owned(),
+                    ),
                     http::StatusCode::NOT_MODIFIED => {
                         if etag_admitted {
                             state.table_confirmed();
