@@ -56,10 +56,11 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 /// What is wrong, for an error other than an unknown key: the line and
 /// the key (with its table) when the error points at a `key = value` line.
 fn detail(text: &str, e: &toml::de::Error) -> String {
+    let message = in_words(e.message());
     let hint = if e.message().starts_with("invalid type: integer")
         || e.message().starts_with("invalid type: floating point")
     {
-        " (durations, sizes and rates are written as strings: \"5s\", \"10MiB\", \"1KiB/s\")"
+        " (durations, sizes, rates and status ranges are written as strings: \"5s\", \"10MiB\", \"1KiB/s\", \"200-399\")"
     } else {
         ""
     };
@@ -90,9 +91,25 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
         Some((line, key_path(text, line, key.trim())))
     });
     match key {
-        Some((line, path)) => format!("line {}: `{path}`: {}{hint}", line + 1, e.message()),
-        None => format!("{e}{hint}"),
+        Some((line, path)) => format!("line {}: `{path}`: {message}{hint}", line + 1),
+        None => format!("{}{hint}", e.to_string().replace(e.message(), &message)),
     }
+}
+
+/// A shape error with the types it names in the config's words: a
+/// number type is a whole number, a section's shape is a table of keys
+/// (a pair of TLS files, `{ cert, key }`).
+fn in_words(message: &str) -> String {
+    let Some((head, expected)) = message.rsplit_once(", expected ") else {
+        return message.to_owned();
+    };
+    let said = match expected {
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "struct RawTls" => "{ cert = \"...\", key = \"...\" } (the certificate and key files)",
+        other if other.starts_with("struct ") => "a table of keys, `{ key = value, ... }` or a [section]",
+        _ => return message.to_owned(),
+    };
+    format!("{head}, expected {said}")
 }
 
 /// The line (from 0) that byte `at` of `text` is on.
@@ -241,6 +258,30 @@ mod tests {
             e.ends_with("line 5: `health.zzz` is no key here"),
             "in the file's order: {e}"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Typed {
+        fall: Option<u32>,
+        tls: Option<RawTls>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct RawTls {
+        cert: String,
+    }
+
+    #[test]
+    fn types_are_named_in_the_configs_words() {
+        let e = super::parse::<Typed>("fall = -1\n").unwrap_err();
+        assert!(e.contains("expected a whole number, 0 or more"), "{e}");
+        assert!(!e.contains("u32"), "{e}");
+        let e = super::parse::<Typed>("tls = true\n").unwrap_err();
+        assert!(e.contains("expected { cert = \"...\", key = \"...\" }"), "{e}");
+        assert!(!e.contains("RawTls"), "{e}");
     }
 
     #[test]
