@@ -1342,6 +1342,15 @@ impl RawHealth {
             );
         }
         let jitter = values::duration(e, "health.jitter", &self.jitter);
+        if !interval.is_zero() && jitter > interval {
+            e.push(
+                "health.jitter",
+                format!(
+                    "must be at most health.interval ({}): it spreads the probes within an interval, got {:?}",
+                    self.interval, self.jitter
+                ),
+            );
+        }
         for (field, v) in [
             ("fall", self.fall),
             ("rise", self.rise),

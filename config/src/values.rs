@@ -47,14 +47,10 @@ pub(crate) fn duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duratio
     }
 }
 
-/// A duration that must be strictly positive.
+/// A duration of at least a millisecond: a shorter wait ends before
+/// anything it waits for could come.
 pub(crate) fn positive_duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duration {
-    let before = errs.len();
-    let d = duration(errs, path, raw);
-    if errs.len() == before && d.is_zero() {
-        errs.push(path, format!("must be > 0, got {raw:?}"));
-    }
-    d
+    at_least(errs, path, raw, Duration::from_millis(1), "")
 }
 
 /// How often a loop runs: at least [`MIN_PERIOD`].
@@ -71,7 +67,7 @@ pub(crate) fn at_least(
     why: &str,
 ) -> Duration {
     let before = errs.len();
-    let d = positive_duration(errs, path, raw);
+    let d = duration(errs, path, raw);
     if errs.len() == before && d < min {
         errs.push(
             path,
@@ -108,6 +104,11 @@ pub(crate) fn connection_bound(
 /// `"10MiB"`, `"512KB"`, `"1048576"`.
 pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     match raw.trim().parse::<bytesize::ByteSize>() {
+        // The parser saturates: a size past 16 EiB reads as the largest.
+        Ok(b) if b.as_u64() == u64::MAX => {
+            errs.push(path, format!("must be at most 16EiB, got {raw:?}"));
+            0
+        }
         Ok(b) => b.as_u64(),
         Err(e) => {
             errs.push(
@@ -127,6 +128,18 @@ pub(crate) fn rate(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
         .ok_or_else(|| "no \"/s\" at its end".to_string())
         .and_then(|size| size.trim().parse::<bytesize::ByteSize>());
     match parsed {
+        // A fraction of a byte a second reads as 0, which turns a rate off.
+        Ok(b) if b.as_u64() == 0 && raw.bytes().any(|c| (b'1'..=b'9').contains(&c)) => {
+            errs.push(
+                path,
+                format!("must be at least 1B/s (or \"0B/s\" to turn it off), got {raw:?}"),
+            );
+            0
+        }
+        Ok(b) if b.as_u64() == u64::MAX => {
+            errs.push(path, format!("must be at most 16EiB/s, got {raw:?}"));
+            0
+        }
         Ok(b) => b.as_u64(),
         Err(e) => {
             errs.push(
@@ -611,6 +624,41 @@ mod tests {
             assert!(msg.starts_with("regions[0].backends[1]: "), "{msg}");
             assert!(msg.contains(&format!("{raw:?}")), "{msg}");
         }
+    }
+
+    #[test]
+    fn values_that_cannot_work_as_meant_are_refused() {
+        let mut e = FieldErrors::default();
+        positive_duration(&mut e, "timeouts.connect", "1ns");
+        positive_duration(&mut e, "timeouts.read", "0s");
+        size(&mut e, "limits.max_request_body", "100000PiB");
+        rate(&mut e, "limits.min_request_body_rate", "0.5B/s");
+        let said = e.to_string();
+        assert_eq!(e.len(), 4, "{said}");
+        assert!(
+            said.contains("timeouts.connect: must be at least 1ms, got \"1ns\""),
+            "{said}"
+        );
+        assert!(
+            said.contains("timeouts.read: must be at least 1ms, got \"0s\""),
+            "{said}"
+        );
+        assert!(
+            said.contains("must be at most 16EiB, got \"100000PiB\""),
+            "{said}"
+        );
+        assert!(
+            said.contains("must be at least 1B/s (or \"0B/s\" to turn it off)"),
+            "{said}"
+        );
+        let mut e = FieldErrors::default();
+        assert_eq!(
+            positive_duration(&mut e, "t", "1ms"),
+            Duration::from_millis(1)
+        );
+        assert_eq!(rate(&mut e, "r", "0B/s"), 0);
+        assert_eq!(rate(&mut e, "r", "1.5KiB/s"), 1536);
+        assert!(e.is_empty(), "{e}");
     }
 
     #[test]

@@ -521,7 +521,7 @@ max_backoff = "1ns"
             "health.listener_path: must be a path such as \"/health\" (starting with '/', no query",
             "health.interval: must be at least 10ms, got \"1ns\"",
             "health.eject_for: must be at most 10 years",
-            "dns.min_ttl: must be > 0, got \"0s\"",
+            "dns.min_ttl: must be at least 100ms (answers are kept at least this long), got \"0s\"",
             "timeouts.connect: must be at most 10 years",
             "runtime.threads: must be at most 1024, got 100000",
             "table.url: must not hold credentials",
