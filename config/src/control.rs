@@ -741,7 +741,7 @@ impl TopologyView {
     /// Parses and checks a topology document; the error says what is
     /// wrong with it, as a topology.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let view: TopologyView = serde_json::from_slice(crate::table::without_bom(bytes))
+        let view: TopologyView = crate::table::from_json(bytes)
             .map_err(|e| format!("not a topology (JSON with primary_region and regions): {e}"))?;
         view.validate().map_err(|errs| {
             format!("invalid topology: {}", errs.to_string().replace('\n', "; "))

@@ -106,7 +106,9 @@ fn in_words(message: &str) -> String {
     let said = match expected {
         "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
         "struct RawTls" => "{ cert = \"...\", key = \"...\" } (the certificate and key files)",
-        other if other.starts_with("struct ") => "a table of keys, `{ key = value, ... }` or a [section]",
+        other if other.starts_with("struct ") => {
+            "a table of keys, `{ key = value, ... }` or a [section]"
+        }
         _ => return message.to_owned(),
     };
     format!("{head}, expected {said}")
@@ -280,7 +282,10 @@ mod tests {
         assert!(e.contains("expected a whole number, 0 or more"), "{e}");
         assert!(!e.contains("u32"), "{e}");
         let e = super::parse::<Typed>("tls = true\n").unwrap_err();
-        assert!(e.contains("expected { cert = \"...\", key = \"...\" }"), "{e}");
+        assert!(
+            e.contains("expected { cert = \"...\", key = \"...\" }"),
+            "{e}"
+        );
         assert!(!e.contains("RawTls"), "{e}");
     }
 

@@ -86,6 +86,23 @@ pub(crate) fn without_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
+/// A JSON document (a byte-order mark first is skipped) as a `T`, or what
+/// is wrong with it, led by the field at fault when there is one
+/// (`regions[0].state: unknown variant ...`).
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let mut json = serde_json::Deserializer::from_slice(without_bom(bytes));
+    let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })?;
+    json.end().map_err(|e| e.to_string())?;
+    Ok(parsed)
+}
+
 /// Why a table was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -171,8 +188,7 @@ pub enum Admission {
 impl RoutingTable {
     /// Parse and check a table on its own (no knowledge of the proxy).
     pub fn from_json(bytes: &[u8]) -> Result<Self, Rejection> {
-        let table: RoutingTable = serde_json::from_slice(without_bom(bytes))
-            .map_err(|e| Rejection::Malformed(e.to_string()))?;
+        let table: RoutingTable = from_json(bytes).map_err(Rejection::Malformed)?;
         table.validate().map_err(Rejection::Invalid)?;
         Ok(table)
     }
@@ -448,10 +464,25 @@ mod tests {
             RoutingTable::from_json(b"{not json"),
             Err(Rejection::Malformed(_))
         ));
-        assert!(matches!(
-            RoutingTable::from_json(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": [{"name": "x", "state": "sideways"}]}"#),
-            Err(Rejection::Malformed(_))
-        ));
+        // The field at fault leads the message.
+        let said = |json: &[u8]| match RoutingTable::from_json(json) {
+            Err(Rejection::Malformed(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": [{"name": "x", "state": "sideways"}]}"#);
+        assert!(
+            why.starts_with("regions[0].state: unknown variant `sideways`"),
+            "{why}"
+        );
+        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progress": "no", "regions": []}"#);
+        assert!(
+            why.starts_with(
+                "failover_in_progress: invalid type: string \"no\", expected a boolean"
+            ),
+            "{why}"
+        );
+        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": []} x"#);
+        assert!(why.contains("trailing characters"), "{why}");
         let err = RoutingTable::from_json(
             br#"{"epoch": 1, "version": 1, "primary_region": "mars-1",
                  "regions": [{"name": "us-east-1", "state": "active", "weight": 300},
