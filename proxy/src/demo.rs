@@ -33,7 +33,37 @@ pub struct DemoControl {
     pub ca_file: Option<std::path::PathBuf>,
 }
 
+/// The demo's addresses, checked as its flags: a port each, an admin
+/// listener on loopback (the demo sets no admin token), and both free,
+/// before the guide says where to send requests.
+fn check_addresses(opts: &DemoOptions) -> anyhow::Result<()> {
+    for (flag, addr) in [("--listen", opts.listen), ("--admin", opts.admin)] {
+        anyhow::ensure!(
+            addr.port() != 0,
+            "{flag} {addr}: give a port (1-65535), such as 127.0.0.1:8080"
+        );
+    }
+    anyhow::ensure!(
+        opts.admin.ip().is_loopback(),
+        "--admin {}: the demo's admin listener has no token, so it listens on loopback only; \
+         give a loopback address such as 127.0.0.1:9901",
+        opts.admin
+    );
+    anyhow::ensure!(
+        opts.listen != opts.admin,
+        "--listen and --admin are both {}: give them different ports",
+        opts.listen
+    );
+    for (flag, addr) in [("--listen", opts.listen), ("--admin", opts.admin)] {
+        std::net::TcpListener::bind(addr).map_err(|e| {
+            anyhow::anyhow!(edgeroute_config::accept::cannot_listen(flag, addr, &e))
+        })?;
+    }
+    Ok(())
+}
+
 pub fn run(opts: DemoOptions) -> anyhow::Result<()> {
+    check_addresses(&opts)?;
     // One folder per user and listening port, written afresh by each run:
     // the process ends by exiting, so a folder per run would be left behind
     // every time.
@@ -201,4 +231,41 @@ fn print_guide(opts: &DemoOptions, backends: &[(&str, SocketAddr)], config: &Pat
         config = config.display(),
         table = table.display(),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(listen: &str, admin: &str) -> DemoOptions {
+        DemoOptions {
+            listen: listen.parse().expect("an address"),
+            admin: admin.parse().expect("an address"),
+            control: None,
+        }
+    }
+
+    #[test]
+    fn the_demos_addresses_are_checked_as_its_flags() {
+        let said = |o: DemoOptions| check_addresses(&o).expect_err("refused").to_string();
+        assert!(
+            said(opts("127.0.0.1:0", "127.0.0.1:9901"))
+                .starts_with("--listen 127.0.0.1:0: give a port")
+        );
+        let open = said(opts("127.0.0.1:18080", "0.0.0.0:9901"));
+        assert!(
+            open.starts_with("--admin 0.0.0.0:9901") && open.contains("loopback"),
+            "{open}"
+        );
+        assert!(said(opts("127.0.0.1:18080", "127.0.0.1:18080")).contains("different ports"));
+        let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+        let busy = held.local_addr().expect("its address").to_string();
+        let taken = said(opts(&busy, "127.0.0.1:0"));
+        assert!(taken.starts_with("--admin"), "ports come first: {taken}");
+        let taken = said(opts(&busy, "127.0.0.1:1"));
+        assert!(
+            taken.starts_with(&format!("cannot listen on --listen {busy}")),
+            "{taken}"
+        );
+    }
 }

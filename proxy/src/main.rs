@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, value_name = "URL", requires = "token_file")]
         control: Option<String>,
         /// The control plane's token, with --control.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", requires = "control")]
         token_file: Option<PathBuf>,
         /// CA certificates (PEM) that sign an https:// --control's
         /// certificate; without it, the system's.
