@@ -385,9 +385,7 @@ impl RawControl {
                     format!("is required (or {TOKEN_ENV} in the environment): a file holding the bearer token proxies present"),
                 );
             }
-        } else if let Some(why) =
-            values::not_a_file(&values::resolve(base, &self.server.token_file))
-        {
+        } else if let Some(why) = values::not_a_named_file(base, &self.server.token_file) {
             e.push(
                 "server.token_file",
                 format!(
@@ -684,7 +682,7 @@ impl RawNotify {
         }
         let token = self.webhook_token_file.trim();
         if let Some(why) = (!token.is_empty())
-            .then(|| values::not_a_file(&values::resolve(base, token)))
+            .then(|| values::not_a_named_file(base, token))
             .flatten()
         {
             e.push(

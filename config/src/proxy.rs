@@ -863,15 +863,12 @@ impl RawConfig {
             .token_file
             .as_deref()
             .map(|t| values::resolve(base, t));
-        if let Some(t) = &token_file
-            && let Some(why) = values::not_a_file(t)
+        if let Some(raw) = &self.admin.token_file
+            && let Some(why) = values::not_a_named_file(base, raw)
         {
             e.push(
                 "admin.token_file",
-                format!(
-                    "must be a readable file holding the admin token, got {:?} ({why})",
-                    t.display().to_string()
-                ),
+                format!("must be a readable file holding the admin token, got {raw:?} ({why})"),
             );
         }
         if let Some(a) = admin_addr
@@ -1188,7 +1185,7 @@ impl RawConfig {
                     raw.validate_client(&mut e, base, "table.client_tls", ("table.url", url))
                 });
                 let token_path = values::resolve(base, token_file);
-                if let Some(why) = values::not_a_file(&token_path) {
+                if let Some(why) = values::not_a_named_file(base, token_file) {
                     e.push("table.token_file", format!("must be a readable file holding the control plane token, got {token_file:?} ({why})"));
                 }
                 let wait = values::positive_duration(&mut e, "table.wait", wait);

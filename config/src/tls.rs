@@ -52,7 +52,7 @@ impl RawTls {
     /// table, such as `listeners[0].tls`, in errors.
     pub(crate) fn validate(&self, e: &mut FieldErrors, base: &Path, field: &str) -> TlsFiles {
         for (part, value) in [("cert", &self.cert), ("key", &self.key)] {
-            if let Some(why) = values::not_a_file(&values::resolve(base, value)) {
+            if let Some(why) = values::not_a_named_file(base, value) {
                 e.push(
                     format!("{field}.{part}"),
                     format!("must be a readable PEM file, got {value:?} ({why})"),

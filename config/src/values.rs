@@ -37,10 +37,10 @@ pub(crate) fn duration(errs: &mut FieldErrors, path: &str, raw: &str) -> Duratio
             Duration::ZERO
         }
         Ok(d) => d,
-        Err(e) => {
+        Err(_) => {
             errs.push(
                 path,
-                format!("must be a duration such as \"10s\" or \"250ms\", got {raw:?} ({e})"),
+                format!("must be a duration such as \"10s\" or \"250ms\", got {raw:?}"),
             );
             Duration::ZERO
         }
@@ -361,6 +361,16 @@ pub(crate) fn not_a_file(path: &std::path::Path) -> Option<&'static str> {
     }
 }
 
+/// Why the file a config names as `raw` (relative to `base`) is no regular
+/// file, if it is not: as [`not_a_file`], or "no file named" for an empty
+/// value (which would name the config's own folder).
+pub(crate) fn not_a_named_file(base: &Path, raw: &str) -> Option<&'static str> {
+    if raw.trim().is_empty() {
+        return Some("no file named");
+    }
+    not_a_file(&resolve(base, raw))
+}
+
 /// The most a config file may hold: a config takes a few KiB.
 const MAX_CONFIG_BYTES: u64 = 4 * 1024 * 1024;
 
@@ -391,12 +401,11 @@ pub(crate) fn read_config_text(path: &std::path::Path) -> std::io::Result<String
         ));
     }
     String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|b| **b == b'\n').count() + 1;
         Error::new(
             ErrorKind::InvalidData,
-            format!(
-                "not UTF-8 text: byte {} is not (save the file as UTF-8)",
-                e.utf8_error().valid_up_to()
-            ),
+            format!("not UTF-8 text: line {line} (byte {at}) is not; save the file as UTF-8"),
         )
     })
 }
@@ -721,6 +730,9 @@ mod tests {
         assert_eq!(not_a_file(&file), None);
         assert_eq!(not_a_file(dir.path()), Some("a directory"));
         assert_eq!(not_a_file(&dir.path().join("none")), Some("not found"));
+        // An empty value would name the config's own folder.
+        assert_eq!(not_a_named_file(dir.path(), ""), Some("no file named"));
+        assert_eq!(not_a_named_file(dir.path(), "none"), Some("not found"));
         let fifo = crate::fifo(dir.path(), "fifo");
         assert_eq!(not_a_file(&fifo), Some("not a regular file"));
     }
@@ -731,9 +743,9 @@ mod tests {
         let path = dir.path().join("c.toml");
         std::fs::write(&path, "a = 1\n").unwrap();
         assert_eq!(read_config_text(&path).unwrap(), "a = 1\n");
-        std::fs::write(&path, b"a = \"\xff\"\n").unwrap();
+        std::fs::write(&path, b"a = 1\nb = \"\xff\"\n").unwrap();
         let e = read_config_text(&path).unwrap_err().to_string();
-        assert!(e.contains("not UTF-8 text: byte 5"), "{e}");
+        assert!(e.contains("not UTF-8 text: line 2 (byte 11)"), "{e}");
         std::fs::write(&path, vec![b'#'; 4 * 1024 * 1024 + 1]).unwrap();
         let e = read_config_text(&path).unwrap_err().to_string();
         assert!(e.contains("larger than 4194304 bytes"), "{e}");

@@ -310,7 +310,8 @@ async fn runner(
 /// Aurora take seconds at the least. A shorter one would make the change
 /// and then report it failed.
 fn follow_timeout(raw: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    let timeout = humantime::parse_duration(raw)
+        .map_err(|_| format!("must be a duration such as \"15m\" or \"90s\", got {raw:?}"))?;
     if let Some(why) = edgeroute_config::short_action_timeout(timeout) {
         return Err(why);
     }

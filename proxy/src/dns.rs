@@ -217,7 +217,7 @@ pub async fn resolve_all(cfg: &ProxyConfig, dns: &Dns) -> anyhow::Result<Vec<Vec
             let answer = dns
                 .resolve(&b.host, b.port)
                 .await
-                .with_context(|| format!("regions[{ri}].backends[{bi}] ({b}) of region {}; check the name or dns.nameservers", r.name))?;
+                .with_context(|| format!("regions[{ri}].backends[{bi}] ({b}, region {}) cannot be resolved; check the name or dns.nameservers", r.name))?;
             if let Some((family, error)) = &answer.unanswered {
                 tracing::warn!(region = %r.name, backend = %b, %family, %error, "DNS lookup of one address family failed; starting with the other, and asking again soon");
             }
