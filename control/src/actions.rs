@@ -523,10 +523,12 @@ impl Runner {
 
     /// Reads AWS, refusing with a clear message when it cannot.
     pub async fn state(&self) -> Result<AwsState, String> {
-        self.aws
-            .state()
-            .await
-            .map_err(|e| format!("cannot read the current state from AWS: {e}"))
+        self.aws.state().await.map_err(|e| {
+            format!(
+                "cannot read the current state from AWS: {e}{}",
+                self.aws.unreached_advice(&e)
+            )
+        })
     }
 
     fn say(&self, line: &str) {

@@ -97,6 +97,10 @@ impl AwsError {
     }
 }
 
+/// How the message of a call that reached no endpoint begins (see
+/// [`AwsSource::unreached_advice`]).
+const UNREACHED: &str = "no answer from the endpoint";
+
 /// AWS's own code and message when it answered with an error; the chain
 /// of causes (connection refused, timeout, ...) when it did not, and where
 /// credentials were missing, where they are looked for.
@@ -113,6 +117,14 @@ where
             }
             _ => {
                 let mut message = edgeroute_config::error_chain(&e);
+                let unsent = matches!(
+                    e,
+                    aws_sdk_rds::error::SdkError::DispatchFailure(_)
+                        | aws_sdk_rds::error::SdkError::TimeoutError(_)
+                );
+                if unsent && !no_credentials(&e) {
+                    message = format!("{UNREACHED}: {message}");
+                }
                 // An answer that is not AWS's own (a proxy's 403 page, say).
                 if let Some(raw) = e.raw_response() {
                     message = format!("HTTP {}: {message}", raw.status().as_u16());
@@ -269,6 +281,19 @@ type Readings = HashMap<String, (bool, Instant)>;
 const HEALTH_MEMORY: Duration = Duration::from_secs(300);
 
 impl AwsSource {
+    /// For an error of a call that reached no endpoint: which endpoint it
+    /// was, and the setting that names it.
+    pub fn unreached_advice(&self, e: &AwsError) -> String {
+        if !e.message.starts_with(UNREACHED) {
+            return String::new();
+        }
+        match &self.cfg.endpoint_url {
+            Some(url) => format!(" (the endpoint is source.endpoint_url, {url}: is it up?)"),
+            None => " (the endpoint is AWS's own for the region: check this host's route to it)"
+                .to_owned(),
+        }
+    }
+
     pub async fn new(
         cfg: &AwsSourceConfig,
         history_file: Option<&std::path::Path>,
@@ -1210,11 +1235,13 @@ mod tests {
             e.message
         );
         assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
+        assert!(!e.message.starts_with(super::UNREACHED), "{}", e.message);
 
         let e = unsent(ConnectorError::io(Box::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionRefused,
         ))));
         assert!(e.message.contains("refused"), "{}", e.message);
+        assert!(e.message.starts_with(super::UNREACHED), "{}", e.message);
         assert!(!e.message.contains("credentials"), "{}", e.message);
         assert!(!e.message.contains("DispatchFailure"), "{}", e.message);
     }

@@ -65,7 +65,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// The region to move the writer to.
-        #[arg(long, value_name = "REGION")]
+        #[arg(long, value_name = "REGION", value_parser = region_name)]
         to: String,
         /// FailoverGlobalCluster: for when the primary region is lost.
         /// Writes not yet replicated to REGION are lost.
@@ -98,6 +98,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// The region to take out of DNS.
+        #[arg(value_parser = region_name)]
         region: String,
         /// Print the current state and every step; change nothing.
         #[arg(long)]
@@ -113,6 +114,7 @@ enum Command {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
         /// The region to put back.
+        #[arg(value_parser = region_name)]
         region: String,
         /// The Route 53 weight to give weighted records (1-255), instead
         /// of the one kept by the drain.
@@ -304,6 +306,18 @@ async fn runner(
         to_unhealthy: false,
         sending: Default::default(),
     })
+}
+
+/// A region argument: a region's name, as the config and the tables
+/// write it, checked before anything asks AWS.
+fn region_name(raw: &str) -> Result<String, String> {
+    if edgeroute_config::valid_region_name(raw) {
+        Ok(raw.to_owned())
+    } else {
+        Err(format!(
+            "must be a region name of lower-case letters, digits and '-', such as \"eu-west-1\", got {raw:?}"
+        ))
+    }
 }
 
 /// A `--timeout`: long enough to see a change through, since Route 53 and

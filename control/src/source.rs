@@ -118,7 +118,7 @@ impl Source {
                 let of_aws = |e: crate::aws::AwsError| ReadError {
                     source_name: "aws",
                     api: e.api,
-                    message: e.message,
+                    message: format!("{}{}", e.message, aws.unreached_advice(&e)),
                 };
                 let (view, unlisted) = aws.read().await.map_err(of_aws)?;
                 view.validate().map_err(|e| ReadError {

@@ -221,6 +221,41 @@ fn control_check_says_what_table_the_source_gives() {
     );
 }
 
+/// An AWS source whose endpoint does not answer is named with the
+/// setting that points at it.
+#[test]
+fn control_check_names_an_endpoint_that_does_not_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = edgeroute_tests::proxy::free_addr();
+    let config = dir.path().join("control.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[source]\nkind = \"aws\"\nhosted_zone_id = \"Z1\"\nrecord_name = \"api.example.com\"\n\
+             global_cluster_id = \"g\"\nglobal_cluster_region = \"us-east-1\"\n\
+             endpoint_url = \"http://{nowhere}\"\n"
+        ),
+    )
+    .unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let out = check(&bin, &config)
+        .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "the endpoint is source.endpoint_url, http://{nowhere}: is it up?"
+        )),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_documented_control_plane_example_is_valid() {
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
