@@ -241,24 +241,6 @@ impl RoutingTable {
         e.finish(|| ())
     }
 
-    /// Whether `self` says what `other` says of the regions, the primary
-    /// and writes, whatever their epochs and versions.
-    fn says_as(&self, other: &RoutingTable) -> bool {
-        self.primary_region == other.primary_region
-            && self.failover_in_progress == other.failover_in_progress
-            && self.regions == other.regions
-    }
-
-    /// The table to put in force once [`RoutingTable::admit`] accepted it
-    /// over `current`: under the higher of the two epochs, so that a proxy
-    /// never goes back to a lower one.
-    pub fn in_force_under(mut self, current: Option<&RoutingTable>) -> RoutingTable {
-        if let Some(cur) = current {
-            self.epoch = self.epoch.max(cur.epoch);
-        }
-        self
-    }
-
     pub fn region(&self, name: &str) -> Option<&RegionEntry> {
         self.regions.iter().find(|r| r.name == name)
     }
@@ -284,27 +266,10 @@ impl RoutingTable {
             return Ok(Admission::Unchanged);
         }
         if self.epoch < cur.epoch {
-            // Control plane replicas started at other times hand out other
-            // epochs for one primary: another replica's table that names
-            // the primary in force is taken for what it says, when it is
-            // newer, and put in force under the epoch in force (see
-            // [`RoutingTable::in_force_under`]). One that names another
-            // primary is an older one's.
-            if self.primary_region != cur.primary_region {
-                return Err(Rejection::StaleEpoch {
-                    got: self.epoch,
-                    current: cur.epoch,
-                });
-            }
-            if self.says_as(cur) {
-                return Ok(Admission::Unchanged);
-            }
-            if self.version <= cur.version {
-                return Err(Rejection::StaleVersion {
-                    got: self.version,
-                    current: cur.version,
-                });
-            }
+            return Err(Rejection::StaleEpoch {
+                got: self.epoch,
+                current: cur.epoch,
+            });
         }
         if self.epoch == cur.epoch {
             if self.primary_region != cur.primary_region {
@@ -515,33 +480,9 @@ mod tests {
             Ok(Admission::Accepted)
         );
         assert_eq!(ok(&table(3, 1, Some("eu-west-1"))), Ok(Admission::Accepted));
-        // A lower epoch naming another primary is an older table's.
-        assert_eq!(
-            ok(&table(1, 99, Some("eu-west-1"))),
-            Err(Rejection::StaleEpoch { got: 1, current: 2 })
-        );
-        // Naming the primary in force, it is another control plane
-        // replica's: taken when it says something newer, under the epoch
-        // in force.
         assert_eq!(
             ok(&table(1, 99, Some("us-east-1"))),
-            Ok(Admission::Unchanged)
-        );
-        let mut held = table(1, 11, Some("us-east-1"));
-        held.failover_in_progress = true;
-        assert_eq!(ok(&held), Ok(Admission::Accepted));
-        let put = held.clone().in_force_under(Some(&cur));
-        assert_eq!(
-            (put.epoch, put.version, put.failover_in_progress),
-            (2, 11, true)
-        );
-        held.version = 10;
-        assert_eq!(
-            ok(&held),
-            Err(Rejection::StaleVersion {
-                got: 10,
-                current: 10
-            })
+            Err(Rejection::StaleEpoch { got: 1, current: 2 })
         );
         assert_eq!(
             ok(&table(2, 9, Some("us-east-1"))),
@@ -608,23 +549,17 @@ mod tests {
             }
         }
 
-        /// Whatever sequence of tables arrives (from replicas of other
-        /// epochs too), the epoch in force never decreases, the primary
-        /// only changes together with a higher epoch, and within one epoch
-        /// a new table has a higher version.
+        /// Whatever sequence of tables arrives, the epoch in force never
+        /// decreases, the primary only changes together with a higher
+        /// epoch, and within one epoch a new table has a higher version.
         #[test]
         fn epoch_in_force_never_goes_back(
-            steps in proptest::collection::vec(
-                (0u64..6, 0u64..6, proptest::option::of(0usize..3), any::<bool>()),
-                1..40,
-            )
+            steps in proptest::collection::vec((0u64..6, 0u64..6, proptest::option::of(0usize..3)), 1..40)
         ) {
             let mut in_force: Option<RoutingTable> = None;
-            for (epoch, version, primary, held) in steps {
-                let mut t = table(epoch, version, primary.map(|i| KNOWN[i]));
-                t.failover_in_progress = held;
+            for (epoch, version, primary) in steps {
+                let t = table(epoch, version, primary.map(|i| KNOWN[i]));
                 if let Ok(Admission::Accepted) = t.admit(in_force.as_ref(), KNOWN) {
-                    let t = t.in_force_under(in_force.as_ref());
                     if let Some(old) = &in_force {
                         prop_assert!(t.epoch >= old.epoch);
                         if t.primary_region != old.primary_region {

@@ -95,10 +95,8 @@ impl AppState {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.router.load();
         let result = RoutingTable::from_json(bytes).and_then(|table| {
-            let in_force = current.as_ref().map(|s| &s.table);
-            let admission = table.admit(in_force, self.topology.region_names())?;
+            let admission = table.admit(current.as_ref().map(|s| &s.table), self.topology.region_names())?;
             if admission == Admission::Accepted {
-                let table = table.in_force_under(in_force);
                 let (epoch, version) = (table.epoch, table.version);
                 let primary = table.primary_region.clone();
                 let failover = table.failover_in_progress;

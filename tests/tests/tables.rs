@@ -99,45 +99,6 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
     assert_eq!(resp.headers()["x-edgeroute-region"], US);
 }
 
-/// Control plane replicas started at other times hand out other epochs
-/// for one primary. A table of a lower epoch that names the primary in
-/// force (another replica's, once the first is gone) is taken for what it
-/// says when it is newer, under the epoch in force: its writes hold and
-/// reopen, and the fencing epoch backends see never goes back.
-#[tokio::test]
-async fn another_replicas_table_for_the_same_primary_is_followed_under_the_epoch_in_force() {
-    let us = Origin::start(US).await;
-    let eu = Origin::start(EU).await;
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .region(EU, &[eu.addr])
-        .table(table(5, 10, Some(EU), &[(US, "active"), (EU, "active")]))
-        .start()
-        .await;
-    let mut held = table(4, 11, Some(EU), &[(US, "active"), (EU, "active")]);
-    held["failover_in_progress"] = true.into();
-    proxy.swap_table(&held).await;
-    let routing = proxy.routing().await;
-    assert_eq!(routing["table"]["epoch"], 5, "{routing}");
-    assert_eq!(routing["table"]["failover_in_progress"], true, "{routing}");
-    let c = client();
-    let write = || c.post(proxy.url("/orders")).body("{}").send();
-    let resp = write().await.unwrap();
-    assert_eq!(resp.status(), 503);
-    assert_eq!(resp.headers()["x-edgeroute-error"], "failover_in_progress");
-
-    proxy
-        .swap_table(&table(4, 12, Some(EU), &[(US, "active"), (EU, "active")]))
-        .await;
-    let resp = write().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["x-edgeroute-region"], EU);
-    let seen = eu.seen();
-    assert_eq!(seen.last().unwrap().header("x-edgeroute-epoch"), Some("5"));
-    assert_eq!(proxy.metric("edgeroute_table_epoch").await, 5.0);
-    assert_eq!(rejections(&proxy, "stale_epoch").await, 0.0);
-}
-
 #[tokio::test]
 async fn a_missing_table_file_keeps_the_table_in_force() {
     let us = Origin::start(US).await;
