@@ -250,7 +250,7 @@ pub async fn write_health(
 /// Answers an `OPTIONS` or `TRACE` request with no hop left in its
 /// `Max-Forwards` as its last recipient (RFC 9110 §7.6.2): `200`, empty
 /// for `OPTIONS`; for `TRACE`, the request as received (RFC 9110 §9.3.8),
-/// less the fields that carry credentials. It names the proxy's `region`
+/// its fields' values shown only where they can hold no secret. It names the proxy's `region`
 /// in `x-edgeroute-region`, so that the client sees which hop stopped it.
 pub async fn write_last_hop(
     client: &mut Client<'_>,
@@ -280,10 +280,23 @@ pub async fn write_last_hop(
     .await
 }
 
-/// A `TRACE` request's head as received, as `message/http`, without the
-/// values of fields that carry credentials.
+/// A `TRACE` request's head as received, as `message/http`: the request
+/// line and every field's name, but only the values of fields that trace
+/// a request's path and carry no secret. Anything else may be a
+/// credential, or a secret that a hop in front of the proxy added and the
+/// client never sees (an origin-verify header, an ALB's OIDC tokens).
 fn reflected(client: &Client<'_>) -> Bytes {
-    const WITHHELD: [&str; 3] = ["authorization", "proxy-authorization", "cookie"];
+    const SHOWN: [&str; 9] = [
+        "host",
+        "via",
+        "max-forwards",
+        "user-agent",
+        "accept",
+        "content-type",
+        "content-length",
+        "x-request-id",
+        "x-forwarded-proto",
+    ];
     let req = client.request();
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(req.method.as_str().as_bytes());
@@ -295,13 +308,13 @@ fn reflected(client: &Client<'_>) -> Bytes {
     for (name, value) in client.fields().iter() {
         out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        if WITHHELD
+        if SHOWN
             .iter()
             .any(|w| name.eq_ignore_ascii_case(w.as_bytes()))
         {
-            out.extend_from_slice(b"(withheld)");
-        } else {
             out.extend_from_slice(value);
+        } else {
+            out.extend_from_slice(b"(withheld)");
         }
         out.extend_from_slice(b"\r\n");
     }

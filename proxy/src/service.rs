@@ -303,8 +303,11 @@ impl EdgeProxy {
                 .await
                 .map_err(Error::into_down);
         }
+        // (A TRACE of `*` goes on, to be refused as any target `*` but
+        // OPTIONS's.)
         if ctx.facts.max_forwards == upstream::MaxForwards::Left(0)
             && upstream::MaxForwards::applies_to(&client.request().method)
+            && (client.raw_target() != b"*" || client.request().method == http::Method::OPTIONS)
         {
             // No hop left: the proxy answers as the last recipient.
             return respond::write_last_hop(

@@ -286,7 +286,8 @@ async fn via_names_the_proxy_and_options_and_trace_spend_max_forwards() {
         "{head}"
     );
     assert!(body.starts_with("TRACE /t?q=1 HTTP/1.1\r\n"), "{body}");
-    assert!(body.contains("X-Probe: 7\r\n"), "{body}");
+    assert!(body.contains("Host: app\r\n"), "{body}");
+    assert!(body.contains("X-Probe: (withheld)\r\n"), "{body}");
     assert!(body.contains("Cookie: (withheld)\r\n"), "{body}");
     assert!(!body.contains("secret"), "credentials reflected: {body}");
     assert_eq!(
@@ -296,6 +297,13 @@ async fn via_names_the_proxy_and_options_and_trace_spend_max_forwards() {
     );
     assert_eq!(origin.count("TRACE"), 0);
 
+    // The target `*` is for OPTIONS only, last hop or not.
+    let refused = exchange(
+        proxy.addr,
+        b"TRACE * HTTP/1.1\r\nHost: app\r\nMax-Forwards: 0\r\n\r\n",
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
     let refused = exchange(
         proxy.addr,
         b"TRACE /t HTTP/1.1\r\nHost: app\r\nMax-Forwards: two\r\n\r\n",
