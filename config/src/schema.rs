@@ -70,19 +70,31 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
         .and_then(|rest| rest.split_once('`'))
     {
         // The error points at the table that lacks the field: a section's
-        // header, or nowhere (an empty span) for the file itself.
-        let section = e.span().filter(|span| !span.is_empty()).and_then(|span| {
-            let line = line_of(text, span.start);
-            header(text.lines().nth(line)?).map(|name| (line, name.to_owned()))
-        });
-        return match section {
-            Some((line, name)) => format!(
+        // header, an inline table's key, or nowhere (an empty span) for
+        // the file itself.
+        let Some(span) = e.span().filter(|span| !span.is_empty()) else {
+            return format!(
+                "`{field}` is required at the top level of the file (as a key or a section)"
+            );
+        };
+        let line = line_of(text, span.start);
+        let own = text.lines().nth(line).unwrap_or_default();
+        return match (header(own), own.split_once('=')) {
+            // A dotted header may open the table that lacks the field or
+            // one under it ([server.tls] alone makes [server] too).
+            (Some(name), _) if name.contains('.') => format!(
+                "line {}: `{field}` is required in [{name}], or in a table above it",
+                line + 1
+            ),
+            (Some(name), _) => format!(
                 "line {}: `{name}.{field}` is required in [{name}]",
                 line + 1
             ),
-            None => format!(
-                "`{field}` is required at the top level of the file (as a key or a section)"
-            ),
+            (None, Some((key, _))) => {
+                let path = key_path(text, line, key.trim());
+                format!("line {}: `{path}.{field}` is required", line + 1)
+            }
+            (None, None) => format!("line {}: `{field}` is required", line + 1),
         };
     }
     let key = e.span().and_then(|span| {
@@ -104,7 +116,10 @@ fn in_words(message: &str) -> String {
         return message.to_owned();
     };
     let said = match expected {
-        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number, 0 or more",
+        "u8" => "a whole number from 0 to 255",
+        "u16" => "a whole number from 0 to 65535",
+        "u32" => "a whole number from 0 to 4294967295",
+        "u64" | "usize" => "a whole number, 0 or more",
         "struct RawTls" => "{ cert = \"...\", key = \"...\" } (the certificate and key files)",
         other if other.starts_with("struct ") => {
             "a table of keys, `{ key = value, ... }` or a [section]"
@@ -119,13 +134,18 @@ fn line_of(text: &str, at: usize) -> usize {
     text[..at].matches('\n').count()
 }
 
-/// The table a header line (`[name]` or `[[name]]`) opens, if it is one.
+/// The table a header line (`[name]` or `[[name]]`, a comment after it
+/// or not) opens, if it is one.
 fn header(line: &str) -> Option<&str> {
     let l = line.trim();
-    l.strip_prefix("[[")
-        .and_then(|l| l.strip_suffix("]]"))
-        .or_else(|| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        .map(str::trim)
+    let (open, close) = if l.starts_with("[[") {
+        ("[[", "]]")
+    } else {
+        ("[", "]")
+    };
+    let (name, rest) = l.strip_prefix(open)?.split_once(close)?;
+    let rest = rest.trim_start();
+    (rest.is_empty() || rest.starts_with('#')).then_some(name.trim())
 }
 
 /// `key` with the table it is under at `line`, as `table.key`.
@@ -279,7 +299,12 @@ mod tests {
     #[test]
     fn types_are_named_in_the_configs_words() {
         let e = super::parse::<Typed>("fall = -1\n").unwrap_err();
-        assert!(e.contains("expected a whole number, 0 or more"), "{e}");
+        assert!(
+            e.contains("expected a whole number from 0 to 4294967295"),
+            "{e}"
+        );
+        let e = super::parse::<Typed>("fall = 5000000000\n").unwrap_err();
+        assert!(e.contains("from 0 to 4294967295"), "{e}");
         assert!(!e.contains("u32"), "{e}");
         let e = super::parse::<Typed>("tls = true\n").unwrap_err();
         assert!(
@@ -323,11 +348,14 @@ mod tests {
     fn a_missing_key_is_named_with_its_section_not_the_line_before() {
         let e = super::parse::<Needs>("[health]\nfall = 3\n").unwrap_err();
         assert!(e.contains("`name` is required"), "{e}");
-        let e = super::parse::<Needs>("name = \"x\"\n[health]\n").unwrap_err();
+        let e = super::parse::<Needs>("name = \"x\"\n[health]  # probes\n").unwrap_err();
         assert!(
             e.contains("line 2: `health.fall` is required in [health]"),
             "{e}"
         );
+        let e = super::parse::<Needs>("name = \"x\"\nhealth = { }\n").unwrap_err();
+        assert!(e.contains("line 2: `health.fall` is required"), "{e}");
+        assert!(!e.contains("top level"), "{e}");
     }
 
     #[derive(Debug, Deserialize)]
