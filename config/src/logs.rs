@@ -12,7 +12,11 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
         Ok(v) if !v.is_empty() => (v, "RUST_LOG"),
         _ => (level.to_owned(), "log.level"),
     };
-    if let Some(word) = bare_target(&filter) {
+    // RUST_LOG may name a target bare (`RUST_LOG=edgeroute_proxy`, every
+    // level of it), as it is often written: only a word that reads as a
+    // misspelt level is refused there.
+    let bare = bare_target(&filter).filter(|word| whose == "log.level" || reads_as_level(word));
+    if let Some(word) = bare {
         return Err(format!(
             "{whose} {filter:?}: {word:?} is no level; use one of trace, debug, info, warn, error or off, \
              or a filter that gives each target its level, such as \"info,edgeroute=debug\" \
@@ -23,17 +27,43 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
         .map_err(|e| format!("{whose} {filter:?} is not a valid log filter: {e}"))
 }
 
+/// Whether `word` reads as a level someone meant: a common name for one
+/// (`warning`, `verbose`, `fatal`), or a level's name misspelt.
+fn reads_as_level(word: &str) -> bool {
+    const MEANT: [&str; 10] = [
+        "warning",
+        "verbose",
+        "information",
+        "fatal",
+        "critical",
+        "notice",
+        "all",
+        "none",
+        "quiet",
+        "err",
+    ];
+    let word = word.to_ascii_lowercase();
+    MEANT.contains(&word.as_str())
+        || LEVELS
+            .iter()
+            .any(|level| strsim::damerau_levenshtein(&word, level) <= 1)
+}
+
+/// The levels a filter may give (`0` to `5` stand for them too).
+const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 /// A part of a filter that names a target without a level, if any. The
 /// filter syntax takes one as "every level of that target, nothing of the
 /// others": a misspelt level (`warning`, `verbose`) would silence the logs.
 fn bare_target(filter: &str) -> Option<&str> {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
     filter
         .split(',')
         .map(str::trim)
         .filter(|part| !part.is_empty())
         .find(|part| {
-            !part.contains(['=', '[']) && !LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l))
+            !part.contains(['=', '['])
+                && !LEVELS.iter().any(|l| part.eq_ignore_ascii_case(l))
+                && !matches!(*part, "0" | "1" | "2" | "3" | "4" | "5")
         })
 }
 
@@ -50,7 +80,21 @@ mod level_tests {
         ] {
             assert_eq!(super::bare_target(ok), None, "{ok}");
         }
+        assert_eq!(super::bare_target("3"), None, "a level by number");
         assert_eq!(super::bare_target("warning"), Some("warning"));
+        // In RUST_LOG only a word that reads as a level is refused.
+        for meant in ["warning", "Verbose", "infoo", "wran", "fatal"] {
+            assert!(super::reads_as_level(meant), "{meant}");
+        }
+        for target in [
+            "edgeroute",
+            "edgeroute_proxy",
+            "hyper",
+            "h2",
+            "pingora_core",
+        ] {
+            assert!(!super::reads_as_level(target), "{target}");
+        }
         assert_eq!(super::bare_target("info, verbose"), Some("verbose"));
         assert_eq!(super::bare_target("edgeroute"), Some("edgeroute"));
     }
