@@ -517,25 +517,27 @@ impl RouteRule {
     /// since sending a request to the primary is always safe.
     pub fn matches(&self, method: &str, path: &str) -> bool {
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && path.strip_prefix(&self.prefix).is_some_and(|rest| {
-                rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
-            })
+            && self.covers(path)
             && (self.target == RouteTarget::Primary || plain_path(path))
     }
 
-    /// Whether this rule, put first, takes every request `later` would:
-    /// each of `later`'s methods, a prefix that covers `later`'s, and every
-    /// path (a `local` or `nearest` rule lets paths that are not plain go
-    /// on to a later `primary` one).
+    /// Whether this rule, put first, takes every plain path's request
+    /// `later` would: each of `later`'s methods, and a prefix that covers
+    /// `later`'s. (A `local` or `nearest` rule first still lets paths that
+    /// are not plain go on to a later `primary` one, which is no use for
+    /// the plain paths its author meant it for.)
     pub fn hides(&self, later: &RouteRule) -> bool {
         let methods = self.methods.is_empty()
             || (!later.methods.is_empty()
                 && later.methods.iter().all(|m| self.methods.contains(m)));
-        let prefix = later.prefix.strip_prefix(&self.prefix).is_some_and(|rest| {
+        methods && self.covers(&later.prefix)
+    }
+
+    /// Whether `path` is under the rule's prefix, on whole segments.
+    fn covers(&self, path: &str) -> bool {
+        path.strip_prefix(&self.prefix).is_some_and(|rest| {
             rest.is_empty() || rest.starts_with('/') || self.prefix.ends_with('/')
-        });
-        let paths = self.target == RouteTarget::Primary || later.target != RouteTarget::Primary;
-        methods && prefix && paths
+        })
     }
 }
 
@@ -1024,7 +1026,7 @@ impl RawConfig {
                 e.push(
                     format!("routes[{j}]"),
                     format!(
-                        "can never apply: routes[{i}] (prefix {:?}) comes first and takes every request it would; put the narrower rule first or remove it",
+                        "can never apply to a plain path: routes[{i}] (prefix {:?}) comes first and takes every request it would; put the narrower rule first or remove it",
                         routes[i].prefix
                     ),
                 );
@@ -1339,11 +1341,14 @@ impl RawHealth {
             );
         }
         let jitter = values::duration(e, "health.jitter", &self.jitter);
-        if !interval.is_zero() && jitter > interval {
+        // Probes come every interval plus up to the jitter: one far past
+        // the interval spaces them out further than the interval says.
+        // (The default, 500ms, stands beside any interval.)
+        if !interval.is_zero() && jitter > interval && jitter > Duration::from_millis(500) {
             e.push(
                 "health.jitter",
                 format!(
-                    "must be at most health.interval ({}): it spreads the probes within an interval, got {:?}",
+                    "must be at most health.interval ({}) or 500ms: probes come every interval plus up to the jitter, got {:?}",
                     self.interval, self.jitter
                 ),
             );

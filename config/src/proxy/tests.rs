@@ -302,15 +302,21 @@ fn a_route_an_earlier_one_hides_is_refused() {
         [("/a", "local", "\"GET\""), ("/a/b", "local", "")],
         [("/api/", "local", ""), ("/api", "local", "")],
         [("/ab", "local", ""), ("/abc", "local", "")],
-        // Paths a local rule leaves alone (not plain) go on to the
-        // primary rule after it.
-        [("/a", "local", ""), ("/a", "primary", "")],
     ] {
         assert_eq!(route_errors(&rules), [], "{rules:?}");
     }
-    // A primary rule first takes every path, plain or not.
+    // Whatever the targets: a primary rule after a nearest one of the same
+    // cover would see only paths that are not plain.
     assert_eq!(
         route_errors(&[("/a", "primary", ""), ("/a", "local", "")]).len(),
+        1
+    );
+    assert_eq!(
+        route_errors(&[
+            ("/", "nearest", "\"GET\""),
+            ("/account", "primary", "\"GET\"")
+        ])
+        .len(),
         1
     );
 }
