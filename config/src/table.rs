@@ -241,6 +241,20 @@ impl RoutingTable {
         e.finish(|| ())
     }
 
+    /// Where writes go, in a few words: the primary, and whether writes
+    /// are held (for `check`'s summaries).
+    pub fn writes_summary(&self) -> String {
+        format!(
+            "primary {}{}",
+            self.primary_region.as_deref().unwrap_or("none"),
+            if self.failover_in_progress {
+                ", failover in progress: writes held"
+            } else {
+                ""
+            }
+        )
+    }
+
     pub fn region(&self, name: &str) -> Option<&RegionEntry> {
         self.regions.iter().find(|r| r.name == name)
     }

@@ -105,10 +105,7 @@ pub(crate) fn connection_bound(
 pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
     match raw.trim().parse::<bytesize::ByteSize>() {
         // The parser saturates: a size past 16 EiB reads as the largest.
-        Ok(b) if b.as_u64() == u64::MAX => {
-            errs.push(path, format!("must be at most 16EiB, got {raw:?}"));
-            0
-        }
+        Ok(b) if b.as_u64() == u64::MAX => too_large(errs, path, raw, ""),
         Ok(b) => b.as_u64(),
         Err(e) => {
             errs.push(
@@ -118,6 +115,13 @@ pub(crate) fn size(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
             0
         }
     }
+}
+
+/// Says that `raw` is past what a size (`per` `""`) or rate (`"/s"`)
+/// holds; 0 stands in for it.
+fn too_large(errs: &mut FieldErrors, path: &str, raw: &str, per: &str) -> u64 {
+    errs.push(path, format!("must be at most 16EiB{per}, got {raw:?}"));
+    0
 }
 
 /// `"1KiB/s"`, `"500B/s"`: a size per second, in bytes.
@@ -136,10 +140,7 @@ pub(crate) fn rate(errs: &mut FieldErrors, path: &str, raw: &str) -> u64 {
             );
             0
         }
-        Ok(b) if b.as_u64() == u64::MAX => {
-            errs.push(path, format!("must be at most 16EiB/s, got {raw:?}"));
-            0
-        }
+        Ok(b) if b.as_u64() == u64::MAX => too_large(errs, path, raw, "/s"),
         Ok(b) => b.as_u64(),
         Err(e) => {
             errs.push(

@@ -236,14 +236,9 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<RoutingTable> {
 /// What `check` says of the table the source gives, in a few words.
 fn summary(table: &RoutingTable) -> String {
     format!(
-        "{} regions, primary {}{}",
+        "{} regions, {}",
         table.regions.len(),
-        table.primary_region.as_deref().unwrap_or("none"),
-        if table.failover_in_progress {
-            ", failover in progress: writes held"
-        } else {
-            ""
-        }
+        table.writes_summary()
     )
 }
 

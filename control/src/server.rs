@@ -295,8 +295,8 @@ async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             json(&ProxiesReply { max_age_seconds: state.proxy_max_age.as_secs_f64(), proxies: &proxies })
         }
         "/v1/status" if authorized(state, req) => status(state),
-        "/metrics" | "/v1/table" | "/v1/proxies" | "/v1/status" => unauthorized(),
-        _ => error(StatusCode::NOT_FOUND, "not_found", "try /v1/table, /v1/proxies, /v1/status, /health or /metrics"),
+        // One of READ_PATHS, which all but /health keep for the token.
+        _ => unauthorized(),
     }
 }
 

@@ -90,16 +90,11 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
         .admit(None, cfg.regions.iter().map(|r| r.name.as_str()))
         .map_err(|r| format!("table.path: {}: {r}", path.display()))?;
     Ok(format!(
-        "{} regions, local {}, table epoch {} version {} primary {}{}",
+        "{} regions, local {}, table epoch {} version {} {}",
         cfg.regions.len(),
         cfg.local_region_name(),
         table.epoch,
         table.version,
-        table.primary_region.as_deref().unwrap_or("none"),
-        if table.failover_in_progress {
-            ", failover in progress: writes held"
-        } else {
-            ""
-        }
+        table.writes_summary()
     ))
 }
