@@ -562,14 +562,22 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
         });
-        let acceptor = cert
-            .as_ref()
-            .map(|cert| tokio_rustls::TlsAcceptor::from(cert.server_config_for(&[b"http/1.1"], clients)));
-        let watcher = cert.map(|cert| {
+        let tls: Option<server::Tls> = cert.as_ref().map(|cert| {
+            Arc::new(arc_swap::ArcSwap::new(
+                cert.server_config_for(server::ALPN, clients),
+            ))
+        });
+        let watcher = cert.zip(tls.clone()).map(|(cert, tls)| {
+            let client_ca = cfg.server.client_ca.clone().map(|path| server::ClientCa {
+                read: std::fs::read(&path).ok(),
+                path,
+                tls,
+            });
             tokio::spawn(server::watch_certificate(
                 cert,
                 Arc::clone(&state.metrics),
                 hangups,
+                client_ca,
             ))
         });
         let room = edgeroute_config::accept::Room::new(
@@ -579,14 +587,14 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         );
         tracing::info!(
             address = %cfg.server.address,
-            scheme = if acceptor.is_some() { "https" } else { "http" },
+            scheme = if tls.is_some() { "https" } else { "http" },
             open_files,
             max_connections = room.max(),
             "edgeroute-control serving"
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let broken = tokio::select! {
-            e = server::serve(state, listener, acceptor, room) => Some(e),
+            e = server::serve(state, listener, tls, room) => Some(e),
             _ = term.recv() => {
                 tracing::info!("SIGTERM: stopping");
                 None

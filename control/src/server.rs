@@ -66,10 +66,26 @@ const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 /// Serves `listener` until the task is dropped: HTTPS with `tls`, else
 /// plain HTTP; at most `room`'s bound of connections at once. Returns only
 /// when the listening socket is broken, with its error.
+/// What the table server speaks over TLS.
+pub const ALPN: &[&[u8]] = &[b"http/1.1"];
+
+/// The TLS configuration a new connection is served with: put in place
+/// again when `server.client_ca` changes (see [`watch_certificate`]; the
+/// server's certificate reloads within it).
+pub type Tls = Arc<arc_swap::ArcSwap<rustls::ServerConfig>>;
+
+/// `server.client_ca`, watched with the certificate: `read` holds the
+/// bytes in force (those read at start, first).
+pub struct ClientCa {
+    pub path: std::path::PathBuf,
+    pub tls: Tls,
+    pub read: Option<Vec<u8>>,
+}
+
 pub async fn serve(
     state: Arc<ServerState>,
     listener: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Tls>,
     room: Room,
 ) -> std::io::Error {
     loop {
@@ -90,7 +106,9 @@ pub async fn serve(
             }
         };
         let state = Arc::clone(&state);
-        let tls = tls.clone();
+        let tls = tls
+            .as_ref()
+            .map(|t| tokio_rustls::TlsAcceptor::from(t.load_full()));
         tokio::spawn(async move {
             let _open = (Open::new(&state.metrics.connections), permit);
             let Some(acceptor) = tls else {
@@ -139,6 +157,7 @@ pub async fn watch_certificate(
     cert: Arc<edgeroute_config::tls::TlsCert>,
     metrics: Arc<ControlMetrics>,
     mut hangups: tokio::signal::unix::Signal,
+    mut client_ca: Option<ClientCa>,
 ) {
     use edgeroute_config::tls::{Reload, WATCH_INTERVAL, unix_now};
     let mut faulty = false;
@@ -178,6 +197,48 @@ pub async fn watch_certificate(
             Err(e) => tracing::error!(error = %e, "one certificate reload failed"),
         }
         cert.log_dates(unix_now(), &mut faulty);
+        if let Some(ca) = client_ca.as_mut() {
+            reread_client_ca(ca, &cert, forced).await;
+        }
+    }
+}
+
+/// Reads `server.client_ca` again and, when its bytes changed (or
+/// `forced`), puts in place a TLS configuration that asks new
+/// connections for certificates it signs. A file that cannot be used
+/// leaves the CAs in force, with an error line, once per content.
+async fn reread_client_ca(
+    ca: &mut ClientCa,
+    cert: &Arc<edgeroute_config::tls::TlsCert>,
+    forced: bool,
+) {
+    let bytes = match tokio::fs::read(&ca.path).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            if ca.read.take().is_some() || forced {
+                tracing::error!(path = %ca.path.display(), error = %e, "cannot read server.client_ca again; the CAs read before stay in force");
+            }
+            return;
+        }
+    };
+    if ca.read.as_ref() == Some(&bytes) && !forced {
+        return;
+    }
+    ca.read = Some(bytes);
+    let path = ca.path.clone();
+    let verifier = tokio::task::spawn_blocking(move || {
+        edgeroute_config::tls::client_verifier(&path, "server.client_ca")
+    })
+    .await;
+    match verifier {
+        Ok(Ok(verifier)) => {
+            ca.tls.store(cert.server_config_for(ALPN, Some(verifier)));
+            tracing::info!(path = %ca.path.display(), "server.client_ca read again: new connections need certificates its CAs sign");
+        }
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "server.client_ca changed but cannot be used; the CAs read before stay in force");
+        }
+        Err(e) => tracing::error!(error = %e, "one read of server.client_ca failed"),
     }
 }
 

@@ -617,6 +617,74 @@ async fn a_control_plane_asking_for_client_certificates_serves_only_those_it_tru
     .await;
 }
 
+/// `server.client_ca` is read again every 10 s and on `SIGHUP`, as the
+/// certificate is: a new CA serves the clients it signs from then on and
+/// no longer those of the old one; a file that cannot be used leaves the
+/// CA in force, with an error line.
+#[tokio::test]
+async fn a_control_planes_client_ca_is_read_again_without_a_restart() {
+    let cp = ControlPlane::start_mtls(&topology(Some(US), false, &all_up())).await;
+    let next = edgeroute_tests::control::TestCa::new();
+    let side = tempfile::tempdir().unwrap();
+    let (cert, key) = (side.path().join("next.pem"), side.path().join("next.key"));
+    next.issue_client(&cert, &key);
+    let mut pem = std::fs::read(&cert).unwrap();
+    pem.extend(std::fs::read(&key).unwrap());
+    let server_ca = reqwest::Certificate::from_pem(cp.ca.as_ref().unwrap().pem.as_bytes()).unwrap();
+    let signed_by_next = reqwest::Client::builder()
+        .add_root_certificate(server_ca)
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
+    let health = |c: &reqwest::Client| {
+        let req = c.get(cp.url("/health")).send();
+        async move { req.await.map(|r| r.status().as_u16()).ok() }
+    };
+    assert_eq!(
+        health(&signed_by_next).await,
+        None,
+        "the new CA is not trusted yet"
+    );
+    assert_eq!(health(cp.client()).await, Some(200));
+
+    edgeroute_tests::proxy::write_atomically(&cp.dir.join("clients-ca.pem"), &next.pem);
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the new CA is read", WAIT, || async {
+        cp.log().contains("server.client_ca read again")
+    })
+    .await;
+    assert_eq!(health(&signed_by_next).await, Some(200));
+    // A new connection with the old CA's certificate (one already open
+    // keeps its handshake).
+    let mut old = std::fs::read(cp.dir.join("client.pem")).unwrap();
+    old.extend(std::fs::read(cp.dir.join("client.key")).unwrap());
+    let signed_by_old = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cp.ca.as_ref().unwrap().pem.as_bytes()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&old).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        health(&signed_by_old).await,
+        None,
+        "the old CA is no longer trusted"
+    );
+
+    edgeroute_tests::proxy::write_atomically(&cp.dir.join("clients-ca.pem"), "not PEM");
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    eventually("the broken file is logged", WAIT, || async {
+        cp.log()
+            .contains("server.client_ca changed but cannot be used")
+    })
+    .await;
+    assert_eq!(
+        health(&signed_by_next).await,
+        Some(200),
+        "the CA in force stays"
+    );
+}
+
 /// A proxy whose `table.url` names the other scheme than its control
 /// plane serves is told which one to set.
 #[tokio::test]
