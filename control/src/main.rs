@@ -163,34 +163,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { .. } => serve(cfg),
         Command::Show { .. } => show(&cfg, true).map(|_| ()),
-        Command::Check { ref config } => edgeroute_config::log_filter(&cfg.log.level)
-            .map_err(anyhow::Error::msg)
-            .and_then(|_| read_token(cfg.server.token_file.as_deref()))
-            .and_then(|_| server_certificate(&cfg))
-            .and_then(|cert| Ok((cert, client_verifier(&cfg)?, commands_identity(&cfg)?)))
-            .and_then(|(cert, _, identity)| {
-                // Presented all the same, as the proxy's listeners do.
-                let now = edgeroute_config::tls::unix_now();
-                for warning in [&cert, &identity]
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|c| c.date_warning(now))
-                {
-                    eprintln!("warning: {warning}");
-                }
-                commands_tls(&cfg, identity)
-            })
-            .and_then(|_| edgeroute_control::notify::webhook_token(&cfg.notify))
-            .and_then(|_| show(&cfg, false))
-            .map(|table| {
-                if table.primary_region.is_none() {
-                    eprintln!(
-                        "{}: warning: the source names no primary region: every write is refused (503 no_primary) until it does",
-                        config.display()
-                    );
-                }
-                println!("{}: ok ({})", config.display(), summary(&table));
-            }),
+        Command::Check { ref config } => check(&cfg, config),
         Command::Status { .. } => status(&cfg),
         ref action => act(&cfg, action),
     };
@@ -208,6 +181,55 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
+}
+
+/// `check`: every part a serve would load, each checked whatever the
+/// others gave, so that one run names every problem; then the source's
+/// table, when all of them loaded.
+fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
+    let mut errors: Vec<String> = Vec::new();
+    let mut note = |part: anyhow::Result<()>| errors.extend(part.err().map(|e| format!("{e:#}")));
+    note(
+        edgeroute_config::log_filter(&cfg.log.level)
+            .map(|_| ())
+            .map_err(anyhow::Error::msg),
+    );
+    note(read_token(cfg.server.token_file.as_deref()).map(|_| ()));
+    note(client_verifier(cfg).map(|_| ()));
+    note(edgeroute_control::notify::webhook_token(&cfg.notify).map(|_| ()));
+    // Presented all the same, as the proxy's listeners do.
+    let now = edgeroute_config::tls::unix_now();
+    match server_certificate(cfg) {
+        Ok(cert) => cert
+            .iter()
+            .filter_map(|c| c.date_warning(now))
+            .for_each(|w| eprintln!("warning: {w}")),
+        Err(e) => note(Err(e)),
+    }
+    match commands_identity(cfg) {
+        Ok(identity) => {
+            identity
+                .iter()
+                .filter_map(|c| c.date_warning(now))
+                .for_each(|w| eprintln!("warning: {w}"));
+            note(commands_tls(cfg, identity).map(|_| ()));
+        }
+        Err(e) => note(Err(e)),
+    }
+    match errors.as_slice() {
+        [] => {}
+        [one] => anyhow::bail!("{one}"),
+        many => anyhow::bail!("{} problems:\n  {}", many.len(), many.join("\n  ")),
+    }
+    let table = show(cfg, false)?;
+    if table.primary_region.is_none() {
+        eprintln!(
+            "{}: warning: the source names no primary region: every write is refused (503 no_primary) until it does",
+            config.display()
+        );
+    }
+    println!("{}: ok ({})", config.display(), summary(&table));
+    Ok(())
 }
 
 /// Builds the table the source gives now; prints it when `print`.

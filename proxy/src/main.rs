@@ -112,22 +112,29 @@ fn load(path: &Path) -> anyhow::Result<ProxyConfig> {
 
 fn check(path: &Path) -> ExitCode {
     match ProxyConfig::load(path) {
-        Ok(cfg) => match edgeroute_proxy::check::listeners(&cfg).and_then(|warnings| {
-            edgeroute_proxy::check::secrets_and_logs(&cfg)?;
-            Ok((warnings, edgeroute_proxy::check::table_file(&cfg)?))
-        }) {
-            Ok((warnings, summary)) => {
-                for warning in warnings {
-                    eprintln!("{}: warning: {warning}", path.display());
+        Ok(cfg) => {
+            // Each part is checked whatever the others gave, so that one
+            // run names every problem.
+            let listeners = edgeroute_proxy::check::listeners(&cfg);
+            let secrets = edgeroute_proxy::check::secrets_and_logs(&cfg);
+            let table = edgeroute_proxy::check::table_file(&cfg);
+            match (listeners, secrets, table) {
+                (Ok(warnings), Ok(()), Ok(summary)) => {
+                    for warning in warnings {
+                        eprintln!("{}: warning: {warning}", path.display());
+                    }
+                    println!("{}: ok ({summary})", path.display());
+                    ExitCode::SUCCESS
                 }
-                println!("{}: ok ({summary})", path.display());
-                ExitCode::SUCCESS
+                (listeners, secrets, table) => {
+                    let errors = [listeners.err(), secrets.err(), table.err()];
+                    for e in errors.into_iter().flatten() {
+                        eprintln!("{}: {e}", path.display());
+                    }
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                ExitCode::FAILURE
-            }
-        },
+        }
         Err(ConfigError::Invalid { path, errors }) => {
             eprintln!("{}: {} invalid field(s):", path.display(), errors.len());
             for e in errors.iter() {

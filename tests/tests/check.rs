@@ -139,6 +139,38 @@ fn a_piped_config_takes_relative_paths_from_the_working_directory() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("primary us-east-1"));
 }
 
+/// Once the fields are valid, `check` names every problem of the parts it
+/// loads in one run: a listener's certificate, the log filter, the table.
+#[test]
+fn check_names_the_problems_of_every_part_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("cert.pem"), "not PEM\n").unwrap();
+    std::fs::write(dir.path().join("key.pem"), "not PEM\n").unwrap();
+    let config = dir.path().join("parts.toml");
+    std::fs::write(
+        &config,
+        "local_region = \"us-east-1\"\n\
+         [[listeners]]\naddress = \"127.0.0.1:8443\"\ntls = { cert = \"cert.pem\", key = \"key.pem\" }\n\
+         [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
+         [table]\nsource = \"file\"\npath = \"missing.json\"\n\
+         [log]\nlevel = \"verbose\"\n",
+    )
+    .unwrap();
+    let out = check(&proxy_bin(), &config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_mentions(
+        &String::from_utf8_lossy(&out.stderr),
+        &[
+            "listeners[0].tls.cert",
+            "log.level \"verbose\": \"verbose\" is no level",
+            "table.path: cannot read",
+        ],
+    );
+}
+
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
     let out = Command::new(proxy_bin())
