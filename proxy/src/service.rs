@@ -279,7 +279,9 @@ impl EdgeProxy {
             request_id: facts
                 .request_id
                 .clone()
-                .filter(|v| !v.is_empty() && v.len() <= 200)
+                // Logged and sent on as text: one that is not visible
+                // ASCII is replaced as one too long is.
+                .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
                 .unwrap_or_else(new_request_id),
             reply: None,
             body_bytes: 0,
