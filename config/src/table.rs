@@ -241,6 +241,35 @@ impl RoutingTable {
         e.finish(|| ())
     }
 
+    /// The keys of a table's JSON that no field takes, by path
+    /// (`regions[0].wieght`): a table ignores them, so that a newer
+    /// control plane's can carry more, but in a table written by hand each
+    /// is more likely a misspelling (`check` warns of them). Empty for
+    /// text that is no table.
+    pub fn unknown_keys(bytes: &[u8]) -> Vec<String> {
+        let mut unknown = Vec::new();
+        let mut json = serde_json::Deserializer::from_slice(without_bom(bytes));
+        let read: Result<RoutingTable, _> = serde_ignored::deserialize(&mut json, |path| {
+            // `regions.0.x` as the table's field paths are written: `regions[0].x`.
+            let mut named = String::new();
+            for part in path.to_string().split('.') {
+                if !named.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+                    named.push_str(&format!("[{part}]"));
+                } else {
+                    if !named.is_empty() {
+                        named.push('.');
+                    }
+                    named.push_str(part);
+                }
+            }
+            unknown.push(named);
+        });
+        if read.is_err() {
+            return Vec::new();
+        }
+        unknown
+    }
+
     /// Where writes go, in a few words: the primary, and whether writes
     /// are held (for `check`'s summaries).
     pub fn writes_summary(&self) -> String {
@@ -482,6 +511,16 @@ mod tests {
             text.contains("primary_region: must be one of the table's regions, got \"mars-1\""),
             "{text}"
         );
+    }
+
+    #[test]
+    fn keys_no_field_takes_are_named_by_path() {
+        let keys = RoutingTable::unknown_keys(
+            br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progres": true,
+                 "regions": [{"name": "us-east-1", "state": "active", "wieght": 5}]}"#,
+        );
+        assert_eq!(keys, ["failover_in_progres", "regions[0].wieght"]);
+        assert!(RoutingTable::unknown_keys(b"{not json").is_empty());
     }
 
     #[test]

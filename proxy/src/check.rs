@@ -71,14 +71,17 @@ pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
 }
 
 /// Validates the routing table the config names against the config's regions.
-pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
+pub fn table_file(cfg: &ProxyConfig) -> Result<(String, Vec<String>), String> {
     let path = match &cfg.table {
         TableSource::File { path, .. } => path,
         TableSource::Control { url, .. } => {
-            return Ok(format!(
-                "{} regions, local {}, table from the control plane at {url}",
-                cfg.regions.len(),
-                cfg.local_region_name()
+            return Ok((
+                format!(
+                    "{} regions, local {}, table from the control plane at {url}",
+                    cfg.regions.len(),
+                    cfg.local_region_name()
+                ),
+                Vec::new(),
             ));
         }
     };
@@ -89,12 +92,24 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<String, String> {
     table
         .admit(None, cfg.regions.iter().map(|r| r.name.as_str()))
         .map_err(|r| format!("table.path: {}: {r}", path.display()))?;
-    Ok(format!(
-        "{} regions, local {}, table epoch {} version {} {}",
-        cfg.regions.len(),
-        cfg.local_region_name(),
-        table.epoch,
-        table.version,
-        table.writes_summary()
+    let unknown = RoutingTable::unknown_keys(&bytes)
+        .into_iter()
+        .map(|key| {
+            format!(
+                "table.path: {}: `{key}` is no key of a routing table and is ignored (misspelt?)",
+                path.display()
+            )
+        })
+        .collect();
+    Ok((
+        format!(
+            "{} regions, local {}, table epoch {} version {} {}",
+            cfg.regions.len(),
+            cfg.local_region_name(),
+            table.epoch,
+            table.version,
+            table.writes_summary()
+        ),
+        unknown,
     ))
 }

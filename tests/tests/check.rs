@@ -102,6 +102,18 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("eu-west-1"));
+
+    // A key no field takes is ignored (a newer control plane's table may
+    // carry more), and warned of: written by hand, it is likely misspelt.
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progres":true,"regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    let out = check(&proxy_bin(), &config).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: table.path: ")
+            && stderr.contains("`failover_in_progres` is no key of a routing table and is ignored"),
+        "{stderr}"
+    );
 }
 
 /// A config read from a pipe (`--config <(...)`, here the standard
