@@ -90,11 +90,20 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
                 "line {}: `{name}.{field}` is required in [{name}]",
                 line + 1
             ),
-            (None, Some((key, _))) => {
+            // `key = { ... }`: a bare key and one inline table on the line.
+            (None, Some((key, value)))
+                if !key.trim().is_empty()
+                    && key
+                        .trim()
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    && value.trim_start().starts_with('{')
+                    && value.matches('{').count() == 1 =>
+            {
                 let path = key_path(text, line, key.trim());
                 format!("line {}: `{path}.{field}` is required", line + 1)
             }
-            (None, None) => format!("line {}: `{field}` is required", line + 1),
+            (None, _) => format!("line {}: `{field}` is required", line + 1),
         };
     }
     let key = e.span().and_then(|span| {

@@ -652,7 +652,23 @@ pub fn client_verifier(
     client_ca: &Path,
     field: &str,
 ) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    let roots = ca_certificates(client_ca, field, "the clients' certificates")?;
+    client_verifier_of(&read_ca_file(client_ca, field)?, client_ca, field)
+}
+
+/// The bytes of the CA file at `path` (the config field `field`): a
+/// regular file of at most 1 MiB.
+pub fn read_ca_file(path: &Path, field: &str) -> Result<Vec<u8>, String> {
+    values::read_regular(path, MAX_PEM, "a bundle of CA certificates takes a few KiB")
+        .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))
+}
+
+/// [`client_verifier`] of the file's bytes, `pem`, as read from `client_ca`.
+pub fn client_verifier_of(
+    pem: &[u8],
+    client_ca: &Path,
+    field: &str,
+) -> Result<Arc<dyn ClientCertVerifier>, String> {
+    let roots = ca_roots(pem, client_ca, field, "the clients' certificates")?;
     WebPkiClientVerifier::builder(Arc::new(roots))
         .build()
         .map_err(|e| {
@@ -670,9 +686,17 @@ fn ca_certificates(
     field: &str,
     signed: &str,
 ) -> Result<rustls::RootCertStore, String> {
-    let pem = values::read_regular(path, MAX_PEM, "a bundle of CA certificates takes a few KiB")
-        .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    ca_roots(&read_ca_file(path, field)?, path, field, signed)
+}
+
+/// The CA certificates in `pem`, the bytes of the file at `path`.
+fn ca_roots(
+    pem: &[u8],
+    path: &Path,
+    field: &str,
+    signed: &str,
+) -> Result<rustls::RootCertStore, String> {
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
             format!(

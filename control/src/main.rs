@@ -397,13 +397,19 @@ fn commands_identity(
 }
 
 /// What `server.client_ca` asks of every client, when given.
-fn client_verifier(
-    cfg: &ControlConfig,
-) -> anyhow::Result<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+/// The file's bytes with the verifier built from them, so that a reload
+/// compares with what is in force.
+type ClientCheck = (Vec<u8>, Arc<dyn rustls::server::danger::ClientCertVerifier>);
+
+fn client_verifier(cfg: &ControlConfig) -> anyhow::Result<Option<ClientCheck>> {
     cfg.server
         .client_ca
         .as_deref()
-        .map(|ca| edgeroute_config::tls::client_verifier(ca, "server.client_ca"))
+        .map(|ca| {
+            let pem = edgeroute_config::tls::read_ca_file(ca, "server.client_ca")?;
+            let verifier = edgeroute_config::tls::client_verifier_of(&pem, ca, "server.client_ca")?;
+            Ok::<_, String>((pem, verifier))
+        })
         .transpose()
         .map_err(anyhow::Error::msg)
 }
@@ -584,6 +590,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
         });
+        let (ca_read, clients) = clients.unzip();
         let tls: Option<server::Tls> = cert.as_ref().map(|cert| {
             Arc::new(arc_swap::ArcSwap::new(
                 cert.server_config_for(server::ALPN, clients),
@@ -591,7 +598,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         });
         let watcher = cert.zip(tls.clone()).map(|(cert, tls)| {
             let client_ca = cfg.server.client_ca.clone().map(|path| server::ClientCa {
-                read: std::fs::read(&path).ok(),
+                read: ca_read,
                 path,
                 tls,
             });

@@ -63,9 +63,6 @@ const BODY_TIME: Duration = Duration::from_secs(10);
 /// How long a client may take over its TLS handshake.
 const HANDSHAKE_TIME: Duration = Duration::from_secs(10);
 
-/// Serves `listener` until the task is dropped: HTTPS with `tls`, else
-/// plain HTTP; at most `room`'s bound of connections at once. Returns only
-/// when the listening socket is broken, with its error.
 /// What the table server speaks over TLS.
 pub const ALPN: &[&[u8]] = &[b"http/1.1"];
 
@@ -82,6 +79,9 @@ pub struct ClientCa {
     pub read: Option<Vec<u8>>,
 }
 
+/// Serves `listener` until the task is dropped: HTTPS with `tls`, else
+/// plain HTTP; at most `room`'s bound of connections at once. Returns only
+/// when the listening socket is broken, with its error.
 pub async fn serve(
     state: Arc<ServerState>,
     listener: TcpListener,
@@ -212,33 +212,40 @@ async fn reread_client_ca(
     cert: &Arc<edgeroute_config::tls::TlsCert>,
     forced: bool,
 ) {
-    let bytes = match tokio::fs::read(&ca.path).await {
-        Ok(bytes) => bytes,
-        Err(e) => {
+    const FIELD: &str = "server.client_ca";
+    let path = ca.path.clone();
+    // A regular file of at most 1 MiB, read without blocking on a pipe;
+    // the verifier is built from the very bytes compared.
+    let read = tokio::task::spawn_blocking(move || {
+        let pem = edgeroute_config::tls::read_ca_file(&path, FIELD)?;
+        Ok::<_, String>((
+            edgeroute_config::tls::client_verifier_of(&pem, &path, FIELD),
+            pem,
+        ))
+    })
+    .await;
+    let (verifier, pem) = match read {
+        Ok(Ok(read)) => read,
+        Ok(Err(e)) => {
             if ca.read.take().is_some() || forced {
-                tracing::error!(path = %ca.path.display(), error = %e, "cannot read server.client_ca again; the CAs read before stay in force");
+                tracing::error!(error = %e, "cannot read server.client_ca again; the CAs read before stay in force");
             }
             return;
         }
+        Err(e) => return tracing::error!(error = %e, "one read of server.client_ca failed"),
     };
-    if ca.read.as_ref() == Some(&bytes) && !forced {
+    if ca.read.as_ref() == Some(&pem) && !forced {
         return;
     }
-    ca.read = Some(bytes);
-    let path = ca.path.clone();
-    let verifier = tokio::task::spawn_blocking(move || {
-        edgeroute_config::tls::client_verifier(&path, "server.client_ca")
-    })
-    .await;
+    ca.read = Some(pem);
     match verifier {
-        Ok(Ok(verifier)) => {
+        Ok(verifier) => {
             ca.tls.store(cert.server_config_for(ALPN, Some(verifier)));
             tracing::info!(path = %ca.path.display(), "server.client_ca read again: new connections need certificates its CAs sign");
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             tracing::error!(error = %e, "server.client_ca changed but cannot be used; the CAs read before stay in force");
         }
-        Err(e) => tracing::error!(error = %e, "one read of server.client_ca failed"),
     }
 }
 

@@ -678,6 +678,14 @@ async fn a_control_planes_client_ca_is_read_again_without_a_restart() {
             .contains("server.client_ca changed but cannot be used")
     })
     .await;
+    // On a new connection: one kept open would not ask again.
+    let signed_by_next = reqwest::Client::builder()
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(cp.ca.as_ref().unwrap().pem.as_bytes()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .build()
+        .unwrap();
     assert_eq!(
         health(&signed_by_next).await,
         Some(200),
