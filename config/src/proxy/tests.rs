@@ -258,6 +258,31 @@ fn route_errors(rules: &[(&str, &str, &str)]) -> Vec<(String, String)> {
 }
 
 #[test]
+fn a_jitter_past_the_interval_and_500ms_is_refused() {
+    let with = |health: &str| {
+        let text = format!("{MINIMAL}\n[health]\ntimeout = \"100ms\"\n{health}\n");
+        match parse(&text) {
+            Ok(_) => Vec::new(),
+            Err(FromTomlError::Invalid(errs)) => {
+                errs.iter().map(|e| e.path.clone()).collect::<Vec<_>>()
+            }
+            Err(other) => panic!("{other}"),
+        }
+    };
+    // The default jitter (500ms) beside a short interval; up to 500ms.
+    assert!(with("interval = \"250ms\"").is_empty());
+    assert!(with("interval = \"250ms\"\njitter = \"400ms\"").is_empty());
+    assert_eq!(
+        with("interval = \"250ms\"\njitter = \"600ms\""),
+        ["health.jitter"]
+    );
+    assert_eq!(
+        with("interval = \"5s\"\njitter = \"1h\""),
+        ["health.jitter"]
+    );
+}
+
+#[test]
 fn a_route_prefix_requests_cannot_match_is_refused() {
     for prefix in ["/w?a=1", "/a#b", "/a b", "/a\tb"] {
         let errs = route_errors(&[(prefix, "primary", "")]);
