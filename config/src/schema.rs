@@ -222,14 +222,60 @@ fn unknown_key(text: &str, e: &toml::de::Error) -> Option<(std::ops::Range<usize
         return None;
     };
     let path = key_path(text, line, key);
+    let advice = match closest("`", "`") {
+        near if !near.is_empty() => near,
+        _ => other_kind(&path).map_or_else(String::new, |kind| format!("; it is a key of {kind}")),
+    };
     Some((
         line..line + 1,
-        format!(
-            "  line {}: `{path}` is no key here{}",
-            line + 1,
-            closest("`", "`")
-        ),
+        format!("  line {}: `{path}` is no key here{advice}", line + 1),
     ))
+}
+
+/// The kinds of the sections whose keys depend on one of them, and the
+/// keys of each kind that no other kind has: a key of another kind than
+/// the one chosen is named as such.
+const KIND_KEYS: &[(&str, &str, &[&str])] = &[
+    ("table", "source = \"file\"", &["path", "watch_interval"]),
+    (
+        "table",
+        "source = \"control\"",
+        &[
+            "url",
+            "token_file",
+            "ca_file",
+            "client_tls",
+            "wait",
+            "max_backoff",
+            "report",
+            "report_interval",
+            "hold_writes_after",
+        ],
+    ),
+    ("source", "kind = \"file\"", &["path"]),
+    (
+        "source",
+        "kind = \"aws\"",
+        &[
+            "endpoint_url",
+            "hosted_zone_id",
+            "record_name",
+            "global_cluster_id",
+            "global_cluster_region",
+            "health_metric",
+            "lag_metric",
+        ],
+    ),
+];
+
+/// For `section.key`, the kind of the section the key belongs to, when it
+/// is one of [`KIND_KEYS`].
+fn other_kind(path: &str) -> Option<&'static str> {
+    let (section, key) = path.rsplit_once('.')?;
+    KIND_KEYS
+        .iter()
+        .find(|(s, _, keys)| *s == section && keys.contains(&key))
+        .map(|(_, kind, _)| *kind)
 }
 
 /// `text` with `lines` (from 0, end excluded) made comments.
@@ -395,6 +441,18 @@ mod tests {
             e.contains(
                 "line 4: `table.watch_intervall` is no key here; did you mean `watch_interval`?"
             ),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_kind_of_section_says_which_kind() {
+        let e = super::parse::<Tagged>(
+            "[table]\nsource = \"file\"\npath = \"t.json\"\nurl = \"http://control\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("line 4: `table.url` is no key here; it is a key of source = \"control\""),
             "{e}"
         );
     }

@@ -257,6 +257,37 @@ fn route_errors(rules: &[(&str, &str, &str)]) -> Vec<(String, String)> {
     }
 }
 
+/// A key of the other table source is named as such: each of the
+/// control source's keys in a file source's [table].
+#[test]
+fn a_control_sources_key_under_a_file_source_says_so() {
+    for key in [
+        "url",
+        "token_file",
+        "ca_file",
+        "client_tls",
+        "wait",
+        "max_backoff",
+        "report",
+        "report_interval",
+        "hold_writes_after",
+    ] {
+        let text = MINIMAL.replace(
+            "path = \"table.json\"",
+            &format!("path = \"table.json\"\n{key} = \"x\""),
+        );
+        let Err(FromTomlError::Parse(e)) = parse(&text) else {
+            panic!("{key} was taken")
+        };
+        assert!(
+            e.contains(&format!(
+                "`table.{key}` is no key here; it is a key of source = \"control\""
+            )),
+            "{key}: {e}"
+        );
+    }
+}
+
 #[test]
 fn a_jitter_past_the_interval_and_500ms_is_refused() {
     let with = |health: &str| {
