@@ -235,7 +235,7 @@ fn unknown_key(text: &str, e: &toml::de::Error) -> Option<(std::ops::Range<usize
 /// The kinds of the sections whose keys depend on one of them, and the
 /// keys of each kind that no other kind has: a key of another kind than
 /// the one chosen is named as such.
-const KIND_KEYS: &[(&str, &str, &[&str])] = &[
+pub(crate) const KIND_KEYS: &[(&str, &str, &[&str])] = &[
     ("table", "source = \"file\"", &["path", "watch_interval"]),
     (
         "table",

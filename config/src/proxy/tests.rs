@@ -257,34 +257,34 @@ fn route_errors(rules: &[(&str, &str, &str)]) -> Vec<(String, String)> {
     }
 }
 
-/// A key of the other table source is named as such: each of the
-/// control source's keys in a file source's [table].
+/// A key of the other table source is named as such: each key of one
+/// source under the other's [table].
 #[test]
-fn a_control_sources_key_under_a_file_source_says_so() {
-    for key in [
-        "url",
-        "token_file",
-        "ca_file",
-        "client_tls",
-        "wait",
-        "max_backoff",
-        "report",
-        "report_interval",
-        "hold_writes_after",
-    ] {
-        let text = MINIMAL.replace(
-            "path = \"table.json\"",
-            &format!("path = \"table.json\"\n{key} = \"x\""),
-        );
-        let Err(FromTomlError::Parse(e)) = parse(&text) else {
-            panic!("{key} was taken")
+fn a_key_of_the_other_table_source_says_so() {
+    for (section, kind, keys) in crate::schema::KIND_KEYS {
+        if *section != "table" {
+            continue;
+        }
+        let other = if kind.contains("file") {
+            "source = \"control\"\nurl = \"http://control\"\ntoken_file = \"token\"".to_owned()
+        } else {
+            "source = \"file\"\npath = \"table.json\"".to_owned()
         };
-        assert!(
-            e.contains(&format!(
-                "`table.{key}` is no key here; it is a key of source = \"control\""
-            )),
-            "{key}: {e}"
-        );
+        for key in *keys {
+            let text = MINIMAL.replace(
+                "source = \"file\"\npath = \"table.json\"",
+                &format!("{other}\n{key} = \"x\""),
+            );
+            let Err(FromTomlError::Parse(e)) = parse(&text) else {
+                panic!("{key} was taken beside {other}")
+            };
+            assert!(
+                e.contains(&format!(
+                    "`table.{key}` is no key here; it is a key of {kind}"
+                )),
+                "{key}: {e}"
+            );
+        }
     }
 }
 
