@@ -123,12 +123,21 @@ impl AppState {
             let (epoch, version) = current
                 .as_ref()
                 .map_or((0, 0), |s| (s.epoch(), s.version()));
+            // Replicas started at other times hand out other epochs: the
+            // likeliest cause of a lower one from a control plane.
+            let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
+                && source.starts_with("http")
+            {
+                "; if several control plane replicas answer at this address, each hands out epochs of its own: give this proxy one replica's address"
+            } else {
+                ""
+            };
             tracing::warn!(
                 source,
                 reason = rejection.reason(),
                 keeping_epoch = epoch,
                 keeping_version = version,
-                "routing table rejected: {rejection}"
+                "routing table rejected: {rejection}{hint}"
             );
         }
         result

@@ -154,6 +154,35 @@ async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_se
     );
 }
 
+/// A control plane that hands out a lower epoch than the proxy's table
+/// (another replica, behind the same address) is refused, and the log
+/// line says the likeliest cause and what to do.
+#[tokio::test]
+async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
+    let us = Origin::start(US).await;
+    let control = ScriptedControl::start(vec![
+        table(5, 10, Some(US), &[(US, "active")]).to_string().into(),
+        table(3, 20, Some(US), &[(US, "active")]).to_string().into(),
+    ])
+    .await;
+    let proxy = control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
+        .start()
+        .await;
+    eventually(
+        "the lower epoch is refused",
+        Duration::from_secs(10),
+        || async { rejections(&proxy, "stale_epoch").await == 1.0 },
+    )
+    .await;
+    assert_eq!(proxy.table_version().await, Some(10));
+    let log = proxy.log();
+    assert!(
+        log.contains("each hands out epochs of its own: give this proxy one replica's address"),
+        "{log}"
+    );
+}
+
 /// A server that answers table requests at once and without an ETag (a
 /// static file server, say) is asked about once a second, not in a loop.
 #[tokio::test]
