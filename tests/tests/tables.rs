@@ -7,6 +7,14 @@ use std::time::Duration;
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
 
+/// A ready proxy for us-east-1 (`us` its one backend) on `control`'s tables.
+async fn proxy_of(control: &ScriptedControl, us: &Origin) -> edgeroute_tests::Proxy {
+    control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
+        .start()
+        .await
+}
+
 async fn rejections(proxy: &edgeroute_tests::Proxy, reason: &str) -> f64 {
     proxy
         .metric(&format!(
@@ -130,10 +138,7 @@ async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_se
         oversized.into(),
     ])
     .await;
-    let proxy = control
-        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
-        .start()
-        .await;
+    let proxy = proxy_of(&control, &us).await;
     eventually(
         "both bad tables are rejected",
         Duration::from_secs(10),
@@ -165,10 +170,7 @@ async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
         table(3, 20, Some(US), &[(US, "active")]).to_string().into(),
     ])
     .await;
-    let proxy = control
-        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
-        .start()
-        .await;
+    let proxy = proxy_of(&control, &us).await;
     eventually(
         "the lower epoch is refused",
         Duration::from_secs(10),
@@ -190,10 +192,7 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
     let us = Origin::start(US).await;
     let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
     let control = ScriptedControl::start_without_etags(good.into()).await;
-    let proxy = control
-        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
-        .start()
-        .await;
+    let proxy = proxy_of(&control, &us).await;
     let (first, from) = (control.asks(), std::time::Instant::now());
     eventually(
         "the table is asked for again",
