@@ -28,6 +28,14 @@ fn assert_mentions(stderr: &str, expected: &[&str]) {
     }
 }
 
+/// What `cmd` printed on its standard error, once it has failed.
+fn refused(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "it succeeded:\n{stderr}");
+    stderr
+}
+
 /// `BIN check --config CONFIG`, to run with `.output()`.
 fn check(bin: &Path, config: &Path) -> Command {
     let mut cmd = Command::new(bin);
@@ -65,9 +73,7 @@ path = "table.json"
 "#,
     )
     .unwrap();
-    let out = check(&proxy_bin(), &config).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut check(&proxy_bin(), &config));
     assert_mentions(
         &stderr,
         &[
@@ -99,9 +105,8 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
     std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"eu-west-1","regions":[{"name":"eu-west-1","state":"active"}]}"#).unwrap();
-    let out = check(&proxy_bin(), &config).output().unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("eu-west-1"));
+    let stderr = refused(&mut check(&proxy_bin(), &config));
+    assert!(stderr.contains("eu-west-1"), "{stderr}");
 
     // A key no field takes is ignored (a newer control plane's table may
     // carry more), and warned of: written by hand, it is likely misspelt.
@@ -168,13 +173,9 @@ fn check_names_the_problems_of_every_part_in_one_run() {
          [log]\nlevel = \"verbose\"\n",
     )
     .unwrap();
-    let out = check(&proxy_bin(), &config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(check(&proxy_bin(), &config).env_remove("RUST_LOG"));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &[
             "listeners[0].tls.cert",
             "log.level \"verbose\": \"verbose\" is no level",
@@ -185,12 +186,8 @@ fn check_names_the_problems_of_every_part_in_one_run() {
 
 #[test]
 fn a_missing_config_file_is_a_clear_error() {
-    let out = Command::new(proxy_bin())
-        .args(["run", "--config", "/nonexistent/edgeroute.toml"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr =
+        refused(Command::new(proxy_bin()).args(["run", "--config", "/nonexistent/edgeroute.toml"]));
     assert!(
         stderr.contains("cannot read config file /nonexistent/edgeroute.toml"),
         "{stderr}"
@@ -282,16 +279,14 @@ fn control_check_names_an_endpoint_that_does_not_answer() {
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
-    let out = check(&bin, &config)
-        .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_MAX_ATTEMPTS", "1")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(
+        check(&bin, &config)
+            .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env_remove("RUST_LOG"),
+    );
     assert!(
         stderr.contains(&format!(
             "the endpoint is source.endpoint_url, http://{nowhere}: is it up?"
@@ -333,9 +328,7 @@ fn a_broken_control_config_names_its_fields() {
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
-    let out = check(&bin, &config).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut check(&bin, &config));
     for field in [
         "server.address",
         "server.token_file",
@@ -365,21 +358,12 @@ fn the_control_token_may_come_from_the_environment_and_the_log_filter_is_checked
     )
     .unwrap();
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
-    let without = check(&bin, &config)
-        .env_remove("EDGEROUTE_CONTROL_TOKEN")
-        .output()
-        .unwrap();
-    assert!(!without.status.success());
-    assert!(String::from_utf8_lossy(&without.stderr).contains("EDGEROUTE_CONTROL_TOKEN"));
-    let not_text = check(&bin, &config)
-        .env(
-            "EDGEROUTE_CONTROL_TOKEN",
-            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"),
-        )
-        .output()
-        .unwrap();
-    assert!(!not_text.status.success());
-    let stderr = String::from_utf8_lossy(&not_text.stderr);
+    let without = refused(check(&bin, &config).env_remove("EDGEROUTE_CONTROL_TOKEN"));
+    assert!(without.contains("EDGEROUTE_CONTROL_TOKEN"), "{without}");
+    let stderr = refused(check(&bin, &config).env(
+        "EDGEROUTE_CONTROL_TOKEN",
+        <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"\xff"),
+    ));
     assert!(
         stderr.contains("EDGEROUTE_CONTROL_TOKEN is not UTF-8"),
         "{stderr}"
@@ -588,9 +572,7 @@ max_backoff = "1ns"
     )
     .unwrap();
     std::fs::write(dir.path().join("token"), "t0ken").unwrap();
-    let out = check(&proxy_bin(), &config).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut check(&proxy_bin(), &config));
     assert_mentions(
         &stderr,
         &[
@@ -629,12 +611,7 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
     .unwrap();
     std::fs::write(dir.path().join("admin-token"), " \n").unwrap();
     std::fs::write(dir.path().join("table-token"), "s3cret with space\n").unwrap();
-    let out = check(&proxy_bin(), &config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(check(&proxy_bin(), &config).env_remove("RUST_LOG"));
     assert_mentions(
         &stderr,
         &[
@@ -654,9 +631,7 @@ fn check_refuses_a_table_that_is_not_a_regular_file_or_past_the_epoch_range() {
     let config = good_config(dir.path());
     let table = dir.path().join("table.json");
     std::fs::write(&table, r#"{"epoch":18446744073709551615,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
-    let out = check(&proxy_bin(), &config).output().unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(&mut check(&proxy_bin(), &config));
     assert!(
         stderr.contains("epoch: must be at most 9223372036854775807"),
         "{stderr}"
@@ -687,13 +662,9 @@ fn a_log_level_that_is_no_level_is_refused() {
          [log]\nlevel = \"warning\"\n",
     )
     .unwrap();
-    let out = check(&proxy_bin(), &config)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(check(&proxy_bin(), &config).env_remove("RUST_LOG"));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &[
             "log.level \"warning\": \"warning\" is no level",
             "trace, debug, info, warn, error or off",
@@ -707,13 +678,9 @@ fn a_log_level_that_is_no_level_is_refused() {
             .replace("\"warning\"", "\"info\""),
     )
     .unwrap();
-    let out = check(&proxy_bin(), &config)
-        .env("RUST_LOG", "warning")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(check(&proxy_bin(), &config).env("RUST_LOG", "warning"));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &[
             "RUST_LOG \"warning\": \"warning\" is no level",
             "\"warning=trace\"",
@@ -736,10 +703,9 @@ fn every_unknown_key_is_named_at_once_and_a_number_for_a_size_is_explained() {
          [table]\nsource = \"file\"\n[limits]\nmax_request_body = 10485760\n",
     )
     .unwrap();
-    let out = check(&proxy_bin(), &config).output().unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(&mut check(&proxy_bin(), &config));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &[
             "it does not fit the config's shape: 2 unknown key(s):",
             "line 9: `health.intervall` is no key here; did you mean `interval`?",
@@ -794,10 +760,9 @@ fn tls_files_of_the_control_plane_and_its_clients_are_checked() {
     };
     let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
     write("b.key");
-    let out = check(&bin, &config).output().unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(&mut check(&bin, &config));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &[
             "server.tls.key (",
             "b.key): is not the key of the first certificate in",
@@ -819,10 +784,9 @@ fn tls_files_of_the_control_plane_and_its_clients_are_checked() {
         ),
     )
     .unwrap();
-    let out = check(&bin, &config).output().unwrap();
-    assert!(!out.status.success());
+    let stderr = refused(&mut check(&bin, &config));
     assert_mentions(
-        &String::from_utf8_lossy(&out.stderr),
+        &stderr,
         &["actions.ca_file (", "ca.pem): holds no certificate"],
     );
 }
@@ -859,18 +823,15 @@ fn missing_aws_credentials_are_named_with_where_they_come_from() {
     ] {
         cmd.env_remove(var);
     }
-    let out = cmd
-        .env("HOME", dir.path())
-        .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
-        .env(
-            "AWS_SHARED_CREDENTIALS_FILE",
-            dir.path().join("no-credentials"),
-        )
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = refused(
+        cmd.env("HOME", dir.path())
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("no-credentials"),
+            )
+            .env("AWS_EC2_METADATA_DISABLED", "true"),
+    );
     assert_mentions(
         &stderr,
         &[
