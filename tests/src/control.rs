@@ -569,6 +569,12 @@ impl ScriptedControl {
         Self::serve(vec![table], true, true).await
     }
 
+    /// Answers every table request `304 Not Modified`, whether it named a
+    /// table or not: a control plane that has never given one.
+    pub async fn start_not_modified() -> ScriptedControl {
+        Self::serve(Vec::new(), true, false).await
+    }
+
     /// Table requests answered so far.
     pub fn asks(&self) -> usize {
         self.asks.load(std::sync::atomic::Ordering::SeqCst)
@@ -615,6 +621,10 @@ impl ScriptedControl {
                                 }
                             };
                             match next {
+                                // Static, with nothing to serve.
+                                None if static_file => {
+                                    *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
+                                }
                                 Some(body) if static_file => {
                                     served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                     *resp.body_mut() = Full::new(body);

@@ -215,37 +215,10 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
 /// failed ask, and is not ready.
 #[tokio::test]
 async fn a_304_to_a_proxy_with_no_table_is_a_failed_ask() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let us = Origin::start(US).await;
-    let listener = tokio::net::TcpListener::bind(edgeroute_tests::proxy::free_addr())
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = tokio::spawn(async move {
-        while let Ok((mut conn, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                while conn.read(&mut buf).await.is_ok_and(|n| n > 0) {
-                    if conn
-                        .write_all(b"HTTP/1.1 304 Not Modified\r\n\r\n")
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    let dir = tempfile::tempdir().unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "t0ken\n").unwrap();
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[us.addr])
-        .extra(&format!(
-            "[table]\nsource = \"control\"\nurl = \"http://{addr}\"\ntoken_file = {token:?}\nmax_backoff = \"200ms\"\n"
-        ))
-        .without_table_file()
+    let control = ScriptedControl::start_not_modified().await;
+    let proxy = control
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
         .start_live()
         .await;
     eventually("the 304 is counted", Duration::from_secs(10), || async {
@@ -265,7 +238,6 @@ async fn a_304_to_a_proxy_with_no_table_is_a_failed_ask() {
         .await
         .unwrap();
     assert_eq!(ready.status(), 503);
-    server.abort();
 }
 
 /// A control plane that answers every ask with a new table (a broken one,
