@@ -267,13 +267,11 @@ pub fn report(state: &AppState, id: &str) -> ProxyReport {
         regions: regions
             .iter()
             .map(|r| {
-                // One reading of the list for both counts: DNS may change
-                // it between two.
-                let backends = r.backends();
+                let (backends, in_rotation) = r.rotation(now);
                 RegionHealth {
                     name: r.name.to_string(),
-                    backends: backends.len() as u32,
-                    in_rotation: backends.iter().filter(|b| b.in_rotation(now)).count() as u32,
+                    backends: backends as u32,
+                    in_rotation: in_rotation as u32,
                 }
             })
             .collect(),

@@ -500,11 +500,16 @@ impl RegionInfo {
     }
 
     pub fn in_rotation(&self, now: Instant) -> usize {
-        self.backends
-            .load()
-            .iter()
-            .filter(|b| b.in_rotation(now))
-            .count()
+        self.rotation(now).1
+    }
+
+    /// How many backends the region has, and how many of them are in
+    /// rotation, from one reading of its list (DNS may change it between
+    /// two).
+    pub fn rotation(&self, now: Instant) -> (usize, usize) {
+        let backends = self.backends.load();
+        let live = backends.iter().filter(|b| b.in_rotation(now)).count();
+        (backends.len(), live)
     }
 
     pub fn has_live_backend(&self) -> bool {
