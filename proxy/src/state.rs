@@ -126,8 +126,10 @@ impl AppState {
             // Replicas started at other times hand out other epochs: the
             // likeliest cause of a lower one from a control plane.
             let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
-                && source.starts_with("http")
-            {
+                && matches!(
+                    self.config.table,
+                    edgeroute_config::TableSource::Control { .. }
+                ) {
                 "; if several control plane replicas answer at this address, each hands out epochs of its own: give this proxy one replica's address"
             } else {
                 ""
