@@ -215,17 +215,13 @@ async fn reread_client_ca(
     const FIELD: &str = "server.client_ca";
     let path = ca.path.clone();
     // A regular file of at most 1 MiB, read without blocking on a pipe;
-    // the verifier is built from the very bytes compared.
-    let read = tokio::task::spawn_blocking(move || {
-        let pem = edgeroute_config::tls::read_ca_file(&path, FIELD)?;
-        Ok::<_, String>((
-            edgeroute_config::tls::client_verifier_of(&pem, &path, FIELD),
-            pem,
-        ))
-    })
-    .await;
-    let (verifier, pem) = match read {
-        Ok(Ok(read)) => read,
+    // the verifier is built from the very bytes compared, only when they
+    // changed.
+    let read =
+        tokio::task::spawn_blocking(move || edgeroute_config::tls::read_ca_file(&path, FIELD))
+            .await;
+    let pem = match read {
+        Ok(Ok(pem)) => pem,
         Ok(Err(e)) => {
             if ca.read.take().is_some() || forced {
                 tracing::error!(error = %e, "cannot read server.client_ca again; the CAs read before stay in force");
@@ -237,8 +233,7 @@ async fn reread_client_ca(
     if ca.read.as_ref() == Some(&pem) && !forced {
         return;
     }
-    ca.read = Some(pem);
-    match verifier {
+    match edgeroute_config::tls::client_verifier_of(&pem, &ca.path, FIELD) {
         Ok(verifier) => {
             ca.tls.store(cert.server_config_for(ALPN, Some(verifier)));
             tracing::info!(path = %ca.path.display(), "server.client_ca read again: new connections need certificates its CAs sign");
@@ -247,6 +242,7 @@ async fn reread_client_ca(
             tracing::error!(error = %e, "server.client_ca changed but cannot be used; the CAs read before stay in force");
         }
     }
+    ca.read = Some(pem);
 }
 
 fn reply(
