@@ -921,6 +921,23 @@ impl<'a> Client<'a> {
     }
 }
 
+/// Reads an HTTP/2 stream whose request has all the body it declared on
+/// to its end: DATA past that is malformed (RFC 9113 §8.1.1; the protocol
+/// library resets the stream on it, first).
+async fn to_stream_end(s: &mut ServerSession, idle: Duration) -> Result<(), BError> {
+    loop {
+        match within_idle(idle, Direction::Read, s.read_request_body()).await? {
+            None => return Ok(()),
+            Some(more) if more.is_empty() => {}
+            Some(_) => {
+                return Err(bad_request(
+                    "the HTTP/2 stream sent more body than its Content-Length",
+                ));
+            }
+        }
+    }
+}
+
 /// `op`, or the client's timeout error if it has not completed within
 /// `idle` (an HTTP/2 stream's waits; an HTTP/1 session keeps its own
 /// timer).
@@ -1026,19 +1043,10 @@ impl Client<'_> {
                 loop {
                     if body.held.is_some() {
                         // The bytes that complete the declared length wait
-                        // for the stream's end: one that sends more than
-                        // it declared is malformed (RFC 9113 §8.1.1) and
-                        // must not reach the backend as a whole request of
-                        // the bytes before.
-                        match within_idle(idle, Direction::Read, s.read_request_body()).await? {
-                            None => return Ok(body.held.take()),
-                            Some(more) if more.is_empty() => continue,
-                            Some(_) => {
-                                return Err(bad_request(
-                                    "the HTTP/2 stream sent more body than its Content-Length",
-                                ));
-                            }
-                        }
+                        // for the stream's end: they must not reach the
+                        // backend as a whole request if more follows.
+                        to_stream_end(s, idle).await?;
+                        return Ok(body.held.take());
                     }
                     let data = within_idle(idle, Direction::Read, s.read_request_body()).await?;
                     if data.is_some()
@@ -1067,17 +1075,7 @@ impl Client<'_> {
         if body.declared != Some(0) {
             return Ok(());
         }
-        loop {
-            match within_idle(*idle, Direction::Read, s.read_request_body()).await? {
-                None => return Ok(()),
-                Some(more) if more.is_empty() => {}
-                Some(_) => {
-                    return Err(bad_request(
-                        "the HTTP/2 stream sent a body past its Content-Length of 0",
-                    ));
-                }
-            }
-        }
+        to_stream_end(s, *idle).await
     }
 
     pub async fn write_continue(&mut self) -> Result<(), BError> {
