@@ -32,7 +32,7 @@ pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
     LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,
     ReadYourWrites, Region, Retries, RouteRule, RouteTarget, RuntimeConfig, ShutdownConfig,
-    TableSource, Timeouts, valid_region_name,
+    TableSource, Timeouts, check_region_name, valid_region_name,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{presents_bearer, read_secret, token};

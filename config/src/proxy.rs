@@ -891,14 +891,8 @@ impl RawConfig {
             .enumerate()
             .map(|(i, r)| {
                 let path = format!("regions[{i}]");
-                if !valid_region_name(&r.name) {
-                    e.push(
-                        format!("{path}.name"),
-                        format!(
-                            "must be a region name of lower-case letters, digits and '-', such as \"eu-west-1\", got {:?}",
-                            r.name
-                        ),
-                    );
+                if let Err(why) = check_region_name(&r.name) {
+                    e.push(format!("{path}.name"), why);
                 } else if !names.insert(r.name.clone()) {
                     e.push(format!("{path}.name"), format!("{:?} is listed twice", r.name));
                 }
@@ -1425,6 +1419,17 @@ fn parse_status_range(raw: &str) -> Option<(u16, u16)> {
     let lo: u16 = lo.trim().parse().ok()?;
     let hi: u16 = hi.trim().parse().ok()?;
     ((100..=599).contains(&lo) && (lo..=599).contains(&hi)).then_some((lo, hi))
+}
+
+/// [`valid_region_name`], or what a region name must be.
+pub fn check_region_name(name: &str) -> Result<(), String> {
+    if valid_region_name(name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "must be a region name of lower-case letters, digits and '-', such as \"eu-west-1\", got {name:?}"
+        ))
+    }
 }
 
 /// A region's name as edgeroute takes one (`us-east-1`, `eu-west-1`, or a

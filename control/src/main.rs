@@ -328,13 +328,7 @@ async fn runner(
 /// A region argument: a region's name, as the config and the tables
 /// write it, checked before anything asks AWS.
 fn region_name(raw: &str) -> Result<String, String> {
-    if edgeroute_config::valid_region_name(raw) {
-        Ok(raw.to_owned())
-    } else {
-        Err(format!(
-            "must be a region name of lower-case letters, digits and '-', such as \"eu-west-1\", got {raw:?}"
-        ))
-    }
+    edgeroute_config::check_region_name(raw).map(|()| raw.to_owned())
 }
 
 /// A `--timeout`: long enough to see a change through, since Route 53 and
