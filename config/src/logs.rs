@@ -6,7 +6,7 @@ use tracing_subscriber::EnvFilter;
 /// The filter the logs go through: `RUST_LOG` when set and not empty, else
 /// `level` (the config's `log.level`). The error names the one at fault.
 /// Either is refused when a part of it is a bare word that is no level
-/// (see [`bare_target`]).
+/// (see `bare_target`).
 pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
     let (filter, whose) = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => (v, "RUST_LOG"),

@@ -379,7 +379,7 @@ impl TlsCert {
     }
 
     /// [`TlsCert::server_config`], asking every client for a certificate
-    /// that `clients` accepts (see [`client_verifier`]), when given.
+    /// that `clients` accepts (see [`client_verifier_of`]), when given.
     pub fn server_config_for(
         self: &Arc<Self>,
         alpn: &[&[u8]],
@@ -645,16 +645,6 @@ pub fn client_config(
     })
 }
 
-/// What a server asks of its clients with `client_ca` (such as
-/// `server.client_ca`): a certificate signed by one of the CA
-/// certificates in the file, for every connection.
-pub fn client_verifier(
-    client_ca: &Path,
-    field: &str,
-) -> Result<Arc<dyn ClientCertVerifier>, String> {
-    client_verifier_of(&read_ca_file(client_ca, field)?, client_ca, field)
-}
-
 /// The bytes of the CA file at `path` (the config field `field`): a
 /// regular file of at most 1 MiB.
 pub fn read_ca_file(path: &Path, field: &str) -> Result<Vec<u8>, String> {
@@ -662,7 +652,10 @@ pub fn read_ca_file(path: &Path, field: &str) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{field} ({}): cannot read it: {e}", path.display()))
 }
 
-/// [`client_verifier`] of the file's bytes, `pem`, as read from `client_ca`.
+/// What a server asks of its clients with `client_ca` (such as
+/// `server.client_ca`): a certificate signed by one of the CA
+/// certificates in the file, whose bytes `pem` were read from `client_ca`
+/// (see [`read_ca_file`]), for every connection.
 pub fn client_verifier_of(
     pem: &[u8],
     client_ca: &Path,
