@@ -232,10 +232,7 @@ pub async fn write_health(
     } else {
         http::StatusCode::SERVICE_UNAVAILABLE
     };
-    if !client.is_body_done() {
-        // A body the proxy does not read: the connection cannot go on.
-        client.close_after();
-    }
+    close_if_body_unread(client);
     write_json(
         client,
         status,
@@ -257,10 +254,7 @@ pub async fn write_last_hop(
     region: &HeaderValue,
     request_id: &HeaderValue,
 ) -> Result<(), Box<Error>> {
-    if !client.is_body_done() {
-        // A body the proxy does not read: the connection cannot go on.
-        client.close_after();
-    }
+    close_if_body_unread(client);
     let mut fields = Fields::with_capacity(5);
     fields.push(crate::upstream::REGION, region.clone());
     let (content_type, body) = if client.request().method == http::Method::TRACE {
@@ -320,6 +314,14 @@ fn reflected(client: &Client<'_>) -> Bytes {
     }
     out.extend_from_slice(b"\r\n");
     Bytes::from(out)
+}
+
+/// An answer of the proxy's own to a request whose body it does not read:
+/// the connection cannot go on after it.
+fn close_if_body_unread(client: &mut Client<'_>) {
+    if !client.is_body_done() {
+        client.close_after();
+    }
 }
 
 /// Writes a complete response of the proxy's own: `body` as JSON, never
