@@ -86,6 +86,11 @@ def main() -> int:
 # Writer changes held by a test, and whether new ones are held.
 HELD = {"hold": False, "pending": []}
 HELD_LOCK = threading.Lock()
+# A writer change's end (members' roles and FailoverState) and a
+# DescribeGlobalClusters answer are one step each: an answer read while
+# a change ends would otherwise show the old writer with no FailoverState,
+# which AWS never answers.
+VIEW_LOCK = threading.Lock()
 
 # Actions whose next answers a test has lost, and how many.
 LOSE = {}
@@ -257,10 +262,11 @@ def patch_rds() -> None:
             }
 
         def finish():
-            if source is not None:
-                source.is_writer = False
-            target_member.is_writer = True
-            gc.failover_state = None
+            with VIEW_LOCK:
+                if source is not None:
+                    source.is_writer = False
+                target_member.is_writer = True
+                gc.failover_state = None
 
         with HELD_LOCK:
             if HELD["hold"]:
@@ -296,6 +302,18 @@ def patch_rds() -> None:
 
     responses.RDSResponse.failover_global_cluster = failover_global_cluster
     responses.RDSResponse.switchover_global_cluster = switchover_global_cluster
+
+    # The answer is written out after the action's method returns: the
+    # whole call, written answer included, holds the lock.
+    call_action = responses.RDSResponse.call_action
+
+    def call_action_whole(self):
+        if self._get_action() != "DescribeGlobalClusters":
+            return call_action(self)
+        with VIEW_LOCK:
+            return call_action(self)
+
+    responses.RDSResponse.call_action = call_action_whole
 
 
 def patch_route53() -> None:
