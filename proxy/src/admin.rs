@@ -207,24 +207,34 @@ pub fn routing_view(state: &AppState) -> Value {
         .enumerate()
         .map(|(i, r)| {
             let table_state = snap.as_ref().map_or(RegionState::Down, |s| s.states[i]);
+            // One reading of the list: DNS may change it between two, and
+            // the count must be of the backends shown.
+            let backends: Vec<Value> = r
+                .backends()
+                .iter()
+                .map(|b| {
+                    json!({
+                        "backend": b.label,
+                        "address": b.addr.to_string(),
+                        "live": b.in_rotation(now),
+                        "probe_healthy": b.probe_healthy(),
+                        "ejected": b.is_ejected(now),
+                        "departing": b.is_departing(),
+                        "inflight": b.inflight(),
+                        "latency_ms": b.measured_latency(now).map(|s| s * 1000.0),
+                    })
+                })
+                .collect();
+            let live = backends.iter().filter(|b| b["live"] == true).count();
             json!({
                 "name": &*r.name,
                 "state": table_state.as_str(),
                 "weight": snap.as_ref().map_or(0, |s| s.weights[i]),
                 "local": i == topo.local,
                 "primary": snap.as_ref().is_some_and(|s| s.primary == Some(i)),
-                "live_backends": r.in_rotation(now),
+                "live_backends": live,
                 "latency_ms": r.latency(now).map(|s| s * 1000.0),
-                "backends": r.backends().iter().map(|b| json!({
-                    "backend": b.label,
-                    "address": b.addr.to_string(),
-                    "live": b.in_rotation(now),
-                    "probe_healthy": b.probe_healthy(),
-                    "ejected": b.is_ejected(now),
-                    "departing": b.is_departing(),
-                    "inflight": b.inflight(),
-                    "latency_ms": b.measured_latency(now).map(|s| s * 1000.0),
-                })).collect::<Vec<_>>(),
+                "backends": backends,
                 "draining": r.draining().iter().map(|b| json!({
                     "backend": b.label,
                     "address": b.addr.to_string(),
