@@ -8,6 +8,7 @@ pub mod h2;
 pub mod moto;
 pub mod origin;
 pub mod proxy;
+pub mod relay;
 pub mod webhook;
 
 pub use origin::{Behaviour, Origin, Seen};

@@ -973,3 +973,88 @@ async fn the_control_plane_raises_its_open_file_limit_to_the_hard_one() {
     assert_ne!(open_files[0], "256", "{limits}");
     control.start_kill().ok();
 }
+
+/// Two replicas behind one address, the earlier started with the lower
+/// epoch. Once the later one goes away, a proxy that routed on its epoch
+/// refuses the earlier one's lower epoch only until its report reaches
+/// the earlier one, which then takes that epoch for the same primary and
+/// serves its own table on it. A report of another primary, or of an
+/// epoch far ahead of the clock, is not taken.
+#[tokio::test]
+async fn a_replica_takes_the_epoch_its_proxies_route_on_for_the_same_primary() {
+    let topo = topology(Some(US), false, &[(US, 100, true), (EU, 100, true)]);
+    let earlier = ControlPlane::start(&topo).await;
+    let epoch_of = |table: serde_json::Value| table["epoch"].as_u64().expect("an epoch");
+    let first = epoch_of(earlier.table().await);
+    let clock = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // A replica's first epoch is its start's second: start the other in a later one.
+    eventually("the next second", WAIT, || async { clock() > first }).await;
+    let mut later = ControlPlane::start(&topo).await;
+    let higher = epoch_of(later.table().await);
+    assert!(higher > first, "{higher} > {first}");
+
+    let relay = edgeroute_tests::relay::Relay::start(later.addr).await;
+    let (us, eu) = (Origin::start(US).await, Origin::start(EU).await);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"http://{}\"\ntoken_file = {:?}\nwait = \"5s\"\nmax_backoff = \"200ms\"\nreport_interval = \"200ms\"\n",
+            relay.addr, earlier.token_path
+        ))
+        .without_table_file()
+        .start()
+        .await;
+    let epoch_in_force = || async { proxy.routing().await["table"]["epoch"].as_u64() };
+    assert_eq!(epoch_in_force().await, Some(higher));
+
+    // Reports the earlier replica must not take: another primary, and an
+    // epoch an hour ahead of the clock.
+    for (primary, epoch) in [(EU, higher + 1), (US, clock() + 3600)] {
+        let report = serde_json::json!({
+            "id": format!("elsewhere/{epoch}"), "region": US, "epoch": epoch, "version": 1,
+            "primary_region": primary, "regions": [],
+        });
+        let resp = client()
+            .post(earlier.url("/v1/report"))
+            .bearer_auth(TOKEN)
+            .json(&report)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 204);
+    }
+    eventually("the far epoch is refused", WAIT, || async {
+        earlier.log().contains("a proxy's epoch not taken")
+    })
+    .await;
+    assert_eq!(epoch_of(earlier.table().await), first);
+
+    relay.point_at(earlier.addr);
+    later.kill();
+    eventually(
+        "the earlier replica serves the proxy's epoch, and the proxy takes its table",
+        WAIT,
+        || async {
+            let table = earlier.table().await;
+            table["epoch"].as_u64() == Some(higher)
+                && proxy.table_version().await == table["version"].as_u64()
+        },
+    )
+    .await;
+    let log = earlier.log();
+    assert!(
+        log.contains("s ahead of this control plane's clock"),
+        "{log}"
+    );
+    assert!(
+        log.contains("a proxy routes on this epoch for the same primary"),
+        "{log}"
+    );
+    assert_eq!(proxy.write_region().await, US);
+}
