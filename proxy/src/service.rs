@@ -637,7 +637,23 @@ impl EdgeProxy {
         backend: &Arc<Backend>,
         timer: &mut h1::Deadline,
     ) -> Result<(), Failure> {
-        let head = self.upstream_request(client, ctx).map_err(Failure::last)?;
+        let head = match self.upstream_request(client, ctx) {
+            Ok(head) => head,
+            Err(e) => {
+                // The request itself cannot be forwarded (its first attempt
+                // finds so): nothing was sent, and no backend or region is
+                // named for it, as for the proxy's other refusals.
+                ctx.backend = None;
+                ctx.sent_to = None;
+                ctx.attempts -= 1;
+                return Err(Failure {
+                    error: e,
+                    retry: false,
+                    on_pooled: false,
+                    reached: false,
+                });
+            }
+        };
         let head_request = client.request().method == http::Method::HEAD;
         let upgrade = ctx.facts.websocket;
         let peer = backend.peer_template();

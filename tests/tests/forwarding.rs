@@ -393,6 +393,52 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
     assert_eq!(seen[1].header("host"), Some("[::1]:8080"));
 }
 
+/// A request the proxy cannot forward as it is (a field the proxy sets,
+/// named in `Connection`) is found so once its region is chosen: it
+/// reached no backend, so none and no region is named for it, and the
+/// write gets no read-your-writes cookie.
+#[tokio::test]
+async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let answer = exchange(
+        proxy.addr,
+        b"POST /orders HTTP/1.1\r\nHost: app\r\nConnection: x-request-id\r\nContent-Length: 1\r\n\r\nx",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400") && answer.contains("x-request-id"),
+        "{answer}"
+    );
+    assert!(
+        !answer.to_ascii_lowercase().contains("set-cookie"),
+        "{answer}"
+    );
+    let access = |log: &str| {
+        log.lines()
+            .find(|l| l.contains("edgeroute::access") && l.contains("status=400"))
+            .map(str::to_owned)
+    };
+    eventually("the access line is written", LIMIT, || async {
+        access(&proxy.log()).is_some()
+    })
+    .await;
+    let line = access(&proxy.log()).expect("an access line");
+    assert!(
+        line.contains("region=\"none\"")
+            && line.contains("attempts=0")
+            && line.contains("backend=\"\""),
+        "{line}"
+    );
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"none\",route=\"write\",status=\"400\"}")
+            .await,
+        1.0
+    );
+    assert!(origin.seen().is_empty());
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
