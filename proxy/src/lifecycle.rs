@@ -183,6 +183,17 @@ impl ShutdownSignalWatch for SignalWatch {
             _ = term.recv() => {
                 tracing::info!("SIGTERM: not ready any more, finishing in-flight requests");
                 self.0.begin_shutdown();
+                // SIGINT still stops at once: an operator's Ctrl-C on a
+                // drain that takes too long.
+                let lifecycle = Arc::clone(&self.0);
+                tokio::spawn(async move {
+                    int.recv().await;
+                    tracing::warn!(
+                        still_in_flight = lifecycle.inflight(),
+                        "SIGINT while finishing in-flight requests: stopping now"
+                    );
+                    std::process::exit(0);
+                });
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {

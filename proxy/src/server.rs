@@ -91,9 +91,11 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let conf = ServerConf {
         threads: config.runtime.threads,
         work_stealing: config.runtime.work_stealing,
-        // Pingora waits this long after SIGTERM; `exit_when_drained` exits
-        // sooner once nothing is in flight.
-        grace_period_seconds: Some(config.shutdown.grace_period.as_secs().max(1)),
+        // `exit_when_drained` ends the process once nothing is in flight,
+        // or when the grace period is over, saying how many requests it
+        // cuts: Pingora's own grace runs longer, so its teardown (which
+        // drops the requests still in flight) never comes first.
+        grace_period_seconds: Some(config.shutdown.grace_period.as_secs() + 5),
         graceful_shutdown_timeout_seconds: Some(1),
         pid_file: run_file("pid"),
         upgrade_sock: run_file("sock"),

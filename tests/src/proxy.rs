@@ -62,6 +62,7 @@ pub struct ProxyBuilder {
     admin: String,
     table_file: bool,
     threads: usize,
+    grace_period: String,
     address: Option<SocketAddr>,
 }
 
@@ -76,6 +77,7 @@ impl ProxyBuilder {
             admin: String::new(),
             table_file: true,
             threads: 2,
+            grace_period: "20s".into(),
             address: None,
         }
     }
@@ -113,6 +115,12 @@ impl ProxyBuilder {
     pub fn listener_options(mut self, toml: &str) -> Self {
         self.listener.push_str(toml);
         self.listener.push('\n');
+        self
+    }
+
+    /// `shutdown.grace_period` (20s unless set).
+    pub fn grace_period(mut self, grace: &str) -> Self {
+        self.grace_period = grace.to_owned();
         self
     }
 
@@ -169,8 +177,8 @@ impl ProxyBuilder {
         write_atomically(&table_path, &table.to_string());
         let mut config = format!(
             "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n{}\n\
-             [runtime]\nthreads = {}\n\n[shutdown]\ngrace_period = \"20s\"\n",
-            self.local, self.listener, self.admin, self.threads
+             [runtime]\nthreads = {}\n\n[shutdown]\ngrace_period = \"{}\"\n",
+            self.local, self.listener, self.admin, self.threads, self.grace_period
         );
         if self.table_file {
             config.push_str(

@@ -68,6 +68,54 @@ async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
     );
 }
 
+/// A request still in flight when the grace period is over is cut, and the
+/// log says so with the count (it used to say every request finished);
+/// SIGINT during the grace period stops the proxy at once.
+#[tokio::test]
+async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops_at_once() {
+    let us = Origin::start("us-east-1").await;
+    us.set(Behaviour::Hold);
+    for (grace, stop) in [("1s", None), ("1h", Some(Signal::SIGINT))] {
+        let mut proxy = ProxyBuilder::new("us-east-1")
+            .region("us-east-1", &[us.addr])
+            .grace_period(grace)
+            .start()
+            .await;
+        let before = us.seen().len();
+        let req = client().get(proxy.url("/held"));
+        let held = tokio::spawn(async move { req.send().await });
+        eventually(
+            "the request reaches the origin",
+            Duration::from_secs(10),
+            || async { us.seen().len() == before + 1 },
+        )
+        .await;
+        proxy.signal(Signal::SIGTERM);
+        if let Some(signal) = stop {
+            eventually("SIGTERM is taken", Duration::from_secs(5), || async {
+                proxy.log().contains("SIGTERM: not ready any more")
+            })
+            .await;
+            proxy.signal(signal);
+        }
+        // Within the hour's grace only if SIGINT stopped it.
+        let status = proxy.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "exit status {status}");
+        let log = proxy.log();
+        assert!(!log.contains("all in-flight requests finished"), "{log}");
+        let said = match stop {
+            None => "grace period over; exiting with requests still in flight",
+            Some(_) => "SIGINT while finishing in-flight requests: stopping now",
+        };
+        assert!(
+            log.contains(said) && log.contains("still_in_flight=1"),
+            "{log}"
+        );
+        assert!(held.await.unwrap().is_err(), "the held request was cut");
+    }
+    us.release(2);
+}
+
 /// HTTP/2 streams in flight on SIGTERM finish on their connection, which
 /// is then told to go away; so is an idle connection, and the proxy exits
 /// once every connection got its answers and its GOAWAY.
