@@ -690,6 +690,16 @@ impl RawNotify {
                 format!("must be a readable file, got {token:?} ({why})"),
             );
         }
+        // A URL's user information is sent as Basic credentials.
+        let authority = url.split_once("://").map_or("", |(_, rest)| {
+            &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())]
+        });
+        if !token.is_empty() && authority.contains('@') {
+            e.push(
+                "notify.webhook_token_file",
+                "cannot go with a notify.webhook_url that holds user information: the receiver would get two Authorization fields (Basic from the URL, Bearer from the file); keep one".to_owned(),
+            );
+        }
         NotifyConfig {
             sns_topic_arn: (!arn.is_empty()).then(|| arn.to_owned()),
             webhook_url: (!url.is_empty()).then(|| url.to_owned()),
@@ -876,6 +886,35 @@ mod tests {
         assert_eq!(load("history.json"), None);
         std::fs::write(dir.path().join("kept.json"), "").unwrap();
         assert_eq!(load("kept.json"), None);
+    }
+
+    #[test]
+    fn a_webhook_gets_one_authorization_field() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(dir.path().join("hook-token"), "t\n").unwrap();
+        let load = |url: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[source]\nkind = \"file\"\npath = \"topology.json\"\n\n[notify]\nwebhook_url = {url:?}\nwebhook_token_file = \"hook-token\"\n"
+                ),
+            )
+            .unwrap();
+            match ControlConfig::load(&path) {
+                Ok(_) => None,
+                Err(ControlConfigError::Invalid { errors, .. }) => errors
+                    .iter()
+                    .find(|e| e.path == "notify.webhook_token_file")
+                    .map(|e| e.message.clone()),
+                Err(other) => panic!("{other}"),
+            }
+        };
+        let both = load("https://user:pass@hooks.example.com/edgeroute").unwrap();
+        assert!(both.contains("two Authorization fields"), "{both}");
+        // An `@` past the host is no user information.
+        assert_eq!(load("https://hooks.example.com/to/a@b"), None);
+        assert_eq!(load("https://hooks.example.com/edgeroute"), None);
     }
 
     #[test]
