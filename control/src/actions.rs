@@ -84,6 +84,12 @@ impl ControlView {
                         https: url.starts_with("https://"),
                     },
                 );
+                let advice = if advice.is_empty() {
+                    " (start the control plane, or set actions.control_url to where it runs)"
+                        .to_owned()
+                } else {
+                    advice
+                };
                 (
                     None,
                     format!(
@@ -101,6 +107,11 @@ impl ControlView {
         let message = if status == reqwest::StatusCode::UNAUTHORIZED {
             format!(
                 "{} refused the token (server.token_file or EDGEROUTE_CONTROL_TOKEN)",
+                self.describe()
+            )
+        } else if status == reqwest::StatusCode::NOT_FOUND {
+            format!(
+                "{} answered {status} for {path}: actions.control_url may name something other than an edgeroute control plane",
                 self.describe()
             )
         } else {
@@ -264,7 +275,7 @@ impl Timeline {
         let name = format!("{}{name}", self.prefix);
         let at = self.started.elapsed().as_secs_f64();
         match self.out {
-            Output::Print => println!("  +{at:>8.3}s  {name:<30} {detail}"),
+            Output::Print => print_text(&format!("  +{at:>8.3}s  {name:<30} {detail}\n")),
             Output::Log => tracing::info!(at_seconds = at, step = %name, "{detail}"),
         }
         self.steps.push(Step {
@@ -277,6 +288,20 @@ impl Timeline {
     fn finish(self, kind: Kind, summary: String, error: Option<String>) -> Operation {
         self.operation(kind, summary, error)
     }
+}
+
+/// Writes `text` to standard output. A reader that went away (`| head`)
+/// loses what follows, not the action: the command goes on, records what
+/// it did and ends with its status.
+pub fn print_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// [`print_text`] to standard error.
+pub fn eprint_text(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// A writer move checked against the current state.
@@ -425,7 +450,10 @@ pub fn describe(
         Ok(h) => {
             let line = |o: Option<&Operation>| {
                 o.map_or("never".to_owned(), |o| {
-                    let result = if o.ok {
+                    let result = if !o.finished {
+                        // Its record is made before it is followed.
+                        "NOT FINISHED: still running, or the command that followed it stopped (one still running records its result here when it ends)".to_owned()
+                    } else if o.ok {
                         "ok".to_owned()
                     } else {
                         format!("FAILED: {}", o.error.as_deref().unwrap_or("?"))
@@ -533,14 +561,14 @@ impl Runner {
 
     fn say(&self, line: &str) {
         match self.out {
-            Output::Print => println!("{line}"),
+            Output::Print => print_text(&format!("{line}\n")),
             Output::Log => tracing::info!("{line}"),
         }
     }
 
     fn warn(&self, line: &str) {
         match self.out {
-            Output::Print => eprintln!("warning: {line}"),
+            Output::Print => eprint_text(&format!("warning: {line}\n")),
             Output::Log => tracing::warn!("{line}"),
         }
     }
@@ -555,7 +583,10 @@ impl Runner {
         self.sending.lock().await.spawn(async move {
             for f in notifier.send(&event).await {
                 if print {
-                    eprintln!("warning: notification {} not delivered: {f}", event.event);
+                    eprint_text(&format!(
+                        "warning: notification {} not delivered: {f}\n",
+                        event.event
+                    ));
                 }
             }
         });
@@ -703,6 +734,7 @@ impl Runner {
         if dry_run {
             self.dry_run(&state, &summary, &self.move_steps(&plan))
                 .await;
+            self.would_refuse(plan.planned).await?;
             return Ok(self.dry_run_record(kind, summary));
         }
         let before = self.before_change(plan.planned).await?;
@@ -736,6 +768,7 @@ impl Runner {
             let mut steps = self.move_steps(&there);
             steps.extend(self.move_steps(&back));
             self.dry_run(&state, &summary, &steps).await;
+            self.would_refuse(true).await?;
             return Ok(self.dry_run_record(Kind::Drill, summary));
         }
         let before = self.before_change(true).await?;
@@ -745,7 +778,13 @@ impl Runner {
         let mut error = self
             .run_move(&mut tl, Kind::Drill, &there, &summary, &before)
             .await
-            .err();
+            .err()
+            .map(|e| {
+                format!(
+                    "{e}; the switchover back was not started (once the writer is in {}, move it back with `edgeroute-control failover --to {}`)",
+                    there.to.region, there.from.region
+                )
+            });
         if error.is_none() {
             tl.prefix = "back: ";
             // The first leg changed AWS: from here on every failure is
@@ -821,6 +860,15 @@ impl Runner {
         Timeline::new(self).finish(kind, format!("dry run: {summary}"), None)
     }
 
+    /// After a dry run's steps: what would refuse the real run now (an
+    /// `Err`, so the dry run fails as the real run would).
+    async fn would_refuse(&self, can_wait: bool) -> Result<(), String> {
+        self.before_change(can_wait)
+            .await
+            .map(drop)
+            .map_err(|e| format!("a real run would be refused now: {e}"))
+    }
+
     /// What a change starts from: the table and the proxies. Refuses when
     /// the control plane cannot be read (the change could not be
     /// followed), and, for a change that can wait (all but an unplanned
@@ -828,13 +876,26 @@ impl Runner {
     /// follow the change, and proxies would go on routing as before it.
     async fn before_change(&self, can_wait: bool) -> Result<Before, String> {
         let table = self.control.table().await.map_err(|e| {
-            format!("{e}; a change could not be followed to the proxies, so none was made (start the control plane, or set actions.control_url)")
+            format!("{e}; a change could not be followed to the proxies, so none was made")
         })?;
+        if can_wait && table.is_none() {
+            return Err(format!(
+                "{} has no table yet (it has not read its source since it started; its log says why): a change could not be followed to the proxies, so none was made; wait for its first table (`edgeroute-control status`) (an unplanned failover, --unplanned, goes ahead regardless)",
+                self.control.describe()
+            ));
+        }
         if can_wait && self.control.source_stale().await? {
             return Err(format!(
                 "{} cannot read its source (its log and edgeroute_control_source_errors_total say why): its table would not follow a change, so none was made; mend the source first (an unplanned failover, --unplanned, goes ahead regardless)",
                 self.control.describe()
             ));
+        }
+        // Every change is kept there, and the automation's min_interval
+        // reads it: a change it could not keep is not started (an
+        // unplanned failover goes ahead, with a warning for each record
+        // it could not keep).
+        if can_wait {
+            History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
         let proxies = self.control.proxies().await?;
         Ok(Before {
@@ -921,7 +982,8 @@ impl Runner {
         .await;
         // AWS: running, then the new writer.
         let mut seen_running = false;
-        let mut last_error = String::from("none");
+        // What the last read said, for a deadline that passes.
+        let mut last_read;
         loop {
             // Only the global cluster while following: one call per read.
             match self.aws.global_cluster().await {
@@ -946,11 +1008,24 @@ impl Runner {
                             plan.to.region
                         ));
                     }
+                    last_read = match &failover {
+                        Some(f) => format!(
+                            "the writer change is still running in AWS (FailoverState {}): the writer lands in {} when it ends, and `edgeroute-control status` shows it",
+                            f.status, plan.to.region
+                        ),
+                        None => format!(
+                            "AWS reports the writer in {} and no writer change running",
+                            writer.as_deref().unwrap_or("no region")
+                        ),
+                    };
                 }
-                Err(e) => last_error = e.to_string(),
+                Err(e) => last_read = format!("the last read of the global cluster failed: {e}"),
             }
             self.wait(deadline, || {
-                format!("AWS did not report the writer in {} within {:?} (last read error: {last_error})", plan.to.region, self.timeout)
+                format!(
+                    "AWS did not report the writer in {} within {:?}; {last_read}",
+                    plan.to.region, self.timeout
+                )
             })
             .await?;
         }
@@ -1493,6 +1568,7 @@ impl Runner {
         ];
         if dry_run {
             self.dry_run(state, &summary, &steps).await;
+            self.would_refuse(true).await?;
             return Ok(self.dry_run_record(kind, summary));
         }
         let before = self.before_change(true).await?;
@@ -1690,6 +1766,40 @@ mod tests {
     use aws_sdk_route53::types::{
         ResourceRecord, ResourceRecordSet, ResourceRecordSetRegion, RrType,
     };
+
+    /// A writer move recorded at its start and not yet finished is shown
+    /// as such, not as failed: `status` run beside the command following
+    /// it sees it so.
+    #[test]
+    fn status_shows_a_move_not_finished_as_not_finished() {
+        use crate::history::{Kind, Operation};
+        let mut history = History::default();
+        history.put(Operation {
+            id: "a".into(),
+            kind: Kind::Switchover,
+            by: "cli".into(),
+            operator: String::new(),
+            summary: "planned switchover us-east-1 → eu-west-1".into(),
+            started_ms: 1,
+            ok: false,
+            error: Some("did not finish: the process following it stopped".into()),
+            duration_seconds: 0.0,
+            timeline: vec![crate::history::Step {
+                name: "requested".into(),
+                at_seconds: 0.0,
+                detail: "SwitchoverGlobalCluster accepted".into(),
+            }],
+            finished: false,
+        });
+        let view = edgeroute_config::TopologyView::default();
+        let text = super::describe(&view, None, Ok(None), Ok(&[]), Ok(&history));
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("last failover:"))
+            .unwrap();
+        assert!(line.contains("NOT FINISHED: still running"), "{line}");
+        assert!(!line.contains("FAILED"), "{line}");
+    }
 
     /// The records of a drain of eu-west-1, from Route 53 (`kept`) or an
     /// older version's history file (`history`), or from neither.

@@ -228,7 +228,7 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
             config.display()
         );
     }
-    println!("{}: ok ({})", config.display(), summary(&table));
+    actions::print_text(&format!("{}: ok ({})\n", config.display(), summary(&table)));
     Ok(())
 }
 
@@ -250,7 +250,7 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<RoutingTable> {
         .apply(&view, source::now_ms())
         .context("the source gave no table")?;
     if print {
-        println!("{}", serde_json::to_string_pretty(table)?);
+        actions::print_text(&format!("{}\n", serde_json::to_string_pretty(table)?));
     }
     Ok(table.clone())
 }
@@ -491,7 +491,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
             failover.as_ref(),
         )
         .await;
-        print!("{text}");
+        actions::print_text(&text);
         // A script that reads the status learns that part of it is unknown.
         anyhow::ensure!(whole, "part of the status could not be read (see above)");
         anyhow::Ok(())

@@ -345,6 +345,32 @@ impl ControlPlane {
         self.command_with(&path, args).await
     }
 
+    /// [`ControlPlane::command`] whose standard output nobody reads (a
+    /// `| head` that has exited): every write to it fails, as a broken pipe.
+    pub async fn command_unread(&self, args: &[&str]) -> Ran {
+        let mut child = tokio::process::Command::new(workspace_bin(
+            "edgeroute-control",
+            "EDGEROUTE_CONTROL_BIN",
+        ))
+        .args(args)
+        .arg("--config")
+        .arg(&self.config_path)
+        .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run edgeroute-control");
+        drop(child.stdout.take());
+        let out = child.wait_with_output().await.expect("its end");
+        Ran {
+            ok: out.status.success(),
+            stdout: String::new(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     async fn command_with(&self, config: &Path, args: &[&str]) -> Ran {
         let out = tokio::process::Command::new(workspace_bin(
             "edgeroute-control",
@@ -575,6 +601,13 @@ impl ScriptedControl {
         Self::serve(Vec::new(), true, false).await
     }
 
+    /// Answers every table request `503`, as a control plane does before
+    /// its first table, with no proxies and a status that says nothing of
+    /// its source.
+    pub async fn start_without_table() -> ScriptedControl {
+        Self::serve(Vec::new(), false, false).await
+    }
+
     /// Table requests answered so far.
     pub fn asks(&self) -> usize {
         self.asks.load(std::sync::atomic::Ordering::SeqCst)
@@ -638,6 +671,10 @@ impl ScriptedControl {
                                             .expect("an ETag"),
                                     );
                                     *resp.body_mut() = Full::new(body);
+                                }
+                                // Never given any: no table yet.
+                                None if served.load(std::sync::atomic::Ordering::SeqCst) == 0 => {
+                                    *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                                 }
                                 None => {
                                     // No change: a long poll that never ends.

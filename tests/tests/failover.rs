@@ -622,7 +622,48 @@ async fn changes_that_can_wait_are_refused_while_the_control_plane_source_is_sta
                 && ran.stderr.contains("so none was made"),
             "{args:?}: {ran:?}"
         );
+        // Its dry run shows the steps and fails as the real run would.
+        let dry: Vec<&str> = args.iter().copied().chain(["--dry-run"]).collect();
+        let ran = env.cp.command_via(&url, &dry).await;
+        assert!(
+            !ran.ok
+                && ran.stdout.contains("steps (none taken):")
+                && ran
+                    .stderr
+                    .contains("a real run would be refused now: the control plane at"),
+            "{dry:?}: {ran:?}"
+        );
     }
+    // A control plane with no table yet could not follow a change either.
+    let tableless = ScriptedControl::start_without_table().await;
+    let url = format!("http://{}", tableless.addr);
+    for args in [
+        &["failover", "--to", "eu-west-1"][..],
+        &["drain", "ap-southeast-1"],
+    ] {
+        let ran = env.cp.command_via(&url, args).await;
+        assert!(
+            !ran.ok && ran.stderr.contains("has no table yet"),
+            "{args:?}: {ran:?}"
+        );
+    }
+    // Nor is a change started that the history file could not keep.
+    let history = env.cp.dir.join("history.json");
+    std::fs::write(&history, "{not json").unwrap();
+    for args in [
+        &["failover", "--to", "eu-west-1"][..],
+        &["failover", "--to", "eu-west-1", "--drill"],
+        &["drain", "ap-southeast-1"],
+    ] {
+        let ran = env.cp.command(args).await;
+        assert!(
+            !ran.ok
+                && ran.stderr.contains("move it aside")
+                && ran.stderr.contains("nothing changed"),
+            "{args:?}: {ran:?}"
+        );
+    }
+    std::fs::remove_file(&history).unwrap();
     assert_eq!(
         moto::writer(&env.moto).await,
         ("us-east-1".to_owned(), false),
@@ -632,6 +673,29 @@ async fn changes_that_can_wait_are_refused_while_the_control_plane_source_is_sta
         moto::record_types(&env.moto, &env.fixture.zone_id, "ap-southeast-1").await,
         ["A"],
         "the record is in place"
+    );
+}
+
+/// A command whose output nobody reads any more (`| head` has exited)
+/// makes and follows its change all the same, records it, and succeeds.
+#[tokio::test]
+async fn a_command_whose_output_nobody_reads_finishes_and_records_its_change() {
+    let env = Env::start(None).await;
+    let ran = env
+        .cp
+        .command_unread(&["failover", "--to", "eu-west-1"])
+        .await;
+    assert!(ran.ok, "{ran:?}");
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+    let history = env.cp.history(false);
+    let op = &history["operations"][0];
+    assert_eq!(
+        (&op["kind"], &op["ok"], &op["finished"]),
+        (&"switchover".into(), &true.into(), &true.into()),
+        "{history:#}"
     );
 }
 
