@@ -26,6 +26,10 @@ pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
 pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration) {
     let source = path.display().to_string();
     let mut last = RoutingTable::read_file(&path).ok();
+    // Whether the file's last bytes were taken (the start-up table was):
+    // only those confirm the table in force when read again, so a file
+    // left holding a refused table lets `edgeroute_table_age_seconds` grow.
+    let mut taken = true;
     let mut rereads = Rereads::new(interval, "the table file");
     while let Some(forced) = rereads.next(&state.lifecycle).await {
         let reading = path.clone();
@@ -39,9 +43,9 @@ pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration)
                         tracing::info!(source = %source, "SIGHUP: reloading the routing table");
                     }
                     // The outcome is logged and counted inside offer_table.
-                    let _outcome = state.offer_table(&bytes, &source);
+                    taken = state.offer_table(&bytes, &source).is_ok();
                     last = Some(bytes);
-                } else {
+                } else if taken {
                     state.table_confirmed();
                 }
             }

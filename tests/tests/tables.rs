@@ -123,6 +123,29 @@ async fn a_missing_table_file_keeps_the_table_in_force() {
     assert_eq!(resp.status(), 200);
 }
 
+/// A table file left holding a refused table confirms nothing when read
+/// again: the table's age grows (so an alert on it fires) until a good
+/// table is in place.
+#[tokio::test]
+async fn a_table_file_holding_a_refused_table_lets_the_tables_age_grow() {
+    let us = Origin::start(US).await;
+    let proxy = ProxyBuilder::new(US).region(US, &[us.addr]).start().await;
+    proxy.write_table_text("{\"epoch\": 2, \"version\": ");
+    let age = || proxy.metric("edgeroute_table_age_seconds");
+    // The file is read every 100 ms: a reread that confirmed would keep
+    // the age below a second.
+    eventually(
+        "the table's age grows past the rereads",
+        Duration::from_secs(10),
+        || async { rejections(&proxy, "malformed").await == 1.0 && age().await >= 2.0 },
+    )
+    .await;
+    proxy
+        .swap_table(&table(2, 2, Some(US), &[(US, "active")]))
+        .await;
+    assert!(age().await < 2.0);
+}
+
 /// Tables from the control plane are held to the same rules as files: a
 /// malformed one and one over 1 MiB are rejected, counted by reason and
 /// logged, and the table in force keeps serving.
