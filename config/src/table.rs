@@ -168,10 +168,17 @@ impl fmt::Display for Rejection {
                 f,
                 "version {got} does not advance on the version in force ({current}) within the same epoch; raise version on every change"
             ),
-            Rejection::PrimaryChangedWithoutEpoch { from, to } => write!(
-                f,
-                "primary_region changed from {from:?} to {to:?} without raising epoch; raise epoch whenever the primary moves"
-            ),
+            Rejection::PrimaryChangedWithoutEpoch { from, to } => {
+                let name = |r: &Option<String>| {
+                    r.as_deref().map_or("none".to_owned(), |r| format!("{r:?}"))
+                };
+                write!(
+                    f,
+                    "primary_region changed from {} to {} without raising epoch; raise epoch whenever the primary moves",
+                    name(from),
+                    name(to)
+                )
+            }
         }
     }
 }
@@ -553,10 +560,19 @@ mod tests {
                 current: 10
             })
         );
+        let moved = ok(&table(2, 11, Some("eu-west-1"))).unwrap_err();
         assert!(matches!(
-            ok(&table(2, 11, Some("eu-west-1"))),
-            Err(Rejection::PrimaryChangedWithoutEpoch { .. })
+            moved,
+            Rejection::PrimaryChangedWithoutEpoch { .. }
         ));
+        assert!(
+            moved
+                .to_string()
+                .starts_with("primary_region changed from \"us-east-1\" to \"eu-west-1\" without"),
+            "{moved}"
+        );
+        let to_none = ok(&table(2, 11, None)).unwrap_err().to_string();
+        assert!(to_none.contains("to none without"), "{to_none}");
         let mut unknown = table(5, 1, None);
         unknown.regions.push(RegionEntry {
             name: "sa-east-1".into(),

@@ -242,7 +242,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         local_region = state.topology.regions[state.topology.local].name.as_ref(),
         epoch = snap.as_ref().map(|s| s.epoch()),
         version = snap.as_ref().map(|s| s.version()),
-        primary = ?snap.as_ref().and_then(|s| s.table.primary_region.clone()),
+        primary = snap
+            .as_ref()
+            .and_then(|s| s.table.primary_region.as_deref())
+            .unwrap_or("none"),
         table = %table_description,
         threads = cfg.runtime.threads,
         open_files,

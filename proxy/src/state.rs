@@ -95,7 +95,10 @@ impl AppState {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let current = self.router.load();
         let result = RoutingTable::from_json(bytes).and_then(|table| {
-            let admission = table.admit(current.as_ref().map(|s| &s.table), self.topology.region_names())?;
+            let admission = table.admit(
+                current.as_ref().map(|s| &s.table),
+                self.topology.region_names(),
+            )?;
             if admission == Admission::Accepted {
                 let (epoch, version) = (table.epoch, table.version);
                 let primary = table.primary_region.clone();
@@ -104,11 +107,22 @@ impl AppState {
                 self.metrics.table_epoch.set(epoch as i64);
                 self.metrics.table_version.set(version as i64);
                 self.metrics.table_swaps.inc();
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let now = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
                 self.metrics.table_last_change.set(now as i64);
-                self.metrics.table_swap_seconds.observe(started.elapsed().as_secs_f64());
+                self.metrics
+                    .table_swap_seconds
+                    .observe(started.elapsed().as_secs_f64());
                 self.table_changed.notify_one();
-                tracing::info!(source, epoch, version, primary = ?primary, failover_in_progress = failover, "routing table in force");
+                tracing::info!(
+                    source,
+                    epoch,
+                    version,
+                    primary = primary.as_deref().unwrap_or("none"),
+                    failover_in_progress = failover,
+                    "routing table in force"
+                );
             }
             Ok(admission)
         });
@@ -180,7 +194,20 @@ impl AppState {
             .table_rejections
             .with_label_values(&["unreadable"])
             .inc();
-        tracing::warn!(source, error = %error, "cannot read the routing table; {}", self.what_stays());
+        let (epoch, version) = self
+            .router
+            .load()
+            .as_ref()
+            .map_or((0, 0), |s| (s.epoch(), s.version()));
+        tracing::warn!(
+            source,
+            reason = "unreadable",
+            keeping_epoch = epoch,
+            keeping_version = version,
+            error = %error,
+            "cannot read the routing table; {}",
+            self.what_stays()
+        );
     }
 
     /// What a table that could not be had leaves in force, for its log line.
