@@ -83,11 +83,16 @@ fn json_reply(ok: bool, body: Value) -> Response<Full<Bytes>> {
 
 fn handle(state: &AppState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        return reply(
+        let mut resp = reply(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "admin endpoints answer GET only\n",
+            "admin endpoints answer GET and HEAD only\n",
         );
+        resp.headers_mut().insert(
+            http::header::ALLOW,
+            http::HeaderValue::from_static("GET, HEAD"),
+        );
+        return resp;
     }
     let path = req.uri().path();
     if matches!(path, "/metrics" | "/routing") && !authorized(state, req) {

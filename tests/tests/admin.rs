@@ -42,6 +42,10 @@ async fn metrics_and_routing_require_the_token_when_one_is_set() {
         assert_eq!(resp.status(), 200, "{path} with `bearer`");
     }
     proxy.assert_open_admin_paths_ok().await;
+    // Other methods are refused with the ones the admin listener takes.
+    let resp = c.post(proxy.admin_url("/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
     assert!(
         !proxy.log().contains("s3cret-token"),
         "the token never reaches the logs"
