@@ -229,12 +229,30 @@ impl EdgeProxy {
 
     /// Answers a request whose head could not be read as one (400, 431, 501).
     async fn refuse_unreadable(&self, client: &mut Client<'_>, e: &Error) {
-        tracing::debug!(error = %e, "unreadable request");
         let reply = ErrorReply::from_error(e);
+        // Like every other request, it gets an id and an access line: no
+        // method or path could be read from it.
+        let request_id = new_request_id();
         self.state
             .request_metrics
             .record(None, RouteClass::Read, reply.status(), 0.0);
-        if let Err(e) = respond::write(client, &reply, None, None, &[]).await {
+        if self.state.config.log.access {
+            tracing::info!(
+                target: "edgeroute::access",
+                method = "-",
+                path = "-",
+                status = reply.status(),
+                region = "none",
+                route = RouteClass::Read.as_str(),
+                attempts = 0,
+                backend = "",
+                duration_ms = 0.0,
+                request_id = request_id.to_str().unwrap_or(""),
+                error = %e,
+                "request"
+            );
+        }
+        if let Err(e) = respond::write(client, &reply, None, Some(&request_id), &[]).await {
             tracing::debug!(error = %e, "cannot answer an unreadable request");
         }
     }

@@ -439,6 +439,38 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
     assert!(origin.seen().is_empty());
 }
 
+/// A request whose head cannot be read (a field name with a space) gets
+/// its 400 with a request id, and an access line like every other
+/// request's.
+#[tokio::test]
+async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let answer = exchange(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: app\r\nBad Name: 1\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let id = answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-request-id: "))
+        .unwrap_or_else(|| panic!("no x-request-id in {answer}"))
+        .to_owned();
+    assert!(
+        answer.contains(&format!("\"request_id\":\"{id}\"")),
+        "{answer}"
+    );
+    eventually("the access line is written", LIMIT, || async {
+        proxy
+            .log()
+            .lines()
+            .any(|l| l.contains("edgeroute::access") && l.contains(&id) && l.contains("status=400"))
+    })
+    .await;
+    assert!(origin.seen().is_empty());
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
