@@ -603,7 +603,8 @@ async fn a_clients_reads_follow_its_write_to_the_primary_for_the_window() {
 }
 
 /// A read sent to the primary for its client's write goes to the nearest
-/// region when the primary's backends fail, where a write would get 503.
+/// region when the primary's backends fail, where a write, or a read
+/// asking for strong consistency, gets 503.
 #[tokio::test]
 async fn a_read_after_a_write_whose_primary_fails_goes_to_the_nearest_region() {
     let us = Origin::start(US).await;
@@ -624,6 +625,14 @@ async fn a_read_after_a_write_whose_primary_fails_goes_to_the_nearest_region() {
         .unwrap();
     assert_eq!(served_by(read).await, (200, US.into()));
     assert_eq!(proxy.metric("edgeroute_reads_after_write_total").await, 1.0);
+    // A read that asks for strong consistency asks for the primary always.
+    let strong = client()
+        .get(proxy.url("/orders/1"))
+        .header("x-edgeroute-consistency", "strong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(strong.status(), 503);
     let write = client().post(proxy.url("/orders")).send().await.unwrap();
     assert_eq!(write.status(), 503);
     // A refusal after failed connects says nothing was done: no cookie,
