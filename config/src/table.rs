@@ -92,8 +92,11 @@ pub(crate) fn without_bom(bytes: &[u8]) -> &[u8] {
 pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
     let mut json = serde_json::Deserializer::from_slice(without_bom(bytes));
     let parsed: T = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        // `?` stands for a place the parser had not named yet (a syntax
+        // error before a key): the path up to it is what is known.
         let path = e.path().to_string();
-        if path == "." {
+        let path = path.trim_end_matches('?').trim_end_matches('.');
+        if path.is_empty() {
             e.into_inner().to_string()
         } else {
             format!("{path}: {}", e.into_inner())
@@ -560,6 +563,12 @@ mod tests {
                 current: 10
             })
         );
+        for text in [&b"{\"epoch\": 2, \"version\": "[..], b"{1: 2}"] {
+            let Err(Rejection::Malformed(why)) = RoutingTable::from_json(text) else {
+                panic!("malformed")
+            };
+            assert!(!why.starts_with('?'), "{why}");
+        }
         let moved = ok(&table(2, 11, Some("eu-west-1"))).unwrap_err();
         assert!(matches!(
             moved,
