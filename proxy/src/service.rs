@@ -297,9 +297,12 @@ impl EdgeProxy {
             request_id: facts
                 .request_id
                 .clone()
-                // Logged and sent on as text: one that is not visible
-                // ASCII is replaced as one too long is.
-                .filter(|v| !v.is_empty() && v.len() <= 200 && v.to_str().is_ok())
+                // Logged and sent on as a token: one that is not visible
+                // ASCII (a blank, a byte past ASCII) is replaced as one
+                // too long is.
+                .filter(|v| {
+                    !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+                })
                 .unwrap_or_else(new_request_id),
             reply: None,
             body_bytes: 0,

@@ -358,22 +358,25 @@ async fn upstream_and_client_headers() {
     assert_eq!(seen.header("x-request-id"), Some(generated.as_str()));
     assert_eq!(seen.header("x-edgeroute-route"), Some("read"));
 
-    // One that is not visible text (it could not be logged) is replaced.
-    let resp = c
-        .get(proxy.url("/items"))
-        .header(
-            "x-request-id",
-            reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap(),
-        )
-        .send()
-        .await
-        .unwrap();
-    let replaced = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
-    assert_eq!(replaced.len(), 36, "{replaced}");
-    assert_eq!(
-        w.us.seen()[2].header("x-request-id"),
-        Some(replaced.as_str())
-    );
+    // One that is not visible text (it could not be logged as one
+    // token) is replaced.
+    for (i, id) in [&b"caf\xe9"[..], b"has space"].into_iter().enumerate() {
+        let resp = c
+            .get(proxy.url("/items"))
+            .header(
+                "x-request-id",
+                reqwest::header::HeaderValue::from_bytes(id).unwrap(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let replaced = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
+        assert_eq!(replaced.len(), 36, "{replaced}");
+        assert_eq!(
+            w.us.seen()[2 + i].header("x-request-id"),
+            Some(replaced.as_str())
+        );
+    }
 }
 
 #[tokio::test]
