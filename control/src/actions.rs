@@ -360,6 +360,7 @@ pub fn plan_move(
 /// The state, as `status` and every dry run show it.
 pub fn describe(
     view: &TopologyView,
+    dns_unread: bool,
     failover: Option<&FailoverInfo>,
     table: Result<Option<&RoutingTable>, &str>,
     proxies: Result<&[ProxyStatus], &str>,
@@ -381,9 +382,11 @@ pub fn describe(
         let health = match r.healthy {
             Some(true) => "healthy",
             Some(false) => "UNHEALTHY",
+            None if r.health_unread => "health unknown",
             None => "no health check",
         };
         let weight = match r.weight {
+            None if dns_unread => "DNS unknown".to_owned(),
             None => "in DNS".to_owned(),
             Some(0) => "out of DNS".to_owned(),
             Some(w) => format!("weight {w}"),
@@ -436,7 +439,13 @@ pub fn describe(
             }
         }
         Ok(None) => {
-            let _ = writeln!(s, "table served: none yet");
+            let _ = writeln!(
+                s,
+                "table served: none yet (the control plane has not read its source since it started; its log says why)"
+            );
+            if let Ok(p) = proxies {
+                let _ = writeln!(s, "proxies reporting: {}", p.len());
+            }
         }
         Err(e) => {
             let _ = writeln!(s, "table served: unknown ({e})");
@@ -484,24 +493,76 @@ pub fn describe(
 /// [`describe`] with the table, proxies and history read now.
 /// Also whether all of it could be read (the control plane's table and
 /// proxies, the history file).
+/// `dns_unread`: Route 53 could not be read, and `view` is the global
+/// cluster's alone ([`cluster_alone`]). The flag is false when any part
+/// is unknown: Route 53, a health check, the control plane's table, its
+/// source, the proxies or the history.
 pub async fn describe_now(
     control: &ControlView,
     history_file: &std::path::Path,
     view: &TopologyView,
+    dns_unread: bool,
     failover: Option<&FailoverInfo>,
 ) -> (String, bool) {
     let table = control.table().await;
     let proxies = control.proxies().await;
     let history = History::load(history_file);
-    let whole = table.is_ok() && proxies.is_ok() && history.is_ok();
-    let text = describe(
+    // Asked only of a control plane that serves a table.
+    let stale = match &table {
+        Ok(Some(_)) => control.source_stale().await.unwrap_or(true),
+        _ => false,
+    };
+    let whole = matches!(table, Ok(Some(_)))
+        && !stale
+        && proxies.is_ok()
+        && history.is_ok()
+        && !dns_unread
+        && !view.regions.iter().any(|r| r.health_unread);
+    let mut text = describe(
         view,
+        dns_unread,
         failover,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
         proxies.as_deref().map_err(String::as_str),
         history.as_ref().map_err(String::as_str),
     );
+    if stale {
+        text.push_str(&format!(
+            "source: {} cannot read its source now (its log and edgeroute_control_source_errors_total say why): its table no longer follows AWS\n",
+            control.describe()
+        ));
+    }
     (text, whole)
+}
+
+/// The global cluster alone, read from any member region, for when the
+/// whole state (`failed`, why) cannot be read: its members, its writer
+/// and a writer change running; health, weights and lags unknown.
+pub async fn cluster_alone(aws: &AwsSource, failed: &str) -> Result<AwsState, String> {
+    let (members, failover) = aws.global_cluster().await.map_err(|c| {
+        format!("{failed}; the global cluster cannot be read from any member region either: {c}")
+    })?;
+    Ok(AwsState {
+        view: TopologyView {
+            primary_region: crate::aws::writer_region(&members),
+            failover_in_progress: failover.is_some(),
+            regions: members
+                .iter()
+                .map(|m| edgeroute_config::RegionView {
+                    name: m.region.clone(),
+                    weight: None,
+                    healthy: None,
+                    replication_lag_ms: None,
+                    health_unread: true,
+                })
+                .collect(),
+        },
+        records: Default::default(),
+        kept: Default::default(),
+        members,
+        failover,
+        route53_unread: true,
+    })
 }
 
 /// Longest an action is followed, whatever `--timeout` says.
@@ -642,34 +703,11 @@ impl Runner {
             Ok(s) => Ok(s),
             Err(e) if planned => Err(e),
             Err(e) => {
-                let (members, failover) = self.aws.global_cluster().await.map_err(|c| {
-                    format!(
-                        "{e}; the global cluster cannot be read from any member region either: {c}"
-                    )
-                })?;
+                let state = cluster_alone(&self.aws, &e).await?;
                 self.warn(&format!(
                     "{e}; going on with the global cluster alone (health, weights and lag unknown)"
                 ));
-                Ok(AwsState {
-                    view: TopologyView {
-                        primary_region: crate::aws::writer_region(&members),
-                        failover_in_progress: failover.is_some(),
-                        regions: members
-                            .iter()
-                            .map(|m| edgeroute_config::RegionView {
-                                name: m.region.clone(),
-                                weight: None,
-                                healthy: None,
-                                replication_lag_ms: None,
-                                health_unread: true,
-                            })
-                            .collect(),
-                    },
-                    records: Default::default(),
-                    kept: Default::default(),
-                    members,
-                    failover,
-                })
+                Ok(state)
             }
         }
     }
@@ -833,21 +871,23 @@ impl Runner {
 
     async fn dry_run(&self, state: &AwsState, summary: &str, steps: &[String]) {
         self.say(&format!("dry run: {summary}\n\ncurrent state:"));
-        self.say(
-            self.describe_state(&state.view, state.failover.as_ref())
-                .await
-                .trim_end(),
-        );
+        self.say(self.describe_state(state).await.trim_end());
         self.say("\nsteps (none taken):");
         for (i, s) in steps.iter().enumerate() {
             self.say(&format!("  {}. {s}", i + 1));
         }
     }
 
-    async fn describe_state(&self, view: &TopologyView, failover: Option<&FailoverInfo>) -> String {
-        describe_now(&self.control, &self.history_file, view, failover)
-            .await
-            .0
+    async fn describe_state(&self, state: &AwsState) -> String {
+        describe_now(
+            &self.control,
+            &self.history_file,
+            &state.view,
+            state.route53_unread,
+            state.failover.as_ref(),
+        )
+        .await
+        .0
     }
 
     /// Already as asked: said, not recorded, and a success.
@@ -1792,7 +1832,7 @@ mod tests {
             finished: false,
         });
         let view = edgeroute_config::TopologyView::default();
-        let text = super::describe(&view, None, Ok(None), Ok(&[]), Ok(&history));
+        let text = super::describe(&view, false, None, Ok(None), Ok(&[]), Ok(&history));
         let line = text
             .lines()
             .find(|l| l.starts_with("last failover:"))
@@ -1826,6 +1866,7 @@ mod tests {
                 .collect(),
             members: vec![],
             failover: None,
+            route53_unread: false,
         };
         let txt = crate::kept::record(
             "api.example.com",

@@ -511,6 +511,7 @@ impl AwsSource {
             kept,
             members,
             failover,
+            route53_unread: false,
         };
         Ok((state, unlisted))
     }
@@ -1005,6 +1006,10 @@ pub struct AwsState {
     pub members: Vec<Member>,
     /// The writer change AWS reports under way.
     pub failover: Option<FailoverInfo>,
+    /// Route 53 could not be read: the view is the global cluster's
+    /// alone ([`crate::actions::cluster_alone`]), its health, weights and
+    /// lags unknown.
+    pub route53_unread: bool,
 }
 
 impl AwsState {

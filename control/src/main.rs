@@ -465,14 +465,26 @@ fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
 
 fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (view, failover) = match &cfg.source {
+        let (view, failover, route53_unread) = match &cfg.source {
             SourceConfig::Aws(aws) => {
-                let state =
+                let src =
                     AwsSource::new(aws, Some(&cfg.actions.history_file), AwsRequests::default())
-                        .await
-                        .state()
-                        .await?;
-                (state.view, state.failover)
+                        .await;
+                let state = match src.state().await {
+                    Ok(state) => state,
+                    // What can be known is shown, and the status fails.
+                    Err(e) => {
+                        let e = format!("{e}{}", src.unreached_advice(&e));
+                        let state = actions::cluster_alone(&src, &e)
+                            .await
+                            .map_err(|e| anyhow::anyhow!(e))?;
+                        actions::eprint_text(&format!(
+                            "warning: {e}; showing the global cluster alone (health, weights and lag unknown)\n"
+                        ));
+                        state
+                    }
+                };
+                (state.view, state.failover, state.route53_unread)
             }
             file => (
                 source::Source::new(file, None, AwsRequests::default())
@@ -481,6 +493,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
                     .await?
                     .0,
                 None,
+                false,
             ),
         };
         let control = control_view(cfg)?;
@@ -488,6 +501,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
             &control,
             &cfg.actions.history_file,
             &view,
+            route53_unread,
             failover.as_ref(),
         )
         .await;

@@ -473,6 +473,21 @@ async fn a_writer_move_reaches_the_table_while_route_53_cannot_be_listed() {
         "{}",
         cp.log()
     );
+    // `status` shows what can be known, says what cannot, and fails.
+    let ran = cp.command(&["status"]).await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stderr.contains("showing the global cluster alone"),
+        "{ran:?}"
+    );
+    for part in [
+        "writer region: eu-west-1",
+        "health unknown",
+        "DNS unknown",
+        "cannot read its source now",
+    ] {
+        assert!(ran.stdout.contains(part), "{part}: {ran:?}");
+    }
     moto.mend("ListResourceRecordSets").await;
     eventually("the source is read whole again", WAIT, || async {
         cp.metric("edgeroute_control_source_stale").await == 0.0

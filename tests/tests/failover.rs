@@ -634,9 +634,22 @@ async fn changes_that_can_wait_are_refused_while_the_control_plane_source_is_sta
             "{dry:?}: {ran:?}"
         );
     }
+    // `status` says so, and fails.
+    let ran = env.cp.command_via(&url, &["status"]).await;
+    assert!(
+        !ran.ok && ran.stdout.contains("cannot read its source now"),
+        "{ran:?}"
+    );
     // A control plane with no table yet could not follow a change either.
     let tableless = ScriptedControl::start_without_table().await;
     let url = format!("http://{}", tableless.addr);
+    let ran = env.cp.command_via(&url, &["status"]).await;
+    assert!(
+        !ran.ok
+            && ran.stdout.contains("table served: none yet")
+            && ran.stdout.contains("proxies reporting: 0"),
+        "{ran:?}"
+    );
     for args in [
         &["failover", "--to", "eu-west-1"][..],
         &["drain", "ap-southeast-1"],
