@@ -378,7 +378,11 @@ pub fn describe(
         }
     }
     let _ = writeln!(s, "regions:");
-    for r in &view.regions {
+    // By name, as the table lists them (AWS lists a drained region, or the
+    // writer's with no record, apart).
+    let mut regions: Vec<_> = view.regions.iter().collect();
+    regions.sort_by(|a, b| a.name.cmp(&b.name));
+    for r in regions {
         let health = match r.healthy {
             Some(true) => "healthy",
             Some(false) => "UNHEALTHY",
@@ -1109,6 +1113,15 @@ impl Runner {
                 Ok(None) => {}
                 Err(e) => last = e,
             }
+            // The likeliest cause of a table that does not follow, said
+            // with the last wait's failure.
+            if Instant::now() + self.poll >= deadline
+                && self.control.source_stale().await.unwrap_or(false)
+            {
+                last.push_str(
+                    "; it cannot read its source now, so its table does not follow AWS (its log says why)",
+                );
+            }
             self.wait(deadline, || {
                 format!(
                     "{} did not serve {what} within {:?} ({last})",
@@ -1698,7 +1711,8 @@ fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> St
             left_serving.join(", ")
         )
     } else {
-        format!("Route 53 refused the change: {e}{}", e.advice())
+        // Throttled, or a fault on AWS's side (a 5xx): not a refusal.
+        format!("Route 53 did not make the change: {e}{}", e.advice())
     }
 }
 
@@ -1811,7 +1825,7 @@ mod tests {
     /// as such, not as failed: `status` run beside the command following
     /// it sees it so.
     #[test]
-    fn status_shows_a_move_not_finished_as_not_finished() {
+    fn status_lists_regions_by_name_and_a_move_not_finished_as_such() {
         use crate::history::{Kind, Operation};
         let mut history = History::default();
         history.put(Operation {
@@ -1831,8 +1845,34 @@ mod tests {
             }],
             finished: false,
         });
-        let view = edgeroute_config::TopologyView::default();
+        // As AWS lists them: the writer's region with no record last.
+        let region = |name: &str| edgeroute_config::RegionView {
+            name: name.into(),
+            weight: None,
+            healthy: None,
+            replication_lag_ms: None,
+            health_unread: name == "eu-west-1",
+        };
+        let view = edgeroute_config::TopologyView {
+            primary_region: Some("us-east-1".into()),
+            failover_in_progress: false,
+            regions: vec![
+                region("us-east-1"),
+                region("ap-southeast-1"),
+                region("eu-west-1"),
+            ],
+        };
         let text = super::describe(&view, false, None, Ok(None), Ok(&[]), Ok(&history));
+        let listed: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+            .collect();
+        assert_eq!(
+            listed,
+            ["ap-southeast-1", "eu-west-1", "us-east-1"],
+            "{text}"
+        );
+        assert!(text.contains("health unknown"), "{text}");
         let line = text
             .lines()
             .find(|l| l.starts_with("last failover:"))
