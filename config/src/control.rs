@@ -855,26 +855,34 @@ mod tests {
         );
     }
 
+    /// The message for `field` of a file-source config in `dir` with
+    /// `more` after its `[source]`, or `None` when it loads.
+    fn field_error(dir: &std::path::Path, more: &str, field: &str) -> Option<String> {
+        let path = dir.join("control.toml");
+        std::fs::write(
+            &path,
+            format!("[source]\nkind = \"file\"\npath = \"topology.json\"\n\n{more}"),
+        )
+        .unwrap();
+        match ControlConfig::load(&path) {
+            Ok(_) => None,
+            Err(ControlConfigError::Invalid { errors, .. }) => errors
+                .iter()
+                .find(|e| e.path == field)
+                .map(|e| e.message.clone()),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
     #[test]
     fn a_history_file_that_cannot_be_kept_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
         let load = |history: &str| {
-            std::fs::write(
-                &path,
-                format!(
-                    "[source]\nkind = \"file\"\npath = \"topology.json\"\n\n[actions]\nhistory_file = {history:?}\n"
-                ),
+            field_error(
+                dir.path(),
+                &format!("[actions]\nhistory_file = {history:?}\n"),
+                "actions.history_file",
             )
-            .unwrap();
-            match ControlConfig::load(&path) {
-                Ok(_) => None,
-                Err(ControlConfigError::Invalid { errors, .. }) => errors
-                    .iter()
-                    .find(|e| e.path == "actions.history_file")
-                    .map(|e| e.message.clone()),
-                Err(other) => panic!("{other}"),
-            }
         };
         assert!(load(".").unwrap().contains("not a regular file"));
         assert!(
@@ -891,24 +899,13 @@ mod tests {
     #[test]
     fn a_webhook_gets_one_authorization_field() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("control.toml");
         std::fs::write(dir.path().join("hook-token"), "t\n").unwrap();
         let load = |url: &str| {
-            std::fs::write(
-                &path,
-                format!(
-                    "[source]\nkind = \"file\"\npath = \"topology.json\"\n\n[notify]\nwebhook_url = {url:?}\nwebhook_token_file = \"hook-token\"\n"
-                ),
+            field_error(
+                dir.path(),
+                &format!("[notify]\nwebhook_url = {url:?}\nwebhook_token_file = \"hook-token\"\n"),
+                "notify.webhook_token_file",
             )
-            .unwrap();
-            match ControlConfig::load(&path) {
-                Ok(_) => None,
-                Err(ControlConfigError::Invalid { errors, .. }) => errors
-                    .iter()
-                    .find(|e| e.path == "notify.webhook_token_file")
-                    .map(|e| e.message.clone()),
-                Err(other) => panic!("{other}"),
-            }
         };
         let both = load("https://user:pass@hooks.example.com/edgeroute").unwrap();
         assert!(both.contains("two Authorization fields"), "{both}");

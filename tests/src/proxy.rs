@@ -377,6 +377,24 @@ impl Proxy {
         crate::sample(&text, sample)
     }
 
+    /// The first access line holding each of `parts` (`status=400`, a
+    /// request id), once it is written: within 10 s.
+    pub async fn access_line(&self, parts: &[&str]) -> String {
+        let find = || {
+            self.log()
+                .lines()
+                .find(|l| l.contains("edgeroute::access") && parts.iter().all(|p| l.contains(p)))
+                .map(str::to_owned)
+        };
+        crate::eventually(
+            &format!("an access line with {parts:?}"),
+            Duration::from_secs(10),
+            || async { find().is_some() },
+        )
+        .await;
+        find().expect("the access line")
+    }
+
     /// Waits for the process to exit, at most `limit`.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let start = Instant::now();

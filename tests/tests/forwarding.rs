@@ -414,16 +414,7 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
         !answer.to_ascii_lowercase().contains("set-cookie"),
         "{answer}"
     );
-    let access = |log: &str| {
-        log.lines()
-            .find(|l| l.contains("edgeroute::access") && l.contains("status=400"))
-            .map(str::to_owned)
-    };
-    eventually("the access line is written", LIMIT, || async {
-        access(&proxy.log()).is_some()
-    })
-    .await;
-    let line = access(&proxy.log()).expect("an access line");
+    let line = proxy.access_line(&["status=400"]).await;
     assert!(
         line.contains("region=\"none\"")
             && line.contains("attempts=0")
@@ -461,13 +452,7 @@ async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
         answer.contains(&format!("\"request_id\":\"{id}\"")),
         "{answer}"
     );
-    eventually("the access line is written", LIMIT, || async {
-        proxy
-            .log()
-            .lines()
-            .any(|l| l.contains("edgeroute::access") && l.contains(&id) && l.contains("status=400"))
-    })
-    .await;
+    proxy.access_line(&["status=400", &id]).await;
     assert!(origin.seen().is_empty());
 }
 
@@ -1463,16 +1448,7 @@ async fn a_refusal_after_failed_attempts_logs_the_backend_and_its_failure() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
-    let access = |log: &str| {
-        log.lines()
-            .find(|l| l.contains("edgeroute::access") && l.contains("status=503"))
-            .map(str::to_owned)
-    };
-    eventually("the access line is written", LIMIT, || async {
-        access(&proxy.log()).is_some()
-    })
-    .await;
-    let line = access(&proxy.log()).expect("an access line");
+    let line = proxy.access_line(&["status=503"]).await;
     assert!(line.contains(&format!("backend=\"{addr}\"")), "{line}");
     assert!(line.contains("the last attempt"), "{line}");
     // A refusal still, though a backend was tried.
