@@ -17,11 +17,6 @@ pub struct ProxyReport {
     /// Epoch and version of the table in force; 0 before the first table.
     pub epoch: u64,
     pub version: u64,
-    /// The primary of the table in force, when it names one (left out by
-    /// older proxies): a control plane replica whose table names the same
-    /// primary on a lower epoch takes this one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub primary_region: Option<String>,
     /// Every configured region as this proxy measures it.
     pub regions: Vec<RegionHealth>,
 }
@@ -67,9 +62,7 @@ impl ProxyReport {
                 report.regions.len()
             ));
         }
-        let names = std::iter::once(&report.region)
-            .chain(&report.primary_region)
-            .chain(report.regions.iter().map(|r| &r.name));
+        let names = std::iter::once(&report.region).chain(report.regions.iter().map(|r| &r.name));
         for name in names {
             if !crate::proxy::valid_region_name(name) {
                 return Err(format!(
@@ -104,7 +97,6 @@ mod tests {
             region: "us-east-1".into(),
             epoch: 3,
             version: 9,
-            primary_region: Some("us-east-1".into()),
             regions: vec![RegionHealth {
                 name: "us-east-1".into(),
                 backends: 2,
@@ -123,15 +115,6 @@ mod tests {
         let said = |change: &dyn Fn(&mut ProxyReport)| read(change).unwrap_err();
         assert!(said(&|r| r.id.clear()).contains("id must be"));
         assert!(said(&|r| r.region = "Mars".into()).contains("\"Mars\""));
-        assert!(said(&|r| r.primary_region = Some("Venus".into())).contains("\"Venus\""));
-        // Older proxies name no primary.
-        let older = read(&|r| r.primary_region = None).unwrap();
-        assert_eq!(older.primary_region, None);
-        assert!(
-            !String::from_utf8(serde_json::to_vec(&older).unwrap())
-                .unwrap()
-                .contains("primary")
-        );
         assert!(ProxyReport::from_json(b"{").is_err());
         // A report that contradicts itself.
         assert!(said(&|r| r.regions.push(r.regions[0].clone())).contains("reported twice"));

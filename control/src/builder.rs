@@ -4,12 +4,6 @@
 
 use edgeroute_config::{RegionEntry, RegionState, RoutingTable, TopologyView};
 
-/// How far ahead of this replica's clock a proxy's epoch may be and still
-/// be taken ([`Builder::adopt`]): replicas' clocks differ by less, and a
-/// replica's epoch runs ahead of its clock only while the writer moves
-/// more than once a second.
-pub const MAX_EPOCH_LEAD_SECS: u64 = 10;
-
 pub struct Builder {
     current: Option<RoutingTable>,
     /// The first epoch this builder hands out.
@@ -32,40 +26,6 @@ impl Builder {
 
     pub fn current(&self) -> Option<&RoutingTable> {
         self.current.as_ref()
-    }
-
-    /// Takes `epoch`, on which a proxy routes to `primary`, when this
-    /// builder's table names the same primary on a lower epoch: another
-    /// replica's epoch for the same writer (each numbers them by its own
-    /// clock). A proxy never goes back to a lower epoch, so one whose
-    /// replica went away refuses this replica's tables until this one
-    /// takes its epoch. The same writer keeps the database fence still;
-    /// an epoch more than [`MAX_EPOCH_LEAD_SECS`] ahead of the clock no
-    /// replica hands out, and taking it would keep every later move below
-    /// it: refused with the reason. Returns the new table (same content,
-    /// a higher version), or `None` when there is nothing to take.
-    pub fn adopt(
-        &mut self,
-        epoch: u64,
-        primary: &str,
-        now_ms: u64,
-    ) -> Result<Option<&RoutingTable>, String> {
-        let Some(cur) = &mut self.current else {
-            return Ok(None);
-        };
-        if epoch <= cur.epoch || cur.primary_region.as_deref() != Some(primary) {
-            return Ok(None);
-        }
-        let clock = now_ms / 1000;
-        if epoch > clock + MAX_EPOCH_LEAD_SECS {
-            return Err(format!(
-                "epoch {epoch} is {} s ahead of this control plane's clock (at most {MAX_EPOCH_LEAD_SECS} s is taken): a clock far behind here, or a proxy reporting a table no control plane built",
-                epoch - clock
-            ));
-        }
-        cur.epoch = epoch;
-        cur.version = now_ms.max(cur.version + 1);
-        Ok(Some(cur))
     }
 
     /// Applies a view seen at `now_ms` (milliseconds since the Unix epoch).
@@ -224,54 +184,6 @@ mod tests {
                 last = Some(t);
             }
         }
-    }
-
-    #[test]
-    fn an_epoch_proxies_route_on_is_taken_for_the_same_primary_only() {
-        let regions = [
-            ("us-east-1", Some(100), None),
-            ("eu-west-1", Some(100), None),
-        ];
-        let now = 1_800_000_000_000;
-        let mut b = Builder::new(now / 1000);
-        assert_eq!(
-            b.adopt(now / 1000 + 5, "us-east-1", now),
-            Ok(None),
-            "no table yet"
-        );
-        let first = b.apply(&view("us-east-1", &regions), now).unwrap().clone();
-        for (epoch, primary) in [
-            (first.epoch, "us-east-1"),
-            (first.epoch - 1, "us-east-1"),
-            (first.epoch + 5, "eu-west-1"),
-        ] {
-            assert_eq!(
-                b.adopt(epoch, primary, now + 10),
-                Ok(None),
-                "{epoch} {primary}"
-            );
-        }
-        let far = b
-            .adopt(first.epoch + 3600, "us-east-1", now + 10)
-            .unwrap_err();
-        assert!(far.contains("3600 s ahead"), "{far}");
-        let taken = b
-            .adopt(first.epoch + 5, "us-east-1", now + 10)
-            .unwrap()
-            .unwrap()
-            .clone();
-        assert_eq!((taken.epoch, taken.version), (first.epoch + 5, now + 10));
-        assert_eq!(
-            (&taken.primary_region, &taken.regions),
-            (&first.primary_region, &first.regions)
-        );
-        assert_eq!(
-            taken.admit(Some(&first), ["us-east-1", "eu-west-1"]),
-            Ok(edgeroute_config::Admission::Accepted)
-        );
-        // The next move rises above the epoch taken.
-        let moved = b.apply(&view("eu-west-1", &regions), now + 20).unwrap();
-        assert_eq!(moved.epoch, first.epoch + 6);
     }
 
     /// The database fence the README gives (*Fencing*), as a function:

@@ -539,7 +539,6 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             Arc::new(Notifier::new(&cfg.notify, endpoint(&cfg), Some(Arc::clone(&metrics))).await?);
         let (tx, rx) = tokio::sync::watch::channel(None);
         let (views_tx, views_rx) = tokio::sync::watch::channel(None);
-        let (reported_tx, reported_rx) = tokio::sync::watch::channel(None);
         // Epochs start from the clock: a restart never goes back.
         let builder = Builder::new(source::now_ms() / 1000);
         let src = source::Source::new(
@@ -552,7 +551,6 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         let poller = tokio::spawn(source::run(
             src,
             builder,
-            reported_rx,
             tx,
             views_tx,
             Arc::clone(&notifier),
@@ -599,7 +597,6 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             proxy_max_age: cfg.actions.proxy_max_age,
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
-            reported: reported_tx,
         });
         let (ca_read, clients) = clients.unzip();
         let tls: Option<server::Tls> = cert.as_ref().map(|cert| {

@@ -175,7 +175,6 @@ mod tests {
             region: "eu-west-1".into(),
             epoch,
             version: epoch,
-            primary_region: Some("us-east-1".into()),
             regions: vec![RegionHealth {
                 name: "us-east-1".into(),
                 backends: 2,

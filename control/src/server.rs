@@ -47,17 +47,6 @@ pub struct ServerState {
     pub proxy_max_age: Duration,
     pub history_file: PathBuf,
     pub automation: bool,
-    /// The epoch a proxy reported routing on for the primary this
-    /// control plane's table names, when it is above the table's: the
-    /// table builder takes it ([`crate::builder::Builder::adopt`]).
-    pub reported: watch::Sender<Option<ReportedEpoch>>,
-}
-
-/// An epoch a proxy routes on, and the primary its table names.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportedEpoch {
-    pub epoch: u64,
-    pub primary: String,
 }
 
 /// Largest proxy report accepted.
@@ -507,17 +496,6 @@ async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     };
     match ProxyReport::from_json(&body) {
         Ok(r) => {
-            if let Some(primary) = &r.primary_region {
-                let behind = state.table.borrow().as_ref().is_some_and(|p| {
-                    p.table.epoch < r.epoch && p.table.primary_region.as_ref() == Some(primary)
-                });
-                if behind {
-                    state.reported.send_replace(Some(ReportedEpoch {
-                        epoch: r.epoch,
-                        primary: primary.clone(),
-                    }));
-                }
-            }
             let recorded = state.registry.record(r, Instant::now());
             state.metrics.reports.with_label_values(&["accepted"]).inc();
             if recorded.forgot_live {

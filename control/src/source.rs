@@ -8,7 +8,7 @@ use crate::aws::{AwsRequests, AwsSource};
 use crate::builder::Builder;
 use crate::metrics::ControlMetrics;
 use crate::notify::{Event, Notifier};
-use crate::server::{Published, ReportedEpoch};
+use crate::server::Published;
 use edgeroute_config::{RoutingTable, SourceConfig, TopologyView};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -135,12 +135,9 @@ impl Source {
 /// Polls until the task is dropped. Every view read goes to `views` (for
 /// automated failover); every table change that matters to people — the
 /// primary, writes held or open, a region's state or weight — is announced.
-/// An epoch a proxy reports routing on for the same primary, above this
-/// table's, is taken from `reported` as it comes.
 pub async fn run(
     source: Source,
     mut builder: Builder,
-    mut reported: watch::Receiver<Option<ReportedEpoch>>,
     tx: watch::Sender<Option<Arc<Published>>>,
     views: watch::Sender<Option<Arc<TopologyView>>>,
     notifier: Arc<Notifier>,
@@ -150,25 +147,7 @@ pub async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = Failing::default();
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            Ok(()) = reported.changed() => {
-                let Some(r) = reported.borrow_and_update().clone() else {
-                    continue;
-                };
-                match builder.adopt(r.epoch, &r.primary, now_ms()) {
-                    Ok(Some(table)) => {
-                        tracing::info!(epoch = table.epoch, version = table.version, primary = r.primary, "serving a new routing table: a proxy routes on this epoch for the same primary, from a control plane replica that numbers epochs above this one's");
-                        publish(&tx, &metrics, table);
-                    }
-                    Ok(None) => {}
-                    Err(why) => {
-                        tracing::warn!(epoch = r.epoch, primary = r.primary, "a proxy's epoch not taken: {why}");
-                    }
-                }
-                continue;
-            }
-        }
+        tick.tick().await;
         let started = Instant::now();
         let outcome = source.read().await;
         metrics
@@ -193,14 +172,11 @@ pub async fn run(
                         let notifier = Arc::clone(&notifier);
                         tokio::spawn(async move { notifier.send(&event).await });
                     }
-                    tracing::info!(
-                        epoch = table.epoch,
-                        version = table.version,
-                        primary = table.primary_region.as_deref().unwrap_or("none"),
-                        failover_in_progress = table.failover_in_progress,
-                        "serving a new routing table"
-                    );
-                    publish(&tx, &metrics, table);
+                    metrics.table_epoch.set(table.epoch as i64);
+                    metrics.table_version.set(table.version as i64);
+                    metrics.table_last_change.set((now_ms() / 1000) as i64);
+                    tracing::info!(epoch = table.epoch, version = table.version, primary = ?table.primary_region, failover_in_progress = table.failover_in_progress, "serving a new routing table");
+                    tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
                 }
                 views.send_replace(Some(Arc::new(view)));
             }
@@ -210,18 +186,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// Serves `table` from now on.
-fn publish(
-    tx: &watch::Sender<Option<Arc<Published>>>,
-    metrics: &ControlMetrics,
-    table: &RoutingTable,
-) {
-    metrics.table_epoch.set(table.epoch as i64);
-    metrics.table_version.set(table.version as i64);
-    metrics.table_last_change.set((now_ms() / 1000) as i64);
-    tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
 }
 
 /// A run of failed reads: its first failure (and any that fails

@@ -144,7 +144,7 @@ impl AppState {
                     self.config.table,
                     edgeroute_config::TableSource::Control { .. }
                 ) {
-                "; if several control plane replicas answer at this address, each hands out epochs of its own: the one answering now takes this proxy's epoch once this proxy's report reaches it"
+                "; if several control plane replicas answer at this address, each hands out epochs of its own: give this proxy one replica's address"
             } else {
                 ""
             };

@@ -257,16 +257,17 @@ pub async fn poll_control(
 /// This proxy's report: the table it routes on and what its probes measure.
 pub fn report(state: &AppState, id: &str) -> ProxyReport {
     let now = Instant::now();
-    let snap = state.router.load();
-    let (epoch, version) = snap.as_ref().map_or((0, 0), |s| (s.epoch(), s.version()));
-    let primary_region = snap.as_ref().and_then(|s| s.table.primary_region.clone());
+    let (epoch, version) = state
+        .router
+        .load()
+        .as_ref()
+        .map_or((0, 0), |s| (s.epoch(), s.version()));
     let regions = &state.topology.regions;
     ProxyReport {
         id: id.to_owned(),
         region: regions[state.topology.local].name.to_string(),
         epoch,
         version,
-        primary_region,
         regions: regions
             .iter()
             .map(|r| {

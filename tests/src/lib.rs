@@ -8,7 +8,6 @@ pub mod h2;
 pub mod moto;
 pub mod origin;
 pub mod proxy;
-pub mod relay;
 pub mod webhook;
 
 pub use origin::{Behaviour, Origin, Seen};

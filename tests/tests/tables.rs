@@ -203,9 +203,7 @@ async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
     assert_eq!(proxy.table_version().await, Some(10));
     let log = proxy.log();
     assert!(
-        log.contains(
-            "each hands out epochs of its own: the one answering now takes this proxy's epoch"
-        ),
+        log.contains("each hands out epochs of its own: give this proxy one replica's address"),
         "{log}"
     );
 }
