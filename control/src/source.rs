@@ -175,7 +175,13 @@ pub async fn run(
                     metrics.table_epoch.set(table.epoch as i64);
                     metrics.table_version.set(table.version as i64);
                     metrics.table_last_change.set((now_ms() / 1000) as i64);
-                    tracing::info!(epoch = table.epoch, version = table.version, primary = ?table.primary_region, failover_in_progress = table.failover_in_progress, "serving a new routing table");
+                    tracing::info!(
+                        epoch = table.epoch,
+                        version = table.version,
+                        primary = table.primary_region.as_deref().unwrap_or("none"),
+                        failover_in_progress = table.failover_in_progress,
+                        "serving a new routing table"
+                    );
                     tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
                 }
                 views.send_replace(Some(Arc::new(view)));
