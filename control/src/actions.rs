@@ -924,7 +924,7 @@ impl Runner {
         })?;
         if can_wait && table.is_none() {
             return Err(format!(
-                "{} has no table yet (it has not read its source since it started; its log says why): a change could not be followed to the proxies, so none was made; wait for its first table (`edgeroute-control status`) (an unplanned failover, --unplanned, goes ahead regardless)",
+                "{} has no table yet (it answered 503: it has not read its source since it started, and its log says why, unless something in front of it answered): a change could not be followed to the proxies, so none was made; wait for its first table (`edgeroute-control status`) (an unplanned failover, --unplanned, goes ahead regardless)",
                 self.control.describe()
             ));
         }
@@ -1053,9 +1053,14 @@ impl Runner {
                         ));
                     }
                     last_read = match &failover {
+                        Some(f) if f.status == "cancelling" => format!(
+                            "AWS is cancelling the writer change (FailoverState cancelling): the writer stays in {} (`edgeroute-control status` shows it)",
+                            f.from_region.as_deref().unwrap_or("the region it was in")
+                        ),
                         Some(f) => format!(
                             "the writer change is still running in AWS (FailoverState {}): the writer lands in {} when it ends, and `edgeroute-control status` shows it",
-                            f.status, plan.to.region
+                            f.status,
+                            f.to_region.as_deref().unwrap_or(plan.to.region.as_str())
                         ),
                         None => format!(
                             "AWS reports the writer in {} and no writer change running",
@@ -1705,7 +1710,7 @@ impl Runner {
 
 /// What a record change Route 53 refused says.
 fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> String {
-    if guards > 0 && !e.throttled() {
+    if guards > 0 && !e.throttled() && !e.server_fault() {
         format!(
             "Route 53 refused the change: {e}; nothing changed (the batch asked for the records of {} to be as read, and a drain or another change at the same time may have changed them: run `status` and try again)",
             left_serving.join(", ")
@@ -1879,6 +1884,30 @@ mod tests {
             .unwrap();
         assert!(line.contains("NOT FINISHED: still running"), "{line}");
         assert!(!line.contains("FAILED"), "{line}");
+    }
+
+    /// A record change Route 53 turned away is told by why: a batch whose
+    /// records changed since they were read, or a fault on AWS's side.
+    #[test]
+    fn a_record_change_not_made_says_why() {
+        let e = |message: &str| crate::aws::AwsError {
+            api: "ChangeResourceRecordSets",
+            message: message.into(),
+        };
+        let refused = |message: &str| super::refused(&e(message), 2, &["us-east-1"]);
+        let changed = refused("InvalidChangeBatch: not found");
+        assert!(
+            changed.starts_with("Route 53 refused the change")
+                && changed.contains("run `status` and try again"),
+            "{changed}"
+        );
+        for fault in ["ServiceUnavailable: down", "Throttling: Rate exceeded"] {
+            let said = refused(fault);
+            assert!(
+                said.starts_with("Route 53 did not make the change"),
+                "{said}"
+            );
+        }
     }
 
     /// The records of a drain of eu-west-1, from Route 53 (`kept`) or an

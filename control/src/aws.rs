@@ -72,14 +72,29 @@ impl AwsError {
     /// the SDK's own retries: nothing was done, and the same call a few
     /// seconds later may go through.
     pub fn throttled(&self) -> bool {
-        const CODES: [&str; 5] = [
+        self.code_is(&[
             "Throttling",
             "ThrottlingException",
             "RequestLimitExceeded",
             "TooManyRequestsException",
             "PriorRequestNotComplete",
-        ];
-        CODES.iter().any(|code| {
+        ])
+    }
+
+    /// AWS failed on its side (a 5xx), after the SDK's own retries: not a
+    /// refusal of what was asked.
+    pub fn server_fault(&self) -> bool {
+        self.code_is(&[
+            "ServiceUnavailable",
+            "InternalFailure",
+            "InternalError",
+            "InternalServerError",
+        ])
+    }
+
+    /// The message starts with one of `codes` (`Code: what AWS said`).
+    fn code_is(&self, codes: &[&str]) -> bool {
+        codes.iter().any(|code| {
             self.message
                 .strip_prefix(code)
                 .is_some_and(|rest| rest.starts_with(':'))
@@ -1285,6 +1300,10 @@ mod tests {
         assert!(!e("InvalidChangeBatch: Throttling is not the code").throttled());
         assert!(!e("ThrottlingSomething: x").throttled());
         assert_eq!(e("InvalidChangeBatch: x").advice(), "");
+        // A fault on AWS's side is neither a throttle nor a refusal.
+        let fault = e("ServiceUnavailable: the service is unavailable");
+        assert!(fault.server_fault() && !fault.throttled());
+        assert!(!e("InvalidChangeBatch: x").server_fault());
     }
 
     #[test]

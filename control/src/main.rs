@@ -472,8 +472,9 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
                         .await;
                 let state = match src.state().await {
                     Ok(state) => state,
-                    // What can be known is shown, and the status fails.
-                    Err(e) => {
+                    // Route 53 cannot be listed: what can be known is
+                    // shown, and the status fails.
+                    Err(e) if e.api == "ListResourceRecordSets" => {
                         let e = format!("{e}{}", src.unreached_advice(&e));
                         let state = actions::cluster_alone(&src, &e)
                             .await
@@ -483,6 +484,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
                         ));
                         state
                     }
+                    Err(e) => anyhow::bail!("{e}{}", src.unreached_advice(&e)),
                 };
                 (state.view, state.failover, state.route53_unread)
             }
