@@ -108,9 +108,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
 
     // A file table must be good at start-up; a control-plane table arrives
     // once the proxy runs, and /ready waits for it.
+    let mut taken_table = Vec::new();
     let table_description = match &cfg.table {
         TableSource::File { path, .. } => {
-            table_source::load_initial(&state, path)?;
+            taken_table = table_source::load_initial(&state, path)?;
             path.display().to_string()
         }
         TableSource::Control { url, .. } => format!("{url}/v1/table"),
@@ -181,6 +182,7 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 Arc::clone(&state),
                 path,
                 watch_interval,
+                std::mem::take(&mut taken_table),
             ));
         }
         TableSource::Control {

@@ -12,23 +12,25 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Loads the file once; used at start-up, where a missing or bad table is fatal.
-pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<()> {
+/// Loads the file once; used at start-up, where a missing or bad table is
+/// fatal. Returns the bytes taken, for [`watch_file`].
+pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<Vec<u8>> {
     let bytes = RoutingTable::read_file(path)
         .map_err(|e| anyhow::anyhow!("cannot read routing table {}: {e}", path.display()))?;
     state
         .offer_table(&bytes, &path.display().to_string())
         .map_err(|r| anyhow::anyhow!("routing table {} rejected: {r}", path.display()))?;
-    Ok(())
+    Ok(bytes)
 }
 
-/// Watches the file until shutdown.
-pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration) {
+/// Watches the file until shutdown; `taken`: the bytes [`load_initial`]
+/// put in force.
+pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration, taken: Vec<u8>) {
     let source = path.display().to_string();
-    let mut last = RoutingTable::read_file(&path).ok();
-    // Whether the file's last bytes were taken (the start-up table was):
-    // only those confirm the table in force when read again, so a file
-    // left holding a refused table lets `edgeroute_table_age_seconds` grow.
+    let mut last = Some(taken);
+    // Whether the file's last bytes were taken: only those confirm the
+    // table in force when read again, so a file left holding a refused
+    // table lets `edgeroute_table_age_seconds` grow.
     let mut taken = true;
     let mut rereads = Rereads::new(interval, "the table file");
     while let Some(forced) = rereads.next(&state.lifecycle).await {
