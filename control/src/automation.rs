@@ -112,6 +112,17 @@ impl Automation {
             self.since = None;
             return Decision::Healthy;
         }
+        let unread = i
+            .view
+            .regions
+            .iter()
+            .any(|r| r.name == primary && r.health_unread);
+        // The proxies call it down and Route 53's check cannot be read now:
+        // that, not a disagreement, is why nothing is done.
+        if proxies_down && !route53_down && unread {
+            self.since = None;
+            return Decision::Held(Hold::HealthUnread);
+        }
         if route53_down != proxies_down {
             self.since = None;
             return Decision::Held(Hold::SourcesDisagree);
@@ -123,11 +134,7 @@ impl Automation {
         if i.running || i.view.failover_in_progress {
             return Decision::Held(Hold::FailoverRunning);
         }
-        if i.view
-            .regions
-            .iter()
-            .any(|r| r.name == primary && r.health_unread)
-        {
+        if unread {
             return Decision::Held(Hold::HealthUnread);
         }
         if i.history_unreadable {
@@ -174,8 +181,13 @@ pub async fn run(
     let running = Arc::new(AtomicBool::new(false));
     // When AWS last accepted a writer move from this process.
     let last_move: Arc<Mutex<Option<SystemTime>>> = Arc::default();
-    // Automated failovers that failed in a row, and when the last did.
-    let failures: Arc<Mutex<(u32, Option<SystemTime>)>> = Arc::default();
+    // Automated failovers that failed in a row, and when the last did; a
+    // restart keeps to the wait they set, from the history file.
+    let failures: Arc<Mutex<(u32, Option<SystemTime>)>> = Arc::new(Mutex::new(
+        History::load(&runner.history_file)
+            .map(|h| h.automation_failures())
+            .unwrap_or_default(),
+    ));
     let mut last_decision = Decision::Healthy;
     // The hold last announced: each is announced once, until the primary
     // is healthy again or another hold takes its place.
@@ -187,6 +199,8 @@ pub async fn run(
     // minimum interval whoever made it: an operator's command run on
     // another machine keeps a history file of its own.
     let mut seen_primary: Option<String> = None;
+    // Whether the history file's being unreadable was said.
+    let mut history_said = false;
     while views.changed().await.is_ok() {
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
@@ -206,10 +220,14 @@ pub async fn run(
         let (recorded, history_unreadable) = match History::load(&runner.history_file) {
             Ok(h) => (h.last_writer_move().map(|o| o.started_at()), false),
             Err(e) => {
-                tracing::warn!(error = %e, "automated failover cannot read the history file, so it holds");
+                // Said once; a failover it holds is announced as a hold.
+                if !history_said {
+                    tracing::warn!(error = %e, "automated failover cannot read the history file: it will not fail over until it can");
+                }
                 (None, true)
             }
         };
+        history_said = history_unreadable;
         let last = (*last_move.lock().unwrap_or_else(|p| p.into_inner())).max(recorded);
         let retry_after = match *failures.lock().unwrap_or_else(|p| p.into_inner()) {
             (0, _) | (_, None) => None,
@@ -233,7 +251,12 @@ pub async fn run(
         });
         if decision == Decision::Healthy {
             announced = None;
-            *failures.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+            // Failures stay "in a row" through a healthy spell shorter than
+            // the wait they set: a flapping primary is not retried at every
+            // `after`.
+            if retry_after.is_none_or(|until| SystemTime::now() >= until) {
+                *failures.lock().unwrap_or_else(|p| p.into_inner()) = (0, None);
+            }
         }
         // Our own failover running holds the next, but is no news.
         let own_run = ours && decision == Decision::Held(Hold::FailoverRunning);
@@ -284,11 +307,13 @@ pub async fn run(
                         .await;
                     // Only a move AWS accepted starts the minimum interval;
                     // a refusal (nothing changed) leaves the guard open.
+                    // A move seen since (its own, or another) counts from
+                    // when it was seen: the later time stands.
                     if let Ok(op) = &outcome
                         && op.timeline.iter().any(|s| s.name == "requested")
                     {
-                        *last_move.lock().unwrap_or_else(|p| p.into_inner()) =
-                            Some(op.started_at());
+                        let mut last = last_move.lock().unwrap_or_else(|p| p.into_inner());
+                        *last = (*last).max(Some(op.started_at()));
                     }
                     let result = match outcome {
                         Ok(op) if op.ok => "ok",
@@ -456,6 +481,14 @@ mod tests {
         assert_eq!(decide(&w), Decision::Held(Hold::SourcesDisagree));
         w.regions[0] = (Some(true), false, 100, None);
         assert_eq!(decide(&w), Decision::Held(Hold::SourcesDisagree));
+        // The proxies call it down and its check cannot be read (no
+        // reading in memory, or an old healthy one): that is the hold.
+        for last in [None, Some(true)] {
+            w.regions[0] = (last, false, 100, None);
+            w.unread[0] = true;
+            assert_eq!(decide(&w), Decision::Held(Hold::HealthUnread), "{last:?}");
+        }
+        w.unread[0] = false;
         w.regions[0] = (Some(false), false, 100, None);
         w.failover_in_progress = true;
         assert_eq!(decide(&w), Decision::Held(Hold::FailoverRunning));

@@ -549,9 +549,15 @@ impl AwsSource {
             .collect();
         ids.sort_unstable();
         ids.dedup();
+        // A check is read by both calls when the metric is on: a wait that
+        // runs out names both.
+        let api = if self.cfg.health_metric {
+            "GetHealthCheckStatus and GetMetricStatistics"
+        } else {
+            "GetHealthCheckStatus"
+        };
         let readings = futures_util::future::join_all(
-            ids.iter()
-                .map(|id| within(by, "GetHealthCheckStatus", self.check_healthy(id))),
+            ids.iter().map(|id| within(by, api, self.check_healthy(id))),
         )
         .await;
         let (mut healthy, mut unread) = (None, false);

@@ -160,6 +160,27 @@ impl History {
         self.last_writer_move_at().map(|i| &self.operations[i])
     }
 
+    /// The automated failovers that failed in a row, last of all the
+    /// automation's, and when the last of them ended: the retry wait a
+    /// restarted control plane keeps to.
+    pub fn automation_failures(&self) -> (u32, Option<SystemTime>) {
+        let mut failed = (0, None);
+        for o in self
+            .operations
+            .iter()
+            .rev()
+            .filter(|o| o.by == "automation" && o.kind == Kind::Failover)
+        {
+            if o.ok || !o.finished {
+                break;
+            }
+            let ended = o.started_at()
+                + Duration::try_from_secs_f64(o.duration_seconds).unwrap_or_default();
+            failed = (failed.0 + 1, failed.1.max(Some(ended)));
+        }
+        failed
+    }
+
     /// The last drill that finished.
     pub fn last_drill(&self) -> Option<&Operation> {
         self.last_drill_at().map(|i| &self.operations[i])
@@ -365,6 +386,31 @@ mod tests {
             1,
             "the drill moved the writer"
         );
+    }
+
+    /// The automation's failures in a row are counted back from its last
+    /// failover, whatever others ran between; its last success ends them.
+    #[test]
+    fn the_automations_failures_in_a_row_are_counted_from_the_file() {
+        let mut h = History::default();
+        assert_eq!(h.automation_failures(), (0, None));
+        let auto = |started_ms: u64, ok: bool| {
+            let mut o = op(Kind::Failover, started_ms);
+            o.by = "automation".into();
+            o.ok = ok;
+            o
+        };
+        h.put(auto(1_000, true));
+        h.put(auto(2_000, false));
+        h.put(op(Kind::Switchover, 2_500));
+        h.put(auto(3_000, false));
+        assert_eq!(
+            h.automation_failures(),
+            (2, Some(UNIX_EPOCH + Duration::from_millis(4_000))),
+            "two failures since the success, the last ending a second after 3 s"
+        );
+        h.put(auto(5_000, true));
+        assert_eq!(h.automation_failures(), (0, None));
     }
 
     #[test]

@@ -156,7 +156,14 @@ pub fn behind<'a>(
 pub fn vote(proxies: &[ProxyStatus], region: &str) -> Vote {
     let mut v = Vote::default();
     for p in proxies {
-        if let Some(r) = p.report.regions.iter().find(|r| r.name == region) {
+        // A proxy that knows no backend of the region has nothing to say
+        // of it: no vote either way.
+        if let Some(r) = p
+            .report
+            .regions
+            .iter()
+            .find(|r| r.name == region && r.backends > 0)
+        {
             v.reporting += 1;
             v.unhealthy += usize::from(r.unhealthy());
         }
@@ -203,6 +210,12 @@ mod tests {
         assert!(!v.unhealthy() && !v.healthy(), "{v:?}");
         assert_eq!(vote(&recent, "ap-southeast-1"), Vote::default());
         assert!(!Vote::default().unhealthy() && !Vote::default().healthy());
+        // A proxy that knows no backend of a region casts no vote on it.
+        let mut empty = report("d", 1, 0);
+        empty.regions[0].backends = 0;
+        reg.record(empty, now);
+        let v = vote(&reg.fresh(Duration::from_secs(30), now), "us-east-1");
+        assert_eq!((v.reporting, v.unhealthy), (2, 1), "{v:?}");
     }
 
     #[test]
