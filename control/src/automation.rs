@@ -316,6 +316,9 @@ pub async fn run(
                         *last = (*last).max(Some(op.started_at()));
                     }
                     let result = match outcome {
+                        // The writer was in the target already when it was
+                        // read again (moved meanwhile): nothing was asked.
+                        Ok(op) if op.ok && !op.requested() => "nothing_to_do",
                         Ok(op) if op.ok => "ok",
                         Ok(_) => "failed",
                         Err(refused) => {
@@ -324,7 +327,7 @@ pub async fn run(
                         }
                     };
                     let mut failed = failures.lock().unwrap_or_else(|p| p.into_inner());
-                    *failed = if result == "ok" {
+                    *failed = if result != "failed" {
                         (0, None)
                     } else {
                         (failed.0.saturating_add(1), Some(SystemTime::now()))

@@ -134,7 +134,7 @@ impl ControlMetrics {
             ),
             automation_failovers: counter(
                 "edgeroute_control_automation_failovers_total",
-                "Automated failovers started, by result (ok, failed)",
+                "Automated failovers started, by result (ok, failed, nothing_to_do: the writer was in the target already)",
                 &["result"],
             ),
             last_drill: gauge(
