@@ -315,17 +315,10 @@ pub async fn run(
                         let mut last = last_move.lock().unwrap_or_else(|p| p.into_inner());
                         *last = (*last).max(Some(op.started_at()));
                     }
-                    let result = match outcome {
-                        // The writer was in the target already when it was
-                        // read again (moved meanwhile): nothing was asked.
-                        Ok(op) if op.ok && !op.requested() => "nothing_to_do",
-                        Ok(op) if op.ok => "ok",
-                        Ok(_) => "failed",
-                        Err(refused) => {
-                            tracing::warn!("automated failover refused: {refused}");
-                            "failed"
-                        }
-                    };
+                    if let Err(refused) = &outcome {
+                        tracing::warn!("automated failover refused: {refused}");
+                    }
+                    let result = result_of(&outcome);
                     let mut failed = failures.lock().unwrap_or_else(|p| p.into_inner());
                     *failed = if result != "failed" {
                         (0, None)
@@ -342,6 +335,18 @@ pub async fn run(
             }
             _ => {}
         }
+    }
+}
+
+/// How an automated failover ended, for
+/// `edgeroute_control_automation_failovers_total{result}`.
+fn result_of(outcome: &Result<crate::history::Operation, String>) -> &'static str {
+    match outcome {
+        // The writer was in the target already when it was read again
+        // (moved meanwhile): nothing was asked.
+        Ok(op) if op.ok && !op.requested() => "nothing_to_do",
+        Ok(op) if op.ok => "ok",
+        Ok(_) | Err(_) => "failed",
     }
 }
 
@@ -475,6 +480,37 @@ mod tests {
         );
         w.regions[2].3 = Some(5000);
         assert_eq!(decide(&w), Decision::Held(Hold::NoTarget), "lag over bound");
+    }
+
+    #[test]
+    fn a_failover_that_asked_nothing_is_counted_apart() {
+        let op = |ok: bool, requested: bool| {
+            Ok(crate::history::Operation {
+                id: "a".into(),
+                kind: crate::history::Kind::Failover,
+                by: "automation".into(),
+                operator: String::new(),
+                summary: String::new(),
+                started_ms: 1,
+                ok,
+                error: None,
+                duration_seconds: 0.0,
+                timeline: if requested {
+                    vec![crate::history::Step {
+                        name: "requested".into(),
+                        at_seconds: 0.0,
+                        detail: String::new(),
+                    }]
+                } else {
+                    Vec::new()
+                },
+                finished: true,
+            })
+        };
+        assert_eq!(result_of(&op(true, true)), "ok");
+        assert_eq!(result_of(&op(true, false)), "nothing_to_do");
+        assert_eq!(result_of(&op(false, true)), "failed");
+        assert_eq!(result_of(&Err("refused".into())), "failed");
     }
 
     #[test]
