@@ -1831,25 +1831,12 @@ mod tests {
     /// it sees it so.
     #[test]
     fn status_lists_regions_by_name_and_a_move_not_finished_as_such() {
-        use crate::history::{Kind, Operation};
         let mut history = History::default();
-        history.put(Operation {
-            id: "a".into(),
-            kind: Kind::Switchover,
-            by: "cli".into(),
-            operator: String::new(),
-            summary: "planned switchover us-east-1 → eu-west-1".into(),
-            started_ms: 1,
-            ok: false,
-            error: Some("did not finish: the process following it stopped".into()),
-            duration_seconds: 0.0,
-            timeline: vec![crate::history::Step {
-                name: "requested".into(),
-                at_seconds: 0.0,
-                detail: "SwitchoverGlobalCluster accepted".into(),
-            }],
-            finished: false,
-        });
+        let mut running = crate::history::tests::op(crate::history::Kind::Switchover, 1);
+        running.ok = false;
+        running.error = Some("did not finish: the process following it stopped".into());
+        running.finished = false;
+        history.put(running);
         // As AWS lists them: the writer's region with no record last.
         let region = |name: &str| edgeroute_config::RegionView {
             name: name.into(),

@@ -485,27 +485,13 @@ mod tests {
     #[test]
     fn a_failover_that_asked_nothing_is_counted_apart() {
         let op = |ok: bool, requested: bool| {
-            Ok(crate::history::Operation {
-                id: "a".into(),
-                kind: crate::history::Kind::Failover,
-                by: "automation".into(),
-                operator: String::new(),
-                summary: String::new(),
-                started_ms: 1,
-                ok,
-                error: None,
-                duration_seconds: 0.0,
-                timeline: if requested {
-                    vec![crate::history::Step {
-                        name: "requested".into(),
-                        at_seconds: 0.0,
-                        detail: String::new(),
-                    }]
-                } else {
-                    Vec::new()
-                },
-                finished: true,
-            })
+            let mut op = crate::history::tests::op(crate::history::Kind::Failover, 1);
+            op.by = "automation".into();
+            op.ok = ok;
+            if !requested {
+                op.timeline.clear();
+            }
+            Ok(op)
         };
         assert_eq!(result_of(&op(true, true)), "ok");
         assert_eq!(result_of(&op(true, false)), "nothing_to_do");

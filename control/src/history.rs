@@ -306,10 +306,12 @@ fn temp_path(path: &Path) -> PathBuf {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn op(kind: Kind, started_ms: u64) -> Operation {
+    /// An operation AWS accepted, run by hand, that ended well a second
+    /// after `started_ms`; other modules' tests change what they need.
+    pub(crate) fn op(kind: Kind, started_ms: u64) -> Operation {
         Operation {
             id: format!("{}-{started_ms}", kind.as_str()),
             kind,
