@@ -134,9 +134,7 @@ impl AppState {
                 .table_rejections
                 .with_label_values(&[rejection.reason()])
                 .inc();
-            let (epoch, version) = current
-                .as_ref()
-                .map_or((0, 0), |s| (s.epoch(), s.version()));
+            let (epoch, version) = self.in_force();
             // Replicas started at other times hand out other epochs: the
             // likeliest cause of a lower one from a control plane.
             let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
@@ -194,11 +192,7 @@ impl AppState {
             .table_rejections
             .with_label_values(&["unreadable"])
             .inc();
-        let (epoch, version) = self
-            .router
-            .load()
-            .as_ref()
-            .map_or((0, 0), |s| (s.epoch(), s.version()));
+        let (epoch, version) = self.in_force();
         tracing::warn!(
             source,
             reason = "unreadable",
@@ -208,6 +202,15 @@ impl AppState {
             "cannot read the routing table; {}",
             self.what_stays()
         );
+    }
+
+    /// The epoch and version of the table in force; 0 and 0 before the
+    /// first.
+    pub fn in_force(&self) -> (u64, u64) {
+        self.router
+            .load()
+            .as_ref()
+            .map_or((0, 0), |s| (s.epoch(), s.version()))
     }
 
     /// What a table that could not be had leaves in force, for its log line.

@@ -23,11 +23,16 @@ pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Watches the file until shutdown; `taken`: the bytes [`load_initial`]
+/// Watches the file until shutdown; `in_force`: the bytes [`load_initial`]
 /// put in force.
-pub async fn watch_file(state: Arc<AppState>, path: PathBuf, interval: Duration, taken: Vec<u8>) {
+pub async fn watch_file(
+    state: Arc<AppState>,
+    path: PathBuf,
+    interval: Duration,
+    in_force: Vec<u8>,
+) {
     let source = path.display().to_string();
-    let mut last = Some(taken);
+    let mut last = Some(in_force);
     // Whether the file's last bytes were taken: only those confirm the
     // table in force when read again, so a file left holding a refused
     // table lets `edgeroute_table_age_seconds` grow.
@@ -259,11 +264,7 @@ pub async fn poll_control(
 /// This proxy's report: the table it routes on and what its probes measure.
 pub fn report(state: &AppState, id: &str) -> ProxyReport {
     let now = Instant::now();
-    let (epoch, version) = state
-        .router
-        .load()
-        .as_ref()
-        .map_or((0, 0), |s| (s.epoch(), s.version()));
+    let (epoch, version) = state.in_force();
     let regions = &state.topology.regions;
     ProxyReport {
         id: id.to_owned(),
