@@ -233,25 +233,19 @@ impl EdgeProxy {
         // Like every other request, it gets an id and an access line: no
         // method or path could be read from it.
         let request_id = new_request_id();
-        self.state
-            .request_metrics
-            .record(None, RouteClass::Read, reply.status(), 0.0);
-        if self.state.config.log.access {
-            tracing::info!(
-                target: "edgeroute::access",
-                method = "-",
-                path = "-",
-                status = reply.status(),
-                region = "none",
-                route = RouteClass::Read.as_str(),
-                attempts = 0,
-                backend = "",
-                duration_ms = 0.0,
-                request_id = request_id.to_str().unwrap_or(""),
-                error = %e,
-                "request"
-            );
-        }
+        self.account(&Access {
+            method: "-",
+            path: "-",
+            status: reply.status(),
+            served_by: None,
+            route: RouteClass::Read,
+            epoch: None,
+            attempts: 0,
+            backend: "",
+            elapsed: Duration::ZERO,
+            request_id: &request_id,
+            error: Some(e),
+        });
         if let Err(e) = respond::write(client, &reply, None, Some(&request_id), &[]).await {
             tracing::debug!(error = %e, "cannot answer an unreadable request");
         }
@@ -1056,38 +1050,73 @@ impl EdgeProxy {
             || ctx.reply.as_ref().map_or(0, ErrorReply::status),
             |s| s.as_u16(),
         );
-        let served_by_index = ctx.reached(ctx.reply.as_ref());
         let done = Instant::now();
-        let elapsed = done - ctx.started;
-        self.state.request_metrics.record(
-            served_by_index,
-            ctx.plan.class,
+        let req = client.request();
+        self.account(&Access {
+            method: req.method.as_str(),
+            path: req.uri.path(),
             status,
-            elapsed.as_secs_f64(),
-        );
+            served_by: ctx.reached(ctx.reply.as_ref()),
+            route: ctx.plan.class,
+            epoch: ctx.snapshot.as_ref().map(|s| s.epoch()),
+            attempts: ctx.attempts,
+            backend: ctx
+                .backend
+                .as_ref()
+                .map_or("", |b| b.backend().label.as_str()),
+            elapsed: done - ctx.started,
+            request_id: &ctx.request_id,
+            error: e,
+        });
+        done
+    }
+
+    /// Counts a request in the request metrics and, with `log.access`,
+    /// writes its access line: every request's, with the same fields.
+    fn account(&self, a: &Access<'_>) {
+        self.state
+            .request_metrics
+            .record(a.served_by, a.route, a.status, a.elapsed.as_secs_f64());
         if self.state.config.log.access {
-            let req = client.request();
-            let served_by =
-                served_by_index.map_or("none", |r| &*self.state.topology.regions[r].name);
+            let region = a
+                .served_by
+                .map_or("none", |r| &*self.state.topology.regions[r].name);
             tracing::info!(
                 target: "edgeroute::access",
-                method = %req.method,
-                path = req.uri.path(),
-                status,
-                region = served_by,
-                route = ctx.plan.class.as_str(),
-                // None: refused before a table was read.
-                epoch = ctx.snapshot.as_ref().map(|s| s.epoch()),
-                attempts = ctx.attempts,
-                backend = ctx.backend.as_ref().map_or("", |b| b.backend().label.as_str()),
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                request_id = ctx.request_id.to_str().unwrap_or(""),
-                error = e.map(|e| e.to_string()),
+                method = %a.method,
+                path = a.path,
+                status = a.status,
+                region,
+                route = a.route.as_str(),
+                epoch = a.epoch,
+                attempts = a.attempts,
+                backend = a.backend,
+                duration_ms = a.elapsed.as_secs_f64() * 1000.0,
+                request_id = a.request_id.to_str().unwrap_or(""),
+                error = a.error.map(|e| e.to_string()),
                 "request"
             );
         }
-        done
     }
+}
+
+/// What the request metrics and the access line say of one request.
+struct Access<'a> {
+    /// `-` for a request whose head could not be read, as its path.
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    /// The region whose backend answered or failed; `None`: none was
+    /// reached (the proxy's own answers).
+    served_by: Option<usize>,
+    route: RouteClass,
+    /// `None`: refused before a table was read.
+    epoch: Option<u64>,
+    attempts: u32,
+    backend: &'a str,
+    elapsed: Duration,
+    request_id: &'a HeaderValue,
+    error: Option<&'a Error>,
 }
 
 /// Passes the response body on as it comes. What the backend already sent
