@@ -294,6 +294,17 @@ impl RoutingTable {
         )
     }
 
+    /// The same table, whatever the order its regions are listed in (a
+    /// table written by hand and reordered says nothing new).
+    fn same_content(&self, other: &RoutingTable) -> bool {
+        let sorted = |t: &RoutingTable| {
+            let mut t = t.clone();
+            t.regions.sort_by(|a, b| a.name.cmp(&b.name));
+            t
+        };
+        self == other || sorted(self) == sorted(other)
+    }
+
     pub fn region(&self, name: &str) -> Option<&RegionEntry> {
         self.regions.iter().find(|r| r.name == name)
     }
@@ -315,7 +326,7 @@ impl RoutingTable {
         let Some(cur) = current else {
             return Ok(Admission::Accepted);
         };
-        if self == cur {
+        if self.same_content(cur) {
             return Ok(Admission::Unchanged);
         }
         if self.epoch < cur.epoch {
@@ -538,6 +549,18 @@ mod tests {
         let cur = table(2, 10, Some("us-east-1"));
         let ok = |t: &RoutingTable| t.admit(Some(&cur), KNOWN);
         assert_eq!(ok(&cur.clone()), Ok(Admission::Unchanged));
+        let mut reordered = cur.clone();
+        reordered.regions.reverse();
+        assert_eq!(ok(&reordered), Ok(Admission::Unchanged));
+        let mut one_less = cur.clone();
+        one_less.regions.pop();
+        assert_eq!(
+            ok(&one_less),
+            Err(Rejection::StaleVersion {
+                got: 10,
+                current: 10
+            })
+        );
         assert_eq!(
             ok(&table(2, 11, Some("us-east-1"))),
             Ok(Admission::Accepted)
