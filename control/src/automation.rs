@@ -34,7 +34,7 @@ pub enum Decision {
     FailOver { to: String },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hold {
     /// One source reports the primary unhealthy and the other does not.
     SourcesDisagree,
@@ -189,9 +189,7 @@ pub async fn run(
             .unwrap_or_default(),
     ));
     let mut last_decision = Decision::Healthy;
-    // The hold last announced: each is announced once, until the primary
-    // is healthy again or another hold takes its place.
-    let mut announced: Option<Hold> = None;
+    let mut announced = Announced::default();
     // The proxies report every few seconds: until they have had the time to,
     // their silence is no vote.
     let started = Instant::now();
@@ -250,7 +248,6 @@ pub async fn run(
             wall: SystemTime::now(),
         });
         if decision == Decision::Healthy {
-            announced = None;
             // Failures stay "in a row" through a healthy spell shorter than
             // the wait they set: a flapping primary is not retried at every
             // `after`.
@@ -269,9 +266,9 @@ pub async fn run(
         let changed = decision != last_decision;
         last_decision = decision.clone();
         let primary = view.primary_region.clone().unwrap_or_default();
+        let news = !own_run && announced.news(&primary, &decision);
         match decision {
-            Decision::Held(hold) if !own_run && announced.as_ref() != Some(&hold) => {
-                announced = Some(hold.clone());
+            Decision::Held(hold) if news => {
                 tracing::warn!(primary = %primary, reason = hold.as_str(), "automated failover held");
                 announce(
                     &runner,
@@ -334,6 +331,33 @@ pub async fn run(
                 });
             }
             _ => {}
+        }
+    }
+}
+
+/// The holds said to people while one primary is unhealthy: each reason
+/// once, however the reasons alternate (sources that flap between
+/// disagreeing and an unreadable check would otherwise page on-call at
+/// every flip). A healthy primary, or another primary, starts afresh.
+#[derive(Debug, Default)]
+struct Announced {
+    primary: String,
+    said: Vec<Hold>,
+}
+
+impl Announced {
+    /// Whether `decision`, taken on `primary`, is a hold not yet said.
+    fn news(&mut self, primary: &str, decision: &Decision) -> bool {
+        if decision == &Decision::Healthy || self.primary != primary {
+            self.primary = primary.to_owned();
+            self.said.clear();
+        }
+        match decision {
+            Decision::Held(hold) if !self.said.contains(hold) => {
+                self.said.push(*hold);
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -497,6 +521,30 @@ mod tests {
         assert_eq!(result_of(&op(true, false)), "nothing_to_do");
         assert_eq!(result_of(&op(false, true)), "failed");
         assert_eq!(result_of(&Err("refused".into())), "failed");
+    }
+
+    #[test]
+    fn each_hold_is_announced_once_while_the_primary_stays_unhealthy() {
+        let mut said = Announced::default();
+        let held = |h| Decision::Held(h);
+        let disagree = held(Hold::SourcesDisagree);
+        let unread = held(Hold::HealthUnread);
+        // Sources that flap between two reasons: each is news once.
+        let flaps: Vec<bool> = [&disagree, &unread, &disagree, &unread, &Decision::Waiting]
+            .into_iter()
+            .map(|d| said.news("us-east-1", d))
+            .collect();
+        assert_eq!(flaps, [true, true, false, false, false]);
+        // A healthy spell ends it; so does another primary.
+        assert!(!said.news("us-east-1", &Decision::Healthy));
+        assert!(said.news("us-east-1", &unread));
+        assert!(said.news("eu-west-1", &unread));
+        assert!(!said.news("eu-west-1", &unread));
+        // Decisions that are no hold are never news here.
+        let to = Decision::FailOver {
+            to: "eu-west-1".into(),
+        };
+        assert!(!said.news("eu-west-1", &to));
     }
 
     #[test]
