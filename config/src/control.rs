@@ -399,6 +399,7 @@ impl RawControl {
             &mut e,
             "server.max_connections",
             self.server.max_connections,
+            "take it from the open-file limit",
         );
         let source = match &self.source {
             RawSource::File {

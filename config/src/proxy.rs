@@ -90,6 +90,7 @@ struct RawListener {
 struct RawAdmin {
     address: String,
     token_file: Option<String>,
+    max_connections: Option<u64>,
 }
 
 impl Default for RawAdmin {
@@ -97,6 +98,7 @@ impl Default for RawAdmin {
         Self {
             address: "127.0.0.1:9901".into(),
             token_file: None,
+            max_connections: None,
         }
     }
 }
@@ -399,7 +401,17 @@ pub struct AdminConfig {
     /// Mandatory when `address` is not loopback. Health and readiness stay
     /// open: load balancers and the kubelet probe them without credentials.
     pub token_file: Option<PathBuf>,
+    /// Admin connections served at once (default
+    /// [`ADMIN_MAX_CONNECTIONS`]). Its paths that need no token are open
+    /// to whoever reaches the address, so the bound keeps such clients
+    /// from taking the descriptors the traffic listeners need.
+    pub max_connections: usize,
 }
+
+/// The default of `admin.max_connections`: room for health checks,
+/// probes and scrapes, within the descriptors kept apart from the traffic
+/// listeners' ([`crate::accept::RESERVED_FILES`]).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Region {
@@ -1068,6 +1080,7 @@ impl RawConfig {
                 &mut e,
                 "limits.max_client_connections",
                 self.limits.max_client_connections,
+                "take it from the open-file limit",
             ),
             min_request_body_rate: values::rate(
                 &mut e,
@@ -1267,12 +1280,20 @@ impl RawConfig {
             );
         }
 
+        let admin_max_connections = values::connection_bound(
+            &mut e,
+            "admin.max_connections",
+            self.admin.max_connections,
+            &format!("serve {ADMIN_MAX_CONNECTIONS} at once"),
+        )
+        .unwrap_or(ADMIN_MAX_CONNECTIONS);
         e.finish(|| ProxyConfig {
             dns,
             listeners,
             admin: AdminConfig {
                 address: admin_addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9901))),
                 token_file,
+                max_connections: admin_max_connections,
             },
             local_region: local_region.unwrap_or(0),
             regions,

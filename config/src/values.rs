@@ -82,17 +82,18 @@ pub(crate) fn at_least(
 }
 
 /// An optional bound on connections: at least 1; left out, the server
-/// takes it from its open-file limit.
+/// does what `left_out` says ("take it from the open-file limit").
 pub(crate) fn connection_bound(
     errs: &mut FieldErrors,
     path: &str,
     raw: Option<u64>,
+    left_out: &str,
 ) -> Option<usize> {
     match raw {
         Some(0) => {
             errs.push(
                 path,
-                "must be at least 1 (leave it out to take it from the open-file limit)",
+                format!("must be at least 1 (leave it out to {left_out})"),
             );
             None
         }

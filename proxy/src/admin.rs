@@ -7,6 +7,7 @@
 use crate::route::Refusal;
 use crate::state::AppState;
 use bytes::Bytes;
+use edgeroute_config::accept::{Room, Wait, listener_broken, out_of_resources};
 use edgeroute_config::{RegionState, RouteTarget};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -23,19 +24,39 @@ use tokio::net::TcpListener;
 /// than a scrape interval's usual 15 s.
 const HEAD_TIME: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Serves the admin API on `listener` until the process exits.
-pub async fn serve(state: Arc<AppState>, listener: TcpListener) {
+/// Serves the admin API on `listener`, at most `max_connections` at once
+/// (its open paths need no token: without a bound, clients that hold
+/// connections could take the descriptors the traffic listeners need),
+/// until the process exits or the listening socket breaks (logged).
+pub async fn serve(state: Arc<AppState>, listener: TcpListener, max_connections: usize) {
+    let room = Room::new(
+        max_connections,
+        "admin.max_connections",
+        state.metrics.admin_accept_waits.clone(),
+    );
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(c) => c,
+        let permit = room.admit().await;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) if out_of_resources(&e) => {
+                room.waiting(Wait::OutOfResources);
+                // accept would fail again at once: wait for some to be freed.
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(e) if listener_broken(&e) => {
+                tracing::error!(error = %e, "admin listener stopped: its socket is broken; restart the proxy to serve it again");
+                return;
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "admin listener: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                // One connection's trouble (reset before it was accepted).
+                tracing::debug!(error = %e, "admin listener: cannot accept a connection");
                 continue;
             }
         };
         let state = Arc::clone(&state);
         tokio::spawn(async move {
+            let _permit = permit;
             let svc = service_fn(move |req| {
                 let state = Arc::clone(&state);
                 async move { Ok::<_, std::convert::Infallible>(handle(&state, &req)) }

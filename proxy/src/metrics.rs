@@ -53,6 +53,8 @@ pub struct Metrics {
     pub worker_connections: IntGaugeVec,
     /// Times the listeners stopped accepting for a while, by why.
     pub accept_waits: IntCounterVec,
+    /// Times the admin listener stopped accepting for a while, by why.
+    pub admin_accept_waits: IntCounterVec,
     backend_latency: GaugeVec,
     region_latency: GaugeVec,
     pub ready: IntGauge,
@@ -322,6 +324,12 @@ impl Metrics {
                 &r,
                 "edgeroute_accept_waits_total",
                 "Times a listener stopped accepting until a client connection closed (connection_limit: limits.max_client_connections reached) or resources were freed (out_of_resources: no file descriptor or memory left)",
+                ("reason", &["connection_limit", "out_of_resources"]),
+            ),
+            admin_accept_waits: counter_vec_with(
+                &r,
+                "edgeroute_admin_accept_waits_total",
+                "Times the admin listener stopped accepting until one of its connections closed (connection_limit: admin.max_connections reached) or resources were freed (out_of_resources: no file descriptor or memory left)",
                 ("reason", &["connection_limit", "out_of_resources"]),
             ),
             ready: gauge(

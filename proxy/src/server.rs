@@ -169,10 +169,14 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             ));
         }
     }
-    control.spawn(admin::serve(Arc::clone(&state), {
-        let _enter = control.enter();
-        tokio::net::TcpListener::from_std(admin)?
-    }));
+    control.spawn(admin::serve(
+        Arc::clone(&state),
+        {
+            let _enter = control.enter();
+            tokio::net::TcpListener::from_std(admin)?
+        },
+        cfg.admin.max_connections,
+    ));
     match cfg.table.clone() {
         TableSource::File {
             path,

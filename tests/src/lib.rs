@@ -36,6 +36,44 @@ pub fn accept_queue(addr: std::net::SocketAddr) -> usize {
         .expect("the listening socket is in /proc/net/tcp")
 }
 
+/// Sends `GET path` on `conn` and reads its whole answer (a short body of
+/// a given length): its status line. Panics if no whole answer came within
+/// 30 s, or the connection closed first.
+pub async fn get_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let length = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap())
+        });
+        length.is_some_and(|n| body.len() >= n)
+    };
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while !answered(&got) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the peer closed the connection");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("answered");
+    String::from_utf8_lossy(&got)
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
 /// Polls `check` until it returns true, or panics after `limit` naming `what`.
 pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
 where

@@ -1,6 +1,10 @@
 //! The admin listener's token: /metrics and /routing need it, health does not.
 
-use edgeroute_tests::{Origin, ProxyBuilder, client, half_head_is_closed};
+use edgeroute_tests::{
+    Origin, ProxyBuilder, accept_queue, client, eventually, get_on, half_head_is_closed,
+};
+use std::time::Duration;
+use tokio::net::TcpStream;
 
 #[tokio::test]
 async fn metrics_and_routing_require_the_token_when_one_is_set() {
@@ -62,4 +66,39 @@ async fn a_request_head_never_finished_is_closed() {
         .start()
         .await;
     half_head_is_closed(proxy.admin).await;
+}
+
+/// Clients holding admin connections open (its health paths need no
+/// token) take at most `admin.max_connections`: the next waits in the
+/// backlog until one closes, and the traffic listener serves on.
+#[tokio::test]
+async fn admin_connections_are_bounded_and_leave_traffic_alone() {
+    let us = Origin::start("us-east-1").await;
+    let proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .admin_options("max_connections = 2")
+        .start()
+        .await;
+    let mut first = TcpStream::connect(proxy.admin).await.unwrap();
+    let mut second = TcpStream::connect(proxy.admin).await.unwrap();
+    assert_eq!(get_on(&mut first, "/health").await, "HTTP/1.1 200 OK");
+    assert_eq!(get_on(&mut second, "/health").await, "HTTP/1.1 200 OK");
+    let mut third = TcpStream::connect(proxy.admin).await.unwrap();
+    eventually(
+        "the third admin connection waits in the backlog",
+        Duration::from_secs(30),
+        || async { accept_queue(proxy.admin) == 1 },
+    )
+    .await;
+    let mut traffic = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(get_on(&mut traffic, "/x").await, "HTTP/1.1 200 OK");
+    drop(first);
+    assert_eq!(get_on(&mut third, "/health").await, "HTTP/1.1 200 OK");
+    drop((second, third));
+    assert!(
+        proxy
+            .metric("edgeroute_admin_accept_waits_total{reason=\"connection_limit\"}")
+            .await
+            >= 1.0
+    );
 }

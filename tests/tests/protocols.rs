@@ -4,7 +4,7 @@
 
 use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, RST_STREAM, get_request, opening};
 use edgeroute_tests::{
-    Behaviour, Origin, Proxy, ProxyBuilder, accept_queue, eventually, until_closed,
+    Behaviour, Origin, Proxy, ProxyBuilder, accept_queue, eventually, get_on, until_closed,
 };
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -1050,42 +1050,6 @@ async fn an_http2_stream_the_client_resets_ends_its_backend_exchange() {
     .await;
 }
 
-/// Sends a GET on `conn` and reads its whole answer (the origin's body is
-/// short and sized); the status line.
-async fn get_on(conn: &mut TcpStream) -> String {
-    conn.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let answered = |got: &[u8]| {
-        let text = String::from_utf8_lossy(got);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return false;
-        };
-        let length = head.lines().find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().unwrap())
-        });
-        length.is_some_and(|n| body.len() >= n)
-    };
-    tokio::time::timeout(GUARD, async {
-        while !answered(&got) {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the proxy closed the connection");
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("answered");
-    String::from_utf8_lossy(&got)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned()
-}
-
 /// With `limits.max_client_connections` open, the listeners accept no
 /// more: a new client waits in the backlog, and is served as soon as one
 /// of the open connections closes.
@@ -1099,8 +1063,8 @@ async fn a_client_over_the_connection_limit_waits_until_one_closes() {
         .await;
     let mut first = TcpStream::connect(proxy.addr).await.unwrap();
     let mut second = TcpStream::connect(proxy.addr).await.unwrap();
-    assert_eq!(get_on(&mut first).await, "HTTP/1.1 200 OK");
-    assert_eq!(get_on(&mut second).await, "HTTP/1.1 200 OK");
+    assert_eq!(get_on(&mut first, "/x").await, "HTTP/1.1 200 OK");
+    assert_eq!(get_on(&mut second, "/x").await, "HTTP/1.1 200 OK");
 
     // The listeners wait for room before they accept the next client.
     eventually("the listeners wait for room", GUARD, || async {
@@ -1118,7 +1082,7 @@ async fn a_client_over_the_connection_limit_waits_until_one_closes() {
     )
     .await;
     drop(first);
-    assert_eq!(get_on(&mut third).await, "HTTP/1.1 200 OK");
+    assert_eq!(get_on(&mut third, "/x").await, "HTTP/1.1 200 OK");
     assert_eq!(accept_queue(proxy.addr), 0);
     assert_eq!(us.count("GET"), 3);
     drop(second);

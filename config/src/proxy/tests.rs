@@ -70,6 +70,7 @@ address = "nowhere"
 
 [admin]
 address = "127.0.0.1"
+max_connections = 0
 
 [[regions]]
 name = "US East"
@@ -126,6 +127,7 @@ format = "xml"
     let expected = [
         ("listeners[0].address", "\"nowhere\""),
         ("admin.address", "\"127.0.0.1\""),
+        ("admin.max_connections", "leave it out to serve 64 at once"),
         ("regions[0].name", "\"US East\""),
         ("regions[0].backends[0]", "\"10.0.0.1\""),
         ("regions[1].backends", "got none"),
