@@ -13,7 +13,7 @@ dir="$(mktemp -d /tmp/edgeroute-peers.XXXXXX)"
 # The admin listener needs a port of its own (0 is refused): a free one.
 admin_port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cat >"$dir/table.json" <<JSON
-{"epoch": 1, "version": 1, "primary_region": "bench", "regions": [{"name": "bench", "state": "active"}]}
+{"epoch": 1, "version": 1, "primary_region": "bench", "failover_in_progress": false, "regions": [{"name": "bench", "state": "active"}]}
 JSON
 cat >"$dir/edgeroute.toml" <<TOML
 local_region = "bench"

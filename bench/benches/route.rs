@@ -45,7 +45,7 @@ fn setup() -> (Classifier, Topology, Snapshot) {
         .collect();
     let topo = Topology::build(&cfg, &addrs);
     let table = RoutingTable::from_json(
-        br#"{"epoch":1,"version":1,"primary_region":"eu-west-1","regions":[
+        br#"{"epoch":1,"version":1,"primary_region":"eu-west-1","failover_in_progress":false,"regions":[
             {"name":"us-east-1","state":"active"},{"name":"eu-west-1","state":"active"},{"name":"ap-southeast-1","state":"active"}]}"#,
     )
     .expect("valid table");

@@ -721,8 +721,7 @@ pub struct TopologyView {
     /// (or misspells it) would otherwise refuse every write without a word.
     #[serde(deserialize_with = "Option::deserialize")]
     pub primary_region: Option<String>,
-    /// A writer change is under way.
-    #[serde(default)]
+    /// A writer change is under way. Required, as `primary_region` is.
     pub failover_in_progress: bool,
     pub regions: Vec<RegionView>,
 }

@@ -76,7 +76,8 @@ pub struct RoutingTable {
     #[serde(deserialize_with = "Option::deserialize")]
     pub primary_region: Option<String>,
     /// While true, writes are refused with 503 and `Retry-After`.
-    #[serde(default)]
+    /// Required, as `primary_region` is: a misspelt key would otherwise
+    /// let writes through during a failover without a word.
     pub failover_in_progress: bool,
     pub regions: Vec<RegionEntry>,
 }
@@ -198,7 +199,19 @@ pub enum Admission {
 impl RoutingTable {
     /// Parse and check a table on its own (no knowledge of the proxy).
     pub fn from_json(bytes: &[u8]) -> Result<Self, Rejection> {
-        let table: RoutingTable = from_json(bytes).map_err(Rejection::Malformed)?;
+        let table: RoutingTable = from_json(bytes).map_err(|why| {
+            // A required key missing is most often one misspelt: name
+            // the keys no field took.
+            let (unknown, _) = Self::keys_ignored(bytes);
+            if unknown.is_empty() {
+                Rejection::Malformed(why)
+            } else {
+                Rejection::Malformed(format!(
+                    "{why} (keys no field takes: {})",
+                    unknown.join(", ")
+                ))
+            }
+        })?;
         table.validate().map_err(Rejection::Invalid)?;
         Ok(table)
     }
@@ -257,6 +270,15 @@ impl RoutingTable {
     /// is more likely a misspelling (`check` warns of them). Empty for
     /// text that is no table.
     pub fn unknown_keys(bytes: &[u8]) -> Vec<String> {
+        match Self::keys_ignored(bytes) {
+            (unknown, true) => unknown,
+            (_, false) => Vec::new(),
+        }
+    }
+
+    /// The keys no field takes, as far as the text was read, and whether
+    /// it read as a table.
+    fn keys_ignored(bytes: &[u8]) -> (Vec<String>, bool) {
         let mut unknown = Vec::new();
         let mut json = serde_json::Deserializer::from_slice(without_bom(bytes));
         let read: Result<RoutingTable, _> = serde_ignored::deserialize(&mut json, |path| {
@@ -274,10 +296,8 @@ impl RoutingTable {
             }
             unknown.push(named);
         });
-        if read.is_err() {
-            return Vec::new();
-        }
-        unknown
+        let read = read.is_ok();
+        (unknown, read)
     }
 
     /// Where writes go, in a few words: the primary, and whether writes
@@ -398,13 +418,30 @@ mod tests {
     #[test]
     fn primary_region_is_required_null_included_and_a_bom_is_skipped() {
         let regions = r#""regions":[{"name":"us-east-1","state":"active"}]"#;
-        let missing = format!(r#"{{"epoch":1,"version":1,"primary":"us-east-1",{regions}}}"#);
+        let missing = format!(
+            r#"{{"epoch":1,"version":1,"primary":"us-east-1","failover_in_progress":false,{regions}}}"#
+        );
         match RoutingTable::from_json(missing.as_bytes()) {
-            Err(Rejection::Malformed(e)) => {
-                assert!(e.contains("missing field `primary_region`"), "{e}")
-            }
+            Err(Rejection::Malformed(e)) => assert_eq!(
+                e,
+                "missing field `primary_region` at line 1 column 124 (keys no field takes: primary)"
+            ),
             other => panic!("{other:?}"),
         }
+        // So is failover_in_progress: misspelt, writes would go on
+        // during a failover.
+        let misspelt = format!(
+            r#"{{"epoch":1,"version":1,"primary_region":null,"failover_in_progres":true,{regions}}}"#
+        );
+        match RoutingTable::from_json(misspelt.as_bytes()) {
+            Err(Rejection::Malformed(e)) => assert!(
+                e.starts_with("missing field `failover_in_progress`")
+                    && e.ends_with("(keys no field takes: failover_in_progres)"),
+                "{e}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let regions = format!(r#""failover_in_progress":false,{regions}"#);
         let null = format!(r#"{{"epoch":1,"version":1,"primary_region":null,{regions}}}"#);
         assert_eq!(
             RoutingTable::from_json(null.as_bytes())
@@ -498,7 +535,7 @@ mod tests {
             Err(Rejection::Malformed(why)) => why,
             other => panic!("{other:?}"),
         };
-        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": [{"name": "x", "state": "sideways"}]}"#);
+        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progress": false, "regions": [{"name": "x", "state": "sideways"}]}"#);
         assert!(
             why.starts_with("regions[0].state: unknown variant `sideways`"),
             "{why}"
@@ -510,10 +547,10 @@ mod tests {
             ),
             "{why}"
         );
-        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "regions": []} x"#);
+        let why = said(br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progress": false, "regions": []} x"#);
         assert!(why.contains("trailing characters"), "{why}");
         let err = RoutingTable::from_json(
-            br#"{"epoch": 1, "version": 1, "primary_region": "mars-1",
+            br#"{"epoch": 1, "version": 1, "primary_region": "mars-1", "failover_in_progress": false,
                  "regions": [{"name": "us-east-1", "state": "active", "weight": 300},
                              {"name": "us-east-1", "state": "active"}]}"#,
         )
@@ -537,10 +574,10 @@ mod tests {
     #[test]
     fn keys_no_field_takes_are_named_by_path() {
         let keys = RoutingTable::unknown_keys(
-            br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progres": true,
-                 "regions": [{"name": "us-east-1", "state": "active", "wieght": 5}]}"#,
+            br#"{"epoch": 1, "version": 1, "primary_region": null, "failover_in_progress": false,
+                 "regions": [{"name": "us-east-1", "state": "active", "wieght": 5}], "note": 1}"#,
         );
-        assert_eq!(keys, ["failover_in_progres", "regions[0].wieght"]);
+        assert_eq!(keys, ["regions[0].wieght", "note"]);
         assert!(RoutingTable::unknown_keys(b"{not json").is_empty());
     }
 

@@ -95,7 +95,7 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     let dir = tempfile::tempdir().unwrap();
     let config = good_config(dir.path());
     let table = dir.path().join("table.json");
-    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progress":false,"regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
     let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(
         out.status.success(),
@@ -104,19 +104,28 @@ fn check_accepts_a_good_config_and_validates_its_table() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok"));
 
-    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"eu-west-1","regions":[{"name":"eu-west-1","state":"active"}]}"#).unwrap();
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"eu-west-1","failover_in_progress":false,"regions":[{"name":"eu-west-1","state":"active"}]}"#).unwrap();
     let stderr = refused(&mut check(&proxy_bin(), &config));
     assert!(stderr.contains("eu-west-1"), "{stderr}");
 
     // A key no field takes is ignored (a newer control plane's table may
     // carry more), and warned of: written by hand, it is likely misspelt.
-    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progres":true,"regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progress":false,"regions":[{"name":"us-east-1","state":"active","wieght":5}]}"#).unwrap();
     let out = check(&proxy_bin(), &config).output().unwrap();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("warning: table.path: ")
-            && stderr.contains("`failover_in_progres` is no key of a routing table and is ignored"),
+            && stderr.contains("`regions[0].wieght` is no key of a routing table and is ignored"),
+        "{stderr}"
+    );
+    // A required key misspelt is no table: writes would go on during a
+    // failover the table holds them for.
+    std::fs::write(&table, r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progres":true,"regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    let stderr = refused(&mut check(&proxy_bin(), &config));
+    assert!(
+        stderr.contains("missing field `failover_in_progress`")
+            && stderr.contains("(keys no field takes: failover_in_progres)"),
         "{stderr}"
     );
 }
@@ -131,7 +140,7 @@ fn a_piped_config_takes_relative_paths_from_the_working_directory() {
     let text = std::fs::read_to_string(good_config(dir.path())).unwrap();
     std::fs::write(
         dir.path().join("table.json"),
-        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
+        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progress":false,"regions":[{"name":"us-east-1","state":"active"}]}"#,
     )
     .unwrap();
     let mut child = check(&proxy_bin(), Path::new("/dev/stdin"))
@@ -234,7 +243,7 @@ fn control_check_says_what_table_the_source_gives() {
         )
     };
     let (ok, stdout, stderr) = run(
-        r#"{"primary_region": "eu-west-1", "regions": [{"name": "us-east-1"}, {"name": "eu-west-1"}]}"#,
+        r#"{"primary_region": "eu-west-1", "failover_in_progress": false, "regions": [{"name": "us-east-1"}, {"name": "eu-west-1"}]}"#,
     );
     assert!(ok, "{stderr}");
     assert!(
@@ -254,10 +263,17 @@ fn control_check_says_what_table_the_source_gives() {
         stderr.contains("warning: the source names no primary region"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(r#"{"regions": [{"name": "us-east-1"}]}"#);
+    let (ok, _, stderr) =
+        run(r#"{"failover_in_progress": false, "regions": [{"name": "us-east-1"}]}"#);
     assert!(!ok);
     assert!(
         stderr.contains("missing field `primary_region`"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = run(r#"{"primary_region": null, "regions": [{"name": "us-east-1"}]}"#);
+    assert!(!ok);
+    assert!(
+        stderr.contains("missing field `failover_in_progress`"),
         "{stderr}"
     );
 }
@@ -418,7 +434,7 @@ fn listeners_config(dir: &Path, listeners: &[&str]) -> PathBuf {
     std::fs::write(&config, toml).unwrap();
     std::fs::write(
         dir.join("table.json"),
-        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#,
+        r#"{"epoch":1,"version":1,"primary_region":"us-east-1","failover_in_progress":false,"regions":[{"name":"us-east-1","state":"active"}]}"#,
     )
     .unwrap();
     config
@@ -630,7 +646,7 @@ fn check_refuses_a_table_that_is_not_a_regular_file_or_past_the_epoch_range() {
     let dir = tempfile::tempdir().unwrap();
     let config = good_config(dir.path());
     let table = dir.path().join("table.json");
-    std::fs::write(&table, r#"{"epoch":18446744073709551615,"version":1,"primary_region":"us-east-1","regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
+    std::fs::write(&table, r#"{"epoch":18446744073709551615,"version":1,"primary_region":"us-east-1","failover_in_progress":false,"regions":[{"name":"us-east-1","state":"active"}]}"#).unwrap();
     let stderr = refused(&mut check(&proxy_bin(), &config));
     assert!(
         stderr.contains("epoch: must be at most 9223372036854775807"),
