@@ -555,12 +555,16 @@ impl RouteRule {
 
 /// Whether every server reads `path` as written: no dot segments (`.`,
 /// `..`, also before a `;` parameter, as Java servers read `..;`), no empty
-/// segment but a trailing one, no `\`, and none of the percent-encodings
-/// servers decode into these or that hide them: `/`, `\`, `.`, `%` (a
-/// second round of decoding), NUL, `%u` (IIS) and overlong UTF-8
-/// (`%c0`, `%c1`). A path that a backend could resolve to another one
-/// (such as `/search/..%2forders` to `/orders`) must not take a rule meant
-/// for the one it names.
+/// segment but a trailing one, no `\`, none of the percent-encodings
+/// servers decode into these or that hide them (`/`, `\`, `.`, `%` for a
+/// second round of decoding, NUL, IIS's `%u`), nothing that decodes to
+/// bytes that are not UTF-8 (overlong forms such as `%c0%ae` or
+/// `%e0%80%ae`, which lenient decoders read as `.`), and none of the
+/// characters that Unicode compatibility folding (NFKC, which some
+/// frameworks apply to paths) turns into `.`, `/` or `\` (`．`, `／`,
+/// `＼`, `․`, `‥`, `﹒`, `﹨`), raw or encoded. A path that a backend could
+/// resolve to another one (such as `/search/..%2forders` to `/orders`)
+/// must not take a rule meant for the one it names.
 fn plain_path(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
@@ -574,12 +578,28 @@ fn plain_path(path: &str) -> bool {
                     | [b'2', b'e']
                     | [b'2', b'5']
                     | [b'0', b'0']
-                    | [b'c', b'0']
-                    | [b'c', b'1']
                     | [b'u', _]
             )
     };
     if path.contains('\\') || path.as_bytes().windows(3).any(encoded) {
+        return false;
+    }
+    // A `%` not followed by two hex digits stays as it is.
+    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+        return false;
+    };
+    if decoded.chars().any(|c| {
+        matches!(
+            c,
+            '\u{FF0E}'
+                | '\u{FF0F}'
+                | '\u{FF3C}'
+                | '\u{2024}'
+                | '\u{2025}'
+                | '\u{FE52}'
+                | '\u{FE68}'
+        )
+    }) {
         return false;
     }
     let mut segments = rest.split('/').peekable();

@@ -125,6 +125,10 @@ fn methods_and_rules_classify() {
         "/search/q",
         "/search/q;v=1",
         "/search/a.b/..c",
+        "/search/caf%c3%a9",
+        "/search/%e2%82%ac100",
+        "/search/50%",
+        "/search/%zz",
     ] {
         assert_eq!(
             plan("POST", taken, false).target,
@@ -147,6 +151,13 @@ fn methods_and_rules_classify() {
         "/search/%u002e%u002e/orders",
         "/search/..%00/orders",
         "/search/%c0%ae%c0%ae/orders",
+        "/search/%e0%80%ae%e0%80%ae/orders",
+        "/search/%f0%80%80%ae%f0%80%80%ae/orders",
+        "/search/%ff/orders",
+        "/search/%ef%bc%8e%ef%bc%8e/orders",
+        "/search/\u{FF0E}\u{FF0E}/orders",
+        "/search/\u{2025}/orders",
+        "/search/%ef%bc%8forders",
         "/search;x",
     ] {
         assert_eq!(
