@@ -221,9 +221,8 @@ pub(crate) fn host_port(errs: &mut FieldErrors, path: &str, raw: &str) -> Option
     let Some((host, port)) = raw.rsplit_once(':') else {
         return bad(errs, "no port");
     };
-    let port = match port.parse::<u16>() {
-        Ok(0) | Err(_) => return bad(errs, "port must be 1-65535"),
-        Ok(p) => p,
+    let Some(port) = port_number(port) else {
+        return bad(errs, "port must be 1-65535");
     };
     if !valid_dns_name(host) {
         return bad(errs, "host is not a valid DNS name or IP address");
@@ -442,7 +441,7 @@ pub fn authority(raw: &str) -> bool {
 /// An authority whose host, when not a bracketed IPv6 address, `host_ok`
 /// takes, with an optional port (1-65535).
 fn authority_with(raw: &str, host_ok: fn(&str) -> bool) -> bool {
-    let port = |p: &str| p.parse::<u16>().is_ok_and(|p| p != 0);
+    let port = |p: &str| port_number(p).is_some();
     match raw.strip_prefix('[') {
         Some(rest) => rest.split_once(']').is_some_and(|(v6, tail)| {
             v6.parse::<std::net::Ipv6Addr>().is_ok()
@@ -453,6 +452,15 @@ fn authority_with(raw: &str, host_ok: fn(&str) -> bool) -> bool {
             None => host_ok(raw),
         },
     }
+}
+
+/// A port written in digits alone (Rust's parser takes a leading `+`,
+/// which servers and caches read differently), 1-65535.
+fn port_number(p: &str) -> Option<u16> {
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse::<u16>().ok().filter(|&p| p != 0)
 }
 
 /// RFC 3986's reg-name, which covers IPv4 addresses too; not empty.
@@ -621,6 +629,7 @@ mod tests {
             "host",
             "host:0",
             "host:99999",
+            "host:+80",
             ":80",
             "bad_host!:80",
             "-a.com:1",
@@ -785,6 +794,8 @@ mod tests {
             "-a.com",
             "a..b",
             "host:99999",
+            "host:+80",
+            "[::1]:+443",
         ] {
             assert!(!host_and_port(bad), "{bad}");
         }

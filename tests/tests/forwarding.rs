@@ -359,6 +359,11 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
             b"GET /x HTTP/1.1\r\nHost: h:99999\r\n\r\n",
             "Host field is not",
         ),
+        // Rust's number parser takes a `+`; a port is digits alone.
+        (
+            b"GET /x HTTP/1.1\r\nHost: h:+80\r\n\r\n",
+            "Host field is not",
+        ),
         (b"GET /x#top HTTP/1.1\r\nHost: app\r\n\r\n", "fragment"),
         (b"GET http://h:99999/x HTTP/1.1\r\n\r\n", "authority is not"),
         (
