@@ -293,11 +293,19 @@ fn wait_param(req: &Request<Incoming>) -> Result<Option<Duration>, String> {
 }
 
 async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let resp = if req.uri().path() == "/v1/report" {
+    // A client without the token (a health checker, or anyone) gets its
+    // answer and the connection closed: kept open, such connections
+    // could fill `server.max_connections` and lock the proxies out.
+    let trusted = authorized(state, &req);
+    let mut resp = if req.uri().path() == "/v1/report" {
         report(state, req).await
     } else {
         route(state, &req).await
     };
+    if !trusted {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     state
         .metrics
         .requests

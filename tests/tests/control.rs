@@ -867,14 +867,21 @@ async fn a_control_plane_url_whose_host_the_certificate_does_not_hold_is_named()
 
 /// With `server.max_connections` open, the control plane accepts no more:
 /// a new client waits in the backlog, and is served as soon as one of the
-/// open connections closes. Open connections are shown.
+/// open connections closes. Open connections are shown. A client without
+/// the token gets its answer and the connection closed, so such clients
+/// cannot fill the room.
 #[tokio::test]
 async fn a_client_over_the_control_planes_connection_limit_waits_until_one_closes() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     async fn health_on(conn: &mut tokio::net::TcpStream) -> String {
-        conn.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .await
-            .unwrap();
+        conn.write_all(
+            format!(
+                "GET /health HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut got = vec![0u8; 4096];
         let n = tokio::time::timeout(WAIT, conn.read(&mut got))
             .await
@@ -893,8 +900,8 @@ async fn a_client_over_the_control_planes_connection_limit_waits_until_one_close
     )
     .await;
     assert!(cp.log().contains("max_connections=2"), "{}", cp.log());
-    // The harness's own client keeps one connection (it asked for /health
-    // at start); this is the second.
+    // The harness's own client keeps one connection once it has read the
+    // metrics with the token; this is the other.
     let mut first = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
     assert_eq!(health_on(&mut first).await, "HTTP/1.1 200 OK");
     eventually("the server waits for room", WAIT, || async {
@@ -913,6 +920,19 @@ async fn a_client_over_the_control_planes_connection_limit_waits_until_one_close
     assert_eq!(health_on(&mut third).await, "HTTP/1.1 200 OK");
     assert_eq!(edgeroute_tests::accept_queue(cp.addr), 0);
     assert_eq!(cp.metric("edgeroute_control_connections").await, 2.0);
+    drop(third);
+
+    let mut anonymous = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
+    anonymous
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = edgeroute_tests::until_closed(&mut anonymous, WAIT).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 200 OK") && answer.contains("connection: close"),
+        "{answer}"
+    );
 }
 
 /// Every proxy holds a connection open for its long poll: the control
