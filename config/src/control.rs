@@ -674,11 +674,11 @@ impl RawNotify {
         }
         let url = self.webhook_url.trim();
         if !(url.is_empty() || values::http_url(url)) {
-            // Only the start: a webhook's path often holds a secret.
-            let start = &url[..url.floor_char_boundary(12)];
+            // Not the URL itself: its user information or path may hold
+            // a secret, and this goes to logs.
             e.push(
                 "notify.webhook_url",
-                format!("must be an http(s) URL with a host, such as \"https://hooks.example.com/edgeroute\" (percent-encode spaces), got one starting {start:?}"),
+                format!("must be an http(s) URL with a host, such as \"https://hooks.example.com/edgeroute\" (percent-encode spaces); got {} (not shown: a webhook URL may hold a secret)", url_shape(url)),
             );
         }
         let token = self.webhook_token_file.trim();
@@ -804,6 +804,25 @@ fn plain_record_name(name: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// What can be said of a URL without showing a part that may be secret:
+/// its scheme, whether it has user information, and its length.
+fn url_shape(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("{} characters with no `://`", url.chars().count());
+    };
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    format!(
+        "a {:?} URL of {} characters{}",
+        scheme.chars().take(16).collect::<String>(),
+        url.chars().count(),
+        if authority.contains('@') {
+            " with user information"
+        } else {
+            ""
+        }
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::{ControlConfig, ControlConfigError, TopologyView, plain_record_name};
@@ -912,6 +931,29 @@ mod tests {
         // An `@` past the host is no user information.
         assert_eq!(load("https://hooks.example.com/to/a@b"), None);
         assert_eq!(load("https://hooks.example.com/edgeroute"), None);
+    }
+
+    #[test]
+    fn a_bad_webhook_url_is_described_not_shown() {
+        let dir = tempfile::tempdir().unwrap();
+        let said = |url: &str| {
+            field_error(
+                dir.path(),
+                &format!("[notify]\nwebhook_url = {url:?}\n"),
+                "notify.webhook_url",
+            )
+            .expect("refused")
+        };
+        let why = said("https://a:b@hooks example.com/T0/B1/s3cret");
+        assert!(
+            why.contains("got a \"https\" URL of 42 characters with user information (not shown"),
+            "{why}"
+        );
+        for secret in ["a:b", "s3cret", "hooks example"] {
+            assert!(!why.contains(secret), "{why}");
+        }
+        let why = said("hooks.example.com/s3cret");
+        assert!(why.contains("got 24 characters with no `://`"), "{why}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ const MAX_UNKNOWN: usize = 20;
 /// TOML at all.
 pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     if let Err(e) = text.parse::<toml::Table>() {
-        return Err(format!("it is not valid TOML: {e}"));
+        return Err(format!("it is not valid TOML: {}", syntax(text, &e)));
     }
     let mut text = text.to_owned();
     let mut unknown = Vec::new();
@@ -51,6 +51,35 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
         message.push_str(&other);
     }
     Err(message)
+}
+
+/// A syntax error as the parser words it, with the line it is on quoted,
+/// unless that line sets a URL (`notify.webhook_url`, `table.url`): a URL
+/// may hold credentials or a secret path, and this goes to logs.
+fn syntax(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else {
+        return e.to_string();
+    };
+    let line = line_of(text, span.start.min(text.len()));
+    let own = text.lines().nth(line).unwrap_or_default();
+    let key = own.split_once('=').map_or("", |(key, _)| key.trim());
+    if !key
+        .trim_matches(['"', '\''])
+        .to_ascii_lowercase()
+        .ends_with("url")
+    {
+        return e.to_string();
+    }
+    let start = text[..span.start.min(text.len())]
+        .rfind('\n')
+        .map_or(0, |i| i + 1);
+    format!(
+        "line {}, column {}: {} (the line is not shown: it sets `{}`, and a URL may hold a secret)",
+        line + 1,
+        span.start - start + 1,
+        e.message().trim_end(),
+        key_path(text, line, key)
+    )
 }
 
 /// What is wrong, for an error other than an unknown key: the line and
@@ -461,6 +490,19 @@ mod tests {
     fn text_that_is_no_toml_is_told_from_toml_of_another_shape() {
         let e = super::parse::<Shape>("name = ").unwrap_err();
         assert!(e.starts_with("it is not valid TOML"), "{e}");
+        // The line is quoted, unless it sets a URL, which may hold a secret.
+        let e = super::parse::<Shape>("[health]\ninterval = 5s\n").unwrap_err();
+        assert!(e.contains("interval = 5s"), "{e}");
+        let e = super::parse::<Shape>(
+            "[notify]\nwebhook_url = \"https://u:hunter2@hooks.example.com/T0\n",
+        )
+        .unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(
+            e.starts_with("it is not valid TOML: line 2, column ")
+                && e.ends_with("(the line is not shown: it sets `notify.webhook_url`, and a URL may hold a secret)"),
+            "{e}"
+        );
         let e = super::parse::<Shape>("[health]\ninterval = 5\n").unwrap_err();
         assert!(e.starts_with("it does not fit the config's shape"), "{e}");
         assert!(e.contains("written as strings"), "{e}");
