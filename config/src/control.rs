@@ -750,6 +750,7 @@ impl TopologyView {
     /// wrong with it, as a topology.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
         let view: TopologyView = crate::table::from_json(bytes)
+            .and_then(|view| crate::table::objects_as_documented(bytes).map(|()| view))
             .map_err(|e| format!("not a topology (JSON with primary_region and regions): {e}"))?;
         view.validate().map_err(|errs| {
             format!("invalid topology: {}", errs.to_string().replace('\n', "; "))
@@ -1121,24 +1122,42 @@ mod tests {
 
     #[test]
     fn a_topology_without_regions_gives_no_table() {
-        let err =
-            TopologyView::from_json(br#"{"primary_region": null, "regions": []}"#).unwrap_err();
+        let err = TopologyView::from_json(
+            br#"{"primary_region": null, "failover_in_progress": false, "regions": []}"#,
+        )
+        .unwrap_err();
         assert!(
             err.contains("regions: at least one region is required"),
             "{err}"
         );
         let ok = TopologyView::from_json(
-            br#"{"primary_region": "eu-west-1", "regions": [{"name": "eu-west-1"}]}"#,
+            br#"{"primary_region": "eu-west-1", "failover_in_progress": false, "regions": [{"name": "eu-west-1"}]}"#,
         );
         assert!(ok.is_ok(), "{ok:?}");
     }
 
     #[test]
     fn a_topology_names_its_primary_or_says_null() {
-        let err = TopologyView::from_json(br#"{"regions": [{"name": "eu-west-1"}]}"#).unwrap_err();
+        let err = TopologyView::from_json(
+            br#"{"failover_in_progress": false, "regions": [{"name": "eu-west-1"}]}"#,
+        )
+        .unwrap_err();
         assert!(err.contains("missing field `primary_region`"), "{err}");
-        let none = TopologyView::from_json(
+        let err = TopologyView::from_json(
+            br#"{"primary_region": null, "failover_in_progres": true, "regions": [{"name": "eu-west-1"}]}"#,
+        )
+        .unwrap_err();
+        assert!(err.contains("unknown field `failover_in_progres`"), "{err}");
+        let err = TopologyView::from_json(
             br#"{"primary_region": null, "regions": [{"name": "eu-west-1"}]}"#,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("missing field `failover_in_progress`"),
+            "{err}"
+        );
+        let none = TopologyView::from_json(
+            br#"{"primary_region": null, "failover_in_progress": false, "regions": [{"name": "eu-west-1"}]}"#,
         )
         .expect("null says no primary is known");
         assert_eq!(none.primary_region, None);

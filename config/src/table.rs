@@ -107,6 +107,26 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<
     Ok(parsed)
 }
 
+/// Whether a document that read as a table or topology is written as one:
+/// an object, whose `regions` are objects. (serde takes a struct written
+/// as the array of its fields' values too, which no document of these
+/// is.) The error names the first place that is an array.
+pub(crate) fn objects_as_documented(bytes: &[u8]) -> Result<(), String> {
+    let doc: serde_json::Value =
+        serde_json::from_slice(without_bom(bytes)).map_err(|e| e.to_string())?;
+    let not_object = |v: &serde_json::Value| !v.is_object();
+    if not_object(&doc) {
+        return Err("expected a JSON object with named fields, got an array".into());
+    }
+    let regions = doc["regions"].as_array().map_or(&[][..], Vec::as_slice);
+    match regions.iter().position(not_object) {
+        Some(i) => Err(format!(
+            "regions[{i}]: expected an object with named fields, got an array"
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Why a table was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
@@ -212,6 +232,7 @@ impl RoutingTable {
                 ))
             }
         })?;
+        objects_as_documented(bytes).map_err(Rejection::Malformed)?;
         table.validate().map_err(Rejection::Invalid)?;
         Ok(table)
     }
@@ -568,6 +589,23 @@ mod tests {
         assert!(
             text.contains("primary_region: must be one of the table's regions, got \"mars-1\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_table_written_as_arrays_is_malformed() {
+        let said = |json: &[u8]| match RoutingTable::from_json(json) {
+            Err(Rejection::Malformed(why)) => why,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            said(br#"[3, 7, "us-east-1", false, [{"name": "us-east-1", "state": "active"}]]"#),
+            "expected a JSON object with named fields, got an array"
+        );
+        assert_eq!(
+            said(br#"{"epoch": 3, "version": 7, "primary_region": null, "failover_in_progress": false,
+                      "regions": [{"name": "us-east-1", "state": "active"}, ["eu-west-1", "active", 100]]}"#),
+            "regions[1]: expected an object with named fields, got an array"
         );
     }
 
