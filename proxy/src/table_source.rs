@@ -23,6 +23,9 @@ pub fn load_initial(state: &AppState, path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// A file's size and time of change.
+type FileStamp = (u64, Option<std::time::SystemTime>);
+
 /// Watches the file until shutdown; `in_force`: the bytes [`load_initial`]
 /// put in force.
 pub async fn watch_file(
@@ -37,12 +40,25 @@ pub async fn watch_file(
     // table in force when read again, so a file left holding a refused
     // table lets `edgeroute_table_age_seconds` grow.
     let mut taken = true;
+    // Why the file could not be read last time, and the size and time of
+    // change it had then: it is logged and counted again only when either
+    // changes (a file replaced by another too large, then removed), not at
+    // every reread.
+    let mut unreadable: Option<(String, Option<FileStamp>)> = None;
     let mut rereads = Rereads::new(interval, "the table file");
     while let Some(forced) = rereads.next(&state.lifecycle).await {
         let reading = path.clone();
-        let read = tokio::task::spawn_blocking(move || RoutingTable::read_file(&reading))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        let (read, stat) = tokio::task::spawn_blocking(move || {
+            let stat = std::fs::metadata(&reading)
+                .ok()
+                .map(|m| (m.len(), m.modified().ok()));
+            (RoutingTable::read_file(&reading), stat)
+        })
+        .await
+        .unwrap_or_else(|e| (Err(std::io::Error::other(e)), None));
+        if read.is_ok() {
+            unreadable = None;
+        }
         match read {
             Ok(bytes) => {
                 if forced || last.as_deref() != Some(bytes.as_slice()) {
@@ -57,9 +73,11 @@ pub async fn watch_file(
                 }
             }
             Err(e) => {
-                if forced || last.is_some() {
+                let now = Some((e.to_string(), stat));
+                if forced || last.is_some() || unreadable != now {
                     state.table_unreadable(&source, &e);
                 }
+                unreadable = now;
                 last = None;
             }
         }

@@ -121,6 +121,35 @@ async fn a_missing_table_file_keeps_the_table_in_force() {
     .await;
     let resp = client().get(proxy.url("/x")).send().await.unwrap();
     assert_eq!(resp.status(), 200);
+
+    // Each new way of being unreadable is counted once, however many
+    // rereads (every 100 ms) find it so: a file too large, another too
+    // large, then none again.
+    let counted = rejections(&proxy, "unreadable").await;
+    for (size, seen) in [(1024 * 1024 + 1, 1.0), (1024 * 1024 + 2, 2.0)] {
+        proxy.write_table_text(&" ".repeat(size));
+        eventually(
+            "the file too large is counted",
+            Duration::from_secs(10),
+            || async { rejections(&proxy, "unreadable").await == counted + seen },
+        )
+        .await;
+    }
+    std::fs::remove_file(&proxy.table_path).unwrap();
+    eventually(
+        "the file gone is counted",
+        Duration::from_secs(10),
+        || async { rejections(&proxy, "unreadable").await == counted + 3.0 },
+    )
+    .await;
+    // Rereads that find it gone still (ten a second, while the table's
+    // age grows by a second) are no news.
+    let age = proxy.metric("edgeroute_table_age_seconds").await;
+    eventually("a second of rereads", Duration::from_secs(10), || async {
+        proxy.metric("edgeroute_table_age_seconds").await >= age + 1.0
+    })
+    .await;
+    assert_eq!(rejections(&proxy, "unreadable").await, counted + 3.0);
 }
 
 /// A table file left holding a refused table confirms nothing when read
