@@ -524,17 +524,25 @@ impl EdgeProxy {
                 .with_label_values(&[reply.code()])
                 .inc();
         }
-        // A write that may have reached a backend may have been made.
-        let token = ctx
-            .reached(Some(&reply))
-            .and_then(|_| self.write_token(client, ctx))
-            .map(|t| [(http::header::SET_COOKIE, t)]);
+        // The region whose backend failed (a 502 or 504) is named, as the
+        // one that answers is; a write that may have reached it may have
+        // been made, and gets the read-your-writes cookie.
+        let mut added = Vec::with_capacity(2);
+        if let Some(region) = ctx.reached(Some(&reply)) {
+            added.push((
+                upstream::REGION,
+                self.state.topology.regions[region].name_header.clone(),
+            ));
+            if let Some(token) = self.write_token(client, ctx) {
+                added.push((http::header::SET_COOKIE, token));
+            }
+        }
         let written = respond::write(
             client,
             &reply,
             ctx.snapshot.as_deref(),
             Some(&ctx.request_id),
-            token.as_ref().map_or(&[][..], |t| &t[..]),
+            &added,
         )
         .await;
         // A reply that could not be written leaves nothing more to say.

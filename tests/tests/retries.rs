@@ -55,6 +55,8 @@ async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
             .await
             .unwrap();
         assert_eq!(resp.status(), 502, "the client learns the write failed");
+        // Which region failed is named, as the one that answers is.
+        assert_eq!(resp.headers()["x-edgeroute-region"], US, "{id}");
         // It may have been made: the client's reads follow it.
         assert!(resp.headers().contains_key("set-cookie"), "{id}");
         assert_eq!(
