@@ -5,7 +5,9 @@
 //! milliseconds: wall-clock time, so that a proxy in another region reads a
 //! token it did not write the same way. It is no secret and needs none: a
 //! client that forges one sends its own reads to the primary, which
-//! `x-edgeroute-consistency: strong` lets it do anyway.
+//! `x-edgeroute-consistency: strong` lets it do anyway. A token further
+//! ahead than the window (and a second for clocks that differ) was not
+//! written by a proxy, and is no token.
 
 use crate::fields::Fields;
 use cookie::{Cookie, SameSite};
@@ -21,6 +23,9 @@ pub struct ReadYourWrites {
     /// What follows the value in `Set-Cookie`: its attributes.
     attributes: String,
 }
+
+/// How far apart the clocks of proxies reading each other's tokens may be.
+const CLOCK_SKEW_MS: u64 = 1_000;
 
 /// Milliseconds since the Unix epoch at `t` (0 before it).
 fn unix_ms(t: SystemTime) -> u64 {
@@ -72,7 +77,8 @@ impl ReadYourWrites {
         let Some(until) = fields.get_all("cookie").find_map(|v| self.token(v)) else {
             return false;
         };
-        unix_ms(now()) < until
+        let now = unix_ms(now());
+        now < until && until - now <= self.window_ms.saturating_add(CLOCK_SKEW_MS)
     }
 
     /// The token's time in one `Cookie` field, if it holds a well-formed
@@ -205,6 +211,20 @@ mod tests {
             let fields = with_cookie(&sent_back(&r.set_cookie(minted)));
             let read = minted + Duration::from_millis(later);
             prop_assert_eq!(r.fresh(&fields, || read), later < window);
+        }
+
+        /// A token further ahead than the window and a second was not
+        /// written by a proxy: it sends nothing to the primary.
+        #[test]
+        fn a_token_from_the_future_is_no_token(
+            now in 0u64..4_000_000_000_000,
+            window in 1u64..600_000,
+            ahead in 0u64..1_200_000,
+        ) {
+            let r = ryw(window);
+            let at = UNIX_EPOCH + Duration::from_millis(now);
+            let fields = with_cookie(&format!("edgeroute-ryw={}", now + ahead));
+            prop_assert_eq!(r.fresh(&fields, || at), ahead > 0 && ahead <= window + 1_000);
         }
     }
 }
