@@ -40,6 +40,8 @@ and moto lacks, patched into its Python backends before the server starts:
   type by set identifier (StartRecordIdentifier, NextRecordIdentifier), as
   Route 53 does; moto ignores the identifier, so a name with more records
   than a page is listed from its first page again.
+- `GET /edgeroute/pid` answers the launcher's process id, so that its
+  starter knows its own launcher answers on the port.
 
 Usage: python launcher.py --port PORT [--host 127.x.y.z]   (loopback only)
 """
@@ -139,6 +141,11 @@ def with_test_controls(app):
 
     def wrapped(environ, start_response):
         path = environ.get("PATH_INFO", "")
+        if path == "/edgeroute/pid":
+            # Who answers on this port: the starter waits for its own
+            # launcher, not for something else already listening there.
+            start_response("200 OK", [("Content-Type", "text/plain")])
+            return [f"{os.getpid()}\n".encode()]
         if environ.get("REQUEST_METHOD") == "POST" and path in ("/edgeroute/failover/hold", "/edgeroute/failover/release"):
             with HELD_LOCK:
                 if path.endswith("/hold"):

@@ -48,11 +48,30 @@ impl Moto {
 
     /// On `addr` (loopback), with writer changes running `failover_seconds`.
     pub async fn start_at(addr: std::net::SocketAddr, failover_seconds: &str) -> Moto {
-        let dir = tempfile::tempdir().expect("temp dir");
+        Moto::try_start_at(addr, failover_seconds)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Moto::start_at`], or why it could not start: the Python cannot
+    /// be run, the launcher exited (the port is taken, moto is missing),
+    /// or it was not up within 60 s. Ready once the launcher started here
+    /// answers on `addr` (not anything else listening there), and nothing
+    /// else is asked of `addr` before.
+    pub async fn try_start_at(
+        addr: std::net::SocketAddr,
+        failover_seconds: &str,
+    ) -> Result<Moto, String> {
+        let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp folder: {e}"))?;
         let log = dir.path().join("moto.log");
-        let out = std::fs::File::create(&log).expect("moto log");
+        let out = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot write the emulator's log: {e}"))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("cannot write the emulator's log: {e}"))?;
         let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/launcher.py");
-        let child = Command::new(python())
+        let python = python();
+        let child = Command::new(&python)
             .arg(&launcher)
             .arg("--host")
             .arg(addr.ip().to_string())
@@ -60,35 +79,50 @@ impl Moto {
             .arg(addr.port().to_string())
             .env("EDGEROUTE_MOTO_FAILOVER_SECONDS", failover_seconds)
             .stdin(Stdio::null())
-            .stdout(out.try_clone().expect("log handle"))
-            .stderr(out)
+            .stdout(out)
+            .stderr(err)
             .spawn()
-            .expect("start the moto launcher (scripts/test.sh installs moto)");
+            .map_err(|e| {
+                format!(
+                    "cannot run {} ({e}): set MOTO_PYTHON to the Python that has moto (scripts/emulator.sh installs it and prints its path)",
+                    python.display()
+                )
+            })?;
         let mut moto = Moto {
             child,
             endpoint: format!("http://{addr}"),
             log,
             _dir: dir,
         };
+        let ours = moto.child.id().to_string();
         let start = Instant::now();
         loop {
-            if let Some(status) = moto.child.try_wait().expect("poll moto") {
-                panic!("moto exited with {status}:\n{}", moto.log());
+            match moto.child.try_wait() {
+                Ok(Some(status)) => {
+                    return Err(format!(
+                        "the AWS API emulator exited with {status} (is {addr} taken, or moto missing from {}?):\n{}",
+                        python.display(),
+                        moto.log()
+                    ));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("cannot watch the AWS API emulator: {e}")),
             }
             if let Ok(r) = crate::client()
-                .post(format!("{}/moto-api/reset", moto.endpoint))
-                .body("")
+                .get(format!("{}/edgeroute/pid", moto.endpoint))
                 .send()
                 .await
-                && r.status() == 200
+                && let Ok(pid) = r.text().await
+                && pid.trim() == ours
             {
-                return moto;
+                return Ok(moto);
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "moto not up after 60 s:\n{}",
-                moto.log()
-            );
+            if start.elapsed() > Duration::from_secs(60) {
+                return Err(format!(
+                    "the AWS API emulator was not up after 60 s:\n{}",
+                    moto.log()
+                ));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }

@@ -18,7 +18,8 @@ struct Args {
     failover_seconds: String,
 }
 
-fn parse() -> Result<Args, String> {
+/// The options, or `None` when help was asked for.
+fn parse() -> Result<Option<Args>, String> {
     let mut args = Args {
         dir: PathBuf::new(),
         address: SocketAddr::from(([127, 0, 0, 1], 5000)),
@@ -27,6 +28,9 @@ fn parse() -> Result<Args, String> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
+        if flag == "--help" || flag == "-h" {
+            return Ok(None);
+        }
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
         let addr = |v: &str| {
             v.parse::<SocketAddr>()
@@ -54,7 +58,7 @@ fn parse() -> Result<Args, String> {
     if args.dir.as_os_str().is_empty() {
         return Err("--dir is required: where the control-plane config is written".into());
     }
-    Ok(args)
+    Ok(Some(args))
 }
 
 /// 16 random bytes from the kernel, as hex.
@@ -66,16 +70,29 @@ fn token() -> std::io::Result<String> {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
+    const USAGE: &str = "usage: edgeroute-emulator --dir DIR [--address 127.0.0.1:5000] [--control 127.0.0.1:9080] [--failover-seconds 5]";
     let args = match parse() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!(
-                "error: {e}\nusage: edgeroute-emulator --dir DIR [--address 127.0.0.1:5000] [--control 127.0.0.1:9080] [--failover-seconds 5]"
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            println!(
+                "The AWS API emulator (moto) with three regions, and a control-plane config in DIR\n\
+                 pointing at it; runs until interrupted. Commands against it need\n\
+                 AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing.\n{USAGE}"
             );
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n{USAGE}");
             return ExitCode::from(2);
         }
     };
-    let moto = Moto::start_at(args.address, &args.failover_seconds).await;
+    let moto = match Moto::try_start_at(args.address, &args.failover_seconds).await {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let fixture = moto::three_regions(&moto).await;
     let config = format!(
         "# edgeroute-control against the local AWS API emulator.\n\
@@ -98,7 +115,8 @@ async fn main() -> ExitCode {
     }
     println!(
         "AWS API emulator on {} with three regions (writer in us-east-1, writer changes take {} s)\n\
-         control-plane config: {}",
+         control-plane config: {}\n\
+         run the control plane and commands with AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing",
         moto.endpoint,
         args.failover_seconds,
         args.dir.join("control.toml").display()
