@@ -162,9 +162,13 @@ enum Seen {
 /// Whose certificate a [`TlsCert`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// A server's, presented to every client.
+    /// A server's, presented to every client (a browser, a load balancer).
     Server,
-    /// A client's, presented to a server that asks for one.
+    /// The control plane's, presented to proxies and runbook commands,
+    /// whose TLS refuses a CA certificate as a server's.
+    ControlServer,
+    /// A client's, presented to a server that asks for one (the control
+    /// plane, whose TLS refuses a CA certificate as a client's).
     Client,
 }
 
@@ -172,7 +176,7 @@ impl Role {
     /// Its certificate, in messages: `the server's` or `the client's`.
     fn whose(self) -> &'static str {
         match self {
-            Role::Server => "the server's",
+            Role::Server | Role::ControlServer => "the server's",
             Role::Client => "the client's",
         }
     }
@@ -180,8 +184,24 @@ impl Role {
     /// Who refuses its certificate out of its dates, in messages.
     fn refused_by(self) -> &'static str {
         match self {
-            Role::Server => "clients that check certificates refuse it",
+            Role::Server | Role::ControlServer => "clients that check certificates refuse it",
             Role::Client => "the server refuses it",
+        }
+    }
+
+    /// Who refuses a CA certificate as this one, and where the CA goes,
+    /// when someone does.
+    fn refuses_a_ca(self) -> Option<&'static str> {
+        match self {
+            Role::Server => None,
+            Role::ControlServer => Some(
+                "proxies and runbook commands refuse it (CaUsedAsEndEntity): give the control plane \
+                 a certificate signed by that CA, and the CA to table.ca_file and actions.ca_file",
+            ),
+            Role::Client => Some(
+                "the control plane refuses it (CaUsedAsEndEntity): use a certificate signed by that \
+                 CA, and give the CA to the control plane's server.client_ca",
+            ),
         }
     }
 }
@@ -554,13 +574,21 @@ fn certified_key(
         ),
         e => format!("{}: not valid PEM: {}", field(name, "key", &files.key), pem_fault(&e)),
     })?;
-    let validity = validity(&certs).map_err(|(nth, e)| {
+    let (validity, is_ca) = validity(&certs).map_err(|(nth, e)| {
         format!(
             "{}: certificate {nth} of the file is not X.509 ({e}); give {} certificate, then its chain, as PEM",
             field(name, "cert", &files.cert),
             role.whose()
         )
     })?;
+    if let Some(refused) = role.refuses_a_ca().filter(|_| is_ca) {
+        return Err(format!(
+            "{}: {} certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req \
+             -x509` makes one unless given `-addext basicConstraints=critical,CA:FALSE`); {refused}",
+            field(name, "cert", &files.cert),
+            role.whose()
+        ));
+    }
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -584,24 +612,31 @@ fn certified_key(
     })
 }
 
-/// The dates of the server's certificate (the first); every certificate of
-/// the chain must be X.509, and an error names the one (from 1) that is
-/// not.
-fn validity(certs: &[CertificateDer<'_>]) -> Result<Validity, (usize, String)> {
-    let mut validity = None;
+/// The dates of the owner's certificate (the first), and whether it is a
+/// CA's (basicConstraints CA:TRUE); every certificate of the chain must be
+/// X.509, and an error names the one (from 1) that is not.
+fn validity(certs: &[CertificateDer<'_>]) -> Result<(Validity, bool), (usize, String)> {
+    let mut first = None;
     for (i, der) in certs.iter().enumerate() {
         let (_, cert) =
             x509_parser::parse_x509_certificate(der).map_err(|e| (i + 1, e.to_string()))?;
         let dates = cert.validity();
-        validity.get_or_insert(Validity {
-            not_before: dates.not_before.timestamp(),
-            not_after: dates.not_after.timestamp(),
-        });
+        let is_ca = matches!(cert.basic_constraints(), Ok(Some(b)) if b.value.ca);
+        first.get_or_insert((
+            Validity {
+                not_before: dates.not_before.timestamp(),
+                not_after: dates.not_after.timestamp(),
+            },
+            is_ca,
+        ));
     }
-    Ok(validity.unwrap_or(Validity {
-        not_before: i64::MIN,
-        not_after: i64::MAX,
-    }))
+    Ok(first.unwrap_or((
+        Validity {
+            not_before: i64::MIN,
+            not_after: i64::MAX,
+        },
+        false,
+    )))
 }
 
 /// The rustls configuration of a client of edgeroute's own HTTPS servers
@@ -771,6 +806,16 @@ pub fn client_advice(
                 "; its certificate is out of date: renew the server's certificate, or set this \
                  machine's clock right"
                     .to_owned()
+            }
+            Refused::Other(other)
+                if other.0.downcast_ref::<webpki::Error>()
+                    == Some(&webpki::Error::CaUsedAsEndEntity) =>
+            {
+                format!(
+                    "; its certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl \
+                     req -x509` makes one by default), which is refused as a server's: give the \
+                     server a certificate signed by that CA, and the CA to {ca_field}"
+                )
             }
             _ => format!(
                 "; its certificate is not trusted: set {ca_field} to the CA certificates that sign \
@@ -1006,6 +1051,46 @@ mod tests {
         std::fs::write(&files.cert, cert.pem()).unwrap();
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
         files
+    }
+
+    /// A self-signed CA certificate (as `openssl req -x509` makes by
+    /// default) serves a proxy's listener, whose clients may take it, but
+    /// not the control plane, nor as a client's: edgeroute's own TLS
+    /// refuses a CA certificate as an end entity.
+    #[test]
+    fn a_ca_certificate_is_refused_where_edgeroutes_own_tls_would_refuse_it() {
+        install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let files = TlsFiles {
+            cert: dir.path().join("ca.crt"),
+            key: dir.path().join("ca.key"),
+        };
+        std::fs::write(&files.cert, params.self_signed(&key).unwrap().pem()).unwrap();
+        std::fs::write(&files.key, key.serialize_pem()).unwrap();
+        assert!(TlsCert::load("listeners[0].tls", &files).is_ok());
+        let refused = |role, name: &str| match TlsCert::load_as(role, name, &files) {
+            Err(e) => e,
+            Ok(_) => panic!("{name} took a CA certificate"),
+        };
+        let server = refused(Role::ControlServer, "server.tls");
+        assert!(
+            server.starts_with("server.tls.cert (")
+                && server.contains(
+                    "the server's certificate is a CA certificate (basicConstraints CA:TRUE"
+                )
+                && server.contains("the CA to table.ca_file and actions.ca_file"),
+            "{server}"
+        );
+        let client = refused(Role::Client, "table.client_tls");
+        assert!(client.contains("server.client_ca"), "{client}");
+        // A leaf, as rcgen makes one by default, is taken by each.
+        let leaf = pair(dir.path(), "leaf");
+        for role in [Role::Server, Role::ControlServer, Role::Client] {
+            assert!(TlsCert::load_as(role, "x", &leaf).is_ok(), "{role:?}");
+        }
     }
 
     /// 1 January of `year`, in Unix seconds.
@@ -1312,6 +1397,15 @@ mod tests {
              to a name the certificate holds"
         );
         assert!(advice(&refused(rustls::CertificateError::Expired)).contains("out of date: renew"));
+        let ca = refused(rustls::CertificateError::Other(rustls::OtherError(
+            Arc::new(webpki::Error::CaUsedAsEndEntity),
+        )));
+        assert!(
+            advice(&ca).contains("is a CA certificate (basicConstraints CA:TRUE")
+                && advice(&ca).ends_with("and the CA to table.ca_file"),
+            "{}",
+            advice(&ca)
+        );
         let other_tls = Outer(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             rustls::Error::HandshakeNotComplete,

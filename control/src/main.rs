@@ -665,7 +665,13 @@ fn server_certificate(
     cfg.server
         .tls
         .as_ref()
-        .map(|files| edgeroute_config::tls::TlsCert::load("server.tls", files))
+        .map(|files| {
+            edgeroute_config::tls::TlsCert::load_as(
+                edgeroute_config::tls::Role::ControlServer,
+                "server.tls",
+                files,
+            )
+        })
         .transpose()
         .map_err(anyhow::Error::msg)
 }
