@@ -604,12 +604,18 @@ async fn a_read_after_a_write_whose_primary_fails_goes_to_the_nearest_region() {
         .region(US, &[us.addr])
         .region(EU, &[dead.addr])
         .table(table(1, 1, Some(EU), &[(US, "active"), (EU, "active")]))
-        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .extra("[health]\nprobes = false\neject_after = 100\n[read_your_writes]\nwindow = \"1h\"\n")
         .start()
         .await;
+    // A token as a write's answer half an hour ago left it.
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 30 * 60 * 1000;
     let read = client()
         .get(proxy.url("/orders/1"))
-        .header("cookie", "edgeroute-ryw=99999999999999")
+        .header("cookie", format!("edgeroute-ryw={until}"))
         .send()
         .await
         .unwrap();
