@@ -17,10 +17,12 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
     // misspelt level is refused there.
     let bare = bare_target(&filter).filter(|word| whose == "log.level" || reads_as_level(word));
     if let Some(word) = bare {
+        let meant = meant_level(word).map_or(String::new(), |l| format!(" (did you mean {l:?}?)"));
         return Err(format!(
-            "{whose} {filter:?}: {word:?} is no level; use one of trace, debug, info, warn, error or off, \
-             or a filter that gives each target its level, such as \"info,edgeroute=debug\" \
-             (every level of one target: \"{word}=trace\")"
+            "{whose} {filter:?}: {word:?} is no level{meant}; use one of trace, debug, info, warn, \
+             error or off, or a filter that gives each target its level, such as \
+             \"info,edgeroute=debug\" (a target of that name, at every level, is written \
+             \"{word}=trace\")"
         ));
     }
     EnvFilter::try_new(&filter)
@@ -30,23 +32,35 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, String> {
 /// Whether `word` reads as a level someone meant: a common name for one
 /// (`warning`, `verbose`, `fatal`), or a level's name misspelt.
 fn reads_as_level(word: &str) -> bool {
-    const MEANT: [&str; 10] = [
-        "warning",
-        "verbose",
-        "information",
-        "fatal",
-        "critical",
-        "notice",
-        "all",
-        "none",
-        "quiet",
-        "err",
+    meant_level(word).is_some()
+}
+
+/// The level `word` most likely means: the one a common name stands for
+/// (`warning` is `warn`, `fatal` is `error`), or the one it misspells.
+fn meant_level(word: &str) -> Option<&'static str> {
+    const MEANT: [(&str, &str); 10] = [
+        ("warning", "warn"),
+        ("verbose", "debug"),
+        ("information", "info"),
+        ("fatal", "error"),
+        ("critical", "error"),
+        ("notice", "info"),
+        ("all", "trace"),
+        ("none", "off"),
+        ("quiet", "off"),
+        ("err", "error"),
     ];
     let word = word.to_ascii_lowercase();
-    MEANT.contains(&word.as_str())
-        || LEVELS
-            .iter()
-            .any(|level| strsim::damerau_levenshtein(&word, level) <= 1)
+    MEANT
+        .iter()
+        .find(|(name, _)| *name == word)
+        .map(|(_, level)| *level)
+        .or_else(|| {
+            LEVELS
+                .iter()
+                .find(|level| strsim::damerau_levenshtein(&word, level) <= 1)
+                .copied()
+        })
 }
 
 /// The levels a filter may give (`0` to `5` stand for them too).
@@ -83,9 +97,17 @@ mod level_tests {
         assert_eq!(super::bare_target("3"), None, "a level by number");
         assert_eq!(super::bare_target("warning"), Some("warning"));
         // In RUST_LOG only a word that reads as a level is refused.
-        for meant in ["warning", "Verbose", "infoo", "wran", "fatal"] {
+        for (meant, level) in [
+            ("warning", "warn"),
+            ("Verbose", "debug"),
+            ("infoo", "info"),
+            ("wran", "warn"),
+            ("fatal", "error"),
+        ] {
             assert!(super::reads_as_level(meant), "{meant}");
+            assert_eq!(super::meant_level(meant), Some(level), "{meant}");
         }
+        assert_eq!(super::meant_level("edgeroute"), None);
         for target in [
             "edgeroute",
             "edgeroute_proxy",

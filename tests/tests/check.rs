@@ -682,7 +682,7 @@ fn a_log_level_that_is_no_level_is_refused() {
     assert_mentions(
         &stderr,
         &[
-            "log.level \"warning\": \"warning\" is no level",
+            "log.level \"warning\": \"warning\" is no level (did you mean \"warn\"?)",
             "trace, debug, info, warn, error or off",
         ],
     );
