@@ -135,6 +135,29 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
             (None, _) => format!("line {}: `{field}` is required", line + 1),
         };
     }
+    // A section header of the wrong kind: `[regions]` for a list of
+    // tables, `[[admin]]` for one table.
+    if let Some(span) = e.span() {
+        let line = line_of(text, span.start.min(text.len()));
+        let own = text.lines().nth(line).unwrap_or_default();
+        if let Some(name) = header(own) {
+            let list = own.trim_start().starts_with("[[");
+            if !list && e.message().contains("expected a sequence") {
+                return format!(
+                    "line {}: `[{name}]` opens one table, but `{name}` is a list of them: write \
+                     `[[{name}]]` above each one",
+                    line + 1
+                );
+            }
+            if list && e.message().starts_with("invalid type: map") {
+                return format!(
+                    "line {}: `[[{name}]]` opens a list of tables, but `{name}` is one table: \
+                     write `[{name}]`",
+                    line + 1
+                );
+            }
+        }
+    }
     let key = e.span().and_then(|span| {
         let line = line_of(text, span.start);
         let (key, _) = text.lines().nth(line)?.split_once('=')?;
@@ -186,10 +209,26 @@ fn header(line: &str) -> Option<&str> {
     (rest.is_empty() || rest.starts_with('#')).then_some(name.trim())
 }
 
-/// `key` with the table it is under at `line`, as `table.key`.
+/// `key` with the table it is under at `line`, as `table.key`, or
+/// `table[1].key` in the second of a list of tables (`[[table]]`).
 fn key_path(text: &str, line: usize, key: &str) -> String {
-    let table = text.lines().take(line).filter_map(header).last();
-    table.map_or_else(|| key.to_owned(), |t| format!("{t}.{key}"))
+    let headers: Vec<&str> = text
+        .lines()
+        .take(line)
+        .filter(|l| header(l).is_some())
+        .collect();
+    let Some(last) = headers.last() else {
+        return key.to_owned();
+    };
+    let table = header(last).unwrap_or_default();
+    if !last.trim_start().starts_with("[[") {
+        return format!("{table}.{key}");
+    }
+    let nth = headers
+        .iter()
+        .filter(|l| l.trim_start().starts_with("[[") && header(l) == Some(table))
+        .count();
+    format!("{table}[{}].{key}", nth.saturating_sub(1))
 }
 
 /// The lines (from 0, end excluded) of the section whose header is at

@@ -606,3 +606,36 @@ fn a_client_certificate_is_for_an_https_control_plane_and_its_files_must_be_read
     assert_eq!(first.path, "table.client_tls.key");
     assert!(first.message.contains("readable PEM file"), "{errs}");
 }
+
+/// A section header of the wrong kind says which to write, and a key in
+/// the second of a list of tables is named with its index.
+#[test]
+fn a_section_header_of_the_wrong_kind_says_which_to_write() {
+    let said = |text: &str| match parse(text) {
+        Err(FromTomlError::Parse(message)) => message,
+        other => panic!("{other:?}"),
+    };
+    let e = said(
+        "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
+         [regions]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9001\"]\n\
+         [table]\nsource = \"file\"\npath = \"table.json\"\n",
+    );
+    assert!(
+        e.contains("`[regions]` opens one table, but `regions` is a list of them: write `[[regions]]` above each one"),
+        "{e}"
+    );
+    let e = said(&format!(
+        "{MINIMAL}\n[[admin]]\naddress = \"127.0.0.1:9901\"\n"
+    ));
+    assert!(
+        e.contains("`[[admin]]` opens a list of tables, but `admin` is one table: write `[admin]`"),
+        "{e}"
+    );
+    let e = said(&MINIMAL.replace("tls = true", "tls = true\nbackend = 1"));
+    assert!(e.contains("`regions[1].backend` is no key here"), "{e}");
+    let e = said(&MINIMAL.replace(
+        "backends = [\"origin.eu.example.com:443\"]",
+        "backends = \"origin.eu.example.com:443\"",
+    ));
+    assert!(e.contains("`regions[1].backends`"), "{e}");
+}
