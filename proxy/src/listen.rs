@@ -353,6 +353,17 @@ async fn open(
             // handshake. Until that byte the connection is idle; from it,
             // the handshake has `timeouts.tls_handshake`.
             let reason = match tokio::time::timeout(idle, conn.first_byte()).await {
+                // A TLS record starts with its type (22 for a handshake);
+                // an HTTP/1 request with its method's capitals.
+                Ok(Ok(Some(first))) if first.is_ascii_uppercase() => {
+                    tracing::debug!(%peer, "plain HTTP on a TLS listener; answered 400");
+                    let limit = state.config.timeouts.tls_handshake;
+                    // The answer, then the request read to its end (or for
+                    // the handshake's time), so that the close is no reset
+                    // that could drop the answer.
+                    let _ = tokio::time::timeout(limit, answer_plain_http(conn)).await;
+                    "plain_http"
+                }
                 Ok(Ok(Some(_))) => {
                     let limit = state.config.timeouts.tls_handshake;
                     match tokio::time::timeout(limit, acceptor.tls_handshake(conn)).await {
@@ -386,6 +397,32 @@ async fn open(
                 .with_label_values(&[reason])
                 .inc();
             None
+        }
+    }
+}
+
+/// The answer to plain HTTP sent to a TLS listener (`curl http://` to an
+/// `https://` port), as nginx gives one, rather than a closed connection
+/// that says nothing; then what the client sends is read until it closes
+/// (at most 64 KiB), so that closing with its request unread sends no
+/// reset that could drop the answer.
+async fn answer_plain_http(mut conn: TcpConnection) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "this port speaks HTTPS (TLS): send the request with https://\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
+         Connection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    if conn.write_all(answer.as_bytes()).await.is_err() || conn.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match conn.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => left = left.saturating_sub(n),
         }
     }
 }

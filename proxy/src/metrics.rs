@@ -245,8 +245,8 @@ impl Metrics {
             tls_handshake_failures: counter_vec_with(
                 &r,
                 "edgeroute_tls_handshake_failures_total",
-                "Client TLS handshakes that failed (error), or did not begin within timeouts.client_idle or finish within timeouts.tls_handshake (timeout)",
-                ("reason", &["error", "timeout"]),
+                "Client TLS handshakes that failed (error), did not begin within timeouts.client_idle or finish within timeouts.tls_handshake (timeout), or were plain HTTP, answered 400 (plain_http)",
+                ("reason", &["error", "timeout", "plain_http"]),
             ),
             http2_goaways: counter_vec_with(
                 &r,

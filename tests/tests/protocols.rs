@@ -370,19 +370,35 @@ async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
     // the proxy has long seen its close).
     drop(TcpStream::connect(proxy.addr).await.unwrap());
 
-    // Plain HTTP on the TLS port is no handshake.
-    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
-    plain
-        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .await
-        .unwrap();
-    let answer = until_closed(&mut plain, GUARD).await;
+    // Bytes that are no TLS handshake fail it.
+    let mut garbage = TcpStream::connect(proxy.addr).await.unwrap();
+    garbage.write_all(b"\x00\x01\x02garbage\r\n").await.unwrap();
+    let answer = until_closed(&mut garbage, GUARD).await;
     assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
     eventually("the failed handshake is counted", GUARD, || async {
         proxy.metric(&failures("error")).await == 1.0
     })
     .await;
     assert_eq!(proxy.metric(&failures("timeout")).await, 0.0);
+
+    // Plain HTTP on the TLS port is told, in plain HTTP, to use HTTPS.
+    let mut plain = TcpStream::connect(proxy.addr).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = until_closed(&mut plain, GUARD).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n")
+            && answer.ends_with("this port speaks HTTPS (TLS): send the request with https://\n"),
+        "{answer}"
+    );
+    eventually("the plain request is counted", GUARD, || async {
+        proxy.metric(&failures("plain_http")).await == 1.0
+    })
+    .await;
+    assert_eq!(proxy.metric(&failures("error")).await, 1.0);
 
     // A client that connects and says nothing. (The proxy's wait starts
     // after `opened`.)
