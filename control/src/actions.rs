@@ -1612,8 +1612,10 @@ impl Runner {
         if guards > 0 {
             let _ = write!(
                 call,
-                "; and DELETE then CREATE, unchanged, the {guards} records of {} as read, so that the batch fails if they changed since",
-                left_serving.join(", ")
+                "; and DELETE then CREATE, unchanged, the {guards} record{} of {} as read, so that the batch fails if {} changed since",
+                if guards == 1 { "" } else { "s" },
+                left_serving.join(", "),
+                if guards == 1 { "it" } else { "they" }
             );
         }
         let steps = vec![

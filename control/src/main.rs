@@ -257,9 +257,10 @@ fn show(cfg: &ControlConfig, print: bool) -> anyhow::Result<RoutingTable> {
 
 /// What `check` says of the table the source gives, in a few words.
 fn summary(table: &RoutingTable) -> String {
+    let n = table.regions.len();
     format!(
-        "{} regions, {}",
-        table.regions.len(),
+        "{n} region{}, {}",
+        if n == 1 { "" } else { "s" },
         table.writes_summary()
     )
 }

@@ -77,8 +77,8 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<(String, Vec<String>), String> {
         TableSource::Control { url, .. } => {
             return Ok((
                 format!(
-                    "{} regions, local {}, table from the control plane at {url}",
-                    cfg.regions.len(),
+                    "{}, local {}, table from the control plane at {url}",
+                    regions(cfg.regions.len()),
                     cfg.local_region_name()
                 ),
                 Vec::new(),
@@ -92,7 +92,7 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<(String, Vec<String>), String> {
     table
         .admit(None, cfg.regions.iter().map(|r| r.name.as_str()))
         .map_err(|r| format!("table.path: {}: {r}", path.display()))?;
-    let unknown = RoutingTable::unknown_keys(&bytes)
+    let mut warnings: Vec<String> = RoutingTable::unknown_keys(&bytes)
         .into_iter()
         .map(|key| {
             format!(
@@ -101,15 +101,26 @@ pub fn table_file(cfg: &ProxyConfig) -> Result<(String, Vec<String>), String> {
             )
         })
         .collect();
+    if table.primary_region.is_none() {
+        warnings.push(format!(
+            "table.path: {}: the table names no primary region (\"primary_region\": null): every write gets 503 until one does",
+            path.display()
+        ));
+    }
     Ok((
         format!(
-            "{} regions, local {}, table epoch {} version {} {}",
-            cfg.regions.len(),
+            "{}, local {}, table epoch {} version {} {}",
+            regions(cfg.regions.len()),
             cfg.local_region_name(),
             table.epoch,
             table.version,
             table.writes_summary()
         ),
-        unknown,
+        warnings,
     ))
+}
+
+/// `n regions`, or `1 region`.
+fn regions(n: usize) -> String {
+    format!("{n} region{}", if n == 1 { "" } else { "s" })
 }
