@@ -37,9 +37,11 @@ enum Command {
     },
     /// Three simulated regions behind a proxy for us-east-1, on loopback.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:8080")]
+        /// Where the proxy takes requests.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:8080", value_parser = ip_port)]
         listen: SocketAddr,
-        #[arg(long, default_value = "127.0.0.1:9901")]
+        /// Where its admin listener answers.
+        #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:9901", value_parser = ip_port)]
         admin: SocketAddr,
         /// Take the table from this control plane (and report to it)
         /// instead of a table file.
@@ -53,6 +55,14 @@ enum Command {
         #[arg(long, value_name = "FILE", requires = "control")]
         ca_file: Option<PathBuf>,
     },
+}
+
+/// An address to listen on, written as an IP address and a port (a name
+/// such as `localhost` resolves to several or none).
+fn ip_port(raw: &str) -> Result<SocketAddr, String> {
+    raw.parse().map_err(|_| {
+        format!("give an IP address and a port, such as 127.0.0.1:8080 or [::1]:8080 (got {raw:?})")
+    })
 }
 
 fn main() -> ExitCode {
