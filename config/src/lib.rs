@@ -35,7 +35,7 @@ pub use proxy::{
     TableSource, Timeouts, check_region_name, valid_region_name,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
-pub use secret::{presents_bearer, read_secret, token};
+pub use secret::{presents_bearer, read_secret, token, weak_token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use tls::TlsFiles;
 pub use values::authority as is_authority;

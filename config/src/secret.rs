@@ -40,6 +40,27 @@ pub fn token(source: &str, raw: &str) -> Result<String, String> {
     Ok(token.to_owned())
 }
 
+/// What `check` warns of a token that is easy to guess (the example's
+/// placeholder, or fewer than 16 characters), named by `source`; the
+/// token itself is not shown.
+pub fn weak_token(source: &str, token: &str) -> Option<String> {
+    let lower = token.to_ascii_lowercase();
+    let why = if ["replace-me", "changeme", "change-me"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
+        "is a placeholder"
+    } else if token.len() < 16 {
+        "has fewer than 16 characters"
+    } else {
+        return None;
+    };
+    Some(format!(
+        "{source}: the token {why}, which whoever reaches the listener could guess; make one \
+         with `openssl rand -hex 32`"
+    ))
+}
+
 /// Whether an `Authorization` field's value presents `token` as a bearer
 /// token (RFC 6750 §2.1; the scheme's name in any case, RFC 9110 §11.1).
 /// The comparison takes the same time wherever the first difference is.
@@ -53,6 +74,21 @@ pub fn presents_bearer(authorization: Option<&[u8]>, token: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_placeholder_or_short_token_is_called_weak_without_being_shown() {
+        let weak = |t: &str| super::weak_token("admin.token_file", t);
+        let placeholder = weak("replace-me-with-a-long-random-token").unwrap();
+        assert!(
+            placeholder.starts_with("admin.token_file: the token is a placeholder"),
+            "{placeholder}"
+        );
+        assert!(!placeholder.contains("long-random"), "{placeholder}");
+        let short = weak("s3cret").unwrap();
+        assert!(short.contains("fewer than 16 characters"), "{short}");
+        assert!(!short.contains("s3cret"), "{short}");
+        assert_eq!(weak("0f4c2a9e1b7d3c5a8e6f0b2d4c6a8e0f"), None);
+    }
+
     #[test]
     fn a_token_is_trimmed_and_an_empty_or_missing_file_says_which_field() {
         let dir = tempfile::tempdir().unwrap();

@@ -194,7 +194,20 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
             .map(|_| ())
             .map_err(anyhow::Error::msg),
     );
-    note(read_token(cfg.server.token_file.as_deref()).map(|_| ()));
+    match read_token(cfg.server.token_file.as_deref()) {
+        Ok(token) => {
+            let source = match edgeroute_config::token_from_env() {
+                Ok(Some(_)) => TOKEN_ENV,
+                _ => "server.token_file",
+            };
+            if let Some(weak) =
+                edgeroute_config::weak_token(source, &String::from_utf8_lossy(&token))
+            {
+                eprintln!("warning: {weak}");
+            }
+        }
+        Err(e) => note(Err(e)),
+    }
     note(client_verifier(cfg).map(|_| ()));
     note(edgeroute_control::notify::webhook_token(&cfg.notify).map(|_| ()));
     // Presented all the same, as the proxy's listeners do.

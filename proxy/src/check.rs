@@ -42,11 +42,18 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
 /// What `run` reads besides the config and the table before it serves: the
 /// token files (present, not empty, fit for an `Authorization` field), the
 /// CA certificates of an `https://` control plane, and the log filter
-/// (`log.level`, or `RUST_LOG` when set).
-pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
+/// (`log.level`, or `RUST_LOG` when set). A token that is easy to guess
+/// is given back as a warning.
+pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
     let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut token =
+        |field: &str, path: &std::path::Path| match edgeroute_config::read_secret(field, path) {
+            Ok(token) => warnings.extend(edgeroute_config::weak_token(field, &token)),
+            Err(e) => errors.push(e),
+        };
     if let Some(path) = &cfg.admin.token_file {
-        errors.extend(edgeroute_config::read_secret("admin.token_file", path).err());
+        token("admin.token_file", path);
     }
     if let TableSource::Control {
         token_file,
@@ -55,7 +62,7 @@ pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
         ..
     } = &cfg.table
     {
-        errors.extend(edgeroute_config::read_secret("table.token_file", token_file).err());
+        token("table.token_file", token_file);
         errors.extend(crate::table_source::connector(url, ca_file.as_deref(), None).err());
     }
     errors.extend(
@@ -64,7 +71,7 @@ pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<(), String> {
             .map(|e| e.to_string()),
     );
     if errors.is_empty() {
-        Ok(())
+        Ok(warnings)
     } else {
         Err(errors.join("\n"))
     }

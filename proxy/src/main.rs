@@ -129,8 +129,8 @@ fn check(path: &Path) -> ExitCode {
             let secrets = edgeroute_proxy::check::secrets_and_logs(&cfg);
             let table = edgeroute_proxy::check::table_file(&cfg);
             match (listeners, secrets, table) {
-                (Ok(warnings), Ok(()), Ok((summary, unknown))) => {
-                    for warning in warnings.into_iter().chain(unknown) {
+                (Ok(warnings), Ok(weak), Ok((summary, unknown))) => {
+                    for warning in warnings.into_iter().chain(weak).chain(unknown) {
                         eprintln!("{}: warning: {warning}", path.display());
                     }
                     println!("{}: ok ({summary})", path.display());

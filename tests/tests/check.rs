@@ -232,7 +232,10 @@ fn control_check_says_what_table_the_source_gives() {
     let run = |topology: &str| {
         std::fs::write(dir.path().join("topology.json"), topology).unwrap();
         let out = check(&bin, &config)
-            .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
+            .env(
+                "EDGEROUTE_CONTROL_TOKEN",
+                "0f4c2a9e1b7d3c5a8e6f0b2d4c6a8e0f",
+            )
             .env_remove("RUST_LOG")
             .output()
             .unwrap();
@@ -251,6 +254,19 @@ fn control_check_says_what_table_the_source_gives() {
         "{stdout}"
     );
     assert!(!stderr.contains("warning"), "{stderr}");
+    // A token easy to guess is warned of, and not shown.
+    let out = check(&bin, &config)
+        .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let weak = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{weak}");
+    assert!(
+        weak.contains("warning: EDGEROUTE_CONTROL_TOKEN: the token has fewer than 16 characters")
+            && !weak.contains("t0ken"),
+        "{weak}"
+    );
     let (ok, stdout, stderr) = run(
         r#"{"primary_region": null, "failover_in_progress": true, "regions": [{"name": "us-east-1"}]}"#,
     );
@@ -636,6 +652,35 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
             "table.token_file",
             "holds characters a bearer token cannot",
             "log.level \"info,=[\" is not a valid log filter",
+        ],
+    );
+    assert!(!stderr.contains("s3cret"), "a token is echoed:\n{stderr}");
+
+    // Tokens that load but are easy to guess are warned of.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("info,=[", "info"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("admin-token"),
+        "replace-me-with-a-long-random-token\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("table-token"), "s3cret\n").unwrap();
+    let out = check(&proxy_bin(), &config)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_mentions(
+        &stderr,
+        &[
+            "warning: admin.token_file: the token is a placeholder",
+            "warning: table.token_file: the token has fewer than 16 characters",
         ],
     );
     assert!(!stderr.contains("s3cret"), "a token is echoed:\n{stderr}");
