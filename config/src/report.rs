@@ -37,6 +37,23 @@ impl RegionHealth {
     }
 }
 
+/// A character that shows nothing but can change how text around it
+/// shows: zero-width ones, direction marks and overrides, the soft
+/// hyphen, the byte-order mark.
+fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{FEFF}'
+    )
+}
+
 impl ProxyReport {
     /// Parses and checks a report; the message says what is wrong.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
@@ -48,10 +65,12 @@ impl ProxyReport {
                 report.id.len()
             ));
         }
-        // Printed in the runbook commands' timelines: visible text only.
-        if report.id.chars().any(char::is_control) {
+        // Printed in the runbook commands' timelines: visible text only,
+        // with none of the invisible characters (zero-width, direction
+        // overrides) that would let one id pass for another there.
+        if report.id.chars().any(|c| c.is_control() || invisible(c)) {
             return Err(format!(
-                "id must hold no control characters, got {:?}",
+                "id must hold no control characters and no invisible ones (zero-width, direction marks), got {:?}",
                 report.id
             ));
         }
@@ -119,6 +138,12 @@ mod tests {
         // A report that contradicts itself.
         assert!(said(&|r| r.regions.push(r.regions[0].clone())).contains("reported twice"));
         assert!(said(&|r| r.id = "host\n\u{1b}[2J/1".into()).contains("no control characters"));
+        for hidden in ["proxy-a\u{202E}1", "proxy\u{200B}-a", "\u{FEFF}proxy-a"] {
+            assert!(
+                said(&|r| r.id = hidden.into()).contains("no invisible ones"),
+                "{hidden:?}"
+            );
+        }
         let taken = read(&|r| r.regions[0].in_rotation = 3).unwrap();
         let mut all = r.clone();
         all.regions[0].in_rotation = 2;
