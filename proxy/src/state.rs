@@ -268,21 +268,36 @@ impl AppState {
     /// serve reads and the proxy is not shutting down, and the body that
     /// says so.
     pub fn health(&self) -> (bool, serde_json::Value) {
-        let ok = self.local_can_serve() && !self.lifecycle.is_shutting_down();
-        let body = serde_json::json!({
-            "status": if ok { "ok" } else { "unavailable" },
+        let unhealthy = self.unhealthy_because();
+        let mut body = serde_json::json!({
+            "status": if unhealthy.is_none() { "ok" } else { "unavailable" },
             "region": &*self.topology.regions[self.topology.local].name,
             "check": "local region can serve reads",
         });
-        (ok, body)
+        if let Some(reason) = unhealthy {
+            body["reason"] = reason.into();
+        }
+        (unhealthy.is_none(), body)
     }
 
-    /// The local region can serve reads: not marked down, with a live backend.
-    pub fn local_can_serve(&self) -> bool {
+    /// Why the local region cannot serve reads now, if it cannot: the
+    /// proxy is shutting down, has no table yet, the table marks the
+    /// region down (or leaves it out), or none of its backends is in
+    /// rotation.
+    fn unhealthy_because(&self) -> Option<&'static str> {
+        if self.lifecycle.is_shutting_down() {
+            return Some("shutting_down");
+        }
         let local = self.topology.local;
-        self.router.load().is_some_and(|s| {
-            s.states[local] != edgeroute_config::RegionState::Down
-                && self.topology.regions[local].has_live_backend()
-        })
+        match self.router.load().as_deref() {
+            None => Some("no_table"),
+            Some(s) if s.states[local] == edgeroute_config::RegionState::Down => {
+                Some("region_down")
+            }
+            Some(_) if !self.topology.regions[local].has_live_backend() => {
+                Some("no_backend_in_rotation")
+            }
+            Some(_) => None,
+        }
     }
 }

@@ -537,6 +537,8 @@ async fn the_traffic_listener_answers_health_for_the_local_region() {
     assert_eq!(served_by(&proxy).await, EU);
     let (status, body) = health(reqwest::Method::GET).await;
     assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["reason"], "no_backend_in_rotation");
     assert_eq!(admin().await, 503);
     assert_eq!(health(reqwest::Method::HEAD).await.0, 503);
 
