@@ -210,6 +210,9 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
     }
     note(client_verifier(cfg).map(|_| ()));
     note(edgeroute_control::notify::webhook_token(&cfg.notify).map(|_| ()));
+    if let Some(warning) = cleartext(cfg) {
+        eprintln!("warning: {warning}");
+    }
     // Presented all the same, as the proxy's listeners do.
     let now = edgeroute_config::tls::unix_now();
     match server_certificate(cfg) {
@@ -530,6 +533,9 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
 
 fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     init_logging(cfg.log.format, &cfg.log.level)?;
+    if let Some(warning) = cleartext(&cfg) {
+        tracing::warn!("{warning}");
+    }
     // Every proxy holds a connection open for its long poll.
     let open_files = edgeroute_config::raise_open_file_limit();
     let token = read_token(cfg.server.token_file.as_deref())?;
@@ -669,6 +675,20 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             )),
             None => anyhow::Ok(()),
         }
+    })
+}
+
+/// What `check` and start-up warn of a server reachable from other hosts
+/// without TLS: the token and the tables would cross the network in the
+/// clear.
+fn cleartext(cfg: &ControlConfig) -> Option<String> {
+    let address = cfg.server.address;
+    (!address.ip().is_loopback() && cfg.server.tls.is_none()).then(|| {
+        format!(
+            "server.address {address} is reachable from other hosts and server.tls is not set: \
+             the token and the tables cross the network unencrypted; give the server a \
+             certificate (server.tls), unless the network encrypts it (a service mesh's mTLS)"
+        )
     })
 }
 

@@ -254,6 +254,25 @@ fn control_check_says_what_table_the_source_gives() {
         "{stdout}"
     );
     assert!(!stderr.contains("warning"), "{stderr}");
+    // A server other hosts reach, without TLS, is warned of.
+    std::fs::write(
+        &config,
+        "[server]\naddress = \"0.0.0.0:9080\"\n[source]\nkind = \"file\"\npath = \"topology.json\"\n",
+    )
+    .unwrap();
+    let (ok, _, open) = run(
+        r#"{"primary_region": "eu-west-1", "failover_in_progress": false, "regions": [{"name": "eu-west-1"}]}"#,
+    );
+    assert!(ok, "{open}");
+    assert!(
+        open.contains("warning: server.address 0.0.0.0:9080 is reachable from other hosts and server.tls is not set"),
+        "{open}"
+    );
+    std::fs::write(
+        &config,
+        "[source]\nkind = \"file\"\npath = \"topology.json\"\n",
+    )
+    .unwrap();
     // A token easy to guess is warned of, and not shown.
     let out = check(&bin, &config)
         .env("EDGEROUTE_CONTROL_TOKEN", "t0ken")
