@@ -559,12 +559,12 @@ impl RouteRule {
 /// servers decode into these or that hide them (`/`, `\`, `.`, `%` for a
 /// second round of decoding, NUL, IIS's `%u`), nothing that decodes to
 /// bytes that are not UTF-8 (overlong forms such as `%c0%ae` or
-/// `%e0%80%ae`, which lenient decoders read as `.`), and none of the
-/// characters that Unicode compatibility folding (NFKC, which some
-/// frameworks apply to paths) turns into `.`, `/` or `\` (`．`, `／`,
-/// `＼`, `․`, `‥`, `﹒`, `﹨`), raw or encoded. A path that a backend could
-/// resolve to another one (such as `/search/..%2forders` to `/orders`)
-/// must not take a rule meant for the one it names.
+/// `%e0%80%ae`, which lenient decoders read as `.`), and, raw or encoded,
+/// no character that Unicode compatibility folding (NFKC, which some
+/// frameworks apply to paths) turns into a `.`, `/` or `\` (`．`, `‥`,
+/// `︰`, `℀`). A path that a backend could resolve to another one (such
+/// as `/search/..%2forders` to `/orders`) must not take a rule meant for
+/// the one it names.
 fn plain_path(path: &str) -> bool {
     let Some(rest) = path.strip_prefix('/') else {
         return false;
@@ -584,23 +584,20 @@ fn plain_path(path: &str) -> bool {
     if path.contains('\\') || path.as_bytes().windows(3).any(encoded) {
         return false;
     }
-    // A `%` not followed by two hex digits stays as it is.
-    let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
-        return false;
-    };
-    if decoded.chars().any(|c| {
-        matches!(
-            c,
-            '\u{FF0E}'
-                | '\u{FF0F}'
-                | '\u{FF3C}'
-                | '\u{2024}'
-                | '\u{2025}'
-                | '\u{FE52}'
-                | '\u{FE68}'
-        )
-    }) {
-        return false;
+    // Most paths are ASCII without escapes: nothing to decode or fold.
+    if !path.is_ascii() || path.contains('%') {
+        // A `%` not followed by two hex digits stays as it is.
+        let Ok(decoded) = percent_encoding::percent_decode_str(path).decode_utf8() else {
+            return false;
+        };
+        if !decoded.is_ascii() {
+            let marks = |s: &str| s.chars().filter(|c| matches!(c, '.' | '/' | '\\')).count();
+            let folded =
+                icu_normalizer::ComposingNormalizerBorrowed::new_nfkc().normalize(&decoded);
+            if marks(&folded) != marks(&decoded) {
+                return false;
+            }
+        }
     }
     let mut segments = rest.split('/').peekable();
     while let Some(seg) = segments.next() {

@@ -639,3 +639,25 @@ fn a_section_header_of_the_wrong_kind_says_which_to_write() {
     ));
     assert!(e.contains("`regions[1].backends`"), "{e}");
 }
+
+/// No character that NFKC folding turns into something with a `.`, `/`
+/// or `\` passes for plain, raw or percent-encoded: every code point.
+#[test]
+fn no_character_that_folds_into_a_dot_or_slash_is_plain() {
+    let nfkc = icu_normalizer::ComposingNormalizerBorrowed::new_nfkc();
+    let mut folding = 0;
+    for c in (0x80..=0x10FFFF).filter_map(char::from_u32) {
+        let mut one = [0u8; 4];
+        let one = c.encode_utf8(&mut one);
+        if !nfkc.normalize(one).contains(['.', '/', '\\']) {
+            continue;
+        }
+        folding += 1;
+        let encoded: String = one.bytes().map(|b| format!("%{b:02x}")).collect();
+        for path in [format!("/search/{c}/x"), format!("/search/{encoded}/x")] {
+            assert!(!plain_path(&path), "{path} ({:04X})", c as u32);
+        }
+    }
+    // ．, ‥, ︰, ℀, ℅ among them.
+    assert!(folding >= 5, "{folding}");
+}

@@ -129,6 +129,8 @@ fn methods_and_rules_classify() {
         "/search/%e2%82%ac100",
         "/search/50%",
         "/search/%zz",
+        "/search/\u{e9}t\u{e9}",
+        "/search/%ef%bd%81",
     ] {
         assert_eq!(
             plan("POST", taken, false).target,
@@ -158,6 +160,9 @@ fn methods_and_rules_classify() {
         "/search/\u{FF0E}\u{FF0E}/orders",
         "/search/\u{2025}/orders",
         "/search/%ef%bc%8forders",
+        "/search/%ef%b8%b0/orders",
+        "/search/\u{FE30}/orders",
+        "/search/\u{2100}",
         "/search;x",
     ] {
         assert_eq!(
