@@ -721,7 +721,9 @@ pub struct TopologyView {
     /// (or misspells it) would otherwise refuse every write without a word.
     #[serde(deserialize_with = "Option::deserialize")]
     pub primary_region: Option<String>,
-    /// A writer change is under way. Required, as `primary_region` is.
+    /// A writer change is under way (false when left out; a misspelt key
+    /// is refused, as every unknown key of a topology is).
+    #[serde(default)]
     pub failover_in_progress: bool,
     pub regions: Vec<RegionView>,
 }
@@ -1148,14 +1150,11 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("unknown field `failover_in_progres`"), "{err}");
-        let err = TopologyView::from_json(
+        let left_out = TopologyView::from_json(
             br#"{"primary_region": null, "regions": [{"name": "eu-west-1"}]}"#,
         )
-        .unwrap_err();
-        assert!(
-            err.contains("missing field `failover_in_progress`"),
-            "{err}"
-        );
+        .expect("failover_in_progress left out is false");
+        assert!(!left_out.failover_in_progress);
         let none = TopologyView::from_json(
             br#"{"primary_region": null, "failover_in_progress": false, "regions": [{"name": "eu-west-1"}]}"#,
         )

@@ -305,10 +305,12 @@ fn control_check_says_what_table_the_source_gives() {
         stderr.contains("missing field `primary_region`"),
         "{stderr}"
     );
-    let (ok, _, stderr) = run(r#"{"primary_region": null, "regions": [{"name": "us-east-1"}]}"#);
+    let (ok, _, stderr) = run(
+        r#"{"primary_region": null, "failover_in_progres": true, "regions": [{"name": "us-east-1"}]}"#,
+    );
     assert!(!ok);
     assert!(
-        stderr.contains("missing field `failover_in_progress`"),
+        stderr.contains("unknown field `failover_in_progres`"),
         "{stderr}"
     );
 }
