@@ -142,6 +142,8 @@ pub struct TlsCert {
 struct InForce {
     key: Arc<CertifiedKey>,
     validity: Validity,
+    /// The owner's certificate is a CA's (basicConstraints CA:TRUE).
+    is_ca: bool,
 }
 
 #[derive(Debug)]
@@ -190,17 +192,19 @@ impl Role {
     }
 
     /// Who refuses a CA certificate as this one, and where the CA goes,
-    /// when someone does.
+    /// when edgeroute's own TLS is at the other end.
     fn refuses_a_ca(self) -> Option<&'static str> {
         match self {
             Role::Server => None,
             Role::ControlServer => Some(
-                "proxies and runbook commands refuse it (CaUsedAsEndEntity): give the control plane \
-                 a certificate signed by that CA, and the CA to table.ca_file and actions.ca_file",
+                "proxies and runbook commands that reach it directly refuse it (CaUsedAsEndEntity): \
+                 give the control plane a certificate signed by that CA, and the CA to \
+                 table.ca_file and actions.ca_file",
             ),
             Role::Client => Some(
-                "the control plane refuses it (CaUsedAsEndEntity): use a certificate signed by that \
-                 CA, and give the CA to the control plane's server.client_ca",
+                "a control plane that checks it itself refuses it (CaUsedAsEndEntity): use a \
+                 certificate signed by that CA, and give the CA to the control plane's \
+                 server.client_ca",
             ),
         }
     }
@@ -302,6 +306,22 @@ impl TlsCert {
                 field(&self.name, "cert", &self.files.cert),
                 self.role.whose(),
                 self.role.refused_by()
+            )
+        })
+    }
+
+    /// What `check` and start-up warn of: the certificate in force is a
+    /// CA's where edgeroute's own TLS, at the other end, refuses one (the
+    /// control plane's, a client's). It is a warning, not a refusal: a
+    /// load balancer or a sidecar in between may not check it.
+    pub fn ca_warning(&self) -> Option<String> {
+        let refused = self.role.refuses_a_ca()?;
+        self.current.load().is_ca.then(|| {
+            format!(
+                "{}: {} certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req \
+                 -x509` makes one unless given `-addext basicConstraints=critical,CA:FALSE`); {refused}",
+                field(&self.name, "cert", &self.files.cert),
+                self.role.whose()
             )
         })
     }
@@ -581,14 +601,6 @@ fn certified_key(
             role.whose()
         )
     })?;
-    if let Some(refused) = role.refuses_a_ca().filter(|_| is_ca) {
-        return Err(format!(
-            "{}: {} certificate is a CA certificate (basicConstraints CA:TRUE, as `openssl req \
-             -x509` makes one unless given `-addext basicConstraints=critical,CA:FALSE`); {refused}",
-            field(name, "cert", &files.cert),
-            role.whose()
-        ));
-    }
     let provider = rustls::crypto::CryptoProvider::get_default()
         .cloned()
         .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()));
@@ -609,6 +621,7 @@ fn certified_key(
     Ok(InForce {
         key: Arc::new(key),
         validity,
+        is_ca,
     })
 }
 
@@ -1054,11 +1067,10 @@ mod tests {
     }
 
     /// A self-signed CA certificate (as `openssl req -x509` makes by
-    /// default) serves a proxy's listener, whose clients may take it, but
-    /// not the control plane, nor as a client's: edgeroute's own TLS
-    /// refuses a CA certificate as an end entity.
+    /// default) loads in every role, and is warned of where edgeroute's own
+    /// TLS would refuse it: as the control plane's, or as a client's.
     #[test]
-    fn a_ca_certificate_is_refused_where_edgeroutes_own_tls_would_refuse_it() {
+    fn a_ca_certificate_is_warned_of_where_edgeroutes_own_tls_would_refuse_it() {
         install_crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -1070,12 +1082,13 @@ mod tests {
         };
         std::fs::write(&files.cert, params.self_signed(&key).unwrap().pem()).unwrap();
         std::fs::write(&files.key, key.serialize_pem()).unwrap();
-        assert!(TlsCert::load("listeners[0].tls", &files).is_ok());
-        let refused = |role, name: &str| match TlsCert::load_as(role, name, &files) {
-            Err(e) => e,
-            Ok(_) => panic!("{name} took a CA certificate"),
+        let warning = |role, name: &str| {
+            TlsCert::load_as(role, name, &files)
+                .expect("loads")
+                .ca_warning()
         };
-        let server = refused(Role::ControlServer, "server.tls");
+        assert_eq!(warning(Role::Server, "listeners[0].tls"), None);
+        let server = warning(Role::ControlServer, "server.tls").expect("warned of");
         assert!(
             server.starts_with("server.tls.cert (")
                 && server.contains(
@@ -1084,12 +1097,13 @@ mod tests {
                 && server.contains("the CA to table.ca_file and actions.ca_file"),
             "{server}"
         );
-        let client = refused(Role::Client, "table.client_tls");
+        let client = warning(Role::Client, "table.client_tls").expect("warned of");
         assert!(client.contains("server.client_ca"), "{client}");
-        // A leaf, as rcgen makes one by default, is taken by each.
+        // A leaf, as rcgen makes one by default, is no CA's.
         let leaf = pair(dir.path(), "leaf");
         for role in [Role::Server, Role::ControlServer, Role::Client] {
-            assert!(TlsCert::load_as(role, "x", &leaf).is_ok(), "{role:?}");
+            let cert = TlsCert::load_as(role, "x", &leaf).unwrap();
+            assert_eq!(cert.ca_warning(), None, "{role:?}");
         }
     }
 
@@ -1397,9 +1411,27 @@ mod tests {
              to a name the certificate holds"
         );
         assert!(advice(&refused(rustls::CertificateError::Expired)).contains("out of date: renew"));
-        let ca = refused(rustls::CertificateError::Other(rustls::OtherError(
-            Arc::new(webpki::Error::CaUsedAsEndEntity),
-        )));
+        // A CA certificate as the server's, refused as rustls' own verifier
+        // refuses it (so the advice holds for the error rustls gives).
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(der.clone()).unwrap();
+        let verifier = rustls::client::WebPkiServerVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        let refusal = rustls::client::danger::ServerCertVerifier::verify_server_cert(
+            &*verifier,
+            &der,
+            &[],
+            &rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .expect_err("a CA certificate as the server's");
+        let ca = failed(refusal);
         assert!(
             advice(&ca).contains("is a CA certificate (basicConstraints CA:TRUE")
                 && advice(&ca).ends_with("and the CA to table.ca_file"),

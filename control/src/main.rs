@@ -218,7 +218,8 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
     match server_certificate(cfg) {
         Ok(cert) => cert
             .iter()
-            .filter_map(|c| c.date_warning(now))
+            .flat_map(|c| [c.date_warning(now), c.ca_warning()])
+            .flatten()
             .for_each(|w| eprintln!("warning: {w}")),
         Err(e) => note(Err(e)),
     }
@@ -226,7 +227,8 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
         Ok(identity) => {
             identity
                 .iter()
-                .filter_map(|c| c.date_warning(now))
+                .flat_map(|c| [c.date_warning(now), c.ca_warning()])
+                .flatten()
                 .for_each(|w| eprintln!("warning: {w}"));
             note(commands_tls(cfg, identity).map(|_| ()));
         }
@@ -540,6 +542,9 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     let open_files = edgeroute_config::raise_open_file_limit();
     let token = read_token(cfg.server.token_file.as_deref())?;
     let cert = server_certificate(&cfg)?;
+    if let Some(warning) = cert.as_ref().and_then(|c| c.ca_warning()) {
+        tracing::warn!("{warning}");
+    }
     let clients = client_verifier(&cfg)?;
     let rt = runtime()?;
     rt.block_on(async move {

@@ -28,7 +28,11 @@ pub fn listeners(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
     } = &cfg.table
     {
         match crate::tls::TlsCert::load_as(crate::tls::Role::Client, "table.client_tls", files) {
-            Ok(cert) => warnings.extend(cert.date_warning(now)),
+            Ok(cert) => warnings.extend(
+                [cert.date_warning(now), cert.ca_warning()]
+                    .into_iter()
+                    .flatten(),
+            ),
             Err(e) => errors.push(e),
         }
     }

@@ -75,6 +75,9 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
                 .map(|files| TlsCert::load_as(tls::Role::Client, "table.client_tls", files))
                 .transpose()
                 .map_err(anyhow::Error::msg)?;
+            if let Some(warning) = identity.as_ref().and_then(|c| c.ca_warning()) {
+                tracing::warn!("{warning}");
+            }
             let connector = table_source::connector(url, ca_file.as_deref(), identity.clone())
                 .map_err(anyhow::Error::msg)?;
             Some((connector, auth))
