@@ -1297,13 +1297,25 @@ impl RawConfig {
             );
         }
 
-        let admin_max_connections = values::connection_bound(
+        let mut admin_max_connections = values::connection_bound(
             &mut e,
             "admin.max_connections",
             self.admin.max_connections,
             &format!("serve {ADMIN_MAX_CONNECTIONS} at once"),
         )
         .unwrap_or(ADMIN_MAX_CONNECTIONS);
+        // Its connections come out of the descriptors kept apart from the
+        // traffic listeners'.
+        let most = crate::accept::RESERVED_FILES as usize;
+        if admin_max_connections > most {
+            e.push(
+                "admin.max_connections",
+                format!(
+                    "must be at most {most} (the file descriptors kept apart from the traffic listeners'), got {admin_max_connections}"
+                ),
+            );
+            admin_max_connections = most;
+        }
         e.finish(|| ProxyConfig {
             dns,
             listeners,

@@ -661,3 +661,17 @@ fn no_character_that_folds_into_a_dot_or_slash_is_plain() {
     // ．, ‥, ︰, ℀, ℅ among them.
     assert!(folding >= 5, "{folding}");
 }
+
+#[test]
+fn admin_connections_are_bounded_by_the_descriptors_kept_apart() {
+    let at = |n: u64| parse(&format!("{MINIMAL}\n[admin]\nmax_connections = {n}\n"));
+    assert_eq!(at(256).expect("valid").admin.max_connections, 256);
+    let Err(FromTomlError::Invalid(errs)) = at(257) else {
+        panic!("257 taken")
+    };
+    assert!(
+        errs.to_string()
+            .contains("admin.max_connections: must be at most 256"),
+        "{errs}"
+    );
+}
