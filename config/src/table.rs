@@ -222,14 +222,19 @@ impl RoutingTable {
         let table: RoutingTable = from_json(bytes).map_err(|why| {
             // A required key missing is most often one misspelt: name
             // the keys no field took.
+            // At most 20 are named, as a rejection names at most 20 fields.
             let (unknown, _) = Self::keys_ignored(bytes);
-            if unknown.is_empty() {
-                Rejection::Malformed(why)
-            } else {
-                Rejection::Malformed(format!(
+            match unknown.len() {
+                0 => Rejection::Malformed(why),
+                1..=20 => Rejection::Malformed(format!(
                     "{why} (keys no field takes: {})",
                     unknown.join(", ")
-                ))
+                )),
+                n => Rejection::Malformed(format!(
+                    "{why} (keys no field takes: {}, and {} more)",
+                    unknown[..20].join(", "),
+                    n - 20
+                )),
             }
         })?;
         objects_as_documented(bytes).map_err(Rejection::Malformed)?;
@@ -589,6 +594,19 @@ mod tests {
         assert!(
             text.contains("primary_region: must be one of the table's regions, got \"mars-1\""),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_malformed_tables_unknown_keys_are_named_up_to_20() {
+        let keys: Vec<String> = (0..25).map(|i| format!("\"k{i:02}\": 1")).collect();
+        let text = format!("{{\"epoch\": 1, {}}}", keys.join(", "));
+        let Err(Rejection::Malformed(why)) = RoutingTable::from_json(text.as_bytes()) else {
+            panic!("malformed")
+        };
+        assert!(
+            why.ends_with("(keys no field takes: k00, k01, k02, k03, k04, k05, k06, k07, k08, k09, k10, k11, k12, k13, k14, k15, k16, k17, k18, k19, and 5 more)"),
+            "{why}"
         );
     }
 

@@ -409,9 +409,11 @@ async fn open(
 async fn answer_plain_http(mut conn: TcpConnection) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "this port speaks HTTPS (TLS): send the request with https://\n";
+    let date = crate::date::now();
     let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\
-         Connection: close\r\n\r\n{BODY}",
+        "HTTP/1.1 400 Bad Request\r\nDate: {}\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{BODY}",
+        date.to_str().unwrap_or_default(),
         BODY.len()
     );
     if conn.write_all(answer.as_bytes()).await.is_err() || conn.shutdown().await.is_err() {

@@ -527,7 +527,8 @@ impl EdgeProxy {
         // The region whose backend failed (a 502 or 504) is named, as the
         // one that answers is; a write that may have reached it may have
         // been made, and gets the read-your-writes cookie.
-        let mut added = Vec::with_capacity(2);
+        // Empty, and no allocation, for a refusal.
+        let mut added = Vec::new();
         if let Some(region) = ctx.reached(Some(&reply)) {
             added.push((
                 upstream::REGION,

@@ -119,7 +119,7 @@ impl Moto {
             }
             if start.elapsed() > Duration::from_secs(60) {
                 return Err(format!(
-                    "the AWS API emulator was not up after 60 s:\n{}",
+                    "the AWS API emulator was not up after 60 s (MOTO_PYTHON must run Python itself, or exec it, so that the launcher is the process started):\n{}",
                     moto.log()
                 ));
             }

@@ -390,7 +390,7 @@ async fn a_tls_handshake_that_fails_or_stalls_is_closed_and_counted() {
     let answer = until_closed(&mut plain, GUARD).await;
     let answer = String::from_utf8_lossy(&answer);
     assert!(
-        answer.starts_with("HTTP/1.1 400 Bad Request\r\n")
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\nDate: ")
             && answer.ends_with("this port speaks HTTPS (TLS): send the request with https://\n"),
         "{answer}"
     );
