@@ -102,6 +102,36 @@ impl Room {
         }
     }
 
+    /// The next connection on `listener`, with its permit, once there is
+    /// room: an accept that another would fail at once too (no file
+    /// descriptor or memory left) is counted and logged as a wait and
+    /// tried again 100 ms later, and one connection's trouble (reset
+    /// before it was accepted) is passed over. The error says the
+    /// listening socket itself is broken: every accept on it would fail.
+    pub async fn accept(
+        &self,
+        listener: &tokio::net::TcpListener,
+    ) -> std::io::Result<(
+        tokio::net::TcpStream,
+        std::net::SocketAddr,
+        OwnedSemaphorePermit,
+    )> {
+        let permit = self.admit().await;
+        loop {
+            match listener.accept().await {
+                Ok((stream, peer)) => return Ok((stream, peer, permit)),
+                Err(e) if out_of_resources(&e) => {
+                    self.waiting(Wait::OutOfResources);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) if listener_broken(&e) => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, bound = self.setting, "cannot accept a connection");
+                }
+            }
+        }
+    }
+
     /// Counts a wait, and logs it unless one of its kind was logged within
     /// [`WAIT_LOG_INTERVAL`].
     pub fn waiting(&self, wait: Wait) {

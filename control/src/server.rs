@@ -7,7 +7,7 @@ use crate::history::History;
 use crate::metrics::ControlMetrics;
 use crate::registry::Registry;
 use bytes::Bytes;
-use edgeroute_config::accept::{Open, Room, Wait, listener_broken, out_of_resources};
+use edgeroute_config::accept::{Open, Room};
 use edgeroute_config::{ProxyReport, RoutingTable};
 use headers::{ETag, HeaderMapExt, IfNoneMatch};
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
@@ -89,21 +89,9 @@ pub async fn serve(
     room: Room,
 ) -> std::io::Error {
     loop {
-        let permit = room.admit().await;
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) if out_of_resources(&e) => {
-                room.waiting(Wait::OutOfResources);
-                // accept would fail again at once: wait for some to be freed.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) if listener_broken(&e) => return e,
-            Err(e) => {
-                // One connection's trouble (reset before it was accepted).
-                tracing::debug!(error = %e, "cannot accept a connection");
-                continue;
-            }
+        let (stream, peer, permit) = match room.accept(&listener).await {
+            Ok(accepted) => accepted,
+            Err(e) => return e,
         };
         let state = Arc::clone(&state);
         let tls = tls

@@ -7,7 +7,7 @@
 use crate::route::Refusal;
 use crate::state::AppState;
 use bytes::Bytes;
-use edgeroute_config::accept::{Room, Wait, listener_broken, out_of_resources};
+use edgeroute_config::accept::Room;
 use edgeroute_config::{RegionState, RouteTarget};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -35,23 +35,11 @@ pub async fn serve(state: Arc<AppState>, listener: TcpListener, max_connections:
         state.metrics.admin_accept_waits.clone(),
     );
     loop {
-        let permit = room.admit().await;
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) if out_of_resources(&e) => {
-                room.waiting(Wait::OutOfResources);
-                // accept would fail again at once: wait for some to be freed.
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-            Err(e) if listener_broken(&e) => {
+        let (stream, _, permit) = match room.accept(&listener).await {
+            Ok(accepted) => accepted,
+            Err(e) => {
                 tracing::error!(error = %e, "admin listener stopped: its socket is broken; restart the proxy to serve it again");
                 return;
-            }
-            Err(e) => {
-                // One connection's trouble (reset before it was accepted).
-                tracing::debug!(error = %e, "admin listener: cannot accept a connection");
-                continue;
             }
         };
         let state = Arc::clone(&state);

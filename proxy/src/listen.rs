@@ -28,7 +28,7 @@
 use crate::service::EdgeProxy;
 use crate::tcp::TcpConnection;
 use async_trait::async_trait;
-use edgeroute_config::accept::{Open, Room, Wait, listener_broken, out_of_resources};
+use edgeroute_config::accept::{Open, Room};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::{ALPN, Ssl, Stream};
 use pingora_core::server::ListenFds;
@@ -38,7 +38,6 @@ use prometheus::IntGauge;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Handle;
 
@@ -277,36 +276,11 @@ async fn accept_loop(
         if *shutdown.borrow() {
             break;
         }
-        let permit = tokio::select! {
+        let (socket, peer, permit) = tokio::select! {
             biased;
             _ = shutdown.wait_for(|down| *down) => break,
-            permit = room.admit() => permit,
-        };
-        let accepted = tokio::select! {
-            biased;
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                continue;
-            }
-            accepted = listener.accept() => accepted,
-        };
-        let (socket, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(e) if out_of_resources(&e) => {
-                room.waiting(Wait::OutOfResources);
-                // accept would fail again at once: wait for some to be freed.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-            // Every accept would fail so: no spinning on it.
-            Err(e) if listener_broken(&e) => return Err(e),
-            Err(e) => {
-                // One connection's trouble (reset before it was accepted).
-                tracing::debug!(error = %e, "cannot accept a connection");
-                continue;
-            }
+            // An error: every accept would fail so, no spinning on it.
+            accepted = room.accept(&listener) => accepted?,
         };
         let (transport, proxy, shutdown) =
             (transport.clone(), Arc::clone(&proxy), shutdown.clone());
@@ -461,7 +435,9 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeroute_config::accept::listener_broken;
     use proptest::prelude::*;
+    use std::time::Duration;
 
     /// `n` event loops that are never run: placement only compares them.
     fn runtimes(n: usize) -> Vec<tokio::runtime::Runtime> {
