@@ -286,9 +286,9 @@ async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<By
     // could fill `server.max_connections` and lock the proxies out.
     let trusted = authorized(state, &req);
     let mut resp = if req.uri().path() == "/v1/report" {
-        report(state, req).await
+        report(state, req, trusted).await
     } else {
-        route(state, &req).await
+        route(state, &req, trusted).await
     };
     if !trusted {
         resp.headers_mut()
@@ -323,7 +323,12 @@ fn not_allowed(allow: &'static str, message: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+/// `trusted`: the request presents the token.
+async fn route(
+    state: &ServerState,
+    req: &Request<Incoming>,
+    trusted: bool,
+) -> Response<Full<Bytes>> {
     if !READ_PATHS.contains(&req.uri().path()) {
         return error(
             StatusCode::NOT_FOUND,
@@ -345,16 +350,16 @@ async fn route(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             ),
             None => error(StatusCode::SERVICE_UNAVAILABLE, "no_table", "no routing table built yet"),
         },
-        "/metrics" if authorized(state, req) => {
+        "/metrics" if trusted => {
             refresh_gauges(state);
             reply(StatusCode::OK, "text/plain; version=0.0.4", state.metrics.render())
         }
-        "/v1/table" if authorized(state, req) => table(state, req).await,
-        "/v1/proxies" if authorized(state, req) => {
+        "/v1/table" if trusted => table(state, req).await,
+        "/v1/proxies" if trusted => {
             let proxies = state.registry.fresh(state.proxy_max_age, Instant::now());
             json(&ProxiesReply { max_age_seconds: state.proxy_max_age.as_secs_f64(), proxies: &proxies })
         }
-        "/v1/status" if authorized(state, req) => status(state),
+        "/v1/status" if trusted => status(state),
         // One of READ_PATHS, which all but /health keep for the token.
         _ => unauthorized(),
     }
@@ -456,11 +461,16 @@ fn status(state: &ServerState) -> Response<Full<Bytes>> {
 }
 
 /// `POST /v1/report`: a proxy's table and health, authenticated.
-async fn report(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// `trusted`: the request presents the token.
+async fn report(
+    state: &ServerState,
+    req: Request<Incoming>,
+    trusted: bool,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::POST {
         return not_allowed("POST", "POST a proxy report to /v1/report");
     }
-    if !authorized(state, &req) {
+    if !trusted {
         return unauthorized();
     }
     let body = match tokio::time::timeout(
