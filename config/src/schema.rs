@@ -5,52 +5,121 @@
 
 use serde::de::DeserializeOwned;
 
-/// Unknown keys named before giving up on finding more.
-const MAX_UNKNOWN: usize = 20;
+/// Unknown keys, and other problems, named before giving up on finding
+/// more.
+const MAX_NAMED: usize = 20;
 
 /// `text` as a `T`, or what is wrong with it, starting with whether it is
-/// TOML at all.
+/// TOML at all. Every unknown key is named, and every value of the wrong
+/// type or form that sits on a `key = value` line of its own; the search
+/// stops at the first problem of another kind, which is named last.
 pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     if let Err(e) = text.parse::<toml::Table>() {
         return Err(format!("it is not valid TOML: {}", syntax(text, &e)));
     }
     let mut text = text.to_owned();
     let mut unknown = Vec::new();
-    // What is wrong besides the unknown keys, if anything.
+    // Values of the wrong type or form: (line, what is wrong), and the
+    // keys set aside for them.
+    let mut values = Vec::new();
+    let mut set_keys: Vec<String> = Vec::new();
+    // What is wrong besides those, if anything.
     let other = loop {
         let e = match toml::from_str::<T>(&text) {
-            Ok(parsed) if unknown.is_empty() => return Ok(parsed),
+            Ok(parsed) if unknown.is_empty() && values.is_empty() => return Ok(parsed),
             Ok(_) => break None,
             Err(e) => e,
         };
-        match unknown_key(&text, &e) {
-            Some((lines, said)) if unknown.len() < MAX_UNKNOWN => {
-                unknown.push((lines.start, said));
-                // Set aside, to find the next one.
-                text = set_aside(&text, lines);
+        let room = unknown.len() + values.len() < MAX_NAMED;
+        if let Some((lines, said)) = unknown_key(&text, &e).filter(|_| room) {
+            unknown.push((lines.start, said));
+            // Set aside, to find the next one.
+            text = set_aside(&text, lines);
+            continue;
+        }
+        if !room {
+            break None;
+        }
+        // A required key that is missing because its wrong value was set
+        // aside: already named.
+        if missing_field(&e).is_some_and(|field| set_keys.iter().any(|k| k == field)) {
+            break None;
+        }
+        match value_line(&text, &e) {
+            Some((line, key)) => {
+                values.push((line, detail(&text, &e)));
+                set_keys.push(key);
+                text = set_aside(&text, line..line + 1);
             }
-            _ if unknown.is_empty() => {
-                return Err(format!(
-                    "it does not fit the config's shape: {}",
-                    detail(&text, &e)
-                ));
-            }
-            _ => break Some(detail(&text, &e)),
+            None => break Some(detail(&text, &e)),
         }
     };
-    // In the order of the file.
-    unknown.sort();
-    let lines: Vec<String> = unknown.into_iter().map(|(_, said)| said).collect();
-    let mut message = format!(
-        "it does not fit the config's shape: {} unknown key(s):\n{}",
-        lines.len(),
-        lines.join("\n")
-    );
-    if let Some(other) = other {
-        message.push_str("\nand ");
-        message.push_str(&other);
+    let mut others: Vec<String> = values.into_iter().map(|(_, said)| said).collect();
+    others.extend(other);
+    let mut message = String::from("it does not fit the config's shape: ");
+    if !unknown.is_empty() {
+        // In the order of the file.
+        unknown.sort();
+        let lines: Vec<String> = unknown.into_iter().map(|(_, said)| said).collect();
+        message.push_str(&format!(
+            "{} unknown key(s):\n{}",
+            lines.len(),
+            lines.join("\n")
+        ));
+        match others.len() {
+            0 => {}
+            1 => message.push_str("\nand "),
+            n => message.push_str(&format!("\nand {n} other problems:\n")),
+        }
+    } else if others.len() > 1 {
+        message.push_str(&format!("{} problems:\n", others.len()));
+    }
+    if others.len() == 1 {
+        message.push_str(&others[0]);
+    } else {
+        let lines: Vec<String> = others.iter().map(|said| format!("  {said}")).collect();
+        message.push_str(&lines.join("\n"));
     }
     Err(message)
+}
+
+/// The field a "missing field" error names.
+fn missing_field(e: &toml::de::Error) -> Option<&str> {
+    e.message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(field, _)| field)
+}
+
+/// For an error in a value on a `key = value` line of its own (not a
+/// header, not part of a value spread over lines): the line (from 0) and
+/// the key's last part, when the text stays TOML without that line.
+fn value_line(text: &str, e: &toml::de::Error) -> Option<(usize, String)> {
+    if missing_field(e).is_some() {
+        return None;
+    }
+    let span = e.span()?;
+    let line = line_of(text, span.start.min(text.len()));
+    let own = text.lines().nth(line)?;
+    if header(own).is_some() {
+        return None;
+    }
+    let (key, _) = own.split_once('=')?;
+    let key = key.trim();
+    let bare = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    if !key.split('.').map(str::trim).all(bare) {
+        return None;
+    }
+    set_aside(text, line..line + 1)
+        .parse::<toml::Table>()
+        .ok()?;
+    let last = key.rsplit('.').next().unwrap_or(key).trim();
+    Some((line, last.to_owned()))
 }
 
 /// A syntax error as the parser words it, with the line it is on quoted,
@@ -87,11 +156,7 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
     } else {
         ""
     };
-    if let Some((field, _)) = e
-        .message()
-        .strip_prefix("missing field `")
-        .and_then(|rest| rest.split_once('`'))
-    {
+    if let Some(field) = missing_field(e) {
         // The error points at the table that lacks the field: a section's
         // header, an inline table's key, or nowhere (an empty span) for
         // the file itself.
@@ -517,6 +582,70 @@ mod tests {
             e.contains("line 4: `table.url` is no key here; it is a key of source = \"control\""),
             "{e}"
         );
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Many {
+        name: String,
+        fall: Option<u32>,
+        rise: Option<u32>,
+        ports: Option<Vec<u16>>,
+        health: Option<Health>,
+    }
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_named_at_once() {
+        let e = super::parse::<Many>(
+            "name = \"x\"\nfall = -1\nrise = \"2\"\n[health]\ninterval = 5\nfall = 3\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("it does not fit the config's shape: 3 problems:\n"),
+            "{e}"
+        );
+        for said in [
+            "\n  line 2: `fall`: invalid value: integer `-1`, expected a whole number from 0 to 4294967295",
+            "\n  line 3: `rise`: invalid type: string \"2\"",
+            "\n  line 5: `health.interval`: invalid type: integer `5`",
+        ] {
+            assert!(e.contains(said), "{said} in {e}");
+        }
+        // With unknown keys: those first, then the others.
+        let e =
+            super::parse::<Many>("name = \"x\"\nfal = 3\nfall = -1\nrise = true\n").unwrap_err();
+        assert!(e.contains("1 unknown key(s):\n  line 2: `fal`"), "{e}");
+        assert!(
+            e.contains("\nand 2 other problems:\n  line 3: `fall`"),
+            "{e}"
+        );
+        assert!(e.ends_with("\n  line 4: `rise`: invalid type: boolean `true`, expected a whole number from 0 to 4294967295"), "{e}");
+    }
+
+    #[test]
+    fn a_required_key_of_the_wrong_type_is_not_also_called_missing() {
+        let e = super::parse::<Many>("name = 5\nfall = -1\n").unwrap_err();
+        assert!(e.contains("2 problems"), "{e}");
+        assert!(
+            e.contains("line 1: `name`: invalid type: integer `5`"),
+            "{e}"
+        );
+        assert!(!e.contains("required"), "{e}");
+    }
+
+    #[test]
+    fn the_search_stops_at_a_value_spread_over_lines() {
+        // The wrong item is on a line of its own, with no key: it cannot
+        // be set aside, so it is the last problem named.
+        let e = super::parse::<Many>(
+            "name = \"x\"\nfall = -1\nports = [\n  80,\n  -1,\n]\nrise = -1\n",
+        )
+        .unwrap_err();
+        assert!(e.contains("2 problems"), "{e}");
+        assert!(e.contains("line 2: `fall`"), "{e}");
+        assert!(e.contains("-1"), "{e}");
+        assert!(!e.contains("`rise`"), "{e}");
     }
 
     #[test]

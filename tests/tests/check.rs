@@ -771,8 +771,8 @@ fn a_log_level_that_is_no_level_is_refused() {
 }
 
 /// Keys the config does not know are named all at once, each with the
-/// known key it is closest to, and then what else does not fit, by line
-/// and key (the README shows this very output).
+/// known key it is closest to, and then every value of the wrong type, by
+/// line and key (the README shows this very output).
 #[test]
 fn every_unknown_key_is_named_at_once_and_a_number_for_a_size_is_explained() {
     let dir = tempfile::tempdir().unwrap();
@@ -782,7 +782,8 @@ fn every_unknown_key_is_named_at_once_and_a_number_for_a_size_is_explained() {
         "local_region = \"us-east-1\"\n[[listeners]]\naddress = \"127.0.0.1:8080\"\n\
          [[regions]]\nname = \"us-east-1\"\nbackends = [\"127.0.0.1:9000\"]\n\
          [health]\ninterval = \"5s\"\nintervall = \"5s\"\nfal = 3\n\
-         [table]\nsource = \"file\"\n[limits]\nmax_request_body = 10485760\n",
+         [table]\nsource = \"file\"\npath = \"table.json\"\n\
+         [limits]\nmax_request_body = 10485760\n[retries]\nmax_attempts = \"3\"\n",
     )
     .unwrap();
     let stderr = refused(&mut check(&proxy_bin(), &config));
@@ -792,8 +793,9 @@ fn every_unknown_key_is_named_at_once_and_a_number_for_a_size_is_explained() {
             "it does not fit the config's shape: 2 unknown key(s):",
             "line 9: `health.intervall` is no key here; did you mean `interval`?",
             "line 10: `health.fal` is no key here; did you mean `fall`?",
-            "and line 14: `limits.max_request_body`: invalid type: integer `10485760`, expected a string",
+            "and 2 other problems:\n  line 15: `limits.max_request_body`: invalid type: integer `10485760`, expected a string",
             "written as strings",
+            "\n  line 17: `retries.max_attempts`: invalid type: string \"3\", expected",
         ],
     );
 }
