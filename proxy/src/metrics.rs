@@ -544,7 +544,13 @@ pub struct RequestMetrics {
     duration: Vec<OnceLock<Histogram>>,
 }
 
-const ROUTES: [RouteClass; 2] = [RouteClass::Read, RouteClass::Write];
+/// The `route` label's values: a request's class, or `none` for one whose
+/// head could not be read as a request (no method or path to classify).
+const ROUTES: [Option<RouteClass>; 3] = [Some(RouteClass::Read), Some(RouteClass::Write), None];
+
+fn route_label(route: Option<RouteClass>) -> &'static str {
+    route.map_or("none", RouteClass::as_str)
+}
 
 impl RequestMetrics {
     pub fn new(metrics: &Metrics, region_names: &[&str]) -> Self {
@@ -567,13 +573,23 @@ impl RequestMetrics {
 
     /// `region`: the region that served the request, `None` if the proxy
     /// answered itself.
-    pub fn record(&self, region: Option<usize>, route: RouteClass, status: u16, seconds: f64) {
+    /// `route`: `None` for a request whose head could not be read.
+    pub fn record(
+        &self,
+        region: Option<usize>,
+        route: Option<RouteClass>,
+        status: u16,
+        seconds: f64,
+    ) {
         let none = self.names.len() - 1;
         let r = region.unwrap_or(none).min(none);
-        let c = ROUTES.iter().position(|x| *x == route).unwrap_or(0);
+        let c = ROUTES
+            .iter()
+            .position(|x| *x == route)
+            .unwrap_or(ROUTES.len() - 1);
         let pair = r * ROUTES.len() + c;
         let s = status_index(status);
-        let labels = || [self.names[r].as_str(), ROUTES[c].as_str()];
+        let labels = || [self.names[r].as_str(), route_label(ROUTES[c])];
         self.requests[pair * STATUS_LABELS.len() + s]
             .get_or_init(|| {
                 let [region, route] = labels();
@@ -596,10 +612,11 @@ mod tests {
     fn request_metrics_land_on_the_right_series() {
         let m = Metrics::new();
         let rm = RequestMetrics::new(&m, &["us-east-1", "eu-west-1"]);
-        rm.record(Some(1), RouteClass::Write, 201, 0.01);
-        rm.record(Some(1), RouteClass::Write, 201, 0.01);
-        rm.record(None, RouteClass::Read, 503, 0.001);
-        rm.record(Some(0), RouteClass::Read, 200, 0.002);
+        rm.record(Some(1), Some(RouteClass::Write), 201, 0.01);
+        rm.record(Some(1), Some(RouteClass::Write), 201, 0.01);
+        rm.record(None, Some(RouteClass::Read), 503, 0.001);
+        rm.record(Some(0), Some(RouteClass::Read), 200, 0.002);
+        rm.record(None, None, 400, 0.0);
         assert_eq!(
             m.requests
                 .with_label_values(&["eu-west-1", "write", "2xx"])
@@ -615,6 +632,15 @@ mod tests {
                 .with_label_values(&["us-east-1", "read", "200"])
                 .get(),
             1
+        );
+        // An unreadable request is neither a read nor a write.
+        assert_eq!(
+            m.requests.with_label_values(&["none", "none", "400"]).get(),
+            1
+        );
+        assert_eq!(
+            m.requests.with_label_values(&["none", "read", "400"]).get(),
+            0
         );
         assert_eq!(
             m.duration

@@ -238,7 +238,7 @@ impl EdgeProxy {
             path: "-",
             status: reply.status(),
             served_by: None,
-            route: RouteClass::Read,
+            route: None,
             epoch: None,
             attempts: 0,
             backend: "",
@@ -1066,7 +1066,7 @@ impl EdgeProxy {
             path: req.uri.path(),
             status,
             served_by: ctx.reached(ctx.reply.as_ref()),
-            route: ctx.plan.class,
+            route: Some(ctx.plan.class),
             epoch: ctx.snapshot.as_ref().map(|s| s.epoch()),
             attempts: ctx.attempts,
             backend: ctx
@@ -1096,7 +1096,7 @@ impl EdgeProxy {
                 path = a.path,
                 status = a.status,
                 region,
-                route = a.route.as_str(),
+                route = a.route.map_or("none", RouteClass::as_str),
                 epoch = a.epoch,
                 attempts = a.attempts,
                 backend = a.backend,
@@ -1118,7 +1118,8 @@ struct Access<'a> {
     /// The region whose backend answered or failed; `None`: none was
     /// reached (the proxy's own answers).
     served_by: Option<usize>,
-    route: RouteClass,
+    /// `None` for a request whose head could not be read.
+    route: Option<RouteClass>,
     /// `None`: refused before a table was read.
     epoch: Option<u64>,
     attempts: u32,

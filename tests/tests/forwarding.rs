@@ -436,8 +436,8 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
 }
 
 /// A request whose head cannot be read (a field name with a space) gets
-/// its 400 with a request id, and an access line like every other
-/// request's.
+/// its 400 with a request id, and an access line and a count like every
+/// other request's, under `route="none"`.
 #[tokio::test]
 async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
     let origin = Origin::start(US).await;
@@ -457,7 +457,22 @@ async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
         answer.contains(&format!("\"request_id\":\"{id}\"")),
         "{answer}"
     );
-    proxy.access_line(&["status=400", &id]).await;
+    // Neither a read nor a write: it has no method or path to classify.
+    proxy
+        .access_line(&["status=400", &id, "route=\"none\""])
+        .await;
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"none\",route=\"none\",status=\"400\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"none\",route=\"read\",status=\"400\"}")
+            .await,
+        0.0
+    );
     assert!(origin.seen().is_empty());
 }
 
