@@ -134,7 +134,7 @@ impl AppState {
                 .table_rejections
                 .with_label_values(&[rejection.reason()])
                 .inc();
-            let (epoch, version) = self.in_force();
+            let kept = self.kept();
             // Replicas started at other times hand out other epochs: the
             // likeliest cause of a lower one from a control plane.
             let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
@@ -149,9 +149,10 @@ impl AppState {
             tracing::warn!(
                 source,
                 reason = rejection.reason(),
-                keeping_epoch = epoch,
-                keeping_version = version,
-                "routing table rejected: {rejection}{hint}"
+                keeping_epoch = kept.map(|k| k.0),
+                keeping_version = kept.map(|k| k.1),
+                "routing table rejected: {rejection}{hint}; {}",
+                self.what_stays()
             );
         }
         result
@@ -192,12 +193,12 @@ impl AppState {
             .table_rejections
             .with_label_values(&["unreadable"])
             .inc();
-        let (epoch, version) = self.in_force();
+        let kept = self.kept();
         tracing::warn!(
             source,
             reason = "unreadable",
-            keeping_epoch = epoch,
-            keeping_version = version,
+            keeping_epoch = kept.map(|k| k.0),
+            keeping_version = kept.map(|k| k.1),
             error = %error,
             "cannot read the routing table; {}",
             self.what_stays()
@@ -207,10 +208,16 @@ impl AppState {
     /// The epoch and version of the table in force; 0 and 0 before the
     /// first.
     pub fn in_force(&self) -> (u64, u64) {
+        self.kept().unwrap_or((0, 0))
+    }
+
+    /// The epoch and version of the table in force, if there is one (log
+    /// lines leave the fields out when there is none).
+    fn kept(&self) -> Option<(u64, u64)> {
         self.router
             .load()
             .as_ref()
-            .map_or((0, 0), |s| (s.epoch(), s.version()))
+            .map(|s| (s.epoch(), s.version()))
     }
 
     /// What a table that could not be had leaves in force, for its log line.

@@ -64,6 +64,39 @@ async fn refused_proxy(
     proxy
 }
 
+/// A table refused before any is in force is logged as such: with what
+/// that leaves (no table, requests refused), and no epoch or version said
+/// to be kept.
+#[tokio::test]
+async fn a_table_refused_before_any_is_in_force_keeps_nothing() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start(&topology(
+        Some("sa-east-1"),
+        false,
+        &[
+            (US, 100, true),
+            (EU, 100, true),
+            (AP, 100, true),
+            ("sa-east-1", 100, true),
+        ],
+    ))
+    .await;
+    let proxy = refused_proxy(
+        (&us, &eu, &ap),
+        &cp.table_source(),
+        "routing table rejected",
+    )
+    .await;
+    let log = proxy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("routing table rejected"))
+        .unwrap_or_default();
+    assert!(line.contains("sa-east-1"), "{line}");
+    assert!(line.contains("no table yet"), "{line}");
+    assert!(!line.contains("keeping_"), "{line}");
+}
+
 /// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,
 /// and the `status` command counts it.
 async fn served_and_reported(cp: &ControlPlane, proxy: &Proxy) {
