@@ -12,6 +12,7 @@
 
 use crate::fields::{Fields, InvalidField};
 use crate::h1::{self, Body, Chunk, Direction, Peer};
+use crate::kernel::Socket;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
@@ -662,6 +663,15 @@ impl Session {
     /// `unread`: the client may still be sending (its head was refused).
     /// Returns how many bytes the client sent that were read and dropped.
     pub async fn close(mut self, unread: bool) -> u64 {
+        if self.out == Out::UntilClose {
+            // A body delimited by the connection's end was cut short (a
+            // backend failed in its middle): an end of stream would pass
+            // what was sent off as all of it, so the client gets a reset.
+            if let Some(socket) = Socket::of(&self.stream) {
+                socket.reset_on_close();
+            }
+            return 0;
+        }
         let limit = Some(LINGER_READ);
         let ended = self
             .deadline

@@ -1,5 +1,6 @@
 //! What the kernel tells of a TCP connection (`TCP_INFO`), for the few
-//! fields the proxy reads: its state, and what the peer has acknowledged.
+//! fields the proxy reads: its state, and what the peer has acknowledged;
+//! and a connection made to end with a reset.
 //!
 //! Pingora's own reader asks for the whole structure of the kernel it was
 //! written against (240 bytes, Linux 6.2 on) and takes any other length as
@@ -92,6 +93,34 @@ impl Socket {
             0 => None,
             code => Some(std::io::Error::from_raw_os_error(code)),
         }
+    }
+
+    /// Makes the connection end with a reset when it is closed (`SO_LINGER`
+    /// of 0 seconds), rather than with an end of stream, and without
+    /// sending what is still unsent: its peer learns that what it received
+    /// is not all there was. Whether the kernel took the option.
+    pub fn reset_on_close(self) -> bool {
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        let Ok(len) = libc::socklen_t::try_from(std::mem::size_of::<libc::linger>()) else {
+            return false;
+        };
+        // SAFETY: setsockopt reads `len` bytes at the pointer, which is
+        // `linger`'s size, and keeps no reference to them. The descriptor
+        // is only named by the call (a closed one fails it).
+        #[allow(unsafe_code)]
+        let done = unsafe {
+            libc::setsockopt(
+                self.0,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                len,
+            )
+        };
+        done == 0
     }
 
     /// Reads the socket option `name` of `level` into `buf`: how many

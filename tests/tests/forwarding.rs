@@ -476,6 +476,60 @@ async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
     assert!(origin.seen().is_empty());
 }
 
+/// A backend whose every answer breaks off in its body: a chunked body
+/// that ends with the connection after its first chunk.
+async fn breaking_backend() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// An answer cut short by its backend reaches an HTTP/1.0 client, whose
+/// body ends with the connection, as a reset, never as an end of stream
+/// that would pass the part for the whole; an HTTP/1.1 client's chunked
+/// body lacks its last chunk.
+#[tokio::test]
+async fn an_answer_cut_short_is_not_passed_off_as_whole() {
+    let proxy = proxy_for(breaking_backend().await).await;
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.0\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("the connection ends");
+    let e = ended.expect_err("a reset, not an end of stream");
+    assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}");
+
+    let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut got))
+        .await
+        .expect("the connection ends");
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        "{text}"
+    );
+    assert!(!text.contains("\r\n0\r\n\r\n"), "no last chunk: {text}");
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
