@@ -40,6 +40,45 @@ fn refused(status: u16, why: impl Into<String>) -> BError {
     Error::explain(ErrorType::HTTPStatus(status), why.into()).into_down()
 }
 
+/// What a request line's HTTP version is, when the parser refused the
+/// head.
+enum LineVersion {
+    /// `HTTP/1.0` or `HTTP/1.1`: the trouble is elsewhere.
+    Served,
+    /// `HTTP/1.2` to `HTTP/1.9`, served as HTTP/1.1; where its minor digit is.
+    Later(usize),
+    /// `HTTP/0.x`, or `HTTP/2.x` and above: the major version.
+    Major(u8),
+    /// No version in HTTP's form (`HTTP/` with a digit, a dot, a digit).
+    Malformed,
+    /// The request line is not whole yet.
+    Partial,
+}
+
+fn request_version(data: &[u8]) -> LineVersion {
+    let Some(end) = memchr::memchr(b'\n', data) else {
+        return LineVersion::Partial;
+    };
+    let line = &data[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let at = memchr::memrchr(b' ', line).map_or(0, |sp| sp + 1);
+    match &line[at..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'0' | b'1'] => LineVersion::Served,
+        _ if h1::later_minor(&data[at..]) => LineVersion::Later(at + 7),
+        [
+            b'H',
+            b'T',
+            b'T',
+            b'P',
+            b'/',
+            major @ b'0'..=b'9',
+            b'.',
+            b'0'..=b'9',
+        ] => LineVersion::Major(major - b'0'),
+        _ => LineVersion::Malformed,
+    }
+}
+
 /// A 400 whose message says `why`.
 pub(crate) fn bad_request(why: impl Into<String>) -> BError {
     refused(400, why)
@@ -319,6 +358,21 @@ impl Session {
                     "HTTP/2 without TLS (prior knowledge) is not served on this listener: \
                      set h2c = true on it, or speak HTTP/2 over TLS",
                 ));
+            }
+            Err(e @ (httparse::Error::Version | httparse::Error::NewLine)) => {
+                return match request_version(data) {
+                    LineVersion::Later(at) => self.parse(&h1::as_http11(data, at)),
+                    LineVersion::Major(major) => {
+                        Err(refused(505, format!("the request line names HTTP/{major}")))
+                    }
+                    LineVersion::Partial => Ok(None),
+                    LineVersion::Malformed => {
+                        Err(bad_request("the request line's HTTP version is malformed"))
+                    }
+                    LineVersion::Served => {
+                        Err(bad_request(format!("the request head is malformed: {e}")))
+                    }
+                };
             }
             Err(e) => return Err(bad_request(format!("the request head is malformed: {e}"))),
         };
@@ -1656,7 +1710,8 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
             (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
-            (b"GET / HTTP/2.0\r\n\r\n", 400),
+            (b"GET / HTTP/2.0\r\n\r\n", 505),
+            (b"GET / HTTP/1.10\r\nHost: x\r\n\r\n", 400),
             (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
         ] {
             assert_eq!(refusal(wire).await, status, "{:?}", String::from_utf8_lossy(wire));

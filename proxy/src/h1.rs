@@ -1163,6 +1163,26 @@ pub(crate) fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
     Some(bytes.len() - rest.len() + end)
 }
 
+/// Whether `version` (and the byte after it) begins `HTTP/1.2` to `HTTP/1.9`:
+/// a later minor version of HTTP/1, which a recipient serves as the
+/// highest it speaks, HTTP/1.1 (RFC 9110 §2.5). The parser takes only
+/// `1.0` and `1.1`.
+pub(crate) fn later_minor(version: &[u8]) -> bool {
+    matches!(
+        version,
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', b'2'..=b'9', end, ..]
+            if matches!(end, b' ' | b'\r' | b'\n')
+    )
+}
+
+/// `data` with the byte at `at` (a minor version's digit) made `1`: a
+/// copy, for the rare message of a later minor version.
+pub(crate) fn as_http11(data: &Bytes, at: usize) -> Bytes {
+    let mut copy = BytesMut::from(&data[..]);
+    copy[at] = b'1';
+    copy.freeze()
+}
+
 /// Parses a response head at the start of `data`: the head, its HTTP
 /// version and its length, or `None` if more bytes are needed.
 fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BError> {
@@ -1178,6 +1198,9 @@ fn parse_head(data: &Bytes) -> Result<Option<(ResponseHead, Version, usize)>, BE
             return Err(bad_response(format!(
                 "the backend's response has more than {MAX_FIELDS} fields"
             )));
+        }
+        Err(httparse::Error::Version) if later_minor(data) => {
+            return parse_head(&as_http11(data, 7));
         }
         Err(e) => {
             return Err(bad_response(format!(

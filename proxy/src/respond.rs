@@ -34,6 +34,8 @@ pub enum ErrorReply {
     HeadTooLarge,
     /// The request body has a transfer coding other than `chunked` (501).
     UnsupportedCoding,
+    /// The request line names an HTTP version other than 1.x (505).
+    VersionNotSupported,
     /// `CONNECT`: the proxy forwards requests, it does not open tunnels (405).
     MethodNotAllowed,
     /// The request has passed this region's proxies `passes` times: a loop
@@ -57,6 +59,7 @@ impl ErrorReply {
             }
             ErrorType::HTTPStatus(431) => ErrorReply::HeadTooLarge,
             ErrorType::HTTPStatus(501) => ErrorReply::UnsupportedCoding,
+            ErrorType::HTTPStatus(505) => ErrorReply::VersionNotSupported,
             ErrorType::HTTPStatus(s) if (500..600).contains(s) => ErrorReply::Upstream {
                 status: *s,
                 code: "upstream_error",
@@ -104,6 +107,7 @@ impl ErrorReply {
             ErrorReply::BadRequest(_) => 400,
             ErrorReply::HeadTooLarge => 431,
             ErrorReply::UnsupportedCoding => 501,
+            ErrorReply::VersionNotSupported => 505,
             ErrorReply::MethodNotAllowed => 405,
             ErrorReply::LoopDetected { .. } => 508,
             ErrorReply::ClientGone => 0,
@@ -126,6 +130,7 @@ impl ErrorReply {
             ErrorReply::BadRequest(_) => "bad_request",
             ErrorReply::HeadTooLarge => "request_head_too_large",
             ErrorReply::UnsupportedCoding => "unsupported_transfer_coding",
+            ErrorReply::VersionNotSupported => "http_version_not_supported",
             ErrorReply::MethodNotAllowed => "method_not_allowed",
             ErrorReply::LoopDetected { .. } => "loop_detected",
             ErrorReply::ClientGone => "client_gone",
@@ -169,6 +174,12 @@ impl ErrorReply {
             ),
             ErrorReply::UnsupportedCoding => {
                 "the request body's transfer coding is not supported: send it chunked or with a Content-Length"
+                    .to_owned()
+            }
+            ErrorReply::VersionNotSupported => {
+                "the request line names an HTTP version other than 1.0 and 1.1: HTTP/1 requests \
+                 are served as such (HTTP/2 is chosen by ALPN, or by its own preface on an h2c \
+                 listener)"
                     .to_owned()
             }
             ErrorReply::MethodNotAllowed => {

@@ -524,10 +524,65 @@ async fn an_answer_cut_short_is_not_passed_off_as_whole() {
         .expect("the connection ends");
     let text = String::from_utf8_lossy(&got);
     assert!(
-        text.to_ascii_lowercase().contains("transfer-encoding: chunked"),
+        text.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
         "{text}"
     );
     assert!(!text.contains("\r\n0\r\n\r\n"), "no last chunk: {text}");
+}
+
+/// HTTP/1.2 to HTTP/1.9 are served as HTTP/1.1, the highest minor version
+/// the proxy speaks (RFC 9110 §2.5), from clients and from backends; a
+/// request line of another major version gets 505.
+#[tokio::test]
+async fn later_minor_versions_are_served_as_http11_and_other_majors_get_505() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = Arc::clone(&seen);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let lines = Arc::clone(&lines);
+            tokio::spawn(async move {
+                loop {
+                    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+                    let Some(line) = head.lines().next().filter(|l| !l.is_empty()) else {
+                        return;
+                    };
+                    lines.lock().unwrap().push(line.to_owned());
+                    if s.write_all(b"HTTP/1.2 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_for(backend).await;
+    for version in ["1.2", "1.9"] {
+        let request = format!("GET /v HTTP/{version}\r\nHost: app\r\n\r\n");
+        let answer = exchange(proxy.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{version}: {answer}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{version}: {answer}");
+    }
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["GET /v HTTP/1.1", "GET /v HTTP/1.1"],
+        "sent on as HTTP/1.1"
+    );
+    for version in ["2.0", "3.0", "0.9"] {
+        let request = format!("GET /v HTTP/{version}\r\nHost: app\r\n\r\n");
+        let answer = exchange(proxy.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 505"), "{version}: {answer}");
+        assert!(answer.contains("http_version_not_supported"), "{answer}");
+    }
+    // Not a version in HTTP's form: a plain 400 that says so.
+    let answer = exchange(proxy.addr, b"GET /v HTTP/1.10\r\nHost: app\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("HTTP version is malformed"), "{answer}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "none of those reached it");
 }
 
 /// A backend that answers one request per connection with a keep-alive
