@@ -17,6 +17,7 @@ mod report;
 mod schema;
 mod secret;
 mod table;
+mod table_metrics;
 pub mod tls;
 mod values;
 
@@ -37,6 +38,7 @@ pub use proxy::{
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{presents_bearer, read_secret, token, weak_token};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
+pub use table_metrics::TableGauges;
 pub use tls::TlsFiles;
 pub use values::authority as is_authority;
 pub use values::read_regular;

@@ -40,6 +40,12 @@ const HEALTHY_SHARE: f64 = 0.18;
 /// need the cluster's members). An action's read waits for every answer.
 const HEALTH_AND_LAG_WAIT: Duration = Duration::from_secs(5);
 
+/// How long the global cluster is waited for in one region before the
+/// next member region is asked: an RDS API that hangs there (the SDK
+/// would try for 30 s) makes the read fail in seconds, so the source is
+/// told stale, rather than the table standing still unnoticed.
+const GLOBAL_CLUSTER_WAIT: Duration = Duration::from_secs(5);
+
 /// Who a read is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadFor {
@@ -860,7 +866,17 @@ impl AwsSource {
         }
         let mut first_error = None;
         for region in &regions {
-            match self.global_cluster_in(region).await {
+            let asked = tokio::time::timeout(GLOBAL_CLUSTER_WAIT, self.global_cluster_in(region));
+            let answer = asked.await.unwrap_or_else(|_| {
+                Err(AwsError {
+                    api: "DescribeGlobalClusters",
+                    message: format!(
+                        "RDS in {region} did not answer within {}s",
+                        GLOBAL_CLUSTER_WAIT.as_secs()
+                    ),
+                })
+            });
+            match answer {
                 Ok(found) => {
                     let mut known: Vec<String> = vec![region.clone()];
                     for r in found.0.iter().map(|m| &m.region).chain(&regions) {

@@ -13,6 +13,9 @@ pub struct ControlMetrics {
     pub aws_answers: IntCounterVec,
     pub poll_seconds: Histogram,
     pub source_stale: IntGauge,
+    pub source_last_read: IntGauge,
+    /// The content of the table served.
+    pub table: edgeroute_config::TableGauges,
     pub table_epoch: IntGauge,
     pub table_version: IntGauge,
     pub table_last_change: IntGauge,
@@ -98,6 +101,15 @@ impl ControlMetrics {
             source_stale: gauge(
                 "edgeroute_control_source_stale",
                 "1 while the last source read failed and the last good view is served",
+            ),
+            source_last_read: gauge(
+                "edgeroute_control_source_last_read_timestamp_seconds",
+                "Unix time of the last source read that succeeded whole (0: none yet)",
+            ),
+            table: edgeroute_config::TableGauges::register(
+                &r,
+                "edgeroute_control",
+                "the table served",
             ),
             table_epoch: gauge("edgeroute_control_table_epoch", "Epoch of the table served"),
             table_version: gauge(

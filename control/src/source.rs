@@ -153,50 +153,62 @@ pub async fn run(
         metrics
             .poll_seconds
             .observe(started.elapsed().as_secs_f64());
-        match outcome {
-            Ok((view, unread)) => {
+        let view = match outcome {
+            Ok((view, None)) => {
                 failing.ended();
-                match unread {
-                    None => metrics.source_stale.set(0),
-                    Some(e) => {
-                        // Stale in part: changes that wait for the source
-                        // (drains, switchovers) are refused until it mends.
-                        count_failure(&metrics, &e);
-                        tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed in part: Route 53's records are the last ones listed; the writer's moves are still followed");
-                    }
-                }
-                let before = builder.current().cloned();
-                if let Some(table) = builder.apply(&view, now_ms()) {
-                    if let Some(change) = describe_change(before.as_ref(), table) {
-                        let event = Event::new("table.changed", change);
-                        let notifier = Arc::clone(&notifier);
-                        tokio::spawn(async move { notifier.send(&event).await });
-                    }
-                    metrics.table_epoch.set(table.epoch as i64);
-                    metrics.table_version.set(table.version as i64);
-                    metrics.table_last_change.set((now_ms() / 1000) as i64);
-                    tracing::info!(
-                        epoch = table.epoch,
-                        version = table.version,
-                        primary = table.primary_region.as_deref().unwrap_or("none"),
-                        failover_in_progress = table.failover_in_progress,
-                        "serving a new routing table"
-                    );
-                    tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
-                }
-                views.send_replace(Some(Arc::new(view)));
+                metrics.source_stale.set(0);
+                metrics.source_last_read.set((now_ms() / 1000) as i64);
+                view
+            }
+            Ok((view, Some(e))) => {
+                // Stale in part: changes that wait for the source
+                // (drains, switchovers) are refused until it mends.
+                count_failure(&metrics, &e);
+                failing.log(&e, Part::Records);
+                view
             }
             Err(e) => {
                 count_failure(&metrics, &e);
-                failing.log(&e, builder.current().map(|t| t.epoch));
+                failing.log(&e, Part::Whole(builder.current().map(|t| t.epoch)));
+                continue;
             }
+        };
+        let before = builder.current().cloned();
+        if let Some(table) = builder.apply(&view, now_ms()) {
+            if let Some(change) = describe_change(before.as_ref(), table) {
+                let event = Event::new("table.changed", change);
+                let notifier = Arc::clone(&notifier);
+                tokio::spawn(async move { notifier.send(&event).await });
+            }
+            metrics.table.show(table);
+            metrics.table_epoch.set(table.epoch as i64);
+            metrics.table_version.set(table.version as i64);
+            metrics.table_last_change.set((now_ms() / 1000) as i64);
+            tracing::info!(
+                epoch = table.epoch,
+                version = table.version,
+                primary = table.primary_region.as_deref().unwrap_or("none"),
+                failover_in_progress = table.failover_in_progress,
+                "serving a new routing table"
+            );
+            tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
         }
+        views.send_replace(Some(Arc::new(view)));
     }
 }
 
-/// A run of failed reads: its first failure (and any that fails
-/// otherwise) is logged as a warning, the rest at debug level, and its end
-/// once; `edgeroute_control_source_errors_total` counts every one.
+/// What a failed read failed to read.
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// All of it; the epoch of the table served, if any.
+    Whole(Option<u64>),
+    /// Route 53's records: the last ones listed stand in.
+    Records,
+}
+
+/// A run of failed reads, whole or in part: its first failure (and any
+/// that fails otherwise) is logged as a warning, the rest at debug level,
+/// and its end (a read whole again) once; `edgeroute_control_source_errors_total` counts every one.
 #[derive(Default)]
 struct Failing {
     reads: u64,
@@ -204,23 +216,27 @@ struct Failing {
 }
 
 impl Failing {
-    fn log(&mut self, e: &ReadError, serving: Option<u64>) {
+    fn log(&mut self, e: &ReadError, part: Part) {
         self.reads += 1;
         if self.said.as_deref() == Some(e.message.as_str()) {
             tracing::debug!(source = e.source_name, api = e.api, error = %e.message, failed_reads = self.reads, "source read failed again");
             return;
         }
         self.said = Some(e.message.clone());
-        match serving {
-            Some(epoch) => {
+        match part {
+            Part::Whole(Some(epoch)) => {
                 tracing::warn!(source = e.source_name, api = e.api, error = %e.message, epoch, "source read failed; serving the last good table (repeats of this failure are logged at debug level)")
             }
-            None => {
+            Part::Whole(None) => {
                 tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed and no table was built yet: /v1/table answers 503 until the source can be read (repeats of this failure are logged at debug level)")
+            }
+            Part::Records => {
+                tracing::warn!(source = e.source_name, api = e.api, error = %e.message, "source read failed in part: Route 53's records are the last ones listed; the writer's moves are still followed (repeats of this failure are logged at debug level)")
             }
         }
     }
 
+    /// A read succeeded whole.
     fn ended(&mut self) {
         if self.reads > 0 {
             tracing::info!(failed_reads = self.reads, "source read again");

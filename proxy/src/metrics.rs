@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Reads sent to the primary for a client's fresh write.
     pub reads_after_write: IntCounter,
     pub table_epoch: IntGauge,
+    /// The content of the table in force.
+    pub table: edgeroute_config::TableGauges,
     pub table_version: IntGauge,
     pub table_swaps: IntCounter,
     pub table_rejections: IntCounterVec,
@@ -180,6 +182,7 @@ impl Metrics {
                 "edgeroute_reads_after_write_total",
                 "Reads sent to the primary region because their client wrote within read_your_writes.window",
             ),
+            table: edgeroute_config::TableGauges::register(&r, "edgeroute", "the table in force"),
             table_epoch: gauge(
                 &r,
                 "edgeroute_table_epoch",
@@ -350,7 +353,7 @@ impl Metrics {
             table_age: {
                 let g = Gauge::new(
                     "edgeroute_table_age_seconds",
-                    "Seconds since the table source last confirmed the table in force",
+                    "Seconds since the table source last confirmed the table in force (with no table yet: since the proxy started)",
                 )
                 .expect("static metric definition");
                 r.register(Box::new(g.clone()))
@@ -385,9 +388,9 @@ impl Metrics {
     }
 
     /// Refreshes per-backend gauges and renders the text exposition format.
-    pub fn render(&self, topology: &Topology, table_age: Option<f64>) -> String {
+    pub fn render(&self, topology: &Topology, table_age: f64) -> String {
         let now = Instant::now();
-        self.table_age.set(table_age.unwrap_or(f64::NAN));
+        self.table_age.set(table_age);
         self.forget_departed(topology);
         // Addresses come and go with DNS: publish only the current ones.
         self.backend_up.reset();
@@ -648,7 +651,7 @@ mod tests {
                 .get_sample_count(),
             2
         );
-        let text = m.render(&crate::topology::testing::topology(1, 1), None);
+        let text = m.render(&crate::topology::testing::topology(1, 1), 0.0);
         assert!(
             !text.contains("status=\"404\""),
             "series that never occurred are not exported"
@@ -667,7 +670,7 @@ mod tests {
         .expect("a valid config");
         let m = Metrics::new();
         m.precreate(&config);
-        let text = m.render(&crate::topology::testing::topology(1, 1), None);
+        let text = m.render(&crate::topology::testing::topology(1, 1), 0.0);
         let zero = |name: &str, labels: &[&str]| {
             text.lines().any(|line| {
                 line.starts_with(&format!("{name}{{"))
@@ -722,7 +725,7 @@ mod tests {
                 .map(|v| v.parse::<u64>().expect("a count"))
         };
         gone.idle.discard(Discard::Closed, 2);
-        let text = m.render(&topology, None);
+        let text = m.render(&topology, 0.0);
         assert_eq!(value(&text, &gone, "closed"), Some(2), "{text}");
 
         // Counted after the last scrape, just before the address leaves.
@@ -730,18 +733,18 @@ mod tests {
         gone.retire();
         m.address_left("region-0", &gone);
         region.set_backends(vec![Arc::clone(&stays)]);
-        let text = m.render(&topology, None);
+        let text = m.render(&topology, 0.0);
         assert_eq!(value(&text, &gone, "closed"), Some(2), "{text}");
         assert_eq!(value(&text, &gone, "expired"), Some(1), "{text}");
 
-        let text = m.render(&topology, None);
+        let text = m.render(&topology, 0.0);
         assert!(!text.contains(&gone.addr.to_string()), "{text}");
         assert_eq!(value(&text, &stays, "closed"), Some(0), "{text}");
 
         // An address back in DNS before its series went keeps them.
         m.address_left("region-0", &stays);
-        m.render(&topology, None);
-        let text = m.render(&topology, None);
+        m.render(&topology, 0.0);
+        let text = m.render(&topology, 0.0);
         assert_eq!(value(&text, &stays, "closed"), Some(0), "{text}");
     }
 
@@ -756,7 +759,7 @@ mod tests {
             m.address_left("region-0", b);
         }
         region.set_backends(Vec::new());
-        let text = m.render(&topology, None);
+        let text = m.render(&topology, 0.0);
         let shown = text
             .lines()
             .filter(|l| {

@@ -103,6 +103,7 @@ impl AppState {
                 let (epoch, version) = (table.epoch, table.version);
                 let primary = table.primary_region.clone();
                 let failover = table.failover_in_progress;
+                self.metrics.table.show(&table);
                 self.router.store(Snapshot::build(&self.topology, table));
                 self.metrics.table_epoch.set(epoch as i64);
                 self.metrics.table_version.set(version as i64);
@@ -170,11 +171,17 @@ impl AppState {
             .store(self.clock_ms(), Ordering::Relaxed);
     }
 
-    /// Seconds since the source last confirmed the table in force.
-    pub fn table_age(&self) -> Option<f64> {
+    /// Seconds since the source last confirmed the table in force; with
+    /// no table yet, since the proxy started (an alert on the age fires
+    /// for a proxy that never got one, too).
+    pub fn table_age(&self) -> f64 {
         let at = self.table_confirmed_ms.load(Ordering::Relaxed);
-        (at != 0 && self.router.load().is_some())
-            .then(|| self.clock_ms().saturating_sub(at) as f64 / 1000.0)
+        let since = if at != 0 && self.router.load().is_some() {
+            at
+        } else {
+            1
+        };
+        self.clock_ms().saturating_sub(since) as f64 / 1000.0
     }
 
     /// Writes are held: `table.hold_writes_after` is set and the control

@@ -21,10 +21,11 @@ and moto lacks, patched into its Python backends before the server starts:
   differ from the ones given, and a CREATE of one that is there, refuse the
   batch (InvalidChangeBatch) and change nothing; moto applies a batch
   change by change and lets a DELETE of a missing record pass.
-- A test can hold requests of one action (ChangeResourceRecordSets, or
-  GetMetricStatistics/<namespace> such as GetMetricStatistics/AWS/RDS)
-  before moto serves them, to change AWS between a command's reads and
-  its change: `POST /edgeroute/hold/<action>`;
+- A test can hold requests of one action (ChangeResourceRecordSets,
+  DescribeGlobalClusters, or GetMetricStatistics/<namespace> such as
+  GetMetricStatistics/AWS/RDS) before moto serves them, to change AWS
+  between a command's reads and its change, or to stand for an API that
+  hangs: `POST /edgeroute/hold/<action>`;
   `GET /edgeroute/held/<action>` says how many wait;
   `POST /edgeroute/release/<action>` lets them go (changes apply one at a
   time).
@@ -317,6 +318,7 @@ def patch_rds() -> None:
     def call_action_whole(self):
         if self._get_action() != "DescribeGlobalClusters":
             return call_action(self)
+        wait_while_held("DescribeGlobalClusters")
         with VIEW_LOCK:
             return call_action(self)
 

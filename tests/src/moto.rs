@@ -168,8 +168,8 @@ impl Moto {
     }
 
     /// Requests of `action` (`ChangeResourceRecordSets`,
-    /// `GetMetricStatistics`) sent from now on wait, unserved, until
-    /// released.
+    /// `DescribeGlobalClusters`, `GetMetricStatistics/<namespace>`) sent
+    /// from now on wait, unserved, until released (60 s at most).
     pub async fn hold(&self, action: &str) {
         self.post(&format!("/edgeroute/hold/{action}")).await;
     }

@@ -124,6 +124,64 @@ async fn requests_to_aws_are_counted_by_operation() {
     assert!(answered >= 3.0 * done, "{answered} answers\n{text}");
 }
 
+/// The table's content is shown as gauges, and an RDS API that hangs is
+/// told within seconds: each member region is given 5 s, then the source
+/// is stale (the SDK alone would wait 30 s in each), and the time of the
+/// last whole read stops moving until it answers again.
+#[tokio::test]
+async fn a_hanging_rds_api_makes_the_source_stale_within_seconds() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let cp = control_on(&moto, &fixture).await;
+    let text = cp.metrics().await;
+    for (sample, value) in [
+        ("edgeroute_control_table_primary{region=\"us-east-1\"}", 1.0),
+        ("edgeroute_control_table_primary{region=\"eu-west-1\"}", 0.0),
+        ("edgeroute_control_table_failover_in_progress", 0.0),
+        (
+            "edgeroute_control_table_region_state{region=\"eu-west-1\",state=\"active\"}",
+            1.0,
+        ),
+        (
+            "edgeroute_control_table_replication_lag_seconds{region=\"eu-west-1\"}",
+            0.12,
+        ),
+        ("edgeroute_control_source_stale", 0.0),
+    ] {
+        assert_eq!(
+            edgeroute_tests::sample(&text, sample),
+            value,
+            "{sample}\n{text}"
+        );
+    }
+    let last_read = || async {
+        edgeroute_tests::sample(
+            &cp.metrics().await,
+            "edgeroute_control_source_last_read_timestamp_seconds",
+        )
+    };
+    assert!(last_read().await > 0.0);
+
+    moto.hold("DescribeGlobalClusters").await;
+    // Three member regions, 5 s each: stale well before the SDK's 30 s in
+    // the first of them.
+    eventually("the source is stale", Duration::from_secs(25), || async {
+        cp.metric("edgeroute_control_source_stale").await == 1.0
+    })
+    .await;
+    assert!(
+        cp.log().contains("did not answer within 5s"),
+        "{}",
+        cp.log()
+    );
+    let stood = last_read().await;
+    moto.release("DescribeGlobalClusters").await;
+    eventually("the source is read again", WAIT, || async {
+        cp.metric("edgeroute_control_source_stale").await == 0.0 && last_read().await > stood
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn a_writer_change_raises_the_epoch_and_moves_a_running_proxys_writes() {
     let moto = Moto::start().await;

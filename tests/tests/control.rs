@@ -95,6 +95,12 @@ async fn a_table_refused_before_any_is_in_force_keeps_nothing() {
     assert!(line.contains("sa-east-1"), "{line}");
     assert!(line.contains("no table yet"), "{line}");
     assert!(!line.contains("keeping_"), "{line}");
+    // With no table, the table's age counts from the start: an alert on
+    // it fires for a proxy that never got one.
+    eventually("the age without a table grows", WAIT, || async {
+        proxy.metric("edgeroute_table_age_seconds").await >= 1.0
+    })
+    .await;
 }
 
 /// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,

@@ -83,6 +83,22 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
         assert_eq!(resp.headers()["x-edgeroute-region"], EU, "after {reason}");
     }
     assert_eq!(proxy.metric("edgeroute_table_epoch").await, 5.0);
+    // The table in force, not a rejected one, is what its gauges show.
+    for (sample, value) in [
+        ("edgeroute_table_primary{region=\"eu-west-1\"}", 1.0),
+        ("edgeroute_table_primary{region=\"us-east-1\"}", 0.0),
+        ("edgeroute_table_failover_in_progress", 0.0),
+        (
+            "edgeroute_table_region_state{region=\"us-east-1\",state=\"active\"}",
+            1.0,
+        ),
+        (
+            "edgeroute_table_region_state{region=\"us-east-1\",state=\"down\"}",
+            0.0,
+        ),
+    ] {
+        assert_eq!(proxy.metric(sample).await, value, "{sample}");
+    }
     assert_eq!(us.count("POST"), 0);
     let log = proxy.log();
     assert!(
