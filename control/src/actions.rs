@@ -357,16 +357,79 @@ pub fn plan_move(
     })
 }
 
+/// The reporting proxies that see no backend of `region` in rotation:
+/// with the primary there, each would answer every write 503
+/// `primary_unavailable`.
+pub fn cut_off_from<'a>(proxies: &'a [ProxyStatus], region: &str) -> Vec<&'a str> {
+    proxies
+        .iter()
+        .filter(|p| {
+            p.report
+                .regions
+                .iter()
+                .any(|r| r.name == region && r.unhealthy())
+        })
+        .map(|p| p.report.id.as_str())
+        .collect()
+}
+
+/// `ids`, at most five of them named.
+fn some_of(ids: &[&str]) -> String {
+    let mut named = ids.iter().take(5).copied().collect::<Vec<_>>().join(", ");
+    if ids.len() > 5 {
+        let _ = write!(named, " and {} more", ids.len() - 5);
+    }
+    named
+}
+
+/// Whether a table lets writes through, as `status` says it.
+fn writes(t: &RoutingTable) -> String {
+    let Some(primary) = t.primary_region.as_deref() else {
+        return "REFUSED: the table names no primary (503 no_primary)".to_owned();
+    };
+    if t.failover_in_progress {
+        return "held: a writer change is running (503 failover_in_progress)".to_owned();
+    }
+    match t
+        .regions
+        .iter()
+        .find(|r| r.name == primary)
+        .map(|r| r.state)
+    {
+        Some(RegionState::Down) => {
+            format!("REFUSED: the primary {primary} is down (503 primary_down)")
+        }
+        _ => "open".to_owned(),
+    }
+}
+
 /// The state, as `status` and every dry run show it.
+/// `aws`: what AWS says, or why it could not be read at all (the rest is
+/// shown all the same).
 pub fn describe(
-    view: &TopologyView,
-    dns_unread: bool,
-    failover: Option<&FailoverInfo>,
+    aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
     table: Result<Option<&RoutingTable>, &str>,
     proxies: Result<&[ProxyStatus], &str>,
     history: Result<&History, &str>,
 ) -> String {
     let mut s = String::new();
+    match aws {
+        Ok((view, dns_unread, failover)) => describe_aws(&mut s, view, dns_unread, failover),
+        Err(e) => {
+            let _ = writeln!(s, "writer region: unknown ({e})");
+        }
+    }
+    describe_control(&mut s, table, proxies, history);
+    s
+}
+
+/// AWS's part of [`describe`]: the writer, a writer change, the regions.
+fn describe_aws(
+    s: &mut String,
+    view: &TopologyView,
+    dns_unread: bool,
+    failover: Option<&FailoverInfo>,
+) {
     let writer = view.primary_region.as_deref().unwrap_or("none");
     let _ = writeln!(s, "writer region: {writer}");
     match failover {
@@ -409,6 +472,16 @@ pub fn describe(
             r.name
         );
     }
+}
+
+/// The control plane's part of [`describe`]: its table, the proxies, the
+/// last failover and drill.
+fn describe_control(
+    s: &mut String,
+    table: Result<Option<&RoutingTable>, &str>,
+    proxies: Result<&[ProxyStatus], &str>,
+    history: Result<&History, &str>,
+) {
     match table {
         Ok(Some(t)) => {
             let _ = writeln!(
@@ -417,11 +490,7 @@ pub fn describe(
                 t.epoch,
                 t.version,
                 t.primary_region.as_deref().unwrap_or("none"),
-                if t.failover_in_progress {
-                    "held"
-                } else {
-                    "open"
-                }
+                writes(t)
             );
             let drained: Vec<&str> = t
                 .regions
@@ -440,6 +509,18 @@ pub fn describe(
                     p.len(),
                     p.len() - behind
                 );
+                for r in &t.regions {
+                    let cut_off = cut_off_from(p, &r.name);
+                    if !cut_off.is_empty() {
+                        let _ = writeln!(
+                            s,
+                            "  {} of them see no backend of {} in rotation: {}",
+                            cut_off.len(),
+                            r.name,
+                            some_of(&cut_off)
+                        );
+                    }
+                }
             }
         }
         Ok(None) => {
@@ -491,23 +572,18 @@ pub fn describe(
             let _ = writeln!(s, "history: {e}");
         }
     }
-    s
 }
 
-/// [`describe`] with the table, proxies and history read now.
-/// Also whether all of it could be read (the control plane's table and
-/// proxies, the history file).
-/// `dns_unread`: Route 53 could not be read, and `view` is the global
-/// cluster's alone ([`cluster_alone`]). The flag is false when any part
-/// is unknown: Route 53, a health check, the control plane's table, its
-/// source, the proxies or the history.
+/// [`describe`] with the table, proxies and history read now, and the
+/// parts that could not be read, named for the command's last line:
+/// AWS (or Route 53 alone: `dns_unread`, and the view is the global
+/// cluster's alone, [`cluster_alone`]), a health check, the control
+/// plane's table, its source, the proxies or the history.
 pub async fn describe_now(
     control: &ControlView,
     history_file: &std::path::Path,
-    view: &TopologyView,
-    dns_unread: bool,
-    failover: Option<&FailoverInfo>,
-) -> (String, bool) {
+    aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
+) -> (String, Vec<String>) {
     let table = control.table().await;
     let proxies = control.proxies().await;
     let history = History::load(history_file);
@@ -516,16 +592,32 @@ pub async fn describe_now(
         Ok(Some(_)) => control.source_stale().await.unwrap_or(true),
         _ => false,
     };
-    let whole = matches!(table, Ok(Some(_)))
-        && !stale
-        && proxies.is_ok()
-        && history.is_ok()
-        && !dns_unread
-        && !view.regions.iter().any(|r| r.health_unread);
+    let mut unknown = Vec::new();
+    match aws {
+        Err(_) => unknown.push("AWS".to_owned()),
+        Ok((view, dns_unread, _)) => {
+            if dns_unread {
+                unknown.push("Route 53's records".to_owned());
+            }
+            for r in view.regions.iter().filter(|r| r.health_unread) {
+                unknown.push(format!("the health of {}", r.name));
+            }
+        }
+    }
+    match &table {
+        Ok(Some(_)) if stale => unknown.push("the control plane's source".to_owned()),
+        Ok(Some(_)) => {}
+        Ok(None) => unknown.push("the control plane's table (none yet)".to_owned()),
+        Err(_) => unknown.push("the control plane".to_owned()),
+    }
+    if proxies.is_err() {
+        unknown.push("the proxies".to_owned());
+    }
+    if history.is_err() {
+        unknown.push("the history".to_owned());
+    }
     let mut text = describe(
-        view,
-        dns_unread,
-        failover,
+        aws,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
         proxies.as_deref().map_err(String::as_str),
         history.as_ref().map_err(String::as_str),
@@ -536,7 +628,7 @@ pub async fn describe_now(
             control.describe()
         ));
     }
-    (text, whole)
+    (text, unknown)
 }
 
 /// The global cluster alone, read from any member region, for when the
@@ -762,6 +854,10 @@ impl Runner {
                 plan.from.region
             ));
         }
+        // The automation chose a target most proxies reach.
+        if from.is_none() {
+            self.proxies_reach(to).await?;
+        }
         let summary = format!(
             "{} {} → {} of global cluster {}",
             if planned {
@@ -793,6 +889,7 @@ impl Runner {
     pub async fn drill(&self, to: &str, dry_run: bool) -> Result<Operation, String> {
         let state = self.state().await?;
         let there = plan_move(&state, self.global_cluster(), to, true, self.to_unhealthy)?;
+        self.proxies_reach(to).await?;
         let back = MovePlan {
             from: there.to.clone(),
             to: there.from.clone(),
@@ -886,9 +983,7 @@ impl Runner {
         describe_now(
             &self.control,
             &self.history_file,
-            &state.view,
-            state.route53_unread,
-            state.failover.as_ref(),
+            Ok((&state.view, state.route53_unread, state.failover.as_ref())),
         )
         .await
         .0
@@ -902,6 +997,32 @@ impl Runner {
 
     fn dry_run_record(&self, kind: Kind, summary: String) -> Operation {
         Timeline::new(self).finish(kind, format!("dry run: {summary}"), None)
+    }
+
+    /// Refuses a writer move to `to` (unless `--to-unhealthy`) while a
+    /// reporting proxy sees no backend of `to` in rotation: it would
+    /// refuse every write once `to` holds the primary. (A control plane
+    /// that cannot be read is named by [`Self::before_change`].)
+    async fn proxies_reach(&self, to: &str) -> Result<(), String> {
+        if self.to_unhealthy {
+            return Ok(());
+        }
+        let Ok(proxies) = self.control.proxies().await else {
+            return Ok(());
+        };
+        let cut_off = cut_off_from(&proxies, to);
+        if cut_off.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "{} of {} proxies reporting see no backend of {to} in rotation ({}): with the primary \
+             in {to} they would answer every write 503 primary_unavailable; let them reach {to}'s \
+             backends first (`edgeroute-control status` shows each proxy's view), or add \
+             --to-unhealthy to move the writer anyway",
+            cut_off.len(),
+            proxies.len(),
+            some_of(&cut_off)
+        ))
     }
 
     /// After a dry run's steps: what would refuse the real run now (an
@@ -1182,6 +1303,18 @@ impl Runner {
                             )
                         };
                         tl.step("proxies confirmed", detail);
+                        if let Some(primary) = &table.primary_region {
+                            let cut_off = cut_off_from(&p, primary);
+                            if !cut_off.is_empty() {
+                                self.warn(&format!(
+                                    "{} of {} proxies see no backend of {primary} in rotation and \
+                                     answer every write 503 primary_unavailable: {}",
+                                    cut_off.len(),
+                                    p.len(),
+                                    some_of(&cut_off)
+                                ));
+                            }
+                        }
                         return Ok(());
                     }
                     if lagging.is_empty() {
@@ -1856,7 +1989,7 @@ mod tests {
                 region("eu-west-1"),
             ],
         };
-        let text = super::describe(&view, false, None, Ok(None), Ok(&[]), Ok(&history));
+        let text = super::describe(Ok((&view, false, None)), Ok(None), Ok(&[]), Ok(&history));
         let listed: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
@@ -1877,6 +2010,43 @@ mod tests {
 
     /// A record change Route 53 turned away is told by why: a batch whose
     /// records changed since they were read, or a fault on AWS's side.
+    #[test]
+    fn the_status_says_whether_the_table_lets_writes_through() {
+        use edgeroute_config::{RegionEntry, RegionState, RoutingTable};
+        let table = |primary: Option<&str>, failover: bool, us: RegionState| RoutingTable {
+            epoch: 1,
+            version: 1,
+            primary_region: primary.map(str::to_owned),
+            failover_in_progress: failover,
+            regions: vec![RegionEntry {
+                name: "us-east-1".into(),
+                state: us,
+                weight: 100,
+                replication_lag_ms: None,
+            }],
+        };
+        assert_eq!(
+            super::writes(&table(Some("us-east-1"), false, RegionState::Active)),
+            "open"
+        );
+        assert_eq!(
+            super::writes(&table(Some("us-east-1"), false, RegionState::Draining)),
+            "open",
+            "a draining primary still takes writes"
+        );
+        assert!(
+            super::writes(&table(Some("us-east-1"), false, RegionState::Down))
+                .starts_with("REFUSED: the primary us-east-1 is down")
+        );
+        assert!(
+            super::writes(&table(Some("us-east-1"), true, RegionState::Down)).starts_with("held")
+        );
+        assert!(
+            super::writes(&table(None, false, RegionState::Active))
+                .starts_with("REFUSED: the table names no primary")
+        );
+    }
+
     #[test]
     fn a_record_change_not_made_says_why() {
         let e = |message: &str| crate::aws::AwsError {

@@ -583,7 +583,7 @@ impl AwsSource {
                         .map(|(h, at)| (*h, at.elapsed()));
                     match last {
                         Some((h, age)) => {
-                            tracing::warn!(region, health_check = id, error = %e, last_reading = h, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
+                            tracing::warn!(region, health_check = id, error = %e, last_reading = if h { "healthy" } else { "unhealthy" }, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
                         }
                         None => {
                             tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read")

@@ -160,6 +160,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if !matches!(cli.command, Command::Serve { .. }) {
+        init_command_logging();
+    }
     let result = match cli.command {
         Command::Serve { .. } => serve(cfg),
         Command::Show { .. } => show(&cfg, true).map(|_| ()),
@@ -484,51 +487,57 @@ fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
 
 fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let (view, failover, route53_unread) = match &cfg.source {
+        // What AWS says, or why it cannot be read: the control plane's
+        // part is shown either way.
+        let aws: Result<_, String> = match &cfg.source {
             SourceConfig::Aws(aws) => {
                 let src =
                     AwsSource::new(aws, Some(&cfg.actions.history_file), AwsRequests::default())
                         .await;
-                let state = match src.state().await {
-                    Ok(state) => state,
-                    // Route 53 cannot be listed: what can be known is
-                    // shown, and the status fails.
+                match src.state().await {
+                    Ok(state) => Ok((state.view, state.failover, state.route53_unread)),
+                    // Route 53 cannot be listed: the global cluster alone.
                     Err(e) if e.api == "ListResourceRecordSets" => {
                         let e = format!("{e}{}", src.unreached_advice(&e));
-                        let state = actions::cluster_alone(&src, &e)
-                            .await
-                            .map_err(|e| anyhow::anyhow!(e))?;
-                        actions::eprint_text(&format!(
-                            "warning: {e}; showing the global cluster alone (health, weights and lag unknown)\n"
-                        ));
-                        state
+                        match actions::cluster_alone(&src, &e).await {
+                            Ok(state) => {
+                                actions::eprint_text(&format!(
+                                    "warning: {e}; showing the global cluster alone (health, weights and lag unknown)\n"
+                                ));
+                                Ok((state.view, state.failover, state.route53_unread))
+                            }
+                            Err(e) => Err(e),
+                        }
                     }
-                    Err(e) => anyhow::bail!("{e}{}", src.unreached_advice(&e)),
-                };
-                (state.view, state.failover, state.route53_unread)
+                    Err(e) => Err(format!("{e}{}", src.unreached_advice(&e))),
+                }
             }
-            file => (
-                source::Source::new(file, None, AwsRequests::default())
-                    .await
-                    .read()
-                    .await?
-                    .0,
-                None,
-                false,
-            ),
+            file => source::Source::new(file, None, AwsRequests::default())
+                .await
+                .read()
+                .await
+                .map(|(view, _)| (view, None, false))
+                .map_err(|e| e.to_string()),
         };
+        if let Err(e) = &aws {
+            actions::eprint_text(&format!("error: {e}\n"));
+        }
         let control = control_view(cfg)?;
-        let (text, whole) = actions::describe_now(
+        let (text, unknown) = actions::describe_now(
             &control,
             &cfg.actions.history_file,
-            &view,
-            route53_unread,
-            failover.as_ref(),
+            aws.as_ref()
+                .map(|(view, failover, dns_unread)| (view, *dns_unread, failover.as_ref()))
+                .map_err(|_| "AWS could not be read: see the error line"),
         )
         .await;
         actions::print_text(&text);
         // A script that reads the status learns that part of it is unknown.
-        anyhow::ensure!(whole, "part of the status could not be read (see above)");
+        anyhow::ensure!(
+            unknown.is_empty(),
+            "part of the status could not be read: {} (what was wrong is said above, or in the control plane's log)",
+            unknown.join(", ")
+        );
         anyhow::Ok(())
     })
 }
@@ -713,6 +722,21 @@ fn server_certificate(
         })
         .transpose()
         .map_err(anyhow::Error::msg)
+}
+
+/// A command's warnings (an AWS read that failed in part: a health check,
+/// a lag) go to standard error as lines of their own, so that what its
+/// output shows as unknown is said there; `RUST_LOG` overrides.
+fn init_command_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("edgeroute_control=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 fn init_logging(format: LogFormat, level: &str) -> anyhow::Result<()> {

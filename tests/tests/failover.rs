@@ -14,8 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// Probes often enough to see a region fail within a second, with room
+/// for a busy machine: a writer move is refused while a proxy sees no
+/// backend of its target.
 const HEALTH: &str =
-    "\n[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\nfall = 2\nrise = 1\n";
+    "\n[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nfall = 2\nrise = 1\n";
 
 struct Env {
     moto: Moto,
@@ -135,13 +138,26 @@ impl Env {
         self.cp.proxy(b.extra(HEALTH), "1s").start().await
     }
 
+    /// Until `n` proxies report, each with every region's backend in
+    /// rotation (probed): a writer move is refused while a proxy sees no
+    /// backend of its target.
     async fn wait_for_proxies(&self, n: usize) {
-        eventually(&format!("{n} proxies report"), WAIT, || async {
-            self.cp.get("/v1/proxies").await["proxies"]
-                .as_array()
-                .map_or(0, Vec::len)
-                == n
-        })
+        eventually(
+            &format!("{n} proxies report every region in rotation"),
+            WAIT,
+            || async {
+                self.cp.get("/v1/proxies").await["proxies"]
+                    .as_array()
+                    .is_some_and(|p| {
+                        p.len() == n
+                            && p.iter().all(|p| {
+                                p["regions"].as_array().is_some_and(|r| {
+                                    r.iter().all(|r| r["in_rotation"].as_u64() > Some(0))
+                                })
+                            })
+                    })
+            },
+        )
         .await;
     }
 
@@ -975,6 +991,103 @@ async fn the_commands_refuse_what_is_unsafe_and_succeed_on_what_is_already_so() 
         undrain.stderr.contains("none was kept by a drain"),
         "{undrain:?}"
     );
+}
+
+/// A writer move to a region whose backends a reporting proxy cannot
+/// reach is refused (that proxy would refuse every write), unless asked in
+/// so many words; `status` names such proxies, says when the table lets
+/// no write through, and shows the control plane's part when AWS cannot
+/// be read.
+#[tokio::test]
+async fn a_move_the_proxies_could_not_follow_is_refused_and_status_says_why() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("us-east-1").await;
+    env.wait_for_proxies(1).await;
+    env.origins["eu-west-1"].set_health(503);
+    eventually(
+        "the proxy reports eu-west-1 out of rotation",
+        WAIT,
+        || async {
+            env.cp.get("/v1/proxies").await["proxies"][0]["regions"]
+                .as_array()
+                .is_some_and(|r| {
+                    r.iter()
+                        .any(|r| r["name"] == "eu-west-1" && r["in_rotation"] == 0)
+                })
+        },
+    )
+    .await;
+    let refused = env.cp.command(&["failover", "--to", "eu-west-1"]).await;
+    assert!(!refused.ok, "{refused:?}");
+    assert!(
+        refused
+            .stderr
+            .contains("1 of 1 proxies reporting see no backend of eu-west-1 in rotation"),
+        "{refused:?}"
+    );
+    assert!(refused.stderr.contains("--to-unhealthy"), "{refused:?}");
+    let drill = env
+        .cp
+        .command(&["failover", "--to", "eu-west-1", "--drill"])
+        .await;
+    assert!(
+        !drill.ok && drill.stderr.contains("see no backend of eu-west-1"),
+        "{drill:?}"
+    );
+    env.cp
+        .command(&[
+            "failover",
+            "--to",
+            "eu-west-1",
+            "--to-unhealthy",
+            "--dry-run",
+        ])
+        .await
+        .assert_ok_saying(&["dry run: planned switchover us-east-1 → eu-west-1"]);
+    assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
+    let status = env.cp.command(&["status"]).await;
+    status.assert_ok_saying(&[
+        "writes open",
+        "1 of them see no backend of eu-west-1 in rotation",
+    ]);
+
+    // The primary's region down: the table lets no write through.
+    env.route53_fails("us-east-1").await;
+    eventually("us-east-1 is down in the table", WAIT, || async {
+        env.cp.table().await["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "us-east-1" && r["state"] == "down")
+    })
+    .await;
+    let status = env.cp.command(&["status"]).await;
+    assert!(
+        status
+            .stdout
+            .contains("writes REFUSED: the primary us-east-1 is down (503 primary_down)"),
+        "{status:?}"
+    );
+
+    // AWS's global cluster unread: the control plane's part still shows.
+    env.moto.fail("DescribeGlobalClusters").await;
+    let status = env.cp.command(&["status"]).await;
+    assert!(!status.ok, "{status:?}");
+    for part in [
+        "writer region: unknown",
+        "table served: epoch",
+        "last failover:",
+    ] {
+        assert!(status.stdout.contains(part), "{part}: {status:?}");
+    }
+    assert!(
+        status.stderr.contains("DescribeGlobalClusters")
+            && status
+                .stderr
+                .contains("part of the status could not be read: AWS"),
+        "{status:?}"
+    );
+    env.moto.mend("DescribeGlobalClusters").await;
 }
 
 /// A drained region whose records someone put back by other means is in
