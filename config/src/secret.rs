@@ -1,8 +1,11 @@
 //! Bearer tokens kept in files (Kubernetes secrets mount them so): read,
-//! trimmed, and refused when empty. The token itself is never put in an
+//! trimmed, refused when empty, and read again so that a rotated token
+//! takes effect without a restart. The token itself is never put in an
 //! error or a log.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// The most a token file may hold.
 const MAX_TOKEN_FILE: u64 = 64 * 1024;
@@ -72,6 +75,132 @@ pub fn presents_bearer(authorization: Option<&[u8]>, token: &[u8]) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(presented, token))
 }
 
+/// How often a token file is read again, when its token is asked for.
+pub const TOKEN_RELOAD: Duration = Duration::from_secs(10);
+
+/// How long the token a file held before its last change is still
+/// accepted: while a rotated secret reaches every pod (Kubernetes updates
+/// a mounted secret within a minute or two), clients that still send the
+/// old one are let in.
+pub const TOKEN_GRACE: Duration = Duration::from_secs(600);
+
+/// A bearer token kept in a file and read again, at most every
+/// [`TOKEN_RELOAD`], when it is asked for: a token rotated in place (a
+/// Kubernetes secret updated) takes effect without a restart. A file that
+/// can no longer be read, or holds no token, leaves the last token in
+/// force (said once in the log, with what is wrong). A token given
+/// otherwise (an environment variable) is fixed.
+pub struct TokenFile {
+    field: &'static str,
+    path: Option<PathBuf>,
+    state: Mutex<TokenState>,
+}
+
+struct TokenState {
+    current: String,
+    /// The token before the last change, and when it changed.
+    previous: Option<(String, Instant)>,
+    read_at: Instant,
+    /// The last problem logged, not logged again until it changes.
+    trouble: Option<String>,
+}
+
+impl TokenFile {
+    /// The token in `path` (see [`read_secret`]), named `field` in errors
+    /// and in the log.
+    pub fn open(field: &'static str, path: &Path) -> Result<TokenFile, String> {
+        let token = read_secret(field, path)?;
+        Ok(TokenFile {
+            field,
+            path: Some(path.to_owned()),
+            state: Mutex::new(TokenState::new(token)),
+        })
+    }
+
+    /// A token that is never read again.
+    pub fn fixed(field: &'static str, token: String) -> TokenFile {
+        TokenFile {
+            field,
+            path: None,
+            state: Mutex::new(TokenState::new(token)),
+        }
+    }
+
+    /// The token now.
+    pub fn current(&self) -> String {
+        self.current_at(Instant::now())
+    }
+
+    fn current_at(&self, now: Instant) -> String {
+        self.fresh(now, |s| s.current.clone())
+    }
+
+    /// Whether an `Authorization` field's value presents the token now, or
+    /// the one before it within [`TOKEN_GRACE`] of its change (see
+    /// [`presents_bearer`]).
+    pub fn accepts(&self, authorization: Option<&[u8]>) -> bool {
+        self.accepts_at(authorization, Instant::now())
+    }
+
+    fn accepts_at(&self, authorization: Option<&[u8]>, now: Instant) -> bool {
+        self.fresh(now, |s| {
+            let previous = s
+                .previous
+                .as_ref()
+                .filter(|(_, at)| now.duration_since(*at) < TOKEN_GRACE);
+            // Both compared, in constant time each.
+            let current = presents_bearer(authorization, s.current.as_bytes());
+            let before =
+                previous.is_some_and(|(t, _)| presents_bearer(authorization, t.as_bytes()));
+            current | before
+        })
+    }
+
+    /// `f` of the state, after reading the file again if it is due.
+    fn fresh<T>(&self, now: Instant, f: impl FnOnce(&TokenState) -> T) -> T {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(path) = &self.path
+            && now.duration_since(state.read_at) >= TOKEN_RELOAD
+        {
+            state.read_at = now;
+            match read_secret(self.field, path) {
+                Ok(token) if token != state.current => {
+                    let old = std::mem::replace(&mut state.current, token);
+                    state.previous = Some((old, now));
+                    state.trouble = None;
+                    tracing::info!(
+                        field = self.field,
+                        "a new token is in force; the one before it is accepted for {} more minutes",
+                        TOKEN_GRACE.as_secs() / 60
+                    );
+                }
+                Ok(_) => state.trouble = None,
+                Err(e) => {
+                    if state.trouble.as_deref() != Some(e.as_str()) {
+                        tracing::warn!(
+                            field = self.field,
+                            "{e}; the token read before stays in force"
+                        );
+                        state.trouble = Some(e);
+                    }
+                }
+            }
+        }
+        f(&state)
+    }
+}
+
+impl TokenState {
+    fn new(token: String) -> TokenState {
+        TokenState {
+            current: token,
+            previous: None,
+            read_at: Instant::now(),
+            trouble: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -132,6 +261,42 @@ mod tests {
         std::fs::write(&path, vec![b'a'; 64 * 1024 + 1]).unwrap();
         let err = super::read_secret("x.token_file", &path).unwrap_err();
         assert!(err.contains("larger than"), "{err}");
+    }
+
+    #[test]
+    fn a_token_file_is_read_again_and_the_token_before_is_accepted_for_a_while() {
+        use super::{TOKEN_GRACE, TOKEN_RELOAD, TokenFile};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first-token\n").unwrap();
+        let file = TokenFile::open("x.token_file", &path).unwrap();
+        let start = std::time::Instant::now();
+        let bearer = |t: &str| format!("Bearer {t}").into_bytes();
+        assert!(file.accepts_at(Some(&bearer("first-token")), start));
+        std::fs::write(&path, "second-token\n").unwrap();
+        // Not read again before it is due.
+        assert_eq!(file.current_at(start), "first-token");
+        assert!(!file.accepts_at(Some(&bearer("second-token")), start));
+        let reread = start + TOKEN_RELOAD;
+        assert_eq!(file.current_at(reread), "second-token");
+        assert!(file.accepts_at(Some(&bearer("second-token")), reread));
+        assert!(
+            file.accepts_at(Some(&bearer("first-token")), reread),
+            "the token before, within the grace"
+        );
+        assert!(!file.accepts_at(Some(&bearer("third-token")), reread));
+        // A file that cannot be read leaves the token in force.
+        std::fs::remove_file(&path).unwrap();
+        let later = reread + TOKEN_GRACE;
+        assert_eq!(file.current_at(later), "second-token");
+        assert!(file.accepts_at(Some(&bearer("second-token")), later));
+        assert!(
+            !file.accepts_at(Some(&bearer("first-token")), later),
+            "the token before, after the grace"
+        );
+        // A fixed token is never read again.
+        let fixed = TokenFile::fixed("x", "env-token".into());
+        assert_eq!(fixed.current_at(later + TOKEN_RELOAD), "env-token");
     }
 
     #[test]

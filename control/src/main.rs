@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edgeroute_config::{
-    ControlConfig, ControlConfigError, LogFormat, RoutingTable, SourceConfig, TOKEN_ENV,
+    ControlConfig, ControlConfigError, LogFormat, RoutingTable, SourceConfig, TOKEN_ENV, TokenFile,
 };
 use edgeroute_control::actions::{self, ControlView, Output, Runner};
 use edgeroute_control::automation::{self, Automation};
@@ -203,9 +203,7 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
                 Ok(Some(_)) => TOKEN_ENV,
                 _ => "server.token_file",
             };
-            if let Some(weak) =
-                edgeroute_config::weak_token(source, &String::from_utf8_lossy(&token))
-            {
+            if let Some(weak) = edgeroute_config::weak_token(source, &token.current()) {
                 eprintln!("warning: {weak}");
             }
         }
@@ -288,14 +286,13 @@ fn summary(table: &RoutingTable) -> String {
 
 /// The bearer token: `EDGEROUTE_CONTROL_TOKEN` when set, else the file.
 /// It is never logged.
-fn read_token(path: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+/// The file is read again every 10 s (see [`TokenFile`]).
+fn read_token(path: Option<&Path>) -> anyhow::Result<TokenFile> {
     if let Some(token) = edgeroute_config::token_from_env().map_err(anyhow::Error::msg)? {
-        return Ok(token.into_bytes());
+        return Ok(TokenFile::fixed(TOKEN_ENV, token));
     }
     let path = path.with_context(|| format!("no token: set server.token_file or {TOKEN_ENV}"))?;
-    Ok(edgeroute_config::read_secret("server.token_file", path)
-        .map_err(anyhow::Error::msg)?
-        .into_bytes())
+    TokenFile::open("server.token_file", path).map_err(anyhow::Error::msg)
 }
 
 /// Pause between reads while an action is followed.
@@ -369,7 +366,7 @@ fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     let token = read_token(cfg.server.token_file.as_deref())?;
     ControlView::http(
         &cfg.actions.control_url,
-        &String::from_utf8_lossy(&token),
+        &token.current(),
         commands_tls(cfg, commands_identity(cfg)?)?,
     )
 }

@@ -38,7 +38,9 @@ impl Published {
 }
 
 pub struct ServerState {
-    pub token: Vec<u8>,
+    /// Read again every 10 s; the token before a change is accepted
+    /// for 10 minutes after it.
+    pub token: edgeroute_config::TokenFile,
     pub max_wait: Duration,
     pub table: watch::Receiver<Option<Arc<Published>>>,
     pub metrics: Arc<ControlMetrics>,
@@ -257,7 +259,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>>
 
 fn authorized(state: &ServerState, req: &Request<Incoming>) -> bool {
     let presented = req.headers().get(header::AUTHORIZATION);
-    edgeroute_config::presents_bearer(presented.map(|v| v.as_bytes()), &state.token)
+    state.token.accepts(presented.map(|v| v.as_bytes()))
 }
 
 /// `?wait=30s` (or `?wait=30`, in seconds): `Ok(None)` without one, an

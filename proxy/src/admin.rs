@@ -194,7 +194,7 @@ fn authorized(state: &AppState, req: &Request<Incoming>) -> bool {
         return true;
     };
     let presented = req.headers().get(http::header::AUTHORIZATION);
-    edgeroute_config::presents_bearer(presented.map(|v| v.as_bytes()), token)
+    token.accepts(presented.map(|v| v.as_bytes()))
 }
 
 /// Why the proxy should not get new traffic, if it should not.

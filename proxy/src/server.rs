@@ -45,9 +45,8 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
     let admin_token = match &config.admin.token_file {
         None => None,
         Some(path) => Some(
-            edgeroute_config::read_secret("admin.token_file", path)
-                .map_err(anyhow::Error::msg)?
-                .into_bytes(),
+            edgeroute_config::TokenFile::open("admin.token_file", path)
+                .map_err(anyhow::Error::msg)?,
         ),
     };
     // The control plane's token, CA certificates and client certificate,
@@ -62,14 +61,11 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
             client_tls,
             ..
         } => {
-            let token = edgeroute_config::read_secret("table.token_file", token_file)
-                .map_err(anyhow::Error::msg)?;
-            let auth = http::HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-                anyhow::anyhow!(
-                    "table.token_file {} holds characters that cannot go in an HTTP header",
-                    token_file.display()
-                )
-            })?;
+            // Read again every 10 s, for the table's asks and the reports.
+            let auth = Arc::new(
+                edgeroute_config::TokenFile::open("table.token_file", token_file)
+                    .map_err(anyhow::Error::msg)?,
+            );
             identity = client_tls
                 .as_ref()
                 .map(|files| TlsCert::load_as(tls::Role::Client, "table.client_tls", files))

@@ -23,7 +23,8 @@ pub struct AppState {
     pub request_metrics: RequestMetrics,
     pub lifecycle: Arc<Lifecycle>,
     /// Bearer token for `/metrics` and `/routing`, when configured.
-    pub admin_token: Option<Vec<u8>>,
+    /// Read again every 10 s (see [`edgeroute_config::TokenFile`]).
+    pub admin_token: Option<edgeroute_config::TokenFile>,
     /// When the source last confirmed the table in force: milliseconds
     /// since the topology's clock started, plus one (0: never). A
     /// monotonic clock, so a step of the wall clock neither holds writes
@@ -50,7 +51,7 @@ impl AppState {
     pub fn new(
         config: ProxyConfig,
         topology: Topology,
-        admin_token: Option<Vec<u8>>,
+        admin_token: Option<edgeroute_config::TokenFile>,
         connector: TransportConnector,
     ) -> Self {
         let metrics = Metrics::new();

@@ -140,7 +140,7 @@ pub async fn poll_control(
     state: Arc<AppState>,
     url: String,
     connector: Connector,
-    auth: http::HeaderValue,
+    auth: Arc<edgeroute_config::TokenFile>,
     wait: Duration,
     max_backoff: Duration,
 ) {
@@ -161,7 +161,7 @@ pub async fn poll_control(
         // Whether this answer put a new table in force.
         let mut changed = false;
         let uri = format!("{source}?wait={}s", wait.as_secs().max(1));
-        let mut req = http::Request::get(&uri).header(http::header::AUTHORIZATION, auth.clone());
+        let mut req = http::Request::get(&uri).header(http::header::AUTHORIZATION, bearer(&auth));
         if let Some(tag) = &etag {
             req = req.header(http::header::IF_NONE_MATCH, tag.clone());
         }
@@ -243,9 +243,10 @@ pub async fn poll_control(
                         }
                         Ok(Err(e)) => Some(format!("reading the table failed: {e}")),
                     },
-                    http::StatusCode::UNAUTHORIZED => {
-                        Some("the control plane refused the token in table.token_file".to_owned())
-                    }
+                    http::StatusCode::UNAUTHORIZED => Some(
+                        "the control plane refused the token in table.token_file (read again every 10 s: put the control plane's server.token_file token there)"
+                            .to_owned(),
+                    ),
                     other => Some(format!("the control plane answered {other}")),
                 }
             }
@@ -277,6 +278,14 @@ pub async fn poll_control(
             }
         }
     }
+}
+
+/// The `Authorization` field for the token in force. A token file's
+/// token is visible ASCII (see [`edgeroute_config::token`]), which a
+/// field value can always hold.
+fn bearer(token: &edgeroute_config::TokenFile) -> http::HeaderValue {
+    http::HeaderValue::try_from(format!("Bearer {}", token.current()))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer"))
 }
 
 /// This proxy's report: the table it routes on and what its probes measure.
@@ -334,7 +343,7 @@ pub async fn report_to_control(
     state: Arc<AppState>,
     url: String,
     connector: Connector,
-    auth: http::HeaderValue,
+    auth: Arc<edgeroute_config::TokenFile>,
     interval: Duration,
 ) {
     use http_body_util::Full;
@@ -360,7 +369,7 @@ pub async fn report_to_control(
         if due {
             let body = serde_json::to_vec(&current).unwrap_or_default();
             let req = http::Request::post(&target)
-                .header(http::header::AUTHORIZATION, auth.clone())
+                .header(http::header::AUTHORIZATION, bearer(&auth))
                 .header(http::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(bytes::Bytes::from(body)));
             let sent = match req {

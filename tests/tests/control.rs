@@ -103,6 +103,54 @@ async fn a_table_refused_before_any_is_in_force_keeps_nothing() {
     .await;
 }
 
+/// A token rotated in place (a Kubernetes secret updated) takes effect
+/// without a restart: the control plane and the proxy read their token
+/// files again every 10 s, and the control plane accepts the token before
+/// the change for a while, so that clients not yet given the new one are
+/// not locked out.
+#[tokio::test]
+async fn a_token_rotated_in_its_file_takes_effect_without_a_restart() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let proxy = proxy_on(&cp, &us, &eu, &ap).await;
+    served_and_reported(&cp, &proxy).await;
+    let old = std::fs::read_to_string(&cp.token_path).unwrap();
+    let new = "rotated-token-0123456789abcdef";
+    std::fs::write(&cp.token_path, format!("{new}\n")).unwrap();
+    let status_with = |token: &str| {
+        let req = client()
+            .get(cp.url("/v1/status"))
+            .bearer_auth(token.trim().to_owned());
+        async move { req.send().await.map_or(0, |r| r.status().as_u16()) }
+    };
+    let rotation = Duration::from_secs(30);
+    eventually(
+        "the control plane takes the new token",
+        rotation,
+        || async { status_with(new).await == 200 },
+    )
+    .await;
+    assert_eq!(
+        status_with(&old).await,
+        200,
+        "the token before, for a while"
+    );
+    assert_eq!(status_with("not-the-token-at-all").await, 401);
+    // The proxy reads the same file again, and its reports go on.
+    eventually("the proxy takes the new token", rotation, || async {
+        proxy.log().contains("a new token is in force")
+    })
+    .await;
+    let reports = || cp.metric("edgeroute_control_proxy_reports_total{result=\"accepted\"}");
+    let before = reports().await;
+    eventually("reports go on with the new token", rotation, || async {
+        reports().await > before
+    })
+    .await;
+    assert!(!cp.log().contains(new), "the token is never logged");
+    assert!(!proxy.log().contains(new), "the token is never logged");
+}
+
 /// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,
 /// and the `status` command counts it.
 async fn served_and_reported(cp: &ControlPlane, proxy: &Proxy) {
