@@ -77,6 +77,11 @@ fn options() -> server::H2Options {
 /// that end a connection: the last one is its GOAWAY.
 pub const MALFORMED_STREAMS: usize = 32;
 
+/// At most ten protocol-error lines a second (see
+/// [`crate::logging::Budget`]): each client connection that breaks HTTP/2
+/// would write one.
+static PROTOCOL_ERRORS: crate::logging::Budget = crate::logging::Budget::new();
+
 impl EdgeProxy {
     /// Serves an HTTP/2 connection until the client closes it, it idles,
     /// or the server shuts down; streams still running when the connection
@@ -178,7 +183,13 @@ impl EdgeProxy {
                             // without closing HTTP/2 first.
                             if sent_goaway(&e) {
                                 self.count_goaway("protocol_error");
-                                tracing::info!(error = %e, "HTTP/2 client told to go away for a protocol error");
+                                if let Some(left_out) = PROTOCOL_ERRORS.take() {
+                                    let client = digest
+                                        .socket_digest
+                                        .as_ref()
+                                        .and_then(|d| d.peer_addr().map(ToString::to_string));
+                                    tracing::info!(error = %e, client, left_out, "HTTP/2 client told to go away for a protocol error");
+                                }
                             } else {
                                 tracing::debug!(error = %e, "HTTP/2 connection ended");
                             }

@@ -1033,20 +1033,27 @@ impl EdgeProxy {
             .take()
             .unwrap_or_else(|| ErrorReply::from_error(e));
         if client.response_status().is_some() {
-            tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "response cut short");
+            if let Some(left_out) = CUT_SHORT.take() {
+                tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), left_out, "response cut short");
+            }
             ctx.reply = Some(reply);
         } else if reply.client_gone() {
             ctx.reply = Some(reply);
         } else {
-            tracing::warn!(
-                error = %e,
-                method = %client.request().method,
-                path = client.request().uri.path(),
-                request_id = ctx.request_id.to_str().unwrap_or(""),
-                attempts = ctx.attempts,
-                status = reply.status(),
-                "request failed"
-            );
+            if let Some(left_out) = FAILED.take() {
+                // The path as far as an access line would show it.
+                let path = client.request().uri.path();
+                tracing::warn!(
+                    error = %e,
+                    method = %client.request().method,
+                    path = &path[..path.floor_char_boundary(MAX_LOGGED_PATH)],
+                    request_id = ctx.request_id.to_str().unwrap_or(""),
+                    attempts = ctx.attempts,
+                    status = reply.status(),
+                    left_out,
+                    "request failed"
+                );
+            }
             if let Err(err) = self.reply(client, ctx, reply).await {
                 tracing::debug!(error = %err, "cannot send the error response; the client is gone");
             }
@@ -1108,6 +1115,15 @@ impl EdgeProxy {
         }
     }
 }
+
+/// At most ten "request failed" and ten "response cut short" lines a
+/// second (see [`crate::logging::Budget`]); each says how many were left
+/// out before it. The access line of every request stays.
+static FAILED: crate::logging::Budget = crate::logging::Budget::new();
+static CUT_SHORT: crate::logging::Budget = crate::logging::Budget::new();
+
+/// The most of a path a warning quotes (the access line has it whole).
+const MAX_LOGGED_PATH: usize = 1024;
 
 /// What the request metrics and the access line say of one request.
 struct Access<'a> {
