@@ -1,8 +1,8 @@
 //! The control plane's Prometheus metrics.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 pub struct ControlMetrics {
@@ -50,6 +50,23 @@ impl ControlMetrics {
                 .expect("metric registered once");
             g
         };
+        // The process's CPU, memory, open files, threads and start time
+        // (`process_*`), as every exporter gives them.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("metric registered once");
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "edgeroute_control_info",
+                "1, labelled with the control plane's version",
+            ),
+            &["version"],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(info.clone()))
+            .expect("metric registered once");
+        info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         let poll_seconds = Histogram::with_opts(
             HistogramOpts::new(
                 "edgeroute_control_poll_seconds",

@@ -23,6 +23,8 @@ pub struct Metrics {
     /// Reads sent to the primary for a client's fresh write.
     pub reads_after_write: IntCounter,
     pub table_epoch: IntGauge,
+    /// 1, labelled with the proxy's version and local region.
+    info: IntGaugeVec,
     /// The content of the table in force.
     pub table: edgeroute_config::TableGauges,
     pub table_version: IntGauge,
@@ -158,6 +160,12 @@ impl Metrics {
         .expect("static metric definition");
         r.register(Box::new(table_swap_seconds.clone()))
             .expect("metric registered once");
+        // The process's CPU, memory, open files, threads and start time
+        // (`process_*`), as every exporter gives them.
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("metric registered once");
         Metrics {
             requests: counter_vec(
                 &r,
@@ -183,6 +191,12 @@ impl Metrics {
                 "Reads sent to the primary region because their client wrote within read_your_writes.window",
             ),
             table: edgeroute_config::TableGauges::register(&r, "edgeroute", "the table in force"),
+            info: gauge_vec(
+                &r,
+                "edgeroute_info",
+                "1, labelled with the proxy's version and its local region",
+                &["version", "region"],
+            ),
             table_epoch: gauge(
                 &r,
                 "edgeroute_table_epoch",
@@ -370,6 +384,12 @@ impl Metrics {
     /// series that existed before it, so an alert on the first ejection
     /// or failed probe would otherwise miss it.
     pub fn precreate(&self, config: &edgeroute_config::ProxyConfig) {
+        self.info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &config.regions[config.local_region].name,
+            ])
+            .set(1);
         for region in &config.regions {
             let name = region.name.as_str();
             self.ejections_suppressed.with_label_values(&[name]);

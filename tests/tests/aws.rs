@@ -147,6 +147,13 @@ async fn a_hanging_rds_api_makes_the_source_stale_within_seconds() {
             0.12,
         ),
         ("edgeroute_control_source_stale", 0.0),
+        (
+            &format!(
+                "edgeroute_control_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            1.0,
+        ),
     ] {
         assert_eq!(
             edgeroute_tests::sample(&text, sample),
@@ -161,6 +168,7 @@ async fn a_hanging_rds_api_makes_the_source_stale_within_seconds() {
         )
     };
     assert!(last_read().await > 0.0);
+    assert!(edgeroute_tests::sample(&text, "process_resident_memory_bytes") > 0.0);
 
     moto.hold("DescribeGlobalClusters").await;
     // Three member regions, 5 s each: stale well before the SDK's 30 s in

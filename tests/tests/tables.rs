@@ -99,6 +99,14 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
     ] {
         assert_eq!(proxy.metric(sample).await, value, "{sample}");
     }
+    // Who this is, and the process's own figures.
+    let info = format!(
+        "edgeroute_info{{region=\"{US}\",version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(proxy.metric(&info).await, 1.0, "{info}");
+    assert!(proxy.metric("process_resident_memory_bytes").await > 0.0);
+    assert!(proxy.metric("process_open_fds").await > 0.0);
     assert_eq!(us.count("POST"), 0);
     let log = proxy.log();
     assert!(
