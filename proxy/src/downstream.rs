@@ -1208,8 +1208,19 @@ impl Client<'_> {
         head: h1::ResponseHead,
         added: &[(HeaderName, HeaderValue)],
     ) -> Result<(), BError> {
+        let bodiless = self.request().method == Method::HEAD
+            || matches!(
+                head.status,
+                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
+            );
         match self {
             Client::H1(s) => s.write_head(head, added).await,
+            // An answer without a body ends its stream with its HEADERS
+            // frame (strict clients take an empty DATA frame after a
+            // `content-length` for a short body).
+            Client::H2(ServerSession::H2(s), ..) => s
+                .write_response_header(pingora_response(head, added)?, bodiless)
+                .map_err(Error::into_down),
             Client::H2(s, ..) => s
                 .write_response_header(pingora_response(head, added)?)
                 .await
@@ -1233,7 +1244,14 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.write_body(data, end).await,
             Client::H2(s, _, idle, _) => {
-                let data = if head { Bytes::new() } else { data };
+                // Ended with its head (see `write_head`).
+                if head
+                    || s.response_written().is_some_and(|r| {
+                        matches!(r.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+                    })
+                {
+                    return Ok(());
+                }
                 if data.is_empty() && !end {
                     return Ok(());
                 }

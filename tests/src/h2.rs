@@ -119,6 +119,16 @@ pub fn get_request(stream: u32, authority: bool) -> Vec<u8> {
     Frame::encode(HEADERS, 0x5, stream, &request_block(2, authority))
 }
 
+/// A HEAD on `stream`, whole (END_STREAM).
+pub fn head_request(stream: u32) -> Vec<u8> {
+    // :method as a literal value with its static-table name (index 2),
+    // not indexed (RFC 7541 §6.2.2); then :scheme, :path, :authority.
+    let mut block = vec![0x02, 4];
+    block.extend_from_slice(b"HEAD");
+    block.extend_from_slice(&request_block(2, true)[1..]);
+    Frame::encode(HEADERS, 0x5, stream, &block)
+}
+
 /// A GET on `stream` that names its host in a `host` field, with no
 /// `:authority`.
 pub fn get_with_host(stream: u32, host: &str) -> Vec<u8> {

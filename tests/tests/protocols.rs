@@ -1104,6 +1104,26 @@ async fn a_client_over_the_connection_limit_waits_until_one_closes() {
     drop(second);
 }
 
+/// An answer without a body (to a HEAD) ends its HTTP/2 stream with its
+/// HEADERS frame, as strict clients expect, with no DATA frame after it.
+#[tokio::test]
+async fn an_http2_answer_without_a_body_ends_with_its_headers() {
+    let us = Origin::start(US).await;
+    let (_proxy, mut conn) = h2c_raw(&us, "10m").await;
+    conn.write_all(&h2::head_request(1)).await.unwrap();
+    let frames = h2::read_until(&mut conn, GUARD, |f| {
+        f.stream == 1 && f.flags & h2::END_STREAM != 0
+    })
+    .await;
+    let on_stream: Vec<u8> = frames
+        .iter()
+        .filter(|f| f.stream == 1)
+        .map(|f| f.kind)
+        .collect();
+    assert_eq!(on_stream, [h2::HEADERS], "HEADERS with END_STREAM alone");
+    assert_eq!(us.count("HEAD"), 1);
+}
+
 /// An HTTP/2 request body that falls behind
 /// `limits.min_request_body_rate` once `timeouts.request_body` has passed
 /// is answered 408 on its stream, as an HTTP/1 one is; the connection
