@@ -470,6 +470,18 @@ impl Session {
         self.write(&mut &b"HTTP/1.1 100 Continue\r\n\r\n"[..]).await
     }
 
+    /// Passes an interim (1xx) answer on, before the final head, to an
+    /// HTTP/1.1 client (HTTP/1.0 knows none, RFC 9110 §15.2).
+    pub async fn write_interim(&mut self, head: &h1::ResponseHead) -> Result<(), BError> {
+        if self.req.version != Version::HTTP_11 || self.out != Out::Head || !self.pending.is_empty()
+        {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        encode_head(&mut out, head, &[]);
+        self.write(&mut &out[..]).await
+    }
+
     /// The connection ends after this response.
     pub fn close_after(&mut self) {
         self.keepalive = false;
@@ -1146,6 +1158,15 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.write_continue().await,
             Client::H2(s, ..) => s.write_continue_response().await.map_err(Error::into_down),
+        }
+    }
+
+    /// Passes an interim (1xx) answer on to an HTTP/1.1 client. HTTP/2's
+    /// session sends no interim answer but its own `100 Continue`.
+    pub async fn write_interim(&mut self, head: &h1::ResponseHead) -> Result<(), BError> {
+        match self {
+            Client::H1(s) => s.write_interim(head).await,
+            Client::H2(..) => Ok(()),
         }
     }
 

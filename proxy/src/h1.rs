@@ -39,7 +39,13 @@ pub const MAX_INTERIM: usize = 16;
 /// Free room each read from the backend gets at least.
 pub(crate) const READ_ROOM: usize = 16 * 1024;
 
-/// A backend's final response head.
+/// A response head read: an interim (1xx) answer, or the final one.
+pub enum Answer {
+    Interim(ResponseHead),
+    Final(ResponseHead),
+}
+
+/// A backend's response head.
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
@@ -154,6 +160,8 @@ pub struct Connection<'t> {
     /// Where the wait for the response head starts counting its read
     /// timeout ([`Self::count_answer_from`]).
     answer_since: Option<Instant>,
+    /// Interim answers read before this exchange's final one.
+    interim: usize,
 }
 
 fn bad_response(why: impl Into<String>) -> BError {
@@ -200,6 +208,7 @@ impl<'t> Connection<'t> {
             head_scan: 0,
             heard: false,
             answer_since: None,
+            interim: 0,
         }
     }
 
@@ -351,27 +360,36 @@ impl<'t> Connection<'t> {
     /// no body whatever its fields say. `upgrade`: the request asked for a
     /// protocol upgrade; a `101` to one that did not is refused.
     pub async fn read_head(&mut self, head: bool, upgrade: bool) -> Result<ResponseHead, BError> {
+        loop {
+            if let Answer::Final(resp) = self.read_answer(head, upgrade).await? {
+                return Ok(resp);
+            }
+        }
+    }
+
+    /// Reads the next response head: an interim (1xx) answer other than
+    /// `101`, which a proxy passes on (RFC 9110 §15.2), at most
+    /// [`MAX_INTERIM`] of them, or the final one (see [`Self::read_head`]).
+    pub async fn read_answer(&mut self, head: bool, upgrade: bool) -> Result<Answer, BError> {
         // Only the first wait counts from the time given, and only if no
         // write has waited since it.
         let mut since = self
             .answer_since
             .take()
             .filter(|_| !self.deadline.take_waited());
-        let mut interim = 0;
-        loop {
-            let (mut resp, version) = self.read_one_head(&mut since).await?;
-            if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
-                interim += 1;
-                if interim > MAX_INTERIM {
-                    return Err(bad_response(format!(
-                        "the backend sent more than {MAX_INTERIM} interim (1xx) answers"
-                    )));
-                }
-                continue;
+        let (mut resp, version) = self.read_one_head(&mut since).await?;
+        if resp.status.is_informational() && resp.status != StatusCode::SWITCHING_PROTOCOLS {
+            self.interim += 1;
+            if self.interim > MAX_INTERIM {
+                return Err(bad_response(format!(
+                    "the backend sent more than {MAX_INTERIM} interim (1xx) answers"
+                )));
             }
-            self.frame(&mut resp, version, head, upgrade)?;
-            return Ok(resp);
+            return Ok(Answer::Interim(resp));
         }
+        self.interim = 0;
+        self.frame(&mut resp, version, head, upgrade)?;
+        Ok(Answer::Final(resp))
     }
 
     /// One head. Once its first bytes have come, the whole of it is due

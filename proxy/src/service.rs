@@ -768,9 +768,23 @@ impl EdgeProxy {
                 answered_early = true;
                 return Ok(resp);
             }
-            client
-                .unless_gone(up.read_head(head_request, upgrade))
-                .await
+            // Interim answers (103 Early Hints, ...) go on to the client as
+            // they come; a 100 Continue was the proxy's own to give.
+            loop {
+                match client
+                    .unless_gone(up.read_answer(head_request, upgrade))
+                    .await?
+                {
+                    h1::Answer::Final(resp) => return Ok(resp),
+                    h1::Answer::Interim(mut interim)
+                        if interim.status != http::StatusCode::CONTINUE =>
+                    {
+                        upstream::interim_response(&mut interim);
+                        client.write_interim(&interim).await?;
+                    }
+                    h1::Answer::Interim(_) => {}
+                }
+            }
         }
         .await;
         let resp = match sent {

@@ -407,6 +407,12 @@ pub fn client_response(
     (backend, own)
 }
 
+/// An interim (1xx) answer as the client gets it: without the fields of
+/// the backend's connection, as a final one.
+pub fn interim_response(backend: &mut h1::ResponseHead) {
+    strip_response_fields(&mut backend.fields, backend.status);
+}
+
 /// The fields the proxy adds to a response it passes on.
 pub struct OwnFields {
     fields: [(HeaderName, HeaderValue); 4],

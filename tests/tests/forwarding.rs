@@ -585,6 +585,53 @@ async fn later_minor_versions_are_served_as_http11_and_other_majors_get_505() {
     assert_eq!(seen.lock().unwrap().len(), 2, "none of those reached it");
 }
 
+/// A backend's interim answers (103 Early Hints) reach an HTTP/1.1 client
+/// before the final one, without the fields of the backend's connection
+/// (RFC 9110 §15.2); a 100 Continue, the proxy's own to give, and every
+/// interim answer to an HTTP/1.0 client, which knows none, do not.
+#[tokio::test]
+async fn interim_answers_are_passed_on_to_http11_clients() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                loop {
+                    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+                    if head.is_empty() {
+                        return;
+                    }
+                    let answer = b"HTTP/1.1 100 Continue\r\n\r\n\
+                        HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
+                        Connection: x-hop\r\nX-Hop: 1\r\n\r\n\
+                        HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if s.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = proxy_for(backend).await;
+    let whole = |request: &'static [u8]| async move {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        read_until(&mut s, |t| t.ends_with("\r\n\r\nok")).await
+    };
+    let answer = whole(b"GET /page HTTP/1.1\r\nHost: app\r\n\r\n").await;
+    assert!(
+        answer.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{answer}"
+    );
+    assert!(!answer.contains("100 Continue"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+    let answer = whole(b"GET /page HTTP/1.0\r\nHost: app\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(!answer.contains("103"), "{answer}");
+}
+
 /// A backend that answers one request per connection with a keep-alive
 /// response and then closes the connection, as a backend whose idle
 /// timeout is shorter than the proxy's does.
