@@ -319,8 +319,15 @@ impl Session {
     fn frame_request(&mut self) -> Result<(), BError> {
         let (body, keepalive, host) = request_framing(self.req.version, &mut self.fields)?;
         // RFC 9112 §3.2; a target in absolute form names its host itself.
-        if !host && self.req.version == Version::HTTP_11 && self.req.uri.authority().is_none() {
-            return Err(bad_request("an HTTP/1.1 request must carry a Host field"));
+        if host != Host::Named
+            && self.req.version == Version::HTTP_11
+            && self.req.uri.authority().is_none()
+        {
+            return Err(bad_request(if host == Host::Missing {
+                "an HTTP/1.1 request must carry a Host field"
+            } else {
+                "an HTTP/1.1 request's Host field must name a host (an http URI's host is never empty, RFC 9110 §4.2.1)"
+            }));
         }
         self.body = body;
         self.body_empty = body == Body::Done;
@@ -797,8 +804,14 @@ async fn write_all_buf(stream: &mut Stream, out: &mut impl Buf) -> std::io::Resu
 }
 
 /// A `Host` field's value: a host and port as a URI has them, or empty.
+/// A port may be empty too (`host:`, RFC 3986's `port = *DIGIT`): the
+/// scheme's default (RFC 9110 §4.2.3).
 fn check_host(value: &[u8]) -> Result<(), BError> {
-    if value.is_empty() || std::str::from_utf8(value).is_ok_and(edgeroute_config::is_authority) {
+    let authority = |text: &str| {
+        let text = text.strip_suffix(':').unwrap_or(text);
+        edgeroute_config::is_authority(text)
+    };
+    if value.is_empty() || std::str::from_utf8(value).is_ok_and(authority) {
         return Ok(());
     }
     Err(bad_request(
@@ -829,20 +842,31 @@ pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
     Ok(())
 }
 
+/// What a request's `Host` field says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Host {
+    Missing,
+    /// Present and empty (an HTTP/1.0 client's way of naming none).
+    Empty,
+    Named,
+}
+
 /// A request body's framing (RFC 9112 §6.3), whether the connection may
 /// carry another request after it, and whether the request names its
 /// `Host`. Only what every HTTP/1.1 parser reads alike is accepted: a lone
 /// `chunked` coding from an HTTP/1.1 client and no length beside it, or one
 /// length (repeated values are left as one), and at most one `Host`, whose
 /// value is a host and port as a URI has them (or empty).
-fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool, bool), BError> {
+fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool, Host), BError> {
     // One pass over the fields instead of a lookup for each name.
     let (mut hosts, mut coded, mut length) = (0, false, false);
+    let mut named = false;
     let mut options = h1::ConnectionOptions::default();
     for (name, value) in fields.iter() {
         if name.eq_ignore_ascii_case(b"host") {
             hosts += 1;
             check_host(value)?;
+            named = !value.is_empty();
         } else if name.eq_ignore_ascii_case(b"connection") {
             options.read(value);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
@@ -855,7 +879,11 @@ fn request_framing(version: Version, fields: &mut Fields) -> Result<(Body, bool,
         return Err(bad_request("the request has more than one Host field"));
     }
     let keepalive = options.persist(version);
-    let host = hosts == 1;
+    let host = match hosts {
+        0 => Host::Missing,
+        _ if named => Host::Named,
+        _ => Host::Empty,
+    };
     if !coded {
         let declared = if length {
             content_length(fields)?
@@ -1750,6 +1778,9 @@ mod tests {
             (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),
             (b"GET  / HTTP/1.1\r\nHost: x\r\n\r\n", 400),
             (b"GET / HTTP/2.0\r\n\r\n", 505),
+            // An http URI's host is never empty (RFC 9110 §4.2.1).
+            (b"GET / HTTP/1.1\r\nHost:\r\n\r\n", 400),
+            (b"GET / HTTP/1.1\r\nHost: x::\r\n\r\n", 400),
             (b"GET / HTTP/1.10\r\nHost: x\r\n\r\n", 400),
             (b"G\x01T / HTTP/1.1\r\n\r\n", 400),
         ] {
@@ -1766,6 +1797,28 @@ mod tests {
         assert_eq!(refusal(&long).await, 431);
         long.extend_from_slice(b"\r\n\r\n");
         assert_eq!(refusal(&long).await, 431, "a whole head over the limit");
+    }
+
+    /// An empty port is the scheme's default (RFC 3986's `port = *DIGIT`);
+    /// an HTTP/1.0 client may name no host, and an absolute target names
+    /// its own.
+    #[tokio::test]
+    async fn hosts_a_uri_allows_are_read() {
+        for wire in [
+            &b"GET / HTTP/1.1\r\nHost: x:\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: [::1]:\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: x:8080\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost:\r\n\r\n",
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"GET http://x/ HTTP/1.1\r\nHost:\r\n\r\n",
+        ] {
+            let (mut s, _peer) = sent(wire, true).await;
+            assert!(
+                s.read_request().await.expect("read"),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
     }
 
     #[tokio::test]
@@ -1923,8 +1976,19 @@ mod tests {
             Just(("host", "a:8080")),
             Just(("host", "a b")),
             Just(("host", "a/b")),
+            Just(("host", "a:")),
+            Just(("host", "")),
             Just(("connection", "close")),
         ]
+    }
+
+    /// What a request's `Host` fields say, read independently of the code.
+    fn host_of(fields: &[(&str, &str)]) -> Host {
+        match fields.iter().find(|(k, _)| *k == "host") {
+            None => Host::Missing,
+            Some((_, "")) => Host::Empty,
+            Some(_) => Host::Named,
+        }
     }
 
     /// What the framing rules accept, said independently of the code.
@@ -2023,10 +2087,10 @@ mod tests {
             match framed {
                 Ok((Body::Chunked(_), _, host)) => {
                     prop_assert!(!headers.contains("content-length"));
-                    prop_assert_eq!(host, fields.iter().any(|(k, _)| *k == "host"));
+                    prop_assert_eq!(host, host_of(&fields));
                 }
                 Ok((body, _, host)) => {
-                    prop_assert_eq!(host, fields.iter().any(|(k, _)| *k == "host"));
+                    prop_assert_eq!(host, host_of(&fields));
                     prop_assert!(!headers.contains("transfer-encoding"));
                     let values: Vec<_> = headers.get_all("content-length").collect();
                     prop_assert!(values.len() <= 1);

@@ -364,6 +364,8 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
             b"GET /x HTTP/1.1\r\nHost: h:+80\r\n\r\n",
             "Host field is not",
         ),
+        // An http URI's host is never empty (RFC 9110 §4.2.1).
+        (b"GET /x HTTP/1.1\r\nHost:\r\n\r\n", "must name a host"),
         (b"GET /x#top HTTP/1.1\r\nHost: app\r\n\r\n", "fragment"),
         (b"GET http://h:99999/x HTTP/1.1\r\n\r\n", "authority is not"),
         (
@@ -382,11 +384,11 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
         origin.seen().is_empty(),
         "a refused request reached a backend"
     );
-    // HTTP/1.0 has no Host rule, and an empty Host is a valid one.
+    // HTTP/1.0 has no Host rule, and an empty port is the default one.
     for request in [
         &b"GET /x HTTP/1.0\r\n\r\n"[..],
         b"GET /x HTTP/1.1\r\nHost: [::1]:8080\r\nConnection: close\r\n\r\n",
-        b"GET /x HTTP/1.1\r\nHost:\r\nConnection: close\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: app:\r\nConnection: close\r\n\r\n",
     ] {
         let answer = exchange(proxy.addr, request).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
@@ -396,6 +398,7 @@ async fn a_request_without_a_valid_host_or_with_a_fragment_is_refused() {
     let seen = origin.seen();
     assert_eq!(seen[0].header("host"), Some(""));
     assert_eq!(seen[1].header("host"), Some("[::1]:8080"));
+    assert_eq!(seen[2].header("host"), Some("app:"));
 }
 
 /// A request the proxy cannot forward as it is (a field the proxy sets,
