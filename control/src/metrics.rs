@@ -29,7 +29,9 @@ pub struct ControlMetrics {
     pub last_drill: IntGauge,
     pub last_drill_ok: IntGauge,
     pub tls_certificate_reloads: IntCounterVec,
-    pub tls_certificate_expiry: IntGauge,
+    /// No series without `server.tls`: an alert on the time left has
+    /// nothing to fire on.
+    pub tls_certificate_expiry: IntGaugeVec,
     pub connections: IntGauge,
     pub accept_waits: IntCounterVec,
 }
@@ -184,10 +186,19 @@ impl ControlMetrics {
                 "Times the table server stopped accepting until a connection closed (connection_limit: server.max_connections reached) or resources were freed (out_of_resources: no file descriptor or memory left)",
                 &["reason"],
             ),
-            tls_certificate_expiry: gauge(
-                "edgeroute_control_tls_certificate_expiry_timestamp_seconds",
-                "Unix time the certificate in force expires (server.tls; 0 without it)",
-            ),
+            tls_certificate_expiry: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "edgeroute_control_tls_certificate_expiry_timestamp_seconds",
+                        "Unix time the certificate in force expires (server.tls; no series without it)",
+                    ),
+                    &[],
+                )
+                .expect("static metric definition");
+                r.register(Box::new(g.clone()))
+                    .expect("metric registered once");
+                g
+            },
             registry: r,
         }
     }

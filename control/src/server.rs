@@ -153,6 +153,7 @@ pub async fn watch_certificate(
     let mut faulty = false;
     metrics
         .tls_certificate_expiry
+        .with_label_values::<&str>(&[])
         .set(cert.validity().not_after);
     cert.log_dates(unix_now(), &mut faulty);
     let mut ticks = tokio::time::interval(WATCH_INTERVAL);
@@ -176,6 +177,7 @@ pub async fn watch_certificate(
                     .inc();
                 metrics
                     .tls_certificate_expiry
+                    .with_label_values::<&str>(&[])
                     .set(cert.validity().not_after);
                 // A certificate put in force outside its dates is logged.
                 faulty = false;

@@ -177,7 +177,7 @@ impl Metrics {
             refusals: counter_vec(
                 &r,
                 "edgeroute_refusals_total",
-                "Requests refused, by error code: every 503 refusal, and body_too_large (a declared length over the limit), method_not_allowed, loop_detected, and bad_request (a Max-Forwards that is no number)",
+                "Answers the proxy made itself before a backend was picked, by error code (every 503 refusal, bad_request, body_too_large, body_too_slow, request_head_too_large, method_not_allowed, loop_detected), and 503 refusals after attempts at backends that could not be reached",
                 &["reason"],
             ),
             retries: counter(

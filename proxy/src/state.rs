@@ -305,7 +305,7 @@ impl AppState {
         }
         let local = self.topology.local;
         match self.router.load().as_deref() {
-            None => Some("no_table"),
+            None => Some("no_routing_table"),
             Some(s) if s.states[local] == edgeroute_config::RegionState::Down => {
                 Some("region_down")
             }

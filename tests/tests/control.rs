@@ -330,6 +330,9 @@ async fn a_proxy_with_no_table_yet_is_live_but_not_ready() {
     assert_eq!((status, &body["live"]), (200, &serde_json::json!(true)));
     let health = client().get(proxy.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 503);
+    // One word for one cause, on every endpoint.
+    let body: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(body["reason"], "no_routing_table", "{body}");
 }
 
 /// Each path takes its methods: a health checker's `HEAD /health` is
