@@ -736,16 +736,10 @@ impl Runner {
             return;
         }
         let notifier = Arc::clone(&self.notifier);
-        let print = self.out == Output::Print;
+        // What was not delivered is logged (a command's log goes to
+        // standard error).
         self.sending.lock().await.spawn(async move {
-            for f in notifier.send(&event).await {
-                if print {
-                    eprint_text(&format!(
-                        "warning: notification {} not delivered: {f}\n",
-                        event.event
-                    ));
-                }
-            }
+            notifier.send(&event).await;
         });
     }
 

@@ -134,7 +134,15 @@ impl Notifier {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| aws_sdk_sns::error::DisplayErrorContext(&e).to_string())
+                        .map_err(|e| {
+                            // AWS's own code and message; the SDK's whole
+                            // error (headers, body) is no log line.
+                            use aws_sdk_sns::error::ProvideErrorMetadata;
+                            match (e.code(), e.message()) {
+                                (Some(code), Some(message)) => format!("{code}: {message}"),
+                                _ => edgeroute_config::error_chain(&e),
+                            }
+                        })
                 })
                 .await;
             self.count("sns", &outcome);

@@ -1090,6 +1090,37 @@ async fn a_move_the_proxies_could_not_follow_is_refused_and_status_says_why() {
     env.moto.mend("DescribeGlobalClusters").await;
 }
 
+/// A notification AWS refuses (an SNS topic that does not exist) is named
+/// in one line with AWS's code and message, not the SDK's whole error.
+#[tokio::test]
+async fn an_undelivered_notification_says_why_in_one_line() {
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    let config = format!(
+        "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
+         record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n\n\
+         [actions]\ntimeout = \"60s\"\nproxy_max_age = \"5s\"\n\n\
+         [notify]\nsns_topic_arn = \"arn:aws:sns:us-east-1:123456789012:no-such-topic\"\n",
+        moto.endpoint, fixture.zone_id
+    );
+    let cp = ControlPlane::start_with(None, &config, &moto.env()).await;
+    let ran = cp.command(&["drain", "eu-west-1"]).await;
+    assert!(ran.ok, "{ran:?}");
+    let line = ran
+        .stderr
+        .lines()
+        .find(|l| l.contains("not delivered"))
+        .unwrap_or_else(|| panic!("no warning: {ran:?}"));
+    assert!(
+        line.contains("SNS topic arn:aws:sns:us-east-1:123456789012:no-such-topic: "),
+        "{line}"
+    );
+    assert!(line.contains("NotFound"), "{line}");
+    for noise in ["HttpResponse", "headers", "extensions", "<?xml"] {
+        assert!(!line.contains(noise), "{noise}: {line}");
+    }
+}
+
 /// A drained region whose records someone put back by other means is in
 /// DNS: its undrain has nothing to do, and removes the copy the drain
 /// kept, which a later undrain would otherwise put back over the new
