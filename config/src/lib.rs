@@ -38,6 +38,7 @@ pub use proxy::{
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{
     TOKEN_GRACE, TOKEN_RELOAD, TokenFile, presents_bearer, read_secret, token, weak_token,
+    writable_by_others,
 };
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use table_metrics::TableGauges;

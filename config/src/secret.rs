@@ -75,6 +75,22 @@ pub fn presents_bearer(authorization: Option<&[u8]>, token: &[u8]) -> bool {
     bool::from(subtle::ConstantTimeEq::ct_eq(presented, token))
 }
 
+/// What `check` and start-up warn of a token file that users other than
+/// its owner may change (writable by its group or by anyone): since the
+/// file is read again every 10 s, whoever can write it sets the token.
+/// The token itself is not shown.
+pub fn writable_by_others(field: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode();
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "{field} {}: other users may write the token file (mode {:o}), and it is read again every 10 s, so they could set the token; make it writable by its owner alone (chmod go-w)",
+            path.display(),
+            mode & 0o777
+        )
+    })
+}
+
 /// How often a token file is read again, when its token is asked for.
 pub const TOKEN_RELOAD: Duration = Duration::from_secs(10);
 
@@ -110,6 +126,9 @@ impl TokenFile {
     /// and in the log.
     pub fn open(field: &'static str, path: &Path) -> Result<TokenFile, String> {
         let token = read_secret(field, path)?;
+        if let Some(loose) = writable_by_others(field, path) {
+            tracing::warn!("{loose}");
+        }
         Ok(TokenFile {
             field,
             path: Some(path.to_owned()),
@@ -297,6 +316,25 @@ mod tests {
         // A fixed token is never read again.
         let fixed = TokenFile::fixed("x", "env-token".into());
         assert_eq!(fixed.current_at(later + TOKEN_RELOAD), "env-token");
+    }
+
+    #[test]
+    fn a_token_file_others_may_write_is_warned_of() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret-token-s3cret\n").unwrap();
+        for (mode, warned) in [(0o600, false), (0o644, false), (0o664, true), (0o646, true)] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let warning = super::writable_by_others("x.token_file", &path);
+            assert_eq!(warning.is_some(), warned, "{mode:o}: {warning:?}");
+            if let Some(w) = warning {
+                assert!(
+                    w.contains(&format!("mode {mode:o}")) && !w.contains("s3cret"),
+                    "{w}"
+                );
+            }
+        }
     }
 
     #[test]

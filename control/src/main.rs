@@ -206,6 +206,12 @@ fn check(cfg: &ControlConfig, config: &Path) -> anyhow::Result<()> {
             if let Some(weak) = edgeroute_config::weak_token(source, &token.current()) {
                 eprintln!("warning: {weak}");
             }
+            if source == "server.token_file"
+                && let Some(path) = &cfg.server.token_file
+                && let Some(loose) = edgeroute_config::writable_by_others(source, path)
+            {
+                eprintln!("warning: {loose}");
+            }
         }
         Err(e) => note(Err(e)),
     }

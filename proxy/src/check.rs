@@ -53,7 +53,10 @@ pub fn secrets_and_logs(cfg: &ProxyConfig) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
     let mut token =
         |field: &str, path: &std::path::Path| match edgeroute_config::read_secret(field, path) {
-            Ok(token) => warnings.extend(edgeroute_config::weak_token(field, &token)),
+            Ok(token) => {
+                warnings.extend(edgeroute_config::weak_token(field, &token));
+                warnings.extend(edgeroute_config::writable_by_others(field, path));
+            }
             Err(e) => errors.push(e),
         };
     if let Some(path) = &cfg.admin.token_file {

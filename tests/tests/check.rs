@@ -691,6 +691,12 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
     )
     .unwrap();
     std::fs::write(dir.path().join("table-token"), "s3cret\n").unwrap();
+    // Read again every 10 s: whoever may write the file sets the token.
+    std::fs::set_permissions(
+        dir.path().join("table-token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
     let out = check(&proxy_bin(), &config)
         .env_remove("RUST_LOG")
         .output()
@@ -702,7 +708,12 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
         &[
             "warning: admin.token_file: the token is a placeholder",
             "warning: table.token_file: the token has fewer than 16 characters",
+            "other users may write the token file (mode 666)",
         ],
+    );
+    assert!(
+        !stderr.contains("admin-token: other users"),
+        "the admin token file is its owner's to write: {stderr}"
     );
     assert!(!stderr.contains("s3cret"), "a token is echoed:\n{stderr}");
 }

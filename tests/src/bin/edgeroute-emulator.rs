@@ -61,6 +61,24 @@ fn parse() -> Result<Option<Args>, String> {
     Ok(Some(args))
 }
 
+/// Writes `text` to a new `path` only its owner may read (0600), as a
+/// secret is kept.
+fn write_private(path: &std::path::Path, text: String) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // A token file of an earlier run in the folder is replaced whole.
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(text.as_bytes())
+}
+
 /// 16 random bytes from the kernel, as hex.
 fn token() -> std::io::Result<String> {
     let mut bytes = [0u8; 16];
@@ -107,7 +125,7 @@ async fn main() -> ExitCode {
     );
     let written = std::fs::create_dir_all(&args.dir)
         .and_then(|()| token())
-        .and_then(|t| std::fs::write(args.dir.join("token"), t + "\n"))
+        .and_then(|t| write_private(&args.dir.join("token"), t + "\n"))
         .and_then(|()| std::fs::write(args.dir.join("control.toml"), config));
     if let Err(e) = written {
         eprintln!("error: cannot write into {}: {e}", args.dir.display());
