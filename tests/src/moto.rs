@@ -343,14 +343,22 @@ pub async fn three_regions(moto: &Moto) -> Fixture {
         health_checks,
         clusters,
     };
-    put_lags(moto, &fixture).await;
+    put_lags(moto, &fixture, "us-east-1").await;
     fixture
 }
 
-/// The secondaries' replication lag now: eu-west-1 120 ms, ap-southeast-1
-/// 310 ms. A lag datapoint counts for three minutes.
-pub async fn put_lags(moto: &Moto, fixture: &Fixture) {
-    for (region, lag) in [("eu-west-1", 120.0), ("ap-southeast-1", 310.0)] {
+/// The replication lag now of each secondary, every region but `writer`:
+/// us-east-1 90 ms, eu-west-1 120 ms, ap-southeast-1 310 ms. A lag
+/// datapoint counts for three minutes.
+pub async fn put_lags(moto: &Moto, fixture: &Fixture, writer: &str) {
+    for (region, lag) in [
+        ("us-east-1", 90.0),
+        ("eu-west-1", 120.0),
+        ("ap-southeast-1", 310.0),
+    ] {
+        if region == writer {
+            continue;
+        }
         put_metric(
             moto,
             &Series::replication_lag(region, &fixture.clusters[region].1),
@@ -618,21 +626,28 @@ pub async fn kept_regions(moto: &Moto, zone_id: &str) -> Vec<String> {
 /// The region holding the global cluster's writer, and whether a writer
 /// change runs.
 pub async fn writer(moto: &Moto) -> (String, bool) {
+    try_writer(moto)
+        .await
+        .expect("the global cluster and its writer")
+}
+
+/// [`writer`], or `None` when the global cluster cannot be read or has
+/// no writer.
+pub async fn try_writer(moto: &Moto) -> Option<(String, bool)> {
     let rds = aws_sdk_rds::Client::new(&moto.sdk("us-east-1").await);
     let out = rds
         .describe_global_clusters()
         .global_cluster_identifier(GLOBAL_CLUSTER)
         .send()
         .await
-        .expect("describe global clusters");
-    let gc = &out.global_clusters()[0];
+        .ok()?;
+    let gc = out.global_clusters().first()?;
     let writer = gc
         .global_cluster_members()
         .iter()
         .find(|m| m.is_writer() == Some(true))
         .and_then(|m| m.db_cluster_arn())
-        .and_then(|arn| arn.split(':').nth(3))
-        .expect("a writer")
+        .and_then(|arn| arn.split(':').nth(3))?
         .to_owned();
-    (writer, gc.failover_state().is_some())
+    Some((writer, gc.failover_state().is_some()))
 }

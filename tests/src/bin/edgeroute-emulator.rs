@@ -146,13 +146,20 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // The lag metric stays current, as CloudWatch's would.
+    // The lag metric stays current, as CloudWatch's would, for whichever
+    // regions are secondaries now (a writer moved away from gets one).
     let mut minute = tokio::time::interval(std::time::Duration::from_secs(60));
+    let mut writer = "us-east-1".to_owned();
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = minute.tick() => moto::put_lags(&moto, &fixture).await,
+            _ = minute.tick() => {
+                if let Some((now, _)) = moto::try_writer(&moto).await {
+                    writer = now;
+                }
+                moto::put_lags(&moto, &fixture, &writer).await;
+            }
         }
     }
     drop(moto);
