@@ -51,6 +51,10 @@ pub struct ServerState {
     pub automation: bool,
 }
 
+/// At most ten lines a second for requests refused for want of the token
+/// (see [`edgeroute_config::LogBudget`]).
+static REFUSED: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
+
 /// Largest proxy report accepted.
 const MAX_REPORT: usize = 64 * 1024;
 /// How long a client may take to send a request head, and how long a
@@ -102,10 +106,10 @@ pub async fn serve(
         tokio::spawn(async move {
             let _open = (Open::new(&state.metrics.connections), permit);
             let Some(acceptor) = tls else {
-                return serve_connection(state, stream).await;
+                return serve_connection(state, stream, peer).await;
             };
             match tokio::time::timeout(HANDSHAKE_TIME, acceptor.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(state, stream).await,
+                Ok(Ok(stream)) => serve_connection(state, stream, peer).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
                     tracing::debug!(%peer, "TLS handshake not done within {HANDSHAKE_TIME:?}");
@@ -115,13 +119,13 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection<S>(state: Arc<ServerState>, stream: S)
+async fn serve_connection<S>(state: Arc<ServerState>, stream: S, peer: std::net::SocketAddr)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| {
         let state = Arc::clone(&state);
-        async move { Ok::<_, std::convert::Infallible>(handle(&state, req).await) }
+        async move { Ok::<_, std::convert::Infallible>(handle(&state, req, peer).await) }
     });
     if let Err(e) = hyper::server::conn::http1::Builder::new()
         // A client that never finishes its request head is closed
@@ -284,11 +288,28 @@ fn wait_param(req: &Request<Incoming>) -> Result<Option<Duration>, String> {
         })
 }
 
-async fn handle(state: &ServerState, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: &ServerState,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+) -> Response<Full<Bytes>> {
     // A client without the token (a health checker, or anyone) gets its
     // answer and the connection closed: kept open, such connections
     // could fill `server.max_connections` and lock the proxies out.
     let trusted = authorized(state, &req);
+    if !trusted
+        && req.uri().path() != "/health"
+        && let Some(left_out) = REFUSED.take()
+    {
+        let presented = req.headers().contains_key(header::AUTHORIZATION);
+        tracing::warn!(
+            path = req.uri().path(),
+            client = %peer,
+            presented_a_token = presented,
+            left_out,
+            "a request without the token was refused (401): a proxy or command with an old or wrong token, or none; the token is in server.token_file"
+        );
+    }
     let mut resp = if req.uri().path() == "/v1/report" {
         report(state, req, trusted).await
     } else {

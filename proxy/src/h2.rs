@@ -78,9 +78,9 @@ fn options() -> server::H2Options {
 pub const MALFORMED_STREAMS: usize = 32;
 
 /// At most ten protocol-error lines a second (see
-/// [`crate::logging::Budget`]): each client connection that breaks HTTP/2
+/// [`edgeroute_config::LogBudget`]): each client connection that breaks HTTP/2
 /// would write one.
-static PROTOCOL_ERRORS: crate::logging::Budget = crate::logging::Budget::new();
+static PROTOCOL_ERRORS: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
 
 impl EdgeProxy {
     /// Serves an HTTP/2 connection until the client closes it, it idles,

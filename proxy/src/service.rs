@@ -1131,10 +1131,10 @@ impl EdgeProxy {
 }
 
 /// At most ten "request failed" and ten "response cut short" lines a
-/// second (see [`crate::logging::Budget`]); each says how many were left
+/// second (see [`edgeroute_config::LogBudget`]); each says how many were left
 /// out before it. The access line of every request stays.
-static FAILED: crate::logging::Budget = crate::logging::Budget::new();
-static CUT_SHORT: crate::logging::Budget = crate::logging::Budget::new();
+static FAILED: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
+static CUT_SHORT: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
 
 /// The most of a path a warning quotes (the access line has it whole).
 const MAX_LOGGED_PATH: usize = 1024;

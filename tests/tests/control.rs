@@ -136,6 +136,16 @@ async fn a_token_rotated_in_its_file_takes_effect_without_a_restart() {
         "the token before, for a while"
     );
     assert_eq!(status_with("not-the-token-at-all").await, 401);
+    // Refusals are logged with who was refused, the token never.
+    eventually("the refusal is logged", WAIT, || async {
+        cp.log().lines().any(|l| {
+            l.contains("a request without the token was refused")
+                && l.contains("/v1/status")
+                && l.contains("client=127.")
+        })
+    })
+    .await;
+    assert!(!cp.log().contains("not-the-token-at-all"));
     // The proxy reads the same file again, and its reports go on.
     eventually("the proxy takes the new token", rotation, || async {
         proxy.log().contains("a new token is in force")
