@@ -56,6 +56,17 @@ pub enum Hold {
 }
 
 impl Hold {
+    /// Every hold, for series shown from the start.
+    pub const ALL: [Hold; 7] = [
+        Hold::SourcesDisagree,
+        Hold::FailoverRunning,
+        Hold::MinInterval,
+        Hold::NoTarget,
+        Hold::HealthUnread,
+        Hold::HistoryUnreadable,
+        Hold::RetryBackoff,
+    ];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             Hold::SourcesDisagree => "sources_disagree",

@@ -573,6 +573,14 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         // its default action would stop the process.
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let metrics = Arc::new(ControlMetrics::new());
+        let channels: Vec<&str> = [
+            cfg.notify.sns_topic_arn.as_ref().map(|_| "sns"),
+            cfg.notify.webhook_url.as_ref().map(|_| "webhook"),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        metrics.precreate(cfg.automation.enabled, &channels);
         let registry = Arc::new(Registry::default());
         let notifier =
             Arc::new(Notifier::new(&cfg.notify, endpoint(&cfg), Some(Arc::clone(&metrics))).await?);

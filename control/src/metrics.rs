@@ -203,6 +203,29 @@ impl ControlMetrics {
         }
     }
 
+    /// The series an alert watches for a rise, at 0 from the start, so
+    /// that `increase()` sees the first event: reports by result, the
+    /// automation's holds and failovers, and notifications to `channels`
+    /// (those configured: `sns`, `webhook`).
+    pub fn precreate(&self, automation: bool, channels: &[&str]) {
+        for result in ["accepted", "invalid"] {
+            self.reports.with_label_values(&[result]);
+        }
+        if automation {
+            for hold in crate::automation::Hold::ALL {
+                self.automation_held.with_label_values(&[hold.as_str()]);
+            }
+            for result in ["ok", "failed", "nothing_to_do"] {
+                self.automation_failovers.with_label_values(&[result]);
+            }
+        }
+        for channel in channels {
+            for result in ["sent", "failed"] {
+                self.notifications.with_label_values(&[channel, result]);
+            }
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

@@ -384,6 +384,11 @@ impl Metrics {
     /// series that existed before it, so an alert on the first ejection
     /// or failed probe would otherwise miss it.
     pub fn precreate(&self, config: &edgeroute_config::ProxyConfig) {
+        // The 503 refusals an alert watches for, at 0 from the start, so
+        // that `increase()` sees the first.
+        for refusal in crate::route::Refusal::ALL {
+            self.refusals.with_label_values(&[refusal.code()]);
+        }
         self.info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),

@@ -91,6 +91,18 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, for series shown from the start.
+    pub const ALL: [Refusal; 8] = [
+        Refusal::NoTable,
+        Refusal::NoPrimary,
+        Refusal::FailoverInProgress,
+        Refusal::PrimaryDown,
+        Refusal::PrimaryUnavailable,
+        Refusal::LocalUnavailable,
+        Refusal::NoRegionAvailable,
+        Refusal::TableStale,
+    ];
+
     /// Stable code for the JSON body, logs and metrics.
     pub fn code(self) -> &'static str {
         match self {

@@ -169,6 +169,11 @@ async fn a_hanging_rds_api_makes_the_source_stale_within_seconds() {
     };
     assert!(last_read().await > 0.0);
     assert!(edgeroute_tests::sample(&text, "process_resident_memory_bytes") > 0.0);
+    // Series an alert watches for a rise are there from the start.
+    assert!(
+        text.contains("edgeroute_control_proxy_reports_total{result=\"invalid\"} 0"),
+        "{text}"
+    );
     // No certificate, no expiry to alert on.
     assert!(
         !text.contains("edgeroute_control_tls_certificate_expiry_timestamp_seconds"),
