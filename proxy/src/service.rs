@@ -73,6 +73,9 @@ const EARLY_ANSWER_GRACE: Duration = Duration::from_secs(1);
 /// Per-request state; small, and dropped when the request ends.
 struct Ctx {
     started: Instant,
+    /// When a `101` went to the client: an upgraded request's duration
+    /// in the histogram ends there, not with its tunnel.
+    upgraded_at: Option<Instant>,
     _inflight: RequestGuard,
     snapshot: Option<Arc<Snapshot>>,
     plan: Plan,
@@ -243,6 +246,7 @@ impl EdgeProxy {
             attempts: 0,
             backend: "",
             elapsed: Duration::ZERO,
+            answered: Duration::ZERO,
             request_id: &request_id,
             error: Some(e),
         });
@@ -303,6 +307,7 @@ impl EdgeProxy {
             body_waited: Duration::ZERO,
             repeatable: req.method.is_idempotent() || facts.idempotency_key,
             picked: 0,
+            upgraded_at: None,
             facts,
         }
     }
@@ -851,6 +856,7 @@ impl EdgeProxy {
         client.write_head(resp, &own).await.map_err(Failure::last)?;
 
         if upgrade && client.was_upgraded() {
+            ctx.upgraded_at = Some(Instant::now());
             backend.record_success();
             let idle = self.state.config.timeouts.tunnel_idle;
             return tunnel(client, &mut up, idle).await.map_err(Failure::last);
@@ -1095,6 +1101,7 @@ impl EdgeProxy {
                 .as_ref()
                 .map_or("", |b| b.backend().label.as_str()),
             elapsed: done - ctx.started,
+            answered: ctx.upgraded_at.unwrap_or(done) - ctx.started,
             request_id: &ctx.request_id,
             error: e,
         });
@@ -1106,7 +1113,7 @@ impl EdgeProxy {
     fn account(&self, a: &Access<'_>) {
         self.state
             .request_metrics
-            .record(a.served_by, a.route, a.status, a.elapsed.as_secs_f64());
+            .record(a.served_by, a.route, a.status, a.answered.as_secs_f64());
         if self.state.config.log.access {
             let region = a
                 .served_by
@@ -1155,6 +1162,9 @@ struct Access<'a> {
     attempts: u32,
     backend: &'a str,
     elapsed: Duration,
+    /// What the duration histogram takes: `elapsed`, but for an upgraded
+    /// request the time to its `101` (its tunnel may stay open for hours).
+    answered: Duration,
     request_id: &'a HeaderValue,
     error: Option<&'a Error>,
 }

@@ -91,6 +91,7 @@ async fn a_websocket_upgrade_becomes_a_tunnel_both_ways() {
     let origin = Origin::start(US).await;
     let proxy = proxy_for(origin.addr).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+    let asked = std::time::Instant::now();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: app\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -98,6 +99,7 @@ async fn a_websocket_upgrade_becomes_a_tunnel_both_ways() {
     .await
     .unwrap();
     let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+    let upgraded_within = asked.elapsed();
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -112,6 +114,19 @@ async fn a_websocket_upgrade_becomes_a_tunnel_both_ways() {
     let seen = &origin.seen()[0];
     assert_eq!(seen.header("upgrade"), Some("websocket"));
     assert_eq!(seen.header("sec-websocket-version"), Some("13"));
+    // The duration histogram takes the time to the 101, which the proxy
+    // measured inside the client's wait for it, not the tunnel's life
+    // (held open a while longer here).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(s);
+    proxy.access_line(&["status=101"]).await;
+    let recorded = proxy
+        .metric("edgeroute_request_duration_seconds_sum{region=\"us-east-1\",route=\"read\"}")
+        .await;
+    assert!(
+        recorded > 0.0 && recorded <= upgraded_within.as_secs_f64(),
+        "{recorded} s recorded, the 101 came within {upgraded_within:?}"
+    );
 }
 
 #[tokio::test]
