@@ -116,6 +116,9 @@ struct TokenState {
     current: String,
     /// The token before the last change, and when it changed.
     previous: Option<(String, Instant)>,
+    /// A client offers the token before the last change (the server
+    /// refused the one now).
+    fallback: bool,
     read_at: Instant,
     /// The last problem logged, not logged again until it changes.
     trouble: Option<String>,
@@ -154,6 +157,33 @@ impl TokenFile {
         self.fresh(now, |s| s.current.clone())
     }
 
+    /// The token a client offers: the one now, or, after the server
+    /// refused it (see [`Self::refused`]), the one before it within
+    /// [`TOKEN_GRACE`] of its change: a client whose secret was updated
+    /// before its server's is not locked out meanwhile.
+    pub fn offered(&self) -> String {
+        self.offered_at(Instant::now())
+    }
+
+    fn offered_at(&self, now: Instant) -> String {
+        self.fresh(now, |s| match s.grace_token(now) {
+            Some(before) if s.fallback => before.to_owned(),
+            _ => s.current.clone(),
+        })
+    }
+
+    /// The server refused the token offered: the other one (now, or the
+    /// one before it within [`TOKEN_GRACE`]) is offered next.
+    pub fn refused(&self) {
+        self.refused_at(Instant::now());
+    }
+
+    fn refused_at(&self, now: Instant) {
+        self.fresh_mut(now, |s| {
+            s.fallback = !s.fallback && s.grace_token(now).is_some();
+        });
+    }
+
     /// Whether an `Authorization` field's value presents the token now, or
     /// the one before it within [`TOKEN_GRACE`] of its change (see
     /// [`presents_bearer`]).
@@ -163,20 +193,21 @@ impl TokenFile {
 
     fn accepts_at(&self, authorization: Option<&[u8]>, now: Instant) -> bool {
         self.fresh(now, |s| {
-            let previous = s
-                .previous
-                .as_ref()
-                .filter(|(_, at)| now.duration_since(*at) < TOKEN_GRACE);
             // Both compared, in constant time each.
             let current = presents_bearer(authorization, s.current.as_bytes());
-            let before =
-                previous.is_some_and(|(t, _)| presents_bearer(authorization, t.as_bytes()));
+            let before = s
+                .grace_token(now)
+                .is_some_and(|t| presents_bearer(authorization, t.as_bytes()));
             current | before
         })
     }
 
     /// `f` of the state, after reading the file again if it is due.
     fn fresh<T>(&self, now: Instant, f: impl FnOnce(&TokenState) -> T) -> T {
+        self.fresh_mut(now, |s| f(s))
+    }
+
+    fn fresh_mut<T>(&self, now: Instant, f: impl FnOnce(&mut TokenState) -> T) -> T {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(path) = &self.path
             && now.duration_since(state.read_at) >= TOKEN_RELOAD
@@ -186,10 +217,11 @@ impl TokenFile {
                 Ok(token) if token != state.current => {
                     let old = std::mem::replace(&mut state.current, token);
                     state.previous = Some((old, now));
+                    state.fallback = false;
                     state.trouble = None;
                     tracing::info!(
                         field = self.field,
-                        "a new token is in force; the one before it is accepted for {} more minutes",
+                        "a new token is in force; the one before it stays good for {} more minutes (accepted, or offered again should the new one be refused)",
                         TOKEN_GRACE.as_secs() / 60
                     );
                 }
@@ -205,15 +237,24 @@ impl TokenFile {
                 }
             }
         }
-        f(&state)
+        f(&mut state)
     }
 }
 
 impl TokenState {
+    /// The token before the last change, within [`TOKEN_GRACE`] of it.
+    fn grace_token(&self, now: Instant) -> Option<&str> {
+        self.previous
+            .as_ref()
+            .filter(|(_, at)| now.duration_since(*at) < TOKEN_GRACE)
+            .map(|(t, _)| t.as_str())
+    }
+
     fn new(token: String) -> TokenState {
         TokenState {
             current: token,
             previous: None,
+            fallback: false,
             read_at: Instant::now(),
             trouble: None,
         }
@@ -304,6 +345,14 @@ mod tests {
             "the token before, within the grace"
         );
         assert!(!file.accepts_at(Some(&bearer("third-token")), reread));
+        // A client offers the new token; refused, the one before; refused
+        // again, the new one.
+        assert_eq!(file.offered_at(reread), "second-token");
+        file.refused_at(reread);
+        assert_eq!(file.offered_at(reread), "first-token");
+        file.refused_at(reread);
+        assert_eq!(file.offered_at(reread), "second-token");
+        file.refused_at(reread);
         // A file that cannot be read leaves the token in force.
         std::fs::remove_file(&path).unwrap();
         let later = reread + TOKEN_GRACE;
@@ -313,6 +362,7 @@ mod tests {
             !file.accepts_at(Some(&bearer("first-token")), later),
             "the token before, after the grace"
         );
+        assert_eq!(file.offered_at(later), "second-token", "after the grace");
         // A fixed token is never read again.
         let fixed = TokenFile::fixed("x", "env-token".into());
         assert_eq!(fixed.current_at(later + TOKEN_RELOAD), "env-token");

@@ -243,10 +243,14 @@ pub async fn poll_control(
                         }
                         Ok(Err(e)) => Some(format!("reading the table failed: {e}")),
                     },
-                    http::StatusCode::UNAUTHORIZED => Some(
-                        "the control plane refused the token in table.token_file (read again every 10 s: put the control plane's server.token_file token there)"
-                            .to_owned(),
-                    ),
+                    http::StatusCode::UNAUTHORIZED => {
+                        // Rotated here first: the token before is offered next.
+                        auth.refused();
+                        Some(
+                            "the control plane refused the token in table.token_file (read again every 10 s: put the control plane's server.token_file token there)"
+                                .to_owned(),
+                        )
+                    }
                     other => Some(format!("the control plane answered {other}")),
                 }
             }
@@ -280,11 +284,12 @@ pub async fn poll_control(
     }
 }
 
-/// The `Authorization` field for the token in force. A token file's
+/// The `Authorization` field for the token offered (see
+/// [`edgeroute_config::TokenFile::offered`]). A token file's
 /// token is visible ASCII (see [`edgeroute_config::token`]), which a
 /// field value can always hold.
 fn bearer(token: &edgeroute_config::TokenFile) -> http::HeaderValue {
-    http::HeaderValue::try_from(format!("Bearer {}", token.current()))
+    http::HeaderValue::try_from(format!("Bearer {}", token.offered()))
         .unwrap_or_else(|_| http::HeaderValue::from_static("Bearer"))
 }
 
@@ -376,6 +381,9 @@ pub async fn report_to_control(
                 Ok(req) => match tokio::time::timeout(ANSWER_TIME, client.request(req)).await {
                     Ok(Ok(resp)) if resp.status().is_success() => true,
                     Ok(Ok(resp)) => {
+                        if resp.status() == http::StatusCode::UNAUTHORIZED {
+                            auth.refused();
+                        }
                         tracing::warn!(url = %target, status = %resp.status(), "the control plane refused this proxy's report");
                         false
                     }

@@ -161,6 +161,48 @@ async fn a_token_rotated_in_its_file_takes_effect_without_a_restart() {
     assert!(!proxy.log().contains(new), "the token is never logged");
 }
 
+/// A proxy whose token file changes before the control plane's (each pod
+/// gets an updated secret at its own time) offers the token before the
+/// change when the new one is refused: its reports go on meanwhile.
+#[tokio::test]
+async fn a_proxy_given_the_new_token_first_goes_on_with_the_one_before() {
+    let (us, eu, ap) = origins().await;
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("token");
+    std::fs::copy(&cp.token_path, &own).unwrap();
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\nsource = \"control\"\nurl = \"{}\"\ntoken_file = {own:?}\nreport_interval = \"1s\"\nmax_backoff = \"500ms\"\n",
+            cp.url("").trim_end_matches('/')
+        ))
+        .without_table_file()
+        .start()
+        .await;
+    served_and_reported(&cp, &proxy).await;
+    std::fs::write(&own, "rotated-token-0123456789abcdef\n").unwrap();
+    let rotation = Duration::from_secs(30);
+    eventually("the proxy takes the new token", rotation, || async {
+        proxy.log().contains("a new token is in force")
+    })
+    .await;
+    let reports = || cp.metric("edgeroute_control_proxy_reports_total{result=\"accepted\"}");
+    let before = reports().await;
+    eventually("reports go on with the token before", rotation, || async {
+        reports().await >= before + 2.0
+    })
+    .await;
+    assert!(
+        cp.metric("edgeroute_control_requests_total{status=\"401\"}")
+            .await
+            >= 1.0,
+        "the new token was offered first"
+    );
+}
+
 /// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,
 /// and the `status` command counts it.
 async fn served_and_reported(cp: &ControlPlane, proxy: &Proxy) {
