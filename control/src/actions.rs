@@ -357,17 +357,19 @@ pub fn plan_move(
     })
 }
 
-/// The reporting proxies that see no backend of `region` in rotation:
-/// with the primary there, each would answer every write 503
-/// `primary_unavailable`.
+/// The reporting proxies that see no backend of `region` in rotation
+/// (or none of it at all): with the primary there, each would answer
+/// every write 503 `primary_unavailable`.
 pub fn cut_off_from<'a>(proxies: &'a [ProxyStatus], region: &str) -> Vec<&'a str> {
+    // One that knows no backend of the region (a name DNS gave no
+    // address, or a region its config lacks) is cut off too.
     proxies
         .iter()
         .filter(|p| {
-            p.report
+            !p.report
                 .regions
                 .iter()
-                .any(|r| r.name == region && r.unhealthy())
+                .any(|r| r.name == region && r.in_rotation > 0)
         })
         .map(|p| p.report.id.as_str())
         .collect()
@@ -850,7 +852,7 @@ impl Runner {
         }
         // The automation chose a target most proxies reach.
         if from.is_none() {
-            self.proxies_reach(to).await?;
+            self.proxies_reach(to, planned).await?;
         }
         let summary = format!(
             "{} {} → {} of global cluster {}",
@@ -883,7 +885,7 @@ impl Runner {
     pub async fn drill(&self, to: &str, dry_run: bool) -> Result<Operation, String> {
         let state = self.state().await?;
         let there = plan_move(&state, self.global_cluster(), to, true, self.to_unhealthy)?;
-        self.proxies_reach(to).await?;
+        self.proxies_reach(to, true).await?;
         let back = MovePlan {
             from: there.to.clone(),
             to: there.from.clone(),
@@ -993,11 +995,13 @@ impl Runner {
         Timeline::new(self).finish(kind, format!("dry run: {summary}"), None)
     }
 
-    /// Refuses a writer move to `to` (unless `--to-unhealthy`) while a
-    /// reporting proxy sees no backend of `to` in rotation: it would
-    /// refuse every write once `to` holds the primary. (A control plane
-    /// that cannot be read is named by [`Self::before_change`].)
-    async fn proxies_reach(&self, to: &str) -> Result<(), String> {
+    /// Refuses a planned writer move to `to` (unless `--to-unhealthy`)
+    /// while a reporting proxy sees no backend of `to` in rotation: it
+    /// would refuse every write once `to` holds the primary. An unplanned
+    /// failover, whose primary is likely lost, goes ahead with a warning.
+    /// (A control plane that cannot be read is named by
+    /// [`Self::before_change`].)
+    async fn proxies_reach(&self, to: &str, planned: bool) -> Result<(), String> {
         if self.to_unhealthy {
             return Ok(());
         }
@@ -1008,14 +1012,20 @@ impl Runner {
         if cut_off.is_empty() {
             return Ok(());
         }
-        Err(format!(
+        let seen = format!(
             "{} of {} proxies reporting see no backend of {to} in rotation ({}): with the primary \
-             in {to} they would answer every write 503 primary_unavailable; let them reach {to}'s \
-             backends first (`edgeroute-control status` shows each proxy's view), or add \
-             --to-unhealthy to move the writer anyway",
+             in {to} they would answer every write 503 primary_unavailable",
             cut_off.len(),
             proxies.len(),
             some_of(&cut_off)
+        );
+        if !planned {
+            self.warn(&format!("{seen}; failing over all the same"));
+            return Ok(());
+        }
+        Err(format!(
+            "{seen}; let them reach {to}'s backends first (`edgeroute-control status` shows each \
+             proxy's view), or add --to-unhealthy to move the writer anyway"
         ))
     }
 
@@ -2004,6 +2014,42 @@ mod tests {
 
     /// A record change Route 53 turned away is told by why: a batch whose
     /// records changed since they were read, or a fault on AWS's side.
+    #[test]
+    fn a_proxy_with_no_backend_of_a_region_in_rotation_is_cut_off_from_it() {
+        use edgeroute_config::{ProxyReport, RegionHealth};
+        let proxy = |id: &str, eu: Option<(u32, u32)>| crate::registry::ProxyStatus {
+            report: ProxyReport {
+                id: id.into(),
+                region: "us-east-1".into(),
+                epoch: 1,
+                version: 1,
+                regions: eu
+                    .map(|(backends, in_rotation)| RegionHealth {
+                        name: "eu-west-1".into(),
+                        backends,
+                        in_rotation,
+                    })
+                    .into_iter()
+                    .collect(),
+            },
+            age_seconds: 0.0,
+        };
+        let proxies = [
+            proxy("reaches", Some((2, 1))),
+            proxy("probes-fail", Some((2, 0))),
+            proxy("no-address", Some((0, 0))),
+            proxy("not-configured", None),
+        ];
+        assert_eq!(
+            super::cut_off_from(&proxies, "eu-west-1"),
+            ["probes-fail", "no-address", "not-configured"]
+        );
+        assert_eq!(
+            super::some_of(&["a", "b", "c", "d", "e", "f", "g"]),
+            "a, b, c, d, e and 2 more"
+        );
+    }
+
     #[test]
     fn the_status_says_whether_the_table_lets_writes_through() {
         use edgeroute_config::{RegionEntry, RegionState, RoutingTable};

@@ -1044,6 +1044,26 @@ async fn a_move_the_proxies_could_not_follow_is_refused_and_status_says_why() {
         ])
         .await
         .assert_ok_saying(&["dry run: planned switchover us-east-1 → eu-west-1"]);
+    // An unplanned failover (the primary likely lost) goes ahead, warned.
+    let unplanned = env
+        .cp
+        .command(&[
+            "failover",
+            "--to",
+            "eu-west-1",
+            "--unplanned",
+            "--allow-data-loss",
+            "--dry-run",
+        ])
+        .await;
+    unplanned.assert_ok_saying(&["dry run: unplanned failover us-east-1 → eu-west-1"]);
+    assert!(
+        unplanned
+            .stderr
+            .contains("see no backend of eu-west-1 in rotation")
+            && unplanned.stderr.contains("failing over all the same"),
+        "{unplanned:?}"
+    );
     assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
     let status = env.cp.command(&["status"]).await;
     status.assert_ok_saying(&[
