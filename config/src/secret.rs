@@ -82,11 +82,23 @@ pub fn presents_bearer(authorization: Option<&[u8]>, token: &[u8]) -> bool {
 pub fn writable_by_others(field: &str, path: &Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path).ok()?.permissions().mode();
-    (mode & 0o022 != 0).then(|| {
-        format!(
+    if mode & 0o022 != 0 {
+        return Some(format!(
             "{field} {}: other users may write the token file (mode {:o}), and it is read again every 10 s, so they could set the token; make it writable by its owner alone (chmod go-w)",
             path.display(),
             mode & 0o777
+        ));
+    }
+    // Whoever may write the folder may put another file in its place,
+    // unless the folder is sticky (as /tmp is).
+    let folder = path.parent().filter(|p| !p.as_os_str().is_empty())?;
+    let mode = std::fs::metadata(folder).ok()?.permissions().mode();
+    (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
+        format!(
+            "{field} {}: other users may write its folder {} (mode {:o}), so they could put another token file in its place; keep it in a folder writable by its owner alone",
+            path.display(),
+            folder.display(),
+            mode & 0o7777
         )
     })
 }
@@ -374,6 +386,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret-token-s3cret\n").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         for (mode, warned) in [(0o600, false), (0o644, false), (0o664, true), (0o646, true)] {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
             let warning = super::writable_by_others("x.token_file", &path);
@@ -385,6 +398,14 @@ mod tests {
                 );
             }
         }
+        // A folder others may write, unless it is sticky.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let warning = super::writable_by_others("x.token_file", &path).expect("warned");
+        assert!(warning.contains("its folder"), "{warning}");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+        assert_eq!(super::writable_by_others("x.token_file", &path), None);
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@
 
 use crate::table::{RegionState, RoutingTable};
 use prometheus::{GaugeVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::Mutex;
 
 const STATES: [RegionState; 3] = [
     RegionState::Active,
@@ -16,6 +17,8 @@ const STATES: [RegionState; 3] = [
 
 /// The gauges of one table, named `<prefix>_table_...`.
 pub struct TableGauges {
+    /// The regions shown, and whether each has a lag shown.
+    shown: Mutex<Vec<(String, bool)>>,
     primary: IntGaugeVec,
     failover: IntGauge,
     state: IntGaugeVec,
@@ -75,6 +78,7 @@ impl TableGauges {
             .register(Box::new(lag.clone()))
             .expect("metric registered once");
         TableGauges {
+            shown: Mutex::new(Vec::new()),
             primary,
             failover,
             state,
@@ -84,12 +88,29 @@ impl TableGauges {
     }
 
     /// Shows `table`: regions it no longer names lose their series, and a
-    /// lag no longer known is not shown.
+    /// lag no longer known is not shown. Series that stay are set in
+    /// place, never removed and made again, so that a scrape in between
+    /// never finds a region's series missing.
     pub fn show(&self, table: &RoutingTable) {
-        self.primary.reset();
-        self.state.reset();
-        self.weight.reset();
-        self.lag.reset();
+        let mut shown = self.shown.lock().unwrap_or_else(|p| p.into_inner());
+        for (gone, had_lag) in shown.iter() {
+            let named = table.regions.iter().find(|r| &r.name == gone);
+            if named.is_none() {
+                let _ = self.primary.remove_label_values(&[gone]);
+                let _ = self.weight.remove_label_values(&[gone]);
+                for state in STATES {
+                    let _ = self.state.remove_label_values(&[gone, state.as_str()]);
+                }
+            }
+            if *had_lag && named.is_none_or(|r| r.replication_lag_ms.is_none()) {
+                let _ = self.lag.remove_label_values(&[gone]);
+            }
+        }
+        *shown = table
+            .regions
+            .iter()
+            .map(|r| (r.name.clone(), r.replication_lag_ms.is_some()))
+            .collect();
         self.failover.set(i64::from(table.failover_in_progress));
         for region in &table.regions {
             let name = region.name.as_str();
@@ -186,5 +207,35 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("eu-west-1"), "regions gone: {shown}");
+        assert!(
+            !shown.contains("edgeroute_table_replication_lag_seconds{"),
+            "lags gone: {shown}"
+        );
+        // A region that stays but whose lag is no longer known.
+        let with_lag = |lag| RoutingTable {
+            epoch: 3,
+            version: 3,
+            primary_region: Some("us-east-1".into()),
+            failover_in_progress: false,
+            regions: vec![
+                region("us-east-1", RegionState::Active, None),
+                region("eu-west-1", RegionState::Active, lag),
+            ],
+        };
+        gauges.show(&with_lag(Some(200)));
+        assert!(
+            text(&registry)
+                .contains("edgeroute_table_replication_lag_seconds{region=\"eu-west-1\"} 0.2")
+        );
+        gauges.show(&with_lag(None));
+        let shown = text(&registry);
+        assert!(
+            !shown.contains("edgeroute_table_replication_lag_seconds{"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("edgeroute_table_primary{region=\"eu-west-1\"} 0"),
+            "{shown}"
+        );
     }
 }

@@ -2012,8 +2012,6 @@ mod tests {
         assert!(!line.contains("FAILED"), "{line}");
     }
 
-    /// A record change Route 53 turned away is told by why: a batch whose
-    /// records changed since they were read, or a fault on AWS's side.
     #[test]
     fn a_proxy_with_no_backend_of_a_region_in_rotation_is_cut_off_from_it() {
         use edgeroute_config::{ProxyReport, RegionHealth};
@@ -2087,6 +2085,8 @@ mod tests {
         );
     }
 
+    /// A record change Route 53 turned away is told by why: a batch whose
+    /// records changed since they were read, or a fault on AWS's side.
     #[test]
     fn a_record_change_not_made_says_why() {
         let e = |message: &str| crate::aws::AwsError {

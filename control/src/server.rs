@@ -51,6 +51,9 @@ pub struct ServerState {
     pub automation: bool,
 }
 
+/// The most of a path a log line quotes.
+const MAX_LOGGED_PATH: usize = 1024;
+
 /// At most ten lines a second for requests refused for want of the token
 /// (see [`edgeroute_config::LogBudget`]).
 static REFUSED: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
@@ -297,24 +300,31 @@ async fn handle(
     // answer and the connection closed: kept open, such connections
     // could fill `server.max_connections` and lock the proxies out.
     let trusted = authorized(state, &req);
-    if !trusted
-        && req.uri().path() != "/health"
+    // Said of a refusal for want of the token, below (`/health` needs none).
+    let asked = (!trusted && req.uri().path() != "/health").then(|| {
+        let path = req.uri().path();
+        (
+            path[..path.floor_char_boundary(MAX_LOGGED_PATH)].to_owned(),
+            req.headers().contains_key(header::AUTHORIZATION),
+        )
+    });
+    let mut resp = if req.uri().path() == "/v1/report" {
+        report(state, req, trusted).await
+    } else {
+        route(state, &req, trusted).await
+    };
+    if let Some((path, presented)) = asked
+        && resp.status() == StatusCode::UNAUTHORIZED
         && let Some(left_out) = REFUSED.take()
     {
-        let presented = req.headers().contains_key(header::AUTHORIZATION);
         tracing::warn!(
-            path = req.uri().path(),
+            path,
             client = %peer,
             presented_a_token = presented,
             left_out,
             "a request without the token was refused (401): a proxy or command with an old or wrong token, or none; the token is in server.token_file"
         );
     }
-    let mut resp = if req.uri().path() == "/v1/report" {
-        report(state, req, trusted).await
-    } else {
-        route(state, &req, trusted).await
-    };
     if !trusted {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

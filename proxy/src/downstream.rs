@@ -1294,13 +1294,14 @@ impl Client<'_> {
             Client::H1(s) => s.write_body(data, end).await,
             Client::H2(s, _, idle, _) => {
                 // Ended with its head (see `write_head`).
-                if head
+                let ended = head
                     || s.response_written().is_some_and(|r| {
                         matches!(r.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-                    })
-                {
+                    });
+                if ended && matches!(s, ServerSession::H2(_)) {
                     return Ok(());
                 }
+                let data = if head { Bytes::new() } else { data };
                 if data.is_empty() && !end {
                     return Ok(());
                 }

@@ -230,7 +230,8 @@ impl EdgeProxy {
         session.close(refused).await;
     }
 
-    /// Answers a request whose head could not be read as one (400, 431, 501).
+    /// Answers a request whose head could not be read as one (400, 431,
+    /// 501, 505).
     async fn refuse_unreadable(&self, client: &mut Client<'_>, e: &Error) {
         let reply = ErrorReply::from_error(e);
         // Like every other request, it gets an id and an access line: no

@@ -183,7 +183,7 @@ async fn a_hanging_rds_api_makes_the_source_stale_within_seconds() {
     moto.hold("DescribeGlobalClusters").await;
     // Three member regions, 5 s each: stale well before the SDK's 30 s in
     // the first of them.
-    eventually("the source is stale", Duration::from_secs(25), || async {
+    eventually("the source is stale", Duration::from_secs(40), || async {
         cp.metric("edgeroute_control_source_stale").await == 1.0
     })
     .await;

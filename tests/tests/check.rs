@@ -691,7 +691,13 @@ fn check_reads_the_token_files_and_the_log_filter_as_run_does() {
     )
     .unwrap();
     std::fs::write(dir.path().join("table-token"), "s3cret\n").unwrap();
-    // Read again every 10 s: whoever may write the file sets the token.
+    // Read again every 10 s: whoever may write the file sets the token
+    // (the admin token's is its owner's alone, whatever the umask).
+    std::fs::set_permissions(
+        dir.path().join("admin-token"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     std::fs::set_permissions(
         dir.path().join("table-token"),
         std::os::unix::fs::PermissionsExt::from_mode(0o666),
