@@ -366,15 +366,19 @@ impl Proxy {
 
     /// The value of a Prometheus sample such as `edgeroute_table_rejections_total{reason="stale_epoch"}`.
     pub async fn metric(&self, sample: &str) -> f64 {
-        let text = crate::client()
+        crate::sample(&self.metrics().await, sample)
+    }
+
+    /// The admin listener's `/metrics`, whole.
+    pub async fn metrics(&self) -> String {
+        crate::client()
             .get(self.admin_url("/metrics"))
             .send()
             .await
             .expect("GET /metrics")
             .text()
             .await
-            .expect("metrics text");
-        crate::sample(&text, sample)
+            .expect("metrics text")
     }
 
     /// The first access line holding each of `parts` (`status=400`, a

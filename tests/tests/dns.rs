@@ -591,14 +591,7 @@ async fn each_address_of_a_backend_name_has_its_own_gauges() {
         },
     )
     .await;
-    let text = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.metrics().await;
     for name in ["edgeroute_backend_up", "edgeroute_backend_inflight"] {
         let rows = text
             .lines()

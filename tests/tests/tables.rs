@@ -108,14 +108,7 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
     assert!(proxy.metric("process_resident_memory_bytes").await > 0.0);
     assert!(proxy.metric("process_open_fds").await > 0.0);
     // The refusals an alert watches are there at 0 from the start.
-    let text = client()
-        .get(proxy.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = proxy.metrics().await;
     assert!(
         text.contains("edgeroute_refusals_total{reason=\"failover_in_progress\"} 0"),
         "{text}"
