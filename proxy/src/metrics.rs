@@ -23,7 +23,8 @@ pub struct Metrics {
     /// Reads sent to the primary for a client's fresh write.
     pub reads_after_write: IntCounter,
     pub table_epoch: IntGauge,
-    /// 1, labelled with the proxy's version and local region.
+    /// 1, labelled with the proxy's version and local region (named
+    /// `local_region`: `region` labels the serving region elsewhere).
     info: IntGaugeVec,
     /// The content of the table in force.
     pub table: edgeroute_config::TableGauges,
@@ -195,7 +196,7 @@ impl Metrics {
                 &r,
                 "edgeroute_info",
                 "1, labelled with the proxy's version and its local region",
-                &["version", "region"],
+                &["version", "local_region"],
             ),
             table_epoch: gauge(
                 &r,

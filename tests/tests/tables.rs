@@ -101,7 +101,7 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
     }
     // Who this is, and the process's own figures.
     let info = format!(
-        "edgeroute_info{{region=\"{US}\",version=\"{}\"}}",
+        "edgeroute_info{{local_region=\"{US}\",version=\"{}\"}}",
         env!("CARGO_PKG_VERSION")
     );
     assert_eq!(proxy.metric(&info).await, 1.0, "{info}");
