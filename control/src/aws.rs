@@ -122,42 +122,53 @@ impl AwsError {
 /// [`AwsSource::unreached_advice`]).
 const UNREACHED: &str = "no answer from the endpoint";
 
-/// AWS's own code and message when it answered with an error; the chain
-/// of causes (connection refused, timeout, ...) when it did not, and where
-/// credentials were missing, where they are looked for.
+/// A failed call to `api` as an [`AwsError`] (see [`sdk_message`]).
 fn fail<E>(api: &'static str) -> impl FnOnce(aws_sdk_rds::error::SdkError<E>) -> AwsError
 where
     E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + 'static,
     aws_sdk_rds::error::SdkError<E>: std::error::Error,
 {
+    move |e| AwsError {
+        api,
+        message: sdk_message(&e),
+    }
+}
+
+/// What a failed SDK call (of any service) says, in one line: AWS's own
+/// code and message when it answered with an error; the chain of causes
+/// (connection refused, timeout, ...) when it did not, and where
+/// credentials were missing, where they are looked for. Never the SDK's
+/// whole error (its headers and body).
+pub(crate) fn sdk_message<E>(e: &aws_sdk_rds::error::SdkError<E>) -> String
+where
+    E: std::error::Error + aws_sdk_rds::error::ProvideErrorMetadata + 'static,
+    aws_sdk_rds::error::SdkError<E>: std::error::Error,
+{
     use aws_sdk_rds::error::ProvideErrorMetadata;
-    move |e| {
-        let message = match (&e, e.code(), e.message()) {
-            (aws_sdk_rds::error::SdkError::ServiceError(_), Some(code), Some(message)) => {
-                format!("{code}: {message}")
+    match (e, e.code(), e.message()) {
+        (aws_sdk_rds::error::SdkError::ServiceError(_), Some(code), Some(message)) => {
+            format!("{code}: {message}")
+        }
+        _ => {
+            let mut message = edgeroute_config::error_chain(e);
+            let unsent = matches!(
+                e,
+                aws_sdk_rds::error::SdkError::DispatchFailure(_)
+                    | aws_sdk_rds::error::SdkError::TimeoutError(_)
+            );
+            if unsent && !no_credentials(e) {
+                message = format!("{UNREACHED}: {message}");
             }
-            _ => {
-                let mut message = edgeroute_config::error_chain(&e);
-                let unsent = matches!(
-                    e,
-                    aws_sdk_rds::error::SdkError::DispatchFailure(_)
-                        | aws_sdk_rds::error::SdkError::TimeoutError(_)
-                );
-                if unsent && !no_credentials(&e) {
-                    message = format!("{UNREACHED}: {message}");
-                }
-                // An answer that is not AWS's own (a proxy's 403 page, say).
-                if let Some(raw) = e.raw_response() {
-                    message = format!("HTTP {}: {message}", raw.status().as_u16());
-                }
-                if no_credentials(&e) {
-                    message.push_str("; ");
-                    message.push_str(NO_CREDENTIALS);
-                }
-                message
+            // An answer that is not AWS's own (a proxy's 403 page, say).
+            if let Some(raw) = e.raw_response() {
+                message = format!("HTTP {}: {message}", raw.status().as_u16());
             }
-        };
-        AwsError { api, message }
+            if no_credentials(e) {
+                message.push_str("; ");
+                message.push_str(NO_CREDENTIALS);
+            }
+            message
+        }
     }
 }
 

@@ -134,15 +134,7 @@ impl Notifier {
                         .send()
                         .await
                         .map(|_| ())
-                        .map_err(|e| {
-                            // AWS's own code and message; the SDK's whole
-                            // error (headers, body) is no log line.
-                            use aws_sdk_sns::error::ProvideErrorMetadata;
-                            match (e.code(), e.message()) {
-                                (Some(code), Some(message)) => format!("{code}: {message}"),
-                                _ => edgeroute_config::error_chain(&e),
-                            }
-                        })
+                        .map_err(|e| crate::aws::sdk_message(&e))
                 })
                 .await;
             self.count("sns", &outcome);
