@@ -130,6 +130,16 @@ mod level_tests {
 /// Access lines are not bounded: `log.access` turns them off.
 const LINES_PER_SECOND: u64 = 10;
 
+/// The most of a request's path a warning quotes.
+const MAX_LOGGED_PATH: usize = 1024;
+
+/// `path` as far as a warning quotes it: its first KiB, cut on a
+/// character, since a client chooses it (an access line, where there is
+/// one, has it whole).
+pub fn logged_path(path: &str) -> &str {
+    &path[..path.floor_char_boundary(MAX_LOGGED_PATH)]
+}
+
 /// A budget of [`LINES_PER_SECOND`] for one kind of line.
 pub struct LogBudget {
     /// The second (Unix time) the count is for, and lines written in it,
@@ -201,5 +211,22 @@ mod budget_tests {
         // The next second's first line says how many were left out.
         assert_eq!(budget.take_at(101), Some(5));
         assert_eq!(budget.take_at(101), Some(0));
+    }
+
+    #[test]
+    fn a_path_is_quoted_up_to_a_kib_on_a_character() {
+        assert_eq!(super::logged_path("/short"), "/short");
+        let long = format!("/{}", "é".repeat(1000));
+        let quoted = super::logged_path(&long);
+        assert!(
+            quoted.len() <= 1024 && long.starts_with(quoted),
+            "{}",
+            quoted.len()
+        );
+        assert_eq!(
+            quoted.len(),
+            1023,
+            "cut before the character the KiB splits"
+        );
     }
 }

@@ -51,9 +51,6 @@ pub struct ServerState {
     pub automation: bool,
 }
 
-/// The most of a path a log line quotes.
-const MAX_LOGGED_PATH: usize = 1024;
-
 /// At most ten lines a second for requests refused for want of the token
 /// (see [`edgeroute_config::LogBudget`]).
 static REFUSED: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
@@ -302,9 +299,8 @@ async fn handle(
     let trusted = authorized(state, &req);
     // Said of a refusal for want of the token, below (`/health` needs none).
     let asked = (!trusted && req.uri().path() != "/health").then(|| {
-        let path = req.uri().path();
         (
-            path[..path.floor_char_boundary(MAX_LOGGED_PATH)].to_owned(),
+            edgeroute_config::logged_path(req.uri().path()).to_owned(),
             req.headers().contains_key(header::AUTHORIZATION),
         )
     });

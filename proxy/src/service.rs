@@ -1062,12 +1062,10 @@ impl EdgeProxy {
             ctx.reply = Some(reply);
         } else {
             if let Some(left_out) = FAILED.take() {
-                // The path as far as an access line would show it.
-                let path = client.request().uri.path();
                 tracing::warn!(
                     error = %e,
                     method = %client.request().method,
-                    path = &path[..path.floor_char_boundary(MAX_LOGGED_PATH)],
+                    path = edgeroute_config::logged_path(client.request().uri.path()),
                     request_id = ctx.request_id.to_str().unwrap_or(""),
                     attempts = ctx.attempts,
                     status = reply.status(),
@@ -1143,9 +1141,6 @@ impl EdgeProxy {
 /// out before it. The access line of every request stays.
 static FAILED: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
 static CUT_SHORT: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
-
-/// The most of a path a warning quotes (the access line has it whole).
-const MAX_LOGGED_PATH: usize = 1024;
 
 /// What the request metrics and the access line say of one request.
 struct Access<'a> {
