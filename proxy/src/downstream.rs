@@ -539,10 +539,7 @@ impl Session {
             self.body = Body::UntilClose;
             self.retry = None;
             Out::Raw
-        } else if self.req.method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-            || status.is_informational()
+        } else if h1::no_body(self.req.method == Method::HEAD, status) || status.is_informational()
         {
             // No body follows. HTTP/1.0 knows no transfer codings, and a
             // 204 or an interim answer may name none (RFC 9112 §6.1).
@@ -1257,11 +1254,7 @@ impl Client<'_> {
         head: h1::ResponseHead,
         added: &[(HeaderName, HeaderValue)],
     ) -> Result<(), BError> {
-        let bodiless = self.request().method == Method::HEAD
-            || matches!(
-                head.status,
-                StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED
-            );
+        let bodiless = h1::no_body(self.request().method == Method::HEAD, head.status);
         match self {
             Client::H1(s) => s.write_head(head, added).await,
             // An answer without a body ends its stream with its HEADERS
@@ -1294,10 +1287,9 @@ impl Client<'_> {
             Client::H1(s) => s.write_body(data, end).await,
             Client::H2(s, _, idle, _) => {
                 // Ended with its head (see `write_head`).
-                let ended = head
-                    || s.response_written().is_some_and(|r| {
-                        matches!(r.status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
-                    });
+                let ended = s
+                    .response_written()
+                    .map_or(head, |r| h1::no_body(head, r.status));
                 if ended && matches!(s, ServerSession::H2(_)) {
                     return Ok(());
                 }

@@ -504,7 +504,7 @@ impl<'t> Connection<'t> {
             self.keepalive = false;
             return Ok(());
         }
-        if head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        if no_body(head, status) {
             self.body = Body::Done;
             return Ok(());
         }
@@ -1179,6 +1179,12 @@ pub(crate) fn head_end(bytes: &[u8], from: usize) -> Option<usize> {
         None => crlf? + 3,
     };
     Some(bytes.len() - rest.len() + end)
+}
+
+/// Whether an answer has no body whatever its fields say (RFC 9112 §6.3):
+/// it answers a `HEAD` (`head`), or it is a `204` or a `304`.
+pub(crate) fn no_body(head: bool, status: StatusCode) -> bool {
+    head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED
 }
 
 /// Whether `version` (and the byte after it) begins `HTTP/1.2` to `HTTP/1.9`:
