@@ -36,10 +36,7 @@ pub use proxy::{
     TableSource, Timeouts, check_region_name, valid_region_name,
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
-pub use secret::{
-    TOKEN_GRACE, TOKEN_RELOAD, TokenFile, presents_bearer, read_secret, token, weak_token,
-    writable_by_others,
-};
+pub use secret::{TokenFile, read_secret, token, weak_token, writable_by_others};
 pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
 pub use table_metrics::TableGauges;
 pub use tls::TlsFiles;
