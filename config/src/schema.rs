@@ -106,13 +106,7 @@ fn value_line(text: &str, e: &toml::de::Error) -> Option<(usize, String)> {
     }
     let (key, _) = own.split_once('=')?;
     let key = key.trim();
-    let bare = |part: &str| {
-        !part.is_empty()
-            && part
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    if !key.split('.').map(str::trim).all(bare) {
+    if !key.split('.').map(str::trim).all(bare_key) {
         return None;
     }
     set_aside(text, line..line + 1)
@@ -120,6 +114,14 @@ fn value_line(text: &str, e: &toml::de::Error) -> Option<(usize, String)> {
         .ok()?;
     let last = key.rsplit('.').next().unwrap_or(key).trim();
     Some((line, last.to_owned()))
+}
+
+/// A TOML bare key (letters, digits, `_` and `-`), not empty.
+fn bare_key(key: &str) -> bool {
+    !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// A syntax error as the parser words it, with the line it is on quoted,
@@ -180,11 +182,7 @@ fn detail(text: &str, e: &toml::de::Error) -> String {
             ),
             // `key = { ... }`: a bare key and one inline table on the line.
             (None, Some((key, value)))
-                if !key.trim().is_empty()
-                    && key
-                        .trim()
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                if bare_key(key.trim())
                     && value.trim_start().starts_with('{')
                     && value.matches('{').count() == 1 =>
             {
