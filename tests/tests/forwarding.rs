@@ -609,27 +609,11 @@ async fn later_minor_versions_are_served_as_http11_and_other_majors_get_505() {
 /// interim answer to an HTTP/1.0 client, which knows none, do not.
 #[tokio::test]
 async fn interim_answers_are_passed_on_to_http11_clients() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let backend = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                loop {
-                    let head = read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
-                    if head.is_empty() {
-                        return;
-                    }
-                    let answer = b"HTTP/1.1 100 Continue\r\n\r\n\
-                        HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
-                        Connection: x-hop\r\nX-Hop: 1\r\n\r\n\
-                        HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-                    if s.write_all(answer).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
+    let (backend, _) = scripted_backend(&[b"HTTP/1.1 100 Continue\r\n\r\n\
+        HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\
+        Connection: x-hop\r\nX-Hop: 1\r\n\r\n\
+        HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"])
+    .await;
     let proxy = proxy_for(backend).await;
     let whole = |request: &'static [u8]| async move {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
