@@ -745,6 +745,10 @@ pub struct RegionView {
     /// on such a region.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub health_unread: bool,
+    /// What found the region unhealthy (which health check, and which of
+    /// its readings), when the source says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_because: Option<String>,
 }
 
 impl TopologyView {

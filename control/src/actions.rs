@@ -342,9 +342,14 @@ pub fn plan_move(
         return Err(format!("the writer is already in {to}"));
     }
     let region = state.view.regions.iter().find(|r| r.name == to);
-    if !to_unhealthy && region.is_some_and(|r| r.healthy == Some(false)) {
+    if let Some(r) = region.filter(|r| !to_unhealthy && r.healthy == Some(false)) {
+        let why = r
+            .unhealthy_because
+            .as_deref()
+            .map(|w| format!(" ({w})"))
+            .unwrap_or_default();
         return Err(format!(
-            "Route 53 reports {to} unhealthy: its proxies would answer every write 503 primary_down; \
+            "Route 53 reports {to} unhealthy{why}: its proxies would answer every write 503 primary_down; \
              move the writer to a healthy region, or add --to-unhealthy if you know the health check is wrong"
         ));
     }
@@ -473,6 +478,13 @@ fn describe_aws(
             "  {:<16} {role:<9} {health:<15} {weight:<11} replication lag {lag}",
             r.name
         );
+        if let Some(why) = r
+            .unhealthy_because
+            .as_deref()
+            .filter(|_| r.healthy == Some(false))
+        {
+            let _ = writeln!(s, "  {:<16} unhealthy by {why}", "");
+        }
     }
 }
 
@@ -652,6 +664,7 @@ pub async fn cluster_alone(aws: &AwsSource, failed: &str) -> Result<AwsState, St
                     healthy: None,
                     replication_lag_ms: None,
                     health_unread: true,
+                    unhealthy_because: None,
                 })
                 .collect(),
         },
@@ -1983,6 +1996,7 @@ mod tests {
             healthy: None,
             replication_lag_ms: None,
             health_unread: name == "eu-west-1",
+            unhealthy_because: None,
         };
         let view = edgeroute_config::TopologyView {
             primary_region: Some("us-east-1".into()),

@@ -277,10 +277,17 @@ pub async fn run(
         let changed = decision != last_decision;
         last_decision = decision.clone();
         let primary = view.primary_region.clone().unwrap_or_default();
+        // What found the primary unhealthy in Route 53, when it did.
+        let route53 = view
+            .regions
+            .iter()
+            .find(|r| r.name == primary && r.healthy == Some(false))
+            .and_then(|r| r.unhealthy_because.as_deref())
+            .unwrap_or("-");
         let news = !own_run && announced.news(&primary, &decision);
         match decision {
             Decision::Held(hold) if news => {
-                tracing::warn!(primary = %primary, reason = hold.as_str(), "automated failover held");
+                tracing::warn!(primary = %primary, reason = hold.as_str(), route53, "automated failover held");
                 announce(
                     &runner,
                     Event::new(
@@ -293,7 +300,7 @@ pub async fn run(
                 );
             }
             Decision::Waiting if changed => {
-                tracing::warn!(primary = %primary, "both health sources report the primary unhealthy; failing over if it lasts");
+                tracing::warn!(primary = %primary, route53, "both health sources report the primary unhealthy; failing over if it lasts");
             }
             Decision::FailOver { to } => {
                 running.store(true, Ordering::SeqCst);
@@ -440,6 +447,7 @@ mod tests {
                     healthy: *h,
                     replication_lag_ms: *lag,
                     health_unread: *unread,
+                    unhealthy_because: None,
                 })
                 .collect(),
         }

@@ -305,7 +305,63 @@ struct Records {
 }
 
 /// Health check → its last reading, and when it was read.
-type Readings = HashMap<String, (bool, Instant)>;
+type Readings = HashMap<String, (Verdict, Instant)>;
+
+/// What a region's health checks say (see `region_healthy`).
+#[derive(Debug, Default)]
+struct RegionHealth {
+    healthy: Option<bool>,
+    unread: bool,
+    because: Option<String>,
+}
+
+/// A health check's reading, and what found it unhealthy.
+#[derive(Debug, Clone, PartialEq)]
+struct Verdict {
+    healthy: bool,
+    because: Option<String>,
+}
+
+/// What a health check's checkers last reported.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Checkers {
+    succeeded: usize,
+    reported: usize,
+}
+
+impl Checkers {
+    /// Route 53's verdict: healthy while more than [`HEALTHY_SHARE`] of
+    /// them report success.
+    fn healthy(self) -> bool {
+        self.succeeded as f64 / self.reported as f64 > HEALTHY_SHARE
+    }
+}
+
+impl Verdict {
+    /// A check's verdict from its checkers' reports and its newest
+    /// `HealthCheckStatus` datapoint (time, minimum), either of which may
+    /// be missing: unhealthy if one says so, and then which did.
+    fn of(id: &str, checkers: Option<Checkers>, metric: Option<(SystemTime, f64)>) -> Self {
+        let mut because = Vec::new();
+        if let Some(c) = checkers.filter(|c| !c.healthy()) {
+            because.push(format!(
+                "{} of {} Route 53 checkers report success",
+                c.succeeded, c.reported
+            ));
+        }
+        if let Some((at, v)) = metric.filter(|(_, v)| *v < 1.0) {
+            because.push(format!(
+                "CloudWatch HealthCheckStatus minimum {v} in the minute from {}",
+                humantime::format_rfc3339_seconds(at)
+            ));
+        }
+        Self {
+            healthy: because.is_empty(),
+            because: (!because.is_empty())
+                .then(|| format!("health check {id}: {}", because.join(", and "))),
+        }
+    }
+}
 
 /// How long a health check's last reading stands in for failed reads
 /// (throttling, a brief outage of the API): a region known down is not
@@ -428,7 +484,7 @@ impl AwsSource {
         );
         let (health, cluster) = tokio::join!(health, self.global_cluster());
         let mut regions = Vec::with_capacity(records.len());
-        for ((region, rs), (healthy, health_unread)) in records.iter().zip(health) {
+        for ((region, rs), health) in records.iter().zip(health) {
             regions.push(RegionView {
                 name: region.clone(),
                 // Out of DNS only when every record of the region is.
@@ -437,9 +493,10 @@ impl AwsSource {
                     .filter_map(ResourceRecordSet::weight)
                     .max()
                     .map(|w| w.clamp(0, 255) as u32),
-                healthy,
+                healthy: health.healthy,
                 replication_lag_ms: None,
-                health_unread,
+                health_unread: health.unread,
+                unhealthy_because: health.because,
             });
         }
         // A read that fails whole names the list's failure first.
@@ -493,14 +550,14 @@ impl AwsSource {
                     .flatten()
                     .filter_map(|saved| saved.record().ok())
                     .collect();
-                let (healthy, health_unread) =
-                    self.region_healthy(&region, &kept_records, by).await;
+                let health = self.region_healthy(&region, &kept_records, by).await;
                 regions.push(RegionView {
                     name: region,
                     weight: Some(0),
-                    healthy,
+                    healthy: health.healthy,
                     replication_lag_ms: None,
-                    health_unread,
+                    health_unread: health.unread,
+                    unhealthy_because: health.because,
                 });
             }
         }
@@ -529,7 +586,7 @@ impl AwsSource {
                     None
                 });
                 if let Some(r) = regions.iter_mut().find(|r| r.name == m.region) {
-                    r.replication_lag_ms = lag.map(|v| v.max(0.0).round() as u64);
+                    r.replication_lag_ms = lag.map(|(_, v)| v.max(0.0).round() as u64);
                 }
             }
         }
@@ -549,17 +606,17 @@ impl AwsSource {
     }
 
     /// What the health checks of a region's records say: unhealthy if one
-    /// says so, healthy if the others do, unknown if none can be read; and
-    /// whether one could not be read this time (its last reading stands for
-    /// [`HEALTH_MEMORY`]). One check that cannot be read (deleted while its
-    /// record still names it, its API down in us-east-1) must not hide the
-    /// writer's moves.
+    /// says so (and what found it so), healthy if the others do, unknown
+    /// if none can be read; and whether one could not be read this time
+    /// (its last reading stands for [`HEALTH_MEMORY`]). One check that
+    /// cannot be read (deleted while its record still names it, its API
+    /// down in us-east-1) must not hide the writer's moves.
     async fn region_healthy(
         &self,
         region: &str,
         records: &[ResourceRecordSet],
         by: Option<tokio::time::Instant>,
-    ) -> (Option<bool>, bool) {
+    ) -> RegionHealth {
         let mut ids: Vec<&str> = records
             .iter()
             .filter_map(ResourceRecordSet::health_check_id)
@@ -577,24 +634,25 @@ impl AwsSource {
             ids.iter().map(|id| within(by, api, self.check_healthy(id))),
         )
         .await;
-        let (mut healthy, mut unread) = (None, false);
+        let mut health = RegionHealth::default();
+        let mut because = Vec::new();
         for (id, read) in ids.into_iter().zip(readings) {
             let reading = match read {
                 Ok(h) => {
                     self.remembered()
-                        .insert(id.to_owned(), (h, std::time::Instant::now()));
+                        .insert(id.to_owned(), (h.clone(), std::time::Instant::now()));
                     Some(h)
                 }
                 Err(e) => {
-                    unread = true;
+                    health.unread = true;
                     let last = self
                         .remembered()
                         .get(id)
                         .filter(|(_, at)| at.elapsed() < HEALTH_MEMORY)
-                        .map(|(h, at)| (*h, at.elapsed()));
-                    match last {
+                        .map(|(h, at)| (h.clone(), at.elapsed()));
+                    match &last {
                         Some((h, age)) => {
-                            tracing::warn!(region, health_check = id, error = %e, last_reading = if h { "healthy" } else { "unhealthy" }, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
+                            tracing::warn!(region, health_check = id, error = %e, last_reading = if h.healthy { "healthy" } else { "unhealthy" }, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
                         }
                         None => {
                             tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read")
@@ -604,12 +662,21 @@ impl AwsSource {
                 }
             };
             match reading {
-                Some(false) => healthy = Some(false),
-                Some(true) => healthy = healthy.or(Some(true)),
+                Some(Verdict {
+                    healthy: false,
+                    because: why,
+                }) => {
+                    health.healthy = Some(false);
+                    because.extend(why);
+                }
+                Some(Verdict { healthy: true, .. }) => {
+                    health.healthy = health.healthy.or(Some(true));
+                }
                 None => {}
             }
         }
-        (healthy, unread)
+        health.because = (!because.is_empty()).then(|| because.join("; "));
+        health
     }
 
     fn remembered(&self) -> std::sync::MutexGuard<'_, Readings> {
@@ -820,7 +887,7 @@ impl AwsSource {
     /// either says so). A calculated check, or one whose reports cannot be
     /// read, is judged by its metric alone when that has a datapoint
     /// (Route 53 has no checkers' reports of a calculated check).
-    async fn check_healthy(&self, id: &str) -> Result<bool, AwsError> {
+    async fn check_healthy(&self, id: &str) -> Result<Verdict, AwsError> {
         let reports = self
             .route53
             .get_health_check_status()
@@ -833,7 +900,7 @@ impl AwsSource {
                 .health_check_observations()
                 .iter()
                 .map(|o| o.status_report().and_then(|r| r.status()));
-            checkers_verdict(statuses).ok_or_else(|| AwsError {
+            checkers(statuses).ok_or_else(|| AwsError {
                 api: "GetHealthCheckStatus",
                 message: format!(
                     "no checker reports on health check {id} (a calculated check has none)"
@@ -841,7 +908,7 @@ impl AwsSource {
             })
         });
         if !self.cfg.health_metric {
-            return by_checkers;
+            return by_checkers.map(|c| Verdict::of(id, Some(c), None));
         }
         let metric = self
             .latest(
@@ -855,8 +922,8 @@ impl AwsSource {
             )
             .await;
         match (by_checkers, metric) {
-            (Ok(by_checkers), metric) => Ok(by_checkers && metric?.is_none_or(|v| v >= 1.0)),
-            (Err(_), Ok(Some(v))) => Ok(v >= 1.0),
+            (Ok(c), metric) => Ok(Verdict::of(id, Some(c), metric?)),
+            (Err(_), Ok(Some(point))) => Ok(Verdict::of(id, None, Some(point))),
             (Err(e), _) => Err(e),
         }
     }
@@ -966,7 +1033,8 @@ impl AwsSource {
         Ok((members, failover))
     }
 
-    /// The most recent datapoint of a metric within `max_age`.
+    /// The most recent datapoint of a metric within `max_age`: its time
+    /// and value.
     #[allow(clippy::too_many_arguments)]
     async fn latest(
         &self,
@@ -977,7 +1045,7 @@ impl AwsSource {
         value: &str,
         stat: Statistic,
         max_age: Duration,
-    ) -> Result<Option<f64>, AwsError> {
+    ) -> Result<Option<(SystemTime, f64)>, AwsError> {
         let now = SystemTime::now();
         let out = self
             .cloudwatch(region)
@@ -1001,10 +1069,10 @@ impl AwsSource {
                     Statistic::Maximum => d.maximum(),
                     _ => d.average(),
                 }?;
-                Some((d.timestamp()?.as_secs_f64(), v))
+                Some((SystemTime::try_from(*d.timestamp()?).ok()?, v))
             })
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        Ok(latest.map(|(_, v)| v))
+            .max_by_key(|(at, _)| *at);
+        Ok(latest)
     }
 }
 
@@ -1240,18 +1308,17 @@ fn parse_arn(arn: &str) -> Option<(String, String)> {
     (parts.len() >= 7 && parts[2] == "rds").then(|| (parts[3].to_owned(), parts[6].to_owned()))
 }
 
-/// The checkers' verdict on a health check, from each checker's last
-/// status: healthy while more than [`HEALTHY_SHARE`] report success;
+/// What a health check's checkers report, from each one's last status;
 /// `None` without a report (a calculated check has none).
-fn checkers_verdict<'a>(statuses: impl ExactSizeIterator<Item = Option<&'a str>>) -> Option<bool> {
-    let reports = statuses.len();
-    if reports == 0 {
-        return None;
-    }
-    let ok = statuses
+fn checkers<'a>(statuses: impl ExactSizeIterator<Item = Option<&'a str>>) -> Option<Checkers> {
+    let reported = statuses.len();
+    let succeeded = statuses
         .filter(|s| s.is_some_and(|s| s.starts_with("Success")))
         .count();
-    Some(ok as f64 / reports as f64 > HEALTHY_SHARE)
+    (reported > 0).then_some(Checkers {
+        succeeded,
+        reported,
+    })
 }
 
 #[cfg(test)]
@@ -1301,8 +1368,9 @@ mod tests {
 
     #[test]
     fn no_checker_report_is_no_verdict() {
-        let of =
-            |statuses: &[Option<&'static str>]| super::checkers_verdict(statuses.iter().copied());
+        let of = |statuses: &[Option<&'static str>]| {
+            super::checkers(statuses.iter().copied()).map(super::Checkers::healthy)
+        };
         assert_eq!(of(&[]), None, "a calculated check is judged otherwise");
         let success = Some("Success: HTTP Status Code 200, OK");
         let failure = Some("Failure: Connection timed out.");
@@ -1314,6 +1382,55 @@ mod tests {
         assert_eq!(
             of(&[success, failure, failure, failure, failure, None]),
             Some(false)
+        );
+    }
+
+    #[test]
+    fn a_verdict_names_each_reading_that_found_the_check_unhealthy() {
+        use super::{Checkers, Verdict};
+        use std::time::{Duration, UNIX_EPOCH};
+        let checkers = |succeeded| {
+            Some(Checkers {
+                succeeded,
+                reported: 8,
+            })
+        };
+        let at = UNIX_EPOCH + Duration::from_secs(1_790_000_040);
+        let healthy = Verdict::of("hc-1", checkers(8), Some((at, 1.0)));
+        assert_eq!(
+            healthy,
+            Verdict {
+                healthy: true,
+                because: None
+            }
+        );
+        // No datapoint, or no checker report: the other reading decides.
+        assert!(
+            Verdict::of("hc-1", checkers(2), None).healthy,
+            "2 of 8 is 25%"
+        );
+        assert!(Verdict::of("hc-1", None, Some((at, 1.0))).healthy);
+
+        let by_checkers = Verdict::of("hc-1", checkers(1), Some((at, 1.0)));
+        assert!(!by_checkers.healthy);
+        assert_eq!(
+            by_checkers.because.as_deref(),
+            Some("health check hc-1: 1 of 8 Route 53 checkers report success")
+        );
+        let by_metric = Verdict::of("hc-1", checkers(8), Some((at, 0.0)));
+        assert!(!by_metric.healthy);
+        assert_eq!(
+            by_metric.because.as_deref(),
+            Some(
+                "health check hc-1: CloudWatch HealthCheckStatus minimum 0 in the minute from 2026-09-21T14:14:00Z"
+            )
+        );
+        let by_both = Verdict::of("hc-1", checkers(0), Some((at, 0.0)));
+        assert_eq!(
+            by_both.because.as_deref(),
+            Some(
+                "health check hc-1: 0 of 8 Route 53 checkers report success, and CloudWatch HealthCheckStatus minimum 0 in the minute from 2026-09-21T14:14:00Z"
+            )
         );
     }
 

@@ -91,6 +91,7 @@ mod tests {
                     healthy: *h,
                     replication_lag_ms: None,
                     health_unread: false,
+                    unhealthy_because: None,
                 })
                 .collect(),
         }

@@ -1423,10 +1423,27 @@ async fn a_drained_region_route53_reports_unhealthy_is_refused_as_the_writers_ho
     .await;
     let ran = env.cp.command(&["failover", "--to", ap]).await;
     assert!(!ran.ok, "{ran:?}");
+    // The refusal and `status` say which check, and which of its two
+    // readings, found the region unhealthy.
+    let check = &env.fixture.health_checks[ap];
+    for said in [
+        "Route 53 reports ap-southeast-1 unhealthy (health check ".to_owned(),
+        format!("health check {check}: 0 of "),
+        " Route 53 checkers report success, and CloudWatch HealthCheckStatus minimum 0 in the minute from ".to_owned(),
+    ] {
+        assert!(ran.stderr.contains(&said), "{said:?} in {ran:?}");
+    }
+    let status = env.cp.command(&["status"]).await;
+    let line = status
+        .stdout
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with(ap))
+        .nth(1)
+        .unwrap_or_default();
     assert!(
-        ran.stderr
-            .contains("Route 53 reports ap-southeast-1 unhealthy"),
-        "{ran:?}"
+        line.trim_start()
+            .starts_with(&format!("unhealthy by health check {check}: 0 of ")),
+        "{status:?}"
     );
     assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
 }
