@@ -134,6 +134,8 @@ pub struct Session {
     out: Out,
     /// The response head, until it goes out with the first body bytes.
     pending: Vec<u8>,
+    /// The response's body bytes written (chunk framing not counted).
+    body_sent: u64,
 }
 
 impl Session {
@@ -164,6 +166,7 @@ impl Session {
             status: None,
             out: Out::Head,
             pending: Vec::new(),
+            body_sent: 0,
         }
     }
 
@@ -242,6 +245,7 @@ impl Session {
         self.status = None;
         self.out = Out::Head;
         self.pending.clear();
+        self.body_sent = 0;
     }
 
     fn fill(&mut self) -> impl Future<Output = Result<usize, BError>> {
@@ -501,6 +505,11 @@ impl Session {
         self.status.filter(|_| self.pending.is_empty())
     }
 
+    /// The response's body bytes written so far.
+    pub fn body_sent(&self) -> u64 {
+        self.body_sent
+    }
+
     /// Whether a `101` was written: the connection now carries raw bytes.
     pub fn was_upgraded(&self) -> bool {
         self.status == Some(StatusCode::SWITCHING_PROTOCOLS)
@@ -671,6 +680,7 @@ impl Session {
         self.pending = head;
         self.pending.clear();
         sent?;
+        self.body_sent += data.len() as u64;
         if let Out::Length(left) = self.out {
             let left = left - data.len() as u64;
             self.out = if left == 0 {
@@ -1228,6 +1238,14 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.response_status(),
             Client::H2(s, ..) => s.response_written().map(|r| r.status),
+        }
+    }
+
+    /// The response's body bytes written so far.
+    pub fn body_sent(&self) -> u64 {
+        match self {
+            Client::H1(s) => s.body_sent(),
+            Client::H2(s, ..) => s.body_bytes_sent() as u64,
         }
     }
 

@@ -99,6 +99,8 @@ struct Ctx {
     after_write: bool,
     request_id: HeaderValue,
     reply: Option<ErrorReply>,
+    /// The code of the answer the proxy wrote itself, if it did.
+    answered_with: Option<&'static str>,
     body_bytes: u64,
     /// Time spent waiting for the client's body bytes, over all attempts.
     body_waited: Duration,
@@ -237,23 +239,28 @@ impl EdgeProxy {
         // Like every other request, it gets an id and an access line: no
         // method or path could be read from it.
         let request_id = new_request_id();
-        self.account(&Access {
-            method: "-",
-            path: "-",
-            status: reply.status(),
-            served_by: None,
-            route: None,
-            epoch: None,
-            attempts: 0,
-            backend: "",
-            elapsed: Duration::ZERO,
-            answered: Duration::ZERO,
-            request_id: &request_id,
-            error: Some(e),
-        });
-        if let Err(e) = respond::write(client, &reply, None, Some(&request_id), &[]).await {
+        let written = respond::write(client, &reply, None, Some(&request_id), &[]).await;
+        if let Err(e) = &written {
             tracing::debug!(error = %e, "cannot answer an unreadable request");
         }
+        self.account(
+            client,
+            &Access {
+                method: "-",
+                path: "-",
+                status: reply.status(),
+                served_by: None,
+                route: None,
+                epoch: None,
+                attempts: 0,
+                backend: "",
+                elapsed: Duration::ZERO,
+                answered: Duration::ZERO,
+                request_id: &request_id,
+                code: written.is_ok().then(|| reply.code()),
+                error: Some(e),
+            },
+        );
     }
 
     /// Serves one request read; whether it failed (the connection ends).
@@ -304,6 +311,7 @@ impl EdgeProxy {
                 })
                 .unwrap_or_else(new_request_id),
             reply: None,
+            answered_with: None,
             body_bytes: 0,
             body_waited: Duration::ZERO,
             repeatable: req.method.is_idempotent() || facts.idempotency_key,
@@ -553,6 +561,7 @@ impl EdgeProxy {
         )
         .await;
         // A reply that could not be written leaves nothing more to say.
+        ctx.answered_with = written.is_ok().then(|| reply.code());
         ctx.reply = Some(if written.is_ok() {
             reply
         } else {
@@ -1087,29 +1096,33 @@ impl EdgeProxy {
         );
         let done = Instant::now();
         let req = client.request();
-        self.account(&Access {
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            status,
-            served_by: ctx.reached(ctx.reply.as_ref()),
-            route: Some(ctx.plan.class),
-            epoch: ctx.snapshot.as_ref().map(|s| s.epoch()),
-            attempts: ctx.attempts,
-            backend: ctx
-                .backend
-                .as_ref()
-                .map_or("", |b| b.backend().label.as_str()),
-            elapsed: done - ctx.started,
-            answered: ctx.upgraded_at.unwrap_or(done) - ctx.started,
-            request_id: &ctx.request_id,
-            error: e,
-        });
+        self.account(
+            client,
+            &Access {
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                status,
+                served_by: ctx.reached(ctx.reply.as_ref()),
+                route: Some(ctx.plan.class),
+                epoch: ctx.snapshot.as_ref().map(|s| s.epoch()),
+                attempts: ctx.attempts,
+                backend: ctx
+                    .backend
+                    .as_ref()
+                    .map_or("", |b| b.backend().label.as_str()),
+                elapsed: done - ctx.started,
+                answered: ctx.upgraded_at.unwrap_or(done) - ctx.started,
+                request_id: &ctx.request_id,
+                code: ctx.answered_with,
+                error: e,
+            },
+        );
         done
     }
 
     /// Counts a request in the request metrics and, with `log.access`,
     /// writes its access line: every request's, with the same fields.
-    fn account(&self, a: &Access<'_>) {
+    fn account(&self, client: &Client<'_>, a: &Access<'_>) {
         self.state
             .request_metrics
             .record(a.served_by, a.route, a.status, a.answered.as_secs_f64());
@@ -1117,10 +1130,17 @@ impl EdgeProxy {
             let region = a
                 .served_by
                 .map_or("none", |r| &*self.state.topology.regions[r].name);
+            let req = client.request();
+            let host = req
+                .uri
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(|| client.fields().get("host"));
+            let forwarded_for: Vec<&[u8]> = client.fields().get_all("x-forwarded-for").collect();
             tracing::info!(
                 target: "edgeroute::access",
                 method = %a.method,
-                path = a.path,
+                path = edgeroute_config::logged_path(a.path),
                 status = a.status,
                 region,
                 route = a.route.map_or("none", RouteClass::as_str),
@@ -1129,6 +1149,12 @@ impl EdgeProxy {
                 backend = a.backend,
                 duration_ms = a.elapsed.as_secs_f64() * 1000.0,
                 request_id = a.request_id.to_str().unwrap_or(""),
+                client = client.client_ip().as_ref().and_then(|ip| ip.to_str().ok()),
+                forwarded_for = (!forwarded_for.is_empty()).then(|| logged_text(&forwarded_for.join(&b", "[..]))),
+                host = host.map(logged_text),
+                protocol = ?req.version,
+                bytes_sent = client.body_sent(),
+                code = a.code,
                 error = a.error.map(|e| e.to_string()),
                 "request"
             );
@@ -1162,7 +1188,16 @@ struct Access<'a> {
     /// request the time to its `101` (its tunnel may stay open for hours).
     answered: Duration,
     request_id: &'a HeaderValue,
+    /// The `x-edgeroute-error` code of the proxy's own answer, when the
+    /// client got one.
+    code: Option<&'static str>,
     error: Option<&'a Error>,
+}
+
+/// A client's bytes as log text: what is not UTF-8 replaced, cut as a
+/// logged path is.
+fn logged_text(bytes: &[u8]) -> String {
+    edgeroute_config::logged_path(&String::from_utf8_lossy(bytes)).to_owned()
 }
 
 /// Passes the response body on as it comes. What the backend already sent

@@ -453,6 +453,44 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
     assert!(origin.seen().is_empty());
 }
 
+/// An access line says who asked (the connection's address and the
+/// `x-forwarded-for` it brought), for which host, over which protocol, and
+/// how many body bytes it was sent; only the proxy's own answers carry a
+/// code.
+#[tokio::test]
+async fn an_access_line_names_the_client_host_protocol_and_bytes_sent() {
+    let origin = Origin::start(US).await;
+    let proxy = proxy_for(origin.addr).await;
+    let answer = exchange(
+        proxy.addr,
+        b"GET /who HTTP/1.1\r\nHost: shop.example:8080\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-For: 198.51.100.2\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let (_, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(!body.is_empty(), "{answer}");
+    let line = proxy.access_line(&["path=\"/who\""]).await;
+    for said in [
+        "client=\"127.0.0.1\"".to_owned(),
+        "forwarded_for=\"203.0.113.7, 198.51.100.2\"".to_owned(),
+        "host=\"shop.example:8080\"".to_owned(),
+        "protocol=HTTP/1.1".to_owned(),
+        format!("bytes_sent={}", body.len()),
+    ] {
+        assert!(line.contains(&said), "{said} in {line}");
+    }
+    assert!(!line.contains("code="), "{line}");
+    // An absolute-form target names the host the request is for.
+    exchange(
+        proxy.addr,
+        b"GET http://other.example/abs HTTP/1.1\r\nHost: other.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let line = proxy.access_line(&["path=\"/abs\""]).await;
+    assert!(line.contains("host=\"other.example\""), "{line}");
+    assert!(!line.contains("forwarded_for="), "{line}");
+}
+
 /// A request whose head cannot be read (a field name with a space) gets
 /// its 400 with a request id, and an access line and a count like every
 /// other request's, under `route="none"`.
@@ -1629,6 +1667,15 @@ async fn a_refusal_after_failed_attempts_logs_the_backend_and_its_failure() {
     let line = proxy.access_line(&["status=503"]).await;
     assert!(line.contains(&format!("backend=\"{addr}\"")), "{line}");
     assert!(line.contains("the last attempt"), "{line}");
+    // The proxy's own answer: its code, and the bytes of its body.
+    let (_, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(body.contains("no_region_available"), "{resp}");
+    for said in [
+        "code=\"no_region_available\"".to_owned(),
+        format!("bytes_sent={}", body.len()),
+    ] {
+        assert!(line.contains(&said), "{said} in {line}");
+    }
     // A refusal still, though a backend was tried.
     assert_eq!(
         proxy

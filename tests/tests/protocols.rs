@@ -114,6 +114,13 @@ async fn h2c_with_prior_knowledge() {
         length.as_ref().map(|v| v.to_str().unwrap()),
         Some(body.len().to_string().as_str())
     );
+    proxy
+        .access_line(&[
+            "path=\"/items\"",
+            "protocol=HTTP/2.0",
+            &format!("bytes_sent={}", body.len()),
+        ])
+        .await;
     // The proxy's own answers to a HEAD carry no body over HTTP/2 either
     // (a body there makes the client reset the stream).
     let resp = c.head(proxy.url("/health")).send().await.unwrap();
