@@ -1,7 +1,9 @@
 //! 1,000 table swaps under concurrent load fail no request, and every write
-//! lands on the primary of the table that routed it.
+//! lands on the primary of the table that routed it; requests held at a
+//! backend while swaps move the primary away and take their region out
+//! finish whole.
 
-use edgeroute_tests::{Origin, ProxyBuilder, table};
+use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, eventually, table};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -68,8 +70,9 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
         }));
     }
 
-    // Each swap moves the primary (new epoch) and flips a region's state, so
-    // both the write target and the read fallback change under load.
+    // Each swap moves the primary (new epoch) and flips the local region
+    // between active and draining, so both the write target and where
+    // reads go change under load.
     let regions = [US, EU, AP];
     for v in 2..=SWAPS + 1 {
         assert!(
@@ -77,13 +80,13 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
             "swaps too slow: {v} after {LIMIT:?}"
         );
         let primary = regions[(v % 3) as usize];
-        let eu_state = if v % 2 == 0 { "active" } else { "draining" };
+        let us_state = if v % 2 == 0 { "active" } else { "draining" };
         proxy
             .swap_table(&table(
                 v,
                 v,
                 Some(primary),
-                &[(US, "active"), (EU, eu_state), (AP, "active")],
+                &[(US, us_state), (EU, "active"), (AP, "active")],
             ))
             .await;
     }
@@ -116,4 +119,103 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
         }
     }
     assert!(writes > 0);
+    // Reads went elsewhere while the local region drained.
+    let reads_away = origins[1..].iter().map(|o| o.count("GET")).sum::<usize>();
+    assert!(reads_away > 0, "no read left the draining local region");
+}
+
+/// Requests at a backend when tables take its region out (draining, then
+/// down) and move the primary away finish whole, answered by the backend
+/// they were sent to under the table that routed them; what comes after
+/// the swaps follows the new table.
+#[tokio::test]
+async fn requests_held_at_a_backend_across_swaps_finish_whole() {
+    let origins = [
+        Origin::start(US).await,
+        Origin::start(EU).await,
+        Origin::start(AP).await,
+    ];
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[origins[0].addr])
+        .region(EU, &[origins[1].addr])
+        .region(AP, &[origins[2].addr])
+        .table(table(
+            1,
+            1,
+            Some(US),
+            &[(US, "active"), (EU, "active"), (AP, "active")],
+        ))
+        .start()
+        .await;
+    origins[0].set(Behaviour::Hold);
+    let url = proxy.url("/held");
+    let c = edgeroute_tests::client();
+    let held: Vec<_> = (0..6)
+        .map(|i| {
+            let req = if i % 3 == 0 {
+                c.post(&url).body("w")
+            } else {
+                c.get(&url)
+            };
+            tokio::spawn(req.send())
+        })
+        .collect();
+    eventually(
+        "every request is at the us-east-1 backend",
+        Duration::from_secs(10),
+        || async { origins[0].seen().len() == held.len() },
+    )
+    .await;
+
+    proxy
+        .swap_table(&table(
+            2,
+            2,
+            Some(EU),
+            &[(US, "draining"), (EU, "active"), (AP, "active")],
+        ))
+        .await;
+    proxy
+        .swap_table(&table(
+            3,
+            3,
+            Some(AP),
+            &[(US, "down"), (EU, "active"), (AP, "active")],
+        ))
+        .await;
+    // Routed under the last table while the first ones are still held:
+    // the write reaches its primary, the read leaves the region that is down.
+    let write = c.post(&url).body("w").send().await.unwrap();
+    assert_eq!(write.status(), 200);
+    assert_eq!(write.headers()["x-edgeroute-region"], AP);
+    let read = c.get(&url).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    assert_ne!(read.headers()["x-edgeroute-region"], US);
+
+    origins[0].release(held.len());
+    for request in held {
+        let answer = request.await.unwrap().unwrap();
+        assert_eq!(answer.status(), 200);
+        assert_eq!(answer.headers()["x-edgeroute-region"], US);
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["region"], US);
+    }
+    // Each reached the backend once, the writes under the epoch of the
+    // table that sent them to us-east-1.
+    let seen = origins[0].seen();
+    assert_eq!(seen.len(), 6);
+    let writes: Vec<_> = seen.iter().filter(|s| s.method == "POST").collect();
+    assert_eq!(writes.len(), 2);
+    assert!(
+        writes
+            .iter()
+            .all(|w| w.header("x-edgeroute-epoch") == Some("1"))
+    );
+    assert_eq!(origins[2].count("POST"), 1);
+    assert_eq!(
+        proxy
+            .metric("edgeroute_requests_total{region=\"us-east-1\",route=\"write\",status=\"200\"}")
+            .await,
+        2.0
+    );
 }
