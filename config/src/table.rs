@@ -711,35 +711,140 @@ mod tests {
         );
     }
 
+    /// A table read from JSON is written back as JSON that reads as the
+    /// same table: nothing it was admitted with is lost or changed on the
+    /// way to the proxies and the control plane's own reads.
+    fn reads_back_the_same(t: &RoutingTable) -> Result<(), TestCaseError> {
+        let written = serde_json::to_vec(t).expect("a table is JSON");
+        prop_assert_eq!(RoutingTable::from_json(&written), Ok(t.clone()));
+        Ok(())
+    }
+
+    /// What a table's rules admit, said apart from the code: epoch and
+    /// version below 2^63, 1 to 64 regions of valid names listed once,
+    /// weights 0-255, and a primary that is null or one of them.
+    fn admissible(t: &serde_json::Value) -> bool {
+        let regions = t["regions"].as_array().unwrap();
+        let names: Vec<&str> = regions
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        let good_name = |n: &str| {
+            !n.is_empty()
+                && !n.starts_with('-')
+                && !n.ends_with('-')
+                && n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        };
+        let unique = names.iter().collect::<HashSet<_>>().len() == names.len();
+        ["epoch", "version"]
+            .iter()
+            .all(|k| t[k].as_u64().unwrap() <= i64::MAX as u64)
+            && (1..=MAX_REGIONS).contains(&regions.len())
+            && names.iter().all(|n| good_name(n))
+            && unique
+            && regions.iter().all(|r| r["weight"].as_u64().unwrap() <= 255)
+            && t["primary_region"]
+                .as_str()
+                .is_none_or(|p| names.contains(&p))
+    }
+
+    /// A table's JSON from a few values near each rule's edges.
+    fn near_the_rules() -> impl Strategy<Value = serde_json::Value> {
+        let count = prop_oneof![
+            Just(0u64),
+            Just(7),
+            Just(i64::MAX as u64),
+            Just(i64::MAX as u64 + 1)
+        ];
+        let name = proptest::sample::select(vec![
+            "us-east-1",
+            "eu-west-1",
+            "ap-southeast-1",
+            "sim-3",
+            "EU-west-1",
+            "-eu",
+            "eu-",
+            "",
+            "eu west",
+        ]);
+        let region = (
+            name.clone(),
+            proptest::sample::select(vec!["active", "draining", "down"]),
+            prop_oneof![Just(0u64), Just(100), Just(255), Just(256)],
+        )
+            .prop_map(|(name, state, weight)| {
+                serde_json::json!({ "name": name, "state": state, "weight": weight })
+            });
+        let regions = prop_oneof![
+            1 => Just(Vec::new()),
+            20 => proptest::collection::vec(region.clone(), 1..5),
+            1 => proptest::collection::vec(region, MAX_REGIONS + 1..MAX_REGIONS + 2),
+        ];
+        (
+            count.clone(),
+            count,
+            proptest::option::of(name),
+            any::<bool>(),
+            regions,
+        )
+            .prop_map(|(epoch, version, primary, failover, regions)| {
+                serde_json::json!({
+                    "epoch": epoch, "version": version, "primary_region": primary,
+                    "failover_in_progress": failover, "regions": regions,
+                })
+            })
+    }
+
     proptest! {
-        /// Whatever bytes arrive as a table, parsing gives a table that
-        /// passes its own checks or a rejection, and never panics.
+        /// Whatever bytes arrive as a table, parsing gives a rejection or
+        /// a table that reads back the same, and never panics.
         #[test]
-        fn any_bytes_are_a_valid_table_or_a_rejection(
+        fn any_bytes_are_a_table_that_reads_back_the_same_or_a_rejection(
             bytes in proptest::collection::vec(any::<u8>(), 0..256),
         ) {
             if let Ok(t) = RoutingTable::from_json(&bytes) {
-                prop_assert_eq!(t.validate(), Ok(()));
+                reads_back_the_same(&t)?;
             }
         }
 
         /// Text near a table's shape (its keys and values shuffled and
         /// cut) likewise.
         #[test]
-        fn text_near_a_table_is_a_valid_table_or_a_rejection(
+        fn text_near_a_table_is_a_table_that_reads_back_the_same_or_a_rejection(
             parts in proptest::collection::vec(
                 proptest::sample::select(vec![
                     "{", "}", "[", "]", ",", ":", "\"epoch\"", "\"version\"",
-                    "\"primary_region\"", "\"regions\"", "\"name\"", "\"state\"",
-                    "\"weight\"", "\"us-east-1\"", "\"active\"", "\"down\"", "null",
-                    "1", "0", "-1", "18446744073709551616", "256", "true",
+                    "\"primary_region\"", "\"failover_in_progress\"", "\"regions\"",
+                    "\"name\"", "\"state\"", "\"weight\"", "\"us-east-1\"", "\"active\"",
+                    "\"down\"", "null", "1", "0", "-1", "18446744073709551616", "256", "true",
+                    "false",
                 ]),
                 0..40,
             ),
         ) {
             let text = parts.concat();
             if let Ok(t) = RoutingTable::from_json(text.as_bytes()) {
-                prop_assert_eq!(t.validate(), Ok(()));
+                reads_back_the_same(&t)?;
+            }
+        }
+
+        /// A table of the right shape is admitted exactly when its values
+        /// keep every rule; admitted, it holds what was sent; refused, it
+        /// is refused as invalid (not as malformed), naming each field.
+        #[test]
+        fn a_table_is_admitted_exactly_when_its_values_keep_the_rules(json in near_the_rules()) {
+            let bytes = serde_json::to_vec(&json).unwrap();
+            match RoutingTable::from_json(&bytes) {
+                Ok(t) => {
+                    prop_assert!(admissible(&json), "admitted: {}", json);
+                    prop_assert_eq!(serde_json::to_value(&t).unwrap(), json);
+                }
+                Err(Rejection::Invalid(errs)) => {
+                    prop_assert!(!admissible(&json), "refused: {} ({})", json, errs);
+                    prop_assert!(!errs.is_empty());
+                }
+                Err(other) => prop_assert!(false, "{} refused as {:?}", json, other),
             }
         }
 
@@ -753,7 +858,18 @@ mod tests {
             let mut in_force: Option<RoutingTable> = None;
             for (epoch, version, primary) in steps {
                 let t = table(epoch, version, primary.map(|i| KNOWN[i]));
-                if let Ok(Admission::Accepted) = t.admit(in_force.as_ref(), KNOWN) {
+                let admitted = t.admit(in_force.as_ref(), KNOWN);
+                // And the other way: a table that moves forward is taken
+                // (the first always; then a higher epoch, or the same
+                // epoch and primary at a higher version).
+                let forward = in_force.as_ref().is_none_or(|old| {
+                    t.epoch > old.epoch
+                        || (t.epoch == old.epoch
+                            && t.primary_region == old.primary_region
+                            && t.version > old.version)
+                });
+                prop_assert_eq!(forward, admitted == Ok(Admission::Accepted), "{:?} over {:?}", t, in_force);
+                if let Ok(Admission::Accepted) = admitted {
                     if let Some(old) = &in_force {
                         prop_assert!(t.epoch >= old.epoch);
                         if t.primary_region != old.primary_region {
