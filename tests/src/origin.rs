@@ -34,6 +34,9 @@ pub enum Behaviour {
     Normal,
     /// Read a POST in full, record it, then drop the connection without answering.
     DieOnPost,
+    /// Read any request in full, record it, then drop the connection
+    /// without answering.
+    DieOnAny,
     /// Record the request, then wait for [`Origin::release`] before answering.
     Hold,
 }
@@ -212,6 +215,7 @@ async fn answer(
         Behaviour::DieOnPost if parts.method == http::Method::POST => {
             return Err(Box::new(Dropped));
         }
+        Behaviour::DieOnAny => return Err(Box::new(Dropped)),
         Behaviour::Hold => {
             let permit = shared.gate.acquire().await?;
             permit.forget();

@@ -726,6 +726,33 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_for_a_post() {
         })
         .await;
     }
+    // Each went out once: not sent on the closed connection and again on
+    // a new one (which the backend's count alone could not tell).
+    eventually("every POST has its access line", LIMIT, || async {
+        proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("edgeroute::access") && l.contains("method=POST"))
+            .count()
+            == 5
+    })
+    .await;
+    let attempts: Vec<String> = proxy
+        .log()
+        .lines()
+        .filter(|l| l.contains("edgeroute::access") && l.contains("method=POST"))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("attempts=")))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(attempts, vec!["attempts=1"; 5]);
+    assert!(
+        proxy
+            .metrics()
+            .await
+            .contains("\nedgeroute_retries_total 0\n"),
+        "{}",
+        proxy.metrics().await
+    );
 }
 
 /// An origin, and a proxy for it whose `client_idle` is 1 s.
@@ -1380,12 +1407,13 @@ async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
         matches!(cut, Some(BodySeen::Cut(n)) if n < 100_000),
         "{cut:?}"
     );
-    assert_eq!(
+    eventually("the 408 is counted", LIMIT, || async {
         proxy
             .metric("edgeroute_requests_total{region=\"us-east-1\",route=\"write\",status=\"408\"}")
-            .await,
-        1.0
-    );
+            .await
+            == 1.0
+    })
+    .await;
 }
 
 /// An idle keep-alive connection that its backend writes to, or closes,

@@ -67,6 +67,54 @@ async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
     }
 }
 
+/// The retry rule over methods and keys, against two backends that take
+/// every request and die without answering: an idempotent method, or a
+/// request with an `Idempotency-Key`, is sent to the other backend too;
+/// a POST or PATCH without one reaches exactly one. Either way the client
+/// learns of the failure (502), and the retries are counted.
+#[tokio::test]
+async fn what_reached_a_backend_is_sent_again_only_if_it_is_safe_to_repeat() {
+    let a = Origin::start(US).await;
+    let b = Origin::start(US).await;
+    a.set(Behaviour::DieOnAny);
+    b.set(Behaviour::DieOnAny);
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[a.addr, b.addr])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .start()
+        .await;
+    let c = client();
+    let mut retries = 0.0;
+    for method in [
+        "GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE", "POST", "PATCH",
+    ] {
+        for key in [None, Some("k-1")] {
+            let id = format!("{method}-{}", key.unwrap_or("none"));
+            let mut req = c
+                .request(method.parse().unwrap(), proxy.url("/pay"))
+                .header("x-request-id", &id);
+            if let Some(key) = key {
+                req = req.header("idempotency-key", key);
+            }
+            if matches!(method, "PUT" | "POST" | "PATCH") {
+                req = req.body("charge");
+            }
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 502, "{id}");
+            let repeatable = !matches!(method, "POST" | "PATCH") || key.is_some();
+            let expected = if repeatable { 2 } else { 1 };
+            assert_eq!(a.count_id(&id) + b.count_id(&id), expected, "{id}");
+            retries += (expected - 1) as f64;
+            assert_eq!(
+                proxy.metric("edgeroute_retries_total").await,
+                retries,
+                "{id}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn an_idempotent_request_or_one_with_an_idempotency_key_may_be_retried() {
     // `a` is near and dies on every POST; `b` is far. Once probes have
