@@ -200,6 +200,20 @@ pub async fn poll_control(
                     http::StatusCode::NOT_MODIFIED if etag.is_none() => Some(
                         "the control plane answered 304 Not Modified to a request that named no table (no If-None-Match)".to_owned(),
                     ),
+                    // The table asked about, and only that one, is
+                    // confirmed: a 304 naming another (or none), as a
+                    // cache in between may send, says nothing of ours,
+                    // and the next request asks for the table whole.
+                    http::StatusCode::NOT_MODIFIED if tag != etag => {
+                        let said = format!(
+                            "the control plane answered 304 Not Modified for the table with ETag {:?}, not for the one asked about ({:?}); not taken as a confirmation, and the table is asked for whole",
+                            tag.as_ref().map_or("(none)", |t| t.to_str().unwrap_or("(not text)")),
+                            etag.as_ref().map_or("", |t| t.to_str().unwrap_or("(not text)")),
+                        );
+                        etag = None;
+                        etag_admitted = false;
+                        Some(said)
+                    }
                     http::StatusCode::NOT_MODIFIED => {
                         if etag_admitted {
                             state.table_confirmed();

@@ -580,32 +580,39 @@ pub struct ScriptedControl {
 
 impl ScriptedControl {
     pub async fn start(tables: Vec<bytes::Bytes>) -> ScriptedControl {
-        Self::serve(tables, false, false).await
+        Self::serve(tables, false, false, false).await
+    }
+
+    /// Answers a request that names no table with `table` (ETag `"0"`),
+    /// and every one that names a table `304 Not Modified` with another
+    /// ETag, as a cache in between that holds another answer may.
+    pub async fn start_foreign_304(table: bytes::Bytes) -> ScriptedControl {
+        Self::serve(vec![table], true, false, true).await
     }
 
     /// Answers every table request at once with `table` and no ETag, as a
     /// static file server would.
     pub async fn start_without_etags(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true, false).await
+        Self::serve(vec![table], true, false, false).await
     }
 
     /// Serves `table`, no proxies, and a status that says its source
     /// cannot be read (`/v1/status`'s `source_stale`).
     pub async fn start_stale(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true, true).await
+        Self::serve(vec![table], true, true, false).await
     }
 
     /// Answers every table request `304 Not Modified`, whether it named a
     /// table or not: a control plane that has never given one.
     pub async fn start_not_modified() -> ScriptedControl {
-        Self::serve(Vec::new(), true, false).await
+        Self::serve(Vec::new(), true, false, false).await
     }
 
     /// Answers every table request `503`, as a control plane does before
     /// its first table, with no proxies and a status that says nothing of
     /// its source.
     pub async fn start_without_table() -> ScriptedControl {
-        Self::serve(Vec::new(), false, false).await
+        Self::serve(Vec::new(), false, false, false).await
     }
 
     /// Table requests answered so far.
@@ -613,7 +620,12 @@ impl ScriptedControl {
         self.asks.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn serve(tables: Vec<bytes::Bytes>, static_file: bool, stale: bool) -> ScriptedControl {
+    async fn serve(
+        tables: Vec<bytes::Bytes>,
+        static_file: bool,
+        stale: bool,
+        foreign_304: bool,
+    ) -> ScriptedControl {
         use http_body_util::Full;
         use hyper::service::service_fn;
         use std::sync::{Arc, Mutex};
@@ -653,6 +665,22 @@ impl ScriptedControl {
                                     left.pop_front()
                                 }
                             };
+                            let named = req.headers().contains_key(http::header::IF_NONE_MATCH);
+                            if foreign_304 {
+                                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let (status, tag) = if named {
+                                    (http::StatusCode::NOT_MODIFIED, "\"cached\"")
+                                } else {
+                                    *resp.body_mut() = Full::new(next.unwrap_or_default());
+                                    (http::StatusCode::OK, "\"0\"")
+                                };
+                                *resp.status_mut() = status;
+                                resp.headers_mut().insert(
+                                    http::header::ETAG,
+                                    http::HeaderValue::from_static(tag),
+                                );
+                                return Ok(resp);
+                            }
                             match next {
                                 // Static, with nothing to serve.
                                 None if static_file => {

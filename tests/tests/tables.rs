@@ -297,6 +297,38 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
     assert_eq!(proxy.metric("edgeroute_control_errors_total").await, 0.0);
 }
 
+/// A 304 that names another table than the one asked about (as a cache
+/// in between may send) confirms nothing: it is a failed ask, said so, and
+/// the table is asked for whole next.
+#[tokio::test]
+async fn a_304_for_another_table_is_no_confirmation() {
+    let us = Origin::start(US).await;
+    let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
+    let control = ScriptedControl::start_foreign_304(good.into()).await;
+    let proxy = proxy_of(&control, &us).await;
+    eventually(
+        "the foreign 304s are counted",
+        Duration::from_secs(10),
+        || async { proxy.metric("edgeroute_control_errors_total").await >= 2.0 },
+    )
+    .await;
+    let log = proxy.log();
+    assert!(
+        log.contains("304 Not Modified for the table with ETag \"\\\"cached\\\"\", not for the one asked about (\"\\\"0\\\"\"); not taken as a confirmation"),
+        "{log}"
+    );
+    // After each, the table was asked for whole (no If-None-Match), and
+    // it is the one in force.
+    let asked = control.asks();
+    eventually(
+        "the table is asked for whole again",
+        Duration::from_secs(10),
+        || async { control.asks() >= asked + 2 },
+    )
+    .await;
+    assert_eq!(proxy.table_version().await, Some(1));
+}
+
 /// A control plane that answers "not modified" before the proxy has any
 /// table from it has answered nothing: the proxy counts and logs it as a
 /// failed ask, and is not ready.
