@@ -12,7 +12,7 @@ const NAME: &str = "api.us-east-1.edgeroute.test";
 /// A proxy whose one region is `NAME` on `port`, resolved by `dns`, with
 /// quick re-resolution and probes.
 async fn proxy_resolving(dns: &DnsServer, port: u16) -> Proxy {
-    proxy_probing(dns, port, "100ms", "80ms").await
+    proxy_probing(dns, port, "300ms", "250ms").await
 }
 
 /// [`proxy_resolving`], probing every `interval` within `timeout`.
@@ -364,7 +364,7 @@ async fn an_address_back_in_dns_keeps_its_ejection() {
     let proxy = proxy_with_health(
         &dns,
         port,
-        "interval = \"100ms\"\ntimeout = \"80ms\"\neject_after = 2\neject_for = \"60s\"\n",
+        "interval = \"300ms\"\ntimeout = \"250ms\"\neject_after = 2\neject_for = \"60s\"\n",
     )
     .await;
     let (g, b) = (good.addr.to_string(), bad.addr.to_string());

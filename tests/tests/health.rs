@@ -13,7 +13,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// Probes every 100 ms, so the tests run in well under a second each.
 const FAST_PROBES: &str =
-    "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\nfall = 3\nrise = 2\n";
+    "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nfall = 3\nrise = 2\n";
 
 async fn backend(proxy: &Proxy, region: usize, index: usize) -> Value {
     proxy.routing().await["regions"][region]["backends"][index].clone()
@@ -135,8 +135,8 @@ async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() 
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr, b.addr])
         .extra(
-            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n\
-             eject_after = 3\neject_for = \"300ms\"\nmax_eject_for = \"2s\"\nmax_ejection_percent = 50\n",
+            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\n\
+             eject_after = 3\neject_for = \"5s\"\nmax_eject_for = \"10s\"\nmax_ejection_percent = 50\n",
         )
         .start()
         .await;
@@ -235,7 +235,7 @@ async fn a_backend_that_breaks_off_its_exchanges_is_ejected() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[broken, good.addr])
         .extra(
-            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\n\
+            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\n\
              eject_after = 3\neject_for = \"1h\"\nmax_eject_for = \"1h\"\nmax_ejection_percent = 50\n",
         )
         .start()
@@ -267,7 +267,7 @@ async fn answers_never_eject_a_regions_last_backend() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[only.addr])
         .extra(
-            "[health]\ninterval = \"100ms\"\ntimeout = \"80ms\"\njitter = \"0ms\"\neject_after = 3\n",
+            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\neject_after = 3\n",
         )
         .start()
         .await;
@@ -295,7 +295,7 @@ async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_
         .region(EU, &[eu.addr])
         .region(AP, &[ap.addr])
         .table(table(1, 1, Some(AP), &[(US, "down"), (EU, "active"), (AP, "active")]))
-        .extra("[health]\ninterval = \"100ms\"\ntimeout = \"90ms\"\njitter = \"0ms\"\nlatency_decay = \"300ms\"\n")
+        .extra("[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nlatency_decay = \"300ms\"\n")
         .start()
         .await;
     eventually("reads go to the nearer region", WAIT, || async {
@@ -397,7 +397,7 @@ async fn counting_backend(
                             return;
                         }
                         if close {
-                            // Between probes (100 ms apart), after the
+                            // Between probes (300 ms apart), after the
                             // proxy has kept the connection.
                             tokio::time::sleep(Duration::from_millis(30)).await;
                             return;
@@ -548,6 +548,72 @@ async fn the_traffic_listener_answers_health_for_the_local_region() {
     })
     .await;
     assert_eq!(admin().await, 200);
+}
+
+/// `/health` follows the local region's backends in rotation, however
+/// many: unhealthy only when none is (one back is enough), whatever the
+/// other regions do, and when the table marks the region down though
+/// its backends pass.
+#[tokio::test]
+async fn health_is_unhealthy_exactly_when_no_local_backend_is_in_rotation_or_the_region_is_down() {
+    let us = [
+        Origin::start(US).await,
+        Origin::start(US).await,
+        Origin::start(US).await,
+    ];
+    let eu = Origin::start(EU).await;
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[us[0].addr, us[1].addr, us[2].addr])
+        .region(EU, &[eu.addr])
+        .extra(FAST_PROBES)
+        .start()
+        .await;
+    let health = || async {
+        let resp = client()
+            .get(proxy.admin_url("/health"))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap();
+        (status, body["reason"].as_str().unwrap_or("").to_owned())
+    };
+    let live = || async {
+        let routing = proxy.routing().await;
+        (0..3)
+            .filter(|i| routing["regions"][0]["backends"][i]["live"] == true)
+            .count()
+    };
+    eventually("every backend is in rotation", WAIT, || async {
+        live().await == 3
+    })
+    .await;
+    assert_eq!(health().await, (200, String::new()));
+    // Two of three out: still healthy.
+    us[0].set_health(503);
+    us[1].set_health(503);
+    eventually("two backends leave rotation", WAIT, || async {
+        live().await == 1
+    })
+    .await;
+    assert_eq!(health().await, (200, String::new()));
+    // The last one out: unhealthy, though eu-west-1 serves on.
+    us[2].set_health(503);
+    eventually("the last backend leaves rotation", WAIT, || async {
+        live().await == 0
+    })
+    .await;
+    assert_eq!(health().await, (503, "no_backend_in_rotation".to_owned()));
+    assert_eq!(served_by(&proxy).await, EU);
+    // One back is enough.
+    us[1].set_health(200);
+    eventually("one backend returns", WAIT, || async { live().await == 1 }).await;
+    assert_eq!(health().await, (200, String::new()));
+    // Backends in rotation, but the table marks the region down.
+    proxy
+        .swap_table(&table(2, 2, Some(EU), &[(US, "down"), (EU, "active")]))
+        .await;
+    assert_eq!(health().await, (503, "region_down".to_owned()));
 }
 
 /// With `health.listener_path = ""` every path goes to the backends.
