@@ -144,7 +144,8 @@ impl Origin {
         &self.shared.region
     }
 
-    /// Stops accepting and closes the listener; the port refuses connections after.
+    /// Stops accepting, closes the listener and every connection it
+    /// accepted; the port refuses connections after.
     pub fn stop(&self) {
         self.task.abort();
     }
@@ -157,12 +158,16 @@ impl Drop for Origin {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
+    // The connections end with the loop: a stopped origin serves no one,
+    // not even on a kept-alive connection.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let shared = Arc::clone(&shared);
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let svc = service_fn(move |req| answer(Arc::clone(&shared), req));
             // A connection dropped on purpose ends with an error; that is the point.
             let _ended = hyper::server::conn::http1::Builder::new()
