@@ -239,6 +239,13 @@ impl EdgeProxy {
         // Like every other request, it gets an id and an access line: no
         // method or path could be read from it.
         let request_id = new_request_id();
+        // One of the proxy's own answers before a backend was picked, as
+        // every other is counted.
+        self.state
+            .metrics
+            .refusals
+            .with_label_values(&[reply.code()])
+            .inc();
         let written = respond::write(client, &reply, None, Some(&request_id), &[]).await;
         if let Err(e) = &written {
             tracing::debug!(error = %e, "cannot answer an unreadable request");

@@ -19,7 +19,17 @@ use std::time::{Duration, Instant};
 /// How many connections wait in the backlog of the IPv4 listening socket
 /// on `addr` (the `rx_queue` of its line in `/proc/net/tcp`).
 pub fn accept_queue(addr: std::net::SocketAddr) -> usize {
-    let local = format!(":{:04X} ", addr.port());
+    // As the kernel prints it: the address as a number in host byte order,
+    // then the port (each proxy of the suite listens on a loopback address
+    // of its own, and the same port may listen on another).
+    let std::net::IpAddr::V4(ip) = addr.ip() else {
+        panic!("accept_queue reads IPv4 listening sockets, not {addr}");
+    };
+    let local = format!(
+        "{:08X}:{:04X} ",
+        u32::from_ne_bytes(ip.octets()),
+        addr.port()
+    );
     let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
     table
         .lines()

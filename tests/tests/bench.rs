@@ -32,6 +32,18 @@ fn running(pid: u32) -> bool {
     })
 }
 
+/// Sends SIGTERM to the suite when dropped while armed: it stops what it
+/// started and exits.
+struct StopOnDrop(Option<u32>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        }
+    }
+}
+
 async fn stopped_by(signal: Signal, exit_code: i32) {
     let tmp = tempfile::tempdir().expect("temporary folder");
     let json = tmp.path().join("results.json");
@@ -47,6 +59,9 @@ async fn stopped_by(signal: Signal, exit_code: i32) {
         .spawn()
         .expect("start edgeroute-bench");
     let pid = bench.id();
+    // Stopped if this test fails before it signals the suite itself, so
+    // that what it started does not run on.
+    let mut stop_on_failure = StopOnDrop(Some(pid));
 
     // The regions scenario runs an edgeroute proxy with its config there.
     eventually(
@@ -61,6 +76,7 @@ async fn stopped_by(signal: Signal, exit_code: i32) {
         "the run works in a folder under TMPDIR"
     );
 
+    stop_on_failure.0 = None;
     kill(Pid::from_raw(pid as i32), signal).expect("signal the suite");
     let status = tokio::task::spawn_blocking(move || bench.wait_with_output())
         .await

@@ -453,6 +453,53 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
     assert!(origin.seen().is_empty());
 }
 
+/// A request head over 64 KiB, or with more than 256 fields, is answered
+/// 431 with its code and reaches no backend; the proxy serves on, and
+/// heads just within each limit are forwarded.
+#[tokio::test]
+async fn a_request_head_over_its_limits_is_a_431_and_reaches_no_backend() {
+    const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let (backend, accepted) = scripted_backend(&[OK]).await;
+    let proxy = proxy_for(backend).await;
+    let head = |fields: usize, each: usize| {
+        let mut h = b"GET /big HTTP/1.1\r\nHost: app\r\nConnection: close\r\n".to_vec();
+        for i in 0..fields {
+            h.extend_from_slice(format!("x-f{i:03}: {}\r\n", "v".repeat(each)).as_bytes());
+        }
+        h.extend_from_slice(b"\r\n");
+        h
+    };
+    // 3 fields of 30,000 bytes; 300 fields. (Host and Connection count.)
+    for (fields, each) in [(3, 30_000), (300, 1)] {
+        let answer = exchange(proxy.addr, &head(fields, each)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 431"),
+            "{fields} x {each}: {answer}"
+        );
+        assert!(
+            answer.contains("x-edgeroute-error: request_head_too_large"),
+            "{fields} x {each}: {answer}"
+        );
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "no backend was asked");
+    // 63,000 bytes in one field; 254 fields and Host and Connection.
+    for (fields, each) in [(1, 63_000), (254, 1)] {
+        let answer = exchange(proxy.addr, &head(fields, each)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "{fields} x {each}: {answer}"
+        );
+    }
+    // Counted as every other answer the proxy makes itself.
+    eventually("both 431s are counted", LIMIT, || async {
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"request_head_too_large\"}")
+            .await
+            == 2.0
+    })
+    .await;
+}
+
 /// An access line says who asked (the connection's address and the
 /// `x-forwarded-for` it brought), for which host, over which protocol, and
 /// how many body bytes it was sent; only the proxy's own answers carry a

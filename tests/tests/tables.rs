@@ -43,21 +43,21 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
                 6,
                 11,
                 Some(EU),
-                &[(US, "active"), (EU, "active"), ("sa-east-1", "active")],
+                &[(US, "down"), (EU, "active"), ("sa-east-1", "active")],
             )
             .to_string(),
         ),
         (
             "stale_epoch",
-            table(4, 99, Some(US), &[(US, "active"), (EU, "active")]).to_string(),
+            table(4, 99, Some(US), &[(US, "down"), (EU, "active")]).to_string(),
         ),
         (
             "primary_changed_without_epoch",
-            table(5, 11, Some(US), &[(US, "active"), (EU, "active")]).to_string(),
+            table(5, 11, Some(US), &[(US, "draining"), (EU, "active")]).to_string(),
         ),
         (
             "invalid",
-            table(6, 11, Some("mars-1"), &[(US, "active"), (EU, "active")]).to_string(),
+            table(6, 11, Some("mars-1"), &[(US, "down"), (EU, "active")]).to_string(),
         ),
     ];
     for (reason, text) in bad {
@@ -69,10 +69,30 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
             || async { rejections(&proxy, reason).await >= 1.0 },
         )
         .await;
-        // The old table is still in force, and writes still go to its primary.
+        // The old table is still in force whole (each bad one also takes
+        // the local region out, which no part of it may do), and writes
+        // still go to its primary.
         let routing = proxy.routing().await;
         assert_eq!(routing["table"]["epoch"], 5, "after {reason}");
         assert_eq!(routing["table"]["version"], 10, "after {reason}");
+        assert_eq!(
+            routing["table"]["regions"],
+            serde_json::json!([
+                { "name": US, "state": "active", "weight": 100 },
+                { "name": EU, "state": "active", "weight": 100 },
+            ]),
+            "after {reason}"
+        );
+        let read = c.get(proxy.url("/page")).send().await.unwrap();
+        assert_eq!(read.headers()["x-edgeroute-region"], US, "after {reason}");
+        let said = format!("reason=\"{reason}\"");
+        assert!(
+            proxy
+                .log()
+                .lines()
+                .any(|l| l.contains("routing table rejected") && l.contains(&said)),
+            "the {reason} rejection is logged"
+        );
         let resp = c
             .post(proxy.url("/orders"))
             .body("{}")
