@@ -20,9 +20,10 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let mut text = text.to_owned();
     let mut unknown = Vec::new();
     // Values of the wrong type or form: (line, what is wrong), and the
-    // keys set aside for them.
+    // keys set aside for them, each with the header line of its table
+    // (none at the top level).
     let mut values = Vec::new();
-    let mut set_keys: Vec<String> = Vec::new();
+    let mut set_keys: Vec<(Option<usize>, String)> = Vec::new();
     // What is wrong besides those, if anything.
     let other = loop {
         let e = match toml::from_str::<T>(&text) {
@@ -41,14 +42,21 @@ pub(crate) fn parse<T: DeserializeOwned>(text: &str) -> Result<T, String> {
             break None;
         }
         // A required key that is missing because its wrong value was set
-        // aside: already named.
-        if missing_field(&e).is_some_and(|field| set_keys.iter().any(|k| k == field)) {
-            break None;
+        // aside: already named. (The same name missing from another table
+        // is not.)
+        if let Some(field) = missing_field(&e) {
+            let table = missing_from(&text, &e);
+            if set_keys
+                .iter()
+                .any(|(owner, k)| k == field && table.is_none_or(|t| t == *owner))
+            {
+                break None;
+            }
         }
         match value_line(&text, &e) {
             Some((line, key)) => {
                 values.push((line, detail(&text, &e)));
-                set_keys.push(key);
+                set_keys.push((table_header(&text, line), key));
                 text = set_aside(&text, line..line + 1);
             }
             None => break Some(detail(&text, &e)),
@@ -89,6 +97,28 @@ fn missing_field(e: &toml::de::Error) -> Option<&str> {
         .strip_prefix("missing field `")
         .and_then(|rest| rest.split_once('`'))
         .map(|(field, _)| field)
+}
+
+/// The table a "missing field" error is about, when it can be told: the
+/// top level (`Some(None)`) or a section by its header's line; `None`
+/// for a table it cannot place (an inline one).
+fn missing_from(text: &str, e: &toml::de::Error) -> Option<Option<usize>> {
+    let Some(span) = e.span().filter(|span| !span.is_empty()) else {
+        return Some(None);
+    };
+    let line = line_of(text, span.start);
+    header(text.lines().nth(line)?).map(|_| Some(line))
+}
+
+/// The line of the header of the section `line` is in; `None` at the
+/// top level.
+fn table_header(text: &str, line: usize) -> Option<usize> {
+    text.lines()
+        .take(line)
+        .enumerate()
+        .filter(|(_, l)| header(l).is_some())
+        .map(|(i, _)| i)
+        .last()
 }
 
 /// For an error in a value on a `key = value` line of its own (not a
@@ -629,6 +659,41 @@ mod tests {
             e.contains("line 1: `name`: invalid type: integer `5`"),
             "{e}"
         );
+        assert!(!e.contains("required"), "{e}");
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Listed {
+        name: String,
+        region: Vec<Named>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct Named {
+        name: String,
+        weight: Option<u32>,
+    }
+
+    #[test]
+    fn a_key_missing_from_one_table_is_named_though_another_tables_was_set_aside() {
+        // The top level's `name` has the wrong type; the section's is not
+        // there at all: both are named.
+        let e = super::parse::<Listed>("name = 5\n[[region]]\nweight = 1\n").unwrap_err();
+        assert!(
+            e.contains("line 1: `name`: invalid type: integer `5`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("line 2: `region.name` is required in [region]"),
+            "{e}"
+        );
+        // A section's own key set aside is not also called missing.
+        let e = super::parse::<Listed>("name = \"x\"\n[[region]]\nname = 5\n").unwrap_err();
+        assert!(e.contains("line 3: `region[0].name`"), "{e}");
         assert!(!e.contains("required"), "{e}");
     }
 
