@@ -262,12 +262,14 @@ impl Default for RawReadYourWrites {
 #[serde(deny_unknown_fields, default)]
 struct RawShutdown {
     grace_period: String,
+    keep_accepting: String,
 }
 
 impl Default for RawShutdown {
     fn default() -> Self {
         Self {
             grace_period: "30s".into(),
+            keep_accepting: "0s".into(),
         }
     }
 }
@@ -715,6 +717,11 @@ pub struct ReadYourWrites {
 pub struct ShutdownConfig {
     /// How long in-flight requests may run after SIGTERM (default 30 s).
     pub grace_period: Duration,
+    /// How long after SIGTERM the listeners go on accepting and serving,
+    /// not ready, before the grace period begins (default 0: at once), so
+    /// that a load balancer still sending while it deregisters the proxy
+    /// meets no closed port.
+    pub keep_accepting: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -1159,6 +1166,11 @@ impl RawConfig {
                 &mut e,
                 "shutdown.grace_period",
                 &self.shutdown.grace_period,
+            ),
+            keep_accepting: values::duration(
+                &mut e,
+                "shutdown.keep_accepting",
+                &self.shutdown.keep_accepting,
             ),
         };
         let table = match &self.table {

@@ -1,8 +1,10 @@
 //! Readiness, in-flight requests and shutdown.
 //!
-//! On SIGTERM the proxy flips `/ready` to 503 at once, stops accepting
-//! (the accept loops end and close their sockets), lets in-flight requests
-//! finish within the grace period, then exits 0 as soon as none is left.
+//! On SIGTERM the proxy flips `/ready` to 503 at once; after
+//! `shutdown.keep_accepting` (none by default), during which it serves on,
+//! it stops accepting (the accept loops end and close their sockets), lets
+//! in-flight requests finish within the grace period, then exits 0 as soon
+//! as none is left.
 //! An HTTP/2 connection counts as in flight until it ends, so the answers
 //! it carries and its GOAWAY go out before the exit.
 
@@ -61,10 +63,18 @@ impl Lifecycle {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// Not ready any more (`/ready` and `/health` answer 503, connections
+    /// close after their answer), while serving on.
+    pub fn announce_stop(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    /// Not ready, and the drain begins: the accept loops stop, the grace
+    /// period runs, and the table source and DNS refreshes stop.
     pub fn begin_shutdown(&self) {
-        if !self.shutting_down.swap(true, Ordering::SeqCst) {
-            self.shutdown_tx.send_replace(true);
-        }
+        self.announce_stop();
+        self.shutdown_tx
+            .send_if_modified(|started| !std::mem::replace(started, true));
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -163,8 +173,10 @@ impl Drop for RequestGuard {
 }
 
 /// Pingora's shutdown trigger: SIGTERM is a graceful stop, SIGINT a fast one.
-/// Readiness flips before Pingora is told, so `/ready` never lags the stop.
-pub struct SignalWatch(pub Arc<Lifecycle>);
+/// Readiness flips before Pingora is told, so `/ready` never lags the stop;
+/// after SIGTERM, Pingora is told only once `shutdown.keep_accepting` (the
+/// duration here) is over.
+pub struct SignalWatch(pub Arc<Lifecycle>, pub std::time::Duration);
 
 #[async_trait]
 impl ShutdownSignalWatch for SignalWatch {
@@ -181,8 +193,6 @@ impl ShutdownSignalWatch for SignalWatch {
         };
         tokio::select! {
             _ = term.recv() => {
-                tracing::info!("SIGTERM: not ready any more, finishing in-flight requests");
-                self.0.begin_shutdown();
                 // SIGINT still stops at once: an operator's Ctrl-C on a
                 // drain that takes too long.
                 let lifecycle = Arc::clone(&self.0);
@@ -190,10 +200,18 @@ impl ShutdownSignalWatch for SignalWatch {
                     int.recv().await;
                     tracing::warn!(
                         still_in_flight = lifecycle.inflight(),
-                        "SIGINT while finishing in-flight requests: stopping now"
+                        "SIGINT while stopping: stopping now"
                     );
                     std::process::exit(0);
                 });
+                let keep_accepting = self.1;
+                if !keep_accepting.is_zero() {
+                    tracing::info!(keep_accepting = ?keep_accepting, "SIGTERM: not ready any more; accepting and serving for shutdown.keep_accepting, then finishing in-flight requests");
+                    self.0.announce_stop();
+                    tokio::time::sleep(keep_accepting).await;
+                }
+                tracing::info!("SIGTERM: not ready any more, no longer accepting; finishing in-flight requests");
+                self.0.begin_shutdown();
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {

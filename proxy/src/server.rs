@@ -258,7 +258,10 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
         "edgeroute-proxy started"
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(crate::lifecycle::SignalWatch(Arc::clone(&state.lifecycle))),
+        shutdown_signal: Box::new(crate::lifecycle::SignalWatch(
+            Arc::clone(&state.lifecycle),
+            state.config.shutdown.keep_accepting,
+        )),
     });
     tracing::info!("edgeroute-proxy stopped");
     drop(control);

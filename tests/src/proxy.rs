@@ -63,6 +63,7 @@ pub struct ProxyBuilder {
     table_file: bool,
     threads: usize,
     grace_period: String,
+    keep_accepting: String,
     address: Option<SocketAddr>,
 }
 
@@ -78,6 +79,7 @@ impl ProxyBuilder {
             table_file: true,
             threads: 2,
             grace_period: "20s".into(),
+            keep_accepting: "0s".into(),
             address: None,
         }
     }
@@ -121,6 +123,12 @@ impl ProxyBuilder {
     /// `shutdown.grace_period` (20s unless set).
     pub fn grace_period(mut self, grace: &str) -> Self {
         self.grace_period = grace.to_owned();
+        self
+    }
+
+    /// `shutdown.keep_accepting` (0s unless set).
+    pub fn keep_accepting(mut self, time: &str) -> Self {
+        self.keep_accepting = time.to_owned();
         self
     }
 
@@ -177,8 +185,13 @@ impl ProxyBuilder {
         write_atomically(&table_path, &table.to_string());
         let mut config = format!(
             "local_region = \"{}\"\n\n[[listeners]]\naddress = \"{addr}\"\n{}\n[admin]\naddress = \"{admin}\"\n{}\n\
-             [runtime]\nthreads = {}\n\n[shutdown]\ngrace_period = \"{}\"\n",
-            self.local, self.listener, self.admin, self.threads, self.grace_period
+             [runtime]\nthreads = {}\n\n[shutdown]\ngrace_period = \"{}\"\nkeep_accepting = \"{}\"\n",
+            self.local,
+            self.listener,
+            self.admin,
+            self.threads,
+            self.grace_period,
+            self.keep_accepting
         );
         if self.table_file {
             config.push_str(

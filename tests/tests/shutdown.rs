@@ -105,7 +105,7 @@ async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops
         assert!(!log.contains("all in-flight requests finished"), "{log}");
         let said = match stop {
             None => "grace period over; exiting with requests still in flight",
-            Some(_) => "SIGINT while finishing in-flight requests: stopping now",
+            Some(_) => "SIGINT while stopping: stopping now",
         };
         assert!(
             log.contains(said) && log.contains("still_in_flight=1"),
@@ -114,6 +114,84 @@ async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops
         assert!(held.await.unwrap().is_err(), "the held request was cut");
     }
     us.release(2);
+}
+
+/// With `shutdown.keep_accepting`, SIGTERM makes the proxy not ready at
+/// once (`/ready`, and `/health` on both listeners) while it goes on
+/// accepting and serving, each HTTP/1 answer closing its connection;
+/// SIGINT still stops it at once. Once the time is over it drains and
+/// exits as without it.
+#[tokio::test]
+async fn keep_accepting_serves_new_connections_after_sigterm_while_not_ready() {
+    let us = Origin::start("us-east-1").await;
+    let c = client();
+    // An hour: the checks run inside it, and SIGINT ends it.
+    let mut proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .keep_accepting("1h")
+        .start()
+        .await;
+    proxy.signal(Signal::SIGTERM);
+    eventually("/ready answers 503", Duration::from_secs(5), || async {
+        c.get(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    for url in [proxy.admin_url("/health"), proxy.url("/health")] {
+        let resp = c.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), 503, "{url}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["reason"], "shutting_down", "{url}");
+    }
+    for i in 0..3 {
+        // Each on a new connection, accepted after SIGTERM.
+        // The connection ends with its answer: read to its end.
+        let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+        conn.write_all(format!("GET /after-sigterm/{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+            .await
+            .expect("the connection closed after its answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&got);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert_eq!(us.seen().len(), 3);
+    proxy.signal(Signal::SIGINT);
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        proxy
+            .log()
+            .contains("accepting and serving for shutdown.keep_accepting"),
+        "{}",
+        proxy.log()
+    );
+
+    // A second: the drain follows its end, and the proxy exits.
+    let mut proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .keep_accepting("1s")
+        .start()
+        .await;
+    proxy.signal(Signal::SIGTERM);
+    let status = proxy.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status}");
+    let log = proxy.log();
+    let serving = log.find("accepting and serving for shutdown.keep_accepting");
+    let draining = log.find("no longer accepting; finishing in-flight requests");
+    assert!(
+        matches!((serving, draining), (Some(s), Some(d)) if s < d),
+        "{log}"
+    );
 }
 
 /// HTTP/2 streams in flight on SIGTERM finish on their connection, which
