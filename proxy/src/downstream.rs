@@ -136,6 +136,9 @@ pub struct Session {
     pending: Vec<u8>,
     /// The response's body bytes written (chunk framing not counted).
     body_sent: u64,
+    /// The connection ends with a reset, not an end of stream (see
+    /// [`Self::end_with_reset`]).
+    reset: bool,
 }
 
 impl Session {
@@ -167,6 +170,7 @@ impl Session {
             out: Out::Head,
             pending: Vec::new(),
             body_sent: 0,
+            reset: false,
         }
     }
 
@@ -510,6 +514,13 @@ impl Session {
         self.body_sent
     }
 
+    /// The connection is to end with a reset when it is closed: what it
+    /// carried was broken off (a tunnel whose backend side failed), and an
+    /// end of stream would tell the client it ended in good order.
+    pub fn end_with_reset(&mut self) {
+        self.reset = true;
+    }
+
     /// Whether a `101` was written: the connection now carries raw bytes.
     pub fn was_upgraded(&self) -> bool {
         self.status == Some(StatusCode::SWITCHING_PROTOCOLS)
@@ -743,10 +754,11 @@ impl Session {
     /// `unread`: the client may still be sending (its head was refused).
     /// Returns how many bytes the client sent that were read and dropped.
     pub async fn close(mut self, unread: bool) -> u64 {
-        if self.out == Out::UntilClose {
+        if self.out == Out::UntilClose || self.reset {
             // A body delimited by the connection's end was cut short (a
-            // backend failed in its middle): an end of stream would pass
-            // what was sent off as all of it, so the client gets a reset.
+            // backend failed in its middle), or a tunnel broken off: an end
+            // of stream would pass what was sent off as all of it, so the
+            // client gets a reset.
             if let Some(socket) = Socket::of(&self.stream) {
                 socket.reset_on_close();
             }
@@ -1246,6 +1258,14 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.body_sent(),
             Client::H2(s, ..) => s.body_bytes_sent() as u64,
+        }
+    }
+
+    /// See [`Session::end_with_reset`]; an HTTP/2 stream carries no
+    /// tunnel.
+    pub fn end_with_reset(&mut self) {
+        if let Client::H1(s) = self {
+            s.end_with_reset();
         }
     }
 

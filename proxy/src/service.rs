@@ -1263,7 +1263,22 @@ async fn tunnel(
         },
         idle,
     )
-    .await?;
+    .await;
+    // A side whose connection failed (reset, mostly) ends the other's with
+    // a reset too when it is closed: an end of stream would tell that peer
+    // the tunnel was closed in good order.
+    if let Err(e) = &ended {
+        match e.esource() {
+            pingora_error::ErrorSource::Downstream => {
+                if let Some(socket) = backend_kernel {
+                    socket.reset_on_close();
+                }
+            }
+            pingora_error::ErrorSource::Upstream => client.end_with_reset(),
+            _ => {}
+        }
+    }
+    let ended = ended?;
     if ended == crate::tunnel::Ended::Idle {
         tracing::debug!("tunnel idle for timeouts.tunnel_idle; closing it");
     }

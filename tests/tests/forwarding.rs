@@ -453,6 +453,82 @@ async fn a_request_that_cannot_be_forwarded_names_no_backend_and_gets_no_cookie(
     assert!(origin.seen().is_empty());
 }
 
+/// A backend that answers an upgrade `101`, reads what comes through the
+/// tunnel until `hi` has come, then either resets its connection
+/// (`reset`) or reads on and reports how its side ended: `None` for an
+/// end of stream, else the error's kind.
+async fn upgrading_backend(
+    reset: bool,
+) -> (
+    SocketAddr,
+    tokio::sync::oneshot::Receiver<Option<std::io::ErrorKind>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        read_until(&mut s, |t| t.contains("\r\n\r\n")).await;
+        s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        read_until(&mut s, |t| t.contains("hi")).await;
+        if reset {
+            s.set_zero_linger().unwrap();
+            drop(s);
+            return;
+        }
+        let mut buf = [0u8; 64];
+        let ended = loop {
+            match s.read(&mut buf).await {
+                Ok(0) => break None,
+                Ok(_) => {}
+                Err(e) => break Some(e.kind()),
+            }
+        };
+        let _ = tx.send(ended);
+    });
+    (addr, rx)
+}
+
+/// A tunnel side whose connection is reset ends the other side's with a
+/// reset too, either way round: an end of stream would tell that peer the
+/// tunnel was closed in good order.
+#[tokio::test]
+async fn a_reset_on_one_side_of_a_tunnel_reaches_the_other_as_a_reset() {
+    // The client resets: the backend's read fails with a reset.
+    let (backend, ended) = upgrading_backend(false).await;
+    let proxy = proxy_for(backend).await;
+    let mut s = open_tunnel(&proxy).await;
+    s.write_all(b"hi").await.unwrap();
+    s.set_zero_linger().unwrap();
+    drop(s);
+    let ended = tokio::time::timeout(LIMIT, ended)
+        .await
+        .expect("the backend's side ended")
+        .unwrap();
+    assert_eq!(ended, Some(std::io::ErrorKind::ConnectionReset));
+
+    // The backend resets: the client's read fails with a reset.
+    let (backend, _) = upgrading_backend(true).await;
+    let proxy = proxy_for(backend).await;
+    let mut s = open_tunnel(&proxy).await;
+    s.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(LIMIT, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(e.kind()),
+            }
+        }
+    })
+    .await
+    .expect("the client's side ended");
+    assert_eq!(read, Some(std::io::ErrorKind::ConnectionReset));
+}
+
 /// A request head over 64 KiB, or with more than 256 fields, is answered
 /// 431 with its code and reaches no backend; the proxy serves on, and
 /// heads just within each limit are forwarded.
