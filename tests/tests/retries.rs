@@ -13,13 +13,14 @@ const US: &str = "us-east-1";
 /// How long a condition may take to hold.
 const GUARD: Duration = Duration::from_secs(30);
 
-/// Two origins that take a POST and die without answering, behind a proxy
-/// that neither probes nor ejects them.
-async fn dying_origins() -> (Origin, Origin, Proxy) {
+/// Two origins that take a request and die without answering as `dying`
+/// says (a POST, or any), behind a proxy that neither probes nor ejects
+/// them.
+async fn dying_origins(dying: Behaviour) -> (Origin, Origin, Proxy) {
     let a = Origin::start(US).await;
     let b = Origin::start(US).await;
-    a.set(Behaviour::DieOnPost);
-    b.set(Behaviour::DieOnPost);
+    a.set(dying);
+    b.set(dying);
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr, b.addr])
         .table(table(1, 1, Some(US), &[(US, "active")]))
@@ -43,7 +44,7 @@ async fn keyed_post(proxy: &Proxy) -> reqwest::Response {
 
 #[tokio::test]
 async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
-    let (a, b, proxy) = dying_origins().await;
+    let (a, b, proxy) = dying_origins(Behaviour::DieOnPost).await;
     let c = client();
     for i in 0..10 {
         let id = format!("post-{i}");
@@ -74,16 +75,7 @@ async fn a_post_whose_origin_dies_mid_request_reaches_no_second_origin() {
 /// learns of the failure (502), and the retries are counted.
 #[tokio::test]
 async fn what_reached_a_backend_is_sent_again_only_if_it_is_safe_to_repeat() {
-    let a = Origin::start(US).await;
-    let b = Origin::start(US).await;
-    a.set(Behaviour::DieOnAny);
-    b.set(Behaviour::DieOnAny);
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[a.addr, b.addr])
-        .table(table(1, 1, Some(US), &[(US, "active")]))
-        .extra("[health]\nprobes = false\neject_after = 100\n")
-        .start()
-        .await;
+    let (a, b, proxy) = dying_origins(Behaviour::DieOnAny).await;
     let c = client();
     let mut retries = 0.0;
     for method in [
@@ -275,7 +267,7 @@ async fn a_request_whose_answer_began_is_not_sent_again() {
 /// none is left to take it.
 #[tokio::test]
 async fn retries_count_the_backends_a_request_was_sent_to_again() {
-    let (a, b, proxy) = dying_origins().await;
+    let (a, b, proxy) = dying_origins(Behaviour::DieOnPost).await;
     let resp = keyed_post(&proxy).await;
     assert_eq!(resp.status(), 502);
     assert_eq!(a.count_id("keyed") + b.count_id("keyed"), 2);

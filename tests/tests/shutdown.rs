@@ -6,6 +6,27 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Waits for `/ready` to answer 503, and checks it says why.
+async fn stops_being_ready(proxy: &edgeroute_tests::Proxy) {
+    let c = client();
+    eventually("/ready answers 503", Duration::from_secs(5), || async {
+        c.get(proxy.admin_url("/ready"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 503)
+    })
+    .await;
+    let body: serde_json::Value = c
+        .get(proxy.admin_url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["reason"], "shutting_down");
+}
+
 #[tokio::test]
 async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
     let us = Origin::start("us-east-1").await;
@@ -29,22 +50,7 @@ async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
     .await;
 
     proxy.signal(Signal::SIGTERM);
-    eventually("/ready answers 503", Duration::from_secs(5), || async {
-        c.get(proxy.admin_url("/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 503)
-    })
-    .await;
-    let body: serde_json::Value = c
-        .get(proxy.admin_url("/ready"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(body["reason"], "shutting_down");
+    stops_being_ready(&proxy).await;
     // No new work: the traffic listener is closed.
     eventually(
         "the traffic listener stops accepting",
@@ -132,13 +138,7 @@ async fn keep_accepting_serves_new_connections_after_sigterm_while_not_ready() {
         .start()
         .await;
     proxy.signal(Signal::SIGTERM);
-    eventually("/ready answers 503", Duration::from_secs(5), || async {
-        c.get(proxy.admin_url("/ready"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 503)
-    })
-    .await;
+    stops_being_ready(&proxy).await;
     for url in [proxy.admin_url("/health"), proxy.url("/health")] {
         let resp = c.get(&url).send().await.unwrap();
         assert_eq!(resp.status(), 503, "{url}");

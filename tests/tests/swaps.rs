@@ -16,27 +16,36 @@ const CLIENTS: usize = 6;
 /// Upper bound on the whole run, so a regression fails instead of hanging.
 const LIMIT: Duration = Duration::from_secs(240);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_thousand_swaps_under_load_fail_no_request() {
-    let origins = Arc::new([
+/// An origin in each region, and a proxy for us-east-1 in front of them
+/// whose first table (epoch 1, version 1) has `primary` and every region
+/// active; `extra` as [`ProxyBuilder::extra`].
+async fn three_regions(primary: &str, extra: &str) -> ([Origin; 3], edgeroute_tests::Proxy) {
+    let origins = [
         Origin::start(US).await,
         Origin::start(EU).await,
         Origin::start(AP).await,
-    ]);
+    ];
     let proxy = ProxyBuilder::new(US)
         .region(US, &[origins[0].addr])
         .region(EU, &[origins[1].addr])
         .region(AP, &[origins[2].addr])
-        // Epoch e's primary is regions[e % 3], from the first table on.
         .table(table(
             1,
             1,
-            Some(EU),
+            Some(primary),
             &[(US, "active"), (EU, "active"), (AP, "active")],
         ))
-        .extra("[log]\naccess = false\n")
+        .extra(extra)
         .start()
         .await;
+    (origins, proxy)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_swaps_under_load_fail_no_request() {
+    // Epoch e's primary is regions[e % 3], from the first table on.
+    let (origins, proxy) = three_regions(EU, "[log]\naccess = false\n").await;
+    let origins = Arc::new(origins);
     let url = proxy.url("/load");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
@@ -130,23 +139,7 @@ async fn a_thousand_swaps_under_load_fail_no_request() {
 /// the swaps follows the new table.
 #[tokio::test]
 async fn requests_held_at_a_backend_across_swaps_finish_whole() {
-    let origins = [
-        Origin::start(US).await,
-        Origin::start(EU).await,
-        Origin::start(AP).await,
-    ];
-    let proxy = ProxyBuilder::new(US)
-        .region(US, &[origins[0].addr])
-        .region(EU, &[origins[1].addr])
-        .region(AP, &[origins[2].addr])
-        .table(table(
-            1,
-            1,
-            Some(US),
-            &[(US, "active"), (EU, "active"), (AP, "active")],
-        ))
-        .start()
-        .await;
+    let (origins, proxy) = three_regions(US, "").await;
     origins[0].set(Behaviour::Hold);
     let url = proxy.url("/held");
     let c = edgeroute_tests::client();
