@@ -114,6 +114,17 @@ pub fn connector(
         .build())
 }
 
+/// Whether two ETags name the same table, compared weakly (RFC 9110
+/// §8.8.3.2: a `W/` before either is left out), as the control plane
+/// compares `If-None-Match`; a missing one names none.
+fn same_tag(a: Option<&http::HeaderValue>, b: Option<&http::HeaderValue>) -> bool {
+    let opaque = |t: &http::HeaderValue| {
+        let t = t.as_bytes();
+        t.strip_prefix(b"W/").unwrap_or(t).to_vec()
+    };
+    matches!((a, b), (Some(a), Some(b)) if opaque(a) == opaque(b))
+}
+
 /// How long the control plane may take to answer: past a long-poll's
 /// `wait` for a table's head, again for its body once the head has come,
 /// and for a report.
@@ -195,16 +206,27 @@ pub async fn poll_control(
             Ok(Ok(resp)) => {
                 let status = resp.status();
                 let tag = resp.headers().get(http::header::ETAG).cloned();
+                // A cache's stored answer carries its age (RFC 9111 §5.1):
+                // it is no word from the control plane now.
+                let age = resp.headers().get(http::header::AGE).cloned();
                 match status {
+                    http::StatusCode::OK | http::StatusCode::NOT_MODIFIED if age.is_some() => {
+                        etag = None;
+                        etag_admitted = false;
+                        Some(format!(
+                            "a cache answered for the control plane ({status}, Age: {}); its answers say Cache-Control: no-store, so a cache between them keeps what it must not: its answer is not taken, and the table is asked for whole",
+                            age.as_ref().and_then(|a| a.to_str().ok()).unwrap_or("?")
+                        ))
+                    }
                     // Not modified since nothing: no answer at all.
                     http::StatusCode::NOT_MODIFIED if etag.is_none() => Some(
                         "the control plane answered 304 Not Modified to a request that named no table (no If-None-Match)".to_owned(),
                     ),
                     // The table asked about, and only that one, is
-                    // confirmed: a 304 naming another (or none), as a
-                    // cache in between may send, says nothing of ours,
-                    // and the next request asks for the table whole.
-                    http::StatusCode::NOT_MODIFIED if tag != etag => {
+                    // confirmed: a 304 naming another (or none) says
+                    // nothing of ours, and the next request asks for the
+                    // table whole.
+                    http::StatusCode::NOT_MODIFIED if !same_tag(tag.as_ref(), etag.as_ref()) => {
                         let said = format!(
                             "the control plane answered 304 Not Modified for the table with ETag {:?}, not for the one asked about ({:?}); not taken as a confirmation, and the table is asked for whole",
                             tag.as_ref().map_or("(none)", |t| t.to_str().unwrap_or("(not text)")),
@@ -438,5 +460,19 @@ mod tests {
         let id = super::id_of(&long, u32::MAX);
         assert!(id.len() <= edgeroute_config::MAX_PROXY_ID, "{}", id.len());
         assert!(id.ends_with("é/4294967295"), "{id}");
+    }
+
+    #[test]
+    fn etags_are_compared_weakly_and_a_missing_one_names_no_table() {
+        let v = |t: &'static str| http::HeaderValue::from_static(t);
+        let same = |a: Option<&'static str>, b: Option<&'static str>| {
+            super::same_tag(a.map(v).as_ref(), b.map(v).as_ref())
+        };
+        assert!(same(Some("\"5-17\""), Some("\"5-17\"")));
+        assert!(same(Some("W/\"5-17\""), Some("\"5-17\"")));
+        assert!(same(Some("\"5-17\""), Some("W/\"5-17\"")));
+        assert!(!same(Some("\"5-18\""), Some("\"5-17\"")));
+        assert!(!same(None, Some("\"5-17\"")));
+        assert!(!same(None, None));
     }
 }

@@ -572,82 +572,114 @@ impl Drop for ControlPlane {
 /// tables, answers without an ETag.
 pub struct ScriptedControl {
     pub addr: SocketAddr,
-    asks: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    /// Table requests answered, and those that named no table.
+    counts: std::sync::Arc<(
+        std::sync::atomic::AtomicUsize,
+        std::sync::atomic::AtomicUsize,
+    )>,
     task: tokio::task::JoinHandle<()>,
     /// Holds the token file proxies are given (any token is taken).
     dir: tempfile::TempDir,
 }
 
+/// How a [`ScriptedControl`] answers table requests.
+#[derive(Clone, Copy, PartialEq)]
+enum Script {
+    /// Each table in turn with an ETag of its own, then a long poll that
+    /// never ends; 503 before the first.
+    InTurn,
+    /// The first table at once every time, no ETag (a static file
+    /// server); 304 with none to give.
+    Static,
+    /// As `Static`, and a status that says its source cannot be read.
+    StaleStatus,
+    /// A request that names no table gets the table (ETag `"0"`); one
+    /// that names one gets 304 with another ETag (a cache in between that
+    /// holds another answer).
+    Foreign304,
+    /// The table with an ETag and `Age: 5`, as a cache serves a stored
+    /// answer.
+    Cached,
+}
+
 impl ScriptedControl {
     pub async fn start(tables: Vec<bytes::Bytes>) -> ScriptedControl {
-        Self::serve(tables, false, false, false).await
+        Self::serve(tables, Script::InTurn).await
     }
 
     /// Answers a request that names no table with `table` (ETag `"0"`),
     /// and every one that names a table `304 Not Modified` with another
     /// ETag, as a cache in between that holds another answer may.
     pub async fn start_foreign_304(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true, false, true).await
+        Self::serve(vec![table], Script::Foreign304).await
+    }
+
+    /// Answers every table request with `table` and `Age: 5`: a cache's
+    /// stored answer.
+    pub async fn start_cached(table: bytes::Bytes) -> ScriptedControl {
+        Self::serve(vec![table], Script::Cached).await
     }
 
     /// Answers every table request at once with `table` and no ETag, as a
     /// static file server would.
     pub async fn start_without_etags(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true, false, false).await
+        Self::serve(vec![table], Script::Static).await
     }
 
     /// Serves `table`, no proxies, and a status that says its source
     /// cannot be read (`/v1/status`'s `source_stale`).
     pub async fn start_stale(table: bytes::Bytes) -> ScriptedControl {
-        Self::serve(vec![table], true, true, false).await
+        Self::serve(vec![table], Script::StaleStatus).await
     }
 
     /// Answers every table request `304 Not Modified`, whether it named a
     /// table or not: a control plane that has never given one.
     pub async fn start_not_modified() -> ScriptedControl {
-        Self::serve(Vec::new(), true, false, false).await
+        Self::serve(Vec::new(), Script::Static).await
     }
 
     /// Answers every table request `503`, as a control plane does before
     /// its first table, with no proxies and a status that says nothing of
     /// its source.
     pub async fn start_without_table() -> ScriptedControl {
-        Self::serve(Vec::new(), false, false, false).await
+        Self::serve(Vec::new(), Script::InTurn).await
     }
 
     /// Table requests answered so far.
     pub fn asks(&self) -> usize {
-        self.asks.load(std::sync::atomic::Ordering::SeqCst)
+        self.counts.0.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    async fn serve(
-        tables: Vec<bytes::Bytes>,
-        static_file: bool,
-        stale: bool,
-        foreign_304: bool,
-    ) -> ScriptedControl {
+    /// Table requests so far that named no table (no `If-None-Match`).
+    pub fn whole_asks(&self) -> usize {
+        self.counts.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn serve(tables: Vec<bytes::Bytes>, script: Script) -> ScriptedControl {
         use http_body_util::Full;
         use hyper::service::service_fn;
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
         use std::sync::{Arc, Mutex};
         let listener = tokio::net::TcpListener::bind(free_addr())
             .await
             .expect("bind the scripted control plane");
         let addr = listener.local_addr().expect("its address");
         let left = Arc::new(Mutex::new(std::collections::VecDeque::from(tables)));
-        let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let asks = Arc::clone(&served);
+        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let (served, whole) = (Arc::clone(&counts), Arc::clone(&counts));
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (left, served) = (Arc::clone(&left), Arc::clone(&served));
+                let (left, counts) = (Arc::clone(&left), Arc::clone(&served));
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (left, served) = (Arc::clone(&left), Arc::clone(&served));
+                        let (left, counts) = (Arc::clone(&left), Arc::clone(&counts));
                         async move {
                             let mut resp = http::Response::new(Full::new(bytes::Bytes::new()));
                             if req.method() == http::Method::POST {
                                 *resp.status_mut() = http::StatusCode::NO_CONTENT;
                                 return Ok::<_, std::convert::Infallible>(resp);
                             }
+                            let stale = script == Script::StaleStatus;
                             let listing = match req.uri().path() {
                                 "/v1/status" => Some(serde_json::json!({ "source_stale": stale })),
                                 "/v1/proxies" => Some(serde_json::json!({ "proxies": [] })),
@@ -657,42 +689,55 @@ impl ScriptedControl {
                                 *resp.body_mut() = Full::new(listing.to_string().into());
                                 return Ok(resp);
                             }
+                            let named = req.headers().contains_key(http::header::IF_NONE_MATCH);
+                            if !named {
+                                counts.1.fetch_add(1, SeqCst);
+                            }
+                            let served = &counts.0;
                             let next = {
                                 let mut left = left.lock().expect("tables");
-                                if static_file {
-                                    left.front().cloned()
-                                } else {
+                                if script == Script::InTurn {
                                     left.pop_front()
+                                } else {
+                                    left.front().cloned()
                                 }
                             };
-                            let named = req.headers().contains_key(http::header::IF_NONE_MATCH);
-                            if foreign_304 {
-                                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                                let (status, tag) = if named {
-                                    (http::StatusCode::NOT_MODIFIED, "\"cached\"")
-                                } else {
-                                    *resp.body_mut() = Full::new(next.unwrap_or_default());
-                                    (http::StatusCode::OK, "\"0\"")
-                                };
-                                *resp.status_mut() = status;
+                            let tag = |resp: &mut http::Response<_>, tag: &'static str| {
                                 resp.headers_mut().insert(
                                     http::header::ETAG,
                                     http::HeaderValue::from_static(tag),
                                 );
-                                return Ok(resp);
-                            }
-                            match next {
+                            };
+                            match (script, next) {
+                                (Script::Foreign304, next) => {
+                                    served.fetch_add(1, SeqCst);
+                                    if named {
+                                        *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
+                                        tag(&mut resp, "\"cached\"");
+                                    } else {
+                                        *resp.body_mut() = Full::new(next.unwrap_or_default());
+                                        tag(&mut resp, "\"0\"");
+                                    }
+                                }
+                                (Script::Cached, next) => {
+                                    served.fetch_add(1, SeqCst);
+                                    *resp.body_mut() = Full::new(next.unwrap_or_default());
+                                    tag(&mut resp, "\"0\"");
+                                    resp.headers_mut().insert(
+                                        http::header::AGE,
+                                        http::HeaderValue::from_static("5"),
+                                    );
+                                }
                                 // Static, with nothing to serve.
-                                None if static_file => {
+                                (Script::Static | Script::StaleStatus, None) => {
                                     *resp.status_mut() = http::StatusCode::NOT_MODIFIED;
                                 }
-                                Some(body) if static_file => {
-                                    served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                (Script::Static | Script::StaleStatus, Some(body)) => {
+                                    served.fetch_add(1, SeqCst);
                                     *resp.body_mut() = Full::new(body);
                                 }
-                                Some(body) => {
-                                    let n =
-                                        served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                (Script::InTurn, Some(body)) => {
+                                    let n = served.fetch_add(1, SeqCst);
                                     resp.headers_mut().insert(
                                         http::header::ETAG,
                                         http::HeaderValue::from_str(&format!("\"{n}\""))
@@ -701,10 +746,10 @@ impl ScriptedControl {
                                     *resp.body_mut() = Full::new(body);
                                 }
                                 // Never given any: no table yet.
-                                None if served.load(std::sync::atomic::Ordering::SeqCst) == 0 => {
+                                (Script::InTurn, None) if served.load(SeqCst) == 0 => {
                                     *resp.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                                 }
-                                None => {
+                                (Script::InTurn, None) => {
                                     // No change: a long poll that never ends.
                                     std::future::pending::<()>().await;
                                 }
@@ -723,7 +768,7 @@ impl ScriptedControl {
         std::fs::write(dir.path().join("token"), "t0ken\n").expect("write token");
         ScriptedControl {
             addr,
-            asks,
+            counts: whole,
             task,
             dir,
         }

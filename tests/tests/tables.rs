@@ -317,14 +317,14 @@ async fn a_control_plane_that_does_not_long_poll_is_asked_once_a_second() {
     assert_eq!(proxy.metric("edgeroute_control_errors_total").await, 0.0);
 }
 
-/// A 304 that names another table than the one asked about (as a cache
-/// in between may send) confirms nothing: it is a failed ask, said so, and
-/// the table is asked for whole next.
+/// A 304 that names another table than the one asked about, or any
+/// answer a cache gave (one with an `Age`), confirms nothing: each is a
+/// failed ask, said so, and the table is asked for whole next.
 #[tokio::test]
-async fn a_304_for_another_table_is_no_confirmation() {
+async fn a_304_for_another_table_or_a_caches_answer_is_a_failed_ask() {
     let us = Origin::start(US).await;
     let good = table(1, 1, Some(US), &[(US, "active")]).to_string();
-    let control = ScriptedControl::start_foreign_304(good.into()).await;
+    let control = ScriptedControl::start_foreign_304(good.clone().into()).await;
     let proxy = proxy_of(&control, &us).await;
     eventually(
         "the foreign 304s are counted",
@@ -337,16 +337,35 @@ async fn a_304_for_another_table_is_no_confirmation() {
         log.contains("304 Not Modified for the table with ETag \"\\\"cached\\\"\", not for the one asked about (\"\\\"0\\\"\"); not taken as a confirmation"),
         "{log}"
     );
-    // After each, the table was asked for whole (no If-None-Match), and
-    // it is the one in force.
-    let asked = control.asks();
+    // After each, the table was asked for whole (no If-None-Match).
+    let whole = control.whole_asks();
     eventually(
         "the table is asked for whole again",
         Duration::from_secs(10),
-        || async { control.asks() >= asked + 2 },
+        || async { control.whole_asks() >= whole + 2 },
     )
     .await;
     assert_eq!(proxy.table_version().await, Some(1));
+
+    // A cache's answers (with Age) are not taken at all: no table comes
+    // of them.
+    let cache = ScriptedControl::start_cached(good.into()).await;
+    let proxy = cache
+        .proxy(ProxyBuilder::new(US).region(US, &[us.addr]))
+        .start_live()
+        .await;
+    eventually(
+        "the cached answers are counted",
+        Duration::from_secs(10),
+        || async { proxy.metric("edgeroute_control_errors_total").await >= 2.0 },
+    )
+    .await;
+    assert!(
+        proxy
+            .log()
+            .contains("a cache answered for the control plane (200 OK, Age: 5)")
+    );
+    assert_eq!(proxy.table_version().await, None);
 }
 
 /// A control plane that answers "not modified" before the proxy has any
