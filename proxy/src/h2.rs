@@ -123,14 +123,26 @@ impl EdgeProxy {
         // Set when its client took nothing for [`DRAIN`]: what is left in
         // the kernel for it is not waited for.
         let mut stalled = false;
-        let mut down = shutdown.clone();
+        // The stop announced (clients move to other proxies while this one
+        // still accepts), or the server shutting down; a closed channel
+        // means the server is gone: close too.
+        let stopping = {
+            let mut down = shutdown.clone();
+            let lifecycle = Arc::clone(&self.state().lifecycle);
+            async move {
+                tokio::select! {
+                    _ = down.wait_for(|down| *down) => {}
+                    () = lifecycle.stop_announced() => {}
+                }
+            }
+        };
+        tokio::pin!(stopping);
         loop {
             // No stream open for this long ends the connection's wait.
             let quiet = if closing.is_some() { DRAIN } else { idle };
             tokio::select! {
                 biased;
-                // A closed channel means the server is gone: close too.
-                _ = down.wait_for(|down| *down), if closing.is_none() => {
+                () = &mut stopping, if closing.is_none() => {
                     self.count_goaway("shutdown");
                     conn.graceful_shutdown();
                     closing = Some(Drain::start(idle, &taken));

@@ -24,6 +24,8 @@ pub struct Lifecycle {
     shutting_down: AtomicBool,
     inflight: AtomicUsize,
     idle: Notify,
+    /// Not ready any more ([`Lifecycle::announce_stop`]).
+    stop_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
 
@@ -35,6 +37,7 @@ impl Default for Lifecycle {
             shutting_down: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
+            stop_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         }
     }
@@ -63,10 +66,22 @@ impl Lifecycle {
         self.broken.load(Ordering::Relaxed)
     }
 
-    /// Not ready any more (`/ready` and `/health` answer 503, connections
-    /// close after their answer), while serving on.
+    /// Not ready any more (`/ready` and `/health` answer 503, HTTP/1
+    /// connections close after their answer, HTTP/2 ones are told to go
+    /// away), while serving on.
     pub fn announce_stop(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
+        self.stop_tx
+            .send_if_modified(|stopping| !std::mem::replace(stopping, true));
+    }
+
+    /// Resolves once the stop is announced.
+    pub async fn stop_announced(&self) {
+        let mut rx = self.stop_tx.subscribe();
+        // The sender lives as long as `self`, so this only ends on `true`.
+        if rx.wait_for(|v| *v).await.is_err() {
+            std::future::pending::<()>().await;
+        }
     }
 
     /// Not ready, and the drain begins: the accept loops stop, the grace

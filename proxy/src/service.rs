@@ -218,7 +218,9 @@ impl EdgeProxy {
                     break;
                 }
             }
-            if *shutdown.borrow() {
+            // Stopping (also while still accepting): every answer, the
+            // proxy's own too, ends its connection.
+            if *shutdown.borrow() || self.state.lifecycle.is_shutting_down() {
                 session.close_after();
             }
             if self

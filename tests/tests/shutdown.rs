@@ -6,6 +6,51 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Sends `GET path` on `conn` and reads its answer: to the connection's
+/// end when `closes` (and checks it says `connection: close`), else the
+/// head and the body its length gives.
+async fn exchange_on(conn: &mut TcpStream, path: &str, closes: bool) -> String {
+    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    if closes {
+        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+            .await
+            .expect("the connection closed after its answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+        return answer;
+    }
+    let whole = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
+            head.lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .is_some_and(|n| body.len() >= n)
+        })
+    };
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !whole(&got) {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("answered");
+    String::from_utf8_lossy(&got).into_owned()
+}
+
 /// Waits for `/ready` to answer 503, and checks it says why.
 async fn stops_being_ready(proxy: &edgeroute_tests::Proxy) {
     let c = client();
@@ -124,9 +169,10 @@ async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops
 
 /// With `shutdown.keep_accepting`, SIGTERM makes the proxy not ready at
 /// once (`/ready`, and `/health` on both listeners) while it goes on
-/// accepting and serving, each HTTP/1 answer closing its connection;
-/// SIGINT still stops it at once. Once the time is over it drains and
-/// exits as without it.
+/// accepting and serving: each HTTP/1 answer, on a connection kept from
+/// before or a new one, closes its connection, and an HTTP/2 connection
+/// is told to go away; SIGINT still stops it at once. Once the time is
+/// over it drains and exits as without it.
 #[tokio::test]
 async fn keep_accepting_serves_new_connections_after_sigterm_while_not_ready() {
     let us = Origin::start("us-east-1").await;
@@ -134,9 +180,22 @@ async fn keep_accepting_serves_new_connections_after_sigterm_while_not_ready() {
     // An hour: the checks run inside it, and SIGINT ends it.
     let mut proxy = ProxyBuilder::new("us-east-1")
         .region("us-east-1", &[us.addr])
+        .listener_options("h2c = true")
         .keep_accepting("1h")
         .start()
         .await;
+    // Opened before SIGTERM: an HTTP/1 connection kept alive after one
+    // answer, and an HTTP/2 one with no stream.
+    let mut kept = TcpStream::connect(proxy.addr).await.unwrap();
+    let first = exchange_on(&mut kept, "/before-sigterm", false).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let mut h2c = TcpStream::connect(proxy.addr).await.unwrap();
+    h2c.write_all(&h2::opening()).await.unwrap();
+    h2::read_until(&mut h2c, Duration::from_secs(10), |f| {
+        f.kind == h2::SETTINGS
+    })
+    .await;
+
     proxy.signal(Signal::SIGTERM);
     stops_being_ready(&proxy).await;
     for url in [proxy.admin_url("/health"), proxy.url("/health")] {
@@ -145,26 +204,26 @@ async fn keep_accepting_serves_new_connections_after_sigterm_while_not_ready() {
         let body: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(body["reason"], "shutting_down", "{url}");
     }
+    let goaway = h2::read_until(&mut h2c, Duration::from_secs(10), |f| f.kind == h2::GOAWAY).await;
+    assert!(
+        goaway
+            .iter()
+            .any(|f| f.kind == h2::GOAWAY && f.error_code() == 0)
+    );
+    // The kept connection's next answer ends it.
+    let answer = exchange_on(&mut kept, "/after-sigterm/kept", true).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for i in 0..3 {
-        // Each on a new connection, accepted after SIGTERM.
-        // The connection ends with its answer: read to its end.
+        // Each on a new connection, accepted after SIGTERM; the proxy's own
+        // answer to /health ends its connection too.
         let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
-        conn.write_all(format!("GET /after-sigterm/{i} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
-            .await
-            .expect("the connection closed after its answer")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&got);
+        let answer = exchange_on(&mut conn, &format!("/after-sigterm/{i}"), true).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        assert!(
-            answer.to_ascii_lowercase().contains("connection: close"),
-            "{answer}"
-        );
     }
-    assert_eq!(us.seen().len(), 3);
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    let answer = exchange_on(&mut conn, "/health", true).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert_eq!(us.seen().len(), 5);
     proxy.signal(Signal::SIGINT);
     let status = proxy.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status}");
