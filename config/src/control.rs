@@ -751,6 +751,16 @@ pub struct RegionView {
     pub unhealthy_because: Option<String>,
 }
 
+impl RegionView {
+    /// What found the region unhealthy, while it is unhealthy and the
+    /// source said.
+    pub fn why_unhealthy(&self) -> Option<&str> {
+        self.unhealthy_because
+            .as_deref()
+            .filter(|_| self.healthy == Some(false))
+    }
+}
+
 impl TopologyView {
     /// Parses and checks a topology document; the error says what is
     /// wrong with it, as a topology.

@@ -344,8 +344,7 @@ pub fn plan_move(
     let region = state.view.regions.iter().find(|r| r.name == to);
     if let Some(r) = region.filter(|r| !to_unhealthy && r.healthy == Some(false)) {
         let why = r
-            .unhealthy_because
-            .as_deref()
+            .why_unhealthy()
             .map(|w| format!(" ({w})"))
             .unwrap_or_default();
         return Err(format!(
@@ -478,11 +477,7 @@ fn describe_aws(
             "  {:<16} {role:<9} {health:<15} {weight:<11} replication lag {lag}",
             r.name
         );
-        if let Some(why) = r
-            .unhealthy_because
-            .as_deref()
-            .filter(|_| r.healthy == Some(false))
-        {
+        if let Some(why) = r.why_unhealthy() {
             let _ = writeln!(s, "  {:<16} unhealthy by {why}", "");
         }
     }

@@ -281,8 +281,8 @@ pub async fn run(
         let route53 = view
             .regions
             .iter()
-            .find(|r| r.name == primary && r.healthy == Some(false))
-            .and_then(|r| r.unhealthy_because.as_deref())
+            .find(|r| r.name == primary)
+            .and_then(edgeroute_config::RegionView::why_unhealthy)
             .unwrap_or("-");
         let news = !own_run && announced.news(&primary, &decision);
         match decision {

@@ -315,6 +315,21 @@ struct RegionHealth {
     because: Option<String>,
 }
 
+impl RegionHealth {
+    /// The region `name` as the view shows it, with its Route 53 weight;
+    /// its replication lag is read later.
+    fn view(self, name: String, weight: Option<u32>) -> RegionView {
+        RegionView {
+            name,
+            weight,
+            healthy: self.healthy,
+            replication_lag_ms: None,
+            health_unread: self.unread,
+            unhealthy_because: self.because,
+        }
+    }
+}
+
 /// A health check's reading, and what found it unhealthy.
 #[derive(Debug, Clone, PartialEq)]
 struct Verdict {
@@ -349,7 +364,8 @@ impl Verdict {
                 c.succeeded, c.reported
             ));
         }
-        if let Some((at, v)) = metric.filter(|(_, v)| *v < 1.0) {
+        // (A value that is no number is no healthy one either.)
+        if let Some((at, v)) = metric.filter(|(_, v)| v.is_nan() || *v < 1.0) {
             because.push(format!(
                 "CloudWatch HealthCheckStatus minimum {v} in the minute from {}",
                 humantime::format_rfc3339_seconds(at)
@@ -485,19 +501,13 @@ impl AwsSource {
         let (health, cluster) = tokio::join!(health, self.global_cluster());
         let mut regions = Vec::with_capacity(records.len());
         for ((region, rs), health) in records.iter().zip(health) {
-            regions.push(RegionView {
-                name: region.clone(),
-                // Out of DNS only when every record of the region is.
-                weight: rs
-                    .iter()
-                    .filter_map(ResourceRecordSet::weight)
-                    .max()
-                    .map(|w| w.clamp(0, 255) as u32),
-                healthy: health.healthy,
-                replication_lag_ms: None,
-                health_unread: health.unread,
-                unhealthy_because: health.because,
-            });
+            // Out of DNS only when every record of the region is.
+            let weight = rs
+                .iter()
+                .filter_map(ResourceRecordSet::weight)
+                .max()
+                .map(|w| w.clamp(0, 255) as u32);
+            regions.push(health.view(region.clone(), weight));
         }
         // A read that fails whole names the list's failure first.
         let whole = |e: AwsError| match &unlisted {
@@ -551,14 +561,7 @@ impl AwsSource {
                     .filter_map(|saved| saved.record().ok())
                     .collect();
                 let health = self.region_healthy(&region, &kept_records, by).await;
-                regions.push(RegionView {
-                    name: region,
-                    weight: Some(0),
-                    healthy: health.healthy,
-                    replication_lag_ms: None,
-                    health_unread: health.unread,
-                    unhealthy_because: health.because,
-                });
+                regions.push(health.view(region, Some(0)));
             }
         }
         if self.cfg.lag_metric {
@@ -658,7 +661,17 @@ impl AwsSource {
                             tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read")
                         }
                     }
-                    last.map(|(h, _)| h)
+                    // What found it unhealthy then, and that it is no
+                    // reading of now.
+                    last.map(|(mut h, age)| {
+                        h.because = h.because.map(|why| {
+                            format!(
+                                "{why} (last read {} s ago; it cannot be read now)",
+                                age.as_secs()
+                            )
+                        });
+                        h
+                    })
                 }
             };
             match reading {
@@ -1425,6 +1438,7 @@ mod tests {
                 "health check hc-1: CloudWatch HealthCheckStatus minimum 0 in the minute from 2026-09-21T14:14:00Z"
             )
         );
+        assert!(!Verdict::of("hc-1", checkers(8), Some((at, f64::NAN))).healthy);
         let by_both = Verdict::of("hc-1", checkers(0), Some((at, 0.0)));
         assert_eq!(
             by_both.because.as_deref(),
