@@ -243,11 +243,7 @@ impl EdgeProxy {
         let request_id = new_request_id();
         // One of the proxy's own answers before a backend was picked, as
         // every other is counted.
-        self.state
-            .metrics
-            .refusals
-            .with_label_values(&[reply.code()])
-            .inc();
+        self.count_refusal(&reply);
         let written = respond::write(client, &reply, None, Some(&request_id), &[]).await;
         if let Err(e) = &written {
             tracing::debug!(error = %e, "cannot answer an unreadable request");
@@ -532,6 +528,15 @@ impl EdgeProxy {
         None
     }
 
+    /// Counts one of the proxy's own answers in `edgeroute_refusals_total`.
+    fn count_refusal(&self, reply: &ErrorReply) {
+        self.state
+            .metrics
+            .refusals
+            .with_label_values(&[reply.code()])
+            .inc();
+    }
+
     async fn reply(
         &self,
         client: &mut Client<'_>,
@@ -541,11 +546,7 @@ impl EdgeProxy {
         // Every refusal, and every other answer of its own the proxy makes
         // before a backend is picked.
         if ctx.sent_to.is_none() || matches!(reply, ErrorReply::Refused(_)) {
-            self.state
-                .metrics
-                .refusals
-                .with_label_values(&[reply.code()])
-                .inc();
+            self.count_refusal(&reply);
         }
         // The region whose backend failed (a 502 or 504) is named, as the
         // one that answers is; a write that may have reached it may have
@@ -1135,17 +1136,32 @@ impl EdgeProxy {
         self.state
             .request_metrics
             .record(a.served_by, a.route, a.status, a.answered.as_secs_f64());
-        if self.state.config.log.access {
+        // (Asked before any field is read: a filter that leaves the
+        // access lines out costs nothing more.)
+        if self.state.config.log.access
+            && tracing::enabled!(target: "edgeroute::access", tracing::Level::INFO)
+        {
             let region = a
                 .served_by
                 .map_or("none", |r| &*self.state.topology.regions[r].name);
+            // A head that could not be read says nothing of itself.
+            let read = a.route.is_some();
             let req = client.request();
             let host = req
                 .uri
                 .authority()
                 .map(|a| a.as_str().as_bytes())
-                .or_else(|| client.fields().get("host"));
-            let forwarded_for: Vec<&[u8]> = client.fields().get_all("x-forwarded-for").collect();
+                .or_else(|| client.fields().get("host"))
+                .filter(|_| read);
+            let mut listed = client.fields().get_all("x-forwarded-for").filter(|_| read);
+            let forwarded_for = match (listed.next(), listed.next()) {
+                (None, _) => None,
+                (Some(one), None) => Some(logged_text(one)),
+                (Some(first), Some(second)) => {
+                    let all: Vec<&[u8]> = [first, second].into_iter().chain(listed).collect();
+                    Some(logged_text(&all.join(&b", "[..])))
+                }
+            };
             tracing::info!(
                 target: "edgeroute::access",
                 method = %a.method,
@@ -1159,9 +1175,9 @@ impl EdgeProxy {
                 duration_ms = a.elapsed.as_secs_f64() * 1000.0,
                 request_id = a.request_id.to_str().unwrap_or(""),
                 client = client.client_ip().as_ref().and_then(|ip| ip.to_str().ok()),
-                forwarded_for = (!forwarded_for.is_empty()).then(|| logged_text(&forwarded_for.join(&b", "[..]))),
+                forwarded_for,
                 host = host.map(logged_text),
-                protocol = ?req.version,
+                protocol = read.then(|| version_text(req.version)),
                 bytes_sent = client.body_sent(),
                 code = a.code,
                 error = a.error.map(|e| e.to_string()),
@@ -1201,6 +1217,18 @@ struct Access<'a> {
     /// client got one.
     code: Option<&'static str>,
     error: Option<&'a Error>,
+}
+
+/// An HTTP version as requests name it.
+fn version_text(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "?",
+    }
 }
 
 /// A client's bytes as log text: what is not UTF-8 replaced, cut as a

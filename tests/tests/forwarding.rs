@@ -597,7 +597,7 @@ async fn an_access_line_names_the_client_host_protocol_and_bytes_sent() {
         "client=\"127.0.0.1\"".to_owned(),
         "forwarded_for=\"203.0.113.7, 198.51.100.2\"".to_owned(),
         "host=\"shop.example:8080\"".to_owned(),
-        "protocol=HTTP/1.1".to_owned(),
+        "protocol=\"HTTP/1.1\"".to_owned(),
         format!("bytes_sent={}", body.len()),
     ] {
         assert!(line.contains(&said), "{said} in {line}");
@@ -636,10 +636,15 @@ async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
         answer.contains(&format!("\"request_id\":\"{id}\"")),
         "{answer}"
     );
-    // Neither a read nor a write: it has no method or path to classify.
-    proxy
+    // Neither a read nor a write: it has no method or path to classify,
+    // and its line claims nothing of its head.
+    let line = proxy
         .access_line(&["status=400", &id, "route=\"none\""])
         .await;
+    for unsaid in ["protocol=", "host=", "forwarded_for="] {
+        assert!(!line.contains(unsaid), "{unsaid} in {line}");
+    }
+    assert!(line.contains("code=\"bad_request\""), "{line}");
     assert_eq!(
         proxy
             .metric("edgeroute_requests_total{region=\"none\",route=\"none\",status=\"400\"}")
@@ -851,19 +856,20 @@ async fn a_pooled_connection_the_backend_closed_is_not_used_for_a_post() {
     }
     // Each went out once: not sent on the closed connection and again on
     // a new one (which the backend's count alone could not tell).
-    eventually("every POST has its access line", LIMIT, || async {
+    let posts = || {
         proxy
             .log()
             .lines()
             .filter(|l| l.contains("edgeroute::access") && l.contains("method=POST"))
-            .count()
-            == 5
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    eventually("every POST has its access line", LIMIT, || async {
+        posts().len() == 5
     })
     .await;
-    let attempts: Vec<String> = proxy
-        .log()
-        .lines()
-        .filter(|l| l.contains("edgeroute::access") && l.contains("method=POST"))
+    let attempts: Vec<String> = posts()
+        .iter()
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("attempts=")))
         .map(str::to_owned)
         .collect();
@@ -1106,19 +1112,31 @@ async fn chunked_sized_and_close_framed_answers_reach_the_client_whole() {
     let (backend, accepted) = scripted_backend(&[CHUNKED, SIZED, CHUNKED, UNTIL_CLOSE]).await;
     let proxy = proxy_for(backend).await;
     let c = edgeroute_tests::client();
-    for (want_status, want_body) in [
+    for (i, (want_status, want_body)) in [
         (200, "hello world"),
         (201, "sized"),
         (200, "hello world"),
         (200, "until the close"),
-    ] {
-        let resp = c.get(proxy.url("/data")).send().await.unwrap();
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let resp = c
+            .get(proxy.url(&format!("/data/{i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), want_status);
         assert!(
             resp.headers().get("trailer").is_none(),
             "Trailer is hop-by-hop"
         );
         assert_eq!(resp.text().await.unwrap(), want_body);
+        // Its access line counts the body's bytes, not their framing.
+        let sent = format!("bytes_sent={}", want_body.len());
+        proxy
+            .access_line(&[&format!("path=\"/data/{i}\""), &sent])
+            .await;
     }
     // The first three answers left the backend connection open: one
     // connection carried them all.
@@ -1148,6 +1166,8 @@ async fn a_head_answer_has_no_body_whatever_its_length_says() {
         assert!(head.ends_with("\r\n\r\n"), "no body follows: {head}");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    let line = proxy.access_line(&["method=HEAD"]).await;
+    assert!(line.contains("bytes_sent=0"), "{line}");
 }
 
 #[tokio::test]

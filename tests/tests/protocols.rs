@@ -117,7 +117,7 @@ async fn h2c_with_prior_knowledge() {
     proxy
         .access_line(&[
             "path=\"/items\"",
-            "protocol=HTTP/2.0",
+            "protocol=\"HTTP/2\"",
             &format!("bytes_sent={}", body.len()),
         ])
         .await;
