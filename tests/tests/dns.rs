@@ -146,11 +146,15 @@ async fn a_failed_lookup_of_one_address_family_keeps_its_addresses() {
         },
     )
     .await;
-    let (on_v4, on_v6) = (v4.seen().len(), v6.seen().len());
+    let on_v4 = v4.seen().len();
     for _ in 0..5 {
         assert_eq!(c.get(proxy.url("/x")).send().await.unwrap().status(), 200);
     }
-    assert_eq!((v4.seen().len(), v6.seen().len()), (on_v4 + 5, on_v6));
+    assert_eq!(
+        v4.seen().len(),
+        on_v4 + 5,
+        "the IPv4 address served them all"
+    );
 
     // A answers again, now with no IPv4 address at all: that is followed.
     dns.set_ips(NAME, &[IpAddr::from(Ipv6Addr::LOCALHOST)]);

@@ -11,9 +11,14 @@ const EU: &str = "eu-west-1";
 const AP: &str = "ap-southeast-1";
 const WAIT: Duration = Duration::from_secs(20);
 
-/// Probes every 100 ms, so the tests run in well under a second each.
-const FAST_PROBES: &str =
-    "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nfall = 3\nrise = 2\n";
+/// Probes every 300 ms, each given 250 ms: quick, with room for a busy
+/// machine, so that no probe fails for being slow.
+const PROBE_PACE: &str = "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\n";
+
+/// [`PROBE_PACE`], out after 3 failed probes and back after 2 passes.
+fn fast_probes() -> String {
+    format!("{PROBE_PACE}fall = 3\nrise = 2\n")
+}
 
 async fn backend(proxy: &Proxy, region: usize, index: usize) -> Value {
     proxy.routing().await["regions"][region]["backends"][index].clone()
@@ -34,7 +39,7 @@ async fn a_failing_backend_leaves_after_fall_probes_and_returns_after_rise() {
     let b = Origin::start(US).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr, b.addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     assert_eq!(backend(&proxy, 0, 0).await["live"], true);
@@ -87,7 +92,7 @@ async fn a_new_backend_is_unproven_until_its_first_probe_passes() {
     never.set_health(500);
     let proxy = ProxyBuilder::new(US)
         .region(US, &[good.addr, never.addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     let b = backend(&proxy, 0, 1).await;
@@ -135,8 +140,9 @@ async fn a_backend_answering_5xx_is_ejected_then_readmitted_and_the_cap_holds() 
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr, b.addr])
         .extra(
-            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\n\
-             eject_after = 3\neject_for = \"5s\"\nmax_eject_for = \"10s\"\nmax_ejection_percent = 50\n",
+            &format!(
+                "{PROBE_PACE}eject_after = 3\neject_for = \"5s\"\nmax_eject_for = \"10s\"\nmax_ejection_percent = 50\n"
+            ),
         )
         .start()
         .await;
@@ -235,8 +241,9 @@ async fn a_backend_that_breaks_off_its_exchanges_is_ejected() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[broken, good.addr])
         .extra(
-            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\n\
-             eject_after = 3\neject_for = \"1h\"\nmax_eject_for = \"1h\"\nmax_ejection_percent = 50\n",
+            &format!(
+                "{PROBE_PACE}eject_after = 3\neject_for = \"1h\"\nmax_eject_for = \"1h\"\nmax_ejection_percent = 50\n"
+            ),
         )
         .start()
         .await;
@@ -266,9 +273,7 @@ async fn answers_never_eject_a_regions_last_backend() {
     let only = Origin::start(US).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[only.addr])
-        .extra(
-            "[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\neject_after = 3\n",
-        )
+        .extra(&format!("{PROBE_PACE}eject_after = 3\n"))
         .start()
         .await;
     only.set_status(500);
@@ -294,8 +299,13 @@ async fn reads_leaving_a_down_region_go_to_the_lowest_latency_region_and_follow_
         .region(US, &[us.addr])
         .region(EU, &[eu.addr])
         .region(AP, &[ap.addr])
-        .table(table(1, 1, Some(AP), &[(US, "down"), (EU, "active"), (AP, "active")]))
-        .extra("[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nlatency_decay = \"300ms\"\n")
+        .table(table(
+            1,
+            1,
+            Some(AP),
+            &[(US, "down"), (EU, "active"), (AP, "active")],
+        ))
+        .extra(&format!("{PROBE_PACE}latency_decay = \"300ms\"\n"))
         .start()
         .await;
     eventually("reads go to the nearer region", WAIT, || async {
@@ -339,7 +349,7 @@ async fn probes_and_forwarding_start_no_clock_thread() {
     let a = Origin::start(US).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[a.addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     eventually("probes pass on a pooled connection", WAIT, || async {
@@ -416,7 +426,7 @@ async fn probes_keep_their_connection_and_replace_one_the_backend_closed() {
     let (closing_addr, closing_conns, closing_probes) = counting_backend(true, OK).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[kept_addr, closing_addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     eventually("both backends probed five times", WAIT, || async {
@@ -460,7 +470,7 @@ async fn a_probe_reads_past_interim_answers_and_fails_on_an_unasked_upgrade() {
     let (upgrade_addr, _, upgrade_probes) = counting_backend(true, UPGRADE).await;
     let proxy = ProxyBuilder::new(US)
         .region(US, &[hints_addr, upgrade_addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     eventually("both backends probed three times", WAIT, || async {
@@ -491,7 +501,7 @@ async fn the_traffic_listener_answers_health_for_the_local_region() {
     let proxy = ProxyBuilder::new(US)
         .region(US, &[us.addr])
         .region(EU, &[eu.addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     // The proxy's own answer, which names no region that served it.
@@ -565,7 +575,7 @@ async fn health_is_unhealthy_exactly_when_no_local_backend_is_in_rotation_or_the
     let proxy = ProxyBuilder::new(US)
         .region(US, &[us[0].addr, us[1].addr, us[2].addr])
         .region(EU, &[eu.addr])
-        .extra(FAST_PROBES)
+        .extra(&fast_probes())
         .start()
         .await;
     let health = || async {
