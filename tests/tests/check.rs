@@ -943,3 +943,156 @@ fn missing_aws_credentials_are_named_with_where_they_come_from() {
     );
     assert!(!stderr.contains("DispatchFailure"), "{stderr}");
 }
+
+/// The Kubernetes example stays true to the product: its proxy config
+/// passes `check` and its control-plane config is read up to its source
+/// (no AWS here); the proxy's probes ask the admin port for `/ready` and
+/// `/live`, the ALB probes the listener's health path on the traffic
+/// port, and a pod is given longer to stop than `keep_accepting` and the
+/// grace period take.
+#[test]
+fn the_kubernetes_example_agrees_with_its_configs_and_they_are_valid() {
+    use serde_yaml::Value;
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/examples/kubernetes.yaml"),
+    )
+    .unwrap();
+    let docs: Vec<Value> = text
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str(doc).unwrap())
+        .collect();
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    for name in ["admin-token", "control-token"] {
+        std::fs::write(secret.join(name), "3f9a0c5e8d7b6a4f2e1d0c9b8a7f6e5d\n").unwrap();
+    }
+    let placed = |toml: &Value| {
+        toml.as_str()
+            .unwrap()
+            .replace("/etc/edgeroute/secret", &secret.display().to_string())
+            .replace("/var/lib/edgeroute", &dir.path().display().to_string())
+    };
+
+    let proxy_toml = placed(&find("ConfigMap", "edgeroute-proxy")["data"]["edgeroute.toml"]);
+    let proxy_config = dir.path().join("edgeroute.toml");
+    std::fs::write(&proxy_config, &proxy_toml).unwrap();
+    let out = check(&proxy_bin(), &proxy_config).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: toml_line::Lines = toml_line::Lines(&proxy_toml);
+
+    let pod = &find("Deployment", "edgeroute-proxy")["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let port = |name: &str| {
+        container["ports"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .and_then(|p| p["containerPort"].as_u64())
+            .unwrap_or_else(|| panic!("no port {name}"))
+    };
+    assert_eq!(
+        port("admin").to_string(),
+        parsed.value("address", 1).rsplit(':').next().unwrap(),
+        "the admin port is the admin listener's"
+    );
+    assert_eq!(
+        port("traffic").to_string(),
+        parsed.value("address", 0).rsplit(':').next().unwrap(),
+        "the traffic port is the listener's"
+    );
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert_eq!(container["readinessProbe"]["httpGet"]["port"], "admin");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/live");
+    assert_eq!(container["livenessProbe"]["httpGet"]["port"], "admin");
+    let args: Vec<&str> = container["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(args[..2], ["run", "--config"]);
+    let mounted = container["volumeMounts"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "config")
+        .and_then(|m| m["mountPath"].as_str())
+        .unwrap();
+    assert_eq!(args[2], format!("{mounted}/edgeroute.toml"));
+    let seconds = |key: &str| {
+        let v = parsed.value(key, 0);
+        v.strip_suffix('s').unwrap().parse::<u64>().unwrap()
+    };
+    let stop = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        stop > seconds("keep_accepting") + seconds("grace_period"),
+        "terminationGracePeriodSeconds {stop}"
+    );
+    let ingress = &find("Ingress", "edgeroute")["metadata"]["annotations"];
+    assert_eq!(
+        ingress["alb.ingress.kubernetes.io/healthcheck-path"].as_str(),
+        Some(parsed.value("listener_path", 0).as_str())
+    );
+
+    // The control plane's config: read whole, then its source (AWS, not
+    // reachable here) is what stops the check.
+    let nowhere = edgeroute_tests::proxy::free_addr();
+    let control_toml = placed(&find("ConfigMap", "edgeroute-control")["data"]["control.toml"])
+        .replace(
+            "[source]\n",
+            &format!("[source]\nendpoint_url = \"http://{nowhere}\"\n"),
+        );
+    let control_config = dir.path().join("control.toml");
+    std::fs::write(&control_config, &control_toml).unwrap();
+    let bin = edgeroute_tests::proxy::workspace_bin("edgeroute-control", "EDGEROUTE_CONTROL_BIN");
+    let stderr = refused(
+        check(&bin, &control_config)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env_remove("RUST_LOG"),
+    );
+    assert!(
+        stderr.contains(&format!(
+            "the endpoint is source.endpoint_url, http://{nowhere}: is it up?"
+        )),
+        "{stderr}"
+    );
+    let control =
+        &find("Deployment", "edgeroute-control")["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(control["command"][0], "/usr/local/bin/edgeroute-control");
+    assert_eq!(control["args"][0], "serve");
+}
+
+/// The values of a TOML text's `key = value` lines, as written (a string's
+/// quotes left out): enough for the example's few keys.
+mod toml_line {
+    pub struct Lines<'a>(pub &'a str);
+
+    impl Lines<'_> {
+        /// The `nth` (from 0) value of `key`.
+        pub fn value(&self, key: &str, nth: usize) -> String {
+            self.0
+                .lines()
+                .filter_map(|l| l.split_once('='))
+                .filter(|(k, _)| k.trim() == key)
+                .map(|(_, v)| {
+                    let v = v.split('#').next().unwrap_or("").trim();
+                    v.trim_matches('"').to_owned()
+                })
+                .nth(nth)
+                .unwrap_or_else(|| panic!("no {key} number {nth}"))
+        }
+    }
+}
