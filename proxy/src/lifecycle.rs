@@ -230,9 +230,15 @@ impl ShutdownSignalWatch for SignalWatch {
                 ShutdownSignal::GracefulTerminate
             }
             _ = int.recv() => {
-                tracing::info!("SIGINT: stopping now");
+                // At once, with what it cuts counted (the server's own fast
+                // stop would drop the requests first, and their count with
+                // them).
+                tracing::warn!(
+                    still_in_flight = self.0.inflight(),
+                    "SIGINT: stopping now"
+                );
                 self.0.begin_shutdown();
-                ShutdownSignal::FastShutdown
+                std::process::exit(0);
             }
         }
     }

@@ -1156,10 +1156,10 @@ impl EdgeProxy {
             let mut listed = client.fields().get_all("x-forwarded-for").filter(|_| read);
             let forwarded_for = match (listed.next(), listed.next()) {
                 (None, _) => None,
-                (Some(one), None) => Some(logged_text(one)),
+                (Some(one), None) => Some(logged_list(one)),
                 (Some(first), Some(second)) => {
                     let all: Vec<&[u8]> = [first, second].into_iter().chain(listed).collect();
-                    Some(logged_text(&all.join(&b", "[..])))
+                    Some(logged_list(&all.join(&b", "[..])))
                 }
             };
             tracing::info!(
@@ -1229,6 +1229,22 @@ fn version_text(v: http::Version) -> &'static str {
         http::Version::HTTP_3 => "HTTP/3",
         _ => "?",
     }
+}
+
+/// A list a client began and proxies appended to (`x-forwarded-for`) as
+/// log text: its end kept when it is long, since what the last proxies
+/// (a load balancer) appended is what can be trusted, behind `…`.
+fn logged_list(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let keep = edgeroute_config::logged_path(&text).len();
+    if keep == text.len() {
+        return text.into_owned();
+    }
+    let mut from = text.len() - keep;
+    while !text.is_char_boundary(from) {
+        from += 1;
+    }
+    format!("…{}", &text[from..])
 }
 
 /// A client's bytes as log text: what is not UTF-8 replaced, cut as a

@@ -611,6 +611,20 @@ async fn an_access_line_names_the_client_host_protocol_and_bytes_sent() {
         assert!(line.contains(&said), "{said} in {line}");
     }
     assert!(!line.contains("code="), "{line}");
+    // A long list keeps its end, where a load balancer appends the
+    // client's address, however much a client wrote before it.
+    let forged = "1.2.3.4, ".repeat(500);
+    exchange(
+        proxy.addr,
+        format!(
+            "GET /forged HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: {forged}198.51.100.9\r\nConnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    let line = proxy.access_line(&["path=\"/forged\""]).await;
+    assert!(line.contains("forwarded_for=\"…"), "{line}");
+    assert!(line.contains(", 198.51.100.9\""), "{line}");
     // An absolute-form target names the host the request is for.
     exchange(
         proxy.addr,

@@ -167,6 +167,38 @@ async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops
     us.release(2);
 }
 
+/// SIGINT alone stops the proxy at once and counts what it cut: the
+/// request in flight is cut, and the log does not say every request
+/// finished.
+#[tokio::test]
+async fn sigint_stops_at_once_and_counts_the_requests_it_cut() {
+    let us = Origin::start("us-east-1").await;
+    us.set(Behaviour::Hold);
+    let mut proxy = ProxyBuilder::new("us-east-1")
+        .region("us-east-1", &[us.addr])
+        .start()
+        .await;
+    let req = client().get(proxy.url("/held"));
+    let held = tokio::spawn(async move { req.send().await });
+    eventually(
+        "the request reaches the origin",
+        Duration::from_secs(10),
+        || async { us.seen().len() == 1 },
+    )
+    .await;
+    proxy.signal(Signal::SIGINT);
+    let status = proxy.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status {status}");
+    let log = proxy.log();
+    assert!(
+        log.contains("SIGINT: stopping now") && log.contains("still_in_flight=1"),
+        "{log}"
+    );
+    assert!(!log.contains("all in-flight requests finished"), "{log}");
+    assert!(held.await.unwrap().is_err(), "the held request was cut");
+    us.release(1);
+}
+
 /// With `shutdown.keep_accepting`, SIGTERM makes the proxy not ready at
 /// once (`/ready`, and `/health` on both listeners) while it goes on
 /// accepting and serving: each HTTP/1 answer, on a connection kept from
