@@ -845,12 +845,22 @@ fn check_host(value: &[u8]) -> Result<(), BError> {
 /// as the one field they become for the backend (RFC 9113 §8.2.3).
 pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
     let mut crumbs = 0;
+    // The header list's size as HTTP/2 counts it (RFC 9113 §6.5.2: each
+    // field's name and value, and 32).
+    let mut size = 0;
     for (name, value) in fields.iter() {
+        size += name.len() + value.len() + 32;
         if name.eq_ignore_ascii_case(b"host") {
             check_host(value)?;
         } else if name.eq_ignore_ascii_case(b"cookie") {
             crumbs += 1;
         }
+    }
+    if size > MAX_HEAD {
+        return Err(refused(
+            431,
+            format!("the request's header list is over {MAX_HEAD} bytes (as HTTP/2 counts it)"),
+        ));
     }
     if fields.len() - crumbs + usize::from(crumbs > 0) > MAX_FIELDS {
         return Err(refused(
@@ -1714,6 +1724,19 @@ mod tests {
         // Cookie crumbs become one field for the backend.
         assert_eq!(with(MAX_FIELDS - 1, 300), Ok(()));
         assert_eq!(with(MAX_FIELDS, 1), Err(ErrorType::HTTPStatus(431)));
+    }
+
+    #[test]
+    fn an_http2_header_list_over_the_head_limit_is_a_431() {
+        let with = |value: usize| {
+            let mut fields = Fields::with_capacity(1);
+            let value = http::HeaderValue::try_from("v".repeat(value)).expect("value");
+            fields.push(http::HeaderName::from_static("x-big"), value);
+            check_h2_request(&fields).map_err(|e| e.etype().clone())
+        };
+        // 5 for the name and 32 for the field: at the limit, and one over.
+        assert_eq!(with(MAX_HEAD - 37), Ok(()));
+        assert_eq!(with(MAX_HEAD - 36), Err(ErrorType::HTTPStatus(431)));
     }
 
     #[tokio::test]

@@ -68,6 +68,10 @@ pub const CONNECTION_WINDOW: u32 = 16 * 65_535;
 /// with [`SEND_BUFFER`] and [`CONNECTION_WINDOW`].
 fn options() -> server::H2Options {
     let mut options = server::default_h2_options();
+    // Twice the proxy's own limit on a request head: a list between the
+    // two gets the proxy's 431 (with its code, counted and logged); only a
+    // larger one meets the protocol library's bare refusal.
+    options.max_header_list_size(2 * crate::h1::MAX_HEAD as u32);
     options.max_send_buffer_size(SEND_BUFFER);
     options.initial_connection_window_size(CONNECTION_WINDOW);
     options

@@ -235,12 +235,19 @@ impl EdgeProxy {
     }
 
     /// Answers a request whose head could not be read as one (400, 431,
-    /// 501, 505).
+    /// 501, 505), or an HTTP/2 one whose head the proxy refuses.
     async fn refuse_unreadable(&self, client: &mut Client<'_>, e: &Error) {
         let reply = ErrorReply::from_error(e);
-        // Like every other request, it gets an id and an access line: no
-        // method or path could be read from it.
+        // Like every other request, it gets an id and an access line: an
+        // HTTP/1 head gave no method or path; an HTTP/2 stream's did.
         let request_id = new_request_id();
+        let read = matches!(client, Client::H2(..));
+        let (method, path) = if read {
+            let req = client.request();
+            (req.method.to_string(), req.uri.path().to_owned())
+        } else {
+            ("-".to_owned(), "-".to_owned())
+        };
         // One of the proxy's own answers before a backend was picked, as
         // every other is counted.
         self.count_refusal(&reply);
@@ -251,8 +258,8 @@ impl EdgeProxy {
         self.account(
             client,
             &Access {
-                method: "-",
-                path: "-",
+                method: &method,
+                path: &path,
                 status: reply.status(),
                 served_by: None,
                 route: None,
@@ -1145,7 +1152,7 @@ impl EdgeProxy {
                 .served_by
                 .map_or("none", |r| &*self.state.topology.regions[r].name);
             // A head that could not be read says nothing of itself.
-            let read = a.route.is_some();
+            let read = a.method != "-";
             let req = client.request();
             let host = req
                 .uri

@@ -98,6 +98,46 @@ fn tls_client(cert: &rcgen::Certificate, proxy: &Proxy) -> reqwest::ClientBuilde
         .timeout(GUARD)
 }
 
+/// An HTTP/2 request whose header list is over 64 KiB gets the proxy's
+/// own 431, with its code, counted and logged with its method and path,
+/// as an HTTP/1 head over the limit does; one within it is served.
+#[tokio::test]
+async fn an_http2_header_list_over_the_head_limit_is_the_proxys_431() {
+    let us = Origin::start(US).await;
+    let proxy = h2c_proxy(&us, "75s").await;
+    let c = h2::client();
+    let big = c
+        .get(proxy.url("/big"))
+        .header("x-big", "v".repeat(66_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.version(), reqwest::Version::HTTP_2);
+    assert_eq!(big.status(), 431);
+    assert_eq!(big.headers()["x-edgeroute-error"], "request_head_too_large");
+    assert!(us.seen().is_empty());
+    let fits = c
+        .get(proxy.url("/fits"))
+        .header("x-big", "v".repeat(60_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fits.status(), 200);
+    let line = proxy.access_line(&["status=431"]).await;
+    assert!(
+        line.contains("method=GET")
+            && line.contains("path=\"/big\"")
+            && line.contains("protocol=\"HTTP/2\""),
+        "{line}"
+    );
+    assert_eq!(
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"request_head_too_large\"}")
+            .await,
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn h2c_with_prior_knowledge() {
     let us = Origin::start(US).await;
