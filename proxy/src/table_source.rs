@@ -227,10 +227,11 @@ pub async fn poll_control(
                     // nothing of ours, and the next request asks for the
                     // table whole.
                     http::StatusCode::NOT_MODIFIED if !same_tag(tag.as_ref(), etag.as_ref()) => {
+                        let text = |t: &http::HeaderValue| t.to_str().unwrap_or("(not text)").to_owned();
                         let said = format!(
-                            "the control plane answered 304 Not Modified for the table with ETag {:?}, not for the one asked about ({:?}); not taken as a confirmation, and the table is asked for whole",
-                            tag.as_ref().map_or("(none)", |t| t.to_str().unwrap_or("(not text)")),
-                            etag.as_ref().map_or("", |t| t.to_str().unwrap_or("(not text)")),
+                            "the control plane answered 304 Not Modified {}, not for the one asked about (ETag {}); not taken as a confirmation, and the table is asked for whole",
+                            tag.as_ref().map_or("naming no table (no ETag)".to_owned(), |t| format!("for the table with ETag {}", text(t))),
+                            etag.as_ref().map_or(String::new(), text),
                         );
                         etag = None;
                         etag_admitted = false;
