@@ -1105,7 +1105,10 @@ impl Client<'_> {
                 ErrorType::ConnectionClosed,
                 match reason {
                     Ok(reason) => format!("the client reset its HTTP/2 stream ({reason})"),
-                    Err(e) => format!("the client's HTTP/2 connection failed: {e}"),
+                    Err(e) => format!(
+                        "the client's HTTP/2 connection failed: {}",
+                        e.to_string().trim_start()
+                    ),
                 },
             )
             .into_down()),
