@@ -121,12 +121,23 @@ async fn sigterm_flips_ready_and_lets_in_flight_requests_finish() {
 
 /// A request still in flight when the grace period is over is cut, and the
 /// log says so with the count (it used to say every request finished);
-/// SIGINT during the grace period stops the proxy at once.
+/// SIGINT, during the grace period or alone, stops the proxy at once, and
+/// counts what it cut too.
 #[tokio::test]
 async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops_at_once() {
     let us = Origin::start("us-east-1").await;
     us.set(Behaviour::Hold);
-    for (grace, stop) in [("1s", None), ("1h", Some(Signal::SIGINT))] {
+    // The grace period, whether SIGTERM comes first, and what the log says.
+    let cases = [
+        (
+            "1s",
+            true,
+            "grace period over; exiting with requests still in flight",
+        ),
+        ("1h", true, "SIGINT while stopping: stopping now"),
+        ("1h", false, "SIGINT: stopping now"),
+    ];
+    for (grace, term, said) in cases {
         let mut proxy = ProxyBuilder::new("us-east-1")
             .region("us-east-1", &[us.addr])
             .grace_period(grace)
@@ -141,62 +152,30 @@ async fn the_grace_period_ends_with_the_requests_it_cut_counted_and_sigint_stops
             || async { us.seen().len() == before + 1 },
         )
         .await;
-        proxy.signal(Signal::SIGTERM);
-        if let Some(signal) = stop {
-            eventually("SIGTERM is taken", Duration::from_secs(5), || async {
-                proxy.log().contains("SIGTERM: not ready any more")
-            })
-            .await;
-            proxy.signal(signal);
+        if term {
+            proxy.signal(Signal::SIGTERM);
+        }
+        if grace == "1h" {
+            if term {
+                eventually("SIGTERM is taken", Duration::from_secs(5), || async {
+                    proxy.log().contains("SIGTERM: not ready any more")
+                })
+                .await;
+            }
+            proxy.signal(Signal::SIGINT);
         }
         // Within the hour's grace only if SIGINT stopped it.
         let status = proxy.wait_exit(Duration::from_secs(30)).await;
         assert!(status.success(), "exit status {status}");
         let log = proxy.log();
         assert!(!log.contains("all in-flight requests finished"), "{log}");
-        let said = match stop {
-            None => "grace period over; exiting with requests still in flight",
-            Some(_) => "SIGINT while stopping: stopping now",
-        };
         assert!(
             log.contains(said) && log.contains("still_in_flight=1"),
             "{log}"
         );
         assert!(held.await.unwrap().is_err(), "the held request was cut");
     }
-    us.release(2);
-}
-
-/// SIGINT alone stops the proxy at once and counts what it cut: the
-/// request in flight is cut, and the log does not say every request
-/// finished.
-#[tokio::test]
-async fn sigint_stops_at_once_and_counts_the_requests_it_cut() {
-    let us = Origin::start("us-east-1").await;
-    us.set(Behaviour::Hold);
-    let mut proxy = ProxyBuilder::new("us-east-1")
-        .region("us-east-1", &[us.addr])
-        .start()
-        .await;
-    let req = client().get(proxy.url("/held"));
-    let held = tokio::spawn(async move { req.send().await });
-    eventually(
-        "the request reaches the origin",
-        Duration::from_secs(10),
-        || async { us.seen().len() == 1 },
-    )
-    .await;
-    proxy.signal(Signal::SIGINT);
-    let status = proxy.wait_exit(Duration::from_secs(15)).await;
-    assert!(status.success(), "exit status {status}");
-    let log = proxy.log();
-    assert!(
-        log.contains("SIGINT: stopping now") && log.contains("still_in_flight=1"),
-        "{log}"
-    );
-    assert!(!log.contains("all in-flight requests finished"), "{log}");
-    assert!(held.await.unwrap().is_err(), "the held request was cut");
-    us.release(1);
+    us.release(3);
 }
 
 /// With `shutdown.keep_accepting`, SIGTERM makes the proxy not ready at
