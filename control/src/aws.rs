@@ -330,10 +330,9 @@ impl RegionHealth {
     }
 }
 
-/// A health check's reading, and what found it unhealthy.
+/// A health check's reading: what found it unhealthy, if anything did.
 #[derive(Debug, Clone, PartialEq)]
 struct Verdict {
-    healthy: bool,
     because: Option<String>,
 }
 
@@ -372,10 +371,13 @@ impl Verdict {
             ));
         }
         Self {
-            healthy: because.is_empty(),
             because: (!because.is_empty())
                 .then(|| format!("health check {id}: {}", because.join(", and "))),
         }
+    }
+
+    fn healthy(&self) -> bool {
+        self.because.is_none()
     }
 }
 
@@ -655,7 +657,7 @@ impl AwsSource {
                         .map(|(h, at)| (h.clone(), at.elapsed()));
                     match &last {
                         Some((h, age)) => {
-                            tracing::warn!(region, health_check = id, error = %e, last_reading = if h.healthy { "healthy" } else { "unhealthy" }, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
+                            tracing::warn!(region, health_check = id, error = %e, last_reading = if h.healthy() { "healthy" } else { "unhealthy" }, age_s = age.as_secs(), "cannot read a health check of the region; its last reading stands")
                         }
                         None => {
                             tracing::warn!(region, health_check = id, error = %e, "cannot read a health check of the region; it counts as unknown until it can be read")
@@ -675,14 +677,11 @@ impl AwsSource {
                 }
             };
             match reading {
-                Some(Verdict {
-                    healthy: false,
-                    because: why,
-                }) => {
+                Some(Verdict { because: Some(why) }) => {
                     health.healthy = Some(false);
-                    because.extend(why);
+                    because.push(why);
                 }
-                Some(Verdict { healthy: true, .. }) => {
+                Some(Verdict { because: None }) => {
                     health.healthy = health.healthy.or(Some(true));
                 }
                 None => {}
@@ -1410,35 +1409,30 @@ mod tests {
         };
         let at = UNIX_EPOCH + Duration::from_secs(1_790_000_040);
         let healthy = Verdict::of("hc-1", checkers(8), Some((at, 1.0)));
-        assert_eq!(
-            healthy,
-            Verdict {
-                healthy: true,
-                because: None
-            }
-        );
+        assert_eq!(healthy, Verdict { because: None });
+        assert!(healthy.healthy());
         // No datapoint, or no checker report: the other reading decides.
         assert!(
-            Verdict::of("hc-1", checkers(2), None).healthy,
+            Verdict::of("hc-1", checkers(2), None).healthy(),
             "2 of 8 is 25%"
         );
-        assert!(Verdict::of("hc-1", None, Some((at, 1.0))).healthy);
+        assert!(Verdict::of("hc-1", None, Some((at, 1.0))).healthy());
 
         let by_checkers = Verdict::of("hc-1", checkers(1), Some((at, 1.0)));
-        assert!(!by_checkers.healthy);
+        assert!(!by_checkers.healthy());
         assert_eq!(
             by_checkers.because.as_deref(),
             Some("health check hc-1: 1 of 8 Route 53 checkers report success")
         );
         let by_metric = Verdict::of("hc-1", checkers(8), Some((at, 0.0)));
-        assert!(!by_metric.healthy);
+        assert!(!by_metric.healthy());
         assert_eq!(
             by_metric.because.as_deref(),
             Some(
                 "health check hc-1: CloudWatch HealthCheckStatus minimum 0 in the minute from 2026-09-21T14:14:00Z"
             )
         );
-        assert!(!Verdict::of("hc-1", checkers(8), Some((at, f64::NAN))).healthy);
+        assert!(!Verdict::of("hc-1", checkers(8), Some((at, f64::NAN))).healthy());
         let by_both = Verdict::of("hc-1", checkers(0), Some((at, 0.0)));
         assert_eq!(
             by_both.because.as_deref(),
