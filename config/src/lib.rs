@@ -27,7 +27,7 @@ pub use control::{
     short_action_timeout, token_from_env,
 };
 pub use errors::{FieldError, FieldErrors, error_chain};
-pub use logs::{LogBudget, log_filter, logged_path};
+pub use logs::{LogBudget, log_filter, logged_end, logged_path};
 pub use process::raise_open_file_limit;
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,

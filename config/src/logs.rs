@@ -140,6 +140,13 @@ pub fn logged_path(path: &str) -> &str {
     &path[..path.floor_char_boundary(MAX_LOGGED_PATH)]
 }
 
+/// The end of `text` as far as a line quotes it: its last KiB, cut on a
+/// character, for a list whose last items are the ones to trust
+/// (`x-forwarded-for`: a client writes its start).
+pub fn logged_end(text: &str) -> &str {
+    &text[text.ceil_char_boundary(text.len().saturating_sub(MAX_LOGGED_PATH))..]
+}
+
 /// A budget of [`LINES_PER_SECOND`] for one kind of line.
 pub struct LogBudget {
     /// The second (Unix time) the count is for, and lines written in it,
@@ -211,6 +218,15 @@ mod budget_tests {
         // The next second's first line says how many were left out.
         assert_eq!(budget.take_at(101), Some(5));
         assert_eq!(budget.take_at(101), Some(0));
+    }
+
+    #[test]
+    fn a_list_is_quoted_from_its_last_kib_on_a_character() {
+        assert_eq!(super::logged_end("1.2.3.4, 5.6.7.8"), "1.2.3.4, 5.6.7.8");
+        let long = format!("{}, 9.9.9.9", "é".repeat(1000));
+        let quoted = super::logged_end(&long);
+        assert!(long.ends_with(quoted), "{quoted}");
+        assert_eq!(quoted.len(), 1023, "cut after the character the KiB splits");
     }
 
     #[test]

@@ -1243,15 +1243,10 @@ fn version_text(v: http::Version) -> &'static str {
 /// (a load balancer) appended is what can be trusted, behind `…`.
 fn logged_list(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
-    let keep = edgeroute_config::logged_path(&text).len();
-    if keep == text.len() {
-        return text.into_owned();
+    match edgeroute_config::logged_end(&text) {
+        end if end.len() == text.len() => text.into_owned(),
+        end => format!("…{end}"),
     }
-    let mut from = text.len() - keep;
-    while !text.is_char_boundary(from) {
-        from += 1;
-    }
-    format!("…{}", &text[from..])
 }
 
 /// A client's bytes as log text: what is not UTF-8 replaced, cut as a
