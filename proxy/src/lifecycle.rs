@@ -71,25 +71,19 @@ impl Lifecycle {
     /// away), while serving on.
     pub fn announce_stop(&self) {
         self.shutting_down.store(true, Ordering::SeqCst);
-        self.stop_tx
-            .send_if_modified(|stopping| !std::mem::replace(stopping, true));
+        set(&self.stop_tx);
     }
 
     /// Resolves once the stop is announced.
     pub async fn stop_announced(&self) {
-        let mut rx = self.stop_tx.subscribe();
-        // The sender lives as long as `self`, so this only ends on `true`.
-        if rx.wait_for(|v| *v).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        until_set(&self.stop_tx).await;
     }
 
     /// Not ready, and the drain begins: the accept loops stop, the grace
     /// period runs, and the table source and DNS refreshes stop.
     pub fn begin_shutdown(&self) {
         self.announce_stop();
-        self.shutdown_tx
-            .send_if_modified(|started| !std::mem::replace(started, true));
+        set(&self.shutdown_tx);
     }
 
     pub fn is_shutting_down(&self) -> bool {
@@ -98,11 +92,7 @@ impl Lifecycle {
 
     /// Resolves once shutdown has begun.
     pub async fn shutdown_started(&self) {
-        let mut rx = self.shutdown_tx.subscribe();
-        // The sender lives as long as `self`, so this only ends on `true`.
-        if rx.wait_for(|v| *v).await.is_err() {
-            std::future::pending::<()>().await;
-        }
+        until_set(&self.shutdown_tx).await;
     }
 
     pub fn inflight(&self) -> usize {
@@ -132,6 +122,19 @@ impl Lifecycle {
             }
             notified.await;
         }
+    }
+}
+
+/// Sets a flag its waiters see (once: they are woken the first time only).
+fn set(flag: &watch::Sender<bool>) {
+    flag.send_if_modified(|was| !std::mem::replace(was, true));
+}
+
+/// Resolves once `flag` is set. (Its sender lives in the [`Lifecycle`]
+/// that lends it, so the wait ends on `true` alone.)
+async fn until_set(flag: &watch::Sender<bool>) {
+    if flag.subscribe().wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
