@@ -115,14 +115,14 @@ pub fn connector(
 }
 
 /// Whether two ETags name the same table, compared weakly (RFC 9110
-/// §8.8.3.2: a `W/` before either is left out), as the control plane
-/// compares `If-None-Match`; a missing one names none.
+/// §8.8.3.2), as the control plane compares `If-None-Match`: by the
+/// same `headers` rule. A missing tag, or one that is no ETag, names none.
 fn same_tag(a: Option<&http::HeaderValue>, b: Option<&http::HeaderValue>) -> bool {
-    let opaque = |t: &http::HeaderValue| {
-        let t = t.as_bytes();
-        t.strip_prefix(b"W/").unwrap_or(t).to_vec()
-    };
-    matches!((a, b), (Some(a), Some(b)) if opaque(a) == opaque(b))
+    let tag = |t: &http::HeaderValue| t.to_str().ok()?.parse::<headers::ETag>().ok();
+    match (a.and_then(tag), b.and_then(tag)) {
+        (Some(a), Some(b)) => !headers::IfNoneMatch::from(b).precondition_passes(&a),
+        _ => false,
+    }
 }
 
 /// How long the control plane may take to answer: past a long-poll's
