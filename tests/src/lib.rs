@@ -50,6 +50,16 @@ pub fn accept_queue(addr: std::net::SocketAddr) -> usize {
 /// a given length): its status line. Panics if no whole answer came within
 /// 30 s, or the connection closed first.
 pub async fn get_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
+    answer_on(conn, path)
+        .await
+        .lines()
+        .next()
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// [`get_on`]'s request and wait, and the whole answer read.
+pub async fn answer_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
         .await
@@ -77,11 +87,7 @@ pub async fn get_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
     })
     .await
     .expect("answered");
-    String::from_utf8_lossy(&got)
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_owned()
+    String::from_utf8_lossy(&got).into_owned()
 }
 
 /// Polls `check` until it returns true, or panics after `limit` naming `what`.

@@ -1,6 +1,8 @@
 //! SIGTERM: /ready answers 503 at once, in-flight requests (HTTP/1 and HTTP/2) finish, exit 0.
 
-use edgeroute_tests::{Behaviour, Origin, ProxyBuilder, client, eventually, h2, until_closed};
+use edgeroute_tests::{
+    Behaviour, Origin, ProxyBuilder, answer_on, client, eventually, h2, until_closed,
+};
 use nix::sys::signal::Signal;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,45 +12,23 @@ use tokio::net::TcpStream;
 /// end when `closes` (and checks it says `connection: close`), else the
 /// head and the body its length gives.
 async fn exchange_on(conn: &mut TcpStream, path: &str, closes: bool) -> String {
+    if !closes {
+        return answer_on(conn, path).await;
+    }
     conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut got = Vec::new();
-    if closes {
-        tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
-            .await
-            .expect("the connection closed after its answer")
-            .unwrap();
-        let answer = String::from_utf8_lossy(&got).into_owned();
-        assert!(
-            answer.to_ascii_lowercase().contains("connection: close"),
-            "{answer}"
-        );
-        return answer;
-    }
-    let whole = |got: &[u8]| {
-        let text = String::from_utf8_lossy(got);
-        text.split_once("\r\n\r\n").is_some_and(|(head, body)| {
-            head.lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .is_some_and(|n| body.len() >= n)
-        })
-    };
-    let mut buf = [0u8; 4096];
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while !whole(&got) {
-            let n = conn.read(&mut buf).await.unwrap();
-            assert!(n > 0, "the connection closed");
-            got.extend_from_slice(&buf[..n]);
-        }
-    })
-    .await
-    .expect("answered");
-    String::from_utf8_lossy(&got).into_owned()
+    tokio::time::timeout(Duration::from_secs(10), conn.read_to_end(&mut got))
+        .await
+        .expect("the connection closed after its answer")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&got).into_owned();
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    answer
 }
 
 /// Waits for `/ready` to answer 503, and checks it says why.
