@@ -207,12 +207,22 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// What a table says, its epoch and version aside (see
+/// [`RoutingTable::routes_as`]).
+#[derive(PartialEq, Serialize)]
+struct Routing<'a> {
+    primary_region: Option<&'a str>,
+    failover_in_progress: bool,
+    regions: Vec<&'a RegionEntry>,
+}
+
 /// What admitting a table did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Admission {
     /// A new table to put in force.
     Accepted,
-    /// Identical to the table in force; nothing to do.
+    /// Says what the table in force says, under the same or lower
+    /// numbers; nothing to do.
     Unchanged,
 }
 
@@ -343,12 +353,43 @@ impl RoutingTable {
     /// The same table, whatever the order its regions are listed in (a
     /// table written by hand and reordered says nothing new).
     fn same_content(&self, other: &RoutingTable) -> bool {
-        let sorted = |t: &RoutingTable| {
-            let mut t = t.clone();
-            t.regions.sort_by(|a, b| a.name.cmp(&b.name));
-            t
-        };
-        self == other || sorted(self) == sorted(other)
+        (self.epoch, self.version) == (other.epoch, other.version) && self.routes_as(other)
+    }
+
+    /// What the table says, its epoch and version aside: the primary,
+    /// whether writes are held, and the regions in name order.
+    fn routing(&self) -> Routing<'_> {
+        let mut regions: Vec<&RegionEntry> = self.regions.iter().collect();
+        regions.sort_by(|a, b| a.name.cmp(&b.name));
+        Routing {
+            primary_region: self.primary_region.as_deref(),
+            failover_in_progress: self.failover_in_progress,
+            regions,
+        }
+    }
+
+    /// Whether `other` routes exactly as this table does (the same
+    /// primary, writes held or not, and the same regions with the same
+    /// states, weights and lags, in any order), whatever its epoch and
+    /// version.
+    pub fn routes_as(&self, other: &RoutingTable) -> bool {
+        self.routing() == other.routing()
+    }
+
+    /// A digest of what the table says, its epoch and version aside:
+    /// equal for two tables exactly when [`routes_as`] holds (but for a
+    /// collision of SHA-256's first 64 bits). Proxies report it, so that
+    /// a control plane replica can tell a table of another replica's
+    /// numbering that says what its own says.
+    ///
+    /// [`routes_as`]: RoutingTable::routes_as
+    pub fn routing_digest(&self) -> String {
+        use sha2::Digest;
+        let json = serde_json::to_vec(&self.routing()).unwrap_or_default();
+        sha2::Sha256::digest(&json)[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
     }
 
     pub fn region(&self, name: &str) -> Option<&RegionEntry> {
@@ -373,6 +414,12 @@ impl RoutingTable {
             return Ok(Admission::Accepted);
         };
         if self.same_content(cur) {
+            return Ok(Admission::Unchanged);
+        }
+        // Nothing new, under numbers no higher than those in force (the
+        // same table as another control plane replica numbers it, say):
+        // the table in force stays, and nothing is refused.
+        if self.routes_as(cur) && (self.epoch, self.version) < (cur.epoch, cur.version) {
             return Ok(Admission::Unchanged);
         }
         if self.epoch < cur.epoch {
@@ -659,17 +706,35 @@ mod tests {
             Ok(Admission::Accepted)
         );
         assert_eq!(ok(&table(3, 1, Some("eu-west-1"))), Ok(Admission::Accepted));
+        // Lower numbers are refused when the table says something else...
+        let drained = |epoch, version| {
+            let mut t = table(epoch, version, Some("us-east-1"));
+            t.regions[1].state = RegionState::Draining;
+            t
+        };
         assert_eq!(
-            ok(&table(1, 99, Some("us-east-1"))),
+            ok(&drained(1, 99)),
             Err(Rejection::StaleEpoch { got: 1, current: 2 })
         );
         assert_eq!(
-            ok(&table(2, 9, Some("us-east-1"))),
+            ok(&drained(2, 9)),
             Err(Rejection::StaleVersion {
                 got: 9,
                 current: 10
             })
         );
+        // ...and say nothing new when it says what the table in force
+        // says (another replica's numbering), in any region order.
+        let mut lower = table(1, 99, Some("us-east-1"));
+        lower.regions.reverse();
+        assert_eq!(ok(&lower), Ok(Admission::Unchanged));
+        assert_eq!(
+            ok(&table(2, 9, Some("us-east-1"))),
+            Ok(Admission::Unchanged)
+        );
+        // Higher numbers for the same content are taken, so that proxies
+        // of several replicas end on the highest numbering.
+        assert_eq!(ok(&table(3, 1, Some("us-east-1"))), Ok(Admission::Accepted));
         let mut same_version_changed = cur.clone();
         same_version_changed.failover_in_progress = true;
         assert_eq!(
@@ -709,6 +774,32 @@ mod tests {
             unknown.admit(Some(&cur), KNOWN),
             Err(Rejection::UnknownRegion("sa-east-1".into()))
         );
+    }
+
+    #[test]
+    fn the_routing_digest_leaves_out_the_numbers_and_the_order_alone() {
+        let base = table(2, 10, Some("us-east-1"));
+        let digest = base.routing_digest();
+        assert_eq!(digest.len(), 16);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+        let mut renumbered = table(7, 3, Some("us-east-1"));
+        renumbered.regions.reverse();
+        assert!(renumbered.routes_as(&base));
+        assert_eq!(renumbered.routing_digest(), digest);
+        let changes: [fn(&mut RoutingTable); 6] = [
+            |t| t.primary_region = Some("eu-west-1".into()),
+            |t| t.primary_region = None,
+            |t| t.failover_in_progress = true,
+            |t| t.regions[0].state = RegionState::Down,
+            |t| t.regions[0].weight = 99,
+            |t| t.regions[0].replication_lag_ms = Some(0),
+        ];
+        for (i, change) in changes.iter().enumerate() {
+            let mut t = base.clone();
+            change(&mut t);
+            assert!(!t.routes_as(&base), "change {i}");
+            assert_ne!(t.routing_digest(), digest, "change {i}");
+        }
     }
 
     /// A table read from JSON is written back as JSON that reads as the
@@ -886,11 +977,17 @@ mod tests {
         /// epoch, and within one epoch a new table has a higher version.
         #[test]
         fn epoch_in_force_never_goes_back(
-            steps in proptest::collection::vec((0u64..6, 0u64..6, proptest::option::of(0usize..3)), 1..40)
+            steps in proptest::collection::vec(
+                (0u64..6, 0u64..6, proptest::option::of(0usize..3), proptest::bool::ANY),
+                1..40,
+            )
         ) {
             let mut in_force: Option<RoutingTable> = None;
-            for (epoch, version, primary) in steps {
-                let t = table(epoch, version, primary.map(|i| KNOWN[i]));
+            for (epoch, version, primary, drained) in steps {
+                let mut t = table(epoch, version, primary.map(|i| KNOWN[i]));
+                if drained {
+                    t.regions[1].state = RegionState::Draining;
+                }
                 let admitted = t.admit(in_force.as_ref(), KNOWN);
                 // And the other way: a table that moves forward is taken
                 // (the first always; then a higher epoch, or the same
@@ -902,6 +999,12 @@ mod tests {
                             && t.version > old.version)
                 });
                 prop_assert_eq!(forward, admitted == Ok(Admission::Accepted), "{:?} over {:?}", t, in_force);
+                // A table that does not move forward is refused unless it
+                // says what the table in force says.
+                if !forward {
+                    let same = in_force.as_ref().is_some_and(|old| t.routes_as(old));
+                    prop_assert_eq!(same, admitted == Ok(Admission::Unchanged), "{:?} over {:?}", t, in_force);
+                }
                 if let Ok(Admission::Accepted) = admitted {
                     if let Some(old) = &in_force {
                         prop_assert!(t.epoch >= old.epoch);

@@ -137,14 +137,14 @@ impl AppState {
                 .with_label_values(&[rejection.reason()])
                 .inc();
             let kept = self.kept();
-            // Replicas started at other times hand out other epochs: the
-            // likeliest cause of a lower one from a control plane.
+            // A replica behind the others: the likeliest cause of a
+            // lower epoch from a control plane.
             let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
                 && matches!(
                     self.config.table,
                     edgeroute_config::TableSource::Control { .. }
                 ) {
-                "; if several control plane replicas answer at this address, each hands out epochs of its own: give this proxy one replica's address"
+                "; if several control plane replicas answer at this address, one that has not read the primary's move yet answers with the table before it until it does (its edgeroute_control_source_stale says whether it can read its source)"
             } else {
                 ""
             };

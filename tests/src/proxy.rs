@@ -364,6 +364,10 @@ impl Proxy {
         self.routing().await["table"]["version"].as_u64()
     }
 
+    pub async fn table_epoch(&self) -> Option<u64> {
+        self.routing().await["table"]["epoch"].as_u64()
+    }
+
     /// Writes `table`, sends SIGHUP, and waits until the proxy reports its version.
     pub async fn swap_table(&self, table: &Value) {
         self.write_table(table);

@@ -267,14 +267,17 @@ async fn bad_tables_from_the_control_plane_are_rejected_and_the_old_one_keeps_se
 }
 
 /// A control plane that hands out a lower epoch than the proxy's table
-/// (another replica, behind the same address) is refused, and the log
-/// line says the likeliest cause and what to do.
+/// with other content (another replica, behind the same address, that
+/// has not read the change yet) is refused, and the log line says the
+/// likeliest cause and what to do.
 #[tokio::test]
 async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
     let us = Origin::start(US).await;
     let control = ScriptedControl::start(vec![
         table(5, 10, Some(US), &[(US, "active")]).to_string().into(),
-        table(3, 20, Some(US), &[(US, "active")]).to_string().into(),
+        table(3, 20, Some(US), &[(US, "draining")])
+            .to_string()
+            .into(),
     ])
     .await;
     let proxy = proxy_of(&control, &us).await;
@@ -287,8 +290,42 @@ async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
     assert_eq!(proxy.table_version().await, Some(10));
     let log = proxy.log();
     assert!(
-        log.contains("each hands out epochs of its own: give this proxy one replica's address"),
+        log.contains(
+            "one that has not read the primary's move yet answers with the table before it"
+        ),
         "{log}"
+    );
+}
+
+/// The table in force under lower numbers (as another control plane
+/// replica numbers it) is no news and no rejection; under higher numbers
+/// it is taken, so that every proxy ends on the highest numbering.
+#[tokio::test]
+async fn the_same_table_under_other_numbers_is_not_refused() {
+    let us = Origin::start(US).await;
+    let same = |epoch, version| table(epoch, version, Some(US), &[(US, "active")]);
+    let control = ScriptedControl::start(vec![
+        same(5, 10).to_string().into(),
+        same(3, 20).to_string().into(),
+        same(5, 9).to_string().into(),
+        same(6, 1).to_string().into(),
+    ])
+    .await;
+    let proxy = proxy_of(&control, &us).await;
+    eventually(
+        "the higher numbering is taken",
+        Duration::from_secs(10),
+        || async { proxy.table_epoch().await == Some(6) },
+    )
+    .await;
+    assert_eq!(proxy.table_version().await, Some(1));
+    for reason in ["stale_epoch", "stale_version"] {
+        assert_eq!(rejections(&proxy, reason).await, 0.0, "{reason}");
+    }
+    assert_eq!(
+        proxy.metric("edgeroute_table_swaps_total").await,
+        2.0,
+        "the first table and the renumbered one"
     );
 }
 
