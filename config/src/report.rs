@@ -17,6 +17,14 @@ pub struct ProxyReport {
     /// Epoch and version of the table in force; 0 before the first table.
     pub epoch: u64,
     pub version: u64,
+    /// [`RoutingTable::routing_digest`] of the table in force (absent
+    /// before the first table, and from proxies of older releases): a
+    /// control plane replica that numbers the same table lower takes these
+    /// numbers, so that several replicas behind one address agree.
+    ///
+    /// [`RoutingTable::routing_digest`]: crate::RoutingTable::routing_digest
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<String>,
     /// Every configured region as this proxy measures it.
     pub regions: Vec<RegionHealth>,
 }
@@ -74,6 +82,13 @@ impl ProxyReport {
                 report.id
             ));
         }
+        if let Some(digest) = &report.routing
+            && (digest.len() != 16 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "routing must be the table's digest, 16 hexadecimal digits, got {digest:?}"
+            ));
+        }
         if report.regions.len() > crate::MAX_REGIONS {
             return Err(format!(
                 "at most {} regions, got {}",
@@ -116,6 +131,7 @@ mod tests {
             region: "us-east-1".into(),
             epoch: 3,
             version: 9,
+            routing: Some("0123456789abcdef".into()),
             regions: vec![RegionHealth {
                 name: "us-east-1".into(),
                 backends: 2,
@@ -135,6 +151,18 @@ mod tests {
         assert!(said(&|r| r.id.clear()).contains("id must be"));
         assert!(said(&|r| r.region = "Mars".into()).contains("\"Mars\""));
         assert!(ProxyReport::from_json(b"{").is_err());
+        for digest in [
+            "",
+            "0123456789abcde",
+            "0123456789abcdefa",
+            "0123456789abcdeg",
+        ] {
+            assert!(
+                said(&|r| r.routing = Some(digest.into())).contains("16 hexadecimal digits"),
+                "{digest:?}"
+            );
+        }
+        assert_eq!(read(&|r| r.routing = None).unwrap().routing, None);
         // A report that contradicts itself.
         assert!(said(&|r| r.regions.push(r.regions[0].clone())).contains("reported twice"));
         assert!(said(&|r| r.id = "host\n\u{1b}[2J/1".into()).contains("no control characters"));

@@ -2030,6 +2030,7 @@ mod tests {
                 region: "us-east-1".into(),
                 epoch: 1,
                 version: 1,
+                routing: None,
                 regions: eu
                     .map(|(backends, in_rotation)| RegionHealth {
                         name: "eu-west-1".into(),

@@ -4,6 +4,29 @@
 
 use edgeroute_config::{RegionEntry, RegionState, RoutingTable, TopologyView};
 
+/// How far ahead of the clock a numbering taken from a proxy may be: no
+/// replica hands out an epoch over a minute ahead of its clock's seconds,
+/// or a version of its milliseconds (see [`Builder::new`]), so one beyond
+/// is no replica's, and taking it would push every later one after it.
+const CLOCK_SLACK_MS: u64 = 60_000;
+
+/// The numbers a proxy routes on, with the digest of what its table says
+/// ([`RoutingTable::routing_digest`]), from its report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Numbering {
+    pub epoch: u64,
+    pub version: u64,
+    pub routing: String,
+}
+
+impl Numbering {
+    /// Within the clock's reach at `now_ms`: no replica hands out more.
+    pub fn within_clock(&self, now_ms: u64) -> bool {
+        let reach = now_ms.saturating_add(CLOCK_SLACK_MS);
+        self.epoch <= reach / 1000 && self.version <= reach
+    }
+}
+
 pub struct Builder {
     current: Option<RoutingTable>,
     /// The first epoch this builder hands out.
@@ -26,6 +49,25 @@ impl Builder {
 
     pub fn current(&self) -> Option<&RoutingTable> {
         self.current.as_ref()
+    }
+
+    /// Takes `n`'s epoch and version for the table this builder holds
+    /// when `n` numbers that same table higher, within the clock's reach
+    /// at `now_ms`: the numbering of another replica behind the same
+    /// address, as a proxy reports it. Replicas thus end on the highest
+    /// numbering of each table, and answer proxies alike. Returns the
+    /// renumbered table.
+    pub fn adopt(&mut self, n: &Numbering, now_ms: u64) -> Option<&RoutingTable> {
+        let cur = self.current.as_mut()?;
+        if (n.epoch, n.version) <= (cur.epoch, cur.version)
+            || !n.within_clock(now_ms)
+            || n.routing != cur.routing_digest()
+        {
+            return None;
+        }
+        cur.epoch = n.epoch;
+        cur.version = n.version;
+        Some(cur)
     }
 
     /// Applies a view seen at `now_ms` (milliseconds since the Unix epoch).
@@ -187,6 +229,54 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_numbering_is_taken_only_higher_for_the_same_table_and_within_the_clock() {
+        let now = 1_800_000_000_000u64;
+        let mut b = Builder::new(now / 1000);
+        let n = |epoch, version| Numbering {
+            epoch,
+            version,
+            routing: String::new(),
+        };
+        assert!(b.adopt(&n(1, 1), now).is_none(), "no table yet");
+        let t = b.apply(&seen(true, false), now).unwrap().clone();
+        let same = |epoch, version| Numbering {
+            routing: t.routing_digest(),
+            ..n(epoch, version)
+        };
+        assert!(
+            b.adopt(&same(t.epoch, t.version), now).is_none(),
+            "not higher"
+        );
+        assert!(
+            b.adopt(&same(t.epoch - 1, now + 5), now).is_none(),
+            "lower epoch"
+        );
+        let mut drained = t.clone();
+        drained.regions[0].weight = 0;
+        let other = Numbering {
+            routing: drained.routing_digest(),
+            ..n(t.epoch + 1, now)
+        };
+        assert!(b.adopt(&other, now).is_none(), "another table");
+        let ahead = now + CLOCK_SLACK_MS + 1000;
+        assert!(
+            b.adopt(&same(ahead / 1000, now), now).is_none(),
+            "epoch beyond the clock"
+        );
+        assert!(
+            b.adopt(&same(t.epoch, ahead), now).is_none(),
+            "version beyond the clock"
+        );
+        let taken = b.adopt(&same(t.epoch + 3, 7), now).unwrap().clone();
+        assert_eq!((taken.epoch, taken.version), (t.epoch + 3, 7));
+        assert!(taken.routes_as(&t));
+        // The next change numbers on from there, the epoch staying while the
+        // writer does.
+        let next = b.apply(&seen(true, true), now + 10).unwrap();
+        assert_eq!((next.epoch, next.version), (t.epoch + 3, now + 10));
+    }
+
     /// The database fence the README gives (*Fencing*), as a function:
     /// the row holds the region it lets write, the highest epoch it saw,
     /// and `floor`, the highest epoch it saw before that region's turn. A
@@ -223,11 +313,16 @@ mod tests {
         /// before a writer move commits after one routed to another
         /// region after it — however long it was on its way. (Writes are
         /// held while AWS shows a `FailoverState`, which lasts seconds.)
+        /// So it does when replicas take each other's numbering of a
+        /// table from proxies' reports (`adopts`: after a poll, the
+        /// replica polled takes the numbering of the one named, as a proxy
+        /// routing on that replica's table reports it).
         #[test]
         fn the_fence_orders_writer_moves_across_replicas(
             replicas in proptest::collection::vec((0u64..300_000, 1_000u64..10_000, 0u64..1_000), 1..4),
             moves in proptest::collection::vec((10_000u64..200_000, 5_000u64..60_000, 1usize..3), 0..5),
             delays in proptest::collection::vec(0u64..400_000, 1..50),
+            adopts in proptest::collection::vec(proptest::option::of(0usize..3), 1..50),
         ) {
             // Moves: (begins, ends, region the writer is in from `ends`).
             let mut timeline = Vec::new();
@@ -249,7 +344,7 @@ mod tests {
             polls.sort();
             let mut builders: Vec<Option<Builder>> = replicas.iter().map(|_| None).collect();
             let mut writes = Vec::new();
-            for (t, i) in polls {
+            for (k, (t, i)) in polls.into_iter().enumerate() {
                 let generation = timeline.iter().filter(|m| m.1 <= t).count();
                 let held = timeline.iter().any(|m| m.0 <= t && t < m.1);
                 let region = generation.checked_sub(1).map_or(0, |g| timeline[g].2);
@@ -259,6 +354,17 @@ mod tests {
                 let clock = clock_base + t + replicas[i].2 - 500;
                 let b = builders[i].get_or_insert_with(|| Builder::new(clock / 1000));
                 b.apply(&seen, clock);
+                let reported = adopts[k % adopts.len()]
+                    .and_then(|j| builders.get(j)?.as_ref()?.current())
+                    .map(|t| Numbering {
+                        epoch: t.epoch,
+                        version: t.version,
+                        routing: t.routing_digest(),
+                    });
+                let b = builders[i].as_mut().expect("polled");
+                if let Some(n) = reported {
+                    b.adopt(&n, clock);
+                }
                 let table = b.current().expect("a table after a view");
                 if !table.failover_in_progress {
                     writes.push(Write {
@@ -333,5 +439,79 @@ mod tests {
                 Ok(edgeroute_config::Admission::Accepted)
             );
         }
+
+        /// Two replicas of one source, started at different times, each
+        /// reading every change at its own time, number each table their
+        /// own way; a proxy taking both replicas' tables refuses none and
+        /// ends on the higher numbering, and once its report has reached
+        /// each replica, the two serve the very table it routes on.
+        #[test]
+        fn replicas_come_to_number_each_table_alike_through_a_proxys_reports(
+            starts in (0u64..5_000, 0u64..5_000),
+            changes in proptest::collection::vec(
+                (proptest::bool::ANY, proptest::bool::ANY, 1u64..3_000, 0u64..2_000),
+                0..20,
+            ),
+        ) {
+            let base = 1_800_000_000_000u64;
+            let mut replicas = [
+                Builder::new((base + starts.0) / 1000),
+                Builder::new((base + starts.1) / 1000),
+            ];
+            let mut proxy = None;
+            let now = base + starts.0.max(starts.1);
+            both_read(&mut replicas, &mut proxy, &seen(true, false), now, 0)?;
+            let mut now = now;
+            for (east, drained, gap, b_later) in changes {
+                now += gap * 1000;
+                both_read(&mut replicas, &mut proxy, &seen(east, drained), now, b_later)?;
+            }
+        }
+    }
+
+    /// The view of two healthy regions, the writer in us-east-1 when
+    /// `east`, eu-west-1 at weight 0 when `drained`.
+    fn seen(east: bool, drained: bool) -> TopologyView {
+        let eu_weight = Some(if drained { 0 } else { 100 });
+        view(
+            if east { "us-east-1" } else { "eu-west-1" },
+            &[
+                ("us-east-1", Some(100), Some(true)),
+                ("eu-west-1", eu_weight, Some(true)),
+            ],
+        )
+    }
+
+    /// Replica 0 reads `view` at `now`, replica 1 `b_later` ms after; a
+    /// proxy is offered each replica's table (it must refuse none), and
+    /// its report then reaches both, which must then serve its table.
+    fn both_read(
+        replicas: &mut [Builder; 2],
+        proxy: &mut Option<RoutingTable>,
+        view: &TopologyView,
+        now: u64,
+        b_later: u64,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        for (i, r) in replicas.iter_mut().enumerate() {
+            let Some(t) = r.apply(view, now + i as u64 * b_later) else {
+                continue;
+            };
+            let admitted = t.admit(proxy.as_ref(), ["us-east-1", "eu-west-1"]);
+            proptest::prop_assert!(admitted.is_ok(), "{:?}: {:?} over {:?}", admitted, t, proxy);
+            if admitted == Ok(edgeroute_config::Admission::Accepted) {
+                *proxy = Some(t.clone());
+            }
+        }
+        let taken = proxy.clone().expect("a table");
+        let reported = Numbering {
+            epoch: taken.epoch,
+            version: taken.version,
+            routing: taken.routing_digest(),
+        };
+        for r in replicas.iter_mut() {
+            r.adopt(&reported, now + b_later);
+            proptest::prop_assert_eq!(r.current(), Some(&taken));
+        }
+        Ok(())
     }
 }

@@ -595,11 +595,14 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         )
         .await;
         let shared_aws = src.aws();
+        // Proxies' numberings of the table, from their reports.
+        let (numbering_tx, numbering_rx) = tokio::sync::mpsc::channel(64);
         let poller = tokio::spawn(source::run(
             src,
             builder,
             tx,
             views_tx,
+            numbering_rx,
             Arc::clone(&notifier),
             Arc::clone(&metrics),
         ));
@@ -644,6 +647,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             proxy_max_age: cfg.actions.proxy_max_age,
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
+            numbering: numbering_tx,
         });
         let (ca_read, clients) = clients.unzip();
         let tls: Option<server::Tls> = cert.as_ref().map(|cert| {

@@ -141,15 +141,18 @@ impl Registry {
     }
 }
 
-/// The proxies routing on an older table than `table`.
+/// The proxies routing on an older table than `table`: under lower
+/// numbers, and saying something else (a proxy routing on `table` as
+/// another replica numbers it is not behind).
 pub fn behind<'a>(
     proxies: &'a [ProxyStatus],
     table: &RoutingTable,
 ) -> impl Iterator<Item = &'a ProxyStatus> {
     let current = (table.epoch, table.version);
-    proxies
-        .iter()
-        .filter(move |p| (p.report.epoch, p.report.version) < current)
+    let digest = table.routing_digest();
+    proxies.iter().filter(move |p| {
+        (p.report.epoch, p.report.version) < current && p.report.routing.as_ref() != Some(&digest)
+    })
 }
 
 /// The proxies' vote on `region`.
@@ -182,6 +185,7 @@ mod tests {
             region: "eu-west-1".into(),
             epoch,
             version: epoch,
+            routing: None,
             regions: vec![RegionHealth {
                 name: "us-east-1".into(),
                 backends: 2,
@@ -216,6 +220,38 @@ mod tests {
         reg.record(empty, now);
         let v = vote(&reg.fresh(Duration::from_secs(30), now), "us-east-1");
         assert_eq!((v.reporting, v.unhealthy), (2, 1), "{v:?}");
+    }
+
+    #[test]
+    fn a_proxy_is_behind_under_lower_numbers_of_another_table() {
+        let table = RoutingTable {
+            epoch: 5,
+            version: 50,
+            primary_region: Some("eu-west-1".into()),
+            failover_in_progress: false,
+            regions: Vec::new(),
+        };
+        let mut older = table.clone();
+        older.primary_region = Some("us-east-1".into());
+        let status = |id: &str, epoch, routing: Option<&RoutingTable>| ProxyStatus {
+            report: ProxyReport {
+                routing: routing.map(RoutingTable::routing_digest),
+                version: epoch * 10,
+                ..report(id, epoch, 2)
+            },
+            age_seconds: 0.0,
+        };
+        let proxies = [
+            status("old", 4, Some(&older)),
+            status("unsaid", 4, None),
+            status("renumbered", 4, Some(&table)),
+            status("current", 5, Some(&table)),
+            status("ahead", 6, Some(&older)),
+        ];
+        let ids: Vec<&str> = behind(&proxies, &table)
+            .map(|p| p.report.id.as_str())
+            .collect();
+        assert_eq!(ids, ["old", "unsaid"]);
     }
 
     #[test]

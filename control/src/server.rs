@@ -3,6 +3,7 @@
 //! (`POST /v1/report`) and their listing (`/v1/proxies`); `/v1/status`,
 //! `/health` and `/metrics`.
 
+use crate::builder::Numbering;
 use crate::history::History;
 use crate::metrics::ControlMetrics;
 use crate::registry::Registry;
@@ -25,15 +26,27 @@ use tokio::sync::watch;
 pub struct Published {
     pub table: RoutingTable,
     pub json: Bytes,
+    /// `"epoch-version-digest"`: replicas that number two different
+    /// tables alike (a change read in the same millisecond) still tag
+    /// them apart.
     pub etag: HeaderValue,
+    /// [`RoutingTable::routing_digest`].
+    pub routing: String,
 }
 
 impl Published {
     pub fn new(table: RoutingTable) -> Self {
         let json = Bytes::from(serde_json::to_vec(&table).unwrap_or_default());
-        let etag = HeaderValue::from_str(&format!("\"{}-{}\"", table.epoch, table.version))
-            .unwrap_or_else(|_| HeaderValue::from_static("\"0-0\""));
-        Published { table, json, etag }
+        let routing = table.routing_digest();
+        let etag =
+            HeaderValue::from_str(&format!("\"{}-{}-{routing}\"", table.epoch, table.version))
+                .unwrap_or_else(|_| HeaderValue::from_static("\"0-0\""));
+        Published {
+            table,
+            json,
+            etag,
+            routing,
+        }
     }
 }
 
@@ -49,6 +62,9 @@ pub struct ServerState {
     pub proxy_max_age: Duration,
     pub history_file: PathBuf,
     pub automation: bool,
+    /// Where a proxy's higher numbering of the table served goes (to the
+    /// source's task, which owns the table's numbers).
+    pub numbering: tokio::sync::mpsc::Sender<Numbering>,
 }
 
 /// At most ten lines a second for requests refused for want of the token
@@ -533,6 +549,7 @@ async fn report(
     };
     match ProxyReport::from_json(&body) {
         Ok(r) => {
+            offer_numbering(state, &r);
             let recorded = state.registry.record(r, Instant::now());
             state.metrics.reports.with_label_values(&["accepted"]).inc();
             if recorded.forgot_live {
@@ -553,6 +570,44 @@ async fn report(
         }
     }
 }
+
+/// Passes on a report's numbering of the table served when it is higher
+/// than this replica's (another replica's, behind the same address):
+/// the source's task takes it (see [`crate::builder::Builder::adopt`]).
+/// A numbering beyond the clock is no replica's: it is not taken, and
+/// said (at most ten lines a second).
+fn offer_numbering(state: &ServerState, report: &ProxyReport) {
+    let Some(routing) = &report.routing else {
+        return;
+    };
+    let higher = state.table.borrow().as_ref().is_some_and(|p| {
+        &p.routing == routing && (report.epoch, report.version) > (p.table.epoch, p.table.version)
+    });
+    if !higher {
+        return;
+    }
+    let n = Numbering {
+        epoch: report.epoch,
+        version: report.version,
+        routing: routing.clone(),
+    };
+    if !n.within_clock(crate::source::now_ms()) {
+        if AHEAD_OF_CLOCK.take().is_some() {
+            tracing::warn!(
+                proxy = %report.id,
+                epoch = n.epoch,
+                version = n.version,
+                "a proxy routes on this table under an epoch or version over a minute ahead of this control plane's clock: not taken (no replica hands such out; check the clocks, and the control planes this proxy was given)"
+            );
+        }
+        return;
+    }
+    // Full: the task is behind, and the proxies report again.
+    let _ = state.numbering.try_send(n);
+}
+
+/// Lines for numberings ahead of the clock.
+static AHEAD_OF_CLOCK: edgeroute_config::LogBudget = edgeroute_config::LogBudget::new();
 
 /// Whether an `If-None-Match` names the table whose tag is `etag`: `*`, or
 /// a list holding it, weak or strong (RFC 9110 §13.1.2).

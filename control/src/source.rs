@@ -5,7 +5,7 @@
 //! [`AwsSource::read`]).
 
 use crate::aws::{AwsRequests, AwsSource};
-use crate::builder::Builder;
+use crate::builder::{Builder, Numbering};
 use crate::metrics::ControlMetrics;
 use crate::notify::{Event, Notifier};
 use crate::server::Published;
@@ -13,7 +13,7 @@ use edgeroute_config::{RoutingTable, SourceConfig, TopologyView};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -135,19 +135,52 @@ impl Source {
 /// Polls until the task is dropped. Every view read goes to `views` (for
 /// automated failover); every table change that matters to people — the
 /// primary, writes held or open, a region's state or weight — is announced.
+/// Between reads, a higher numbering of the table served that proxies
+/// report (another replica's, see [`Builder::adopt`]) is taken.
 pub async fn run(
     source: Source,
     mut builder: Builder,
     tx: watch::Sender<Option<Arc<Published>>>,
     views: watch::Sender<Option<Arc<TopologyView>>>,
+    mut numbering: mpsc::Receiver<Numbering>,
     notifier: Arc<Notifier>,
     metrics: Arc<ControlMetrics>,
 ) {
     let mut tick = tokio::time::interval(source.interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failing = Failing::default();
+    let publish = |table: &RoutingTable| {
+        metrics.table.show(table);
+        metrics.table_epoch.set(table.epoch as i64);
+        metrics.table_version.set(table.version as i64);
+        metrics.table_last_change.set((now_ms() / 1000) as i64);
+        tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
+    };
     loop {
-        tick.tick().await;
+        let reported = tokio::select! {
+            _ = tick.tick() => None,
+            Some(n) = numbering.recv() => Some(n),
+        };
+        if let Some(first) = reported {
+            // The highest of those waiting that this table can take.
+            let mut renumbered = None;
+            let mut next = Some(first);
+            while let Some(n) = next {
+                if let Some(table) = builder.adopt(&n, now_ms()) {
+                    renumbered = Some(table.clone());
+                }
+                next = numbering.try_recv().ok();
+            }
+            if let Some(table) = renumbered {
+                tracing::info!(
+                    epoch = table.epoch,
+                    version = table.version,
+                    "serving the same table under the higher numbering a proxy routes on (another control plane replica's)"
+                );
+                publish(&table);
+            }
+            continue;
+        }
         let started = Instant::now();
         let outcome = source.read().await;
         metrics
@@ -180,10 +213,6 @@ pub async fn run(
                 let notifier = Arc::clone(&notifier);
                 tokio::spawn(async move { notifier.send(&event).await });
             }
-            metrics.table.show(table);
-            metrics.table_epoch.set(table.epoch as i64);
-            metrics.table_version.set(table.version as i64);
-            metrics.table_last_change.set((now_ms() / 1000) as i64);
             tracing::info!(
                 epoch = table.epoch,
                 version = table.version,
@@ -191,7 +220,7 @@ pub async fn run(
                 failover_in_progress = table.failover_in_progress,
                 "serving a new routing table"
             );
-            tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
+            publish(table);
         }
         views.send_replace(Some(Arc::new(view)));
     }

@@ -213,12 +213,6 @@ impl AppState {
         );
     }
 
-    /// The epoch and version of the table in force; 0 and 0 before the
-    /// first.
-    pub fn in_force(&self) -> (u64, u64) {
-        self.kept().unwrap_or((0, 0))
-    }
-
     /// The epoch and version of the table in force, if there is one (log
     /// lines leave the fields out when there is none).
     fn kept(&self) -> Option<(u64, u64)> {

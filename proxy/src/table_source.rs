@@ -159,8 +159,13 @@ pub async fn poll_control(
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let client: Client<_, Empty<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    // A connection per request: behind a load balancer that balances
+    // connections, the requests reach every control plane replica in turn
+    // (see `report_to_control`), and the proxy routes on the highest
+    // numbering of the table any of them serves.
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
     let source = format!("{url}/v1/table");
     let mut etag: Option<http::HeaderValue> = None;
     // Whether the table behind `etag` was admitted: a 304 for a rejected
@@ -333,13 +338,16 @@ fn bearer(token: &edgeroute_config::TokenFile) -> http::HeaderValue {
 /// This proxy's report: the table it routes on and what its probes measure.
 pub fn report(state: &AppState, id: &str) -> ProxyReport {
     let now = Instant::now();
-    let (epoch, version) = state.in_force();
+    let (epoch, version, routing) = state.router.load().as_ref().map_or((0, 0, None), |s| {
+        (s.epoch(), s.version(), Some(s.table.routing_digest()))
+    });
     let regions = &state.topology.regions;
     ProxyReport {
         id: id.to_owned(),
         region: regions[state.topology.local].name.to_string(),
         epoch,
         version,
+        routing,
         regions: regions
             .iter()
             .map(|r| {
@@ -381,6 +389,10 @@ fn id_of(host: &str, pid: u32) -> String {
 /// the control plane can confirm that every proxy moved to a new epoch and
 /// count the proxies' vote on each region's health. Failures are counted
 /// and retried on the next change or heartbeat; they never touch routing.
+/// Each report goes over a connection of its own: behind a load balancer
+/// that balances connections, the reports reach every control plane
+/// replica in turn, which is how replicas come to number the same table
+/// alike.
 pub async fn report_to_control(
     state: Arc<AppState>,
     url: String,
@@ -392,8 +404,9 @@ pub async fn report_to_control(
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let client: Client<_, Full<bytes::Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
+    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
     let target = format!("{url}/v1/report");
     let id = proxy_id();
     let mut last: Option<(ProxyReport, Instant)> = None;

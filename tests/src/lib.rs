@@ -2,6 +2,7 @@
 //! region they are and record what reached them, a proxy process started
 //! from a config, and an `eventually` helper that waits for a condition.
 
+pub mod balancer;
 pub mod control;
 pub mod dns;
 pub mod h2;

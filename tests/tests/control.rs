@@ -26,11 +26,16 @@ async fn proxy_with(
     ap: &Origin,
     table_options: &str,
 ) -> Proxy {
+    proxy_at(&cp.table_source(), us, eu, ap, table_options).await
+}
+
+/// A proxy with this `[table]` source and these extra options.
+async fn proxy_at(source: &str, us: &Origin, eu: &Origin, ap: &Origin, options: &str) -> Proxy {
     ProxyBuilder::new(US)
         .region(US, &[us.addr])
         .region(EU, &[eu.addr])
         .region(AP, &[ap.addr])
-        .extra(&format!("[table]\n{}{table_options}", cp.table_source()))
+        .extra(&format!("[table]\n{source}{options}"))
         .without_table_file()
         .start()
         .await
@@ -310,6 +315,80 @@ async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
         200
     );
     assert!(proxy.metric("edgeroute_table_age_seconds").await >= 0.0);
+}
+
+/// Two control plane replicas of one source behind one address (a load
+/// balancer of connections), the second started a second later with a
+/// higher first epoch: the proxy takes the higher numbering and refuses
+/// nothing; its reports reach both, and both come to serve one table. The
+/// replica of the higher numbering then goes away, and a change the other
+/// reads still reaches the proxy.
+#[tokio::test]
+async fn replicas_behind_one_address_come_to_serve_one_table() {
+    use edgeroute_tests::balancer::Balancer;
+    let (us, eu, ap) = origins().await;
+    let first = topology(Some(US), false, &all_up());
+    let a = ControlPlane::start(&first).await;
+    let a_epoch = a.table().await["epoch"].as_u64().expect("an epoch");
+    eventually(
+        "the clock passes the first replica's epoch",
+        WAIT,
+        || async {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.unwrap().as_secs() > a_epoch
+        },
+    )
+    .await;
+    let mut b = ControlPlane::start(&first).await;
+    let b_epoch = b.table().await["epoch"].as_u64().expect("an epoch");
+    assert!(b_epoch > a_epoch, "{b_epoch} after {a_epoch}");
+    let lb = Balancer::start(&[a.addr, b.addr]).await;
+    let source = a
+        .table_source()
+        .replace(&a.url(""), &format!("http://{}", lb.addr));
+    let options = "wait = \"5s\"\nreport_interval = \"200ms\"\n";
+    let proxy = proxy_at(&source, &us, &eu, &ap, options).await;
+    eventually(
+        "both replicas serve the table the proxy routes on",
+        WAIT,
+        || async {
+            let (ta, tb) = (a.table().await, b.table().await);
+            ta == tb && proxy.routing().await["table"]["epoch"] == ta["epoch"]
+        },
+    )
+    .await;
+    assert_eq!(a.table().await["epoch"], b_epoch, "the higher numbering");
+    assert!(
+        lb.relayed(0) > 0 && lb.relayed(1) > 0,
+        "both replicas were asked"
+    );
+    assert_eq!(stale_rejections(&proxy).await, [0.0, 0.0]);
+
+    b.kill();
+    a.set_topology(&topology(
+        Some(US),
+        false,
+        &[(US, 100, true), (EU, 0, true), (AP, 100, true)],
+    ));
+    eventually(
+        "the change the remaining replica read reaches the proxy",
+        WAIT,
+        || async { proxy.routing().await["regions"][1]["state"] == "draining" },
+    )
+    .await;
+    assert_eq!(stale_rejections(&proxy).await, [0.0, 0.0]);
+    assert_eq!(proxy.routing().await["table"]["epoch"], b_epoch);
+}
+
+/// The proxy's tables refused as `stale_epoch` and as `stale_version`.
+async fn stale_rejections(proxy: &Proxy) -> [f64; 2] {
+    let text = proxy.metrics().await;
+    ["stale_epoch", "stale_version"].map(|reason| {
+        edgeroute_tests::sample(
+            &text,
+            &format!("edgeroute_table_rejections_total{{reason=\"{reason}\"}}"),
+        )
+    })
 }
 
 /// A source that cannot be read is logged once per run of failures (each
