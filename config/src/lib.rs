@@ -37,7 +37,9 @@ pub use proxy::{
 };
 pub use report::{MAX_PROXY_ID, ProxyReport, RegionHealth};
 pub use secret::{TokenFile, read_secret, token, weak_token, writable_by_others};
-pub use table::{Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable};
+pub use table::{
+    Admission, MAX_TABLE_BYTES, RegionEntry, RegionState, Rejection, RoutingTable, is_digest,
+};
 pub use table_metrics::TableGauges;
 pub use tls::TlsFiles;
 pub use values::authority as is_authority;

@@ -83,10 +83,10 @@ impl ProxyReport {
             ));
         }
         if let Some(digest) = &report.routing
-            && (digest.len() != 16 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            && !crate::table::is_digest(digest)
         {
             return Err(format!(
-                "routing must be the table's digest, 16 hexadecimal digits, got {digest:?}"
+                "routing must be the table's digest, 16 lowercase hexadecimal digits, got {digest:?}"
             ));
         }
         if report.regions.len() > crate::MAX_REGIONS {
@@ -156,9 +156,10 @@ mod tests {
             "0123456789abcde",
             "0123456789abcdefa",
             "0123456789abcdeg",
+            "0123456789ABCDEF",
         ] {
             assert!(
-                said(&|r| r.routing = Some(digest.into())).contains("16 hexadecimal digits"),
+                said(&|r| r.routing = Some(digest.into())).contains("16 lowercase hexadecimal"),
                 "{digest:?}"
             );
         }

@@ -207,10 +207,16 @@ impl fmt::Display for Rejection {
     }
 }
 
+/// Whether `text` is written as [`RoutingTable::routing_digest`] writes
+/// a digest: 16 lowercase hexadecimal digits.
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 16 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// What a table says, its epoch and version aside (see
-/// [`RoutingTable::routes_as`]).
+/// [`RoutingTable::routing_digest`]).
 #[derive(PartialEq, Serialize)]
-struct Routing<'a> {
+struct Said<'a> {
     primary_region: Option<&'a str>,
     failover_in_progress: bool,
     regions: Vec<&'a RegionEntry>,
@@ -221,9 +227,13 @@ struct Routing<'a> {
 pub enum Admission {
     /// A new table to put in force.
     Accepted,
-    /// Says what the table in force says, under the same or lower
-    /// numbers; nothing to do.
+    /// The table in force itself (its regions in any order); nothing to
+    /// do.
     Unchanged,
+    /// Says what the table in force says, under lower numbers (another
+    /// control plane replica's numbering of it); nothing to do, and the
+    /// table in force keeps its numbers.
+    LowerNumbering,
 }
 
 impl RoutingTable {
@@ -353,39 +363,47 @@ impl RoutingTable {
     /// The same table, whatever the order its regions are listed in (a
     /// table written by hand and reordered says nothing new).
     fn same_content(&self, other: &RoutingTable) -> bool {
-        (self.epoch, self.version) == (other.epoch, other.version) && self.routes_as(other)
+        (self.epoch, self.version) == (other.epoch, other.version) && self.said() == other.said()
     }
 
     /// What the table says, its epoch and version aside: the primary,
     /// whether writes are held, and the regions in name order.
-    fn routing(&self) -> Routing<'_> {
+    fn said(&self) -> Said<'_> {
         let mut regions: Vec<&RegionEntry> = self.regions.iter().collect();
         regions.sort_by(|a, b| a.name.cmp(&b.name));
-        Routing {
+        Said {
             primary_region: self.primary_region.as_deref(),
             failover_in_progress: self.failover_in_progress,
             regions,
         }
     }
 
-    /// Whether `other` routes exactly as this table does (the same
-    /// primary, writes held or not, and the same regions with the same
-    /// states, weights and lags, in any order), whatever its epoch and
-    /// version.
+    /// Whether `other` routes exactly as this table does, whatever its
+    /// epoch and version: the same primary, writes held or not, and the
+    /// same regions in the same states at the same weights, in any order.
+    /// Replication lags, which the proxy shows but does not route by, may
+    /// differ.
     pub fn routes_as(&self, other: &RoutingTable) -> bool {
-        self.routing() == other.routing()
+        let (a, b) = (self.said(), other.said());
+        fn routed<'a>(r: &&'a RegionEntry) -> (&'a str, RegionState, u32) {
+            (&r.name, r.state, r.weight)
+        }
+        (a.primary_region, a.failover_in_progress) == (b.primary_region, b.failover_in_progress)
+            && a.regions
+                .iter()
+                .map(routed)
+                .eq(b.regions.iter().map(routed))
     }
 
-    /// A digest of what the table says, its epoch and version aside:
-    /// equal for two tables exactly when [`routes_as`] holds (but for a
-    /// collision of SHA-256's first 64 bits). Proxies report it, so that
-    /// a control plane replica can tell a table of another replica's
-    /// numbering that says what its own says.
-    ///
-    /// [`routes_as`]: RoutingTable::routes_as
+    /// A digest of what the table says, its epoch and version aside (lags
+    /// included; regions in any order): equal for two tables exactly when
+    /// they say the same, but for a collision of SHA-256's first 64 bits.
+    /// A proxy names it with the table it routes on, so that a control
+    /// plane replica can tell a table of another replica's numbering that
+    /// says what its own says; 16 lowercase hexadecimal digits.
     pub fn routing_digest(&self) -> String {
         use sha2::Digest;
-        let json = serde_json::to_vec(&self.routing()).unwrap_or_default();
+        let json = serde_json::to_vec(&self.said()).unwrap_or_default();
         sha2::Sha256::digest(&json)[..8]
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -416,11 +434,12 @@ impl RoutingTable {
         if self.same_content(cur) {
             return Ok(Admission::Unchanged);
         }
-        // Nothing new, under numbers no higher than those in force (the
-        // same table as another control plane replica numbers it, say):
-        // the table in force stays, and nothing is refused.
+        // Nothing new, under lower numbers than those in force (the same
+        // table as another control plane replica numbers it, say, maybe
+        // with lags read a moment apart): the table in force stays, and
+        // nothing is refused.
         if self.routes_as(cur) && (self.epoch, self.version) < (cur.epoch, cur.version) {
-            return Ok(Admission::Unchanged);
+            return Ok(Admission::LowerNumbering);
         }
         if self.epoch < cur.epoch {
             return Err(Rejection::StaleEpoch {
@@ -727,10 +746,25 @@ mod tests {
         // says (another replica's numbering), in any region order.
         let mut lower = table(1, 99, Some("us-east-1"));
         lower.regions.reverse();
-        assert_eq!(ok(&lower), Ok(Admission::Unchanged));
+        assert_eq!(ok(&lower), Ok(Admission::LowerNumbering));
         assert_eq!(
             ok(&table(2, 9, Some("us-east-1"))),
-            Ok(Admission::Unchanged)
+            Ok(Admission::LowerNumbering)
+        );
+        // Lags, which no request is routed by, may differ then (read by
+        // two replicas a moment apart); under the same numbers they may not.
+        let mut lagging = table(2, 9, Some("us-east-1"));
+        lagging.regions[0].replication_lag_ms = Some(120);
+        assert!(lagging.routes_as(&cur));
+        assert_ne!(lagging.routing_digest(), cur.routing_digest());
+        assert_eq!(ok(&lagging), Ok(Admission::LowerNumbering));
+        lagging.version = 10;
+        assert_eq!(
+            ok(&lagging),
+            Err(Rejection::StaleVersion {
+                got: 10,
+                current: 10
+            })
         );
         // Higher numbers for the same content are taken, so that proxies
         // of several replicas end on the highest numbering.
@@ -780,8 +814,7 @@ mod tests {
     fn the_routing_digest_leaves_out_the_numbers_and_the_order_alone() {
         let base = table(2, 10, Some("us-east-1"));
         let digest = base.routing_digest();
-        assert_eq!(digest.len(), 16);
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{digest}");
+        assert!(is_digest(&digest), "{digest}");
         let mut renumbered = table(7, 3, Some("us-east-1"));
         renumbered.regions.reverse();
         assert!(renumbered.routes_as(&base));
@@ -797,7 +830,8 @@ mod tests {
         for (i, change) in changes.iter().enumerate() {
             let mut t = base.clone();
             change(&mut t);
-            assert!(!t.routes_as(&base), "change {i}");
+            // A lag (the last change) is said, but not routed by.
+            assert_eq!(t.routes_as(&base), i == changes.len() - 1, "change {i}");
             assert_ne!(t.routing_digest(), digest, "change {i}");
         }
     }
@@ -978,16 +1012,22 @@ mod tests {
         #[test]
         fn epoch_in_force_never_goes_back(
             steps in proptest::collection::vec(
-                (0u64..6, 0u64..6, proptest::option::of(0usize..3), proptest::bool::ANY),
+                (
+                    (0u64..6, 0u64..6),
+                    proptest::option::of(0usize..3),
+                    proptest::bool::ANY,
+                    proptest::option::of(0u64..2),
+                ),
                 1..40,
             )
         ) {
             let mut in_force: Option<RoutingTable> = None;
-            for (epoch, version, primary, drained) in steps {
+            for ((epoch, version), primary, drained, lag) in steps {
                 let mut t = table(epoch, version, primary.map(|i| KNOWN[i]));
                 if drained {
                     t.regions[1].state = RegionState::Draining;
                 }
+                t.regions[0].replication_lag_ms = lag;
                 let admitted = t.admit(in_force.as_ref(), KNOWN);
                 // And the other way: a table that moves forward is taken
                 // (the first always; then a higher epoch, or the same
@@ -1000,10 +1040,20 @@ mod tests {
                 });
                 prop_assert_eq!(forward, admitted == Ok(Admission::Accepted), "{:?} over {:?}", t, in_force);
                 // A table that does not move forward is refused unless it
-                // says what the table in force says.
-                if !forward {
-                    let same = in_force.as_ref().is_some_and(|old| t.routes_as(old));
-                    prop_assert_eq!(same, admitted == Ok(Admission::Unchanged), "{:?} over {:?}", t, in_force);
+                // says what the table in force says: the very table, or a
+                // lower numbering of it.
+                if let (false, Some(old)) = (forward, &in_force) {
+                    let numbers = |t: &RoutingTable| (t.epoch, t.version);
+                    let expected = if numbers(&t) == numbers(old)
+                        && t.routing_digest() == old.routing_digest()
+                    {
+                        Some(Admission::Unchanged)
+                    } else if t.routes_as(old) && numbers(&t) < numbers(old) {
+                        Some(Admission::LowerNumbering)
+                    } else {
+                        None
+                    };
+                    prop_assert_eq!(expected, admitted.clone().ok(), "{:?} over {:?}", t, in_force);
                 }
                 if let Ok(Admission::Accepted) = admitted {
                     if let Some(old) = &in_force {

@@ -137,14 +137,16 @@ impl AppState {
                 .with_label_values(&[rejection.reason()])
                 .inc();
             let kept = self.kept();
-            // A replica behind the others: the likeliest cause of a
-            // lower epoch from a control plane.
-            let hint = if matches!(rejection, Rejection::StaleEpoch { .. })
-                && matches!(
-                    self.config.table,
-                    edgeroute_config::TableSource::Control { .. }
-                ) {
-                "; if several control plane replicas answer at this address, one that has not read the primary's move yet answers with the table before it until it does (its edgeroute_control_source_stale says whether it can read its source)"
+            // A replica behind the others: the likeliest cause of an
+            // older table from a control plane.
+            let hint = if matches!(
+                rejection,
+                Rejection::StaleEpoch { .. } | Rejection::StaleVersion { .. }
+            ) && matches!(
+                self.config.table,
+                edgeroute_config::TableSource::Control { .. }
+            ) {
+                "; if several control plane replicas answer at this address, one that has not read the change yet answers with the table before it until it does (within its poll_interval; its edgeroute_control_source_stale says whether it can read its source)"
             } else {
                 ""
             };

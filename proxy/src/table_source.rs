@@ -160,9 +160,9 @@ pub async fn poll_control(
     use hyper_util::rt::TokioExecutor;
 
     // A connection per request: behind a load balancer that balances
-    // connections, the requests reach every control plane replica in turn
-    // (see `report_to_control`), and the proxy routes on the highest
-    // numbering of the table any of them serves.
+    // connections, the requests reach every control plane replica in
+    // turn; the proxy routes on the highest numbering of the table any of
+    // them serves, and names it in If-None-Match to each, which takes it.
     let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
         .build(connector);
@@ -263,12 +263,18 @@ pub async fn poll_control(
                         Err(_) => Some(format!("the table's body took over {ANSWER_TIME:?}")),
                         Ok(Ok(body)) => {
                             // Rejections are logged and counted inside offer_table.
+                            use edgeroute_config::Admission;
                             let offered = state.offer_table(&body.to_bytes(), &source);
-                            changed = matches!(offered, Ok(edgeroute_config::Admission::Accepted));
-                            etag_admitted = offered.is_ok();
-                            // Wait for the next change either way, rather
-                            // than fetching a rejected table again at once.
-                            etag = tag;
+                            changed = matches!(offered, Ok(Admission::Accepted));
+                            if offered != Ok(Admission::LowerNumbering) {
+                                etag_admitted = offered.is_ok();
+                                // Wait for the next change either way, rather
+                                // than fetching a rejected table again at once.
+                                etag = tag;
+                            }
+                            // Else the next request still names the table in
+                            // force: a replica that numbers it lower takes
+                            // its numbering from the tag, and waits.
                             None
                         }
                         // Too large to be a table: rejected like one that
@@ -389,10 +395,6 @@ fn id_of(host: &str, pid: u32) -> String {
 /// the control plane can confirm that every proxy moved to a new epoch and
 /// count the proxies' vote on each region's health. Failures are counted
 /// and retried on the next change or heartbeat; they never touch routing.
-/// Each report goes over a connection of its own: behind a load balancer
-/// that balances connections, the reports reach every control plane
-/// replica in turn, which is how replicas come to number the same table
-/// alike.
 pub async fn report_to_control(
     state: Arc<AppState>,
     url: String,
@@ -404,9 +406,8 @@ pub async fn report_to_control(
     use hyper_util::client::legacy::Client;
     use hyper_util::rt::TokioExecutor;
 
-    let client: Client<_, Full<bytes::Bytes>> = Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector);
+    let client: Client<_, Full<bytes::Bytes>> =
+        Client::builder(TokioExecutor::new()).build(connector);
     let target = format!("{url}/v1/report");
     let id = proxy_id();
     let mut last: Option<(ProxyReport, Instant)> = None;

@@ -290,9 +290,7 @@ async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
     assert_eq!(proxy.table_version().await, Some(10));
     let log = proxy.log();
     assert!(
-        log.contains(
-            "one that has not read the primary's move yet answers with the table before it"
-        ),
+        log.contains("one that has not read the change yet answers with the table before it"),
         "{log}"
     );
 }
