@@ -142,8 +142,9 @@ impl Registry {
 }
 
 /// The proxies routing on an older table than `table`: under lower
-/// numbers, and saying something else (a proxy routing on `table` as
-/// another replica numbers it is not behind).
+/// numbers, unless on `table` itself as another replica numbers it in the
+/// same epoch (the same table in an earlier epoch is from before a writer
+/// move and back, whose writes the database fence refuses).
 pub fn behind<'a>(
     proxies: &'a [ProxyStatus],
     table: &RoutingTable,
@@ -151,7 +152,8 @@ pub fn behind<'a>(
     let current = (table.epoch, table.version);
     let digest = table.routing_digest();
     proxies.iter().filter(move |p| {
-        (p.report.epoch, p.report.version) < current && p.report.routing.as_ref() != Some(&digest)
+        (p.report.epoch, p.report.version) < current
+            && !(p.report.epoch == table.epoch && p.report.routing.as_ref() == Some(&digest))
     })
 }
 
@@ -233,25 +235,27 @@ mod tests {
         };
         let mut older = table.clone();
         older.primary_region = Some("us-east-1".into());
-        let status = |id: &str, epoch, routing: Option<&RoutingTable>| ProxyStatus {
+        let status = |id: &str, epoch, version, routing: Option<&RoutingTable>| ProxyStatus {
             report: ProxyReport {
                 routing: routing.map(RoutingTable::routing_digest),
-                version: epoch * 10,
+                version,
                 ..report(id, epoch, 2)
             },
             age_seconds: 0.0,
         };
         let proxies = [
-            status("old", 4, Some(&older)),
-            status("unsaid", 4, None),
-            status("renumbered", 4, Some(&table)),
-            status("current", 5, Some(&table)),
-            status("ahead", 6, Some(&older)),
+            status("old", 4, 40, Some(&older)),
+            status("unsaid", 5, 40, None),
+            status("renumbered", 5, 40, Some(&table)),
+            // The same table in an epoch before two writer moves.
+            status("before_moves", 3, 60, Some(&table)),
+            status("current", 5, 50, Some(&table)),
+            status("ahead", 6, 1, Some(&older)),
         ];
         let ids: Vec<&str> = behind(&proxies, &table)
             .map(|p| p.report.id.as_str())
             .collect();
-        assert_eq!(ids, ["old", "unsaid"]);
+        assert_eq!(ids, ["old", "unsaid", "before_moves"]);
     }
 
     #[test]

@@ -48,6 +48,35 @@ impl Published {
             routing,
         }
     }
+
+    /// The numbering an entity tag written by [`Published::new`] names
+    /// (weak or strong); `None` for any other tag.
+    pub fn numbering_of(tag: &str) -> Option<Numbering> {
+        let tag = tag.trim();
+        let opaque = tag.strip_prefix("W/").unwrap_or(tag);
+        let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
+        let mut parts = inner.splitn(3, '-');
+        let epoch = parts.next()?.parse().ok()?;
+        let version = parts.next()?.parse().ok()?;
+        let routing = parts.next()?;
+        edgeroute_config::is_digest(routing).then(|| Numbering {
+            epoch,
+            version,
+            routing: routing.to_owned(),
+        })
+    }
+
+    /// `n` numbers this table higher: the same table, as another replica
+    /// numbers it.
+    pub fn outnumbered_by(&self, n: &Numbering) -> bool {
+        n.routing == self.routing && (n.epoch, n.version) > (self.table.epoch, self.table.version)
+    }
+
+    /// `n` numbers this table, as high or higher: who holds it has
+    /// nothing to learn from this table.
+    fn held_by(&self, n: &Numbering) -> bool {
+        n.routing == self.routing && (n.epoch, n.version) >= (self.table.epoch, self.table.version)
+    }
 }
 
 pub struct ServerState {
@@ -549,7 +578,14 @@ async fn report(
     };
     match ProxyReport::from_json(&body) {
         Ok(r) => {
-            offer_numbering(state, &r);
+            if let Some(routing) = &r.routing {
+                let n = Numbering {
+                    epoch: r.epoch,
+                    version: r.version,
+                    routing: routing.clone(),
+                };
+                offer_numbering(state, n, &format_args!("the report of proxy {}", r.id));
+            }
             let recorded = state.registry.record(r, Instant::now());
             state.metrics.reports.with_label_values(&["accepted"]).inc();
             if recorded.forgot_live {
@@ -571,38 +607,33 @@ async fn report(
     }
 }
 
-/// Passes on a report's numbering of the table served when it is higher
+/// Passes on a proxy's numbering of the table served when it is higher
 /// than this replica's (another replica's, behind the same address):
 /// the source's task takes it (see [`crate::builder::Builder::adopt`]).
-/// A numbering beyond the clock is no replica's: it is not taken, and
-/// said (at most ten lines a second).
-fn offer_numbering(state: &ServerState, report: &ProxyReport) {
-    let Some(routing) = &report.routing else {
-        return;
-    };
-    let higher = state.table.borrow().as_ref().is_some_and(|p| {
-        &p.routing == routing && (report.epoch, report.version) > (p.table.epoch, p.table.version)
-    });
+/// `from` says where it came from, for the log. A numbering beyond the
+/// clock is no replica's: it is not taken, and said (at most ten lines a
+/// second).
+fn offer_numbering(state: &ServerState, n: Numbering, from: &dyn std::fmt::Display) {
+    let higher = state
+        .table
+        .borrow()
+        .as_ref()
+        .is_some_and(|p| p.outnumbered_by(&n));
     if !higher {
         return;
     }
-    let n = Numbering {
-        epoch: report.epoch,
-        version: report.version,
-        routing: routing.clone(),
-    };
     if !n.within_clock(crate::source::now_ms()) {
         if AHEAD_OF_CLOCK.take().is_some() {
             tracing::warn!(
-                proxy = %report.id,
+                from = %from,
                 epoch = n.epoch,
                 version = n.version,
-                "a proxy routes on this table under an epoch or version over a minute ahead of this control plane's clock: not taken (no replica hands such out; check the clocks, and the control planes this proxy was given)"
+                "a proxy routes on this table under an epoch or version more than two seconds ahead of this control plane's clock: not taken (no replica hands such out; check that the replicas' clocks agree, and the control planes this proxy was given)"
             );
         }
         return;
     }
-    // Full: the task is behind, and the proxies report again.
+    // Full: the task is behind, and the proxies ask and report again.
     let _ = state.numbering.try_send(n);
 }
 
@@ -626,6 +657,21 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
     };
     let mut rx = state.table.clone();
     let known: Option<IfNoneMatch> = req.headers().typed_get();
+    // The tables this server's replicas wrote that the request names: a
+    // proxy names the one it routes on, which may be another replica's
+    // numbering of this replica's table.
+    let held: Vec<Numbering> = req
+        .headers()
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .take(8)
+        .filter_map(Published::numbering_of)
+        .collect();
+    for n in &held {
+        offer_numbering(state, n.clone(), &"a table request's If-None-Match");
+    }
     let current = rx.borrow_and_update().clone();
     let Some(mut current) = current else {
         let mut resp = error(
@@ -637,7 +683,11 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
-    if names(known.as_ref(), &current.etag)
+    // The client has nothing to learn: it holds this table, or this
+    // table under a numbering this replica is taking up.
+    let nothing_new =
+        |p: &Published| names(known.as_ref(), &p.etag) || held.iter().any(|n| p.held_by(n));
+    if nothing_new(&current)
         && let Some(wait) = wait
     {
         // Long-poll: answer as soon as the table changes, or 304 at the deadline.
@@ -653,7 +703,7 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
                     if let Some(p) = rx.borrow_and_update().clone() {
                         current = p;
                     }
-                    if !names(known.as_ref(), &current.etag) {
+                    if !nothing_new(&current) {
                         break;
                     }
                 }
@@ -670,4 +720,53 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
     resp.headers_mut()
         .insert(header::ETAG, current.etag.clone());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_etag_names_its_tables_numbering_and_nothing_else_names_one() {
+        let table = RoutingTable {
+            epoch: 1_800_000_000,
+            version: 1_800_000_000_123,
+            primary_region: Some("us-east-1".into()),
+            failover_in_progress: false,
+            regions: Vec::new(),
+        };
+        let p = Published::new(table.clone());
+        let tag = p.etag.to_str().unwrap();
+        let n = Published::numbering_of(tag).expect("its own tag");
+        assert_eq!(
+            (n.epoch, n.version, n.routing.as_str()),
+            (table.epoch, table.version, p.routing.as_str())
+        );
+        assert_eq!(
+            Published::numbering_of(&format!(" W/{tag}")),
+            Some(n.clone())
+        );
+        assert!(!p.outnumbered_by(&n) && p.held_by(&n));
+        let higher = Numbering {
+            version: n.version + 1,
+            ..n.clone()
+        };
+        assert!(p.outnumbered_by(&higher) && p.held_by(&higher));
+        let other = Numbering {
+            routing: "0000000000000000".into(),
+            ..higher
+        };
+        assert!(!p.outnumbered_by(&other) && !p.held_by(&other));
+        for foreign in [
+            "*",
+            "\"5-17\"",
+            "5-17-0123456789abcdef",
+            "\"5-17-0123456789abcdeX\"",
+            "\"x-17-0123456789abcdef\"",
+            "\"5-17-0123456789abcdef0\"",
+            "\"5-17-0123456789ABCDEF\"",
+        ] {
+            assert_eq!(Published::numbering_of(foreign), None, "{foreign}");
+        }
+    }
 }

@@ -136,7 +136,7 @@ impl Source {
 /// automated failover); every table change that matters to people — the
 /// primary, writes held or open, a region's state or weight — is announced.
 /// Between reads, a higher numbering of the table served that proxies
-/// report (another replica's, see [`Builder::adopt`]) is taken.
+/// name (another replica's, see [`Builder::adopt`]) is taken.
 pub async fn run(
     source: Source,
     mut builder: Builder,
@@ -153,7 +153,6 @@ pub async fn run(
         metrics.table.show(table);
         metrics.table_epoch.set(table.epoch as i64);
         metrics.table_version.set(table.version as i64);
-        metrics.table_last_change.set((now_ms() / 1000) as i64);
         tx.send_replace(Some(Arc::new(Published::new(table.clone()))));
     };
     loop {
@@ -221,6 +220,7 @@ pub async fn run(
                 "serving a new routing table"
             );
             publish(table);
+            metrics.table_last_change.set((now_ms() / 1000) as i64);
         }
         views.send_replace(Some(Arc::new(view)));
     }
