@@ -41,9 +41,37 @@ pub struct Moto {
     _dir: tempfile::TempDir,
 }
 
+/// Why the emulator did not start.
+#[derive(Debug)]
+pub enum StartFailure {
+    /// The launcher exited (its port taken, moto missing).
+    Exited(String),
+    /// Anything else: it cannot be run, or was not up in time.
+    Other(String),
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartFailure::Exited(why) | StartFailure::Other(why) => f.write_str(why),
+        }
+    }
+}
+
 impl Moto {
+    /// On a free loopback port. A port free when picked can be taken
+    /// before the launcher binds it (by another test picking at the same
+    /// time): a launcher that exits is started again on another, twice
+    /// at most.
     pub async fn start() -> Moto {
-        Moto::start_at(free_addr(), FAILOVER_SECONDS).await
+        let mut tries = 0;
+        loop {
+            match Moto::try_start_at(free_addr(), FAILOVER_SECONDS).await {
+                Ok(moto) => return moto,
+                Err(StartFailure::Exited(_)) if tries < 2 => tries += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// On `addr` (loopback), with writer changes running `failover_seconds`.
@@ -61,14 +89,16 @@ impl Moto {
     pub async fn try_start_at(
         addr: std::net::SocketAddr,
         failover_seconds: &str,
-    ) -> Result<Moto, String> {
-        let dir = tempfile::tempdir().map_err(|e| format!("cannot make a temp folder: {e}"))?;
+    ) -> Result<Moto, StartFailure> {
+        let other = StartFailure::Other;
+        let dir =
+            tempfile::tempdir().map_err(|e| other(format!("cannot make a temp folder: {e}")))?;
         let log = dir.path().join("moto.log");
         let out = std::fs::File::create(&log)
-            .map_err(|e| format!("cannot write the emulator's log: {e}"))?;
+            .map_err(|e| other(format!("cannot write the emulator's log: {e}")))?;
         let err = out
             .try_clone()
-            .map_err(|e| format!("cannot write the emulator's log: {e}"))?;
+            .map_err(|e| other(format!("cannot write the emulator's log: {e}")))?;
         let launcher = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("moto/launcher.py");
         let python = python();
         let child = Command::new(&python)
@@ -83,10 +113,10 @@ impl Moto {
             .stderr(err)
             .spawn()
             .map_err(|e| {
-                format!(
+                other(format!(
                     "cannot run {} ({e}): set MOTO_PYTHON to the Python that has moto (scripts/emulator.sh installs it and prints its path)",
                     python.display()
-                )
+                ))
             })?;
         let mut moto = Moto {
             child,
@@ -99,14 +129,14 @@ impl Moto {
         loop {
             match moto.child.try_wait() {
                 Ok(Some(status)) => {
-                    return Err(format!(
+                    return Err(StartFailure::Exited(format!(
                         "the AWS API emulator exited with {status} (is {addr} taken, or moto missing from {}?):\n{}",
                         python.display(),
                         moto.log()
-                    ));
+                    )));
                 }
                 Ok(None) => {}
-                Err(e) => return Err(format!("cannot watch the AWS API emulator: {e}")),
+                Err(e) => return Err(other(format!("cannot watch the AWS API emulator: {e}"))),
             }
             if let Ok(r) = crate::client()
                 .get(format!("{}/edgeroute/pid", moto.endpoint))
@@ -118,10 +148,10 @@ impl Moto {
                 return Ok(moto);
             }
             if start.elapsed() > Duration::from_secs(60) {
-                return Err(format!(
+                return Err(other(format!(
                     "the AWS API emulator was not up after 60 s (MOTO_PYTHON must run Python itself, or exec it, so that the launcher is the process started):\n{}",
                     moto.log()
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -646,3 +646,26 @@ async fn a_writer_move_reaches_the_table_while_cloudwatch_hangs() {
     assert!(cp.log().contains("its last reading stands"), "{}", cp.log());
     moto.release(HELD).await;
 }
+
+/// A launcher whose port another process holds exits, and is told apart
+/// from one that does not come up, so that `Moto::start` picks another
+/// port rather than failing the test.
+#[tokio::test]
+async fn an_emulator_on_a_taken_port_is_said_to_have_exited() {
+    let holder = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = holder.local_addr().unwrap();
+    // Answers nothing: each connection is closed at once.
+    let held = tokio::spawn(async move {
+        while let Ok((conn, _)) = holder.accept().await {
+            drop(conn);
+        }
+    });
+    match Moto::try_start_at(addr, moto::FAILOVER_SECONDS).await {
+        Err(moto::StartFailure::Exited(why)) => {
+            assert!(why.contains(&format!("is {addr} taken")), "{why}")
+        }
+        Err(other) => panic!("not an exit: {other}"),
+        Ok(_) => panic!("started on a port another process holds"),
+    }
+    held.abort();
+}
