@@ -171,6 +171,10 @@ pub async fn poll_control(
     // Whether the table behind `etag` was admitted: a 304 for a rejected
     // table confirms nothing about the table in force.
     let mut etag_admitted = false;
+    // The tag the table in force came with: named again after an answer
+    // that numbers it lower, so that a replica behind one address with
+    // others takes up its numbering (README, "Several replicas").
+    let mut in_force_tag: Option<http::HeaderValue> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         let asked = tokio::time::Instant::now();
@@ -266,15 +270,24 @@ pub async fn poll_control(
                             use edgeroute_config::Admission;
                             let offered = state.offer_table(&body.to_bytes(), &source);
                             changed = matches!(offered, Ok(Admission::Accepted));
-                            if offered != Ok(Admission::LowerNumbering) {
-                                etag_admitted = offered.is_ok();
-                                // Wait for the next change either way, rather
-                                // than fetching a rejected table again at once.
-                                etag = tag;
+                            match offered {
+                                Ok(Admission::Accepted | Admission::Unchanged) => {
+                                    in_force_tag.clone_from(&tag);
+                                    etag_admitted = true;
+                                    etag = tag;
+                                }
+                                // The next request names the table in force.
+                                Ok(Admission::LowerNumbering) => {
+                                    etag_admitted = in_force_tag.is_some();
+                                    etag.clone_from(&in_force_tag);
+                                }
+                                // Wait for the next change, rather than
+                                // fetching a rejected table again at once.
+                                Err(_) => {
+                                    etag_admitted = false;
+                                    etag = tag;
+                                }
                             }
-                            // Else the next request still names the table in
-                            // force: a replica that numbers it lower takes
-                            // its numbering from the tag, and waits.
                             None
                         }
                         // Too large to be a table: rejected like one that

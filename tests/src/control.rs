@@ -577,6 +577,8 @@ pub struct ScriptedControl {
         std::sync::atomic::AtomicUsize,
         std::sync::atomic::AtomicUsize,
     )>,
+    /// Each table request's `If-None-Match`, in turn.
+    named: std::sync::Arc<std::sync::Mutex<Vec<Option<String>>>>,
     task: tokio::task::JoinHandle<()>,
     /// Holds the token file proxies are given (any token is taken).
     dir: tempfile::TempDir,
@@ -655,6 +657,11 @@ impl ScriptedControl {
         self.counts.1.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The `If-None-Match` of each table request so far, in turn.
+    pub fn named(&self) -> Vec<Option<String>> {
+        self.named.lock().expect("the requests' tags").clone()
+    }
+
     async fn serve(tables: Vec<bytes::Bytes>, script: Script) -> ScriptedControl {
         use http_body_util::Full;
         use hyper::service::service_fn;
@@ -667,12 +674,16 @@ impl ScriptedControl {
         let left = Arc::new(Mutex::new(std::collections::VecDeque::from(tables)));
         let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
         let (served, whole) = (Arc::clone(&counts), Arc::clone(&counts));
+        let named: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
+        let tags = Arc::clone(&named);
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let (left, counts) = (Arc::clone(&left), Arc::clone(&served));
+                let tags = Arc::clone(&tags);
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
                         let (left, counts) = (Arc::clone(&left), Arc::clone(&counts));
+                        let tags = Arc::clone(&tags);
                         async move {
                             let mut resp = http::Response::new(Full::new(bytes::Bytes::new()));
                             if req.method() == http::Method::POST {
@@ -689,7 +700,11 @@ impl ScriptedControl {
                                 *resp.body_mut() = Full::new(listing.to_string().into());
                                 return Ok(resp);
                             }
-                            let named = req.headers().contains_key(http::header::IF_NONE_MATCH);
+                            let tag = req.headers().get(http::header::IF_NONE_MATCH);
+                            tags.lock()
+                                .expect("the requests' tags")
+                                .push(tag.map(|t| t.to_str().unwrap_or("(not text)").to_owned()));
+                            let named = tag.is_some();
                             if !named {
                                 counts.1.fetch_add(1, SeqCst);
                             }
@@ -769,6 +784,7 @@ impl ScriptedControl {
         ScriptedControl {
             addr,
             counts: whole,
+            named,
             task,
             dir,
         }

@@ -296,14 +296,19 @@ async fn a_lower_epoch_from_a_control_plane_is_refused_with_the_likely_cause() {
 }
 
 /// The table in force under lower numbers (as another control plane
-/// replica numbers it) is no news and no rejection; under higher numbers
-/// it is taken, so that every proxy ends on the highest numbering.
+/// replica numbers it) is no news and no rejection, and the next request
+/// still names the table in force (even after a refused table), so that
+/// such a replica can take up its numbering; under higher numbers it is
+/// taken, so that every proxy ends on the highest numbering.
 #[tokio::test]
 async fn the_same_table_under_other_numbers_is_not_refused() {
     let us = Origin::start(US).await;
     let same = |epoch, version| table(epoch, version, Some(US), &[(US, "active")]);
     let control = ScriptedControl::start(vec![
         same(5, 10).to_string().into(),
+        table(4, 1, Some(US), &[(US, "draining")])
+            .to_string()
+            .into(),
         same(3, 20).to_string().into(),
         same(5, 9).to_string().into(),
         same(6, 1).to_string().into(),
@@ -317,13 +322,29 @@ async fn the_same_table_under_other_numbers_is_not_refused() {
     )
     .await;
     assert_eq!(proxy.table_version().await, Some(1));
-    for reason in ["stale_epoch", "stale_version"] {
-        assert_eq!(rejections(&proxy, reason).await, 0.0, "{reason}");
-    }
+    assert_eq!(
+        rejections(&proxy, "stale_epoch").await,
+        1.0,
+        "the other table"
+    );
+    assert_eq!(rejections(&proxy, "stale_version").await, 0.0);
     assert_eq!(
         proxy.metric("edgeroute_table_swaps_total").await,
         2.0,
         "the first table and the renumbered one"
+    );
+    // The scripted control plane tags its answers "0", "1", ... in turn.
+    eventually(
+        "the request after the renumbered table",
+        Duration::from_secs(10),
+        || async { control.named().len() >= 6 },
+    )
+    .await;
+    let tag = |t: &str| Some(format!("\"{t}\""));
+    assert_eq!(
+        control.named()[..6],
+        [None, tag("0"), tag("1"), tag("0"), tag("0"), tag("4")],
+        "each request names the table in force, or the one refused last"
     );
 }
 
