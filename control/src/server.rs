@@ -56,8 +56,13 @@ impl Published {
         let opaque = tag.strip_prefix("W/").unwrap_or(tag);
         let inner = opaque.strip_prefix('"')?.strip_suffix('"')?;
         let mut parts = inner.splitn(3, '-');
-        let epoch = parts.next()?.parse().ok()?;
-        let version = parts.next()?.parse().ok()?;
+        // As written: no sign, no leading zeros.
+        let number = |part: &str| {
+            let n: u64 = part.parse().ok()?;
+            (n.to_string() == part).then_some(n)
+        };
+        let epoch = number(parts.next()?)?;
+        let version = number(parts.next()?)?;
         let routing = parts.next()?;
         edgeroute_config::is_digest(routing).then(|| Numbering {
             epoch,
@@ -93,7 +98,8 @@ pub struct ServerState {
     pub automation: bool,
     /// Where a proxy's higher numbering of the table served goes (to the
     /// source's task, which owns the table's numbers).
-    pub numbering: tokio::sync::mpsc::Sender<Numbering>,
+    /// With who named it, for the log.
+    pub numbering: tokio::sync::mpsc::Sender<(Numbering, String)>,
 }
 
 /// At most ten lines a second for requests refused for want of the token
@@ -634,7 +640,7 @@ fn offer_numbering(state: &ServerState, n: Numbering, from: &dyn std::fmt::Displ
         return;
     }
     // Full: the task is behind, and the proxies ask and report again.
-    let _ = state.numbering.try_send(n);
+    let _ = state.numbering.try_send((n, from.to_string()));
 }
 
 /// Lines for numberings ahead of the clock.
@@ -670,7 +676,7 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
         .filter_map(Published::numbering_of)
         .collect();
     for n in &held {
-        offer_numbering(state, n.clone(), &"a table request's If-None-Match");
+        offer_numbering(state, n.clone(), &"a table request");
     }
     let current = rx.borrow_and_update().clone();
     let Some(mut current) = current else {
@@ -765,6 +771,8 @@ mod tests {
             "\"x-17-0123456789abcdef\"",
             "\"5-17-0123456789abcdef0\"",
             "\"5-17-0123456789ABCDEF\"",
+            "\"+5-17-0123456789abcdef\"",
+            "\"5-017-0123456789abcdef\"",
         ] {
             assert_eq!(Published::numbering_of(foreign), None, "{foreign}");
         }

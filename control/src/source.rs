@@ -142,7 +142,7 @@ pub async fn run(
     mut builder: Builder,
     tx: watch::Sender<Option<Arc<Published>>>,
     views: watch::Sender<Option<Arc<TopologyView>>>,
-    mut numbering: mpsc::Receiver<Numbering>,
+    mut numbering: mpsc::Receiver<(Numbering, String)>,
     notifier: Arc<Notifier>,
     metrics: Arc<ControlMetrics>,
 ) {
@@ -164,17 +164,18 @@ pub async fn run(
             // The highest of those waiting that this table can take.
             let mut renumbered = None;
             let mut next = Some(first);
-            while let Some(n) = next {
+            while let Some((n, named_by)) = next {
                 if let Some(table) = builder.adopt(&n, now_ms()) {
-                    renumbered = Some(table.clone());
+                    renumbered = Some((table.clone(), named_by));
                 }
                 next = numbering.try_recv().ok();
             }
-            if let Some(table) = renumbered {
+            if let Some((table, named_by)) = renumbered {
                 tracing::info!(
                     epoch = table.epoch,
                     version = table.version,
-                    "serving the same table under the higher numbering a proxy routes on (another control plane replica's)"
+                    named_by,
+                    "serving the same table under the higher numbering a proxy routes on (another control plane replica's numbering of it)"
                 );
                 publish(&table);
             }

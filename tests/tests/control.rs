@@ -397,8 +397,9 @@ async fn stale_rejections(proxy: &Proxy) -> [f64; 2] {
 /// A table request naming a higher numbering of the replica's own table
 /// (another replica's, as a proxy routing on it names it) is taken up:
 /// the request waits as a long poll does and ends in a 304 for that very
-/// tag, and the table is served under that numbering from then on. One
-/// more than two seconds ahead of the clock is not taken, and is logged.
+/// tag, and the table is served under that numbering from then on; a
+/// report naming one is taken up too. One more than two seconds ahead of
+/// the clock is not taken, and is logged.
 #[tokio::test]
 async fn a_replica_takes_up_the_numbering_a_table_request_names() {
     let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
@@ -436,9 +437,34 @@ async fn a_replica_takes_up_the_numbering_a_table_request_names() {
         (now["epoch"].as_u64(), now["version"].as_u64()),
         (Some(epoch + 1), Some(version + 1))
     );
+    let taken_up = |by: &str| {
+        cp.log().lines().any(|l| {
+            l.contains("serving the same table under the higher numbering")
+                && l.contains(&format!("named_by={by}"))
+        })
+    };
+    assert!(taken_up("\"a table request\""), "{}", cp.log());
+
+    // A proxy's report names it as well.
+    let report = serde_json::json!({
+        "id": "proxy-a/1", "region": US, "epoch": epoch + 2, "version": version + 2,
+        "routing": digest, "regions": [],
+    });
+    let posted = cp
+        .client()
+        .post(cp.url("/v1/report"))
+        .bearer_auth(TOKEN)
+        .json(&report)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 204);
+    eventually("the report's numbering is taken up", WAIT, || async {
+        cp.table().await["epoch"].as_u64() == Some(epoch + 2)
+    })
+    .await;
     assert!(
-        cp.log()
-            .contains("serving the same table under the higher numbering"),
+        taken_up("\"the report of proxy proxy-a/1\""),
         "{}",
         cp.log()
     );
@@ -446,7 +472,7 @@ async fn a_replica_takes_up_the_numbering_a_table_request_names() {
     let ahead = format!("\"{}-{}-{digest}\"", epoch + 3600, version + 1);
     let answer = ask(ahead).await.unwrap();
     assert_eq!(answer.status(), 200, "its own table, the wait over");
-    assert_eq!(cp.table().await["epoch"].as_u64(), Some(epoch + 1));
+    assert_eq!(cp.table().await["epoch"].as_u64(), Some(epoch + 2));
     eventually(
         "the numbering ahead of the clock is logged",
         WAIT,
