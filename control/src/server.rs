@@ -77,10 +77,13 @@ impl Published {
         n.routing == self.routing && (n.epoch, n.version) > (self.table.epoch, self.table.version)
     }
 
-    /// `n` numbers this table, as high or higher: who holds it has
-    /// nothing to learn from this table.
-    fn held_by(&self, n: &Numbering) -> bool {
-        n.routing == self.routing && (n.epoch, n.version) >= (self.table.epoch, self.table.version)
+    /// `n` is numbered as high as this table or higher, whatever it
+    /// says: who holds it has nothing to learn from this table (the same
+    /// table, which this replica takes up the numbering of, or a change
+    /// another replica has read and this one has not yet, which a proxy
+    /// holding it would refuse this table for).
+    fn no_newer_than(&self, n: &Numbering) -> bool {
+        (n.epoch, n.version) >= (self.table.epoch, self.table.version)
     }
 }
 
@@ -689,10 +692,12 @@ async fn table(state: &ServerState, req: &Request<Incoming>) -> Response<Full<By
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return resp;
     };
-    // The client has nothing to learn: it holds this table, or this
-    // table under a numbering this replica is taking up.
+    // The client has nothing to learn: it holds this table, or one
+    // numbered as high or higher (this table as another replica numbers
+    // it, or a change this replica has yet to read): it waits, for a
+    // change or the deadline.
     let nothing_new =
-        |p: &Published| names(known.as_ref(), &p.etag) || held.iter().any(|n| p.held_by(n));
+        |p: &Published| names(known.as_ref(), &p.etag) || held.iter().any(|n| p.no_newer_than(n));
     if nothing_new(&current)
         && let Some(wait) = wait
     {
@@ -752,17 +757,22 @@ mod tests {
             Published::numbering_of(&format!(" W/{tag}")),
             Some(n.clone())
         );
-        assert!(!p.outnumbered_by(&n) && p.held_by(&n));
+        assert!(!p.outnumbered_by(&n) && p.no_newer_than(&n));
         let higher = Numbering {
             version: n.version + 1,
             ..n.clone()
         };
-        assert!(p.outnumbered_by(&higher) && p.held_by(&higher));
+        assert!(p.outnumbered_by(&higher) && p.no_newer_than(&higher));
         let other = Numbering {
             routing: "0000000000000000".into(),
             ..higher
         };
-        assert!(!p.outnumbered_by(&other) && !p.held_by(&other));
+        assert!(!p.outnumbered_by(&other) && p.no_newer_than(&other));
+        let lower = Numbering {
+            epoch: n.epoch - 1,
+            ..other
+        };
+        assert!(!p.no_newer_than(&lower));
         for foreign in [
             "*",
             "\"5-17\"",

@@ -383,6 +383,51 @@ async fn replicas_behind_one_address_come_to_serve_one_table() {
     assert_eq!(proxy.routing().await["table"]["epoch"], b_epoch);
 }
 
+/// A request naming a table numbered higher than the replica's own,
+/// which says something else (a change another replica has read and this
+/// one has not yet), waits for this replica's next table rather than
+/// being answered with the one before the change, which the proxy would
+/// refuse.
+#[tokio::test]
+async fn a_request_naming_a_newer_table_waits_for_the_replica_to_read_the_change() {
+    // Read every 2 s: the change below is read after the request came.
+    let source = "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"2s\"\n";
+    let cp =
+        ControlPlane::start_with(Some(&topology(Some(US), false, &all_up())), source, &[]).await;
+    let own = cp.table().await;
+    let (epoch, version) = (
+        own["epoch"].as_u64().unwrap(),
+        own["version"].as_u64().unwrap(),
+    );
+    let newer = format!("\"{epoch}-{}-0123456789abcdef\"", version + 500);
+    let asked = cp
+        .client()
+        .get(cp.url("/v1/table?wait=30s"))
+        .bearer_auth(TOKEN)
+        .header("if-none-match", newer)
+        .send();
+    let drained = topology(
+        Some(US),
+        false,
+        &[(US, 100, true), (EU, 0, true), (AP, 100, true)],
+    );
+    cp.set_topology(&drained);
+    let answer = asked.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let table: serde_json::Value = answer.json().await.unwrap();
+    let eu = table["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == EU)
+        .cloned();
+    assert_eq!(
+        eu.unwrap()["state"],
+        "draining",
+        "the table after the change: {table}"
+    );
+}
+
 /// The proxy's tables refused as `stale_epoch` and as `stale_version`.
 async fn stale_rejections(proxy: &Proxy) -> [f64; 2] {
     let text = proxy.metrics().await;
