@@ -320,9 +320,10 @@ async fn with_the_control_plane_gone_the_proxy_keeps_its_last_table() {
 /// Two control plane replicas of one source behind one address (a load
 /// balancer of connections), the second started a second later with a
 /// higher first epoch: the proxy takes the higher numbering and refuses
-/// nothing; its reports reach both, and both come to serve one table. The
-/// replica of the higher numbering then goes away, and a change the other
-/// reads still reaches the proxy.
+/// nothing; its requests reach both, and both come to serve one table. A
+/// change one replica reads first is taken from it, and nothing of the
+/// other's is refused. The replica of the higher numbering then goes
+/// away, and a change the other reads still reaches the proxy.
 #[tokio::test]
 async fn replicas_behind_one_address_come_to_serve_one_table() {
     use edgeroute_tests::balancer::Balancer;
@@ -367,16 +368,39 @@ async fn replicas_behind_one_address_come_to_serve_one_table() {
     .await;
     assert_eq!(stale_rejections(&proxy).await, [0.0, 0.0]);
 
+    // A change one replica reads before the other: the proxy takes it
+    // from the first, and refuses nothing of the other's.
+    let routed = &proxy;
+    let state_of = |i: usize| async move { routed.routing().await["regions"][i]["state"].clone() };
+    let eu_drained = topology(
+        Some(US),
+        false,
+        &[(US, 100, true), (EU, 0, true), (AP, 100, true)],
+    );
+    b.set_topology(&eu_drained);
+    eventually(
+        "the proxy takes the change from the replica that read it",
+        WAIT,
+        || async { state_of(1).await == "draining" },
+    )
+    .await;
+    a.set_topology(&eu_drained);
+    eventually("both replicas serve one table again", WAIT, || async {
+        a.table().await == b.table().await
+    })
+    .await;
+    assert_eq!(stale_rejections(&proxy).await, [0.0, 0.0]);
+
     b.kill();
     a.set_topology(&topology(
         Some(US),
         false,
-        &[(US, 100, true), (EU, 0, true), (AP, 100, true)],
+        &[(US, 100, true), (EU, 0, true), (AP, 0, true)],
     ));
     eventually(
         "the change the remaining replica read reaches the proxy",
         WAIT,
-        || async { proxy.routing().await["regions"][1]["state"] == "draining" },
+        || async { state_of(2).await == "draining" },
     )
     .await;
     assert_eq!(stale_rejections(&proxy).await, [0.0, 0.0]);
