@@ -16,6 +16,9 @@ pub struct Snapshot {
     pub table: RoutingTable,
     /// `x-edgeroute-epoch`, formatted once.
     pub epoch_header: HeaderValue,
+    /// [`RoutingTable::routing_digest`], for the proxy's reports, computed
+    /// once.
+    pub routing_digest: String,
     /// Per configured region (topology order). Regions the table omits are down.
     pub states: Box<[RegionState]>,
     pub weights: Box<[u32]>,
@@ -45,6 +48,7 @@ impl Snapshot {
         let fallback = (0..n).filter(|&i| i != topology.local).collect();
         Snapshot {
             epoch_header: HeaderValue::from(table.epoch),
+            routing_digest: table.routing_digest(),
             failover_in_progress: table.failover_in_progress,
             states: states.into(),
             weights: weights.into(),

@@ -358,7 +358,7 @@ fn bearer(token: &edgeroute_config::TokenFile) -> http::HeaderValue {
 pub fn report(state: &AppState, id: &str) -> ProxyReport {
     let now = Instant::now();
     let (epoch, version, routing) = state.router.load().as_ref().map_or((0, 0, None), |s| {
-        (s.epoch(), s.version(), Some(s.table.routing_digest()))
+        (s.epoch(), s.version(), Some(s.routing_digest.clone()))
     });
     let regions = &state.topology.regions;
     ProxyReport {
