@@ -22,6 +22,12 @@ pub struct Numbering {
 }
 
 impl Numbering {
+    /// Numbers `table`, whose routing digest is `digest`, higher: the same
+    /// table as another replica numbers it.
+    pub fn outnumbers(&self, table: &RoutingTable, digest: &str) -> bool {
+        self.routing == digest && (self.epoch, self.version) > (table.epoch, table.version)
+    }
+
     /// Within the clock's reach at `now_ms`: no replica hands out more.
     pub fn within_clock(&self, now_ms: u64) -> bool {
         let reach = now_ms.saturating_add(CLOCK_SLACK_MS);
@@ -61,10 +67,7 @@ impl Builder {
     /// renumbered table.
     pub fn adopt(&mut self, n: &Numbering, now_ms: u64) -> Option<&RoutingTable> {
         let cur = self.current.as_mut()?;
-        if (n.epoch, n.version) <= (cur.epoch, cur.version)
-            || !n.within_clock(now_ms)
-            || n.routing != cur.routing_digest()
-        {
+        if !n.within_clock(now_ms) || !n.outnumbers(cur, &cur.routing_digest()) {
             return None;
         }
         cur.epoch = n.epoch;

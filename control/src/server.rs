@@ -74,7 +74,7 @@ impl Published {
     /// `n` numbers this table higher: the same table, as another replica
     /// numbers it.
     pub fn outnumbered_by(&self, n: &Numbering) -> bool {
-        n.routing == self.routing && (n.epoch, n.version) > (self.table.epoch, self.table.version)
+        n.outnumbers(&self.table, &self.routing)
     }
 
     /// `n` is numbered as high as this table or higher, whatever it
@@ -99,9 +99,9 @@ pub struct ServerState {
     pub proxy_max_age: Duration,
     pub history_file: PathBuf,
     pub automation: bool,
-    /// Where a proxy's higher numbering of the table served goes (to the
-    /// source's task, which owns the table's numbers).
-    /// With who named it, for the log.
+    /// Where a proxy's higher numbering of the table served goes, with
+    /// who named it for the log (to the source's task, which owns the
+    /// table's numbers).
     pub numbering: tokio::sync::mpsc::Sender<(Numbering, String)>,
 }
 
