@@ -133,6 +133,16 @@ pub fn topology(primary: Option<&str>, failover: bool, regions: &[(&str, u32, bo
     })
 }
 
+/// The entry of region `name` in a table's JSON; panics if it has none.
+pub fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
+    table["regions"]
+        .as_array()
+        .expect("a table's regions")
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no region {name} in {table}"))
+}
+
 impl ControlPlane {
     /// With a file source holding `initial`.
     pub async fn start(initial: &Value) -> ControlPlane {

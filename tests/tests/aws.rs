@@ -1,7 +1,7 @@
 //! The control plane against a real AWS API (moto in server mode, with our
 //! launcher's patches): real SDK calls over HTTP, three regions.
 
-use edgeroute_tests::control::ControlPlane;
+use edgeroute_tests::control::{ControlPlane, region};
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
 use edgeroute_tests::{Origin, ProxyBuilder, eventually};
 use serde_json::Value;
@@ -48,15 +48,6 @@ fn region_names(table: &Value) -> Vec<&str> {
         .iter()
         .filter_map(|r| r["name"].as_str())
         .collect()
-}
-
-fn region<'a>(table: &'a Value, name: &str) -> &'a Value {
-    table["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == name)
-        .unwrap()
 }
 
 #[tokio::test]

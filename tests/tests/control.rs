@@ -1,7 +1,7 @@
 //! The control plane builds the table from its source and serves it; proxies
 //! long-poll it, follow it, and keep their last table when it is gone.
 
-use edgeroute_tests::control::{ControlPlane, TOKEN, certificate_der, topology};
+use edgeroute_tests::control::{ControlPlane, TOKEN, certificate_der, region, topology};
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually, half_head_is_closed};
 use std::time::{Duration, Instant};
 
@@ -439,14 +439,8 @@ async fn a_request_naming_a_newer_table_waits_for_the_replica_to_read_the_change
     let answer = asked.await.unwrap();
     assert_eq!(answer.status(), 200);
     let table: serde_json::Value = answer.json().await.unwrap();
-    let eu = table["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == EU)
-        .cloned();
     assert_eq!(
-        eu.unwrap()["state"],
+        region(&table, EU)["state"],
         "draining",
         "the table after the change: {table}"
     );
@@ -757,14 +751,7 @@ async fn table_requests_need_the_token_and_support_etags_and_long_polls() {
     assert_eq!(resp.status(), 200);
     assert_ne!(resp.headers()["etag"], etag);
     let table: serde_json::Value = resp.json().await.unwrap();
-    let eu = table["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["name"] == EU)
-        .unwrap()
-        .clone();
-    assert_eq!(eu["state"], "draining");
+    assert_eq!(region(&table, EU)["state"], "draining");
     assert_eq!(c.get(cp.url("/health")).send().await.unwrap().status(), 200);
 }
 
