@@ -146,7 +146,7 @@ impl AppState {
                 self.config.table,
                 edgeroute_config::TableSource::Control { .. }
             ) {
-                "; if several control plane replicas answer at this address, one that has not read the change yet answers with the table before it until it does (within its poll_interval; its edgeroute_control_source_stale says whether it can read its source)"
+                "; if several control plane replicas answer at this address, one that has not read the change yet answers with the table before it until it does (after a request naming a newer table has waited a whole table.wait for it: one still behind then cannot read its source, see its edgeroute_control_source_stale, or reads another view)"
             } else {
                 ""
             };
