@@ -34,6 +34,7 @@ struct RawActions {
     timeout: String,
     proxy_max_age: String,
     control_url: String,
+    replica_urls: Vec<String>,
     ca_file: String,
     client_tls: Option<crate::tls::RawTls>,
 }
@@ -45,6 +46,7 @@ impl Default for RawActions {
             timeout: "15m".into(),
             proxy_max_age: "30s".into(),
             control_url: String::new(),
+            replica_urls: Vec::new(),
             ca_file: String::new(),
             client_tls: None,
         }
@@ -219,6 +221,10 @@ pub struct ActionsConfig {
     /// `https://localhost` when the server has TLS and listens on a
     /// wildcard, 127.0.0.1 or ::1).
     pub control_url: String,
+    /// Every replica's own URL, when several run (empty: one control
+    /// plane). Each proxy reports to one replica, so the commands read the
+    /// proxies, and the table each replica serves, from every one of them.
+    pub replica_urls: Vec<String>,
     /// The CA certificates (PEM) that sign an `https://` control plane's
     /// certificate; the system's CAs when `None`.
     pub ca_file: Option<PathBuf>,
@@ -586,6 +592,7 @@ impl RawActions {
             }
             self.control_url.trim_end_matches('/').to_owned()
         };
+        let replica_urls = self.replica_urls(e, &control_url);
         let ca_file = (!self.ca_file.is_empty()).then(|| {
             let https = control_url.starts_with("https://");
             crate::tls::ca_file(e, base, "actions.ca_file", &self.ca_file, https, || {
@@ -621,9 +628,43 @@ impl RawActions {
                 &self.proxy_max_age,
             ),
             control_url,
+            replica_urls,
             client_tls,
             ca_file,
         }
+    }
+
+    /// `replica_urls`, each as a base URL of the same scheme as
+    /// `control_url` (the replicas of one control plane answer alike, and
+    /// the commands' TLS settings serve them all), listed once each.
+    fn replica_urls(&self, e: &mut FieldErrors, control_url: &str) -> Vec<String> {
+        let scheme = if control_url.starts_with("https://") {
+            "https://"
+        } else {
+            "http://"
+        };
+        let mut urls: Vec<String> = Vec::with_capacity(self.replica_urls.len());
+        for (i, raw) in self.replica_urls.iter().enumerate() {
+            let field = format!("actions.replica_urls[{i}]");
+            let url = raw.trim_end_matches('/');
+            let host = url.strip_prefix(scheme).unwrap_or_default();
+            if host.is_empty() || host.starts_with('/') {
+                e.push(
+                    &field,
+                    format!(
+                        "must be one replica's base URL, {scheme} as actions.control_url {control_url:?} is, such as \"{scheme}edgeroute-control-0.edgeroute-control:9080\", got {raw:?}"
+                    ),
+                );
+            } else if urls.iter().any(|u| u == url) {
+                e.push(
+                    &field,
+                    format!("lists {raw:?} a second time: give each replica's URL once"),
+                );
+            } else {
+                urls.push(url.to_owned());
+            }
+        }
+        urls
     }
 }
 
@@ -991,6 +1032,47 @@ mod tests {
                 .any(|e| e.path == "actions.timeout" && e.message.contains("at least 5s")),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn replica_urls_share_the_control_urls_scheme_and_are_listed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = "[server]\ntoken_file = \"token\"\n";
+        let c = with(dir.path(), server).unwrap();
+        assert!(c.actions.replica_urls.is_empty());
+        let c = with(
+            dir.path(),
+            &format!(
+                "{server}[actions]\nreplica_urls = [\"http://10.0.1.5:9080/\", \"http://10.0.2.5:9080\"]\n"
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            c.actions.replica_urls,
+            ["http://10.0.1.5:9080", "http://10.0.2.5:9080"]
+        );
+        let Err(ControlConfigError::Invalid { errors, .. }) = with(
+            dir.path(),
+            &format!(
+                "{server}[actions]\nreplica_urls = [\"https://10.0.1.5:9443\", \"10.0.2.5:9080\", \"http://\", \"http://a:1\", \"http://a:1/\"]\n"
+            ),
+        ) else {
+            panic!("bad replica URLs were accepted")
+        };
+        let said: Vec<(&str, &str)> = errors
+            .iter()
+            .map(|e| (e.path.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(said.len(), 4, "{errors}");
+        for (i, (path, message)) in said[..3].iter().enumerate() {
+            assert_eq!(*path, format!("actions.replica_urls[{i}]"));
+            assert!(
+                message.contains("http:// as actions.control_url \"http://127.0.0.1:9080\" is"),
+                "{message}"
+            );
+        }
+        assert_eq!(said[3].0, "actions.replica_urls[4]");
+        assert!(said[3].1.contains("a second time"), "{}", said[3].1);
     }
 
     /// A control config of `extra` lines after a file source, loaded
