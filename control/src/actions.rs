@@ -10,7 +10,7 @@ use crate::aws::SavedRecord;
 use crate::aws::{AwsSource, AwsState, FailoverInfo, Member};
 use crate::history::{History, Kind, Operation, Step};
 use crate::notify::{Event, Notifier};
-use crate::registry::{ProxyStatus, Registry, behind};
+use crate::registry::{ProxyStatus, Registry, Replica, Reporting};
 use crate::server::Published;
 use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
@@ -26,6 +26,8 @@ pub enum ControlView {
     Http {
         client: reqwest::Client,
         url: String,
+        /// Every replica's own URL when several run (empty: one).
+        replicas: Vec<String>,
         token: String,
     },
     /// This process's own table and registry (automated failover).
@@ -37,10 +39,12 @@ pub enum ControlView {
 }
 
 impl ControlView {
-    /// The control plane at `url`; `tls`, the client's TLS settings for an
+    /// The control plane at `url`, and its replicas at `replicas` (see
+    /// `actions.replica_urls`); `tls`, the client's TLS settings for an
     /// `https://` one (see [`edgeroute_config::tls::client_config`]).
     pub fn http(
         url: &str,
+        replicas: &[String],
         token: &str,
         tls: Option<rustls::ClientConfig>,
     ) -> anyhow::Result<ControlView> {
@@ -53,6 +57,7 @@ impl ControlView {
         Ok(ControlView::Http {
             client: client.build()?,
             url: url.to_owned(),
+            replicas: replicas.to_vec(),
             token: token.to_owned(),
         })
     }
@@ -64,10 +69,31 @@ impl ControlView {
         }
     }
 
-    /// An authenticated GET; the error carries the status when there was one.
-    async fn get(&self, path: &str) -> Result<reqwest::Response, (Option<u16>, String)> {
-        let ControlView::Http { client, url, token } = self else {
+    /// Where the proxies are read from, for the confirmation of a change.
+    fn describe_proxies(&self) -> String {
+        match self {
+            ControlView::Http { replicas, .. } if !replicas.is_empty() => {
+                format!("the {} replicas in actions.replica_urls", replicas.len())
+            }
+            _ => self.describe(),
+        }
+    }
+
+    /// An authenticated GET of the control plane or replica at `url`, set
+    /// by `field`; the error carries the status when there was one.
+    async fn get_at(
+        &self,
+        url: &str,
+        field: &str,
+        path: &str,
+    ) -> Result<reqwest::Response, (Option<u16>, String)> {
+        let ControlView::Http { client, token, .. } = self else {
             return Err((None, "not an HTTP view".into()));
+        };
+        let who = if field == "actions.control_url" {
+            format!("the control plane at {url}")
+        } else {
+            format!("the replica at {url}")
         };
         let resp = client
             .get(format!("{url}{path}"))
@@ -79,22 +105,24 @@ impl ControlView {
                     &e,
                     edgeroute_config::tls::ClientFields {
                         ca: "actions.ca_file",
-                        url: "actions.control_url",
+                        url: field,
                         client_tls: "actions.client_tls",
                         https: url.starts_with("https://"),
                     },
                 );
-                let advice = if advice.is_empty() {
+                let advice = if !advice.is_empty() {
+                    advice
+                } else if field == "actions.control_url" {
                     " (start the control plane, or set actions.control_url to where it runs)"
                         .to_owned()
                 } else {
-                    advice
+                    " (start it again, or take it out of actions.replica_urls once it is gone for good)"
+                        .to_owned()
                 };
                 (
                     None,
                     format!(
-                        "cannot reach {}: {}{}",
-                        self.describe(),
+                        "cannot reach {who}: {}{}",
                         edgeroute_config::error_chain(&e.without_url()),
                         advice
                     ),
@@ -105,17 +133,13 @@ impl ControlView {
             return Ok(resp);
         }
         let message = if status == reqwest::StatusCode::UNAUTHORIZED {
-            format!(
-                "{} refused the token (server.token_file or EDGEROUTE_CONTROL_TOKEN)",
-                self.describe()
-            )
+            format!("{who} refused the token (server.token_file or EDGEROUTE_CONTROL_TOKEN)")
         } else if status == reqwest::StatusCode::NOT_FOUND {
             format!(
-                "{} answered {status} for {path}: actions.control_url may name something other than an edgeroute control plane",
-                self.describe()
+                "{who} answered {status} for {path}: {field} may name something other than an edgeroute control plane"
             )
         } else {
-            format!("{} answered {status} for {path}", self.describe())
+            format!("{who} answered {status} for {path}")
         };
         Err((Some(status.as_u16()), message))
     }
@@ -126,12 +150,27 @@ impl ControlView {
         path: &str,
         what: &str,
     ) -> Result<T, String> {
-        self.get(path)
+        let ControlView::Http { url, .. } = self else {
+            return Err("not an HTTP view".into());
+        };
+        self.get_json_at(url, "actions.control_url", path, what)
+            .await
+    }
+
+    /// [`ControlView::get_json`] of the control plane or replica at `url`.
+    async fn get_json_at<T: serde::de::DeserializeOwned>(
+        &self,
+        url: &str,
+        field: &str,
+        path: &str,
+        what: &str,
+    ) -> Result<T, String> {
+        self.get_at(url, field, path)
             .await
             .map_err(|(_, e)| e)?
             .json()
             .await
-            .map_err(|e| format!("{} sent no {what}: {e}", self.describe()))
+            .map_err(|e| format!("{url} sent no {what}: {e}"))
     }
 
     /// The table served now; `None` before the first.
@@ -140,16 +179,22 @@ impl ControlView {
             ControlView::Local { table, .. } => {
                 Ok(table.borrow().as_ref().map(|p| p.table.clone()))
             }
-            ControlView::Http { .. } => match self.get("/v1/table").await {
-                Ok(resp) => resp
-                    .json()
-                    .await
-                    .map(Some)
-                    .map_err(|e| format!("{} sent no table: {e}", self.describe())),
-                // 503 before the control plane built its first table.
-                Err((Some(503), _)) => Ok(None),
-                Err((_, e)) => Err(e),
-            },
+            ControlView::Http { url, .. } => self.table_at(url, "actions.control_url").await,
+        }
+    }
+
+    /// The table the control plane or replica at `url` serves; `None`
+    /// before its first.
+    async fn table_at(&self, url: &str, field: &str) -> Result<Option<RoutingTable>, String> {
+        match self.get_at(url, field, "/v1/table").await {
+            Ok(resp) => resp
+                .json()
+                .await
+                .map(Some)
+                .map_err(|e| format!("{url} sent no table: {e}")),
+            // 503 before the control plane built its first table.
+            Err((Some(503), _)) => Ok(None),
+            Err((_, e)) => Err(e),
         }
     }
 
@@ -172,19 +217,60 @@ impl ControlView {
         }
     }
 
-    /// The proxies that reported recently.
+    /// The proxies that reported recently, once each.
     pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, String> {
+        Ok(self.reporting().await?.proxies())
+    }
+
+    /// The proxies that reported recently: the control plane's, or, with
+    /// `actions.replica_urls`, every replica's with the table it serves
+    /// (all asked at once). A replica that cannot be read makes it an
+    /// error: the proxies that report to it would go unseen.
+    pub async fn reporting(&self) -> Result<Reporting, String> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            proxies: Vec<ProxyStatus>,
+        }
+        let listing = |url: &str, field: &'static str| {
+            let url = url.to_owned();
+            async move {
+                self.get_json_at::<Listing>(&url, field, "/v1/proxies", "proxy list")
+                    .await
+                    .map(|l| l.proxies)
+            }
+        };
         match self {
             ControlView::Local {
                 registry, max_age, ..
-            } => Ok(registry.fresh(*max_age, Instant::now())),
-            ControlView::Http { .. } => {
-                #[derive(serde::Deserialize)]
-                struct Listing {
-                    proxies: Vec<ProxyStatus>,
+            } => Ok(Reporting::One(registry.fresh(*max_age, Instant::now()))),
+            ControlView::Http { url, replicas, .. } if replicas.is_empty() => {
+                Ok(Reporting::One(listing(url, "actions.control_url").await?))
+            }
+            ControlView::Http { replicas, .. } => {
+                let field = "actions.replica_urls";
+                let asked = futures_util::future::join_all(replicas.iter().map(|url| async move {
+                    let (table, proxies) =
+                        tokio::join!(self.table_at(url, field), listing(url, field));
+                    Ok::<_, String>(Replica {
+                        url: url.clone(),
+                        table: table?,
+                        proxies: proxies?,
+                    })
+                }))
+                .await;
+                let (read, failed): (Vec<_>, Vec<_>) = asked.into_iter().partition(Result::is_ok);
+                if !failed.is_empty() {
+                    let why: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+                    return Err(format!(
+                        "{} of {} replicas could not be read, and each proxy reports to one replica: {}",
+                        why.len(),
+                        replicas.len(),
+                        why.join("; ")
+                    ));
                 }
-                let listing: Listing = self.get_json("/v1/proxies", "proxy list").await?;
-                Ok(listing.proxies)
+                Ok(Reporting::Replicas(
+                    read.into_iter().filter_map(Result::ok).collect(),
+                ))
             }
         }
     }
@@ -415,7 +501,7 @@ fn writes(t: &RoutingTable) -> String {
 pub fn describe(
     aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
     table: Result<Option<&RoutingTable>, &str>,
-    proxies: Result<&[ProxyStatus], &str>,
+    proxies: Result<&Reporting, &str>,
     history: Result<&History, &str>,
 ) -> String {
     let mut s = String::new();
@@ -483,14 +569,40 @@ fn describe_aws(
     }
 }
 
+/// With replicas, a line for each: the proxies reporting to it and the
+/// table it serves, against `served`.
+fn describe_replicas(s: &mut String, reporting: &Reporting, served: &RoutingTable) {
+    let Reporting::Replicas(replicas) = reporting else {
+        return;
+    };
+    for r in replicas {
+        let table = match &r.table {
+            None => "no table yet".to_owned(),
+            Some(t) if t.routes_as(served) => format!("epoch {} version {}", t.epoch, t.version),
+            Some(t) => format!(
+                "epoch {} version {}, ANOTHER TABLE than the one above (a change one of them has not read yet)",
+                t.epoch, t.version
+            ),
+        };
+        let _ = writeln!(
+            s,
+            "  replica {}: {} reporting, serves {table}",
+            r.url,
+            r.proxies.len()
+        );
+    }
+}
+
 /// The control plane's part of [`describe`]: its table, the proxies, the
 /// last failover and drill.
 fn describe_control(
     s: &mut String,
     table: Result<Option<&RoutingTable>, &str>,
-    proxies: Result<&[ProxyStatus], &str>,
+    reporting: Result<&Reporting, &str>,
     history: Result<&History, &str>,
 ) {
+    let listed = reporting.map(Reporting::proxies);
+    let proxies = listed.as_deref();
     match table {
         Ok(Some(t)) => {
             let _ = writeln!(
@@ -510,14 +622,15 @@ fn describe_control(
             if !drained.is_empty() {
                 let _ = writeln!(s, "  not active: {}", drained.join(", "));
             }
-            if let Ok(p) = proxies {
-                let behind = behind(p, t).count();
+            if let (Ok(p), Ok(reporting)) = (proxies, reporting) {
+                let behind = reporting.behind(t).len();
                 let _ = writeln!(
                     s,
                     "proxies reporting: {} ({} on the table served, {behind} behind)",
                     p.len(),
                     p.len() - behind
                 );
+                describe_replicas(s, reporting, t);
                 for r in &t.regions {
                     let cut_off = cut_off_from(p, &r.name);
                     if !cut_off.is_empty() {
@@ -594,7 +707,7 @@ pub async fn describe_now(
     aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
 ) -> (String, Vec<String>) {
     let table = control.table().await;
-    let proxies = control.proxies().await;
+    let proxies = control.reporting().await;
     let history = History::load(history_file);
     // Asked only of a control plane that serves a table.
     let stale = match &table {
@@ -628,7 +741,7 @@ pub async fn describe_now(
     let mut text = describe(
         aws,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
-        proxies.as_deref().map_err(String::as_str),
+        proxies.as_ref().map_err(String::as_str),
         history.as_ref().map_err(String::as_str),
     );
     if stale {
@@ -970,7 +1083,10 @@ impl Runner {
                 self.control.describe(),
                 plan.to.region
             ),
-            "wait until every proxy reporting to it routes on that epoch".into(),
+            format!(
+                "wait until every proxy reporting to {} routes on that epoch",
+                self.control.describe_proxies()
+            ),
         ]
     }
 
@@ -1074,7 +1190,9 @@ impl Runner {
         if can_wait {
             History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
-        let proxies = self.control.proxies().await?;
+        let proxies = self.control.proxies().await.map_err(|e| {
+            format!("{e}; a change could not be followed to every proxy, so none was made")
+        })?;
         Ok(Before {
             table,
             proxies: proxies.into_iter().map(|p| p.report.id).collect(),
@@ -1285,16 +1403,23 @@ impl Runner {
         let mut last: String;
         let mut others_done_at: Option<Instant> = None;
         loop {
-            match self.control.proxies().await {
-                Ok(p) => {
-                    let lagging: Vec<String> = behind(&p, table)
-                        .map(|p| {
-                            format!(
-                                "{} ({}, epoch {})",
-                                p.report.id, p.report.region, p.report.epoch
-                            )
+            match self.control.reporting().await {
+                Ok(reporting) => {
+                    let lagging: Vec<String> = reporting
+                        .behind(table)
+                        .iter()
+                        .map(|l| {
+                            let p = &l.proxy.report;
+                            match l.replica_without {
+                                None => format!("{} ({}, epoch {})", p.id, p.region, p.epoch),
+                                Some(replica) => format!(
+                                    "{} ({}, epoch {}; its replica {replica} does not serve the change yet)",
+                                    p.id, p.region, p.epoch
+                                ),
+                            }
                         })
                         .collect();
+                    let p = reporting.proxies();
                     let gone: Vec<&str> = before
                         .proxies
                         .iter()
@@ -1303,7 +1428,7 @@ impl Runner {
                         .collect();
                     if lagging.is_empty() && gone.is_empty() {
                         let detail = if p.is_empty() {
-                            format!("no proxy reports to {}", self.control.describe())
+                            format!("no proxy reports to {}", self.control.describe_proxies())
                         } else {
                             format!(
                                 "{} of {} proxies route on epoch {} version {} (every proxy reporting to {})",
@@ -1311,7 +1436,7 @@ impl Runner {
                                 p.len(),
                                 table.epoch,
                                 table.version,
-                                self.control.describe()
+                                self.control.describe_proxies()
                             )
                         };
                         tl.step("proxies confirmed", detail);
@@ -1769,7 +1894,10 @@ impl Runner {
                 "wait until {} serves a table with {region} at weight {table_weight}",
                 self.control.describe()
             ),
-            "wait until every proxy reporting to it routes on that table".into(),
+            format!(
+                "wait until every proxy reporting to {} routes on that table",
+                self.control.describe_proxies()
+            ),
         ];
         if dry_run {
             self.dry_run(state, &summary, &steps).await;
@@ -2002,7 +2130,12 @@ mod tests {
                 region("eu-west-1"),
             ],
         };
-        let text = super::describe(Ok((&view, false, None)), Ok(None), Ok(&[]), Ok(&history));
+        let text = super::describe(
+            Ok((&view, false, None)),
+            Ok(None),
+            Ok(&super::Reporting::One(Vec::new())),
+            Ok(&history),
+        );
         let listed: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())

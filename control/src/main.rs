@@ -372,6 +372,7 @@ fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     let token = read_token(cfg.server.token_file.as_deref())?;
     ControlView::http(
         &cfg.actions.control_url,
+        &cfg.actions.replica_urls,
         &token.current(),
         commands_tls(cfg, commands_identity(cfg)?)?,
     )

@@ -149,12 +149,113 @@ pub fn behind<'a>(
     proxies: &'a [ProxyStatus],
     table: &RoutingTable,
 ) -> impl Iterator<Item = &'a ProxyStatus> {
-    let current = (table.epoch, table.version);
     let digest = table.routing_digest();
-    proxies.iter().filter(move |p| {
-        (p.report.epoch, p.report.version) < current
-            && !(p.report.epoch == table.epoch && p.report.routing.as_ref() == Some(&digest))
-    })
+    proxies
+        .iter()
+        .filter(move |p| routes_before(p, table, &digest))
+}
+
+/// [`behind`] for one proxy; `digest`, `table`'s.
+fn routes_before(p: &ProxyStatus, table: &RoutingTable, digest: &str) -> bool {
+    (p.report.epoch, p.report.version) < (table.epoch, table.version)
+        && !(p.report.epoch == table.epoch && p.report.routing.as_deref() == Some(digest))
+}
+
+/// The proxies that report to a control plane, or to each of its replicas
+/// (a proxy reports to one replica at a time), as the commands read them.
+#[derive(Debug, Clone)]
+pub enum Reporting {
+    /// One control plane's.
+    One(Vec<ProxyStatus>),
+    /// Each replica's, with the table it serves.
+    Replicas(Vec<Replica>),
+}
+
+/// One replica's view: where it is, the table it serves (`None` before
+/// its first), and the proxies that report to it.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub url: String,
+    pub table: Option<RoutingTable>,
+    pub proxies: Vec<ProxyStatus>,
+}
+
+/// A proxy not yet routing on a table, and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Lagging<'a> {
+    pub proxy: &'a ProxyStatus,
+    /// The replica it reports to, when that replica does not serve the
+    /// table yet (it has not read the change); `None` when the proxy is
+    /// behind its control plane.
+    pub replica_without: Option<&'a str>,
+}
+
+impl Reporting {
+    /// Every proxy once, by id, with the index of the replica it reports
+    /// to: one that moved between replicas (its kept connection ended) as
+    /// its newest report has it.
+    fn each(&self) -> Vec<(&ProxyStatus, Option<usize>)> {
+        let mut all: Vec<(&ProxyStatus, Option<usize>)> = match self {
+            Reporting::One(proxies) => proxies.iter().map(|p| (p, None)).collect(),
+            Reporting::Replicas(replicas) => replicas
+                .iter()
+                .enumerate()
+                .flat_map(|(i, r)| r.proxies.iter().map(move |p| (p, Some(i))))
+                .collect(),
+        };
+        all.sort_by(|(a, _), (b, _)| {
+            a.report
+                .id
+                .cmp(&b.report.id)
+                .then(a.age_seconds.total_cmp(&b.age_seconds))
+        });
+        all.dedup_by(|(later, _), (first, _)| later.report.id == first.report.id);
+        all
+    }
+
+    /// Every proxy reporting, once each, by id.
+    pub fn proxies(&self) -> Vec<ProxyStatus> {
+        self.each().into_iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// The proxies not yet routing on `target` (the table a command's
+    /// control plane serves) or a later one. With replicas, whose
+    /// numberings may differ, a proxy is judged against the table its own
+    /// replica serves once that table says what `target` says (lags
+    /// aside), and is waited for until then.
+    pub fn behind<'a>(&'a self, target: &RoutingTable) -> Vec<Lagging<'a>> {
+        // What each proxy is judged against: `target`, or its replica's
+        // table (`None`: the replica does not serve the change yet).
+        let against: Vec<Option<(&RoutingTable, String)>> = match self {
+            Reporting::One(_) => vec![Some((target, target.routing_digest()))],
+            Reporting::Replicas(replicas) => replicas
+                .iter()
+                .map(|r| {
+                    r.table
+                        .as_ref()
+                        .filter(|t| t.routes_as(target))
+                        .map(|t| (t, t.routing_digest()))
+                })
+                .collect(),
+        };
+        let replicas: &[Replica] = match self {
+            Reporting::One(_) => &[],
+            Reporting::Replicas(replicas) => replicas,
+        };
+        self.each()
+            .into_iter()
+            .filter_map(|(proxy, replica)| match &against[replica.unwrap_or(0)] {
+                Some((table, digest)) => routes_before(proxy, table, digest).then_some(Lagging {
+                    proxy,
+                    replica_without: None,
+                }),
+                None => Some(Lagging {
+                    proxy,
+                    replica_without: replica.map(|i| replicas[i].url.as_str()),
+                }),
+            })
+            .collect()
+    }
 }
 
 /// The proxies' vote on `region`.
@@ -196,6 +297,17 @@ mod tests {
         }
     }
 
+    /// A table at epoch 5, version 50, with the primary in eu-west-1.
+    fn eu_primary() -> RoutingTable {
+        RoutingTable {
+            epoch: 5,
+            version: 50,
+            primary_region: Some("eu-west-1".into()),
+            failover_in_progress: false,
+            regions: Vec::new(),
+        }
+    }
+
     #[test]
     fn fresh_reports_vote_and_old_ones_age_out() {
         let reg = Registry::default();
@@ -226,13 +338,7 @@ mod tests {
 
     #[test]
     fn a_proxy_is_behind_under_lower_numbers_of_another_table() {
-        let table = RoutingTable {
-            epoch: 5,
-            version: 50,
-            primary_region: Some("eu-west-1".into()),
-            failover_in_progress: false,
-            regions: Vec::new(),
-        };
+        let table = eu_primary();
         let mut older = table.clone();
         older.primary_region = Some("us-east-1".into());
         let status = |id: &str, epoch, version, routing: Option<&RoutingTable>| ProxyStatus {
@@ -256,6 +362,134 @@ mod tests {
             .map(|p| p.report.id.as_str())
             .collect();
         assert_eq!(ids, ["old", "unsaid", "before_moves"]);
+    }
+
+    /// A command reading every replica judges each proxy against the
+    /// table its replica serves, once that table has the change: the
+    /// replicas' numberings need not agree, and a replica that has not
+    /// read the change holds its proxies back whatever their numbers.
+    #[test]
+    fn with_replicas_each_proxy_is_judged_by_its_replicas_table() {
+        let target = eu_primary();
+        let mut before = target.clone();
+        before.primary_region = Some("us-east-1".into());
+        let numbered = |t: &RoutingTable, epoch, version| RoutingTable {
+            epoch,
+            version,
+            ..t.clone()
+        };
+        let on = |id: &str, t: &RoutingTable, age_seconds: f64| ProxyStatus {
+            report: ProxyReport {
+                routing: Some(t.routing_digest()),
+                version: t.version,
+                ..report(id, t.epoch, 2)
+            },
+            age_seconds,
+        };
+        // a: the change, under a higher numbering of its own.
+        let a_table = numbered(&target, 9, 3);
+        // b: not yet, and numbered above the target.
+        let b_table = numbered(&before, 8, 1);
+        let replicas = vec![
+            Replica {
+                url: "http://a".into(),
+                proxies: vec![
+                    on("on-a", &a_table, 1.0),
+                    on("a-behind", &numbered(&before, 9, 2), 1.0),
+                    // Moved to b since: its newer report there counts.
+                    on("moved", &a_table, 4.0),
+                ],
+                table: Some(a_table),
+            },
+            Replica {
+                url: "http://b".into(),
+                proxies: vec![on("on-b", &b_table, 1.0), on("moved", &b_table, 0.5)],
+                table: Some(b_table.clone()),
+            },
+            Replica {
+                url: "http://c".into(),
+                proxies: vec![on("c-none", &b_table, 1.0)],
+                table: None,
+            },
+        ];
+        let reporting = Reporting::Replicas(replicas);
+        let ids: Vec<(String, f64)> = reporting
+            .proxies()
+            .iter()
+            .map(|p| (p.report.id.clone(), p.age_seconds))
+            .collect();
+        let ids: Vec<(&str, f64)> = ids.iter().map(|(id, age)| (id.as_str(), *age)).collect();
+        assert_eq!(
+            ids,
+            [
+                ("a-behind", 1.0),
+                ("c-none", 1.0),
+                ("moved", 0.5),
+                ("on-a", 1.0),
+                ("on-b", 1.0)
+            ]
+        );
+        let lagging: Vec<(&str, Option<&str>)> = reporting
+            .behind(&target)
+            .iter()
+            .map(|l| (l.proxy.report.id.as_str(), l.replica_without))
+            .collect();
+        assert_eq!(
+            lagging,
+            [
+                ("a-behind", None),
+                ("c-none", Some("http://c")),
+                ("moved", Some("http://b")),
+                ("on-b", Some("http://b")),
+            ]
+        );
+        // By numbers alone, b's proxies (epoch 8 > 5) would pass.
+        let merged = reporting.proxies();
+        let by_numbers: Vec<&str> = behind(&merged, &target)
+            .map(|p| p.report.id.as_str())
+            .collect();
+        assert_eq!(by_numbers, Vec::<&str>::new());
+        // Once b serves the change (its own numbering), its proxies on it
+        // are current.
+        let Reporting::Replicas(mut replicas) = reporting else {
+            unreachable!()
+        };
+        let b_changed = numbered(&target, 8, 2);
+        replicas[1].table = Some(b_changed.clone());
+        replicas[1].proxies = vec![on("on-b", &b_changed, 0.5)];
+        let reporting = Reporting::Replicas(replicas);
+        let lagging: Vec<&str> = reporting
+            .behind(&target)
+            .iter()
+            .map(|l| l.proxy.report.id.as_str())
+            .collect();
+        assert_eq!(lagging, ["a-behind", "c-none"]);
+    }
+
+    #[test]
+    fn one_control_planes_proxies_are_judged_by_numbers() {
+        let target = eu_primary();
+        let proxies = vec![
+            ProxyStatus {
+                report: report("old", 4, 2),
+                age_seconds: 1.0,
+            },
+            ProxyStatus {
+                report: ProxyReport {
+                    version: 50,
+                    ..report("current", 5, 2)
+                },
+                age_seconds: 1.0,
+            },
+        ];
+        let reporting = Reporting::One(proxies);
+        let lagging: Vec<(&str, Option<&str>)> = reporting
+            .behind(&target)
+            .iter()
+            .map(|l| (l.proxy.report.id.as_str(), l.replica_without))
+            .collect();
+        assert_eq!(lagging, [("old", None)]);
+        assert_eq!(reporting.proxies().len(), 2);
     }
 
     #[test]

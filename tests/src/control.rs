@@ -302,14 +302,18 @@ impl ControlPlane {
     /// [`ControlPlane::command`] with `actions.control_url` set to `url`, as
     /// run on another machine (see [`ControlPlane::command_elsewhere`]).
     pub async fn command_via(&self, url: &str, args: &[&str]) -> Ran {
+        self.command_with_actions(&format!("control_url = {url:?}\n"), args)
+            .await
+    }
+
+    /// [`ControlPlane::command_elsewhere`] with `lines` added to its
+    /// `[actions]`.
+    pub async fn command_with_actions(&self, lines: &str, args: &[&str]) -> Ran {
         let config = std::fs::read_to_string(&self.config_path).expect("read the config");
         let config = if config.contains("[actions]\n") {
-            config.replace(
-                "[actions]\n",
-                &format!("[actions]\ncontrol_url = {url:?}\n"),
-            )
+            config.replace("[actions]\n", &format!("[actions]\n{lines}"))
         } else {
-            format!("{config}\n[actions]\ncontrol_url = {url:?}\n")
+            format!("{config}\n[actions]\n{lines}")
         };
         self.command_elsewhere_with(&config, args).await
     }

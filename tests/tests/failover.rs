@@ -24,6 +24,8 @@ struct Env {
     moto: Moto,
     fixture: moto::Fixture,
     cp: ControlPlane,
+    /// The control plane's config but for its `[server]`.
+    config: String,
     webhook: Webhook,
     queue: String,
     origins: BTreeMap<&'static str, Origin>,
@@ -65,6 +67,7 @@ impl Env {
             moto,
             fixture,
             cp,
+            config,
             webhook,
             queue,
             origins,
@@ -131,22 +134,38 @@ impl Env {
     }
 
     async fn proxy(&self, local: &str) -> Proxy {
+        self.proxy_on(&self.cp, local).await
+    }
+
+    /// A proxy in `local` that takes its table from, and reports to, `cp`.
+    async fn proxy_on(&self, cp: &ControlPlane, local: &str) -> Proxy {
         let mut b = ProxyBuilder::new(local);
         for r in REGIONS {
             b = b.region(r, &[self.origins[r].addr]);
         }
-        self.cp.proxy(b.extra(HEALTH), "1s").start().await
+        cp.proxy(b.extra(HEALTH), "1s").start().await
+    }
+
+    /// Another replica of the control plane: the same source, an address
+    /// of its own.
+    async fn replica(&self) -> ControlPlane {
+        ControlPlane::start_with(None, &self.config, &self.moto.env()).await
     }
 
     /// Until `n` proxies report, each with every region's backend in
     /// rotation (probed): a writer move is refused while a proxy sees no
     /// backend of its target.
     async fn wait_for_proxies(&self, n: usize) {
+        Env::wait_for_proxies_on(&self.cp, n).await;
+    }
+
+    /// [`Env::wait_for_proxies`] reporting to `cp`.
+    async fn wait_for_proxies_on(cp: &ControlPlane, n: usize) {
         eventually(
             &format!("{n} proxies report every region in rotation"),
             WAIT,
             || async {
-                self.cp.get("/v1/proxies").await["proxies"]
+                cp.get("/v1/proxies").await["proxies"]
                     .as_array()
                     .is_some_and(|p| {
                         p.len() == n
@@ -875,6 +894,68 @@ async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() 
         .find(|e| e["event"] == "drill.completed")
         .expect("drill announced");
     assert_eq!(drill["operation"]["ok"], true);
+}
+
+/// Replicas of one control plane, each with a proxy reporting to it: a
+/// command given every replica's URL (`actions.replica_urls`) sees both
+/// proxies, follows a drain to each (each replica numbering tables its
+/// own way), and changes nothing while a replica cannot be read, whose
+/// proxies it would not see.
+#[tokio::test]
+async fn a_command_given_every_replica_follows_a_change_to_the_proxies_of_each() {
+    let env = Env::start(None).await;
+    let mut replica = env.replica().await;
+    let _on_first = env.proxy("us-east-1").await;
+    let on_replica = env.proxy_on(&replica, "eu-west-1").await;
+    env.wait_for_proxies(1).await;
+    Env::wait_for_proxies_on(&replica, 1).await;
+    let replicas = format!(
+        "replica_urls = [{:?}, {:?}]\n",
+        env.cp.url(""),
+        replica.url("")
+    );
+
+    let alone = env.cp.command(&["status"]).await;
+    alone.assert_ok_saying(&["proxies reporting: 1 (1 on the table served, 0 behind)"]);
+    let both = env.cp.command_with_actions(&replicas, &["status"]).await;
+    both.assert_ok_saying(&[
+        "proxies reporting: 2 (2 on the table served, 0 behind)",
+        &format!("replica {}: 1 reporting", replica.url("")),
+    ]);
+
+    let ran = env
+        .cp
+        .command_with_actions(&replicas, &["drain", "us-east-1"])
+        .await;
+    ran.assert_ok_saying(&[
+        "2 of 2 proxies route on epoch",
+        "every proxy reporting to the 2 replicas in actions.replica_urls",
+    ]);
+    // The proxy on the other replica routes on the drain: the command
+    // waited for it.
+    let routing = on_replica.routing().await;
+    let state = &edgeroute_tests::control::region(&routing, "us-east-1")["state"];
+    assert_eq!(state, "draining");
+
+    replica.kill();
+    let ran = env
+        .cp
+        .command_with_actions(&replicas, &["undrain", "us-east-1"])
+        .await;
+    assert!(!ran.ok, "{ran:?}");
+    for said in [
+        "1 of 2 replicas could not be read",
+        &format!("cannot reach the replica at {}", replica.url("")),
+        "take it out of actions.replica_urls",
+        "so none was made",
+    ] {
+        assert!(ran.stderr.contains(said), "{said}: {}", ran.stderr);
+    }
+    assert_eq!(
+        moto::kept_regions(&env.moto, &env.fixture.zone_id).await,
+        ["us-east-1"],
+        "still drained"
+    );
 }
 
 #[tokio::test]
