@@ -13,6 +13,7 @@ use crate::notify::{Event, Notifier};
 use crate::registry::{ProxyStatus, Registry, Replica, Reporting};
 use crate::server::Published;
 use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
+use edgeroute_config::TokenFile;
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -28,13 +29,18 @@ pub enum ControlView {
         url: String,
         /// Every replica's own URL when several run (empty: one).
         replicas: Vec<String>,
-        token: String,
+        /// Read when each request is made: a token rotated in its file
+        /// serves a view that lives as long as the process.
+        token: Arc<TokenFile>,
     },
     /// This process's own table and registry (automated failover).
     Local {
         table: watch::Receiver<Option<Arc<Published>>>,
         registry: Arc<Registry>,
         max_age: Duration,
+        /// The other replicas, when `actions.replica_urls` lists them: the
+        /// proxies are read from them too.
+        replicas: Option<Arc<ControlView>>,
     },
 }
 
@@ -45,7 +51,7 @@ impl ControlView {
     pub fn http(
         url: &str,
         replicas: &[String],
-        token: &str,
+        token: Arc<TokenFile>,
         tls: Option<rustls::ClientConfig>,
     ) -> anyhow::Result<ControlView> {
         let mut client = reqwest::Client::builder()
@@ -58,7 +64,7 @@ impl ControlView {
             client: client.build()?,
             url: url.to_owned(),
             replicas: replicas.to_vec(),
-            token: token.to_owned(),
+            token,
         })
     }
 
@@ -72,9 +78,16 @@ impl ControlView {
     /// Where the proxies are read from, for the confirmation of a change.
     fn describe_proxies(&self) -> String {
         match self {
+            ControlView::Http { replicas, .. } if replicas.len() == 1 => {
+                format!("the replica at {} (actions.replica_urls)", replicas[0])
+            }
             ControlView::Http { replicas, .. } if !replicas.is_empty() => {
                 format!("the {} replicas in actions.replica_urls", replicas.len())
             }
+            ControlView::Local {
+                replicas: Some(others),
+                ..
+            } => format!("this control plane and {}", others.describe_proxies()),
             _ => self.describe(),
         }
     }
@@ -97,7 +110,7 @@ impl ControlView {
         };
         let resp = client
             .get(format!("{url}{path}"))
-            .bearer_auth(token)
+            .bearer_auth(token.current())
             .send()
             .await
             .map_err(|e| {
@@ -227,52 +240,91 @@ impl ControlView {
     /// (all asked at once). A replica that cannot be read makes it an
     /// error: the proxies that report to it would go unseen.
     pub async fn reporting(&self) -> Result<Reporting, String> {
+        match self.reporting_readable().await {
+            (reporting, None) => Ok(reporting),
+            (_, Some(unread)) => Err(unread),
+        }
+    }
+
+    /// [`ControlView::reporting`] from the replicas that could be read,
+    /// and what could not be, if anything.
+    pub async fn reporting_readable(&self) -> (Reporting, Option<String>) {
+        match self {
+            ControlView::Local {
+                table,
+                registry,
+                max_age,
+                replicas,
+            } => {
+                let proxies = registry.fresh(*max_age, Instant::now());
+                let Some(others) = replicas else {
+                    return (Reporting::One(proxies), None);
+                };
+                let (mut read, unread) = others.replicas_readable().await;
+                // Its own proxies, beside the others' (once each, should the
+                // list name this replica too).
+                read.insert(
+                    0,
+                    Replica {
+                        url: "this control plane".into(),
+                        table: table.borrow().as_ref().map(|p| p.table.clone()),
+                        proxies,
+                    },
+                );
+                (Reporting::Replicas(read), unread)
+            }
+            ControlView::Http { url, replicas, .. } if replicas.is_empty() => {
+                match self.listing(url, "actions.control_url").await {
+                    Ok(proxies) => (Reporting::One(proxies), None),
+                    Err(e) => (Reporting::One(Vec::new()), Some(e)),
+                }
+            }
+            ControlView::Http { .. } => {
+                let (read, unread) = self.replicas_readable().await;
+                (Reporting::Replicas(read), unread)
+            }
+        }
+    }
+
+    /// Each replica in `actions.replica_urls` that could be read (all
+    /// asked at once), and what could not be, if anything.
+    async fn replicas_readable(&self) -> (Vec<Replica>, Option<String>) {
+        let ControlView::Http { replicas, .. } = self else {
+            return (Vec::new(), None);
+        };
+        let field = "actions.replica_urls";
+        let asked = futures_util::future::join_all(replicas.iter().map(|url| async move {
+            let (table, proxies) =
+                tokio::join!(self.table_at(url, field), self.listing(url, field));
+            Ok::<_, String>(Replica {
+                url: url.clone(),
+                table: table?,
+                proxies: proxies?,
+            })
+        }))
+        .await;
+        let (read, failed): (Vec<_>, Vec<_>) = asked.into_iter().partition(Result::is_ok);
+        let unread = (!failed.is_empty()).then(|| {
+            let why: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
+            format!(
+                "{} of {} replicas could not be read, and each proxy reports to one replica: {}",
+                why.len(),
+                replicas.len(),
+                why.join("; ")
+            )
+        });
+        (read.into_iter().filter_map(Result::ok).collect(), unread)
+    }
+
+    /// The proxies reporting to the control plane or replica at `url`.
+    async fn listing(&self, url: &str, field: &str) -> Result<Vec<ProxyStatus>, String> {
         #[derive(serde::Deserialize)]
         struct Listing {
             proxies: Vec<ProxyStatus>,
         }
-        let listing = |url: &str, field: &'static str| {
-            let url = url.to_owned();
-            async move {
-                self.get_json_at::<Listing>(&url, field, "/v1/proxies", "proxy list")
-                    .await
-                    .map(|l| l.proxies)
-            }
-        };
-        match self {
-            ControlView::Local {
-                registry, max_age, ..
-            } => Ok(Reporting::One(registry.fresh(*max_age, Instant::now()))),
-            ControlView::Http { url, replicas, .. } if replicas.is_empty() => {
-                Ok(Reporting::One(listing(url, "actions.control_url").await?))
-            }
-            ControlView::Http { replicas, .. } => {
-                let field = "actions.replica_urls";
-                let asked = futures_util::future::join_all(replicas.iter().map(|url| async move {
-                    let (table, proxies) =
-                        tokio::join!(self.table_at(url, field), listing(url, field));
-                    Ok::<_, String>(Replica {
-                        url: url.clone(),
-                        table: table?,
-                        proxies: proxies?,
-                    })
-                }))
-                .await;
-                let (read, failed): (Vec<_>, Vec<_>) = asked.into_iter().partition(Result::is_ok);
-                if !failed.is_empty() {
-                    let why: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
-                    return Err(format!(
-                        "{} of {} replicas could not be read, and each proxy reports to one replica: {}",
-                        why.len(),
-                        replicas.len(),
-                        why.join("; ")
-                    ));
-                }
-                Ok(Reporting::Replicas(
-                    read.into_iter().filter_map(Result::ok).collect(),
-                ))
-            }
-        }
+        self.get_json_at::<Listing>(url, field, "/v1/proxies", "proxy list")
+            .await
+            .map(|l| l.proxies)
     }
 }
 
@@ -1190,9 +1242,19 @@ impl Runner {
         if can_wait {
             History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
-        let proxies = self.control.proxies().await.map_err(|e| {
-            format!("{e}; a change could not be followed to every proxy, so none was made")
-        })?;
+        let proxies = if can_wait {
+            self.control.proxies().await.map_err(|e| {
+                format!("{e}; a change could not be followed to every proxy, so none was made")
+            })?
+        } else {
+            let (reporting, unread) = self.control.reporting_readable().await;
+            if let Some(unread) = unread {
+                self.warn(&format!(
+                    "{unread}; failing over all the same, and the change cannot be confirmed for their proxies"
+                ));
+            }
+            reporting.proxies()
+        };
         Ok(Before {
             table,
             proxies: proxies.into_iter().map(|p| p.report.id).collect(),

@@ -14,7 +14,7 @@ use crate::actions::Runner;
 use crate::history::History;
 use crate::metrics::ControlMetrics;
 use crate::notify::Event;
-use crate::registry::{Registry, Vote, vote};
+use crate::registry::{Vote, vote};
 use edgeroute_config::{AutomationConfig, TopologyView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -184,7 +184,6 @@ const RETRY_BACKOFF: Duration = Duration::from_secs(60);
 pub async fn run(
     mut automation: Automation,
     mut views: watch::Receiver<Option<Arc<TopologyView>>>,
-    registry: Arc<Registry>,
     max_age: Duration,
     runner: Arc<Runner>,
     metrics: Arc<ControlMetrics>,
@@ -210,6 +209,8 @@ pub async fn run(
     let mut seen_primary: Option<String> = None;
     // Whether the history file's being unreadable was said.
     let mut history_said = false;
+    // Replicas that could not be read for the proxies' votes, as said.
+    let mut replicas_unread: Option<String> = None;
     while views.changed().await.is_ok() {
         let Some(view) = views.borrow_and_update().clone() else {
             continue;
@@ -246,7 +247,20 @@ pub async fn run(
                 at.checked_add(backoff)
             }
         };
-        let proxies = registry.fresh(max_age, Instant::now());
+        // This replica's proxies, and with `actions.replica_urls` the
+        // others' (those that can be read: a replica that cannot is said
+        // when that changes, and its proxies do not vote).
+        let (reporting, unread) = runner.control.reporting_readable().await;
+        if unread != replicas_unread {
+            match &unread {
+                Some(why) => tracing::warn!(
+                    "automated failover: {why}; their proxies do not vote until they can be read"
+                ),
+                None => tracing::info!("automated failover: every replica can be read again"),
+            }
+            replicas_unread = unread;
+        }
+        let proxies = reporting.proxies();
         let ours = running.load(Ordering::SeqCst);
         let decision = automation.evaluate(&Inputs {
             view: &view,

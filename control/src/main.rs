@@ -368,12 +368,17 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
-fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
-    let token = read_token(cfg.server.token_file.as_deref())?;
+/// The commands' view of the control plane (`token`: the server's, or
+/// `None` to read it here).
+fn control_view(cfg: &ControlConfig, token: Option<Arc<TokenFile>>) -> anyhow::Result<ControlView> {
+    let token = match token {
+        Some(token) => token,
+        None => Arc::new(read_token(cfg.server.token_file.as_deref())?),
+    };
     ControlView::http(
         &cfg.actions.control_url,
         &cfg.actions.replica_urls,
-        &token.current(),
+        token,
         commands_tls(cfg, commands_identity(cfg)?)?,
     )
 }
@@ -437,7 +442,15 @@ fn client_verifier(cfg: &ControlConfig) -> anyhow::Result<Option<ClientCheck>> {
 /// `failover`, `drain`, `undrain`.
 fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut runner = runner(cfg, control_view(cfg)?, "cli", Output::Print, None, None).await?;
+        let mut runner = runner(
+            cfg,
+            control_view(cfg, None)?,
+            "cli",
+            Output::Print,
+            None,
+            None,
+        )
+        .await?;
         let outcome = match command {
             Command::Failover {
                 to,
@@ -526,7 +539,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
         if let Err(e) = &aws {
             actions::eprint_text(&format!("error: {e}\n"));
         }
-        let control = control_view(cfg)?;
+        let control = control_view(cfg, None)?;
         let (text, unknown) = actions::describe_now(
             &control,
             &cfg.actions.history_file,
@@ -553,7 +566,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
     }
     // Every proxy holds a connection open for its long poll.
     let open_files = edgeroute_config::raise_open_file_limit();
-    let token = read_token(cfg.server.token_file.as_deref())?;
+    let token = Arc::new(read_token(cfg.server.token_file.as_deref())?);
     let cert = server_certificate(&cfg)?;
     if let Some(warning) = cert.as_ref().and_then(|c| c.ca_warning()) {
         tracing::warn!("{warning}");
@@ -608,10 +621,17 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             Arc::clone(&metrics),
         ));
         let automation = if cfg.automation.enabled {
+            // The other replicas' proxies vote and are followed too.
+            let replicas = if cfg.actions.replica_urls.is_empty() {
+                None
+            } else {
+                Some(Arc::new(control_view(&cfg, Some(Arc::clone(&token)))?))
+            };
             let local = ControlView::Local {
                 table: rx.clone(),
                 registry: Arc::clone(&registry),
                 max_age: cfg.actions.proxy_max_age,
+                replicas,
             };
             let runner = runner(
                 &cfg,
@@ -631,7 +651,6 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             Some(tokio::spawn(automation::run(
                 Automation::new(cfg.automation.clone()),
                 views_rx,
-                Arc::clone(&registry),
                 cfg.actions.proxy_max_age,
                 Arc::new(runner),
                 Arc::clone(&metrics),

@@ -90,7 +90,7 @@ impl Published {
 pub struct ServerState {
     /// Read again every 10 s; the token before a change is accepted
     /// for 10 minutes after it.
-    pub token: edgeroute_config::TokenFile,
+    pub token: Arc<edgeroute_config::TokenFile>,
     pub max_wait: Duration,
     pub table: watch::Receiver<Option<Arc<Published>>>,
     pub metrics: Arc<ControlMetrics>,

@@ -20,6 +20,11 @@ const WAIT: Duration = Duration::from_secs(60);
 const HEALTH: &str =
     "\n[health]\ninterval = \"300ms\"\ntimeout = \"250ms\"\njitter = \"0ms\"\nfall = 2\nrise = 1\n";
 
+/// Automated failover after 1 s, to a secondary lagging 1 s at most, at
+/// most one writer move an hour.
+const AUTOMATED: &str =
+    "enabled = true\nafter = \"1s\"\nmax_replication_lag = \"1s\"\nmin_interval = \"1h\"";
+
 struct Env {
     moto: Moto,
     fixture: moto::Fixture,
@@ -42,11 +47,22 @@ impl Env {
     /// [`Env::start`], with `source` (lines of TOML) added to the control
     /// plane's `[source]`.
     async fn start_with(automation: Option<&str>, source: &str) -> Env {
+        Env::launch(automation, source, false).await.0
+    }
+
+    /// [`Env::start_with`]; with `replica`, another replica of the control
+    /// plane (without `automation`) is started first, and the control
+    /// plane lists it in `actions.replica_urls`.
+    async fn launch(
+        automation: Option<&str>,
+        source: &str,
+        replica: bool,
+    ) -> (Env, Option<ControlPlane>) {
         let moto = Moto::start().await;
         let fixture = moto::three_regions(&moto).await;
         let (topic, queue) = moto::topic_with_queue(&moto).await;
         let webhook = Webhook::start().await;
-        let mut config = format!(
+        let config = format!(
             "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
              record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n{source}\n\
              [actions]\ntimeout = \"60s\"\nproxy_max_age = \"5s\"\n\n\
@@ -55,15 +71,26 @@ impl Env {
             fixture.zone_id,
             webhook.url()
         );
-        if let Some(a) = automation {
-            config.push_str(&format!("\n[automation]\n{a}\n"));
+        let other = match replica {
+            true => Some(ControlPlane::start_with(None, &config, &moto.env()).await),
+            false => None,
+        };
+        let mut own = config.clone();
+        if let Some(other) = &other {
+            own = own.replace(
+                "[actions]\n",
+                &format!("[actions]\nreplica_urls = [{:?}]\n", other.url("")),
+            );
         }
-        let cp = ControlPlane::start_with(None, &config, &moto.env()).await;
+        if let Some(a) = automation {
+            own.push_str(&format!("\n[automation]\n{a}\n"));
+        }
+        let cp = ControlPlane::start_with(None, &own, &moto.env()).await;
         let mut origins = BTreeMap::new();
         for r in REGIONS {
             origins.insert(r, Origin::start(r).await);
         }
-        Env {
+        let env = Env {
             moto,
             fixture,
             cp,
@@ -71,7 +98,8 @@ impl Env {
             webhook,
             queue,
             origins,
-        }
+        };
+        (env, other)
     }
 
     /// Makes `region`'s records weighted: its latency record gives way to
@@ -99,10 +127,7 @@ impl Env {
     /// With automated failover on (after 1 s, lag within 1 s, at most
     /// one writer move an hour) and a proxy in each of `local` reporting.
     async fn automated(local: [&str; 2]) -> (Env, Vec<Proxy>) {
-        let env = Env::start(Some(
-            "enabled = true\nafter = \"1s\"\nmax_replication_lag = \"1s\"\nmin_interval = \"1h\"",
-        ))
-        .await;
+        let env = Env::start(Some(AUTOMATED)).await;
         let mut proxies = Vec::new();
         for region in local {
             proxies.push(env.proxy(region).await);
@@ -175,6 +200,20 @@ impl Env {
                                 })
                             })
                     })
+            },
+        )
+        .await;
+    }
+
+    /// Until the automation has followed its first failover to its end.
+    async fn automated_failover_followed(&self) {
+        eventually(
+            "the automated failover is followed to its end",
+            WAIT,
+            || async {
+                self.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
+                    .await
+                    == 1.0
             },
         )
         .await;
@@ -502,16 +541,7 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
         t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
     })
     .await;
-    eventually(
-        "the automated failover is followed to its end",
-        WAIT,
-        || async {
-            env.metric("edgeroute_control_automation_failovers_total{result=\"ok\"}")
-                .await
-                == 1.0
-        },
-    )
-    .await;
+    env.automated_failover_followed().await;
     let status = cp.get("/v1/status").await;
     assert_eq!(status["last_failover"]["by"], "automation", "{status}");
     assert_eq!(status["last_failover"]["kind"], "failover");
@@ -532,6 +562,53 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
         "failover.requested",
         "failover.completed",
     ]);
+}
+
+/// The automation in one replica, the other in its
+/// `actions.replica_urls`, and every proxy reporting to the other: their
+/// votes count, so the automation fails over when they and Route 53 call
+/// the primary down (its own replica has no proxy, whose silence would
+/// hold it as `sources_disagree`), and follows the move to them.
+#[tokio::test]
+async fn the_automation_counts_the_proxies_reporting_to_another_replica() {
+    let (env, other) = Env::launch(Some(AUTOMATED), "", true).await;
+    let other = other.expect("the other replica");
+    let _proxies = [
+        env.proxy_on(&other, "eu-west-1").await,
+        env.proxy_on(&other, "ap-southeast-1").await,
+    ];
+    Env::wait_for_proxies_on(&other, 2).await;
+    let cp = &env.cp;
+    assert_eq!(
+        cp.get("/v1/proxies").await["proxies"],
+        serde_json::json!([])
+    );
+
+    env.route53_fails("us-east-1").await;
+    eventually("automation holds: the sources disagree", WAIT, || async {
+        env.metric("edgeroute_control_automation_held_total{reason=\"sources_disagree\"}")
+            .await
+            >= 10.0
+    })
+    .await;
+    env.origins["us-east-1"].set_health(503);
+    env.automated_failover_followed().await;
+    let t = cp.table().await;
+    assert_eq!(t["primary_region"], "eu-west-1", "{t}");
+    let status = cp.get("/v1/status").await;
+    let confirmed = status["last_failover"]["timeline"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == "proxies confirmed"))
+        .map(|s| s["detail"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("no confirmation in {status}"));
+    assert!(
+        confirmed.starts_with("2 of 2 proxies route on epoch")
+            && confirmed.contains(&format!(
+                "this control plane and the replica at {} (actions.replica_urls)",
+                other.url("")
+            )),
+        "{confirmed}"
+    );
 }
 
 /// A writer move made from another machine, whose history file the
