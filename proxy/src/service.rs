@@ -550,9 +550,18 @@ impl EdgeProxy {
         ctx: &mut Ctx,
         reply: ErrorReply,
     ) -> Result<(), BError> {
-        // Every refusal, and every other answer of its own the proxy makes
-        // before a backend is picked.
-        if ctx.sent_to.is_none() || matches!(reply, ErrorReply::Refused(_)) {
+        // Every refusal, every other answer of its own the proxy makes
+        // before a backend is picked, and a request it turns down while
+        // forwarding it (a body too large, too slow, or malformed).
+        if ctx.sent_to.is_none()
+            || matches!(
+                reply,
+                ErrorReply::Refused(_)
+                    | ErrorReply::BodyTooLarge { .. }
+                    | ErrorReply::BodyTooSlow
+                    | ErrorReply::BadRequest(_)
+            )
+        {
             self.count_refusal(&reply);
         }
         // The region whose backend failed (a 502 or 504) is named, as the

@@ -1579,6 +1579,13 @@ async fn a_request_body_slower_than_the_minimum_rate_is_answered_408() {
             == 1.0
     })
     .await;
+    // A refusal, though a backend had been picked for it.
+    assert_eq!(
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"body_too_slow\"}")
+            .await,
+        1.0
+    );
 }
 
 /// An idle keep-alive connection that its backend writes to, or closes,

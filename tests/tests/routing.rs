@@ -457,6 +457,29 @@ async fn oversized_bodies_are_refused_with_413() {
         .await
         .unwrap();
     assert_eq!(ok.status(), 200);
+    // A chunked body says its size only as it comes: it is found too
+    // large while forwarded, and refused all the same.
+    let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut request =
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n"
+            .to_vec();
+    request.extend([b'x'; 0x800]);
+    request.extend(b"\r\n0\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut conn, &request)
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut answer)
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert_eq!(
+        proxy
+            .metric("edgeroute_refusals_total{reason=\"body_too_large\"}")
+            .await,
+        2.0
+    );
     // The refusal's access line names no table epoch: none was read for it.
     let answered = proxy.access_line(&["status=200"]).await;
     assert!(answered.contains(" epoch="), "{answered}");
