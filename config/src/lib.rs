@@ -28,7 +28,7 @@ pub use control::{
 };
 pub use errors::{FieldError, FieldErrors, error_chain};
 pub use logs::{LogBudget, log_filter, logged_end, logged_path};
-pub use process::raise_open_file_limit;
+pub use process::{ProcessMetrics, raise_open_file_limit};
 pub use proxy::{
     AdminConfig, Backend, ConfigError, DnsConfig, FromTomlError, HealthConfig, Limits, Listener,
     LogConfig, LogFormat, MAX_BACKENDS_PER_REGION, MAX_REGIONS, MethodClasses, ProxyConfig,

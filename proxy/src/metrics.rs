@@ -163,10 +163,8 @@ impl Metrics {
             .expect("metric registered once");
         // The process's CPU, memory, open files, threads and start time
         // (`process_*`), as every exporter gives them.
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))
-        .expect("metric registered once");
+        r.register(Box::new(edgeroute_config::ProcessMetrics::default()))
+            .expect("metric registered once");
         Metrics {
             requests: counter_vec(
                 &r,

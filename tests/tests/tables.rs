@@ -127,6 +127,9 @@ async fn bad_tables_are_rejected_and_the_old_one_keeps_serving() {
     assert_eq!(proxy.metric(&info).await, 1.0, "{info}");
     assert!(proxy.metric("process_resident_memory_bytes").await > 0.0);
     assert!(proxy.metric("process_open_fds").await > 0.0);
+    // Its start-up took CPU time, counted in fractions of a second (a count
+    // in whole seconds would read 0 for well under a second).
+    assert!(proxy.metric("process_cpu_seconds_total").await > 0.0);
     // The refusals an alert watches are there at 0 from the start.
     let text = proxy.metrics().await;
     assert!(
