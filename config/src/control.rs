@@ -638,10 +638,10 @@ impl RawActions {
     /// `control_url` (the replicas of one control plane answer alike, and
     /// the commands' TLS settings serve them all), listed once each.
     fn replica_urls(&self, e: &mut FieldErrors, control_url: &str) -> Vec<String> {
-        let scheme = if control_url.starts_with("https://") {
-            "https://"
+        let (scheme, port) = if control_url.starts_with("https://") {
+            ("https://", 9443)
         } else {
-            "http://"
+            ("http://", 9080)
         };
         let mut urls: Vec<String> = Vec::with_capacity(self.replica_urls.len());
         for (i, raw) in self.replica_urls.iter().enumerate() {
@@ -652,7 +652,7 @@ impl RawActions {
                 e.push(
                     &field,
                     format!(
-                        "must be one replica's base URL, {scheme} as actions.control_url {control_url:?} is, such as \"{scheme}edgeroute-control-0.edgeroute-control:9080\", got {raw:?}"
+                        "must be one replica's base URL, {scheme} as actions.control_url {control_url:?} is, such as \"{scheme}edgeroute-control-0.edgeroute-control:{port}\", got {raw:?}"
                     ),
                 );
             } else if urls.iter().any(|u| u == url) {

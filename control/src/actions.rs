@@ -10,7 +10,7 @@ use crate::aws::SavedRecord;
 use crate::aws::{AwsSource, AwsState, FailoverInfo, Member};
 use crate::history::{History, Kind, Operation, Step};
 use crate::notify::{Event, Notifier};
-use crate::registry::{ProxyStatus, Registry, Replica, Reporting};
+use crate::registry::{ProxyStatus, Registry, Replica, Reporting, Seen, Why};
 use crate::server::Published;
 use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
 use edgeroute_config::TokenFile;
@@ -38,8 +38,8 @@ pub enum ControlView {
         table: watch::Receiver<Option<Arc<Published>>>,
         registry: Arc<Registry>,
         max_age: Duration,
-        /// The other replicas, when `actions.replica_urls` lists them: the
-        /// proxies are read from them too.
+        /// The replicas `actions.replica_urls` lists (this one among them
+        /// or not), when it does: the proxies are read from them too.
         replicas: Option<Arc<ControlView>>,
     },
 }
@@ -47,15 +47,17 @@ pub enum ControlView {
 impl ControlView {
     /// The control plane at `url`, and its replicas at `replicas` (see
     /// `actions.replica_urls`); `tls`, the client's TLS settings for an
-    /// `https://` one (see [`edgeroute_config::tls::client_config`]).
+    /// `https://` one (see [`edgeroute_config::tls::client_config`]);
+    /// `timeout`, the longest one request may take.
     pub fn http(
         url: &str,
         replicas: &[String],
         token: Arc<TokenFile>,
         tls: Option<rustls::ClientConfig>,
+        timeout: Duration,
     ) -> anyhow::Result<ControlView> {
         let mut client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none());
         if let Some(tls) = tls {
             client = client.use_preconfigured_tls(tls);
@@ -108,39 +110,49 @@ impl ControlView {
         } else {
             format!("the replica at {url}")
         };
-        let resp = client
-            .get(format!("{url}{path}"))
-            .bearer_auth(token.current())
-            .send()
-            .await
-            .map_err(|e| {
-                let advice = edgeroute_config::tls::client_advice(
-                    &e,
-                    edgeroute_config::tls::ClientFields {
-                        ca: "actions.ca_file",
-                        url: field,
-                        client_tls: "actions.client_tls",
-                        https: url.starts_with("https://"),
-                    },
-                );
-                let advice = if !advice.is_empty() {
+        // After a 401, the token before a rotation is offered once (see
+        // `TokenFile::offered`): a replica may not have the new one yet.
+        let mut resp = None;
+        for _ in 0..2 {
+            let sent = client
+                .get(format!("{url}{path}"))
+                .bearer_auth(token.offered())
+                .send()
+                .await;
+            let refused = matches!(&sent, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED);
+            resp = Some(sent);
+            if !refused {
+                break;
+            }
+            token.refused();
+        }
+        let resp = resp.expect("asked at least once").map_err(|e| {
+            let advice = edgeroute_config::tls::client_advice(
+                &e,
+                edgeroute_config::tls::ClientFields {
+                    ca: "actions.ca_file",
+                    url: field,
+                    client_tls: "actions.client_tls",
+                    https: url.starts_with("https://"),
+                },
+            );
+            let advice = if !advice.is_empty() {
+                advice
+            } else if field == "actions.control_url" {
+                " (start the control plane, or set actions.control_url to where it runs)".to_owned()
+            } else {
+                " (start it again, or take it out of actions.replica_urls once it is gone for good)"
+                    .to_owned()
+            };
+            (
+                None,
+                format!(
+                    "cannot reach {who}: {}{}",
+                    edgeroute_config::error_chain(&e.without_url()),
                     advice
-                } else if field == "actions.control_url" {
-                    " (start the control plane, or set actions.control_url to where it runs)"
-                        .to_owned()
-                } else {
-                    " (start it again, or take it out of actions.replica_urls once it is gone for good)"
-                        .to_owned()
-                };
-                (
-                    None,
-                    format!(
-                        "cannot reach {who}: {}{}",
-                        edgeroute_config::error_chain(&e.without_url()),
-                        advice
-                    ),
-                )
-            })?;
+                ),
+            )
+        })?;
         let status = resp.status();
         if status.is_success() {
             return Ok(resp);
@@ -230,6 +242,16 @@ impl ControlView {
         }
     }
 
+    /// How many replicas `actions.replica_urls` lists (0: none).
+    pub fn replica_count(&self) -> usize {
+        match self {
+            ControlView::Http { replicas, .. } => replicas.len(),
+            ControlView::Local { replicas, .. } => {
+                replicas.as_ref().map_or(0, |others| others.replica_count())
+            }
+        }
+    }
+
     /// The proxies that reported recently, once each.
     pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, String> {
         Ok(self.reporting().await?.proxies())
@@ -256,19 +278,23 @@ impl ControlView {
                 max_age,
                 replicas,
             } => {
-                let proxies = registry.fresh(*max_age, Instant::now());
                 let Some(others) = replicas else {
-                    return (Reporting::One(proxies), None);
+                    return (
+                        Reporting::One(registry.fresh(*max_age, Instant::now())),
+                        None,
+                    );
                 };
                 let (mut read, unread) = others.replicas_readable().await;
-                // Its own proxies, beside the others' (once each, should the
-                // list name this replica too).
+                // Its own proxies (read after the others', so that no report
+                // here looks older than it is beside theirs), once each
+                // should the list name this replica too.
                 read.insert(
                     0,
                     Replica {
-                        url: "this control plane".into(),
+                        url: String::new(),
+                        name: "this control plane".into(),
                         table: table.borrow().as_ref().map(|p| p.table.clone()),
-                        proxies,
+                        proxies: registry.fresh(*max_age, Instant::now()),
                     },
                 );
                 (Reporting::Replicas(read), unread)
@@ -298,6 +324,7 @@ impl ControlView {
                 tokio::join!(self.table_at(url, field), self.listing(url, field));
             Ok::<_, String>(Replica {
                 url: url.clone(),
+                name: format!("the replica at {url}"),
                 table: table?,
                 proxies: proxies?,
             })
@@ -553,7 +580,7 @@ fn writes(t: &RoutingTable) -> String {
 pub fn describe(
     aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
     table: Result<Option<&RoutingTable>, &str>,
-    proxies: Result<&Reporting, &str>,
+    proxies: (Result<&Reporting, &str>, Option<&str>),
     history: Result<&History, &str>,
 ) -> String {
     let mut s = String::new();
@@ -622,12 +649,17 @@ fn describe_aws(
 }
 
 /// With replicas, a line for each: the proxies reporting to it and the
-/// table it serves, against `served`.
-fn describe_replicas(s: &mut String, reporting: &Reporting, served: &RoutingTable) {
+/// table it serves, against `served`; then the replicas not read.
+fn describe_replicas(
+    s: &mut String,
+    reporting: &Reporting,
+    unread: Option<&str>,
+    served: &RoutingTable,
+) {
     let Reporting::Replicas(replicas) = reporting else {
         return;
     };
-    for r in replicas {
+    for (r, reporting) in replicas.iter().zip(reporting.per_replica()) {
         let table = match &r.table {
             None => "no table yet".to_owned(),
             Some(t) if t.routes_as(served) => format!("epoch {} version {}", t.epoch, t.version),
@@ -638,10 +670,12 @@ fn describe_replicas(s: &mut String, reporting: &Reporting, served: &RoutingTabl
         };
         let _ = writeln!(
             s,
-            "  replica {}: {} reporting, serves {table}",
-            r.url,
-            r.proxies.len()
+            "  replica {}: {reporting} reporting, serves {table}",
+            r.url
         );
+    }
+    if let Some(unread) = unread {
+        let _ = writeln!(s, "  {unread}");
     }
 }
 
@@ -650,7 +684,7 @@ fn describe_replicas(s: &mut String, reporting: &Reporting, served: &RoutingTabl
 fn describe_control(
     s: &mut String,
     table: Result<Option<&RoutingTable>, &str>,
-    reporting: Result<&Reporting, &str>,
+    (reporting, unread): (Result<&Reporting, &str>, Option<&str>),
     history: Result<&History, &str>,
 ) {
     let listed = reporting.map(Reporting::proxies);
@@ -675,14 +709,14 @@ fn describe_control(
                 let _ = writeln!(s, "  not active: {}", drained.join(", "));
             }
             if let (Ok(p), Ok(reporting)) = (proxies, reporting) {
-                let behind = reporting.behind(t).len();
+                let behind = reporting.behind(t, &mut Seen::default()).len();
                 let _ = writeln!(
                     s,
                     "proxies reporting: {} ({} on the table served, {behind} behind)",
                     p.len(),
                     p.len() - behind
                 );
-                describe_replicas(s, reporting, t);
+                describe_replicas(s, reporting, unread, t);
                 for r in &t.regions {
                     let cut_off = cut_off_from(p, &r.name);
                     if !cut_off.is_empty() {
@@ -759,7 +793,15 @@ pub async fn describe_now(
     aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
 ) -> (String, Vec<String>) {
     let table = control.table().await;
-    let proxies = control.reporting().await;
+    // With replicas, those that could be read are shown, the others named.
+    let (reporting, mut unread) = control.reporting_readable().await;
+    let proxies = match (reporting, unread.take()) {
+        (Reporting::One(_), Some(e)) => Err(e),
+        (reporting, replicas_unread) => {
+            unread = replicas_unread;
+            Ok(reporting)
+        }
+    };
     let history = History::load(history_file);
     // Asked only of a control plane that serves a table.
     let stale = match &table {
@@ -787,13 +829,16 @@ pub async fn describe_now(
     if proxies.is_err() {
         unknown.push("the proxies".to_owned());
     }
+    if unread.is_some() {
+        unknown.push("the proxies of a replica".to_owned());
+    }
     if history.is_err() {
         unknown.push("the history".to_owned());
     }
     let mut text = describe(
         aws,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
-        proxies.as_ref().map_err(String::as_str),
+        (proxies.as_ref().map_err(String::as_str), unread.as_deref()),
         history.as_ref().map_err(String::as_str),
     );
     if stale {
@@ -1181,9 +1226,9 @@ impl Runner {
         if self.to_unhealthy {
             return Ok(());
         }
-        let Ok(proxies) = self.control.proxies().await else {
-            return Ok(());
-        };
+        // Those that can be read (a replica that cannot is named by
+        // `before_change`).
+        let proxies = self.control.reporting_readable().await.0.proxies();
         let cut_off = cut_off_from(&proxies, to);
         if cut_off.is_empty() {
             return Ok(());
@@ -1242,22 +1287,25 @@ impl Runner {
         if can_wait {
             History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
-        let proxies = if can_wait {
-            self.control.proxies().await.map_err(|e| {
-                format!("{e}; a change could not be followed to every proxy, so none was made")
-            })?
-        } else {
-            let (reporting, unread) = self.control.reporting_readable().await;
-            if let Some(unread) = unread {
-                self.warn(&format!(
-                    "{unread}; failing over all the same, and the change cannot be confirmed for their proxies"
+        let (reporting, unread) = self.control.reporting_readable().await;
+        if let Some(unread) = &unread {
+            if can_wait {
+                return Err(format!(
+                    "{unread}; a change could not be followed to every proxy, so none was made"
                 ));
             }
-            reporting.proxies()
-        };
+            self.warn(&format!(
+                "{unread}; failing over all the same, and the change cannot be confirmed for their proxies"
+            ));
+        }
         Ok(Before {
             table,
-            proxies: proxies.into_iter().map(|p| p.report.id).collect(),
+            proxies: reporting
+                .proxies()
+                .into_iter()
+                .map(|p| p.report.id)
+                .collect(),
+            unread,
         })
     }
 
@@ -1464,19 +1512,37 @@ impl Runner {
     ) -> Result<(), String> {
         let mut last: String;
         let mut others_done_at: Option<Instant> = None;
+        // Each replica's first table with the change, from round to round.
+        let mut seen = Seen::default();
+        // What the proxies are to route on: the table's numbers, or, with
+        // replicas numbering tables each its own way, the change.
+        let on = |reporting: &Reporting| match reporting {
+            Reporting::One(_) => format!("epoch {} version {}", table.epoch, table.version),
+            Reporting::Replicas(_) => {
+                "the change, each on its replica's table with it or a later one".to_owned()
+            }
+        };
         loop {
-            match self.control.reporting().await {
-                Ok(reporting) => {
+            let (reporting, unread) = self.control.reporting_readable().await;
+            match unread {
+                // An unplanned failover that began without them goes on
+                // with the proxies that can be read.
+                Some(unread) if before.unread.is_none() => last = unread,
+                unread => {
                     let lagging: Vec<String> = reporting
-                        .behind(table)
+                        .behind(table, &mut seen)
                         .iter()
                         .map(|l| {
                             let p = &l.proxy.report;
-                            match l.replica_without {
-                                None => format!("{} ({}, epoch {})", p.id, p.region, p.epoch),
-                                Some(replica) => format!(
-                                    "{} ({}, epoch {}; its replica {replica} does not serve the change yet)",
-                                    p.id, p.region, p.epoch
+                            let at = format!("{} ({}, epoch {}", p.id, p.region, p.epoch);
+                            match l.why {
+                                Why::Behind => format!("{at})"),
+                                Why::ReplicaHasNoTable(r) => format!("{at}; {r} serves no table yet)"),
+                                Why::ReplicaWithout(r) => {
+                                    format!("{at}; {r} serves a table without the change: it has not read it yet)")
+                                }
+                                Why::OnTableOf(r) => format!(
+                                    "{at}; it routes on the table of {r}, which has not read the change)"
                                 ),
                             }
                         })
@@ -1489,18 +1555,26 @@ impl Runner {
                         .map(String::as_str)
                         .collect();
                     if lagging.is_empty() && gone.is_empty() {
-                        let detail = if p.is_empty() {
+                        let mut detail = if p.is_empty() {
                             format!("no proxy reports to {}", self.control.describe_proxies())
                         } else {
                             format!(
-                                "{} of {} proxies route on epoch {} version {} (every proxy reporting to {})",
+                                "{} of {} proxies route on {} (every proxy reporting to {})",
                                 p.len(),
                                 p.len(),
-                                table.epoch,
-                                table.version,
+                                on(&reporting),
                                 self.control.describe_proxies()
                             )
                         };
+                        if let Some(unread) = unread {
+                            let _ = write!(
+                                detail,
+                                "; NOT CONFIRMED for the proxies of what could not be read: {unread}"
+                            );
+                            self.warn(&format!(
+                                "the change is not confirmed for the proxies of a replica that cannot be read: {unread}"
+                            ));
+                        }
                         tl.step("proxies confirmed", detail);
                         if let Some(primary) = &table.primary_region {
                             let cut_off = cut_off_from(&p, primary);
@@ -1520,9 +1594,9 @@ impl Runner {
                         let since = *others_done_at.get_or_insert_with(Instant::now);
                         if since.elapsed() > self.proxy_max_age {
                             return Err(format!(
-                                "{} proxies route on epoch {}, but {} stopped reporting during the change and may still route on the old table: {}",
+                                "{} proxies route on {}, but {} stopped reporting during the change and may still route on the old table: {}",
                                 p.len(),
-                                table.epoch,
+                                on(&reporting),
                                 gone.len(),
                                 gone.join(", ")
                             ));
@@ -1533,12 +1607,14 @@ impl Runner {
                         last = format!("behind: {}", lagging.join(", "));
                     }
                 }
-                Err(e) => last = e,
             }
             self.wait(deadline, || {
                 format!(
-                    "not every proxy moved to epoch {} within {:?}: {last}",
-                    table.epoch, self.timeout
+                    "not every proxy moved to epoch {} version {} (at {}) or later within {:?}: {last}",
+                    table.epoch,
+                    table.version,
+                    self.control.describe(),
+                    self.timeout
                 )
             })
             .await?;
@@ -2064,6 +2140,10 @@ struct Before {
     table: Option<RoutingTable>,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
+    /// What could not be read of the proxies when it began (an unplanned
+    /// failover only: any other change is refused then). It is followed
+    /// to the proxies that can be read.
+    unread: Option<String>,
 }
 
 impl Before {
@@ -2195,7 +2275,7 @@ mod tests {
         let text = super::describe(
             Ok((&view, false, None)),
             Ok(None),
-            Ok(&super::Reporting::One(Vec::new())),
+            (Ok(&super::Reporting::One(Vec::new())), None),
             Ok(&history),
         );
         let listed: Vec<&str> = text

@@ -26,6 +26,7 @@ pub struct ControlMetrics {
     pub proxies_behind: IntGauge,
     pub automation_held: IntCounterVec,
     pub automation_failovers: IntCounterVec,
+    pub automation_replicas_unread: IntGauge,
     pub last_drill: IntGauge,
     pub last_drill_ok: IntGauge,
     pub tls_certificate_reloads: IntCounterVec,
@@ -165,6 +166,10 @@ impl ControlMetrics {
                 "edgeroute_control_automation_failovers_total",
                 "Automated failovers started, by result (ok, failed, nothing_to_do: the writer was in the target already)",
                 &["result"],
+            ),
+            automation_replicas_unread: gauge(
+                "edgeroute_control_automation_replicas_unread",
+                "Replicas in actions.replica_urls the automation could not read at its last evaluation: their proxies did not vote",
             ),
             last_drill: gauge(
                 "edgeroute_control_last_drill_timestamp_seconds",

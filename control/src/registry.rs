@@ -167,7 +167,7 @@ fn routes_before(p: &ProxyStatus, table: &RoutingTable, digest: &str) -> bool {
 pub enum Reporting {
     /// One control plane's.
     One(Vec<ProxyStatus>),
-    /// Each replica's, with the table it serves.
+    /// Each replica's that could be read, with the table it serves.
     Replicas(Vec<Replica>),
 }
 
@@ -176,19 +176,40 @@ pub enum Reporting {
 #[derive(Debug, Clone)]
 pub struct Replica {
     pub url: String,
+    /// How messages name it: "the replica at URL", or "this control plane".
+    pub name: String,
     pub table: Option<RoutingTable>,
     pub proxies: Vec<ProxyStatus>,
 }
 
-/// A proxy not yet routing on a table, and why.
+/// A proxy not yet routing on a change, and why.
 #[derive(Debug, Clone, Copy)]
 pub struct Lagging<'a> {
     pub proxy: &'a ProxyStatus,
-    /// The replica it reports to, when that replica does not serve the
-    /// table yet (it has not read the change); `None` when the proxy is
-    /// behind its control plane.
-    pub replica_without: Option<&'a str>,
+    pub why: Why<'a>,
 }
+
+/// Why a proxy counts as not routing on a change yet; the names are
+/// replicas' ([`Replica::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why<'a> {
+    /// Its numbers are below the change's table's (its replica's, with
+    /// replicas).
+    Behind,
+    /// Its replica serves no table yet.
+    ReplicaHasNoTable(&'a str),
+    /// Its replica serves a table without the change: it has not read it.
+    ReplicaWithout(&'a str),
+    /// It routes on the table of a replica that has not read the change.
+    OnTableOf(&'a str),
+}
+
+/// What the confirmation of one change has seen of each replica: the
+/// first table of each that said what the change's table says. A later
+/// table of that replica is later than the change (a replica's numbers
+/// never go down), whatever it says.
+#[derive(Debug, Default)]
+pub struct Seen(HashMap<String, RoutingTable>);
 
 impl Reporting {
     /// Every proxy once, by id, with the index of the replica it reports
@@ -218,41 +239,76 @@ impl Reporting {
         self.each().into_iter().map(|(p, _)| p.clone()).collect()
     }
 
-    /// The proxies not yet routing on `target` (the table a command's
-    /// control plane serves) or a later one. With replicas, whose
-    /// numberings may differ, a proxy is judged against the table its own
-    /// replica serves once that table says what `target` says (lags
-    /// aside), and is waited for until then.
-    pub fn behind<'a>(&'a self, target: &RoutingTable) -> Vec<Lagging<'a>> {
-        // What each proxy is judged against: `target`, or its replica's
-        // table (`None`: the replica does not serve the change yet).
-        let against: Vec<Option<(&RoutingTable, String)>> = match self {
-            Reporting::One(_) => vec![Some((target, target.routing_digest()))],
-            Reporting::Replicas(replicas) => replicas
-                .iter()
-                .map(|r| {
-                    r.table
-                        .as_ref()
-                        .filter(|t| t.routes_as(target))
-                        .map(|t| (t, t.routing_digest()))
-                })
-                .collect(),
+    /// With replicas, how many proxies report to each now (a proxy that
+    /// moved counts where its newest report went).
+    pub fn per_replica(&self) -> Vec<usize> {
+        let Reporting::Replicas(replicas) = self else {
+            return Vec::new();
         };
+        let mut counts = vec![0; replicas.len()];
+        for (_, i) in self.each() {
+            if let Some(i) = i {
+                counts[i] += 1;
+            }
+        }
+        counts
+    }
+
+    /// The proxies not yet routing on `target` (the change's table, as the
+    /// command's control plane serves it) or a later table. With
+    /// replicas, whose numberings may differ, a proxy is judged against its
+    /// own replica's first table that said what `target` says (lags
+    /// aside), kept in `seen` from one call to the next, and is waited for
+    /// until its replica has one; and a proxy routing on the table of a
+    /// replica that has not read the change (a higher numbering it took
+    /// from there) is waited for too.
+    pub fn behind<'a>(&'a self, target: &RoutingTable, seen: &mut Seen) -> Vec<Lagging<'a>> {
         let replicas: &[Replica] = match self {
             Reporting::One(_) => &[],
             Reporting::Replicas(replicas) => replicas,
         };
+        for r in replicas {
+            if let Some(t) = &r.table
+                && !seen.0.contains_key(&r.url)
+                && t.routes_as(target)
+            {
+                seen.0.insert(r.url.clone(), t.clone());
+            }
+        }
+        // The tables without the change, by numbers and digest.
+        let mut without: Vec<(u64, u64, String, &'a str)> = Vec::new();
+        // What each replica's proxies are judged against, or why they wait.
+        let mut against: Vec<Result<(&RoutingTable, String), Why<'a>>> = match self {
+            Reporting::One(_) => vec![Ok((target, target.routing_digest()))],
+            Reporting::Replicas(_) => Vec::with_capacity(replicas.len()),
+        };
+        for r in replicas {
+            against.push(match (&r.table, seen.0.get(&r.url)) {
+                (None, _) => Err(Why::ReplicaHasNoTable(&r.name)),
+                (Some(_), Some(first)) => Ok((first, first.routing_digest())),
+                (Some(t), None) => {
+                    without.push((t.epoch, t.version, t.routing_digest(), &r.name));
+                    Err(Why::ReplicaWithout(&r.name))
+                }
+            });
+        }
         self.each()
             .into_iter()
-            .filter_map(|(proxy, replica)| match &against[replica.unwrap_or(0)] {
-                Some((table, digest)) => routes_before(proxy, table, digest).then_some(Lagging {
-                    proxy,
-                    replica_without: None,
-                }),
-                None => Some(Lagging {
-                    proxy,
-                    replica_without: replica.map(|i| replicas[i].url.as_str()),
-                }),
+            .filter_map(|(proxy, replica)| {
+                let why = match &against[replica.unwrap_or(0)] {
+                    Err(why) => Some(*why),
+                    Ok((table, digest)) => {
+                        let on_without = without.iter().find(|(epoch, version, d, _)| {
+                            (proxy.report.epoch, proxy.report.version) == (*epoch, *version)
+                                && proxy.report.routing.as_deref() == Some(d)
+                        });
+                        match on_without {
+                            Some((.., name)) => Some(Why::OnTableOf(name)),
+                            None => routes_before(proxy, table, digest).then_some(Why::Behind),
+                        }
+                    }
+                };
+                why.map(|why| Lagging { proxy, why })
             })
             .collect()
     }
@@ -305,6 +361,14 @@ mod tests {
             primary_region: Some("eu-west-1".into()),
             failover_in_progress: false,
             regions: Vec::new(),
+        }
+    }
+
+    /// [`eu_primary`] before the writer moved there.
+    fn us_primary() -> RoutingTable {
+        RoutingTable {
+            primary_region: Some("us-east-1".into()),
+            ..eu_primary()
         }
     }
 
@@ -364,53 +428,76 @@ mod tests {
         assert_eq!(ids, ["old", "unsaid", "before_moves"]);
     }
 
-    /// A command reading every replica judges each proxy against the
-    /// table its replica serves, once that table has the change: the
-    /// replicas' numberings need not agree, and a replica that has not
-    /// read the change holds its proxies back whatever their numbers.
-    #[test]
-    fn with_replicas_each_proxy_is_judged_by_its_replicas_table() {
-        let target = eu_primary();
-        let mut before = target.clone();
-        before.primary_region = Some("us-east-1".into());
-        let numbered = |t: &RoutingTable, epoch, version| RoutingTable {
+    /// A table like `t` under other numbers.
+    fn numbered(t: &RoutingTable, epoch: u64, version: u64) -> RoutingTable {
+        RoutingTable {
             epoch,
             version,
             ..t.clone()
-        };
-        let on = |id: &str, t: &RoutingTable, age_seconds: f64| ProxyStatus {
+        }
+    }
+
+    /// A proxy routing on `t`, reported `age_seconds` ago.
+    fn on(id: &str, t: &RoutingTable, age_seconds: f64) -> ProxyStatus {
+        ProxyStatus {
             report: ProxyReport {
                 routing: Some(t.routing_digest()),
                 version: t.version,
                 ..report(id, t.epoch, 2)
             },
             age_seconds,
-        };
+        }
+    }
+
+    fn replica(name: &str, table: Option<&RoutingTable>, proxies: Vec<ProxyStatus>) -> Replica {
+        Replica {
+            url: format!("http://{name}"),
+            name: name.into(),
+            table: table.cloned(),
+            proxies,
+        }
+    }
+
+    fn lagging<'a>(
+        reporting: &'a Reporting,
+        target: &RoutingTable,
+        seen: &mut Seen,
+    ) -> Vec<(&'a str, Why<'a>)> {
+        reporting
+            .behind(target, seen)
+            .iter()
+            .map(|l| (l.proxy.report.id.as_str(), l.why))
+            .collect()
+    }
+
+    /// A command reading every replica judges each proxy against the
+    /// table its replica serves, once that table has the change: the
+    /// replicas' numberings need not agree, and a replica that has not
+    /// read the change holds its proxies back whatever their numbers.
+    #[test]
+    fn with_replicas_each_proxy_is_judged_by_its_replicas_table() {
+        let (target, before) = (eu_primary(), us_primary());
         // a: the change, under a higher numbering of its own.
         let a_table = numbered(&target, 9, 3);
         // b: not yet, and numbered above the target.
         let b_table = numbered(&before, 8, 1);
         let replicas = vec![
-            Replica {
-                url: "http://a".into(),
-                proxies: vec![
+            replica(
+                "a",
+                Some(&a_table),
+                vec![
                     on("on-a", &a_table, 1.0),
                     on("a-behind", &numbered(&before, 9, 2), 1.0),
                     // Moved to b since: its newer report there counts.
                     on("moved", &a_table, 4.0),
                 ],
-                table: Some(a_table),
-            },
-            Replica {
-                url: "http://b".into(),
-                proxies: vec![on("on-b", &b_table, 1.0), on("moved", &b_table, 0.5)],
-                table: Some(b_table.clone()),
-            },
-            Replica {
-                url: "http://c".into(),
-                proxies: vec![on("c-none", &b_table, 1.0)],
-                table: None,
-            },
+            ),
+            replica(
+                "b",
+                Some(&b_table),
+                vec![on("on-b", &b_table, 1.0), on("moved", &b_table, 0.5)],
+            ),
+            replica("c", None, vec![on("c-none", &b_table, 1.0)]),
         ];
         let reporting = Reporting::Replicas(replicas);
         let ids: Vec<(String, f64)> = reporting
@@ -429,18 +516,15 @@ mod tests {
                 ("on-b", 1.0)
             ]
         );
-        let lagging: Vec<(&str, Option<&str>)> = reporting
-            .behind(&target)
-            .iter()
-            .map(|l| (l.proxy.report.id.as_str(), l.replica_without))
-            .collect();
+        assert_eq!(reporting.per_replica(), [2, 2, 1]);
+        let mut seen = Seen::default();
         assert_eq!(
-            lagging,
+            lagging(&reporting, &target, &mut seen),
             [
-                ("a-behind", None),
-                ("c-none", Some("http://c")),
-                ("moved", Some("http://b")),
-                ("on-b", Some("http://b")),
+                ("a-behind", Why::Behind),
+                ("c-none", Why::ReplicaHasNoTable("c")),
+                ("moved", Why::ReplicaWithout("b")),
+                ("on-b", Why::ReplicaWithout("b")),
             ]
         );
         // By numbers alone, b's proxies (epoch 8 > 5) would pass.
@@ -458,12 +542,68 @@ mod tests {
         replicas[1].table = Some(b_changed.clone());
         replicas[1].proxies = vec![on("on-b", &b_changed, 0.5)];
         let reporting = Reporting::Replicas(replicas);
-        let lagging: Vec<&str> = reporting
-            .behind(&target)
-            .iter()
-            .map(|l| l.proxy.report.id.as_str())
-            .collect();
-        assert_eq!(lagging, ["a-behind", "c-none"]);
+        assert_eq!(
+            lagging(&reporting, &target, &mut seen),
+            [
+                ("a-behind", Why::Behind),
+                ("c-none", Why::ReplicaHasNoTable("c"))
+            ]
+        );
+    }
+
+    /// A replica seen serving the change and then a later table (another
+    /// change came) is past the change: its proxies on either pass, and
+    /// those below its first table with the change do not.
+    #[test]
+    fn a_replica_past_the_change_counts_as_having_it() {
+        let (target, before) = (eu_primary(), us_primary());
+        let with = numbered(&target, 7, 10);
+        let mut later = numbered(&target, 7, 11);
+        later.failover_in_progress = true;
+        let mut seen = Seen::default();
+        let first = Reporting::Replicas(vec![replica(
+            "a",
+            Some(&with),
+            vec![on("p", &numbered(&before, 7, 9), 1.0)],
+        )]);
+        assert_eq!(lagging(&first, &target, &mut seen), [("p", Why::Behind)]);
+        let next = Reporting::Replicas(vec![replica(
+            "a",
+            Some(&later),
+            vec![
+                on("p", &with, 1.0),
+                on("q", &later, 1.0),
+                on("r", &numbered(&before, 7, 9), 1.0),
+            ],
+        )]);
+        assert_eq!(lagging(&next, &target, &mut seen), [("r", Why::Behind)]);
+        // Never seen with the change, the later table holds them back.
+        assert_eq!(
+            lagging(&next, &target, &mut Seen::default()),
+            [
+                ("p", Why::ReplicaWithout("a")),
+                ("q", Why::ReplicaWithout("a")),
+                ("r", Why::ReplicaWithout("a"))
+            ]
+        );
+    }
+
+    /// A proxy that took a replica's table without the change (numbered
+    /// above its own replica's, as a replica restarted with a stale view
+    /// numbers it) is waited for, though its numbers pass.
+    #[test]
+    fn a_proxy_on_the_table_of_a_replica_without_the_change_waits() {
+        let (target, before) = (eu_primary(), us_primary());
+        let a_with = numbered(&target, 7, 10);
+        let b_stale = numbered(&before, 9, 1);
+        let reporting = Reporting::Replicas(vec![
+            replica("a", Some(&a_with), vec![on("took-b", &b_stale, 1.0)]),
+            replica("b", Some(&b_stale), vec![]),
+        ]);
+        assert_eq!(
+            lagging(&reporting, &target, &mut Seen::default()),
+            [("took-b", Why::OnTableOf("b"))]
+        );
     }
 
     #[test]
@@ -483,12 +623,10 @@ mod tests {
             },
         ];
         let reporting = Reporting::One(proxies);
-        let lagging: Vec<(&str, Option<&str>)> = reporting
-            .behind(&target)
-            .iter()
-            .map(|l| (l.proxy.report.id.as_str(), l.replica_without))
-            .collect();
-        assert_eq!(lagging, [("old", None)]);
+        assert_eq!(
+            lagging(&reporting, &target, &mut Seen::default()),
+            [("old", Why::Behind)]
+        );
         assert_eq!(reporting.proxies().len(), 2);
     }
 

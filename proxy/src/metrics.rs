@@ -176,7 +176,7 @@ impl Metrics {
             refusals: counter_vec(
                 &r,
                 "edgeroute_refusals_total",
-                "Answers the proxy made itself before a backend was picked, by error code (every 503 refusal, bad_request, body_too_large, body_too_slow, request_head_too_large, unsupported_transfer_coding, http_version_not_supported, method_not_allowed, loop_detected; unreadable request heads too), and 503 refusals after attempts at backends that could not be reached",
+                "Answers the proxy made itself before a backend was picked, by error code (every 503 refusal, bad_request, body_too_large, body_too_slow, request_head_too_large, unsupported_transfer_coding, http_version_not_supported, method_not_allowed, loop_detected; unreadable request heads too), requests turned down while forwarded (a body too large, too slow or malformed), and 503 refusals after attempts at backends that could not be reached",
                 &["reason"],
             ),
             retries: counter(

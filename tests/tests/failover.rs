@@ -171,10 +171,25 @@ impl Env {
         cp.proxy(b.extra(HEALTH), "1s").start().await
     }
 
-    /// Another replica of the control plane: the same source, an address
-    /// of its own.
-    async fn replica(&self) -> ControlPlane {
-        ControlPlane::start_with(None, &self.config, &self.moto.env()).await
+    /// Another replica of the control plane, on an address of its own,
+    /// reading the same AWS every `poll` (the control plane's every
+    /// 200 ms), and started once the clock has passed the control plane's
+    /// first epoch, so that its numbers are higher.
+    async fn later_replica_reading_every(&self, poll: &str) -> ControlPlane {
+        let epoch = self.cp.table().await["epoch"].as_u64().expect("an epoch");
+        eventually("the clock passes the first epoch", WAIT, || async {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+            now.unwrap().as_secs() > epoch
+        })
+        .await;
+        let config = self.config.replace(
+            "poll_interval = \"200ms\"",
+            &format!("poll_interval = {poll:?}"),
+        );
+        let replica = ControlPlane::start_with(None, &config, &self.moto.env()).await;
+        let its = replica.table().await["epoch"].as_u64().expect("an epoch");
+        assert!(its > epoch, "{its} after {epoch}");
+        replica
     }
 
     /// Until `n` proxies report, each with every region's backend in
@@ -572,7 +587,7 @@ async fn automated_failover_runs_when_both_sources_agree_and_its_guardrails_hold
 #[tokio::test]
 async fn the_automation_counts_the_proxies_reporting_to_another_replica() {
     let (env, other) = Env::launch(Some(AUTOMATED), "", true).await;
-    let other = other.expect("the other replica");
+    let mut other = other.expect("the other replica");
     let _proxies = [
         env.proxy_on(&other, "eu-west-1").await,
         env.proxy_on(&other, "ap-southeast-1").await,
@@ -602,12 +617,24 @@ async fn the_automation_counts_the_proxies_reporting_to_another_replica() {
         .map(|s| s["detail"].as_str().unwrap_or_default().to_owned())
         .unwrap_or_else(|| panic!("no confirmation in {status}"));
     assert!(
-        confirmed.starts_with("2 of 2 proxies route on epoch")
+        confirmed.starts_with("2 of 2 proxies route on the change")
             && confirmed.contains(&format!(
                 "this control plane and the replica at {} (actions.replica_urls)",
                 other.url("")
             )),
         "{confirmed}"
+    );
+    let unread = "edgeroute_control_automation_replicas_unread";
+    assert_eq!(env.metric(unread).await, 0.0);
+    other.kill();
+    eventually("the replica gone is counted", WAIT, || async {
+        env.metric(unread).await == 1.0
+    })
+    .await;
+    assert!(
+        cp.log().contains("1 of 1 replicas could not be read"),
+        "{}",
+        cp.log()
     );
 }
 
@@ -975,13 +1002,15 @@ async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() 
 
 /// Replicas of one control plane, each with a proxy reporting to it: a
 /// command given every replica's URL (`actions.replica_urls`) sees both
-/// proxies, follows a drain to each (each replica numbering tables its
-/// own way), and changes nothing while a replica cannot be read, whose
-/// proxies it would not see.
+/// proxies, follows a drain to each (the second replica reads AWS every
+/// 2 s and numbers its tables above the first's, so its proxy's numbers
+/// pass before it has the change), changes nothing while a replica cannot
+/// be read, whose proxies it would not see, but for an unplanned failover,
+/// which goes ahead and says what it could not confirm.
 #[tokio::test]
 async fn a_command_given_every_replica_follows_a_change_to_the_proxies_of_each() {
     let env = Env::start(None).await;
-    let mut replica = env.replica().await;
+    let mut replica = env.later_replica_reading_every("2s").await;
     let _on_first = env.proxy("us-east-1").await;
     let on_replica = env.proxy_on(&replica, "eu-west-1").await;
     env.wait_for_proxies(1).await;
@@ -1005,11 +1034,11 @@ async fn a_command_given_every_replica_follows_a_change_to_the_proxies_of_each()
         .command_with_actions(&replicas, &["drain", "us-east-1"])
         .await;
     ran.assert_ok_saying(&[
-        "2 of 2 proxies route on epoch",
+        "2 of 2 proxies route on the change, each on its replica's table with it or a later one",
         "every proxy reporting to the 2 replicas in actions.replica_urls",
     ]);
     // The proxy on the other replica routes on the drain: the command
-    // waited for it.
+    // waited for the replica to read it, and for the proxy.
     let routing = on_replica.routing().await;
     let state = &edgeroute_tests::control::region(&routing, "us-east-1")["state"];
     assert_eq!(state, "draining");
@@ -1032,6 +1061,43 @@ async fn a_command_given_every_replica_follows_a_change_to_the_proxies_of_each()
         moto::kept_regions(&env.moto, &env.fixture.zone_id).await,
         ["us-east-1"],
         "still drained"
+    );
+    let status = env.cp.command_with_actions(&replicas, &["status"]).await;
+    assert!(!status.ok, "{status:?}");
+    assert!(
+        status
+            .stdout
+            .contains("proxies reporting: 1 (1 on the table served, 0 behind)")
+            && status.stdout.contains("1 of 2 replicas could not be read"),
+        "the replica read is shown, the other named: {}",
+        status.stdout
+    );
+
+    let ran = env
+        .cp
+        .command_with_actions(
+            &replicas,
+            &[
+                "failover",
+                "--to",
+                "eu-west-1",
+                "--unplanned",
+                "--allow-data-loss",
+            ],
+        )
+        .await;
+    ran.assert_ok_saying(&[
+        "1 of 1 proxies route on the change",
+        "NOT CONFIRMED for the proxies of what could not be read: 1 of 2 replicas could not be read",
+    ]);
+    assert!(
+        ran.stderr.contains("failing over all the same"),
+        "{}",
+        ran.stderr
+    );
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
     );
 }
 
