@@ -648,11 +648,17 @@ impl RawActions {
             let field = format!("actions.replica_urls[{i}]");
             let url = raw.trim_end_matches('/');
             let host = url.strip_prefix(scheme).unwrap_or_default();
-            if host.is_empty() || host.starts_with('/') {
+            if host.contains('@') {
+                // Not echoed: the URL holds a password.
+                e.push(
+                    &field,
+                    "must not hold credentials (user@ or user:password@): the commands send the control plane's token",
+                );
+            } else if !crate::values::host_and_port(host) {
                 e.push(
                     &field,
                     format!(
-                        "must be one replica's base URL, {scheme} as actions.control_url {control_url:?} is, such as \"{scheme}edgeroute-control-0.edgeroute-control:{port}\", got {raw:?}"
+                        "must be one replica's base URL, {scheme} as actions.control_url {control_url:?} is, and a host with an optional port, such as \"{scheme}edgeroute-control-0.edgeroute-control:{port}\", got {raw:?}"
                     ),
                 );
             } else if urls.iter().any(|u| u == url) {
@@ -1054,7 +1060,7 @@ mod tests {
         let Err(ControlConfigError::Invalid { errors, .. }) = with(
             dir.path(),
             &format!(
-                "{server}[actions]\nreplica_urls = [\"https://10.0.1.5:9443\", \"10.0.2.5:9080\", \"http://\", \"http://a:1\", \"http://a:1/\"]\n"
+                "{server}[actions]\nreplica_urls = [\"https://10.0.1.5:9443\", \"10.0.2.5:9080\", \"http://\", \"http://a:1/v1\", \"http://a:1?x=1\", \"http://a:1\", \"http://a:1/\", \"http://u:s3cret@b:1\"]\n"
             ),
         ) else {
             panic!("bad replica URLs were accepted")
@@ -1063,16 +1069,19 @@ mod tests {
             .iter()
             .map(|e| (e.path.as_str(), e.message.as_str()))
             .collect();
-        assert_eq!(said.len(), 4, "{errors}");
-        for (i, (path, message)) in said[..3].iter().enumerate() {
+        assert_eq!(said.len(), 7, "{errors}");
+        for (i, (path, message)) in said[..5].iter().enumerate() {
             assert_eq!(*path, format!("actions.replica_urls[{i}]"));
             assert!(
                 message.contains("http:// as actions.control_url \"http://127.0.0.1:9080\" is"),
                 "{message}"
             );
         }
-        assert_eq!(said[3].0, "actions.replica_urls[4]");
-        assert!(said[3].1.contains("a second time"), "{}", said[3].1);
+        assert_eq!(said[5].0, "actions.replica_urls[6]");
+        assert!(said[5].1.contains("a second time"), "{}", said[5].1);
+        assert_eq!(said[6].0, "actions.replica_urls[7]");
+        assert!(said[6].1.contains("credentials"), "{}", said[6].1);
+        assert!(!errors.to_string().contains("s3cret"), "{errors}");
     }
 
     /// A control config of `extra` lines after a file source, loaded

@@ -41,6 +41,8 @@ pub enum ControlView {
         /// The replicas `actions.replica_urls` lists (this one among them
         /// or not), when it does: the proxies are read from them too.
         replicas: Option<Arc<ControlView>>,
+        /// This process's id among replicas (`/v1/status`).
+        instance: String,
     },
 }
 
@@ -195,7 +197,11 @@ impl ControlView {
             .map_err(|(_, e)| e)?
             .json()
             .await
-            .map_err(|e| format!("{url} sent no {what}: {e}"))
+            .map_err(|e| {
+                format!(
+                    "{url} sent no {what}: {e} ({field} may name something other than an edgeroute control plane)"
+                )
+            })
     }
 
     /// The table served now; `None` before the first.
@@ -277,6 +283,7 @@ impl ControlView {
                 registry,
                 max_age,
                 replicas,
+                instance,
             } => {
                 let Some(others) = replicas else {
                     return (
@@ -285,6 +292,8 @@ impl ControlView {
                     );
                 };
                 let (mut read, unread) = others.replicas_readable().await;
+                // Itself, should the list name it, is read here.
+                read.retain(|r| r.instance.as_ref() != Some(instance));
                 // Its own proxies (read after the others', so that no report
                 // here looks older than it is beside theirs), once each
                 // should the list name this replica too.
@@ -295,6 +304,10 @@ impl ControlView {
                         name: "this control plane".into(),
                         table: table.borrow().as_ref().map(|p| p.table.clone()),
                         proxies: registry.fresh(*max_age, Instant::now()),
+                        // A failed read is not news to itself: the
+                        // automation fails over on the view it has.
+                        source_stale: false,
+                        instance: Some(instance.clone()),
                     },
                 );
                 (Reporting::Replicas(read), unread)
@@ -318,15 +331,17 @@ impl ControlView {
         let ControlView::Http { replicas, .. } = self else {
             return (Vec::new(), None);
         };
-        let field = "actions.replica_urls";
         let asked = futures_util::future::join_all(replicas.iter().map(|url| async move {
-            let (table, proxies) =
-                tokio::join!(self.table_at(url, field), self.listing(url, field));
+            let status: ReplicaStatus = self
+                .get_json_at(url, "actions.replica_urls", "/v1/status", "status")
+                .await?;
             Ok::<_, String>(Replica {
                 url: url.clone(),
                 name: format!("the replica at {url}"),
-                table: table?,
-                proxies: proxies?,
+                table: status.table,
+                proxies: status.proxies,
+                source_stale: status.source_stale,
+                instance: status.instance,
             })
         }))
         .await;
@@ -343,6 +358,36 @@ impl ControlView {
         (read.into_iter().filter_map(Result::ok).collect(), unread)
     }
 
+    /// The control plane's own id among replicas (`None` from one that
+    /// does not say).
+    pub async fn instance(&self) -> Result<Option<String>, String> {
+        match self {
+            ControlView::Local { instance, .. } => Ok(Some(instance.clone())),
+            ControlView::Http { .. } => {
+                #[derive(serde::Deserialize)]
+                struct Status {
+                    #[serde(default)]
+                    instance: Option<String>,
+                }
+                let status: Status = self.get_json("/v1/status", "status").await?;
+                Ok(status.instance)
+            }
+        }
+    }
+
+    /// [`Reporting::problems`], the control plane's membership among the
+    /// replicas asked only when every one was read (`all_read`).
+    pub async fn replica_problems(&self, reporting: &Reporting, all_read: bool) -> Vec<String> {
+        if !matches!(reporting, Reporting::Replicas(_)) {
+            return Vec::new();
+        }
+        let control = match all_read {
+            true => self.instance().await.ok().flatten(),
+            false => None,
+        };
+        reporting.problems(control.as_deref())
+    }
+
     /// The proxies reporting to the control plane or replica at `url`.
     async fn listing(&self, url: &str, field: &str) -> Result<Vec<ProxyStatus>, String> {
         #[derive(serde::Deserialize)]
@@ -353,6 +398,18 @@ impl ControlView {
             .await
             .map(|l| l.proxies)
     }
+}
+
+/// What `/v1/status` says of a replica.
+#[derive(serde::Deserialize)]
+struct ReplicaStatus {
+    table: Option<RoutingTable>,
+    proxies: Vec<ProxyStatus>,
+    // Absent from an older control plane's answer.
+    #[serde(default)]
+    source_stale: bool,
+    #[serde(default)]
+    instance: Option<String>,
 }
 
 /// Who runs this process, for the history and the notifications:
@@ -580,7 +637,7 @@ fn writes(t: &RoutingTable) -> String {
 pub fn describe(
     aws: Result<(&TopologyView, bool, Option<&FailoverInfo>), &str>,
     table: Result<Option<&RoutingTable>, &str>,
-    proxies: (Result<&Reporting, &str>, Option<&str>),
+    proxies: (Result<&Reporting, &str>, &[String]),
     history: Result<&History, &str>,
 ) -> String {
     let mut s = String::new();
@@ -649,11 +706,12 @@ fn describe_aws(
 }
 
 /// With replicas, a line for each: the proxies reporting to it and the
-/// table it serves, against `served`; then the replicas not read.
+/// table it serves, against `served`; then `notes` (the replicas not
+/// read, what stands in the way of following a change).
 fn describe_replicas(
     s: &mut String,
     reporting: &Reporting,
-    unread: Option<&str>,
+    notes: &[String],
     served: &RoutingTable,
 ) {
     let Reporting::Replicas(replicas) = reporting else {
@@ -674,8 +732,8 @@ fn describe_replicas(
             r.url
         );
     }
-    if let Some(unread) = unread {
-        let _ = writeln!(s, "  {unread}");
+    for note in notes {
+        let _ = writeln!(s, "  {note}");
     }
 }
 
@@ -684,7 +742,7 @@ fn describe_replicas(
 fn describe_control(
     s: &mut String,
     table: Result<Option<&RoutingTable>, &str>,
-    (reporting, unread): (Result<&Reporting, &str>, Option<&str>),
+    (reporting, notes): (Result<&Reporting, &str>, &[String]),
     history: Result<&History, &str>,
 ) {
     let listed = reporting.map(Reporting::proxies);
@@ -709,14 +767,20 @@ fn describe_control(
                 let _ = writeln!(s, "  not active: {}", drained.join(", "));
             }
             if let (Ok(p), Ok(reporting)) = (proxies, reporting) {
-                let behind = reporting.behind(t, &mut Seen::default()).len();
+                let behind = reporting.behind(t, &mut Seen::default());
                 let _ = writeln!(
                     s,
-                    "proxies reporting: {} ({} on the table served, {behind} behind)",
+                    "proxies reporting: {} ({} on the table served, {} behind)",
                     p.len(),
-                    p.len() - behind
+                    p.len() - behind.len(),
+                    behind.len()
                 );
-                describe_replicas(s, reporting, unread, t);
+                if !behind.is_empty() {
+                    let ids: Vec<&str> =
+                        behind.iter().map(|l| l.proxy.report.id.as_str()).collect();
+                    let _ = writeln!(s, "  behind: {}", some_of(&ids));
+                }
+                describe_replicas(s, reporting, notes, t);
                 for r in &t.regions {
                     let cut_off = cut_off_from(p, &r.name);
                     if !cut_off.is_empty() {
@@ -794,11 +858,16 @@ pub async fn describe_now(
 ) -> (String, Vec<String>) {
     let table = control.table().await;
     // With replicas, those that could be read are shown, the others named.
-    let (reporting, mut unread) = control.reporting_readable().await;
-    let proxies = match (reporting, unread.take()) {
+    let (reporting, unread) = control.reporting_readable().await;
+    // With replicas: the unread ones, and what would stand in the way of a
+    // change.
+    let mut notes = Vec::new();
+    let proxies = match (reporting, unread) {
         (Reporting::One(_), Some(e)) => Err(e),
-        (reporting, replicas_unread) => {
-            unread = replicas_unread;
+        (reporting, unread) => {
+            let all_read = unread.is_none();
+            notes.extend(unread);
+            notes.extend(control.replica_problems(&reporting, all_read).await);
             Ok(reporting)
         }
     };
@@ -829,8 +898,9 @@ pub async fn describe_now(
     if proxies.is_err() {
         unknown.push("the proxies".to_owned());
     }
-    if unread.is_some() {
-        unknown.push("the proxies of a replica".to_owned());
+    if !notes.is_empty() {
+        unknown
+            .push("every replica's proxies, or what a change needs of them (see above)".to_owned());
     }
     if history.is_err() {
         unknown.push("the history".to_owned());
@@ -838,7 +908,7 @@ pub async fn describe_now(
     let mut text = describe(
         aws,
         table.as_ref().map(Option::as_ref).map_err(String::as_str),
-        (proxies.as_ref().map_err(String::as_str), unread.as_deref()),
+        (proxies.as_ref().map_err(String::as_str), &notes),
         history.as_ref().map_err(String::as_str),
     );
     if stale {
@@ -1297,6 +1367,18 @@ impl Runner {
             self.warn(&format!(
                 "{unread}; failing over all the same, and the change cannot be confirmed for their proxies"
             ));
+        }
+        for problem in self
+            .control
+            .replica_problems(&reporting, unread.is_none())
+            .await
+        {
+            if can_wait {
+                return Err(format!(
+                    "{problem}; a change could not be followed to every proxy, so none was made"
+                ));
+            }
+            self.warn(&format!("{problem}; failing over all the same"));
         }
         Ok(Before {
             table,
@@ -2275,7 +2357,7 @@ mod tests {
         let text = super::describe(
             Ok((&view, false, None)),
             Ok(None),
-            (Ok(&super::Reporting::One(Vec::new())), None),
+            (Ok(&super::Reporting::One(Vec::new())), &[]),
             Ok(&history),
         );
         let listed: Vec<&str> = text

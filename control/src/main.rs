@@ -627,6 +627,8 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             Arc::clone(&notifier),
             Arc::clone(&metrics),
         ));
+        // This process among replicas.
+        let instance = uuid::Uuid::new_v4().simple().to_string();
         let automation = if cfg.automation.enabled {
             // The other replicas' proxies vote and are followed too.
             let replicas = if cfg.actions.replica_urls.is_empty() {
@@ -639,6 +641,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
                 registry: Arc::clone(&registry),
                 max_age: cfg.actions.proxy_max_age,
                 replicas,
+                instance: instance.clone(),
             };
             let runner = runner(
                 &cfg,
@@ -675,6 +678,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             history_file: cfg.actions.history_file.clone(),
             automation: cfg.automation.enabled,
             numbering: numbering_tx,
+            instance,
         });
         let (ca_read, clients) = clients.unzip();
         let tls: Option<server::Tls> = cert.as_ref().map(|cert| {

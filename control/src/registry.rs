@@ -180,6 +180,10 @@ pub struct Replica {
     pub name: String,
     pub table: Option<RoutingTable>,
     pub proxies: Vec<ProxyStatus>,
+    /// Its last read of its source failed: its table no longer follows.
+    pub source_stale: bool,
+    /// Its id among replicas (`/v1/status`), when it says one.
+    pub instance: Option<String>,
 }
 
 /// A proxy not yet routing on a change, and why.
@@ -237,6 +241,45 @@ impl Reporting {
     /// Every proxy reporting, once each, by id.
     pub fn proxies(&self) -> Vec<ProxyStatus> {
         self.each().into_iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    /// With replicas, what stands in the way of following a change to
+    /// every proxy: a replica whose source cannot be read (its table would
+    /// not follow), one replica listed twice (under two names), and a
+    /// command's control plane, `control` (its id), not among them (the
+    /// list leaves out a replica, whose proxies would go unseen).
+    pub fn problems(&self, control: Option<&str>) -> Vec<String> {
+        let Reporting::Replicas(replicas) = self else {
+            return Vec::new();
+        };
+        let mut problems = Vec::new();
+        for (i, r) in replicas.iter().enumerate() {
+            if r.source_stale {
+                problems.push(format!(
+                    "{} cannot read its source (its log and edgeroute_control_source_errors_total say why): its table would not follow a change",
+                    r.name
+                ));
+            }
+            if let Some(twin) = replicas[..i]
+                .iter()
+                .find(|o| o.instance.is_some() && o.instance == r.instance)
+            {
+                problems.push(format!(
+                    "{} and {} are one replica: actions.replica_urls lists it twice, and may leave another out",
+                    twin.name, r.name
+                ));
+            }
+        }
+        if let Some(control) = control
+            && !replicas
+                .iter()
+                .any(|r| r.instance.as_deref() == Some(control))
+        {
+            problems.push(
+                "the control plane at actions.control_url is none of the replicas listed: actions.replica_urls leaves out a replica (list every one), whose proxies would go unseen".to_owned(),
+            );
+        }
+        problems
     }
 
     /// With replicas, how many proxies report to each now (a proxy that
@@ -455,7 +498,42 @@ mod tests {
             name: name.into(),
             table: table.cloned(),
             proxies,
+            source_stale: false,
+            instance: Some(format!("id-{name}")),
         }
+    }
+
+    /// What stands in the way of following a change: a replica's stale
+    /// source, one replica under two names, a command's control plane
+    /// that is none of them.
+    #[test]
+    fn a_stale_replica_one_listed_twice_or_one_left_out_is_named() {
+        let t = eu_primary();
+        let all_well = Reporting::Replicas(vec![
+            replica("a", Some(&t), vec![]),
+            replica("b", Some(&t), vec![]),
+        ]);
+        assert!(all_well.problems(Some("id-a")).is_empty());
+        assert!(all_well.problems(None).is_empty());
+        assert!(Reporting::One(Vec::new()).problems(Some("x")).is_empty());
+        let mut stale = replica("b", Some(&t), vec![]);
+        stale.source_stale = true;
+        let mut twin = replica("a2", Some(&t), vec![]);
+        twin.instance = Some("id-a".into());
+        let troubled = Reporting::Replicas(vec![replica("a", Some(&t), vec![]), stale, twin]);
+        let said = troubled.problems(Some("id-elsewhere"));
+        assert_eq!(said.len(), 3, "{said:?}");
+        assert!(
+            said[0].starts_with("b cannot read its source"),
+            "{}",
+            said[0]
+        );
+        assert!(
+            said[1].starts_with("a and a2 are one replica"),
+            "{}",
+            said[1]
+        );
+        assert!(said[2].contains("leaves out a replica"), "{}", said[2]);
     }
 
     fn lagging<'a>(

@@ -103,6 +103,10 @@ pub struct ServerState {
     /// who named it for the log (to the source's task, which owns the
     /// table's numbers).
     pub numbering: tokio::sync::mpsc::Sender<(Numbering, String)>,
+    /// This process, among replicas: a random id of its own, in
+    /// `/v1/status`, by which the commands tell one replica listed twice
+    /// (or left out) in `actions.replica_urls`.
+    pub instance: String,
 }
 
 /// At most ten lines a second for requests refused for want of the token
@@ -487,6 +491,7 @@ struct ProxiesReply<'a> {
 struct StatusReply<'a> {
     automation: Automation,
     history_error: Option<&'a str>,
+    instance: &'a str,
     last_drill: Option<&'a crate::history::Operation>,
     last_failover: Option<&'a crate::history::Operation>,
     proxies: &'a [crate::registry::ProxyStatus],
@@ -537,6 +542,7 @@ fn status(state: &ServerState) -> Response<Full<Bytes>> {
             enabled: state.automation,
         },
         history_error,
+        instance: &state.instance,
         last_drill,
         last_failover,
         proxies: &proxies,

@@ -1029,6 +1029,26 @@ async fn a_command_given_every_replica_follows_a_change_to_the_proxies_of_each()
         &format!("replica {}: 1 reporting", replica.url("")),
     ]);
 
+    // A list that leaves out the commands' own control plane leaves out
+    // its proxies: said, and no change made on it.
+    let left_out = format!("replica_urls = [{:?}]\n", replica.url(""));
+    let status = env.cp.command_with_actions(&left_out, &["status"]).await;
+    assert!(
+        !status.ok && status.stdout.contains("leaves out a replica"),
+        "{status:?}"
+    );
+    let refused = env
+        .cp
+        .command_with_actions(&left_out, &["drain", "us-east-1"])
+        .await;
+    assert!(
+        !refused.ok
+            && refused
+                .stderr
+                .contains("leaves out a replica (list every one)"),
+        "{refused:?}"
+    );
+
     let ran = env
         .cp
         .command_with_actions(&replicas, &["drain", "us-east-1"])
