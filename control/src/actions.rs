@@ -400,6 +400,49 @@ impl ControlView {
     }
 }
 
+/// Says, now and then, what a change is being followed for: one that
+/// takes minutes is not silent meanwhile. First after 5 s of waiting, then
+/// when what holds it changes (at most every 5 s) and every 30 s.
+struct Waiting {
+    since: Instant,
+    said: Option<(Instant, String)>,
+}
+
+impl Waiting {
+    fn new() -> Waiting {
+        Waiting {
+            since: Instant::now(),
+            said: None,
+        }
+    }
+
+    /// Says that the follow waits for `what`, held by `why`, when due.
+    fn note(&mut self, runner: &Runner, what: &str, why: &str) {
+        if let Some(line) = self.line_at(Instant::now(), what, why) {
+            runner.say(&line);
+        }
+    }
+
+    /// The line to say at `now`, if one is due.
+    fn line_at(&mut self, now: Instant, what: &str, why: &str) -> Option<String> {
+        let due = match &self.said {
+            None => now - self.since >= Duration::from_secs(5),
+            Some((at, said)) => {
+                let since = now - *at;
+                since >= Duration::from_secs(30) || (said != why && since >= Duration::from_secs(5))
+            }
+        };
+        if !due {
+            return None;
+        }
+        self.said = Some((now, why.to_owned()));
+        Some(format!(
+            "  ... {:.0} s: waiting for {what} ({why})",
+            (now - self.since).as_secs_f64()
+        ))
+    }
+}
+
 /// What `/v1/status` says of a replica.
 #[derive(serde::Deserialize)]
 struct ReplicaStatus {
@@ -1554,6 +1597,7 @@ impl Runner {
         ok: impl Fn(&RoutingTable) -> bool,
     ) -> Result<RoutingTable, String> {
         let mut last = String::from("no table yet");
+        let mut waiting = Waiting::new();
         loop {
             match self.control.table().await {
                 Ok(Some(t)) if ok(&t) => return Ok(t),
@@ -1570,6 +1614,11 @@ impl Runner {
                     "; it cannot read its source now, so its table does not follow AWS (its log says why)",
                 );
             }
+            waiting.note(
+                self,
+                &format!("{} to serve {what}", self.control.describe()),
+                &last,
+            );
             self.wait(deadline, || {
                 format!(
                     "{} did not serve {what} within {:?} ({last})",
@@ -1596,6 +1645,7 @@ impl Runner {
         let mut others_done_at: Option<Instant> = None;
         // Each replica's first table with the change, from round to round.
         let mut seen = Seen::default();
+        let mut waiting = Waiting::new();
         // What the proxies are to route on: the table's numbers, or, with
         // replicas numbering tables each its own way, the change.
         let on = |reporting: &Reporting| match reporting {
@@ -1690,6 +1740,7 @@ impl Runner {
                     }
                 }
             }
+            waiting.note(self, "every proxy to route on the change", &last);
             self.wait(deadline, || {
                 format!(
                     "not every proxy moved to epoch {} version {} (at {}) or later within {:?}: {last}",
@@ -2580,5 +2631,27 @@ mod tests {
         assert_eq!(routing_of(&mixed), Routing::Other);
         assert_eq!(routing_of(&[record(a, None, false)]), Routing::Other);
         assert_eq!(routing_of(&[]), Routing::Other);
+    }
+
+    /// A follow that waits says so after 5 s, again when what holds it
+    /// changes (at most every 5 s), and every 30 s.
+    #[test]
+    fn a_long_wait_is_said_now_and_then() {
+        use std::time::Duration;
+        let mut w = super::Waiting::new();
+        let t0 = w.since;
+        let at = |s: f64| t0 + Duration::from_secs_f64(s);
+        let said =
+            |w: &mut super::Waiting, s: f64, why: &str| w.line_at(at(s), "the proxies", why);
+        assert_eq!(said(&mut w, 4.9, "a"), None);
+        assert_eq!(
+            said(&mut w, 5.0, "a").as_deref(),
+            Some("  ... 5 s: waiting for the proxies (a)")
+        );
+        assert_eq!(said(&mut w, 9.0, "a"), None);
+        assert_eq!(said(&mut w, 9.0, "b"), None, "too soon after the last");
+        assert!(said(&mut w, 10.0, "b").is_some(), "what holds it changed");
+        assert_eq!(said(&mut w, 39.0, "b"), None);
+        assert!(said(&mut w, 40.0, "b").is_some(), "every 30 s");
     }
 }
