@@ -10,11 +10,12 @@ use crate::aws::SavedRecord;
 use crate::aws::{AwsSource, AwsState, FailoverInfo, Member};
 use crate::history::{History, Kind, Operation, Step};
 use crate::notify::{Event, Notifier};
-use crate::registry::{ProxyStatus, Registry, Replica, Reporting, Seen, Why};
+use crate::registry::{Lagging, ProxyStatus, Registry, Replica, Reporting, Seen, Why};
 use crate::server::Published;
 use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
 use edgeroute_config::TokenFile;
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,17 +50,15 @@ pub enum ControlView {
 impl ControlView {
     /// The control plane at `url`, and its replicas at `replicas` (see
     /// `actions.replica_urls`); `tls`, the client's TLS settings for an
-    /// `https://` one (see [`edgeroute_config::tls::client_config`]);
-    /// `timeout`, the longest one request may take.
+    /// `https://` one (see [`edgeroute_config::tls::client_config`]).
     pub fn http(
         url: &str,
         replicas: &[String],
         token: Arc<TokenFile>,
         tls: Option<rustls::ClientConfig>,
-        timeout: Duration,
     ) -> anyhow::Result<ControlView> {
         let mut client = reqwest::Client::builder()
-            .timeout(timeout)
+            .timeout(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none());
         if let Some(tls) = tls {
             client = client.use_preconfigured_tls(tls);
@@ -89,9 +88,8 @@ impl ControlView {
                 format!("the {} replicas in actions.replica_urls", replicas.len())
             }
             ControlView::Local {
-                replicas: Some(others),
-                ..
-            } => format!("this control plane and {}", others.describe_proxies()),
+                replicas: Some(_), ..
+            } => "this control plane and the other replicas in actions.replica_urls".to_owned(),
             _ => self.describe(),
         }
     }
@@ -116,11 +114,16 @@ impl ControlView {
         // `TokenFile::offered`): a replica may not have the new one yet.
         let mut resp = None;
         for _ in 0..2 {
-            let sent = client
+            let mut request = client
                 .get(format!("{url}{path}"))
-                .bearer_auth(token.offered())
-                .send()
-                .await;
+                .bearer_auth(token.offered());
+            if field == REPLICAS {
+                // Asked at every read of a change's follow (and of the
+                // automation's source): one that does not answer holds it
+                // this long at most.
+                request = request.timeout(Duration::from_secs(3));
+            }
+            let sent = request.send().await;
             let refused = matches!(&sent, Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED);
             resp = Some(sent);
             if !refused {
@@ -248,16 +251,6 @@ impl ControlView {
         }
     }
 
-    /// How many replicas `actions.replica_urls` lists (0: none).
-    pub fn replica_count(&self) -> usize {
-        match self {
-            ControlView::Http { replicas, .. } => replicas.len(),
-            ControlView::Local { replicas, .. } => {
-                replicas.as_ref().map_or(0, |others| others.replica_count())
-            }
-        }
-    }
-
     /// The proxies that reported recently, once each.
     pub async fn proxies(&self) -> Result<Vec<ProxyStatus>, String> {
         Ok(self.reporting().await?.proxies())
@@ -270,13 +263,13 @@ impl ControlView {
     pub async fn reporting(&self) -> Result<Reporting, String> {
         match self.reporting_readable().await {
             (reporting, None) => Ok(reporting),
-            (_, Some(unread)) => Err(unread),
+            (_, Some(unread)) => Err(unread.why),
         }
     }
 
     /// [`ControlView::reporting`] from the replicas that could be read,
     /// and what could not be, if anything.
-    pub async fn reporting_readable(&self) -> (Reporting, Option<String>) {
+    pub async fn reporting_readable(&self) -> (Reporting, Option<Unread>) {
         match self {
             ControlView::Local {
                 table,
@@ -315,7 +308,7 @@ impl ControlView {
             ControlView::Http { url, replicas, .. } if replicas.is_empty() => {
                 match self.listing(url, "actions.control_url").await {
                     Ok(proxies) => (Reporting::One(proxies), None),
-                    Err(e) => (Reporting::One(Vec::new()), Some(e)),
+                    Err(why) => (Reporting::One(Vec::new()), Some(Unread { count: 1, why })),
                 }
             }
             ControlView::Http { .. } => {
@@ -327,13 +320,13 @@ impl ControlView {
 
     /// Each replica in `actions.replica_urls` that could be read (all
     /// asked at once), and what could not be, if anything.
-    async fn replicas_readable(&self) -> (Vec<Replica>, Option<String>) {
+    async fn replicas_readable(&self) -> (Vec<Replica>, Option<Unread>) {
         let ControlView::Http { replicas, .. } = self else {
             return (Vec::new(), None);
         };
         let asked = futures_util::future::join_all(replicas.iter().map(|url| async move {
             let status: ReplicaStatus = self
-                .get_json_at(url, "actions.replica_urls", "/v1/status", "status")
+                .get_json_at(url, REPLICAS, "/v1/status", "status")
                 .await?;
             Ok::<_, String>(Replica {
                 url: url.clone(),
@@ -348,12 +341,15 @@ impl ControlView {
         let (read, failed): (Vec<_>, Vec<_>) = asked.into_iter().partition(Result::is_ok);
         let unread = (!failed.is_empty()).then(|| {
             let why: Vec<String> = failed.into_iter().filter_map(Result::err).collect();
-            format!(
-                "{} of {} replicas could not be read, and each proxy reports to one replica: {}",
-                why.len(),
-                replicas.len(),
-                why.join("; ")
-            )
+            Unread {
+                count: why.len(),
+                why: format!(
+                    "{} of {} replicas could not be read, and each proxy reports to one replica: {}",
+                    why.len(),
+                    replicas.len(),
+                    why.join("; ")
+                ),
+            }
         });
         (read.into_iter().filter_map(Result::ok).collect(), unread)
     }
@@ -441,6 +437,36 @@ impl Waiting {
             (now - self.since).as_secs_f64()
         ))
     }
+}
+
+/// A proxy not yet on a change, and why, as the commands say it.
+fn lagging_text(l: &Lagging) -> String {
+    let p = &l.proxy.report;
+    let at = format!(
+        "{} ({}, epoch {} version {}",
+        p.id, p.region, p.epoch, p.version
+    );
+    match l.why {
+        Why::Behind => format!("{at})"),
+        Why::ReplicaHasNoTable(r) => format!("{at}; {r} serves no table yet)"),
+        Why::ReplicaWithout(r) => {
+            format!("{at}; {r} serves a table without the change: it has not read it yet)")
+        }
+        Why::OnTableOf(r) => {
+            format!("{at}; it routes on the table of {r}, which has not read the change)")
+        }
+    }
+}
+
+/// The field that lists the replicas, named in errors.
+const REPLICAS: &str = "actions.replica_urls";
+
+/// What could not be read of the proxies: how many replicas (1 for a
+/// control plane alone), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unread {
+    pub count: usize,
+    pub why: String,
 }
 
 /// What `/v1/status` says of a replica.
@@ -810,7 +836,7 @@ fn describe_control(
                 let _ = writeln!(s, "  not active: {}", drained.join(", "));
             }
             if let (Ok(p), Ok(reporting)) = (proxies, reporting) {
-                let behind = reporting.behind(t, &mut Seen::default());
+                let behind = reporting.behind(t, &|_, x| x.routes_as(t), &mut Seen::default());
                 let _ = writeln!(
                     s,
                     "proxies reporting: {} ({} on the table served, {} behind)",
@@ -819,9 +845,9 @@ fn describe_control(
                     behind.len()
                 );
                 if !behind.is_empty() {
-                    let ids: Vec<&str> =
-                        behind.iter().map(|l| l.proxy.report.id.as_str()).collect();
-                    let _ = writeln!(s, "  behind: {}", some_of(&ids));
+                    let said: Vec<String> = behind.iter().map(lagging_text).collect();
+                    let said: Vec<&str> = said.iter().map(String::as_str).collect();
+                    let _ = writeln!(s, "  behind: {}", some_of(&said));
                 }
                 describe_replicas(s, reporting, notes, t);
                 for r in &t.regions {
@@ -906,10 +932,10 @@ pub async fn describe_now(
     // change.
     let mut notes = Vec::new();
     let proxies = match (reporting, unread) {
-        (Reporting::One(_), Some(e)) => Err(e),
+        (Reporting::One(_), Some(e)) => Err(e.why),
         (reporting, unread) => {
             let all_read = unread.is_none();
-            notes.extend(unread);
+            notes.extend(unread.map(|u| u.why));
             notes.extend(control.replica_problems(&reporting, all_read).await);
             Ok(reporting)
         }
@@ -1401,6 +1427,7 @@ impl Runner {
             History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
         let (reporting, unread) = self.control.reporting_readable().await;
+        let unread = unread.map(|u| u.why);
         if let Some(unread) = &unread {
             if can_wait {
                 return Err(format!(
@@ -1423,6 +1450,13 @@ impl Runner {
             }
             self.warn(&format!("{problem}; failing over all the same"));
         }
+        let stamps = match &reporting {
+            Reporting::One(_) => HashMap::new(),
+            Reporting::Replicas(replicas) => replicas
+                .iter()
+                .map(|r| (r.url.clone(), r.table.as_ref().map_or((0, 0), stamp)))
+                .collect(),
+        };
         Ok(Before {
             table,
             proxies: reporting
@@ -1431,6 +1465,7 @@ impl Runner {
                 .map(|p| p.report.id)
                 .collect(),
             unread,
+            stamps,
         })
     }
 
@@ -1569,12 +1604,16 @@ impl Runner {
             format!("{summary}: AWS reports the writer in {}", plan.to.region),
         ))
         .await;
-        // The control plane's table.
+        // The control plane's table (and each replica's: a table whose
+        // epoch is above the one it served when the move began).
+        let moved = |t: &RoutingTable, (epoch, _): (u64, u64)| {
+            t.primary_region.as_deref() == Some(plan.to.region.as_str())
+                && !t.failover_in_progress
+                && t.epoch > epoch
+        };
         let table = self
             .until(deadline, "a table with the new primary", |t| {
-                t.primary_region.as_deref() == Some(plan.to.region.as_str())
-                    && !t.failover_in_progress
-                    && t.epoch > before.epoch()
+                moved(t, before.stamp())
             })
             .await?;
         tl.step(
@@ -1586,7 +1625,8 @@ impl Runner {
                 plan.to.region
             ),
         );
-        self.confirm_proxies(tl, deadline, &table, before).await
+        self.confirm_proxies(tl, deadline, &table, before, &moved)
+            .await
     }
 
     /// Waits for a table `ok` accepts.
@@ -1634,12 +1674,15 @@ impl Runner {
     /// proxy that was reporting when the change began and stopped since is
     /// waited for one more `proxy_max_age`, then named: it may still route
     /// on the old table.
+    /// With replicas, each replica's own table is asked `has_change`, with
+    /// the numbers of the table it served when the change began.
     async fn confirm_proxies(
         &self,
         tl: &mut Timeline,
         deadline: Instant,
         table: &RoutingTable,
         before: &Before,
+        has_change: &(dyn Fn(&RoutingTable, (u64, u64)) -> bool + Sync),
     ) -> Result<(), String> {
         let mut last: String;
         let mut others_done_at: Option<Instant> = None;
@@ -1656,28 +1699,19 @@ impl Runner {
         };
         loop {
             let (reporting, unread) = self.control.reporting_readable().await;
-            match unread {
+            match unread.map(|u| u.why) {
                 // An unplanned failover that began without them goes on
                 // with the proxies that can be read.
                 Some(unread) if before.unread.is_none() => last = unread,
                 unread => {
                     let lagging: Vec<String> = reporting
-                        .behind(table, &mut seen)
+                        .behind(
+                            table,
+                            &|r, t| has_change(t, before.stamp_of(&r.url)),
+                            &mut seen,
+                        )
                         .iter()
-                        .map(|l| {
-                            let p = &l.proxy.report;
-                            let at = format!("{} ({}, epoch {}", p.id, p.region, p.epoch);
-                            match l.why {
-                                Why::Behind => format!("{at})"),
-                                Why::ReplicaHasNoTable(r) => format!("{at}; {r} serves no table yet)"),
-                                Why::ReplicaWithout(r) => {
-                                    format!("{at}; {r} serves a table without the change: it has not read it yet)")
-                                }
-                                Why::OnTableOf(r) => format!(
-                                    "{at}; it routes on the table of {r}, which has not read the change)"
-                                ),
-                            }
-                        })
+                        .map(lagging_text)
                         .collect();
                     let p = reporting.proxies();
                     let gone: Vec<&str> = before
@@ -1742,11 +1776,12 @@ impl Runner {
             }
             waiting.note(self, "every proxy to route on the change", &last);
             self.wait(deadline, || {
+                let to = match self.control.describe_proxies() == self.control.describe() {
+                    true => format!("epoch {} version {} or later", table.epoch, table.version),
+                    false => "the change".to_owned(),
+                };
                 format!(
-                    "not every proxy moved to epoch {} version {} (at {}) or later within {:?}: {last}",
-                    table.epoch,
-                    table.version,
-                    self.control.describe(),
+                    "not every proxy moved to {to} within {:?}: {last}",
                     self.timeout
                 )
             })
@@ -2199,6 +2234,10 @@ impl Runner {
         // will come, and none is needed.
         let unchanged = matches!(change, RecordChange::Weight { from, to, .. } if from == to)
             && before.table.as_ref().is_some_and(shows);
+        // A table built after the change began (`since`: the numbers of the
+        // one served then) that shows it.
+        let drained =
+            |t: &RoutingTable, since: (u64, u64)| (unchanged || stamp(t) > since) && shows(t);
         let error = async {
             match self
                 .aws
@@ -2228,7 +2267,7 @@ impl Runner {
                     // A region out of DNS leaves the table on a control
                     // plane that did not make the change (its history file
                     // does not show the drain): proxies then route around it.
-                    |t| (unchanged || (t.epoch, t.version) > before.stamp()) && shows(t),
+                    |t| drained(t, before.stamp()),
                 )
                 .await?;
             let state = table
@@ -2241,7 +2280,7 @@ impl Runner {
                     table.version
                 ),
             );
-            self.confirm_proxies(&mut tl, deadline, &table, &before)
+            self.confirm_proxies(&mut tl, deadline, &table, &before, &drained)
                 .await?;
             if kind == Kind::Undrain {
                 History::update(&self.history_file, |h| h.forget_drain(region))?;
@@ -2277,18 +2316,32 @@ struct Before {
     /// failover only: any other change is refused then). It is followed
     /// to the proxies that can be read.
     unread: Option<String>,
+    /// With replicas, the numbers of the table each served when it began,
+    /// by URL: a replica has the change in a table numbered above them.
+    stamps: HashMap<String, (u64, u64)>,
 }
 
 impl Before {
     /// The epoch and version of the table served when it began (0 and 0
     /// with none): a later table's are higher.
     fn stamp(&self) -> (u64, u64) {
-        self.table.as_ref().map_or((0, 0), |t| (t.epoch, t.version))
+        self.table.as_ref().map_or((0, 0), stamp)
+    }
+
+    /// [`Before::stamp`] of the replica at `url` (0 and 0 for one not
+    /// read then).
+    fn stamp_of(&self, url: &str) -> (u64, u64) {
+        self.stamps.get(url).copied().unwrap_or((0, 0))
     }
 
     fn epoch(&self) -> u64 {
         self.stamp().0
     }
+}
+
+/// A table's epoch and version.
+fn stamp(t: &RoutingTable) -> (u64, u64) {
+    (t.epoch, t.version)
 }
 
 /// The records a drain of `region` kept: in Route 53, else (a drain by an
@@ -2641,8 +2694,7 @@ mod tests {
         let mut w = super::Waiting::new();
         let t0 = w.since;
         let at = |s: f64| t0 + Duration::from_secs_f64(s);
-        let said =
-            |w: &mut super::Waiting, s: f64, why: &str| w.line_at(at(s), "the proxies", why);
+        let said = |w: &mut super::Waiting, s: f64, why: &str| w.line_at(at(s), "the proxies", why);
         assert_eq!(said(&mut w, 4.9, "a"), None);
         assert_eq!(
             said(&mut w, 5.0, "a").as_deref(),

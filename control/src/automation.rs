@@ -14,7 +14,7 @@ use crate::actions::Runner;
 use crate::history::History;
 use crate::metrics::ControlMetrics;
 use crate::notify::Event;
-use crate::registry::{Reporting, Vote, vote};
+use crate::registry::{Vote, vote};
 use edgeroute_config::{AutomationConfig, TopologyView};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -251,6 +251,10 @@ pub async fn run(
         // others' (those that can be read: a replica that cannot is said
         // when that changes, and its proxies do not vote).
         let (reporting, unread) = runner.control.reporting_readable().await;
+        metrics
+            .automation_replicas_unread
+            .set(unread.as_ref().map_or(0, |u| u.count) as i64);
+        let unread = unread.map(|u| u.why);
         if unread != replicas_unread {
             match &unread {
                 Some(why) => tracing::warn!(
@@ -260,14 +264,6 @@ pub async fn run(
             }
             replicas_unread = unread;
         }
-        let read = match &reporting {
-            // This replica's own, and the others'.
-            Reporting::Replicas(read) => read.len().saturating_sub(1),
-            Reporting::One(_) => 0,
-        };
-        metrics
-            .automation_replicas_unread
-            .set(runner.control.replica_count().saturating_sub(read) as i64);
         let proxies = reporting.proxies();
         let ours = running.load(Ordering::SeqCst);
         let decision = automation.evaluate(&Inputs {

@@ -371,22 +371,15 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
 /// The commands' view of the control plane (`token`: the server's, or
 /// `None` to read it here).
 fn control_view(cfg: &ControlConfig, token: Option<Arc<TokenFile>>) -> anyhow::Result<ControlView> {
-    // The automation (given the server's token) asks its replicas at
-    // every read of the source: one that does not answer holds it for
-    // this long at most.
-    let (token, timeout) = match token {
-        Some(token) => (token, Duration::from_secs(3)),
-        None => (
-            Arc::new(read_token(cfg.server.token_file.as_deref())?),
-            Duration::from_secs(10),
-        ),
+    let token = match token {
+        Some(token) => token,
+        None => Arc::new(read_token(cfg.server.token_file.as_deref())?),
     };
     ControlView::http(
         &cfg.actions.control_url,
         &cfg.actions.replica_urls,
         token,
         commands_tls(cfg, commands_identity(cfg)?)?,
-        timeout,
     )
 }
 

@@ -254,6 +254,12 @@ impl Reporting {
         };
         let mut problems = Vec::new();
         for (i, r) in replicas.iter().enumerate() {
+            if r.table.is_none() {
+                problems.push(format!(
+                    "{} has no table yet (it has not read its source since it started, or it is no control plane)",
+                    r.name
+                ));
+            }
             if r.source_stale {
                 problems.push(format!(
                     "{} cannot read its source (its log and edgeroute_control_source_errors_total say why): its table would not follow a change",
@@ -300,12 +306,18 @@ impl Reporting {
     /// The proxies not yet routing on `target` (the change's table, as the
     /// command's control plane serves it) or a later table. With
     /// replicas, whose numberings may differ, a proxy is judged against its
-    /// own replica's first table that said what `target` says (lags
-    /// aside), kept in `seen` from one call to the next, and is waited for
-    /// until its replica has one; and a proxy routing on the table of a
-    /// replica that has not read the change (a higher numbering it took
-    /// from there) is waited for too.
-    pub fn behind<'a>(&'a self, target: &RoutingTable, seen: &mut Seen) -> Vec<Lagging<'a>> {
+    /// own replica's first table that has the change (`has_change`, asked
+    /// of each replica's table: what the change made, in a table that
+    /// replica built after the change began), kept in `seen` from one call
+    /// to the next, and is waited for until its replica has one; and a
+    /// proxy routing on the table of a replica that has not read the
+    /// change (a higher numbering it took from there) is waited for too.
+    pub fn behind<'a>(
+        &'a self,
+        target: &RoutingTable,
+        has_change: &dyn Fn(&Replica, &RoutingTable) -> bool,
+        seen: &mut Seen,
+    ) -> Vec<Lagging<'a>> {
         let replicas: &[Replica] = match self {
             Reporting::One(_) => &[],
             Reporting::Replicas(replicas) => replicas,
@@ -313,7 +325,7 @@ impl Reporting {
         for r in replicas {
             if let Some(t) = &r.table
                 && !seen.0.contains_key(&r.url)
-                && t.routes_as(target)
+                && has_change(r, t)
             {
                 seen.0.insert(r.url.clone(), t.clone());
             }
@@ -520,20 +532,22 @@ mod tests {
         stale.source_stale = true;
         let mut twin = replica("a2", Some(&t), vec![]);
         twin.instance = Some("id-a".into());
-        let troubled = Reporting::Replicas(vec![replica("a", Some(&t), vec![]), stale, twin]);
+        let troubled = Reporting::Replicas(vec![
+            replica("a", Some(&t), vec![]),
+            stale,
+            twin,
+            replica("new", None, vec![]),
+        ]);
         let said = troubled.problems(Some("id-elsewhere"));
-        assert_eq!(said.len(), 3, "{said:?}");
-        assert!(
-            said[0].starts_with("b cannot read its source"),
-            "{}",
-            said[0]
-        );
-        assert!(
-            said[1].starts_with("a and a2 are one replica"),
-            "{}",
-            said[1]
-        );
-        assert!(said[2].contains("leaves out a replica"), "{}", said[2]);
+        assert_eq!(said.len(), 4, "{said:?}");
+        for (said, starts) in said.iter().zip([
+            "b cannot read its source",
+            "a and a2 are one replica",
+            "new has no table yet",
+            "the control plane at actions.control_url is none of the replicas listed",
+        ]) {
+            assert!(said.starts_with(starts), "{said}");
+        }
     }
 
     fn lagging<'a>(
@@ -542,7 +556,7 @@ mod tests {
         seen: &mut Seen,
     ) -> Vec<(&'a str, Why<'a>)> {
         reporting
-            .behind(target, seen)
+            .behind(target, &|_, t| t.routes_as(target), seen)
             .iter()
             .map(|l| (l.proxy.report.id.as_str(), l.why))
             .collect()
@@ -663,6 +677,33 @@ mod tests {
                 ("q", Why::ReplicaWithout("a")),
                 ("r", Why::ReplicaWithout("a"))
             ]
+        );
+    }
+
+    /// A replica whose first table read has the change and a later one
+    /// beside it (another region's state, read in the same poll) has the
+    /// change: what it is asked is what the change made, not the table the
+    /// command's control plane served.
+    #[test]
+    fn a_replica_that_read_the_change_with_another_has_it() {
+        let target = eu_primary();
+        let mut with_more = numbered(&target, 7, 10);
+        with_more.failover_in_progress = true;
+        let reporting = Reporting::Replicas(vec![replica(
+            "a",
+            Some(&with_more),
+            vec![on("p", &with_more, 1.0)],
+        )]);
+        let moved = |_: &Replica, t: &RoutingTable| t.primary_region == target.primary_region;
+        assert!(
+            reporting
+                .behind(&target, &moved, &mut Seen::default())
+                .is_empty()
+        );
+        assert_eq!(
+            lagging(&reporting, &target, &mut Seen::default()),
+            [("p", Why::ReplicaWithout("a"))],
+            "the whole table differs"
         );
     }
 
