@@ -184,6 +184,22 @@ impl TokenFile {
         })
     }
 
+    /// The tokens to try, in turn, against a server that may not have the
+    /// one now yet: the one now, then the one before it within
+    /// [`TOKEN_GRACE`] of its change (no state is kept: many servers may
+    /// be asked at once).
+    pub fn to_try(&self) -> Vec<String> {
+        self.to_try_at(Instant::now())
+    }
+
+    fn to_try_at(&self, now: Instant) -> Vec<String> {
+        self.fresh(now, |s| {
+            std::iter::once(s.current.clone())
+                .chain(s.grace_token(now).map(str::to_owned))
+                .collect()
+        })
+    }
+
     /// The server refused the token offered: the other one (now, or the
     /// one before it within [`TOKEN_GRACE`]) is offered next.
     pub fn refused(&self) {
@@ -365,6 +381,8 @@ mod tests {
         file.refused_at(reread);
         assert_eq!(file.offered_at(reread), "second-token");
         file.refused_at(reread);
+        // Both, in turn, with no state between askers.
+        assert_eq!(file.to_try_at(reread), ["second-token", "first-token"]);
         // A file that cannot be read leaves the token in force.
         std::fs::remove_file(&path).unwrap();
         let later = reread + TOKEN_GRACE;
@@ -375,6 +393,7 @@ mod tests {
             "the token before, after the grace"
         );
         assert_eq!(file.offered_at(later), "second-token", "after the grace");
+        assert_eq!(file.to_try_at(later), ["second-token"], "after the grace");
         // A fixed token is never read again.
         let fixed = TokenFile::fixed("x", "env-token".into());
         assert_eq!(fixed.current_at(later + TOKEN_RELOAD), "env-token");

@@ -15,7 +15,6 @@ use crate::server::Published;
 use aws_sdk_route53::types::{ChangeAction, ResourceRecordSet};
 use edgeroute_config::TokenFile;
 use edgeroute_config::{RegionState, RoutingTable, TopologyView};
-use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -110,13 +109,11 @@ impl ControlView {
         } else {
             format!("the replica at {url}")
         };
-        // After a 401, the token before a rotation is offered once (see
-        // `TokenFile::offered`): a replica may not have the new one yet.
+        // After a 401, the token before a rotation, if any (see
+        // `TokenFile::to_try`): a replica may not have the new one yet.
         let mut resp = None;
-        for _ in 0..2 {
-            let mut request = client
-                .get(format!("{url}{path}"))
-                .bearer_auth(token.offered());
+        for offered in token.to_try() {
+            let mut request = client.get(format!("{url}{path}")).bearer_auth(offered);
             if field == REPLICAS {
                 // Asked at every read of a change's follow (and of the
                 // automation's source): one that does not answer holds it
@@ -129,7 +126,6 @@ impl ControlView {
             if !refused {
                 break;
             }
-            token.refused();
         }
         let resp = resp.expect("asked at least once").map_err(|e| {
             let advice = edgeroute_config::tls::client_advice(
@@ -440,21 +436,25 @@ impl Waiting {
 }
 
 /// A proxy not yet on a change, and why, as the commands say it.
-fn lagging_text(l: &Lagging) -> String {
+/// A proxy not yet on a change, and why, as the commands say it; `status`
+/// (no change running: `change` false) says it against the table served.
+fn lagging_text(l: &Lagging, change: bool) -> String {
     let p = &l.proxy.report;
     let at = format!(
         "{} ({}, epoch {} version {}",
         p.id, p.region, p.epoch, p.version
     );
-    match l.why {
-        Why::Behind => format!("{at})"),
-        Why::ReplicaHasNoTable(r) => format!("{at}; {r} serves no table yet)"),
-        Why::ReplicaWithout(r) => {
+    match (&l.why, change) {
+        (Why::Behind, _) => format!("{at})"),
+        (Why::ReplicaHasNoTable(r), _) => format!("{at}; {r} serves no table yet)"),
+        (Why::ReplicaWithout(r), true) => {
             format!("{at}; {r} serves a table without the change: it has not read it yet)")
         }
-        Why::OnTableOf(r) => {
-            format!("{at}; it routes on the table of {r}, which has not read the change)")
+        (Why::ReplicaWithout(r), false) => format!("{at}; {r} serves another table)"),
+        (Why::OnTableOf(r), true) => {
+            format!("{at}; it routes on a table of {r} without the change)")
         }
+        (Why::OnTableOf(r), false) => format!("{at}; it routes on another table of {r})"),
     }
 }
 
@@ -845,7 +845,7 @@ fn describe_control(
                     behind.len()
                 );
                 if !behind.is_empty() {
-                    let said: Vec<String> = behind.iter().map(lagging_text).collect();
+                    let said: Vec<String> = behind.iter().map(|l| lagging_text(l, false)).collect();
                     let said: Vec<&str> = said.iter().map(String::as_str).collect();
                     let _ = writeln!(s, "  behind: {}", some_of(&said));
                 }
@@ -1450,22 +1450,26 @@ impl Runner {
             }
             self.warn(&format!("{problem}; failing over all the same"));
         }
-        let stamps = match &reporting {
-            Reporting::One(_) => HashMap::new(),
+        let proxies = reporting
+            .proxies()
+            .into_iter()
+            .map(|p| p.report.id)
+            .collect();
+        let replicas = match reporting {
+            Reporting::One(_) => Vec::new(),
             Reporting::Replicas(replicas) => replicas
-                .iter()
-                .map(|r| (r.url.clone(), r.table.as_ref().map_or((0, 0), stamp)))
+                .into_iter()
+                .map(|r| Replica {
+                    proxies: Vec::new(),
+                    ..r
+                })
                 .collect(),
         };
         Ok(Before {
             table,
-            proxies: reporting
-                .proxies()
-                .into_iter()
-                .map(|p| p.report.id)
-                .collect(),
-            unread,
-            stamps,
+            proxies,
+            replicas,
+            lenient: !can_wait,
         })
     }
 
@@ -1686,8 +1690,17 @@ impl Runner {
     ) -> Result<(), String> {
         let mut last: String;
         let mut others_done_at: Option<Instant> = None;
-        // Each replica's first table with the change, from round to round.
+        // Each replica's first table with the change, and the tables seen
+        // without it, from round to round; first, the tables served when
+        // the change began.
         let mut seen = Seen::default();
+        for r in &before.replicas {
+            if let Some(t) = &r.table
+                && !has_change(t, before.stamp_of(r))
+            {
+                seen.without(t, &r.name);
+            }
+        }
         let mut waiting = Waiting::new();
         // What the proxies are to route on: the table's numbers, or, with
         // replicas numbering tables each its own way, the change.
@@ -1699,20 +1712,31 @@ impl Runner {
         };
         loop {
             let (reporting, unread) = self.control.reporting_readable().await;
-            match unread.map(|u| u.why) {
-                // An unplanned failover that began without them goes on
-                // with the proxies that can be read.
-                Some(unread) if before.unread.is_none() => last = unread,
-                unread => {
-                    let lagging: Vec<String> = reporting
-                        .behind(
-                            table,
-                            &|r, t| has_change(t, before.stamp_of(&r.url)),
-                            &mut seen,
-                        )
+            let unread = unread.map(|u| u.why);
+            // An unplanned failover goes on with the replicas that can be
+            // read and can read their source: the others are named.
+            let (reporting, excused) = match before.lenient {
+                true => reporting.excusing(|r| r.source_stale),
+                false => (reporting, Vec::new()),
+            };
+            let not_confirmed: Vec<String> = unread
+                .iter()
+                .cloned()
+                .chain(
+                    excused
                         .iter()
-                        .map(lagging_text)
+                        .map(|r| format!("{r}, which cannot read its source")),
+                )
+                .collect();
+            match unread {
+                Some(unread) if !before.lenient => last = unread,
+                _ => {
+                    let lagging: Vec<String> = reporting
+                        .behind(table, &|r, t| has_change(t, before.stamp_of(r)), &mut seen)
+                        .iter()
+                        .map(|l| lagging_text(l, true))
                         .collect();
+                    let without = reporting.without_change(&seen);
                     let p = reporting.proxies();
                     let gone: Vec<&str> = before
                         .proxies
@@ -1720,7 +1744,11 @@ impl Runner {
                         .filter(|id| !p.iter().any(|q| &q.report.id == *id))
                         .map(String::as_str)
                         .collect();
-                    if lagging.is_empty() && gone.is_empty() {
+                    // Proxies gone from those read may report to what was
+                    // not: named with it, rather than waited for.
+                    let gone_unseen = !not_confirmed.is_empty() && !gone.is_empty();
+                    if lagging.is_empty() && without.is_empty() && (gone.is_empty() || gone_unseen)
+                    {
                         let mut detail = if p.is_empty() {
                             format!("no proxy reports to {}", self.control.describe_proxies())
                         } else {
@@ -1732,13 +1760,21 @@ impl Runner {
                                 self.control.describe_proxies()
                             )
                         };
-                        if let Some(unread) = unread {
+                        if !not_confirmed.is_empty() {
+                            let mut what = not_confirmed.join("; ");
+                            if gone_unseen {
+                                let _ = write!(
+                                    what,
+                                    "; and for {}, gone from those read",
+                                    gone.join(", ")
+                                );
+                            }
                             let _ = write!(
                                 detail,
-                                "; NOT CONFIRMED for the proxies of what could not be read: {unread}"
+                                "; NOT CONFIRMED for the proxies of what could not be read: {what}"
                             );
                             self.warn(&format!(
-                                "the change is not confirmed for the proxies of a replica that cannot be read: {unread}"
+                                "the change is not confirmed for the proxies of what could not be read: {what}"
                             ));
                         }
                         tl.step("proxies confirmed", detail);
@@ -1756,7 +1792,20 @@ impl Runner {
                         }
                         return Ok(());
                     }
-                    if lagging.is_empty() {
+                    if !lagging.is_empty() || !without.is_empty() {
+                        others_done_at = None;
+                        let mut why = Vec::new();
+                        if !lagging.is_empty() {
+                            why.push(format!("behind: {}", lagging.join(", ")));
+                        }
+                        if !without.is_empty() {
+                            why.push(format!(
+                                "without the change yet: {} (it hands out its table to any proxy that asks)",
+                                without.join(", ")
+                            ));
+                        }
+                        last = why.join("; ");
+                    } else {
                         let since = *others_done_at.get_or_insert_with(Instant::now);
                         if since.elapsed() > self.proxy_max_age {
                             return Err(format!(
@@ -1768,9 +1817,6 @@ impl Runner {
                             ));
                         }
                         last = format!("stopped reporting: {}", gone.join(", "));
-                    } else {
-                        others_done_at = None;
-                        last = format!("behind: {}", lagging.join(", "));
                     }
                 }
             }
@@ -2312,13 +2358,14 @@ struct Before {
     table: Option<RoutingTable>,
     /// Proxies reporting when it began.
     proxies: Vec<String>,
-    /// What could not be read of the proxies when it began (an unplanned
-    /// failover only: any other change is refused then). It is followed
-    /// to the proxies that can be read.
-    unread: Option<String>,
-    /// With replicas, the numbers of the table each served when it began,
-    /// by URL: a replica has the change in a table numbered above them.
-    stamps: HashMap<String, (u64, u64)>,
+    /// With replicas, each as it was when the change began (its table,
+    /// its instance; no proxies): a replica has the change in a table
+    /// numbered above the one it served then.
+    replicas: Vec<Replica>,
+    /// An unplanned failover: what cannot be read, or a replica that
+    /// cannot read its source, is not waited for, only named as not
+    /// confirmed.
+    lenient: bool,
 }
 
 impl Before {
@@ -2328,10 +2375,14 @@ impl Before {
         self.table.as_ref().map_or((0, 0), stamp)
     }
 
-    /// [`Before::stamp`] of the replica at `url` (0 and 0 for one not
-    /// read then).
-    fn stamp_of(&self, url: &str) -> (u64, u64) {
-        self.stamps.get(url).copied().unwrap_or((0, 0))
+    /// [`Before::stamp`] of replica `r` (0 and 0 for one not read then,
+    /// or restarted since: another instance numbers anew).
+    fn stamp_of(&self, r: &Replica) -> (u64, u64) {
+        self.replicas
+            .iter()
+            .find(|b| b.url == r.url && b.instance == r.instance)
+            .and_then(|b| b.table.as_ref())
+            .map_or((0, 0), stamp)
     }
 
     fn epoch(&self) -> u64 {

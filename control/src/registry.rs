@@ -187,33 +187,55 @@ pub struct Replica {
 }
 
 /// A proxy not yet routing on a change, and why.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Lagging<'a> {
     pub proxy: &'a ProxyStatus,
-    pub why: Why<'a>,
+    pub why: Why,
 }
 
 /// Why a proxy counts as not routing on a change yet; the names are
 /// replicas' ([`Replica::name`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why<'a> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Why {
     /// Its numbers are below the change's table's (its replica's, with
     /// replicas).
     Behind,
     /// Its replica serves no table yet.
-    ReplicaHasNoTable(&'a str),
+    ReplicaHasNoTable(String),
     /// Its replica serves a table without the change: it has not read it.
-    ReplicaWithout(&'a str),
-    /// It routes on the table of a replica that has not read the change.
-    OnTableOf(&'a str),
+    ReplicaWithout(String),
+    /// It routes on a table seen without the change, of that replica.
+    OnTableOf(String),
 }
 
-/// What the confirmation of one change has seen of each replica: the
-/// first table of each that said what the change's table says. A later
-/// table of that replica is later than the change (a replica's numbers
-/// never go down), whatever it says.
+/// What the confirmation of one change has seen of the replicas, from one
+/// read to the next: the first table of each that had the change (a
+/// later table of that replica is later than the change: a replica's
+/// numbers never go down while it runs), and the tables seen without it.
 #[derive(Debug, Default)]
-pub struct Seen(HashMap<String, RoutingTable>);
+pub struct Seen {
+    /// By URL: the replica's instance then, and that table.
+    first: HashMap<String, (Option<String>, RoutingTable)>,
+    /// Numbers, digest and the replica's name of each table seen without
+    /// the change: a proxy on one of them lacks it, whatever its numbers.
+    without: Vec<(u64, u64, String, String)>,
+}
+
+impl Seen {
+    /// Notes `t`, a table of `replica` without the change.
+    pub fn without(&mut self, t: &RoutingTable, replica: &str) {
+        let numbers = (t.epoch, t.version);
+        let digest = t.routing_digest();
+        if !self
+            .without
+            .iter()
+            .any(|(e, v, d, _)| (*e, *v) == numbers && *d == digest)
+        {
+            self.without
+                .push((t.epoch, t.version, digest, replica.to_owned()));
+        }
+    }
+}
 
 impl Reporting {
     /// Every proxy once, by id, with the index of the replica it reports
@@ -323,42 +345,48 @@ impl Reporting {
             Reporting::Replicas(replicas) => replicas,
         };
         for r in replicas {
-            if let Some(t) = &r.table
-                && !seen.0.contains_key(&r.url)
-                && has_change(r, t)
+            // A replica restarted since (another instance) starts over: its
+            // numbers begin anew, from its clock.
+            if seen
+                .first
+                .get(&r.url)
+                .is_some_and(|(instance, _)| *instance != r.instance)
             {
-                seen.0.insert(r.url.clone(), t.clone());
+                seen.first.remove(&r.url);
+            }
+            match &r.table {
+                Some(t) if !seen.first.contains_key(&r.url) && has_change(r, t) => {
+                    seen.first
+                        .insert(r.url.clone(), (r.instance.clone(), t.clone()));
+                }
+                Some(t) if !seen.first.contains_key(&r.url) => seen.without(t, &r.name),
+                _ => {}
             }
         }
-        // The tables without the change, by numbers and digest.
-        let mut without: Vec<(u64, u64, String, &'a str)> = Vec::new();
         // What each replica's proxies are judged against, or why they wait.
-        let mut against: Vec<Result<(&RoutingTable, String), Why<'a>>> = match self {
+        let against: Vec<Result<(&RoutingTable, String), Why>> = match self {
             Reporting::One(_) => vec![Ok((target, target.routing_digest()))],
-            Reporting::Replicas(_) => Vec::with_capacity(replicas.len()),
+            Reporting::Replicas(_) => replicas
+                .iter()
+                .map(|r| match (&r.table, seen.first.get(&r.url)) {
+                    (None, _) => Err(Why::ReplicaHasNoTable(r.name.clone())),
+                    (Some(_), Some((_, first))) => Ok((first, first.routing_digest())),
+                    (Some(_), None) => Err(Why::ReplicaWithout(r.name.clone())),
+                })
+                .collect(),
         };
-        for r in replicas {
-            against.push(match (&r.table, seen.0.get(&r.url)) {
-                (None, _) => Err(Why::ReplicaHasNoTable(&r.name)),
-                (Some(_), Some(first)) => Ok((first, first.routing_digest())),
-                (Some(t), None) => {
-                    without.push((t.epoch, t.version, t.routing_digest(), &r.name));
-                    Err(Why::ReplicaWithout(&r.name))
-                }
-            });
-        }
         self.each()
             .into_iter()
             .filter_map(|(proxy, replica)| {
                 let why = match &against[replica.unwrap_or(0)] {
-                    Err(why) => Some(*why),
+                    Err(why) => Some(why.clone()),
                     Ok((table, digest)) => {
-                        let on_without = without.iter().find(|(epoch, version, d, _)| {
+                        let on_without = seen.without.iter().find(|(epoch, version, d, _)| {
                             (proxy.report.epoch, proxy.report.version) == (*epoch, *version)
                                 && proxy.report.routing.as_deref() == Some(d)
                         });
                         match on_without {
-                            Some((.., name)) => Some(Why::OnTableOf(name)),
+                            Some((.., name)) => Some(Why::OnTableOf(name.clone())),
                             None => routes_before(proxy, table, digest).then_some(Why::Behind),
                         }
                     }
@@ -366,6 +394,36 @@ impl Reporting {
                 why.map(|why| Lagging { proxy, why })
             })
             .collect()
+    }
+
+    /// With replicas, the names of those not seen with the change yet
+    /// (after [`Reporting::behind`] noted what it read in `seen`): a
+    /// replica no proxy reports to now may still hand its table out.
+    pub fn without_change(&self, seen: &Seen) -> Vec<&str> {
+        match self {
+            Reporting::One(_) => Vec::new(),
+            Reporting::Replicas(replicas) => replicas
+                .iter()
+                .filter(|r| !seen.first.contains_key(&r.url))
+                .map(|r| r.name.as_str())
+                .collect(),
+        }
+    }
+
+    /// This reading without the replicas `excused` picks out, and their
+    /// names.
+    pub fn excusing(self, excused: impl Fn(&Replica) -> bool) -> (Reporting, Vec<String>) {
+        match self {
+            Reporting::One(_) => (self, Vec::new()),
+            Reporting::Replicas(replicas) => {
+                let (out, kept): (Vec<Replica>, Vec<Replica>) =
+                    replicas.into_iter().partition(|r| excused(r));
+                (
+                    Reporting::Replicas(kept),
+                    out.into_iter().map(|r| r.name).collect(),
+                )
+            }
+        }
     }
 }
 
@@ -554,11 +612,11 @@ mod tests {
         reporting: &'a Reporting,
         target: &RoutingTable,
         seen: &mut Seen,
-    ) -> Vec<(&'a str, Why<'a>)> {
+    ) -> Vec<(&'a str, Why)> {
         reporting
             .behind(target, &|_, t| t.routes_as(target), seen)
             .iter()
-            .map(|l| (l.proxy.report.id.as_str(), l.why))
+            .map(|l| (l.proxy.report.id.as_str(), l.why.clone()))
             .collect()
     }
 
@@ -614,9 +672,9 @@ mod tests {
             lagging(&reporting, &target, &mut seen),
             [
                 ("a-behind", Why::Behind),
-                ("c-none", Why::ReplicaHasNoTable("c")),
-                ("moved", Why::ReplicaWithout("b")),
-                ("on-b", Why::ReplicaWithout("b")),
+                ("c-none", Why::ReplicaHasNoTable("c".into())),
+                ("moved", Why::ReplicaWithout("b".into())),
+                ("on-b", Why::ReplicaWithout("b".into())),
             ]
         );
         // By numbers alone, b's proxies (epoch 8 > 5) would pass.
@@ -638,7 +696,7 @@ mod tests {
             lagging(&reporting, &target, &mut seen),
             [
                 ("a-behind", Why::Behind),
-                ("c-none", Why::ReplicaHasNoTable("c"))
+                ("c-none", Why::ReplicaHasNoTable("c".into()))
             ]
         );
     }
@@ -673,9 +731,9 @@ mod tests {
         assert_eq!(
             lagging(&next, &target, &mut Seen::default()),
             [
-                ("p", Why::ReplicaWithout("a")),
-                ("q", Why::ReplicaWithout("a")),
-                ("r", Why::ReplicaWithout("a"))
+                ("p", Why::ReplicaWithout("a".into())),
+                ("q", Why::ReplicaWithout("a".into())),
+                ("r", Why::ReplicaWithout("a".into()))
             ]
         );
     }
@@ -702,9 +760,56 @@ mod tests {
         );
         assert_eq!(
             lagging(&reporting, &target, &mut Seen::default()),
-            [("p", Why::ReplicaWithout("a"))],
+            [("p", Why::ReplicaWithout("a".into()))],
             "the whole table differs"
         );
+    }
+
+    /// Across reads: a replica restarted since it was seen with the change
+    /// (another instance) starts over; a replica no proxy reports to is
+    /// still waited for; a table seen without the change in an earlier
+    /// read holds a proxy on it after its replica moved on; and replicas
+    /// can be excused by name.
+    #[test]
+    fn what_a_confirmation_sees_holds_from_read_to_read() {
+        let (target, before) = (eu_primary(), us_primary());
+        let a_with = numbered(&target, 7, 10);
+        let b_before = numbered(&before, 9, 1);
+        let mut seen = Seen::default();
+        let first = Reporting::Replicas(vec![
+            replica("a", Some(&a_with), vec![on("on-b-table", &b_before, 1.0)]),
+            replica("b", Some(&b_before), vec![]),
+        ]);
+        assert_eq!(
+            lagging(&first, &target, &mut seen),
+            [("on-b-table", Why::OnTableOf("b".into()))]
+        );
+        assert_eq!(first.without_change(&seen), ["b"], "no proxy reports to b");
+        // b reads the change; the proxy is still on b's table from before.
+        let b_with = numbered(&target, 9, 2);
+        let second = Reporting::Replicas(vec![
+            replica("a", Some(&a_with), vec![on("on-b-table", &b_before, 1.0)]),
+            replica("b", Some(&b_with), vec![]),
+        ]);
+        assert_eq!(
+            lagging(&second, &target, &mut seen),
+            [("on-b-table", Why::OnTableOf("b".into()))]
+        );
+        assert!(second.without_change(&seen).is_empty());
+        // a restarts (another instance) with a stale read, numbered higher.
+        let mut restarted = replica("a", Some(&numbered(&before, 12, 1)), vec![]);
+        restarted.instance = Some("id-a-again".into());
+        restarted.proxies = vec![on("on-a", &numbered(&before, 12, 1), 1.0)];
+        let third = Reporting::Replicas(vec![restarted, replica("b", Some(&b_with), vec![])]);
+        assert_eq!(
+            lagging(&third, &target, &mut seen),
+            [("on-a", Why::ReplicaWithout("a".into()))]
+        );
+        assert_eq!(third.without_change(&seen), ["a"]);
+        let (rest, excused) = third.excusing(|r| r.name == "a");
+        assert_eq!(excused, ["a"]);
+        assert!(lagging(&rest, &target, &mut seen).is_empty());
+        assert!(rest.without_change(&seen).is_empty());
     }
 
     /// A proxy that took a replica's table without the change (numbered
@@ -721,7 +826,7 @@ mod tests {
         ]);
         assert_eq!(
             lagging(&reporting, &target, &mut Seen::default()),
-            [("took-b", Why::OnTableOf("b"))]
+            [("took-b", Why::OnTableOf("b".into()))]
         );
     }
 
