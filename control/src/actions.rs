@@ -77,6 +77,15 @@ impl ControlView {
         }
     }
 
+    /// Whether the proxies are read from replicas (`actions.replica_urls`),
+    /// which number their tables each its own way.
+    fn reads_replicas(&self) -> bool {
+        match self {
+            ControlView::Http { replicas, .. } => !replicas.is_empty(),
+            ControlView::Local { replicas, .. } => replicas.is_some(),
+        }
+    }
+
     /// Where the proxies are read from, for the confirmation of a change.
     fn describe_proxies(&self) -> String {
         match self {
@@ -104,7 +113,7 @@ impl ControlView {
         let ControlView::Http { client, token, .. } = self else {
             return Err((None, "not an HTTP view".into()));
         };
-        let who = if field == "actions.control_url" {
+        let who = if field == CONTROL_URL {
             format!("the control plane at {url}")
         } else {
             format!("the replica at {url}")
@@ -139,7 +148,7 @@ impl ControlView {
             );
             let advice = if !advice.is_empty() {
                 advice
-            } else if field == "actions.control_url" {
+            } else if field == CONTROL_URL {
                 " (start the control plane, or set actions.control_url to where it runs)".to_owned()
             } else {
                 " (start it again, or take it out of actions.replica_urls once it is gone for good)"
@@ -179,8 +188,7 @@ impl ControlView {
         let ControlView::Http { url, .. } = self else {
             return Err("not an HTTP view".into());
         };
-        self.get_json_at(url, "actions.control_url", path, what)
-            .await
+        self.get_json_at(url, CONTROL_URL, path, what).await
     }
 
     /// [`ControlView::get_json`] of the control plane or replica at `url`.
@@ -209,22 +217,17 @@ impl ControlView {
             ControlView::Local { table, .. } => {
                 Ok(table.borrow().as_ref().map(|p| p.table.clone()))
             }
-            ControlView::Http { url, .. } => self.table_at(url, "actions.control_url").await,
-        }
-    }
-
-    /// The table the control plane or replica at `url` serves; `None`
-    /// before its first.
-    async fn table_at(&self, url: &str, field: &str) -> Result<Option<RoutingTable>, String> {
-        match self.get_at(url, field, "/v1/table").await {
-            Ok(resp) => resp
-                .json()
-                .await
-                .map(Some)
-                .map_err(|e| format!("{url} sent no table: {e}")),
-            // 503 before the control plane built its first table.
-            Err((Some(503), _)) => Ok(None),
-            Err((_, e)) => Err(e),
+            ControlView::Http { url, .. } => match self.get_at(url, CONTROL_URL, "/v1/table").await
+            {
+                Ok(resp) => resp
+                    .json()
+                    .await
+                    .map(Some)
+                    .map_err(|e| format!("{url} sent no table: {e}")),
+                // 503 before the control plane built its first table.
+                Err((Some(503), _)) => Ok(None),
+                Err((_, e)) => Err(e),
+            },
         }
     }
 
@@ -301,9 +304,13 @@ impl ControlView {
                 );
                 (Reporting::Replicas(read), unread)
             }
-            ControlView::Http { url, replicas, .. } if replicas.is_empty() => {
-                match self.listing(url, "actions.control_url").await {
-                    Ok(proxies) => (Reporting::One(proxies), None),
+            ControlView::Http { replicas, .. } if replicas.is_empty() => {
+                #[derive(serde::Deserialize)]
+                struct Listing {
+                    proxies: Vec<ProxyStatus>,
+                }
+                match self.get_json::<Listing>("/v1/proxies", "proxy list").await {
+                    Ok(listing) => (Reporting::One(listing.proxies), None),
                     Err(why) => (Reporting::One(Vec::new()), Some(Unread { count: 1, why })),
                 }
             }
@@ -379,17 +386,6 @@ impl ControlView {
         };
         reporting.problems(control.as_deref())
     }
-
-    /// The proxies reporting to the control plane or replica at `url`.
-    async fn listing(&self, url: &str, field: &str) -> Result<Vec<ProxyStatus>, String> {
-        #[derive(serde::Deserialize)]
-        struct Listing {
-            proxies: Vec<ProxyStatus>,
-        }
-        self.get_json_at::<Listing>(url, field, "/v1/proxies", "proxy list")
-            .await
-            .map(|l| l.proxies)
-    }
 }
 
 /// Says, now and then, what a change is being followed for: one that
@@ -435,7 +431,6 @@ impl Waiting {
     }
 }
 
-/// A proxy not yet on a change, and why, as the commands say it.
 /// A proxy not yet on a change, and why, as the commands say it; `status`
 /// (no change running: `change` false) says it against the table served.
 fn lagging_text(l: &Lagging, change: bool) -> String {
@@ -458,7 +453,8 @@ fn lagging_text(l: &Lagging, change: bool) -> String {
     }
 }
 
-/// The field that lists the replicas, named in errors.
+/// The fields that name the control plane and its replicas, in errors.
+const CONTROL_URL: &str = "actions.control_url";
 const REPLICAS: &str = "actions.replica_urls";
 
 /// What could not be read of the proxies: how many replicas (1 for a
@@ -1704,11 +1700,9 @@ impl Runner {
         let mut waiting = Waiting::new();
         // What the proxies are to route on: the table's numbers, or, with
         // replicas numbering tables each its own way, the change.
-        let on = |reporting: &Reporting| match reporting {
-            Reporting::One(_) => format!("epoch {} version {}", table.epoch, table.version),
-            Reporting::Replicas(_) => {
-                "the change, each on its replica's table with it or a later one".to_owned()
-            }
+        let on = match self.control.reads_replicas() {
+            false => format!("epoch {} version {}", table.epoch, table.version),
+            true => "the change, each on its replica's table with it or a later one".to_owned(),
         };
         loop {
             let (reporting, unread) = self.control.reporting_readable().await;
@@ -1756,7 +1750,7 @@ impl Runner {
                                 "{} of {} proxies route on {} (every proxy reporting to {})",
                                 p.len(),
                                 p.len(),
-                                on(&reporting),
+                                on,
                                 self.control.describe_proxies()
                             )
                         };
@@ -1811,7 +1805,7 @@ impl Runner {
                             return Err(format!(
                                 "{} proxies route on {}, but {} stopped reporting during the change and may still route on the old table: {}",
                                 p.len(),
-                                on(&reporting),
+                                on,
                                 gone.len(),
                                 gone.join(", ")
                             ));
@@ -1822,9 +1816,9 @@ impl Runner {
             }
             waiting.note(self, "every proxy to route on the change", &last);
             self.wait(deadline, || {
-                let to = match self.control.describe_proxies() == self.control.describe() {
-                    true => format!("epoch {} version {} or later", table.epoch, table.version),
-                    false => "the change".to_owned(),
+                let to = match self.control.reads_replicas() {
+                    false => format!("epoch {} version {} or later", table.epoch, table.version),
+                    true => "the change".to_owned(),
                 };
                 format!(
                     "not every proxy moved to {to} within {:?}: {last}",

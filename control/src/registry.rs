@@ -266,8 +266,9 @@ impl Reporting {
     }
 
     /// With replicas, what stands in the way of following a change to
-    /// every proxy: a replica whose source cannot be read (its table would
-    /// not follow), one replica listed twice (under two names), and a
+    /// every proxy: a replica with no table yet, one whose source cannot
+    /// be read (its table would not follow), one replica listed twice
+    /// (under two names), and a
     /// command's control plane, `control` (its id), not among them (the
     /// list leaves out a replica, whose proxies would go unseen).
     pub fn problems(&self, control: Option<&str>) -> Vec<String> {
@@ -515,9 +516,7 @@ mod tests {
 
     #[test]
     fn a_proxy_is_behind_under_lower_numbers_of_another_table() {
-        let table = eu_primary();
-        let mut older = table.clone();
-        older.primary_region = Some("us-east-1".into());
+        let (table, older) = (eu_primary(), us_primary());
         let status = |id: &str, epoch, version, routing: Option<&RoutingTable>| ProxyStatus {
             report: ProxyReport {
                 routing: routing.map(RoutingTable::routing_digest),
