@@ -61,10 +61,18 @@ pub async fn get_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
 
 /// [`get_on`]'s request and wait, and the whole answer read.
 pub async fn answer_on(conn: &mut tokio::net::TcpStream, path: &str) -> String {
+    answer_to(
+        conn,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// Sends `request` as it is on `conn` and reads the whole answer (a body
+/// of a given length), as [`answer_on`] does.
+pub async fn answer_to(conn: &mut tokio::net::TcpStream, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    conn.write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    conn.write_all(request).await.unwrap();
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let answered = |got: &[u8]| {

@@ -465,21 +465,7 @@ async fn oversized_bodies_are_refused_with_413() {
             .to_vec();
     request.extend([b'x'; 0x800]);
     request.extend(b"\r\n0\r\n\r\n");
-    tokio::io::AsyncWriteExt::write_all(&mut conn, &request)
-        .await
-        .unwrap();
-    // Its head, up to the close (or a reset after it).
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(Ok(n @ 1..)) = tokio::time::timeout(
-        std::time::Duration::from_secs(30),
-        tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
-    )
-    .await
-    {
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let answer = String::from_utf8_lossy(&answer);
+    let answer = edgeroute_tests::answer_to(&mut conn, &request).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     // A backend had been picked for it.
     assert!(answer.contains("x-edgeroute-region: us-east-1"), "{answer}");
