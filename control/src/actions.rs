@@ -1394,15 +1394,30 @@ impl Runner {
             .map_err(|e| format!("a real run would be refused now: {e}"))
     }
 
-    /// What a change starts from: the table and the proxies. Refuses when
-    /// the control plane cannot be read (the change could not be
-    /// followed), and, for a change that can wait (all but an unplanned
-    /// failover), while it cannot read its source: its table would not
-    /// follow the change, and proxies would go on routing as before it.
+    /// What a change starts from: the table and the proxies. For a change
+    /// that can wait (all but an unplanned failover), refuses when the
+    /// control plane cannot be read (the change could not be followed) or
+    /// cannot read its source (its table would not follow the change, and
+    /// proxies would go on routing as before it). An unplanned failover
+    /// goes ahead with a warning: the control plane may be in the region
+    /// that was lost.
     async fn before_change(&self, can_wait: bool) -> Result<Before, String> {
-        let table = self.control.table().await.map_err(|e| {
-            format!("{e}; a change could not be followed to the proxies, so none was made")
-        })?;
+        let (table, control_unread) = match self.control.table().await {
+            Ok(table) => (table, None),
+            Err(e) if !can_wait => {
+                self.warn(&format!(
+                    "{e}; failing over all the same: the change is followed to the proxies only if \
+                     {} can be read once AWS reports the writer moved",
+                    self.control.describe()
+                ));
+                (None, Some(e))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "{e}; a change could not be followed to the proxies, so none was made"
+                ));
+            }
+        };
         if can_wait && table.is_none() {
             return Err(format!(
                 "{} has no table yet (it answered 503: it has not read its source since it started, and its log says why, unless something in front of it answered): a change could not be followed to the proxies, so none was made; wait for its first table (`edgeroute-control status`) (an unplanned failover, --unplanned, goes ahead regardless)",
@@ -1422,7 +1437,12 @@ impl Runner {
         if can_wait {
             History::load(&self.history_file).map_err(|e| format!("{e}; nothing changed"))?;
         }
-        let (reporting, unread) = self.control.reporting_readable().await;
+        // Without replicas the proxies are read from the control plane
+        // just named.
+        let (reporting, unread) = match (&control_unread, self.control.reads_replicas()) {
+            (Some(_), false) => (Reporting::One(Vec::new()), None),
+            _ => self.control.reporting_readable().await,
+        };
         let unread = unread.map(|u| u.why);
         if let Some(unread) = &unread {
             if can_wait {
@@ -1466,6 +1486,7 @@ impl Runner {
             proxies,
             replicas,
             lenient: !can_wait,
+            control_unread,
         })
     }
 
@@ -1604,6 +1625,19 @@ impl Runner {
             format!("{summary}: AWS reports the writer in {}", plan.to.region),
         ))
         .await;
+        // A control plane that could not be read when the failover began
+        // and still cannot is not waited for: it may have been lost with
+        // the writer's region.
+        if before.control_unread.is_some()
+            && let Err(e) = self.control.table().await
+        {
+            return Err(format!(
+                "the writer moved, but {e}: NOT CONFIRMED that any proxy sends writes to {to}; \
+                 the proxies route on the change once a control plane reads AWS again \
+                 (`edgeroute-control status` then shows the table it serves)",
+                to = plan.to.region
+            ));
+        }
         // The control plane's table (and each replica's: a table whose
         // epoch is above the one it served when the move began).
         let moved = |t: &RoutingTable, (epoch, _): (u64, u64)| {
@@ -2360,6 +2394,9 @@ struct Before {
     /// cannot read its source, is not waited for, only named as not
     /// confirmed.
     lenient: bool,
+    /// Why the control plane could not be read when an unplanned failover
+    /// began, if it could not.
+    control_unread: Option<String>,
 }
 
 impl Before {

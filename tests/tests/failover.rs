@@ -826,6 +826,75 @@ async fn changes_that_can_wait_are_refused_while_the_control_plane_source_is_sta
     );
 }
 
+/// The control plane may be lost with the writer's region: an unplanned
+/// failover moves the writer all the same, and fails saying that no proxy
+/// is confirmed to follow, where a change that can wait is refused.
+#[tokio::test]
+async fn an_unplanned_failover_moves_the_writer_while_the_control_plane_is_lost() {
+    let mut env = Env::start(None).await;
+    env.cp.kill();
+    let refused = env.cp.command(&["failover", "--to", "eu-west-1"]).await;
+    assert!(
+        !refused.ok
+            && refused.stderr.contains("cannot reach the control plane at")
+            && refused.stderr.contains("so none was made"),
+        "{refused:?}"
+    );
+    assert_eq!(moto::writer(&env.moto).await.0, "us-east-1");
+
+    let ran = env
+        .cp
+        .command(&[
+            "failover",
+            "--to",
+            "eu-west-1",
+            "--unplanned",
+            "--allow-data-loss",
+        ])
+        .await;
+    assert!(!ran.ok, "{ran:?}");
+    assert!(
+        ran.stderr.contains("cannot reach the control plane at")
+            && ran.stderr.contains("failing over all the same"),
+        "{ran:?}"
+    );
+    assert!(
+        ran.stdout.contains("writer moved")
+            && ran.stdout.contains("AWS reports the writer in eu-west-1")
+            && !ran.stdout.contains("table epoch raised"),
+        "{ran:?}"
+    );
+    let not_confirmed = "NOT CONFIRMED that any proxy sends writes to eu-west-1";
+    assert!(ran.stdout.contains(not_confirmed), "{ran:?}");
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+    let history = env.cp.history(false);
+    let last = history["operations"]
+        .as_array()
+        .and_then(|ops| ops.last())
+        .expect("the failover recorded");
+    assert_eq!(last["kind"], "failover", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(not_confirmed)),
+        "{last}"
+    );
+    // A control plane started again reads the writer where it moved.
+    let again = ControlPlane::start_with(None, &env.config, &env.moto.env()).await;
+    eventually(
+        "a control plane started again serves eu-west-1",
+        WAIT,
+        || async {
+            let t = &again.get("/v1/status").await["table"];
+            t["primary_region"] == "eu-west-1" && t["failover_in_progress"] == false
+        },
+    )
+    .await;
+}
+
 /// A command whose output nobody reads any more (`| head` has exited)
 /// makes and follows its change all the same, records it, and succeeds.
 #[tokio::test]
