@@ -347,6 +347,13 @@ impl<'t> Connection<'t> {
         }
     }
 
+    /// Whether nothing of this exchange's request has been written: its
+    /// head waits for the body's first bytes (a write that failed part way
+    /// may have sent some, and counts as sent).
+    pub fn unsent(&self) -> bool {
+        !self.pending_head.is_empty()
+    }
+
     /// Whether the backend has begun an answer on this exchange (bytes
     /// that can begin a status line): a failure before that may be a
     /// pooled connection it had just closed, or one an earlier exchange

@@ -5,7 +5,8 @@
 //! channels or helper tasks.
 //!
 //! Retries follow one rule: a request that reached no backend (the connect
-//! failed) may go to another; one that may have reached a backend goes again
+//! failed, or the connection closed before any byte of the request went
+//! out) may go to another; one that may have reached a backend goes again
 //! only if it is safe to repeat (idempotent method or `Idempotency-Key`) and
 //! its body is still held in full.
 
@@ -789,8 +790,13 @@ impl EdgeProxy {
             if let Err(e) = self.send_body(client, ctx, &mut up).await {
                 // A backend may answer before it has read the whole body
                 // (401, 413, ...) and stop reading: its answer is the one
-                // the client should get.
-                if e.esource() == &pingora_error::ErrorSource::Downstream || ctx.reply.is_some() {
+                // the client should get. Bytes from one that has not been
+                // sent the request answer nothing of it (a pooled
+                // connection closed with a 408, say).
+                if e.esource() == &pingora_error::ErrorSource::Downstream
+                    || ctx.reply.is_some()
+                    || up.unsent()
+                {
                     return Err(e);
                 }
                 // One that took nothing for timeouts.write had the time to
@@ -834,15 +840,21 @@ impl EdgeProxy {
                 // Bytes may have reached the backend. Downstream trouble (the
                 // client left, its body was too large) ends the request, and
                 // so does an answer gone wrong: the backend took the request.
+                // Unless nothing was written yet: the head waits for the
+                // body's first bytes, and a backend that closed the
+                // connection meanwhile saw none of the request, which may
+                // go again whatever its method.
+                let unsent = up.unsent();
                 let retry = e.esource() != &pingora_error::ErrorSource::Downstream
                     && ctx.reply.is_none()
-                    && ctx.repeatable
-                    && !up.answered()
                     && !client.retry_buffer_truncated()
-                    && !matches!(
-                        e.etype(),
-                        ErrorType::ReadTimedout | ErrorType::WriteTimedout
-                    );
+                    && (unsent
+                        || ctx.repeatable
+                            && !up.answered()
+                            && !matches!(
+                                e.etype(),
+                                ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                            ));
                 let error = if e.esource() == &pingora_error::ErrorSource::Unset {
                     e.into_up()
                 } else {
@@ -856,7 +868,7 @@ impl EdgeProxy {
                     error.etype(),
                     ErrorType::ReadTimedout | ErrorType::WriteTimedout
                 );
-                let stale = on_pooled && !up.answered() && !timed_out;
+                let stale = on_pooled && (unsent || !up.answered() && !timed_out);
                 if !stale {
                     // Only a wait for the head of an answer to a request
                     // sent whole at once tells how slow the answer is (an
@@ -868,7 +880,7 @@ impl EdgeProxy {
                     error,
                     retry,
                     on_pooled: stale,
-                    reached: true,
+                    reached: !unsent,
                 });
             }
         };
