@@ -1830,6 +1830,15 @@ mod tests {
                 400,
             ),
             (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n", 400),
+            // Unicode's whitespace is no HTTP whitespace around a coding.
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\xc2\xa0\r\n\r\n",
+                400,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \xc2\x85chunked\r\n\r\n",
+                400,
+            ),
             (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost : x\r\n\r\n", 400),
             (b"GET / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n", 400),

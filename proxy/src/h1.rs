@@ -873,9 +873,13 @@ pub(crate) fn take_up_to(buf: &mut BytesMut, left: u64) -> (Bytes, u64) {
 }
 
 /// The items of a comma-separated field value (`Connection`,
-/// `Transfer-Encoding`), trimmed, empty ones skipped.
+/// `Transfer-Encoding`), trimmed of spaces and tabs (HTTP's whitespace, not
+/// Unicode's: `chunked` followed by a no-break space is no `chunked`),
+/// empty ones skipped.
 pub fn list_items(text: &str) -> impl Iterator<Item = &str> {
-    text.split(',').map(str::trim).filter(|t| !t.is_empty())
+    text.split(',')
+        .map(|t| t.trim_matches([' ', '\t']))
+        .filter(|t| !t.is_empty())
 }
 
 /// RFC 9110's token: one or more of `tchar`.
@@ -950,6 +954,21 @@ pub(crate) fn decode_chunked(
                             || !buf[..used - 2].iter().all(|&b| visible_or_blank(b))
                         {
                             return Err("a chunk-size line holds a control byte");
+                        }
+                        // Whitespace may come after the size only before an
+                        // extension (RFC 9112 §7.1), as parsers in front
+                        // take it.
+                        let line = &buf[..used - 2];
+                        let after =
+                            &line[line.iter().take_while(|b| b.is_ascii_hexdigit()).count()..];
+                        let ext = after
+                            .iter()
+                            .position(|&b| b != b' ' && b != b'\t')
+                            .map(|at| &after[at..]);
+                        if !after.is_empty() && !ext.is_some_and(|e| e.starts_with(b";")) {
+                            return Err(
+                                "a chunk-size line has whitespace after its size and no extension",
+                            );
                         }
                         buf.advance(used);
                         state = if size == 0 {
@@ -2270,6 +2289,10 @@ mod tests {
             b"0\r\n: empty name\r\n\r\n",
             b"0\r\nX-T: a\rb\r\n\r\n",
             b"0\r\nX-T: a\0b\r\n\r\n",
+            // Whitespace after a size with no extension behind it.
+            b"5 \r\nhello\r\n0\r\n\r\n",
+            b"5\t\r\nhello\r\n0\r\n\r\n",
+            b"0 \r\n\r\n",
         ] {
             assert!(
                 decode_whole(wire).is_err(),
@@ -2285,6 +2308,23 @@ mod tests {
             decode_whole(b"3;name=\"q v\";flag\r\nabc\r\n0\r\nX-T: 1\r\nEtag: \"x\"\r\n\r\n"),
             Ok(Some(b"abc".to_vec()))
         );
+        // Whitespace before an extension.
+        assert_eq!(
+            decode_whole(b"3 ;a=1\r\nabc\r\n0\t;b\r\n\r\n"),
+            Ok(Some(b"abc".to_vec()))
+        );
+    }
+
+    #[test]
+    fn list_items_are_trimmed_of_http_whitespace_only() {
+        let items: Vec<&str> = list_items(" gzip,\tchunked ,, keep-alive").collect();
+        assert_eq!(items, ["gzip", "chunked", "keep-alive"]);
+        for value in ["chunked\u{a0}", "\u{85}chunked", "chunked\u{3000}"] {
+            assert!(
+                list_items(value).all(|i| i != "chunked"),
+                "{value:?} is no chunked"
+            );
+        }
     }
 
     /// A chunked body given whole: what it decodes to, `None` if the
