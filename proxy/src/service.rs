@@ -122,6 +122,42 @@ impl Ctx {
     }
 }
 
+/// The 503 refusal of a request no backend of its route can take now.
+fn unavailable(ctx: &mut Ctx) -> BError {
+    let refusal = match ctx.plan.target {
+        RouteTarget::Primary => Refusal::PrimaryUnavailable,
+        RouteTarget::Local => Refusal::LocalUnavailable,
+        RouteTarget::Nearest => Refusal::NoRegionAvailable,
+    };
+    ctx.reply = Some(ErrorReply::Refused(refusal));
+    Error::explain(ErrorType::HTTPStatus(503), refusal.message())
+}
+
+/// What a request ends with when no attempt is left: after one that may
+/// have reached a backend, that backend's failure (a refusal would say
+/// nothing was done); else the refusal, naming what the last attempt met.
+fn ended(
+    ctx: &mut Ctx,
+    refused: BError,
+    reached: Option<BError>,
+    unreached: Option<BError>,
+) -> BError {
+    match (reached, unreached) {
+        (Some(e), _) => {
+            ctx.reply = None;
+            e
+        }
+        (None, Some(e)) => {
+            let why = refused.context.as_ref().map(ToString::to_string);
+            Error::explain(
+                refused.etype().clone(),
+                format!("{}; the last attempt: {e}", why.unwrap_or_default()),
+            )
+        }
+        (None, None) => refused,
+    }
+}
+
 /// How an attempt at one backend failed.
 struct Failure {
     error: BError,
@@ -389,26 +425,22 @@ impl EdgeProxy {
             };
             let backend = match self.pick(ctx, now) {
                 Ok(backend) => backend,
-                // No backend left after one the request may have reached:
-                // the client learns what happened there, not a refusal
-                // that would say nothing was done.
-                Err(refused) => match (reached_failure.take(), unreached_failure.take()) {
-                    (Some(e), _) => {
-                        ctx.reply = None;
-                        return Err(e);
-                    }
-                    (None, Some(e)) => {
-                        let why = refused.context.as_ref().map(ToString::to_string);
-                        return Err(Error::explain(
-                            refused.etype().clone(),
-                            format!("{}; the last attempt: {e}", why.unwrap_or_default()),
-                        ));
-                    }
-                    (None, None) => return Err(refused),
-                },
+                Err(refused) => {
+                    return Err(ended(ctx, refused, reached_failure, unreached_failure));
+                }
             };
             match self.attempt(client, ctx, &backend, timer).await {
                 Ok(()) => return Ok(()),
+                // The attempts are used up on backends that took nothing
+                // of it: as when none is left.
+                Err(f)
+                    if f.retry
+                        && !f.reached
+                        && ctx.attempts >= self.state.config.retries.max_attempts =>
+                {
+                    let refused = unavailable(ctx);
+                    return Err(ended(ctx, refused, reached_failure, Some(f.error)));
+                }
                 Err(f) if f.retry && ctx.attempts < self.state.config.retries.max_attempts => {
                     if f.on_pooled {
                         // A stale keep-alive connection: the backend may take it again.
@@ -679,17 +711,8 @@ impl EdgeProxy {
                     ctx.tried_list = None;
                 }
                 None => {
-                    let refusal = match ctx.plan.target {
-                        RouteTarget::Primary => Refusal::PrimaryUnavailable,
-                        RouteTarget::Local => Refusal::LocalUnavailable,
-                        RouteTarget::Nearest => Refusal::NoRegionAvailable,
-                    };
-                    ctx.reply = Some(ErrorReply::Refused(refusal));
                     ctx.backend = previous;
-                    return Err(Error::explain(
-                        ErrorType::HTTPStatus(503),
-                        refusal.message(),
-                    ));
+                    return Err(unavailable(ctx));
                 }
             }
         }

@@ -439,3 +439,44 @@ async fn post_on_a_connection_closed_with(last: &'static [u8]) {
     assert_eq!(posts, [b"hello".to_vec()], "delivered once, whole");
     assert_eq!(proxy.metric("edgeroute_retries_total").await, 1.0);
 }
+
+/// Attempts used up on backends that took nothing of a request (each
+/// refused the connection) end in the 503 refusal that says nothing was
+/// done, as when no backend is left: no region named, no read-your-writes
+/// cookie.
+#[tokio::test]
+async fn attempts_used_up_on_refused_connects_end_in_a_refusal() {
+    let mut dead = Vec::new();
+    for _ in 0..4 {
+        let origin = Origin::start(US).await;
+        origin.stop();
+        dead.push(origin.addr);
+    }
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &dead)
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\neject_after = 100\n\n[retries]\nmax_attempts = 3\n")
+        .start()
+        .await;
+    let resp = client()
+        .post(proxy.url("/pay"))
+        .body("charge")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["x-edgeroute-error"], "primary_unavailable");
+    assert!(
+        !resp.headers().contains_key("x-edgeroute-region"),
+        "{resp:?}"
+    );
+    assert!(!resp.headers().contains_key("set-cookie"), "{resp:?}");
+    assert_eq!(proxy.metric("edgeroute_retries_total").await, 2.0);
+    // The log says what the last attempt met.
+    eventually("the request's warning is written", GUARD, || async {
+        proxy
+            .log()
+            .contains("has no reachable backend; the last attempt: Upstream ConnectRefused")
+    })
+    .await;
+}
