@@ -368,17 +368,12 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
     Ok(timeout)
 }
 
-/// The commands' view of the control plane (`token`: the server's, or
-/// `None` to read it here).
-fn control_view(cfg: &ControlConfig, token: Option<Arc<TokenFile>>) -> anyhow::Result<ControlView> {
-    let token = match token {
-        Some(token) => token,
-        None => Arc::new(read_token(cfg.server.token_file.as_deref())?),
-    };
+/// The commands' view of the control plane.
+fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
     ControlView::http(
         &cfg.actions.control_url,
         &cfg.actions.replica_urls,
-        token,
+        Arc::new(read_token(cfg.server.token_file.as_deref())?),
         commands_tls(cfg, commands_identity(cfg)?)?,
     )
 }
@@ -442,15 +437,7 @@ fn client_verifier(cfg: &ControlConfig) -> anyhow::Result<Option<ClientCheck>> {
 /// `failover`, `drain`, `undrain`.
 fn act(cfg: &ControlConfig, command: &Command) -> anyhow::Result<()> {
     runtime()?.block_on(async {
-        let mut runner = runner(
-            cfg,
-            control_view(cfg, None)?,
-            "cli",
-            Output::Print,
-            None,
-            None,
-        )
-        .await?;
+        let mut runner = runner(cfg, control_view(cfg)?, "cli", Output::Print, None, None).await?;
         let outcome = match command {
             Command::Failover {
                 to,
@@ -539,7 +526,7 @@ fn status(cfg: &ControlConfig) -> anyhow::Result<()> {
         if let Err(e) = &aws {
             actions::eprint_text(&format!("error: {e}\n"));
         }
-        let control = control_view(cfg, None)?;
+        let control = control_view(cfg)?;
         let (text, unknown) = actions::describe_now(
             &control,
             &cfg.actions.history_file,
@@ -622,12 +609,30 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
         ));
         // This process among replicas.
         let instance = uuid::Uuid::new_v4().simple().to_string();
+        // The certificate the automation presents to the other replicas,
+        // read again as it is renewed.
+        let mut client_watcher = None;
         let automation = if cfg.automation.enabled {
             // The other replicas' proxies vote and are followed too.
             let replicas = if cfg.actions.replica_urls.is_empty() {
                 None
             } else {
-                Some(Arc::new(control_view(&cfg, Some(Arc::clone(&token)))?))
+                let identity = commands_identity(&cfg)?;
+                if let Some(cert) = &identity {
+                    client_watcher = Some(tokio::spawn(server::watch_client_certificate(
+                        Arc::clone(cert),
+                        Arc::clone(&metrics),
+                        tokio::signal::unix::signal(
+                            tokio::signal::unix::SignalKind::hangup(),
+                        )?,
+                    )));
+                }
+                Some(Arc::new(ControlView::http(
+                    &cfg.actions.control_url,
+                    &cfg.actions.replica_urls,
+                    Arc::clone(&token),
+                    commands_tls(&cfg, identity)?,
+                )?))
             };
             let local = ControlView::Local {
                 table: rx.clone(),
@@ -717,7 +722,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
             }
         };
         poller.abort();
-        for task in [automation, watcher].into_iter().flatten() {
+        for task in [automation, watcher, client_watcher].into_iter().flatten() {
             task.abort();
         }
         match broken {

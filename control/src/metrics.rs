@@ -33,6 +33,11 @@ pub struct ControlMetrics {
     /// No series without `server.tls`: an alert on the time left has
     /// nothing to fire on.
     pub tls_certificate_expiry: IntGaugeVec,
+    /// The automation's certificate for the other replicas
+    /// (`actions.client_tls`), watched as `server.tls`'s; no series unless
+    /// it is.
+    pub client_certificate_reloads: IntCounterVec,
+    pub client_certificate_expiry: IntGaugeVec,
     pub connections: IntGauge,
     pub accept_waits: IntCounterVec,
 }
@@ -94,7 +99,24 @@ impl ControlMetrics {
         for result in ["ok", "failed"] {
             tls_certificate_reloads.with_label_values(&[result]);
         }
+        let client_certificate_reloads = counter(
+            "edgeroute_control_client_certificate_reloads_total",
+            "Reloads of actions.client_tls's changed files by the automation, which presents it to the other replicas, by result (ok; failed: the certificate in force stays)",
+            &["result"],
+        );
+        let client_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "edgeroute_control_client_certificate_expiry_timestamp_seconds",
+                "Unix time the automation's certificate for the other replicas (actions.client_tls) expires; no series unless the automation reads replicas with one",
+            ),
+            &[],
+        )
+        .expect("static metric definition");
+        r.register(Box::new(client_certificate_expiry.clone()))
+            .expect("metric registered once");
         ControlMetrics {
+            client_certificate_reloads,
+            client_certificate_expiry,
             requests: counter(
                 "edgeroute_control_requests_total",
                 "Table server requests, by status",

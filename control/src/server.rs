@@ -208,51 +208,94 @@ where
 pub async fn watch_certificate(
     cert: Arc<edgeroute_config::tls::TlsCert>,
     metrics: Arc<ControlMetrics>,
-    mut hangups: tokio::signal::unix::Signal,
-    mut client_ca: Option<ClientCa>,
+    hangups: tokio::signal::unix::Signal,
+    client_ca: Option<ClientCa>,
 ) {
-    use edgeroute_config::tls::{Reload, WATCH_INTERVAL, unix_now};
-    let mut faulty = false;
-    metrics
-        .tls_certificate_expiry
-        .with_label_values::<&str>(&[])
-        .set(cert.validity().not_after);
-    cert.log_dates(unix_now(), &mut faulty);
-    let mut ticks = tokio::time::interval(WATCH_INTERVAL);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    loop {
-        let forced = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = hangups.recv() => {
-                tracing::info!("SIGHUP: reading server.tls's files again");
-                true
-            }
+    let watched = Watched {
+        cert,
+        reloads: metrics.tls_certificate_reloads.clone(),
+        expiry: metrics.tls_certificate_expiry.clone(),
+    };
+    watched.watch(hangups, client_ca).await;
+}
+
+/// [`watch_certificate`] for the certificate the automation presents to
+/// the other replicas (`actions.client_tls`), so that one renewed on disk
+/// is presented from then on: its reloads and expiry in
+/// `edgeroute_control_client_certificate_reloads_total` and
+/// `edgeroute_control_client_certificate_expiry_timestamp_seconds`.
+pub async fn watch_client_certificate(
+    cert: Arc<edgeroute_config::tls::TlsCert>,
+    metrics: Arc<ControlMetrics>,
+    hangups: tokio::signal::unix::Signal,
+) {
+    for result in ["ok", "failed"] {
+        metrics
+            .client_certificate_reloads
+            .with_label_values(&[result]);
+    }
+    let watched = Watched {
+        cert,
+        reloads: metrics.client_certificate_reloads.clone(),
+        expiry: metrics.client_certificate_expiry.clone(),
+    };
+    watched.watch(hangups, None).await;
+}
+
+/// A certificate read again while the control plane runs, with where its
+/// reloads (by result) and its expiry are counted.
+struct Watched {
+    cert: Arc<edgeroute_config::tls::TlsCert>,
+    reloads: prometheus::IntCounterVec,
+    expiry: prometheus::IntGaugeVec,
+}
+
+impl Watched {
+    /// Every [`edgeroute_config::tls::WATCH_INTERVAL`] and at once on
+    /// SIGHUP, until the task is dropped: the files read again, and then
+    /// `client_ca`'s, for a server certificate.
+    async fn watch(
+        &self,
+        mut hangups: tokio::signal::unix::Signal,
+        mut client_ca: Option<ClientCa>,
+    ) {
+        use edgeroute_config::tls::{Reload, WATCH_INTERVAL, unix_now};
+        let name = self.cert.name().to_owned();
+        let mut faulty = false;
+        let expires = || {
+            self.expiry
+                .with_label_values::<&str>(&[])
+                .set(self.cert.validity().not_after);
         };
-        let reloading = Arc::clone(&cert);
-        match tokio::task::spawn_blocking(move || reloading.reload_logged(forced)).await {
-            Ok(Reload::Unchanged) => {}
-            Ok(Reload::Loaded) => {
-                metrics
-                    .tls_certificate_reloads
-                    .with_label_values(&["ok"])
-                    .inc();
-                metrics
-                    .tls_certificate_expiry
-                    .with_label_values::<&str>(&[])
-                    .set(cert.validity().not_after);
-                // A certificate put in force outside its dates is logged.
-                faulty = false;
+        expires();
+        self.cert.log_dates(unix_now(), &mut faulty);
+        let mut ticks = tokio::time::interval(WATCH_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            let forced = tokio::select! {
+                _ = ticks.tick() => false,
+                _ = hangups.recv() => {
+                    tracing::info!("SIGHUP: reading {name}'s files again");
+                    true
+                }
+            };
+            let reloading = Arc::clone(&self.cert);
+            match tokio::task::spawn_blocking(move || reloading.reload_logged(forced)).await {
+                Ok(Reload::Unchanged) => {}
+                Ok(Reload::Loaded) => {
+                    self.reloads.with_label_values(&["ok"]).inc();
+                    expires();
+                    // A certificate put in force outside its dates is logged.
+                    faulty = false;
+                }
+                Ok(Reload::Failed(_)) => self.reloads.with_label_values(&["failed"]).inc(),
+                Err(e) => tracing::error!(tls = %name, error = %e, "one certificate reload failed"),
             }
-            Ok(Reload::Failed(_)) => metrics
-                .tls_certificate_reloads
-                .with_label_values(&["failed"])
-                .inc(),
-            Err(e) => tracing::error!(error = %e, "one certificate reload failed"),
-        }
-        cert.log_dates(unix_now(), &mut faulty);
-        if let Some(ca) = client_ca.as_mut() {
-            reread_client_ca(ca, &cert, forced).await;
+            self.cert.log_dates(unix_now(), &mut faulty);
+            if let Some(ca) = client_ca.as_mut() {
+                reread_client_ca(ca, &self.cert, forced).await;
+            }
         }
     }
 }

@@ -78,13 +78,18 @@ impl TestCa {
         TestCa { issuer, pem }
     }
 
-    /// Writes a client certificate (for TLS client authentication) and its
-    /// key.
+    /// Writes a client certificate (for TLS client authentication) that
+    /// expires on 1 January 2100, and its key.
     pub fn issue_client(&self, cert: &Path, key: &Path) {
+        self.issue_client_until(cert, key, 2100);
+    }
+
+    /// [`TestCa::issue_client`], expiring on 1 January of `until`.
+    pub fn issue_client_until(&self, cert: &Path, key: &Path, until: i32) {
         let mut params =
             rcgen::CertificateParams::new(vec!["proxy.test".to_owned()]).expect("client params");
         params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_after = rcgen::date_time_ymd(2100, 1, 1);
+        params.not_after = rcgen::date_time_ymd(until, 1, 1);
         self.sign(params, cert, key);
     }
 
@@ -186,6 +191,21 @@ impl ControlPlane {
             "[source]\nkind = \"file\"\npath = \"topology.json\"\npoll_interval = \"100ms\"\n";
         let (ca, clients) = (Some(TestCa::new()), Some(TestCa::new()));
         ControlPlane::launch(Some(initial), "", source, &[], ca, clients).await
+    }
+
+    /// [`ControlPlane::start_mtls`] with the `[source]` (and any later
+    /// sections) given, `actions` (lines of TOML) added to its `[actions]`,
+    /// and extra environment.
+    pub async fn start_mtls_with(
+        actions: &str,
+        source: &str,
+        env: &[(&str, String)],
+    ) -> ControlPlane {
+        let (ca, clients) = (Some(TestCa::new()), Some(TestCa::new()));
+        // The TLS lines end in `[actions]`: lines put before the source's
+        // first header are that section's.
+        let source = format!("{actions}\n{source}");
+        ControlPlane::launch(None, "", &source, env, ca, clients).await
     }
 
     async fn launch(

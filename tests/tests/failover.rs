@@ -63,12 +63,10 @@ impl Env {
         let (topic, queue) = moto::topic_with_queue(&moto).await;
         let webhook = Webhook::start().await;
         let config = format!(
-            "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
-             record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n{source}\n\
+            "{}\
              [actions]\ntimeout = \"60s\"\nproxy_max_age = \"5s\"\n\n\
              [notify]\nsns_topic_arn = \"{topic}\"\nwebhook_url = \"{}\"\n",
-            moto.endpoint,
-            fixture.zone_id,
+            aws_source(&moto, &fixture, source),
             webhook.url()
         );
         let other = match replica {
@@ -286,6 +284,16 @@ struct Answer {
 }
 
 /// Sends writes through `proxy` until `stop`, at most `max` or 120 s.
+/// A control plane's `[source]` on the emulator's three regions, read
+/// every 200 ms, with `extra` lines.
+fn aws_source(moto: &Moto, fixture: &moto::Fixture, extra: &str) -> String {
+    format!(
+        "[source]\nkind = \"aws\"\npoll_interval = \"200ms\"\nendpoint_url = \"{}\"\nhosted_zone_id = \"{}\"\n\
+         record_name = \"{RECORD}\"\nglobal_cluster_id = \"{GLOBAL_CLUSTER}\"\nglobal_cluster_region = \"us-east-1\"\n{extra}\n",
+        moto.endpoint, fixture.zone_id,
+    )
+}
+
 async fn write_load(url: String, stop: Arc<AtomicBool>, refused: Arc<AtomicUsize>) -> Vec<Answer> {
     let client = client();
     let started = Instant::now();
@@ -640,6 +648,54 @@ async fn the_automation_counts_the_proxies_reporting_to_another_replica() {
 /// control plane cannot read, still starts `min_interval`: the automation
 /// sees the writer move in AWS, and holds when the new primary fails soon
 /// after, rather than move the writer again.
+/// The certificate the automation presents to the other replicas
+/// (`actions.client_tls`) is read again as it is renewed, as the server's
+/// own is, with its expiry in the metrics.
+#[tokio::test]
+async fn the_automations_certificate_for_the_replicas_is_read_again_when_renewed() {
+    use edgeroute_tests::proxy::write_atomically;
+    const EXPIRY: &str = "edgeroute_control_client_certificate_expiry_timestamp_seconds";
+    const LOADED: &str = "edgeroute_control_client_certificate_reloads_total{result=\"ok\"}";
+    let moto = Moto::start().await;
+    let fixture = moto::three_regions(&moto).await;
+    // Another replica is listed; whether it answers does not matter here.
+    let cp = ControlPlane::start_mtls_with(
+        "replica_urls = [\"https://127.0.0.1:9\"]\n",
+        &format!(
+            "{}\n[automation]\n{AUTOMATED}\n",
+            aws_source(&moto, &fixture, "")
+        ),
+        &moto.env(),
+    )
+    .await;
+    // 2100-01-01, as issued at start.
+    eventually("the expiry is shown", WAIT, || async {
+        cp.metric(EXPIRY).await == 4_102_444_800.0
+    })
+    .await;
+    assert_eq!(cp.metric(LOADED).await, 0.0);
+
+    let side = tempfile::tempdir().unwrap();
+    let (cert, key) = (
+        side.path().join("client.pem"),
+        side.path().join("client.key"),
+    );
+    cp.clients
+        .as_ref()
+        .expect("a control plane asking for client certificates")
+        .issue_client_until(&cert, &key, 2099);
+    for (from, to) in [(&key, "client.key"), (&cert, "client.pem")] {
+        write_atomically(&cp.dir.join(to), &std::fs::read_to_string(from).unwrap());
+    }
+    cp.signal(nix::sys::signal::Signal::SIGHUP);
+    // 2099-01-01.
+    eventually("the renewed certificate is in force", WAIT, || async {
+        cp.metric(EXPIRY).await == 4_070_908_800.0
+    })
+    .await;
+    assert!(cp.metric(LOADED).await >= 1.0);
+}
+
 #[tokio::test]
 async fn an_operators_move_from_another_machine_holds_the_automation_for_min_interval() {
     let (env, _proxies) = Env::automated(["us-east-1", "ap-southeast-1"]).await;
