@@ -573,15 +573,26 @@ impl<'t> Connection<'t> {
         (self.buf.split().freeze(), &mut self.stream)
     }
 
-    /// The connection, if it may carry another request: the request and
-    /// the whole response went through, the backend keeps it open, and it
-    /// sent nothing beyond the response.
+    /// Whether the exchange ended whole on a connection the backend keeps
+    /// open: the request and the whole response went through.
+    fn ended_whole(&self) -> bool {
+        self.request_done && self.keepalive && self.body == Body::Done
+    }
+
+    /// Whether the backend sent bytes after a whole answer on a connection
+    /// it keeps open: it is out of step with its own framing, and the
+    /// connection is not reused.
+    pub fn out_of_step(&self) -> bool {
+        self.ended_whole() && !self.buf.is_empty()
+    }
+
+    /// The connection, if it may carry another request: the exchange ended
+    /// whole, and the backend sent nothing beyond the response.
     pub fn into_reusable(self) -> Option<Idle> {
-        (self.request_done && self.keepalive && self.body == Body::Done && self.buf.is_empty())
-            .then_some(Idle {
-                stream: self.stream,
-                buf: self.buf,
-            })
+        (self.ended_whole() && self.buf.is_empty()).then_some(Idle {
+            stream: self.stream,
+            buf: self.buf,
+        })
     }
 }
 

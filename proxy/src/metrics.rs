@@ -314,7 +314,7 @@ impl Metrics {
             backend_idle_discards: counter_vec(
                 &r,
                 "edgeroute_backend_idle_discards_total",
-                "Idle keep-alive connections to the backend closed instead of reused, by reason (closed: the backend closed them, its keep-alive timeout shorter than timeouts.pool_idle; unexpected_bytes: it sent bytes on them after a whole answer; expired: idle for timeouts.pool_idle; full: limits.idle_per_backend were idle already, the oldest closed to keep a newer one)",
+                "Idle keep-alive connections to the backend closed instead of reused, by reason (closed: the backend closed them, its keep-alive timeout shorter than timeouts.pool_idle; unexpected_bytes: it sent bytes after a whole answer, with it or while they idled; expired: idle for timeouts.pool_idle; full: limits.idle_per_backend were idle already, the oldest closed to keep a newer one)",
                 &["region", "backend", "address", "reason"],
             ),
             departed: Mutex::default(),

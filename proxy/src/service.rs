@@ -945,7 +945,10 @@ impl EdgeProxy {
         if answered_early {
             return Ok(());
         }
-        if let Some(conn) = up.into_reusable() {
+        if up.out_of_step() {
+            // Counted as bytes that come while it idles are.
+            backend.idle.discard(upstream::Discard::UnexpectedBytes, 1);
+        } else if let Some(conn) = up.into_reusable() {
             // Idle since the answer began: a pooled connection may only
             // look older than it is.
             backend.idle.put(conn, answered_at);

@@ -1659,6 +1659,49 @@ async fn idle_connections_a_backend_writes_to_or_closes_are_counted_by_reason() 
     assert_eq!(proxy.metric(&discards("unexpected_bytes")).await, 1.0);
 }
 
+/// Bytes a backend sends after a whole answer in the same write say it is
+/// out of step as those sent later do: counted alike, the answer passed on
+/// without them, and the connection not reused.
+#[tokio::test]
+async fn bytes_after_a_whole_answer_in_its_own_write_are_counted() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            read_until(&mut conn, |t| t.contains("\r\n\r\n")).await;
+            conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n")
+                .await
+                .unwrap();
+            tokio::spawn(async move {
+                let _held = conn;
+                std::future::pending::<()>().await;
+            });
+        }
+    });
+    let proxy = ProxyBuilder::new(US)
+        .region(US, &[backend])
+        .table(table(1, 1, Some(US), &[(US, "active")]))
+        .extra("[health]\nprobes = false\n")
+        .start()
+        .await;
+    let discards = format!(
+        "edgeroute_backend_idle_discards_total{{address=\"{backend}\",backend=\"{backend}\",reason=\"unexpected_bytes\",region=\"{US}\"}}"
+    );
+    for n in 1..=2 {
+        let resp = reqwest::get(proxy.url("/items")).await.expect("an answer");
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        eventually("the out-of-step connection is counted", LIMIT, || async {
+            proxy.metric(&discards).await == f64::from(n)
+        })
+        .await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "not reused");
+}
+
 /// A worker keeps at most `limits.idle_per_backend` idle connections per
 /// backend: when more exchanges end at once, the oldest is closed and
 /// counted as `full`, and the one kept carries the next request.
