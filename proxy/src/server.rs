@@ -273,6 +273,13 @@ pub fn run(config: ProxyConfig) -> anyhow::Result<()> {
 async fn exit_when_drained(state: Arc<AppState>) {
     state.lifecycle.shutdown_started().await;
     let grace = state.config.shutdown.grace_period;
+    // The server library's own line names a longer period: its teardown
+    // is set to come after this one's end.
+    tracing::info!(
+        grace_period = ?grace,
+        in_flight = state.lifecycle.inflight(),
+        "waiting at most shutdown.grace_period for the requests in flight"
+    );
     match tokio::time::timeout(grace, state.lifecycle.drained()).await {
         Ok(()) => tracing::info!("all in-flight requests finished; exiting"),
         Err(_) => tracing::warn!(
