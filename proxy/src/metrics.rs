@@ -18,6 +18,9 @@ pub struct Metrics {
     pub duration: HistogramVec,
     /// Requests refused by the proxy itself, by reason.
     pub refusals: IntCounterVec,
+    /// Answers that ended before their end, by the serving region and the
+    /// side that cut them.
+    pub responses_cut: IntCounterVec,
     /// Extra attempts made on another backend or region.
     pub retries: IntCounter,
     /// Reads sent to the primary for a client's fresh write.
@@ -178,6 +181,12 @@ impl Metrics {
                 "edgeroute_refusals_total",
                 "Answers the proxy made itself before a backend was picked, by error code (every 503 refusal, bad_request, body_too_large, body_too_slow, request_head_too_large, unsupported_transfer_coding, http_version_not_supported, method_not_allowed, loop_detected; unreadable request heads too), requests turned down while forwarded (a body too large, too slow or malformed), and 503 refusals after attempts at backends that could not be reached",
                 &["reason"],
+            ),
+            responses_cut: counter_vec(
+                &r,
+                "edgeroute_responses_cut_total",
+                "Answers cut short after their status went to the client (counted in edgeroute_requests_total by that status), by serving region and by the side that cut them: backend (it closed, stalled past timeouts.read or broke its framing mid-body) or client (it went away)",
+                &["region", "by"],
             ),
             retries: counter(
                 &r,
@@ -399,6 +408,9 @@ impl Metrics {
             self.ejections_suppressed.with_label_values(&[name]);
             self.panic_picks.with_label_values(&[name]);
             self.dns_failures.with_label_values(&[name]);
+            for by in ["backend", "client"] {
+                self.responses_cut.with_label_values(&[name, by]);
+            }
             for backend in &region.backends {
                 let label = backend.to_string();
                 self.backend_ejections.with_label_values(&[name, &label]);

@@ -1127,6 +1127,17 @@ impl EdgeProxy {
             .take()
             .unwrap_or_else(|| ErrorReply::from_error(e));
         if client.response_status().is_some() {
+            if let Some(region) = ctx.reached(None) {
+                let by = match e.esource() {
+                    pingora_error::ErrorSource::Downstream => "client",
+                    _ => "backend",
+                };
+                self.state
+                    .metrics
+                    .responses_cut
+                    .with_label_values(&[&*self.state.topology.regions[region].name, by])
+                    .inc();
+            }
             if let Some(left_out) = CUT_SHORT.take() {
                 tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), left_out, "response cut short");
             }

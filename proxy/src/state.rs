@@ -275,15 +275,15 @@ impl AppState {
     }
 
     /// What `/health` answers, on the admin listener and on the traffic
-    /// listeners (`health.listener_path`): whether the local region can
-    /// serve reads and the proxy is not shutting down, and the body that
-    /// says so.
+    /// listeners (`health.listener_path`): whether the local region's
+    /// backends can serve reads and the proxy is not shutting down, and the
+    /// body that says so.
     pub fn health(&self) -> (bool, serde_json::Value) {
         let unhealthy = self.unhealthy_because();
         let mut body = serde_json::json!({
             "status": if unhealthy.is_none() { "ok" } else { "unavailable" },
             "region": &*self.topology.regions[self.topology.local].name,
-            "check": "local region can serve reads",
+            "check": "local backends can serve reads",
         });
         if let Some(reason) = unhealthy {
             body["reason"] = reason.into();
@@ -291,25 +291,23 @@ impl AppState {
         (unhealthy.is_none(), body)
     }
 
-    /// Why the local region cannot serve reads now, if it cannot: the
-    /// proxy is shutting down, has no table yet, the table marks the
-    /// region down (or leaves it out), or none of its backends is in
-    /// rotation.
+    /// Why the local region's backends cannot serve reads now, if they
+    /// cannot: the proxy is shutting down, has no table yet, or none of
+    /// them is in rotation. What the proxy measures, not what the table
+    /// says of the region: a table's `down` comes from Route 53's health
+    /// checks, which probe this very answer, so answering from it would
+    /// hold a region down once it had recovered.
     fn unhealthy_because(&self) -> Option<&'static str> {
         if self.lifecycle.is_shutting_down() {
             return Some("shutting_down");
         }
-        let local = self.topology.local;
-        match self.router.load().as_deref() {
-            None => Some("no_routing_table"),
-            Some(s) if s.states[local] == edgeroute_config::RegionState::Down => {
-                Some("region_down")
-            }
-            Some(_) if !self.topology.regions[local].has_live_backend() => {
-                Some("no_backend_in_rotation")
-            }
-            Some(_) => None,
+        if self.router.load().is_none() {
+            return Some("no_routing_table");
         }
+        if !self.topology.regions[self.topology.local].has_live_backend() {
+            return Some("no_backend_in_rotation");
+        }
+        None
     }
 }
 

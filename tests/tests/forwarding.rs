@@ -705,7 +705,7 @@ async fn breaking_backend() -> SocketAddr {
 /// An answer cut short by its backend reaches an HTTP/1.0 client, whose
 /// body ends with the connection, as a reset, never as an end of stream
 /// that would pass the part for the whole; an HTTP/1.1 client's chunked
-/// body lacks its last chunk.
+/// body lacks its last chunk. Both are counted as cut by the backend.
 #[tokio::test]
 async fn an_answer_cut_short_is_not_passed_off_as_whole() {
     let proxy = proxy_for(breaking_backend().await).await;
@@ -735,6 +735,12 @@ async fn an_answer_cut_short_is_not_passed_off_as_whole() {
         "{text}"
     );
     assert!(!text.contains("\r\n0\r\n\r\n"), "no last chunk: {text}");
+    let cut = |by: &str| format!("edgeroute_responses_cut_total{{by=\"{by}\",region=\"{US}\"}}");
+    eventually("both cut answers are counted", LIMIT, || async {
+        proxy.metric(&cut("backend")).await == 2.0
+    })
+    .await;
+    assert_eq!(proxy.metric(&cut("client")).await, 0.0);
 }
 
 /// HTTP/1.2 to HTTP/1.9 are served as HTTP/1.1, the highest minor version
