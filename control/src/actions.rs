@@ -1203,6 +1203,14 @@ impl Runner {
                 plan.from.region
             ));
         }
+        // The automation decided on a view read before this one: a primary
+        // that has recovered since is not failed over, losing writes for
+        // nothing.
+        if let Some(from) = from
+            && let Some(why) = self.recovered(&state, from).await
+        {
+            return Ok(self.nothing_to_do(kind, why));
+        }
         // The automation chose a target most proxies reach.
         if from.is_none() {
             self.proxies_reach(to, planned).await?;
@@ -1232,6 +1240,18 @@ impl Runner {
             .await
             .err();
         Ok(self.conclude(tl.finish(kind, summary, error)).await)
+    }
+
+    /// Why `primary`, judged down by both health sources, is no longer,
+    /// if either says so now: Route 53 in `state`, read just now, or the
+    /// proxies' vote.
+    async fn recovered(&self, state: &AwsState, primary: &str) -> Option<String> {
+        let proxies = self.control.reporting_readable().await.0.proxies();
+        recovered(
+            &state.view,
+            crate::registry::vote(&proxies, primary),
+            primary,
+        )
     }
 
     /// A switchover to `to` and back to the writer region of now.
@@ -2380,6 +2400,27 @@ fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> St
     }
 }
 
+/// Why `primary`, judged down by Route 53 and the proxies, is no longer,
+/// if either says so in `view` or `vote`: both must still call it down
+/// (Route 53 may be unread) for a failover that may lose writes.
+fn recovered(view: &TopologyView, vote: crate::registry::Vote, primary: &str) -> Option<String> {
+    if view
+        .regions
+        .iter()
+        .any(|r| r.name == primary && r.healthy == Some(true))
+    {
+        return Some(format!(
+            "Route 53 reports the primary {primary} healthy again"
+        ));
+    }
+    if !vote.unhealthy() {
+        return Some(format!(
+            "the proxies no longer report the primary {primary} down"
+        ));
+    }
+    None
+}
+
 /// What a change starts from.
 struct Before {
     /// The table served when it began, if any.
@@ -2562,6 +2603,46 @@ mod tests {
             .unwrap();
         assert!(line.contains("NOT FINISHED: still running"), "{line}");
         assert!(!line.contains("FAILED"), "{line}");
+    }
+
+    /// The automation's failover, decided on a view read before, goes
+    /// ahead only while Route 53 (if read) and the proxies both still call
+    /// the primary down.
+    #[test]
+    fn a_primary_either_source_calls_healthy_again_is_not_failed_over() {
+        use crate::registry::Vote;
+        let view = |healthy: Option<bool>| edgeroute_config::TopologyView {
+            primary_region: Some("us-east-1".into()),
+            failover_in_progress: false,
+            regions: vec![edgeroute_config::RegionView {
+                name: "us-east-1".into(),
+                weight: None,
+                healthy,
+                replication_lag_ms: None,
+                health_unread: healthy.is_none(),
+                unhealthy_because: None,
+            }],
+        };
+        let down = Vote {
+            reporting: 3,
+            unhealthy: 2,
+        };
+        let up = Vote {
+            reporting: 3,
+            unhealthy: 1,
+        };
+        for healthy in [Some(false), None] {
+            assert_eq!(super::recovered(&view(healthy), down, "us-east-1"), None);
+        }
+        let why = super::recovered(&view(Some(true)), down, "us-east-1").unwrap();
+        assert!(why.contains("Route 53 reports the primary us-east-1 healthy again"));
+        for healthy in [Some(false), None] {
+            let why = super::recovered(&view(healthy), up, "us-east-1").unwrap();
+            assert!(why.contains("the proxies no longer report"), "{why}");
+        }
+        // No proxy reporting is no vote that it is down.
+        let silent = Vote::default();
+        assert!(super::recovered(&view(Some(false)), silent, "us-east-1").is_some());
     }
 
     #[test]

@@ -186,7 +186,7 @@ impl ControlMetrics {
             ),
             automation_failovers: counter(
                 "edgeroute_control_automation_failovers_total",
-                "Automated failovers started, by result (ok, failed, nothing_to_do: the writer was in the target already)",
+                "Automated failovers started, by result (ok, failed, nothing_to_do: read again before the request, the writer was in the target already or the primary healthy again)",
                 &["result"],
             ),
             automation_replicas_unread: gauge(
