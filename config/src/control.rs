@@ -689,15 +689,29 @@ impl RawAutomation {
                 ),
             }
         }
+        let after = values::positive_duration(e, "automation.after", &self.after);
+        let min_interval = values::duration(e, "automation.min_interval", &self.min_interval);
+        // A new primary that stumbles while it takes over would be failed
+        // over again at once, with no `after` of its own.
+        if self.enabled && min_interval < after {
+            e.push(
+                "automation.min_interval",
+                format!(
+                    "must be at least automation.after ({}), or a new primary that fails within it is failed over again without the wait; got {:?}",
+                    humantime::format_duration(after),
+                    self.min_interval
+                ),
+            );
+        }
         AutomationConfig {
             enabled: self.enabled,
-            after: values::positive_duration(e, "automation.after", &self.after),
+            after,
             max_replication_lag: values::duration(
                 e,
                 "automation.max_replication_lag",
                 &self.max_replication_lag,
             ),
-            min_interval: values::duration(e, "automation.min_interval", &self.min_interval),
+            min_interval,
         }
     }
 }
@@ -1038,6 +1052,33 @@ mod tests {
                 .any(|e| e.path == "actions.timeout" && e.message.contains("at least 5s")),
             "{errors}"
         );
+    }
+
+    #[test]
+    fn the_automations_min_interval_is_at_least_its_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.toml");
+        std::fs::write(dir.path().join("token"), "t0ken\n").unwrap();
+        let config = |min_interval: &str| {
+            format!(
+                "[server]\ntoken_file = \"token\"\n\n[source]\nkind = \"aws\"\nhosted_zone_id = \"Z1\"\nrecord_name = \"api.example.com\"\n\
+                 global_cluster_id = \"g\"\nglobal_cluster_region = \"us-east-1\"\n\n\
+                 [automation]\nenabled = true\nafter = \"60s\"\nmin_interval = \"{min_interval}\"\n"
+            )
+        };
+        for short in ["0s", "59s"] {
+            std::fs::write(&path, config(short)).unwrap();
+            let Err(ControlConfigError::Invalid { errors, .. }) = ControlConfig::load(&path) else {
+                panic!("min_interval {short} was accepted")
+            };
+            assert!(
+                errors.iter().any(|e| e.path == "automation.min_interval"
+                    && e.message.contains("must be at least automation.after (1m)")),
+                "{errors}"
+            );
+        }
+        std::fs::write(&path, config("60s")).unwrap();
+        ControlConfig::load(&path).expect("min_interval equal to after");
     }
 
     #[test]

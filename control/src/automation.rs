@@ -99,13 +99,19 @@ pub struct Inputs<'a> {
 
 pub struct Automation {
     cfg: AutomationConfig,
-    /// Since when both sources have reported the primary unhealthy.
+    /// Since when both sources have reported the primary unhealthy, and
+    /// which primary: a new one waits `after` of its own.
     since: Option<Instant>,
+    primary: Option<String>,
 }
 
 impl Automation {
     pub fn new(cfg: AutomationConfig) -> Automation {
-        Automation { cfg, since: None }
+        Automation {
+            cfg,
+            since: None,
+            primary: None,
+        }
     }
 
     pub fn evaluate(&mut self, i: &Inputs<'_>) -> Decision {
@@ -113,6 +119,10 @@ impl Automation {
             self.since = None;
             return Decision::Healthy;
         };
+        if self.primary.as_deref() != Some(primary) {
+            self.primary = Some(primary.to_owned());
+            self.since = None;
+        }
         let route53_down = i
             .view
             .regions
@@ -541,6 +551,48 @@ mod tests {
         );
         w.regions[2].3 = Some(5000);
         assert_eq!(decide(&w), Decision::Held(Hold::NoTarget), "lag over bound");
+    }
+
+    /// A new primary waits `after` of its own: the wait begun for the one
+    /// before does not count for it.
+    #[test]
+    fn a_new_primary_waits_after_of_its_own() {
+        let mut w = healthy_world();
+        w.regions[0] = (Some(false), false, 100, None);
+        w.regions[1] = (Some(false), false, 100, Some(120));
+        let down = |primary: &str| {
+            let mut v = view(&w);
+            v.primary_region = Some(primary.into());
+            v
+        };
+        let vote = |region: &str| Vote {
+            reporting: 3,
+            unhealthy: if region == "ap-southeast-1" { 0 } else { 3 },
+        };
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let mut a = Automation::new(cfg());
+        let mut at = |v: &TopologyView, secs: u64| {
+            a.evaluate(&Inputs {
+                view: v,
+                vote: &vote,
+                running: false,
+                last_move: None,
+                history_unreadable: false,
+                retry_after: None,
+                now: t0 + Duration::from_secs(secs),
+                wall,
+            })
+        };
+        assert_eq!(at(&down("us-east-1"), 0), Decision::Waiting);
+        // The writer moved (by hand, say), and the new primary is down too.
+        assert_eq!(at(&down("eu-west-1"), 90), Decision::Waiting);
+        assert_eq!(at(&down("eu-west-1"), 149), Decision::Waiting);
+        assert_eq!(
+            at(&down("eu-west-1"), 150),
+            Decision::FailOver {
+                to: "ap-southeast-1".into()
+            }
+        );
     }
 
     #[test]
