@@ -1939,6 +1939,32 @@ impl Runner {
                 "draining {region} would leave no healthy region in DNS to take its traffic"
             ));
         }
+        // A copy an earlier drain kept (of records put back by hand since,
+        // perhaps only some) is replaced by this drain's: what it held goes
+        // to the history file first.
+        if let Some(kept) = state.kept.get(region).filter(|_| !dry_run) {
+            let timeline = Timeline::new(self);
+            let mut op = self
+                .keep_copy_in_history(
+                    &timeline,
+                    Kind::Drain,
+                    region,
+                    kept,
+                    format!(
+                        "{region}: the copy of its records an earlier drain kept, as a new drain that replaces it began"
+                    ),
+                    "kept copy replaced",
+                )
+                .map_err(|e| {
+                    format!(
+                        "{region} has a copy of its records kept by an earlier drain, which this drain would replace, and what it holds could not be kept in the history file first: {e}; nothing changed"
+                    )
+                })?;
+            op.finished = true;
+            op.ok = true;
+            op.error = None;
+            self.record(&op);
+        }
         self.change_record(
             &state,
             region,
@@ -2055,28 +2081,21 @@ impl Runner {
             self.say(&format!("{what}: an undrain would remove it"));
             return Ok(());
         }
-        let name = crate::kept::name(&self.aws.config().record_name);
-        let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
-        // In the history file before the copy goes, so that what it held
-        // is never lost: no history file, no removal.
         let timeline = Timeline::new(self);
-        let mut op = timeline.operation(
-            Kind::Undrain,
-            format!("{region} is in DNS: the copy of its records an earlier drain kept is removed"),
-            Some("did not finish: the process removing it stopped".into()),
-        );
-        op.finished = false;
-        op.timeline.push(Step {
-            name: "kept copy removed".into(),
-            at_seconds: 0.0,
-            detail: format!(
-                "{name} TXT, set identifier {region}, held: {}",
-                values.join(" | ")
-            ),
-        });
-        History::update(&self.history_file, |h| h.put(op.clone())).map_err(|e| {
-            format!("{what}; it is left in place, since what it holds could not be kept in the history file first: {e}")
-        })?;
+        let mut op = self
+            .keep_copy_in_history(
+                &timeline,
+                Kind::Undrain,
+                region,
+                kept,
+                format!(
+                    "{region} is in DNS: the copy of its records an earlier drain kept is removed"
+                ),
+                "kept copy removed",
+            )
+            .map_err(|e| {
+                format!("{what}; it is left in place, since what it holds could not be kept in the history file first: {e}")
+            })?;
         let removed = self
             .aws
             .change_records(
@@ -2100,6 +2119,38 @@ impl Runner {
         })?;
         self.say(&format!("{what}: removed"));
         Ok(())
+    }
+
+    /// Writes an unfinished operation to the history file whose one step
+    /// holds what `kept` (a drain's copy of `region`'s records) held,
+    /// before the copy goes or is replaced: what it held is never lost.
+    fn keep_copy_in_history(
+        &self,
+        timeline: &Timeline,
+        kind: Kind,
+        region: &str,
+        kept: &ResourceRecordSet,
+        summary: String,
+        step: &str,
+    ) -> Result<Operation, String> {
+        let name = crate::kept::name(&self.aws.config().record_name);
+        let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
+        let mut op = timeline.operation(
+            kind,
+            summary,
+            Some("did not finish: the process changing it stopped".into()),
+        );
+        op.finished = false;
+        op.timeline.push(Step {
+            name: step.into(),
+            at_seconds: 0.0,
+            detail: format!(
+                "{name} TXT, set identifier {region}, held: {}",
+                values.join(" | ")
+            ),
+        });
+        History::update(&self.history_file, |h| h.put(op.clone()))?;
+        Ok(op)
     }
 
     /// Whether Route 53 shows `change` of `region` made, read again.

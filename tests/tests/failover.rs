@@ -1586,6 +1586,60 @@ async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
     );
 }
 
+/// A drain of a region put back by hand since an earlier drain replaces
+/// that drain's kept copy, and what the copy held goes to the history file
+/// first: a record put back only in part is never lost with it.
+#[tokio::test]
+async fn a_second_drain_keeps_the_copy_it_replaces_in_the_history() {
+    let env = Env::start(None).await;
+    let eu = "eu-west-1";
+    env.cp
+        .command(&["drain", eu])
+        .await
+        .assert_ok_saying(&["completed"]);
+    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
+    moto::change_record(
+        &r53,
+        &env.fixture.zone_id,
+        ChangeAction::Create,
+        moto::latency_record(eu, &env.fixture.health_checks[eu]),
+    )
+    .await;
+    env.cp
+        .command(&["drain", eu])
+        .await
+        .assert_ok_saying(&["completed"]);
+    assert_eq!(
+        moto::kept_regions(&env.moto, &env.fixture.zone_id).await,
+        [eu]
+    );
+    let history = env.cp.history(false);
+    let noted = history["operations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["timeline"][0]["name"] == "kept copy replaced")
+        .unwrap_or_else(|| panic!("no kept copy in {history:#}"));
+    assert_eq!(noted["kind"], "drain", "{noted:#}");
+    assert_eq!(noted["ok"], true, "{noted:#}");
+    assert!(
+        noted["timeline"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("set identifier eu-west-1, held: \"edgeroute-v1\" \""),
+        "{noted:#}"
+    );
+    // And the region comes back from the new copy.
+    env.cp
+        .command(&["undrain", eu])
+        .await
+        .assert_ok_saying(&["completed"]);
+    assert_eq!(
+        moto::record_types(&env.moto, &env.fixture.zone_id, eu).await,
+        ["A"]
+    );
+}
+
 /// A weighted region's drain keeps its weight in Route 53 too: drained
 /// from one machine, it is undrained from another (with a history file
 /// that knows nothing of it) to the weight it had, not to the weight most
