@@ -1297,16 +1297,40 @@ impl Runner {
             tl.prefix = "back: ";
             // The first leg changed AWS: from here on every failure is
             // concluded, recorded and announced, never returned early.
-            error = match self.before_change(true).await {
-                Ok(before) => self
+            // The way back is checked as the way there was, on a state
+            // read now: the region left may have failed meanwhile.
+            let checked = async {
+                let back = self.way_back(&there).await?;
+                Ok::<_, String>((back, self.before_change(true).await?))
+            };
+            error = match checked.await {
+                Ok((back, before)) => self
                     .run_move(&mut tl, Kind::Drill, &back, &summary, &before)
                     .await
                     .err(),
-                Err(e) => Some(format!("the switchover back was not started: {e}")),
+                Err(e) => Some(format!(
+                    "the switchover back was not started: {e}; the writer stays in {} (move it back with `edgeroute-control failover --to {}` once it can go)",
+                    there.to.region, there.from.region
+                )),
             };
         }
         tl.prefix = "";
         Ok(self.conclude(tl.finish(Kind::Drill, summary, error)).await)
+    }
+
+    /// A drill's switchover back from `there`'s target, checked as the
+    /// way there was, on the state read now.
+    async fn way_back(&self, there: &MovePlan) -> Result<MovePlan, String> {
+        let state = self.state().await?;
+        let back = plan_move(
+            &state,
+            self.global_cluster(),
+            &there.from.region,
+            true,
+            self.to_unhealthy,
+        )?;
+        self.proxies_reach(&there.from.region, true).await?;
+        Ok(back)
     }
 
     fn move_steps(&self, plan: &MovePlan) -> Vec<String> {

@@ -1063,6 +1063,42 @@ async fn a_dry_run_changes_nothing() {
     );
 }
 
+/// A drill checks its way back as it checked its way there, on AWS read
+/// again: a region that failed while the writer was away is not given it
+/// back, and the command says where the writer stays.
+#[tokio::test]
+async fn a_drill_does_not_switch_back_to_a_region_that_failed_meanwhile() {
+    let env = Env::start(None).await;
+    let _proxy = env.proxy("eu-west-1").await;
+    env.wait_for_proxies(1).await;
+    env.moto.hold_failovers().await;
+    let (ran, ()) = tokio::join!(
+        env.cp
+            .command(&["failover", "--to", "eu-west-1", "--drill"]),
+        async {
+            eventually("the switchover there runs", WAIT, || async {
+                env.cp.table().await["failover_in_progress"] == true
+            })
+            .await;
+            env.route53_fails("us-east-1").await;
+            env.moto.release_failovers().await;
+        }
+    );
+    assert!(!ran.ok, "{ran:?}");
+    assert!(ran.stdout.contains("there: proxies confirmed"), "{ran:?}");
+    assert!(!ran.stdout.contains("back: requested"), "{ran:?}");
+    assert!(
+        ran.stdout
+            .contains("the switchover back was not started: Route 53 reports us-east-1 unhealthy")
+            && ran.stdout.contains("the writer stays in eu-west-1"),
+        "{ran:?}"
+    );
+    assert_eq!(
+        moto::writer(&env.moto).await,
+        ("eu-west-1".to_owned(), false)
+    );
+}
+
 #[tokio::test]
 async fn a_drill_switches_over_and_back_and_is_kept_as_the_last_failover_test() {
     let env = Env::start(None).await;
