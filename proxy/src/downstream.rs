@@ -1237,10 +1237,18 @@ impl Client<'_> {
         }
     }
 
+    /// The body bytes read so far, for an attempt after one that failed.
+    /// Bytes an HTTP/2 stream holds for its end are the buffer's last, and
+    /// left out: [`Client::read_body`] still gives them, and sent twice
+    /// they would reach the backend as a request of their own.
     pub fn retry_buffer(&mut self) -> Option<Bytes> {
         match self {
             Client::H1(s) => s.retry_buffer(),
-            Client::H2(s, ..) => s.get_retry_buffer(),
+            Client::H2(s, _, _, body) => {
+                let buffer = s.get_retry_buffer()?;
+                let held = body.held.as_ref().map_or(0, Bytes::len);
+                Some(buffer.slice(..buffer.len().saturating_sub(held)))
+            }
         }
     }
 

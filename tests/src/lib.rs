@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod control;
 pub mod dns;
 pub mod h2;
+pub mod keepalive;
 pub mod moto;
 pub mod origin;
 pub mod proxy;

@@ -3,6 +3,7 @@
 //! far as a request is let go; and which worker thread serves a client.
 
 use edgeroute_tests::h2::{self, Frame, GOAWAY, HEADERS, RST_STREAM, get_request, opening};
+use edgeroute_tests::keepalive::ClosingBackend;
 use edgeroute_tests::{
     Behaviour, Origin, Proxy, ProxyBuilder, accept_queue, eventually, get_on, until_closed,
 };
@@ -1276,6 +1277,58 @@ async fn reset_then_well_formed(conn: &mut TcpStream, us: &Origin, body: &[u8]) 
     let posts: Vec<_> = seen.iter().filter(|s| s.method == "POST").collect();
     assert_eq!(posts.len(), 1, "only the well-formed one: {seen:?}");
     assert_eq!(posts[0].body_len, body.len());
+}
+
+/// The bytes that complete an HTTP/2 request's declared length wait for
+/// its stream's end. An attempt that fails meanwhile (its pooled backend
+/// connection closed before anything went out) is followed by one that
+/// sends them once: sent twice, the second copy would reach the backend as
+/// a request of its own, whose answer another client would get.
+#[tokio::test]
+async fn an_http2_body_held_for_its_stream_end_goes_to_the_backend_once() {
+    let backend = ClosingBackend::start().await;
+    // One worker thread: the POST takes the connection the GET left in
+    // that thread's pool.
+    let proxy = ProxyBuilder::new(US)
+        .threads(1)
+        .region(US, &[backend.addr])
+        .listener_options("h2c = true")
+        .extra("[health]\nprobes = false\neject_after = 100\n")
+        .start()
+        .await;
+    let mut conn = TcpStream::connect(proxy.addr).await.unwrap();
+    conn.write_all(&opening()).await.unwrap();
+    conn.write_all(&get_request(1, true)).await.unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 1).await;
+    let body: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\n";
+    conn.write_all(&h2::post_head_with_length(3, body.len()))
+        .await
+        .unwrap();
+    conn.write_all(&Frame::encode(h2::DATA, 0, 3, body))
+        .await
+        .unwrap();
+    // A round trip on the connection: the proxy has read the DATA, and
+    // holds it for the stream's end on the pooled connection it took.
+    conn.write_all(&h2::ping()).await.unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == h2::PING).await;
+    eventually("the POST holds the backend", GUARD, || async {
+        proxy.routing().await["regions"][0]["backends"][0]["inflight"] == 1
+    })
+    .await;
+    backend.close_idle(b"");
+    eventually("the backend closed its idle connection", GUARD, || async {
+        backend.closed() == 1
+    })
+    .await;
+    conn.write_all(&Frame::encode(h2::DATA, h2::END_STREAM, 3, b""))
+        .await
+        .unwrap();
+    h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 3).await;
+    let seen: Vec<(String, Vec<u8>)> = backend.seen();
+    let methods: Vec<&str> = seen.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(methods, ["GET", "POST"], "no request of its own: {seen:?}");
+    assert_eq!(seen[1].1, body, "the body, once");
+    assert_eq!(proxy.metric("edgeroute_retries_total").await, 1.0);
 }
 
 /// An HTTP/2 request declaring `content-length: 0` is whole only at its
