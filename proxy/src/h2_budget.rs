@@ -8,7 +8,14 @@
 //!
 //! A connection starts with [`BURST`] of them. It earns
 //! [`PER_REQUEST_FRAME`] more for each frame that carries a request or an
-//! answer, either way (a HEADERS frame, a DATA frame with bytes), and
+//! answer: a client's HEADERS frame that opens a stream (one on a stream
+//! opened before, trailers say, spends), a client's DATA frame with bytes
+//! (one for each [`BYTES_PER_FRAME`] of them, at least one, at most
+//! [`PER_REQUEST_FRAME`]: a client cannot earn more with bytes sent a few
+//! at a time than its frames cost, on a stream the protocol library reset
+//! and passes over as much as on any), the proxy's HEADERS frames and DATA
+//! frames with bytes; an empty DATA frame spends, whether it ends its
+//! stream or not. It also earns
 //! [`PER_SECOND`] more each second while it has fewer than [`MOST`] in
 //! hand: a client that sends a window update for every few KiB of an
 //! answer it reads (long after the proxy wrote it, from the kernel's
@@ -26,6 +33,8 @@ pub const PER_SECOND: u32 = 10;
 pub const PER_REQUEST_FRAME: u32 = 10;
 /// The most a connection may have in hand from time alone.
 pub const MOST: u32 = 1_000;
+/// A client's DATA bytes that earn one frame.
+pub const BYTES_PER_FRAME: u32 = 1_600;
 
 /// The 24 bytes an HTTP/2 client sends before its first frame.
 const PREFACE_LEN: u32 = 24;
@@ -33,24 +42,37 @@ const PREFACE_LEN: u32 = 24;
 const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const GOAWAY: u8 = 0x7;
-const END_STREAM: u8 = 0x1;
 
 /// What a frame does to the budget.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    /// Carries a request or an answer: earns.
-    Request,
+    /// Carries a request or an answer: earns that many frames.
+    Request(u32),
     /// Carries none: spends.
     Control,
-    /// Neither (GOAWAY; an empty DATA frame that ends its stream).
+    /// Neither (GOAWAY).
     Neutral,
 }
 
-fn kind(frame_type: u8, flags: u8, len: u32) -> Kind {
+/// What a frame the proxy writes does: its answers earn.
+fn written_kind(frame_type: u8, len: u32) -> Kind {
     match frame_type {
-        HEADERS => Kind::Request,
-        DATA if len > 0 => Kind::Request,
-        DATA if flags & END_STREAM != 0 => Kind::Neutral,
+        HEADERS => Kind::Request(PER_REQUEST_FRAME),
+        DATA if len > 0 => Kind::Request(PER_REQUEST_FRAME),
+        _ => Kind::Neutral,
+    }
+}
+
+/// What a frame the client sends on `stream` does, `opened` the highest
+/// stream it has opened so far (raised here by a HEADERS frame that
+/// opens one).
+fn read_kind(frame_type: u8, len: u32, stream: u32, opened: &mut u32) -> Kind {
+    match frame_type {
+        HEADERS if stream > *opened => {
+            *opened = stream;
+            Kind::Request(PER_REQUEST_FRAME)
+        }
+        DATA if len > 0 => Kind::Request((len / BYTES_PER_FRAME).clamp(1, PER_REQUEST_FRAME)),
         GOAWAY => Kind::Neutral,
         _ => Kind::Control,
     }
@@ -79,9 +101,9 @@ impl Frames {
         }
     }
 
-    /// Calls `on` with the type, flags and length of each frame whose
-    /// header ends in `bytes`.
-    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(u8, u8, u32)) {
+    /// Calls `on` with the type, flags, length and stream of each frame
+    /// whose header ends in `bytes`.
+    fn feed(&mut self, mut bytes: &[u8], mut on: impl FnMut(u8, u8, u32, u32)) {
         while !bytes.is_empty() {
             let passed = if self.preface > 0 {
                 let n = self
@@ -102,8 +124,14 @@ impl Frames {
                 if self.have == 9 {
                     self.have = 0;
                     let len = u32::from_be_bytes([0, self.head[0], self.head[1], self.head[2]]);
+                    let stream = u32::from_be_bytes([
+                        self.head[5],
+                        self.head[6],
+                        self.head[7],
+                        self.head[8],
+                    ]) & 0x7fff_ffff;
                     self.skip = len;
-                    on(self.head[3], self.head[4], len);
+                    on(self.head[3], self.head[4], len, stream);
                 }
                 n
             };
@@ -118,6 +146,8 @@ impl Frames {
 pub struct Budget {
     read: Frames,
     written: Frames,
+    /// The highest stream the client has opened.
+    opened: u32,
     /// In thousandths of a frame, so that time's share is not lost to
     /// rounding (it is counted to the microsecond).
     milli: u64,
@@ -132,6 +162,7 @@ impl Budget {
         Budget {
             read: Frames::new(if preface { PREFACE_LEN } else { 0 }),
             written: Frames::new(0),
+            opened: 0,
             milli: u64::from(BURST) * 1000,
             at: now,
             spent: false,
@@ -153,14 +184,15 @@ impl Budget {
     fn read_at(&mut self, bytes: &[u8], mut now: impl FnMut() -> Instant) -> bool {
         let Budget {
             read,
+            opened,
             milli,
             at,
             spent,
             ..
         } = self;
-        read.feed(bytes, |frame_type, flags, len| {
-            match kind(frame_type, flags, len) {
-                Kind::Request => earn(milli, PER_REQUEST_FRAME),
+        read.feed(bytes, |frame_type, _flags, len, stream| {
+            match read_kind(frame_type, len, stream, opened) {
+                Kind::Request(frames) => earn(milli, frames),
                 Kind::Neutral => {}
                 Kind::Control => {
                     // The clock is read only when the budget runs short:
@@ -187,9 +219,9 @@ impl Budget {
     /// Bytes written to the client.
     pub fn written(&mut self, bytes: &[u8]) {
         let Budget { written, milli, .. } = self;
-        written.feed(bytes, |frame_type, flags, len| {
-            if kind(frame_type, flags, len) == Kind::Request {
-                earn(milli, PER_REQUEST_FRAME);
+        written.feed(bytes, |frame_type, _flags, len, _stream| {
+            if let Kind::Request(frames) = written_kind(frame_type, len) {
+                earn(milli, frames);
             }
         });
     }
@@ -205,12 +237,18 @@ mod tests {
     use proptest::prelude::*;
 
     fn frame(frame_type: u8, flags: u8, payload: &[u8]) -> Vec<u8> {
+        frame_on(frame_type, flags, 1, payload)
+    }
+
+    fn frame_on(frame_type: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
         let len = u32::try_from(payload.len()).unwrap().to_be_bytes();
-        let mut f = vec![len[1], len[2], len[3], frame_type, flags, 0, 0, 0, 1];
+        let mut f = vec![len[1], len[2], len[3], frame_type, flags];
+        f.extend_from_slice(&stream.to_be_bytes());
         f.extend_from_slice(payload);
         f
     }
 
+    const END_STREAM: u8 = 0x1;
     const PING: u8 = 0x6;
     const WINDOW_UPDATE: u8 = 0x8;
 
@@ -259,23 +297,62 @@ mod tests {
         for _ in 0..BURST {
             assert!(!b.read(&update));
         }
-        for _ in 0..50 {
-            assert!(!b.read(&frame(HEADERS, 0x5, &[0x82])));
+        for stream in (1..100).step_by(2) {
+            assert!(!b.read(&frame_on(HEADERS, 0x5, stream, &[0x82])));
             for _ in 0..PER_REQUEST_FRAME {
                 assert!(!b.read(&update));
             }
         }
         assert!(b.read(&update), "one more than was earned");
-        // An empty DATA frame that ends its stream spends nothing; one
-        // that does not is a control frame.
+        // An upload earns by its bytes.
         let mut b = Frozen::new(false);
-        for _ in 0..10 * BURST {
-            assert!(!b.read(&frame(DATA, END_STREAM, &[])));
+        b.read(&frame(DATA, 0, &[7; 16 * 1024]));
+        for _ in 0..BURST + PER_REQUEST_FRAME {
+            assert!(!b.read(&update));
         }
+        assert!(b.read(&update), "one more than was earned");
+    }
+
+    /// Frames a client can send for nothing earn nothing: HEADERS on a
+    /// stream it opened before (which the protocol library passes over
+    /// once it has reset the stream), DATA a few bytes at a time, empty
+    /// DATA frames ending their stream or not.
+    #[test]
+    fn frames_that_cost_the_client_nothing_earn_nothing() {
+        let ping = frame(PING, 0, &[0; 8]);
+        let mut b = Frozen::new(false);
+        assert!(!b.read(&frame_on(HEADERS, 0x5, 3, &[0x82])));
+        // The request's earnings, and the burst.
+        for _ in 0..BURST + PER_REQUEST_FRAME {
+            assert!(!b.read(&ping));
+        }
+        // HEADERS again on that stream, or on an older one, spends.
+        assert!(b.read(&frame_on(HEADERS, 0x4, 3, &[0x82])));
+        let mut b = Frozen::new(false);
+        assert!(!b.read(&frame_on(HEADERS, 0x5, 5, &[0x82])));
+        for _ in 0..BURST + PER_REQUEST_FRAME {
+            assert!(!b.read(&frame_on(HEADERS, 0x5, 3, &[0x82])));
+        }
+        assert!(b.read(&ping), "one more than was earned");
+        // One byte of DATA earns one frame: a byte and a PING at a time
+        // never earn the burst back.
+        let mut b = Frozen::new(false);
         for _ in 0..BURST {
-            assert!(!b.read(&frame(DATA, 0, &[])));
+            assert!(!b.read(&ping));
         }
-        assert!(b.read(&frame(DATA, 0, &[])));
+        for _ in 0..10 * BURST {
+            assert!(!b.read(&frame(DATA, 0, &[7])));
+            assert!(!b.read(&ping));
+        }
+        assert!(b.read(&ping), "nothing in hand");
+        // Empty DATA frames spend, ending their stream or not.
+        for flags in [0, END_STREAM] {
+            let mut b = Frozen::new(false);
+            for _ in 0..BURST {
+                assert!(!b.read(&frame(DATA, flags, &[])));
+            }
+            assert!(b.read(&frame(DATA, flags, &[])), "flags {flags}");
+        }
     }
 
     #[test]
@@ -342,7 +419,10 @@ mod tests {
             let mut i = 0;
             while !rest.is_empty() {
                 let n = cuts[i % cuts.len()].min(rest.len());
-                split.feed(&rest[..n], |t, f, len| seen.push((t, f, len as usize)));
+                split.feed(&rest[..n], |t, f, len, stream| {
+                    assert_eq!(stream, 1);
+                    seen.push((t, f, len as usize));
+                });
                 rest = &rest[n..];
                 i += 1;
             }
