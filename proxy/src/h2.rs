@@ -167,6 +167,14 @@ impl EdgeProxy {
                     {
                         tracing::error!(error = %e, "an HTTP/2 stream's task panicked");
                     }
+                    // A connection told to go away has `client_idle` from
+                    // its last stream's end, not from the GOAWAY: what that
+                    // stream's answer left in the buffers still goes out.
+                    if streams.is_empty()
+                        && let Some(drain) = &mut closing
+                    {
+                        drain.restart(idle, &taken);
+                    }
                 }
                 // Drives the connection: its reads, writes and new streams.
                 accepted = HttpSession::from_h2_conn(&mut conn, Arc::clone(&digest)) => {
@@ -263,7 +271,8 @@ fn sent_goaway(e: &pingora_error::Error) -> bool {
 const DELIVERY_CHECK: Duration = Duration::from_millis(50);
 
 /// A connection told to go away, with no stream open: kept while its
-/// client takes bytes, for `client_idle` at most.
+/// client takes bytes, for `client_idle` at most from the GOAWAY or, if
+/// later, from its last stream's end.
 struct Drain {
     until: tokio::time::Instant,
     /// What the client had taken when it was last looked at.
@@ -276,6 +285,11 @@ impl Drain {
             until: tokio::time::Instant::now() + idle,
             seen: taken.now(),
         }
+    }
+
+    /// Counts `client_idle` from now: the connection's last stream ended.
+    fn restart(&mut self, idle: Duration, taken: &Taken) {
+        *self = Drain::start(idle, taken);
     }
 
     /// After [`DRAIN`] with no stream open: whether to wait on, as the
@@ -518,6 +532,29 @@ mod tests {
         assert!(
             !drain.goes_on(start + Duration::from_secs(10), &taken),
             "time is up, bytes or not"
+        );
+    }
+
+    /// A stream that runs past `client_idle` after the GOAWAY: the limit
+    /// counts from its end, so the client still takes what it left.
+    #[tokio::test(start_paused = true)]
+    async fn a_drain_counts_its_limit_from_the_last_streams_end() {
+        let taken = Taken {
+            written: Arc::new(AtomicU64::new(100)),
+            socket: None,
+        };
+        let idle = Duration::from_secs(10);
+        let mut drain = Drain::start(idle, &taken);
+        // The last stream ends 30 s after the GOAWAY.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let ended = tokio::time::Instant::now();
+        taken.written.store(150, Ordering::Relaxed);
+        assert!(!drain.goes_on(ended + DRAIN, &taken), "from the GOAWAY: up");
+        drain.restart(idle, &taken);
+        taken.written.store(200, Ordering::Relaxed);
+        assert!(
+            drain.goes_on(ended + DRAIN, &taken),
+            "from the stream's end"
         );
     }
 
