@@ -843,11 +843,12 @@ fn check_host(value: &[u8]) -> Result<(), BError> {
 /// and a `Host` that differs from `:authority`): the `Host` field's value,
 /// and the number of fields, as an HTTP/1 request's. `Cookie` crumbs count
 /// as the one field they become for the backend (RFC 9113 §8.2.3).
-pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
+/// `pseudo`: the size of its pseudo-header fields ([`pseudo_size`]).
+pub fn check_h2_request(fields: &Fields, pseudo: usize) -> Result<(), BError> {
     let mut crumbs = 0;
     // The header list's size as HTTP/2 counts it (RFC 9113 §6.5.2: each
-    // field's name and value, and 32).
-    let mut size = 0;
+    // field's name and value, and 32), pseudo-header fields too.
+    let mut size = pseudo;
     for (name, value) in fields.iter() {
         size += name.len() + value.len() + 32;
         if name.eq_ignore_ascii_case(b"host") {
@@ -869,6 +870,22 @@ pub fn check_h2_request(fields: &Fields) -> Result<(), BError> {
         ));
     }
     Ok(())
+}
+
+/// The size HTTP/2 counts for a request's pseudo-header fields (`:method`,
+/// `:scheme`, `:path`, `:authority`): each name and value, and 32.
+pub fn pseudo_size(req: &http::request::Parts) -> usize {
+    let field = |name: &str, value: &str| name.len() + value.len() + 32;
+    field(":method", req.method.as_str())
+        + req.uri.scheme_str().map_or(0, |v| field(":scheme", v))
+        + req
+            .uri
+            .path_and_query()
+            .map_or(0, |v| field(":path", v.as_str()))
+        + req
+            .uri
+            .authority()
+            .map_or(0, |v| field(":authority", v.as_str()))
 }
 
 /// What a request's `Host` field says.
@@ -1727,7 +1744,7 @@ mod tests {
             for _ in 0..crumbs {
                 fields.push(http::header::COOKIE, http::HeaderValue::from_static("a=1"));
             }
-            check_h2_request(&fields).map_err(|e| e.etype().clone())
+            check_h2_request(&fields, 0).map_err(|e| e.etype().clone())
         };
         assert_eq!(with(0, 0), Ok(()));
         assert_eq!(with(MAX_FIELDS, 0), Ok(()));
@@ -1743,11 +1760,33 @@ mod tests {
             let mut fields = Fields::with_capacity(1);
             let value = http::HeaderValue::try_from("v".repeat(value)).expect("value");
             fields.push(http::HeaderName::from_static("x-big"), value);
-            check_h2_request(&fields).map_err(|e| e.etype().clone())
+            check_h2_request(&fields, 0).map_err(|e| e.etype().clone())
         };
         // 5 for the name and 32 for the field: at the limit, and one over.
         assert_eq!(with(MAX_HEAD - 37), Ok(()));
         assert_eq!(with(MAX_HEAD - 36), Err(ErrorType::HTTPStatus(431)));
+        // The pseudo-header fields count: a long path too.
+        let path = format!("/{}", "p".repeat(40_000));
+        let (req, ()) = http::Request::get(format!("http://api.example.com{path}"))
+            .body(())
+            .expect("a request")
+            .into_parts();
+        let pseudo = pseudo_size(&req);
+        assert_eq!(
+            pseudo,
+            (7 + 3 + 32) + (7 + 4 + 32) + (5 + path.len() + 32) + (10 + 15 + 32)
+        );
+        let mut fields = Fields::with_capacity(1);
+        let value = http::HeaderValue::try_from("v".repeat(30_000)).expect("value");
+        fields.push(http::HeaderName::from_static("x-big"), value);
+        assert_eq!(
+            check_h2_request(&fields, pseudo).map_err(|e| e.etype().clone()),
+            Err(ErrorType::HTTPStatus(431))
+        );
+        assert_eq!(
+            check_h2_request(&fields, 0).map_err(|e| e.etype().clone()),
+            Ok(())
+        );
     }
 
     #[tokio::test]

@@ -211,7 +211,8 @@ impl EdgeProxy {
         let mut timer = h1::Deadline::default();
         let idle = self.state.config.timeouts.client_idle;
         let mut client = Client::h2(&mut session, idle);
-        if let Err(e) = downstream::check_h2_request(client.fields()) {
+        let pseudo = downstream::pseudo_size(client.request());
+        if let Err(e) = downstream::check_h2_request(client.fields(), pseudo) {
             self.refuse_unreadable(&mut client, &e).await;
         } else if self.handle(&mut client, &mut timer).await {
             return;

@@ -596,6 +596,13 @@ fn split_target<'a>(
             .map_or("/", |pq| pq.as_str())
             .as_bytes();
         let path = if path.is_empty() { b"/" } else { path };
+        // RFC 9113 §8.3.1: a path, or `*` for OPTIONS.
+        if path[0] != b'/' && !(path == b"*" && client.method == http::Method::OPTIONS) {
+            return Err(CannotForward(format!(
+                "the request's :path {:?} is not a path beginning with / (nor * for OPTIONS)",
+                String::from_utf8_lossy(&path[..path.len().min(64)])
+            )));
+        }
         return Ok((
             Cow::Borrowed(path),
             Some(host_value(authority.as_str().as_bytes())?),
@@ -1288,6 +1295,32 @@ mod tests {
             let err = forward(&req, false).expect_err(method);
             assert!(err.0.contains("for OPTIONS only"), "{err:?}");
         }
+    }
+
+    /// HTTP/2's `:path` beside `:authority` is held to the same forms: a
+    /// path, or `*` for OPTIONS (RFC 9113 §8.3.1).
+    #[test]
+    fn an_http2_path_that_is_no_path_is_refused() {
+        let with = |method: &str, path: &'static str| {
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.authority = Some(http::uri::Authority::from_static("api.example.com"));
+            parts.path_and_query = Some(http::uri::PathAndQuery::from_static(path));
+            let uri = http::Uri::from_parts(parts).expect("a URI from HTTP/2's fields");
+            let mut req = RequestHeader::build(method, b"/", None).expect("request");
+            req.set_uri(uri);
+            req.set_version(http::Version::HTTP_2);
+            forward(&req, false)
+        };
+        for (method, path) in [("GET", "*"), ("GET", "?q=1"), ("POST", "*")] {
+            let err = with(method, path).expect_err(path);
+            assert!(err.0.contains("is not a path beginning with /"), "{err:?}");
+        }
+        let out = with("OPTIONS", "*").expect("OPTIONS *");
+        assert_eq!(&*out.target, b"*");
+        let out = with("GET", "/x?q=1").expect("a path");
+        assert_eq!(&*out.target, b"/x?q=1");
+        assert_eq!(out.headers["host"], "api.example.com");
     }
 
     #[test]
