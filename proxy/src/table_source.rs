@@ -430,6 +430,13 @@ pub async fn report_to_control(
     let mut retry_at: Option<Instant> = None;
     let mut backoff = check;
     loop {
+        // Until every backend has been probed once, the report would call
+        // regions with unproven backends unhealthy: a proxy that starts
+        // (one of many, in a rolling restart) votes only once it knows.
+        if !state.first_probes_done() {
+            tokio::time::sleep(check).await;
+            continue;
+        }
         let current = report(&state, &id);
         let due = last
             .as_ref()

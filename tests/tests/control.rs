@@ -208,6 +208,42 @@ async fn a_proxy_given_the_new_token_first_goes_on_with_the_one_before() {
     );
 }
 
+/// A proxy reports only once it has probed every backend: before, it
+/// would call each region whose backends it has not heard from yet
+/// unhealthy, and the new proxies of a rolling restart could outvote the
+/// rest on the primary's health.
+#[tokio::test]
+async fn a_proxy_reports_once_its_first_probes_are_in() {
+    let (us, eu, ap) = origins().await;
+    // The local region's probes take 1.5 s.
+    us.set_delay(Duration::from_millis(1500));
+    let cp = ControlPlane::start(&topology(Some(US), false, &all_up())).await;
+    let _proxy = ProxyBuilder::new(US)
+        .region(US, &[us.addr])
+        .region(EU, &[eu.addr])
+        .region(AP, &[ap.addr])
+        .extra(&format!(
+            "[table]\n{}wait = \"5s\"\nreport_interval = \"200ms\"\n\n\
+             [health]\ninterval = \"4s\"\ntimeout = \"3s\"\njitter = \"0ms\"\n",
+            cp.table_source()
+        ))
+        .without_table_file()
+        .start_live()
+        .await;
+    let started = Instant::now();
+    let first = loop {
+        let listed = cp.get("/v1/proxies").await;
+        if let Some(p) = listed["proxies"].as_array().and_then(|p| p.first()) {
+            break p.clone();
+        }
+        assert!(started.elapsed() < WAIT, "no report within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for name in [US, EU, AP] {
+        assert_eq!(region(&first, name)["in_rotation"], 1, "{name}: {first}");
+    }
+}
+
 /// `proxy` routes on `cp`'s table (US writes), its report reaches `cp`,
 /// and the `status` command counts it.
 async fn served_and_reported(cp: &ControlPlane, proxy: &Proxy) {
