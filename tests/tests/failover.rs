@@ -4,7 +4,7 @@
 //! runs, drills, and the notifications each sends.
 
 use aws_sdk_route53::types::{ChangeAction, RrType};
-use edgeroute_tests::control::{ControlPlane, Ran, ScriptedControl};
+use edgeroute_tests::control::{ControlPlane, Ran, ScriptedControl, region};
 use edgeroute_tests::moto::{self, GLOBAL_CLUSTER, Moto, RECORD, REGIONS, Series};
 use edgeroute_tests::webhook::Webhook;
 use edgeroute_tests::{Origin, Proxy, ProxyBuilder, client, eventually};
@@ -1640,6 +1640,11 @@ async fn a_second_drain_keeps_the_copy_it_replaces_in_the_history() {
         ChangeAction::Create,
         moto::latency_record(eu, &env.fixture.health_checks[eu]),
     )
+    .await;
+    // The control plane has read it back: the next drain is a change.
+    eventually("eu-west-1 is active again", WAIT, || async {
+        region(&env.cp.table().await, eu)["state"] == "active"
+    })
     .await;
     env.cp
         .command(&["drain", eu])
