@@ -308,6 +308,16 @@ pub enum SourceConfig {
     Aws(AwsSourceConfig),
 }
 
+impl SourceConfig {
+    /// The time between two reads of the source.
+    pub fn poll_interval(&self) -> Duration {
+        match self {
+            SourceConfig::File { poll_interval, .. } => *poll_interval,
+            SourceConfig::Aws(aws) => aws.poll_interval,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AwsSourceConfig {
     /// Time between reads of every API (default 5 s).

@@ -103,18 +103,35 @@ pub struct Automation {
     /// which primary: a new one waits `after` of its own.
     since: Option<Instant>,
     primary: Option<String>,
+    /// When the last view was evaluated, and the longest time between two
+    /// evaluations that still counts toward `after`.
+    last: Option<Instant>,
+    max_gap: Duration,
 }
 
 impl Automation {
-    pub fn new(cfg: AutomationConfig) -> Automation {
+    /// `poll_interval`: the source's, between reads.
+    pub fn new(cfg: AutomationConfig, poll_interval: Duration) -> Automation {
         Automation {
             cfg,
             since: None,
             primary: None,
+            last: None,
+            max_gap: max_gap(poll_interval),
         }
     }
 
     pub fn evaluate(&mut self, i: &Inputs<'_>) -> Decision {
+        // `after` counts only time the sources were read through: reads
+        // that failed whole for a while leave no view to judge, and the
+        // primary may have come back and failed again meanwhile.
+        if self
+            .last
+            .replace(i.now)
+            .is_some_and(|last| i.now.saturating_duration_since(last) > self.max_gap)
+        {
+            self.since = None;
+        }
         let Some(primary) = i.view.primary_region.as_deref() else {
             self.since = None;
             return Decision::Healthy;
@@ -184,6 +201,13 @@ impl Automation {
                 Decision::FailOver { to: name.clone() }
             })
     }
+}
+
+/// The longest time between two evaluations (two reads of the source that
+/// succeeded) that counts toward `after`: two reads missed, and the half
+/// minute a slow read of AWS may take.
+pub fn max_gap(poll_interval: Duration) -> Duration {
+    poll_interval * 2 + Duration::from_secs(30)
 }
 
 /// The wait after a failed automated failover before the next, doubled
@@ -490,7 +514,7 @@ mod tests {
                 unhealthy: if w.regions[i].1 { 0 } else { 3 },
             }
         };
-        let mut a = Automation::new(cfg());
+        let mut a = Automation::new(cfg(), Duration::from_secs(5));
         let t0 = Instant::now();
         let wall = SystemTime::now();
         let inputs = |now: Instant| Inputs {
@@ -503,11 +527,14 @@ mod tests {
             now,
             wall,
         };
-        let first = a.evaluate(&inputs(t0));
-        if w.elapsed == 0 {
-            return first;
+        // A view every poll (5 s), the last at `elapsed`.
+        let mut decision = a.evaluate(&inputs(t0));
+        let mut t = 0;
+        while t < w.elapsed {
+            t = (t + 5).min(w.elapsed);
+            decision = a.evaluate(&inputs(t0 + Duration::from_secs(t)));
         }
-        a.evaluate(&inputs(t0 + Duration::from_secs(w.elapsed)))
+        decision
     }
 
     fn healthy_world() -> World {
@@ -570,7 +597,7 @@ mod tests {
             unhealthy: if region == "ap-southeast-1" { 0 } else { 3 },
         };
         let (t0, wall) = (Instant::now(), SystemTime::now());
-        let mut a = Automation::new(cfg());
+        let mut a = Automation::new(cfg(), Duration::from_secs(5));
         let mut at = |v: &TopologyView, secs: u64| {
             a.evaluate(&Inputs {
                 view: v,
@@ -583,14 +610,60 @@ mod tests {
                 wall,
             })
         };
-        assert_eq!(at(&down("us-east-1"), 0), Decision::Waiting);
+        for t in (0..55).step_by(5) {
+            assert_eq!(at(&down("us-east-1"), t), Decision::Waiting, "{t} s");
+        }
         // The writer moved (by hand, say), and the new primary is down too.
-        assert_eq!(at(&down("eu-west-1"), 90), Decision::Waiting);
-        assert_eq!(at(&down("eu-west-1"), 149), Decision::Waiting);
+        for t in (55..115).step_by(5) {
+            assert_eq!(at(&down("eu-west-1"), t), Decision::Waiting, "{t} s");
+        }
         assert_eq!(
-            at(&down("eu-west-1"), 150),
+            at(&down("eu-west-1"), 115),
             Decision::FailOver {
                 to: "ap-southeast-1".into()
+            }
+        );
+    }
+
+    /// `after` counts only time the sources were read through: a gap in
+    /// the reads (whole reads failing) starts it anew.
+    #[test]
+    fn after_counts_only_time_the_sources_were_read_through() {
+        let mut w = healthy_world();
+        w.regions[0] = (Some(false), false, 100, None);
+        let v = view(&w);
+        let vote = |region: &str| Vote {
+            reporting: 3,
+            unhealthy: if region == "us-east-1" { 3 } else { 0 },
+        };
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let poll = Duration::from_secs(5);
+        let mut a = Automation::new(cfg(), poll);
+        let mut at = |secs: u64| {
+            a.evaluate(&Inputs {
+                view: &v,
+                vote: &vote,
+                running: false,
+                last_move: None,
+                history_unreadable: false,
+                retry_after: None,
+                now: t0 + Duration::from_secs(secs),
+                wall,
+            })
+        };
+        assert_eq!(at(0), Decision::Waiting);
+        // No read for longer than two polls and half a minute.
+        let resumed = max_gap(poll).as_secs() + 1;
+        assert_eq!(at(resumed), Decision::Waiting, "the wait starts anew");
+        let mut t = resumed;
+        while t + 5 < resumed + 60 {
+            t += 5;
+            assert_eq!(at(t), Decision::Waiting, "{t} s");
+        }
+        assert_eq!(
+            at(resumed + 60),
+            Decision::FailOver {
+                to: "eu-west-1".into()
             }
         );
     }

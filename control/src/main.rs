@@ -657,7 +657,7 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
                 "automated failover enabled"
             );
             Some(tokio::spawn(automation::run(
-                Automation::new(cfg.automation.clone()),
+                Automation::new(cfg.automation.clone(), cfg.source.poll_interval()),
                 views_rx,
                 cfg.actions.proxy_max_age,
                 Arc::new(runner),
