@@ -290,6 +290,9 @@ pub struct AwsSource {
     /// Each health check's last reading and when it was read: it stands in
     /// for a reading that fails, for [`HEALTH_MEMORY`].
     health: std::sync::Mutex<Readings>,
+    /// Per health check: since when its checkers alone have reported it
+    /// unhealthy, in readings in a row (see [`confirmed`]).
+    checkers_down: std::sync::Mutex<HashMap<String, Instant>>,
     /// Records of the API name that name no region, each warned of once.
     foreign: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The records of the last read that listed them whole: they stand in
@@ -334,6 +337,37 @@ impl RegionHealth {
 #[derive(Debug, Clone, PartialEq)]
 struct Verdict {
     because: Option<String>,
+    /// Unhealthy by its checkers' last reports alone: the
+    /// `HealthCheckStatus` metric, Route 53's own verdict after its
+    /// failure threshold, says healthy or was not read.
+    checkers_only: bool,
+}
+
+/// How long a health check's checkers must report it unhealthy, while its
+/// metric does not, before the region counts as down. Each checker's
+/// report is its last request's result, before Route 53's failure
+/// threshold (3 requests in a row by default): one failed round of
+/// requests is no failed check.
+const CHECKERS_CONFIRM: Duration = Duration::from_secs(20);
+
+/// `verdict` as it counts at `now`: unhealthy by the checkers alone only
+/// once they have said so since `since` for [`CHECKERS_CONFIRM`] (`since`
+/// is kept across readings: set by the first such reading, cleared by
+/// any other).
+fn confirmed(verdict: Verdict, since: &mut Option<Instant>, now: Instant) -> Verdict {
+    if !verdict.checkers_only {
+        *since = None;
+        return verdict;
+    }
+    let first = *since.get_or_insert(now);
+    if now.saturating_duration_since(first) >= CHECKERS_CONFIRM {
+        verdict
+    } else {
+        Verdict {
+            because: None,
+            checkers_only: false,
+        }
+    }
 }
 
 /// What a health check's checkers last reported.
@@ -363,6 +397,7 @@ impl Verdict {
                 c.succeeded, c.reported
             ));
         }
+        let by_checkers = !because.is_empty();
         // (A value that is no number is no healthy one either.)
         if let Some((at, v)) = metric.filter(|(_, v)| v.is_nan() || *v < 1.0) {
             because.push(format!(
@@ -371,6 +406,7 @@ impl Verdict {
             ));
         }
         Self {
+            checkers_only: by_checkers && because.len() == 1,
             because: (!because.is_empty())
                 .then(|| format!("health check {id}: {}", because.join(", and "))),
         }
@@ -420,6 +456,7 @@ impl AwsSource {
             cluster_regions: std::sync::Mutex::new(Vec::new()),
             history_file: history_file.map(std::path::Path::to_path_buf),
             health: std::sync::Mutex::default(),
+            checkers_down: std::sync::Mutex::default(),
             foreign: std::sync::Mutex::default(),
             last_records: std::sync::Mutex::default(),
         }
@@ -644,6 +681,18 @@ impl AwsSource {
         for (id, read) in ids.into_iter().zip(readings) {
             let reading = match read {
                 Ok(h) => {
+                    let h = {
+                        let mut down = self
+                            .checkers_down
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner);
+                        let mut since = down.remove(id);
+                        let h = confirmed(h, &mut since, Instant::now());
+                        if let Some(since) = since {
+                            down.insert(id.to_owned(), since);
+                        }
+                        h
+                    };
                     self.remembered()
                         .insert(id.to_owned(), (h.clone(), std::time::Instant::now()));
                     Some(h)
@@ -677,11 +726,13 @@ impl AwsSource {
                 }
             };
             match reading {
-                Some(Verdict { because: Some(why) }) => {
+                Some(Verdict {
+                    because: Some(why), ..
+                }) => {
                     health.healthy = Some(false);
                     because.push(why);
                 }
-                Some(Verdict { because: None }) => {
+                Some(Verdict { because: None, .. }) => {
                     health.healthy = health.healthy.or(Some(true));
                 }
                 None => {}
@@ -1409,7 +1460,13 @@ mod tests {
         };
         let at = UNIX_EPOCH + Duration::from_secs(1_790_000_040);
         let healthy = Verdict::of("hc-1", checkers(8), Some((at, 1.0)));
-        assert_eq!(healthy, Verdict { because: None });
+        assert_eq!(
+            healthy,
+            Verdict {
+                because: None,
+                checkers_only: false
+            }
+        );
         assert!(healthy.healthy());
         // No datapoint, or no checker report: the other reading decides.
         assert!(
@@ -1420,6 +1477,8 @@ mod tests {
 
         let by_checkers = Verdict::of("hc-1", checkers(1), Some((at, 1.0)));
         assert!(!by_checkers.healthy());
+        assert!(by_checkers.checkers_only);
+        assert!(Verdict::of("hc-1", checkers(1), None).checkers_only);
         assert_eq!(
             by_checkers.because.as_deref(),
             Some("health check hc-1: 1 of 8 Route 53 checkers report success")
@@ -1433,13 +1492,51 @@ mod tests {
             )
         );
         assert!(!Verdict::of("hc-1", checkers(8), Some((at, f64::NAN))).healthy());
+        assert!(!Verdict::of("hc-1", checkers(8), Some((at, 0.0))).checkers_only);
         let by_both = Verdict::of("hc-1", checkers(0), Some((at, 0.0)));
+        assert!(!by_both.checkers_only);
         assert_eq!(
             by_both.because.as_deref(),
             Some(
                 "health check hc-1: 0 of 8 Route 53 checkers report success, and CloudWatch HealthCheckStatus minimum 0 in the minute from 2026-09-21T14:14:00Z"
             )
         );
+    }
+
+    /// The checkers' reports are each checker's last request, before Route
+    /// 53's failure threshold: alone, they count once they have held for
+    /// `CHECKERS_CONFIRM`; the metric, Route 53's verdict, counts at once.
+    #[test]
+    fn the_checkers_alone_count_once_they_have_held() {
+        use super::{CHECKERS_CONFIRM, Checkers, Verdict, confirmed};
+        use std::time::{Duration, Instant, UNIX_EPOCH};
+        let failing = Some(Checkers {
+            succeeded: 0,
+            reported: 8,
+        });
+        let up = (UNIX_EPOCH + Duration::from_secs(1_790_000_040), 1.0);
+        let down = (up.0, 0.0);
+        let t0 = Instant::now();
+        let mut since = None;
+        let at = |secs: u64, metric, since: &mut Option<Instant>| {
+            confirmed(
+                Verdict::of("hc-1", failing, Some(metric)),
+                since,
+                t0 + Duration::from_secs(secs),
+            )
+            .healthy()
+        };
+        assert!(at(0, up, &mut since), "one round of failed requests");
+        assert!(at(CHECKERS_CONFIRM.as_secs() - 1, up, &mut since));
+        assert!(!at(CHECKERS_CONFIRM.as_secs(), up, &mut since), "held");
+        // A healthy reading ends the run; the next starts anew.
+        let healthy = Verdict::of("hc-1", None, Some(up));
+        assert!(confirmed(healthy, &mut since, t0 + CHECKERS_CONFIRM).healthy());
+        assert!(at(CHECKERS_CONFIRM.as_secs() + 1, up, &mut since));
+        // The metric agreeing counts at once.
+        let mut since = None;
+        assert!(!at(0, down, &mut since));
+        assert_eq!(since, None);
     }
 
     #[test]
