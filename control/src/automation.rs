@@ -16,6 +16,7 @@ use crate::metrics::ControlMetrics;
 use crate::notify::Event;
 use crate::registry::{Vote, vote};
 use edgeroute_config::{AutomationConfig, TopologyView};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -107,6 +108,10 @@ pub struct Automation {
     /// evaluations that still counts toward `after`.
     last: Option<Instant>,
     max_gap: Duration,
+    /// Each secondary's replication lag (ms) when both sources first
+    /// called the primary down: what a failover would lose then. Read
+    /// later, the metric may have stopped with the primary, or grow.
+    lags_at_failure: HashMap<String, u64>,
 }
 
 impl Automation {
@@ -118,6 +123,7 @@ impl Automation {
             primary: None,
             last: None,
             max_gap: max_gap(poll_interval),
+            lags_at_failure: HashMap::new(),
         }
     }
 
@@ -165,6 +171,14 @@ impl Automation {
             self.since = None;
             return Decision::Held(Hold::SourcesDisagree);
         }
+        if self.since.is_none() {
+            self.lags_at_failure = i
+                .view
+                .regions
+                .iter()
+                .filter_map(|r| Some((r.name.clone(), r.replication_lag_ms?)))
+                .collect();
+        }
         let since = *self.since.get_or_insert(i.now);
         if i.now.saturating_duration_since(since) < self.cfg.after {
             return Decision::Waiting;
@@ -195,7 +209,17 @@ impl Automation {
             .filter(|r| r.name != primary)
             .filter(|r| r.healthy == Some(true) && !r.health_unread && r.weight != Some(0))
             .filter(|r| (i.vote)(&r.name).healthy())
-            .filter_map(|r| Some((r.replication_lag_ms.filter(|l| *l <= max_lag)?, &r.name)))
+            .filter_map(|r| {
+                // The lag now or when the primary went down, the lower.
+                let lag = [
+                    r.replication_lag_ms,
+                    self.lags_at_failure.get(&r.name).copied(),
+                ]
+                .into_iter()
+                .flatten()
+                .min()?;
+                Some((lag, &r.name)).filter(|_| lag <= max_lag)
+            })
             .min()
             .map_or(Decision::Held(Hold::NoTarget), |(_, name)| {
                 Decision::FailOver { to: name.clone() }
@@ -665,6 +689,50 @@ mod tests {
             Decision::FailOver {
                 to: "eu-west-1".into()
             }
+        );
+    }
+
+    /// A target is judged by its lag when both sources first called the
+    /// primary down: read later, the metric may have stopped with the
+    /// primary (or grow while nothing replicates).
+    #[test]
+    fn a_target_is_judged_by_its_lag_when_the_primary_went_down() {
+        let mut w = healthy_world();
+        w.regions[0] = (Some(false), false, 100, None);
+        let vote = |region: &str| Vote {
+            reporting: 3,
+            unhealthy: if region == "us-east-1" { 3 } else { 0 },
+        };
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        let mut a = Automation::new(cfg(), Duration::from_secs(5));
+        let at_failure = view(&w);
+        // After that, no lag datapoint is fresh: eu-west-1's stopped,
+        // ap-southeast-1's grew past the bound.
+        w.regions[1].3 = None;
+        w.regions[2].3 = Some(9000);
+        let later = view(&w);
+        let mut at = |v: &TopologyView, secs: u64| {
+            a.evaluate(&Inputs {
+                view: v,
+                vote: &vote,
+                running: false,
+                last_move: None,
+                history_unreadable: false,
+                retry_after: None,
+                now: t0 + Duration::from_secs(secs),
+                wall,
+            })
+        };
+        assert_eq!(at(&at_failure, 0), Decision::Waiting);
+        for t in (5..60).step_by(5) {
+            assert_eq!(at(&later, t), Decision::Waiting, "{t} s");
+        }
+        assert_eq!(
+            at(&later, 60),
+            Decision::FailOver {
+                to: "eu-west-1".into()
+            },
+            "eu-west-1 lagged 120 ms when the primary went down"
         );
     }
 
