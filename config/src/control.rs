@@ -703,7 +703,9 @@ impl RawAutomation {
         let min_interval = values::duration(e, "automation.min_interval", &self.min_interval);
         // A new primary that stumbles while it takes over would be failed
         // over again at once, with no `after` of its own.
-        if self.enabled && min_interval < after {
+        // (A value that is no duration is named once, as such.)
+        let parsed = humantime::parse_duration(self.min_interval.trim()).is_ok();
+        if self.enabled && parsed && min_interval < after {
             e.push(
                 "automation.min_interval",
                 format!(
@@ -1089,6 +1091,15 @@ mod tests {
         }
         std::fs::write(&path, config("60s")).unwrap();
         ControlConfig::load(&path).expect("min_interval equal to after");
+        std::fs::write(&path, config("soon")).unwrap();
+        let Err(ControlConfigError::Invalid { errors, .. }) = ControlConfig::load(&path) else {
+            panic!("min_interval \"soon\" was accepted")
+        };
+        let named = errors
+            .iter()
+            .filter(|e| e.path == "automation.min_interval")
+            .count();
+        assert_eq!(named, 1, "named once: {errors}");
     }
 
     #[test]

@@ -1309,8 +1309,8 @@ impl Runner {
                     .await
                     .err(),
                 Err(e) => Some(format!(
-                    "the switchover back was not started: {e}; the writer stays in {} (move it back with `edgeroute-control failover --to {}` once it can go)",
-                    there.to.region, there.from.region
+                    "the switchover back was not started: {e} (`edgeroute-control status` shows where the writer is; move it back with `edgeroute-control failover --to {}` once it can go)",
+                    there.from.region
                 )),
             };
         }
@@ -1322,6 +1322,20 @@ impl Runner {
     /// way there was, on the state read now.
     async fn way_back(&self, there: &MovePlan) -> Result<MovePlan, String> {
         let state = self.state().await?;
+        // Moved since by someone else: not the drill's to undo.
+        let writer = state.writer().map(|w| w.region.clone());
+        if state.failover.is_some() || writer.as_deref() != Some(there.to.region.as_str()) {
+            return Err(format!(
+                "the writer moved since the drill put it in {} (AWS reports it in {}{}); the drill does not move it again",
+                there.to.region,
+                writer.as_deref().unwrap_or("no region"),
+                if state.failover.is_some() {
+                    ", with a writer change running"
+                } else {
+                    ""
+                }
+            ));
+        }
         let back = plan_move(
             &state,
             self.global_cluster(),
@@ -2476,8 +2490,9 @@ fn refused(e: &crate::aws::AwsError, guards: usize, left_serving: &[&str]) -> St
 }
 
 /// Why `primary`, judged down by Route 53 and the proxies, is no longer,
-/// if either says so in `view` or `vote`: both must still call it down
-/// (Route 53 may be unread) for a failover that may lose writes.
+/// if either says so in `view` or `vote`: neither may call it healthy now
+/// for a failover that may lose writes (Route 53 unread, or no proxy's
+/// report read, says nothing either way).
 fn recovered(view: &TopologyView, vote: crate::registry::Vote, primary: &str) -> Option<String> {
     if view
         .regions
@@ -2488,7 +2503,7 @@ fn recovered(view: &TopologyView, vote: crate::registry::Vote, primary: &str) ->
             "Route 53 reports the primary {primary} healthy again"
         ));
     }
-    if !vote.unhealthy() {
+    if vote.reporting > 0 && !vote.unhealthy() {
         return Some(format!(
             "the proxies no longer report the primary {primary} down"
         ));
@@ -2715,9 +2730,9 @@ mod tests {
             let why = super::recovered(&view(healthy), up, "us-east-1").unwrap();
             assert!(why.contains("the proxies no longer report"), "{why}");
         }
-        // No proxy reporting is no vote that it is down.
+        // No report read says nothing either way.
         let silent = Vote::default();
-        assert!(super::recovered(&view(Some(false)), silent, "us-east-1").is_some());
+        assert!(super::recovered(&view(Some(false)), silent, "us-east-1").is_none());
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Inputs<'a> {
     pub history_unreadable: bool,
     /// After a failed automated failover: not before this.
     pub retry_after: Option<SystemTime>,
+    /// Reads of the source that failed whole so far (a running count).
+    pub failed_reads: u64,
     pub now: Instant,
     pub wall: SystemTime,
 }
@@ -104,13 +106,14 @@ pub struct Automation {
     /// which primary: a new one waits `after` of its own.
     since: Option<Instant>,
     primary: Option<String>,
-    /// When the last view was evaluated, and the longest time between two
-    /// evaluations that still counts toward `after`.
-    last: Option<Instant>,
+    /// When the last view was evaluated and [`Inputs::failed_reads`]
+    /// then, and the longest time between two evaluations, reads failing
+    /// whole between them, that still counts toward `after`.
+    last: Option<(Instant, u64)>,
     max_gap: Duration,
     /// Each secondary's replication lag (ms) when both sources first
-    /// called the primary down: what a failover would lose then. Read
-    /// later, the metric may have stopped with the primary, or grow.
+    /// called the primary down: what a failover would lose then, for a
+    /// secondary whose lag metric has stopped since (with the primary).
     lags_at_failure: HashMap<String, u64>,
 }
 
@@ -130,11 +133,14 @@ impl Automation {
     pub fn evaluate(&mut self, i: &Inputs<'_>) -> Decision {
         // `after` counts only time the sources were read through: reads
         // that failed whole for a while leave no view to judge, and the
-        // primary may have come back and failed again meanwhile.
+        // primary may have come back and failed again meanwhile. (A read
+        // that is slow but succeeds is no gap.)
         if self
             .last
-            .replace(i.now)
-            .is_some_and(|last| i.now.saturating_duration_since(last) > self.max_gap)
+            .replace((i.now, i.failed_reads))
+            .is_some_and(|(last, failed)| {
+                i.failed_reads > failed && i.now.saturating_duration_since(last) > self.max_gap
+            })
         {
             self.since = None;
         }
@@ -210,14 +216,11 @@ impl Automation {
             .filter(|r| r.healthy == Some(true) && !r.health_unread && r.weight != Some(0))
             .filter(|r| (i.vote)(&r.name).healthy())
             .filter_map(|r| {
-                // The lag now or when the primary went down, the lower.
-                let lag = [
-                    r.replication_lag_ms,
-                    self.lags_at_failure.get(&r.name).copied(),
-                ]
-                .into_iter()
-                .flatten()
-                .min()?;
+                // The lag now; when its metric has stopped (with the
+                // primary, say), the lag when the primary went down.
+                let lag = r
+                    .replication_lag_ms
+                    .or_else(|| self.lags_at_failure.get(&r.name).copied())?;
                 Some((lag, &r.name)).filter(|_| lag <= max_lag)
             })
             .min()
@@ -228,8 +231,9 @@ impl Automation {
 }
 
 /// The longest time between two evaluations (two reads of the source that
-/// succeeded) that counts toward `after`: two reads missed, and the half
-/// minute a slow read of AWS may take.
+/// succeeded) with reads that failed whole between them that still counts
+/// toward `after`: two reads missed, and the half minute a slow read of
+/// AWS may take.
 pub fn max_gap(poll_interval: Duration) -> Duration {
     poll_interval * 2 + Duration::from_secs(30)
 }
@@ -331,6 +335,7 @@ pub async fn run(
             last_move: last,
             history_unreadable,
             retry_after,
+            failed_reads: metrics.source_reads_failed.get(),
             now: Instant::now(),
             wall: SystemTime::now(),
         });
@@ -548,6 +553,7 @@ mod tests {
             last_move: w.last_move_ago.map(|s| wall - Duration::from_secs(s)),
             history_unreadable: w.history_unreadable,
             retry_after: w.retry_in.map(|s| wall + Duration::from_secs(s)),
+            failed_reads: 0,
             now,
             wall,
         };
@@ -630,6 +636,7 @@ mod tests {
                 last_move: None,
                 history_unreadable: false,
                 retry_after: None,
+                failed_reads: 0,
                 now: t0 + Duration::from_secs(secs),
                 wall,
             })
@@ -662,8 +669,9 @@ mod tests {
         };
         let (t0, wall) = (Instant::now(), SystemTime::now());
         let poll = Duration::from_secs(5);
+        let gap = max_gap(poll).as_secs() + 1;
         let mut a = Automation::new(cfg(), poll);
-        let mut at = |secs: u64| {
+        let mut at = |secs: u64, failed_reads: u64| {
             a.evaluate(&Inputs {
                 view: &v,
                 vote: &vote,
@@ -671,30 +679,40 @@ mod tests {
                 last_move: None,
                 history_unreadable: false,
                 retry_after: None,
+                failed_reads,
                 now: t0 + Duration::from_secs(secs),
                 wall,
             })
         };
-        assert_eq!(at(0), Decision::Waiting);
-        // No read for longer than two polls and half a minute.
-        let resumed = max_gap(poll).as_secs() + 1;
-        assert_eq!(at(resumed), Decision::Waiting, "the wait starts anew");
+        // A read that is slow but succeeds is no gap.
+        assert_eq!(at(0, 0), Decision::Waiting);
+        assert_eq!(at(gap, 0), Decision::Waiting, "{gap} s in: not yet after");
+        assert_eq!(
+            at(60, 0),
+            Decision::FailOver {
+                to: "eu-west-1".into()
+            }
+        );
+        // Reads that failed whole for longer than two polls and half a
+        // minute: the wait starts anew.
+        let resumed = 60 + gap;
+        assert_eq!(at(resumed, 3), Decision::Waiting, "the wait starts anew");
         let mut t = resumed;
         while t + 5 < resumed + 60 {
             t += 5;
-            assert_eq!(at(t), Decision::Waiting, "{t} s");
+            assert_eq!(at(t, 3), Decision::Waiting, "{t} s");
         }
         assert_eq!(
-            at(resumed + 60),
+            at(resumed + 60, 3),
             Decision::FailOver {
                 to: "eu-west-1".into()
             }
         );
     }
 
-    /// A target is judged by its lag when both sources first called the
-    /// primary down: read later, the metric may have stopped with the
-    /// primary (or grow while nothing replicates).
+    /// A target whose lag metric stopped (with the primary) is judged by
+    /// its lag when both sources first called the primary down; one whose
+    /// metric goes on, by its lag now.
     #[test]
     fn a_target_is_judged_by_its_lag_when_the_primary_went_down() {
         let mut w = healthy_world();
@@ -706,8 +724,8 @@ mod tests {
         let (t0, wall) = (Instant::now(), SystemTime::now());
         let mut a = Automation::new(cfg(), Duration::from_secs(5));
         let at_failure = view(&w);
-        // After that, no lag datapoint is fresh: eu-west-1's stopped,
-        // ap-southeast-1's grew past the bound.
+        // After that, eu-west-1's lag metric stopped, and
+        // ap-southeast-1's grew past the bound: it does not qualify.
         w.regions[1].3 = None;
         w.regions[2].3 = Some(9000);
         let later = view(&w);
@@ -719,6 +737,7 @@ mod tests {
                 last_move: None,
                 history_unreadable: false,
                 retry_after: None,
+                failed_reads: 0,
                 now: t0 + Duration::from_secs(secs),
                 wall,
             })

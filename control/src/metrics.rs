@@ -14,6 +14,8 @@ pub struct ControlMetrics {
     pub poll_seconds: Histogram,
     pub source_stale: IntGauge,
     pub source_last_read: IntGauge,
+    /// Reads of the source that failed whole (no view, the last table kept).
+    pub source_reads_failed: IntCounter,
     /// The content of the table served.
     pub table: edgeroute_config::TableGauges,
     pub table_epoch: IntGauge,
@@ -83,6 +85,13 @@ impl ControlMetrics {
         .expect("static metric definition");
         r.register(Box::new(poll_seconds.clone()))
             .expect("metric registered once");
+        let source_reads_failed = IntCounter::new(
+            "edgeroute_control_source_reads_failed_total",
+            "Reads of the source that failed whole: no view came of them, and the last table stayed",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(source_reads_failed.clone()))
+            .expect("metric registered once");
         let proxies_forgotten = IntCounter::new(
             "edgeroute_control_proxies_forgotten_total",
             "Proxies still reporting that were forgotten to make room for a new one (the registry holds 10,000)",
@@ -142,6 +151,7 @@ impl ControlMetrics {
                 "edgeroute_control_source_stale",
                 "1 while the last source read failed and the last good view is served",
             ),
+            source_reads_failed,
             source_last_read: gauge(
                 "edgeroute_control_source_last_read_timestamp_seconds",
                 "Unix time of the last source read that succeeded whole (0: none yet)",

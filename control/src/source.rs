@@ -202,6 +202,7 @@ pub async fn run(
             }
             Err(e) => {
                 count_failure(&metrics, &e);
+                metrics.source_reads_failed.inc();
                 failing.log(&e, Part::Whole(builder.current().map(|t| t.epoch)));
                 continue;
             }
