@@ -166,7 +166,8 @@ struct Failure {
     /// It happened on a pooled connection, before any answer: the backend
     /// may have closed it just then, which says nothing of the backend.
     on_pooled: bool,
-    /// The request may have reached the backend (it was no failed connect).
+    /// The request may have reached the backend: it was no failed
+    /// connect, and bytes of it were written (see `h1::Connection::unsent`).
     reached: bool,
 }
 

@@ -283,7 +283,6 @@ struct Answer {
     retry_after: bool,
 }
 
-/// Sends writes through `proxy` until `stop`, at most `max` or 120 s.
 /// A control plane's `[source]` on the emulator's three regions, read
 /// every 200 ms, with `extra` lines.
 fn aws_source(moto: &Moto, fixture: &moto::Fixture, extra: &str) -> String {
@@ -294,6 +293,7 @@ fn aws_source(moto: &Moto, fixture: &moto::Fixture, extra: &str) -> String {
     )
 }
 
+/// Sends writes through `proxy` until `stop`, at most `max` or 120 s.
 async fn write_load(url: String, stop: Arc<AtomicBool>, refused: Arc<AtomicUsize>) -> Vec<Answer> {
     let client = client();
     let started = Instant::now();
@@ -644,10 +644,6 @@ async fn the_automation_counts_the_proxies_reporting_to_another_replica() {
     );
 }
 
-/// A writer move made from another machine, whose history file the
-/// control plane cannot read, still starts `min_interval`: the automation
-/// sees the writer move in AWS, and holds when the new primary fails soon
-/// after, rather than move the writer again.
 /// The certificate the automation presents to the other replicas
 /// (`actions.client_tls`) is read again as it is renewed, as the server's
 /// own is, with its expiry in the metrics.
@@ -696,6 +692,10 @@ async fn the_automations_certificate_for_the_replicas_is_read_again_when_renewed
     assert!(cp.metric(LOADED).await >= 1.0);
 }
 
+/// A writer move made from another machine, whose history file the
+/// control plane cannot read, still starts `min_interval`: the automation
+/// sees the writer move in AWS, and holds when the new primary fails soon
+/// after, rather than move the writer again.
 #[tokio::test]
 async fn an_operators_move_from_another_machine_holds_the_automation_for_min_interval() {
     let (env, _proxies) = Env::automated(["us-east-1", "ap-southeast-1"]).await;

@@ -1300,6 +1300,13 @@ async fn an_http2_body_held_for_its_stream_end_goes_to_the_backend_once() {
     conn.write_all(&opening()).await.unwrap();
     conn.write_all(&get_request(1, true)).await.unwrap();
     h2::read_until(&mut conn, GUARD, |f| f.kind == HEADERS && f.stream == 1).await;
+    // The GET's exchange has ended: its connection is in the pool.
+    let inflight =
+        || async { proxy.routing().await["regions"][0]["backends"][0]["inflight"].clone() };
+    eventually("the GET's exchange ends", GUARD, || async {
+        inflight().await == 0
+    })
+    .await;
     let body: &[u8] = b"GET /smuggled HTTP/1.1\r\nHost: internal\r\n\r\n";
     conn.write_all(&h2::post_head_with_length(3, body.len()))
         .await
@@ -1312,7 +1319,7 @@ async fn an_http2_body_held_for_its_stream_end_goes_to_the_backend_once() {
     conn.write_all(&h2::ping()).await.unwrap();
     h2::read_until(&mut conn, GUARD, |f| f.kind == h2::PING).await;
     eventually("the POST holds the backend", GUARD, || async {
-        proxy.routing().await["regions"][0]["backends"][0]["inflight"] == 1
+        inflight().await == 1
     })
     .await;
     backend.close_idle(b"");

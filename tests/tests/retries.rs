@@ -307,9 +307,16 @@ async fn post_on_a_connection_closed_with(last: &'static [u8]) {
         .extra("[health]\nprobes = false\neject_after = 100\n")
         .start()
         .await;
-    // A connection to the backend goes to the pool.
+    // A connection to the backend goes to the pool, once the GET's
+    // exchange has ended.
     let warm = client().get(proxy.url("/warm")).send().await.unwrap();
     assert_eq!(warm.status(), 200);
+    let inflight =
+        || async { proxy.routing().await["regions"][0]["backends"][0]["inflight"].clone() };
+    eventually("the GET's exchange ends", GUARD, || async {
+        inflight().await == 0
+    })
+    .await;
     let mut conn = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     conn.write_all(b"POST /pay HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\n\r\n")
         .await
@@ -318,7 +325,7 @@ async fn post_on_a_connection_closed_with(last: &'static [u8]) {
     // request's task as the backend pick the admin listener counts), the
     // backend closes it.
     eventually("the POST holds the backend", GUARD, || async {
-        proxy.routing().await["regions"][0]["backends"][0]["inflight"] == 1
+        inflight().await == 1
     })
     .await;
     backend.close_idle(last);
