@@ -415,6 +415,15 @@ pub async fn run(
                         tracing::warn!("automated failover refused: {refused}");
                     }
                     let result = result_of(&outcome);
+                    // Its trigger was announced: so is a request it then
+                    // found it need not make (the primary recovered, the
+                    // writer moved meanwhile).
+                    if let (Ok(op), "nothing_to_do") = (&outcome, result) {
+                        let summary =
+                            format!("automated failover asked for nothing: {}", op.summary);
+                        tracing::warn!("{summary}");
+                        announce(&runner, Event::new("automation.nothing_to_do", summary));
+                    }
                     let mut failed = failures.lock().unwrap_or_else(|p| p.into_inner());
                     *failed = if result != "failed" {
                         (0, None)
