@@ -362,8 +362,11 @@ async fn an_address_back_in_dns_keeps_its_ejection() {
     let good = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 2], 0))).await;
     let port = good.addr.port();
     let bad = Origin::start_on("us-east-1", SocketAddr::from(([127, 0, 0, 3], port))).await;
-    // Probes pass; requests get 500.
+    // Probes pass; requests get 500. The good address answers 20 ms late,
+    // so that the backend pick (the lower latency of two) sends requests
+    // to the failing one, whatever the first pick was.
     bad.set_status(500);
+    good.set_delay(Duration::from_millis(20));
     let dns = DnsServer::start().await;
     let both = [Ipv4Addr::new(127, 0, 0, 2), Ipv4Addr::new(127, 0, 0, 3)];
     dns.set(NAME, &both);
