@@ -593,6 +593,44 @@ mod tests {
         }
     }
 
+    /// An automation on a 5 s poll, and its evaluation of a view at a
+    /// time from its start, with `failed_reads` so far and no other hold.
+    struct Clock {
+        a: Automation,
+        t0: Instant,
+        wall: SystemTime,
+    }
+
+    impl Clock {
+        fn new() -> Clock {
+            Clock {
+                a: Automation::new(cfg(), Duration::from_secs(5)),
+                t0: Instant::now(),
+                wall: SystemTime::now(),
+            }
+        }
+
+        fn at(
+            &mut self,
+            v: &TopologyView,
+            vote: &dyn Fn(&str) -> Vote,
+            secs: u64,
+            failed_reads: u64,
+        ) -> Decision {
+            self.a.evaluate(&Inputs {
+                view: v,
+                vote,
+                running: false,
+                last_move: None,
+                history_unreadable: false,
+                retry_after: None,
+                failed_reads,
+                now: self.t0 + Duration::from_secs(secs),
+                wall: self.wall,
+            })
+        }
+    }
+
     #[test]
     fn fails_over_to_the_least_lagging_healthy_secondary_once_both_sources_agree_long_enough() {
         let mut w = healthy_world();
@@ -635,21 +673,8 @@ mod tests {
             reporting: 3,
             unhealthy: if region == "ap-southeast-1" { 0 } else { 3 },
         };
-        let (t0, wall) = (Instant::now(), SystemTime::now());
-        let mut a = Automation::new(cfg(), Duration::from_secs(5));
-        let mut at = |v: &TopologyView, secs: u64| {
-            a.evaluate(&Inputs {
-                view: v,
-                vote: &vote,
-                running: false,
-                last_move: None,
-                history_unreadable: false,
-                retry_after: None,
-                failed_reads: 0,
-                now: t0 + Duration::from_secs(secs),
-                wall,
-            })
-        };
+        let mut c = Clock::new();
+        let mut at = |v: &TopologyView, secs: u64| c.at(v, &vote, secs, 0);
         for t in (0..55).step_by(5) {
             assert_eq!(at(&down("us-east-1"), t), Decision::Waiting, "{t} s");
         }
@@ -676,23 +701,9 @@ mod tests {
             reporting: 3,
             unhealthy: if region == "us-east-1" { 3 } else { 0 },
         };
-        let (t0, wall) = (Instant::now(), SystemTime::now());
-        let poll = Duration::from_secs(5);
-        let gap = max_gap(poll).as_secs() + 1;
-        let mut a = Automation::new(cfg(), poll);
-        let mut at = |secs: u64, failed_reads: u64| {
-            a.evaluate(&Inputs {
-                view: &v,
-                vote: &vote,
-                running: false,
-                last_move: None,
-                history_unreadable: false,
-                retry_after: None,
-                failed_reads,
-                now: t0 + Duration::from_secs(secs),
-                wall,
-            })
-        };
+        let gap = max_gap(Duration::from_secs(5)).as_secs() + 1;
+        let mut c = Clock::new();
+        let mut at = |secs: u64, failed_reads: u64| c.at(&v, &vote, secs, failed_reads);
         // A read that is slow but succeeds is no gap.
         assert_eq!(at(0, 0), Decision::Waiting);
         assert_eq!(at(gap, 0), Decision::Waiting, "{gap} s in: not yet after");
@@ -730,27 +741,14 @@ mod tests {
             reporting: 3,
             unhealthy: if region == "us-east-1" { 3 } else { 0 },
         };
-        let (t0, wall) = (Instant::now(), SystemTime::now());
-        let mut a = Automation::new(cfg(), Duration::from_secs(5));
+        let mut c = Clock::new();
         let at_failure = view(&w);
         // After that, eu-west-1's lag metric stopped, and
         // ap-southeast-1's grew past the bound: it does not qualify.
         w.regions[1].3 = None;
         w.regions[2].3 = Some(9000);
         let later = view(&w);
-        let mut at = |v: &TopologyView, secs: u64| {
-            a.evaluate(&Inputs {
-                view: v,
-                vote: &vote,
-                running: false,
-                last_move: None,
-                history_unreadable: false,
-                retry_after: None,
-                failed_reads: 0,
-                now: t0 + Duration::from_secs(secs),
-                wall,
-            })
-        };
+        let mut at = |v: &TopologyView, secs: u64| c.at(v, &vote, secs, 0);
         assert_eq!(at(&at_failure, 0), Decision::Waiting);
         for t in (5..60).step_by(5) {
             assert_eq!(at(&later, t), Decision::Waiting, "{t} s");
