@@ -247,6 +247,23 @@ impl Env {
         self.cp.metric(sample).await
     }
 
+    /// Drains `region` (its latency record, kept in Route 53), then puts
+    /// the record back by hand, as infrastructure code would.
+    async fn drained_and_put_back_by_hand(&self, region: &str) {
+        self.cp
+            .command(&["drain", region])
+            .await
+            .assert_ok_saying(&["completed"]);
+        let r53 = aws_sdk_route53::Client::new(&self.moto.sdk("us-east-1").await);
+        moto::change_record(
+            &r53,
+            &self.fixture.zone_id,
+            ChangeAction::Create,
+            moto::latency_record(region, &self.fixture.health_checks[region]),
+        )
+        .await;
+    }
+
     /// Drains us-east-1, then eu-west-1 here and ap-southeast-1 from
     /// another machine at once, each judged safe on a read made before
     /// the other's change; one goes through. Their outcomes, eu first.
@@ -1563,20 +1580,9 @@ async fn an_undelivered_notification_says_why_in_one_line() {
 async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
     let env = Env::start(None).await;
     let eu = "eu-west-1";
-    env.cp
-        .command(&["drain", eu])
-        .await
-        .assert_ok_saying(&["completed"]);
     let kept = || moto::kept_regions(&env.moto, &env.fixture.zone_id);
+    env.drained_and_put_back_by_hand(eu).await;
     assert_eq!(kept().await, [eu]);
-    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
-    moto::change_record(
-        &r53,
-        &env.fixture.zone_id,
-        ChangeAction::Create,
-        moto::latency_record(eu, &env.fixture.health_checks[eu]),
-    )
-    .await;
     env.cp
         .command(&["undrain", eu, "--dry-run"])
         .await
@@ -1629,18 +1635,7 @@ async fn an_undrain_of_a_region_put_back_by_hand_removes_the_stale_kept_copy() {
 async fn a_second_drain_keeps_the_copy_it_replaces_in_the_history() {
     let env = Env::start(None).await;
     let eu = "eu-west-1";
-    env.cp
-        .command(&["drain", eu])
-        .await
-        .assert_ok_saying(&["completed"]);
-    let r53 = aws_sdk_route53::Client::new(&env.moto.sdk("us-east-1").await);
-    moto::change_record(
-        &r53,
-        &env.fixture.zone_id,
-        ChangeAction::Create,
-        moto::latency_record(eu, &env.fixture.health_checks[eu]),
-    )
-    .await;
+    env.drained_and_put_back_by_hand(eu).await;
     // The control plane has read it back: the next drain is a change.
     eventually("eu-west-1 is active again", WAIT, || async {
         region(&env.cp.table().await, eu)["state"] == "active"
