@@ -125,6 +125,9 @@ pub struct Session {
     fields: Fields,
     /// The request target as received (forwarded byte for byte).
     raw_target: Bytes,
+    /// The head was read whole (line and fields), whether or not it was
+    /// then refused.
+    head_read: bool,
     body: Body,
     body_empty: bool,
     keepalive: bool,
@@ -161,6 +164,7 @@ impl Session {
             req: http::Request::new(()).into_parts().0,
             fields: Fields::default(),
             raw_target: Bytes::new(),
+            head_read: false,
             body: Body::Done,
             body_empty: true,
             keepalive: false,
@@ -241,6 +245,7 @@ impl Session {
         self.req.uri = Uri::default();
         self.req.extensions.clear();
         self.raw_target = Bytes::new();
+        self.head_read = false;
         self.body = Body::Done;
         self.body_empty = true;
         self.keepalive = false;
@@ -418,7 +423,14 @@ impl Session {
                 .push_read(field.name.as_bytes(), field.value)
                 .map_err(|_| bad_request("the request head could not be read"))?;
         }
+        self.head_read = true;
         Ok(Some(len))
+    }
+
+    /// Whether the last head was read whole (its line and fields), though
+    /// it may then have been refused (no `Host`, two lengths, ...).
+    pub fn head_read(&self) -> bool {
+        self.head_read
     }
 
     pub fn is_body_done(&self) -> bool {
@@ -1144,6 +1156,15 @@ impl Client<'_> {
         match self {
             Client::H1(s) => s.fields(),
             Client::H2(_, fields, ..) => fields,
+        }
+    }
+
+    /// Whether the request's head was read whole (an HTTP/2 stream's
+    /// always is), though it may then have been refused.
+    pub fn head_read(&self) -> bool {
+        match self {
+            Client::H1(s) => s.head_read(),
+            Client::H2(..) => true,
         }
     }
 

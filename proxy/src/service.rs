@@ -182,6 +182,17 @@ impl Failure {
     }
 }
 
+/// The client's `x-request-id`, when it names one that can be logged and
+/// sent on as a token, else a new one: one that is not visible ASCII (a
+/// blank, a byte past ASCII) is replaced as one too long is.
+fn request_id_or_new(named: Option<HeaderValue>) -> HeaderValue {
+    named
+        .filter(|v| {
+            !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(u8::is_ascii_graphic)
+        })
+        .unwrap_or_else(new_request_id)
+}
+
 /// A random (version 4) UUID from the thread's fast generator ([`rng`]).
 fn new_request_id() -> HeaderValue {
     let bits: u128 = rng::with(|r| r.random());
@@ -277,15 +288,20 @@ impl EdgeProxy {
     /// 501, 505), or an HTTP/2 one whose head the proxy refuses.
     async fn refuse_unreadable(&self, client: &mut Client<'_>, e: &Error) {
         let reply = ErrorReply::from_error(e);
-        // Like every other request, it gets an id and an access line: an
-        // HTTP/1 head gave no method or path; an HTTP/2 stream's did.
-        let request_id = new_request_id();
-        let read = matches!(client, Client::H2(..));
-        let (method, path) = if read {
+        // Like every other request, it gets an id and an access line, with
+        // the method, path and id it named when its head was read whole
+        // (a head refused for its fields, say); `-` when it was not.
+        let read = client.head_read();
+        let (method, path, request_id) = if read {
             let req = client.request();
-            (req.method.to_string(), req.uri.path().to_owned())
+            let named = upstream::RequestFacts::of(req, client.fields()).request_id;
+            (
+                req.method.to_string(),
+                req.uri.path().to_owned(),
+                request_id_or_new(named),
+            )
         } else {
-            ("-".to_owned(), "-".to_owned())
+            ("-".to_owned(), "-".to_owned(), new_request_id())
         };
         // One of the proxy's own answers before a backend was picked, as
         // every other is counted.
@@ -351,16 +367,7 @@ impl EdgeProxy {
             backend: None,
             sent_to: None,
             after_write: false,
-            request_id: facts
-                .request_id
-                .clone()
-                // Logged and sent on as a token: one that is not visible
-                // ASCII (a blank, a byte past ASCII) is replaced as one
-                // too long is.
-                .filter(|v| {
-                    !v.is_empty() && v.len() <= 200 && v.as_bytes().iter().all(u8::is_ascii_graphic)
-                })
-                .unwrap_or_else(new_request_id),
+            request_id: request_id_or_new(facts.request_id.clone()),
             reply: None,
             answered_with: None,
             body_bytes: 0,

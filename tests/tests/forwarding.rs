@@ -638,7 +638,8 @@ async fn an_access_line_names_the_client_host_protocol_and_bytes_sent() {
 
 /// A request whose head cannot be read (a field name with a space) gets
 /// its 400 with a request id, and an access line and a count like every
-/// other request's, under `route="none"`.
+/// other request's, under `route="none"`; one read whole but refused keeps
+/// its method, path and request id in them.
 #[tokio::test]
 async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
     let origin = Origin::start(US).await;
@@ -678,6 +679,23 @@ async fn an_unreadable_request_head_gets_a_request_id_and_an_access_line() {
             .metric("edgeroute_requests_total{region=\"none\",route=\"read\",status=\"400\"}")
             .await,
         0.0
+    );
+    // A head read whole, refused for its fields (two lengths): its line
+    // names its method and path, and the answer and the line carry the
+    // request id it brought.
+    let answer = exchange(
+        proxy.addr,
+        b"POST /y HTTP/1.1\r\nHost: app\r\nX-Request-Id: probe-77\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("x-request-id: probe-77"), "{answer}");
+    let line = proxy
+        .access_line(&["status=400", "request_id=\"probe-77\""])
+        .await;
+    assert!(
+        line.contains("method=POST") && line.contains("path=\"/y\""),
+        "{line}"
     );
     assert!(origin.seen().is_empty());
 }
