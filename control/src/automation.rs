@@ -102,19 +102,24 @@ pub struct Inputs<'a> {
 
 pub struct Automation {
     cfg: AutomationConfig,
-    /// Since when both sources have reported the primary unhealthy, and
-    /// which primary: a new one waits `after` of its own.
-    since: Option<Instant>,
-    primary: Option<String>,
+    /// While both sources report the primary unhealthy: since when.
+    down: Option<Down>,
     /// When the last view was evaluated and [`Inputs::failed_reads`]
     /// then, and the longest time between two evaluations, reads failing
     /// whole between them, that still counts toward `after`.
     last: Option<(Instant, u64)>,
     max_gap: Duration,
-    /// Each secondary's replication lag (ms) when both sources first
-    /// called the primary down: what a failover would lose then, for a
-    /// secondary whose lag metric has stopped since (with the primary).
-    lags_at_failure: HashMap<String, u64>,
+}
+
+/// A run of evaluations in which both sources called one primary down.
+struct Down {
+    /// That primary: a new one waits `after` of its own.
+    primary: String,
+    since: Instant,
+    /// Each secondary's replication lag (ms) when the run began: what a
+    /// failover would lose then, for a secondary whose lag metric has
+    /// stopped since (with the primary).
+    lags: HashMap<String, u64>,
 }
 
 impl Automation {
@@ -122,11 +127,9 @@ impl Automation {
     pub fn new(cfg: AutomationConfig, poll_interval: Duration) -> Automation {
         Automation {
             cfg,
-            since: None,
-            primary: None,
+            down: None,
             last: None,
             max_gap: max_gap(poll_interval),
-            lags_at_failure: HashMap::new(),
         }
     }
 
@@ -142,15 +145,14 @@ impl Automation {
                 i.failed_reads > failed && i.now.saturating_duration_since(last) > self.max_gap
             })
         {
-            self.since = None;
+            self.down = None;
         }
         let Some(primary) = i.view.primary_region.as_deref() else {
-            self.since = None;
+            self.down = None;
             return Decision::Healthy;
         };
-        if self.primary.as_deref() != Some(primary) {
-            self.primary = Some(primary.to_owned());
-            self.since = None;
+        if self.down.as_ref().is_some_and(|d| d.primary != primary) {
+            self.down = None;
         }
         let route53_down = i
             .view
@@ -159,7 +161,7 @@ impl Automation {
             .any(|r| r.name == primary && r.healthy == Some(false));
         let proxies_down = (i.vote)(primary).unhealthy();
         if !route53_down && !proxies_down {
-            self.since = None;
+            self.down = None;
             return Decision::Healthy;
         }
         let unread = i
@@ -170,23 +172,24 @@ impl Automation {
         // The proxies call it down and Route 53's check cannot be read now:
         // that, not a disagreement, is why nothing is done.
         if proxies_down && !route53_down && unread {
-            self.since = None;
+            self.down = None;
             return Decision::Held(Hold::HealthUnread);
         }
         if route53_down != proxies_down {
-            self.since = None;
+            self.down = None;
             return Decision::Held(Hold::SourcesDisagree);
         }
-        if self.since.is_none() {
-            self.lags_at_failure = i
+        let down = self.down.get_or_insert_with(|| Down {
+            primary: primary.to_owned(),
+            since: i.now,
+            lags: i
                 .view
                 .regions
                 .iter()
                 .filter_map(|r| Some((r.name.clone(), r.replication_lag_ms?)))
-                .collect();
-        }
-        let since = *self.since.get_or_insert(i.now);
-        if i.now.saturating_duration_since(since) < self.cfg.after {
+                .collect(),
+        });
+        if i.now.saturating_duration_since(down.since) < self.cfg.after {
             return Decision::Waiting;
         }
         if i.running || i.view.failover_in_progress {
@@ -220,7 +223,7 @@ impl Automation {
                 // primary, say), the lag when the primary went down.
                 let lag = r
                     .replication_lag_ms
-                    .or_else(|| self.lags_at_failure.get(&r.name).copied())?;
+                    .or_else(|| down.lags.get(&r.name).copied())?;
                 Some((lag, &r.name)).filter(|_| lag <= max_lag)
             })
             .min()
