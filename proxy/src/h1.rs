@@ -969,14 +969,13 @@ pub(crate) fn decode_chunked(
                         // Whitespace may come after the size only before an
                         // extension (RFC 9112 §7.1), as parsers in front
                         // take it.
+                        // (`trim_ascii_start` trims spaces and tabs here:
+                        // the other ASCII whitespace, control bytes, was
+                        // refused above.)
                         let line = &buf[..used - 2];
                         let after =
                             &line[line.iter().take_while(|b| b.is_ascii_hexdigit()).count()..];
-                        let ext = after
-                            .iter()
-                            .position(|&b| b != b' ' && b != b'\t')
-                            .map(|at| &after[at..]);
-                        if !after.is_empty() && !ext.is_some_and(|e| e.starts_with(b";")) {
+                        if !after.is_empty() && !after.trim_ascii_start().starts_with(b";") {
                             return Err(
                                 "a chunk-size line has whitespace after its size and no extension",
                             );

@@ -1,10 +1,10 @@
 //! A budget for the frames an HTTP/2 client sends that carry no request:
 //! PING, SETTINGS, WINDOW_UPDATE, PRIORITY, RST_STREAM, CONTINUATION,
 //! frames of unknown types, empty DATA frames, and HEADERS frames on a
-//! stream opened before. Each is cheap, but a client can send millions a second, and the
-//! protocol library answers every PING and SETTINGS and works through every
-//! WINDOW_UPDATE: one such connection took most of a worker thread and
-//! tripled the latency of every other connection on it.
+//! stream opened before. Each is cheap, but a client can send millions a
+//! second, and the protocol library answers every PING and SETTINGS and
+//! works through every WINDOW_UPDATE: one such connection took most of a
+//! worker thread and tripled the latency of every other connection on it.
 //!
 //! A connection starts with [`BURST`] of them. It earns
 //! [`PER_REQUEST_FRAME`] more for each frame that carries a request or an
