@@ -1322,18 +1322,14 @@ impl Runner {
     /// way there was, on the state read now.
     async fn way_back(&self, there: &MovePlan) -> Result<MovePlan, String> {
         let state = self.state().await?;
-        // Moved since by someone else: not the drill's to undo.
-        let writer = state.writer().map(|w| w.region.clone());
-        if state.failover.is_some() || writer.as_deref() != Some(there.to.region.as_str()) {
+        // Moved since by someone else: not the drill's to undo. (A writer
+        // change still running is `plan_move`'s to refuse.)
+        let writer = state.writer().map(|w| w.region.as_str());
+        if state.failover.is_none() && writer != Some(there.to.region.as_str()) {
             return Err(format!(
-                "the writer moved since the drill put it in {} (AWS reports it in {}{}); the drill does not move it again",
+                "the writer moved since the drill put it in {} (AWS reports it in {}); the drill does not move it again",
                 there.to.region,
-                writer.as_deref().unwrap_or("no region"),
-                if state.failover.is_some() {
-                    ", with a writer change running"
-                } else {
-                    ""
-                }
+                writer.unwrap_or("no region"),
             ));
         }
         let back = plan_move(
@@ -1981,27 +1977,24 @@ impl Runner {
         // perhaps only some) is replaced by this drain's: what it held goes
         // to the history file first.
         if let Some(kept) = state.kept.get(region).filter(|_| !dry_run) {
-            let timeline = Timeline::new(self);
-            let mut op = self
-                .keep_copy_in_history(
-                    &timeline,
-                    Kind::Drain,
-                    region,
-                    kept,
-                    format!(
-                        "{region}: the copy of its records an earlier drain kept, as a new drain that replaces it began"
-                    ),
-                    "kept copy replaced",
-                )
-                .map_err(|e| {
-                    format!(
-                        "{region} has a copy of its records kept by an earlier drain, which this drain would replace, and what it holds could not be kept in the history file first: {e}; nothing changed"
-                    )
-                })?;
+            let mut op = self.kept_copy_op(
+                &Timeline::new(self),
+                Kind::Drain,
+                region,
+                kept,
+                format!(
+                    "{region}: the copy of its records an earlier drain kept, as a new drain that replaces it began"
+                ),
+                "kept copy replaced",
+            );
             op.finished = true;
             op.ok = true;
             op.error = None;
-            self.record(&op);
+            History::update(&self.history_file, |h| h.put(op)).map_err(|e| {
+                format!(
+                    "{region} has a copy of its records kept by an earlier drain, which this drain would replace, and what it holds could not be kept in the history file first: {e}; nothing changed"
+                )
+            })?;
         }
         self.change_record(
             &state,
@@ -2120,20 +2113,19 @@ impl Runner {
             return Ok(());
         }
         let timeline = Timeline::new(self);
-        let mut op = self
-            .keep_copy_in_history(
-                &timeline,
-                Kind::Undrain,
-                region,
-                kept,
-                format!(
-                    "{region} is in DNS: the copy of its records an earlier drain kept is removed"
-                ),
-                "kept copy removed",
-            )
-            .map_err(|e| {
-                format!("{what}; it is left in place, since what it holds could not be kept in the history file first: {e}")
-            })?;
+        let mut op = self.kept_copy_op(
+            &timeline,
+            Kind::Undrain,
+            region,
+            kept,
+            format!("{region} is in DNS: the copy of its records an earlier drain kept is removed"),
+            "kept copy removed",
+        );
+        // In the history file before the copy goes, so that what it held
+        // is never lost: no history file, no removal.
+        History::update(&self.history_file, |h| h.put(op.clone())).map_err(|e| {
+            format!("{what}; it is left in place, since what it holds could not be kept in the history file first: {e}")
+        })?;
         let removed = self
             .aws
             .change_records(
@@ -2159,10 +2151,10 @@ impl Runner {
         Ok(())
     }
 
-    /// Writes an unfinished operation to the history file whose one step
-    /// holds what `kept` (a drain's copy of `region`'s records) held,
-    /// before the copy goes or is replaced: what it held is never lost.
-    fn keep_copy_in_history(
+    /// An unfinished operation whose one step holds what `kept` (a
+    /// drain's copy of `region`'s records) held: kept in the history file
+    /// before the copy goes or is replaced, what it held is never lost.
+    fn kept_copy_op(
         &self,
         timeline: &Timeline,
         kind: Kind,
@@ -2170,7 +2162,7 @@ impl Runner {
         kept: &ResourceRecordSet,
         summary: String,
         step: &str,
-    ) -> Result<Operation, String> {
+    ) -> Operation {
         let name = crate::kept::name(&self.aws.config().record_name);
         let values: Vec<&str> = kept.resource_records().iter().map(|r| r.value()).collect();
         let mut op = timeline.operation(
@@ -2187,8 +2179,7 @@ impl Runner {
                 values.join(" | ")
             ),
         });
-        History::update(&self.history_file, |h| h.put(op.clone()))?;
-        Ok(op)
+        op
     }
 
     /// Whether Route 53 shows `change` of `region` made, read again.
