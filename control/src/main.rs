@@ -370,11 +370,25 @@ fn follow_timeout(raw: &str) -> Result<Duration, String> {
 
 /// The commands' view of the control plane.
 fn control_view(cfg: &ControlConfig) -> anyhow::Result<ControlView> {
+    control_view_with(
+        cfg,
+        Arc::new(read_token(cfg.server.token_file.as_deref())?),
+        commands_identity(cfg)?,
+    )
+}
+
+/// [`control_view`] with the token and the client certificate given (the
+/// automation's: the server's token, a certificate it reloads).
+fn control_view_with(
+    cfg: &ControlConfig,
+    token: Arc<TokenFile>,
+    identity: Option<Arc<edgeroute_config::tls::TlsCert>>,
+) -> anyhow::Result<ControlView> {
     ControlView::http(
         &cfg.actions.control_url,
         &cfg.actions.replica_urls,
-        Arc::new(read_token(cfg.server.token_file.as_deref())?),
-        commands_tls(cfg, commands_identity(cfg)?)?,
+        token,
+        commands_tls(cfg, identity)?,
     )
 }
 
@@ -627,11 +641,10 @@ fn serve(cfg: ControlConfig) -> anyhow::Result<()> {
                         )?,
                     )));
                 }
-                Some(Arc::new(ControlView::http(
-                    &cfg.actions.control_url,
-                    &cfg.actions.replica_urls,
+                Some(Arc::new(control_view_with(
+                    &cfg,
                     Arc::clone(&token),
-                    commands_tls(&cfg, identity)?,
+                    identity,
                 )?))
             };
             let local = ControlView::Local {
